@@ -1,0 +1,271 @@
+"""Environment fingerprint of the machine and software a run measured, and the env_id that groups like runs.
+
+Every NVML query stands alone: a query the driver or GPU does not support gives None for that field, and a machine
+without NVML gives `nvml: None, gpus: []`. torch is imported only inside `collect`, so `env_id` and `table_rows`
+can be used where torch is absent (reports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+# One dict per GPU with these keys; "source" is "nvml", or "torch" where only torch.cuda could be asked.
+GPU_FIELDS = tuple(
+    "index name uuid driver_version cuda_driver_version compute_capability memory_total_bytes"
+    " max_sm_clock_mhz max_mem_clock_mhz sm_clock_mhz mem_clock_mhz power_limit_w"
+    " ecc_mode mig_mode persistence_mode pci_bus_id source".split()
+)
+
+# (field, NVML query, clock domain) for the four clock fields, all in MHz.
+_CLOCKS = (
+    ("max_sm_clock_mhz", "nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_SM"),
+    ("max_mem_clock_mhz", "nvmlDeviceGetMaxClockInfo", "NVML_CLOCK_MEM"),
+    ("sm_clock_mhz", "nvmlDeviceGetClockInfo", "NVML_CLOCK_SM"),
+    ("mem_clock_mhz", "nvmlDeviceGetClockInfo", "NVML_CLOCK_MEM"),
+)
+
+
+def _nvml():
+    """The pynvml module (from nvidia-ml-py), or None where it is not installed. Tests replace this loader."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    return pynvml
+
+
+def _guard(query, *args):
+    """One NVML (or other) query; None on any error, so one unsupported field never hides the rest."""
+    try:
+        return query(*args)
+    except Exception:
+        return None
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _cuda_version(v: int | None) -> str | None:
+    # NVML reports the CUDA driver API version as 1000 * major + 10 * minor (12040 -> "12.4").
+    return None if v is None else f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _nvml_gpus(nvml) -> tuple[dict | None, list[dict]]:
+    try:
+        nvml.nvmlInit()
+    except Exception:
+        return None, []
+    try:
+        driver = _text(_guard(nvml.nvmlSystemGetDriverVersion))
+        cuda_driver = _cuda_version(_guard(nvml.nvmlSystemGetCudaDriverVersion))
+        nvml_version = _text(_guard(nvml.nvmlSystemGetNVMLVersion))
+        info = {"driver_version": driver, "cuda_driver_version": cuda_driver, "nvml_version": nvml_version}
+        gpus = []
+        for i in range(_guard(nvml.nvmlDeviceGetCount) or 0):
+            h = _guard(nvml.nvmlDeviceGetHandleByIndex, i)
+            if h is None:
+                continue
+            cc = _guard(nvml.nvmlDeviceGetCudaComputeCapability, h)
+            mem = _guard(nvml.nvmlDeviceGetMemoryInfo, h)
+            power_mw = _guard(nvml.nvmlDeviceGetEnforcedPowerLimit, h)
+            ecc = _guard(nvml.nvmlDeviceGetEccMode, h)  # (current, pending)
+            mig = _guard(nvml.nvmlDeviceGetMigMode, h)  # (current, pending)
+            pci = _guard(nvml.nvmlDeviceGetPciInfo, h)
+            clocks = {f: _guard(lambda: getattr(nvml, fn)(h, getattr(nvml, domain))) for f, fn, domain in _CLOCKS}
+            persistence = _guard(nvml.nvmlDeviceGetPersistenceMode, h)
+            gpus.append(
+                {
+                    "index": i,
+                    "name": _text(_guard(nvml.nvmlDeviceGetName, h)),
+                    "uuid": _text(_guard(nvml.nvmlDeviceGetUUID, h)),
+                    "driver_version": driver,
+                    "cuda_driver_version": cuda_driver,
+                    "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
+                    "memory_total_bytes": _guard(lambda: int(mem.total)),
+                    **clocks,
+                    "power_limit_w": None if power_mw is None else power_mw / 1000,
+                    "ecc_mode": _guard(lambda: bool(ecc[0])),
+                    "mig_mode": _guard(lambda: bool(mig[0])),
+                    "persistence_mode": None if persistence is None else bool(persistence),
+                    "pci_bus_id": _text(_guard(lambda: pci.busId)),
+                    "source": "nvml",
+                }
+            )
+        return info, gpus
+    finally:
+        _guard(nvml.nvmlShutdown)
+
+
+def _torch_gpus(torch) -> list[dict]:
+    """What torch alone can say about each visible GPU, for machines without NVML."""
+    gpus = []
+    for i in range(torch.cuda.device_count()):
+        p = _guard(torch.cuda.get_device_properties, i)
+        gpu = dict.fromkeys(GPU_FIELDS)
+        gpu.update(index=i, source="torch")
+        if p is not None:
+            uuid = _guard(lambda: str(p.uuid))
+            gpu.update(
+                name=p.name,
+                uuid=None if uuid is None else f"GPU-{uuid}",
+                compute_capability=f"{p.major}.{p.minor}",
+                memory_total_bytes=int(p.total_memory),
+            )
+        gpus.append(gpu)
+    return gpus
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _physical_cores() -> int | None:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; None where that file or those fields are missing."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    cores, phys = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            phys = value.strip()
+        elif key == "core id":
+            cores.add((phys, value.strip()))
+    return len(cores) or None
+
+
+def _host_memory_bytes() -> int | None:
+    return _guard(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def git_info(root: str | Path | None = None) -> dict:
+    """{"sha", "dirty"} of the checkout at `root` (default: the one holding this package); None where unknown."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    try:
+        if git("rev-parse", "--is-inside-work-tree") != "true":
+            return {"sha": None, "dirty": None}
+        status = git("status", "--porcelain")
+        return {"sha": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+    except (OSError, subprocess.SubprocessError):  # git not installed, or hung
+        return {"sha": None, "dirty": None}
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def collect(root: str | Path | None = None) -> dict:
+    """Fingerprint of this machine and its software; `root` is the checkout whose git state is recorded."""
+    import torch
+
+    from bench import __version__
+
+    nvml = _nvml()
+    nvml_info, gpus = _nvml_gpus(nvml) if nvml is not None else (None, [])
+    cuda_available = bool(_guard(torch.cuda.is_available))
+    if not gpus and cuda_available:
+        gpus = _torch_gpus(torch)
+    affinity = _guard(os.sched_getaffinity, 0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "techbench": __version__,
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "os": sys.platform,
+        "hostname": socket.gethostname(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": _guard(torch.backends.cudnn.version),
+        "triton": _version("triton"),
+        "numpy": _version("numpy"),
+        "cpu_model": _cpu_model(),
+        "cpu_logical_cores": os.cpu_count(),
+        "cpu_physical_cores": _physical_cores(),
+        "cpu_usable_cores": None if affinity is None else len(affinity),
+        "host_memory_bytes": _host_memory_bytes(),
+        "cuda_available": cuda_available,
+        "cuda_device_count": _guard(torch.cuda.device_count) if cuda_available else 0,
+        "nvml": nvml_info,
+        "gpus": gpus,
+        "git": git_info(root),
+    }
+
+
+# The fields that decide what a benchmark can measure: the GPUs (model, count, memory, architecture), the driver and
+# CUDA stack, the framework and compiler versions, Python, and the CPU. Left out: UUIDs, PCI ids and hostname (they
+# differ between identical machines), current clocks and temperature (they differ between runs), git state and the
+# techbench version (they describe the code under test, recorded beside env_id), and settings an admin may flip
+# (power limit, ECC, MIG, persistence) which run.json still records for whoever investigates a shift. GPU memory is
+# rounded to GiB because NVML and torch report totals that differ by a few MiB for the same card.
+def identity(env: dict) -> dict:
+    gpus = env.get("gpus") or []
+    return {
+        "gpus": [
+            {
+                "name": g.get("name"),
+                "compute_capability": g.get("compute_capability"),
+                "memory_gib": None if g.get("memory_total_bytes") is None else round(g["memory_total_bytes"] / 2**30),
+            }
+            for g in gpus
+        ],
+        "gpu_count": len(gpus),
+        "driver_version": next((g.get("driver_version") for g in gpus if g.get("driver_version")), None),
+        "torch_cuda": env.get("torch_cuda"),
+        "cudnn": env.get("cudnn"),
+        "torch": env.get("torch"),
+        "triton": env.get("triton"),
+        "python_version": env.get("python_version"),
+        "cpu_model": env.get("cpu_model"),
+        "cpu_logical_cores": env.get("cpu_logical_cores"),
+    }
+
+
+def env_id(env: dict) -> str:
+    """First 12 hex digits of the sha256 of the canonical JSON of `identity(env)`."""
+    canonical = json.dumps(identity(env), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def table_rows(env: dict) -> list[tuple[str, str]]:
+    """(field, value) rows for printing: top-level fields, then one `gpu<i>.<field>` row per GPU field."""
+    rows = [("env_id", env_id(env))]
+    rows += [(k, _fmt(v)) for k, v in env.items() if k != "gpus"]
+    for g in env.get("gpus") or []:
+        rows += [(f"gpu{g.get('index')}.{k}", _fmt(v)) for k, v in g.items() if k != "index"]
+    return rows
+
+
+def summary_lines(env: dict) -> list[str]:
+    return [f"{field}: {value}" for field, value in table_rows(env)]

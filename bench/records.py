@@ -1,0 +1,212 @@
+"""The record schema, the run directory (run.json + records.jsonl), the metric direction table, and pandas loaders.
+
+Reports read runs through this module, so it never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+STATUSES = ("ok", "oom", "timeout", "error", "skipped")
+FAILED = ("timeout", "error")
+RUN_JSON, RECORDS_JSONL = "run.json", "records.jsonl"
+
+
+class SchemaError(ValueError):
+    """A run directory written by another schema version: refuse it rather than mix records."""
+
+
+@dataclass
+class Record:
+    """One finished case. oom/timeout/error/skipped records carry the reason in `error`."""
+
+    run_id: str
+    suite: str
+    variant: str
+    params: dict[str, Any]
+    case_id: str
+    status: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+    device: str = "cpu"
+    started_at: str = ""
+    elapsed_s: float = 0.0
+    env_id: str = ""
+    schema: int = SCHEMA
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.status != "ok" and not self.error:
+            raise ValueError(f"a {self.status} record needs its reason in `error`")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(_finite({"schema": d.pop("schema"), **d}), allow_nan=False, default=_jsonable)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Record:
+        if d.get("schema") != SCHEMA:
+            raise SchemaError(f"record schema {d.get('schema')!r}, this techbench reads schema {SCHEMA}")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _finite(value):
+    """NaN and infinities become null: JSON has no spelling for them and a record must always be writable."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Every valid record of a records.jsonl; corrupt lines are skipped with one warning that counts them."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, corrupt = [], 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                if not isinstance(d, dict):
+                    raise ValueError("not an object")
+                records.append(Record.from_dict(d))
+            except SchemaError:
+                raise
+            except (ValueError, TypeError):
+                corrupt += 1
+    if corrupt:
+        warnings.warn(f"{path}: skipped {corrupt} corrupt line{'s' * (corrupt > 1)}", stacklevel=2)
+    return records
+
+
+class RecordWriter:
+    """Appends records to records.jsonl, one line each, flushed and fsynced so a killed run loses nothing finished."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._f = self.path.open("a+b")
+        self._f.seek(0, os.SEEK_END)
+        if self._f.tell():  # a run killed mid-write left a partial line: never glue the next record onto it
+            self._f.seek(-1, os.SEEK_END)
+            if self._f.read(1) != b"\n":
+                self._f.write(b"\n")
+
+    def write(self, record: Record) -> None:
+        self._f.write(record.to_json().encode() + b"\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_run_json(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / RUN_JSON
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:
+        raise SchemaError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
+        raise SchemaError(f"{path} has schema {meta.get('schema') if isinstance(meta, dict) else None!r}, "
+                          f"this techbench reads schema {SCHEMA}")
+    return meta
+
+
+def write_run_json(run_dir: str | Path, meta: dict) -> None:
+    """Atomic replace: a crash while writing leaves the previous run.json, never half of one."""
+    path = Path(run_dir) / RUN_JSON
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+# Direction of every metric, read by compare and reports: exact names first, then unit suffixes.
+DIRECTIONS = {
+    "mem_saving_x": "higher",
+    "activation_saving_x": "higher",
+    "speedup_x": "higher",
+    "time_overhead_x": "lower",
+    "recompute_flops_x": "lower",
+    "packing_efficiency": "higher",
+    "sliced_w2": "lower",
+    "mmd": "lower",
+    "throttled": None,
+}
+SUFFIX_DIRECTIONS = (
+    ("_noisy", None), ("_per_s", "higher"),  # rates before the bare "_s" of durations
+    ("_ms", "lower"), ("_s", "lower"), ("_bytes", "lower"), ("_flops", "lower"), ("_j", "lower"), ("_w", "lower"),
+    ("_tflops", "higher"), ("_gbps", "higher"), ("_db", "higher"),
+    ("_mhz", None), ("_c", None),
+)
+PREFIX_DIRECTIONS = (("ap", "higher"), ("ar", "higher"))
+
+
+def direction(metric: str) -> str | None:
+    """'lower' or 'higher' is better, or None for informational metrics (clocks, flags)."""
+    if metric in DIRECTIONS:
+        return DIRECTIONS[metric]
+    for suffix, d in SUFFIX_DIRECTIONS:
+        if metric.endswith(suffix) and not (suffix == "_flops" and metric.endswith("_tflops")):
+            return d
+    for prefix, d in PREFIX_DIRECTIONS:
+        if metric == prefix or metric.startswith(prefix + "_") or metric.startswith(prefix + "50"):
+            return d
+    return None
+
+
+def records_frame(*run_dirs: str | Path):
+    """One row per record of one or many run directories; each metric is a column, params stay a dict column."""
+    import pandas as pd
+
+    rows = []
+    for run_dir in run_dirs:
+        for r in read_records(Path(run_dir) / RECORDS_JSONL):
+            row = {k: v for k, v in asdict(r).items() if k not in ("metrics", "samples")}
+            row["run_dir"] = str(run_dir)
+            row.update(r.metrics)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def long_frame(*run_dirs: str | Path):
+    """One row per (record, metric), with the metric's direction: the shape for plotting and comparison."""
+    import pandas as pd
+
+    rows = []
+    for run_dir in run_dirs:
+        for r in read_records(Path(run_dir) / RECORDS_JSONL):
+            for metric, value in r.metrics.items():
+                rows.append({"run_id": r.run_id, "case_id": r.case_id, "suite": r.suite, "variant": r.variant,
+                             "params": r.params, "status": r.status, "device": r.device, "env_id": r.env_id,
+                             "metric": metric, "value": value, "direction": direction(metric)})
+    return pd.DataFrame(rows, columns=["run_id", "case_id", "suite", "variant", "params", "status", "device",
+                                       "env_id", "metric", "value", "direction"])

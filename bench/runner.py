@@ -1,0 +1,244 @@
+"""Expands suites into cases and runs each one, isolated in a child process by default, into a run directory.
+
+plan() turns (suites, size, device, variants, shard) into an ordered list of cases; execute() measures one case and
+classifies how it ended; run() drives the loop: run.json, resume, timeouts, progress, records appended as they finish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import multiprocessing as mp
+import random
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.records import (
+    FAILED,
+    RECORDS_JSONL,
+    Record,
+    RecordWriter,
+    SchemaError,
+    read_records,
+    read_run_json,
+    write_run_json,
+)
+from bench.suite import SUITES, Skip, Suite, case_id
+
+SEED = 0
+DEFAULT_TIMEOUT_S = 900.0
+TRACEBACK_LINES = 12
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    variant: str
+    params: dict[str, Any] = field(hash=False)
+    module: str = ""
+    """The module that registers the suite, imported by the child process."""
+
+    @property
+    def id(self) -> str:
+        return case_id(self.suite, self.variant, self.params)
+
+    @property
+    def group(self) -> str:
+        """Cases that share suite and params: the unit of sharding, so ratios against the reference stay local."""
+        return case_id(self.suite, "", self.params)
+
+
+def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None = None,
+         shard: tuple[int, int] = (1, 1)) -> list[Case]:
+    """Every case to run, grouped by params with the reference variant first; shard i of n takes every n-th group."""
+    cases = []
+    for suite in suites:
+        names = [suite.reference_variant()] + [v for v in suite.variants if v != suite.reference_variant()]
+        for params in suite.grid(size, device):
+            cases += [Case(suite.name, v, params, type(suite).__module__)
+                      for v in names if variants is None or v in variants]
+    groups = list(dict.fromkeys(c.group for c in cases))
+    index, count = shard
+    mine = {g for k, g in enumerate(groups) if k % count == index - 1}
+    return [c for c in cases if c.group in mine]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+
+
+def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:
+    """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises."""
+    try:
+        import numpy as np
+        import torch
+
+        from bench.telemetry import Telemetry
+
+        importlib.import_module(case.module)
+        suite = SUITES[case.suite]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        with Telemetry(device) as telemetry:
+            m = suite.measure(case.variant, dict(case.params), device)
+        metrics = {**m.metrics, **{k: v for k, v in telemetry.summary().items() if k != "throttle_reasons"}}
+        return {"status": "ok", "metrics": metrics, "samples": m.samples, "error": None}
+    except Skip as e:
+        return {"status": "skipped", "error": str(e) or "skipped"}
+    except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        status = "oom" if _is_oom(e) else "error"
+        tail = "".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:]
+        return {"status": status, "error": "\n".join(tail)}
+
+
+def _child(conn, case: Case, device: str, seed: int) -> None:
+    conn.send(execute(case, device, seed))
+    conn.close()
+
+
+def _context(modules: list[str]):
+    # forkserver: each case gets a fresh process forked from a server that has already imported torch and the
+    # suites, so isolation costs milliseconds a case instead of a torch import (~1.5 s) a case. The server never
+    # touches CUDA, so children initialise it cleanly.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", *modules])
+    return ctx
+
+
+def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED) -> dict[str, Any]:
+    """execute() in a child process: a crash, a hang past timeout_s or a kill by the OS is recorded, not fatal."""
+    ctx = _context([case.module])
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, case, device, seed), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if recv.poll(timeout_s):
+            try:
+                return recv.recv()
+            except EOFError:
+                pass
+        else:
+            return {"status": "timeout", "error": f"no result after {timeout_s:g} s (--timeout); the case was killed"}
+        proc.join(10)
+        code = proc.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            hint = " (the OS may have run out of memory)" if name == "SIGKILL" else ""
+            return {"status": "error", "error": f"the case's process was killed by {name}{hint}"}
+        return {"status": "error", "error": f"the case's process exited with code {code} before reporting a result"}
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(10)
+        recv.close()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + f"{random.SystemRandom().getrandbits(24):06x}"
+
+
+@dataclass
+class RunConfig:
+    suites: list[Suite]
+    size: str
+    device: str
+    out: Path
+    variants: list[str] | None = None
+    shard: tuple[int, int] = (1, 1)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    inline: bool = False
+    resume: bool = False
+    run_id: str | None = None
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+class RunDirError(ValueError):
+    """The output directory cannot take this run (it holds another run, or another schema); nothing was written."""
+
+
+def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
+    """Run every planned case not yet finished in cfg.out; returns (exit code, records of the planned cases)."""
+    from bench import __version__
+    from bench import env as envmod
+
+    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard)
+    try:
+        meta = read_run_json(cfg.out)
+        finished = {r.case_id: r for r in read_records(cfg.out / RECORDS_JSONL)}
+    except SchemaError as e:
+        raise RunDirError(f"{cfg.out} holds another schema: {e}") from None
+    if (meta is not None or finished) and not cfg.resume:
+        raise RunDirError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    if meta is not None and (meta.get("size"), meta.get("device")) != (cfg.size, cfg.device):
+        raise RunDirError(f"{cfg.out} was run with --size {meta.get('size')} --device {meta.get('device')}; "
+                          "resume it with the same")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    if meta is None:
+        environment = envmod.collect()
+        meta = {"schema": 1, "run_id": cfg.run_id or new_run_id(), "argv": cfg.argv,
+                "size": cfg.size, "device": cfg.device, "started_at": now(), "finished_at": None,
+                "env": environment, "env_id": envmod.env_id(environment), "git": environment.get("git"),
+                "version": __version__, "seed": SEED}
+    meta["finished_at"] = None
+    write_run_json(cfg.out, meta)
+
+    todo = [c for c in cases if c.id not in finished]
+    refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
+    if progress is not None:
+        progress.start(len(cases), len(cases) - len(todo))
+    with RecordWriter(cfg.out / RECORDS_JSONL) as writer, _stopping(progress):
+        for case in todo:
+            if progress is not None:
+                progress.begin(case)
+            started, t0 = now(), time.perf_counter()
+            result = (execute(case, cfg.device) if cfg.inline
+                      else execute_isolated(case, cfg.device, cfg.timeout_s))
+            record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
+                            case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
+                            samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
+                            started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=meta["env_id"])
+            if record.status == "ok":
+                refs[record.case_id] = record.metrics  # first, so the reference gets its own ratios of 1
+                _add_relative(record, refs)
+            writer.write(record)
+            finished[case.id] = record
+            if progress is not None:
+                progress.end(record)
+    meta["finished_at"] = now()
+    write_run_json(cfg.out, meta)
+    records = [finished[c.id] for c in cases]
+    return (1 if any(r.status in FAILED for r in records) else 0), records
+
+
+@contextmanager
+def _stopping(progress):
+    try:
+        yield
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def _add_relative(record: Record, refs: dict[str, dict]) -> None:
+    suite = SUITES[record.suite]
+    ref = refs.get(case_id(record.suite, suite.reference_variant(), record.params))
+    if ref is None or not suite.relative:
+        return
+    for rel in suite.relative:
+        record.metrics[rel.name] = rel.of(record.metrics, ref)

@@ -1,0 +1,98 @@
+"""The Suite contract and the registry.
+
+A suite names its variants, expands a grid of params per size, and measures one (variant, params) case on a device.
+Suites live in the top-level `suites` package, one module each, and register themselves with `@register`; the harness
+finds them by importing every module of that package (`discover`), never by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SIZES = ("smoke", "quick", "full")
+SUITES: dict[str, Suite] = {}
+
+
+class Skip(Exception):
+    """Raised by `measure` when a variant cannot run here; the case is recorded as skipped with this reason."""
+
+
+@dataclass(frozen=True)
+class Relative:
+    """A ratio against the suite's reference variant at the same params, added by the runner.
+
+    new/ref when `invert` is False (e.g. time_overhead_x = step_time_ms / ref step_time_ms),
+    ref/new when it is True (e.g. mem_saving_x = ref peak_mem_bytes / peak_mem_bytes).
+    """
+
+    name: str
+    metric: str
+    invert: bool = False
+
+    def __post_init__(self):
+        assert self.name.endswith("_x"), f"ratio metric {self.name!r} must end in _x"
+
+    def of(self, metrics: dict, ref_metrics: dict) -> float | None:
+        new, ref = metrics.get(self.metric), ref_metrics.get(self.metric)
+        if not isinstance(new, (int, float)) or not isinstance(ref, (int, float)):
+            return None
+        num, den = (ref, new) if self.invert else (new, ref)
+        return num / den if den else None
+
+
+@dataclass
+class Measurement:
+    """What `measure` returns: summary metrics (name -> number, bool or None) and raw samples (name -> list)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+
+class Suite:
+    """Base class: set the class attributes, implement `grid` and `measure`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    variants: ClassVar[dict[str, str]]
+    """variant name -> one-line description; the first is the reference when `reference` is unset."""
+    reference: ClassVar[str | None] = None
+    relative: ClassVar[tuple[Relative, ...]] = ()
+
+    def grid(self, size: str, device: str) -> list[dict[str, Any]]:
+        """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda"); JSON scalar values.
+
+        The device may choose what a case is (bf16 on CUDA, fp32 on CPU) but the params then say so, so that a
+        case_id always names one workload.
+        """
+        raise NotImplementedError
+
+    def measure(self, variant: str, params: dict[str, Any], device: str) -> Measurement:
+        """Run one case on `device` ("cpu" or "cuda[:i]"); raise Skip when the variant cannot run there."""
+        raise NotImplementedError
+
+    def reference_variant(self) -> str:
+        return self.reference or next(iter(self.variants))
+
+
+def register(cls: type[Suite]) -> type[Suite]:
+    """Class decorator: instantiate and add to SUITES under `cls.name`."""
+    assert cls.name not in SUITES or type(SUITES[cls.name]) is cls, f"suite {cls.name!r} registered twice"
+    assert cls.variants, f"suite {cls.name!r} has no variants"
+    SUITES[cls.name] = cls()
+    return cls
+
+
+def discover(package: str = "suites") -> dict[str, Suite]:
+    """Import every module of `package` so that its suites register; returns those suites by name."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
+        importlib.import_module(info.name)
+    return {name: s for name, s in sorted(SUITES.items()) if type(s).__module__.startswith(f"{package}.")}
+
+
+def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
+    """suite/variant/k=v,... with params sorted by key: the identity that resume, shard and compare join on."""
+    return f"{suite}/{variant}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))

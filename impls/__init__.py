@@ -1,0 +1,1 @@
+"""Efficiency techniques as plain PyTorch: one reference and one variant per file, depending on torch only."""

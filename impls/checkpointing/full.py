@@ -1,0 +1,16 @@
+"""Full activation checkpointing: keep only each block's input, recompute the block in backward (Chen et al. 2016)."""
+
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from impls.checkpointing.reference import Transformer, check
+
+
+def forward(model: Transformer, x: Tensor) -> Tensor:
+    for block in model.blocks:
+        x = checkpoint(block, x, use_reentrant=False)  # [B, S, D]
+    return model.norm(x)
+
+
+if __name__ == "__main__":
+    check(forward, "full")

@@ -1,0 +1,1 @@
+"""Reports read run directories only (bench.records); they never import torch, impls or suites."""

@@ -1,0 +1,1 @@
+"""One suite per module. Each registers itself with bench.suite.register; the harness imports them all."""

@@ -1,0 +1,100 @@
+"""Activation checkpointing: memory saved against recompute paid, for a stack of pre-norm transformer blocks."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.flops import flop_counter_mode
+from bench.memory import TensorMemoryTracker, cuda_peak
+from bench.suite import Measurement, Relative, Suite, register
+from bench.timing import time_fn
+from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
+from impls.checkpointing.reference import loss_fn, make_batch
+
+# Named model shapes; the grids below pick from them per size.
+SHAPES = {
+    "tiny": {"d_model": 64, "heads": 4},
+    "small": {"d_model": 256, "heads": 4},
+    "1b": {"d_model": 2048, "heads": 16},  # 24 layers of this: 1.2B parameters
+}
+GRIDS = {
+    # smoke: seconds on a 2-core CPU; 8 layers so that sqrt(8) ~ 3 segments differ from full and none.
+    "smoke": [("tiny", {"layers": 8, "seq": 64, "batch": 2})],
+    "quick": [("small", {"layers": 8, "seq": 256, "batch": 4})],
+    # full: ~51 GB of bf16 activations without checkpointing at batch 8, which fills most of an H200.
+    "full": [("1b", {"layers": 24, "seq": 4096, "batch": 4}), ("1b", {"layers": 24, "seq": 4096, "batch": 8})],
+}
+DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
+
+
+@register
+class Checkpointing(Suite):
+    name = "checkpointing"
+    description = "memory for recompute: saved activations vs step time and FLOPs"
+    variants = {
+        "none": "reference: every activation saved",
+        "full": "every block checkpointed (torch.utils.checkpoint, non-reentrant)",
+        "sqrt": "about sqrt(layers) segments (checkpoint_sequential)",
+        "selective": "selective checkpointing: save matmul and attention outputs, recompute pointwise work",
+        "offload": "saved activations moved to host memory (save_on_cpu, pinned on CUDA)",
+    }
+    relative = (
+        Relative("mem_saving_x", "peak_mem_bytes", invert=True),
+        Relative("activation_saving_x", "activation_bytes", invert=True),
+        Relative("time_overhead_x", "step_time_ms"),
+        Relative("recompute_flops_x", "step_flops"),
+    )
+
+    def grid(self, size, device):
+        dtype = DTYPES[device.split(":")[0]]
+        return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
+
+    def measure(self, variant, params, device):
+        dtype = getattr(torch, params["dtype"])
+        cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
+        model = Transformer(cfg).to(device, dtype)
+        x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype)
+        forward = VARIANTS[variant]
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            loss_fn(forward(model, x), target).backward()
+
+        step()  # warm-up: lazy initialisation stays out of the memory figures
+        peak, activation = _memory(model, forward, x, target, device)
+        with flop_counter_mode() as flops:
+            step()
+        timing = time_fn(step, device)
+        seconds = timing.median_ms / 1e3
+        tokens = params["batch"] * params["seq"]
+        metrics = {
+            **timing.metrics("step_time"),
+            "peak_mem_bytes": peak,
+            "activation_bytes": activation,
+            "step_flops": flops.get_total_flops(),
+            "achieved_tflops": flops.get_total_flops() / seconds / 1e12,
+            "tokens_per_s": tokens / seconds,
+        }
+        return Measurement(metrics, timing.samples("step_time"))
+
+
+def _memory(model, forward, x, target, device) -> tuple[int, int]:
+    """(peak bytes over one training step, bytes the forward leaves held for backward), on the compute device.
+
+    On CUDA: the caching allocator's counters. Elsewhere: the live-tensor tracker, exact to the byte. Both count
+    what the step allocates beyond the parameters and the batch, gradients included.
+    """
+    model.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        with cuda_peak(device) as mem:
+            before = torch.cuda.memory_allocated(device)
+            loss = loss_fn(forward(model, x), target)
+            activation = torch.cuda.memory_allocated(device) - before
+            loss.backward()
+        return mem.peak_bytes, activation
+    with TensorMemoryTracker() as tracker:
+        loss = loss_fn(forward(model, x), target)
+        activation = tracker.live_bytes(device)
+        loss.backward()
+        del loss
+    return tracker.peak_bytes(device), activation

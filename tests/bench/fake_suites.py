@@ -1,0 +1,49 @@
+"""Suites that end in every way a case can end, for the runner and CLI tests."""
+
+import os
+import signal
+import time
+
+import torch
+
+from bench.suite import Measurement, Relative, Skip, Suite, register
+
+
+@register
+class Endings(Suite):
+    name = "_endings"
+    variants = {"ok": "reference", "raise": "raises", "oom": "out of memory", "skip": "skipped", "crash": "SIGKILL",
+                "sleep": "sleeps params['sleep_s']"}
+    relative = (Relative("double_x", "value_ms"),)
+
+    def grid(self, size, device):
+        return [{"n": n, "sleep_s": 5.0 if size == "quick" else 0.0} for n in (1, 2)]
+
+    def measure(self, variant, params, device):
+        if variant == "raise":
+            raise ValueError(f"boom {params['n']}")
+        if variant == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB (simulated)")
+        if variant == "skip":
+            raise Skip("needs a CUDA device")
+        if variant == "crash":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if variant == "sleep":
+            time.sleep(params["sleep_s"])
+        factor = 2 if variant == "sleep" else 1
+        return Measurement({"value_ms": float(params["n"] * factor)}, {"value_ms": [1.0, 2.0]})
+
+
+@register
+class Slow(Suite):
+    """Six cases of `delay` seconds each, to kill a run midway."""
+
+    name = "_slow"
+    variants = {"a": "reference", "b": "other"}
+
+    def grid(self, size, device):
+        return [{"i": i, "delay": 0.4} for i in range(3)]
+
+    def measure(self, variant, params, device):
+        time.sleep(params["delay"])
+        return Measurement({"i_ms": float(params["i"])})

@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.records import SCHEMA
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_json(capsys):
+    code, out, _ = run_cli(capsys, "list", "--json")
+    suites = {s["name"]: s for s in json.loads(out)["suites"]}
+    assert code == 0
+    ckpt = suites["checkpointing"]
+    assert list(ckpt["variants"]) == ["none", "full", "sqrt", "selective", "offload"]
+    assert ckpt["reference"] == "none" and ckpt["cases"]["smoke"] >= 5
+
+
+def test_list_table(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "checkpointing" in out and "selective" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "nosuch"], "unknown suite 'nosuch' (valid: "),
+    (["run", "checkpointing", "--variant", "nosuch"], "unknown variant 'nosuch' for checkpointing (valid: full, none"),
+    (["run", "--size", "huge"], "invalid choice: 'huge' (choose from "),
+    (["run", "--shard", "3/2"], "--shard must be I/N with 1 <= I <= N"),
+    (["run", "--shard", "two"], "--shard must be I/N"),
+    (["run", "--timeout", "0"], "--timeout must be positive"),
+    (["run", "--device", "tpu"], "unknown --device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_usage_exits_2_with_one_line(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *argv, *(["--out", str(tmp_path / "r")] if argv[0] == "run" else []))
+    assert code == 2
+    assert message in err and err.startswith("bench: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_device_without_cuda(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert code == 2 and "CUDA is not available" in err and "valid: auto, cpu" in err
+
+
+@pytest.mark.parametrize("contents", [
+    {"records.jsonl": json.dumps({"schema": SCHEMA + 1, "case_id": "x"}) + "\n"},
+    {"run.json": json.dumps({"schema": SCHEMA, "run_id": "old", "size": "smoke", "device": "cpu"})},
+])
+def test_existing_out_is_never_overwritten(capsys, tmp_path, contents):
+    out = tmp_path / "r"
+    out.mkdir()
+    for name, text in contents.items():
+        (out / name).write_text(text)
+    code, _, err = run_cli(capsys, "run", "checkpointing", "--size", "smoke", "--device", "cpu", "--out", str(out))
+    assert code == 2 and err.count("\n") == 1 and str(out) in err
+    assert {p.name: p.read_text() for p in out.iterdir()} == contents
+
+
+def test_env_json(capsys):
+    code, out, _ = run_cli(capsys, "env", "--json")
+    env = json.loads(out)
+    assert code == 0 and len(env["env_id"]) >= 8 and env["torch"] == torch.__version__
+
+
+def test_python_dash_m_bench_runs_one_variant(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "checkpointing", "--size", "smoke", "--device", "cpu",
+                           "--variant", "none", "full", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["variant"] for line in lines] == ["none", "full"]
+    assert "2 cases: 2 ok" in proc.stdout

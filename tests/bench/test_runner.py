@@ -1,0 +1,99 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench import runner
+from bench.records import read_records, read_run_json
+from bench.suite import SUITES
+from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config(tmp_path, suite="_endings", **kw):
+    kw = {"size": "smoke", "device": "cpu", "out": tmp_path / "run", **kw}
+    return runner.RunConfig(suites=[SUITES[suite]], **kw)
+
+
+def test_plan_puts_the_reference_first_and_shards_cover_every_case_once():
+    suite = SUITES["_endings"]
+    cases = runner.plan([suite], "smoke", "cpu")
+    assert [c.variant for c in cases[:6]] == ["ok", "raise", "oom", "skip", "crash", "sleep"]
+    assert len({c.id for c in cases}) == len(cases) == 12
+    halves = [runner.plan([suite], "smoke", "cpu", shard=(i, 2)) for i in (1, 2)]
+    assert sorted(c.id for h in halves for c in h) == sorted(c.id for c in cases)
+    assert {c.group for c in halves[0]}.isdisjoint({c.group for c in halves[1]})
+    thirds = [runner.plan([SUITES["_slow"]], "smoke", "cpu", shard=(i, 3)) for i in (1, 2, 3)]
+    assert [len(t) for t in thirds] == [2, 2, 2]
+    assert [c.variant for c in runner.plan([suite], "smoke", "cpu", variants=["sleep"])] == ["sleep", "sleep"]
+
+
+def test_isolated_run_records_every_ending_and_goes_on(tmp_path):
+    code, records = runner.run(config(tmp_path))
+    by_id = {r.case_id: r for r in records}
+    assert code == 1  # a case errored
+    status = {r.variant: r.status for r in records if r.params["n"] == 1}
+    assert status == {"ok": "ok", "raise": "error", "oom": "oom", "skip": "skipped", "crash": "error", "sleep": "ok"}
+    assert "ValueError: boom 1" in by_id["_endings/raise/n=1,sleep_s=0.0"].error
+    assert "Traceback" in by_id["_endings/raise/n=1,sleep_s=0.0"].error
+    assert "OutOfMemoryError" in by_id["_endings/oom/n=2,sleep_s=0.0"].error
+    assert by_id["_endings/skip/n=1,sleep_s=0.0"].error == "needs a CUDA device"
+    assert "SIGKILL" in by_id["_endings/crash/n=1,sleep_s=0.0"].error
+    sleep = by_id["_endings/sleep/n=2,sleep_s=0.0"]
+    assert sleep.metrics["value_ms"] == 4.0 and sleep.metrics["double_x"] == 2.0
+    assert sleep.metrics["energy_j"] is None and sleep.samples == {"value_ms": [1.0, 2.0]}
+    assert read_records(tmp_path / "run" / "records.jsonl") == records
+    meta = read_run_json(tmp_path / "run")
+    assert meta["finished_at"] and meta["size"] == "smoke" and meta["env_id"] == records[0].env_id
+
+
+def test_timeout_kills_the_case_and_the_run_goes_on(tmp_path):
+    code, records = runner.run(config(tmp_path, size="quick", variants=["ok", "sleep"], timeout_s=1.0))
+    assert code == 1
+    assert [(r.variant, r.status) for r in records] == [("ok", "ok"), ("sleep", "timeout")] * 2
+    assert "--timeout" in records[1].error
+    assert all(r.elapsed_s < 4 for r in records)
+
+
+def test_inline_run_and_resume_skip_finished_cases(tmp_path):
+    code, first = runner.run(config(tmp_path, variants=["ok", "skip"], inline=True))
+    assert code == 0 and [r.status for r in first] == ["ok", "skipped"] * 2
+    with pytest.raises(runner.RunDirError, match="--resume"):
+        runner.run(config(tmp_path, variants=["ok", "sleep"], inline=True))
+    with pytest.raises(runner.RunDirError, match="--size smoke"):
+        runner.run(config(tmp_path, size="quick", resume=True, inline=True))
+    code, second = runner.run(config(tmp_path, variants=["ok", "sleep", "skip"], inline=True, resume=True))
+    assert code == 0 and len(second) == 6
+    lines = read_records(tmp_path / "run" / "records.jsonl")
+    assert Counter(r.case_id for r in lines) == Counter(r.case_id for r in second)
+    assert {r.run_id for r in lines} == {read_run_json(tmp_path / "run")["run_id"]}
+
+
+def test_killed_run_resumes_with_every_case_recorded_once(tmp_path):
+    out = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from bench import runner
+        from bench.suite import SUITES
+        import tests.bench.fake_suites
+        runner.run(runner.RunConfig(suites=[SUITES["_slow"]], size="smoke", device="cpu", out=Path({str(out)!r})))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(read_records(out / "records.jsonl")) < 2:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(read_records(out / "records.jsonl"))
+    assert 2 <= done < 6, "the run should have been killed midway"
+    code, records = runner.run(config(tmp_path, suite="_slow", resume=True))
+    assert code == 0
+    counts = Counter(r.case_id for r in read_records(out / "records.jsonl"))
+    assert len(counts) == 6 and set(counts.values()) == {1}
