@@ -32,7 +32,7 @@ _CLOCKS = (
 )
 
 
-def _nvml():
+def load_nvml():
     """The pynvml module (from nvidia-ml-py), or None where it is not installed. Tests replace this loader."""
     try:
         import pynvml
@@ -41,7 +41,7 @@ def _nvml():
     return pynvml
 
 
-def _guard(query, *args):
+def guarded(query, *args):
     """One NVML (or other) query; None on any error, so one unsupported field never hides the rest."""
     try:
         return query(*args)
@@ -64,55 +64,55 @@ def _nvml_gpus(nvml) -> tuple[dict | None, list[dict]]:
     except Exception:
         return None, []
     try:
-        driver = _text(_guard(nvml.nvmlSystemGetDriverVersion))
-        cuda_driver = _cuda_version(_guard(nvml.nvmlSystemGetCudaDriverVersion))
-        nvml_version = _text(_guard(nvml.nvmlSystemGetNVMLVersion))
+        driver = _text(guarded(nvml.nvmlSystemGetDriverVersion))
+        cuda_driver = _cuda_version(guarded(nvml.nvmlSystemGetCudaDriverVersion))
+        nvml_version = _text(guarded(nvml.nvmlSystemGetNVMLVersion))
         info = {"driver_version": driver, "cuda_driver_version": cuda_driver, "nvml_version": nvml_version}
         gpus = []
-        for i in range(_guard(nvml.nvmlDeviceGetCount) or 0):
-            h = _guard(nvml.nvmlDeviceGetHandleByIndex, i)
+        for i in range(guarded(nvml.nvmlDeviceGetCount) or 0):
+            h = guarded(nvml.nvmlDeviceGetHandleByIndex, i)
             if h is None:
                 continue
-            cc = _guard(nvml.nvmlDeviceGetCudaComputeCapability, h)
-            mem = _guard(nvml.nvmlDeviceGetMemoryInfo, h)
-            power_mw = _guard(nvml.nvmlDeviceGetEnforcedPowerLimit, h)
-            ecc = _guard(nvml.nvmlDeviceGetEccMode, h)  # (current, pending)
-            mig = _guard(nvml.nvmlDeviceGetMigMode, h)  # (current, pending)
-            pci = _guard(nvml.nvmlDeviceGetPciInfo, h)
-            clocks = {f: _guard(lambda: getattr(nvml, fn)(h, getattr(nvml, domain))) for f, fn, domain in _CLOCKS}
-            persistence = _guard(nvml.nvmlDeviceGetPersistenceMode, h)
+            cc = guarded(nvml.nvmlDeviceGetCudaComputeCapability, h)
+            mem = guarded(nvml.nvmlDeviceGetMemoryInfo, h)
+            power_mw = guarded(nvml.nvmlDeviceGetEnforcedPowerLimit, h)
+            ecc = guarded(nvml.nvmlDeviceGetEccMode, h)  # (current, pending)
+            mig = guarded(nvml.nvmlDeviceGetMigMode, h)  # (current, pending)
+            pci = guarded(nvml.nvmlDeviceGetPciInfo, h)
+            clocks = {f: guarded(lambda: getattr(nvml, fn)(h, getattr(nvml, domain))) for f, fn, domain in _CLOCKS}
+            persistence = guarded(nvml.nvmlDeviceGetPersistenceMode, h)
             gpus.append(
                 {
                     "index": i,
-                    "name": _text(_guard(nvml.nvmlDeviceGetName, h)),
-                    "uuid": _text(_guard(nvml.nvmlDeviceGetUUID, h)),
+                    "name": _text(guarded(nvml.nvmlDeviceGetName, h)),
+                    "uuid": _text(guarded(nvml.nvmlDeviceGetUUID, h)),
                     "driver_version": driver,
                     "cuda_driver_version": cuda_driver,
                     "compute_capability": None if cc is None else f"{cc[0]}.{cc[1]}",
-                    "memory_total_bytes": _guard(lambda: int(mem.total)),
+                    "memory_total_bytes": guarded(lambda: int(mem.total)),
                     **clocks,
                     "power_limit_w": None if power_mw is None else power_mw / 1000,
-                    "ecc_mode": _guard(lambda: bool(ecc[0])),
-                    "mig_mode": _guard(lambda: bool(mig[0])),
+                    "ecc_mode": guarded(lambda: bool(ecc[0])),
+                    "mig_mode": guarded(lambda: bool(mig[0])),
                     "persistence_mode": None if persistence is None else bool(persistence),
-                    "pci_bus_id": _text(_guard(lambda: pci.busId)),
+                    "pci_bus_id": _text(guarded(lambda: pci.busId)),
                     "source": "nvml",
                 }
             )
         return info, gpus
     finally:
-        _guard(nvml.nvmlShutdown)
+        guarded(nvml.nvmlShutdown)
 
 
 def _torch_gpus(torch) -> list[dict]:
     """What torch alone can say about each visible GPU, for machines without NVML."""
     gpus = []
     for i in range(torch.cuda.device_count()):
-        p = _guard(torch.cuda.get_device_properties, i)
+        p = guarded(torch.cuda.get_device_properties, i)
         gpu = dict.fromkeys(GPU_FIELDS)
         gpu.update(index=i, source="torch")
         if p is not None:
-            uuid = _guard(lambda: str(p.uuid))
+            uuid = guarded(lambda: str(p.uuid))
             gpu.update(
                 name=p.name,
                 uuid=None if uuid is None else f"GPU-{uuid}",
@@ -151,7 +151,7 @@ def _physical_cores() -> int | None:
 
 
 def _host_memory_bytes() -> int | None:
-    return _guard(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return guarded(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def git_info(root: str | Path | None = None) -> dict:
@@ -184,12 +184,12 @@ def collect(root: str | Path | None = None) -> dict:
 
     from bench import __version__
 
-    nvml = _nvml()
+    nvml = load_nvml()
     nvml_info, gpus = _nvml_gpus(nvml) if nvml is not None else (None, [])
-    cuda_available = bool(_guard(torch.cuda.is_available))
+    cuda_available = bool(guarded(torch.cuda.is_available))
     if not gpus and cuda_available:
         gpus = _torch_gpus(torch)
-    affinity = _guard(os.sched_getaffinity, 0) if hasattr(os, "sched_getaffinity") else None
+    affinity = guarded(os.sched_getaffinity, 0) if hasattr(os, "sched_getaffinity") else None
     return {
         "techbench": __version__,
         "python_version": platform.python_version(),
@@ -199,7 +199,7 @@ def collect(root: str | Path | None = None) -> dict:
         "hostname": socket.gethostname(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "cudnn": _guard(torch.backends.cudnn.version),
+        "cudnn": guarded(torch.backends.cudnn.version),
         "triton": _version("triton"),
         "numpy": _version("numpy"),
         "cpu_model": _cpu_model(),
@@ -208,7 +208,7 @@ def collect(root: str | Path | None = None) -> dict:
         "cpu_usable_cores": None if affinity is None else len(affinity),
         "host_memory_bytes": _host_memory_bytes(),
         "cuda_available": cuda_available,
-        "cuda_device_count": _guard(torch.cuda.device_count) if cuda_available else 0,
+        "cuda_device_count": guarded(torch.cuda.device_count) if cuda_available else 0,
         "nvml": nvml_info,
         "gpus": gpus,
         "git": git_info(root),

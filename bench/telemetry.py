@@ -13,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from bench.env import guarded, load_nvml
+
 SUMMARY_KEYS = ("energy_j", "avg_power_w", "sm_clock_mhz", "max_temp_c", "throttled", "throttle_reasons")
 
 # Bit values of nvmlClocksEventReason* (nvmlClocksThrottleReason* before NVML 12.2; same bits) in nvml.h.
@@ -38,22 +40,6 @@ def reason_names(mask: int) -> list[str]:
     return [REASON_BITS.get(1 << b, f"bit{b}") for b in range(mask.bit_length()) if mask >> b & 1]
 
 
-def _nvml():
-    """The pynvml module (from nvidia-ml-py), or None where it is not installed. Tests replace this loader."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    return pynvml
-
-
-def _guard(query, *args):
-    try:
-        return query(*args)
-    except Exception:
-        return None
-
-
 def _cuda_index(device) -> int | None:
     """The torch CUDA index of "cuda" / "cuda:i" / a torch.device, None for any other device."""
     text = str(device)
@@ -66,7 +52,7 @@ def _cuda_index(device) -> int | None:
         return index
     import torch
 
-    return _guard(torch.cuda.current_device) or 0
+    return guarded(torch.cuda.current_device) or 0
 
 
 def _torch_uuid(index: int) -> str | None:
@@ -104,7 +90,7 @@ class Telemetry:
 
     def __enter__(self) -> Telemetry:
         index = _cuda_index(self.device)
-        nvml = _nvml() if index is not None else None
+        nvml = load_nvml() if index is not None else None
         if nvml is None:
             return self
         try:
@@ -115,13 +101,13 @@ class Telemetry:
         # torch and NVML number GPUs differently (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER=FASTEST_FIRST), so match
         # by UUID; the index is right on the common single-visible-GPU and PCI-ordered setups.
         uuid = _torch_uuid(index)
-        self._handle = (uuid and _guard(nvml.nvmlDeviceGetHandleByUUID, uuid)) or _guard(
+        self._handle = (uuid and guarded(nvml.nvmlDeviceGetHandleByUUID, uuid)) or guarded(
             nvml.nvmlDeviceGetHandleByIndex, index
         )
         if self._handle is None:
             self._close()
             return self
-        self._energy_mj.append(_guard(nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle))
+        self._energy_mj.append(guarded(nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle))
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="techbench-telemetry", daemon=True)
         self._thread.start()
@@ -134,12 +120,12 @@ class Telemetry:
             self._thread = None
         if self._handle is not None:
             self._sample()
-            self._energy_mj.append(_guard(self._nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle))
+            self._energy_mj.append(guarded(self._nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle))
         self._close()
 
     def _close(self) -> None:
         if self._nvml is not None:
-            _guard(self._nvml.nvmlShutdown)
+            guarded(self._nvml.nvmlShutdown)
             self._nvml = None
 
     def _loop(self) -> None:
@@ -148,7 +134,7 @@ class Telemetry:
 
     def _sample(self) -> None:
         nvml, h = self._nvml, self._handle
-        power_mw = _guard(nvml.nvmlDeviceGetPowerUsage, h)
+        power_mw = guarded(nvml.nvmlDeviceGetPowerUsage, h)
         reasons_fn = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
             nvml, "nvmlDeviceGetCurrentClocksThrottleReasons", None
         )
@@ -156,9 +142,9 @@ class Telemetry:
             Sample(
                 t_s=time.monotonic(),
                 power_w=None if power_mw is None else power_mw / 1000,
-                sm_clock_mhz=_guard(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)),
-                temp_c=_guard(lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)),
-                reasons=None if reasons_fn is None else _guard(reasons_fn, h),
+                sm_clock_mhz=guarded(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)),
+                temp_c=guarded(lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)),
+                reasons=None if reasons_fn is None else guarded(reasons_fn, h),
             )
         )
 

@@ -80,3 +80,23 @@ def test_python_dash_m_bench_runs_one_variant(tmp_path):
     lines = (out / "records.jsonl").read_text().splitlines()
     assert [json.loads(line)["variant"] for line in lines] == ["none", "full"]
     assert "2 cases: 2 ok" in proc.stdout
+
+
+def test_full_disk_is_one_line_and_keeps_finished_records(capsys, tmp_path, monkeypatch):
+    from bench.records import RecordWriter
+
+    write, calls = RecordWriter.write, []
+
+    def write_until_full(self, record):
+        calls.append(record.case_id)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        write(self, record)
+
+    monkeypatch.setattr(RecordWriter, "write", write_until_full)
+    out = tmp_path / "r"
+    code, _, err = run_cli(capsys, "run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline",
+                           "--variant", "none", "full", "--out", str(out))
+    assert code == 1 and err.count("\n") == 1 and "No space left on device" in err and "--resume" in err
+    kept = [json.loads(line)["case_id"] for line in (out / "records.jsonl").read_text().splitlines()]
+    assert kept == calls[:1]

@@ -53,7 +53,7 @@ def here():
 
 
 def test_collect_here_without_nvml(monkeypatch):
-    monkeypatch.setattr(env, "_nvml", lambda: None)
+    monkeypatch.setattr(env, "load_nvml", lambda: None)
     e = env.collect()
     assert e["nvml"] is None
     if not e["cuda_available"]:
@@ -72,7 +72,7 @@ def test_table_rows_are_strings(here):
 
 
 def test_env_id_stable_and_ignores_per_run_fields(monkeypatch):
-    monkeypatch.setattr(env, "_nvml", lambda: fake_pynvml())
+    monkeypatch.setattr(env, "load_nvml", lambda: fake_pynvml())
     e = env.collect()
     assert env.env_id(e) == env.env_id(copy.deepcopy(e))
     other = copy.deepcopy(e)
@@ -91,7 +91,7 @@ def test_env_id_stable_and_ignores_per_run_fields(monkeypatch):
     ],
 )
 def test_env_id_changes_with_identity(monkeypatch, change):
-    monkeypatch.setattr(env, "_nvml", lambda: fake_pynvml())
+    monkeypatch.setattr(env, "load_nvml", lambda: fake_pynvml())
     e = env.collect()
     changed = copy.deepcopy(e)
     change(changed)
@@ -106,7 +106,7 @@ def test_git_outside_a_repo_is_none(tmp_path, monkeypatch):
 
 
 def test_fake_nvml_populates_gpus(monkeypatch):
-    monkeypatch.setattr(env, "_nvml", lambda: fake_pynvml(n_gpus=2))
+    monkeypatch.setattr(env, "load_nvml", lambda: fake_pynvml(n_gpus=2))
     e = env.collect()
     assert e["nvml"] == {"driver_version": "570.86.15", "cuda_driver_version": "12.8", "nvml_version": "12.570.86.15"}
     assert [g["index"] for g in e["gpus"]] == [0, 1]
@@ -135,7 +135,7 @@ def test_fake_nvml_populates_gpus(monkeypatch):
 
 def test_failing_nvml_queries_give_none_for_those_fields_only(monkeypatch):
     failing = ("nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetMigMode", "nvmlDeviceGetMaxClockInfo")
-    monkeypatch.setattr(env, "_nvml", lambda: fake_pynvml(n_gpus=1, failing=failing))
+    monkeypatch.setattr(env, "load_nvml", lambda: fake_pynvml(n_gpus=1, failing=failing))
     g = env.collect()["gpus"][0]
     nulls = {"power_limit_w", "mig_mode", "max_sm_clock_mhz", "max_mem_clock_mhz"}
     assert {k for k, v in g.items() if v is None} == nulls
@@ -143,7 +143,7 @@ def test_failing_nvml_queries_give_none_for_those_fields_only(monkeypatch):
 
 
 def test_nvml_init_failure_means_no_nvml(monkeypatch):
-    monkeypatch.setattr(env, "_nvml", lambda: fake_pynvml(failing=("nvmlInit",)))
+    monkeypatch.setattr(env, "load_nvml", lambda: fake_pynvml(failing=("nvmlInit",)))
     e = env.collect()
     assert e["nvml"] is None
     if not e["cuda_available"]:

@@ -61,7 +61,7 @@ class FakeNVML:
 
 
 def test_cpu_starts_nothing(monkeypatch):
-    monkeypatch.setattr(telemetry, "_nvml", lambda: pytest.fail("CPU telemetry must not load NVML"))
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: pytest.fail("CPU telemetry must not load NVML"))
     threads = threading.active_count()
     with Telemetry("cpu") as tel:
         assert tel._thread is None
@@ -70,14 +70,14 @@ def test_cpu_starts_nothing(monkeypatch):
 
 
 def test_without_pynvml_all_none(monkeypatch):
-    monkeypatch.setattr(telemetry, "_nvml", lambda: None)
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: None)
     with Telemetry("cuda:0") as tel:
         assert tel._thread is None
     assert tel.summary() == dict.fromkeys(SUMMARY_KEYS)
 
 
 def test_nvml_init_failure_all_none(monkeypatch):
-    monkeypatch.setattr(telemetry, "_nvml", lambda: FakeNVML(fail_init=True))
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: FakeNVML(fail_init=True))
     with Telemetry("cuda") as tel:
         assert tel._thread is None
     assert tel.summary() == dict.fromkeys(SUMMARY_KEYS)
@@ -85,7 +85,7 @@ def test_nvml_init_failure_all_none(monkeypatch):
 
 def test_fake_nvml_summary(monkeypatch):
     fake = FakeNVML()
-    monkeypatch.setattr(telemetry, "_nvml", lambda: fake)
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: fake)
     with Telemetry("cuda:0", interval_s=0.005) as tel:
         thread = tel._thread
         assert thread is not None and thread.is_alive() and thread.daemon
@@ -106,7 +106,7 @@ def test_fake_nvml_summary(monkeypatch):
 
 
 def test_energy_falls_back_to_integrating_power(monkeypatch):
-    monkeypatch.setattr(telemetry, "_nvml", lambda: FakeNVML(energy=False))
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: FakeNVML(energy=False))
     with Telemetry("cuda:0", interval_s=0.005) as tel:
         time.sleep(0.02)
     elapsed = tel.samples[-1].t_s - tel.samples[0].t_s
@@ -116,7 +116,7 @@ def test_energy_falls_back_to_integrating_power(monkeypatch):
 def test_idle_alone_is_not_throttling(monkeypatch):
     fake = FakeNVML()
     fake.nvmlDeviceGetCurrentClocksEventReasons = lambda h: 0x1 | 0x2  # gpu_idle | applications_clocks_setting
-    monkeypatch.setattr(telemetry, "_nvml", lambda: fake)
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: fake)
     with Telemetry("cuda:0", interval_s=0.005) as tel:
         pass
     s = tel.summary()
