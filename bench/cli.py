@@ -61,16 +61,17 @@ def _resolve_device(text: str) -> str:
     import torch
 
     if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        text = "cuda" if torch.cuda.is_available() else "cpu"
     if text == "cpu":
         return text
     if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
         if not torch.cuda.is_available():
             raise UsageError(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
                              "valid: auto, cpu")
-        if ":" in text and int(text[5:]) >= torch.cuda.device_count():
+        index = int(text[5:]) if ":" in text else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
             raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-        return text
+        return f"cuda:{index}"  # records name the exact device
     raise UsageError(f"unknown --device {text!r} (valid: auto, cpu, cuda, cuda:N)")
 
 

@@ -15,8 +15,8 @@ DEEP = TransformerConfig(d_model=32, n_heads=2, n_layers=8)  # enough layers for
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # These shapes are tiny, so intra-op threads only add OpenMP wake-ups: ~8 ms per parallel op on a 2-core VM,
-    # which made this file take 40 s instead of 3 s.
+    # These shapes are tiny, so intra-op threads only add OpenMP wake-ups; on a busy 2-core VM (~8 ms per parallel
+    # op) they made this file take 40 s instead of 3 s.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
