@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
+from bench.runner import DEFAULT_TIMEOUT_S
 from bench.suite import SIZES, discover
 
 
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run directory (default: runs/<run_id>)")
     r.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     r.add_argument("--shard", default="1/1", metavar="I/N", help="run the I-th of N deterministic slices")
-    r.add_argument("--timeout", type=float, default=900.0, metavar="S", help="seconds per case (default: 900)")
+    r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"seconds per case (default: {DEFAULT_TIMEOUT_S:g})")
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
     r.add_argument("--resume", action="store_true", help="continue OUT, skipping cases it already finished")
 
@@ -68,9 +71,10 @@ def _resolve_device(text: str) -> str:
         if not torch.cuda.is_available():
             raise UsageError(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
                              "valid: auto, cpu")
-        index = int(text[5:]) if ":" in text else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        index, count = (int(text[5:]) if ":" in text else 0), torch.cuda.device_count()
+        if index >= count:
+            raise UsageError(f"--device {text}: this machine has {count} CUDA device(s) "
+                             f"(valid: cuda:0..cuda:{count - 1})")
         return f"cuda:{index}"  # records name the exact device
     raise UsageError(f"unknown --device {text!r} (valid: auto, cpu, cuda, cuda:N)")
 
@@ -158,7 +162,12 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"bench: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     try:
         args = _parser().parse_args(argv)
         return {"run": cmd_run, "list": cmd_list, "env": cmd_env}[args.command](args)

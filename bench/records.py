@@ -54,13 +54,18 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict) -> Record:
-        if d.get("schema") != SCHEMA:
-            raise SchemaError(f"record schema {d.get('schema')!r}, this techbench reads schema {SCHEMA}")
+        schema = d.get("schema")
+        if isinstance(schema, int) and not isinstance(schema, bool) and schema != SCHEMA:
+            raise SchemaError(f"record schema {schema}, this techbench reads schema {SCHEMA}")
+        if schema != SCHEMA:
+            raise ValueError("not a record: no schema")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _finite(value):
     """NaN and infinities become null: JSON has no spelling for them and a record must always be writable."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import multiprocessing as mp
+import os
 import random
 import signal
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -90,7 +92,11 @@ def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:
         torch.manual_seed(seed)
         with Telemetry(device) as telemetry:
             m = suite.measure(case.variant, dict(case.params), device)
-        metrics = {**m.metrics, **{k: v for k, v in telemetry.summary().items() if k != "throttle_reasons"}}
+        gpu = telemetry.summary(window=m.timed.window_s if m.timed else None)
+        metrics = {**m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
+        if m.timed is not None:
+            power = gpu["avg_power_w"]
+            metrics["energy_per_call_j"] = None if power is None else power * m.timed.median_ms / 1e3
         return {"status": "ok", "metrics": metrics, "samples": m.samples, "error": None}
     except Skip as e:
         return {"status": "skipped", "error": str(e) or "skipped"}
@@ -102,7 +108,17 @@ def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:
         return {"status": status, "error": "\n".join(tail)}
 
 
-def _child(conn, case: Case, device: str, seed: int) -> None:
+def _child(conn, lifeline, case: Case, device: str, seed: int) -> None:
+    # A forkserver child's parent is the server, not `bench`: nothing would end it if `bench` died. The lifeline
+    # pipe's other end lives only in `bench`, so EOF on it means `bench` is gone, and the case must go too.
+    def watch():
+        try:
+            lifeline.recv()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="techbench-lifeline", daemon=True).start()
     conn.send(execute(case, device, seed))
     conn.close()
 
@@ -120,9 +136,11 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
     """execute() in a child process: a crash, a hang past timeout_s or a kill by the OS is recorded, not fatal."""
     ctx = _context([case.module])
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, case, device, seed), daemon=True)
+    lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed), daemon=True)
     proc.start()
     send.close()
+    lifeline_r.close()
     try:
         if recv.poll(timeout_s):
             try:
@@ -143,6 +161,7 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
             proc.kill()
         proc.join(10)
         recv.close()
+        lifeline_w.close()
 
 
 def now() -> str:
@@ -172,12 +191,10 @@ class RunDirError(ValueError):
     """The output directory cannot take this run (it holds another run, or another schema); nothing was written."""
 
 
-def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
-    """Run every planned case not yet finished in cfg.out; returns (exit code, records of the planned cases)."""
-    from bench import __version__
-    from bench import env as envmod
-
-    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard)
+def _open_run_dir(cfg: RunConfig, shard: str) -> tuple[dict | None, dict[str, Record]]:
+    """run.json and finished records of cfg.out, after checking it can take this run; raises RunDirError."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise RunDirError(f"--out {cfg.out} is a file, not a run directory")
     try:
         meta = read_run_json(cfg.out)
         finished = {r.case_id: r for r in read_records(cfg.out / RECORDS_JSONL)}
@@ -185,15 +202,32 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
         raise RunDirError(f"{cfg.out} holds another schema: {e}") from None
     if (meta is not None or finished) and not cfg.resume:
         raise RunDirError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-    if meta is not None and (meta.get("size"), meta.get("device")) != (cfg.size, cfg.device):
-        raise RunDirError(f"{cfg.out} was run with --size {meta.get('size')} --device {meta.get('device')}; "
-                          "resume it with the same")
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        was = (meta.get("size"), meta.get("device"), meta.get("shard", "1/1"))
+        if was != (cfg.size, cfg.device, shard):
+            raise RunDirError(f"{cfg.out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; "
+                              "resume it with the same")
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create --out {cfg.out}: {e.strerror or e}") from None
+    return meta, finished
+
+
+def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
+    """Run every planned case not yet finished in cfg.out; returns (exit code, records of the planned cases)."""
+    from bench import __version__
+    from bench import env as envmod
+
+    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard)
+    shard = "{}/{}".format(*cfg.shard)
+    meta, finished = _open_run_dir(cfg, shard)
+    environment = envmod.collect()
+    env_id = envmod.env_id(environment)  # of this machine now: a resumed run may continue elsewhere
     if meta is None:
-        environment = envmod.collect()
-        meta = {"schema": 1, "run_id": cfg.run_id or new_run_id(), "argv": cfg.argv,
-                "size": cfg.size, "device": cfg.device, "started_at": now(), "finished_at": None,
-                "env": environment, "env_id": envmod.env_id(environment), "git": environment.get("git"),
+        meta = {"schema": 1, "run_id": cfg.run_id or new_run_id(), "argv": cfg.argv, "size": cfg.size,
+                "device": cfg.device, "shard": shard, "variants": cfg.variants, "started_at": now(),
+                "finished_at": None, "env": environment, "env_id": env_id, "git": environment.get("git"),
                 "version": __version__, "seed": SEED}
     meta["finished_at"] = None
     write_run_json(cfg.out, meta)
@@ -212,7 +246,7 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
-                            started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=meta["env_id"])
+                            started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=env_id)
             if record.status == "ok":
                 refs[record.case_id] = record.metrics  # first, so the reference gets its own ratios of 1
                 _add_relative(record, refs)

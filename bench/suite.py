@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from bench.timing import Timing
 
 SIZES = ("smoke", "quick", "full")
 SUITES: dict[str, Suite] = {}
@@ -49,6 +52,9 @@ class Measurement:
 
     metrics: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)
+    timed: Timing | None = None
+    """The headline timing, if any: GPU telemetry is summarised over its window (not the set-up around it), and
+    energy_per_call_j = mean power in that window x its median time."""
 
 
 class Suite:
@@ -62,7 +68,7 @@ class Suite:
     relative: ClassVar[tuple[Relative, ...]] = ()
 
     def grid(self, size: str, device: str) -> list[dict[str, Any]]:
-        """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda"); JSON scalar values.
+        """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda:N"); JSON scalar values.
 
         The device may choose what a case is (bf16 on CUDA, fp32 on CPU) but the params then say so, so that a
         case_id always names one workload.
@@ -70,7 +76,7 @@ class Suite:
         raise NotImplementedError
 
     def measure(self, variant: str, params: dict[str, Any], device: str) -> Measurement:
-        """Run one case on `device` ("cpu" or "cuda[:i]"); raise Skip when the variant cannot run there."""
+        """Run one case on `device` ("cpu" or "cuda:N"); raise Skip when the variant cannot run there."""
         raise NotImplementedError
 
     def reference_variant(self) -> str:

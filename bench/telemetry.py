@@ -73,6 +73,8 @@ class Sample:
     temp_c: float | None
     reasons: int | None
     """Clock-event reason bit mask (REASON_BITS)."""
+    energy_mj: int | None = None
+    """The GPU's total-energy counter (mJ since driver load; Volta and newer)."""
 
 
 class Telemetry:
@@ -86,7 +88,6 @@ class Telemetry:
         self._handle = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._energy_mj: list[int | None] = []
 
     def __enter__(self) -> Telemetry:
         index = _cuda_index(self.device)
@@ -107,7 +108,6 @@ class Telemetry:
         if self._handle is None:
             self._close()
             return self
-        self._energy_mj.append(guarded(nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle))
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="techbench-telemetry", daemon=True)
         self._thread.start()
@@ -120,7 +120,6 @@ class Telemetry:
             self._thread = None
         if self._handle is not None:
             self._sample()
-            self._energy_mj.append(guarded(self._nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle))
         self._close()
 
     def _close(self) -> None:
@@ -145,23 +144,29 @@ class Telemetry:
                 sm_clock_mhz=guarded(lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM)),
                 temp_c=guarded(lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)),
                 reasons=None if reasons_fn is None else guarded(reasons_fn, h),
+                energy_mj=guarded(nvml.nvmlDeviceGetTotalEnergyConsumption, h),
             )
         )
 
-    def summary(self) -> dict:
+    def summary(self, window: tuple[float, float] | None = None) -> dict:
         """energy_j, avg_power_w, sm_clock_mhz (mean), max_temp_c, throttled, throttle_reasons; all None without
-        NVML samples."""
-        if not self.samples:
+        NVML samples. `window` (time.monotonic() start and end, e.g. Timing.window_s) keeps only the samples taken
+        in it, so that the figures describe the timed repetitions rather than set-up."""
+        samples = self.samples
+        if window is not None:
+            inside = [s for s in samples if window[0] <= s.t_s <= window[1]]
+            samples = inside if len(inside) >= 2 else samples  # too short a window for the 50 ms sampler
+        if not samples:
             return dict.fromkeys(SUMMARY_KEYS)
-        powers = [s.power_w for s in self.samples if s.power_w is not None]
-        clocks = [s.sm_clock_mhz for s in self.samples if s.sm_clock_mhz is not None]
-        temps = [s.temp_c for s in self.samples if s.temp_c is not None]
-        masks = [s.reasons for s in self.samples if s.reasons is not None]
+        powers = [s.power_w for s in samples if s.power_w is not None]
+        clocks = [s.sm_clock_mhz for s in samples if s.sm_clock_mhz is not None]
+        temps = [s.temp_c for s in samples if s.temp_c is not None]
+        masks = [s.reasons for s in samples if s.reasons is not None]
         mask = 0
         for m in masks:
             mask |= m
         return {
-            "energy_j": self._energy_j(),
+            "energy_j": _energy_j(samples),
             "avg_power_w": sum(powers) / len(powers) if powers else None,
             "sm_clock_mhz": sum(clocks) / len(clocks) if clocks else None,
             "max_temp_c": max(temps) if temps else None,
@@ -169,12 +174,14 @@ class Telemetry:
             "throttle_reasons": reason_names(mask) if masks else None,
         }
 
-    def _energy_j(self) -> float | None:
-        if len(self._energy_mj) == 2 and None not in self._energy_mj:
-            return (self._energy_mj[1] - self._energy_mj[0]) / 1000
-        # The energy counter needs Volta or newer; without it, integrate the power samples over time (trapezoids).
-        # Coarser: on A100/H100 nvmlDeviceGetPowerUsage is a trailing 1 s average, so short cases smear.
-        pts = [(s.t_s, s.power_w) for s in self.samples if s.power_w is not None]
-        if len(pts) < 2:
-            return None
-        return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(pts, pts[1:]))
+
+def _energy_j(samples: list[Sample]) -> float | None:
+    counter = [s for s in samples if s.energy_mj is not None]
+    if len(counter) >= 2:
+        return (counter[-1].energy_mj - counter[0].energy_mj) / 1000
+    # The energy counter needs Volta or newer; without it, integrate the power samples over time (trapezoids).
+    # Coarser: on A100/H100 nvmlDeviceGetPowerUsage is a trailing 1 s average, so short cases smear.
+    pts = [(s.t_s, s.power_w) for s in samples if s.power_w is not None]
+    if len(pts) < 2:
+        return None
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(pts, pts[1:]))

@@ -7,6 +7,7 @@ a warm L2 is wanted. torch and triton are imported only when a timer runs, so `T
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -45,6 +46,8 @@ class Timing:
     per-call estimate); the Triton timers add a few estimate and warm-up calls of their own on top."""
     method: str
     """Which timer produced the samples: one of METHODS."""
+    window_s: tuple[float, float] | None = None
+    """time.monotonic() when timing began and ended: the span telemetry is summarised over."""
 
     def __post_init__(self):
         object.__setattr__(self, "samples_ms", tuple(float(s) for s in self.samples_ms))
@@ -128,13 +131,16 @@ def time_fn(
     assert 1 <= min_reps <= max_reps, f"need 1 <= min_reps <= max_reps, got {min_reps}, {max_reps}"
     assert warmup >= 0 and min_time_s >= 0
     kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
+    start = time.monotonic()
     if kind != "cuda":
-        return _time_wall(fn, warmup, min_reps, max_reps, min_time_s)
-    import torch
+        timing = _time_wall(fn, warmup, min_reps, max_reps, min_time_s)
+    else:
+        import torch
 
-    dev = torch.device(device)
-    with torch.cuda.device(dev if dev.index is not None else torch.cuda.current_device()):
-        return _time_cuda(fn, warmup, min_reps, max_reps, min_time_s, flush_l2, cuda_graph)
+        dev = torch.device(device)
+        with torch.cuda.device(dev if dev.index is not None else torch.cuda.current_device()):
+            timing = _time_cuda(fn, warmup, min_reps, max_reps, min_time_s, flush_l2, cuda_graph)
+    return dataclasses.replace(timing, window_s=(start, time.monotonic()))
 
 
 def _time_wall(fn, warmup: int, min_reps: int, max_reps: int, min_time_s: float) -> Timing:

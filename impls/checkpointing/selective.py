@@ -1,7 +1,5 @@
 """Selective activation checkpointing: save matmul and attention outputs, recompute pointwise ops (Korthikanti 2022)."""
 
-import functools
-
 from torch import Tensor
 from torch.ops import aten
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
@@ -17,22 +15,38 @@ _SDPA_OPS = (
 )
 # Matmuls cost O(S * D^2) and fused attention O(S^2 * D) FLOPs per layer; their outputs are what is worth keeping.
 # Norms, GELU, adds and softmax are O(S * D) and memory bound, so recomputing them is nearly free.
+LINEAR_OPS = frozenset([aten.mm, aten.addmm])
 SAVE_OPS = frozenset(
-    [aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.linear]
-    + [op for name in _SDPA_OPS if (op := getattr(aten, name, None)) is not None]
+    [aten.bmm, aten.baddbmm] + [op for name in _SDPA_OPS if (op := getattr(aten, name, None)) is not None]
 )
+# A block runs four Linears: qkv, proj, fc1, fc2. fc2's output only feeds the residual add, whose backward needs no
+# input, and non-reentrant recompute stops before fc2, so saving it would keep one [B, S, D] per block for nothing.
+SAVED_LINEARS = 3
 
 
-def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    if op.overloadpacket in SAVE_OPS:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
+def make_policy():
+    """A policy for one checkpointed block: save its first SAVED_LINEARS matmuls, attention and bmm outputs."""
+    seen = {False: 0, True: 0}  # Linears met in the forward and in the recompute: both passes run in the same order
+
+    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        if op.overloadpacket in LINEAR_OPS:
+            seen[ctx.is_recompute] += 1
+            keep = seen[ctx.is_recompute] <= SAVED_LINEARS
+            return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+        if op.overloadpacket in SAVE_OPS:
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def _contexts():
+    return create_selective_checkpoint_contexts(make_policy())
 
 
 def forward(model: Transformer, x: Tensor) -> Tensor:
-    context_fn = functools.partial(create_selective_checkpoint_contexts, policy)
     for block in model.blocks:
-        x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)  # [B, S, D]
+        x = checkpoint(block, x, use_reentrant=False, context_fn=_contexts)  # [B, S, D]
     return model.norm(x)
 
 

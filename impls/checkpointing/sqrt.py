@@ -1,22 +1,37 @@
-"""sqrt(n) checkpointing: split n blocks into ~sqrt(n) segments, keep segment inputs only (Chen et al. 2016)."""
+"""sqrt(n) checkpointing: ~sqrt(n) segments of blocks, each checkpointed, keeping segment inputs (Chen et al. 2016).
+
+Memory O(sqrt(n)) block activations: sqrt(n) segment inputs are kept, and one segment of ~sqrt(n) blocks is live at
+a time during recompute. Unlike torch.utils.checkpoint.checkpoint_sequential, which runs its last segment without
+checkpointing, every segment here is checkpointed, as in the paper.
+"""
 
 import math
 
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint_sequential
+from torch.utils.checkpoint import checkpoint
 
 from impls.checkpointing.reference import Transformer, check
 
 
-def segments(n_layers: int) -> int:
-    return max(1, round(math.sqrt(n_layers)))
+def segments(n_layers: int) -> list[range]:
+    """round(sqrt(n)) contiguous, near-equal ranges of block indices (8 layers: 3, 2, 3)."""
+    k = max(1, round(math.sqrt(n_layers)))
+    bounds = [round(i * n_layers / k) for i in range(k + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _run(blocks):
+    def run(x: Tensor) -> Tensor:
+        for block in blocks:
+            x = block(x)
+        return x
+
+    return run
 
 
 def forward(model: Transformer, x: Tensor) -> Tensor:
-    # checkpoint_sequential checkpoints all segments but the last, which also takes the remainder layers and runs
-    # plainly: at 8 layers it is 3 segments of sizes 2, 2, 4 and only 4 blocks are recomputed, so this variant
-    # recomputes less than "full" (and keeps more activations).
-    x = checkpoint_sequential(list(model.blocks), segments(len(model.blocks)), x, use_reentrant=False)
+    for seg in segments(len(model.blocks)):
+        x = checkpoint(_run([model.blocks[i] for i in seg]), x, use_reentrant=False)  # [B, S, D]
     return model.norm(x)
 
 

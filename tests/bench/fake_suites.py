@@ -45,5 +45,27 @@ class Slow(Suite):
         return [{"i": i, "delay": 0.4} for i in range(3)]
 
     def measure(self, variant, params, device):
-        time.sleep(params["delay"])
+        if "TECHBENCH_TEST_PIDS" in os.environ:  # let a test find the process that runs each case
+            with open(os.environ["TECHBENCH_TEST_PIDS"], "a") as f:
+                f.write(f"{os.getpid()}\n")
+        hang = os.environ.get("TECHBENCH_TEST_HANG") == str(params["i"])  # a case that outlives any test
+        time.sleep(60 if hang else params["delay"])
         return Measurement({"i_ms": float(params["i"])})
+
+
+@register
+class Timed(Suite):
+    """Times a 10 ms sleep: the runner summarises GPU telemetry over the timing's window."""
+
+    name = "_timed"
+    variants = {"sleep": "reference"}
+
+    def grid(self, size, device):
+        return [{"ms": 10}]
+
+    def measure(self, variant, params, device):
+        from bench.timing import time_fn
+
+        time.sleep(0.05)  # set-up, outside the window
+        timing = time_fn(lambda: time.sleep(params["ms"] / 1e3), "cpu", warmup=0, min_reps=5, min_time_s=0.1)
+        return Measurement(timing.metrics("call_time"), timing.samples("call_time"), timed=timing)

@@ -52,6 +52,26 @@ def test_cuda_device_without_cuda(capsys, tmp_path):
     assert code == 2 and "CUDA is not available" in err and "valid: auto, cpu" in err
 
 
+def test_out_that_is_a_file_is_bad_input(capsys, tmp_path):
+    out = tmp_path / "r"
+    out.write_text("mine")
+    code, _, err = run_cli(capsys, "run", "checkpointing", "--size", "smoke", "--device", "cpu", "--out", str(out))
+    assert code == 2 and "is a file" in err and err.count("\n") == 1
+    assert out.read_text() == "mine"
+
+
+def test_corrupt_line_warning_is_one_line(capsys, tmp_path):
+    out = tmp_path / "r"
+    code, _, _ = run_cli(capsys, "run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline",
+                         "--variant", "none", "--out", str(out))
+    with (out / "records.jsonl").open("a") as f:
+        f.write("{not json\n")
+    code, _, err = run_cli(capsys, "run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline",
+                           "--variant", "none", "--out", str(out), "--resume")
+    assert code == 0
+    assert err.startswith("bench: warning: ") and "skipped 1 corrupt line" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("contents", [
     {"records.jsonl": json.dumps({"schema": SCHEMA + 1, "case_id": "x"}) + "\n"},
     {"run.json": json.dumps({"schema": SCHEMA, "run_id": "old", "size": "smoke", "device": "cpu"})},

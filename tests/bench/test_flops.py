@@ -1,17 +1,26 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from bench.flops import flop_counter_mode
 
 
-def test_cpu_fused_attention_is_counted_like_cuda():
+@pytest.mark.parametrize("is_causal, share", [(False, 1.0), (True, 0.5)])
+def test_attention_is_counted_on_cpu_and_causal_as_half(is_causal, share):
     B, H, S, D = 2, 3, 42, 16
     q, k, v = (torch.randn(B, H, S, D, requires_grad=True) for _ in range(3))
     with flop_counter_mode() as counter:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    forward = counter.get_total_flops()
-    assert forward == 2 * (2 * B * H * S * S * D)  # Q @ K^T and P @ V, 2 FLOPs per multiply-add
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    dense = 2 * (2 * B * H * S * S * D)  # Q @ K^T and P @ V, 2 FLOPs per multiply-add
+    assert counter.get_total_flops() == dense * share
     with flop_counter_mode() as counter:
         out.sum().backward()
     # backward: the scores recomputed, then dP, dV, dQ, dK: five matmuls of the forward's two
-    assert counter.get_total_flops() == 5 * forward // 2
+    assert counter.get_total_flops() == 5 * dense // 2 * share
+
+
+def test_matmuls_are_torchs_count():
+    a, b = torch.randn(6, 42), torch.randn(42, 123)
+    with flop_counter_mode() as counter:
+        a @ b
+    assert counter.get_total_flops() == 2 * 6 * 42 * 123

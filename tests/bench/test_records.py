@@ -39,10 +39,11 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path):
     with path.open("a") as f:
         f.write('{"truncated": \n')
         f.write('[1, 2]\n')
+        f.write('{}\n')
         f.write(json.dumps({**json.loads(make(5).to_json()), "status": "weird"}) + "\n")
     with RecordWriter(path) as w:
         w.write(make(1))
-    with pytest.warns(UserWarning, match="skipped 3 corrupt lines"):
+    with pytest.warns(UserWarning, match="skipped 4 corrupt lines"):
         assert [r.case_id for r in read_records(path)] == ["s/v/n=0", "s/v/n=1"]
 
 
@@ -73,8 +74,13 @@ def test_failed_records_need_a_reason_and_status_is_checked():
 
 
 def test_non_finite_metrics_become_null(tmp_path):
-    r = make(0, metrics={"x_ms": math.nan, "y_ms": math.inf, "z_ms": 1.0})
-    assert json.loads(r.to_json())["metrics"] == {"x_ms": None, "y_ms": None, "z_ms": 1.0}
+    import numpy as np
+    import torch
+
+    r = make(0, metrics={"x_ms": math.nan, "y_ms": math.inf, "z_ms": 1.0, "n_ms": np.float32("nan"),
+                         "t_ms": torch.tensor(float("inf")), "k_bytes": np.int64(7)})
+    assert json.loads(r.to_json())["metrics"] == {"x_ms": None, "y_ms": None, "z_ms": 1.0, "n_ms": None,
+                                                  "t_ms": None, "k_bytes": 7}
 
 
 def test_frames(tmp_path):

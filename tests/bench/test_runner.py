@@ -1,5 +1,4 @@
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -85,15 +84,48 @@ def test_killed_run_resumes_with_every_case_recorded_once(tmp_path):
         import tests.bench.fake_suites
         runner.run(runner.RunConfig(suites=[SUITES["_slow"]], size="smoke", device="cpu", out=Path({str(out)!r})))
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True)
+    pids = tmp_path / "pids"
+    env = {**os.environ, "TECHBENCH_TEST_PIDS": str(pids), "TECHBENCH_TEST_HANG": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(read_records(out / "records.jsonl")) < 2:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    proc.kill()  # bench alone: its case's process belongs to the forkserver and must end by itself
     proc.wait()
     done = len(read_records(out / "records.jsonl"))
     assert 2 <= done < 6, "the run should have been killed midway"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(int(p)) for p in pids.read_text().split()):
+        time.sleep(0.05)
+    assert not any(_alive(int(p)) for p in pids.read_text().split()), "a case outlived the killed run"
     code, records = runner.run(config(tmp_path, suite="_slow", resume=True))
     assert code == 0
     counts = Counter(r.case_id for r in read_records(out / "records.jsonl"))
     assert len(counts) == 6 and set(counts.values()) == {1}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # zombies are dead
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_gpu_telemetry_covers_the_timed_window(tmp_path, monkeypatch):
+    from bench import telemetry
+    from tests.bench.test_telemetry import FakeNVML
+
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: FakeNVML())
+    monkeypatch.setattr(telemetry.Telemetry, "__init__", _fast_sampler(telemetry.Telemetry.__init__))
+    _, [record] = runner.run(config(tmp_path, suite="_timed", device="cuda:0", inline=True))
+    m = record.metrics
+    assert m["avg_power_w"] == 300.0 and m["throttled"] is True and m["sm_clock_mhz"] == 1410.0
+    assert m["energy_per_call_j"] == pytest.approx(300.0 * m["call_time_ms"] / 1e3)
+    assert 0 < m["energy_j"] and "throttle_reasons" not in m
+
+
+def _fast_sampler(init):
+    def fast(self, device="cpu", interval_s=0.05):
+        init(self, device, interval_s=0.005)
+
+    return fast

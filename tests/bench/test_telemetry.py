@@ -95,7 +95,7 @@ def test_fake_nvml_summary(monkeypatch):
     assert fake.shutdown
     s = tel.summary()
     assert set(s) == set(SUMMARY_KEYS)
-    assert s["energy_j"] == 5.0  # two counter reads, 5 J apart
+    assert s["energy_j"] == 5.0 * (len(tel.samples) - 1)  # one counter read per sample, 5 J apart
     assert s["avg_power_w"] == 300.0
     assert s["sm_clock_mhz"] == 1410.0
     assert s["max_temp_c"] == min(60 + len(tel.samples) - 1, 70)  # one temperature read per sample
@@ -103,6 +103,21 @@ def test_fake_nvml_summary(monkeypatch):
     assert s["throttle_reasons"] == ["gpu_idle", "sw_power_cap"]
     # Sample count is never asserted exactly: it depends on the scheduler, and one entry/exit sample is guaranteed.
     assert len(tel.samples) >= 2
+
+
+def test_window_keeps_only_the_samples_taken_in_it(monkeypatch):
+    monkeypatch.setattr(telemetry, "load_nvml", lambda: FakeNVML())
+    with Telemetry("cuda:0", interval_s=0.005) as tel:
+        time.sleep(0.02)
+        t0 = time.monotonic()
+        time.sleep(0.05)
+        t1 = time.monotonic()
+        time.sleep(0.02)
+    inside = [x for x in tel.samples if t0 <= x.t_s <= t1]
+    assert 2 <= len(inside) < len(tel.samples)
+    assert tel.summary(window=(t0, t1))["energy_j"] == 5.0 * (len(inside) - 1)
+    assert tel.summary(window=(t0, t1))["max_temp_c"] == max(x.temp_c for x in inside)
+    assert tel.summary()["energy_j"] == 5.0 * (len(tel.samples) - 1)
 
 
 def test_energy_falls_back_to_integrating_power(monkeypatch):

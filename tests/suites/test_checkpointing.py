@@ -25,6 +25,11 @@ def test_peak_memory_is_ordered_none_sqrt_full(ckpt):
     assert ckpt["selective"]["peak_mem_bytes"] < ckpt["none"]["peak_mem_bytes"]
 
 
+def test_sqrt_keeps_fewer_block_inputs_than_full(ckpt):
+    # 3 segment inputs instead of 8 block inputs after forward; the price is a whole segment live in recompute
+    assert ckpt["sqrt"]["activation_bytes"] < ckpt["full"]["activation_bytes"]
+
+
 def test_full_keeps_at_most_a_quarter_of_the_activations(ckpt):
     assert GRIDS["smoke"][0][1]["layers"] == 8
     assert ckpt["full"]["activation_bytes"] * 4 <= ckpt["none"]["activation_bytes"]
@@ -34,7 +39,8 @@ def test_full_keeps_at_most_a_quarter_of_the_activations(ckpt):
 def test_full_recomputes_one_extra_forward(ckpt):
     # forward + backward is ~3 forwards of FLOPs; full adds one more: ~4/3, minus the un-checkpointed final norm.
     assert 1.2 <= ckpt["full"]["recompute_flops_x"] <= 1.45
-    assert 1.0 < ckpt["sqrt"]["recompute_flops_x"] < ckpt["full"]["recompute_flops_x"]
+    # sqrt recomputes every block too, and skips fewer fc2s (one per segment, not one per block)
+    assert ckpt["full"]["recompute_flops_x"] < ckpt["sqrt"]["recompute_flops_x"] <= 1.45
     assert ckpt["selective"]["recompute_flops_x"] == pytest.approx(1.0, abs=1e-9)  # recomputes no matmul
     assert ckpt["none"]["recompute_flops_x"] == 1.0
 
