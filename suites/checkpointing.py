@@ -35,7 +35,7 @@ class Checkpointing(Suite):
     variants = {
         "none": "reference: every activation saved",
         "full": "every block checkpointed (torch.utils.checkpoint, non-reentrant)",
-        "sqrt": "about sqrt(layers) segments (checkpoint_sequential)",
+        "sqrt": "round(sqrt(layers)) segments, each checkpointed (Chen et al. 2016)",
         "selective": "selective checkpointing: save matmul and attention outputs, recompute pointwise work",
         "offload": "saved activations moved to host memory (save_on_cpu, pinned on CUDA)",
     }
