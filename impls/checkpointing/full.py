@@ -3,7 +3,8 @@
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from impls.checkpointing.reference import Transformer, check
+from impls.checkpointing.check import check
+from impls.checkpointing.reference import Transformer
 
 
 def forward(model: Transformer, x: Tensor) -> Tensor:

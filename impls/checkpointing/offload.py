@@ -3,7 +3,8 @@
 import torch
 from torch import Tensor
 
-from impls.checkpointing.reference import Transformer, check
+from impls.checkpointing.check import check
+from impls.checkpointing.reference import Transformer
 
 
 def forward(model: Transformer, x: Tensor) -> Tensor:

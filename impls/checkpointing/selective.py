@@ -4,7 +4,8 @@ from torch import Tensor
 from torch.ops import aten
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from impls.checkpointing.reference import Transformer, check
+from impls.checkpointing.check import check
+from impls.checkpointing.reference import Transformer
 
 _SDPA_OPS = (
     "_scaled_dot_product_flash_attention",

@@ -10,7 +10,8 @@ import math
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from impls.checkpointing.reference import Transformer, check
+from impls.checkpointing.check import check
+from impls.checkpointing.reference import Transformer
 
 
 def segments(n_layers: int) -> list[range]:

@@ -4,7 +4,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
-from impls.checkpointing.reference import forward, loss_fn, make_batch, saved_bytes
+from impls.checkpointing.check import saved_bytes
+from impls.checkpointing.reference import forward, loss_fn, make_batch
 from impls.checkpointing.sqrt import segments
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
