@@ -74,7 +74,9 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+    # cuBLAS and cuDNN report a failed workspace allocation as a plain RuntimeError
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in ("ALLOC_FAILED", "out of memory")))
 
 
 def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:

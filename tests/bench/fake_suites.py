@@ -22,8 +22,10 @@ class Endings(Suite):
     def measure(self, variant, params, device):
         if variant == "raise":
             raise ValueError(f"boom {params['n']}")
-        if variant == "oom":
+        if variant == "oom" and params["n"] == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB (simulated)")
+        if variant == "oom":
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle) (simulated)")
         if variant == "skip":
             raise Skip("needs a CUDA device")
         if variant == "crash":
