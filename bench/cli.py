@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="run directory (default: runs/<run_id>)")
     r.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     r.add_argument("--shard", default="1/1", metavar="I/N", help="run the I-th of N deterministic slices")
+    r.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=4,seq=256)")
     r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"seconds per case (default: {DEFAULT_TIMEOUT_S:g})")
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
@@ -58,6 +59,16 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= i <= n:
         raise UsageError(f"--shard must be I/N with 1 <= I <= N (e.g. 1/2), got {text!r}")
     return i, n
+
+
+def parse_params(text: str | None) -> dict[str, str]:
+    """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}."""
+    if not text:
+        return {}
+    pairs = [item.partition("=") for item in text.split(",")]
+    if any(not k or not sep for k, sep, _ in pairs):
+        raise UsageError(f"--params must be k=v[,k=v...], got {text!r}")
+    return {k.strip(): v.strip() for k, _, v in pairs}
 
 
 def _resolve_device(text: str) -> str:
@@ -105,11 +116,15 @@ def cmd_run(args) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
     device = _resolve_device(args.device)
+    where = parse_params(args.params)
+    if where and not runner.plan(suites, args.size, device, args.variant, where=where):
+        keys = sorted({k for s in suites for p in s.grid(args.size, device) for k in p})
+        raise UsageError(f"no {args.size} case matches --params {args.params} (params: {', '.join(keys)})")
     run_id = runner.new_run_id()
     out = args.out or Path("runs") / run_id
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
-                           shard=shard, timeout_s=args.timeout, inline=args.inline, resume=args.resume,
-                           run_id=run_id, argv=["bench", *sys.argv[1:]])
+                           shard=shard, where=where or None, timeout_s=args.timeout, inline=args.inline,
+                           resume=args.resume, run_id=run_id, argv=["bench", *sys.argv[1:]])
     console = Console()
     try:
         code, records = runner.run(cfg, make_progress(console))

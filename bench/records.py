@@ -132,6 +132,12 @@ class RecordWriter:
         self.close()
 
 
+def reproduce_command(suite: str, variant: str, params: dict, size: str, device: str) -> str:
+    """The `bench run` line that runs exactly this case again."""
+    selector = ",".join(f"{k}={params[k]}" for k in sorted(params))
+    return f"bench run {suite} --size {size} --device {device} --variant {variant} --params {selector}"
+
+
 def read_run_json(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / RUN_JSON
     if not path.exists():

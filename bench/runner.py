@@ -57,12 +57,16 @@ class Case:
 
 
 def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None = None,
-         shard: tuple[int, int] = (1, 1)) -> list[Case]:
-    """Every case to run, grouped by params with the reference variant first; shard i of n takes every n-th group."""
+         shard: tuple[int, int] = (1, 1), where: dict[str, str] | None = None) -> list[Case]:
+    """Every case to run, grouped by params with the reference variant first; shard i of n takes every n-th group.
+
+    `where` keeps the cases whose params match it (values compared as text, as typed on the command line)."""
     cases = []
     for suite in suites:
         names = [suite.reference_variant()] + [v for v in suite.variants if v != suite.reference_variant()]
         for params in suite.grid(size, device):
+            if where and any(str(params.get(k)) != v for k, v in where.items()):
+                continue
             cases += [Case(suite.name, v, params, type(suite).__module__)
                       for v in names if variants is None or v in variants]
     groups = list(dict.fromkeys(c.group for c in cases))
@@ -182,6 +186,7 @@ class RunConfig:
     out: Path
     variants: list[str] | None = None
     shard: tuple[int, int] = (1, 1)
+    where: dict[str, str] | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     inline: bool = False
     resume: bool = False
@@ -221,7 +226,7 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
     from bench import __version__
     from bench import env as envmod
 
-    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard)
+    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where)
     shard = "{}/{}".format(*cfg.shard)
     meta, finished = _open_run_dir(cfg, shard)
     environment = envmod.collect()

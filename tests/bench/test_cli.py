@@ -37,6 +37,8 @@ def test_list_table(capsys):
     (["run", "--shard", "two"], "--shard must be I/N"),
     (["run", "--timeout", "0"], "--timeout must be positive"),
     (["run", "--device", "tpu"], "unknown --device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
+    (["run", "checkpointing", "--size", "smoke", "--params", "layers"], "--params must be k=v"),
+    (["run", "checkpointing", "--size", "smoke", "--params", "layers=99"], "no smoke case matches --params layers=99"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_usage_exits_2_with_one_line(capsys, tmp_path, argv, message):

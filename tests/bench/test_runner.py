@@ -32,6 +32,7 @@ def test_plan_puts_the_reference_first_and_shards_cover_every_case_once():
     thirds = [runner.plan([SUITES["_slow"]], "smoke", "cpu", shard=(i, 3)) for i in (1, 2, 3)]
     assert [len(t) for t in thirds] == [2, 2, 2]
     assert [c.variant for c in runner.plan([suite], "smoke", "cpu", variants=["sleep"])] == ["sleep", "sleep"]
+    assert {c.params["n"] for c in runner.plan([suite], "smoke", "cpu", where={"n": "2"})} == {2}
 
 
 def test_isolated_run_records_every_ending_and_goes_on(tmp_path):

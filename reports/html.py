@@ -1,0 +1,82 @@
+"""Self-contained HTML pages: plotly.js embedded once per page (no CDN, opens offline), figures and tables as parts."""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Iterable
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1280px;
+       padding: 0 1rem; color: #1f2328; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #d0d7de; }
+h3 { font-size: 1.05rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
+th, td { border: 1px solid #d0d7de; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.status-ok { color: #1a7f37; } .status-skipped { color: #6e7781; } .status-oom { color: #9a6700; }
+.status-timeout, .status-error, .regression { color: #cf222e; font-weight: 600; }
+.improvement { color: #1a7f37; font-weight: 600; }
+pre { white-space: pre-wrap; font-size: 0.8rem; margin: 0; }
+.muted { color: #6e7781; font-size: 0.85rem; }
+"""
+
+
+@functools.cache
+def plotly_js() -> str:
+    import plotly.offline
+
+    return plotly.offline.get_plotlyjs()
+
+
+def page(title: str, body: str, subtitle: str = "") -> str:
+    """A whole HTML document: one inline copy of plotly.js, then `body`."""
+    sub = f'<p class="muted">{html.escape(subtitle)}</p>' if subtitle else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style>'
+            f'<script type="text/javascript">{plotly_js()}</script></head>'
+            f'<body><h1>{html.escape(title)}</h1>{sub}\n{body}\n</body></html>\n')
+
+
+def figure(fig) -> str:
+    """A plotly figure as a <div> that uses the page's plotly.js."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+
+
+def section(title: str, *parts: str, level: int = 2) -> str:
+    return f"<h{level}>{html.escape(title)}</h{level}>\n" + "\n".join(parts)
+
+
+def table(rows: Iterable[dict], columns: list[str] | None = None, classes: dict[str, str] | None = None) -> str:
+    """An HTML table of dict rows (escaped). `classes` maps a column to a CSS class given to its cells, or to
+    "status" to style each cell by its value (status-ok, status-error, ...)."""
+    rows = list(rows)
+    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+    classes = classes or {}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            value = r.get(c)
+            cls = classes.get(c, "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else "")
+            if cls == "status":
+                cls = f"status-{value}"
+            text = _fmt(value)
+            text = f"<pre>{html.escape(text)}</pre>" if "\n" in text else html.escape(text)
+            cells.append(f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != value:  # NaN from pandas
+            return ""
+        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
+    return str(value)
