@@ -1,0 +1,78 @@
+"""Synthetic run directories for report, compare and dashboard tests: real schema, made-up numbers."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from bench.records import Record, RecordWriter, write_run_json
+
+H200 = {"name": "NVIDIA H200", "memory_total_bytes": 150_000_000_000, "compute_capability": "9.0",
+        "driver_version": "580.65", "sm_clock_mhz": 1980, "source": "nvml"}
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_total_bytes": 85_000_000_000, "compute_capability": "8.0",
+        "driver_version": "570.10", "sm_clock_mhz": 1410, "source": "nvml"}
+
+
+def env(gpu: dict | None = None, torch: str = "2.11.0") -> dict:
+    return {"python_version": "3.12.3", "torch": torch, "torch_cuda": "13.0" if gpu else None, "triton": "3.6.0",
+            "cpu_model": "AMD EPYC", "cpu_logical_cores": 16, "gpus": [gpu] if gpu else [], "hostname": "node1",
+            "git": {"sha": "0123456789abcdef0123456789abcdef01234567", "dirty": False}}
+
+
+def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = H200, torch: str = "2.11.0",
+              size: str = "quick", started_at: str = "2026-11-28T01:00:00Z", sha: str | None = None) -> Path:
+    """A run directory with run.json and one record per dict (suite, variant, params, status, metrics, samples...)."""
+    environment = env(gpu, torch)
+    if sha:
+        environment["git"]["sha"] = sha
+    env_id = f"{(gpu or {}).get('name', 'cpu')}-{torch}".replace(" ", "_")
+    out = Path(root) / name
+    out.mkdir(parents=True)
+    device = "cuda:0" if gpu else "cpu"
+    write_run_json(out, {"schema": 1, "run_id": name, "argv": ["bench", "run", "--size", size], "size": size,
+                         "device": device, "shard": "1/1", "variants": None, "started_at": started_at,
+                         "finished_at": started_at, "env": environment, "env_id": env_id,
+                         "git": environment["git"], "version": "0.1.0", "seed": 0})
+    with RecordWriter(out / "records.jsonl") as w:
+        for r in records:
+            params = r.get("params", {})
+            case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+            w.write(Record(run_id=name, suite=r["suite"], variant=r["variant"], params=params, case_id=case,
+                           status=r.get("status", "ok"), metrics=r.get("metrics", {}), samples=r.get("samples", {}),
+                           error=r.get("error"), device=device, started_at=started_at, elapsed_s=1.0, env_id=env_id))
+    return out
+
+
+def samples(median: float, spread: float = 0.02, n: int = 30, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [median * (1 + rng.gauss(0, spread)) for _ in range(n)]
+
+
+def checkpointing_records(scale: float = 1.0, seed: int = 0) -> list[dict]:
+    """The five checkpointing variants at two shapes, plus an oom, an error and a skipped case."""
+    out = []
+    for batch in (4, 8):
+        for i, (variant, time_x, mem_x) in enumerate([("none", 1.0, 1.0), ("full", 1.3, 0.3), ("sqrt", 1.35, 0.5),
+                                                      ("selective", 1.05, 0.7), ("offload", 1.2, 0.4)]):
+            t = 100.0 * batch / 4 * time_x * scale
+            s = samples(t, seed=seed * 100 + batch * 10 + i)
+            out.append({"suite": "checkpointing", "variant": variant,
+                        "params": {"batch": batch, "d_model": 256, "dtype": "bfloat16", "layers": 8, "seq": 256},
+                        "metrics": {"step_time_ms": sorted(s)[len(s) // 2], "peak_mem_bytes": int(1e9 * batch * mem_x),
+                                    "activation_bytes": int(8e8 * batch * mem_x), "time_overhead_x": time_x,
+                                    "mem_saving_x": 1 / mem_x, "recompute_flops_x": 1 + (time_x - 1) / 1.3,
+                                    "tokens_per_s": 1e3 * batch * 256 / t, "energy_j": 50.0 * time_x},
+                        "samples": {"step_time_ms": s}})
+    params = {"batch": 16, "d_model": 256, "dtype": "bfloat16", "layers": 8, "seq": 256}
+    out += [{"suite": "checkpointing", "variant": "none", "params": params, "status": "oom",
+             "error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"},
+            {"suite": "checkpointing", "variant": "selective", "params": params, "status": "error",
+             "error": "Traceback (most recent call last):\n  ...\nRuntimeError: boom"},
+            {"suite": "checkpointing", "variant": "offload", "params": params, "status": "skipped",
+             "error": "needs a CUDA device"}]
+    return out
+
+
+def json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
