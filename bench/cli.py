@@ -13,12 +13,10 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+from bench import commands
+from bench.commands import UsageError
 from bench.runner import DEFAULT_TIMEOUT_S
 from bench.suite import SIZES, discover
-
-
-class UsageError(Exception):
-    """Bad usage or input: printed as one line, exit 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +46,48 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("env", help="the environment fingerprint that runs record")
     e.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rep = sub.add_parser("report", help="one offline HTML page of one or more runs")
+    rep.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or folders of them)")
+    rep.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.html")
+
+    cmp = sub.add_parser("compare", help="what changed between two runs (or sets of runs), beyond noise")
+    cmp.add_argument("base", metavar="BASE", help="run directory, or a folder of run directories")
+    cmp.add_argument("new", metavar="NEW", help="run directory, or a folder of run directories")
+    cmp.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
+    cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case got significantly worse")
+    cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html", help="also write a comparison page")
+
+    his = sub.add_parser("history", help="a store of runs over time (Parquet, one row per case and metric)")
+    his_sub = his.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    add = his_sub.add_parser("add", help="add runs to the store (adding a run twice changes nothing)")
+    add.add_argument("runs", nargs="+", metavar="RUN")
+    add.add_argument("--store", type=Path, required=True, metavar="DIR")
+
+    dash = sub.add_parser("dashboard", help="a static site of the history: time series, baselines, regressions")
+    dash.add_argument("store", type=Path, metavar="DIR", help="history store")
+    dash.add_argument("-o", "--output", type=Path, required=True, metavar="SITE")
+    dash.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
+
+    prof = sub.add_parser("profile", help="one case under torch.profiler: trace, top operators, memory snapshot")
+    prof.add_argument("suite", metavar="SUITE")
+    prof.add_argument("--variant", required=True)
+    prof.add_argument("--size", default="smoke", choices=SIZES)
+    prof.add_argument("--device", default="auto")
+    prof.add_argument("--params", metavar="K=V,...", help="which case of the grid (e.g. batch=4,seq=256)")
+    prof.add_argument("--out", type=Path, required=True, metavar="DIR")
+    prof.add_argument("--wait", type=int, default=1, help="measure() calls run before profiling (1)")
+    prof.add_argument("--warmup", type=int, default=1, help="calls profiled but discarded (1)")
+    prof.add_argument("--active", type=int, default=1, help="calls recorded in the trace (1)")
+
+    exp = sub.add_parser("export", help="write runs in another tool's format")
+    exp.add_argument("runs", nargs="+", metavar="RUN")
+    exp.add_argument("--format", required=True, choices=["pytest-benchmark"])
+    exp.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.json")
+
+    imp = sub.add_parser("import", help="turn a pytest-benchmark JSON into a run directory")
+    imp.add_argument("file", metavar="FILE.json")
+    imp.add_argument("--out", type=Path, required=True, metavar="DIR")
     return p
 
 
@@ -136,7 +176,26 @@ def cmd_run(args) -> int:
         return 1
     counts = Counter(r.status for r in records)
     print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
+    _write_report(out)
     return code
+
+
+def _write_report(out: Path) -> None:
+    """report.html beside the records; a report that fails to build never changes what the run measured."""
+    try:
+        from reports.run_report import write_report
+
+        with warnings.catch_warnings():  # the run has already said what it had to about its records
+            warnings.simplefilter("ignore")
+            print(f"report -> {write_report([out], out / 'report.html')}")
+    except Exception as e:  # noqa: BLE001
+        print(f"bench: warning: no report.html ({type(e).__name__}: {e}); `bench report {out} -o FILE` retries",
+              file=sys.stderr)
+
+
+def cmd_profile(args) -> int:
+    _select(discover(), [args.suite], [args.variant])
+    return commands.cmd_profile(args, _resolve_device(args.device), parse_params(args.params))
 
 
 def cmd_list(args) -> int:
@@ -185,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     try:
         args = _parser().parse_args(argv)
-        return {"run": cmd_run, "list": cmd_list, "env": cmd_env}[args.command](args)
+        handlers = {"run": cmd_run, "list": cmd_list, "env": cmd_env, "profile": cmd_profile,
+                    "report": commands.cmd_report, "compare": commands.cmd_compare, "history": commands.cmd_history,
+                    "dashboard": commands.cmd_dashboard, "export": commands.cmd_export, "import": commands.cmd_import}
+        return handlers[args.command](args)
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2

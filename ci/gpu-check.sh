@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# The GPU check: the CUDA paths for real (CUDA timing, allocator peaks, NVML telemetry, CUDA gradients of every
-# variant), then the suites on the GPU. Exits non-zero if any step failed, after running them all.
-# Usage (from the repo root, on a CUDA machine):  bash ci/gpu-check.sh OUT_DIR [SIZE]
-# Writes OUT_DIR/env.json, OUT_DIR/pytest.log, OUT_DIR/quick/ (all suites) and OUT_DIR/checkpointing-SIZE/.
+# The short GPU check for a contributor on a lent GPU: the CUDA paths the CPU CI skips (CUDA timing, allocator
+# peaks, NVML telemetry, bf16 gradients of every variant), then every suite at quick size on cuda (a few minutes),
+# with its report and environment, packed into OUT/gpu-check.tar.gz. Exits non-zero if any step failed, after
+# running them all.
+# Usage (repo root, installed or with PYTHONPATH=.):  bash ci/gpu-check.sh OUT [SUITE=SIZE ...]
+#   e.g. bash ci/gpu-check.sh /tmp/out checkpointing=full   also runs checkpointing at full size into OUT/checkpointing-full
 set -uo pipefail
-out=${1:?usage: ci/gpu-check.sh OUT_DIR [SIZE]}
-size=${2:-full}
+out=${1:?usage: ci/gpu-check.sh OUT [SUITE=SIZE ...]}
+shift
 mkdir -p "$out"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 rc=0
 nvidia-smi -L || rc=1
 python3 -m bench env --json > "$out/env.json" || rc=1
-# The tests whose CUDA paths are skipped on CPU, run for real here.
-python3 -m pytest -q -rs tests/bench tests/impls > "$out/pytest.log" 2>&1 || rc=1
-tail -5 "$out/pytest.log"
+python3 -m pytest -q -rs -p no:cacheprovider tests/bench tests/impls > "$out/pytest.log" 2>&1 || rc=1
+tail -n 5 "$out/pytest.log"
 python3 -m bench run --size quick --device cuda --out "$out/quick" || rc=1
-python3 -m bench run checkpointing --size "$size" --device cuda --out "$out/checkpointing-$size" || rc=1
-exit $rc
+for extra in "$@"; do
+  suite=${extra%%=*} size=${extra#*=}
+  python3 -m bench run "$suite" --size "$size" --device cuda --out "$out/$suite-$size" || rc=1
+done
+tar -czf "$out/gpu-check.tar.gz" -C "$out" --exclude gpu-check.tar.gz . || rc=1
+echo "exit $rc: $out/gpu-check.tar.gz"
+exit "$rc"

@@ -1,0 +1,153 @@
+"""A history store: a folder that runs are added to, one Parquet file per run, read back by anything that reads Parquet.
+
+Layout::
+
+    STORE/runs/<run_id>.parquet     one file per run, written whole (temp file, then rename) and never rewritten
+
+Read it without techbench: ``pandas.read_parquet("STORE/runs")``, DuckDB ``SELECT * FROM 'STORE/runs/*.parquet'``,
+Spark ``spark.read.parquet("STORE/runs")``. One row per (case, metric); a case without metrics (oom, timeout, error,
+skipped) keeps one row with metric and value null, so failures stay in the history.
+
+========== ==================== ====================================================================================
+column     type                 meaning
+========== ==================== ====================================================================================
+run_id     string               the run (run.json run_id); one file per run_id
+timestamp  timestamp[us, UTC]   when the run started (run.json started_at)
+git_sha    string               commit the run was made from (null outside a git checkout)
+git_dirty  bool                 the checkout had uncommitted changes
+env_id     string               environment fingerprint: the same env_id means comparable hardware and software
+gpu        string               name of the GPU the run used, "cpu" for a CPU run
+device     string               device the run asked for (cpu, cuda:0)
+size       string               smoke, quick or full
+suite      string               suite name
+variant    string               variant name
+case_id    string               suite/variant/params sorted by key
+params     string               the case's parameters as a JSON object
+status     string               ok, oom, timeout, error or skipped
+error      string               the reason of a non-ok case, else null
+metric     string               metric name, its unit as suffix (null on a status-only row)
+value      double               the metric's value (null when it had none)
+direction  string               "lower" or "higher" is better, null for informational metrics
+n_samples  int64                raw samples behind the value (0 when the metric was measured once)
+iqr        double               relative spread of the samples, (q75 - q25) / median; null with fewer than 2 samples
+========== ==================== ====================================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import statistics
+from pathlib import Path
+
+from bench.records import RECORDS_JSONL, direction, read_records, read_run_json
+
+RUNS = "runs"
+COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
+           "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr")
+
+
+def schema():
+    """The Arrow schema of every file: fixed, so a glob over files written years apart reads as one table."""
+    import pyarrow as pa
+
+    types = {"timestamp": pa.timestamp("us", tz="UTC"), "git_dirty": pa.bool_(), "value": pa.float64(),
+             "n_samples": pa.int64(), "iqr": pa.float64()}
+    return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+
+
+def add(run_dir: str | Path, store: str | Path) -> int:
+    """Add a run directory to the store; returns the rows written, 0 when the run is already there."""
+    run_dir, store = Path(run_dir), Path(store)
+    meta = read_run_json(run_dir) if run_dir.is_dir() else None
+    if meta is None:
+        raise ValueError(f"{run_dir} is not a run directory: it has no run.json")
+    run_id = str(meta.get("run_id") or run_dir.name)
+    path = store / RUNS / f"{_file_stem(run_id)}.parquet"
+    if path.exists():
+        return 0
+    rows = list(_rows(run_dir, meta, run_id))
+    _write(rows, path)
+    return len(rows)
+
+
+def load(store: str | Path):
+    """Every run of the store as one long DataFrame (the columns above), oldest run first."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(store) / RUNS).glob("*.parquet"))
+    if not files:
+        return schema().empty_table().to_pandas()
+    frame = pd.concat([pq.read_table(f, schema=schema()).to_pandas() for f in files], ignore_index=True)
+    return frame.sort_values(["timestamp", "run_id"], kind="stable", ignore_index=True)
+
+
+def _rows(run_dir: Path, meta: dict, run_id: str):
+    env = meta.get("env") or {}
+    git = meta.get("git") or env.get("git") or {}
+    device = str(meta.get("device") or "")
+    gpus = env.get("gpus") or []
+    gpu = "cpu" if device.startswith("cpu") or not gpus else str(gpus[0].get("name") or "gpu")
+    run = {"run_id": run_id, "timestamp": _utc(meta.get("started_at") or meta.get("finished_at")),
+           "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
+           "device": device, "size": meta.get("size")}
+    for r in read_records(run_dir / RECORDS_JSONL):
+        case = {**run, "suite": r.suite, "variant": r.variant, "case_id": r.case_id,
+                "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error}
+        if run["timestamp"] is None:
+            case["timestamp"] = _utc(r.started_at)
+        metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
+        if not metrics:
+            yield {**case, "metric": None, "value": None, "direction": None, "n_samples": 0, "iqr": None}
+        for metric, value in metrics.items():
+            s = [x for x in (r.samples.get(metric) or []) if isinstance(x, (int, float))]
+            yield {**case, "metric": metric, "value": value, "direction": direction(metric), "n_samples": len(s),
+                   "iqr": _relative_iqr(s)}
+
+
+def _write(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=schema()) if rows else schema().empty_table()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # dot-prefixed: pandas, Spark and *.parquet skip it
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _file_stem(run_id: str) -> str:
+    # a leading "." or "_" would hide the file from directory readers (pandas, Spark), which skip such names
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id).lstrip("._") or "run"
+    return safe if safe == run_id else f"{safe}-{hashlib.sha1(run_id.encode()).hexdigest()[:8]}"
+
+
+def _utc(text):
+    if not text:
+        return None
+    import pandas as pd
+
+    t = pd.Timestamp(text)
+    return (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).to_pydatetime()
+
+
+def _float(value) -> float | None:
+    """The metric as a float; None for a null or a value that is not a number (text)."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _relative_iqr(samples: list[float]) -> float | None:
+    if len(samples) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    median = statistics.median(samples)
+    return (q3 - q1) / abs(median) if median else None

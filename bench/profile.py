@@ -1,0 +1,186 @@
+"""`bench profile`: one case of a suite under torch.profiler, written where TensorBoard, Perfetto and HTA read it.
+
+A profiler step is one call of the suite's `measure()`, run the way `bench run --inline` runs a case
+(`runner.execute`: same seed, same telemetry), inside a `record_function("case:<case_id>")` range. The schedule
+(wait, warmup, active) counts those calls: the `wait` calls run unprofiled, `warmup` calls start the profiler without
+keeping events, and the `active` calls are recorded into one trace. A suite's `measure()` already holds its own
+warm-up and timing loop (several training steps, say), so each active step shows the case's whole work: set-up,
+memory and FLOP passes, and the timed calls. Stepping once per timed call would need a per-call hook in the timer;
+this module does without one and leaves suites and the timer untouched. For the same reason `active` defaults to 1:
+one measure() of checkpointing at smoke size is ~20 training steps, a 37 MB trace, and ~5 s for torch to tabulate
+the top operators on a 2-core CPU; three would triple both, past what chrome://tracing opens comfortably.
+
+The case's record (records.jsonl + run.json, as `bench run` writes them) takes its metrics from the last unprofiled
+call when `wait` >= 1, so they carry no profiler overhead; with wait=0 they come from the last active call and
+profile.json says so. Written into `out`:
+
+    trace/<worker>.<ns>.pt.trace.json   Chrome trace: `tensorboard --logdir OUT` (torch-tb-profiler), ui.perfetto.dev,
+                                        Holistic Trace Analysis (TraceAnalysis(trace_dir="OUT/trace"))
+    top_ops.txt, top_ops.json           top 25 operators by self CPU time (and by self CUDA time on CUDA)
+    memory_snapshot.pickle              CUDA only: allocator history for pytorch.org/memory_viz
+    profile.json                        links the case to the files above (paths relative to OUT)
+    run.json, records.jsonl             the case's record
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import runner
+from bench.records import RECORDS_JSONL, SCHEMA, Record, RecordWriter, write_run_json
+from bench.suite import SIZES, SUITES, discover
+
+TOP_ROWS = 25
+# Allocator events kept for the memory snapshot: one training step of a 24-layer model makes ~10^4 alloc/free events,
+# so 10^5 covers the profiled steps without the history growing without bound.
+MEMORY_HISTORY_ENTRIES = 100_000
+
+
+def _suite(name: str):
+    registry = SUITES if name in SUITES else discover()
+    if name not in registry:
+        raise ValueError(f"unknown suite {name!r} (valid: {', '.join(sorted(registry)) or 'none registered'})")
+    return registry[name]
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device}: CUDA is not available here (valid: cpu)")
+        return f"cuda:{int(device[5:]) if ':' in device else torch.cuda.current_device()}"
+    raise ValueError(f"unknown device {device!r} (valid: auto, cpu, cuda, cuda:N)")
+
+
+def select_case(suite_name: str, variant: str, size: str, device: str,
+                params: dict[str, str] | None) -> runner.Case:
+    """The one case of the suite's grid whose params match `params` (values compared as text); ValueError naming the
+    valid choices when the variant or size is unknown, or when no case or several cases match."""
+    suite = _suite(suite_name)
+    if variant not in suite.variants:
+        raise ValueError(f"unknown variant {variant!r} for {suite.name} (valid: {', '.join(suite.variants)})")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r} (valid: {', '.join(SIZES)})")
+    cases = runner.plan([suite], size, device, [variant], where=params or None)
+    if len(cases) == 1:
+        return cases[0]
+    choices = "; ".join(",".join(f"{k}={p[k]}" for k in sorted(p)) for p in suite.grid(size, device))
+    wanted = ",".join(f"{k}={v}" for k, v in (params or {}).items()) or "(none)"
+    what = "no" if not cases else f"{len(cases)}"
+    raise ValueError(f"{what} {size} cases of {suite.name} match params {wanted}; pick one of: {choices}")
+
+
+def _rows(prof, device_kind: str) -> tuple[str, list[dict[str, Any]]]:
+    """The top-operator tables (text) and their rows (dicts, times in microseconds)."""
+    averages = prof.key_averages()
+    sorts = ["self_cpu_time_total"] + (["self_device_time_total"] if device_kind == "cuda" else [])
+    text, rows = [], []
+    for sort in sorts:
+        text.append(f"top {TOP_ROWS} operators by {sort}\n{averages.table(sort_by=sort, row_limit=TOP_ROWS)}")
+        top = sorted(averages, key=lambda e: getattr(e, sort), reverse=True)[:TOP_ROWS]
+        rows += [{"sort_by": sort, "rank": i + 1, "name": e.key, "calls": e.count,
+                  "self_cpu_us": e.self_cpu_time_total, "cpu_total_us": e.cpu_time_total,
+                  "self_device_us": e.self_device_time_total, "device_total_us": e.device_time_total,
+                  "self_cpu_memory_bytes": e.self_cpu_memory_usage,
+                  "self_device_memory_bytes": e.self_device_memory_usage} for i, e in enumerate(top)]
+    return "\n\n".join(text), rows
+
+
+def profile_case(suite_name: str, variant: str, size: str, device: str, params: dict[str, str] | None,
+                 out: str | Path, wait: int = 1, warmup: int = 1, active: int = 1) -> dict:
+    """Profile one case into `out` (a new or empty directory); see the module docstring for what is written.
+
+    Returns {"case_id", "status", "trace", "top_ops", "top_ops_json", "memory_snapshot", "profile"}: the case's
+    status in its record (ok, oom, error, ...) and absolute paths (memory_snapshot is None off CUDA, trace is None
+    when the case failed before its active steps).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, record_function, schedule, tensorboard_trace_handler
+
+    from bench import __version__
+    from bench import env as envmod
+
+    if wait < 0 or warmup < 0 or active < 1:
+        raise ValueError(f"need wait >= 0, warmup >= 0, active >= 1; got {wait}, {warmup}, {active}")
+    device = _device(device)
+    case = select_case(suite_name, variant, size, device, params)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} already exists and is not empty; choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    on_cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    trace_handler = tensorboard_trace_handler(str(out / "trace"), worker_name="techbench")
+    tables: dict[str, Any] = {}
+
+    def ready(prof) -> None:
+        trace_handler(prof)
+        tables["text"], tables["rows"] = _rows(prof, device.split(":")[0])
+
+    environment = envmod.collect()
+    argv = ["bench", "profile", case.suite, "--variant", variant, "--size", size, "--device", device]
+    argv += ["--params", ",".join(f"{k}={v}" for k, v in params.items())] if params else []
+    meta = {"schema": SCHEMA, "run_id": runner.new_run_id(), "argv": argv + ["--out", str(out)],
+            "size": size, "device": device, "shard": "1/1",
+            "variants": [variant], "started_at": runner.now(), "finished_at": None, "env": environment,
+            "env_id": envmod.env_id(environment), "git": environment.get("git"), "version": __version__,
+            "seed": runner.SEED, "profile": {"wait": wait, "warmup": warmup, "active": active}}
+    write_run_json(out, meta)
+
+    snapshot = out / "memory_snapshot.pickle" if on_cuda else None
+    if snapshot is not None:
+        torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES, stacks="python", device=device)
+    kept = None  # (step, started_at, elapsed_s, result) of the call whose metrics the record keeps
+    try:
+        # repeat=1: one cycle; the default (0) would start another after the active steps and save it, empty
+        steps = schedule(wait=wait, warmup=warmup, active=active, repeat=1)
+        with torch.profiler.profile(activities=activities, schedule=steps, on_trace_ready=ready, record_shapes=True,
+                                    profile_memory=True, with_stack=False) as prof:
+            for step in range(wait + warmup + active):
+                started, t0 = runner.now(), time.perf_counter()
+                with record_function(f"case:{case.id}"):
+                    result = runner.execute(case, device)
+                if result["status"] != "ok" or step < wait or wait == 0:
+                    kept = (step, started, round(time.perf_counter() - t0, 3), result)
+                prof.step()
+                if result["status"] != "ok":
+                    break
+        if snapshot is not None:
+            torch.cuda.memory._dump_snapshot(str(snapshot))
+    finally:
+        if snapshot is not None:
+            torch.cuda.memory._record_memory_history(enabled=None)
+
+    step, started, elapsed, result = kept
+    record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
+                    case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
+                    samples=result.get("samples") or {}, error=result.get("error"), device=device,
+                    started_at=started, elapsed_s=elapsed, env_id=meta["env_id"])
+    with RecordWriter(out / RECORDS_JSONL) as writer:
+        writer.write(record)
+    meta["finished_at"] = runner.now()
+    write_run_json(out, meta)
+
+    traces = sorted((out / "trace").glob("*.pt.trace.json"))
+    top_txt, top_json = out / "top_ops.txt", out / "top_ops.json"
+    top_txt.write_text((tables.get("text") or "no profiled step finished") + "\n")
+    top_json.write_text(json.dumps(tables.get("rows") or [], indent=1) + "\n")
+    paths = {"trace": traces[-1] if traces else None, "top_ops": top_txt, "top_ops_json": top_json,
+             "memory_snapshot": snapshot if snapshot is not None and snapshot.exists() else None}
+    (out / "profile.json").write_text(json.dumps({
+        "case_id": case.id, "status": record.status,
+        **{k: None if p is None else p.relative_to(out).as_posix() for k, p in paths.items()},
+        "schedule": {"wait": wait, "warmup": warmup, "active": active},
+        "step": "one call of the suite's measure()",
+        "metrics_profiled": step >= wait,
+    }, indent=2) + "\n")
+    return {"case_id": case.id, "status": record.status, **{k: None if p is None else str(p) for k, p in paths.items()},
+            "profile": str(out / "profile.json")}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Nightly GPU job, portable to any CI: every suite at full size on the GPU, the run added to the history store, the
+# dashboard rebuilt, and the run compared against the last good night and against the committed baseline of this
+# GPU (ci/baselines/<gpu>/nightly/). Exits 1 when a run case failed or a comparison found a regression, after doing
+# every step, so the dashboard is published either way.
+#
+# State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
+#   runs/<utc-stamp>/   each night's run directory (GOOD marks a night without failure or regression)
+#   history/            the Parquet history store          site/   the dashboard
+# Environment: TECHBENCH_HOME, TECHBENCH_SIZE (full), TECHBENCH_DEVICE (cuda), TECHBENCH_THRESHOLD (5, percent).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+home=${TECHBENCH_HOME:-.nightly}
+size=${TECHBENCH_SIZE:-full}
+device=${TECHBENCH_DEVICE:-cuda}
+threshold=${TECHBENCH_THRESHOLD:-5}
+bench=(python3 -m bench)
+run="$home/runs/$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$home/runs"
+rc=0
+
+"${bench[@]}" env
+"${bench[@]}" run --size "$size" --device "$device" --out "$run" || rc=1
+"${bench[@]}" history add "$run" --store "$home/history" || rc=1
+"${bench[@]}" dashboard "$home/history" -o "$home/site" --threshold "$threshold" || rc=1
+
+last_good=$(for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%/}"; done | sort | tail -n 1)
+if [ -n "$last_good" ]; then
+  "${bench[@]}" compare "$last_good" "$run" --threshold "$threshold" --fail-on-regression \
+    -o "$run/compare-last-good.html" || rc=1
+else
+  echo "no earlier good night in $home/runs: nothing to compare against yet"
+fi
+
+gpu=$(python3 -c "from bench.env import collect; g = collect()['gpus']
+print(g[0]['name'].lower().replace(' ', '-') if g else 'cpu')")
+baseline="ci/baselines/$gpu/nightly"
+if [ -f "$baseline/run.json" ]; then
+  "${bench[@]}" compare "$baseline" "$run" --threshold "$threshold" --fail-on-regression \
+    -o "$run/compare-baseline.html" || rc=1
+else
+  echo "no committed baseline at $baseline (commit a good night's run directory there to enable this check)"
+fi
+
+[ "$rc" -eq 0 ] && touch "$run/GOOD"
+[ -n "${GITHUB_OUTPUT:-}" ] && echo "run=$run" >> "$GITHUB_OUTPUT"
+echo "run: $run  site: $home/site/index.html  exit: $rc"
+exit "$rc"

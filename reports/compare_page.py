@@ -1,0 +1,127 @@
+"""The `bench compare -o FILE.html` page: environment diff, ratio heatmap, base-vs-new bars per timing, tables."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+from reports.html import figure, page, section, table
+
+# Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
+DIVERGING = [[0.0, "#cf222e"], [0.5, "#f6f8fa"], [1.0, "#1a7f37"]]
+VERDICT_COLOURS = {"slower": "#cf222e", "faster": "#1a7f37", "same": "#8c959f", "noisy": "#d4a72c"}
+# Colour range of the heatmap in |log2 ratio|: at least x1.1 so that sub-threshold changes stay pale, at most x4 so
+# that one huge change does not wash out the rest.
+MIN_SPAN, MAX_SPAN = math.log2(1.1), 2.0
+
+
+def _goodness(ratio: float, direction: str | None) -> float:
+    """log2(NEW/BASE) signed so that positive is better by the metric's direction."""
+    if direction is None or not ratio or not math.isfinite(ratio) or ratio <= 0:
+        return math.nan
+    return math.log2(ratio) * (1 if direction == "higher" else -1)
+
+
+def heatmap(rows):
+    """Cases (rows) by metrics (columns), coloured by how much better or worse NEW is than BASE."""
+    import plotly.graph_objects as go
+
+    rows = rows[rows["direction"].notna()]
+    cases = list(dict.fromkeys(rows["case_id"]))
+    metrics = sorted(dict.fromkeys(rows["metric"]))
+    z = [[math.nan] * len(metrics) for _ in cases]
+    text = [[""] * len(metrics) for _ in cases]
+    hover = [[""] * len(metrics) for _ in cases]
+    for r in rows.itertuples():
+        i, j = cases.index(r.case_id), metrics.index(r.metric)
+        z[i][j] = _goodness(r.ratio, r.direction)
+        text[i][j] = "" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
+        hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({r.direction} is better)<br>"
+                       f"base {r.base:.4g} → new {r.new:.4g}<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}")
+    finite = [abs(v) for row in z for v in row if math.isfinite(v)]
+    span = min(max([MIN_SPAN, *finite]), MAX_SPAN)
+    ticks = [-span, -span / 2, 0.0, span / 2, span]
+    labels = [f"x{2 ** abs(t):.2f} {'better' if t > 0 else 'worse'}" if t else "no change" for t in ticks]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=metrics, y=cases, text=text, texttemplate="%{text}", hovertext=hover,
+        hovertemplate="%{hovertext}<extra></extra>", colorscale=DIVERGING, zmid=0, zmin=-span, zmax=span,
+        colorbar={"title": {"text": "NEW/BASE"}, "tickvals": ticks, "ticktext": labels}))
+    fig.update_layout(title="Ratio NEW/BASE by case and metric (green better, red worse, by the metric's direction)",
+                      height=260 + 26 * len(cases), margin={"l": 20, "r": 20, "t": 170},
+                      yaxis={"autorange": "reversed"}, xaxis={"side": "top", "tickangle": -30}, template="plotly_white")
+    return fig
+
+
+def timing_bars(rows, suite: str, metric: str):
+    """Base vs new per case for one sampled metric of one suite; the new bar carries the verdict and the
+    confidence interval of the ratio, scaled to the base median."""
+    import plotly.graph_objects as go
+
+    part = rows[(rows["suite"] == suite) & (rows["metric"] == metric)]
+    x = [c.removeprefix(f"{suite}/") for c in part["case_id"]]
+    low = [b * lo for b, lo in zip(part["base"], part["ci_low"])]
+    high = [b * hi for b, hi in zip(part["base"], part["ci_high"])]
+    fig = go.Figure([
+        go.Bar(name="base", x=x, y=list(part["base"]), marker_color="#8c959f"),
+        go.Bar(name="new", x=x, y=list(part["new"]), text=list(part["verdict"]), textposition="outside",
+               marker_color=[VERDICT_COLOURS.get(v, "#0969da") for v in part["verdict"]],
+               error_y={"type": "data", "symmetric": False, "array": [h - n for h, n in zip(high, part["new"])],
+                        "arrayminus": [n - lo for lo, n in zip(low, part["new"])]},
+               customdata=list(zip(part["ratio"], part["p_value"], part["ci_low"], part["ci_high"])),
+               hovertemplate="%{x}<br>new %{y:.4g}<br>ratio %{customdata[0]:.3f} (CI %{customdata[2]:.3f}.."
+                             "%{customdata[3]:.3f})<br>p=%{customdata[1]:.2g}<extra></extra>"),
+    ])
+    fig.update_layout(title=f"{suite}: {metric}, base vs new (error bar: CI of the ratio)", barmode="group",
+                      yaxis_title=metric, template="plotly_white", height=460, xaxis={"tickangle": -30})
+    return fig
+
+
+ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high"]
+
+
+def _records(frame, columns):
+    return [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in zip(columns, row)}
+            for row in frame[columns].itertuples(index=False)]
+
+
+def write_compare_html(comparison, out: str | Path) -> Path:
+    """One self-contained page for a `Comparison`; returns the path written."""
+    c, out = comparison, Path(out)
+    rows = c.rows
+    k = len(c.env_diff)
+    verdict = (f"<p><b>{html.escape(c.env_verdict[0].upper() + c.env_verdict[1:])}</b>: "
+               f"{k} environment field{' differs' if k == 1 else 's differ'}.</p>")
+    env_rows = [{"field": f, "base": b, "new": n, "differs": "differs" if b != n else ""} for f, b, n in c.env_fields]
+    parts = [section("Environment", verdict, table(env_rows, ["field", "base", "new", "differs"],
+                                                  {"differs": "regression"}))]
+
+    regress = [section(f"Regressions ({len(c.regressions)})", table(_records(c.regressions, ROW_TABLE), ROW_TABLE,
+                                                                   {"verdict": "regression"}))]
+    if not len(c.regressions):
+        regress = [section("Regressions", '<p class="improvement">None: no timing slower beyond the threshold with '
+                                          "significance, no deterministic metric worse.</p>")]
+    parts += regress
+    if len(rows):
+        parts.append(section("Ratios", figure(heatmap(rows))))
+        sampled = rows[rows["p_value"].notna()]
+        bars = [figure(timing_bars(sampled, s, m)) for s, m in dict.fromkeys(zip(sampled["suite"], sampled["metric"]))]
+        if bars:
+            parts.append(section("Timings", *bars))
+    else:
+        parts.append(section("Ratios", '<p class="muted">No case is ok on both sides: nothing to compare.</p>'))
+    if len(c.improvements):
+        parts.append(section(f"Improvements ({len(c.improvements)})",
+                             table(_records(c.improvements, ROW_TABLE), ROW_TABLE, {"verdict": "improvement"})))
+    if len(c.status_rows):
+        cols = list(c.status_rows.columns)
+        parts.append(section("Cases not ok or on one side only",
+                             table(_records(c.status_rows, cols), cols, {"base_status": "status",
+                                                                        "new_status": "status"})))
+    if len(rows):
+        parts.append(section("All comparisons", table(_records(rows, ROW_TABLE), ROW_TABLE)))
+    subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings: Mann-Whitney U and "
+                f"bootstrap CI of the ratio of medians at alpha {c.alpha:g}, minimum effect {c.threshold:.0%}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page("techbench compare", "\n".join(parts), subtitle), encoding="utf-8")
+    return out

@@ -1,0 +1,187 @@
+"""Per-suite figure modules and the helpers they share.
+
+A suite adds `reports/figures/<suite>.py` with `figures(frame) -> list[plotly Figure]` (and optionally `METRICS`, the
+columns of its results table); nothing else changes. `frame` holds that suite's records from `load_frame`: one row per
+record with its metrics as columns, plus `run` (a label naming the machine), `size` and `command` (the exact
+`bench run` line that reproduces the case). Failed, OOM and skipped cases are rows too: figures draw them with
+`add_not_ok` rather than drop them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pandas as pd
+
+from bench.records import STATUSES, read_run_json, records_frame, reproduce_command
+
+NOT_OK = tuple(s for s in STATUSES if s != "ok")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+RUN_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "pentagon", "hexagon", "cross")
+STATUS_COLORS = {"oom": "#9a6700", "timeout": "#cf222e", "error": "#cf222e", "skipped": "#6e7781"}
+# The columns `hover` puts in customdata, in this order: hovertemplates refer to them as %{customdata[i]}.
+HOVER_COLUMNS = ("case_id", "run", "command")
+
+
+def figure_module(suite: str):
+    """reports.figures.<suite>, or None when the suite has no figure module."""
+    if not suite.isidentifier():
+        return None
+    name = f"{__name__}.{suite}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None
+        raise  # a figure module that exists but cannot import is a bug to show, not a missing module
+
+
+def figures_for(suite: str, frame: pd.DataFrame) -> list:
+    """The suite's figures from its figure module; [] without a module or without records of the suite."""
+    rows = frame[frame["suite"] == suite] if "suite" in frame else frame.iloc[0:0]
+    module = figure_module(suite)
+    if rows.empty or module is None:
+        return []
+    return list(module.figures(rows.reset_index(drop=True)))
+
+
+def run_label(meta: dict | None, run_dir: str | Path) -> str:
+    """What tells runs apart in a legend: the GPU model (with a count when several), else the CPU."""
+    env = (meta or {}).get("env") or {}
+    names = [g.get("name") or "GPU" for g in env.get("gpus") or []]
+    if names:
+        return " + ".join(f"{names.count(n)}x {n}" if names.count(n) > 1 else n for n in dict.fromkeys(names))
+    return f"CPU {env['cpu_model']}" if env.get("cpu_model") else Path(run_dir).name
+
+
+def run_labels(run_dirs) -> dict[str, str]:
+    """run_dir -> label; runs that would read the same get their size, else their run_id, else their directory."""
+    metas = {str(d): read_run_json(d) or {} for d in run_dirs}
+    labels = {d: run_label(m, d) for d, m in metas.items()}
+    for key in ("size", "run_id", "directory"):
+        seen = list(labels.values())
+        extra = {d: metas[d].get(key) or d for d in labels}
+        if len(set(seen)) == len(seen) or len({(labels[d], extra[d]) for d in labels}) < len(labels):
+            continue
+        labels = {d: f"{label} ({extra[d]})" if seen.count(label) > 1 else label for d, label in labels.items()}
+    return labels
+
+
+def load_frame(run_dirs) -> pd.DataFrame:
+    """records_frame of every run, plus the run label, the run's size and each case's reproduce command."""
+    labels, parts = run_labels(run_dirs), []
+    for run_dir in run_dirs:
+        frame = records_frame(run_dir)
+        if frame.empty:
+            continue
+        meta = read_run_json(run_dir) or {}
+        frame["run"] = labels[str(run_dir)]
+        frame["size"] = meta.get("size") or "quick"
+        devices = [meta.get("device") or d for d in frame["device"]]
+        frame["command"] = [reproduce_command(s, v, p, size, d) for s, v, p, size, d in
+                            zip(frame["suite"], frame["variant"], frame["params"], frame["size"], devices)]
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["suite", "status", "run"])
+
+
+def ok(frame: pd.DataFrame, *metrics: str) -> pd.DataFrame:
+    """Rows with status ok and every named metric present."""
+    rows = frame[frame["status"] == "ok"]
+    for m in metrics:
+        rows = rows[rows[m].notna()] if m in rows else rows.iloc[0:0]
+    return rows
+
+
+def hover(rows: pd.DataFrame) -> list[list[str]]:
+    """customdata for a trace: HOVER_COLUMNS per point."""
+    return rows[list(HOVER_COLUMNS)].astype(str).values.tolist()
+
+
+def hovertemplate(x: str, y: str) -> str:
+    """Hover text: case_id, run, the point's values, then the command that reproduces it."""
+    return (f"<b>%{{customdata[0]}}</b><br>%{{customdata[1]}}<br>{x}: %{{x:.4g}}<br>{y}: %{{y:.4g}}"
+            f"<br><span style='font-family:monospace'>%{{customdata[2]}}</span><extra>%{{fullData.name}}</extra>")
+
+
+def colors(variants) -> dict[str, str]:
+    """A fixed color per variant, in order of first appearance, so every figure of a suite agrees."""
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(dict.fromkeys(variants))}
+
+
+def run_symbols(frame: pd.DataFrame) -> dict[str, str]:
+    return {r: RUN_SYMBOLS[i % len(RUN_SYMBOLS)] for i, r in enumerate(dict.fromkeys(frame["run"]))}
+
+
+def add_run_legend(fig, frame: pd.DataFrame) -> None:
+    """One grey legend entry per run showing its marker symbol (only when there are several runs)."""
+    symbols = run_symbols(frame)
+    if len(symbols) > 1:
+        for run, symbol in symbols.items():
+            fig.add_scatter(x=[None], y=[None], mode="markers", name=run, legendgroup=f"run:{run}",
+                            marker={"symbol": symbol, "color": "#57606a", "size": 9})
+
+
+def params_label(params: dict, keys=None) -> str:
+    keys = sorted(params) if keys is None else keys
+    return ", ".join(f"{k}={params[k]}" for k in keys if k in params)
+
+
+def wrap_label(label: str, per_line: int = 3) -> str:
+    """A params label over several lines (plotly titles break at <br>) so that panel titles never collide."""
+    parts = label.split(", ")
+    return "<br>".join(", ".join(parts[i:i + per_line]) for i in range(0, len(parts), per_line))
+
+
+def params_groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per distinct params dict; the label names only the params that vary between groups."""
+    keys = frame["params"].map(lambda p: tuple(sorted(p.items(), key=lambda kv: kv[0])))
+    groups = list(dict.fromkeys(keys))
+    varying = sorted({k for g in groups for k, v in g if len({dict(h).get(k) for h in groups}) > 1})
+    label_keys = varying or None
+    return [(params_label(dict(g), label_keys), frame[[k == g for k in keys]]) for g in groups]
+
+
+def bytes_unit(values) -> tuple[float, str]:
+    """(divisor, unit) that keeps byte counts readable: GiB, MiB or KiB."""
+    top = max((float(v) for v in values if pd.notna(v)), default=0.0)
+    for power, unit in ((3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if top >= 1024 ** power:
+            return 1024.0 ** power, unit
+    return 1.0, "B"
+
+
+def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None) -> None:
+    """Non-ok cases as x markers in a strip just above the ok points (or at y=0 alone), labelled with their status.
+
+    One legend entry per status across the figure; the hover gives the case_id, the reason's last line, and the
+    command that reproduces it.
+    """
+    rows = rows[rows["status"] != "ok"]
+    if rows.empty:
+        return
+    xs = [float(v) for v in ok_x if pd.notna(v)]
+    ys = [float(v) for v in ok_y if pd.notna(v)]
+    n = len(rows)
+    if xs:
+        lo, hi = min(xs), max(xs)
+        x = [lo + (hi - lo) * (i + 0.5) / n for i in range(n)] if hi > lo else [lo] * n
+        y_top, y_bottom = max(ys), min(ys)
+        y = y_top + 0.12 * ((y_top - y_bottom) or abs(y_top) or 1.0)
+    else:
+        x, y = list(range(n)), 0.0
+    shown = {t.legendgroup for t in fig.data if t.showlegend is not False}
+    rows = rows.assign(_x=x)
+    for status, part in rows.groupby("status", sort=False):
+        reasons = [str(e or "").strip().splitlines()[-1:] or [""] for e in part["error"]]
+        fig.add_scatter(
+            x=part["_x"].tolist(), y=[y] * len(part), mode="markers+text", name=status,
+            legendgroup=f"status:{status}", showlegend=f"status:{status}" not in shown,
+            text=[status] * len(part), textposition="top center",
+            textfont={"size": 10, "color": STATUS_COLORS.get(status, "#cf222e")},
+            marker={"symbol": "x", "size": 11, "color": STATUS_COLORS.get(status, "#cf222e")},
+            customdata=[[*h, r[0][:200]] for h, r in zip(hover(part), reasons)],
+            hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>" + status + ": %{customdata[3]}"
+                           "<br><span style='font-family:monospace'>%{customdata[2]}</span><extra></extra>"),
+            row=row, col=col)
+        shown.add(f"status:{status}")

@@ -1,0 +1,177 @@
+"""One self-contained HTML page of one or more run directories (`bench report RUN... -o FILE.html`).
+
+The page holds each run's environment, a summary of cases by status, a section per suite (its figures from its
+figure module in reports/figures/, then its results table), and every case that did not finish ok with its reason.
+It reads run directories only: no torch, no impls, no suites.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from bench.records import STATUSES, Record, read_run_json
+from reports.figures import figure_module, figures_for, load_frame, run_labels
+from reports.html import figure, page, section, table
+
+STYLE = ("<style>.results, .wide { overflow-x: auto; } .results td { white-space: nowrap; } "
+         "summary { cursor: pointer; }</style>")
+# Columns of a loaded frame that are not metrics.
+NOT_METRICS = set(Record.__dataclass_fields__) | {"run_dir", "run", "size", "command"}
+# Spread and flag columns beside a timing: the raw samples are in the records, the median is enough for a table.
+DETAIL_MARKERS = ("_p20_", "_p80_", "_iqr_", "_noisy")
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Writes the report of `run_dirs` to `out` (parents created) and returns its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(run_dirs), encoding="utf-8")
+    return out
+
+
+def render(run_dirs) -> str:
+    """The report of `run_dirs` as one HTML document (plotly.js inline, opens offline)."""
+    run_dirs = list(dict.fromkeys(Path(d) for d in run_dirs))  # the same run named twice is one run
+    labels = run_labels(run_dirs)
+    frame = load_frame(run_dirs)
+    parts = [section("Environment", _environment(run_dirs, labels, frame))]
+    if frame.empty:
+        parts.append('<p class="muted">These runs hold no records.</p>')
+        suites = []
+    else:
+        suites = sorted(frame["suite"].unique())
+        parts.append(section("Summary", _summary(frame)))
+        parts += [_suite(s, frame[frame["suite"] == s]) for s in suites]
+        parts.append(section("Cases not ok", _not_ok(frame)))
+    subtitle = f"{len(run_dirs)} run{'s' * (len(run_dirs) != 1)}: {', '.join(labels.values())}"
+    if suites:
+        subtitle += f" · suites: {', '.join(suites)}"
+    return page("techbench report", STYLE + "\n".join(parts), subtitle)
+
+
+def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
+    """One column per run, one row per field that tells machines and software apart."""
+    fields: dict[str, dict[str, str]] = {}
+    for d in run_dirs:
+        meta = read_run_json(d) or {}
+        env = meta.get("env") or {}
+        gpus = env.get("gpus") or []
+        git = meta.get("git") or env.get("git") or {}
+        cores = env.get("cpu_logical_cores")
+        values = {
+            "run_id": meta.get("run_id"),
+            "GPU": ", ".join(g.get("name") or "?" for g in gpus) or "none",
+            "GPU memory": _bytes(gpus[0].get("memory_total_bytes")) if gpus else None,
+            "driver": (gpus[0] if gpus else env.get("nvml") or {}).get("driver_version"),
+            "torch": env.get("torch"),
+            "CUDA": env.get("torch_cuda"),
+            "triton": env.get("triton"),
+            "python": env.get("python_version"),
+            "CPU": f"{env.get('cpu_model') or '?'}" + (f" ({cores} logical cores)" if cores else ""),
+            "git": (git.get("sha") or "?")[:12] + (" (dirty)" if git.get("dirty") else "") if git else None,
+            "env_id": meta.get("env_id"),
+            "size": meta.get("size"),
+            "device": meta.get("device"),
+            "started": meta.get("started_at"),
+            "finished": meta.get("finished_at"),
+            "records": int((frame["run_dir"] == str(d)).sum()) if "run_dir" in frame else 0,
+            "directory": str(d),
+        }
+        for field, value in values.items():
+            fields.setdefault(field, {"": field})[labels[str(d)]] = "" if value is None else str(value)
+    rows = [r for r in fields.values() if any(v for k, v in r.items() if k)]  # e.g. no GPU rows on CPU runs
+    return table(rows, ["", *labels.values()])
+
+
+def _summary(frame: pd.DataFrame) -> str:
+    """Cases by status per suite (and per run when there are several)."""
+    keys = ["suite", "run"] if frame["run"].nunique() > 1 else ["suite"]
+    rows = []
+    for key, part in frame.groupby(keys, sort=True):
+        counts = part["status"].value_counts()
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        rows.append({**row, **{s: int(counts.get(s, 0)) for s in STATUSES}, "total": len(part)})
+    return table(rows, [*keys, *STATUSES, "total"])
+
+
+def _suite(suite: str, rows: pd.DataFrame) -> str:
+    parts = []
+    try:
+        module = figure_module(suite)
+        if module is None:
+            parts.append(f'<p class="muted">No figure module for {html.escape(suite)} '
+                         f"(reports/figures/{html.escape(suite)}.py): results table only.</p>")
+        parts += [figure(f) for f in figures_for(suite, rows)]
+    except Exception as e:  # noqa: BLE001 - one broken figure module must not hide the measurements
+        module = None
+        parts.append(f'<p class="status-error">Figures for {html.escape(suite)} failed: '
+                     f"{html.escape(type(e).__name__)}: {html.escape(str(e))}</p>")
+    metrics = list(getattr(module, "METRICS", ())) or _generic_metrics(rows)
+    parts.append(section("Results", _results(rows, metrics), level=3))
+    return section(suite, *parts)
+
+
+def _generic_metrics(rows: pd.DataFrame) -> list[str]:
+    return [c for c in rows.columns if c not in NOT_METRICS and not any(m in c for m in DETAIL_MARKERS)]
+
+
+def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
+    """One row per case (runs of the same case side by side) with the metrics that have a value in some case;
+    params shared by every case are said once above the table."""
+    metrics = [m for m in metrics if m in rows and rows[m].notna().any()]
+    several = rows["run"].nunique() > 1
+    order = {c: i for i, c in enumerate(dict.fromkeys(rows["case_id"]))}
+    runs = {r: i for i, r in enumerate(dict.fromkeys(rows["run"]))}
+    rows = rows.assign(_o=rows["case_id"].map(order), _r=rows["run"].map(runs)).sort_values(["_o", "_r"], kind="stable")
+    first = rows["params"].iloc[0] if len(rows) > 1 else {}
+    shared = {k: v for k, v in first.items() if all(k in p and p[k] == v for p in rows["params"])}
+    out = []
+    for _, r in rows.iterrows():
+        row = {"variant": r["variant"], "run": r["run"], "status": r["status"], "case_id": r["case_id"],
+               "params": ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()) if k not in shared)}
+        for m in metrics:
+            value = r[m]
+            row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else value)
+        out.append(row)
+    optional = [c for c, shown in (("params", any(r["params"] for r in out)), ("run", several)) if shown]
+    columns = ["variant", *optional, "status", *metrics, "case_id"]
+    classes = {"status": "status", "case_id": "muted", **{m: "num" for m in metrics}}
+    note = (f'<p class="muted">Every case: {html.escape(", ".join(f"{k}={v}" for k, v in sorted(shared.items())))}'
+            "</p>" if shared else "")
+    return f'{note}<div class="results">{table(out, columns, classes)}</div>'
+
+
+def _not_ok(frame: pd.DataFrame) -> str:
+    """Every oom/timeout/error/skipped case: the reason's last line, the whole reason folded below it."""
+    bad = frame[frame["status"] != "ok"]
+    if bad.empty:
+        return '<p class="muted">Every case finished ok.</p>'
+    body = []
+    for _, r in bad.sort_values(["suite", "status"], kind="stable").iterrows():
+        reason = str(r["error"] or "").strip()
+        last = reason.splitlines()[-1] if reason else ""
+        cell = html.escape(last)
+        if "\n" in reason:
+            cell = f"<details><summary>{cell}</summary><pre>{html.escape(reason)}</pre></details>"
+        body.append(f'<tr><td>{html.escape(r["run"])}</td><td class="status-{html.escape(r["status"])}">'
+                    f'{html.escape(r["status"])}</td><td>{html.escape(r["case_id"])}</td><td>{cell}</td>'
+                    f'<td><code>{html.escape(r["command"])}</code></td></tr>')
+    head = "".join(f"<th>{c}</th>" for c in ("run", "status", "case_id", "reason", "reproduce"))
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _bytes(value) -> str | None:
+    if _missing(value):
+        return None
+    value = float(value)
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if abs(value) >= 1024 ** power:
+            return f"{value / 1024 ** power:.3g} {unit}"
+    return f"{value:.0f} B"

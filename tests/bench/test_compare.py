@@ -1,0 +1,188 @@
+import math
+import re
+
+import numpy as np
+import pytest
+
+from bench.compare import Comparison, compare, compare_samples
+from reports.compare_page import write_compare_html
+from tests.browser import load, needs_chromium
+from tests.runs import A100, H200, checkpointing_records, samples, write_run
+
+
+def timing_case(variant, median, spread=0.01, n=30, seed=0, **metrics):
+    s = samples(median, spread, n, seed)
+    return {"suite": "toy", "variant": variant, "params": {"n": 1},
+            "metrics": {"step_time_ms": sorted(s)[n // 2], **metrics}, "samples": {"step_time_ms": s}}
+
+
+def one(comparison: Comparison, variant: str, metric: str = "step_time_ms"):
+    rows = comparison.rows
+    row = rows[(rows["variant"] == variant) & (rows["metric"] == metric)]
+    assert len(row) == 1, rows
+    return row.iloc[0]
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Base and new runs of one toy suite, one variant per expected verdict."""
+    base = [timing_case("faster", 100, seed=1), timing_case("slower", 100, seed=3),
+            timing_case("same", 100, seed=5), timing_case("noise", 100, spread=0.3, n=20, seed=7),
+            timing_case("small", 100, seed=9),
+            timing_case("bytes_equal", 100, seed=11, peak_mem_bytes=1000, flag_noisy=True),
+            timing_case("bytes_grown", 100, seed=13, peak_mem_bytes=1000, tokens_per_s=50.0)]
+    new = [timing_case("faster", 80, seed=2), timing_case("slower", 125, seed=4),
+           timing_case("same", 100, seed=6), timing_case("noise", 100, spread=0.3, n=20, seed=8),
+           timing_case("small", 102, seed=10),
+           timing_case("bytes_equal", 100, seed=12, peak_mem_bytes=1000, flag_noisy=False),
+           timing_case("bytes_grown", 100, seed=14, peak_mem_bytes=1200, tokens_per_s=51.0)]
+    return write_run(tmp_path, "base", base), write_run(tmp_path, "new", new)
+
+
+def test_timing_verdicts(pair):
+    c = compare([pair[0]], [pair[1]])
+    assert one(c, "faster").verdict == "faster" and one(c, "faster").ratio == pytest.approx(0.8, abs=0.02)
+    assert one(c, "slower").verdict == "slower" and one(c, "slower").p_value < 0.01
+    assert one(c, "slower").ci_low > 1.05
+    assert one(c, "same").verdict == "same"
+    assert one(c, "noise").verdict in ("same", "noisy")
+    assert one(c, "small").verdict == "same"  # a real 2% change, below the 5% threshold
+    assert sorted(c.regressions["variant"]) == ["bytes_grown", "slower"]
+    assert list(c.improvements["variant"]) == ["faster"]
+
+
+def test_deterministic_metrics_compare_exactly(pair):
+    c = compare(pair[0], pair[1])
+    assert one(c, "bytes_equal", "peak_mem_bytes").verdict == "same"
+    grown = one(c, "bytes_grown", "peak_mem_bytes")
+    assert grown.verdict == "worse" and grown.ratio == pytest.approx(1.2) and grown.direction == "lower"
+    assert math.isnan(grown.p_value)
+    # a rate measured without samples gets its ratio but no verdict: one number cannot tell a change from noise
+    assert one(c, "bytes_grown", "tokens_per_s").verdict == "n/a"
+    assert not (c.rows["metric"] == "flag_noisy").any()
+
+
+def test_summary_lines(pair):
+    c = compare(pair[0], pair[1])
+    lines = c.summary_lines()
+    assert lines[1] == "environment: same environment (A/B of code or settings)"
+    assert any(line.startswith("timings: ") and "1 faster" in line and "1 slower" in line for line in lines)
+    assert any("slower" in line and "toy/slower/n=1" in line and "p=" in line for line in lines)
+    assert any(line.startswith("regressions (2)") for line in lines)
+
+
+def test_status_rows_list_missing_and_failed_cases(tmp_path):
+    oom = {"status": "oom", "error": "CUDA out of memory"}
+    base = [timing_case("kept", 100), timing_case("gone", 100), timing_case("grew", 100)]
+    new = [timing_case("kept", 100, seed=1), {**timing_case("grew", 100), **oom, "metrics": {}, "samples": {}},
+           timing_case("fresh", 100)]
+    c = compare([write_run(tmp_path, "a", base)], [write_run(tmp_path, "b", new)])
+    st = c.status_rows.set_index("variant")
+    assert st.loc["gone", "change"] == "removed" and st.loc["gone", "new_status"] == "absent"
+    assert st.loc["fresh", "change"] == "added"
+    assert st.loc["grew", "change"] == "ok -> oom" and st.loc["grew", "reason"] == "CUDA out of memory"
+    assert "kept" not in st.index
+    assert set(c.rows["variant"]) == {"kept"}
+    assert any(line.startswith("cases: ") and "1 added" in line for line in c.summary_lines())
+
+
+def test_several_runs_per_side_are_pooled(tmp_path):
+    shard1 = write_run(tmp_path, "s1", [timing_case("a", 100, seed=1)])
+    shard2 = write_run(tmp_path, "s2", [timing_case("b", 100, seed=2)])
+    new = write_run(tmp_path, "n", [timing_case("a", 130, seed=3), timing_case("b", 100, seed=4)])
+    c = compare([shard1, shard2], [new])
+    assert one(c, "a").verdict == "slower" and one(c, "b").verdict == "same"
+    assert c.base_runs == ["s1", "s2"] and c.status_rows.empty
+
+
+def test_env_diff(tmp_path):
+    records = checkpointing_records()
+    h200 = write_run(tmp_path, "h200", records, gpu=H200, torch="2.11.0")
+    a100 = write_run(tmp_path, "a100", checkpointing_records(scale=1.6, seed=1), gpu=A100, torch="2.12.0")
+    c = compare([h200], [a100])
+    diff = {f: (b, n) for f, b, n in c.env_diff}
+    assert diff["gpu"] == ("NVIDIA H200", "NVIDIA A100-SXM4-80GB")
+    assert diff["torch"] == ("2.11.0", "2.12.0") and "driver" in diff
+    assert c.same_env is False and "hardware or software comparison" in c.summary_lines()[1]
+    assert (c.regressions["metric"] == "step_time_ms").sum() == 10  # 1.6x slower everywhere
+
+
+def test_same_env_is_an_ab_of_code(tmp_path):
+    a = write_run(tmp_path, "a", checkpointing_records(seed=0))
+    b = write_run(tmp_path, "b", checkpointing_records(seed=1), sha="f" * 40)
+    c = compare([a], [b])
+    assert c.same_env is True
+    assert [f for f, _, _ in c.env_diff] == ["git_sha"]
+    assert c.regressions.empty  # an A/A run of the same code on the same machine
+    assert set(c.status_rows["change"]) == {"still oom", "still error", "still skipped"}
+
+
+def aa_draws(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
+    """Timings as a benchmark sees them: Gaussian jitter, or a log-normal body with rare slow outliers."""
+    if kind == "lognormal+outliers":
+        x = 100 * rng.lognormal(0, 0.04, n)
+        return np.where(rng.random(n) < 0.05, x * rng.uniform(1.2, 2.0, n), x)
+    return 100 * (1 + rng.normal(0, float(kind), n))
+
+
+def test_aa_false_alarm_rate():
+    # 300 A/A pairs: both sides drawn from one distribution. Mann-Whitney alone would alarm at ~alpha=1%; requiring
+    # the ratio to clear the 5% threshold as well keeps the rate below that at every spread.
+    rng = np.random.default_rng(20261128)
+    configs = [(kind, n) for kind in ("0.01", "0.03", "0.1", "lognormal+outliers") for n in (5, 10, 25, 50)]
+    alarms, noisy, trials = 0, 0, 300
+    for i in range(trials):
+        kind, n = configs[i % len(configs)]
+        t = compare_samples(aa_draws(rng, kind, n), aa_draws(rng, kind, n))
+        alarms += t.change in ("up", "down")
+        noisy += t.change == "noisy"
+    assert alarms / trials <= 0.01, f"A/A false-alarm rate {alarms}/{trials}"
+    assert noisy < trials  # the quiet configurations resolve to "same"
+
+
+def test_compare_samples_is_reproducible():
+    a, b = samples(100, 0.05, 20, 1), samples(103, 0.05, 20, 2)
+    assert compare_samples(a, b) == compare_samples(a, b)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        compare([tmp_path / "nope"], [tmp_path / "nope"])
+    with pytest.raises(ValueError, match="threshold"):
+        compare([tmp_path], [tmp_path], threshold=5)
+
+
+def test_compare_page(tmp_path):
+    a = write_run(tmp_path, "a", checkpointing_records(seed=0), gpu=H200)
+    b = write_run(tmp_path, "b", checkpointing_records(scale=1.3, seed=1), gpu=A100)
+    out = write_compare_html(compare([a], [b]), tmp_path / "out" / "compare.html")
+    text = out.read_text()
+    assert '"type":"heatmap"' in text and '"type":"bar"' in text
+    assert "Regressions (10)" in text and "NVIDIA A100-SXM4-80GB" in text and "still oom" in text
+    assert not re.search(r"<script[^>]*src=[\"']?https?:", text)
+
+
+@needs_chromium
+def test_compare_page_loads_without_js_errors(tmp_path):
+    a = write_run(tmp_path, "a", checkpointing_records(seed=0))
+    out = write_compare_html(compare([a], [a]), tmp_path / "compare.html")
+    errors, dom = load(out)
+    assert errors == [] and "main-svg" in dom
+
+
+def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
+    from bench.cli import main
+
+    base = write_run(tmp_path, "base", checkpointing_records(scale=1.0, seed=1))
+    slower = write_run(tmp_path, "slower", checkpointing_records(scale=1.3, seed=2))
+    records = checkpointing_records(scale=1.0, seed=3)
+    records[1] = {**records[1], "status": "oom", "error": "CUDA out of memory", "metrics": {}, "samples": {}}
+    broken = write_run(tmp_path, "broken", records)
+    again = write_run(tmp_path, "again", checkpointing_records(scale=1.0, seed=4))
+    assert main(["compare", str(base), str(slower), "--fail-on-regression"]) == 1
+    assert "regressions (" in capsys.readouterr().out
+    assert main(["compare", str(base), str(broken), "--fail-on-regression"]) == 1
+    assert "ok -> oom" in capsys.readouterr().out
+    assert main(["compare", str(base), str(again), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 0
+    assert (tmp_path / "c.html").exists()
+    assert main(["compare", str(base), str(tmp_path / "nope")]) == 2

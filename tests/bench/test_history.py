@@ -1,0 +1,84 @@
+import json
+
+import pandas as pd
+import pytest
+
+from bench import history
+from tests.runs import checkpointing_records, write_run
+
+
+@pytest.fixture
+def run(tmp_path):
+    return write_run(tmp_path / "runs", "night-1", checkpointing_records(), started_at="2026-11-28T01:00:00Z",
+                     sha="feedface" * 5)
+
+
+def test_add_is_idempotent(tmp_path, run):
+    store = tmp_path / "store"
+    n = history.add(run, store)
+    # 10 ok cases x 8 metrics, and one status-only row for each of the oom, error and skipped cases
+    assert n == 10 * 8 + 3
+    assert history.add(run, store) == 0
+    assert len(history.load(store)) == n
+    assert [p.name for p in (store / "runs").iterdir()] == ["night-1.parquet"]
+
+
+def test_files_read_back_with_plain_pandas(tmp_path, run):
+    store = tmp_path / "store"
+    history.add(run, store)
+    history.add(write_run(tmp_path / "runs", "night-2", checkpointing_records(seed=1), gpu=None,
+                          started_at="2026-11-29T01:00:00+02:00"), store)
+    frame = pd.read_parquet(store / "runs")  # nothing of techbench: a directory of Parquet files
+    assert list(frame.columns) == list(history.COLUMNS)
+    assert set(frame["run_id"]) == {"night-1", "night-2"}
+    assert str(frame["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert frame["value"].dtype == "float64" and frame["n_samples"].dtype == "int64"
+    first = frame[frame["run_id"] == "night-1"].iloc[0]
+    assert first["timestamp"] == pd.Timestamp("2026-11-28T01:00:00Z")
+    assert first["git_sha"] == "feedface" * 5 and not first["git_dirty"]
+    assert first["gpu"] == "NVIDIA H200" and first["size"] == "quick"
+    assert set(frame.loc[frame["run_id"] == "night-2", "gpu"]) == {"cpu"}
+    assert frame.loc[frame["run_id"] == "night-2", "timestamp"].iloc[0] == pd.Timestamp("2026-11-28T23:00:00Z")
+    step = frame[(frame["metric"] == "step_time_ms") & (frame["run_id"] == "night-1")]
+    assert (step["direction"] == "lower").all() and (step["n_samples"] == 30).all()
+    assert step["iqr"].between(0.005, 0.1).all()  # 2% gaussian spread: IQR ~ 1.35 * 2%
+    params = json.loads(step.iloc[0]["params"])
+    assert params["d_model"] == 256 and params["dtype"] == "bfloat16"
+    peak = frame[frame["metric"] == "peak_mem_bytes"]
+    assert peak["iqr"].isna().all() and (peak["n_samples"] == 0).all()
+
+
+def test_non_ok_cases_are_kept(tmp_path, run):
+    store = tmp_path / "store"
+    history.add(run, store)
+    frame = history.load(store)
+    failed = frame[frame["status"] != "ok"]
+    assert sorted(failed["status"]) == ["error", "oom", "skipped"]
+    assert failed["metric"].isna().all() and failed["value"].isna().all()
+    assert failed.set_index("status").loc["skipped", "error"] == "needs a CUDA device"
+
+
+def test_a_directory_without_run_json_is_refused(tmp_path):
+    (tmp_path / "not-a-run").mkdir()
+    for path in (tmp_path / "not-a-run", tmp_path / "missing"):
+        with pytest.raises(ValueError, match="no run.json"):
+            history.add(path, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_load_of_an_empty_store_has_the_columns(tmp_path):
+    frame = history.load(tmp_path / "empty")
+    assert frame.empty and list(frame.columns) == list(history.COLUMNS)
+
+
+def test_odd_run_ids_get_safe_distinct_file_names(tmp_path):
+    store = tmp_path / "store"
+    records = checkpointing_records()[:1]
+    a = write_run(tmp_path / "runs", "a", records)
+    meta = json.loads((a / "run.json").read_text())
+    meta["run_id"] = "../nightly 1"
+    (a / "run.json").write_text(json.dumps(meta))
+    assert history.add(a, store) == 8
+    (path,) = (store / "runs").glob("*.parquet")
+    assert path.parent == store / "runs" and path.name.startswith("nightly_1-")
+    assert set(pd.read_parquet(store / "runs")["run_id"]) == {"../nightly 1"}

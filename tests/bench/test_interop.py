@@ -1,0 +1,119 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench.interop import export_pytest_benchmark, import_pytest_benchmark
+from bench.records import read_records, read_run_json
+from tests.runs import A100, H200, checkpointing_records, samples, write_run
+
+
+def by_case(run_dir):
+    return {r.case_id: r for r in read_records(run_dir / "records.jsonl")}
+
+
+def test_export_then_import_keeps_every_case_and_its_samples(tmp_path):
+    run = write_run(tmp_path, "night", checkpointing_records())
+    out = export_pytest_benchmark([run], tmp_path / "bench.json")
+    back = import_pytest_benchmark(out, tmp_path / "imported")
+
+    before, after = by_case(run), by_case(back)
+    ok = {k: r for k, r in before.items() if r.status == "ok"}
+    assert after.keys() == ok.keys()  # oom, error and skipped cases have no samples to export
+    for cid, r in ok.items():
+        got = after[cid]
+        assert (got.suite, got.variant, got.params, got.device, got.env_id) == (
+            r.suite, r.variant, r.params, r.device, r.env_id)
+        assert got.samples.keys() == r.samples.keys()
+        for name, values in r.samples.items():
+            # ms -> s -> ms in float64: rounding error only
+            assert got.samples[name] == pytest.approx(values, rel=1e-12)
+        assert got.metrics == r.metrics
+    meta = read_run_json(back)
+    assert meta["schema"] == 1 and meta["run_id"] == "night" and meta["size"] == "quick"
+    assert meta["env"]["gpus"][0]["name"] == "NVIDIA H200" and meta["git"]["sha"].startswith("0123456789")
+
+
+def test_exported_file_is_pytest_benchmark_json(tmp_path):
+    run = write_run(tmp_path, "night", checkpointing_records())
+    out = export_pytest_benchmark([run], tmp_path / "bench.json")
+    doc = json.loads(out.read_text())
+    assert {"machine_info", "commit_info", "benchmarks", "datetime", "version"} <= doc.keys()
+    tb = doc["machine_info"]["techbench"]
+    assert tb["gpus"][0]["name"] == "NVIDIA H200" and tb["driver_version"] == "580.65"
+    assert doc["commit_info"]["id"] == "0123456789abcdef0123456789abcdef01234567"
+    bench = doc["benchmarks"][0]
+    assert bench["group"] == "checkpointing" and bench["name"] == bench["fullname"]
+    assert bench["params"] == {"batch": 4, "d_model": 256, "dtype": "bfloat16", "layers": 8, "seq": 256}
+    stats = bench["stats"]
+    assert stats["rounds"] == len(stats["data"]) == 30 and stats["iterations"] == 1
+    assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"] < 1  # seconds, not ms
+    assert math.isclose(stats["ops"], stats["rounds"] / stats["total"])
+    # pytest-benchmark's own reader renders it
+    shown = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(out), "--columns=min,median"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "benchmark 'checkpointing': 10 tests" in shown.stdout
+
+
+def test_export_refuses_runs_from_two_machines_or_the_same_case_twice(tmp_path):
+    records = [{"suite": "checkpointing", "variant": "none", "metrics": {"step_time_ms": 1.0},
+                "samples": {"step_time_ms": samples(1.0)}}]
+    a = write_run(tmp_path, "a", records, gpu=H200)
+    b = write_run(tmp_path, "b", records, gpu=A100)
+    with pytest.raises(ValueError, match="different environments"):
+        export_pytest_benchmark([a, b], tmp_path / "x.json")
+    with pytest.raises(ValueError, match="export each to its own file"):
+        export_pytest_benchmark([a, write_run(tmp_path, "a2", records, gpu=H200)], tmp_path / "x.json")
+    with pytest.raises(ValueError, match="not a run directory"):
+        export_pytest_benchmark([tmp_path], tmp_path / "x.json")
+
+
+def test_import_of_a_plain_pytest_benchmark_file(tmp_path):
+    data = [0.002, 0.0021, 0.0019]
+    doc = {"machine_info": {"node": "ci", "python_version": "3.12.3", "cpu": {"brand_raw": "Xeon", "count": 8}},
+           "commit_info": {"id": "abc", "dirty": True},
+           "benchmarks": [
+               {"group": None, "name": "test_mm[64]", "fullname": "t.py::test_mm[64]", "params": {"n": 64},
+                "extra_info": {}, "stats": {"median": 0.002, "mean": 0.002, "stddev": 1e-4, "data": data}},
+               {"group": "io", "name": "test_read", "fullname": "t.py::test_read", "params": None,
+                "extra_info": {}, "stats": {"median": 0.5, "mean": 0.5, "stddev": 0.0}}],
+           "datetime": "2026-11-28T01:02:03.456+00:00", "version": "5.1.0"}
+    file = tmp_path / "pb.json"
+    file.write_text(json.dumps(doc))
+    out = import_pytest_benchmark(file, tmp_path / "run")
+    records = by_case(out)
+    mm, read = records["pytest/test_mm[64]/n=64"], records["io/test_read/"]
+    assert mm.metrics["time_ms"] == pytest.approx(2.0) and mm.samples["time_ms"] == pytest.approx([2.0, 2.1, 1.9])
+    assert read.metrics == pytest.approx({"time_ms": 500.0, "time_mean_ms": 500.0, "time_stddev_ms": 0.0})
+    assert read.samples == {} and read.started_at == "2026-11-28T01:02:03Z"
+    meta = read_run_json(out)
+    assert meta["git"] == {"sha": "abc", "dirty": True} and meta["env"]["cpu_model"] == "Xeon"
+    assert {r.env_id for r in records.values()} == {meta["env_id"]}
+
+    with pytest.raises(ValueError, match="not empty"):
+        import_pytest_benchmark(file, out)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a pytest-benchmark JSON"):
+        import_pytest_benchmark(tmp_path / "bad.json", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def test_round_trip_of_a_real_smoke_run(tmp_path):
+    from bench import runner
+    from bench.suite import SUITES
+    from suites import checkpointing  # noqa: F401 - registers the suite
+
+    cfg = runner.RunConfig(suites=[SUITES["checkpointing"]], size="smoke", device="cpu", out=tmp_path / "run",
+                           variants=["none", "full"], inline=True)
+    code, records = runner.run(cfg)
+    assert code == 0 and [r.status for r in records] == ["ok", "ok"]
+    back = import_pytest_benchmark(export_pytest_benchmark([cfg.out], tmp_path / "b.json"), tmp_path / "back")
+    after = by_case(back)
+    assert after.keys() == {r.case_id for r in records}
+    for r in records:
+        assert after[r.case_id].samples["step_time_ms"] == pytest.approx(r.samples["step_time_ms"], rel=1e-12)
+        assert after[r.case_id].metrics == r.metrics
+    assert read_run_json(back)["env_id"] == read_run_json(cfg.out)["env_id"]

@@ -1,0 +1,75 @@
+import json
+import warnings
+
+import pytest
+import torch
+
+import suites.checkpointing  # noqa: F401 - registers the suite
+from bench.profile import profile_case
+from bench.records import read_records, read_run_json
+
+CASE = "checkpointing/none/batch=2,d_model=64,dtype=float32,heads=4,layers=8,seq=64"
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile") / "out"
+    # one recorded call only, to keep the test short: the record's metrics then come from the profiled call
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*warmup.*")  # torch's note that warmup=0 may skew results
+        return out, profile_case("checkpointing", "none", "smoke", "cpu", {"layers": "8"}, out, wait=0, warmup=0,
+                                 active=1)
+
+
+def test_trace_holds_the_case_and_its_operators(profiled):
+    out, result = profiled
+    assert result["case_id"] == CASE and result["status"] == "ok" and result["memory_snapshot"] is None
+    trace = json.loads(open(result["trace"]).read())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert f"case:{CASE}" in names
+    assert names & {"aten::addmm", "aten::mm"}
+    assert any(e.get("args", {}).get("Input Dims") for e in trace["traceEvents"])  # record_shapes
+    assert "top 25 operators by self_cpu_time_total" in (out / "top_ops.txt").read_text()
+    rows = json.loads((out / "top_ops.json").read_text())
+    assert rows and rows[0]["rank"] == 1 and {"name", "calls", "self_cpu_us"} <= rows[0].keys()
+
+
+def test_record_and_profile_json_link_the_trace(profiled):
+    out, result = profiled
+    (record,) = read_records(out / "records.jsonl")
+    assert record.case_id == CASE and record.status == "ok" and record.samples["step_time_ms"]
+    assert record.metrics["peak_mem_bytes"] > 0
+    meta = read_run_json(out)
+    assert meta["size"] == "smoke" and meta["device"] == "cpu" and meta["env_id"] == record.env_id
+    link = json.loads((out / "profile.json").read_text())
+    assert link["case_id"] == CASE and (out / link["trace"]).resolve() == (out / result["trace"]).resolve()
+    assert link["metrics_profiled"] is True and link["memory_snapshot"] is None
+
+
+@pytest.mark.parametrize("variant, size, params, message", [
+    ("full", "full", {"layers": "24"}, "2 full cases of checkpointing match params layers=24; pick one of: "),
+    ("full", "smoke", {"layers": "9"}, "no smoke cases of checkpointing match params layers=9; pick one of: batch=2"),
+    ("fastest", "smoke", None, "unknown variant 'fastest' for checkpointing (valid: none, full"),
+])
+def test_bad_selection_names_the_choices_and_writes_nothing(tmp_path, variant, size, params, message):
+    with pytest.raises(ValueError) as e:
+        profile_case("checkpointing", variant, size, "cpu", params, tmp_path / "out")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_used_out_dir(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        profile_case("checkpointing", "full", "smoke", "cpu", None, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_profile_writes_a_memory_snapshot(tmp_path):
+    result = profile_case("checkpointing", "full", "smoke", "cuda", None, tmp_path / "out", wait=0, warmup=1,
+                          active=1)
+    assert result["status"] == "ok" and result["memory_snapshot"]
+    trace = json.loads(open(result["trace"]).read())
+    assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])
+    assert "self_device_time_total" in (tmp_path / "out" / "top_ops.txt").read_text()

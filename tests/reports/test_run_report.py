@@ -1,0 +1,142 @@
+import html
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.figures import figures_for, load_frame, params_groups, run_labels
+from reports.figures.checkpointing import figures, pareto_front
+from reports.run_report import render, write_report
+from tests.browser import load, needs_chromium
+from tests.runs import A100, H200, checkpointing_records, write_run
+
+ROOT = Path(__file__).resolve().parents[2]
+PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the bundled plotly.js
+MYSTERY = [  # a suite with no figure module: the report falls back to its table
+    {"suite": "mystery", "variant": "plain", "params": {"n": 3}, "metrics": {"widget_ms": 2.5, "blob_bytes": 3 << 20}},
+    {"suite": "mystery", "variant": "fancy", "params": {"n": 3}, "status": "timeout", "error": "no result in 60 s"},
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return [write_run(root, "h200", checkpointing_records() + MYSTERY, gpu=H200),
+            write_run(root, "a100", checkpointing_records(scale=1.8, seed=1), gpu=A100)]
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    path = write_report(runs, tmp_path_factory.mktemp("report") / "sub" / "report.html")
+    return path, path.read_text(encoding="utf-8")
+
+
+def not_ok_cases(runs):
+    frame = load_frame(runs)
+    return frame[frame["status"] != "ok"]
+
+
+def test_report_is_one_offline_file_with_plotly_once(report):
+    path, text = report
+    assert path.exists() and path.name == "report.html"
+    assert text.count(PLOTLY_MARKER) == 1
+    assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//", text)
+
+
+def test_environment_of_both_gpus(report):
+    _, text = report
+    for value in ("NVIDIA H200", "NVIDIA A100-SXM4-80GB", "580.65", "570.10", "0123456789ab", "quick", "cuda:0"):
+        assert value in text
+
+
+def test_checkpointing_figures_and_mystery_table(report):
+    _, text = report
+    section = text[text.index("<h2>checkpointing</h2>"):text.index("<h2>mystery</h2>")]
+    assert section.count('class="plotly-graph-div"') == 2
+    mystery = text[text.index("<h2>mystery</h2>"):text.index("<h2>Cases not ok</h2>")]
+    assert "plotly-graph-div" not in mystery
+    assert "No figure module for mystery" in mystery
+    for cell in ("widget_ms", "blob_bytes", "3 MiB", "mystery/plain/n=3", "mystery/fancy/n=3"):
+        assert cell in mystery
+
+
+def test_every_failed_case_listed_with_its_reason(report, runs):
+    _, text = report
+    failures = text[text.index("<h2>Cases not ok</h2>"):]
+    bad = not_ok_cases(runs)
+    assert set(bad["status"]) == {"oom", "error", "skipped", "timeout"}
+    assert len(bad) == 7  # 3 per checkpointing run and the mystery timeout
+    for case_id, error in zip(bad["case_id"], bad["error"]):
+        assert html.escape(case_id) in failures
+        assert html.escape(error.splitlines()[-1]) in failures
+    assert "<details>" in failures and "Traceback (most recent call last)" in failures  # the full reason, folded
+
+
+def test_summary_counts_each_status(report):
+    _, text = report
+    summary = text[text.index("<h2>Summary</h2>"):text.index("<h2>checkpointing</h2>")]
+    assert re.search(r"<td>checkpointing</td><td>NVIDIA H200</td>" + "".join(
+        rf'<td class="num">{n}</td>' for n in (10, 1, 0, 1, 1, 13)), summary)
+
+
+def test_hover_has_case_ids_and_reproduce_commands(report):
+    _, text = report
+    assert "checkpointing/full/batch=4,d_model=256,dtype=bfloat16,layers=8,seq=256" in text
+    assert "bench run checkpointing --size quick --device cuda:0 --variant full --params batch=4," in text
+    assert "checkpointing/none/batch=16" in text.split("<h2>Cases not ok</h2>")[0]  # an oom drawn in a figure
+
+
+def test_figures_distinguish_runs_and_show_failures(runs):
+    frame = load_frame(runs)
+    pareto, ratios = figures_for("checkpointing", frame)
+    names = {t.name for t in pareto.data}
+    assert {"NVIDIA H200", "NVIDIA A100-SXM4-80GB", "oom", "error", "skipped", "Pareto front", "none"} <= names
+    assert len(pareto.layout.annotations) == 3  # one panel per params group: batch 4, 8, 16
+    assert {t.name for t in ratios.data} >= {"oom", "error", "skipped", "offload"}
+    runs_drawn = {row[1] for t in pareto.data if t.customdata is not None for row in t.customdata}
+    assert runs_drawn == {"NVIDIA H200", "NVIDIA A100-SXM4-80GB"}
+
+
+def test_pareto_front_keeps_only_undominated_points(runs):
+    frame = load_frame(runs)
+    rows = frame[(frame["run"] == "NVIDIA H200") & (frame["status"] == "ok") & (frame["suite"] == "checkpointing")]
+    rows = dict(params_groups(rows))["batch=4"]
+    front = pareto_front(rows, "step_time_ms", "peak_mem_bytes")
+    # none is fastest, selective next but heavier than offload, full lightest: sqrt is dominated by offload.
+    assert set(front["variant"]) == {"none", "selective", "offload", "full"}
+
+
+def test_figure_modules_and_fallbacks(runs):
+    frame = load_frame(runs)
+    assert figures_for("mystery", frame) == []
+    assert figures_for("checkpointing", frame[frame["suite"] == "mystery"]) == []  # no records, no figures
+    only_failures = frame[(frame["suite"] == "checkpointing") & (frame["status"] != "ok")]
+    assert len(figures(only_failures.reset_index(drop=True))) == 1  # ratios need values, the Pareto shows failures
+
+
+def test_same_machine_runs_get_distinct_labels(tmp_path):
+    a = write_run(tmp_path, "a", MYSTERY, size="smoke")
+    b = write_run(tmp_path, "b", MYSTERY, size="quick")
+    assert run_labels([a, b]) == {str(a): "NVIDIA H200 (smoke)", str(b): "NVIDIA H200 (quick)"}
+
+
+def test_empty_runs_still_render(tmp_path):
+    run = write_run(tmp_path, "empty", [], gpu=None)
+    text = render([run])
+    assert "hold no records" in text and text.count(PLOTLY_MARKER) == 1
+
+
+@needs_chromium
+def test_report_loads_in_chromium(report):
+    path, _ = report
+    errors, dom = load(path)
+    assert errors == []
+    assert dom.count("main-svg") >= 2
+
+
+def test_reports_never_import_torch():
+    code = ("import sys, reports.run_report, reports.figures.checkpointing; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
