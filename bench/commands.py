@@ -7,11 +7,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.records import RUN_JSON
+from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError
 
 
 class UsageError(Exception):
     """Bad usage or input: printed as one line, exit 2."""
+
+
+def schema_errors_are_usage(handler):
+    """A run directory of another schema, or a corrupt run.json, is bad input: one line, exit 2."""
+
+    def wrapped(args) -> int:
+        try:
+            return handler(args)
+        except SchemaError as e:
+            raise UsageError(str(e)) from None
+
+    return wrapped
 
 
 def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
@@ -27,40 +39,60 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
     return dirs
 
 
-def _output(path: Path, what: str = "-o") -> Path:
-    if path.exists() and path.is_dir():
-        raise UsageError(f"{what} {path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _output(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
+    """A file to write: never a directory, never a run's own run.json or records.jsonl, and of the expected kind."""
+    if path.is_dir():
+        raise UsageError(f"-o {path} is a directory; give a {suffix} file name")
+    if path.suffix != suffix:
+        raise UsageError(f"-o {path} should end in {suffix}")
+    if path.exists() and any(path.resolve() == (d / name).resolve() for d in inputs for name in (RUN_JSON,
+                                                                                                 RECORDS_JSONL)):
+        raise UsageError(f"-o {path} is a file of the run it reads; choose another name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the folder of -o {path}: {e.strerror or e}") from None
     return path
 
 
+@schema_errors_are_usage
 def cmd_report(args) -> int:
     from reports.run_report import write_report
 
-    out = write_report(run_dirs(args.runs), _output(args.output))
+    runs = run_dirs(args.runs)
+    out = write_report(runs, _output(args.output, ".html", runs))
     print(f"report -> {out}")
     return 0
 
 
+@schema_errors_are_usage
 def cmd_compare(args) -> int:
     from bench.compare import compare
 
-    if not 0 <= args.threshold < 100:
-        raise UsageError(f"--threshold is a percentage in [0, 100), got {args.threshold:g}")
+    _threshold(args.threshold)
     base, new = run_dirs([args.base], "BASE"), run_dirs([args.new], "NEW")
+    page = _output(args.output, ".html", base + new) if args.output else None
     result = compare(base, new, threshold=args.threshold / 100)
     for line in result.summary_lines():
         print(line)
-    if args.output:
+    if page:
         from reports.compare_page import write_compare_html
 
-        print(f"compare page -> {write_compare_html(result, _output(args.output))}")
+        print(f"compare page -> {write_compare_html(result, page)}")
     return 1 if args.fail_on_regression and (len(result.regressions) or len(result.newly_failing)) else 0
 
 
+def _threshold(pct: float) -> None:
+    if not 0 <= pct < 100:
+        raise UsageError(f"--threshold is a percentage in [0, 100), got {pct:g}")
+
+
+@schema_errors_are_usage
 def cmd_history(args) -> int:
     from bench import history
 
+    if Path(args.store).exists() and not Path(args.store).is_dir():
+        raise UsageError(f"--store {args.store} is a file, not a history store folder")
     added = 0
     for run in run_dirs(args.runs):
         try:
@@ -74,17 +106,25 @@ def cmd_history(args) -> int:
 def cmd_dashboard(args) -> int:
     from reports.dashboard import build
 
+    _threshold(args.threshold)
     if not Path(args.store).is_dir():
         raise UsageError(f"history store {args.store} does not exist (fill it with `bench history add RUN --store`)")
-    print(f"dashboard -> {build(args.store, args.output, threshold=args.threshold / 100)}")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UsageError(f"-o {args.output} is a file; the dashboard is a folder of pages")
+    try:
+        print(f"dashboard -> {build(args.store, args.output, threshold=args.threshold / 100)}")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
+@schema_errors_are_usage
 def cmd_export(args) -> int:
     from bench.interop import export_pytest_benchmark
 
     try:
-        out = export_pytest_benchmark(run_dirs(args.runs), _output(args.output))
+        runs = run_dirs(args.runs)
+        out = export_pytest_benchmark(runs, _output(args.output, ".json", runs))
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"pytest-benchmark JSON -> {out}")

@@ -64,6 +64,9 @@ def add(run_dir: str | Path, store: str | Path) -> int:
     meta = read_run_json(run_dir) if run_dir.is_dir() else None
     if meta is None:
         raise ValueError(f"{run_dir} is not a run directory: it has no run.json")
+    if not meta.get("finished_at"):  # a file is never rewritten, so a half run would stay half in the history
+        raise ValueError(f"{run_dir} has not finished (run.json finished_at is null); complete it with "
+                         "`bench run ... --resume` first")
     run_id = str(meta.get("run_id") or run_dir.name)
     path = store / RUNS / f"{_file_stem(run_id)}.parquet"
     if path.exists():

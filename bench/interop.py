@@ -27,9 +27,12 @@ from bench.records import RECORDS_JSONL, SCHEMA, Record, RecordWriter, read_reco
 from bench.suite import case_id
 
 # GPU fields copied into machine_info["techbench"]["gpus"]: what a reader of a benchmark dashboard needs to tell two
-# machines apart (model, driver, clocks, power limit), without UUIDs and bus ids.
+# machines apart (model, driver, max clocks, power limit), without UUIDs, bus ids or the clocks of the moment, which
+# would make pytest-benchmark's machine comparison warn on every run.
 GPU_SUMMARY = ("name", "driver_version", "cuda_driver_version", "compute_capability", "memory_total_bytes",
-               "max_sm_clock_mhz", "max_mem_clock_mhz", "sm_clock_mhz", "mem_clock_mhz", "power_limit_w")
+               "max_sm_clock_mhz", "max_mem_clock_mhz", "power_limit_w")
+VOLATILE_ENV = ("git", "hostname", "techbench")  # per commit or per host
+VOLATILE_GPU = ("uuid", "pci_bus_id", "sm_clock_mhz", "mem_clock_mhz")  # per card or per moment
 
 
 def seconds_per_unit(series: str) -> float | None:
@@ -54,7 +57,8 @@ def techbench_machine_info(env: dict) -> dict:
         "driver_version": next((g.get("driver_version") for g in gpus if g.get("driver_version")), None),
         "torch": env.get("torch"), "torch_cuda": env.get("torch_cuda"), "cudnn": env.get("cudnn"),
         "triton": env.get("triton"),
-        "env": {k: v for k, v in env.items() if k != "git"},
+        "env": {**{k: v for k, v in env.items() if k not in VOLATILE_ENV},
+                "gpus": [{k: v for k, v in g.items() if k not in VOLATILE_GPU} for g in gpus]},
     }
 
 

@@ -175,9 +175,11 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
     top_json.write_text(json.dumps(tables.get("rows") or [], indent=1) + "\n")
     paths = {"trace": traces[-1] if traces else None, "top_ops": top_txt, "top_ops_json": top_json,
              "memory_snapshot": snapshot if snapshot is not None and snapshot.exists() else None}
+    links = {k: None if p is None else p.relative_to(out).as_posix() for k, p in paths.items()}
+    meta["profile"] = {"case_id": case.id, **links}  # the run links its trace, beside its one record
+    write_run_json(out, meta)
     (out / "profile.json").write_text(json.dumps({
-        "case_id": case.id, "status": record.status,
-        **{k: None if p is None else p.relative_to(out).as_posix() for k, p in paths.items()},
+        "case_id": case.id, "status": record.status, **links,
         "schedule": {"wait": wait, "warmup": warmup, "active": active},
         "step": "one call of the suite's measure()",
         "metrics_profiled": step >= wait,

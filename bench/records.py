@@ -181,8 +181,13 @@ SUFFIX_DIRECTIONS = (
 PREFIX_DIRECTIONS = (("ap", "higher"), ("ar", "higher"))
 
 
+SPREAD_MARKERS = ("_p20_", "_p80_", "_iqr_")  # a timing's spread beside its median: context, not a target
+
+
 def direction(metric: str) -> str | None:
-    """'lower' or 'higher' is better, or None for informational metrics (clocks, flags)."""
+    """'lower' or 'higher' is better, or None for informational metrics (clocks, flags, a timing's spread)."""
+    if any(marker in metric for marker in SPREAD_MARKERS):
+        return None
     if metric in DIRECTIONS:
         return DIRECTIONS[metric]
     for suffix, d in SUFFIX_DIRECTIONS:

@@ -20,6 +20,7 @@ for extra in "$@"; do
   suite=${extra%%=*} size=${extra#*=}
   python3 -m bench run "$suite" --size "$size" --device cuda --out "$out/$suite-$size" || rc=1
 done
-tar -czf "$out/gpu-check.tar.gz" -C "$out" --exclude gpu-check.tar.gz . || rc=1
+tar -czf "$out.tar.gz" -C "$(dirname "$out")" "$(basename "$out")" || rc=1  # beside OUT, not inside it
+mv "$out.tar.gz" "$out/gpu-check.tar.gz" || rc=1
 echo "exit $rc: $out/gpu-check.tar.gz"
 exit "$rc"

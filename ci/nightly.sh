@@ -7,10 +7,12 @@
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night without failure or regression)
 #   history/            the Parquet history store          site/   the dashboard
-# Environment: TECHBENCH_HOME, TECHBENCH_SIZE (full), TECHBENCH_DEVICE (cuda), TECHBENCH_THRESHOLD (5, percent).
+# Environment: TECHBENCH_HOME, TECHBENCH_SIZE (full), TECHBENCH_DEVICE (cuda), TECHBENCH_THRESHOLD (5, percent),
+# TECHBENCH_GOOD_NIGHTS (5: how many recent good nights form the comparison set).
+# Accepting an intended change: `touch RUNS/<night>/GOOD` on the night that shows it, and refresh the baseline.
 set -uo pipefail
+home=$(realpath -m "${TECHBENCH_HOME:-.nightly}")  # absolute, before the cd: artifact uploaders refuse ".."
 cd "$(dirname "$0")/.."
-home=${TECHBENCH_HOME:-.nightly}
 size=${TECHBENCH_SIZE:-full}
 device=${TECHBENCH_DEVICE:-cuda}
 threshold=${TECHBENCH_THRESHOLD:-5}
@@ -24,9 +26,14 @@ rc=0
 "${bench[@]}" history add "$run" --store "$home/history" || rc=1
 "${bench[@]}" dashboard "$home/history" -o "$home/site" --threshold "$threshold" || rc=1
 
-last_good=$(for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%/}"; done | sort | tail -n 1)
-if [ -n "$last_good" ]; then
-  "${bench[@]}" compare "$last_good" "$run" --threshold "$threshold" --fail-on-regression \
+# Against the last good nights as one set: several runs give compare the run-to-run noise to judge a change by,
+# which one night against one night cannot (see `bench compare`).
+good="$home/last-good"
+rm -rf "$good" && mkdir -p "$good"
+for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%/}"; done | sort | tail -n "${TECHBENCH_GOOD_NIGHTS:-5}" |
+  while IFS= read -r d; do ln -s "$d" "$good/$(basename "$d")"; done
+if [ -n "$(ls -A "$good")" ]; then
+  "${bench[@]}" compare "$good" "$run" --threshold "$threshold" --fail-on-regression \
     -o "$run/compare-last-good.html" || rc=1
 else
   echo "no earlier good night in $home/runs: nothing to compare against yet"

@@ -82,3 +82,12 @@ def test_odd_run_ids_get_safe_distinct_file_names(tmp_path):
     (path,) = (store / "runs").glob("*.parquet")
     assert path.parent == store / "runs" and path.name.startswith("nightly_1-")
     assert set(pd.read_parquet(store / "runs")["run_id"]) == {"../nightly 1"}
+
+
+def test_an_unfinished_run_is_refused(tmp_path):
+    run = write_run(tmp_path, "half", checkpointing_records())
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "finished_at": None}))
+    with pytest.raises(ValueError, match="has not finished"):
+        history.add(run, tmp_path / "store")
+    assert not (tmp_path / "store" / "runs").exists() or not any((tmp_path / "store" / "runs").iterdir())

@@ -41,6 +41,7 @@ def test_record_and_profile_json_link_the_trace(profiled):
     assert record.metrics["peak_mem_bytes"] > 0
     meta = read_run_json(out)
     assert meta["size"] == "smoke" and meta["device"] == "cpu" and meta["env_id"] == record.env_id
+    assert meta["profile"]["case_id"] == CASE and (out / meta["profile"]["trace"]).is_file()
     link = json.loads((out / "profile.json").read_text())
     assert link["case_id"] == CASE and (out / link["trace"]).resolve() == (out / result["trace"]).resolve()
     assert link["metrics_profiled"] is True and link["memory_snapshot"] is None

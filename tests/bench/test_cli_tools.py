@@ -1,0 +1,55 @@
+"""The result commands from the command line: each bad input is one line and exit 2, and nothing is overwritten."""
+
+import json
+
+import pytest
+
+from bench.cli import main
+from tests.runs import checkpointing_records, write_run
+
+
+@pytest.fixture
+def run(tmp_path):
+    return write_run(tmp_path, "r1", checkpointing_records())
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_report_history_dashboard_export_import_round(capsys, tmp_path, run):
+    assert cli(capsys, "report", run, "-o", tmp_path / "r.html")[0] == 0
+    assert cli(capsys, "history", "add", run, "--store", tmp_path / "store")[0] == 0
+    code, out, _ = cli(capsys, "history", "add", run, "--store", tmp_path / "store")
+    assert code == 0 and out.startswith("0 rows added")
+    assert cli(capsys, "dashboard", tmp_path / "store", "-o", tmp_path / "site")[0] == 0
+    assert (tmp_path / "site" / "index.html").exists()
+    assert cli(capsys, "export", run, "--format", "pytest-benchmark", "-o", tmp_path / "pb.json")[0] == 0
+    assert cli(capsys, "import", tmp_path / "pb.json", "--out", tmp_path / "back")[0] == 0
+    assert (tmp_path / "back" / "records.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{run}", "-o", "{run}/records.jsonl"], "should end in .html"),
+    (["export", "{run}", "--format", "pytest-benchmark", "-o", "{run}/run.json"], "a file of the run it reads"),
+    (["report", "{tmp}/nothing", "-o", "{tmp}/r.html"], "is not a run directory"),
+    (["compare", "{run}", "{run}", "--threshold", "-5"], "--threshold is a percentage"),
+    (["dashboard", "{run}", "-o", "{tmp}/site"], "not a history store"),
+    (["dashboard", "{tmp}/nostore", "-o", "{tmp}/site"], "does not exist"),
+    (["history", "add", "{run}", "--store", "{run}/run.json"], "is a file"),
+    (["import", "{tmp}/missing.json", "--out", "{tmp}/imp"], "is not a file"),
+    (["profile", "checkpointing", "--variant", "nope", "--out", "{tmp}/p"], "unknown variant 'nope'"),
+])
+def test_bad_inputs_are_one_line_and_exit_2(capsys, tmp_path, run, argv, message):
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_a_corrupt_run_json_is_bad_input(capsys, tmp_path, run):
+    (run / "run.json").write_text(json.dumps({"schema": 7}))
+    code, _, err = cli(capsys, "report", run, "-o", tmp_path / "r.html")
+    assert code == 2 and "schema" in err and err.count("\n") == 1
