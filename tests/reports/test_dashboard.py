@@ -1,8 +1,11 @@
+import random
+
 import pandas as pd
 import pytest
 
 from bench import history
 from reports import dashboard
+from reports import regressions as regressions_rule
 from tests.browser import load, needs_chromium
 from tests.runs import A100, H200, checkpointing_records, write_run
 
@@ -65,8 +68,9 @@ def test_speedups_are_not_flagged(tmp_path):
     assert flags(nightly(tmp_path, slow={NIGHTS - 2: 0.7, NIGHTS - 1: 0.7})) == []
 
 
-def frame_of(values, metric="step_time_ms", direction="lower", env_id="e1"):
+def frame_of(values, metric="step_time_ms", direction="lower", env_id="e1", device="cuda:0"):
     return pd.DataFrame({"suite": "s", "case_id": "s/v/n=1", "variant": "v", "metric": metric, "env_id": env_id,
+                         "device": device,
                          "run_id": [f"r{i}" for i in range(len(values))], "status": "ok", "value": values,
                          "direction": direction,
                          "timestamp": pd.date_range("2026-11-01", periods=len(values), freq="D", tz="UTC")})
@@ -90,9 +94,11 @@ def test_rule_on_series(values, metric, direction, flagged):
 def test_failed_and_informational_rows_are_ignored():
     frame = frame_of([100.0, 100.0, 100.0, 150.0, 150.0])
     other = frame_of([1000.0] * 4 + [2000.0], metric="sm_clock_mhz", direction=None)
+    # directions follow bench.records.direction, not the stored column: a store outlives a change of that table
+    stored = frame_of([0.0, 0.0, 0.0, 1.0, 1.0], metric="throttled", direction="lower")
     status_only = frame_of([None] * 2).assign(status="oom", metric=None, direction=None, run_id=["r5", "r6"])
-    both = pd.concat([frame, other, status_only], ignore_index=True)
-    assert len(dashboard.regressions(both, 0.05, 7)) == 1
+    both = pd.concat([frame, other, stored, status_only], ignore_index=True)
+    assert list(dashboard.regressions(both, 0.05, 7)["metric"]) == ["step_time_ms"]
 
 
 def test_site(tmp_path):
@@ -104,10 +110,14 @@ def test_site(tmp_path):
     assert CASE.removeprefix("checkpointing/") in text and "step_time_ms" in text
     assert 'href="suite-checkpointing.html"' in text
     assert "NVIDIA_H200-2.11.0" in text and "night-7" in text and "7777777777" in text and "(1 regression)" in text
+    assert "<td>step</td>" in text and "cuda:0" in text and "Stale" not in text
+    assert "<script" not in text and len(text) < 50_000  # no figure, so no plotly.js (4.8 MB)
+    assert str(tmp_path) not in text and "history store store;" in text  # published: the folder's name only
     suite = (index.parent / "suite-checkpointing.html").read_text()
     assert suite.count("plotly-graph-div") == 8  # one figure per directional metric
-    assert suite.count("REGRESSION") == 1 and "needs a CUDA device" in suite
-    assert text.count("<script type=\"text/javascript\">/**") == suite.count("<script type=\"text/javascript\">/**")
+    assert suite.count("REGRESSION (step, 2 runs)") == 1 and "needs a CUDA device" in suite
+    assert suite.count('<script type="text/javascript">/**') == 1
+    assert '"type":"log"' in suite  # timings on a log axis: one slow outlier must not squash the other lines
 
 
 def test_site_marks_the_env_change(tmp_path):
@@ -118,8 +128,42 @@ def test_site_marks_the_env_change(tmp_path):
 
 
 def test_empty_store_builds_an_index(tmp_path):
+    (tmp_path / "store" / "runs").mkdir(parents=True)
     index = dashboard.build(tmp_path / "store", tmp_path / "site")
     assert "No runs yet" in index.read_text()
+
+
+def test_index_lists_flags_of_series_that_stopped_running_as_stale(tmp_path):
+    # H200 regresses on nights 4-5, then the machine is replaced by an A100 (nights 6-7): the flag stays, apart
+    store = nightly(tmp_path, slow={4: 1.3, 5: 1.3}, a100_from=6)
+    found = dashboard.regressions(history.load(store))
+    assert list(zip(found["case_id"], found["env_id"], found["stale"])) == [(CASE, "NVIDIA_H200-2.11.0", True)]
+    assert found["age_days"].iloc[0] == pytest.approx(2.0)
+    text = dashboard.build(store, tmp_path / "site").read_text()
+    current, stale = text.split("Stale")
+    assert "No regressions" in current and CASE.removeprefix("checkpointing/") in stale
+    assert "(0 regressions, 1 stale)" in text
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"threshold": -0.01}, "threshold"), ({"threshold": 1.0}, "threshold"), ({"threshold": 5}, "threshold"),
+    ({"window": 1}, "window"), ({"window": 2.5}, "window"),
+])
+def test_bad_settings_are_refused(tmp_path, kw, message):
+    (tmp_path / "store" / "runs").mkdir(parents=True)
+    with pytest.raises(ValueError, match=message):
+        dashboard.build(tmp_path / "store", tmp_path / "site", **kw)
+    with pytest.raises(ValueError, match=message):
+        dashboard.regressions(frame_of([100.0] * 3), **kw)
+
+
+def test_a_run_directory_is_not_a_store(tmp_path):
+    run = write_run(tmp_path, "night-0", checkpointing_records())
+    with pytest.raises(ValueError, match=r"is not a history store \(no runs/ folder\); fill one with `bench history"):
+        dashboard.build(run, tmp_path / "site")
+    with pytest.raises(ValueError, match="is not a history store"):
+        dashboard.build(tmp_path / "missing", tmp_path / "site")
+    assert not (tmp_path / "site").exists()
 
 
 @needs_chromium
@@ -140,3 +184,70 @@ def test_interleaved_environments_are_separate_series():
     frame = frame_of(values).assign(env_id=["h200", "a100"] * len(h200))
     found = dashboard.regressions(frame, 0.05, 7)
     assert list(found["env_id"]) == ["h200"] and found["baseline"].iloc[0] == pytest.approx(100.0)
+
+
+def nights(n: int, level, noise: float = 0.005, seed: int = 0) -> list[float]:
+    """n nightly values, night i at 100 * level(i), with `noise` relative run-to-run noise."""
+    rng = random.Random(seed)
+    return [100 * level(i) * (1 + rng.gauss(0, noise)) for i in range(n)]
+
+
+def flag_per_night(values: list[float], **kw) -> list[str | None]:
+    """The flag's kind as each night's dashboard would show it (None: not flagged)."""
+    frame = frame_of(values)
+    out = []
+    for n in range(1, len(values) + 1):
+        found = dashboard.regressions(frame.iloc[:n], **kw)
+        out.append(found["kind"].iloc[0] if len(found) else None)
+    return out
+
+
+@pytest.mark.parametrize("step", [1.08, 1.15, 1.5])
+def test_a_lasting_step_change_stays_flagged(step):
+    # bad nights never enter the baseline: the flag does not clear itself once the window is full of them
+    flagged = flag_per_night(nights(30, lambda i: step if i >= 15 else 1.0))
+    assert flagged[:16] == [None] * 16 and flagged[16:] == ["step"] * 14
+    found = dashboard.regressions(frame_of(nights(30, lambda i: step if i >= 15 else 1.0)))
+    assert found["baseline"].iloc[0] == pytest.approx(100, rel=0.01) and found["bad_runs"].iloc[0] == 15
+
+
+def test_a_fixed_regression_clears():
+    flagged = flag_per_night(nights(30, lambda i: 1.15 if 15 <= i < 25 else 1.0))
+    assert flagged[24] == "step" and flagged[25:] == [None] * 5
+
+
+def test_a_slow_drift_is_flagged_as_drift():
+    # 1%/night for 40 nights (+47%): each night is within the 7-night band, the nights 8-30 back are not
+    flagged = flag_per_night(nights(40, lambda i: 1.01 ** i))
+    assert flagged[:10] == [None] * 10 and flagged[-1] == "drift"
+    first = flagged.index("drift")
+    assert flagged[first:] == ["drift"] * (40 - first)  # and it stays flagged
+
+
+def test_a_single_bad_night_in_a_long_series_is_not_flagged_nor_learnt():
+    values = nights(30, lambda i: 1.3 if i == 20 else 1.0)
+    assert flag_per_night(values) == [None] * 30
+    values[-2:] = [108.0, 108.0]  # the outlier night did not move the baseline: a later step is still seen
+    assert dashboard.regressions(frame_of(values))["baseline"].iloc[0] == pytest.approx(100, rel=0.01)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_stable_noisy_nights_are_not_flagged(seed):
+    # 2% run-to-run noise sets a ~6% band (3 robust sd); 40 nights of it stay inside
+    assert flag_per_night(nights(40, lambda i: 1.0, noise=0.02, seed=seed)) == [None] * 40
+
+
+def test_cpu_and_cuda_runs_of_one_env_id_are_separate_series():
+    # one machine runs the suite on CUDA and on its CPU (10x slower) every night; CUDA regresses at the end
+    cuda = [100.0, 101.0, 99.0, 100.0, 100.0, 130.0, 131.0]
+    values = [v for c in cuda for v in (c, 1000.0)]
+    frame = frame_of(values).assign(device=["cuda:0", "cpu"] * len(cuda))
+    found = dashboard.regressions(frame)
+    assert list(found["device"]) == ["cuda:0"] and found["baseline"].iloc[0] == pytest.approx(100.0)
+    assert found["n_runs"].iloc[0] == len(cuda)
+
+
+def test_band_is_clamped_at_zero():
+    # a 60x outlier in a short baseline makes the noise band wider than the baseline itself
+    judged = regressions_rule._judge([100.0, 6000.0, 100.0, 100.0, 100.0], "lower", 0.05, 7)
+    assert min(p["lower"] for p in judged[1:]) == 0.0

@@ -1,0 +1,180 @@
+"""The regression rule of the nightly dashboard: a rolling baseline per series, a noise band, step and drift flags.
+
+Pure pandas over a history frame (bench.history.load); reports/dashboard.py draws what it finds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+
+from bench.records import direction as metric_direction
+
+K_SPREAD = 3.0  # band half-width in robust standard deviations: ~0.3% of stable nights fall outside by chance
+MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
+# The noise estimate reads the last 4 windows of not-bad points: from 7 points a MAD misses the standard deviation by
+# ±48% (one sd), from 28 by ±25%. With bad points kept out of the baseline a low estimate would otherwise persist:
+# 60 stable nights at 5% noise flagged 43% of 200 series with the 7-point estimate, 18% with this one (19% when bad
+# points still entered the baseline); at 2% noise 1.5% and 1.0% (0.5%).
+SPREAD_WINDOWS = 4
+# The first 3 points of a series enter its baseline even when judged bad: against one unusually fast first run every
+# later run would be bad and, being bad, never get into the baseline to correct it.
+MIN_BASELINE = 3
+# Drift baseline: the up to 23 not-bad points older than the step window (8-30 runs back at window 7). 23 nights of
+# a 1%/night drift move the latest point ~20% from their median while a 7-run window lags only ~4% behind it.
+DRIFT_POINTS, DRIFT_MIN = 23, 5
+# Machines sharing a store start their nights hours apart; a series more than a day older than the store's newest run
+# missed the latest night: its machine or its case no longer runs.
+STALE_DAYS = 1.0
+KEYS = ["env_id", "device", "suite", "case_id", "metric"]
+ENV = ["env_id", "device"]
+NO_ENV = "unknown"  # runs without an env_id form one environment of their own
+
+
+def check(threshold: float, window: int) -> None:
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a fraction in [0, 1) (0.05 is 5%), got {threshold!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ValueError(f"window must be a whole number of runs >= 2, got {window!r}")
+
+
+def envs(frame):
+    device = frame["device"].fillna("") if "device" in frame.columns else ""
+    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device)
+
+
+def _series(frame):
+    """ok numeric rows of metrics with a direction, one value per (series, run): the median if a run holds a case
+    twice. Directions come from bench.records.direction, not the stored column, so that a store written before a
+    metric became informational follows the current table."""
+    ok = frame[(frame["status"] == "ok") & frame["metric"].notna() & frame["value"].notna()]
+    directions = {m: metric_direction(m) for m in ok["metric"].unique()}
+    ok = envs(ok).assign(direction=ok["metric"].map(directions))
+    ok = ok[ok["direction"].notna()]
+    extra = [c for c in ("gpu", "git_sha", "variant") if c in ok.columns]
+    agg = {"value": "median", "timestamp": "min", "direction": "first", **{c: "first" for c in extra}}
+    out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
+    return out.sort_values(KEYS + ["timestamp", "run_id"], kind="stable", ignore_index=True)
+
+
+def _band(kept: list[float], threshold: float, window: int) -> tuple[float, float] | None:
+    """(baseline, relative band half-width) from the earlier not-bad values, None when there is no usable baseline."""
+    recent = kept[-window:]
+    if not recent:
+        return None
+    baseline = statistics.median(recent)
+    if baseline == 0:
+        return None
+    longer = kept[-SPREAD_WINDOWS * window:]
+    if len(longer) > window:  # run-to-run noise from successive differences: a slow drift does not widen it
+        diffs = [b - a for a, b in zip(longer, longer[1:])]
+        centre = statistics.median(diffs)
+        sigma = MAD_TO_SIGMA * statistics.median(abs(d - centre) for d in diffs) / math.sqrt(2)
+    else:
+        sigma = MAD_TO_SIGMA * statistics.median(abs(x - baseline) for x in recent)
+    return baseline, max(threshold, K_SPREAD * sigma / abs(baseline))
+
+
+def _worse(value: float, baseline: float, direction: str) -> float:
+    """Relative change with the sign flipped so that positive is worse."""
+    change = (value - baseline) / abs(baseline)
+    return change if direction == "lower" else -change
+
+
+def _judge(values: list[float], direction: str, threshold: float, window: int) -> list[dict | None]:
+    """Per point (None when it has no baseline): baseline, half (relative band half-width), lower and upper band
+    edges (lower clamped at 0 for a positive baseline), old and old_half (the drift baseline and its band, None
+    while too few older points) and kind: "step" or "drift" when the point is bad, else None. Rule: regressions()."""
+    out, kept, kept_values = [], [], []  # the points that may enter later baselines: indices, values
+    for i, v in enumerate(values):
+        band = _band(kept_values, threshold, window)
+        if band is None:
+            out.append(None)
+            kept.append(i)
+            kept_values.append(v)
+            continue
+        b, half = band
+        kind = "step" if _worse(v, b, direction) > half else None
+        end = bisect.bisect_left(kept, i - window)  # kept points at least window + 1 runs back
+        older = kept_values[max(0, end - DRIFT_POINTS):end]
+        old = statistics.median(older) if len(older) >= DRIFT_MIN else None
+        old_half = max(2 * threshold, half)
+        if kind is None and old and _worse(v, old, direction) > old_half:
+            kind = "drift"
+        lower = b - half * abs(b)
+        out.append({"baseline": b, "half": half, "lower": max(0.0, lower) if b > 0 else lower,
+                    "upper": b + half * abs(b), "old": old or None, "old_half": old_half, "kind": kind})
+        if kind is None or i < MIN_BASELINE:
+            kept.append(i)
+            kept_values.append(v)
+    return out
+
+
+def _streak(judged: list[dict | None]) -> int:
+    """Length of the run of bad points that ends at the latest point; 0 when it is shorter than 2 (not flagged)."""
+    n = 0
+    for p in reversed(judged):
+        if not (p and p["kind"]):
+            break
+        n += 1
+    return n if n >= 2 else 0
+
+
+def judged(frame, threshold: float, window: int) -> list:
+    """[(points of one series in run order, _judge of its values)] for every series of a history frame."""
+    return [(s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window))
+            for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False)]
+
+
+def flags(judged: list, newest):
+    import pandas as pd
+
+    columns = ["suite", "case_id", "variant", "metric", "env_id", "device", "gpu", "direction", "kind", "baseline",
+               "band_pct", "previous", "latest", "change_pct", "n_runs", "bad_runs", "run_id", "timestamp",
+               "age_days", "stale"]
+    rows = []
+    for s, j in judged:
+        bad_runs = _streak(j)
+        if not bad_runs:
+            continue
+        kind, p, last, values = j[-bad_runs]["kind"], j[-1], s.iloc[-1], s["value"].tolist()
+        b, half = (p["old"], p["old_half"]) if kind == "drift" and p["old"] else (p["baseline"], p["half"])
+        age = (newest - last["timestamp"]).total_seconds() / 86400
+        rows.append({"suite": last["suite"], "case_id": last["case_id"], "variant": last.get("variant"),
+                     "metric": last["metric"], "env_id": last["env_id"], "device": last["device"],
+                     "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind, "baseline": b,
+                     "band_pct": 100 * half, "previous": values[-2], "latest": values[-1],
+                     "change_pct": 100 * (values[-1] - b) / abs(b), "n_runs": len(values), "bad_runs": bad_runs,
+                     "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
+                     "stale": age > STALE_DAYS})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def regressions(frame, threshold: float = 0.05, window: int = 7):
+    """Current regressions of a history frame (history.load), one row per (env_id, device, suite, case_id, metric).
+
+    A series is the ok values of one case and one metric with a direction (bench.records.direction; informational
+    metrics are never judged) on one env_id and device, in run order; a hardware or software change starts a new
+    series, so it is never a regression. Each point v[i] after the first is judged against baselines made only of
+    earlier points that were not bad (the first 3 points always count, see MIN_BASELINE):
+        E[i]        = the up to `window` most recent such points
+        baseline[i] = median(E[i])
+        band[i]     = max(threshold, 3 * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
+        sigma[i]    = 1.4826 * MAD(successive differences of the up to 4 * window most recent such points) / sqrt(2)
+                      (1.4826 * MAD(E[i]) while there are `window` such points or fewer)
+        worse(x)    = (v[i] - x) / |x|, negated for higher-is-better metrics
+        O[i]        = the up to 23 such points older than E's window (at least window + 1 runs back), when >= 5
+    v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when
+    worse(median(O[i])) > max(2 * threshold, band[i]). A series is flagged when its last two points are both bad;
+    its kind is that of the first point of the run of bad points ending at the latest. Bad points never enter a
+    baseline, so a lasting regression stays flagged until a point comes back inside both bands (only such points
+    can move the baseline towards a new level); one bad night is not flagged. There is no accepting a change: only
+    a new series (another env_id or device) starts a fresh baseline.
+    Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
+    flag's kind at the latest point), previous, latest, change_pct (latest against that baseline, signed), n_runs,
+    bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to
+    the store's newest run) and stale (age_days > STALE_DAYS: the series missed the latest night).
+    """
+    check(threshold, window)
+    return flags(judged(frame, threshold, window), frame["timestamp"].max())
