@@ -1,11 +1,20 @@
 """Statistical comparison of two runs (or two sets of runs): per case and metric, the ratio NEW/BASE and a verdict.
 
+The unit of analysis is the run. Two runs of the same code on the same machine differ by a run-level offset
+(process placement, clocks, allocator state, other tenants) that no number of samples within one run can see:
+treating samples as independent, 8 back-to-back smoke runs of identical code called 66 of 140 timing comparisons
+faster or slower. So each run contributes one value per case and metric (the median of its samples), and samples
+are never pooled across runs.
+
 Verdicts, by kind of metric:
-- sampled (raw samples on both sides, e.g. step_time_ms): faster | slower | same | noisy, from `compare_samples`.
+- timed (samples, or a clock-derived metric with a direction) with >= 2 runs on a side: faster | slower | same |
+  noisy from `compare_runs`, which tests the run values against their run-to-run spread.
+- sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
+  It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
-  (`changed` when the metric has no direction).
-- measured without samples (rates, percentiles, energy, timing ratios): n/a. One number per side cannot separate a
-  change from run-to-run noise, so only the ratio is reported; comparing it exactly would flag every A/A run.
+  on the median over runs (`changed` when the metric has no direction).
+- measured without samples and one run per side (rates, percentiles, energy, timing ratios), or without a direction
+  (a timing's spread, clocks): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
 Reads run directories only: no torch.
 """
 
@@ -18,21 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
 from bench.records import RECORDS_JSONL, Record, direction, read_records, read_run_json
+from bench.stats import MIN_RUNS_FOR_TEST, MIN_SAMPLES, RUN_SPREAD_K, SampleTest, compare_runs, compare_samples  # noqa: F401
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high"]
+               "ci_low", "ci_high", "runs_per_side", "run_spread"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
 ABSENT = "absent"
 
-# 2000 resamples put 10 draws in each 0.5% tail of a 99% interval: endpoints move by ~0.3% of the ratio between seeds
-# at n=30 and 2% spread, well inside the 5% default threshold. The fixed seed makes a comparison reproducible.
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
-MIN_SAMPLES = 2  # per side; below this neither the test nor the interval exists
+ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
+                  "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
+                  "the folders of runs for a verdict that accounts for it")
 
 # Metrics measured by a clock (or derived from one) vary from run to run even when nothing changed.
 MEASURED_SUFFIXES = ("_ms", "_s", "_tflops", "_gbps", "_j", "_w", "_mhz", "_c", "_pct")
@@ -43,84 +50,40 @@ def is_measured(metric: str) -> bool:
     return metric.endswith(MEASURED_SUFFIXES) or any(w in metric for w in MEASURED_WORDS)
 
 
-@dataclass(frozen=True)
-class SampleTest:
-    """Outcome of `compare_samples`: NEW/BASE ratio of medians, its bootstrap CI, the Mann-Whitney p-value."""
-
-    ratio: float
-    p_value: float
-    ci_low: float
-    ci_high: float
-    change: str
-    """One of: up, down (significant and beyond the threshold), same (CI inside the band), noisy."""
-
-
-def _boot_medians(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    chunk = max(1, 2_000_000 // len(x))  # bounds memory at ~16 MB for long sample sets
-    parts = [np.median(x[rng.integers(0, len(x), (min(chunk, resamples - i), len(x)))], axis=1)
-             for i in range(0, resamples, chunk)]
-    return np.concatenate(parts)
-
-
-def compare_samples(base, new, threshold: float = 0.05, alpha: float = 0.01) -> SampleTest:
-    """Two sample sets of one metric. A change is reported ("up"/"down") only when the two-sided Mann-Whitney U
-    p-value is below alpha, the (1-alpha) percentile-bootstrap CI of median(new)/median(base) excludes 1, and the
-    ratio lies outside the band [1/(1+threshold), 1+threshold]. Otherwise "same" when that CI lies inside the band
-    (any change is smaller than the threshold), else "noisy": the spread cannot resolve a threshold-sized change."""
-    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    mb, mn = float(np.median(b)), float(np.median(n))
-    if mb <= 0 or mn < 0 or len(b) < MIN_SAMPLES or len(n) < MIN_SAMPLES:
-        return SampleTest(math.nan, math.nan, math.nan, math.nan, "noisy")
-    p = float(mannwhitneyu(b, n, alternative="two-sided").pvalue)
-    p = 1.0 if math.isnan(p) else p  # every sample identical on both sides
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    boot_b, boot_n = _boot_medians(b, rng, BOOTSTRAP_RESAMPLES), _boot_medians(n, rng, BOOTSTRAP_RESAMPLES)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = boot_n / boot_b
-    lo, hi = (float(q) for q in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
-    ratio, upper, lower = mn / mb, 1 + threshold, 1 / (1 + threshold)
-    significant = p < alpha and (lo > 1 or hi < 1)
-    if significant and ratio > upper:
-        change = "up"
-    elif significant and ratio < lower:
-        change = "down"
-    elif lower <= lo and hi <= upper:
-        change = "same"
-    else:
-        change = "noisy"
-    return SampleTest(ratio, p, lo, hi, change)
-
-
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
 class _Case:
-    """One case on one side, merged over that side's run directories (ok records pool their samples)."""
+    """One case on one side, over that side's run directories: one entry per ok run, never pooled."""
 
     suite: str
     variant: str
     status: str
     error: str | None
-    values: dict[str, float] = field(default_factory=dict)
-    samples: dict[str, list[float]] = field(default_factory=dict)
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    """Per metric, one value per ok run: the median of its samples, else its recorded value."""
+    samples: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Per metric, the samples of each ok run that has some."""
+
+    def value(self, metric: str) -> float:
+        return float(np.median(self.runs[metric]))
 
 
 def _merge(records: list[Record]) -> _Case:
+    """The records of one case, one per run directory."""
     ok = [r for r in records if r.status == "ok"]
     last = records[-1]
     case = _Case(last.suite, last.variant, "ok" if ok else last.status, None if ok else last.error)
     for r in ok:
-        for m, s in r.samples.items():
-            case.samples.setdefault(m, []).extend(float(x) for x in s if _number(x))
-    for m in dict.fromkeys(m for r in ok for m in r.metrics):
-        vals = [r.metrics[m] for r in ok if _number(r.metrics.get(m))]
-        if vals:
-            case.values[m] = float(np.median(vals)) if len(vals) > 1 else vals[0]
-    for m, s in case.samples.items():
-        if s:  # the median of the pooled samples, as compare_samples tests it
-            case.values[m] = float(np.median(s))
+        for m in dict.fromkeys([*r.metrics, *r.samples]):
+            s = [float(x) for x in r.samples.get(m, ()) if _number(x)]
+            if s:
+                case.samples.setdefault(m, []).append(s)
+                case.runs.setdefault(m, []).append(float(np.median(s)))
+            elif _number(r.metrics.get(m)):
+                case.runs.setdefault(m, []).append(float(r.metrics[m]))
     return case
 
 
@@ -133,28 +96,48 @@ def _load(run_dirs) -> tuple[dict[str, _Case], list[dict], list[str]]:
             raise FileNotFoundError(f"{d} is not a run directory (no run.json or records.jsonl)")
         metas.append(meta or {})
         names.append((meta or {}).get("run_id") or d.name)
-        for r in read_records(d / RECORDS_JSONL):
-            by_case.setdefault(r.case_id, []).append(r)
+        latest = {r.case_id: r for r in read_records(d / RECORDS_JSONL)}  # a rerun case: its last record counts
+        for case_id, r in latest.items():
+            by_case.setdefault(case_id, []).append(r)
     return {c: _merge(rs) for c, rs in by_case.items()}, metas, names
 
 
+def _change_verdict(change: str, d: str | None) -> str:
+    if change in ("same", "noisy"):
+        return change
+    if d is None:
+        return "changed"
+    return "slower" if (change == "up") == (d == "lower") else "faster"
+
+
 def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float) -> dict:
+    """One row's numbers and verdict. base/new are the medians over each side's runs. Which rule decides:
+
+    - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
+      the run values (faster/slower/same/noisy; p_value and CI from the Welch test on log run values).
+    - samples and exactly one run per side: `compare_samples` on the two runs' samples, which cannot see the
+      run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
+    - clock-derived without samples and one run a side, or without a direction: n/a, only the ratio.
+    - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
+    runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN."""
     d = direction(metric)
-    sb, sn = b.samples.get(metric, []), n.samples.get(metric, [])
-    base, new = b.values[metric], n.values[metric]
-    row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
-        t = compare_samples(sb, sn, threshold, alpha)
-        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high)
-        if t.change in ("same", "noisy"):
-            verdict = t.change if not math.isnan(t.ratio) else "n/a"
-        elif d is None:
-            verdict = "changed"
-        else:
-            verdict = "slower" if (t.change == "up") == (d == "lower") else "faster"
-        return {**row, "verdict": verdict}
+    rb, rn = b.runs[metric], n.runs[metric]
+    base, new = b.value(metric), n.value(metric)
+    sampled = metric in b.samples or metric in n.samples
+    row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan}
+    t = None
+    if max(len(rb), len(rn)) >= 2 and (sampled or (is_measured(metric) and d is not None)):
+        t = compare_runs(rb, rn, threshold, alpha)
+    elif len(rb) == len(rn) == 1 and sampled:
+        sb, sn = b.samples.get(metric, [[]])[0], n.samples.get(metric, [[]])[0]
+        if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
+            t = compare_samples(sb, sn, threshold, alpha)
+    if t is not None:
+        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
+        return {**row, "verdict": "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
-    if is_measured(metric) or sb or sn:
+    if is_measured(metric) or sampled:
         verdict = "n/a"
     elif new == base:
         verdict = "same"
@@ -249,6 +232,16 @@ class Comparison:
         return s[(s["base_status"] == "ok") & s["new_status"].isin(["oom", "timeout", "error"])]
 
     @property
+    def tested(self) -> pd.DataFrame:
+        """Rows whose verdict comes from a statistical test (`compare_runs` or `compare_samples`): the timings."""
+        return self.rows[self.rows["p_value"].notna() | self.rows["run_spread"].notna()]
+
+    @property
+    def one_run_per_side(self) -> bool:
+        """Some timing was judged from one run per side, blind to run-to-run variation (see ONE_RUN_CAVEAT)."""
+        return bool((self.tested["runs_per_side"] == "1v1").any())
+
+    @property
     def env_verdict(self) -> str:
         return "same environment (A/B of code or settings)" if self.same_env else "hardware or software comparison"
 
@@ -256,12 +249,20 @@ class Comparison:
         lines = [f"base {', '.join(self.base_runs)}  vs  new {', '.join(self.new_runs)}",
                  f"environment: {self.env_verdict}"]
         lines += [f"  {f}: {b} -> {n}" for f, b, n in self.env_diff]
-        sampled, verdict = self.rows["p_value"].notna(), self.rows["verdict"]
-        for label, verdicts in (("timings", verdict[sampled]), ("other metrics", verdict[~sampled]),
+        tested = self.rows.index.isin(self.tested.index)
+        verdict = self.rows["verdict"]
+        for label, verdicts in (("timings", verdict[tested]), ("other metrics", verdict[~tested]),
                                 ("cases", self.status_rows["change"])):
             if len(verdicts):
                 lines.append(f"{label}: " + ", ".join(f"{c} {v}" for v, c in sorted(Counter(verdicts).items())))
-        lines.append(f"(threshold {self.threshold:.0%}, alpha {self.alpha:g})")
+        if len(self.tested):
+            per_side = Counter(self.tested["runs_per_side"])
+            lines.append("timings by runs per side (base v new): "
+                         + ", ".join(f"{k} ({c})" for k, c in sorted(per_side.items())))
+        if self.one_run_per_side:
+            lines.append(ONE_RUN_CAVEAT)
+        lines.append(f"(threshold {self.threshold:.0%}, alpha {self.alpha:g}; several runs a side: a change must also "
+                     f"exceed {RUN_SPREAD_K:g}x the run-to-run spread)")
         for title, part in (("regressions", self.regressions), ("improvements", self.improvements)):
             if len(part):
                 lines.append(f"{title} ({len(part)}):")
@@ -275,11 +276,14 @@ class Comparison:
 def _line(r) -> str:
     stats = "" if math.isnan(r.p_value) else f"  p={r.p_value:.2g}  CI {r.ci_low:.3f}..{r.ci_high:.3f}"
     ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
-    return f"  {r.verdict:<7} {r.case_id}  {r.metric}  {r.base:.4g} -> {r.new:.4g}{ratio}{stats}"
+    spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
+    runs = f"  runs {r.runs_per_side}{spread}"
+    return f"  {r.verdict:<7} {r.case_id}  {r.metric}  {r.base:.4g} -> {r.new:.4g}{ratio}{stats}{runs}"
 
 
 def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01) -> Comparison:
-    """Compare run directories BASE against NEW (several per side: their cases are pooled by case_id)."""
+    """Compare run directories BASE against NEW. Several per side join by case_id: shards add cases, repeated runs
+    of a case become that case's runs (see `_verdict` for the rule each metric gets)."""
     if not 0 <= threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
     b_cases, b_metas, b_names = _load([base] if isinstance(base, (str, Path)) else base)
@@ -289,7 +293,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
         b, n = b_cases.get(case_id), n_cases.get(case_id)
         either = b or n
         if b is not None and n is not None and b.status == n.status == "ok":
-            for metric in sorted(b.values.keys() & n.values.keys()):
+            for metric in sorted(b.runs.keys() & n.runs.keys()):
                 rows.append({"case_id": case_id, "suite": b.suite, "variant": b.variant, "metric": metric,
                              **_verdict(metric, b, n, threshold, alpha)})
         else:

@@ -6,11 +6,16 @@ import html
 import math
 from pathlib import Path
 
+from bench.compare import ONE_RUN_CAVEAT
 from reports.html import figure, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
 DIVERGING = [[0.0, "#cf222e"], [0.5, "#f6f8fa"], [1.0, "#1a7f37"]]
 VERDICT_COLOURS = {"slower": "#cf222e", "faster": "#1a7f37", "same": "#8c959f", "noisy": "#d4a72c"}
+# Verdicts that judged a change. Any other cell (n/a, changed, or a metric without a direction: a timing's IQR once
+# read x1351 and drew deep red) is grey rather than on the better/worse scale.
+JUDGED = ("faster", "slower", "better", "worse", "same", "noisy")
+NEUTRAL = "#d0d7de"
 # Colour range of the heatmap in |log2 ratio|: at least x1.1 so that sub-threshold changes stay pale, at most x4 so
 # that one huge change does not wash out the rest.
 MIN_SPAN, MAX_SPAN = math.log2(1.1), 2.0
@@ -24,38 +29,48 @@ def _goodness(ratio: float, direction: str | None) -> float:
 
 
 def heatmap(rows):
-    """Cases (rows) by metrics (columns), coloured by how much better or worse NEW is than BASE."""
+    """Cases (rows) by metrics (columns), coloured by how much better or worse NEW is than BASE where a verdict
+    judged the change; grey where none did."""
     import plotly.graph_objects as go
 
-    rows = rows[rows["direction"].notna()]
     cases = list(dict.fromkeys(rows["case_id"]))
     metrics = sorted(dict.fromkeys(rows["metric"]))
-    z = [[math.nan] * len(metrics) for _ in cases]
-    text = [[""] * len(metrics) for _ in cases]
-    hover = [[""] * len(metrics) for _ in cases]
+    z, grey = ([[math.nan] * len(metrics) for _ in cases] for _ in range(2))
+    text, grey_text, hover = ([[""] * len(metrics) for _ in cases] for _ in range(3))
     for r in rows.itertuples():
         i, j = cases.index(r.case_id), metrics.index(r.metric)
-        z[i][j] = _goodness(r.ratio, r.direction)
-        text[i][j] = "" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
-        hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({r.direction} is better)<br>"
-                       f"base {r.base:.4g} → new {r.new:.4g}<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}")
+        label = "" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
+        has_direction = isinstance(r.direction, str)
+        judged = r.verdict in JUDGED and has_direction
+        if judged:
+            z[i][j], text[i][j] = _goodness(r.ratio, r.direction), label
+        else:
+            grey[i][j], grey_text[i][j] = 0.0, label
+        better = f"{r.direction} is better" if has_direction else "no direction"
+        hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({better})<br>base {r.base:.4g} → new {r.new:.4g}"
+                       f"<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}, runs {r.runs_per_side}"
+                       + ("" if judged else "<br>grey: no verdict on this change"))
     finite = [abs(v) for row in z for v in row if math.isfinite(v)]
     span = min(max([MIN_SPAN, *finite]), MAX_SPAN)
     ticks = [-span, -span / 2, 0.0, span / 2, span]
     labels = [f"x{2 ** abs(t):.2f} {'better' if t > 0 else 'worse'}" if t else "no change" for t in ticks]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=metrics, y=cases, text=text, texttemplate="%{text}", hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", colorscale=DIVERGING, zmid=0, zmin=-span, zmax=span,
-        colorbar={"title": {"text": "NEW/BASE"}, "tickvals": ticks, "ticktext": labels}))
-    fig.update_layout(title="Ratio NEW/BASE by case and metric (green better, red worse, by the metric's direction)",
+    common = {"x": metrics, "y": cases, "texttemplate": "%{text}", "hovertext": hover,
+              "hovertemplate": "%{hovertext}<extra></extra>"}
+    fig = go.Figure([
+        go.Heatmap(z=grey, text=grey_text, colorscale=[[0, NEUTRAL], [1, NEUTRAL]], showscale=False, **common),
+        go.Heatmap(z=z, text=text, colorscale=DIVERGING, zmid=0, zmin=-span, zmax=span, **common,
+                   colorbar={"title": {"text": "NEW/BASE"}, "tickvals": ticks, "ticktext": labels}),
+    ])
+    fig.update_layout(title="Ratio NEW/BASE by case and metric (green better, red worse, by the metric's direction; "
+                            "grey: no verdict)",
                       height=260 + 26 * len(cases), margin={"l": 20, "r": 20, "t": 170},
                       yaxis={"autorange": "reversed"}, xaxis={"side": "top", "tickangle": -30}, template="plotly_white")
     return fig
 
 
 def timing_bars(rows, suite: str, metric: str):
-    """Base vs new per case for one sampled metric of one suite; the new bar carries the verdict and the
-    confidence interval of the ratio, scaled to the base median."""
+    """Base vs new per case for one tested metric of one suite; the new bar carries the verdict and the
+    confidence interval of the ratio (where one exists), scaled to the base median."""
     import plotly.graph_objects as go
 
     part = rows[(rows["suite"] == suite) & (rows["metric"] == metric)]
@@ -68,16 +83,20 @@ def timing_bars(rows, suite: str, metric: str):
                marker_color=[VERDICT_COLOURS.get(v, "#0969da") for v in part["verdict"]],
                error_y={"type": "data", "symmetric": False, "array": [h - n for h, n in zip(high, part["new"])],
                         "arrayminus": [n - lo for lo, n in zip(low, part["new"])]},
-               customdata=list(zip(part["ratio"], part["p_value"], part["ci_low"], part["ci_high"])),
+               customdata=list(zip(part["ratio"], part["p_value"], part["ci_low"], part["ci_high"],
+                                   part["runs_per_side"])),
                hovertemplate="%{x}<br>new %{y:.4g}<br>ratio %{customdata[0]:.3f} (CI %{customdata[2]:.3f}.."
-                             "%{customdata[3]:.3f})<br>p=%{customdata[1]:.2g}<extra></extra>"),
+                             "%{customdata[3]:.3f})<br>p=%{customdata[1]:.2g}<br>runs %{customdata[4]}"
+                             "<extra></extra>"),
     ])
     fig.update_layout(title=f"{suite}: {metric}, base vs new (error bar: CI of the ratio)", barmode="group",
                       yaxis_title=metric, template="plotly_white", height=460, xaxis={"tickangle": -30})
     return fig
 
 
-ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high"]
+ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high", "runs_per_side",
+             "run_spread"]
+STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
 
 
 def _records(frame, columns):
@@ -96,16 +115,26 @@ def write_compare_html(comparison, out: str | Path) -> Path:
     parts = [section("Environment", verdict, table(env_rows, ["field", "base", "new", "differs"],
                                                   {"differs": "regression"}))]
 
-    regress = [section(f"Regressions ({len(c.regressions)})", table(_records(c.regressions, ROW_TABLE), ROW_TABLE,
-                                                                   {"verdict": "regression"}))]
-    if not len(c.regressions):
-        regress = [section("Regressions", '<p class="improvement">None: no timing slower beyond the threshold with '
-                                          "significance, no deterministic metric worse.</p>")]
-    parts += regress
+    if c.one_run_per_side:
+        parts.append(f'<p class="regression">{html.escape(ONE_RUN_CAVEAT[0].upper() + ONE_RUN_CAVEAT[1:])}.</p>')
+    failing = c.newly_failing
+    if len(c.regressions) or len(failing):
+        tables = []
+        if len(c.regressions):
+            tables.append(table(_records(c.regressions, ROW_TABLE), ROW_TABLE, {"verdict": "regression"}))
+        if len(failing):
+            tables += [section(f"Newly failing ({len(failing)}): ok in BASE, oom, timeout or error in NEW",
+                               table(_records(failing, STATUS_TABLE), STATUS_TABLE,
+                                     {"base_status": "status", "new_status": "status"}), level=3)]
+        parts.append(section(f"Regressions ({len(c.regressions) + len(failing)})", *tables))
+    else:
+        parts.append(section("Regressions", '<p class="improvement">None: no timing slower beyond the threshold '
+                                            "with significance, no deterministic metric worse, no case newly "
+                                            "failing.</p>"))
     if len(rows):
         parts.append(section("Ratios", figure(heatmap(rows))))
-        sampled = rows[rows["p_value"].notna()]
-        bars = [figure(timing_bars(sampled, s, m)) for s, m in dict.fromkeys(zip(sampled["suite"], sampled["metric"]))]
+        tested = c.tested
+        bars = [figure(timing_bars(tested, s, m)) for s, m in dict.fromkeys(zip(tested["suite"], tested["metric"]))]
         if bars:
             parts.append(section("Timings", *bars))
     else:
@@ -120,8 +149,10 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                                                                         "new_status": "status"})))
     if len(rows):
         parts.append(section("All comparisons", table(_records(rows, ROW_TABLE), ROW_TABLE)))
-    subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings: Mann-Whitney U and "
-                f"bootstrap CI of the ratio of medians at alpha {c.alpha:g}, minimum effect {c.threshold:.0%}")
+    subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings with several runs a side: "
+                f"run medians against the run-to-run spread (Welch t-test from 3 runs a side); with one run a side: "
+                f"Mann-Whitney U and bootstrap CI of the ratio of medians; alpha {c.alpha:g}, minimum effect "
+                f"{c.threshold:.0%}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page("techbench compare", "\n".join(parts), subtitle), encoding="utf-8")
     return out
