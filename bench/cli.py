@@ -112,22 +112,12 @@ def parse_params(text: str | None) -> dict[str, str]:
 
 
 def _resolve_device(text: str) -> str:
-    import torch
+    from bench.env import resolve_device
 
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return text
-    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
-                             "valid: auto, cpu")
-        index, count = (int(text[5:]) if ":" in text else 0), torch.cuda.device_count()
-        if index >= count:
-            raise UsageError(f"--device {text}: this machine has {count} CUDA device(s) "
-                             f"(valid: cuda:0..cuda:{count - 1})")
-        return f"cuda:{index}"  # records name the exact device
-    raise UsageError(f"unknown --device {text!r} (valid: auto, cpu, cuda, cuda:N)")
+    try:
+        return resolve_device(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _select(registry: dict, names: list[str], variants: list[str] | None):

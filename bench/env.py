@@ -269,3 +269,24 @@ def table_rows(env: dict) -> list[tuple[str, str]]:
 
 def summary_lines(env: dict) -> list[str]:
     return [f"{field}: {value}" for field, value in table_rows(env)]
+
+
+def resolve_device(text: str) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> 'cpu' or 'cuda:N' (records name the exact device); ValueError naming the
+    valid choices when the device is unknown or absent here."""
+    import torch
+
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return text
+    if text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
+                             "valid: auto, cpu")
+        index, count = (int(text[5:]) if ":" in text else 0), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"--device {text}: this machine has {count} CUDA device(s) "
+                             f"(valid: cuda:0..cuda:{count - 1})")
+        return f"cuda:{index}"
+    raise ValueError(f"unknown --device {text!r} (valid: auto, cpu, cuda, cuda:N)")

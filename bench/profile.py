@@ -47,17 +47,9 @@ def _suite(name: str):
 
 
 def _device(device: str) -> str:
-    import torch
+    from bench.env import resolve_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device}: CUDA is not available here (valid: cpu)")
-        return f"cuda:{int(device[5:]) if ':' in device else torch.cuda.current_device()}"
-    raise ValueError(f"unknown device {device!r} (valid: auto, cpu, cuda, cuda:N)")
+    return resolve_device(device)
 
 
 def select_case(suite_name: str, variant: str, size: str, device: str,
