@@ -43,7 +43,13 @@ def heatmap(rows):
         has_direction = isinstance(r.direction, str)
         judged = r.verdict in JUDGED and has_direction
         if judged:
-            z[i][j], text[i][j] = _goodness(r.ratio, r.direction), label
+            # only a verdict of change takes a colour: "same" sits at no change, "noisy" at the neutral grey
+            change = r.verdict in ("faster", "slower", "better", "worse")
+            z[i][j] = _goodness(r.ratio, r.direction) if change else 0.0 if r.verdict == "same" else math.nan
+            if r.verdict == "noisy":
+                grey[i][j], grey_text[i][j] = 0.0, label
+            else:
+                text[i][j] = label
         else:
             grey[i][j], grey_text[i][j] = 0.0, label
         better = f"{r.direction} is better" if has_direction else "no direction"
@@ -111,7 +117,8 @@ def write_compare_html(comparison, out: str | Path) -> Path:
     k = len(c.env_diff)
     verdict = (f"<p><b>{html.escape(c.env_verdict[0].upper() + c.env_verdict[1:])}</b>: "
                f"{k} environment field{' differs' if k == 1 else 's differ'}.</p>")
-    env_rows = [{"field": f, "base": b, "new": n, "differs": "differs" if b != n else ""} for f, b, n in c.env_fields]
+    env_rows = [{"field": f, "base": b, "new": n, "differs": "differs" if b != n else ""} for f, b, n in c.env_fields
+                if b not in (None, "") or n not in (None, "")]  # a CPU run has no GPU rows to show
     parts = [section("Environment", verdict, table(env_rows, ["field", "base", "new", "differs"],
                                                   {"differs": "regression"}))]
 
