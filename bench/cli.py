@@ -1,7 +1,9 @@
-"""The `bench` command: list, run, env.
+"""The `bench` command: the parser, and the measuring subcommands (list, run, env, profile); the ones that read
+finished runs (report, compare, history, dashboard, export, import) are in bench/commands.py.
 
-Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out; 2 bad usage or bad
-input, with a one-line reason naming the valid choices, and nothing existing overwritten.
+Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or a compare
+found a regression under --fail-on-regression; 2 bad usage or bad input, with a one-line reason naming the valid
+choices, and nothing existing overwritten; 130 interrupted.
 """
 
 from __future__ import annotations
