@@ -5,12 +5,18 @@ from bench.suite import discover
 
 
 @pytest.fixture(scope="session")
-def smoke_records(tmp_path_factory):
-    """Every registered suite at smoke size on CPU, once per test session: {suite: {variant: [records]}}."""
-    registry = discover()
+def smoke_run(tmp_path_factory):
+    """Every registered suite at smoke size on CPU, once per test session: (run directory, exit code, records)."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    code, records = runner.run(runner.RunConfig(suites=list(registry.values()), size="smoke", device="cpu", out=out,
-                                                inline=True))
+    code, records = runner.run(runner.RunConfig(suites=list(discover().values()), size="smoke", device="cpu",
+                                                out=out, inline=True))
+    return out, code, records
+
+
+@pytest.fixture(scope="session")
+def smoke_records(smoke_run):
+    """(exit code, {suite: {variant: [records]}}) of the smoke run."""
+    _, code, records = smoke_run
     by_suite: dict = {}
     for r in records:
         by_suite.setdefault(r.suite, {}).setdefault(r.variant, []).append(r)

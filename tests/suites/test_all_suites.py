@@ -1,9 +1,8 @@
 """Every registered suite runs at smoke size on CPU and writes records that honour the schema."""
 
-from bench.records import direction
+from bench.records import DIRECTIONS, direction
 from bench.suite import discover
 
-FLAGS = {"throttled"}
 UNITS = ("_ms", "_s", "_bytes", "_flops", "_tflops", "_gbps", "_per_s", "_j", "_w", "_mhz", "_db", "_x", "_c",
          "_noisy")
 
@@ -24,7 +23,7 @@ def test_metric_names_carry_a_unit_or_a_direction(smoke_records):
             for r in records:
                 for metric, value in r.metrics.items():
                     assert metric == metric.lower() and " " not in metric
-                    known = metric.endswith(UNITS) or direction(metric) is not None or metric in FLAGS
+                    known = metric.endswith(UNITS) or direction(metric) is not None or metric in DIRECTIONS
                     assert known, f"{r.case_id}: metric {metric!r} has no unit suffix or direction"
                     assert value is None or isinstance(value, (int, float, bool))
                 for metric, samples in r.samples.items():

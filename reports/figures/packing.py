@@ -1,0 +1,45 @@
+"""Packing figures: packing efficiency per packer and length distribution, and what each packer costs the loader."""
+
+from __future__ import annotations
+
+import pandas as pd
+from plotly.subplots import make_subplots
+
+from reports.figures import colors, hover, ok
+
+METRICS = ("packing_efficiency", "efficiency_gain_x", "rows_per_epoch", "rows_saving_x", "packer_seqs_per_s",
+           "pack_time_ms", "dataset_pad_fraction")
+PANELS = (("packing_efficiency", "packing efficiency (real tokens / row capacity)", "linear"),
+          ("packer_seqs_per_s", "packer speed (sequences/s, host)", "log"))
+
+
+def figures(frame: pd.DataFrame) -> list:
+    rows = ok(frame, "packing_efficiency", "packer_seqs_per_s")
+    if rows.empty:
+        return []
+    rows = rows.assign(packing_length=[p.get("packing_length") for p in rows["params"]],
+                       dist=[p.get("dist") for p in rows["params"]])
+    return [_panel(rows, *spec) for spec in PANELS]
+
+
+def _panel(rows: pd.DataFrame, metric: str, title: str, axis: str):
+    lengths = sorted(rows["packing_length"].dropna().unique())
+    fig = make_subplots(rows=1, cols=len(lengths), shared_yaxes=True,
+                        subplot_titles=[f"rows of {int(n)} tokens" for n in lengths])
+    color = colors(rows["variant"])
+    for col, n in enumerate(lengths, start=1):
+        part = rows[rows["packing_length"] == n]
+        for variant, v in part.groupby("variant", sort=False):
+            fig.add_scatter(x=v["dist"].tolist(), y=v[metric].tolist(), mode="markers", name=variant,
+                            legendgroup=variant, showlegend=col == 1, row=1, col=col,
+                            marker={"color": color[variant], "size": 11, "line": {"width": 1, "color": "white"}},
+                            customdata=hover(v),
+                            hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x}: %{y:.4g}<br>"
+                                           "<span style='font-family:monospace'>%{customdata[2]}</span>"
+                                           "<extra>%{fullData.name}</extra>"))
+        fig.update_xaxes(title_text="length distribution", row=1, col=col)
+    fig.update_yaxes(title_text=title, type=axis, row=1, col=1)
+    if metric == "packing_efficiency":
+        fig.update_yaxes(range=[0, 1.05])
+    fig.update_layout(title=title, height=420, template="plotly_white", legend={"title": "packer"})
+    return fig

@@ -1,0 +1,37 @@
+"""The packing suite at smoke size: packing efficiency is deterministic, so it is asserted; packer speed is not."""
+
+import pytest
+
+from reports.figures import figures_for, load_frame
+
+
+@pytest.fixture(scope="module")
+def packing(smoke_records):
+    _, by_suite = smoke_records
+    records = [r for rs in by_suite["packing"].values() for r in rs]
+    assert records and all(r.status == "ok" for r in records)
+    return {(r.params["dist"], r.variant): r.metrics for r in records}
+
+
+def test_bin_packers_fill_rows_on_lognormal_lengths(packing):
+    assert packing[("lognormal", "ffd")]["packing_efficiency"] >= 0.95
+    assert packing[("lognormal", "spfhp")]["packing_efficiency"] >= 0.95
+
+
+def test_pad_to_max_efficiency_is_mean_over_max(packing):
+    for (dist, variant), m in packing.items():
+        if variant == "pad_to_max":
+            assert m["packing_efficiency"] == pytest.approx(1 - m["dataset_pad_fraction"], abs=1e-12), dist
+
+
+def test_every_packer_beats_or_ties_the_reference(packing):
+    for (dist, variant), m in packing.items():
+        assert m["efficiency_gain_x"] >= 1 - 1e-12, (dist, variant)
+        assert 0 < m["packing_efficiency"] <= 1 and m["packer_seqs_per_s"] > 0
+    assert packing[("lognormal", "ffd")]["rows_saving_x"] > 5  # ~10x fewer rows than one sample per row
+
+
+def test_report_has_the_packing_figures(smoke_run):
+    out, _, _ = smoke_run
+    frame = load_frame([out])
+    assert len(figures_for("packing", frame[frame["suite"] == "packing"])) == 2
