@@ -38,6 +38,10 @@ class TensorMemoryTracker(TorchDispatchMode):
     once since entry or the last `reset_peak`.
     """
 
+    # Higher-order operators (FlexAttention, torch.cond) run whole while the mode is off: their outputs are counted,
+    # their transient internals are not.
+    supports_higher_order_operators = True
+
     def __init__(self):
         super().__init__()
         self._live: dict[str, int] = defaultdict(int)
@@ -127,3 +131,15 @@ def cuda_peak(device: str | torch.device):
         torch.cuda.synchronize(device)
         result.peak_bytes = torch.cuda.max_memory_allocated(device) - result.baseline_bytes
         result.end_bytes = torch.cuda.memory_allocated(device) - result.baseline_bytes
+
+
+def peak_bytes(fn, device: str | torch.device) -> int:
+    """Peak bytes one call of `fn` allocates on `device` beyond what was live before: the CUDA allocator's peak on
+    CUDA, the live-tensor tracker's (exact) elsewhere."""
+    if torch.device(device).type == "cuda":
+        with cuda_peak(device) as mem:
+            fn()
+        return mem.peak_bytes
+    with TensorMemoryTracker() as tracker:
+        fn()
+    return tracker.peak_bytes(device)

@@ -1,0 +1,112 @@
+"""Padding removal: a padded batch with a mask against an unpadded token stream with varlen attention backends.
+
+The sweep moves the pad fraction (through the length distribution) at a fixed count of real tokens, so the figures
+show what removing the padding saves as padding grows; ideally memory and time follow real tokens, so at 50% padding
+the savings approach 2x.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.memory import peak_bytes
+from bench.suite import Measurement, Relative, Skip, Suite, register
+from bench.timing import time_fn
+from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, supports
+from impls.rmpad.lengths import make_lengths
+from impls.rmpad.reference import make_batch
+
+# Named model shapes; the grids pick from them per size.
+SHAPES = {
+    "tiny": {"d_model": 32, "heads": 2, "layers": 2, "vocab": 128},
+    "small": {"d_model": 128, "heads": 4, "layers": 2, "vocab": 1024},
+    "350m": {"d_model": 1024, "heads": 16, "layers": 8, "vocab": 32000},
+}
+GRIDS = {
+    # (shape, length distributions, longest sequence, real tokens per batch)
+    "smoke": ("tiny", ("uniform", "lognormal"), 64, 512),
+    "quick": ("small", ("uniform", "lognormal"), 256, 4096),
+    "full": ("350m", ("uniform", "lognormal", "zipf", "bimodal"), 4096, 65536),
+}
+MODES = ("train", "forward")  # a training step, and a forward alone (what FlexAttention can do on CPU)
+DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
+
+
+def batch_lengths(dist: str, max_len: int, real_tokens: int) -> list[int]:
+    """The shortest prefix of a seeded length stream that holds `real_tokens`: the same real work for every
+    distribution, with the padding each distribution brings."""
+    stream = make_lengths(dist, max(1, math.ceil(4 * real_tokens / max_len)) * 8, max_len, seed=0)
+    out, total = [], 0
+    for n in stream:
+        out.append(n)
+        total += n
+        if total >= real_tokens:
+            return out
+    raise ValueError(f"{dist} lengths up to {max_len} did not reach {real_tokens} real tokens")
+
+
+@register
+class Rmpad(Suite):
+    name = "rmpad"
+    description = "padding for memory and time: padded batch + mask vs unpadded tokens with varlen attention"
+    variants = {
+        "padded": "reference: [B, L] with a causal + key-padding mask, SDPA",
+        "segments": "unpadded [T, d]; SDPA per sequence (portable, trains everywhere)",
+        "flex": "unpadded; FlexAttention with a causal document mask (compiled on CUDA)",
+        "nested": "unpadded; nested jagged tensors + SDPA",
+        "flash": "unpadded; flash_attn varlen kernel (when flash_attn is installed)",
+    }
+    relative = (
+        Relative("mem_saving_x", "peak_mem_bytes", invert=True),
+        Relative("speedup_x", "step_time_ms", invert=True),
+    )
+
+    def grid(self, size, device):
+        shape, dists, max_len, real = GRIDS[size]
+        dtype = DTYPES[device.split(":")[0]]
+        return [{**SHAPES[shape], "dist": d, "max_len": max_len, "real_tokens": real, "mode": m, "dtype": dtype}
+                for m in MODES for d in dists]
+
+    def measure(self, variant, params, device):
+        dtype = getattr(torch, params["dtype"])
+        train = params["mode"] == "train"
+        if variant != "padded":
+            ok, reason = supports(variant, device, dtype, backward=train)
+            if not ok:
+                raise Skip(reason)
+        cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
+                            n_layers=params["layers"])
+        model = Decoder(cfg).to(device, dtype)
+        lengths = batch_lengths(params["dist"], params["max_len"], params["real_tokens"])
+        ids, mask = make_batch(cfg, lengths, device=device)
+
+        def loss():
+            return model(ids, mask) if variant == "padded" else forward_unpadded(model, ids, mask, variant)
+
+        def step():
+            if train:
+                model.zero_grad(set_to_none=True)
+                loss().backward()
+            else:
+                with torch.no_grad():
+                    loss()
+
+        step()  # warm-up (and compilation, for the compiled backends)
+        model.zero_grad(set_to_none=True)
+        # FlexAttention's CPU path runs through torch.compile, which refuses the live-tensor tracker (a user dispatch
+        # mode): there is no exact CPU peak to give, so it is left null rather than guessed.
+        tracked = not (variant == "flex" and not device.startswith("cuda"))
+        peak = peak_bytes(step, device) if tracked else None
+        timing = time_fn(step, device)
+        seconds = timing.median_ms / 1e3
+        real, padded = sum(lengths), ids.numel()
+        metrics = {
+            **timing.metrics("step_time"),
+            "peak_mem_bytes": peak,
+            "pad_fraction": 1 - real / padded,
+            "real_tokens_per_s": real / seconds,
+            "padded_tokens_per_s": padded / seconds,
+        }
+        return Measurement(metrics, timing.samples("step_time"), timed=timing)
