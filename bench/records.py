@@ -171,6 +171,8 @@ DIRECTIONS = {
     "efficiency_gain_x": "higher",
     "rows_saving_x": "higher",
     "rows_per_epoch": "lower",
+    "effective_speedup_x": "higher",
+    "loss_diff": "lower",
     "pad_fraction": "lower",
     "dataset_pad_fraction": None,
     "sliced_w2": "lower",

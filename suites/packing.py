@@ -1,23 +1,40 @@
-"""Sequence packing: how much of each row is real tokens, per packer and length distribution, and the packer's speed.
+"""Sequence packing: how much of each row is real tokens, per packer and length distribution, what the packer costs
+the data loader, and what a training step on its rows gets done.
 
-Packing runs in the data loader, on the host, whatever the training device: the packers are timed on the CPU.
+Packing runs in the data loader, on the host, whatever the training device: the packers are timed on the CPU. The
+training step takes the first `train_rows` rows of each packing, the same row budget for every packer, on the
+device: effective tokens/s counts the real tokens in them. Packed rows restart positions per sample and confine
+attention to each sample; `ffd_naive` packs alike but attends across the whole row, and loss_diff (against the same
+samples trained one at a time) shows what that cross-contamination costs.
 """
 
 from __future__ import annotations
 
+import torch
+
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fn
 from impls.packing import PACKERS
+from impls.packing.train import packed_loss, packed_rows, unpacked_loss
 from impls.rmpad.lengths import make_lengths, pad_fraction
+from impls.rmpad.reference import Decoder, DecoderConfig
 
 DISTRIBUTIONS = ("uniform", "lognormal", "zipf", "bimodal")
-GRIDS = {
-    # sequences in the dataset, packing lengths (also the longest sample), samples per batch for padding packers
-    "smoke": {"sequences": 2_000, "packing_length": (512,), "batch": 8},
-    "quick": {"sequences": 100_000, "packing_length": (512, 2048), "batch": 8},
-    # 1M lengths: the size at which a packer's speed decides whether it can run per epoch in the loader
-    "full": {"sequences": 1_000_000, "packing_length": (512, 2048, 4096), "batch": 32},
+SHAPES = {
+    "tiny": {"d_model": 32, "heads": 2, "layers": 2, "vocab": 128},
+    "small": {"d_model": 64, "heads": 4, "layers": 2, "vocab": 1024},
+    "350m": {"d_model": 1024, "heads": 16, "layers": 8, "vocab": 32000},
 }
+GRIDS = {
+    # sequences in the dataset, packing lengths (also the longest sample), samples per batch for padding packers,
+    # rows per training step, model shape
+    "smoke": {"sequences": 2_000, "packing_length": (512,), "batch": 8, "train_rows": 2, "shape": "tiny"},
+    "quick": {"sequences": 100_000, "packing_length": (512, 2048), "batch": 8, "train_rows": 4, "shape": "small"},
+    # 1M lengths: the size at which a packer's speed decides whether it can run per epoch in the loader
+    "full": {"sequences": 1_000_000, "packing_length": (512, 2048, 4096), "batch": 32, "train_rows": 32,
+             "shape": "350m"},
+}
+DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @register
@@ -30,26 +47,31 @@ class Packing(Suite):
         "bucketing": "length-sorted bucketing, then dynamic padding",
         "ffd": "best-fit-decreasing bin packing into rows of the packing length",
         "spfhp": "shortest-pack-first histogram packing (Krell et al. 2021)",
+        "ffd_naive": "ffd rows trained with plain causal attention across samples (cross-contamination)",
     }
     relative = (
         Relative("efficiency_gain_x", "packing_efficiency"),
         Relative("rows_saving_x", "rows_per_epoch", invert=True),
+        Relative("effective_speedup_x", "effective_tokens_per_s"),
     )
 
     def grid(self, size, device):
         g = GRIDS[size]
-        return [{"dist": dist, "sequences": g["sequences"], "packing_length": length, "batch": g["batch"]}
+        dtype = DTYPES[device.split(":")[0]]
+        return [{"dist": dist, "sequences": g["sequences"], "packing_length": length, "batch": g["batch"],
+                 "train_rows": g["train_rows"], **SHAPES[g["shape"]], "dtype": dtype}
                 for length in g["packing_length"] for dist in DISTRIBUTIONS]
 
     def measure(self, variant, params, device):
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
-        pack = PACKERS[variant]
+        pack = PACKERS[variant.removesuffix("_naive")]
 
         def run():
             return pack(lengths, packing_length=params["packing_length"], batch_size=params["batch"])
 
         packing = run()
-        timing = time_fn(run, "cpu", warmup=1, min_reps=3, min_time_s=0.5)
+        timing = time_fn(run, "cpu", warmup=1, min_reps=3, min_time_s=0.2)
+        step = _train_step(packing, params, device, "naive" if variant.endswith("_naive") else "document")
         metrics = {
             **timing.metrics("pack_time"),
             "packing_efficiency": packing.efficiency,
@@ -57,5 +79,30 @@ class Packing(Suite):
             "rows_per_epoch": packing.n_rows,
             "packer_seqs_per_s": params["sequences"] / (timing.median_ms / 1e3),
             "dataset_pad_fraction": pad_fraction(lengths, params["packing_length"]),
+            **step.pop("metrics"),
         }
-        return Measurement(metrics, timing.samples("pack_time"), timed=timing)
+        return Measurement(metrics, {**timing.samples("pack_time"), **step["samples"]}, timed=step["timing"])
+
+
+def _train_step(packing, params, device: str, mask: str) -> dict:
+    """Train-step time and effective tokens/s on the packing's first rows, and the loss gap to one sample at a time."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
+                        n_layers=params["layers"])
+    model = Decoder(cfg).to(device, getattr(torch, params["dtype"]))
+    rows = range(min(params["train_rows"], packing.n_rows))
+    tensors = packed_rows(packing, rows, cfg.vocab, device)
+    real = int(tensors[3].sum())
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        packed_loss(model, *tensors, mask=mask).backward()
+
+    with torch.no_grad():
+        ref = unpacked_loss(model, packing, rows, cfg.vocab, device).item()
+        gap = abs(packed_loss(model, *tensors, mask=mask).item() - ref)
+    step()
+    timing = time_fn(step, device)
+    return {"metrics": {**timing.metrics("train_step"), "effective_tokens_per_s": real / (timing.median_ms / 1e3),
+                        "loss_diff": gap / abs(ref)},
+            "samples": timing.samples("train_step"), "timing": timing}

@@ -8,13 +8,14 @@ from plotly.subplots import make_subplots
 from reports.figures import colors, hover, ok
 
 METRICS = ("packing_efficiency", "efficiency_gain_x", "rows_per_epoch", "rows_saving_x", "packer_seqs_per_s",
-           "pack_time_ms", "dataset_pad_fraction")
+           "effective_tokens_per_s", "effective_speedup_x", "loss_diff", "dataset_pad_fraction")
 PANELS = (("packing_efficiency", "packing efficiency (real tokens / row capacity)", "linear"),
+          ("effective_tokens_per_s", "effective tokens/s in a training step (real tokens)", "log"),
           ("packer_seqs_per_s", "packer speed (sequences/s, host)", "log"))
 
 
 def figures(frame: pd.DataFrame) -> list:
-    rows = ok(frame, "packing_efficiency", "packer_seqs_per_s")
+    rows = ok(frame, "packing_efficiency", "packer_seqs_per_s", "effective_tokens_per_s")
     if rows.empty:
         return []
     rows = rows.assign(packing_length=[p.get("packing_length") for p in rows["params"]],

@@ -31,7 +31,15 @@ def test_every_packer_beats_or_ties_the_reference(packing):
     assert packing[("lognormal", "ffd")]["rows_saving_x"] > 5  # ~10x fewer rows than one sample per row
 
 
+def test_contamination_free_packing_trains_like_one_sample_at_a_time(packing):
+    for (dist, variant), m in packing.items():
+        if variant != "ffd_naive":
+            assert m["loss_diff"] <= 1e-6, (dist, variant)
+    assert packing[("lognormal", "ffd_naive")]["loss_diff"] > 1e-6  # attending across samples changes the loss
+    assert packing[("lognormal", "ffd")]["effective_tokens_per_s"] > 0
+
+
 def test_report_has_the_packing_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])
-    assert len(figures_for("packing", frame[frame["suite"] == "packing"])) == 2
+    assert len(figures_for("packing", frame[frame["suite"] == "packing"])) == 3

@@ -1,0 +1,96 @@
+"""A training step on packed rows: positions restart per sample and attention stays inside each sample, so packing
+changes nothing but the padding; or, deliberately naive, plain causal attention across the whole row (cross-
+contamination), to show what that costs. The loss is the same mean next-token cross-entropy as one sample at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from impls.packing import masks
+from impls.packing.reference import Packing
+from impls.rmpad.reference import Decoder, token_loss
+
+MASKS = ("document", "naive")
+
+
+def sample_tokens(sample: int, length: int, vocab: int, seed: int = 0) -> Tensor:
+    """[length] int64 token ids of one sample, the same whatever row or packer it lands in (ids 1..vocab-1)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + sample)
+    return torch.randint(1, vocab, (length,), generator=g)
+
+
+def packed_rows(packing: Packing, rows: range, vocab: int, device="cpu", seed: int = 0):
+    """The given rows as tensors, padded to their longest row: input_ids, position_ids, document ids [R, L] and
+    `real` [R, L] (False on the padded tail)."""
+    L = max(packing.row_len[r] for r in rows)
+    ids, pos, doc, real = [], [], [], []
+    for r in rows:
+        lengths = packing.lengths[r]
+        parts = [sample_tokens(s, start + n, vocab, seed)[start:] for s, start, n in
+                 zip(packing.rows[r], packing.starts[r], lengths)]
+        used = sum(lengths)
+        ids.append(F.pad(torch.cat(parts), (0, L - used)))
+        pos.append(masks.position_ids(lengths, L, packing.starts[r]))
+        doc.append(masks.document_ids(lengths, L))
+        real.append(torch.arange(L) < used)
+    return tuple(torch.stack(t).to(device) for t in (ids, pos, doc, real))
+
+
+def _attention(doc: Tensor, mask: str):
+    """SDPA over [R, L, H, Dh]; `doc` [R, L] document ids. The padded tail is its own document, so no row of the
+    mask is empty."""
+    L = doc.shape[1]
+    allowed = torch.ones(L, L, dtype=torch.bool, device=doc.device).tril()  # [L, L]
+    if mask == "document":
+        allowed = allowed & (doc[:, :, None] == doc[:, None, :])  # [R, L, L]
+    allowed = allowed.expand(doc.shape[0], L, L)[:, None]  # [R, 1, L, L]
+
+    def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [R, H, L, Dh]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2)
+
+    return attend
+
+
+def packed_logits(model: Decoder, ids: Tensor, pos: Tensor, doc: Tensor, mask: str = "document") -> Tensor:
+    """[R, L, vocab] logits of packed rows."""
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r} (valid: {', '.join(MASKS)})")
+    return model.logits_from(ids, pos, _attention(doc, mask))
+
+
+def packed_loss(model: Decoder, ids: Tensor, pos: Tensor, doc: Tensor, real: Tensor, mask: str = "document"):
+    """Mean next-token cross-entropy over targets inside each sample (a token never predicts the next sample's)."""
+    logits = packed_logits(model, ids, pos, doc, mask)
+    valid = (doc[:, 1:] == doc[:, :-1]) & real[:, 1:]  # [R, L-1]
+    return token_loss(logits[:, :-1][valid], ids[:, 1:][valid])
+
+
+def unpacked_loss(model: Decoder, packing: Packing, rows: range, vocab: int, device="cpu", seed: int = 0):
+    """The reference: the same samples one at a time (a right-padded batch with a mask), the same mean."""
+    samples = [(s, start, n) for r in rows for s, start, n in
+               zip(packing.rows[r], packing.starts[r], packing.lengths[r])]
+    L = max(n for _, _, n in samples)
+    ids = torch.stack([F.pad(sample_tokens(s, start + n, vocab, seed)[start:], (0, L - n)) for s, start, n in samples])
+    mask = (torch.arange(L)[None, :] < torch.tensor([n for _, _, n in samples])[:, None]).long()
+    return model(ids.to(device), mask.to(device))
+
+
+if __name__ == "__main__":
+    from impls.packing import PACKERS
+    from impls.rmpad.reference import DecoderConfig
+
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab=64, d_model=32, n_heads=2, n_layers=2)
+    model = Decoder(cfg)
+    packing = PACKERS["ffd"]([5, 9, 3, 12, 7, 2, 8], packing_length=16, batch_size=2)
+    rows = range(packing.n_rows)
+    tensors = packed_rows(packing, rows, cfg.vocab)
+    ref = unpacked_loss(model, packing, rows, cfg.vocab)
+    for mask in MASKS:
+        loss = packed_loss(model, *tensors, mask=mask)
+        print(f"{mask}: packed loss {loss.item():.6f}, one sample at a time {ref.item():.6f}, "
+              f"gap {abs(loss - ref).item():.2e}")
