@@ -5,6 +5,8 @@ contamination), to show what that costs. The loss is the same mean next-token cr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,7 +24,7 @@ def sample_tokens(sample: int, length: int, vocab: int, seed: int = 0) -> Tensor
     return torch.randint(1, vocab, (length,), generator=g)
 
 
-def packed_rows(packing: Packing, rows: range, vocab: int, device="cpu", seed: int = 0):
+def packed_rows(packing: Packing, rows: Sequence[int], vocab: int, device="cpu", seed: int = 0):
     """The given rows as tensors, padded to their longest row: input_ids, position_ids, document ids [R, L] and
     `real` [R, L] (False on the padded tail)."""
     L = max(packing.row_len[r] for r in rows)
@@ -69,7 +71,7 @@ def packed_loss(model: Decoder, ids: Tensor, pos: Tensor, doc: Tensor, real: Ten
     return token_loss(logits[:, :-1][valid], ids[:, 1:][valid])
 
 
-def unpacked_loss(model: Decoder, packing: Packing, rows: range, vocab: int, device="cpu", seed: int = 0):
+def unpacked_loss(model: Decoder, packing: Packing, rows: Sequence[int], vocab: int, device="cpu", seed: int = 0):
     """The reference: the same samples one at a time (a right-padded batch with a mask), the same mean."""
     samples = [(s, start, n) for r in rows for s, start, n in
                zip(packing.rows[r], packing.starts[r], packing.lengths[r])]
