@@ -27,7 +27,7 @@ SHAPES = {
 GRIDS = {
     # (shape, length distributions, longest sequence, real tokens per batch)
     "smoke": ("tiny", ("uniform", "lognormal"), 64, 512),
-    "quick": ("small", ("uniform", "lognormal"), 256, 4096),
+    "quick": ("small", ("uniform", "lognormal", "zipf", "bimodal"), 256, 4096),
     "full": ("350m", ("uniform", "lognormal", "zipf", "bimodal"), 4096, 65536),
 }
 MODES = ("train", "forward")  # a training step, and a forward alone (what FlexAttention can do on CPU)
