@@ -14,15 +14,6 @@ ODD = TransformerConfig(d_model=48, n_heads=3, n_layers=5)  # head_dim 16, seq 4
 DEEP = TransformerConfig(d_model=32, n_heads=2, n_layers=8)  # enough layers for sqrt to split into 3 segments
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These shapes are tiny, so intra-op threads only add OpenMP wake-ups; on a busy 2-core VM (~8 ms per parallel
-    # op) they made this file take 40 s instead of 3 s.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def step(variant, model, x, target):
     """Loss and the gradients of the input and every parameter after one forward+backward."""

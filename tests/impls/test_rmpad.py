@@ -17,14 +17,6 @@ LENGTHS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny shapes: intra-op threads only add OpenMP wake-ups on a busy 2-core VM.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def setup(lengths, device="cpu", dtype=torch.float32):
     torch.manual_seed(0)
