@@ -173,6 +173,7 @@ DIRECTIONS = {
     "rows_per_epoch": "lower",
     "effective_speedup_x": "higher",
     "loss_diff": "lower",
+    "pct_of_peak": "higher",
     "pad_fraction": "lower",
     "dataset_pad_fraction": None,
     "sliced_w2": "lower",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bench.flops import flop_counter_mode
+from bench.hardware import device_name, peak_tflops
 from bench.memory import TensorMemoryTracker, cuda_peak
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fn
@@ -74,9 +75,16 @@ class Checkpointing(Suite):
             "activation_bytes": activation,
             "step_flops": flops.get_total_flops(),
             "achieved_tflops": flops.get_total_flops() / seconds / 1e12,
+            "pct_of_peak": _pct_of_peak(flops.get_total_flops() / seconds / 1e12, device, params["dtype"]),
             "tokens_per_s": tokens / seconds,
         }
         return Measurement(metrics, timing.samples("step_time"), timed=timing)
+
+
+def _pct_of_peak(tflops: float, device: str, dtype: str) -> float | None:
+    """Achieved over the GPU's dense datasheet peak for the dtype, in percent; None on CPU or an unknown GPU."""
+    peak = peak_tflops(device_name(device), dtype)
+    return None if peak is None else 100 * tflops / peak
 
 
 def _memory(model, forward, x, target, device) -> tuple[int, int]:
