@@ -1,0 +1,110 @@
+"""FP8 GEMMs: tensorwise and rowwise through torch._scaled_mm, DeepSeek-V3 blockwise (§3.3) through its reference.
+
+Every GEMM here takes a [M, K] and b [N, K] (nn.Linear's weight layout, operand B of a Recipe) and returns
+a @ b.T [M, N]: b.T is then column-major, the layout torch._scaled_mm wants for its second operand, without a copy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from impls.fp8.reference import QUANTIZERS, RECIPES, Recipe
+
+# (activation, weight) granularities torch._scaled_mm takes; scale shapes [] x [], and [M, 1] x [1, N].
+SCALED_MM = {("tensorwise", "tensorwise"), ("rowwise", "rowwise")}
+BLOCKWISE = ("1x128", "128x128")
+
+
+def _check(a: Tensor, b: Tensor) -> None:
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need a [M, K] and b [N, K], got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+def reference_dtype(device: torch.device | str) -> torch.dtype:
+    """The high-precision GEMM FP8 is measured against: bf16 on CUDA, fp32 on CPU (where bf16 matmul is slow)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def matmul_reference(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b.T in the inputs' dtype (pass reference_dtype(device) inputs): the speed baseline for FP8."""
+    _check(a, b)
+    if a.dtype != b.dtype:
+        raise ValueError(f"a and b must share a dtype, got {a.dtype} and {b.dtype}")
+    return a @ b.T
+
+
+def matmul_fp64(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b.T in fp64: the truth that sqnr_db and max_rel_err compare against."""
+    _check(a, b)
+    return a.double() @ b.double().T
+
+
+def dequantized_matmul(qa: Tensor, sa: Tensor, qb: Tensor, sb: Tensor, recipe: Recipe) -> Tensor:
+    """Dequantize both operands per the recipe's granularities, then a @ b.T in fp32: what each FP8 GEMM should equal.
+
+    FP8 products are exact in fp32 (4-bit significands give 8-bit products), so an FP8 GEMM that accumulates in fp32
+    differs from this only by fp32 summation order and the rounding of the scale multiplies.
+    """
+    a = QUANTIZERS[recipe.activation][1](qa, sa)
+    b = QUANTIZERS[recipe.weight][1](qb, sb)
+    return a @ b.T
+
+
+def blockwise_reference(a: Tensor, b: Tensor, recipe: Recipe = RECIPES["deepseek_v3"]) -> Tensor:
+    """DeepSeek-V3's FP8 GEMM (1x128 activation tiles x 128x128 weight blocks) as quantize, dequantize, fp32 matmul.
+
+    DeepSeek-V3 (§3.3) promotes the tensor cores' partial sums to FP32 registers every 128 elements of K and applies
+    the two blocks' scales there; since a 128-wide K chunk shares one scale per operand, that equals the dequantized
+    product summed in fp32, so this computes the same numbers up to fp32 summation order. Returns fp32 [M, N].
+    """
+    _check(a, b)
+    if (recipe.activation, recipe.weight) != BLOCKWISE:
+        raise ValueError(f"recipe {recipe.name!r} is not blockwise {BLOCKWISE}")
+    return dequantized_matmul(*recipe.quantize_activation(a), *recipe.quantize_weight(b), recipe)
+
+
+def scaled_mm(qa: Tensor, sa: Tensor, qb: Tensor, sb: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """torch._scaled_mm on quantized operands: qa [M, K] fp8 with sa [] or [M, 1]; qb [N, K] fp8 with sb [] or [N, 1].
+
+    Raises NotImplementedError carrying torch's message where this device or build cannot run the call (e.g. CUDA
+    needs K and N multiples of 16, and rowwise scaling there only writes bf16), so a suite can skip with that reason.
+    """
+    # _scaled_mm takes B [K, N] column-major (qb.T is) and B's row scales as [1, N].
+    sb = sb if sb.dim() == 0 else sb.reshape(1, -1)
+    try:
+        return torch._scaled_mm(qa, qb.T, scale_a=sa, scale_b=sb, out_dtype=out_dtype)
+    except (RuntimeError, ValueError) as e:
+        raise NotImplementedError(
+            f"torch._scaled_mm ({torch.__version__}, {qa.device.type}) cannot run a {tuple(qa.shape)} x "
+            f"{tuple(qb.T.shape)} {qa.dtype} GEMM with scales {tuple(sa.shape)} x {tuple(sb.shape)} to {out_dtype}: {e}"
+        ) from e
+
+
+def fp8_matmul(a: Tensor, b: Tensor, recipe: Recipe, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Quantize a [M, K] and b [N, K] per the recipe and return a @ b.T [M, N] in out_dtype.
+
+    Tensorwise and rowwise run torch._scaled_mm; blockwise runs blockwise_reference (the Triton kernel is separate).
+    """
+    _check(a, b)
+    kinds = (recipe.activation, recipe.weight)
+    if kinds in SCALED_MM:
+        return scaled_mm(*recipe.quantize_activation(a), *recipe.quantize_weight(b), out_dtype)
+    if kinds == BLOCKWISE:
+        return blockwise_reference(a, b, recipe).to(out_dtype)
+    raise NotImplementedError(f"no FP8 GEMM for activation {recipe.activation!r} x weight {recipe.weight!r} scaling")
+
+
+def gemm_flops(m: int, n: int, k: int) -> int:
+    """One multiply and one add per (m, n, k)."""
+    return 2 * m * n * k
+
+
+def max_rel_err(ref: Tensor, out: Tensor) -> float:
+    """max |out - ref| / max |ref| in fp64: relative to the output's scale, so near-zero entries do not blow it up."""
+    ref, out = ref.double(), out.double()
+    err = (out - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    if scale == 0:
+        return 0.0 if err == 0 else float("inf")
+    return err / scale
