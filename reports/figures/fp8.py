@@ -1,0 +1,69 @@
+"""FP8 figures: GEMM TFLOP/s per shape and recipe with the device's dense peak as labelled lines, SQNR per recipe on
+normal and outlier inputs, and the training loss gap of each recipe to the high-precision run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from reports.figures import colors, hover, ok
+
+METRICS = ("gemm_time_ms", "gemm_tflops", "pct_of_peak", "speedup_x", "sqnr_db", "max_rel_err", "quantize_gbps",
+           "loss_gap_final", "loss_gap_mean", "train_tokens_per_s")
+HOVER = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x}: %{y:.4g}<br>"
+         "<span style='font-family:monospace'>%{customdata[2]}</span><extra>%{fullData.name}</extra>")
+
+
+def figures(frame: pd.DataFrame) -> list:
+    frame = frame.assign(part=[p.get("part") for p in frame["params"]])
+    color = colors(frame["variant"])
+    return [f for f in (_gemm(frame, color), _accuracy(frame, color), _training(frame, color)) if f is not None]
+
+
+def _gemm(frame, color):
+    rows = ok(frame[frame["part"] == "gemm"], "gemm_tflops")
+    if rows.empty:
+        return None
+    rows = rows.assign(shape=[p.get("shape") for p in rows["params"]])
+    fig = go.Figure()
+    for variant, part in rows.groupby("variant", sort=False):
+        fig.add_scatter(x=part["shape"].tolist(), y=part["gemm_tflops"].tolist(), mode="markers+lines",
+                        name=variant, marker={"color": color[variant], "size": 10}, line={"color": color[variant]},
+                        customdata=hover(part), hovertemplate=HOVER)
+    # the dense datasheet peak, recovered from records that know it (tflops / pct_of_peak)
+    for is_fp8, label in ((False, "bf16 peak"), (True, "FP8 peak")):
+        known = rows[rows["pct_of_peak"].notna() & ((rows["variant"] != "bf16") == is_fp8)] \
+            if "pct_of_peak" in rows else rows.iloc[0:0]
+        if len(known):
+            peak = float((known["gemm_tflops"] * 100 / known["pct_of_peak"]).iloc[0])
+            fig.add_hline(y=peak, line_dash="dash", line_color="#6e7781", annotation_text=f"{label} {peak:.0f}")
+    fig.update_layout(title="GEMM throughput per shape (TFLOP/s)", xaxis_title="shape (M, N, K by name)",
+                      yaxis_title="TFLOP/s", template="plotly_white", height=420)
+    return fig
+
+
+def _accuracy(frame, color):
+    rows = ok(frame[frame["part"] == "accuracy"], "sqnr_db")
+    if rows.empty:
+        return None
+    rows = rows.assign(input=[p.get("input") for p in rows["params"]])
+    fig = go.Figure()
+    for variant, part in rows.groupby("variant", sort=False):
+        fig.add_bar(x=part["input"].tolist(), y=part["sqnr_db"].tolist(), name=variant,
+                    marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
+    fig.update_layout(title="GEMM accuracy against an fp64 product (SQNR, higher is better)", barmode="group",
+                      xaxis_title="input", yaxis_title="SQNR (dB)", template="plotly_white", height=420)
+    return fig
+
+
+def _training(frame, color):
+    rows = ok(frame[frame["part"] == "training"], "loss_gap_final")
+    if rows.empty:
+        return None
+    fig = go.Figure()
+    for metric, label in (("loss_gap_final", "final step"), ("loss_gap_mean", "mean over steps")):
+        fig.add_bar(x=rows["variant"].tolist(), y=(100 * rows[metric]).tolist(), name=label,
+                    customdata=hover(rows), hovertemplate=HOVER)
+    fig.update_layout(title="Training: relative loss gap to the high-precision run (%)", barmode="group",
+                      yaxis_title="loss gap (%)", template="plotly_white", height=400)
+    return fig

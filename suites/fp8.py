@@ -1,0 +1,161 @@
+"""FP8: what each scaling recipe buys in GEMM speed and costs in accuracy, against bf16 (fp32 on CPU).
+
+Four parts, one `part` param each: gemm (time, TFLOP/s, % of peak, error against an fp64 product), quantize (the
+activation quantizer's GB/s), accuracy (SQNR on normal inputs and on inputs with 100x outlier channels), and
+training (the loss gap to the high-precision run on the same data). The blockwise recipe's GEMM is a Triton kernel:
+its speed needs a CUDA device, while its accuracy and training use the dequantize-then-matmul reference, which gives
+the same numbers up to fp32 summation order, so they exist on every device.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bench.hardware import device_name, peak_gbps, peak_tflops
+from bench.suite import Measurement, Relative, Skip, Suite, register
+from bench.timing import time_fn
+from impls.fp8.gemm import (
+    blockwise_reference,
+    fp8_matmul,
+    gemm_flops,
+    matmul_fp64,
+    matmul_reference,
+    max_rel_err,
+    reference_dtype,
+    scaled_mm,
+)
+from impls.fp8.reference import RECIPES, outlier_activations, sqnr_db
+from impls.fp8.train import BATCH, loss_gap, train
+
+# Named GEMM shapes (M, N, K): powers of two, and LLM projections (a 4096-token batch through Llama-style MLP and
+# DeepSeek-V3's 7168-wide hidden size).
+SHAPES = {
+    "pow2_256": (256, 256, 256), "pow2_512": (512, 512, 512), "pow2_1024": (1024, 1024, 1024),
+    "pow2_4096": (4096, 4096, 4096), "pow2_8192": (8192, 8192, 8192), "pow2_16384": (16384, 16384, 16384),
+    "llama_mlp": (4096, 4096, 14336), "dsv3_7168": (4096, 7168, 7168),
+}
+GRIDS = {
+    "smoke": {"gemm": ("pow2_256",), "accuracy": (128, 256, 384), "quantize": (256, 1024), "steps": 10},
+    "quick": {"gemm": ("pow2_512", "pow2_1024"), "accuracy": (512, 1024, 1024), "quantize": (2048, 4096),
+              "steps": 50},
+    "full": {"gemm": ("pow2_1024", "pow2_4096", "pow2_8192", "pow2_16384", "llama_mlp", "dsv3_7168"),
+             "accuracy": (4096, 4096, 4096), "quantize": (16384, 7168), "steps": 200},
+}
+
+
+@register
+class Fp8(Suite):
+    name = "fp8"
+    description = "precision for speed: FP8 GEMMs per scaling recipe against bf16, and what they cost in accuracy"
+    variants = {
+        "bf16": "reference: bf16 matmul (fp32 on CPU)",
+        "tensorwise": "FP8 E4M3, one scale per tensor (torch._scaled_mm)",
+        "rowwise": "FP8 E4M3, one power-of-two scale per row (torch._scaled_mm)",
+        "deepseek_v3": "FP8 E4M3, 1x128 activation tiles and 128x128 weight blocks (DeepSeek-V3 §3.3)",
+    }
+    relative = (Relative("speedup_x", "gemm_time_ms", invert=True),)
+
+    def grid(self, size, device):
+        g = GRIDS[size]
+        m, n, k = g["accuracy"]
+        return ([{"part": "gemm", "shape": s, "m": SHAPES[s][0], "n": SHAPES[s][1], "k": SHAPES[s][2]}
+                 for s in g["gemm"]]
+                + [{"part": "accuracy", "input": i, "m": m, "n": n, "k": k} for i in ("normal", "outliers")]
+                + [{"part": "quantize", "m": g["quantize"][0], "k": g["quantize"][1]},
+                   {"part": "training", "steps": g["steps"]}])
+
+    def measure(self, variant, params, device):
+        return {"gemm": _gemm, "accuracy": _accuracy, "quantize": _quantize, "training": _training}[params["part"]](
+            variant, params, device)
+
+
+def _operands(params, device, outliers=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if outliers:
+        a = outlier_activations(params["m"], params["k"], seed=seed)
+    else:
+        a = torch.randn(params["m"], params["k"], generator=g)
+    b = torch.randn(params["n"], params["k"], generator=g)
+    dtype = reference_dtype(device)
+    return a.to(device, dtype), b.to(device, dtype)
+
+
+def _errors(a, b, out) -> dict:
+    truth = matmul_fp64(a, b)
+    return {"sqnr_db": sqnr_db(truth, out.double()), "max_rel_err": max_rel_err(truth, out)}
+
+
+def _gemm(variant, params, device):
+    a, b = _operands(params, device)
+    if variant == "bf16":
+        fn, peak_dtype = (lambda: matmul_reference(a, b)), str(a.dtype).removeprefix("torch.")
+    else:
+        recipe = RECIPES[variant]
+        qa, sa = recipe.quantize_activation(a)
+        qb, sb = recipe.quantize_weight(b)
+        peak_dtype = "float8_e4m3fn"
+        if variant == "deepseek_v3":
+            if not device.startswith("cuda"):
+                raise Skip("the blockwise FP8 GEMM is a Triton kernel: its speed needs a CUDA device (its numbers are "
+                           "tested under TRITON_INTERPRET=1; the accuracy part covers this recipe everywhere)")
+            from impls.fp8.gemm_triton import blockwise_fp8_matmul
+
+            def fn():
+                return blockwise_fp8_matmul(qa, sa, qb, sb, torch.bfloat16)
+        else:
+            def fn():
+                return scaled_mm(qa, sa, qb, sb, a.dtype)
+        try:
+            fn()
+        except NotImplementedError as e:
+            raise Skip(str(e).splitlines()[0]) from None
+    out = fn()
+    timing = time_fn(fn, device)
+    tflops = gemm_flops(params["m"], params["n"], params["k"]) / (timing.median_ms / 1e3) / 1e12
+    peak = peak_tflops(device_name(device), peak_dtype)
+    metrics = {**timing.metrics("gemm_time"), "gemm_tflops": tflops,
+               "pct_of_peak": None if peak is None else 100 * tflops / peak, **_errors(a, b, out)}
+    return Measurement(metrics, timing.samples("gemm_time"), timed=timing)
+
+
+def _accuracy(variant, params, device):
+    a, b = _operands(params, device, outliers=params["input"] == "outliers")
+    if variant == "bf16":
+        out = matmul_reference(a, b)
+    elif variant == "deepseek_v3":
+        out = blockwise_reference(a.float(), b.float())
+    else:
+        try:
+            out = fp8_matmul(a, b, RECIPES[variant], out_dtype=torch.float32)
+        except NotImplementedError as e:
+            raise Skip(str(e).splitlines()[0]) from None
+    return Measurement(_errors(a, b, out))
+
+
+def _quantize(variant, params, device):
+    if variant == "bf16":
+        raise Skip("the reference does not quantize")
+    x = torch.randn(params["m"], params["k"], device=device, dtype=reference_dtype(device))
+    recipe = RECIPES[variant]
+    q, s = recipe.quantize_activation(x)
+    moved = x.numel() * x.element_size() + q.numel() * q.element_size() + s.numel() * s.element_size()
+    timing = time_fn(lambda: recipe.quantize_activation(x), device)
+    gbps = moved / (timing.median_ms / 1e3) / 1e9
+    peak = peak_gbps(device_name(device))
+    metrics = {**timing.metrics("quantize_time"), "quantize_gbps": gbps, "pct_of_bandwidth": None if peak is None else
+               100 * gbps / peak}
+    return Measurement(metrics, timing.samples("quantize_time"), timed=timing)
+
+
+def _training(variant, params, device):
+    """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run."""
+    dtype = reference_dtype(device)
+    reference = train(None, params["steps"], device=device, dtype=dtype)
+    t0 = time.perf_counter()
+    losses = train(None if variant == "bf16" else RECIPES[variant], params["steps"], device=device, dtype=dtype)
+    seconds = time.perf_counter() - t0  # train() returns Python floats: every step has synchronized
+    final, mean = loss_gap(reference, losses)
+    return Measurement({"final_loss": losses[-1], "loss_gap_final": final, "loss_gap_mean": mean,
+                        "train_tokens_per_s": params["steps"] * BATCH / seconds})
