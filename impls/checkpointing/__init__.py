@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from impls import lazy_exports
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -15,14 +17,10 @@ VARIANTS: dict[str, Callable[[Transformer, Tensor], Tensor]]
 __all__ = ["VARIANTS", "Transformer", "TransformerConfig"]
 
 
-def __getattr__(name: str):
-    # Resolved on first use, not at import: `python -m impls.checkpointing.full` runs full.py as __main__, and runpy
-    # warns when importing the package has already imported that same file.
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _load() -> dict:
     from impls.checkpointing import full, offload, reference, selective, sqrt
 
-    globals().update(
+    return dict(
         VARIANTS={
             "none": reference.forward,
             "full": full.forward,
@@ -33,4 +31,6 @@ def __getattr__(name: str):
         Transformer=reference.Transformer,
         TransformerConfig=reference.TransformerConfig,
     )
-    return globals()[name]
+
+
+__getattr__ = lazy_exports(globals(), _load)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from impls import lazy_exports
+
 if TYPE_CHECKING:
     from impls.packing.reference import Packing
 
@@ -18,14 +20,10 @@ PACKERS: dict[str, Callable[..., Packing]]
 __all__ = ["PACKERS", "Packing"]
 
 
-def __getattr__(name: str):
-    # Resolved on first use, not at import: `python -m impls.packing.ffd` runs ffd.py as __main__, and runpy warns
-    # when importing the package has already imported that same file.
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _load() -> dict:
     from impls.packing import bucketing, dynamic, ffd, reference, spfhp
 
-    globals().update(
+    return dict(
         PACKERS={
             "pad_to_max": reference.pad_to_max,
             "pad_to_batch_max": dynamic.pad_to_batch_max,
@@ -35,4 +33,6 @@ def __getattr__(name: str):
         },
         Packing=reference.Packing,
     )
-    return globals()[name]
+
+
+__getattr__ = lazy_exports(globals(), _load)

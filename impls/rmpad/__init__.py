@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from impls import lazy_exports
+
 if TYPE_CHECKING:
     from impls.rmpad.reference import Decoder, DecoderConfig
     from impls.rmpad.unpadded import VarlenAttention, forward_unpadded, supports
@@ -13,14 +15,10 @@ BACKENDS: dict[str, VarlenAttention]
 __all__ = ["BACKENDS", "Decoder", "DecoderConfig", "forward_unpadded", "supports"]
 
 
-def __getattr__(name: str):
-    # Resolved on first use, not at import: `python -m impls.rmpad.flex` runs flex.py as __main__, and runpy warns
-    # when importing the package has already imported that same file.
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _load() -> dict:
     from impls.rmpad import flash, flex, nested, reference, segments, unpadded
 
-    globals().update(
+    return dict(
         BACKENDS={
             "segments": segments.varlen_attention,
             "flex": flex.varlen_attention,
@@ -32,4 +30,6 @@ def __getattr__(name: str):
         forward_unpadded=unpadded.forward_unpadded,
         supports=unpadded.supports,
     )
-    return globals()[name]
+
+
+__getattr__ = lazy_exports(globals(), _load)
