@@ -212,8 +212,9 @@ def direction(metric: str) -> str | None:
     return None
 
 
-def records_frame(*run_dirs: str | Path):
-    """One row per record of one or many run directories; each metric is a column, params stay a dict column."""
+def records_frame(*run_dirs: str | Path, samples: bool = False):
+    """One row per record of one or many run directories; each metric is a column, params stay a dict column, and
+    with `samples` the raw samples too (a dict column: name -> list)."""
     import pandas as pd
 
     rows = []
@@ -221,6 +222,8 @@ def records_frame(*run_dirs: str | Path):
         for r in read_records(Path(run_dir) / RECORDS_JSONL):
             row = {k: v for k, v in asdict(r).items() if k not in ("metrics", "samples")}
             row["run_dir"] = str(run_dir)
+            if samples:
+                row["samples"] = r.samples
             row.update(r.metrics)
             rows.append(row)
     return pd.DataFrame(rows)

@@ -26,7 +26,7 @@ from impls.fp8.gemm import (
     reference_dtype,
     scaled_mm,
 )
-from impls.fp8.reference import RECIPES, outlier_activations, sqnr_db
+from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
 from impls.fp8.train import BATCH, loss_gap, train
 
 # Named GEMM shapes (M, N, K): powers of two, and LLM projections (a 4096-token batch through Llama-style MLP and
@@ -63,8 +63,9 @@ class Fp8(Suite):
         return ([{"part": "gemm", "shape": s, "m": SHAPES[s][0], "n": SHAPES[s][1], "k": SHAPES[s][2]}
                  for s in g["gemm"]]
                 + [{"part": "accuracy", "input": i, "m": m, "n": n, "k": k} for i in ("normal", "outliers")]
-                + [{"part": "quantize", "m": g["quantize"][0], "k": g["quantize"][1]},
-                   {"part": "training", "steps": g["steps"]}])
+                + [{"part": "quantize", "impl": impl, "operand": operand, "m": g["quantize"][0], "k": g["quantize"][1]}
+                   for impl in ("torch", "triton") for operand in ("activation", "weight")]
+                + [{"part": "training", "steps": g["steps"]}])
 
     def measure(self, variant, params, device):
         return {"gemm": _gemm, "accuracy": _accuracy, "quantize": _quantize, "training": _training}[params["part"]](
@@ -135,13 +136,24 @@ def _accuracy(variant, params, device):
 
 
 def _quantize(variant, params, device):
+    """The recipe's quantizer for one operand, in plain torch or as a Triton kernel: GB/s from bytes read + written."""
     if variant == "bf16":
         raise Skip("the reference does not quantize")
-    x = torch.randn(params["m"], params["k"], device=device, dtype=reference_dtype(device))
     recipe = RECIPES[variant]
-    q, s = recipe.quantize_activation(x)
+    granularity = recipe.activation if params["operand"] == "activation" else recipe.weight
+    if params["impl"] == "triton":
+        if not device.startswith("cuda"):
+            raise Skip("the Triton quantizers need a CUDA device (they are tested bit for bit against the torch "
+                       "reference under TRITON_INTERPRET=1)")
+        from impls.fp8.quant_triton import QUANTIZERS as TRITON
+
+        quantize = TRITON[granularity]
+    else:
+        quantize = QUANTIZERS[granularity][0]
+    x = torch.randn(params["m"], params["k"], device=device, dtype=reference_dtype(device))
+    q, s = quantize(x, recipe.dtype, recipe.pow2)
     moved = x.numel() * x.element_size() + q.numel() * q.element_size() + s.numel() * s.element_size()
-    timing = time_fn(lambda: recipe.quantize_activation(x), device)
+    timing = time_fn(lambda: quantize(x, recipe.dtype, recipe.pow2), device)
     gbps = moved / (timing.median_ms / 1e3) / 1e9
     peak = peak_gbps(device_name(device))
     metrics = {**timing.metrics("quantize_time"), "quantize_gbps": gbps, "pct_of_bandwidth": None if peak is None else
@@ -157,5 +169,6 @@ def _training(variant, params, device):
     losses = train(None if variant == "bf16" else RECIPES[variant], params["steps"], device=device, dtype=dtype)
     seconds = time.perf_counter() - t0  # train() returns Python floats: every step has synchronized
     final, mean = loss_gap(reference, losses)
-    return Measurement({"final_loss": losses[-1], "loss_gap_final": final, "loss_gap_mean": mean,
-                        "train_tokens_per_s": params["steps"] * BATCH / seconds})
+    metrics = {"final_loss": losses[-1], "loss_gap_final": final, "loss_gap_mean": mean,
+               "train_tokens_per_s": params["steps"] * BATCH / seconds}
+    return Measurement(metrics, {"loss": losses, "reference_loss": reference})

@@ -69,10 +69,11 @@ def run_labels(run_dirs) -> dict[str, str]:
 
 
 def load_frame(run_dirs) -> pd.DataFrame:
-    """records_frame of every run, plus the run label, the run's size and each case's reproduce command."""
+    """records_frame of every run with raw samples, plus the run label, the run's size and each case's reproduce
+    command."""
     labels, parts = run_labels(run_dirs), []
     for run_dir in run_dirs:
-        frame = records_frame(run_dir)
+        frame = records_frame(run_dir, samples=True)
         if frame.empty:
             continue
         meta = read_run_json(run_dir) or {}

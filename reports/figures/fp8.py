@@ -1,5 +1,6 @@
 """FP8 figures: GEMM TFLOP/s per shape and recipe with the device's dense peak as labelled lines, SQNR per recipe on
-normal and outlier inputs, and the training loss gap of each recipe to the high-precision run."""
+normal and outlier inputs, quantizer GB/s with the memory bandwidth as a line, and training: the loss curve of each
+recipe against the high-precision run, and the loss gap."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import plotly.graph_objects as go
 from reports.figures import colors, hover, ok
 
 METRICS = ("gemm_time_ms", "gemm_tflops", "pct_of_peak", "speedup_x", "sqnr_db", "max_rel_err", "quantize_gbps",
-           "loss_gap_final", "loss_gap_mean", "train_tokens_per_s")
+           "pct_of_bandwidth", "loss_gap_final", "loss_gap_mean", "train_tokens_per_s")
 HOVER = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x}: %{y:.4g}<br>"
          "<span style='font-family:monospace'>%{customdata[2]}</span><extra>%{fullData.name}</extra>")
 
@@ -17,7 +18,8 @@ HOVER = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x}: %{y:.4g}<br>"
 def figures(frame: pd.DataFrame) -> list:
     frame = frame.assign(part=[p.get("part") for p in frame["params"]])
     color = colors(frame["variant"])
-    return [f for f in (_gemm(frame, color), _accuracy(frame, color), _training(frame, color)) if f is not None]
+    parts = (_gemm, _accuracy, _quantize, _loss_curves, _training)
+    return [f for f in (part(frame, color) for part in parts) if f is not None]
 
 
 def _gemm(frame, color):
@@ -30,13 +32,8 @@ def _gemm(frame, color):
         fig.add_scatter(x=part["shape"].tolist(), y=part["gemm_tflops"].tolist(), mode="markers+lines",
                         name=variant, marker={"color": color[variant], "size": 10}, line={"color": color[variant]},
                         customdata=hover(part), hovertemplate=HOVER)
-    # the dense datasheet peak, recovered from records that know it (tflops / pct_of_peak)
     for is_fp8, label in ((False, "bf16 peak"), (True, "FP8 peak")):
-        known = rows[rows["pct_of_peak"].notna() & ((rows["variant"] != "bf16") == is_fp8)] \
-            if "pct_of_peak" in rows else rows.iloc[0:0]
-        if len(known):
-            peak = float((known["gemm_tflops"] * 100 / known["pct_of_peak"]).iloc[0])
-            fig.add_hline(y=peak, line_dash="dash", line_color="#6e7781", annotation_text=f"{label} {peak:.0f}")
+        _peak_line(fig, rows[(rows["variant"] != "bf16") == is_fp8], "gemm_tflops", "pct_of_peak", label, "TFLOP/s")
     fig.update_layout(title="GEMM throughput per shape (TFLOP/s)", xaxis_title="shape (M, N, K by name)",
                       yaxis_title="TFLOP/s", template="plotly_white", height=420)
     return fig
@@ -53,6 +50,44 @@ def _accuracy(frame, color):
                     marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
     fig.update_layout(title="GEMM accuracy against an fp64 product (SQNR, higher is better)", barmode="group",
                       xaxis_title="input", yaxis_title="SQNR (dB)", template="plotly_white", height=420)
+    return fig
+
+
+def _peak_line(fig, rows, metric, pct, label, unit):
+    """The device's datasheet peak, recovered from records that know it (value * 100 / pct)."""
+    known = rows[rows[pct].notna()] if pct in rows else rows.iloc[0:0]
+    if len(known):
+        peak = float((known[metric] * 100 / known[pct]).iloc[0])
+        fig.add_hline(y=peak, line_dash="dash", line_color="#6e7781", annotation_text=f"{label} {peak:.0f} {unit}")
+
+
+def _quantize(frame, color):
+    rows = ok(frame[frame["part"] == "quantize"], "quantize_gbps")
+    if rows.empty:
+        return None
+    rows = rows.assign(what=[f"{p.get('operand')} · {p.get('impl')}" for p in rows["params"]])
+    fig = go.Figure()
+    for variant, part in rows.groupby("variant", sort=False):
+        fig.add_bar(x=part["what"].tolist(), y=part["quantize_gbps"].tolist(), name=variant,
+                    marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
+    _peak_line(fig, rows, "quantize_gbps", "pct_of_bandwidth", "memory bandwidth", "GB/s")
+    fig.update_layout(title="Quantizer throughput (GB/s read + written)", barmode="group",
+                      xaxis_title="operand · implementation", yaxis_title="GB/s", template="plotly_white", height=420)
+    return fig
+
+
+def _loss_curves(frame, color):
+    rows = ok(frame[frame["part"] == "training"])
+    rows = rows[[bool((s or {}).get("loss")) for s in rows["samples"]]] if "samples" in rows else rows.iloc[0:0]
+    if rows.empty:
+        return None
+    fig = go.Figure()
+    for _, row in rows.iterrows():
+        loss = row["samples"]["loss"]
+        fig.add_scatter(x=list(range(1, len(loss) + 1)), y=loss, mode="lines", name=row["variant"],
+                        line={"color": color[row["variant"]], "dash": "dash" if row["variant"] == "bf16" else None})
+    fig.update_layout(title="Training loss per step: each recipe against the high-precision run (dashed)",
+                      xaxis_title="step", yaxis_title="loss", template="plotly_white", height=420)
     return fig
 
 

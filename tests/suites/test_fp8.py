@@ -8,7 +8,10 @@ from reports.figures import figures_for, load_frame
 @pytest.fixture(scope="module")
 def fp8(smoke_records):
     _, by_suite = smoke_records
-    return {(r.params["part"], r.params.get("input"), r.variant): r for rs in by_suite["fp8"].values() for r in rs}
+    def key(p):
+        return p.get("input") or p.get("impl", "") + p.get("operand", "")
+
+    return {(r.params["part"], key(r.params), r.variant): r for rs in by_suite["fp8"].values() for r in rs}
 
 
 def test_fp8_gemms_clear_an_sqnr_floor_and_fine_scaling_wins_on_outliers(fp8):
@@ -20,19 +23,33 @@ def test_fp8_gemms_clear_an_sqnr_floor_and_fine_scaling_wins_on_outliers(fp8):
 
 
 def test_scaled_mm_runs_on_cpu_and_the_triton_gemm_says_why_not(fp8):
-    assert fp8[("gemm", None, "tensorwise")].status == "ok" and fp8[("gemm", None, "rowwise")].status == "ok"
-    assert fp8[("gemm", None, "tensorwise")].metrics["sqnr_db"] >= 25
-    skipped = fp8[("gemm", None, "deepseek_v3")]
+    assert fp8[("gemm", "", "tensorwise")].status == "ok" and fp8[("gemm", "", "rowwise")].status == "ok"
+    assert fp8[("gemm", "", "tensorwise")].metrics["sqnr_db"] >= 25
+    skipped = fp8[("gemm", "", "deepseek_v3")]
     assert skipped.status == "skipped" and "CUDA device" in skipped.error
+
+
+def test_quantizers_report_bandwidth_and_the_triton_ones_say_why_not(fp8):
+    for recipe in ("tensorwise", "rowwise", "deepseek_v3"):
+        for operand in ("activation", "weight"):
+            assert fp8[("quantize", "torch" + operand, recipe)].metrics["quantize_gbps"] > 0
+            skipped = fp8[("quantize", "triton" + operand, recipe)]
+            assert skipped.status == "skipped" and "TRITON_INTERPRET=1" in skipped.error
 
 
 def test_training_in_fp8_stays_close_to_high_precision(fp8):
     for recipe in ("tensorwise", "rowwise", "deepseek_v3"):
-        assert fp8[("training", None, recipe)].metrics["loss_gap_final"] < 0.01
-    assert fp8[("training", None, "bf16")].metrics["loss_gap_final"] == 0.0
+        record = fp8[("training", "", recipe)]
+        assert record.metrics["loss_gap_final"] < 0.01
+        loss, reference = record.samples["loss"], record.samples["reference_loss"]
+        assert len(loss) == len(reference) == record.params["steps"] and loss[-1] == record.metrics["final_loss"]
+        assert abs(loss[-1] - reference[-1]) / reference[-1] == pytest.approx(record.metrics["loss_gap_final"])
+    assert fp8[("training", "", "bf16")].metrics["loss_gap_final"] == 0.0
 
 
 def test_report_has_the_fp8_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])
-    assert len(figures_for("fp8", frame[frame["suite"] == "fp8"])) == 3
+    figures = figures_for("fp8", frame[frame["suite"] == "fp8"])
+    titles = [f.layout.title.text for f in figures]
+    assert len(figures) == 5 and any("loss per step" in t for t in titles), titles
