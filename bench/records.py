@@ -183,6 +183,10 @@ DIRECTIONS = {
     "dataset_pad_fraction": None,
     "sliced_w2": "lower",
     "mmd": "lower",
+    "mode_weight_err": "lower",
+    "mean_loglik": "higher",
+    "nfe": None,  # the cost side of a sampler's trade, read against quality, not a target of its own
+    "steps": None,
     "throttled": None,
 }
 SUFFIX_DIRECTIONS = (

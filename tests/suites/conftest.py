@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from bench import runner
@@ -8,8 +10,16 @@ from bench.suite import discover
 def smoke_run(tmp_path_factory):
     """Every registered suite at smoke size on CPU, once per test session: (run directory, exit code, records)."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    code, records = runner.run(runner.RunConfig(suites=list(discover().values()), size="smoke", device="cpu",
-                                                out=out, inline=True))
+    # trained weights (samplers, detection) go to a fresh cache: the run trains them as a first run on a machine does
+    cache, os.environ["TECHBENCH_CACHE"] = os.environ.get("TECHBENCH_CACHE"), str(tmp_path_factory.mktemp("cache"))
+    try:
+        code, records = runner.run(runner.RunConfig(suites=list(discover().values()), size="smoke", device="cpu",
+                                                    out=out, inline=True))
+    finally:
+        if cache is None:
+            del os.environ["TECHBENCH_CACHE"]
+        else:
+            os.environ["TECHBENCH_CACHE"] = cache
     return out, code, records
 
 

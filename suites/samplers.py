@@ -1,0 +1,142 @@
+"""Diffusion and flow samplers: the quality each loses per model call saved, against exact answers.
+
+With the exact model of a Gaussian-mixture target (model=exact) every difference from the target is the sampler's
+discretization error; with a small learned MLP (model=learned) it adds to the model's, the realistic case. The
+reference is DDPM's 1000-step ancestral sampler: the report reads, per sampler, the smallest NFE whose sliced W2
+comes within 10% of it. The `nfe_budget` param is a budget of model calls per sample: a sampler runs the most steps
+that fit it (Heun pays 2 calls a step, its last step 1) and records the calls it made as the `nfe` metric; a budget
+that buys the same run as a smaller one is skipped as a duplicate. Learned models carry their training budget in
+their params (train_steps, hidden); they are trained once per machine and cached.
+
+Quality is measured on `n` fresh samples: sliced W2 (256 directions) and MMD (RBF sum) against n exact target
+samples (held-out digits for the digits model), mode_weight_err (total variation between the mixture weights, or
+digit classes, the samples land in and the true ones) and mean_loglik under the true mixture. The time is one batch
+of n samples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.suite import Measurement, Skip, Suite, register
+from bench.timing import time_fn
+from impls.samplers import SAMPLERS
+from impls.samplers.base import GRID_NFE, prior_noise
+from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, learned_model
+from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2
+from impls.samplers.nflow import FlowConfig, trained_flow
+from impls.samplers.params import ExactModel
+from impls.samplers.schedules import SCHEDULES
+from impls.samplers.targets import make_target
+
+# (target, model) pairs per size, NFE budgets, samples per batch, and training budgets of the learned models. Digits
+# compare against the 360 held-out images, so they sample as many.
+GRIDS = {
+    "smoke": {"pairs": (("gmm2d", "exact"), ("gmm2d", "learned")), "nfe": (1, 4, 16, 64), "n": 500,
+              "train": {"steps": 300, "hidden": 64}},
+    "quick": {"pairs": (("gmm2d", "exact"), ("gmm16", "exact"), ("gmm2d", "learned")), "nfe": GRID_NFE, "n": 2000,
+              "train": {"steps": 1500, "hidden": 128}},
+    "full": {"pairs": (("gmm2d", "exact"), ("gmm16", "exact"), ("gmm64", "exact"), ("gmm2d", "learned"),
+                       ("digits", "learned")), "nfe": GRID_NFE, "n": 10000,
+             "train": {"steps": 4000, "hidden": 256}},
+}
+REFLOW = "reflow_euler"
+NFLOW = "nflow"
+
+
+@register
+class Samplers(Suite):
+    name = "samplers"
+    description = "steps for quality: sample quality per NFE against exact answers, and the wall time"
+    variants = {
+        "ddpm": "reference: DDPM ancestral (Ho et al. 2020), 1000 steps on the discrete grid; fewer by striding",
+        "ddim": "DDIM, eta 0: deterministic (Song et al. 2021)",
+        "ddim_eta0.5": "DDIM, eta 0.5",
+        "sde_em": "reverse VP SDE, Euler-Maruyama",
+        "ode_euler": "probability-flow ODE, Euler, EDM time steps (rho 7)",
+        "ode_heun": "probability-flow ODE, Heun (Karras et al. 2022): 2 calls a step",
+        "dpm_solver_2m": "DPM-Solver++(2M) (Lu et al. 2022): second order, 1 call a step",
+        "flow_euler": "rectified flow / flow matching, Euler on the straight-path ODE",
+        "flow_heun": "rectified flow, Heun",
+        REFLOW: "2-rectified flow (reflow, Liu et al. 2023), Euler: a learned model retrained on its own pairs",
+        NFLOW: "RealNVP normalizing flow (Dinh et al. 2017): one pass, NFE 1",
+    }
+
+    def grid(self, size, device):
+        g = GRIDS[size]
+        cases = []
+        for target, model in g["pairs"]:
+            learned = {"train_steps": g["train"]["steps"], "hidden": g["train"]["hidden"]} if model == "learned" else {}
+            cases += [{"target": target, "model": model, "nfe_budget": b, "n": _n(target, g["n"]), **learned}
+                      for b in g["nfe"]]
+        return cases
+
+    def measure(self, variant, params, device):
+        target, budget, n = params["target"], params["nfe_budget"], params["n"]
+        if variant == NFLOW:
+            if params["model"] != "learned" or budget != 1:
+                raise Skip("a normalizing flow is a learned model that samples in one pass: it runs at model=learned, "
+                           "nfe_budget=1")
+            flow = trained_flow(FlowConfig(data=target, steps=params["train_steps"], hidden=params["hidden"]))
+            flow = flow.to(device)
+            return _measure(lambda g: flow.sample(n, g), 1, 1, params, device)
+        spec = SAMPLERS["flow_euler" if variant == REFLOW else variant]
+        steps = spec.steps_for(budget)
+        if steps is None:
+            raise Skip(f"{variant} needs more than {budget} calls for one step")
+        smaller = [b for b in GRID_NFE if b < budget and spec.steps_for(b) == steps]
+        if smaller:
+            raise Skip(f"{variant} runs {steps} steps ({spec.nfe(steps)} calls) within a budget of {budget}, the same "
+                       f"run as at nfe_budget={smaller[0]}")
+        model = _model(variant, spec.family, params, device)
+        x_T = prior_noise(model.schedule, n, _dim(target), torch.Generator().manual_seed(0)).to(device)
+
+        def run(g):
+            return (spec.fn(model, x_T, steps, generator=g) if spec.stochastic else spec.fn(model, x_T, steps)).x
+
+        return _measure(run, steps, spec.nfe(steps), params, device)
+
+
+def _n(target: str, n: int) -> int:
+    return len(digits("test")) if target == "digits" else n
+
+
+def _dim(target: str) -> int:
+    return digits().shape[1] if target == "digits" else make_target(target).dim
+
+
+def _model(variant, family, params, device):
+    target = params["target"]
+    if params["model"] == "exact":
+        if variant == REFLOW:
+            raise Skip("reflow retrains a learned model on its own (noise, sample) pairs: it runs at model=learned")
+        schedule = SCHEDULES["rectified_flow" if family == "flow" else "vp_linear"]()
+        mixture = make_target(target)
+        mixture = type(mixture)(*(t.to(device) for t in (mixture.weights, mixture.means, mixture.stds)))
+        return ExactModel(mixture, schedule, "velocity" if family == "flow" else "eps")
+    kind = "reflow" if variant == REFLOW else family
+    config = LearnedConfig(data=target, family=kind, steps=params["train_steps"], hidden=params["hidden"])
+    return learned_model(config).to(device)
+
+
+def _measure(run, steps, nfe, params, device) -> Measurement:
+    """Quality from the first batch (seeded), time from repeated batches; quality against fresh target samples."""
+    with torch.no_grad():
+        x = run(torch.Generator().manual_seed(1)).float()
+        timing = time_fn(lambda: run(torch.Generator().manual_seed(1)), device, warmup=0, min_reps=1, max_reps=20)
+    if not torch.isfinite(x).all():
+        raise RuntimeError(f"the sampler produced non-finite samples at {nfe} NFE")
+    target, n = params["target"], params["n"]
+    if target == "digits":
+        ref = digits("test").to(device)
+        true = torch.bincount(digit_labels("test"), minlength=10).double() / len(ref)
+        got = torch.bincount(classify_digits(x.cpu()), minlength=10).double() / len(x)
+        quality = {"mode_weight_err": float(0.5 * (got - true).abs().sum()), "mean_loglik": None}
+    else:
+        mixture = make_target(target)
+        ref = mixture.sample(n, torch.Generator().manual_seed(2)).to(device)
+        quality = {"mode_weight_err": mode_weight_err(x.cpu(), mixture),
+                   "mean_loglik": mean_log_likelihood(x.cpu(), mixture)}
+    metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"),
+               "sliced_w2": sliced_w2(x, ref), "mmd": mmd(x, ref), **quality}
+    return Measurement(metrics, timing.samples("sample_time"), timed=timing)
