@@ -297,3 +297,28 @@ def test_mean_log_likelihood_prefers_the_target():
     w = tg.weights
     entropy = float(-(w * w.log()).sum()) + math.log(2 * math.pi * math.e * 0.25**2)
     assert ll == pytest.approx(-entropy, abs=0.05)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("steps", [0, -3])
+def test_zero_or_negative_steps_are_refused(name, steps):
+    model = exact_model(SAMPLERS[name].family)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        run(name, model, torch.zeros(2, 2, dtype=F64), steps)
+
+
+def test_grids_the_schedule_cannot_give_are_refused():
+    with pytest.raises(ValueError, match="discrete grid has 1000 steps"):
+        run("ddim", exact_model("vp"), torch.zeros(2, 2, dtype=F64), 1001)
+    with pytest.raises(ValueError, match="finite log-SNR"):
+        timesteps(RectifiedFlow(), 4, "edm")
+    with pytest.raises(ValueError, match="unknown spacing"):
+        timesteps(VPLinear(), 4, "cubic")
+
+
+def test_unknown_parameterization_is_refused():
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        ExactModel(make_target("gmm2d"), VPLinear(), "noise")
