@@ -68,7 +68,7 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
             if where and any(str(params.get(k)) != v for k, v in where.items()):
                 continue
             cases += [Case(suite.name, v, params, type(suite).__module__)
-                      for v in names if variants is None or v in variants]
+                      for v in names if (variants is None or v in variants) and suite.applies(v, params)]
     groups = list(dict.fromkeys(c.group for c in cases))
     index, count = shard
     mine = {g for k, g in enumerate(groups) if k % count == index - 1}

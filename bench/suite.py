@@ -79,6 +79,12 @@ class Suite:
         """Run one case on `device` ("cpu" or "cuda:N"); raise Skip when the variant cannot run there."""
         raise NotImplementedError
 
+    def applies(self, variant: str, params: dict[str, Any]) -> bool:
+        """Whether `variant` has a case at `params`. A grid point that does not exist for a variant (a one-pass
+        sampler at 8 model calls) is no case at all; a case that exists but cannot run on this device raises Skip in
+        `measure` and is recorded as skipped."""
+        return True
+
     def reference_variant(self) -> str:
         return self.reference or next(iter(self.variants))
 

@@ -35,6 +35,15 @@ def test_plan_puts_the_reference_first_and_shards_cover_every_case_once():
     assert {c.params["n"] for c in runner.plan([suite], "smoke", "cpu", where={"n": "2"})} == {2}
 
 
+def test_a_variant_without_a_case_at_some_params_is_not_planned():
+    class Partial(type(SUITES["_slow"])):
+        def applies(self, variant, params):
+            return variant == "a" or params["i"] == 1
+
+    cases = runner.plan([Partial()], "smoke", "cpu")
+    assert [(c.variant, c.params["i"]) for c in cases] == [("a", 0), ("a", 1), ("b", 1), ("a", 2)]
+
+
 def test_isolated_run_records_every_ending_and_goes_on(tmp_path):
     code, records = runner.run(config(tmp_path))
     by_id = {r.case_id: r for r in records}

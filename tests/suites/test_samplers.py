@@ -36,12 +36,12 @@ def test_with_the_exact_model_more_calls_buy_quality(cases):
         assert sixteen.metrics["mode_weight_err"] < one.metrics["mode_weight_err"], variant
 
 
-def test_skips_say_why(cases):
-    heun = cases[("ode_heun", "exact", 1)]
-    assert heun.status == "ok" and heun.metrics["nfe"] == 1
-    assert cases[("reflow_euler", "exact", 4)].status == "skipped"
-    assert "model=learned" in cases[("reflow_euler", "exact", 4)].error
-    assert cases[("nflow", "learned", 1)].status == "ok" and cases[("nflow", "learned", 4)].status == "skipped"
+def test_only_the_runs_a_sampler_takes_are_cases(cases):
+    heun = {budget: r.metrics["nfe"] for (v, model, budget), r in cases.items() if v == "ode_heun" and model == "exact"}
+    assert heun == {1: 1, 4: 3, 16: 15, 64: 63}  # 2 calls a step, the last 1
+    assert not any(v == "reflow_euler" and model == "exact" for v, model, _ in cases)
+    assert [(model, budget) for v, model, budget in cases if v == "nflow"] == [("learned", 1)]
+    assert all(r.status == "ok" for r in cases.values())
 
 
 def test_report_has_the_steps_for_quality_table(smoke_run):
