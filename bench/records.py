@@ -184,6 +184,8 @@ DIRECTIONS = {
     "sliced_w2": "lower",
     "mmd": "lower",
     "mode_weight_err": "lower",
+    "sliced_w2_floor": None,  # what exact samples of the same size score: context for sliced_w2
+    "sliced_w2_floor_sd": None,
     "mean_loglik": "higher",
     "nfe": None,  # the cost side of a sampler's trade, read against quality, not a target of its own
     "steps": None,

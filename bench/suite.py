@@ -48,7 +48,9 @@ class Relative:
 
 @dataclass
 class Measurement:
-    """What `measure` returns: summary metrics (name -> number, bool or None) and raw samples (name -> list)."""
+    """What `measure` returns: summary metrics (name -> number, bool or None) and raw samples (name -> list): the
+    repeated measurements behind a metric (under its name), or a named series a figure draws (`*_curve`, e.g. the loss
+    per training step)."""
 
     metrics: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[float]] = field(default_factory=dict)

@@ -171,4 +171,4 @@ def _training(variant, params, device):
     final, mean = loss_gap(reference, losses)
     metrics = {"final_loss": losses[-1], "loss_gap_final": final, "loss_gap_mean": mean,
                "train_tokens_per_s": params["steps"] * BATCH / seconds}
-    return Measurement(metrics, {"loss": losses, "reference_loss": reference})
+    return Measurement(metrics, {"loss_curve": losses, "reference_loss_curve": reference})

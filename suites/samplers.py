@@ -9,9 +9,10 @@ that buys the same run as a smaller one is not a case (`applies`), nor is one th
 models carry their training budget in their params (train_steps, hidden); they are trained once per machine and
 cached.
 
-Quality is measured on `n` fresh samples: sliced W2 (256 directions) and MMD (RBF sum, on the first 1000) against
-n exact target samples (held-out digits for the digits model), mode_weight_err (total variation between the mixture
-weights, or digit classes, the samples land in and the true ones) and mean_loglik under the true mixture. The time
+Quality is measured on `n` fresh samples: sliced W2 (256 directions) against 40,000 exact target samples (the
+held-out digits for the digits model) beside its sampling-noise floor, MMD (RBF sum, on the first 1000),
+mode_weight_err (total variation between the mixture weights, or digit classes, the samples land in and the true
+ones) and mean_loglik under the true mixture. The time
 is one batch of n samples; on CPU on one thread, since a step's work is too small to share.
 """
 
@@ -24,7 +25,7 @@ from bench.timing import time_fn
 from impls.samplers import SAMPLERS
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, learned_model
-from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2
+from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2_to
 from impls.samplers.nflow import FlowConfig, trained_flow
 from impls.samplers.params import ExactModel
 from impls.samplers.schedules import SCHEDULES
@@ -33,18 +34,29 @@ from impls.samplers.targets import make_target
 # (target, model) pairs per size, NFE budgets, samples per batch, and training budgets of the learned models. Digits
 # compare against the 360 held-out images, so they sample as many.
 GRIDS = {
-    "smoke": {"pairs": (("gmm2d", "exact"), ("gmm2d", "learned")), "nfe": (1, 4, 16, 64), "n": 500,
+    "smoke": {"pairs": (("gmm2d", "exact", 500), ("gmm2d", "learned", 500)), "nfe": (1, 4, 16, 64),
               "train": {"steps": 300, "hidden": 64}},
-    "quick": {"pairs": (("gmm2d", "exact"), ("gmm2d", "learned")), "nfe": GRID_NFE, "n": 2000,
+    # n: exact samples of this size sit ~0.04 (gmm2d, 4000) to ~0.06 (2000) sliced W2 from the target, +-40%: a
+    # sampler's error below that cannot be read, so quick spends more samples on the exact model, whose error is the
+    # sampler's alone, and its budget on n rather than on 256 NFE
+    "quick": {"pairs": (("gmm2d", "exact", 4000), ("gmm2d", "learned", 2000)), "nfe": (*GRID_NFE[:-2], 1000),
               "train": {"steps": 1500, "hidden": 128}},
-    "full": {"pairs": (("gmm2d", "exact"), ("gmm16", "exact"), ("gmm64", "exact"), ("gmm2d", "learned"),
-                       ("digits", "learned")), "nfe": GRID_NFE, "n": 10000,
+    "full": {"pairs": (("gmm2d", "exact", 20000), ("gmm16", "exact", 20000), ("gmm64", "exact", 20000),
+                       ("gmm2d", "learned", 20000), ("digits", "learned", 0)), "nfe": GRID_NFE,
              "train": {"steps": 4000, "hidden": 256}},
 }
 # Budgets past this run only on DDPM's discrete grid (ddpm, ddim), where 1000 is the chain's own length: the
 # continuous solvers are within ~1e-3 of their ODE's solution by 256 calls on these targets (tests/impls).
 CONTINUOUS_MAX_NFE = 256
 MMD_POINTS = 1000  # MMD is O(N^2): it compares the first 1000 samples with the first 1000 reference samples
+# Sliced W2 compares n samples with 40,000 exact ones (halving the noise a same-size reference adds); n exact samples
+# sit sliced_w2_floor (mean over 8 draws, and its sd) from that reference: below it, no sampler can be told apart.
+REF_POINTS = 40_000
+FLOOR_DRAWS = 8
+
+
+def _seed(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 REFLOW = "reflow_euler"
 NFLOW = "nflow"
 
@@ -70,9 +82,9 @@ class Samplers(Suite):
     def grid(self, size, device):
         g = GRIDS[size]
         cases = []
-        for target, model in g["pairs"]:
+        for target, model, n in g["pairs"]:
             learned = {"train_steps": g["train"]["steps"], "hidden": g["train"]["hidden"]} if model == "learned" else {}
-            cases += [{"target": target, "model": model, "nfe_budget": b, "n": _n(target, g["n"]), **learned}
+            cases += [{"target": target, "model": model, "nfe_budget": b, "n": _n(target, n), **learned}
                       for b in g["nfe"]]
         return cases
 
@@ -156,15 +168,23 @@ def _measure(run, steps, nfe, params, device) -> Measurement:
         raise RuntimeError(f"the sampler produced non-finite samples at {nfe} NFE")
     target, n = params["target"], params["n"]
     if target == "digits":
-        ref = digits("test").to(device)
+        ref = digits("test")
         true = torch.bincount(digit_labels("test"), minlength=10).double() / len(ref)
         got = torch.bincount(classify_digits(x.cpu()), minlength=10).double() / len(x)
         quality = {"mode_weight_err": float(0.5 * (got - true).abs().sum()), "mean_loglik": None}
+        # real digits against the held-out ones: n training images at a time
+        draws = [digits("train")[torch.randperm(len(digits("train")), generator=_seed(100 + i))[:n]]
+                 for i in range(FLOOR_DRAWS)]
     else:
         mixture = make_target(target)
-        ref = mixture.sample(n, torch.Generator().manual_seed(2)).to(device)
+        ref = mixture.sample(REF_POINTS, _seed(2))
         quality = {"mode_weight_err": mode_weight_err(x.cpu(), mixture),
                    "mean_loglik": mean_log_likelihood(x.cpu(), mixture)}
-    metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"),
-               "sliced_w2": sliced_w2(x, ref), "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS]), **quality}
+        draws = [mixture.sample(n, _seed(100 + i)) for i in range(FLOOR_DRAWS)]
+    to_ref = sliced_w2_to(ref)
+    floor = torch.tensor([to_ref(d) for d in draws], dtype=torch.float64)
+    ref = ref.to(device)
+    metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"), "sliced_w2": to_ref(x),
+               "sliced_w2_floor": float(floor.mean()), "sliced_w2_floor_sd": float(floor.std()),
+               "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS]), **quality}
     return Measurement(metrics, timing.samples("sample_time"), timed=timing)

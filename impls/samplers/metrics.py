@@ -6,6 +6,8 @@ mean_log_likelihood.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -19,20 +21,40 @@ def sliced_w2(x: Tensor, y: Tensor, projections: int = PROJECTIONS, seed: int = 
     """Sliced Wasserstein-2: sqrt(mean over directions of W2^2 between the 1-D projections).
 
     Directions are `projections` uniform unit vectors from a CPU generator seeded with `seed`, so two calls compare
-    on the same directions. 1-D W2 is exact from sorted samples when N == M, and from M-point quantiles of x otherwise.
+    on the same directions. 1-D W2 is exact from sorted samples when N == M, and otherwise compares at the smaller
+    sample's quantile levels.
     """
+    return sliced_w2_to(y, projections, seed)(x)
+
+
+def sliced_w2_to(y: Tensor, projections: int = PROJECTIONS, seed: int = 0) -> Callable[[Tensor], float]:
+    """x -> sliced_w2(x, y), with y's projections sorted once: for many x against one large reference."""
     g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(x.shape[1], projections, generator=g, dtype=torch.float64)
-    theta = (theta / theta.norm(dim=0)).to(device=x.device)
-    # [P, N]: sorting along the contiguous last dim is 2.4x faster than along dim 0 (20000 x 256: 0.44 s vs 1.06 s)
-    px = (theta.T @ x.double().T).sort(dim=1).values
-    py = (theta.T @ y.double().to(x.device).T).sort(dim=1).values
-    n, m = px.shape[1], py.shape[1]
-    if n != m:  # x's quantiles at y's levels (i + 1/2) / M, interpolated as torch.quantile does
-        pos = (torch.arange(m, dtype=torch.float64, device=x.device) + 0.5) / m * (n - 1)
-        lo = pos.floor().long().clamp(max=max(n - 2, 0))
-        px = torch.lerp(px[:, lo], px[:, (lo + 1).clamp(max=n - 1)], pos - lo)
-    return float(((px - py) ** 2).mean().sqrt())
+    theta = torch.randn(y.shape[1], projections, generator=g, dtype=torch.float64)
+    theta = (theta / theta.norm(dim=0)).to(device=y.device)
+    # [P, M]: sorting along the contiguous last dim is 2.4x faster than along dim 0 (20000 x 256: 0.44 s vs 1.06 s)
+    py = (theta.T @ y.double().T).sort(dim=1).values
+    m = py.shape[1]
+
+    def quantiles(p: Tensor, levels: int) -> Tensor:
+        """p's sorted rows [P, K] at `levels` levels (i + 1/2) / levels, interpolated as torch.quantile does."""
+        k = p.shape[1]
+        pos = (torch.arange(levels, dtype=torch.float64, device=p.device) + 0.5) / levels * (k - 1)
+        lo = pos.floor().long().clamp(max=max(k - 2, 0))
+        return torch.lerp(p[:, lo], p[:, (lo + 1).clamp(max=k - 1)], pos - lo)
+
+    def distance(x: Tensor) -> float:
+        px = (theta.T @ x.double().to(y.device).T).sort(dim=1).values
+        n = px.shape[1]
+        # Unequal sizes compare at the smaller one's levels: a large reference gives its quantiles there, so 8 draws
+        # of 2,000 against 20,000 cost 8 x [256, 2000], not 8 x [256, 20000].
+        if n < m:
+            return float(((px - quantiles(py, n)) ** 2).mean().sqrt())
+        if n > m:
+            px = quantiles(px, m)
+        return float(((px - py) ** 2).mean().sqrt())
+
+    return distance
 
 
 def mmd(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] = BANDWIDTHS) -> float:

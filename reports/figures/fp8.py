@@ -78,12 +78,12 @@ def _quantize(frame, color):
 
 def _loss_curves(frame, color):
     rows = ok(frame[frame["part"] == "training"])
-    rows = rows[[bool((s or {}).get("loss")) for s in rows["samples"]]] if "samples" in rows else rows.iloc[0:0]
+    rows = rows[[bool((s or {}).get("loss_curve")) for s in rows["samples"]]] if "samples" in rows else rows.iloc[0:0]
     if rows.empty:
         return None
     fig = go.Figure()
     for _, row in rows.iterrows():
-        loss = row["samples"]["loss"]
+        loss = row["samples"]["loss_curve"]
         fig.add_scatter(x=list(range(1, len(loss) + 1)), y=loss, mode="lines", name=row["variant"],
                         line={"color": color[row["variant"]], "dash": "dash" if row["variant"] == "bf16" else None})
     fig.update_layout(title="Training loss per step: each recipe against the high-precision run (dashed)",

@@ -299,7 +299,7 @@ def test_mean_log_likelihood_prefers_the_target():
     assert ll == pytest.approx(-entropy, abs=0.05)
 
 
-# --- bad input ---------------------------------------------------------------------------------------------------------
+# --- bad input --------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -41,7 +41,7 @@ def test_training_in_fp8_stays_close_to_high_precision(fp8):
     for recipe in ("tensorwise", "rowwise", "deepseek_v3"):
         record = fp8[("training", "", recipe)]
         assert record.metrics["loss_gap_final"] < 0.01
-        loss, reference = record.samples["loss"], record.samples["reference_loss"]
+        loss, reference = record.samples["loss_curve"], record.samples["reference_loss_curve"]
         assert len(loss) == len(reference) == record.params["steps"] and loss[-1] == record.metrics["final_loss"]
         assert abs(loss[-1] - reference[-1]) / reference[-1] == pytest.approx(record.metrics["loss_gap_final"])
     assert fp8[("training", "", "bf16")].metrics["loss_gap_final"] == 0.0

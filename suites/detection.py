@@ -1,0 +1,99 @@
+"""Detection: scale coverage for latency. How a detector sees objects of many sizes (one pass at one scale, an image
+pyramid, SNIP-style scale-aware pyramid, an FPN or SPP neck), what each costs per image, and what it buys in COCO AP
+per size bucket on a synthetic dataset with tiny objects (impls.detection.data).
+
+Variants are the ways of handling scale; `head` (YOLOv1 grid, CenterNet, FCOS) and `resolution` (the side the
+detector is trained and tested at) are params. Each (head, neck, resolution) is trained once per machine in a small
+seeded budget (the `train` preset of impls.detection.train, with `train_steps`) and cached (impls.cache); pyramid
+and snip run the single-scale model's weights (no neck) at SCALES, so they cost no training of their own. AP is
+measured on `n_test` images of the test split, a stream the training images never come from.
+
+Latency is one image (batch 1), post-processing and NMS included; images_per_s is a batch of `batch` images;
+image_flops are counted with FlopCounterMode on one image (convolutions and matmuls; the resizes and NMS count 0).
+peak_mem_bytes is what one batch of `batch` images allocates beyond the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.flops import flop_counter_mode
+from bench.memory import peak_bytes
+from bench.suite import Measurement, Relative, Suite, register
+from bench.timing import time_fn
+from impls.detection.data import make_dataset
+from impls.detection.evaluate import evaluate_detector
+from impls.detection.train import PRESETS, load_or_train, preset
+
+# Pyramid scales: 2x upsampling is what makes a 3 px object ~6 px, the smallest the stride-4 maps resolve well
+# (quick, centernet, no neck: ap_small 0.020 at scale 1, 0.050 with (1, 2)); the 2x pass costs 4x the base pass.
+SCALES = (1.0, 2.0)
+MODES = {"single": "single", "pyramid": "pyramid", "snip": "snip", "fpn": "single", "spp": "single"}
+NECK = {"single": "none", "pyramid": "none", "snip": "none", "fpn": "fpn", "spp": "spp"}
+# heads and resolutions compared per size; optimizer steps (the rest of training is the size's preset in
+# impls.detection.train: batch, lr, training images, backbone width); test images; batch
+# of the throughput and memory measurements. Training steps on a 2-core CPU (one thread, 128 px, width 8, centernet):
+# ~100 ms each, so quick's three trainings take ~45 s on a fresh machine; smoke's 64 px steps ~10 ms.
+GRIDS = {
+    "smoke": {"heads": ("centernet",), "resolutions": (64,), "steps": 60, "n_test": 16, "batch": 4},
+    "quick": {"heads": ("centernet",), "resolutions": (128,), "steps": 240, "n_test": 100, "batch": 8},
+    "full": {"heads": ("centernet", "yolo", "fcos"), "resolutions": (256, 512), "steps": 3000, "n_test": 1000,
+             "batch": 32},
+}
+
+
+@register
+class Detection(Suite):
+    name = "detection"
+    description = "scale coverage for latency: AP per object size against latency and FLOPs, per neck, head and mode"
+    variants = {
+        "single": "reference: no neck (1x1 laterals), one pass at the trained resolution",
+        "pyramid": "image pyramid on the single model's weights: one pass per scale, merged by class-wise NMS",
+        "snip": "pyramid keeping, per scale, the boxes in the trained size range (SNIP, Singh & Davis 2018)",
+        "fpn": "FPN neck (Lin et al. 2017), one pass",
+        "spp": "SPP neck (He et al. 2014; YOLOv3-SPP's 5/9/13 max-pools) on the stride-32 map, one pass",
+    }
+    relative = (
+        Relative("time_overhead_x", "latency_ms"),
+        Relative("flops_overhead_x", "image_flops"),
+    )
+
+    def grid(self, size, device):
+        g = GRIDS[size]
+        return [{"head": head, "resolution": res, "train": size, "width": PRESETS[size].width,
+                 "train_steps": g["steps"], "n_test": g["n_test"], "batch": g["batch"]}
+                for res in g["resolutions"] for head in g["heads"]]
+
+    def measure(self, variant, params, device):
+        cfg = _config(variant, params)
+        model = load_or_train(cfg, device).detector
+        mode, scales = MODES[variant], SCALES if MODES[variant] != "single" else (1.0,)
+        test = make_dataset(cfg.data(), params["n_test"], "test", cfg.seed)
+        quality = evaluate_detector(model, test, mode, scales, batch=params["batch"])
+
+        one = test.images[:1].to(device)
+        batch = test.images[: params["batch"]].to(device)
+        with torch.no_grad():
+            latency = time_fn(lambda: model.detect(one, mode, scales), device, warmup=1, min_reps=5)
+            throughput = time_fn(lambda: model.detect(batch, mode, scales), device, warmup=1, min_reps=3)
+            with flop_counter_mode() as counter:
+                model.detect(one, mode, scales)
+            mem = peak_bytes(lambda: model.detect(batch, mode, scales), device)
+        images_per_s = len(batch) / (throughput.median_ms / 1e3)
+        metrics = {
+            **latency.metrics("latency"),
+            **throughput.metrics("batch_time"),
+            "images_per_s": images_per_s,
+            "image_flops": counter.get_total_flops(),
+            "achieved_tflops": counter.get_total_flops() * images_per_s / 1e12,
+            "peak_mem_bytes": mem,
+            **quality,
+        }
+        return Measurement(metrics, {**latency.samples("latency"), **throughput.samples("batch_time")},
+                           timed=throughput)
+
+
+def _config(variant: str, params: dict):
+    """The training config behind a case: the `train` preset with the case's head, neck, resolution and steps."""
+    return preset(params["train"], head=params["head"], neck=NECK[variant], resolution=params["resolution"],
+                  steps=params["train_steps"])

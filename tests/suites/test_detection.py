@@ -1,0 +1,67 @@
+"""The detection suite at smoke size on CPU: AP and FLOPs are deterministic given the seeds and the trained weights,
+so they are checked; times are not."""
+
+import pandas as pd
+import pytest
+
+from impls.detection.pyramid import scaled_side
+from reports.figures import figures_for, load_frame
+from reports.figures.detection import pareto
+from suites.detection import SCALES
+
+QUALITY = ("ap", "ap50", "ap_small", "ap_medium", "ap_large", "ar_small")
+
+
+@pytest.fixture(scope="module")
+def cases(smoke_records):
+    _, by_suite = smoke_records
+    return {(r.variant, r.params["head"], r.params["resolution"]): r for rs in by_suite["detection"].values()
+            for r in rs}
+
+
+def test_every_case_reports_cost_and_quality(cases):
+    for key, r in cases.items():
+        if r.status == "skipped":
+            assert r.error, key
+            continue
+        assert r.status == "ok", (key, r.error)
+        m = r.metrics
+        assert m["latency_ms"] > 0 and m["images_per_s"] > 0 and m["peak_mem_bytes"] > 0
+        assert isinstance(m["image_flops"], int) and m["image_flops"] > 0
+        for q in QUALITY:  # NaN only where the test images hold no object of a bucket; 16 images hold all three
+            assert 0 <= m[q] <= 1, (key, q, m[q])
+
+
+def test_pyramid_flops_are_the_sum_of_its_single_passes(cases):
+    # Every map divides evenly at 64 and 128 px, so conv FLOPs scale exactly with pixels: a pyramid's count is the
+    # single pass's times sum(side^2) / side_1^2 (5.0 for scales 1 and 2), with nothing else counted.
+    for (variant, head, res), r in cases.items():
+        if variant not in ("pyramid", "snip") or r.status != "ok":
+            continue
+        single = cases[("single", head, res)].metrics["image_flops"]
+        ratio = sum(scaled_side(res, s) ** 2 for s in SCALES) / res**2
+        assert r.metrics["image_flops"] == pytest.approx(single * ratio, rel=1e-9)
+        assert r.metrics["image_flops"] > single
+        assert r.metrics["flops_overhead_x"] == pytest.approx(ratio, rel=1e-9)
+    # the same weights at the same scales: pyramid and snip differ only in which boxes they keep
+    for (variant, head, res), r in cases.items():
+        if variant == "snip":
+            assert r.metrics["image_flops"] == cases[("pyramid", head, res)].metrics["image_flops"]
+
+
+def test_necks_cost_more_than_no_neck(cases):
+    for (variant, head, res), r in cases.items():
+        if variant in ("fpn", "spp"):
+            assert r.metrics["image_flops"] > cases[("single", head, res)].metrics["image_flops"]
+
+
+def test_pareto_front():
+    rows = pd.DataFrame({"latency_ms": [1.0, 2.0, 3.0, 4.0, 2.5], "ap": [0.1, 0.3, 0.2, 0.5, 0.3]})
+    assert pareto(rows, "latency_ms", "ap").index.tolist() == [0, 1, 3]
+
+
+def test_report_draws_the_suite(smoke_run):
+    out, _, _ = smoke_run
+    frame = load_frame([out])
+    figs = figures_for("detection", frame[frame["suite"] == "detection"])
+    assert len(figs) == 3 and all(len(f.data) >= 1 for f in figs)
