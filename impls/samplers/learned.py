@@ -11,6 +11,7 @@ Training is seeded and cached per config (cache.py), so a suite trains each conf
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
@@ -153,22 +154,13 @@ def loss_fn(model: TimeMLP, x0: Tensor, generator: torch.Generator, eps: Tensor 
     return F.mse_loss(model(xt, t), target)
 
 
-def train(config: LearnedConfig, log_every: int = 0) -> tuple[TimeMLP, list[float]]:
-    """A TimeMLP trained on `config` from scratch: same config and seed give the same weights; CPU, float32."""
-    torch.manual_seed(config.seed)
-    g = torch.Generator().manual_seed(config.seed)
-    dim = digits().shape[1] if config.data == "digits" else make_target(config.data).dim
-    model = TimeMLP(dim, config.make_schedule(), config.parameterization, config.hidden, config.layers)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
-    pairs = reflow_pairs(config) if config.family == "reflow" else None
+def fit(module: nn.Module, steps: int, lr: float, step_loss: Callable[[], Tensor], log_every: int = 0) -> list[float]:
+    """Adam with cosine decay over `steps`, minimising step_loss() (a fresh minibatch's loss each call); losses."""
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
-    for step in range(config.steps):
-        if pairs is None:
-            loss = loss_fn(model, training_data(config.data, config.batch, g), g)
-        else:
-            i = torch.randint(len(pairs[0]), (config.batch,), generator=g)
-            loss = loss_fn(model, pairs[0][i], g, pairs[1][i])
+    for step in range(steps):
+        loss = step_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,6 +168,24 @@ def train(config: LearnedConfig, log_every: int = 0) -> tuple[TimeMLP, list[floa
         losses.append(loss.item())
         if log_every and step % log_every == 0:
             print(f"step {step:5d} loss {loss.item():.4f}")
+    return losses
+
+
+def train(config: LearnedConfig, log_every: int = 0) -> tuple[TimeMLP, list[float]]:
+    """A TimeMLP trained on `config` from scratch: same config and seed give the same weights; CPU, float32."""
+    torch.manual_seed(config.seed)
+    g = torch.Generator().manual_seed(config.seed)
+    dim = digits().shape[1] if config.data == "digits" else make_target(config.data).dim
+    model = TimeMLP(dim, config.make_schedule(), config.parameterization, config.hidden, config.layers)
+    pairs = reflow_pairs(config) if config.family == "reflow" else None
+
+    def step_loss() -> Tensor:
+        if pairs is None:
+            return loss_fn(model, training_data(config.data, config.batch, g), g)
+        i = torch.randint(len(pairs[0]), (config.batch,), generator=g)
+        return loss_fn(model, pairs[0][i], g, pairs[1][i])
+
+    losses = fit(model, config.steps, config.lr, step_loss, log_every)
     return model.eval().requires_grad_(False), losses
 
 

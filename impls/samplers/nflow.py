@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from impls.cache import load_or_build
-from impls.samplers.learned import DATASETS, digits, training_data
+from impls.samplers.learned import DATASETS, digits, fit, training_data
 from impls.samplers.targets import make_target
 
 
@@ -97,16 +97,8 @@ def train(config: FlowConfig) -> tuple[RealNVP, list[float]]:
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     flow = RealNVP(_dim(config.data), config.couplings, config.hidden)
-    opt = torch.optim.Adam(flow.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
-    losses = []
-    for _ in range(config.steps):
-        loss = -flow.log_prob(training_data(config.data, config.batch, g)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    nll = lambda: -flow.log_prob(training_data(config.data, config.batch, g)).mean()  # noqa: E731
+    losses = fit(flow, config.steps, config.lr, nll)
     return flow.eval().requires_grad_(False), losses
 
 
