@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench import commands
 from bench.commands import UsageError
+from bench.distributed import Launch
 from bench.runner import DEFAULT_TIMEOUT_S
 from bench.suite import SIZES, discover
 
@@ -43,8 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=4,seq=256)")
     r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"seconds per case (default: {DEFAULT_TIMEOUT_S:g})")
+    r.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="ranks per node for distributed suites, one torchrun job a case (default: 1)")
+    r.add_argument("--nnodes", type=int, default=1, metavar="M", help="nodes of each distributed job (default: 1)")
+    r.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-node job (same on every node)")
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
     r.add_argument("--resume", action="store_true", help="continue OUT, skipping cases it already finished")
+
+    mrg = sub.add_parser("merge", help="the shard run directories of one sweep as one run directory")
+    mrg.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or folders of them)")
+    mrg.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new run directory")
 
     e = sub.add_parser("env", help="the environment fingerprint that runs record")
     e.add_argument("--json", action="store_true", help="machine-readable output")
@@ -149,13 +158,17 @@ def cmd_run(args) -> int:
         raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
     device = _resolve_device(args.device)
     where = parse_params(args.params)
-    if where and not runner.plan(suites, args.size, device, args.variant, where=where):
+    try:
+        how = Launch(args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
         keys = sorted({k for s in suites for p in s.grid(args.size, device) for k in p})
         raise UsageError(f"no {args.size} case matches --params {args.params} (params: {', '.join(keys)})")
     run_id = runner.new_run_id()
     out = args.out or Path("runs") / run_id
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
-                           shard=shard, where=where or None, timeout_s=args.timeout, inline=args.inline,
+                           shard=shard, where=where or None, timeout_s=args.timeout, launch=how, inline=args.inline,
                            resume=args.resume, run_id=run_id, argv=["bench", *sys.argv[1:]])
     console = Console()
     try:
@@ -238,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         handlers = {"run": cmd_run, "list": cmd_list, "env": cmd_env, "profile": cmd_profile,
                     "report": commands.cmd_report, "compare": commands.cmd_compare, "history": commands.cmd_history,
-                    "dashboard": commands.cmd_dashboard, "export": commands.cmd_export, "import": commands.cmd_import}
+                    "dashboard": commands.cmd_dashboard, "export": commands.cmd_export, "import": commands.cmd_import,
+                    "merge": commands.cmd_merge}
         return handlers[args.command](args)
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""The `bench` subcommands that read finished runs: report, compare, history, dashboard, export, import; and profile.
+"""The `bench` subcommands that read finished runs: report, compare, history, dashboard, export, import, merge; and
+profile.
 
 Each handler takes the parsed arguments and returns the exit code; bad input raises UsageError (exit 2, one line).
 """
@@ -141,6 +142,23 @@ def cmd_import(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"run directory -> {out}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    import sys
+
+    from bench.merge import MergeError, merge
+
+    try:
+        meta, n = merge(run_dirs(args.runs), args.out, ["bench", *sys.argv[1:]])
+    except MergeError as e:
+        raise UsageError(str(e)) from None
+    machines = len(meta["envs"])
+    print(f"{n} records of {len(meta['merged_from'])} runs ({machines} machine{'s' * (machines > 1)}) -> {args.out}")
+    if meta["missing_shards"]:
+        print(f"bench: note: no run of shard {', '.join(meta['missing_shards'])} was given: the merged sweep is "
+              "partial", file=sys.stderr)
     return 0
 
 

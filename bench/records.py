@@ -190,6 +190,30 @@ DIRECTIONS = {
     "nfe": None,  # the cost side of a sampler's trade, read against quality, not a target of its own
     "steps": None,
     "throttled": None,
+    # moe
+    "max_vio_batch": "lower",  # (max load - mean load) / mean load, Wang et al. 2024
+    "max_vio_train": "lower",
+    "max_vio_global": "lower",
+    "eval_loss": "lower",
+    "perplexity": "lower",
+    "fused_grouped_gemm": None,  # which path ran, not a target
+    # mla
+    "kv_cache_saving_x": "higher",
+    "decode_speedup_x": "higher",
+    "prefill_speedup_x": "higher",
+    "kv_cache_bytes_per_token": "lower",  # bytes per cached token per layer, counted from the cache tensors
+    "kv_cache_elements_per_token": "lower",
+    "max_abs_err": "lower",  # the absorbed MLA form's decode output against the naive form's
+    # mtp
+    "mem_overhead_x": "lower",
+    "flops_overhead_x": "lower",
+    "heldout_loss": "lower",
+    "heldout_loss_x": "lower",
+    "mtp_heldout_loss": "lower",
+    "acceptance_rate": "higher",  # the MTP draft accepted by the main model, teacher-forced on held-out text
+    "decode_acceptance_rate": "higher",
+    "tokens_per_forward": "higher",  # tokens emitted per main-model forward while decoding
+    "matches_greedy": None,  # speculative decoding emitted greedy decoding's tokens: a correctness flag
 }
 SUFFIX_DIRECTIONS = (
     ("_noisy", None), ("_per_s", "higher"),  # rates before the bare "_s" of durations

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.distributed import Launch, run_distributed
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
@@ -57,14 +58,17 @@ class Case:
 
 
 def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None = None,
-         shard: tuple[int, int] = (1, 1), where: dict[str, str] | None = None) -> list[Case]:
+         shard: tuple[int, int] = (1, 1), where: dict[str, str] | None = None, world_size: int = 1) -> list[Case]:
     """Every case to run, grouped by params with the reference variant first; shard i of n takes every n-th group.
 
-    `where` keeps the cases whose params match it (values compared as text, as typed on the command line)."""
+    `where` keeps the cases whose params match it (values compared as text, as typed on the command line); a
+    distributed suite's params gain the `world_size` of the launch."""
     cases = []
     for suite in suites:
         names = [suite.reference_variant()] + [v for v in suite.variants if v != suite.reference_variant()]
         for params in suite.grid(size, device):
+            if suite.world_sizes:
+                params = {**params, "world_size": world_size}
             if where and any(str(params.get(k)) != v for k, v in where.items()):
                 continue
             cases += [Case(suite.name, v, params, type(suite).__module__)
@@ -134,7 +138,9 @@ def _context(modules: list[str]):
     # suites, so isolation costs milliseconds a case instead of a torch import (~1.5 s) a case. The server never
     # touches CUDA, so children initialise it cleanly.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", *modules])
+    # torch._dynamo too: the first TorchDispatchMode a process enters (the live-tensor tracker) imports it, ~3 s a
+    # case otherwise
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", *modules])
     return ctx
 
 
@@ -188,6 +194,8 @@ class RunConfig:
     shard: tuple[int, int] = (1, 1)
     where: dict[str, str] | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    launch: Launch = field(default_factory=Launch)
+    """How distributed suites' cases are launched (torchrun processes per node, nodes, rendezvous)."""
     inline: bool = False
     resume: bool = False
     run_id: str | None = None
@@ -226,7 +234,7 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
     from bench import __version__
     from bench import env as envmod
 
-    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where)
+    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size)
     shard = "{}/{}".format(*cfg.shard)
     meta, finished = _open_run_dir(cfg, shard)
     environment = envmod.collect()
@@ -248,8 +256,9 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             if progress is not None:
                 progress.begin(case)
             started, t0 = now(), time.perf_counter()
-            result = (execute(case, cfg.device) if cfg.inline
-                      else execute_isolated(case, cfg.device, cfg.timeout_s))
+            result = _execute(case, cfg)
+            if result is None:  # a distributed case whose rank 0 ran on another node: that node records it
+                continue
             record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
@@ -263,8 +272,19 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
                 progress.end(record)
     meta["finished_at"] = now()
     write_run_json(cfg.out, meta)
-    records = [finished[c.id] for c in cases]
+    records = [finished[c.id] for c in cases if c.id in finished]
     return (1 if any(r.status in FAILED for r in records) else 0), records
+
+
+def _execute(case: Case, cfg: RunConfig) -> dict[str, Any] | None:
+    suite = SUITES[case.suite]
+    if not suite.world_sizes:
+        return execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, cfg.timeout_s)
+    if case.params["world_size"] not in suite.world_sizes:
+        return {"status": "skipped", "error": f"{case.suite} runs at world sizes "
+                f"{', '.join(map(str, suite.world_sizes))}, not {case.params['world_size']} (--nproc-per-node x "
+                "--nnodes)"}
+    return run_distributed(case, cfg.device, cfg.launch, cfg.timeout_s, SEED)
 
 
 @contextmanager

@@ -68,6 +68,9 @@ class Suite:
     """variant name -> one-line description; the first is the reference when `reference` is unset."""
     reference: ClassVar[str | None] = None
     relative: ClassVar[tuple[Relative, ...]] = ()
+    world_sizes: ClassVar[tuple[int, ...]] = ()
+    """A distributed suite lists the world sizes it supports: each case is then one torchrun job (bench.distributed)
+    whose ranks all call `measure` with torch.distributed initialised, and its params gain `world_size`."""
 
     def grid(self, size: str, device: str) -> list[dict[str, Any]]:
         """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda:N"); JSON scalar values.

@@ -63,7 +63,7 @@ class Checkpointing(Suite):
             loss_fn(forward(model, x), target).backward()
 
         step()  # warm-up: lazy initialisation stays out of the memory figures
-        peak, activation = _memory(model, forward, x, target, device)
+        peak, activation = step_memory(model, forward, x, target, device)
         with flop_counter_mode() as flops:
             step()
         timing = time_fn(step, device)
@@ -87,7 +87,7 @@ def _pct_of_peak(tflops: float, device: str, dtype: str) -> float | None:
     return None if peak is None else 100 * tflops / peak
 
 
-def _memory(model, forward, x, target, device) -> tuple[int, int]:
+def step_memory(model, forward, x, target, device) -> tuple[int, int]:
     """(peak bytes over one training step, bytes the forward leaves held for backward), on the compute device.
 
     On CUDA: the caching allocator's counters. Elsewhere: the live-tensor tracker, exact to the byte. Both count

@@ -24,12 +24,12 @@ Mode = Literal["single", "pyramid", "snip"]
 class Detector(nn.Module):
     """Backbone -> neck -> head. Images [N, 3, H, W] in [0, 1], H and W multiples of 32.
 
-    object_range: (lo, hi) object sizes sqrt(w h) in pixels that training showed the detector; mode "snip" keeps, at
-    each scale, only the boxes in that range (measured in the resized image).
+    band: (lo, hi) object sizes sqrt(w h), in pixels of its input, that the detector sees well; mode "snip" keeps, at
+    each scale, only the boxes that are in that band at that scale (pyramid.snip_ranges).
     """
 
     def __init__(self, head: str = "centernet", neck: str = "fpn", n_classes: int = 4, width: int = 16,
-                 object_range: tuple[float, float] = (0.0, float("inf"))):
+                 band: tuple[float, float] = (0.0, float("inf"))):
         super().__init__()
         if head not in HEADS or neck not in NECKS:
             raise ValueError(f"unknown head {head!r} or neck {neck!r} (heads: {', '.join(HEADS)}; "
@@ -38,7 +38,7 @@ class Detector(nn.Module):
         self.backbone = Backbone(width)
         self.head = HEADS[head](n_classes, channels)
         self.neck = NECKS[neck](self.backbone.widths, channels, self.head.strides)
-        self.object_range = object_range
+        self.band = band
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Raw head outputs."""
@@ -59,7 +59,8 @@ class Detector(nn.Module):
         """Per image Detections (boxes xyxy in the input's pixels, scores, labels).
 
         single: one pass, scales ignored. pyramid: one pass per scale (sides rounded to multiples of 32), boxes
-        mapped back and merged by class-wise NMS at nms_iou. snip: pyramid, each scale filtered to object_range.
+        mapped back and merged by class-wise NMS at nms_iou. snip: pyramid, each scale keeping the boxes whose size
+        there falls in `band` (the finest scale also the smaller ones, the coarsest the larger).
         """
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (valid: {', '.join(MODES)})")
@@ -68,4 +69,4 @@ class Detector(nn.Module):
         if mode == "single":
             return self.single(images, score_thresh, max_dets)
         return pyramid_detect(lambda x: self.single(x, score_thresh, max_dets), images, scales, nms_iou, max_dets,
-                              self.object_range if mode == "snip" else None)
+                              self.band if mode == "snip" else None)

@@ -1,6 +1,7 @@
 """Image-pyramid inference: run the detector on resized copies, map boxes back, merge across scales with class-wise
 NMS; optionally SNIP-style scale-aware filtering (Singh & Davis 2018): each scale keeps only the boxes whose size,
-at that scale, lies in the range the detector was trained on, so a scale answers only for the objects it sees well.
+at that scale, lies in the band of sizes the detector sees well, so a scale answers only for the objects it sees well
+(upsampled copies for the small ones, the base image for the rest) and its out-of-band guesses never reach the merge.
 
 Costs add: a pyramid's FLOPs are the sum of its single passes, ~1 / (1 - r^2) of one pass for a geometric pyramid
 of ratio r (the tests count them).
@@ -51,6 +52,24 @@ def in_range(det: Detections, lo: float, hi: float) -> Detections:
     return Detections(det.boxes[keep], det.scores[keep], det.labels[keep])
 
 
+def snip_ranges(scales: Sequence[float], band: tuple[float, float]) -> list[tuple[float, float]]:
+    """Per scale, the object sizes sqrt(w h) in original pixels that the scale answers for: those that appear inside
+    `band` (lo, hi), in the resized image's pixels, at that scale. The finest scale also takes every size below its
+    range and the coarsest every size above (SNIP's extreme resolutions are open-ended: [0, 80] px at 1400 px,
+    [120, inf) at 480), so each size has a scale; a band too narrow for the gap between two scales is an error."""
+    lo, hi = band
+    if not 0 <= lo < hi:
+        raise ValueError(f"need a band 0 <= lo < hi, got {band}")
+    finest, coarsest = max(scales), min(scales)
+    ranges = [(0.0 if s == finest else lo / s, math.inf if s == coarsest else hi / s) for s in scales]
+    ordered = sorted(scales, reverse=True)
+    for fine, coarse in zip(ordered, ordered[1:]):
+        if hi / fine < lo / coarse:
+            raise ValueError(f"band {band} leaves sizes {hi / fine:.3g}-{lo / coarse:.3g} px to no scale between "
+                             f"scales {fine} and {coarse}: widen it to hi / lo >= {fine / coarse:.3g}")
+    return ranges
+
+
 def merge(per_scale: Sequence[Detections], nms_iou: float = 0.5, max_dets: int = 100) -> Detections:
     """One image's detections from several scales (already in its pixels) as one set: class-wise NMS over all of
     them, so a box found at one scale stays and one found at several is kept once, with its best score."""
@@ -62,18 +81,17 @@ def merge(per_scale: Sequence[Detections], nms_iou: float = 0.5, max_dets: int =
 
 def pyramid_detect(detect_one: Callable[[Tensor], list[Detections]], images: Tensor, scales: Sequence[float],
                    nms_iou: float = 0.5, max_dets: int = 100,
-                   valid_range: tuple[float, float] | None = None) -> list[Detections]:
-    """detect_one at each scale, boxes mapped back, merged per image. valid_range (lo, hi) in pixels of the resized
-    image turns on SNIP filtering: at scale s the kept objects are those of original size in [lo / s, hi / s]."""
+                   band: tuple[float, float] | None = None) -> list[Detections]:
+    """detect_one at each scale, boxes mapped back, merged per image. band (lo, hi), object sizes in pixels of the
+    resized image, turns on SNIP filtering: each scale keeps the boxes in its snip_ranges(scales, band)."""
     if not scales:
         raise ValueError("need at least one scale")
+    ranges = snip_ranges(scales, band) if band is not None else [(0.0, math.inf)] * len(scales)
     found: list[list[Detections]] = [[] for _ in range(images.shape[0])]
-    for scale in scales:
+    for scale, (lo, hi) in zip(scales, ranges):
         resized, (sy, sx) = resize(images, scale)
         for i, det in enumerate(detect_one(resized)):
-            if valid_range is not None:
-                det = in_range(det, *valid_range)
-            found[i].append(unscale(det, sy, sx))
+            found[i].append(in_range(unscale(det, sy, sx), lo, hi))
     return [merge(dets, nms_iou, max_dets) for dets in found]
 
 

@@ -61,11 +61,11 @@ class TrainConfig:
 
 
 # Measured training time per config on one thread of a busy 2-core VM (FPN neck): smoke 1.7-3.2 s (64 px); quick
-# 16 s (yolo), 31 s (centernet), 45 s (fcos) at 128 px, where width 16 would cost ~3x; full (256 px, width 32) is
-# sized for a GPU and has not been timed on one.
+# at 300 steps 16 s (yolo), 31 s (centernet), 45 s (fcos) at 128 px, where width 16 would cost ~3x, and 720 steps
+# cost 2.4x that; full (256 px, width 32) is sized for a GPU and has not been timed on one.
 PRESETS = {
     "smoke": TrainConfig(resolution=64, width=8, steps=60, batch=8, n_train=64, lr=5e-3),
-    "quick": TrainConfig(resolution=128, width=8, steps=300, batch=16, n_train=512),
+    "quick": TrainConfig(resolution=128, width=8, steps=720, batch=16, n_train=512),
     "full": TrainConfig(resolution=256, width=32, steps=3000, batch=32, n_train=8192),
 }
 
@@ -83,10 +83,13 @@ def cache_key(cfg: TrainConfig) -> dict:
 
 
 def build(cfg: TrainConfig) -> Detector:
-    """The untrained detector of a config; its SNIP object range is the data's object sizes at scale 1."""
-    data = cfg.data()
-    lo, hi = data.min_side * cfg.resolution, data.max_side * cfg.resolution
-    return Detector(cfg.head, cfg.neck, cfg.n_classes, cfg.width, object_range=(lo, hi))
+    """The untrained detector of a config. Its SNIP band runs from two cells of the head's finest map (a smaller
+    object covers under 2x2 cells of it) to the largest object training shows it, and spans at least 2x, the ratio
+    of the suite's scales, so that every size has a scale (a 64 px YOLO grid at stride 16 sees objects to 32 px)."""
+    model = Detector(cfg.head, cfg.neck, cfg.n_classes, cfg.width)
+    lo = 2.0 * min(model.head.strides)
+    model.band = (lo, max(2 * lo, cfg.data().max_side * cfg.resolution))
+    return model
 
 
 def train(cfg: TrainConfig, device="cpu", data: DetectionData | None = None) -> tuple[Detector, list[float]]:
@@ -102,6 +105,19 @@ def train(cfg: TrainConfig, device="cpu", data: DetectionData | None = None) -> 
         opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, cfg.steps) / cfg.steps))
     )
     order, pos, losses = torch.randperm(n, generator=g), 0, []
+    encoded: dict[tuple[int, bool], dict] = {}  # (image, flipped) -> its targets: encoding loops over objects in
+    # Python, ~15% of a 128 px CPU step when redone each step; each of the 2n (image, flip) pairs is encoded once
+
+    def targets(pairs: list[tuple[int, bool]]) -> dict:
+        new = [p for p in dict.fromkeys(pairs) if p not in encoded]
+        if new:
+            w = cfg.resolution
+            boxes = [data.boxes[i][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([w, 0.0, w, 0])
+                     if f else data.boxes[i] for i, f in new]
+            t = model.head.encode(boxes, [data.labels[i] for i, _ in new], (w, w))
+            encoded.update({p: {k: v[j] for k, v in t.items()} for j, p in enumerate(new)})
+        return {k: torch.stack([encoded[p][k] for p in pairs]).to(device) for k in encoded[pairs[0]]}
+
     model.train()
     for _ in range(cfg.steps):
         if pos + cfg.batch > n:
@@ -110,10 +126,7 @@ def train(cfg: TrainConfig, device="cpu", data: DetectionData | None = None) -> 
         pos += cfg.batch
         flip = (torch.rand(len(idx), generator=g) < 0.5).tolist()
         images = torch.stack([data.images[i].flip(-1) if f else data.images[i] for i, f in zip(idx, flip)])
-        w = cfg.resolution
-        boxes = [data.boxes[i][:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1, -1, 1]) + torch.tensor([w, 0.0, w, 0])
-                 if f else data.boxes[i] for i, f in zip(idx, flip)]
-        loss = model.loss(images.to(device), boxes, [data.labels[i] for i in idx])
+        loss = model.head.loss(model(images.to(device)), targets(list(zip(idx, flip))))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # the first focal-loss steps can spike

@@ -78,6 +78,9 @@ def load_frame(run_dirs) -> pd.DataFrame:
             continue
         meta = read_run_json(run_dir) or {}
         frame["run"] = labels[str(run_dir)]
+        envs = meta.get("envs") or {}
+        if len(envs) > 1:  # shards run on several machines, merged (bench merge): each record names its machine
+            frame["run"] = [run_label({"env": envs.get(e)}, run_dir) for e in frame["env_id"]]
         frame["size"] = meta.get("size") or "quick"
         devices = [meta.get("device") or d for d in frame["device"]]
         frame["command"] = [reproduce_command(s, v, p, size, d) for s, v, p, size, d in

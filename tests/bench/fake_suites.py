@@ -71,3 +71,36 @@ class Timed(Suite):
         time.sleep(0.05)  # set-up, outside the window
         timing = time_fn(lambda: time.sleep(params["ms"] / 1e3), "cpu", warmup=0, min_reps=5, min_time_s=0.1)
         return Measurement(timing.metrics("call_time"), timing.samples("call_time"), timed=timing)
+
+
+@register
+class Distributed(Suite):
+    """A distributed suite whose rank 1 ends each way a rank can end."""
+
+    name = "_dist"
+    variants = {"ok": "reference", "raise": "rank 1 raises", "oom": "rank 1 runs out of memory",
+                "hang": "rank 1 never returns", "skip": "skipped on every rank"}
+    world_sizes = (1, 2)
+
+    def grid(self, size, device):
+        return [{"n": 3}]
+
+    def measure(self, variant, params, device):
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        total = torch.tensor([float(rank + 1)])
+        dist.all_reduce(total)  # a collective, so the group is proven to work
+        if variant == "skip":
+            raise Skip("needs a GPU per rank")
+        if rank == 1 and variant == "raise":
+            raise ValueError("boom on rank 1")
+        if rank == 1 and variant == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB (simulated)")
+        if rank == 1 and variant == "hang":
+            if os.environ.get("TECHBENCH_TEST_HANG_PIDFILE"):
+                with open(os.environ["TECHBENCH_TEST_HANG_PIDFILE"], "w") as f:
+                    f.write(str(os.getpid()))
+            time.sleep(3600)
+        return Measurement({"value_ms": float(params["n"] * (rank + 1)), "rank_sum": total.item(),
+                            "world": dist.get_world_size()}, {"value_ms": [float(rank)]})

@@ -15,7 +15,15 @@ from impls.detection.data import DataConfig, make_dataset, size_bucket, size_thr
 from impls.detection.detector import HEADS, Detector
 from impls.detection.evaluate import as_detections, evaluate, shifted
 from impls.detection.head import Detections
-from impls.detection.pyramid import geometric_scales, in_range, merge, pyramid_detect, resize, scaled_side
+from impls.detection.pyramid import (
+    geometric_scales,
+    in_range,
+    merge,
+    pyramid_detect,
+    resize,
+    scaled_side,
+    snip_ranges,
+)
 from impls.detection.train import PRESETS, load_or_train, preset, train
 
 CFG = DataConfig(image_size=128)
@@ -229,11 +237,28 @@ def test_pyramid_maps_boxes_back_and_snip_filters():
     out = pyramid_detect(detect_one, images, (1.0, 2.0, 0.5))[0]
     assert calls == [64, 128, 32]
     same_set(out, torch.tensor([[8, 8, 16, 16], [20, 20, 60, 60.0]]), torch.tensor([0, 0]))
-    # SNIP with a valid range of 12-48 px in the resized image: the 8 px object only at scale 2 (16 px there), the
-    # 40 px one only at scale 1 and 0.5 (40 and 20 px); both survive, each from the scales that see it well.
-    snip = pyramid_detect(detect_one, images, (2.0,), valid_range=(12, 48))[0]
-    same_set(snip, torch.tensor([[8, 8, 16, 16.0]]), torch.tensor([0]))
     assert len(in_range(out, 12, 48).boxes) == 1
+
+
+def test_snip_keeps_each_object_from_the_scales_that_see_it_in_band():
+    def detect_one(x):  # finds an 8 px object, and a 40 px one, at whatever scale; both scored by the scale
+        s = x.shape[-1] / 64
+        return [dets([[8 * s, 8 * s, 16 * s, 16 * s], [20 * s, 20 * s, 60 * s, 60 * s]], [s / 4, s / 4], [0, 1])]
+
+    images = torch.zeros(1, 3, 64, 64)
+    # band 12-48 px: scale 2 answers for sizes up to 24 px (the 8 px object, 16 px there), scale 1 for 12-48 px
+    # (the 40 px one), scale 0.5 for 24 px and up (the 40 px one again, 20 px there)
+    assert snip_ranges((2.0, 1.0, 0.5), (12, 48)) == [(0.0, 24.0), (12.0, 48.0), (24.0, math.inf)]
+    out = pyramid_detect(detect_one, images, (2.0, 1.0, 0.5), band=(12, 48))[0]
+    found = sorted(zip(out.boxes.tolist(), out.scores.tolist()))
+    # each object once, with the score of its best in-band scale: 2 for the small one, 1 for the large one
+    assert found == [([8, 8, 16, 16], 0.5), ([20, 20, 60, 60], 0.25)]
+    # one scale is both the finest and the coarsest: it answers for every size
+    assert snip_ranges((1.0,), (12, 48)) == [(0.0, math.inf)]
+    with pytest.raises(ValueError, match="no scale"):
+        snip_ranges((4.0, 1.0), (12, 24))  # 24 / 4 = 6 px < 12 px: sizes 6-12 px belong to no scale
+    with pytest.raises(ValueError, match="band"):
+        snip_ranges((1.0, 2.0), (10, 5))
 
 
 def test_resize_rounds_to_multiples_of_32():

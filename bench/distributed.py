@@ -1,0 +1,179 @@
+"""Distributed cases: one torchrun job per case, with NCCL on CUDA and gloo on CPU.
+
+The runner calls `run_distributed` for a case of a distributed suite (one that lists `world_sizes`). It starts
+`python -m torch.distributed.run ... -m bench.distributed SPEC` in a new process group, so that a timeout can kill
+the agent and every rank at once; torchrun's elastic agent starts the ranks, and when one rank dies it stops the
+others. Each rank runs the suite's `measure` with the process group initialised, and writes how it ended to
+`rank<R>.json` in the job's folder; global rank 0 gathers every rank's metrics and writes the aggregate. A case
+whose rank failed, ran out of memory or hung becomes an error, oom or timeout record that names the rank.
+
+Per-rank metrics aggregate as: `<metric>`, the worst rank's value (the largest of a lower-is-better metric such
+as a step time or peak bytes, the smallest of a higher-is-better one; rank 0's when a metric has no direction), and
+`rank_min_<metric>`, `rank_mean_<metric>`, `rank_max_<metric>` across ranks. A metric's samples are those of the
+rank that gave its figure (rank 0's for a series such as a loss curve).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+LOG_LINES = 12
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a distributed case is launched: `bench run --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT]`."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str | None = None
+    """HOST:PORT of the c10d rendezvous; None runs one standalone node (torchrun --standalone)."""
+
+    def __post_init__(self):
+        if self.nproc_per_node < 1 or self.nnodes < 1:
+            raise ValueError(f"--nproc-per-node and --nnodes must be at least 1, got {self.nproc_per_node} and "
+                             f"{self.nnodes}")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT, the same on every node")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def torchrun_args(self) -> list[str]:
+        where = (["--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"] if self.rdzv_endpoint
+                 else ["--standalone"])
+        return [f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}", *where]
+
+
+def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int) -> dict[str, Any] | None:
+    """Run `case` as one torchrun job; {status, metrics, samples, error} as runner.execute, or None on a node
+    without global rank 0 (that node's run records the case). Never raises."""
+    with tempfile.TemporaryDirectory(prefix="techbench-dist-") as tmp:
+        job = Path(tmp)
+        spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": tmp}
+        (job / "spec.json").write_text(json.dumps(spec))
+        root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how)))}
+        cmd = [sys.executable, "-m", "torch.distributed.run", *how.torchrun_args(), "-m", "bench.distributed",
+               str(job / "spec.json")]
+        with (job / "torchrun.log").open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            try:
+                code = proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                _kill(proc, job)
+        ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
+        if code is None:
+            started = sorted(int(p.name[3:]) for p in job.glob("pid*"))
+            hung = [r for r in started if r not in ranks] or "none"
+            return {"status": "timeout", "error": f"no result after {timeout_s:g} s (--timeout); the job was killed; "
+                                                   f"ranks (of this node) that had not finished: {hung}\n"
+                                                   + _log_tail(job)}
+        failed = {r: v for r, v in sorted(ranks.items()) if v["status"] in ("error", "oom")}
+        if failed:
+            rank, first = next(iter(failed.items()))
+            return {"status": first["status"], "error": f"rank {rank} of {how.world_size}: {first['error']}"}
+        result = job / "result.json"
+        if result.exists():  # every rank finished measuring; a crash in teardown after that costs nothing
+            return json.loads(result.read_text())
+        if code == 0 and how.nnodes > 1 and len(ranks) == how.nproc_per_node:
+            return None  # every local rank finished and global rank 0 is on another node, which records the case
+        return {"status": "error", "error": f"torchrun exited with code {code} without a result:\n" + _log_tail(job)}
+
+
+def _log_tail(job: Path) -> str:
+    return "\n".join((job / "torchrun.log").read_text(errors="replace").strip().splitlines()[-LOG_LINES:])
+
+
+def _threads_per_rank(how: Launch) -> int:
+    return max(1, (os.cpu_count() or 1) // how.nproc_per_node)
+
+
+def _kill(proc: subprocess.Popen, job: Path) -> None:
+    """SIGKILL the agent's process group and each rank's: torchrun starts every rank in a session of its own, so
+    killing the agent alone would leave a hung rank holding its device. Ranks wrote their pids at start."""
+    groups = [proc.pid] + [int(p.read_text()) for p in job.glob("pid*") if p.read_text().strip().isdigit()]
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # a hung rank ignores gentler signals
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[str, Any]:
+    """One result from every rank's (rank order): metrics aggregated as the module docstring says."""
+    first = results[0]
+    skipped = [r for r in results if r["status"] == "skipped"]
+    if skipped:
+        return {"status": "skipped", "error": skipped[0]["error"]}
+    metrics: dict[str, Any] = {}
+    for name, value in first["metrics"].items():
+        values = [r["metrics"].get(name) for r in results]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) != len(values):
+            metrics[name] = value
+            continue
+        worst = {"lower": max, "higher": min}.get(directions.get(name) or "", lambda v: v[0])
+        metrics[name] = worst(numbers)
+        metrics[f"rank_min_{name}"] = min(numbers)
+        metrics[f"rank_mean_{name}"] = sum(numbers) / len(numbers)
+        metrics[f"rank_max_{name}"] = max(numbers)
+    samples = {}
+    for name, values in (first.get("samples") or {}).items():
+        # the samples behind a headline figure are those of the rank that gave it
+        source = next((r for r in results if r["metrics"].get(name) == metrics.get(name)), first)
+        samples[name] = (source.get("samples") or {}).get(name, values)
+    return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
+
+
+def _rank_main(spec_path: str) -> int:
+    """One rank of a case's job (torchrun's entry point)."""
+    import torch
+    import torch.distributed as dist
+
+    from bench.records import direction
+    from bench.runner import Case, execute
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    job = Path(spec["dir"])
+    (job / f"pid{rank}").write_text(str(os.getpgid(0)))  # this rank's process group, for the launcher to kill
+    cuda = spec["device"] == "cuda"
+    device = f"cuda:{local_rank}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": torch.device(device)} if cuda else {}))
+    t0 = time.perf_counter()
+    result = execute(Case(**spec["case"]), device, spec["seed"])
+    (job / f"rank{rank}.json").write_text(json.dumps({"status": result["status"], "error": result.get("error"),
+                                                      "elapsed_s": time.perf_counter() - t0}))
+    if result["status"] in ("error", "oom"):
+        os._exit(1)  # the agent sees a failed rank and stops the others, wherever they wait
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, result)
+    if rank == 0:
+        names = {m for r in gathered for m in r.get("metrics") or {}}
+        out = aggregate(gathered, {m: direction(m) for m in names})
+        (job / "result.json.tmp").write_text(json.dumps(out))
+        os.replace(job / "result.json.tmp", job / "result.json")
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_rank_main(sys.argv[1]))

@@ -1,0 +1,94 @@
+"""`bench merge`: the shard run directories of one sweep (`bench run --shard I/N` on several machines) as one run
+directory, so reports, compare and history see one run.
+
+Records are copied unchanged, each with the env_id of the machine that ran it; run.json keeps every input's
+environment under `envs` (env_id -> env) and lists the inputs under `merged_from`, so a report can say which machine
+ran what. Inputs of another schema, of another size, or that repeat a case are refused before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.records import RECORDS_JSONL, RecordWriter, SchemaError, read_records, read_run_json, write_run_json
+from bench.runner import new_run_id
+
+
+class MergeError(ValueError):
+    """The inputs cannot be merged, or OUT cannot take them; nothing was written."""
+
+
+def merge(run_dirs: list[Path], out: Path, argv: list[str] | None = None) -> tuple[dict, int]:
+    """Write the merged run to `out` (which must not hold anything yet); returns (its run.json, record count)."""
+    if len(set(map(str, run_dirs))) != len(run_dirs):
+        raise MergeError("a run directory is named twice")
+    runs = []
+    for d in run_dirs:
+        try:
+            meta, records = read_run_json(d), read_records(Path(d) / RECORDS_JSONL)
+        except SchemaError as e:
+            raise MergeError(f"{d}: {e}") from None
+        if meta is None:
+            raise MergeError(f"{d} is not a run directory (no run.json)")
+        runs.append((Path(d), meta, records))
+
+    sizes = {meta.get("size") for _, meta, _ in runs}
+    if len(sizes) > 1:
+        raise MergeError(f"the runs are of different sizes ({', '.join(sorted(map(str, sizes)))}): shards of one "
+                         "sweep share --size")
+    seen: dict[str, Path] = {}
+    for d, _, records in runs:
+        for r in records:
+            if r.case_id in seen:
+                raise MergeError(f"case {r.case_id} is in both {seen[r.case_id]} and {d}: merge shards of one sweep, "
+                                 "each case once")
+            seen[r.case_id] = d
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MergeError(f"--out {out} already exists and is not an empty directory; choose another")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = _write(runs, out, argv or [], len(seen))
+    except OSError as e:  # a full disk: leave no half-merged run behind
+        for name in ("run.json", RECORDS_JSONL, "run.json.tmp"):
+            (out / name).unlink(missing_ok=True)
+        if created:
+            out.rmdir()
+        raise MergeError(f"cannot write --out {out}: {e.strerror or e}") from None
+    return meta, len(seen)
+
+
+def missing_shards(shards: list[str]) -> list[str]:
+    """The I/N slices of a sweep that none of `shards` (each "I/N") is, when they all name the same N."""
+    counts = {s.split("/")[1] for s in shards}
+    if len(counts) != 1:
+        return []
+    n = int(counts.pop())
+    return [f"{i}/{n}" for i in range(1, n + 1) if f"{i}/{n}" not in shards]
+
+
+def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
+    first = runs[0][1]
+    devices = {meta.get("device") for _, meta, _ in runs}
+    finished = [meta.get("finished_at") for _, meta, _ in runs]
+    envs = {meta.get("env_id"): meta.get("env") for _, meta, _ in runs}
+    meta = {
+        "schema": first["schema"], "run_id": "merged-" + new_run_id(), "argv": argv or [], "size": first.get("size"),
+        "device": devices.pop() if len(devices) == 1 else "mixed", "shard": "1/1", "variants": None,
+        "started_at": min(m.get("started_at") or "" for _, m, _ in runs) or None,
+        "finished_at": None if None in finished else max(finished),
+        "env": first.get("env"), "env_id": first.get("env_id"), "envs": envs, "git": first.get("git"),
+        "version": first.get("version"), "seed": first.get("seed"),
+        "merged_from": [{"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
+                         "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs)} for d, m, rs in runs],
+        "missing_shards": missing_shards([m.get("shard", "1/1") for _, m, _ in runs]),
+        "cases": n_cases,
+    }
+    with RecordWriter(out / RECORDS_JSONL) as writer:
+        for _, _, records in runs:
+            for r in records:
+                writer.write(r)
+    write_run_json(out, meta)  # last: a run.json says the records beside it are complete
+    return meta
+

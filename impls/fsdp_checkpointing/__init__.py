@@ -1,0 +1,1 @@
+"""Sharded data parallelism (FSDP2) compounded with activation checkpointing; see shard.py."""

@@ -1,0 +1,62 @@
+"""Sharding and checkpointing compound: the checkpointing suite's transformer under FSDP2 (fully_shard per block), one
+torchrun rank per device, with each checkpointing variant; peak memory per rank and step time against world size.
+
+Each rank trains on its own batch of the case's `batch` sequences (data parallel), so the job's tokens per step are
+world_size x batch x seq. Memory is counted as in the checkpointing suite (CUDA allocator peaks; on CPU the
+live-tensor tracker), per rank, beyond the sharded parameters and the batch: the all-gathered block parameters,
+gradients and the activations the variant keeps. `param_bytes` is the rank's shard of the parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.suite import Measurement, Relative, Suite, register
+from bench.timing import time_fn
+from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
+from impls.checkpointing.reference import loss_fn, make_batch
+from impls.fsdp_checkpointing.shard import local_bytes, shard
+from suites.checkpointing import DTYPES, GRIDS, SHAPES, Checkpointing, step_memory
+
+
+@register
+class FsdpCheckpointing(Suite):
+    name = "fsdp_checkpointing"
+    description = "FSDP2 x activation checkpointing: peak memory per rank and step time against world size"
+    variants = Checkpointing.variants
+    world_sizes = (1, 2, 4, 8)
+    relative = (
+        Relative("mem_saving_x", "peak_mem_bytes", invert=True),
+        Relative("time_overhead_x", "step_time_ms"),
+    )
+
+    def grid(self, size, device):
+        dtype = DTYPES[device.split(":")[0]]
+        return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
+
+    def measure(self, variant, params, device):
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        dtype = getattr(torch, params["dtype"])
+        cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
+        model = shard(Transformer(cfg).to(device, dtype))  # every rank built the same weights (same seed)
+        x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype, seed=rank)
+        forward = VARIANTS[variant]
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            loss_fn(forward(model, x), target).backward()
+
+        step()  # warm-up: lazy initialisation stays out of the memory figures
+        peak, activation = step_memory(model, forward, x, target, device)
+        timing = time_fn(step, device)
+        tokens = dist.get_world_size() * params["batch"] * params["seq"]
+        metrics = {
+            **timing.metrics("step_time"),
+            "peak_mem_bytes": peak,
+            "activation_bytes": activation,
+            "param_bytes": local_bytes(model.parameters()),
+            "tokens_per_s": tokens / (timing.median_ms / 1e3),
+        }
+        return Measurement(metrics, timing.samples("step_time"), timed=timing)

@@ -1,0 +1,100 @@
+"""Distributed cases: each one torchrun job (gloo on CPU), its ranks' figures aggregated by rank 0 into one record;
+a rank that raises, runs out of memory or hangs gives a record naming it, and the run goes on."""
+
+import os
+import time
+
+import pytest
+
+from bench import runner
+from bench.cli import main
+from bench.distributed import Launch, aggregate
+from bench.records import read_records
+from bench.suite import SUITES
+from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
+
+
+def run(tmp_path, variants, nproc=2, timeout_s=120.0):
+    out = tmp_path / "run"
+    code, records = runner.run(runner.RunConfig(suites=[SUITES["_dist"]], size="smoke", device="cpu", out=out,
+                                                variants=variants, launch=Launch(nproc), timeout_s=timeout_s))
+    assert [r.case_id for r in read_records(out / "records.jsonl")] == [r.case_id for r in records]
+    return code, {r.variant: r for r in records}
+
+
+def test_two_ranks_one_record_per_case_each_failure_naming_its_rank(tmp_path):
+    code, r = run(tmp_path, ["ok", "raise", "oom", "skip"])
+    assert code == 1  # a case errored; the others still ran and were recorded
+    ok = r["ok"]
+    assert ok.status == "ok" and ok.params == {"n": 3, "world_size": 2}
+    m = ok.metrics
+    # value_ms is 3 on rank 0 and 6 on rank 1: lower is better, so the worst rank's is the case's figure
+    assert (m["value_ms"], m["rank_min_value_ms"], m["rank_mean_value_ms"], m["rank_max_value_ms"]) == (6, 3, 4.5, 6)
+    assert m["rank_sum"] == 3.0 and m["world"] == 2  # the all-reduce ran across both ranks
+    assert ok.samples == {"value_ms": [1.0]}  # those of rank 1, which gave the figure
+    assert r["raise"].status == "error" and r["raise"].error.startswith("rank 1 of 2: ")
+    assert "boom on rank 1" in r["raise"].error
+    assert r["oom"].status == "oom" and r["oom"].error.startswith("rank 1 of 2: ")
+    assert r["skip"].status == "skipped" and "needs a GPU per rank" in r["skip"].error
+
+
+def test_a_hung_rank_is_a_timeout_that_names_it_and_is_killed(tmp_path, monkeypatch):
+    pidfile = tmp_path / "hung.pid"
+    monkeypatch.setenv("TECHBENCH_TEST_HANG_PIDFILE", str(pidfile))
+    code, r = run(tmp_path, ["hang"], timeout_s=15.0)
+    assert code == 1
+    assert r["hang"].status == "timeout" and "had not finished: [1]" in r["hang"].error
+    pid = int(pidfile.read_text())
+    for _ in range(50):  # killed with its job, not left asleep (its reaper may take a moment)
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(pid), f"the hung rank (pid {pid}) outlived its job"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, only not yet reaped
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_one_rank_runs_and_an_unsupported_world_size_is_skipped(tmp_path):
+    _, r = run(tmp_path, ["ok"], nproc=1)
+    assert r["ok"].status == "ok" and r["ok"].metrics["value_ms"] == 3 and r["ok"].params["world_size"] == 1
+    _, r = run(tmp_path / "three", ["ok"], nproc=3)
+    assert r["ok"].status == "skipped" and "world sizes 1, 2, not 3" in r["ok"].error
+
+
+def test_only_distributed_suites_gain_a_world_size():
+    plain = runner.plan([SUITES["_endings"]], "smoke", "cpu", world_size=4)
+    dist = runner.plan([SUITES["_dist"]], "smoke", "cpu", world_size=4)
+    assert all("world_size" not in c.params for c in plain)
+    assert all(c.params["world_size"] == 4 for c in dist)
+
+
+def test_aggregate_takes_the_worst_rank_by_direction():
+    ranks = [{"status": "ok", "metrics": {"step_ms": 2.0, "tokens_per_s": 10.0, "flag": True, "id": 0.0},
+              "samples": {"step_ms": [2.0]}},
+             {"status": "ok", "metrics": {"step_ms": 4.0, "tokens_per_s": 5.0, "flag": False, "id": 1.0},
+              "samples": {"step_ms": [4.0]}}]
+    out = aggregate(ranks, {"step_ms": "lower", "tokens_per_s": "higher", "id": None})
+    m = out["metrics"]
+    assert (m["step_ms"], m["tokens_per_s"], m["id"], m["flag"]) == (4.0, 5.0, 0.0, True)
+    assert (m["rank_min_tokens_per_s"], m["rank_mean_tokens_per_s"], m["rank_max_tokens_per_s"]) == (5.0, 7.5, 10.0)
+    assert "rank_min_flag" not in m and out["samples"] == {"step_ms": [4.0]}  # the worst rank's, as its figure
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nnodes", "2"], "--rdzv-endpoint"),
+    (["--nproc-per-node", "0"], "at least 1"),
+])
+def test_bad_launches_are_usage_errors(tmp_path, capsys, argv, message):
+    assert main(["run", "checkpointing", "--size", "smoke", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,103 @@
+"""`bench merge`: shards of one sweep become one run directory holding every case once, with each machine named."""
+
+import json
+
+import pytest
+
+from bench import runner
+from bench.cli import main
+from bench.merge import missing_shards
+from bench.records import read_records, read_run_json
+from bench.suite import SUITES
+from reports.figures import load_frame
+from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
+from tests.runs import A100, H200, write_run
+
+VARIANTS = ["ok", "raise", "skip", "oom"]
+
+
+def sweep(tmp_path, name, shard=(1, 1)):
+    out = tmp_path / name
+    runner.run(runner.RunConfig(suites=[SUITES["_endings"]], size="smoke", device="cpu", out=out, inline=True,
+                                variants=VARIANTS, shard=shard))
+    return out
+
+
+def cases(run_dir):
+    return sorted((r.case_id, r.status, r.metrics.get("value_ms"), r.metrics.get("double_x"))
+                  for r in read_records(run_dir / "records.jsonl"))
+
+
+def test_merged_shards_hold_the_unsharded_runs_cases_once_each(tmp_path, capsys):
+    whole = sweep(tmp_path, "whole")
+    shards = [sweep(tmp_path, f"shard{i}", (i, 2)) for i in (1, 2)]
+    assert all(cases(s) for s in shards)  # both shards ran something
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
+    merged = tmp_path / "merged"
+    assert cases(merged) == cases(whole)  # statuses, metrics and ratios to the reference too
+    meta = read_run_json(merged)
+    assert [m["shard"] for m in meta["merged_from"]] == ["1/2", "2/2"]
+    assert meta["size"] == "smoke" and meta["device"] == "cpu" and meta["finished_at"]
+    printed = capsys.readouterr()
+    assert "8 records of 2 runs (1 machine)" in printed.out and "partial" not in printed.err
+    assert meta["missing_shards"] == [] and meta["cases"] == 8
+    # one shard alone merges too, and says which are missing
+    assert main(["merge", str(shards[1]), "--out", str(tmp_path / "half")]) == 0
+    assert "no run of shard 1/2 was given" in capsys.readouterr().err
+    # a folder of shard directories is read as its shards
+    (tmp_path / "folder").mkdir()
+    for s in shards:
+        s.rename(tmp_path / "folder" / s.name)
+    assert main(["merge", str(tmp_path / "folder"), "--out", str(tmp_path / "merged2")]) == 0
+    assert cases(tmp_path / "merged2") == cases(whole)
+
+
+def test_each_record_keeps_the_machine_that_ran_it(tmp_path):
+    a = write_run(tmp_path, "a", [{"suite": "checkpointing", "variant": "none", "params": {"b": 1},
+                                   "metrics": {"step_time_ms": 1.0}}], gpu=H200)
+    b = write_run(tmp_path, "b", [{"suite": "checkpointing", "variant": "none", "params": {"b": 2},
+                                   "metrics": {"step_time_ms": 2.0}}], gpu=A100)
+    assert main(["merge", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
+    records = read_records(tmp_path / "m" / "records.jsonl")
+    meta = read_run_json(tmp_path / "m")
+    assert {r.env_id for r in records} == set(meta["envs"]) == {"NVIDIA_H200-2.11.0", "NVIDIA_A100-SXM4-80GB-2.11.0"}
+    frame = load_frame([tmp_path / "m"])
+    assert dict(zip(frame["params"].map(lambda p: p["b"]), frame["run"])) == {1: "NVIDIA H200",
+                                                                             2: "NVIDIA A100-SXM4-80GB"}
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("overlap", "is in both"),
+    ("size", "different sizes"),
+    ("schema", "schema"),
+    ("not_a_run", "not a run directory"),
+    ("out_taken", "already exists"),
+])
+def test_bad_merges_are_refused_before_anything_is_written(tmp_path, capsys, problem, message):
+    one = {"suite": "checkpointing", "variant": "none", "params": {"b": 1}, "metrics": {"step_time_ms": 1.0}}
+    a = write_run(tmp_path, "a", [one])
+    b = write_run(tmp_path, "b", [one] if problem == "overlap" else [{**one, "params": {"b": 2}}],
+                  size="full" if problem == "size" else "quick")
+    if problem == "schema":
+        meta = json.loads((b / "run.json").read_text())
+        (b / "run.json").write_text(json.dumps({**meta, "schema": 99}))
+    if problem == "not_a_run":
+        b = tmp_path / "empty"
+        b.mkdir()
+    out = tmp_path / "out"
+    if problem == "out_taken":
+        out.mkdir()
+        (out / "keep.txt").write_text("finished results")
+    assert main(["merge", str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    if problem == "out_taken":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_missing_shards():
+    assert missing_shards(["1/4", "3/4"]) == ["2/4", "4/4"]
+    assert missing_shards(["2/2", "1/2"]) == []
+    assert missing_shards(["1/2", "1/3"]) == []  # not one sweep's shards: nothing to say
