@@ -89,7 +89,7 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int)
         result = job / "result.json"
         if result.exists():  # every rank finished measuring; a crash in teardown after that costs nothing
             return json.loads(result.read_text())
-        if code == 0 and how.nnodes > 1 and len(ranks) == how.nproc_per_node:
+        if how.nnodes > 1 and len(ranks) == how.nproc_per_node and not failed:
             return None  # every local rank finished and global rank 0 is on another node, which records the case
         return {"status": "error", "error": f"torchrun exited with code {code} without a result:\n" + _log_tail(job)}
 
@@ -171,8 +171,9 @@ def _rank_main(spec_path: str) -> int:
         (job / "result.json.tmp").write_text(json.dumps(out))
         os.replace(job / "result.json.tmp", job / "result.json")
     dist.barrier()
-    dist.destroy_process_group()
-    return 0
+    # Everything is written. Leave without tearing the process group down: gloo's teardown can race another rank's
+    # exit and abort (SIGABRT, "terminate called without an active exception"), failing a finished job.
+    os._exit(0)
 
 
 if __name__ == "__main__":

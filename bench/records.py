@@ -197,6 +197,8 @@ DIRECTIONS = {
     "eval_loss": "lower",
     "perplexity": "lower",
     "fused_grouped_gemm": None,  # which path ran, not a target
+    # moe_ep
+    "alltoall_share": "lower",  # the all-to-alls' fraction of an expert-parallel step
     # mla
     "kv_cache_saving_x": "higher",
     "decode_speedup_x": "higher",
@@ -214,6 +216,8 @@ DIRECTIONS = {
     "decode_acceptance_rate": "higher",
     "tokens_per_forward": "higher",  # tokens emitted per main-model forward while decoding
     "matches_greedy": None,  # speculative decoding emitted greedy decoding's tokens: a correctness flag
+    "greedy_divergence_token": None,  # first generated token where the timed (bf16 on CUDA) decoders differ, or -1
+    "divergence_logit_margin": None,  # top-1 minus top-2 logit there: near 0 means a rounding tie
 }
 SUFFIX_DIRECTIONS = (
     ("_noisy", None), ("_per_s", "higher"),  # rates before the bare "_s" of durations

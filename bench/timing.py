@@ -143,6 +143,13 @@ def time_fn(
     return dataclasses.replace(timing, window_s=(start, time.monotonic()))
 
 
+def time_fixed(fn: Callable[[], object], device, reps: int = 10, warmup: int = 2) -> Timing:
+    """time_fn with exactly warmup + reps calls, decided before the first: for a `fn` that holds collectives, whose
+    ranks must all call it the same number of times (time_fn's count adapts to each rank's own timings, and one rank
+    stopping early leaves the others waiting in a collective). On CUDA its own events loop, no L2 flush."""
+    return time_fn(fn, device, warmup=warmup, min_reps=reps, max_reps=reps, min_time_s=0.0, flush_l2=False)
+
+
 def _time_wall(fn, warmup: int, min_reps: int, max_reps: int, min_time_s: float) -> Timing:
     for _ in range(warmup):
         fn()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bench.suite import Measurement, Relative, Suite, register
-from bench.timing import time_fn
+from bench.timing import time_fixed
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
 from impls.checkpointing.reference import loss_fn, make_batch
 from impls.fsdp_checkpointing.shard import local_bytes, shard
@@ -50,7 +50,7 @@ class FsdpCheckpointing(Suite):
 
         step()  # warm-up: lazy initialisation stays out of the memory figures
         peak, activation = step_memory(model, forward, x, target, device)
-        timing = time_fn(step, device)
+        timing = time_fixed(step, device)  # every rank the same number of steps
         tokens = dist.get_world_size() * params["batch"] * params["seq"]
         metrics = {
             **timing.metrics("step_time"),

@@ -189,3 +189,43 @@ def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None) ->
                            "<br><span style='font-family:monospace'>%{customdata[2]}</span><extra></extra>"),
             row=row, col=col)
         shown.add(f"status:{status}")
+
+
+def against_world_size(frame: pd.DataFrame, title: str, shape_keys: tuple[str, ...]) -> list:
+    """For a distributed suite: per shape (the params named in shape_keys), peak memory per rank (the largest rank)
+    and step time (the slowest rank) against world size, one line per variant and machine: each world size is a run
+    of its own (one `--nproc-per-node` per run), read together."""
+    from plotly.subplots import make_subplots
+
+    rows = ok(frame, "peak_mem_bytes", "step_time_ms").copy()  # one block: a records frame is many columns
+    if rows.empty:
+        return []
+
+    def shape(p: dict) -> str:
+        return ", ".join(f"{k}={p.get(k)}" for k in shape_keys)
+
+    rows = rows.assign(world_size=[p.get("world_size", 1) for p in rows["params"]],
+                       shape=[shape(p) for p in rows["params"]])
+    color = colors(frame["variant"])
+    figs = []
+    for name_of_shape, part in rows.groupby("shape", sort=False):
+        fig = make_subplots(rows=1, cols=2, subplot_titles=["peak memory per rank (largest rank)",
+                                                            "step time (slowest rank)"], horizontal_spacing=0.1)
+        div, unit = bytes_unit(part["peak_mem_bytes"])
+        several_machines = part["env_id"].nunique() > 1
+        for (variant, _), line in part.sort_values("world_size").groupby(["variant", "env_id"], sort=False):
+            name = f"{variant} · {line['run'].iloc[0]}" if several_machines else variant
+            for col, (metric, scale, label) in enumerate([("peak_mem_bytes", div, f"peak {unit}"),
+                                                          ("step_time_ms", 1.0, "step ms")], start=1):
+                fig.add_scatter(x=line["world_size"].tolist(), y=(line[metric] / scale).tolist(),
+                                mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1, row=1,
+                                col=col, line={"color": color[variant]}, customdata=hover(line),
+                                hovertemplate=hovertemplate("world size", label))
+        failed = frame[frame["params"].map(lambda p: shape(p) == name_of_shape)]
+        add_not_ok(fig, failed, part["world_size"], part["peak_mem_bytes"] / div, row=1, col=1)
+        fig.update_xaxes(title_text="world size (ranks)", type="log", dtick=0.30103)
+        fig.update_yaxes(title_text=f"peak memory per rank ({unit})", rangemode="tozero", row=1, col=1)
+        fig.update_yaxes(title_text="step time (ms)", rangemode="tozero", row=1, col=2)
+        fig.update_layout(template="plotly_white", height=480, title=f"{title} against world size ({name_of_shape})")
+        figs.append(fig)
+    return figs

@@ -98,3 +98,30 @@ def test_bad_launches_are_usage_errors(tmp_path, capsys, argv, message):
     assert main(["run", "checkpointing", "--size", "smoke", "--out", str(tmp_path / "x"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_two_nodes_on_one_machine_record_each_case_once(tmp_path):
+    # two `bench run`s as two nodes of one rendezvous: each case is recorded by the node that got rank 0
+    import socket
+    import subprocess
+    import sys
+
+    from bench.records import read_records
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "bench", "run", "moe_ep", "--size", "smoke", "--device", "cpu", "--variant", "ep",
+           "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint", f"localhost:{port}", "--out"]
+    logs = [(tmp_path / f"node{i}.log").open("wb") for i in range(2)]
+    nodes = []
+    for i, log in enumerate(logs):
+        nodes.append(subprocess.Popen([*cmd, str(tmp_path / f"node{i}")], stdout=log, stderr=subprocess.STDOUT))
+        time.sleep(2)  # the first node hosts the rendezvous store
+    for i, node in enumerate(nodes):
+        node.wait(timeout=240)
+        logs[i].close()
+        assert node.returncode == 0, (tmp_path / f"node{i}.log").read_text()[-2000:]
+    records = [r for i in range(2) for r in read_records(tmp_path / f"node{i}" / "records.jsonl")]
+    assert [(r.variant, r.status, r.params["world_size"]) for r in records] == [("ep", "ok", 2)]
+    assert records[0].metrics["alltoall_bytes"] > 0

@@ -1,0 +1,134 @@
+"""MLA: what DeepSeek's Multi-head Latent Attention saves in KV cache against MHA, GQA and MQA, and what each form
+costs in prefill and decode time over context length (DeepSeek-V2, arXiv 2405.04434).
+
+Two parts, one `part` param each. cache: the bytes per token of each variant's cache at DeepSeek-V3's sizes (n_h 128,
+d_h 128, d_c 512, d_rope 64), counted from a cache built on the meta device (the same tensors, no storage). decode: one
+attention layer of a named shape prefills `context` tokens into its cache, then decodes one token over them; the cache
+bytes are counted from the tensors it filled, and the absorbed form's output is compared with the naive form's on the
+same weights and cache. mla_absorbed prefills in the naive form, as deployments do: the absorbed form over a 32k-token
+prompt is 3.4x the attention FLOPs and, within its score budget, thousands of query chunks (impls/mla/absorbed.py);
+the tests hold the absorbed prefill equal to the naive one, and the suite times the deployable path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.memory import peak_bytes
+from bench.suite import Measurement, Relative, Suite, register
+from bench.timing import time_fn
+from impls.mla import SHAPES, build
+
+GRIDS = {
+    "smoke": {"shape": "tiny", "batch": 2, "contexts": (32, 64)},
+    # quick: ~20 s on a 2-core CPU for the five variants
+    "quick": {"shape": "small", "batch": 1, "contexts": (256, 512, 1024, 2048)},
+    # full: one DeepSeek-V3 layer (0.94 GB of MHA weights in bf16); MHA's cache at 32k x 4 sequences is 8.6 GB, the
+    # naive form's up-projected keys and values as large again at each decode step
+    "full": {"shape": "deepseek_v3", "batch": 4, "contexts": (1024, 4096, 16384, 32768)},
+}
+DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
+
+
+@register
+class Mla(Suite):
+    name = "mla"
+    description = "KV cache for time: MLA's latent cache against MHA/GQA/MQA, prefill and decode over context length"
+    variants = {
+        "mha": "reference: multi-head attention, a key and a value per head cached (2 n_h d_h per token)",
+        "gqa": "grouped-query attention, keys and values shared by groups of query heads (2 n_kv d_h per token)",
+        "mqa": "multi-query attention, one key and value head (2 d_h per token)",
+        "mla_naive": "MLA caching the latent c_KV and the shared rotary key k_R (d_c + d_rope per token); per-head "
+                     "keys and values up-projected from the cache at every step",
+        "mla_absorbed": "MLA as deployed: prefills in the naive form (same weights, same latent cache), then decodes "
+                        "with W_UK folded into the query and W_UV into the output, attending over the cached latents; "
+                        "its prefill figures are therefore the naive form's",
+    }
+    relative = (
+        Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),
+        Relative("decode_speedup_x", "decode_time_ms", invert=True),
+        Relative("prefill_speedup_x", "prefill_time_ms", invert=True),
+    )
+
+    def grid(self, size, device):
+        g = GRIDS[size]
+        cache = [{"part": "cache", "shape": "deepseek_v3", "dtype": "bfloat16"}]
+        kind = device.split(":")[0]
+        # CPU: one intra-op thread. A decode step is a handful of small ops, and on a shared 2-core VM the thread
+        # pool's wake-ups cost more than they give (a 60-token tiny MHA step: 0.05 ms on one thread, ~70 ms on two
+        # beside other busy processes); the params say so, so that case_ids name the workload.
+        threads = {"threads": 1} if kind == "cpu" else {}
+        return cache + [{"part": "decode", "shape": g["shape"], "batch": g["batch"], "context": c,
+                         "dtype": DTYPES[kind], **threads} for c in g["contexts"]]
+
+    def measure(self, variant, params, device):
+        if params["part"] == "cache":
+            return _cache(variant, params, device)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(params.get("threads", threads))
+        try:
+            return _decode(variant, params, device)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _cache(variant, params, device):
+    """Bytes per token of the variant's cache at the shape, counted from its tensors on the meta device."""
+    layer = build(variant, SHAPES[params["shape"]], device="meta", dtype=getattr(torch, params["dtype"]))
+    cache = layer.new_cache(batch=1, capacity=4)
+    return Measurement({"kv_cache_bytes_per_token": cache.bytes_per_token(),
+                        "kv_cache_elements_per_token": cache.elements_per_token()})
+
+
+def _decode(variant, params, device):
+    dtype, shape = getattr(torch, params["dtype"]), SHAPES[params["shape"]]
+    batch, context = params["batch"], params["context"]
+    g = torch.Generator(device).manual_seed(0)
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        layer = build(variant, shape, device=device, dtype=dtype)
+        x = torch.randn(batch, context + 1, shape.d_model, generator=g, device=device, dtype=dtype)  # [B, T+1, D]
+        prompt, token = x[:, :context], x[:, context:]
+        cache = layer.new_cache(batch, context + 1)
+
+        def prefill():
+            cache.length = 0
+            return layer(prompt, cache)
+
+        def decode():
+            cache.length = context  # every call decodes the token after the same prompt
+            return layer(token, cache)
+
+        # prefill is the set-up decode needs; a few calls time it (seconds each at 32k), decode gets the full timer
+        prefill_timing = time_fn(prefill, device, warmup=1, min_reps=3, min_time_s=0.05)
+        timing = time_fn(decode, device)
+        peak = cache.total_bytes() + peak_bytes(decode, device)
+        out = decode()
+        errors = _absorbed_error(layer, cache, token, out, shape, device, dtype) if variant == "mla_absorbed" else {}
+    seconds = timing.median_ms / 1e3
+    per_token = cache.bytes_per_token()
+    metrics = {
+        **prefill_timing.metrics("prefill_time"),
+        "prefill_tokens_per_s": batch * context / (prefill_timing.median_ms / 1e3),
+        **timing.metrics("decode_time"),
+        "decode_tokens_per_s": batch / seconds,
+        # the cache bytes a decode step reads (weights and transients aside): MHA's decode is bound by them
+        "cache_read_gbps": batch * context * per_token / seconds / 1e9,
+        "kv_cache_bytes_per_token": per_token,
+        "kv_cache_elements_per_token": cache.elements_per_token(),
+        "peak_mem_bytes": peak,
+        **errors,
+    }
+    samples = {**prefill_timing.samples("prefill_time"), **timing.samples("decode_time")}
+    return Measurement(metrics, samples, timed=timing)
+
+
+def _absorbed_error(layer, cache, token, out, shape, device, dtype) -> dict:
+    """The absorbed form's decode output against the naive form's, on the same weights and the same cached latents."""
+    naive = build("mla_naive", shape, device=device, dtype=dtype)
+    naive.load_state_dict(layer.state_dict())
+    cache.length -= 1  # the slot the absorbed step wrote: the naive step rewrites the same latents there
+    ref = naive(token, cache)
+    diff = (out.double() - ref.double()).abs().max().item()
+    scale = ref.double().abs().max().item()
+    return {"max_abs_err": diff, "max_rel_err": diff / scale if scale else float(diff > 0)}

@@ -1,0 +1,171 @@
+"""DeepSeek-V3 MoE: how well each router balances expert load, and what dispatching the experts costs.
+
+Two parts, one `part` param each. balance trains a small DeepSeekMoE language model on a skewed, topic-dependent
+synthetic stream under each router (the aux_loss router is this part's reference; sigmoid_aux_loss keeps its loss but
+takes aux_free's sigmoid gate, so its gap to aux_free is the bias's alone) and measures MaxVio (Wang et al.
+2024: (max load - mean load) / mean load, averaged over layers): max_vio_batch per training step (its mean over the
+last quarter of training, when the bias has moved; a batch of a few sequences draws few topics, a skew no bias can
+follow, so it keeps a floor), max_vio_train over all training tokens at once (the bias steers toward exactly this
+count, step by step), and max_vio_global over a held-out pass with the final, frozen routing (the paper's
+MaxVio_global); beside them the final training loss (mean of the last quarter) and the held-out perplexity. Results
+are cached per config (impls.cache), so a second run does not retrain. Every router trains with the same dispatch
+(auto grouped GEMM, equal to the loop: tests/impls/test_moe.py).
+
+dispatch times one forward + backward of the routed experts of one layer (router outside, random top-k routing) per
+dispatch: the per-expert loop (reference), torch._grouped_mm, a Triton grouped GEMM, and sorted segments run as plain
+matmuls; tokens_per_s, TFLOP/s of the expert GEMMs, and peak bytes. `fused_grouped_gemm` says which path ran: true
+when the expert GEMMs ran as one kernel each (Triton; torch._grouped_mm on CUDA sm90+ in bf16), false when torch
+looped over experts inside (torch._grouped_mm on CPU or in fp32). No token is dropped in either part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from bench.hardware import device_name, peak_tflops
+from bench.memory import peak_bytes
+from bench.suite import Measurement, Relative, Skip, Suite, register
+from bench.timing import time_fn
+from impls.cache import load_or_build
+from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
+from impls.moe.lm import CACHE_VERSION, LMConfig, train
+from impls.moe.reference import RoutedExperts, loop_dispatch, max_vio
+from impls.moe.router import ROUTERS
+
+DISPATCH = {"loop": None, "grouped_mm": "grouped_mm", "grouped_torch": "torch", "grouped_triton": "triton"}
+# balance: the model and run per size. gamma: DeepSeek-V3's 0.001 moves a bias by at most 0.12 in the 120 steps of
+# quick, too little at this size (MaxVio over the training tokens 0.20 with 0.001, 0.04 with 0.01, 0.47 with the aux
+# loss), so the short grids take 0.01 and say so in their params; full runs 2000 steps at 0.001.
+BALANCE = {
+    "smoke": {"steps": 30, "gamma": 0.01, "dim": 32, "experts": 8, "top_k": 4, "layers": 1, "seq": 32, "batch": 4},
+    "quick": {"steps": 120, "gamma": 0.01, "dim": 64, "experts": 16, "top_k": 4, "layers": 2, "seq": 64, "batch": 8},
+    "full": {"steps": 2000, "gamma": 0.001, "dim": 128, "experts": 64, "top_k": 8, "layers": 4, "seq": 256,
+             "batch": 16},
+}
+AUX_ALPHA = 1e-3  # Wang et al.'s auxiliary-loss baseline
+EVAL_SEQS = {"smoke": 32, "quick": 256, "full": 1024}
+# dispatch: (tokens, experts, top_k, dim, expert hidden). full spans 8..256 experts at DeepSeek-V3's top-8, top-k at
+# 64 experts, and DeepSeek-V3's own layer (7168 wide, 256 experts of 2048: w1 + w2 = 22.5 GB in bf16).
+SHAPES = {
+    "smoke": [(256, 8, 2, 32, 32), (256, 16, 2, 32, 32)],
+    # quick: 2 points: the live-tensor tracker behind peak_mem_bytes spends ~2 s on the loop's ~3,000 ops at 64 experts
+    "quick": [(512, 8, 4, 64, 64), (512, 64, 4, 64, 64)],
+    "full": [*((8192, e, 8, 2048, 1024) for e in (8, 16, 32, 64, 128, 256)),
+             *((8192, 64, k, 2048, 1024) for k in (2, 4)), (8192, 64, 8, 4096, 1024), (8192, 256, 8, 7168, 2048)],
+}
+DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
+
+
+@register
+class Moe(Suite):
+    name = "moe"
+    description = "balance and dispatch: aux-loss vs aux-loss-free MoE routing (MaxVio), loop vs grouped-GEMM experts"
+    variants = {
+        "loop": "reference of dispatch: one gather, two GEMMs and one scatter per expert",
+        "grouped_mm": "tokens sorted by expert, each projection one torch._grouped_mm",
+        "grouped_torch": "tokens sorted by expert, each projection a loop of matmuls over the segments (any device)",
+        "grouped_triton": "tokens sorted by expert, each projection one Triton grouped GEMM (forward and backward)",
+        "aux_loss": "reference of balance: softmax top-k, expert-level auxiliary loss (alpha 0.001)",
+        "sigmoid_aux_loss": "sigmoid, normalized top-k weights, the aux loss (alpha 0.001), no bias: the gate alone",
+        "aux_free": "DeepSeek-V3: sigmoid, normalized top-k weights, balancing bias moved +/- gamma a step",
+        "aux_free_seqaux": "aux_free plus DeepSeek-V3's sequence-wise balance loss (alpha 0.0001)",
+        "node_limited": "aux_free with the experts on 4 nodes and each token sent to at most 2",
+    }
+    relative = (Relative("speedup_x", "step_time_ms", invert=True),
+                Relative("mem_saving_x", "peak_mem_bytes", invert=True))
+
+    def grid(self, size, device):
+        dtype = DTYPES[device.split(":")[0]]
+        balance = {"part": "balance", **BALANCE[size], "aux_alpha": AUX_ALPHA, "eval_seqs": EVAL_SEQS[size],
+                   "dtype": "float32"}
+        return [balance] + [{"part": "dispatch", "tokens": t, "experts": e, "top_k": k, "dim": d, "hidden": h,
+                             "dtype": dtype} for t, e, k, d, h in SHAPES[size]]
+
+    def applies(self, variant, params):
+        return (variant in DISPATCH) == (params["part"] == "dispatch")
+
+    def measure(self, variant, params, device):
+        part = _dispatch if params["part"] == "dispatch" else _balance
+        if device != "cpu":
+            return part(variant, params, device)
+        # A few hundred tokens of width 32-64 per GEMM: on 2 cores an intra-op thread pool costs more in wake-ups than
+        # it gives, and the loop's per-expert overhead, the thing measured, is single-threaded anyway.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return part(variant, params, device)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _balance(variant, params, device):
+    cfg = LMConfig(dim=params["dim"], layers=params["layers"], n_routed=params["experts"], top_k=params["top_k"],
+                   seq=params["seq"], batch=params["batch"])
+    router = ROUTERS[variant]
+    with_aux = router.kind in ("softmax_aux", "sigmoid_aux")  # the bias-free routers: gamma does not apply
+    router = dataclasses.replace(router, **({"aux_alpha": params["aux_alpha"]} if with_aux
+                                            else {"gamma": params["gamma"]}))
+    key = {"version": CACHE_VERSION, "lm": dataclasses.asdict(cfg), "router": dataclasses.asdict(router),
+           "steps": params["steps"], "eval_seqs": params["eval_seqs"], "device": torch.device(device).type}
+
+    def build():
+        return train(cfg, router, params["steps"], params["eval_seqs"], dispatch=dispatcher("auto"), device=device)
+
+    out = load_or_build("moe_balance", key, build)
+    loads, losses = out["loads"], out["losses"]  # [steps, layers, E], [steps]
+    per_step = [sum(max_vio(layer) for layer in step) / len(step) for step in loads]
+    tail = max(1, len(losses) // 4)
+    eval_load = out["eval_load"]  # [layers, E]
+    metrics = {
+        "max_vio_batch": sum(per_step[-tail:]) / tail,
+        "max_vio_train": sum(max_vio(layer) for layer in loads.sum(0)) / len(eval_load),
+        "max_vio_global": sum(max_vio(layer) for layer in eval_load) / len(eval_load),
+        "final_loss": sum(losses[-tail:]) / tail,
+        "eval_loss": out["eval_loss"],
+        "perplexity": math.exp(out["eval_loss"]),
+    }
+    fraction = eval_load.double() / eval_load.sum(-1, keepdim=True)  # share of each layer's routed slots
+    samples = {"max_vio_curve": per_step, "loss_curve": list(losses), "load_curve": fraction.flatten().tolist()}
+    return Measurement(metrics, samples)
+
+
+def _dispatch(variant, params, device):
+    dtype = getattr(torch, params["dtype"])
+    T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    experts = RoutedExperts(E, D, H, device=device, dtype=dtype)
+    x = torch.randn(T, D, generator=g).to(device, dtype).requires_grad_()
+    weights, indices = torch.randn(T, E, generator=g).softmax(-1).topk(K, dim=-1)  # [T, K]: balanced on average
+    weights, indices = weights.to(device, dtype).requires_grad_(), indices.to(device)
+    grad = torch.randn(T, D, generator=g).to(device, dtype)
+    backend = DISPATCH[variant]
+    if backend == "triton" and not device.startswith("cuda"):
+        raise Skip("the Triton grouped GEMM needs a CUDA device (its forward and backward are tested against the loop "
+                   "under TRITON_INTERPRET=1)")
+    if backend == "grouped_mm":
+        hidden = x.new_empty(T * K, H)  # the second GEMM's operand: K = H, not D
+        reason = grouped_mm_unsupported(x, experts.w1) or grouped_mm_unsupported(hidden, experts.w2)
+        if reason:
+            raise Skip(reason)
+    dispatch = loop_dispatch if backend is None else dispatcher(backend)
+
+    def step():
+        x.grad = weights.grad = experts.w1.grad = experts.w2.grad = None
+        dispatch(x, indices, weights, experts).backward(grad)
+
+    step()  # warm-up: lazy initialisation and Triton compilation stay out of the figures
+    peak = peak_bytes(step, device)
+    timing = time_fn(step, device)
+    seconds = timing.median_ms / 1e3
+    flops = 3 * 2 * T * K * 3 * D * H  # forward + 2x backward of w1 [D, 2H] and w2 [H, D] per routed slot
+    tflops = flops / seconds / 1e12
+    peak_rate = peak_tflops(device_name(device), params["dtype"])
+    fused = {"grouped_mm": grouped_mm_fused(device, dtype), "triton": True}.get(backend, False)
+    metrics = {**timing.metrics("step_time"), "tokens_per_s": T / seconds, "expert_tflops": tflops,
+               "pct_of_peak": None if peak_rate is None else 100 * tflops / peak_rate, "peak_mem_bytes": peak,
+               "fused_grouped_gemm": fused}
+    return Measurement(metrics, timing.samples("step_time"), timed=timing)
