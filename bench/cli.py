@@ -204,10 +204,12 @@ def cmd_profile(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from bench.runner import plan
+
     registry = discover()
     rows = [{"name": s.name, "description": s.description, "reference": s.reference_variant(),
-             "variants": dict(s.variants),
-             "cases": {size: len(s.grid(size, "cpu")) * len(s.variants) for size in SIZES}}
+             "variants": dict(s.variants), "world_sizes": list(s.world_sizes),
+             "cases": {size: len(plan([s], size, "cpu")) for size in SIZES}}
             for s in (registry[n] for n in sorted(registry))]
     if args.json:
         print(json.dumps({"suites": rows, "sizes": list(SIZES)}, indent=2))
@@ -218,7 +220,8 @@ def cmd_list(args) -> int:
     table = Table("suite", "variants (reference first)", *(f"{size} cases" for size in SIZES), title="techbench suites")
     for row in rows:
         variants = [row["reference"]] + [v for v in row["variants"] if v != row["reference"]]
-        table.add_row(f"{row['name']}\n[dim]{row['description']}[/]", ", ".join(variants),
+        ranks = f"\n[dim]torchrun ranks: {', '.join(map(str, row['world_sizes']))}[/]" if row["world_sizes"] else ""
+        table.add_row(f"{row['name']}\n[dim]{row['description']}[/]{ranks}", ", ".join(variants),
                       *(str(row["cases"][size]) for size in SIZES))
     Console().print(table)
     return 0

@@ -1,6 +1,7 @@
 """Distributed cases: one torchrun job per case, with NCCL on CUDA and gloo on CPU.
 
-The runner calls `run_distributed` for a case of a distributed suite (one that lists `world_sizes`). It starts
+The runner calls `run_distributed` for a case of a distributed suite (one that lists `world_sizes`) on more than
+one rank; a one-rank case runs as any other, in the runner's child process, inside `one_rank_group`. It starts
 `python -m torch.distributed.run ... -m bench.distributed SPEC` in a new process group, so that a timeout can kill
 the agent and every rank at once; torchrun's elastic agent starts the ranks, and when one rank dies it stops the
 others. Each rank runs the suite's `measure` with the process group initialised, and writes how it ended to
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,28 @@ def _kill(proc: subprocess.Popen, job: Path) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     proc.wait()
+
+
+@contextmanager
+def one_rank_group(device: str):
+    """A process group of this process alone (gloo on CPU, NCCL on CUDA), for a distributed suite's world-size-1
+    case: it runs like any case, in the runner's child process, without a torchrun job around it (whose start costs
+    seconds a case). Nothing happens when a group exists already (a torchrun rank)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        yield
+        return
+    cuda = device.startswith("cuda")
+    with tempfile.TemporaryDirectory(prefix="techbench-pg-") as tmp:
+        store = dist.FileStore(str(Path(tmp) / "store"), 1)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=0, world_size=1,
+                                **({"device_id": torch.device(device)} if cuda else {}))
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
 
 
 def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[str, Any]:

@@ -16,18 +16,19 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.distributed import Launch, run_distributed
+from bench.distributed import Launch, aggregate, one_rank_group, run_distributed
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
     Record,
     RecordWriter,
     SchemaError,
+    direction,
     read_records,
     read_run_json,
     write_run_json,
@@ -100,7 +101,8 @@ def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        with Telemetry(device) as telemetry:
+        group = one_rank_group(device) if suite.world_sizes else nullcontext()
+        with Telemetry(device) as telemetry, group:
             m = suite.measure(case.variant, dict(case.params), device)
         gpu = telemetry.summary(window=m.timed.window_s if m.timed else None)
         metrics = {**m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
@@ -278,8 +280,11 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
 
 def _execute(case: Case, cfg: RunConfig) -> dict[str, Any] | None:
     suite = SUITES[case.suite]
-    if not suite.world_sizes:
-        return execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, cfg.timeout_s)
+    if not suite.world_sizes or (cfg.launch.world_size == 1 and case.params["world_size"] in suite.world_sizes):
+        result = execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, cfg.timeout_s)
+        if suite.world_sizes and result["status"] == "ok":  # the same columns as a many-rank case's record
+            result = aggregate([result], {m: direction(m) for m in result["metrics"]})
+        return result
     if case.params["world_size"] not in suite.world_sizes:
         return {"status": "skipped", "error": f"{case.suite} runs at world sizes "
                 f"{', '.join(map(str, suite.world_sizes))}, not {case.params['world_size']} (--nproc-per-node x "

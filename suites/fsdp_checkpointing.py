@@ -50,7 +50,7 @@ class FsdpCheckpointing(Suite):
 
         step()  # warm-up: lazy initialisation stays out of the memory figures
         peak, activation = step_memory(model, forward, x, target, device)
-        timing = time_fixed(step, device)  # every rank the same number of steps
+        timing = time_fixed(step, device, reps=3, warmup=1)  # every rank the same number of steps
         tokens = dist.get_world_size() * params["batch"] * params["seq"]
         metrics = {
             **timing.metrics("step_time"),

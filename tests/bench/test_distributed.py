@@ -66,7 +66,9 @@ def _alive(pid: int) -> bool:
 
 def test_one_rank_runs_and_an_unsupported_world_size_is_skipped(tmp_path):
     _, r = run(tmp_path, ["ok"], nproc=1)
+    # one rank runs in the runner's child process with a one-rank group, no torchrun job, and the same columns
     assert r["ok"].status == "ok" and r["ok"].metrics["value_ms"] == 3 and r["ok"].params["world_size"] == 1
+    assert r["ok"].metrics["rank_max_value_ms"] == r["ok"].metrics["rank_min_value_ms"] == 3
     _, r = run(tmp_path / "three", ["ok"], nproc=3)
     assert r["ok"].status == "skipped" and "world sizes 1, 2, not 3" in r["ok"].error
 
