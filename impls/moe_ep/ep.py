@@ -55,11 +55,11 @@ def shard_experts(full: RoutedExperts, rank: int, world: int) -> RoutedExperts:
 
 
 def _all_to_all(x: Tensor, out_rows: list[int], in_rows: list[int], group) -> Tensor:
-    """Rows of x [sum(in_rows), ...] sent in_rows[r] to rank r; returns [sum(out_rows), ...] (differentiable)."""
-    from torch.distributed.nn.functional import all_to_all_single
+    """Rows of x [sum(in_rows), ...] sent in_rows[r] to rank r; returns [sum(out_rows), ...] (differentiable: the
+    backward is the reverse all-to-all)."""
+    from torch.distributed._functional_collectives import all_to_all_single_autograd, wait_tensor
 
-    out = x.new_empty((sum(out_rows), *x.shape[1:]))
-    return all_to_all_single(out, x, out_rows, in_rows, group=group)
+    return wait_tensor(all_to_all_single_autograd(x, out_rows, in_rows, group or dist.group.WORLD))
 
 
 def ep_dispatch(x: Tensor, indices: Tensor, weights: Tensor, local: RoutedExperts, n_experts: int,
