@@ -1,27 +1,14 @@
 """FSDP2 with each checkpointing variant, on 2 gloo ranks, against one process on both ranks' batches."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from impls.checkpointing import VARIANTS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.torchrun import torchrun_json
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp") / "errors.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "impls.fsdp_checkpointing.check", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text())
+    return torchrun_json("impls.fsdp_checkpointing.check", tmp_path_factory.mktemp("fsdp") / "errors.json")
 
 
 def test_every_variant_was_checked_on_two_ranks(two_ranks):

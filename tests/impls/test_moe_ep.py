@@ -1,26 +1,15 @@
 """Expert parallelism on 2 gloo ranks against the single-process DeepSeekMoE layer on both ranks' tokens."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.torchrun import torchrun_json
+
 BACKENDS = ("torch", "grouped_mm")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ep") / "ep.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "impls.moe_ep.check", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = torchrun_json("impls.moe_ep.check", tmp_path_factory.mktemp("ep") / "ep.json")
     assert result["world"] == 2
     return result["ranks"]
 
