@@ -52,17 +52,7 @@ class Checkpointing(Suite):
         return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
 
     def measure(self, variant, params, device):
-        dtype = getattr(torch, params["dtype"])
-        cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
-        model = Transformer(cfg).to(device, dtype)
-        x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype)
-        forward = VARIANTS[variant]
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            loss_fn(forward(model, x), target).backward()
-
-        step()  # warm-up: lazy initialisation stays out of the memory figures
+        model, forward, x, target, step = training_step(variant, params, device)
         peak, activation = step_memory(model, forward, x, target, device)
         with flop_counter_mode() as flops:
             step()
@@ -79,6 +69,25 @@ class Checkpointing(Suite):
             "tokens_per_s": tokens / seconds,
         }
         return Measurement(metrics, timing.samples("step_time"), timed=timing)
+
+
+def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=None):
+    """A case's model (passed through `wrap`, e.g. to shard it), its batch (drawn with `seed`) and its training step,
+    run once as the warm-up, so that lazy initialisation stays out of the memory figures: (model, forward, x, target,
+    step)."""
+    dtype = getattr(torch, params["dtype"])
+    cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
+    model = Transformer(cfg).to(device, dtype)
+    model = wrap(model) if wrap is not None else model
+    x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype, seed=seed)
+    forward = VARIANTS[variant]
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss_fn(forward(model, x), target).backward()
+
+    step()
+    return model, forward, x, target, step
 
 
 def _pct_of_peak(tflops: float, device: str, dtype: str) -> float | None:

@@ -9,14 +9,10 @@ gradients and the activations the variant keeps. `param_bytes` is the rank's sha
 
 from __future__ import annotations
 
-import torch
-
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fixed
-from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
-from impls.checkpointing.reference import loss_fn, make_batch
 from impls.fsdp_checkpointing.shard import local_bytes, shard
-from suites.checkpointing import DTYPES, GRIDS, SHAPES, Checkpointing, step_memory
+from suites.checkpointing import DTYPES, GRIDS, SHAPES, Checkpointing, step_memory, training_step
 
 
 @register
@@ -37,18 +33,8 @@ class FsdpCheckpointing(Suite):
     def measure(self, variant, params, device):
         import torch.distributed as dist
 
-        rank = dist.get_rank()
-        dtype = getattr(torch, params["dtype"])
-        cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
-        model = shard(Transformer(cfg).to(device, dtype))  # every rank built the same weights (same seed)
-        x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype, seed=rank)
-        forward = VARIANTS[variant]
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            loss_fn(forward(model, x), target).backward()
-
-        step()  # warm-up: lazy initialisation stays out of the memory figures
+        # every rank builds the same weights (the runner seeds each alike), then shards them; each its own batch
+        model, forward, x, target, step = training_step(variant, params, device, seed=dist.get_rank(), wrap=shard)
         peak, activation = step_memory(model, forward, x, target, device)
         timing = time_fixed(step, device, reps=3, warmup=1)  # every rank the same number of steps
         tokens = dist.get_world_size() * params["batch"] * params["seq"]
