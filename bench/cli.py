@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from collections import Counter
@@ -18,6 +19,7 @@ from pathlib import Path
 from bench import commands
 from bench.commands import UsageError
 from bench.distributed import Launch
+from bench.records import read_run_json
 from bench.runner import DEFAULT_TIMEOUT_S
 from bench.suite import SIZES, discover
 
@@ -42,12 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     r.add_argument("--shard", default="1/1", metavar="I/N", help="run the I-th of N deterministic slices")
     r.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=4,seq=256)")
+    r.add_argument("--case", action="append", metavar="GLOB",
+                   help="only cases whose case_id matches this shell-style glob (repeatable: any of them), e.g. "
+                        "'fp8/*/*part=gemm*'")
     r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help=f"seconds per case (default: {DEFAULT_TIMEOUT_S:g})")
     r.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="ranks per node for distributed suites, one torchrun job a case (default: 1)")
     r.add_argument("--nnodes", type=int, default=1, metavar="M", help="nodes of each distributed job (default: 1)")
     r.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-node job (same on every node)")
+    r.add_argument("--budget", type=float, metavar="S",
+                   help="stop starting cases after S seconds; cases not run are listed, and --resume runs them")
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
     r.add_argument("--resume", action="store_true", help="continue OUT, skipping cases it already finished")
 
@@ -154,8 +161,9 @@ def cmd_run(args) -> int:
     registry = discover()
     suites = _select(registry, args.suites, args.variant)
     shard = _parse_shard(args.shard)
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
+    for flag, value in (("--timeout", args.timeout), ("--budget", args.budget)):
+        if value is not None and not (0 < value < math.inf):
+            raise UsageError(f"{flag} must be a positive number of seconds, got {value:g}")
     device = _resolve_device(args.device)
     where = parse_params(args.params)
     try:
@@ -165,11 +173,17 @@ def cmd_run(args) -> int:
     if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
         keys = sorted({k for s in suites for p in s.grid(args.size, device) for k in p})
         raise UsageError(f"no {args.size} case matches --params {args.params} (params: {', '.join(keys)})")
+    for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
+        if not runner.plan(suites, args.size, device, args.variant, where=where or None, world_size=how.world_size,
+                           cases_like=[glob]):
+            raise UsageError(f"no {args.size} case on {device} matches --case {glob!r} (case ids are "
+                             "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants)")
     run_id = runner.new_run_id()
     out = args.out or Path("runs") / run_id
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
-                           shard=shard, where=where or None, timeout_s=args.timeout, launch=how, inline=args.inline,
-                           resume=args.resume, run_id=run_id, argv=["bench", *sys.argv[1:]])
+                           shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,
+                           launch=how, inline=args.inline, resume=args.resume, run_id=run_id, budget_s=args.budget,
+                           argv=["bench", *sys.argv[1:]])
     console = Console()
     try:
         code, records = runner.run(cfg, make_progress(console))
@@ -181,6 +195,10 @@ def cmd_run(args) -> int:
         return 1
     counts = Counter(r.status for r in records)
     print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
+    not_run = (read_run_json(out) or {}).get("not_run") or []
+    if not_run:
+        print(f"bench: the --budget of {args.budget:g} s ran out with {len(not_run)} cases not run (listed in "
+              f"{out / 'run.json'} under not_run); `bench run ... --out {out} --resume` runs them", file=sys.stderr)
     _write_report(out)
     return code
 
@@ -194,8 +212,8 @@ def _write_report(out: Path) -> None:
             warnings.simplefilter("ignore")
             print(f"report -> {write_report([out], out / 'report.html')}")
     except Exception as e:  # noqa: BLE001
-        print(f"bench: warning: no report.html ({type(e).__name__}: {e}); `bench report {out} -o FILE` retries",
-              file=sys.stderr)
+        why = missing_package(e) if isinstance(e, ModuleNotFoundError) else f"{type(e).__name__}: {e}"
+        print(f"bench: warning: no report.html ({why}); `bench report {out} -o FILE` retries", file=sys.stderr)
 
 
 def cmd_profile(args) -> int:
@@ -244,6 +262,20 @@ def cmd_env(args) -> int:
     return 0
 
 
+# Packages that only some commands need (pyproject installs them all; a checkout run with PYTHONPATH=. may lack them):
+# import name -> (what needs it, the distribution to install)
+OPTIONAL = {"plotly": ("reports, compare pages and the dashboard", "plotly"),
+            "pyarrow": ("the history store", "pyarrow"),
+            "sklearn": ("the samplers suite's digits", "scikit-learn"),
+            "pycocotools": ("the detection suite's COCO AP", "pycocotools")}
+
+
+def missing_package(e: ModuleNotFoundError) -> str:
+    name = (e.name or "").split(".")[0]
+    what, dist = OPTIONAL.get(name, ("this command", name))
+    return f"{name} is not installed (pip install {dist}); it is needed for {what}"
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"bench: warning: {message}", file=sys.stderr)
 
@@ -259,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in OPTIONAL:
+            raise
+        print(f"bench: error: {missing_package(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench: interrupted; finished records are kept, rerun with --resume", file=sys.stderr)

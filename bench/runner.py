@@ -7,6 +7,7 @@ classifies how it ended; run() drives the loop: run.json, resume, timeouts, prog
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import importlib
 import multiprocessing as mp
 import os
@@ -59,11 +60,13 @@ class Case:
 
 
 def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None = None,
-         shard: tuple[int, int] = (1, 1), where: dict[str, str] | None = None, world_size: int = 1) -> list[Case]:
+         shard: tuple[int, int] = (1, 1), where: dict[str, str] | None = None, world_size: int = 1,
+         cases_like: list[str] | None = None) -> list[Case]:
     """Every case to run, grouped by params with the reference variant first; shard i of n takes every n-th group.
 
-    `where` keeps the cases whose params match it (values compared as text, as typed on the command line); a
-    distributed suite's params gain the `world_size` of the launch."""
+    `where` keeps the cases whose params match it (values compared as text, as typed on the command line);
+    `cases_like` keeps those whose case_id matches one of its shell-style globs; a distributed suite's params gain the
+    `world_size` of the launch."""
     cases = []
     for suite in suites:
         names = [suite.reference_variant()] + [v for v in suite.variants if v != suite.reference_variant()]
@@ -74,6 +77,8 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
                 continue
             cases += [Case(suite.name, v, params, type(suite).__module__)
                       for v in names if (variants is None or v in variants) and suite.applies(v, params)]
+    if cases_like is not None:
+        cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, g) for g in cases_like)]
     groups = list(dict.fromkeys(c.group for c in cases))
     index, count = shard
     mine = {g for k, g in enumerate(groups) if k % count == index - 1}
@@ -195,11 +200,16 @@ class RunConfig:
     variants: list[str] | None = None
     shard: tuple[int, int] = (1, 1)
     where: dict[str, str] | None = None
+    cases_like: list[str] | None = None
+    """Only cases whose case_id matches one of these shell-style globs (`bench run --case`)."""
     timeout_s: float = DEFAULT_TIMEOUT_S
     launch: Launch = field(default_factory=Launch)
     """How distributed suites' cases are launched (torchrun processes per node, nodes, rendezvous)."""
     inline: bool = False
     resume: bool = False
+    budget_s: float | None = None
+    """Wall-clock seconds for the whole run: no case starts after it, and the case running then is given only what
+    is left; a case cut off by it is not recorded, so --resume runs it. None: no budget."""
     run_id: str | None = None
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -236,7 +246,8 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
     from bench import __version__
     from bench import env as envmod
 
-    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size)
+    cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size,
+                 cfg.cases_like)
     shard = "{}/{}".format(*cfg.shard)
     meta, finished = _open_run_dir(cfg, shard)
     environment = envmod.collect()
@@ -251,16 +262,27 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
 
     todo = [c for c in cases if c.id not in finished]
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
+    deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
+    meta.pop("not_run", None)
     if progress is not None:
         progress.start(len(cases), len(cases) - len(todo))
     with RecordWriter(cfg.out / RECORDS_JSONL) as writer, _stopping(progress):
-        for case in todo:
+        for i, case in enumerate(todo):
+            timeout_s = cfg.timeout_s
+            if deadline is not None:
+                timeout_s = min(timeout_s, deadline - time.monotonic())
+                if timeout_s <= 0:
+                    meta["not_run"] = [c.id for c in todo[i:]]
+                    break
             if progress is not None:
                 progress.begin(case)
             started, t0 = now(), time.perf_counter()
-            result = _execute(case, cfg)
+            result = _execute(case, cfg, timeout_s)
             if result is None:  # a distributed case whose rank 0 ran on another node: that node records it
                 continue
+            if result["status"] == "timeout" and timeout_s < cfg.timeout_s:  # cut off by the budget, not its own
+                meta["not_run"] = [c.id for c in todo[i:]]
+                break
             record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
@@ -272,16 +294,16 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             finished[case.id] = record
             if progress is not None:
                 progress.end(record)
-    meta["finished_at"] = now()
+    meta["finished_at"] = None if meta.get("not_run") else now()  # a run stopped by its budget is unfinished
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]
-    return (1 if any(r.status in FAILED for r in records) else 0), records
+    return (1 if meta.get("not_run") or any(r.status in FAILED for r in records) else 0), records
 
 
-def _execute(case: Case, cfg: RunConfig) -> dict[str, Any] | None:
+def _execute(case: Case, cfg: RunConfig, timeout_s: float) -> dict[str, Any] | None:
     suite = SUITES[case.suite]
     if not suite.world_sizes or (cfg.launch.world_size == 1 and case.params["world_size"] in suite.world_sizes):
-        result = execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, cfg.timeout_s)
+        result = execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, timeout_s)
         if suite.world_sizes and result["status"] == "ok":  # the same columns as a many-rank case's record
             result = aggregate([result], {m: direction(m) for m in result["metrics"]})
         return result
@@ -289,7 +311,7 @@ def _execute(case: Case, cfg: RunConfig) -> dict[str, Any] | None:
         return {"status": "skipped", "error": f"{case.suite} runs at world sizes "
                 f"{', '.join(map(str, suite.world_sizes))}, not {case.params['world_size']} (--nproc-per-node x "
                 "--nnodes)"}
-    return run_distributed(case, cfg.device, cfg.launch, cfg.timeout_s, SEED)
+    return run_distributed(case, cfg.device, cfg.launch, timeout_s, SEED)
 
 
 @contextmanager

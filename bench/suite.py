@@ -8,6 +8,7 @@ finds them by importing every module of that package (`discover`), never by name
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +22,13 @@ SUITES: dict[str, Suite] = {}
 
 class Skip(Exception):
     """Raised by `measure` when a variant cannot run here; the case is recorded as skipped with this reason."""
+
+
+def requires(*modules: str, pip: str | None = None) -> None:
+    """Raise Skip naming what to install when one of `modules` cannot be imported (an optional package)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise Skip(f"needs {', '.join(missing)}, which is not installed (pip install {pip or ' '.join(missing)})")
 
 
 @dataclass(frozen=True)

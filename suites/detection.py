@@ -19,7 +19,7 @@ import torch
 
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, requires
 from bench.timing import time_fn
 from impls.detection.data import make_dataset
 from impls.detection.evaluate import evaluate_detector
@@ -67,6 +67,7 @@ class Detection(Suite):
                 for res in g["resolutions"] for head in g["heads"]]
 
     def measure(self, variant, params, device):
+        requires("pycocotools")  # COCOeval's AP, before minutes of training
         cfg = _config(variant, params)
         model = load_or_train(cfg, device).detector
         mode, scales = MODES[variant], SCALES if MODES[variant] != "single" else (1.0,)

@@ -4,7 +4,9 @@ Four parts, one `part` param each: gemm (time, TFLOP/s, % of peak, error against
 activation quantizer's GB/s), accuracy (SQNR on normal inputs and on inputs with 100x outlier channels), and
 training (the loss gap to the high-precision run on the same data). The blockwise recipe's GEMM is a Triton kernel:
 its speed needs a CUDA device, while its accuracy and training use the dequantize-then-matmul reference, which gives
-the same numbers up to fp32 summation order, so they exist on every device.
+the same numbers up to fp32 summation order, so they exist on every device. The same holds for tensorwise and rowwise
+accuracy where this torch's _scaled_mm cannot take the recipe's scales on the device (torch 2.11's CPU kernel is
+per-tensor only): their gemm case is skipped with torch's reason, and their accuracy is that of the emulated GEMM.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from bench.suite import Measurement, Relative, Skip, Suite, register
 from bench.timing import time_fn
 from impls.fp8.gemm import (
     blockwise_reference,
+    dequantized_matmul,
     fp8_matmul,
     gemm_flops,
     matmul_fp64,
@@ -25,6 +28,7 @@ from impls.fp8.gemm import (
     max_rel_err,
     reference_dtype,
     scaled_mm,
+    scaled_mm_support,
 )
 from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
 from impls.fp8.train import BATCH, loss_gap, train
@@ -127,11 +131,11 @@ def _accuracy(variant, params, device):
         out = matmul_reference(a, b)
     elif variant == "deepseek_v3":
         out = blockwise_reference(a.float(), b.float())
-    else:
-        try:
-            out = fp8_matmul(a, b, RECIPES[variant], out_dtype=torch.float32)
-        except NotImplementedError as e:
-            raise Skip(str(e).splitlines()[0]) from None
+    elif scaled_mm_support(torch.device(device).type, RECIPES[variant].activation) is None:
+        out = fp8_matmul(a, b, RECIPES[variant], out_dtype=torch.float32)
+    else:  # exact products summed in fp32, as _scaled_mm does: the same SQNR to ~1e-6 dB
+        recipe = RECIPES[variant]
+        out = dequantized_matmul(*recipe.quantize_activation(a), *recipe.quantize_weight(b), recipe)
     return Measurement(_errors(a, b, out))
 
 

@@ -22,12 +22,12 @@ import zlib
 
 import torch
 
-from bench.suite import Measurement, Suite, register
+from bench.suite import Measurement, Suite, register, requires
 from bench.timing import time_fn
 from impls.cache import load_or_build
 from impls.samplers import SAMPLERS
 from impls.samplers.base import GRID_NFE, prior_noise
-from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, learned_model
+from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, learned_model
 from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2_to
 from impls.samplers.nflow import FlowConfig, trained_flow
 from impls.samplers.params import ExactModel
@@ -117,6 +117,8 @@ class Samplers(Suite):
         return self._measure(variant, params, device)
 
     def _measure(self, variant, params, device):
+        if params["target"] == "digits":
+            requires("sklearn", pip="scikit-learn")  # the 8x8 digits ship with scikit-learn
         target, budget, n = params["target"], params["nfe_budget"], params["n"]
         if variant == NFLOW:
             flow = trained_flow(FlowConfig(data=target, steps=params["train_steps"], hidden=params["hidden"]))
@@ -148,7 +150,7 @@ def _sampler(variant: str) -> str:
 
 
 def _n(target: str, n: int) -> int:
-    return len(digits("test")) if target == "digits" else n
+    return digits_count("test") if target == "digits" else n
 
 
 def _dim(target: str) -> int:

@@ -6,6 +6,8 @@ a @ b.T [M, N]: b.T is then column-major, the layout torch._scaled_mm wants for 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -64,12 +66,48 @@ def blockwise_reference(a: Tensor, b: Tensor, recipe: Recipe = RECIPES["deepseek
     return dequantized_matmul(*recipe.quantize_activation(a), *recipe.quantize_weight(b), recipe)
 
 
+def _granularity(sa: Tensor, sb: Tensor) -> str:
+    if sa.numel() == 1 and sb.numel() == 1:
+        return "tensorwise"
+    if sa.dim() == 2 and sa.shape[1] == 1 and sb.dim() == 2 and 1 in sb.shape:
+        return "rowwise"
+    raise NotImplementedError(
+        f"torch._scaled_mm takes tensorwise x tensorwise or rowwise x rowwise scales, got {tuple(sa.shape)} x "
+        f"{tuple(sb.shape)}"
+    )
+
+
+@functools.cache
+def scaled_mm_support(device_type: str, granularity: str) -> str | None:
+    """None where this torch runs torch._scaled_mm with `granularity` scales on `device_type`; else why not (one line).
+
+    Found by running a 16 x 16 x 16 GEMM (CUDA's minimum multiples), not from version numbers: torch 2.11's CPU kernel
+    takes per-tensor scales only (rowwise hits an INTERNAL ASSERT), torch 2.13's takes both, and CUDA's rowwise
+    scaling needs sm_89+ and a bf16 output. Cached per (device type, granularity).
+    """
+    if granularity not in ("tensorwise", "rowwise"):
+        raise ValueError(f"granularity must be 'tensorwise' or 'rowwise', got {granularity!r}")
+    device = torch.device(device_type)
+    q = torch.ones(16, 16, device=device).to(torch.float8_e4m3fn)
+    s = torch.ones((), device=device) if granularity == "tensorwise" else torch.ones(16, 1, device=device)
+    try:
+        torch._scaled_mm(q, q.T, scale_a=s, scale_b=s.reshape(1, -1) if s.dim() else s, out_dtype=torch.bfloat16)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        return f"torch {torch.__version__} cannot run _scaled_mm with {granularity} scales on {device_type}: {first}"
+    return None
+
+
 def scaled_mm(qa: Tensor, sa: Tensor, qb: Tensor, sb: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """torch._scaled_mm on quantized operands: qa [M, K] fp8 with sa [] or [M, 1]; qb [N, K] fp8 with sb [] or [N, 1].
 
-    Raises NotImplementedError carrying torch's message where this device or build cannot run the call (e.g. CUDA
-    needs K and N multiples of 16, and rowwise scaling there only writes bf16), so a suite can skip with that reason.
+    Raises NotImplementedError with a one-line reason where this device or build cannot run the call (see
+    scaled_mm_support; e.g. CUDA needs K and N multiples of 16, and rowwise scaling there only writes bf16), so a
+    suite can skip with that reason.
     """
+    why = scaled_mm_support(qa.device.type, _granularity(sa, sb))
+    if why is not None:
+        raise NotImplementedError(why)
     # _scaled_mm takes B [K, N] column-major (qb.T is) and B's row scales as [1, N].
     sb = sb if sb.dim() == 0 else sb.reshape(1, -1)
     try:

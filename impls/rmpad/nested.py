@@ -38,6 +38,9 @@ class _Collect(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+NO_DRIVER = "CUDA driver version is insufficient for CUDA runtime version"
+
+
 @functools.cache
 def _probe(device_type: str, causal: bool, dtype: torch.dtype, backward: bool) -> tuple[bool, str]:
     q = torch.zeros(3, 1, 16, device=device_type, dtype=dtype, requires_grad=True)  # [T, H, Dh]
@@ -52,6 +55,9 @@ def _probe(device_type: str, causal: bool, dtype: torch.dtype, backward: bool) -
         if backward:
             out.sum().backward()
     except RuntimeError as e:
+        if NO_DRIVER in str(e):  # torch 2.11 CUDA builds ask cuDNN before the CPU math path
+            return False, (f"torch {torch.__version__} checks cuDNN attention before running nested-tensor SDPA, even "
+                           f"on {device_type}, and that check fails on a machine without a CUDA driver ({NO_DRIVER})")
         why = [line.strip() for line in handler.lines if line.strip() and not line.rstrip().endswith("because:")]
         return False, " ".join([str(e).strip(), *why])
     finally:

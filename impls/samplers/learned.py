@@ -96,16 +96,30 @@ def digit_labels(split: str = "train") -> Tensor:
     return _digits(split)[1]
 
 
+DIGITS = 1797  # images in scikit-learn's load_digits (the UCI test set it bundles): known without importing it
+TRAIN_FRACTION = 0.8
+
+
+def digits_count(split: str = "train") -> int:
+    """len(digits(split)), without scikit-learn: a suite's grid names it while planning on a machine without it."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    cut = int(TRAIN_FRACTION * DIGITS)
+    return cut if split == "train" else DIGITS - cut
+
+
 def _digits(split: str) -> tuple[Tensor, Tensor]:
     from sklearn.datasets import load_digits
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
     bunch = load_digits()
+    if len(bunch.data) != DIGITS:
+        raise RuntimeError(f"scikit-learn's digits have {len(bunch.data)} images, not {DIGITS}: update DIGITS")
     x = torch.as_tensor(bunch.data, dtype=torch.float32) / 8.0 - 1.0  # pixel values 0..16
     y = torch.as_tensor(bunch.target)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    cut = int(0.8 * len(x))
+    cut = int(TRAIN_FRACTION * len(x))
     idx = order[:cut] if split == "train" else order[cut:]
     return x[idx], y[idx]
 

@@ -7,6 +7,7 @@ import torch
 
 from bench.cli import main
 from bench.records import SCHEMA
+from tests.optional import needs
 
 
 def run_cli(capsys, *argv):
@@ -35,7 +36,10 @@ def test_list_table(capsys):
     (["run", "--size", "huge"], "invalid choice: 'huge' (choose from "),
     (["run", "--shard", "3/2"], "--shard must be I/N with 1 <= I <= N"),
     (["run", "--shard", "two"], "--shard must be I/N"),
-    (["run", "--timeout", "0"], "--timeout must be positive"),
+    (["run", "--timeout", "0"], "--timeout must be a positive number of seconds, got 0"),
+    (["run", "--timeout", "inf"], "--timeout must be a positive number of seconds, got inf"),
+    (["run", "--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
+    (["run", "--budget", "-1"], "--budget must be a positive number of seconds, got -1"),
     (["run", "--device", "tpu"], "unknown --device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
     (["run", "checkpointing", "--size", "smoke", "--params", "layers"], "--params must be k=v"),
     (["run", "checkpointing", "--size", "smoke", "--params", "layers=99"], "no smoke case matches --params layers=99"),
@@ -62,6 +66,7 @@ def test_out_that_is_a_file_is_bad_input(capsys, tmp_path):
     assert out.read_text() == "mine"
 
 
+@needs("plotly")
 def test_corrupt_line_warning_is_one_line(capsys, tmp_path):
     out = tmp_path / "r"
     code, _, _ = run_cli(capsys, "run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline",

@@ -1,10 +1,10 @@
 """The result commands from the command line: each bad input is one line and exit 2, and nothing is overwritten."""
-
 import json
 
 import pytest
 
 from bench.cli import main
+from tests.optional import needs
 from tests.runs import checkpointing_records, write_run
 
 
@@ -19,6 +19,7 @@ def cli(capsys, *argv):
     return code, out, err
 
 
+@needs("plotly", "pyarrow")
 def test_report_history_dashboard_export_import_round(capsys, tmp_path, run):
     assert cli(capsys, "report", run, "-o", tmp_path / "r.html")[0] == 0
     assert cli(capsys, "history", "add", run, "--store", tmp_path / "store")[0] == 0
@@ -53,3 +54,22 @@ def test_a_corrupt_run_json_is_bad_input(capsys, tmp_path, run):
     (run / "run.json").write_text(json.dumps({"schema": 7}))
     code, _, err = cli(capsys, "report", run, "-o", tmp_path / "r.html")
     assert code == 2 and "schema" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("package, argv", [
+    ("plotly", ["report", "{run}", "-o", "{tmp}/r.html"]),
+    ("plotly", ["compare", "{run}", "{run}", "-o", "{tmp}/c.html"]),
+    ("pyarrow", ["history", "add", "{run}", "--store", "{tmp}/store"]),
+])
+def test_a_missing_optional_package_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, run, package, argv):
+    """As on a checkout run with PYTHONPATH=. where the package did not travel (the GPU machine lacks pyarrow)."""
+    import sys
+
+    from reports.html import plotly_js
+
+    plotly_js.cache_clear()  # this process may have embedded plotly.js already
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")] + [package]:
+        monkeypatch.setitem(sys.modules, name, None)  # import now raises ModuleNotFoundError
+    code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
+    assert code == 2 and err.count("\n") == 1 and f"{package} is not installed (pip install {package})" in err, err
+    assert not [p for p in tmp_path.iterdir() if p.name != "r1"]  # nothing written

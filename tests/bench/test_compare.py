@@ -7,6 +7,7 @@ import pytest
 from bench.compare import ONE_RUN_CAVEAT, Comparison, compare, compare_runs, compare_samples
 from reports.compare_page import heatmap, write_compare_html
 from tests.browser import load, needs_chromium
+from tests.optional import needs
 from tests.runs import A100, H200, checkpointing_records, samples, write_run
 
 
@@ -235,6 +236,7 @@ def test_bad_inputs(tmp_path):
         compare([tmp_path], [tmp_path], threshold=5)
 
 
+@needs("plotly")
 def test_compare_page(tmp_path):
     a = write_run(tmp_path, "a", checkpointing_records(seed=0), gpu=H200)
     b = write_run(tmp_path, "b", checkpointing_records(scale=1.3, seed=1), gpu=A100)
@@ -246,6 +248,7 @@ def test_compare_page(tmp_path):
     assert not re.search(r"<script[^>]*src=[\"']?https?:", text)
 
 
+@needs("plotly")
 def test_compare_page_lists_newly_failing_as_regressions(tmp_path):
     a = write_run(tmp_path, "a", [timing_case("kept", 100), timing_case("broke", 100)])
     broke = {**timing_case("broke", 100), "status": "timeout", "error": "timed out after 600 s", "metrics": {},
@@ -256,6 +259,7 @@ def test_compare_page_lists_newly_failing_as_regressions(tmp_path):
     assert "None: no timing slower" not in text
 
 
+@needs("plotly")
 def test_heatmap_colours_only_judged_cells(tmp_path):
     # a timing's spread has no direction and a rate without samples no verdict: both grey, however large the ratio
     a = write_run(tmp_path, "a", [timing_case("x", 100, step_time_iqr_ms=0.01, tokens_per_s=100.0)])
@@ -268,6 +272,7 @@ def test_heatmap_colours_only_judged_cells(tmp_path):
         assert math.isfinite(coloured.z[0][j]) == judged and math.isfinite(grey.z[0][j]) != judged, metric
 
 
+@needs("plotly")
 @needs_chromium
 def test_compare_page_loads_without_js_errors(tmp_path):
     a = write_run(tmp_path, "a", checkpointing_records(seed=0))
@@ -276,6 +281,7 @@ def test_compare_page_loads_without_js_errors(tmp_path):
     assert errors == [] and "main-svg" in dom
 
 
+@needs("plotly")
 def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
     from bench.cli import main
 

@@ -4,7 +4,10 @@ import pandas as pd
 import pytest
 
 from bench import history
+from tests.optional import needs
 from tests.runs import checkpointing_records, write_run
+
+pytestmark = needs("pyarrow")  # the store is Parquet; the GPU machine has no pyarrow
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 import gc
 
-import pytest
 import torch
 
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, cuda_peak
+from tests.optional import needs_cuda
 
 
 def test_tracker_counts_new_storages_exactly():
@@ -65,7 +65,7 @@ def test_saved_tensor_bytes_once_per_storage_and_ignores_params():
     y.sum().backward()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_peak_over_baseline():
     keep = torch.empty(1 << 20, device="cuda")
     with cuda_peak("cuda") as mem:

@@ -2,11 +2,11 @@ import json
 import warnings
 
 import pytest
-import torch
 
 import suites.checkpointing  # noqa: F401 - registers the suite
 from bench.profile import profile_case
 from bench.records import read_records, read_run_json
+from tests.optional import needs_cuda
 
 CASE = "checkpointing/none/batch=2,d_model=64,dtype=float32,heads=4,layers=8,seq=64"
 
@@ -66,7 +66,7 @@ def test_refuses_a_used_out_dir(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_profile_writes_a_memory_snapshot(tmp_path):
     result = profile_case("checkpointing", "full", "smoke", "cuda", None, tmp_path / "out", wait=0, warmup=1,
                           active=1)

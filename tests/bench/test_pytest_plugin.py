@@ -2,9 +2,9 @@ import json
 from importlib.metadata import entry_points
 
 import pytest
-import torch
 
 from bench.env import collect
+from tests.optional import needs_cuda
 
 pytest_plugins = ["pytester"]
 
@@ -67,9 +67,8 @@ def test_gpu_benchmark_keeps_raw_samples_and_records_gpu_machine_info(pytester):
     assert "techbench" in doc["machine_info"]
 
 
+@needs_cuda
 def test_cuda_rounds_are_synchronized(pytester):
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     pytester.makepyfile(test_cuda="""
 import torch
 

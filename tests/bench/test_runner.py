@@ -115,6 +115,28 @@ def test_killed_run_resumes_with_every_case_recorded_once(tmp_path):
     assert len(counts) == 6 and set(counts.values()) == {1}
 
 
+def test_a_budget_stops_starting_cases_and_resume_runs_the_rest(tmp_path):
+    # six 0.4 s cases, a 1 s budget: some run, the rest are listed (timing only decides how many of each)
+    code, records = runner.run(config(tmp_path, suite="_slow", inline=True, budget_s=1.0))
+    meta = read_run_json(tmp_path / "run")
+    every = [c.id for c in runner.plan([SUITES["_slow"]], "smoke", "cpu")]
+    assert code == 1 and records and meta["not_run"] and meta["finished_at"] is None
+    assert [r.case_id for r in records] + meta["not_run"] == every
+    code, records = runner.run(config(tmp_path, suite="_slow", inline=True, resume=True))
+    assert code == 0 and [r.case_id for r in records] == every
+    meta = read_run_json(tmp_path / "run")
+    assert "not_run" not in meta and meta["finished_at"]
+    assert Counter(r.case_id for r in read_records(tmp_path / "run" / "records.jsonl")) == Counter(every)
+
+
+def test_a_case_cut_off_by_the_budget_is_not_recorded(tmp_path):
+    # two 5 s sleeps and a 2 s budget: the first is killed when the budget ends, unrecorded, so --resume reruns it
+    code, records = runner.run(config(tmp_path, size="quick", variants=["sleep"], budget_s=2.0))
+    every = [c.id for c in runner.plan([SUITES["_endings"]], "quick", "cpu", variants=["sleep"])]
+    assert code == 1 and records == [] and read_run_json(tmp_path / "run")["not_run"] == every
+    assert read_records(tmp_path / "run" / "records.jsonl") == []
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # zombies are dead

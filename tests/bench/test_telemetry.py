@@ -6,6 +6,7 @@ import torch
 
 from bench import telemetry
 from bench.telemetry import SUMMARY_KEYS, Telemetry, reason_names
+from tests.optional import needs_cuda
 
 
 class FakeNVMLError(Exception):
@@ -147,7 +148,7 @@ def test_reason_names(mask, names):
     assert reason_names(mask) == names
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_real_gpu_never_raises():
     a = torch.randn(2048, 2048, device="cuda")
     with Telemetry("cuda", interval_s=0.01) as tel:

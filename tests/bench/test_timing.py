@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bench.timing import NOISE_IQR_FRACTION, Timing, plan_reps, time_fn
+from tests.optional import needs_cuda
 
 
 def _noop():
@@ -97,7 +98,7 @@ def test_metrics_and_samples_keys():
     assert t.samples("step_time") == {"step_time_ms": [1.0, 2.0, 3.0]}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("flush_l2, cuda_graph", [(True, False), (False, False), (True, True)])
 def test_cuda_timer(flush_l2, cuda_graph):
     a = torch.randn(256, 256, device="cuda")

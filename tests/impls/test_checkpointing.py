@@ -7,8 +7,7 @@ from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
 from impls.checkpointing.check import saved_bytes
 from impls.checkpointing.reference import forward, loss_fn, make_batch
 from impls.checkpointing.sqrt import segments
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from tests.optional import CUDA, needs_cuda
 
 ODD = TransformerConfig(d_model=48, n_heads=3, n_layers=5)  # head_dim 16, seq 42 below: no power of two anywhere
 DEEP = TransformerConfig(d_model=32, n_heads=2, n_layers=8)  # enough layers for sqrt to split into 3 segments
@@ -58,8 +57,8 @@ def test_variants_registered_in_order():
         pytest.param("cpu", torch.bfloat16, 0.0, 0.0, id="cpu-bf16"),
         # On CUDA the memory-efficient attention backward accumulates with atomics, so even two reference runs differ
         # in the last bits: fp32 gradients (~1e-3 here) by ~1e-7 relative, bf16 by one ulp (2^-8 = 0.4%).
-        pytest.param("cuda", torch.float32, 1e-6, 1e-4, id="cuda-fp32", marks=needs_cuda),
-        pytest.param("cuda", torch.bfloat16, 1e-3, 2e-2, id="cuda-bf16", marks=needs_cuda),
+        pytest.param("cuda", torch.float32, 1e-6, 1e-4, id="cuda-fp32", marks=CUDA),
+        pytest.param("cuda", torch.bfloat16, 1e-3, 2e-2, id="cuda-bf16", marks=CUDA),
     ],
 )
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n != "none"])

@@ -25,6 +25,7 @@ from impls.detection.pyramid import (
     snip_ranges,
 )
 from impls.detection.train import PRESETS, load_or_train, preset, train
+from tests.optional import needs
 
 CFG = DataConfig(image_size=128)
 
@@ -117,6 +118,7 @@ def test_to_coco(data):
 
 
 
+@needs("pycocotools")
 def test_ground_truth_scores_one_shifted_boxes_zero(data):
     perfect = evaluate(data.boxes, data.labels, as_detections(data.boxes, data.labels), 128, 4)
     assert perfect == {k: 1.0 for k in perfect}
@@ -124,6 +126,7 @@ def test_ground_truth_scores_one_shifted_boxes_zero(data):
     assert far == {k: 0.0 for k in far}
 
 
+@needs("pycocotools")
 def test_empty_predictions_give_zero(data):
     none = [Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))] * len(data.boxes)
     assert all(v == 0.0 for v in evaluate(data.boxes, data.labels, none, 128, 4).values())

@@ -1,15 +1,9 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from impls.fp8.reference import E4M3, E5M2, QUANTIZERS
-
-ROOT = Path(__file__).resolve().parents[2]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from tests.optional import needs_cuda
+from tests.triton_interpret import run_interpreted
 
 # The kernels must return what the torch reference returns, bit for bit: the same fp32 scales (same division, same
 # clamp, power-of-two rounding on the bits) and the same fp8 codes (round-to-nearest-even on the fp8 grid, including
@@ -53,8 +47,7 @@ print("ok")
 
 
 def test_triton_quantizers_equal_reference_interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True)
+    done = run_interpreted(INTERPRETED)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

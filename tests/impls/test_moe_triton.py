@@ -1,13 +1,8 @@
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from tests.optional import CUDA, needs_cuda
+from tests.triton_interpret import run_interpreted
 
 # The Triton grouped GEMM against the segment-loop GEMM (forward, da and db) and the dispatch built on it against the
 # per-expert loop (output and every gradient), in fp32: the interpreter runs tl.dot in numpy fp32, so only the
@@ -92,16 +87,14 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_triton_grouped_gemm_reads_an_expert_past_2_31_elements(device):
-    env = {**os.environ, "TRITON_INTERPRET": "1"} if device == "cpu" else os.environ
-    done = subprocess.run([sys.executable, "-c", FAR_EXPERT, device], env=env, cwd=ROOT, capture_output=True, text=True)
+    done = run_interpreted(FAR_EXPERT, device, interpret=device == "cpu")
     assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
 
 
 def test_triton_grouped_gemm_equals_reference_interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, cwd=ROOT, capture_output=True, text=True)
+    done = run_interpreted(INTERPRETED)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

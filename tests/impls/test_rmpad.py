@@ -6,8 +6,7 @@ from impls.rmpad.lengths import DISTRIBUTIONS, make_lengths, pad_fraction
 from impls.rmpad.reference import make_batch
 from impls.rmpad.unpad import pad_input, position_ids_from_cu_seqlens, unpad_input
 from impls.rmpad.unpadded import logits_unpadded
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from tests.optional import needs_cuda
 
 TINY = DecoderConfig(vocab=64, d_model=32, n_heads=2, n_layers=2)  # head_dim 16
 LENGTHS = [
@@ -123,7 +122,10 @@ def test_training_step_matches_reference_where_supported(backend):
 )
 def test_cpu_training_unsupported_is_reported_with_torch_reason(backend, message):
     ok, why = supports(backend, "cpu")
-    assert not ok and message in why, why
+    assert not ok, why
+    if nested.NO_DRIVER in why:  # a CUDA build of torch 2.11 on a machine without a driver refuses sooner
+        pytest.skip(why)
+    assert message in why, why
 
 
 def test_nested_encoder_form_matches_per_sequence_sdpa_forward_and_backward():

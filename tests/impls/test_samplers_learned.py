@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from impls import cache
-from impls.samplers.learned import LearnedConfig, TimeMLP, digit_labels, digits, learned_model, train
+from impls.samplers.learned import LearnedConfig, TimeMLP, digit_labels, digits, digits_count, learned_model, train
 from impls.samplers.nflow import FlowConfig, RealNVP, trained_flow
 from impls.samplers.nflow import train as train_flow
 from impls.samplers.schedules import SCHEDULES
+from tests.optional import needs
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +54,11 @@ def test_cache_that_cannot_be_written_warns_and_still_returns(tmp_path, monkeypa
     assert blocker.read_text() == "x" and not list(tmp_path.glob("**/*.tmp"))
 
 
+@needs("sklearn")
 def test_digits_split_is_disjoint_and_scaled():
     train_x, test_x = digits("train"), digits("test")
     assert train_x.shape[1] == test_x.shape[1] == 64 and len(train_x) + len(test_x) == 1797
+    assert (len(train_x), len(test_x)) == (digits_count("train"), digits_count("test"))  # what grids plan with
     assert train_x.min() >= -1 and train_x.max() <= 1
     # no held-out image is a training image (the bundled set has no exact duplicates across this split)
     assert not (torch.cdist(test_x, train_x).min(dim=1).values == 0).any()

@@ -7,6 +7,7 @@ from bench import history
 from reports import dashboard
 from reports import regressions as regressions_rule
 from tests.browser import load, needs_chromium
+from tests.optional import needs
 from tests.runs import A100, H200, checkpointing_records, write_run
 
 NIGHTS = 8
@@ -36,6 +37,7 @@ def flags(store, **kw):
     return sorted(zip(found["case_id"], found["metric"]))
 
 
+@needs("pyarrow")
 def test_two_consecutive_slow_nights_are_flagged(tmp_path):
     store = nightly(tmp_path, slow={NIGHTS - 2: 1.3, NIGHTS - 1: 1.3})
     found = dashboard.regressions(history.load(store), threshold=0.05, window=7)
@@ -46,11 +48,13 @@ def test_two_consecutive_slow_nights_are_flagged(tmp_path):
     assert row["baseline"] == pytest.approx(105, rel=0.02)  # selective: 1.05 x 100 ms
 
 
+@needs("pyarrow")
 def test_a_single_slow_night_is_not_flagged(tmp_path):
     assert flags(nightly(tmp_path, slow={NIGHTS - 1: 1.3})) == []
     assert flags(nightly(tmp_path / "middle", slow={3: 1.3})) == []
 
 
+@needs("pyarrow")
 def test_a_hardware_change_is_not_a_regression(tmp_path):
     store = nightly(tmp_path, a100_from=NIGHTS - 3)
     assert flags(store) == []
@@ -58,12 +62,14 @@ def test_a_hardware_change_is_not_a_regression(tmp_path):
     assert set(frame["gpu"]) == {"NVIDIA H200", "NVIDIA A100-SXM4-80GB"}
 
 
+@needs("pyarrow")
 def test_stable_nights_are_not_flagged(tmp_path):
     store = nightly(tmp_path)
     assert flags(store) == []
     assert flags(store, threshold=0.01, window=3) == []
 
 
+@needs("pyarrow")
 def test_speedups_are_not_flagged(tmp_path):
     assert flags(nightly(tmp_path, slow={NIGHTS - 2: 0.7, NIGHTS - 1: 0.7})) == []
 
@@ -101,6 +107,7 @@ def test_failed_and_informational_rows_are_ignored():
     assert list(dashboard.regressions(both, 0.05, 7)["metric"]) == ["step_time_ms"]
 
 
+@needs("plotly", "pyarrow")
 def test_site(tmp_path):
     store = nightly(tmp_path, slow={NIGHTS - 2: 1.3, NIGHTS - 1: 1.3})
     index = dashboard.build(store, tmp_path / "site")
@@ -120,6 +127,7 @@ def test_site(tmp_path):
     assert '"type":"log"' in suite  # timings on a log axis: one slow outlier must not squash the other lines
 
 
+@needs("plotly", "pyarrow")
 def test_site_marks_the_env_change(tmp_path):
     index = dashboard.build(nightly(tmp_path, a100_from=NIGHTS - 3), tmp_path / "site")
     assert "No regressions" in index.read_text()
@@ -127,12 +135,14 @@ def test_site_marks_the_env_change(tmp_path):
     assert "env: NVIDIA A100-SXM4-80GB" in suite and '"diamond"' in suite
 
 
+@needs("plotly", "pyarrow")
 def test_empty_store_builds_an_index(tmp_path):
     (tmp_path / "store" / "runs").mkdir(parents=True)
     index = dashboard.build(tmp_path / "store", tmp_path / "site")
     assert "No runs yet" in index.read_text()
 
 
+@needs("plotly", "pyarrow")
 def test_index_lists_flags_of_series_that_stopped_running_as_stale(tmp_path):
     # H200 regresses on nights 4-5, then the machine is replaced by an A100 (nights 6-7): the flag stays, apart
     store = nightly(tmp_path, slow={4: 1.3, 5: 1.3}, a100_from=6)
@@ -166,6 +176,7 @@ def test_a_run_directory_is_not_a_store(tmp_path):
     assert not (tmp_path / "site").exists()
 
 
+@needs("plotly", "pyarrow")
 @needs_chromium
 def test_pages_load_without_javascript_errors(tmp_path):
     store = nightly(tmp_path, slow={NIGHTS - 2: 1.3, NIGHTS - 1: 1.3}, a100_from=NIGHTS - 4)

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from reports.figures import figures_for, load_frame, params_groups, run_labels
-from reports.figures.checkpointing import figures, pareto_front
-from reports.run_report import render, write_report
-from tests.browser import load, needs_chromium
-from tests.runs import A100, H200, checkpointing_records, write_run
+from tests.optional import require
+
+require("plotly")  # every test here draws figures
+
+from reports.figures import figures_for, load_frame, params_groups, run_labels  # noqa: E402
+from reports.figures.checkpointing import figures, pareto_front  # noqa: E402
+from reports.run_report import render, write_report  # noqa: E402
+from tests.browser import load, needs_chromium  # noqa: E402
+from tests.runs import A100, H200, checkpointing_records, write_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the bundled plotly.js

@@ -6,8 +6,8 @@ import pytest
 
 from impls.detection.pyramid import scaled_side
 from reports.figures import figures_for, load_frame
-from reports.figures.detection import pareto
 from suites.detection import SCALES
+from tests.optional import needs, require
 
 QUALITY = ("ap", "ap50", "ap_small", "ap_medium", "ap_large", "ar_small")
 
@@ -19,6 +19,7 @@ def cases(smoke_records):
             for r in rs}
 
 
+@needs("pycocotools")
 def test_every_case_reports_cost_and_quality(cases):
     for key, r in cases.items():
         if r.status == "skipped":
@@ -32,6 +33,7 @@ def test_every_case_reports_cost_and_quality(cases):
             assert 0 <= m[q] <= 1, (key, q, m[q])
 
 
+@needs("pycocotools")
 def test_pyramid_flops_are_the_sum_of_its_single_passes(cases):
     # Every map divides evenly at 64 and 128 px, so conv FLOPs scale exactly with pixels: a pyramid's count is the
     # single pass's times sum(side^2) / side_1^2 (5.0 for scales 1 and 2), with nothing else counted.
@@ -49,6 +51,7 @@ def test_pyramid_flops_are_the_sum_of_its_single_passes(cases):
             assert r.metrics["image_flops"] == cases[("pyramid", head, res)].metrics["image_flops"]
 
 
+@needs("pycocotools")
 def test_necks_cost_more_than_no_neck(cases):
     for (variant, head, res), r in cases.items():
         if variant in ("fpn", "spp"):
@@ -56,10 +59,14 @@ def test_necks_cost_more_than_no_neck(cases):
 
 
 def test_pareto_front():
+    require("plotly")
+    from reports.figures.detection import pareto
+
     rows = pd.DataFrame({"latency_ms": [1.0, 2.0, 3.0, 4.0, 2.5], "ap": [0.1, 0.3, 0.2, 0.5, 0.3]})
     assert pareto(rows, "latency_ms", "ap").index.tolist() == [0, 1, 3]
 
 
+@needs("plotly")
 def test_report_draws_the_suite(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])

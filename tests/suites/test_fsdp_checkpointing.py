@@ -9,6 +9,7 @@ from bench.suite import SUITES
 from impls.checkpointing import Transformer, TransformerConfig
 from reports.figures import load_frame
 from reports.figures.fsdp_checkpointing import figures
+from tests.optional import needs
 
 
 def param_bytes(params) -> int:
@@ -51,6 +52,7 @@ def test_two_ranks_halve_the_parameters_and_checkpointing_still_saves(two_ranks,
     assert full.metrics["peak_mem_bytes"] < one.metrics["peak_mem_bytes"]
 
 
+@needs("plotly")
 def test_figures_draw_world_sizes_together(two_ranks, smoke_run):
     frame = load_frame([two_ranks[0], smoke_run[0]])
     figs = figures(frame[frame["suite"] == "fsdp_checkpointing"].reset_index(drop=True))

@@ -7,6 +7,7 @@ import torch
 from impls.mla import SHAPES, cache_bytes_per_token, config
 from reports.figures import figures_for, load_frame
 from suites.mla import GRIDS
+from tests.optional import needs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -72,6 +73,7 @@ def test_rates_follow_from_the_timings(mla):
         assert len(r.samples["decode_time_ms"]) >= 5 and len(r.samples["prefill_time_ms"]) >= 3
 
 
+@needs("plotly")
 def test_report_has_the_mla_figures(smoke_run, mla):
     out, _, _ = smoke_run
     frame = load_frame([out])

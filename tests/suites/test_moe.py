@@ -7,6 +7,7 @@ import pytest
 
 from reports.figures import figures_for, load_frame
 from suites.moe import Moe
+from tests.optional import needs
 
 ROUTERS = ("aux_loss", "sigmoid_aux_loss", "aux_free", "aux_free_seqaux", "node_limited")
 BIASED = ROUTERS[2:]  # the routers with the balancing bias
@@ -67,6 +68,7 @@ def test_balance_results_are_cached(tmp_path, monkeypatch):
     assert suite.measure("aux_free", params, "cpu").metrics == first.metrics
 
 
+@needs("plotly")
 def test_report_has_the_moe_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])

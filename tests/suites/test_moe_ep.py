@@ -8,6 +8,7 @@ from bench.distributed import Launch
 from bench.suite import SUITES
 from reports.figures import load_frame
 from reports.figures.moe_ep import figures
+from tests.optional import needs
 
 
 def expert_bytes(p) -> int:
@@ -45,6 +46,7 @@ def test_two_ranks_shard_the_experts_and_move_slots(two_ranks):
     assert 0 < ep["alltoall_share"] and ep["alltoall_time_ms"] > 0
 
 
+@needs("plotly")
 def test_figures_draw_world_sizes_together(two_ranks, smoke_run):
     frame = load_frame([two_ranks[0], smoke_run[0]])
     figs = figures(frame[frame["suite"] == "moe_ep"].reset_index(drop=True))

@@ -9,6 +9,7 @@ from impls.mtp.reference import LMConfig
 from impls.mtp.speculative import greedy_decode
 from reports.figures import figures_for, load_frame
 from suites.mtp import DEPTHS, GRIDS, MTP, _alternating, _divergence
+from tests.optional import needs
 
 MTP_VARIANTS = [v for v, d in DEPTHS.items() if d > 0]
 
@@ -58,6 +59,7 @@ def test_grids_name_their_dtype_and_leave_every_depth_a_position():
         assert suite.grid(size, "cpu")[0]["seq"] >= max(DEPTHS.values()) + 2
 
 
+@needs("plotly")
 def test_report_has_the_mtp_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])

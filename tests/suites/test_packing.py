@@ -3,6 +3,7 @@
 import pytest
 
 from reports.figures import figures_for, load_frame
+from tests.optional import needs
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_contamination_free_packing_trains_like_one_sample_at_a_time(packing):
     assert packing[("lognormal", "ffd")]["effective_tokens_per_s"] > 0
 
 
+@needs("plotly")
 def test_report_has_the_packing_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])

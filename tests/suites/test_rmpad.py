@@ -2,7 +2,9 @@
 
 import pytest
 
+from impls.rmpad.nested import NO_DRIVER
 from reports.figures import figures_for, load_frame
+from tests.optional import needs
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,8 @@ def test_backends_that_cannot_run_on_cpu_are_skipped_with_the_reason(rmpad):
     assert "FlexAttention does not support backward on CPU" in rmpad[("train", "uniform", "flex")].error
     assert rmpad[("forward", "uniform", "flex")].status == "ok"  # its forward runs, and is measured
     assert rmpad[("forward", "uniform", "flex")].metrics["peak_mem_bytes"] is None  # compiled: no exact CPU peak
-    assert "is_causal" in rmpad[("train", "lognormal", "nested")].error
+    nested_error = rmpad[("train", "lognormal", "nested")].error
+    assert "is_causal" in nested_error or NO_DRIVER in nested_error, nested_error  # the latter: torch 2.11 CUDA build
     assert "flash_attn" in rmpad[("train", "lognormal", "flash")].error
 
 
@@ -33,6 +36,7 @@ def test_throughputs_count_real_and_padded_tokens(rmpad):
     assert m["padded_tokens_per_s"] * (1 - m["pad_fraction"]) == pytest.approx(m["real_tokens_per_s"])
 
 
+@needs("plotly")
 def test_report_has_the_rmpad_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])

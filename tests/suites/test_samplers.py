@@ -5,7 +5,7 @@ import pytest
 
 from impls.samplers import SAMPLERS
 from reports.figures import figures_for, load_frame
-from reports.figures.samplers import nfe_to_match
+from tests.optional import needs
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +44,14 @@ def test_only_the_runs_a_sampler_takes_are_cases(cases):
     assert all(r.status == "ok" for r in cases.values())
 
 
+@needs("plotly")
 def test_report_has_the_steps_for_quality_table(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])
     frame = frame[frame["suite"] == "samplers"]
     assert len(figures_for("samplers", frame)) == 3
+    from reports.figures.samplers import nfe_to_match
+
     match = nfe_to_match(frame)
     exact = match[match["panel"] == "gmm2d · exact model"].set_index("variant")
     assert exact.loc["ddpm", "nfe_to_match"] == exact.loc["ddpm", "reference_nfe"] == 64  # the reference matches itself

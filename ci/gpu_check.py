@@ -1,0 +1,185 @@
+"""The GPU check: what the CPU CI cannot run, sized to the time a lent GPU gives, stopped cleanly at a budget.
+
+Steps, in order, each timed and printed: the GPU and environment, `bench doctor` and `bench plan` where the installed
+bench has them, the CUDA tests (`pytest -m cuda`: every test a CPU machine skips), then SELECTION, a curated slice of
+every suite's quick grid that reaches each CUDA path once (one `bench run`, with its report). `full` adds every suite
+at full size; `SUITE=SIZE` adds that suite at that size.
+
+The budget (--budget-s) is wall-clock for the whole check: a step starts only with time left, a `bench run` gets what
+is left as its --budget (it records the cases it finished and lists the rest), and anything that did not run is
+written to OUT/not-run.txt. Everything lands in OUT and is packed into OUT/gpu-check.tar.gz.
+Usage: bash ci/gpu-check.sh OUT [full] [SUITE=SIZE ...] [--budget-s S] [--device cuda|cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+# (case_id glob, the CUDA path it proves): a curated slice of the quick grid, run as one `bench run --case ...`.
+# Sized from per-case times (ci/README.md); the budget stops the check cleanly if a GPU is slower than they say.
+SELECTION = [
+    ("checkpointing/*", "CUDA-event timing, allocator peaks, NVML energy; CPU offload's pinned copies"),
+    ("fsdp_checkpointing/none/*", "FSDP2 on a one-rank NCCL group"),
+    ("fsdp_checkpointing/full/*", "FSDP2 + full checkpointing on a one-rank NCCL group"),
+    ("moe_ep/*/*experts=16,*", "all_to_all_single on a one-rank NCCL group"),
+    ("fp8/*/*part=gemm,shape=pow2_1024", "_scaled_mm tensorwise and rowwise, the Triton blockwise GEMM compiled"),
+    ("fp8/*/impl=triton,*part=quantize", "the Triton FP8 quantizers compiled, GB/s against bandwidth"),
+    ("rmpad/*/*dist=lognormal,*mode=train,*", "FlexAttention compiled, with backward; nested SDPA; flash_attn"),
+    ("packing/*/*dist=lognormal,*", "packed rows with document masks: effective tokens/s"),
+    ("moe/*/*experts=64,*part=dispatch,*", "torch._grouped_mm and the Triton grouped GEMM compiled"),
+    ("moe/aux_free/*part=balance,*", "aux-loss-free routing trained on the GPU"),
+    ("mla/*/*context=2048,*part=decode,*", "decode with MLA's latent cache, naive and absorbed"),
+    ("mtp/*", "MTP training (its models prepared once) and speculative decoding"),
+    ("detection/single/*", "a detector trained and evaluated (COCO AP)"),
+    ("detection/fpn/*", "the FPN detector trained and evaluated"),
+    ("samplers/*/model=exact,*nfe_budget=16,*", "every sampler at 16 model calls on the exact mixture"),
+]
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUDGET_S = 420.0  # 7 min of a lent GPU's 15, leaving time for its start-up and one rerun
+RESERVE_S = 15.0  # kept back for the run's report and the tarball
+
+
+class Check:
+    def __init__(self, out: Path, budget_s: float | None):
+        self.out, self.t0 = out, time.monotonic()
+        self.deadline = None if budget_s is None else self.t0 + budget_s
+        self.steps: list[tuple[str, str, float]] = []  # (name, status, seconds)
+        self.not_run: list[str] = []
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - RESERVE_S - time.monotonic()
+
+    def step(self, name: str, cmd: list[str], log: str | None = None, budgeted_run: bool = False) -> str:
+        """Run one step unless the budget is spent; returns its status (ok, failed, timeout, not run)."""
+        left = self.left()
+        if left is not None and left <= 1:
+            self.not_run.append(f"{name}: not started, the budget was spent ({' '.join(cmd)})")
+            self.steps.append((name, "not run", 0.0))
+            print(f"-- {name}: not run (budget spent)", flush=True)
+            return "not run"
+        if budgeted_run and left is not None:
+            cmd = [*cmd, "--budget", f"{left:.0f}"]
+        print(f"-- {name}: {' '.join(cmd)}", flush=True)
+        t = time.monotonic()
+        sink = open(self.out / log, "w") if log else None  # noqa: SIM115 - closed below
+        try:
+            # a run stops itself at its --budget; the rest are killed at the deadline (+ a grace for a run's last
+            # record), so a hung step cannot eat the time of the ones after it
+            done = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT if sink else None,
+                                  timeout=None if left is None else left + (30 if budgeted_run else 0))
+            status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+        except subprocess.TimeoutExpired:
+            status = "timeout"
+            self.not_run.append(f"{name}: killed at the budget ({' '.join(cmd)})")
+        finally:
+            if sink:
+                sink.close()
+        seconds = time.monotonic() - t
+        self.steps.append((name, status, seconds))
+        print(f"-- {name}: {status} in {seconds:.1f} s (total {time.monotonic() - self.t0:.0f} s)", flush=True)
+        return status
+
+
+    def runs_stopped(self, run_dir: Path, name: str) -> None:
+        """After a budgeted `bench run`: its cases not run join the list, and its step says it was stopped."""
+        cases = not_run_cases(run_dir)
+        if cases:
+            self.not_run += [f"{name}: {c}" for c in cases]
+            step, status, seconds = self.steps[-1]
+            self.steps[-1] = (step, f"stopped at the budget, {len(cases)} cases not run", seconds)
+
+
+def bench_has(command: str) -> bool:
+    done = subprocess.run([sys.executable, "-m", "bench", "--help"], capture_output=True, text=True)
+    return f" {command} " in done.stdout or f"{{{command}" in done.stdout or f",{command}" in done.stdout
+
+
+def not_run_cases(run_dir: Path) -> list[str]:
+    import json
+
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("not_run") or []
+    except (OSError, ValueError):
+        return []
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ci/gpu-check.sh", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", type=Path, help="output folder (new or empty)")
+    p.add_argument("extra", nargs="*", help="`full` (every suite at full size) and/or SUITE=SIZE runs")
+    p.add_argument("--budget-s", type=float, help=f"seconds for the whole check (default {DEFAULT_BUDGET_S:g}; "
+                   "none with `full`)")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu, for a dry run of the logic on a CPU")
+    args = p.parse_args(argv)
+    full = "full" in args.extra
+    extras = [e for e in args.extra if e != "full"]
+    if any("=" not in e for e in extras):
+        p.error(f"extra runs are `full` or SUITE=SIZE, got {extras}")
+    budget = args.budget_s if args.budget_s is not None else (None if full else DEFAULT_BUDGET_S)
+    if budget is not None and not 0 < budget < float("inf"):
+        p.error(f"--budget-s must be a positive number, got {budget}")
+    out = args.out.resolve()
+    os.chdir(ROOT)
+    if out.exists() and any(out.iterdir()):
+        p.error(f"{out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    bench = [sys.executable, "-m", "bench"]
+    check = Check(out, budget)
+    print(f"gpu check: device {args.device}, budget {'none' if budget is None else f'{budget:g} s'} -> {out}")
+
+    if args.device.startswith("cuda"):
+        check.step("gpus", ["nvidia-smi", "-L"])
+    check.step("env", [*bench, "env", "--json"], log="env.json")
+    suites = sorted({glob.split("/")[0] for glob, _ in SELECTION})
+    for command, cmd in (("doctor", [*bench, "doctor"]),
+                         ("plan", [*bench, "plan", *suites, "--size", "quick", "--gpu", "auto", "-o",
+                                   str(out / "plan.html")])):
+        if bench_has(command):
+            check.step(command, cmd, log=f"{command}.log")
+        else:
+            print(f"-- {command}: this bench has no `{command}` command yet; skipped", flush=True)
+    check.step("cuda tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
+                              "tests"], log="pytest-cuda.log")
+
+    quick = out / "quick"
+    cmd = [*bench, "run", "--size", "quick", "--device", args.device, "--out", str(quick)]
+    check.step("quick selection", cmd + [f"--case={glob}" for glob, _ in SELECTION], log="quick.log",
+               budgeted_run=True)
+    check.runs_stopped(quick, "quick")
+
+    later = [("full", ["--size", "full"], out / "full")] if full else []
+    later += [(e, [e.split("=")[0], "--size", e.split("=")[1]], out / e.replace("=", "-")) for e in extras]
+    for name, sel, run_dir in later:
+        check.step(name, [*bench, "run", *sel, "--device", args.device, "--out", str(run_dir)], log=f"{name}.log",
+                   budgeted_run=True)
+        check.runs_stopped(run_dir, name)
+
+    (out / "not-run.txt").write_text("".join(f"{line}\n" for line in check.not_run))
+    (out / "steps.tsv").write_text("step\tstatus\tseconds\n" + "".join(
+        f"{n}\t{s}\t{t:.1f}\n" for n, s, t in check.steps))
+    total = time.monotonic() - check.t0
+    width = max(len(n) for n, _, _ in check.steps)
+    print("\nstep".ljust(width + 1) + "  seconds  status")
+    for name, status, seconds in check.steps:
+        print(f"{name:<{width}}  {seconds:7.1f}  {status}")
+    print(f"{'total':<{width}}  {total:7.1f}  ({len(check.not_run)} not run: {out / 'not-run.txt'})")
+    tarball = out.parent / f"{out.name}.tar.gz"  # beside OUT while packing it, then moved in
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+    shutil.move(tarball, out / "gpu-check.tar.gz")
+    print(f"-> {out / 'gpu-check.tar.gz'}")
+    failed = [n for n, s, _ in check.steps if s != "ok" and s != "not run" and not s.startswith("stopped at")]
+    return 1 if failed or check.not_run else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

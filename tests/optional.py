@@ -1,0 +1,48 @@
+"""What a test may need that a machine may lack: an optional package, a CUDA device. Such a test is skipped with the
+reason, and the rest still run.
+
+CUDA tests also carry the `cuda` mark: `pytest -m cuda` is how ci/gpu-check.sh runs exactly the tests that a CPU
+machine skips.
+
+The GPU machine has no pyarrow (history), and plotly, scikit-learn and pycocotools travel there as wheels that a
+checkout may not carry; tests/ must pass there all the same (ci/README.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+PIP = {"sklearn": "scikit-learn"}  # import name -> distribution, where they differ
+
+
+def missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def reason(*modules: str) -> str:
+    names = missing(*modules)
+    return f"needs {', '.join(names)}, not installed (pip install {' '.join(PIP.get(m, m) for m in names)})"
+
+
+def needs(*modules: str) -> pytest.MarkDecorator:
+    """Mark: skip this test (or module, as `pytestmark`) unless every module imports."""
+    return pytest.mark.skipif(bool(missing(*modules)), reason=reason(*modules))
+
+
+def require(*modules: str) -> None:
+    """In a test or at module level, before importing what needs them: skip here unless every module imports."""
+    if missing(*modules):
+        pytest.skip(reason(*modules), allow_module_level=True)
+
+
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = (pytest.mark.cuda, _NO_CUDA)
+"""The marks of a CUDA test, for pytest.param(..., marks=CUDA)."""
+
+
+def needs_cuda(test):
+    """Decorator: a CUDA test (marked `cuda`, skipped where torch sees no CUDA device)."""
+    return pytest.mark.cuda(_NO_CUDA(test))
