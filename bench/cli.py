@@ -225,9 +225,7 @@ def cmd_list(args) -> int:
     from bench.runner import plan
 
     registry = discover()
-    rows = [{"name": s.name, "description": s.description, "reference": s.reference_variant(),
-             "variants": dict(s.variants), "world_sizes": list(s.world_sizes),
-             "cases": {size: len(plan([s], size, "cpu")) for size in SIZES}}
+    rows = [{"name": s.name, **s.describe(), "cases": {size: len(plan([s], size, "cpu")) for size in SIZES}}
             for s in (registry[n] for n in sorted(registry))]
     if args.json:
         print(json.dumps({"suites": rows, "sizes": list(SIZES)}, indent=2))

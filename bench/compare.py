@@ -7,14 +7,17 @@ faster or slower. So each run contributes one value per case and metric (the med
 are never pooled across runs.
 
 Verdicts, by kind of metric:
-- timed (samples, or a clock-derived metric with a direction) with >= 2 runs on a side: faster | slower | same |
-  noisy from `compare_runs`, which tests the run values against their run-to-run spread.
+What a metric is comes from the specs its suite declared, which each run directory carries in run.json
+(bench.metrics.specs_of); a metric no run declares gets the generic defaults of its unit suffix.
+
+- timed (samples, or a clocked metric with a direction: measured, or derived from a measured one) with >= 2 runs on
+  a side: faster | slower | same | noisy from `compare_runs`, which tests the run values against their spread.
 - sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
   It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
   on the median over runs (`changed` when the metric has no direction).
-- measured without samples and one run per side (rates, percentiles, energy, timing ratios), or without a direction
-  (a timing's spread, clocks): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
+- clocked without samples and one run per side (rates, energy, timing ratios and shares), or info (a timing's
+  spread, clocks, flags): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
 Reads run directories only: no torch.
 """
 
@@ -28,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.records import RECORDS_JSONL, Record, direction, read_records, read_run_json
+from bench.metrics import Metric, default, is_clocked, specs_of
+from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 from bench.stats import MIN_RUNS_FOR_TEST, MIN_SAMPLES, RUN_SPREAD_K, SampleTest, compare_runs, compare_samples  # noqa: F401
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
@@ -40,15 +44,6 @@ ABSENT = "absent"
 ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
                   "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
                   "the folders of runs for a verdict that accounts for it")
-
-# Metrics measured by a clock (or derived from one) vary from run to run even when nothing changed.
-MEASURED_SUFFIXES = ("_ms", "_s", "_tflops", "_gbps", "_j", "_w", "_mhz", "_c", "_pct")
-MEASURED_WORDS = ("time", "speedup", "latency", "throughput", "pct_of_peak")
-
-
-def is_measured(metric: str) -> bool:
-    return metric.endswith(MEASURED_SUFFIXES) or any(w in metric for w in MEASURED_WORDS)
-
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -110,26 +105,28 @@ def _change_verdict(change: str, d: str | None) -> str:
     return "slower" if (change == "up") == (d == "lower") else "faster"
 
 
-def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float) -> dict:
+def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, specs: dict[str, Metric]) -> dict:
     """One row's numbers and verdict. base/new are the medians over each side's runs. Which rule decides:
 
     - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
       the run values (faster/slower/same/noisy; p_value and CI from the Welch test on log run values).
     - samples and exactly one run per side: `compare_samples` on the two runs' samples, which cannot see the
       run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
-    - clock-derived without samples and one run a side, or without a direction: n/a, only the ratio.
+    - clocked without samples and one run a side, or info: n/a, only the ratio.
     - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
-    runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN."""
-    d = direction(metric)
+    runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
+    `specs` are the suite's declared metrics (default() for the undeclared)."""
+    spec = specs.get(metric) or default(metric)
+    d, clocked = spec.direction, is_clocked(metric, specs)
     rb, rn = b.runs[metric], n.runs[metric]
     base, new = b.value(metric), n.value(metric)
     sampled = metric in b.samples or metric in n.samples
     row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
            "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan}
     t = None
-    if max(len(rb), len(rn)) >= 2 and (sampled or (is_measured(metric) and d is not None)):
+    if spec.kind != "info" and max(len(rb), len(rn)) >= 2 and (sampled or (clocked and d is not None)):
         t = compare_runs(rb, rn, threshold, alpha)
-    elif len(rb) == len(rn) == 1 and sampled:
+    elif spec.kind != "info" and len(rb) == len(rn) == 1 and sampled:
         sb, sn = b.samples.get(metric, [[]])[0], n.samples.get(metric, [[]])[0]
         if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
             t = compare_samples(sb, sn, threshold, alpha)
@@ -137,7 +134,7 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float) ->
         row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
         return {**row, "verdict": "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
-    if is_measured(metric) or sampled:
+    if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
     elif new == base:
         verdict = "same"
@@ -288,6 +285,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
     b_cases, b_metas, b_names = _load([base] if isinstance(base, (str, Path)) else base)
     n_cases, n_metas, n_names = _load([new] if isinstance(new, (str, Path)) else new)
+    specs = specs_of(b_metas + n_metas)
     rows, status = [], []
     for case_id in sorted(b_cases.keys() | n_cases.keys()):
         b, n = b_cases.get(case_id), n_cases.get(case_id)
@@ -295,7 +293,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
         if b is not None and n is not None and b.status == n.status == "ok":
             for metric in sorted(b.runs.keys() & n.runs.keys()):
                 rows.append({"case_id": case_id, "suite": b.suite, "variant": b.variant, "metric": metric,
-                             **_verdict(metric, b, n, threshold, alpha)})
+                             **_verdict(metric, b, n, threshold, alpha, specs.get(b.suite, {}))})
         else:
             bs, ns = b.status if b else ABSENT, n.status if n else ABSENT
             change = ("added" if b is None else "removed" if n is None

@@ -169,8 +169,8 @@ def _rank_main(spec_path: str) -> int:
     import torch
     import torch.distributed as dist
 
-    from bench.records import direction
     from bench.runner import Case, execute
+    from bench.suite import directions
 
     spec = json.loads(Path(spec_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
@@ -191,7 +191,7 @@ def _rank_main(spec_path: str) -> int:
     dist.all_gather_object(gathered, result)
     if rank == 0:
         names = {m for r in gathered for m in r.get("metrics") or {}}
-        out = aggregate(gathered, {m: direction(m) for m in names})
+        out = aggregate(gathered, directions(spec["case"]["suite"], names))
         (job / "result.json.tmp").write_text(json.dumps(out))
         os.replace(job / "result.json.tmp", job / "result.json")
     dist.barrier()

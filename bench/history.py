@@ -42,7 +42,8 @@ import re
 import statistics
 from pathlib import Path
 
-from bench.records import RECORDS_JSONL, direction, read_records, read_run_json
+from bench.metrics import default, specs_of
+from bench.records import RECORDS_JSONL, read_records, read_run_json
 
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
@@ -97,7 +98,9 @@ def _rows(run_dir: Path, meta: dict, run_id: str):
     run = {"run_id": run_id, "timestamp": _utc(meta.get("started_at") or meta.get("finished_at")),
            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
            "device": device, "size": meta.get("size")}
+    specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
     for r in read_records(run_dir / RECORDS_JSONL):
+        declared = specs.get(r.suite, {})
         case = {**run, "suite": r.suite, "variant": r.variant, "case_id": r.case_id,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error}
         if run["timestamp"] is None:
@@ -107,7 +110,8 @@ def _rows(run_dir: Path, meta: dict, run_id: str):
             yield {**case, "metric": None, "value": None, "direction": None, "n_samples": 0, "iqr": None}
         for metric, value in metrics.items():
             s = [x for x in (r.samples.get(metric) or []) if isinstance(x, (int, float))]
-            yield {**case, "metric": metric, "value": value, "direction": direction(metric), "n_samples": len(s),
+            direction = (declared.get(metric) or default(metric)).direction
+            yield {**case, "metric": metric, "value": value, "direction": direction, "n_samples": len(s),
                    "iqr": _relative_iqr(s)}
 
 

@@ -1,4 +1,4 @@
-"""The record schema, the run directory (run.json + records.jsonl), the metric direction table, and pandas loaders.
+"""The record schema, the run directory (run.json + records.jsonl), and pandas loaders.
 
 Reports read runs through this module, so it never imports torch.
 """
@@ -160,92 +160,6 @@ def write_run_json(run_dir: str | Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-# Direction of every metric, read by compare and reports: exact names first, then unit suffixes.
-DIRECTIONS = {
-    "mem_saving_x": "higher",
-    "activation_saving_x": "higher",
-    "speedup_x": "higher",
-    "time_overhead_x": "lower",
-    "recompute_flops_x": "lower",
-    "packing_efficiency": "higher",
-    "efficiency_gain_x": "higher",
-    "rows_saving_x": "higher",
-    "rows_per_epoch": "lower",
-    "effective_speedup_x": "higher",
-    "loss_diff": "lower",
-    "pct_of_peak": "higher",
-    "pct_of_bandwidth": "higher",
-    "max_rel_err": "lower",
-    "final_loss": "lower",
-    "loss_gap_final": "lower",
-    "loss_gap_mean": "lower",
-    "pad_fraction": "lower",
-    "dataset_pad_fraction": None,
-    "sliced_w2": "lower",
-    "mmd": "lower",
-    "mode_weight_err": "lower",
-    "sliced_w2_floor": None,  # what exact samples of the same size score: context for sliced_w2
-    "sliced_w2_floor_sd": None,
-    "mean_loglik": "higher",
-    "nfe": None,  # the cost side of a sampler's trade, read against quality, not a target of its own
-    "steps": None,
-    "throttled": None,
-    # moe
-    "max_vio_batch": "lower",  # (max load - mean load) / mean load, Wang et al. 2024
-    "max_vio_train": "lower",
-    "max_vio_global": "lower",
-    "eval_loss": "lower",
-    "perplexity": "lower",
-    "fused_grouped_gemm": None,  # which path ran, not a target
-    # moe_ep
-    "alltoall_share": "lower",  # the all-to-alls' fraction of an expert-parallel step
-    # mla
-    "kv_cache_saving_x": "higher",
-    "decode_speedup_x": "higher",
-    "prefill_speedup_x": "higher",
-    "kv_cache_bytes_per_token": "lower",  # bytes per cached token per layer, counted from the cache tensors
-    "kv_cache_elements_per_token": "lower",
-    "max_abs_err": "lower",  # the absorbed MLA form's decode output against the naive form's
-    # mtp
-    "mem_overhead_x": "lower",
-    "flops_overhead_x": "lower",
-    "heldout_loss": "lower",
-    "heldout_loss_x": "lower",
-    "mtp_heldout_loss": "lower",
-    "acceptance_rate": "higher",  # the MTP draft accepted by the main model, teacher-forced on held-out text
-    "decode_acceptance_rate": "higher",
-    "tokens_per_forward": "higher",  # tokens emitted per main-model forward while decoding
-    "matches_greedy": None,  # speculative decoding emitted greedy decoding's tokens: a correctness flag
-    "greedy_divergence_token": None,  # first generated token where the timed (bf16 on CUDA) decoders differ, or -1
-    "divergence_logit_margin": None,  # top-1 minus top-2 logit there: near 0 means a rounding tie
-}
-SUFFIX_DIRECTIONS = (
-    ("_noisy", None), ("_per_s", "higher"),  # rates before the bare "_s" of durations
-    ("_ms", "lower"), ("_s", "lower"), ("_bytes", "lower"), ("_flops", "lower"), ("_j", "lower"), ("_w", "lower"),
-    ("_tflops", "higher"), ("_gbps", "higher"), ("_db", "higher"),
-    ("_mhz", None), ("_c", None),
-)
-PREFIX_DIRECTIONS = (("ap", "higher"), ("ar", "higher"))
-
-
-SPREAD_MARKERS = ("_p20_", "_p80_", "_iqr_")  # a timing's spread beside its median: context, not a target
-
-
-def direction(metric: str) -> str | None:
-    """'lower' or 'higher' is better, or None for informational metrics (clocks, flags, a timing's spread)."""
-    if any(marker in metric for marker in SPREAD_MARKERS):
-        return None
-    if metric in DIRECTIONS:
-        return DIRECTIONS[metric]
-    for suffix, d in SUFFIX_DIRECTIONS:
-        if metric.endswith(suffix) and not (suffix == "_flops" and metric.endswith("_tflops")):
-            return d
-    for prefix, d in PREFIX_DIRECTIONS:
-        if metric == prefix or metric.startswith(prefix + "_") or metric.startswith(prefix + "50"):
-            return d
-    return None
-
-
 def records_frame(*run_dirs: str | Path, samples: bool = False):
     """One row per record of one or many run directories; each metric is a column, params stay a dict column, and
     with `samples` the raw samples too (a dict column: name -> list)."""
@@ -267,12 +181,16 @@ def long_frame(*run_dirs: str | Path):
     """One row per (record, metric), with the metric's direction: the shape for plotting and comparison."""
     import pandas as pd
 
+    from bench.metrics import default, specs_of
+
     rows = []
     for run_dir in run_dirs:
+        specs = specs_of([read_run_json(run_dir) or {}])
         for r in read_records(Path(run_dir) / RECORDS_JSONL):
             for metric, value in r.metrics.items():
+                spec = specs.get(r.suite, {}).get(metric) or default(metric)
                 rows.append({"run_id": r.run_id, "case_id": r.case_id, "suite": r.suite, "variant": r.variant,
                              "params": r.params, "status": r.status, "device": r.device, "env_id": r.env_id,
-                             "metric": metric, "value": value, "direction": direction(metric)})
+                             "metric": metric, "value": value, "direction": spec.direction})
     return pd.DataFrame(rows, columns=["run_id", "case_id", "suite", "variant", "params", "status", "device",
                                        "env_id", "metric", "value", "direction"])

@@ -29,12 +29,11 @@ from bench.records import (
     Record,
     RecordWriter,
     SchemaError,
-    direction,
     read_records,
     read_run_json,
     write_run_json,
 )
-from bench.suite import SUITES, Skip, Suite, case_id
+from bench.suite import SUITES, Skip, Suite, case_id, directions
 
 SEED = 0
 DEFAULT_TIMEOUT_S = 900.0
@@ -258,6 +257,8 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
                 "finished_at": None, "env": environment, "env_id": env_id, "git": environment.get("git"),
                 "version": __version__, "seed": SEED}
     meta["finished_at"] = None
+    # what each suite's metrics are, as this code declares them (a resumed run takes the current declarations)
+    meta["suites"] = {**(meta.get("suites") or {}), **{s.name: s.describe() for s in cfg.suites}}
     write_run_json(cfg.out, meta)
 
     todo = [c for c in cases if c.id not in finished]
@@ -305,7 +306,7 @@ def _execute(case: Case, cfg: RunConfig, timeout_s: float) -> dict[str, Any] | N
     if not suite.world_sizes or (cfg.launch.world_size == 1 and case.params["world_size"] in suite.world_sizes):
         result = execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, timeout_s)
         if suite.world_sizes and result["status"] == "ok":  # the same columns as a many-rank case's record
-            result = aggregate([result], {m: direction(m) for m in result["metrics"]})
+            result = aggregate([result], directions(case.suite, result["metrics"]))
         return result
     if case.params["world_size"] not in suite.world_sizes:
         return {"status": "skipped", "error": f"{case.suite} runs at world sizes "

@@ -13,6 +13,9 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bench import metrics as metric_specs
+from bench.metrics import Metric
+
 if TYPE_CHECKING:
     from bench.timing import Timing
 
@@ -76,6 +79,9 @@ class Suite:
     """variant name -> one-line description; the first is the reference when `reference` is unset."""
     reference: ClassVar[str | None] = None
     relative: ClassVar[tuple[Relative, ...]] = ()
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    """Every metric `measure` emits, declared once (bench.metrics): unit, direction, kind, meaning. The harness adds
+    the specs of what it emits itself (telemetry, rank spreads, `relative` ratios); see `metric_specs`."""
     world_sizes: ClassVar[tuple[int, ...]] = ()
     """A distributed suite lists the world sizes it supports: each case is then one torchrun job (bench.distributed)
     whose ranks all call `measure` with torch.distributed initialised, and its params gain `world_size`."""
@@ -101,6 +107,24 @@ class Suite:
     def reference_variant(self) -> str:
         return self.reference or next(iter(self.variants))
 
+    def describe(self) -> dict[str, Any]:
+        """What run.json records of this suite, for readers that cannot import it (reports, compare, history)."""
+        return {"description": self.description, "reference": self.reference_variant(),
+                "variants": dict(self.variants), "world_sizes": list(self.world_sizes),
+                "relative": [{"name": r.name, "metric": r.metric, "invert": r.invert} for r in self.relative],
+                "metrics": {name: spec.to_json() for name, spec in self.metric_specs().items()}}
+
+    def metric_specs(self) -> dict[str, Metric]:
+        """Every metric a record of this suite can hold: the suite's own, the runner's telemetry, each `relative`
+        ratio, and for a distributed suite the rank spreads of every numeric metric."""
+        specs = {m.name: m for m in (*self.metrics, *metric_specs.TELEMETRY)}
+        if self.world_sizes:
+            specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
+        for rel in self.relative:
+            of = specs.get(rel.metric) or metric_specs.default(rel.metric)
+            specs[rel.name] = metric_specs.ratio(rel.name, of, rel.invert)
+        return specs
+
 
 def register(cls: type[Suite]) -> type[Suite]:
     """Class decorator: instantiate and add to SUITES under `cls.name`."""
@@ -121,3 +145,9 @@ def discover(package: str = "suites") -> dict[str, Suite]:
 def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
     """suite/variant/k=v,... with params sorted by key: the identity that resume, shard and compare join on."""
     return f"{suite}/{variant}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def directions(suite: str, names) -> dict[str, str | None]:
+    """The declared direction of each metric of a registered suite (unit-suffix defaults for the undeclared)."""
+    specs = SUITES[suite].metric_specs()
+    return {m: (specs.get(m) or metric_specs.default(m)).direction for m in names}

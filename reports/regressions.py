@@ -9,8 +9,6 @@ import bisect
 import math
 import statistics
 
-from bench.records import direction as metric_direction
-
 K_SPREAD = 3.0  # band half-width in robust standard deviations: ~0.3% of stable nights fall outside by chance
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
 # The noise estimate reads the last 4 windows of not-bad points: from 7 points a MAD misses the standard deviation by
@@ -46,11 +44,12 @@ def envs(frame):
 
 def _series(frame):
     """ok numeric rows of metrics with a direction, one value per (series, run): the median if a run holds a case
-    twice. Directions come from bench.records.direction, not the stored column, so that a store written before a
-    metric became informational follows the current table."""
+    twice. A metric's direction is the one its suite declared in the newest run that has it (the stored column), so
+    that a series follows a metric that became informational, or changed sides, since older runs were added."""
     ok = frame[(frame["status"] == "ok") & frame["metric"].notna() & frame["value"].notna()]
-    directions = {m: metric_direction(m) for m in ok["metric"].unique()}
-    ok = envs(ok).assign(direction=ok["metric"].map(directions))
+    by_time = ok.sort_values("timestamp", kind="stable").groupby(["suite", "metric"], dropna=False)["direction"]
+    newest = by_time.agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
+    ok = envs(ok).assign(direction=[newest.get((s, m)) for s, m in zip(ok["suite"], ok["metric"], strict=True)])
     ok = ok[ok["direction"].notna()]
     extra = [c for c in ("gpu", "git_sha", "variant") if c in ok.columns]
     agg = {"value": "median", "timestamp": "min", "direction": "first", **{c: "first" for c in extra}}
@@ -154,7 +153,7 @@ def flags(judged: list, newest):
 def regressions(frame, threshold: float = 0.05, window: int = 7):
     """Current regressions of a history frame (history.load), one row per (env_id, device, suite, case_id, metric).
 
-    A series is the ok values of one case and one metric with a direction (bench.records.direction; informational
+    A series is the ok values of one case and one metric with a direction (as its suite declared it; informational
     metrics are never judged) on one env_id and device, in run order; a hardware or software change starts a new
     series, so it is never a regression. Each point v[i] after the first is judged against baselines made only of
     earlier points that were not bad (the first 3 points always count, see MIN_BASELINE):

@@ -7,6 +7,7 @@ import torch
 from bench.flops import flop_counter_mode
 from bench.hardware import device_name, peak_tflops
 from bench.memory import TensorMemoryTracker, cuda_peak
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fn
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
@@ -28,6 +29,14 @@ GRIDS = {
 }
 DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
+# What a training step of `training_step` emits, here and in the fsdp_checkpointing suite (there per rank).
+STEP_METRICS = (
+    *timing("step_time", "one training step (forward, loss, backward)"),
+    Metric("peak_mem_bytes", "exact", "lower", "peak bytes a step allocates beyond the parameters and the batch"),
+    Metric("activation_bytes", "exact", "lower", "bytes the forward leaves held for backward"),
+    rate("tokens_per_s", "step_time_ms", "tokens a step trains (all ranks) / median step time"),
+)
+
 
 @register
 class Checkpointing(Suite):
@@ -45,6 +54,14 @@ class Checkpointing(Suite):
         Relative("activation_saving_x", "activation_bytes", invert=True),
         Relative("time_overhead_x", "step_time_ms"),
         Relative("recompute_flops_x", "step_flops"),
+    )
+    metrics = (
+        *STEP_METRICS,
+        Metric("step_flops", "exact", "lower", "FLOPs of one training step, recompute included (FLOP counter)"),
+        Metric("achieved_tflops", "derived", "higher", "step_flops / median step time",
+               inputs=("step_flops", "step_time_ms")),
+        Metric("pct_of_peak", "derived", "higher", "achieved_tflops as % of the dense datasheet peak (null on CPU)",
+               unit="%", inputs=("achieved_tflops",)),
     )
 
     def grid(self, size, device):

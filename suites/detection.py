@@ -19,6 +19,7 @@ import torch
 
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register, requires
 from bench.timing import time_fn
 from impls.detection.data import make_dataset
@@ -58,6 +59,21 @@ class Detection(Suite):
     relative = (
         Relative("time_overhead_x", "latency_ms"),
         Relative("flops_overhead_x", "image_flops"),
+    )
+    metrics = (
+        *timing("latency", "detecting one image (batch 1), post-processing and NMS included"),
+        *timing("batch_time", "detecting one batch of `batch` images"),
+        rate("images_per_s", "batch_time_ms", "images per second at batch `batch`"),
+        Metric("image_flops", "exact", "lower", "FLOPs of detecting one image (convolutions and matmuls)"),
+        Metric("achieved_tflops", "derived", "higher", "image_flops x images_per_s",
+               inputs=("image_flops", "images_per_s")),
+        Metric("peak_mem_bytes", "exact", "lower", "bytes one batch allocates beyond the weights"),
+        Metric("ap", "exact", "higher", "COCO AP@[.5:.95] on the test images"),
+        Metric("ap50", "exact", "higher", "COCO AP at IoU 0.5"),
+        Metric("ap_small", "exact", "higher", "COCO AP@[.5:.95] of small objects (image-scaled buckets)"),
+        Metric("ap_medium", "exact", "higher", "COCO AP@[.5:.95] of medium objects"),
+        Metric("ap_large", "exact", "higher", "COCO AP@[.5:.95] of large objects"),
+        Metric("ar_small", "exact", "higher", "COCO AR@100 of small objects"),
     )
 
     def grid(self, size, device):

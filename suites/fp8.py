@@ -16,6 +16,7 @@ import time
 import torch
 
 from bench.hardware import device_name, peak_gbps, peak_tflops
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Skip, Suite, register
 from bench.timing import time_fn
 from impls.fp8.gemm import (
@@ -60,6 +61,26 @@ class Fp8(Suite):
         "deepseek_v3": "FP8 E4M3, 1x128 activation tiles and 128x128 weight blocks (DeepSeek-V3 §3.3)",
     }
     relative = (Relative("speedup_x", "gemm_time_ms", invert=True),)
+    metrics = (
+        # gemm
+        *timing("gemm_time", "one GEMM"),
+        rate("gemm_tflops", "gemm_time_ms", "GEMM throughput, 2MNK FLOPs over the median time"),
+        Metric("pct_of_peak", "derived", "higher", "gemm_tflops as % of the device's dense peak for the dtype",
+               unit="%", inputs=("gemm_tflops",)),
+        # accuracy (and gemm): the output against an fp64 product of the same operands
+        Metric("sqnr_db", "exact", "higher", "signal-to-quantization-noise ratio of the output against fp64"),
+        Metric("max_rel_err", "exact", "lower", "largest |error| of the output against fp64, over max |fp64 output|"),
+        # quantize
+        *timing("quantize_time", "one quantization of the operand"),
+        rate("quantize_gbps", "quantize_time_ms", "quantizer throughput, bytes read + written over the median time"),
+        Metric("pct_of_bandwidth", "derived", "higher", "quantize_gbps as % of the device's peak memory bandwidth",
+               unit="%", inputs=("quantize_gbps",)),
+        # training
+        Metric("final_loss", "exact", "lower", "cross-entropy at the last step of the seeded run", unit="nats"),
+        Metric("loss_gap_final", "exact", "lower", "|loss - reference loss| / reference loss at the last step"),
+        Metric("loss_gap_mean", "exact", "lower", "|loss - reference loss| / reference loss, mean over steps"),
+        Metric("train_tokens_per_s", "measured", "higher", "training tokens per second, wall clock of the whole run"),
+    )
 
     def grid(self, size, device):
         g = GRIDS[size]

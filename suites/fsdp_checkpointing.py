@@ -9,10 +9,11 @@ gradients and the activations the variant keeps. `param_bytes` is the rank's sha
 
 from __future__ import annotations
 
+from bench.metrics import Metric
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fixed
 from impls.fsdp_checkpointing.shard import local_bytes, shard
-from suites.checkpointing import DTYPES, GRIDS, SHAPES, Checkpointing, step_memory, training_step
+from suites.checkpointing import DTYPES, GRIDS, SHAPES, STEP_METRICS, Checkpointing, step_memory, training_step
 
 
 @register
@@ -25,6 +26,7 @@ class FsdpCheckpointing(Suite):
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("time_overhead_x", "step_time_ms"),
     )
+    metrics = (*STEP_METRICS, Metric("param_bytes", "exact", "lower", "bytes of the rank's shard of the parameters"))
 
     def grid(self, size, device):
         dtype = DTYPES[device.split(":")[0]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from bench.memory import peak_bytes
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fn
 from impls.mla import SHAPES, build
@@ -48,6 +49,21 @@ class Mla(Suite):
         Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),
         Relative("decode_speedup_x", "decode_time_ms", invert=True),
         Relative("prefill_speedup_x", "prefill_time_ms", invert=True),
+    )
+    metrics = (
+        # cache (and decode: the cache it filled)
+        Metric("kv_cache_bytes_per_token", "exact", "lower", "bytes cached per token per layer, from the tensors"),
+        Metric("kv_cache_elements_per_token", "exact", "lower", "elements cached per token per layer"),
+        # decode
+        *timing("decode_time", "one decode step over the cached context"),
+        rate("decode_tokens_per_s", "decode_time_ms", "tokens decoded per second: batch over the median step time"),
+        rate("cache_read_gbps", "decode_time_ms", "cache bytes a decode step reads over the median step time"),
+        Metric("peak_mem_bytes", "exact", "lower", "the filled cache's bytes plus the peak bytes a decode step adds"),
+        Metric("max_abs_err", "exact", "lower", "largest |absorbed - naive| decode output (mla_absorbed only)"),
+        Metric("max_rel_err", "exact", "lower", "max_abs_err over the naive output's max |value| (mla_absorbed only)"),
+        # prefill
+        *timing("prefill_time", "prefilling the prompt into the cache"),
+        rate("prefill_tokens_per_s", "prefill_time_ms", "prompt tokens prefilled per second (batch x context)"),
     )
 
     def grid(self, size, device):

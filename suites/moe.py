@@ -27,6 +27,7 @@ import torch
 
 from bench.hardware import device_name, peak_tflops
 from bench.memory import peak_bytes
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Skip, Suite, register
 from bench.timing import time_fn
 from impls.cache import load_or_build
@@ -76,6 +77,23 @@ class Moe(Suite):
     }
     relative = (Relative("speedup_x", "step_time_ms", invert=True),
                 Relative("mem_saving_x", "peak_mem_bytes", invert=True))
+    metrics = (
+        # balance: a seeded training run (cached), so exact
+        Metric("max_vio_batch", "exact", "lower", "MaxVio per training step, mean over the last quarter of training"),
+        Metric("max_vio_train", "exact", "lower", "MaxVio of the expert loads over all training tokens at once"),
+        Metric("max_vio_global", "exact", "lower", "MaxVio of a held-out pass with the final, frozen routing"),
+        Metric("final_loss", "exact", "lower", "training loss (nats/token), mean over the last quarter of training"),
+        Metric("eval_loss", "exact", "lower", "held-out loss (nats/token)"),
+        Metric("perplexity", "exact", "lower", "held-out perplexity: exp(eval_loss)"),
+        # dispatch
+        *timing("step_time", "one forward + backward of the routed experts of one layer"),
+        rate("tokens_per_s", "step_time_ms", "tokens through the routed experts per second"),
+        rate("expert_tflops", "step_time_ms", "TFLOP/s of the expert GEMMs (forward + backward)"),
+        Metric("pct_of_peak", "derived", "higher", "expert_tflops as % of the device's peak for the dtype", unit="%",
+               inputs=("expert_tflops",)),
+        Metric("peak_mem_bytes", "exact", "lower", "peak bytes allocated by one step"),
+        Metric("fused_grouped_gemm", "info", None, "the expert GEMMs ran as one kernel each (else a loop inside)"),
+    )
 
     def grid(self, size, device):
         dtype = DTYPES[device.split(":")[0]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from bench.memory import peak_bytes
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fixed
 from impls.moe.grouped import dispatcher
@@ -44,6 +45,17 @@ class MoeEP(Suite):
     relative = (
         Relative("speedup_x", "step_time_ms", invert=True),
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
+    )
+    metrics = (
+        *timing("step_time", "one forward + backward of the layer with its gradient all-reduces"),
+        rate("tokens_per_s", "step_time_ms", "tokens per second over all ranks"),
+        Metric("peak_mem_bytes", "exact", "lower", "peak bytes allocated by one step on this rank"),
+        Metric("param_bytes", "exact", "lower", "bytes of the layer's parameters held by this rank"),
+        Metric("alltoall_bytes", "exact", "lower", "bytes this rank sends to other ranks by all-to-all per step"),
+        Metric("allreduce_bytes", "exact", "lower", "gradient bytes all-reduced per step"),
+        Metric("alltoall_time_ms", "measured", "lower", "median time of the step's four all-to-alls replayed alone"),
+        Metric("alltoall_share", "derived", "lower", "fraction of the step spent in the all-to-alls",
+               inputs=("alltoall_time_ms", "step_time_ms")),
     )
 
     def grid(self, size, device):

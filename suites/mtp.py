@@ -23,6 +23,7 @@ import torch
 
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import Timing, time_fn
 from impls.mtp.data import LanguageConfig
@@ -71,6 +72,30 @@ class MTP(Suite):
         Relative("mem_overhead_x", "peak_mem_bytes"),
         Relative("flops_overhead_x", "step_flops"),
         Relative("heldout_loss_x", "heldout_loss"),
+    )
+    metrics = (
+        # training
+        *timing("step_time", "one AdamW step of a fresh model"),
+        Metric("peak_mem_bytes", "exact", "lower", "peak bytes of one step beyond weights and optimizer state"),
+        Metric("step_flops", "exact", "lower", "FLOPs of one training step (torch's FLOP counter)"),
+        rate("train_tokens_per_s", "step_time_ms", "training tokens per second: a step's tokens over its median time"),
+        Metric("final_loss", "exact", "lower", "main head's loss, mean of the last 10% of training steps", unit="nats"),
+        Metric("heldout_loss", "exact", "lower", "main head's loss on held-out text", unit="nats"),
+        Metric("mtp_heldout_loss", "exact", "lower", "MTP modules' mean loss on held-out text (D > 0)", unit="nats"),
+        Metric("acceptance_rate", "exact", "higher", "share of MTP drafts the main model accepts, teacher-forced"),
+        # decoding
+        Metric("greedy_time_ms", "measured", "lower", "median wall time of plain greedy decoding of all prompts"),
+        rate("greedy_tokens_per_s", "greedy_time_ms", "tokens per second of plain greedy decoding"),
+        Metric("speculative_time_ms", "measured", "lower", "median wall time of speculative decoding of all prompts"),
+        Metric("decode_tokens_per_s", "derived", "higher", "tokens per second of speculative decoding (of greedy "
+               "for plain)", inputs=("speculative_time_ms", "greedy_time_ms")),
+        Metric("speedup_x", "derived", "higher", "greedy_time_ms / speculative_time_ms", unit="x",
+               inputs=("greedy_time_ms", "speculative_time_ms")),
+        Metric("decode_acceptance_rate", "exact", "higher", "share of MTP drafts accepted while decoding greedily"),
+        Metric("tokens_per_forward", "exact", "higher", "tokens emitted per main-model forward, speculative decoding"),
+        Metric("matches_greedy", "info", None, "speculative decoding emitted greedy decoding's tokens (fp32)"),
+        Metric("greedy_divergence_token", "info", None, "first generated token where the timed decoders differ, or -1"),
+        Metric("divergence_logit_margin", "info", None, "top-1 minus top-2 logit at that token (None if none)"),
     )
 
     def grid(self, size, device):

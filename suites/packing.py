@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register
 from bench.timing import time_fn
 from impls.packing import PACKERS
@@ -55,6 +56,19 @@ class Packing(Suite):
         Relative("efficiency_gain_x", "packing_efficiency"),
         Relative("rows_saving_x", "rows_per_epoch", invert=True),
         Relative("effective_speedup_x", "effective_tokens_per_s"),
+    )
+    metrics = (
+        # the packer, on the host
+        *timing("pack_time", "packing the dataset's lengths once (CPU)"),
+        Metric("packing_efficiency", "exact", "higher", "real tokens / row capacity over the packing"),
+        Metric("pad_fraction", "exact", "lower", "1 - packing_efficiency"),
+        Metric("rows_per_epoch", "exact", "lower", "rows the packing makes of the dataset"),
+        rate("packer_seqs_per_s", "pack_time_ms", "dataset sequences / median pack time"),
+        Metric("dataset_pad_fraction", "exact", None, "padding's share with each sample padded to the packing length"),
+        # the training step on the packed rows, on the device
+        *timing("train_step", "one training step on train_rows packed rows"),
+        rate("effective_tokens_per_s", "train_step_ms", "real tokens in the step's rows / median step time"),
+        Metric("loss_diff", "exact", "lower", "|packed loss - one-sample-at-a-time loss| / the latter, seeded model"),
     )
 
     def grid(self, size, device):

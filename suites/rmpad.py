@@ -12,6 +12,7 @@ import math
 import torch
 
 from bench.memory import peak_bytes
+from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Skip, Suite, register
 from bench.timing import time_fn
 from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, supports
@@ -61,6 +62,13 @@ class Rmpad(Suite):
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("speedup_x", "step_time_ms", invert=True),
+    )
+    metrics = (
+        *timing("step_time", "one step of the mode (a training step, or a forward alone)"),
+        Metric("peak_mem_bytes", "exact", "lower", "peak bytes over one step; null for flex on CPU (not trackable)"),
+        Metric("pad_fraction", "exact", "lower", "padding's share of the padded [B, L] batch"),
+        rate("real_tokens_per_s", "step_time_ms", "real tokens / median step time"),
+        rate("padded_tokens_per_s", "step_time_ms", "padded batch positions (B x L) / median step time"),
     )
 
     def grid(self, size, device):

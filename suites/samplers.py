@@ -22,6 +22,7 @@ import zlib
 
 import torch
 
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Suite, register, requires
 from bench.timing import time_fn
 from impls.cache import load_or_build
@@ -81,6 +82,17 @@ class Samplers(Suite):
         REFLOW: "2-rectified flow (reflow, Liu et al. 2023), Euler: a learned model retrained on its own pairs",
         NFLOW: "RealNVP normalizing flow (Dinh et al. 2017): one pass, NFE 1",
     }
+    metrics = (
+        Metric("nfe", "exact", None, "model calls per sample the sampler made"),
+        Metric("steps", "exact", None, "sampler steps run"),
+        *timing("sample_time", "sampling one batch of n samples"),
+        Metric("sliced_w2", "exact", "lower", "sliced W2 (256 directions) to 10,000 exact target samples"),
+        Metric("sliced_w2_floor", "info", None, "sliced W2 of n exact samples to the same reference (mean of 6)"),
+        Metric("sliced_w2_floor_sd", "info", None, "sd over the 6 draws of sliced_w2_floor"),
+        Metric("mmd", "exact", "lower", "RBF MMD of the first 1000 samples to 1000 reference samples"),
+        Metric("mode_weight_err", "exact", "lower", "total variation between the sampled and true mode weights"),
+        Metric("mean_loglik", "exact", "higher", "mean log-likelihood of the samples under the true mixture"),
+    )
 
     def grid(self, size, device):
         g = GRIDS[size]

@@ -21,8 +21,12 @@ def env(gpu: dict | None = None, torch: str = "2.11.0") -> dict:
 
 
 def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = H200, torch: str = "2.11.0",
-              size: str = "quick", started_at: str = "2026-11-28T01:00:00Z", sha: str | None = None) -> Path:
-    """A run directory with run.json and one record per dict (suite, variant, params, status, metrics, samples...)."""
+              size: str = "quick", started_at: str = "2026-11-28T01:00:00Z", sha: str | None = None,
+              declare: bool = True) -> Path:
+    """A run directory with run.json and one record per dict (suite, variant, params, status, metrics, samples...).
+
+    With `declare`, run.json carries what the registered suites of those records declare (as `bench run` writes
+    it); without, it is a run of an older techbench that declared nothing."""
     environment = env(gpu, torch)
     if sha:
         environment["git"]["sha"] = sha
@@ -33,7 +37,8 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
     write_run_json(out, {"schema": 1, "run_id": name, "argv": ["bench", "run", "--size", size], "size": size,
                          "device": device, "shard": "1/1", "variants": None, "started_at": started_at,
                          "finished_at": started_at, "env": environment, "env_id": env_id,
-                         "git": environment["git"], "version": "0.1.0", "seed": 0})
+                         "git": environment["git"], "version": "0.1.0", "seed": 0,
+                         **({"suites": _declared({r["suite"] for r in records})} if declare else {})})
     with RecordWriter(out / "records.jsonl") as w:
         for r in records:
             params = r.get("params", {})
@@ -42,6 +47,13 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
                            status=r.get("status", "ok"), metrics=r.get("metrics", {}), samples=r.get("samples", {}),
                            error=r.get("error"), device=device, started_at=started_at, elapsed_s=1.0, env_id=env_id))
     return out
+
+
+def _declared(names: set[str]) -> dict:
+    from bench.suite import discover
+
+    suites = discover()
+    return {n: suites[n].describe() for n in sorted(names) if n in suites}
 
 
 def samples(median: float, spread: float = 0.02, n: int = 30, seed: int = 0) -> list[float]:

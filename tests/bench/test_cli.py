@@ -23,6 +23,9 @@ def test_list_json(capsys):
     ckpt = suites["checkpointing"]
     assert list(ckpt["variants"]) == ["none", "full", "sqrt", "selective", "offload"]
     assert ckpt["reference"] == "none" and ckpt["cases"]["smoke"] >= 5
+    step = ckpt["metrics"]["step_time_ms"]  # what each metric is, as the suite declares it
+    assert (step["kind"], step["direction"], step["unit"]) == ("measured", "lower", "ms") and step["meaning"]
+    assert ckpt["metrics"]["mem_saving_x"]["inputs"] == ["peak_mem_bytes"]
 
 
 def test_list_table(capsys):

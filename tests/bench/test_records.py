@@ -7,7 +7,6 @@ from bench.records import (
     Record,
     RecordWriter,
     SchemaError,
-    direction,
     long_frame,
     read_records,
     read_run_json,
@@ -97,11 +96,3 @@ def test_frames(tmp_path):
     assert set(long["direction"]) == {"lower"}
 
 
-@pytest.mark.parametrize("metric, expected", [
-    ("step_time_ms", "lower"), ("peak_mem_bytes", "lower"), ("achieved_tflops", "higher"), ("step_flops", "lower"),
-    ("tokens_per_s", "higher"), ("sqnr_db", "higher"), ("mem_saving_x", "higher"), ("time_overhead_x", "lower"),
-    ("ap_small", "higher"), ("ap50", "higher"), ("sm_clock_mhz", None), ("step_time_noisy", None),
-    ("energy_j", "lower"), ("step_time_iqr_ms", None), ("step_time_p20_ms", None), ("step_time_p80_ms", None),
-])
-def test_direction_table(metric, expected):
-    assert direction(metric) == expected

@@ -100,8 +100,9 @@ def test_rule_on_series(values, metric, direction, flagged):
 def test_failed_and_informational_rows_are_ignored():
     frame = frame_of([100.0, 100.0, 100.0, 150.0, 150.0])
     other = frame_of([1000.0] * 4 + [2000.0], metric="sm_clock_mhz", direction=None)
-    # directions follow bench.records.direction, not the stored column: a store outlives a change of that table
+    # a series takes the direction of its newest run: a metric that became informational stops being judged
     stored = frame_of([0.0, 0.0, 0.0, 1.0, 1.0], metric="throttled", direction="lower")
+    stored.loc[stored["timestamp"] == stored["timestamp"].max(), "direction"] = None
     status_only = frame_of([None] * 2).assign(status="oom", metric=None, direction=None, run_id=["r5", "r6"])
     both = pd.concat([frame, other, stored, status_only], ignore_index=True)
     assert list(dashboard.regressions(both, 0.05, 7)["metric"]) == ["step_time_ms"]

@@ -1,10 +1,15 @@
 """Every registered suite runs at smoke size on CPU and writes records that honour the schema."""
 
-from bench.records import DIRECTIONS, direction
-from bench.suite import discover
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
-UNITS = ("_ms", "_s", "_bytes", "_flops", "_tflops", "_gbps", "_per_s", "_j", "_w", "_mhz", "_db", "_x", "_c",
-         "_noisy")
+import pytest
+
+from bench.compare import compare
+from bench.metrics import is_clocked, specs_of
+from bench.records import RecordWriter, read_run_json, write_run_json
+from bench.suite import discover
 
 
 def test_every_suite_and_variant_finishes_at_smoke_size(smoke_records):
@@ -16,15 +21,55 @@ def test_every_suite_and_variant_finishes_at_smoke_size(smoke_records):
         assert set(by_suite[name]) == set(suite.variants), f"{name}: a variant left no record"
 
 
-def test_metric_names_carry_a_unit_or_a_direction(smoke_records):
+def test_every_metric_is_declared_by_its_suite(smoke_records):
+    """What a metric is (unit, direction, measured or exact) is declared where it is made (bench.metrics)."""
     _, by_suite = smoke_records
-    for variants in by_suite.values():
+    suites = discover()
+    undeclared: dict[str, set[str]] = {}
+    for name, variants in by_suite.items():
+        specs = suites[name].metric_specs()
         for records in variants.values():
             for r in records:
                 for metric, value in r.metrics.items():
                     assert metric == metric.lower() and " " not in metric
-                    known = metric.endswith(UNITS) or direction(metric) is not None or metric in DIRECTIONS
-                    assert known, f"{r.case_id}: metric {metric!r} has no unit suffix or direction"
                     assert value is None or isinstance(value, (int, float, bool))
+                    if metric not in specs:
+                        undeclared.setdefault(name, set()).add(metric)
                 for metric, samples in r.samples.items():
                     assert (metric in r.metrics or metric.endswith("_curve")) and len(samples) >= 1
+    assert not undeclared, {k: sorted(v) for k, v in undeclared.items()}
+
+
+@pytest.mark.parametrize("runs_per_side", [1, 3])
+def test_identical_code_with_noisy_clocks_raises_no_exact_metric_alarm(smoke_run, tmp_path, runs_per_side):
+    """An A/A compare of every suite where every clocked metric (and its samples) moved by x1.7 or x0.6, and nothing
+    else: the exact metrics are the same on both sides, so none may be called better, worse or changed."""
+    out, _, records = smoke_run
+    meta = read_run_json(out)
+    specs = specs_of([meta])
+    perturbed = Counter()
+
+    def side(name: str, factor: float) -> list[Path]:
+        dirs = []
+        for k in range(runs_per_side):
+            d = tmp_path / name / f"r{k}"
+            d.mkdir(parents=True)
+            write_run_json(d, {**meta, "run_id": f"{name}{k}"})
+            with RecordWriter(d / "records.jsonl") as w:
+                for r in records:
+                    clocked = {m for m in r.metrics if is_clocked(m, specs.get(r.suite, {}))}
+                    f = factor * (1 + 0.01 * k)  # runs of a side differ a little, as real runs do
+                    metrics = {m: v * f if m in clocked and isinstance(v, float) else v for m, v in r.metrics.items()}
+                    samples = {m: [x * f for x in s] if m in clocked else s for m, s in r.samples.items()}
+                    perturbed.update({r.suite: sum(metrics[m] != r.metrics[m] for m in clocked)} if factor != 1 else {})
+                    w.write(replace(r, metrics=metrics, samples=samples))
+            dirs.append(d)
+        return dirs
+
+    result = compare(side("base", 1.0), side("new", 1.7 if runs_per_side == 1 else 0.6))
+    rows = result.rows
+    exact = rows[[not is_clocked(m, specs.get(s, {})) for s, m in zip(rows["suite"], rows["metric"], strict=True)]]
+    alarms = exact[exact["verdict"].isin(["better", "worse", "changed"])]
+    assert alarms.empty, alarms[["case_id", "metric", "base", "new", "verdict"]].to_string()
+    ok_suites = {r.suite for r in records if r.status == "ok"}
+    assert set(perturbed) == ok_suites and all(perturbed.values()), perturbed  # every suite had clocks to move

@@ -1,0 +1,144 @@
+"""What a metric is: its unit, its direction, and whether a clock produced it. Declared once, where it is made.
+
+A suite declares the metrics it emits (`Suite.metrics`); the harness declares those it adds itself (a timing's
+spread, GPU telemetry, distributed rank spreads, ratios against the reference). The runner writes every spec into
+run.json, and compare, history, dashboard and reports read them from there. For a metric no run declares (a run of
+an older techbench), `default(name)` gives generic defaults from the unit suffix only, never from a technique's name.
+
+kind:
+- measured: from a clock or a counter that varies run to run (times, rates, energy): compared statistically.
+- exact: deterministic for a given commit and machine (bytes counted, FLOPs, a seeded quality): compared exactly.
+- derived: a ratio or rate of other metrics (`inputs`): measured when any input is, else exact.
+- info: context, never judged (a timing's spread, clocks, flags, which path ran).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+KINDS = ("measured", "exact", "derived", "info")
+DIRECTIONS = ("lower", "higher", None)
+
+# Generic defaults by unit suffix: (suffix, unit, kind, direction). Rates before the bare "_s" of durations.
+SUFFIXES = (
+    ("_noisy", "", "info", None), ("_per_s", "1/s", "measured", "higher"), ("_ms", "ms", "measured", "lower"),
+    ("_s", "s", "measured", "lower"), ("_tflops", "TFLOP/s", "measured", "higher"),
+    ("_gbps", "GB/s", "measured", "higher"), ("_bytes", "bytes", "exact", "lower"),
+    ("_flops", "FLOP", "exact", "lower"),
+    ("_j", "J", "measured", "lower"), ("_w", "W", "measured", "lower"), ("_db", "dB", "exact", "higher"),
+    ("_mhz", "MHz", "info", None), ("_c", "°C", "info", None), ("_x", "x", "derived", None),
+)
+SPREAD_MARKERS = ("_p20_", "_p80_", "_iqr_")  # a timing's spread beside its median: context, not a target
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric's spec. `inputs` names what a derived metric is computed from."""
+
+    name: str
+    kind: str
+    direction: str | None = None
+    """"lower" or "higher" is better; None for a metric that is context, not a target."""
+    meaning: str = ""
+    unit: str = ""
+    inputs: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"metric {self.name!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"metric {self.name!r}: direction {self.direction!r} is not lower, higher or None")
+        if self.kind == "derived" and not self.inputs:
+            raise ValueError(f"derived metric {self.name!r} names no inputs")
+        if not self.unit:
+            object.__setattr__(self, "unit", _suffix(self.name)[1] if _suffix(self.name) else "")
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Metric:
+        return cls(**{**{k: d[k] for k in cls.__dataclass_fields__ if k in d}, "inputs": tuple(d.get("inputs", ()))})
+
+
+def _suffix(name: str):
+    for entry in SUFFIXES:
+        if name.endswith(entry[0]) and not (entry[0] == "_s" and name.endswith("_per_s")):
+            return entry
+    return None
+
+
+def default(name: str) -> Metric:
+    """Generic spec from the unit suffix alone: for metrics a run did not declare (older runs)."""
+    if any(marker in name for marker in SPREAD_MARKERS):
+        return Metric(name, "info", None, "a timing's spread", unit="ms")
+    entry = _suffix(name)
+    if entry is None:
+        return Metric(name, "info", None, "undeclared")
+    _, unit, kind, direction = entry
+    if kind == "derived":  # a ratio of unknown inputs: shown, never judged
+        return Metric(name, "info", None, "undeclared ratio", unit=unit)
+    return Metric(name, kind, direction, "undeclared", unit=unit)
+
+
+def timing(name: str, meaning: str) -> tuple[Metric, ...]:
+    """The metrics Timing.metrics(name) emits: the median, its p20/p80/IQR and the noisy flag."""
+    return (Metric(f"{name}_ms", "measured", "lower", f"median time of {meaning}"),
+            *(Metric(f"{name}_{q}_ms", "info", None, f"{q} of the time of {meaning}") for q in ("p20", "p80", "iqr")),
+            Metric(f"{name}_noisy", "info", None, f"IQR of the time of {meaning} over 10% of its median"))
+
+
+def rate(name: str, of: str, meaning: str, direction: str = "higher") -> Metric:
+    """A rate computed from a timing (work / time): derived, so measured like its clock."""
+    return Metric(name, "derived", direction, meaning, inputs=(of,))
+
+
+# Added by the runner to every case's metrics (bench.telemetry over the timed window; null without NVML).
+TELEMETRY = (
+    Metric("energy_j", "measured", "lower", "GPU energy over the timed window (NVML counter)"),
+    Metric("avg_power_w", "measured", "lower", "mean GPU power over the timed window"),
+    Metric("energy_per_call_j", "derived", "lower", "mean power x median time of one timed call",
+           inputs=("avg_power_w",)),
+    Metric("sm_clock_mhz", "info", None, "mean SM clock over the timed window"),
+    Metric("max_temp_c", "info", None, "hottest GPU temperature in the timed window"),
+    Metric("throttled", "info", None, "a throttle reason was active in the timed window"),
+)
+
+
+def ranks(spec: Metric) -> tuple[Metric, ...]:
+    """rank_min_/rank_mean_/rank_max_ of a distributed case's metric: context beside the worst rank's value."""
+    return tuple(Metric(f"rank_{s}_{spec.name}", "info", None, f"{s} over ranks of {spec.name}", unit=spec.unit)
+                 for s in ("min", "mean", "max"))
+
+
+def ratio(name: str, of: Metric, invert: bool) -> Metric:
+    """A Relative ratio against the reference: new/ref, or ref/new when inverted; better in the input's sense."""
+    flip = {"lower": "higher", "higher": "lower", None: None}
+    direction = flip[of.direction] if invert else of.direction
+    meaning = f"{'reference / this' if invert else 'this / reference'} {of.name}"
+    return Metric(name, "derived", direction, meaning, unit="x", inputs=(of.name,))
+
+
+def is_clocked(name: str, specs: dict[str, Metric], _seen: frozenset = frozenset()) -> bool:
+    """Measured, or derived from something measured (a ratio of times): what compare judges statistically."""
+    spec = specs.get(name) or default(name)
+    if spec.kind == "measured":
+        return True
+    if spec.kind != "derived" or name in _seen:
+        return False
+    return any(is_clocked(i, specs, _seen | {name}) for i in spec.inputs)
+
+
+def specs_of(metas: list[dict]) -> dict[str, dict[str, Metric]]:
+    """suite -> metric -> spec, as the runs' run.json declared them ("suites"); later runs override earlier ones."""
+    specs: dict[str, dict[str, Metric]] = {}
+    for meta in metas:
+        for suite, info in ((meta or {}).get("suites") or {}).items():
+            for name, d in ((info or {}).get("metrics") or {}).items():
+                try:
+                    specs.setdefault(suite, {})[name] = Metric.from_json(d)
+                except (TypeError, ValueError):
+                    continue  # a spec this techbench cannot read: that metric falls back to its defaults
+    return specs
