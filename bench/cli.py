@@ -197,8 +197,9 @@ def cmd_run(args) -> int:
     print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
     not_run = (read_run_json(out) or {}).get("not_run") or []
     if not_run:
+        again = [a for a in sys.argv[1:] if a != "--resume"] + ([] if args.out else ["--out", str(out)])
         print(f"bench: the --budget of {args.budget:g} s ran out with {len(not_run)} cases not run (listed in "
-              f"{out / 'run.json'} under not_run); `bench run ... --out {out} --resume` runs them", file=sys.stderr)
+              f"{out / 'run.json'} under not_run); `bench {' '.join(again)} --resume` runs them", file=sys.stderr)
     _write_report(out)
     return code
 

@@ -84,7 +84,12 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
                          "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs)} for d, m, rs in runs],
         "missing_shards": missing_shards([m.get("shard", "1/1") for _, m, _ in runs]),
         "cases": n_cases,
+        # what the suites' metrics are, as the shards declared them (the last shard's declaration wins)
+        "suites": {name: info for _, m, _ in runs for name, info in (m.get("suites") or {}).items()},
     }
+    not_run = [c for _, m, _ in runs for c in m.get("not_run") or []]
+    if not_run:  # a shard stopped by its --budget: the merged run says which of its cases never ran
+        meta["not_run"] = not_run
     with RecordWriter(out / RECORDS_JSONL) as writer:
         for _, _, records in runs:
             for r in records:

@@ -68,14 +68,15 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
     `world_size` of the launch."""
     cases = []
     for suite in suites:
-        names = [suite.reference_variant()] + [v for v in suite.variants if v != suite.reference_variant()]
         for params in suite.grid(size, device):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
             if where and any(str(params.get(k)) != v for k, v in where.items()):
                 continue
+            ref = suite.reference_variant(params)
+            names = [ref] + [v for v in suite.variants if v != ref]
             cases += [Case(suite.name, v, params, type(suite).__module__)
-                      for v in names if (variants is None or v in variants) and suite.applies(v, params)]
+                      for v in names if (variants is None or v in variants) and suite.has_case(v, params)]
     if cases_like is not None:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, g) for g in cases_like)]
     groups = list(dict.fromkeys(c.group for c in cases))
@@ -326,8 +327,9 @@ def _stopping(progress):
 
 def _add_relative(record: Record, refs: dict[str, dict]) -> None:
     suite = SUITES[record.suite]
-    ref = refs.get(case_id(record.suite, suite.reference_variant(), record.params))
-    if ref is None or not suite.relative:
+    relative = suite.relative_for(record.params)
+    ref = refs.get(case_id(record.suite, suite.reference_variant(record.params), record.params))
+    if ref is None or not relative:
         return
-    for rel in suite.relative:
+    for rel in relative:
         record.metrics[rel.name] = rel.of(record.metrics, ref)

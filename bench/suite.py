@@ -57,6 +57,25 @@ class Relative:
         return num / den if den else None
 
 
+@dataclass(frozen=True)
+class Part:
+    """A sub-benchmark of a suite, named by its cases' `part` param: its own variants (the reference first unless
+    `reference` says otherwise) and its own ratios against that reference. A variant a part does not list has no case
+    at that part's grid points (no record at all, not a skip)."""
+
+    variants: tuple[str, ...]
+    relative: tuple[Relative, ...] = ()
+    reference: str | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        assert self.variants, "a part has at least one variant"
+        assert self.reference is None or self.reference in self.variants, f"reference {self.reference!r} not a variant"
+
+    def reference_variant(self) -> str:
+        return self.reference or self.variants[0]
+
+
 @dataclass
 class Measurement:
     """What `measure` returns: summary metrics (name -> number, bool or None) and raw samples (name -> list): the
@@ -82,6 +101,8 @@ class Suite:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     """Every metric `measure` emits, declared once (bench.metrics): unit, direction, kind, meaning. The harness adds
     the specs of what it emits itself (telemetry, rank spreads, `relative` ratios); see `metric_specs`."""
+    parts: ClassVar[dict[str, Part]] = {}
+    """Sub-benchmarks by name: each grid point of a suite with parts names its part in params["part"]."""
     world_sizes: ClassVar[tuple[int, ...]] = ()
     """A distributed suite lists the world sizes it supports: each case is then one torchrun job (bench.distributed)
     whose ranks all call `measure` with torch.distributed initialised, and its params gain `world_size`."""
@@ -104,14 +125,38 @@ class Suite:
         `measure` and is recorded as skipped."""
         return True
 
-    def reference_variant(self) -> str:
-        return self.reference or next(iter(self.variants))
+    def part_of(self, params: dict[str, Any]) -> Part | None:
+        """The part a case belongs to, or None for a suite without parts."""
+        if not self.parts:
+            return None
+        if params.get("part") not in self.parts:
+            raise ValueError(f"{self.name}: a grid point names part {params.get('part')!r}, "
+                             f"not one of {list(self.parts)}")
+        return self.parts[params["part"]]
+
+    def reference_variant(self, params: dict[str, Any] | None = None) -> str:
+        """The reference of the part `params` belong to; without params (or parts), the suite's."""
+        part = self.part_of(params) if params is not None and self.parts else None
+        return part.reference_variant() if part else self.reference or next(iter(self.variants))
+
+    def relative_for(self, params: dict[str, Any]) -> tuple[Relative, ...]:
+        part = self.part_of(params)
+        return part.relative if part else self.relative
+
+    def has_case(self, variant: str, params: dict[str, Any]) -> bool:
+        """Whether `variant` has a case at `params`: its part lists it, and `applies` agrees."""
+        part = self.part_of(params)
+        return (part is None or variant in part.variants) and self.applies(variant, params)
 
     def describe(self) -> dict[str, Any]:
         """What run.json records of this suite, for readers that cannot import it (reports, compare, history)."""
         return {"description": self.description, "reference": self.reference_variant(),
                 "variants": dict(self.variants), "world_sizes": list(self.world_sizes),
                 "relative": [{"name": r.name, "metric": r.metric, "invert": r.invert} for r in self.relative],
+                "parts": {name: {"description": p.description, "variants": list(p.variants),
+                                 "reference": p.reference_variant(),
+                                 "relative": [{"name": r.name, "metric": r.metric, "invert": r.invert}
+                                              for r in p.relative]} for name, p in self.parts.items()},
                 "metrics": {name: spec.to_json() for name, spec in self.metric_specs().items()}}
 
     def metric_specs(self) -> dict[str, Metric]:
@@ -120,7 +165,7 @@ class Suite:
         specs = {m.name: m for m in (*self.metrics, *metric_specs.TELEMETRY)}
         if self.world_sizes:
             specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
-        for rel in self.relative:
+        for rel in (*self.relative, *(r for p in self.parts.values() for r in p.relative)):
             of = specs.get(rel.metric) or metric_specs.default(rel.metric)
             specs[rel.name] = metric_specs.ratio(rel.name, of, rel.invert)
         return specs
@@ -130,6 +175,9 @@ def register(cls: type[Suite]) -> type[Suite]:
     """Class decorator: instantiate and add to SUITES under `cls.name`."""
     assert cls.name not in SUITES or type(SUITES[cls.name]) is cls, f"suite {cls.name!r} registered twice"
     assert cls.variants, f"suite {cls.name!r} has no variants"
+    for name, part in cls.parts.items():
+        unknown = [v for v in part.variants if v not in cls.variants]
+        assert not unknown, f"suite {cls.name!r} part {name!r} lists unknown variants {unknown}"
     SUITES[cls.name] = cls()
     return cls
 

@@ -28,7 +28,7 @@ import torch
 from bench.hardware import device_name, peak_tflops
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Skip, Suite, register
+from bench.suite import Measurement, Part, Relative, Skip, Suite, register
 from bench.timing import time_fn
 from impls.cache import load_or_build
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
@@ -75,8 +75,14 @@ class Moe(Suite):
         "aux_free_seqaux": "aux_free plus DeepSeek-V3's sequence-wise balance loss (alpha 0.0001)",
         "node_limited": "aux_free with the experts on 4 nodes and each token sent to at most 2",
     }
-    relative = (Relative("speedup_x", "step_time_ms", invert=True),
-                Relative("mem_saving_x", "peak_mem_bytes", invert=True))
+    parts = {
+        "balance": Part(("aux_loss", "sigmoid_aux_loss", "aux_free", "aux_free_seqaux", "node_limited"),
+                        description="routers trained on a small MoE LM: MaxVio and loss, against the aux-loss router"),
+        "dispatch": Part(("loop", "grouped_mm", "grouped_torch", "grouped_triton"),
+                         (Relative("speedup_x", "step_time_ms", invert=True),
+                          Relative("mem_saving_x", "peak_mem_bytes", invert=True)),
+                         description="one MoE layer's experts, forward and backward, against the per-expert loop"),
+    }
     metrics = (
         # balance: a seeded training run (cached), so exact
         Metric("max_vio_batch", "exact", "lower", "MaxVio per training step, mean over the last quarter of training"),
@@ -101,9 +107,6 @@ class Moe(Suite):
                    "dtype": "float32"}
         return [balance] + [{"part": "dispatch", "tokens": t, "experts": e, "top_k": k, "dim": d, "hidden": h,
                              "dtype": dtype} for t, e, k, d, h in SHAPES[size]]
-
-    def applies(self, variant, params):
-        return (variant in DISPATCH) == (params["part"] == "dispatch")
 
     def measure(self, variant, params, device):
         part = _dispatch if params["part"] == "dispatch" else _balance

@@ -21,16 +21,17 @@ SHIM = """
 import numpy as _np
 try:
     int(_np.ones(1))
-except TypeError:
+except TypeError:  # numpy 2.4+; a Triton without this interpreter function is left alone
     from triton.runtime import interpreter as _interp
 
-    _patch_lang_tensor = _interp._patch_lang_tensor
+    _patch_lang_tensor = getattr(_interp, "_patch_lang_tensor", None)
 
     def _squeezing_patch(tensor, scope):
         _patch_lang_tensor(tensor, scope)
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
 
-    _interp._patch_lang_tensor = _squeezing_patch
+    if _patch_lang_tensor is not None:
+        _interp._patch_lang_tensor = _squeezing_patch
 """
 
 

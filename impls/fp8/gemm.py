@@ -78,23 +78,23 @@ def _granularity(sa: Tensor, sb: Tensor) -> str:
 
 
 @functools.cache
-def scaled_mm_support(device_type: str, granularity: str) -> str | None:
-    """None where this torch runs torch._scaled_mm with `granularity` scales on `device_type`; else why not (one line).
+def scaled_mm_support(device: str, granularity: str) -> str | None:
+    """None where this torch runs torch._scaled_mm with `granularity` scales on `device`; else why not (one line).
 
-    Found by running a 16 x 16 x 16 GEMM (CUDA's minimum multiples), not from version numbers: torch 2.11's CPU kernel
-    takes per-tensor scales only (rowwise hits an INTERNAL ASSERT), torch 2.13's takes both, and CUDA's rowwise
-    scaling needs sm_89+ and a bf16 output. Cached per (device type, granularity).
+    Found by running a 16 x 16 x 16 GEMM (CUDA's minimum multiples) to bf16, not from version numbers: torch 2.11's
+    CPU kernel takes per-tensor scales only (rowwise hits an INTERNAL ASSERT), torch 2.13's takes both, and CUDA's
+    rowwise scaling needs sm_89+. Cached per (device, granularity), so each GPU of a mixed machine is asked. A call
+    the probe passes can still be refused for its shape or output dtype: scaled_mm then raises NotImplementedError.
     """
     if granularity not in ("tensorwise", "rowwise"):
         raise ValueError(f"granularity must be 'tensorwise' or 'rowwise', got {granularity!r}")
-    device = torch.device(device_type)
-    q = torch.ones(16, 16, device=device).to(torch.float8_e4m3fn)
+    q = torch.ones(16, 16, device=device).to(torch.float8_e4m3fn)  # [16, 16]
     s = torch.ones((), device=device) if granularity == "tensorwise" else torch.ones(16, 1, device=device)
     try:
         torch._scaled_mm(q, q.T, scale_a=s, scale_b=s.reshape(1, -1) if s.dim() else s, out_dtype=torch.bfloat16)
     except (RuntimeError, ValueError, NotImplementedError) as e:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        return f"torch {torch.__version__} cannot run _scaled_mm with {granularity} scales on {device_type}: {first}"
+        return f"torch {torch.__version__} cannot run _scaled_mm with {granularity} scales on {device}: {first}"
     return None
 
 
@@ -105,7 +105,7 @@ def scaled_mm(qa: Tensor, sa: Tensor, qb: Tensor, sb: Tensor, out_dtype: torch.d
     scaled_mm_support; e.g. CUDA needs K and N multiples of 16, and rowwise scaling there only writes bf16), so a
     suite can skip with that reason.
     """
-    why = scaled_mm_support(qa.device.type, _granularity(sa, sb))
+    why = scaled_mm_support(str(qa.device), _granularity(sa, sb))
     if why is not None:
         raise NotImplementedError(why)
     # _scaled_mm takes B [K, N] column-major (qb.T is) and B's row scales as [1, N].

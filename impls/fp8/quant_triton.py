@@ -35,9 +35,9 @@ def _round_to_fp8_grid(v, MANT: tl.constexpr, MIN_EXP: tl.constexpr):
     # fp32's own round-to-nearest-even do it; on |v|, so that a tiny negative rounds to -0 as the cast does.
     magic: tl.constexpr = 1.5 * 2.0 ** (23 + MIN_EXP - MANT)
     sub = (tl.abs(v) + magic) - magic
-    # -1.0 * sub, not -sub: Triton 3.6 lowers unary minus to 0 - x, which turns -0 into +0 (a tiny negative must
-    # give the fp8 code of -0, as torch's cast does); a multiply by -1 flips the sign bit under every version.
-    sub = tl.where(v < 0, -1.0 * sub, sub)
+    # The sign from v's sign bit, so that -0.0 and a tiny negative both give the fp8 code of -0 as torch's cast does
+    # (v < 0 misses -0.0); and -1.0 * sub, not -sub: Triton 3.6 lowers unary minus to 0 - x, which makes -0 into +0.
+    sub = tl.where(v.to(tl.int32, bitcast=True) < 0, -1.0 * sub, sub)
     return tl.where(tl.abs(v) < 2.0**MIN_EXP, sub, normal)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.records import STATUSES, read_run_json, records_frame, reproduce_command
@@ -68,9 +69,22 @@ def run_labels(run_dirs) -> dict[str, str]:
     return labels
 
 
+def _reference(meta: dict, suite: str, part: str | None, frame: pd.DataFrame, parts: list) -> str | None:
+    """The reference variant of a suite, or of one of its parts, as its run declared it (run.json "suites"). A run of
+    an older techbench did not declare it: then the variant of the first record of the suite (and part), since the
+    runner runs each group's reference first. `parts` is each row's part."""
+    info = (meta.get("suites") or {}).get(suite) or {}
+    declared = ((info.get("parts") or {}).get(part) or {}).get("reference") or info.get("reference")
+    if declared:
+        return declared
+    same = (frame["suite"] == suite).to_numpy() & np.array([p == part for p in parts], dtype=bool)
+    variants = frame.loc[same, "variant"]
+    return str(variants.iloc[0]) if len(variants) else None
+
+
 def load_frame(run_dirs) -> pd.DataFrame:
-    """records_frame of every run with raw samples, plus the run label, the run's size and each case's reproduce
-    command."""
+    """records_frame of every run with raw samples, plus the run label, the run's size, its suites' reference
+    variants (column "reference") and each case's reproduce command."""
     labels, parts = run_labels(run_dirs), []
     for run_dir in run_dirs:
         frame = records_frame(run_dir, samples=True)
@@ -82,6 +96,10 @@ def load_frame(run_dirs) -> pd.DataFrame:
         if len(envs) > 1:  # shards run on several machines, merged (bench merge): each record names its machine
             frame["run"] = [run_label({"env": envs.get(e)}, run_dir) for e in frame["env_id"]]
         frame["size"] = meta.get("size") or "quick"
+        of_part = [p.get("part") if isinstance(p, dict) else None for p in frame["params"]]
+        keys = list(zip(frame["suite"], of_part, strict=True))
+        refs = {key: _reference(meta, *key, frame, of_part) for key in set(keys)}
+        frame["reference"] = [refs[key] for key in keys]
         devices = [meta.get("device") or d for d in frame["device"]]
         frame["command"] = [reproduce_command(s, v, p, size, d) for s, v, p, size, d in
                             zip(frame["suite"], frame["variant"], frame["params"], frame["size"], devices)]

@@ -14,7 +14,6 @@ from reports.figures import PALETTE, STATUS_COLORS, colors, hover, ok
 METRICS = ("step_time_ms", "time_overhead_x", "peak_mem_bytes", "mem_overhead_x", "flops_overhead_x", "final_loss",
            "heldout_loss", "acceptance_rate", "decode_acceptance_rate", "tokens_per_forward", "greedy_tokens_per_s",
            "decode_tokens_per_s", "speedup_x", "matches_greedy", "greedy_divergence_token")
-REFERENCE = "plain"
 # DeepSeek-V3 §5.4.3: the second token is accepted 85-90% of the time, and decoding runs at 1.8x tokens/s
 PAPER_ACCEPTANCE = (0.85, 0.90)
 PAPER_SPEEDUP = 1.8
@@ -58,7 +57,7 @@ def _not_ok(fig, rows):
 
 
 def _acceptance(frame):
-    rows = frame[frame["variant"] != REFERENCE]
+    rows = frame[frame["variant"] != frame["reference"]]
     if ok(rows, "acceptance_rate").empty and (rows["status"] == "ok").all():
         return None
     fig = go.Figure()
@@ -77,7 +76,7 @@ def _acceptance(frame):
 
 
 def _overhead(frame):
-    rows = frame[frame["variant"] != REFERENCE]
+    rows = frame[frame["variant"] != frame["reference"]]
     if ok(rows, "time_overhead_x").empty:
         return None
     fig = go.Figure()
@@ -91,7 +90,7 @@ def _overhead(frame):
 
 
 def _speedup(frame):
-    rows = frame[frame["variant"] != REFERENCE]
+    rows = frame[frame["variant"] != frame["reference"]]
     good = ok(rows, "speedup_x")
     if good.empty:
         return None
@@ -127,11 +126,11 @@ def _loss_curves(frame):
     for i, row in rows.iterrows():
         held = row.get("heldout_loss")
         name = row["label"] + (f" (held-out {held:.3f})" if pd.notna(held) else "")
-        style = {"color": color[row["variant"]], "dash": "dash" if row["variant"] == REFERENCE else None}
+        style = {"color": color[row["variant"]], "dash": "dash" if row["variant"] == row["reference"] else None}
         steps = list(range(1, len(smooth[i]) + 1))
         fig.add_scatter(x=steps, y=smooth[i].tolist(), mode="lines", name=name, legendgroup=row["label"],
                         line=style, row=1, col=1)
-        ref = rows[(rows["variant"] == REFERENCE) & (rows["run"] == row["run"])
+        ref = rows[(rows["variant"] == rows["reference"]) & (rows["run"] == row["run"])
                    & (rows["params"].map(str) == str(row["params"]))]
         if len(ref) and len(smooth[ref.index[0]]) == len(smooth[i]):
             fig.add_scatter(x=steps, y=(smooth[i] - smooth[ref.index[0]]).tolist(), mode="lines", showlegend=False,

@@ -13,7 +13,6 @@ from plotly.subplots import make_subplots
 from reports.figures import colors, hover, ok
 
 METRICS = ("nfe", "sample_time_ms", "sliced_w2", "sliced_w2_floor", "mmd", "mode_weight_err", "mean_loglik")
-REFERENCE = "ddpm"
 QUALITY = "sliced_w2"
 WITHIN = 0.10  # "matches the reference": sliced W2 at most 10% above the reference's
 HOVER = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x:.4g}, " + QUALITY + " %{y:.4g}<br>"
@@ -27,7 +26,7 @@ def _panels(frame: pd.DataFrame) -> pd.DataFrame:
 
 def reference_quality(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[float, int]]:
     """(run, panel) -> (quality, nfe) of the reference at its largest NFE."""
-    ref = rows[rows["variant"] == REFERENCE].sort_values("nfe")
+    ref = rows[rows["variant"] == rows["reference"]].sort_values("nfe")
     return {key: (float(g[QUALITY].iloc[-1]), int(g["nfe"].iloc[-1])) for key, g in ref.groupby(["run", "panel"])}
 
 

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from bench.suite import Measurement, Relative, Skip, Suite, register
+from bench.metrics import Metric
+from bench.suite import Measurement, Part, Relative, Skip, Suite, register
 
 
 @register
@@ -104,3 +105,21 @@ class Distributed(Suite):
             time.sleep(3600)
         return Measurement({"value_ms": float(params["n"] * (rank + 1)), "rank_sum": total.item(),
                             "world": dist.get_world_size()}, {"value_ms": [float(rank)]})
+
+
+@register
+class Parted(Suite):
+    """Two parts with their own variants and references: `b` is the reference of part y, not of the suite."""
+
+    name = "_parts"
+    variants = {"a": "reference of x", "b": "reference of y", "c": "in both"}
+    parts = {"x": Part(("a", "c"), (Relative("speed_x", "t_ms", invert=True),)),
+             "y": Part(("b", "c"), (Relative("size_x", "n_bytes"),))}
+    metrics = (Metric("t_ms", "measured", "lower", "a time"), Metric("n_bytes", "exact", "lower", "a size"))
+
+    def grid(self, size, device):
+        return [{"part": "x", "n": 1}, {"part": "y", "n": 1}]
+
+    def measure(self, variant, params, device):
+        t = {"a": 2.0, "b": 3.0, "c": 1.0}[variant]
+        return Measurement({"t_ms": t, "n_bytes": int(10 * t)})

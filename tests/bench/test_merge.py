@@ -38,6 +38,8 @@ def test_merged_shards_hold_the_unsharded_runs_cases_once_each(tmp_path, capsys)
     meta = read_run_json(merged)
     assert [m["shard"] for m in meta["merged_from"]] == ["1/2", "2/2"]
     assert meta["size"] == "smoke" and meta["device"] == "cpu" and meta["finished_at"]
+    # the suites' declarations travel, so compare judges the merged run as it judges the shards
+    assert meta["suites"]["_endings"] == read_run_json(shards[0])["suites"]["_endings"]
     printed = capsys.readouterr()
     assert "8 records of 2 runs (1 machine)" in printed.out and "partial" not in printed.err
     assert meta["missing_shards"] == [] and meta["cases"] == 8

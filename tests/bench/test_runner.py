@@ -44,6 +44,20 @@ def test_a_variant_without_a_case_at_some_params_is_not_planned():
     assert [(c.variant, c.params["i"]) for c in cases] == [("a", 0), ("a", 1), ("b", 1), ("a", 2)]
 
 
+def test_parts_have_their_own_variants_references_and_ratios(tmp_path):
+    suite = SUITES["_parts"]
+    cases = runner.plan([suite], "smoke", "cpu")
+    assert [(c.params["part"], c.variant) for c in cases] == [("x", "a"), ("x", "c"), ("y", "b"), ("y", "c")]
+    code, records = runner.run(config(tmp_path, suite="_parts", inline=True))
+    by = {(r.params["part"], r.variant): r.metrics for r in records}
+    assert code == 0 and len(records) == 4  # no record, not even a skip, for a variant outside its part
+    assert by[("x", "c")]["speed_x"] == 2.0 and "size_x" not in by[("x", "c")]  # against a, part x's reference
+    assert by[("y", "c")]["size_x"] == 10 / 30 and "speed_x" not in by[("y", "c")]  # against b, part y's
+    described = read_run_json(tmp_path / "run")["suites"]["_parts"]
+    assert described["parts"]["y"]["reference"] == "b" and described["parts"]["x"]["variants"] == ["a", "c"]
+    assert {"speed_x", "size_x"} <= set(suite.metric_specs())
+
+
 def test_isolated_run_records_every_ending_and_goes_on(tmp_path):
     code, records = runner.run(config(tmp_path))
     by_id = {r.case_id: r for r in records}

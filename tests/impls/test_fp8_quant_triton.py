@@ -24,6 +24,7 @@ def same(name, x, dtype, pow2):
 g = torch.Generator().manual_seed(0)
 for shape in [(37, 300), (130, 257)]:  # odd M, K: tail tiles, tail blocks, a partial row block
     x = torch.randn(*shape, generator=g) * torch.logspace(-6, 3, shape[-1])
+    x[0, :5] = torch.tensor([-0.0, 0.0, -1e-30, 1e-30, -0.0])  # signed zeros and values that round to them
     for name in QUANTIZERS:
         for dtype in (E4M3, E5M2):
             for pow2 in (False, True):
