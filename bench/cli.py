@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="ranks per node for distributed suites, one torchrun job a case (default: 1)")
     r.add_argument("--nnodes", type=int, default=1, metavar="M", help="nodes of each distributed job (default: 1)")
     r.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-node job (same on every node)")
+    r.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads for every CPU case (default: each suite's own choice)")
     r.add_argument("--budget", type=float, metavar="S",
                    help="stop starting cases after S seconds; cases not run are listed, and --resume runs them")
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
@@ -161,6 +163,8 @@ def cmd_run(args) -> int:
     registry = discover()
     suites = _select(registry, args.suites, args.variant)
     shard = _parse_shard(args.shard)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     for flag, value in (("--timeout", args.timeout), ("--budget", args.budget)):
         if value is not None and not (0 < value < math.inf):
             raise UsageError(f"{flag} must be a positive number of seconds, got {value:g}")
@@ -183,7 +187,7 @@ def cmd_run(args) -> int:
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
                            shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,
                            launch=how, inline=args.inline, resume=args.resume, run_id=run_id, budget_s=args.budget,
-                           argv=["bench", *sys.argv[1:]])
+                           threads=args.threads, argv=["bench", *sys.argv[1:]])
     console = Console()
     try:
         code, records = runner.run(cfg, make_progress(console))

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import env_id
-from bench.records import RECORDS_JSONL, SCHEMA, Record, RecordWriter, read_records, read_run_json, write_run_json
+from bench.records import (
+    RECORDS_JSONL,
+    Record,
+    RecordWriter,
+    RunMeta,
+    read_records,
+    read_run_json,
+    write_run_json,
+)
 from bench.suite import case_id
 
 # GPU fields copied into machine_info["techbench"]["gpus"]: what a reader of a benchmark dashboard needs to tell two
@@ -244,14 +252,13 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
             record.samples[series] = [x / scale for x in data]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_run_json(out_dir, {
-        "schema": SCHEMA, "run_id": run_id, "argv": ["bench", "import", str(file)],
-        "size": _common(t.get("size") for t in tags_all) if tags_all else None,
-        "device": _common(r.device for r in records.values()) or "unknown", "shard": "1/1", "variants": None,
-        "started_at": started, "finished_at": started, "env": env, "env_id": eid, "git": env["git"],
-        "version": __version__, "imported_from": {"format": "pytest-benchmark", "file": str(file),
-                                                  "version": doc.get("version")},
-    })
+    write_run_json(out_dir, RunMeta(
+        run_id=run_id, argv=["bench", "import", str(file)],
+        size=_common(t.get("size") for t in tags_all) if tags_all else None,
+        device=_common(r.device for r in records.values()) or "unknown", started_at=started, finished_at=started,
+        env=env, env_id=eid, git=env["git"], version=__version__,
+        extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": doc.get("version")}},
+    ))
     with RecordWriter(out_dir / RECORDS_JSONL) as writer:
         for record in records.values():
             writer.write(record)

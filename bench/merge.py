@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.records import RECORDS_JSONL, RecordWriter, SchemaError, read_records, read_run_json, write_run_json
+from bench.records import (
+    RECORDS_JSONL,
+    RecordWriter,
+    RunMeta,
+    SchemaError,
+    read_records,
+    read_run_json,
+    write_run_json,
+)
 from bench.runner import new_run_id
 
 
@@ -73,27 +81,27 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     devices = {meta.get("device") for _, meta, _ in runs}
     finished = [meta.get("finished_at") for _, meta, _ in runs]
     envs = {meta.get("env_id"): meta.get("env") for _, meta, _ in runs}
-    meta = {
-        "schema": first["schema"], "run_id": "merged-" + new_run_id(), "argv": argv or [], "size": first.get("size"),
-        "device": devices.pop() if len(devices) == 1 else "mixed", "shard": "1/1", "variants": None,
-        "started_at": min(m.get("started_at") or "" for _, m, _ in runs) or None,
-        "finished_at": None if None in finished else max(finished),
-        "env": first.get("env"), "env_id": first.get("env_id"), "envs": envs, "git": first.get("git"),
-        "version": first.get("version"), "seed": first.get("seed"),
-        "merged_from": [{"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
-                         "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs)} for d, m, rs in runs],
-        "missing_shards": missing_shards([m.get("shard", "1/1") for _, m, _ in runs]),
-        "cases": n_cases,
+    not_run = [c for _, m, _ in runs for c in m.get("not_run") or []]  # shards stopped by their --budget
+    meta = RunMeta(
+        run_id="merged-" + new_run_id(), argv=argv or [], size=first.get("size"),
+        device=devices.pop() if len(devices) == 1 else "mixed",
+        started_at=min(m.get("started_at") or "" for _, m, _ in runs) or None,
+        finished_at=None if None in finished else max(finished),
+        env=first.get("env") or {}, env_id=first.get("env_id"), git=first.get("git"), version=first.get("version"),
+        seed=first.get("seed"),
         # what the suites' metrics are, as the shards declared them (the last shard's declaration wins)
-        "suites": {name: info for _, m, _ in runs for name, info in (m.get("suites") or {}).items()},
-    }
-    not_run = [c for _, m, _ in runs for c in m.get("not_run") or []]
-    if not_run:  # a shard stopped by its --budget: the merged run says which of its cases never ran
-        meta["not_run"] = not_run
+        suites={name: info for _, m, _ in runs for name, info in (m.get("suites") or {}).items()},
+        not_run=not_run or None,
+        extra={"envs": envs,
+               "merged_from": [{"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
+                                "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs)}
+                               for d, m, rs in runs],
+               "missing_shards": missing_shards([m.get("shard", "1/1") for _, m, _ in runs]), "cases": n_cases},
+    )
     with RecordWriter(out / RECORDS_JSONL) as writer:
         for _, _, records in runs:
             for r in records:
                 writer.write(r)
     write_run_json(out, meta)  # last: a run.json says the records beside it are complete
-    return meta
+    return meta.to_json()
 

@@ -152,11 +152,53 @@ def read_run_json(run_dir: str | Path) -> dict | None:
     return meta
 
 
-def write_run_json(run_dir: str | Path, meta: dict) -> None:
-    """Atomic replace: a crash while writing leaves the previous run.json, never half of one."""
+@dataclass
+class RunMeta:
+    """run.json, the one description of a run directory (`bench run`, `bench merge` and `bench import` all write it
+    through write_run_json). A field a run of an older techbench lacks reads as its default."""
+
+    run_id: str
+    argv: list[str] = field(default_factory=list)
+    size: str | None = None
+    device: str | None = None
+    shard: str = "1/1"
+    variants: list[str] | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    """None until every planned case has a record (a killed run, or one stopped by its --budget, is unfinished)."""
+    env: dict = field(default_factory=dict)
+    env_id: str | None = None
+    git: dict | None = None
+    version: str | None = None
+    seed: int | None = None
+    suites: dict[str, dict] = field(default_factory=dict)
+    """Per suite, what it declared (Suite.describe: variants, parts, references, metric specs) and its CPU threads."""
+    not_run: list[str] | None = None
+    """case_ids a --budget left unrun, for --resume."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What only some runs carry: merged_from, envs, missing_shards, cases (bench merge); imported_from."""
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("extra", "schema")}
+        if d["not_run"] is None:
+            del d["not_run"]
+        return {"schema": self.schema, **d, **self.extra}
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunMeta:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "extra"}
+        known.setdefault("run_id", "")
+        return cls(**known, extra={k: v for k, v in d.items() if k not in cls.__dataclass_fields__})
+
+
+def write_run_json(run_dir: str | Path, meta: RunMeta | dict) -> None:
+    """Atomic replace: a crash while writing leaves the previous run.json, never half of one. A dict is read as a
+    RunMeta first, so every run.json has the same fields."""
+    meta = meta if isinstance(meta, RunMeta) else RunMeta.from_json(meta)
     path = Path(run_dir) / RUN_JSON
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(meta.to_json(), indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
 
 

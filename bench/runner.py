@@ -28,6 +28,7 @@ from bench.records import (
     RECORDS_JSONL,
     Record,
     RecordWriter,
+    RunMeta,
     SchemaError,
     read_records,
     read_run_json,
@@ -93,11 +94,17 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(m in str(exc) for m in ("ALLOC_FAILED", "out of memory")))
 
 
-def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:
-    """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises."""
+def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None) -> dict[str, Any]:
+    """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises. `threads`: torch's
+    intra-op thread count while it runs (see `cpu_threads`), restored after."""
+    previous = None
     try:
         import numpy as np
         import torch
+
+        if threads is not None:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
 
         from bench.telemetry import Telemetry
 
@@ -123,9 +130,22 @@ def execute(case: Case, device: str, seed: int = SEED) -> dict[str, Any]:
         status = "oom" if _is_oom(e) else "error"
         tail = "".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:]
         return {"status": status, "error": "\n".join(tail)}
+    finally:
+        if previous is not None:
+            import torch
+
+            torch.set_num_threads(previous)
 
 
-def _child(conn, lifeline, case: Case, device: str, seed: int) -> None:
+def cpu_threads(suite: Suite, device: str, override: int | None) -> int | None:
+    """The intra-op threads a case runs with: on CPU, --threads or else the suite's declaration; None leaves torch's
+    default (and on a GPU the host threads only launch kernels)."""
+    if not device.startswith("cpu"):
+        return None
+    return override if override is not None else suite.cpu_threads
+
+
+def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | None) -> None:
     # A forkserver child's parent is the server, not `bench`: nothing would end it if `bench` died. The lifeline
     # pipe's other end lives only in `bench`, so EOF on it means `bench` is gone, and the case must go too.
     def watch():
@@ -136,7 +156,7 @@ def _child(conn, lifeline, case: Case, device: str, seed: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="techbench-lifeline", daemon=True).start()
-    conn.send(execute(case, device, seed))
+    conn.send(execute(case, device, seed, threads))
     conn.close()
 
 
@@ -151,12 +171,13 @@ def _context(modules: list[str]):
     return ctx
 
 
-def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED) -> dict[str, Any]:
+def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED,
+                     threads: int | None = None) -> dict[str, Any]:
     """execute() in a child process: a crash, a hang past timeout_s or a kill by the OS is recorded, not fatal."""
     ctx = _context([case.module])
     recv, send = ctx.Pipe(duplex=False)
     lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed), daemon=True)
+    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed, threads), daemon=True)
     proc.start()
     send.close()
     lifeline_r.close()
@@ -207,6 +228,8 @@ class RunConfig:
     """How distributed suites' cases are launched (torchrun processes per node, nodes, rendezvous)."""
     inline: bool = False
     resume: bool = False
+    threads: int | None = None
+    """Intra-op threads for every CPU case (`--threads`), over each suite's `cpu_threads`."""
     budget_s: float | None = None
     """Wall-clock seconds for the whole run: no case starts after it, and the case running then is given only what
     is left; a case cut off by it is not recorded, so --resume runs it. None: no budget."""
@@ -253,19 +276,21 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
     environment = envmod.collect()
     env_id = envmod.env_id(environment)  # of this machine now: a resumed run may continue elsewhere
     if meta is None:
-        meta = {"schema": 1, "run_id": cfg.run_id or new_run_id(), "argv": cfg.argv, "size": cfg.size,
-                "device": cfg.device, "shard": shard, "variants": cfg.variants, "started_at": now(),
-                "finished_at": None, "env": environment, "env_id": env_id, "git": environment.get("git"),
-                "version": __version__, "seed": SEED}
-    meta["finished_at"] = None
-    # what each suite's metrics are, as this code declares them (a resumed run takes the current declarations)
-    meta["suites"] = {**(meta.get("suites") or {}), **{s.name: s.describe() for s in cfg.suites}}
+        meta = RunMeta(run_id=cfg.run_id or new_run_id(), argv=cfg.argv, size=cfg.size, device=cfg.device,
+                       shard=shard, variants=cfg.variants, started_at=now(), env=environment, env_id=env_id,
+                       git=environment.get("git"), version=__version__, seed=SEED)
+    else:
+        meta = RunMeta.from_json(meta)
+    meta.finished_at, meta.not_run = None, None
+    # what each suite's metrics are, as this code declares them (a resumed run takes the current declarations), and
+    # the thread count its CPU cases run with (None: torch's default)
+    meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": cpu_threads(s, cfg.device, cfg.threads)}
+                                     for s in cfg.suites}}
     write_run_json(cfg.out, meta)
 
     todo = [c for c in cases if c.id not in finished]
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
-    meta.pop("not_run", None)
     if progress is not None:
         progress.start(len(cases), len(cases) - len(todo))
     with RecordWriter(cfg.out / RECORDS_JSONL) as writer, _stopping(progress):
@@ -274,7 +299,7 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             if deadline is not None:
                 timeout_s = min(timeout_s, deadline - time.monotonic())
                 if timeout_s <= 0:
-                    meta["not_run"] = [c.id for c in todo[i:]]
+                    meta.not_run = [c.id for c in todo[i:]]
                     break
             if progress is not None:
                 progress.begin(case)
@@ -283,9 +308,9 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             if result is None:  # a distributed case whose rank 0 ran on another node: that node records it
                 continue
             if result["status"] == "timeout" and timeout_s < cfg.timeout_s:  # cut off by the budget, not its own
-                meta["not_run"] = [c.id for c in todo[i:]]
+                meta.not_run = [c.id for c in todo[i:]]
                 break
-            record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
+            record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
                             started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=env_id)
@@ -296,16 +321,18 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             finished[case.id] = record
             if progress is not None:
                 progress.end(record)
-    meta["finished_at"] = None if meta.get("not_run") else now()  # a run stopped by its budget is unfinished
+    meta.finished_at = None if meta.not_run else now()  # a run stopped by its budget is unfinished
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]
-    return (1 if meta.get("not_run") or any(r.status in FAILED for r in records) else 0), records
+    return (1 if meta.not_run or any(r.status in FAILED for r in records) else 0), records
 
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float) -> dict[str, Any] | None:
     suite = SUITES[case.suite]
     if not suite.world_sizes or (cfg.launch.world_size == 1 and case.params["world_size"] in suite.world_sizes):
-        result = execute(case, cfg.device) if cfg.inline else execute_isolated(case, cfg.device, timeout_s)
+        threads = cpu_threads(suite, cfg.device, cfg.threads)
+        result = (execute(case, cfg.device, threads=threads) if cfg.inline
+                  else execute_isolated(case, cfg.device, timeout_s, threads=threads))
         if suite.world_sizes and result["status"] == "ok":  # the same columns as a many-rank case's record
             result = aggregate([result], directions(case.suite, result["metrics"]))
         return result

@@ -101,6 +101,9 @@ class Suite:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     """Every metric `measure` emits, declared once (bench.metrics): unit, direction, kind, meaning. The harness adds
     the specs of what it emits itself (telemetry, rank spreads, `relative` ratios); see `metric_specs`."""
+    cpu_threads: ClassVar[int | None] = None
+    """torch intra-op threads for this suite's CPU cases, set by the runner before `measure` (and recorded in run.json);
+    None keeps torch's default. `bench run --threads N` overrides it. A suite never sets the thread count itself."""
     parts: ClassVar[dict[str, Part]] = {}
     """Sub-benchmarks by name: each grid point of a suite with parts names its part in params["part"]."""
     world_sizes: ClassVar[tuple[int, ...]] = ()

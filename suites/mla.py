@@ -34,6 +34,9 @@ DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 @register
 class Mla(Suite):
     name = "mla"
+    # CPU: a decode step is a handful of small ops, and on a shared 2-core VM the thread pool's wake-ups cost more
+    # than they give (a 60-token tiny MHA step: 0.05 ms on one thread, ~70 ms on two beside other busy processes)
+    cpu_threads = 1
     description = "KV cache for time: MLA's latent cache against MHA/GQA/MQA, prefill and decode over context length"
     variants = {
         "mha": "reference: multi-head attention, a key and a value per head cached (2 n_h d_h per token)",
@@ -70,22 +73,13 @@ class Mla(Suite):
         g = GRIDS[size]
         cache = [{"part": "cache", "shape": "deepseek_v3", "dtype": "bfloat16"}]
         kind = device.split(":")[0]
-        # CPU: one intra-op thread. A decode step is a handful of small ops, and on a shared 2-core VM the thread
-        # pool's wake-ups cost more than they give (a 60-token tiny MHA step: 0.05 ms on one thread, ~70 ms on two
-        # beside other busy processes); the params say so, so that case_ids name the workload.
-        threads = {"threads": 1} if kind == "cpu" else {}
         return cache + [{"part": "decode", "shape": g["shape"], "batch": g["batch"], "context": c,
-                         "dtype": DTYPES[kind], **threads} for c in g["contexts"]]
+                         "dtype": DTYPES[kind]} for c in g["contexts"]]
 
     def measure(self, variant, params, device):
         if params["part"] == "cache":
             return _cache(variant, params, device)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(params.get("threads", threads))
-        try:
-            return _decode(variant, params, device)
-        finally:
-            torch.set_num_threads(threads)
+        return _decode(variant, params, device)
 
 
 def _cache(variant, params, device):

@@ -75,6 +75,9 @@ class Moe(Suite):
         "aux_free_seqaux": "aux_free plus DeepSeek-V3's sequence-wise balance loss (alpha 0.0001)",
         "node_limited": "aux_free with the experts on 4 nodes and each token sent to at most 2",
     }
+    # CPU: a few hundred tokens of width 32-64 per GEMM: on 2 cores an intra-op thread pool costs more in wake-ups than
+    # it gives, and the loop's per-expert overhead, the thing measured, is single-threaded anyway.
+    cpu_threads = 1
     parts = {
         "balance": Part(("aux_loss", "sigmoid_aux_loss", "aux_free", "aux_free_seqaux", "node_limited"),
                         description="routers trained on a small MoE LM: MaxVio and loss, against the aux-loss router"),
@@ -109,17 +112,7 @@ class Moe(Suite):
                              "dtype": dtype} for t, e, k, d, h in SHAPES[size]]
 
     def measure(self, variant, params, device):
-        part = _dispatch if params["part"] == "dispatch" else _balance
-        if device != "cpu":
-            return part(variant, params, device)
-        # A few hundred tokens of width 32-64 per GEMM: on 2 cores an intra-op thread pool costs more in wake-ups than
-        # it gives, and the loop's per-expert overhead, the thing measured, is single-threaded anyway.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return part(variant, params, device)
-        finally:
-            torch.set_num_threads(threads)
+        return (_dispatch if params["part"] == "dispatch" else _balance)(variant, params, device)
 
 
 def _balance(variant, params, device):

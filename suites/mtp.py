@@ -61,6 +61,9 @@ DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 @register
 class MTP(Suite):
     name = "mtp"
+    # CPU: every op here is tiny: on a busy 2-core VM a second intra-op thread made a quick training step ~20x
+    # slower (0.7 s against 35 ms)
+    cpu_threads = 1
     description = "multi-token prediction: training overhead vs draft acceptance and speculative decode speed-up"
     variants = {
         "plain": "reference: next-token loss only (D=0), plain greedy decoding with a KV cache",
@@ -103,15 +106,6 @@ class MTP(Suite):
         return [{"shape": shape, **SHAPES[shape], **dims, "dtype": DTYPES[device.split(":")[0]]}]
 
     def measure(self, variant, params, device):
-        if device == "cpu":
-            # every op here is tiny: on a busy 2-core VM a second intra-op thread made a quick training step ~20x
-            # slower (0.7 s against 35 ms)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                return _measure(variant, params, device)
-            finally:
-                torch.set_num_threads(threads)
         return _measure(variant, params, device)
 
 

@@ -68,6 +68,9 @@ NFLOW = "nflow"
 @register
 class Samplers(Suite):
     name = "samplers"
+    # CPU: a step works on a few thousand points: on 2 cores an intra-op thread pool costs more in wake-ups than it
+    # gives (gmm16's exact model: 6 ms a call on one thread, 160 ms on two beside another busy process).
+    cpu_threads = 1
     description = "steps for quality: sample quality per NFE against exact answers, and the wall time"
     variants = {
         "ddpm": "reference: DDPM ancestral (Ho et al. 2020), 1000 steps on the discrete grid; fewer by striding",
@@ -117,18 +120,6 @@ class Samplers(Suite):
         return not any(b < budget and spec.steps_for(b) == steps for b in GRID_NFE)
 
     def measure(self, variant, params, device):
-        if device == "cpu":
-            # A step works on a few thousand points: on 2 cores an intra-op thread pool costs more in wake-ups than it
-            # gives (gmm16's exact model: 6 ms a call on one thread, 160 ms on two beside another busy process).
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                return self._measure(variant, params, device)
-            finally:
-                torch.set_num_threads(threads)
-        return self._measure(variant, params, device)
-
-    def _measure(self, variant, params, device):
         if params["target"] == "digits":
             requires("sklearn", pip="scikit-learn")  # the 8x8 digits ship with scikit-learn
         target, budget, n = params["target"], params["nfe_budget"], params["n"]

@@ -123,3 +123,19 @@ class Parted(Suite):
     def measure(self, variant, params, device):
         t = {"a": 2.0, "b": 3.0, "c": 1.0}[variant]
         return Measurement({"t_ms": t, "n_bytes": int(10 * t)})
+
+
+@register
+class Threads(Suite):
+    """Reports the intra-op thread count it ran with: the runner sets it from `cpu_threads` or --threads."""
+
+    name = "_threads"
+    variants = {"a": "reference"}
+    cpu_threads = 1
+    metrics = (Metric("threads_seen", "info", None, "torch.get_num_threads() inside measure"),)
+
+    def grid(self, size, device):
+        return [{"n": 1}]
+
+    def measure(self, variant, params, device):
+        return Measurement({"threads_seen": torch.get_num_threads()})

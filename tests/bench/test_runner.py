@@ -58,6 +58,24 @@ def test_parts_have_their_own_variants_references_and_ratios(tmp_path):
     assert {"speed_x", "size_x"} <= set(suite.metric_specs())
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_the_runner_sets_each_cases_threads_and_records_them(tmp_path, inline):
+    import torch
+
+    before = torch.get_num_threads()
+    _, records = runner.run(config(tmp_path / "own", suite="_threads", inline=inline))
+    assert records[0].metrics["threads_seen"] == 1 and torch.get_num_threads() == before  # restored after
+    assert read_run_json(tmp_path / "own" / "run")["suites"]["_threads"]["threads"] == 1
+    _, records = runner.run(config(tmp_path / "given", suite="_threads", inline=inline, threads=2))
+    assert records[0].metrics["threads_seen"] == 2  # --threads wins over the suite's choice
+    assert read_run_json(tmp_path / "given" / "run")["suites"]["_threads"]["threads"] == 2
+
+
+def test_no_suite_sets_the_thread_count_itself():
+    for path in sorted((ROOT / "suites").glob("*.py")):
+        assert "set_num_threads" not in path.read_text(), f"{path.name}: declare cpu_threads instead"
+
+
 def test_isolated_run_records_every_ending_and_goes_on(tmp_path):
     code, records = runner.run(config(tmp_path))
     by_id = {r.case_id: r for r in records}
