@@ -117,11 +117,13 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         with Telemetry(device) as telemetry, group:
             m = suite.measure(case.variant, dict(case.params), device)
         gpu = telemetry.summary(window=m.timed.window_s if m.timed else None)
-        metrics = {**m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
+        named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}
+        metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
+        samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
         if m.timed is not None:
             power = gpu["avg_power_w"]
             metrics["energy_per_call_j"] = None if power is None else power * m.timed.median_ms / 1e3
-        return {"status": "ok", "metrics": metrics, "samples": m.samples, "error": None}
+        return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
     except Skip as e:
         return {"status": "skipped", "error": str(e) or "skipped"}
     except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record

@@ -87,6 +87,9 @@ class Measurement:
     timed: Timing | None = None
     """The headline timing, if any: GPU telemetry is summarised over its window (not the set-up around it), and
     energy_per_call_j = mean power in that window x its median time."""
+    timings: dict[str, Timing] = field(default_factory=dict)
+    """Named timings (e.g. {"greedy_time": t}): the runner adds each one's t.metrics(name) and t.samples(name) to the
+    record, so a suite declares them with bench.metrics.timing(name, ...) and never copies medians by hand."""
 
 
 class Suite:

@@ -24,7 +24,7 @@ NOISE_IQR_FRACTION = 0.10
 # evict L2 (50 MiB on H100/H200, 40 MiB on A100) alike.
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 
-METHODS = ("wall", "cuda_events", "do_bench", "do_bench_cudagraph")
+METHODS = ("wall", "cuda_events", "do_bench", "do_bench_cudagraph", "interleaved")
 
 
 def _percentile(sorted_samples: tuple[float, ...], q: float) -> float:
@@ -148,6 +148,36 @@ def time_fixed(fn: Callable[[], object], device, reps: int = 10, warmup: int = 2
     ranks must all call it the same number of times (time_fn's count adapts to each rank's own timings, and one rank
     stopping early leaves the others waiting in a collective). On CUDA its own events loop, no L2 flush."""
     return time_fn(fn, device, warmup=warmup, min_reps=reps, max_reps=reps, min_time_s=0.0, flush_l2=False)
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device, rounds: int, warmup: int = 1) -> dict[str, Timing]:
+    """name -> Timing of each fn, for an A/B inside one process: `rounds` rounds that each time every fn once, in
+    turn, so that a load change on a shared machine falls on all of them alike (back-to-back blocks would give one
+    of them the quiet minute and the other the busy one). Each call is wall-clock, synchronised before and after on
+    CUDA: for calls long enough (milliseconds and up, e.g. a whole decode) that the host's time is the cost."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+
+    def call_ms(fn) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1e3
+
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.monotonic()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(call_ms(fn))
+    window = (start, time.monotonic())
+    return {name: Timing(tuple(ms), warmup, "interleaved", window) for name, ms in samples.items()}
 
 
 def _time_wall(fn, warmup: int, min_reps: int, max_reps: int, min_time_s: float) -> Timing:

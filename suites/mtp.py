@@ -17,15 +17,13 @@ launch-bound on a CPU.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
 from bench.suite import Measurement, Relative, Suite, register
-from bench.timing import Timing, time_fn
+from bench.timing import Timing, time_fn, time_interleaved
 from impls.mtp.data import LanguageConfig
 from impls.mtp.mtp import MTPConfig, MTPModel, mtp_loss
 from impls.mtp.reference import LMConfig
@@ -87,9 +85,9 @@ class MTP(Suite):
         Metric("mtp_heldout_loss", "exact", "lower", "MTP modules' mean loss on held-out text (D > 0)", unit="nats"),
         Metric("acceptance_rate", "exact", "higher", "share of MTP drafts the main model accepts, teacher-forced"),
         # decoding
-        Metric("greedy_time_ms", "measured", "lower", "median wall time of plain greedy decoding of all prompts"),
+        *timing("greedy_time", "plain greedy decoding of all prompts (interleaved with speculative)"),
         rate("greedy_tokens_per_s", "greedy_time_ms", "tokens per second of plain greedy decoding"),
-        Metric("speculative_time_ms", "measured", "lower", "median wall time of speculative decoding of all prompts"),
+        *timing("speculative_time", "speculative decoding of all prompts (interleaved with greedy)"),
         Metric("decode_tokens_per_s", "derived", "higher", "tokens per second of speculative decoding (of greedy "
                "for plain)", inputs=("speculative_time_ms", "greedy_time_ms")),
         Metric("speedup_x", "derived", "higher", "greedy_time_ms / speculative_time_ms", unit="x",
@@ -122,8 +120,7 @@ def _measure(variant, params, device) -> Measurement:
     cfg = config(variant, params)
     dtype = getattr(torch, params["dtype"])
     model, curves = trained(cfg, device, dtype)
-    metrics, samples = _training_cost(cfg, device, dtype)
-    timing = metrics.pop("_timing")
+    metrics, samples, timing = _training_cost(cfg, device, dtype)
     tail = max(1, len(curves["main_loss_curve"]) // 10)
     metrics["final_loss"] = sum(curves["main_loss_curve"][-tail:]) / tail  # mean of the last 10% of steps
     samples.update(curves if cfg.mtp.depth else {"main_loss_curve": curves["main_loss_curve"]})
@@ -138,13 +135,12 @@ def _measure(variant, params, device) -> Measurement:
     fp32_matches = None
     if cfg.mtp.depth and dtype != torch.float32:
         fp32_matches = _fp32_agreement(model, prompts, params["new_tokens"])
-    decode_metrics, decode_samples = _decode(model.to(dtype), prompts, params["new_tokens"], device, fp32_matches)
+    decode_metrics, timings = _decode(model.to(dtype), prompts, params["new_tokens"], device, fp32_matches)
     metrics.update(decode_metrics)
-    samples.update(decode_samples)
-    return Measurement(metrics, samples, timed=timing)
+    return Measurement(metrics, samples, timed=timing, timings=timings)
 
 
-def _training_cost(cfg: TrainConfig, device, dtype) -> tuple[dict, dict]:
+def _training_cost(cfg: TrainConfig, device, dtype) -> tuple[dict, dict, Timing]:
     """One AdamW step of a fresh model on a seeded batch: time, peak bytes beyond weights and optimizer state, FLOPs."""
     torch.manual_seed(cfg.seed)
     model = MTPModel(cfg.model, cfg.mtp).to(device)
@@ -166,13 +162,14 @@ def _training_cost(cfg: TrainConfig, device, dtype) -> tuple[dict, dict]:
     timing = time_fn(step, device)
     tokens = cfg.batch * (cfg.seq - 1)
     metrics = {**timing.metrics("step_time"), "peak_mem_bytes": peak, "step_flops": flops.get_total_flops(),
-               "train_tokens_per_s": tokens / (timing.median_ms / 1e3), "_timing": timing}
-    return metrics, timing.samples("step_time")
+               "train_tokens_per_s": tokens / (timing.median_ms / 1e3)}
+    return metrics, timing.samples("step_time"), timing
 
 
-def _decode(model: MTPModel, prompts, n: int, device, fp32_matches: bool | None) -> tuple[dict, dict]:
+def _decode(model: MTPModel, prompts, n: int, device, fp32_matches: bool | None) -> tuple[dict, dict[str, Timing]]:
     """Greedy decoding of the main model from each prompt, and speculative decoding with the MTP draft, timed in
-    alternating rounds so that a load change on a shared machine falls on both alike."""
+    interleaved rounds (bench.timing.time_interleaved) so that a load change on a shared machine falls on both
+    alike. A whole decode is hundreds of small host-launched forwards: its wall time is the cost."""
     out = {}
 
     def greedy():
@@ -182,18 +179,16 @@ def _decode(model: MTPModel, prompts, n: int, device, fp32_matches: bool | None)
         out["speculative"] = [speculative_decode(model, p[None], n) for p in prompts]
 
     fns = {"greedy": greedy} if model.mtp_cfg.depth == 0 else {"greedy": greedy, "speculative": speculative}
-    t = _alternating(fns, device)
+    t = time_interleaved(fns, device, DECODE_ROUNDS)
     total = len(prompts) * n
     g = t["greedy"]
-    metrics = {"greedy_time_ms": g.median_ms, "greedy_tokens_per_s": total / (g.median_ms / 1e3)}
-    samples = g.samples("greedy_time")
+    metrics = {"greedy_tokens_per_s": total / (g.median_ms / 1e3)}
     if model.mtp_cfg.depth == 0:
-        return {**metrics, "decode_tokens_per_s": metrics["greedy_tokens_per_s"]}, samples
+        return {**metrics, "decode_tokens_per_s": metrics["greedy_tokens_per_s"]}, {"greedy_time": g}
     s, runs = t["speculative"], out["speculative"]
     drafted, accepted = sum(st.drafted for _, st in runs), sum(st.accepted for _, st in runs)
     divergence, margin = _divergence(model, [a for a, _ in runs], out["greedy"], prompts.shape[1])
     metrics.update({
-        "speculative_time_ms": s.median_ms,
         "decode_tokens_per_s": total / (s.median_ms / 1e3),
         "speedup_x": g.median_ms / s.median_ms,
         "decode_acceptance_rate": accepted / drafted if drafted else None,
@@ -207,7 +202,7 @@ def _decode(model: MTPModel, prompts, n: int, device, fp32_matches: bool | None)
         "greedy_divergence_token": divergence,
         "divergence_logit_margin": margin,
     })
-    return metrics, {**samples, **s.samples("speculative_time")}
+    return metrics, {"greedy_time": g, "speculative_time": s}
 
 
 def _fp32_agreement(model: MTPModel, prompts, n: int) -> bool:
@@ -229,30 +224,3 @@ def _divergence(model: MTPModel, speculative: list, greedy: list, prompt_len: in
     with torch.no_grad():
         top = model.main(seq[:, :prompt_len + i])[0, -1].float().topk(2).values  # logits for generated token i
     return i, (top[0] - top[1]).item()
-
-
-def _wall_ms(fn, device) -> float:
-    """One call of fn, wall clock; on CUDA synchronized before and after, so the time covers the queued GPU work.
-    A whole decode is hundreds of small host-launched forwards: the host's time is the cost, and do_bench's L2
-    flushes and repeated calls (~8 decodes a sample) would add nothing but minutes at full size."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
-def _alternating(fns: dict, device, rounds: int = DECODE_ROUNDS) -> dict[str, Timing]:
-    """name -> Timing of every call of fns[name] over `rounds` rounds that each time every fn once in turn."""
-    for fn in fns.values():
-        fn()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    start = time.monotonic()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name].append(_wall_ms(fn, device))
-    window = (start, time.monotonic())
-    return {name: Timing(tuple(ms), warmup=1, method="wall", window_s=window) for name, ms in samples.items()}

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from bench.timing import NOISE_IQR_FRACTION, Timing, plan_reps, time_fn
+from bench.timing import NOISE_IQR_FRACTION, Timing, plan_reps, time_fn, time_interleaved
 from tests.optional import needs_cuda
 
 
@@ -111,3 +111,13 @@ def test_cuda_timer(flush_l2, cuda_graph):
     if not flush_l2:
         assert t.method == "cuda_events"
         assert t.n >= 5
+
+
+def test_interleaved_timing_alternates_the_functions():
+    calls = []
+    fns = {"a": lambda: calls.append("a") or time.sleep(0.002), "b": lambda: calls.append("b")}
+    timings = time_interleaved(fns, "cpu", rounds=3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed ones, in turn
+    a, b = timings["a"], timings["b"]
+    assert a.n == b.n == 3 and a.method == b.method == "interleaved" and a.window_s == b.window_s
+    assert a.median_ms >= 2.0 > b.median_ms

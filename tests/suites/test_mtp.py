@@ -8,7 +8,7 @@ from impls.mtp.mtp import MTPConfig, MTPModel
 from impls.mtp.reference import LMConfig
 from impls.mtp.speculative import greedy_decode
 from reports.figures import figures_for, load_frame
-from suites.mtp import DEPTHS, GRIDS, MTP, _alternating, _divergence
+from suites.mtp import DEPTHS, GRIDS, MTP, _divergence
 from tests.optional import needs
 
 MTP_VARIANTS = [v for v, d in DEPTHS.items() if d > 0]
@@ -90,11 +90,3 @@ def test_divergence_is_the_first_differing_token_and_the_main_models_margin_ther
     with torch.no_grad():
         top = model.main(greedy[1][:, :4 + 2])[0, -1].topk(2).values  # the logits that chose greedy's token 2
     assert index == 2 and margin == pytest.approx((top[0] - top[1]).item()) and margin >= 0
-
-
-def test_decoders_are_timed_whole_by_wall_clock_in_alternating_rounds():
-    calls = []
-    timings = _alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu", rounds=3)
-    assert calls == ["a", "b"] * 4  # one warm-up round, then each round calls every decoder once
-    for t in timings.values():
-        assert t.method == "wall" and t.n == 3 and t.warmup == 1 and t.window_s[0] <= t.window_s[1]
