@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
     r.add_argument("--resume", action="store_true", help="continue OUT, skipping cases it already finished")
 
+    new = sub.add_parser("new", help="scaffold a technique: reference, a variant, suite, tests, figure module")
+    new.add_argument("name", help="the technique's name, a lower-case Python identifier")
+    new.add_argument("--dir", type=Path, default=Path("."), help="the techbench checkout to write into (default: .)")
+
     mrg = sub.add_parser("merge", help="the shard run directories of one sweep as one run directory")
     mrg.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or folders of them)")
     mrg.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new run directory")
@@ -221,6 +225,20 @@ def _write_report(out: Path) -> None:
         print(f"bench: warning: no report.html ({why}); `bench report {out} -o FILE` retries", file=sys.stderr)
 
 
+def cmd_new(args) -> int:
+    from bench.scaffold import ScaffoldError, scaffold
+
+    try:
+        written = scaffold(args.name, args.dir)
+    except ScaffoldError as e:
+        raise UsageError(str(e)) from None
+    for path in written:
+        print(path)
+    tests = f"tests/impls/test_{args.name}.py tests/suites/test_{args.name}.py"
+    print(f"next: edit impls/{args.name}/, then `pytest {tests}` and `bench run {args.name} --size smoke`")
+    return 0
+
+
 def cmd_profile(args) -> int:
     _select(discover(), [args.suite], [args.variant])
     return commands.cmd_profile(args, _resolve_device(args.device), parse_params(args.params))
@@ -290,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"run": cmd_run, "list": cmd_list, "env": cmd_env, "profile": cmd_profile,
                     "report": commands.cmd_report, "compare": commands.cmd_compare, "history": commands.cmd_history,
                     "dashboard": commands.cmd_dashboard, "export": commands.cmd_export, "import": commands.cmd_import,
-                    "merge": commands.cmd_merge}
+                    "merge": commands.cmd_merge, "new": cmd_new}
         return handlers[args.command](args)
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)

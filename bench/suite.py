@@ -2,14 +2,17 @@
 
 A suite names its variants, expands a grid of params per size, and measures one (variant, params) case on a device.
 Suites live in the top-level `suites` package, one module each, and register themselves with `@register`; the harness
-finds them by importing every module of that package (`discover`), never by name.
+finds them by importing every module of that package (`discover`), never by name, and by importing the modules other
+installed packages name in the `techbench.suites` entry-point group.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import pkgutil
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -188,12 +191,30 @@ def register(cls: type[Suite]) -> type[Suite]:
     return cls
 
 
+ENTRY_POINTS = "techbench.suites"
+"""The entry-point group through which an installed package adds suites: `name = "pkg.module"` (a module whose
+import registers them with @register)."""
+
+
 def discover(package: str = "suites") -> dict[str, Suite]:
-    """Import every module of `package` so that its suites register; returns those suites by name."""
+    """Import every module of `package`, and every module an installed package names in the `techbench.suites`
+    entry-point group, so that their suites register; returns those suites by name. A plug-in that fails to load
+    (an import error, a suite name already taken) is left out with one warning; the others still load."""
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
         importlib.import_module(info.name)
-    return {name: s for name, s in sorted(SUITES.items()) if type(s).__module__.startswith(f"{package}.")}
+    prefixes = [f"{package}."]
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 - someone else's package must not stop the built-in suites
+            who = ep.dist.name if ep.dist else ep.value
+            warnings.warn(f"suites of {who} ({ep.value}) not loaded: {type(e).__name__}: {e}", stacklevel=2)
+            continue
+        prefixes += [ep.module, f"{ep.module}."]
+    return {name: s for name, s in sorted(SUITES.items())
+            if any(type(s).__module__ == p or (p.endswith(".") and type(s).__module__.startswith(p))
+                   for p in prefixes)}
 
 
 def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:

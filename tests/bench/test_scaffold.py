@@ -1,0 +1,67 @@
+"""`bench new NAME`: a technique's files whose tests pass as generated, in a copy of the checkout."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CODE = ("bench", "impls", "suites", "reports")
+TESTS = ("tests/__init__.py", "tests/optional.py", "tests/impls/__init__.py", "tests/impls/conftest.py",
+         "tests/suites/__init__.py")
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory) -> Path:
+    """The code of this checkout, without its tests: where a contributor runs `bench new`."""
+    root = tmp_path_factory.mktemp("checkout")
+    for name in CODE:
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in TESTS:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+def run(root: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
+    done = run(checkout, "-m", "bench", "new", "demo_op")
+    assert done.returncode == 0, done.stderr
+    made = {line for line in done.stdout.splitlines() if line.endswith(".py")}
+    assert made == {"impls/demo_op/__init__.py", "impls/demo_op/reference.py", "impls/demo_op/chunked.py",
+                    "suites/demo_op.py", "reports/figures/demo_op.py", "tests/impls/test_demo_op.py",
+                    "tests/suites/test_demo_op.py"}
+    done = run(checkout, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/impls/test_demo_op.py",
+               "tests/suites/test_demo_op.py")
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
+    if shutil.which("ruff") or (Path(sys.executable).parent / "ruff").exists():
+        done = run(checkout, "-m", "ruff", "check", *sorted(made))
+        assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.parametrize("name, message", [
+    ("Demo", "lower-case Python identifier"), ("2fast", "lower-case Python identifier"),
+    ("class", "lower-case Python identifier"), ("fp8", "fp8 exists already (impls/fp8/__init__.py"),
+])
+def test_bad_names_are_refused_and_nothing_is_written(capsys, name, message):
+    before = sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
+    assert main(["new", name, "--dir", str(ROOT)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts) == before
+
+
+def test_a_folder_that_is_not_a_checkout_is_refused(capsys, tmp_path):
+    assert main(["new", "demo_op", "--dir", str(tmp_path)]) == 2
+    assert "is not a techbench checkout" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
