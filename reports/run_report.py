@@ -103,7 +103,8 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
         module = figure_module(suite)
         if module is None:
             parts.append(f'<p class="muted">No figure module for {html.escape(suite)} '
-                         f"(reports/figures/{html.escape(suite)}.py): results table only.</p>")
+                         f"(reports/figures/{html.escape(suite)}.py): figures drawn from the metrics its run "
+                         "declared, where it declared any.</p>")
         parts += [figure(f) for f in figures_for(suite, rows)]
     except Exception as e:  # noqa: BLE001 - one broken figure module must not hide the measurements
         module = None

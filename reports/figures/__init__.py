@@ -27,7 +27,7 @@ HOVER_COLUMNS = ("case_id", "run", "command")
 
 def figure_module(suite: str):
     """reports.figures.<suite>, or None when the suite has no figure module."""
-    if not suite.isidentifier():
+    if not suite.isidentifier() or suite.startswith("_"):  # _specs is not a suite's module
         return None
     name = f"{__name__}.{suite}"
     try:
@@ -39,11 +39,16 @@ def figure_module(suite: str):
 
 
 def figures_for(suite: str, frame: pd.DataFrame) -> list:
-    """The suite's figures from its figure module; [] without a module or without records of the suite."""
+    """The suite's figures from its figure module; without one, from the metrics its run declared
+    (reports.figures._specs); [] without records of the suite."""
     rows = frame[frame["suite"] == suite] if "suite" in frame else frame.iloc[0:0]
-    module = figure_module(suite)
-    if rows.empty or module is None:
+    if rows.empty:
         return []
+    module = figure_module(suite)
+    if module is None:
+        from reports.figures import _specs
+
+        return _specs.figures(suite, rows.reset_index(drop=True))
     return list(module.figures(rows.reset_index(drop=True)))
 
 

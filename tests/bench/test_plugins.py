@@ -97,6 +97,9 @@ def test_a_plugin_suite_reports(plugin, tmp_path):
     assert bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--out", out).returncode == 0
     page = (out / "report.html").read_text()
     assert "demo_sum" in page and "fsum" in page
+    # no figure module: drawn from its declarations, the ratio against the reference and the timing
+    assert page.count('class="plotly-graph-div"') == 2 and "reference (builtin)" in page, page.count("plotly-graph")
+    assert "call_time_ms (ms)" in page and "speedup_x (x)" in page  # units on the axes
 
 
 def test_a_broken_plugin_is_left_out_with_one_warning(plugin, tmp_path):

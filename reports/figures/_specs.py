@@ -1,0 +1,74 @@
+"""Figures for a suite that has no figure module (a plug-in, a new technique), drawn from what its run declared
+(run.json "suites"): per part, each ratio against the reference and each headline metric, per case and variant,
+with the metric's unit on the axis and its meaning in the title. Reads records only."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from bench.records import read_run_json
+from reports.figures import colors, params_label
+
+MAX_PER_PART = 8  # ratios first, then timings, then the rest: a report stays readable with dozens of metrics
+HARNESS = ("energy_j", "avg_power_w", "energy_per_call_j")  # telemetry: every suite has it, none is its headline
+
+
+@functools.cache
+def _declared(run_dir: str) -> dict:
+    try:
+        return (read_run_json(Path(run_dir)) or {}).get("suites") or {}
+    except ValueError:
+        return {}
+
+
+def declared(rows: pd.DataFrame, suite: str) -> dict:
+    """The suite's declaration in the runs of `rows` (the last run that has one)."""
+    info: dict = {}
+    for run_dir in dict.fromkeys(rows.get("run_dir", pd.Series(dtype=str))):
+        info = _declared(str(run_dir)).get(suite) or info
+    return info
+
+
+def _headline(info: dict, part: str | None, ok: pd.DataFrame) -> list[tuple[str, dict, bool]]:
+    """(metric, spec, is a ratio against the reference) to draw for one part, in drawing order."""
+    specs = info.get("metrics") or {}
+    relative = (info.get("parts") or {}).get(part, {}).get("relative") if part else info.get("relative")
+    ratios = [r["name"] for r in relative or []]
+    present = [m for m in specs if m in ok and ok[m].notna().any() and not m.startswith("rank_")]
+    others = [m for m in present if m not in ratios and m not in HARNESS and specs[m]["kind"] != "info"
+              and specs[m].get("direction") is not None]
+    others.sort(key=lambda m: (not m.endswith("_ms"), present.index(m)))
+    chosen = [(m, specs[m], True) for m in ratios if m in present] + [(m, specs[m], False) for m in others]
+    return chosen[:MAX_PER_PART]
+
+
+def figures(suite: str, rows: pd.DataFrame) -> list:
+    info = declared(rows, suite)
+    if not info.get("metrics"):
+        return []  # a run that declared nothing: the results table says it all
+    parts = [p.get("part") if isinstance(p, dict) else None for p in rows["params"]]
+    out = []
+    for part in dict.fromkeys(parts):
+        ok = rows[[q == part and status == "ok" for q, status in zip(parts, rows["status"], strict=True)]]
+        if ok.empty:
+            continue
+        case = ok["params"].map(lambda p: params_label({k: v for k, v in p.items() if k != "part"}) or "(one case)")
+        color = colors(ok["variant"])
+        reference = (info.get("parts") or {}).get(part, {}).get("reference") if part else info.get("reference")
+        for metric, spec, is_ratio in _headline(info, part, ok):
+            fig = go.Figure()
+            for variant, g in ok.assign(case=case).groupby("variant", sort=False):
+                fig.add_bar(x=g["case"], y=g[metric], name=str(variant), marker_color=color[variant])
+            if is_ratio:
+                fig.add_hline(y=1.0, line_dash="dot", annotation_text=f"reference ({reference})")
+            unit = f" ({spec['unit']})" if spec.get("unit") else ""
+            better = f", {spec['direction']} is better" if spec.get("direction") else ""
+            where = f"{suite} · {part}" if part else suite
+            fig.update_layout(title=f"{where}: {metric}: {spec.get('meaning') or metric}{better}",
+                              xaxis_title="case", yaxis_title=f"{metric}{unit}", barmode="group")
+            out.append(fig)
+    return out
