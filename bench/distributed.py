@@ -58,7 +58,7 @@ class Launch:
 
 
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int) -> dict[str, Any] | None:
-    """Run `case` as one torchrun job; {status, metrics, samples, error} as runner.execute, or None on a node
+    """Run `case` as one torchrun job; {status, metrics, samples, error} as bench.case.execute, or None on a node
     without global rank 0 (that node's run records the case). Never raises."""
     with tempfile.TemporaryDirectory(prefix="techbench-dist-") as tmp:
         job = Path(tmp)
@@ -169,7 +169,7 @@ def _rank_main(spec_path: str) -> int:
     import torch
     import torch.distributed as dist
 
-    from bench.runner import Case, execute
+    from bench.case import Case, execute
     from bench.suite import directions
 
     spec = json.loads(Path(spec_path).read_text())

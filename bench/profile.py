@@ -1,7 +1,7 @@
 """`bench profile`: one case of a suite under torch.profiler, written where TensorBoard, Perfetto and HTA read it.
 
 A profiler step is one call of the suite's `measure()`, run the way `bench run --inline` runs a case
-(`runner.execute`: same seed, same telemetry), inside a `record_function("case:<case_id>")` range. The schedule
+(`bench.case.execute`: same seed, same telemetry), inside a `record_function("case:<case_id>")` range. The schedule
 (wait, warmup, active) counts those calls: the `wait` calls run unprofiled, `warmup` calls start the profiler without
 keeping events, and the `active` calls are recorded into one trace. A suite's `measure()` already holds its own
 warm-up and timing loop (several training steps, say), so each active step shows the case's whole work: set-up,
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import runner
-from bench.records import RECORDS_JSONL, SCHEMA, Record, RecordWriter, write_run_json
+from bench.case import SEED, Case, execute
+from bench.records import RECORDS_JSONL, Record, RecordWriter, RunMeta, write_run_json
 from bench.suite import SIZES, SUITES, discover
 
 TOP_ROWS = 25
@@ -53,7 +54,7 @@ def _device(device: str) -> str:
 
 
 def select_case(suite_name: str, variant: str, size: str, device: str,
-                params: dict[str, str] | None) -> runner.Case:
+                params: dict[str, str] | None) -> Case:
     """The one case of the suite's grid whose params match `params` (values compared as text); ValueError naming the
     valid choices when the variant or size is unknown, or when no case or several cases match."""
     suite = _suite(suite_name)
@@ -120,11 +121,11 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
     environment = envmod.collect()
     argv = ["bench", "profile", case.suite, "--variant", variant, "--size", size, "--device", device]
     argv += ["--params", ",".join(f"{k}={v}" for k, v in params.items())] if params else []
-    meta = {"schema": SCHEMA, "run_id": runner.new_run_id(), "argv": argv + ["--out", str(out)],
-            "size": size, "device": device, "shard": "1/1",
-            "variants": [variant], "started_at": runner.now(), "finished_at": None, "env": environment,
-            "env_id": envmod.env_id(environment), "git": environment.get("git"), "version": __version__,
-            "seed": runner.SEED, "profile": {"wait": wait, "warmup": warmup, "active": active}}
+    meta = RunMeta(run_id=runner.new_run_id(), argv=argv + ["--out", str(out)], size=size, device=device,
+                   variants=[variant], started_at=runner.now(), env=environment, env_id=envmod.env_id(environment),
+                   git=environment.get("git"), version=__version__, seed=SEED,
+                   suites={case.suite: SUITES[case.suite].describe()},
+                   extra={"profile": {"wait": wait, "warmup": warmup, "active": active}})
     write_run_json(out, meta)
 
     snapshot = out / "memory_snapshot.pickle" if on_cuda else None
@@ -139,7 +140,7 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
             for step in range(wait + warmup + active):
                 started, t0 = runner.now(), time.perf_counter()
                 with record_function(f"case:{case.id}"):
-                    result = runner.execute(case, device)
+                    result = execute(case, device)
                 if result["status"] != "ok" or step < wait or wait == 0:
                     kept = (step, started, round(time.perf_counter() - t0, 3), result)
                 prof.step()
@@ -152,13 +153,13 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
             torch.cuda.memory._record_memory_history(enabled=None)
 
     step, started, elapsed, result = kept
-    record = Record(run_id=meta["run_id"], suite=case.suite, variant=case.variant, params=case.params,
+    record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
                     case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                     samples=result.get("samples") or {}, error=result.get("error"), device=device,
-                    started_at=started, elapsed_s=elapsed, env_id=meta["env_id"])
+                    started_at=started, elapsed_s=elapsed, env_id=meta.env_id)
     with RecordWriter(out / RECORDS_JSONL) as writer:
         writer.write(record)
-    meta["finished_at"] = runner.now()
+    meta.finished_at = runner.now()
     write_run_json(out, meta)
 
     traces = sorted((out / "trace").glob("*.pt.trace.json"))
@@ -168,7 +169,7 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
     paths = {"trace": traces[-1] if traces else None, "top_ops": top_txt, "top_ops_json": top_json,
              "memory_snapshot": snapshot if snapshot is not None and snapshot.exists() else None}
     links = {k: None if p is None else p.relative_to(out).as_posix() for k, p in paths.items()}
-    meta["profile"] = {"case_id": case.id, **links}  # the run links its trace, beside its one record
+    meta.extra["profile"] = {"case_id": case.id, **links}  # the run links its trace, beside its one record
     write_run_json(out, meta)
     (out / "profile.json").write_text(json.dumps({
         "case_id": case.id, "status": record.status, **links,

@@ -1,28 +1,25 @@
-"""Expands suites into cases and runs each one, isolated in a child process by default, into a run directory.
+"""Expands suites into cases and runs each one into a run directory: plan -> launcher -> execute -> record.
 
-plan() turns (suites, size, device, variants, shard) into an ordered list of cases; execute() measures one case and
-classifies how it ended; run() drives the loop: run.json, resume, timeouts, progress, records appended as they finish.
+plan() turns (suites, size, device, variants, shard) into an ordered list of cases; a launcher (bench.launchers)
+runs each, isolated in a child process by default, where bench.case.execute measures it and says how it ended;
+run() drives the loop: run.json, resume, timeouts, the budget, progress, records appended as they finish.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-import importlib
-import multiprocessing as mp
-import os
 import random
-import signal
 import sys
-import threading
 import time
-import traceback
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.distributed import Launch, aggregate, one_rank_group, run_distributed
+from bench import launchers
+from bench.case import SEED, Case, cpu_threads
+from bench.distributed import Launch
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
@@ -34,29 +31,9 @@ from bench.records import (
     read_run_json,
     write_run_json,
 )
-from bench.suite import SUITES, Skip, Suite, case_id, directions
+from bench.suite import SUITES, Suite, case_id
 
-SEED = 0
 DEFAULT_TIMEOUT_S = 900.0
-TRACEBACK_LINES = 12
-
-
-@dataclass(frozen=True)
-class Case:
-    suite: str
-    variant: str
-    params: dict[str, Any] = field(hash=False)
-    module: str = ""
-    """The module that registers the suite, imported by the child process."""
-
-    @property
-    def id(self) -> str:
-        return case_id(self.suite, self.variant, self.params)
-
-    @property
-    def group(self) -> str:
-        """Cases that share suite and params: the unit of sharding, so ratios against the reference stay local."""
-        return case_id(self.suite, "", self.params)
 
 
 def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None = None,
@@ -84,126 +61,6 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
     index, count = shard
     mine = {g for k, g in enumerate(groups) if k % count == index - 1}
     return [c for c in cases if c.group in mine]
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    # cuBLAS and cuDNN report a failed workspace allocation as a plain RuntimeError
-    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and any(m in str(exc) for m in ("ALLOC_FAILED", "out of memory")))
-
-
-def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None) -> dict[str, Any]:
-    """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises. `threads`: torch's
-    intra-op thread count while it runs (see `cpu_threads`), restored after."""
-    previous = None
-    try:
-        import numpy as np
-        import torch
-
-        if threads is not None:
-            previous = torch.get_num_threads()
-            torch.set_num_threads(threads)
-
-        from bench.telemetry import Telemetry
-
-        importlib.import_module(case.module)
-        suite = SUITES[case.suite]
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        group = one_rank_group(device) if suite.world_sizes else nullcontext()
-        with Telemetry(device) as telemetry, group:
-            m = suite.measure(case.variant, dict(case.params), device)
-        gpu = telemetry.summary(window=m.timed.window_s if m.timed else None)
-        named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}
-        metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
-        samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
-        if m.timed is not None:
-            power = gpu["avg_power_w"]
-            metrics["energy_per_call_j"] = None if power is None else power * m.timed.median_ms / 1e3
-        return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
-    except Skip as e:
-        return {"status": "skipped", "error": str(e) or "skipped"}
-    except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        status = "oom" if _is_oom(e) else "error"
-        tail = "".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:]
-        return {"status": status, "error": "\n".join(tail)}
-    finally:
-        if previous is not None:
-            import torch
-
-            torch.set_num_threads(previous)
-
-
-def cpu_threads(suite: Suite, device: str, override: int | None) -> int | None:
-    """The intra-op threads a case runs with: on CPU, --threads or else the suite's declaration; None leaves torch's
-    default (and on a GPU the host threads only launch kernels)."""
-    if not device.startswith("cpu"):
-        return None
-    return override if override is not None else suite.cpu_threads
-
-
-def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | None) -> None:
-    # A forkserver child's parent is the server, not `bench`: nothing would end it if `bench` died. The lifeline
-    # pipe's other end lives only in `bench`, so EOF on it means `bench` is gone, and the case must go too.
-    def watch():
-        try:
-            lifeline.recv()
-        except (EOFError, OSError):
-            pass
-        os._exit(1)
-
-    threading.Thread(target=watch, name="techbench-lifeline", daemon=True).start()
-    conn.send(execute(case, device, seed, threads))
-    conn.close()
-
-
-def _context(modules: list[str]):
-    # forkserver: each case gets a fresh process forked from a server that has already imported torch and the
-    # suites, so isolation costs milliseconds a case instead of a torch import (~1.5 s) a case. The server never
-    # touches CUDA, so children initialise it cleanly.
-    ctx = mp.get_context("forkserver")
-    # torch._dynamo too: the first TorchDispatchMode a process enters (the live-tensor tracker) imports it, ~3 s a
-    # case otherwise
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", *modules])
-    return ctx
-
-
-def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED,
-                     threads: int | None = None) -> dict[str, Any]:
-    """execute() in a child process: a crash, a hang past timeout_s or a kill by the OS is recorded, not fatal."""
-    ctx = _context([case.module])
-    recv, send = ctx.Pipe(duplex=False)
-    lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed, threads), daemon=True)
-    proc.start()
-    send.close()
-    lifeline_r.close()
-    try:
-        if recv.poll(timeout_s):
-            try:
-                return recv.recv()
-            except EOFError:
-                pass
-        else:
-            return {"status": "timeout", "error": f"no result after {timeout_s:g} s (--timeout); the case was killed"}
-        proc.join(10)
-        code = proc.exitcode
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name
-            hint = " (the OS may have run out of memory)" if name == "SIGKILL" else ""
-            return {"status": "error", "error": f"the case's process was killed by {name}{hint}"}
-        return {"status": "error", "error": f"the case's process exited with code {code} before reporting a result"}
-    finally:
-        if proc.is_alive():
-            proc.kill()
-        proc.join(10)
-        recv.close()
-        lifeline_w.close()
 
 
 def now() -> str:
@@ -330,19 +187,8 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
 
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float) -> dict[str, Any] | None:
-    suite = SUITES[case.suite]
-    if not suite.world_sizes or (cfg.launch.world_size == 1 and case.params["world_size"] in suite.world_sizes):
-        threads = cpu_threads(suite, cfg.device, cfg.threads)
-        result = (execute(case, cfg.device, threads=threads) if cfg.inline
-                  else execute_isolated(case, cfg.device, timeout_s, threads=threads))
-        if suite.world_sizes and result["status"] == "ok":  # the same columns as a many-rank case's record
-            result = aggregate([result], directions(case.suite, result["metrics"]))
-        return result
-    if case.params["world_size"] not in suite.world_sizes:
-        return {"status": "skipped", "error": f"{case.suite} runs at world sizes "
-                f"{', '.join(map(str, suite.world_sizes))}, not {case.params['world_size']} (--nproc-per-node x "
-                "--nnodes)"}
-    return run_distributed(case, cfg.device, cfg.launch, timeout_s, SEED)
+    launcher = launchers.for_case(case, cfg.launch, cfg.inline)
+    return launcher.launch(case, cfg.device, timeout_s, cpu_threads(SUITES[case.suite], cfg.device, cfg.threads))
 
 
 @contextmanager

@@ -45,3 +45,14 @@ def test_import_boundaries(package, forbidden, exempt):
 def test_the_command_layer_imports_no_technique():
     for name in sorted(COMMAND_LAYER):
         assert not imports(ROOT / name) & {"suites", "impls"}, name
+
+
+def test_a_case_flows_one_way_plan_launcher_execute_record():
+    """The runner plans and records; launchers and execute never import it back."""
+    for name in ("bench/case.py", "bench/launchers.py", "bench/distributed.py"):
+        tree = ast.parse((ROOT / name).read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "bench.runner" not in modules, name
+    case = ast.parse((ROOT / "bench/case.py").read_text())
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "bench.launchers" for n in ast.walk(case))

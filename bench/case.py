@@ -1,0 +1,105 @@
+"""One case: what it is (Case), and measuring it (execute), the same in every launcher.
+
+A launcher (bench.launchers) decides where `execute` runs: in the `bench` process, in a forked child, or on every
+rank of a torchrun job (bench.distributed). The runner plans cases, hands each to a launcher and records the result:
+plan -> launcher -> execute -> record, each module importing only the ones after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.suite import SUITES, Skip, Suite, case_id
+
+SEED = 0
+TRACEBACK_LINES = 12
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    variant: str
+    params: dict[str, Any] = field(hash=False)
+    module: str = ""
+    """The module that registers the suite, imported by the child process."""
+
+    @property
+    def id(self) -> str:
+        return case_id(self.suite, self.variant, self.params)
+
+    @property
+    def group(self) -> str:
+        """Cases that share suite and params: the unit of sharding, so ratios against the reference stay local."""
+        return case_id(self.suite, "", self.params)
+
+
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    # cuBLAS and cuDNN report a failed workspace allocation as a plain RuntimeError
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in ("ALLOC_FAILED", "out of memory")))
+
+
+def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None) -> dict[str, Any]:
+    """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises. `threads`: torch's
+    intra-op thread count while it runs (see `cpu_threads`), restored after."""
+    previous = None
+    try:
+        import numpy as np
+        import torch
+
+        if threads is not None:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+
+        from bench.telemetry import Telemetry
+
+        importlib.import_module(case.module)
+        suite = SUITES[case.suite]
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        group = nullcontext()
+        if suite.world_sizes:  # a group of its own at world size 1; inside a torchrun rank, the job's
+            from bench.distributed import one_rank_group
+
+            group = one_rank_group(device)
+        with Telemetry(device) as telemetry, group:
+            m = suite.measure(case.variant, dict(case.params), device)
+        gpu = telemetry.summary(window=m.timed.window_s if m.timed else None)
+        named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}
+        metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
+        samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
+        if m.timed is not None:
+            power = gpu["avg_power_w"]
+            metrics["energy_per_call_j"] = None if power is None else power * m.timed.median_ms / 1e3
+        return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
+    except Skip as e:
+        return {"status": "skipped", "error": str(e) or "skipped"}
+    except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        status = "oom" if _is_oom(e) else "error"
+        tail = "".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:]
+        return {"status": status, "error": "\n".join(tail)}
+    finally:
+        if previous is not None:
+            import torch
+
+            torch.set_num_threads(previous)
+
+
+def cpu_threads(suite: Suite, device: str, override: int | None) -> int | None:
+    """The intra-op threads a case runs with: on CPU, --threads or else the suite's declaration; None leaves torch's
+    default (and on a GPU the host threads only launch kernels)."""
+    if not device.startswith("cpu"):
+        return None
+    return override if override is not None else suite.cpu_threads
