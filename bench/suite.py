@@ -217,6 +217,12 @@ def discover(package: str = "suites") -> dict[str, Suite]:
                    for p in prefixes)}
 
 
+def run_dtype(device: str) -> str:
+    """The dtype a suite's cases compute in on `device`, as its grid's "dtype" param: bfloat16 on CUDA (what models
+    train and serve in there), float32 on CPU (where bf16 matmuls are emulated and slow)."""
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
     """suite/variant/k=v,... with params sorted by key: the identity that resume, shard and compare join on."""
     return f"{suite}/{variant}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))

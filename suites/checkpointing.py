@@ -8,7 +8,7 @@ from bench.flops import flop_counter_mode
 from bench.hardware import device_name, peak_tflops
 from bench.memory import TensorMemoryTracker, cuda_peak
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fn
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
 from impls.checkpointing.reference import loss_fn, make_batch
@@ -27,7 +27,6 @@ GRIDS = {
     # with 4.8 GB of weights and grads fills an H200 (139 GiB usable).
     "full": [("1b", {"layers": 24, "seq": 4096, "batch": 8}), ("1b", {"layers": 24, "seq": 4096, "batch": 16})],
 }
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 # What a training step of `training_step` emits, here and in the fsdp_checkpointing suite (there per rank).
 STEP_METRICS = (
@@ -65,7 +64,7 @@ class Checkpointing(Suite):
     )
 
     def grid(self, size, device):
-        dtype = DTYPES[device.split(":")[0]]
+        dtype = run_dtype(device)
         return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
 
     def measure(self, variant, params, device):

@@ -10,10 +10,10 @@ gradients and the activations the variant keeps. `param_bytes` is the rank's sha
 from __future__ import annotations
 
 from bench.metrics import Metric
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fixed
 from impls.fsdp_checkpointing.shard import local_bytes, shard
-from suites.checkpointing import DTYPES, GRIDS, SHAPES, STEP_METRICS, Checkpointing, step_memory, training_step
+from suites.checkpointing import GRIDS, SHAPES, STEP_METRICS, Checkpointing, step_memory, training_step
 
 
 @register
@@ -29,7 +29,7 @@ class FsdpCheckpointing(Suite):
     metrics = (*STEP_METRICS, Metric("param_bytes", "exact", "lower", "bytes of the rank's shard of the parameters"))
 
     def grid(self, size, device):
-        dtype = DTYPES[device.split(":")[0]]
+        dtype = run_dtype(device)
         return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
 
     def measure(self, variant, params, device):

@@ -16,7 +16,7 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fn
 from impls.mla import SHAPES, build
 
@@ -28,7 +28,6 @@ GRIDS = {
     # naive form's up-projected keys and values as large again at each decode step
     "full": {"shape": "deepseek_v3", "batch": 4, "contexts": (1024, 4096, 16384, 32768)},
 }
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @register
@@ -72,9 +71,8 @@ class Mla(Suite):
     def grid(self, size, device):
         g = GRIDS[size]
         cache = [{"part": "cache", "shape": "deepseek_v3", "dtype": "bfloat16"}]
-        kind = device.split(":")[0]
         return cache + [{"part": "decode", "shape": g["shape"], "batch": g["batch"], "context": c,
-                         "dtype": DTYPES[kind]} for c in g["contexts"]]
+                         "dtype": run_dtype(device)} for c in g["contexts"]]
 
     def measure(self, variant, params, device):
         if params["part"] == "cache":

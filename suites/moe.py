@@ -28,7 +28,7 @@ import torch
 from bench.hardware import device_name, peak_tflops
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Part, Relative, Skip, Suite, register
+from bench.suite import Measurement, Part, Relative, Skip, Suite, register, run_dtype
 from bench.timing import time_fn
 from impls.cache import load_or_build
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
@@ -57,7 +57,6 @@ SHAPES = {
     "full": [*((8192, e, 8, 2048, 1024) for e in (8, 16, 32, 64, 128, 256)),
              *((8192, 64, k, 2048, 1024) for k in (2, 4)), (8192, 64, 8, 4096, 1024), (8192, 256, 8, 7168, 2048)],
 }
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @register
@@ -105,7 +104,7 @@ class Moe(Suite):
     )
 
     def grid(self, size, device):
-        dtype = DTYPES[device.split(":")[0]]
+        dtype = run_dtype(device)
         balance = {"part": "balance", **BALANCE[size], "aux_alpha": AUX_ALPHA, "eval_seqs": EVAL_SEQS[size],
                    "dtype": "float32"}
         return [balance] + [{"part": "dispatch", "tokens": t, "experts": e, "top_k": k, "dim": d, "hidden": h,

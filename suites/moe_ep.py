@@ -16,7 +16,7 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fixed
 from impls.moe.grouped import dispatcher
 from impls.moe.reference import MoE, MoEConfig
@@ -29,7 +29,6 @@ GRIDS = {
     "quick": [(64, 16, 4, 64, 512), (64, 64, 4, 64, 512)],
     "full": [(7168, 64, 8, 2048, 4096), (7168, 256, 8, 2048, 4096)],
 }
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @register
@@ -59,7 +58,7 @@ class MoeEP(Suite):
     )
 
     def grid(self, size, device):
-        dtype = DTYPES[device.split(":")[0]]
+        dtype = run_dtype(device)
         return [{"dim": d, "experts": e, "top_k": k, "hidden": h, "tokens": t, "dtype": dtype}
                 for d, e, k, h, t in GRIDS[size]]
 

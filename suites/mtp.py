@@ -22,7 +22,7 @@ import torch
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import Timing, time_fn, time_interleaved
 from impls.mtp.data import LanguageConfig
 from impls.mtp.mtp import MTPConfig, MTPModel, mtp_loss
@@ -53,7 +53,6 @@ GRIDS = {
 }
 HELDOUT_SEQS = 64
 DECODE_ROUNDS = 4  # timed calls of each decoder, alternating greedy and speculative
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @register
@@ -101,7 +100,7 @@ class MTP(Suite):
 
     def grid(self, size, device):
         shape, dims = GRIDS[size]
-        return [{"shape": shape, **SHAPES[shape], **dims, "dtype": DTYPES[device.split(":")[0]]}]
+        return [{"shape": shape, **SHAPES[shape], **dims, "dtype": run_dtype(device)}]
 
     def measure(self, variant, params, device):
         return _measure(variant, params, device)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Suite, register
+from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fn
 from impls.packing import PACKERS
 from impls.packing.train import packed_loss, packed_rows, unpacked_loss
@@ -37,7 +37,6 @@ GRIDS = {
     "full": {"sequences": 1_000_000, "packing_length": (512, 2048, 4096), "batch": 32, "train_rows": 32,
              "shape": "350m"},
 }
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @register
@@ -73,7 +72,7 @@ class Packing(Suite):
 
     def grid(self, size, device):
         g = GRIDS[size]
-        dtype = DTYPES[device.split(":")[0]]
+        dtype = run_dtype(device)
         return [{"dist": dist, "sequences": g["sequences"], "packing_length": length, "batch": g["batch"],
                  "train_rows": g["train_rows"], **SHAPES[g["shape"]], "dtype": dtype}
                 for length in g["packing_length"] for dist in DISTRIBUTIONS]

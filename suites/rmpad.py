@@ -13,7 +13,7 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Skip, Suite, register
+from bench.suite import Measurement, Relative, Skip, Suite, register, run_dtype
 from bench.timing import time_fn
 from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, supports
 from impls.rmpad.lengths import make_lengths
@@ -32,7 +32,6 @@ GRIDS = {
     "full": ("350m", ("uniform", "lognormal", "zipf", "bimodal"), 4096, 65536),
 }
 MODES = ("train", "forward")  # a training step, and a forward alone (what FlexAttention can do on CPU)
-DTYPES = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 def batch_lengths(dist: str, max_len: int, real_tokens: int) -> list[int]:
@@ -73,7 +72,7 @@ class Rmpad(Suite):
 
     def grid(self, size, device):
         shape, dists, max_len, real = GRIDS[size]
-        dtype = DTYPES[device.split(":")[0]]
+        dtype = run_dtype(device)
         return [{**SHAPES[shape], "dist": d, "max_len": max_len, "real_tokens": real, "mode": m, "dtype": dtype}
                 for m in MODES for d in dists]
 
