@@ -14,10 +14,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.suite import SUITES, Skip, Suite, case_id
+from bench.hardware import device_name, peak_gbps, peak_tflops
+from bench.suite import SUITES, Measurement, Skip, Suite, case_id
+from bench.validation import check_measurement
 
 SEED = 0
 TRACEBACK_LINES = 12
+OOM_MESSAGES = ("ALLOC_FAILED", "out of memory", "can't allocate memory")
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,10 @@ class Case:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    # cuBLAS and cuDNN report a failed workspace allocation as a plain RuntimeError
+    # cuBLAS and cuDNN report a failed workspace allocation as a plain RuntimeError, and so does torch's CPU
+    # allocator ("DefaultCPUAllocator: can't allocate memory: you tried to allocate ...")
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and any(m in str(exc) for m in ("ALLOC_FAILED", "out of memory")))
+        isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES))
 
 
 def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None) -> dict[str, Any]:
@@ -78,9 +82,14 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}
         metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
         samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
+        power = gpu["avg_power_w"]
         if m.timed is not None:
-            power = gpu["avg_power_w"]
             metrics["energy_per_call_j"] = None if power is None else power * m.timed.median_ms / 1e3
+        metrics.update(_derived(m, device, power))
+        try:  # plain numbers before the result leaves this process (a tensor metric would not cross the pipe)
+            metrics, samples = check_measurement(metrics, samples)
+        except ValueError as e:
+            return {"status": "error", "error": f"measure() returned what a record cannot hold: {e}"}
         return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
     except Skip as e:
         return {"status": "skipped", "error": str(e) or "skipped"}
@@ -95,6 +104,20 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             import torch
 
             torch.set_num_threads(previous)
+
+
+def _derived(m: Measurement, device: str, power_w: float | None) -> dict[str, Any]:
+    """The metrics each declared Work gives with its timing's median and the device's peaks; energy only over the
+    headline timing's window, the one telemetry summarised."""
+    out: dict[str, Any] = {}
+    gpu = device_name(device) if m.work else None
+    for w in m.work:
+        t = m.timings.get(w.of)
+        if t is None:
+            raise ValueError(f"work of {w.of!r} names no timing of the measurement (timings: {sorted(m.timings)})")
+        out.update(w.derive(t.median_ms, peak_tflops(gpu, w.dtype) if w.dtype else None, peak_gbps(gpu),
+                            power_w if t is m.timed else None))
+    return out
 
 
 def cpu_threads(suite: Suite, device: str, override: int | None) -> int | None:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import warnings
 from collections import Counter
 from pathlib import Path
 
 from bench import commands
+from bench.atomic import OutputError
 from bench.commands import UsageError
 from bench.distributed import Launch
 from bench.records import read_run_json
@@ -115,24 +118,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# The largest --timeout and --budget: 1e6 s is 11.6 days; a larger number is a typo, and one past 2.1e6 s overflows
+# the wait for an isolated case (a pipe's poll takes its timeout as a C int of milliseconds)
+MAX_SECONDS = 1e6
+# The most --threads: beyond any machine's cores, a typo that would make torch spawn a thread pool of that size
+MAX_THREADS = 4096
+
+
 def _parse_shard(text: str) -> tuple[int, int]:
-    try:
+    i = n = 0
+    if text.count("/") == 1 and all(x.isascii() and x.isdigit() for x in text.split("/")):
         i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        i = n = 0
     if not 1 <= i <= n:
         raise UsageError(f"--shard must be I/N with 1 <= I <= N (e.g. 1/2), got {text!r}")
     return i, n
 
 
 def parse_params(text: str | None) -> dict[str, str]:
-    """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}."""
+    """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}; a key given twice is refused (which value would it match?)."""
     if not text:
         return {}
-    pairs = [item.partition("=") for item in text.split(",")]
+    pairs = [(k.strip(), sep, v.strip()) for k, sep, v in (item.partition("=") for item in text.split(","))]
     if any(not k or not sep for k, sep, _ in pairs):
         raise UsageError(f"--params must be k=v[,k=v...], got {text!r}")
-    return {k.strip(): v.strip() for k, _, v in pairs}
+    keys = [k for k, _, _ in pairs]
+    if len(set(keys)) < len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise UsageError(f"--params names {twice!r} twice, got {text!r}")
+    return {k: v for k, _, v in pairs}
+
+
+def _check_numbers(args) -> None:
+    """--timeout, --budget and --threads, refused before anything is imported or created."""
+    for flag, value in (("--timeout", args.timeout), ("--budget", args.budget)):
+        if value is not None and not 0 < value < math.inf:
+            raise UsageError(f"{flag} must be a positive number of seconds, got {value:g}")
+        if value is not None and value > MAX_SECONDS:
+            raise UsageError(f"{flag} must be at most {MAX_SECONDS:g} seconds (11.6 days), got {value:g}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
 
 
 def _resolve_device(text: str) -> str:
@@ -148,7 +172,7 @@ def _select(registry: dict, names: list[str], variants: list[str] | None):
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise UsageError(f"unknown suite {unknown[0]!r} (valid: {', '.join(sorted(registry))})")
-    suites = [registry[n] for n in (names or sorted(registry))]
+    suites = [registry[n] for n in dict.fromkeys(names or sorted(registry))]  # a suite named twice runs once
     if variants:
         valid = sorted({v for s in suites for v in s.variants})
         bad = [v for v in variants if v not in valid]
@@ -164,16 +188,12 @@ def cmd_run(args) -> int:
     from bench import runner
     from bench.progress import make_progress
 
+    shard = _parse_shard(args.shard)
+    _check_numbers(args)
+    where = parse_params(args.params)
     registry = discover()
     suites = _select(registry, args.suites, args.variant)
-    shard = _parse_shard(args.shard)
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    for flag, value in (("--timeout", args.timeout), ("--budget", args.budget)):
-        if value is not None and not (0 < value < math.inf):
-            raise UsageError(f"{flag} must be a positive number of seconds, got {value:g}")
     device = _resolve_device(args.device)
-    where = parse_params(args.params)
     try:
         how = Launch(args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
     except ValueError as e:
@@ -301,8 +321,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"bench: warning: {message}", file=sys.stderr)
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does: its cases' processes ended, finished records kept
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
+    if argv is None and threading.current_thread() is threading.main_thread():  # the command itself, not a test
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         args = _parser().parse_args(argv)
         handlers = {"run": cmd_run, "list": cmd_list, "env": cmd_env, "profile": cmd_profile,
@@ -313,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:  # a read-only folder or a full disk: nothing half-written was left behind
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as e:
         if e.name is None or e.name.split(".")[0] not in OPTIONAL:
             raise

@@ -2,11 +2,15 @@
 
 The runner calls `run_distributed` for a case of a distributed suite (one that lists `world_sizes`) on more than
 one rank; a one-rank case runs as any other, in the runner's child process, inside `one_rank_group`. It starts
-`python -m torch.distributed.run ... -m bench.distributed SPEC` in a new process group, so that a timeout can kill
-the agent and every rank at once; torchrun's elastic agent starts the ranks, and when one rank dies it stops the
-others. Each rank runs the suite's `measure` with the process group initialised, and writes how it ended to
-`rank<R>.json` in the job's folder; global rank 0 gathers every rank's metrics and writes the aggregate. A case
-whose rank failed, ran out of memory or hung becomes an error, oom or timeout record that names the rank.
+`python -m torch.distributed.run ... -m bench.distributed SPEC` under a keeper (`python -m bench.lifeline`), which
+kills the agent and every rank, whatever session each started, at a timeout or when `bench` dies however it dies;
+torchrun's elastic agent starts the ranks, and when one rank dies it stops the others. Each rank runs the suite's
+`measure` with the process group initialised, and writes how it ended to `rank<R>.json` in the job's folder; global
+rank 0 gathers every rank's metrics and writes the aggregate. A case whose rank failed, ran out of memory or hung
+becomes an error, oom or timeout record that names the rank.
+
+A job's scratch folder (`techbench-dist-*` in the temporary directory) holds its owner's pid: one whose owner was
+killed before it could remove it is removed when the next is made.
 
 Per-rank metrics aggregate as: `<metric>`, the worst rank's value (the largest of a lower-is-better metric such
 as a step time or peak bytes, the smallest of a higher-is-better one; rank 0's when a metric has no direction), and
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,9 +30,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from bench.lifeline import KEEPER_WAIT_S
 
 LOG_LINES = 12
+OWNER = "owner.pid"
+"""The file in a scratch folder that holds its owner's pid."""
 
 
 @dataclass(frozen=True)
@@ -60,23 +68,15 @@ class Launch:
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int) -> dict[str, Any] | None:
     """Run `case` as one torchrun job; {status, metrics, samples, error} as bench.case.execute, or None on a node
     without global rank 0 (that node's run records the case). Never raises."""
-    with tempfile.TemporaryDirectory(prefix="techbench-dist-") as tmp:
-        job = Path(tmp)
-        spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": tmp}
+    with scratch("techbench-dist-") as job:
+        spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": str(job)}
         (job / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how)))}
         cmd = [sys.executable, "-m", "torch.distributed.run", *how.torchrun_args(), "-m", "bench.distributed",
                str(job / "spec.json")]
-        with (job / "torchrun.log").open("wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            try:
-                code = proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                code = None
-            finally:
-                _kill(proc, job)
+        code = _keep(cmd, env, job, timeout_s)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:
             started = sorted(int(p.name[3:]) for p in job.glob("pid*"))
@@ -96,24 +96,73 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int)
         return {"status": "error", "error": f"torchrun exited with code {code} without a result:\n" + _log_tail(job)}
 
 
+def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float) -> int | None:
+    """Run `cmd` under a keeper on a lifeline only this process holds; its exit code (128+N: killed by signal N), or
+    None after a timeout. Whatever way this returns or raises, the job and all it started are gone after."""
+    lifeline, keeping = os.pipe()
+    try:
+        with (job / "torchrun.log").open("wb") as log:
+            # a session of its own: Ctrl-C on `bench`'s terminal reaches `bench`, which closes the lifeline
+            keeper = subprocess.Popen([sys.executable, "-m", "bench.lifeline", str(lifeline), *cmd], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, pass_fds=(lifeline,), start_new_session=True)
+    except BaseException:
+        os.close(keeping)
+        raise
+    finally:
+        os.close(lifeline)
+    try:
+        return keeper.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        os.close(keeping)  # EOF: the keeper kills the agent and every rank still there, then exits
+        try:
+            keeper.wait(KEEPER_WAIT_S)
+        except subprocess.TimeoutExpired:
+            keeper.kill()
+            keeper.wait()
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temporary folder named with `prefix` that holds its owner's pid, after removing those whose owner died."""
+    sweep(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        (Path(tmp) / OWNER).write_text(str(os.getpid()))
+        yield Path(tmp)
+
+
+def sweep(root: Path) -> list[Path]:
+    """Remove the scratch folders in `root` whose owner is dead (a kill kept it from removing them); those it
+    removed. A folder without an owner file is left alone: it may be one being made."""
+    removed = []
+    for folder in root.glob("techbench-*"):
+        try:
+            owner = int((folder / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _log_tail(job: Path) -> str:
     return "\n".join((job / "torchrun.log").read_text(errors="replace").strip().splitlines()[-LOG_LINES:])
 
 
 def _threads_per_rank(how: Launch) -> int:
     return max(1, (os.cpu_count() or 1) // how.nproc_per_node)
-
-
-def _kill(proc: subprocess.Popen, job: Path) -> None:
-    """SIGKILL the agent's process group and each rank's: torchrun starts every rank in a session of its own, so
-    killing the agent alone would leave a hung rank holding its device. Ranks wrote their pids at start."""
-    groups = [proc.pid] + [int(p.read_text()) for p in job.glob("pid*") if p.read_text().strip().isdigit()]
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)  # a hung rank ignores gentler signals
-        except (ProcessLookupError, PermissionError):
-            pass
-    proc.wait()
 
 
 @contextmanager
@@ -128,8 +177,8 @@ def one_rank_group(device: str):
         yield
         return
     cuda = device.startswith("cuda")
-    with tempfile.TemporaryDirectory(prefix="techbench-pg-") as tmp:
-        store = dist.FileStore(str(Path(tmp) / "store"), 1)
+    with scratch("techbench-pg-") as tmp:
+        store = dist.FileStore(str(tmp / "store"), 1)
         dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=0, world_size=1,
                                 **({"device_id": torch.device(device)} if cuda else {}))
         try:
@@ -175,7 +224,7 @@ def _rank_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     job = Path(spec["dir"])
-    (job / f"pid{rank}").write_text(str(os.getpgid(0)))  # this rank's process group, for the launcher to kill
+    (job / f"pid{rank}").write_text(str(os.getpid()))  # this rank started: a timeout names those that had not ended
     cuda = spec["device"] == "cuda"
     device = f"cuda:{local_rank}" if cuda else "cpu"
     if cuda:

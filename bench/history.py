@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import statistics
 from pathlib import Path
 
+from bench.atomic import atomic_path
 from bench.metrics import default, specs_of
-from bench.records import RECORDS_JSONL, read_records, read_run_json
+from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
@@ -60,7 +60,8 @@ def schema():
 
 
 def add(run_dir: str | Path, store: str | Path) -> int:
-    """Add a run directory to the store; returns the rows written, 0 when the run is already there."""
+    """Add a run directory to the store; returns the rows written, 0 when the run is already there. ValueError for
+    what is not a finished run of distinct cases; OutputError when the store cannot be written (nothing is)."""
     run_dir, store = Path(run_dir), Path(store)
     meta = read_run_json(run_dir) if run_dir.is_dir() else None
     if meta is None:
@@ -68,13 +69,41 @@ def add(run_dir: str | Path, store: str | Path) -> int:
     if not meta.get("finished_at"):  # a file is never rewritten, so a half run would stay half in the history
         raise ValueError(f"{run_dir} has not finished (run.json finished_at is null); complete it with "
                          "`bench run ... --resume` first")
+    twice = repeated_case(run_dir)
+    if twice is not None:
+        raise ValueError(f"{run_dir} holds case {twice} more than once ({RECORDS_JSONL} has several records of it); "
+                         "the history keeps one row per case and metric of a run")
+    records = read_records(run_dir / RECORDS_JSONL)
     run_id = str(meta.get("run_id") or run_dir.name)
     path = store / RUNS / f"{_file_stem(run_id)}.parquet"
     if path.exists():
         return 0
-    rows = list(_rows(run_dir, meta, run_id))
+    rows = list(_rows(records, meta, run_id))
     _write(rows, path)
     return len(rows)
+
+
+def repeated_case(run_dir: str | Path) -> str | None:
+    """The first case_id that two valid records of the run hold. A run measures each case once; a second record of
+    one (records files joined by hand, say) would count twice in the history and clash in a merge, and which of the
+    two is the measurement is not for a reader to guess, so history and merge refuse the run. Read from the lines
+    themselves: a reader of records keeps one record per case_id."""
+    path, seen = Path(run_dir) / RECORDS_JSONL, set()
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                    case = Record.from_dict(d).case_id if isinstance(d, dict) else None
+                except (ValueError, TypeError, RecursionError):  # a corrupt line is the reader's to count
+                    continue
+                if case in seen:
+                    return case
+                if case is not None:
+                    seen.add(case)
+    except OSError:  # no records (yet), or unreadable: the reader says which
+        return None
+    return None
 
 
 def load(store: str | Path):
@@ -89,7 +118,7 @@ def load(store: str | Path):
     return frame.sort_values(["timestamp", "run_id"], kind="stable", ignore_index=True)
 
 
-def _rows(run_dir: Path, meta: dict, run_id: str):
+def _rows(records: list[Record], meta: dict, run_id: str):
     env = meta.get("env") or {}
     git = meta.get("git") or env.get("git") or {}
     device = str(meta.get("device") or "")
@@ -99,7 +128,7 @@ def _rows(run_dir: Path, meta: dict, run_id: str):
            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
            "device": device, "size": meta.get("size")}
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
-    for r in read_records(run_dir / RECORDS_JSONL):
+    for r in records:
         declared = specs.get(r.suite, {})
         case = {**run, "suite": r.suite, "variant": r.variant, "case_id": r.case_id,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error}
@@ -119,14 +148,9 @@ def _write(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=schema()) if rows else schema().empty_table()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # dot-prefixed: pandas, Spark and *.parquet skip it
-    try:
+    with atomic_path(path) as tmp:  # dot-prefixed while written: pandas, Spark and *.parquet globs skip it
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _file_stem(run_id: str) -> str:

@@ -3,21 +3,23 @@
 
 - Inline: in the `bench` process (--inline; no timeout, for a debugger);
 - Isolated: in a child forked from a server that has already imported torch and the suites (the default): a crash,
-  a hang past the timeout or a kill by the OS becomes a record, and the run goes on;
+  a hang past the timeout or a kill by the OS becomes a record, and the run goes on. The server's child is the
+  case's keeper (bench.lifeline), and the case runs in the keeper's child: whatever the case starts ends with it;
 - Torchrun: a torchrun job of every rank (bench.distributed), for a distributed suite at more than one rank.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
+import pickle
 import signal
-import threading
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
+from bench.lifeline import KEEPER_WAIT_S, keep
 from bench.suite import SUITES, directions
 
 
@@ -26,18 +28,29 @@ class Launcher(Protocol):
 
 
 def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | None) -> None:
-    # A forkserver child's parent is the server, not `bench`: nothing would end it if `bench` died. The lifeline
-    # pipe's other end lives only in `bench`, so EOF on it means `bench` is gone, and the case must go too.
-    def watch():
-        try:
-            lifeline.recv()
-        except (EOFError, OSError):
-            pass
-        os._exit(1)
+    """The forkserver's child: the keeper of the case, which runs in its child. A forkserver child's parent is the
+    server, not `bench`; the lifeline's write end lives only in `bench`, so EOF on it means `bench` is gone (or
+    gave up on the case), and the keeper ends the case and all it started."""
 
-    threading.Thread(target=watch, name="techbench-lifeline", daemon=True).start()
-    conn.send(execute(case, device, seed, threads))
-    conn.close()
+    def run():
+        conn.send(execute(case, device, seed, threads))
+        conn.close()
+
+    code = keep(run, lifeline.fileno())
+    if code:  # the case's process died; if it sent a result first, that is the message `bench` reads first
+        try:
+            conn.send({"status": "error", "error": _ended(code)})
+        except OSError:
+            pass
+
+
+def _ended(code: int | None) -> str:
+    """Why a case's process that reported no result ended, from its exit code (-N: killed by signal N)."""
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the OS may have run out of memory)" if name == "SIGKILL" else ""
+        return f"the case's process was killed by {name}{hint}"
+    return f"the case's process exited with code {code} before reporting a result"
 
 
 def _context(modules: list[str]):
@@ -62,26 +75,23 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
     send.close()
     lifeline_r.close()
     try:
-        if recv.poll(timeout_s):
+        # the keeper's sentinel too: should the keeper itself die, nothing else may ever close `recv`
+        if not wait([recv, proc.sentinel], timeout_s):
+            return {"status": "timeout", "error": f"no result after {timeout_s:g} s (--timeout); the case was killed"}
+        if recv.poll():
             try:
                 return recv.recv()
-            except EOFError:
+            except (EOFError, OSError, pickle.UnpicklingError):
                 pass
-        else:
-            return {"status": "timeout", "error": f"no result after {timeout_s:g} s (--timeout); the case was killed"}
-        proc.join(10)
-        code = proc.exitcode
-        if code is not None and code < 0:
-            name = signal.Signals(-code).name
-            hint = " (the OS may have run out of memory)" if name == "SIGKILL" else ""
-            return {"status": "error", "error": f"the case's process was killed by {name}{hint}"}
-        return {"status": "error", "error": f"the case's process exited with code {code} before reporting a result"}
+        proc.join(KEEPER_WAIT_S)
+        return {"status": "error", "error": _ended(proc.exitcode)}
     finally:
+        lifeline_w.close()  # the keeper kills whatever is left of the case, and exits
+        proc.join(KEEPER_WAIT_S)
         if proc.is_alive():
             proc.kill()
-        proc.join(10)
+            proc.join(10)
         recv.close()
-        lifeline_w.close()
 
 
 class Inline:

@@ -4,12 +4,16 @@ directory, so reports, compare and history see one run.
 Records are copied unchanged, each with the env_id of the machine that ran it; run.json keeps every input's
 environment under `envs` (env_id -> env) and lists the inputs under `merged_from`, so a report can say which machine
 ran what. Inputs of another schema, of another size, or that repeat a case are refused before anything is written.
+The merged run is written into a temporary folder beside OUT, records first and run.json (with finished_at) last,
+and renamed onto OUT whole: a failure leaves no OUT and no half-merged run (OutputError, exit 1).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bench.atomic import atomic_path
+from bench.history import repeated_case
 from bench.records import (
     RECORDS_JSONL,
     RecordWriter,
@@ -28,10 +32,17 @@ class MergeError(ValueError):
 
 def merge(run_dirs: list[Path], out: Path, argv: list[str] | None = None) -> tuple[dict, int]:
     """Write the merged run to `out` (which must not hold anything yet); returns (its run.json, record count)."""
-    if len(set(map(str, run_dirs))) != len(run_dirs):
-        raise MergeError("a run directory is named twice")
+    named: dict[Path, Path] = {}
+    for d in map(Path, run_dirs):  # resolved: ./a and a are one run, and would clash on every case
+        if d.resolve() in named:
+            raise MergeError(f"run directory {d} is named twice (also as {named[d.resolve()]})")
+        named[d.resolve()] = d
     runs = []
     for d in run_dirs:
+        twice = repeated_case(d)
+        if twice is not None:
+            raise MergeError(f"{d} holds case {twice} more than once ({RECORDS_JSONL} has several records of it): a "
+                             "run has each case once")
         try:
             meta, records = read_run_json(d), read_records(Path(d) / RECORDS_JSONL)
         except SchemaError as e:
@@ -54,16 +65,8 @@ def merge(run_dirs: list[Path], out: Path, argv: list[str] | None = None) -> tup
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MergeError(f"--out {out} already exists and is not an empty directory; choose another")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        meta = _write(runs, out, argv or [], len(seen))
-    except OSError as e:  # a full disk: leave no half-merged run behind
-        for name in ("run.json", RECORDS_JSONL, "run.json.tmp"):
-            (out / name).unlink(missing_ok=True)
-        if created:
-            out.rmdir()
-        raise MergeError(f"cannot write --out {out}: {e.strerror or e}") from None
+    with atomic_path(out, directory=True) as staged:
+        meta = _write(runs, staged, argv or [], len(seen))
     return meta, len(seen)
 
 

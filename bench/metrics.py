@@ -90,11 +90,6 @@ def timing(name: str, meaning: str) -> tuple[Metric, ...]:
             Metric(f"{name}_noisy", "info", None, f"IQR of the time of {meaning} over 10% of its median"))
 
 
-def rate(name: str, of: str, meaning: str, direction: str = "higher") -> Metric:
-    """A rate computed from a timing (work / time): derived, so measured like its clock."""
-    return Metric(name, "derived", direction, meaning, inputs=(of,))
-
-
 # Added by the runner to every case's metrics (bench.telemetry over the timed window; null without NVML).
 TELEMETRY = (
     Metric("energy_j", "measured", "lower", "GPU energy over the timed window (NVML counter)"),

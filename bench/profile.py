@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import runner
+from bench.atomic import atomic_path
 from bench.case import SEED, Case, execute
 from bench.records import RECORDS_JSONL, Record, RecordWriter, RunMeta, write_run_json
 from bench.suite import SIZES, SUITES, discover
@@ -38,6 +39,7 @@ TOP_ROWS = 25
 # Allocator events kept for the memory snapshot: one training step of a 24-layer model makes ~10^4 alloc/free events,
 # so 10^5 covers the profiled steps without the history growing without bound.
 MEMORY_HISTORY_ENTRIES = 100_000
+PATHS = ("trace", "top_ops", "top_ops_json", "memory_snapshot", "profile")  # what profile_case returns as paths
 
 
 def _suite(name: str):
@@ -93,14 +95,9 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
 
     Returns {"case_id", "status", "trace", "top_ops", "top_ops_json", "memory_snapshot", "profile"}: the case's
     status in its record (ok, oom, error, ...) and absolute paths (memory_snapshot is None off CUDA, trace is None
-    when the case failed before its active steps).
+    when the case failed before its active steps). Everything is written into a temporary folder beside `out` and
+    renamed onto it at the end, so a read-only folder or a full disk (OutputError) leaves no partial profile.
     """
-    import torch
-    from torch.profiler import ProfilerActivity, record_function, schedule, tensorboard_trace_handler
-
-    from bench import __version__
-    from bench import env as envmod
-
     if wait < 0 or warmup < 0 or active < 1:
         raise ValueError(f"need wait >= 0, warmup >= 0, active >= 1; got {wait}, {warmup}, {active}")
     device = _device(device)
@@ -108,10 +105,23 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} already exists and is not empty; choose a new directory")
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, directory=True) as staged:
+        result = _profile(case, variant, size, device, params, out, staged, wait, warmup, active)
+    return {k: str(out / v) if k in PATHS and v is not None else v for k, v in result.items()}
+
+
+def _profile(case: Case, variant: str, size: str, device: str, params: dict[str, str] | None, out: Path,
+             staged: Path, wait: int, warmup: int, active: int) -> dict:
+    """Profile into `staged`, the folder that becomes `out`; the paths returned are relative to it."""
+    import torch
+    from torch.profiler import ProfilerActivity, record_function, schedule, tensorboard_trace_handler
+
+    from bench import __version__
+    from bench import env as envmod
+
     on_cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
-    trace_handler = tensorboard_trace_handler(str(out / "trace"), worker_name="techbench")
+    trace_handler = tensorboard_trace_handler(str(staged / "trace"), worker_name="techbench")
     tables: dict[str, Any] = {}
 
     def ready(prof) -> None:
@@ -126,9 +136,9 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
                    git=environment.get("git"), version=__version__, seed=SEED,
                    suites={case.suite: SUITES[case.suite].describe()},
                    extra={"profile": {"wait": wait, "warmup": warmup, "active": active}})
-    write_run_json(out, meta)
+    write_run_json(staged, meta)
 
-    snapshot = out / "memory_snapshot.pickle" if on_cuda else None
+    snapshot = staged / "memory_snapshot.pickle" if on_cuda else None
     if snapshot is not None:
         torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES, stacks="python", device=device)
     kept = None  # (step, started_at, elapsed_s, result) of the call whose metrics the record keeps
@@ -157,25 +167,24 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
                     case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                     samples=result.get("samples") or {}, error=result.get("error"), device=device,
                     started_at=started, elapsed_s=elapsed, env_id=meta.env_id)
-    with RecordWriter(out / RECORDS_JSONL) as writer:
+    with RecordWriter(staged / RECORDS_JSONL) as writer:
         writer.write(record)
-    meta.finished_at = runner.now()
-    write_run_json(out, meta)
+    meta.finished_at = runner.now()  # only once its record is written
+    write_run_json(staged, meta)
 
-    traces = sorted((out / "trace").glob("*.pt.trace.json"))
-    top_txt, top_json = out / "top_ops.txt", out / "top_ops.json"
+    traces = sorted((staged / "trace").glob("*.pt.trace.json"))
+    top_txt, top_json = staged / "top_ops.txt", staged / "top_ops.json"
     top_txt.write_text((tables.get("text") or "no profiled step finished") + "\n")
     top_json.write_text(json.dumps(tables.get("rows") or [], indent=1) + "\n")
     paths = {"trace": traces[-1] if traces else None, "top_ops": top_txt, "top_ops_json": top_json,
              "memory_snapshot": snapshot if snapshot is not None and snapshot.exists() else None}
-    links = {k: None if p is None else p.relative_to(out).as_posix() for k, p in paths.items()}
+    links = {k: None if p is None else p.relative_to(staged).as_posix() for k, p in paths.items()}
     meta.extra["profile"] = {"case_id": case.id, **links}  # the run links its trace, beside its one record
-    write_run_json(out, meta)
-    (out / "profile.json").write_text(json.dumps({
+    write_run_json(staged, meta)
+    (staged / "profile.json").write_text(json.dumps({
         "case_id": case.id, "status": record.status, **links,
         "schedule": {"wait": wait, "warmup": warmup, "active": active},
         "step": "one call of the suite's measure()",
         "metrics_profiled": step >= wait,
     }, indent=2) + "\n")
-    return {"case_id": case.id, "status": record.status, **{k: None if p is None else str(p) for k, p in paths.items()},
-            "profile": str(out / "profile.json")}
+    return {"case_id": case.id, "status": record.status, **links, "profile": "profile.json"}

@@ -1,6 +1,8 @@
 """The record schema, the run directory (run.json + records.jsonl), and pandas loaders.
 
-Reports read runs through this module, so it never imports torch.
+Reports read runs through this module, so it never imports torch. Readers never fail on a bad line: a line that is
+not a record of this schema (bench.validation says what a field may hold) is skipped, a case_id recorded twice keeps
+its last record, and one warning a file says what was left out.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.validation import check_fields, kind, run_json_problem
 
 SCHEMA = 1
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
@@ -20,7 +25,12 @@ RUN_JSON, RECORDS_JSONL = "run.json", "records.jsonl"
 
 
 class SchemaError(ValueError):
-    """A run directory written by another schema version: refuse it rather than mix records."""
+    """A run directory this techbench cannot read (another schema version, an unreadable or malformed run.json):
+    refuse it rather than mix records or guess."""
+
+
+class CorruptRunJson(SchemaError):
+    """run.json is not a JSON object at all, e.g. cut short by a crash while an older techbench wrote it in place."""
 
 
 @dataclass
@@ -54,12 +64,15 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: dict) -> Record:
+        """The record a parsed line holds; ValueError or TypeError when a field has the wrong type (a corrupt line),
+        SchemaError when the line is a record of another schema version."""
         schema = d.get("schema")
         if isinstance(schema, int) and not isinstance(schema, bool) and schema != SCHEMA:
             raise SchemaError(f"record schema {schema}, this techbench reads schema {SCHEMA}")
-        if schema != SCHEMA:
+        if schema != SCHEMA or isinstance(schema, bool):
             raise ValueError("not a record: no schema")
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        fields = check_fields({k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        return cls(**fields)
 
 
 def _finite(value):
@@ -81,13 +94,47 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """Every valid record of a records.jsonl; corrupt lines are skipped with one warning that counts them."""
-    path = Path(path)
+@dataclass
+class Scan:
+    """What a records.jsonl holds: its valid records, one per case_id, and the count of lines left out.
+
+    A case_id recorded twice (two runs that once shared a directory, files joined by hand) keeps its last record,
+    the newest measurement, at the place of its first; the readers say how many case_ids that happened to."""
+
+    records: list[Record] = field(default_factory=list)
+    corrupt: int = 0
+    """Lines that are not a record: cut short, not JSON, or a field of the wrong type."""
+    other_schemas: Counter = field(default_factory=Counter)
+    """schema version -> lines of that version, skipped: another techbench wrote them."""
+    duplicates: int = 0
+    """case_ids with more than one record."""
+
+    def warning(self, path) -> str | None:
+        """One line that says what was left out, or None."""
+        parts = []
+        if self.corrupt:
+            parts.append(f"skipped {self.corrupt} corrupt line{'s' * (self.corrupt > 1)}")
+        if self.other_schemas:
+            n, versions = sum(self.other_schemas.values()), ", ".join(map(str, sorted(self.other_schemas)))
+            parts.append(f"skipped {n} line{'s' * (n > 1)} of schema {versions} (this techbench reads {SCHEMA})")
+        if self.duplicates:
+            parts.append(f"{self.duplicates} case_id{'s' * (self.duplicates > 1)} recorded more than once: kept the "
+                         "last record of each")
+        return f"{path}: {'; '.join(parts)}" if parts else None
+
+
+def scan_records(path: str | Path) -> Scan:
+    """Every valid record of a records.jsonl (see Scan), warning about nothing; SchemaError when it cannot be read."""
+    path, scan = Path(path), Scan()
     if not path.exists():
-        return []
-    records, corrupt = [], 0
-    with path.open(encoding="utf-8", errors="replace") as f:
+        return scan
+    latest: dict[str, Record] = {}
+    seen: Counter = Counter()
+    try:
+        lines = path.open(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise SchemaError(f"cannot read {path}: {e.strerror or e}") from None
+    with lines as f:
         for line in f:
             if not line.strip():
                 continue
@@ -95,14 +142,26 @@ def read_records(path: str | Path) -> list[Record]:
                 d = json.loads(line)
                 if not isinstance(d, dict):
                     raise ValueError("not an object")
-                records.append(Record.from_dict(d))
+                r = Record.from_dict(d)
             except SchemaError:
-                raise
-            except (ValueError, TypeError):
-                corrupt += 1
-    if corrupt:
-        warnings.warn(f"{path}: skipped {corrupt} corrupt line{'s' * (corrupt > 1)}", stacklevel=2)
-    return records
+                scan.other_schemas[d["schema"]] += 1
+                continue
+            except (ValueError, TypeError, RecursionError):  # RecursionError: JSON nested thousands deep
+                scan.corrupt += 1
+                continue
+            latest[r.case_id] = r
+            seen[r.case_id] += 1
+    scan.records = list(latest.values())
+    scan.duplicates = sum(n > 1 for n in seen.values())
+    return scan
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Every valid record of a records.jsonl, one per case_id (see Scan); what was left out is said in one warning."""
+    scan = scan_records(path)
+    if (message := scan.warning(path)) is not None:
+        warnings.warn(message, stacklevel=2)
+    return scan.records
 
 
 class RecordWriter:
@@ -139,16 +198,23 @@ def reproduce_command(suite: str, variant: str, params: dict, size: str, device:
 
 
 def read_run_json(run_dir: str | Path) -> dict | None:
+    """run.json of a run directory, None when there is none; SchemaError (CorruptRunJson when it is not a JSON object)
+    when it cannot be read as this schema's."""
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
         return None
     try:
-        meta = json.loads(path.read_text())
-    except ValueError as e:
-        raise SchemaError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise SchemaError(f"{path} has schema {meta.get('schema') if isinstance(meta, dict) else None!r}, "
-                          f"this techbench reads schema {SCHEMA}")
+        meta = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError as e:
+        raise SchemaError(f"cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:
+        raise CorruptRunJson(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CorruptRunJson(f"{path} is {kind(meta)}, not a JSON object")
+    if meta.get("schema") != SCHEMA or isinstance(meta.get("schema"), bool):
+        raise SchemaError(f"{path} has schema {meta.get('schema')!r}, this techbench reads schema {SCHEMA}")
+    if (wrong := run_json_problem(meta)) is not None:
+        raise SchemaError(f"{path}: {wrong}")
     return meta
 
 
@@ -198,8 +264,19 @@ def write_run_json(run_dir: str | Path, meta: RunMeta | dict) -> None:
     meta = meta if isinstance(meta, RunMeta) else RunMeta.from_json(meta)
     path = Path(run_dir) / RUN_JSON
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta.to_json(), indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(meta.to_json(), indent=2, default=_jsonable) + "\n"
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must never publish a file whose bytes are not on disk yet
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written temporary file stays behind
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def records_frame(*run_dirs: str | Path, samples: bool = False):

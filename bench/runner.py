@@ -12,6 +12,7 @@ import fnmatch
 import random
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,18 +21,11 @@ from typing import Any
 from bench import launchers
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
-from bench.records import (
-    FAILED,
-    RECORDS_JSONL,
-    Record,
-    RecordWriter,
-    RunMeta,
-    SchemaError,
-    read_records,
-    read_run_json,
-    write_run_json,
-)
+from bench.records import FAILED, RECORDS_JSONL, Record, RecordWriter, RunMeta, Scan, write_run_json
+from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
+from bench.rundir import open_run_dir
 from bench.suite import SUITES, Suite, case_id
+from bench.validation import check_measurement
 
 DEFAULT_TIMEOUT_S = 900.0
 
@@ -45,7 +39,7 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
     `cases_like` keeps those whose case_id matches one of its shell-style globs; a distributed suite's params gain the
     `world_size` of the launch."""
     cases = []
-    for suite in suites:
+    for suite in {s.name: s for s in suites}.values():  # a suite named twice runs once
         for params in suite.grid(size, device):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
@@ -96,48 +90,40 @@ class RunConfig:
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
-class RunDirError(ValueError):
-    """The output directory cannot take this run (it holds another run, or another schema); nothing was written."""
-
-
-def _open_run_dir(cfg: RunConfig, shard: str) -> tuple[dict | None, dict[str, Record]]:
-    """run.json and finished records of cfg.out, after checking it can take this run; raises RunDirError."""
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise RunDirError(f"--out {cfg.out} is a file, not a run directory")
-    try:
-        meta = read_run_json(cfg.out)
-        finished = {r.case_id: r for r in read_records(cfg.out / RECORDS_JSONL)}
-    except SchemaError as e:
-        raise RunDirError(f"{cfg.out} holds another schema: {e}") from None
-    if (meta is not None or finished) and not cfg.resume:
-        raise RunDirError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-    if meta is not None:
-        was = (meta.get("size"), meta.get("device"), meta.get("shard", "1/1"))
-        if was != (cfg.size, cfg.device, shard):
-            raise RunDirError(f"{cfg.out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; "
-                              "resume it with the same")
-    try:
-        cfg.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunDirError(f"cannot create --out {cfg.out}: {e.strerror or e}") from None
-    return meta, finished
-
-
 def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
-    """Run every planned case not yet finished in cfg.out; returns (exit code, records of the planned cases)."""
-    from bench import __version__
-    from bench import env as envmod
-
+    """Run every planned case not yet finished in cfg.out; returns (exit code, records of the planned cases). The
+    run holds cfg.out's lock (bench.rundir) from its first check to its last write."""
     cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size,
                  cfg.cases_like)
     shard = "{}/{}".format(*cfg.shard)
-    meta, finished = _open_run_dir(cfg, shard)
+    lock, meta, scan, rebuild = open_run_dir(cfg.out, cfg.resume, (cfg.size, cfg.device, shard))
+    try:
+        return _run(cfg, progress, cases, shard, meta, scan, rebuild)
+    finally:
+        lock.release()
+
+
+def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | None, scan: Scan,
+         rebuild: str | None) -> tuple[int, list[Record]]:
+    from bench import __version__
+    from bench import env as envmod
+
+    if (message := scan.warning(cfg.out / RECORDS_JSONL)) is not None:
+        warnings.warn(message, stacklevel=3)
+    finished = {r.case_id: r for r in scan.records}
     environment = envmod.collect()
     env_id = envmod.env_id(environment)  # of this machine now: a resumed run may continue elsewhere
     if meta is None:
-        meta = RunMeta(run_id=cfg.run_id or new_run_id(), argv=cfg.argv, size=cfg.size, device=cfg.device,
-                       shard=shard, variants=cfg.variants, started_at=now(), env=environment, env_id=env_id,
+        run_id = scan.records[0].run_id if scan.records else cfg.run_id or new_run_id()
+        started = min((r.started_at for r in scan.records), default="") or now()
+        meta = RunMeta(run_id=run_id, argv=cfg.argv, size=cfg.size, device=cfg.device, shard=shard,
+                       variants=cfg.variants, started_at=started, env=environment, env_id=env_id,
                        git=environment.get("git"), version=__version__, seed=SEED)
+        if rebuild is not None:
+            meta.extra["rebuilt"] = f"{rebuild}; rebuilt by bench run --resume at {now()} from its records"
+            n = len(scan.records)
+            warnings.warn(f"{rebuild}: rebuilt it from {n} record{'s' * (n != 1)} of run {run_id} (its size, "
+                          "device and shard are taken from this command)", stacklevel=3)
     else:
         meta = RunMeta.from_json(meta)
     meta.finished_at, meta.not_run = None, None
@@ -169,6 +155,7 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
             if result["status"] == "timeout" and timeout_s < cfg.timeout_s:  # cut off by the budget, not its own
                 meta.not_run = [c.id for c in todo[i:]]
                 break
+            result = _checked(result)
             record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
@@ -184,6 +171,18 @@ def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]
     return (1 if meta.not_run or any(r.status in FAILED for r in records) else 0), records
+
+
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
+    """An ok result whose metrics or samples a record cannot hold (an object, a non-string key, a string sample) is
+    an error of its case, named by its key: the run goes on, and --resume does not trip on it again."""
+    if result["status"] != "ok":
+        return result
+    try:
+        metrics, samples = check_measurement(result.get("metrics") or {}, result.get("samples") or {})
+    except ValueError as e:
+        return {"status": "error", "error": f"measure() returned what a record cannot hold: {e}"}
+    return {**result, "metrics": metrics, "samples": samples}
 
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float) -> dict[str, Any] | None:

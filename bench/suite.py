@@ -21,6 +21,7 @@ from bench.metrics import Metric
 
 if TYPE_CHECKING:
     from bench.timing import Timing
+    from bench.work import Work
 
 SIZES = ("smoke", "quick", "full")
 SUITES: dict[str, Suite] = {}
@@ -93,6 +94,9 @@ class Measurement:
     timings: dict[str, Timing] = field(default_factory=dict)
     """Named timings (e.g. {"greedy_time": t}): the runner adds each one's t.metrics(name) and t.samples(name) to the
     record, so a suite declares them with bench.metrics.timing(name, ...) and never copies medians by hand."""
+    work: list[Work] = field(default_factory=list)
+    """What a call of each timing did (bench.work): the runner derives rates, % of peak, the roofline bound and
+    energy per unit from it, declared by the suite with bench.work.rates(...)."""
 
 
 class Suite:

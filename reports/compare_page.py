@@ -6,6 +6,7 @@ import html
 import math
 from pathlib import Path
 
+from bench.atomic import atomic_write_text
 from bench.compare import ONE_RUN_CAVEAT
 from reports.html import figure, page, section, table
 
@@ -111,8 +112,9 @@ def _records(frame, columns):
 
 
 def write_compare_html(comparison, out: str | Path) -> Path:
-    """One self-contained page for a `Comparison`; returns the path written."""
-    c, out = comparison, Path(out)
+    """One self-contained page for a `Comparison`; returns the path written (OutputError, `out` as it was, when it
+    cannot be written)."""
+    c = comparison
     rows = c.rows
     k = len(c.env_diff)
     verdict = (f"<p><b>{html.escape(c.env_verdict[0].upper() + c.env_verdict[1:])}</b>: "
@@ -160,6 +162,4 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                 f"run medians against the run-to-run spread (Welch t-test from 3 runs a side); with one run a side: "
                 f"Mann-Whitney U and bootstrap CI of the ratio of medians; alpha {c.alpha:g}, minimum effect "
                 f"{c.threshold:.0%}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page("techbench compare", "\n".join(parts), subtitle), encoding="utf-8")
-    return out
+    return atomic_write_text(out, page("techbench compare", "\n".join(parts), subtitle))

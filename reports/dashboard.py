@@ -13,6 +13,7 @@ import html
 from pathlib import Path
 
 from bench import history
+from bench.atomic import atomic_files
 from reports import regressions as rule
 from reports.html import CSS, figure, page, section, table
 from reports.regressions import ENV, STALE_DAYS, regressions  # noqa: F401 - the rule, re-exported
@@ -141,14 +142,19 @@ def _flag_rows(found) -> list[dict]:
 
 
 def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, window: int = 7) -> Path:
-    """Write the site (index.html and one page per suite) for the history store; returns the index path."""
+    """Write the site (index.html and one page per suite) for the history store; returns the index path. The pages
+    are renamed into `out_dir` only once every one is written: a failure (OutputError) leaves the earlier site."""
     rule.check(threshold, window)
     if not (Path(store) / history.RUNS).is_dir():
         raise ValueError(f"{store} is not a history store (no {history.RUNS}/ folder); "
                          "fill one with `bench history add RUN --store DIR`")
     frame = history.load(store)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_files(out_dir) as put:
+        return _site(frame, store, put, threshold, window)
+
+
+def _site(frame, store, put, threshold: float, window: int) -> Path:
+    """Each page of the site handed to put(name, html); returns the index's path."""
     judged = rule.judged(frame, threshold, window)
     newest = frame["timestamp"].max()
     found = rule.flags(judged, newest)
@@ -156,7 +162,7 @@ def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, windo
     for suite in suites:
         text = _suite_page(frame, suite, [(s, j) for s, j in judged if s["suite"].iloc[0] == suite],
                            found[found["suite"] == suite], threshold, window)
-        (out / _page_name(suite)).write_text(text, encoding="utf-8")
+        put(_page_name(suite), text)
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
         '<p class="muted">No regressions: every series that ran in the latest night is inside its noise band.</p>')
@@ -181,6 +187,4 @@ def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, windo
                 f"two consecutive runs worse than the baseline of earlier good runs on one env_id and device: by more "
                 f"than {100 * threshold:g}% and outside the noise band (step), or by more than {200 * threshold:g}% "
                 f"against runs over {window} back (drift)")
-    index = out / "index.html"
-    index.write_text(_plain_page("techbench dashboard", "\n".join(parts), subtitle), encoding="utf-8")
-    return index
+    return put("index.html", _plain_page("techbench dashboard", "\n".join(parts), subtitle))

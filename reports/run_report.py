@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.atomic import atomic_write_text
 from bench.records import STATUSES, Record, read_run_json
 from reports.figures import figure_module, figures_for, load_frame, run_labels
 from reports.html import figure, page, section, table
@@ -25,11 +26,9 @@ DETAIL_MARKERS = ("_p20_", "_p80_", "_iqr_", "_noisy")
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Writes the report of `run_dirs` to `out` (parents created) and returns its path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(run_dirs), encoding="utf-8")
-    return out
+    """Writes the report of `run_dirs` to `out` (parents created) and returns its path; OutputError (and `out` as
+    it was) when it cannot be written."""
+    return atomic_write_text(out, render(run_dirs))
 
 
 def render(run_dirs) -> str:

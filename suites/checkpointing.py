@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from bench.flops import flop_counter_mode
-from bench.hardware import device_name, peak_tflops
 from bench.memory import TensorMemoryTracker, cuda_peak
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fn
+from bench.work import Work, rates
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
 from impls.checkpointing.reference import loss_fn, make_batch
 
@@ -33,7 +33,7 @@ STEP_METRICS = (
     *timing("step_time", "one training step (forward, loss, backward)"),
     Metric("peak_mem_bytes", "exact", "lower", "peak bytes a step allocates beyond the parameters and the batch"),
     Metric("activation_bytes", "exact", "lower", "bytes the forward leaves held for backward"),
-    rate("tokens_per_s", "step_time_ms", "tokens a step trains (all ranks) / median step time"),
+    *rates("step_time", tokens=True, what="a step trains, all ranks"),
 )
 
 
@@ -57,10 +57,7 @@ class Checkpointing(Suite):
     metrics = (
         *STEP_METRICS,
         Metric("step_flops", "exact", "lower", "FLOPs of one training step, recompute included (FLOP counter)"),
-        Metric("achieved_tflops", "derived", "higher", "step_flops / median step time",
-               inputs=("step_flops", "step_time_ms")),
-        Metric("pct_of_peak", "derived", "higher", "achieved_tflops as % of the dense datasheet peak (null on CPU)",
-               unit="%", inputs=("achieved_tflops",)),
+        *rates("step_time", flops=True, what="step_flops"),
     )
 
     def grid(self, size, device):
@@ -73,18 +70,10 @@ class Checkpointing(Suite):
         with flop_counter_mode() as flops:
             step()
         timing = time_fn(step, device, warmup=1)  # the three steps above warmed up already
-        seconds = timing.median_ms / 1e3
-        tokens = params["batch"] * params["seq"]
-        metrics = {
-            **timing.metrics("step_time"),
-            "peak_mem_bytes": peak,
-            "activation_bytes": activation,
-            "step_flops": flops.get_total_flops(),
-            "achieved_tflops": flops.get_total_flops() / seconds / 1e12,
-            "pct_of_peak": _pct_of_peak(flops.get_total_flops() / seconds / 1e12, device, params["dtype"]),
-            "tokens_per_s": tokens / seconds,
-        }
-        return Measurement(metrics, timing.samples("step_time"), timed=timing)
+        work = Work("step_time", tokens=params["batch"] * params["seq"], flops=flops.get_total_flops(),
+                    dtype=params["dtype"])
+        metrics = {"peak_mem_bytes": peak, "activation_bytes": activation, "step_flops": flops.get_total_flops()}
+        return Measurement(metrics, timed=timing, timings={"step_time": timing}, work=[work])
 
 
 def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=None):
@@ -104,12 +93,6 @@ def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=N
 
     step()
     return model, forward, x, target, step
-
-
-def _pct_of_peak(tflops: float, device: str, dtype: str) -> float | None:
-    """Achieved over the GPU's dense datasheet peak for the dtype, in percent; None on CPU or an unknown GPU."""
-    peak = peak_tflops(device_name(device), dtype)
-    return None if peak is None else 100 * tflops / peak
 
 
 def step_memory(model, forward, x, target, device) -> tuple[int, int]:

@@ -19,9 +19,10 @@ import torch
 
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Relative, Suite, register, requires
 from bench.timing import time_fn
+from bench.work import Work, rates
 from impls.detection.data import make_dataset
 from impls.detection.evaluate import evaluate_detector
 from impls.detection.train import PRESETS, load_or_train, preset
@@ -63,10 +64,8 @@ class Detection(Suite):
     metrics = (
         *timing("latency", "detecting one image (batch 1), post-processing and NMS included"),
         *timing("batch_time", "detecting one batch of `batch` images"),
-        rate("images_per_s", "batch_time_ms", "images per second at batch `batch`"),
+        *rates("batch_time", item="image", flops=True, what="a batch of `batch` images"),
         Metric("image_flops", "exact", "lower", "FLOPs of detecting one image (convolutions and matmuls)"),
-        Metric("achieved_tflops", "derived", "higher", "image_flops x images_per_s",
-               inputs=("image_flops", "images_per_s")),
         Metric("peak_mem_bytes", "exact", "lower", "bytes one batch allocates beyond the weights"),
         Metric("ap", "exact", "higher", "COCO AP@[.5:.95] on the test images"),
         Metric("ap50", "exact", "higher", "COCO AP at IoU 0.5"),
@@ -98,18 +97,14 @@ class Detection(Suite):
             with flop_counter_mode() as counter:
                 model.detect(one, mode, scales)
             mem = peak_bytes(lambda: model.detect(batch, mode, scales), device)
-        images_per_s = len(batch) / (throughput.median_ms / 1e3)
-        metrics = {
-            **latency.metrics("latency"),
-            **throughput.metrics("batch_time"),
-            "images_per_s": images_per_s,
-            "image_flops": counter.get_total_flops(),
-            "achieved_tflops": counter.get_total_flops() * images_per_s / 1e12,
-            "peak_mem_bytes": mem,
-            **quality,
-        }
-        return Measurement(metrics, {**latency.samples("latency"), **throughput.samples("batch_time")},
-                           timed=throughput)
+        # fp32 weights; on CUDA the convolutions run on TF32 tensor cores (torch.backends.cudnn.allow_tf32 is on by
+        # default), so that is the peak they are held against
+        tf32 = device.startswith("cuda") and torch.backends.cudnn.allow_tf32
+        work = Work("batch_time", items=len(batch), item="image", flops=counter.get_total_flops() * len(batch),
+                    dtype="tf32" if tf32 else "float32")
+        metrics = {"image_flops": counter.get_total_flops(), "peak_mem_bytes": mem, **quality}
+        return Measurement(metrics, timed=throughput, timings={"latency": latency, "batch_time": throughput},
+                           work=[work])
 
 
 def _config(variant: str, params: dict):

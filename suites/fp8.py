@@ -15,10 +15,11 @@ import time
 
 import torch
 
-from bench.hardware import device_name, peak_gbps, peak_tflops
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Part, Relative, Skip, Suite, register
-from bench.timing import time_fn
+from bench.timing import Timing, time_fn
+from bench.work import Work, rates
+from impls.cache import load_or_build
 from impls.fp8.gemm import (
     blockwise_reference,
     dequantized_matmul,
@@ -31,7 +32,9 @@ from impls.fp8.gemm import (
     scaled_mm,
 )
 from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
-from impls.fp8.train import BATCH, loss_gap, train
+from impls.fp8.train import BATCH, LR, loss_gap, train
+
+REFERENCE_VERSION = 1  # bump when impls.fp8.train changes what a high-precision run computes: cached curves then miss
 
 # Named GEMM shapes (M, N, K): powers of two, and LLM projections (a 4096-token batch through Llama-style MLP and
 # DeepSeek-V3's 7168-wide hidden size).
@@ -73,22 +76,19 @@ class Fp8(Suite):
     metrics = (
         # gemm
         *timing("gemm_time", "one GEMM"),
-        rate("gemm_tflops", "gemm_time_ms", "GEMM throughput, 2MNK FLOPs over the median time"),
-        Metric("pct_of_peak", "derived", "higher", "gemm_tflops as % of the device's dense peak for the dtype",
-               unit="%", inputs=("gemm_tflops",)),
+        *rates("gemm_time", "gemm_", flops=True, bytes=True, what="2MNK; operands and scales read, output written"),
         # accuracy (and gemm): the output against an fp64 product of the same operands
         Metric("sqnr_db", "exact", "higher", "signal-to-quantization-noise ratio of the output against fp64"),
         Metric("max_rel_err", "exact", "lower", "largest |error| of the output against fp64, over max |fp64 output|"),
         # quantize
         *timing("quantize_time", "one quantization of the operand"),
-        rate("quantize_gbps", "quantize_time_ms", "quantizer throughput, bytes read + written over the median time"),
-        Metric("pct_of_bandwidth", "derived", "higher", "quantize_gbps as % of the device's peak memory bandwidth",
-               unit="%", inputs=("quantize_gbps",)),
+        *rates("quantize_time", "quantize_", bytes=True, what="the operand read, the FP8 values and scales written"),
         # training
         Metric("final_loss", "exact", "lower", "cross-entropy at the last step of the seeded run", unit="nats"),
         Metric("loss_gap_final", "exact", "lower", "|loss - reference loss| / reference loss at the last step"),
         Metric("loss_gap_mean", "exact", "lower", "|loss - reference loss| / reference loss, mean over steps"),
-        Metric("train_tokens_per_s", "measured", "higher", "training tokens per second, wall clock of the whole run"),
+        *timing("train_time", "the whole training run (one wall-clock sample)"),
+        *rates("train_time", "train_", tokens=True, what="of the whole run"),
     )
 
     def grid(self, size, device):
@@ -126,11 +126,13 @@ def _gemm(variant, params, device):
     a, b = _operands(params, device)
     if variant == "bf16":
         fn, peak_dtype = (lambda: matmul_reference(a, b)), str(a.dtype).removeprefix("torch.")
+        operands = (a, b)
     else:
         recipe = RECIPES[variant]
         qa, sa = recipe.quantize_activation(a)
         qb, sb = recipe.quantize_weight(b)
         peak_dtype = "float8_e4m3fn"
+        operands = (qa, sa, qb, sb)
         if variant == "deepseek_v3":
             if not device.startswith("cuda"):
                 raise Skip("the blockwise FP8 GEMM is a Triton kernel: its speed needs a CUDA device (its numbers are "
@@ -148,11 +150,13 @@ def _gemm(variant, params, device):
             raise Skip(str(e).splitlines()[0]) from None
     out = fn()
     timing = time_fn(fn, device)
-    tflops = gemm_flops(params["m"], params["n"], params["k"]) / (timing.median_ms / 1e3) / 1e12
-    peak = peak_tflops(device_name(device), peak_dtype)
-    metrics = {**timing.metrics("gemm_time"), "gemm_tflops": tflops,
-               "pct_of_peak": None if peak is None else 100 * tflops / peak, **_errors(a, b, out)}
-    return Measurement(metrics, timing.samples("gemm_time"), timed=timing)
+    work = Work("gemm_time", "gemm_", flops=gemm_flops(params["m"], params["n"], params["k"]),
+                bytes=sum(_nbytes(t) for t in (*operands, out)), dtype=peak_dtype)
+    return Measurement(_errors(a, b, out), timed=timing, timings={"gemm_time": timing}, work=[work])
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _accuracy(variant, params, device):
@@ -185,23 +189,33 @@ def _quantize(variant, params, device):
         quantize = QUANTIZERS[granularity][0]
     x = torch.randn(params["m"], params["k"], device=device, dtype=reference_dtype(device))
     q, s = quantize(x, recipe.dtype, recipe.pow2)
-    moved = x.numel() * x.element_size() + q.numel() * q.element_size() + s.numel() * s.element_size()
     timing = time_fn(lambda: quantize(x, recipe.dtype, recipe.pow2), device)
-    gbps = moved / (timing.median_ms / 1e3) / 1e9
-    peak = peak_gbps(device_name(device))
-    metrics = {**timing.metrics("quantize_time"), "quantize_gbps": gbps, "pct_of_bandwidth": None if peak is None else
-               100 * gbps / peak}
-    return Measurement(metrics, timing.samples("quantize_time"), timed=timing)
+    work = Work("quantize_time", "quantize_", bytes=_nbytes(x) + _nbytes(q) + _nbytes(s))
+    return Measurement(timed=timing, timings={"quantize_time": timing}, work=[work])
 
 
 def _training(variant, params, device):
-    """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run."""
+    """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run.
+
+    The high-precision run is the bf16 case itself: it trains once, timed, and leaves its loss curve in the cache
+    (impls.cache), where each recipe's case finds it (or trains it, untimed, when run alone)."""
     dtype = reference_dtype(device)
-    reference = train(None, params["steps"], device=device, dtype=dtype)
-    t0 = time.perf_counter()
+    key = {"version": REFERENCE_VERSION, "steps": params["steps"], "batch": BATCH, "lr": LR, "dtype": str(dtype),
+           "device": torch.device(device).type, "torch": torch.__version__}
+    t0 = time.monotonic()
     losses = train(None if variant == "bf16" else RECIPES[variant], params["steps"], device=device, dtype=dtype)
-    seconds = time.perf_counter() - t0  # train() returns Python floats: every step has synchronized
+    t1 = time.monotonic()  # train() returns Python floats: every step has synchronized
+    if variant == "bf16":
+        reference = losses
+        load_or_build("fp8_reference_losses", key, lambda: {"losses": losses})
+    else:
+        def build():
+            return {"losses": train(None, params["steps"], device=device, dtype=dtype)}
+
+        reference = load_or_build("fp8_reference_losses", key, build)["losses"]
     final, mean = loss_gap(reference, losses)
-    metrics = {"final_loss": losses[-1], "loss_gap_final": final, "loss_gap_mean": mean,
-               "train_tokens_per_s": params["steps"] * BATCH / seconds}
-    return Measurement(metrics, {"loss_curve": losses, "reference_loss_curve": reference})
+    timing = Timing(((t1 - t0) * 1e3,), warmup=0, method="wall", window_s=(t0, t1))
+    metrics = {"final_loss": losses[-1], "loss_gap_final": final, "loss_gap_mean": mean}
+    work = Work("train_time", "train_", tokens=params["steps"] * BATCH)
+    return Measurement(metrics, {"loss_curve": losses, "reference_loss_curve": list(reference)}, timed=timing,
+                       timings={"train_time": timing}, work=[work])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from bench.metrics import Metric
 from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fixed
+from bench.work import Work
 from impls.fsdp_checkpointing.shard import local_bytes, shard
 from suites.checkpointing import GRIDS, SHAPES, STEP_METRICS, Checkpointing, step_memory, training_step
 
@@ -39,12 +40,7 @@ class FsdpCheckpointing(Suite):
         model, forward, x, target, step = training_step(variant, params, device, seed=dist.get_rank(), wrap=shard)
         peak, activation = step_memory(model, forward, x, target, device)
         timing = time_fixed(step, device, reps=3, warmup=1)  # every rank the same number of steps
-        tokens = dist.get_world_size() * params["batch"] * params["seq"]
-        metrics = {
-            **timing.metrics("step_time"),
-            "peak_mem_bytes": peak,
-            "activation_bytes": activation,
-            "param_bytes": local_bytes(model.parameters()),
-            "tokens_per_s": tokens / (timing.median_ms / 1e3),
-        }
-        return Measurement(metrics, timing.samples("step_time"), timed=timing)
+        work = Work("step_time", tokens=dist.get_world_size() * params["batch"] * params["seq"])
+        metrics = {"peak_mem_bytes": peak, "activation_bytes": activation,
+                   "param_bytes": local_bytes(model.parameters())}
+        return Measurement(metrics, timed=timing, timings={"step_time": timing}, work=[work])

@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from bench.memory import peak_bytes
-from bench.metrics import Metric, rate, timing
-from bench.suite import Measurement, Relative, Suite, register, run_dtype
+from bench.metrics import Metric, timing
+from bench.suite import Measurement, Part, Relative, Suite, register, run_dtype
 from bench.timing import time_fn
+from bench.work import Work, rates
 from impls.mla import SHAPES, build
 
 GRIDS = {
@@ -47,25 +48,29 @@ class Mla(Suite):
                         "with W_UK folded into the query and W_UV into the output, attending over the cached latents; "
                         "its prefill figures are therefore the naive form's",
     }
-    relative = (
-        Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),
-        Relative("decode_speedup_x", "decode_time_ms", invert=True),
-        Relative("prefill_speedup_x", "prefill_time_ms", invert=True),
-    )
+    parts = {
+        "cache": Part(tuple(variants), (Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),),
+                      description="bytes per token of each cache at DeepSeek-V3's sizes, counted on the meta device"),
+        "decode": Part(tuple(variants), (Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),
+                                         Relative("decode_speedup_x", "decode_time_ms", invert=True),
+                                         Relative("prefill_speedup_x", "prefill_time_ms", invert=True)),
+                       description="prefill and decode time of one layer over context length, against MHA"),
+    }
     metrics = (
         # cache (and decode: the cache it filled)
         Metric("kv_cache_bytes_per_token", "exact", "lower", "bytes cached per token per layer, from the tensors"),
         Metric("kv_cache_elements_per_token", "exact", "lower", "elements cached per token per layer"),
         # decode
         *timing("decode_time", "one decode step over the cached context"),
-        rate("decode_tokens_per_s", "decode_time_ms", "tokens decoded per second: batch over the median step time"),
-        rate("cache_read_gbps", "decode_time_ms", "cache bytes a decode step reads over the median step time"),
+        *rates("decode_time", "decode_", tokens=True, what="one per sequence of the batch"),
+        # the cache bytes a decode step reads (weights and transients aside): MHA's decode is bound by them
+        *rates("decode_time", "cache_read_", bytes=True, what="the cached context a decode step reads"),
         Metric("peak_mem_bytes", "exact", "lower", "the filled cache's bytes plus the peak bytes a decode step adds"),
         Metric("max_abs_err", "exact", "lower", "largest |absorbed - naive| decode output (mla_absorbed only)"),
         Metric("max_rel_err", "exact", "lower", "max_abs_err over the naive output's max |value| (mla_absorbed only)"),
         # prefill
         *timing("prefill_time", "prefilling the prompt into the cache"),
-        rate("prefill_tokens_per_s", "prefill_time_ms", "prompt tokens prefilled per second (batch x context)"),
+        *rates("prefill_time", "prefill_", tokens=True, what="of the prompt, batch x context"),
     )
 
     def grid(self, size, device):
@@ -113,22 +118,13 @@ def _decode(variant, params, device):
         peak = cache.total_bytes() + peak_bytes(decode, device)
         out = decode()
         errors = _absorbed_error(layer, cache, token, out, shape, device, dtype) if variant == "mla_absorbed" else {}
-    seconds = timing.median_ms / 1e3
     per_token = cache.bytes_per_token()
-    metrics = {
-        **prefill_timing.metrics("prefill_time"),
-        "prefill_tokens_per_s": batch * context / (prefill_timing.median_ms / 1e3),
-        **timing.metrics("decode_time"),
-        "decode_tokens_per_s": batch / seconds,
-        # the cache bytes a decode step reads (weights and transients aside): MHA's decode is bound by them
-        "cache_read_gbps": batch * context * per_token / seconds / 1e9,
-        "kv_cache_bytes_per_token": per_token,
-        "kv_cache_elements_per_token": cache.elements_per_token(),
-        "peak_mem_bytes": peak,
-        **errors,
-    }
-    samples = {**prefill_timing.samples("prefill_time"), **timing.samples("decode_time")}
-    return Measurement(metrics, samples, timed=timing)
+    metrics = {"kv_cache_bytes_per_token": per_token, "kv_cache_elements_per_token": cache.elements_per_token(),
+               "peak_mem_bytes": peak, **errors}
+    work = [Work("prefill_time", "prefill_", tokens=batch * context), Work("decode_time", "decode_", tokens=batch),
+            Work("decode_time", "cache_read_", bytes=batch * context * per_token)]
+    return Measurement(metrics, timed=timing, timings={"prefill_time": prefill_timing, "decode_time": timing},
+                       work=work)
 
 
 def _absorbed_error(layer, cache, token, out, shape, device, dtype) -> dict:

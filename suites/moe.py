@@ -25,11 +25,11 @@ import math
 
 import torch
 
-from bench.hardware import device_name, peak_tflops
 from bench.memory import peak_bytes
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Part, Relative, Skip, Suite, register, run_dtype
 from bench.timing import time_fn
+from bench.work import Work, rates
 from impls.cache import load_or_build
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
 from impls.moe.lm import CACHE_VERSION, LMConfig, train
@@ -95,10 +95,7 @@ class Moe(Suite):
         Metric("perplexity", "exact", "lower", "held-out perplexity: exp(eval_loss)"),
         # dispatch
         *timing("step_time", "one forward + backward of the routed experts of one layer"),
-        rate("tokens_per_s", "step_time_ms", "tokens through the routed experts per second"),
-        rate("expert_tflops", "step_time_ms", "TFLOP/s of the expert GEMMs (forward + backward)"),
-        Metric("pct_of_peak", "derived", "higher", "expert_tflops as % of the device's peak for the dtype", unit="%",
-               inputs=("expert_tflops",)),
+        *rates("step_time", tokens=True, flops=True, what="through the routed experts' GEMMs, forward + backward"),
         Metric("peak_mem_bytes", "exact", "lower", "peak bytes allocated by one step"),
         Metric("fused_grouped_gemm", "info", None, "the expert GEMMs ran as one kernel each (else a loop inside)"),
     )
@@ -173,12 +170,8 @@ def _dispatch(variant, params, device):
     step()  # warm-up: lazy initialisation and Triton compilation stay out of the figures
     peak = peak_bytes(step, device)
     timing = time_fn(step, device)
-    seconds = timing.median_ms / 1e3
     flops = 3 * 2 * T * K * 3 * D * H  # forward + 2x backward of w1 [D, 2H] and w2 [H, D] per routed slot
-    tflops = flops / seconds / 1e12
-    peak_rate = peak_tflops(device_name(device), params["dtype"])
     fused = {"grouped_mm": grouped_mm_fused(device, dtype), "triton": True}.get(backend, False)
-    metrics = {**timing.metrics("step_time"), "tokens_per_s": T / seconds, "expert_tflops": tflops,
-               "pct_of_peak": None if peak_rate is None else 100 * tflops / peak_rate, "peak_mem_bytes": peak,
-               "fused_grouped_gemm": fused}
-    return Measurement(metrics, timing.samples("step_time"), timed=timing)
+    return Measurement({"peak_mem_bytes": peak, "fused_grouped_gemm": fused}, timed=timing,
+                       timings={"step_time": timing}, work=[Work("step_time", tokens=T, flops=flops,
+                                                                 dtype=params["dtype"])])

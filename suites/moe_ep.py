@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from bench.memory import peak_bytes
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Relative, Suite, register, run_dtype
 from bench.timing import time_fixed
+from bench.work import Work, rates
 from impls.moe.grouped import dispatcher
 from impls.moe.reference import MoE, MoEConfig
 from impls.moe_ep.ep import Traffic, expert_parallel
@@ -47,7 +48,7 @@ class MoeEP(Suite):
     )
     metrics = (
         *timing("step_time", "one forward + backward of the layer with its gradient all-reduces"),
-        rate("tokens_per_s", "step_time_ms", "tokens per second over all ranks"),
+        *rates("step_time", tokens=True, what="over all ranks"),
         Metric("peak_mem_bytes", "exact", "lower", "peak bytes allocated by one step on this rank"),
         Metric("param_bytes", "exact", "lower", "bytes of the layer's parameters held by this rank"),
         Metric("alltoall_bytes", "exact", "lower", "bytes this rank sends to other ranks by all-to-all per step"),
@@ -96,8 +97,6 @@ class MoeEP(Suite):
         comm = _alltoall_time(traffic, cfg.dim, dtype, device) if variant == "ep" and world > 1 else None
         local = sum(p.numel() * p.element_size() for p in layer.parameters())
         metrics = {
-            **timing.metrics("step_time"),
-            "tokens_per_s": world * params["tokens"] / (timing.median_ms / 1e3),
             "peak_mem_bytes": mem,
             "param_bytes": local,
             "alltoall_bytes": sent_per_step,
@@ -105,7 +104,8 @@ class MoeEP(Suite):
             "alltoall_time_ms": comm,
             "alltoall_share": None if comm is None else comm / timing.median_ms,
         }
-        return Measurement(metrics, timing.samples("step_time"), timed=timing)
+        return Measurement(metrics, timed=timing, timings={"step_time": timing},
+                           work=[Work("step_time", tokens=world * params["tokens"])])
 
 
 def _alltoall_time(traffic: Traffic, dim: int, dtype, device) -> float:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Relative, Suite, register, run_dtype
-from bench.timing import time_fn
+from bench.timing import Timing, time_fn
+from bench.work import Work, rates
 from impls.packing import PACKERS
 from impls.packing.train import packed_loss, packed_rows, unpacked_loss
 from impls.rmpad.lengths import make_lengths, pad_fraction
@@ -62,11 +63,11 @@ class Packing(Suite):
         Metric("packing_efficiency", "exact", "higher", "real tokens / row capacity over the packing"),
         Metric("pad_fraction", "exact", "lower", "1 - packing_efficiency"),
         Metric("rows_per_epoch", "exact", "lower", "rows the packing makes of the dataset"),
-        rate("packer_seqs_per_s", "pack_time_ms", "dataset sequences / median pack time"),
+        *rates("pack_time", "packer_", item="seq", what="of the dataset, packed"),
         Metric("dataset_pad_fraction", "exact", None, "padding's share with each sample padded to the packing length"),
         # the training step on the packed rows, on the device
         *timing("train_step", "one training step on train_rows packed rows"),
-        rate("effective_tokens_per_s", "train_step_ms", "real tokens in the step's rows / median step time"),
+        *rates("train_step", "effective_", tokens=True, what="real tokens in the step's rows, padding left out"),
         Metric("loss_diff", "exact", "lower", "|packed loss - one-sample-at-a-time loss| / the latter, seeded model"),
     )
 
@@ -87,21 +88,23 @@ class Packing(Suite):
         packing = run()  # also the warm-up
         # at least 2 timed calls and 0.2 s of them: 2 at quick size, where a call takes ~0.45 s (100k lengths)
         timing = time_fn(run, "cpu", warmup=0, min_reps=2, min_time_s=0.2)
-        step = _train_step(packing, params, device, "naive" if variant.endswith("_naive") else "document")
+        mask = "naive" if variant.endswith("_naive") else "document"
+        step, real, loss_diff = _train_step(packing, params, device, mask)
         metrics = {
-            **timing.metrics("pack_time"),
             "packing_efficiency": packing.efficiency,
             "pad_fraction": 1 - packing.efficiency,
             "rows_per_epoch": packing.n_rows,
-            "packer_seqs_per_s": params["sequences"] / (timing.median_ms / 1e3),
             "dataset_pad_fraction": pad_fraction(lengths, params["packing_length"]),
-            **step.pop("metrics"),
+            "loss_diff": loss_diff,
         }
-        return Measurement(metrics, {**timing.samples("pack_time"), **step["samples"]}, timed=step["timing"])
+        work = [Work("pack_time", "packer_", items=params["sequences"], item="seq"),
+                Work("train_step", "effective_", tokens=real)]
+        return Measurement(metrics, timed=step, timings={"pack_time": timing, "train_step": step}, work=work)
 
 
-def _train_step(packing, params, device: str, mask: str) -> dict:
-    """Train-step time and effective tokens/s on the packing's first rows, and the loss gap to one sample at a time."""
+def _train_step(packing, params, device: str, mask: str) -> tuple[Timing, int, float]:
+    """The train step's timing on rows spread over the packing, the real tokens in them, and the relative loss gap to
+    one sample at a time."""
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
                         n_layers=params["layers"])
@@ -120,7 +123,4 @@ def _train_step(packing, params, device: str, mask: str) -> dict:
         ref = unpacked_loss(model, packing, rows, cfg.vocab, device).item()
         gap = abs(packed_loss(model, *tensors, mask=mask).item() - ref)
     step()
-    timing = time_fn(step, device)
-    return {"metrics": {**timing.metrics("train_step"), "effective_tokens_per_s": real / (timing.median_ms / 1e3),
-                        "loss_diff": gap / abs(ref)},
-            "samples": timing.samples("train_step"), "timing": timing}
+    return time_fn(step, device), real, gap / abs(ref)

@@ -12,9 +12,10 @@ import math
 import torch
 
 from bench.memory import peak_bytes
-from bench.metrics import Metric, rate, timing
+from bench.metrics import Metric, timing
 from bench.suite import Measurement, Relative, Skip, Suite, register, run_dtype
 from bench.timing import time_fn
+from bench.work import Work, rates
 from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, supports
 from impls.rmpad.lengths import make_lengths
 from impls.rmpad.reference import make_batch
@@ -66,8 +67,8 @@ class Rmpad(Suite):
         *timing("step_time", "one step of the mode (a training step, or a forward alone)"),
         Metric("peak_mem_bytes", "exact", "lower", "peak bytes over one step; null for flex on CPU (not trackable)"),
         Metric("pad_fraction", "exact", "lower", "padding's share of the padded [B, L] batch"),
-        rate("real_tokens_per_s", "step_time_ms", "real tokens / median step time"),
-        rate("padded_tokens_per_s", "step_time_ms", "padded batch positions (B x L) / median step time"),
+        *rates("step_time", "real_", tokens=True, what="real, padding left out"),
+        *rates("step_time", "padded_", tokens=True, what="padded batch positions, B x L"),
     )
 
     def grid(self, size, device):
@@ -110,13 +111,7 @@ class Rmpad(Suite):
         # 2 for eager FlexAttention on CPU (~2 s a step, not what it is for)
         slow = variant == "flex" and not device.startswith("cuda")
         timing = time_fn(step, device, warmup=0 if tracked else 1, min_reps=2 if slow else 3)
-        seconds = timing.median_ms / 1e3
         real, padded = sum(lengths), ids.numel()
-        metrics = {
-            **timing.metrics("step_time"),
-            "peak_mem_bytes": peak,
-            "pad_fraction": 1 - real / padded,
-            "real_tokens_per_s": real / seconds,
-            "padded_tokens_per_s": padded / seconds,
-        }
-        return Measurement(metrics, timing.samples("step_time"), timed=timing)
+        work = [Work("step_time", "real_", tokens=real), Work("step_time", "padded_", tokens=padded)]
+        return Measurement({"peak_mem_bytes": peak, "pad_fraction": 1 - real / padded}, timed=timing,
+                           timings={"step_time": timing}, work=work)

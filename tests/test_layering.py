@@ -8,6 +8,7 @@ Checked on the source (every import statement, at any depth), not by importing i
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,12 @@ def test_a_case_flows_one_way_plan_launcher_execute_record():
         assert "bench.runner" not in modules, name
     case = ast.parse((ROOT / "bench/case.py").read_text())
     assert not any(isinstance(n, ast.ImportFrom) and n.module == "bench.launchers" for n in ast.walk(case))
+
+
+def test_suites_declare_work_instead_of_computing_rates():
+    # rates, % of peak and the roofline come from bench.work: a suite that divides by its own median or reads the
+    # datasheet peaks computes them a second way
+    for path in sorted((ROOT / "suites").glob("*.py")):
+        src = path.read_text()
+        assert not re.search(r"median_ms\s*/\s*1e3", src), f"{path.name} converts a median to a rate itself"
+        assert not re.search(r"\bpeak_(tflops|gbps)\(", src), f"{path.name} reads datasheet peaks itself"

@@ -9,12 +9,14 @@ record with its metrics as columns, plus `run` (a label naming the machine), `si
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bench.metrics import default
 from bench.records import STATUSES, read_run_json, records_frame, reproduce_command
 
 NOT_OK = tuple(s for s in STATUSES if s != "ok")
@@ -118,6 +120,35 @@ def ok(frame: pd.DataFrame, *metrics: str) -> pd.DataFrame:
     for m in metrics:
         rows = rows[rows[m].notna()] if m in rows else rows.iloc[0:0]
     return rows
+
+
+@functools.cache
+def _declared(run_dir: str) -> dict:
+    try:
+        return (read_run_json(Path(run_dir)) or {}).get("suites") or {}
+    except ValueError:
+        return {}
+
+
+def declared(rows: pd.DataFrame, suite: str) -> dict:
+    """The suite's declaration (run.json "suites") in the runs of `rows`: the last run that has one."""
+    info: dict = {}
+    for run_dir in dict.fromkeys(rows.get("run_dir", pd.Series(dtype=str))):
+        info = _declared(str(run_dir)).get(suite) or info
+    return info
+
+
+def unit(rows: pd.DataFrame, metric: str) -> str:
+    """The unit the runs of `rows` declared for `metric`; for a run that declared none, the unit-suffix default."""
+    suite = str(rows["suite"].iloc[0]) if len(rows) and "suite" in rows else ""
+    spec = (declared(rows, suite).get("metrics") or {}).get(metric) or {}
+    return spec.get("unit") or default(metric).unit
+
+
+def axis(rows: pd.DataFrame, metric: str, text: str) -> str:
+    """An axis title: `text` and the metric's declared unit, e.g. "GEMM throughput (TFLOP/s)"."""
+    u = unit(rows, metric)
+    return f"{text} ({u})" if u else text
 
 
 def hover(rows: pd.DataFrame) -> list[list[str]]:
@@ -248,7 +279,7 @@ def against_world_size(frame: pd.DataFrame, title: str, shape_keys: tuple[str, .
         add_not_ok(fig, failed, part["world_size"], part["peak_mem_bytes"] / div, row=1, col=1)
         fig.update_xaxes(title_text="world size (ranks)", type="log", dtick=0.30103)
         fig.update_yaxes(title_text=f"peak memory per rank ({unit})", rangemode="tozero", row=1, col=1)
-        fig.update_yaxes(title_text="step time (ms)", rangemode="tozero", row=1, col=2)
+        fig.update_yaxes(title_text=axis(rows, "step_time_ms", "step time"), rangemode="tozero", row=1, col=2)
         fig.update_layout(template="plotly_white", height=480, title=f"{title} against world size ({name_of_shape})")
         figs.append(fig)
     return figs

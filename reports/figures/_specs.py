@@ -4,33 +4,13 @@ with the metric's unit on the axis and its meaning in the title. Reads records o
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import pandas as pd
 import plotly.graph_objects as go
 
-from bench.records import read_run_json
-from reports.figures import colors, params_label
+from reports.figures import colors, declared, params_label
 
 MAX_PER_PART = 8  # ratios first, then timings, then the rest: a report stays readable with dozens of metrics
 HARNESS = ("energy_j", "avg_power_w", "energy_per_call_j")  # telemetry: every suite has it, none is its headline
-
-
-@functools.cache
-def _declared(run_dir: str) -> dict:
-    try:
-        return (read_run_json(Path(run_dir)) or {}).get("suites") or {}
-    except ValueError:
-        return {}
-
-
-def declared(rows: pd.DataFrame, suite: str) -> dict:
-    """The suite's declaration in the runs of `rows` (the last run that has one)."""
-    info: dict = {}
-    for run_dir in dict.fromkeys(rows.get("run_dir", pd.Series(dtype=str))):
-        info = _declared(str(run_dir)).get(suite) or info
-    return info
 
 
 def _headline(info: dict, part: str | None, ok: pd.DataFrame) -> list[tuple[str, dict, bool]]:

@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 from reports.figures import (
     add_not_ok,
     add_run_legend,
+    axis,
     bytes_unit,
     colors,
     hover,
@@ -22,7 +23,7 @@ from reports.figures import (
 )
 
 METRICS = ("step_time_ms", "peak_mem_bytes", "activation_bytes", "mem_saving_x", "activation_saving_x",
-           "time_overhead_x", "recompute_flops_x", "achieved_tflops", "tokens_per_s", "energy_j")
+           "time_overhead_x", "recompute_flops_x", "tflops", "pct_of_peak", "tokens_per_s", "energy_j")
 RATIOS = (("mem_saving_x", "peak memory saving (x)"), ("activation_saving_x", "activation saving (x)"))
 
 
@@ -78,7 +79,7 @@ def pareto(frame: pd.DataFrame):
         xs, ys = (good["step_time_ms"], good["peak_mem_bytes"] / div) if len(good) else ([], [])
         add_not_ok(fig, rows, xs, ys, row=r, col=c)
         if len(good):
-            fig.update_xaxes(title_text="step time (ms)", row=r, col=c)
+            fig.update_xaxes(title_text=axis(good, "step_time_ms", "step time"), row=r, col=c)
             fig.update_yaxes(title_text=f"peak memory ({unit})", rangemode="tozero", row=r, col=c)
         else:  # only failures here: a strip of markers, no scale to read
             fig.update_xaxes(title_text="no case finished ok", showticklabels=False, row=r, col=c)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.figures import colors, hover, ok
+from reports.figures import axis, colors, hover, ok, unit
 
-METRICS = ("gemm_time_ms", "gemm_tflops", "pct_of_peak", "speedup_x", "sqnr_db", "max_rel_err", "quantize_gbps",
-           "pct_of_bandwidth", "loss_gap_final", "loss_gap_mean", "train_tokens_per_s")
+METRICS = ("gemm_time_ms", "gemm_tflops", "gemm_pct_of_peak", "gemm_pct_of_roofline", "speedup_x", "sqnr_db",
+           "max_rel_err", "quantize_gbps", "quantize_pct_of_bandwidth", "loss_gap_final", "loss_gap_mean",
+           "train_tokens_per_s")
 HOVER = ("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x}: %{y:.4g}<br>"
          "<span style='font-family:monospace'>%{customdata[2]}</span><extra>%{fullData.name}</extra>")
 
@@ -32,10 +33,11 @@ def _gemm(frame, color):
         fig.add_scatter(x=part["shape"].tolist(), y=part["gemm_tflops"].tolist(), mode="markers+lines",
                         name=variant, marker={"color": color[variant], "size": 10}, line={"color": color[variant]},
                         customdata=hover(part), hovertemplate=HOVER)
-    for is_fp8, label in ((False, "bf16 peak"), (True, "FP8 peak")):
-        _peak_line(fig, rows[(rows["variant"] != "bf16") == is_fp8], "gemm_tflops", "pct_of_peak", label, "TFLOP/s")
-    fig.update_layout(title="GEMM throughput per shape (TFLOP/s)", xaxis_title="shape (M, N, K by name)",
-                      yaxis_title="TFLOP/s", template="plotly_white", height=420)
+    for is_fp8, label in ((False, "high-precision peak"), (True, "FP8 peak")):
+        recipe = rows[(rows["variant"] != rows["reference"]) == is_fp8]
+        _peak_line(fig, recipe, "gemm_tflops", "gemm_pct_of_peak", label, unit(rows, "gemm_tflops"))
+    fig.update_layout(title="GEMM throughput per shape", xaxis_title="shape (M, N, K by name)",
+                      yaxis_title=axis(rows, "gemm_tflops", "GEMM throughput"), template="plotly_white", height=420)
     return fig
 
 
@@ -49,7 +51,8 @@ def _accuracy(frame, color):
         fig.add_bar(x=part["input"].tolist(), y=part["sqnr_db"].tolist(), name=variant,
                     marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
     fig.update_layout(title="GEMM accuracy against an fp64 product (SQNR, higher is better)", barmode="group",
-                      xaxis_title="input", yaxis_title="SQNR (dB)", template="plotly_white", height=420)
+                      xaxis_title="input", yaxis_title=axis(rows, "sqnr_db", "SQNR"), template="plotly_white",
+                      height=420)
     return fig
 
 
@@ -70,9 +73,10 @@ def _quantize(frame, color):
     for variant, part in rows.groupby("variant", sort=False):
         fig.add_bar(x=part["what"].tolist(), y=part["quantize_gbps"].tolist(), name=variant,
                     marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
-    _peak_line(fig, rows, "quantize_gbps", "pct_of_bandwidth", "memory bandwidth", "GB/s")
-    fig.update_layout(title="Quantizer throughput (GB/s read + written)", barmode="group",
-                      xaxis_title="operand · implementation", yaxis_title="GB/s", template="plotly_white", height=420)
+    _peak_line(fig, rows, "quantize_gbps", "quantize_pct_of_bandwidth", "memory bandwidth", unit(rows, "quantize_gbps"))
+    fig.update_layout(title="Quantizer throughput (bytes read + written)", barmode="group",
+                      xaxis_title="operand · implementation", yaxis_title=axis(rows, "quantize_gbps", "throughput"),
+                      template="plotly_white", height=420)
     return fig
 
 
@@ -85,7 +89,8 @@ def _loss_curves(frame, color):
     for _, row in rows.iterrows():
         loss = row["samples"]["loss_curve"]
         fig.add_scatter(x=list(range(1, len(loss) + 1)), y=loss, mode="lines", name=row["variant"],
-                        line={"color": color[row["variant"]], "dash": "dash" if row["variant"] == "bf16" else None})
+                        line={"color": color[row["variant"]],
+                              "dash": "dash" if row["variant"] == row["reference"] else None})
     fig.update_layout(title="Training loss per step: each recipe against the high-precision run (dashed)",
                       xaxis_title="step", yaxis_title="loss", template="plotly_white", height=420)
     return fig

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.figures import add_not_ok, add_run_legend, bytes_unit, colors, hover, hovertemplate, ok, run_symbols
+from reports.figures import add_not_ok, add_run_legend, axis, bytes_unit, colors, hover, hovertemplate, ok, run_symbols
 
 METRICS = ("kv_cache_bytes_per_token", "kv_cache_elements_per_token", "kv_cache_saving_x", "decode_time_ms",
            "decode_tokens_per_s", "decode_speedup_x", "cache_read_gbps", "prefill_time_ms", "peak_mem_bytes",
@@ -22,9 +22,9 @@ def figures(frame: pd.DataFrame) -> list:
     decode = decode.assign(context=[p.get("context") for p in decode["params"]])
     figs = [_cache_bytes(frame),
             _over_context(decode, color, "decode_time_ms", "Decode time per token against context length",
-                          "ms per decode step (one token per sequence)"),
+                          "decode step, one token per sequence"),
             _over_context(decode, color, "prefill_time_ms", "Prefill time against context length",
-                          "ms to prefill the context"),
+                          "prefilling the context"),
             _over_context(decode, color, "peak_mem_bytes", "Peak memory of a decode step (cache included)", None)]
     return [f for f in figs if f is not None]
 
@@ -72,6 +72,7 @@ def _over_context(decode, color, metric, title, y_title):
     add_not_ok(fig, decode, rows["context"], rows[metric] / scale)
     add_run_legend(fig, rows)
     fig.update_layout(title=title, xaxis_title="context length (tokens, log)", xaxis_type="log",
-                      yaxis_title=y_title or f"peak bytes ({unit}, log)", yaxis_type="log",
+                      yaxis_title=axis(rows, metric, f"{y_title}, log") if y_title else f"peak bytes ({unit}, log)",
+                      yaxis_type="log",
                       template="plotly_white", height=440)
     return fig

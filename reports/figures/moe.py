@@ -9,9 +9,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from reports.figures import add_not_ok, bytes_unit, colors, hover, hovertemplate, ok, params_label
+from reports.figures import unit as unit_of
 
 METRICS = ("max_vio_batch", "max_vio_train", "max_vio_global", "final_loss", "perplexity", "step_time_ms",
-           "tokens_per_s", "expert_tflops", "speedup_x", "peak_mem_bytes", "mem_saving_x", "fused_grouped_gemm")
+           "tokens_per_s", "tflops", "pct_of_peak", "speedup_x", "peak_mem_bytes", "mem_saving_x", "fused_grouped_gemm")
 # Wang et al. 2024, Table 2 (1B model, 100B tokens): MaxVio_global with the auxiliary loss vs loss-free balancing.
 PAPER_MAX_VIO = (("aux loss", 0.72), ("aux-loss-free", 0.04))
 SMOOTH = 10  # steps: one batch's MaxVio swings with which topics it drew
@@ -24,7 +25,7 @@ def figures(frame: pd.DataFrame) -> list:
     color = colors(frame["variant"])
     balance, dispatch = frame[frame["part"] == "balance"], frame[frame["part"] == "dispatch"]
     made = (_max_vio_curves(balance, color), _max_vio_bars(balance, color), _loads(balance, color),
-            _dispatch(dispatch, color, "tokens_per_s", "tokens/s (forward + backward)",
+            _dispatch(dispatch, color, "tokens_per_s", "throughput, forward + backward",
                       "Dispatch throughput against the expert count"),
             _dispatch(dispatch, color, "peak_mem_bytes", "peak bytes", "Dispatch peak memory against the expert count"))
     return [f for f in made if f is not None]
@@ -106,7 +107,8 @@ def _dispatch(rows, color, metric, y_title, title):
                        experts=[p.get("experts") for p in rows["params"]])
     groups = list(dict.fromkeys(rows["group"]))
     fig = make_subplots(rows=1, cols=len(groups), subplot_titles=groups, horizontal_spacing=0.08)
-    scale, unit = bytes_unit(rows[metric]) if metric.endswith("_bytes") and metric in rows else (1.0, "")
+    is_bytes = metric.endswith("_bytes") and metric in rows
+    scale, unit = bytes_unit(rows[metric]) if is_bytes else (1.0, unit_of(rows, metric))
     for col, group in enumerate(groups, start=1):
         part = rows[rows["group"] == group]
         good = ok(part, metric)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pandas as pd
 from plotly.subplots import make_subplots
 
-from reports.figures import colors, hover, ok
+from reports.figures import axis, colors, hover, ok
 
 METRICS = ("packing_efficiency", "efficiency_gain_x", "rows_per_epoch", "rows_saving_x", "packer_seqs_per_s",
            "effective_tokens_per_s", "effective_speedup_x", "loss_diff", "dataset_pad_fraction")
 PANELS = (("packing_efficiency", "packing efficiency (real tokens / row capacity)", "linear"),
-          ("effective_tokens_per_s", "effective tokens/s in a training step (real tokens)", "log"),
-          ("packer_seqs_per_s", "packer speed (sequences/s, host)", "log"))
+          ("effective_tokens_per_s", "real tokens per second in a training step", "log"),
+          ("packer_seqs_per_s", "packer speed on the host, sequences per second", "log"))
 
 
 def figures(frame: pd.DataFrame) -> list:
@@ -23,7 +23,7 @@ def figures(frame: pd.DataFrame) -> list:
     return [_panel(rows, *spec) for spec in PANELS]
 
 
-def _panel(rows: pd.DataFrame, metric: str, title: str, axis: str):
+def _panel(rows: pd.DataFrame, metric: str, title: str, scale: str):
     lengths = sorted(rows["packing_length"].dropna().unique())
     fig = make_subplots(rows=1, cols=len(lengths), shared_yaxes=True,
                         subplot_titles=[f"rows of {int(n)} tokens" for n in lengths])
@@ -39,7 +39,7 @@ def _panel(rows: pd.DataFrame, metric: str, title: str, axis: str):
                                            "<span style='font-family:monospace'>%{customdata[2]}</span>"
                                            "<extra>%{fullData.name}</extra>"))
         fig.update_xaxes(title_text="length distribution", row=1, col=col)
-    fig.update_yaxes(title_text=title, type=axis, row=1, col=1)
+    fig.update_yaxes(title_text=axis(rows, metric, title), type=scale, row=1, col=1)
     if metric == "packing_efficiency":
         fig.update_yaxes(range=[0, 1.05])
     fig.update_layout(title=title, height=420, template="plotly_white", legend={"title": "packer"})

@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports.figures import colors, hover, ok
+from reports.figures import axis, colors, hover, ok
 
 METRICS = ("nfe", "sample_time_ms", "sliced_w2", "sliced_w2_floor", "mmd", "mode_weight_err", "mean_loglik")
 QUALITY = "sliced_w2"
@@ -65,7 +65,8 @@ def figures(frame: pd.DataFrame) -> list:
     if rows.empty:
         return []
     return [_against(rows, "nfe", "model calls per sample (NFE)", "Sample quality against NFE"),
-            _against(rows, "sample_time_ms", "time per batch (ms)", "Sample quality against wall time"),
+            _against(rows, "sample_time_ms", axis(rows, "sample_time_ms", "time per batch"),
+                     "Sample quality against wall time"),
             _table(nfe_to_match(frame))]
 
 

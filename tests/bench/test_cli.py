@@ -43,6 +43,18 @@ def test_list_table(capsys):
     (["run", "--timeout", "inf"], "--timeout must be a positive number of seconds, got inf"),
     (["run", "--timeout", "nan"], "--timeout must be a positive number of seconds, got nan"),
     (["run", "--budget", "-1"], "--budget must be a positive number of seconds, got -1"),
+    (["run", "--timeout=-inf"], "--timeout must be a positive number of seconds, got -inf"),
+    (["run", "--timeout", "1e300"], "--timeout must be at most 1e+06 seconds (11.6 days), got 1e+300"),
+    (["run", "--budget", "nan"], "--budget must be a positive number of seconds, got nan"),
+    (["run", "--budget", "inf"], "--budget must be a positive number of seconds, got inf"),
+    (["run", "--budget", "1e300"], "--budget must be at most 1e+06 seconds"),
+    (["run", "--threads", "0"], "--threads must be between 1 and 4096, got 0"),
+    (["run", "--threads", "100000000"], "--threads must be between 1 and 4096, got 100000000"),
+    (["run", "--threads", "1e3"], "argument --threads: invalid int value: '1e3'"),
+    (["run", "--shard", "1/2/3"], "--shard must be I/N"),
+    (["run", "--shard", "1/0"], "--shard must be I/N"),
+    (["run", "--shard", "\u0661/\u0662"], "--shard must be I/N"),  # Arabic-Indic digits, which int() reads
+    (["run", "checkpointing", "--size", "smoke", "--params", "layers=2,layers=4"], "--params names 'layers' twice"),
     (["run", "--device", "tpu"], "unknown --device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
     (["run", "checkpointing", "--size", "smoke", "--params", "layers"], "--params must be k=v"),
     (["run", "checkpointing", "--size", "smoke", "--params", "layers=99"], "no smoke case matches --params layers=99"),
@@ -53,6 +65,14 @@ def test_bad_usage_exits_2_with_one_line(capsys, tmp_path, argv, message):
     assert code == 2
     assert message in err and err.startswith("bench: error: ") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["compare", "BASE", "NEW"], ["dashboard", "STORE", "-o", "SITE"]])
+@pytest.mark.parametrize("pct", ["nan", "inf", "-1", "100", "1e300"])
+def test_a_threshold_outside_0_100_exits_2_with_one_line(capsys, tmp_path, command, pct):
+    code, _, err = run_cli(capsys, *[str(tmp_path / a) if a.isupper() else a for a in command], "--threshold", pct)
+    assert code == 2 and err.count("\n") == 1 and "--threshold is a percentage in [0, 100)" in err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

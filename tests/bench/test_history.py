@@ -94,3 +94,16 @@ def test_an_unfinished_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="has not finished"):
         history.add(run, tmp_path / "store")
     assert not (tmp_path / "store" / "runs").exists() or not any((tmp_path / "store" / "runs").iterdir())
+
+
+def test_a_run_with_a_case_recorded_twice_is_refused_naming_it(tmp_path, capsys):
+    from bench.cli import main
+
+    run = write_run(tmp_path / "runs", "joined", checkpointing_records()[:2])
+    lines = (run / "records.jsonl").read_text().splitlines()
+    (run / "records.jsonl").write_text("\n".join([*lines, lines[1]]) + "\n")  # records files joined by hand
+    code = main(["history", "add", str(run), "--store", str(tmp_path / "store")])
+    err = capsys.readouterr().err
+    case = json.loads(lines[1])["case_id"]
+    assert code == 2 and err.count("\n") == 1 and f"{run} holds case {case} more than once" in err, err
+    assert not (tmp_path / "store").exists()  # neither one row per record nor one per case: nothing

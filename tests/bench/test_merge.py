@@ -74,6 +74,8 @@ def test_each_record_keeps_the_machine_that_ran_it(tmp_path):
     ("schema", "schema"),
     ("not_a_run", "not a run directory"),
     ("out_taken", "already exists"),
+    ("repeat", "holds case checkpointing/none/b=2 more than once (records.jsonl has several records of it)"),
+    ("same_dir", "is named twice"),
 ])
 def test_bad_merges_are_refused_before_anything_is_written(tmp_path, capsys, problem, message):
     one = {"suite": "checkpointing", "variant": "none", "params": {"b": 1}, "metrics": {"step_time_ms": 1.0}}
@@ -86,6 +88,11 @@ def test_bad_merges_are_refused_before_anything_is_written(tmp_path, capsys, pro
     if problem == "not_a_run":
         b = tmp_path / "empty"
         b.mkdir()
+    if problem == "repeat":  # records files joined by hand: the case once measured twice
+        line = (b / "records.jsonl").read_text()
+        (b / "records.jsonl").write_text(line + line)
+    if problem == "same_dir":
+        b = b / ".." / "a"  # the first run, spelled another way
     out = tmp_path / "out"
     if problem == "out_taken":
         out.mkdir()

@@ -55,11 +55,14 @@ def test_writer_never_glues_onto_a_partial_line(tmp_path):
         assert [r.case_id for r in read_records(path)] == ["s/v/n=0", "s/v/n=2"]
 
 
-def test_other_schema_is_refused(tmp_path):
+def test_a_line_of_another_schema_is_skipped_not_fatal(tmp_path):
     path = tmp_path / "records.jsonl"
-    path.write_text(json.dumps({**json.loads(make(0).to_json()), "schema": 2}) + "\n")
-    with pytest.raises(SchemaError, match="schema 2"):
-        read_records(path)
+    with RecordWriter(path) as w:
+        w.write(make(0))
+    with path.open("a") as f:
+        f.write(json.dumps({**json.loads(make(1).to_json()), "schema": 2}) + "\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 line of schema 2 \(this techbench reads 1\)"):
+        assert [r.case_id for r in read_records(path)] == ["s/v/n=0"]
     write_run_json(tmp_path, {"schema": 99})
     with pytest.raises(SchemaError):
         read_run_json(tmp_path)

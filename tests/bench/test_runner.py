@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -10,10 +11,16 @@ import pytest
 
 from bench import runner
 from bench.records import read_records, read_run_json
+from bench.rundir import holder
 from bench.suite import SUITES
 from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def lines_per_case(path: Path) -> Counter:
+    """case_id -> lines of records.jsonl that hold it, read raw: read_records keeps one record per case_id."""
+    return Counter(json.loads(line)["case_id"] for line in path.read_text().splitlines())
 
 
 def config(tmp_path, suite="_endings", **kw):
@@ -33,6 +40,12 @@ def test_plan_puts_the_reference_first_and_shards_cover_every_case_once():
     assert [len(t) for t in thirds] == [2, 2, 2]
     assert [c.variant for c in runner.plan([suite], "smoke", "cpu", variants=["sleep"])] == ["sleep", "sleep"]
     assert {c.params["n"] for c in runner.plan([suite], "smoke", "cpu", where={"n": "2"})} == {2}
+
+
+def test_a_suite_named_twice_is_planned_once():
+    suite = SUITES["_endings"]
+    assert [c.id for c in runner.plan([suite, suite], "smoke", "cpu")] == [c.id for c in runner.plan([suite], "smoke",
+                                                                                                      "cpu")]
 
 
 def test_a_variant_without_a_case_at_some_params_is_not_planned():
@@ -113,8 +126,8 @@ def test_inline_run_and_resume_skip_finished_cases(tmp_path):
         runner.run(config(tmp_path, size="quick", resume=True, inline=True))
     code, second = runner.run(config(tmp_path, variants=["ok", "sleep", "skip"], inline=True, resume=True))
     assert code == 0 and len(second) == 6
+    assert lines_per_case(tmp_path / "run" / "records.jsonl") == Counter(r.case_id for r in second)
     lines = read_records(tmp_path / "run" / "records.jsonl")
-    assert Counter(r.case_id for r in lines) == Counter(r.case_id for r in second)
     assert {r.run_id for r in lines} == {read_run_json(tmp_path / "run")["run_id"]}
 
 
@@ -135,6 +148,7 @@ def test_killed_run_resumes_with_every_case_recorded_once(tmp_path):
         time.sleep(0.05)
     proc.kill()  # bench alone: its case's process belongs to the forkserver and must end by itself
     proc.wait()
+    assert holder(out) is None  # the kernel dropped the killed run's lock with its process
     done = len(read_records(out / "records.jsonl"))
     assert 2 <= done < 6, "the run should have been killed midway"
     deadline = time.monotonic() + 10
@@ -143,7 +157,7 @@ def test_killed_run_resumes_with_every_case_recorded_once(tmp_path):
     assert not any(_alive(int(p)) for p in pids.read_text().split()), "a case outlived the killed run"
     code, records = runner.run(config(tmp_path, suite="_slow", resume=True))
     assert code == 0
-    counts = Counter(r.case_id for r in read_records(out / "records.jsonl"))
+    counts = lines_per_case(out / "records.jsonl")
     assert len(counts) == 6 and set(counts.values()) == {1}
 
 
@@ -158,7 +172,7 @@ def test_a_budget_stops_starting_cases_and_resume_runs_the_rest(tmp_path):
     assert code == 0 and [r.case_id for r in records] == every
     meta = read_run_json(tmp_path / "run")
     assert "not_run" not in meta and meta["finished_at"]
-    assert Counter(r.case_id for r in read_records(tmp_path / "run" / "records.jsonl")) == Counter(every)
+    assert lines_per_case(tmp_path / "run" / "records.jsonl") == Counter(every)
 
 
 def test_a_case_cut_off_by_the_budget_is_not_recorded(tmp_path):

@@ -54,6 +54,23 @@ def test_training_in_fp8_stays_close_to_high_precision(fp8):
     assert fp8[("training", "", "bf16")].metrics["loss_gap_final"] == 0.0
 
 
+def test_the_high_precision_run_trains_once(fp8, monkeypatch, tmp_path):
+    bf16 = fp8[("training", "", "bf16")].samples["loss_curve"]
+    for recipe in ("tensorwise", "rowwise", "deepseek_v3"):  # every recipe against the bf16 case's own run
+        assert fp8[("training", "", recipe)].samples["reference_loss_curve"] == bf16
+    import suites.fp8 as mod
+
+    monkeypatch.setenv("TECHBENCH_CACHE", str(tmp_path))
+    calls, train = [], mod.train
+    monkeypatch.setattr(mod, "train", lambda recipe, *a, **k: calls.append(recipe) or train(recipe, *a, **k))
+    params = {"part": "training", "steps": 3}
+    first = mod._training("bf16", params, "cpu")
+    second = mod._training("tensorwise", params, "cpu")
+    assert [recipe is None for recipe in calls] == [True, False]  # bf16 once, then the recipe alone
+    assert second.samples["reference_loss_curve"] == first.samples["loss_curve"]
+    assert first.timings["train_time"].n == 1 and first.work[0].tokens == 3 * mod.BATCH
+
+
 @needs("plotly")
 def test_report_has_the_fp8_figures(smoke_run):
     out, _, _ = smoke_run

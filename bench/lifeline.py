@@ -1,0 +1,203 @@
+"""Keepers: no process a case starts outlives its case, nor `bench`, however `bench` ends (SIGKILL included).
+
+Each case runs under a keeper, a process that does nothing else (the isolated launcher's forkserver child; for a
+torchrun job, `python -m bench.lifeline FD CMD...`) and holds the read end of a pipe, the lifeline, whose write end
+only `bench` holds. `keep` runs the case in a child of the keeper and waits for whichever comes first:
+
+- the case's process ends (ok, error or crash): the keeper kills what the case left behind and says how it ended;
+- EOF on the lifeline: `bench` is gone (the kernel closes the pipe when it dies, however it dies) or is done with the
+  case (a timeout closes it on purpose): the keeper kills the case and everything it started.
+
+Either way it SIGKILLs every descendant of its own, again until none is alive, then exits, so nothing depends on
+`bench` running cleanup code. What makes "every descendant" hold:
+
+- The keeper is a child subreaper (Linux, PR_SET_CHILD_SUBREAPER): a process whose parent dies is re-parented to the
+  keeper, not to PID 1, even after it starts a session of its own (torchrun starts each rank in one, so killing
+  process groups misses them); a forked child, a `sleep` and a rank all stay in the keeper's tree.
+- The case's process has PR_SET_PDEATHSIG(SIGKILL): a keeper killed outright takes the case with it.
+- The keeper leads a session of its own, so a signal meant for `bench`'s terminal group (Ctrl-C) does not reach the
+  case behind `bench`'s back; `bench` ends a case by closing its lifeline. SIGTERM, SIGINT or SIGHUP sent to the
+  keeper itself ends its case the same way.
+
+Elsewhere than Linux the keeper finds descendants with `ps` and is no subreaper, so an orphan may escape it. A case
+run with --inline runs in `bench` itself, under no keeper.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Callable
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+POLL_S = 0.05
+"""How often a keeper checks on its case: a crash is reported within this, and no sooner is needed."""
+KILL_WAIT_S = 20.0
+"""How long a keeper waits for what it killed to be gone: a GPU process may take seconds to release its device."""
+KEEPER_WAIT_S = KILL_WAIT_S + 10
+"""How long `bench` waits for a keeper to end its case: longer than the keeper waits for what it killed."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _prctl(option: int, arg: int) -> bool:
+    """prctl(2) through libc; False where there is none (not Linux) or it refused."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    zero = ctypes.c_ulong(0)
+    return prctl(ctypes.c_int(option), ctypes.c_ulong(arg), zero, zero, zero) == 0
+
+
+class _Stop(Exception):
+    """A stop signal reached the keeper: end the case as if `bench` were gone."""
+
+
+def _stop(signum, frame):
+    raise _Stop
+
+
+def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
+    """Run `target()` in a child of this process (which becomes its keeper) and wait for it or for EOF on the
+    `lifeline` fd; then kill every descendant left. Returns the child's exit code (-N: killed by signal N), or None
+    when the lifeline ended first. `target` returns the child's exit code; an exception in it exits 1."""
+    try:
+        os.setsid()
+    except OSError:  # already a session leader (`python -m bench.lifeline` is started as one)
+        pass
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    keeper = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != keeper:  # the keeper died before the line above took effect
+                os._exit(1)
+            code = target() or 0
+        except BaseException:  # noqa: BLE001 - the child must not return into the keeper's code
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush an interpreter's exit does
+                try:
+                    stream.flush()
+                except (AttributeError, OSError, ValueError):
+                    pass
+            os._exit(code)
+    previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}  # after the fork: the case keeps its own
+    try:
+        code = _wait(pid, lifeline)
+    except _Stop:
+        code = None
+    finally:
+        for s in STOP_SIGNALS:  # what follows is what a stop signal asks for: let none cut it short
+            signal.signal(s, signal.SIG_IGN)
+        kill_descendants()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return code
+
+
+def _wait(pid: int, lifeline: int) -> int | None:
+    poller = select.poll()
+    poller.register(lifeline, select.POLLIN | select.POLLHUP)
+    while True:
+        if poller.poll(POLL_S * 1000):  # `bench` never writes: readable means EOF
+            return None
+        code = _reap(pid)
+        if code is not None:
+            return code
+
+
+def _reap(pid: int | None = None) -> int | None:
+    """Reap every child that has ended, orphans the keeper adopted included; `pid`'s exit code if it was one."""
+    found = None
+    while True:
+        try:
+            child, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return found
+        if child == 0:
+            return found
+        if child == pid:
+            found = os.waitstatus_to_exitcode(status)
+
+
+def kill_descendants(wait_s: float = KILL_WAIT_S) -> None:
+    """SIGKILL every live descendant of this process, again until none is alive (a process may fork while the
+    others die) or `wait_s` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pids = descendants(os.getpid())
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+        _reap()
+
+
+def descendants(root: int) -> list[int]:
+    """The live (not zombie) descendants of `root`."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    parents = {}
+    if os.path.isdir("/proc/self"):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:  # ended meanwhile
+                continue
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # after the command name, which may hold spaces
+            if state not in "ZX":
+                parents[int(name)] = int(ppid)
+        return parents
+    ps = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "stat="], capture_output=True, text=True)
+    for line in ps.stdout.splitlines():
+        pid, ppid, state = line.split()[:3]
+        if not state.startswith("Z"):
+            parents[int(pid)] = int(ppid)
+    return parents
+
+
+def main(argv: list[str]) -> int:
+    """`python -m bench.lifeline FD CMD...`: keep CMD on the lifeline FD. Exits with CMD's code (128+N: killed by
+    signal N), or 1 when the lifeline ended first."""
+    lifeline, cmd = int(argv[0]), argv[1:]
+    os.set_inheritable(lifeline, False)  # CMD and its processes need not hold it
+
+    def run():
+        os.execvp(cmd[0], cmd)
+
+    code = keep(run, lifeline)
+    return 1 if code is None else code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

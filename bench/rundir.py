@@ -1,0 +1,149 @@
+"""The run directory that `bench run` writes: what --out may be, and its one writer.
+
+--out must be new, empty, or a run directory (run.json or records.jsonl) continued with --resume; anything else is
+refused before anything is created. While a run writes, it holds an exclusive flock on OUT/.bench.lock, so a second
+`bench run` on the same --out is refused with the holder's PID instead of interleaving its records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from bench.records import (
+    RECORDS_JSONL,
+    RUN_JSON,
+    SCHEMA,
+    CorruptRunJson,
+    Scan,
+    SchemaError,
+    read_run_json,
+    scan_records,
+)
+
+LOCK = ".bench.lock"
+"""The lock file: the `bench run` writing the directory holds an exclusive flock on it and writes its PID in it."""
+# What a run's first steps leave before run.json exists: a folder holding only these is still empty
+NOT_A_RUN_YET = (LOCK, RUN_JSON + ".tmp")
+
+
+class RunDirError(ValueError):
+    """--out cannot take this run (a file, a folder that is not a run, another run, another schema, another bench
+    writing it); nothing was written."""
+
+
+class RunLock:
+    """One writer per run directory: an exclusive, non-blocking flock on OUT/.bench.lock. The kernel drops it when
+    the process ends, however it ends, so a killed run never leaves its directory locked."""
+
+    def __init__(self, run_dir: Path):
+        path = run_dir / LOCK
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise RunDirError(_busy(run_dir, _pid_in(path))) from None
+        try:  # the PID only names the holder to a second bench; the lock holds without it (e.g. on a full disk)
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+def _pid_in(path: Path) -> str:
+    try:
+        return path.read_text().split()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def _busy(run_dir: Path, pid: str) -> str:
+    return f"{run_dir} is being written by another bench (PID {pid}); wait for it to end or choose another --out"
+
+
+def holder(run_dir: Path) -> str | None:
+    """The PID of the bench that holds run_dir's lock, or None when none does; creates nothing."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return _pid_in(run_dir / LOCK)
+    finally:
+        os.close(fd)
+    return None
+
+
+def inspect(out: Path, resume: bool, how: tuple, locked: bool = False) -> tuple[dict | None, Scan, str | None]:
+    """What `out` holds: (run.json, its records, why run.json must be rebuilt or None), after checking that it can
+    take a run made `how` (size, device, shard): new, empty, or a run directory under --resume. Reads only; raises
+    RunDirError. `locked`: this process holds the lock, so do not probe it."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a run directory")
+    if not out.exists():
+        return None, Scan(), None
+    if not locked and (pid := holder(out)) is not None:
+        raise RunDirError(_busy(out, pid))
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as e:
+        raise RunDirError(f"cannot read --out {out}: {e.strerror or e}") from None
+    if RUN_JSON not in names and RECORDS_JSONL not in names:
+        others = [n for n in names if n not in NOT_A_RUN_YET]
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise RunDirError(f"--out {out} is a folder that is not a run directory (it holds {shown}); choose a new "
+                              "or empty folder")
+        return None, Scan(), None
+    if not resume:
+        raise RunDirError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    rebuild = None
+    try:
+        try:
+            meta = read_run_json(out)
+        except CorruptRunJson as e:  # e.g. cut short by a full disk: the records still say which run this is
+            meta, rebuild = None, str(e)
+        scan = scan_records(out / RECORDS_JSONL)
+    except SchemaError as e:
+        raise RunDirError(f"cannot resume {out}: {e}") from None
+    if scan.other_schemas:
+        versions = ", ".join(map(str, sorted(scan.other_schemas)))
+        raise RunDirError(f"cannot resume {out}: it holds records of schema {versions}, and this techbench writes "
+                          f"schema {SCHEMA}; choose another --out")
+    if meta is None:
+        run_ids = sorted({r.run_id for r in scan.records})
+        if len(run_ids) > 1:
+            raise RunDirError(f"cannot resume {out}: its {RUN_JSON} is missing or unreadable and its records belong "
+                              f"to {len(run_ids)} runs ({', '.join(run_ids[:3])}); choose another --out")
+        return None, scan, rebuild or f"{out / RUN_JSON} is missing"
+    was = (meta.get("size"), meta.get("device"), meta.get("shard", "1/1"))
+    if was != tuple(how):
+        raise RunDirError(f"{out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; "
+                          "resume it with the same")
+    return meta, scan, None
+
+
+def open_run_dir(out: Path, resume: bool, how: tuple) -> tuple[RunLock, dict | None, Scan, str | None]:
+    """Checks `out` before creating anything, creates it and takes its lock, then checks it again under the lock
+    (another bench may have written it in between): the lock and `inspect`'s answer. The caller releases the lock."""
+    inspect(out, resume, how)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create --out {out}: {e.strerror or e}") from None
+    lock = RunLock(out)
+    try:
+        return lock, *inspect(out, resume, how, locked=True)
+    except BaseException:
+        lock.release()
+        raise

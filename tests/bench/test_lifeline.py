@@ -1,0 +1,224 @@
+"""No process a case starts outlives its case or `bench` (bench.lifeline): not when `bench` is killed with SIGKILL
+(isolated or torchrun), not a stray a case leaves behind, not a forked child of a case that crashed."""
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from bench import runner
+from bench.distributed import sweep
+from bench.suite import SUITES, Measurement, Suite, register
+from tests.bench import fake_suites  # noqa: F401 - registers _dist
+from tests.bench.test_distributed import _alive
+
+ROOT = Path(__file__).resolve().parents[2]
+PIDS = "TECHBENCH_TEST_STRAY_PIDS"
+MARK = "TECHBENCH_TEST_MARK"
+BENCH = ("import sys, bench.cli, bench.suite, tests.bench.test_lifeline; "
+         "bench.cli.discover = lambda: bench.suite.SUITES; sys.exit(bench.cli.main(sys.argv[1:]))")
+"""`bench`, knowing the test suites too."""
+
+
+@register
+class Strays(Suite):
+    """Cases that leave processes behind, each its own way; every pid they start goes to the file params['pids']."""
+
+    name = "_strays"
+    variants = {"leave": "starts a sleep and returns", "hang": "starts a sleep and never returns",
+                "fork_segv": "forks a sleeping child, then segfaults",
+                "kill_keeper": "forks a sleeping child, then kills its keeper"}
+
+    def grid(self, size, device):
+        # read in `bench`, where the test set it: the forkserver's environment may predate the test
+        return [{"pids": os.environ.get(PIDS, os.devnull)}]
+
+    def measure(self, variant, params, device):
+        def note(pid):
+            with open(params["pids"], "a") as f:
+                f.write(f"{pid}\n")
+
+        note(os.getpid())
+        if variant in ("fork_segv", "kill_keeper"):
+            child = os.fork()
+            if child == 0:  # holds the case's end of the result pipe open while it sleeps
+                time.sleep(600)
+                os._exit(0)
+            note(child)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file in the checkout
+            os.kill(os.getpid() if variant == "fork_segv" else os.getppid(), signal.SIGSEGV)
+            time.sleep(600)
+        note(subprocess.Popen(["sleep", "600"]).pid)
+        if variant == "hang":
+            time.sleep(600)
+        return Measurement({"n_bytes": 1})
+
+
+def _pids(path: Path) -> list[int]:
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _marked(mark: str) -> set[int]:
+    """Live processes whose environment holds MARK=mark: `bench` and all it started, which inherit it."""
+    found = set()
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes()
+        except OSError:
+            continue
+        if f"{MARK}={mark}".encode() in environ.split(b"\0") and _alive(int(name)):
+            found.add(int(name))
+    return found
+
+
+def _bench(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-c", BENCH, *argv], cwd=ROOT, env={**os.environ, **env},
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _started(bench: subprocess.Popen, condition, log: Path) -> None:
+    assert _until(lambda: bench.poll() is not None or condition(), 120) and bench.poll() is None, \
+        log.read_text()[-3000:]
+
+
+def test_sigkill_of_bench_ends_every_process_of_a_two_rank_case(tmp_path):
+    mark, hung = uuid.uuid4().hex, tmp_path / "hung.pid"
+    bench = _bench(["run", "_dist", "--variant", "hang", "--nproc-per-node", "2", "--size", "smoke", "--device", "cpu",
+                    "--out", str(tmp_path / "run")],
+                   {MARK: mark, "TECHBENCH_TEST_HANG_PIDFILE": str(hung), "TMPDIR": str(tmp_path)}, tmp_path / "log")
+    try:
+        _started(bench, lambda: hung.exists() and hung.read_text(), tmp_path / "log")
+        case = _marked(mark) - {bench.pid}
+        assert len(case) >= 4, case  # the keeper, torchrun's agent and both ranks (rank 1 hangs, rank 0 waits on it)
+    finally:
+        bench.kill()
+        bench.wait()
+    assert _until(lambda: not _marked(mark), 5), f"alive 5 s after bench was killed: {_marked(mark)}"
+    # the job's scratch folder outlived the kill; the next job removes it, its owner being dead
+    [job] = tmp_path.glob("techbench-dist-*")
+    assert sweep(tmp_path) == [job] and not job.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_bench_ends_an_isolated_case_and_its_subprocess(tmp_path, sig):
+    pids = tmp_path / "pids"
+    bench = _bench(["run", "_strays", "--variant", "hang", "--size", "smoke", "--device", "cpu",
+                    "--out", str(tmp_path / "run")], {PIDS: str(pids)}, tmp_path / "log")
+    try:
+        _started(bench, lambda: len(_pids(pids)) == 2, tmp_path / "log")
+        case, sleep = _pids(pids)
+        assert _alive(case) and _alive(sleep)
+    finally:
+        bench.send_signal(sig)
+        bench.wait()
+    assert _until(lambda: not _alive(case) and not _alive(sleep), 5), "the case or its sleep outlived a killed bench"
+
+
+def config(tmp_path, **kw):
+    return runner.RunConfig(suites=[SUITES["_strays"]], size="smoke", device="cpu", out=tmp_path / "run", **kw)
+
+
+def test_a_case_that_forks_then_segfaults_is_an_error_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=["fork_segv"], timeout_s=60.0))
+    assert code == 1 and record.status == "error"
+    assert record.error == "the case's process was killed by SIGSEGV"
+    # the forked child holds the result pipe open: waiting on the pipe alone would end only at the 60 s timeout
+    assert record.elapsed_s < 20
+    case, child = _pids(tmp_path / "pids")
+    assert not _alive(case) and not _alive(child)
+
+
+def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=["kill_keeper"], timeout_s=60.0))
+    case, child = _pids(tmp_path / "pids")
+    try:
+        # `bench` waits on the keeper too, not only on the result pipe, which the case's forked child holds open
+        assert record.status == "error" and record.error == "the case's process was killed by SIGSEGV"
+        assert record.elapsed_s < 20
+        assert _until(lambda: not _alive(case), 5)  # it dies with its keeper (PR_SET_PDEATHSIG)
+    finally:
+        os.kill(child, signal.SIGKILL)  # no keeper is left to end it: the one limit of the design
+
+
+def test_a_stray_subprocess_ends_with_its_case(tmp_path, monkeypatch):
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=["leave"]))
+    assert code == 0 and record.status == "ok" and record.metrics["n_bytes"] == 1
+    case, sleep = _pids(tmp_path / "pids")
+    assert not _alive(sleep), "the case's sleep outlived its case"
+    assert not _alive(case)
+
+
+def _keeper(tmp_path, script: str) -> tuple[subprocess.Popen, int]:
+    """`python -m bench.lifeline FD python -c script` and the write end of its lifeline."""
+    lifeline, keeping = os.pipe()
+    keeper = subprocess.Popen([sys.executable, "-m", "bench.lifeline", str(lifeline), sys.executable, "-c", script],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, pass_fds=(lifeline,))
+    os.close(lifeline)
+    return keeper, keeping
+
+
+def _orphan(pids: Path) -> str:
+    """Python that starts a sleep in a session of its own and writes its pid: orphaned when its parent exits, so
+    neither a process group kill nor its parent's death reaches it."""
+    return (f"import subprocess; p = subprocess.Popen(['sleep', '600'], start_new_session=True); "
+            f"open({str(pids)!r}, 'w').write(str(p.pid))")
+
+
+def test_the_keeper_kills_an_orphan_in_a_session_of_its_own_when_its_command_ends(tmp_path):
+    pids = tmp_path / "pids"
+    keeper, keeping = _keeper(tmp_path, f"{_orphan(pids)}; raise SystemExit(3)")
+    try:
+        assert keeper.wait(30) == 3  # the command's own exit code
+    finally:
+        os.close(keeping)
+    [sleep] = _pids(pids)
+    assert not _alive(sleep), "the orphaned sleep outlived its keeper"
+
+
+def test_the_keeper_ends_its_command_when_the_lifeline_closes(tmp_path):
+    pids = tmp_path / "pids"
+    keeper, keeping = _keeper(tmp_path, f"{_orphan(pids)}; import time; time.sleep(600)")
+    assert _until(lambda: _pids(pids), 30)
+    [sleep] = _pids(pids)
+    assert keeper.poll() is None and _alive(sleep)
+    os.close(keeping)  # as the kernel does when `bench` dies
+    assert keeper.wait(10) == 1
+    assert not _alive(sleep)
+
+
+def test_the_keeper_reports_a_signal_as_128_plus_its_number(tmp_path):
+    keeper, keeping = _keeper(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    try:
+        assert keeper.wait(30) == 128 + signal.SIGTERM
+    finally:
+        os.close(keeping)
+
+
+def test_sweep_removes_the_scratch_folders_of_dead_owners_only(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    for name, owner in (("techbench-dist-a", dead.pid), ("techbench-pg-b", os.getpid())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "owner.pid").write_text(str(owner))
+    (tmp_path / "techbench-dist-c").mkdir()  # no owner file yet: one being made
+    assert sweep(tmp_path) == [tmp_path / "techbench-dist-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["techbench-dist-c", "techbench-pg-b"]
