@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.hardware import device_name, peak_gbps, peak_tflops
+from bench.progress import forwarding
 from bench.suite import SUITES, Measurement, Skip, Suite, case_id
 from bench.validation import check_measurement
 
@@ -52,9 +53,11 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES))
 
 
-def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None) -> dict[str, Any]:
+def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None,
+            progress: str | None = None) -> dict[str, Any]:
     """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises. `threads`: torch's
-    intra-op thread count while it runs (see `cpu_threads`), restored after."""
+    intra-op thread count while it runs (see `cpu_threads`), restored after. `progress`: the file its progress
+    messages go to (bench.progress), for `bench` to show."""
     previous = None
     try:
         import numpy as np
@@ -64,6 +67,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             previous = torch.get_num_threads()
             torch.set_num_threads(threads)
 
+        from bench.interference import HostSampler, contended
         from bench.telemetry import Telemetry
 
         importlib.import_module(case.module)
@@ -76,11 +80,14 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             from bench.distributed import one_rank_group
 
             group = one_rank_group(device)
-        with Telemetry(device) as telemetry, group:
+        with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress):
             m = suite.measure(case.variant, dict(case.params), device)
-        gpu = telemetry.summary(window=m.timed.window_s if m.timed else None)
+        window = m.timed.window_s if m.timed else None
+        gpu = telemetry.summary(window=window)
         named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}
-        metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"}}
+        metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"},
+                   **host.summary(window), **telemetry.interference(window)}
+        metrics["contended"] = contended(metrics, window is not None)
         samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
         power = gpu["avg_power_w"]
         if m.timed is not None:
@@ -120,9 +127,13 @@ def _derived(m: Measurement, device: str, power_w: float | None) -> dict[str, An
     return out
 
 
-def cpu_threads(suite: Suite, device: str, override: int | None) -> int | None:
+def cpu_threads(suite: Suite, device: str, override: int | None, cpus: frozenset[int] | None = None) -> int | None:
     """The intra-op threads a case runs with: on CPU, --threads or else the suite's declaration; None leaves torch's
-    default (and on a GPU the host threads only launch kernels)."""
+    default (and on a GPU the host threads only launch kernels). Pinned to `cpus` (--cpus), one a CPU unless
+    --threads says otherwise or the suite declares fewer: torch counted the CPUs before the pinning, and more
+    threads than CPUs take turns on them."""
     if not device.startswith("cpu"):
-        return None
-    return override if override is not None else suite.cpu_threads
+        return len(cpus) if cpus else None
+    if override is not None:
+        return override
+    return min(suite.cpu_threads or len(cpus), len(cpus)) if cpus else suite.cpu_threads

@@ -1,5 +1,6 @@
-"""The `bench` command: the parser, and the measuring subcommands (list, run, env, profile); the ones that read
-finished runs (report, compare, history, dashboard, export, import) are in bench/commands.py.
+"""The `bench` command: the parser, and the measuring subcommands (list, run, env, doctor, profile); `bench run`'s
+options and their checks are in bench/cli_run.py, and the commands that read finished runs (report, compare, history,
+dashboard, export, import) in bench/commands.py.
 
 Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or a compare
 found a regression under --fail-on-regression; 2 bad usage or bad input, with a one-line reason naming the valid
@@ -10,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import threading
 import warnings
-from collections import Counter
 from pathlib import Path
 
-from bench import commands
+from bench import cli_run, commands
 from bench.atomic import OutputError
+from bench.cli_run import parse_params, resolve_device, select
 from bench.commands import UsageError
-from bench.distributed import Launch
-from bench.records import read_run_json
-from bench.runner import DEFAULT_TIMEOUT_S
 from bench.suite import SIZES, discover
 
 
@@ -39,29 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="suites, variants and case counts per size")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    r = sub.add_parser("run", help="run suites into a run directory (default: all suites, quick size)")
-    r.add_argument("suites", nargs="*", metavar="SUITE", help="suites to run (default: all)")
-    r.add_argument("--size", default="quick", choices=SIZES, help="grid size (default: quick)")
-    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    r.add_argument("--out", type=Path, help="run directory (default: runs/<run_id>)")
-    r.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
-    r.add_argument("--shard", default="1/1", metavar="I/N", help="run the I-th of N deterministic slices")
-    r.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=4,seq=256)")
-    r.add_argument("--case", action="append", metavar="GLOB",
-                   help="only cases whose case_id matches this shell-style glob (repeatable: any of them), e.g. "
-                        "'fp8/*/*part=gemm*'")
-    r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help=f"seconds per case (default: {DEFAULT_TIMEOUT_S:g})")
-    r.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                   help="ranks per node for distributed suites, one torchrun job a case (default: 1)")
-    r.add_argument("--nnodes", type=int, default=1, metavar="M", help="nodes of each distributed job (default: 1)")
-    r.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-node job (same on every node)")
-    r.add_argument("--threads", type=int, metavar="N",
-                   help="torch intra-op threads for every CPU case (default: each suite's own choice)")
-    r.add_argument("--budget", type=float, metavar="S",
-                   help="stop starting cases after S seconds; cases not run are listed, and --resume runs them")
-    r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
-    r.add_argument("--resume", action="store_true", help="continue OUT, skipping cases it already finished")
+    run = sub.add_parser("run", help="run suites into a run directory (default: all suites, quick size)")
+    cli_run.add_arguments(run)
 
     new = sub.add_parser("new", help="scaffold a technique: reference, a variant, suite, tests, figure module")
     new.add_argument("name", help="the technique's name, a lower-case Python identifier")
@@ -74,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("env", help="the environment fingerprint that runs record")
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
+    doc = sub.add_parser("doctor", help="what here would make timings unstable, each with its fix (changes nothing)")
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
+
     rep = sub.add_parser("report", help="one offline HTML page of one or more runs")
     rep.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or folders of them)")
     rep.add_argument("-o", "--output", type=Path, required=True, metavar="FILE.html")
@@ -83,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("new", metavar="NEW", help="run directory, or a folder of run directories")
     cmp.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
     cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case got significantly worse")
+    cmp.add_argument("--allow-contended", action="store_true", help="judge timings that other load disturbed too")
     cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html", help="also write a comparison page")
 
     his = sub.add_parser("history", help="a store of runs over time (Parquet, one row per case and metric)")
@@ -118,118 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# The largest --timeout and --budget: 1e6 s is 11.6 days; a larger number is a typo, and one past 2.1e6 s overflows
-# the wait for an isolated case (a pipe's poll takes its timeout as a C int of milliseconds)
-MAX_SECONDS = 1e6
-# The most --threads: beyond any machine's cores, a typo that would make torch spawn a thread pool of that size
-MAX_THREADS = 4096
-
-
-def _parse_shard(text: str) -> tuple[int, int]:
-    i = n = 0
-    if text.count("/") == 1 and all(x.isascii() and x.isdigit() for x in text.split("/")):
-        i, n = (int(x) for x in text.split("/"))
-    if not 1 <= i <= n:
-        raise UsageError(f"--shard must be I/N with 1 <= I <= N (e.g. 1/2), got {text!r}")
-    return i, n
-
-
-def parse_params(text: str | None) -> dict[str, str]:
-    """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}; a key given twice is refused (which value would it match?)."""
-    if not text:
-        return {}
-    pairs = [(k.strip(), sep, v.strip()) for k, sep, v in (item.partition("=") for item in text.split(","))]
-    if any(not k or not sep for k, sep, _ in pairs):
-        raise UsageError(f"--params must be k=v[,k=v...], got {text!r}")
-    keys = [k for k, _, _ in pairs]
-    if len(set(keys)) < len(keys):
-        twice = next(k for k in keys if keys.count(k) > 1)
-        raise UsageError(f"--params names {twice!r} twice, got {text!r}")
-    return {k: v for k, _, v in pairs}
-
-
-def _check_numbers(args) -> None:
-    """--timeout, --budget and --threads, refused before anything is imported or created."""
-    for flag, value in (("--timeout", args.timeout), ("--budget", args.budget)):
-        if value is not None and not 0 < value < math.inf:
-            raise UsageError(f"{flag} must be a positive number of seconds, got {value:g}")
-        if value is not None and value > MAX_SECONDS:
-            raise UsageError(f"{flag} must be at most {MAX_SECONDS:g} seconds (11.6 days), got {value:g}")
-    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise UsageError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
-
-
-def _resolve_device(text: str) -> str:
-    from bench.env import resolve_device
-
-    try:
-        return resolve_device(text)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def _select(registry: dict, names: list[str], variants: list[str] | None):
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise UsageError(f"unknown suite {unknown[0]!r} (valid: {', '.join(sorted(registry))})")
-    suites = [registry[n] for n in dict.fromkeys(names or sorted(registry))]  # a suite named twice runs once
-    if variants:
-        valid = sorted({v for s in suites for v in s.variants})
-        bad = [v for v in variants if v not in valid]
-        if bad:
-            raise UsageError(f"unknown variant {bad[0]!r} for {', '.join(s.name for s in suites)} "
-                             f"(valid: {', '.join(valid)})")
-    return suites
-
-
 def cmd_run(args) -> int:
-    from rich.console import Console
-
-    from bench import runner
-    from bench.progress import make_progress
-
-    shard = _parse_shard(args.shard)
-    _check_numbers(args)
-    where = parse_params(args.params)
-    registry = discover()
-    suites = _select(registry, args.suites, args.variant)
-    device = _resolve_device(args.device)
-    try:
-        how = Launch(args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
-        keys = sorted({k for s in suites for p in s.grid(args.size, device) for k in p})
-        raise UsageError(f"no {args.size} case matches --params {args.params} (params: {', '.join(keys)})")
-    for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
-        if not runner.plan(suites, args.size, device, args.variant, where=where or None, world_size=how.world_size,
-                           cases_like=[glob]):
-            raise UsageError(f"no {args.size} case on {device} matches --case {glob!r} (case ids are "
-                             "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants)")
-    run_id = runner.new_run_id()
-    out = args.out or Path("runs") / run_id
-    cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
-                           shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,
-                           launch=how, inline=args.inline, resume=args.resume, run_id=run_id, budget_s=args.budget,
-                           threads=args.threads, argv=["bench", *sys.argv[1:]])
-    console = Console()
-    try:
-        code, records = runner.run(cfg, make_progress(console))
-    except runner.RunDirError as e:
-        raise UsageError(str(e)) from None
-    except OSError as e:  # e.g. a full disk: every record already written is intact, --resume continues
-        print(f"bench: cannot write to {out}: {e.strerror or e}; finished records are kept, rerun with --resume",
-              file=sys.stderr)
-        return 1
-    counts = Counter(r.status for r in records)
-    print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
-    not_run = (read_run_json(out) or {}).get("not_run") or []
-    if not_run:
-        again = [a for a in sys.argv[1:] if a != "--resume"] + ([] if args.out else ["--out", str(out)])
-        print(f"bench: the --budget of {args.budget:g} s ran out with {len(not_run)} cases not run (listed in "
-              f"{out / 'run.json'} under not_run); `bench {' '.join(again)} --resume` runs them", file=sys.stderr)
-    _write_report(out)
-    return code
+    # looked up here, in the command layer, at each call: `discover` finds the suites, `_write_report` imports reports/
+    return cli_run.cmd_run(args, discover, _write_report)
 
 
 def _write_report(out: Path) -> None:
@@ -260,8 +131,8 @@ def cmd_new(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    _select(discover(), [args.suite], [args.variant])
-    return commands.cmd_profile(args, _resolve_device(args.device), parse_params(args.params))
+    select(discover(), [args.suite], [args.variant])
+    return commands.cmd_profile(args, resolve_device(args.device), parse_params(args.params))
 
 
 def cmd_list(args) -> int:
@@ -284,6 +155,19 @@ def cmd_list(args) -> int:
                       *(str(row["cases"][size]) for size in SIZES))
     Console().print(table)
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from bench import doctor
+
+    findings = doctor.diagnose()
+    if args.json:
+        print(doctor.to_json(findings))
+    else:
+        from rich.console import Console
+
+        doctor.render(findings, Console())
+    return 0  # it advises: nothing it finds fails the command
 
 
 def cmd_env(args) -> int:
@@ -331,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminated)
     try:
         args = _parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command that continues a run
         handlers = {"run": cmd_run, "list": cmd_list, "env": cmd_env, "profile": cmd_profile,
                     "report": commands.cmd_report, "compare": commands.cmd_compare, "history": commands.cmd_history,
                     "dashboard": commands.cmd_dashboard, "export": commands.cmd_export, "import": commands.cmd_import,
-                    "merge": commands.cmd_merge, "new": cmd_new}
+                    "merge": commands.cmd_merge, "new": cmd_new, "doctor": cmd_doctor}
         return handlers[args.command](args)
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)

@@ -73,7 +73,7 @@ def cmd_compare(args) -> int:
     _threshold(args.threshold)
     base, new = run_dirs([args.base], "BASE"), run_dirs([args.new], "NEW")
     page = _output(args.output, ".html", base + new) if args.output else None
-    result = compare(base, new, threshold=args.threshold / 100)
+    result = compare(base, new, threshold=args.threshold / 100, allow_contended=args.allow_contended)
     for line in result.summary_lines():
         print(line)
     if page:

@@ -18,6 +18,10 @@ What a metric is comes from the specs its suite declared, which each run directo
   on the median over runs (`changed` when the metric has no direction).
 - clocked without samples and one run per side (rates, energy, timing ratios and shares), or info (a timing's
   spread, clocks, flags): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
+- contended: a timed verdict (the first two rules) of a case that something outside it disturbed on either side
+  (its record's `contended` flag, in any run of a side; bench.interference), whatever the test said. A load that
+  tripled a timing is not a regression of the code; `allow_contended` keeps the test's verdict. The row's
+  `contended` column says why either way. Exact metrics are compared exactly regardless.
 Reads run directories only: no torch.
 """
 
@@ -31,12 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.interference import reason as contention
 from bench.metrics import Metric, default, is_clocked, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 from bench.stats import MIN_RUNS_FOR_TEST, MIN_SAMPLES, RUN_SPREAD_K, SampleTest, compare_runs, compare_samples  # noqa: F401
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high", "runs_per_side", "run_spread"]
+               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
 ABSENT = "absent"
@@ -61,6 +66,8 @@ class _Case:
     """Per metric, one value per ok run: the median of its samples, else its recorded value."""
     samples: dict[str, list[list[float]]] = field(default_factory=dict)
     """Per metric, the samples of each ok run that has some."""
+    contended: list[str] = field(default_factory=list)
+    """"<run_id>: <reason>" for each ok run whose timed window was disturbed."""
 
     def value(self, metric: str) -> float:
         return float(np.median(self.runs[metric]))
@@ -72,6 +79,8 @@ def _merge(records: list[Record]) -> _Case:
     last = records[-1]
     case = _Case(last.suite, last.variant, "ok" if ok else last.status, None if ok else last.error)
     for r in ok:
+        if r.metrics.get("contended") is True:
+            case.contended.append(f"{r.run_id}: {contention(r.metrics) or 'flagged contended in its timed window'}")
         for m in dict.fromkeys([*r.metrics, *r.samples]):
             s = [float(x) for x in r.samples.get(m, ()) if _number(x)]
             if s:
@@ -105,7 +114,8 @@ def _change_verdict(change: str, d: str | None) -> str:
     return "slower" if (change == "up") == (d == "lower") else "faster"
 
 
-def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, specs: dict[str, Metric]) -> dict:
+def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, specs: dict[str, Metric],
+             allow_contended: bool = False) -> dict:
     """One row's numbers and verdict. base/new are the medians over each side's runs. Which rule decides:
 
     - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
@@ -115,14 +125,16 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
     - clocked without samples and one run a side, or info: n/a, only the ratio.
     - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
     runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
-    `specs` are the suite's declared metrics (default() for the undeclared)."""
+    A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
+    `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
+    undeclared)."""
     spec = specs.get(metric) or default(metric)
     d, clocked = spec.direction, is_clocked(metric, specs)
     rb, rn = b.runs[metric], n.runs[metric]
     base, new = b.value(metric), n.value(metric)
     sampled = metric in b.samples or metric in n.samples
     row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan}
+           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None}
     t = None
     if spec.kind != "info" and max(len(rb), len(rn)) >= 2 and (sampled or (clocked and d is not None)):
         t = compare_runs(rb, rn, threshold, alpha)
@@ -132,7 +144,12 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
             t = compare_samples(sb, sn, threshold, alpha)
     if t is not None:
         row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
-        return {**row, "verdict": "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)}
+        verdict = "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)
+        why = "; ".join([*(f"base run {w}" for w in b.contended), *(f"new run {w}" for w in n.contended)])
+        if why and verdict != "n/a":
+            row["contended"] = why
+            verdict = verdict if allow_contended else "contended"
+        return {**row, "verdict": verdict}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
     if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
@@ -213,6 +230,8 @@ class Comparison:
     new_runs: list[str] = field(default_factory=list)
     threshold: float = 0.05
     alpha: float = 0.01
+    allow_contended: bool = False
+    """Contended timings kept the test's verdict (`--allow-contended`) instead of "contended"."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -221,6 +240,11 @@ class Comparison:
     @property
     def improvements(self) -> pd.DataFrame:
         return self.rows[self.rows["verdict"].isin(IMPROVEMENT)]
+
+    @property
+    def contended(self) -> pd.DataFrame:
+        """Timed rows of cases disturbed on either side: verdict "contended", or their test's under allow_contended."""
+        return self.rows[self.rows["contended"].notna()]
 
     @property
     def newly_failing(self) -> pd.DataFrame:
@@ -264,10 +288,19 @@ class Comparison:
             if len(part):
                 lines.append(f"{title} ({len(part)}):")
                 lines += [_line(r) for r in part.itertuples()]
+        if len(self.contended):
+            lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
+            for r in self.contended.itertuples():
+                lines += [_line(r), f"    {r.contended}"]
         if len(self.newly_failing):
             lines.append(f"newly failing ({len(self.newly_failing)}):")
             lines += [f"  {r.change:<11} {r.case_id}" for r in self.newly_failing.itertuples()]
         return lines
+
+
+CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
+                  "ignores them; --allow-contended judges them):")
+CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
 
 
 def _line(r) -> str:
@@ -275,12 +308,14 @@ def _line(r) -> str:
     ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
     spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
     runs = f"  runs {r.runs_per_side}{spread}"
-    return f"  {r.verdict:<7} {r.case_id}  {r.metric}  {r.base:.4g} -> {r.new:.4g}{ratio}{stats}{runs}"
+    return f"  {r.verdict:<9} {r.case_id}  {r.metric}  {r.base:.4g} -> {r.new:.4g}{ratio}{stats}{runs}"
 
 
-def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01) -> Comparison:
+def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01,
+            allow_contended: bool = False) -> Comparison:
     """Compare run directories BASE against NEW. Several per side join by case_id: shards add cases, repeated runs
-    of a case become that case's runs (see `_verdict` for the rule each metric gets)."""
+    of a case become that case's runs (see `_verdict` for the rule each metric gets; `allow_contended` judges the
+    timings of contended cases as any other)."""
     if not 0 <= threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
     b_cases, b_metas, b_names = _load([base] if isinstance(base, (str, Path)) else base)
@@ -293,7 +328,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
         if b is not None and n is not None and b.status == n.status == "ok":
             for metric in sorted(b.runs.keys() & n.runs.keys()):
                 rows.append({"case_id": case_id, "suite": b.suite, "variant": b.variant, "metric": metric,
-                             **_verdict(metric, b, n, threshold, alpha, specs.get(b.suite, {}))})
+                             **_verdict(metric, b, n, threshold, alpha, specs.get(b.suite, {}), allow_contended)})
         else:
             bs, ns = b.status if b else ABSENT, n.status if n else ABSENT
             change = ("added" if b is None else "removed" if n is None
@@ -310,4 +345,4 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     else:
         same_env = ids[0] == ids[1]
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
-                      env_diff, same_env, env_fields, b_names, n_names, threshold, alpha)
+                      env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended)

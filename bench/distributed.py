@@ -15,7 +15,12 @@ killed before it could remove it is removed when the next is made.
 Per-rank metrics aggregate as: `<metric>`, the worst rank's value (the largest of a lower-is-better metric such
 as a step time or peak bytes, the smallest of a higher-is-better one; rank 0's when a metric has no direction), and
 `rank_min_<metric>`, `rank_mean_<metric>`, `rank_max_<metric>` across ranks. A metric's samples are those of the
-rank that gave its figure (rank 0's for a series such as a loss curve).
+rank that gave its figure (rank 0's for a series such as a loss curve). What disturbed a rank disturbed the case:
+`contended` and `gpu_slowdown` are true when any rank's is, and the other interference metrics (bench.interference)
+are the most disturbed rank's (the most CPU taken by others, the lowest clock).
+
+With `bench run --cpus` the keeper is pinned to those CPUs, and the agent and every rank inherit them; each rank then
+runs len(cpus) / nproc-per-node threads (unless OMP_NUM_THREADS is set).
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.interference import GPU_KEYS, HOST_KEYS
 from bench.lifeline import KEEPER_WAIT_S
 
 LOG_LINES = 12
+# How an interference metric aggregates over ranks: the most disturbed rank's value (a flag: any rank's)
+DISTURBED = {**dict.fromkeys((*HOST_KEYS, *GPU_KEYS), max), "host_cpu_mhz_pct": min, "gpu_clock_pct": min}
+FLAGS = ("contended", "gpu_slowdown")
 OWNER = "owner.pid"
 """The file in a scratch folder that holds its owner's pid."""
 
@@ -65,18 +74,19 @@ class Launch:
         return [f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}", *where]
 
 
-def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int) -> dict[str, Any] | None:
-    """Run `case` as one torchrun job; {status, metrics, samples, error} as bench.case.execute, or None on a node
-    without global rank 0 (that node's run records the case). Never raises."""
+def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
+                    cpus: frozenset[int] | None = None) -> dict[str, Any] | None:
+    """Run `case` as one torchrun job, pinned to `cpus` when given; {status, metrics, samples, error} as
+    bench.case.execute, or None on a node without global rank 0 (that node's run records the case). Never raises."""
     with scratch("techbench-dist-") as job:
         spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": str(job)}
         (job / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how)))}
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how, cpus)))}
         cmd = [sys.executable, "-m", "torch.distributed.run", *how.torchrun_args(), "-m", "bench.distributed",
                str(job / "spec.json")]
-        code = _keep(cmd, env, job, timeout_s)
+        code = _keep(cmd, env, job, timeout_s, cpus)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:
             started = sorted(int(p.name[3:]) for p in job.glob("pid*"))
@@ -96,14 +106,17 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int)
         return {"status": "error", "error": f"torchrun exited with code {code} without a result:\n" + _log_tail(job)}
 
 
-def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float) -> int | None:
-    """Run `cmd` under a keeper on a lifeline only this process holds; its exit code (128+N: killed by signal N), or
-    None after a timeout. Whatever way this returns or raises, the job and all it started are gone after."""
+def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
+          cpus: frozenset[int] | None = None) -> int | None:
+    """Run `cmd` under a keeper (pinned to `cpus`, which `cmd` inherits) on a lifeline only this process holds; its
+    exit code (128+N: killed by signal N), or None after a timeout. Whatever way this returns or raises, the job and
+    all it started are gone after."""
     lifeline, keeping = os.pipe()
+    pin = [f"--cpus={','.join(map(str, sorted(cpus)))}"] if cpus else []
     try:
         with (job / "torchrun.log").open("wb") as log:
             # a session of its own: Ctrl-C on `bench`'s terminal reaches `bench`, which closes the lifeline
-            keeper = subprocess.Popen([sys.executable, "-m", "bench.lifeline", str(lifeline), *cmd], stdout=log,
+            keeper = subprocess.Popen([sys.executable, "-m", "bench.lifeline", *pin, str(lifeline), *cmd], stdout=log,
                                       stderr=subprocess.STDOUT, env=env, pass_fds=(lifeline,), start_new_session=True)
     except BaseException:
         os.close(keeping)
@@ -161,8 +174,8 @@ def _log_tail(job: Path) -> str:
     return "\n".join((job / "torchrun.log").read_text(errors="replace").strip().splitlines()[-LOG_LINES:])
 
 
-def _threads_per_rank(how: Launch) -> int:
-    return max(1, (os.cpu_count() or 1) // how.nproc_per_node)
+def _threads_per_rank(how: Launch, cpus: frozenset[int] | None = None) -> int:
+    return max(1, (len(cpus) if cpus else os.cpu_count() or 1) // how.nproc_per_node)  # the node's ranks share them
 
 
 @contextmanager
@@ -197,10 +210,16 @@ def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[st
     for name, value in first["metrics"].items():
         values = [r["metrics"].get(name) for r in results]
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if len(numbers) != len(values):
-            metrics[name] = value
+        if name in FLAGS:  # null only where no rank could judge it
+            flags = {v for v in values if isinstance(v, bool)}
+            metrics[name] = (True in flags) if flags else None
             continue
-        worst = {"lower": max, "higher": min}.get(directions.get(name) or "", lambda v: v[0])
+        if name in DISTURBED and numbers:  # a rank that measured nothing (null) hides no other's disturbance
+            metrics[name] = DISTURBED[name](numbers)
+        if len(numbers) != len(values):
+            metrics.setdefault(name, value)
+            continue
+        worst = DISTURBED.get(name) or {"lower": max, "higher": min}.get(directions.get(name) or "", lambda v: v[0])
         metrics[name] = worst(numbers)
         metrics[f"rank_min_{name}"] = min(numbers)
         metrics[f"rank_mean_{name}"] = sum(numbers) / len(numbers)

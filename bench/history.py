@@ -30,7 +30,12 @@ value      double               the metric's value (null when it had none)
 direction  string               "lower" or "higher" is better, null for informational metrics
 n_samples  int64                raw samples behind the value (0 when the metric was measured once)
 iqr        double               relative spread of the samples, (q75 - q25) / median; null with fewer than 2 samples
+contended  bool                 something outside the case disturbed its timed window (bench.interference), on every
+                                row of the case; null without a timed window, or in a store written before the flag
 ========== ==================== ====================================================================================
+
+and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
+null when not contended.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ import statistics
 from pathlib import Path
 
 from bench.atomic import atomic_path
+from bench.interference import reason
 from bench.metrics import default, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
-           "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr")
+           "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
+           "contended_reason")
 
 
 def schema():
@@ -55,7 +62,7 @@ def schema():
     import pyarrow as pa
 
     types = {"timestamp": pa.timestamp("us", tz="UTC"), "git_dirty": pa.bool_(), "value": pa.float64(),
-             "n_samples": pa.int64(), "iqr": pa.float64()}
+             "n_samples": pa.int64(), "iqr": pa.float64(), "contended": pa.bool_()}
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
 
@@ -131,7 +138,8 @@ def _rows(records: list[Record], meta: dict, run_id: str):
     for r in records:
         declared = specs.get(r.suite, {})
         case = {**run, "suite": r.suite, "variant": r.variant, "case_id": r.case_id,
-                "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error}
+                "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
+                **_contention(r.metrics)}
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
         metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
@@ -142,6 +150,13 @@ def _rows(records: list[Record], meta: dict, run_id: str):
             direction = (declared.get(metric) or default(metric)).direction
             yield {**case, "metric": metric, "value": value, "direction": direction, "n_samples": len(s),
                    "iqr": _relative_iqr(s)}
+
+
+def _contention(metrics: dict) -> dict:
+    flag = metrics.get("contended")
+    flag = flag if isinstance(flag, bool) else None
+    why = (reason(metrics) or "flagged contended in its timed window") if flag else None
+    return {"contended": flag, "contended_reason": why}
 
 
 def _write(rows: list[dict], path: Path) -> None:

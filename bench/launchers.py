@@ -6,13 +6,20 @@
   a hang past the timeout or a kill by the OS becomes a record, and the run goes on. The server's child is the
   case's keeper (bench.lifeline), and the case runs in the keeper's child: whatever the case starts ends with it;
 - Torchrun: a torchrun job of every rank (bench.distributed), for a distributed suite at more than one rank.
+
+With `cpus` (`bench run --cpus`) each pins the case's process to them: Inline every thread of `bench` while the case
+runs, Isolated the keeper and so the case it forks, Torchrun the keeper and so the agent and every rank. Before a
+case, `wait_idle` (`--wait-idle`) waits for other processes to leave those CPUs.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Protocol
@@ -20,26 +27,31 @@ from typing import Any, Protocol
 from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
 from bench.lifeline import KEEPER_WAIT_S, keep
+from bench.progress import duration, read_note
 from bench.suite import SUITES, directions
 
 
 class Launcher(Protocol):
-    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None) -> dict[str, Any] | None: ...
+    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
+               progress: str | None = None) -> dict[str, Any] | None:
+        """`progress`: the file the case's progress messages go to (bench.progress), where a launcher supports it."""
 
 
-def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | None) -> None:
+def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | None, progress: str | None,
+           cpus: frozenset[int] | None = None) -> None:
     """The forkserver's child: the keeper of the case, which runs in its child. A forkserver child's parent is the
     server, not `bench`; the lifeline's write end lives only in `bench`, so EOF on it means `bench` is gone (or
     gave up on the case), and the keeper ends the case and all it started."""
 
     def run():
-        conn.send(execute(case, device, seed, threads))
+        conn.send(execute(case, device, seed, threads, progress))
         conn.close()
 
-    code = keep(run, lifeline.fileno())
+    with pinned(cpus):  # the keeper: the case it forks, and all the case starts, inherit the CPUs
+        code = keep(run, lifeline.fileno())
     if code:  # the case's process died; if it sent a result first, that is the message `bench` reads first
         try:
-            conn.send({"status": "error", "error": _ended(code)})
+            conn.send({"status": "error", "error": _ended(code) + _doing(progress)})
         except OSError:
             pass
 
@@ -64,27 +76,40 @@ def _context(modules: list[str]):
     return ctx
 
 
-def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED,
-                     threads: int | None = None) -> dict[str, Any]:
-    """execute() in a child process: a crash, a hang past timeout_s or a kill by the OS is recorded, not fatal."""
+def _doing(progress: str | None, silent: str = "") -> str:
+    """What a case that ended without a result was doing: the last progress message it logged, or `silent`."""
+    note = read_note(progress)
+    if note is None:
+        return silent if progress else ""
+    return f"; its last progress, logged {duration(time.time() - note.at)} before: {note.message}"
+
+
+def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED, threads: int | None = None,
+                     progress: str | None = None, cpus: frozenset[int] | None = None) -> dict[str, Any]:
+    """execute() in a child process: a crash, a hang past timeout_s or a kill by the OS is recorded, not fatal; the
+    record says how long it ran and what it was doing (its last progress message)."""
     ctx = _context([case.module])
     recv, send = ctx.Pipe(duplex=False)
     lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed, threads), daemon=True)
+    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed, threads, progress, cpus),
+                       daemon=True)
     proc.start()
+    t0 = time.monotonic()
     send.close()
     lifeline_r.close()
     try:
         # the keeper's sentinel too: should the keeper itself die, nothing else may ever close `recv`
         if not wait([recv, proc.sentinel], timeout_s):
-            return {"status": "timeout", "error": f"no result after {timeout_s:g} s (--timeout); the case was killed"}
+            doing = _doing(progress, "; it logged no progress")
+            return {"status": "timeout", "error": f"no result after {duration(time.monotonic() - t0)} (--timeout "
+                                                  f"{timeout_s:g} s): the case was killed{doing}"}
         if recv.poll():
             try:
                 return recv.recv()
             except (EOFError, OSError, pickle.UnpicklingError):
                 pass
         proc.join(KEEPER_WAIT_S)
-        return {"status": "error", "error": _ended(proc.exitcode)}
+        return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
     finally:
         lifeline_w.close()  # the keeper kills whatever is left of the case, and exits
         proc.join(KEEPER_WAIT_S)
@@ -94,14 +119,101 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
         recv.close()
 
 
+@contextmanager
+def pinned(cpus: frozenset[int] | None):
+    """Every thread of this process on `cpus` while the block runs, then each back on its own CPUs (a thread started
+    inside takes the calling thread's). All threads: sched_setaffinity sets one thread's CPUs, and torch's thread
+    pool may already run. Nothing without `cpus`."""
+    if not cpus:
+        yield
+        return
+    own = os.sched_getaffinity(0)
+    before = {tid: _affinity(tid) for tid in _threads()}
+    for tid in before:
+        _pin(tid, cpus)
+    try:
+        yield
+    finally:
+        for tid in _threads():
+            _pin(tid, before.get(tid) or own)
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no /proc: the calling thread alone
+        return [0]
+
+
+def _affinity(tid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(tid)
+    except OSError:
+        return None
+
+
+def _pin(tid: int, cpus) -> None:
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except ProcessLookupError:  # a thread that ended meanwhile
+        pass
+
+
+# --wait-idle judges the case's CPUs over 1 s samples: 100 ticks a CPU at USER_HZ 100, where the 0.25 CPU that makes
+# a window contended (bench.interference.OTHER_CPUS) is 25 ticks, far above the accounting's floor
+IDLE_SAMPLE_S = 1.0
+
+
+def wait_idle(bound_s: float, cpus: frozenset[int] | None = None, threads: int | None = None, on_busy=None,
+              sample_s: float = IDLE_SAMPLE_S, reader=None, clock=time.monotonic, sleep=time.sleep) -> float | None:
+    """Wait, at most `bound_s`, for a sample in which processes outside `bench`'s tree leave the case's CPUs (`cpus`,
+    else `bench`'s) quiet by the rule that judges a timed window `contended`, the case taking `threads` of them (all
+    when None). The seconds waited before that sample began: 0.0 when the first was quiet, about `bound_s` when none
+    was. `on_busy(why)` is told once, at the first busy sample. None where the CPUs cannot be read (off Linux)."""
+    from bench import interference
+
+    if reader is None:
+        reader = interference.Reader(os.getpid(), cpus or interference.affinity(os.getpid()))
+    t0, told = clock(), False
+    try:
+        s0 = reader.sample()
+        if s0 is None:
+            return None
+        while (left := bound_s - (clock() - t0)) >= interference.MIN_SPAN_S:
+            sleep(min(sample_s, left))
+            s1 = reader.sample()
+            if s1 is None:
+                return None
+            use = {k: v for k, v in interference.rates(s0, s1).items() if k in ("host_cpus", "host_other_cpus")}
+            busy = interference.judge({**use, "host_case_cpus": threads or use["host_cpus"]})
+            if not busy:
+                return round(max(0.0, s0.t_s - t0), 3)
+            if on_busy is not None and not told:
+                on_busy(busy[0])
+                told = True
+            s0 = s1
+        return round(clock() - t0, 3)
+    finally:
+        reader.close()
+
+
+@dataclass(frozen=True)
 class Inline:
-    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None) -> dict[str, Any]:
-        return execute(case, device, SEED, threads)
+    cpus: frozenset[int] | None = None
+
+    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
+               progress: str | None = None) -> dict[str, Any]:
+        with pinned(self.cpus):
+            return execute(case, device, SEED, threads, progress)
 
 
+@dataclass(frozen=True)
 class Isolated:
-    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None) -> dict[str, Any]:
-        return execute_isolated(case, device, timeout_s, SEED, threads)
+    cpus: frozenset[int] | None = None
+
+    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
+               progress: str | None = None) -> dict[str, Any]:
+        return execute_isolated(case, device, timeout_s, SEED, threads, progress, self.cpus)
 
 
 @dataclass(frozen=True)
@@ -111,8 +223,9 @@ class OneRank:
 
     inner: Launcher
 
-    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None) -> dict[str, Any]:
-        result = self.inner.launch(case, device, timeout_s, threads)
+    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
+               progress: str | None = None) -> dict[str, Any]:
+        result = self.inner.launch(case, device, timeout_s, threads, progress)
         if result["status"] == "ok":
             result = aggregate([result], directions(case.suite, result["metrics"]))
         return result
@@ -121,9 +234,12 @@ class OneRank:
 @dataclass(frozen=True)
 class Torchrun:
     how: Launch
+    cpus: frozenset[int] | None = None
 
-    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None) -> dict[str, Any] | None:
-        return run_distributed(case, device, self.how, timeout_s, SEED)
+    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
+               progress: str | None = None) -> dict[str, Any] | None:
+        # ranks log no progress to `bench`, and take their threads from OMP_NUM_THREADS (bench.distributed)
+        return run_distributed(case, device, self.how, timeout_s, SEED, self.cpus)
 
 
 @dataclass(frozen=True)
@@ -132,16 +248,17 @@ class Refuse:
 
     why: str
 
-    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None) -> dict[str, Any]:
+    def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
+               progress: str | None = None) -> dict[str, Any]:
         return {"status": "skipped", "error": self.why}
 
 
-def for_case(case: Case, how: Launch, inline: bool) -> Launcher:
+def for_case(case: Case, how: Launch, inline: bool, cpus: frozenset[int] | None = None) -> Launcher:
     suite = SUITES[case.suite]
-    local = Inline() if inline else Isolated()
+    local = Inline(cpus) if inline else Isolated(cpus)
     if not suite.world_sizes:
         return local
     if case.params["world_size"] not in suite.world_sizes:
         return Refuse(f"{case.suite} runs at world sizes {', '.join(map(str, suite.world_sizes))}, not "
                       f"{case.params['world_size']} (--nproc-per-node x --nnodes)")
-    return OneRank(local) if how.world_size == 1 else Torchrun(how)
+    return OneRank(local) if how.world_size == 1 else Torchrun(how, cpus)

@@ -187,8 +187,12 @@ def _parents() -> dict[int, int]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m bench.lifeline FD CMD...`: keep CMD on the lifeline FD. Exits with CMD's code (128+N: killed by
-    signal N), or 1 when the lifeline ended first."""
+    """`python -m bench.lifeline [--cpus=0,1,...] FD CMD...`: keep CMD on the lifeline FD, the keeper pinned to the
+    CPUs (CMD and all it starts inherit them). Exits with CMD's code (128+N: killed by signal N), or 1 when the
+    lifeline ended first."""
+    if argv[0].startswith("--cpus="):
+        os.sched_setaffinity(0, {int(c) for c in argv[0].removeprefix("--cpus=").split(",")})
+        argv = argv[1:]
     lifeline, cmd = int(argv[0]), argv[1:]
     os.set_inheritable(lifeline, False)  # CMD and its processes need not hold it
 

@@ -101,6 +101,29 @@ TELEMETRY = (
     Metric("throttled", "info", None, "a throttle reason was active in the timed window"),
 )
 
+# Added to every case's metrics (bench.interference): what else ran during the timed window; null without one.
+INTERFERENCE = (
+    Metric("host_cpus", "info", None, "CPUs the case may run on (its affinity)", unit="CPUs"),
+    Metric("host_other_cpus", "info", None, "CPUs' worth of busy time outside the case's process tree in the timed "
+           "window", unit="CPUs"),
+    Metric("host_case_cpus", "info", None, "CPUs' worth of the case's process tree in the timed window", unit="CPUs"),
+    Metric("host_load_avg", "info", None, "1-minute load average at the timed window's edges (its highest)"),
+    Metric("host_steal_pct", "info", None, "CPU time the hypervisor gave to others (steal) in the timed window",
+           unit="%"),
+    Metric("host_cpu_psi_pct", "info", None, "time some task waited for a CPU in the timed window (PSI)", unit="%"),
+    Metric("host_cpu_mhz_pct", "info", None, "clock of the case's core as % of its max (cpufreq), lowest seen",
+           unit="%"),
+    Metric("gpu_other_procs", "info", None, "compute processes on the GPU outside the case's tree in the timed "
+           "window (most at once)"),
+    Metric("gpu_clock_pct", "info", None, "mean SM clock in the timed window as % of its max", unit="%"),
+    Metric("gpu_slowdown", "info", None, "thermal or hardware slowdown (or power brake) in the timed window"),
+    Metric("contended", "info", None, "something outside the case disturbed its timed window "
+           "(bench.interference.reason says what)"),
+)
+# Added by `bench run --wait-idle` (absent without it): the wait is not in the case's elapsed_s or its timeout.
+IDLE_WAIT = Metric("idle_wait_s", "info", None, "seconds the case waited, before it started, for other processes to "
+                   "leave its CPUs (about the --wait-idle bound: they never did)", unit="s")
+
 
 def ranks(spec: Metric) -> tuple[Metric, ...]:
     """rank_min_/rank_mean_/rank_max_ of a distributed case's metric: context beside the worst rank's value."""

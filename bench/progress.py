@@ -1,15 +1,222 @@
-"""Run progress: a rich bar (case, count, ETA) on a terminal, one plain line per case in CI logs."""
+"""Run progress: what the running case is doing, and how long the run has left.
+
+- A case's own progress travels by the standard library's logging: a long loop logs to the logger
+  "techbench.progress", e.g. `log.info("training centernet %d/%d", i, n, extra={"done": i, "total": n})`. In the
+  case's process, `forwarding(path)` attaches a handler that writes the latest message to a small JSON file (one per
+  case, in a temporary folder the runner keeps for the run), at most every FORWARD_EVERY_S: a call in between only
+  keeps its record (O(1)), so a timed loop is not slowed, and a timer writes the last one kept.
+- In `bench`, a display reads that file while the case runs: on a terminal a rich live view (the run's bar, count and
+  ETA; the running case, its elapsed time and its own progress), elsewhere plain lines (one per finished case, and a
+  "still running" line now and then, for CI logs).
+- The ETA comes from the elapsed_s of the same case_ids on the same device in earlier run directories beside this one
+  (runs/ by default), scaled by this run's pace against them; without any it says "ETA unknown".
+
+rich is imported only by the displays: the case's process needs none of it.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
 import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Column
-from rich.text import Text
+from bench.records import RECORDS_JSONL
 
+LOGGER = "techbench.progress"
+FORWARD_EVERY_S = 0.5
+"""A case's process writes its progress at most this often: twice a second is all a person can read."""
+POLL_S = 1.0
+"""How often `bench` reads the running case's progress."""
+STILL_RUNNING_FIRST_S, STILL_RUNNING_S = 30.0, 60.0
+"""Plain output: the first "still running" line after 30 s of a case, then one a minute (a 15-minute case: 15 lines)."""
+EARLIER_RUNS = 10
+"""Run directories read for the ETA, newest first: enough to cover a run split over days; a few hundred records parse
+in milliseconds."""
+PACE_PRIOR_S = 60.0
+"""This run's pace against the earlier runs counts only once it has a minute of comparable work behind it, so that
+one odd first case does not scale the whole estimate."""
 STATUS_STYLE = {"ok": "green", "skipped": "dim", "oom": "yellow", "timeout": "red", "error": "bold red"}
+
+
+@dataclass(frozen=True)
+class Note:
+    """A case's latest progress: the message it logged, its step count when it gave one, when (time.time())."""
+
+    message: str
+    done: int | None = None
+    total: int | None = None
+    at: float = 0.0
+
+
+def _count(value) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_note(path: str | Path | None) -> Note | None:
+    """The latest progress a case wrote to `path`, or None (none yet, or no channel)."""
+    if path is None:
+        return None
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return Note(str(d["message"]), _count(d.get("done")), _count(d.get("total")), float(d.get("at") or 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+class Forwarder(logging.Handler):
+    """Writes the latest "techbench.progress" record to a file, at most every `every_s`; in between, emit() only keeps
+    the record, and a timer writes the last one kept so a pause after a burst still shows where the case stands."""
+
+    def __init__(self, path: str | Path, every_s: float = FORWARD_EVERY_S):
+        super().__init__(logging.INFO)
+        self.path, self.every_s = Path(path), every_s
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._last = -math.inf
+        self._pending: logging.LogRecord | None = None
+        self._timer: threading.Timer | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # under self.lock (Handler.handle)
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._write(record, now)
+            return
+        self._pending = record
+        if self._timer is None:
+            self._timer = threading.Timer(self._last + self.every_s - now, self._flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush(self) -> None:
+        with self.lock:
+            self._timer = None
+            if self._pending is not None:
+                self._write(self._pending, time.monotonic())
+
+    def _write(self, record: logging.LogRecord, now: float) -> None:
+        self._pending, self._last = None, now
+        try:
+            note = {"message": record.getMessage(), "done": _count(getattr(record, "done", None)),
+                    "total": _count(getattr(record, "total", None)), "at": record.created}
+            self._tmp.write_text(json.dumps(note), encoding="utf-8")
+            os.replace(self._tmp, self.path)  # whole or not at all: `bench` never reads half a message
+        except Exception:  # noqa: BLE001 - progress is for the display: a case never fails because of it
+            pass
+
+    def close(self) -> None:
+        with self.lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._pending is not None:
+                self._write(self._pending, time.monotonic())
+        super().close()
+
+
+@contextmanager
+def forwarding(path: str | Path | None):
+    """While the block runs, "techbench.progress" records at INFO and up go to `path` (nothing when it is None)."""
+    if path is None:
+        yield
+        return
+    logger, handler = logging.getLogger(LOGGER), Forwarder(path)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:  # the root's WARNING would drop the loops' info() calls
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+
+
+def duration(seconds: float) -> str:
+    """45s, 2m10s, 1h02m."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s}s"
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def earlier_durations(out: str | Path, case_ids: list[str], device: str) -> dict[str, float]:
+    """case_id -> elapsed_s of its latest record on `device` in the newest EARLIER_RUNS run directories beside `out`
+    (and `out` itself: a case that timed out there will likely take its timeout again)."""
+    wanted, found = set(case_ids), {}
+    files = []
+    try:
+        for d in Path(out).parent.iterdir():
+            try:
+                files.append(((d / RECORDS_JSONL).stat().st_mtime, d / RECORDS_JSONL))
+            except OSError:  # not a run directory, or unreadable
+                continue
+    except OSError:
+        return {}
+    for _, path in sorted(files, reverse=True)[:EARLIER_RUNS]:
+        latest = {}
+        try:
+            with path.open(encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        d = json.loads(line)
+                        cid, elapsed = d.get("case_id"), d.get("elapsed_s")
+                    except (ValueError, AttributeError, RecursionError):
+                        continue
+                    if cid in wanted and d.get("device") == device and isinstance(elapsed, (int, float)) \
+                            and not isinstance(elapsed, bool) and 0 <= elapsed < math.inf:
+                        latest[cid] = float(elapsed)  # the last record of a case is its measurement
+        except OSError:
+            continue
+        found |= {k: v for k, v in latest.items() if k not in found}
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+class Eta:
+    """The run's remaining time: each case still to run takes what it took before, times this run's pace."""
+
+    def __init__(self, todo: list[str], expected: dict[str, float], where: str = "runs/"):
+        self.pending, self.expected, self.where = dict.fromkeys(todo), expected, where
+        self._was = self._took = 0.0
+
+    @classmethod
+    def from_runs(cls, out: str | Path, todo: list[str], device: str) -> Eta:
+        return cls(todo, earlier_durations(out, todo, device), f"{Path(out).parent}/")
+
+    def finished(self, case_id: str, elapsed_s: float) -> None:
+        self.pending.pop(case_id, None)
+        if case_id in self.expected:
+            self._was += self.expected[case_id]
+            self._took += elapsed_s
+
+    def remaining(self, running: str | None = None, running_s: float = 0.0) -> tuple[float, int] | None:
+        """(seconds left for the cases timed before, count of cases never timed), or None when no case was."""
+        if not self.expected:
+            return None
+        pace = (self._took + PACE_PRIOR_S) / (self._was + PACE_PRIOR_S)
+        left = sum(pace * self.expected[c] for c in self.pending if c in self.expected and c != running)
+        if running in self.expected:
+            left += max(pace * self.expected[running] - running_s, 0.0)
+        return left, sum(c not in self.expected for c in self.pending)
+
+    def text(self, running: str | None = None, running_s: float = 0.0) -> str:
+        left = self.remaining(running, running_s)
+        if left is None:
+            return "ETA unknown"
+        seconds, untimed = left
+        return f"ETA {duration(seconds)}" + (f" + {untimed} case{'s' * (untimed > 1)} not timed before" if untimed
+                                             else "")
 
 
 def _line(record) -> str:
@@ -18,59 +225,168 @@ def _line(record) -> str:
 
 
 class PlainProgress:
-    """`[ 3/12] ok      checkpointing/full/...  1.2s`: one line per finished case, safe for any log."""
+    """`[ 3/12] ok      checkpointing/full/...  1.2s  ETA 4m10s`: one line per finished case, and
+    `still running: <case> 2m10s, training centernet 120/500` while a long one runs; safe for any log.
 
-    def __init__(self, stream=None):
+    A watcher thread reads the running case's progress every `poll_s` and calls tick(); tests call tick() directly."""
+
+    def __init__(self, stream=None, poll_s: float = POLL_S, clock=time.monotonic):
         self.stream = stream or sys.stdout
+        self.poll_s, self.clock = poll_s, clock
         self.total = self.done = 0
+        self.eta = Eta([], {})
+        self.case: str | None = None
+        self.channel: Path | None = None
+        self.note: Note | None = None
+        self.held = False  # the case waits for the machine to go idle (--wait-idle): it has not started
+        self.case_t0 = self._due = 0.0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
-    def start(self, total: int, done: int) -> None:
-        self.total, self.done = total, done
+    def start(self, total: int, done: int, eta: Eta | None = None) -> None:
+        self.total, self.done, self.eta = total, done, eta or Eta([], {})
         if done:
-            print(f"resuming: {done}/{total} cases already finished", file=self.stream, flush=True)
+            self._print(f"resuming: {done}/{total} cases already finished")
+        if self.eta.expected:
+            self._print(f"{total - done} cases to run; {self.eta.text()} from earlier runs under {self.eta.where}")
+        else:
+            self._print(f"{total - done} cases to run; ETA unknown (no earlier run under {self.eta.where} timed these "
+                        "cases on this device)")
 
-    def begin(self, case) -> None:
-        pass
+        def watch():
+            while not self._stop.wait(self.poll_s):
+                self.tick()
+
+        self._stop.clear()
+        self._watcher = threading.Thread(target=watch, name="techbench-progress", daemon=True)
+        self._watcher.start()
+
+    def begin(self, case, channel: Path | None = None) -> None:
+        with self._lock:
+            self.case, self.channel, self.note, self.held = case.id, channel, None, False
+            self.case_t0 = self.clock()
+            self._due = self.case_t0 + STILL_RUNNING_FIRST_S
+
+    def waiting(self, case, why: str) -> None:
+        """Before `begin`: the case waits for the machine to go idle (`bench run --wait-idle`); `why`: what is busy."""
+        with self._lock:
+            self.begin(case)
+            self.held, self.note = True, Note(f"waiting for the machine to go idle: {why}")
+            self._print(f"{case.id}: {self.note.message}")
+
+    def running_s(self) -> float:
+        return self.clock() - self.case_t0 if self.case else 0.0
+
+    def tick(self) -> None:
+        """Read the running case's progress, and show it."""
+        with self._lock:
+            if self.case is not None:
+                self.note = read_note(self.channel) or self.note
+                self._show()
+
+    def _show(self) -> None:
+        now = self.clock()
+        if now >= self._due:  # plain output says nothing new until a "still running" line is due
+            self._due = now + STILL_RUNNING_S
+            doing = f", {self.note.message}" if self.note else ""
+            eta = f"; {self.eta.text(self.case, self.running_s())}" if self.eta.expected else ""
+            self._print(f"still {'waiting' if self.held else 'running'}: {self.case} {duration(now - self.case_t0)}"
+                        f"{doing}{eta}")
 
     def end(self, record) -> None:
-        self.done += 1
-        width = len(str(self.total))
-        print(f"[{self.done:>{width}}/{self.total}] {_line(record)}", file=self.stream, flush=True)
+        with self._lock:
+            self.case = None
+            self.done += 1
+            self.eta.finished(record.case_id, record.elapsed_s)
+            self._ended(record)
+
+    def _ended(self, record) -> None:
+        eta = f"  {self.eta.text()}" if self.eta.expected and self.eta.pending else ""
+        self._print(f"[{self.done:>{len(str(self.total))}}/{self.total}] {_line(record)}{eta}")
 
     def stop(self) -> None:
-        pass
+        self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        self._watcher = None
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+class _RunningCase:
+    """The live view's case lines, rendered afresh at each refresh: its id and elapsed time, then its own progress."""
+
+    def __init__(self, progress: RichProgress):
+        self.progress = progress
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        p = self.progress
+        if p.case is None:
+            return Text("")
+        head = Text.assemble(("waiting " if p.held else "running ", "dim"), (p.case, "bold"),
+                             (f"  {duration(p.running_s())}", "cyan"),
+                             no_wrap=True, overflow="ellipsis")
+        note = p.note
+        if note is None:  # a suite that logs no progress: its elapsed time is all there is to show
+            return head
+        row = Table.grid(padding=(0, 1))
+        message = Text(f"  {note.message}", no_wrap=True, overflow="ellipsis")
+        if note.total:
+            row.add_row(message, ProgressBar(total=note.total, completed=min(note.done or 0, note.total), width=20))
+        else:
+            row.add_row(message)
+        return Group(head, row)
 
 
 class RichProgress(PlainProgress):
-    """A live bar with the running case, the count and the ETA; finished cases scroll above it."""
+    """A live view on a terminal: the run's bar, count, elapsed time and ETA, and the running case's lines; finished
+    cases scroll above it."""
 
-    def __init__(self, console: Console):
-        super().__init__()
+    def __init__(self, console, poll_s: float = POLL_S, clock=time.monotonic):
+        from rich.console import Group
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        super().__init__(poll_s=poll_s, clock=clock)
         self.console = console
-        case = TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis"))
-        self.bar = Progress(case, BarColumn(bar_width=24), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                            transient=True)
+        self.bar = Progress(TextColumn("run"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.fields[eta]}"), console=console)
         self.task = None
+        self.live = Live(Group(self.bar, _RunningCase(self)), console=console, transient=True,
+                         refresh_per_second=2)
 
-    def start(self, total: int, done: int) -> None:
-        self.total, self.done = total, done
-        self.bar.start()
-        self.task = self.bar.add_task("starting", total=total, completed=done)
+    def start(self, total: int, done: int, eta: Eta | None = None) -> None:
+        self.task = self.bar.add_task("run", total=total, completed=done, eta=(eta or Eta([], {})).text())
+        self.live.start()
+        super().start(total, done, eta)
 
-    def begin(self, case) -> None:
-        self.bar.update(self.task, description=case.id)
+    def _show(self) -> None:  # the case's lines render themselves (_RunningCase); the ETA moves as it runs
+        self.bar.update(self.task, eta=self.eta.text(self.case, self.running_s()))
 
-    def end(self, record) -> None:
-        self.done += 1
-        style = STATUS_STYLE.get(record.status, "")
-        self.bar.console.print(Text(_line(record), style=style), soft_wrap=True)
-        self.bar.update(self.task, advance=1)
+    def _ended(self, record) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(_line(record), style=STATUS_STYLE.get(record.status, "")), soft_wrap=True)
+        self.bar.update(self.task, advance=1, eta=self.eta.text())
+
+    def _print(self, text: str) -> None:
+        self.console.print(text, style="dim", soft_wrap=True)
 
     def stop(self) -> None:
-        self.bar.stop()
+        super().stop()
+        self.live.stop()
 
 
-def make_progress(console: Console | None = None):
+def make_progress(console=None):
+    """The live view on a terminal, plain lines elsewhere (a pipe, a CI log)."""
+    from rich.console import Console
+
     console = console or Console()
     return RichProgress(console) if console.is_terminal else PlainProgress()

@@ -241,14 +241,23 @@ class RunMeta:
     """Per suite, what it declared (Suite.describe: variants, parts, references, metric specs) and its CPU threads."""
     not_run: list[str] | None = None
     """case_ids a --budget left unrun, for --resume."""
+    machine_start: dict | None = None
+    """The machine as the run began (bench.interference.machine_state): load average, CPU used by others, memory
+    available, GPUs' processes and clocks. A resumed run keeps its first start."""
+    machine_end: dict | None = None
+    """The same, as the run (or its last resumption) ended."""
+    cpus: list[int] | None = None
+    """The CPUs every case was pinned to (`bench run --cpus`), as the run (or its last resumption) was started; null:
+    not pinned. Each record's host_cpus counts the CPUs its case could use."""
     extra: dict[str, Any] = field(default_factory=dict)
     """What only some runs carry: merged_from, envs, missing_shards, cases (bench merge); imported_from."""
     schema: int = SCHEMA
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("extra", "schema")}
-        if d["not_run"] is None:
-            del d["not_run"]
+        for optional in ("not_run", "machine_start", "machine_end"):
+            if d[optional] is None:
+                del d[optional]
         return {"schema": self.schema, **d, **self.extra}
 
     @classmethod

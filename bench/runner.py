@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import json
 import random
+import shlex
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -18,16 +21,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import launchers
+from bench import interference, launchers
+from bench.atomic import OutputError, atomic_write_bytes
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
-from bench.records import FAILED, RECORDS_JSONL, Record, RecordWriter, RunMeta, Scan, write_run_json
+from bench.progress import Eta
+from bench.records import (
+    FAILED,
+    RECORDS_JSONL,
+    Record,
+    RecordWriter,
+    RunMeta,
+    Scan,
+    SchemaError,
+    read_run_json,
+    scan_records,
+    write_run_json,
+)
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
-from bench.rundir import open_run_dir
+from bench.rundir import holder, open_run_dir
 from bench.suite import SUITES, Suite, case_id
 from bench.validation import check_measurement
 
-DEFAULT_TIMEOUT_S = 900.0
+# Seconds a case may run before it is killed and recorded as a timeout, by size (--timeout overrides). smoke: cases
+# of seconds on a 2-core CPU, so 5 min is a hang. quick: the whole quick run fits 5 min on a 2-core CPU, so a case
+# past 15 min is 3x that: a hang, or a machine far slower than intended (the record says what it was doing). full:
+# GPU shapes and 3,000-step trainings that take minutes on an H200; an hour still ends a hung nightly job.
+TIMEOUTS = {"smoke": 300.0, "quick": 900.0, "full": 3600.0}
+# The machine's counters as `bench` starts, before it loads the suites: machine_start in run.json measures the CPU
+# other processes used from here (seconds, in `bench run`) rather than over env collection alone (milliseconds).
+IMPORTED = interference.snapshot()
 
 
 def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None = None,
@@ -76,13 +99,20 @@ class RunConfig:
     where: dict[str, str] | None = None
     cases_like: list[str] | None = None
     """Only cases whose case_id matches one of these shell-style globs (`bench run --case`)."""
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float | None = None
+    """Seconds per case; None: TIMEOUTS of the size."""
     launch: Launch = field(default_factory=Launch)
     """How distributed suites' cases are launched (torchrun processes per node, nodes, rendezvous)."""
     inline: bool = False
     resume: bool = False
+    retry_failed: bool = False
+    """With resume: run again the cases recorded as error or timeout; each new record replaces the old one."""
     threads: int | None = None
     """Intra-op threads for every CPU case (`--threads`), over each suite's `cpu_threads`."""
+    cpus: frozenset[int] | None = None
+    """The CPUs every case is pinned to (`--cpus`; bench.launchers); None: not pinned."""
+    wait_idle_s: float | None = None
+    """`--wait-idle`: before each case, wait at most this long for other processes to leave its CPUs."""
     budget_s: float | None = None
     """Wall-clock seconds for the whole run: no case starts after it, and the case running then is given only what
     is left; a case cut off by it is not recorded, so --resume runs it. None: no budget."""
@@ -108,6 +138,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     from bench import __version__
     from bench import env as envmod
 
+    marks = [IMPORTED, interference.snapshot()]  # where machine_start's span may begin (see IMPORTED)
     if (message := scan.warning(cfg.out / RECORDS_JSONL)) is not None:
         warnings.warn(message, stacklevel=3)
     finished = {r.case_id: r for r in scan.records}
@@ -127,32 +158,40 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     else:
         meta = RunMeta.from_json(meta)
     meta.finished_at, meta.not_run = None, None
+    meta.cpus = sorted(cfg.cpus) if cfg.cpus else None  # run-wide, as --threads' counts under suites are
+    meta.machine_start = meta.machine_start or interference.machine_state(marks)  # a resumed run keeps its first
     # what each suite's metrics are, as this code declares them (a resumed run takes the current declarations), and
     # the thread count its CPU cases run with (None: torch's default)
-    meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": cpu_threads(s, cfg.device, cfg.threads)}
-                                     for s in cfg.suites}}
+    threads = {s.name: cpu_threads(s, cfg.device, cfg.threads, cfg.cpus) for s in cfg.suites}
+    meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": threads[s.name]} for s in cfg.suites}}
     write_run_json(cfg.out, meta)
 
-    todo = [c for c in cases if c.id not in finished]
+    todo = [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
+    limit = cfg.timeout_s or TIMEOUTS[cfg.size]
     if progress is not None:
-        progress.start(len(cases), len(cases) - len(todo))
-    with RecordWriter(cfg.out / RECORDS_JSONL) as writer, _stopping(progress):
+        progress.start(len(cases), len(cases) - len(todo), Eta.from_runs(cfg.out, [c.id for c in todo], cfg.device))
+    # the writer closes before _replacing drops what the retried cases' new records replace
+    with _replacing(cfg.out / RECORDS_JSONL, cfg.retry_failed), RecordWriter(cfg.out / RECORDS_JSONL) as writer, \
+            _stopping(progress), tempfile.TemporaryDirectory(prefix="techbench-progress-") as notes:
         for i, case in enumerate(todo):
-            timeout_s = cfg.timeout_s
+            waited = _wait_idle(case, cfg, deadline, progress)  # not part of the case's time, nor of its timeout
+            timeout_s = limit
             if deadline is not None:
                 timeout_s = min(timeout_s, deadline - time.monotonic())
                 if timeout_s <= 0:
                     meta.not_run = [c.id for c in todo[i:]]
                     break
+            said = Path(notes) / f"{i}.json"  # the case's progress: a file of its own, so none shows as the next's
             if progress is not None:
-                progress.begin(case)
+                progress.begin(case, said)
             started, t0 = now(), time.perf_counter()
-            result = _execute(case, cfg, timeout_s)
+            marks.append(interference.snapshot())  # machine_end measures from one of these, about a second back
+            result = _execute(case, cfg, timeout_s, said)
             if result is None:  # a distributed case whose rank 0 ran on another node: that node records it
                 continue
-            if result["status"] == "timeout" and timeout_s < cfg.timeout_s:  # cut off by the budget, not its own
+            if result["status"] == "timeout" and timeout_s < limit:  # cut off by the budget, not its own
                 meta.not_run = [c.id for c in todo[i:]]
                 break
             result = _checked(result)
@@ -160,6 +199,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
                             started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=env_id)
+            if record.status == "ok" and cfg.wait_idle_s:
+                record.metrics["idle_wait_s"] = waited
             if record.status == "ok":
                 refs[record.case_id] = record.metrics  # first, so the reference gets its own ratios of 1
                 _add_relative(record, refs)
@@ -168,6 +209,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
             if progress is not None:
                 progress.end(record)
     meta.finished_at = None if meta.not_run else now()  # a run stopped by its budget is unfinished
+    meta.machine_end = interference.machine_state(marks)
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]
     return (1 if meta.not_run or any(r.status in FAILED for r in records) else 0), records
@@ -185,9 +227,121 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "metrics": metrics, "samples": samples}
 
 
-def _execute(case: Case, cfg: RunConfig, timeout_s: float) -> dict[str, Any] | None:
-    launcher = launchers.for_case(case, cfg.launch, cfg.inline)
-    return launcher.launch(case, cfg.device, timeout_s, cpu_threads(SUITES[case.suite], cfg.device, cfg.threads))
+def _execute(case: Case, cfg: RunConfig, timeout_s: float, progress: Path) -> dict[str, Any] | None:
+    launcher = launchers.for_case(case, cfg.launch, cfg.inline, cfg.cpus)
+    return launcher.launch(case, cfg.device, timeout_s,
+                           cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus), str(progress))
+
+
+def _wait_idle(case: Case, cfg: RunConfig, deadline: float | None, progress) -> float | None:
+    """--wait-idle: the seconds waited for the case's CPUs to go quiet, within what the --budget leaves."""
+    if not cfg.wait_idle_s:
+        return None
+    bound = cfg.wait_idle_s if deadline is None else min(cfg.wait_idle_s, deadline - time.monotonic())
+    told = None if progress is None else (lambda why: progress.waiting(case, why))
+    return launchers.wait_idle(bound, cfg.cpus, cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus),
+                               told)
+
+
+@contextmanager
+def _replacing(path: Path, retry_failed: bool):
+    """--retry-failed: when the run ends, however it ends, each error or timeout record that a later record of its
+    case replaced is dropped from records.jsonl, so the run holds one record a case, as `bench merge` and `bench
+    history add` require. Readers keep the last record of a case anyway: a run killed before this loses nothing."""
+    try:
+        yield
+    finally:
+        if retry_failed:
+            _drop_replaced(path)
+
+
+def _drop_replaced(path: Path) -> None:
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except OSError:
+        return
+    seen = [_case_and_status(line) for line in lines]
+    last = {case: i for i, (case, _) in enumerate(seen) if case is not None}
+    keep = [line for i, (line, (case, status)) in enumerate(zip(lines, seen))
+            if not (status in FAILED and last[case] > i)]
+    if len(keep) < len(lines):
+        try:
+            atomic_write_bytes(path, b"".join(keep))
+        except OutputError as e:
+            warnings.warn(f"{e}; the retried cases keep their old records beside the new, and readers take the last",
+                          stacklevel=3)
+
+
+def _case_and_status(line: bytes) -> tuple[str | None, str | None]:
+    try:
+        d = json.loads(line)
+        record = Record.from_dict(d) if isinstance(d, dict) else None
+    except (ValueError, TypeError, RecursionError):  # not a record: left as it is, for readers to count
+        return None, None
+    return (record.case_id, record.status) if record else (None, None)
+
+
+def resume_command(argv: list[str], out: Path) -> str:
+    """The command that continues a run: its arguments (after `bench`) without --resume and --out, then
+    `--resume --out OUT`."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif a != "--resume" and not a.startswith("--out="):
+            kept.append(a)
+    return shlex.join(["bench", *kept, "--resume", "--out", str(out)])
+
+
+def _command_of(meta: dict, out: Path) -> str:
+    argv = meta.get("argv")
+    if isinstance(argv, list) and argv[:2] == ["bench", "run"] and all(isinstance(a, str) for a in argv):
+        return resume_command(argv[1:], out)
+    return resume_command(["run", *sorted(meta.get("suites") or {}), "--size", str(meta.get("size")), "--device",
+                           str(meta.get("device")), "--shard", str(meta.get("shard", "1/1"))], out)
+
+
+def unfinished_runs(root: Path, retry_failed: bool = False) -> list[tuple[Path, dict]]:
+    """The run directories directly under `root` that --resume would continue, newest first: those whose run.json
+    has no finished_at (interrupted, killed, out of --budget) and, for --retry-failed, those holding an error or
+    timeout record; not one that another bench is writing."""
+    found = []
+    try:
+        dirs = [d for d in root.iterdir() if d.is_dir()]
+    except OSError:
+        return []
+    for d in dirs:
+        try:
+            meta = read_run_json(d)
+            if meta is None or holder(d) is not None:
+                continue
+            if meta.get("finished_at") and not (
+                    retry_failed and any(r.status in FAILED for r in scan_records(d / RECORDS_JSONL).records)):
+                continue
+        except (SchemaError, OSError):
+            continue
+        found.append((d, meta))
+    return sorted(found, key=lambda x: (str(x[1].get("started_at") or ""), x[0].name), reverse=True)
+
+
+def latest_unfinished(root: Path, how: tuple[str, str, str], suites: list[str], retry_failed: bool = False) -> Path:
+    """The run that `bench run --resume` without --out continues: the newest unfinished run under `root` made with
+    the same (size, device, shard) and suites. RunDirError naming the command to use when there is none."""
+    runs = unfinished_runs(root, retry_failed)
+    for d, meta in runs:
+        if (meta.get("size"), meta.get("device"), meta.get("shard", "1/1")) == tuple(how) \
+                and sorted(meta.get("suites") or {}) == sorted(suites):
+            return d
+    if not runs:
+        failed = ", nor holds an error or timeout record" if retry_failed else ""
+        raise RunDirError(f"--resume without --out: no run under {root}/ is unfinished (none was interrupted, killed "
+                          f"or stopped by --budget{failed}); drop --resume to start a new run")
+    d, meta = runs[0]
+    raise RunDirError(f"--resume without --out: no unfinished run under {root}/ was made with --size {how[0]} "
+                      f"--device {how[1]} --shard {how[2]} and these {len(suites)} suite{'s' * (len(suites) != 1)}; "
+                      f"the latest unfinished one, {d}, continues with `{_command_of(meta, d)}`")
 
 
 @contextmanager

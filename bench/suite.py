@@ -119,6 +119,9 @@ class Suite:
     world_sizes: ClassVar[tuple[int, ...]] = ()
     """A distributed suite lists the world sizes it supports: each case is then one torchrun job (bench.distributed)
     whose ranks all call `measure` with torch.distributed initialised, and its params gain `world_size`."""
+    libraries: ClassVar[dict[str, str]] = {}
+    """Variants that run a third-party library rather than this project's code: variant -> the library's name and
+    version ("torchao 0.18.0"), so that a report can tell ours, a library's and the reference apart."""
 
     def grid(self, size: str, device: str) -> list[dict[str, Any]]:
         """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda:N"); JSON scalar values.
@@ -164,7 +167,8 @@ class Suite:
     def describe(self) -> dict[str, Any]:
         """What run.json records of this suite, for readers that cannot import it (reports, compare, history)."""
         return {"description": self.description, "reference": self.reference_variant(),
-                "variants": dict(self.variants), "world_sizes": list(self.world_sizes),
+                "variants": dict(self.variants), "libraries": dict(self.libraries),
+                "world_sizes": list(self.world_sizes),
                 "relative": [{"name": r.name, "metric": r.metric, "invert": r.invert} for r in self.relative],
                 "parts": {name: {"description": p.description, "variants": list(p.variants),
                                  "reference": p.reference_variant(),
@@ -173,11 +177,12 @@ class Suite:
                 "metrics": {name: spec.to_json() for name, spec in self.metric_specs().items()}}
 
     def metric_specs(self) -> dict[str, Metric]:
-        """Every metric a record of this suite can hold: the suite's own, the runner's telemetry, each `relative`
-        ratio, and for a distributed suite the rank spreads of every numeric metric."""
-        specs = {m.name: m for m in (*self.metrics, *metric_specs.TELEMETRY)}
+        """Every metric a record of this suite can hold: the suite's own, the runner's telemetry and interference
+        metrics, each `relative` ratio, and for a distributed suite the rank spreads of every numeric metric."""
+        specs = {m.name: m for m in (*self.metrics, *metric_specs.TELEMETRY, *metric_specs.INTERFERENCE)}
         if self.world_sizes:
             specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
+        specs[metric_specs.IDLE_WAIT.name] = metric_specs.IDLE_WAIT  # the runner's, after the ranks: no rank spread
         for rel in (*self.relative, *(r for p in self.parts.values() for r in p.relative)):
             of = specs.get(rel.metric) or metric_specs.default(rel.metric)
             specs[rel.name] = metric_specs.ratio(rel.name, of, rel.invert)

@@ -1,9 +1,9 @@
 """The GPU check: what the CPU CI cannot run, sized to the time a lent GPU gives, stopped cleanly at a budget.
 
-Steps, in order, each timed and printed: the GPU and environment, `bench doctor` and `bench plan` where the installed
-bench has them, the CUDA tests (`pytest -m cuda`: every test a CPU machine skips), then SELECTION, a curated slice of
-every suite's quick grid that reaches each CUDA path once (one `bench run`, with its report). `full` adds every suite
-at full size; `SUITE=SIZE` adds that suite at that size.
+Steps, in order, each timed and printed: the GPU and environment, `bench doctor --json` (OUT/doctor.json: what could
+disturb the timings) and `bench plan` where the installed bench has them, the CUDA tests (`pytest -m cuda`: every test
+a CPU machine skips), then SELECTION, a curated slice of every suite's quick grid that reaches each CUDA path once (one
+`bench run`, with its report). `full` adds every suite at full size; `SUITE=SIZE` adds that suite at that size.
 
 The budget (--budget-s) is wall-clock for the whole check: a step starts only with time left, a `bench run` gets what
 is left as its --budget (it records the cases it finished and lists the rest), and anything that did not run is
@@ -153,11 +153,12 @@ def main(argv: list[str]) -> int:
         check.step("gpus", ["nvidia-smi", "-L"])
     check.step("env", [*bench, "env", "--json"], log="env.json")
     suites = sorted({glob.split("/")[0] for glob, _ in SELECTION})
-    for command, cmd in (("doctor", [*bench, "doctor"]),
-                         ("plan", [*bench, "plan", *suites, "--size", "quick", "--gpu", "auto", "-o",
-                                   str(out / "plan.html")])):
+    # doctor: what on this machine could disturb the timings that follow (load, clocks, other GPU processes)
+    for command, cmd, log in (("doctor", [*bench, "doctor", "--json"], "doctor.json"),
+                              ("plan", [*bench, "plan", *suites, "--size", "quick", "--gpu", "auto", "-o",
+                                        str(out / "plan.html")], "plan.log")):
         if bench_has(command):
-            check.step(command, cmd, log=f"{command}.log")
+            check.step(command, cmd, log=log)
         else:
             print(f"-- {command}: this bench has no `{command}` command yet; skipped", flush=True)
     check.step("cuda tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",

@@ -4,12 +4,20 @@ Files live under $TECHBENCH_CACHE (default ~/.cache/techbench)/<namespace>/<sha2
 beside the payload: a file whose key differs, or that does not load (truncated, corrupt, another format), is rebuilt,
 never trusted. Writes go to a temporary file renamed into place, so a killed run leaves no half-written entry; a cache
 that cannot be written (read-only, full disk) costs a retrain next time, not the result.
+
+Before the user cache, the read-only artifacts shipped with the package are consulted (impls/weights/, the same
+layout and names, built by `python -m impls.weights build`): the smoke and quick configs the suites train, so a first
+run trains nothing at those sizes. A shipped file is held to the same check (its stored key must equal the asked key),
+and a mismatch falls through to the user cache and training. TECHBENCH_SHIPPED=0 ignores them (train on this machine).
+
+Training loops report progress through logging (PROGRESS), so a display can show it without impls importing it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -19,10 +27,17 @@ from pathlib import Path
 import torch
 
 FORMAT = 1  # bump when what a payload holds changes: old entries then miss and are rebuilt
+SHIPPED = Path(__file__).parent / "weights"
+PROGRESS = logging.getLogger("techbench.progress")
+PROGRESS_RECORDS = 50  # one record per ~2% of a loop's steps, and the last
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TECHBENCH_CACHE") or Path.home() / ".cache" / "techbench")
+
+
+def shipped_enabled() -> bool:
+    return os.environ.get("TECHBENCH_SHIPPED", "1") != "0"
 
 
 def entry(namespace: str, key: dict) -> Path:
@@ -30,26 +45,70 @@ def entry(namespace: str, key: dict) -> Path:
     return cache_dir() / namespace / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt"
 
 
-def load_or_build(namespace: str, key: dict, build: Callable[[], dict]) -> dict:
-    """The payload cached for `key`, or `build()`'s, cached for next time. Payloads hold tensors, numbers, strings."""
-    path = entry(namespace, key)
-    stored = json.loads(json.dumps(key, sort_keys=True, default=str))
+def shipped_entry(namespace: str, key: dict) -> Path:
+    """Where the package would ship the entry of `key` (whether or not it does)."""
+    return SHIPPED / namespace / entry(namespace, key).name
+
+
+def stored_key(key: dict) -> dict:
+    """The key as a file holds it (JSON types: tuples become lists, other objects their str)."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def read(path: Path, key: dict) -> dict | None:
+    """The payload at `path` if the file loads and holds exactly `key`, else None."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(saved, dict) and saved.get("key") == stored and isinstance(saved.get("payload"), dict):
-            return saved["payload"]
-    except Exception:  # noqa: BLE001  -- a missing or unreadable file is a miss: it is rebuilt and overwritten
-        pass
-    payload = build()
+    except Exception:  # noqa: BLE001  -- a missing or unreadable file is a miss
+        return None
+    if isinstance(saved, dict) and saved.get("key") == stored_key(key) and isinstance(saved.get("payload"), dict):
+        return saved["payload"]
+    return None
+
+
+def write(path: Path, key: dict, payload: dict) -> None:
+    """{"key", "payload"} to `path` through a temporary file renamed into place; raises OSError."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
             tmp = Path(f.name)
-            torch.save({"key": stored, "payload": payload}, f)
+            torch.save({"key": stored_key(key), "payload": payload}, f)
         os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"could not cache {namespace} weights in {path.parent}: {e}", stacklevel=2)
+    except OSError:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-    return payload
+        raise
+
+
+def fetch(namespace: str, key: dict, build: Callable[[], dict]) -> tuple[dict, str]:
+    """(payload, source): the shipped artifact for `key` ("shipped"), else the user cache's ("cache"), else
+    `build()`'s, cached for next time ("built"). Payloads hold tensors, numbers, strings."""
+    if shipped_enabled() and (payload := read(shipped_entry(namespace, key), key)) is not None:
+        return payload, "shipped"
+    path = entry(namespace, key)
+    if (payload := read(path, key)) is not None:
+        return payload, "cache"
+    payload = build()
+    try:
+        write(path, key, payload)
+    except OSError as e:
+        warnings.warn(f"could not cache {namespace} weights in {path.parent}: {e}", stacklevel=3)
+    return payload, "built"
+
+
+def load_or_build(namespace: str, key: dict, build: Callable[[], dict]) -> dict:
+    """The payload shipped or cached for `key`, or `build()`'s, cached for next time."""
+    return fetch(namespace, key, build)[0]
+
+
+def progress(what: str, total: int) -> Callable[[int], None]:
+    """report(done): logs "training <what> <done>/<total>" on the "techbench.progress" logger, with
+    extra={"done", "total"}, every ~2% of `total` steps and at the last; call it after each step."""
+    every = max(1, total // PROGRESS_RECORDS)
+
+    def report(done: int) -> None:
+        if done % every == 0 or done == total:
+            PROGRESS.info("training %s %d/%d", what, done, total, extra={"done": done, "total": total})
+
+    return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
@@ -12,7 +13,8 @@ from reports.html import figure, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
 DIVERGING = [[0.0, "#cf222e"], [0.5, "#f6f8fa"], [1.0, "#1a7f37"]]
-VERDICT_COLOURS = {"slower": "#cf222e", "faster": "#1a7f37", "same": "#8c959f", "noisy": "#d4a72c"}
+VERDICT_COLOURS = {"slower": "#cf222e", "faster": "#1a7f37", "same": "#8c959f", "noisy": "#d4a72c",
+                   "contended": "#8250df"}
 # Verdicts that judged a change. Any other cell (n/a, changed, or a metric without a direction: a timing's IQR once
 # read x1351 and drew deep red) is grey rather than on the better/worse scale.
 JUDGED = ("faster", "slower", "better", "worse", "same", "noisy")
@@ -20,6 +22,25 @@ NEUTRAL = "#d0d7de"
 # Colour range of the heatmap in |log2 ratio|: at least x1.1 so that sub-threshold changes stay pale, at most x4 so
 # that one huge change does not wash out the rest.
 MIN_SPAN, MAX_SPAN = math.log2(1.1), 2.0
+# Labels stay horizontal (rotated case_ids took ~200 px and are hard to read): case_ids go on a y axis that grows its
+# margin to fit them, metric names are broken after underscores into lines of at most this many characters, which
+# fits ~20 metric columns (timings, counts and the interference context) across a 1280 px page.
+METRIC_LINE_CHARS = 10
+BAR_PX = 22  # per bar: base and new side by side for each case
+
+
+def _wrap(name: str, width: int = METRIC_LINE_CHARS) -> str:
+    """`name` broken after underscores into lines of at most `width` characters where it can be (plotly's <br>)."""
+    lines = [""]
+    for part in re.split(r"(?<=_)", name):
+        if lines[-1] and len(lines[-1]) + len(part) > width:
+            lines.append("")
+        lines[-1] += part
+    return "<br>".join(lines)
+
+
+def _why(r) -> str:
+    return f"<br>contended: {html.escape(r.contended)}" if isinstance(r.contended, str) else ""
 
 
 def _goodness(ratio: float, direction: str | None) -> float:
@@ -55,7 +76,7 @@ def heatmap(rows):
             grey[i][j], grey_text[i][j] = 0.0, label
         better = f"{r.direction} is better" if has_direction else "no direction"
         hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({better})<br>base {r.base:.4g} → new {r.new:.4g}"
-                       f"<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}, runs {r.runs_per_side}"
+                       f"<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}, runs {r.runs_per_side}" + _why(r)
                        + ("" if judged else "<br>grey: no verdict on this change"))
     finite = [abs(v) for row in z for v in row if math.isfinite(v)]
     span = min(max([MIN_SPAN, *finite]), MAX_SPAN)
@@ -68,10 +89,13 @@ def heatmap(rows):
         go.Heatmap(z=z, text=text, colorscale=DIVERGING, zmid=0, zmin=-span, zmax=span, **common,
                    colorbar={"title": {"text": "NEW/BASE"}, "tickvals": ticks, "ticktext": labels}),
     ])
+    lines = max(_wrap(m).count("<br>") + 1 for m in metrics)
     fig.update_layout(title="Ratio NEW/BASE by case and metric (green better, red worse, by the metric's direction; "
                             "grey: no verdict)",
-                      height=260 + 26 * len(cases), margin={"l": 20, "r": 20, "t": 170},
-                      yaxis={"autorange": "reversed"}, xaxis={"side": "top", "tickangle": -30}, template="plotly_white")
+                      height=200 + 14 * lines + 26 * len(cases), margin={"l": 20, "r": 20, "t": 90 + 14 * lines},
+                      yaxis={"autorange": "reversed", "automargin": True, "tickangle": 0},
+                      xaxis={"side": "top", "tickangle": 0, "tickfont": {"size": 11}, "tickvals": metrics,
+                             "ticktext": [_wrap(m) for m in metrics]}, template="plotly_white")
     return fig
 
 
@@ -81,28 +105,33 @@ def timing_bars(rows, suite: str, metric: str):
     import plotly.graph_objects as go
 
     part = rows[(rows["suite"] == suite) & (rows["metric"] == metric)]
-    x = [c.removeprefix(f"{suite}/") for c in part["case_id"]]
+    y = [c.removeprefix(f"{suite}/") for c in part["case_id"]]
     low = [b * lo for b, lo in zip(part["base"], part["ci_low"])]
     high = [b * hi for b, hi in zip(part["base"], part["ci_high"])]
+    why = [_why(r) for r in part.itertuples()]
     fig = go.Figure([
-        go.Bar(name="base", x=x, y=list(part["base"]), marker_color="#8c959f"),
-        go.Bar(name="new", x=x, y=list(part["new"]), text=list(part["verdict"]), textposition="outside",
+        go.Bar(name="base", y=y, x=list(part["base"]), orientation="h", marker_color="#8c959f",
+               hovertemplate="%{y}<br>base %{x:.4g}<extra></extra>"),
+        go.Bar(name="new", y=y, x=list(part["new"]), orientation="h", text=list(part["verdict"]),
+               textposition="outside", cliponaxis=False,
                marker_color=[VERDICT_COLOURS.get(v, "#0969da") for v in part["verdict"]],
-               error_y={"type": "data", "symmetric": False, "array": [h - n for h, n in zip(high, part["new"])],
+               error_x={"type": "data", "symmetric": False, "array": [h - n for h, n in zip(high, part["new"])],
                         "arrayminus": [n - lo for lo, n in zip(low, part["new"])]},
                customdata=list(zip(part["ratio"], part["p_value"], part["ci_low"], part["ci_high"],
-                                   part["runs_per_side"])),
-               hovertemplate="%{x}<br>new %{y:.4g}<br>ratio %{customdata[0]:.3f} (CI %{customdata[2]:.3f}.."
+                                   part["runs_per_side"], why)),
+               hovertemplate="%{y}<br>new %{x:.4g}<br>ratio %{customdata[0]:.3f} (CI %{customdata[2]:.3f}.."
                              "%{customdata[3]:.3f})<br>p=%{customdata[1]:.2g}<br>runs %{customdata[4]}"
-                             "<extra></extra>"),
+                             "%{customdata[5]}<extra></extra>"),
     ])
     fig.update_layout(title=f"{suite}: {metric}, base vs new (error bar: CI of the ratio)", barmode="group",
-                      yaxis_title=metric, template="plotly_white", height=460, xaxis={"tickangle": -30})
+                      xaxis_title=metric, template="plotly_white", height=160 + 2 * BAR_PX * len(y),
+                      yaxis={"autorange": "reversed", "automargin": True, "tickangle": 0})
     return fig
 
 
 ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high", "runs_per_side",
              "run_spread"]
+CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "contended"]
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
 
 
@@ -148,6 +177,13 @@ def write_compare_html(comparison, out: str | Path) -> Path:
             parts.append(section("Timings", *bars))
     else:
         parts.append(section("Ratios", '<p class="muted">No case is ok on both sides: nothing to compare.</p>'))
+    if len(c.contended):
+        note = ("Judged all the same (--allow-contended)." if c.allow_contended else
+                "Not judged faster or slower, and ignored by --fail-on-regression: rerun on a quiet machine, or "
+                "pass --allow-contended to judge them.")
+        parts.append(section(f"Contended ({len(c.contended)}): other load disturbed these timings",
+                             f'<p class="muted">{note}</p>',
+                             table(_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE, {"contended": "reason"})))
     if len(c.improvements):
         parts.append(section(f"Improvements ({len(c.improvements)})",
                              table(_records(c.improvements, ROW_TABLE), ROW_TABLE, {"verdict": "improvement"})))

@@ -3,7 +3,9 @@
 index.html lists the current regressions (those of series that stopped running apart, as stale), the latest run per
 environment, and links one page per suite. A suite page has, per directional metric, a time series per case (marker
 symbol per environment, a labelled vertical line where a new one first runs, the baseline with its noise band shaded,
-the flagged points ringed) and a latest-against-baseline table. An environment is an (env_id, device) pair: CPU and
+the flagged points ringed, contended points hollow: judged against nothing, see reports/regressions.py) and a
+latest-against-baseline table. Points sit at each run's start to the second: nightly runs are a day apart, but two
+runs made by hand a minute apart must not share an x. An environment is an (env_id, device) pair: CPU and
 CUDA runs on one machine share an env_id, never a series.
 """
 
@@ -19,10 +21,15 @@ from reports.html import CSS, figure, page, section, table
 from reports.regressions import ENV, STALE_DAYS, regressions  # noqa: F401 - the rule, re-exported
 
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star", "hexagon", "triangle-down")
+# Tick labels by zoom (dtick in ms): seconds only once ticks are under a minute apart, never plotly's fractions of a
+# second ("00:10:59.9995"), and the date once ticks are a day or more apart.
+TICK_FORMATS = [{"dtickrange": [None, 60_000], "value": "%H:%M:%S<br>%b %d"},
+                {"dtickrange": [60_000, 86_400_000], "value": "%H:%M<br>%b %d, %Y"},
+                {"dtickrange": [86_400_000, None], "value": "%b %d<br>%Y"}]
 
 
 def _when(ts) -> str:
-    return ts.strftime("%Y-%m-%d %H:%M") if hasattr(ts, "strftime") else str(ts)
+    return ts.strftime("%Y-%m-%d %H:%M:%S") if hasattr(ts, "strftime") else str(ts)
 
 
 def _metric_figure(items: list, runs, flagged: dict, metric: str):
@@ -42,23 +49,27 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
         case, env = s["case_id"].iloc[0], (s["env_id"].iloc[0], s["device"].iloc[0])
         colour = colours[case]
         x, values = [_when(t) for t in s["timestamp"]], s["value"].tolist()
+        away, why = s["contended"].tolist(), s["contended_reason"].tolist()
         hover = [f"{case}<br>{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
                  + (f"<br>baseline {p['baseline']:.4g} ± {100 * p['half']:.3g}%" if p else "")
                  + (f"<br>older baseline {p['old']:.4g} ± {100 * p['old_half']:.3g}%" if p and p["old"] else "")
                  + (f"<br>bad ({p['kind']})" if p and p["kind"] else "")
-                 for r, g, sha, v, p in zip(s["run_id"], s["gpu"], s["git_sha"], values, judged)]
+                 + (f"<br>contended, not judged: {html.escape(str(w or 'flagged contended'))}" if a else "")
+                 for r, g, sha, v, p, a, w in zip(s["run_id"], s["gpu"], s["git_sha"], values, judged, away, why)]
         for edge, fill in (("upper", None), ("lower", "tonexty")):
             y = [p and (max(p[edge], floor) if log else p[edge]) for p in judged]
             fig.add_scatter(x=x, y=y, mode="lines", line={"width": 0}, fill=fill, legendgroup=case, showlegend=False,
                             fillcolor="rgba({}, {}, {}, 0.12)".format(*hex_to_rgb(colour)), hoverinfo="skip")
         fig.add_scatter(x=x, y=values, mode="lines+markers", name=case.removeprefix(s["suite"].iloc[0] + "/"),
                         legendgroup=case, showlegend=case not in shown, line={"color": colour},
-                        marker={"symbol": envs.get(env, "circle"), "size": 8}, text=hover,
+                        marker={"symbol": [envs.get(env, "circle") + "-open" * bool(a) for a in away], "size": 8},
+                        text=hover,
                         hovertemplate="%{text}<extra></extra>")
         shown.add(case)
-        n = flagged.get((case, *env))
-        if n:  # ring the whole bad run, not only the two points that raised the flag
-            fig.add_scatter(x=x[-n:], y=values[-n:], mode="markers", legendgroup=case, showlegend=False,
+        bad = rule.streak(judged, away) if (case, *env) in flagged else []
+        if bad:  # ring the whole bad run, not only the two points that raised the flag
+            fig.add_scatter(x=[x[i] for i in bad], y=[values[i] for i in bad], mode="markers", legendgroup=case,
+                            showlegend=False,
                             marker={"symbol": "circle-open", "size": 18, "color": "#cf222e", "line": {"width": 2}},
                             hoverinfo="skip")
     first = runs.drop_duplicates(ENV)
@@ -70,11 +81,25 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
         fig.add_shape(type="line", x0=x, x1=x, yref="paper", y0=0, y1=1, line={"dash": "dot", "color": "#6e7781"})
         fig.add_annotation(x=x, yref="paper", y=1.02, showarrow=False, font={"size": 10},
                            text=f"new env: {run.gpu} ({run.env_id}, {run.device})")
-    fig.update_layout(title=f"{metric} per case (marker: env; shade: baseline ± noise band; red ring: flagged)",
-                      xaxis_title="run started (UTC)", yaxis_title=metric + (" (log)" if log else ""),
+    fig.update_layout(title=f"{metric} per case (marker: env; hollow: contended, not judged; shade: baseline ± "
+                            "noise band; red ring: flagged)",
+                      xaxis={"title": {"text": "run started (UTC)"}, "type": "date", "tickformatstops": TICK_FORMATS,
+                             **_padded(runs["timestamp"])},
+                      yaxis_title=metric + (" (log)" if log else ""),
                       yaxis_type="log" if log else "linear", height=480, margin={"t": 70},
                       legend={"font": {"size": 10}})
     return fig
+
+
+def _padded(times) -> dict:
+    """An x range a minute wide around runs that span less: plotly would tick a lone run by the millisecond."""
+    import pandas as pd
+
+    start, end = times.min(), times.max()
+    if not len(times) or end - start >= pd.Timedelta(minutes=1):
+        return {}
+    pad = (pd.Timedelta(minutes=1) - (end - start)) / 2
+    return {"range": [_when(start - pad), _when(end + pad)]}
 
 
 def _runs(frame):
@@ -105,6 +130,8 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
             row = {"case": key[0], "env_id": key[1], "device": key[2], "runs": len(s), "baseline": p and p["baseline"],
                    "band ±%": p and 100 * p["half"], "latest": latest,
                    "change %": p and 100 * (latest - p["baseline"]) / abs(p["baseline"]), "flag": ""}
+            if s["contended"].iloc[-1]:
+                row["flag"] = f"latest contended, not judged: {s['contended_reason'].iloc[-1] or 'flagged contended'}"
             if key in flags:  # the baseline and band the flag was raised against (a drift's is the older median)
                 f = flags[key]
                 row.update({"baseline": f.baseline, "band ±%": f.band_pct, "change %": f.change_pct,

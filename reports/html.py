@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1280px;
@@ -14,12 +15,16 @@ h3 { font-size: 1.05rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
 th, td { border: 1px solid #d0d7de; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; } /* 8.227e-05 breaks at - */
 .status-ok { color: #1a7f37; } .status-skipped { color: #6e7781; } .status-oom { color: #9a6700; }
 .status-timeout, .status-error, .regression { color: #cf222e; font-weight: 600; }
 .improvement { color: #1a7f37; font-weight: 600; }
 pre { white-space: pre-wrap; font-size: 0.8rem; margin: 0; }
 .muted { color: #6e7781; font-size: 0.85rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
+td.reason { min-width: 16em; white-space: normal; }
+td.wrap, td.wrap code { overflow-wrap: anywhere; }
+.flag { color: #9a6700; font-weight: 600; cursor: help; }
 """
 
 
@@ -48,9 +53,19 @@ def section(title: str, *parts: str, level: int = 2) -> str:
     return f"<h{level}>{html.escape(title)}</h{level}>\n" + "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class Flagged:
+    """A table cell's value with a mark beside it whose tooltip says why, e.g. a timing whose samples were noisy."""
+
+    value: object
+    mark: str
+    why: str
+
+
 def table(rows: Iterable[dict], columns: list[str] | None = None, classes: dict[str, str] | None = None) -> str:
-    """An HTML table of dict rows (escaped). `classes` maps a column to a CSS class given to its cells, or to
-    "status" to style each cell by its value (status-ok, status-error, ...)."""
+    """An HTML table of dict rows (escaped), in a box that scrolls sideways when the table is wider than the page.
+    `classes` maps a column to a CSS class given to its cells, or to "status" to style each cell by its value
+    (status-ok, status-error, ...). A `Flagged` value shows its mark beside it."""
     rows = list(rows)
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     classes = classes or {}
@@ -60,14 +75,18 @@ def table(rows: Iterable[dict], columns: list[str] | None = None, classes: dict[
         cells = []
         for c in columns:
             value = r.get(c)
+            flag = value if isinstance(value, Flagged) else None
+            value = flag.value if flag else value
             cls = classes.get(c, "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else "")
             if cls == "status":
                 cls = f"status-{value}"
             text = _fmt(value)
             text = f"<pre>{html.escape(text)}</pre>" if "\n" in text else html.escape(text)
+            if flag:
+                text += f' <span class="flag" title="{html.escape(flag.why)}">{html.escape(flag.mark)}</span>'
             cells.append(f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _fmt(value) -> str:

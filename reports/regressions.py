@@ -51,9 +51,15 @@ def _series(frame):
     newest = by_time.agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
     ok = envs(ok).assign(direction=[newest.get((s, m)) for s, m in zip(ok["suite"], ok["metric"], strict=True)])
     ok = ok[ok["direction"].notna()]
+    # a store written before the flag has no such columns, or nulls in them: not contended
+    flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
+    why = ok["contended_reason"] if "contended_reason" in ok.columns else None
+    ok = ok.assign(contended=flag, contended_reason=why)
     extra = [c for c in ("gpu", "git_sha", "variant") if c in ok.columns]
-    agg = {"value": "median", "timestamp": "min", "direction": "first", **{c: "first" for c in extra}}
+    agg = {"value": "median", "timestamp": "min", "direction": "first", "contended": "max",
+           "contended_reason": "first", **{c: "first" for c in extra}}
     out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
+    out["contended"] = out["contended"].astype(bool)
     return out.sort_values(KEYS + ["timestamp", "run_id"], kind="stable", ignore_index=True)
 
 
@@ -81,48 +87,55 @@ def _worse(value: float, baseline: float, direction: str) -> float:
     return change if direction == "lower" else -change
 
 
-def _judge(values: list[float], direction: str, threshold: float, window: int) -> list[dict | None]:
+def _judge(values: list[float], direction: str, threshold: float, window: int,
+           contended: list[bool] = ()) -> list[dict | None]:
     """Per point (None when it has no baseline): baseline, half (relative band half-width), lower and upper band
     edges (lower clamped at 0 for a positive baseline), old and old_half (the drift baseline and its band, None
-    while too few older points) and kind: "step" or "drift" when the point is bad, else None. Rule: regressions()."""
+    while too few older points) and kind: "step" or "drift" when the point is bad, else None. A point flagged in
+    `contended` is never bad and never enters a baseline. Rule: regressions()."""
     out, kept, kept_values = [], [], []  # the points that may enter later baselines: indices, values
     for i, v in enumerate(values):
+        away = i < len(contended) and bool(contended[i])
         band = _band(kept_values, threshold, window)
         if band is None:
             out.append(None)
-            kept.append(i)
-            kept_values.append(v)
+            if not away:
+                kept.append(i)
+                kept_values.append(v)
             continue
         b, half = band
-        kind = "step" if _worse(v, b, direction) > half else None
+        kind = "step" if not away and _worse(v, b, direction) > half else None
         end = bisect.bisect_left(kept, i - window)  # kept points at least window + 1 runs back
         older = kept_values[max(0, end - DRIFT_POINTS):end]
         old = statistics.median(older) if len(older) >= DRIFT_MIN else None
         old_half = max(2 * threshold, half)
-        if kind is None and old and _worse(v, old, direction) > old_half:
+        if kind is None and not away and old and _worse(v, old, direction) > old_half:
             kind = "drift"
         lower = b - half * abs(b)
         out.append({"baseline": b, "half": half, "lower": max(0.0, lower) if b > 0 else lower,
                     "upper": b + half * abs(b), "old": old or None, "old_half": old_half, "kind": kind})
-        if kind is None or i < MIN_BASELINE:
+        if not away and (kind is None or i < MIN_BASELINE):
             kept.append(i)
             kept_values.append(v)
     return out
 
 
-def _streak(judged: list[dict | None]) -> int:
-    """Length of the run of bad points that ends at the latest point; 0 when it is shorter than 2 (not flagged)."""
-    n = 0
-    for p in reversed(judged):
-        if not (p and p["kind"]):
+def streak(judged: list[dict | None], contended: list[bool] = ()) -> list[int]:
+    """Positions of the run of bad points that ends at the latest point not contended (contended points, which
+    carry no verdict, neither break nor extend it); empty when it is shorter than 2 (not flagged)."""
+    bad = []
+    for i in range(len(judged) - 1, -1, -1):
+        if i < len(contended) and contended[i]:
+            continue
+        if not (judged[i] and judged[i]["kind"]):
             break
-        n += 1
-    return n if n >= 2 else 0
+        bad.append(i)
+    return bad[::-1] if len(bad) >= 2 else []
 
 
 def judged(frame, threshold: float, window: int) -> list:
     """[(points of one series in run order, _judge of its values)] for every series of a history frame."""
-    return [(s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window))
+    return [(s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window, s["contended"].tolist()))
             for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False)]
 
 
@@ -134,17 +147,18 @@ def flags(judged: list, newest):
                "age_days", "stale"]
     rows = []
     for s, j in judged:
-        bad_runs = _streak(j)
-        if not bad_runs:
+        bad = streak(j, s["contended"].tolist())
+        if not bad:
             continue
-        kind, p, last, values = j[-bad_runs]["kind"], j[-1], s.iloc[-1], s["value"].tolist()
+        # the latest judged point speaks for the flag; the series' latest point, contended or not, for its age
+        kind, p, last, values = j[bad[0]]["kind"], j[bad[-1]], s.iloc[bad[-1]], s["value"].tolist()
         b, half = (p["old"], p["old_half"]) if kind == "drift" and p["old"] else (p["baseline"], p["half"])
-        age = (newest - last["timestamp"]).total_seconds() / 86400
+        age = (newest - s["timestamp"].iloc[-1]).total_seconds() / 86400
         rows.append({"suite": last["suite"], "case_id": last["case_id"], "variant": last.get("variant"),
                      "metric": last["metric"], "env_id": last["env_id"], "device": last["device"],
                      "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind, "baseline": b,
-                     "band_pct": 100 * half, "previous": values[-2], "latest": values[-1],
-                     "change_pct": 100 * (values[-1] - b) / abs(b), "n_runs": len(values), "bad_runs": bad_runs,
+                     "band_pct": 100 * half, "previous": values[bad[-2]], "latest": values[bad[-1]],
+                     "change_pct": 100 * (values[bad[-1]] - b) / abs(b), "n_runs": len(values), "bad_runs": len(bad),
                      "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
                      "stale": age > STALE_DAYS})
     return pd.DataFrame(rows, columns=columns)
@@ -169,11 +183,14 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     its kind is that of the first point of the run of bad points ending at the latest. Bad points never enter a
     baseline, so a lasting regression stays flagged until a point comes back inside both bands (only such points
     can move the baseline towards a new level); one bad night is not flagged. There is no accepting a change: only
-    a new series (another env_id or device) starts a fresh baseline.
+    a new series (another env_id or device) starts a fresh baseline. A contended point (its case's timed window was
+    disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad, never
+    enters a baseline or a noise estimate, and a run of bad points passes over it.
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
     flag's kind at the latest point), previous, latest, change_pct (latest against that baseline, signed), n_runs,
     bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to
-    the store's newest run) and stale (age_days > STALE_DAYS: the series missed the latest night).
+    the store's newest run) and stale (age_days > STALE_DAYS: the series missed the latest night). "Latest point"
+    is the latest not contended; age_days counts contended runs, which ran all the same.
     """
     check(threshold, window)
     return flags(judged(frame, threshold, window), frame["timestamp"].max())

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench import interference
 from bench.atomic import atomic_write_text
 from bench.records import STATUSES, Record, read_run_json
 from reports.figures import figure_module, figures_for, load_frame, run_labels
-from reports.html import figure, page, section, table
+from reports.figures._noisy import MARK, NOISY, caveats
+from reports.html import Flagged, figure, page, section, table
 
 STYLE = ("<style>.results, .wide { overflow-x: auto; } .results td { white-space: nowrap; } "
          "summary { cursor: pointer; }</style>")
@@ -23,6 +25,8 @@ STYLE = ("<style>.results, .wide { overflow-x: auto; } .results td { white-space
 NOT_METRICS = set(Record.__dataclass_fields__) | {"run_dir", "run", "size", "command"}
 # Spread and flag columns beside a timing: the raw samples are in the records, the median is enough for a table.
 DETAIL_MARKERS = ("_p20_", "_p80_", "_iqr_", "_noisy")
+# What else ran in a case's timed window: the summary names contended cases with their reason, tables keep the flag.
+INTERFERENCE_DETAIL = (set(interference.KEYS) - {"contended"}) | {"idle_wait_s"}
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
@@ -86,14 +90,29 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
 
 
 def _summary(frame: pd.DataFrame) -> str:
-    """Cases by status per suite (and per run when there are several)."""
+    """Cases by status per suite (and per run when there are several), then the contended cases and why."""
     keys = ["suite", "run"] if frame["run"].nunique() > 1 else ["suite"]
+    why = {i: _contended(r) for i, r in frame.iterrows()}
     rows = []
     for key, part in frame.groupby(keys, sort=True):
         counts = part["status"].value_counts()
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        rows.append({**row, **{s: int(counts.get(s, 0)) for s in STATUSES}, "total": len(part)})
-    return table(rows, [*keys, *STATUSES, "total"])
+        rows.append({**row, **{s: int(counts.get(s, 0)) for s in STATUSES}, "total": len(part),
+                     "contended": sum(why[i] is not None for i in part.index)})
+    listed = "".join(f'<li>{html.escape(frame.at[i, "run"])} · <code>{html.escape(frame.at[i, "case_id"])}</code>: '
+                     f"{html.escape(text)}</li>" for i, text in why.items() if text is not None)
+    contended = (f'<p>Contended cases (something outside the case disturbed its timing):</p><ul>{listed}</ul>'
+                 if listed else "")
+    return table(rows, [*keys, *STATUSES, "total", "contended"]) + contended
+
+
+def _contended(row) -> str | None:
+    """bench.interference's reason for a record flagged contended, else None."""
+    metrics = {k: None if _missing(v) else getattr(v, "item", lambda v=v: v)() for k, v in row.items()
+               if k in interference.KEYS or k == "max_temp_c"}
+    if metrics.get("contended") is not True:
+        return None
+    return interference.reason(metrics) or "contended"
 
 
 def _suite(suite: str, rows: pd.DataFrame) -> str:
@@ -115,7 +134,8 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
 
 
 def _generic_metrics(rows: pd.DataFrame) -> list[str]:
-    return [c for c in rows.columns if c not in NOT_METRICS and not any(m in c for m in DETAIL_MARKERS)]
+    return [c for c in rows.columns if c not in NOT_METRICS | INTERFERENCE_DETAIL
+            and not any(m in c for m in DETAIL_MARKERS)]
 
 
 def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
@@ -128,19 +148,25 @@ def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
     rows = rows.assign(_o=rows["case_id"].map(order), _r=rows["run"].map(runs)).sort_values(["_o", "_r"], kind="stable")
     first = rows["params"].iloc[0] if len(rows) > 1 else {}
     shared = {k: v for k, v in first.items() if all(k in p and p[k] == v for p in rows["params"])}
+    marks = caveats(rows)
     out = []
-    for _, r in rows.iterrows():
+    for i, r in rows.iterrows():
         row = {"variant": r["variant"], "run": r["run"], "status": r["status"], "case_id": r["case_id"],
                "params": ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()) if k not in shared)}
         for m in metrics:
             value = r[m]
             row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else value)
+            if row[m] is not None and m in marks.get(i, {}):
+                row[m] = Flagged(row[m], MARK, marks[i][m])
         out.append(row)
     optional = [c for c, shown in (("params", any(r["params"] for r in out)), ("run", several)) if shown]
     columns = ["variant", *optional, "status", *metrics, "case_id"]
     classes = {"status": "status", "case_id": "muted", **{m: "num" for m in metrics}}
     note = (f'<p class="muted">Every case: {html.escape(", ".join(f"{k}={v}" for k, v in sorted(shared.items())))}'
             "</p>" if shared else "")
+    if any(set(metrics) & set(m) for m in marks.values()):
+        note += (f'<p class="muted"><span class="flag">{MARK}</span> beside a timing: its samples\' {NOISY} (noisy); '
+                 "beside a ratio or rate: built on such a timing, of its case or of the reference's.</p>")
     return f'{note}<div class="results">{table(out, columns, classes)}</div>'
 
 
@@ -156,10 +182,12 @@ def _not_ok(frame: pd.DataFrame) -> str:
         cell = html.escape(last)
         if "\n" in reason:
             cell = f"<details><summary>{cell}</summary><pre>{html.escape(reason)}</pre></details>"
-        body.append(f'<tr><td>{html.escape(r["run"])}</td><td class="status-{html.escape(r["status"])}">'
-                    f'{html.escape(r["status"])}</td><td>{html.escape(r["case_id"])}</td><td>{cell}</td>'
-                    f'<td><code>{html.escape(r["command"])}</code></td></tr>')
-    head = "".join(f"<th>{c}</th>" for c in ("run", "status", "case_id", "reason", "reproduce"))
+        # the reason first and wrapped, ids and commands broken anywhere: the table fits a laptop screen
+        body.append(f'<tr><td class="status-{html.escape(r["status"])}">{html.escape(r["status"])}</td>'
+                    f'<td class="reason">{cell}</td><td class="wrap">{html.escape(r["case_id"])}</td>'
+                    f'<td>{html.escape(r["run"])}</td>'
+                    f'<td class="wrap"><code>{html.escape(r["command"])}</code></td></tr>')
+    head = "".join(f"<th>{c}</th>" for c in ("status", "reason", "case_id", "run", "reproduce"))
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 

@@ -1,4 +1,9 @@
-"""Activation checkpointing: memory saved against recompute paid, for a stack of pre-norm transformer blocks."""
+"""Activation checkpointing: memory saved against recompute paid, for a stack of pre-norm transformer blocks.
+
+What a user of Hugging Face transformers would pick, measured on its own model: grid points with `model=hf_llama`
+train a Llama stack of the same width, heads and depth on the same batch and loss; there `none` is that model without
+checkpointing, and the `hf_*` variants turn on the library's switch, so their ratios compare like with like.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,10 @@ import torch
 from bench.flops import flop_counter_mode
 from bench.memory import TensorMemoryTracker, cuda_peak
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Suite, register, run_dtype
+from bench.suite import Measurement, Relative, Suite, register, requires, run_dtype
 from bench.timing import time_fn
 from bench.work import Work, rates
-from impls.checkpointing import VARIANTS, Transformer, TransformerConfig
+from impls.checkpointing import VARIANTS, Transformer, TransformerConfig, hf
 from impls.checkpointing.reference import loss_fn, make_batch
 
 # Named model shapes; the grids below pick from them per size.
@@ -27,6 +32,7 @@ GRIDS = {
     # with 4.8 GB of weights and grads fills an H200 (139 GiB usable).
     "full": [("1b", {"layers": 24, "seq": 4096, "batch": 8}), ("1b", {"layers": 24, "seq": 4096, "batch": 16})],
 }
+HF = "hf_llama"  # the `model` param of the library's grid points (absent on the suite's own)
 
 # What a training step of `training_step` emits, here and in the fsdp_checkpointing suite (there per rank).
 STEP_METRICS = (
@@ -47,7 +53,10 @@ class Checkpointing(Suite):
         "sqrt": "round(sqrt(layers)) segments, each checkpointed (Chen et al. 2016)",
         "selective": "selective checkpointing: save matmul and attention outputs, recompute pointwise work",
         "offload": "saved activations moved to host memory (save_on_cpu, pinned on CUDA)",
+        "hf_full": "transformers: activation_checkpointing_enable(), every decoder layer, non-reentrant",
+        "hf_selective": "transformers: the same switch with torch's selective policy as context_fn",
     }
+    libraries = {v: hf.label() for v in ("hf_full", "hf_selective")}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("activation_saving_x", "activation_bytes", invert=True),
@@ -62,7 +71,11 @@ class Checkpointing(Suite):
 
     def grid(self, size, device):
         dtype = run_dtype(device)
-        return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
+        ours = [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
+        return ours + [{**p, "model": HF} for p in ours]
+
+    def applies(self, variant, params):
+        return variant == "none" or variant.startswith("hf_") == (params.get("model") == HF)
 
     def measure(self, variant, params, device):
         model, forward, x, target, step = training_step(variant, params, device)
@@ -82,10 +95,13 @@ def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=N
     step)."""
     dtype = getattr(torch, params["dtype"])
     cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
-    model = Transformer(cfg).to(device, dtype)
+    if params.get("model") == HF:
+        requires("transformers", pip="techbench[ecosystem]")
+        model, forward = hf.build(cfg, params["seq"], variant.removeprefix("hf_")).to(device, dtype), hf.forward
+    else:
+        model, forward = Transformer(cfg).to(device, dtype), VARIANTS[variant]
     model = wrap(model) if wrap is not None else model
     x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype, seed=seed)
-    forward = VARIANTS[variant]
 
     def step():
         model.zero_grad(set_to_none=True)

@@ -4,7 +4,8 @@ per size bucket on a synthetic dataset with tiny objects (impls.detection.data).
 
 Variants are the ways of handling scale; `head` (YOLOv1 grid, CenterNet, FCOS) and `resolution` (the side the
 detector is trained and tested at) are params. Each (head, neck, resolution) is trained once per machine in a small
-seeded budget (the `train` preset of impls.detection.train, with `train_steps`) and cached (impls.cache); pyramid
+seeded budget (the `train` preset of impls.detection.train, with `train_steps`) and cached (impls.cache; smoke and
+quick weights ship with the package, impls/weights, so a first run trains nothing there); pyramid
 and snip run the single-scale model's weights (no neck) at SCALES, so they cost no training of their own. AP is
 measured on `n_test` images of the test split, a stream the training images never come from.
 
@@ -36,7 +37,8 @@ NECK = {"single": "none", "pyramid": "none", "snip": "none", "fpn": "fpn", "spp"
 # impls.detection.train: batch, lr, training images, backbone width); test images; batch
 # of the throughput and memory measurements. Quick's 720 steps are what it takes for AP to mean something: the
 # no-neck CenterNet scores AP 0.021 after 240 steps and 0.182 after 720 (AP50 0.09 -> 0.43); a 128 px step takes
-# ~60 ms on a 2-core CPU, so quick's three trainings cost ~2 min on a fresh machine; smoke's 64 px steps ~10 ms.
+# ~60 ms on a 2-core CPU, so quick's three trainings cost ~2 min on an idle machine (11-16 min each on a loaded one);
+# smoke's 64 px steps ~10 ms. Both sizes' models ship with the package (impls/weights): a first run trains none.
 GRIDS = {
     "smoke": {"heads": ("centernet",), "resolutions": (64,), "steps": 60, "n_test": 16, "batch": 4},
     "quick": {"heads": ("centernet",), "resolutions": (128,), "steps": 720, "n_test": 100, "batch": 8},
@@ -73,6 +75,8 @@ class Detection(Suite):
         Metric("ap_medium", "exact", "higher", "COCO AP@[.5:.95] of medium objects"),
         Metric("ap_large", "exact", "higher", "COCO AP@[.5:.95] of large objects"),
         Metric("ar_small", "exact", "higher", "COCO AR@100 of small objects"),
+        Metric("shipped_weights", "info", None, "the weights are the package's (impls/weights, fp16, trained "
+               "elsewhere by the same seeded recipe), not trained on this machine; AP is measured here either way"),
     )
 
     def grid(self, size, device):
@@ -84,7 +88,8 @@ class Detection(Suite):
     def measure(self, variant, params, device):
         requires("pycocotools")  # COCOeval's AP, before minutes of training
         cfg = _config(variant, params)
-        model = load_or_train(cfg, device).detector
+        trained = load_or_train(cfg, device)
+        model = trained.detector
         mode, scales = MODES[variant], SCALES if MODES[variant] != "single" else (1.0,)
         test = make_dataset(cfg.data(), params["n_test"], "test", cfg.seed)
         quality = evaluate_detector(model, test, mode, scales, batch=params["batch"])
@@ -102,7 +107,8 @@ class Detection(Suite):
         tf32 = device.startswith("cuda") and torch.backends.cudnn.allow_tf32
         work = Work("batch_time", items=len(batch), item="image", flops=counter.get_total_flops() * len(batch),
                     dtype="tf32" if tf32 else "float32")
-        metrics = {"image_flops": counter.get_total_flops(), "peak_mem_bytes": mem, **quality}
+        metrics = {"image_flops": counter.get_total_flops(), "peak_mem_bytes": mem, **quality,
+                   "shipped_weights": trained.shipped}
         return Measurement(metrics, timed=throughput, timings={"latency": latency, "batch_time": throughput},
                            work=[work])
 

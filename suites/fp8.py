@@ -7,6 +7,8 @@ its speed needs a CUDA device, while its accuracy and training use the dequantiz
 the same numbers up to fp32 summation order, so they exist on every device. The same holds for tensorwise and rowwise
 accuracy where this torch's _scaled_mm cannot take the recipe's scales on the device (torch 2.11's CPU kernel is
 per-tensor only): their gemm case is skipped with torch's reason, and their accuracy is that of the emulated GEMM.
+The training part also runs torchao's float8 training (the library users pick, declared in `libraries`) against the
+same reference; torchao has no public blockwise recipe nor bare scaled GEMM to add to the other parts.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import time
 import torch
 
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Part, Relative, Skip, Suite, register
+from bench.suite import Measurement, Part, Relative, Skip, Suite, register, requires
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
 from impls.cache import load_or_build
+from impls.fp8 import torchao_training
 from impls.fp8.gemm import (
     blockwise_reference,
     dequantized_matmul,
@@ -34,6 +37,8 @@ from impls.fp8.gemm import (
 from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
 from impls.fp8.train import BATCH, LR, loss_gap, train
 
+# The library users pick, as variants of the training part: variant -> torchao's float8 recipe name
+TORCHAO = {"torchao_tensorwise": "tensorwise", "torchao_rowwise": "rowwise"}
 REFERENCE_VERSION = 1  # bump when impls.fp8.train changes what a high-precision run computes: cached curves then miss
 
 # Named GEMM shapes (M, N, K): powers of two, and LLM projections (a 4096-token batch through Llama-style MLP and
@@ -61,7 +66,12 @@ class Fp8(Suite):
         "tensorwise": "FP8 E4M3, one scale per tensor (torch._scaled_mm)",
         "rowwise": "FP8 E4M3, one power-of-two scale per row (torch._scaled_mm)",
         "deepseek_v3": "FP8 E4M3, 1x128 activation tiles and 128x128 weight blocks (DeepSeek-V3 §3.3)",
+        "torchao_tensorwise": "torchao.float8.convert_to_float8_training, Float8LinearConfig.from_recipe_name("
+                              "'tensorwise'): per-tensor scales, dY in E5M2 (torch._scaled_mm)",
+        "torchao_rowwise": "torchao.float8.convert_to_float8_training, Float8LinearConfig.from_recipe_name("
+                           "'rowwise'): power-of-two axiswise scales, E4M3 (torch._scaled_mm)",
     }
+    libraries = {variant: torchao_training.label() for variant in TORCHAO}
     parts = {
         "gemm": Part(("bf16", "tensorwise", "rowwise", "deepseek_v3"),
                      (Relative("speedup_x", "gemm_time_ms", invert=True),),
@@ -70,8 +80,9 @@ class Fp8(Suite):
                          description="SQNR against an fp64 product, on normal inputs and on 100x outlier channels"),
         "quantize": Part(("tensorwise", "rowwise", "deepseek_v3"),
                          description="each recipe's quantizer, torch and Triton, GB/s against the memory bandwidth"),
-        "training": Part(("bf16", "tensorwise", "rowwise", "deepseek_v3"),
-                         description="the loss gap of FP8 training to the high-precision run on the same data"),
+        "training": Part(("bf16", "tensorwise", "rowwise", "deepseek_v3", *TORCHAO),
+                         description="the loss gap of FP8 training to the high-precision run on the same data, "
+                                     "our recipes and torchao's"),
     }
     metrics = (
         # gemm
@@ -137,6 +148,7 @@ def _gemm(variant, params, device):
             if not device.startswith("cuda"):
                 raise Skip("the blockwise FP8 GEMM is a Triton kernel: its speed needs a CUDA device (its numbers are "
                            "tested under TRITON_INTERPRET=1; the accuracy part covers this recipe everywhere)")
+            requires("triton")  # a CUDA torch without triton: skipped, not an error
             from impls.fp8.gemm_triton import blockwise_fp8_matmul
 
             def fn():
@@ -182,6 +194,7 @@ def _quantize(variant, params, device):
         if not device.startswith("cuda"):
             raise Skip("the Triton quantizers need a CUDA device (they are tested bit for bit against the torch "
                        "reference under TRITON_INTERPRET=1)")
+        requires("triton")
         from impls.fp8.quant_triton import QUANTIZERS as TRITON
 
         quantize = TRITON[granularity]
@@ -202,8 +215,15 @@ def _training(variant, params, device):
     dtype = reference_dtype(device)
     key = {"version": REFERENCE_VERSION, "steps": params["steps"], "batch": BATCH, "lr": LR, "dtype": str(dtype),
            "device": torch.device(device).type, "torch": torch.__version__}
+    recipe, convert = RECIPES.get(variant), None  # None for bf16 and for torchao's variants
+    if variant in TORCHAO:
+        requires("torchao", pip="techbench[ecosystem]")
+        why = torchao_training.unsupported(TORCHAO[variant], device, dtype)
+        if why:
+            raise Skip(why)
+        convert = torchao_training.converter(TORCHAO[variant])
     t0 = time.monotonic()
-    losses = train(None if variant == "bf16" else RECIPES[variant], params["steps"], device=device, dtype=dtype)
+    losses = train(recipe, params["steps"], device=device, dtype=dtype, convert=convert)
     t1 = time.monotonic()  # train() returns Python floats: every step has synchronized
     if variant == "bf16":
         reference = losses

@@ -8,7 +8,8 @@ last quarter of training, when the bias has moved; a batch of a few sequences dr
 follow, so it keeps a floor), max_vio_train over all training tokens at once (the bias steers toward exactly this
 count, step by step), and max_vio_global over a held-out pass with the final, frozen routing (the paper's
 MaxVio_global); beside them the final training loss (mean of the last quarter) and the held-out perplexity. Results
-are cached per config (impls.cache), so a second run does not retrain. Every router trains with the same dispatch
+are cached per config (impls.cache), so a second run does not retrain; the smoke and quick CPU runs ship with the
+package (impls/weights), and their records say so (shipped_run). Every router trains with the same dispatch
 (auto grouped GEMM, equal to the loop: tests/impls/test_moe.py).
 
 dispatch times one forward + backward of the routed experts of one layer (router outside, random top-k routing) per
@@ -20,19 +21,17 @@ looped over experts inside (torch._grouped_mm on CPU or in fp32). No token is dr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Part, Relative, Skip, Suite, register, run_dtype
+from bench.suite import Measurement, Part, Relative, Skip, Suite, register, requires, run_dtype
 from bench.timing import time_fn
 from bench.work import Work, rates
-from impls.cache import load_or_build
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
-from impls.moe.lm import CACHE_VERSION, LMConfig, train
+from impls.moe.lm import LMConfig, load_or_train, tuned
 from impls.moe.reference import RoutedExperts, loop_dispatch, max_vio
 from impls.moe.router import ROUTERS
 
@@ -93,6 +92,8 @@ class Moe(Suite):
         Metric("final_loss", "exact", "lower", "training loss (nats/token), mean over the last quarter of training"),
         Metric("eval_loss", "exact", "lower", "held-out loss (nats/token)"),
         Metric("perplexity", "exact", "lower", "held-out perplexity: exp(eval_loss)"),
+        Metric("shipped_run", "info", None, "the training run these figures come from is the one shipped with the "
+               "package (impls/weights: the same seeded run, made elsewhere), not one made on this machine"),
         # dispatch
         *timing("step_time", "one forward + backward of the routed experts of one layer"),
         *rates("step_time", tokens=True, flops=True, what="through the routed experts' GEMMs, forward + backward"),
@@ -114,17 +115,8 @@ class Moe(Suite):
 def _balance(variant, params, device):
     cfg = LMConfig(dim=params["dim"], layers=params["layers"], n_routed=params["experts"], top_k=params["top_k"],
                    seq=params["seq"], batch=params["batch"])
-    router = ROUTERS[variant]
-    with_aux = router.kind in ("softmax_aux", "sigmoid_aux")  # the bias-free routers: gamma does not apply
-    router = dataclasses.replace(router, **({"aux_alpha": params["aux_alpha"]} if with_aux
-                                            else {"gamma": params["gamma"]}))
-    key = {"version": CACHE_VERSION, "lm": dataclasses.asdict(cfg), "router": dataclasses.asdict(router),
-           "steps": params["steps"], "eval_seqs": params["eval_seqs"], "device": torch.device(device).type}
-
-    def build():
-        return train(cfg, router, params["steps"], params["eval_seqs"], dispatch=dispatcher("auto"), device=device)
-
-    out = load_or_build("moe_balance", key, build)
+    router = tuned(ROUTERS[variant], params["aux_alpha"], params["gamma"])
+    out, source = load_or_train(cfg, router, params["steps"], params["eval_seqs"], dispatcher("auto"), device)
     loads, losses = out["loads"], out["losses"]  # [steps, layers, E], [steps]
     per_step = [sum(max_vio(layer) for layer in step) / len(step) for step in loads]
     tail = max(1, len(losses) // 4)
@@ -136,6 +128,7 @@ def _balance(variant, params, device):
         "final_loss": sum(losses[-tail:]) / tail,
         "eval_loss": out["eval_loss"],
         "perplexity": math.exp(out["eval_loss"]),
+        "shipped_run": source == "shipped",
     }
     fraction = eval_load.double() / eval_load.sum(-1, keepdim=True)  # share of each layer's routed slots
     samples = {"max_vio_curve": per_step, "loss_curve": list(losses), "load_curve": fraction.flatten().tolist()}
@@ -156,6 +149,8 @@ def _dispatch(variant, params, device):
     if backend == "triton" and not device.startswith("cuda"):
         raise Skip("the Triton grouped GEMM needs a CUDA device (its forward and backward are tested against the loop "
                    "under TRITON_INTERPRET=1)")
+    if backend == "triton":
+        requires("triton")  # a CUDA torch without triton: skipped, not an error
     if backend == "grouped_mm":
         hidden = x.new_empty(T * K, H)  # the second GEMM's operand: K = H, not D
         reason = grouped_mm_unsupported(x, experts.w1) or grouped_mm_unsupported(hidden, experts.w2)

@@ -8,6 +8,10 @@ document mask, which pays for the whole row squared; a varlen kernel (see the rm
 rows restart positions per sample and confine attention to each sample; `ffd_naive` packs alike but attends across
 the whole row, and loss_diff (against the same samples trained one at a time) shows what that cross-contamination
 costs.
+
+transformers' padding-free collator (DataCollatorWithFlattening) is measured in the rmpad suite, not here: it flattens
+whatever batch the loader hands it into one row, removing that batch's padding, and chooses no rows itself, so it is
+no packer; its loss equality (the library keeping flattened samples apart) is rmpad's loss_diff.
 """
 
 from __future__ import annotations

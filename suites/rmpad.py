@@ -3,6 +3,11 @@
 The sweep moves the pad fraction (through the length distribution) at a fixed count of real tokens, so the figures
 show what removing the padding saves as padding grows; ideally memory and time follow real tokens, so at 50% padding
 the savings approach 2x.
+
+What a user of Hugging Face transformers would pick, measured on its own model: grid points with `model=hf_llama`
+train a LlamaForCausalLM sized like the suite's decoder; there `padded` is that model on the padded batch with its
+attention mask (sdpa), and the `hf_flat_*` variants train it on DataCollatorWithFlattening's padding-free row under one
+of the library's attention implementations, so their ratios compare like with like.
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Skip, Suite, register, run_dtype
+from bench.suite import Measurement, Relative, Skip, Suite, register, requires, run_dtype
 from bench.timing import time_fn
 from bench.work import Work, rates
-from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, supports
+from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, hf, supports
 from impls.rmpad.lengths import make_lengths
 from impls.rmpad.reference import make_batch
 
@@ -33,6 +38,10 @@ GRIDS = {
     "full": ("350m", ("uniform", "lognormal", "zipf", "bimodal"), 4096, 65536),
 }
 MODES = ("train", "forward")  # a training step, and a forward alone (what FlexAttention can do on CPU)
+HF = "hf_llama"  # the `model` param of the library's grid points (absent on the suite's own)
+# Length distributions of the library's points per size (None: all of the size's). Smoke and quick have the
+# long-tailed one alone, where padding costs most: each library case also pays a transformers import (~2 s on 2 cores).
+HF_DISTS = {"smoke": ("lognormal",), "quick": ("lognormal",), "full": None}
 
 
 def batch_lengths(dist: str, max_len: int, real_tokens: int) -> list[int]:
@@ -58,7 +67,11 @@ class Rmpad(Suite):
         "flex": "unpadded; FlexAttention with a causal document mask (compiled on CUDA)",
         "nested": "unpadded; nested jagged tensors + SDPA",
         "flash": "unpadded; flash_attn varlen kernel (when flash_attn is installed)",
+        "hf_flat_sdpa": "transformers: DataCollatorWithFlattening row [1, T], position_ids restarting; sdpa",
+        "hf_flat_flex": "transformers: DataCollatorWithFlattening row; flex_attention",
+        "hf_flat_fa2": "transformers: DataCollatorWithFlattening row; flash_attention_2 (when flash_attn is installed)",
     }
+    libraries = {v: hf.label() for v in ("hf_flat_sdpa", "hf_flat_flex", "hf_flat_fa2")}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("speedup_x", "step_time_ms", invert=True),
@@ -69,15 +82,25 @@ class Rmpad(Suite):
         Metric("pad_fraction", "exact", "lower", "padding's share of the padded [B, L] batch"),
         *rates("step_time", "real_", tokens=True, what="real, padding left out"),
         *rates("step_time", "padded_", tokens=True, what="padded batch positions, B x L"),
+        Metric("loss_diff", "exact", "lower", "|loss - the padded run's loss| / the latter, same model, weights and "
+                                              "batch (library variants)"),
     )
 
     def grid(self, size, device):
         shape, dists, max_len, real = GRIDS[size]
         dtype = run_dtype(device)
-        return [{**SHAPES[shape], "dist": d, "max_len": max_len, "real_tokens": real, "mode": m, "dtype": dtype}
+        ours = [{**SHAPES[shape], "dist": d, "max_len": max_len, "real_tokens": real, "mode": m, "dtype": dtype}
                 for m in MODES for d in dists]
+        # the library's points train only: its collator is a training collator
+        hf_dists = dists if HF_DISTS[size] is None else HF_DISTS[size]
+        return ours + [{**p, "model": HF} for p in ours if p["mode"] == "train" and p["dist"] in hf_dists]
+
+    def applies(self, variant, params):
+        return variant == "padded" or variant.startswith("hf_") == (params.get("model") == HF)
 
     def measure(self, variant, params, device):
+        if params.get("model") == HF:
+            return _measure_hf(variant, params, device)
         dtype = getattr(torch, params["dtype"])
         train = params["mode"] == "train"
         if variant != "padded":
@@ -115,3 +138,53 @@ class Rmpad(Suite):
         work = [Work("step_time", "real_", tokens=real), Work("step_time", "padded_", tokens=padded)]
         return Measurement({"peak_mem_bytes": peak, "pad_fraction": 1 - real / padded}, timed=timing,
                            timings={"step_time": timing}, work=work)
+
+
+def _measure_hf(variant, params, device):
+    """A library case: the Llama model on the padded batch (`padded`, sdpa) or on the collator's flattened row."""
+    requires("transformers", pip="techbench[ecosystem]")
+    train = params["mode"] == "train"
+    attn = "sdpa" if variant == "padded" else variant.removeprefix("hf_flat_")
+    ok, reason = hf.supports(attn, device, backward=train)
+    if not ok:
+        raise Skip(reason)
+    dtype = getattr(torch, params["dtype"])
+    cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
+                        n_layers=params["layers"])
+    lengths = batch_lengths(params["dist"], params["max_len"], params["real_tokens"])
+    ids, mask = make_batch(cfg, lengths, device=device)
+    reference = hf.build(cfg, "sdpa", params["max_len"]).to(device, dtype)
+    if variant == "padded":
+        model, loss_diff = reference, None
+    else:
+        try:
+            model = hf.build(cfg, attn, params["max_len"]).to(device, dtype)
+        except ImportError as e:  # the library's own refusal of an attention implementation it cannot load here
+            raise Skip(str(e).strip()) from e
+        model.load_state_dict(reference.state_dict())
+        # the collator runs in the data loader, as make_batch's padding does: neither is part of the step
+        batch = hf.flatten_padded(ids, mask, flash_kwargs=attn == "fa2")
+        with torch.no_grad():
+            ref, flat = hf.padded_loss(reference, ids, mask).item(), hf.flat_loss(model, batch).item()
+        loss_diff = abs(flat - ref) / abs(ref)
+    del reference
+
+    def loss():
+        return hf.padded_loss(model, ids, mask) if variant == "padded" else hf.flat_loss(model, batch)
+
+    def step():
+        if train:
+            model.zero_grad(set_to_none=True)
+            loss().backward()
+        else:
+            with torch.no_grad():
+                loss()
+
+    step()  # warm-up (and compilation, for flex_attention)
+    model.zero_grad(set_to_none=True)
+    peak = peak_bytes(step, device)
+    timing = time_fn(step, device, warmup=0, min_reps=3)
+    real, padded = sum(lengths), ids.numel()
+    work = [Work("step_time", "real_", tokens=real), Work("step_time", "padded_", tokens=padded)]
+    return Measurement({"peak_mem_bytes": peak, "pad_fraction": 1 - real / padded, "loss_diff": loss_diff},
+                       timed=timing, timings={"step_time": timing}, work=work)

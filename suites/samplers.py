@@ -7,7 +7,7 @@ comes within 10% of it. The `nfe_budget` param is a budget of model calls per sa
 that fit it (Heun pays 2 calls a step, its last step 1) and records the calls it made as the `nfe` metric. A budget
 that buys the same run as a smaller one is not a case (`applies`), nor is one the sampler does not take. Learned
 models carry their training budget in their params (train_steps, hidden); they are trained once per machine and
-cached.
+cached, and at smoke and quick sizes ship with the package (impls/weights).
 
 Quality is measured on `n` fresh samples: sliced W2 (256 directions) against 10,000 exact target samples (the
 held-out digits for the digits model) beside its sampling-noise floor, MMD (RBF sum, on the first 1000),
@@ -28,9 +28,10 @@ from bench.timing import time_fn
 from impls.cache import load_or_build
 from impls.samplers import SAMPLERS
 from impls.samplers.base import GRID_NFE, prior_noise
-from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, learned_model
+from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, load_or_train
 from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2_to
-from impls.samplers.nflow import FlowConfig, trained_flow
+from impls.samplers.nflow import FlowConfig
+from impls.samplers.nflow import load_or_train as load_or_train_flow
 from impls.samplers.params import ExactModel
 from impls.samplers.schedules import SCHEDULES
 from impls.samplers.targets import make_target
@@ -95,6 +96,8 @@ class Samplers(Suite):
         Metric("mmd", "exact", "lower", "RBF MMD of the first 1000 samples to 1000 reference samples"),
         Metric("mode_weight_err", "exact", "lower", "total variation between the sampled and true mode weights"),
         Metric("mean_loglik", "exact", "higher", "mean log-likelihood of the samples under the true mixture"),
+        Metric("shipped_weights", "info", None, "the learned model's weights are the package's (impls/weights: fp16, "
+               "trained elsewhere by the same seeded recipe), not trained on this machine (None: the exact model)"),
     )
 
     def grid(self, size, device):
@@ -124,12 +127,13 @@ class Samplers(Suite):
             requires("sklearn", pip="scikit-learn")  # the 8x8 digits ship with scikit-learn
         target, budget, n = params["target"], params["nfe_budget"], params["n"]
         if variant == NFLOW:
-            flow = trained_flow(FlowConfig(data=target, steps=params["train_steps"], hidden=params["hidden"]))
+            flow, source = load_or_train_flow(FlowConfig(data=target, steps=params["train_steps"],
+                                                          hidden=params["hidden"]))
             flow = flow.to(device)
-            return _measure(lambda g: flow.sample(n, g), 1, 1, params, device)
+            return _measure(lambda g: flow.sample(n, g), 1, 1, params, device, source == "shipped")
         spec = SAMPLERS[_sampler(variant)]
         steps = spec.steps_for(budget)
-        model = _model(variant, spec.family, params, device)
+        model, shipped = _model(variant, spec.family, params, device)
         # x_T is common to a sampler's budgets (its quality curve is paired across NFE) but its own: samplers that
         # shared one x_T would share its luck, and deterministic ones would all sit where that one draw lands
         x_T = prior_noise(model.schedule, n, _dim(target), _seed(zlib.crc32(variant.encode()))).to(device)
@@ -137,7 +141,7 @@ class Samplers(Suite):
         def run(g):
             return (spec.fn(model, x_T, steps, generator=g) if spec.stochastic else spec.fn(model, x_T, steps)).x
 
-        return _measure(run, steps, spec.nfe(steps), params, device)
+        return _measure(run, steps, spec.nfe(steps), params, device, shipped)
 
 
 def _exact_draws(target: str, n: int) -> list:
@@ -166,13 +170,14 @@ def _model(variant, family, params, device):
         schedule = SCHEDULES["rectified_flow" if family == "flow" else "vp_linear"]()
         mixture = make_target(target)
         mixture = type(mixture)(*(t.to(device) for t in (mixture.weights, mixture.means, mixture.stds)))
-        return ExactModel(mixture, schedule, "velocity" if family == "flow" else "eps")
+        return ExactModel(mixture, schedule, "velocity" if family == "flow" else "eps"), None
     kind = "reflow" if variant == REFLOW else family
     config = LearnedConfig(data=target, family=kind, steps=params["train_steps"], hidden=params["hidden"])
-    return learned_model(config).to(device)
+    model, source = load_or_train(config)
+    return model.to(device), source == "shipped"
 
 
-def _measure(run, steps, nfe, params, device) -> Measurement:
+def _measure(run, steps, nfe, params, device, shipped: bool | None) -> Measurement:
     """Time seeded batches; quality from the batch (the same every call) against fresh target samples."""
     out = {}
 
@@ -204,5 +209,5 @@ def _measure(run, steps, nfe, params, device) -> Measurement:
     ref = ref.to(device)
     metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"), "sliced_w2": to_ref(x),
                "sliced_w2_floor": float(floor.mean()), "sliced_w2_floor_sd": float(floor.std()),
-               "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS]), **quality}
+               "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS]), **quality, "shipped_weights": shipped}
     return Measurement(metrics, timing.samples("sample_time"), timed=timing)

@@ -15,7 +15,9 @@ import importlib.util
 import pytest
 import torch
 
-PIP = {"sklearn": "scikit-learn"}  # import name -> distribution, where they differ
+# import name -> what to install, where they differ (the libraries users pick come with the ecosystem extra)
+PIP = {"sklearn": "scikit-learn", "torchao": "techbench[ecosystem]", "transformers": "techbench[ecosystem]",
+       "diffusers": "techbench[ecosystem]"}
 
 
 def missing(*modules: str) -> list[str]:

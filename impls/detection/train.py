@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from impls.cache import entry, load_or_build
+from impls.cache import entry, fetch, progress
 from impls.detection.backbone import NECKS
 from impls.detection.data import DataConfig, DetectionData, make_dataset
 from impls.detection.detector import HEADS, Detector
@@ -119,7 +119,8 @@ def train(cfg: TrainConfig, device="cpu", data: DetectionData | None = None) -> 
         return {k: torch.stack([encoded[p][k] for p in pairs]).to(device) for k in encoded[pairs[0]]}
 
     model.train()
-    for _ in range(cfg.steps):
+    report = progress(f"{cfg.head}-{cfg.neck}", cfg.steps)
+    for step in range(cfg.steps):
         if pos + cfg.batch > n:
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos: pos + cfg.batch].tolist()
@@ -133,6 +134,7 @@ def train(cfg: TrainConfig, device="cpu", data: DetectionData | None = None) -> 
         opt.step()
         sched.step()
         losses.append(loss.item())
+        report(step + 1)
     return model.eval(), losses
 
 
@@ -144,14 +146,17 @@ class Trained:
     train_s: float
     """Wall time of that training run."""
     cached: bool
-    """True when the weights came from the cache."""
+    """True when the weights were not trained by this call (the user cache or the package's shipped artifacts)."""
     path: Path
     """The cache entry that holds the weights (impls.cache.entry)."""
+    shipped: bool = False
+    """True when the weights came from the artifacts shipped with the package (impls/weights), not this machine."""
 
 
 def load_or_train(cfg: TrainConfig, device="cpu") -> Trained:
-    """The config's weights from the shared weight cache (impls.cache, namespace "detection"), else trained on
-    `device` and cached. Weights from the cache equal those of a fresh run; an unreadable entry is retrained."""
+    """The config's weights from the package's shipped artifacts or the shared weight cache (impls.cache, namespace
+    "detection"), else trained on `device` and cached. Weights from the cache equal those of a fresh run (shipped ones
+    are stored in fp16); an unreadable entry is retrained."""
     built = []
 
     def build_payload() -> dict:
@@ -162,14 +167,14 @@ def load_or_train(cfg: TrainConfig, device="cpu") -> Trained:
                 "train_s": time.perf_counter() - t}
 
     key = cache_key(cfg)
-    payload = load_or_build(NAMESPACE, key, build_payload)
+    payload, source = fetch(NAMESPACE, key, build_payload)
     if built:
         model = built[0]
     else:
         model = build(cfg)
         model.load_state_dict(payload["state_dict"])
     return Trained(model.to(device).eval(), [float(x) for x in payload["losses"]], float(payload["train_s"]),
-                   not built, entry(NAMESPACE, key))
+                   not built, entry(NAMESPACE, key), source == "shipped")
 
 
 if __name__ == "__main__":

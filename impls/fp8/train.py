@@ -8,13 +8,13 @@ and normalization in BF16/FP32); the two MLP Linears, where a transformer block 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from impls.fp8.linear import convert
+from impls.fp8.linear import convert as fp8_convert
 from impls.fp8.reference import Recipe
 
 VOCAB = 256
@@ -22,6 +22,7 @@ DIM = 128  # 128-multiples, so DeepSeek-V3's 1x128 tiles and 128x128 blocks are 
 HIDDEN = 512
 BATCH = 256  # tokens per step: [M] = 256, two 128-token tiles along M for Wgrad
 LR = 3e-3
+HIGH_PRECISION = frozenset({"head"})  # Linears kept out of FP8 by every route, ours or a library's (DeepSeek-V3 §3.3)
 
 
 def transition_logits(vocab: int = VOCAB, seed: int = 0) -> Tensor:
@@ -55,13 +56,18 @@ class MLPLM(nn.Module):
 
 
 def train(recipe: Recipe | None, steps: int = 50, seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32,
-          lr: float = LR) -> list[float]:
+          lr: float = LR, convert: Callable[[nn.Module], object] | None = None) -> list[float]:
     """Losses per step of MLPLM with AdamW; recipe None is the high-precision reference. The same seed gives the same
-    initial weights and data whatever the recipe."""
+    initial weights and data whatever the recipe. `convert` (with recipe None) swaps the model's Linears in place by
+    another route, e.g. a library's FP8 training (impls.fp8.torchao_training); it keeps HIGH_PRECISION as ours do."""
+    if recipe is not None and convert is not None:
+        raise ValueError("give a recipe or a convert function, not both")
     torch.manual_seed(seed)
     model = MLPLM().to(device=device, dtype=dtype)
     if recipe is not None:
-        convert(model, recipe, keep=lambda name, _: name == "head")
+        fp8_convert(model, recipe, keep=lambda name, _: name in HIGH_PRECISION)
+    elif convert is not None:
+        convert(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     losses = []
     for prev, nxt in batches(steps, seed):

@@ -11,12 +11,13 @@ few experts. Everything is seeded: the same config gives the same stream, initia
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from impls.cache import fetch, progress
 from impls.moe.reference import MoE, MoEConfig, expert_load, loop_dispatch
 from impls.moe.router import RouterConfig
 
@@ -132,6 +133,7 @@ def train(cfg: LMConfig, router: RouterConfig, steps: int, eval_seqs: int = 64, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     data = stream(cfg, steps * cfg.batch, seed=cfg.seed + 1).to(device)
     losses, aux_losses, loads = [], [], []
+    report = progress(f"moe {router.kind}", steps)
     for step in range(steps):
         batch = data[step * cfg.batch:(step + 1) * cfg.batch]
         logits, routings = model(batch[:, :-1])
@@ -147,9 +149,32 @@ def train(cfg: LMConfig, router: RouterConfig, steps: int, eval_seqs: int = 64, 
         losses.append(loss.item())
         aux_losses.append(aux.item())
         loads.append(torch.stack(step_loads).cpu())
+        report(step + 1)
     eval_loss, eval_load = evaluate(model, cfg, eval_seqs, device)
     return {"losses": losses, "aux_losses": aux_losses, "loads": torch.stack(loads), "eval_loss": eval_loss,
             "eval_load": eval_load}
+
+
+def tuned(router: RouterConfig, aux_alpha: float, gamma: float) -> RouterConfig:
+    """The router with its balancing strength: aux_alpha for the routers with the auxiliary loss (no bias, so gamma
+    does not apply), gamma for the bias routers."""
+    with_aux = router.kind in ("softmax_aux", "sigmoid_aux")
+    return replace(router, **({"aux_alpha": aux_alpha} if with_aux else {"gamma": gamma}))
+
+
+def balance_key(cfg: LMConfig, router: RouterConfig, steps: int, eval_seqs: int, device="cpu") -> dict:
+    """The cache key of a training run: the device type is part of it, since the run's loads and losses are the
+    results a suite reports and a CUDA run rounds differently from a CPU one."""
+    return {"version": CACHE_VERSION, "lm": asdict(cfg), "router": asdict(router), "steps": steps,
+            "eval_seqs": eval_seqs, "device": torch.device(device).type}
+
+
+def load_or_train(cfg: LMConfig, router: RouterConfig, steps: int, eval_seqs: int, dispatch=loop_dispatch,
+                  device="cpu") -> tuple[dict, str]:
+    """(train()'s result, source): from the package's shipped runs ("shipped": the same seeded run, made by
+    `python -m impls.weights build` on another machine), the user cache ("cache"), or trained now ("built")."""
+    key = balance_key(cfg, router, steps, eval_seqs, device)
+    return fetch("moe_balance", key, lambda: train(cfg, router, steps, eval_seqs, dispatch, device))
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from impls.cache import load_or_build
+from impls.cache import fetch, progress
 from impls.mtp.data import Language, LanguageConfig, windows
 from impls.mtp.mtp import MTPConfig, MTPModel, mtp_loss
 from impls.mtp.reference import LMConfig
@@ -63,7 +63,8 @@ def train(cfg: TrainConfig, device="cpu", dtype: torch.dtype = torch.float32) ->
         opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, cfg.steps) / cfg.steps)))
     main_curve, mtp_curve = [], []
     model.train()
-    for _ in range(cfg.steps):
+    report = progress(f"mtp d{cfg.mtp.depth}", cfg.steps)
+    for step in range(cfg.steps):
         batch = windows(text, cfg.batch, cfg.seq, g).to(device)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             loss, main, per_depth = mtp_loss(model, batch)
@@ -74,22 +75,29 @@ def train(cfg: TrainConfig, device="cpu", dtype: torch.dtype = torch.float32) ->
         sched.step()
         main_curve.append(main.item())
         mtp_curve.append(sum(x.item() for x in per_depth) / len(per_depth) if per_depth else float("nan"))
+        report(step + 1)
     return model.eval(), {"main_loss_curve": main_curve, "mtp_loss_curve": mtp_curve}
 
 
 def trained(cfg: TrainConfig, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[MTPModel, dict]:
     """train(cfg), cached per (config, dtype): a second call loads the weights and curves instead of training."""
+    return load_or_train(cfg, device, dtype)[:2]
+
+
+def load_or_train(cfg: TrainConfig, device="cpu", dtype: torch.dtype = torch.float32) -> tuple[MTPModel, dict, str]:
+    """(model, curves, source) as trained(); source is impls.cache.fetch's: "shipped" (the package's artifact, built
+    elsewhere, fp16 weights), "cache" or "built"."""
 
     def build():
         model, curves = train(cfg, device, dtype)
         return {"state": {k: v.cpu() for k, v in model.state_dict().items()},
                 **{k: torch.tensor(v) for k, v in curves.items()}}
 
-    payload = load_or_build(NAMESPACE, {**cache_key(cfg), "dtype": str(dtype)}, build)
+    payload, source = fetch(NAMESPACE, {**cache_key(cfg), "dtype": str(dtype)}, build)
     model = MTPModel(cfg.model, cfg.mtp)
     model.load_state_dict(payload["state"])
     curves = {k: payload[k].tolist() for k in ("main_loss_curve", "mtp_loss_curve")}
-    return model.to(device).eval(), curves
+    return model.to(device).eval(), curves, source
 
 
 def heldout(cfg: TrainConfig, count: int, length: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from impls.cache import load_or_build
+from impls.cache import fetch, progress
 from impls.samplers.schedules import SCHEDULES, Schedule
 from impls.samplers.targets import TARGETS, make_target
 
@@ -168,11 +168,14 @@ def loss_fn(model: TimeMLP, x0: Tensor, generator: torch.Generator, eps: Tensor 
     return F.mse_loss(model(xt, t), target)
 
 
-def fit(module: nn.Module, steps: int, lr: float, step_loss: Callable[[], Tensor], log_every: int = 0) -> list[float]:
-    """Adam with cosine decay over `steps`, minimising step_loss() (a fresh minibatch's loss each call); losses."""
+def fit(module: nn.Module, steps: int, lr: float, step_loss: Callable[[], Tensor], log_every: int = 0,
+        what: str = "sampler model") -> list[float]:
+    """Adam with cosine decay over `steps`, minimising step_loss() (a fresh minibatch's loss each call); losses.
+    Progress goes to the "techbench.progress" logger as "training <what> i/steps"."""
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     losses = []
+    report = progress(what, steps)
     for step in range(steps):
         loss = step_loss()
         opt.zero_grad(set_to_none=True)
@@ -180,6 +183,7 @@ def fit(module: nn.Module, steps: int, lr: float, step_loss: Callable[[], Tensor
         opt.step()
         sched.step()
         losses.append(loss.item())
+        report(step + 1)
         if log_every and step % log_every == 0:
             print(f"step {step:5d} loss {loss.item():.4f}")
     return losses
@@ -199,22 +203,28 @@ def train(config: LearnedConfig, log_every: int = 0) -> tuple[TimeMLP, list[floa
         i = torch.randint(len(pairs[0]), (config.batch,), generator=g)
         return loss_fn(model, pairs[0][i], g, pairs[1][i])
 
-    losses = fit(model, config.steps, config.lr, step_loss, log_every)
+    losses = fit(model, config.steps, config.lr, step_loss, log_every, f"{config.family} {config.data}")
     return model.eval().requires_grad_(False), losses
 
 
 def learned_model(config: LearnedConfig) -> TimeMLP:
     """The trained model for `config`, from the cache when it holds it, else trained now and cached."""
+    return load_or_train(config)[0]
+
+
+def load_or_train(config: LearnedConfig) -> tuple[TimeMLP, str]:
+    """(learned_model(config), source): impls.cache.fetch's source, "shipped" when the weights are the package's
+    (trained elsewhere, stored in fp16), "cache" or "built"."""
 
     def build() -> dict:
         model, losses = train(config)
         return {"state": model.state_dict(), "final_loss": losses[-1]}
 
-    state = load_or_build("samplers", asdict(config), build)
+    state, source = fetch("samplers", asdict(config), build)
     dim = digits().shape[1] if config.data == "digits" else make_target(config.data).dim
     model = TimeMLP(dim, config.make_schedule(), config.parameterization, config.hidden, config.layers)
     model.load_state_dict(state["state"])
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False), source
 
 
 if __name__ == "__main__":

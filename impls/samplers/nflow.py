@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from impls.cache import load_or_build
+from impls.cache import fetch
 from impls.samplers.learned import DATASETS, digits, fit, training_data
 from impls.samplers.targets import make_target
 
@@ -98,21 +98,26 @@ def train(config: FlowConfig) -> tuple[RealNVP, list[float]]:
     g = torch.Generator().manual_seed(config.seed)
     flow = RealNVP(_dim(config.data), config.couplings, config.hidden)
     nll = lambda: -flow.log_prob(training_data(config.data, config.batch, g)).mean()  # noqa: E731
-    losses = fit(flow, config.steps, config.lr, nll)
+    losses = fit(flow, config.steps, config.lr, nll, what=f"realnvp {config.data}")
     return flow.eval().requires_grad_(False), losses
 
 
 def trained_flow(config: FlowConfig) -> RealNVP:
     """The flow for `config`, from the cache when it holds it, else trained now and cached."""
+    return load_or_train(config)[0]
+
+
+def load_or_train(config: FlowConfig) -> tuple[RealNVP, str]:
+    """(trained_flow(config), source), source as impls.cache.fetch's ("shipped": the package's fp16 weights)."""
 
     def build() -> dict:
         flow, losses = train(config)
         return {"state": flow.state_dict(), "final_nll": losses[-1]}
 
-    state = load_or_build("samplers-nflow", asdict(config), build)
+    state, source = fetch("samplers-nflow", asdict(config), build)
     flow = RealNVP(_dim(config.data), config.couplings, config.hidden)
     flow.load_state_dict(state["state"])
-    return flow.eval().requires_grad_(False)
+    return flow.eval().requires_grad_(False), source
 
 
 if __name__ == "__main__":

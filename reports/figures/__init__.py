@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,12 @@ from bench.records import STATUSES, read_run_json, records_frame, reproduce_comm
 NOT_OK = tuple(s for s in STATUSES if s != "ok")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 RUN_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "pentagon", "hexagon", "cross")
+# Margins of a figure with reference lines labelled at its right (label_lines), and the height a label takes there:
+# two lines of 11 px text and air.
+MARGIN, LABEL_PX = {"t": 100, "b": 80, "r": 220}, 32
 STATUS_COLORS = {"oom": "#9a6700", "timeout": "#cf222e", "error": "#cf222e", "skipped": "#6e7781"}
+# A symbol per status, named in the legend: stacked or close cases leave no room for a text label beside each.
+STATUS_SYMBOLS = {"oom": "diamond-x", "timeout": "hourglass", "error": "x", "skipped": "circle-x-open"}
 # The columns `hover` puts in customdata, in this order: hovertemplates refer to them as %{customdata[i]}.
 HOVER_COLUMNS = ("case_id", "run", "command")
 
@@ -50,8 +57,29 @@ def figures_for(suite: str, frame: pd.DataFrame) -> list:
     if module is None:
         from reports.figures import _specs
 
-        return _specs.figures(suite, rows.reset_index(drop=True))
-    return list(module.figures(rows.reset_index(drop=True)))
+        figs = _specs.figures(suite, rows.reset_index(drop=True))
+    else:
+        figs = list(module.figures(rows.reset_index(drop=True)))
+    mark_libraries(figs, declared(rows, suite).get("libraries") or {})
+    return figs
+
+
+def mark_libraries(figs: list, libraries: dict[str, str]) -> None:
+    """Traces of a variant that runs a third-party library (run.json "libraries": variant -> "name version") get a
+    star marker, a dotted line and the library in their name, so that ours, the library's and the reference read
+    apart at a glance in every figure, whichever module drew it."""
+    for fig in figs if libraries else ():
+        for trace in fig.data:
+            name = getattr(trace, "name", None)
+            if name not in libraries:
+                continue
+            trace.name = f"{name} · {libraries[name]}"
+            if hasattr(trace, "marker") and getattr(trace, "type", "") in ("scatter", "scattergl"):
+                trace.marker.symbol = "star"
+            if hasattr(trace, "line") and getattr(trace, "type", "") in ("scatter", "scattergl"):
+                trace.line.dash = "dot"
+            if getattr(trace, "type", "") == "bar":
+                trace.marker.pattern.shape = "/"
 
 
 def run_label(meta: dict | None, run_dir: str | Path) -> str:
@@ -209,40 +237,99 @@ def bytes_unit(values) -> tuple[float, str]:
     return 1.0, "B"
 
 
-def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None) -> None:
-    """Non-ok cases as x markers in a strip just above the ok points (or at y=0 alone), labelled with their status.
+def same_case(frame: pd.DataFrame, column: str):
+    """For `add_not_ok`'s `x`: the value of `column` in an ok record of the same run and params (another variant of
+    the same case), for an x that the params determine though no param holds it (rmpad's pad fraction)."""
+    good = ok(frame, column)
+    known = {(r, params_key(p)): v for r, p, v in zip(good["run"], good["params"], good[column], strict=True)}
+    return lambda record: known.get((record["run"], params_key(record["params"])))
 
-    One legend entry per status across the figure; the hover gives the case_id, the reason's last line, and the
-    command that reproduces it.
+
+def params_key(params: dict) -> tuple:
+    """A params dict as a key: the same case of another variant has the same one."""
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
+
+
+def _shift(v: float, lo: float, hi: float, frac: float, log: bool) -> float:
+    """`v` moved by `frac` of the span [lo, hi] (in decades on a log axis; a span of one decade when it is empty)."""
+    if log:
+        return v * ((hi / lo) if hi > lo > 0 else 10.0) ** frac
+    return v + frac * ((hi - lo) or abs(hi) or 1.0)
+
+
+def _drawn_y(fig, row, col) -> list[float]:
+    """The y values of the traces already on the subplot at (row, col), or on the figure's one plot."""
+    ref = "y" if row is None else fig.get_subplot(row, col).yaxis.plotly_name.replace("axis", "")
+    on = [t.y for t in fig.data if (getattr(t, "yaxis", None) or "y") == ref and getattr(t, "y", None) is not None]
+    return [float(v) for y in on for v in y if isinstance(v, numbers.Real) and math.isfinite(v)]
+
+
+def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None, x=None, log_x=False,
+               log_y=False) -> None:
+    """Non-ok cases as markers of their status (STATUS_SYMBOLS), in a strip just above the ok points.
+
+    A case sits at its own x where `x(record)` gives one (a param such as the expert count or world size, or what its
+    params determine: `same_case`); a case without one (a failed case has no latency to plot) sits left of the data
+    past a dotted divider, never at an x it did not have. Cases at one x stack. One legend entry per status across
+    the figure; the hover gives the case_id, the reason's last line, and the command that reproduces it. `log_x`
+    and `log_y` say which axes the caller draws on a log scale, so that offsets are taken in decades there.
     """
     rows = rows[rows["status"] != "ok"]
     if rows.empty:
         return
-    xs = [float(v) for v in ok_x if pd.notna(v)]
+    own = [x(r) if x is not None else None for _, r in rows.iterrows()]
+    own = [float(v) if v is not None and pd.notna(v) else None for v in own]
+    xs = [float(v) for v in ok_x if pd.notna(v)] + [v for v in own if v is not None]
     ys = [float(v) for v in ok_y if pd.notna(v)]
-    n = len(rows)
-    if xs:
-        lo, hi = min(xs), max(xs)
-        x = [lo + (hi - lo) * (i + 0.5) / n for i in range(n)] if hi > lo else [lo] * n
-        y_top, y_bottom = max(ys), min(ys)
-        y = y_top + 0.12 * ((y_top - y_bottom) or abs(y_top) or 1.0)
-    else:
-        x, y = list(range(n)), 0.0
+    drawn = ys + _drawn_y(fig, row, col)  # offsets in proportion to the axis, which other lines may stretch
+    y_lo, y_hi = (min(drawn), max(drawn)) if ys else (0.0, 0.0)
+    strip = _shift(max(ys), y_lo, y_hi, 0.12, log_y) if ys else 0.0
+    step = 0.07  # of the y span per stacked marker: 11 px markers apart on a plot ~260 px high
+    placed, stacked = [], {}
+    for i, v in enumerate(own):
+        if v is not None:
+            k = stacked[v] = stacked.get(v, -1) + 1
+            placed.append((v, _shift(strip, y_lo, y_hi, step * k, log_y) if ys else float(k), "at its x"))
+        elif xs:
+            k = stacked[None] = stacked.get(None, -1) + 1
+            left = _shift(min(xs), min(xs), max(xs), -0.12, log_x)
+            placed.append((left, _shift(strip, y_lo, y_hi, -step * k, log_y) if ys else -float(k), "no x"))
+        else:  # no case here has an x: a row of markers with no scale to read
+            placed.append((float(i), 0.0, "no x"))
+    if xs and None in stacked:
+        divider = _shift(min(xs), min(xs), max(xs), -0.06, log_x)
+        fig.add_vline(x=divider, line={"dash": "dot", "color": "#afb8c1", "width": 1}, row=row, col=col)
     shown = {t.legendgroup for t in fig.data if t.showlegend is not False}
-    rows = rows.assign(_x=x)
-    for status, part in rows.groupby("status", sort=False):
+    rows = rows.assign(_x=[p[0] for p in placed], _y=[p[1] for p in placed], _where=[p[2] for p in placed])
+    for (status, where), part in rows.groupby(["status", "_where"], sort=False):
         reasons = [str(e or "").strip().splitlines()[-1:] or [""] for e in part["error"]]
+        color = STATUS_COLORS.get(status, "#cf222e")
         fig.add_scatter(
-            x=part["_x"].tolist(), y=[y] * len(part), mode="markers+text", name=status,
+            x=part["_x"].tolist(), y=part["_y"].tolist(), mode="markers", name=status, meta=where,
             legendgroup=f"status:{status}", showlegend=f"status:{status}" not in shown,
-            text=[status] * len(part), textposition="top center",
-            textfont={"size": 10, "color": STATUS_COLORS.get(status, "#cf222e")},
-            marker={"symbol": "x", "size": 11, "color": STATUS_COLORS.get(status, "#cf222e")},
+            marker={"symbol": STATUS_SYMBOLS.get(status, "x"), "size": 11, "color": color,
+                    "line": {"width": 2, "color": color}},
             customdata=[[*h, r[0][:200]] for h, r in zip(hover(part), reasons)],
             hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>" + status + ": %{customdata[3]}"
                            "<br><span style='font-family:monospace'>%{customdata[2]}</span><extra></extra>"),
             row=row, col=col)
         shown.add(f"status:{status}")
+
+
+def label_lines(fig, lines, height: int, top: float | None = None) -> None:
+    """Horizontal reference lines, each (y, label, line style), labelled in the right margin, where no bar or point
+    is, a label's height apart. The y range runs from 0 to `top` (default: a tenth above every line and trace), so
+    that the places computed here hold; the legend moves above the plot to leave the margin to the labels."""
+    top = top or 1.1 * max([y for y, _, _ in lines] + _drawn_y(fig, None, None))
+    gap = LABEL_PX / (height - MARGIN["t"] - MARGIN["b"]) * top
+    placed: list[float] = []
+    for y, label, line in sorted(lines, key=lambda entry: entry[0]):
+        fig.add_hline(y=y, line=line)
+        placed.append(max(y, placed[-1] + gap) if placed else y)
+        fig.add_annotation(xref="paper", x=1.0, xanchor="left", y=placed[-1], yanchor="middle", showarrow=False,
+                           align="left", font={"size": 11, "color": "#57606a"}, text=label)
+    fig.update_layout(yaxis_range=[0, max(top, placed[-1] + gap)], margin=MARGIN,
+                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"})
 
 
 def against_world_size(frame: pd.DataFrame, title: str, shape_keys: tuple[str, ...]) -> list:
@@ -276,8 +363,12 @@ def against_world_size(frame: pd.DataFrame, title: str, shape_keys: tuple[str, .
                                 col=col, line={"color": color[variant]}, customdata=hover(line),
                                 hovertemplate=hovertemplate("world size", label))
         failed = frame[frame["params"].map(lambda p: shape(p) == name_of_shape)]
-        add_not_ok(fig, failed, part["world_size"], part["peak_mem_bytes"] / div, row=1, col=1)
-        fig.update_xaxes(title_text="world size (ranks)", type="log", dtick=0.30103)
+        add_not_ok(fig, failed, part["world_size"], part["peak_mem_bytes"] / div, row=1, col=1,
+                   x=lambda r: r["params"].get("world_size", 1), log_x=True)
+        sizes = sorted({*part["world_size"], *(p.get("world_size", 1) for p in failed["params"])})
+        # the world sizes that ran, a fifth of a decade beyond each end: one size alone is not a span from 1/8 to 8
+        span = [math.log10(sizes[0]) - 0.2, math.log10(sizes[-1]) + 0.2]
+        fig.update_xaxes(title_text="world size (ranks)", type="log", tickvals=sizes, range=span)
         fig.update_yaxes(title_text=f"peak memory per rank ({unit})", rangemode="tozero", row=1, col=1)
         fig.update_yaxes(title_text=axis(rows, "step_time_ms", "step time"), rangemode="tozero", row=1, col=2)
         fig.update_layout(template="plotly_white", height=480, title=f"{title} against world size ({name_of_shape})")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.figures import colors, declared, params_label
+from reports.figures import colors, declared, label_lines, params_label
 
 MAX_PER_PART = 8  # ratios first, then timings, then the rest: a report stays readable with dozens of metrics
+HEIGHT = 440  # px
 HARNESS = ("energy_j", "avg_power_w", "energy_per_call_j")  # telemetry: every suite has it, none is its headline
 
 
@@ -44,11 +45,11 @@ def figures(suite: str, rows: pd.DataFrame) -> list:
             for variant, g in ok.assign(case=case).groupby("variant", sort=False):
                 fig.add_bar(x=g["case"], y=g[metric], name=str(variant), marker_color=color[variant])
             if is_ratio:
-                fig.add_hline(y=1.0, line_dash="dot", annotation_text=f"reference ({reference})")
+                label_lines(fig, [(1.0, f"reference ({reference})", {"dash": "dot"})], height=HEIGHT)
             unit = f" ({spec['unit']})" if spec.get("unit") else ""
             better = f", {spec['direction']} is better" if spec.get("direction") else ""
             where = f"{suite} · {part}" if part else suite
             fig.update_layout(title=f"{where}: {metric}: {spec.get('meaning') or metric}{better}",
-                              xaxis_title="case", yaxis_title=f"{metric}{unit}", barmode="group")
+                              xaxis_title="case", yaxis_title=f"{metric}{unit}", barmode="group", height=HEIGHT)
             out.append(fig)
     return out

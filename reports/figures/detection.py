@@ -56,7 +56,7 @@ def _against_latency(frame: pd.DataFrame, rows: pd.DataFrame, metric: str, title
         fig.add_scatter(x=front["latency_ms"].tolist(), y=front[metric].tolist(), mode="lines",
                         name="Pareto front" if rows["run"].nunique() == 1 else f"Pareto front ({run})",
                         line={"color": "#57606a", "dash": "dash", "shape": "hv"}, hoverinfo="skip")
-    add_not_ok(fig, frame, rows["latency_ms"], rows[metric])
+    add_not_ok(fig, frame, rows["latency_ms"], rows[metric], log_x=True)  # a failed case has no latency: no x
     fig.update_xaxes(type="log", title_text="latency per image, batch 1 (ms, log)")
     fig.update_yaxes(title_text=f"{title} on the test split (higher is better)", rangemode="tozero")
     fig.update_layout(title=f"{title} against latency: what scale coverage costs", height=460,

@@ -69,7 +69,8 @@ def _over_context(decode, color, metric, title, y_title):
                         name=name, legendgroup=variant, line={"color": color[variant]},
                         marker={"color": color[variant], "symbol": symbols[run], "size": 9},
                         customdata=hover(part), hovertemplate=hovertemplate("context", metric))
-    add_not_ok(fig, decode, rows["context"], rows[metric] / scale)
+    add_not_ok(fig, decode, rows["context"], rows[metric] / scale, x=lambda r: r["params"].get("context"),
+               log_x=True, log_y=True)
     add_run_legend(fig, rows)
     fig.update_layout(title=title, xaxis_title="context length (tokens, log)", xaxis_type="log",
                       yaxis_title=axis(rows, metric, f"{y_title}, log") if y_title else f"peak bytes ({unit}, log)",

@@ -8,7 +8,17 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports.figures import add_not_ok, bytes_unit, colors, hover, hovertemplate, ok, params_label
+from reports.figures import (
+    add_not_ok,
+    bytes_unit,
+    colors,
+    hover,
+    hovertemplate,
+    label_lines,
+    ok,
+    params_label,
+    wrap_label,
+)
 from reports.figures import unit as unit_of
 
 METRICS = ("max_vio_batch", "max_vio_train", "max_vio_global", "final_loss", "perplexity", "step_time_ms",
@@ -73,9 +83,8 @@ def _max_vio_bars(rows, color):
     for metric, label in measures:
         fig.add_bar(x=[f"{v} · {r}" if rows["run"].nunique() > 1 else v for v, r in zip(rows["variant"], rows["run"])],
                     y=rows[metric].tolist(), name=label, customdata=hover(rows), hovertemplate=HOVER)
-    for label, value in PAPER_MAX_VIO:
-        fig.add_hline(y=value, line_dash="dot", line_color="#6e7781",
-                      annotation_text=f"Wang et al. 2024, 1B model, {label}: MaxVio_global {value}")
+    label_lines(fig, [(value, f"Wang et al. 2024, 1B model,<br>{label}: MaxVio_global {value}",
+                       {"dash": "dot", "color": "#6e7781"}) for label, value in PAPER_MAX_VIO], height=440)
     fig.update_layout(title="MaxVio per router (lower is balanced; 0 = every expert equally loaded)",
                       barmode="group", yaxis_title="MaxVio", template="plotly_white", height=440)
     return fig
@@ -106,7 +115,8 @@ def _dispatch(rows, color, metric, y_title, title):
     rows = rows.assign(group=[params_label(p, ("top_k", "dim", "hidden", "tokens", "dtype")) for p in rows["params"]],
                        experts=[p.get("experts") for p in rows["params"]])
     groups = list(dict.fromkeys(rows["group"]))
-    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=groups, horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=len(groups), subplot_titles=[wrap_label(g) for g in groups],
+                        horizontal_spacing=0.08)
     is_bytes = metric.endswith("_bytes") and metric in rows
     scale, unit = bytes_unit(rows[metric]) if is_bytes else (1.0, unit_of(rows, metric))
     for col, group in enumerate(groups, start=1):
@@ -119,8 +129,8 @@ def _dispatch(rows, color, metric, y_title, title):
                             marker={"color": color[variant], "size": 9}, line={"color": color[variant]},
                             customdata=hover(v), hovertemplate=hovertemplate("experts", metric), row=1, col=col)
         add_not_ok(fig, part, good["experts"] if len(good) else (), good[metric] / scale if len(good) else (),
-                   row=1, col=col)
-    fig.update_xaxes(title_text="routed experts", type="log")
+                   row=1, col=col, x=lambda r: r["params"].get("experts"), log_x=True)
+    fig.update_xaxes(title_text="routed experts", type="log", tickvals=sorted(rows["experts"].dropna().unique()))
     fig.update_yaxes(title_text=f"{y_title}{f' ({unit})' if unit else ''}", row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", height=440)
     return fig

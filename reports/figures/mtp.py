@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from reports.figures import PALETTE, STATUS_COLORS, colors, hover, ok
+from reports.figures import PALETTE, STATUS_COLORS, colors, hover, label_lines, ok
 
 METRICS = ("step_time_ms", "time_overhead_x", "peak_mem_bytes", "mem_overhead_x", "flops_overhead_x", "final_loss",
            "heldout_loss", "acceptance_rate", "decode_acceptance_rate", "tokens_per_forward", "greedy_tokens_per_s",
@@ -80,10 +80,10 @@ def _overhead(frame):
     if ok(rows, "time_overhead_x").empty:
         return None
     fig = go.Figure()
-    fig.add_hline(y=1, line={"dash": "dash", "color": "#57606a"}, annotation_text="plain model (D=0)")
     _bars(fig, rows, (("time_overhead_x", "step time"), ("mem_overhead_x", "peak memory"),
                       ("flops_overhead_x", "FLOPs")))
     _not_ok(fig, rows)
+    label_lines(fig, [(1, "plain model (D=0)", {"dash": "dash", "color": "#57606a"})], height=420)
     fig.update_layout(title="Training cost of MTP against the plain model (x, lower is better)", barmode="group",
                       yaxis={"title": "x plain", "rangemode": "tozero"}, template="plotly_white", height=420)
     return fig
@@ -95,9 +95,6 @@ def _speedup(frame):
     if good.empty:
         return None
     fig = go.Figure()
-    fig.add_hline(y=1, line={"dash": "dash", "color": "#57606a"}, annotation_text="plain greedy decoding")
-    fig.add_hline(y=PAPER_SPEEDUP, line={"dash": "dot", "color": "#9a6700"},
-                  annotation_text="DeepSeek-V3 reported: 1.8x (reference)")
     color = colors(frame["variant"])
     fig.add_bar(x=good["label"].tolist(), y=good["speedup_x"].tolist(), name="speculative / greedy tokens/s",
                 marker_color=[color[v] for v in good["variant"]], customdata=hover(good), hovertemplate=HOVER,
@@ -106,8 +103,11 @@ def _speedup(frame):
                 textposition="outside")
     _not_ok(fig, rows)
     top = max([PAPER_SPEEDUP, *good["speedup_x"].tolist()])
+    label_lines(fig, [(1, "plain greedy decoding", {"dash": "dash", "color": "#57606a"}),
+                      (PAPER_SPEEDUP, "DeepSeek-V3 reported:<br>1.8x (reference)",
+                       {"dash": "dot", "color": "#9a6700"})], height=420, top=1.25 * top)  # room for the bars' text
     fig.update_layout(title="Speculative decoding with the MTP draft: decode tokens/s over greedy (same model, "
-                            "KV cache, batch 1)", yaxis={"title": "speed-up (x)", "range": [0, 1.25 * top]},
+                            "KV cache, batch 1)", yaxis_title="speed-up (x)",
                       template="plotly_white", height=420, showlegend=False)
     return fig
 

@@ -86,13 +86,18 @@ def _against(rows: pd.DataFrame, x: str, x_title: str, title: str):
                             marker={"color": color[variant], "size": 7}, customdata=hover(v), hovertemplate=HOVER,
                             row=1, col=col)
         for run in runs:
+            floor = floors.get((run, panel))
+            # the upper line's label above it, the lower's below: DDPM can land under the floor at small sizes
+            ddpm_on_top = (run, panel) not in refs or floor is None or refs[(run, panel)][0] >= floor
             if (run, panel) in refs:
                 q, nfe = refs[(run, panel)]
                 fig.add_hline(y=q, line_dash="dash", line_color="#6e7781", row=1, col=col,
-                              annotation_text=f"DDPM {nfe} steps", annotation_position="top right")
-            if (run, panel) in floors:
-                fig.add_hline(y=floors[(run, panel)], line_dash="dot", line_color="#9a6700", row=1, col=col,
-                              annotation_text="exact samples (noise floor)", annotation_position="bottom right")
+                              annotation_text=f"DDPM {nfe} steps",
+                              annotation_position="top right" if ddpm_on_top else "bottom right")
+            if floor is not None:
+                fig.add_hline(y=floor, line_dash="dot", line_color="#9a6700", row=1, col=col,
+                              annotation_text="exact samples (noise floor)",
+                              annotation_position="bottom right" if ddpm_on_top else "top right")
         fig.update_xaxes(type="log", title_text=x_title, row=1, col=col)
     fig.update_yaxes(type="log", title_text=f"{QUALITY} to the target (lower is better)", row=1, col=1)
     fig.update_layout(title=title, template="plotly_white", height=460, legend={"title": "sampler"})

@@ -22,7 +22,7 @@ COMMANDS = {
     "import": (["import", "{pb}", "--out", "{out}/imported"], ()),
     "dashboard": (["dashboard", "{store}", "-o", "{out}/site"], needs("plotly", "pyarrow")),
     "profile": (["profile", "checkpointing", "--variant", "none", "--size", "smoke", "--device", "cpu",
-                 "--params", "layers=8", "--out", "{out}/profile"], ()),
+                 "--params", "layers=8,model=None", "--out", "{out}/profile"], ()),
 }
 EACH = [pytest.param(name, marks=marks, id=name) for name, (_, marks) in COMMANDS.items()]
 
@@ -113,8 +113,8 @@ def test_a_full_disk_leaves_no_partial_report_and_exits_1(capsys, tmp_path, inpu
 @needs("plotly")
 def test_a_run_whose_report_meets_a_full_disk_keeps_its_records_and_no_partial_report(capsys, tmp_path, full_disk):
     out = tmp_path / "run"
-    _, _, err = cli(capsys, "run", "checkpointing", "--variant", "none", "--params", "layers=8", "--size", "smoke",
-                    "--device", "cpu", "--inline", "--out", out)
+    _, _, err = cli(capsys, "run", "checkpointing", "--variant", "none", "--params", "layers=8,model=None",
+                    "--size", "smoke", "--device", "cpu", "--inline", "--out", out)
     assert f"cannot write {out / 'report.html'}: [Errno 28] No space left on device" in err, err
     assert len((out / "records.jsonl").read_text().splitlines()) == 1 and read_run_json(out)["finished_at"]
     assert "report.html" not in everything(out) and not [p for p in everything(out) if p.endswith(".tmp")]

@@ -21,7 +21,8 @@ def test_list_json(capsys):
     suites = {s["name"]: s for s in json.loads(out)["suites"]}
     assert code == 0
     ckpt = suites["checkpointing"]
-    assert list(ckpt["variants"]) == ["none", "full", "sqrt", "selective", "offload"]
+    assert list(ckpt["variants"]) == ["none", "full", "sqrt", "selective", "offload", "hf_full", "hf_selective"]
+    assert ckpt["libraries"] == {v: ckpt["libraries"][v] for v in ("hf_full", "hf_selective")}  # transformers' own
     assert ckpt["reference"] == "none" and ckpt["cases"]["smoke"] >= 5
     step = ckpt["metrics"]["step_time_ms"]  # what each metric is, as the suite declares it
     assert (step["kind"], step["direction"], step["unit"]) == ("measured", "lower", "ms") and step["meaning"]
@@ -35,7 +36,7 @@ def test_list_table(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "nosuch"], "unknown suite 'nosuch' (valid: "),
-    (["run", "checkpointing", "--variant", "nosuch"], "unknown variant 'nosuch' for checkpointing (valid: full, none"),
+    (["run", "checkpointing", "--variant", "nosuch"], "unknown variant 'nosuch' for checkpointing (valid: full, "),
     (["run", "--size", "huge"], "invalid choice: 'huge' (choose from "),
     (["run", "--shard", "3/2"], "--shard must be I/N with 1 <= I <= N"),
     (["run", "--shard", "two"], "--shard must be I/N"),
@@ -125,7 +126,8 @@ def test_env_json(capsys):
 def test_python_dash_m_bench_runs_one_variant(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "checkpointing", "--size", "smoke", "--device", "cpu",
-                           "--variant", "none", "full", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--variant", "none", "full", "--params", "model=None", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = (out / "records.jsonl").read_text().splitlines()
     assert [json.loads(line)["variant"] for line in lines] == ["none", "full"]

@@ -51,7 +51,8 @@ def parts(out: Path, **kw) -> runner.RunConfig:
 
 def test_two_concurrent_runs_on_one_out_make_one_run_and_one_refusal(tmp_path):
     out = tmp_path / "r"
-    argv = ["run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline", "--variant", "none", "full"]
+    argv = ["run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline", "--variant", "none", "full",
+            "--params", "model=None"]  # our model's points only (the library's are model=hf_llama)
     procs = [subprocess.Popen([sys.executable, "-m", "bench", *argv, "--out", str(out)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     ends = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

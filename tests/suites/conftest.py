@@ -10,7 +10,8 @@ from bench.suite import discover
 def smoke_run(tmp_path_factory):
     """Every registered suite at smoke size on CPU, once per test session: (run directory, exit code, records)."""
     out = tmp_path_factory.mktemp("smoke") / "run"
-    # trained weights (samplers, detection) go to a fresh cache: the run trains them as a first run on a machine does
+    # a fresh cache, as on a first run: smoke models come from the shipped weights (impls/weights), what is computed
+    # (the samplers' noise floor, fp8's reference curve) is built here
     cache, os.environ["TECHBENCH_CACHE"] = os.environ.get("TECHBENCH_CACHE"), str(tmp_path_factory.mktemp("cache"))
     try:
         code, records = runner.run(runner.RunConfig(suites=list(discover().values()), size="smoke", device="cpu",

@@ -1,0 +1,225 @@
+"""`bench run`'s command line: its options, their checks, and the command. bench.cli builds the parser from
+`add_arguments` and dispatches to `cmd_run`.
+
+Every option is checked before anything is imported or created: a bad one exits 2 with one line (bench.cli.main).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bench.commands import UsageError
+from bench.distributed import Launch
+from bench.records import read_run_json
+from bench.runner import TIMEOUTS
+from bench.suite import SIZES
+
+# The largest --timeout, --budget and --wait-idle: 1e6 s is 11.6 days; a larger number is a typo, and one past 2.1e6 s
+# overflows the wait for an isolated case (a pipe's poll takes its timeout as a C int of milliseconds)
+MAX_SECONDS = 1e6
+# The most --threads: beyond any machine's cores, a typo that would make torch spawn a thread pool of that size
+MAX_THREADS = 4096
+
+
+def add_arguments(r) -> None:
+    """The options of `bench run`, on its subparser `r`."""
+    r.add_argument("suites", nargs="*", metavar="SUITE", help="suites to run (default: all)")
+    r.add_argument("--size", default="quick", choices=SIZES, help="grid size (default: quick)")
+    r.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    r.add_argument("--out", type=Path, help="run directory (default: runs/<run_id>)")
+    r.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
+    r.add_argument("--shard", default="1/1", metavar="I/N", help="run the I-th of N deterministic slices")
+    r.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=4,seq=256)")
+    r.add_argument("--case", action="append", metavar="GLOB",
+                   help="only cases whose case_id matches this shell-style glob (repeatable: any of them), e.g. "
+                        "'fp8/*/*part=gemm*'")
+    r.add_argument("--timeout", type=float, metavar="S", help="seconds per case (default by --size: "
+                   + ", ".join(f"{size} {s:g}" for size, s in TIMEOUTS.items()) + ")")
+    r.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="ranks per node for distributed suites, one torchrun job a case (default: 1)")
+    r.add_argument("--nnodes", type=int, default=1, metavar="M", help="nodes of each distributed job (default: 1)")
+    r.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-node job (same on every node)")
+    r.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op threads for every CPU case (default: each suite's own choice)")
+    r.add_argument("--cpus", metavar="LIST",
+                   help="pin each case to these CPUs, e.g. 0-3,8, with as many torch threads (--threads wins; a "
+                        "suite that asks for fewer keeps its own)")
+    r.add_argument("--wait-idle", type=float, metavar="S",
+                   help="before each case, wait up to S seconds for other processes to leave its CPUs")
+    r.add_argument("--budget", type=float, metavar="S",
+                   help="stop starting cases after S seconds; cases not run are listed, and --resume runs them")
+    r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue OUT, skipping cases it already finished (without --out: the latest unfinished run "
+                        "under runs/ of the same size, device, shard and suites)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="with --resume (implied): run again the cases recorded as error or timeout")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    i = n = 0
+    if text.count("/") == 1 and all(x.isascii() and x.isdigit() for x in text.split("/")):
+        i, n = (int(x) for x in text.split("/"))
+    if not 1 <= i <= n:
+        raise UsageError(f"--shard must be I/N with 1 <= I <= N (e.g. 1/2), got {text!r}")
+    return i, n
+
+
+def parse_params(text: str | None) -> dict[str, str]:
+    """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}; a key given twice is refused (which value would it match?)."""
+    if not text:
+        return {}
+    pairs = [(k.strip(), sep, v.strip()) for k, sep, v in (item.partition("=") for item in text.split(","))]
+    if any(not k or not sep for k, sep, _ in pairs):
+        raise UsageError(f"--params must be k=v[,k=v...], got {text!r}")
+    keys = [k for k, _, _ in pairs]
+    if len(set(keys)) < len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise UsageError(f"--params names {twice!r} twice, got {text!r}")
+    return {k: v for k, _, v in pairs}
+
+
+def parse_cpus(text: str | None) -> frozenset[int] | None:
+    """--cpus "0-3,8" as a set; refused when malformed or naming a CPU outside this process's affinity (one that
+    does not exist, or that a cgroup or taskset keeps `bench` off: the kernel would refuse it or drop it silently)."""
+    if text is None:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise UsageError("--cpus needs CPU affinity (os.sched_setaffinity), which this system lacks")
+    from bench.doctor import format_cpus
+
+    allowed = os.sched_getaffinity(0)
+    top, cpus = max(allowed), set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        hi = hi if dash else lo
+        if not (_digits(lo) and _digits(hi)) or int(hi) < int(lo):
+            raise UsageError(f"--cpus must be a list of CPUs and low-high ranges such as 0-3,8, got {text!r}")
+        first, last = int(lo), int(hi)
+        bad = next((c for c in range(first, min(last, top) + 1) if c not in allowed), None)
+        if bad is None and last > top:  # checked before the range is built: "0-99999999" is one line, not 1e8 ints
+            bad = max(first, top + 1)
+        if bad is not None:
+            raise UsageError(f"--cpus {text}: there is no CPU {bad} that bench may run on here "
+                             f"(valid: {format_cpus(allowed)})")
+        cpus.update(range(first, last + 1))
+    return frozenset(cpus)
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def check_numbers(args) -> None:
+    """--timeout, --budget, --wait-idle and --threads, refused before anything is imported or created."""
+    for flag, value in (("--timeout", args.timeout), ("--budget", args.budget), ("--wait-idle", args.wait_idle)):
+        if value is not None and not 0 < value < math.inf:
+            raise UsageError(f"{flag} must be a positive number of seconds, got {value:g}")
+        if value is not None and value > MAX_SECONDS:
+            raise UsageError(f"{flag} must be at most {MAX_SECONDS:g} seconds (11.6 days), got {value:g}")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be between 1 and {MAX_THREADS}, got {args.threads}")
+
+
+def resolve_device(text: str) -> str:
+    from bench.env import resolve_device
+
+    try:
+        return resolve_device(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def select(registry: dict, names: list[str], variants: list[str] | None):
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise UsageError(f"unknown suite {unknown[0]!r} (valid: {', '.join(sorted(registry))})")
+    suites = [registry[n] for n in dict.fromkeys(names or sorted(registry))]  # a suite named twice runs once
+    if variants:
+        valid = sorted({v for s in suites for v in s.variants})
+        bad = [v for v in variants if v not in valid]
+        if bad:
+            raise UsageError(f"unknown variant {bad[0]!r} for {', '.join(s.name for s in suites)} "
+                             f"(valid: {', '.join(valid)})")
+    return suites
+
+
+def cmd_run(args, discover, write_report) -> int:
+    """`bench run`. `discover` finds the suites and `write_report` writes report.html: both come from bench.cli, the
+    command layer, since reports/ is no import of the harness's core."""
+    from rich.console import Console
+
+    from bench import doctor, runner
+    from bench.progress import make_progress
+
+    shard = parse_shard(args.shard)
+    check_numbers(args)
+    where = parse_params(args.params)
+    cpus = parse_cpus(args.cpus)
+    since = doctor.snapshot()  # the disturbance check samples the CPUs while the suites load
+    registry = discover()
+    suites = select(registry, args.suites, args.variant)
+    device = resolve_device(args.device)
+    try:
+        how = Launch(args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
+        keys = sorted({k for s in suites for p in s.grid(args.size, device) for k in p})
+        raise UsageError(f"no {args.size} case matches --params {args.params} (params: {', '.join(keys)})")
+    for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
+        if not runner.plan(suites, args.size, device, args.variant, where=where or None, world_size=how.world_size,
+                           cases_like=[glob]):
+            raise UsageError(f"no {args.size} case on {device} matches --case {glob!r} (case ids are "
+                             "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants)")
+    run_id = runner.new_run_id()
+    resume = args.resume or args.retry_failed
+    out = args.out or (latest_run(args, device, "{}/{}".format(*shard), [s.name for s in suites]) if resume
+                       else Path("runs") / run_id)
+    argv = getattr(args, "argv", sys.argv[1:])
+    cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
+                           shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,
+                           launch=how, inline=args.inline, resume=resume, run_id=run_id, budget_s=args.budget,
+                           threads=args.threads, argv=["bench", *argv], retry_failed=args.retry_failed,
+                           cpus=cpus, wait_idle_s=args.wait_idle)
+    console = Console()
+    disturbed = doctor.critical_warning(device, since=since)
+    if disturbed:  # beside the run's progress and summary: it is about what this run measures
+        print(f"bench: warning: {disturbed}", flush=True)
+    try:
+        code, records = runner.run(cfg, make_progress(console))
+    except runner.RunDirError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:  # e.g. a full disk: every record already written is intact, --resume continues
+        print(f"bench: cannot write to {out}: {e.strerror or e}; finished records are kept, "
+              f"`{runner.resume_command(argv, out)}` continues", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cases' processes are ended, finished records kept
+        print(f"bench: interrupted; finished records are kept in {out}, `{runner.resume_command(argv, out)}` "
+              "continues", file=sys.stderr)
+        return 130
+    counts = Counter(r.status for r in records)
+    print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
+    not_run = (read_run_json(out) or {}).get("not_run") or []
+    if not_run:
+        print(f"bench: the --budget of {args.budget:g} s ran out with {len(not_run)} cases not run (listed in "
+              f"{out / 'run.json'} under not_run); `{runner.resume_command(argv, out)}` runs them", file=sys.stderr)
+    write_report(out)
+    return code
+
+
+def latest_run(args, device: str, shard: str, suites: list[str]) -> Path:
+    """--resume without --out: the latest unfinished run under runs/ made the same way, said aloud."""
+    from bench import runner
+
+    try:
+        out = runner.latest_unfinished(Path("runs"), (args.size, device, shard), suites, args.retry_failed)
+    except runner.RunDirError as e:
+        raise UsageError(str(e)) from None
+    print(f"bench: resuming {out}, the latest unfinished {args.size} run on {device} under runs/ (--out names "
+          "another)", file=sys.stderr)
+    return out

@@ -1,0 +1,5 @@
+import sys
+
+from impls.weights.build import main
+
+sys.exit(main())

@@ -1,0 +1,278 @@
+"""Pinning and waiting: `bench run --cpus` pins each case and sizes its thread pool to match, `--wait-idle` holds a
+case back until other processes leave its CPUs, and a distributed case is contended when any rank was."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench import interference, runner
+from bench.case import cpu_threads
+from bench.cli import main
+from bench.cli_run import parse_cpus
+from bench.distributed import Launch, _keep, _threads_per_rank, aggregate, scratch
+from bench.interference import HostSample
+from bench.launchers import wait_idle
+from bench.progress import PlainProgress
+from bench.records import RECORDS_JSONL, read_records, read_run_json
+from bench.suite import SUITES, Measurement, Suite, register
+
+linux = pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not os.path.exists("/proc/stat"),
+                           reason="CPU affinity and /proc (Linux)")
+ALLOWED = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+SPIN = ("import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
+        "end = time.monotonic() + float(sys.argv[2])\nwhile time.monotonic() < end: pass")
+
+
+@register
+class Pinned(Suite):
+    """Records the CPUs and torch threads its case runs with, around a ~0.3 s timed window of pure Python."""
+
+    name = "_pinned"
+    variants = {"spin": "reference"}
+
+    def grid(self, size, device):
+        return [{"n": 20_000}]
+
+    def measure(self, variant, params, device):
+        from bench.timing import time_fn
+
+        seen, threads = sorted(os.sched_getaffinity(0)), torch.get_num_threads()
+        timing = time_fn(lambda: sum(k * k for k in range(params["n"])), "cpu", warmup=1, min_reps=5,
+                         min_time_s=0.3)
+        return Measurement({**timing.metrics("call_time"), "torch_threads": threads},
+                           {**timing.samples("call_time"), "affinity": seen}, timed=timing)
+
+
+def outsider(cpu: int, seconds: float = 20.0) -> int:
+    """The pid of a process spinning on `cpu` for at most `seconds` that is no descendant of this one: an inline case
+    and `bench` itself count their own tree's CPU time as theirs, so a child's spinning would not compete."""
+    start = ("import subprocess, sys\n"
+             "p = subprocess.Popen([sys.executable, '-c', *sys.argv[1:]], start_new_session=True,\n"
+             "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+             "print(p.pid)")
+    out = subprocess.run([sys.executable, "-c", start, SPIN, str(cpu), str(seconds)], capture_output=True, text=True,
+                         check=True, timeout=30)
+    return int(out.stdout)
+
+
+def end(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def busy_on(cpus: frozenset, seconds: float = 0.5) -> float | None:
+    """CPUs' worth other processes used on `cpus` over the next `seconds`."""
+    reader = interference.Reader(os.getpid(), cpus)
+    try:
+        s0 = reader.sample()
+        time.sleep(seconds)
+        return interference.rates(s0, reader.sample())["host_other_cpus"]
+    finally:
+        reader.close()
+
+
+@linux
+def test_cpus_parse_as_kernel_lists():
+    assert parse_cpus(None) is None
+    assert parse_cpus(str(ALLOWED[0])) == {ALLOWED[0]}
+    assert parse_cpus(f" {ALLOWED[0]}-{ALLOWED[0]},{ALLOWED[-1]}") == {ALLOWED[0], ALLOWED[-1]}
+    if ALLOWED[:2] == [0, 1]:
+        assert parse_cpus("0-1,0") == {0, 1}
+
+
+@linux
+@pytest.mark.parametrize("argv, says", [
+    (["--cpus", "0-"], "--cpus must be a list of CPUs and low-high ranges such as 0-3,8, got '0-'"),
+    (["--cpus", "1-0"], "--cpus must be a list"),
+    (["--cpus", "0,,1"], "--cpus must be a list"),
+    (["--cpus", "x"], "--cpus must be a list"),
+    (["--cpus", "-1"], "--cpus must be a list"),
+    (["--cpus", "0-99999999"], f"there is no CPU {ALLOWED[-1] + 1} that bench may run on here (valid: "),
+    (["--cpus", "4096"], "there is no CPU 4096 that bench may run on here"),
+    (["--wait-idle", "0"], "--wait-idle must be a positive number of seconds, got 0"),
+    (["--wait-idle", "1e9"], "--wait-idle must be at most 1e+06 seconds"),
+])
+def test_a_bad_cpu_list_or_wait_is_refused_in_one_line_before_anything_is_made(argv, says, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "_pinned", "--size", "smoke", "--device", "cpu", "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_threads_follow_the_pinned_cpus_unless_told_otherwise():
+    class Default(Suite):
+        cpu_threads = None
+
+    class One(Suite):
+        cpu_threads = 1
+
+    two = frozenset({0, 1})
+    assert cpu_threads(Default(), "cpu", None, two) == 2
+    assert cpu_threads(One(), "cpu", None, two) == 1  # a suite whose ops are too small for a pool keeps its one
+    assert cpu_threads(Default(), "cpu", 3, two) == 3  # --threads wins
+    assert cpu_threads(Default(), "cuda:0", None, two) == 2  # torch's default counts the CPUs before the pinning
+    assert cpu_threads(Default(), "cuda:0", None, None) is None and cpu_threads(Default(), "cpu", None, None) is None
+    assert _threads_per_rank(Launch(2), two) == 1 and _threads_per_rank(Launch(4), two) == 1
+
+
+def affinities() -> dict[int, set[int]]:
+    return {int(t): os.sched_getaffinity(int(t)) for t in os.listdir("/proc/self/task")}
+
+
+@linux
+def test_an_inline_case_runs_pinned_and_bench_gets_its_cpus_back(tmp_path):
+    threads, before = torch.get_num_threads(), os.sched_getaffinity(0)
+    code, [record] = runner.run(runner.RunConfig(suites=[SUITES["_pinned"]], size="smoke", device="cpu",
+                                                 out=tmp_path / "run", inline=True, cpus=frozenset({ALLOWED[0]})))
+    assert code == 0 and record.status == "ok", record.error
+    assert record.samples["affinity"] == [ALLOWED[0]] and record.metrics["torch_threads"] == 1
+    assert record.metrics["host_cpus"] == 1  # the interference sampler counts the pinned CPU only
+    assert "idle_wait_s" not in record.metrics  # no --wait-idle: no wait to record
+    meta = read_run_json(tmp_path / "run")
+    assert meta["cpus"] == [ALLOWED[0]] and meta["suites"]["_pinned"]["threads"] == 1
+    assert torch.get_num_threads() == threads and all(cpus == before for cpus in affinities().values())
+
+
+@linux
+def test_an_isolated_case_runs_pinned_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bench.cli.discover", lambda: dict(SUITES))
+    monkeypatch.setattr("bench.cli._write_report", lambda out: None)  # the report is not what this test is about
+    cpu = ALLOWED[-1]
+    code = main(["run", "_pinned", "--size", "smoke", "--device", "cpu", "--cpus", str(cpu), "--out",
+                 str(tmp_path / "run")])
+    [record] = read_records(tmp_path / "run" / RECORDS_JSONL)
+    assert code == 0 and record.status == "ok", (capsys.readouterr(), record.error)
+    assert record.samples["affinity"] == [cpu] and record.metrics["torch_threads"] == 1
+    assert record.metrics["host_cpus"] == 1
+    assert read_run_json(tmp_path / "run")["cpus"] == [cpu]
+
+
+@linux
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs")
+def test_load_on_another_cpu_is_not_counted_against_a_pinned_case(tmp_path):
+    spinner = outsider(ALLOWED[1])
+    try:
+        _, [record] = runner.run(runner.RunConfig(suites=[SUITES["_pinned"]], size="smoke", device="cpu",
+                                                  out=tmp_path / "run", inline=True, cpus=frozenset({ALLOWED[0]})))
+    finally:
+        end(spinner)
+    m = record.metrics
+    # one CPU holds at most one CPU's worth of busy time: counting the spinner's CPU too would make it about two
+    assert m["host_cpus"] == 1 and m["host_other_cpus"] + m["host_case_cpus"] <= 1.3, m
+
+
+class FakeReader:
+    """Samples of `cpus` CPUs at a fake clock, others using `others[i]` CPUs over the i-th interval after the first."""
+
+    def __init__(self, clock, others, cpus=1):
+        self.clock, self.others, self.cpus = clock, list(others), cpus
+        self.busy, self.t, self.closed = 0, None, False
+
+    def sample(self):
+        now = self.clock()
+        if self.t is not None:
+            other = self.others.pop(0) if self.others else 0.0
+            self.busy += round(other * (now - self.t) * interference.TICKS_PER_S)
+        self.t = now
+        return HostSample(now, now, self.busy, 0, 0, self.cpus, 0, None, None, None)
+
+    def close(self):
+        self.closed = True
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.mark.parametrize("others, cpus, threads, bound, waited, told", [
+    ([0.0], 1, None, 10.0, 0.0, None),  # quiet at once: no wait at all
+    ([1.0, 1.0, 0.0], 1, None, 10.0, 2.0, "other processes used 1.0 of 1 CPUs"),
+    ([1.0] * 10, 1, None, 3.5, 3.5, "other processes used 1.0 of 1 CPUs"),  # ran out: the case runs anyway
+    ([0.3], 2, 1, 10.0, 0.0, None),  # 0.3 of 2 CPUs beside a one-thread case: it does not fill them
+    ([0.6, 0.0], 2, 1, 10.0, 1.0, "other processes used 0.6 of 2 CPUs"),
+])
+def test_the_wait_lasts_until_a_quiet_sample_or_its_bound(others, cpus, threads, bound, waited, told):
+    clock, heard = Clock(), []
+    reader = FakeReader(clock, others, cpus)
+    got = wait_idle(bound, None, threads, heard.append, reader=reader, clock=clock, sleep=clock.sleep)
+    assert got == waited and heard == ([told] if told else []) and reader.closed
+
+
+def test_without_proc_the_wait_is_unknown():
+    class Blind(FakeReader):
+        def sample(self):
+            return None
+
+    clock = Clock()
+    assert wait_idle(5.0, reader=Blind(clock, []), clock=clock, sleep=clock.sleep) is None and clock.now == 100.0
+
+
+@linux
+def test_a_busy_cpu_holds_the_case_back_and_the_wait_is_recorded(tmp_path):
+    cpu, shown = ALLOWED[0], io.StringIO()
+    spinner = outsider(cpu)
+    try:
+        _, [record] = runner.run(runner.RunConfig(suites=[SUITES["_pinned"]], size="smoke", device="cpu",
+                                                  out=tmp_path / "run", inline=True, cpus=frozenset({cpu}),
+                                                  wait_idle_s=1.5), PlainProgress(stream=shown))
+    finally:
+        end(spinner)
+    assert record.status == "ok" and record.metrics["idle_wait_s"] > 0, record.metrics
+    assert "_pinned/spin/n=20000: waiting for the machine to go idle: other processes used" in shown.getvalue()
+    spec = read_run_json(tmp_path / "run")["suites"]["_pinned"]["metrics"]["idle_wait_s"]
+    assert spec["kind"] == "info" and spec["direction"] is None
+
+
+@linux
+def test_an_idle_cpu_starts_the_case_at_once(tmp_path):
+    cpu = frozenset({ALLOWED[-1]})
+    if (busy := busy_on(cpu)) is None or busy >= interference.OTHER_CPUS / 2:
+        pytest.skip(f"the machine is busy: other processes used {busy} of CPU {ALLOWED[-1]} just before the test")
+    _, [record] = runner.run(runner.RunConfig(suites=[SUITES["_pinned"]], size="smoke", device="cpu",
+                                              out=tmp_path / "run", inline=True, cpus=cpu, wait_idle_s=5.0))
+    if record.metrics["idle_wait_s"] > 0 and (busy := busy_on(cpu)) >= interference.OTHER_CPUS / 2:
+        pytest.skip(f"the machine got busy: other processes used {busy} of CPU {ALLOWED[-1]} during the test")
+    assert record.metrics["idle_wait_s"] == 0.0
+
+
+def test_a_distributed_case_is_contended_when_any_rank_was():
+    def rank(contended, other, clock, slowdown=None):
+        return {"status": "ok", "samples": {}, "metrics": {
+            "step_ms": 1.0, "contended": contended, "host_other_cpus": other, "host_cpu_mhz_pct": clock,
+            "gpu_slowdown": slowdown}}
+
+    calm, busy = rank(False, 0.0, 95.0), rank(True, 1.5, 55.0, slowdown=False)
+    m = aggregate([calm, busy], {"step_ms": "lower"})["metrics"]
+    assert m["contended"] is True and m["gpu_slowdown"] is False
+    assert m["host_other_cpus"] == 1.5 and m["host_cpu_mhz_pct"] == 55.0  # the most disturbed rank's figures
+    assert m["rank_min_host_other_cpus"] == 0.0
+    m = aggregate([calm, rank(None, None, None)], {})["metrics"]
+    assert m["contended"] is False and m["host_other_cpus"] == 0.0 and m["gpu_slowdown"] is None
+    assert aggregate([rank(None, None, None)] * 2, {})["metrics"]["contended"] is None
+
+
+@linux
+def test_a_torchrun_keeper_is_pinned_and_what_it_starts_inherits_it():
+    cpu = ALLOWED[-1]
+    cmd = [sys.executable, "-c", "import os, subprocess, sys; print(sorted(os.sched_getaffinity(0)), flush=True); "
+           "subprocess.run([sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))'])"]
+    with scratch("techbench-test-") as job:
+        code = _keep(cmd, dict(os.environ), job, 30.0, frozenset({cpu}))
+        log = (job / "torchrun.log").read_text()
+    assert code == 0 and log.split() == [f"[{cpu}]", f"[{cpu}]"], log

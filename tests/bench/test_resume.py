@@ -1,0 +1,145 @@
+"""Resume and interrupt as a newcomer meets them: --resume without --out finds the run to continue (or says the
+command), Ctrl-C names the --out to pass, and --retry-failed runs failed cases again, one record a case."""
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from bench import cli, progress, runner
+from bench.history import repeated_case
+from bench.records import RECORDS_JSONL, read_records, read_run_json
+from bench.suite import SUITES, Measurement, Suite, register
+from tests.bench import fake_suites  # noqa: F401 - registers _slow
+
+
+@register
+class Flaky(Suite):
+    """`b` fails while `failing` is set: a case to retry once the cause is gone."""
+
+    name = "_flaky"
+    variants = {"a": "reference", "b": "raises while Flaky.failing"}
+    failing = True
+
+    def grid(self, size, device):
+        return [{"n": 1}, {"n": 2}]
+
+    def measure(self, variant, params, device):
+        if variant == "b" and type(self).failing:
+            raise RuntimeError("flaky")
+        return Measurement({"n_ms": float(params["n"])})
+
+
+class StopAfter(progress.PlainProgress):
+    """Ctrl-C after `n` cases, as a person would press it."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def end(self, record):
+        super().end(record)
+        if self.done >= self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def newcomer(tmp_path, monkeypatch):
+    """`bench` in a fresh folder (runs/ under it), knowing the fake suites, writing no report."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "discover", lambda: {n: SUITES[n] for n in ("_slow", "_flaky")})
+    monkeypatch.setattr(cli, "_write_report", lambda out: None)
+    monkeypatch.setattr(fake_suites.Slow, "grid", lambda self, size, device: [{"i": i, "delay": 0.0} for i in range(3)])
+    return tmp_path
+
+
+def bench(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+SLOW = ("run", "_slow", "--size", "smoke", "--device", "cpu", "--inline")
+
+
+def test_ctrl_c_names_the_out_to_resume_and_resume_without_out_continues_it(newcomer, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "make_progress", lambda console: StopAfter(2))
+    code, _, err = bench(capsys, *SLOW)
+    [run] = [p.relative_to(newcomer) for p in (newcomer / "runs").iterdir()]
+    assert code == 130 and err.strip().endswith(
+        f"`bench run _slow --size smoke --device cpu --inline --resume --out {run}` continues"), err
+    assert read_run_json(run)["finished_at"] is None and len(read_records(run / RECORDS_JSONL)) == 2
+
+    monkeypatch.setattr(progress, "make_progress", lambda console: progress.PlainProgress())
+    code, out, err = bench(capsys, *SLOW, "--resume")
+    assert code == 0 and f"bench: resuming {run}, the latest unfinished smoke run on cpu under runs/" in err, err
+    assert "resuming: 2/6 cases already finished" in out and f"6 cases: 6 ok -> {run}" in out
+    assert [p.name for p in (newcomer / "runs").iterdir()] == [run.name]  # no new run was started
+    lines = (run / RECORDS_JSONL).read_text().splitlines()
+    assert len(lines) == len({json.loads(line)["case_id"] for line in lines}) == 6
+
+
+def test_resume_without_out_refuses_with_the_command_to_use(newcomer, capsys, monkeypatch):
+    code, _, err = bench(capsys, *SLOW, "--resume")
+    assert code == 2 and err.count("\n") == 1
+    assert "no run under runs/ is unfinished" in err and "drop --resume to start a new run" in err
+    assert not (newcomer / "runs").exists()  # nothing created
+
+    monkeypatch.setattr(progress, "make_progress", lambda console: StopAfter(1))
+    assert bench(capsys, "run", "_slow", "--size", "quick", "--device", "cpu", "--inline")[0] == 130
+    [run] = [p.relative_to(newcomer) for p in (newcomer / "runs").iterdir()]
+    code, _, err = bench(capsys, *SLOW, "--resume")  # smoke: the unfinished run is quick
+    assert code == 2 and err.count("\n") == 1 and "was made with --size smoke --device cpu --shard 1/1" in err
+    assert err.strip().endswith(f"continues with `bench run _slow --size quick --device cpu --inline --resume --out "
+                                f"{run}`"), err
+    assert len(read_records(run / RECORDS_JSONL)) == 1  # untouched
+
+
+def test_retry_failed_runs_errors_again_and_keeps_one_record_a_case(tmp_path, monkeypatch):
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
+    code, records = runner.run(cfg)
+    assert code == 1 and [r.status for r in records] == ["ok", "error"] * 2
+    monkeypatch.setattr(Flaky, "failing", False)
+    code, records = runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
+    assert code == 1 and [r.status for r in records] == ["ok", "error"] * 2  # --resume alone keeps what it found
+    code, records = runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "retry_failed": True}))
+    assert code == 0 and [r.status for r in records] == ["ok"] * 4
+    assert records[1].metrics["n_ms"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "recorded more than once" from the readers
+        kept = read_records(tmp_path / "run" / RECORDS_JSONL)
+    assert {r.case_id: r for r in kept} == {r.case_id: r for r in records} and len(kept) == 4
+    assert repeated_case(tmp_path / "run") is None  # so merge and history add take the run
+
+
+def test_a_replaced_failure_is_dropped_and_nothing_else(tmp_path):
+    def record(case, status):
+        return json.dumps({"schema": 1, "run_id": "r", "suite": "s", "variant": "v", "params": {}, "case_id": case,
+                           "status": status, "error": None if status == "ok" else "why"})
+
+    path = tmp_path / RECORDS_JSONL
+    lines = [record("a", "timeout"), "not a record", record("b", "ok"), record("c", "error"), record("a", "ok"),
+             record("b", "ok"), record("d", "oom"), record("d", "ok")]
+    path.write_text("\n".join(lines) + "\n")
+    runner._drop_replaced(path)
+    # a's timeout was replaced; c's error was not; b's two ok records and d's oom (a result) are not failures
+    assert path.read_text().splitlines() == lines[1:]
+
+
+def test_retry_failed_alone_resumes_and_the_help_gives_each_sizes_timeout(newcomer, capsys, monkeypatch):
+    monkeypatch.setattr(progress, "make_progress", lambda console: progress.PlainProgress())
+    flaky = ("run", "_flaky", "--size", "smoke", "--device", "cpu", "--inline", "--out", "r")
+    assert bench(capsys, *flaky)[0] == 1
+    monkeypatch.setattr(Flaky, "failing", False)
+    code, out, _ = bench(capsys, *flaky, "--retry-failed")
+    assert code == 0 and "resuming: 2/4 cases already finished" in out and "4 cases: 4 ok -> r" in out
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "default by --size: smoke 300, quick 900, full 3600" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_command_that_continues_a_run_keeps_its_arguments_but_out_and_resume():
+    argv = ["run", "fp8", "--out", "old", "--resume", "--size", "smoke", "--out=x", "--params", "m=1,k=a b"]
+    assert runner.resume_command(argv, Path("runs/r1")) == \
+        "bench run fp8 --size smoke --params 'm=1,k=a b' --resume --out runs/r1"
