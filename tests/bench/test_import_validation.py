@@ -157,7 +157,7 @@ def test_import_never_writes_a_record_the_readers_would_skip(tmp_path, name):
     refuse such a record: then import refuses the file, naming the case, rather than write a run that reads empty."""
     doc = with_field(OURS, (*BENCH, "extra_info", name), 2.0)
     code, err, out = run_import(doc, tmp_path)
-    check_outcome(doc, code, err, out)
+    assert_outcome(doc, code, err, out)
     if code == 2:
         assert "case checkpointing/none/batch=4" in err
 
@@ -181,7 +181,7 @@ def paths(value, prefix=()):
 FIELDS = [(doc, p) for doc in (FOREIGN, OURS) for p in paths(doc) if p]
 
 
-def check_outcome(doc, code: int, err: str, out: Path) -> None:
+def assert_outcome(doc, code: int, err: str, out: Path) -> None:
     """Exit 0 with a run every reader reads whole, or exit 2 with one line and nothing written."""
     assert code in (0, 2), err
     if code == 2:
@@ -201,7 +201,7 @@ def check_outcome(doc, code: int, err: str, out: Path) -> None:
 def test_fuzz_one_field_replaced_by_any_json_value(field, value):
     doc = with_field(*field, value)
     with tempfile.TemporaryDirectory() as tmp:
-        check_outcome(doc, *run_import(doc, Path(tmp)))
+        assert_outcome(doc, *run_import(doc, Path(tmp)))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -209,4 +209,4 @@ def test_fuzz_one_field_replaced_by_any_json_value(field, value):
                                         optional={"machine_info": JSON, "commit_info": JSON, "datetime": JSON}))
 def test_fuzz_any_json_document(doc):
     with tempfile.TemporaryDirectory() as tmp:
-        check_outcome(doc, *run_import(doc, Path(tmp)))
+        assert_outcome(doc, *run_import(doc, Path(tmp)))
