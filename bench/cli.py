@@ -136,11 +136,9 @@ def cmd_profile(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from bench.runner import plan
+    from bench.catalog import catalog
 
-    registry = discover()
-    rows = [{"name": s.name, **s.describe(), "cases": {size: len(plan([s], size, "cpu")) for size in SIZES}}
-            for s in (registry[n] for n in sorted(registry))]
+    rows = catalog()
     if args.json:
         print(json.dumps({"suites": rows, "sizes": list(SIZES)}, indent=2))
         return 0

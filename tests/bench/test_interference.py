@@ -284,3 +284,29 @@ def test_an_idle_run_flags_no_case(tmp_path, warm):
     if during >= OTHER_CPUS / 2:
         pytest.skip(f"the machine got busy: other processes used {during} CPUs during the run")
     assert code == 0 and [r.metrics["contended"] for r in records] == [False] * 5, [r.metrics for r in records]
+
+
+@linux
+def test_an_aa_compare_with_one_side_under_load_fails_nothing_and_lists_it(tmp_path, warm, capsys):
+    """A/A on real runs: the same suite twice, the second beside one busy process a CPU. Its timings are contended
+    rather than slower, and --fail-on-regression passes and names every case it set aside."""
+    from bench.cli import main
+    from bench.compare import compare
+
+    config = dict(suites=[SUITES["_contend"]], size="smoke", device="cpu")
+    code, _ = runner.run(runner.RunConfig(**config, out=tmp_path / "a"))
+    load = spinners(len(interference.affinity(os.getpid()) or range(os.cpu_count())))
+    try:
+        time.sleep(0.2)
+        loaded_code, loaded = runner.run(runner.RunConfig(**config, out=tmp_path / "b"))
+    finally:
+        stop(load)
+    assert code == loaded_code == 0 and all(r.metrics["contended"] is True for r in loaded), \
+        [r.metrics for r in loaded]
+    c = compare([tmp_path / "a"], [tmp_path / "b"])
+    timed = c.rows[c.rows["metric"] == "call_time_ms"]
+    assert len(timed) == 5 and set(timed["verdict"]) == {"contended"}, timed[["case_id", "verdict"]]
+    assert not c.rows["verdict"].isin(["faster", "slower"]).any()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail-on-regression"]) == 0
+    out = capsys.readouterr().out
+    assert "contended (5): " in out and out.count("other processes used") >= 5 and "regressions (" not in out

@@ -1,0 +1,90 @@
+"""A newcomer's budgets, measured: prints each figure beside its budget, and the machine's load while it ran.
+
+Installs excluded, in the Python that runs this script (the project and its dev extra installed in it):
+- `bench list`: cold (an empty cache: it imports every suite) and warm (median of 5), budget 2 s warm;
+- a fresh clone's first `bench run` (quick size, the default device, an empty model cache), budget 5 min;
+- the same run repeated into a new folder, budget 3 min;
+- with --pytest: the README's test command's `pytest` in the clone, budget 3 min;
+- with --ci: `bash .ci/run` in the clone (both version sets), budget 12 min.
+Budgets hold for an idle 2-core machine. A figure over budget on a busy one says little: the load average and the
+CPU time other processes took (from /proc/stat, as bench.interference counts it) are printed beside each.
+
+Usage: python ci/budgets.py [--repo PATH] [--pytest] [--ci] [--skip-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS_S = {"bench list (warm)": 2, "first bench run": 300, "repeated bench run": 180, "pytest": 180,
+             ".ci/run": 720}
+
+
+def _busy_jiffies() -> tuple[int, int] | None:
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def timed(label: str, argv: list[str], cwd: Path, env: dict, log: Path, repeat: int = 1) -> float:
+    """Run argv `repeat` times; print the median wall time, the exit status, the load average after it, and the
+    share of the CPUs busy meanwhile (this command's own use included)."""
+    before, walls = _busy_jiffies(), []
+    with log.open("w") as f:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            code = subprocess.run(argv, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+            walls.append(time.perf_counter() - t0)
+    wall = statistics.median(walls)
+    after = _busy_jiffies()
+    busy = f"{(after[0] - before[0]) / (after[1] - before[1]) * 100:.0f}% of the CPUs busy" if before and after \
+        else "CPU use unknown"
+    budget = BUDGETS_S.get(label)
+    verdict = "" if budget is None else (" within" if wall <= budget else " OVER") + f" its {budget} s budget"
+    label += f" (median of {repeat})" if repeat > 1 else ""
+    print(f"{label:<32} {wall:8.1f} s{verdict}; exit {code}; load average {os.getloadavg()[0]:.1f}, {busy} "
+          f"(log: {log})", flush=True)
+    return wall
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", type=Path, default=ROOT, help="the checkout to clone (default: this one)")
+    ap.add_argument("--pytest", action="store_true", help="also time the test suite")
+    ap.add_argument("--ci", action="store_true", help="also time .ci/run (both version sets)")
+    ap.add_argument("--skip-run", action="store_true", help="leave out the two quick runs")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="techbench-budgets-"))
+    clone = work / "clone"
+    subprocess.run(["git", "clone", "-q", str(args.repo), str(clone)], check=True)
+    env = {**os.environ, "TECHBENCH_CACHE": str(work / "cache"), "PYTHONPATH": str(clone)}
+    py = sys.executable
+    print(f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, clone of {args.repo} in {clone}", flush=True)
+
+    timed("bench list (cold)", [py, "-m", "bench", "list"], clone, env, work / "list-cold.log")
+    timed("bench list (warm)", [py, "-m", "bench", "list"], clone, env, work / "list.log", repeat=5)
+    if not args.skip_run:
+        timed("first bench run", [py, "-m", "bench", "run", "--out", "runs/first"], clone, env, work / "first.log")
+        timed("repeated bench run", [py, "-m", "bench", "run", "--out", "runs/again"], clone, env,
+              work / "again.log")
+    if args.pytest:
+        timed("pytest", [py, "-m", "pytest", "-q"], clone, env, work / "pytest.log")
+    if args.ci:
+        timed(".ci/run", ["bash", ".ci/run"], clone, {**os.environ, "CI": "true"}, work / "ci.log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`bench list` from its cache: the same rows as importing the suites, rebuilt when code changes, and no torch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_cached_catalog_equals_the_built_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("TECHBENCH_CACHE", str(tmp_path))
+    built, complete = catalog.build()
+    assert complete and [r["name"] for r in built] == sorted(r["name"] for r in built)
+    first = catalog.catalog()  # builds and caches
+    assert len(list((tmp_path / "catalog").glob("*.json"))) == 1
+    assert first == catalog.catalog() == json.loads(json.dumps(built))  # read back: equal through JSON
+
+
+def test_an_edited_suite_or_a_new_distribution_changes_the_key(tmp_path, monkeypatch):
+    before = catalog.key()
+    assert catalog.key() == before  # stable while nothing changes
+    suite = ROOT / "suites" / "__init__.py"
+    st = suite.stat()
+    try:
+        os.utime(suite, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert catalog.key() != before
+    finally:
+        os.utime(suite, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert catalog.key() == before
+    site = tmp_path / "site"
+    (site / "extra_dist-1.0.dist-info").mkdir(parents=True)
+    (site / "extra_dist-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-dist\n"
+                                                                 "Version: 1.0\n")
+    monkeypatch.syspath_prepend(str(site))
+    assert catalog.key() != before
+
+
+def test_a_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("TECHBENCH_CACHE", str(tmp_path))
+    path = catalog._path(catalog.key())
+    path.parent.mkdir(parents=True)
+    path.write_text('{"suites": [{"name": "trunc')
+    rows = catalog.catalog()
+    assert "checkpointing" in [r["name"] for r in rows]
+    assert json.loads(path.read_text())["suites"] == rows
+
+
+def test_a_cached_listing_does_not_import_torch(tmp_path):
+    env = {**os.environ, "TECHBENCH_CACHE": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    code = ("import json, sys\nfrom bench.cli import main\nmain(['list', '--json'])\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'suites', 'impls') if m in sys.modules)))")
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    cold, warm = (r.stdout.strip().splitlines() for r in runs)
+    assert json.loads(cold[-1]) == ["impls", "suites", "torch"] and json.loads(warm[-1]) == []
+    assert json.loads("\n".join(cold[:-1])) == json.loads("\n".join(warm[:-1]))  # the same listing either way
