@@ -17,7 +17,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from bench import cli_run, commands
+from bench import cli_run, commands, plan_cli
 from bench.atomic import OutputError
 from bench.cli_run import parse_params, resolve_device, select
 from bench.commands import UsageError
@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     dash.add_argument("-o", "--output", type=Path, required=True, metavar="SITE")
     dash.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
 
+    pl = sub.add_parser("plan", help="predict each case's peak memory, FLOPs and roofline bound on a GPU, and whether "
+                        "it fits, from shapes alone (meta device: no data, no compute)")
+    plan_cli.add_arguments(pl)
+
     prof = sub.add_parser("profile", help="one case under torch.profiler: trace, top operators, memory snapshot")
     prof.add_argument("suite", metavar="SUITE")
     prof.add_argument("--variant", required=True)
@@ -128,6 +132,16 @@ def cmd_new(args) -> int:
     tests = f"tests/impls/test_{args.name}.py tests/suites/test_{args.name}.py"
     print(f"next: edit impls/{args.name}/, then `pytest {tests}` and `bench run {args.name} --size smoke`")
     return 0
+
+
+def cmd_plan(args) -> int:
+    return plan_cli.cmd_plan(args, discover, _write_plan_page)
+
+
+def _write_plan_page(records: list[dict], summary: dict, path: Path) -> Path:
+    from reports.plan_page import write_plan_page
+
+    return write_plan_page(records, summary, path)
 
 
 def cmd_profile(args) -> int:
@@ -217,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {"run": cmd_run, "list": cmd_list, "env": cmd_env, "profile": cmd_profile,
                     "report": commands.cmd_report, "compare": commands.cmd_compare, "history": commands.cmd_history,
                     "dashboard": commands.cmd_dashboard, "export": commands.cmd_export, "import": commands.cmd_import,
-                    "merge": commands.cmd_merge, "new": cmd_new, "doctor": cmd_doctor}
+                    "merge": commands.cmd_merge, "new": cmd_new, "doctor": cmd_doctor,
+                    "plan": cmd_plan}
         return handlers[args.command](args)
     except UsageError as e:
         print(f"bench: error: {e}", file=sys.stderr)

@@ -1,22 +1,24 @@
-"""Peak rates of known GPUs, for % of peak: dense tensor-core TFLOP/s per dtype and memory bandwidth in GB/s.
+"""Facts about known GPUs: dense tensor-core TFLOP/s per dtype, memory bandwidth in GB/s, memory capacity in bytes.
 
-Datasheet figures without 2:4 sparsity (NVIDIA's headline numbers with sparsity are twice these). A GPU not in the
+Datasheet rates without 2:4 sparsity (NVIDIA's headline numbers with sparsity are twice these). A GPU not in the
 table gets None, never a guess. Matched on the name NVML and torch report, lower-cased, first match wins.
 """
 
 from __future__ import annotations
 
-# (name fragment, {dtype: dense TFLOP/s}, memory GB/s). H200 and H100 SXM share the GH100 compute; the H200 has
-# HBM3e at 4.8 TB/s. "fp32" is the non-tensor-core rate; "tf32" the tensor-core one.
+MIB = 1 << 20
+# (name fragment, {dtype: dense TFLOP/s}, memory GB/s, memory bytes). H200 and H100 SXM share the GH100 compute; the
+# H200 has HBM3e at 4.8 TB/s. "fp32" is the non-tensor-core rate; "tf32" the tensor-core one. Memory: the total the
+# driver reports (nvidia-smi's MiB; the datasheets' "141 GB", "80 GB" are these, rounded), before the CUDA context.
 _HOPPER = {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7, "fp32": 66.9}
 TABLE = (
-    ("h200", _HOPPER, 4800.0),
-    ("h100 80gb hbm3", _HOPPER, 3350.0),  # SXM5
-    ("h100 pcie", {"bf16": 756.5, "fp16": 756.5, "fp8": 1513.0, "tf32": 378.0, "fp32": 51.2}, 2000.0),
-    ("a100-sxm4-80gb", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}, 2039.0),
-    ("a100-sxm4-40gb", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}, 1555.0),
-    ("l40s", {"bf16": 362.05, "fp16": 362.05, "fp8": 733.0, "tf32": 183.0, "fp32": 91.6}, 864.0),
-    ("l4", {"bf16": 121.0, "fp16": 121.0, "fp8": 242.5, "tf32": 60.0, "fp32": 30.3}, 300.0),
+    ("h200", _HOPPER, 4800.0, 143771 * MIB),
+    ("h100 80gb hbm3", _HOPPER, 3350.0, 81559 * MIB),  # SXM5
+    ("h100 pcie", {"bf16": 756.5, "fp16": 756.5, "fp8": 1513.0, "tf32": 378.0, "fp32": 51.2}, 2000.0, 81559 * MIB),
+    ("a100-sxm4-80gb", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}, 2039.0, 81920 * MIB),
+    ("a100-sxm4-40gb", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}, 1555.0, 40960 * MIB),
+    ("l40s", {"bf16": 362.05, "fp16": 362.05, "fp8": 733.0, "tf32": 183.0, "fp32": 91.6}, 864.0, 46068 * MIB),
+    ("l4", {"bf16": 121.0, "fp16": 121.0, "fp8": 242.5, "tf32": 60.0, "fp32": 30.3}, 300.0, 23034 * MIB),
 )
 DTYPE_KEYS = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
               "float32": "fp32", "tf32": "tf32"}
@@ -24,19 +26,40 @@ DTYPE_KEYS = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "fl
 
 def _entry(gpu_name: str | None):
     name = (gpu_name or "").lower()
-    return next(((rates, gbps) for fragment, rates, gbps in TABLE if fragment in name), None)
+    return next((entry for entry in TABLE if entry[0] in name), None)
 
 
 def peak_tflops(gpu_name: str | None, dtype: str) -> float | None:
     """Dense peak TFLOP/s of `gpu_name` for a dtype ("bfloat16", "float8_e4m3fn", "bf16", ...), or None."""
     entry = _entry(gpu_name)
-    return None if entry is None else entry[0].get(DTYPE_KEYS.get(dtype, dtype))
+    return None if entry is None else entry[1].get(DTYPE_KEYS.get(dtype, dtype))
 
 
 def peak_gbps(gpu_name: str | None) -> float | None:
     """Memory bandwidth of `gpu_name` in GB/s, or None."""
     entry = _entry(gpu_name)
-    return None if entry is None else entry[1]
+    return None if entry is None else entry[2]
+
+
+def memory_bytes(gpu_name: str | None) -> int | None:
+    """Total memory of `gpu_name` in bytes, as its driver reports it, or None."""
+    entry = _entry(gpu_name)
+    return None if entry is None else entry[3]
+
+
+def resolve(name: str) -> str | None:
+    """The table's name for what a user typed ("h200", "H100", "a100-sxm4-40gb"): the first entry whose name
+    contains it or is contained in it (an exact name first: "l4" is not the L40S); None when nothing matches."""
+    typed = name.strip().lower()
+    if not typed:
+        return None
+    names = [e[0] for e in TABLE]
+    return typed if typed in names else next((n for n in names if typed in n or n in typed), None)
+
+
+def known() -> list[str]:
+    """The table's GPU names, in its order."""
+    return [e[0] for e in TABLE]
 
 
 def device_name(device: str) -> str | None:

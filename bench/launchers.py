@@ -65,6 +65,17 @@ def _ended(code: int | None) -> str:
     return f"the case's process exited with code {code} before reporting a result"
 
 
+_PRELOAD: list[str] = []
+
+
+def preload(modules) -> None:
+    """Modules the forkserver imports once, when the run's first isolated case starts it: every suite module of the
+    run and the slow-to-import libraries they declare (Suite.preload). The server lives as long as bench, so what it
+    did not import, each case's process imports again (a suite module ~0.1-0.3 s, diffusers ~2 s). One that cannot
+    be imported is left out by the server."""
+    _PRELOAD[:] = list(dict.fromkeys(modules))
+
+
 def _context(modules: list[str]):
     # forkserver: each case gets a fresh process forked from a server that has already imported torch and the
     # suites, so isolation costs milliseconds a case instead of a torch import (~1.5 s) a case. The server never
@@ -72,7 +83,7 @@ def _context(modules: list[str]):
     ctx = mp.get_context("forkserver")
     # torch._dynamo too: the first TorchDispatchMode a process enters (the live-tensor tracker) imports it, ~3 s a
     # case otherwise
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", *modules])
+    ctx.set_forkserver_preload(list(dict.fromkeys(["torch", "torch._dynamo", *modules, *_PRELOAD])))
     return ctx
 
 

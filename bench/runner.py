@@ -167,6 +167,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     write_run_json(cfg.out, meta)
 
     todo = [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
+    launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
     limit = cfg.timeout_s or TIMEOUTS[cfg.size]

@@ -13,6 +13,7 @@ import importlib.metadata
 import importlib.util
 import pkgutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,6 +30,11 @@ SUITES: dict[str, Suite] = {}
 
 class Skip(Exception):
     """Raised by `measure` when a variant cannot run here; the case is recorded as skipped with this reason."""
+
+
+class NotPlannable(Exception):
+    """Raised by `workload` (or while its step runs on the meta device) when a case cannot be predicted from shapes
+    alone; `bench plan` reports the case as not plannable with this reason, never a guess."""
 
 
 def requires(*modules: str, pip: str | None = None) -> None:
@@ -99,8 +105,24 @@ class Measurement:
     energy per unit from it, declared by the suite with bench.work.rates(...)."""
 
 
+@dataclass
+class Workload:
+    """One case's step, built by `Suite.workload` with its tensors on a device: the step `measure` runs, and the step
+    `bench plan` runs on the meta device (no data, no compute) to predict its memory and FLOPs for a target."""
+
+    step: Callable[[], Any]
+    """One step as the case measures it. Its first call is the warm-up: lazy state (optimizer moments, a filled
+    cache) is made there, and the peak the case reports is that of a later call."""
+    modules: tuple[Any, ...] = ()
+    """The nn.Modules whose parameters, and their gradients, the plan reports as parameters and gradients."""
+    optimizer: Any = None
+    """The optimizer `step` runs, if any: its state is reported as optimizer state."""
+    held: Callable[[], int] | None = None
+    """Bytes the case's peak_mem_bytes counts beyond the step's own peak (e.g. a KV cache filled before the step)."""
+
+
 class Suite:
-    """Base class: set the class attributes, implement `grid` and `measure`."""
+    """Base class: set the class attributes, implement `grid` and `measure` (and `workload`, for `bench plan`)."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -122,6 +144,10 @@ class Suite:
     libraries: ClassVar[dict[str, str]] = {}
     """Variants that run a third-party library rather than this project's code: variant -> the library's name and
     version ("torchao 0.18.0"), so that a report can tell ours, a library's and the reference apart."""
+    preload: ClassVar[tuple[str, ...]] = ()
+    """Modules this suite's cases import that are slow to import (a library its variants import lazily, such as
+    diffusers): the process that cases fork from imports them once, so that no case's time or timeout pays for them.
+    One not installed is left out."""
 
     def grid(self, size: str, device: str) -> list[dict[str, Any]]:
         """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda:N"); JSON scalar values.
@@ -134,6 +160,15 @@ class Suite:
     def measure(self, variant: str, params: dict[str, Any], device: str) -> Measurement:
         """Run one case on `device` ("cpu" or "cuda:N"); raise Skip when the variant cannot run there."""
         raise NotImplementedError
+
+    def workload(self, variant: str, params: dict[str, Any], device: str, target: str | None = None) -> Workload:
+        """The step a case measures, built with its tensors on `device`, which may be "meta": then `target` ("cpu" or
+        "cuda:N") is the device the plan predicts for, whose kernels and support checks apply. A suite that builds
+        its step here, and has `measure` use it, gets `bench plan` for free: the two cannot drift apart.
+
+        Raise Skip where the variant cannot run on the target (as `measure` does), NotPlannable where the case has no
+        step that shapes alone decide (a whole training run, a compiled kernel). The default: no workload."""
+        raise NotPlannable(f"suite {self.name!r} does not build its step through Suite.workload")
 
     def applies(self, variant: str, params: dict[str, Any]) -> bool:
         """Whether `variant` has a case at `params`. A grid point that does not exist for a variant (a one-pass
@@ -230,6 +265,19 @@ def run_dtype(device: str) -> str:
     """The dtype a suite's cases compute in on `device`, as its grid's "dtype" param: bfloat16 on CUDA (what models
     train and serve in there), float32 on CPU (where bf16 matmuls are emulated and slow)."""
     return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def build_module(factory: Callable[[], Any], device: str, dtype: Any = None) -> Any:
+    """`factory()` (an nn.Module) on `device` in `dtype`: built on the CPU and moved, so that every device gets the
+    same seeded weights, except on the meta device, where it is built in place (no storage, no initialisation: a
+    1B-parameter model costs the plan nothing)."""
+    import torch
+
+    if torch.device(device).type == "meta":
+        with torch.device("meta"):
+            module = factory()
+        return module.to(dtype=dtype) if dtype is not None else module
+    return factory().to(device, dtype)
 
 
 def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:

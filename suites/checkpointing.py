@@ -12,7 +12,17 @@ import torch
 from bench.flops import flop_counter_mode
 from bench.memory import TensorMemoryTracker, cuda_peak
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Suite, register, requires, run_dtype
+from bench.suite import (
+    Measurement,
+    NotPlannable,
+    Relative,
+    Suite,
+    Workload,
+    build_module,
+    register,
+    requires,
+    run_dtype,
+)
 from bench.timing import time_fn
 from bench.work import Work, rates
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig, hf
@@ -77,6 +87,13 @@ class Checkpointing(Suite):
     def applies(self, variant, params):
         return variant == "none" or variant.startswith("hf_") == (params.get("model") == HF)
 
+    def workload(self, variant, params, device, target=None):
+        if device == "meta" and variant == "offload":
+            raise NotPlannable("offload copies the saved activations to host memory, which the meta device cannot "
+                               "stand for")
+        model, _, _, _, step = build_training_step(variant, params, device)
+        return Workload(step, modules=(model,))
+
     def measure(self, variant, params, device):
         model, forward, x, target, step = training_step(variant, params, device)
         peak, activation = step_memory(model, forward, x, target, device)
@@ -93,21 +110,33 @@ def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=N
     """A case's model (passed through `wrap`, e.g. to shard it), its batch (drawn with `seed`) and its training step,
     run once as the warm-up, so that lazy initialisation stays out of the memory figures: (model, forward, x, target,
     step)."""
+    built = build_training_step(variant, params, device, seed, wrap)
+    built[-1]()
+    return built
+
+
+def build_training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=None):
+    """training_step's (model, forward, x, target, step), the step not yet run; on the meta device the batch is
+    shapes only."""
     dtype = getattr(torch, params["dtype"])
     cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
     if params.get("model") == HF:
         requires("transformers", pip="techbench[ecosystem]")
-        model, forward = hf.build(cfg, params["seq"], variant.removeprefix("hf_")).to(device, dtype), hf.forward
+        model = build_module(lambda: hf.build(cfg, params["seq"], variant.removeprefix("hf_")), device, dtype)
+        forward = hf.forward
     else:
-        model, forward = Transformer(cfg).to(device, dtype), VARIANTS[variant]
+        model, forward = build_module(lambda: Transformer(cfg), device, dtype), VARIANTS[variant]
     model = wrap(model) if wrap is not None else model
-    x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype, seed=seed)
+    if device == "meta":  # no numbers to draw: [B, S, D] twice
+        x, target = (torch.empty(params["batch"], params["seq"], cfg.d_model, device=device, dtype=dtype)
+                     for _ in range(2))
+    else:
+        x, target = make_batch(cfg, params["batch"], params["seq"], device, dtype, seed=seed)
 
     def step():
         model.zero_grad(set_to_none=True)
         loss_fn(forward(model, x), target).backward()
 
-    step()
     return model, forward, x, target, step
 
 

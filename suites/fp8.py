@@ -18,7 +18,7 @@ import time
 import torch
 
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Part, Relative, Skip, Suite, register, requires
+from bench.suite import Measurement, NotPlannable, Part, Relative, Skip, Suite, Workload, register, requires
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
 from impls.cache import load_or_build
@@ -35,7 +35,7 @@ from impls.fp8.gemm import (
     scaled_mm,
 )
 from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
-from impls.fp8.train import BATCH, LR, loss_gap, train
+from impls.fp8.train import BATCH, LR, batches, loss_gap, train, training_step
 
 # The library users pick, as variants of the training part: variant -> torchao's float8 recipe name
 TORCHAO = {"torchao_tensorwise": "tensorwise", "torchao_rowwise": "rowwise"}
@@ -111,6 +111,16 @@ class Fp8(Suite):
                 + [{"part": "quantize", "impl": impl, "operand": operand, "m": g["quantize"][0], "k": g["quantize"][1]}
                    for impl in ("torch", "triton") for operand in ("activation", "weight")]
                 + [{"part": "training", "steps": g["steps"]}])
+
+    def workload(self, variant, params, device, target=None):
+        if params["part"] != "training":
+            raise NotPlannable(f"the {params['part']} part times single kernels on operands it quantizes first; it "
+                               "has no training step (its bytes are the operands')")
+        recipe, convert = _training_recipe(variant, target or device, reference_dtype(target or device))
+        model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(target or device),
+                                         convert=convert)
+        prev, nxt = batches(1)[0]
+        return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt)
 
     def measure(self, variant, params, device):
         return {"gemm": _gemm, "accuracy": _accuracy, "quantize": _quantize, "training": _training}[params["part"]](
@@ -207,6 +217,18 @@ def _quantize(variant, params, device):
     return Measurement(timed=timing, timings={"quantize_time": timing}, work=[work])
 
 
+def _training_recipe(variant, device, dtype):
+    """(our recipe or None, torchao's converter or None) of a training variant; Skip where torchao cannot run."""
+    recipe, convert = RECIPES.get(variant), None  # None for bf16 and for torchao's variants
+    if variant in TORCHAO:
+        requires("torchao", pip="techbench[ecosystem]")
+        why = torchao_training.unsupported(TORCHAO[variant], device, dtype)
+        if why:
+            raise Skip(why)
+        convert = torchao_training.converter(TORCHAO[variant])
+    return recipe, convert
+
+
 def _training(variant, params, device):
     """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run.
 
@@ -215,13 +237,7 @@ def _training(variant, params, device):
     dtype = reference_dtype(device)
     key = {"version": REFERENCE_VERSION, "steps": params["steps"], "batch": BATCH, "lr": LR, "dtype": str(dtype),
            "device": torch.device(device).type, "torch": torch.__version__}
-    recipe, convert = RECIPES.get(variant), None  # None for bf16 and for torchao's variants
-    if variant in TORCHAO:
-        requires("torchao", pip="techbench[ecosystem]")
-        why = torchao_training.unsupported(TORCHAO[variant], device, dtype)
-        if why:
-            raise Skip(why)
-        convert = torchao_training.converter(TORCHAO[variant])
+    recipe, convert = _training_recipe(variant, device, dtype)
     t0 = time.monotonic()
     losses = train(recipe, params["steps"], device=device, dtype=dtype, convert=convert)
     t1 = time.monotonic()  # train() returns Python floats: every step has synchronized

@@ -10,11 +10,19 @@ gradients and the activations the variant keeps. `param_bytes` is the rank's sha
 from __future__ import annotations
 
 from bench.metrics import Metric
-from bench.suite import Measurement, Relative, Suite, register, run_dtype
+from bench.suite import Measurement, NotPlannable, Relative, Suite, Workload, register, run_dtype
 from bench.timing import time_fixed
 from bench.work import Work
 from impls.fsdp_checkpointing.shard import local_bytes, shard
-from suites.checkpointing import GRIDS, SHAPES, STEP_METRICS, Checkpointing, step_memory, training_step
+from suites.checkpointing import (
+    GRIDS,
+    SHAPES,
+    STEP_METRICS,
+    Checkpointing,
+    build_training_step,
+    step_memory,
+    training_step,
+)
 
 
 @register
@@ -33,6 +41,15 @@ class FsdpCheckpointing(Suite):
     def grid(self, size, device):
         dtype = run_dtype(device)
         return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
+
+    def workload(self, variant, params, device, target=None):
+        if device == "meta":
+            raise NotPlannable("FSDP2 all-gathers and reduce-scatters through a process group, whose collectives "
+                               "have no meta kernels (not even at one rank)")
+        import torch.distributed as dist
+
+        model, _, _, _, step = build_training_step(variant, params, device, seed=dist.get_rank(), wrap=shard)
+        return Workload(step, modules=(model,))
 
     def measure(self, variant, params, device):
         import torch.distributed as dist

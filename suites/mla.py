@@ -16,7 +16,7 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Part, Relative, Suite, register, run_dtype
+from bench.suite import Measurement, NotPlannable, Part, Relative, Suite, Workload, register, run_dtype
 from bench.timing import time_fn
 from bench.work import Work, rates
 from impls.mla import SHAPES, build
@@ -79,6 +79,11 @@ class Mla(Suite):
         return cache + [{"part": "decode", "shape": g["shape"], "batch": g["batch"], "context": c,
                          "dtype": run_dtype(device)} for c in g["contexts"]]
 
+    def workload(self, variant, params, device, target=None):
+        if params["part"] == "cache":
+            raise NotPlannable("the cache part counts bytes per token on the meta device already; it has no step")
+        return _decode_workload(variant, params, device)
+
     def measure(self, variant, params, device):
         if params["part"] == "cache":
             return _cache(variant, params, device)
@@ -93,25 +98,47 @@ def _cache(variant, params, device):
                         "kv_cache_elements_per_token": cache.elements_per_token()})
 
 
-def _decode(variant, params, device):
+def _decode_parts(variant, params, device):
+    """The layer, its cache filled by a prefill of `context` tokens, the next token, and the prefill and decode calls;
+    on meta the input is shapes only."""
     dtype, shape = getattr(torch, params["dtype"]), SHAPES[params["shape"]]
     batch, context = params["batch"], params["context"]
-    g = torch.Generator(device).manual_seed(0)
     with torch.inference_mode():
         torch.manual_seed(0)
         layer = build(variant, shape, device=device, dtype=dtype)
-        x = torch.randn(batch, context + 1, shape.d_model, generator=g, device=device, dtype=dtype)  # [B, T+1, D]
+        if device == "meta":
+            x = torch.empty(batch, context + 1, shape.d_model, device=device, dtype=dtype)
+        else:
+            g = torch.Generator(device).manual_seed(0)
+            x = torch.randn(batch, context + 1, shape.d_model, generator=g, device=device, dtype=dtype)  # [B, T+1, D]
         prompt, token = x[:, :context], x[:, context:]
         cache = layer.new_cache(batch, context + 1)
 
-        def prefill():
+    def prefill():
+        with torch.inference_mode():
             cache.length = 0
             return layer(prompt, cache)
 
-        def decode():
+    def decode():
+        with torch.inference_mode():
             cache.length = context  # every call decodes the token after the same prompt
             return layer(token, cache)
 
+    return layer, cache, token, prefill, decode
+
+
+def _decode_workload(variant, params, device) -> Workload:
+    """One decode step over a cache the build prefilled; the case's peak counts the filled cache (`held`)."""
+    _, cache, _, prefill, decode = _decode_parts(variant, params, device)
+    prefill()
+    return Workload(decode, held=cache.total_bytes)
+
+
+def _decode(variant, params, device):
+    dtype, shape = getattr(torch, params["dtype"]), SHAPES[params["shape"]]
+    batch, context = params["batch"], params["context"]
+    layer, cache, token, prefill, decode = _decode_parts(variant, params, device)
+    with torch.inference_mode():
         # prefill is the set-up decode needs; a few calls time it (seconds each at 32k), decode gets the full timer
         prefill_timing = time_fn(prefill, device, warmup=1, min_reps=3, min_time_s=0.05)
         timing = time_fn(decode, device)

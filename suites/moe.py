@@ -27,7 +27,18 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Part, Relative, Skip, Suite, register, requires, run_dtype
+from bench.suite import (
+    Measurement,
+    NotPlannable,
+    Part,
+    Relative,
+    Skip,
+    Suite,
+    Workload,
+    register,
+    requires,
+    run_dtype,
+)
 from bench.timing import time_fn
 from bench.work import Work, rates
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
@@ -108,6 +119,12 @@ class Moe(Suite):
         return [balance] + [{"part": "dispatch", "tokens": t, "experts": e, "top_k": k, "dim": d, "hidden": h,
                              "dtype": dtype} for t, e, k, d, h in SHAPES[size]]
 
+    def workload(self, variant, params, device, target=None):
+        if params["part"] == "balance":
+            raise NotPlannable("balance is a whole training run (cached), not one step; its routing depends on the "
+                               "trained weights")
+        return dispatch_workload(variant, params, device, target)
+
     def measure(self, variant, params, device):
         return (_dispatch if params["part"] == "dispatch" else _balance)(variant, params, device)
 
@@ -135,22 +152,27 @@ def _balance(variant, params, device):
     return Measurement(metrics, samples)
 
 
-def _dispatch(variant, params, device):
+def dispatch_workload(variant, params, device, target=None) -> Workload:
+    """One forward + backward of the routed experts under the variant's dispatch: random top-k routing drawn on the
+    CPU (on meta its indices keep their values, so tokens per expert are the device's)."""
     dtype = getattr(torch, params["dtype"])
     T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
+    target = target or device
+    backend = DISPATCH[variant]
+    if backend == "triton" and not target.startswith("cuda"):
+        raise Skip("the Triton grouped GEMM needs a CUDA device (its forward and backward are tested against the loop "
+                   "under TRITON_INTERPRET=1)")
+    if backend == "triton" and device == "meta":
+        raise NotPlannable("the Triton grouped GEMM is a Triton kernel, which does not run on the meta device")
+    if backend == "triton":
+        requires("triton")  # a CUDA torch without triton: skipped, not an error
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     experts = RoutedExperts(E, D, H, device=device, dtype=dtype)
-    x = torch.randn(T, D, generator=g).to(device, dtype).requires_grad_()
+    x = _draw((T, D), g, device, dtype).requires_grad_()
     weights, indices = torch.randn(T, E, generator=g).softmax(-1).topk(K, dim=-1)  # [T, K]: balanced on average
     weights, indices = weights.to(device, dtype).requires_grad_(), indices.to(device)
-    grad = torch.randn(T, D, generator=g).to(device, dtype)
-    backend = DISPATCH[variant]
-    if backend == "triton" and not device.startswith("cuda"):
-        raise Skip("the Triton grouped GEMM needs a CUDA device (its forward and backward are tested against the loop "
-                   "under TRITON_INTERPRET=1)")
-    if backend == "triton":
-        requires("triton")  # a CUDA torch without triton: skipped, not an error
+    grad = _draw((T, D), g, device, dtype)
     if backend == "grouped_mm":
         hidden = x.new_empty(T * K, H)  # the second GEMM's operand: K = H, not D
         reason = grouped_mm_unsupported(x, experts.w1) or grouped_mm_unsupported(hidden, experts.w2)
@@ -162,10 +184,24 @@ def _dispatch(variant, params, device):
         x.grad = weights.grad = experts.w1.grad = experts.w2.grad = None
         dispatch(x, indices, weights, experts).backward(grad)
 
+    return Workload(step, modules=(experts,))
+
+
+def _draw(shape, g, device, dtype):
+    """randn drawn on the CPU with `g` and moved; on meta, shapes only (the generator still advances alike)."""
+    t = torch.randn(*shape, generator=g)
+    return torch.empty(shape, device=device, dtype=dtype) if device == "meta" else t.to(device, dtype)
+
+
+def _dispatch(variant, params, device):
+    T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
+    step = dispatch_workload(variant, params, device).step
+    backend = DISPATCH[variant]
     step()  # warm-up: lazy initialisation and Triton compilation stay out of the figures
     peak = peak_bytes(step, device)
     timing = time_fn(step, device)
     flops = 3 * 2 * T * K * 3 * D * H  # forward + 2x backward of w1 [D, 2H] and w2 [H, D] per routed slot
+    dtype = getattr(torch, params["dtype"])
     fused = {"grouped_mm": grouped_mm_fused(device, dtype), "triton": True}.get(backend, False)
     return Measurement({"peak_mem_bytes": peak, "fused_grouped_gemm": fused}, timed=timing,
                        timings={"step_time": timing}, work=[Work("step_time", tokens=T, flops=flops,

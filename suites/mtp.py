@@ -18,12 +18,14 @@ launch-bound on a CPU.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Suite, register, run_dtype
+from bench.suite import Measurement, NotPlannable, Relative, Suite, Workload, build_module, register, run_dtype
 from bench.timing import Timing, time_fn, time_interleaved
 from bench.work import Work, rates
 from impls.mtp.data import LanguageConfig
@@ -106,6 +108,9 @@ class MTP(Suite):
         shape, dims = GRIDS[size]
         return [{"shape": shape, **SHAPES[shape], **dims, "dtype": run_dtype(device)}]
 
+    def workload(self, variant, params, device, target=None):
+        return training_workload(config(variant, params), device, getattr(torch, params["dtype"]))
+
     def measure(self, variant, params, device):
         return _measure(variant, params, device)
 
@@ -148,19 +153,7 @@ def _measure(variant, params, device) -> Measurement:
 def _training_cost(cfg: TrainConfig, device, dtype) -> tuple[dict, Timing, Work]:
     """One AdamW step of a fresh model on a seeded batch: peak bytes beyond weights and optimizer state and FLOPs,
     its timing, and its work."""
-    torch.manual_seed(cfg.seed)
-    model = MTPModel(cfg.model, cfg.mtp).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    batch = torch.randint(cfg.model.vocab, (cfg.batch, cfg.seq), generator=torch.Generator().manual_seed(0))
-    batch = batch.to(device)
-
-    def step():
-        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = mtp_loss(model, batch)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = training_workload(cfg, device, dtype).step
     step()  # warm-up: AdamW's state and lazy initialisation stay out of the peak
     peak = peak_bytes(step, device)
     with flop_counter_mode() as flops:
@@ -169,6 +162,28 @@ def _training_cost(cfg: TrainConfig, device, dtype) -> tuple[dict, Timing, Work]
     work = Work("step_time", "train_", tokens=cfg.batch * (cfg.seq - 1), flops=flops.get_total_flops(),
                 dtype=str(dtype).removeprefix("torch."))
     return {"peak_mem_bytes": peak, "step_flops": flops.get_total_flops()}, timing, work
+
+
+def training_workload(cfg: TrainConfig, device, dtype) -> Workload:
+    """The AdamW step `_training_cost` measures: a fresh, seeded model (fp32 weights, autocast to `dtype`)."""
+    if device == "meta" and dtype != torch.float32:
+        raise NotPlannable(f"the step computes in {str(dtype).removeprefix('torch.')} under torch.autocast, which "
+                           "casts only on a real device (no meta autocast): its casts cannot be predicted")
+    torch.manual_seed(cfg.seed)
+    model = build_module(lambda: MTPModel(cfg.model, cfg.mtp), device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    batch = torch.randint(cfg.model.vocab, (cfg.batch, cfg.seq), generator=torch.Generator().manual_seed(0))
+    batch = batch.to(device)
+
+    def step():
+        # no autocast context at all in fp32: torch refuses one for the meta device, even disabled
+        with torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext():
+            loss = mtp_loss(model, batch)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return Workload(step, modules=(model,), optimizer=opt)
 
 
 def _decode(model: MTPModel, prompts, n: int, device,

@@ -16,10 +16,12 @@ no packer; its loss equality (the library keeping flattened samples apart) is rm
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Suite, register, run_dtype
+from bench.suite import Measurement, Relative, Suite, Workload, build_module, register, run_dtype
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
 from impls.packing import PACKERS
@@ -82,6 +84,12 @@ class Packing(Suite):
                  "train_rows": g["train_rows"], **SHAPES[g["shape"]], "dtype": dtype}
                 for length in g["packing_length"] for dist in DISTRIBUTIONS]
 
+    def workload(self, variant, params, device, target=None):
+        # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on
+        lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
+        packing = _packing(variant, tuple(lengths), params["packing_length"], params["batch"])
+        return train_workload(packing, params, device, "naive" if variant.endswith("_naive") else "document")[0]
+
     def measure(self, variant, params, device):
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
         pack = PACKERS[variant.removesuffix("_naive")]
@@ -106,13 +114,20 @@ class Packing(Suite):
         return Measurement(metrics, timed=step, timings={"pack_time": timing, "train_step": step}, work=work)
 
 
-def _train_step(packing, params, device: str, mask: str) -> tuple[Timing, int, float]:
-    """The train step's timing on rows spread over the packing, the real tokens in them, and the relative loss gap to
-    one sample at a time."""
+@functools.lru_cache(maxsize=8)
+def _packing(variant: str, lengths: tuple, packing_length: int, batch: int):
+    """A packer's packing of the lengths, kept for the next plan of the same data (ffd and ffd_naive pack alike)."""
+    return PACKERS[variant.removesuffix("_naive")](list(lengths), packing_length=packing_length, batch_size=batch)
+
+
+def train_workload(packing, params, device: str, mask: str) -> tuple[Workload, int, tuple]:
+    """The training step on `train_rows` rows spread over the packing: (its workload, the real tokens in its rows, the
+    rows and their tensors). On meta the rows' ids, positions and document ids keep their values, so the step's
+    masks and loss targets take the shapes they take on the device."""
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
                         n_layers=params["layers"])
-    model = Decoder(cfg).to(device, getattr(torch, params["dtype"]))
+    model = build_module(lambda: Decoder(cfg), device, getattr(torch, params["dtype"]))
     k = min(params["train_rows"], packing.n_rows)
     # rows spread evenly over the epoch: a packer's first rows are not typical (ffd opens rows longest first)
     rows = sorted({round(i * (packing.n_rows - 1) / max(1, k - 1)) for i in range(k)})
@@ -123,8 +138,15 @@ def _train_step(packing, params, device: str, mask: str) -> tuple[Timing, int, f
         model.zero_grad(set_to_none=True)
         packed_loss(model, *tensors, mask=mask).backward()
 
+    return Workload(step, modules=(model,)), real, (model, rows, tensors)
+
+
+def _train_step(packing, params, device: str, mask: str) -> tuple[Timing, int, float]:
+    """The train step's timing on rows spread over the packing, the real tokens in them, and the relative loss gap to
+    one sample at a time."""
+    w, real, (model, rows, tensors) = train_workload(packing, params, device, mask)
     with torch.no_grad():
-        ref = unpacked_loss(model, packing, rows, cfg.vocab, device).item()
+        ref = unpacked_loss(model, packing, rows, params["vocab"], device).item()
         gap = abs(packed_loss(model, *tensors, mask=mask).item() - ref)
-    step()
-    return time_fn(step, device), real, gap / abs(ref)
+    w.step()
+    return time_fn(w.step, device), real, gap / abs(ref)

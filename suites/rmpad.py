@@ -18,7 +18,18 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Skip, Suite, register, requires, run_dtype
+from bench.suite import (
+    Measurement,
+    NotPlannable,
+    Relative,
+    Skip,
+    Suite,
+    Workload,
+    build_module,
+    register,
+    requires,
+    run_dtype,
+)
 from bench.timing import time_fn
 from bench.work import Work, rates
 from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, hf, supports
@@ -42,6 +53,12 @@ HF = "hf_llama"  # the `model` param of the library's grid points (absent on the
 # Length distributions of the library's points per size (None: all of the size's). Smoke and quick have the
 # long-tailed one alone, where padding costs most: each library case also pays a transformers import (~2 s on 2 cores).
 HF_DISTS = {"smoke": ("lognormal",), "quick": ("lognormal",), "full": None}
+# Backends `bench plan` cannot run on the meta device, and why
+UNPLANNABLE = {
+    "flex": "FlexAttention runs through torch.compile (CPU) or a Triton kernel (CUDA), neither of which runs on meta",
+    "nested": "nested jagged tensors carry their offsets as data, which SDPA's nested path reads on meta",
+    "flash": "flash_attn's varlen kernel is a CUDA extension with no meta kernel",
+}
 
 
 def batch_lengths(dist: str, max_len: int, real_tokens: int) -> list[int]:
@@ -98,34 +115,35 @@ class Rmpad(Suite):
     def applies(self, variant, params):
         return variant == "padded" or variant.startswith("hf_") == (params.get("model") == HF)
 
-    def measure(self, variant, params, device):
+    def workload(self, variant, params, device, target=None):
         if params.get("model") == HF:
-            return _measure_hf(variant, params, device)
+            return _hf_workload(variant, params, device, target or device)
         dtype = getattr(torch, params["dtype"])
         train = params["mode"] == "train"
+        if device == "meta" and variant in UNPLANNABLE:
+            raise NotPlannable(UNPLANNABLE[variant])
         if variant != "padded":
-            ok, reason = supports(variant, device, dtype, backward=train)
+            ok, reason = supports(variant, target or device, dtype, backward=train)
             if not ok:
                 raise Skip(reason)
         cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
                             n_layers=params["layers"])
-        model = Decoder(cfg).to(device, dtype)
-        lengths = batch_lengths(params["dist"], params["max_len"], params["real_tokens"])
-        ids, mask = make_batch(cfg, lengths, device=device)
+        model = build_module(lambda: Decoder(cfg), device, dtype)
+        # the batch is drawn on the CPU and moved: on meta its ids and mask keep their values (bench.plan_meta), so
+        # the real tokens' count decides the unpadded shapes as it does on the device
+        ids, mask = make_batch(cfg, batch_lengths(params["dist"], params["max_len"], params["real_tokens"]),
+                               device=device)
 
         def loss():
             return model(ids, mask) if variant == "padded" else forward_unpadded(model, ids, mask, variant)
 
-        def step():
-            if train:
-                model.zero_grad(set_to_none=True)
-                loss().backward()
-            else:
-                with torch.no_grad():
-                    loss()
+        return Workload(_step(model, loss, train), modules=(model,))
 
+    def measure(self, variant, params, device):
+        if params.get("model") == HF:
+            return _measure_hf(variant, params, device)
+        step = self.workload(variant, params, device).step
         step()  # warm-up (and compilation, for the compiled backends)
-        model.zero_grad(set_to_none=True)
         # FlexAttention's CPU path runs through torch.compile, which refuses the live-tensor tracker (a user dispatch
         # mode): there is no exact CPU peak to give, so it is left null rather than guessed.
         tracked = not (variant == "flex" and not device.startswith("cuda"))
@@ -134,44 +152,11 @@ class Rmpad(Suite):
         # 2 for eager FlexAttention on CPU (~2 s a step, not what it is for)
         slow = variant == "flex" and not device.startswith("cuda")
         timing = time_fn(step, device, warmup=0 if tracked else 1, min_reps=2 if slow else 3)
-        real, padded = sum(lengths), ids.numel()
-        work = [Work("step_time", "real_", tokens=real), Work("step_time", "padded_", tokens=padded)]
-        return Measurement({"peak_mem_bytes": peak, "pad_fraction": 1 - real / padded}, timed=timing,
-                           timings={"step_time": timing}, work=work)
+        return _measurement(params, peak, timing)
 
 
-def _measure_hf(variant, params, device):
-    """A library case: the Llama model on the padded batch (`padded`, sdpa) or on the collator's flattened row."""
-    requires("transformers", pip="techbench[ecosystem]")
-    train = params["mode"] == "train"
-    attn = "sdpa" if variant == "padded" else variant.removeprefix("hf_flat_")
-    ok, reason = hf.supports(attn, device, backward=train)
-    if not ok:
-        raise Skip(reason)
-    dtype = getattr(torch, params["dtype"])
-    cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
-                        n_layers=params["layers"])
-    lengths = batch_lengths(params["dist"], params["max_len"], params["real_tokens"])
-    ids, mask = make_batch(cfg, lengths, device=device)
-    reference = hf.build(cfg, "sdpa", params["max_len"]).to(device, dtype)
-    if variant == "padded":
-        model, loss_diff = reference, None
-    else:
-        try:
-            model = hf.build(cfg, attn, params["max_len"]).to(device, dtype)
-        except ImportError as e:  # the library's own refusal of an attention implementation it cannot load here
-            raise Skip(str(e).strip()) from e
-        model.load_state_dict(reference.state_dict())
-        # the collator runs in the data loader, as make_batch's padding does: neither is part of the step
-        batch = hf.flatten_padded(ids, mask, flash_kwargs=attn == "fa2")
-        with torch.no_grad():
-            ref, flat = hf.padded_loss(reference, ids, mask).item(), hf.flat_loss(model, batch).item()
-        loss_diff = abs(flat - ref) / abs(ref)
-    del reference
-
-    def loss():
-        return hf.padded_loss(model, ids, mask) if variant == "padded" else hf.flat_loss(model, batch)
-
+def _step(model, loss, train: bool):
+    """A training step (gradients cleared first), or a forward alone."""
     def step():
         if train:
             model.zero_grad(set_to_none=True)
@@ -180,11 +165,69 @@ def _measure_hf(variant, params, device):
             with torch.no_grad():
                 loss()
 
+    return step
+
+
+def _measurement(params, peak, timing, **metrics) -> Measurement:
+    lengths = batch_lengths(params["dist"], params["max_len"], params["real_tokens"])
+    real, padded = sum(lengths), len(lengths) * max(lengths)  # the padded batch is [B, L]
+    work = [Work("step_time", "real_", tokens=real), Work("step_time", "padded_", tokens=padded)]
+    return Measurement({"peak_mem_bytes": peak, "pad_fraction": 1 - real / padded, **metrics}, timed=timing,
+                       timings={"step_time": timing}, work=work)
+
+
+def _hf_model(variant, params, device, target):
+    """(the library's model for a variant, its DecoderConfig, its attention implementation)."""
+    requires("transformers", pip="techbench[ecosystem]")
+    attn = "sdpa" if variant == "padded" else variant.removeprefix("hf_flat_")
+    if device == "meta" and attn in ("flex", "fa2"):
+        raise NotPlannable(UNPLANNABLE["flex" if attn == "flex" else "flash"])
+    ok, reason = hf.supports(attn, target, backward=params["mode"] == "train")
+    if not ok:
+        raise Skip(reason)
+    dtype = getattr(torch, params["dtype"])
+    cfg = DecoderConfig(vocab=params["vocab"], d_model=params["d_model"], n_heads=params["heads"],
+                        n_layers=params["layers"])
+    try:  # hf.build seeds itself: every variant gets the same weights
+        model = build_module(lambda: hf.build(cfg, attn, params["max_len"]), device, dtype)
+    except ImportError as e:  # the library's own refusal of an attention implementation it cannot load here
+        raise Skip(str(e).strip()) from e
+    return model, cfg, attn
+
+
+def _hf_workload(variant, params, device, target):
+    """A library case's step: the Llama model on the padded batch (`padded`, sdpa) or on the collator's flattened
+    row (the collator runs in the data loader, as make_batch's padding does: neither is part of the step)."""
+    model, cfg, attn = _hf_model(variant, params, device, target)
+    ids, mask = make_batch(cfg, batch_lengths(params["dist"], params["max_len"], params["real_tokens"]),
+                           device=device)
+    if variant == "padded":
+        def loss():
+            return hf.padded_loss(model, ids, mask)
+    else:
+        batch = hf.flatten_padded(ids, mask, flash_kwargs=attn == "fa2")
+
+        def loss():
+            return hf.flat_loss(model, batch)
+
+    return Workload(_step(model, loss, params["mode"] == "train"), modules=(model,))
+
+
+def _measure_hf(variant, params, device):
+    """A library case: the workload's step, and the flattened loss against the padded model's on the same batch."""
+    w = _hf_workload(variant, params, device, device)
+    loss_diff = None
+    if variant != "padded":
+        reference, cfg, _ = _hf_model("padded", params, device, device)
+        ids, mask = make_batch(cfg, batch_lengths(params["dist"], params["max_len"], params["real_tokens"]),
+                               device=device)
+        batch = hf.flatten_padded(ids, mask, flash_kwargs=variant == "hf_flat_fa2")
+        with torch.no_grad():
+            ref, flat = hf.padded_loss(reference, ids, mask).item(), hf.flat_loss(w.modules[0], batch).item()
+        loss_diff = abs(flat - ref) / abs(ref)
+        del reference
+    step = w.step
     step()  # warm-up (and compilation, for flex_attention)
-    model.zero_grad(set_to_none=True)
     peak = peak_bytes(step, device)
     timing = time_fn(step, device, warmup=0, min_reps=3)
-    real, padded = sum(lengths), ids.numel()
-    work = [Work("step_time", "real_", tokens=real), Work("step_time", "padded_", tokens=padded)]
-    return Measurement({"peak_mem_bytes": peak, "pad_fraction": 1 - real / padded, "loss_diff": loss_diff},
-                       timed=timing, timings={"step_time": timing}, work=work)
+    return _measurement(params, peak, timing, loss_diff=loss_diff)

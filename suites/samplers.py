@@ -14,6 +14,12 @@ held-out digits for the digits model) beside its sampling-noise floor, MMD (RBF 
 mode_weight_err (total variation between the mixture weights, or digit classes, the samples land in and the true
 ones) and mean_loglik under the true mixture. The time
 is one batch of n samples; on CPU on one thread, since a step's work is too small to share.
+
+Hugging Face diffusers' schedulers, the samplers users pick, are variants too (`diffusers_*`, declared in `libraries`):
+the same model, schedule and n, configured on the model's schedule and, where diffusers takes them, on our grids
+(impls/samplers/diffusers_schedulers.py says which reproduce which of ours). Each starts from the noise of the sampler
+of ours it sits beside (PAIRED_WITH), so the two differ by the sampler alone: diffusers_ddpm, which is our ddpm, reads
+the same numbers. Without diffusers (pip install techbench[ecosystem]) they are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -26,10 +32,17 @@ from bench.metrics import Metric, timing
 from bench.suite import Measurement, Suite, register, requires
 from bench.timing import time_fn
 from impls.cache import load_or_build
-from impls.samplers import SAMPLERS
+from impls.samplers import SAMPLERS, diffusers_schedulers
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, load_or_train
-from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2_to
+from impls.samplers.metrics import (
+    PROJECTIONS,
+    mean_log_likelihood,
+    mmd,
+    mode_weight_err,
+    reference_quantiles,
+    sliced_w2_at,
+)
 from impls.samplers.nflow import FlowConfig
 from impls.samplers.nflow import load_or_train as load_or_train_flow
 from impls.samplers.params import ExactModel
@@ -64,6 +77,8 @@ def _seed(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 REFLOW = "reflow_euler"
 NFLOW = "nflow"
+DIFFUSERS = diffusers_schedulers.specs()
+SPECS = {**SAMPLERS, **DIFFUSERS}  # every sampler variant's spec: ours and diffusers'
 
 
 @register
@@ -85,7 +100,20 @@ class Samplers(Suite):
         "flow_heun": "rectified flow, Heun",
         REFLOW: "2-rectified flow (reflow, Liu et al. 2023), Euler: a learned model retrained on its own pairs",
         NFLOW: "RealNVP normalizing flow (Dinh et al. 2017): one pass, NFE 1",
+        "diffusers_ddpm": "diffusers DDPMScheduler, fixed_small variance, custom timesteps on our discrete grid",
+        "diffusers_ddim": "diffusers DDIMScheduler, eta 0, trailing timestep spacing, set_alpha_to_one",
+        "diffusers_dpmpp_2m": "diffusers DPMSolverMultistepScheduler, dpmsolver++ order 2 (2M), linspace timestep "
+                              "spacing",
+        "diffusers_euler": "diffusers EulerDiscreteScheduler, Karras sigmas (rho 7)",
+        "diffusers_heun": "diffusers HeunDiscreteScheduler, Karras sigmas: 2 calls a step, the last 1",
+        "diffusers_unipc": "diffusers UniPCMultistepScheduler, bh2 order 2, linspace timestep spacing",
+        "diffusers_flow_euler": "diffusers FlowMatchEulerDiscreteScheduler, shift 1, sigmas on our uniform grid",
     }
+    libraries = {variant: diffusers_schedulers.label() for variant in DIFFUSERS}
+    # diffusers takes ~2.5 s to import (scipy with it): imported once by the process cases fork from, not per case
+    preload = ("diffusers", *(f"diffusers.schedulers.scheduling_{m}" for m in (
+        "ddpm", "ddim", "dpmsolver_multistep", "euler_discrete", "heun_discrete", "unipc_multistep",
+        "flow_match_euler_discrete")))
     metrics = (
         Metric("nfe", "exact", None, "model calls per sample the sampler made"),
         Metric("steps", "exact", None, "sampler steps run"),
@@ -115,7 +143,7 @@ class Samplers(Suite):
             return params["model"] == "learned" and budget == 1
         if variant == REFLOW and params["model"] != "learned":  # reflow retrains a learned model on its own pairs
             return False
-        spec = SAMPLERS[_sampler(variant)]
+        spec = SPECS[_sampler(variant)]
         steps = spec.steps_for(budget)
         if steps is None or (budget > CONTINUOUS_MAX_NFE and spec.max_steps is None):
             return False
@@ -131,12 +159,18 @@ class Samplers(Suite):
                                                           hidden=params["hidden"]))
             flow = flow.to(device)
             return _measure(lambda g: flow.sample(n, g), 1, 1, params, device, source == "shipped")
-        spec = SAMPLERS[_sampler(variant)]
+        if variant in DIFFUSERS:
+            requires("diffusers", pip="techbench[ecosystem]")
+        spec = SPECS[_sampler(variant)]
         steps = spec.steps_for(budget)
         model, shipped = _model(variant, spec.family, params, device)
+        if variant in DIFFUSERS:  # import diffusers and build the scheduler outside the timed calls, as a pipeline does
+            diffusers_schedulers.scheduler(variant, model.schedule)
         # x_T is common to a sampler's budgets (its quality curve is paired across NFE) but its own: samplers that
-        # shared one x_T would share its luck, and deterministic ones would all sit where that one draw lands
-        x_T = prior_noise(model.schedule, n, _dim(target), _seed(zlib.crc32(variant.encode()))).to(device)
+        # shared one x_T would share its luck, and deterministic ones would all sit where that one draw lands. A
+        # diffusers variant takes the x_T of the sampler of ours it sits beside, so that the pair differ by the sampler.
+        noise = diffusers_schedulers.PAIRED_WITH.get(variant, variant)
+        x_T = prior_noise(model.schedule, n, _dim(target), _seed(zlib.crc32(noise.encode()))).to(device)
 
         def run(g):
             return (spec.fn(model, x_T, steps, generator=g) if spec.stochastic else spec.fn(model, x_T, steps)).x
@@ -202,12 +236,15 @@ def _measure(run, steps, nfe, params, device, shipped: bool | None) -> Measureme
         ref = mixture.sample(REF_POINTS, _seed(2))
         quality = {"mode_weight_err": mode_weight_err(x.cpu(), mixture),
                    "mean_loglik": mean_log_likelihood(x.cpu(), mixture)}
-    to_ref = sliced_w2_to(ref)
-    # the same for every case of a (target, n): computed once per machine, like trained weights
+    # the same for every case of a (target, n): computed once per machine, like trained weights. The reference's
+    # quantiles at n levels are what sliced W2 reads of it; sorting its projections took 0.1-0.3 s a case.
+    ref_q = load_or_build("samplers-ref", {"target": target, "n": n, "ref": REF_POINTS, "projections": PROJECTIONS},
+                          lambda: {"q": reference_quantiles(ref, n)})["q"]
     floor = load_or_build("samplers-floor", {"target": target, "n": n, "ref": REF_POINTS, "draws": FLOOR_DRAWS},
-                          lambda: {"floor": torch.tensor([to_ref(d) for d in _exact_draws(target, n)])})["floor"]
+                          lambda: {"floor": torch.tensor([sliced_w2_at(d, ref_q) for d in _exact_draws(target, n)])})
+    floor = floor["floor"]
     ref = ref.to(device)
-    metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"), "sliced_w2": to_ref(x),
+    metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"), "sliced_w2": sliced_w2_at(x, ref_q),
                "sliced_w2_floor": float(floor.mean()), "sliced_w2_floor_sd": float(floor.std()),
                "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS]), **quality, "shipped_weights": shipped}
     return Measurement(metrics, timing.samples("sample_time"), timed=timing)

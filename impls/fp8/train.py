@@ -60,23 +60,36 @@ def train(recipe: Recipe | None, steps: int = 50, seed: int = 0, device="cpu", d
     """Losses per step of MLPLM with AdamW; recipe None is the high-precision reference. The same seed gives the same
     initial weights and data whatever the recipe. `convert` (with recipe None) swaps the model's Linears in place by
     another route, e.g. a library's FP8 training (impls.fp8.torchao_training); it keeps HIGH_PRECISION as ours do."""
+    _, _, step = training_step(recipe, seed, device, dtype, lr, convert)
+    return [step(prev, nxt).item() for prev, nxt in batches(steps, seed)]
+
+
+def training_step(recipe: Recipe | None, seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32,
+                  lr: float = LR, convert: Callable[[nn.Module], object] | None = None):
+    """`train`'s model, optimizer and step: (model, opt, step(prev, nxt) -> loss), one AdamW step on a batch of
+    (prev, next) token pairs (on the CPU, moved to `device`)."""
     if recipe is not None and convert is not None:
         raise ValueError("give a recipe or a convert function, not both")
     torch.manual_seed(seed)
-    model = MLPLM().to(device=device, dtype=dtype)
+    if torch.device(device).type == "meta":  # shapes only: no weights to draw
+        with torch.device("meta"):
+            model = MLPLM().to(dtype=dtype)
+    else:
+        model = MLPLM().to(device=device, dtype=dtype)
     if recipe is not None:
         fp8_convert(model, recipe, keep=lambda name, _: name in HIGH_PRECISION)
     elif convert is not None:
         convert(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
-    for prev, nxt in batches(steps, seed):
+
+    def step(prev: Tensor, nxt: Tensor) -> Tensor:
         loss = F.cross_entropy(model(prev.to(device)).float(), nxt.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-    return losses
+        return loss.detach()
+
+    return model, opt, step
 
 
 def loss_gap(ref_losses: Sequence[float], losses: Sequence[float]) -> tuple[float, float]:

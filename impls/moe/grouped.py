@@ -31,7 +31,7 @@ def grouped_mm_unsupported(a: Tensor, b: Tensor) -> str | None:
         return f"torch {torch.__version__} has no CPU kernel for torch._grouped_mm (2.9+)"
     if before_2_9 and a.dtype != torch.bfloat16:
         return f"torch {torch.__version__}'s torch._grouped_mm takes bf16 only (fp32 and fp16 from 2.9)"
-    if a.device.type not in ("cpu", "cuda"):
+    if a.device.type not in ("cpu", "cuda", "meta"):  # meta: shapes only (its meta kernel), for memory planning
         return f"torch._grouped_mm has no kernel for {a.device.type}"
     if a.device.type == "cuda" and torch.cuda.get_device_capability(a.device) < (8, 0):
         return "torch._grouped_mm needs CUDA sm80 or newer"

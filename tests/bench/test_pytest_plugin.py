@@ -38,6 +38,14 @@ def _imported_once():
     collect()
 
 
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch):
+    # the inner session is a plain one even when this test runs on an xdist worker: pytest-benchmark reads
+    # PYTEST_XDIST_WORKER and would treat it as a worker of its own
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def run(pytester, *args):
     pytester.makepyfile(test_gpu=TESTS)
     return pytester.runpytest_inprocess(*LOAD, "-p", "no:cacheprovider", "-p", "no:randomly", *args)

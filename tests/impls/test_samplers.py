@@ -6,7 +6,14 @@ import torch
 from impls.samplers import SAMPLERS
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.ddim import ddim
-from impls.samplers.metrics import mean_log_likelihood, mmd, mode_weight_err, sliced_w2
+from impls.samplers.metrics import (
+    mean_log_likelihood,
+    mmd,
+    mode_weight_err,
+    reference_quantiles,
+    sliced_w2,
+    sliced_w2_at,
+)
 from impls.samplers.params import PARAMETERIZATIONS, Coeffs, ExactModel, coeffs, convert
 from impls.samplers.reference import ddpm
 from impls.samplers.schedules import SPACINGS, DiscreteVP, RectifiedFlow, VPCosine, VPLinear, timesteps
@@ -285,6 +292,18 @@ def test_metrics_sanity(target):
     # Exact samples: sampling noise alone, measured 0.012 (gmm64) to 0.022 (gmm2d) at n = 1000.
     assert mode_weight_err(x, tg) < 0.05
     assert sliced_w2(tg.sample(300, gen(1), F64), x) < 0.25  # unequal sizes go through quantiles
+
+
+@pytest.mark.parametrize("n", [300, 1000, 2500])
+def test_sliced_w2_from_cached_reference_quantiles_is_bit_for_bit(n):
+    # the suite caches the reference's quantiles at n levels rather than sorting 10,000 projections a case: fewer
+    # sample points than the reference, as many, and more
+    tg = make_target("gmm16")
+    y, x = tg.sample(1000, gen(0), F64), tg.sample(n, gen(1), F64) + 0.1
+    q = reference_quantiles(y, n)
+    assert q.shape == (256, min(n, 1000)) and sliced_w2_at(x, q) == sliced_w2(x, y) > 0
+    with pytest.raises(ValueError, match="for samples of 1000 points or more"):
+        sliced_w2_at(x[:999], reference_quantiles(y, 1000))
 
 
 def test_mean_log_likelihood_prefers_the_target():

@@ -54,13 +54,12 @@ def _load_as_the_suite_does(name: str, variant: str, params: dict) -> None:
 
         load_or_train(_config(variant, params))
     elif name == "samplers":
-        from impls.samplers import SAMPLERS
-        from suites.samplers import NFLOW, Samplers, _model, _sampler
+        from suites.samplers import NFLOW, SPECS, Samplers, _model, _sampler
 
         if variant == NFLOW:  # its config is built inside measure(); 2000 one-pass samples, a second or so
             Samplers().measure(variant, params, "cpu")
         else:
-            _model(variant, SAMPLERS[_sampler(variant)].family, params, "cpu")
+            _model(variant, SPECS[_sampler(variant)].family, params, "cpu")
     elif name == "moe":
         from suites.moe import _balance
 

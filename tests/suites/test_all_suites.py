@@ -1,4 +1,5 @@
-"""Every registered suite runs at smoke size on CPU and writes records that honour the schema."""
+"""Every registered suite runs at smoke size on CPU and writes records that honour the schema; one test per suite,
+so that xdist workers share the suites' smoke runs (tests/suites/conftest.py)."""
 
 from collections import Counter
 from dataclasses import replace
@@ -11,50 +12,49 @@ from bench.metrics import is_clocked, specs_of
 from bench.records import RecordWriter, read_run_json, write_run_json
 from bench.suite import discover
 
-
-def test_every_suite_and_variant_finishes_at_smoke_size(smoke_records):
-    code, by_suite = smoke_records
-    failed = [(r.case_id, r.error) for variants in by_suite.values() for rs in variants.values() for r in rs
-              if r.status not in ("ok", "skipped")]
-    assert not failed and code == 0
-    for name, suite in discover().items():
-        assert set(by_suite[name]) == set(suite.variants), f"{name}: a variant left no record"
+SUITE_NAMES = sorted(discover())
 
 
-def test_every_metric_is_declared_by_its_suite(smoke_records):
+@pytest.mark.parametrize("name", SUITE_NAMES)
+def test_every_suite_and_variant_finishes_at_smoke_size(smoke, name):
+    run = smoke(name)
+    failed = [(r.case_id, r.error) for r in run.records if r.status not in ("ok", "skipped")]
+    assert not failed and run.code == 0
+    assert {r.variant for r in run.records} == set(discover()[name].variants), f"{name}: a variant left no record"
+
+
+@pytest.mark.parametrize("name", SUITE_NAMES)
+def test_every_metric_is_declared_by_its_suite(smoke, name):
     """What a metric is (unit, direction, measured or exact) is declared where it is made (bench.metrics)."""
-    _, by_suite = smoke_records
-    suites = discover()
-    undeclared: dict[str, set[str]] = {}
-    for name, variants in by_suite.items():
-        specs = suites[name].metric_specs()
-        for records in variants.values():
-            for r in records:
-                for metric, value in r.metrics.items():
-                    assert metric == metric.lower() and " " not in metric
-                    assert value is None or isinstance(value, (int, float, bool))
-                    if metric not in specs:
-                        undeclared.setdefault(name, set()).add(metric)
-                for metric, samples in r.samples.items():
-                    assert (metric in r.metrics or metric.endswith("_curve")) and len(samples) >= 1
-    assert not undeclared, {k: sorted(v) for k, v in undeclared.items()}
+    specs = discover()[name].metric_specs()
+    undeclared = set()
+    for r in smoke(name).records:
+        for metric, value in r.metrics.items():
+            assert metric == metric.lower() and " " not in metric
+            assert value is None or isinstance(value, (int, float, bool))
+            if metric not in specs:
+                undeclared.add(metric)
+        for metric, samples in r.samples.items():
+            assert (metric in r.metrics or metric.endswith("_curve")) and len(samples) >= 1
+    assert not undeclared, sorted(undeclared)
 
 
 @pytest.mark.parametrize("runs_per_side", [1, 3])
-def test_identical_code_with_noisy_clocks_raises_no_exact_metric_alarm(smoke_run, tmp_path, runs_per_side):
-    """An A/A compare of every suite where every clocked metric (and its samples) moved by x1.7 or x0.6, and nothing
+@pytest.mark.parametrize("name", SUITE_NAMES)
+def test_identical_code_with_noisy_clocks_raises_no_exact_metric_alarm(smoke, tmp_path, name, runs_per_side):
+    """An A/A compare of each suite where every clocked metric (and its samples) moved by x1.7 or x0.6, and nothing
     else: the exact metrics are the same on both sides, so none may be called better, worse or changed."""
-    out, _, records = smoke_run
+    out, _, records = smoke(name)
     meta = read_run_json(out)
     specs = specs_of([meta])
     perturbed = Counter()
 
-    def side(name: str, factor: float) -> list[Path]:
+    def side(label: str, factor: float) -> list[Path]:
         dirs = []
         for k in range(runs_per_side):
-            d = tmp_path / name / f"r{k}"
+            d = tmp_path / label / f"r{k}"
             d.mkdir(parents=True)
-            write_run_json(d, {**meta, "run_id": f"{name}{k}"})
+            write_run_json(d, {**meta, "run_id": f"{label}{k}"})
             with RecordWriter(d / "records.jsonl") as w:
                 for r in records:
                     clocked = {m for m in r.metrics if is_clocked(m, specs.get(r.suite, {}))}

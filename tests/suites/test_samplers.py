@@ -1,11 +1,17 @@
 """The samplers suite at smoke size on CPU: quality metrics are deterministic given the seeds, so they are asserted;
-times are not."""
+times are not. diffusers' variants run where diffusers is installed and are recorded as skipped where it is not."""
+
+import json
 
 import pytest
 
-from impls.samplers import SAMPLERS
+from impls.samplers import diffusers_schedulers
 from reports.figures import figures_for, load_frame
-from tests.optional import needs
+from suites.samplers import CONTINUOUS_MAX_NFE, DIFFUSERS, SPECS, Samplers
+from tests.optional import missing, needs
+
+HAS_DIFFUSERS = not missing("diffusers")
+NO_DIFFUSERS = "needs diffusers, which is not installed (pip install techbench[ecosystem])"
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +28,8 @@ def test_every_sampler_reports_quality_and_the_calls_it_made(cases):
         assert r.status == "ok", (variant, model, budget, r.error)
         m = r.metrics
         assert 1 <= m["nfe"] <= budget and m["sample_time_ms"] > 0
-        if variant in SAMPLERS:
-            assert m["nfe"] == SAMPLERS[variant].nfe(m["steps"])
+        if variant in SPECS:
+            assert m["nfe"] == SPECS[variant].nfe(m["steps"])
         assert m["sliced_w2"] >= 0 and m["mmd"] >= 0 and 0 <= m["mode_weight_err"] <= 1
 
 
@@ -41,7 +47,39 @@ def test_only_the_runs_a_sampler_takes_are_cases(cases):
     assert heun == {1: 1, 4: 3, 16: 15, 64: 63}  # 2 calls a step, the last 1
     assert not any(v == "reflow_euler" and model == "exact" for v, model, _ in cases)
     assert [(model, budget) for v, model, budget in cases if v == "nflow"] == [("learned", 1)]
-    assert all(r.status == "ok" for r in cases.values())
+    for (variant, _, _), r in cases.items():
+        if variant in DIFFUSERS and not HAS_DIFFUSERS:
+            assert r.status == "skipped" and r.error == NO_DIFFUSERS
+        else:
+            assert r.status == "ok", (variant, r.error)
+
+
+def test_diffusers_runs_and_budgets_are_ours():
+    suite, params = Samplers(), {"target": "gmm2d", "model": "exact", "n": 8}
+    # past CONTINUOUS_MAX_NFE only the training-grid samplers run, diffusers' DDPM and DDIM as ours
+    big = {v for v in suite.variants if v in SPECS and suite.applies(v, {**params, "nfe_budget": 1000})}
+    assert big == {"ddpm", "ddim", "ddim_eta0.5", "diffusers_ddpm", "diffusers_ddim"} and CONTINUOUS_MAX_NFE < 1000
+    heun = {b: SPECS["diffusers_heun"].nfe(SPECS["diffusers_heun"].steps_for(b)) for b in (1, 4, 16, 64)
+            if suite.applies("diffusers_heun", {**params, "nfe_budget": b})}
+    assert heun == {1: 1, 4: 3, 16: 15, 64: 63}
+
+
+@pytest.mark.skipif(not HAS_DIFFUSERS, reason=NO_DIFFUSERS)
+def test_diffusers_reproductions_read_the_same_numbers(cases):
+    # diffusers_ddpm is our ddpm, diffusers_flow_euler our flow_euler (tests/impls/test_samplers_diffusers.py), and
+    # each starts from the noise of its pair: the same samples to float32 rounding, so the same quality
+    for theirs, ours in (("diffusers_ddpm", "ddpm"), ("diffusers_flow_euler", "flow_euler")):
+        pairs = [(r, cases[(ours, model, budget)]) for (v, model, budget), r in cases.items() if v == theirs]
+        assert len(pairs) == 8  # 2 models x 4 budgets
+        for r, ref in pairs:
+            assert r.metrics["nfe"] == ref.metrics["nfe"]
+            assert r.metrics["sliced_w2"] == pytest.approx(ref.metrics["sliced_w2"], abs=1e-4), r.case_id
+
+
+def test_run_declares_diffusers_as_a_library(smoke_run):
+    out, _, _ = smoke_run
+    libraries = json.loads((out / "run.json").read_text())["suites"]["samplers"]["libraries"]
+    assert libraries == {v: diffusers_schedulers.label() for v in DIFFUSERS}
 
 
 @needs("plotly")
@@ -56,3 +94,6 @@ def test_report_has_the_steps_for_quality_table(smoke_run):
     exact = match[match["panel"] == "gmm2d · exact model"].set_index("variant")
     assert exact.loc["ddpm", "nfe_to_match"] == exact.loc["ddpm", "reference_nfe"] == 64  # the reference matches itself
     assert exact.loc["dpm_solver_2m", "nfe_to_match"] <= 16
+    if HAS_DIFFUSERS:  # drawn beside ours, marked as the library's
+        names = {trace.name for trace in figures_for("samplers", frame)[0].data}
+        assert f"diffusers_dpmpp_2m · {diffusers_schedulers.label()}" in names and "dpm_solver_2m" in names

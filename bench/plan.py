@@ -1,0 +1,201 @@
+"""`bench plan`: each case's memory, FLOPs and roofline bound on a named GPU, predicted on the meta device.
+
+A suite's `workload` builds the step its `measure` runs (bench.suite.Workload). The plan builds it with every tensor
+on the meta device but in the target's dtype and shapes (the grid for the target), runs the warm-up and one step
+under the live-tensor tracker, the FLOP counter and a byte counter (bench.plan_meta keeps index tensors' values and
+routes attention to the target's kernel), and reports:
+
+- step_peak_bytes: the most the step allocates beyond what was live before it (a fresh tracker around the step, as
+  the suites' peak_mem_bytes count it; plus `Workload.held` where a suite's metric adds a filled cache): what
+  `predict_peak` returns, and what a run's measured peak_mem_bytes is compared with.
+- peak_bytes: everything live at the step's peak: parameters, optimizer state, the batch and the step's own bytes.
+  It is what has to fit in the GPU.
+- the parts: parameters, gradients (after the step), optimizer state, activations saved for backward (bytes autograd
+  saved, parameters left out; a checkpointing variant's own hooks hide what it recomputes), other resident bytes
+  (the batch, buffers), and transient = peak - all of those (workspace, temporaries; never below 0, since gradients
+  and saved activations need not be live at once).
+- flops (torch's FLOP counter with bench.flops' attention formulas), bytes_moved (every op's tensor inputs read and
+  outputs written, views left out: the traffic of an eager, unfused step, an upper bound on what fused kernels move),
+  and roofline_ms = max(flops / peak TFLOP/s of the dtype, bytes_moved / bandwidth) from bench.hardware.
+- fits: peak_bytes + headroom <= the GPU's memory, headroom = HEADROOM_BYTES + HEADROOM_FRACTION x peak_bytes.
+
+The headroom: the CUDA context with torch's kernels loaded takes 0.5-0.6 GiB of device memory on an H100 (CUDA 12,
+lazy loading), cuBLAS and cuDNN workspaces tens of MiB more, so 1 GiB is fixed; the caching allocator rounds each
+block up (to 512 B, large ones to 2 MiB segments) and fragments as sizes change, which costs ~5-10% of the peak in
+training loops, so 10% of the peak is added. A case inside that margin is reported as fitting, one outside as not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from bench import hardware
+from bench.flops import flop_counter_mode
+from bench.memory import SavedTensorBytes, TensorMemoryTracker
+from bench.plan_meta import IndexValues, target_attention
+from bench.suite import NotPlannable, Skip, Suite, case_id
+
+GIB = 1 << 30
+HEADROOM_BYTES = GIB  # CUDA context (~0.55 GiB measured on H100, CUDA 12) + library workspaces
+HEADROOM_FRACTION = 0.10  # caching-allocator rounding and fragmentation, as a share of the peak
+META = "meta"
+_ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
+                torch.ops.aten.empty_like.default, torch.ops.aten.new_empty.default}  # no bytes move
+
+
+@dataclass
+class Prediction:
+    """One case's plan; a JSON record (`to_json`) that reports/plan_page.py draws."""
+
+    suite: str
+    variant: str
+    params: dict[str, Any]
+    status: str
+    """"ok", "not_plannable" (the reason says why) or "skipped" (the variant cannot run on the target)."""
+    reason: str | None = None
+    target: str = "cpu"
+    gpu: str | None = None
+    step_peak_bytes: int | None = None
+    peak_bytes: int | None = None
+    parts: dict[str, int] = field(default_factory=dict)
+    flops: int | None = None
+    bytes_moved: int | None = None
+    dtype: str | None = None
+    roofline_ms: float | None = None
+    capacity_bytes: int | None = None
+    headroom_bytes: int | None = None
+    fits: bool | None = None
+
+    @property
+    def case_id(self) -> str:
+        return case_id(self.suite, self.variant, self.params)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, **asdict(self)}
+
+
+class StepCounter(TorchDispatchMode):
+    """FLOPs (torch's formulas with bench.flops' attention ones) and bytes moved: what each op reads (its tensor
+    inputs) and writes (its tensor outputs), views and bare allocations left out.
+
+    It counts FLOPs itself rather than under FlopCounterMode: that mode's module hooks keep tensors alive past their
+    last use (+77% peak at smoke checkpointing, full variant), so the step it counts is not the step measured."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+        self.flops = 0
+        self._formulas = flop_counter_mode().flop_registry
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self._formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        if not func.is_view and func not in _ALLOCATIONS:
+            leaves = tree_flatten((args, kwargs, out))[0]
+            self.bytes += sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+        return out
+
+
+def headroom(peak_bytes: int) -> int:
+    """Bytes kept free beyond the predicted peak (see the module's docstring for the figures)."""
+    return HEADROOM_BYTES + math.ceil(HEADROOM_FRACTION * peak_bytes)
+
+
+def _storage_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            s = t.untyped_storage()
+            if id(s) not in seen:
+                seen.add(id(s))
+                total += s.nbytes()
+    return total
+
+
+def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str, Any]:
+    """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
+    Raises NotPlannable or Skip."""
+    with IndexValues(), target_attention(target), TensorMemoryTracker() as total:
+        w = suite.workload(variant, dict(params), META, target)
+        w.step()  # the warm-up: optimizer state, lazy buffers
+        resident = total.live_bytes(META)
+        total.reset_peak()
+        parameters = [p for m in w.modules for p in m.parameters()]
+        with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
+            w.step()
+        held = w.held() if w.held is not None else 0
+        param_bytes = _storage_bytes(parameters)
+        optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
+        return {"step_peak_bytes": step.peak_bytes(META) + held, "peak_bytes": total.peak_bytes(META),
+                "resident_bytes": resident, "param_bytes": param_bytes, "optimizer_bytes": optimizer,
+                "grad_bytes": _storage_bytes(p.grad for p in parameters),
+                "activation_bytes": saved.total(META), "flops": counted.flops, "bytes_moved": counted.bytes}
+
+
+def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | None = None,
+              capacity_bytes: int | None = None) -> Prediction:
+    """One case's Prediction for `target` ("cpu" or "cuda"), against `gpu` (a bench.hardware name) when given and
+    a memory of `capacity_bytes` (default: the GPU's, from bench.hardware)."""
+    p = Prediction(suite.name, variant, dict(params), "ok", target=target, gpu=gpu,
+                   dtype=params.get("dtype", "float32"))
+    try:
+        raw = run_step(suite, variant, params, target)
+    except Skip as e:
+        p.status, p.reason = "skipped", str(e) or "skipped"
+        return p
+    except NotPlannable as e:
+        p.status, p.reason = "not_plannable", str(e)
+        return p
+    except Exception as e:  # noqa: BLE001 - a step that cannot run on meta is not plannable: say why, never guess
+        p.status, p.reason = "not_plannable", f"its step does not run on the meta device: {type(e).__name__}: " + \
+            (str(e).strip().splitlines() or [""])[0][:300]
+        return p
+    other = raw["resident_bytes"] - raw["param_bytes"] - raw["optimizer_bytes"]
+    p.parts = {"parameters": raw["param_bytes"], "gradients": raw["grad_bytes"], "optimizer": raw["optimizer_bytes"],
+               "activations": raw["activation_bytes"], "inputs": max(0, other)}
+    p.parts["transient"] = max(0, raw["peak_bytes"] - sum(p.parts.values()))
+    p.step_peak_bytes, p.peak_bytes = raw["step_peak_bytes"], raw["peak_bytes"]
+    p.flops, p.bytes_moved = raw["flops"], raw["bytes_moved"]
+    tflops, gbps = hardware.peak_tflops(gpu, p.dtype), hardware.peak_gbps(gpu)
+    if tflops and gbps:
+        p.roofline_ms = 1e3 * max(p.flops / (tflops * 1e12), p.bytes_moved / (gbps * 1e9))
+    p.capacity_bytes = capacity_bytes or hardware.memory_bytes(gpu)
+    if p.capacity_bytes is not None:
+        p.headroom_bytes = headroom(p.peak_bytes)
+        p.fits = p.peak_bytes + p.headroom_bytes <= p.capacity_bytes
+    return p
+
+
+def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
+         params_filter: dict | None = None, capacity_bytes: int | None = None) -> list[Prediction]:
+    """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand."""
+    out = []
+    for suite in suites:
+        for params in suite.grid(size, _grid_device(target)):
+            if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
+                continue
+            for variant in suite.variants:
+                if (variants and variant not in variants) or not suite.has_case(variant, params):
+                    continue
+                out.append(plan_case(suite, variant, params, target, gpu, capacity_bytes))
+    return out
+
+
+def predict_peak(suite: Suite, variant: str, params: dict, device: str) -> int | None:
+    """The peak_mem_bytes a case's run on `device` should measure, predicted on meta; None where it is not plannable
+    (or the variant cannot run there). For the runner, to record predicted_peak_mem_bytes beside the measured peak."""
+    p = plan_case(suite, variant, params, torch.device(device).type)
+    return p.step_peak_bytes if p.status == "ok" else None
+
+
+def _grid_device(target: str) -> str:
+    return "cuda:0" if target.startswith("cuda") else "cpu"

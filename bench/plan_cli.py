@@ -1,0 +1,113 @@
+"""`bench plan`'s command line: its options, the GPU it plans for, the table and the JSON. bench.cli builds the parser
+from `add_arguments` and dispatches to `cmd_plan` (which also writes the page: reports/ is the command layer's).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import hardware
+from bench.commands import UsageError
+from bench.suite import SIZES
+
+GIB = 1 << 30
+
+
+def add_arguments(p) -> None:
+    p.add_argument("suites", nargs="*", metavar="SUITE", help="suites to plan (default: all)")
+    p.add_argument("--size", default="quick", choices=SIZES, help="grid size (default: quick)")
+    p.add_argument("--gpu", default="auto", metavar="NAME",
+                   help=f"the GPU to plan for: {', '.join(hardware.known())} (a part of the name will do: h100); "
+                        "auto: this machine's GPU; cpu: this machine's CPU and memory (default: auto)")
+    p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
+    p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
+    p.add_argument("--json", action="store_true", help="machine-readable output: one JSON object")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE.html",
+                   help="also draw the plan: predicted memory per case against the GPU's memory, and the roofline")
+
+
+def resolve_gpu(name: str) -> tuple[str, str | None, int | None]:
+    """(target device type, GPU name in bench.hardware's table or None, memory capacity in bytes)."""
+    typed = name.strip().lower()
+    if typed == "cpu":
+        return "cpu", None, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if typed == "auto":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--gpu auto: this machine has no CUDA GPU; name the one to plan for "
+                             f"(--gpu {', '.join(hardware.known())}) or --gpu cpu")
+        local = torch.cuda.get_device_name(0)
+        capacity = hardware.memory_bytes(local) or torch.cuda.get_device_properties(0).total_memory
+        return "cuda", hardware.resolve(local) or local, capacity
+    resolved = hardware.resolve(typed)
+    if resolved is None:
+        raise UsageError(f"--gpu {name}: unknown GPU (valid: {', '.join(hardware.known())}, auto, cpu)")
+    return "cuda", resolved, hardware.memory_bytes(resolved)
+
+
+def predictions(args, discover) -> tuple[list, dict]:
+    """Plan what the arguments select; (predictions, a summary of the plan)."""
+    from bench.cli_run import parse_params, select
+    from bench.plan import plan
+
+    target, gpu, capacity = resolve_gpu(args.gpu)
+    suites = select(discover(), args.suites, args.variant)
+    start = time.monotonic()
+    out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity)
+    summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
+               "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
+               "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}
+    return out, summary
+
+
+def _gib(n: int | None) -> str:
+    return "" if n is None else f"{n / GIB:.2f}"
+
+
+def render(preds, summary, console) -> None:
+    from rich.table import Table
+
+    where = summary["gpu"] or "this CPU"
+    table = Table("case", "peak GiB", "params", "grads", "optim", "saved act", "inputs", "transient", "GFLOP",
+                  "GB moved", "roofline ms", "fits",
+                  title=f"bench plan: {summary['size']} on {where} ({_gib(summary['capacity_bytes'])} GiB)",
+                  caption="GiB columns but the last three; fits: peak + headroom (1 GiB + 10% of the peak) <= memory")
+    for p in preds:
+        params = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()) if k != "dtype")
+        name = f"{p.suite}/{p.variant}\n[dim]{params}[/]"
+        if p.status != "ok":
+            table.add_row(name, f"[yellow]{p.status.replace('_', ' ')}[/]: {p.reason}", end_section=False)
+            continue
+        verdict = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[p.fits]
+        roof = "" if p.roofline_ms is None else f"{p.roofline_ms:.3g}"
+        table.add_row(name, _gib(p.peak_bytes), *(_gib(p.parts[k]) for k in
+                      ("parameters", "gradients", "optimizer", "activations", "inputs", "transient")),
+                      f"{p.flops / 1e9:.4g}", f"{p.bytes_moved / 1e9:.4g}", roof, verdict)
+    console.print(table)
+    console.print(f"{summary['cases']} cases, {summary['plannable']} plannable, {summary['fits']} fit; "
+                  f"planned in {summary['elapsed_s']} s")
+
+
+def cmd_plan(args, discover, write_page) -> int:
+    """`bench plan`. `write_page(records, summary, path)` draws the page (reports/, imported by the command layer)."""
+    import json
+
+    if args.output is not None and args.output.suffix != ".html":
+        raise UsageError(f"-o {args.output} should end in .html")
+    preds, summary = predictions(args, discover)
+    records = [p.to_json() for p in preds]
+    if args.json:
+        json.dump({**summary, "predictions": records}, sys.stdout, indent=2)
+        print()
+    else:
+        from rich.console import Console
+
+        console = Console()
+        render(preds, summary, console if console.is_terminal else Console(width=180))  # a pipe: 80 columns else
+    if args.output is not None:
+        print(f"plan -> {write_page(records, summary, args.output)}", file=sys.stderr if args.json else sys.stdout)
+    return 0

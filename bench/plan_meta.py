@@ -1,0 +1,236 @@
+"""Running a workload on the meta device as it would run on a target device: shapes and bytes without data.
+
+Two things keep a meta run honest about what the target would allocate:
+
+- Values for index tensors (`IndexValues`). A step whose shapes depend on data (the real tokens of a padding mask,
+  tokens per expert, `.item()` of a length) cannot run on meta alone. Integer and bool tensors up to INDEX_LIMIT
+  elements keep their real values on the CPU beside their meta twins: a CPU tensor moved to meta keeps its values,
+  an op whose meta inputs all have values computes them on the CPU too, and an op whose output shape needs values
+  (nonzero, bincount, a bool-mask index, `.item()`, `.tolist()`) takes its shape from them. The heavy (float)
+  tensors stay on meta. A data-dependent op with no values to use raises NotPlannable naming the op: never a guess.
+- The target's attention kernel (`target_attention`). F.scaled_dot_product_attention on meta takes the math path,
+  which materialises the S x S scores the fused kernels never hold (+1 MB at smoke checkpointing). It is routed to
+  the kernel the target would pick: on a CPU target, torch's own choice (torch._fused_sdp_choice on CPU tensors of
+  the same shapes and strides, a few elements each) and the CPU flash kernel's meta registration; on a CUDA target,
+  torch's choice on the local GPU where there is one, else the rule torch applies on sm80+ (flash for 16-bit inputs
+  without a mask and with equal head dims up to 256, memory-efficient attention for a mask or unequal value width,
+  math otherwise; priority flash > efficient > math > cudnn, torch._C._get_sdp_priority_order() on 2.11-2.13), and
+  that kernel's meta registration. The boolean mask is converted to an additive one first, as the composite does.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.weak import WeakIdKeyDictionary
+
+from bench.suite import NotPlannable
+
+aten = torch.ops.aten
+INDEX_LIMIT = 1 << 24  # elements: index tensors of the full grids are a few million at most (rmpad: 65k tokens)
+_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+# Losses whose reduced scalar keeps the unreduced [*input] buffer as its storage on CPU (Loss.cpp reduces into it;
+# measured: mse_loss of a [2, 64, 64] fp32 input holds 32 KiB until the loss is freed), where the meta kernels make
+# a fresh 4-byte scalar. The loss lives through backward, so the buffer is part of the peak.
+_UNREDUCED_LOSSES = {aten.mse_loss.default: 2, aten.smooth_l1_loss.default: 2, aten.soft_margin_loss.default: 2}
+
+
+def _is_index(t) -> bool:
+    return isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex() and \
+        t.numel() <= INDEX_LIMIT
+
+
+def _meta(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.device.type == "meta"
+
+
+class IndexValues(TorchDispatchMode):
+    """Keeps real CPU values beside meta index tensors and answers data-dependent ops from them (see the module);
+    makes the few meta kernels whose outputs hold less storage than the real ones hold as much (_UNREDUCED_LOSSES)."""
+
+    def __init__(self):
+        super().__init__()
+        self.values = WeakIdKeyDictionary()
+
+    def _value(self, t):
+        return self.values.get(t) if _meta(t) else t
+
+    def _keep(self, meta_out, cpu_out) -> None:
+        metas, _ = tree_flatten(meta_out)
+        cpus, _ = tree_flatten(cpu_out)
+        for m, c in zip(metas, cpus):
+            if _meta(m) and isinstance(c, torch.Tensor) and _is_index(m):
+                self.values[m] = c
+
+    def _on_values(self, func, args, kwargs):
+        """func run on the CPU values of its meta arguments (None where one has none)."""
+        flat, _ = tree_flatten((args, kwargs))
+        if any(_meta(t) and t not in self.values for t in flat):
+            return None
+
+        def cpu(x):
+            if _meta(x):
+                return self.values[x]
+            return torch.device("cpu") if isinstance(x, torch.device) and x.type == "meta" else x
+
+        return func(*tree_map(cpu, args), **tree_map(cpu, kwargs))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        if func is aten._local_scalar_dense.default and _meta(args[0]):  # .item()
+            if args[0] not in self.values:
+                raise NotPlannable(f".item() of a {args[0].dtype} tensor that the plan keeps on meta (no values)")
+            return self.values[args[0]].item()
+        if func is aten._to_copy.default and not _meta(args[0]) and _meta_device(kwargs.get("device")):
+            out = func(*args, **kwargs)  # a CPU tensor moved to meta keeps its values
+            if _is_index(out):
+                self.values[out] = args[0].to(dtype=out.dtype).clone()
+            return out
+        if func is aten._to_copy.default and _meta(args[0]) and not _meta_device(kwargs.get("device", "meta")):
+            if args[0] not in self.values:  # .tolist(), .cpu()
+                raise NotPlannable(f"copying a {args[0].dtype} tensor off the meta device (no values to copy)")
+            return func(self.values[args[0]], **{k: v for k, v in kwargs.items() if k != "device"})
+        if func in _INDEXING:
+            args = self._long_indices(func, args)
+        if func in _UNREDUCED_LOSSES and _meta(args[0]):
+            reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
+            if reduction:  # mean or sum: the scalar viewing a buffer of the broadcast input's size
+                out = func(*args, **kwargs)
+                buffer = torch.empty(torch.broadcast_shapes(args[0].shape, args[1].shape), dtype=out.dtype,
+                                     device="meta")
+                return buffer.as_strided((), ())
+        try:
+            out = func(*args, **kwargs)
+        except (RuntimeError, NotImplementedError) as e:  # the output's shape needs values: take it from them
+            values = self._on_values(func, args, kwargs)
+            if values is None:  # a data-dependent op without values, or a meta kernel stricter than the device's
+                raise NotPlannable(f"{func} does not run on meta (and has no values to run on): "
+                                   f"{str(e).strip().splitlines()[0]}") from None
+            out = tree_map(lambda c: torch.empty_strided(c.shape, c.stride(), dtype=c.dtype, device="meta")
+                           if isinstance(c, torch.Tensor) else c, values)
+            self._keep(out, values)
+            return out
+        outs, _ = tree_flatten(out)
+        if any(_meta(o) and _is_index(o) for o in outs) and any(_meta(t) for t in flat):
+            values = self._on_values(func, args, kwargs)
+            if values is not None:
+                self._keep(out, values)
+        elif any(_meta(o) and _is_index(o) for o in outs) and not any(isinstance(t, torch.Tensor) for t in flat):
+            self._keep(out, self._on_values(func, args, kwargs))  # a factory (arange, ones): made on the CPU too
+        return out
+
+    def _long_indices(self, func, args):
+        """A bool-mask index as the long indices its nonzero gives (what the CPU and CUDA kernels do inside)."""
+        indices = args[1]
+        if not any(_meta(i) and i.dtype == torch.bool for i in indices if i is not None):
+            return args
+        out = []
+        for i in indices:
+            if _meta(i) and i.dtype == torch.bool:
+                if i not in self.values:
+                    raise NotPlannable(f"{func} with a boolean mask that the plan keeps on meta (no values)")
+                for column in self.values[i].nonzero().unbind(1):
+                    long = torch.empty(column.shape, dtype=torch.long, device="meta")
+                    self.values[long] = column
+                    out.append(long)
+            else:
+                out.append(i)
+        return (args[0], out, *args[2:])
+
+
+def _meta_device(device) -> bool:
+    return device is not None and torch.device(device).type == "meta"
+
+
+@contextmanager
+def target_attention(target: str):
+    """F.scaled_dot_product_attention on meta tensors routed to the kernel `target` ("cpu" or "cuda") would run.
+
+    A swap of the function, not a TorchFunctionMode: torch runs backward (and so a checkpoint's recompute) with the
+    function-mode stack empty, where a mode would let the recompute take the math path the forward did not."""
+    original = F.scaled_dot_product_attention
+    kind = torch.device(target).type
+
+    def routed(query, *args, **kwargs):
+        if isinstance(query, torch.Tensor) and _meta(query) and not query.is_nested:
+            return _attention(kind, query, *args, **kwargs)
+        return original(query, *args, **kwargs)
+
+    F.scaled_dot_product_attention = routed
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _attention(target, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if attn_mask is not None and attn_mask.dtype == torch.bool:  # what the composite does first, on every device
+        attn_mask = torch.where(attn_mask, torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device),
+                                torch.scalar_tensor(-math.inf, dtype=q.dtype, device=q.device))
+    backend = kernel_choice(target, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    if backend == "flash" and target == "cpu":
+        return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, attn_mask=attn_mask,
+                                                                 scale=scale)[0]
+    if backend == "flash":
+        d = q.shape[-1]
+        pad = (-d) % 8  # the composite pads the head dim to a multiple of 8 for the CUDA flash kernel
+        scale = 1 / math.sqrt(d) if scale is None else scale
+        q, k, v = (F.pad(t, (0, pad)) if pad else t for t in (q, k, v))
+        out = aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+        return out[..., :d] if pad else out
+    if backend == "efficient":
+        if attn_mask is not None and attn_mask.shape[-1] % 16:  # pad_bias: the kernel reads 16-aligned rows
+            n = attn_mask.shape[-1]
+            attn_mask = F.pad(attn_mask, (0, 16 - n % 16))[..., :n]
+        if attn_mask is not None:
+            attn_mask = attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        lse = any(t.requires_grad for t in (q, k, v))
+        return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, lse, dropout_p, is_causal,
+                                                            scale=scale)[0]
+    return torch._C._nn.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
+    """The SDPA kernel `target` would run for these meta tensors: "flash", "efficient" or "math"."""
+    if target == "cpu" or torch.cuda.is_available():
+        return _torch_choice("cpu" if target == "cpu" else "cuda", *map(_signature, (q, k, v, mask)), dropout_p,
+                             is_causal, scale, enable_gqa)
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    same = q.shape[-1] == k.shape[-1] == v.shape[-1]
+    if q.dim() == 4 and half and mask is None and same and q.shape[-1] <= 256:
+        return "flash"
+    if q.dim() == 4 and q.shape[-1] == k.shape[-1] and q.shape[-1] % 8 == 0 and v.shape[-1] % 8 == 0:
+        return "efficient"
+    return "math"
+
+
+def _signature(t):
+    """What torch's choice reads of a tensor: its shape, last-dim stride and dtype (None for no tensor)."""
+    return None if t is None else (tuple(t.shape), t.stride(-1), t.dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _torch_choice(device, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
+    """torch._fused_sdp_choice on `device` for tensors of these signatures, each a few elements of storage."""
+    def proxy(sig):
+        if sig is None:
+            return None
+        shape, stride, dtype = sig
+        base = torch.empty(shape[-1] * max(1, stride), dtype=dtype, device=device)
+        return base.as_strided(shape, (0,) * (len(shape) - 1) + (stride,))
+
+    with _disable_current_modes():  # the proxies are not the step's memory
+        choice = torch._fused_sdp_choice(proxy(q), proxy(k), proxy(v), attn_mask=proxy(mask), dropout_p=dropout_p,
+                                         is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    return BACKENDS.get(choice, "math")

@@ -1,0 +1,192 @@
+"""`bench plan`: a case's step run on the meta device predicts what the live-tensor tracker measures of the same step
+on CPU, and the plan says whether a case fits a named GPU.
+
+The 2% check runs each plannable case's workload twice: planned on meta for a CPU target, and for real on CPU under
+the tracker (warm-up, then the tracked step, as `measure` does). Sizes per suite: smoke everywhere, quick where a real
+CPU step takes under a few seconds on a busy 2-core machine (QUICK below says which, and why not the others).
+"""
+
+import json
+import os
+from contextlib import contextmanager
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import hardware
+from bench.cli import main
+from bench.memory import peak_bytes
+from bench.plan import HEADROOM_BYTES, headroom, plan_case, predict_peak
+from bench.plan_meta import IndexValues, kernel_choice, target_attention
+from bench.suite import SUITES, NotPlannable, discover
+from tests.optional import missing, needs
+
+TOLERANCE = 0.02  # the issue's bound; the worst error is printed per suite
+# The cases the 2% check covers by default: a few per suite, so that the file stays well under a minute on a busy
+# 2-core machine, where a real CPU step takes 0.2-20 s (rmpad's segments backend over lognormal lengths: ~20 s).
+# TECHBENCH_PLAN_ALL=1 checks every plannable smoke and quick case instead (minutes).
+DEFAULT = {
+    "checkpointing": {"smoke": {"model": None}},
+    "rmpad": {"smoke": {"dist": "uniform"}},
+    "packing": {"smoke": {"dist": "lognormal"}},
+    "fp8": {"smoke": {}, "quick": {}},
+    "mla": {"smoke": {}, "quick": {"context": 256}},
+    "mtp": {"smoke": {}},
+    "moe": {"smoke": {}},
+}
+EVERYTHING = os.environ.get("TECHBENCH_PLAN_ALL") == "1"
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return discover()
+
+
+@contextmanager
+def one_thread():
+    # tiny CPU ops: a second intra-op thread costs more than it gives on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def real_peak(suite, variant, params) -> int:
+    """What `measure` records as peak_mem_bytes on CPU: the tracker's peak over a step after the warm-up."""
+    torch.manual_seed(0)
+    with one_thread():
+        w = suite.workload(variant, params, "cpu")
+        w.step()
+        return peak_bytes(w.step, "cpu") + (w.held() if w.held else 0)
+
+
+def selected(name):
+    suite = SUITES[name]
+    for size, where in DEFAULT[name].items() if not EVERYTHING else (("smoke", {}), ("quick", {})):
+        for params in suite.grid(size, "cpu"):
+            if all(params.get(k) == v for k, v in where.items()):
+                yield from (plan_case(suite, v, params, "cpu") for v in suite.variants if suite.has_case(v, params))
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT))
+def test_prediction_matches_the_cpu_tracker_within_2_percent(registry, name):
+    suite, errors = registry[name], {}
+    for p in selected(name):
+        if p.status != "ok":
+            assert p.status in ("not_plannable", "skipped") and p.reason, p.case_id  # never a silent gap
+            continue
+        real = real_peak(suite, p.variant, p.params)
+        errors[p.case_id] = abs(p.step_peak_bytes - real) / real
+    worst = max(errors, key=errors.get)
+    print(f"\n{name}: {len(errors)} cases planned, worst error {100 * errors[worst]:.4f}% ({worst})")
+    assert errors[worst] <= TOLERANCE, (worst, errors[worst])
+
+
+def test_a_case_is_exact_and_its_parts_add_up(registry):
+    suite = registry["checkpointing"]
+    params = suite.grid("smoke", "cpu")[0]
+    p = plan_case(suite, "none", params, "cpu")
+    assert p.step_peak_bytes == real_peak(suite, "none", params) == predict_peak(suite, "none", params, "cpu")
+    n = sum(t.numel() for t in suite.workload("none", params, "meta").modules[0].parameters())
+    assert p.parts["parameters"] == p.parts["gradients"] == 4 * n  # fp32 on the CPU
+    assert p.parts["optimizer"] == 0 and p.parts["activations"] > 0
+    assert p.peak_bytes >= p.step_peak_bytes + p.parts["parameters"]  # the step's bytes on top of what was resident
+    assert p.flops > 0 and p.bytes_moved > 0 and p.roofline_ms is None  # no GPU named: no roofline
+
+
+def test_full_checkpointing_on_h200_and_l4(registry):
+    suite = registry["checkpointing"]
+    params = [p for p in suite.grid("full", "cuda:0") if "model" not in p][-1]  # 1.2B parameters, 16 x 4096, bf16
+    on_h200 = plan_case(suite, "none", params, "cuda", "h200")
+    n = sum(t.numel() for t in suite.workload("none", params, "meta").modules[0].parameters())
+    assert on_h200.dtype == "bfloat16" and on_h200.parts["parameters"] == 2 * n > 2.4e9  # 1.2B in bf16
+    assert on_h200.fits is True and on_h200.capacity_bytes == hardware.memory_bytes("NVIDIA H200")
+    assert on_h200.headroom_bytes == headroom(on_h200.peak_bytes) > HEADROOM_BYTES
+    # the roofline: compute-bound at this size, FLOPs over the bf16 peak
+    assert on_h200.roofline_ms == pytest.approx(on_h200.flops / 989.4e12 * 1e3)
+    assert plan_case(suite, "none", params, "cuda", "l4").fits is False  # 24 GB
+    # transformers' Llama of the same size keeps more: 142 GiB, past the H200's 140.4 GiB before any headroom
+    hf = plan_case(suite, "none", {**params, "model": "hf_llama"}, "cuda", "h200")
+    assert (hf.fits is False and hf.peak_bytes > hf.capacity_bytes) or (missing("transformers") and
+                                                                         hf.status == "skipped")
+
+
+def test_not_plannable_cases_say_why(registry):
+    p = plan_case(registry["checkpointing"], "offload", registry["checkpointing"].grid("smoke", "cpu")[0], "cpu")
+    assert p.status == "not_plannable" and "host memory" in p.reason
+    fsdp = registry["fsdp_checkpointing"]
+    p = plan_case(fsdp, "none", fsdp.grid("smoke", "cpu")[0], "cpu")
+    assert p.status == "not_plannable" and "process group" in p.reason
+    samplers = registry["samplers"]
+    p = plan_case(samplers, next(iter(samplers.variants)), samplers.grid("smoke", "cpu")[0], "cpu")
+    assert p.status == "not_plannable" and "Suite.workload" in p.reason
+
+
+def test_attention_on_meta_takes_the_targets_kernel():
+    q = torch.empty(2, 4, 64, 16, device="meta")
+    assert kernel_choice("cpu", q, q, q, None, 0.0, True, None, False) == "flash"
+    wide = torch.empty(2, 4, 64, 24, device="meta")  # MLA-like: the value's width differs
+    assert kernel_choice("cpu", wide, wide, q, None, 0.0, True, None, False) == "math"
+    if not torch.cuda.is_available():  # the sm80+ rule: flash for 16-bit without a mask, else memory-efficient
+        half = q.to(torch.bfloat16)
+        mask = torch.empty(2, 1, 64, 64, device="meta", dtype=torch.bfloat16)
+        assert kernel_choice("cuda", half, half, half, None, 0.0, True, None, False) == "flash"
+        assert kernel_choice("cuda", half, half, half, mask, 0.0, False, None, False) == "efficient"
+    q.requires_grad_()
+    for target, dtype, kernel in (("cpu", torch.float32, "FlashAttentionForCpu"),
+                                  ("cuda", torch.float32, "EfficientAttention"),
+                                  ("cuda", torch.bfloat16, "FlashAttention")):
+        with target_attention(target):
+            x = q.to(dtype)
+            out = F.scaled_dot_product_attention(x, x, x, is_causal=True)
+        assert type(out.grad_fn).__name__ == f"ScaledDotProduct{kernel}Backward0"
+    # outside the plan, meta takes the math path again (what materialises the S x S scores)
+    assert type(F.scaled_dot_product_attention(q, q, q).grad_fn).__name__ == "UnsafeViewBackward0"
+
+
+def test_index_tensors_keep_their_values_on_meta():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    x = torch.empty(2, 3, 8, device="meta")
+    with IndexValues():
+        m = mask.to("meta")
+        picked = x[m.bool()]  # a boolean index: nonzero on the values
+        assert picked.shape == (3, 8) and picked.device.type == "meta"
+        assert m.sum().item() == 3 and m[0].tolist() == [1, 1, 0]
+        assert torch.nonzero(m.flatten()).shape == (3, 1)
+        with pytest.raises(NotPlannable, match="item"):
+            x.sum().item()  # a float tensor on meta has no values: never a guess
+
+
+def test_hardware_memory_and_names():
+    assert hardware.memory_bytes("NVIDIA H200") == 143771 * 2 ** 20 and hardware.memory_bytes("AMD") is None
+    assert hardware.resolve("H100") == "h100 80gb hbm3" and hardware.resolve("l4") == "l4"
+    assert hardware.resolve("nosuch") is None
+
+
+def test_cli_json_and_bad_gpu(capsys):
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "--variant", "none", "offload",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # none at our model's point and at transformers' (skipped where transformers is not installed), and offload
+    assert out["gpu"] == "h200" and out["cases"] == 3 and out["fits"] == (1 if missing("transformers") else 2)
+    by_status = {p["variant"] + str(p["params"].get("model")): p for p in out["predictions"]}
+    assert by_status["noneNone"]["fits"] is True and by_status["noneNone"]["peak_bytes"] > 0
+    assert by_status["offloadNone"]["status"] == "not_plannable"
+    assert main(["plan", "--gpu", "nosuch"]) == 2
+    assert "unknown GPU (valid: h200" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["plan", "checkpointing", "--gpu", "auto"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@needs("plotly")
+def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
+    out = tmp_path / "plan.html"
+    assert main(["plan", "mla", "--size", "smoke", "--gpu", "h100", "-o", str(out)]) == 0
+    assert "h100 80gb hbm3" in capsys.readouterr().out
+    text = out.read_text()
+    assert "Predicted memory per case" in text and "Roofline lower bound" in text and "79.6 GiB" in text
+    assert "not_plannable" in text  # the cache part has no step: listed with its reason
