@@ -31,6 +31,11 @@ class Case:
     params: dict[str, Any] = field(hash=False)
     module: str = ""
     """The module that registers the suite, imported by the child process."""
+    predict: bool = False
+    """Predict the case's peak memory on the meta device first (bench.plan; `bench run --predict`) and record it as
+    predicted_peak_mem_bytes."""
+    skip_predicted_oom: bool = False
+    """With predict, on a GPU: a case predicted not to fit in the device's memory is skipped, not run."""
 
     @property
     def id(self) -> str:
@@ -72,6 +77,11 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 
         importlib.import_module(case.module)
         suite = SUITES[case.suite]
+        predicted = {}
+        if case.predict:  # before the seeds: the plan builds its own model
+            predicted, too_big = _predict(suite, case, device)
+            if too_big:
+                return {"status": "skipped", "error": too_big}
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -88,6 +98,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"},
                    **host.summary(window), **telemetry.interference(window)}
         metrics["contended"] = contended(metrics, window is not None)
+        metrics.update(predicted)
         samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
         power = gpu["avg_power_w"]
         if m.timed is not None:
@@ -111,6 +122,30 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             import torch
 
             torch.set_num_threads(previous)
+
+
+def _predict(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:
+    """({"predicted_peak_mem_bytes": bytes or None}, why the case is skipped or None): bench.plan's prediction, and
+    under skip_predicted_oom on a GPU, a case whose predicted peak and headroom exceed the device's memory."""
+    import torch
+
+    from bench import plan
+
+    try:
+        p = plan.plan_case(suite, case.variant, dict(case.params), torch.device(device).type)
+    except Exception:  # noqa: BLE001 - a plan that fails is no prediction; the case runs all the same
+        return {"predicted_peak_mem_bytes": None}, None
+    if p.status != "ok":
+        return {"predicted_peak_mem_bytes": None}, None
+    too_big = None
+    if case.skip_predicted_oom and device.startswith("cuda"):
+        total = torch.cuda.mem_get_info(torch.device(device))[1]
+        spare = plan.headroom(p.peak_bytes)
+        if p.peak_bytes + spare > total:
+            gib = 2**30
+            too_big = (f"predicted not to fit: a peak of {p.peak_bytes / gib:.2f} GiB + {spare / gib:.2f} GiB "
+                       f"headroom > the {total / gib:.2f} GiB of {device} (--skip-predicted-oom)")
+    return {"predicted_peak_mem_bytes": p.step_peak_bytes}, too_big
 
 
 def _derived(m: Measurement, device: str, power_w: float | None) -> dict[str, Any]:

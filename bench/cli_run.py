@@ -52,6 +52,12 @@ def add_arguments(r) -> None:
                    help="before each case, wait up to S seconds for other processes to leave its CPUs")
     r.add_argument("--budget", type=float, metavar="S",
                    help="stop starting cases after S seconds; cases not run are listed, and --resume runs them")
+    r.add_argument("--predict", action="store_true",
+                   help="first predict each case's peak memory on the meta device (bench plan) and record it as "
+                        "predicted_peak_mem_bytes beside the measured peak; the report shows the error")
+    r.add_argument("--skip-predicted-oom", action="store_true",
+                   help="with --predict (implied), on a GPU: skip a case predicted not to fit in its memory, saying "
+                        "the predicted and available bytes")
     r.add_argument("--inline", action="store_true", help="run cases in this process (debugging; no timeout)")
     r.add_argument("--resume", action="store_true",
                    help="continue OUT, skipping cases it already finished (without --out: the latest unfinished run "
@@ -185,7 +191,8 @@ def cmd_run(args, discover, write_report) -> int:
                            shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,
                            launch=how, inline=args.inline, resume=resume, run_id=run_id, budget_s=args.budget,
                            threads=args.threads, argv=["bench", *argv], retry_failed=args.retry_failed,
-                           cpus=cpus, wait_idle_s=args.wait_idle)
+                           cpus=cpus, wait_idle_s=args.wait_idle, predict=args.predict or args.skip_predicted_oom,
+                           skip_predicted_oom=args.skip_predicted_oom)
     console = Console()
     disturbed = doctor.critical_warning(device, since=since)
     if disturbed:  # beside the run's progress and summary: it is about what this run measures

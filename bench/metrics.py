@@ -120,6 +120,10 @@ INTERFERENCE = (
     Metric("contended", "info", None, "something outside the case disturbed its timed window "
            "(bench.interference.reason says what)"),
 )
+# Added by `bench run --predict` (absent without it): bench.plan's prediction of the case's peak_mem_bytes, made on
+# the meta device before the case runs; null where the case is not plannable.
+PREDICTED = Metric("predicted_peak_mem_bytes", "info", None, "peak_mem_bytes as bench.plan predicts it from shapes "
+                   "alone (meta device), made before the case ran", unit="B")
 # Added by `bench run --wait-idle` (absent without it): the wait is not in the case's elapsed_s or its timeout.
 IDLE_WAIT = Metric("idle_wait_s", "info", None, "seconds the case waited, before it started, for other processes to "
                    "leave its CPUs (about the --wait-idle bound: they never did)", unit="s")

@@ -17,7 +17,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,10 @@ class RunConfig:
     """Intra-op threads for every CPU case (`--threads`), over each suite's `cpu_threads`."""
     cpus: frozenset[int] | None = None
     """The CPUs every case is pinned to (`--cpus`; bench.launchers); None: not pinned."""
+    predict: bool = False
+    """`--predict`: each case records bench.plan's prediction of its peak memory (predicted_peak_mem_bytes)."""
+    skip_predicted_oom: bool = False
+    """`--skip-predicted-oom`: on a GPU, a case predicted not to fit is skipped with the predicted and free bytes."""
     wait_idle_s: float | None = None
     """`--wait-idle`: before each case, wait at most this long for other processes to leave its CPUs."""
     budget_s: float | None = None
@@ -167,6 +171,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     write_run_json(cfg.out, meta)
 
     todo = [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
+    if cfg.predict or cfg.skip_predicted_oom:
+        todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s

@@ -217,7 +217,8 @@ class Suite:
         specs = {m.name: m for m in (*self.metrics, *metric_specs.TELEMETRY, *metric_specs.INTERFERENCE)}
         if self.world_sizes:
             specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
-        specs[metric_specs.IDLE_WAIT.name] = metric_specs.IDLE_WAIT  # the runner's, after the ranks: no rank spread
+        for runner_own in (metric_specs.IDLE_WAIT, metric_specs.PREDICTED):  # after the ranks: no rank spread
+            specs[runner_own.name] = runner_own
         for rel in (*self.relative, *(r for p in self.parts.values() for r in p.relative)):
             of = specs.get(rel.metric) or metric_specs.default(rel.metric)
             specs[rel.name] = metric_specs.ratio(rel.name, of, rel.invert)

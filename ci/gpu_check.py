@@ -165,7 +165,8 @@ def main(argv: list[str]) -> int:
                               "tests"], log="pytest-cuda.log")
 
     quick = out / "quick"
-    cmd = [*bench, "run", "--size", "quick", "--device", args.device, "--out", str(quick)]
+    # --predict: each case records bench.plan's peak beside the allocator's, so the run measures the plan's CUDA error
+    cmd = [*bench, "run", "--size", "quick", "--device", args.device, "--out", str(quick), "--predict"]
     check.step("quick selection", cmd + [f"--case={glob}" for glob, _ in SELECTION], log="quick.log",
                budgeted_run=True)
     check.runs_stopped(quick, "quick")

@@ -47,6 +47,8 @@ def render(run_dirs) -> str:
     else:
         suites = sorted(frame["suite"].unique())
         parts.append(section("Summary", _summary(frame)))
+        if (predicted := _predicted(frame)) is not None:
+            parts.append(section("Predicted memory", predicted))
         parts += [_suite(s, frame[frame["suite"] == s]) for s in suites]
         parts.append(section("Cases not ok", _not_ok(frame)))
     subtitle = f"{len(run_dirs)} run{'s' * (len(run_dirs) != 1)}: {', '.join(labels.values())}"
@@ -104,6 +106,25 @@ def _summary(frame: pd.DataFrame) -> str:
     contended = (f'<p>Contended cases (something outside the case disturbed its timing):</p><ul>{listed}</ul>'
                  if listed else "")
     return table(rows, [*keys, *STATUSES, "total", "contended"]) + contended
+
+
+def _predicted(frame: pd.DataFrame) -> str | None:
+    """`bench run --predict`: bench.plan's peak against the measured one per suite, as error = predicted / measured
+    - 1 (worst: the largest in size); None when no case has both."""
+    if not {"predicted_peak_mem_bytes", "peak_mem_bytes"} <= set(frame.columns):
+        return None
+    both = frame[frame["status"].eq("ok") & frame["predicted_peak_mem_bytes"].notna() & frame["peak_mem_bytes"].gt(0)]
+    if both.empty:
+        return None
+    rows = []
+    for suite, part in both.groupby("suite", sort=True):
+        err = part["predicted_peak_mem_bytes"].astype(float) / part["peak_mem_bytes"].astype(float) - 1
+        worst = err.abs().idxmax()
+        rows.append({"suite": suite, "cases": len(part), "median |error|": f"{err.abs().median():.1%}",
+                     "worst error": f"{err[worst]:+.1%}", "worst case": part.at[worst, "case_id"]})
+    return ("<p>bench.plan's prediction from shapes alone (meta device) against the measured peak_mem_bytes, for the "
+            "cases it could plan:</p>" + table(rows, ["suite", "cases", "median |error|", "worst error",
+                                                       "worst case"]))
 
 
 def _contended(row) -> str | None:

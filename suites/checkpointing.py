@@ -99,7 +99,7 @@ class Checkpointing(Suite):
         peak, activation = step_memory(model, forward, x, target, device)
         with flop_counter_mode() as flops:
             step()
-        timing = time_fn(step, device, warmup=1)  # the three steps above warmed up already
+        timing = time_fn(step, device, warmup=0)  # the three steps above warmed up already
         work = Work("step_time", tokens=params["batch"] * params["seq"], flops=flops.get_total_flops(),
                     dtype=params["dtype"])
         metrics = {"peak_mem_bytes": peak, "activation_bytes": activation, "step_flops": flops.get_total_flops()}

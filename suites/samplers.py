@@ -36,9 +36,11 @@ from impls.samplers import SAMPLERS, diffusers_schedulers
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, load_or_train
 from impls.samplers.metrics import (
+    BANDWIDTHS,
     PROJECTIONS,
     mean_log_likelihood,
     mmd,
+    mmd_reference,
     mode_weight_err,
     reference_quantiles,
     sliced_w2_at,
@@ -243,8 +245,11 @@ def _measure(run, steps, nfe, params, device, shipped: bool | None) -> Measureme
     floor = load_or_build("samplers-floor", {"target": target, "n": n, "ref": REF_POINTS, "draws": FLOOR_DRAWS},
                           lambda: {"floor": torch.tensor([sliced_w2_at(d, ref_q) for d in _exact_draws(target, n)])})
     floor = floor["floor"]
+    mmd_ref = load_or_build("samplers-mmd-ref", {"target": target, "points": MMD_POINTS, "ref": REF_POINTS,
+                                                 "bandwidths": list(BANDWIDTHS)},
+                            lambda: mmd_reference(ref[:MMD_POINTS]))
     ref = ref.to(device)
     metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"), "sliced_w2": sliced_w2_at(x, ref_q),
                "sliced_w2_floor": float(floor.mean()), "sliced_w2_floor_sd": float(floor.std()),
-               "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS]), **quality, "shipped_weights": shipped}
+               "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS], reference=mmd_ref), **quality, "shipped_weights": shipped}
     return Measurement(metrics, timing.samples("sample_time"), timed=timing)

@@ -163,7 +163,8 @@ def test_a_stray_subprocess_ends_with_its_case(tmp_path, monkeypatch):
     code, [record] = runner.run(config(tmp_path, variants=["leave"]))
     assert code == 0 and record.status == "ok" and record.metrics["n_bytes"] == 1
     case, sleep = _pids(tmp_path / "pids")
-    assert not _alive(sleep), "the case's sleep outlived its case"
+    # gone within seconds, as after a kill of bench: on a machine this busy a SIGKILLed process can take a moment
+    assert _until(lambda: not _alive(sleep), 5), "the case's sleep outlived its case"
     assert not _alive(case)
 
 

@@ -9,6 +9,7 @@ from impls.samplers.ddim import ddim
 from impls.samplers.metrics import (
     mean_log_likelihood,
     mmd,
+    mmd_reference,
     mode_weight_err,
     reference_quantiles,
     sliced_w2,
@@ -304,6 +305,7 @@ def test_sliced_w2_from_cached_reference_quantiles_is_bit_for_bit(n):
     assert q.shape == (256, min(n, 1000)) and sliced_w2_at(x, q) == sliced_w2(x, y) > 0
     with pytest.raises(ValueError, match="for samples of 1000 points or more"):
         sliced_w2_at(x[:999], reference_quantiles(y, 1000))
+    assert mmd(x, y, reference=mmd_reference(y)) == mmd(x, y) > 0  # MMD's reference terms, cached alike
 
 
 def test_mean_log_likelihood_prefers_the_target():

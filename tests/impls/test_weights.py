@@ -89,8 +89,10 @@ def test_a_first_run_finds_every_model_it_trains_shipped(size, no_training, monk
     # served some point: what ships is exactly what the grid trains
     declared = {(a.namespace, cache.shipped_entry(a.namespace, a.key).name) for a in artifacts(size)}
     assert len(points) > len(declared) and found == declared
-    # nothing trained went to the user cache; the samplers' sampling-noise floor is computed there, not trained
-    assert {p.parent.name for p in cache.cache_dir().glob("*/*.pt")} <= {"samplers-floor"}
+    # nothing trained went to the user cache; the samplers' sampling-noise floor and their reference's quantiles and
+    # MMD terms are computed there, not trained
+    computed = {"samplers-floor", "samplers-ref", "samplers-mmd-ref"}
+    assert {p.parent.name for p in cache.cache_dir().glob("*/*.pt")} <= computed
 
 
 def test_shipped_files_hold_their_keys_fp16_weights_and_fit_the_budget():

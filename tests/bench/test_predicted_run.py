@@ -1,0 +1,63 @@
+"""`bench run --predict` and `--skip-predicted-oom`: bench.plan's prediction recorded beside the measured peak, the
+report's error table, and a case predicted not to fit skipped on a GPU."""
+
+import json
+
+import pytest
+import torch
+
+from bench import runner
+from bench.case import Case, _predict
+from bench.cli import main
+from bench.suite import SUITES, discover
+from tests.optional import needs
+
+discover()
+
+
+def checkpointing_run(out, **kw):
+    return runner.run(runner.RunConfig(suites=[SUITES["checkpointing"]], size="smoke", device="cpu", out=out,
+                                       variants=["none", "full", "offload"], where={"model": "None"}, inline=True,
+                                       threads=1, **kw))
+
+
+def test_predict_records_the_plan_beside_the_measured_peak(tmp_path):
+    code, records = checkpointing_run(tmp_path / "run", predict=True)
+    by = {r.variant: r.metrics for r in records}
+    assert code == 0 and set(by) == {"none", "full", "offload"}
+    for variant in ("none", "full"):  # on CPU the tracker is exact, and so is the plan (tests/bench/test_plan.py)
+        assert by[variant]["predicted_peak_mem_bytes"] == pytest.approx(by[variant]["peak_mem_bytes"], rel=0.02)
+    assert by["offload"]["predicted_peak_mem_bytes"] is None  # CPU offload's copies are not plannable: no guess
+    code, plain = checkpointing_run(tmp_path / "plain")
+    assert "predicted_peak_mem_bytes" not in plain[0].metrics  # opt-in
+    assert plain[0].metrics["peak_mem_bytes"] == by["none"]["peak_mem_bytes"]  # predicting first changes nothing
+
+
+@needs("plotly")
+def test_the_report_shows_the_error_per_suite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline", "--threads", "1",
+                 "--variant", "none", "full", "--params", "model=None", "--predict", "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "Predicted memory" in page and "median |error|" in page and "+0.0%" in page
+
+
+def test_a_case_predicted_not_to_fit_is_skipped_on_a_gpu(monkeypatch):
+    params = next(p for p in SUITES["checkpointing"].grid("smoke", "cuda:0") if "model" not in p)
+    case = Case("checkpointing", "none", params, "suites.checkpointing", predict=True, skip_predicted_oom=True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**20))  # a 1 MiB GPU
+    predicted, why = _predict(SUITES["checkpointing"], case, "cuda:0")
+    assert predicted["predicted_peak_mem_bytes"] > 0
+    assert why.startswith("predicted not to fit: a peak of ") and "GiB headroom > the 0.00 GiB of cuda:0" in why
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**40, 2**40))  # 1 TiB: it fits
+    assert _predict(SUITES["checkpointing"], case, "cuda:0")[1] is None
+    no_skip = Case("checkpointing", "none", params, "suites.checkpointing", predict=True)
+    assert _predict(SUITES["checkpointing"], no_skip, "cuda:0")[1] is None  # --predict alone never skips
+
+
+def test_skip_predicted_oom_implies_predict(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline", "--threads", "1",
+                 "--variant", "none", "--params", "model=None", "--skip-predicted-oom", "--out", str(out)]) == 0
+    (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert record["status"] == "ok" and record["metrics"]["predicted_peak_mem_bytes"] > 0  # on CPU: recorded, kept
