@@ -24,7 +24,6 @@ torchao is imported lazily (`api`), only by a case or a test that uses it; it is
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 import logging
 from collections.abc import Callable, Iterator
@@ -34,7 +33,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from impls import libraries
 from impls.fp8.train import HIGH_PRECISION
+from impls.libraries import ApiMoved
 
 WRITTEN_FOR = "0.18.0"
 RECIPES = ("tensorwise", "rowwise")  # torchao's Float8LinearRecipeName values used here
@@ -45,22 +46,14 @@ NAMES = ("convert_to_float8_training", "Float8LinearConfig", "Float8LinearRecipe
 QUIET = ("torchao", "torch.utils._pytree")
 
 
-class ApiMoved(RuntimeError):
-    """The installed torchao lacks a name this adapter uses: a version contract broke (not a missing package)."""
 
 
 def version() -> str | None:
-    """The installed torchao's version, read from its metadata without importing it; None when not installed."""
-    try:
-        return importlib.metadata.version("torchao")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return libraries.version("torchao")
 
 
 def label() -> str:
-    """How a report names the library: 'torchao 0.18.0' (or 'torchao' where it is not installed)."""
-    v = version()
-    return f"torchao {v}" if v else "torchao"
+    return libraries.label("torchao")
 
 
 @contextmanager

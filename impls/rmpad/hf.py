@@ -9,8 +9,6 @@ so the rest of impls/ needs torch only.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import importlib.util
 import logging
 import math
 from collections.abc import Sequence
@@ -18,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from impls import libraries
 from impls.rmpad.reference import DecoderConfig
 
 IGNORE = -100  # the label transformers' loss skips (and the collator's separator)
@@ -29,17 +28,11 @@ _CHATTY = ("torchao", "torch.utils._pytree")
 
 
 def version() -> str | None:
-    """The installed transformers version, read from its metadata without importing it; None when absent."""
-    try:
-        return importlib.metadata.version("transformers")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return libraries.version("transformers")
 
 
 def label() -> str:
-    """How a report names the library: 'transformers 5.23.0' (or 'transformers' where it is not installed)."""
-    v = version()
-    return f"transformers {v}" if v else "transformers"
+    return libraries.label("transformers")
 
 
 @functools.cache

@@ -54,7 +54,6 @@ diffusers is imported lazily (`api`), only when a variant runs; this adapter is 
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -64,6 +63,8 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
+from impls import libraries
+from impls.libraries import ApiMoved
 from impls.samplers.base import Sampled, SamplerSpec, check_schedule
 from impls.samplers.params import Counted, Model, coeffs, convert
 from impls.samplers.schedules import DDPM_T, Schedule, timesteps
@@ -72,22 +73,14 @@ WRITTEN_FOR = "0.42.1"
 T = DDPM_T  # diffusers' num_train_timesteps: the grid its VP timesteps index
 
 
-class ApiMoved(RuntimeError):
-    """The installed diffusers lacks a name or option this adapter uses: a version contract broke."""
 
 
 def version() -> str | None:
-    """The installed diffusers' version, read from its metadata without importing it; None when not installed."""
-    try:
-        return importlib.metadata.version("diffusers")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return libraries.version("diffusers")
 
 
 def label() -> str:
-    """How a report names the library: 'diffusers 0.42.1' (or 'diffusers' where it is not installed)."""
-    v = version()
-    return f"diffusers {v}" if v else "diffusers"
+    return libraries.label("diffusers")
 
 
 @dataclass(frozen=True)
