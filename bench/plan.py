@@ -95,8 +95,15 @@ class StepCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         formula = self._formulas.get(func._overloadpacket)
+        if formula is None:
+            # Under inference_mode a composite op (linear, SDPA) reaches a dispatch mode whole: count what it
+            # decomposes into, as FlopCounterMode does, or its matmuls go uncounted
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         if not func.is_view and func not in _ALLOCATIONS:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from bench import hardware
 from bench.cli import main
+from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.plan import HEADROOM_BYTES, headroom, plan_case, predict_peak
 from bench.plan_meta import IndexValues, kernel_choice, target_attention
@@ -95,6 +96,19 @@ def test_a_case_is_exact_and_its_parts_add_up(registry):
     assert p.parts["optimizer"] == 0 and p.parts["activations"] > 0
     assert p.peak_bytes >= p.step_peak_bytes + p.parts["parameters"]  # the step's bytes on top of what was resident
     assert p.flops > 0 and p.bytes_moved > 0 and p.roofline_ms is None  # no GPU named: no roofline
+
+
+@pytest.mark.parametrize("suite, variant, part", [("mla", "mha", "decode"), ("mla", "mla_naive", "decode"),
+                                                  ("mla", "mla_absorbed", "decode"), ("checkpointing", "full", None)])
+def test_flops_equal_torchs_counter_on_the_real_step(registry, suite, variant, part):
+    # mla's decode runs under inference_mode, where linear and SDPA reach a dispatch mode whole: they must still count
+    params = next(p for p in registry[suite].grid("smoke", "cpu") if p.get("part") == part and "model" not in p)
+    predicted = plan_case(registry[suite], variant, params, "cpu")
+    step = registry[suite].workload(variant, dict(params), "cpu").step
+    step()
+    with flop_counter_mode() as real:
+        step()
+    assert predicted.status == "ok" and predicted.flops == real.get_total_flops() > 0
 
 
 def test_full_checkpointing_on_h200_and_l4(registry):
