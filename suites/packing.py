@@ -9,6 +9,11 @@ rows restart positions per sample and confine attention to each sample; `ffd_nai
 the whole row, and loss_diff (against the same samples trained one at a time) shows what that cross-contamination
 costs.
 
+`ffd_liger` trains the ffd rows with the LM head and cross-entropy fused by Liger-Kernel (the library users pick,
+declared in `libraries`; impls.packing.liger), so the [tokens, vocab] logits are never whole: its peak_mem_bytes reads
+against ffd's, and the case also runs the plain head on the same weights and rows (head_mem_saving_x, head_loss_diff).
+Its cross-entropy is a Triton kernel that needs a CUDA device: on a CPU the case is skipped with that reason.
+
 transformers' padding-free collator (DataCollatorWithFlattening) is measured in the rmpad suite, not here: it flattens
 whatever batch the loader hands it into one row, removing that batch's padding, and chooses no rows itself, so it is
 no packer; its loss equality (the library keeping flattened samples apart) is rmpad's loss_diff.
@@ -20,16 +25,29 @@ import functools
 
 import torch
 
+from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Suite, Workload, build_module, register, run_dtype
+from bench.suite import (
+    Measurement,
+    NotPlannable,
+    Relative,
+    Skip,
+    Suite,
+    Workload,
+    build_module,
+    register,
+    run_dtype,
+)
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
-from impls.packing import PACKERS
+from impls.packing import PACKERS, liger
 from impls.packing.train import packed_loss, packed_rows, unpacked_loss
 from impls.rmpad.lengths import make_lengths, pad_fraction
 from impls.rmpad.reference import Decoder, DecoderConfig
 
 DISTRIBUTIONS = ("uniform", "lognormal", "zipf", "bimodal")
+PACKED_BY = {"ffd_naive": "ffd", "ffd_liger": "ffd"}  # variants that train another packer's rows: variant -> packer
+LIGER = "ffd_liger"
 SHAPES = {
     "tiny": {"d_model": 32, "heads": 2, "layers": 2, "vocab": 128},
     "small": {"d_model": 64, "heads": 4, "layers": 2, "vocab": 1024},
@@ -57,7 +75,10 @@ class Packing(Suite):
         "ffd": "best-fit-decreasing bin packing into rows of the packing length",
         "spfhp": "shortest-pack-first histogram packing (Krell et al. 2021)",
         "ffd_naive": "ffd rows trained with plain causal attention across samples (cross-contamination)",
+        LIGER: "ffd rows, LM head + cross-entropy fused by Liger-Kernel (liger_fused_linear_cross_entropy): no "
+               "[tokens, vocab] logits (CUDA)",
     }
+    libraries = {LIGER: liger.label()}
     relative = (
         Relative("efficiency_gain_x", "packing_efficiency"),
         Relative("rows_saving_x", "rows_per_epoch", invert=True),
@@ -75,6 +96,12 @@ class Packing(Suite):
         *timing("train_step", "one training step on train_rows packed rows"),
         *rates("train_step", "effective_", tokens=True, what="real tokens in the step's rows, padding left out"),
         Metric("loss_diff", "exact", "lower", "|packed loss - one-sample-at-a-time loss| / the latter, seeded model"),
+        Metric("peak_mem_bytes", "exact", "lower", "peak bytes over one training step beyond what was live before it "
+                                                   "(the CUDA allocator's; the live-tensor tracker's on CPU)"),
+        Metric("head_loss_diff", "exact", "lower", "|loss - the plain LM head + cross-entropy's loss| / the latter, "
+                                                   "same weights and rows (ffd_liger)"),
+        Metric("head_mem_saving_x", "derived", "higher", "the plain LM head + cross-entropy step's peak_mem_bytes / "
+               "this step's, same weights and rows (ffd_liger)", inputs=("peak_mem_bytes",)),
     )
 
     def grid(self, size, device):
@@ -85,14 +112,24 @@ class Packing(Suite):
                 for length in g["packing_length"] for dist in DISTRIBUTIONS]
 
     def workload(self, variant, params, device, target=None):
+        if variant == LIGER:
+            why = liger.unsupported(target or device)
+            if why:
+                raise Skip(why)
+            if device == "meta":
+                raise NotPlannable("Liger-Kernel's fused linear cross-entropy is a Triton kernel with no meta kernel")
         # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
-        packing = _packing(variant, tuple(lengths), params["packing_length"], params["batch"])
-        return train_workload(packing, params, device, "naive" if variant.endswith("_naive") else "document")[0]
+        packing = _packing(PACKED_BY.get(variant, variant), tuple(lengths), params["packing_length"], params["batch"])
+        return train_workload(packing, params, device, _mask(variant), _loss(variant))[0]
 
     def measure(self, variant, params, device):
+        if variant == LIGER:
+            why = liger.unsupported(device)  # before any work, and without importing the library
+            if why:
+                raise Skip(why)
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
-        pack = PACKERS[variant.removesuffix("_naive")]
+        pack = PACKERS[PACKED_BY.get(variant, variant)]
 
         def run():
             return pack(lengths, packing_length=params["packing_length"], batch_size=params["batch"])
@@ -100,27 +137,35 @@ class Packing(Suite):
         packing = run()  # also the warm-up
         # at least 2 timed calls and 0.2 s of them: 2 at quick size, where a call takes ~0.45 s (100k lengths)
         timing = time_fn(run, "cpu", warmup=0, min_reps=2, min_time_s=0.2)
-        mask = "naive" if variant.endswith("_naive") else "document"
-        step, real, loss_diff = _train_step(packing, params, device, mask)
+        step, real, train_metrics = _train_step(packing, params, device, _mask(variant), _loss(variant))
         metrics = {
             "packing_efficiency": packing.efficiency,
             "pad_fraction": 1 - packing.efficiency,
             "rows_per_epoch": packing.n_rows,
             "dataset_pad_fraction": pad_fraction(lengths, params["packing_length"]),
-            "loss_diff": loss_diff,
+            **train_metrics,
         }
         work = [Work("pack_time", "packer_", items=params["sequences"], item="seq"),
                 Work("train_step", "effective_", tokens=real)]
         return Measurement(metrics, timed=step, timings={"pack_time": timing, "train_step": step}, work=work)
 
 
+def _mask(variant: str) -> str:
+    return "naive" if variant.endswith("_naive") else "document"
+
+
+def _loss(variant: str):
+    """The step's loss: the plain LM head + cross-entropy, or Liger-Kernel's fused one (same signature)."""
+    return liger.packed_loss if variant == LIGER else packed_loss
+
+
 @functools.lru_cache(maxsize=8)
-def _packing(variant: str, lengths: tuple, packing_length: int, batch: int):
-    """A packer's packing of the lengths, kept for the next plan of the same data (ffd and ffd_naive pack alike)."""
-    return PACKERS[variant.removesuffix("_naive")](list(lengths), packing_length=packing_length, batch_size=batch)
+def _packing(packer: str, lengths: tuple, packing_length: int, batch: int):
+    """A packer's packing of the lengths, kept for the next plan of the same data (ffd's variants pack alike)."""
+    return PACKERS[packer](list(lengths), packing_length=packing_length, batch_size=batch)
 
 
-def train_workload(packing, params, device: str, mask: str) -> tuple[Workload, int, tuple]:
+def train_workload(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Workload, int, tuple]:
     """The training step on `train_rows` rows spread over the packing: (its workload, the real tokens in its rows, the
     rows and their tensors). On meta the rows' ids, positions and document ids keep their values, so the step's
     masks and loss targets take the shapes they take on the device."""
@@ -136,17 +181,28 @@ def train_workload(packing, params, device: str, mask: str) -> tuple[Workload, i
 
     def step():
         model.zero_grad(set_to_none=True)
-        packed_loss(model, *tensors, mask=mask).backward()
+        loss(model, *tensors, mask=mask).backward()
 
     return Workload(step, modules=(model,)), real, (model, rows, tensors)
 
 
-def _train_step(packing, params, device: str, mask: str) -> tuple[Timing, int, float]:
-    """The train step's timing on rows spread over the packing, the real tokens in them, and the relative loss gap to
-    one sample at a time."""
-    w, real, (model, rows, tensors) = train_workload(packing, params, device, mask)
+def _train_step(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Timing, int, dict]:
+    """The train step's timing on rows spread over the packing, the real tokens in them, and its metrics: the relative
+    loss gap to one sample at a time, the step's peak memory, and for the fused head both of those against the plain
+    head on the same weights and rows."""
+    w, real, (model, rows, tensors) = train_workload(packing, params, device, mask, loss)
     with torch.no_grad():
         ref = unpacked_loss(model, packing, rows, params["vocab"], device).item()
-        gap = abs(packed_loss(model, *tensors, mask=mask).item() - ref)
-    w.step()
-    return time_fn(w.step, device), real, gap / abs(ref)
+        value = loss(model, *tensors, mask=mask).item()
+    w.step()  # warm-up (Triton's compiles, for the fused head)
+    peak = peak_bytes(w.step, device)
+    metrics = {"loss_diff": abs(value - ref) / abs(ref), "peak_mem_bytes": peak}
+    if loss is not packed_loss:
+        plain, _, _ = train_workload(packing, params, device, mask)  # the same seeded weights, the same rows
+        with torch.no_grad():
+            plain_value = packed_loss(plain.modules[0], *tensors, mask=mask).item()
+        plain.step()
+        metrics["head_loss_diff"] = abs(value - plain_value) / abs(plain_value)
+        metrics["head_mem_saving_x"] = peak_bytes(plain.step, device) / peak
+        del plain
+    return time_fn(w.step, device), real, metrics

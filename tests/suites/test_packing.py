@@ -3,6 +3,7 @@
 import pytest
 
 from reports.figures import figures_for, load_frame
+from suites.packing import LIGER
 from tests.optional import needs
 
 
@@ -10,8 +11,8 @@ from tests.optional import needs
 def packing(smoke_records):
     _, by_suite = smoke_records
     records = [r for rs in by_suite["packing"].values() for r in rs]
-    assert records and all(r.status == "ok" for r in records)
-    return {(r.params["dist"], r.variant): r.metrics for r in records}
+    assert records and all(r.status == "ok" for r in records if r.variant != LIGER)  # Liger-Kernel's: CUDA only
+    return {(r.params["dist"], r.variant): r.metrics for r in records if r.status == "ok"}
 
 
 def test_bin_packers_fill_rows_on_lognormal_lengths(packing):
@@ -38,6 +39,17 @@ def test_contamination_free_packing_trains_like_one_sample_at_a_time(packing):
             assert m["loss_diff"] <= 1e-6, (dist, variant)
     assert packing[("lognormal", "ffd_naive")]["loss_diff"] > 1e-6  # attending across samples changes the loss
     assert packing[("lognormal", "ffd")]["effective_tokens_per_s"] > 0
+
+
+def test_every_training_step_reports_its_peak_memory(packing):
+    for (dist, variant), m in packing.items():
+        assert m["peak_mem_bytes"] > 0, (dist, variant)
+
+
+def test_liger_fused_head_is_skipped_on_cpu_with_its_reason(smoke_records):
+    _, by_suite = smoke_records
+    records = by_suite["packing"][LIGER]
+    assert records and all(r.status == "skipped" and "needs a CUDA device" in r.error for r in records)
 
 
 @needs("plotly")
