@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
 from impls.checkpointing.reference import TransformerConfig
-from impls.checkpointing.selective import LINEAR_OPS, SAVE_OPS
+from impls.checkpointing.selective import make_policy
 from impls.rmpad import hf as rmpad_hf
 from impls.rmpad.hf import label, version
 
@@ -40,23 +40,6 @@ def llama(cfg: TransformerConfig, seq: int, attn: str = "sdpa", seed: int = 0):
     config = tf.LlamaConfig(**config_kwargs(cfg, seq), attn_implementation=attn)
     torch.manual_seed(seed)
     return tf.LlamaModel(config).train()
-
-
-def make_policy(saved_linears: int):
-    """Torch's selective policy for one checkpointed layer: save the outputs of its first `saved_linears` matmuls and
-    of attention, recompute pointwise work (norms, SiLU, rotary, adds)."""
-    seen = {False: 0, True: 0}  # Linears met in the forward and in the recompute, which run in the same order
-
-    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-        if op.overloadpacket in LINEAR_OPS:
-            seen[ctx.is_recompute] += 1
-            keep = seen[ctx.is_recompute] <= saved_linears
-            return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
-        if op.overloadpacket in SAVE_OPS:
-            return CheckpointPolicy.MUST_SAVE
-        return CheckpointPolicy.PREFER_RECOMPUTE
-
-    return policy
 
 
 def checkpoint_kwargs(model, variant: str) -> dict:

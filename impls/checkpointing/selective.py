@@ -25,14 +25,15 @@ SAVE_OPS = frozenset(
 SAVED_LINEARS = 3
 
 
-def make_policy():
-    """A policy for one checkpointed block: save its first SAVED_LINEARS matmuls, attention and bmm outputs."""
+def make_policy(saved_linears: int = SAVED_LINEARS):
+    """A policy for one checkpointed block: save the outputs of its first `saved_linears` matmuls and of attention and
+    bmm, recompute pointwise work (norms, activations, rotary, adds)."""
     seen = {False: 0, True: 0}  # Linears met in the forward and in the recompute: both passes run in the same order
 
     def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
         if op.overloadpacket in LINEAR_OPS:
             seen[ctx.is_recompute] += 1
-            keep = seen[ctx.is_recompute] <= SAVED_LINEARS
+            keep = seen[ctx.is_recompute] <= saved_linears
             return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
         if op.overloadpacket in SAVE_OPS:
             return CheckpointPolicy.MUST_SAVE
