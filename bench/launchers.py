@@ -81,10 +81,17 @@ def _context(modules: list[str]):
     # suites, so isolation costs milliseconds a case instead of a torch import (~1.5 s) a case. The server never
     # touches CUDA, so children initialise it cleanly.
     ctx = mp.get_context("forkserver")
-    # torch._dynamo too: the first TorchDispatchMode a process enters (the live-tensor tracker) imports it, ~3 s a
-    # case otherwise
-    ctx.set_forkserver_preload(list(dict.fromkeys(["torch", "torch._dynamo", *modules, *_PRELOAD])))
+    ctx.set_forkserver_preload(list(dict.fromkeys([*SERVER_MODULES, *modules, *_PRELOAD])))
     return ctx
+
+
+# What every case's process would otherwise import for itself (each import compiles its source where no bytecode is
+# cached). torch._dynamo: the first TorchDispatchMode a process enters (the live-tensor tracker) imports it, ~3 s a
+# case. bench.telemetry, bench.interference, bench.env: imported by `execute`, ~25 ms a case. bench.cli: a case's
+# process runs the `bench` console script again as its __main__ (multiprocessing does, to find what the parent's
+# __main__ defined), and the script imports bench.cli, ~40 ms a case.
+SERVER_MODULES = ("torch", "torch._dynamo", "bench.case", "bench.telemetry", "bench.interference", "bench.env",
+                  "bench.cli")
 
 
 def _doing(progress: str | None, silent: str = "") -> str:

@@ -64,6 +64,28 @@ def test_diffusers_runs_and_budgets_are_ours():
     assert heun == {1: 1, 4: 3, 16: 15, 64: 63}
 
 
+def test_quick_runs_1000_nfe_only_where_its_figures_read_it():
+    suite = Samplers()
+
+    def cases_at(size):
+        return {(v, p["model"], p["nfe_budget"]) for p in suite.grid(size, "cpu") for v in suite.variants
+                if suite.has_case(v, p)}
+
+    quick = cases_at("quick")
+    assert sorted({b for _, _, b in quick}) == [1, 4, 8, 16, 32, 64, 1000]  # no 2: no figure reads it
+    # DDPM's 1000 steps are the reference on both models; the learned model's DDIM first matches it there
+    assert sorted((v, m) for v, m, b in quick if b == 1000) == [("ddim", "learned"), ("ddpm", "exact"),
+                                                                ("ddpm", "learned")]
+    # below 1000 every variant keeps its curve, and its cases keep their ids (no `only` param)
+    for p in suite.grid("quick", "cpu"):
+        assert ("only" in p) == (p["nfe_budget"] == 1000)
+    assert {(v, m) for v, m, _ in quick} == {(v, m) for v, m, _ in cases_at("smoke")}
+    # smoke and full are as they were: full runs every training-grid sampler at 1000
+    assert not any("only" in p for size in ("smoke", "full") for p in suite.grid(size, "cpu"))
+    assert {v for v, _, b in cases_at("full") if b == 1000} == {"ddpm", "ddim", "ddim_eta0.5", "diffusers_ddpm",
+                                                                "diffusers_ddim"}
+
+
 @pytest.mark.skipif(not HAS_DIFFUSERS, reason=NO_DIFFUSERS)
 def test_diffusers_reproductions_read_the_same_numbers(cases):
     # diffusers_ddpm is our ddpm, diffusers_flow_euler our flow_euler (tests/impls/test_samplers_diffusers.py), and
