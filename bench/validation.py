@@ -92,7 +92,9 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
                                                for k, v in params.items()):
         raise ValueError("params is not an object of strings, numbers, bools and nulls")
     elapsed = fields.get("elapsed_s", 0.0)
-    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not math.isfinite(elapsed):
+    # an int is checked against int64's range: math.isfinite(10**400) raises OverflowError
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not (
+            -INT64 <= elapsed < INT64 if isinstance(elapsed, int) else math.isfinite(elapsed)):
         raise ValueError(f"elapsed_s is {kind(elapsed)}, not a finite number")
     metrics, samples = check_measurement(fields.get("metrics", {}), fields.get("samples", {}))
     return {**fields, "metrics": metrics, "samples": samples}

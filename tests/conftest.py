@@ -3,10 +3,11 @@ thread a process.
 
 `pytest` alone runs on min(4, CPUs) workers; `-n N` (or `-n 0`, `-p no:xdist`) chooses otherwise. Not on a machine
 with a CUDA device: the CUDA tests time and sample one shared GPU, and workers beside each other would disturb them
-(that is what `bench doctor` warns of). Tests are handed out a module at a time, so each module's fixtures are built
-once, except that every test of one suite's smoke run (tests/suites/: its test_<suite>.py and its cases of
-test_all_suites.py) goes with that run; the runs are shared across workers through files besides
-(tests/suites/conftest.py).
+(that is what `bench doctor` warns of). Tests are handed out a group at a time (`--dist loadgroup`, this file's
+scheduler): a module each, so each module's fixtures are built once, except that every test of one suite's smoke run
+(tests/suites/: its test_<suite>.py and its cases of test_all_suites.py) goes with that run; the runs are shared
+across workers through files besides (tests/suites/conftest.py). The longest groups (LONGEST) go out first, so that
+the workers finish together instead of one running a long group alone at the end.
 """
 
 from __future__ import annotations
@@ -48,16 +49,70 @@ def pytest_cmdline_main(config):
     config.option.dist = "loadgroup"
 
 
-def pytest_collection_modifyitems(config, items):
-    """xdist groups (read by loadgroup only): a module each, and a suite's smoke-run tests together."""
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        group = module
-        if module.startswith("tests/suites/"):
-            params = getattr(getattr(item, "callspec", None), "params", {})
-            suite = params.get("name") or Path(module).stem.removeprefix("test_")
-            group = f"smoke-{suite}"
-        item.add_marker(pytest.mark.xdist_group(group))
+# The groups that take longest, longest first (about the seconds each took on a 2-core machine, two workers): they are
+# handed out before every other group, which then fill in behind them, so that no long group is left to run alone at
+# the end. Only the order depends on this list: a group missing from it, or named wrongly, still runs, after these.
+LONGEST = (
+    "tests/bench/test_distributed.py",  # 50: torchrun jobs, a two-node rendezvous
+    "tests/impls/test_samplers.py",  # 30
+    "tests/bench/test_plan.py",  # 28
+    "tests/impls/test_weights.py",  # 27: retraining the smoke models
+    "tests/bench/test_plugins.py",  # 25: `bench` processes
+    "tests/bench/test_lifeline.py",  # 25: `bench` processes, killed
+    "smoke-packing",  # 23
+    "smoke-fsdp_checkpointing",  # 21: torchrun jobs
+    "tests/reports/test_dashboard.py",  # 18: headless Chromium
+    "smoke-moe_ep",  # 17: torchrun jobs
+    "tests/bench/test_runner.py",  # 17
+    "tests/bench/test_cli.py",  # 14
+    "tests/bench/test_compare.py",  # 14
+    "smoke-samplers",  # 13
+    "tests/bench/test_interference.py",  # 12
+    "tests/reports/test_compare_dashboard_browser.py",  # 12: headless Chromium
+    "tests/impls/test_samplers_diffusers.py",  # 12
+    "tests/bench/test_predicted_run.py",  # 11
+    "tests/impls/test_fsdp_checkpointing.py",  # 10: a torchrun job
+    "tests/bench/test_rundir.py",  # 10
+    "tests/impls/test_moe_ep.py",  # 10: a torchrun job
+    "tests/impls/test_fp8_quant_triton.py",  # 9
+    "tests/bench/test_validation.py",  # 8
+)
+
+
+def group(nodeid: str) -> str:
+    """A test's xdist group: its module; for tests/suites/, the suite whose smoke run it reads (test_<suite>.py, or
+    the suite that test_all_suites.py's case is parametrized with, the first part of its id)."""
+    module, _, rest = nodeid.partition("::")
+    if not module.startswith("tests/suites/"):
+        return module
+    suite = Path(module).stem.removeprefix("test_")
+    if suite == "all_suites":
+        suite = rest.partition("[")[2].split("-")[0].rstrip("]")
+    return f"smoke-{suite}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """loadgroup, with the groups above and the longest first. xdist's own scheduler finds a test's xdist_group mark
+    in a suffix its workers append to the test's id (item._nodeid), which pytest 9 no longer reads: each test was a
+    group of its own, so a module's fixtures were built on every worker and the workers that did not win a suite's
+    smoke-run lock sat waiting for it."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    rank = {g: i for i, g in enumerate(LONGEST)}
+
+    class Groups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            first = min(self.workqueue, key=lambda g: rank.get(g, len(LONGEST)))  # ties: the queue's order
+            self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
+
+    return Groups(config, log)
 
 
 def pytest_configure(config):

@@ -70,19 +70,28 @@ def test_a_plugin_suite_lists_and_declares_its_metrics(plugin):
     assert suites["demo_sum"]["metrics"]["call_time_ms"]["kind"] == "measured"
 
 
-def test_a_plugin_suite_runs_resumes_shards_and_compares(plugin, tmp_path):
-    out = tmp_path / "run"
-    done = bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--out", out)
+@pytest.fixture(scope="module")
+def plugin_run(plugin, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One `bench run demo_sum` (isolated cases, as a user's), read by the tests below: its directory and process."""
+    out = tmp_path_factory.mktemp("plugin") / "run"
+    return out, bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--out", out)
+
+
+def test_a_plugin_suite_runs_resumes_shards_and_compares(plugin, plugin_run, tmp_path):
+    first, done = plugin_run
     assert done.returncode == 0, done.stderr
+    out = tmp_path / "run"
+    shutil.copytree(first, out)  # resumed here, so that the run the other tests read stays as `bench run` left it
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert {r["status"] for r in records} == {"ok"} and len(records) == 4
     fsum = next(r for r in records if r["variant"] == "fsum" and r["params"]["n"] == 1000)
     assert fsum["metrics"]["total"] == 100.0 and fsum["metrics"]["speedup_x"] > 0
     done = bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--out", out, "--resume")
     assert done.returncode == 0 and len((out / "records.jsonl").read_text().splitlines()) == 4  # nothing rerun
+    # the shards' cases run in `bench` itself (--inline): the run above ran the plug-in's cases isolated
     shards = [tmp_path / f"s{i}" for i in (1, 2)]
     for i, shard in enumerate(shards, 1):
-        assert bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--shard", f"{i}/2",
+        assert bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--shard", f"{i}/2", "--inline",
                      "--out", shard).returncode == 0
     assert bench(plugin, "merge", *shards, "--out", tmp_path / "merged").returncode == 0
     done = bench(plugin, "compare", out, tmp_path / "merged")
@@ -92,9 +101,9 @@ def test_a_plugin_suite_runs_resumes_shards_and_compares(plugin, tmp_path):
 
 
 @needs("plotly")
-def test_a_plugin_suite_reports(plugin, tmp_path):
-    out = tmp_path / "run"
-    assert bench(plugin, "run", "demo_sum", "--size", "smoke", "--device", "cpu", "--out", out).returncode == 0
+def test_a_plugin_suite_reports(plugin_run):
+    out, done = plugin_run
+    assert done.returncode == 0, done.stderr
     page = (out / "report.html").read_text()
     assert "demo_sum" in page and "fsum" in page
     # no figure module: drawn from its declarations, the ratio against the reference and the timing

@@ -128,6 +128,7 @@ BAD_LINES = {
     "error a number": {**good(1), "status": "error", "error": 5},
     "run_id null": {**good(1), "run_id": None},
     "elapsed a string": {**good(1), "elapsed_s": "3 s"},
+    "elapsed an int beyond a float": {**good(1), "elapsed_s": 10**400},  # math.isfinite raises on it
     "no case_id": {k: v for k, v in good(1).items() if k != "case_id"},
     "schema true": {**good(1), "schema": True},
     "schema a string": {**good(1), "schema": "1"},
