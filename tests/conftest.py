@@ -54,7 +54,7 @@ def pytest_cmdline_main(config):
 # the end. Only the order depends on this list: a group missing from it, or named wrongly, still runs, after these.
 LONGEST = (
     "tests/bench/test_distributed.py",  # 50: torchrun jobs, a two-node rendezvous
-    "tests/impls/test_samplers.py",  # 30
+    "tests/impls/test_samplers.py",  # 30 (with test_samplers_metrics.py)
     "tests/bench/test_plan.py",  # 28
     "tests/impls/test_weights.py",  # 27: retraining the smoke models
     "tests/bench/test_plugins.py",  # 25: `bench` processes
