@@ -28,7 +28,7 @@ from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
 from bench.lifeline import KEEPER_WAIT_S, keep
 from bench.progress import duration, read_note
-from bench.suite import SUITES, directions
+from bench.suite import SUITES, directions, unmet
 
 
 class Launcher(Protocol):
@@ -262,7 +262,8 @@ class Torchrun:
 
 @dataclass(frozen=True)
 class Refuse:
-    """A world size the suite does not support: recorded as skipped with the reason, nothing started."""
+    """A case that cannot run here (a world size the suite does not support, a library not installed): recorded as
+    skipped with the reason, nothing started."""
 
     why: str
 
@@ -273,6 +274,9 @@ class Refuse:
 
 def for_case(case: Case, how: Launch, inline: bool, cpus: frozenset[int] | None = None) -> Launcher:
     suite = SUITES[case.suite]
+    missing = unmet(suite, case.variant)
+    if missing:  # a library that is not installed: no process to start to learn that
+        return Refuse(missing)
     local = Inline(cpus) if inline else Isolated(cpus)
     if not suite.world_sizes:
         return local

@@ -136,6 +136,7 @@ def kill_descendants(wait_s: float = KILL_WAIT_S) -> None:
     """SIGKILL every live descendant of this process, again until none is alive (a process may fork while the
     others die) or `wait_s` has passed."""
     deadline = time.monotonic() + wait_s
+    pause = 0.001  # doubling to 10 ms: a case's process is mostly gone within a few ms, and `bench` waits for this
     while True:
         pids = descendants(os.getpid())
         if not pids or time.monotonic() > deadline:
@@ -145,25 +146,33 @@ def kill_descendants(wait_s: float = KILL_WAIT_S) -> None:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
         _reap()
 
 
 def descendants(root: int) -> list[int]:
-    """The live (not zombie) descendants of `root`."""
+    """The live (not zombie) descendants of `root`. The walk goes through zombies: /proc is read one process at a
+    time, so a child read before its parent ended still names that parent, which by the time it is read may be a
+    zombie (its children already handed to the keeper). Pids wrap (at 32768 by default), so a child may be read
+    first; walking only live processes would miss it, and it would outlive its case."""
     children: dict[int, list[int]] = {}
-    for pid, ppid in _parents().items():
+    live = set()
+    for pid, (ppid, alive) in _parents().items():
         children.setdefault(ppid, []).append(pid)
+        if alive:
+            live.add(pid)
     out, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), ()):
-            out.append(child)
+            if child in live:
+                out.append(child)
             todo.append(child)
     return out
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every live process."""
+def _parents() -> dict[int, tuple[int, bool]]:
+    """pid -> (parent pid, alive: not a zombie) of every process."""
     parents = {}
     if os.path.isdir("/proc/self"):
         for name in os.listdir("/proc"):
@@ -175,14 +184,12 @@ def _parents() -> dict[int, int]:
             except OSError:  # ended meanwhile
                 continue
             state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # after the command name, which may hold spaces
-            if state not in "ZX":
-                parents[int(name)] = int(ppid)
+            parents[int(name)] = int(ppid), state not in "ZX"
         return parents
     ps = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "stat="], capture_output=True, text=True)
     for line in ps.stdout.splitlines():
         pid, ppid, state = line.split()[:3]
-        if not state.startswith("Z"):
-            parents[int(pid)] = int(ppid)
+        parents[int(pid)] = int(ppid), not state.startswith("Z")
     return parents
 
 

@@ -44,6 +44,19 @@ def requires(*modules: str, pip: str | None = None) -> None:
         raise Skip(f"needs {', '.join(missing)}, which is not installed (pip install {pip or ' '.join(missing)})")
 
 
+def unmet(suite: Suite, variant: str) -> str | None:
+    """Why `variant` cannot run here for want of a package its suite declares (Suite.requires), or None. Cheap: no
+    import, no process; `bench run` asks it before starting a case."""
+    need = suite.requires.get(variant)
+    if need is None:
+        return None
+    try:
+        requires(need[0], pip=need[1])
+    except Skip as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True)
 class Relative:
     """A ratio against the suite's reference variant at the same params, added by the runner.
@@ -144,6 +157,10 @@ class Suite:
     libraries: ClassVar[dict[str, str]] = {}
     """Variants that run a third-party library rather than this project's code: variant -> the library's name and
     version ("torchao 0.18.0"), so that a report can tell ours, a library's and the reference apart."""
+    requires: ClassVar[dict[str, tuple[str, str]]] = {}
+    """Variants that need an optional package: variant -> (the module they import, what to pip install). Where it is
+    not installed, the case is recorded as skipped with the install line before any process starts for it (see
+    `unmet`); `measure` and `workload` still call `requires` themselves, for the callers that do not ask first."""
     preload: ClassVar[tuple[str, ...]] = ()
     """Modules this suite's cases import that are slow to import (a library its variants import lazily, such as
     diffusers): the process that cases fork from imports them once, so that no case's time or timeout pays for them.
@@ -232,6 +249,8 @@ def register(cls: type[Suite]) -> type[Suite]:
     for name, part in cls.parts.items():
         unknown = [v for v in part.variants if v not in cls.variants]
         assert not unknown, f"suite {cls.name!r} part {name!r} lists unknown variants {unknown}"
+    unknown = [v for v in cls.requires if v not in cls.variants]
+    assert not unknown, f"suite {cls.name!r} declares requirements of unknown variants {unknown}"
     SUITES[cls.name] = cls()
     return cls
 

@@ -67,6 +67,7 @@ class Checkpointing(Suite):
         "hf_selective": "transformers: the same switch with torch's selective policy as context_fn",
     }
     libraries = {v: hf.label() for v in ("hf_full", "hf_selective")}
+    requires = {v: ("transformers", "techbench[ecosystem]") for v in libraries}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("activation_saving_x", "activation_bytes", invert=True),
@@ -99,7 +100,8 @@ class Checkpointing(Suite):
         peak, activation = step_memory(model, forward, x, target, device)
         with flop_counter_mode() as flops:
             step()
-        timing = time_fn(step, device, warmup=0)  # the three steps above warmed up already
+        # the three steps above warmed up already; 3 reps at least, as rmpad's and fsdp_checkpointing's training steps
+        timing = time_fn(step, device, warmup=0, min_reps=3)
         work = Work("step_time", tokens=params["batch"] * params["seq"], flops=flops.get_total_flops(),
                     dtype=params["dtype"])
         metrics = {"peak_mem_bytes": peak, "activation_bytes": activation, "step_flops": flops.get_total_flops()}

@@ -72,6 +72,7 @@ class Fp8(Suite):
                            "'rowwise'): power-of-two axiswise scales, E4M3 (torch._scaled_mm)",
     }
     libraries = {variant: torchao_training.label() for variant in TORCHAO}
+    requires = {variant: ("torchao", "techbench[ecosystem]") for variant in TORCHAO}
     parts = {
         "gemm": Part(("bf16", "tensorwise", "rowwise", "deepseek_v3"),
                      (Relative("speedup_x", "gemm_time_ms", invert=True),),

@@ -119,6 +119,7 @@ class Samplers(Suite):
         "diffusers_flow_euler": "diffusers FlowMatchEulerDiscreteScheduler, shift 1, sigmas on our uniform grid",
     }
     libraries = {variant: diffusers_schedulers.label() for variant in DIFFUSERS}
+    requires = {variant: ("diffusers", "techbench[ecosystem]") for variant in DIFFUSERS}
     # diffusers takes ~2.5 s to import (scipy with it): imported once by the process cases fork from, not per case
     preload = ("diffusers", *(f"diffusers.schedulers.scheduling_{m}" for m in (
         "ddpm", "ddim", "dpmsolver_multistep", "euler_discrete", "heun_discrete", "unipc_multistep",

@@ -168,6 +168,17 @@ def test_a_stray_subprocess_ends_with_its_case(tmp_path, monkeypatch):
     assert not _alive(case)
 
 
+def test_a_child_read_before_its_parent_died_is_still_found(monkeypatch):
+    """/proc read one process at a time: the case's sleep, read first (pids wrap), still names the case, read next as
+    a zombie that has already handed it to the keeper. Walking live processes alone would leave the sleep running."""
+    from bench import lifeline
+
+    keeper, case, sleep, stranger = 200, 300, 100, 50
+    snapshot = {stranger: (1, True), sleep: (case, True), keeper: (1, True), case: (keeper, False)}
+    monkeypatch.setattr(lifeline, "_parents", lambda: snapshot)
+    assert lifeline.descendants(keeper) == [sleep]
+
+
 def _keeper(tmp_path, script: str) -> tuple[subprocess.Popen, int]:
     """`python -m bench.lifeline FD python -c script` and the write end of its lifeline."""
     lifeline, keeping = os.pipe()

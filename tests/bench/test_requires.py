@@ -1,0 +1,57 @@
+"""A variant whose library is not installed is recorded as skipped, naming what to install, before any process
+starts for it; each suite's declaration (Suite.requires) names the module its own measure() asks for."""
+
+import importlib.util
+
+import pytest
+
+from bench import launchers, runner
+from bench.case import execute
+from bench.suite import SUITES, Measurement, Suite, discover, register, unmet
+
+MISSING = "techbench_no_such_module"
+
+
+@register
+class NeedsLibrary(Suite):
+    name = "_needs_library"
+    variants = {"ours": "reference", "lib": "a library that is not installed"}
+    requires = {"lib": (MISSING, "techbench[ecosystem]")}
+
+    def grid(self, size, device):
+        return [{"n": 1}]
+
+    def measure(self, variant, params, device):
+        return Measurement({"value_ms": 1.0})
+
+
+def test_a_missing_library_is_skipped_with_its_install_line_and_no_process(tmp_path, monkeypatch):
+    started = []
+    real = launchers.execute_isolated
+    monkeypatch.setattr(launchers, "execute_isolated", lambda case, *a, **kw: started.append(case.variant)
+                        or real(case, *a, **kw))
+    code, records = runner.run(runner.RunConfig(suites=[SUITES["_needs_library"]], size="smoke", device="cpu",
+                                                out=tmp_path / "run"))
+    by = {r.variant: r for r in records}
+    assert code == 0 and by["ours"].status == "ok"
+    assert by["lib"].status == "skipped"
+    assert by["lib"].error == f"needs {MISSING}, which is not installed (pip install techbench[ecosystem])"
+    assert started == ["ours"]
+
+
+def _declared():
+    return [(s.name, v) for s in discover().values() for v in s.requires]
+
+
+@pytest.mark.parametrize("suite, variant", _declared())
+def test_the_declaration_names_the_module_measure_asks_for(suite, variant, monkeypatch):
+    """With the declared module hidden, the suite's own measure() skips with the same line the runner records."""
+    module, _ = SUITES[suite].requires[variant]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    s = SUITES[suite]
+    case = runner.plan([s], "smoke", "cpu", variants=[variant])[0]
+    why = unmet(s, variant)
+    assert why is not None and module in why
+    result = execute(case, "cpu")
+    assert (result["status"], result["error"]) == ("skipped", why)
