@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import mannwhitneyu
-from scipy.stats import t as student_t
 
 # 2000 resamples put 10 draws in each 0.5% tail of a 99% interval: endpoints move by ~0.3% of the ratio between seeds
 # at n=30 and 2% spread, well inside the 5% default threshold. The fixed seed makes a comparison reproducible.
@@ -59,6 +57,8 @@ def compare_samples(base, new, threshold: float = 0.05, alpha: float = 0.01) -> 
     mb, mn = float(np.median(b)), float(np.median(n))
     if mb <= 0 or mn < 0 or len(b) < MIN_SAMPLES or len(n) < MIN_SAMPLES:
         return SampleTest(math.nan, math.nan, math.nan, math.nan, "noisy")
+    from scipy.stats import mannwhitneyu  # here: scipy.stats takes ~1.3 s to import, and most commands never test
+
     p = float(mannwhitneyu(b, n, alternative="two-sided").pvalue)
     p = 1.0 if math.isnan(p) else p  # every sample identical on both sides
     rng = np.random.default_rng(BOOTSTRAP_SEED)
@@ -80,6 +80,8 @@ def compare_samples(base, new, threshold: float = 0.05, alpha: float = 0.01) -> 
 
 def _welch(lb: np.ndarray, ln: np.ndarray, alpha: float) -> tuple[float, float, float]:
     """Welch t-test of mean(ln) - mean(lb): (p, CI low, CI high) of that difference at 1-alpha."""
+    from scipy.stats import t as student_t
+
     diff = float(ln.mean() - lb.mean())
     vb, vn = lb.var(ddof=1) / len(lb), ln.var(ddof=1) / len(ln)
     se = math.sqrt(vb + vn)
@@ -117,6 +119,8 @@ def compare_runs(base, new, threshold: float = 0.05, alpha: float = 0.01) -> Sam
     df = sum(len(x) - 1 for x in sides)
     s = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in sides) / df)
     floor = math.log1p(threshold)
+    from scipy.stats import t as student_t
+
     t_bound = float(student_t.ppf(1 - alpha / 2, df)) * math.sqrt(1 / len(lb) + 1 / len(ln))
     band = max(floor, RUN_SPREAD_K * s, t_bound * s)
     p, lo, hi = (math.nan,) * 3

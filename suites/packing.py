@@ -135,12 +135,15 @@ class Packing(Suite):
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
         pack = PACKERS[PACKED_BY.get(variant, variant)]
 
-        def run():
-            return pack(lengths, packing_length=params["packing_length"], batch_size=params["batch"])
+        out = {}
 
-        packing = run()  # also the warm-up
-        # at least 2 timed calls and 0.2 s of them: 2 at quick size, where a call takes ~0.45 s (100k lengths)
+        def run():
+            out["packing"] = pack(lengths, packing_length=params["packing_length"], batch_size=params["batch"])
+
+        # Python and numpy, nothing to compile or warm up: every call is timed (a first call was measured no slower),
+        # at least 2 and 0.2 s of them: 2 at quick size, where a call takes 0.1-0.5 s (100k lengths)
         timing = time_fn(run, "cpu", warmup=0, min_reps=2, min_time_s=0.2)
+        packing = out["packing"]
         step, real, train_metrics = _train_step(packing, params, device, _mask(variant), _loss(variant))
         metrics = {
             "packing_efficiency": packing.efficiency,
