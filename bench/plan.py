@@ -28,6 +28,8 @@ training loops, so 10% of the peak is added. A case inside that margin is report
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -183,18 +185,46 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
 
 
 def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
-         params_filter: dict | None = None, capacity_bytes: int | None = None) -> list[Prediction]:
-    """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand."""
-    out = []
+         params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1) -> list[Prediction]:
+    """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand, in its order.
+    With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
+    suite caches per point, such as packing's lengths and packings, serves all of them): each case's step on meta is
+    Python dispatch, one CPU a process, and full sizes take minutes on one."""
+    points = []
     for suite in suites:
         for params in suite.grid(size, _grid_device(target)):
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
                 continue
-            for variant in suite.variants:
-                if (variants and variant not in variants) or not suite.has_case(variant, params):
-                    continue
-                out.append(plan_case(suite, variant, params, target, gpu, capacity_bytes))
-    return out
+            chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)]
+            if chosen:
+                points.append((suite, params, chosen))
+    how = (target, gpu, capacity_bytes)
+    if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods():
+        return [p for i in range(len(points)) for p in _plan_point(points, i, how)]
+    # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported;
+    # only the point's index goes to a worker, and its Predictions come back
+    global _FORKED
+    _FORKED = points
+    try:
+        with ProcessPoolExecutor(min(jobs, len(points)), mp_context=mp.get_context("fork"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(_plan_forked, i, how) for i in range(len(points))]
+            return [p for f in futures for p in f.result()]
+    finally:
+        _FORKED = None
+
+
+_FORKED: list | None = None
+"""The grid points of the plan in progress, for the processes forked to plan them."""
+
+
+def _plan_forked(i: int, how: tuple) -> list[Prediction]:
+    return _plan_point(_FORKED, i, how)
+
+
+def _plan_point(points: list, i: int, how: tuple) -> list[Prediction]:
+    suite, params, chosen = points[i]
+    return [plan_case(suite, variant, params, *how) for variant in chosen]
 
 
 def predict_peak(suite: Suite, variant: str, params: dict, device: str) -> int | None:

@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
                         "auto: this machine's GPU; cpu: this machine's CPU and memory (default: auto)")
     p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="plan in N processes, one CPU each (default: the CPUs this process may use)")
     p.add_argument("--json", action="store_true", help="machine-readable output: one JSON object")
     p.add_argument("-o", "--output", type=Path, metavar="FILE.html",
                    help="also draw the plan: predicted memory per case against the GPU's memory, and the roofline")
@@ -57,7 +59,11 @@ def predictions(args, discover) -> tuple[list, dict]:
     target, gpu, capacity = resolve_gpu(args.gpu)
     suites = select(discover(), args.suites, args.variant)
     start = time.monotonic()
-    out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity)
+    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity, jobs)
     summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}

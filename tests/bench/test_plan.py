@@ -18,7 +18,7 @@ from bench import hardware
 from bench.cli import main
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
-from bench.plan import HEADROOM_BYTES, headroom, plan_case, predict_peak
+from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak
 from bench.plan_meta import IndexValues, kernel_choice, target_attention
 from bench.suite import SUITES, NotPlannable, discover
 from tests.optional import missing, needs
@@ -204,3 +204,13 @@ def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
     text = out.read_text()
     assert "Predicted memory per case" in text and "Roofline lower bound" in text and "79.6 GiB" in text
     assert "not_plannable" in text  # the cache part has no step: listed with its reason
+
+
+def test_planning_in_forked_processes_gives_the_same_plan_in_the_same_order(registry, capsys):
+    suites = [registry["mla"], registry["moe"], registry["checkpointing"]]
+    one = plan(suites, "smoke", "cuda", "h200", jobs=1)
+    two = plan(suites, "smoke", "cuda", "h200", jobs=2)
+    assert len(one) > 10 and {p.status for p in one} >= {"ok", "not_plannable"}
+    assert [p.to_json() for p in two] == [p.to_json() for p in one]
+    assert main(["plan", "mla", "--size", "smoke", "--gpu", "h200", "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
