@@ -199,7 +199,9 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
             if chosen:
                 points.append((suite, params, chosen))
     how = (target, gpu, capacity_bytes)
-    if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods():
+    # one process where CUDA is initialised here (`--gpu auto` asked the device its name): a forked child could not
+    # initialise it again, and a suite may ask the device what it supports
+    if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods() or torch.cuda.is_initialized():
         return [p for i in range(len(points)) for p in _plan_point(points, i, how)]
     # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported;
     # only the point's index goes to a worker, and its Predictions come back

@@ -25,7 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
-                   help="plan in N processes, one CPU each (default: the CPUs this process may use)")
+                   help="plan in N processes, one CPU each (default: the CPUs this process may use; one with --gpu "
+                        "auto, which initialises CUDA)")
     p.add_argument("--json", action="store_true", help="machine-readable output: one JSON object")
     p.add_argument("-o", "--output", type=Path, metavar="FILE.html",
                    help="also draw the plan: predicted memory per case against the GPU's memory, and the roofline")

@@ -241,14 +241,23 @@ def test_a_busy_cpu_holds_the_case_back_and_the_wait_is_recorded(tmp_path):
 
 @linux
 def test_an_idle_cpu_starts_the_case_at_once(tmp_path):
-    cpu = frozenset({ALLOWED[-1]})
-    if (busy := busy_on(cpu)) is None or busy >= interference.OTHER_CPUS / 2:
-        pytest.skip(f"the machine is busy: other processes used {busy} of CPU {ALLOWED[-1]} just before the test")
-    _, [record] = runner.run(runner.RunConfig(suites=[SUITES["_pinned"]], size="smoke", device="cpu",
-                                              out=tmp_path / "run", inline=True, cpus=cpu, wait_idle_s=5.0))
-    if record.metrics["idle_wait_s"] > 0 and (busy := busy_on(cpu)) >= interference.OTHER_CPUS / 2:
-        pytest.skip(f"the machine got busy: other processes used {busy} of CPU {ALLOWED[-1]} during the test")
-    assert record.metrics["idle_wait_s"] == 0.0
+    """Up to 3 tries: the other test worker may take the CPU for seconds between the check that it is quiet and the
+    run (a CI run saw a 4 s wait after a quiet check, and a quiet one after). A wait that always takes time fails."""
+    cpu, waits = frozenset({ALLOWED[-1]}), []
+    for attempt in range(3):
+        if (busy := busy_on(cpu)) is None:
+            pytest.skip(f"CPU {ALLOWED[-1]}'s use cannot be read here")
+        if busy >= interference.OTHER_CPUS / 2:
+            continue  # busy now: this attempt would say nothing
+        _, [record] = runner.run(runner.RunConfig(suites=[SUITES["_pinned"]], size="smoke", device="cpu",
+                                                  out=tmp_path / f"run{attempt}", inline=True, cpus=cpu,
+                                                  wait_idle_s=5.0))
+        waits.append(record.metrics["idle_wait_s"])
+        if waits[-1] == 0.0:
+            break
+    if not waits:
+        pytest.skip(f"the machine stayed busy: other processes used {busy} of CPU {ALLOWED[-1]} before each try")
+    assert 0.0 in waits, waits
 
 
 def test_a_distributed_case_is_contended_when_any_rank_was():

@@ -26,10 +26,13 @@ class NeedsLibrary(Suite):
 
 
 def test_a_missing_library_is_skipped_with_its_install_line_and_no_process(tmp_path, monkeypatch):
-    started = []
-    real = launchers.execute_isolated
-    monkeypatch.setattr(launchers, "execute_isolated", lambda case, *a, **kw: started.append(case.variant)
-                        or real(case, *a, **kw))
+    started, isolated = [], launchers.execute_isolated
+
+    def counted(case, *args, **kwargs):
+        started.append(case.variant)
+        return isolated(case, *args, **kwargs)
+
+    monkeypatch.setattr(launchers, "execute_isolated", counted)
     code, records = runner.run(runner.RunConfig(suites=[SUITES["_needs_library"]], size="smoke", device="cpu",
                                                 out=tmp_path / "run"))
     by = {r.variant: r for r in records}
