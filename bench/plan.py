@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -185,11 +185,13 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
 
 
 def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
-         params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1) -> list[Prediction]:
+         params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1,
+         progress=None) -> list[Prediction]:
     """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand, in its order.
     With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
     suite caches per point, such as packing's lengths and packings, serves all of them): each case's step on meta is
-    Python dispatch, one CPU a process, and full sizes take minutes on one."""
+    Python dispatch, one CPU a process, and full sizes take minutes on one. `progress(planned, total)` is told each
+    time a grid point's cases are planned."""
     points = []
     for suite in suites:
         for params in suite.grid(size, _grid_device(target)):
@@ -198,11 +200,19 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
             chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)]
             if chosen:
                 points.append((suite, params, chosen))
-    how = (target, gpu, capacity_bytes)
+    how, total, planned = (target, gpu, capacity_bytes), sum(len(c) for _, _, c in points), 0
+
+    def told(cases: list[Prediction]) -> list[Prediction]:
+        nonlocal planned
+        planned += len(cases)
+        if progress is not None:
+            progress(planned, total)
+        return cases
+
     # one process where CUDA is initialised here (`--gpu auto` asked the device its name): a forked child could not
     # initialise it again, and a suite may ask the device what it supports
     if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods() or torch.cuda.is_initialized():
-        return [p for i in range(len(points)) for p in _plan_point(points, i, how)]
+        return [p for i in range(len(points)) for p in told(_plan_point(points, i, how))]
     # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported;
     # only the point's index goes to a worker, and its Predictions come back
     global _FORKED
@@ -211,6 +221,8 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
         with ProcessPoolExecutor(min(jobs, len(points)), mp_context=mp.get_context("fork"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             futures = [pool.submit(_plan_forked, i, how) for i in range(len(points))]
+            for f in as_completed(futures):
+                told(f.result())
             return [p for f in futures for p in f.result()]
     finally:
         _FORKED = None

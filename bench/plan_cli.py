@@ -64,11 +64,33 @@ def predictions(args, discover) -> tuple[list, dict]:
         else os.cpu_count() or 1
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity, jobs)
+    out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity, jobs,
+               Progress(sys.stderr, start))
     summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}
     return out, summary
+
+
+class Progress:
+    """How far a plan is, on `stream`: one line rewritten in place on a terminal; on a pipe or log, a line at each
+    tenth of the cases (a full plan takes minutes)."""
+
+    def __init__(self, stream, start: float, clock=time.monotonic):
+        self.stream, self.start, self.clock, self.shown = stream, start, clock, 0
+        self.live = hasattr(stream, "isatty") and stream.isatty()
+
+    def __call__(self, planned: int, total: int) -> None:
+        tenth = planned * 10 // max(1, total)
+        if not self.live and tenth == self.shown and planned < total:
+            return
+        self.shown = tenth
+        line = f"planned {planned}/{total} cases in {self.clock() - self.start:.0f} s"
+        if self.live:
+            self.stream.write("\r" + line + ("\n" if planned == total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 def _gib(n: int | None) -> str:

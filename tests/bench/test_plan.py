@@ -6,6 +6,7 @@ the tracker (warm-up, then the tracked step, as `measure` does). Sizes per suite
 CPU step takes under a few seconds on a busy 2-core machine (QUICK below says which, and why not the others).
 """
 
+import io
 import json
 import os
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from bench.cli import main
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak
+from bench.plan_cli import Progress
 from bench.plan_meta import IndexValues, kernel_choice, target_attention
 from bench.suite import SUITES, NotPlannable, discover
 from tests.optional import missing, needs
@@ -209,8 +211,28 @@ def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
 def test_planning_in_forked_processes_gives_the_same_plan_in_the_same_order(registry, capsys):
     suites = [registry["mla"], registry["moe"], registry["checkpointing"]]
     one = plan(suites, "smoke", "cuda", "h200", jobs=1)
-    two = plan(suites, "smoke", "cuda", "h200", jobs=2)
+    told = []
+    two = plan(suites, "smoke", "cuda", "h200", jobs=2, progress=lambda planned, total: told.append((planned, total)))
     assert len(one) > 10 and {p.status for p in one} >= {"ok", "not_plannable"}
     assert [p.to_json() for p in two] == [p.to_json() for p in one]
+    assert told[-1] == (len(one), len(one)) and [n for n, _ in told] == sorted({n for n, _ in told})
     assert main(["plan", "mla", "--size", "smoke", "--gpu", "h200", "--jobs", "0"]) == 2
     assert "--jobs must be at least 1, got 0" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_long_plan_says_how_far_it_is():
+    log = io.StringIO()  # a pipe or a CI log: a line at each tenth
+    progress = Progress(log, 0.0, clock=lambda: 12.4)
+    for n in range(1, 21):
+        progress(n, 20)
+    assert log.getvalue().splitlines() == [f"planned {n}/20 cases in 12 s" for n in range(2, 21, 2)]
+    terminal = _Terminal()  # one line, rewritten
+    progress = Progress(terminal, 0.0, clock=lambda: 3.0)
+    for n in range(1, 4):
+        progress(n, 3)
+    assert terminal.getvalue() == "".join(f"\rplanned {n}/3 cases in 3 s" for n in range(1, 4)) + "\n"
