@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench import hardware
 from bench.commands import UsageError
+from bench.interference import affinity
 from bench.suite import SIZES
 
 GIB = 1 << 30
@@ -60,8 +61,7 @@ def predictions(args, discover) -> tuple[list, dict]:
     target, gpu, capacity = resolve_gpu(args.gpu)
     suites = select(discover(), args.suites, args.variant)
     start = time.monotonic()
-    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
+    jobs = args.jobs if args.jobs is not None else len(affinity(os.getpid()) or ()) or os.cpu_count() or 1
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity, jobs,
