@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from impls.packing import PACKERS
-from impls.packing.train import packed_logits, packed_loss, packed_rows, unpacked_loss
+from impls.packing.train import packed_logits, packed_loss, packed_rows, sample_tokens, unpacked_loss
 from impls.rmpad.reference import Decoder, DecoderConfig
 
 CFG = DecoderConfig(vocab=97, d_model=48, n_heads=3, n_layers=2)
@@ -64,3 +65,18 @@ def test_unknown_mask_is_refused(setup):
     model, _, _, tensors = setup
     with pytest.raises(ValueError, match="unknown mask 'diagonal'"):
         packed_loss(model, *tensors, mask="diagonal")
+
+
+def test_the_reference_batched_by_length_equals_one_batch_padded_to_the_longest(setup):
+    """unpacked_loss pads each length bucket to its power of two; padding every sample to the longest (its former,
+    plainer form) gives the same loss and gradients: masked keys add exact zeros."""
+    model, packing, rows, _ = setup
+    samples = [(s, start, n) for r in rows for s, start, n in
+               zip(packing.rows[r], packing.starts[r], packing.lengths[r])]
+    L = max(n for _, _, n in samples)
+    ids = torch.stack([F.pad(sample_tokens(s, start + n, CFG.vocab)[start:], (0, L - n)) for s, start, n in samples])
+    mask = (torch.arange(L)[None, :] < torch.tensor([n for _, _, n in samples])[:, None]).long()
+    one_batch, bucketed = model(ids, mask), unpacked_loss(model, packing, rows, CFG.vocab)
+    torch.testing.assert_close(bucketed, one_batch, atol=1e-7, rtol=1e-7)
+    for g, r in zip(grads(model, bucketed), grads(model, model(ids, mask)), strict=True):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
