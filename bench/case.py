@@ -17,6 +17,7 @@ from typing import Any
 from bench.hardware import device_name, peak_gbps, peak_tflops
 from bench.progress import forwarding
 from bench.suite import SUITES, Measurement, Skip, Suite, case_id
+from bench.timing import time_floor
 from bench.validation import check_measurement
 
 SEED = 0
@@ -31,6 +32,9 @@ class Case:
     params: dict[str, Any] = field(hash=False)
     module: str = ""
     """The module that registers the suite, imported by the child process."""
+    size: str = ""
+    """The size whose grid the params come from: at smoke size the timers take a quarter of their time floor
+    (bench.timing.time_floor)."""
     predict: bool = False
     """Predict the case's peak memory on the meta device first (bench.plan; `bench run --predict`) and record it as
     predicted_peak_mem_bytes."""
@@ -90,7 +94,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             from bench.distributed import one_rank_group
 
             group = one_rank_group(device)
-        with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress):
+        with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress), time_floor(case.size):
             m = suite.measure(case.variant, dict(case.params), device)
         window = m.timed.window_s if m.timed else None
         gpu = telemetry.summary(window=window)

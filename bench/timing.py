@@ -11,7 +11,9 @@ import dataclasses
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 # A sample set is "noisy" when its interquartile range exceeds 10% of its median. Quiet runs sit well below this:
@@ -25,6 +27,22 @@ NOISE_IQR_FRACTION = 0.10
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 
 METHODS = ("wall", "cuda_events", "do_bench", "do_bench_cudagraph", "interleaved")
+
+# The share of a timer's min_time_s that a case of each size gets (bench.case.execute sets it while `measure` runs).
+# Smoke size says that every case runs, in seconds a suite on a 2-core CPU: its timers stop after min_reps calls and a
+# quarter of their time floor, and its figures are not ones to quote. Quick and full take the floor whole.
+TIME_FLOOR_SCALE = {"smoke": 0.25}
+_floor_scale: ContextVar[float] = ContextVar("time_floor_scale", default=1.0)
+
+
+@contextmanager
+def time_floor(size: str) -> Iterator[None]:
+    """Every time_fn inside takes TIME_FLOOR_SCALE[size] of its min_time_s (all of it for a size not listed)."""
+    token = _floor_scale.set(TIME_FLOOR_SCALE.get(size, 1.0))
+    try:
+        yield
+    finally:
+        _floor_scale.reset(token)
 
 
 def _percentile(sorted_samples: tuple[float, ...], q: float) -> float:
@@ -125,11 +143,13 @@ def time_fn(
 ) -> Timing:
     """Time `fn()` on `device` ("cpu", "cuda", "cuda:1" or a torch.device); every timed call is one sample.
 
-    Repeats until both min_reps calls and min_time_s of measured time are reached, capped at max_reps. On CUDA the
-    call count is planned from a short estimate and the Triton timers get the matching time budget.
+    Repeats until both min_reps calls and min_time_s of measured time are reached, capped at max_reps; min_time_s is
+    scaled by the enclosing `time_floor` (a quarter at smoke size). On CUDA the call count is planned from a short
+    estimate and the Triton timers get the matching time budget.
     """
     assert 1 <= min_reps <= max_reps, f"need 1 <= min_reps <= max_reps, got {min_reps}, {max_reps}"
     assert warmup >= 0 and min_time_s >= 0
+    min_time_s *= _floor_scale.get()
     kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
     start = time.monotonic()
     if kind != "cuda":

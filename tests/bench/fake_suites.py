@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from bench import timing
 from bench.metrics import Metric
 from bench.suite import Measurement, Part, Relative, Skip, Suite, register
 
@@ -127,15 +128,27 @@ class Parted(Suite):
 
 @register
 class Threads(Suite):
-    """Reports the intra-op thread count it ran with: the runner sets it from `cpu_threads` or --threads."""
+    """Reports the intra-op thread count it ran with (the runner sets it from `cpu_threads` or --threads), and the
+    calls a timer of 10 ms calls with a 0.2 s floor makes (a quarter of the floor at smoke size)."""
 
     name = "_threads"
     variants = {"a": "reference"}
     cpu_threads = 1
-    metrics = (Metric("threads_seen", "info", None, "torch.get_num_threads() inside measure"),)
+    metrics = (Metric("threads_seen", "info", None, "torch.get_num_threads() inside measure"),
+               Metric("timer_calls", "info", None, "calls of 10 ms (a fake clock) a 0.2 s timer made"))
 
     def grid(self, size, device):
         return [{"n": 1}]
 
     def measure(self, variant, params, device):
-        return Measurement({"threads_seen": torch.get_num_threads()})
+        now = [0.0]
+
+        def ten_ms():
+            now[0] += 0.01
+
+        real, timing.time.perf_counter = timing.time.perf_counter, lambda: now[0]
+        try:
+            calls = timing.time_fn(ten_ms, "cpu", warmup=0, min_reps=1, min_time_s=0.2).n
+        finally:
+            timing.time.perf_counter = real
+        return Measurement({"threads_seen": torch.get_num_threads(), "timer_calls": calls})

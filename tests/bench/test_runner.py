@@ -82,6 +82,9 @@ def test_the_runner_sets_each_cases_threads_and_records_them(tmp_path, inline):
     _, records = runner.run(config(tmp_path / "given", suite="_threads", inline=inline, threads=2))
     assert records[0].metrics["threads_seen"] == 2  # --threads wins over the suite's choice
     assert read_run_json(tmp_path / "given" / "run")["suites"]["_threads"]["threads"] == 2
+    assert records[0].metrics["timer_calls"] == 5  # smoke size: a quarter of the timer's floor
+    _, records = runner.run(config(tmp_path / "quick", suite="_threads", inline=inline, size="quick"))
+    assert records[0].metrics["timer_calls"] == 20
 
 
 def test_no_suite_sets_the_thread_count_itself():

@@ -1,9 +1,11 @@
+import contextlib
 import time
 
 import pytest
 import torch
 
-from bench.timing import NOISE_IQR_FRACTION, Timing, plan_reps, time_fn, time_interleaved
+from bench import timing
+from bench.timing import NOISE_IQR_FRACTION, Timing, plan_reps, time_floor, time_fn, time_interleaved
 from tests.optional import needs_cuda
 
 
@@ -31,6 +33,23 @@ def test_min_time_honoured_with_sleeping_fn():
     assert sum(t.samples_ms) >= 50.0
     assert sum(t.samples_ms[:-1]) < 50.0
     assert 1 <= t.n <= 5
+
+
+def test_a_smoke_case_takes_a_quarter_of_the_time_floor(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+
+    def ten_ms():
+        now[0] += 0.01
+
+    def calls(size=None):
+        with time_floor(size) if size else contextlib.nullcontext():
+            return time_fn(ten_ms, "cpu", warmup=0, min_reps=2, min_time_s=0.2).n
+
+    assert (calls(), calls("quick"), calls("full"), calls("smoke")) == (20, 20, 20, 5)
+    assert calls() == 20  # restored on leaving
+    with time_floor("smoke"):
+        assert time_fn(ten_ms, "cpu", warmup=0, min_reps=8, min_time_s=0.2).n == 8  # min_reps still holds
 
 
 def test_warmup_calls_are_not_sampled():

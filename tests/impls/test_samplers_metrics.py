@@ -108,7 +108,7 @@ def test_mmd_agrees_with_one_exp_per_bandwidth(target):
     # MMD by ~1e-12 relative at the smallest values a quick run sees (0.025; these draws: 0.04 and up, 2e-13).
     tg = make_target(target)
     y = tg.sample(1000, gen(2), F64)
-    for seed, shift in ((1, 0.0), (3, 0.0), (4, 0.01), (5, 0.1), (6, 1.0)):
+    for seed, shift in ((1, 0.0), (4, 0.01), (6, 1.0)):
         x = tg.sample(1000, gen(seed), F64) + shift
         want = _mmd_three_exps(x, y)
         assert mmd(x, y) == pytest.approx(want, rel=1e-12), (seed, shift)
