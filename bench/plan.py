@@ -35,12 +35,11 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from bench import hardware
 from bench.flops import flop_counter_mode
-from bench.memory import SavedTensorBytes, TensorMemoryTracker
-from bench.plan_meta import IndexValues, target_attention
+from bench.memory import SavedTensorBytes, TensorMemoryTracker, tensors_in
+from bench.plan_meta import IndexValues, MetaKernels, target_attention
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
 GIB = 1 << 30
@@ -109,8 +108,7 @@ class StepCounter(TorchDispatchMode):
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         if not func.is_view and func not in _ALLOCATIONS:
-            leaves = tree_flatten((args, kwargs, out))[0]
-            self.bytes += sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors_in((args, kwargs, out)))
         return out
 
 
@@ -133,7 +131,7 @@ def _storage_bytes(tensors) -> int:
 def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str, Any]:
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
     Raises NotPlannable or Skip."""
-    with IndexValues(), target_attention(target), TensorMemoryTracker() as total:
+    with MetaKernels(), IndexValues(), target_attention(target), TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
         w.step()  # the warm-up: optimizer state, lazy buffers
         resident = total.live_bytes(META)

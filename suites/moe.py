@@ -170,7 +170,9 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
     torch.manual_seed(0)
     experts = RoutedExperts(E, D, H, device=device, dtype=dtype)
     x = _draw((T, D), g, device, dtype).requires_grad_()
-    weights, indices = torch.randn(T, E, generator=g).softmax(-1).topk(K, dim=-1)  # [T, K]: balanced on average
+    # the routing from a generator of its own: a plan draws it alike without drawing the activations
+    routing = torch.Generator().manual_seed(1)
+    weights, indices = torch.randn(T, E, generator=routing).softmax(-1).topk(K, dim=-1)  # [T, K]: balanced on average
     weights, indices = weights.to(device, dtype).requires_grad_(), indices.to(device)
     grad = _draw((T, D), g, device, dtype)
     if backend == "grouped_mm":
@@ -188,9 +190,10 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
 
 
 def _draw(shape, g, device, dtype):
-    """randn drawn on the CPU with `g` and moved; on meta, shapes only (the generator still advances alike)."""
-    t = torch.randn(*shape, generator=g)
-    return torch.empty(shape, device=device, dtype=dtype) if device == "meta" else t.to(device, dtype)
+    """randn drawn on the CPU with `g` and moved; on meta, shapes only."""
+    if device == "meta":
+        return torch.empty(shape, device=device, dtype=dtype)
+    return torch.randn(*shape, generator=g).to(device, dtype)
 
 
 def _dispatch(variant, params, device):
