@@ -9,20 +9,21 @@ CPU step takes under a few seconds on a busy 2-core machine (QUICK below says wh
 import io
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import hardware
+import bench.plan
+from bench import hardware, plan_meta
 from bench.cli import main
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
-from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak
+from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak, run_step
 from bench.plan_cli import Progress
-from bench.plan_meta import IndexValues, kernel_choice, target_attention
-from bench.suite import SUITES, NotPlannable, discover
+from bench.plan_meta import IndexValues, MetaKernels, kernel_choice, target_attention
+from bench.suite import SUITES, NotPlannable, Skip, discover
 from tests.optional import missing, needs
 
 TOLERANCE = 0.02  # the bound; the worst error is printed per suite
@@ -174,6 +175,48 @@ def test_index_tensors_keep_their_values_on_meta():
         assert torch.nonzero(m.flatten()).shape == (3, 1)
         with pytest.raises(NotPlannable, match="item"):
             x.sum().item()  # a float tensor on meta has no values: never a guess
+
+
+def test_a_meta_op_answered_from_its_signature_is_what_its_kernel_gives(monkeypatch):
+    monkeypatch.setattr(plan_meta, "SIGNATURES", {})
+    x, w = torch.empty(6, 4, device="meta").t(), torch.empty(6, 5, device="meta")  # a transposed input
+    kernel = torch.mm(x, w)
+    with MetaKernels():
+        first, again = torch.mm(x, w), torch.mm(x, w)  # the kernel's, then one from the signature
+        # _unsafe_view's output shares its input's storage though its schema does not say so: never answered
+        views = [torch.ops.aten._unsafe_view(again, (20,)) for _ in range(2)]
+        long = torch.mm(x, w).to(torch.float64)  # another dtype: another signature
+    layout = (kernel.shape, kernel.stride(), kernel.dtype)
+    assert [(t.shape, t.stride(), t.dtype) for t in (first, again)] == [layout] * 2
+    assert len({t.untyped_storage()._cdata for t in (x, w, first, again)}) == 4  # fresh storages, of the same bytes
+    assert again.untyped_storage().nbytes() == kernel.untyped_storage().nbytes()
+    assert all(v.untyped_storage()._cdata == again.untyped_storage()._cdata for v in views)
+    assert long.dtype == torch.float64 and long.untyped_storage().nbytes() == 8 * 20
+    kept = {key[0]: value for key, value in plan_meta.SIGNATURES.items()}
+    assert kept[torch.ops.aten.mm.default] == (True, [((4, 5), (5, 1), torch.float32)])
+    assert kept[torch.ops.aten._unsafe_view.default] is plan_meta._UNCACHEABLE
+
+
+@pytest.mark.parametrize("name", ["checkpointing", "moe"])
+def test_a_plan_is_the_same_without_answering_ops_from_their_signatures(registry, monkeypatch, name):
+    suite = registry[name]
+    point = next(p for p in suite.grid("smoke", "cuda:0") if p.get("part") in (None, "dispatch") and "model" not in p)
+    cases = [(v, point) for v in suite.variants if suite.has_case(v, point)]
+
+    def steps():
+        out = []
+        for variant, params in cases:
+            try:
+                out.append(run_step(suite, variant, params, "cuda"))
+            except (NotPlannable, Skip) as e:
+                out.append(type(e).__name__)
+        return out
+
+    monkeypatch.setattr(plan_meta, "SIGNATURES", {})
+    answered = steps()
+    assert sum(isinstance(r, dict) for r in answered) >= 3 and len(plan_meta.SIGNATURES) > 10
+    monkeypatch.setattr(bench.plan, "MetaKernels", nullcontext)
+    assert steps() == answered
 
 
 def test_hardware_memory_and_names():
