@@ -70,7 +70,7 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
                 continue
             ref = suite.reference_variant(params)
             names = [ref] + [v for v in suite.variants if v != ref]
-            cases += [Case(suite.name, v, params, type(suite).__module__, size)
+            cases += [Case(suite.name, v, params, type(suite).__module__, size=size)
                       for v in names if (variants is None or v in variants) and suite.has_case(v, params)]
     if cases_like is not None:
         cases = [c for c in cases if any(fnmatch.fnmatchcase(c.id, g) for g in cases_like)]

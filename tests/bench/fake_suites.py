@@ -141,14 +141,18 @@ class Threads(Suite):
         return [{"n": 1}]
 
     def measure(self, variant, params, device):
-        now = [0.0]
+        return Measurement({"threads_seen": torch.get_num_threads(), "timer_calls": timer_calls()})
 
-        def ten_ms():
-            now[0] += 0.01
 
-        real, timing.time.perf_counter = timing.time.perf_counter, lambda: now[0]
-        try:
-            calls = timing.time_fn(ten_ms, "cpu", warmup=0, min_reps=1, min_time_s=0.2).n
-        finally:
-            timing.time.perf_counter = real
-        return Measurement({"threads_seen": torch.get_num_threads(), "timer_calls": calls})
+def timer_calls(min_reps: int = 1, min_time_s: float = 0.2) -> int:
+    """The calls time_fn makes of a function that takes 10 ms of a fake clock (the real clock is back after)."""
+    now = [0.0]
+
+    def ten_ms():
+        now[0] += 0.01
+
+    real, timing.time.perf_counter = timing.time.perf_counter, lambda: now[0]
+    try:
+        return timing.time_fn(ten_ms, "cpu", warmup=0, min_reps=min_reps, min_time_s=min_time_s).n
+    finally:
+        timing.time.perf_counter = real

@@ -4,8 +4,8 @@ import time
 import pytest
 import torch
 
-from bench import timing
 from bench.timing import NOISE_IQR_FRACTION, Timing, plan_reps, time_floor, time_fn, time_interleaved
+from tests.bench.fake_suites import timer_calls
 from tests.optional import needs_cuda
 
 
@@ -35,21 +35,15 @@ def test_min_time_honoured_with_sleeping_fn():
     assert 1 <= t.n <= 5
 
 
-def test_a_smoke_case_takes_a_quarter_of_the_time_floor(monkeypatch):
-    now = [0.0]
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
-
-    def ten_ms():
-        now[0] += 0.01
-
+def test_a_smoke_case_takes_a_quarter_of_the_time_floor():
     def calls(size=None):
         with time_floor(size) if size else contextlib.nullcontext():
-            return time_fn(ten_ms, "cpu", warmup=0, min_reps=2, min_time_s=0.2).n
+            return timer_calls(min_reps=2)
 
     assert (calls(), calls("quick"), calls("full"), calls("smoke")) == (20, 20, 20, 5)
     assert calls() == 20  # restored on leaving
     with time_floor("smoke"):
-        assert time_fn(ten_ms, "cpu", warmup=0, min_reps=8, min_time_s=0.2).n == 8  # min_reps still holds
+        assert timer_calls(min_reps=8) == 8  # min_reps still holds
 
 
 def test_warmup_calls_are_not_sampled():
