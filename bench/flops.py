@@ -5,6 +5,9 @@
 - torch counts causal attention as dense. A causal kernel computes only the lower triangle of the S x S scores, so
   it is counted here as half (as FlashAttention reports its FLOP/s); dense counts would overstate achieved TFLOP/s
   by the attention share's half (~14% for a 2048-wide model at seq 4096).
+- Grouped-query attention (`enable_gqa`: key and value with fewer heads than the query) is counted as the kernel
+  computes it, each key/value head broadcast to its query heads. torch 2.11's formulas refuse those shapes (an
+  AssertionError that stopped a plan of mla's gqa and mqa); later versions count them the same way as here.
 """
 
 from __future__ import annotations
@@ -30,8 +33,15 @@ _ATTENTION = {
 def _causal_aware(packet, dense):
     names = [a.name for a in packet.default._schema.arguments]
     index = names.index("is_causal") if "is_causal" in names else None
+    query, key, value = (names.index(n) for n in ("query", "key", "value"))
 
     def formula(*args, out_val=None, **kwargs):
+        heads, kv_heads = args[query].shape[1], args[key].shape[1]
+        if kv_heads != heads:  # GQA: count key and value as broadcast to the query's heads, shapes alone
+            args = list(args)
+            for i in (key, value):
+                b, _, s, d = args[i].shape
+                args[i] = torch.empty(b, heads, s, d, device="meta")
         flops = dense(*args, out_val=out_val, **kwargs)  # `dense` takes raw tensors and reads their shapes
         causal = kwargs.get("is_causal", index is not None and len(args) > index and args[index])
         return flops // 2 if causal else flops

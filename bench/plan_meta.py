@@ -16,6 +16,11 @@ Two things keep a meta run honest about what the target would allocate:
   without a mask and with equal head dims up to 256, memory-efficient attention for a mask or unequal value width,
   math otherwise; priority flash > efficient > math > cudnn, torch._C._get_sdp_priority_order() on 2.11-2.13), and
   that kernel's meta registration. The boolean mask is converted to an additive one first, as the composite does.
+  cuDNN's attention, which torch 2.11 can put first on Hopper (TORCH_CUDNN_SDPA_DEPRIORITIZED undoes that), is routed
+  to its own meta registration, whose bytes match flash's. Any other kernel makes the case not plannable: never the
+  math path in its place. On the first H100 check (torch 2.11), torch's choice there was not flash and the plan took
+  the math path for it, 5-7.6x the measured peak of full-size checkpointing; the flash routing that a CPU-only machine
+  uses came within 0.3% of those same measured peaks (README, "bench plan").
 
 Speed (`MetaKernels`): most meta kernels are Python (torch._refs, torch._meta_registrations), ~200 us an op, and a
 model's layers repeat the same ops on the same shapes. The output shapes, strides and dtypes of an op that neither
@@ -272,6 +277,12 @@ def _attention(target, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, 
         lse = any(t.requires_grad for t in (q, k, v))
         return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, lse, dropout_p, is_causal,
                                                             scale=scale)[0]
+    if backend == "cudnn":  # torch 2.11 on an H100 picks it first: memory as flash's, with a [B, H, S, 1] logsumexp
+        lse = any(t.requires_grad for t in (q, k, v))
+        return aten._scaled_dot_product_cudnn_attention(q, k, v, attn_mask, lse, dropout_p, is_causal, False,
+                                                        scale=scale)[0]
+    if backend != "math":  # a kernel the plan cannot stand for: say so, never take the math path in its place
+        raise NotPlannable(f"attention on {target} would run the {backend} SDPA kernel, which the plan cannot model")
     return torch._C._nn.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                      is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 

@@ -153,9 +153,10 @@ def main(argv: list[str]) -> int:
         check.step("gpus", ["nvidia-smi", "-L"])
     check.step("env", [*bench, "env", "--json"], log="env.json")
     suites = sorted({glob.split("/")[0] for glob, _ in SELECTION})
+    gpu = "auto" if args.device.startswith("cuda") else "cpu"  # a dry run plans for the CPU it runs on
     # doctor: what on this machine could disturb the timings that follow (load, clocks, other GPU processes)
     for command, cmd, log in (("doctor", [*bench, "doctor", "--json"], "doctor.json"),
-                              ("plan", [*bench, "plan", *suites, "--size", "quick", "--gpu", "auto", "-o",
+                              ("plan", [*bench, "plan", *suites, "--size", "quick", "--gpu", gpu, "-o",
                                         str(out / "plan.html")], "plan.log")):
         if bench_has(command):
             check.step(command, cmd, log=log)
@@ -174,8 +175,8 @@ def main(argv: list[str]) -> int:
     later = [("full", ["--size", "full"], out / "full")] if full else []
     later += [(e, [e.split("=")[0], "--size", e.split("=")[1]], out / e.replace("=", "-")) for e in extras]
     for name, sel, run_dir in later:
-        check.step(name, [*bench, "run", *sel, "--device", args.device, "--out", str(run_dir)], log=f"{name}.log",
-                   budgeted_run=True)
+        check.step(name, [*bench, "run", *sel, "--device", args.device, "--out", str(run_dir), "--predict"],
+                   log=f"{name}.log", budgeted_run=True)
         check.runs_stopped(run_dir, name)
 
     (out / "not-run.txt").write_text("".join(f"{line}\n" for line in check.not_run))

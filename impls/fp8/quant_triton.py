@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from impls.fp8.reference import BLOCK, E4M3, E5M2, FP8_MAX, MIN_SCALE
+from impls.fp8.reference import BLOCK, E4M3, E5M2, FP8_MAX, MIN_SCALE, scale_from_amax
 
 # Per format: (mantissa bits, exponent of the smallest normal). E4M3: 3 bits, 2^-6; E5M2: 2 bits, 2^-14.
 _FORMAT = {E4M3: (3, -6), E5M2: (2, -14)}
@@ -43,7 +43,7 @@ def _round_to_fp8_grid(v, MANT: tl.constexpr, MIN_EXP: tl.constexpr):
 
 @triton.jit
 def _scale_from_amax(amax, FP8_MAX_: tl.constexpr, MIN_SCALE_: tl.constexpr, POW2: tl.constexpr):
-    """Same as reference._scale: amax / fp8_max, at least the smallest normal, 1 for amax 0, up to 2^k with POW2."""
+    """Same as reference.scale_from_amax: amax / fp8_max, at least the smallest normal, 1 for amax 0, 2^k with POW2."""
     scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX_), MIN_SCALE_)
     if POW2:  # round up to a power of two on the bits: exact, where log2 on a GPU is an approximation
         scale = ((scale.to(tl.int32, bitcast=True) + 0x7FFFFF) & 0x7F800000).to(tl.float32, bitcast=True)
@@ -147,10 +147,7 @@ def quantize_tensorwise(x: Tensor, dtype: torch.dtype = E4M3, pow2: bool = False
     if n:
         _amax_kernel[(triton.cdiv(n, block),)](x, partial, n, BLOCK_SIZE=block)
     amax = _finite(partial.max())  # a few thousand partial maxima: one tiny reduction
-    scale = (amax / FP8_MAX[dtype]).clamp(min=MIN_SCALE)
-    if pow2:
-        scale = torch.exp2(torch.ceil(torch.log2(scale)))  # one scalar: torch's exact log2 is fine here
-    scale = torch.where(amax == 0, torch.ones_like(scale), scale)
+    scale = scale_from_amax(amax, dtype, pow2)  # one scalar: the reference's own formula
     q = torch.empty(x.shape, dtype=dtype, device=x.device)
     if n:
         _tensorwise_kernel[(triton.cdiv(n, block),)](x, q, scale, n, BLOCK_SIZE=block, **_consts(dtype))

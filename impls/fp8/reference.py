@@ -34,12 +34,18 @@ def _check(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x.float()
 
 
-def _scale(amax: Tensor, dtype: torch.dtype, pow2: bool) -> Tensor:
-    """fp32 scale per group from its amax: 1 for an all-zero group (never 0), rounded up to 2^k when pow2."""
-    scale = (amax / FP8_MAX[dtype]).clamp(min=MIN_SCALE)
+def scale_from_amax(amax: Tensor, dtype: torch.dtype, pow2: bool) -> Tensor:
+    """fp32 scale per group from its amax: amax / fp8_max correctly rounded, at least MIN_SCALE, 1 for an all-zero
+    group (never 0), rounded up to 2^k when pow2.
+
+    The same bits on every device. The divisor is a tensor on amax's device: CUDA divides by a CPU scalar as a multiply
+    by its reciprocal (torch's div_true_kernel_cuda), one ulp off for some amax. The power of two is taken from the
+    float's bits, not from log2, which a GPU may round."""
+    scale = (amax / torch.full_like(amax, FP8_MAX[dtype])).clamp(min=MIN_SCALE)
     if pow2:
         # Rounding up keeps x / scale <= fp8_max; a power of two makes the scaling multiply exact in any float format.
-        scale = torch.exp2(torch.ceil(torch.log2(scale)))
+        # The smallest 2^k >= scale (a normal float): carry any mantissa bit into the exponent, then clear the mantissa.
+        scale = ((scale.view(torch.int32) + 0x7FFFFF) & 0x7F800000).view(torch.float32)
     return torch.where(amax == 0, torch.ones_like(scale), scale)
 
 
@@ -52,14 +58,14 @@ def _cast(x: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
 def quantize_tensorwise(x: Tensor, dtype: torch.dtype = E4M3, pow2: bool = False) -> tuple[Tensor, Tensor]:
     """One scale for the whole tensor: scale shape []."""
     x = _check(x, dtype)
-    scale = _scale(x.abs().amax() if x.numel() else x.new_zeros(()), dtype, pow2)
+    scale = scale_from_amax(x.abs().amax() if x.numel() else x.new_zeros(()), dtype, pow2)
     return _cast(x, scale, dtype), scale
 
 
 def quantize_rowwise(x: Tensor, dtype: torch.dtype = E4M3, pow2: bool = False) -> tuple[Tensor, Tensor]:
     """One scale per row (over the last dim): scale shape [..., 1], the layout torch._scaled_mm takes for A."""
     x = _check(x, dtype)
-    scale = _scale(x.abs().amax(dim=-1, keepdim=True), dtype, pow2)
+    scale = scale_from_amax(x.abs().amax(dim=-1, keepdim=True), dtype, pow2)
     return _cast(x, scale, dtype), scale
 
 
@@ -85,7 +91,7 @@ def quantize_1x128(x: Tensor, dtype: torch.dtype = E4M3, pow2: bool = False) -> 
         raise ValueError("quantize_1x128 needs at least one dim")
     k = x.shape[-1]
     tiles = _pad_to(x, -1, BLOCK).unflatten(-1, (-1, BLOCK))  # [..., K / 128, 128]
-    scale = _scale(tiles.abs().amax(dim=-1), dtype, pow2)  # [..., K / 128]
+    scale = scale_from_amax(tiles.abs().amax(dim=-1), dtype, pow2)  # [..., K / 128]
     q = _cast(tiles, scale.unsqueeze(-1), dtype).flatten(-2)[..., :k]
     return q, scale
 
@@ -104,7 +110,7 @@ def quantize_128x128(w: Tensor, dtype: torch.dtype = E4M3, pow2: bool = False) -
     padded = _pad_to(_pad_to(w, 0, BLOCK), 1, BLOCK)
     nb, kb = padded.shape[0] // BLOCK, padded.shape[1] // BLOCK
     blocks = padded.reshape(nb, BLOCK, kb, BLOCK)  # [N / 128, 128, K / 128, 128]
-    scale = _scale(blocks.abs().amax(dim=(1, 3)), dtype, pow2)  # [N / 128, K / 128]
+    scale = scale_from_amax(blocks.abs().amax(dim=(1, 3)), dtype, pow2)  # [N / 128, K / 128]
     q = _cast(blocks, scale[:, None, :, None], dtype).reshape(nb * BLOCK, kb * BLOCK)[:n, :k]
     return q, scale
 

@@ -19,6 +19,20 @@ def test_attention_is_counted_on_cpu_and_causal_as_half(is_causal, share):
     assert counter.get_total_flops() == 5 * dense // 2 * share
 
 
+def test_grouped_query_attention_is_counted_as_its_key_value_heads_broadcast():
+    # 8 query heads over 2 key/value heads costs what 8 over 8 does (torch 2.11's formula refused these shapes)
+    B, S, D = 2, 42, 16
+    q = torch.randn(B, 8, S, D, requires_grad=True)
+    k, v = (torch.randn(B, 2, S, D, requires_grad=True) for _ in range(2))
+    with flop_counter_mode() as counter:
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    dense = 2 * (2 * B * 8 * S * S * D)
+    assert counter.get_total_flops() == dense
+    with flop_counter_mode() as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == 5 * dense // 2
+
+
 def test_matmuls_are_torchs_count():
     a, b = torch.randn(6, 42), torch.randn(42, 123)
     with flop_counter_mode() as counter:

@@ -24,7 +24,7 @@ from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak, 
 from bench.plan_cli import Progress
 from bench.plan_meta import IndexValues, MetaKernels, kernel_choice, target_attention
 from bench.suite import SUITES, NotPlannable, Skip, discover
-from tests.optional import missing, needs
+from tests.optional import missing, needs, needs_cuda
 
 TOLERANCE = 0.02  # the bound; the worst error is printed per suite
 # The cases the 2% check covers by default: a few per suite, so that the file stays well under a minute on a busy
@@ -162,6 +162,36 @@ def test_attention_on_meta_takes_the_targets_kernel():
         assert type(out.grad_fn).__name__ == f"ScaledDotProduct{kernel}Backward0"
     # outside the plan, meta takes the math path again (what materialises the S x S scores)
     assert type(F.scaled_dot_product_attention(q, q, q).grad_fn).__name__ == "UnsafeViewBackward0"
+
+
+def test_cudnn_attention_is_routed_and_an_unknown_kernel_is_not_plannable(monkeypatch):
+    q = torch.empty(2, 4, 64, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    monkeypatch.setattr(plan_meta, "kernel_choice", lambda *args: "cudnn")
+    with target_attention("cuda"):
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert type(out.grad_fn).__name__ == "ScaledDotProductCudnnAttentionBackward0"
+    monkeypatch.setattr(plan_meta, "kernel_choice", lambda *args: "overrideable")
+    with target_attention("cuda"), pytest.raises(NotPlannable, match="overrideable SDPA kernel"):
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+
+@needs_cuda
+def test_the_plans_cuda_attention_is_the_kernel_cuda_runs():
+    # the planned kernel (torch's choice on proxies of a few elements) is the one a real step's SDPA runs: for separate
+    # q, k, v, for views of a fused qkv projection (as the checkpointing model's), and with a mask
+    B, S, H, D = 2, 256, 4, 64
+    fused = torch.randn(B, S, 3, H, D, device="cuda", dtype=torch.bfloat16).permute(2, 0, 3, 1, 4)
+    separate = [torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    mask = torch.rand(B, 1, S, S, device="cuda") > 0.5
+    for (q, k, v), m, causal in ((separate, None, True), (fused.unbind(0), None, True), (separate, mask, False)):
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        real = type(F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal).grad_fn).__name__
+        metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta", requires_grad=True)
+                 for t in (q, k, v)]
+        with target_attention("cuda"):
+            mm = None if m is None else m.to("meta")
+            planned = type(F.scaled_dot_product_attention(*metas, attn_mask=mm, is_causal=causal).grad_fn).__name__
+        assert planned == real, (planned, real, m is None)
 
 
 def test_index_tensors_keep_their_values_on_meta():
