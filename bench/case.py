@@ -63,10 +63,11 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 def execute(case: Case, device: str, seed: int = SEED, threads: int | None = None,
-            progress: str | None = None) -> dict[str, Any]:
+            progress: str | None = None, prediction: tuple[dict[str, Any], str | None] | None = None) -> dict[str, Any]:
     """Measure one case and say how it ended: {status, metrics, samples, error}. Never raises. `threads`: torch's
     intra-op thread count while it runs (see `cpu_threads`), restored after. `progress`: the file its progress
-    messages go to (bench.progress), for `bench` to show."""
+    messages go to (bench.progress), for `bench` to show. `prediction`: `predict_case`'s answer where the caller made
+    it already (a torchrun rank, before its job's process group existed)."""
     previous = None
     try:
         import numpy as np
@@ -83,7 +84,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         suite = SUITES[case.suite]
         predicted = {}
         if case.predict:  # before the seeds: the plan builds its own model
-            predicted, too_big = _predict(suite, case, device)
+            predicted, too_big = prediction if prediction is not None else predict_case(suite, case, device)
             if too_big:
                 return {"status": "skipped", "error": too_big}
         random.seed(seed)
@@ -128,7 +129,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             torch.set_num_threads(previous)
 
 
-def _predict(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:
+def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:
     """({"predicted_peak_mem_bytes": bytes or None}, why the case is skipped or None): bench.plan's prediction, and
     under skip_predicted_oom on a GPU, a case whose predicted peak and headroom exceed the device's memory."""
     import torch

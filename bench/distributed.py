@@ -25,6 +25,7 @@ runs len(cpus) / nproc-per-node threads (unless OMP_NUM_THREADS is set).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -237,8 +238,8 @@ def _rank_main(spec_path: str) -> int:
     import torch
     import torch.distributed as dist
 
-    from bench.case import Case, execute
-    from bench.suite import directions
+    from bench.case import Case, execute, predict_case
+    from bench.suite import SUITES, directions
 
     spec = json.loads(Path(spec_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
@@ -248,9 +249,16 @@ def _rank_main(spec_path: str) -> int:
     device = f"cuda:{local_rank}" if cuda else "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
+    case, prediction = Case(**spec["case"]), None
+    if case.predict:  # before the job's group exists: the plan runs the case in a fake group of its own
+        try:
+            importlib.import_module(case.module)
+            prediction = predict_case(SUITES[case.suite], case, device)
+        except Exception:  # noqa: BLE001 - execute imports the module again and records what is wrong with it
+            prediction = None
     dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": torch.device(device)} if cuda else {}))
     t0 = time.perf_counter()
-    result = execute(Case(**spec["case"]), device, spec["seed"])
+    result = execute(case, device, spec["seed"], prediction=prediction)
     (job / f"rank{rank}.json").write_text(json.dumps({"status": result["status"], "error": result.get("error"),
                                                       "elapsed_s": time.perf_counter() - t0}))
     if result["status"] in ("error", "oom"):

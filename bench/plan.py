@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, tensors_in
-from bench.plan_meta import IndexValues, MetaKernels, target_attention
+from bench.plan_meta import IndexValues, MetaKernels, fake_ranks, target_attention
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
 GIB = 1 << 30
@@ -131,7 +132,8 @@ def _storage_bytes(tensors) -> int:
 def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str, Any]:
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
     Raises NotPlannable or Skip."""
-    with MetaKernels(), IndexValues(), target_attention(target), TensorMemoryTracker() as total:
+    ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
+    with ranks, MetaKernels(), IndexValues(), target_attention(target), TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
         w.step()  # the warm-up: optimizer state, lazy buffers
         resident = total.live_bytes(META)
@@ -155,6 +157,9 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
     p = Prediction(suite.name, variant, dict(params), "ok", target=target, gpu=gpu,
                    dtype=params.get("dtype", "float32"))
     try:
+        if suite.world_sizes and params.get("world_size", 1) not in suite.world_sizes:
+            raise Skip(f"{suite.name} runs at world sizes {', '.join(map(str, suite.world_sizes))}, not "
+                       f"{params['world_size']}")
         raw = run_step(suite, variant, params, target)
     except Skip as e:
         p.status, p.reason = "skipped", str(e) or "skipped"
@@ -184,8 +189,9 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
 
 def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
          params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1,
-         progress=None) -> list[Prediction]:
-    """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand, in its order.
+         progress=None, world_size: int = 1) -> list[Prediction]:
+    """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand, in its order
+    (a distributed suite's at `world_size`, as one rank of it, as `bench run` would launch it).
     With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
     suite caches per point, such as packing's lengths and packings, serves all of them): each case's step on meta is
     Python dispatch, one CPU a process, and full sizes take minutes on one. `progress(planned, total)` is told each
@@ -193,6 +199,8 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
     points = []
     for suite in suites:
         for params in suite.grid(size, _grid_device(target)):
+            if suite.world_sizes:
+                params = {**params, "world_size": world_size}
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
                 continue
             chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)]

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
                         "auto: this machine's GPU; cpu: this machine's CPU and memory (default: auto)")
     p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
+    p.add_argument("--world-size", type=int, default=1, metavar="N",
+                   help="plan the distributed suites' cases as one rank of N (what each GPU of a run with N ranks "
+                        "holds; default 1)")
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="plan in N processes, one CPU each (default: the CPUs this process may use; one with --gpu "
                         "auto, which initialises CUDA)")
@@ -64,8 +67,10 @@ def predictions(args, discover) -> tuple[list, dict]:
     jobs = args.jobs if args.jobs is not None else len(affinity(os.getpid()) or ()) or os.cpu_count() or 1
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if args.world_size < 1:
+        raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
     out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity, jobs,
-               Progress(sys.stderr, start))
+               Progress(sys.stderr, start), world_size=args.world_size)
     summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}

@@ -22,6 +22,9 @@ Two things keep a meta run honest about what the target would allocate:
   the math path for it, 5-7.6x the measured peak of full-size checkpointing; the flash routing that a CPU-only machine
   uses came within 0.3% of those same measured peaks (README, "bench plan").
 
+Distributed suites (`fake_ranks`): a case at world size N is planned as rank 0 of N in torch's fake process group,
+FSDP2 included; what one rank holds is what the GPU of rank 0 must fit.
+
 Speed (`MetaKernels`): most meta kernels are Python (torch._refs, torch._meta_registrations), ~200 us an op, and a
 model's layers repeat the same ops on the same shapes. The output shapes, strides and dtypes of an op that neither
 views nor mutates are a function of its arguments' metadata, so they are computed once per signature and later calls
@@ -230,6 +233,51 @@ def _layouts(out, inputs: set[int]):
 
 def _meta_device(device) -> bool:
     return device is not None and torch.device(device).type == "meta"
+
+
+@contextmanager
+def fake_ranks(world_size: int):
+    """A distributed suite's step planned as rank 0 of `world_size` ranks, in this one process: torch's fake process
+    group (its collectives complete at once and move nothing; on meta there is nothing to move), and FSDP2 let onto the
+    meta device, which it refuses as it stands. Three of FSDP2's private checks are bypassed while the plan runs: the
+    one that asks for parameters to be materialized first, the device it takes from the mesh (the mesh's CPU, where it
+    would copy meta shards into CPU buffers; meta here), and the stream module of that device (torch.cpu's no-op
+    streams stand for meta's). Checked against real gloo runs at smoke size (tests/suites/test_fsdp_checkpointing.py):
+    every variant's peak to the byte at one rank; at two, the floor of each rank's peak (a real reduce-scatter still
+    out holds its block's gradients a while longer). A torch without those names fails the step, and the case is not
+    plannable with the reason."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        raise NotPlannable("a distributed case is planned in a fake process group of its own, which cannot be made "
+                           "inside a running one (a torchrun rank's): `bench plan` plans it")
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # registers the "fake" backend
+
+    patches = []
+    try:
+        from torch.distributed.fsdp._fully_shard import _fsdp_param_group, _fully_shard
+
+        patches = [(_fsdp_param_group.FSDPParamGroup, "_validate_no_meta_params", lambda self: None),
+                   (_fully_shard, "_get_device_from_mesh", lambda mesh: torch.device("meta"))]
+    except ImportError:  # no FSDP2 in this torch: a suite that needs it fails its step, and says so
+        pass
+    patches.append((torch, "meta", torch.cpu))  # device_mesh._get_device_handle("meta") is getattr(torch, "meta")
+    saved = [(owner, name, owner.__dict__.get(name, _ABSENT)) for owner, name, _ in patches]
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in saved:
+            if value is _ABSENT:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        dist.destroy_process_group()
+
+
+_ABSENT = object()
 
 
 @contextmanager

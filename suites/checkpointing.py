@@ -89,9 +89,6 @@ class Checkpointing(Suite):
         return variant == "none" or variant.startswith("hf_") == (params.get("model") == HF)
 
     def workload(self, variant, params, device, target=None):
-        if device == "meta" and variant == "offload":
-            raise NotPlannable("offload copies the saved activations to host memory, which the meta device cannot "
-                               "stand for")
         model, _, _, _, step = build_training_step(variant, params, device)
         return Workload(step, modules=(model,))
 
@@ -119,7 +116,10 @@ def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=N
 
 def build_training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=None):
     """training_step's (model, forward, x, target, step), the step not yet run; on the meta device the batch is
-    shapes only."""
+    shapes only (offload, which copies the saved activations to host memory, is not plannable)."""
+    if device == "meta" and variant == "offload":
+        raise NotPlannable("offload copies the saved activations to host memory, which the meta device cannot "
+                           "stand for")
     dtype = getattr(torch, params["dtype"])
     cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
     if params.get("model") == HF:

@@ -10,7 +10,7 @@ gradients and the activations the variant keeps. `param_bytes` is the rank's sha
 from __future__ import annotations
 
 from bench.metrics import Metric
-from bench.suite import Measurement, NotPlannable, Relative, Suite, Workload, register, run_dtype
+from bench.suite import Measurement, Relative, Suite, Workload, register, run_dtype
 from bench.timing import time_fixed
 from bench.work import Work
 from impls.fsdp_checkpointing.shard import local_bytes, shard
@@ -43,11 +43,7 @@ class FsdpCheckpointing(Suite):
         return [{**SHAPES[shape], **dims, "dtype": dtype} for shape, dims in GRIDS[size]]
 
     def workload(self, variant, params, device, target=None):
-        if device == "meta":
-            # checked on torch 2.13 with torch's fake process group at one rank: fully_shard's first forward raises
-            # "FSDP parameters should be materialized from meta device before training"
-            raise NotPlannable("FSDP2 refuses to run a step with parameters on the meta device (it asks for them to be "
-                               "materialized first), even on a fake process group at one rank")
+        # on meta (bench plan), as rank 0 of a fake process group at the case's world size: bench.plan_meta.fake_ranks
         import torch.distributed as dist
 
         model, _, _, _, step = build_training_step(variant, params, device, seed=dist.get_rank(), wrap=shard)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench import runner
-from bench.case import Case, _predict
+from bench.case import Case, predict_case
 from bench.cli import main
 from bench.suite import SUITES, discover
 from tests.optional import needs
@@ -46,13 +46,13 @@ def test_a_case_predicted_not_to_fit_is_skipped_on_a_gpu(monkeypatch):
     params = next(p for p in SUITES["checkpointing"].grid("smoke", "cuda:0") if "model" not in p)
     case = Case("checkpointing", "none", params, "suites.checkpointing", predict=True, skip_predicted_oom=True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**20))  # a 1 MiB GPU
-    predicted, why = _predict(SUITES["checkpointing"], case, "cuda:0")
+    predicted, why = predict_case(SUITES["checkpointing"], case, "cuda:0")
     assert predicted["predicted_peak_mem_bytes"] > 0
     assert why.startswith("predicted not to fit: a peak of ") and "GiB headroom > the 0.00 GiB of cuda:0" in why
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**40, 2**40))  # 1 TiB: it fits
-    assert _predict(SUITES["checkpointing"], case, "cuda:0")[1] is None
+    assert predict_case(SUITES["checkpointing"], case, "cuda:0")[1] is None
     no_skip = Case("checkpointing", "none", params, "suites.checkpointing", predict=True)
-    assert _predict(SUITES["checkpointing"], no_skip, "cuda:0")[1] is None  # --predict alone never skips
+    assert predict_case(SUITES["checkpointing"], no_skip, "cuda:0")[1] is None  # --predict alone never skips
 
 
 def test_skip_predicted_oom_implies_predict(tmp_path, capsys):

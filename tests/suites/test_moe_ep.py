@@ -5,7 +5,7 @@ import pytest
 
 from bench import runner
 from bench.distributed import Launch
-from bench.suite import SUITES
+from bench.suite import discover
 from reports.figures import load_frame
 from reports.figures.moe_ep import figures
 from tests.optional import needs
@@ -18,7 +18,7 @@ def expert_bytes(p) -> int:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ep") / "run"
-    code, records = runner.run(runner.RunConfig(suites=[SUITES["moe_ep"]], size="smoke", device="cpu", out=out,
+    code, records = runner.run(runner.RunConfig(suites=[discover()["moe_ep"]], size="smoke", device="cpu", out=out,
                                                 launch=Launch(2)))
     assert code == 0, [r.error for r in records]
     return out, {r.variant: r for r in records}
