@@ -20,7 +20,7 @@ Two things keep a meta run honest about what the target would allocate:
   to its own meta registration, whose bytes match flash's. Any other kernel makes the case not plannable: never the
   math path in its place. On the first H100 check (torch 2.11), torch's choice there was not flash and the plan took
   the math path for it, 5-7.6x the measured peak of full-size checkpointing; the flash routing that a CPU-only machine
-  uses came within 0.3% of those same measured peaks (README, "bench plan").
+  uses came within 0.3% of those same measured peaks (README, "Planning a GPU run").
 
 Distributed suites (`fake_ranks`): a case at world size N is planned as rank 0 of N in torch's fake process group,
 FSDP2 included; what one rank holds is what the GPU of rank 0 must fit.
