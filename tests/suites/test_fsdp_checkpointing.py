@@ -58,9 +58,11 @@ def test_two_ranks_halve_the_parameters_and_checkpointing_still_saves(two_ranks,
 
 
 def test_the_plan_is_what_one_rank_measured_and_a_floor_under_each_of_two(two_ranks, smoke_records):
-    # bench.plan runs each case as rank 0 of a fake process group on meta, FSDP2 included (bench.plan_meta.fake_ranks).
-    # The real FSDP2 steps ran in the runner's children: on torch 2.11 an FSDP2 backward in this process would break
-    # autograd in any process it forked later.
+    # bench.plan runs each case as rank 0 of a fake process group on meta, FSDP2 included (bench.plan_meta.fake_ranks),
+    # against the real steps the runner's children measured. On torch 2.11 an FSDP2 backward, the plan's on meta too,
+    # starts autograd's device threads, after which a process forked from this one cannot run autograd; nothing
+    # forks from a test process after tests/suites/ (bench.plan's forked test is in tests/bench/, run before it when
+    # one process runs them all; on torch 2.13 the threads do not start).
     errors = {}
     for variant, (r,) in smoke_records[1]["fsdp_checkpointing"].items():  # one rank: every variant, to 2%
         p = plan_case(discover()["fsdp_checkpointing"], variant, r.params, "cpu")
