@@ -2,8 +2,9 @@
 
 Steps, in order, each timed and printed: the GPU and environment, `bench doctor --json` (OUT/doctor.json: what could
 disturb the timings) and `bench plan` where the installed bench has them, the CUDA tests (`pytest -m cuda`: every test
-a CPU machine skips), then SELECTION, a curated slice of every suite's quick grid that reaches each CUDA path once (one
-`bench run`, with its report). `full` adds every suite at full size; `SUITE=SIZE` adds that suite at that size.
+a CPU machine skips), one quick checkpointing step profiled with the allocator's history (OUT/profile), then
+SELECTION, a curated slice of every suite's quick grid that reaches each CUDA path once (one `bench run`, with its
+report). `full` adds every suite at full size; `SUITE=SIZE` adds that suite at that size.
 
 The budget (--budget-s) is wall-clock for the whole check: a step starts only with time left, a `bench run` gets what
 is left as its --budget (it records the cases it finished and lists the rest), and anything that did not run is
@@ -164,6 +165,12 @@ def main(argv: list[str]) -> int:
             print(f"-- {command}: this bench has no `{command}` command yet; skipped", flush=True)
     check.step("cuda tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
                               "tests"], log="pytest-cuda.log")
+
+    # one quick checkpointing step under the profiler, with the allocator's history on CUDA (profile/
+    # memory_snapshot.pickle, for pytorch.org/memory_viz): what the measured peak holds beyond bench.plan's prediction
+    # (4.5 MiB at this size on the first H100 run; README, "Planning a GPU run")
+    check.step("profile", [*bench, "profile", "checkpointing", "--variant", "full", "--size", "quick", "--device",
+                           args.device, "--params", "model=None", "--out", str(out / "profile")], log="profile.log")
 
     quick = out / "quick"
     # --predict: each case records bench.plan's peak beside the allocator's, so the run measures the plan's CUDA error
