@@ -280,7 +280,7 @@ def for_case(case: Case, how: Launch, inline: bool, cpus: frozenset[int] | None 
     local = Inline(cpus) if inline else Isolated(cpus)
     if not suite.world_sizes:
         return local
-    if case.params["world_size"] not in suite.world_sizes:
-        return Refuse(f"{case.suite} runs at world sizes {', '.join(map(str, suite.world_sizes))}, not "
-                      f"{case.params['world_size']} (--nproc-per-node x --nnodes)")
+    why = suite.unsupported_world_size(case.params["world_size"])
+    if why:
+        return Refuse(f"{why} (--nproc-per-node x --nnodes)")
     return OneRank(local) if how.world_size == 1 else Torchrun(how, cpus)

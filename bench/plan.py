@@ -157,9 +157,9 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
     p = Prediction(suite.name, variant, dict(params), "ok", target=target, gpu=gpu,
                    dtype=params.get("dtype", "float32"))
     try:
-        ranks = params.get("world_size", 1)
-        if suite.world_sizes and ranks not in suite.world_sizes:
-            raise Skip(f"{suite.name} runs at world sizes {', '.join(map(str, suite.world_sizes))}, not {ranks}")
+        why = suite.unsupported_world_size(params.get("world_size", 1))
+        if why:
+            raise Skip(why)
         raw = run_step(suite, variant, params, target)
     except Skip as e:
         p.status, p.reason = "skipped", str(e) or "skipped"

@@ -306,6 +306,7 @@ def _attention(target, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, 
         attn_mask = torch.where(attn_mask, torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device),
                                 torch.scalar_tensor(-math.inf, dtype=q.dtype, device=q.device))
     backend = kernel_choice(target, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    lse = any(t.requires_grad for t in (q, k, v))  # the fused kernels keep their logsumexp for a backward
     if backend == "flash" and target == "cpu":
         return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, attn_mask=attn_mask,
                                                                  scale=scale)[0]
@@ -322,11 +323,9 @@ def _attention(target, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, 
             attn_mask = F.pad(attn_mask, (0, 16 - n % 16))[..., :n]
         if attn_mask is not None:
             attn_mask = attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        lse = any(t.requires_grad for t in (q, k, v))
         return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, lse, dropout_p, is_causal,
                                                             scale=scale)[0]
     if backend == "cudnn":  # torch 2.11 on an H100 picks it first: memory as flash's, with a [B, H, S, 1] logsumexp
-        lse = any(t.requires_grad for t in (q, k, v))
         return aten._scaled_dot_product_cudnn_attention(q, k, v, attn_mask, lse, dropout_p, is_causal, False,
                                                         scale=scale)[0]
     if backend != "math":  # a kernel the plan cannot stand for: say so, never take the math path in its place

@@ -228,6 +228,12 @@ class Suite:
                                               for r in p.relative]} for name, p in self.parts.items()},
                 "metrics": {name: spec.to_json() for name, spec in self.metric_specs().items()}}
 
+    def unsupported_world_size(self, world_size: int) -> str | None:
+        """Why this distributed suite cannot run at `world_size` (None where it can): the runner's and the plan's."""
+        if self.world_sizes and world_size not in self.world_sizes:
+            return f"{self.name} runs at world sizes {', '.join(map(str, self.world_sizes))}, not {world_size}"
+        return None
+
     def metric_specs(self) -> dict[str, Metric]:
         """Every metric a record of this suite can hold: the suite's own, the runner's telemetry and interference
         metrics, each `relative` ratio, and for a distributed suite the rank spreads of every numeric metric."""
