@@ -40,7 +40,7 @@ def add_arguments(r) -> None:
     r.add_argument("--timeout", type=float, metavar="S", help="seconds per case (default by --size: "
                    + ", ".join(f"{size} {s:g}" for size, s in TIMEOUTS.items()) + ")")
     r.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                   help="ranks per node for distributed suites, one torchrun job a case (default: 1)")
+                   help="ranks per node for distributed suites, one job of ranks a case (default: 1)")
     r.add_argument("--nnodes", type=int, default=1, metavar="M", help="nodes of each distributed job (default: 1)")
     r.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="rendezvous of a multi-node job (same on every node)")
     r.add_argument("--threads", type=int, metavar="N",

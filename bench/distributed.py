@@ -1,10 +1,13 @@
-"""Distributed cases: one torchrun job per case, with NCCL on CUDA and gloo on CPU.
+"""Distributed cases: one job of every rank per case, with NCCL on CUDA and gloo on CPU.
 
 The runner calls `run_distributed` for a case of a distributed suite (one that lists `world_sizes`) on more than
-one rank; a one-rank case runs as any other, in the runner's child process, inside `one_rank_group`. It starts
-`python -m torch.distributed.run ... -m bench.distributed SPEC` under a keeper (`python -m bench.lifeline`), which
-kills the agent and every rank, whatever session each started, at a timeout or when `bench` dies however it dies;
-torchrun's elastic agent starts the ranks, and when one rank dies it stops the others. Each rank runs the suite's
+one rank; a one-rank case runs as any other, in the runner's child process, inside `one_rank_group`. It starts the
+job under a keeper (`python -m bench.lifeline`), which kills the launcher and every rank, whatever session each
+started, at a timeout or when `bench` dies however it dies. On one node (`--nproc-per-node N`) the launcher is
+`python -m bench.ranks N -m bench.distributed SPEC`, which imports torch and the suite once and forks the ranks with
+torchrun's environment (a torchrun job paid a torch import for its agent and for every rank, ~2 CPU seconds each);
+over several nodes (`--nnodes M --rdzv-endpoint`) it is `python -m torch.distributed.run`, whose elastic agents meet
+at the rendezvous. Either way, when one rank dies the launcher stops the others. Each rank runs the suite's
 `measure` with the process group initialised, and writes how it ended to `rank<R>.json` in the job's folder; global
 rank 0 gathers every rank's metrics and writes the aggregate. A case whose rank failed, ran out of memory or hung
 becomes an error, oom or timeout record that names the rank.
@@ -56,7 +59,7 @@ class Launch:
     nproc_per_node: int = 1
     nnodes: int = 1
     rdzv_endpoint: str | None = None
-    """HOST:PORT of the c10d rendezvous; None runs one standalone node (torchrun --standalone)."""
+    """HOST:PORT of the c10d rendezvous; None runs one standalone node (bench.ranks)."""
 
     def __post_init__(self):
         if self.nproc_per_node < 1 or self.nnodes < 1:
@@ -69,15 +72,19 @@ class Launch:
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
 
-    def torchrun_args(self) -> list[str]:
-        where = (["--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"] if self.rdzv_endpoint
-                 else ["--standalone"])
-        return [f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}", *where]
+    def launcher_args(self, module: str) -> list[str]:
+        """What follows `python -m` to start a job's ranks on this node: one node's are forked from one process
+        that imported torch, bench's runner and the suite's `module` (bench.ranks); several nodes meet through
+        torchrun's c10d rendezvous."""
+        if self.nnodes == 1:
+            return ["bench.ranks", str(self.nproc_per_node), "--preload", f"bench.case,{module}"]
+        return ["torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"]
 
 
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
                     cpus: frozenset[int] | None = None) -> dict[str, Any] | None:
-    """Run `case` as one torchrun job, pinned to `cpus` when given; {status, metrics, samples, error} as
+    """Run `case` as one job of every rank, pinned to `cpus` when given; {status, metrics, samples, error} as
     bench.case.execute, or None on a node without global rank 0 (that node's run records the case). Never raises."""
     with scratch("techbench-dist-") as job:
         spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": str(job)}
@@ -85,8 +92,7 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
         root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how, cpus)))}
-        cmd = [sys.executable, "-m", "torch.distributed.run", *how.torchrun_args(), "-m", "bench.distributed",
-               str(job / "spec.json")]
+        cmd = [sys.executable, "-m", *how.launcher_args(case.module), "-m", "bench.distributed", str(job / "spec.json")]
         code = _keep(cmd, env, job, timeout_s, cpus)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:
@@ -104,7 +110,7 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
             return json.loads(result.read_text())
         if how.nnodes > 1 and len(ranks) == how.nproc_per_node and not failed:
             return None  # every local rank finished and global rank 0 is on another node, which records the case
-        return {"status": "error", "error": f"torchrun exited with code {code} without a result:\n" + _log_tail(job)}
+        return {"status": "error", "error": f"the job exited with code {code} without a result:\n" + _log_tail(job)}
 
 
 def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
@@ -115,7 +121,7 @@ def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
     lifeline, keeping = os.pipe()
     pin = [f"--cpus={','.join(map(str, sorted(cpus)))}"] if cpus else []
     try:
-        with (job / "torchrun.log").open("wb") as log:
+        with (job / "job.log").open("wb") as log:
             # a session of its own: Ctrl-C on `bench`'s terminal reaches `bench`, which closes the lifeline
             keeper = subprocess.Popen([sys.executable, "-m", "bench.lifeline", *pin, str(lifeline), *cmd], stdout=log,
                                       stderr=subprocess.STDOUT, env=env, pass_fds=(lifeline,), start_new_session=True)
@@ -172,7 +178,7 @@ def _alive(pid: int) -> bool:
 
 
 def _log_tail(job: Path) -> str:
-    return "\n".join((job / "torchrun.log").read_text(errors="replace").strip().splitlines()[-LOG_LINES:])
+    return "\n".join((job / "job.log").read_text(errors="replace").strip().splitlines()[-LOG_LINES:])
 
 
 def _threads_per_rank(how: Launch, cpus: frozenset[int] | None = None) -> int:
@@ -182,8 +188,8 @@ def _threads_per_rank(how: Launch, cpus: frozenset[int] | None = None) -> int:
 @contextmanager
 def one_rank_group(device: str):
     """A process group of this process alone (gloo on CPU, NCCL on CUDA), for a distributed suite's world-size-1
-    case: it runs like any case, in the runner's child process, without a torchrun job around it (whose start costs
-    seconds a case). Nothing happens when a group exists already (a torchrun rank)."""
+    case: it runs like any case, in the runner's child process, without a job of ranks around it (whose start costs
+    seconds a case). Nothing happens when a group exists already (a job's rank)."""
     import torch
     import torch.distributed as dist
 
@@ -234,7 +240,7 @@ def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[st
 
 
 def _rank_main(spec_path: str) -> int:
-    """One rank of a case's job (torchrun's entry point)."""
+    """One rank of a case's job (the launcher's entry point: bench.ranks or torchrun)."""
     import torch
     import torch.distributed as dist
 

@@ -7,7 +7,7 @@ an hour later, when other jobs held the machine. So each timed window records wh
   (/proc/pressure/cpu), the 1-minute load average, and the clock of the case's core against its max (cpufreq);
 - GPU (bench.telemetry, through NVML): other compute processes on the device, SM clock against its max, slowdowns.
 The case tree is the process that runs `execute` (the runner's child, or `bench` itself with --inline) and its
-descendants; in a torchrun rank, the elastic agent and so every local rank. Off Linux every host value is None.
+descendants; in a job's rank, its launcher and so every local rank. Off Linux every host value is None.
 
     with HostSampler() as host:
         m = suite.measure(...)
@@ -133,7 +133,8 @@ def tree_pids(root: int) -> list[int]:
 
 
 def case_root() -> int:
-    """The root of the case's process tree: this process, or in a torchrun rank the agent that started every rank."""
+    """The root of the case's process tree: this process, or in a job's rank the launcher that started every rank
+    (torchrun's agent or bench.ranks, which both set TORCHELASTIC_RUN_ID)."""
     return os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
 
 

@@ -5,10 +5,10 @@
 - Isolated: in a child forked from a server that has already imported torch and the suites (the default): a crash,
   a hang past the timeout or a kill by the OS becomes a record, and the run goes on. The server's child is the
   case's keeper (bench.lifeline), and the case runs in the keeper's child: whatever the case starts ends with it;
-- Torchrun: a torchrun job of every rank (bench.distributed), for a distributed suite at more than one rank.
+- Ranks: a job of every rank (bench.distributed), for a distributed suite at more than one rank.
 
 With `cpus` (`bench run --cpus`) each pins the case's process to them: Inline every thread of `bench` while the case
-runs, Isolated the keeper and so the case it forks, Torchrun the keeper and so the agent and every rank. Before a
+runs, Isolated the keeper and so the case it forks, Ranks the keeper and so the launcher and every rank. Before a
 case, `wait_idle` (`--wait-idle`) waits for other processes to leave those CPUs.
 """
 
@@ -250,7 +250,7 @@ class OneRank:
 
 
 @dataclass(frozen=True)
-class Torchrun:
+class Ranks:
     how: Launch
     cpus: frozenset[int] | None = None
 
@@ -283,4 +283,4 @@ def for_case(case: Case, how: Launch, inline: bool, cpus: frozenset[int] | None 
     why = suite.unsupported_world_size(case.params["world_size"])
     if why:
         return Refuse(f"{why} (--nproc-per-node x --nnodes)")
-    return OneRank(local) if how.world_size == 1 else Torchrun(how, cpus)
+    return OneRank(local) if how.world_size == 1 else Ranks(how, cpus)

@@ -1,7 +1,7 @@
 """Keepers: no process a case starts outlives its case, nor `bench`, however `bench` ends (SIGKILL included).
 
 Each case runs under a keeper, a process that does nothing else (the isolated launcher's forkserver child; for a
-torchrun job, `python -m bench.lifeline FD CMD...`) and holds the read end of a pipe, the lifeline, whose write end
+distributed job, `python -m bench.lifeline FD CMD...`) and holds the read end of a pipe, the lifeline, whose write end
 only `bench` holds. `keep` runs the case in a child of the keeper and waits for whichever comes first:
 
 - the case's process ends (ok, error or crash): the keeper kills what the case left behind and says how it ended;

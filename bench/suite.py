@@ -152,7 +152,7 @@ class Suite:
     parts: ClassVar[dict[str, Part]] = {}
     """Sub-benchmarks by name: each grid point of a suite with parts names its part in params["part"]."""
     world_sizes: ClassVar[tuple[int, ...]] = ()
-    """A distributed suite lists the world sizes it supports: each case is then one torchrun job (bench.distributed)
+    """A distributed suite lists the world sizes it supports: each case is then one job of ranks (bench.distributed)
     whose ranks all call `measure` with torch.distributed initialised, and its params gain `world_size`."""
     libraries: ClassVar[dict[str, str]] = {}
     """Variants that run a third-party library rather than this project's code: variant -> the library's name and

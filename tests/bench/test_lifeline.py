@@ -105,7 +105,7 @@ def test_sigkill_of_bench_ends_every_process_of_a_two_rank_case(tmp_path):
     try:
         _started(bench, lambda: hung.exists() and hung.read_text(), tmp_path / "log")
         case = _marked(mark) - {bench.pid}
-        assert len(case) >= 4, case  # the keeper, torchrun's agent and both ranks (rank 1 hangs, rank 0 waits on it)
+        assert len(case) >= 4, case  # the keeper, the ranks' launcher and both ranks (rank 1 hangs, rank 0 waits on it)
     finally:
         bench.kill()
         bench.wait()

@@ -283,5 +283,5 @@ def test_a_torchrun_keeper_is_pinned_and_what_it_starts_inherits_it():
            "subprocess.run([sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))'])"]
     with scratch("techbench-test-") as job:
         code = _keep(cmd, dict(os.environ), job, 30.0, frozenset({cpu}))
-        log = (job / "torchrun.log").read_text()
+        log = (job / "job.log").read_text()
     assert code == 0 and log.split() == [f"[{cpu}]", f"[{cpu}]"], log

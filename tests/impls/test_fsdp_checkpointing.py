@@ -3,12 +3,12 @@
 import pytest
 
 from impls.checkpointing import VARIANTS
-from tests.torchrun import torchrun_json
+from tests.ranks import ranks_json
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    return torchrun_json("impls.fsdp_checkpointing.check", tmp_path_factory.mktemp("fsdp") / "errors.json")
+    return ranks_json("impls.fsdp_checkpointing.check", tmp_path_factory.mktemp("fsdp") / "errors.json")
 
 
 def test_every_variant_was_checked_on_two_ranks(two_ranks):

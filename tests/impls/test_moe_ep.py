@@ -2,14 +2,14 @@
 
 import pytest
 
-from tests.torchrun import torchrun_json
+from tests.ranks import ranks_json
 
 BACKENDS = ("torch", "grouped_mm")
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    result = torchrun_json("impls.moe_ep.check", tmp_path_factory.mktemp("ep") / "ep.json")
+    result = ranks_json("impls.moe_ep.check", tmp_path_factory.mktemp("ep") / "ep.json")
     assert result["world"] == 2
     return result["ranks"]
 
