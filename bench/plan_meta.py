@@ -5,9 +5,10 @@ Two things keep a meta run honest about what the target would allocate:
 - Values for index tensors (`IndexValues`). A step whose shapes depend on data (the real tokens of a padding mask,
   tokens per expert, `.item()` of a length) cannot run on meta alone. Integer and bool tensors up to INDEX_LIMIT
   elements keep their real values on the CPU beside their meta twins: a CPU tensor moved to meta keeps its values,
-  an op whose meta inputs all have values computes them on the CPU too, and an op whose output shape needs values
-  (nonzero, bincount, a bool-mask index, `.item()`, `.tolist()`) takes its shape from them. The heavy (float)
-  tensors stay on meta. A data-dependent op with no values to use raises NotPlannable naming the op: never a guess.
+  an op whose meta inputs all have values computes them on the CPU too (when they are first read), and an op whose
+  output shape needs values (nonzero, bincount, a bool-mask index, `.item()`, `.tolist()`) takes its shape from
+  them. The heavy (float) tensors stay on meta. A data-dependent op with no values to use raises NotPlannable
+  naming the op: never a guess.
 - The target's attention kernel (`target_attention`). F.scaled_dot_product_attention on meta takes the math path,
   which materialises the S x S scores the fused kernels never hold (+1 MB at smoke checkpointing). It is routed to
   the kernel the target would pick: on a CPU target, torch's own choice (torch._fused_sdp_choice on CPU tensors of
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -64,35 +66,77 @@ def _meta(t) -> bool:
     return isinstance(t, torch.Tensor) and t.device.type == "meta"
 
 
+class _Later:
+    """An index tensor's CPU value, computed when first read. Most never are: a causal mask's ones(S, S).tril() is
+    only ever shaped, and at full size computing such values took half of rmpad's plan."""
+
+    __slots__ = ("thunk", "value", "__weakref__")
+
+    def __init__(self, thunk):
+        self.thunk, self.value = thunk, None
+
+    def get(self):
+        if self.thunk is not None:
+            self.value, self.thunk = self.thunk(), None
+        return self.value
+
+
+def _read(x):
+    return x.get() if isinstance(x, _Later) else x
+
+
 class IndexValues(TorchDispatchMode):
     """Keeps real CPU values beside meta index tensors and answers data-dependent ops from them (see the module);
-    makes the few meta kernels whose outputs hold less storage than the real ones hold as much (_UNREDUCED_LOSSES)."""
+    makes the few meta kernels whose outputs hold less storage than the real ones hold as much (_UNREDUCED_LOSSES).
+
+    An op that needs no values to run on meta gets its outputs' values later, when something reads them (`_Later`);
+    an op that mutates a value first computes every value still waiting, so that none reads what came after it."""
 
     def __init__(self):
         super().__init__()
         self.values = WeakIdKeyDictionary()
+        self._waiting: weakref.WeakSet = weakref.WeakSet()
 
-    def _value(self, t):
-        return self.values.get(t) if _meta(t) else t
+    def _get(self, t) -> torch.Tensor:
+        value = self.values[t]
+        if isinstance(value, _Later):
+            value = self.values[t] = value.get()
+        return value
 
     def _keep(self, meta_out, cpu_out) -> None:
         metas, _ = tree_flatten(meta_out)
+        if isinstance(cpu_out, _Later):
+            single = isinstance(meta_out, torch.Tensor)
+            for i, m in enumerate(metas):
+                if _meta(m) and _is_index(m):
+                    later = cpu_out if single else _Later(lambda i=i: tree_flatten(cpu_out.get())[0][i])
+                    self.values[m] = later
+                    self._waiting.add(later)
+            return
         cpus, _ = tree_flatten(cpu_out)
         for m, c in zip(metas, cpus):
             if _meta(m) and isinstance(c, torch.Tensor) and _is_index(m):
                 self.values[m] = c
 
-    def _on_values(self, func, args, kwargs):
-        """func run on the CPU values of its meta arguments (None where one has none)."""
+    def _on_values(self, func, args, kwargs, later: bool = False):
+        """func run on the CPU values of its meta arguments (None where one has none); with `later`, a _Later that
+        runs it when read, unless func views or mutates."""
         if any(_meta(t) and t not in self.values for t in tensors_in((args, kwargs))):
             return None
 
-        def cpu(x):
+        def held(x):
             if _meta(x):
                 return self.values[x]
             return torch.device("cpu") if isinstance(x, torch.device) and x.type == "meta" else x
 
-        return func(*tree_map(cpu, args), **tree_map(cpu, kwargs))
+        args, kwargs = tree_map(held, args), tree_map(held, kwargs)
+        if later and not _views_or_mutates(func):
+            return _Later(lambda: func(*tree_map(_read, args), **tree_map(_read, kwargs)))
+        if func._schema.is_mutable:
+            for waiting in list(self._waiting):
+                waiting.get()
+            self._waiting.clear()
+        return func(*tree_map(_read, args), **tree_map(_read, kwargs))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -100,7 +144,7 @@ class IndexValues(TorchDispatchMode):
         if func is aten._local_scalar_dense.default and _meta(args[0]):  # .item()
             if args[0] not in self.values:
                 raise NotPlannable(f".item() of a {args[0].dtype} tensor that the plan keeps on meta (no values)")
-            return self.values[args[0]].item()
+            return self._get(args[0]).item()
         if func is aten._to_copy.default and not _meta(args[0]) and _meta_device(kwargs.get("device")):
             out = func(*args, **kwargs)  # a CPU tensor moved to meta keeps its values
             if _is_index(out):
@@ -109,7 +153,7 @@ class IndexValues(TorchDispatchMode):
         if func is aten._to_copy.default and _meta(args[0]) and not _meta_device(kwargs.get("device", "meta")):
             if args[0] not in self.values:  # .tolist(), .cpu()
                 raise NotPlannable(f"copying a {args[0].dtype} tensor off the meta device (no values to copy)")
-            return func(self.values[args[0]], **{k: v for k, v in kwargs.items() if k != "device"})
+            return func(self._get(args[0]), **{k: v for k, v in kwargs.items() if k != "device"})
         if func in _INDEXING:
             args = self._long_indices(func, args)
         if func in _UNREDUCED_LOSSES and _meta(args[0]):
@@ -132,11 +176,11 @@ class IndexValues(TorchDispatchMode):
             return out
         outs = tensors_in(out)
         if any(_meta(o) and _is_index(o) for o in outs) and any(_meta(t) for t in flat):
-            values = self._on_values(func, args, kwargs)
+            values = self._on_values(func, args, kwargs, later=True)
             if values is not None:
                 self._keep(out, values)
         elif any(_meta(o) and _is_index(o) for o in outs) and not flat:
-            self._keep(out, self._on_values(func, args, kwargs))  # a factory (arange, ones): made on the CPU too
+            self._keep(out, self._on_values(func, args, kwargs, later=True))  # a factory (arange, ones): on the CPU
         return out
 
     def _long_indices(self, func, args):
@@ -149,7 +193,7 @@ class IndexValues(TorchDispatchMode):
             if _meta(i) and i.dtype == torch.bool:
                 if i not in self.values:
                     raise NotPlannable(f"{func} with a boolean mask that the plan keeps on meta (no values)")
-                for column in self.values[i].nonzero().unbind(1):
+                for column in self._get(i).nonzero().unbind(1):
                     long = torch.empty(column.shape, dtype=torch.long, device="meta")
                     self.values[long] = column
                     out.append(long)

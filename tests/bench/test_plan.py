@@ -220,6 +220,21 @@ def test_index_tensors_keep_their_values_on_meta():
             x.sum().item()  # a float tensor on meta has no values: never a guess
 
 
+def test_index_values_are_computed_when_read_and_before_a_mutation():
+    with IndexValues() as iv:
+        causal = torch.ones(4096, 4096, dtype=torch.bool, device="meta").tril()  # shaped, never read: never made
+        assert causal.shape == (4096, 4096)
+        assert isinstance(iv.values[causal], plan_meta._Later) and iv.values[causal].thunk is not None
+        small = torch.ones(3, 3, dtype=torch.bool, device="meta").tril()
+        assert small.sum().item() == 6  # read: made then
+        assert torch.equal(iv._get(small), torch.ones(3, 3, dtype=torch.bool).tril())
+        a = torch.arange(4, device="meta")
+        doubled = a * 2  # waits
+        a.add_(1)  # a mutation: what waits is made first, from the values before it
+        assert doubled.tolist() == [0, 2, 4, 6] and a.tolist() == [1, 2, 3, 4]
+        assert iv.values[causal].thunk is None  # a mutation makes every value still waiting, whatever it read
+
+
 def test_a_meta_op_answered_from_its_signature_is_what_its_kernel_gives(monkeypatch):
     monkeypatch.setattr(plan_meta, "SIGNATURES", {})
     x, w = torch.empty(6, 4, device="meta").t(), torch.empty(6, 5, device="meta")  # a transposed input
