@@ -12,8 +12,8 @@ routes attention to the target's kernel), and reports:
   It is what has to fit in the GPU.
 - the parts: parameters, gradients (after the step), optimizer state, activations saved for backward (bytes autograd
   saved, parameters left out; a checkpointing variant's own hooks hide what it recomputes), other resident bytes
-  (the batch, buffers), and transient = peak - all of those (workspace, temporaries; never below 0, since gradients
-  and saved activations need not be live at once).
+  (the batch, buffers; not the warm-up's gradients, which the step frees or reuses), and transient = peak - all of
+  those (workspace, temporaries; never below 0, since gradients and saved activations need not be live at once).
 - flops (torch's FLOP counter with bench.flops' attention formulas), bytes_moved (every op's tensor inputs read and
   outputs written, views left out: the traffic of an eager, unfused step, an upper bound on what fused kernels move),
   and roofline_ms = max(flops / peak TFLOP/s of the dtype, bytes_moved / bandwidth) from bench.hardware.
@@ -140,17 +140,20 @@ def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str,
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target), TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
-        w.step()  # the warm-up: optimizer state, lazy buffers
+        if not w.stateless:
+            w.step()  # the warm-up: optimizer state, lazy buffers
         resident = total.live_bytes(META)
         total.reset_peak()
         parameters = [p for m in w.modules for p in m.parameters()]
+        warm_grads = _storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
         with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
             w.step()
         held = w.held() if w.held is not None else 0
         param_bytes = _storage_bytes(parameters)
         optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
         return {"step_peak_bytes": step.peak_bytes(META) + held, "peak_bytes": total.peak_bytes(META),
-                "resident_bytes": resident, "param_bytes": param_bytes, "optimizer_bytes": optimizer,
+                "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
+                "optimizer_bytes": optimizer,
                 "grad_bytes": _storage_bytes(p.grad for p in parameters),
                 "activation_bytes": saved.total(META), "flops": counted.flops, "bytes_moved": counted.bytes}
 
@@ -176,9 +179,8 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
         p.status, p.reason = "not_plannable", f"its step does not run on the meta device: {type(e).__name__}: " + \
             (str(e).strip().splitlines() or [""])[0][:300]
         return p
-    other = raw["resident_bytes"] - raw["param_bytes"] - raw["optimizer_bytes"]
     p.parts = {"parameters": raw["param_bytes"], "gradients": raw["grad_bytes"], "optimizer": raw["optimizer_bytes"],
-               "activations": raw["activation_bytes"], "inputs": max(0, other)}
+               "activations": raw["activation_bytes"], "inputs": max(0, raw["other_bytes"])}
     p.parts["transient"] = max(0, raw["peak_bytes"] - sum(p.parts.values()))
     p.step_peak_bytes, p.peak_bytes = raw["step_peak_bytes"], raw["peak_bytes"]
     p.flops, p.bytes_moved = raw["flops"], raw["bytes_moved"]

@@ -132,6 +132,10 @@ class Workload:
     """The optimizer `step` runs, if any: its state is reported as optimizer state."""
     held: Callable[[], int] | None = None
     """Bytes the case's peak_mem_bytes counts beyond the step's own peak (e.g. a KV cache filled before the step)."""
+    stateless: bool = False
+    """True where a step leaves nothing a later one reads: no optimizer, no lazy buffers, gradients set to None at
+    its start. The plan then runs it once, without a warm-up: the same peak, at half the cost (a full rmpad case's
+    segments: ~25 k ops a step on meta)."""
 
 
 class Suite:

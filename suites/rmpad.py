@@ -140,7 +140,9 @@ class Rmpad(Suite):
         def loss():
             return model(ids, mask) if variant == "padded" else forward_unpadded(model, ids, mask, variant)
 
-        return Workload(_step(model, loss, train), modules=(model,))
+        # stateless: the decoder has no lazy state and the step sets the gradients to None first (the plan checks
+        # its prediction against the tracker at smoke and quick size: tests/bench/test_plan.py)
+        return Workload(_step(model, loss, train), modules=(model,), stateless=True)
 
     def measure(self, variant, params, device):
         if params.get("model") == HF:

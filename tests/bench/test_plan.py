@@ -107,6 +107,8 @@ def test_a_case_is_exact_and_its_parts_add_up(registry):
     n = sum(t.numel() for t in suite.workload("none", params, "meta").modules[0].parameters())
     assert p.parts["parameters"] == p.parts["gradients"] == 4 * n  # fp32 on the CPU
     assert p.parts["optimizer"] == 0 and p.parts["activations"] > 0
+    batch = 4 * params["batch"] * params["seq"] * params["d_model"]
+    assert p.parts["inputs"] == 2 * batch  # x and its target; not the warm-up's gradients, which the step frees
     assert p.peak_bytes >= p.step_peak_bytes + p.parts["parameters"]  # the step's bytes on top of what was resident
     assert p.flops > 0 and p.bytes_moved > 0 and p.roofline_ms is None  # no GPU named: no roofline
 
