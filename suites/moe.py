@@ -186,7 +186,7 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
         x.grad = weights.grad = experts.w1.grad = experts.w2.grad = None
         dispatch(x, indices, weights, experts).backward(grad)
 
-    return Workload(step, modules=(experts,))
+    return Workload(step, modules=(experts,), stateless=True)  # the step clears every gradient it makes first
 
 
 def _draw(shape, g, device, dtype):

@@ -208,7 +208,7 @@ def train_workload(packing, params, device: str, mask: str, loss=packed_loss) ->
         model.zero_grad(set_to_none=True)
         loss(model, *tensors, mask=mask).backward()
 
-    return Workload(step, modules=(model,)), real, (model, rows, tensors)
+    return Workload(step, modules=(model,), stateless=True), real, (model, rows, tensors)  # as rmpad's decoder
 
 
 def _train_step(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Timing, int, dict]:
