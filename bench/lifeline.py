@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Callable
+from typing import Callable, NoReturn
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -78,21 +78,7 @@ def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
     keeper = os.getpid()
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != keeper:  # the keeper died before the line above took effect
-                os._exit(1)
-            code = target() or 0
-        except BaseException:  # noqa: BLE001 - the child must not return into the keeper's code
-            traceback.print_exc()
-        finally:
-            for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush an interpreter's exit does
-                try:
-                    stream.flush()
-                except (AttributeError, OSError, ValueError):
-                    pass
-            os._exit(code)
+        child_main(target, keeper)
     previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}  # after the fork: the case keeps its own
     try:
         code = _wait(pid, lifeline)
@@ -105,6 +91,29 @@ def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return code
+
+
+def child_main(target: Callable[[], int | None], parent: int) -> NoReturn:
+    """A forked child's whole life: it dies with `parent` (PR_SET_PDEATHSIG), runs `target`, whose return value (or
+    SystemExit's code) is its exit code, 1 after any other exception (printed), and exits without returning into the
+    parent's code."""
+    code = 1
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+        code = target() or 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except BaseException:  # noqa: BLE001 - the child must not return into the parent's code
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush an interpreter's exit does
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        os._exit(code)
 
 
 def _wait(pid: int, lifeline: int) -> int | None:

@@ -17,6 +17,7 @@ module does neither. MASTER_PORT is a port free when this process looked, as tor
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import runpy
@@ -24,10 +25,9 @@ import signal
 import socket
 import sys
 import time
-import traceback
 import uuid
 
-from bench.lifeline import PR_SET_PDEATHSIG, _prctl
+from bench.lifeline import child_main
 
 STOP_WAIT_S = 5.0
 """How long the other ranks have to end after a rank failed and they were sent SIGTERM."""
@@ -61,37 +61,19 @@ def run(nproc: int, module: str, args: list[str], preload: list[str] = ()) -> in
     env = {"port": free_port(), "run_id": uuid.uuid4().hex}
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or a rank's exit flushes this process's buffered output once more
-    ranks = {}
+    ranks, launcher = {}, os.getpid()
     for rank in range(nproc):
         pid = os.fork()
         if pid == 0:
-            _rank(rank, nproc, env, module, args)  # never returns
+            child_main(functools.partial(_rank, rank, nproc, env, module, args), launcher)  # never returns
         ranks[pid] = rank
     return _wait(ranks)
 
 
 def _rank(rank: int, nproc: int, env: dict, module: str, args: list[str]) -> None:
-    code = 1
-    try:
-        parent = os.getppid()
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the launcher died before the line above took effect
-            os._exit(1)
-        os.environ.update(rank_env(rank, nproc, env["port"], env["run_id"]))
-        sys.argv = [module, *args]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-    except BaseException:  # noqa: BLE001 - a rank must not return into the launcher's code
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush an interpreter's exit does
-            try:
-                stream.flush()
-            except (AttributeError, OSError, ValueError):
-                pass
-        os._exit(code)
+    os.environ.update(rank_env(rank, nproc, env["port"], env["run_id"]))
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def _wait(ranks: dict[int, int]) -> int:
