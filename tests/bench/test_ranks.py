@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from tests.optional import needs_cuda
 from tests.ranks import ROOT
 
 
@@ -27,6 +28,16 @@ def test_ranks_meet_in_one_group_with_torchruns_environment(tmp_path):
         assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"]) == (str(rank),) * 2 + \
             ("3",) * 2
         assert env["MASTER_PORT"] == got["env"][0]["MASTER_PORT"] and env["TORCHELASTIC_RUN_ID"]
+
+
+@needs_cuda
+def test_a_forked_rank_initialises_cuda_and_nccl(tmp_path):
+    import torch
+
+    proc = launch(tmp_path, "cuda", nproc=torch.cuda.device_count())  # NCCL takes one GPU a rank
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    n = torch.cuda.device_count()
+    assert json.loads((tmp_path / "out.json").read_text())["sum"] == n * (n + 1) / 2
 
 
 def test_a_failed_rank_stops_the_others_and_its_code_is_the_jobs(tmp_path):
