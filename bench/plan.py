@@ -2,8 +2,8 @@
 
 A suite's `workload` builds the step its `measure` runs (bench.suite.Workload). The plan builds it with every tensor
 on the meta device but in the target's dtype and shapes (the grid for the target), runs the warm-up and one step
-under the live-tensor tracker, the FLOP counter and a byte counter (bench.plan_meta keeps index tensors' values and
-routes attention to the target's kernel), and reports:
+under the live-tensor tracker, the FLOP counter and a byte counter (bench.plan_meta keeps index tensors' values,
+bench.plan_attention routes attention to the target's kernel), and reports:
 
 - step_peak_bytes: the most the step allocates beyond what was live before it (a fresh tracker around the step, as
   the suites' peak_mem_bytes count it; plus `Workload.held` where a suite's metric adds a filled cache): what
@@ -40,7 +40,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, tensors_in
-from bench.plan_meta import IndexValues, MetaKernels, fake_ranks, target_attention
+from bench.plan_attention import target_attention
+from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
 GIB = 1 << 30

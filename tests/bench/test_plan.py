@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 
 import bench.plan
-from bench import hardware, plan_meta
+from bench import hardware, plan_attention, plan_meta
 from bench.cli import main
 from bench.distributed import one_rank_group
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak, run_step
+from bench.plan_attention import kernel_choice, target_attention
 from bench.plan_cli import Progress
-from bench.plan_meta import IndexValues, MetaKernels, kernel_choice, target_attention
+from bench.plan_meta import IndexValues, MetaKernels
 from bench.suite import SUITES, NotPlannable, Skip, discover
 from tests.optional import missing, needs, needs_cuda
 
@@ -181,11 +182,11 @@ def test_attention_on_meta_takes_the_targets_kernel():
 
 def test_cudnn_attention_is_routed_and_an_unknown_kernel_is_not_plannable(monkeypatch):
     q = torch.empty(2, 4, 64, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
-    monkeypatch.setattr(plan_meta, "kernel_choice", lambda *args: "cudnn")
+    monkeypatch.setattr(plan_attention, "kernel_choice", lambda *args: "cudnn")
     with target_attention("cuda"):
         out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
     assert type(out.grad_fn).__name__ == "ScaledDotProductCudnnAttentionBackward0"
-    monkeypatch.setattr(plan_meta, "kernel_choice", lambda *args: "overrideable")
+    monkeypatch.setattr(plan_attention, "kernel_choice", lambda *args: "overrideable")
     with target_attention("cuda"), pytest.raises(NotPlannable, match="overrideable SDPA kernel"):
         F.scaled_dot_product_attention(q, q, q, is_causal=True)
 

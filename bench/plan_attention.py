@@ -1,0 +1,123 @@
+"""The target's attention kernel for a step on the meta device (`target_attention`, for bench.plan).
+
+F.scaled_dot_product_attention on meta takes the math path, which materialises the S x S scores the fused kernels
+never hold (+1 MB at smoke checkpointing). It is routed to the kernel the target would pick: on a CPU target,
+torch's own choice (torch._fused_sdp_choice on CPU tensors of the same shapes and strides, a few elements each) and
+the CPU flash kernel's meta registration; on a CUDA target, torch's choice on the local GPU where there is one, else
+the rule torch applies on sm80+ (flash for 16-bit inputs without a mask and with equal head dims up to 256,
+memory-efficient attention for a mask or unequal value width, math otherwise; priority flash > efficient > math >
+cudnn, torch._C._get_sdp_priority_order() on 2.11-2.13), and that kernel's meta registration. The boolean mask is
+converted to an additive one first, as the composite does. cuDNN's attention, which torch 2.11 can put first on
+Hopper (TORCH_CUDNN_SDPA_DEPRIORITIZED undoes that), is routed to its own meta registration, whose bytes match
+flash's. Any other kernel makes the case not plannable: never the math path in its place. On the first H100 check
+(torch 2.11), torch's choice there was not flash and the plan took the math path for it, 5-7.6x the measured peak of
+full-size checkpointing; the flash routing that a CPU-only machine uses came within 0.3% of those same measured
+peaks (README, "Planning a GPU run").
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
+
+from bench.plan_meta import _meta
+from bench.suite import NotPlannable
+
+aten = torch.ops.aten
+
+
+@contextmanager
+def target_attention(target: str):
+    """F.scaled_dot_product_attention on meta tensors routed to the kernel `target` ("cpu" or "cuda") would run.
+
+    A swap of the function, not a TorchFunctionMode: torch runs backward (and so a checkpoint's recompute) with the
+    function-mode stack empty, where a mode would let the recompute take the math path the forward did not."""
+    original = F.scaled_dot_product_attention
+    kind = torch.device(target).type
+
+    def routed(query, *args, **kwargs):
+        if isinstance(query, torch.Tensor) and _meta(query) and not query.is_nested:
+            return _attention(kind, query, *args, **kwargs)
+        return original(query, *args, **kwargs)
+
+    F.scaled_dot_product_attention = routed
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _attention(target, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if attn_mask is not None and attn_mask.dtype == torch.bool:  # what the composite does first, on every device
+        attn_mask = torch.where(attn_mask, torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device),
+                                torch.scalar_tensor(-math.inf, dtype=q.dtype, device=q.device))
+    backend = kernel_choice(target, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    lse = any(t.requires_grad for t in (q, k, v))  # the fused kernels keep their logsumexp for a backward
+    if backend == "flash" and target == "cpu":
+        return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, attn_mask=attn_mask,
+                                                                 scale=scale)[0]
+    if backend == "flash":
+        d = q.shape[-1]
+        pad = (-d) % 8  # the composite pads the head dim to a multiple of 8 for the CUDA flash kernel
+        scale = 1 / math.sqrt(d) if scale is None else scale
+        q, k, v = (F.pad(t, (0, pad)) if pad else t for t in (q, k, v))
+        out = aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+        return out[..., :d] if pad else out
+    if backend == "efficient":
+        if attn_mask is not None and attn_mask.shape[-1] % 16:  # pad_bias: the kernel reads 16-aligned rows
+            n = attn_mask.shape[-1]
+            attn_mask = F.pad(attn_mask, (0, 16 - n % 16))[..., :n]
+        if attn_mask is not None:
+            attn_mask = attn_mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return aten._scaled_dot_product_efficient_attention(q, k, v, attn_mask, lse, dropout_p, is_causal,
+                                                            scale=scale)[0]
+    if backend == "cudnn":  # torch 2.11 on an H100 picks it first: memory as flash's, with a [B, H, S, 1] logsumexp
+        return aten._scaled_dot_product_cudnn_attention(q, k, v, attn_mask, lse, dropout_p, is_causal, False,
+                                                        scale=scale)[0]
+    if backend != "math":  # a kernel the plan cannot stand for: say so, never take the math path in its place
+        raise NotPlannable(f"attention on {target} would run the {backend} SDPA kernel, which the plan cannot model")
+    return torch._C._nn.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                     is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
+    """The SDPA kernel `target` would run for these meta tensors: "flash", "efficient" or "math"."""
+    if target == "cpu" or torch.cuda.is_available():
+        return _torch_choice("cpu" if target == "cpu" else "cuda", *map(_signature, (q, k, v, mask)), dropout_p,
+                             is_causal, scale, enable_gqa)
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    same = q.shape[-1] == k.shape[-1] == v.shape[-1]
+    if q.dim() == 4 and half and mask is None and same and q.shape[-1] <= 256:
+        return "flash"
+    if q.dim() == 4 and q.shape[-1] == k.shape[-1] and q.shape[-1] % 8 == 0 and v.shape[-1] % 8 == 0:
+        return "efficient"
+    return "math"
+
+
+def _signature(t):
+    """What torch's choice reads of a tensor: its shape, last-dim stride and dtype (None for no tensor)."""
+    return None if t is None else (tuple(t.shape), t.stride(-1), t.dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _torch_choice(device, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
+    """torch._fused_sdp_choice on `device` for tensors of these signatures, each a few elements of storage."""
+    def proxy(sig):
+        if sig is None:
+            return None
+        shape, stride, dtype = sig
+        base = torch.empty(shape[-1] * max(1, stride), dtype=dtype, device=device)
+        return base.as_strided(shape, (0,) * (len(shape) - 1) + (stride,))
+
+    with _disable_current_modes():  # the proxies are not the step's memory
+        choice = torch._fused_sdp_choice(proxy(q), proxy(k), proxy(v), attn_mask=proxy(mask), dropout_p=dropout_p,
+                                         is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    return BACKENDS.get(choice, "math")
