@@ -27,6 +27,7 @@ training loops, so 10% of the peak is added. A case inside that margin is report
 
 from __future__ import annotations
 
+import importlib
 import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -227,8 +228,10 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
     # initialise it again, and a suite may ask the device what it supports
     if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods() or torch.cuda.is_initialized():
         return [p for i in range(len(points)) for p in told(_plan_point(points, i, how))]
-    # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported;
-    # only the point's index goes to a worker, and its Predictions come back
+    # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported,
+    # torch._dynamo too, which a dispatch mode's first op imports (1.7 s a process); only the point's index goes to a
+    # worker, and its Predictions come back
+    importlib.import_module("torch._dynamo")
     global _FORKED
     _FORKED = points
     try:

@@ -21,9 +21,11 @@ no packer; its loss equality (the library keeping flattened samples apart) is rm
 
 from __future__ import annotations
 
+import atexit
 import functools
 import gc
 
+import numpy as np
 import torch
 
 from bench.memory import peak_bytes
@@ -124,8 +126,8 @@ class Packing(Suite):
             if device == "meta":
                 raise NotPlannable("Liger-Kernel's fused linear cross-entropy is a Triton kernel with no meta kernel")
         # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on
-        lengths = _lengths(params["dist"], params["sequences"], params["packing_length"])
-        packing = _packing(PACKED_BY.get(variant, variant), lengths, params["packing_length"], params["batch"])
+        packing = _packing(PACKED_BY.get(variant, variant), params["dist"], params["sequences"],
+                           params["packing_length"], params["batch"])
         return train_workload(packing, params, device, _mask(variant), _loss(variant))[0]
 
     def measure(self, variant, params, device):
@@ -168,26 +170,40 @@ def _loss(variant: str):
 
 
 @functools.lru_cache(maxsize=2)
-def _lengths(dist: str, n: int, max_len: int) -> tuple[int, ...]:
+def _lengths(dist: str, n: int, max_len: int) -> np.ndarray:
     """The dataset's lengths, kept for the next plan of the same params (every variant of a grid point packs them;
-    1M of them take ~1.5 s to draw)."""
-    return tuple(make_lengths(dist, n, max_len, seed=0))
+    1M of them take ~0.3 s to draw). An int64 array, read-only: a packer checks a list's every element (~0.3 s at
+    1M), an int array's dtype."""
+    lengths = np.asarray(make_lengths(dist, n, max_len, seed=0), dtype=np.int64)
+    lengths.flags.writeable = False
+    return lengths
 
 
-@functools.lru_cache(maxsize=8)
-def _packing(packer: str, lengths: tuple, packing_length: int, batch: int):
-    """A packer's packing of the lengths, kept for the next plan of the same data (ffd's variants pack alike).
+@functools.lru_cache(maxsize=2)  # a point's: ffd's, until its variants are planned; at full size each is hundreds of MB
+def _packing(packer: str, dist: str, n: int, packing_length: int, batch: int):
+    """A packer's packing of the dataset's lengths, kept for the next plan of the same data (ffd's variants pack
+    alike).
 
     With the cyclic garbage collector paused: a packing is millions of small lists, and the collections their
     allocations set off took two thirds of a packer's time at full size (1M lengths: 0.8-1.3 s against 2.1-3.0 s).
-    `measure` times the packers as a data loader runs them, collector on."""
+    The packing is then frozen out of the collector's sight (gc.freeze: reference counting still frees it; at exit
+    the collector sees everything again): each later collection walked its lists again, a third of a full-size plan
+    point's time. `measure` times the packers as a data loader runs them, collector on."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return PACKERS[packer](list(lengths), packing_length=packing_length, batch_size=batch)
+        packing = PACKERS[packer](_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
+        gc.freeze()
+        _unfreeze_at_exit()
+        return packing
     finally:
         if enabled:
             gc.enable()
+
+
+@functools.cache
+def _unfreeze_at_exit() -> None:
+    atexit.register(gc.unfreeze)  # extensions' leak checks at exit (triton's nanobind) see what the frozen hold
 
 
 def train_workload(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Workload, int, tuple]:

@@ -7,38 +7,60 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from impls.packing import masks
 from impls.packing.reference import Packing
 from impls.rmpad.reference import Decoder, token_loss
 
 MASKS = ("document", "naive")
 
 
+def token_ids(samples: np.ndarray, positions: np.ndarray, vocab: int, seed: int = 0) -> np.ndarray:
+    """int64 token ids (1..vocab-1) of the given (sample, position-in-sample) pairs: a sample's tokens are the same
+    whatever row or packer it lands in, or which piece of it a row holds.
+
+    A counter-based hash (splitmix64's finaliser of the sample's key, then of key + position) rather than a seeded
+    generator per sample: the ids of thousands of samples come from a few array ops (a 4096-token row of 500 samples
+    was 500 generator calls, a third of a full-size plan's packing step)."""
+    with np.errstate(over="ignore"):
+        key = _splitmix(np.asarray(samples, dtype=np.uint64) + np.uint64(seed * 1_000_003))
+        mixed = _splitmix(key + np.asarray(positions, dtype=np.uint64))
+    return (mixed % np.uint64(vocab - 1)).astype(np.int64) + 1
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def sample_tokens(sample: int, length: int, vocab: int, seed: int = 0) -> Tensor:
-    """[length] int64 token ids of one sample, the same whatever row or packer it lands in (ids 1..vocab-1)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + sample)
-    return torch.randint(1, vocab, (length,), generator=g)
+    """[length] int64 token ids of one sample (token_ids at positions 0..length-1)."""
+    return torch.from_numpy(token_ids(np.full(length, sample), np.arange(length), vocab, seed))
 
 
 def packed_rows(packing: Packing, rows: Sequence[int], vocab: int, device="cpu", seed: int = 0):
     """The given rows as tensors, padded to their longest row: input_ids, position_ids, document ids [R, L] and
-    `real` [R, L] (False on the padded tail)."""
+    `real` [R, L] (False on the padded tail). Built in numpy (token_ids) and moved once: the positions and document
+    ids are masks.position_ids' and masks.document_ids' (the tail its own document, its positions from 0)."""
     L = max(packing.row_len[r] for r in rows)
-    ids, pos, doc, real = [], [], [], []
-    for r in rows:
-        lengths = packing.lengths[r]
-        parts = [sample_tokens(s, start + n, vocab, seed)[start:] for s, start, n in
-                 zip(packing.rows[r], packing.starts[r], lengths)]
-        used = sum(lengths)
-        ids.append(F.pad(torch.cat(parts), (0, L - used)))
-        pos.append(masks.position_ids(lengths, L, packing.starts[r]))
-        doc.append(masks.document_ids(lengths, L))
-        real.append(torch.arange(L) < used)
-    return tuple(torch.stack(t).to(device) for t in (ids, pos, doc, real))
+    ids, pos, doc = (np.zeros((len(rows), L), dtype=np.int64) for _ in range(3))
+    real = np.zeros((len(rows), L), dtype=bool)
+    for i, r in enumerate(rows):
+        lengths = np.asarray(packing.lengths[r], dtype=np.int64)
+        used = int(lengths.sum())
+        entry = np.repeat(np.arange(lengths.size), lengths)  # [used] entry index per token
+        within = np.asarray(packing.starts[r], dtype=np.int64)[entry] + np.arange(used) - (np.cumsum(lengths) -
+                                                                                          lengths)[entry]
+        ids[i, :used] = token_ids(np.asarray(packing.rows[r], dtype=np.int64)[entry], within, vocab, seed)
+        pos[i, :used], pos[i, used:] = within, np.arange(L - used)
+        doc[i, :used], doc[i, used:] = entry, lengths.size
+        real[i, :used] = True
+    return tuple(torch.from_numpy(t).to(device) for t in (ids, pos, doc, real))
 
 
 def _attention(doc: Tensor, mask: str):

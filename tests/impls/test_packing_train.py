@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from impls.packing import PACKERS
-from impls.packing.train import packed_logits, packed_loss, packed_rows, sample_tokens, unpacked_loss
+from impls.packing import PACKERS, masks
+from impls.packing.train import packed_logits, packed_loss, packed_rows, sample_tokens, token_ids, unpacked_loss
 from impls.rmpad.reference import Decoder, DecoderConfig
 
 CFG = DecoderConfig(vocab=97, d_model=48, n_heads=3, n_layers=2)
@@ -25,6 +25,35 @@ def grads(model, loss):
     model.zero_grad(set_to_none=True)
     loss.backward()
     return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("overlong", ["reject", "split"])
+def test_packed_rows_hold_each_samples_tokens_positions_and_documents(overlong):
+    """Row by row: the ids are each entry's slice of its sample's tokens (a split piece continues its sample), the
+    positions and document ids are masks.position_ids' and masks.document_ids', the tail is padding."""
+    lengths = [*LENGTHS, 37] if overlong == "split" else LENGTHS  # 37 tokens: pieces of 16, 16 and 5
+    packing = PACKERS["ffd"](lengths, packing_length=16, batch_size=2, overlong=overlong)
+    ids, pos, doc, real = packed_rows(packing, range(packing.n_rows), CFG.vocab)
+    assert ids.shape == (packing.n_rows, 16)
+    for r in range(packing.n_rows):
+        expected = [sample_tokens(s, start + n, CFG.vocab)[start:] for s, start, n in
+                    zip(packing.rows[r], packing.starts[r], packing.lengths[r])]
+        used = sum(packing.lengths[r])
+        assert ids[r, :used].tolist() == torch.cat(expected).tolist() and not ids[r, used:].any()
+        assert pos[r].tolist() == masks.position_ids(packing.lengths[r], 16, packing.starts[r]).tolist()
+        assert doc[r].tolist() == masks.document_ids(packing.lengths[r], 16).tolist()
+        assert real[r].tolist() == [True] * used + [False] * (16 - used)
+    if overlong == "split":
+        assert sorted(n for r in range(packing.n_rows) for s, n in zip(packing.rows[r], packing.lengths[r])
+                      if s == len(LENGTHS)) == [5, 16, 16]
+
+
+def test_token_ids_are_seeded_per_sample_and_cover_the_vocabulary():
+    a = token_ids(torch.arange(200).repeat_interleave(50).numpy(), torch.arange(50).repeat(200).numpy(), CFG.vocab)
+    assert a.min() == 1 and a.max() == CFG.vocab - 1 and len(set(a.tolist())) == CFG.vocab - 1  # 10k draws, 96 ids
+    assert sample_tokens(3, 40, CFG.vocab).tolist() == a[150:190].tolist()  # sample 3's first 40 positions
+    assert sample_tokens(3, 40, CFG.vocab).tolist() != sample_tokens(4, 40, CFG.vocab).tolist()
+    assert sample_tokens(3, 40, CFG.vocab, seed=1).tolist() != sample_tokens(3, 40, CFG.vocab).tolist()
 
 
 def test_packing_puts_several_samples_in_a_row(setup):
