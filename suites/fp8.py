@@ -7,6 +7,9 @@ its speed needs a CUDA device, while its accuracy and training use the dequantiz
 the same numbers up to fp32 summation order, so they exist on every device. The same holds for tensorwise and rowwise
 accuracy where this torch's _scaled_mm cannot take the recipe's scales on the device (torch 2.11's CPU kernel is
 per-tensor only): their gemm case is skipped with torch's reason, and their accuracy is that of the emulated GEMM.
+So too on a CPU whose _scaled_mm is oneDNN's reference kernel (impls.fp8.gemm.reference_kernel: no FP8 instructions,
+~250x an fp32 matmul): the gemm cases and torchao's training are skipped with that reason, since they would time a
+scalar loop for minutes, and the accuracy is the emulated GEMM's.
 The training part also runs torchao's float8 training (the library users pick, declared in `libraries`) against the
 same reference; torchao has no public blockwise recipe nor bare scaled GEMM to add to the other parts.
 """
@@ -32,6 +35,7 @@ from impls.fp8.gemm import (
     matmul_reference,
     max_rel_err,
     reference_dtype,
+    reference_kernel,
     scaled_mm,
 )
 from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
@@ -165,6 +169,10 @@ def _gemm(variant, params, device):
             def fn():
                 return blockwise_fp8_matmul(qa, sa, qb, sb, torch.bfloat16)
         else:
+            why = reference_kernel(device)
+            if why:
+                raise Skip(why)
+
             def fn():
                 return scaled_mm(qa, sa, qb, sb, a.dtype)
         try:
@@ -191,6 +199,8 @@ def _accuracy(variant, params, device):
     else:
         recipe = RECIPES[variant]
         try:
+            if reference_kernel(device):  # minutes at quick size, for the same numbers as below
+                raise NotImplementedError(reference_kernel(device))
             out = fp8_matmul(a, b, recipe, out_dtype=torch.float32)
         except NotImplementedError:  # exact products summed in fp32, as _scaled_mm does: the same SQNR to ~1e-6 dB
             out = dequantized_matmul(*recipe.quantize_activation(a), *recipe.quantize_weight(b), recipe)
@@ -223,9 +233,9 @@ def _training_recipe(variant, device, dtype):
     recipe, convert = RECIPES.get(variant), None  # None for bf16 and for torchao's variants
     if variant in TORCHAO:
         requires("torchao", pip="techbench[ecosystem]")
-        why = torchao_training.unsupported(TORCHAO[variant], device, dtype)
-        if why:
-            raise Skip(why)
+        why, slow = torchao_training.unsupported(TORCHAO[variant], device, dtype), reference_kernel(device)
+        if why or slow:
+            raise Skip(why or f"{slow}; torchao's float8 training runs every GEMM on it")
         convert = torchao_training.converter(TORCHAO[variant])
     return recipe, convert
 

@@ -7,6 +7,7 @@ a @ b.T [M, N]: b.T is then column-major, the layout torch._scaled_mm wants for 
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 from torch import Tensor
@@ -96,6 +97,44 @@ def scaled_mm_support(device: str, granularity: str) -> str | None:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         return f"torch {torch.__version__} cannot run _scaled_mm with {granularity} scales on {device}: {first}"
     return None
+
+
+REFERENCE_KERNEL_X = 20
+"""torch._scaled_mm this many times slower than an fp32 matmul of the same shape is taken for oneDNN's reference
+kernel: ~250x where it runs (below), 1-3x where the CPU has an FP8 kernel."""
+
+
+@functools.cache
+def reference_kernel(device: str) -> str | None:
+    """Why torch._scaled_mm on `device` would time no FP8 hardware (one line), or None.
+
+    On a CPU without FP8 matmul instructions oneDNN runs its reference kernel, a scalar loop (`ONEDNN_VERBOSE=1`
+    names it `ref:any`): measured on a Xeon with AMX-BF16/INT8 and AVX512-FP16 but no AMX-FP16 (torch 2.13, oneDNN
+    3.12), a 256x256x128 GEMM in 0.27 s against 1 ms in fp32, and 1024^3 in 35 s, where other CPUs run FP8 near fp32
+    speed. Its times say nothing about FP8, and at quick size one case took minutes. Found by timing both on a 128^3
+    GEMM (best of 3 each, ~40 ms in all; the gap is two orders of magnitude, far outside noise), not from CPU flags:
+    oneDNN's dispatch, not the flags, decides. Always None on CUDA and where _scaled_mm does not run at all."""
+    if torch.device(device).type != "cpu" or scaled_mm_support(device, "tensorwise") is not None:
+        return None
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(128, 128, generator=g), torch.randn(128, 128, generator=g)
+    qa, qb, s = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn), torch.ones(())
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    fp8 = best(lambda: torch._scaled_mm(qa, qb.T, scale_a=s, scale_b=s, out_dtype=torch.float32))
+    fp32 = best(lambda: a @ b.T)
+    if fp8 < REFERENCE_KERNEL_X * fp32:
+        return None
+    return (f"torch._scaled_mm on this CPU is oneDNN's reference kernel, with no FP8 instructions under it (a 128^3 "
+            f"GEMM {1e3 * fp8:.1f} ms, {fp8 / fp32:.0f}x fp32): its time would measure no FP8 hardware")
 
 
 def scaled_mm(qa: Tensor, sa: Tensor, qb: Tensor, sb: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:

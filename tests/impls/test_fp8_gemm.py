@@ -1,3 +1,6 @@
+import re
+import time
+
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from impls.fp8.gemm import (
     matmul_reference,
     max_rel_err,
     reference_dtype,
+    reference_kernel,
     scaled_mm,
     scaled_mm_support,
 )
@@ -92,6 +96,34 @@ def test_scaled_mm_support_says_what_runs(name):
         with pytest.raises(NotImplementedError) as e:
             scaled_mm(*operands_q, torch.float32)
         assert str(e.value) == why
+
+
+@pytest.mark.parametrize("kernel_ms, slow", [(None, False), (60.0, True)])
+def test_a_reference_kernel_is_told_from_an_fp8_one_by_its_time_against_fp32(monkeypatch, kernel_ms, slow):
+    """A _scaled_mm at fp32 speed (the dequantized product stands in for an FP8 kernel) is timed; one that takes
+    60 ms for 128^3 (oneDNN's reference kernel took 32 ms, ~1500x fp32) is named, in one line, with its time."""
+    real = torch._scaled_mm
+
+    def kernel(a, b, scale_a, scale_b, out_dtype=None, **kw):
+        if a.shape != (128, 128):  # scaled_mm_support's probe
+            return real(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, **kw)
+        if kernel_ms:
+            time.sleep(kernel_ms / 1e3)
+        return (a.float() * scale_a) @ (b.float() * scale_b)
+
+    monkeypatch.setattr(torch, "_scaled_mm", kernel)
+    reference_kernel.cache_clear()
+    try:
+        why = reference_kernel("cpu")
+    finally:
+        reference_kernel.cache_clear()
+    if slow:
+        assert why.startswith("torch._scaled_mm on this CPU is oneDNN's reference kernel") and "\n" not in why
+        found = re.search(r"a 128\^3 GEMM (\d+\.\d) ms, \d+x fp32", why)
+        assert found and float(found.group(1)) >= 60
+    else:
+        assert why is None
+    assert reference_kernel("cuda:0") is None  # never asked of a GPU
 
 
 def test_fp8_matmul_tensorwise_is_scaled_mm_of_quantized_operands():
