@@ -241,10 +241,12 @@ def test_a_busy_cpu_holds_the_case_back_and_the_wait_is_recorded(tmp_path):
 
 @linux
 def test_an_idle_cpu_starts_the_case_at_once(tmp_path):
-    """Up to 3 tries: the other test worker may take the CPU for seconds between the check that it is quiet and the
-    run (a CI run saw a 4 s wait after a quiet check, and a quiet one after). A wait that always takes time fails."""
-    cpu, waits = frozenset({ALLOWED[-1]}), []
-    for attempt in range(3):
+    """Tries until one run starts at once, or two did not: the other test worker may take the CPU for seconds between
+    the check that it is quiet and the run (CI runs saw a 4 s wait after a quiet check, and a quiet one after; one saw
+    the CPU busy before both later tries). A wait that takes time on two quiet-checked tries fails; a machine too busy
+    to give two such tries in six is a skip saying so."""
+    cpu, waits, busy = frozenset({ALLOWED[-1]}), [], None
+    for attempt in range(6):
         if (busy := busy_on(cpu)) is None:
             pytest.skip(f"CPU {ALLOWED[-1]}'s use cannot be read here")
         if busy >= interference.OTHER_CPUS / 2:
@@ -253,10 +255,11 @@ def test_an_idle_cpu_starts_the_case_at_once(tmp_path):
                                                   out=tmp_path / f"run{attempt}", inline=True, cpus=cpu,
                                                   wait_idle_s=5.0))
         waits.append(record.metrics["idle_wait_s"])
-        if waits[-1] == 0.0:
+        if waits[-1] == 0.0 or len(waits) == 2:
             break
-    if not waits:
-        pytest.skip(f"the machine stayed busy: other processes used {busy} of CPU {ALLOWED[-1]} before each try")
+    if 0.0 not in waits and len(waits) < 2:
+        pytest.skip(f"the machine stayed busy: {len(waits)} of 6 tries found CPU {ALLOWED[-1]} quiet (waits {waits}; "
+                    f"other processes used {busy} of it before the last)")
     assert 0.0 in waits, waits
 
 
