@@ -53,29 +53,30 @@ def pytest_cmdline_main(config):
 # handed out before every other group, which then fill in behind them, so that no long group is left to run alone at
 # the end. Only the order depends on this list: a group missing from it, or named wrongly, still runs, after these.
 LONGEST = (
-    "tests/bench/test_distributed.py",  # 50: torchrun jobs, a two-node rendezvous
-    "tests/impls/test_samplers.py",  # 30 (with test_samplers_metrics.py)
-    "tests/bench/test_plan.py",  # 28
-    "tests/impls/test_weights.py",  # 27: retraining the smoke models
-    "tests/bench/test_plugins.py",  # 25: `bench` processes
-    "tests/bench/test_lifeline.py",  # 25: `bench` processes, killed
-    "smoke-packing",  # 23
-    "smoke-fsdp_checkpointing",  # 21: torchrun jobs
-    "tests/reports/test_dashboard.py",  # 18: headless Chromium
-    "smoke-moe_ep",  # 17: torchrun jobs
-    "tests/bench/test_runner.py",  # 17
-    "tests/bench/test_cli.py",  # 14
-    "tests/bench/test_compare.py",  # 14
-    "smoke-samplers",  # 13
-    "tests/bench/test_interference.py",  # 12
-    "tests/reports/test_compare_dashboard_browser.py",  # 12: headless Chromium
-    "tests/impls/test_samplers_diffusers.py",  # 12
-    "tests/bench/test_predicted_run.py",  # 11
-    "tests/impls/test_fsdp_checkpointing.py",  # 10: a torchrun job
-    "tests/bench/test_rundir.py",  # 10
-    "tests/impls/test_moe_ep.py",  # 10: a torchrun job
-    "tests/impls/test_fp8_quant_triton.py",  # 9
-    "tests/bench/test_validation.py",  # 8
+    "tests/bench/test_distributed.py",  # 27: distributed jobs, a two-node rendezvous
+    "tests/bench/test_plugins.py",  # 17: `bench` processes
+    "tests/impls/test_weights.py",  # 16: retraining the smoke models
+    "tests/bench/test_runner.py",  # 13
+    "tests/bench/test_lifeline.py",  # 13: `bench` processes, killed
+    "smoke-fsdp_checkpointing",  # 11: distributed jobs
+    "tests/impls/test_samplers_diffusers.py",  # 10
+    "tests/impls/test_samplers.py",  # 9
+    "tests/bench/test_pinning.py",  # 8
+    "tests/reports/test_compare_dashboard_browser.py",  # 8: headless Chromium
+    "tests/reports/test_dashboard.py",  # 8: headless Chromium
+    "tests/impls/test_fp8_gemm.py",  # 8
+    "tests/bench/test_cli.py",  # 8
+    "tests/bench/test_rundir.py",  # 7
+    "smoke-packing",  # 7
+    "smoke-samplers",  # 7
+    "tests/bench/test_interference.py",  # 7
+    "tests/bench/test_plan.py",  # 7
+    "smoke-moe_ep",  # 6: distributed jobs
+    "tests/impls/test_hf_rmpad.py",  # 6
+    "tests/impls/test_fp8_quant_triton.py",  # 6
+    "tests/bench/test_progress.py",  # 5
+    "tests/bench/test_compare.py",  # 5
+    "tests/impls/test_samplers_metrics.py",  # 5
 )
 
 
