@@ -112,8 +112,9 @@ def reference_kernel(device: str) -> str | None:
     names it `ref:any`): measured on a Xeon with AMX-BF16/INT8 and AVX512-FP16 but no AMX-FP16 (torch 2.13, oneDNN
     3.12), a 256x256x128 GEMM in 0.27 s against 1 ms in fp32, and 1024^3 in 35 s, where other CPUs run FP8 near fp32
     speed. Its times say nothing about FP8, and at quick size one case took minutes. Found by timing both on a 128^3
-    GEMM (best of 3 each, ~40 ms in all; the gap is two orders of magnitude, far outside noise), not from CPU flags:
-    oneDNN's dispatch, not the flags, decides. Always None on CUDA and where _scaled_mm does not run at all."""
+    GEMM (best of 3 each: ~0.15 s in all on the reference kernel, a few ms elsewhere; the gap is two orders of
+    magnitude, far outside noise), not from CPU flags: oneDNN's dispatch, not the flags, decides. Cached per process.
+    Always None on CUDA and where _scaled_mm does not run at all."""
     if torch.device(device).type != "cpu" or scaled_mm_support(device, "tensorwise") is not None:
         return None
     g = torch.Generator().manual_seed(0)
