@@ -54,8 +54,8 @@ def packed_rows(packing: Packing, rows: Sequence[int], vocab: int, device="cpu",
         lengths = np.asarray(packing.lengths[r], dtype=np.int64)
         used = int(lengths.sum())
         entry = np.repeat(np.arange(lengths.size), lengths)  # [used] entry index per token
-        within = np.asarray(packing.starts[r], dtype=np.int64)[entry] + np.arange(used) - (np.cumsum(lengths) -
-                                                                                          lengths)[entry]
+        offset = np.cumsum(lengths) - lengths  # each entry's first position in the row
+        within = np.asarray(packing.starts[r], dtype=np.int64)[entry] + np.arange(used) - offset[entry]  # in sample
         ids[i, :used] = token_ids(np.asarray(packing.rows[r], dtype=np.int64)[entry], within, vocab, seed)
         pos[i, :used], pos[i, used:] = within, np.arange(L - used)
         doc[i, :used], doc[i, used:] = entry, lengths.size

@@ -98,6 +98,13 @@ def test_scaled_mm_support_says_what_runs(name):
         assert str(e.value) == why
 
 
+def emulated_scaled_mm(a, b, scale_a, scale_b, bias=None, scale_result=None, out_dtype=None, use_fast_accum=False):
+    """torch._scaled_mm as math: FP8 products are exact in fp32, summed in fp32 (in another order than a kernel)."""
+    assert scale_result is None
+    out = (a.float() * scale_a) @ (b.float() * scale_b)
+    return (out if bias is None else out + bias).to(out_dtype or a.dtype)
+
+
 @pytest.mark.parametrize("kernel_ms, slow", [(None, False), (60.0, True)])
 def test_a_reference_kernel_is_told_from_an_fp8_one_by_its_time_against_fp32(monkeypatch, kernel_ms, slow):
     """A _scaled_mm at fp32 speed (the dequantized product stands in for an FP8 kernel) is timed; one that takes
@@ -109,7 +116,7 @@ def test_a_reference_kernel_is_told_from_an_fp8_one_by_its_time_against_fp32(mon
             return real(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, **kw)
         if kernel_ms:
             time.sleep(kernel_ms / 1e3)
-        return (a.float() * scale_a) @ (b.float() * scale_b)
+        return emulated_scaled_mm(a, b, scale_a, scale_b, out_dtype=out_dtype, **kw)
 
     monkeypatch.setattr(torch, "_scaled_mm", kernel)
     reference_kernel.cache_clear()

@@ -14,6 +14,7 @@ from impls.fp8.linear import Fp8Linear
 from impls.fp8.reference import RECIPES, sqnr_db
 from impls.fp8.train import HIGH_PRECISION, MLPLM, loss_gap, train
 from suites.fp8 import TORCHAO, Fp8
+from tests.impls.test_fp8_gemm import emulated_scaled_mm
 from tests.optional import needs
 
 SHAPES = [(6, 123, 42), (256, 256, 128)]  # (M, K, N): odd (a CPU _scaled_mm takes it), and whole 128-tiles
@@ -137,13 +138,6 @@ def test_convert_keeps_the_head_and_parameters():
 @pytest.fixture(scope="module")
 def reference_losses():
     return train(None, steps=50, seed=0)
-
-
-def emulated_scaled_mm(a, b, scale_a, scale_b, bias=None, scale_result=None, out_dtype=None, use_fast_accum=False):
-    """torch._scaled_mm as math: FP8 products are exact in fp32, summed in fp32 (in another order than a kernel)."""
-    assert scale_result is None
-    out = (a.float() * scale_a) @ (b.float() * scale_b)
-    return (out if bias is None else out + bias).to(out_dtype or a.dtype)
 
 
 @pytest.fixture
