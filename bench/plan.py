@@ -240,9 +240,17 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
             futures = [pool.submit(_plan_forked, i, how) for i in range(len(points))]
             for f in as_completed(futures):
                 told(f.result())
-            return [p for f in futures for p in f.result()]
+        # A process whose autograd engine started its device threads (a test worker after a backward on a device
+        # torch counts) forks children that cannot run backward: such points are planned again here
+        return [p for i, f in enumerate(futures)
+                for p in (_plan_point(points, i, how) if any(AUTOGRAD_FORK in (q.reason or "") for q in f.result())
+                          else f.result())]
     finally:
         _FORKED = None
+
+
+AUTOGRAD_FORK = "Autograd-and-Fork"
+"""In the error torch raises at a backward in a child forked from a process whose autograd threads had started."""
 
 
 _FORKED: list | None = None

@@ -326,6 +326,25 @@ def test_planning_in_forked_processes_gives_the_same_plan_in_the_same_order(regi
     assert "--world-size must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_points_a_forked_child_could_not_run_backward_for_are_planned_again_here(registry, monkeypatch):
+    """A child forked from a process whose autograd threads had started fails every backward (torch's Autograd-and-Fork
+    error): what it reports is not a plan, and those points are planned in this process instead."""
+    parent, real = os.getpid(), bench.plan.plan_case
+
+    def plan_case(suite, variant, params, *how):
+        if os.getpid() != parent and params.get("experts") == 8:  # one point's cases, in the children
+            return bench.plan.Prediction(suite.name, variant, dict(params), "not_plannable", reason="its step does "
+                                         "not run on the meta device: RuntimeError: ... See https://github.com/"
+                                         "pytorch/pytorch/wiki/Autograd-and-Fork", target=how[0])
+        return real(suite, variant, params, *how)
+
+    monkeypatch.setattr(bench.plan, "plan_case", plan_case)
+    suites = [registry["moe"]]
+    one, two = plan(suites, "smoke", "cuda", "h200", jobs=1), plan(suites, "smoke", "cuda", "h200", jobs=2)
+    assert any(p.params.get("experts") == 8 and p.status == "ok" for p in one)
+    assert [p.to_json() for p in two] == [p.to_json() for p in one]
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True
