@@ -51,8 +51,6 @@ class Case:
         return case_id(self.suite, "", self.params)
 
 
-
-
 def _is_oom(exc: BaseException) -> bool:
     import torch
 

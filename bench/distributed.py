@@ -39,7 +39,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from bench.interference import GPU_KEYS, HOST_KEYS
 from bench.lifeline import KEEPER_WAIT_S
@@ -72,27 +72,29 @@ class Launch:
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
 
-    def launcher_args(self, module: str) -> list[str]:
+    def launcher_args(self, preload: Sequence[str]) -> list[str]:
         """What follows `python -m` to start a job's ranks on this node: one node's are forked from one process
-        that imported torch, bench's runner and the suite's `module` (bench.ranks); several nodes meet through
-        torchrun's c10d rendezvous."""
+        that imported torch and the `preload` modules once (bench.ranks); several nodes meet through torchrun's c10d
+        rendezvous, each rank importing for itself."""
         if self.nnodes == 1:
-            return ["bench.ranks", str(self.nproc_per_node), "--preload", f"bench.case,{module}"]
+            return ["bench.ranks", str(self.nproc_per_node), "--preload", ",".join(preload)]
         return ["torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}",
                 "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"]
 
 
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
-                    cpus: frozenset[int] | None = None) -> dict[str, Any] | None:
+                    cpus: frozenset[int] | None = None, preload: Sequence[str] = ()) -> dict[str, Any] | None:
     """Run `case` as one job of every rank, pinned to `cpus` when given; {status, metrics, samples, error} as
-    bench.case.execute, or None on a node without global rank 0 (that node's run records the case). Never raises."""
+    bench.case.execute, or None on a node without global rank 0 (that node's run records the case). `preload`: the
+    modules one node's ranks inherit imported (the case's module is always among them). Never raises."""
     with scratch("techbench-dist-") as job:
         spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": str(job)}
         (job / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how, cpus)))}
-        cmd = [sys.executable, "-m", *how.launcher_args(case.module), "-m", "bench.distributed", str(job / "spec.json")]
+        cmd = [sys.executable, "-m", *how.launcher_args([*preload, case.module]), "-m", "bench.distributed",
+               str(job / "spec.json")]
         code = _keep(cmd, env, job, timeout_s, cpus)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:

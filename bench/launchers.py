@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
-from bench.lifeline import KEEPER_WAIT_S, keep
+from bench.lifeline import KEEPER_WAIT_S, freeze_alive, keep
 from bench.progress import duration, read_note
 from bench.suite import SUITES, directions, unmet
 
@@ -44,6 +44,7 @@ def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | No
     gave up on the case), and the keeper ends the case and all it started."""
 
     def run():
+        freeze_alive(collect=False)  # what the server imported; a collection here would walk it all once more
         conn.send(execute(case, device, seed, threads, progress))
         conn.close()
 
@@ -256,8 +257,10 @@ class Ranks:
 
     def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
                progress: str | None = None) -> dict[str, Any] | None:
-        # ranks log no progress to `bench`, and take their threads from OMP_NUM_THREADS (bench.distributed)
-        return run_distributed(case, device, self.how, timeout_s, SEED, self.cpus)
+        # ranks log no progress to `bench`, and take their threads from OMP_NUM_THREADS (bench.distributed); they
+        # inherit what an isolated case's process does: a rank that imported torch._dynamo itself paid ~2 CPU s
+        return run_distributed(case, device, self.how, timeout_s, SEED, self.cpus,
+                               preload=[*SERVER_MODULES, *SUITES[case.suite].preload])
 
 
 @dataclass(frozen=True)

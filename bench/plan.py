@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench import hardware
 from bench.flops import flop_counter_mode
+from bench.lifeline import freeze_alive
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, tensors_in
 from bench.plan_attention import target_attention
 from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
@@ -230,8 +231,9 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
         return [p for i in range(len(points)) for p in told(_plan_point(points, i, how))]
     # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported,
     # torch._dynamo too, which a dispatch mode's first op imports (1.7 s a process); only the point's index goes to a
-    # worker, and its Predictions come back
+    # worker, and its Predictions come back. What is alive is frozen out of the workers' collections (freeze_alive).
     importlib.import_module("torch._dynamo")
+    freeze_alive()
     global _FORKED
     _FORKED = points
     try:

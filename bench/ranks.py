@@ -17,6 +17,7 @@ module does neither. MASTER_PORT is a port free when this process looked, as tor
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import importlib
 import os
@@ -27,7 +28,7 @@ import sys
 import time
 import uuid
 
-from bench.lifeline import child_main
+from bench.lifeline import child_main, freeze_alive
 
 STOP_WAIT_S = 5.0
 """How long the other ranks have to end after a rank failed and they were sent SIGTERM."""
@@ -58,6 +59,7 @@ def run(nproc: int, module: str, args: list[str], preload: list[str] = ()) -> in
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - each rank imports it again and reports what is wrong with it
             pass
+    freeze_alive()  # what the ranks inherit, out of their collections' sight
     env = {"port": free_port(), "run_id": uuid.uuid4().hex}
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # or a rank's exit flushes this process's buffered output once more
@@ -71,6 +73,7 @@ def run(nproc: int, module: str, args: list[str], preload: list[str] = ()) -> in
 
 
 def _rank(rank: int, nproc: int, env: dict, module: str, args: list[str]) -> None:
+    faulthandler.enable()  # a rank that crashes in native code (exit code 139) prints its Python stack to the log
     os.environ.update(rank_env(rank, nproc, env["port"], env["run_id"]))
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -7,7 +7,11 @@ Installs excluded, in the Python that runs this script (the project and its dev 
 - with --pytest: the README's test command's `pytest` in the clone, budget 3 min;
 - with --ci: `bash .ci/run` in the clone (both version sets), budget 12 min.
 Budgets hold for an idle 2-core machine. A figure over budget on a busy one says little: the load average and the
-CPU time other processes took (from /proc/stat, as bench.interference counts it) are printed beside each.
+CPU time other processes took (from /proc/stat, as bench.interference counts it) are printed beside each. A VM can
+also run slower with nothing else on it (this project's 2-core VM has run the same work at 1.0x and 1.5x the time
+hours apart, idle both times), so a reference workload is timed before and after: a fresh Python importing torch,
+then fixed single-threaded work (a small MLP's training steps, a pure-Python loop), its CPU seconds. Figures taken at
+different reference times compare only scaled by it.
 
 With --quick-start the two runs are made as the README's quick start makes them: in a new venv (created and
 installed first, not timed) holding torch==2.13.0 and `pip install -e .` alone, through its `bench` script, so the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,6 +67,31 @@ def timed(label: str, argv: list[str], cwd: Path, env: dict, log: Path, repeat: 
     return wall
 
 
+REFERENCE = """
+import torch
+torch.manual_seed(0)
+torch.set_num_threads(1)
+m = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+x = torch.randn(64, 256)
+for _ in range(300):
+    m(x).square().mean().backward()
+s = 0
+for i in range(3_000_000):
+    s += i * i
+"""
+
+
+def reference_s(repeat: int = 3) -> float:
+    """The reference workload's CPU seconds (user + system), the median of `repeat` fresh processes."""
+    times = []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", REFERENCE], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        times.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(times)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", type=Path, default=ROOT, help="the checkout to clone (default: this one)")
@@ -78,6 +108,7 @@ def main() -> int:
     env = {**os.environ, "TECHBENCH_CACHE": str(work / "cache"), "PYTHONPATH": str(clone)}
     py = sys.executable
     print(f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, clone of {args.repo} in {clone}", flush=True)
+    print(f"reference workload (before)      {reference_s():8.2f} CPU s", flush=True)
 
     timed("bench list (cold)", [py, "-m", "bench", "list"], clone, env, work / "list-cold.log")
     timed("bench list (warm)", [py, "-m", "bench", "list"], clone, env, work / "list.log", repeat=5)
@@ -92,6 +123,7 @@ def main() -> int:
         timed("pytest", [py, "-m", "pytest", "-q"], clone, env, work / "pytest.log")
     if args.ci:
         timed(".ci/run", ["bash", ".ci/run"], clone, {**os.environ, "CI": "true"}, work / "ci.log")
+    print(f"reference workload (after)       {reference_s():8.2f} CPU s", flush=True)
     return 0
 
 

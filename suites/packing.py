@@ -21,13 +21,13 @@ no packer; its loss equality (the library keeping flattened samples apart) is rm
 
 from __future__ import annotations
 
-import atexit
 import functools
 import gc
 
 import numpy as np
 import torch
 
+from bench.lifeline import freeze_alive
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
 from bench.suite import (
@@ -195,17 +195,11 @@ def _packing(packer: str, dist: str, n: int, packing_length: int, batch: int):
     gc.disable()
     try:
         packing = PACKERS[packer](_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
-        gc.freeze()
-        _unfreeze_at_exit()
+        freeze_alive(collect=False)  # collected above
         return packing
     finally:
         if enabled:
             gc.enable()
-
-
-@functools.cache
-def _unfreeze_at_exit() -> None:
-    atexit.register(gc.unfreeze)  # extensions' leak checks at exit (triton's nanobind) see what the frozen hold
 
 
 def train_workload(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Workload, int, tuple]:

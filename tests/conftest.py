@@ -121,3 +121,11 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_finish(session):
+    """What collecting imported (torch, the suites, the test modules) is frozen out of the cyclic collector's sight,
+    as `bench` does before its cases (bench.lifeline.freeze_alive): each full collection of a worker walked it again."""
+    from bench.lifeline import freeze_alive
+
+    freeze_alive()

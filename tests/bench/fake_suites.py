@@ -1,7 +1,9 @@
 """Suites that end in every way a case can end, for the runner and CLI tests."""
 
+import gc
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -90,6 +92,9 @@ class Distributed(Suite):
     def measure(self, variant, params, device):
         import torch.distributed as dist
 
+        # what the rank inherited from the process it was forked from (bench.ranks): torch._dynamo imported (the
+        # memory tracker's first op would import it), and the imports frozen out of the collector's sight
+        inherited = {"dynamo_inherited": "torch._dynamo" in sys.modules, "frozen_inherited": gc.get_freeze_count() > 0}
         rank = dist.get_rank()
         total = torch.tensor([float(rank + 1)])
         dist.all_reduce(total)  # a collective, so the group is proven to work
@@ -105,7 +110,7 @@ class Distributed(Suite):
                     f.write(str(os.getpid()))
             time.sleep(3600)
         return Measurement({"value_ms": float(params["n"] * (rank + 1)), "rank_sum": total.item(),
-                            "world": dist.get_world_size()}, {"value_ms": [float(rank)]})
+                            "world": dist.get_world_size(), **inherited}, {"value_ms": [float(rank)]})
 
 
 @register

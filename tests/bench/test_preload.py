@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 SUITE = '''
+import gc
 import sys
 
 from bench.suite import Measurement, Suite, register
@@ -27,7 +28,7 @@ class Probe(Suite):
         inherited = "probe_slow" in sys.modules  # before this case imports it
         import probe_slow  # noqa: F401
 
-        return Measurement({"inherited": inherited})
+        return Measurement({"inherited": inherited, "frozen": gc.get_freeze_count()})
 '''
 RUN = '''
 import json, sys
@@ -38,7 +39,7 @@ import probe_suite  # noqa: F401 - registers the suite
 
 code, records = runner.run(runner.RunConfig(suites=[SUITES["_probe_preload"]], size="smoke", device="cpu",
                                             out=Path(sys.argv[1])))
-print(json.dumps([[r.status, r.metrics.get("inherited"), r.error] for r in records]))
+print(json.dumps([[r.status, r.metrics.get("inherited"), r.error, r.metrics.get("frozen")] for r in records]))
 '''
 
 
@@ -51,5 +52,8 @@ def test_a_declared_module_is_imported_once_for_every_case(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     cases = json.loads(done.stdout.strip().splitlines()[-1])
-    assert cases == [["ok", True, None]] * 4  # every case found it imported; a module not installed changed nothing
+    assert [c[:3] for c in cases] == [["ok", True, None]] * 4  # every case found it imported; one not installed
+    # changed nothing
+    # and found what the server imported (torch alone is ~100,000 objects) frozen out of its collections' sight
+    assert all(c[3] > 50_000 for c in cases), cases
     assert len(log.read_text().split()) == 1  # by one process: the server the four cases forked from
