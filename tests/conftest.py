@@ -1,13 +1,14 @@
 """The test session: spread over the CPUs when pytest-xdist is installed (the dev extra brings it), one intra-op
 thread a process.
 
-`pytest` alone runs on min(4, CPUs + 1) workers where there are 2 CPUs or more; `-n N` (or `-n 0`, `-p no:xdist`) chooses otherwise. Not on a machine
-with a CUDA device: the CUDA tests time and sample one shared GPU, and workers beside each other would disturb them
-(that is what `bench doctor` warns of). Tests are handed out a group at a time (`--dist loadgroup`, this file's
-scheduler): a module each, so each module's fixtures are built once, except that every test of one suite's smoke run
-(tests/suites/: its test_<suite>.py and its cases of test_all_suites.py) goes with that run; the runs are shared
-across workers through files besides (tests/suites/conftest.py). The longest groups (LONGEST) go out first, so that
-the workers finish together instead of one running a long group alone at the end.
+`pytest` alone runs on min(4, CPUs + 1) workers where there are 2 CPUs or more; `-n N` (or `-n 0`, `-p no:xdist`)
+chooses otherwise. Not on a machine with a CUDA device: the CUDA tests time and sample one shared GPU, and workers
+beside each other would disturb them (that is what `bench doctor` warns of). Tests are handed out a group at a time
+(`--dist loadgroup`, this file's scheduler): a module each, so each module's fixtures are built once, except that
+every test of one suite's smoke run (tests/suites/: its test_<suite>.py and its cases of test_all_suites.py) goes
+with that run; the runs are shared across workers through files besides (tests/suites/conftest.py). The longest
+groups (LONGEST) go out first, so that the workers finish together instead of one running a long group alone at the
+end.
 """
 
 from __future__ import annotations
