@@ -186,10 +186,10 @@ def _packing(packer: str, dist: str, n: int, packing_length: int, batch: int):
 
     With the cyclic garbage collector paused: a packing is millions of small lists, and the collections their
     allocations set off took two thirds of a packer's time at full size (1M lengths: 0.8-1.3 s against 2.1-3.0 s).
-    The packing is then frozen out of the collector's sight (gc.freeze: reference counting still frees it; at exit
-    the collector sees everything again): each later collection walked its lists again, a third of a full-size plan
-    point's time. A collection first, so that only what is alive is frozen (cheap: what earlier packings froze is not
-    walked again). `measure` times the packers as a data loader runs them, collector on."""
+    The packing is then frozen out of the collector's sight (freeze_alive; it holds no cycles): each later collection
+    walked its lists again, a third of a full-size plan point's time. A collection first, so that only what is alive
+    is frozen (cheap: what earlier packings froze is not walked again). `measure` times the packers as a data loader
+    runs them, collector on."""
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
