@@ -2,12 +2,14 @@
 
 The runner calls `run_distributed` for a case of a distributed suite (one that lists `world_sizes`) on more than
 one rank; a one-rank case runs as any other, in the runner's child process, inside `one_rank_group`. It starts the
-job under a keeper (`python -m bench.lifeline`), which kills the launcher and every rank, whatever session each
-started, at a timeout or when `bench` dies however it dies. On one node (`--nproc-per-node N`) the launcher is
-`python -m bench.ranks N -m bench.distributed SPEC`, which imports torch and the suite once and forks the ranks with
-torchrun's environment (a torchrun job paid a torch import for its agent and for every rank, ~2 CPU seconds each);
-over several nodes (`--nnodes M --rdzv-endpoint`) it is `python -m torch.distributed.run`, whose elastic agents meet
-at the rendezvous. Either way, when one rank dies the launcher stops the others. Each rank runs the suite's
+job under a keeper, which kills the launcher and every rank, whatever session each started, at a timeout or when
+`bench` dies however it dies. On one node (`--nproc-per-node N`) the launcher is bench.ranks, which forks the ranks
+with torchrun's environment from one process that has imported torch and the suite (a torchrun job paid a torch
+import for its agent and for every rank, ~2 CPU seconds each); `bench run` forks the keeper and the launcher from its
+case server (bench.launchers.fork_ranks), which has imported them for the whole run, and without it they are
+`python -m bench.lifeline FD python -m bench.ranks N -m bench.distributed SPEC`. Over several nodes (`--nnodes M
+--rdzv-endpoint`) the launcher is `python -m torch.distributed.run` under `python -m bench.lifeline`, whose elastic
+agents meet at the rendezvous. Either way, when one rank dies the launcher stops the others. Each rank runs the suite's
 `measure` with the process group initialised, and writes how it ended to `rank<R>.json` in the job's folder; global
 rank 0 gathers every rank's metrics and writes the aggregate. A case whose rank failed, ran out of memory or hung
 becomes an error, oom or timeout record that names the rank.
@@ -83,19 +85,26 @@ class Launch:
 
 
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
-                    cpus: frozenset[int] | None = None, preload: Sequence[str] = ()) -> dict[str, Any] | None:
+                    cpus: frozenset[int] | None = None, preload: Sequence[str] = (),
+                    fork=None) -> dict[str, Any] | None:
     """Run `case` as one job of every rank, pinned to `cpus` when given; {status, metrics, samples, error} as
     bench.case.execute, or None on a node without global rank 0 (that node's run records the case). `preload`: the
-    modules one node's ranks inherit imported (the case's module is always among them). Never raises."""
+    modules one node's ranks inherit imported (the case's module is always among them). `fork`: how one node's job
+    is forked from a process that has imported them already (bench.launchers.fork_ranks, with the arguments it
+    takes), in place of `python -m bench.ranks` under `python -m bench.lifeline`. Never raises."""
     with scratch("techbench-dist-") as job:
         spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": str(job)}
         (job / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how, cpus)))}
-        cmd = [sys.executable, "-m", *how.launcher_args([*preload, case.module]), "-m", "bench.distributed",
-               str(job / "spec.json")]
-        code = _keep(cmd, env, job, timeout_s, cpus)
+        modules = list(dict.fromkeys([*preload, case.module]))
+        if fork is not None and how.nnodes == 1:
+            code = fork(how.nproc_per_node, str(job / "spec.json"), modules, env, str(job / "job.log"), timeout_s,
+                        cpus)
+        else:
+            cmd = [sys.executable, "-m", *how.launcher_args(modules), "-m", "bench.distributed", str(job / "spec.json")]
+            code = _keep(cmd, env, job, timeout_s, cpus)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:
             started = sorted(int(p.name[3:]) for p in job.glob("pid*"))
@@ -255,6 +264,8 @@ def _rank_main(spec_path: str) -> int:
     (job / f"pid{rank}").write_text(str(os.getpid()))  # this rank started: a timeout names those that had not ended
     cuda = spec["device"] == "cuda"
     device = f"cuda:{local_rank}" if cuda else "cpu"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():  # a rank forked from a process that imported torch under
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # another OMP_NUM_THREADS kept that one's count
     if cuda:
         torch.cuda.set_device(local_rank)
     case, prediction = Case(**spec["case"]), None

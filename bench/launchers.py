@@ -14,19 +14,22 @@ case, `wait_idle` (`--wait-idle`) waits for other processes to leave those CPUs.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
-from bench.lifeline import KEEPER_WAIT_S, freeze_alive, keep
+from bench.lifeline import KEEPER_WAIT_S, exit_code, freeze_alive, keep
 from bench.progress import duration, read_note
 from bench.suite import SUITES, directions, unmet
 
@@ -37,7 +40,7 @@ class Launcher(Protocol):
         """`progress`: the file the case's progress messages go to (bench.progress), where a launcher supports it."""
 
 
-def _child(conn, lifeline, case: Case, device: str, seed: int, threads: int | None, progress: str | None,
+def _child(lifeline, conn, case: Case, device: str, seed: int, threads: int | None, progress: str | None,
            cpus: frozenset[int] | None = None) -> None:
     """The forkserver's child: the keeper of the case, which runs in its child. A forkserver child's parent is the
     server, not `bench`; the lifeline's write end lives only in `bench`, so EOF on it means `bench` is gone (or
@@ -86,6 +89,13 @@ def _context(modules: list[str]):
     return ctx
 
 
+def start_server() -> None:
+    """Start the server now, where it is not running, with what it preloads (the first isolated case starts it
+    otherwise)."""
+    _context([])
+    forkserver.ensure_running()
+
+
 # What every case's process would otherwise import for itself (each import compiles its source where no bytecode is
 # cached). torch._dynamo: the first TorchDispatchMode a process enters (the live-tensor tracker) imports it, ~3 s a
 # case. bench.telemetry, bench.interference, bench.env: imported by `execute`, ~25 ms a case. bench.cli: a case's
@@ -109,33 +119,72 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
     record says how long it ran and what it was doing (its last progress message)."""
     ctx = _context([case.module])
     recv, send = ctx.Pipe(duplex=False)
+    try:
+        with _kept(ctx, _child, send, case, device, seed, threads, progress, cpus) as proc:
+            t0 = time.monotonic()
+            send.close()
+            # the keeper's sentinel too: should the keeper itself die, nothing else may ever close `recv`
+            if not wait([recv, proc.sentinel], timeout_s):
+                doing = _doing(progress, "; it logged no progress")
+                return {"status": "timeout", "error": f"no result after {duration(time.monotonic() - t0)} (--timeout "
+                                                      f"{timeout_s:g} s): the case was killed{doing}"}
+            if recv.poll():
+                try:
+                    return recv.recv()
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    pass
+            proc.join(KEEPER_WAIT_S)
+            return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
+    finally:
+        recv.close()
+
+
+def fork_ranks(nproc: int, spec: str, preload: list[str], env: dict[str, str], log: str, timeout_s: float,
+               cpus: frozenset[int] | None = None) -> int | None:
+    """One node's job (bench.distributed) with its launcher, bench.ranks, forked from the server instead of started
+    as `python -m bench.ranks`: the ranks inherit torch and the suites imported once for the whole run, not once a
+    job (~2.7 CPU s on the 2-core VM). The job's exit code (128+N: killed by signal N), None after `timeout_s`;
+    whatever way this returns, the job and all it started are gone after."""
+    ctx = _context(preload)
+    with _kept(ctx, _node, nproc, spec, preload, env, log, cpus) as proc:
+        if not wait([proc.sentinel], timeout_s):
+            return None
+        proc.join()
+        return exit_code(proc.exitcode)
+
+
+@contextmanager
+def _kept(ctx, target, *args):
+    """A keeper forked from the server, running `target(lifeline, *args)`: the lifeline's write end stays here, and
+    closing it when the block ends, however it ends, has the keeper end what it keeps and exit."""
     lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, lifeline_r, case, device, seed, threads, progress, cpus),
-                       daemon=True)
+    proc = ctx.Process(target=target, args=(lifeline_r, *args), daemon=True)
     proc.start()
-    t0 = time.monotonic()
-    send.close()
     lifeline_r.close()
     try:
-        # the keeper's sentinel too: should the keeper itself die, nothing else may ever close `recv`
-        if not wait([recv, proc.sentinel], timeout_s):
-            doing = _doing(progress, "; it logged no progress")
-            return {"status": "timeout", "error": f"no result after {duration(time.monotonic() - t0)} (--timeout "
-                                                  f"{timeout_s:g} s): the case was killed{doing}"}
-        if recv.poll():
-            try:
-                return recv.recv()
-            except (EOFError, OSError, pickle.UnpicklingError):
-                pass
-        proc.join(KEEPER_WAIT_S)
-        return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
+        yield proc
     finally:
-        lifeline_w.close()  # the keeper kills whatever is left of the case, and exits
+        lifeline_w.close()  # the keeper kills whatever is left of its charge, and exits
         proc.join(KEEPER_WAIT_S)
         if proc.is_alive():
             proc.kill()
             proc.join(10)
-        recv.close()
+
+
+def _node(lifeline, nproc: int, spec: str, preload: list[str], env: dict[str, str], log: str,
+          cpus: frozenset[int] | None) -> None:
+    """The forkserver's child that keeps one node's job: bench.ranks' launcher runs in its child and forks the ranks,
+    with `bench`'s environment of now (the server's is that of when it started), their output in the job's log."""
+    from bench import ranks
+
+    os.environ.update(env)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for fd in (1, 2):
+        os.dup2(out, fd)
+    os.close(out)
+    with pinned(cpus):
+        code = keep(functools.partial(ranks.run, nproc, "bench.distributed", [spec], preload), lifeline.fileno())
+    sys.exit(exit_code(code))
 
 
 @contextmanager
@@ -260,7 +309,7 @@ class Ranks:
         # ranks log no progress to `bench`, and take their threads from OMP_NUM_THREADS (bench.distributed); they
         # inherit what an isolated case's process does: a rank that imported torch._dynamo itself paid ~2 CPU s
         return run_distributed(case, device, self.how, timeout_s, SEED, self.cpus,
-                               preload=[*SERVER_MODULES, *SUITES[case.suite].preload])
+                               preload=[*SERVER_MODULES, *SUITES[case.suite].preload], fork=fork_ranks)
 
 
 @dataclass(frozen=True)

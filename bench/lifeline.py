@@ -238,8 +238,13 @@ def main(argv: list[str]) -> int:
     def run():
         os.execvp(cmd[0], cmd)
 
-    code = keep(run, lifeline)
-    return 1 if code is None else code if code >= 0 else 128 - code
+    return exit_code(keep(run, lifeline))
+
+
+def exit_code(kept: int | None) -> int:
+    """A keeper's exit code from what `keep` returned: the kept process's (128+N: killed by signal N), or 1 when the
+    lifeline ended first."""
+    return 1 if kept is None else kept if kept >= 0 else 128 - kept
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ class Distributed(Suite):
 
         # what the rank inherited from the process it was forked from (bench.ranks): torch._dynamo imported (the
         # memory tracker's first op would import it), and the imports frozen out of the collector's sight
-        inherited = {"dynamo_inherited": "torch._dynamo" in sys.modules, "frozen_inherited": gc.get_freeze_count() > 0}
+        inherited = {"dynamo_inherited": "torch._dynamo" in sys.modules, "frozen_inherited": gc.get_freeze_count() > 0,
+                     "threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0))}
         rank = dist.get_rank()
         total = torch.tensor([float(rank + 1)])
         dist.all_reduce(total)  # a collective, so the group is proven to work

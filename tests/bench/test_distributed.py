@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bench import runner
+from bench import launchers, runner
 from bench.cli import main
 from bench.distributed import Launch, aggregate
 from bench.records import read_records
@@ -14,16 +14,20 @@ from bench.suite import SUITES
 from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
 
 
-def run(tmp_path, variants, nproc=2, timeout_s=120.0):
+def run(tmp_path, variants, nproc=2, timeout_s=120.0, cpus=None):
     out = tmp_path / "run"
     code, records = runner.run(runner.RunConfig(suites=[SUITES["_dist"]], size="smoke", device="cpu", out=out,
-                                                variants=variants, launch=Launch(nproc), timeout_s=timeout_s))
+                                                variants=variants, launch=Launch(nproc), timeout_s=timeout_s,
+                                                cpus=cpus))
     assert [r.case_id for r in read_records(out / "records.jsonl")] == [r.case_id for r in records]
     return code, {r.variant: r for r in records}
 
 
-def test_two_ranks_one_record_per_case_each_failure_naming_its_rank(tmp_path):
-    code, r = run(tmp_path, ["ok", "raise", "oom", "skip"])
+def test_two_ranks_one_record_per_case_each_failure_naming_its_rank(tmp_path, monkeypatch):
+    # the ranks take OMP_NUM_THREADS as it is now, not as when the server they are forked from imported torch
+    launchers.start_server()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    code, r = run(tmp_path, ["ok", "raise", "oom", "skip"], cpus=frozenset({max(os.sched_getaffinity(0))}))
     assert code == 1  # a case errored; the others still ran and were recorded
     ok = r["ok"]
     assert ok.status == "ok" and ok.params == {"n": 3, "world_size": 2}
@@ -32,6 +36,7 @@ def test_two_ranks_one_record_per_case_each_failure_naming_its_rank(tmp_path):
     assert (m["value_ms"], m["rank_min_value_ms"], m["rank_mean_value_ms"], m["rank_max_value_ms"]) == (6, 3, 4.5, 6)
     assert m["rank_sum"] == 3.0 and m["world"] == 2  # the all-reduce ran across both ranks
     assert m["dynamo_inherited"] and m["frozen_inherited"]  # imported and frozen once, before the ranks were forked
+    assert (m["threads"], m["cpus"]) == (2, 1)
     assert ok.samples == {"value_ms": [1.0]}  # those of rank 1, which gave the figure
     assert r["raise"].status == "error" and r["raise"].error.startswith("rank 1 of 2: ")
     assert "boom on rank 1" in r["raise"].error
