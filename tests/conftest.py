@@ -69,7 +69,7 @@ LONGEST = (
     "tests/bench/test_pinning.py",  # 8
     "tests/reports/test_compare_dashboard_browser.py",  # 8: headless Chromium
     "tests/reports/test_dashboard.py",  # 8: headless Chromium
-    "tests/impls/test_fp8_gemm.py",  # 8
+    "triton-interpreted",  # 16: fp8 gemm and quantizers, moe's grouped gemm
     "tests/bench/test_cli.py",  # 8
     "tests/bench/test_rundir.py",  # 7
     "smoke-packing",  # 7
@@ -78,17 +78,24 @@ LONGEST = (
     "tests/bench/test_plan.py",  # 7
     "smoke-moe_ep",  # 6: distributed jobs
     "tests/impls/test_hf_rmpad.py",  # 6
-    "tests/impls/test_fp8_quant_triton.py",  # 6
     "tests/bench/test_progress.py",  # 5
     "tests/bench/test_compare.py",  # 5
     "tests/impls/test_samplers_metrics.py",  # 5
 )
 
 
+# The modules that run Triton kernels under the interpreter: one group, so that one worker's interpreter child runs
+# them all (tests/triton_interpret.py), and torch and triton are imported for them once.
+INTERPRETED = ("tests/impls/test_fp8_gemm.py", "tests/impls/test_fp8_quant_triton.py", "tests/impls/test_moe_triton.py")
+
+
 def group(nodeid: str) -> str:
     """A test's xdist group: its module; for tests/suites/, the suite whose smoke run it reads (test_<suite>.py, or
-    the suite that test_all_suites.py's case is parametrized with, the first part of its id)."""
+    the suite that test_all_suites.py's case is parametrized with, the first part of its id); for the modules of
+    INTERPRETED, one group."""
     module, _, rest = nodeid.partition("::")
+    if module in INTERPRETED:
+        return "triton-interpreted"
     if not module.startswith("tests/suites/"):
         return module
     suite = Path(module).stem.removeprefix("test_")
