@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,12 @@ import pytest
 # the environment says otherwise: the tests' shapes are too small to share, workers already fill the CPUs, and on a
 # busy 2-core machine waking a second thread for every op made smoke cases 5-10x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Bytecode is written and read, whatever PYTHONDONTWRITEBYTECODE says, in every process of the session: without it
+# each worker rewrote every test module's asserts again at collection (pytest reuses its rewritten modules only from
+# the __pycache__ it may write: collecting took 6.2 s, against 3.3 s with them written), and each of the processes
+# the tests start (`bench`, its case server, ranks) compiled the project's modules again.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 MAX_WORKERS = 4
 
 
