@@ -126,7 +126,7 @@ def test_env_json(capsys):
 def test_python_dash_m_bench_runs_one_variant(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "checkpointing", "--size", "smoke", "--device", "cpu",
-                           "--variant", "none", "full", "--params", "model=None", "--out", str(out)],
+                           "--variant", "none", "full", "--params", "model=None", "--inline", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = (out / "records.jsonl").read_text().splitlines()
