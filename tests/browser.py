@@ -30,7 +30,8 @@ def load(path: str | Path, budget_ms: int = 5000, width: int = 1280) -> tuple[li
 
 
 def probe(path: str | Path, script: str, budget_ms: int = 20000, width: int = 1280):
-    """What `script` (the body of a JS function run once the page has drawn) returns, JSON-decoded.
+    """What `script` (the body of a JS function run once the page has drawn) returns, JSON-decoded; the page must
+    load without an uncaught JavaScript error.
 
     The page's own file is left alone: a copy with the script appended is loaded, and the script's result comes back
     through the DOM (--dump-dom), the one channel headless Chromium offers without a driver."""
@@ -46,6 +47,7 @@ def probe(path: str | Path, script: str, budget_ms: int = 20000, width: int = 12
         errors, dom = load(copy, budget_ms, width)
     found = re.search(r'<pre id="probe-result">(.*?)</pre>', dom, re.S)
     assert found, f"the probe wrote nothing; page errors: {errors}"
+    assert errors == [], f"{Path(path).name}: {errors}"
     result = json.loads(html.unescape(found.group(1)))
     assert not (isinstance(result, dict) and "probe_error" in result), result
     return result

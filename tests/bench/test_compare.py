@@ -6,7 +6,6 @@ import pytest
 
 from bench.compare import ONE_RUN_CAVEAT, Comparison, compare, compare_runs, compare_samples
 from reports.compare_page import heatmap, write_compare_html
-from tests.browser import load, needs_chromium
 from tests.optional import needs
 from tests.runs import A100, H200, checkpointing_records, samples, write_run
 
@@ -270,15 +269,6 @@ def test_heatmap_colours_only_judged_cells(tmp_path):
     for metric, judged in (("step_time_ms", True), ("step_time_iqr_ms", False), ("tokens_per_s", False)):
         j = metrics.index(metric)
         assert math.isfinite(coloured.z[0][j]) == judged and math.isfinite(grey.z[0][j]) != judged, metric
-
-
-@needs("plotly")
-@needs_chromium
-def test_compare_page_loads_without_js_errors(tmp_path):
-    a = write_run(tmp_path, "a", checkpointing_records(seed=0))
-    out = write_compare_html(compare([a], [a]), tmp_path / "compare.html")
-    errors, dom = load(out)
-    assert errors == [] and "main-svg" in dom
 
 
 @needs("plotly")

@@ -13,7 +13,6 @@ require("plotly")  # every test here draws figures
 from reports.figures import figures_for, load_frame, params_groups, run_labels  # noqa: E402
 from reports.figures.checkpointing import figures, pareto_front  # noqa: E402
 from reports.run_report import render, write_report  # noqa: E402
-from tests.browser import load, needs_chromium  # noqa: E402
 from tests.runs import A100, H200, checkpointing_records, write_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,14 +129,6 @@ def test_empty_runs_still_render(tmp_path):
     run = write_run(tmp_path, "empty", [], gpu=None)
     text = render([run])
     assert "hold no records" in text and text.count(PLOTLY_MARKER) == 1
-
-
-@needs_chromium
-def test_report_loads_in_chromium(report):
-    path, _ = report
-    errors, dom = load(path)
-    assert errors == []
-    assert dom.count("main-svg") >= 2
 
 
 def test_reports_never_import_torch():
