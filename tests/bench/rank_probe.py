@@ -14,6 +14,9 @@ from bench.ranks import rank_env
 
 out, mode = sys.argv[1], sys.argv[2]
 cuda = mode == "cuda"
+if mode == "fail" and os.environ["RANK"] == "0":
+    # before the group forms: rank 1 cannot pass init_process_group, and exit, before rank 0 has reached it
+    open(out, "w").write(str(os.getpid()))
 if cuda:
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     torch.cuda.set_device(device)
@@ -24,7 +27,6 @@ rank = dist.get_rank()
 if mode == "fail":
     if rank == 1:
         sys.exit(3)
-    open(out, "w").write(str(os.getpid()))
     time.sleep(120)
 total = torch.tensor([rank + 1.0], device="cuda" if cuda else "cpu")
 dist.all_reduce(total)
