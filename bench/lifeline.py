@@ -1,8 +1,9 @@
 """Keepers: no process a case starts outlives its case, nor `bench`, however `bench` ends (SIGKILL included).
 
-Each case runs under a keeper, a process that does nothing else (the isolated launcher's forkserver child; for a
-distributed job, `python -m bench.lifeline FD CMD...`) and holds the read end of a pipe, the lifeline, whose write end
-only `bench` holds. `keep` runs the case in a child of the keeper and waits for whichever comes first:
+Each case runs under a keeper, a process that does nothing else (a child of the isolated launcher's forkserver, for
+a case and for one node's distributed job; for a job over several nodes, `python -m bench.lifeline FD CMD...`) and
+holds the read end of a pipe, the lifeline, whose write end only `bench` holds. `keep` runs the case in a child of
+the keeper and waits for whichever comes first:
 
 - the case's process ends (ok, error or crash): the keeper kills what the case left behind and says how it ended;
 - EOF on the lifeline: `bench` is gone (the kernel closes the pipe when it dies, however it dies) or is done with the

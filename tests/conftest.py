@@ -68,6 +68,7 @@ LONGEST = (
     "tests/bench/test_distributed.py",  # 27: distributed jobs, a two-node rendezvous
     "tests/bench/test_plugins.py",  # 17: `bench` processes
     "tests/impls/test_weights.py",  # 16: retraining the smoke models
+    "triton-interpreted",  # 16: fp8 gemm and quantizers, moe's grouped gemm
     "tests/bench/test_runner.py",  # 13
     "tests/bench/test_lifeline.py",  # 13: `bench` processes, killed
     "smoke-fsdp_checkpointing",  # 11: distributed jobs
@@ -76,7 +77,6 @@ LONGEST = (
     "tests/bench/test_pinning.py",  # 8
     "tests/reports/test_compare_dashboard_browser.py",  # 8: headless Chromium
     "tests/reports/test_dashboard.py",  # 8: headless Chromium
-    "triton-interpreted",  # 16: fp8 gemm and quantizers, moe's grouped gemm
     "tests/bench/test_cli.py",  # 8
     "tests/bench/test_rundir.py",  # 7
     "smoke-packing",  # 7
