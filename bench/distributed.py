@@ -5,9 +5,8 @@ one rank; a one-rank case runs as any other, in the runner's child process, insi
 job under a keeper, which kills the launcher and every rank, whatever session each started, at a timeout or when
 `bench` dies however it dies. On one node (`--nproc-per-node N`) the launcher is bench.ranks, which forks the ranks
 with torchrun's environment from one process that has imported torch and the suite (a torchrun job paid a torch
-import for its agent and for every rank, ~2 CPU seconds each); `bench run` forks the keeper and the launcher from its
-case server (bench.launchers.fork_ranks), which has imported them for the whole run, and without it they are
-`python -m bench.lifeline FD python -m bench.ranks N -m bench.distributed SPEC`. Over several nodes (`--nnodes M
+import for its agent and for every rank, ~2 CPU seconds each); the keeper and the launcher are forked from the run's
+case server (bench.launchers.fork_ranks), which has imported them for the whole run. Over several nodes (`--nnodes M
 --rdzv-endpoint`) the launcher is `python -m torch.distributed.run` under `python -m bench.lifeline`, whose elastic
 agents meet at the rendezvous. Either way, when one rank dies the launcher stops the others. Each rank runs the suite's
 `measure` with the process group initialised, and writes how it ended to `rank<R>.json` in the job's folder; global
@@ -41,7 +40,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from bench.interference import GPU_KEYS, HOST_KEYS
 from bench.lifeline import KEEPER_WAIT_S
@@ -74,36 +73,33 @@ class Launch:
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
 
-    def launcher_args(self, preload: Sequence[str]) -> list[str]:
-        """What follows `python -m` to start a job's ranks on this node: one node's are forked from one process
-        that imported torch and the `preload` modules once (bench.ranks); several nodes meet through torchrun's c10d
-        rendezvous, each rank importing for itself."""
-        if self.nnodes == 1:
-            return ["bench.ranks", str(self.nproc_per_node), "--preload", ",".join(preload)]
+    def torchrun_args(self) -> list[str]:
+        """What follows `python -m` to start this node's ranks of a job over several nodes: torchrun's elastic agent,
+        which meets the other nodes' at the c10d rendezvous and starts each rank as an interpreter of its own."""
         return ["torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}",
                 "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"]
 
 
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
-                    cpus: frozenset[int] | None = None, preload: Sequence[str] = (),
-                    fork=None) -> dict[str, Any] | None:
+                    fork: Callable[..., int | None], cpus: frozenset[int] | None = None,
+                    preload: Sequence[str] = ()) -> dict[str, Any] | None:
     """Run `case` as one job of every rank, pinned to `cpus` when given; {status, metrics, samples, error} as
-    bench.case.execute, or None on a node without global rank 0 (that node's run records the case). `preload`: the
-    modules one node's ranks inherit imported (the case's module is always among them). `fork`: how one node's job
-    is forked from a process that has imported them already (bench.launchers.fork_ranks, with the arguments it
-    takes), in place of `python -m bench.ranks` under `python -m bench.lifeline`. Never raises."""
+    bench.case.execute, or None on a node without global rank 0 (that node's run records the case). On one node,
+    `fork` runs the job (bench.launchers.fork_ranks: its launcher forked from a process that has imported torch,
+    the `preload` modules and the case's); over several nodes, torchrun under `python -m bench.lifeline`. Never
+    raises."""
     with scratch("techbench-dist-") as job:
         spec = {"case": asdict(case), "device": device.split(":")[0], "seed": seed, "dir": str(job)}
         (job / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parent.parent)  # so that a checkout without an install imports too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(_threads_per_rank(how, cpus)))}
-        modules = list(dict.fromkeys([*preload, case.module]))
-        if fork is not None and how.nnodes == 1:
+        if how.nnodes == 1:
+            modules = list(dict.fromkeys([*preload, case.module]))
             code = fork(how.nproc_per_node, str(job / "spec.json"), modules, env, str(job / "job.log"), timeout_s,
                         cpus)
         else:
-            cmd = [sys.executable, "-m", *how.launcher_args(modules), "-m", "bench.distributed", str(job / "spec.json")]
+            cmd = [sys.executable, "-m", *how.torchrun_args(), "-m", "bench.distributed", str(job / "spec.json")]
             code = _keep(cmd, env, job, timeout_s, cpus)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:

@@ -27,6 +27,7 @@ from multiprocessing import forkserver
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
+from bench import ranks
 from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
 from bench.lifeline import KEEPER_WAIT_S, exit_code, freeze_alive, keep
@@ -175,8 +176,6 @@ def _node(lifeline, nproc: int, spec: str, preload: list[str], env: dict[str, st
           cpus: frozenset[int] | None) -> None:
     """The forkserver's child that keeps one node's job: bench.ranks' launcher runs in its child and forks the ranks,
     with `bench`'s environment of now (the server's is that of when it started), their output in the job's log."""
-    from bench import ranks
-
     os.environ.update(env)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     for fd in (1, 2):
@@ -307,9 +306,10 @@ class Ranks:
     def launch(self, case: Case, device: str, timeout_s: float, threads: int | None,
                progress: str | None = None) -> dict[str, Any] | None:
         # ranks log no progress to `bench`, and take their threads from OMP_NUM_THREADS (bench.distributed); they
-        # inherit what an isolated case's process does: a rank that imported torch._dynamo itself paid ~2 CPU s
-        return run_distributed(case, device, self.how, timeout_s, SEED, self.cpus,
-                               preload=[*SERVER_MODULES, *SUITES[case.suite].preload], fork=fork_ranks)
+        # inherit what an isolated case's process does (SERVER_MODULES, from the server): a rank that imported
+        # torch._dynamo itself paid ~2 CPU s
+        return run_distributed(case, device, self.how, timeout_s, SEED, fork_ranks, self.cpus,
+                               preload=SUITES[case.suite].preload)
 
 
 @dataclass(frozen=True)
