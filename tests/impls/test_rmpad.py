@@ -86,6 +86,21 @@ def test_segments_loss_and_grads_match_reference(lengths, atol, rtol):
         torch.testing.assert_close(g, ref, atol=atol, rtol=rtol)
 
 
+def test_segments_never_hold_a_segments_scores():
+    """Each segment reaches SDPA 4-D, so a fused kernel runs: a 3-D one took the math path, whose n x n scores (and
+    their softmax) it materialised on every device."""
+    from bench.memory import TensorMemoryTracker
+
+    n, heads, dh = 512, 2, 16
+    q, k, v = (torch.randn(n, heads, dh, requires_grad=True) for _ in range(3))
+    cu = torch.tensor([0, n], dtype=torch.int32)
+    with TensorMemoryTracker() as tracked:
+        out = segments.varlen_attention(q, k, v, cu, n)
+        out.sum().backward()
+    scores = heads * n * n * 4
+    assert tracked.peak_bytes("cpu") < scores / 2, f"peak {tracked.peak_bytes('cpu')} B: the scores are {scores} B"
+
+
 @pytest.mark.parametrize("lengths", LENGTHS)
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_forward_at_real_positions_matches_reference(backend, lengths):
