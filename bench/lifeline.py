@@ -103,8 +103,8 @@ def freeze_alive(collect: bool = True) -> None:
     before its work: torch, the suites and their libraries are hundreds of thousands of objects that every full
     collection would walk again (a packing smoke run spent 3.7 of its 15 s in 19 of them; 1.6 s after this). A child
     forked after it inherits the frozen set. Reference counting still frees a frozen object, but one that becomes
-    cyclic garbage later is never freed: this is for what lives long or holds no cycles (imports, packing's lists of
-    ints), never for a case's model or tensors. At exit the collector sees everything again, so that extensions'
+    cyclic garbage later is never freed: this is for what lives long or holds no cycles (imports, the plan's grid
+    points), never for a case's model or tensors. At exit the collector sees everything again, so that extensions'
     leak checks (triton's nanobind) see what the frozen objects hold."""
     if collect:
         gc.collect()

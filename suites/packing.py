@@ -22,12 +22,10 @@ no packer; its loss equality (the library keeping flattened samples apart) is rm
 from __future__ import annotations
 
 import functools
-import gc
 
 import numpy as np
 import torch
 
-from bench.lifeline import freeze_alive
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
 from bench.suite import (
@@ -179,27 +177,11 @@ def _lengths(dist: str, n: int, max_len: int) -> np.ndarray:
     return lengths
 
 
-@functools.lru_cache(maxsize=2)  # a point's: ffd's, until its variants are planned; at full size each is hundreds of MB
+@functools.lru_cache(maxsize=2)  # a point's: ffd's, until its variants are planned (~32 MB at 1M lengths)
 def _packing(packer: str, dist: str, n: int, packing_length: int, batch: int):
     """A packer's packing of the dataset's lengths, kept for the next plan of the same data (ffd's variants pack
-    alike).
-
-    With the cyclic garbage collector paused: a packing is millions of small lists, and the collections their
-    allocations set off took two thirds of a packer's time at full size (1M lengths: 0.8-1.3 s against 2.1-3.0 s).
-    The packing is then frozen out of the collector's sight (freeze_alive; it holds no cycles): each later collection
-    walked its lists again, a third of a full-size plan point's time. A collection first, so that only what is alive
-    is frozen (cheap: what earlier packings froze is not walked again). `measure` times the packers as a data loader
-    runs them, collector on."""
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        packing = PACKERS[packer](_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
-        freeze_alive(collect=False)  # collected above
-        return packing
-    finally:
-        if enabled:
-            gc.enable()
+    alike)."""
+    return PACKERS[packer](_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
 
 
 def train_workload(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Workload, int, tuple]:

@@ -165,3 +165,16 @@ def test_document_mask_is_block_diagonal_causal(lengths, row_len):
     assert mask.any(dim=1).all()  # every query sees at least itself: no NaN rows in SDPA
     assert torch.equal(causal_mask(row_len), torch.ones(row_len, row_len).tril().bool())
     assert torch.equal(mask & causal_mask(row_len), mask)
+
+
+def test_a_packing_reads_its_flat_arrays_row_by_row():
+    p = PACKERS["ffd"](ODD, packing_length=MAX, batch_size=3)
+    rows = [p.rows[r] for r in range(p.n_rows)]  # one row at a time, as a training step reads them
+    assert list(p.rows) == rows and p.rows == rows and p.rows[-1] == rows[-1] and p.rows[1:3] == rows[1:3]
+    assert p.rows != rows[:-1] and p.rows != "not rows"
+    assert [len(r) for r in rows] == np.diff(p.row_ptr).tolist() and sum(rows, []) == p.sample.tolist()
+    assert list(p.offsets) == [np.concatenate([[0], np.cumsum(n)[:-1]]).tolist() for n in p.lengths]
+    with pytest.raises(IndexError):
+        p.rows[p.n_rows]
+    q = PACKERS["ffd"](ODD[::-1], packing_length=MAX, batch_size=3)
+    assert p != q and p.rows != q.rows and p.efficiency == q.efficiency
