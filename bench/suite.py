@@ -165,6 +165,9 @@ class Suite:
     """Variants that need an optional package: variant -> (the module they import, what to pip install). Where it is
     not installed, the case is recorded as skipped with the install line before any process starts for it (see
     `unmet`); `measure` and `workload` still call `requires` themselves, for the callers that do not ask first."""
+    not_plannable: ClassVar[str | None] = None
+    """Why `bench plan` cannot predict this suite's cases, for a suite without `workload`: what it would need that
+    shapes alone do not give. None: the plan says only that the suite builds no workload."""
     preload: ClassVar[tuple[str, ...]] = ()
     """Modules this suite's cases import that are slow to import (a library its variants import lazily, such as
     diffusers): the process that cases fork from imports them once, so that no case's time or timeout pays for them.
@@ -188,8 +191,9 @@ class Suite:
         its step here, and has `measure` use it, gets `bench plan` for free: the two cannot drift apart.
 
         Raise Skip where the variant cannot run on the target (as `measure` does), NotPlannable where the case has no
-        step that shapes alone decide (a whole training run, a compiled kernel). The default: no workload."""
-        raise NotPlannable(f"suite {self.name!r} does not build its step through Suite.workload")
+        step that shapes alone decide (a whole training run, a compiled kernel). The default: no workload, for the
+        reason `not_plannable` gives."""
+        raise NotPlannable(self.not_plannable or f"suite {self.name!r} does not build its step through Suite.workload")
 
     def applies(self, variant: str, params: dict[str, Any]) -> bool:
         """Whether `variant` has a case at `params`. A grid point that does not exist for a variant (a one-pass

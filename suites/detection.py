@@ -59,6 +59,8 @@ class Detection(Suite):
         "fpn": "FPN neck (Lin et al. 2017), one pass",
         "spp": "SPP neck (He et al. 2014; YOLOv3-SPP's 5/9/13 max-pools) on the stride-32 map, one pass",
     }
+    not_plannable = ("its measured step is detection with post-processing: which boxes pass the score threshold and "
+                     "NMS only the trained weights' scores on the test images decide, values the meta device lacks")
     relative = (
         Relative("time_overhead_x", "latency_ms"),
         Relative("flops_overhead_x", "image_flops"),

@@ -118,6 +118,8 @@ class Samplers(Suite):
         "diffusers_unipc": "diffusers UniPCMultistepScheduler, bh2 order 2, linspace timestep spacing",
         "diffusers_flow_euler": "diffusers FlowMatchEulerDiscreteScheduler, shift 1, sigmas on our uniform grid",
     }
+    not_plannable = ("it records no memory figure to hold a prediction against: a case is a sampling loop of a small "
+                     "model (the exact mixture or an MLP), quality against model calls")
     libraries = {variant: diffusers_schedulers.label() for variant in DIFFUSERS}
     requires = {variant: ("diffusers", "techbench[ecosystem]") for variant in DIFFUSERS}
     # diffusers takes ~2.5 s to import (scipy with it): imported once by the process cases fork from, not per case

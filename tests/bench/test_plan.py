@@ -155,7 +155,18 @@ def test_not_plannable_cases_say_why(registry):
     assert p.status == "skipped" and "world sizes 1, 2, 4, 8, not 3" in p.reason
     samplers = registry["samplers"]
     p = plan_case(samplers, next(iter(samplers.variants)), samplers.grid("smoke", "cpu")[0], "cpu")
-    assert p.status == "not_plannable" and "Suite.workload" in p.reason
+    assert p.status == "not_plannable" and p.reason == samplers.not_plannable and "no memory figure" in p.reason
+    for name in ("detection", "moe_ep"):  # every suite without a workload says what a plan of it would need
+        suite = registry[name]
+        params = {**suite.grid("smoke", "cpu")[0], **({"world_size": 1} if suite.world_sizes else {})}
+        p = plan_case(suite, next(iter(suite.variants)), params, "cpu")
+        assert p.status == "not_plannable" and p.reason == suite.not_plannable, p.reason
+
+    class Bare(type(samplers)):
+        not_plannable = None
+
+    p = plan_case(Bare(), next(iter(samplers.variants)), samplers.grid("smoke", "cpu")[0], "cpu")
+    assert p.status == "not_plannable" and "does not build its step through Suite.workload" in p.reason
 
 
 def test_attention_on_meta_takes_the_targets_kernel():
