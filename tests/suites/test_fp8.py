@@ -84,3 +84,18 @@ def test_report_has_the_fp8_figures(smoke_run):
     figures = figures_for("fp8", frame[frame["suite"] == "fp8"])
     titles = [f.layout.title.text for f in figures]
     assert len(figures) == 5 and any("loss per step" in t for t in titles), titles
+
+
+def test_torchaos_training_is_not_planned_for_cuda_without_a_cuda_device():
+    import torch
+
+    from bench.plan import plan_case
+    from bench.suite import discover
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: the plan probes torchao on it")
+    fp8 = discover()["fp8"]
+    params = next(p for p in fp8.grid("full", "cuda:0") if p["part"] == "training")
+    for variant in ("torchao_tensorwise", "torchao_rowwise"):
+        p = plan_case(fp8, variant, params, "cuda", "h200")
+        assert p.status == "not_plannable" and "this machine has no CUDA device" in p.reason, p.reason
