@@ -14,6 +14,8 @@ bench.plan_attention routes attention to the target's kernel), and reports:
   saved, parameters left out; a checkpointing variant's own hooks hide what it recomputes), other resident bytes
   (the batch, buffers; not the warm-up's gradients, which the step frees or reuses), and transient = peak - all of
   those (workspace, temporaries; never below 0, since gradients and saved activations need not be live at once).
+- attention: the SDPA kernels the step takes on the target; "math" (which holds the S x S scores) says a case
+  misses the fused kernels there.
 - flops (torch's FLOP counter with bench.flops' attention formulas), bytes_moved (every op's tensor inputs read and
   outputs written, views left out: the traffic of an eager, unfused step, an upper bound on what fused kernels move),
   and roofline_ms = max(flops / peak TFLOP/s of the dtype, bytes_moved / bandwidth) from bench.hardware.
@@ -76,6 +78,9 @@ class Prediction:
     capacity_bytes: int | None = None
     headroom_bytes: int | None = None
     fits: bool | None = None
+    attention: list[str] = field(default_factory=list)
+    """The SDPA kernels the step's attention takes on the target (bench.plan_attention): "flash", "efficient",
+    "cudnn", or "math", which holds each call's S x S scores. Empty where the step calls no SDPA."""
 
     @property
     def case_id(self) -> str:
@@ -141,7 +146,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str,
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
     Raises NotPlannable or Skip."""
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
-    with ranks, MetaKernels(), IndexValues(), target_attention(target), TensorMemoryTracker() as total:
+    with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
         if not w.stateless:
             w.step()  # the warm-up: optimizer state, lazy buffers
@@ -158,7 +163,8 @@ def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str,
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,
                 "grad_bytes": _storage_bytes(p.grad for p in parameters),
-                "activation_bytes": saved.total(META), "flops": counted.flops, "bytes_moved": counted.bytes}
+                "activation_bytes": saved.total(META), "flops": counted.flops, "bytes_moved": counted.bytes,
+                "attention": sorted(kernels)}
 
 
 def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | None = None,
@@ -186,7 +192,7 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
                "activations": raw["activation_bytes"], "inputs": max(0, raw["other_bytes"])}
     p.parts["transient"] = max(0, raw["peak_bytes"] - sum(p.parts.values()))
     p.step_peak_bytes, p.peak_bytes = raw["step_peak_bytes"], raw["peak_bytes"]
-    p.flops, p.bytes_moved = raw["flops"], raw["bytes_moved"]
+    p.flops, p.bytes_moved, p.attention = raw["flops"], raw["bytes_moved"], raw["attention"]
     tflops, gbps = hardware.peak_tflops(gpu, p.dtype), hardware.peak_gbps(gpu)
     if tflops and gbps:
         p.roofline_ms = 1e3 * max(p.flops / (tflops * 1e12), p.bytes_moved / (gbps * 1e9))

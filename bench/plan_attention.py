@@ -34,29 +34,33 @@ aten = torch.ops.aten
 @contextmanager
 def target_attention(target: str):
     """F.scaled_dot_product_attention on meta tensors routed to the kernel `target` ("cpu" or "cuda") would run.
+    Yields the set of the kernels taken ("flash", "efficient", "cudnn", "math"), filled as the step runs: a case
+    whose attention takes "math" holds each call's S x S scores on the target.
 
     A swap of the function, not a TorchFunctionMode: torch runs backward (and so a checkpoint's recompute) with the
     function-mode stack empty, where a mode would let the recompute take the math path the forward did not."""
     original = F.scaled_dot_product_attention
-    kind = torch.device(target).type
+    kind, taken = torch.device(target).type, set()
 
     def routed(query, *args, **kwargs):
         if isinstance(query, torch.Tensor) and _meta(query) and not query.is_nested:
-            return _attention(kind, query, *args, **kwargs)
+            return _attention(kind, taken, query, *args, **kwargs)
         return original(query, *args, **kwargs)
 
     F.scaled_dot_product_attention = routed
     try:
-        yield
+        yield taken
     finally:
         F.scaled_dot_product_attention = original
 
 
-def _attention(target, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+def _attention(target, taken, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False):
     if attn_mask is not None and attn_mask.dtype == torch.bool:  # what the composite does first, on every device
         attn_mask = torch.where(attn_mask, torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device),
                                 torch.scalar_tensor(-math.inf, dtype=q.dtype, device=q.device))
     backend = kernel_choice(target, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    taken.add(backend)
     lse = any(t.requires_grad for t in (q, k, v))  # the fused kernels keep their logsumexp for a backward
     if backend == "flash" and target == "cpu":
         return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, dropout_p, is_causal, attn_mask=attn_mask,

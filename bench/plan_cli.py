@@ -113,6 +113,8 @@ def render(preds, summary, console) -> None:
     for p in preds:
         params = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()) if k != "dtype")
         name = f"{p.suite}/{p.variant}\n[dim]{params}[/]"
+        if p.attention:  # "math" in yellow: that attention holds its S x S scores on the target
+            name += "\n[dim]attention:[/] " + ", ".join(f"[yellow]{k}[/]" if k == "math" else k for k in p.attention)
         if p.status != "ok":
             table.add_row(name, f"[yellow]{p.status.replace('_', ' ')}[/]: {p.reason}", end_section=False)
             continue

@@ -35,7 +35,8 @@ def render(records: list[dict], summary: dict) -> str:
              "peak GiB": None if r.get("peak_bytes") is None else r["peak_bytes"] / GIB,
              **{f"{p} GiB": r["parts"][p] / GIB for p in PARTS if p in r.get("parts", {})},
              "fits": r.get("fits"), "TFLOP": None if r.get("flops") is None else r["flops"] / 1e12,
-             "roofline ms": r.get("roofline_ms"), "reason": r.get("reason")} for r in records]
+             "roofline ms": r.get("roofline_ms"), "attention": ", ".join(r.get("attention") or []) or None,
+             "reason": r.get("reason")} for r in records]
     parts.append(section("Every case", table(rows, classes={"status": "status", "reason": "reason"})))
     subtitle = (f"{summary.get('cases', len(records))} cases at size {summary.get('size')}, planned on the meta "
                 f"device for {where}; fits = peak + headroom (1 GiB + 10% of the peak) <= memory")

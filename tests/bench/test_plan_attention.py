@@ -1,0 +1,81 @@
+"""The plan's attention: F.scaled_dot_product_attention on meta routed to the kernel the target would run
+(bench.plan_attention), and the kernels a planned case's step took."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench import plan_attention
+from bench.plan import plan_case
+from bench.plan_attention import kernel_choice, target_attention
+from bench.suite import NotPlannable, discover
+from tests.optional import needs_cuda
+
+
+def test_attention_on_meta_takes_the_targets_kernel():
+    q = torch.empty(2, 4, 64, 16, device="meta")
+    assert kernel_choice("cpu", q, q, q, None, 0.0, True, None, False) == "flash"
+    wide = torch.empty(2, 4, 64, 24, device="meta")  # MLA-like: the value's width differs
+    assert kernel_choice("cpu", wide, wide, q, None, 0.0, True, None, False) == "math"
+    if not torch.cuda.is_available():  # the sm80+ rule: flash for 16-bit without a mask, else memory-efficient
+        half = q.to(torch.bfloat16)
+        mask = torch.empty(2, 1, 64, 64, device="meta", dtype=torch.bfloat16)
+        assert kernel_choice("cuda", half, half, half, None, 0.0, True, None, False) == "flash"
+        assert kernel_choice("cuda", half, half, half, mask, 0.0, False, None, False) == "efficient"
+    q.requires_grad_()
+    for target, dtype, kernel in (("cpu", torch.float32, "FlashAttentionForCpu"),
+                                  ("cuda", torch.float32, "EfficientAttention"),
+                                  ("cuda", torch.bfloat16, "FlashAttention")):
+        with target_attention(target):
+            x = q.to(dtype)
+            out = F.scaled_dot_product_attention(x, x, x, is_causal=True)
+        assert type(out.grad_fn).__name__ == f"ScaledDotProduct{kernel}Backward0"
+    # outside the plan, meta takes the math path again (what materialises the S x S scores)
+    assert type(F.scaled_dot_product_attention(q, q, q).grad_fn).__name__ == "UnsafeViewBackward0"
+
+
+def test_cudnn_attention_is_routed_and_an_unknown_kernel_is_not_plannable(monkeypatch):
+    q = torch.empty(2, 4, 64, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    monkeypatch.setattr(plan_attention, "kernel_choice", lambda *args: "cudnn")
+    with target_attention("cuda"):
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert type(out.grad_fn).__name__ == "ScaledDotProductCudnnAttentionBackward0"
+    monkeypatch.setattr(plan_attention, "kernel_choice", lambda *args: "overrideable")
+    with target_attention("cuda"), pytest.raises(NotPlannable, match="overrideable SDPA kernel"):
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+
+
+@needs_cuda
+def test_the_plans_cuda_attention_is_the_kernel_cuda_runs():
+    # the planned kernel (torch's choice on proxies of a few elements) is the one a real step's SDPA runs: for separate
+    # q, k, v, for views of a fused qkv projection (as the checkpointing model's), and with a mask
+    B, S, H, D = 2, 256, 4, 64
+    fused = torch.randn(B, S, 3, H, D, device="cuda", dtype=torch.bfloat16).permute(2, 0, 3, 1, 4)
+    separate = [torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    mask = torch.rand(B, 1, S, S, device="cuda") > 0.5
+    for (q, k, v), m, causal in ((separate, None, True), (fused.unbind(0), None, True), (separate, mask, False)):
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        real = type(F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal).grad_fn).__name__
+        metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta", requires_grad=True)
+                 for t in (q, k, v)]
+        with target_attention("cuda"):
+            mm = None if m is None else m.to("meta")
+            planned = type(F.scaled_dot_product_attention(*metas, attn_mask=mm, is_causal=causal).grad_fn).__name__
+        assert planned == real, (planned, real, m is None)
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_plan_names_the_attention_kernels_its_step_takes(target):
+    """Each sequence of rmpad's per-sequence backend reaches a fused kernel (it took math as [H, n, Dh], holding the
+    scores); a masked step takes memory-efficient attention on CUDA; MLA's wider query and key take math on a CPU."""
+    suites, grid = discover(), "cuda:0" if target == "cuda" else "cpu"  # the target's grid: bf16 on CUDA
+    rmpad, packing, mla, moe = (suites[name] for name in ("rmpad", "packing", "mla", "moe"))
+    train = next(p for p in rmpad.grid("smoke", grid) if p["mode"] == "train" and "model" not in p)
+    assert plan_case(rmpad, "segments", train, target).attention == ["flash"]
+    masked = plan_case(packing, "ffd", packing.grid("smoke", grid)[0], target).attention
+    assert masked == (["efficient"] if target == "cuda" else masked) and masked
+    decode = next(p for p in mla.grid("quick", grid) if p["part"] == "decode")  # smoke's head dims: no multiple of 8
+    naive = plan_case(mla, "mla_naive", decode, target)
+    assert naive.status == "ok" and naive.attention == (["math"] if target == "cpu" else ["efficient"])
+    dispatch = next(p for p in moe.grid("smoke", grid) if p["part"] == "dispatch")
+    assert plan_case(moe, "loop", dispatch, target).attention == []  # no attention in the layer
