@@ -67,7 +67,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, only not yet reaped
             return f.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # reaped since: no such file, or ESRCH when it went between the open and the read
         return False
 
 

@@ -189,7 +189,7 @@ def test_a_case_cut_off_by_the_budget_is_not_recorded(tmp_path):
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # zombies are dead
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # reaped: no such file, or ESRCH when it went between the open and the read
         return False
 
 
