@@ -121,13 +121,13 @@ class Fp8(Suite):
         if params["part"] != "training":
             raise NotPlannable(f"the {params['part']} part times single kernels on operands it quantizes first; it "
                                "has no training step (its bytes are the operands')")
-        if variant in TORCHAO and torch.device(target or device).type == "cuda" and not torch.cuda.is_available():
+        where = target or device
+        if variant in TORCHAO and torch.device(where).type == "cuda" and not torch.cuda.is_available():
             raise NotPlannable("whether torchao's float8 training runs on CUDA is found by a real step there "
                                "(torch._scaled_mm's and torchao's checks), and this machine has no CUDA device: plan "
                                "it on the GPU machine")
-        recipe, convert = _training_recipe(variant, target or device, reference_dtype(target or device))
-        model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(target or device),
-                                         convert=convert)
+        recipe, convert = _training_recipe(variant, where, reference_dtype(where))
+        model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(where), convert=convert)
         prev, nxt = batches(1)[0]
         return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt)
 

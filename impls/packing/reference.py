@@ -57,6 +57,11 @@ class Ragged(Sequence):
         return f"Ragged([{head}{', ...' if len(self) > 3 else ''}], {len(self)} rows)"
 
 
+def _by_row(flat: str, doc: str) -> property:
+    """A Packing's flat array `flat` read row by row (Ragged)."""
+    return property(lambda self: Ragged(getattr(self, flat), self.row_ptr), doc=doc)
+
+
 @dataclass(frozen=True, eq=False)
 class Packing:
     """Rows in training order; rows [k * batch_size, (k + 1) * batch_size) form batch k.
@@ -95,23 +100,11 @@ class Packing:
 
     __hash__ = None  # arrays inside
 
-    @property
-    def rows(self) -> Ragged:
-        """Sample ids per row, in row order."""
-        return Ragged(self.sample, self.row_ptr)
-
-    @property
-    def lengths(self) -> Ragged:
-        return Ragged(self.length, self.row_ptr)
-
-    @property
-    def starts(self) -> Ragged:
-        return Ragged(self.start, self.row_ptr)
-
-    @property
-    def offsets(self) -> Ragged:
-        """Start of each entry within its row; entries are contiguous from 0, so the padding is the row's tail."""
-        return Ragged(self.offset, self.row_ptr)
+    rows = _by_row("sample", "Sample ids per row, in row order.")
+    lengths = _by_row("length", "Tokens of each entry, per row.")
+    starts = _by_row("start", "Start of each entry within its sample, per row.")
+    offsets = _by_row("offset", "Start of each entry within its row; entries are contiguous from 0, so the padding "
+                                "is the row's tail.")
 
     @cached_property
     def offset(self) -> np.ndarray:
