@@ -6,8 +6,10 @@ under the live-tensor tracker, the FLOP counter and a byte counter (bench.plan_m
 bench.plan_attention routes attention to the target's kernel), and reports:
 
 - step_peak_bytes: the most the step allocates beyond what was live before it (a fresh tracker around the step, as
-  the suites' peak_mem_bytes count it; plus `Workload.held` where a suite's metric adds a filled cache): what
-  `predict_peak` returns, and what a run's measured peak_mem_bytes is compared with.
+  the suites' peak_mem_bytes count it, the step's gradients included; plus `Workload.held` where a suite's metric
+  adds a filled cache): what `predict_peak` returns, and what a run's measured peak_mem_bytes is compared with. The
+  tracker counts the out-of-place ops autograd runs on meta as the in-place ones a device runs (bench.memory's
+  IN_PLACE_TWINS).
 - peak_bytes: everything live at the step's peak: parameters, optimizer state, the batch and the step's own bytes.
   It is what has to fit in the GPU.
 - the parts: parameters, gradients (after the step), optimizer state, activations saved for backward (bytes autograd

@@ -91,7 +91,8 @@ class Checkpointing(Suite):
     def workload(self, variant, params, device, target=None):
         model, _, _, _, step = build_training_step(variant, params, device)
         # our model has no lazy state and the step sets the gradients to None first; transformers' may have some
-        return Workload(step, modules=(model,), stateless=params.get("model") != HF)
+        return Workload(step, modules=(model,), clear=lambda: model.zero_grad(set_to_none=True),
+                        stateless=params.get("model") != HF)
 
     def measure(self, variant, params, device):
         model, forward, x, target, step = training_step(variant, params, device)

@@ -129,7 +129,8 @@ class Fp8(Suite):
         recipe, convert = _training_recipe(variant, where, reference_dtype(where))
         model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(where), convert=convert)
         prev, nxt = batches(1)[0]
-        return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt)
+        return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt,
+                        clear=lambda: opt.zero_grad(set_to_none=True))
 
     def measure(self, variant, params, device):
         return {"gemm": _gemm, "accuracy": _accuracy, "quantize": _quantize, "training": _training}[params["part"]](

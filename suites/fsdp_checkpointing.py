@@ -47,7 +47,7 @@ class FsdpCheckpointing(Suite):
         import torch.distributed as dist
 
         model, _, _, _, step = build_training_step(variant, params, device, seed=dist.get_rank(), wrap=shard)
-        return Workload(step, modules=(model,))
+        return Workload(step, modules=(model,), clear=lambda: model.zero_grad(set_to_none=True))
 
     def measure(self, variant, params, device):
         import torch.distributed as dist

@@ -182,11 +182,14 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
             raise Skip(reason)
     dispatch = loop_dispatch if backend is None else dispatcher(backend)
 
-    def step():
+    def clear():
         x.grad = weights.grad = experts.w1.grad = experts.w2.grad = None
+
+    def step():
+        clear()
         dispatch(x, indices, weights, experts).backward(grad)
 
-    return Workload(step, modules=(experts,), stateless=True)  # the step clears every gradient it makes first
+    return Workload(step, modules=(experts,), clear=clear, stateless=True)  # the step clears every gradient first
 
 
 def _draw(shape, g, device, dtype):
@@ -198,10 +201,10 @@ def _draw(shape, g, device, dtype):
 
 def _dispatch(variant, params, device):
     T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
-    step = dispatch_workload(variant, params, device).step
-    backend = DISPATCH[variant]
+    w = dispatch_workload(variant, params, device)
+    step, backend = w.step, DISPATCH[variant]
     step()  # warm-up: lazy initialisation and Triton compilation stay out of the figures
-    peak = peak_bytes(step, device)
+    peak = peak_bytes(step, device, w.clear)
     timing = time_fn(step, device)
     flops = 3 * 2 * T * K * 3 * D * H  # forward + 2x backward of w1 [D, 2H] and w2 [H, D] per routed slot
     dtype = getattr(torch, params["dtype"])

@@ -153,9 +153,10 @@ def _measure(variant, params, device) -> Measurement:
 def _training_cost(cfg: TrainConfig, device, dtype) -> tuple[dict, Timing, Work]:
     """One AdamW step of a fresh model on a seeded batch: peak bytes beyond weights and optimizer state and FLOPs,
     its timing, and its work."""
-    step = training_workload(cfg, device, dtype).step
+    w = training_workload(cfg, device, dtype)
+    step = w.step
     step()  # warm-up: AdamW's state and lazy initialisation stay out of the peak
-    peak = peak_bytes(step, device)
+    peak = peak_bytes(step, device, w.clear)
     with flop_counter_mode() as flops:
         step()
     timing = time_fn(step, device)
@@ -183,7 +184,7 @@ def training_workload(cfg: TrainConfig, device, dtype) -> Workload:
         loss.backward()
         opt.step()
 
-    return Workload(step, modules=(model,), optimizer=opt)
+    return Workload(step, modules=(model,), optimizer=opt, clear=lambda: opt.zero_grad(set_to_none=True))
 
 
 def _decode(model: MTPModel, prompts, n: int, device,

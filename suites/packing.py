@@ -198,11 +198,15 @@ def train_workload(packing, params, device: str, mask: str, loss=packed_loss) ->
     tensors = packed_rows(packing, rows, cfg.vocab, device)
     real = int(tensors[3].sum())
 
-    def step():
+    def clear():
         model.zero_grad(set_to_none=True)
+
+    def step():
+        clear()
         loss(model, *tensors, mask=mask).backward()
 
-    return Workload(step, modules=(model,), stateless=True), real, (model, rows, tensors)  # as rmpad's decoder
+    # stateless, as rmpad's decoder
+    return Workload(step, modules=(model,), clear=clear, stateless=True), real, (model, rows, tensors)
 
 
 def _train_step(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Timing, int, dict]:
@@ -214,7 +218,7 @@ def _train_step(packing, params, device: str, mask: str, loss=packed_loss) -> tu
         ref = unpacked_loss(model, packing, rows, params["vocab"], device).item()
         value = loss(model, *tensors, mask=mask).item()
     w.step()  # warm-up (Triton's compiles, for the fused head)
-    peak = peak_bytes(w.step, device)
+    peak = peak_bytes(w.step, device, w.clear)
     metrics = {"loss_diff": abs(value - ref) / abs(ref), "peak_mem_bytes": peak}
     if loss is not packed_loss:
         plain, _, _ = train_workload(packing, params, device, mask)  # the same seeded weights, the same rows
@@ -222,6 +226,6 @@ def _train_step(packing, params, device: str, mask: str, loss=packed_loss) -> tu
             plain_value = packed_loss(plain.modules[0], *tensors, mask=mask).item()
         plain.step()
         metrics["head_loss_diff"] = abs(value - plain_value) / abs(plain_value)
-        metrics["head_mem_saving_x"] = peak_bytes(plain.step, device) / peak
+        metrics["head_mem_saving_x"] = peak_bytes(plain.step, device, plain.clear) / peak
         del plain
     return time_fn(w.step, device, warmup=0), real, metrics  # the loss, warm-up and tracked steps above warmed up

@@ -142,34 +142,38 @@ class Rmpad(Suite):
 
         # stateless: the decoder has no lazy state and the step sets the gradients to None first (the plan checks
         # its prediction against the tracker at smoke and quick size: tests/bench/test_plan.py)
-        return Workload(_step(model, loss, train), modules=(model,), stateless=True)
+        return _workload(model, loss, train, stateless=True)
 
     def measure(self, variant, params, device):
         if params.get("model") == HF:
             return _measure_hf(variant, params, device)
-        step = self.workload(variant, params, device).step
+        w = self.workload(variant, params, device)
+        step = w.step
         step()  # warm-up (and compilation: even eager FlexAttention traces its call through torch.compile, ~2 s)
         # FlexAttention's CPU path runs through torch.compile, which refuses the live-tensor tracker (a user dispatch
         # mode): there is no exact CPU peak to give, so it is left null rather than guessed.
         slow = variant == "flex" and not device.startswith("cuda")
-        peak = None if slow else peak_bytes(step, device)
+        peak = None if slow else peak_bytes(step, device, w.clear)
         # the steps above warmed up: 3 reps; 1 for eager FlexAttention on the CPU, whose one forward (~3-4 s at quick
         # size, not what it is for) is 15x time_fn's 0.2 s minimum on its own
         timing = time_fn(step, device, warmup=0, min_reps=1 if slow else 3)
         return _measurement(params, peak, timing)
 
 
-def _step(model, loss, train: bool):
+def _workload(model, loss, train: bool, stateless: bool = False) -> Workload:
     """A training step (gradients cleared first), or a forward alone."""
+    def clear():
+        model.zero_grad(set_to_none=True)
+
     def step():
         if train:
-            model.zero_grad(set_to_none=True)
+            clear()
             loss().backward()
         else:
             with torch.no_grad():
                 loss()
 
-    return step
+    return Workload(step, modules=(model,), clear=clear if train else None, stateless=stateless)
 
 
 def _measurement(params, peak, timing, **metrics) -> Measurement:
@@ -214,7 +218,7 @@ def _hf_workload(variant, params, device, target):
         def loss():
             return hf.flat_loss(model, batch)
 
-    return Workload(_step(model, loss, params["mode"] == "train"), modules=(model,))
+    return _workload(model, loss, params["mode"] == "train")
 
 
 def _measure_hf(variant, params, device):
@@ -232,6 +236,6 @@ def _measure_hf(variant, params, device):
         del reference
     step = w.step
     step()  # warm-up (and compilation, for flex_attention)
-    peak = peak_bytes(step, device)
+    peak = peak_bytes(step, device, w.clear)
     timing = time_fn(step, device, warmup=0, min_reps=3)
     return _measurement(params, peak, timing, loss_diff=loss_diff)

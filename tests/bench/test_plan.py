@@ -20,11 +20,12 @@ from bench import hardware, plan_meta
 from bench.cli import main
 from bench.distributed import one_rank_group
 from bench.flops import flop_counter_mode
-from bench.memory import peak_bytes
+from bench.memory import TensorMemoryTracker, peak_bytes
 from bench.plan import HEADROOM_BYTES, headroom, plan, plan_case, predict_peak, run_step
 from bench.plan_cli import Progress
 from bench.plan_meta import IndexValues, MetaKernels
 from bench.suite import SUITES, NotPlannable, Skip, discover
+from tests.allocator import SCRATCH, unobserved_peak
 from tests.optional import missing, needs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,12 +63,30 @@ def one_thread():
 
 
 def real_peak(suite, variant, params) -> int:
-    """What `measure` records as peak_mem_bytes on CPU: the tracker's peak over a step after the warm-up."""
+    """What `measure` records as peak_mem_bytes on CPU: the tracker's peak over a step after the warm-up and the
+    workload's `clear`. It has to be what the CUDA allocator counts too: the most live during the step less what was
+    live before it, which nets out what the step frees of older tensors (the tracker cannot see those frees). An outer
+    tracker that saw the workload built counts it that way, and the two must agree: a step that frees the previous
+    one's gradients inside the window would read its peak without them on CUDA."""
     torch.manual_seed(0)
-    with one_thread():
+    with one_thread(), TensorMemoryTracker() as everything:
         w = suite.workload(variant, params, "cpu")
         w.step()
-        return peak_bytes(w.step, "cpu") + (w.held() if w.held else 0)
+        if w.clear is not None:
+            w.clear()
+        before = everything.live_bytes("cpu")
+        everything.reset_peak()
+        step_peak = peak_bytes(w.step, "cpu")
+        allocator_peak = everything.peak_bytes("cpu") - before
+    assert step_peak == allocator_peak, f"the step frees {step_peak - allocator_peak} B of older tensors"
+    # and never more than the step allocates run without the tracker (a dispatch mode, which changes what backward
+    # runs): less only by scratch kernels allocate inside themselves, which the tracker never sees
+    if w.clear is not None:
+        w.clear()
+    with one_thread():
+        unobserved = unobserved_peak(w.step)
+    assert step_peak <= unobserved + SCRATCH, f"{step_peak} B counted, {unobserved} B allocated unobserved"
+    return step_peak + (w.held() if w.held else 0)
 
 
 def selected(name):
