@@ -3,7 +3,7 @@
 A suite's `workload` builds the step its `measure` runs (bench.suite.Workload). The plan builds it with every tensor
 on the meta device but in the target's dtype and shapes (the grid for the target), runs the warm-up and one step
 under the live-tensor tracker, the FLOP counter and a byte counter (bench.plan_meta keeps index tensors' values,
-bench.plan_attention routes attention to the target's kernel), and reports:
+bench.plan_attention routes attention to the target's kernel, bench.plan_norm RMSNorm to its fused one), and reports:
 
 - step_peak_bytes: the most the step allocates beyond what was live before it (a fresh tracker around the step, as
   the suites' peak_mem_bytes count it, the step's gradients included; plus `Workload.held` where a suite's metric
@@ -48,6 +48,7 @@ from bench.lifeline import freeze_alive
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, tensors_in
 from bench.plan_attention import target_attention
 from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
+from bench.plan_norm import target_rms_norm
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
 GIB = 1 << 30
@@ -148,7 +149,8 @@ def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str,
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
     Raises NotPlannable or Skip."""
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
-    with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, TensorMemoryTracker() as total:
+    with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
+            TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
         if not w.stateless:
             w.step()  # the warm-up: optimizer state, lazy buffers
