@@ -31,6 +31,7 @@ training loops, so 10% of the peak is added. A case inside that margin is report
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import multiprocessing as mp
@@ -111,9 +112,13 @@ class StepCounter(TorchDispatchMode):
         formula = self._formulas.get(func._overloadpacket)
         if formula is None and func not in _WHOLE:
             # Under inference_mode a composite op (linear, SDPA) reaches a dispatch mode whole: count what it
-            # decomposes into, as FlopCounterMode does, or its matmuls go uncounted
-            with self:
-                out = func.decompose(*args, **kwargs)
+            # decomposes into, as FlopCounterMode does, or its matmuls go uncounted. Only an op the device runs as
+            # its decomposition: silu_backward has one too, but a kernel of its own on every device, and its
+            # decomposition's temporaries (0.75 MiB in moe's quick dispatch step) are no step's memory
+            out = NotImplemented
+            if _decomposed(func):
+                with self:
+                    out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
             _WHOLE.add(func)  # no decomposition, for any arguments: not asked again (most ops; a sixth of a step)
@@ -126,7 +131,15 @@ class StepCounter(TorchDispatchMode):
 
 
 _WHOLE: set = set()
-"""Ops without a CompositeImplicitAutograd decomposition: func.decompose gives NotImplemented, whatever the args."""
+"""Ops that run whole: func.decompose gives NotImplemented, whatever the args, or the op has kernels of its own."""
+
+
+@functools.lru_cache(maxsize=None)
+def _decomposed(func) -> bool:
+    """Whether every device runs `func` as its CompositeImplicitAutograd decomposition: it has no kernel of its own
+    (none for the CPU, none for meta; a CUDA kernel alone, as _fused_rms_norm's, the plan routes itself)."""
+    name = func.name()
+    return not any(torch._C._dispatch_has_kernel_for_dispatch_key(name, key) for key in ("CPU", "Meta"))
 
 
 def headroom(peak_bytes: int) -> int:
@@ -145,15 +158,16 @@ def _storage_bytes(tensors) -> int:
     return total
 
 
-def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str, Any]:
+def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: bool | None = None) -> dict[str, Any]:
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
-    Raises NotPlannable or Skip."""
+    `warm_up`: whether to run the warm-up step (default: unless the workload is stateless). Raises NotPlannable or
+    Skip."""
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
             TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
-        if not w.stateless:
-            w.step()  # the warm-up: optimizer state, lazy buffers
+        if not w.stateless if warm_up is None else warm_up:  # the warm-up: optimizer state, lazy buffers
+            w.step()
         resident = total.live_bytes(META)
         total.reset_peak()
         parameters = [p for m in w.modules for p in m.parameters()]
@@ -164,6 +178,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str) -> dict[str,
         param_bytes = _storage_bytes(parameters)
         optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
         return {"step_peak_bytes": step.peak_bytes(META) + held, "peak_bytes": total.peak_bytes(META),
+                "resident_bytes": resident, "held_bytes": held,
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,
                 "grad_bytes": _storage_bytes(p.grad for p in parameters),
