@@ -7,6 +7,7 @@ tracker is exact and deterministic (it counts storage bytes, not allocator block
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import defaultdict
 from contextlib import contextmanager
@@ -58,12 +59,14 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     Being a dispatch mode, it changes what autograd runs: with a mode active (or on meta tensors) every tensor is
     "subclass-like" (at::isTensorSubclassLike), and backward takes the out-of-place twin of an in-place op it would
-    otherwise run: the engine sums two gradients of one input as `old + new` instead of `old.add_(new)`, index and
-    gather backward fill their zeros with `index_put` and `scatter_add` instead of `_index_put_impl_` and
-    `scatter_add_`. Each twin holds its input and its output at once, where the program unobserved holds one (moe
-    dispatch's loop at quick size: +1 MiB, its w1 gradient, over the profiler's peak of the same step without a
-    mode). So an output of such a twin (IN_PLACE_TWINS) in backward that replaces a temporary of its layout is
-    counted as the in-place op would be, when the temporary is freed before the next op: no new peak.
+    otherwise run: the engine sums two gradients of one input as `old + new` instead of `old.add_(new)` (which it
+    does unobserved when grad mode is off, as it is unless create_graph is asked for), index and gather backward
+    fill their zeros with `index_put` and `scatter_add` instead of `_index_put_impl_` and `scatter_add_`. Each twin
+    holds its input and its output at once, where the program unobserved holds one (moe dispatch's loop at quick
+    size in bf16: +1 MiB, its w1 gradient, over the profiler's peak of the same step without a mode). So an output
+    of such a twin (IN_PLACE_TWINS) in backward that replaces a temporary of its layout is counted as the in-place
+    op would be, when the temporary is freed before the next op: no new peak. Under inference_mode a composite op
+    reaches the mode whole; it is run as its decomposition (runs_decomposed), whose temporaries every device holds.
     tests/bench/test_memory.py checks the step peaks against torch.profiler's allocator timeline, which needs no
     mode."""
 
@@ -118,9 +121,17 @@ class TensorMemoryTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._settle()  # a twin's input is dropped, if at all, as the op returns: before the next op is dispatched
+        kwargs = kwargs or {}
+        if runs_decomposed(func):
+            # Under inference_mode a composite op (linear, math attention) reaches a dispatch mode whole, and the
+            # temporaries of its decomposition, which every device allocates, would go unseen: count its parts
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         before = {id(s) for s in _storages((args, kwargs))}
-        out = func(*args, **(kwargs or {}))
-        replaces = _replaced(func, args, out)
+        out = func(*args, **kwargs)
+        replaces = _replaced(func, args, kwargs, out)
         for storage in _storages(out):
             if id(storage) not in before:  # an output aliasing an input (a view, out=, in-place) is not new memory
                 self.track(storage, replaces)
@@ -132,17 +143,36 @@ IN_PLACE_TWINS = {torch.ops.aten.add.Tensor, torch.ops.aten.index_put.default, t
 engine's gradient sum (InputBuffer::accumulate), index_backward, gather_backward (torch/csrc/autograd)."""
 
 
-def _replaced(func, args, out) -> torch.UntypedStorage | None:
+def _replaced(func, args, kwargs, out) -> torch.UntypedStorage | None:
     """The storage of the first argument of an IN_PLACE_TWINS op in backward, where its output has that argument's
-    layout: the in-place op would have written there."""
-    if func not in IN_PLACE_TWINS or torch._C._current_graph_task_id() < 0:
+    layout: the in-place op would have written there.
+
+    Only with grad mode off, as the engine runs backward unless asked for create_graph (then it sums out of place
+    on every device) and not in a checkpoint's recompute (a forward, under grad mode); an add of two tensors of one
+    shape and no alpha. A custom autograd.Function whose backward writes `a = a + g` looks the same and is counted
+    as in place: no suite's does."""
+    if func not in IN_PLACE_TWINS or torch.is_grad_enabled() or torch._C._current_graph_task_id() < 0:
         return None
     first = args[0] if args else None
     if not isinstance(first, torch.Tensor) or not isinstance(out, torch.Tensor) or first.layout != torch.strided:
         return None
-    if first.shape != out.shape or first.dtype != out.dtype or not first.is_contiguous():
+    if first.shape != out.shape or first.dtype != out.dtype or first.device != out.device or \
+            not first.is_contiguous():
+        return None
+    if func is torch.ops.aten.add.Tensor and (kwargs or not isinstance(args[1], torch.Tensor) or
+                                              args[1].shape != out.shape):
         return None
     return first.untyped_storage()
+
+
+@functools.lru_cache(maxsize=None)
+def runs_decomposed(func) -> bool:
+    """Whether every device runs `func` as its CompositeImplicitAutograd decomposition (linear, matmul, SDPA's
+    composite): it has one and no kernel of its own, for the CPU or for meta (silu_backward has both; an op with a
+    CUDA kernel alone, as _fused_rms_norm, bench.plan_norm routes itself)."""
+    name = func.name()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return has(name, "CompositeImplicitAutograd") and not any(has(name, key) for key in ("CPU", "Meta"))
 
 
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
@@ -206,7 +236,8 @@ def peak_bytes(fn, device: str | torch.device, clear=None) -> int:
     `clear` (a Workload's) runs first, outside the window: it frees what fn would free of what was live before it (the
     previous step's gradients). The two counters differ there: the allocator nets such frees out of its peak, the
     tracker never sees them. A training step that set its gradients to None inside the window measured its peak
-    without them on CUDA and with them on the CPU and in the plan (moe dispatch: 1.1 MiB on an H100 against 2.6)."""
+    without them on CUDA and with them on the CPU and in the plan (moe dispatch's grouped_mm at quick size: 1.1 MiB
+    on an H100, 2.6 MiB in the plan)."""
     if clear is not None:
         clear()
     if torch.device(device).type == "cuda":

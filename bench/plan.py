@@ -31,7 +31,6 @@ training loops, so 10% of the peak is added. A case inside that margin is report
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import multiprocessing as mp
@@ -46,7 +45,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.lifeline import freeze_alive
-from bench.memory import SavedTensorBytes, TensorMemoryTracker, tensors_in
+from bench.memory import SavedTensorBytes, TensorMemoryTracker, runs_decomposed, tensors_in
 from bench.plan_attention import target_attention
 from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
 from bench.plan_norm import target_rms_norm
@@ -116,7 +115,7 @@ class StepCounter(TorchDispatchMode):
             # its decomposition: silu_backward has one too, but a kernel of its own on every device, and its
             # decomposition's temporaries (0.75 MiB in moe's quick dispatch step) are no step's memory
             out = NotImplemented
-            if _decomposed(func):
+            if runs_decomposed(func):
                 with self:
                     out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
@@ -132,14 +131,6 @@ class StepCounter(TorchDispatchMode):
 
 _WHOLE: set = set()
 """Ops that run whole: func.decompose gives NotImplemented, whatever the args, or the op has kernels of its own."""
-
-
-@functools.lru_cache(maxsize=None)
-def _decomposed(func) -> bool:
-    """Whether every device runs `func` as its CompositeImplicitAutograd decomposition: it has no kernel of its own
-    (none for the CPU, none for meta; a CUDA kernel alone, as _fused_rms_norm's, the plan routes itself)."""
-    name = func.name()
-    return not any(torch._C._dispatch_has_kernel_for_dispatch_key(name, key) for key in ("CPU", "Meta"))
 
 
 def headroom(peak_bytes: int) -> int:
@@ -166,7 +157,9 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
             TensorMemoryTracker() as total:
         w = suite.workload(variant, dict(params), META, target)
-        if not w.stateless if warm_up is None else warm_up:  # the warm-up: optimizer state, lazy buffers
+        if warm_up is None:
+            warm_up = not w.stateless
+        if warm_up:  # optimizer state, lazy buffers
             w.step()
         resident = total.live_bytes(META)
         total.reset_peak()

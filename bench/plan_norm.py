@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 from bench.plan_meta import _meta
 
@@ -58,8 +59,7 @@ def _fused_on_cuda(x: torch.Tensor, weight) -> bool:
     """torch's own test in rms_norm_symint (aten/src/ATen/native/layer_norm.cpp) for calling the fused kernel."""
     if x.is_complex() or x.is_nested:
         return False
-    if x.dim() in (4, 5) and not x.is_contiguous() and (x.is_contiguous(memory_format=torch.channels_last) or
-                                                       x.is_contiguous(memory_format=torch.channels_last_3d)):
+    if suggest_memory_format(x) in (torch.channels_last, torch.channels_last_3d):
         return False
     return weight is None or weight.dtype == x.dtype
 

@@ -133,8 +133,8 @@ class Workload:
     held: Callable[[], int] | None = None
     """Bytes the case's peak_mem_bytes counts beyond the step's own peak (e.g. a KV cache filled before the step)."""
     clear: Callable[[], Any] | None = None
-    """Frees what a step leaves for the next (its gradients), as the step does first: the case measures its peak with
-    this run just before (bench.memory.peak_bytes), so that the step's gradients count on every device."""
+    """Frees what a step leaves for the next (its gradients), which the step does first: the case measures its peak
+    with this run just before (bench.memory.peak_bytes), so that the step's gradients count on every device."""
     stateless: bool = False
     """True where a step leaves nothing a later one reads: no optimizer, no lazy buffers, gradients set to None at
     its start. The plan then runs it once, without a warm-up: the same peak, at half the cost (a full rmpad case's

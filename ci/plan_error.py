@@ -46,7 +46,14 @@ class Row:
 
     @property
     def error(self) -> float | None:
-        return None if not self.predicted else (self.predicted - self.measured) / self.measured
+        return self._relative(self.predicted)
+
+    @property
+    def recorded_error(self) -> float | None:
+        return self._relative(self.recorded)
+
+    def _relative(self, predicted: int | None) -> float | None:
+        return None if not predicted else (predicted - self.measured) / self.measured
 
 
 def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> list[Row]:
@@ -66,8 +73,8 @@ def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> li
     return rows
 
 
-def percent(predicted: int | None, measured: int) -> str:
-    return "-" if not predicted else f"{(predicted - measured) / measured:+.2%}"
+def percent(error: float | None) -> str:
+    return "-" if error is None else f"{error:+.2%}"
 
 
 def main(argv: list[str]) -> int:
@@ -80,8 +87,8 @@ def main(argv: list[str]) -> int:
     rows = re_predict(args.run, args.match, args.gradients_netted)
     print(f"{'case':<72} {'measured MiB':>12} {'run pred':>9} {'plan now':>9}  why not planned")
     for row in rows:
-        print(f"{row.case_id[:72]:<72} {row.measured / 2**20:12.1f} {percent(row.recorded, row.measured):>9} "
-              f"{percent(row.predicted, row.measured):>9}  {(row.reason or '')[:80]}")
+        print(f"{row.case_id[:72]:<72} {row.measured / 2**20:12.1f} {percent(row.recorded_error):>9} "
+              f"{percent(row.error):>9}  {(row.reason or '')[:80]}")
     for suite in dict.fromkeys(row.suite for row in rows):
         found = [row for row in rows if row.suite == suite and row.error is not None]
         if found:

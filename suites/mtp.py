@@ -176,15 +176,18 @@ def training_workload(cfg: TrainConfig, device, dtype) -> Workload:
     batch = torch.randint(cfg.model.vocab, (cfg.batch, cfg.seq), generator=torch.Generator().manual_seed(0))
     batch = batch.to(device)
 
+    def clear():
+        opt.zero_grad(set_to_none=True)
+
     def step():
+        clear()  # first: the peak is then the step's own, gradients included, whether or not `clear` ran before
         # no autocast context at all in fp32: torch refuses one for the meta device, even disabled
         with torch.autocast(torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext():
             loss = mtp_loss(model, batch)[0]
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    return Workload(step, modules=(model,), optimizer=opt, clear=lambda: opt.zero_grad(set_to_none=True))
+    return Workload(step, modules=(model,), optimizer=opt, clear=clear)
 
 
 def _decode(model: MTPModel, prompts, n: int, device,

@@ -83,8 +83,8 @@ def training_step(recipe: Recipe | None, seed: int = 0, device="cpu", dtype: tor
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
     def step(prev: Tensor, nxt: Tensor) -> Tensor:
-        loss = F.cross_entropy(model(prev.to(device)).float(), nxt.to(device))
         opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(prev.to(device)).float(), nxt.to(device))
         loss.backward()
         opt.step()
         return loss.detach()

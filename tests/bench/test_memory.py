@@ -146,6 +146,20 @@ def test_a_moe_dispatch_step_is_counted_as_it_runs_without_the_tracker():
         assert 0 <= unobserved_peak(w.step) - tracked <= SCRATCH, variant
 
 
+def test_a_composite_op_under_inference_mode_is_counted_with_its_temporaries():
+    # SDPA's math path (the value's width differs from the query's: no fused CPU kernel) reaches the mode whole under
+    # inference_mode; its [2, 4, 64, 64] scores (128 KiB) are what the step holds at its peak
+    q, v = torch.randn(2, 4, 64, 24), torch.randn(2, 4, 64, 16)
+
+    def attend():
+        with torch.inference_mode():
+            torch.nn.functional.scaled_dot_product_attention(q, q, v)
+
+    tracked, unobserved = tracked_peak(attend), unobserved_peak(attend)
+    assert tracked >= 2 * 4 * 64 * 64 * 4  # 32 KiB, the output alone, when the op was counted whole
+    assert 0 <= unobserved - tracked <= unobserved // 8  # 33 KB of 345 KB: allocated inside the CPU kernels
+
+
 def test_saved_tensor_bytes_once_per_storage_and_ignores_params():
     w = torch.randn(16, 16, requires_grad=True)
     x = torch.randn(4, 16)  # 256 bytes, saved by both matmuls but counted once

@@ -79,13 +79,15 @@ def real_peak(suite, variant, params) -> int:
         step_peak = peak_bytes(w.step, "cpu")
         allocator_peak = everything.peak_bytes("cpu") - before
     assert step_peak == allocator_peak, f"the step frees {step_peak - allocator_peak} B of older tensors"
-    # and never more than the step allocates run without the tracker (a dispatch mode, which changes what backward
-    # runs): less only by scratch kernels allocate inside themselves, which the tracker never sees
+    # and what the step allocates run without the tracker (a dispatch mode, which changes what backward runs): less
+    # only by what no op returns, scratch inside kernels and checkpoint's saved CPU RNG states (5 KB a region: 1.3%
+    # of the smoke selective step)
     if w.clear is not None:
         w.clear()
     with one_thread():
         unobserved = unobserved_peak(w.step)
-    assert step_peak <= unobserved + SCRATCH, f"{step_peak} B counted, {unobserved} B allocated unobserved"
+    assert -SCRATCH <= unobserved - step_peak <= max(SCRATCH, 0.02 * unobserved), \
+        f"{step_peak} B counted, {unobserved} B allocated unobserved"
     return step_peak + (w.held() if w.held else 0)
 
 
