@@ -109,28 +109,21 @@ class StepCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         formula = self._formulas.get(func._overloadpacket)
-        if formula is None and func not in _WHOLE:
+        if formula is None and runs_decomposed(func):
             # Under inference_mode a composite op (linear, SDPA) reaches a dispatch mode whole: count what it
             # decomposes into, as FlopCounterMode does, or its matmuls go uncounted. Only an op the device runs as
             # its decomposition: silu_backward has one too, but a kernel of its own on every device, and its
             # decomposition's temporaries (0.75 MiB in moe's quick dispatch step) are no step's memory
-            out = NotImplemented
-            if runs_decomposed(func):
-                with self:
-                    out = func.decompose(*args, **kwargs)
+            with self:
+                out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-            _WHOLE.add(func)  # no decomposition, for any arguments: not asked again (most ops; a sixth of a step)
         out = func(*args, **kwargs)
         if formula is not None:
             self.flops += formula(*args, **kwargs, out_val=out)
         if not func.is_view and func not in _ALLOCATIONS:
             self.bytes += sum(t.numel() * t.element_size() for t in tensors_in((args, kwargs, out)))
         return out
-
-
-_WHOLE: set = set()
-"""Ops that run whole: func.decompose gives NotImplemented, whatever the args, or the op has kernels of its own."""
 
 
 def headroom(peak_bytes: int) -> int:
