@@ -102,6 +102,8 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
                    **host.summary(window), **telemetry.interference(window)}
         metrics["contended"] = contended(metrics, window is not None)
         metrics.update(predicted)
+        if case.predict and device.startswith("cuda"):
+            metrics["reserved_mem_bytes"] = _reserved(device)
         samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
         power = gpu["avg_power_w"]
         if m.timed is not None:
@@ -128,18 +130,20 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 
 
 def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:
-    """({"predicted_peak_mem_bytes": bytes or None}, why the case is skipped or None): bench.plan's prediction, and
-    under skip_predicted_oom on a GPU, a case whose predicted peak and headroom exceed the device's memory."""
+    """({"predicted_peak_mem_bytes": ..., "predicted_reserved_mem_bytes": ...}, why the case is skipped or None):
+    bench.plan's prediction (bytes or None; reserved bytes on a GPU only), and under skip_predicted_oom on a GPU, a
+    case whose predicted peak and headroom exceed the device's memory."""
     import torch
 
     from bench import plan
 
+    none = {"predicted_peak_mem_bytes": None, "predicted_reserved_mem_bytes": None}
     try:
         p = plan.plan_case(suite, case.variant, dict(case.params), torch.device(device).type)
     except Exception:  # noqa: BLE001 - a plan that fails is no prediction; the case runs all the same
-        return {"predicted_peak_mem_bytes": None}, None
+        return none, None
     if p.status != "ok":
-        return {"predicted_peak_mem_bytes": None}, None
+        return none, None
     too_big = None
     if case.skip_predicted_oom and device.startswith("cuda"):
         total = torch.cuda.mem_get_info(torch.device(device))[1]
@@ -148,7 +152,17 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
             gib = 2**30
             too_big = (f"predicted not to fit: a peak of {p.peak_bytes / gib:.2f} GiB + {spare / gib:.2f} GiB "
                        f"headroom > the {total / gib:.2f} GiB of {device} (--skip-predicted-oom)")
-    return {"predicted_peak_mem_bytes": p.step_peak_bytes}, too_big
+    return {"predicted_peak_mem_bytes": p.step_peak_bytes, "predicted_reserved_mem_bytes": p.reserved_bytes}, too_big
+
+
+def _reserved(device: str) -> int | None:
+    """The caching allocator's reserved bytes now, at the case's end: the most it held over the case (a case has a
+    process of its own, and the allocator gives no segment back unasked), or None where it gave some back under
+    memory pressure (num_alloc_retries) and so held more before."""
+    import torch
+
+    stats = torch.cuda.memory_stats(device)
+    return None if stats.get("num_alloc_retries", 0) else stats.get("reserved_bytes.all.current")
 
 
 def _derived(m: Measurement, device: str, power_w: float | None) -> dict[str, Any]:

@@ -10,11 +10,16 @@ from __future__ import annotations
 import functools
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+
+if TYPE_CHECKING:
+    from bench.plan_alloc import CachingAllocatorModel
 
 
 def device_key(device: str | torch.device) -> str:
@@ -74,13 +79,18 @@ class TensorMemoryTracker(TorchDispatchMode):
     # their transient internals are not.
     supports_higher_order_operators = True
 
-    def __init__(self):
+    def __init__(self, allocator: CachingAllocatorModel | None = None, host_builds: bool = True):
+        """`allocator`: a model of the CUDA caching allocator fed every storage counted (bench.plan_alloc), for a
+        plan's CUDA target. `host_builds`: whether a module made under `built_on_host` counts as it is made (a CPU,
+        where it is built) or as each of its tensors copied to the device once it is built (a GPU)."""
         super().__init__()
+        self.allocator, self.host_builds = allocator, host_builds
         self._live: dict[str, int] = defaultdict(int)
         self._peak: dict[str, int] = defaultdict(int)
-        self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._pending: tuple[str, int, weakref.ref] | None = None
-        """(device, live bytes with it, the temporary it replaces): a twin's output whose peak waits on that."""
+        self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # storage -> its _Held
+        self._pending: tuple[str, int, weakref.ref, _Held, _Held] | None = None
+        """(device, live bytes with it, the temporary it replaces, its _Held and the temporary's): a twin's output
+        whose peak waits on that temporary, and whose allocator block is the temporary's if that is freed first."""
 
     def live_bytes(self, device: str | torch.device) -> int:
         return self._live[device_key(device)]
@@ -100,24 +110,48 @@ class TensorMemoryTracker(TorchDispatchMode):
         self._settle()
         if storage in self._seen or storage.nbytes() == 0:
             return
-        key, nbytes = device_key(storage.device), storage.nbytes()
-        self._seen[storage] = nbytes
-        self._live[key] += nbytes
-        if replaces is not None and self._seen.get(replaces) == nbytes:
-            self._pending = (key, self._live[key], weakref.ref(replaces))
+        key, held = device_key(storage.device), _Held(storage.nbytes())
+        self._seen[storage] = held
+        self._live[key] += held.nbytes
+        replaced = self._seen.get(replaces) if replaces is not None else None
+        if replaced is not None and replaced.nbytes == held.nbytes:
+            self._pending = (key, self._live[key], weakref.ref(replaces), held, replaced)
         else:
             self._peak[key] = max(self._peak[key], self._live[key])
-        weakref.finalize(storage, self._free, key, nbytes)
+            self._allocate(held)
+        weakref.finalize(storage, self._free, key, held)
+
+    def copied_to_device(self, module: torch.nn.Module) -> None:
+        """Count each parameter and buffer of `module`, made under `built_on_host`, as a GPU receives them from
+        Module.to: one at a time, a module's children before its own tensors (its _apply order)."""
+        if self.host_builds:
+            return  # counted as they were made
+        for child in module.children():
+            self.copied_to_device(child)
+        for t in [*module._parameters.values(), *module._buffers.values()]:
+            if t is not None:
+                self.track(t.untyped_storage())
+
+    def _allocate(self, held: _Held) -> None:
+        if self.allocator is not None:
+            held.block = self.allocator.malloc(held.nbytes)
 
     def _settle(self) -> None:
         if self._pending is not None:
-            key, live, replaced = self._pending
+            key, live, replaced, held, _ = self._pending
             self._pending = None
             if replaced() is not None:  # still held: the program would have needed both as well
                 self._peak[key] = max(self._peak[key], live)
+                self._allocate(held)
+            # else the temporary's block became the twin's (_free): the in-place op writes where it was
 
-    def _free(self, key: str, nbytes: int) -> None:
-        self._live[key] -= nbytes
+    def _free(self, key: str, held: _Held) -> None:
+        self._live[key] -= held.nbytes
+        pending = self._pending
+        if pending is not None and pending[4] is held and pending[3].block is None:
+            pending[3].block, held.block = held.block, None
+        if held.block is not None:
+            self.allocator.free(held.block)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._settle()  # a twin's input is dropped, if at all, as the op returns: before the next op is dispatched
@@ -131,11 +165,40 @@ class TensorMemoryTracker(TorchDispatchMode):
                 return out
         before = {id(s) for s in _storages((args, kwargs))}
         out = func(*args, **kwargs)
+        if _HOST_BUILDS[0] and not self.host_builds:
+            return out  # on the host: counted when the module is copied to the device (copied_to_device)
         replaces = _replaced(func, args, kwargs, out)
         for storage in _storages(out):
             if id(storage) not in before:  # an output aliasing an input (a view, out=, in-place) is not new memory
                 self.track(storage, replaces)
         return out
+
+
+class _Held:
+    """A counted storage's bytes and, where the tracker feeds an allocator model, its block."""
+
+    __slots__ = ("nbytes", "block")
+
+    def __init__(self, nbytes: int):
+        self.nbytes, self.block = nbytes, None
+
+
+_HOST_BUILDS = [0]  # how many built_on_host blocks are open
+
+
+def built_on_host(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """build(), a module made and cast on the meta device, standing for one made on the host and moved to the device
+    with Module.to (bench.suite.build_module): a tracker of a GPU's memory (host_builds=False) leaves out what build
+    makes, the float32 weights a cast replaces included, and counts each tensor of the module as it is copied."""
+    _HOST_BUILDS[0] += 1
+    try:
+        module = build()
+    finally:
+        _HOST_BUILDS[0] -= 1
+    for mode in _get_current_dispatch_mode_stack():
+        if isinstance(mode, TensorMemoryTracker):
+            mode.copied_to_device(module)
+    return module
 
 
 IN_PLACE_TWINS = {torch.ops.aten.add.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.scatter_add.default}

@@ -124,6 +124,13 @@ INTERFERENCE = (
 # the meta device before the case runs; null where the case is not plannable.
 PREDICTED = Metric("predicted_peak_mem_bytes", "info", None, "peak_mem_bytes as bench.plan predicts it from shapes "
                    "alone (meta device), made before the case ran", unit="B")
+# With --predict on a GPU: the caching allocator's reserved bytes (its segments) at the case's end, the most it held
+# unless it gave segments back under memory pressure (then null), beside bench.plan's model of them (bench.plan_alloc).
+PREDICTED_RESERVED = Metric("predicted_reserved_mem_bytes", "info", None, "the CUDA caching allocator's reserved "
+                            "bytes over the case as bench.plan's model of it predicts them", unit="B")
+RESERVED = Metric("reserved_mem_bytes", "info", None, "the CUDA caching allocator's reserved bytes at the case's "
+                  "end: its most, with no segment given back (null if one was); library workspaces included",
+                  unit="B")
 # Added by `bench run --wait-idle` (absent without it): the wait is not in the case's elapsed_s or its timeout.
 IDLE_WAIT = Metric("idle_wait_s", "info", None, "seconds the case waited, before it started, for other processes to "
                    "leave its CPUs (about the --wait-idle bound: they never did)", unit="s")

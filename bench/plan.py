@@ -5,13 +5,15 @@ on the meta device but in the target's dtype and shapes (the grid for the target
 under the live-tensor tracker, the FLOP counter and a byte counter (bench.plan_meta keeps index tensors' values,
 bench.plan_attention routes attention to the target's kernel, bench.plan_norm RMSNorm to its fused one), and reports:
 
-- step_peak_bytes: the most the step allocates beyond what was live before it (a fresh tracker around the step, as
+- step_peak_bytes: the most the step allocates beyond what was live before it (after the workload's `clear`, as
   the suites' peak_mem_bytes count it, the step's gradients included; plus `Workload.held` where a suite's metric
   adds a filled cache): what `predict_peak` returns, and what a run's measured peak_mem_bytes is compared with. The
   tracker counts the out-of-place ops autograd runs on meta as the in-place ones a device runs (bench.memory's
   IN_PLACE_TWINS).
-- peak_bytes: everything live at the step's peak: parameters, optimizer state, the batch and the step's own bytes.
-  It is what has to fit in the GPU.
+- peak_bytes: the most live at once over the case: its build (mla's prefill), the warm-up, and the step with
+  everything live around it (parameters, optimizer state, the batch). It is what has to fit in the GPU.
+- For a CUDA target both are the caching allocator's bytes (its blocks, bench.plan_alloc: what max_memory_allocated
+  reports), and reserved_bytes its segments over the case; a module from build_module counts as copied to the GPU.
 - the parts: parameters, gradients (after the step), optimizer state, activations saved for backward (bytes autograd
   saved, parameters left out; a checkpointing variant's own hooks hide what it recomputes), other resident bytes
   (the batch, buffers; not the warm-up's gradients, which the step frees or reuses), and transient = peak - all of
@@ -40,12 +42,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.lifeline import freeze_alive
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, runs_decomposed, tensors_in
+from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
 from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
 from bench.plan_norm import target_rms_norm
@@ -73,6 +76,8 @@ class Prediction:
     gpu: str | None = None
     step_peak_bytes: int | None = None
     peak_bytes: int | None = None
+    reserved_bytes: int | None = None
+    """A CUDA target's: the most the caching allocator holds from the driver over the case (bench.plan_alloc)."""
     parts: dict[str, int] = field(default_factory=dict)
     flops: int | None = None
     bytes_moved: int | None = None
@@ -120,7 +125,8 @@ class StepCounter(TorchDispatchMode):
                 return out
         out = func(*args, **kwargs)
         if formula is not None:
-            self.flops += formula(*args, **kwargs, out_val=out)
+            with _disable_current_modes():  # a formula's stand-in tensors (bench.flops, GQA) are no step's memory
+                self.flops += formula(*args, **kwargs, out_val=out)
         if not func.is_view and func not in _ALLOCATIONS:
             self.bytes += sum(t.numel() * t.element_size() for t in tensors_in((args, kwargs, out)))
         return out
@@ -142,28 +148,41 @@ def _storage_bytes(tensors) -> int:
     return total
 
 
-def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: bool | None = None) -> dict[str, Any]:
+def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: bool | None = None,
+             clear: bool = True) -> dict[str, Any]:
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
-    `warm_up`: whether to run the warm-up step (default: unless the workload is stateless). Raises NotPlannable or
-    Skip."""
+    `warm_up`: whether to run the warm-up step (default: unless the workload is stateless). `clear`: run the
+    workload's `clear` before the step's window, as bench.memory.peak_bytes does. Raises NotPlannable or Skip. On a
+    CUDA target the peaks are the caching allocator's (bench.plan_alloc), as CUDA reports them."""
+    gpu = torch.device(target).type == "cuda"
+    allocator = CachingAllocatorModel() if gpu else None
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
-            TensorMemoryTracker() as total:
+            TensorMemoryTracker(allocator, host_builds=not gpu) as total:
         w = suite.workload(variant, dict(params), META, target)
         if warm_up is None:
             warm_up = not w.stateless
         if warm_up:  # optimizer state, lazy buffers
             w.step()
         resident = total.live_bytes(META)
+        before = allocator.peak_allocated if gpu else total.peak_bytes(META)  # the build's and the warm-up's
+        if clear and w.clear is not None:  # what the measured window leaves out: the previous step's gradients
+            w.clear()
         total.reset_peak()
+        if gpu:
+            base = allocator.allocated
+            allocator.reset_peak()
         parameters = [p for m in w.modules for p in m.parameters()]
         warm_grads = _storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
         with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
             w.step()
         held = w.held() if w.held is not None else 0
+        step_peak = allocator.peak_allocated - base if gpu else step.peak_bytes(META)
+        peak = max(before, allocator.peak_allocated if gpu else total.peak_bytes(META))
         param_bytes = _storage_bytes(parameters)
         optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
-        return {"step_peak_bytes": step.peak_bytes(META) + held, "peak_bytes": total.peak_bytes(META),
+        return {"step_peak_bytes": step_peak + held, "peak_bytes": peak,
+                "reserved_bytes": allocator.peak_reserved if gpu else None,
                 "resident_bytes": resident, "held_bytes": held,
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,
@@ -196,7 +215,7 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
     p.parts = {"parameters": raw["param_bytes"], "gradients": raw["grad_bytes"], "optimizer": raw["optimizer_bytes"],
                "activations": raw["activation_bytes"], "inputs": max(0, raw["other_bytes"])}
     p.parts["transient"] = max(0, raw["peak_bytes"] - sum(p.parts.values()))
-    p.step_peak_bytes, p.peak_bytes = raw["step_peak_bytes"], raw["peak_bytes"]
+    p.step_peak_bytes, p.peak_bytes, p.reserved_bytes = raw["step_peak_bytes"], raw["peak_bytes"], raw["reserved_bytes"]
     p.flops, p.bytes_moved, p.attention = raw["flops"], raw["bytes_moved"], raw["attention"]
     tflops, gbps = hardware.peak_tflops(gpu, p.dtype), hardware.peak_gbps(gpu)
     if tflops and gbps:

@@ -106,10 +106,11 @@ def render(preds, summary, console) -> None:
     from rich.table import Table
 
     where = summary["gpu"] or "this CPU"
-    table = Table("case", "peak GiB", "params", "grads", "optim", "saved act", "inputs", "transient", "GFLOP",
-                  "GB moved", "roofline ms", "fits",
+    table = Table("case", "peak GiB", "reserved", "params", "grads", "optim", "saved act", "inputs", "transient",
+                  "GFLOP", "GB moved", "roofline ms", "fits",
                   title=f"bench plan: {summary['size']} on {where} ({_gib(summary['capacity_bytes'])} GiB)",
-                  caption="GiB columns but the last three; fits: peak + headroom (1 GiB + 10% of the peak) <= memory")
+                  caption="GiB columns but the last three; reserved: the CUDA caching allocator's segments; fits: "
+                          "peak + headroom (1 GiB + 10% of the peak) <= memory")
     for p in preds:
         params = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()) if k != "dtype")
         name = f"{p.suite}/{p.variant}\n[dim]{params}[/]"
@@ -120,7 +121,7 @@ def render(preds, summary, console) -> None:
             continue
         verdict = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[p.fits]
         roof = "" if p.roofline_ms is None else f"{p.roofline_ms:.3g}"
-        table.add_row(name, _gib(p.peak_bytes), *(_gib(p.parts[k]) for k in
+        table.add_row(name, _gib(p.peak_bytes), _gib(p.reserved_bytes), *(_gib(p.parts[k]) for k in
                       ("parameters", "gradients", "optimizer", "activations", "inputs", "transient")),
                       f"{p.flops / 1e9:.4g}", f"{p.bytes_moved / 1e9:.4g}", roof, verdict)
     console.print(table)

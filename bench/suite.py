@@ -251,7 +251,9 @@ class Suite:
         specs = {m.name: m for m in (*self.metrics, *metric_specs.TELEMETRY, *metric_specs.INTERFERENCE)}
         if self.world_sizes:
             specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
-        for runner_own in (metric_specs.IDLE_WAIT, metric_specs.PREDICTED):  # after the ranks: no rank spread
+        runner = (metric_specs.IDLE_WAIT, metric_specs.PREDICTED, metric_specs.PREDICTED_RESERVED,
+                  metric_specs.RESERVED)
+        for runner_own in runner:  # after the ranks: no rank spread
             specs[runner_own.name] = runner_own
         for rel in (*self.relative, *(r for p in self.parts.values() for r in p.relative)):
             of = specs.get(rel.metric) or metric_specs.default(rel.metric)
@@ -307,13 +309,19 @@ def run_dtype(device: str) -> str:
 def build_module(factory: Callable[[], Any], device: str, dtype: Any = None) -> Any:
     """`factory()` (an nn.Module) on `device` in `dtype`: built on the CPU and moved, so that every device gets the
     same seeded weights, except on the meta device, where it is built in place (no storage, no initialisation: a
-    1B-parameter model costs the plan nothing)."""
+    1B-parameter model costs the plan nothing), as one built on the host and copied (bench.memory.built_on_host): a
+    GPU's tracker counts each tensor once, in its final dtype, as Module.to copies it."""
     import torch
 
     if torch.device(device).type == "meta":
-        with torch.device("meta"):
-            module = factory()
-        return module.to(dtype=dtype) if dtype is not None else module
+        from bench.memory import built_on_host
+
+        def build():
+            with torch.device("meta"):
+                module = factory()
+            return module.to(dtype=dtype) if dtype is not None else module
+
+        return built_on_host(build)
     return factory().to(device, dtype)
 
 

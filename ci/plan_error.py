@@ -3,16 +3,17 @@
 A GPU run keeps each case's measured peak_mem_bytes (the caching allocator's, over the step). This plans the same
 cases for a CUDA target with the bench.plan in this checkout, on the meta device, and prints per case the measured
 peak, the prediction the run recorded (with --predict, by the plan it ran with) and this checkout's prediction, each
-with its error. Run it after a change to the plan, against a committed baseline, to see what the change does to the
-CUDA error before GPU time is spent on it.
+with its error; for a run that recorded the allocator's reserved bytes (`bench run --predict` on a GPU), the plan's
+error on those too. Run it after a change to the plan, against a committed baseline, to see what the change does to
+the CUDA error before GPU time is spent on it.
 
 Usage: python ci/plan_error.py RUN_DIR [CASE_SUBSTRING] [--gradients-netted]
   python ci/plan_error.py ci/baselines/nvidia-h100-80gb-hbm3/checkpointing-full
 
 --gradients-netted: for a run made before the suites cleared the previous step's gradients outside the measured window
 (`Workload.clear`; the H100 baseline's quick run): the training steps of NETTED set them to None inside it, and the
-allocator netted those frees out of its peak. Those cases are then predicted the same way: a warm-up, then the step's
-peak less what was live before it, frees of older tensors included.
+allocator netted those frees out of its peak. Those cases are then predicted the same way: a warm-up, then the step
+with its clearing inside the window, where the plan's model of the allocator (bench.plan_alloc) nets them out too.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Row:
     recorded: int | None  # the prediction the run recorded (--predict), by the plan it ran with
     predicted: int | None  # this checkout's
     reason: str | None  # why it is not planned
+    reserved: int | None = None  # the allocator's segments the run measured (reserved_mem_bytes, --predict on a GPU)
+    predicted_reserved: int | None = None  # this checkout's (bench.plan_alloc)
 
     @property
     def error(self) -> float | None:
@@ -63,23 +66,26 @@ def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> li
         measured = r.metrics.get("peak_mem_bytes")
         if r.status != "ok" or match not in r.case_id or not measured or r.suite not in suites:
             continue
+        reserved = None
         if gradients_netted and r.suite in NETTED:
             predicted, reason = _netted(suites[r.suite], r)
         else:
             now = plan_case(suites[r.suite], r.variant, r.params, "cuda")
-            predicted, reason = now.step_peak_bytes, now.reason
-        rows.append(Row(r.case_id, r.suite, measured, r.metrics.get("predicted_peak_mem_bytes"), predicted, reason))
+            predicted, reason, reserved = now.step_peak_bytes, now.reason, now.reserved_bytes
+        rows.append(Row(r.case_id, r.suite, measured, r.metrics.get("predicted_peak_mem_bytes"), predicted, reason,
+                        r.metrics.get("reserved_mem_bytes"), reserved))
     return rows
 
 
 def _netted(suite, r) -> tuple[int | None, str | None]:
-    """(the peak, None) as a run before `Workload.clear` measured it: a warm-up, then the step's peak less what was
-    live before it; or (None, why) where the case does not plan."""
+    """(the peak, None) as a run before `Workload.clear` measured it: a warm-up, then the step's peak as the
+    allocator counts it, the previous gradients' frees inside the window netted out; or (None, why) where the case
+    does not plan."""
     try:
-        raw = run_step(suite, r.variant, r.params, "cuda", warm_up=True)
+        raw = run_step(suite, r.variant, r.params, "cuda", warm_up=True, clear=False)
     except Exception:  # noqa: BLE001 - Skip, NotPlannable or a step meta cannot run: plan_case says which
         return None, plan_case(suite, r.variant, r.params, "cuda").reason
-    return raw["peak_bytes"] - raw["resident_bytes"] + raw["held_bytes"], None
+    return raw["step_peak_bytes"], None
 
 
 def percent(error: float | None) -> str:
@@ -98,6 +104,12 @@ def main(argv: list[str]) -> int:
     for row in rows:
         print(f"{row.case_id[:72]:<72} {row.measured / 2**20:12.1f} {percent(row.recorded_error):>9} "
               f"{percent(row.error):>9}  {(row.reason or '')[:80]}")
+    reserved = [row for row in rows if row.reserved and row.predicted_reserved]
+    if reserved:  # a run with --predict on a GPU: the allocator's segments too (library workspaces in the measured)
+        print(f"\n{'case':<72} {'reserved MiB':>12} {'plan now':>9}")
+        for row in reserved:
+            print(f"{row.case_id[:72]:<72} {row.reserved / 2**20:12.1f} "
+                  f"{percent((row.predicted_reserved - row.reserved) / row.reserved):>9}")
     for suite in dict.fromkeys(row.suite for row in rows):
         found = [row for row in rows if row.suite == suite and row.error is not None]
         if found:

@@ -3,6 +3,7 @@ needed. Each check is a figure a change to the plan must keep: the CUDA error it
 peaks."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from bench.plan import plan_case
 from bench.records import read_records
+from tests.optional import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / "ci" / "baselines" / "nvidia-h100-80gb-hbm3"
@@ -28,7 +30,8 @@ def tool():
 def test_plan_error_re_predicts_a_gpu_runs_peaks(tool, capsys, monkeypatch):
     # ci/plan_error.py on the committed H100 baseline, full-size checkpointing with every block recomputed: the
     # measured peak, the error the run recorded (its plan took the math path for cuDNN's attention: +398%), and this
-    # checkout's, which is bench.plan's for a CUDA target and within 1% of what the H100 measured
+    # checkout's, which is bench.plan's for a CUDA target: the caching allocator's bytes (bench.plan_alloc), to the
+    # byte what the H100 measured
     planned = []
     monkeypatch.setattr(tool, "plan_case", lambda *args: planned.append(plan_case(*args)) or planned[-1])
     run = BASELINE / "checkpointing-full"
@@ -40,7 +43,7 @@ def test_plan_error_re_predicts_a_gpu_runs_peaks(tool, capsys, monkeypatch):
     assert (p.suite, p.variant, p.params, p.target) == ("checkpointing", "full", r.params, "cuda")
     now = p.step_peak_bytes
     assert line.split()[1:4] == [f"{measured / 2**20:.1f}", "+398.27%", tool.percent((now - measured) / measured)]
-    assert abs(now - measured) < 0.01 * measured
+    assert now == measured
 
 
 @pytest.mark.parametrize("match, bound", [
@@ -55,3 +58,32 @@ def test_the_h100_quick_runs_peaks_are_predicted_within_the_errors_reached(tool,
     worst = max(rows, key=lambda row: abs(row.error))
     print(f"\n{match}: {len(rows)} cases, worst {worst.error:+.2%} ({worst.case_id})")
     assert abs(worst.error) <= bound, (worst.case_id, worst.error)
+
+
+@pytest.mark.parametrize("match, netted, exact", [
+    pytest.param("checkpointing/", False, 3, marks=needs("transformers")),  # Llama's none, hf_full, hf_selective
+    ("moe/", True, 2),  # loop, grouped_torch
+    ("packing/", True, 4),  # pad_to_max, ffd, spfhp, ffd_naive
+    ("mla/mla_absorbed/", False, 1),
+])
+def test_the_allocator_model_predicts_h100_peaks_to_the_byte(tool, match, netted, exact):
+    # where no kernel allocates scratch of its own at the peak, the plan's blocks are what max_memory_allocated
+    # reported; the tensors' bytes alone missed by 2 KiB to 110 KiB (512 B rounding, blocks handed out whole)
+    rows = [row for row in tool.re_predict(BASELINE / "quick", match, gradients_netted=netted) if row.predicted]
+    hits = [row.case_id for row in rows if row.predicted == row.measured]
+    print(f"\n{match}: {len(hits)} of {len(rows)} to the byte")
+    assert len(hits) == exact, [(row.case_id, row.predicted - row.measured) for row in rows]
+
+
+def test_plan_error_compares_the_reserved_bytes_a_gpu_run_recorded(tool, tmp_path, capsys):
+    # `bench run --predict` on a GPU records the allocator's segments (reserved_mem_bytes): the tool sets the plan's
+    # model of them beside it. A record of the H100 run, given a reserved figure, stands for such a run
+    lines = (BASELINE / "quick" / "records.jsonl").read_text().splitlines()
+    record = next(json.loads(x) for x in lines if '"checkpointing/full/' in x)
+    record["metrics"]["reserved_mem_bytes"] = 64 << 20
+    (tmp_path / "records.jsonl").write_text(json.dumps(record) + "\n")
+    (row,) = tool.re_predict(tmp_path)
+    assert row.predicted and row.predicted_reserved > row.predicted  # segments hold at least the blocks
+    assert tool.main([str(tmp_path)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines()[3:] if x.startswith("checkpointing/full/")]
+    assert line.split()[1:] == ["64.0", tool.percent(row.predicted_reserved / (64 << 20) - 1)]

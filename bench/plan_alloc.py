@@ -1,0 +1,122 @@
+"""The bytes torch's CUDA caching allocator reports for a step planned on meta (`CachingAllocatorModel`).
+
+torch.cuda.max_memory_allocated counts the allocator's blocks, not the tensors in them, and memory_reserved its
+segments (what it took from the driver). The plan feeds this model every storage the live-tensor tracker sees, in
+order, so a CUDA target's prediction is what those counters will say. The rules are the allocator's, with its default
+configuration (PYTORCH_CUDA_ALLOC_CONF unset), from c10/cuda/CUDACachingAllocator.cpp:
+
+- a request is rounded up to a multiple of 512 B (kMinBlockSize);
+- requests up to 1 MiB (kSmallSize) come from the small pool, carved from 2 MiB segments; larger ones from the large
+  pool, from 20 MiB segments below 10 MiB (kLargeBuffer, kMinLargeAlloc) and otherwise from a segment of their own,
+  rounded up to 2 MiB (kRoundLarge);
+- the free block taken is the smallest that fits (then the lowest address), on the one stream the suites use;
+- it is split when what remains is at least 512 B (small pool) or more than 1 MiB (large pool); otherwise the whole
+  block is handed out and counted: a 1.5 MiB tensor given a freed 2 MiB block counts 2 MiB;
+- a freed block merges with the free blocks beside it in its segment, and segments are kept (no empty_cache, and
+  no memory pressure: a GPU near full returns cached segments to the driver and retries, which this does not).
+
+Written by hand: no library models the allocator. It was checked against an H100's measured peaks (torch 2.11): the
+full-size checkpointing steps of the full, sqrt and selective variants to the byte, transformers' Llama at quick size
+to the byte, where the tensors' bytes alone were 2-8 KiB under (README, "Planning a GPU run"). What it cannot see:
+memory a kernel allocates for itself (cuBLAS keeps a workspace per thread and stream, 32 MiB on Hopper; attention
+kernels their scratch), which the plan's fixed headroom stands for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+
+MIN_BLOCK = 512  # kMinBlockSize: every request is rounded up to a multiple of this
+SMALL = 1 << 20  # kSmallSize: the largest request the small pool serves
+SMALL_SEGMENT = 2 << 20  # kSmallBuffer
+LARGE_SEGMENT = 20 << 20  # kLargeBuffer: the segment of a large request under MIN_LARGE_ALLOC
+MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
+ROUND_LARGE = 2 << 20  # kRoundLarge: a request of MIN_LARGE_ALLOC or more gets its own segment, rounded to this
+
+
+class Block:
+    __slots__ = ("address", "size", "small", "prev", "next", "free")
+
+    def __init__(self, address: int, size: int, small: bool):
+        self.address, self.size, self.small = address, size, small
+        self.prev: Block | None = None
+        self.next: Block | None = None
+        self.free = True
+
+    def key(self) -> tuple[int, int]:
+        return self.size, self.address
+
+
+class CachingAllocatorModel:
+    """The allocated and reserved bytes of torch's CUDA caching allocator over a sequence of `malloc(nbytes)` and
+    `free(block)`, with their peaks since creation or `reset_peak`."""
+
+    def __init__(self):
+        self.allocated = self.reserved = 0
+        self.peak_allocated = self.peak_reserved = 0
+        self._pools: dict[bool, list[tuple[int, int, Block]]] = {True: [], False: []}  # free blocks by (size, address)
+        self._addresses = itertools.count(step=1 << 40)  # a segment per slot; their order only breaks size ties
+
+    def malloc(self, nbytes: int) -> Block:
+        size = MIN_BLOCK if nbytes < MIN_BLOCK else -(-nbytes // MIN_BLOCK) * MIN_BLOCK
+        small = size <= SMALL
+        pool = self._pools[small]
+        i = bisect.bisect_left(pool, (size, -1))
+        if i < len(pool):
+            block = pool.pop(i)[2]
+        else:
+            block = Block(next(self._addresses), self._segment_size(size, small), small)
+            self.reserved += block.size
+            self.peak_reserved = max(self.peak_reserved, self.reserved)
+        remaining = block.size - size
+        if remaining >= MIN_BLOCK if small else remaining > SMALL:
+            rest = Block(block.address + size, remaining, small)
+            rest.prev, rest.next = block, block.next
+            if block.next is not None:
+                block.next.prev = rest
+            block.next, block.size = rest, size
+            self._insert(rest)
+        block.free = False
+        self.allocated += block.size
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        return block
+
+    def free(self, block: Block) -> None:
+        self.allocated -= block.size
+        block.free = True
+        before, after = block.prev, block.next
+        if after is not None and after.free:  # merge: the block absorbs its free neighbours
+            self._remove(after)
+            block.size += after.size
+            block.next = after.next
+            if after.next is not None:
+                after.next.prev = block
+        if before is not None and before.free:
+            self._remove(before)
+            before.size += block.size
+            before.next = block.next
+            if block.next is not None:
+                block.next.prev = before
+            block = before
+        self._insert(block)
+
+    def reset_peak(self) -> None:
+        self.peak_allocated, self.peak_reserved = self.allocated, self.reserved
+
+    @staticmethod
+    def _segment_size(size: int, small: bool) -> int:
+        if small:
+            return SMALL_SEGMENT
+        if size < MIN_LARGE_ALLOC:
+            return LARGE_SEGMENT
+        return -(-size // ROUND_LARGE) * ROUND_LARGE
+
+    def _insert(self, block: Block) -> None:
+        bisect.insort(self._pools[block.small], (*block.key(), block), key=lambda e: e[:2])
+
+    def _remove(self, block: Block) -> None:
+        pool = self._pools[block.small]
+        i = bisect.bisect_left(pool, block.key(), key=lambda e: e[:2])
+        assert pool[i][2] is block, "the free pools lost a block"
+        del pool[i]
