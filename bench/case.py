@@ -93,6 +93,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
             from bench.distributed import one_rank_group
 
             group = one_rank_group(device)
+        fresh = _fresh_allocator(device) if case.predict else False
         with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress), time_floor(case.size):
             m = suite.measure(case.variant, dict(case.params), device)
         window = m.timed.window_s if m.timed else None
@@ -103,7 +104,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         metrics["contended"] = contended(metrics, window is not None)
         metrics.update(predicted)
         if case.predict and device.startswith("cuda"):
-            metrics["reserved_mem_bytes"] = _reserved(device)
+            metrics["reserved_mem_bytes"] = _reserved(device) if fresh else None
         samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}
         power = gpu["avg_power_w"]
         if m.timed is not None:
@@ -152,17 +153,34 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
             gib = 2**30
             too_big = (f"predicted not to fit: a peak of {p.peak_bytes / gib:.2f} GiB + {spare / gib:.2f} GiB "
                        f"headroom > the {total / gib:.2f} GiB of {device} (--skip-predicted-oom)")
-    return {"predicted_peak_mem_bytes": p.step_peak_bytes, "predicted_reserved_mem_bytes": p.reserved_bytes}, too_big
+    from bench.plan_alloc import default_config
+
+    reserved = p.reserved_bytes if default_config() else None  # the model is of the default configuration
+    return {"predicted_peak_mem_bytes": p.step_peak_bytes, "predicted_reserved_mem_bytes": reserved}, too_big
+
+
+def _fresh_allocator(device: str) -> bool:
+    """Whether `device` is a GPU whose caching allocator holds nothing yet and runs the configuration bench.plan_alloc
+    models: the case's own process (not --inline, where earlier cases' segments stay) with no allocator settings."""
+    import torch
+
+    from bench.plan_alloc import default_config
+
+    if not device.startswith("cuda") or not default_config():
+        return False
+    return not torch.cuda.is_initialized() or torch.cuda.memory_reserved(device) == 0
 
 
 def _reserved(device: str) -> int | None:
-    """The caching allocator's reserved bytes now, at the case's end: the most it held over the case (a case has a
-    process of its own, and the allocator gives no segment back unasked), or None where it gave some back under
-    memory pressure (num_alloc_retries) and so held more before."""
+    """The caching allocator's reserved bytes now, at the case's end: the most it held over the case, since it gives
+    no segment back unasked; None where it gave some back (empty_cache, or a retry under memory pressure), having
+    held more before. It covers all of `measure` (its timed repeats too) and the libraries' workspaces."""
     import torch
 
     stats = torch.cuda.memory_stats(device)
-    return None if stats.get("num_alloc_retries", 0) else stats.get("reserved_bytes.all.current")
+    if stats.get("num_device_free", 0) or stats.get("num_alloc_retries", 0):
+        return None
+    return stats.get("reserved_bytes.all.current")
 
 
 def _derived(m: Measurement, device: str, power_w: float | None) -> dict[str, Any]:

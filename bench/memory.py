@@ -91,6 +91,8 @@ class TensorMemoryTracker(TorchDispatchMode):
         self._pending: tuple[str, int, weakref.ref, _Held, _Held] | None = None
         """(device, live bytes with it, the temporary it replaces, its _Held and the temporary's): a twin's output
         whose peak waits on that temporary, and whose allocator block is the temporary's if that is freed first."""
+        self._deferred: list[_Held] = []
+        """Frees while a twin is pending, given to the allocator model once the twin has its block (`_settle`)."""
 
     def live_bytes(self, device: str | torch.device) -> int:
         return self._live[device_key(device)]
@@ -136,22 +138,34 @@ class TensorMemoryTracker(TorchDispatchMode):
         if self.allocator is not None:
             held.block = self.allocator.malloc(held.nbytes)
 
+    def settle(self) -> None:
+        """Resolve a pending twin (see the class) now, before the figures are read outside an op."""
+        self._settle()
+
     def _settle(self) -> None:
         if self._pending is not None:
-            key, live, replaced, held, _ = self._pending
+            key, live, replaced, held, temporary = self._pending
             self._pending = None
             if replaced() is not None:  # still held: the program would have needed both as well
                 self._peak[key] = max(self._peak[key], live)
-                self._allocate(held)
-            # else the temporary's block became the twin's (_free): the in-place op writes where it was
+                self._allocate(held)  # at the op, before the frees since: they are replayed below
+            else:  # the in-place op writes where the temporary was: its block is the twin's
+                held.block, temporary.block = temporary.block, None
+            deferred, self._deferred = self._deferred, []
+            for h in deferred:
+                self._release(h)
 
     def _free(self, key: str, held: _Held) -> None:
         self._live[key] -= held.nbytes
-        pending = self._pending
-        if pending is not None and pending[4] is held and pending[3].block is None:
-            pending[3].block, held.block = held.block, None
+        if self._pending is not None:
+            self._deferred.append(held)  # its block may be the twin's, or come after the twin's in the allocator
+        else:
+            self._release(held)
+
+    def _release(self, held: _Held) -> None:
         if held.block is not None:
             self.allocator.free(held.block)
+            held.block = None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._settle()  # a twin's input is dropped, if at all, as the op returns: before the next op is dispatched

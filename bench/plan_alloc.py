@@ -9,7 +9,8 @@ configuration (PYTORCH_CUDA_ALLOC_CONF unset), from c10/cuda/CUDACachingAllocato
 - requests up to 1 MiB (kSmallSize) come from the small pool, carved from 2 MiB segments; larger ones from the large
   pool, from 20 MiB segments below 10 MiB (kLargeBuffer, kMinLargeAlloc) and otherwise from a segment of their own,
   rounded up to 2 MiB (kRoundLarge);
-- the free block taken is the smallest that fits (then the lowest address), on the one stream the suites use;
+- the free block taken is the smallest that fits (then the lowest address; a new segment is assumed above the
+  others), on one stream (FSDP2's all-gather streams, which have pools of their own, are not modelled);
 - it is split when what remains is at least 512 B (small pool) or more than 1 MiB (large pool); otherwise the whole
   block is handed out and counted: a 1.5 MiB tensor given a freed 2 MiB block counts 2 MiB;
 - a freed block merges with the free blocks beside it in its segment, and segments are kept (no empty_cache, and
@@ -18,14 +19,19 @@ configuration (PYTORCH_CUDA_ALLOC_CONF unset), from c10/cuda/CUDACachingAllocato
 Written by hand: no library models the allocator. It was checked against an H100's measured peaks (torch 2.11): the
 full-size checkpointing steps of the full, sqrt and selective variants to the byte, transformers' Llama at quick size
 to the byte, where the tensors' bytes alone were 2-8 KiB under (README, "Planning a GPU run"). What it cannot see:
-memory a kernel allocates for itself (cuBLAS keeps a workspace per thread and stream, 32 MiB on Hopper; attention
-kernels their scratch), which the plan's fixed headroom stands for.
+memory a library allocates through the allocator for itself. cuBLAS's workspace, one per thread and stream that runs
+a matmul (the main thread's and autograd's), is made at the first one, in a warm-up, so no step's window holds it; on
+Hopper it is 32 MiB, a segment of its own that leaves the others as they are, but the case's peak and reserved bytes
+are that much under. Elsewhere it is 8.125 MiB, carved from a 20 MiB segment, whose rest shifts later best fits: the
+byte-exact figures are Hopper's. Kernels' scratch (CUB's temporary storage for sort and nonzero, cuDNN's workspaces,
+attention's accumulators) is not seen either; the plan's fixed headroom stands for all of it.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import os
 
 MIN_BLOCK = 512  # kMinBlockSize: every request is rounded up to a multiple of this
 SMALL = 1 << 20  # kSmallSize: the largest request the small pool serves
@@ -33,6 +39,15 @@ SMALL_SEGMENT = 2 << 20  # kSmallBuffer
 LARGE_SEGMENT = 20 << 20  # kLargeBuffer: the segment of a large request under MIN_LARGE_ALLOC
 MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
 ROUND_LARGE = 2 << 20  # kRoundLarge: a request of MIN_LARGE_ALLOC or more gets its own segment, rounded to this
+
+
+CONFIG_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING")
+
+
+def default_config(env=os.environ) -> bool:
+    """Whether the allocator runs with the configuration modelled here: none of CONFIG_ENV set (expandable segments,
+    a max split size, power-of-two rounding or no caching at all change its blocks and segments)."""
+    return not any(env.get(name) for name in CONFIG_ENV)
 
 
 class Block:

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from bench.memory import TensorMemoryTracker, built_on_host
-from bench.plan_alloc import CachingAllocatorModel
-from bench.suite import build_module
+from bench.plan import StepCounter, run_step
+from bench.plan_alloc import CONFIG_ENV, CachingAllocatorModel, default_config
+from bench.suite import build_module, discover
 from tests.optional import needs_cuda
 
 MiB = 1 << 20
@@ -92,6 +93,41 @@ def test_the_tracker_feeds_the_model_and_an_in_place_twin_takes_its_temporarys_b
     assert model.peak_allocated == peak
 
 
+def test_a_twin_freed_before_the_next_op_leaves_no_block():
+    # the twin's output dropped at once while its temporary is still held: a genuine out-of-place op, whose block
+    # the model must free again (it had leaked: 4 KiB allocated with nothing live)
+    model = CachingAllocatorModel()
+    tracker = TensorMemoryTracker(model)
+    temp, twin = (torch.empty(1024, device="meta") for _ in range(2))
+    tracker.track(temp.untyped_storage())
+    tracker.track(twin.untyped_storage(), replaces=temp.untyped_storage())
+    del twin
+    tracker.settle()
+    del temp
+    tracker.settle()
+    assert tracker.live_bytes("meta") == model.allocated == 0 and model.peak_allocated == 8192
+
+
+def test_a_twins_block_comes_before_the_frees_after_its_op():
+    # the engine drops the other addend as the sum returns, before the next op: the sum's block was taken at the op,
+    # so the model holds three blocks at once, as the tracker counts (it had reused the addend's: two)
+    model = CachingAllocatorModel()
+    tracker = TensorMemoryTracker(model)
+    temp, other, twin = (torch.empty(1024, device="meta") for _ in range(3))
+    tracker.track(temp.untyped_storage())
+    tracker.track(other.untyped_storage())
+    tracker.track(twin.untyped_storage(), replaces=temp.untyped_storage())
+    del other
+    tracker.settle()  # temp still held: not in place after all
+    assert model.peak_allocated == tracker.peak_bytes("meta") == 3 * 4096
+    assert model.allocated == tracker.live_bytes("meta") == 2 * 4096
+
+
+def test_only_the_default_allocator_configuration_is_modelled():
+    assert default_config({}) and default_config({"PYTORCH_CUDA_ALLOC_CONF": ""})
+    assert not any(default_config({name: "expandable_segments:True"}) for name in CONFIG_ENV)
+
+
 def test_a_module_built_on_the_host_counts_only_its_copy_to_a_gpu():
     layer = lambda: torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.LayerNorm(512))  # noqa: E731
     params = (512 * 512 + 512 + 2 * 512) * 2  # bf16
@@ -146,8 +182,8 @@ print("ok", model.peak_allocated, model.peak_reserved)
 
 @needs_cuda
 def test_the_model_matches_the_cuda_caching_allocator():
-    # a fresh process: a clean allocator with the default configuration (no PYTORCH_CUDA_ALLOC_CONF)
-    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    # a fresh process: a clean allocator with the default configuration (none of CONFIG_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
     root = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-c", REPLAY, root], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
@@ -158,3 +194,30 @@ def test_an_empty_tensor_takes_no_block():
     with TensorMemoryTracker(model):
         torch.empty(0, device="meta")
     assert model.allocated == model.reserved == 0
+
+
+def test_a_plans_peak_counts_the_build_and_its_window_opens_after_clear():
+    # mla's decode workload prefills its cache in the build, on the GPU as on meta: that is the case's peak, above the
+    # decode step's (the plan had counted the step alone, and said such a case fits a GPU its prefill does not)
+    mla = discover()["mla"]
+    params = next(p for p in mla.grid("smoke", "cuda") if p["part"] == "decode")
+    for target in ("cpu", "cuda"):
+        raw = run_step(mla, "mha", params, target)
+        assert raw["peak_bytes"] > raw["resident_bytes"] + raw["step_peak_bytes"], target
+    # the previous step's gradients are cleared before the window, as peak_bytes() does for a run: the step's own
+    # gradients are in its peak, where a model of the allocator inside the window would net the old ones out
+    checkpointing = discover()["checkpointing"]
+    params = checkpointing.grid("smoke", "cuda")[0]
+    cleared, netted = (run_step(checkpointing, "none", params, "cuda", warm_up=True, clear=clear)
+                       for clear in (True, False))
+    assert cleared["step_peak_bytes"] - netted["step_peak_bytes"] >= cleared["grad_bytes"] > 0
+
+
+def test_the_flop_counters_stand_in_tensors_are_no_steps_memory():
+    # the GQA formula counts keys and values broadcast to the query's heads with stand-in tensors, 16 MiB here; the
+    # tracker (and the allocator model behind it) must not see them (mla's GQA decode read +766% on the H100 run)
+    q = torch.empty(1, 8, 1, 64, device="meta", dtype=torch.bfloat16)
+    kv = torch.empty(1, 2, 4096, 64, device="meta", dtype=torch.bfloat16)
+    with TensorMemoryTracker() as tracker, StepCounter() as counted:
+        torch.ops.aten._scaled_dot_product_flash_attention(q, kv, kv)
+    assert counted.flops == 2 * 2 * 8 * 4096 * 64 and tracker.peak_bytes("meta") < 4096
