@@ -33,6 +33,7 @@ def render(records: list[dict], summary: dict) -> str:
         parts.append(_roofline(ok))
     rows = [{"case": r["case_id"], "status": r["status"],
              "peak GiB": None if r.get("peak_bytes") is None else r["peak_bytes"] / GIB,
+             "reserved GiB": None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB,
              **{f"{p} GiB": r["parts"][p] / GIB for p in PARTS if p in r.get("parts", {})},
              "fits": r.get("fits"), "TFLOP": None if r.get("flops") is None else r["flops"] / 1e12,
              "roofline ms": r.get("roofline_ms"), "attention": ", ".join(r.get("attention") or []) or None,
@@ -55,6 +56,10 @@ def _memory(ok: list[dict], summary: dict) -> str:
     fig.add_scatter(name="peak + headroom", x=labels, y=[(r["peak_bytes"] + (r.get("headroom_bytes") or 0)) / GIB
                                                          for r in ok], mode="markers",
                     marker={"symbol": "line-ew-open", "size": 18, "color": "grey"})
+    if any(r.get("reserved_bytes") is not None for r in ok):  # a CUDA target: the allocator's segments, modelled
+        fig.add_scatter(name="reserved (caching allocator)", x=labels, mode="markers",
+                        y=[None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB for r in ok],
+                        marker={"symbol": "circle-open", "size": 9, "color": "purple"})
     capacity = summary.get("capacity_bytes")
     if capacity:
         fig.add_hline(y=capacity / GIB, line_dash="dash", line_color="red",

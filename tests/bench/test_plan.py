@@ -287,6 +287,7 @@ def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
     assert "h100 80gb hbm3" in capsys.readouterr().out
     text = out.read_text()
     assert "Predicted memory per case" in text and "Roofline lower bound" in text and "79.6 GiB" in text
+    assert "reserved (caching allocator)" in text and "reserved GiB" in text  # a GPU's: its segments, modelled
     assert "not_plannable" in text  # the cache part has no step: listed with its reason
 
 
