@@ -173,14 +173,14 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
         total.settle()
         resident = total.live_bytes(META)
         before = allocator.peak_allocated if gpu else total.peak_bytes(META)  # the build's and the warm-up's
+        parameters = [p for m in w.modules for p in m.parameters()]
+        warm_grads = _storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
         if clear and w.clear is not None:  # what the measured window leaves out: the previous step's gradients
             w.clear()
         total.reset_peak()
         if gpu:
             base = allocator.allocated
             allocator.reset_peak()
-        parameters = [p for m in w.modules for p in m.parameters()]
-        warm_grads = _storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
         with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
             w.step()
         held = w.held() if w.held is not None else 0

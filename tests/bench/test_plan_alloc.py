@@ -211,6 +211,8 @@ def test_a_plans_peak_counts_the_build_and_its_window_opens_after_clear():
     cleared, netted = (run_step(checkpointing, "none", params, "cuda", warm_up=True, clear=clear)
                        for clear in (True, False))
     assert cleared["step_peak_bytes"] - netted["step_peak_bytes"] >= cleared["grad_bytes"] > 0
+    # what is resident besides parameters and gradients is the batch, [2, 64, 64] twice, cleared or not
+    assert cleared["other_bytes"] == netted["other_bytes"] == 2 * 2 * 64 * 64 * 2
 
 
 def test_the_flop_counters_stand_in_tensors_are_no_steps_memory():
