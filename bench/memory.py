@@ -142,6 +142,10 @@ class TensorMemoryTracker(TorchDispatchMode):
         """Resolve a pending twin (see the class) now, before the figures are read outside an op."""
         self._settle()
 
+    def __exit__(self, *exc):
+        self._settle()  # no op follows: the frees it holds back reach the allocator model now
+        return super().__exit__(*exc)
+
     def _settle(self) -> None:
         if self._pending is not None:
             key, live, replaced, held, temporary = self._pending

@@ -179,7 +179,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
             w.clear()
         total.reset_peak()
         if gpu:
-            base = allocator.allocated
+            base, reserved = allocator.allocated, allocator.peak_reserved
             allocator.reset_peak()
         with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
             w.step()
@@ -190,7 +190,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
         param_bytes = _storage_bytes(parameters)
         optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
         return {"step_peak_bytes": step_peak + held, "peak_bytes": peak,
-                "reserved_bytes": allocator.peak_reserved if gpu else None,
+                "reserved_bytes": max(reserved, allocator.peak_reserved) if gpu else None,
                 "resident_bytes": resident, "held_bytes": held,
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,

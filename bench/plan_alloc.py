@@ -41,12 +41,14 @@ MIN_LARGE_ALLOC = 10 << 20  # kMinLargeAlloc
 ROUND_LARGE = 2 << 20  # kRoundLarge: a request of MIN_LARGE_ALLOC or more gets its own segment, rounded to this
 
 
-CONFIG_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING")
+CONFIG_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
+              "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_NO_HIP_MEMORY_CACHING")
 
 
 def default_config(env=os.environ) -> bool:
     """Whether the allocator runs with the configuration modelled here: none of CONFIG_ENV set (expandable segments,
-    a max split size, power-of-two rounding or no caching at all change its blocks and segments)."""
+    a max split size, power-of-two rounding or no caching at all change its blocks and segments). Settings a program
+    makes itself (torch.cuda.memory._set_allocator_settings) are not seen: no suite makes any."""
     return not any(env.get(name) for name in CONFIG_ENV)
 
 

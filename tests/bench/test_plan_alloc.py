@@ -108,6 +108,18 @@ def test_a_twin_freed_before_the_next_op_leaves_no_block():
     assert tracker.live_bytes("meta") == model.allocated == 0 and model.peak_allocated == 8192
 
 
+def test_a_twin_and_its_temporary_both_freed_before_the_next_op_free_one_block():
+    # the in-place op's result dropped at once: the temporary's block, handed to the twin, is freed once, on leaving
+    model = CachingAllocatorModel()
+    temp, twin = (torch.empty(1024, device="meta") for _ in range(2))
+    with TensorMemoryTracker(model) as tracker:
+        tracker.track(temp.untyped_storage())
+        tracker.track(twin.untyped_storage(), replaces=temp.untyped_storage())
+        del twin, temp
+        assert model.allocated == 4096  # held back until the next op, or the mode's exit
+    assert tracker.live_bytes("meta") == model.allocated == 0 and model.peak_allocated == 4096
+
+
 def test_a_twins_block_comes_before_the_frees_after_its_op():
     # the engine drops the other addend as the sum returns, before the next op: the sum's block was taken at the op,
     # so the model holds three blocks at once, as the tracker counts (it had reused the addend's: two)
@@ -211,8 +223,8 @@ def test_a_plans_peak_counts_the_build_and_its_window_opens_after_clear():
     cleared, netted = (run_step(checkpointing, "none", params, "cuda", warm_up=True, clear=clear)
                        for clear in (True, False))
     assert cleared["step_peak_bytes"] - netted["step_peak_bytes"] >= cleared["grad_bytes"] > 0
-    # what is resident besides parameters and gradients is the batch, [2, 64, 64] twice, cleared or not
-    assert cleared["other_bytes"] == netted["other_bytes"] == 2 * 2 * 64 * 64 * 2
+    # what is resident besides parameters and the warm-up's gradients is the batch, [2, 64, 64] twice
+    assert cleared["other_bytes"] == 2 * 2 * 64 * 64 * 2
 
 
 def test_the_flop_counters_stand_in_tensors_are_no_steps_memory():
