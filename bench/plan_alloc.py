@@ -61,9 +61,6 @@ class Block:
         self.next: Block | None = None
         self.free = True
 
-    def key(self) -> tuple[int, int]:
-        return self.size, self.address
-
 
 class CachingAllocatorModel:
     """The allocated and reserved bytes of torch's CUDA caching allocator over a sequence of `malloc(nbytes)` and
@@ -102,20 +99,10 @@ class CachingAllocatorModel:
     def free(self, block: Block) -> None:
         self.allocated -= block.size
         block.free = True
-        before, after = block.prev, block.next
-        if after is not None and after.free:  # merge: the block absorbs its free neighbours
-            self._remove(after)
-            block.size += after.size
-            block.next = after.next
-            if after.next is not None:
-                after.next.prev = block
-        if before is not None and before.free:
-            self._remove(before)
-            before.size += block.size
-            before.next = block.next
-            if block.next is not None:
-                block.next.prev = before
-            block = before
+        if block.next is not None and block.next.free:  # merge with the free neighbours
+            self._absorb(block, self._remove(block.next))
+        if block.prev is not None and block.prev.free:
+            block = self._absorb(self._remove(block.prev), block)
         self._insert(block)
 
     def reset_peak(self) -> None:
@@ -129,11 +116,22 @@ class CachingAllocatorModel:
             return LARGE_SEGMENT
         return -(-size // ROUND_LARGE) * ROUND_LARGE
 
-    def _insert(self, block: Block) -> None:
-        bisect.insort(self._pools[block.small], (*block.key(), block), key=lambda e: e[:2])
+    @staticmethod
+    def _absorb(block: Block, after: Block) -> Block:
+        """`block` grown over `after`, the block that follows it in their segment."""
+        block.size += after.size
+        block.next = after.next
+        if after.next is not None:
+            after.next.prev = block
+        return block
 
-    def _remove(self, block: Block) -> None:
+    # a pool's entries are (size, address, block): no two share an address, so tuples order them without a key
+    def _insert(self, block: Block) -> None:
+        bisect.insort(self._pools[block.small], (block.size, block.address, block))
+
+    def _remove(self, block: Block) -> Block:
         pool = self._pools[block.small]
-        i = bisect.bisect_left(pool, block.key(), key=lambda e: e[:2])
+        i = bisect.bisect_left(pool, (block.size, block.address))
         assert pool[i][2] is block, "the free pools lost a block"
         del pool[i]
+        return block
