@@ -8,9 +8,13 @@
 - Grouped-query attention (`enable_gqa`: key and value with fewer heads than the query) is counted as the kernel
   computes it, each key/value head broadcast to its query heads. torch 2.11's formulas refuse those shapes (an
   AssertionError that stopped a plan of mla's gqa and mqa); later versions count them the same way as here.
+
+And one formula torch lacks: torch._grouped_mm's (moe's grouped_mm dispatch), which counted zero FLOPs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.utils import flop_counter
@@ -50,11 +54,23 @@ def _causal_aware(packet, dense):
     return formula
 
 
+def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch._grouped_mm (MoE experts' GEMMs, forward and backward), which torch's counter has no formula for (2.11-
+    2.13): 2 x M x K x N summed over the groups. Two 2D operands split the shared K into groups ([M, K] @ [K, N] ->
+    [G, M, N]), so the groups' K sum to K; in the other layouts (2D x 3D, 3D x 2D, 3D x 3D) every output element
+    reduces the whole K."""
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
 FORMULAS = {
     packet: _causal_aware(packet, dense)
     for name, dense in _ATTENTION.items()
     if (packet := getattr(aten, name, None)) is not None
 }
+if hasattr(aten, "_grouped_mm"):
+    FORMULAS[aten._grouped_mm] = _grouped_mm_flop
 
 
 def flop_counter_mode() -> flop_counter.FlopCounterMode:

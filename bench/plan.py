@@ -195,7 +195,8 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,
                 "grad_bytes": _storage_bytes(p.grad for p in parameters),
-                "activation_bytes": saved.total(META), "flops": counted.flops, "bytes_moved": counted.bytes,
+                "activation_bytes": saved.total(META), "flops": counted.flops + w.uncounted_flops,
+                "bytes_moved": counted.bytes + w.uncounted_bytes,
                 "attention": sorted(kernels)}
 
 

@@ -21,6 +21,7 @@ looped over experts inside (torch._grouped_mm on CPU or in fp32). No token is dr
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -162,8 +163,9 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
     if backend == "triton" and not target.startswith("cuda"):
         raise Skip("the Triton grouped GEMM needs a CUDA device (its forward and backward are tested against the loop "
                    "under TRITON_INTERPRET=1)")
-    if backend == "triton" and device == "meta":
-        raise NotPlannable("the Triton grouped GEMM is a Triton kernel, which does not run on the meta device")
+    if backend == "triton" and device == "meta" and importlib.util.find_spec("triton") is None:
+        # planned without launching (impls/moe/grouped_triton.py), but its module needs triton to import
+        raise NotPlannable("the Triton grouped GEMM's module needs triton to import (pip install triton)")
     if backend == "triton":
         requires("triton")  # a CUDA torch without triton: skipped, not an error
     g = torch.Generator().manual_seed(0)
@@ -189,7 +191,28 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
         clear()
         dispatch(x, indices, weights, experts).backward(grad)
 
-    return Workload(step, modules=(experts,), clear=clear, stateless=True)  # the step clears every gradient first
+    # the Triton kernels' GEMMs are launched from Python, where the plan's counter cannot see them
+    return Workload(step, modules=(experts,), clear=clear, stateless=True,  # the step clears every gradient first
+                    uncounted_flops=dispatch_flops(params) if backend == "triton" else 0,
+                    uncounted_bytes=dispatch_gemm_bytes(params) if backend == "triton" else 0)
+
+
+def dispatch_flops(params) -> int:
+    """The routed experts' GEMM FLOPs of one step: forward + 2x backward of w1 [D, 2H] and w2 [H, D] per routed
+    slot."""
+    T, K, D, H = (params[k] for k in ("tokens", "top_k", "dim", "hidden"))
+    return 3 * 2 * T * K * 3 * D * H
+
+
+def dispatch_gemm_bytes(params) -> int:
+    """What the routed experts' six GEMMs of one step read and write, each operand and output once: the forward's
+    two (x [TK, D] @ w1 [E, D, 2H], then [TK, H] @ w2 [E, H, D]), and each projection's data and weight gradients."""
+    T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
+    rows, w1, w2 = T * K, E * D * 2 * H, E * H * D
+    forward = (rows * D + w1 + rows * 2 * H) + (rows * H + w2 + rows * D)
+    data_grads = (rows * D + w2 + rows * H) + (rows * 2 * H + w1 + rows * D)
+    weight_grads = (rows * H + rows * D + w2) + (rows * D + rows * 2 * H + w1)
+    return getattr(torch, params["dtype"]).itemsize * (forward + data_grads + weight_grads)
 
 
 def _draw(shape, g, device, dtype):
@@ -200,13 +223,13 @@ def _draw(shape, g, device, dtype):
 
 
 def _dispatch(variant, params, device):
-    T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
+    T = params["tokens"]
     w = dispatch_workload(variant, params, device)
     step, backend = w.step, DISPATCH[variant]
     step()  # warm-up: lazy initialisation and Triton compilation stay out of the figures
     peak = peak_bytes(step, device, w.clear)
     timing = time_fn(step, device)
-    flops = 3 * 2 * T * K * 3 * D * H  # forward + 2x backward of w1 [D, 2H] and w2 [H, D] per routed slot
+    flops = dispatch_flops(params)
     dtype = getattr(torch, params["dtype"])
     fused = {"grouped_mm": grouped_mm_fused(device, dtype), "triton": True}.get(backend, False)
     return Measurement({"peak_mem_bytes": peak, "fused_grouped_gemm": fused}, timed=timing,

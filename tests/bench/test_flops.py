@@ -38,3 +38,21 @@ def test_matmuls_are_torchs_count():
     with flop_counter_mode() as counter:
         a @ b
     assert counter.get_total_flops() == 2 * 6 * 42 * 123
+
+
+@pytest.mark.parametrize("layout", ["2d x 3d", "3d x 3d"])
+def test_grouped_mm_counts_every_group_forward_and_backward(layout):
+    # torch has no formula for torch._grouped_mm (moe's grouped_mm dispatch counted zero FLOPs); on meta, shapes only.
+    # The backward's weight gradient is the 2D x 2D layout, whose groups split the shared dimension.
+    E, M, K, N = 4, 64, 16, 32
+    meta = {"device": "meta", "dtype": torch.bfloat16}
+    a = torch.empty(M, K, **meta) if layout == "2d x 3d" else torch.empty(E, M // E, K, **meta)
+    b = torch.empty(E, N, K, **meta).transpose(-2, -1)  # [E, K, N], K-major as the kernels take it
+    a.requires_grad_(), b.requires_grad_()
+    offs = torch.empty(E, dtype=torch.int32, device="meta") if layout == "2d x 3d" else None
+    with flop_counter_mode() as counter:
+        out = torch._grouped_mm(a, b, offs)
+    assert counter.get_total_flops() == 2 * M * K * N  # each of M rows times its group's [K, N]
+    with flop_counter_mode() as counter:
+        out.backward(torch.empty_like(out))
+    assert counter.get_total_flops() == 2 * (2 * M * K * N)  # the data and the weight gradients
