@@ -89,6 +89,25 @@ def parse_params(text: str | None) -> dict[str, str]:
     return {k: v for k, _, v in pairs}
 
 
+def no_case_matches(suites, size: str, device: str, where: dict[str, str], text: str, variants=None,
+                    world_size: int = 1) -> UsageError:
+    """The error for --params that select no case: the values each given key takes in the grid (a typo'd value or key
+    shows at once), and every key; or, where grid points match and --variant has no case at them, that."""
+    grid = [{**p, **({"world_size": world_size} if s.world_sizes else {})}
+            for s in suites for p in s.grid(size, device)]
+    if variants and any(all(str(p.get(k)) == str(v) for k, v in where.items()) for p in grid):
+        return UsageError(f"no {size} case of --variant {' '.join(variants)} matches --params {text} (the variants "
+                          "have no case at those grid points)")
+    told = []
+    for key in where:
+        values = {p[key] for p in grid if key in p}
+        ordered = sorted(values, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float))
+                                                else str(v)))
+        told.append(f"{key} takes {', '.join(map(str, ordered))}" if values else f"{key} is no param")
+    keys = sorted({k for p in grid for k in p})
+    return UsageError(f"no {size} case matches --params {text} ({'; '.join(told)}; params: {', '.join(keys)})")
+
+
 def parse_cpus(text: str | None) -> frozenset[int] | None:
     """--cpus "0-3,8" as a set; refused when malformed or naming a CPU outside this process's affinity (one that
     does not exist, or that a cgroup or taskset keeps `bench` off: the kernel would refuse it or drop it silently)."""
@@ -175,8 +194,7 @@ def cmd_run(args, discover, write_report) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
-        keys = sorted({k for s in suites for p in s.grid(args.size, device) for k in p})
-        raise UsageError(f"no {args.size} case matches --params {args.params} (params: {', '.join(keys)})")
+        raise no_case_matches(suites, args.size, device, where, args.params, args.variant, how.world_size)
     for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
         if not runner.plan(suites, args.size, device, args.variant, where=where or None, world_size=how.world_size,
                            cases_like=[glob]):

@@ -247,7 +247,7 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
     time a grid point's cases are planned."""
     points = []
     for suite in suites:
-        for params in suite.grid(size, _grid_device(target)):
+        for params in suite.grid(size, grid_device(target)):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
@@ -314,5 +314,6 @@ def predict_peak(suite: Suite, variant: str, params: dict, device: str) -> int |
     return p.step_peak_bytes if p.status == "ok" else None
 
 
-def _grid_device(target: str) -> str:
+def grid_device(target: str) -> str:
+    """The device a target's grid is asked for: its sizes and dtypes are those of a run there."""
     return "cuda:0" if target.startswith("cuda") else "cpu"

@@ -58,8 +58,8 @@ def resolve_gpu(name: str) -> tuple[str, str | None, int | None]:
 
 def predictions(args, discover) -> tuple[list, dict]:
     """Plan what the arguments select; (predictions, a summary of the plan)."""
-    from bench.cli_run import parse_params, select
-    from bench.plan import plan
+    from bench.cli_run import no_case_matches, parse_params, select
+    from bench.plan import grid_device, plan
 
     target, gpu, capacity = resolve_gpu(args.gpu)
     suites = select(discover(), args.suites, args.variant)
@@ -69,8 +69,12 @@ def predictions(args, discover) -> tuple[list, dict]:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if args.world_size < 1:
         raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
-    out = plan(suites, args.size, target, gpu, args.variant, parse_params(args.params), capacity, jobs,
-               Progress(sys.stderr, start), world_size=args.world_size)
+    where = parse_params(args.params)
+    out = plan(suites, args.size, target, gpu, args.variant, where, capacity, jobs, Progress(sys.stderr, start),
+               world_size=args.world_size)
+    if where and not out:
+        raise no_case_matches(suites, args.size, grid_device(target), where, args.params, args.variant,
+                              args.world_size)
     summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}

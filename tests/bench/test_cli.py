@@ -59,6 +59,14 @@ def test_list_table(capsys):
     (["run", "--device", "tpu"], "unknown --device 'tpu' (valid: auto, cpu, cuda, cuda:N)"),
     (["run", "checkpointing", "--size", "smoke", "--params", "layers"], "--params must be k=v"),
     (["run", "checkpointing", "--size", "smoke", "--params", "layers=99"], "no smoke case matches --params layers=99"),
+    # what each given key takes, or that it is no key: a typo shows at once
+    (["run", "checkpointing", "--size", "smoke", "--params", "layers=99,lyers=2"], "(layers takes 8; lyers is no "
+     "param; params: batch, d_model, dtype, heads, layers, model, seq)"),
+    # the plan refuses the same, where it listed no case and exited 0
+    (["plan", "moe", "--size", "full", "--gpu", "h200", "--params", "tokens=65536"],
+     "no full case matches --params tokens=65536 (tokens takes 8192; params: "),
+    (["plan", "moe", "--size", "smoke", "--gpu", "cpu", "--variant", "loop", "--params", "part=balance"],
+     "no smoke case of --variant loop matches --params part=balance (the variants have no case at those grid points)"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_usage_exits_2_with_one_line(capsys, tmp_path, argv, message):
