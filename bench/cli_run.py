@@ -90,22 +90,36 @@ def parse_params(text: str | None) -> dict[str, str]:
 
 
 def no_case_matches(suites, size: str, device: str, where: dict[str, str], text: str, variants=None,
-                    world_size: int = 1) -> UsageError:
+                    world_size: int = 1, world_flag: str = "--world-size") -> UsageError:
     """The error for --params that select no case: the values each given key takes in the grid (a typo'd value or key
-    shows at once), and every key; or, where grid points match and --variant has no case at them, that."""
+    shows at once) and every key; or that the values are each in the grid but never together; or, where grid points
+    match and --variant has no case at them, that. A distributed suite's world_size is the launch's (`world_flag`
+    sets it), not a grid key."""
     grid = [{**p, **({"world_size": world_size} if s.world_sizes else {})}
             for s in suites for p in s.grid(size, device)]
-    if variants and any(all(str(p.get(k)) == str(v) for k, v in where.items()) for p in grid):
+    if variants and any(_matches(p, where) for p in grid):
         return UsageError(f"no {size} case of --variant {' '.join(variants)} matches --params {text} (the variants "
                           "have no case at those grid points)")
     told = []
-    for key in where:
-        values = {p[key] for p in grid if key in p}
-        ordered = sorted(values, key=lambda v: (not isinstance(v, (int, float)), v if isinstance(v, (int, float))
-                                                else str(v)))
-        told.append(f"{key} takes {', '.join(map(str, ordered))}" if values else f"{key} is no param")
+    for key, wanted in where.items():
+        values = {repr(p[key]): p[key] for p in grid if key in p}  # by repr: a plug-in's value may be a list
+        ordered = sorted(values.values(), key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+        if key == "world_size" and any(s.world_sizes for s in suites):
+            sizes = sorted({n for s in suites for n in s.world_sizes})
+            told.append(f"world_size is {world_size}, the launch's: set it with {world_flag}; the suite runs at "
+                        f"{', '.join(map(str, sizes))}")
+        elif not values:
+            told.append(f"{key} is no param")
+        elif wanted not in {str(v) for v in ordered}:
+            told.append(f"{key} takes {', '.join(map(str, ordered))}")
+    if not told:
+        told.append("each value is in the grid, but no grid point has them all")
     keys = sorted({k for p in grid for k in p})
     return UsageError(f"no {size} case matches --params {text} ({'; '.join(told)}; params: {', '.join(keys)})")
+
+
+def _matches(params: dict, where: dict[str, str]) -> bool:
+    return all(str(params.get(k)) == str(v) for k, v in where.items())
 
 
 def parse_cpus(text: str | None) -> frozenset[int] | None:
@@ -194,7 +208,8 @@ def cmd_run(args, discover, write_report) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
-        raise no_case_matches(suites, args.size, device, where, args.params, args.variant, how.world_size)
+        raise no_case_matches(suites, args.size, device, where, args.params, args.variant, how.world_size,
+                              "--nproc-per-node and --nnodes")
     for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
         if not runner.plan(suites, args.size, device, args.variant, where=where or None, world_size=how.world_size,
                            cases_like=[glob]):

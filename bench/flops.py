@@ -58,7 +58,8 @@ def _grouped_mm_flop(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     """torch._grouped_mm (MoE experts' GEMMs, forward and backward), which torch's counter has no formula for (2.11-
     2.13): 2 x M x K x N summed over the groups. Two 2D operands split the shared K into groups ([M, K] @ [K, N] ->
     [G, M, N]), so the groups' K sum to K; in the other layouts (2D x 3D, 3D x 2D, 3D x 3D) every output element
-    reduces the whole K."""
+    reduces the whole K. From shapes alone: where the offsets end short of the split dimension (offs[-1] < M), the
+    rows past them are counted though not computed; MoE dispatch's offsets end at its rows."""
     if len(a_shape) == 2 and len(b_shape) == 2:
         return 2 * a_shape[0] * a_shape[1] * b_shape[1]
     return 2 * math.prod(out_shape) * a_shape[-1]

@@ -135,15 +135,15 @@ class Workload:
     clear: Callable[[], Any] | None = None
     """Frees what a step leaves for the next (its gradients), which the step does first: the case measures its peak
     with this run just before (bench.memory.peak_bytes), so that the step's gradients count on every device."""
+    stateless: bool = False
+    """True where a step leaves nothing a later one reads: no optimizer, no lazy buffers, gradients set to None at
+    its start. The plan then runs it once, without a warm-up: the same peak, at half the cost (a full rmpad case's
+    segments: ~25 k ops a step on meta)."""
     uncounted_flops: int = 0
     """FLOPs a step's kernels do where no op shows them to the plan's counter (a Triton kernel launched from Python):
     the plan adds them to what it counts."""
     uncounted_bytes: int = 0
     """Bytes those kernels read and write, which the plan adds to its bytes moved alike."""
-    stateless: bool = False
-    """True where a step leaves nothing a later one reads: no optimizer, no lazy buffers, gradients set to None at
-    its start. The plan then runs it once, without a warm-up: the same peak, at half the cost (a full rmpad case's
-    segments: ~25 k ops a step on meta)."""
 
 
 class Suite:

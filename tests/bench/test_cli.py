@@ -65,6 +65,12 @@ def test_list_table(capsys):
     # the plan refuses the same, where it listed no case and exited 0
     (["plan", "moe", "--size", "full", "--gpu", "h200", "--params", "tokens=65536"],
      "no full case matches --params tokens=65536 (tokens takes 8192; params: "),
+    (["plan", "moe", "--size", "smoke", "--gpu", "cpu", "--params", "part=balance,tokens=256"],
+     "(each value is in the grid, but no grid point has them all; params: "),
+    (["plan", "fsdp_checkpointing", "--size", "smoke", "--gpu", "cpu", "--params", "world_size=2"],
+     "(world_size is 1, the launch's: set it with --world-size; the suite runs at 1, 2, 4, 8; params: "),
+    (["run", "fsdp_checkpointing", "--size", "smoke", "--params", "world_size=4"],
+     "(world_size is 1, the launch's: set it with --nproc-per-node and --nnodes; the suite runs at 1, 2, 4, 8; "),
     (["plan", "moe", "--size", "smoke", "--gpu", "cpu", "--variant", "loop", "--params", "part=balance"],
      "no smoke case of --variant loop matches --params part=balance (the variants have no case at those grid points)"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -160,3 +166,17 @@ def test_full_disk_is_one_line_and_keeps_finished_records(capsys, tmp_path, monk
     assert code == 1 and err.count("\n") == 1 and "No space left on device" in err and "--resume" in err
     kept = [json.loads(line)["case_id"] for line in (out / "records.jsonl").read_text().splitlines()]
     assert kept == calls[:1]
+
+
+def test_an_unmatched_params_message_names_values_of_any_type():
+    from bench.cli_run import no_case_matches
+
+    class Stub:  # a plug-in's grid may hold lists, None, floats and bools side by side
+        world_sizes = ()
+
+        def grid(self, size, device):
+            return [{"shape": [1, 2], "n": 3, "flag": True}, {"shape": None, "n": 2.5, "flag": False}]
+
+    err = no_case_matches([Stub()], "smoke", "cpu", {"shape": "x", "n": "7", "flag": "True"}, "shape=x,n=7,flag=True")
+    assert str(err) == ("no smoke case matches --params shape=x,n=7,flag=True (shape takes None, [1, 2]; n takes 2.5, "
+                        "3; params: flag, n, shape)")

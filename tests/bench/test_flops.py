@@ -40,19 +40,23 @@ def test_matmuls_are_torchs_count():
     assert counter.get_total_flops() == 2 * 6 * 42 * 123
 
 
-@pytest.mark.parametrize("layout", ["2d x 3d", "3d x 3d"])
+@pytest.mark.parametrize("layout", ["2d x 3d", "3d x 2d", "3d x 3d"])
 def test_grouped_mm_counts_every_group_forward_and_backward(layout):
     # torch has no formula for torch._grouped_mm (moe's grouped_mm dispatch counted zero FLOPs); on meta, shapes only.
-    # The backward's weight gradient is the 2D x 2D layout, whose groups split the shared dimension.
+    # 2D x 3D: rows split by the offsets, each times its group's [K, N]; 3D x 2D: columns split, each group's [M, K]
+    # times them; 3D x 3D: batched. The backward's weight gradient of 2D x 3D is the 2D x 2D layout, whose groups
+    # split the shared dimension. M, K and N count the whole problem: 2 M K N FLOPs forward in every layout.
     E, M, K, N = 4, 64, 16, 32
     meta = {"device": "meta", "dtype": torch.bfloat16}
-    a = torch.empty(M, K, **meta) if layout == "2d x 3d" else torch.empty(E, M // E, K, **meta)
-    b = torch.empty(E, N, K, **meta).transpose(-2, -1)  # [E, K, N], K-major as the kernels take it
+    a = {"2d x 3d": (M, K), "3d x 2d": (E, M, K), "3d x 3d": (E, M // E, K)}[layout]
+    a = torch.empty(*a, **meta)
+    b = torch.empty(N, K, **meta).t() if layout == "3d x 2d" else torch.empty(E, N, K, **meta).transpose(-2, -1)
     a.requires_grad_(), b.requires_grad_()
-    offs = torch.empty(E, dtype=torch.int32, device="meta") if layout == "2d x 3d" else None
+    offs = None if layout == "3d x 3d" else torch.empty(E, dtype=torch.int32, device="meta")
     with flop_counter_mode() as counter:
         out = torch._grouped_mm(a, b, offs)
-    assert counter.get_total_flops() == 2 * M * K * N  # each of M rows times its group's [K, N]
+    assert out.shape == {"2d x 3d": (M, N), "3d x 2d": (M, N), "3d x 3d": (E, M // E, N)}[layout]
+    assert counter.get_total_flops() == 2 * M * K * N
     with flop_counter_mode() as counter:
         out.backward(torch.empty_like(out))
     assert counter.get_total_flops() == 2 * (2 * M * K * N)  # the data and the weight gradients

@@ -124,15 +124,18 @@ def test_grouped_dispatch_equals_the_loop_cuda_bf16(backend):
 
 # The plan of the Triton dispatch (bench.plan, on meta for a CUDA target) skips the kernels' launches: the buffers the
 # Python around them allocates are all the step's bytes. Here the same step runs for real on CPU tensors under the
-# interpreter, and the live-tensor tracker's peaks of the two must be equal (smoke sizes, fp32). Two things of the
-# interpreter's own, which no compiled launch does, are kept out of the real run: its host copies of the kernels'
-# arguments (copy_ and set_ of ~1.3 MB a step), run unseen by the tracker, and the reference cycles it leaves those
-# arguments in, which kept 90 KiB alive past their last use until the garbage collector ran.
+# interpreter: both must run the same ops, in the same order, with outputs of the same bytes (the kernels' outputs and
+# their row tiles among them), and the live-tensor tracker's peaks of the two must be equal (smoke sizes, fp32). Two
+# things of the interpreter's own, which no compiled launch does, are kept out of the real run: its host copies of
+# the kernels' arguments (copy_ and set_ of ~1.3 MB a step), run unseen, and the reference cycles it leaves those
+# arguments in, which kept 90 KiB alive past their last use until the garbage collector ran. The kernels are put
+# back at the end: the interpreter's child runs other scripts after this one.
 PLANNED = """
 import gc
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_leaves
 
 import impls.moe.grouped_triton as kernels
 from bench.memory import TensorMemoryTracker, peak_bytes
@@ -150,19 +153,39 @@ class Unseen:
                 gc.collect()
         return launch
 
-kernels._grouped_kernel, kernels._wgrad_kernel = Unseen(kernels._grouped_kernel), Unseen(kernels._wgrad_kernel)
-suite = discover()["moe"]
-for params in (p for p in suite.grid("smoke", "cpu") if p["part"] == "dispatch"):
-    w = suite.workload("grouped_triton", dict(params), "cpu", "cuda")
-    w.step()
-    real = peak_bytes(w.step, "cpu", w.clear)
-    with MetaKernels(), IndexValues(), TensorMemoryTracker():
-        w = suite.workload("grouped_triton", dict(params), "meta", "cuda")
+class Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = tuple(t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        self.seen.append((str(func), sizes))
+        return out
+
+launched = kernels._grouped_kernel, kernels._wgrad_kernel
+kernels._grouped_kernel, kernels._wgrad_kernel = map(Unseen, launched)
+try:
+    suite = discover()["moe"]
+    for params in (p for p in suite.grid("smoke", "cpu") if p["part"] == "dispatch"):
+        w = suite.workload("grouped_triton", dict(params), "cpu", "cuda")
+        w.step()
         w.clear()
-        with TensorMemoryTracker() as step:
+        with TensorMemoryTracker() as step, Ops() as real_ops:
             w.step()
-    planned = step.peak_bytes("meta")
-    assert planned == real, (params, planned, real)
+        real = step.peak_bytes("cpu")
+        with MetaKernels(), IndexValues(), TensorMemoryTracker():
+            w = suite.workload("grouped_triton", dict(params), "meta", "cuda")
+            w.clear()
+            with TensorMemoryTracker() as step, Ops() as planned_ops:
+                w.step()
+        planned = step.peak_bytes("meta")
+        assert planned_ops.seen == real_ops.seen, [(a, b) for a, b in zip(planned_ops.seen, real_ops.seen) if a != b]
+        assert any(op == "aten.searchsorted.Tensor" for op, _ in planned_ops.seen)  # the row tiles are planned
+        assert planned == real, (params, planned, real)
+finally:
+    kernels._grouped_kernel, kernels._wgrad_kernel = launched
 print("ok")
 """
 
