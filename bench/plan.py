@@ -39,6 +39,7 @@ records them), the verdict keeps the stated margin.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import math
 import multiprocessing as mp
@@ -236,15 +237,11 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
     return p
 
 
-def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
-         params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1,
-         progress=None, world_size: int = 1) -> list[Prediction]:
-    """Every case of `suites` at `size` on `target`, planned: the grid the target's run would expand, in its order
-    (a distributed suite's at `world_size`, as one rank of it, as `bench run` would launch it).
-    With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
-    suite caches per point, such as packing's lengths and packings, serves all of them): each case's step on meta is
-    Python dispatch, one CPU a process, and full sizes take minutes on one. `progress(planned, total)` is told each
-    time a grid point's cases are planned."""
+def plan_points(suites: list[Suite], size: str, target: str, variants=None, params_filter: dict | None = None,
+                world_size: int = 1, cases_like: list[str] | None = None) -> list[tuple[Suite, dict, list[str]]]:
+    """The grid points a plan covers, in a run's order, each (suite, params, its variants): the grid the target's
+    run would expand (a distributed suite's at `world_size`), kept to `variants`, to the params `params_filter`
+    matches and to the case ids one of the shell-style globs `cases_like` matches."""
     points = []
     for suite in suites:
         for params in suite.grid(size, grid_device(target)):
@@ -252,9 +249,24 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
                 params = {**params, "world_size": world_size}
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
                 continue
-            chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)]
+            chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)
+                      and (cases_like is None or any(fnmatch.fnmatchcase(case_id(suite.name, v, params), g)
+                                                     for g in cases_like))]
             if chosen:
                 points.append((suite, params, chosen))
+    return points
+
+
+def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
+         params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1,
+         progress=None, world_size: int = 1, cases_like: list[str] | None = None) -> list[Prediction]:
+    """Every case of `suites` at `size` on `target`, planned (`plan_points` says which, and in what order): as one
+    rank of `world_size` for a distributed suite, as `bench run` would launch it.
+    With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
+    suite caches per point, such as packing's lengths and packings, serves all of them): each case's step on meta is
+    Python dispatch, one CPU a process, and full sizes take minutes on one. `progress(planned, total)` is told each
+    time a grid point's cases are planned."""
+    points = plan_points(suites, size, target, variants, params_filter, world_size, cases_like)
     how, total, planned = (target, gpu, capacity_bytes), sum(len(c) for _, _, c in points), 0
 
     def told(cases: list[Prediction]) -> list[Prediction]:

@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
                         "auto: this machine's GPU; cpu: this machine's CPU and memory (default: auto)")
     p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
+    p.add_argument("--case", action="append", metavar="GLOB",
+                   help="only cases whose case_id matches this shell-style glob (repeatable: any of them), as "
+                        "`bench run --case`, e.g. a case id copied from a report")
     p.add_argument("--world-size", type=int, default=1, metavar="N",
                    help="plan the distributed suites' cases as one rank of N (what each GPU of a run with N ranks "
                         "holds; default 1)")
@@ -59,7 +62,7 @@ def resolve_gpu(name: str) -> tuple[str, str | None, int | None]:
 def predictions(args, discover) -> tuple[list, dict]:
     """Plan what the arguments select; (predictions, a summary of the plan)."""
     from bench.cli_run import no_case_matches, parse_params, select
-    from bench.plan import grid_device, plan
+    from bench.plan import grid_device, plan, plan_points
 
     target, gpu, capacity = resolve_gpu(args.gpu)
     suites = select(discover(), args.suites, args.variant)
@@ -70,8 +73,12 @@ def predictions(args, discover) -> tuple[list, dict]:
     if args.world_size < 1:
         raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
     where = parse_params(args.params)
+    for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
+        if not plan_points(suites, args.size, target, args.variant, where, args.world_size, [glob]):
+            raise UsageError(f"no {args.size} case matches --case {glob!r} (case ids are suite/variant/k=v,... with "
+                             "keys sorted; `bench list` names the suites and variants)")
     out = plan(suites, args.size, target, gpu, args.variant, where, capacity, jobs, Progress(sys.stderr, start),
-               world_size=args.world_size)
+               world_size=args.world_size, cases_like=args.case)
     if where and not out:
         raise no_case_matches(suites, args.size, grid_device(target), where, args.params, args.variant,
                               args.world_size)

@@ -302,6 +302,18 @@ def test_cli_json_and_bad_gpu(capsys):
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
+def test_cli_plans_the_cases_a_glob_names_as_bench_run_would_run_them(capsys):
+    # a case id copied from a report, and a second glob: the plan keeps the cases either matches, in the grid's order
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--json", "--case",
+                 "moe/loop/dim=32,dtype=bfloat16,experts=16,hidden=32,part=dispatch,tokens=256,top_k=2",
+                 "--case", "moe/grouped_mm/*experts=8,*"]) == 0
+    ids = [p["case_id"] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    assert ids == ["moe/grouped_mm/dim=32,dtype=bfloat16,experts=8,hidden=32,part=dispatch,tokens=256,top_k=2",
+                   "moe/loop/dim=32,dtype=bfloat16,experts=16,hidden=32,part=dispatch,tokens=256,top_k=2"]
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--case", "moe/loop/*", "--case", "moe/lop/*"]) == 2
+    assert "no smoke case matches --case 'moe/lop/*'" in capsys.readouterr().err  # each glob must match a case
+
+
 @needs("plotly")
 def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
     out = tmp_path / "plan.html"
