@@ -1,11 +1,16 @@
-"""The page of a `bench plan` (`bench plan ... -o plan.html`): predicted memory per case against the GPU's capacity
-line, the roofline bound per case, and the table of every case with its parts or its reason.
+"""The page of a `bench plan` (`bench plan ... -o plan.html`): per suite, predicted memory per case against the GPU's
+capacity line beside the roofline bound per case, then the table of every case with its parts or its reason.
 
-It reads the plan's records only (the JSON objects `bench plan --json` prints under "predictions"): no torch.
+Cases are rows of horizontal bars, labelled by their variant and the params that differ between the suite's cases
+(the params they share are said once, above the chart): a full plan's case ids run to 150 characters, which as
+column labels left a strip of plot under a wall of rotated text. It reads the plan's records only (the JSON objects
+`bench plan --json` prints under "predictions"): no torch.
 """
 
 from __future__ import annotations
 
+import html
+from collections import Counter
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
@@ -13,6 +18,7 @@ from reports.html import figure, page, section, table
 
 GIB = 1 << 30
 PARTS = ("parameters", "gradients", "optimizer", "activations", "inputs", "transient")
+ROW_PX = 22  # a case's row in a chart
 
 
 def write_plan_page(records: list[dict], summary: dict, out: str | Path) -> Path:
@@ -20,17 +26,12 @@ def write_plan_page(records: list[dict], summary: dict, out: str | Path) -> Path
     return atomic_write_text(out, render(records, summary))
 
 
-def _label(r: dict) -> str:
-    params = ",".join(f"{k}={v}" for k, v in sorted(r["params"].items()) if k != "dtype")
-    return f"{r['suite']}/{r['variant']}<br>{params}"
-
-
 def render(records: list[dict], summary: dict) -> str:
     ok = [r for r in records if r["status"] == "ok"]
     where = summary.get("gpu") or "this CPU"
-    parts = [_memory(ok, summary)] if ok else []
-    if any(r.get("roofline_ms") is not None for r in ok):
-        parts.append(_roofline(ok))
+    parts = []
+    for suite in dict.fromkeys(r["suite"] for r in ok):  # in the plan's order
+        parts.append(_suite(suite, [r for r in ok if r["suite"] == suite], summary))
     rows = [{"case": r["case_id"], "status": r["status"],
              "peak GiB": None if r.get("peak_bytes") is None else r["peak_bytes"] / GIB,
              "reserved GiB": None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB,
@@ -38,42 +39,62 @@ def render(records: list[dict], summary: dict) -> str:
              "fits": r.get("fits"), "TFLOP": None if r.get("flops") is None else r["flops"] / 1e12,
              "roofline ms": r.get("roofline_ms"), "attention": ", ".join(r.get("attention") or []) or None,
              "reason": r.get("reason")} for r in records]
-    parts.append(section("Every case", table(rows, classes={"status": "status", "reason": "reason"})))
+    parts.append(section("Every case", table(rows, classes={"case": "case-id", "status": "status",
+                                                              "reason": "reason"})))
     subtitle = (f"{summary.get('cases', len(records))} cases at size {summary.get('size')}, planned on the meta "
                 f"device for {where}; fits = peak + headroom (1 GiB + 10% of the peak) <= memory")
     return page(f"bench plan: {where}", "\n".join(parts), subtitle)
 
 
-def _memory(ok: list[dict], summary: dict) -> str:
-    import plotly.graph_objects as go
+def labels(rows: list[dict]) -> tuple[list[str], dict]:
+    """(one short label per case: its variant and the params that differ between `rows`, the params all share)."""
+    keys = list(dict.fromkeys(k for r in rows for k in sorted(r["params"])))
+    shared = {k: rows[0]["params"][k] for k in keys
+              if all(k in r["params"] for r in rows) and len({repr(r["params"][k]) for r in rows}) == 1}
+    out = [" ".join([r["variant"], *(f"{k}={v}" for k, v in sorted(r["params"].items()) if k not in shared)])
+           for r in rows]
+    seen, twice = Counter(), {label for label, n in Counter(out).items() if n > 1}
+    for i, label in enumerate(out):  # two cases apart only in a key some lack: numbered, never merged into one bar
+        if label in twice:
+            seen[label] += 1
+            out[i] = f"{label} ({seen[label]})"
+    return out, shared
 
-    labels = [_label(r) for r in ok]
-    fig = go.Figure()
+
+def _suite(suite: str, rows: list[dict], summary: dict) -> str:
+    from plotly.subplots import make_subplots
+
+    names, shared = labels(rows)
+    roofline = any(r.get("roofline_ms") is not None for r in rows)
+    fig = make_subplots(rows=1, cols=2 if roofline else 1, shared_yaxes=True, horizontal_spacing=0.02,
+                        column_widths=[0.62, 0.38] if roofline else None,
+                        subplot_titles=["Predicted memory per case, GiB (parts stacked: not all live at once)",
+                                        *(["Roofline lower bound on step time, ms"] if roofline else [])])
+    hover = [r["case_id"] for r in rows]
     for part in PARTS:
-        fig.add_bar(name=part, x=labels, y=[r["parts"].get(part, 0) / GIB for r in ok])
-    fig.add_scatter(name="predicted peak", x=labels, y=[r["peak_bytes"] / GIB for r in ok], mode="markers",
-                    marker={"symbol": "line-ew-open", "size": 18, "color": "black"})
-    fig.add_scatter(name="peak + headroom", x=labels, y=[(r["peak_bytes"] + (r.get("headroom_bytes") or 0)) / GIB
-                                                         for r in ok], mode="markers",
-                    marker={"symbol": "line-ew-open", "size": 18, "color": "grey"})
-    if any(r.get("reserved_bytes") is not None for r in ok):  # a CUDA target: the allocator's segments, modelled
-        fig.add_scatter(name="reserved (caching allocator)", x=labels, mode="markers",
-                        y=[None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB for r in ok],
-                        marker={"symbol": "circle-open", "size": 9, "color": "purple"})
+        fig.add_bar(name=part, y=names, x=[r["parts"].get(part, 0) / GIB for r in rows], orientation="h",
+                    hovertext=hover, legendgroup=part, row=1, col=1)
+    marks = [("predicted peak", [r["peak_bytes"] for r in rows], "line-ns-open", 16, "black"),
+             ("peak + headroom", [r["peak_bytes"] + (r.get("headroom_bytes") or 0) for r in rows], "line-ns-open", 16,
+              "grey")]
+    if any(r.get("reserved_bytes") is not None for r in rows):  # a CUDA target: the allocator's segments, modelled
+        marks.append(("reserved (caching allocator)", [r.get("reserved_bytes") for r in rows], "circle-open", 9,
+                      "purple"))
+    for name, values, symbol, size, color in marks:
+        fig.add_scatter(name=name, y=names, x=[None if v is None else v / GIB for v in values], mode="markers",
+                        hovertext=hover, marker={"symbol": symbol, "size": size, "color": color}, row=1, col=1)
     capacity = summary.get("capacity_bytes")
     if capacity:
-        fig.add_hline(y=capacity / GIB, line_dash="dash", line_color="red",
+        fig.add_vline(x=capacity / GIB, line_dash="dash", line_color="red", row=1, col=1,
                       annotation_text=f"{summary.get('gpu') or 'memory'}: {capacity / GIB:.1f} GiB")
-    fig.update_layout(barmode="stack", yaxis_title="GiB", height=520, legend_orientation="h",
-                      title="Predicted memory per case (parts stacked: they need not be live at once)")
-    return section("Memory", figure(fig))
-
-
-def _roofline(ok: list[dict]) -> str:
-    import plotly.graph_objects as go
-
-    rows = [r for r in ok if r.get("roofline_ms") is not None]
-    fig = go.Figure(go.Bar(x=[_label(r) for r in rows], y=[r["roofline_ms"] for r in rows], name="roofline bound"))
-    fig.update_layout(yaxis_type="log", yaxis_title="ms (log)", height=460,
-                      title="Roofline lower bound on step time: max(FLOPs / peak, bytes moved / bandwidth)")
-    return section("Roofline", figure(fig))
+    if roofline:
+        fig.add_bar(name="roofline bound", y=names, x=[r.get("roofline_ms") for r in rows], orientation="h",
+                    hovertext=hover, marker_color="#4c78a8", row=1, col=2)
+        fig.update_xaxes(type="log", title_text="ms (log)", row=1, col=2)
+    fig.update_xaxes(title_text="GiB", row=1, col=1)
+    fig.update_yaxes(autorange="reversed", automargin=True)  # the plan's first case on top
+    fig.update_layout(barmode="stack", height=170 + ROW_PX * len(rows), legend_orientation="h",
+                      legend={"y": -60 / (170 + ROW_PX * len(rows)), "yanchor": "top"}, margin={"t": 60})
+    common = ", ".join(f"{k}={v}" for k, v in shared.items())
+    note = f'<p class="muted">every case here: {html.escape(common)}</p>' if common else ""
+    return section(f"{suite}: memory and roofline", note, figure(fig))
