@@ -39,8 +39,11 @@ def render(records: list[dict], summary: dict) -> str:
              "fits": r.get("fits"), "TFLOP": None if r.get("flops") is None else r["flops"] / 1e12,
              "roofline ms": r.get("roofline_ms"), "attention": ", ".join(r.get("attention") or []) or None,
              "reason": r.get("reason")} for r in records]
-    parts.append(section("Every case", table(rows, classes={"case": "case-id", "status": "status",
-                                                              "reason": "reason"})))
+    order = ["case", "status", "peak GiB", "reserved GiB", *(f"{p} GiB" for p in PARTS), "fits", "TFLOP",
+             "roofline ms", "attention", "reason"]  # whichever case comes first, not-plannable ones have no parts
+    columns = [c for c in order if any(r.get(c) is not None for r in rows)]
+    parts.append(section("Every case", table(rows, columns, classes={"case": "case-id", "status": "status",
+                                                                     "reason": "reason"})))
     subtitle = (f"{summary.get('cases', len(records))} cases at size {summary.get('size')}, planned on the meta "
                 f"device for {where}; fits = peak + headroom (1 GiB + 10% of the peak) <= memory")
     return page(f"bench plan: {where}", "\n".join(parts), subtitle)
@@ -93,8 +96,9 @@ def _suite(suite: str, rows: list[dict], summary: dict) -> str:
         fig.update_xaxes(type="log", title_text="ms (log)", row=1, col=2)
     fig.update_xaxes(title_text="GiB", row=1, col=1)
     fig.update_yaxes(autorange="reversed", automargin=True)  # the plan's first case on top
-    fig.update_layout(barmode="stack", height=170 + ROW_PX * len(rows), legend_orientation="h",
-                      legend={"y": -60 / (170 + ROW_PX * len(rows)), "yanchor": "top"}, margin={"t": 60})
+    plot_px = max(ROW_PX * len(rows), 120)  # the legend goes below the axis titles, a fixed 70 px under the plot
+    fig.update_layout(barmode="stack", height=plot_px + 60 + 130, margin={"t": 60, "b": 130}, legend_orientation="h",
+                      legend={"y": -70 / plot_px, "yanchor": "top"})
     common = ", ".join(f"{k}={v}" for k, v in shared.items())
     note = f'<p class="muted">every case here: {html.escape(common)}</p>' if common else ""
     return section(f"{suite}: memory and roofline", note, figure(fig))

@@ -38,13 +38,17 @@ def test_labels_are_the_variant_and_the_params_that_differ():
 
 
 def test_a_section_per_suite_in_the_plans_order_and_every_case_in_the_table():
-    records = [record("mla", "mha", context=1024), record("mla", "gqa", context=1024),
-               record("checkpointing", "none", batch=8), record("checkpointing", "offload", "not_plannable", batch=8)]
+    records = [record("checkpointing", "offload", "not_plannable", batch=8), record("mla", "mha", context=1024),
+               record("mla", "gqa", context=1024), record("checkpointing", "none", batch=8)]
     text = render(records, {"cases": 4, "size": "full", "gpu": "h200", "capacity_bytes": int(140.4 * GIB)})
+    # the suites in the order of their first plannable case
     assert text.index("mla: memory and roofline") < text.index("checkpointing: memory and roofline")
     assert "every case here: context=1024" in text and "h200: 140.4 GiB" in text
     assert "checkpointing/offload/batch=8" in text and "not_plannable" in text  # listed, with its reason
     assert "host memory" in text
+    # the table's columns in one order whichever case comes first: a not-plannable one has no parts
+    head = text[text.index("<thead>"):text.index("</thead>")]
+    assert head.index("peak GiB") < head.index("parameters GiB") < head.index("fits") < head.index("reason")
 
 
 # Per figure, once plotly has drawn it: how many cases its y axis holds, the plot's height, and each category label's
