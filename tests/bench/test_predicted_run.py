@@ -63,3 +63,24 @@ def test_skip_predicted_oom_implies_predict(tmp_path, capsys):
                  "--variant", "none", "--params", "model=None", "--skip-predicted-oom", "--out", str(out)]) == 0
     (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["metrics"]["predicted_peak_mem_bytes"] > 0  # on CPU: recorded, kept
+
+
+@needs("plotly")
+def test_the_report_counts_the_cases_within_the_target_and_the_reserved_error(tmp_path):
+    # a GPU run with --predict: peaks 0%, +5% and -20% off (2 of 3 within 10%), and where the case's process measured
+    # the allocator's segments, the reserved error beside them
+    from reports.run_report import render
+    from tests.runs import write_run
+
+    def case(variant, measured, predicted, reserved=None):
+        metrics = {"peak_mem_bytes": measured, "predicted_peak_mem_bytes": predicted}
+        if reserved:
+            metrics |= {"reserved_mem_bytes": reserved[0], "predicted_reserved_mem_bytes": reserved[1]}
+        return {"suite": "checkpointing", "variant": variant, "params": {"batch": 8}, "metrics": metrics}
+
+    run = write_run(tmp_path, "gpu", [case("none", 100, 100, (200, 210)), case("full", 100, 105, (200, 150)),
+                                      case("sqrt", 100, 80)])
+    page = render([run])
+    section = page[page.index("Predicted memory"):page.index("</table>", page.index("Predicted memory"))]
+    assert "within 10%" in section and "2 of 3" in section and "-20.0%" in section
+    assert "reserved: median |error|" in section and "15.0%" in section and "-25.0%" in section
