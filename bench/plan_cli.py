@@ -12,6 +12,7 @@ from pathlib import Path
 from bench import hardware
 from bench.commands import UsageError
 from bench.interference import affinity
+from bench.labels import case_labels, group_of
 from bench.suite import SIZES
 
 GIB = 1 << 30
@@ -114,6 +115,7 @@ def _gib(n: int | None) -> str:
 
 
 def render(preds, summary, console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     where = summary["gpu"] or "this CPU"
@@ -122,9 +124,13 @@ def render(preds, summary, console) -> None:
                   title=f"bench plan: {summary['size']} on {where} ({_gib(summary['capacity_bytes'])} GiB)",
                   caption="GiB columns but the last three; reserved: the CUDA caching allocator's segments; fits: "
                           "peak + headroom (1 GiB + 10% of the peak) <= memory")
+    names, shared = {}, {}
+    for group in dict.fromkeys(group_of(p.suite, p.params) for p in preds):  # labelled within each suite (part)
+        mine = [p for p in preds if group_of(p.suite, p.params) == group]
+        labels, shared[group] = case_labels([(p.variant, p.params) for p in mine])
+        names.update((id(p), f"{p.suite}/{escape(label)}") for p, label in zip(mine, labels))
     for p in preds:
-        params = ",".join(f"{k}={v}" for k, v in sorted(p.params.items()) if k != "dtype")
-        name = f"{p.suite}/{p.variant}\n[dim]{params}[/]"
+        name = names[id(p)]
         if p.attention:  # "math" in yellow: that attention holds its S x S scores on the target
             name += "\n[dim]attention:[/] " + ", ".join(f"[yellow]{k}[/]" if k == "math" else k for k in p.attention)
         if p.status != "ok":
@@ -136,6 +142,10 @@ def render(preds, summary, console) -> None:
                       ("parameters", "gradients", "optimizer", "activations", "inputs", "transient")),
                       f"{p.flops / 1e9:.4g}", f"{p.bytes_moved / 1e9:.4g}", roof, verdict)
     console.print(table)
+    for group, common in shared.items():
+        if common:
+            console.print(f"[dim]every {escape(group)} case here:[/] "
+                          + escape(", ".join(f"{k}={v}" for k, v in common.items())))
     console.print(f"{summary['cases']} cases, {summary['plannable']} plannable, {summary['fits']} fit; "
                   f"planned in {summary['elapsed_s']} s")
 

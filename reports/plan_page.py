@@ -2,18 +2,19 @@
 capacity line beside the roofline bound per case, then the table of every case with its parts or its reason.
 
 Cases are rows of horizontal bars, labelled by their variant and the params that differ between the suite's cases
-(the params they share are said once, above the chart): a full plan's case ids run to 150 characters, which as
-column labels left a strip of plot under a wall of rotated text. It reads the plan's records only (the JSON objects
-`bench plan --json` prints under "predictions"): no torch.
+(bench.labels; the params they share are said once, above the chart): a full plan's case ids run to 150
+characters, which as column labels left a strip of plot under a wall of rotated text. A suite with parts gets a
+chart per part. It reads the plan's records only (the JSON objects `bench plan --json` prints under "predictions"):
+no torch.
 """
 
 from __future__ import annotations
 
 import html
-from collections import Counter
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
+from bench.labels import case_labels, group_of
 from reports.html import figure, page, section, table
 
 GIB = 1 << 30
@@ -30,8 +31,8 @@ def render(records: list[dict], summary: dict) -> str:
     ok = [r for r in records if r["status"] == "ok"]
     where = summary.get("gpu") or "this CPU"
     parts = []
-    for suite in dict.fromkeys(r["suite"] for r in ok):  # in the plan's order
-        parts.append(_suite(suite, [r for r in ok if r["suite"] == suite], summary))
+    for group in dict.fromkeys(group_of(r["suite"], r["params"]) for r in ok):  # in the plan's order
+        parts.append(_suite(group, [r for r in ok if group_of(r["suite"], r["params"]) == group], summary))
     rows = [{"case": r["case_id"], "status": r["status"],
              "peak GiB": None if r.get("peak_bytes") is None else r["peak_bytes"] / GIB,
              "reserved GiB": None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB,
@@ -50,21 +51,11 @@ def render(records: list[dict], summary: dict) -> str:
 
 
 def labels(rows: list[dict]) -> tuple[list[str], dict]:
-    """(one short label per case: its variant and the params that differ between `rows`, the params all share)."""
-    keys = list(dict.fromkeys(k for r in rows for k in sorted(r["params"])))
-    shared = {k: rows[0]["params"][k] for k in keys
-              if all(k in r["params"] for r in rows) and len({repr(r["params"][k]) for r in rows}) == 1}
-    out = [" ".join([r["variant"], *(f"{k}={v}" for k, v in sorted(r["params"].items()) if k not in shared)])
-           for r in rows]
-    seen, twice = Counter(), {label for label, n in Counter(out).items() if n > 1}
-    for i, label in enumerate(out):  # two cases apart only in a key some lack: numbered, never merged into one bar
-        if label in twice:
-            seen[label] += 1
-            out[i] = f"{label} ({seen[label]})"
-    return out, shared
+    """(a short label per case: its variant and the params that differ between `rows`, the params all share)."""
+    return case_labels([(r["variant"], r["params"]) for r in rows])
 
 
-def _suite(suite: str, rows: list[dict], summary: dict) -> str:
+def _suite(group: str, rows: list[dict], summary: dict) -> str:
     from plotly.subplots import make_subplots
 
     names, shared = labels(rows)
@@ -101,4 +92,4 @@ def _suite(suite: str, rows: list[dict], summary: dict) -> str:
                       legend={"y": -70 / plot_px, "yanchor": "top"})
     common = ", ".join(f"{k}={v}" for k, v in shared.items())
     note = f'<p class="muted">every case here: {html.escape(common)}</p>' if common else ""
-    return section(f"{suite}: memory and roofline", note, figure(fig))
+    return section(f"{group}: memory and roofline", note, figure(fig))

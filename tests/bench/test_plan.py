@@ -302,6 +302,15 @@ def test_cli_json_and_bad_gpu(capsys):
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
+def test_the_table_labels_cases_by_the_params_that_tell_them_apart(capsys):
+    # moe's balance and dispatch parts share no params: each part's shared ones are said once, below the table
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "moe/grouped_triton experts=8" in out and "moe/loop experts=16" in out
+    assert "every moe dispatch case here: dim=32, dtype=bfloat16, hidden=32, part=dispatch, tokens=256, top_k=2" in out
+    assert "tokens=256" not in out.split("every moe")[0]  # in no row of the table
+
+
 def test_cli_plans_the_cases_a_glob_names_as_bench_run_would_run_them(capsys):
     # a case id copied from a report, and a second glob: the plan keeps the cases either matches, in the grid's order
     assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--json", "--case",
