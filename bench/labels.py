@@ -23,11 +23,15 @@ def case_labels(cases: list[tuple[str, dict]]) -> tuple[list[str], dict]:
               if all(k in params for _, params in cases) and len({repr(params[k]) for _, params in cases}) == 1}
     out = [" ".join([variant, *(f"{k}={v}" for k, v in sorted(params.items()) if k not in shared)])
            for variant, params in cases]
-    seen, twice = Counter(), {label for label, n in Counter(out).items() if n > 1}
+    twice = {label for label, n in Counter(out).items() if n > 1}
+    taken, n = set(out) - twice, Counter()
     for i, label in enumerate(out):
-        if label in twice:
-            seen[label] += 1
-            out[i] = f"{label} ({seen[label]})"
+        if label in twice:  # numbered past any label already taken: "x=1 (1)" may be a value of its own
+            while f"{label} ({n[label] + 1})" in taken:
+                n[label] += 1
+            n[label] += 1
+            out[i] = f"{label} ({n[label]})"
+            taken.add(out[i])
     return out, shared
 
 

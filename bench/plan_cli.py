@@ -74,15 +74,18 @@ def predictions(args, discover) -> tuple[list, dict]:
     if args.world_size < 1:
         raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
     where = parse_params(args.params)
-    for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
-        if not plan_points(suites, args.size, target, args.variant, where, args.world_size, [glob]):
-            raise UsageError(f"no {args.size} case matches --case {glob!r} (case ids are suite/variant/k=v,... with "
-                             "keys sorted; `bench list` names the suites and variants)")
-    out = plan(suites, args.size, target, gpu, args.variant, where, capacity, jobs, Progress(sys.stderr, start),
-               world_size=args.world_size, cases_like=args.case)
-    if where and not out:
+    if where and not plan_points(suites, args.size, target, args.variant, where, args.world_size):
         raise no_case_matches(suites, args.size, grid_device(target), where, args.params, args.variant,
                               args.world_size)
+    narrowed = ", ".join(flag for flag, given in (("--variant", args.variant), ("--params", where),
+                                                   ("--world-size", args.world_size != 1)) if given)
+    for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
+        if not plan_points(suites, args.size, target, args.variant, where, args.world_size, [glob]):
+            among = f"it matches none of the cases that {narrowed} leave" if narrowed else "case ids are " \
+                "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants"
+            raise UsageError(f"no {args.size} case matches --case {glob!r} ({among})")
+    out = plan(suites, args.size, target, gpu, args.variant, where, capacity, jobs, Progress(sys.stderr, start),
+               world_size=args.world_size, cases_like=args.case)
     summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}
@@ -128,7 +131,9 @@ def render(preds, summary, console) -> None:
     for group in dict.fromkeys(group_of(p.suite, p.params) for p in preds):  # labelled within each suite (part)
         mine = [p for p in preds if group_of(p.suite, p.params) == group]
         labels, shared[group] = case_labels([(p.variant, p.params) for p in mine])
-        names.update((id(p), f"{p.suite}/{escape(label)}") for p, label in zip(mine, labels))
+        # the part in each row: a part of one grid point is labelled by its variant alone (fp8's gemm and training)
+        names.update((id(p), escape(f"{p.suite}/{label}" + (f" part={p.params['part']}" if "part" in p.params
+                                                             else ""))) for p, label in zip(mine, labels))
     for p in preds:
         name = names[id(p)]
         if p.attention:  # "math" in yellow: that attention holds its S x S scores on the target

@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
         found = [row for row in rows if row.suite == suite and row.error is not None]
         if found:
             worst = max(found, key=lambda row: abs(row.error))
-            print(f"{suite}: {len(found)} planned, {sum(abs(row.error) <= TARGET for row in found)} within "
+            print(f"{suite}: {len(found)} planned, {sum(abs(row.error) <= TARGET + 1e-12 for row in found)} within "
                   f"{TARGET:.0%} of the measured peak, worst {worst.error:+.2%} ({worst.case_id})")
     return 0
 

@@ -59,12 +59,13 @@ def _suite(group: str, rows: list[dict], summary: dict) -> str:
     from plotly.subplots import make_subplots
 
     names, shared = labels(rows)
+    names = [html.escape(n) for n in names]  # plotly draws labels as HTML: x<b> would read as x
     roofline = any(r.get("roofline_ms") is not None for r in rows)
     fig = make_subplots(rows=1, cols=2 if roofline else 1, shared_yaxes=True, horizontal_spacing=0.02,
                         column_widths=[0.62, 0.38] if roofline else None,
                         subplot_titles=["Predicted memory per case, GiB (parts stacked: not all live at once)",
                                         *(["Roofline lower bound on step time, ms"] if roofline else [])])
-    hover = [r["case_id"] for r in rows]
+    hover = [html.escape(r["case_id"]) for r in rows]
     for part in PARTS:
         fig.add_bar(name=part, y=names, x=[r["parts"].get(part, 0) / GIB for r in rows], orientation="h",
                     hovertext=hover, legendgroup=part, row=1, col=1)

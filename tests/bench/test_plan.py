@@ -309,6 +309,10 @@ def test_the_table_labels_cases_by_the_params_that_tell_them_apart(capsys):
     assert "moe/grouped_triton experts=8" in out and "moe/loop experts=16" in out
     assert "every moe dispatch case here: dim=32, dtype=bfloat16, hidden=32, part=dispatch, tokens=256, top_k=2" in out
     assert "tokens=256" not in out.split("every moe")[0]  # in no row of the table
+    # a part of one grid point is labelled by its variant alone: the part in the row tells fp8's parts apart
+    assert main(["plan", "fp8", "--size", "smoke", "--gpu", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "fp8/bf16 part=gemm" in out and "fp8/bf16 part=training" in out
 
 
 def test_cli_plans_the_cases_a_glob_names_as_bench_run_would_run_them(capsys):
@@ -321,6 +325,12 @@ def test_cli_plans_the_cases_a_glob_names_as_bench_run_would_run_them(capsys):
                    "moe/loop/dim=32,dtype=bfloat16,experts=16,hidden=32,part=dispatch,tokens=256,top_k=2"]
     assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--case", "moe/loop/*", "--case", "moe/lop/*"]) == 2
     assert "no smoke case matches --case 'moe/lop/*'" in capsys.readouterr().err  # each glob must match a case
+    # --params that select nothing say so first, and a glob outside what --variant keeps says that
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--params", "experts=99", "--case", "moe/*"]) == 2
+    assert "no smoke case matches --params experts=99 (experts takes 8, 16;" in capsys.readouterr().err
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--variant", "loop", "--case",
+                 "moe/grouped_mm/*"]) == 2
+    assert "(it matches none of the cases that --variant leave)" in capsys.readouterr().err
 
 
 @needs("plotly")

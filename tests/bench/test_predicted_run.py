@@ -70,7 +70,7 @@ def test_the_report_counts_the_cases_within_the_target_and_the_reserved_error(tm
     # a GPU run with --predict: peaks 0%, +5% and -20% off (2 of 3 within 10%), and where the case's process measured
     # the allocator's segments, the reserved error beside them
     from reports.run_report import render
-    from tests.runs import write_run
+    from tests.runs import A100, write_run
 
     def case(variant, measured, predicted, reserved=None):
         metrics = {"peak_mem_bytes": measured, "predicted_peak_mem_bytes": predicted}
@@ -79,8 +79,13 @@ def test_the_report_counts_the_cases_within_the_target_and_the_reserved_error(tm
         return {"suite": "checkpointing", "variant": variant, "params": {"batch": 8}, "metrics": metrics}
 
     run = write_run(tmp_path, "gpu", [case("none", 100, 100, (200, 210)), case("full", 100, 105, (200, 150)),
-                                      case("sqrt", 100, 80)])
+                                      case("sqrt", 100, 80), case("selective", 100, 110)])  # +10% is within
     page = render([run])
     section = page[page.index("Predicted memory"):page.index("</table>", page.index("Predicted memory"))]
-    assert "within 10%" in section and "2 of 3" in section and "-20.0%" in section
+    assert "within 10%" in section and "3 of 4" in section and "-20.0%" in section
     assert "reserved: median |error|" in section and "15.0%" in section and "-25.0%" in section
+    # two GPUs' runs: a row each
+    other = write_run(tmp_path, "other", [case("none", 100, 130)], gpu=A100)
+    page = render([run, other])
+    section = page[page.index("Predicted memory"):page.index("</table>", page.index("Predicted memory"))]
+    assert "<th>run</th>" in section and "3 of 4" in section and "0 of 1" in section

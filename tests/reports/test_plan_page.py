@@ -35,6 +35,16 @@ def test_labels_are_the_variant_and_the_params_that_differ():
     # two cases apart only in a key one of them lacks, which has the same label: numbered, never one bar
     twins = [record("x", "v", a=1), record("x", "v", a=1, b=None)]
     assert labels(twins)[0][0] != labels(twins)[0][1]
+    # numbered past a label a value already reads as: every label stays one case's
+    tricky = [record("x", "v", a="1 (1)"), record("x", "v", a=1), record("x", "v", a="1")]
+    assert len(set(labels(tricky)[0])) == 3
+
+
+def test_labels_and_hover_text_are_escaped_for_plotly():
+    # plotly reads a category label as HTML: unescaped, c=x<b> would be drawn as the label of c=x
+    text = render([record("s", "v", c="x<b>"), record("s", "v", c="x")],
+                  {"cases": 2, "size": "full", "gpu": "h200", "capacity_bytes": 140 * GIB})
+    assert "v c=x&lt;b&gt;" in text and "v c=x<b>" not in text
 
 
 def test_a_section_per_suite_in_the_plans_order_and_every_case_in_the_table():
