@@ -14,7 +14,6 @@ from bench.memory import TensorMemoryTracker, cuda_peak
 from bench.metrics import Metric, timing
 from bench.suite import (
     Measurement,
-    NotPlannable,
     Relative,
     Suite,
     Workload,
@@ -118,10 +117,7 @@ def training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=N
 
 def build_training_step(variant: str, params: dict, device: str, seed: int = 0, wrap=None):
     """training_step's (model, forward, x, target, step), the step not yet run; on the meta device the batch is
-    shapes only (offload, which copies the saved activations to host memory, is not plannable)."""
-    if device == "meta" and variant == "offload":
-        raise NotPlannable("offload copies the saved activations to host memory, which the meta device cannot "
-                           "stand for")
+    shapes only (offload's host copies: bench.plan_offload)."""
     dtype = getattr(torch, params["dtype"])
     cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
     if params.get("model") == HF:

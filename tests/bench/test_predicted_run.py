@@ -25,9 +25,8 @@ def test_predict_records_the_plan_beside_the_measured_peak(tmp_path):
     code, records = checkpointing_run(tmp_path / "run", predict=True)
     by = {r.variant: r.metrics for r in records}
     assert code == 0 and set(by) == {"none", "full", "offload"}
-    for variant in ("none", "full"):  # on CPU the tracker is exact, and so is the plan (tests/bench/test_plan.py)
+    for variant in ("none", "full", "offload"):  # on CPU the tracker is exact, and so is the plan (test_plan.py)
         assert by[variant]["predicted_peak_mem_bytes"] == pytest.approx(by[variant]["peak_mem_bytes"], rel=0.02)
-    assert by["offload"]["predicted_peak_mem_bytes"] is None  # CPU offload's copies are not plannable: no guess
     # the caching allocator's reserved bytes, predicted and measured, are a GPU's alone
     assert all(m["predicted_reserved_mem_bytes"] is None and "reserved_mem_bytes" not in m for m in by.values())
     code, plain = checkpointing_run(tmp_path / "plain")
