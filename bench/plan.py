@@ -97,6 +97,9 @@ class Prediction:
     attention: list[str] = field(default_factory=list)
     """The SDPA kernels the step's attention takes on the target (bench.plan_attention): "flash", "efficient",
     "cudnn", or "math", which holds each call's S x S scores. Empty where the step calls no SDPA."""
+    host_bytes: int | None = None
+    """The most host memory the case's offloaded copies hold at once (bench.plan_offload; pinned on a GPU), where it
+    offloads: not in the device's figures, and no fits verdict checks it."""
 
     @property
     def case_id(self) -> str:
@@ -166,7 +169,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     allocator = CachingAllocatorModel() if gpu else None
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
-            target_offload(target), TensorMemoryTracker(allocator, host_builds=not gpu) as total:
+            target_offload(target) as offload, TensorMemoryTracker(allocator, host_builds=not gpu) as total:
         w = suite.workload(variant, dict(params), META, target)
         if warm_up is None:
             warm_up = not w.stateless
@@ -199,7 +202,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
                 "grad_bytes": _storage_bytes(p.grad for p in parameters),
                 "activation_bytes": saved.total(META), "flops": counted.flops + w.uncounted_flops,
                 "bytes_moved": counted.bytes + w.uncounted_bytes,
-                "attention": sorted(kernels)}
+                "attention": sorted(kernels), "host_bytes": offload.peak_host_bytes or None}
 
 
 def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | None = None,
@@ -227,7 +230,8 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
                "activations": raw["activation_bytes"], "inputs": max(0, raw["other_bytes"])}
     p.parts["transient"] = max(0, raw["peak_bytes"] - sum(p.parts.values()))
     p.step_peak_bytes, p.peak_bytes, p.reserved_bytes = raw["step_peak_bytes"], raw["peak_bytes"], raw["reserved_bytes"]
-    p.flops, p.bytes_moved, p.attention = raw["flops"], raw["bytes_moved"], raw["attention"]
+    p.flops, p.bytes_moved, p.attention, p.host_bytes = raw["flops"], raw["bytes_moved"], raw["attention"], \
+        raw["host_bytes"]
     tflops, gbps = hardware.peak_tflops(gpu, p.dtype), hardware.peak_gbps(gpu)
     if tflops and gbps:
         p.roofline_ms = 1e3 * max(p.flops / (tflops * 1e12), p.bytes_moved / (gbps * 1e9))

@@ -147,6 +147,9 @@ def render(preds, summary, console) -> None:
                       ("parameters", "gradients", "optimizer", "activations", "inputs", "transient")),
                       f"{p.flops / 1e9:.4g}", f"{p.bytes_moved / 1e9:.4g}", roof, verdict)
     console.print(table)
+    hosted = [f"{names[id(p)]} {_gib(p.host_bytes)} GiB" for p in preds if p.host_bytes]
+    if hosted:  # pinned host memory, which no fits verdict checks
+        console.print("[dim]host memory of offload's copies, in no fits verdict:[/] " + "; ".join(hosted))
     for group, common in shared.items():
         if common:
             console.print(f"[dim]every {escape(group)} case here:[/] "

@@ -36,11 +36,12 @@ def render(records: list[dict], summary: dict) -> str:
     rows = [{"case": r["case_id"], "status": r["status"],
              "peak GiB": None if r.get("peak_bytes") is None else r["peak_bytes"] / GIB,
              "reserved GiB": None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB,
+             "host GiB": None if r.get("host_bytes") is None else r["host_bytes"] / GIB,
              **{f"{p} GiB": r["parts"][p] / GIB for p in PARTS if p in r.get("parts", {})},
              "fits": r.get("fits"), "TFLOP": None if r.get("flops") is None else r["flops"] / 1e12,
              "roofline ms": r.get("roofline_ms"), "attention": ", ".join(r.get("attention") or []) or None,
              "reason": r.get("reason")} for r in records]
-    order = ["case", "status", "peak GiB", "reserved GiB", *(f"{p} GiB" for p in PARTS), "fits", "TFLOP",
+    order = ["case", "status", "peak GiB", "reserved GiB", "host GiB", *(f"{p} GiB" for p in PARTS), "fits", "TFLOP",
              "roofline ms", "attention", "reason"]  # whichever case comes first, not-plannable ones have no parts
     columns = [c for c in order if any(r.get(c) is not None for r in rows)]
     parts.append(section("Every case", table(rows, columns, classes={"case": "case-id", "status": "status",

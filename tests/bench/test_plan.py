@@ -298,6 +298,11 @@ def test_cli_json_and_bad_gpu(capsys):
     # offload's saved tensors are in host memory on a GPU: what the step holds on the device is less
     offload = by_status["offloadNone"]
     assert offload["status"] == "ok" and 0 < offload["step_peak_bytes"] < by_status["noneNone"]["step_peak_bytes"]
+    # ... and held there: at least what none saves on the device, parameters copied besides (bench.plan_offload)
+    assert offload["host_bytes"] >= by_status["noneNone"]["parts"]["activations"] > 0
+    assert by_status["noneNone"]["host_bytes"] is None
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "--variant", "offload"]) == 0
+    assert "host memory of offload's copies, in no fits verdict: checkpointing/offload" in capsys.readouterr().out
     assert main(["plan", "--gpu", "nosuch"]) == 2
     assert "unknown GPU (valid: h200" in capsys.readouterr().err
     if not torch.cuda.is_available():
