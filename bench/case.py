@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.hardware import device_name, peak_gbps, peak_tflops
+from bench.interference import mem_available_bytes
 from bench.progress import forwarding
 from bench.suite import SUITES, Measurement, Skip, Suite, case_id
 from bench.timing import time_floor
@@ -133,7 +134,8 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:
     """({"predicted_peak_mem_bytes": ..., "predicted_reserved_mem_bytes": ...}, why the case is skipped or None):
     bench.plan's prediction (bytes or None; reserved bytes on a GPU only), and under skip_predicted_oom on a GPU, a
-    case whose predicted peak and headroom exceed the device's memory."""
+    case whose predicted peak and headroom exceed the device's memory, or whose offloaded copies (bench.plan_offload:
+    pinned host memory) exceed the host memory available now."""
     import torch
 
     from bench import plan
@@ -149,10 +151,13 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
     if case.skip_predicted_oom and device.startswith("cuda"):
         total = torch.cuda.mem_get_info(torch.device(device))[1]
         spare = plan.headroom(p.peak_bytes)
+        gib, host = 2**30, mem_available_bytes()
         if p.peak_bytes + spare > total:
-            gib = 2**30
             too_big = (f"predicted not to fit: a peak of {p.peak_bytes / gib:.2f} GiB + {spare / gib:.2f} GiB "
                        f"headroom > the {total / gib:.2f} GiB of {device} (--skip-predicted-oom)")
+        elif p.host_bytes and host is not None and p.host_bytes > host:
+            too_big = (f"predicted not to fit in host memory: offload's pinned copies hold {p.host_bytes / gib:.2f} "
+                       f"GiB > the {host / gib:.2f} GiB available (--skip-predicted-oom)")
     from bench.plan_alloc import default_config
 
     reserved = p.reserved_bytes if default_config() else None  # the model is of the default configuration

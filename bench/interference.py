@@ -66,6 +66,14 @@ KEYS = (*HOST_KEYS, *GPU_KEYS, "contended")
 TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # USER_HZ of /proc's tick counts
 
 
+def mem_available_bytes() -> int | None:
+    """The host memory available now (MemAvailable of /proc/meminfo); None where there is no such line."""
+    for line in (_read("/proc/meminfo") or b"").split(b"\n"):
+        if line.startswith(b"MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 def _read(path: str) -> bytes | None:
     try:
         with open(path, "rb") as f:
@@ -383,10 +391,7 @@ def machine_state(since: list[HostSample | None] = (), root: int | None = None) 
     begin = old[-1] if old else (fresh[0] if fresh else None)
     span = None if now is None or begin is None else now.t_s - begin.t_s
     over = rates(begin, now) if span is not None and span >= MIN_SPAN_S else dict.fromkeys(HOST_KEYS)
-    available = None
-    for line in (_read("/proc/meminfo") or b"").split(b"\n"):
-        if line.startswith(b"MemAvailable:"):
-            available = int(line.split()[1]) * 1024
+    available = mem_available_bytes()
     from bench.telemetry import gpu_state  # telemetry imports this module: imported here, when a run needs it
 
     return {"load_avg": load_avg(), "mem_available_bytes": available,

@@ -56,6 +56,25 @@ def test_a_case_predicted_not_to_fit_is_skipped_on_a_gpu(monkeypatch):
     assert predict_case(SUITES["checkpointing"], no_skip, "cuda:0")[1] is None  # --predict alone never skips
 
 
+def test_offloads_host_copies_past_the_hosts_memory_are_skipped_on_a_gpu(monkeypatch):
+    # offload's saved tensors go to pinned host memory (bench.plan_offload): a host without room for them is no place
+    # to run it, however much the GPU holds
+    import bench.case
+
+    params = next(p for p in SUITES["checkpointing"].grid("smoke", "cuda:0") if "model" not in p)
+    case = Case("checkpointing", "offload", params, "suites.checkpointing", predict=True, skip_predicted_oom=True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**40, 2**40))  # 1 TiB GPU
+    monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 2**20)  # 1 MiB of host memory
+    _, why = predict_case(SUITES["checkpointing"], case, "cuda:0")
+    assert why.startswith("predicted not to fit in host memory: offload's pinned copies hold ") and "GiB > the " \
+        "0.00 GiB available" in why
+    monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 2**40)
+    assert predict_case(SUITES["checkpointing"], case, "cuda:0")[1] is None
+    none = Case("checkpointing", "none", params, "suites.checkpointing", predict=True, skip_predicted_oom=True)
+    monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 2**20)
+    assert predict_case(SUITES["checkpointing"], none, "cuda:0")[1] is None  # no offload: no host copies to hold
+
+
 def test_skip_predicted_oom_implies_predict(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "checkpointing", "--size", "smoke", "--device", "cpu", "--inline", "--threads", "1",
