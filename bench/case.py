@@ -151,11 +151,11 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
     if case.skip_predicted_oom and device.startswith("cuda"):
         total = torch.cuda.mem_get_info(torch.device(device))[1]
         spare = plan.headroom(p.peak_bytes)
-        gib, host = 2**30, mem_available_bytes()
+        gib = 2**30
         if p.peak_bytes + spare > total:
             too_big = (f"predicted not to fit: a peak of {p.peak_bytes / gib:.2f} GiB + {spare / gib:.2f} GiB "
                        f"headroom > the {total / gib:.2f} GiB of {device} (--skip-predicted-oom)")
-        elif p.host_bytes and host is not None and p.host_bytes > host:
+        elif p.host_bytes and (host := mem_available_bytes()) is not None and p.host_bytes > host:
             too_big = (f"predicted not to fit in host memory: offload's pinned copies hold {p.host_bytes / gib:.2f} "
                        f"GiB > the {host / gib:.2f} GiB available (--skip-predicted-oom)")
     from bench.plan_alloc import default_config

@@ -127,9 +127,10 @@ def render(preds, summary, console) -> None:
                   title=f"bench plan: {summary['size']} on {where} ({_gib(summary['capacity_bytes'])} GiB)",
                   caption="GiB columns but the last three; reserved: the CUDA caching allocator's segments; fits: "
                           "peak + headroom (1 GiB + 10% of the peak) <= memory")
-    names, shared = {}, {}
-    for group in dict.fromkeys(group_of(p.suite, p.params) for p in preds):  # labelled within each suite (part)
-        mine = [p for p in preds if group_of(p.suite, p.params) == group]
+    groups, names, shared = {}, {}, {}
+    for p in preds:  # labelled within each suite, or each part of one
+        groups.setdefault(group_of(p.suite, p.params), []).append(p)
+    for group, mine in groups.items():
         labels, shared[group] = case_labels([(p.variant, p.params) for p in mine])
         # the part in each row: a part of one grid point is labelled by its variant alone (fp8's gemm and training)
         names.update((id(p), escape(f"{p.suite}/{label}" + (f" part={p.params['part']}" if "part" in p.params

@@ -30,9 +30,10 @@ def write_plan_page(records: list[dict], summary: dict, out: str | Path) -> Path
 def render(records: list[dict], summary: dict) -> str:
     ok = [r for r in records if r["status"] == "ok"]
     where = summary.get("gpu") or "this CPU"
-    parts = []
-    for group in dict.fromkeys(group_of(r["suite"], r["params"]) for r in ok):  # in the plan's order
-        parts.append(_suite(group, [r for r in ok if group_of(r["suite"], r["params"]) == group], summary))
+    groups = {}
+    for r in ok:  # in the plan's order
+        groups.setdefault(group_of(r["suite"], r["params"]), []).append(r)
+    parts = [_suite(group, rows, summary) for group, rows in groups.items()]
     rows = [{"case": r["case_id"], "status": r["status"],
              "peak GiB": None if r.get("peak_bytes") is None else r["peak_bytes"] / GIB,
              "reserved GiB": None if r.get("reserved_bytes") is None else r["reserved_bytes"] / GIB,

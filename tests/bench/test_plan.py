@@ -6,8 +6,6 @@ the tracker (warm-up, then the tracked step, as `measure` does). Sizes per suite
 CPU step takes under a few seconds on a busy 2-core machine (QUICK below says which, and why not the others).
 """
 
-import io
-import json
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -22,11 +20,10 @@ from bench.distributed import one_rank_group
 from bench.flops import flop_counter_mode
 from bench.memory import TensorMemoryTracker, peak_bytes
 from bench.plan import HEADROOM_BYTES, StepCounter, headroom, plan, plan_case, predict_peak, run_step
-from bench.plan_cli import Progress
 from bench.plan_meta import IndexValues, MetaKernels
 from bench.suite import SUITES, NotPlannable, Skip, discover
 from tests.allocator import SCRATCH, unobserved_peak
-from tests.optional import missing, needs
+from tests.optional import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -287,71 +284,6 @@ def test_hardware_memory_and_names():
     assert hardware.resolve("nosuch") is None
 
 
-def test_cli_json_and_bad_gpu(capsys):
-    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "--variant", "none", "offload",
-                 "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    # none at our model's point and at transformers' (skipped where transformers is not installed), and offload
-    assert out["gpu"] == "h200" and out["cases"] == 3 and out["fits"] == (2 if missing("transformers") else 3)
-    by_status = {p["variant"] + str(p["params"].get("model")): p for p in out["predictions"]}
-    assert by_status["noneNone"]["fits"] is True and by_status["noneNone"]["peak_bytes"] > 0
-    # offload's saved tensors are in host memory on a GPU: what the step holds on the device is less
-    offload = by_status["offloadNone"]
-    assert offload["status"] == "ok" and 0 < offload["step_peak_bytes"] < by_status["noneNone"]["step_peak_bytes"]
-    # ... and held there: at least what none saves on the device, parameters copied besides (bench.plan_offload)
-    assert offload["host_bytes"] >= by_status["noneNone"]["parts"]["activations"] > 0
-    assert by_status["noneNone"]["host_bytes"] is None
-    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "--variant", "offload"]) == 0
-    assert "host memory of offload's copies, in no fits verdict: checkpointing/offload" in capsys.readouterr().out
-    assert main(["plan", "--gpu", "nosuch"]) == 2
-    assert "unknown GPU (valid: h200" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        assert main(["plan", "checkpointing", "--gpu", "auto"]) == 2
-        assert "no CUDA GPU" in capsys.readouterr().err
-
-
-def test_the_table_labels_cases_by_the_params_that_tell_them_apart(capsys):
-    # moe's balance and dispatch parts share no params: each part's shared ones are said once, below the table
-    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100"]) == 0
-    out = capsys.readouterr().out
-    assert "moe/grouped_triton experts=8" in out and "moe/loop experts=16" in out
-    assert "every moe dispatch case here: dim=32, dtype=bfloat16, hidden=32, part=dispatch, tokens=256, top_k=2" in out
-    assert "tokens=256" not in out.split("every moe")[0]  # in no row of the table
-    # a part of one grid point is labelled by its variant alone: the part in the row tells fp8's parts apart
-    assert main(["plan", "fp8", "--size", "smoke", "--gpu", "h100"]) == 0
-    out = capsys.readouterr().out
-    assert "fp8/bf16 part=gemm" in out and "fp8/bf16 part=training" in out
-
-
-def test_cli_plans_the_cases_a_glob_names_as_bench_run_would_run_them(capsys):
-    # a case id copied from a report, and a second glob: the plan keeps the cases either matches, in the grid's order
-    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--json", "--case",
-                 "moe/loop/dim=32,dtype=bfloat16,experts=16,hidden=32,part=dispatch,tokens=256,top_k=2",
-                 "--case", "moe/grouped_mm/*experts=8,*"]) == 0
-    ids = [p["case_id"] for p in json.loads(capsys.readouterr().out)["predictions"]]
-    assert ids == ["moe/grouped_mm/dim=32,dtype=bfloat16,experts=8,hidden=32,part=dispatch,tokens=256,top_k=2",
-                   "moe/loop/dim=32,dtype=bfloat16,experts=16,hidden=32,part=dispatch,tokens=256,top_k=2"]
-    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--case", "moe/loop/*", "--case", "moe/lop/*"]) == 2
-    assert "no smoke case matches --case 'moe/lop/*'" in capsys.readouterr().err  # each glob must match a case
-    # --params that select nothing say so first, and a glob outside what --variant keeps says that
-    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--params", "experts=99", "--case", "moe/*"]) == 2
-    assert "no smoke case matches --params experts=99 (experts takes 8, 16;" in capsys.readouterr().err
-    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h100", "--variant", "loop", "--case",
-                 "moe/grouped_mm/*"]) == 2
-    assert "(it matches none of the cases that --variant leave)" in capsys.readouterr().err
-
-
-@needs("plotly")
-def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
-    out = tmp_path / "plan.html"
-    assert main(["plan", "mla", "--size", "smoke", "--gpu", "h100", "-o", str(out)]) == 0
-    assert "h100 80gb hbm3" in capsys.readouterr().out
-    text = out.read_text()
-    assert "Predicted memory per case" in text and "Roofline lower bound" in text and "79.6 GiB" in text
-    assert "reserved (caching allocator)" in text and "reserved GiB" in text  # a GPU's: its segments, modelled
-    assert "not_plannable" in text  # the cache part has no step: listed with its reason
-
-
 def test_planning_in_forked_processes_gives_the_same_plan_in_the_same_order(registry, capsys):
     suites = [registry["mla"], registry["moe"]]
     one = plan(suites, "smoke", "cuda", "h200", jobs=1)
@@ -383,24 +315,6 @@ def test_points_a_forked_child_could_not_run_backward_for_are_planned_again_here
     one, two = plan(suites, "smoke", "cuda", "h200", jobs=1), plan(suites, "smoke", "cuda", "h200", jobs=2)
     assert any(p.params.get("experts") == 8 and p.status == "ok" for p in one)
     assert [p.to_json() for p in two] == [p.to_json() for p in one]
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_a_long_plan_says_how_far_it_is():
-    log = io.StringIO()  # a pipe or a CI log: a line at each tenth
-    progress = Progress(log, 0.0, clock=lambda: 12.4)
-    for n in range(1, 21):
-        progress(n, 20)
-    assert log.getvalue().splitlines() == [f"planned {n}/20 cases in 12 s" for n in range(2, 21, 2)]
-    terminal = _Terminal()  # one line, rewritten
-    progress = Progress(terminal, 0.0, clock=lambda: 3.0)
-    for n in range(1, 4):
-        progress(n, 3)
-    assert terminal.getvalue() == "".join(f"\rplanned {n}/3 cases in 3 s" for n in range(1, 4)) + "\n"
 
 
 def test_the_counter_runs_an_op_with_a_kernel_of_its_own_whole():
