@@ -57,9 +57,11 @@ from bench.lifeline import freeze_alive
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, runs_decomposed, tensors_in
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
+from bench.plan_autocast import target_autocast
 from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
 from bench.plan_norm import target_rms_norm
 from bench.plan_offload import target_offload
+from bench.plan_optim import target_foreach
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
 GIB = 1 << 30
@@ -169,7 +171,8 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     allocator = CachingAllocatorModel() if gpu else None
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
-            target_offload(target) as offload, TensorMemoryTracker(allocator, host_builds=not gpu) as total:
+            target_offload(target) as offload, target_autocast(target), target_foreach(target), \
+            TensorMemoryTracker(allocator, host_builds=not gpu) as total:
         w = suite.workload(variant, dict(params), META, target)
         if warm_up is None:
             warm_up = not w.stateless

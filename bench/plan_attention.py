@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 
+from bench.plan_autocast import cast_for_autocast
 from bench.plan_meta import _meta
 from bench.suite import NotPlannable
 
@@ -44,6 +45,9 @@ def target_attention(target: str):
 
     def routed(query, *args, **kwargs):
         if isinstance(query, torch.Tensor) and _meta(query) and not query.is_nested:
+            query, *args = cast_for_autocast("scaled_dot_product_attention", (query, *args))
+            if "attn_mask" in kwargs:
+                kwargs["attn_mask"] = cast_for_autocast("scaled_dot_product_attention", (kwargs["attn_mask"],))[0]
             return _attention(kind, taken, query, *args, **kwargs)
         return original(query, *args, **kwargs)
 

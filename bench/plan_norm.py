@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch._prims_common import suggest_memory_format
 
+from bench.plan_autocast import cast_for_autocast
 from bench.plan_meta import _meta
 
 FUSED_SINCE = (2, 9)  # the torch release whose CUDA build first has aten::_fused_rms_norm's CUDA kernel
@@ -44,6 +45,8 @@ def target_rms_norm(target: str):
     original = F.rms_norm
 
     def routed(input, normalized_shape, weight=None, eps=None):
+        if isinstance(input, torch.Tensor) and _meta(input):  # under autocast, rms_norm runs in fp32 (its list)
+            input, weight = cast_for_autocast("rms_norm", (input, weight))
         if isinstance(input, torch.Tensor) and _meta(input) and _fused_on_cuda(input, weight):
             return _FusedRMSNorm.apply(input, weight, tuple(normalized_shape))
         return original(input, normalized_shape, weight, eps)

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
 
 from bench.plan import plan_case, run_step  # noqa: E402 - after the checkout is on the path
 from bench.records import read_records  # noqa: E402
@@ -34,6 +37,9 @@ TARGET = 0.10  # the prediction's target error against max_memory_allocated
 NETTED = {"moe", "rmpad", "packing", "mtp", "moe_ep"}
 """The suites whose training steps set the previous gradients to None inside the measured window before
 `Workload.clear` (checkpointing's and fsdp_checkpointing's step_memory cleared them first already)."""
+AFTER_FORWARD = {"mtp"}
+"""Of NETTED, the suites whose step set them to None after its forward, not first (mtp: opt.zero_grad between the
+loss and backward), so that the previous gradients were live through the forward."""
 
 
 @dataclass
@@ -82,10 +88,32 @@ def _netted(suite, r) -> tuple[int | None, str | None]:
     allocator counts it, the previous gradients' frees inside the window netted out; or (None, why) where the case
     does not plan."""
     try:
-        raw = run_step(suite, r.variant, r.params, "cuda", warm_up=True, clear=False)
+        with _zero_grad_before_backward() if suite.name in AFTER_FORWARD else nullcontext():
+            raw = run_step(suite, r.variant, r.params, "cuda", warm_up=True, clear=False)
     except Exception:  # noqa: BLE001 - Skip, NotPlannable or a step meta cannot run: plan_case says which
         return None, plan_case(suite, r.variant, r.params, "cuda").reason
     return raw["step_peak_bytes"], None
+
+
+@contextmanager
+def _zero_grad_before_backward():
+    """Optimizer.zero_grad deferred to the next backward: an AFTER_FORWARD step's order, from today's step (which
+    clears first)."""
+    zero_grad, backward, deferred = torch.optim.Optimizer.zero_grad, torch.Tensor.backward, []
+
+    def defer(self, set_to_none: bool = True):
+        deferred.append((self, set_to_none))
+
+    def then_backward(self, *args, **kwargs):
+        while deferred:
+            zero_grad(*deferred.pop())
+        return backward(self, *args, **kwargs)
+
+    torch.optim.Optimizer.zero_grad, torch.Tensor.backward = defer, then_backward
+    try:
+        yield
+    finally:
+        torch.optim.Optimizer.zero_grad, torch.Tensor.backward = zero_grad, backward
 
 
 def percent(error: float | None) -> str:
