@@ -21,11 +21,16 @@ tensors in tests/bench/test_plan_autocast.py; mtp's three quick steps against th
   (torch.clear_autocast_cache): a weight shared by two layers (mtp's output head) is cast once.
 - Composites. Autocast also casts inside an op that is in no list, where the op decomposes (in C++, where no
   torch-function mode sees it) into ones that are. F.cross_entropy is modelled: its log_softmax is given the input's
-  dtype, which autocast keeps, and nll_loss (fp32) casts the log-probabilities. For the rest, every op overload of
-  the lists that reaches the dispatcher outside a modelled call is checked, and one that autocast would have cast
-  makes the case not plannable, naming it. What that check cannot see: an op of the lists that decomposes before the
-  dispatcher (softmax, layer_norm) called from inside a Python function that is in no list (F.gumbel_softmax). A
-  model's own calls (nn.Linear, F.softmax, nn.LayerNorm) are modelled where they are made.
+  dtype, which autocast keeps, and nll_loss (fp32) casts the log-probabilities; so are the composites of one listed
+  op (F.softmin, torch.special's softmax and log_softmax, 1 / x). For the rest, every op overload of the lists that
+  reaches the dispatcher outside a modelled call is checked, and one that autocast would have cast makes the case
+  not plannable, naming it. What that check cannot see: an op of the lists that decomposes before the dispatcher
+  (softmax, log_softmax, layer_norm, group_norm, linear, nll_loss) called from inside a function in no list, Python
+  or C++ (F.gumbel_softmax, F.multi_head_attention_forward's softmax), which is planned in its input's dtype. A
+  model's own calls (nn.Linear, F.softmax, nn.LayerNorm, F.cross_entropy) are modelled where they are made.
+- Regions: as CUDA's, any floating dtype (fp32 too), and a nested region decides for the calls made in it (another
+  dtype; enabled=False for an fp32 island). A backward run inside a region is not modelled (autocast casts its ops
+  too): a listed op there that autocast would cast makes the case not plannable, as above.
 - A checkpoint under emulated autocast is not plannable: its recompute restores autocast for the device's type,
   which for meta torch has none, and would run uncast.
 """
@@ -80,10 +85,10 @@ CUDA_POLICY = {
     "_cudnn_rnn": "unmodelled",
 }
 # Python names that reach the lists' ops under another name
-_ALIASES = {"__matmul__": "matmul", "__rmatmul__": "matmul", "__pow__": "pow", "__rpow__": "pow"}
-LOWER_DTYPES = (torch.float16, torch.bfloat16)
-
-
+_ALIASES = {"__matmul__": "matmul", "__rmatmul__": "matmul", "__pow__": "pow", "__rpow__": "pow",
+            "__rdiv__": "reciprocal",  # 1 / x: Tensor.__rtruediv__ is __rdiv__, which calls reciprocal
+            # composites of one listed op, whose inner call no mode sees: the listed op's rule
+            "softmin": "softmax", "special_softmax": "softmax", "special_log_softmax": "log_softmax"}
 @functools.cache
 def listed_overloads() -> frozenset[str]:
     """The aten op overloads ("aten::pow.Tensor_Scalar") this torch registers AutocastCUDA kernels for."""
@@ -109,10 +114,11 @@ def _eligible(t) -> bool:
 
 
 class _Region:
-    """One emulated autocast region's state: its dtype, the weight cache, and whether a modelled call is running."""
+    """One emulated autocast region's state: whether it casts, its dtype, the weight cache, and whether a modelled
+    call is running."""
 
-    def __init__(self, dtype: torch.dtype, cache_enabled: bool):
-        self.dtype, self.cache_enabled = dtype, cache_enabled
+    def __init__(self, dtype: torch.dtype, enabled: bool, cache_enabled: bool):
+        self.dtype, self.enabled, self.cache_enabled = dtype, enabled, cache_enabled
         self.cache: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
         self.inside = 0
 
@@ -137,7 +143,7 @@ class _Region:
         if policy in (SET_DTYPE, APPEND_DTYPE):  # dtype=fp32 unless given, when the first tensor is eligible
             if not self._sets_dtype(args, kwargs):
                 return args, kwargs
-            if name in ("softmax", "log_softmax") and args[0].dtype == torch.float16:
+            if name in ("softmax", "log_softmax") and _first(args, kwargs).dtype == torch.float16:
                 raise NotPlannable(f"CUDA's {name} of fp16 to fp32 is one kernel (half_to_float), which meta has not")
             return args, {**kwargs, "dtype": torch.float32}
         to = self._to(policy, name, (*args, *kwargs.values()))
@@ -150,23 +156,30 @@ class _Region:
         if policy == "unmodelled":
             raise NotPlannable(f"autocast's own wrapper of aten::{name} is not modelled")
         if policy == PROMOTE:  # the widest: fp32 where any eligible argument is
-            return torch.float32 if any(_eligible(t) and t.dtype == torch.float32 for t in _flat(args)) else \
-                self.dtype
+            dtypes = {t.dtype for t in _flat(args) if _eligible(t)}
+            if dtypes - {torch.float32, self.dtype}:  # autocast's prioritize raises for a third type
+                raise NotPlannable(f"autocast raises for {name} of {sorted(map(str, dtypes))} under {self.dtype}")
+            return torch.float32 if torch.float32 in dtypes else self.dtype
         return self.dtype if policy == LOWER else torch.float32
 
     @staticmethod
     def _sets_dtype(args: tuple, kwargs: dict) -> bool:
-        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
         given = kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args)
-        return first is not None and _eligible(first) and not given
+        return _eligible(_first(args, kwargs)) and not given
 
     def changes(self, policy: str, name: str, args: tuple, kwargs: dict) -> bool:
         """Whether autocast's wrapper for `policy` would run the op on other dtypes than these arguments' (casting
         nothing itself)."""
         if policy in (SET_DTYPE, APPEND_DTYPE):
-            return self._sets_dtype(args, kwargs) and args[0].dtype != torch.float32
+            return self._sets_dtype(args, kwargs) and _first(args, kwargs).dtype != torch.float32
         to = self._to(policy, name, (*args, *kwargs.values()))
         return any(_eligible(t) and t.dtype != to for t in _flat((*args, *kwargs.values())))
+
+
+def _first(args: tuple, kwargs: dict):
+    """The op's first tensor argument (autocast's firstarg), given by position or as input=/self=."""
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    return first if first is not None else kwargs.get("input", kwargs.get("self"))
 
 
 def _flat(args) -> list:
@@ -186,7 +199,8 @@ class _Casts(TorchFunctionMode):
         name = getattr(func, "__name__", None)
         name = _ALIASES.get(name, name)
         policy = policy_of(name)
-        if policy is None and name != "cross_entropy":
+        # an inner region (or a disabled one) decides; autocast wraps no out= variant
+        if policy is None and name != "cross_entropy" or _ACTIVE[-1] is not self.region or "out" in kwargs:
             return func(*args, **kwargs)
         self.region.inside += 1
         try:
@@ -224,35 +238,35 @@ class _Unmodelled(TorchDispatchMode):
         overload = func._schema.name + (f".{func._overloadname}" if func._overloadname != "default" else "")
         name = func._schema.name.removeprefix("aten::")
         policy = policy_of(name) if overload in listed_overloads() else None  # autocast wraps overloads
-        if policy is not None and not self.region.inside and self.region.changes(policy, name, args, kwargs):
+        if policy is not None and not self.region.inside and _ACTIVE[-1] is self.region and \
+                self.region.changes(policy, name, args, kwargs):
             raise NotPlannable(f"autocast would cast aten::{name} inside a call the plan's autocast does not model "
                                "(bench.plan_autocast)")
         return func(*args, **kwargs)
 
 
 class MetaAutocast:
-    """torch.autocast for meta tensors planned for a CUDA target (see the module)."""
+    """torch.autocast for meta tensors planned for a CUDA target (see the module). As CUDA's, any floating dtype (fp32
+    too: bf16 inputs of a matmul are then upcast), and a nested region (another dtype, or enabled=False for an fp32
+    island) decides for the calls made inside it."""
 
     def __init__(self, dtype: torch.dtype | None = None, enabled: bool = True, cache_enabled: bool | None = None):
-        dtype = torch.float16 if dtype is None else dtype  # CUDA autocast's default
-        self.enabled = enabled and dtype in LOWER_DTYPES  # torch warns and disables for any other dtype
-        self.region = _Region(dtype, True if cache_enabled is None else cache_enabled)
+        dtype = torch.get_autocast_dtype("cuda") if dtype is None else dtype  # fp16 unless set
+        cache_enabled = torch.is_autocast_cache_enabled() if cache_enabled is None else cache_enabled
+        self.region = _Region(dtype, enabled, cache_enabled)
         self._modes: list = []
 
     def __enter__(self):
-        if not self.enabled:
-            return self
         if _ACTIVE:  # a nested region shares the outer one's cache, as autocast's is one per thread
             self.region.cache = _ACTIVE[-1].cache
         _ACTIVE.append(self.region)
-        self._modes = [_Casts(self.region), _Unmodelled(self.region)]
-        for mode in self._modes:
-            mode.__enter__()
+        if self.region.enabled:
+            self._modes = [_Casts(self.region), _Unmodelled(self.region)]
+            for mode in self._modes:
+                mode.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if not self.enabled:
-            return False
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
         self._modes = []
@@ -262,13 +276,18 @@ class MetaAutocast:
         return False
 
 
-_ACTIVE: list[_Region] = []  # the emulated regions entered, innermost last
+_ACTIVE: list[_Region] = []  # the emulated regions entered, enabled or not, innermost last
+
+
+def _casting() -> _Region | None:
+    """The innermost region, where it casts."""
+    return _ACTIVE[-1] if _ACTIVE and _ACTIVE[-1].enabled else None
 
 
 def _refused(original):
-    """`original` (a checkpoint's entry) refusing to run inside an emulated region."""
+    """`original` (a checkpoint's entry) refusing to run inside an emulated region that casts."""
     def checkpoint(*args, **kwargs):
-        if _ACTIVE:
+        if _casting():
             raise NotPlannable("a checkpoint under autocast recomputes with autocast on, which torch has no meta "
                                "autocast to restore: the recompute's casts cannot be planned")
         return original(*args, **kwargs)
@@ -288,7 +307,7 @@ def target_autocast(target: str):
             return original(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
         if not cuda and enabled:
             raise NotPlannable("the step runs under CPU autocast, whose op lists the plan does not model")
-        return MetaAutocast(dtype, enabled and cuda, cache_enabled)
+        return MetaAutocast(dtype, enabled, cache_enabled)
 
     ckpt = torch.utils.checkpoint
     generator, reentrant = ckpt._checkpoint_without_reentrant_generator, ckpt.CheckpointFunction.forward
@@ -306,7 +325,5 @@ def target_autocast(target: str):
 def cast_for_autocast(name: str, args: tuple) -> tuple:
     """`args` of a call to aten op `name` as an emulated autocast region casts them (unchanged outside one): for the
     plan's own swaps of F.scaled_dot_product_attention and F.rms_norm, which no torch-function mode sees."""
-    if not _ACTIVE:
-        return tuple(args)
-    policy = policy_of(name)
-    return tuple(args) if policy is None else _ACTIVE[-1].apply(policy, name, tuple(args), {})[0]
+    region, policy = _casting(), policy_of(name)
+    return tuple(args) if region is None or policy is None else region.apply(policy, name, tuple(args), {})[0]

@@ -42,10 +42,10 @@ class Casts(TorchDispatchMode):
 
 
 @contextmanager
-def cuda_autocast(dtype):
-    """torch's CUDA autocast switched on below torch.autocast, which disables itself where CUDA is not available."""
-    enabled, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
-    torch.set_autocast_enabled("cuda", True)
+def cuda_autocast(dtype, enabled: bool = True):
+    """torch's CUDA autocast set below torch.autocast, which disables itself where CUDA is not available."""
+    was, previous = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_enabled("cuda", enabled)
     torch.set_autocast_dtype("cuda", dtype)
     torch.autocast_increment_nesting()
     try:
@@ -53,8 +53,16 @@ def cuda_autocast(dtype):
     finally:
         if torch.autocast_decrement_nesting() == 0:
             torch.clear_autocast_cache()
-        torch.set_autocast_enabled("cuda", enabled)
+        torch.set_autocast_enabled("cuda", was)
         torch.set_autocast_dtype("cuda", previous)
+
+
+EMULATED = []  # while `run` runs: whether it emulates
+
+
+def region(dtype, enabled: bool = True):
+    """A nested autocast region, of the kind `run` is running."""
+    return MetaAutocast(dtype, enabled) if EMULATED[-1] else cuda_autocast(dtype, enabled)
 
 
 def run(fn, specs, emulated: bool, inference: bool = False, dtype=bf16):
@@ -65,9 +73,13 @@ def run(fn, specs, emulated: bool, inference: bool = False, dtype=bf16):
     with nullcontext() if emulated else FakeTensorMode():
         device = "meta" if emulated else "cuda"
         args = [torch.empty(shape, dtype=dt, device=device).requires_grad_(grad) for shape, dt, grad in specs]
-        with torch.inference_mode() if inference else nullcontext(), \
-                MetaAutocast(dtype) if emulated else cuda_autocast(dtype), Casts(args) as casts:
-            out = fn(*args)
+        EMULATED.append(emulated)
+        try:
+            with torch.inference_mode() if inference else nullcontext(), \
+                    MetaAutocast(dtype) if emulated else cuda_autocast(dtype), Casts(args) as casts:
+                out = fn(*args)
+        finally:
+            EMULATED.pop()
     outs = out if isinstance(out, tuple) else (out,)
     return [o.dtype for o in outs], sorted(casts.casts)  # C++ casts an op's arguments in any order
 
@@ -132,7 +144,30 @@ SAMPLES = {  # a call per rule (and a few ops in no list), on fp32 and bf16 inpu
     "mean (no list)": (lambda x: x.mean(), [((4, 8), bf16, False)]),
     "add (no list)": (lambda a, b: a + b, [((4, 8), bf16, False), ((4, 8), f32, False)]),
     "fp64 (never cast)": (lambda a, b: a @ b, [((4, 8), torch.float64, False), ((8, 3), torch.float64, False)]),
+    "1 / x": (lambda x: 1 / x, [((4, 8), bf16, False)]),
+    "2 ** x": (lambda x: 2 ** x, [((4, 8), bf16, False)]),
+    "softmin": (lambda x: F.softmin(x, -1), [((4, 8), bf16, False)]),
+    "special.log_softmax": (lambda x: torch.special.log_softmax(x, -1), [((4, 8), bf16, False)]),
+    "sum(input=)": (lambda x: torch.sum(input=x), [((4, 8), bf16, False)]),
+    "softmax(input=)": (lambda x: torch.softmax(input=x, dim=-1), [((4, 8), bf16, False)]),
+    "mm out= (no wrapper)": (lambda a, b, c: torch.mm(a, b, out=c), [((4, 8), f32, False), ((8, 3), f32, False),
+                                                                     ((4, 3), f32, False)]),
+    "exp out= (no wrapper)": (lambda x, o: torch.exp(x, out=o), [((4, 8), bf16, False), ((4, 8), bf16, False)]),
+    "an fp32 island (enabled=False)": (lambda a, b: _island(a, b), [((4, 8), f32, False), ((8, 3), f32, False)]),
+    "an fp16 region inside": (lambda a, b: _inner(f16, a, b), [((4, 8), f32, False), ((8, 3), f32, False)]),
+    "an fp32 region inside": (lambda a, b: _inner(f32, a, b), [((4, 8), bf16, False), ((8, 3), bf16, False)]),
 }
+
+
+def _island(a, b):
+    with region(bf16, enabled=False):
+        inside = a @ b
+    return inside, a @ b
+
+
+def _inner(dtype, a, b):
+    with region(dtype):
+        return a @ b
 def _twice(x, w, b):
     return F.linear(x, w) + F.linear(x, w) + F.linear(x, b) + F.linear(x, b)
 
@@ -220,11 +255,30 @@ def test_target_autocast_routes_only_meta():
         assert isinstance(torch.autocast("meta", dtype=bf16), MetaAutocast)
         with torch.autocast("cpu", dtype=bf16):  # torch's own, casting CPU tensors
             assert F.linear(torch.ones(2, 4), torch.ones(3, 4)).dtype == bf16
-        with torch.autocast("meta", dtype=f32):  # CUDA autocast disables itself for fp32: so does the emulation
-            assert F.linear(torch.empty(2, 4, device="meta"), torch.empty(3, 4, device="meta")).dtype == f32
+        with torch.autocast("meta", dtype=f32):  # CUDA's autocast takes fp32 too: bf16 matmuls run in fp32
+            bf = torch.empty(2, 4, dtype=bf16, device="meta")
+            assert F.linear(bf, bf).dtype == f32
     with target_autocast("cpu"), pytest.raises(NotPlannable, match="CPU autocast"):
         torch.autocast("meta", dtype=bf16)
     assert torch.autocast is torch.amp.autocast_mode.autocast
+
+
+def test_a_promote_op_of_a_third_floating_type_is_not_plannable():
+    # autocast's prioritize raises for fp16 beside bf16 under bf16 autocast ("Unexpected floating ScalarType")
+    x, y = torch.empty(4, dtype=f16, device="meta"), torch.empty(4, dtype=bf16, device="meta")
+    with MetaAutocast(bf16), pytest.raises(NotPlannable, match="addcmul"):
+        torch.addcmul(y, x, y)
+
+
+def test_a_checkpoint_in_an_fp32_island_is_planned():
+    # autocast is off where it runs, and so in its recompute: nothing to restore
+    lin = torch.nn.Linear(8, 8, device="meta")
+    x = torch.empty(2, 8, device="meta", requires_grad=True)
+    with target_autocast("cuda"), torch.autocast("meta", dtype=bf16):
+        with torch.autocast("meta", enabled=False):
+            y = checkpoint(lin, x, use_reentrant=False)
+        z = lin(x)
+    assert (y.dtype, z.dtype) == (f32, bf16)
 
 
 def test_fp16_softmax_to_fp32_is_not_plannable():
