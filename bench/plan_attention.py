@@ -43,13 +43,14 @@ def target_attention(target: str):
     original = F.scaled_dot_product_attention
     kind, taken = torch.device(target).type, set()
 
-    def routed(query, *args, **kwargs):
+    def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         if isinstance(query, torch.Tensor) and _meta(query) and not query.is_nested:
-            query, *args = cast_for_autocast("scaled_dot_product_attention", (query, *args))
-            if "attn_mask" in kwargs:
-                kwargs["attn_mask"] = cast_for_autocast("scaled_dot_product_attention", (kwargs["attn_mask"],))[0]
-            return _attention(kind, taken, query, *args, **kwargs)
-        return original(query, *args, **kwargs)
+            # under a plan's autocast, cast as autocast casts SDPA (lower precision), which no mode sees here
+            query, key, value, attn_mask = cast_for_autocast("scaled_dot_product_attention",
+                                                             (query, key, value, attn_mask))
+            return _attention(kind, taken, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, enable_gqa=enable_gqa)
 
     F.scaled_dot_product_attention = routed
     try:

@@ -24,10 +24,11 @@ tensors in tests/bench/test_plan_autocast.py; mtp's three quick steps against th
   dtype, which autocast keeps, and nll_loss (fp32) casts the log-probabilities; so are the composites of one listed
   op (F.softmin, torch.special's softmax and log_softmax, 1 / x). For the rest, every op overload of the lists that
   reaches the dispatcher outside a modelled call is checked, and one that autocast would have cast makes the case
-  not plannable, naming it. What that check cannot see: an op of the lists that decomposes before the dispatcher
-  (softmax, log_softmax, layer_norm, group_norm, linear, nll_loss) called from inside a function in no list, Python
-  or C++ (F.gumbel_softmax, F.multi_head_attention_forward's softmax), which is planned in its input's dtype. A
-  model's own calls (nn.Linear, F.softmax, nn.LayerNorm, F.cross_entropy) are modelled where they are made.
+  not plannable, naming it; so does a listed op that decomposes before the dispatcher, seen there as what it
+  decomposes into (linear as mm, softmax as _softmax, layer_norm as native_layer_norm; _DECOMPOSED). What that check
+  cannot see: a listed op inside such a function that reaches the dispatcher as ops in no list (attention taking
+  the efficient or cuDNN kernel). A model's own calls (nn.Linear, F.softmax, nn.LayerNorm, F.cross_entropy) are
+  modelled where they are made.
 - Regions: as CUDA's, any floating dtype (fp32 too), and a nested region decides for the calls made in it (another
   dtype; enabled=False for an fp32 island). A backward run inside a region is not modelled (autocast casts its ops
   too): a listed op there that autocast would cast makes the case not plannable, as above.
@@ -106,6 +107,12 @@ def listed() -> frozenset[str]:
 
 def policy_of(name: str | None) -> str | None:
     return CUDA_POLICY.get(name) if name in listed() else None
+
+
+# Listed ops that decompose before the dispatcher, by the op they reach it as: seen there outside a modelled call,
+# on arguments autocast would have cast first, they make the case not plannable as the listed ops do
+_DECOMPOSED = {"_softmax": "softmax", "_log_softmax": "log_softmax", "native_group_norm": "group_norm",
+               "nll_loss_forward": "nll_loss", "nll_loss2d_forward": "nll_loss2d"}
 
 
 def _eligible(t) -> bool:
@@ -197,10 +204,13 @@ class _Casts(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", None)
+        if isinstance(func, torch._ops.OpOverload):  # torch.ops.aten.softmax.int: "softmax.int"
+            name = func._schema.name.removeprefix("aten::")
         name = _ALIASES.get(name, name)
         policy = policy_of(name)
         # an inner region (or a disabled one) decides; autocast wraps no out= variant
-        if policy is None and name != "cross_entropy" or _ACTIVE[-1] is not self.region or "out" in kwargs:
+        if policy is None and name != "cross_entropy" or _ACTIVE[-1] is not self.region or \
+                kwargs.get("out") is not None:
             return func(*args, **kwargs)
         self.region.inside += 1
         try:
@@ -237,11 +247,14 @@ class _Unmodelled(TorchDispatchMode):
         kwargs = kwargs or {}
         overload = func._schema.name + (f".{func._overloadname}" if func._overloadname != "default" else "")
         name = func._schema.name.removeprefix("aten::")
-        policy = policy_of(name) if overload in listed_overloads() else None  # autocast wraps overloads
+        if name in _DECOMPOSED:
+            name, policy = _DECOMPOSED[name], policy_of(_DECOMPOSED[name])
+        else:
+            policy = policy_of(name) if overload in listed_overloads() else None  # autocast wraps overloads
         if policy is not None and not self.region.inside and _ACTIVE[-1] is self.region and \
                 self.region.changes(policy, name, args, kwargs):
-            raise NotPlannable(f"autocast would cast aten::{name} inside a call the plan's autocast does not model "
-                               "(bench.plan_autocast)")
+            raise NotPlannable(f"autocast would cast {func._schema.name} inside a call the plan's autocast does not "
+                               "model (bench.plan_autocast)")
         return func(*args, **kwargs)
 
 
@@ -265,6 +278,14 @@ class MetaAutocast:
             for mode in self._modes:
                 mode.__enter__()
         return self
+
+    def __call__(self, func):
+        """The decorator form, as torch.autocast's."""
+        @functools.wraps(func)
+        def autocast(*args, **kwargs):
+            with MetaAutocast(self.region.dtype, self.region.enabled, self.region.cache_enabled):
+                return func(*args, **kwargs)
+        return autocast
 
     def __exit__(self, *exc):
         for mode in reversed(self._modes):
@@ -297,27 +318,34 @@ def _refused(original):
 @contextmanager
 def target_autocast(target: str):
     """torch.autocast(device_type="meta", ...) emulated as on `target` ("cuda"; "cpu" is not plannable) while
-    active; autocast for any other device type is torch's own."""
-    original = torch.autocast
+    active; for a CUDA target, torch.autocast("cuda") and torch.cuda.amp.autocast too (a step's tensors are on meta,
+    which torch's would leave uncast). Autocast for any other device type is torch's own."""
+    original, cuda_amp = torch.autocast, torch.cuda.amp.autocast
     cuda = torch.device(target).type == "cuda"
 
     def autocast(device_type: str, dtype: torch.dtype | None = None, enabled: bool = True,
                  cache_enabled: bool | None = None):
-        if device_type != "meta":
-            return original(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
-        if not cuda and enabled:
+        if device_type == "meta" and not cuda and enabled:
             raise NotPlannable("the step runs under CPU autocast, whose op lists the plan does not model")
-        return MetaAutocast(dtype, enabled, cache_enabled)
+        if device_type == "meta" or device_type == "cuda" and cuda:
+            return MetaAutocast(dtype, enabled, cache_enabled)
+        return original(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+
+    def cuda_autocast(enabled: bool = True, dtype: torch.dtype = torch.float16, cache_enabled: bool = True):
+        return autocast("cuda", dtype, enabled, cache_enabled)
 
     ckpt = torch.utils.checkpoint
     generator, reentrant = ckpt._checkpoint_without_reentrant_generator, ckpt.CheckpointFunction.forward
     torch.autocast = torch.amp.autocast = autocast
+    if cuda:
+        torch.cuda.amp.autocast = cuda_autocast
     ckpt._checkpoint_without_reentrant_generator = _refused(generator)
     ckpt.CheckpointFunction.forward = staticmethod(_refused(reentrant))
     try:
         yield
     finally:
         torch.autocast = torch.amp.autocast = original
+        torch.cuda.amp.autocast = cuda_amp
         ckpt._checkpoint_without_reentrant_generator = generator
         ckpt.CheckpointFunction.forward = staticmethod(reentrant)
 

@@ -17,7 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 from bench.memory import TensorMemoryTracker
+from bench.plan_attention import target_attention
 from bench.plan_autocast import CUDA_POLICY, MetaAutocast, listed, target_autocast
+from bench.plan_norm import cuda_has_fused_rms_norm, target_rms_norm
 from bench.plan_optim import target_foreach
 from bench.suite import NotPlannable
 
@@ -97,16 +99,17 @@ def _torchs(names: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def torchs():
-    """Torch's own autocast on every sample, in a forked process where torch has no CUDA: a fake CUDA tensor that
-    reaches CUDA's device guard aborts the process (a CPU-only build has none), which must fail these tests, not end
-    the test run. With CUDA (where a fork could not use it again), in this process."""
-    if torch.cuda.is_available():
-        return _torchs(list(SAMPLES))
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        try:
-            return pool.submit(_torchs, list(SAMPLES)).result(timeout=300)
-        except BrokenProcessPool:
-            pytest.fail("torch's CUDA autocast on fake CUDA tensors aborted the process")
+    """Torch's own autocast on every sample, in a process of its own: on a CPU-only build, a fake CUDA tensor that
+    reaches CUDA's device guard aborts the process, which must fail these tests, not end the test run; with CUDA,
+    fake CUDA tensors initialise it, which must not happen in a test worker. Spawned, not forked: a worker has
+    threads."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return pool.submit(_torchs, list(SAMPLES)).result(timeout=300)
+    except BrokenProcessPool:
+        pytest.fail("torch's CUDA autocast on fake CUDA tensors aborted the process")
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 SAMPLES = {  # a call per rule (and a few ops in no list), on fp32 and bf16 inputs
@@ -147,12 +150,14 @@ SAMPLES = {  # a call per rule (and a few ops in no list), on fp32 and bf16 inpu
     "1 / x": (lambda x: 1 / x, [((4, 8), bf16, False)]),
     "2 ** x": (lambda x: 2 ** x, [((4, 8), bf16, False)]),
     "softmin": (lambda x: F.softmin(x, -1), [((4, 8), bf16, False)]),
+    "an aten overload": (lambda x: torch.ops.aten.softmax.int(x, -1), [((4, 8), bf16, False)]),
     "special.log_softmax": (lambda x: torch.special.log_softmax(x, -1), [((4, 8), bf16, False)]),
     "sum(input=)": (lambda x: torch.sum(input=x), [((4, 8), bf16, False)]),
     "softmax(input=)": (lambda x: torch.softmax(input=x, dim=-1), [((4, 8), bf16, False)]),
     "mm out= (no wrapper)": (lambda a, b, c: torch.mm(a, b, out=c), [((4, 8), f32, False), ((8, 3), f32, False),
                                                                      ((4, 3), f32, False)]),
     "exp out= (no wrapper)": (lambda x, o: torch.exp(x, out=o), [((4, 8), bf16, False), ((4, 8), bf16, False)]),
+    "mm out=None": (lambda a, b: torch.mm(a, b, out=None), [((4, 8), f32, False), ((8, 3), f32, False)]),
     "an fp32 island (enabled=False)": (lambda a, b: _island(a, b), [((4, 8), f32, False), ((8, 3), f32, False)]),
     "an fp16 region inside": (lambda a, b: _inner(f16, a, b), [((4, 8), f32, False), ((8, 3), f32, False)]),
     "an fp32 region inside": (lambda a, b: _inner(f32, a, b), [((4, 8), bf16, False), ((8, 3), bf16, False)]),
@@ -168,11 +173,21 @@ def _island(a, b):
 def _inner(dtype, a, b):
     with region(dtype):
         return a @ b
+@torch.overrides.wrap_torch_function(lambda fn, *args: args[:1])
+def _composite(fn, *args):
+    """fn(*args) as a function in no list: a torch-function mode sees this call, not fn's."""
+    return fn(*args)
+
+
 def _twice(x, w, b):
     return F.linear(x, w) + F.linear(x, w) + F.linear(x, b) + F.linear(x, b)
 
 
 OTHER = {  # not compared one to one: the tests below say what they show
+    # listed ops that decompose before the dispatcher, called inside a function in no list
+    "composite softmax": (lambda x: _composite(torch.softmax, x, -1), [((4, 8), bf16, False)]),
+    "composite linear": (lambda x, w: _composite(F.linear, x, w), [((4, 8), f32, False), ((16, 8), f32, False)]),
+    "composite group_norm": (lambda x: _composite(F.group_norm, x, 2), [((2, 4, 8), bf16, False)]),
     "a weight used twice": (_twice, [((4, 8), f32, False), ((16, 8), f32, True), ((16, 8), f32, False)]),
     "normalize": (lambda x: F.normalize(x, dim=-1), [((4, 8), bf16, False)]),
 }
@@ -208,8 +223,9 @@ def test_a_parameter_is_cast_once_a_region_and_held_until_it_exits():
     w = torch.empty(1024, 1024, device="meta", requires_grad=True)  # 4 MiB fp32, 2 MiB cast
     b = torch.empty(1024, 1024, device="meta")  # requires no grad: cast at each use
     x = torch.empty(8, 1024, device="meta")
+    outer = MetaAutocast(bf16)  # kept alive: its exit, not its collection, must release the cast
     with TensorMemoryTracker() as t, Casts([x, w, b]) as casts:
-        with MetaAutocast(bf16):
+        with outer:
             y = F.linear(x, w) + F.linear(x, b)
             del y
             held = t.live_bytes("meta")
@@ -235,6 +251,33 @@ def test_an_op_autocast_casts_inside_an_unmodelled_composite_is_not_plannable(to
         run(*SAMPLES["normalize"], emulated=True)
 
 
+@pytest.mark.parametrize("name, op, dtype", [("composite softmax", "aten::_softmax", f32),
+                                             ("composite linear", "aten::mm", bf16),
+                                             ("composite group_norm", "aten::native_group_norm", f32)])
+def test_a_listed_op_no_mode_saw_is_refused_where_it_reaches_the_dispatcher(torchs, name, op, dtype):
+    # as what it decomposes into: autocast casts it (torch's runs it in `dtype`); the emulation, which saw no call
+    # it models, refuses the case rather than plan it uncast
+    assert torchs[name][0] == [dtype]
+    with pytest.raises(NotPlannable, match=op):
+        run(*SAMPLES[name], emulated=True)
+
+
+def test_the_plans_own_attention_and_rms_norm_are_cast():
+    # bench.plan_attention and bench.plan_norm swap F.scaled_dot_product_attention and F.rms_norm, which no mode
+    # sees: they cast as autocast would (SDPA to bf16, then its bf16 kernel; rms_norm to fp32)
+    q = torch.empty(1, 2, 8, 16, device="meta")
+    mask = torch.zeros(8, 8, device="meta")
+    with target_attention("cuda") as kernels, MetaAutocast(bf16):
+        assert F.scaled_dot_product_attention(q, key=q, value=q, is_causal=True).dtype == bf16
+        assert F.scaled_dot_product_attention(q, q, q, attn_mask=mask).dtype == bf16
+    assert kernels == {"flash", "efficient"}  # fp32 would have taken neither the flash kernel nor bf16
+    if "rms_norm" not in listed() or not cuda_has_fused_rms_norm():
+        return
+    x, w = torch.empty(4, 8, dtype=bf16, device="meta"), torch.empty(8, dtype=bf16, device="meta")
+    with target_rms_norm("cuda"), MetaAutocast(bf16):
+        assert F.rms_norm(x, (8,), w).dtype == f32
+
+
 def test_binary_cross_entropy_is_refused_as_torch_refuses_it():
     x = torch.empty(4, device="meta")
     with MetaAutocast(bf16), pytest.raises(NotPlannable, match="unsafe to autocast"):
@@ -250,9 +293,19 @@ def test_a_checkpoint_under_autocast_is_not_plannable(reentrant):
     checkpoint(lin, x, use_reentrant=reentrant)  # outside a plan's region, torch's own
 
 
-def test_target_autocast_routes_only_meta():
+def test_target_autocast_routes_the_steps_autocast_for_a_cuda_target():
     with target_autocast("cuda"):
         assert isinstance(torch.autocast("meta", dtype=bf16), MetaAutocast)
+        assert isinstance(torch.amp.autocast("meta", dtype=bf16), MetaAutocast)
+        # a step that names CUDA itself: its tensors are on meta, which torch's autocast would leave uncast
+        assert isinstance(torch.autocast("cuda", dtype=bf16), MetaAutocast)
+        assert isinstance(torch.cuda.amp.autocast(), MetaAutocast)
+
+        @torch.autocast("meta", dtype=bf16)
+        def decorated(a, b):
+            return a @ b
+
+        assert decorated(torch.empty(2, 4, device="meta"), torch.empty(4, 3, device="meta")).dtype == bf16
         with torch.autocast("cpu", dtype=bf16):  # torch's own, casting CPU tensors
             assert F.linear(torch.ones(2, 4), torch.ones(3, 4)).dtype == bf16
         with torch.autocast("meta", dtype=f32):  # CUDA's autocast takes fp32 too: bf16 matmuls run in fp32
@@ -260,7 +313,10 @@ def test_target_autocast_routes_only_meta():
             assert F.linear(bf, bf).dtype == f32
     with target_autocast("cpu"), pytest.raises(NotPlannable, match="CPU autocast"):
         torch.autocast("meta", dtype=bf16)
-    assert torch.autocast is torch.amp.autocast_mode.autocast
+    with target_autocast("cpu"):
+        assert not isinstance(torch.autocast("cuda", enabled=False), MetaAutocast)
+    assert torch.autocast is torch.amp.autocast is torch.amp.autocast_mode.autocast
+    assert torch.cuda.amp.autocast is torch.cuda.amp.autocast_mode.autocast
 
 
 def test_a_promote_op_of_a_third_floating_type_is_not_plannable():
