@@ -90,6 +90,8 @@ _ALIASES = {"__matmul__": "matmul", "__rmatmul__": "matmul", "__pow__": "pow", "
             "__rdiv__": "reciprocal",  # 1 / x: Tensor.__rtruediv__ is __rdiv__, which calls reciprocal
             # composites of one listed op, whose inner call no mode sees: the listed op's rule
             "softmin": "softmax", "special_softmax": "softmax", "special_log_softmax": "log_softmax"}
+
+
 @functools.cache
 def listed_overloads() -> frozenset[str]:
     """The aten op overloads ("aten::pow.Tensor_Scalar") this torch registers AutocastCUDA kernels for."""

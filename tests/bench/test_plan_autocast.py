@@ -1,8 +1,9 @@
 """CUDA autocast emulated on meta (bench.plan_autocast), checked against torch's own: its C++ AutocastCUDA kernels
-run on a CPU-only build too, on fake CUDA tensors (FakeTensorMode), as long as no autograd graph is recorded (a fake
-CUDA tensor's autograd node asks for a CUDA stream, which such a build lacks). So each rule is compared in a
-no-grad forward, parameters requiring grad for the weight cache; the end-to-end check is mtp's three quick steps
-against the H100 run, to the byte (tests/bench/test_plan_error.py)."""
+run on a CPU-only build too, on fake CUDA tensors (FakeTensorMode), as long as no autograd node is made (a fake CUDA
+tensor's asks for a CUDA stream, which such a build lacks, and aborts the process). So each rule is compared on
+tensors that require no grad, in a process of its own; the weight cache, which needs parameters that do, only where
+torch skips it (inference mode). The end-to-end check, the cache's included, is mtp's three quick steps against the
+H100 run, to the byte (tests/bench/test_plan_error.py)."""
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
