@@ -174,7 +174,7 @@ class TensorMemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._settle()  # a twin's input is dropped, if at all, as the op returns: before the next op is dispatched
         kwargs = kwargs or {}
-        if runs_decomposed(func):
+        if decomposes(func, args, kwargs):
             # Under inference_mode a composite op (linear, math attention) reaches a dispatch mode whole, and the
             # temporaries of its decomposition, which every device allocates, would go unseen: count its parts
             with self:
@@ -253,7 +253,17 @@ def runs_decomposed(func) -> bool:
     CUDA kernel alone, as _fused_rms_norm, bench.plan_norm routes itself)."""
     name = func.name()
     has = torch._C._dispatch_has_kernel_for_dispatch_key
-    return has(name, "CompositeImplicitAutograd") and not any(has(name, key) for key in ("CPU", "Meta"))
+    try:
+        return has(name, "CompositeImplicitAutograd") and not any(has(name, key) for key in ("CPU", "Meta"))
+    except RuntimeError:  # an op of Python's own, unknown to the dispatcher (nested tensors' aten.sym_size.int)
+        return False
+
+
+def decomposes(func, args, kwargs) -> bool:
+    """Whether a dispatch mode should run `func` as its decomposition (runs_decomposed): not for a tensor subclass's
+    arguments, whose own dispatch runs the op (a nested tensor's is_contiguous would decompose into itself)."""
+    return runs_decomposed(func) and all(type(t) in (torch.Tensor, torch.nn.Parameter)
+                                         for t in tensors_in((args, kwargs)))
 
 
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):

@@ -54,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.lifeline import freeze_alive
-from bench.memory import SavedTensorBytes, TensorMemoryTracker, runs_decomposed, tensors_in
+from bench.memory import SavedTensorBytes, TensorMemoryTracker, decomposes, tensors_in
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
 from bench.plan_autocast import target_autocast
@@ -127,7 +127,7 @@ class StepCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         formula = self._formulas.get(func._overloadpacket)
-        if formula is None and runs_decomposed(func):
+        if formula is None and decomposes(func, args, kwargs):
             # Under inference_mode a composite op (linear, SDPA) reaches a dispatch mode whole: count what it
             # decomposes into, as FlopCounterMode does, or its matmuls go uncounted. Only an op the device runs as
             # its decomposition: silu_backward has one too, but a kernel of its own on every device, and its

@@ -44,11 +44,16 @@ def target_attention(target: str):
     kind, taken = torch.device(target).type, set()
 
     def routed(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if isinstance(query, torch.Tensor) and _meta(query) and not query.is_nested:
+        if isinstance(query, torch.Tensor) and _meta(query):
             # under a plan's autocast, cast as autocast casts SDPA (lower precision), which no mode sees here
             query, key, value, attn_mask = cast_for_autocast("scaled_dot_product_attention",
                                                              (query, key, value, attn_mask))
-            return _attention(kind, taken, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+            if not query.is_nested:
+                return _attention(kind, taken, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+            if kind == "cuda":
+                with _nested_flash(taken, query, key, value, attn_mask, dropout_p):
+                    return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                    scale=scale, enable_gqa=enable_gqa)
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                         scale=scale, enable_gqa=enable_gqa)
 
@@ -57,6 +62,30 @@ def target_attention(target: str):
         yield taken
     finally:
         F.scaled_dot_product_attention = original
+
+
+@contextmanager
+def _nested_flash(taken, q, k, v, mask, dropout_p):
+    """Nested-jagged SDPA on meta as CUDA runs it: torch's jagged path (torch.nested._internal.sdpa) picks flash
+    first on CUDA (then efficient, math, cuDNN, 2.11-2.13), and runs aten._flash_attention_forward over the values
+    with the offsets as cumulative lengths, whose meta kernel it takes here. On meta torch's choice cannot be asked
+    (it reads the device), so the plan applies flash's own conditions; where they fail the case is not plannable.
+    The same route torch takes for meta tensors under its FLOP counter."""
+    import torch.nested._internal.sdpa as jagged
+
+    dims = {t.shape[-1] for t in (q, k, v)}
+    if q.dtype not in (torch.float16, torch.bfloat16) or mask is not None or dropout_p or len(dims) > 1 or \
+            dims.pop() > 256:
+        raise NotPlannable("nested-tensor attention on CUDA would not take the flash kernel here (16-bit, no mask, "
+                           "one head dim up to 256), and the plan models no other kernel for nested tensors")
+    taken.add("flash")
+    choice, meta_flops = jagged._select_sdp_backend, jagged._is_computing_meta_flops
+    jagged._select_sdp_backend = lambda *args, **kwargs: torch.nn.attention.SDPBackend.FLASH_ATTENTION
+    jagged._is_computing_meta_flops = lambda x: x.device.type == "meta"  # also skips its autocast, done above
+    try:
+        yield
+    finally:
+        jagged._select_sdp_backend, jagged._is_computing_meta_flops = choice, meta_flops
 
 
 def _attention(target, taken, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import warnings
@@ -19,7 +20,8 @@ def varlen_attention(
 
     def jagged(t: Tensor) -> Tensor:
         # SDPA wants [B, H, j, Dh] that is contiguous once transposed back to [B, j, H, Dh], i.e. contiguous values.
-        nt = torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets, max_seqlen=max_seqlen)  # [B, j, H, Dh]
+        with _quiet(_FX_LOG):  # its is_fx_tracing() check logs a note for torch's developers (2.13)
+            nt = torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets, max_seqlen=max_seqlen)  # [B, j, H, Dh]
         return nt.transpose(1, 2)
 
     with warnings.catch_warnings():
@@ -27,6 +29,19 @@ def varlen_attention(
         warnings.filterwarnings("ignore", message=".*PyTorch API of nested tensors is in prototype stage.*")
         out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), is_causal=causal)  # [B, H, j, Dh]
     return out.transpose(1, 2).values()  # [T, H, Dh]
+
+
+_FX_LOG = logging.getLogger("torch.fx._symbolic_trace")
+
+
+@contextlib.contextmanager
+def _quiet(log: logging.Logger):
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 class _Collect(logging.Handler):

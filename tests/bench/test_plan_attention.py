@@ -79,3 +79,28 @@ def test_a_plan_names_the_attention_kernels_its_step_takes(target):
     assert naive.status == "ok" and naive.attention == (["math"] if target == "cpu" else ["efficient"])
     dispatch = next(p for p in moe.grid("smoke", grid) if p["part"] == "dispatch")
     assert plan_case(moe, "loop", dispatch, target).attention == []  # no attention in the layer
+
+
+def _nested(dtype):
+    """q [B, H, j, Dh] nested-jagged on meta: 2 sequences (3 and 7 tokens), 2 heads of 16."""
+    values = torch.empty(10, 2, 16, device="meta", dtype=dtype, requires_grad=True)
+    offsets = torch.tensor([0, 3, 10], device="meta")
+    return torch.nested.nested_tensor_from_jagged(values, offsets, min_seqlen=3, max_seqlen=7).transpose(1, 2)
+
+
+def test_nested_attention_on_a_cuda_target_takes_flash_over_the_values():
+    # torch's jagged path on CUDA: flash over the values, the offsets as cumulative lengths (rmpad's nested backend,
+    # to the byte against the H100 run: tests/bench/test_plan_error.py); on meta torch cannot choose it itself
+    q = _nested(torch.bfloat16)
+    with target_attention("cuda") as kernels:
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert kernels == {"flash"} and out.is_nested and out.dtype == torch.bfloat16
+    backward, todo = set(), [out.values().grad_fn]
+    while todo:
+        node = todo.pop()
+        backward.add(type(node).__name__)
+        todo += [n for n, _ in node.next_functions if n is not None]
+    assert "FlashAttentionBackward0" in backward
+    with target_attention("cuda"), pytest.raises(NotPlannable, match="flash kernel"):  # fp32: efficient on CUDA
+        F.scaled_dot_product_attention(_nested(torch.float32), _nested(torch.float32), _nested(torch.float32),
+                                       is_causal=True)

@@ -69,6 +69,8 @@ def test_the_h100_quick_runs_peaks_are_predicted_within_the_errors_reached(tool,
     # plain, mtp, mtp_d2: bf16 autocast (bench.plan_autocast), the shared head cast once; without autocast +51%,
     # without its weight cache 8 and 16 KiB over, with the gradients cleared first (today's order) -9% to -11%
     ("mtp/", True, 3),
+    # nested tensors' SDPA as flash over the values (bench.plan_attention; planned since that run)
+    ("rmpad/nested/", True, 1),
 ])
 def test_the_allocator_model_predicts_h100_peaks_to_the_byte(tool, match, netted, exact):
     # where no kernel allocates scratch of its own at the peak, the plan's blocks are what max_memory_allocated
