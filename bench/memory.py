@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.utils._python_dispatch import (
+    TorchDispatchMode,
+    _get_current_dispatch_mode_stack,
+    is_traceable_wrapper_subclass,
+)
 
 if TYPE_CHECKING:
     from bench.plan_alloc import CachingAllocatorModel
@@ -262,8 +266,7 @@ def runs_decomposed(func) -> bool:
 def decomposes(func, args, kwargs) -> bool:
     """Whether a dispatch mode should run `func` as its decomposition (runs_decomposed): not for a tensor subclass's
     arguments, whose own dispatch runs the op (a nested tensor's is_contiguous would decompose into itself)."""
-    return runs_decomposed(func) and all(type(t) in (torch.Tensor, torch.nn.Parameter)
-                                         for t in tensors_in((args, kwargs)))
+    return runs_decomposed(func) and not any(is_traceable_wrapper_subclass(t) for t in tensors_in((args, kwargs)))
 
 
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):

@@ -73,11 +73,14 @@ def _nested_flash(taken, q, k, v, mask, dropout_p):
     The same route torch takes for meta tensors under its FLOP counter."""
     import torch.nested._internal.sdpa as jagged
 
-    dims = {t.shape[-1] for t in (q, k, v)}
+    dims, heads = {t.shape[-1] for t in (q, k, v)}, {t.shape[1] for t in (q, k, v)}
+    dim = max(dims)
     if q.dtype not in (torch.float16, torch.bfloat16) or mask is not None or dropout_p or len(dims) > 1 or \
-            dims.pop() > 256:
-        raise NotPlannable("nested-tensor attention on CUDA would not take the flash kernel here (16-bit, no mask, "
-                           "one head dim up to 256), and the plan models no other kernel for nested tensors")
+            dim > 256 or dim % 8 or len(heads) > 1 or not torch.backends.cuda.flash_sdp_enabled() or \
+            any(t._get_min_seqlen() == 0 for t in (q, k, v)):
+        raise NotPlannable("nested-tensor attention on CUDA would not take the flash kernel here (16-bit, no mask "
+                           "or dropout, one head dim up to 256 and a multiple of 8, equal heads, no empty sequence), "
+                           "and the plan models no other kernel for nested tensors")
     taken.add("flash")
     choice, meta_flops = jagged._select_sdp_backend, jagged._is_computing_meta_flops
     jagged._select_sdp_backend = lambda *args, **kwargs: torch.nn.attention.SDPBackend.FLASH_ATTENTION

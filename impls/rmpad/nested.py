@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import warnings
@@ -18,10 +17,11 @@ def varlen_attention(
     """q, k, v [T, H, Dh] -> [T, H, Dh]; causal=False is the encoder form (full attention within each sequence)."""
     offsets = cu_seqlens.long()
 
+    _silence_fx_note()
+
     def jagged(t: Tensor) -> Tensor:
         # SDPA wants [B, H, j, Dh] that is contiguous once transposed back to [B, j, H, Dh], i.e. contiguous values.
-        with _quiet(_FX_LOG):  # its is_fx_tracing() check logs a note for torch's developers (2.13)
-            nt = torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets, max_seqlen=max_seqlen)  # [B, j, H, Dh]
+        nt = torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets, max_seqlen=max_seqlen)  # [B, j, H, Dh]
         return nt.transpose(1, 2)
 
     with warnings.catch_warnings():
@@ -31,15 +31,20 @@ def varlen_attention(
     return out.transpose(1, 2).values()  # [T, H, Dh]
 
 
-_FX_LOG = logging.getLogger("torch.fx._symbolic_trace")
+@functools.cache
+def _silence_fx_note() -> None:
+    """nested_tensor_from_jagged's is_fx_tracing() check logs a note for torch's developers, once a process (2.11,
+    2.13): made here once, with its logger quiet, so that no run or plan prints it."""
+    import torch.fx._symbolic_trace as symbolic_trace
 
-
-@contextlib.contextmanager
-def _quiet(log: logging.Logger):
+    note = getattr(symbolic_trace, "is_fx_tracing_warning", None)
+    if note is None:
+        return
+    log = logging.getLogger("torch.fx._symbolic_trace")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        yield
+        note()
     finally:
         log.setLevel(level)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from bench import plan_attention
 from bench.plan import plan_case
 from bench.plan_attention import kernel_choice, target_attention
+from bench.plan_autocast import MetaAutocast
 from bench.suite import NotPlannable, discover
 from tests.optional import needs_cuda
 
@@ -81,11 +82,21 @@ def test_a_plan_names_the_attention_kernels_its_step_takes(target):
     assert plan_case(moe, "loop", dispatch, target).attention == []  # no attention in the layer
 
 
-def _nested(dtype):
-    """q [B, H, j, Dh] nested-jagged on meta: 2 sequences (3 and 7 tokens), 2 heads of 16."""
-    values = torch.empty(10, 2, 16, device="meta", dtype=dtype, requires_grad=True)
-    offsets = torch.tensor([0, 3, 10], device="meta")
-    return torch.nested.nested_tensor_from_jagged(values, offsets, min_seqlen=3, max_seqlen=7).transpose(1, 2)
+def _nested(dtype, dim: int = 16, offsets=(0, 3, 10)):
+    """q [B, H, j, Dh] nested-jagged on meta: sequences of the offsets' lengths (3 and 7 tokens), 2 heads."""
+    values = torch.empty(offsets[-1], 2, dim, device="meta", dtype=dtype, requires_grad=True)
+    lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+    return torch.nested.nested_tensor_from_jagged(values, torch.tensor(offsets, device="meta"),
+                                                  min_seqlen=min(lengths), max_seqlen=max(lengths)).transpose(1, 2)
+
+
+def _backward_nodes(out) -> set[str]:
+    nodes, todo = set(), [out.values().grad_fn]
+    while todo:
+        node = todo.pop()
+        nodes.add(type(node).__name__)
+        todo += [n for n, _ in node.next_functions if n is not None]
+    return nodes
 
 
 def test_nested_attention_on_a_cuda_target_takes_flash_over_the_values():
@@ -95,12 +106,37 @@ def test_nested_attention_on_a_cuda_target_takes_flash_over_the_values():
     with target_attention("cuda") as kernels:
         out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
     assert kernels == {"flash"} and out.is_nested and out.dtype == torch.bfloat16
-    backward, todo = set(), [out.values().grad_fn]
-    while todo:
-        node = todo.pop()
-        backward.add(type(node).__name__)
-        todo += [n for n, _ in node.next_functions if n is not None]
-    assert "FlashAttentionBackward0" in backward
-    with target_attention("cuda"), pytest.raises(NotPlannable, match="flash kernel"):  # fp32: efficient on CUDA
-        F.scaled_dot_product_attention(_nested(torch.float32), _nested(torch.float32), _nested(torch.float32),
-                                       is_causal=True)
+    assert "FlashAttentionBackward0" in _backward_nodes(out)
+    # fp32 under the plan's bf16 autocast: cast first, as autocast casts SDPA, then flash
+    q = _nested(torch.float32)
+    with target_attention("cuda") as kernels, MetaAutocast(torch.bfloat16):
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert kernels == {"flash"} and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("why, q, kwargs", [
+    ("fp32", lambda: _nested(torch.float32), {}),  # efficient on CUDA
+    ("a head dim over 256", lambda: _nested(torch.bfloat16, dim=264), {}),
+    ("a head dim not a multiple of 8", lambda: _nested(torch.bfloat16, dim=12), {}),
+    ("an empty sequence", lambda: _nested(torch.bfloat16, offsets=(0, 0, 10)), {}),  # CUDA: no viable backend
+    ("dropout", lambda: _nested(torch.bfloat16), {"dropout_p": 0.1}),
+])
+def test_nested_attention_flash_would_not_run_is_not_plannable(why, q, kwargs):
+    q = q()
+    with target_attention("cuda"), pytest.raises(NotPlannable, match="flash kernel"):
+        F.scaled_dot_product_attention(q, q, q, is_causal=True, **kwargs)
+
+
+def test_the_jagged_paths_choice_is_restored_after_an_error(monkeypatch):
+    import torch.nested._internal.sdpa as jagged
+
+    choice, meta_flops = jagged._select_sdp_backend, jagged._is_computing_meta_flops
+
+    def fails(*args):
+        raise RuntimeError("in torch's jagged path")
+
+    monkeypatch.setattr(jagged, "_sdpa_nested_preprocessing", fails)
+    q = _nested(torch.bfloat16)
+    with target_attention("cuda"), pytest.raises(RuntimeError, match="jagged path"):
+        F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert (jagged._select_sdp_backend, jagged._is_computing_meta_flops) == (choice, meta_flops)
