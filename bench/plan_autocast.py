@@ -48,6 +48,7 @@ import torch.utils.checkpoint
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.memory import tensors_in
 from bench.plan_meta import _meta
 from bench.suite import NotPlannable
 
@@ -165,7 +166,7 @@ class _Region:
         if policy == "unmodelled":
             raise NotPlannable(f"autocast's own wrapper of aten::{name} is not modelled")
         if policy == PROMOTE:  # the widest: fp32 where any eligible argument is
-            dtypes = {t.dtype for t in _flat(args) if _eligible(t)}
+            dtypes = {t.dtype for t in tensors_in(args) if _eligible(t)}
             if dtypes - {torch.float32, self.dtype}:  # autocast's prioritize raises for a third type
                 raise NotPlannable(f"autocast raises for {name} of {sorted(map(str, dtypes))} under {self.dtype}")
             return torch.float32 if torch.float32 in dtypes else self.dtype
@@ -182,18 +183,13 @@ class _Region:
         if policy in (SET_DTYPE, APPEND_DTYPE):
             return self._sets_dtype(args, kwargs) and _first(args, kwargs).dtype != torch.float32
         to = self._to(policy, name, (*args, *kwargs.values()))
-        return any(_eligible(t) and t.dtype != to for t in _flat((*args, *kwargs.values())))
+        return any(_eligible(t) and t.dtype != to for t in tensors_in((args, kwargs)))
 
 
 def _first(args: tuple, kwargs: dict):
     """The op's first tensor argument (autocast's firstarg), given by position or as input=/self=."""
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     return first if first is not None else kwargs.get("input", kwargs.get("self"))
-
-
-def _flat(args) -> list:
-    """The arguments, with lists and tuples (cat's, stack's tensors) opened."""
-    return [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,))]
 
 
 class _Casts(TorchFunctionMode):
@@ -247,17 +243,23 @@ class _Unmodelled(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        overload = func._schema.name + (f".{func._overloadname}" if func._overloadname != "default" else "")
-        name = func._schema.name.removeprefix("aten::")
-        if name in _DECOMPOSED:
-            name, policy = _DECOMPOSED[name], policy_of(_DECOMPOSED[name])
-        else:
-            policy = policy_of(name) if overload in listed_overloads() else None  # autocast wraps overloads
+        name, policy = _at_dispatcher(func)
         if policy is not None and not self.region.inside and _ACTIVE[-1] is self.region and \
                 self.region.changes(policy, name, args, kwargs):
             raise NotPlannable(f"autocast would cast {func._schema.name} inside a call the plan's autocast does not "
                                "model (bench.plan_autocast)")
         return func(*args, **kwargs)
+
+
+@functools.cache
+def _at_dispatcher(func) -> tuple[str, str | None]:
+    """(the listed op an overload reaching the dispatcher stands for, its policy, or None where autocast wraps no
+    such overload): autocast wraps overloads; a decomposed listed op is seen as what it decomposes into."""
+    name = func._schema.name.removeprefix("aten::")
+    if name in _DECOMPOSED:
+        return _DECOMPOSED[name], policy_of(_DECOMPOSED[name])
+    overload = func._schema.name + (f".{func._overloadname}" if func._overloadname != "default" else "")
+    return name, policy_of(name) if overload in listed_overloads() else None
 
 
 class MetaAutocast:

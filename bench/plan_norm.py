@@ -45,10 +45,10 @@ def target_rms_norm(target: str):
     original = F.rms_norm
 
     def routed(input, normalized_shape, weight=None, eps=None):
-        if isinstance(input, torch.Tensor) and _meta(input):  # under autocast, rms_norm runs in fp32 (its list)
-            input, weight = cast_for_autocast("rms_norm", (input, weight))
-        if isinstance(input, torch.Tensor) and _meta(input) and _fused_on_cuda(input, weight):
-            return _FusedRMSNorm.apply(input, weight, tuple(normalized_shape))
+        if isinstance(input, torch.Tensor) and _meta(input):
+            input, weight = cast_for_autocast("rms_norm", (input, weight))  # under autocast: fp32 (its list)
+            if _fused_on_cuda(input, weight):
+                return _FusedRMSNorm.apply(input, weight, tuple(normalized_shape))
         return original(input, normalized_shape, weight, eps)
 
     F.rms_norm = routed
