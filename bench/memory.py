@@ -83,12 +83,14 @@ class TensorMemoryTracker(TorchDispatchMode):
     # their transient internals are not.
     supports_higher_order_operators = True
 
-    def __init__(self, allocator: CachingAllocatorModel | None = None, host_builds: bool = True):
+    def __init__(self, allocator: CachingAllocatorModel | None = None, host_builds: bool = True, scratch=None):
         """`allocator`: a model of the CUDA caching allocator fed every storage counted (bench.plan_alloc), for a
         plan's CUDA target. `host_builds`: whether a module made under `built_on_host` counts as it is made (a CPU,
-        where it is built) or as each of its tensors copied to the device once it is built (a GPU)."""
+        where it is built) or as each of its tensors copied to the device once it is built (a GPU). `scratch`:
+        (func, args, kwargs, out) -> the bytes an op's kernel allocates for itself after its outputs, each freed as
+        it returns (bench.plan_scratch, for a CUDA target), counted for that moment."""
         super().__init__()
-        self.allocator, self.host_builds = allocator, host_builds
+        self.allocator, self.host_builds, self.scratch = allocator, host_builds, scratch
         self._live: dict[str, int] = defaultdict(int)
         self._peak: dict[str, int] = defaultdict(int)
         self._seen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # storage -> its _Held
@@ -193,7 +195,24 @@ class TensorMemoryTracker(TorchDispatchMode):
         for storage in _storages(out):
             if id(storage) not in before:  # an output aliasing an input (a view, out=, in-place) is not new memory
                 self.track(storage, replaces)
+        if self.scratch is not None:
+            sizes = self.scratch(func, args, kwargs, out)
+            if sizes:
+                self._transient(device_key(tensors_in(args)[0].device), sizes)
         return out
+
+    def _transient(self, key: str, sizes: list[int]) -> None:
+        """Bytes held for a moment: taken in order, given back in reverse."""
+        self._settle()
+        blocks = []
+        for n in sizes:
+            self._live[key] += n
+            self._peak[key] = max(self._peak[key], self._live[key])
+            blocks.append(self.allocator.malloc(n) if self.allocator is not None else None)
+        for n, block in zip(reversed(sizes), reversed(blocks)):
+            if block is not None:
+                self.allocator.free(block)
+            self._live[key] -= n
 
 
 class _Held:

@@ -62,6 +62,7 @@ from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
 from bench.plan_norm import target_rms_norm
 from bench.plan_offload import target_offload
 from bench.plan_optim import target_foreach
+from bench.plan_scratch import kernel_scratch
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
 GIB = 1 << 30
@@ -162,17 +163,20 @@ def _storage_bytes(tensors) -> int:
 
 
 def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: bool | None = None,
-             clear: bool = True) -> dict[str, Any]:
+             clear: bool = True, gpu: str | None = None) -> dict[str, Any]:
     """Build the case's workload on meta for `target` and run its warm-up and one step: the raw figures of a plan.
     `warm_up`: whether to run the warm-up step (default: unless the workload is stateless). `clear`: run the
     workload's `clear` before the step's window, as bench.memory.peak_bytes does. Raises NotPlannable or Skip. On a
-    CUDA target the peaks are the caching allocator's (bench.plan_alloc), as CUDA reports them."""
-    gpu = torch.device(target).type == "cuda"
-    allocator = CachingAllocatorModel() if gpu else None
+    CUDA target the peaks are the caching allocator's (bench.plan_alloc), as CUDA reports them, kernels' scratch
+    included where `gpu` (a bench.hardware name; None: this machine's GPU, if any) says how much
+    (bench.plan_scratch)."""
+    cuda = torch.device(target).type == "cuda"
+    allocator = CachingAllocatorModel() if cuda else None
+    scratch = kernel_scratch(gpu) if cuda else None
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
             target_offload(target) as offload, target_autocast(target), target_foreach(target), \
-            TensorMemoryTracker(allocator, host_builds=not gpu) as total:
+            TensorMemoryTracker(allocator, host_builds=not cuda, scratch=scratch) as total:
         w = suite.workload(variant, dict(params), META, target)
         if warm_up is None:
             warm_up = not w.stateless
@@ -180,25 +184,25 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
             w.step()
         total.settle()
         resident = total.live_bytes(META)
-        before = allocator.peak_allocated if gpu else total.peak_bytes(META)  # the build's and the warm-up's
+        before = allocator.peak_allocated if cuda else total.peak_bytes(META)  # the build's and the warm-up's
         parameters = [p for m in w.modules for p in m.parameters()]
         warm_grads = _storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
         if clear and w.clear is not None:  # what the measured window leaves out: the previous step's gradients
             w.clear()
         total.reset_peak()
-        if gpu:
+        if cuda:
             base, reserved = allocator.allocated, allocator.peak_reserved
             allocator.reset_peak()
         with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
             w.step()
         held = w.held() if w.held is not None else 0
         total.settle()
-        step_peak = allocator.peak_allocated - base if gpu else step.peak_bytes(META)
-        peak = max(before, allocator.peak_allocated if gpu else total.peak_bytes(META))
+        step_peak = allocator.peak_allocated - base if cuda else step.peak_bytes(META)
+        peak = max(before, allocator.peak_allocated if cuda else total.peak_bytes(META))
         param_bytes = _storage_bytes(parameters)
         optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
         return {"step_peak_bytes": step_peak + held, "peak_bytes": peak,
-                "reserved_bytes": max(reserved, allocator.peak_reserved) if gpu else None,
+                "reserved_bytes": max(reserved, allocator.peak_reserved) if cuda else None,
                 "resident_bytes": resident, "held_bytes": held,
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,
@@ -218,7 +222,7 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
         why = suite.unsupported_world_size(params.get("world_size", 1))
         if why:
             raise Skip(why)
-        raw = run_step(suite, variant, params, target)
+        raw = run_step(suite, variant, params, target, gpu=gpu)
     except Skip as e:
         p.status, p.reason = "skipped", str(e) or "skipped"
         return p

@@ -19,6 +19,7 @@ with its clearing inside the window, where the plan's model of the allocator (be
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.plan import plan_case, run_step  # noqa: E402 - after the checkout is on the path
+from bench import hardware  # noqa: E402 - after the checkout is on the path
+from bench.plan import plan_case, run_step  # noqa: E402
 from bench.records import read_records  # noqa: E402
 from bench.suite import discover  # noqa: E402
 
@@ -67,31 +69,40 @@ class Row:
 
 def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> list[Row]:
     """Every measured case of `run` whose id holds `match`, predicted by this checkout's plan for CUDA."""
-    suites, rows = discover(), []
+    suites, rows, gpu = discover(), [], run_gpu(run)
     for r in read_records(run / "records.jsonl"):
         measured = r.metrics.get("peak_mem_bytes")
         if r.status != "ok" or match not in r.case_id or not measured or r.suite not in suites:
             continue
         reserved = None
         if gradients_netted and r.suite in NETTED:
-            predicted, reason = _netted(suites[r.suite], r)
+            predicted, reason = _netted(suites[r.suite], r, gpu)
         else:
-            now = plan_case(suites[r.suite], r.variant, r.params, "cuda")
+            now = plan_case(suites[r.suite], r.variant, r.params, "cuda", gpu)
             predicted, reason, reserved = now.step_peak_bytes, now.reason, now.reserved_bytes
         rows.append(Row(r.case_id, r.suite, measured, r.metrics.get("predicted_peak_mem_bytes"), predicted, reason,
                         r.metrics.get("reserved_mem_bytes"), reserved))
     return rows
 
 
-def _netted(suite, r) -> tuple[int | None, str | None]:
+def run_gpu(run: Path) -> str | None:
+    """The GPU a run measured on, as bench.hardware names it (from run.json's environment), or None."""
+    try:
+        gpus = json.loads((run / "run.json").read_text())["env"]["gpus"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return hardware.resolve(gpus[0]["name"]) if gpus else None
+
+
+def _netted(suite, r, gpu: str | None) -> tuple[int | None, str | None]:
     """(the peak, None) as a run before `Workload.clear` measured it: a warm-up, then the step's peak as the
     allocator counts it, the previous gradients' frees inside the window netted out; or (None, why) where the case
     does not plan."""
     try:
         with _zero_grad_before_backward() if suite.name in AFTER_FORWARD else nullcontext():
-            raw = run_step(suite, r.variant, r.params, "cuda", warm_up=True, clear=False)
+            raw = run_step(suite, r.variant, r.params, "cuda", warm_up=True, clear=False, gpu=gpu)
     except Exception:  # noqa: BLE001 - Skip, NotPlannable or a step meta cannot run: plan_case says which
-        return None, plan_case(suite, r.variant, r.params, "cuda").reason
+        return None, plan_case(suite, r.variant, r.params, "cuda", gpu).reason
     return raw["step_peak_bytes"], None
 
 

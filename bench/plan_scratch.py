@@ -1,0 +1,228 @@
+"""Memory a CUDA kernel takes from the caching allocator for itself, inside one op (`kernel_scratch`, for bench.plan).
+
+torch.cuda.max_memory_allocated counts it and no tensor shows it, so a plan that counts tensors alone comes out under
+where a step peaks inside such a kernel. Modelled here, each from torch's source, for the kernels whose scratch is
+large enough to matter:
+
+- The reduce kernel's global staging (ATen/native/cuda/Reduce.cuh, gpu_reduce_kernel): a reduction it splits across
+  thread blocks (ctas_per_output > 1) stages partial results in a buffer of
+  `acc bytes x outputs x ctas_per_output [x block.x x output_vec_size]` and counts finished blocks in semaphores of
+  4 B per grid column, both allocated after the output and freed as the op returns. A bias gradient (a sum over the
+  tokens' rows of [tokens, N]) gets 2 MiB for N = 256 over 1024 rows and 8 MiB for N = 1024: on an H100, checkpointing's
+  quick step peaks inside fc1's, 8 MiB above the tensors (the measured 76,296,704 B, to the byte). How the kernel
+  splits depends on the input's layout after TensorIterator reorders and coalesces its dimensions (`_iterate`), on
+  the GPU's multiprocessor count and threads per multiprocessor, and on the kernel's input vector size (8 for 16-bit
+  inputs of sum and mean since torch 2.4, else 4). Modelled for sum and mean of floating tensors, whose accumulator
+  is float (double for float64); other reductions (amax, var, norm) and ones over more than 2**31 bytes (split into
+  sub-iterators) are not, nor other GPUs' own rules (ROCm).
+- mse_loss with a reduction computes the unreduced loss into a second buffer of the input's size, reduced into the
+  first (which the loss keeps: bench.plan_meta) and freed as the op returns; its mean's staging comes on top. Seen on
+  the CPU's allocator too (torch 2.11, 2.13); on an H100 it is the 256 MiB of checkpointing's full-size step without
+  checkpointing, which peaks there (the measured 52,810,771,456 B).
+
+Written by hand: no library says what a CUDA kernel allocates. FlashAttention's backward accumulators and cuBLAS's
+workspaces are not here (the first are at most a query's fp32 bytes, the second made once, in a warm-up).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench import hardware
+
+aten = torch.ops.aten
+WARP = 32
+MAX_THREADS = 512  # mnt_wrapper<T>::MAX_NUM_THREADS (256 for complex double, which this does not model)
+MIN_VALUES_PER_THREAD, MAX_VALUES_PER_THREAD = 16, 256
+OUTPUT_VEC = 4  # get_output_vec_size's largest
+INDEX_LIMIT = 2**31 - 1  # can_use_32bit_indexing, in elements and in bytes of offset
+
+
+@dataclass(frozen=True)
+class Multiprocessors:
+    """What setReduceConfig asks the device (cudaDeviceProp)."""
+
+    count: int
+    threads: int
+    """maxThreadsPerMultiProcessor."""
+
+
+def multiprocessors(gpu: str | None) -> Multiprocessors | None:
+    """The target GPU's: bench.hardware's table for one it knows, else this machine's GPU 0 where it has one (a plan
+    of this machine's GPU), else None (the reduce kernel's staging is then not modelled: its size depends on them)."""
+    sms = hardware.multiprocessors(gpu)
+    if sms is not None:
+        return Multiprocessors(*sms)
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    threads = getattr(p, "max_threads_per_multi_processor", None) or (1536 if (p.major, p.minor) in
+                                                                      ((8, 6), (8, 7), (8, 9)) else 2048)
+    return Multiprocessors(p.multi_processor_count, threads)
+
+
+def _iterate(shape, in_strides, out_strides) -> tuple[list[int], list[int], list[int]]:
+    """TensorIterator's view of a reduction (reorder_dimensions, then coalesce_dimensions): (shape, input strides,
+    output strides), fastest dimension first, reduced dimensions (output stride 0) in front; strides in bytes."""
+    n = len(shape)
+    perm = list(reversed(range(n)))
+    ops = (out_strides, in_strides)  # the output is operand 0
+
+    def should_swap(d0: int, d1: int) -> int:
+        for k, strides in enumerate(ops):
+            s0, s1 = strides[d0], strides[d1]
+            if k == 0 and (s0 == 0) != (s1 == 0):  # reduced dimensions to the front
+                return 1 if s1 == 0 else -1
+            if s0 == 0 or s1 == 0:
+                continue
+            if s0 != s1:
+                return -1 if s0 < s1 else 1
+            if shape[d0] > shape[d1]:
+                return 1
+        return 0
+
+    for i in range(1, n):  # insertion sort with ambiguous comparisons, as TensorIterator's
+        j = i
+        for k in range(i - 1, -1, -1):
+            c = should_swap(perm[k], perm[j])
+            if c > 0:
+                perm[k], perm[j] = perm[j], perm[k]
+                j = k
+            elif c < 0:
+                break
+    shape = [shape[d] for d in perm]
+    strides = [[s[d] for d in perm] for s in ops]
+    if n > 1:  # coalesce: neighbours where either has size 1 or every operand steps across both as one
+        prev = 0
+        for d in range(1, n):
+            if shape[prev] == 1 or shape[d] == 1 or all(shape[prev] * s[prev] == s[d] for s in strides):
+                if shape[prev] == 1:
+                    for s in strides:
+                        s[prev] = s[d]
+                shape[prev] *= shape[d]
+            else:
+                prev += 1
+                if prev != d:
+                    for s in strides:
+                        s[prev] = s[d]
+                    shape[prev] = shape[d]
+        shape = shape[:prev + 1]
+        strides = [s[:prev + 1] for s in strides]
+    return shape, strides[1], strides[0]
+
+
+def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, input_vec: int, sms: Multiprocessors) -> list[int]:
+    """The bytes gpu_reduce_kernel allocates reducing `x` over `dims` (all for None or empty) into `out_dtype`, in
+    order: [staging, semaphores], or [] where it does not split across thread blocks (or where it is not modelled)."""
+    if x.numel() == 0 or x.dim() == 0 or x.dtype.is_complex or not x.dtype.is_floating_point:
+        return []
+    item = x.element_size()
+    reduced = {d % x.dim() for d in dims} if dims else set(range(x.dim()))
+    shape = list(x.shape)
+    in_strides = [s * item for s in x.stride()]
+    # the output as review_reduce_result views it (a contiguous tensor of the kept shape), and TensorIterator's
+    # compute_strides: stride 0 over the reduced dimensions the input has more than one of
+    out_strides, step = [0] * len(shape), torch.empty((), dtype=out_dtype).element_size()
+    for d in reversed(range(len(shape))):
+        out_strides[d] = 0 if d in reduced and shape[d] != 1 else step
+        step *= 1 if d in reduced else shape[d]
+    span = 1 + sum((n - 1) * abs(s) for n, s in zip(shape, in_strides))
+    if x.numel() > INDEX_LIMIT or span > INDEX_LIMIT:
+        return []  # sub-iterators, each its own staging, and an accumulation buffer: not modelled
+    shape, ins, outs = _iterate(shape, in_strides, out_strides)
+    n_reduce = sum(1 for s in outs if s == 0)
+    outputs = math.prod(n for n, s in zip(shape, outs) if s != 0)
+    inputs = x.numel() // outputs
+    acc = 8 if x.dtype == torch.float64 else 4  # float accumulates 16-bit and 32-bit floats on CUDA
+
+    fastest = n_reduce == len(shape) or ins[0] < ins[n_reduce]
+    dim0, dim1 = (inputs, outputs) if fastest else (outputs, inputs)
+    stride0 = ins[0] if fastest else ins[n_reduce]
+    output_vec = 1
+    if stride0 == item:
+        if fastest and dim0 >= 128 and n_reduce == 1:
+            dim0 //= input_vec  # vectorised along the input
+        elif not fastest:
+            output_vec = _output_vec(x.storage_offset(), shape, ins, n_reduce, item)
+            dim0 //= output_vec
+    # set_block_dimension
+    limit = MAX_THREADS // output_vec
+    pow0 = _last_pow2(dim0) if dim0 < limit else limit
+    pow1 = _last_pow2(dim1) if dim1 < limit else limit
+    width = min(pow0, WARP)
+    height = min(pow1, limit // width)
+    width = min(pow0, limit // height)
+    step_input, step_output = 1, 1
+    if fastest:
+        step_input *= width
+    else:
+        step_output *= width
+    split_warps = -(-inputs // step_input) >= min(height * 16, MAX_VALUES_PER_THREAD)
+    if split_warps:
+        step_input *= height
+    else:
+        step_output *= height
+    grid = -(-(outputs // output_vec) // step_output)
+    target = sms.count * (sms.threads // (width * height))
+    per_thread = -(-inputs // step_input)
+    if not (split_warps and per_thread >= MAX_VALUES_PER_THREAD and grid <= target):
+        return []
+    ctas = max(min(-(-target // grid), -(-per_thread // MIN_VALUES_PER_THREAD)),
+               -(-per_thread // MAX_VALUES_PER_THREAD))
+    if ctas <= 1:
+        return []
+    staging = acc * outputs * ctas * (1 if fastest else width * output_vec)
+    return [staging, 4 * grid]
+
+
+def _last_pow2(n: int) -> int:
+    return max(1, 1 << (int(n).bit_length() - 1))
+
+
+def _output_vec(offset: int, shape, ins, n_reduce: int, item: int) -> int:
+    """get_output_vec_size: 4, halved until it divides the input's offset, the first output dimension's size and the
+    input's other strides (in elements); an allocation's base is 512 B aligned."""
+    vec = OUTPUT_VEC
+    for n in [offset, shape[n_reduce], *(s // item for j, s in enumerate(ins) if j != n_reduce)]:
+        while n % vec:
+            vec //= 2
+    return vec
+
+
+_REDUCTIONS = {aten.sum.dim_IntList: 8, aten.sum.default: 8, aten.mean.dim: 8, aten.mean.default: 8}
+"""The reductions modelled, each with its 16-bit inputs' vector size (sum_functor, mean_kernel_impl)."""
+
+
+def kernel_scratch(gpu: str | None):
+    """A bench.memory.TensorMemoryTracker `scratch` for a CUDA target: (func, args, kwargs, out) -> the bytes the op's
+    kernel allocates after its outputs, in order, each freed as it returns (in reverse); None where nothing is
+    modelled for the target (an unknown GPU: the staging depends on its multiprocessors)."""
+    sms = multiprocessors(gpu)
+    if sms is None:
+        return None
+
+    def scratch(func, args, kwargs, out) -> list[int]:
+        if func in _REDUCTIONS:
+            x = args[0]
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            dtype = kwargs.get("dtype")
+            if not isinstance(out, torch.Tensor) or dtype not in (None, x.dtype) and \
+                    not (x.element_size() == 2 and dtype == torch.float32):
+                return []  # the input converted first (self.to(dtype)): not modelled
+            vec = _REDUCTIONS[func] if x.element_size() == 2 else 4
+            return reduce_staging(x, dims, out.dtype, vec, sms)
+        if func is aten.mse_loss.default:
+            reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
+            if not reduction:
+                return []
+            shape = torch.broadcast_shapes(args[0].shape, args[1].shape)
+            unreduced = torch.empty(shape, dtype=out.dtype, device="meta")
+            vec = 8 if unreduced.element_size() == 2 else 4
+            return [unreduced.numel() * unreduced.element_size(),
+                    *reduce_staging(unreduced, None, out.dtype, vec, sms)]
+        return []
+
+    return scratch
