@@ -7,7 +7,6 @@ tracker is exact and deterministic (it counts storage bytes, not allocator block
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
@@ -16,11 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils._python_dispatch import (
-    TorchDispatchMode,
-    _get_current_dispatch_mode_stack,
-    is_traceable_wrapper_subclass,
-)
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+
+from bench.memory_ops import decomposes, replaced, storages, tensors_in
 
 if TYPE_CHECKING:
     from bench.plan_alloc import CachingAllocatorModel
@@ -34,37 +31,13 @@ def device_key(device: str | torch.device) -> str:
     return str(device)
 
 
-def tensors_in(tree) -> list[torch.Tensor]:
-    """The tensors in an op's arguments or outputs (nested tuples, lists and dicts), in order.
-
-    Written here rather than pytree's tree_flatten, which the dispatch modes called on every op: its generality
-    (registered node types, leaves kept for unflattening) made it a third of a plan's time (~25 us a call)."""
-    found: list[torch.Tensor] = []
-    _collect(tree, found)
-    return found
-
-
-def _collect(x, found: list) -> None:
-    if isinstance(x, torch.Tensor):
-        found.append(x)
-    elif isinstance(x, (tuple, list)):
-        for item in x:
-            _collect(item, found)
-    elif isinstance(x, dict):
-        for item in x.values():
-            _collect(item, found)
-
-
-def _storages(tree) -> list[torch.UntypedStorage]:
-    return [t.untyped_storage() for t in tensors_in(tree) if t.layout == torch.strided]
-
-
 class TensorMemoryTracker(TorchDispatchMode):
     """Counts the bytes of every tensor storage created while active, per device, until it is freed.
 
     A storage is counted once however many views share it; storages that existed before entry (parameters,
-    inputs) are not counted, nor are views of them. `live_bytes` is what is held now, `peak_bytes` the most held at
-    once since entry or the last `reset_peak`.
+    inputs) are not counted, nor are views of them. A storage resized in place (FSDP2 frees and re-allocates its
+    unsharded parameters so) counts its new bytes from the resize (`resized`). `live_bytes` is what is held now,
+    `peak_bytes` the most held at once since entry or the last `reset_peak`.
 
     Being a dispatch mode, it changes what autograd runs: with a mode active (or on meta tensors) every tensor is
     "subclass-like" (at::isTensorSubclassLike), and backward takes the out-of-place twin of an in-place op it would
@@ -148,9 +121,38 @@ class TensorMemoryTracker(TorchDispatchMode):
         """Resolve a pending twin (see the class) now, before the figures are read outside an op."""
         self._settle()
 
+    def __enter__(self):
+        _watch_resizes(+1)
+        return super().__enter__()
+
     def __exit__(self, *exc):
         self._settle()  # no op follows: the frees it holds back reach the allocator model now
-        return super().__exit__(*exc)
+        try:
+            return super().__exit__(*exc)
+        finally:
+            _watch_resizes(-1)
+
+    def resized(self, storage: torch.UntypedStorage, old: int, new: int) -> None:
+        """A storage's bytes changed in place from `old` to `new` (UntypedStorage.resize_, which no dispatch mode
+        sees): FSDP2 frees and re-allocates its unsharded parameters so. Counted as the device does it: the new bytes
+        taken while the old are still held, then the old given back. A storage this tracker never counted (made
+        before it, or empty when made) is counted from a resize that gives it bytes."""
+        self._settle()
+        held = self._seen.get(storage)
+        if held is None:
+            if old:
+                return  # bytes from before the tracker: as a storage made before it, not counted
+            key, held = device_key(storage.device), _Held(0)
+            self._seen[storage] = held
+            weakref.finalize(storage, self._free, key, held)
+        key, block = device_key(storage.device), held.block
+        self._live[key] += new
+        self._peak[key] = max(self._peak[key], self._live[key])
+        held.block = self.allocator.malloc(new) if self.allocator is not None and new else None
+        self._live[key] -= held.nbytes
+        held.nbytes = new
+        if block is not None:
+            self.allocator.free(block)
 
     def _settle(self) -> None:
         if self._pending is not None:
@@ -187,12 +189,12 @@ class TensorMemoryTracker(TorchDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-        before = {id(s) for s in _storages((args, kwargs))}
+        before = {id(s) for s in storages((args, kwargs))}
         out = func(*args, **kwargs)
         if _HOST_BUILDS[0] and not self.host_builds:
             return out  # on the host: counted when the module is copied to the device (copied_to_device)
-        replaces = _replaced(func, args, kwargs, out)
-        for storage in _storages(out):
+        replaces = replaced(func, args, kwargs, out)
+        for storage in storages(out):
             if id(storage) not in before:  # an output aliasing an input (a view, out=, in-place) is not new memory
                 self.track(storage, replaces)
         if self.scratch is not None:
@@ -213,6 +215,30 @@ class TensorMemoryTracker(TorchDispatchMode):
             if block is not None:
                 self.allocator.free(block)
             self._live[key] -= n
+
+
+_RESIZE = {"watchers": 0, "original": None}
+
+
+def _watch_resizes(change: int) -> None:
+    """UntypedStorage.resize_ reported to the active trackers while any is entered (`TensorMemoryTracker.resized`).
+    Patched rather than observed: a storage's resize reaches no dispatch mode."""
+    if _RESIZE["watchers"] == 0 and change > 0:
+        original = _RESIZE["original"] = torch.UntypedStorage.resize_
+
+        def resize_(storage, size):
+            old = storage.nbytes()
+            out = original(storage, size)
+            if storage.nbytes() != old:
+                for mode in _get_current_dispatch_mode_stack():
+                    if isinstance(mode, TensorMemoryTracker):
+                        mode.resized(storage, old, storage.nbytes())
+            return out
+
+        torch.UntypedStorage.resize_ = resize_
+    _RESIZE["watchers"] += change
+    if _RESIZE["watchers"] == 0:
+        torch.UntypedStorage.resize_ = _RESIZE["original"]
 
 
 class _Held:
@@ -242,52 +268,6 @@ def built_on_host(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     return module
 
 
-IN_PLACE_TWINS = {torch.ops.aten.add.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.scatter_add.default}
-"""Ops backward runs out of place only because a tensor is subclass-like (under a dispatch mode, on meta): the
-engine's gradient sum (InputBuffer::accumulate), index_backward, gather_backward (torch/csrc/autograd)."""
-
-
-def _replaced(func, args, kwargs, out) -> torch.UntypedStorage | None:
-    """The storage of the first argument of an IN_PLACE_TWINS op in backward, where its output has that argument's
-    layout: the in-place op would have written there.
-
-    Only with grad mode off, as the engine runs backward unless asked for create_graph (then it sums out of place
-    on every device) and not in a checkpoint's recompute (a forward, under grad mode); an add of two tensors of one
-    shape and no alpha. A custom autograd.Function whose backward writes `a = a + g` looks the same and is counted
-    as in place: no suite's does."""
-    if func not in IN_PLACE_TWINS or torch.is_grad_enabled() or torch._C._current_graph_task_id() < 0:
-        return None
-    first = args[0] if args else None
-    if not isinstance(first, torch.Tensor) or not isinstance(out, torch.Tensor) or first.layout != torch.strided:
-        return None
-    if first.shape != out.shape or first.dtype != out.dtype or first.device != out.device or \
-            not first.is_contiguous():
-        return None
-    if func is torch.ops.aten.add.Tensor and (kwargs or not isinstance(args[1], torch.Tensor) or
-                                              args[1].shape != out.shape):
-        return None
-    return first.untyped_storage()
-
-
-@functools.lru_cache(maxsize=None)
-def runs_decomposed(func) -> bool:
-    """Whether every device runs `func` as its CompositeImplicitAutograd decomposition (linear, matmul, SDPA's
-    composite): it has one and no kernel of its own, for the CPU or for meta (silu_backward has both; an op with a
-    CUDA kernel alone, as _fused_rms_norm, bench.plan_norm routes itself)."""
-    name = func.name()
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    try:
-        return has(name, "CompositeImplicitAutograd") and not any(has(name, key) for key in ("CPU", "Meta"))
-    except RuntimeError:  # an op of Python's own, unknown to the dispatcher (nested tensors' aten.sym_size.int)
-        return False
-
-
-def decomposes(func, args, kwargs) -> bool:
-    """Whether a dispatch mode should run `func` as its decomposition (runs_decomposed): not for a tensor subclass's
-    arguments, whose own dispatch runs the op (a nested tensor's is_contiguous would decompose into itself)."""
-    return runs_decomposed(func) and not any(is_traceable_wrapper_subclass(t) for t in tensors_in((args, kwargs)))
-
-
 class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
     """Bytes of the tensors autograd saves for backward while active, counted once per storage, per device.
 
@@ -298,7 +278,7 @@ class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
 
     def __init__(self, ignore=()):
         self.bytes: dict[str, int] = defaultdict(int)
-        self._seen: weakref.WeakSet = weakref.WeakSet(s for s in _storages(list(ignore)))
+        self._seen: weakref.WeakSet = weakref.WeakSet(s for s in storages(list(ignore)))
         super().__init__(self._pack, lambda t: t)
 
     def __enter__(self) -> SavedTensorBytes:

@@ -54,11 +54,12 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.lifeline import freeze_alive
-from bench.memory import SavedTensorBytes, TensorMemoryTracker, decomposes, tensors_in
+from bench.memory import SavedTensorBytes, TensorMemoryTracker
+from bench.memory_ops import decomposes, tensors_in
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
 from bench.plan_autocast import target_autocast
-from bench.plan_meta import IndexValues, MetaKernels, fake_ranks
+from bench.plan_meta import IndexValues, MetaKernels, current_stream, fake_ranks
 from bench.plan_norm import target_rms_norm
 from bench.plan_offload import target_offload
 from bench.plan_optim import target_foreach
@@ -171,7 +172,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     included where `gpu` (a bench.hardware name; None: this machine's GPU, if any) says how much
     (bench.plan_scratch)."""
     cuda = torch.device(target).type == "cuda"
-    allocator = CachingAllocatorModel() if cuda else None
+    allocator = CachingAllocatorModel(current_stream if suite.world_sizes else None) if cuda else None
     scratch = kernel_scratch(gpu) if cuda else None
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \

@@ -10,7 +10,9 @@ configuration (PYTORCH_CUDA_ALLOC_CONF unset), from c10/cuda/CUDACachingAllocato
   pool, from 20 MiB segments below 10 MiB (kLargeBuffer, kMinLargeAlloc) and otherwise from a segment of their own,
   rounded up to 2 MiB (kRoundLarge);
 - the free block taken is the smallest that fits (then the lowest address; a new segment is assumed above the
-  others), on one stream (FSDP2's all-gather streams, which have pools of their own, are not modelled);
+  others) among the blocks of the stream it is asked on: a stream's blocks and segments serve that stream only
+  (FSDP2's all-gathers and reduce-scatters allocate on streams of their own: 0.4 MiB of fsdp_checkpointing's quick
+  step with every block recomputed, on an H100);
 - it is split when what remains is at least 512 B (small pool) or more than 1 MiB (large pool); otherwise the whole
   block is handed out and counted: a 1.5 MiB tensor given a freed 2 MiB block counts 2 MiB;
 - a freed block merges with the free blocks beside it in its segment, and segments are kept (no empty_cache, and
@@ -33,6 +35,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import os
+from collections import defaultdict
 
 MIN_BLOCK = 512  # kMinBlockSize: every request is rounded up to a multiple of this
 SMALL = 1 << 20  # kSmallSize: the largest request the small pool serves
@@ -54,10 +57,11 @@ def default_config(env=os.environ) -> bool:
 
 
 class Block:
-    __slots__ = ("address", "size", "small", "prev", "next", "free")
+    __slots__ = ("address", "size", "small", "pool", "prev", "next", "free")
 
-    def __init__(self, address: int, size: int, small: bool):
+    def __init__(self, address: int, size: int, small: bool, stream=None):
         self.address, self.size, self.small = address, size, small
+        self.pool = (stream, small)  # a stream's blocks serve that stream only
         self.prev: Block | None = None
         self.next: Block | None = None
         self.free = True
@@ -67,26 +71,30 @@ class CachingAllocatorModel:
     """The allocated and reserved bytes of torch's CUDA caching allocator over a sequence of `malloc(nbytes)` and
     `free(block)`, with their peaks since creation or `reset_peak`."""
 
-    def __init__(self):
+    def __init__(self, stream=None):
+        """`stream`: () -> the current stream's key, where a program allocates on more than one (FSDP2's all-gather
+        and reduce-scatter streams); None for one stream."""
         self.allocated = self.reserved = 0
         self.peak_allocated = self.peak_reserved = 0
-        self._pools: dict[bool, list[tuple[int, int, Block]]] = {True: [], False: []}  # free blocks by (size, address)
+        self._stream = stream
+        self._pools: dict[tuple, list[tuple[int, int, Block]]] = defaultdict(list)  # free blocks by (size, address)
         self._addresses = itertools.count(step=1 << 40)  # a segment per slot; their order only breaks size ties
 
     def malloc(self, nbytes: int) -> Block:
         size = MIN_BLOCK if nbytes < MIN_BLOCK else -(-nbytes // MIN_BLOCK) * MIN_BLOCK
         small = size <= SMALL
-        pool = self._pools[small]
+        stream = None if self._stream is None else self._stream()
+        pool = self._pools[stream, small]
         i = bisect.bisect_left(pool, (size, -1))
         if i < len(pool):
             block = pool.pop(i)[2]
         else:
-            block = Block(next(self._addresses), self._segment_size(size, small), small)
+            block = Block(next(self._addresses), self._segment_size(size, small), small, stream)
             self.reserved += block.size
             self.peak_reserved = max(self.peak_reserved, self.reserved)
         remaining = block.size - size
         if remaining >= MIN_BLOCK if small else remaining > SMALL:
-            rest = Block(block.address + size, remaining, small)
+            rest = Block(block.address + size, remaining, small, stream)
             rest.prev, rest.next = block, block.next
             if block.next is not None:
                 block.next.prev = rest
@@ -128,10 +136,10 @@ class CachingAllocatorModel:
 
     # a pool's entries are (size, address, block): no two share an address, so tuples order them without a key
     def _insert(self, block: Block) -> None:
-        bisect.insort(self._pools[block.small], (block.size, block.address, block))
+        bisect.insort(self._pools[block.pool], (block.size, block.address, block))
 
     def _remove(self, block: Block) -> Block:
-        pool = self._pools[block.small]
+        pool = self._pools[block.pool]
         i = bisect.bisect_left(pool, (block.size, block.address))
         assert pool[i][2] is block, "the free pools lost a block"
         del pool[i]

@@ -48,7 +48,7 @@ import torch.utils.checkpoint
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.memory import tensors_in
+from bench.memory_ops import tensors_in
 from bench.plan_meta import _meta
 from bench.suite import NotPlannable
 

@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
-from bench.memory import tensors_in
+from bench.memory_ops import tensors_in
 from bench.suite import NotPlannable
 
 aten = torch.ops.aten
@@ -309,3 +309,9 @@ def fake_ranks(world_size: int):
 
 
 _ABSENT = object()
+
+
+def current_stream() -> int:
+    """The stream FSDP2 has current on meta (fake_ranks gives it torch.cpu's stand-in streams): its all-gathers and
+    reduce-scatters allocate on streams of their own, whose blocks the CUDA caching allocator keeps apart."""
+    return id(torch.cpu.current_stream())

@@ -5,8 +5,11 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, cuda_peak, peak_bytes
+from bench.plan_alloc import CachingAllocatorModel
 from tests.allocator import SCRATCH, unobserved_peak
 from tests.optional import needs_cuda
+
+RESIZE = torch.UntypedStorage.resize_
 
 
 def test_tracker_counts_new_storages_exactly():
@@ -158,6 +161,41 @@ def test_a_composite_op_under_inference_mode_is_counted_with_its_temporaries():
     tracked, unobserved = tracked_peak(attend), unobserved_peak(attend)
     assert tracked >= 2 * 4 * 64 * 64 * 4  # 32 KiB, the output alone, when the op was counted whole
     assert 0 <= unobserved - tracked <= unobserved // 8  # 33 KB of 345 KB: allocated inside the CPU kernels
+
+
+def resizes():
+    # FSDP2's pattern for its unsharded parameters: a tensor made, its storage freed and made again by resize_
+    t = torch.empty(256, 1024)
+    t.untyped_storage().resize_(0)
+    t.untyped_storage().resize_(256 * 1024 * 4)
+    t.untyped_storage().resize_(0)
+    u = torch.empty(64, 1024)
+    t.untyped_storage().resize_(256 * 1024 * 4)  # 1 MiB again, beside u's 256 KiB
+    return t, u
+
+
+def test_storage_resizes_are_counted_as_the_allocator_sees_them():
+    # a resize reaches no dispatch mode; the tracker counts it (UntypedStorage.resize_, patched while it is entered),
+    # as torch.profiler sees the CPU allocator do it, and feeds the allocator model the new block before the old goes
+    with TensorMemoryTracker() as tracker:
+        kept = resizes()
+    assert tracker.peak_bytes("cpu") == (1024 + 256) * 1024 == unobserved_peak(resizes)
+    assert tracker.live_bytes("cpu") == (1024 + 256) * 1024
+    model = CachingAllocatorModel()
+    with TensorMemoryTracker(model) as tracker:
+        t = torch.empty(256, 1024, device="meta")
+        t.untyped_storage().resize_(512 * 1024 * 4)  # grown in place: the new block taken before the old is freed
+    assert (model.peak_allocated, model.allocated) == (3 * 1024 * 1024, 2 * 1024 * 1024)
+    assert tracker.live_bytes("meta") == 2 * 1024 * 1024
+    # a storage made before the tracker: its bytes are not counted, nor their return; bytes it is given again are
+    before = torch.empty(1024, device="meta")
+    with TensorMemoryTracker() as tracker:
+        before.untyped_storage().resize_(0)
+        assert tracker.live_bytes("meta") == 0
+        before.untyped_storage().resize_(8192)
+        assert tracker.live_bytes("meta") == 8192
+    assert torch.UntypedStorage.resize_ is RESIZE  # the patch is gone once no tracker is entered
+    del kept
 
 
 def test_saved_tensor_bytes_once_per_storage_and_ignores_params():

@@ -173,10 +173,14 @@ REPLAY = r"""
 import random, sys, torch
 sys.path.insert(0, sys.argv[1])
 from bench.plan_alloc import CachingAllocatorModel
-model, rng, live = CachingAllocatorModel(), random.Random(0), []
 torch.cuda.init()
+streams = [torch.cuda.current_stream(), torch.cuda.Stream(), torch.cuda.Stream()]
+model = CachingAllocatorModel(lambda: torch.cuda.current_stream().cuda_stream)
+rng, live = random.Random(0), []
 base_a, base_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-for i in range(400):
+for i in range(600):
+    if rng.random() < 0.1:  # blocks are kept per stream: allocate on another from here on
+        torch.cuda.set_stream(rng.choice(streams))
     if live and rng.random() < 0.45:
         t, b = live.pop(rng.randrange(len(live)))
         del t
@@ -199,6 +203,24 @@ def test_the_model_matches_the_cuda_caching_allocator():
     root = str(Path(__file__).resolve().parents[2])
     done = subprocess.run([sys.executable, "-c", REPLAY, root], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
+
+
+def test_each_stream_has_blocks_of_its_own():
+    # FSDP2 all-gathers and reduce-scatters on streams of their own: a block freed on one stream is not handed to
+    # another, which takes a segment of its own; the first stream gets its block back
+    stream = ["default"]
+    a = CachingAllocatorModel(lambda: stream[0])
+    a.free(a.malloc(3 * MiB))
+    stream[0] = "all-gather"
+    a.malloc(3 * MiB)
+    assert (a.allocated, a.reserved) == (3 * MiB, 40 * MiB)
+    stream[0] = "default"
+    a.malloc(3 * MiB)
+    assert (a.allocated, a.reserved) == (6 * MiB, 40 * MiB)
+    one = CachingAllocatorModel()  # no stream given: one pool, as before
+    one.free(one.malloc(3 * MiB))
+    one.malloc(3 * MiB)
+    assert one.reserved == 20 * MiB
 
 
 def test_an_empty_tensor_takes_no_block():

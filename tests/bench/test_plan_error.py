@@ -50,9 +50,6 @@ def test_plan_error_re_predicts_a_gpu_runs_peaks(tool, capsys, monkeypatch):
     ("packing/", 0.01),  # 0 to +0.5%: RMSNorm planned as CUDA's fused kernel (+11% to +21% before)
     ("rmpad/padded/", 0.01),  # ours -0.3% (+26% before), transformers' Llama +0.1%, both training
     ("moe/", 0.07),  # -6.3% to -0.6% (+84% to +138% before: the window, and the engine's sums counted out of place)
-    # one rank: -2.0% and -2.8%, 1.5 and 1.1 MiB that FSDP2 holds beyond its model's (-8% and -14% without the
-    # reduce kernel's staging, bench.plan_scratch)
-    ("fsdp_checkpointing/", 0.03),
 ])
 def test_the_h100_quick_runs_peaks_are_predicted_within_the_errors_reached(tool, match, bound):
     # that run netted the previous step's gradients out of its training peaks (it predates Workload.clear)
@@ -65,8 +62,11 @@ def test_the_h100_quick_runs_peaks_are_predicted_within_the_errors_reached(tool,
 
 @pytest.mark.parametrize("match, netted, exact", [
     # ours, all five, with the reduce kernel's staging at the bias gradients' sums (bench.plan_scratch: 4.5 to 5.5 MiB
-    # under without it), and transformers' Llama's none, hf_full, hf_selective where it is installed
-    ("checkpointing/", False, 5 + 3 * (not missing("transformers"))),
+    # under without it); fsdp_checkpointing's two at one rank, with FSDP2's unsharded parameters, which it frees and
+    # re-allocates by resizing their storage (bench.memory: 1.1-1.5 MiB under without them), and its all-gathers'
+    # and reduce-scatters' blocks on streams of their own (bench.plan_alloc: 0.4 MiB over without); transformers'
+    # Llama's none, hf_full, hf_selective where it is installed
+    ("checkpointing/", False, 7 + 3 * (not missing("transformers"))),
     # loop, grouped_torch, and grouped_triton where triton is installed (its module imports it; the plan launches none)
     ("moe/", True, 2 + (not missing("triton"))),
     ("packing/", True, 4),  # pad_to_max, ffd, spfhp, ffd_naive
