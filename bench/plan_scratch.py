@@ -10,15 +10,22 @@ large enough to matter:
   4 B per grid column, both allocated after the output and freed as the op returns. A bias gradient (a sum over the
   tokens' rows of [tokens, N]) gets 2 MiB for N = 256 over 1024 rows and 8 MiB for N = 1024: on an H100, checkpointing's
   quick step peaks inside fc1's, 8 MiB above the tensors (the measured 76,296,704 B, to the byte). How the kernel
-  splits depends on the input's layout after TensorIterator reorders and coalesces its dimensions (`_iterate`), on
-  the GPU's multiprocessor count and threads per multiprocessor, and on the kernel's input vector size (8 for 16-bit
-  inputs of sum and mean since torch 2.4, else 4). Modelled for sum and mean of floating tensors, whose accumulator
-  is float (double for float64); other reductions (amax, var, norm) and ones over more than 2**31 bytes (split into
-  sub-iterators) are not, nor other GPUs' own rules (ROCm).
-- mse_loss with a reduction computes the unreduced loss into a second buffer of the input's size, reduced into the
-  first (which the loss keeps: bench.plan_meta) and freed as the op returns; its mean's staging comes on top. Seen on
-  the CPU's allocator too (torch 2.11, 2.13); on an H100 it is the 256 MiB of checkpointing's full-size step without
-  checkpointing, which peaks there (the measured 52,810,771,456 B).
+  splits depends on the input's layout after TensorIterator reorders and coalesces its dimensions (`_iterate`), and
+  on the GPU's multiprocessor count and threads per multiprocessor. Modelled for sum and mean, whose accumulator is
+  float for floating inputs (double for float64) and the integer type for integer ones; where the output's dtype
+  asks for a cast (an integer or bool sum into int64, float32 summed as float64), torch copies the input into that
+  dtype first, which is counted too. Not modelled: other reductions (amax, var, norm), ones over more than 2**31
+  bytes (split into sub-iterators, with an accumulation buffer), nested and other subclass tensors, and ROCm's rules.
+  Checked once, as it was written, against torch 2.13's own setReduceConfig (compiled from its source against the
+  CPU build's TensorIterator) over 21,000 random reductions, and against the H100 runs (torch 2.11); a CUDA test
+  (tests/bench/test_plan_scratch.py) compares it with max_memory_allocated on the GPU it runs on.
+- mse_loss and smooth_l1_loss (beta > 0) with a reduction compute the unreduced loss into a second buffer of the
+  inputs' size, reduced into their output, which torch allocates at that size too and the loss keeps
+  (bench.plan_meta); huber_loss computes it into one it frees, and returns a fresh scalar. The buffer is freed as the
+  op returns, its reduction's staging on top. The CPU's allocator shows the same (torch 2.11, 2.13), but a CPU
+  target's peak is the tracker's, which no kernel's own allocation reaches, so only a CUDA target counts it; on an
+  H100 it is the 256 MiB of checkpointing's full-size step without checkpointing, which peaks there (the measured
+  52,810,771,456 B).
 
 Written by hand: no library says what a CUDA kernel allocates. FlashAttention's backward accumulators and cuBLAS's
 workspaces are not here (the first are at most a query's fp32 bytes, the second made once, in a warm-up).
@@ -30,6 +37,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes, is_traceable_wrapper_subclass
 
 from bench import hardware
 
@@ -38,6 +46,7 @@ WARP = 32
 MAX_THREADS = 512  # mnt_wrapper<T>::MAX_NUM_THREADS (256 for complex double, which this does not model)
 MIN_VALUES_PER_THREAD, MAX_VALUES_PER_THREAD = 16, 256
 OUTPUT_VEC = 4  # get_output_vec_size's largest
+INPUT_VEC = 4  # ReduceConfig::input_vec_size
 INDEX_LIMIT = 2**31 - 1  # can_use_32bit_indexing, in elements and in bytes of offset
 
 
@@ -51,14 +60,15 @@ class Multiprocessors:
 
 
 def multiprocessors(gpu: str | None) -> Multiprocessors | None:
-    """The target GPU's: bench.hardware's table for one it knows, else this machine's GPU 0 where it has one (a plan
-    of this machine's GPU), else None (the reduce kernel's staging is then not modelled: its size depends on them)."""
-    sms = hardware.multiprocessors(gpu)
-    if sms is not None:
-        return Multiprocessors(*sms)
-    if not torch.cuda.is_available():
+    """The target GPU's: bench.hardware's table for a GPU it names; for None (a plan of this machine's GPU) this
+    machine's current CUDA device where it has one; else None (the reduce kernel's staging is then not modelled: its
+    size depends on them), as for a GPU the table lacks and for ROCm, whose reductions follow rules of their own."""
+    if gpu is not None:
+        sms = hardware.multiprocessors(gpu)
+        return None if sms is None else Multiprocessors(*sms)
+    if not torch.cuda.is_available() or torch.version.hip:
         return None
-    p = torch.cuda.get_device_properties(0)
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
     threads = getattr(p, "max_threads_per_multi_processor", None) or (1536 if (p.major, p.minor) in
                                                                       ((8, 6), (8, 7), (8, 9)) else 2048)
     return Multiprocessors(p.multi_processor_count, threads)
@@ -114,10 +124,11 @@ def _iterate(shape, in_strides, out_strides) -> tuple[list[int], list[int], list
     return shape, strides[1], strides[0]
 
 
-def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, input_vec: int, sms: Multiprocessors) -> list[int]:
-    """The bytes gpu_reduce_kernel allocates reducing `x` over `dims` (all for None or empty) into `out_dtype`, in
-    order: [staging, semaphores], or [] where it does not split across thread blocks (or where it is not modelled)."""
-    if x.numel() == 0 or x.dim() == 0 or x.dtype.is_complex or not x.dtype.is_floating_point:
+def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, sms: Multiprocessors) -> list[int]:
+    """The bytes gpu_reduce_kernel allocates reducing `x` (in its own dtype) over `dims` (all for None or empty) into
+    `out_dtype`, in order: [staging, semaphores], or [] where it does not split across thread blocks (or where it is
+    not modelled)."""
+    if x.numel() == 0 or x.dim() == 0 or x.dtype.is_complex or x.dtype == torch.bool:
         return []
     item = x.element_size()
     reduced = {d % x.dim() for d in dims} if dims else set(range(x.dim()))
@@ -136,7 +147,8 @@ def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, input_vec: int
     n_reduce = sum(1 for s in outs if s == 0)
     outputs = math.prod(n for n, s in zip(shape, outs) if s != 0)
     inputs = x.numel() // outputs
-    acc = 8 if x.dtype == torch.float64 else 4  # float accumulates 16-bit and 32-bit floats on CUDA
+    # float accumulates 16-bit and 32-bit floats on CUDA, double float64, an integer type itself
+    acc = (8 if x.dtype == torch.float64 else 4) if x.dtype.is_floating_point else item
 
     fastest = n_reduce == len(shape) or ins[0] < ins[n_reduce]
     dim0, dim1 = (inputs, outputs) if fastest else (outputs, inputs)
@@ -144,7 +156,9 @@ def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, input_vec: int
     output_vec = 1
     if stride0 == item:
         if fastest and dim0 >= 128 and n_reduce == 1:
-            dim0 //= input_vec  # vectorised along the input
+            # vectorised along the input, 4 at a time (8 for 16-bit sum and mean since torch 2.4: the staging is the
+            # same, since a split needs inputs enough to fill 512-wide blocks either way)
+            dim0 //= INPUT_VEC
         elif not fastest:
             output_vec = _output_vec(x.storage_offset(), shape, ins, n_reduce, item)
             dim0 //= output_vec
@@ -192,8 +206,8 @@ def _output_vec(offset: int, shape, ins, n_reduce: int, item: int) -> int:
     return vec
 
 
-_REDUCTIONS = {aten.sum.dim_IntList: 8, aten.sum.default: 8, aten.mean.dim: 8, aten.mean.default: 8}
-"""The reductions modelled, each with its 16-bit inputs' vector size (sum_functor, mean_kernel_impl)."""
+_REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default}
+_LOSSES = {aten.mse_loss.default, aten.smooth_l1_loss.default, aten.huber_loss.default}
 
 
 def kernel_scratch(gpu: str | None):
@@ -207,22 +221,43 @@ def kernel_scratch(gpu: str | None):
     def scratch(func, args, kwargs, out) -> list[int]:
         if func in _REDUCTIONS:
             x = args[0]
-            dims = args[1] if len(args) > 1 else kwargs.get("dim")
-            dtype = kwargs.get("dtype")
-            if not isinstance(out, torch.Tensor) or dtype not in (None, x.dtype) and \
-                    not (x.element_size() == 2 and dtype == torch.float32):
-                return []  # the input converted first (self.to(dtype)): not modelled
-            vec = _REDUCTIONS[func] if x.element_size() == 2 else 4
-            return reduce_staging(x, dims, out.dtype, vec, sms)
-        if func is aten.mse_loss.default:
-            reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
-            if not reduction:
+            if not _plain(x) or not isinstance(out, torch.Tensor):
                 return []
-            shape = torch.broadcast_shapes(args[0].shape, args[1].shape)
-            unreduced = torch.empty(shape, dtype=out.dtype, device="meta")
-            vec = 8 if unreduced.element_size() == 2 else 4
-            return [unreduced.numel() * unreduced.element_size(),
-                    *reduce_staging(unreduced, None, out.dtype, vec, sms)]
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            into = _input_dtype(x.dtype, out.dtype)
+            if into == x.dtype:
+                return reduce_staging(x, dims, out.dtype, sms)
+            copy = _converted(x, into)  # make_reduction: self.to(in_dtype), then the reduction of the copy
+            return [copy.numel() * copy.element_size(), *reduce_staging(copy, dims, out.dtype, sms)]
+        if func in _LOSSES:
+            reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
+            beta = args[3] if len(args) > 3 else kwargs.get("beta", 1.0)
+            if not reduction or not all(_plain(t) for t in args[:2]) or \
+                    (func is aten.smooth_l1_loss.default and beta == 0):  # beta 0: l1_loss, whose ops are seen
+                return []
+            with _disable_current_modes():
+                unreduced = torch.empty(torch.broadcast_shapes(args[0].shape, args[1].shape), dtype=out.dtype,
+                                        device="meta")
+            return [unreduced.numel() * unreduced.element_size(), *reduce_staging(unreduced, None, out.dtype, sms)]
         return []
 
     return scratch
+
+
+def _plain(t) -> bool:
+    """A strided tensor of torch's own: not a nested or other subclass tensor, whose ops run their own kernels."""
+    return isinstance(t, torch.Tensor) and t.layout == torch.strided and not t.is_nested and \
+        not is_traceable_wrapper_subclass(t)
+
+
+def _input_dtype(dtype: torch.dtype, out: torch.dtype) -> torch.dtype:
+    """make_reduction_from_out_ty: the dtype the input is reduced in, the output's but for 16-bit floats into
+    float32, which the kernel reads as they are."""
+    return dtype if dtype == out or (dtype in (torch.float16, torch.bfloat16) and out == torch.float32) else out
+
+
+def _converted(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x.to(dtype)'s layout as a meta tensor: empty_like's (preserve_format: x's strides where they are dense, else
+    those of the memory format they suggest), which _to_copy takes."""
+    with _disable_current_modes():
+        return torch.empty_like(x, dtype=dtype, device="meta")

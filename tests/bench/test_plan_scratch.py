@@ -14,6 +14,7 @@ import torch
 from bench.memory import TensorMemoryTracker
 from bench.plan_alloc import CONFIG_ENV, CachingAllocatorModel
 from bench.plan_scratch import Multiprocessors, _iterate, kernel_scratch, multiprocessors, reduce_staging
+from bench.suite import discover
 from tests.optional import needs_cuda
 
 MiB = 1 << 20
@@ -41,32 +42,49 @@ def test_a_bias_gradient_over_1024_rows_splits_across_blocks_on_an_h100(n, stagi
     # [1024, n] bf16 over dim 0 (the column reduction): 4 outputs a thread (output_vec_size), block 32 x 4 (512
     # threads / 4), 1024 / 4 = 256 values a thread, which is MAX_VALUES_PER_THREAD: split across
     # min(ceil(132 SMs x 16 blocks / grid), 256 / 16) = 16 blocks, each staging 32 x 4 float partials per output
-    (got, semaphores) = reduce_staging(meta(1024, n), [0], torch.bfloat16, 8, H100)
+    (got, semaphores) = reduce_staging(meta(1024, n), [0], torch.bfloat16, H100)
     assert got == 4 * n * 16 * 32 * 4 == staging
     assert semaphores == 4 * (n // 4 // 32)  # an int per grid column
 
 
 def test_reductions_that_stay_in_one_block_take_nothing():
     # mtp's RMSNorm weight gradient at quick size: [528, 64], 66 values a thread after the warps' split
-    assert reduce_staging(meta(528, 64), [0], torch.bfloat16, 8, H100) == []
+    assert reduce_staging(meta(528, 64), [0], torch.bfloat16, H100) == []
     # a row-wise mean (one output per row, many rows): its grid fills the GPU without splitting
-    assert reduce_staging(meta(4096, 256), [-1], torch.bfloat16, 8, H100) == []
-    assert reduce_staging(meta(0, 256), [0], torch.bfloat16, 8, H100) == []  # nothing to reduce
-    assert reduce_staging(meta(1024, 256, dtype=torch.int64), [0], torch.int64, 8, H100) == []  # not modelled
+    assert reduce_staging(meta(4096, 256), [-1], torch.bfloat16, H100) == []
+    assert reduce_staging(meta(0, 256), [0], torch.bfloat16, H100) == []  # nothing to reduce
+    # over 2**31 elements, or 2**31 bytes of offsets: sub-iterators, not modelled
+    assert reduce_staging(meta(1 << 31), None, torch.bfloat16, H100) == []
+    assert reduce_staging(meta(1 << 29, 2, dtype=torch.float32), [0], torch.float32, H100) == []
+
+
+def test_the_output_vector_follows_the_inputs_alignment():
+    # [4096, 256] bf16 over its rows, 8 MiB of staging: 4 outputs a thread. A view whose rows are 258 apart and start
+    # 1 element in reads 1 output a thread (a 128-wide block of them: 4 x 256 x 16 x 128 B), 2 elements in 2 a thread
+    assert reduce_staging(meta(4096, 256), [0], torch.bfloat16, H100) == [8 * MiB, 8]
+    padded = meta(4096 * 258 + 2)
+    for offset, got in ((1, [512 * 1024, 32]), (2, [2 * MiB, 16])):
+        view = padded.as_strided((4096, 256), (258, 1), offset)
+        assert reduce_staging(view, [0], torch.bfloat16, H100) == got, offset
+
+
+def test_an_integer_reduction_accumulates_in_its_own_type():
+    # [1024, 256] int64 over dim 0: the bias gradients' split, 8-byte partials
+    assert reduce_staging(meta(1024, 256, dtype=torch.int64), [0], torch.int64, H100) == [8 * 256 * 16 * 32 * 4, 8]
 
 
 def test_a_full_reduction_stages_one_float_per_block():
     # 2**20 fp32 to a scalar: block 512 x 1, 2048 values a thread, min(132 x 4 blocks, 2048 / 16) = 128 blocks
-    assert reduce_staging(meta(1 << 20, dtype=torch.float32), None, torch.float32, 4, H100) == [128 * 4, 4]
+    assert reduce_staging(meta(1 << 20, dtype=torch.float32), None, torch.float32, H100) == [128 * 4, 4]
     # the GPU decides: on an L4 (58 SMs of 1536 threads) min(58 x 3, 128) = 128 as well; 2**18 values take
     # min(174, 512 / 16) = 32 blocks; 2**16 leave 128 values a thread, under 256, and stay in one
     l4 = Multiprocessors(58, 1536)
-    assert reduce_staging(meta(1 << 20, dtype=torch.float32), [], torch.float32, 4, l4) == [128 * 4, 4]
-    assert reduce_staging(meta(1 << 18, dtype=torch.float32), None, torch.float32, 4, l4) == [32 * 4, 4]
-    assert reduce_staging(meta(1 << 16, dtype=torch.float32), None, torch.float32, 4, l4) == []
+    assert reduce_staging(meta(1 << 20, dtype=torch.float32), [], torch.float32, l4) == [128 * 4, 4]
+    assert reduce_staging(meta(1 << 18, dtype=torch.float32), None, torch.float32, l4) == [32 * 4, 4]
+    assert reduce_staging(meta(1 << 16, dtype=torch.float32), None, torch.float32, l4) == []
 
 
-def test_the_scratch_of_sum_mean_and_mse_loss():
+def test_the_scratch_of_sum_and_mean():
     scratch = kernel_scratch("h100 80gb hbm3")
     grad = meta(1024, 1024)
     assert scratch(torch.ops.aten.sum.dim_IntList, (grad, [0], True), {}, meta(1, 1024)) == [8 * MiB, 32]
@@ -74,22 +92,49 @@ def test_the_scratch_of_sum_mean_and_mse_loss():
     # bf16 summed into float32 reads the bf16 input (no copy): the same split
     assert scratch(torch.ops.aten.sum.dim_IntList, (grad, [0]), {"dtype": torch.float32},
                    meta(1024, dtype=torch.float32)) == [8 * MiB, 32]
-    # into float64 torch converts the input first, a copy this does not model: nothing claimed
+    # into float64 torch copies the input first (8 MiB), then reduces the copy with double partials (16 MiB)
     assert scratch(torch.ops.aten.sum.dim_IntList, (grad, [0]), {"dtype": torch.float64},
-                   meta(1024, dtype=torch.float64)) == []
-    # mse_loss: the unreduced loss of the inputs' size, then its mean's staging
+                   meta(1024, dtype=torch.float64)) == [8 * MiB, 16 * MiB, 32]
+    # a bool mask's count: copied to int64 (2 MiB), 32 blocks of one int64 partial each
+    mask = meta(64, 4096, dtype=torch.bool)
+    assert scratch(torch.ops.aten.sum.default, (mask,), {}, meta((), dtype=torch.int64)) == [2 * MiB, 32 * 8, 4]
+    assert scratch(torch.ops.aten.add.Tensor, (grad, grad), {}, grad) == []
+    # a nested tensor's reduction runs kernels of its own: nothing claimed (and no error)
+    nested = torch.nested.nested_tensor([torch.zeros(3, 8), torch.zeros(5, 8)], layout=torch.jagged)
+    assert scratch(torch.ops.aten.sum.dim_IntList, (nested, [-1]), {}, nested) == []
+
+
+@pytest.mark.parametrize("loss, held", [(torch.ops.aten.mse_loss.default, True),
+                                        (torch.ops.aten.smooth_l1_loss.default, True),
+                                        (torch.ops.aten.huber_loss.default, False)])
+def test_the_scratch_of_losses(loss, held):
+    # the unreduced loss of the inputs' size (1 MiB), then its mean's staging: 2**18 fp32 values, 32 blocks
+    scratch = kernel_scratch("h100 80gb hbm3")
     x = meta(4, 256, 256, dtype=torch.float32)
-    loss = scratch(torch.ops.aten.mse_loss.default, (x, x), {}, meta((), dtype=torch.float32))
-    assert loss[0] == x.numel() * 4 and loss[1:] == reduce_staging(x, None, torch.float32, 4, H100)
-    assert scratch(torch.ops.aten.mse_loss.default, (x, x, 0), {}, x) == []  # no reduction, no second buffer
-    assert scratch(torch.ops.aten.add.Tensor, (x, x), {}, x) == []
+    assert scratch(loss, (x, x), {}, meta((), dtype=torch.float32)) == [MiB, 32 * 4, 4]
+    assert scratch(loss, (x, x, 0), {}, x) == []  # no reduction: the output is the unreduced loss
+    if loss is torch.ops.aten.smooth_l1_loss.default:
+        assert scratch(loss, (x, x, 1, 0.0), {}, meta((), dtype=torch.float32)) == []  # beta 0 is l1_loss's ops
 
 
-def test_an_unknown_gpu_models_no_staging_without_a_device_to_ask():
-    # the split depends on the multiprocessors: a GPU the table lacks, planned from a machine without it, gets none
+def test_an_unknown_gpu_models_no_staging():
+    # the split depends on the multiprocessors: a GPU the table lacks gets none, even planned on a machine with a GPU
+    # (whose figures are its own); None asks this machine's GPU, where there is one
     assert multiprocessors("h200") == Multiprocessors(132, 2048)
-    if not torch.cuda.is_available():
-        assert multiprocessors("some future gpu") is None and kernel_scratch("some future gpu") is None
+    assert multiprocessors("some future gpu") is None and kernel_scratch("some future gpu") is None
+    assert (multiprocessors(None) is None) == (not torch.cuda.is_available() or bool(torch.version.hip))
+
+
+def test_a_cpu_target_counts_no_kernel_scratch(monkeypatch):
+    # the CPU's peak is the tracker's, which no kernel's own allocation reaches: its plan asks for none
+    from bench import plan
+
+    def refuse(gpu):
+        raise AssertionError("a CPU plan asked for kernels' scratch")
+
+    monkeypatch.setattr(plan, "kernel_scratch", refuse)
+    checkpointing = discover()["checkpointing"]
+    assert plan.run_step(checkpointing, "none", checkpointing.grid("smoke", "cpu")[0], "cpu")["step_peak_bytes"] > 0
 
 
 def test_the_tracker_counts_scratch_at_its_op_and_gives_it_back():
@@ -108,42 +153,59 @@ REDUCTIONS = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
 import torch
+import torch.nn.functional as F
 from bench.memory import TensorMemoryTracker
 from bench.plan_alloc import CachingAllocatorModel
+from bench.plan_meta import IndexValues
 from bench.plan_scratch import kernel_scratch
 
 scratch = kernel_scratch(None)  # this machine's GPU
-cases = [((1024, 256), 0, torch.bfloat16, "sum"), ((1024, 768), 0, torch.bfloat16, "sum"),
-         ((1024, 1024), 0, torch.bfloat16, "sum"), ((4, 256, 256), (0, 1), torch.bfloat16, "sum"),
-         ((32768, 2048), 0, torch.bfloat16, "sum"), ((4096, 512), 0, torch.float32, "sum"),
-         ((4096, 512), 0, torch.float16, "mean"), ((1 << 22,), None, torch.float32, "mean"),
-         ((1 << 20,), None, torch.bfloat16, "sum"), ((512, 64, 33), (0, 2), torch.float32, "sum"),
-         ((2048, 96), 0, torch.float32, "sum"), ((96, 2048), 1, torch.bfloat16, "mean")]
-for shape, dims, dtype, op in cases:
-    for transposed in (False, True):
-        if transposed and len(shape) < 2:
-            continue
+
+
+def made(shape, dtype, device, layout):
+    # contiguous; "t": its transpose (the last two dimensions swapped, or all reversed for 3-D); an int: a view of rows
+    # 2 elements longer than they are, starting that many elements in
+    if isinstance(layout, int):
+        base = torch.empty(shape[0] * (shape[1] + 2) + layout, dtype=dtype, device=device)
+        return base.as_strided(shape, (shape[1] + 2, 1), layout)
+    x = torch.empty(shape[::-1] if layout == "t" else shape, dtype=dtype, device=device)
+    return x if layout != "t" else (x.mT if x.dim() == 2 else x.permute(2, 1, 0))
+
+
+bf16, f16, f32 = torch.bfloat16, torch.float16, torch.float32
+cases = [((1024, 256), bf16, "sum", 0), ((1024, 768), bf16, "sum", 0), ((1024, 1024), bf16, "sum", 0),
+         ((4, 256, 256), bf16, "sum", (0, 1)), ((32768, 2048), bf16, "sum", 0), ((4096, 512), f32, "sum", 0),
+         ((4096, 512), f16, "mean", 0), ((1 << 22,), f32, "mean", None), ((1 << 20,), bf16, "sum", None),
+         ((512, 64, 33), f32, "sum", (0, 2)), ((2048, 96), f32, "sum", 0), ((96, 2048), bf16, "mean", 1),
+         ((4096, 1024), bf16, "sum32", 0), ((64, 4096), torch.bool, "sum", None), ((2048, 512), f32, "sum64", 0),
+         ((4, 256, 256), f32, "mse", None), ((4, 256, 256), bf16, "smooth_l1", None), ((1 << 20,), f32, "huber", None)]
+ops = {"sum": lambda x, d: x.sum(d) if d is not None else x.sum(), "mean": lambda x, d: x.mean(d) if d is not None
+       else x.mean(), "sum32": lambda x, d: x.sum(d, dtype=torch.float32), "sum64": lambda x, d: x.sum(d,
+       dtype=torch.float64), "mse": lambda x, d: F.mse_loss(x, x), "smooth_l1": lambda x, d: F.smooth_l1_loss(x, x),
+       "huber": lambda x, d: F.huber_loss(x, x)}
+checked = 0
+for shape, dtype, op, dims in cases:
+    for layout in ("c", "t", 1, 2) if len(shape) == 2 else ("c", "t") if len(shape) == 3 else ("c",):
         model = CachingAllocatorModel()
-        with TensorMemoryTracker(model, scratch=scratch):
-            x = torch.empty(shape[::-1] if transposed else shape, dtype=dtype, device="meta")
-            x = x.mT if transposed and len(shape) == 2 else (x.permute(2, 1, 0) if transposed else x)
+        with IndexValues(), TensorMemoryTracker(model, scratch=scratch):
+            x = made(shape, dtype, "meta", layout)
             model.reset_peak()
             base = model.allocated
-            getattr(torch, op)(x, dims) if dims is not None else getattr(torch, op)(x)
+            ops[op](x, dims)
             planned = model.peak_allocated - base
         torch.cuda.empty_cache()
-        x = torch.empty(shape[::-1] if transposed else shape, dtype=dtype, device="cuda")
-        x = x.mT if transposed and len(shape) == 2 else (x.permute(2, 1, 0) if transposed else x)
+        x = made(shape, dtype, "cuda", layout)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        out = getattr(torch, op)(x, dims) if dims is not None else getattr(torch, op)(x)
+        out = ops[op](x, dims)
         torch.cuda.synchronize()
         measured = torch.cuda.max_memory_allocated() - base
         del x, out
+        checked += 1
         if measured != planned:
-            sys.exit(f"{op}{shape} over {dims}, {dtype}, transposed={transposed}: CUDA {measured} B, plan {planned} B")
-print("ok", len(cases))
+            sys.exit(f"{op}{shape} over {dims}, {dtype}, layout {layout}: CUDA {measured} B, plan {planned} B")
+print("ok", checked)
 """
 
 
