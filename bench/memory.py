@@ -7,6 +7,7 @@ tracker is exact and deterministic (it counts storage bytes, not allocator block
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
@@ -122,21 +123,26 @@ class TensorMemoryTracker(TorchDispatchMode):
         self._settle()
 
     def __enter__(self):
+        entered = super().__enter__()
         _watch_resizes(+1)
-        return super().__enter__()
+        return entered
 
     def __exit__(self, *exc):
-        self._settle()  # no op follows: the frees it holds back reach the allocator model now
         try:
-            return super().__exit__(*exc)
-        finally:
-            _watch_resizes(-1)
+            self._settle()  # no op follows: the frees it holds back reach the allocator model now
+        finally:  # the mode and the resize patch undone even where settling fails
+            try:
+                out = super().__exit__(*exc)
+            finally:
+                _watch_resizes(-1)
+        return out
 
     def resized(self, storage: torch.UntypedStorage, old: int, new: int) -> None:
-        """A storage's bytes changed in place from `old` to `new` (UntypedStorage.resize_, which no dispatch mode
-        sees): FSDP2 frees and re-allocates its unsharded parameters so. Counted as the device does it: the new bytes
-        taken while the old are still held, then the old given back. A storage this tracker never counted (made
-        before it, or empty when made) is counted from a resize that gives it bytes."""
+        """A storage's bytes changed in place from `old` to `new` by Python's UntypedStorage.resize_, which no
+        dispatch mode sees: FSDP2 frees and re-allocates its unsharded parameters so. Counted as the device does it:
+        the new bytes taken while the old are still held, then the old given back. A storage this tracker never
+        counted (made before it, or empty when made) is counted from a resize that gives it bytes. Not seen: a
+        storage grown inside an op (Tensor.resize_, an out= into a smaller tensor), which no suite does."""
         self._settle()
         held = self._seen.get(storage)
         if held is None:
@@ -217,28 +223,41 @@ class TensorMemoryTracker(TorchDispatchMode):
             self._live[key] -= n
 
 
-_RESIZE = {"watchers": 0, "original": None}
+_RESIZE = {"watchers": 0, "original": None, "patch": None}
+_RESIZE_LOCK = threading.Lock()
 
 
 def _watch_resizes(change: int) -> None:
     """UntypedStorage.resize_ reported to the active trackers while any is entered (`TensorMemoryTracker.resized`).
-    Patched rather than observed: a storage's resize reaches no dispatch mode."""
-    if _RESIZE["watchers"] == 0 and change > 0:
-        original = _RESIZE["original"] = torch.UntypedStorage.resize_
+    Patched rather than observed: a storage's resize reaches no dispatch mode. The patch is put back only where it
+    is still ours (another tool may have patched over it since)."""
+    with _RESIZE_LOCK:
+        if _RESIZE["watchers"] == 0 and change > 0:
+            _RESIZE["original"] = torch.UntypedStorage.__dict__.get("resize_", _ABSENT)
+            inherited = torch.UntypedStorage.resize_
 
-        def resize_(storage, size):
-            old = storage.nbytes()
-            out = original(storage, size)
-            if storage.nbytes() != old:
-                for mode in _get_current_dispatch_mode_stack():
-                    if isinstance(mode, TensorMemoryTracker):
-                        mode.resized(storage, old, storage.nbytes())
-            return out
+            def resize_(storage, size):
+                old = storage.nbytes()
+                out = inherited(storage, size)
+                new = storage.nbytes()
+                if new != old:
+                    told = set()
+                    for mode in _get_current_dispatch_mode_stack():
+                        if isinstance(mode, TensorMemoryTracker) and id(mode) not in told:
+                            told.add(id(mode))
+                            mode.resized(storage, old, new)
+                return out
 
-        torch.UntypedStorage.resize_ = resize_
-    _RESIZE["watchers"] += change
-    if _RESIZE["watchers"] == 0:
-        torch.UntypedStorage.resize_ = _RESIZE["original"]
+            _RESIZE["patch"] = torch.UntypedStorage.resize_ = resize_
+        _RESIZE["watchers"] += change
+        if _RESIZE["watchers"] == 0 and torch.UntypedStorage.__dict__.get("resize_") is _RESIZE["patch"]:
+            if _RESIZE["original"] is _ABSENT:
+                del torch.UntypedStorage.resize_
+            else:
+                torch.UntypedStorage.resize_ = _RESIZE["original"]
+
+
+_ABSENT = object()
 
 
 class _Held:

@@ -11,8 +11,8 @@ configuration (PYTORCH_CUDA_ALLOC_CONF unset), from c10/cuda/CUDACachingAllocato
   rounded up to 2 MiB (kRoundLarge);
 - the free block taken is the smallest that fits (then the lowest address; a new segment is assumed above the
   others) among the blocks of the stream it is asked on: a stream's blocks and segments serve that stream only
-  (FSDP2's all-gathers and reduce-scatters allocate on streams of their own: 0.4 MiB of fsdp_checkpointing's quick
-  step with every block recomputed, on an H100);
+  (FSDP2's reduce-scatters allocate on streams of their own: 0.4 MiB of fsdp_checkpointing's quick step with every
+  block recomputed, on an H100; bench.plan_meta.current_stream says where its streams are not CUDA's);
 - it is split when what remains is at least 512 B (small pool) or more than 1 MiB (large pool); otherwise the whole
   block is handed out and counted: a 1.5 MiB tensor given a freed 2 MiB block counts 2 MiB;
 - a freed block merges with the free blocks beside it in its segment, and segments are kept (no empty_cache, and

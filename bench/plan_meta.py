@@ -313,5 +313,9 @@ _ABSENT = object()
 
 def current_stream() -> int:
     """The stream FSDP2 has current on meta (fake_ranks gives it torch.cpu's stand-in streams): its all-gathers and
-    reduce-scatters allocate on streams of their own, whose blocks the CUDA caching allocator keeps apart."""
+    reduce-scatters allocate on streams of their own, whose blocks the CUDA caching allocator keeps apart. Each
+    stand-in is a stream of its own, where CUDA hands out its 32 streams of a priority in turn: past 10 FSDP2 roots
+    (3 streams each), the roots' streams share CUDA streams, and so their blocks, which this keeps apart. At one rank
+    only the reduce-scatter streams allocate and no two of those coincide (the H100 runs, to the byte); at more,
+    a rank's planned peak can be above CUDA's by what sharing would have reused."""
     return id(torch.cpu.current_stream())

@@ -195,7 +195,24 @@ def test_storage_resizes_are_counted_as_the_allocator_sees_them():
         before.untyped_storage().resize_(8192)
         assert tracker.live_bytes("meta") == 8192
     assert torch.UntypedStorage.resize_ is RESIZE  # the patch is gone once no tracker is entered
+    assert "resize_" not in torch.UntypedStorage.__dict__
     del kept
+
+
+def test_the_resize_patch_is_undone_when_a_tracker_fails_and_counts_a_resize_once():
+    tracker = TensorMemoryTracker()
+    tracker._settle = lambda: (_ for _ in ()).throw(RuntimeError("failed"))  # a failure as the tracker exits
+    with pytest.raises(RuntimeError, match="failed"):
+        with tracker:
+            pass
+    assert torch.UntypedStorage.resize_ is RESIZE and _get_current_dispatch_mode() is None
+    # one tracker entered twice is told of a resize once
+    tracker = TensorMemoryTracker()
+    with tracker, tracker:
+        t = torch.empty(0, device="meta")
+        t.untyped_storage().resize_(4096)
+        assert tracker.peak_bytes("meta") == tracker.live_bytes("meta") == 4096
+    assert torch.UntypedStorage.resize_ is RESIZE
 
 
 def test_saved_tensor_bytes_once_per_storage_and_ignores_params():

@@ -217,6 +217,15 @@ def test_each_stream_has_blocks_of_its_own():
     stream[0] = "default"
     a.malloc(3 * MiB)
     assert (a.allocated, a.reserved) == (6 * MiB, 40 * MiB)
+    # what a split leaves of a stream's segment stays that stream's: two small blocks share one 2 MiB segment there,
+    # and another stream's first small block takes a segment of its own
+    stream[0] = "reduce-scatter"
+    a.malloc(1000)
+    a.malloc(1000)
+    assert a.reserved == 42 * MiB
+    stream[0] = "default"
+    a.malloc(1000)
+    assert a.reserved == 44 * MiB
     one = CachingAllocatorModel()  # no stream given: one pool, as before
     one.free(one.malloc(3 * MiB))
     one.malloc(3 * MiB)
