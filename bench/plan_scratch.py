@@ -60,15 +60,18 @@ class Multiprocessors:
 
 
 def multiprocessors(gpu: str | None) -> Multiprocessors | None:
-    """The target GPU's: bench.hardware's table for a GPU it names; for None (a plan of this machine's GPU) this
-    machine's current CUDA device where it has one; else None (the reduce kernel's staging is then not modelled: its
-    size depends on them), as for a GPU the table lacks and for ROCm, whose reductions follow rules of their own."""
-    if gpu is not None:
-        sms = hardware.multiprocessors(gpu)
-        return None if sms is None else Multiprocessors(*sms)
+    """The target GPU's: bench.hardware's table for a GPU it names; this machine's current CUDA device for None (a
+    plan of this machine's GPU) or for its own name (`bench plan --gpu auto` on a GPU the table lacks); else None (the
+    reduce kernel's staging is then not modelled: its size depends on them), as for ROCm, whose reductions follow
+    rules of their own."""
+    if gpu is not None and hardware.multiprocessors(gpu) is not None:
+        return Multiprocessors(*hardware.multiprocessors(gpu))
     if not torch.cuda.is_available() or torch.version.hip:
         return None
-    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    device = torch.cuda.current_device()
+    if gpu is not None and gpu.lower() != torch.cuda.get_device_name(device).lower():
+        return None
+    p = torch.cuda.get_device_properties(device)
     threads = getattr(p, "max_threads_per_multi_processor", None) or (1536 if (p.major, p.minor) in
                                                                       ((8, 6), (8, 7), (8, 9)) else 2048)
     return Multiprocessors(p.multi_processor_count, threads)

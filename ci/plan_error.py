@@ -1,7 +1,8 @@
 """The plan's error against a GPU run's measured peaks, re-predicted here: no GPU needed.
 
 A GPU run keeps each case's measured peak_mem_bytes (the caching allocator's, over the step). This plans the same
-cases for a CUDA target with the bench.plan in this checkout, on the meta device, and prints per case the measured
+cases for a CUDA target (the GPU its run.json names, whose multiprocessors size kernels' scratch:
+bench.plan_scratch) with the bench.plan in this checkout, on the meta device, and prints per case the measured
 peak, the prediction the run recorded (with --predict, by the plan it ran with) and this checkout's prediction, each
 with its error; for a run that recorded the allocator's reserved bytes (`bench run --predict` on a GPU), the plan's
 error on those too. Run it after a change to the plan, against a committed baseline, to see what the change does to

@@ -123,6 +123,8 @@ def test_an_unknown_gpu_models_no_staging():
     assert multiprocessors("h200") == Multiprocessors(132, 2048)
     assert multiprocessors("some future gpu") is None and kernel_scratch("some future gpu") is None
     assert (multiprocessors(None) is None) == (not torch.cuda.is_available() or bool(torch.version.hip))
+    if multiprocessors(None) is not None:  # `bench plan --gpu auto` names this machine's GPU: asked as for None
+        assert multiprocessors(torch.cuda.get_device_name(torch.cuda.current_device())) == multiprocessors(None)
 
 
 def test_a_cpu_target_counts_no_kernel_scratch(monkeypatch):
