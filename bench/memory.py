@@ -144,14 +144,13 @@ class TensorMemoryTracker(TorchDispatchMode):
         counted (made before it, or empty when made) is counted from a resize that gives it bytes. Not seen: a
         storage grown inside an op (Tensor.resize_, an out= into a smaller tensor), which no suite does."""
         self._settle()
-        held = self._seen.get(storage)
+        key, held = device_key(storage.device), self._seen.get(storage)
         if held is None:
             if old:
                 return  # bytes from before the tracker: as a storage made before it, not counted
-            key, held = device_key(storage.device), _Held(0)
-            self._seen[storage] = held
+            held = self._seen[storage] = _Held(0)
             weakref.finalize(storage, self._free, key, held)
-        key, block = device_key(storage.device), held.block
+        block = held.block
         self._live[key] += new
         self._peak[key] = max(self._peak[key], self._live[key])
         held.block = self.allocator.malloc(new) if self.allocator is not None and new else None

@@ -64,8 +64,9 @@ def multiprocessors(gpu: str | None) -> Multiprocessors | None:
     plan of this machine's GPU) or for its own name (`bench plan --gpu auto` on a GPU the table lacks); else None (the
     reduce kernel's staging is then not modelled: its size depends on them), as for ROCm, whose reductions follow
     rules of their own."""
-    if gpu is not None and hardware.multiprocessors(gpu) is not None:
-        return Multiprocessors(*hardware.multiprocessors(gpu))
+    known = hardware.multiprocessors(gpu) if gpu is not None else None
+    if known is not None:
+        return Multiprocessors(*known)
     if not torch.cuda.is_available() or torch.version.hip:
         return None
     device = torch.cuda.current_device()
@@ -139,7 +140,7 @@ def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, sms: Multiproc
     in_strides = [s * item for s in x.stride()]
     # the output as review_reduce_result views it (a contiguous tensor of the kept shape), and TensorIterator's
     # compute_strides: stride 0 over the reduced dimensions the input has more than one of
-    out_strides, step = [0] * len(shape), torch.empty((), dtype=out_dtype).element_size()
+    out_strides, step = [0] * len(shape), out_dtype.itemsize
     for d in reversed(range(len(shape))):
         out_strides[d] = 0 if d in reduced and shape[d] != 1 else step
         step *= 1 if d in reduced else shape[d]
@@ -172,11 +173,7 @@ def reduce_staging(x: torch.Tensor, dims, out_dtype: torch.dtype, sms: Multiproc
     width = min(pow0, WARP)
     height = min(pow1, limit // width)
     width = min(pow0, limit // height)
-    step_input, step_output = 1, 1
-    if fastest:
-        step_input *= width
-    else:
-        step_output *= width
+    step_input, step_output = (width, 1) if fastest else (1, width)
     split_warps = -(-inputs // step_input) >= min(height * 16, MAX_VALUES_PER_THREAD)
     if split_warps:
         step_input *= height
