@@ -59,6 +59,8 @@ from bench.memory_ops import decomposes, tensors_in
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
 from bench.plan_autocast import target_autocast
+from bench.plan_flex import FORMULAS as FLEX_FORMULAS
+from bench.plan_flex import target_flex
 from bench.plan_meta import IndexValues, MetaKernels, current_stream, fake_ranks
 from bench.plan_norm import target_rms_norm
 from bench.plan_offload import target_offload
@@ -99,8 +101,9 @@ class Prediction:
     headroom_bytes: int | None = None
     fits: bool | None = None
     attention: list[str] = field(default_factory=list)
-    """The SDPA kernels the step's attention takes on the target (bench.plan_attention): "flash", "efficient",
-    "cudnn", or "math", which holds each call's S x S scores. Empty where the step calls no SDPA."""
+    """The attention kernels the step takes on the target: SDPA's (bench.plan_attention) "flash", "efficient",
+    "cudnn", or "math", which holds each call's S x S scores; "flex" for compiled FlexAttention (bench.plan_flex),
+    "flex, FLOPs uncounted" where its block mask was too large to evaluate. Empty where the step calls neither."""
     host_bytes: int | None = None
     """The most host memory the case's offloaded copies hold at once (bench.plan_offload; pinned on a GPU), where it
     offloads: not in the device's figures, and no fits verdict checks it."""
@@ -124,7 +127,7 @@ class StepCounter(TorchDispatchMode):
         super().__init__()
         self.bytes = 0
         self.flops = 0
-        self._formulas = flop_counter_mode().flop_registry
+        self._formulas = {**flop_counter_mode().flop_registry, **FLEX_FORMULAS}  # FlexAttention's stand-ins
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -176,9 +179,9 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     allocator = CachingAllocatorModel(current_stream if suite.world_sizes else None) if cuda else None
     scratch = kernel_scratch(gpu) if cuda else None
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
-    with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_rms_norm(target), \
-            target_offload(target) as offload, target_autocast(target), target_foreach(target), \
-            TensorMemoryTracker(allocator, host_builds=not cuda, scratch=scratch) as total:
+    with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_flex(target, kernels), \
+            target_rms_norm(target), target_offload(target) as offload, target_autocast(target), \
+            target_foreach(target), TensorMemoryTracker(allocator, host_builds=not cuda, scratch=scratch) as total:
         w = suite.workload(variant, dict(params), META, target)
         if warm_up is None:
             warm_up = not w.stateless

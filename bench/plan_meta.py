@@ -28,7 +28,7 @@ import weakref
 from contextlib import contextmanager
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -187,6 +187,14 @@ class IndexValues(TorchDispatchMode):
             else:
                 out.append(i)
         return (args[0], out, *args[2:])
+
+
+def index_value(t) -> torch.Tensor | None:
+    """The CPU value the running plan keeps beside meta index tensor `t` (IndexValues), or None where it keeps none."""
+    for mode in _get_current_dispatch_mode_stack():
+        if isinstance(mode, IndexValues) and t in mode.values:
+            return mode._get(t)
+    return None
 
 
 class MetaKernels(TorchDispatchMode):

@@ -55,11 +55,28 @@ HF = "hf_llama"  # the `model` param of the library's grid points (absent on the
 # Length distributions of the library's points per size (None: all of the size's). Smoke and quick have the
 # long-tailed one alone, where padding costs most: each library case also pays a transformers import (~2 s on 2 cores).
 HF_DISTS = {"smoke": ("lognormal",), "quick": ("lognormal",), "full": None}
-# Backends `bench plan` cannot run on the meta device, and why
+# Backends `bench plan` cannot run on the meta device, and why. FlexAttention is planned for a CUDA target
+# (bench.plan_flex: its compiled kernels' buffers); on a CPU target it runs eagerly, unplanned
 UNPLANNABLE = {
-    "flex": "FlexAttention runs through torch.compile (CPU) or a Triton kernel (CUDA), neither of which runs on meta",
+    "flex": "FlexAttention on a CPU runs eagerly through torch.compile, which the plan does not model (and its CPU "
+            "runs record no peak); it is planned for a CUDA target",
     "flash": "flash_attn's varlen kernel is a CUDA extension with no meta kernel",
 }
+
+
+def _unplannable(backend: str, device: str, target: str) -> str | None:
+    """Why a backend's case cannot be planned for `target`, or None (also where it is not planned at all)."""
+    if device != "meta" or backend not in UNPLANNABLE:
+        return None
+    return None if backend == "flex" and torch.device(target).type == "cuda" else UNPLANNABLE[backend]
+
+
+def _unprobed(backend: str, device: str, target: str) -> bool:
+    """A plan for a GPU from a machine without one, of a backend whose support is probed by a real step on the target
+    (nested tensors, FlexAttention's backward): the plan takes the step the GPU runs (bench.plan_attention,
+    bench.plan_flex), as the H100 ran it."""
+    return device == "meta" and backend in ("nested", "flex") and torch.device(target).type == "cuda" and \
+        not torch.cuda.is_available()
 
 
 def batch_lengths(dist: str, max_len: int, real_tokens: int) -> list[int]:
@@ -122,13 +139,10 @@ class Rmpad(Suite):
             return _hf_workload(variant, params, device, target or device)
         dtype = getattr(torch, params["dtype"])
         train = params["mode"] == "train"
-        if device == "meta" and variant in UNPLANNABLE:
-            raise NotPlannable(UNPLANNABLE[variant])
-        # planned for a GPU from a machine without one, nested tensors' probe (a real step on the target) cannot run:
-        # the plan takes the step the GPU runs (bench.plan_attention), as the H100 ran it
-        unprobed = device == "meta" and variant == "nested" and torch.device(target or device).type == "cuda" and \
-            not torch.cuda.is_available()
-        if variant != "padded" and not unprobed:
+        why = _unplannable(variant, device, target or device)
+        if why:
+            raise NotPlannable(why)
+        if variant != "padded" and not _unprobed(variant, device, target or device):
             ok, reason = supports(variant, target or device, dtype, backward=train)
             if not ok:
                 raise Skip(reason)
@@ -191,9 +205,11 @@ def _hf_model(variant, params, device, target):
     """(the library's model for a variant, its DecoderConfig, its attention implementation)."""
     requires("transformers", pip="techbench[ecosystem]")
     attn = "sdpa" if variant == "padded" else variant.removeprefix("hf_flat_")
-    if device == "meta" and attn in ("flex", "fa2"):
-        raise NotPlannable(UNPLANNABLE["flex" if attn == "flex" else "flash"])
-    ok, reason = hf.supports(attn, target, backward=params["mode"] == "train")
+    why = _unplannable("flash" if attn == "fa2" else attn, device, target)
+    if why:
+        raise NotPlannable(why)
+    ok, reason = (True, "") if _unprobed(attn, device, target) else \
+        hf.supports(attn, target, backward=params["mode"] == "train")
     if not ok:
         raise Skip(reason)
     dtype = getattr(torch, params["dtype"])

@@ -48,3 +48,20 @@ CUDA = (pytest.mark.cuda, _NO_CUDA)
 def needs_cuda(test):
     """Decorator: a CUDA test (marked `cuda`, skipped where torch sees no CUDA device)."""
     return pytest.mark.cuda(_NO_CUDA(test))
+
+
+def fresh_cuda_process(script: str, timeout: int = 300):
+    """Run `script` (`python -c`, the checkout's root as argv[1]) in a process of its own: a CUDA caching allocator
+    that holds nothing yet, in its default configuration (none of bench.plan_alloc.CONFIG_ENV), as the plan models.
+    Returns the CompletedProcess (text output captured)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.plan_alloc import CONFIG_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
+    root = str(Path(__file__).resolve().parents[1])
+    return subprocess.run([sys.executable, "-c", script, root], capture_output=True, text=True, env=env,
+                          timeout=timeout)

@@ -2,10 +2,6 @@
 reports, and the tracker that feeds it. The rules are checked one by one here; a CUDA test replays a random sequence
 on the real allocator, in a fresh process, and compares every figure."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
@@ -13,7 +9,7 @@ from bench.memory import TensorMemoryTracker, built_on_host
 from bench.plan import StepCounter, run_step
 from bench.plan_alloc import CONFIG_ENV, CachingAllocatorModel, default_config
 from bench.suite import build_module, discover
-from tests.optional import needs_cuda
+from tests.optional import fresh_cuda_process, needs_cuda
 
 MiB = 1 << 20
 
@@ -198,10 +194,7 @@ print("ok", model.peak_allocated, model.peak_reserved)
 
 @needs_cuda
 def test_the_model_matches_the_cuda_caching_allocator():
-    # a fresh process: a clean allocator with the default configuration (none of CONFIG_ENV)
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
-    root = str(Path(__file__).resolve().parents[2])
-    done = subprocess.run([sys.executable, "-c", REPLAY, root], capture_output=True, text=True, env=env, timeout=300)
+    done = fresh_cuda_process(REPLAY)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
 
 

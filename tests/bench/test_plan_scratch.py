@@ -3,19 +3,15 @@ figures are worked by hand from torch's source (Reduce.cuh's setReduceConfig and
 reorder_dimensions and coalesce_dimensions); a CUDA test compares the plan with max_memory_allocated over a spread of
 reductions, in a fresh process."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from bench.memory import TensorMemoryTracker
-from bench.plan_alloc import CONFIG_ENV, CachingAllocatorModel
+from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_scratch import Multiprocessors, _iterate, kernel_scratch, multiprocessors, reduce_staging
 from bench.suite import discover
-from tests.optional import needs_cuda
+from tests.optional import fresh_cuda_process, needs_cuda
 
 MiB = 1 << 20
 H100 = Multiprocessors(132, 2048)
@@ -213,8 +209,5 @@ print("ok", checked)
 
 @needs_cuda
 def test_the_staging_matches_what_cuda_allocates():
-    env = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
-    root = str(Path(__file__).resolve().parents[2])
-    done = subprocess.run([sys.executable, "-c", REDUCTIONS, root], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = fresh_cuda_process(REDUCTIONS)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout

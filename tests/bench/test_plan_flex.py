@@ -1,0 +1,179 @@
+"""bench.plan_flex: FlexAttention planned for a CUDA target. The block mask against torch's own on the CPU, the
+stand-in kernels' buffers against inductor's layouts, FLOPs against the block mask's tiles; a CUDA test compares the
+plan with compiled FlexAttention's max_memory_allocated, in a fresh process."""
+
+
+import pytest
+import torch
+import torch.nn.attention.flex_attention as fa
+
+from bench import plan_flex
+from bench.memory import SavedTensorBytes, TensorMemoryTracker
+from bench.plan import StepCounter, plan_case
+from bench.plan_flex import UNCOUNTED, flex_backward, target_flex
+from bench.plan_meta import IndexValues, index_value
+from bench.suite import NotPlannable
+from impls.rmpad.flex import document_block_mask, varlen_attention
+from suites.rmpad import Rmpad
+from tests.optional import fresh_cuda_process, needs_cuda
+
+LENGTHS = [300, 129, 1, 470, 100]  # 1000 tokens: not a multiple of the 128-token blocks
+T, H, D = sum(LENGTHS), 4, 32
+PARTS = ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices", "q_num_blocks", "q_indices",
+         "full_q_num_blocks", "full_q_indices")
+
+
+def cu_seqlens():
+    return torch.tensor([0, *LENGTHS]).cumsum(0).to(torch.int32)
+
+
+def attend(qkv):
+    q, k, v = qkv.unbind(1)  # [T, H, D] each, views of the projection's output as the decoder makes them
+    return varlen_attention(q, k, v, cu_seqlens().to(qkv.device), max(LENGTHS))
+
+
+def test_the_block_mask_is_torchs_own_without_the_token_by_token_mask():
+    real = document_block_mask(cu_seqlens(), T)  # torch's create_block_mask on the CPU
+    taken = set()
+    with IndexValues(), target_flex("cuda", taken), TensorMemoryTracker() as tracker:
+        planned = document_block_mask(cu_seqlens().to("meta"), T)
+        values = {name: index_value(getattr(planned, name)) for name in PARTS}
+        peak = tracker.peak_bytes("meta")
+    for name in PARTS:
+        want, got = getattr(real, name), getattr(planned, name)
+        assert got.device.type == "meta" and (got.shape, got.dtype) == (want.shape, want.dtype), name
+        assert torch.equal(values[name], want), name
+    # the compiled mask is reduced block by block: no [T, T] boolean mask (1 MB here), only block-sized maps
+    assert peak < 64 * 1024, peak
+
+
+def test_a_mask_asked_for_by_itself_is_made_as_on_the_device():
+    with IndexValues(), target_flex("cuda", set()), TensorMemoryTracker() as tracker:
+        mask = fa.create_mask(lambda b, h, q, kv: q >= kv, 1, 1, 256, 256, "meta")
+        assert mask.shape == (1, 1, 256, 256) and tracker.peak_bytes("meta") >= 256 * 256  # and its index ranges
+
+
+def planned_call(budget_left=True):
+    """(the call's saved tensors' bytes, its FLOPs forward and backward, its peak on meta, the kernels taken)."""
+    taken = set()
+    with IndexValues(), target_flex("cuda", taken), TensorMemoryTracker() as tracker:
+        qkv = torch.empty(T, 3, H, D, dtype=torch.bfloat16, device="meta", requires_grad=True)
+        with SavedTensorBytes() as saved, StepCounter() as counted:
+            out = attend(qkv)
+        forward, kept = counted.flops, saved.total("meta")
+        grad = torch.empty_like(out)
+        with StepCounter() as counted:
+            out.backward(grad)
+        assert out.is_contiguous()  # inductor lays the output out in the query's order: [T, H, D] here
+        return kept, forward, counted.flops, tracker.peak_bytes("meta"), taken
+
+
+def test_the_forward_saves_what_the_compiled_graph_saves():
+    real = document_block_mask(cu_seqlens(), T)
+    kept, *_, taken = planned_call()
+    mask = sum(getattr(real, name).nbytes for name in PARTS)
+    doc = T * 8  # the int64 document ids that the mask_mod captures
+    # q, k and v are views of the [T, 3, H, D] projection (its storage whole), the output, the fp32 log-sum-exp
+    assert kept == T * 3 * H * D * 2 + T * H * D * 2 + H * T * 4 + mask + doc
+    assert taken == {"flex"}
+
+
+def test_the_flops_are_the_tiles_the_kernel_computes():
+    real = document_block_mask(cu_seqlens(), T)
+    tiles = int(real.kv_num_blocks.sum() + real.full_kv_num_blocks.sum())
+    pairs = tiles * 128 * 128 * H  # the mask's one head broadcast to the query's four
+    _, forward, backward, _, _ = planned_call()
+    assert forward == 2 * pairs * (D + D)
+    assert backward == 2.5 * forward
+
+
+def test_past_the_budget_the_flops_are_left_out_and_the_plan_says_so(monkeypatch):
+    kept, _, _, peak, _ = planned_call()
+    monkeypatch.setattr(plan_flex, "MASK_BUDGET", 0)
+    uncounted = planned_call()
+    assert uncounted[1:3] == (0, 0) and uncounted[4] == {UNCOUNTED}
+    assert (uncounted[0], uncounted[3]) == (kept, peak)  # the same bytes: the block mask's shapes need no values
+
+
+def test_the_backward_lays_each_gradient_out_as_its_input():
+    qkv = torch.empty(T, 3, H, D, dtype=torch.bfloat16, device="meta")
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in qkv.unbind(1))  # [1, H, T, D], strides of [T, 3, H, D]
+    lse = torch.empty(1, H, T, device="meta")
+    dq, dk, dv, delta = flex_backward(q, k, v, torch.empty_like(q), lse, torch.empty_like(q), -1)
+    for grad, x in ((dq, q), (dk, k), (dv, v)):
+        assert grad.shape == x.shape and grad.dtype == x.dtype
+        # dense, in the input's order ([T, H, D]), as inductor's infer_dense_strides lays it out
+        assert grad[0].transpose(0, 1).is_contiguous() and grad.untyped_storage().nbytes() == T * H * D * 2
+    assert (delta.shape, delta.dtype, delta.is_contiguous()) == ((1, H, T), torch.float32, True)
+
+
+def test_torchs_functions_are_put_back_even_after_a_failure():
+    names = ("create_mask", "_convert_mask_to_block_mask", "_validate_device", "flex_attention_hop",
+             "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG")
+    before = {name: getattr(fa, name) for name in names}
+    with pytest.raises(NotPlannable, match="decoding"), IndexValues(), target_flex("cuda", set()):
+        q = torch.empty(1, H, 64, D, device="meta")  # 64 queries: the decoding kernel
+        fa.flex_attention(q, q, q)
+    assert {name: getattr(fa, name) for name in names} == before
+    with target_flex("cpu", set()):  # a CPU target changes nothing
+        assert {name: getattr(fa, name) for name in names} == before
+
+
+def test_rmpad_flex_is_planned_for_a_gpu_and_says_why_not_for_a_cpu():
+    suite = Rmpad()
+    (params,) = [p for p in suite.grid("smoke", "cuda:0") if p["dist"] == "lognormal" and p["mode"] == "train"
+                and "model" not in p]
+    cuda = plan_case(suite, "flex", params, "cuda", "h100")
+    assert cuda.status == "ok" and cuda.attention == ["flex"] and cuda.flops > 0 and cuda.parts["activations"] > 0
+    cpu = plan_case(suite, "flex", {**params, "dtype": "float32"}, "cpu")
+    assert cpu.status == "not_plannable" and "planned for a CUDA target" in cpu.reason
+
+
+COMPILED = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from bench.memory import TensorMemoryTracker
+from bench.plan_alloc import CachingAllocatorModel
+from bench.plan_flex import target_flex
+from bench.plan_meta import IndexValues
+from impls.rmpad.flex import varlen_attention
+
+def step(lengths, heads, dim, device):
+    cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32).to(device)
+    qkv = torch.randn(sum(lengths), 3, heads, dim, dtype=torch.bfloat16, device="cpu").to(device).requires_grad_()
+    q, k, v = qkv.unbind(1)
+    def run():
+        out = varlen_attention(q, k, v, cu, max(lengths))
+        out.backward(torch.ones_like(out))
+    return run
+
+worst = 0
+for lengths, heads, dim in (([300, 129, 1, 470, 100], 4, 32), ([1024] * 4, 16, 64), ([4000, 96, 3000, 900], 8, 128)):
+    model = CachingAllocatorModel()
+    with IndexValues(), target_flex("cuda", set()), TensorMemoryTracker(model):
+        run = step(lengths, heads, dim, "meta")
+        model.reset_peak()
+        base = model.allocated
+        run()
+        planned = model.peak_allocated - base
+    run = step(lengths, heads, dim, "cuda")
+    run()  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    error = (planned - measured) / measured
+    worst = max(worst, abs(error))
+    print(f"{sum(lengths)} tokens, {heads} heads of {dim}: CUDA {measured} B, plan {planned} B ({error:+.2%})")
+print("ok" if worst <= 0.10 else "over 10%", f"worst {worst:.2%}")
+"""
+
+
+@needs_cuda
+def test_the_plan_matches_compiled_flex_attention_on_cuda():
+    done = fresh_cuda_process(COMPILED, timeout=600)
+    print(done.stdout)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1].startswith("ok"), done.stderr[-2000:] or done.stdout
