@@ -20,17 +20,20 @@ BlockMask included:
   max scores (fp32 [B, Hq, L] each; the max scores freed after the kernel unless asked for), saving for backward
   what the compiled graph saves (query, key, value, output, log-sum-exp, the block mask's tensors and the tensors
   the mask_mod captures). Its backward, `techbench::flex_backward`: delta (fp32 [B, Hq, L], contiguous) beside
-  dq, dk and dv (each in its input's stride order) while the kernel runs.
+  dq, dk and dv (each in its input's stride order) while the kernel runs, after the output's gradient is copied
+  into the layout the compiled backward was traced with where it arrives in another (`_as_traced`).
 - FLOPs: the tiles the kernel computes (every partial and full block of the block mask, Q_BLOCK x KV_BLOCK each),
-  2 x (E + Ev) FLOPs a query-key pair forward (QK^T and PV, as torch counts attention) and 2.5 times that
-  backward; a block mask without values (past MASK_BUDGET) counts none, and the plan says so ("flex, FLOPs
-  uncounted"): the roofline stays a lower bound, a looser one. Full-size rmpad's masks (4.3G pairs, ~18 s each on
-  2 CPU cores) are past it.
+  2 x (E + Ev) FLOPs a query-key pair forward and 2 x (3E + 2Ev) backward, as torch counts attention; a block mask
+  without values (past MASK_BUDGET) counts none, and the plan says so ("flex, FLOPs uncounted"): the roofline
+  stays a lower bound, a looser one. Full-size rmpad's masks (4.3G pairs, ~18 s each on 2 CPU cores) are past it.
+
+The tensors a mask_mod or score_mod captures are found through functions (closures, defaults), partials, lists and
+tuples; a callable object's are not seen (not saved; a mask_mod holding one counts no FLOPs).
 
 Not modelled, so not plannable: the decoding kernel (queries shorter than 128), the FLASH backend, a key and value
 broadcast over the query's batch, a score_mod whose captured tensors take gradients, and a CPU target (eager
 FlexAttention there materialises the scores, and its runs record no peak to check a prediction against). Checked
-against the H100 run's two FlexAttention cases (rmpad quick, ours and transformers'): +0.7% and -0.7%.
+against the H100 run's two FlexAttention cases (rmpad quick, ours and transformers'; torch 2.11): +0.7% and -0.7%.
 """
 
 from __future__ import annotations
@@ -104,28 +107,39 @@ def _setup(ctx, inputs, output):
     out, lse, _ = output
     ctx.save_for_backward(query, key, value, out, lse, *kept)
     ctx.pairs, ctx.kept = pairs, len(kept)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients of the unused log-sum-exp and max scores
 
 
 def _backward(ctx, grad_out, grad_lse, grad_max):
     query, key, value, out, lse = ctx.saved_tensors[:5]
-    dq, dk, dv, _ = flex_backward(query, key, value, out, lse, grad_out, ctx.pairs)
+    dq, dk, dv, _ = flex_backward(query, key, value, out, lse, _as_traced(grad_out, out), ctx.pairs)
     return dq, dk, dv, [None] * ctx.kept, None
+
+
+def _as_traced(grad: Tensor, out: Tensor) -> Tensor:
+    """The output's gradient as the compiled backward takes it: AOTAutograd copies an incoming gradient into the
+    layout it traced with, the output's own strides where functorch's guess_tangent_strides_as_outputs is set
+    (torch 2.13) and else the output's suggested memory format (contiguous here; torch 2.11)."""
+    import torch._functorch.config as functorch
+
+    if not getattr(functorch, "guess_tangent_strides_as_outputs", False):
+        return grad.contiguous(memory_format=torch._prims_common.suggest_memory_format(out))
+    if all(a == b for a, b, n in zip(grad.stride(), out.stride(), out.shape) if n > 1):
+        return grad
+    return torch.empty_strided(out.shape, out.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
 
 
 flex_forward.register_autograd(_backward, setup_context=_setup)
 
 
-def _flops(query, value, pairs, factor) -> int:
-    """2 x (E + Ev) a pair forward (QK^T and PV), as torch counts attention; `factor` 2.5 backward (five matmuls)."""
-    return 0 if pairs < 0 else int(factor * 2 * pairs * (query.shape[-1] + value.shape[-1]))
-
-
 def _forward_flops(query, key, value, kept, pairs, out_val=None, **kwargs) -> int:
-    return _flops(query, value, pairs, 1)
+    """2 x (E + Ev) a query-key pair: QK^T and PV, as torch counts attention."""
+    return 0 if pairs < 0 else 2 * pairs * (query.shape[-1] + value.shape[-1])
 
 
 def _backward_flops(query, key, value, out, lse, grad_out, pairs, out_val=None, **kwargs) -> int:
-    return _flops(query, value, pairs, 2.5)
+    """2 x (3E + 2Ev) a pair: the scores recomputed, dO V^T, dV, dQ and dK, as torch counts attention's backward."""
+    return 0 if pairs < 0 else 2 * pairs * (3 * query.shape[-1] + 2 * value.shape[-1])
 
 
 _forward_flops._get_raw = _backward_flops._get_raw = True
@@ -137,7 +151,8 @@ def _parts(fn) -> list | None:
     """What a mask_mod or score_mod holds: a function's closure and defaults, a partial's function and arguments;
     None for any other callable (whose tensors the plan does not see)."""
     if isinstance(fn, types.FunctionType):
-        return [c.cell_contents for c in fn.__closure__ or () if _filled(c)] + list(fn.__defaults__ or ())
+        return [c.cell_contents for c in fn.__closure__ or () if _filled(c)] + list(fn.__defaults__ or ()) + \
+            list((fn.__kwdefaults__ or {}).values())
     if isinstance(fn, functools.partial):
         return [fn.func, *fn.args, *fn.keywords.values()]
     return None
@@ -169,26 +184,33 @@ def _filled(cell) -> bool:
 
 
 def _on_cpu(fn, values: dict, seen: dict | None = None):
-    """A copy of mask_mod `fn` whose captured meta tensors are their CPU values (`values`: id -> value)."""
+    """A copy of mask_mod `fn` whose captured meta tensors are their CPU values (`values`: id -> value). A function
+    is registered before its cells are filled, so a closure that refers to itself is copied once."""
     seen = {} if seen is None else seen
-    if id(fn) not in seen:
-        def swap(x):
-            if isinstance(x, Tensor):
-                return values.get(id(x), x)
-            if isinstance(x, (list, tuple)):
-                return type(x)(swap(i) for i in x)
-            return _on_cpu(x, values, seen) if callable(x) else x
+    if id(fn) in seen:
+        return seen[id(fn)]
 
-        if isinstance(fn, types.FunctionType):
-            cells = tuple(types.CellType(swap(c.cell_contents)) if _filled(c) else c for c in fn.__closure__ or ())
-            copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, swap(fn.__defaults__), cells or None)
-            copy.__kwdefaults__ = fn.__kwdefaults__
-        elif isinstance(fn, functools.partial):
-            copy = functools.partial(swap(fn.func), *swap(fn.args), **{k: swap(v) for k, v in fn.keywords.items()})
-        else:
-            copy = fn
-        seen[id(fn)] = copy
-    return seen[id(fn)]
+    def swap(x):
+        if isinstance(x, Tensor):
+            return values.get(id(x), x)
+        if isinstance(x, (list, tuple)):
+            items = [swap(i) for i in x]
+            return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)  # a namedtuple takes fields
+        return _on_cpu(x, values, seen) if callable(x) else x
+
+    if isinstance(fn, types.FunctionType):
+        cells = tuple(types.CellType() for _ in fn.__closure__ or ())
+        copy = seen[id(fn)] = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, None, cells or None)
+        for cell, old in zip(cells, fn.__closure__ or ()):
+            if _filled(old):
+                cell.cell_contents = swap(old.cell_contents)
+        copy.__defaults__ = swap(fn.__defaults__)
+        copy.__kwdefaults__ = {k: swap(v) for k, v in fn.__kwdefaults__.items()} if fn.__kwdefaults__ else None
+        return copy
+    if isinstance(fn, functools.partial):
+        seen[id(fn)] = functools.partial(swap(fn.func), *swap(fn.args), **{k: swap(v) for k, v in fn.keywords.items()})
+        return seen[id(fn)]
+    return fn
 
 
 class _Mask:
@@ -258,7 +280,7 @@ def target_flex(target: str, taken: set):
         if any(t.requires_grad for t in scored):
             raise NotPlannable("FlexAttention with a score_mod whose captured tensors take gradients is not modelled")
         kept = [t for t in block_mask if isinstance(t, Tensor)] + _captured(block_mask[-1]) + scored
-        pairs = _pairs(block_mask, query)
+        pairs = _pairs(block_mask, query, key)
         taken.add("flex" if pairs >= 0 else UNCOUNTED)
         return flex_forward(query, key, value, kept, pairs)
 
@@ -289,19 +311,18 @@ def _block_maps(call: _Mask, q_block: int, kv_block: int, separate_full_blocks: 
             if value is None:
                 return None
             values[id(t)] = value
-    mask_mod = _on_cpu(call.mask_mod, values)
     with _disable_current_modes():
         # the functions as torch's create_block_mask calls them, on the CPU (the plan's stand-ins step aside there)
         try:
-            mask = fa.create_mask(mask_mod, B, H, Q, KV, "cpu")
-        except Exception:  # noqa: BLE001 - a mask_mod holding tensors the plan does not see (a callable object)
+            mask = fa.create_mask(_on_cpu(call.mask_mod, values), B, H, Q, KV, "cpu")
+        except Exception:  # noqa: BLE001 - a mask_mod holding what the plan cannot copy or see (a callable object)
             return None
         partial, full = fa._convert_mask_to_block_mask(mask, Q_BLOCK_SIZE=q_block, KV_BLOCK_SIZE=kv_block,
                                                        separate_full_blocks=separate_full_blocks)
     return [partial] if full is None else [partial, full]
 
 
-def _pairs(block_mask: tuple, query: Tensor) -> int:
+def _pairs(block_mask: tuple, query: Tensor, key: Tensor) -> int:
     """Query-key pairs the kernel computes over the query's batch and heads: Q_BLOCK x KV_BLOCK for every partial and
     full block of the block mask, whose batch and heads broadcast to the query's; -1 where a count has no values."""
     tiles = 0
@@ -312,4 +333,5 @@ def _pairs(block_mask: tuple, query: Tensor) -> int:
         if value is None:
             return -1
         tiles += int(value.sum()) * (query.shape[0] // value.shape[0]) * (query.shape[1] // value.shape[1])
-    return tiles * block_mask[-3] * block_mask[-2]
+    # a block no longer than the sequences (no block_mask: torch's one block of 2^30 covers them)
+    return tiles * min(block_mask[-3], query.shape[-2]) * min(block_mask[-2], key.shape[-2])

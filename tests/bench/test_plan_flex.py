@@ -5,6 +5,7 @@ plan with compiled FlexAttention's max_memory_allocated, in a fresh process."""
 
 import pytest
 import torch
+import torch._dynamo.eval_frame as eval_frame
 import torch.nn.attention.flex_attention as fa
 
 from bench import plan_flex
@@ -95,6 +96,80 @@ def test_past_the_budget_the_flops_are_left_out_and_the_plan_says_so(monkeypatch
     assert (uncounted[0], uncounted[3]) == (kept, peak)  # the same bytes: the block mask's shapes need no values
 
 
+def test_the_backward_makes_no_gradients_for_the_unused_statistics():
+    # autograd would fill the log-sum-exp's and max scores' missing gradients with zeros, two fp32 [1, H, T] that
+    # the compiled backward never makes
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.made += [func] if isinstance(out, torch.Tensor) and out.dtype == torch.float32 else []
+            return out
+
+    with IndexValues(), target_flex("cuda", set()):
+        out = attend(torch.empty(T, 3, H, D, dtype=torch.bfloat16, device="meta", requires_grad=True))
+        with Ops() as ops:
+            out.backward(torch.empty_like(out))
+    assert not [f for f in ops.made if "zero" in str(f)], ops.made
+
+
+def test_a_call_without_a_block_mask_computes_every_pair():
+    # torch's default block mask is one block of 2^30: the pairs are the sequences', not the block's
+    with IndexValues(), target_flex("cuda", set()), StepCounter() as counted:
+        q = torch.empty(2, H, 256, D, device="meta")
+        fa.flex_attention(q, q, q)
+    assert counted.flops == 2 * (2 * H * 256 * 256) * (D + D)
+
+
+def test_the_backward_flops_are_torchs_five_matmuls():
+    q, v = torch.empty(1, H, 256, 64, device="meta"), torch.empty(1, H, 256, 32, device="meta")
+    # the scores recomputed (E), dO V^T (Ev), dV (Ev), dQ (E), dK (E): torch's sdpa_backward_flop_count
+    assert plan_flex._backward_flops(q, q, v, None, None, None, 1000) == 2 * 1000 * (3 * 64 + 2 * 32)
+    assert plan_flex._forward_flops(q, q, v, [], 1000) == 2 * 1000 * (64 + 32)
+
+
+@pytest.mark.parametrize("guess", [True, False])
+def test_the_outputs_gradient_takes_the_layout_the_compiled_backward_traced(monkeypatch, guess):
+    # torch 2.13's AOTAutograd traces the output's gradient in the output's strides, 2.11's contiguous; rmpad's
+    # arrives contiguous ([1, H, T, D], from select's backward) where the output is [T, H, D] inside: 2.13 copies it
+    import torch._functorch.config as functorch
+
+    monkeypatch.setattr(functorch, "guess_tangent_strides_as_outputs", guess, raising=False)
+    out = torch.empty(T, 1, H, D, device="meta").permute(1, 2, 0, 3)  # [1, H, T, D] in [T, H, D] order
+    grad = torch.empty(1, H, T, D, device="meta")
+    traced = plan_flex._as_traced(grad, out)
+    assert (traced is grad) != guess
+    assert traced.stride() == (out.stride() if guess else grad.stride())
+    assert plan_flex._as_traced(out, out) is out if guess else True  # the output's own layout: no copy
+
+
+def test_closures_of_every_shape_give_the_mask_its_values():
+    # a namedtuple, a closure that refers to itself, a keyword-only default: the mask evaluated, FLOPs counted
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "ids limit")
+    ids = torch.arange(T) // 100
+
+    def made(ids):
+        pair = Pair(ids, T)
+
+        def mask(b, h, q, kv, *, same=ids):
+            return (pair.ids[q] == same[kv]) & (q >= kv) & (q < pair.limit) & (mask is not None)
+        return mask
+
+    taken = set()
+    with IndexValues(), target_flex("cuda", taken):
+        block = fa.create_block_mask(made(ids.to("meta")), None, None, T, T, device="meta")
+        got = index_value(block.kv_num_blocks)
+    assert taken == set() and got is not None
+    assert torch.equal(got, fa.create_block_mask(made(ids), None, None, T, T, device="cpu").kv_num_blocks)
+
+
 def test_the_backward_lays_each_gradient_out_as_its_input():
     qkv = torch.empty(T, 3, H, D, dtype=torch.bfloat16, device="meta")
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in qkv.unbind(1))  # [1, H, T, D], strides of [T, 3, H, D]
@@ -115,8 +190,10 @@ def test_torchs_functions_are_put_back_even_after_a_failure():
         q = torch.empty(1, H, 64, D, device="meta")  # 64 queries: the decoding kernel
         fa.flex_attention(q, q, q)
     assert {name: getattr(fa, name) for name in names} == before
+    assert eval_frame._stance.stance == "default"  # torch.compile compiles again
     with target_flex("cpu", set()):  # a CPU target changes nothing
         assert {name: getattr(fa, name) for name in names} == before
+        assert eval_frame._stance.stance == "default"
 
 
 def test_rmpad_flex_is_planned_for_a_gpu_and_says_why_not_for_a_cpu():
@@ -139,25 +216,31 @@ from bench.plan_flex import target_flex
 from bench.plan_meta import IndexValues
 from impls.rmpad.flex import varlen_attention
 
-def step(lengths, heads, dim, device):
+def step(lengths, heads, dim, train, device):
     cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32).to(device)
-    qkv = torch.randn(sum(lengths), 3, heads, dim, dtype=torch.bfloat16, device="cpu").to(device).requires_grad_()
+    qkv = torch.randn(sum(lengths), 3, heads, dim, dtype=torch.bfloat16, device="cpu").to(device)
+    qkv.requires_grad_(train)
     q, k, v = qkv.unbind(1)
     def run():
-        out = varlen_attention(q, k, v, cu, max(lengths))
-        out.backward(torch.ones_like(out))
+        qkv.grad = None  # each step makes its gradient, as the plan's one step does
+        with torch.set_grad_enabled(train):
+            out = varlen_attention(q, k, v, cu, max(lengths))
+            if train:
+                out.backward(torch.ones_like(out))
     return run
 
 worst = 0
-for lengths, heads, dim in (([300, 129, 1, 470, 100], 4, 32), ([1024] * 4, 16, 64), ([4000, 96, 3000, 900], 8, 128)):
+# ~30 s to compile on an H100
+for lengths, heads, dim, train in (([300, 129, 1, 470, 100], 4, 32, True), ([4000, 96, 3000, 900], 8, 128, True),
+                                   ([4000, 96, 3000, 900], 8, 128, False)):
     model = CachingAllocatorModel()
     with IndexValues(), target_flex("cuda", set()), TensorMemoryTracker(model):
-        run = step(lengths, heads, dim, "meta")
+        run = step(lengths, heads, dim, train, "meta")
         model.reset_peak()
         base = model.allocated
         run()
         planned = model.peak_allocated - base
-    run = step(lengths, heads, dim, "cuda")
+    run = step(lengths, heads, dim, train, "cuda")
     run()  # compiles
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -167,7 +250,8 @@ for lengths, heads, dim in (([300, 129, 1, 470, 100], 4, 32), ([1024] * 4, 16, 6
     measured = torch.cuda.max_memory_allocated() - base
     error = (planned - measured) / measured
     worst = max(worst, abs(error))
-    print(f"{sum(lengths)} tokens, {heads} heads of {dim}: CUDA {measured} B, plan {planned} B ({error:+.2%})")
+    print(f"{sum(lengths)} tokens, {heads} heads of {dim}, {'training' if train else 'forward'}: CUDA {measured} B, "
+          f"plan {planned} B ({error:+.2%})")
 print("ok" if worst <= 0.10 else "over 10%", f"worst {worst:.2%}")
 """
 
