@@ -111,6 +111,8 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_lse, grad_max):
+    if grad_out is None:  # the output reached no loss
+        return None, None, None, [None] * ctx.kept, None
     query, key, value, out, lse = ctx.saved_tensors[:5]
     dq, dk, dv, _ = flex_backward(query, key, value, out, lse, _as_traced(grad_out, out), ctx.pairs)
     return dq, dk, dv, [None] * ctx.kept, None
