@@ -27,8 +27,10 @@ BlockMask included:
   without values (past MASK_BUDGET) counts none, and the plan says so ("flex, FLOPs uncounted"): the roofline
   stays a lower bound, a looser one. Full-size rmpad's masks (4.3G pairs, ~18 s each on 2 CPU cores) are past it.
 
-The tensors a mask_mod or score_mod captures are found through functions (closures, defaults), partials, lists and
-tuples; a callable object's are not seen (not saved; a mask_mod holding one counts no FLOPs).
+The tensors a mask_mod or score_mod captures are found through functions (closures, defaults), partials, lists,
+tuples and dicts; a callable object's are not seen (not saved; a mask_mod holding one counts no FLOPs). Not counted:
+where the caller asks for the log-sum-exp (transformers does), its gradient: zeros (fp32 [B, Hq, L]) where it is
+unused, and two buffers of that size in the backward where it is used.
 
 Not modelled, so not plannable: the decoding kernel (queries shorter than 128), the FLASH backend, a key and value
 broadcast over the query's batch, a score_mod whose captured tensors take gradients, and a CPU target (eager
@@ -55,9 +57,10 @@ UNCOUNTED = "flex, FLOPs uncounted"
 
 
 def _dense_strides(size, like) -> list[int]:
-    """Inductor's infer_dense_strides: dense strides of `size` in the fill order of strides `like`, the last dim
+    """Inductor's infer_dense_strides (and the fake kernel's _permute_strides): dense strides of `size` in the fill
+    order of strides `like` (of equal strides, the later dimension inner, as inductor's argsort), the last dimension
     innermost."""
-    order = sorted(range(len(size)), key=lambda d: like[d])
+    order = sorted(range(len(size)), key=lambda d: (like[d], -d))
     if order[0] != len(size) - 1:
         order.remove(len(size) - 1)
         order.insert(0, len(size) - 1)
@@ -111,22 +114,24 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, grad_lse, grad_max):
-    if grad_out is None:  # the output reached no loss
-        return None, None, None, [None] * ctx.kept, None
     query, key, value, out, lse = ctx.saved_tensors[:5]
+    if grad_out is None:  # the output reached no loss (the log-sum-exp did): AOTAutograd fills its gradient with zeros
+        grad_out = torch.zeros_like(out)
     dq, dk, dv, _ = flex_backward(query, key, value, out, lse, _as_traced(grad_out, out), ctx.pairs)
     return dq, dk, dv, [None] * ctx.kept, None
 
 
 def _as_traced(grad: Tensor, out: Tensor) -> Tensor:
     """The output's gradient as the compiled backward takes it: AOTAutograd copies an incoming gradient into the
-    layout it traced with, the output's own strides where functorch's guess_tangent_strides_as_outputs is set
-    (torch 2.13) and else the output's suggested memory format (contiguous here; torch 2.11)."""
+    layout it traced with (runtime_wrappers.coerce_to_expected_memory_format), the output's own strides, size-1
+    dimensions' included, where functorch's guess_tangent_strides_as_outputs is set (torch 2.13), else the output's
+    suggested memory format (contiguous here; torch 2.11). Static shapes: a case's step repeats its batch (after a
+    recompile for another length torch 2.13 traces symbolic shapes and takes the memory format instead)."""
     import torch._functorch.config as functorch
 
     if not getattr(functorch, "guess_tangent_strides_as_outputs", False):
         return grad.contiguous(memory_format=torch._prims_common.suggest_memory_format(out))
-    if all(a == b for a, b, n in zip(grad.stride(), out.stride(), out.shape) if n > 1):
+    if grad.stride() == out.stride():
         return grad
     return torch.empty_strided(out.shape, out.stride(), dtype=grad.dtype, device=grad.device).copy_(grad)
 
@@ -160,21 +165,17 @@ def _parts(fn) -> list | None:
     return None
 
 
-def _captured(fn, seen: set | None = None) -> list[Tensor]:
-    """The tensors a mask_mod or score_mod captures, through nested functions, partials, lists and tuples."""
+def _captured(x, seen: set | None = None) -> list[Tensor]:
+    """The tensors a mask_mod or score_mod captures, through nested functions, partials, lists, tuples and dicts."""
     seen = set() if seen is None else seen
-    if id(fn) in seen:
+    if isinstance(x, Tensor):
+        return [x]
+    if id(x) in seen:
         return []
-    seen.add(id(fn))
-    found = []
-    for item in _parts(fn) or ():
-        if isinstance(item, Tensor):
-            found.append(item)
-        elif isinstance(item, (list, tuple)):
-            found.extend(t for x in item for t in ([x] if isinstance(x, Tensor) else _captured(x, seen)))
-        elif callable(item):
-            found.extend(_captured(item, seen))
-    return found
+    seen.add(id(x))
+    items = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else \
+        _parts(x) or () if callable(x) else ()
+    return [t for item in items for t in _captured(item, seen)]
 
 
 def _filled(cell) -> bool:
@@ -198,6 +199,8 @@ def _on_cpu(fn, values: dict, seen: dict | None = None):
         if isinstance(x, (list, tuple)):
             items = [swap(i) for i in x]
             return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)  # a namedtuple takes fields
+        if isinstance(x, dict):
+            return type(x)((k, swap(v)) for k, v in x.items())
         return _on_cpu(x, values, seen) if callable(x) else x
 
     if isinstance(fn, types.FunctionType):

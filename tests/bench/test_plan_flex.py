@@ -118,6 +118,53 @@ def test_the_backward_makes_no_gradients_for_the_unused_statistics():
     assert not [f for f in ops.made if "zero" in str(f)], ops.made
 
 
+def test_a_loss_of_the_log_sum_exp_alone_still_runs_the_backward():
+    # AOTAutograd fills the output's missing gradient with zeros and runs the compiled backward: q gets its gradient
+    with IndexValues(), target_flex("cuda", set()), TensorMemoryTracker() as tracker:
+        q = torch.empty(1, H, 256, D, device="meta", requires_grad=True)
+        out, lse = fa.flex_attention(q, q, q, return_aux=fa.AuxRequest(lse=True)) if hasattr(fa, "AuxRequest") else \
+            fa.flex_attention(q, q, q, return_lse=True)
+        del out
+        aux = lse.lse if hasattr(lse, "lse") else lse
+        aux.sum().backward()
+        assert q.grad is not None and q.grad.shape == q.shape
+        assert tracker.peak_bytes("meta") > 0
+
+
+def test_the_output_is_laid_out_as_torchs_fake_kernel_lays_it_out():
+    # the strides AOTAutograd expects of the output's gradient are the traced output's, size-1 dimensions included:
+    # torch's fake kernel's (_permute_strides: inductor's fill order, equal strides the later dimension inner)
+    from torch._higher_order_ops.flex_attention import _permute_strides
+
+    for shape, perm in (((T, 1, H, D), (1, 2, 0, 3)), ((T, 3, 1, D), (1, 2, 0, 3)), ((1, H, T, D), (0, 1, 2, 3)),
+                        ((T, H, 1, D), (2, 1, 0, 3)), ((H, T, 2, D), (2, 0, 1, 3))):
+        q = torch.empty(shape, device="meta").permute(perm)[:, :, :, :]
+        if shape == (T, 3, 1, D):
+            q = q[:, :1]
+        out = plan_flex._like(q.shape, q)
+        assert out.stride() == _permute_strides(torch.empty(q.shape, device="meta"), q.stride()).stride(), shape
+
+
+def test_a_step_copies_the_outputs_gradient_where_torch_2_13_would(monkeypatch):
+    # rmpad's output gradient arrives contiguous ([1, H, T, D], from select's backward) where the output is laid out
+    # [T, H, D]: under torch 2.13's rule the compiled backward copies it first, one output's bytes more at its peak
+    import torch._functorch.config as functorch
+
+    peaks = {}
+    for guess in (False, True):
+        monkeypatch.setattr(functorch, "guess_tangent_strides_as_outputs", guess, raising=False)
+        with IndexValues(), target_flex("cuda", set()), TensorMemoryTracker() as tracker:
+            leaves = [torch.empty(T, 1, H, D, device="meta", requires_grad=True) for _ in range(3)]
+            out = fa.flex_attention(*(x.permute(1, 2, 0, 3) for x in leaves))  # [1, H, T, D], laid out [T, H, D]
+            grad = torch.empty(out.shape, device="meta")  # contiguous
+            tracker.reset_peak()
+            base = tracker.live_bytes("meta")
+            out.backward(grad)
+            peaks[guess] = tracker.peak_bytes("meta") - base  # delta, dq, dk and dv (and the copy)
+    assert peaks[False] == 3 * T * H * D * 4 + H * T * 4
+    assert peaks[True] - peaks[False] == T * H * D * 4
+
+
 def test_a_call_without_a_block_mask_computes_every_pair():
     # torch's default block mask is one block of 2^30: the pairs are the sequences', not the block's
     with IndexValues(), target_flex("cuda", set()), StepCounter() as counted:
@@ -149,17 +196,19 @@ def test_the_outputs_gradient_takes_the_layout_the_compiled_backward_traced(monk
 
 
 def test_closures_of_every_shape_give_the_mask_its_values():
-    # a namedtuple, a closure that refers to itself, a keyword-only default: the mask evaluated, FLOPs counted
+    # a namedtuple, a closure that refers to itself, a keyword-only default, tensors nested in containers: the mask
+    # evaluated, FLOPs counted
     from collections import namedtuple
 
     Pair = namedtuple("Pair", "ids limit")
     ids = torch.arange(T) // 100
 
     def made(ids):
-        pair = Pair(ids, T)
+        pair, nested = Pair(ids, T), {"deep": ((ids,),)}
 
         def mask(b, h, q, kv, *, same=ids):
-            return (pair.ids[q] == same[kv]) & (q >= kv) & (q < pair.limit) & (mask is not None)
+            return (pair.ids[q] == same[kv]) & (nested["deep"][0][0][q] >= 0) & (q >= kv) & (q < pair.limit) & \
+                (mask is not None)
         return mask
 
     taken = set()
