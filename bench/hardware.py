@@ -9,25 +9,26 @@ table gets None, never a guess. Matched on the name NVML and torch report, lower
 from __future__ import annotations
 
 MIB = 1 << 20
-# (name fragment, {dtype: dense TFLOP/s}, memory GB/s, memory bytes, (multiprocessors, max threads per one)). H200
-# and H100 SXM share the GH100 compute; the H200 has HBM3e at 4.8 TB/s. "fp32" is the non-tensor-core rate; "tf32"
-# the tensor-core one. Memory: the total the driver reports (nvidia-smi's MiB; the datasheets' "141 GB", "80 GB" are
-# these, rounded), before the CUDA context. Multiprocessors: the datasheets' SM counts; 2048 threads an SM on
-# Ampere's and Hopper's data-centre parts, 1536 on Ada's.
+# (name fragment, {dtype: dense TFLOP/s}, memory GB/s, memory bytes, (multiprocessors, max threads per one, compute
+# capability)). H200 and H100 SXM share the GH100 compute; the H200 has HBM3e at 4.8 TB/s. "fp32" is the
+# non-tensor-core rate; "tf32" the tensor-core one. Memory: the total the driver reports (nvidia-smi's MiB; the
+# datasheets' "141 GB", "80 GB" are these, rounded), before the CUDA context. Multiprocessors: the datasheets' SM
+# counts; 2048 threads an SM on Ampere's and Hopper's data-centre parts, 1536 on Ada's; the compute capability:
+# Hopper 9.0, Ampere 8.0, Ada 8.9.
 _HOPPER = {"bf16": 989.4, "fp16": 989.4, "fp8": 1978.9, "tf32": 494.7, "fp32": 66.9}
 TABLE = (
-    ("h200", _HOPPER, 4800.0, 143771 * MIB, (132, 2048)),
-    ("h100 80gb hbm3", _HOPPER, 3350.0, 81559 * MIB, (132, 2048)),  # SXM5
+    ("h200", _HOPPER, 4800.0, 143771 * MIB, (132, 2048, (9, 0))),
+    ("h100 80gb hbm3", _HOPPER, 3350.0, 81559 * MIB, (132, 2048, (9, 0))),  # SXM5
     ("h100 pcie", {"bf16": 756.5, "fp16": 756.5, "fp8": 1513.0, "tf32": 378.0, "fp32": 51.2}, 2000.0, 81559 * MIB,
-     (114, 2048)),
+     (114, 2048, (9, 0))),
     ("a100-sxm4-80gb", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}, 2039.0, 81920 * MIB,
-     (108, 2048)),
+     (108, 2048, (8, 0))),
     ("a100-sxm4-40gb", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}, 1555.0, 40960 * MIB,
-     (108, 2048)),
+     (108, 2048, (8, 0))),
     ("l40s", {"bf16": 362.05, "fp16": 362.05, "fp8": 733.0, "tf32": 183.0, "fp32": 91.6}, 864.0, 46068 * MIB,
-     (142, 1536)),
+     (142, 1536, (8, 9))),
     ("l4", {"bf16": 121.0, "fp16": 121.0, "fp8": 242.5, "tf32": 60.0, "fp32": 30.3}, 300.0, 23034 * MIB,
-     (58, 1536)),
+     (58, 1536, (8, 9))),
 )
 DTYPE_KEYS = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
               "float32": "fp32", "tf32": "tf32"}
@@ -56,8 +57,8 @@ def memory_bytes(gpu_name: str | None) -> int | None:
     return None if entry is None else entry[3]
 
 
-def multiprocessors(gpu_name: str | None) -> tuple[int, int] | None:
-    """(multiprocessors, max threads per multiprocessor) of `gpu_name`, or None."""
+def multiprocessors(gpu_name: str | None) -> tuple[int, int, tuple[int, int]] | None:
+    """(multiprocessors, max threads per multiprocessor, compute capability) of `gpu_name`, or None."""
     entry = _entry(gpu_name)
     return None if entry is None else entry[4]
 

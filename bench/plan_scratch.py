@@ -27,6 +27,9 @@ large enough to matter:
   H100 it is the 256 MiB of checkpointing's full-size step without checkpointing, which peaks there (the measured
   52,810,771,456 B).
 
+- torch._grouped_mm's CUTLASS kernel on Hopper (`grouped_mm_scratch`): its arguments' buffer and CUTLASS's
+  workspace of TMA descriptors, about 70 KiB on an H100, inside every grouped GEMM of moe's grouped_mm dispatch.
+
 Written by hand: no library says what a CUDA kernel allocates. FlashAttention's backward accumulators and cuBLAS's
 workspaces are not here (the first are at most a query's fp32 bytes, the second made once, in a warm-up).
 """
@@ -57,6 +60,8 @@ class Multiprocessors:
     count: int
     threads: int
     """maxThreadsPerMultiProcessor."""
+    capability: tuple[int, int] | None = None
+    """(major, minor): which kernels torch picks (torch._grouped_mm's CUTLASS path on Hopper)."""
 
 
 def multiprocessors(gpu: str | None) -> Multiprocessors | None:
@@ -75,7 +80,7 @@ def multiprocessors(gpu: str | None) -> Multiprocessors | None:
     p = torch.cuda.get_device_properties(device)
     threads = getattr(p, "max_threads_per_multi_processor", None) or (1536 if (p.major, p.minor) in
                                                                       ((8, 6), (8, 7), (8, 9)) else 2048)
-    return Multiprocessors(p.multi_processor_count, threads)
+    return Multiprocessors(p.multi_processor_count, threads, (p.major, p.minor))
 
 
 def _iterate(shape, in_strides, out_strides) -> tuple[list[int], list[int], list[int]]:
@@ -207,6 +212,8 @@ def _output_vec(offset: int, shape, ins, n_reduce: int, item: int) -> int:
 
 
 _REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default}
+_GROUPED_MM = getattr(getattr(aten, "_grouped_mm", None), "default", None)
+TMA_DESCRIPTOR = 128  # bytes: sizeof(cute::TmaDescriptor), a CUtensorMap
 _LOSSES = {aten.mse_loss.default, aten.smooth_l1_loss.default, aten.huber_loss.default}
 
 
@@ -229,6 +236,9 @@ def kernel_scratch(gpu: str | None):
                 return reduce_staging(x, dims, out.dtype, sms)
             copy = _converted(x, into)  # make_reduction: self.to(in_dtype), then the reduction of the copy
             return [copy.numel() * copy.element_size(), *reduce_staging(copy, dims, out.dtype, sms)]
+        if func is _GROUPED_MM:
+            return grouped_mm_scratch(*args[:3], out, sms) if len(args) > 2 else \
+                grouped_mm_scratch(args[0], args[1], kwargs.get("offs"), out, sms)
         if func in _LOSSES:
             reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
             beta = args[3] if len(args) > 3 else kwargs.get("beta", 1.0)
@@ -242,6 +252,27 @@ def kernel_scratch(gpu: str | None):
         return []
 
     return scratch
+
+
+def grouped_mm_scratch(a, b, offs, out, sms: Multiprocessors) -> list[int]:
+    """torch._grouped_mm's CUTLASS kernel on Hopper (GroupMM.cu, bf16bf16_grouped_gemm_impl_sm90_sm100, the path torch
+    takes for bf16 on sm90; the fallback elsewhere loops over matmuls, whose ops are seen): after the output, the
+    kernel's arguments in one buffer, a pointer each to A, B and the output for every group (their count rounded up
+    to 2) and 12 B of problem shape and three 8 B strides a group; then CUTLASS's workspace, a TMA descriptor per SM
+    for each of A, B (the ptr-array mainloop) and C, D (its epilogue). 4,096 B and 67,584 B at 64 groups on an H100's
+    132 SMs: moe's grouped_mm dispatch at quick size peaks inside it (the H100 run, to the byte). Blackwell's (sm100)
+    schedules are not modelled."""
+    if sms.capability is None or sms.capability[0] != 9 or not all(_plain(t) and t.dtype == torch.bfloat16
+                                                                     for t in (a, b, out)):
+        return []
+    if a.dim() == 2 and b.dim() == 2:
+        if offs is None:
+            return []
+        groups = offs.shape[0]
+    else:
+        groups = b.shape[0] if a.dim() == 2 else a.shape[0]
+    arguments = -(-groups // 2) * 2 * 3 * 8 + groups * 12 + 3 * groups * 8
+    return [arguments, 4 * TMA_DESCRIPTOR * sms.count]
 
 
 def _plain(t) -> bool:

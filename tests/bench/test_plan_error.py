@@ -49,7 +49,8 @@ def test_plan_error_re_predicts_a_gpu_runs_peaks(tool, capsys, monkeypatch):
 @pytest.mark.parametrize("match, bound", [
     ("packing/", 0.01),  # 0 to +0.5%: RMSNorm planned as CUDA's fused kernel (+11% to +21% before)
     ("rmpad/padded/", 0.01),  # ours -0.3% (+26% before), transformers' Llama +0.1%, both training
-    ("moe/", 0.07),  # -6.3% to -0.6% (+84% to +138% before: the window, and the engine's sums counted out of place)
+    ("moe/", 0.0),  # to the byte (+84% to +138% before: the window, the engine's sums counted out of place, and
+    # grouped_mm's CUTLASS arguments and workspace, 70 KiB, bench.plan_scratch)
     ("rmpad/flex/", 0.01),  # +0.7%: compiled FlexAttention's buffers (bench.plan_flex; not plannable before)
     pytest.param("rmpad/hf_flat_flex/", 0.01, marks=needs("transformers")),  # -0.7%: transformers' flex_attention
 ])
@@ -69,8 +70,9 @@ def test_the_h100_quick_runs_peaks_are_predicted_within_the_errors_reached(tool,
     # and reduce-scatters' blocks on streams of their own (bench.plan_alloc: 0.4 MiB over without); transformers'
     # Llama's none, hf_full, hf_selective where it is installed
     ("checkpointing/", False, 7 + 3 * (not missing("transformers"))),
-    # loop, grouped_torch, and grouped_triton where triton is installed (its module imports it; the plan launches none)
-    ("moe/", True, 2 + (not missing("triton"))),
+    # loop, grouped_torch, grouped_mm (its CUTLASS kernel's arguments and workspace: bench.plan_scratch), and
+    # grouped_triton where triton is installed (its module imports it; the plan launches none)
+    ("moe/", True, 3 + (not missing("triton"))),
     ("packing/", True, 4),  # pad_to_max, ffd, spfhp, ffd_naive
     ("mla/mla_absorbed/", False, 1),
     # plain, mtp, mtp_d2: bf16 autocast (bench.plan_autocast), the shared head cast once; without autocast +51%,

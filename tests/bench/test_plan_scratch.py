@@ -113,10 +113,29 @@ def test_the_scratch_of_losses(loss, held):
         assert scratch(loss, (x, x, 1, 0.0), {}, meta((), dtype=torch.float32)) == []  # beta 0 is l1_loss's ops
 
 
+def test_the_grouped_gemm_takes_its_arguments_and_a_tma_descriptor_workspace_on_hopper():
+    # GroupMM.cu on sm90: A, B and output pointers for 64 groups (64 x 24 B), 64 problem shapes (12 B) and 3 x 64
+    # strides (8 B): 3,840 B; CUTLASS's workspace: 4 TMA descriptors (A, B, C, D) of 128 B for each of 132 SMs
+    grouped = torch.ops.aten._grouped_mm.default
+    x, w, out = meta(2048, 64), meta(64, 64, 128), meta(2048, 128)
+    offs = meta(64, dtype=torch.int32)
+    assert kernel_scratch("h100 80gb hbm3")(grouped, (x, w, offs), {}, out) == [3840, 67584]
+    assert kernel_scratch("h100 pcie")(grouped, (x, w), {"offs": offs}, out) == [3840, 4 * 128 * 114]
+    # the weights' gradient, both operands 2-D (K split by offs): a group per offset; an odd count rounds up to 2
+    dy, g = meta(128, 2048), meta(2048, 64)
+    assert kernel_scratch("h200")(grouped, (dy, g, meta(7, dtype=torch.int32)), {}, meta(7, 128, 64)) == \
+        [8 * 24 + 7 * 12 + 3 * 7 * 8, 67584]
+    # not on Ampere or Ada (torch loops over matmuls there, whose ops are seen), nor in float32
+    assert kernel_scratch("a100-sxm4-80gb")(grouped, (x, w, offs), {}, out) == []
+    assert kernel_scratch("l40s")(grouped, (x, w, offs), {}, out) == []
+    x32, w32 = meta(2048, 64, dtype=torch.float32), meta(64, 64, 128, dtype=torch.float32)
+    assert kernel_scratch("h200")(grouped, (x32, w32, offs), {}, meta(2048, 128, dtype=torch.float32)) == []
+
+
 def test_an_unknown_gpu_models_no_staging():
     # the split depends on the multiprocessors: a GPU the table lacks gets none, even planned on a machine with a GPU
     # (whose figures are its own); None asks this machine's GPU, where there is one
-    assert multiprocessors("h200") == Multiprocessors(132, 2048)
+    assert multiprocessors("h200") == Multiprocessors(132, 2048, (9, 0))
     assert multiprocessors("some future gpu") is None and kernel_scratch("some future gpu") is None
     assert (multiprocessors(None) is None) == (not torch.cuda.is_available() or bool(torch.version.hip))
     if multiprocessors(None) is not None:  # `bench plan --gpu auto` names this machine's GPU: asked as for None
@@ -210,4 +229,53 @@ print("ok", checked)
 @needs_cuda
 def test_the_staging_matches_what_cuda_allocates():
     done = fresh_cuda_process(REDUCTIONS)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
+
+
+GROUPED = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from bench.memory import TensorMemoryTracker
+from bench.plan_alloc import CachingAllocatorModel
+from bench.plan_meta import IndexValues
+from bench.plan_scratch import kernel_scratch
+
+if torch.cuda.get_device_capability()[0] != 9 or not hasattr(torch, "_grouped_mm"):
+    print("ok 0 (the CUTLASS path is Hopper's)")
+    sys.exit()
+scratch = kernel_scratch(None)
+checked = 0
+for tokens, experts, dim, hidden in ((2048, 64, 64, 128), (8192, 8, 1024, 2048), (512, 7, 256, 64)):
+    offs = torch.arange(1, experts + 1, dtype=torch.int32) * (tokens // experts)
+    def step(device):
+        x = torch.empty(tokens, dim, dtype=torch.bfloat16, device=device)
+        w = torch.empty(experts, dim, hidden, dtype=torch.bfloat16, device=device)
+        return lambda: torch._grouped_mm(x, w, offs.to(device))
+    model = CachingAllocatorModel()
+    with IndexValues(), TensorMemoryTracker(model, scratch=scratch):
+        run = step("meta")
+        model.reset_peak()
+        base = model.allocated
+        run()
+        planned = model.peak_allocated - base
+    run = step("cuda")
+    run()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = run()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    del out
+    checked += 1
+    if measured != planned:
+        sys.exit(f"grouped_mm of {tokens} tokens over {experts} experts: CUDA {measured} B, plan {planned} B")
+print("ok", checked)
+"""
+
+
+@needs_cuda
+def test_the_grouped_gemm_scratch_matches_what_cuda_allocates():
+    done = fresh_cuda_process(GROUPED)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
