@@ -166,11 +166,10 @@ def test_the_tracker_counts_scratch_at_its_op_and_gives_it_back():
     del out
 
 
-REDUCTIONS = r"""
+COMPARE = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import torch
-import torch.nn.functional as F
 from bench.memory import TensorMemoryTracker
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_meta import IndexValues
@@ -178,6 +177,33 @@ from bench.plan_scratch import kernel_scratch
 
 scratch = kernel_scratch(None)  # this machine's GPU
 
+
+def compare(build, warm_up=False):
+    # (planned, measured): the bytes the step build(device) returns takes at its peak above what build made, the
+    # plan's on meta with kernels' scratch, and CUDA's max_memory_allocated
+    model = CachingAllocatorModel()
+    with IndexValues(), TensorMemoryTracker(model, scratch=scratch):
+        step = build("meta")
+        model.reset_peak()
+        base = model.allocated
+        step()
+        planned = model.peak_allocated - base
+    torch.cuda.empty_cache()
+    step = build("cuda")
+    if warm_up:
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = step()
+    torch.cuda.synchronize()
+    del out
+    return planned, torch.cuda.max_memory_allocated() - base
+"""
+
+
+REDUCTIONS = COMPARE + r"""
+import torch.nn.functional as F
 
 def made(shape, dtype, device, layout):
     # contiguous; "t": its transpose (the last two dimensions swapped, or all reversed for 3-D); an int: a view of rows
@@ -203,22 +229,11 @@ ops = {"sum": lambda x, d: x.sum(d) if d is not None else x.sum(), "mean": lambd
 checked = 0
 for shape, dtype, op, dims in cases:
     for layout in ("c", "t", 1, 2) if len(shape) == 2 else ("c", "t") if len(shape) == 3 else ("c",):
-        model = CachingAllocatorModel()
-        with IndexValues(), TensorMemoryTracker(model, scratch=scratch):
-            x = made(shape, dtype, "meta", layout)
-            model.reset_peak()
-            base = model.allocated
-            ops[op](x, dims)
-            planned = model.peak_allocated - base
-        torch.cuda.empty_cache()
-        x = made(shape, dtype, "cuda", layout)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        out = ops[op](x, dims)
-        torch.cuda.synchronize()
-        measured = torch.cuda.max_memory_allocated() - base
-        del x, out
+        def build(device, shape=shape, dtype=dtype, op=op, dims=dims, layout=layout):
+            x = made(shape, dtype, device, layout)
+            return lambda: ops[op](x, dims)
+
+        planned, measured = compare(build)
         checked += 1
         if measured != planned:
             sys.exit(f"{op}{shape} over {dims}, {dtype}, layout {layout}: CUDA {measured} B, plan {planned} B")
@@ -232,42 +247,19 @@ def test_the_staging_matches_what_cuda_allocates():
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
 
 
-GROUPED = """
-import sys
-sys.path.insert(0, sys.argv[1])
-import torch
-from bench.memory import TensorMemoryTracker
-from bench.plan_alloc import CachingAllocatorModel
-from bench.plan_meta import IndexValues
-from bench.plan_scratch import kernel_scratch
-
+GROUPED = COMPARE + """
 if torch.cuda.get_device_capability()[0] != 9 or not hasattr(torch, "_grouped_mm"):
     print("ok 0 (the CUTLASS path is Hopper's)")
     sys.exit()
-scratch = kernel_scratch(None)
 checked = 0
 for tokens, experts, dim, hidden in ((2048, 64, 64, 128), (8192, 8, 1024, 2048), (512, 7, 256, 64)):
-    offs = torch.arange(1, experts + 1, dtype=torch.int32) * (tokens // experts)
-    def step(device):
+    def build(device, tokens=tokens, experts=experts, dim=dim, hidden=hidden):
+        offs = torch.arange(1, experts + 1, dtype=torch.int32) * (tokens // experts)
         x = torch.empty(tokens, dim, dtype=torch.bfloat16, device=device)
         w = torch.empty(experts, dim, hidden, dtype=torch.bfloat16, device=device)
         return lambda: torch._grouped_mm(x, w, offs.to(device))
-    model = CachingAllocatorModel()
-    with IndexValues(), TensorMemoryTracker(model, scratch=scratch):
-        run = step("meta")
-        model.reset_peak()
-        base = model.allocated
-        run()
-        planned = model.peak_allocated - base
-    run = step("cuda")
-    run()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = run()
-    torch.cuda.synchronize()
-    measured = torch.cuda.max_memory_allocated() - base
-    del out
+
+    planned, measured = compare(build, warm_up=True)
     checked += 1
     if measured != planned:
         sys.exit(f"grouped_mm of {tokens} tokens over {experts} experts: CUDA {measured} B, plan {planned} B")
