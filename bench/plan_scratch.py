@@ -27,6 +27,10 @@ large enough to matter:
   H100 it is the 256 MiB of checkpointing's full-size step without checkpointing, which peaks there (the measured
   52,810,771,456 B).
 
+- FlashAttention-2's split-KV accumulators (`flash_split_kv`): a forward with too few query blocks to fill the GPU
+  (a decode step's one query) splits the keys and holds each split's fp32 output and log-sum-exp: 9.5 KiB in mla's
+  quick decode on an H100 (7.5 KiB of that decode's peak is still not accounted for), up to 8 MiB in its full-size
+  GQA and MQA decode over 128 heads.
 - torch._grouped_mm's CUTLASS kernel on Hopper (`grouped_mm_scratch`): its arguments' buffer and CUTLASS's
   workspace of TMA descriptors, about 70 KiB on an H100, inside every grouped GEMM of moe's grouped_mm dispatch.
 
@@ -37,6 +41,7 @@ workspaces are not here (the first are at most a query's fp32 bytes, the second 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -213,6 +218,7 @@ def _output_vec(offset: int, shape, ins, n_reduce: int, item: int) -> int:
 
 _REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default}
 _GROUPED_MM = getattr(getattr(aten, "_grouped_mm", None), "default", None)
+_FLASH_FORWARD = {aten._scaled_dot_product_flash_attention.default, aten._flash_attention_forward.default}
 TMA_DESCRIPTOR = 128  # bytes: sizeof(cute::TmaDescriptor), a CUtensorMap
 _LOSSES = {aten.mse_loss.default, aten.smooth_l1_loss.default, aten.huber_loss.default}
 
@@ -236,6 +242,8 @@ def kernel_scratch(gpu: str | None):
                 return reduce_staging(x, dims, out.dtype, sms)
             copy = _converted(x, into)  # make_reduction: self.to(in_dtype), then the reduction of the copy
             return [copy.numel() * copy.element_size(), *reduce_staging(copy, dims, out.dtype, sms)]
+        if func in _FLASH_FORWARD:
+            return flash_split_kv(func, args, kwargs, sms)
         if func is _GROUPED_MM:
             return grouped_mm_scratch(*args[:3], out, sms) if len(args) > 2 else \
                 grouped_mm_scratch(args[0], args[1], kwargs.get("offs"), out, sms)
@@ -252,6 +260,74 @@ def kernel_scratch(gpu: str | None):
         return []
 
     return scratch
+
+
+def flash_split_kv(func, args, kwargs, sms: Multiprocessors) -> list[int]:
+    """FlashAttention-2's split-KV accumulators (flash_api.cpp, mha_fwd's set_params_splitkv): where a forward's
+    (batch x heads x 64-query blocks) fills too few of the GPU's blocks, the kernel splits the keys into
+    `num_splits_heuristic` parts and holds each part's fp32 output [splits, B, H, Lq, head dim rounded to 32 (64 past
+    128)] and log-sum-exp [splits, B, H, Lq] until it combines them: a decode step's attention (one query) on an H100,
+    9 splits of 2,049 keys, 9,728 B. mha_varlen_fwd (nested tensors' flash) splits only a one-query GQA call. A
+    decoding query of fewer key heads is first laid out as ngroups queries of the key heads (seqlenq_ngroups_swapped).
+    None with dropout."""
+    def arg(name):
+        return _argument(func, args, kwargs, name)
+
+    q, k = arg("query"), arg("key")
+    if arg("dropout_p") or not all(_plain(t) for t in (q, k)):
+        return []
+    if func is aten._scaled_dot_product_flash_attention.default:  # [B, H, L, D]
+        (batch, heads, q_len, dim), k_heads, k_len, varlen = q.shape, k.shape[1], k.shape[2], False
+    elif arg("cum_seq_q") is None:  # _flash_attention_forward, dense: [B, L, H, D]
+        (batch, q_len, heads, dim), k_heads, k_len, varlen = q.shape, k.shape[2], k.shape[1], False
+    else:  # varlen: [total, H, D] with cumulative lengths and the longest sequences
+        batch, heads, dim, k_heads, q_len, k_len, varlen = arg("cum_seq_q").shape[0] - 1, q.shape[1], q.shape[2], \
+            k.shape[1], arg("max_q"), arg("max_k"), True
+    if not isinstance(q_len, int) or not isinstance(k_len, int) or k_len == 0:
+        return []
+    swapped = q_len == 1 and heads > k_heads and dim % 8 == 0  # a one-query call is not causal: no window
+    if varlen and not swapped:
+        return []
+    if swapped:
+        q_len, heads = heads // k_heads, k_heads
+    head = -(-dim // 8) * 8
+    rounded = -(-head // (32 if head <= 128 else 64)) * (32 if head <= 128 else 64)
+    block_n = 256 if head <= 64 else 128 if head <= 128 else 64
+    splits = _num_splits(batch * heads * -(-q_len // 64), sms.count * 2, -(-k_len // block_n), 128)
+    if splits <= 1:
+        return []
+    return [4 * splits * batch * heads * q_len, 4 * splits * batch * heads * q_len * rounded]
+
+
+def _argument(func, args, kwargs, name: str):
+    """An op's argument by its schema's name: positional, keyword, or the schema's default."""
+    for i, a in enumerate(func._schema.arguments):
+        if a.name == name:
+            return args[i] if i < len(args) else kwargs.get(name, a.default_value)
+    raise KeyError(name)
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _num_splits(blocks: int, sms: int, n_blocks: int, max_splits: int) -> int:
+    """flash_api.cpp's num_splits_heuristic, its float arithmetic in float32 as there: the fewest splits of the keys
+    whose waves of blocks reach 85% of the best efficiency."""
+    if blocks >= _f32(_f32(0.8) * sms):
+        return 1
+    max_splits = min(max_splits, sms, n_blocks)
+
+    def eligible(s):
+        return s == 1 or -(-n_blocks // s) != -(-n_blocks // (s - 1))
+
+    efficiency = {}
+    for s in range(1, max_splits + 1):
+        if eligible(s):
+            waves = _f32(_f32(float(blocks * s)) / sms)
+            efficiency[s] = _f32(waves / math.ceil(waves))
+    best = max(efficiency.values(), default=0.0)
+    return next((s for s in sorted(efficiency) if efficiency[s] >= 0.85 * best), 1)
 
 
 def grouped_mm_scratch(a, b, offs, out, sms: Multiprocessors) -> list[int]:

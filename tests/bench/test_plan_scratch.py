@@ -9,7 +9,7 @@ import torch
 
 from bench.memory import TensorMemoryTracker
 from bench.plan_alloc import CachingAllocatorModel
-from bench.plan_scratch import Multiprocessors, _iterate, kernel_scratch, multiprocessors, reduce_staging
+from bench.plan_scratch import Multiprocessors, _iterate, _num_splits, kernel_scratch, multiprocessors, reduce_staging
 from bench.suite import discover
 from tests.optional import fresh_cuda_process, needs_cuda
 
@@ -130,6 +130,35 @@ def test_the_grouped_gemm_takes_its_arguments_and_a_tma_descriptor_workspace_on_
     assert kernel_scratch("l40s")(grouped, (x, w, offs), {}, out) == []
     x32, w32 = meta(2048, 64, dtype=torch.float32), meta(64, 64, 128, dtype=torch.float32)
     assert kernel_scratch("h200")(grouped, (x32, w32, offs), {}, meta(2048, 128, dtype=torch.float32)) == []
+
+
+def test_flash_attention_splits_a_decoding_querys_keys_across_blocks():
+    # flash_api.cpp's own example: 48 (batch x heads) blocks on 108 SMs take 2 splits (efficiency 0.89, against 1.0 at
+    # 9); enough blocks to fill 80% of the SMs take none
+    assert _num_splits(48, 108, 64, 128) == 2
+    assert _num_splits(300, 264, 9, 128) == 1
+    flash = torch.ops.aten._scaled_dot_product_flash_attention.default
+    h100 = kernel_scratch("h100 80gb hbm3")
+    # mla's quick decode: one query of 8 heads of 32 over 2,049 keys: 8 blocks of the 264 an H100 runs (128 threads
+    # a block), 9 key blocks of 256: 9 splits, each an fp32 log-sum-exp and output per head
+    q, k = meta(1, 8, 1, 32), meta(1, 8, 2049, 32)
+    assert h100(flash, (q, k, k), {}, None) == [9 * 8 * 4, 9 * 8 * 32 * 4]
+    # GQA's one query of 8 heads over 2 key heads runs as 4 queries of the 2: the same buffers
+    k2 = meta(1, 2, 2049, 32)
+    assert h100(flash, (q, k2, k2), {}, None) == [9 * 2 * 4 * 4, 9 * 2 * 4 * 32 * 4]
+    # a head of 80 rounds to 96 and takes key blocks of 128: 17 of them, 17 splits
+    q80, k80 = meta(1, 8, 1, 80), meta(1, 8, 2049, 80)
+    assert h100(flash, (q80, k80, k80), {}, None) == [17 * 8 * 4, 17 * 8 * 96 * 4]
+    # training shapes fill the GPU; dropout has no split kernel
+    assert h100(flash, (meta(4, 4, 256, 64),) * 3, {}, None) == []
+    assert h100(flash, (q, k, k, 0.1), {}, None) == []
+    # the varlen kernel (nested tensors' flash) splits only a GQA query of one token
+    varlen = torch.ops.aten._flash_attention_forward.default
+    cu = meta(2, dtype=torch.int32)
+    assert h100(varlen, (meta(1, 8, 32), meta(2049, 8, 32), meta(2049, 8, 32), cu, cu, 1, 2049, 0.0, False, False),
+                {}, None) == []
+    assert h100(varlen, (meta(1, 8, 32), meta(2049, 2, 32), meta(2049, 2, 32), cu, cu, 1, 2049, 0.0, False, False),
+                {}, None) == [9 * 2 * 4 * 4, 9 * 2 * 4 * 32 * 4]
 
 
 def test_an_unknown_gpu_models_no_staging():
@@ -265,6 +294,35 @@ for tokens, experts, dim, hidden in ((2048, 64, 64, 128), (8192, 8, 1024, 2048),
         sys.exit(f"grouped_mm of {tokens} tokens over {experts} experts: CUDA {measured} B, plan {planned} B")
 print("ok", checked)
 """
+
+
+FLASH = COMPARE + """
+if torch.cuda.get_device_capability()[0] < 8:
+    print("ok 0 (FlashAttention needs sm80)")
+    sys.exit()
+flash = torch.ops.aten._scaled_dot_product_flash_attention
+checked = 0
+shapes = ((1, 8, 8, 1, 2049, 32), (1, 8, 2, 1, 2049, 32), (2, 16, 16, 1, 4096, 128), (1, 8, 8, 64, 1024, 64),
+          (4, 4, 4, 256, 256, 64))
+for batch, heads, k_heads, q_len, k_len, dim in shapes:
+    def build(device, batch=batch, heads=heads, k_heads=k_heads, q_len=q_len, k_len=k_len, dim=dim):
+        q = torch.empty(batch, heads, q_len, dim, dtype=torch.bfloat16, device=device)
+        k = torch.empty(batch, k_heads, k_len, dim, dtype=torch.bfloat16, device=device)
+        return lambda: flash(q, k, k, 0.0, False, False, scale=dim ** -0.5)
+
+    planned, measured = compare(build, warm_up=True)
+    checked += 1
+    if measured != planned:
+        sys.exit(f"flash of {batch}x{heads} queries of {q_len} over {k_heads} key heads of {k_len}: CUDA {measured} B, "
+                 f"plan {planned} B")
+print("ok", checked)
+"""
+
+
+@needs_cuda
+def test_flash_attentions_split_kv_buffers_match_what_cuda_allocates():
+    done = fresh_cuda_process(FLASH)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:] or done.stdout
 
 
 @needs_cuda
