@@ -267,14 +267,16 @@ def flash_split_kv(func, args, kwargs, sms: Multiprocessors) -> list[int]:
     (batch x heads x 64-query blocks) fills too few of the GPU's blocks, the kernel splits the keys into
     `num_splits_heuristic` parts and holds each part's fp32 output [splits, B, H, Lq, head dim rounded to 32 (64 past
     128)] and log-sum-exp [splits, B, H, Lq] until it combines them: a decode step's attention (one query) on an H100,
-    9 splits of 2,049 keys, 9,728 B. mha_varlen_fwd (nested tensors' flash) splits only a one-query GQA call. A
-    decoding query of fewer key heads is first laid out as ngroups queries of the key heads (seqlenq_ngroups_swapped).
-    None with dropout."""
+    9 splits of 2,049 keys, 9,728 B. A one-query call of fewer key heads, without a window or ALiBi, is first laid
+    out as ngroups queries of the key heads (seqlenq_ngroups_swapped). mha_varlen_fwd (torch's nested-tensor flash)
+    splits only such a call, which the plan's own routes never make. None with dropout, an empty batch, a split
+    count asked for (torch 2.13's num_splits of 1) or a paged cache (block_table: not modelled)."""
     def arg(name):
         return _argument(func, args, kwargs, name)
 
     q, k = arg("query"), arg("key")
-    if arg("dropout_p") or not all(_plain(t) for t in (q, k)):
+    if arg("dropout_p") or not all(_plain(t) for t in (q, k)) or arg("block_table") is not None or \
+            arg("num_splits") not in (None, 0):
         return []
     if func is aten._scaled_dot_product_flash_attention.default:  # [B, H, L, D]
         (batch, heads, q_len, dim), k_heads, k_len, varlen = q.shape, k.shape[1], k.shape[2], False
@@ -283,9 +285,13 @@ def flash_split_kv(func, args, kwargs, sms: Multiprocessors) -> list[int]:
     else:  # varlen: [total, H, D] with cumulative lengths and the longest sequences
         batch, heads, dim, k_heads, q_len, k_len, varlen = arg("cum_seq_q").shape[0] - 1, q.shape[1], q.shape[2], \
             k.shape[1], arg("max_q"), arg("max_k"), True
-    if not isinstance(q_len, int) or not isinstance(k_len, int) or k_len == 0:
+    if not all(isinstance(n, int) for n in (q_len, k_len)) or not batch * heads * q_len * k_len:
         return []
-    swapped = q_len == 1 and heads > k_heads and dim % 8 == 0  # a one-query call is not causal: no window
+    alibi = arg("alibi_slopes") is not None
+    left, right = (-1 if w is None or w >= k_len else w for w in (arg("window_size_left"), arg("window_size_right")))
+    if arg("is_causal") and (q_len > 1 or alibi):  # one query (without ALiBi) is not causal
+        right = 0
+    swapped = q_len == 1 and heads > k_heads and left < 0 and right < 0 and dim % 8 == 0 and not alibi
     if varlen and not swapped:
         return []
     if swapped:
@@ -300,11 +306,12 @@ def flash_split_kv(func, args, kwargs, sms: Multiprocessors) -> list[int]:
 
 
 def _argument(func, args, kwargs, name: str):
-    """An op's argument by its schema's name: positional, keyword, or the schema's default."""
+    """An op's argument by its schema's name: positional, keyword, or the schema's default; None for a name the
+    schema lacks (an argument of another torch version's)."""
     for i, a in enumerate(func._schema.arguments):
         if a.name == name:
             return args[i] if i < len(args) else kwargs.get(name, a.default_value)
-    raise KeyError(name)
+    return None
 
 
 def _f32(x: float) -> float:
@@ -332,12 +339,13 @@ def _num_splits(blocks: int, sms: int, n_blocks: int, max_splits: int) -> int:
 
 def grouped_mm_scratch(a, b, offs, out, sms: Multiprocessors) -> list[int]:
     """torch._grouped_mm's CUTLASS kernel on Hopper (GroupMM.cu, bf16bf16_grouped_gemm_impl_sm90_sm100, the path torch
-    takes for bf16 on sm90; the fallback elsewhere loops over matmuls, whose ops are seen): after the output, the
-    kernel's arguments in one buffer, a pointer each to A, B and the output for every group (their count rounded up
-    to 2) and 12 B of problem shape and three 8 B strides a group; then CUTLASS's workspace, a TMA descriptor per SM
-    for each of A, B (the ptr-array mainloop) and C, D (its epilogue). 4,096 B and 67,584 B at 64 groups on an H100's
-    132 SMs: moe's grouped_mm dispatch at quick size peaks inside it (the H100 run, to the byte). Blackwell's (sm100)
-    schedules are not modelled."""
+    takes for bf16 on sm90 and sm100; elsewhere its fallback loops over matmuls into the output): after the output,
+    the kernel's arguments in one buffer, a pointer each to A, B and the output for every group (their count rounded
+    up to 2) and 12 B of problem shape and three 8 B strides a group; then CUTLASS's workspace, a TMA descriptor per
+    SM for each of A and B (the ptr-array mainloop) and for the output D of each of its epilogue's two warp groups
+    (its C is void: the eight bf16 grouped kernels in torch 2.11's CUDA build). 4,096 B and 67,584 B at 64 groups on
+    an H100's 132 SMs: moe's grouped_mm dispatch at quick size peaks inside it (the H100 run, to the byte).
+    Blackwell's (sm100) schedules are not modelled."""
     if sms.capability is None or sms.capability[0] != 9 or not all(_plain(t) and t.dtype == torch.bfloat16
                                                                      for t in (a, b, out)):
         return []

@@ -9,7 +9,15 @@ import torch
 
 from bench.memory import TensorMemoryTracker
 from bench.plan_alloc import CachingAllocatorModel
-from bench.plan_scratch import Multiprocessors, _iterate, _num_splits, kernel_scratch, multiprocessors, reduce_staging
+from bench.plan_scratch import (
+    Multiprocessors,
+    _iterate,
+    _num_splits,
+    grouped_mm_scratch,
+    kernel_scratch,
+    multiprocessors,
+    reduce_staging,
+)
 from bench.suite import discover
 from tests.optional import fresh_cuda_process, needs_cuda
 
@@ -115,7 +123,8 @@ def test_the_scratch_of_losses(loss, held):
 
 def test_the_grouped_gemm_takes_its_arguments_and_a_tma_descriptor_workspace_on_hopper():
     # GroupMM.cu on sm90: A, B and output pointers for 64 groups (64 x 24 B), 64 problem shapes (12 B) and 3 x 64
-    # strides (8 B): 3,840 B; CUTLASS's workspace: 4 TMA descriptors (A, B, C, D) of 128 B for each of 132 SMs
+    # strides (8 B): 3,840 B; CUTLASS's workspace: 4 TMA descriptors of 128 B (A, B, and D for each of the epilogue's
+    # two warp groups) for each of 132 SMs
     grouped = torch.ops.aten._grouped_mm.default
     x, w, out = meta(2048, 64), meta(64, 64, 128), meta(2048, 128)
     offs = meta(64, dtype=torch.int32)
@@ -125,7 +134,14 @@ def test_the_grouped_gemm_takes_its_arguments_and_a_tma_descriptor_workspace_on_
     dy, g = meta(128, 2048), meta(2048, 64)
     assert kernel_scratch("h200")(grouped, (dy, g, meta(7, dtype=torch.int32)), {}, meta(7, 128, 64)) == \
         [8 * 24 + 7 * 12 + 3 * 7 * 8, 67584]
-    # not on Ampere or Ada (torch loops over matmuls there, whose ops are seen), nor in float32
+    # 3-D activations over 2-D weights: a group per batch entry
+    assert kernel_scratch("h200")(grouped, (meta(5, 64, 64), meta(64, 128 * 5), offs), {}, meta(5, 64, 128)) == \
+        [6 * 24 + 5 * 12 + 3 * 5 * 8, 67584]
+    # not on Ampere, Ada or Blackwell (Ampere's and Ada's fallback loops over matmuls; sm100's schedules differ), nor in
+    # float32, nor with an input of another dtype
+    blackwell = Multiprocessors(148, 2048, (10, 0))
+    assert grouped_mm_scratch(x, w, offs, out, blackwell) == []
+    assert grouped_mm_scratch(x.float(), w, offs, out, H100) == []
     assert kernel_scratch("a100-sxm4-80gb")(grouped, (x, w, offs), {}, out) == []
     assert kernel_scratch("l40s")(grouped, (x, w, offs), {}, out) == []
     x32, w32 = meta(2048, 64, dtype=torch.float32), meta(64, 64, 128, dtype=torch.float32)
@@ -149,16 +165,31 @@ def test_flash_attention_splits_a_decoding_querys_keys_across_blocks():
     # a head of 80 rounds to 96 and takes key blocks of 128: 17 of them, 17 splits
     q80, k80 = meta(1, 8, 1, 80), meta(1, 8, 2049, 80)
     assert h100(flash, (q80, k80, k80), {}, None) == [17 * 8 * 4, 17 * 8 * 96 * 4]
-    # training shapes fill the GPU; dropout has no split kernel
+    # float32 arithmetic as flash_api.cpp's: 6 blocks over 199 key blocks take 40 splits (double arithmetic: 34)
+    assert _num_splits(6, 264, 199, 128) == 40
+    # 212 blocks (>= 80% of 264) fill the GPU: no split; 211 do not
+    assert h100(flash, (meta(1, 212, 1, 64), meta(1, 212, 4096, 64), meta(1, 212, 4096, 64)), {}, None) == []
+    assert h100(flash, (meta(1, 211, 1, 64), meta(1, 211, 4096, 64), meta(1, 211, 4096, 64)), {}, None) != []
+    # a head of 160 rounds to 192 (64 past 128) and takes key blocks of 64
+    q160, k160 = meta(1, 8, 1, 160), meta(1, 8, 2049, 160)
+    splits = _num_splits(8, 264, 33, 128)
+    assert h100(flash, (q160, k160, k160), {}, None) == [splits * 8 * 4, splits * 8 * 192 * 4]
+    # keys in one block of 256 take one split; dropout has no split kernel; an empty batch runs nothing
     assert h100(flash, (meta(4, 4, 256, 64),) * 3, {}, None) == []
     assert h100(flash, (q, k, k, 0.1), {}, None) == []
+    assert h100(flash, (meta(0, 8, 1, 32), meta(0, 8, 2049, 32), meta(0, 8, 2049, 32)), {}, None) == []
     # the varlen kernel (nested tensors' flash) splits only a GQA query of one token
     varlen = torch.ops.aten._flash_attention_forward.default
     cu = meta(2, dtype=torch.int32)
     assert h100(varlen, (meta(1, 8, 32), meta(2049, 8, 32), meta(2049, 8, 32), cu, cu, 1, 2049, 0.0, False, False),
                 {}, None) == []
-    assert h100(varlen, (meta(1, 8, 32), meta(2049, 2, 32), meta(2049, 2, 32), cu, cu, 1, 2049, 0.0, False, False),
-                {}, None) == [9 * 2 * 4 * 4, 9 * 2 * 4 * 32 * 4]
+    gqa = (meta(1, 8, 32), meta(2049, 2, 32), meta(2049, 2, 32), cu, cu, 1, 2049, 0.0, False, False)
+    assert h100(varlen, gqa, {}, None) == [9 * 2 * 4 * 4, 9 * 2 * 4 * 32 * 4]
+    # a sliding window or ALiBi keeps the one query per head: 8 blocks, not 2 swapped ones
+    dense = (meta(1, 1, 8, 32), meta(1, 2049, 2, 32), meta(1, 2049, 2, 32), None, None, 1, 2049, 0.0, False, False)
+    assert h100(varlen, dense, {}, None) == [9 * 2 * 4 * 4, 9 * 2 * 4 * 32 * 4]
+    for extra in ({"window_size_left": 256}, {"alibi_slopes": meta(8, dtype=torch.float32)}):
+        assert h100(varlen, dense, extra, None) == [9 * 8 * 4, 9 * 8 * 32 * 4], extra
 
 
 def test_an_unknown_gpu_models_no_staging():
