@@ -114,6 +114,12 @@ class TensorMemoryTracker(TorchDispatchMode):
             if t is not None:
                 self.track(t.untyped_storage())
 
+    def _take(self, key: str, nbytes: int):
+        """Count `nbytes` more held on `key` now; their allocator block, if the tracker feeds a model."""
+        self._live[key] += nbytes
+        self._peak[key] = max(self._peak[key], self._live[key])
+        return self.allocator.malloc(nbytes) if self.allocator is not None and nbytes else None
+
     def _allocate(self, held: _Held) -> None:
         if self.allocator is not None:
             held.block = self.allocator.malloc(held.nbytes)
@@ -151,9 +157,7 @@ class TensorMemoryTracker(TorchDispatchMode):
             held = self._seen[storage] = _Held(0)
             weakref.finalize(storage, self._free, key, held)
         block = held.block
-        self._live[key] += new
-        self._peak[key] = max(self._peak[key], self._live[key])
-        held.block = self.allocator.malloc(new) if self.allocator is not None and new else None
+        held.block = self._take(key, new)
         self._live[key] -= held.nbytes
         held.nbytes = new
         if block is not None:
@@ -211,11 +215,7 @@ class TensorMemoryTracker(TorchDispatchMode):
     def _transient(self, key: str, sizes: list[int]) -> None:
         """Bytes held for a moment: taken in order, given back in reverse."""
         self._settle()
-        blocks = []
-        for n in sizes:
-            self._live[key] += n
-            self._peak[key] = max(self._peak[key], self._live[key])
-            blocks.append(self.allocator.malloc(n) if self.allocator is not None else None)
+        blocks = [self._take(key, n) for n in sizes]
         for n, block in zip(reversed(sizes), reversed(blocks)):
             if block is not None:
                 self.allocator.free(block)

@@ -26,8 +26,9 @@ a matmul (the main thread's and autograd's), is made at the first one, in a warm
 Hopper it is 32 MiB, a segment of its own that leaves the others as they are, but the case's peak and reserved bytes
 are that much under. Elsewhere it is 8.125 MiB, carved from a 20 MiB segment, whose rest shifts later best fits: the
 byte-exact figures are Hopper's. Kernels' own scratch is fed to it where bench.plan_scratch models it (the reduce
-kernel's staging, mse_loss's second buffer); the rest (CUB's temporary storage for sort and nonzero, cuDNN's
-workspaces, attention's accumulators) is not seen, and the plan's fixed headroom stands for it.
+kernel's staging, mse_loss's second buffer, the grouped GEMM's arguments and workspace, FlashAttention's split-KV
+accumulators); the rest (CUB's temporary storage for sort and nonzero, cuDNN's workspaces, FlashAttention's backward
+accumulators) is not seen, and the plan's fixed headroom stands for it.
 """
 
 from __future__ import annotations

@@ -71,9 +71,8 @@ def _dense_strides(size, like) -> list[int]:
     return strides
 
 
-def _like(size, like: Tensor, dtype=None) -> Tensor:
-    return torch.empty_strided(size, _dense_strides(size, like.stride()), dtype=dtype or like.dtype,
-                               device=like.device)
+def _like(size, like: Tensor) -> Tensor:
+    return torch.empty_strided(size, _dense_strides(size, like.stride()), dtype=like.dtype, device=like.device)
 
 
 @torch.library.custom_op("techbench::flex_forward", mutates_args=())
