@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
-from bench.memory_ops import decomposes, replaced, storages, tensors_in
+from bench.memory_ops import cpu_scratch, decomposes, replaced, storages, tensors_in, wraps_float8
 
 if TYPE_CHECKING:
     from bench.plan_alloc import CachingAllocatorModel
@@ -62,7 +62,8 @@ class TensorMemoryTracker(TorchDispatchMode):
         plan's CUDA target. `host_builds`: whether a module made under `built_on_host` counts as it is made (a CPU,
         where it is built) or as each of its tensors copied to the device once it is built (a GPU). `scratch`:
         (func, args, kwargs, out) -> the bytes an op's kernel allocates for itself after its outputs, each freed as
-        it returns (bench.plan_scratch, for a CUDA target), counted for that moment."""
+        it returns (bench.plan_scratch for a CUDA target, bench.memory_ops.cpu_scratch for the CPU), counted for that
+        moment."""
         super().__init__()
         self.allocator, self.host_builds, self.scratch = allocator, host_builds, scratch
         self._live: dict[str, int] = defaultdict(int)
@@ -191,6 +192,11 @@ class TensorMemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self._settle()  # a twin's input is dropped, if at all, as the op returns: before the next op is dispatched
         kwargs = kwargs or {}
+        if wraps_float8(args, kwargs):
+            # A float8 training tensor's op (torchao's mm) runs torch._scaled_mm and its scaling inside the
+            # subclass's own dispatch, where the mode, called first, would not see them: handing the op to the
+            # subclass keeps the mode on for what it runs, and so counts _scaled_mm's CPU emulation (cpu_scratch)
+            return NotImplemented
         if decomposes(func, args, kwargs):
             # Under inference_mode a composite op (linear, math attention) reaches a dispatch mode whole, and the
             # temporaries of its decomposition, which every device allocates, would go unseen: count its parts
@@ -355,6 +361,6 @@ def peak_bytes(fn, device: str | torch.device, clear=None) -> int:
         with cuda_peak(device) as mem:
             fn()
         return mem.peak_bytes
-    with TensorMemoryTracker() as tracker:
+    with TensorMemoryTracker(scratch=cpu_scratch if torch.device(device).type == "cpu" else None) as tracker:
         fn()
     return tracker.peak_bytes(device)

@@ -1,6 +1,7 @@
 """How the live-tensor tracker (bench.memory) reads an op: the tensors in its arguments and outputs, which composite
-ops every device runs as their decomposition, and which ops backward runs out of place only because a dispatch mode
-is active (the out-of-place twins of in-place ones). The plan's dispatch modes (bench.plan) read ops the same way."""
+ops every device runs as their decomposition, which ops backward runs out of place only because a dispatch mode
+is active (the out-of-place twins of in-place ones), which ops a float8 tensor subclass runs for itself, and what
+a CPU kernel allocates inside (cpu_scratch). The plan's dispatch modes (bench.plan) read ops the same way."""
 
 from __future__ import annotations
 
@@ -79,3 +80,65 @@ def decomposes(func, args, kwargs) -> bool:
     """Whether a dispatch mode should run `func` as its decomposition (runs_decomposed): not for a tensor subclass's
     arguments, whose own dispatch runs the op (a nested tensor's is_contiguous would decompose into itself)."""
     return runs_decomposed(func) and not any(is_traceable_wrapper_subclass(t) for t in tensors_in((args, kwargs)))
+
+
+def cpu_scratch(func, args, kwargs, out) -> list[int]:
+    """A bench.memory.TensorMemoryTracker `scratch` for this machine's CPU: the bytes an op's CPU kernel allocates for
+    itself (no op returns them, so no dispatch mode sees them), as one figure, its peak. Only torch._scaled_mm's
+    emulation is modelled; every other CPU kernel the suites call allocates nothing past a few bytes (the tracker is
+    checked against the CPU allocator's timeline within 1 KiB: tests/bench/test_memory.py, tests/bench/test_plan.py)."""
+    if func is _SCALED_MM and _scaled_mm_emulated(args[0].dtype != args[1].dtype):
+        return [scaled_mm_emulation_peak(*args[:2], out)]
+    return []
+
+
+_SCALED_MM = torch.ops.aten._scaled_mm.default
+
+
+def scaled_mm_emulation_peak(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> int:
+    """Peak bytes torch's CPU emulation of _scaled_mm (Blas.cpp, _scaled_mm_out_cpu_emulated; the same sequence
+    in torch 2.11 and 2.13) holds beside its output: `a` and `b` made contiguous (a copy each where they are not; b
+    usually is column-major), each converted to float32 and multiplied by its scale (the converted copy freed once
+    the product exists), the float32 product (then, for an fp8 output, divided by the output scale into a new
+    tensor), and that converted to the output's dtype before it is copied into the output."""
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    copies = (0 if a.is_contiguous() else a.numel() * a.element_size()) + \
+        (0 if b.is_contiguous() else b.numel() * b.element_size())
+    fa, fb, fo = 4 * m * k, 4 * k * n, 4 * m * n
+    peaks = [copies + 2 * fa, copies + fa + 2 * fb, copies + fa + fb + fo]
+    fp8_out = out.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+    if fp8_out:
+        peaks.append(copies + fa + fb + 2 * fo)
+    if out.dtype != torch.float32:
+        peaks.append(copies + fa + fb + fo + m * n * out.element_size())
+    return max(peaks)
+
+
+def _scaled_mm_emulated(mixed: bool) -> bool:
+    """Whether torch runs _scaled_mm on this CPU by its emulation: it takes oneDNN's kernel only with oneDNN enabled
+    and, by cpuinfo, AMX-INT8 for two operands of one fp8 format or AMX-FP16 for mixed ones (_scaled_mm_out_cpu)."""
+    enabled = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return not enabled or ("amx_fp16" if mixed else "amx_int8") not in _cpu_flags()
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux reports them (/proc/cpuinfo: the CPUID bits cpuinfo reads); none off Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split())
+    except OSError:
+        return frozenset()
+
+
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def wraps_float8(args, kwargs) -> bool:
+    """Whether an op's arguments include a tensor subclass that holds float8 data (torchao's Float8TrainingTensor)."""
+    for t in tensors_in((args, kwargs)):
+        if is_traceable_wrapper_subclass(t):
+            names, _ = t.__tensor_flatten__()
+            if any(getattr(getattr(t, name, None), "dtype", None) in FLOAT8 for name in names):
+                return True
+    return False

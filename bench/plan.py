@@ -55,7 +55,7 @@ from bench import hardware
 from bench.flops import flop_counter_mode
 from bench.lifeline import freeze_alive
 from bench.memory import SavedTensorBytes, TensorMemoryTracker
-from bench.memory_ops import decomposes, tensors_in
+from bench.memory_ops import cpu_scratch, decomposes, tensors_in
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
 from bench.plan_autocast import target_autocast
@@ -173,11 +173,12 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     workload's `clear` before the step's window, as bench.memory.peak_bytes does. Raises NotPlannable or Skip. On a
     CUDA target the peaks are the caching allocator's (bench.plan_alloc), as CUDA reports them, kernels' scratch
     included where `gpu` (a bench.hardware name; None: this machine's GPU, if any) says how much
-    (bench.plan_scratch)."""
+    (bench.plan_scratch); on a CPU target, the scratch of this CPU's kernels that bench.memory.peak_bytes counts
+    (bench.memory_ops.cpu_scratch)."""
     _torch_singletons()
     cuda = torch.device(target).type == "cuda"
     allocator = CachingAllocatorModel(current_stream if suite.world_sizes else None) if cuda else None
-    scratch = kernel_scratch(gpu) if cuda else None
+    scratch = kernel_scratch(gpu) if cuda else cpu_scratch
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
     with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_flex(target, kernels), \
             target_rms_norm(target), target_offload(target) as offload, target_autocast(target), \
@@ -198,7 +199,8 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
         if cuda:
             base, reserved = allocator.allocated, allocator.peak_reserved
             allocator.reset_peak()
-        with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, TensorMemoryTracker() as step:
+        with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, \
+                TensorMemoryTracker(scratch=None if cuda else scratch) as step:
             w.step()
         held = w.held() if w.held is not None else 0
         total.settle()

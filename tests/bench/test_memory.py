@@ -5,9 +5,10 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from bench.memory import SavedTensorBytes, TensorMemoryTracker, cuda_peak, peak_bytes
+from bench.memory_ops import _scaled_mm_emulated, scaled_mm_emulation_peak
 from bench.plan_alloc import CachingAllocatorModel
 from tests.allocator import SCRATCH, unobserved_peak
-from tests.optional import needs_cuda
+from tests.optional import needs, needs_cuda
 
 RESIZE = torch.UntypedStorage.resize_
 
@@ -162,6 +163,91 @@ def test_a_composite_op_under_inference_mode_is_counted_with_its_temporaries():
     assert tracked >= 2 * 4 * 64 * 64 * 4  # 32 KiB, the output alone, when the op was counted whole
     assert 0 <= unobserved - tracked <= unobserved // 8  # 33 KB of 345 KB: allocated inside the CPU kernels
 
+
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+def emulated_here(mixed=False):
+    if not _scaled_mm_emulated(mixed):
+        pytest.skip("this CPU runs torch._scaled_mm through oneDNN (AMX), whose scratch is not modelled")
+
+
+def test_scaled_mms_emulation_peak_worked_by_hand():
+    a = torch.empty(64, 32, dtype=E4M3, device="meta")
+    b = torch.empty(48, 32, dtype=E4M3, device="meta").t()  # [32, 48] column-major: made contiguous, 1,536 B
+    out = torch.empty(64, 48, dtype=torch.bfloat16, device="meta")
+    copies, fa, fb, fo = 32 * 48, 4 * 64 * 32, 4 * 32 * 48, 4 * 64 * 48  # a is contiguous already: no copy
+    # a in fp32 and scaled (2 x 8,192), then b (2 x 6,144), the fp32 product (12,288) and it in bf16 (6,144)
+    assert scaled_mm_emulation_peak(a, b, out) == copies + fa + fb + fo + 64 * 48 * 2 == 34_304
+    assert scaled_mm_emulation_peak(a, b, out.float()) == copies + fa + fb + fo  # no conversion of the product
+    # an fp8 output: the product divided by the output scale into a second fp32 tensor is the peak
+    assert scaled_mm_emulation_peak(a, b.contiguous(), out.to(E4M3)) == fa + fb + 2 * fo
+
+
+SCALED_MMS = {  # (a, b, scales, out dtype): b column-major, as torch._scaled_mm wants it and torchao gives it
+    "bf16 out": ((96, 64), (64, 80), "tensorwise", torch.bfloat16),
+    "fp32 out, b row-major": ((96, 64), (64, 80), "tensorwise", torch.float32),
+    "fp8 out": ((32, 128), (128, 16), "tensorwise", E4M3),
+    "a transposed": ((64, 96), (64, 80), "tensorwise", torch.bfloat16),
+    "rowwise": ((96, 64), (64, 80), "rowwise", torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("name", SCALED_MMS)
+def test_scaled_mms_cpu_emulation_is_counted_as_the_allocator_sees_it(name):
+    emulated_here()
+    (m, k), (k2, n), scales, out_dtype = SCALED_MMS[name]
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(E4M3)
+    a = a.t() if name == "a transposed" else a  # [96, 64], not contiguous: copied first
+    b = torch.randn(n, k2, generator=g).to(E4M3).t() if "row-major" not in name else \
+        torch.randn(k2, n, generator=g).to(E4M3)  # [K, N] either way
+    sa, sb = (torch.ones(()), torch.ones(())) if scales == "tensorwise" else (torch.ones(a.shape[0], 1),
+                                                                            torch.ones(1, b.shape[1]))
+    try:
+        torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=out_dtype)
+    except RuntimeError as e:  # torch 2.11's CPU kernel takes tensorwise scales only
+        pytest.skip(f"torch {torch.__version__} cannot run this _scaled_mm on the CPU: {str(e).splitlines()[0]}")
+
+    def gemm():
+        torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=out_dtype)
+
+    out = a.shape[0] * b.shape[1] * torch.empty((), dtype=out_dtype).element_size()
+    scratch = scaled_mm_emulation_peak(a, b, torch.empty(0, dtype=out_dtype))
+    tracked = peak_bytes(gemm, "cpu")
+    assert tracked == out + scratch
+    # less only by the scalars it wraps as tensors (the output scale's reciprocal: 12 B with an fp8 output)
+    assert 0 <= unobserved_peak(gemm) - tracked <= SCRATCH
+    assert tracked_peak(gemm) == out  # a tracker given no scratch model counts the output alone
+
+
+@needs("torchao")
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_torchaos_float8_linear_is_counted_through_its_subclass(recipe):
+    """torchao's float8 Linear runs torch._scaled_mm (and its scale products) inside its tensor subclass's dispatch,
+    which a mode called first would not see: the tracker hands those ops to the subclass and counts what it runs."""
+    from impls.fp8 import torchao_training as tao
+
+    emulated_here(mixed=True)
+    if tao.unsupported(recipe):
+        pytest.skip(tao.unsupported(recipe))
+    torch.manual_seed(0)
+    model = tao.converter(recipe)(torch.nn.Sequential(torch.nn.Linear(128, 96)))
+    x = torch.randn(64, 128, requires_grad=True)
+
+    def step():
+        model(x).sum().backward()
+
+    step()
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    tracked = peak_bytes(step, "cpu")
+    model.zero_grad(set_to_none=True)
+    x.grad = None
+    unobserved = unobserved_peak(step)
+    assert 0 <= unobserved - tracked <= SCRATCH, (tracked, unobserved)
+    assert unobserved - tracked_peak(step) > 4 * 64 * 128  # without the model: a's fp32 copy at least, missed
 
 def resizes():
     # FSDP2's pattern for its unsharded parameters: a tensor made, its storage freed and made again by resize_
