@@ -85,50 +85,51 @@ def decomposes(func, args, kwargs) -> bool:
 def cpu_scratch(func, args, kwargs, out) -> list[int]:
     """A bench.memory.TensorMemoryTracker `scratch` for this machine's CPU: the bytes an op's CPU kernel allocates for
     itself (no op returns them, so no dispatch mode sees them), as one figure, its peak. Only torch._scaled_mm's
-    emulation is modelled; every other CPU kernel the suites call allocates nothing past a few bytes (the tracker is
-    checked against the CPU allocator's timeline within 1 KiB: tests/bench/test_memory.py, tests/bench/test_plan.py)."""
-    if func is _SCALED_MM and _scaled_mm_emulated(args[0].dtype != args[1].dtype):
-        return [scaled_mm_emulation_peak(*args[:2], out)]
-    return []
+    emulation is modelled (its functional overload: not `.out`, nor torch 2.13's _scaled_mm_v2, which no suite
+    calls); every other CPU kernel the suites call allocates nothing past a few bytes (the tracker is checked
+    against the CPU allocator's timeline within 1 KiB: tests/bench/test_memory.py, tests/bench/test_plan.py)."""
+    if func is not _SCALED_MM or args[0].device.type not in ("cpu", "meta"):
+        return []
+    a, b, scale_a, scale_b = args[:4]
+    if not _scaled_mm_emulated(a.dtype != b.dtype, scale_a.numel() == 1 and scale_b.numel() == 1):
+        return []
+    out_dtype = args[6] if len(args) > 6 else kwargs.get("out_dtype")
+    return [scaled_mm_emulation_peak(a, b, out, out_dtype in FLOAT8)]
 
 
 _SCALED_MM = torch.ops.aten._scaled_mm.default
 
 
-def scaled_mm_emulation_peak(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> int:
-    """Peak bytes torch's CPU emulation of _scaled_mm (Blas.cpp, _scaled_mm_out_cpu_emulated; the same sequence
-    in torch 2.11 and 2.13) holds beside its output: `a` and `b` made contiguous (a copy each where they are not; b
-    usually is column-major), each converted to float32 and multiplied by its scale (the converted copy freed once
-    the product exists), the float32 product (then, for an fp8 output, divided by the output scale into a new
-    tensor), and that converted to the output's dtype before it is copied into the output."""
+def scaled_mm_emulation_peak(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, rescaled: bool) -> int:
+    """Peak bytes torch's CPU emulation of _scaled_mm (Blas.cpp, _scaled_mm_out_cpu_emulated, torch 2.11 and 2.13)
+    holds beside its output: `a` and `b` made contiguous (a copy each where they are not; b usually is
+    column-major), each converted to float32 and multiplied by its scale (the converted copy freed once the product
+    exists), the float32 product, for an fp8 `out_dtype` asked for (`rescaled`) that divided by the output scale
+    into a new tensor, and the product converted to the output's dtype before it is copied into the output."""
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
     copies = (0 if a.is_contiguous() else a.numel() * a.element_size()) + \
         (0 if b.is_contiguous() else b.numel() * b.element_size())
     fa, fb, fo = 4 * m * k, 4 * k * n, 4 * m * n
     peaks = [copies + 2 * fa, copies + fa + 2 * fb, copies + fa + fb + fo]
-    fp8_out = out.dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
-    if fp8_out:
+    if rescaled:
         peaks.append(copies + fa + fb + 2 * fo)
     if out.dtype != torch.float32:
         peaks.append(copies + fa + fb + fo + m * n * out.element_size())
     return max(peaks)
 
 
-def _scaled_mm_emulated(mixed: bool) -> bool:
-    """Whether torch runs _scaled_mm on this CPU by its emulation: it takes oneDNN's kernel only with oneDNN enabled
-    and, by cpuinfo, AMX-INT8 for two operands of one fp8 format or AMX-FP16 for mixed ones (_scaled_mm_out_cpu)."""
-    enabled = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-    return not enabled or ("amx_fp16" if mixed else "amx_int8") not in _cpu_flags()
+def _scaled_mm_emulated(mixed: bool, tensorwise: bool = True) -> bool:
+    """Whether torch runs _scaled_mm on this CPU by its emulation (_scaled_mm_out_cpu): it takes oneDNN's kernel only
+    with oneDNN enabled, one scale per operand, and by cpuinfo AMX-INT8 for operands of one fp8 format, AMX-FP16 for
+    mixed ones (torch.cpu.get_capabilities reads the same cpuinfo)."""
+    if not (tensorwise and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return True
+    return not _cpu_capabilities().get("amx_fp16" if mixed else "amx_int8", False)
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """This CPU's feature flags as Linux reports them (/proc/cpuinfo: the CPUID bits cpuinfo reads); none off Linux."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split())
-    except OSError:
-        return frozenset()
+def _cpu_capabilities() -> dict:
+    return dict(torch.cpu.get_capabilities())
 
 
 FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)

@@ -164,12 +164,11 @@ def test_a_composite_op_under_inference_mode_is_counted_with_its_temporaries():
     assert 0 <= unobserved - tracked <= unobserved // 8  # 33 KB of 345 KB: allocated inside the CPU kernels
 
 
+E4M3 = torch.float8_e4m3fn
 
-E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
-
-def emulated_here(mixed=False):
-    if not _scaled_mm_emulated(mixed):
+def emulated_here(mixed=False, tensorwise=True):
+    if not _scaled_mm_emulated(mixed, tensorwise):
         pytest.skip("this CPU runs torch._scaled_mm through oneDNN (AMX), whose scratch is not modelled")
 
 
@@ -179,25 +178,31 @@ def test_scaled_mms_emulation_peak_worked_by_hand():
     out = torch.empty(64, 48, dtype=torch.bfloat16, device="meta")
     copies, fa, fb, fo = 32 * 48, 4 * 64 * 32, 4 * 32 * 48, 4 * 64 * 48  # a is contiguous already: no copy
     # a in fp32 and scaled (2 x 8,192), then b (2 x 6,144), the fp32 product (12,288) and it in bf16 (6,144)
-    assert scaled_mm_emulation_peak(a, b, out) == copies + fa + fb + fo + 64 * 48 * 2 == 34_304
-    assert scaled_mm_emulation_peak(a, b, out.float()) == copies + fa + fb + fo  # no conversion of the product
-    # an fp8 output: the product divided by the output scale into a second fp32 tensor is the peak
-    assert scaled_mm_emulation_peak(a, b.contiguous(), out.to(E4M3)) == fa + fb + 2 * fo
+    assert scaled_mm_emulation_peak(a, b, out, False) == copies + fa + fb + fo + 64 * 48 * 2 == 34_304
+    assert scaled_mm_emulation_peak(a, b, out.float(), False) == copies + fa + fb + fo  # the product not converted
+    # an fp8 out_dtype: the product divided by the output scale into a second fp32 tensor is the peak; without
+    # out_dtype (an fp8 output by a's dtype) torch 2.13 skips that division
+    assert scaled_mm_emulation_peak(a, b.contiguous(), out.to(E4M3), True) == fa + fb + 2 * fo
+    assert scaled_mm_emulation_peak(a, b.contiguous(), out.to(E4M3), False) == fa + fb + fo + 64 * 48
 
 
-SCALED_MMS = {  # (a, b, scales, out dtype): b column-major, as torch._scaled_mm wants it and torchao gives it
+SCALED_MMS = {  # (a, b [K, N], scales, out dtype); b column-major, as torch._scaled_mm wants it and torchao gives it,
+    # unless named. Each of the peak's candidates is the largest in one case: a's conversion, b's, the product, the
+    # product divided by an fp8 output's scale, and the product converted
     "bf16 out": ((96, 64), (64, 80), "tensorwise", torch.bfloat16),
     "fp32 out, b row-major": ((96, 64), (64, 80), "tensorwise", torch.float32),
-    "fp8 out": ((32, 128), (128, 16), "tensorwise", E4M3),
     "a transposed": ((64, 96), (64, 80), "tensorwise", torch.bfloat16),
+    "a's conversion": ((256, 128), (128, 16), "tensorwise", torch.bfloat16),
+    "b's conversion": ((32, 512), (512, 256), "tensorwise", torch.bfloat16),
+    "fp8 out": ((256, 16), (16, 256), "tensorwise", E4M3),
     "rowwise": ((96, 64), (64, 80), "rowwise", torch.bfloat16),
 }
 
 
 @pytest.mark.parametrize("name", SCALED_MMS)
 def test_scaled_mms_cpu_emulation_is_counted_as_the_allocator_sees_it(name):
-    emulated_here()
     (m, k), (k2, n), scales, out_dtype = SCALED_MMS[name]
+    emulated_here(tensorwise=scales == "tensorwise")
     g = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=g).to(E4M3)
     a = a.t() if name == "a transposed" else a  # [96, 64], not contiguous: copied first
@@ -214,11 +219,10 @@ def test_scaled_mms_cpu_emulation_is_counted_as_the_allocator_sees_it(name):
         torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=out_dtype)
 
     out = a.shape[0] * b.shape[1] * torch.empty((), dtype=out_dtype).element_size()
-    scratch = scaled_mm_emulation_peak(a, b, torch.empty(0, dtype=out_dtype))
+    scratch = scaled_mm_emulation_peak(a, b, torch.empty(0, dtype=out_dtype), out_dtype == E4M3)
     tracked = peak_bytes(gemm, "cpu")
     assert tracked == out + scratch
-    # less only by the scalars it wraps as tensors (the output scale's reciprocal: 12 B with an fp8 output)
-    assert 0 <= unobserved_peak(gemm) - tracked <= SCRATCH
+    assert 0 <= unobserved_peak(gemm) - tracked <= SCRATCH  # less only by the scalars it wraps as tensors (0-12 B)
     assert tracked_peak(gemm) == out  # a tracker given no scratch model counts the output alone
 
 
@@ -229,6 +233,7 @@ def test_torchaos_float8_linear_is_counted_through_its_subclass(recipe):
     which a mode called first would not see: the tracker hands those ops to the subclass and counts what it runs."""
     from impls.fp8 import torchao_training as tao
 
+    emulated_here(mixed=False)  # its forward GEMMs: e4m3 both; its backward's: e5m2 gradients by e4m3
     emulated_here(mixed=True)
     if tao.unsupported(recipe):
         pytest.skip(tao.unsupported(recipe))
@@ -248,6 +253,7 @@ def test_torchaos_float8_linear_is_counted_through_its_subclass(recipe):
     unobserved = unobserved_peak(step)
     assert 0 <= unobserved - tracked <= SCRATCH, (tracked, unobserved)
     assert unobserved - tracked_peak(step) > 4 * 64 * 128  # without the model: a's fp32 copy at least, missed
+
 
 def resizes():
     # FSDP2's pattern for its unsharded parameters: a tensor made, its storage freed and made again by resize_
