@@ -165,15 +165,22 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
 
 
 def _fresh_allocator(device: str) -> bool:
-    """Whether `device` is a GPU whose caching allocator holds nothing yet and runs the configuration bench.plan_alloc
-    models: the case's own process (not --inline, where earlier cases' segments stay) with no allocator settings."""
+    """Whether `device` is a GPU whose caching allocator holds nothing for the case to start from, and runs the
+    configuration bench.plan_alloc models (no allocator settings). Where no tensor is live but segments are cached
+    (the prediction's own: its SDPA-choice proxies and FlexAttention's probe on the GPU; or, under --inline, earlier
+    cases'), they are given back and the counters of frees reset first, so that `_reserved` reads the case's own."""
     import torch
 
     from bench.plan_alloc import default_config
 
     if not device.startswith("cuda") or not default_config():
         return False
-    return not torch.cuda.is_initialized() or torch.cuda.memory_reserved(device) == 0
+    if not torch.cuda.is_initialized():
+        return True
+    if torch.cuda.memory_allocated(device) == 0 and torch.cuda.memory_reserved(device):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_accumulated_memory_stats(device)  # the frees just made are not the case's
+    return torch.cuda.memory_reserved(device) == 0
 
 
 def _reserved(device: str) -> int | None:

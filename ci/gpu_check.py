@@ -8,7 +8,8 @@ report). `full` adds every suite at full size; `SUITE=SIZE` adds that suite at t
 
 The budget (--budget-s) is wall-clock for the whole check: a step starts only with time left, a `bench run` gets what
 is left as its --budget (it records the cases it finished and lists the rest), and anything that did not run is
-written to OUT/not-run.txt. Everything lands in OUT and is packed into OUT/gpu-check.tar.gz.
+written to OUT/not-run.txt. Everything lands in OUT and is packed into OUT/gpu-check.tar.gz, but for the allocator
+snapshots (OUT/gpu-snapshots.tar.gz) and the profiler's traces (OUT/gpu-traces.tar.gz): see PACKS.
 Usage: bash ci/gpu-check.sh OUT [full] [SUITE=SIZE ...] [--budget-s S] [--device cuda|cpu]
 """
 
@@ -203,14 +204,39 @@ def main(argv: list[str]) -> int:
     for name, status, seconds in check.steps:
         print(f"{name:<{width}}  {seconds:7.1f}  {status}")
     print(f"{'total':<{width}}  {total:7.1f}  ({len(check.not_run)} not run: {out / 'not-run.txt'})")
-    tarball = out.parent / f"{out.name}.tar.gz"  # beside OUT while packing it, then moved in
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(out, arcname=out.name)
-    shutil.move(tarball, out / "gpu-check.tar.gz")
-    print(f"-> {out / 'gpu-check.tar.gz'}")
+    for tarball in pack(out):
+        print(f"-> {tarball} ({tarball.stat().st_size / 2**20:.1f} MiB)")
     failed = [n for n, s, _ in check.steps if s != "ok" and s != "not run"
               and not (s.startswith("stopped at") and "failed" not in s)]
     return 1 if failed or check.not_run else 0
+
+
+PACKS = {  # tarball -> what of OUT goes into it (the first that matches); each comes back on its own
+    "gpu-traces.tar.gz": lambda rel: len(rel.parts) > 2 and rel.parts[0].startswith("profile-") and
+    rel.parts[1] == "trace",
+    "gpu-snapshots.tar.gz": lambda rel: rel.name == "memory_snapshot.pickle",
+    "gpu-check.tar.gz": lambda rel: True,
+}
+"""The records, logs and pages in one tarball, the allocator snapshots in a second and the profiler's traces in a
+third: a lent GPU's files come back only up to 16 MiB each, and the traces alone can pass that (rmpad's quick step
+traced on a CPU: 137 MB, 10 MB packed), which would lose the records with them."""
+
+
+def pack(out: Path) -> list[Path]:
+    """OUT's files packed into OUT/<name> for each of PACKS that gets any; returns the tarballs made."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in PACKS)
+    made = []
+    for name, takes in PACKS.items():
+        chosen = [p for p in files if takes(p.relative_to(out))]
+        files = [p for p in files if p not in chosen]
+        if not chosen:
+            continue
+        tarball = out.parent / f"{out.name}.{name}"  # beside OUT while packing it, then moved in
+        with tarfile.open(tarball, "w:gz") as tar:
+            for path in chosen:
+                tar.add(path, arcname=str(Path(out.name) / path.relative_to(out)))
+        made.append(Path(shutil.move(tarball, out / name)))
+    return made
 
 
 if __name__ == "__main__":

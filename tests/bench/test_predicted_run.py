@@ -107,3 +107,28 @@ def test_the_report_counts_the_cases_within_the_target_and_the_reserved_error(tm
     page = render([run, other])
     section = page[page.index("Predicted memory"):page.index("</table>", page.index("Predicted memory"))]
     assert "<th>run</th>" in section and "3 of 4" in section and "0 of 1" in section
+
+
+def test_segments_cached_before_a_case_are_given_back_so_its_reserved_bytes_are_its_own(monkeypatch):
+    """On a GPU the prediction itself allocates (its SDPA-choice proxies, FlexAttention's probe) and leaves a cached
+    segment: the case would read as not fresh and record no reserved bytes. With nothing live, the cache is emptied
+    and the counters of frees reset; with a tensor live, the case is not fresh."""
+    from bench import case as case_module
+
+    state = {"allocated": 0, "reserved": 2 << 20, "calls": []}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: (state["calls"].append("empty_cache"),
+                                                            state.update(reserved=state["allocated"])))
+    monkeypatch.setattr(torch.cuda, "reset_accumulated_memory_stats",
+                        lambda device=None: state["calls"].append("reset_accumulated"))
+    assert case_module._fresh_allocator("cuda:0")
+    assert state["calls"] == ["empty_cache", "reset_accumulated"] and state["reserved"] == 0
+    assert case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 2  # nothing cached: nothing to do
+    state.update(allocated=512, reserved=2 << 20)
+    assert not case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 2  # a live tensor: left alone
+    assert not case_module._fresh_allocator("cpu")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # a configuration not modelled
+    state.update(allocated=0)
+    assert not case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 2
