@@ -1,10 +1,11 @@
 """The GPU check: what the CPU CI cannot run, sized to the time a lent GPU gives, stopped cleanly at a budget.
 
 Steps, in order, each timed and printed: the GPU and environment, `bench doctor --json` (OUT/doctor.json: what could
-disturb the timings) and `bench plan` where the installed bench has them, the CUDA tests (`pytest -m cuda`: every test
-a CPU machine skips), a quick step of each PROFILED case with the allocator's history (OUT/profile-SUITE), then
-SELECTION, a curated slice of every suite's quick grid that reaches each CUDA path once (one `bench run`, with its
-report). `full` adds every suite at full size; `SUITE=SIZE` adds that suite at that size.
+disturb the timings) and `bench plan` where the installed bench has them, SELECTION, a curated slice of every suite's
+quick grid that reaches each CUDA path once (one `bench run --predict`, with its report), the CUDA tests (`pytest -m
+cuda`: every test a CPU machine skips), then a quick step of each PROFILED case with the allocator's history
+(OUT/profile-SUITE). `full` adds every suite at full size; `SUITE=SIZE` adds that suite at that size. The selection
+comes before the tests: where a budget runs short, what it cuts is the steps the next check can redo soonest.
 
 The budget (--budget-s) is wall-clock for the whole check: a step starts only with time left, a `bench run` gets what
 is left as its --budget (it records the cases it finished and lists the rest), and anything that did not run is
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUDGET_S = 420.0  # 7 min of a lent GPU's 15, leaving time for its start-up and one rerun
 RESERVE_S = 15.0  # kept back for the run's report and the tarball
 STARTUP_S = 20.0  # a `bench run`'s start-up before its --budget clock starts: imports torch and every suite
+AFTER_SELECTION_S = 150.0  # kept from the selection for the CUDA tests and the profiles (40 s and, on a CPU, 55 s)
 
 
 class Check:
@@ -67,8 +69,10 @@ class Check:
     def left(self) -> float | None:
         return None if self.deadline is None else self.deadline - RESERVE_S - time.monotonic()
 
-    def step(self, name: str, cmd: list[str], log: str | None = None, budgeted_run: bool = False) -> str:
-        """Run one step unless the budget is spent; returns its status (ok, failed, timeout, not run)."""
+    def step(self, name: str, cmd: list[str], log: str | None = None, budgeted_run: bool = False,
+             keep_s: float = 0.0) -> str:
+        """Run one step unless the budget is spent; returns its status (ok, failed, timeout, not run). A budgeted
+        `bench run` gets what is left less `keep_s`, kept for the steps after it."""
         left = self.left()
         if left is not None and left <= 1:
             self.not_run.append(f"{name}: not started, the budget was spent ({' '.join(cmd)})")
@@ -76,7 +80,8 @@ class Check:
             print(f"-- {name}: not run (budget spent)", flush=True)
             return "not run"
         if budgeted_run and left is not None:  # its clock starts after its own start-up (torch, the suites)
-            cmd = [*cmd, "--budget", f"{max(left - STARTUP_S, 1):.0f}"]
+            own = left - STARTUP_S
+            cmd = [*cmd, "--budget", f"{max(own - keep_s, own / 2, 1):.0f}"]  # never less than half of what is left
         print(f"-- {name}: {' '.join(cmd)}", flush=True)
         t = time.monotonic()
         sink = open(self.out / log, "w") if log else None  # noqa: SIM115 - closed below
@@ -171,6 +176,14 @@ def main(argv: list[str]) -> int:
             check.step(command, cmd, log=log)
         else:
             print(f"-- {command}: this bench has no `{command}` command yet; skipped", flush=True)
+    # first of the runs: the plan's CUDA error and reserved bytes, and every suite's CUDA path, come from it
+    quick = out / "quick"
+    # --predict: each case records bench.plan's peak beside the allocator's, so the run measures the plan's CUDA error
+    cmd = [*bench, "run", "--size", "quick", "--device", args.device, "--out", str(quick), "--predict"]
+    check.step("quick selection", cmd + [f"--case={glob}" for glob, _ in SELECTION], log="quick.log",
+               budgeted_run=True, keep_s=AFTER_SELECTION_S)
+    check.runs_stopped(quick, "quick")
+
     check.step("cuda tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
                               "tests"], log="pytest-cuda.log")
 
@@ -180,13 +193,6 @@ def main(argv: list[str]) -> int:
         check.step(f"profile {suite}", [*bench, "profile", suite, "--variant", variant, "--size", "quick", "--device",
                                         args.device, "--params", params, "--out", str(out / f"profile-{suite}")],
                    log=f"profile-{suite}.log")
-
-    quick = out / "quick"
-    # --predict: each case records bench.plan's peak beside the allocator's, so the run measures the plan's CUDA error
-    cmd = [*bench, "run", "--size", "quick", "--device", args.device, "--out", str(quick), "--predict"]
-    check.step("quick selection", cmd + [f"--case={glob}" for glob, _ in SELECTION], log="quick.log",
-               budgeted_run=True)
-    check.runs_stopped(quick, "quick")
 
     later = [("full", ["--size", "full"], out / "full")] if full else []
     later += [(e, [e.split("=")[0], "--size", e.split("=")[1]], out / e.replace("=", "-")) for e in extras]
