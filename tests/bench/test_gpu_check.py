@@ -37,3 +37,15 @@ def test_traces_and_snapshots_travel_apart_from_the_records(tmp_path):
     # packed again (a rerun into the same OUT): the tarballs of the first are not packed into the second
     again = gpu_check().pack(out)
     assert {p.name: sorted(tarfile.open(p).getnames()) for p in again} == members
+
+
+def test_a_run_that_keeps_time_for_later_steps_still_gets_half_of_what_is_left(tmp_path):
+    module = gpu_check()
+    echo = [__import__("sys").executable, "-c", "import sys; print(sys.argv[-1])"]  # prints the --budget it got
+    check = module.Check(tmp_path, budget_s=200.0)
+    own = 200.0 - module.RESERVE_S - module.STARTUP_S  # what a run gets of a fresh budget, less its start-up
+    assert check.step("keeps", echo, log="keeps.log", budgeted_run=True, keep_s=20.0) == "ok"
+    assert abs(float((tmp_path / "keeps.log").read_text()) - (own - 20)) <= 2
+    assert check.step("halved", echo, log="halved.log", budgeted_run=True, keep_s=150.0) == "ok"
+    assert abs(float((tmp_path / "halved.log").read_text()) - own / 2) <= 2  # 150 s of 165: half, not 15 s
+    assert check.step("plain", echo, log="plain.log") == "ok" and (tmp_path / "plain.log").read_text() == "-c\n"
