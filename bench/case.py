@@ -166,9 +166,13 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
 
 def _fresh_allocator(device: str) -> bool:
     """Whether `device` is a GPU whose caching allocator holds nothing for the case to start from, and runs the
-    configuration bench.plan_alloc models (no allocator settings). Where no tensor is live but segments are cached
-    (the prediction's own: its SDPA-choice proxies and FlexAttention's probe on the GPU; or, under --inline, earlier
-    cases'), they are given back and the counters of frees reset first, so that `_reserved` reads the case's own."""
+    configuration bench.plan_alloc models (no allocator settings). What the process made before the case is let go
+    first: cuBLAS's workspaces, which it keeps from its first matmul on (the prediction's FlexAttention probe runs
+    one; the case makes its own again, as a process of its own would), and, with no tensor then live, the cached
+    segments (the prediction's SDPA-choice proxies; under --inline, earlier cases') and the counters of frees, so that
+    `_reserved` reads the case's own."""
+    import gc
+
     import torch
 
     from bench.plan_alloc import default_config
@@ -177,7 +181,10 @@ def _fresh_allocator(device: str) -> bool:
         return False
     if not torch.cuda.is_initialized():
         return True
-    if torch.cuda.memory_allocated(device) == 0 and torch.cuda.memory_reserved(device):
+    gc.collect()
+    if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):  # as torch's own leak check does, before it counts
+        torch._C._cuda_clearCublasWorkspaces()
+    if torch.cuda.memory_allocated(device) == 0:
         torch.cuda.empty_cache()
         torch.cuda.reset_accumulated_memory_stats(device)  # the frees just made are not the case's
     return torch.cuda.memory_reserved(device) == 0

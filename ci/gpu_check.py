@@ -9,8 +9,9 @@ comes before the tests: where a budget runs short, what it cuts is the steps the
 
 The budget (--budget-s) is wall-clock for the whole check: a step starts only with time left, a `bench run` gets what
 is left as its --budget (it records the cases it finished and lists the rest), and anything that did not run is
-written to OUT/not-run.txt. Everything lands in OUT and is packed into OUT/gpu-check.tar.gz, but for the allocator
-snapshots (OUT/gpu-snapshots.tar.gz) and the profiler's traces (OUT/gpu-traces.tar.gz): see PACKS.
+written to OUT/not-run.txt. Everything lands in OUT and is packed into OUT/gpu-check.tar.gz, but for each profiled
+case's trace and allocator snapshot, in tarballs of their own (OUT/gpu-trace-SUITE.tar.gz, gpu-snapshot-SUITE.tar.gz):
+see tarball_of.
 Usage: bash ci/gpu-check.sh OUT [full] [SUITE=SIZE ...] [--budget-s S] [--device cuda|cpu]
 """
 
@@ -56,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUDGET_S = 420.0  # 7 min of a lent GPU's 15, leaving time for its start-up and one rerun
 RESERVE_S = 15.0  # kept back for the run's report and the tarball
 STARTUP_S = 20.0  # a `bench run`'s start-up before its --budget clock starts: imports torch and every suite
-AFTER_SELECTION_S = 150.0  # kept from the selection for the CUDA tests and the profiles (40 s and, on a CPU, 55 s)
+AFTER_SELECTION_S = 150.0  # kept from the selection for the CUDA tests and the profiles (on a CPU: 10 s and 55 s)
 
 
 class Check:
@@ -217,31 +218,42 @@ def main(argv: list[str]) -> int:
     return 1 if failed or check.not_run else 0
 
 
-PACKS = {  # tarball -> what of OUT goes into it (the first that matches); each comes back on its own
-    "gpu-traces.tar.gz": lambda rel: len(rel.parts) > 2 and rel.parts[0].startswith("profile-") and
-    rel.parts[1] == "trace",
-    "gpu-snapshots.tar.gz": lambda rel: rel.name == "memory_snapshot.pickle",
-    "gpu-check.tar.gz": lambda rel: True,
-}
-"""The records, logs and pages in one tarball, the allocator snapshots in a second and the profiler's traces in a
-third: a lent GPU's files come back only up to 16 MiB each, and the traces alone can pass that (rmpad's quick step
-traced on a CPU: 137 MB, 10 MB packed), which would lose the records with them."""
+LIMIT = 16 << 20  # bytes: a file larger than this does not come back from a lent GPU (../shared/device/README.md)
+
+
+def tarball_of(rel: Path) -> str:
+    """The tarball a file of OUT (its path relative to OUT) is packed into: each profiled case's trace and allocator
+    snapshot in one of their own, the records, logs and pages in gpu-check.tar.gz. Each comes back from a lent GPU
+    only up to LIMIT, and a trace can pass that alone (rmpad's quick step traced on a CPU: 137 MB, 7.5 MiB packed;
+    the rest packs to 2.9 MiB), which would lose what shares its tarball."""
+    parts = rel.parts
+    if len(parts) > 1 and parts[0].startswith("profile-"):
+        suite = parts[0].removeprefix("profile-")
+        if len(parts) > 2 and parts[1] == "trace":
+            return f"gpu-trace-{suite}.tar.gz"
+        if rel.name == "memory_snapshot.pickle":
+            return f"gpu-snapshot-{suite}.tar.gz"
+    return "gpu-check.tar.gz"
 
 
 def pack(out: Path) -> list[Path]:
-    """OUT's files packed into OUT/<name> for each of PACKS that gets any; returns the tarballs made."""
-    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in PACKS)
+    """OUT's files packed into tarballs in OUT (tarball_of), gpu-check.tar.gz last; returns them. One over LIMIT is
+    named on stderr."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and not
+                   (p.parent == out and p.name.startswith("gpu-") and p.name.endswith(".tar.gz")))
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        groups.setdefault(tarball_of(path.relative_to(out)), []).append(path)
     made = []
-    for name, takes in PACKS.items():
-        chosen = [p for p in files if takes(p.relative_to(out))]
-        files = [p for p in files if p not in chosen]
-        if not chosen:
-            continue
+    for name in sorted(groups, key=lambda n: (n == "gpu-check.tar.gz", n)):
         tarball = out.parent / f"{out.name}.{name}"  # beside OUT while packing it, then moved in
         with tarfile.open(tarball, "w:gz") as tar:
-            for path in chosen:
+            for path in groups[name]:
                 tar.add(path, arcname=str(Path(out.name) / path.relative_to(out)))
         made.append(Path(shutil.move(tarball, out / name)))
+        if made[-1].stat().st_size > LIMIT:
+            print(f"{made[-1]}: {made[-1].stat().st_size / 2**20:.1f} MiB, over the {LIMIT >> 20} MiB a lent GPU "
+                  "sends back", file=sys.stderr)
     return made
 
 

@@ -10,7 +10,7 @@ from bench import runner
 from bench.case import Case, predict_case
 from bench.cli import main
 from bench.suite import SUITES, discover
-from tests.optional import needs
+from tests.optional import fresh_cuda_process, needs, needs_cuda
 
 discover()
 
@@ -109,14 +109,24 @@ def test_the_report_counts_the_cases_within_the_target_and_the_reserved_error(tm
     assert "<th>run</th>" in section and "3 of 4" in section and "0 of 1" in section
 
 
-def test_segments_cached_before_a_case_are_given_back_so_its_reserved_bytes_are_its_own(monkeypatch):
-    """On a GPU the prediction itself allocates (its SDPA-choice proxies, FlexAttention's probe) and leaves a cached
-    segment: the case would read as not fresh and record no reserved bytes. With nothing live, the cache is emptied
-    and the counters of frees reset; with a tensor live, the case is not fresh."""
+def test_what_the_prediction_left_on_the_gpu_is_given_back_so_a_cases_reserved_bytes_are_its_own(monkeypatch):
+    """On a GPU the prediction itself allocates (its SDPA-choice proxies, FlexAttention's probe, whose matmul makes
+    cuBLAS's workspace) and leaves a cached segment: the case would read as not fresh and record no reserved bytes.
+    The workspaces are cleared; with nothing then live, the cache is emptied and the counters of frees reset; with a
+    tensor live, the case is not fresh."""
     from bench import case as case_module
+    from bench.plan_alloc import CONFIG_ENV
 
-    state = {"allocated": 0, "reserved": 2 << 20, "calls": []}
+    for name in CONFIG_ENV:
+        monkeypatch.delenv(name, raising=False)
+    state = {"allocated": 8 << 20, "reserved": 10 << 20, "calls": []}
+
+    def clear_workspaces():
+        state["calls"].append("clear_workspaces")
+        state["allocated"] = 0  # the workspace was all that was live
+
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", clear_workspaces, raising=False)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["allocated"])
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: (state["calls"].append("empty_cache"),
@@ -124,11 +134,35 @@ def test_segments_cached_before_a_case_are_given_back_so_its_reserved_bytes_are_
     monkeypatch.setattr(torch.cuda, "reset_accumulated_memory_stats",
                         lambda device=None: state["calls"].append("reset_accumulated"))
     assert case_module._fresh_allocator("cuda:0")
-    assert state["calls"] == ["empty_cache", "reset_accumulated"] and state["reserved"] == 0
-    assert case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 2  # nothing cached: nothing to do
+    assert state["calls"] == ["clear_workspaces", "empty_cache", "reset_accumulated"] and state["reserved"] == 0
     state.update(allocated=512, reserved=2 << 20)
-    assert not case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 2  # a live tensor: left alone
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)  # a live tensor it does not free
+    assert not case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 3  # left alone
     assert not case_module._fresh_allocator("cpu")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # a configuration not modelled
     state.update(allocated=0)
-    assert not case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 2
+    assert not case_module._fresh_allocator("cuda:0") and len(state["calls"]) == 3
+
+
+FRESH = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from bench.case import Case, _fresh_allocator, predict_case
+from bench.suite import SUITES, discover
+
+discover()
+suite = SUITES["rmpad"]
+params = next(p for p in suite.grid("quick", "cuda") if p["mode"] == "train" and "model" not in p)
+for variant in ("flex", "padded"):  # FlexAttention's probe runs a matmul; SDPA's choice makes proxies on the GPU
+    predict_case(suite, Case("rmpad", variant, params, "suites.rmpad", predict=True), "cuda")
+print("after the plans:", torch.cuda.memory_allocated(), "B live,", torch.cuda.memory_reserved(), "B reserved")
+print("fresh", _fresh_allocator("cuda"), torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
+"""
+
+
+@needs_cuda
+def test_after_a_prediction_on_the_gpu_the_case_starts_from_a_fresh_allocator():
+    done = fresh_cuda_process(FRESH)
+    print(done.stdout)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "fresh True 0 0", done.stderr[-2000:]
