@@ -5,8 +5,10 @@ never hold (+1 MB at smoke checkpointing). It is routed to the kernel the target
 torch's own choice (torch._fused_sdp_choice on CPU tensors of the same shapes and strides, a few elements each) and
 the CPU flash kernel's meta registration; on a CUDA target, torch's choice on the local GPU where there is one, else
 the rule torch applies on sm80+ (flash for 16-bit inputs without a mask and with equal head dims up to 256,
-memory-efficient attention for a mask or unequal value width, math otherwise; priority flash > efficient > math >
-cudnn, torch._C._get_sdp_priority_order() on 2.11-2.13), and that kernel's meta registration. The boolean mask is
+memory-efficient attention for a mask or unequal value width, math otherwise; of the kernels enabled, in the order
+torch._C._get_sdp_priority_order() gives, flash > efficient > math > cudnn by default on 2.11-2.13), and that
+kernel's meta registration. torch's choices are cached by the shapes, strides, dtypes and grad of the inputs and by
+the settings they read (kernels enabled, priority, grad mode). The boolean mask is
 converted to an additive one first, as the composite does. cuDNN's attention, which torch 2.11 can put first on
 Hopper (TORCH_CUDNN_SDPA_DEPRIORITIZED undoes that), is routed to its own meta registration, whose bytes match
 flash's. Any other kernel makes the case not plannable: never the math path in its place. On the first H100 check
@@ -130,33 +132,52 @@ BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"
 
 
 def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
-    """The SDPA kernel `target` would run for these meta tensors: "flash", "efficient" or "math"."""
+    """The SDPA kernel `target` would run for these meta tensors: "flash", "efficient", "cudnn" or "math"; torch's
+    own choice where it can be asked, else the sm80+ rule over the kernels enabled, in torch's priority order (what
+    torch.nn.attention.sdpa_kernel sets). cuDNN is outside that rule: a CPU-only build cannot tell whether the GPU's
+    cuDNN would put it first, and for the unmasked calls it takes there its bytes are flash's."""
     if target == "cpu" or torch.cuda.is_available():
         return _torch_choice("cpu" if target == "cpu" else "cuda", *map(_signature, (q, k, v, mask)), dropout_p,
-                             is_causal, scale, enable_gqa)
-    half = q.dtype in (torch.float16, torch.bfloat16)
-    same = q.shape[-1] == k.shape[-1] == v.shape[-1]
-    if q.dim() == 4 and half and mask is None and same and q.shape[-1] <= 256:
-        return "flash"
-    if q.dim() == 4 and q.shape[-1] == k.shape[-1] and q.shape[-1] % 8 == 0 and v.shape[-1] % 8 == 0:
-        return "efficient"
-    return "math"
+                             is_causal, scale, enable_gqa, _settings())
+    cuda, d = torch.backends.cuda, q.shape[-1]
+    runs = {"flash": cuda.flash_sdp_enabled() and q.dim() == 4 and q.dtype in (torch.float16, torch.bfloat16)
+            and mask is None and d == k.shape[-1] == v.shape[-1] and d <= 256,
+            "efficient": cuda.mem_efficient_sdp_enabled() and q.dim() == 4 and d == k.shape[-1] and d % 8 == 0
+            and v.shape[-1] % 8 == 0,
+            "math": cuda.math_sdp_enabled()}
+    for backend in map(BACKENDS.get, torch._C._get_sdp_priority_order()):
+        if runs.get(backend):
+            return backend
+    raise NotPlannable("no SDPA kernel enabled would run this attention on CUDA (of those the plan models: flash, "
+                       "memory-efficient, math)")
 
 
 def _signature(t):
-    """What torch's choice reads of a tensor: its shape, last-dim stride and dtype (None for no tensor)."""
-    return None if t is None else (tuple(t.shape), t.stride(-1), t.dtype)
+    """What torch's choice reads of a tensor: its shape, last-dim stride, dtype and whether it requires grad (flash
+    refuses head dims over 192 for a backward on sm86, sm89 and sm120); None for no tensor."""
+    return None if t is None else (tuple(t.shape), t.stride(-1), t.dtype, t.requires_grad)
+
+
+def _settings():
+    """What else torch's choice reads, so that a cached choice is never one made under other settings: the kernels
+    enabled and their priority (torch.nn.attention.sdpa_kernel sets both; on CUDA torch puts cuDNN first at its first
+    choice on sm90 and sm100 with cuDNN above 9.15, unless TORCH_CUDNN_SDPA_DEPRIORITIZED is set), and grad mode
+    (with it off, no input counts as requiring grad)."""
+    cuda = torch.backends.cuda
+    return (tuple(torch._C._get_sdp_priority_order()), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(),
+            cuda.math_sdp_enabled(), cuda.cudnn_sdp_enabled(), torch.is_grad_enabled())
 
 
 @functools.lru_cache(maxsize=4096)
-def _torch_choice(device, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
-    """torch._fused_sdp_choice on `device` for tensors of these signatures, each a few elements of storage."""
+def _torch_choice(device, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, settings) -> str:
+    """torch._fused_sdp_choice on `device` for tensors of these signatures, each a few elements of storage, under
+    `settings` (those in force: the cache's key)."""
     def proxy(sig):
         if sig is None:
             return None
-        shape, stride, dtype = sig
+        shape, stride, dtype, grad = sig
         base = torch.empty(shape[-1] * max(1, stride), dtype=dtype, device=device)
-        return base.as_strided(shape, (0,) * (len(shape) - 1) + (stride,))
+        return base.as_strided(shape, (0,) * (len(shape) - 1) + (stride,)).requires_grad_(grad)
 
     with _disable_current_modes():  # the proxies are not the step's memory
         choice = torch._fused_sdp_choice(proxy(q), proxy(k), proxy(v), attn_mask=proxy(mask), dropout_p=dropout_p,

@@ -156,3 +156,15 @@ def pytest_collection_finish(session):
     from bench.lifeline import freeze_alive
 
     freeze_alive()
+
+
+@pytest.fixture
+def flash_first():
+    """torch's SDPA kernels in their default priority (flash, memory-efficient, math, cuDNN), for a test that names
+    the kernel a CUDA target takes: torch puts cuDNN first on sm90 and sm100 with cuDNN above 9.15 (an H100 or H200
+    with torch 2.11), which would change the names, not what the test checks. No effect on a CPU's choice."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
+    with sdpa_kernel(order, set_priority=True):
+        yield

@@ -1,6 +1,9 @@
 """The plan's attention: F.scaled_dot_product_attention on meta routed to the kernel the target would run
 (bench.plan_attention), and the kernels a planned case's step took."""
 
+import contextlib
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,7 @@ from bench.suite import NotPlannable, discover
 from tests.optional import needs_cuda
 
 
+@pytest.mark.usefixtures("flash_first")
 def test_attention_on_meta_takes_the_targets_kernel():
     q = torch.empty(2, 4, 64, 16, device="meta")
     assert kernel_choice("cpu", q, q, q, None, 0.0, True, None, False) == "flash"
@@ -46,25 +50,74 @@ def test_cudnn_attention_is_routed_and_an_unknown_kernel_is_not_plannable(monkey
         F.scaled_dot_product_attention(q, q, q, is_causal=True)
 
 
+def test_a_choice_is_torchs_under_the_settings_in_force_and_sees_which_inputs_need_grad(monkeypatch):
+    # torch's choice is cached; it must still follow sdpa_kernel (kernels enabled, priority) and grad mode, and the
+    # proxies it is asked about require grad where the inputs do (flash's head-dim limit for a backward on sm86/89)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.empty(2, 4, 64, 16, device="meta")
+    assert kernel_choice("cpu", q, q, q, None, 0.0, True, None, False) == "flash"
+    with sdpa_kernel([SDPBackend.MATH]):
+        assert kernel_choice("cpu", q, q, q, None, 0.0, True, None, False) == "math"
+    if not torch.cuda.is_available():  # the rule for a CUDA target follows them too
+        half = q.to(torch.bfloat16)
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            assert kernel_choice("cuda", half, half, half, None, 0.0, True, None, False) == "efficient"
+        order = [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+        with sdpa_kernel(order, set_priority=True):
+            assert kernel_choice("cuda", half, half, half, None, 0.0, True, None, False) == "math"
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), pytest.raises(NotPlannable, match="no SDPA kernel enabled"):
+            kernel_choice("cuda", q, q, q, None, 0.0, True, None, False)  # fp32: flash cannot run it
+    asked = []
+    monkeypatch.setattr(torch, "_fused_sdp_choice", lambda *args, **kwargs: asked.append(
+        (args[0].requires_grad, torch.is_grad_enabled())) or 1)
+    grad = q.clone().requires_grad_()
+    kernel_choice("cpu", grad, q, q, None, 0.0, False, 0.5, False)
+    with torch.no_grad():
+        kernel_choice("cpu", grad, q, q, None, 0.0, False, 0.5, False)
+    kernel_choice("cpu", q, q, q, None, 0.0, False, 0.5, False)
+    kernel_choice("cpu", grad, q, q, None, 0.0, False, 0.5, False)  # the first call's, from the cache
+    assert asked == [(True, True), (True, False), (False, True)]
+
+
 @needs_cuda
-def test_the_plans_cuda_attention_is_the_kernel_cuda_runs():
+@pytest.mark.parametrize("first", ["torch's own", "FLASH_ATTENTION", "CUDNN_ATTENTION"])
+def test_the_plans_cuda_attention_is_the_kernel_cuda_runs(first):
     # the planned kernel (torch's choice on proxies of a few elements) is the one a real step's SDPA runs: for separate
-    # q, k, v, for views of a fused qkv projection (as the checkpointing model's), and with a mask
-    B, S, H, D = 2, 256, 4, 64
-    fused = torch.randn(B, S, 3, H, D, device="cuda", dtype=torch.bfloat16).permute(2, 0, 3, 1, 4)
-    separate = [torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    # q, k, v, for views of a fused qkv projection (as the checkpointing model's), with a mask, a head dim of 256
+    # (no flash backward on sm86/89/120) and without grad; in torch's own priority (cuDNN first on an H100 or H200
+    # with cuDNN above 9.15), and with flash or cuDNN put first
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
+    if first != "torch's own":
+        order.remove(getattr(SDPBackend, first))
+        order.insert(0, getattr(SDPBackend, first))
+    B, S, H = 2, 256, 4
+    fused = torch.randn(B, S, 3, H, 64, device="cuda", dtype=torch.bfloat16).permute(2, 0, 3, 1, 4)
+    separate, wide = ([torch.randn(B, H, S, d, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+                      for d in (64, 256))
     mask = torch.rand(B, 1, S, S, device="cuda") > 0.5
-    for (q, k, v), m, causal in ((separate, None, True), (fused.unbind(0), None, True), (separate, mask, False)):
-        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-        real = type(F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal).grad_fn).__name__
-        metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta", requires_grad=True)
-                 for t in (q, k, v)]
-        with target_attention("cuda"):
-            mm = None if m is None else m.to("meta")
-            planned = type(F.scaled_dot_product_attention(*metas, attn_mask=mm, is_causal=causal).grad_fn).__name__
-        assert planned == real, (planned, real, m is None)
+    calls = [(separate, None, True, True), (fused.unbind(0), None, True, True), (separate, mask, False, True),
+             (wide, None, True, True), (wide, None, True, False), (separate, mask, False, False)]
+    with sdpa_kernel(order, set_priority=True) if first != "torch's own" else contextlib.nullcontext():
+        for (q, k, v), m, causal, grad in calls:
+            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+            metas = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta", requires_grad=True)
+                     for t in (q, k, v)]
+            with torch.set_grad_enabled(grad):
+                real = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal)
+                additive = None if m is None else torch.zeros(m.shape, device="cuda", dtype=q.dtype).masked_fill(
+                    ~m, -math.inf)  # what SDPA's composite makes of a boolean mask before it chooses
+                choice = torch._fused_sdp_choice(q, k, v, attn_mask=additive, is_causal=causal)
+                with target_attention("cuda") as kernels:
+                    planned = F.scaled_dot_product_attention(*metas, attn_mask=None if m is None else m.to("meta"),
+                                                             is_causal=causal)
+            assert kernels == {plan_attention.BACKENDS[choice]}, (kernels, choice, m is None, q.shape, grad)
+            assert type(planned.grad_fn) is type(real.grad_fn), (planned.grad_fn, real.grad_fn, m is None, q.shape)
 
 
+@pytest.mark.usefixtures("flash_first")
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
 def test_a_plan_names_the_attention_kernels_its_step_takes(target):
     """Each sequence of rmpad's per-sequence backend reaches a fused kernel (it took math as [H, n, Dh], holding the

@@ -263,6 +263,7 @@ def test_a_listed_op_no_mode_saw_is_refused_where_it_reaches_the_dispatcher(torc
         run(*SAMPLES[name], emulated=True)
 
 
+@pytest.mark.usefixtures("flash_first")
 def test_the_plans_own_attention_and_rms_norm_are_cast():
     # bench.plan_attention and bench.plan_norm swap F.scaled_dot_product_attention and F.rms_norm, which no mode
     # sees: they cast as autocast would (SDPA to bf16, then its bf16 kernel; rms_norm to fp32)
