@@ -306,9 +306,9 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
             progress(planned, total)
         return cases
 
-    # one process where CUDA is initialised here (`--gpu auto` asked the device its name): a forked child could not
-    # initialise it again, and a suite may ask the device what it supports
-    if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods() or torch.cuda.is_initialized():
+    # one process where torch sees a CUDA device: once this process has asked for the device count (is_available
+    # does), a forked child cannot initialise CUDA, and a plan asks the GPU (torch's SDPA choice, a suite's support)
+    if jobs <= 1 or len(points) < 2 or "fork" not in mp.get_all_start_methods() or torch.cuda.is_available():
         return [p for i in range(len(points)) for p in told(_plan_point(points, i, how))]
     # forked, not spawned: the workers inherit the suites (a plug-in's or a test's too) and torch already imported,
     # torch._dynamo too, which a dispatch mode's first op imports (1.7 s a process); only the point's index goes to a

@@ -113,9 +113,13 @@ def reference_kernel(device: str) -> str | None:
     3.12), a 256x256x128 GEMM in 0.27 s against 1 ms in fp32, and 1024^3 in 35 s, where other CPUs run FP8 near fp32
     speed. Its times say nothing about FP8, and at quick size one case took minutes. Found by timing both on a 128^3
     GEMM (best of 3 each: ~0.15 s in all on the reference kernel, a few ms elsewhere; the gap is two orders of
-    magnitude, far outside noise), not from CPU flags: oneDNN's dispatch, not the flags, decides. Cached per process.
-    Always None on CUDA and where _scaled_mm does not run at all."""
-    if torch.device(device).type != "cpu" or scaled_mm_support(device, "tensorwise") is not None:
+    magnitude, far outside noise), not from CPU flags: oneDNN's dispatch, not the flags, decides. Timed on one thread:
+    with two on a loaded machine, an fp32 matmul took 30 us or 16 ms by turns (its threads waiting on each other),
+    and the verdict flipped between processes. Asked only where torch hands the call to oneDNN (`_onednn_takes_it`);
+    elsewhere torch emulates it in fp32, never the reference kernel. Cached per process. Always None on CUDA and
+    where _scaled_mm does not run at all."""
+    if torch.device(device).type != "cpu" or scaled_mm_support(device, "tensorwise") is not None \
+            or not _onednn_takes_it():
         return None
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(128, 128, generator=g), torch.randn(128, 128, generator=g)
@@ -125,12 +129,25 @@ def reference_kernel(device: str) -> str | None:
         fn()  # warm-up: oneDNN makes its primitive on the first call
         return min(timeit.repeat(fn, number=1, repeat=3))
 
-    fp8 = best(lambda: torch._scaled_mm(qa, qb.T, scale_a=s, scale_b=s, out_dtype=torch.float32))
-    fp32 = best(lambda: a @ b.T)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fp8 = best(lambda: torch._scaled_mm(qa, qb.T, scale_a=s, scale_b=s, out_dtype=torch.float32))
+        fp32 = best(lambda: a @ b.T)
+    finally:
+        torch.set_num_threads(threads)
     if fp8 < REFERENCE_KERNEL_X * fp32:
         return None
     return (f"torch._scaled_mm on this CPU is oneDNN's reference kernel, with no FP8 instructions under it (a 128^3 "
             f"GEMM {1e3 * fp8:.1f} ms, {fp8 / fp32:.0f}x fp32): its time would measure no FP8 hardware")
+
+
+def _onednn_takes_it() -> bool:
+    """Whether torch hands a _scaled_mm of two e4m3 operands, one scale each, on this CPU to oneDNN (Blas.cpp,
+    torch 2.11-2.13: oneDNN enabled, and AMX-INT8 by cpuinfo, which torch.cpu.get_capabilities reads). Else
+    _scaled_mm_out_cpu emulates it: the operands in fp32, scaled, one fp32 matmul."""
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and \
+        bool(torch.cpu.get_capabilities().get("amx_int8", False))
 
 
 def scaled_mm(qa: Tensor, sa: Tensor, qb: Tensor, sb: Tensor, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:

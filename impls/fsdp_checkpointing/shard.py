@@ -22,11 +22,18 @@ from impls.checkpointing.reference import Transformer
 
 
 def shard(model: Transformer, reshard_after_forward: bool = True) -> Transformer:
-    """`model` with each block and the final norm under fully_shard over the default process group, in place."""
+    """`model` with each block and the final norm under fully_shard over the default process group, in place, on a
+    mesh of the device the model is on (the CPU's for a model on meta, as bench's plan expects). Not fully_shard's
+    default mesh: that is the machine's accelerator's, so on a machine with a GPU it would move a CPU model's
+    parameters to the GPU, and gloo's CPU run would fail."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    kind = next(model.parameters()).device.type
+    mesh = init_device_mesh("cpu" if kind == "meta" else kind, (dist.get_world_size(),))
     for unit in [*model.blocks, model.norm]:
-        fully_shard(unit, reshard_after_forward=reshard_after_forward)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
 
 

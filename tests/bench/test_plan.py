@@ -300,6 +300,18 @@ def test_planning_in_forked_processes_gives_the_same_plan_in_the_same_order(regi
     assert "--world-size must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_a_plan_forks_no_process_where_torch_sees_a_gpu(registry, monkeypatch):
+    # is_available() asks the device count, after which a forked child cannot initialise CUDA (and a plan asks the
+    # GPU its SDPA choice): the whole plan is made in this process there
+    def pool(*args, **kwargs):
+        raise AssertionError("a plan forked workers on a machine with a GPU")
+
+    monkeypatch.setattr(bench.plan, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    planned = plan([registry["moe"]], "smoke", "cpu", jobs=2)
+    assert len(planned) > 4 and {p.status for p in planned} >= {"ok"}
+
+
 def test_points_a_forked_child_could_not_run_backward_for_are_planned_again_here(registry, monkeypatch):
     """A child forked from a process whose autograd threads had started fails every backward (torch's Autograd-and-Fork
     error): what it reports is not a plan, and those points are planned in this process instead."""

@@ -105,15 +105,21 @@ def emulated_scaled_mm(a, b, scale_a, scale_b, bias=None, scale_result=None, out
     return (out if bias is None else out + bias).to(out_dtype or a.dtype)
 
 
-@pytest.mark.parametrize("kernel_ms, slow", [(None, False), (60.0, True)])
-def test_a_reference_kernel_is_told_from_an_fp8_one_by_its_time_against_fp32(monkeypatch, kernel_ms, slow):
-    """A _scaled_mm at fp32 speed (the dequantized product stands in for an FP8 kernel) is timed; one that takes
-    60 ms for 128^3 (oneDNN's reference kernel took 32 ms, ~1500x fp32) is named, in one line, with its time."""
-    real = torch._scaled_mm
+@pytest.mark.parametrize("onednn, kernel_ms, slow", [(True, None, False), (True, 60.0, True), (False, 60.0, False)])
+def test_a_reference_kernel_is_told_from_an_fp8_one_by_its_time_against_fp32(monkeypatch, onednn, kernel_ms, slow):
+    """Where torch hands the call to oneDNN, a _scaled_mm at fp32 speed (the dequantized product stands in for an FP8
+    kernel) is timed; one that takes 60 ms for 128^3 (oneDNN's reference kernel took 32 ms, ~1500x fp32) is named, in
+    one line, with its time. Where torch emulates the call in fp32, nothing is timed: it is never the reference
+    kernel, and the verdict cannot flip with the machine's load."""
+    from impls.fp8 import gemm
+
+    real, timed = torch._scaled_mm, []
+    monkeypatch.setattr(gemm, "_onednn_takes_it", lambda: onednn)
 
     def kernel(a, b, scale_a, scale_b, out_dtype=None, **kw):
         if a.shape != (128, 128):  # scaled_mm_support's probe
             return real(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype, **kw)
+        timed.append(torch.get_num_threads())
         if kernel_ms:
             time.sleep(kernel_ms / 1e3)
         return emulated_scaled_mm(a, b, scale_a, scale_b, out_dtype=out_dtype, **kw)
@@ -130,6 +136,7 @@ def test_a_reference_kernel_is_told_from_an_fp8_one_by_its_time_against_fp32(mon
         assert found and float(found.group(1)) >= 60
     else:
         assert why is None
+    assert set(timed) == ({1} if onednn else set())  # on one thread: no two waiting on each other
     assert reference_kernel("cuda:0") is None  # never asked of a GPU
 
 
