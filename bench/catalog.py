@@ -81,9 +81,11 @@ def catalog() -> list[dict]:
     imports every suite) and cached. A cache that cannot be read or written is rebuilt or skipped, never an error."""
     path = _path(key())
     try:
-        return json.loads(path.read_text())["suites"]
+        rows = json.loads(path.read_text())["suites"]
+        if isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in rows):
+            return rows
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        pass  # any other shape (a file written by something else) is rebuilt too
     rows, complete = build()
     if not complete:
         return rows

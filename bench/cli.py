@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -248,3 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; finished records are kept, rerun with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`bench list --json | head`): stop quietly, as a pipe's writer
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's flush at exit raises again
+        except (OSError, ValueError):  # a stdout without a descriptor (a test's capture)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe ended

@@ -227,11 +227,14 @@ def cmd_run(args, discover, write_report) -> int:
                            cpus=cpus, wait_idle_s=args.wait_idle, predict=args.predict or args.skip_predicted_oom,
                            skip_predicted_oom=args.skip_predicted_oom)
     console = Console()
-    disturbed = doctor.critical_warning(device, since=since)
-    if disturbed:  # beside the run's progress and summary: it is about what this run measures
-        print(f"bench: warning: {disturbed}", flush=True)
+
+    def opened():  # once --out is found fit: a usage error is said at once, without this sample's second or two
+        disturbed = doctor.critical_warning(device, since=since)
+        if disturbed:  # beside the run's progress and summary: it is about what this run measures
+            print(f"bench: warning: {disturbed}", flush=True)
+
     try:
-        code, records = runner.run(cfg, make_progress(console))
+        code, records = runner.run(cfg, make_progress(console), opened)
     except runner.RunDirError as e:
         raise UsageError(str(e)) from None
     except OSError as e:  # e.g. a full disk: every record already written is intact, --resume continues
@@ -244,10 +247,17 @@ def cmd_run(args, discover, write_report) -> int:
         return 130
     counts = Counter(r.status for r in records)
     print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
-    not_run = (read_run_json(out) or {}).get("not_run") or []
-    if not_run:
+    meta = read_run_json(out) or {}
+    not_run = meta.get("not_run") or []
+    selected = {c.id for c in runner.plan(suites, args.size, device, args.variant, shard, where or None,
+                                          how.world_size, args.case)}
+    if set(not_run) & selected:  # this command's own cases: its --budget ran out
         print(f"bench: the --budget of {args.budget:g} s ran out with {len(not_run)} cases not run (listed in "
               f"{out / 'run.json'} under not_run); `{runner.resume_command(argv, out)}` runs them", file=sys.stderr)
+    elif not_run:
+        print(f"bench: {out} stays unfinished: {len(not_run)} cases of the selection it was started for have no "
+              f"record (listed in {out / 'run.json'} under not_run); `{runner.command_of(meta, out)}` runs them",
+              file=sys.stderr)
     write_report(out)
     return code
 

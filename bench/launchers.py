@@ -126,9 +126,10 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
             send.close()
             # the keeper's sentinel too: should the keeper itself die, nothing else may ever close `recv`
             if not wait([recv, proc.sentinel], timeout_s):
-                doing = _doing(progress, "; it logged no progress")
-                return {"status": "timeout", "error": f"no result after {duration(time.monotonic() - t0)} (--timeout "
-                                                      f"{timeout_s:g} s): the case was killed{doing}"}
+                doing, took = _doing(progress, "; it logged no progress"), time.monotonic() - t0
+                took = f"{took:.1f} s" if took < 60 else duration(took)  # "1s" for 0.8 s read as a wrong timeout
+                return {"status": "timeout", "error": f"no result after {took} (--timeout {timeout_s:g} s): the case "
+                                                      f"was killed{doing}"}
             if recv.poll():
                 try:
                     return recv.recv()

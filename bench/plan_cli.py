@@ -113,20 +113,30 @@ class Progress:
         self.stream.flush()
 
 
-def _gib(n: int | None) -> str:
-    return "" if n is None else f"{n / GIB:.2f}"
+def _gib(n: int | None, unit: int = GIB) -> str:
+    return "" if n is None else f"{n / unit:.2f}"
+
+
+UNITS = ((GIB, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
+
+
+def _unit(preds) -> tuple[int, str]:
+    """The table's unit of bytes: GiB, or MiB or KiB where the largest peak is under one of the next (smoke sizes'
+    peaks are a few MiB, which GiB would show as 0.00)."""
+    largest = max((p.peak_bytes or 0 for p in preds), default=0)
+    return next(((size, name) for size, name in UNITS if largest >= size), UNITS[-1])
 
 
 def render(preds, summary, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    where = summary["gpu"] or "this CPU"
-    table = Table("case", "peak GiB", "reserved", "params", "grads", "optim", "saved act", "inputs", "transient",
-                  "GFLOP", "GB moved", "roofline ms", "fits",
+    where, (unit, unit_name) = summary["gpu"] or "this CPU", _unit(preds)
+    table = Table("case", f"peak {unit_name}", "reserved", "params", "grads", "optim", "saved act", "inputs",
+                  "transient", "GFLOP", "GB moved", "roofline ms", "fits",
                   title=f"bench plan: {summary['size']} on {where} ({_gib(summary['capacity_bytes'])} GiB)",
-                  caption="GiB columns but the last three; reserved: the CUDA caching allocator's segments; fits: "
-                          "peak + headroom (1 GiB + 10% of the peak) <= memory")
+                  caption=f"{unit_name} columns but the last three; reserved: the CUDA caching allocator's segments; "
+                          "fits: peak + headroom (1 GiB + 10% of the peak) <= memory")
     groups, names, shared = {}, {}, {}
     for p in preds:  # labelled within each suite, or each part of one
         groups.setdefault(group_of(p.suite, p.params), []).append(p)
@@ -144,11 +154,11 @@ def render(preds, summary, console) -> None:
             continue
         verdict = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[p.fits]
         roof = "" if p.roofline_ms is None else f"{p.roofline_ms:.3g}"
-        table.add_row(name, _gib(p.peak_bytes), _gib(p.reserved_bytes), *(_gib(p.parts[k]) for k in
+        table.add_row(name, _gib(p.peak_bytes, unit), _gib(p.reserved_bytes, unit), *(_gib(p.parts[k], unit) for k in
                       ("parameters", "gradients", "optimizer", "activations", "inputs", "transient")),
                       f"{p.flops / 1e9:.4g}", f"{p.bytes_moved / 1e9:.4g}", roof, verdict)
     console.print(table)
-    hosted = [f"{names[id(p)]} {_gib(p.host_bytes)} GiB" for p in preds if p.host_bytes]
+    hosted = [f"{names[id(p)]} {_gib(p.host_bytes, unit)} {unit_name}" for p in preds if p.host_bytes]
     if hosted:  # pinned host memory, which no fits verdict checks
         console.print("[dim]host memory of offload's copies, in no fits verdict:[/] " + "; ".join(hosted))
     for group, common in shared.items():

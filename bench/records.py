@@ -240,7 +240,8 @@ class RunMeta:
     suites: dict[str, dict] = field(default_factory=dict)
     """Per suite, what it declared (Suite.describe: variants, parts, references, metric specs) and its CPU threads."""
     not_run: list[str] | None = None
-    """case_ids a --budget left unrun, for --resume."""
+    """case_ids of the run's selection (what it was started for, and each --resume's) with no record, for --resume:
+    a --budget left them, or a resume selected fewer cases, or the run was killed (written as a run starts)."""
     machine_start: dict | None = None
     """The machine as the run began (bench.interference.machine_state): load average, CPU used by others, memory
     available, GPUs' processes and clocks. A resumed run keeps its first start."""

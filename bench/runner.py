@@ -124,14 +124,17 @@ class RunConfig:
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
-def run(cfg: RunConfig, progress=None) -> tuple[int, list[Record]]:
+def run(cfg: RunConfig, progress=None, opened=None) -> tuple[int, list[Record]]:
     """Run every planned case not yet finished in cfg.out; returns (exit code, records of the planned cases). The
-    run holds cfg.out's lock (bench.rundir) from its first check to its last write."""
+    run holds cfg.out's lock (bench.rundir) from its first check to its last write. `opened()`, if given, is called
+    once cfg.out is found fit and locked, before anything is written (a usage error comes before it)."""
     cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size,
                  cfg.cases_like)
     shard = "{}/{}".format(*cfg.shard)
     lock, meta, scan, rebuild = open_run_dir(cfg.out, cfg.resume, (cfg.size, cfg.device, shard))
     try:
+        if opened is not None:
+            opened()
         return _run(cfg, progress, cases, shard, meta, scan, rebuild)
     finally:
         lock.release()
@@ -161,7 +164,10 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
                           "device and shard are taken from this command)", stacklevel=3)
     else:
         meta = RunMeta.from_json(meta)
-    meta.finished_at, meta.not_run = None, None
+    # the run's selection is what it was started for and every --resume since: a narrower resume leaves it
+    # unfinished, with the rest listed; written now, so that a run killed from here on still lists them
+    selection = [*(meta.not_run or []), *(c.id for c in cases)]
+    meta.finished_at, meta.not_run = None, [c for c in dict.fromkeys(selection) if c not in finished] or None
     meta.cpus = sorted(cfg.cpus) if cfg.cpus else None  # run-wide, as --threads' counts under suites are
     meta.machine_start = meta.machine_start or interference.machine_state(marks)  # a resumed run keeps its first
     # what each suite's metrics are, as this code declares them (a resumed run takes the current declarations), and
@@ -175,6 +181,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
+    elsewhere: set[str] = set()
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
     limit = cfg.timeout_s or TIMEOUTS[cfg.size]
     if progress is not None:
@@ -188,7 +195,6 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
             if deadline is not None:
                 timeout_s = min(timeout_s, deadline - time.monotonic())
                 if timeout_s <= 0:
-                    meta.not_run = [c.id for c in todo[i:]]
                     break
             said = Path(notes) / f"{i}.json"  # the case's progress: a file of its own, so none shows as the next's
             if progress is not None:
@@ -197,9 +203,9 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
             marks.append(interference.snapshot())  # machine_end measures from one of these, about a second back
             result = _execute(case, cfg, timeout_s, said)
             if result is None:  # a distributed case whose rank 0 ran on another node: that node records it
+                elsewhere.add(case.id)
                 continue
             if result["status"] == "timeout" and timeout_s < limit:  # cut off by the budget, not its own
-                meta.not_run = [c.id for c in todo[i:]]
                 break
             result = _checked(result)
             record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
@@ -215,11 +221,14 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
             finished[case.id] = record
             if progress is not None:
                 progress.end(record)
-    meta.finished_at = None if meta.not_run else now()  # a run stopped by its budget is unfinished
+    # unfinished while a case of its selection has no record: stopped by the budget, or outside a narrower resume's
+    meta.not_run = [c for c in meta.not_run or [] if c not in finished and c not in elsewhere] or None
+    meta.finished_at = None if meta.not_run else now()
     meta.machine_end = interference.machine_state(marks)
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]
-    return (1 if meta.not_run or any(r.status in FAILED for r in records) else 0), records
+    stopped = any(c.id in (meta.not_run or ()) for c in cases)  # by the budget: this selection's cases not run
+    return (1 if stopped or any(r.status in FAILED for r in records) else 0), records
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +311,7 @@ def resume_command(argv: list[str], out: Path) -> str:
     return shlex.join(["bench", *kept, "--resume", "--out", str(out)])
 
 
-def _command_of(meta: dict, out: Path) -> str:
+def command_of(meta: dict, out: Path) -> str:
     argv = meta.get("argv")
     if isinstance(argv, list) and argv[:2] == ["bench", "run"] and all(isinstance(a, str) for a in argv):
         return resume_command(argv[1:], out)
@@ -348,7 +357,7 @@ def latest_unfinished(root: Path, how: tuple[str, str, str], suites: list[str], 
     d, meta = runs[0]
     raise RunDirError(f"--resume without --out: no unfinished run under {root}/ was made with --size {how[0]} "
                       f"--device {how[1]} --shard {how[2]} and these {len(suites)} suite{'s' * (len(suites) != 1)}; "
-                      f"the latest unfinished one, {d}, continues with `{_command_of(meta, d)}`")
+                      f"the latest unfinished one, {d}, continues with `{command_of(meta, d)}`")
 
 
 @contextmanager

@@ -106,4 +106,24 @@ def run_json_problem(meta: dict) -> str | None:
         value = meta.get(name)
         if name in meta and not (value is None and None in types or isinstance(value, tuple(t for t in types if t))):
             return f"{name} is {kind(value)}, not {' or '.join(_TYPE_NAMES[t] for t in types)}"
+    return _suites_problem(meta.get("suites") or {})
+
+
+# what a suite's declaration in run.json (Suite.describe) may hold, for the readers that index into it (compare's
+# metric specs, the report's figures); an entry of a declaration's "metrics" or "parts" is an object too
+SUITE_INFO_TYPES = {"variants": dict, "libraries": dict, "parts": dict, "metrics": dict, "relative": list,
+                    "world_sizes": list}
+
+
+def _suites_problem(suites: dict) -> str | None:
+    for suite, info in suites.items():
+        if not isinstance(info, dict):
+            return f"suites.{suite} is {kind(info)}, not an object"
+        for key, t in SUITE_INFO_TYPES.items():
+            if info.get(key) is not None and not isinstance(info[key], t):
+                return f"suites.{suite}.{key} is {kind(info[key])}, not {_TYPE_NAMES[t]}"
+        for key in ("metrics", "parts"):
+            for name, entry in (info.get(key) or {}).items():
+                if not isinstance(entry, dict):
+                    return f"suites.{suite}.{key}.{name} is {kind(entry)}, not an object"
     return None

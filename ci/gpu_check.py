@@ -131,10 +131,20 @@ def failed_cases(run_dir: Path) -> int:
 
 
 def not_run_cases(run_dir: Path) -> list[str]:
+    """The run's cases with no record: run.json lists them as the run starts and again as it ends, so a run killed
+    in between lists cases it did record."""
     try:
-        return json.loads((run_dir / "run.json").read_text()).get("not_run") or []
+        listed = json.loads((run_dir / "run.json").read_text()).get("not_run") or []
+        lines = (run_dir / "records.jsonl").read_text().splitlines() if listed else []
     except (OSError, ValueError):
         return []
+    recorded = set()
+    for line in lines:
+        try:
+            recorded.add(json.loads(line).get("case_id"))
+        except ValueError:  # the line a kill cut short
+            pass
+    return [c for c in listed if c not in recorded]
 
 
 def main(argv: list[str]) -> int:

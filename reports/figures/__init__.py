@@ -139,7 +139,8 @@ def load_frame(run_dirs) -> pd.DataFrame:
         frame["command"] = [reproduce_command(s, v, p, size, d) for s, v, p, size, d in
                             zip(frame["suite"], frame["variant"], frame["params"], frame["size"], devices)]
         parts.append(frame)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["suite", "status", "run"])
+    # copied: a concat of runs with different metric columns is one block a column, which every insert warns of
+    return pd.concat(parts, ignore_index=True).copy() if parts else pd.DataFrame(columns=["suite", "status", "run"])
 
 
 def ok(frame: pd.DataFrame, *metrics: str) -> pd.DataFrame:

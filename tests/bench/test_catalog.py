@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,11 +41,14 @@ def test_an_edited_suite_or_a_new_distribution_changes_the_key(tmp_path, monkeyp
     assert catalog.key() != before
 
 
-def test_a_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("text", ['{"suites": [{"name": "trunc', '{"suites": [1]}', '{"suites": {"a": 1}}', "[]",
+                                  '{"suites": [{"cases": 1}]}'])
+def test_a_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, text):
+    # truncated, or whole JSON of another shape: rebuilt, never a traceback of `bench list`
     monkeypatch.setenv("TECHBENCH_CACHE", str(tmp_path))
     path = catalog._path(catalog.key())
     path.parent.mkdir(parents=True)
-    path.write_text('{"suites": [{"name": "trunc')
+    path.write_text(text)
     rows = catalog.catalog()
     assert "checkpointing" in [r["name"] for r in rows]
     assert json.loads(path.read_text())["suites"] == rows

@@ -1,6 +1,8 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +182,14 @@ def test_an_unmatched_params_message_names_values_of_any_type():
     err = no_case_matches([Stub()], "smoke", "cpu", {"shape": "x", "n": "7", "flag": "True"}, "shape=x,n=7,flag=True")
     assert str(err) == ("no smoke case matches --params shape=x,n=7,flag=True (shape takes None, [1, 2]; n takes 2.5, "
                         "3; params: flag, n, shape)")
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    # `bench list --json | head`: the pipe closes under a 195 KB listing, which must end without a traceback
+    env = {**os.environ, "TECHBENCH_CACHE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "list", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err

@@ -109,7 +109,7 @@ def test_a_timeout_says_how_long_the_case_ran_and_what_it_was_doing(talking):
     talking.variants, talking.timeout_s = ["hang"], 3.0
     code, [record] = runner.run(talking)
     assert code == 1 and record.status == "timeout"
-    assert re.match(r"no result after \d+s \(--timeout 3 s\): the case was killed; its last progress, logged ",
+    assert re.match(r"no result after \d+\.\d s \(--timeout 3 s\): the case was killed; its last progress, logged ",
                     record.error), record.error
     assert record.error.endswith(f" before: {LAST}")
 

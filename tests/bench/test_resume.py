@@ -96,6 +96,27 @@ def test_resume_without_out_refuses_with_the_command_to_use(newcomer, capsys, mo
     assert len(read_records(run / RECORDS_JSONL)) == 1  # untouched
 
 
+def test_a_narrower_resume_names_what_is_left_and_a_used_out_is_refused_before_the_load_sample(
+        newcomer, capsys, monkeypatch):
+    from bench import doctor
+
+    sampled = []
+    monkeypatch.setattr(doctor, "critical_warning", lambda device, since=None: sampled.append(device))
+    monkeypatch.setattr(progress, "make_progress", lambda console: StopAfter(1))
+    assert bench(capsys, *SLOW)[0] == 130 and sampled == ["cpu"]
+    [run] = [p.relative_to(newcomer) for p in (newcomer / "runs").iterdir()]
+    code, _, err = bench(capsys, *SLOW, "--out", str(run))  # no --resume: a usage error, said before any sample
+    assert code == 2 and "already holds a run" in err and err.count("\n") == 1 and sampled == ["cpu"]
+
+    monkeypatch.setattr(progress, "make_progress", lambda console: progress.PlainProgress())
+    code, out, err = bench(capsys, *SLOW, "--variant", "b", "--resume", "--out", str(run))
+    left = read_run_json(run)["not_run"]
+    assert code == 0 and len(left) == 2 and all("/a/" in c for c in left)  # a's cases after the first
+    assert f"bench: {run} stays unfinished: 2 cases of the selection it was started for have no record" in err
+    assert err.strip().endswith(f"`bench run _slow --size smoke --device cpu --inline --resume --out {run}` runs "
+                                "them"), err
+
+
 def test_retry_failed_runs_errors_again_and_keeps_one_record_a_case(tmp_path, monkeypatch):
     cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
     code, records = runner.run(cfg)

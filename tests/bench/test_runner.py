@@ -178,6 +178,34 @@ def test_a_budget_stops_starting_cases_and_resume_runs_the_rest(tmp_path):
     assert lines_per_case(tmp_path / "run" / "records.jsonl") == Counter(every)
 
 
+def test_a_run_resumed_for_fewer_cases_than_it_was_started_for_stays_unfinished(tmp_path, monkeypatch):
+    # killed after two cases, then resumed for variant b alone: b's cases run, a's stay listed and the run unfinished
+    # (history would refuse it), until a resume of the whole selection
+    every = [c.id for c in runner.plan([SUITES["_slow"]], "smoke", "cpu")]
+    real, calls = runner._execute, []
+
+    def killed_at_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(runner, "_execute", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(config(tmp_path, suite="_slow", inline=True))
+    monkeypatch.setattr(runner, "_execute", real)
+    assert read_run_json(tmp_path / "run")["not_run"] == every  # listed as the run started
+    code, records = runner.run(config(tmp_path, suite="_slow", inline=True, resume=True, variants=["b"]))
+    meta, done = read_run_json(tmp_path / "run"), set(lines_per_case(tmp_path / "run" / "records.jsonl"))
+    assert code == 0 and {r.variant for r in records} == {"b"} and meta["finished_at"] is None
+    assert meta["not_run"] == [c for c in every if c not in done] and meta["not_run"]
+    assert all("/a/" in c for c in meta["not_run"])
+    code, records = runner.run(config(tmp_path, suite="_slow", inline=True, resume=True))
+    meta = read_run_json(tmp_path / "run")
+    assert code == 0 and "not_run" not in meta and meta["finished_at"]
+    assert lines_per_case(tmp_path / "run" / "records.jsonl") == Counter(every)
+
+
 def test_a_case_cut_off_by_the_budget_is_not_recorded(tmp_path):
     # two 5 s sleeps and a 2 s budget: the first is killed when the budget ends, unrecorded, so --resume reruns it
     code, records = runner.run(config(tmp_path, size="quick", variants=["sleep"], budget_s=2.0))

@@ -195,11 +195,17 @@ def test_a_case_id_recorded_twice_is_said_and_its_last_record_counts(capsys, tmp
     ("suites", "x", "suites is str, not an object"),
     ("run_id", None, "run_id is null, not a string"),
     ("argv", {"a": 1}, "argv is dict, not a list"),
+    # a suite's declaration, which compare, history and the report's figures index into
+    ("suites", {"s": 5}, "suites.s is int, not an object"),
+    ("suites", {"s": {"metrics": "x"}}, "suites.s.metrics is str, not an object"),
+    ("suites", {"s": {"metrics": {"x_ms": "x"}}}, "suites.s.metrics.x_ms is str, not an object"),
+    ("suites", {"s": {"parts": {"a": []}}}, "suites.s.parts.a is list, not an object"),
 ])
 def test_a_run_json_field_of_the_wrong_type_is_one_line_exit_2(capsys, tmp_path, field, value, message):
     run = write_run(tmp_path / "r", [json.dumps(good(0))])
     meta = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**meta, field: value}))
-    for argv in (["compare", run, run], ["export", run, "--format", "pytest-benchmark", "-o", tmp_path / "pb.json"]):
+    for argv in (["compare", run, run], ["export", run, "--format", "pytest-benchmark", "-o", tmp_path / "pb.json"],
+                 ["report", run, "-o", tmp_path / "r.html"], ["history", "add", run, "--store", tmp_path / "h"]):
         code, _, err = cli(capsys, *argv)
         assert code == 2 and err.count("\n") == 1 and f"{run / 'run.json'}: {message}" in err
