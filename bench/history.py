@@ -79,7 +79,8 @@ def add(run_dir: str | Path, store: str | Path) -> int:
     twice = repeated_case(run_dir)
     if twice is not None:
         raise ValueError(f"{run_dir} holds case {twice} more than once ({RECORDS_JSONL} has several records of it); "
-                         "the history keeps one row per case and metric of a run")
+                         "the history keeps one row per case and metric of a run (after a --retry-failed cut short, "
+                         f"`bench run ... --resume --out {run_dir}` drops the failures it replaced)")
     records = read_records(run_dir / RECORDS_JSONL)
     run_id = str(meta.get("run_id") or run_dir.name)
     path = store / RUNS / f"{_file_stem(run_id)}.parquet"

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from bench import ranks
 from bench.case import SEED, Case, execute
 from bench.distributed import Launch, aggregate, run_distributed
-from bench.lifeline import KEEPER_WAIT_S, exit_code, freeze_alive, keep
+from bench.lifeline import KEEPER_WAIT_S, exit_code, freeze_alive, keep, kill_session
 from bench.progress import duration, read_note
 from bench.suite import SUITES, directions, unmet
 
@@ -171,6 +171,8 @@ def _kept(ctx, target, *args):
         if proc.is_alive():
             proc.kill()
             proc.join(10)
+        if proc.exitcode is not None and proc.exitcode < 0:  # a keeper killed by a signal killed nothing itself
+            kill_session(proc.pid)
 
 
 def _node(lifeline, nproc: int, spec: str, preload: list[str], env: dict[str, str], log: str,

@@ -19,6 +19,9 @@ Either way it SIGKILLs every descendant of its own, again until none is alive, t
 - The keeper leads a session of its own, so a signal meant for `bench`'s terminal group (Ctrl-C) does not reach the
   case behind `bench`'s back; `bench` ends a case by closing its lifeline. SIGTERM, SIGINT or SIGHUP sent to the
   keeper itself ends its case the same way.
+- A keeper killed outright (SIGKILL, the out-of-memory killer) kills nothing: `bench` then kills what is left in its
+  session (`kill_session`). The case's own process, whose memory is the OOM killer's target, is made its first choice
+  over the keeper (oom_score_adj raised by 500, which needs no privilege).
 
 Elsewhere than Linux the keeper finds descendants with `ps` and is no subreaper, so an orphan may escape it. A case
 run with --inline runs in `bench` itself, under no keeper.
@@ -82,6 +85,7 @@ def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
     keeper = os.getpid()
     pid = os.fork()
     if pid == 0:
+        _oom_first()
         child_main(target, keeper)
     previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}  # after the fork: the case keeps its own
     try:
@@ -95,6 +99,21 @@ def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return code
+
+
+OOM_FIRST = 500
+"""What a case's process adds to its oom_score_adj (-1000..1000): under memory pressure the kernel kills it, which
+holds the case's memory, rather than its keeper, which holds only what it shares with the server."""
+
+
+def _oom_first() -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as f:
+            adj = min(1000, int(f.read()) + OOM_FIRST)
+            f.seek(0)
+            f.write(str(adj))
+    except (OSError, ValueError):  # not Linux, or a /proc that refuses: the keeper may be chosen, as before
+        pass
 
 
 def freeze_alive(collect: bool = True) -> None:
@@ -182,6 +201,41 @@ def kill_descendants(wait_s: float = KILL_WAIT_S) -> None:
         time.sleep(pause)
         pause = min(2 * pause, 0.01)
         _reap()
+
+
+def kill_session(sid: int, wait_s: float = 5.0) -> None:
+    """SIGKILL every live process of session `sid` (a keeper's: it leads one), again until none is left or `wait_s`
+    has passed: what a keeper killed outright (the OS's out-of-memory killer, say) left behind. Its case dies with it
+    (PR_SET_PDEATHSIG), but what the case started was handed to the nearest subreaper or PID 1, out of any tree; it is
+    still in the keeper's session unless it started one of its own. Linux only (/proc)."""
+    deadline = time.monotonic() + wait_s
+    while os.path.isdir("/proc/self"):
+        left = [pid for pid in _sessions().get(sid, ()) if pid != os.getpid()]
+        if not left or time.monotonic() > deadline:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+
+
+def _sessions() -> dict[int, list[int]]:
+    """session id -> the live (not zombie) processes in it."""
+    found: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:  # ended meanwhile
+            continue
+        state, _, _, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if state not in "ZX":
+            found.setdefault(int(session), []).append(int(name))
+    return found
 
 
 def descendants(root: int) -> list[int]:

@@ -42,7 +42,8 @@ def merge(run_dirs: list[Path], out: Path, argv: list[str] | None = None) -> tup
         twice = repeated_case(d)
         if twice is not None:
             raise MergeError(f"{d} holds case {twice} more than once ({RECORDS_JSONL} has several records of it): a "
-                             "run has each case once")
+                             "run has each case once (after a --retry-failed cut short, `bench run ... --resume --out "
+                             f"{d}` drops the failures it replaced)")
         try:
             meta, records = read_run_json(d), read_records(Path(d) / RECORDS_JSONL)
         except SchemaError as e:

@@ -149,6 +149,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     if (message := scan.warning(cfg.out / RECORDS_JSONL)) is not None:
         warnings.warn(message, stacklevel=3)
     finished = {r.case_id: r for r in scan.records}
+    if rebuild is not None:
+        _check_rebuild(cfg, scan, rebuild)
     environment = envmod.collect()
     env_id = envmod.env_id(environment)  # of this machine now: a resumed run may continue elsewhere
     if meta is None:
@@ -187,7 +189,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     if progress is not None:
         progress.start(len(cases), len(cases) - len(todo), Eta.from_runs(cfg.out, [c.id for c in todo], cfg.device))
     # the writer closes before _replacing drops what the retried cases' new records replace
-    with _replacing(cfg.out / RECORDS_JSONL, cfg.retry_failed), RecordWriter(cfg.out / RECORDS_JSONL) as writer, \
+    with _replacing(cfg.out / RECORDS_JSONL, cfg.resume), RecordWriter(cfg.out / RECORDS_JSONL) as writer, \
             _stopping(progress), tempfile.TemporaryDirectory(prefix="techbench-progress-") as notes:
         for i, case in enumerate(todo):
             waited = _wait_idle(case, cfg, deadline, progress)  # not part of the case's time, nor of its timeout
@@ -231,6 +233,19 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     return (1 if stopped or any(r.status in FAILED for r in records) else 0), records
 
 
+def _check_rebuild(cfg: RunConfig, scan: Scan, rebuild: str) -> None:
+    """A run.json rebuilt from the records takes its size, device and shard from this command: refused (RunDirError)
+    unless every record is a case that these would plan, of any variant (a resume may select fewer), so that a smoke
+    run's records are never relabelled quick."""
+    suites = [SUITES[name] for name in sorted({r.suite for r in scan.records}) if name in SUITES]
+    known = {c.id for c in plan(suites, cfg.size, cfg.device, shard=cfg.shard, world_size=cfg.launch.world_size)}
+    strange = [r.case_id for r in scan.records if r.case_id not in known]
+    if strange:
+        raise RunDirError(f"cannot resume {cfg.out}: {rebuild}, and {len(strange)} of its records are not "
+                          f"{cfg.size} cases on {cfg.device} (such as {strange[0]}); resume it with the --size, "
+                          "--device and --shard that made it, or choose another --out")
+
+
 def _checked(result: dict[str, Any]) -> dict[str, Any]:
     """An ok result whose metrics or samples a record cannot hold (an object, a non-string key, a string sample) is
     an error of its case, named by its key: the run goes on, and --resume does not trip on it again."""
@@ -260,14 +275,15 @@ def _wait_idle(case: Case, cfg: RunConfig, deadline: float | None, progress) -> 
 
 
 @contextmanager
-def _replacing(path: Path, retry_failed: bool):
-    """--retry-failed: when the run ends, however it ends, each error or timeout record that a later record of its
-    case replaced is dropped from records.jsonl, so the run holds one record a case, as `bench merge` and `bench
-    history add` require. Readers keep the last record of a case anyway: a run killed before this loses nothing."""
+def _replacing(path: Path, resume: bool):
+    """--resume (--retry-failed among them): when the run ends, however it ends, each error or timeout record that a
+    later record of its case replaced is dropped from records.jsonl, so the run holds one record a case, as `bench
+    merge` and `bench history add` require; a plain resume so tidies after a --retry-failed that was killed. Readers
+    keep the last record of a case anyway: a run killed before this loses nothing."""
     try:
         yield
     finally:
-        if retry_failed:
+        if resume:
             _drop_replaced(path)
 
 

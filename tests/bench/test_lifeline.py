@@ -33,7 +33,8 @@ class Strays(Suite):
     name = "_strays"
     variants = {"leave": "starts a sleep and returns", "hang": "starts a sleep and never returns",
                 "fork_segv": "forks a sleeping child, then segfaults",
-                "kill_keeper": "forks a sleeping child, then kills its keeper"}
+                "kill_keeper": "forks a sleeping child, then kills its keeper",
+                "oom_adj": "reports its own oom_score_adj and its keeper's"}
 
     def grid(self, size, device):
         # read in `bench`, where the test set it: the forkserver's environment may predate the test
@@ -45,6 +46,9 @@ class Strays(Suite):
                 f.write(f"{pid}\n")
 
         note(os.getpid())
+        if variant == "oom_adj":
+            adj = [int(Path(f"/proc/{pid}/oom_score_adj").read_text()) for pid in (os.getpid(), os.getppid())]
+            return Measurement({"own_adj": float(adj[0]), "keeper_adj": float(adj[1])})
         if variant in ("fork_segv", "kill_keeper"):
             child = os.fork()
             if child == 0:  # holds the case's end of the result pipe open while it sleeps
@@ -154,8 +158,20 @@ def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
         assert record.status == "error" and record.error == "the case's process was killed by SIGSEGV"
         assert record.elapsed_s < 20
         assert _until(lambda: not _alive(case), 5)  # it dies with its keeper (PR_SET_PDEATHSIG)
+        # what the case started was handed out of the keeper's tree, but is still in its session: bench kills it
+        assert _until(lambda: not _alive(child), 5), "the case's child outlived its killed keeper"
     finally:
-        os.kill(child, signal.SIGKILL)  # no keeper is left to end it: the one limit of the design
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="needs Linux's /proc/PID/oom_score_adj")
+def test_the_out_of_memory_killer_takes_the_case_before_its_keeper(tmp_path):
+    # a keeper killed outright kills nothing itself: the case's process, which holds the case's memory, goes first
+    code, [record] = runner.run(config(tmp_path, variants=["oom_adj"]))
+    assert code == 0 and record.status == "ok", record.error
+    keeper = record.metrics["keeper_adj"]
+    assert record.metrics["own_adj"] == min(1000, keeper + 500)  # the most it can be: 1000
 
 
 def test_a_stray_subprocess_ends_with_its_case(tmp_path, monkeypatch):

@@ -134,6 +134,22 @@ def test_retry_failed_runs_errors_again_and_keeps_one_record_a_case(tmp_path, mo
     assert repeated_case(tmp_path / "run") is None  # so merge and history add take the run
 
 
+def test_a_plain_resume_tidies_after_a_retry_that_was_cut_short(tmp_path, monkeypatch):
+    # a --retry-failed killed after a retried case's new record left the old failure beside it: the next resume,
+    # --retry-failed or not, drops it, so history and merge take the run
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
+    runner.run(cfg)
+    monkeypatch.setattr(Flaky, "failing", False)
+    monkeypatch.setattr(runner, "_drop_replaced", lambda path: None)  # as if killed before its tidying
+    runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "retry_failed": True}))
+    assert repeated_case(tmp_path / "run") is not None
+    monkeypatch.undo()
+    monkeypatch.setattr(Flaky, "failing", False)
+    code, records = runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
+    assert code == 0 and [r.status for r in records] == ["ok"] * 4
+    assert repeated_case(tmp_path / "run") is None
+
+
 def test_a_replaced_failure_is_dropped_and_nothing_else(tmp_path):
     def record(case, status):
         return json.dumps({"schema": 1, "run_id": "r", "suite": "s", "variant": "v", "params": {}, "case_id": case,

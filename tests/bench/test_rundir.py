@@ -173,6 +173,20 @@ def test_resume_takes_the_run_id_from_the_records_when_run_json_is_damaged(tmp_p
     assert meta["run_id"] == run_id and "rebuilt" in meta and meta["finished_at"]
 
 
+def test_a_rebuilt_run_json_never_relabels_records_of_another_size(tmp_path):
+    # run.json lost: its size is taken from the resuming command, so every record must be a case it would plan
+    out = tmp_path / "r"
+    assert runner.run(parts(out, variants=["a"]))[0] == 0
+    with (out / RECORDS_JSONL).open("a") as f:  # a case of another size's grid
+        f.write(json.dumps({**lines(out)[0], "case_id": "_parts/a/n=64,part=x", "params": {"part": "x", "n": 64}})
+                + "\n")
+    (out / RUN_JSON).unlink()
+    before = files(out)
+    with pytest.raises(RunDirError, match=r"1 of its records are not smoke cases on cpu \(such as _parts/a/n=64"):
+        runner.run(parts(out, resume=True))
+    assert files(out) == before
+
+
 def test_resume_without_run_json_refuses_records_of_two_runs(tmp_path):
     out = tmp_path / "r"
     out.mkdir()
