@@ -7,10 +7,12 @@ refused before anything is created. While a run writes, it holds an exclusive fl
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
 
+from bench.atomic import OutputError
 from bench.records import (
     RECORDS_JSONL,
     RUN_JSON,
@@ -42,6 +44,9 @@ class RunLock:
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if e.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM):  # a write failure
+                raise OutputError(f"cannot create the lock file {path}: {e.strerror or e}; nothing was written, and "
+                                  "what the folder holds is as it was") from None
             raise RunDirError(f"cannot create the lock file {path}: {e.strerror or e}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

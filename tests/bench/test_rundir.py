@@ -230,3 +230,24 @@ def test_a_full_disk_when_resume_starts_leaves_run_json_whole(capsys, tmp_path, 
     assert files(out) == before and not (out / "run.json.tmp").exists()
     code, _, err = cli(capsys, *RUN, "--out", out, "--resume")
     assert code == 0, err  # and the run resumes once there is space
+
+
+def test_a_read_only_run_directory_is_a_write_failure_exit_1(capsys, tmp_path, monkeypatch):
+    # as the README's exit codes say: a read-only target (or a full disk) is a failed write, 1, not bad usage
+    import errno
+
+    from bench import rundir
+
+    out = tmp_path / "r"
+    assert cli(capsys, *RUN, "--out", out)[0] == 0
+    before, real = files(out), os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(LOCK):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.os, "open", read_only)
+    code, _, err = cli(capsys, *RUN, "--out", out, "--resume")
+    assert code == 1 and err.count("\n") == 1 and "cannot create the lock file" in err and "Read-only" in err
+    assert files(out) == before
