@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select as io_select
 import signal
 import sys
 import threading
@@ -218,6 +219,16 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"bench: warning: {message}", file=sys.stderr)
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has closed it (poll reports an error on its write end)."""
+    try:
+        poller = io_select.poll()
+        poller.register(sys.stdout.fileno(), io_select.POLLOUT)
+        return any(events & io_select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's capture), or no poll here
+        return False
+
+
 def _terminated(signum, frame):
     raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does: its cases' processes ended, finished records kept
 
@@ -249,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; finished records are kept, rerun with --resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`bench list --json | head`): stop quietly, as a pipe's writer
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's flush at exit raises again
-        except (OSError, ValueError):  # a stdout without a descriptor (a test's capture)
-            pass
+    except BrokenPipeError:
+        if not _stdout_gone():  # another pipe (a child's, a socket): a failure like any other
+            raise
+        # the reader of the output went away (`bench list --json | head`): stop quietly, as a pipe's writer does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # or Python's flush at exit raises again
         return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe ended

@@ -251,8 +251,8 @@ def cmd_run(args, discover, write_report) -> int:
     not_run = meta.get("not_run") or []
     selected = {c.id for c in runner.plan(suites, args.size, device, args.variant, shard, where or None,
                                           how.world_size, args.case)}
-    if set(not_run) & selected:  # this command's own cases: its --budget ran out
-        print(f"bench: the --budget of {args.budget:g} s ran out with {len(not_run)} cases not run (listed in "
+    if stopped := set(not_run) & selected:  # this command's own cases: its --budget ran out
+        print(f"bench: the --budget of {args.budget:g} s ran out with {len(stopped)} cases not run (listed in "
               f"{out / 'run.json'} under not_run); `{runner.resume_command(argv, out)}` runs them", file=sys.stderr)
     elif not_run:
         print(f"bench: {out} stays unfinished: {len(not_run)} cases of the selection it was started for have no "

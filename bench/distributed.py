@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from bench.interference import GPU_KEYS, HOST_KEYS
-from bench.lifeline import KEEPER_WAIT_S
+from bench.lifeline import KEEPER_WAIT_S, kill_session
 
 LOG_LINES = 12
 # How an interference metric aggregates over ranks: the most disturbed rank's value (a flag: any rank's)
@@ -148,6 +148,8 @@ def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
         except subprocess.TimeoutExpired:
             keeper.kill()
             keeper.wait()
+        if keeper.returncode < 0:  # a keeper killed by a signal killed nothing itself: what is left of its session
+            kill_session(keeper.pid)
 
 
 @contextmanager

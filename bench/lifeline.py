@@ -211,6 +211,8 @@ def kill_session(sid: int, wait_s: float = 5.0) -> None:
     deadline = time.monotonic() + wait_s
     while os.path.isdir("/proc/self"):
         left = [pid for pid in _sessions().get(sid, ()) if pid != os.getpid()]
+        if sid in left:  # the keeper is dead and reaped: a live process of its pid is a new one that took the pid
+            return       # (and made a session of its own), never what the keeper left
         if not left or time.monotonic() > deadline:
             return
         for pid in left:

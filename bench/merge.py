@@ -85,7 +85,10 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     devices = {meta.get("device") for _, meta, _ in runs}
     finished = [meta.get("finished_at") for _, meta, _ in runs]
     envs = {meta.get("env_id"): meta.get("env") for _, meta, _ in runs}
-    not_run = [c for _, m, _ in runs for c in m.get("not_run") or []]  # shards stopped by their --budget
+    # what a shard's run.json lists without a record: a shard stopped by its --budget, or killed (listed from its
+    # start, so less what it recorded)
+    recorded = {r.case_id for _, _, records in runs for r in records}
+    not_run = [c for _, m, _ in runs for c in m.get("not_run") or [] if c not in recorded]
     meta = RunMeta(
         run_id="merged-" + new_run_id(), argv=argv or [], size=first.get("size"),
         device=devices.pop() if len(devices) == 1 else "mixed",

@@ -137,6 +137,8 @@ def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa
     torch.nn.attention.sdpa_kernel sets). cuDNN is outside that rule: a CPU-only build cannot tell whether the GPU's
     cuDNN would put it first, and for the unmasked calls it takes there its bytes are flash's."""
     if target == "cpu" or torch.cuda.is_available():
+        if target != "cpu":
+            settle_cuda_priority()
         return _torch_choice("cpu" if target == "cpu" else "cuda", *map(_signature, (q, k, v, mask)), dropout_p,
                              is_causal, scale, enable_gqa, _settings())
     cuda, d = torch.backends.cuda, q.shape[-1]
@@ -156,6 +158,18 @@ def _signature(t):
     """What torch's choice reads of a tensor: its shape, last-dim stride, dtype and whether it requires grad (flash
     refuses head dims over 192 for a backward on sm86, sm89 and sm120); None for no tensor."""
     return None if t is None else (tuple(t.shape), t.stride(-1), t.dtype, t.requires_grad)
+
+
+@functools.cache
+def settle_cuda_priority() -> None:
+    """torch sets its default SDPA priority on CUDA at its first choice in a process (cuDNN first on sm90 and sm100
+    with cuDNN above 9.15), over whatever order was set before it, and torch._C._get_sdp_priority_order() does not
+    trigger that: one choice on tiny CUDA tensors first, so that the settings read (and an order pinned after this)
+    are those torch then uses. Once a process; nothing without CUDA."""
+    if torch.cuda.is_available():
+        with _disable_current_modes():
+            t = torch.empty(1, 1, 8, 8, device="cuda", dtype=torch.float16)
+            torch._fused_sdp_choice(t, t, t)
 
 
 def _settings():

@@ -35,6 +35,11 @@ class RunDirError(ValueError):
     writing it); nothing was written."""
 
 
+WRITE_FAILURES = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM)
+"""What makes --out's folder or lock file fail to be made: a failed write (exit 1, as a full disk mid-run), not bad
+usage."""
+
+
 class RunLock:
     """One writer per run directory: an exclusive, non-blocking flock on OUT/.bench.lock. The kernel drops it when
     the process ends, however it ends, so a killed run never leaves its directory locked."""
@@ -44,10 +49,9 @@ class RunLock:
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            if e.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM):  # a write failure
-                raise OutputError(f"cannot create the lock file {path}: {e.strerror or e}; nothing was written, and "
-                                  "what the folder holds is as it was") from None
-            raise RunDirError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+            if e.errno in WRITE_FAILURES:  # what the folder held is as it was
+                raise OutputError(f"cannot open the lock file {path}: {e.strerror or e}") from None
+            raise RunDirError(f"cannot open the lock file {path}: {e.strerror or e}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -145,6 +149,8 @@ def open_run_dir(out: Path, resume: bool, how: tuple) -> tuple[RunLock, dict | N
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if e.errno in WRITE_FAILURES:
+            raise OutputError(f"cannot create --out {out}: {e.strerror or e}") from None
         raise RunDirError(f"cannot create --out {out}: {e.strerror or e}") from None
     lock = RunLock(out)
     try:

@@ -133,6 +133,8 @@ def run(cfg: RunConfig, progress=None, opened=None) -> tuple[int, list[Record]]:
     shard = "{}/{}".format(*cfg.shard)
     lock, meta, scan, rebuild = open_run_dir(cfg.out, cfg.resume, (cfg.size, cfg.device, shard))
     try:
+        if rebuild is not None:
+            _check_rebuild(cfg, scan, rebuild)
         if opened is not None:
             opened()
         return _run(cfg, progress, cases, shard, meta, scan, rebuild)
@@ -149,8 +151,6 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     if (message := scan.warning(cfg.out / RECORDS_JSONL)) is not None:
         warnings.warn(message, stacklevel=3)
     finished = {r.case_id: r for r in scan.records}
-    if rebuild is not None:
-        _check_rebuild(cfg, scan, rebuild)
     environment = envmod.collect()
     env_id = envmod.env_id(environment)  # of this machine now: a resumed run may continue elsewhere
     if meta is None:
@@ -168,7 +168,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
         meta = RunMeta.from_json(meta)
     # the run's selection is what it was started for and every --resume since: a narrower resume leaves it
     # unfinished, with the rest listed; written now, so that a run killed from here on still lists them
-    selection = [*(meta.not_run or []), *(c.id for c in cases)]
+    selection = [*_still_cases(cfg, meta.not_run or []), *(c.id for c in cases)]
     meta.finished_at, meta.not_run = None, [c for c in dict.fromkeys(selection) if c not in finished] or None
     meta.cpus = sorted(cfg.cpus) if cfg.cpus else None  # run-wide, as --threads' counts under suites are
     meta.machine_start = meta.machine_start or interference.machine_state(marks)  # a resumed run keeps its first
@@ -233,17 +233,43 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     return (1 if stopped or any(r.status in FAILED for r in records) else 0), records
 
 
+def _cases_of(cfg: RunConfig, suite_names) -> set[str]:
+    """The case_ids this command's size, device, shard and world size give the named suites (those loaded here), of
+    every variant and params: what a run made this way may hold."""
+    suites = [SUITES[name] for name in sorted(set(suite_names)) if name in SUITES]
+    return {c.id for c in plan(suites, cfg.size, cfg.device, shard=cfg.shard, world_size=cfg.launch.world_size)}
+
+
 def _check_rebuild(cfg: RunConfig, scan: Scan, rebuild: str) -> None:
-    """A run.json rebuilt from the records takes its size, device and shard from this command: refused (RunDirError)
-    unless every record is a case that these would plan, of any variant (a resume may select fewer), so that a smoke
-    run's records are never relabelled quick."""
-    suites = [SUITES[name] for name in sorted({r.suite for r in scan.records}) if name in SUITES]
-    known = {c.id for c in plan(suites, cfg.size, cfg.device, shard=cfg.shard, world_size=cfg.launch.world_size)}
+    """A run.json rebuilt from the records takes its size, device, shard and world size from this command: refused
+    (RunDirError) unless every record is a case these would plan, of any variant (a resume may select fewer), so
+    that a smoke run's records are never relabelled quick."""
+    absent = sorted({r.suite for r in scan.records if r.suite not in SUITES})
+    if absent:
+        raise RunDirError(f"cannot resume {cfg.out}: {rebuild}, and its records name suites not loaded here "
+                          f"({', '.join(absent)}); install the plug-in that has them, or choose another --out")
+    known = _cases_of(cfg, (r.suite for r in scan.records))
     strange = [r.case_id for r in scan.records if r.case_id not in known]
     if strange:
+        world = f" over {cfg.launch.world_size} ranks" if cfg.launch.world_size > 1 else ""
         raise RunDirError(f"cannot resume {cfg.out}: {rebuild}, and {len(strange)} of its records are not "
-                          f"{cfg.size} cases on {cfg.device} (such as {strange[0]}); resume it with the --size, "
-                          "--device and --shard that made it, or choose another --out")
+                          f"{cfg.size} cases on {cfg.device}{world} (such as {strange[0]}); resume it with the "
+                          "--size, --device, --shard, --nproc-per-node and --nnodes that made it, or choose another "
+                          "--out")
+
+
+def _still_cases(cfg: RunConfig, listed: list[str]) -> list[str]:
+    """Of the case_ids a run listed as not run, those this code still plans for it (a grid may have changed since,
+    or a plug-in not load): the others are dropped with a warning, or the run could never finish."""
+    if not listed:
+        return []
+    known = _cases_of(cfg, (c.split("/", 1)[0] for c in listed))
+    gone = [c for c in listed if c not in known]
+    if gone:
+        warnings.warn(f"{len(gone)} of the cases {cfg.out / 'run.json'} lists as not run are no {cfg.size} cases "
+                      f"here now (such as {gone[0]}: its grid changed, or its suite did not load); dropped from "
+                      "not_run", stacklevel=4)
+    return [c for c in listed if c in known]
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:

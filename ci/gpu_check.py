@@ -111,7 +111,9 @@ class Check:
         cases = not_run_cases(run_dir)
         if cases:
             self.not_run += [f"{name}: {c}" for c in cases]
-            step, _, seconds = self.steps[-1]
+            step, status, seconds = self.steps[-1]
+            if status != "failed (exit 1)":  # not a run that stopped itself (a crash, a kill): its status stands
+                return
             failed = failed_cases(run_dir)  # the run exits 1 when stopped; say so if cases failed too
             status = f"stopped at the budget, {len(cases)} cases not run" + (f"; {failed} failed" if failed else "")
             self.steps[-1] = (step, status, seconds)
@@ -123,11 +125,23 @@ def bench_has(command: str) -> bool:
 
 
 def failed_cases(run_dir: Path) -> int:
+    return sum(1 for r in _records(run_dir) if r.get("status") in ("error", "timeout"))
+
+
+def _records(run_dir: Path) -> list[dict]:
+    """records.jsonl's records, read raw: none where it is missing (killed before its first), and no line a kill cut
+    short."""
     try:
         lines = (run_dir / "records.jsonl").read_text().splitlines()
     except OSError:
-        return 0
-    return sum(1 for line in lines if line.strip() and json.loads(line).get("status") in ("error", "timeout"))
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return [r for r in out if isinstance(r, dict)]
 
 
 def not_run_cases(run_dir: Path) -> list[str]:
@@ -135,15 +149,9 @@ def not_run_cases(run_dir: Path) -> list[str]:
     in between lists cases it did record."""
     try:
         listed = json.loads((run_dir / "run.json").read_text()).get("not_run") or []
-        lines = (run_dir / "records.jsonl").read_text().splitlines() if listed else []
     except (OSError, ValueError):
         return []
-    recorded = set()
-    for line in lines:
-        try:
-            recorded.add(json.loads(line).get("case_id"))
-        except ValueError:  # the line a kill cut short
-            pass
+    recorded = {r.get("case_id") for r in _records(run_dir)} if listed else set()
     return [c for c in listed if c not in recorded]
 
 

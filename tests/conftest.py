@@ -165,6 +165,9 @@ def flash_first():
     with torch 2.11), which would change the names, not what the test checks. No effect on a CPU's choice."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from bench.plan_attention import settle_cuda_priority
+
+    settle_cuda_priority()  # or torch's first CUDA choice would put its own default over the order pinned here
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
     with sdpa_kernel(order, set_priority=True):
         yield

@@ -193,3 +193,15 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_a_broken_pipe_that_is_not_the_output_is_a_failure(monkeypatch):
+    # only the reader of stdout going away is quiet: a child's pipe or a socket breaking is an error like any other
+    import bench.cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(bench.cli, "cmd_list", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["list"])

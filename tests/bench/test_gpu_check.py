@@ -2,9 +2,12 @@
 each step gets."""
 
 import importlib.util
+import json
 import sys
 import tarfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +68,22 @@ def test_a_run_that_keeps_time_for_later_steps_still_gets_half_of_what_is_left(t
     assert check.step("halved", echo, log="halved.log", budgeted_run=True, keep_s=150.0) == "ok"
     assert float((tmp_path / "halved.log").read_text()) == round(own / 2)  # 150 s of 165: half, not 15 s
     assert check.step("plain", echo, log="plain.log") == "ok" and (tmp_path / "plain.log").read_text() == "-c\n"
+
+
+@pytest.mark.parametrize("status, relabelled", [("failed (exit 1)", True), ("failed (exit -9)", False),
+                                                ("timeout", False)])
+def test_only_a_run_that_stopped_itself_is_said_to_be_stopped_at_the_budget(tmp_path, status, relabelled):
+    # run.json lists the cases without a record from the run's start: a crashed or killed run lists them too,
+    # and they are not run, but only a run that exited 1 by itself was stopped by its budget
+    run = tmp_path / "quick"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"not_run": ["s/a/n=1", "s/a/n=2", "s/a/n=3"]}))
+    (run / "records.jsonl").write_text(json.dumps({"case_id": "s/a/n=1", "status": "ok"}) + "\n{\"case_")
+    module = gpu_check()
+    check = module.Check(tmp_path, None)
+    check.steps.append(("quick", status, 1.0))
+    check.runs_stopped(run, "quick")
+    assert check.not_run == ["quick: s/a/n=2", "quick: s/a/n=3"]  # the recorded one, and the line cut short, aside
+    assert (check.steps[-1][1] == "stopped at the budget, 2 cases not run") == relabelled
+    (run / "records.jsonl").unlink()  # killed before its first record
+    assert module.not_run_cases(run) == ["s/a/n=1", "s/a/n=2", "s/a/n=3"]

@@ -110,3 +110,14 @@ def test_missing_shards():
     assert missing_shards(["1/4", "3/4"]) == ["2/4", "4/4"]
     assert missing_shards(["2/2", "1/2"]) == []
     assert missing_shards(["1/2", "1/3"]) == []  # not one sweep's shards: nothing to say
+
+
+def test_a_killed_shards_not_run_loses_what_it_recorded(tmp_path, capsys):
+    # run.json lists a run's cases without a record from its start: a shard killed midway lists some it recorded
+    from bench.records import write_run_json
+
+    shards = [sweep(tmp_path, f"shard{i}", (i, 2)) for i in (1, 2)]
+    done = [r.case_id for r in read_records(shards[0] / "records.jsonl")]
+    write_run_json(shards[0], {**read_run_json(shards[0]), "finished_at": None, "not_run": [done[0], "_endings/x/"]})
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
+    assert read_run_json(tmp_path / "merged")["not_run"] == ["_endings/x/"]

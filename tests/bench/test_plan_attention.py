@@ -89,6 +89,7 @@ def test_the_plans_cuda_attention_is_the_kernel_cuda_runs(first):
     # with cuDNN above 9.15), and with flash or cuDNN put first
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    plan_attention.settle_cuda_priority()  # torch's own default is set at its first choice, over an order set before
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]
     if first != "torch's own":
         order.remove(getattr(SDPBackend, first))

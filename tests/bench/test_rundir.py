@@ -249,5 +249,5 @@ def test_a_read_only_run_directory_is_a_write_failure_exit_1(capsys, tmp_path, m
 
     monkeypatch.setattr(rundir.os, "open", read_only)
     code, _, err = cli(capsys, *RUN, "--out", out, "--resume")
-    assert code == 1 and err.count("\n") == 1 and "cannot create the lock file" in err and "Read-only" in err
+    assert code == 1 and err.count("\n") == 1 and "cannot open the lock file" in err and "Read-only" in err
     assert files(out) == before

@@ -206,6 +206,21 @@ def test_a_run_resumed_for_fewer_cases_than_it_was_started_for_stays_unfinished(
     assert lines_per_case(tmp_path / "run" / "records.jsonl") == Counter(every)
 
 
+def test_a_case_no_longer_planned_leaves_not_run_with_a_warning(tmp_path):
+    # listed as not run by an older grid (or a plug-in that no longer loads): no resume could ever record it, so the
+    # run would never finish; it is dropped, said once
+    assert runner.run(config(tmp_path, suite="_slow", inline=True))[0] == 0
+    from bench.records import write_run_json
+
+    meta = read_run_json(tmp_path / "run")
+    write_run_json(tmp_path / "run", {**meta, "finished_at": None, "not_run": ["_slow/a/delay=9,i=0", "_gone/x/"]})
+    with pytest.warns(UserWarning, match=r"2 of the cases .* lists as not run are no smoke cases here now \(such as "
+                                         r"_slow/a/delay=9,i=0"):
+        code, _ = runner.run(config(tmp_path, suite="_slow", inline=True, resume=True))
+    meta = read_run_json(tmp_path / "run")
+    assert code == 0 and "not_run" not in meta and meta["finished_at"]
+
+
 def test_a_case_cut_off_by_the_budget_is_not_recorded(tmp_path):
     # two 5 s sleeps and a 2 s budget: the first is killed when the budget ends, unrecorded, so --resume reruns it
     code, records = runner.run(config(tmp_path, size="quick", variants=["sleep"], budget_s=2.0))
