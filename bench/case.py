@@ -121,14 +121,17 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
     except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record
         if isinstance(e, KeyboardInterrupt):
             raise
-        status = "oom" if _is_oom(e) else "error"
-        tail = "".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:]
-        return {"status": status, "error": "\n".join(tail)}
+        return {"status": "oom" if _is_oom(e) else "error", "error": traceback_tail(e)}
     finally:
         if previous is not None:
             import torch
 
             torch.set_num_threads(previous)
+
+
+def traceback_tail(e: BaseException) -> str:
+    """The last TRACEBACK_LINES lines of `e`'s traceback: a failed case's error."""
+    return "\n".join("".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:])
 
 
 def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:

@@ -28,7 +28,7 @@ from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 from bench import ranks
-from bench.case import SEED, Case, execute
+from bench.case import SEED, Case, execute, traceback_tail
 from bench.distributed import Launch, aggregate, run_distributed
 from bench.lifeline import KEEPER_WAIT_S, exit_code, freeze_alive, keep, kill_session
 from bench.progress import duration, read_note
@@ -49,7 +49,13 @@ def _child(lifeline, conn, case: Case, device: str, seed: int, threads: int | No
 
     def run():
         freeze_alive(collect=False)  # what the server imported; a collection here would walk it all once more
-        conn.send(execute(case, device, seed, threads, progress))
+        try:
+            result = execute(case, device, seed, threads, progress)
+        except KeyboardInterrupt as e:  # the case's own (no Ctrl-C reaches it here: its keeper has a session of its
+            # own, and `bench` ends a case by its lifeline): an error of the case, with its traceback, as --inline
+            # would stop on it
+            result = {"status": "error", "error": traceback_tail(e)}
+        conn.send(result)
         conn.close()
 
     with pinned(cpus):  # the keeper: the case it forks, and all the case starts, inherit the CPUs

@@ -34,7 +34,8 @@ class Strays(Suite):
     variants = {"leave": "starts a sleep and returns", "hang": "starts a sleep and never returns",
                 "fork_segv": "forks a sleeping child, then segfaults",
                 "kill_keeper": "forks a sleeping child, then kills its keeper",
-                "oom_adj": "reports its own oom_score_adj and its keeper's"}
+                "oom_adj": "reports its own oom_score_adj and its keeper's",
+                "interrupt": "raises KeyboardInterrupt itself"}
 
     def grid(self, size, device):
         # read in `bench`, where the test set it: the forkserver's environment may predate the test
@@ -46,6 +47,8 @@ class Strays(Suite):
                 f.write(f"{pid}\n")
 
         note(os.getpid())
+        if variant == "interrupt":
+            raise KeyboardInterrupt("raised by the case")
         if variant == "oom_adj":
             adj = [int(Path(f"/proc/{pid}/oom_score_adj").read_text()) for pid in (os.getpid(), os.getppid())]
             return Measurement({"own_adj": float(adj[0]), "keeper_adj": float(adj[1])})
@@ -172,6 +175,15 @@ def test_the_out_of_memory_killer_takes_the_case_before_its_keeper(tmp_path):
     assert code == 0 and record.status == "ok", record.error
     keeper = record.metrics["keeper_adj"]
     assert record.metrics["own_adj"] == min(1000, keeper + 500)  # the most it can be: 1000
+
+
+def test_a_keyboard_interrupt_the_case_raises_itself_is_its_error(tmp_path):
+    # no Ctrl-C reaches an isolated case (bench ends it by its lifeline): one it raises is an error of the case, with
+    # its traceback, not a process that "exited with code 1", and the run goes on
+    code, records = runner.run(config(tmp_path, variants=["interrupt", "oom_adj"]))
+    record, ok = sorted(records, key=lambda r: r.variant)
+    assert code == 1 and record.status == "error" and ok.status == "ok"
+    assert "KeyboardInterrupt: raised by the case" in record.error and "Traceback" in record.error
 
 
 def test_a_stray_subprocess_ends_with_its_case(tmp_path, monkeypatch):
