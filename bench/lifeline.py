@@ -193,11 +193,7 @@ def kill_descendants(wait_s: float = KILL_WAIT_S) -> None:
         pids = descendants(os.getpid())
         if not pids or time.monotonic() > deadline:
             return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill(pids)
         time.sleep(pause)
         pause = min(2 * pause, 0.01)
         _reap()
@@ -215,17 +211,30 @@ def kill_session(sid: int, wait_s: float = 5.0) -> None:
             return       # (and made a session of its own), never what the keeper left
         if not left or time.monotonic() > deadline:
             return
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill(left)
         time.sleep(0.01)
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # gone meanwhile, or not ours
+            pass
 
 
 def _sessions() -> dict[int, list[int]]:
     """session id -> the live (not zombie) processes in it."""
     found: dict[int, list[int]] = {}
+    for pid, fields in _stats():
+        if fields[0] not in "ZX":
+            found.setdefault(int(fields[3]), []).append(pid)
+    return found
+
+
+def _stats():
+    """(pid, the fields of /proc/PID/stat after the command name, which may hold spaces: state, ppid, pgrp, session,
+    ...) of every process /proc lists."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -234,10 +243,7 @@ def _sessions() -> dict[int, list[int]]:
                 stat = f.read()
         except OSError:  # ended meanwhile
             continue
-        state, _, _, session = stat[stat.rindex(")") + 2:].split()[:4]
-        if state not in "ZX":
-            found.setdefault(int(session), []).append(int(name))
-    return found
+        yield int(name), stat[stat.rindex(")") + 2:].split()
 
 
 def descendants(root: int) -> list[int]:
@@ -264,17 +270,7 @@ def _parents() -> dict[int, tuple[int, bool]]:
     """pid -> (parent pid, alive: not a zombie) of every process."""
     parents = {}
     if os.path.isdir("/proc/self"):
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    stat = f.read()
-            except OSError:  # ended meanwhile
-                continue
-            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]  # after the command name, which may hold spaces
-            parents[int(name)] = int(ppid), state not in "ZX"
-        return parents
+        return {pid: (int(fields[1]), fields[0] not in "ZX") for pid, fields in _stats()}
     ps = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", "stat="], capture_output=True, text=True)
     for line in ps.stdout.splitlines():
         pid, ppid, state = line.split()[:3]
