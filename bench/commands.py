@@ -80,7 +80,8 @@ def cmd_compare(args) -> int:
         from reports.compare_page import write_compare_html
 
         print(f"compare page -> {write_compare_html(result, page)}")
-    return 1 if args.fail_on_regression and (len(result.regressions) or len(result.newly_failing)) else 0
+    failed = len(result.regressions) or len(result.newly_failing) or any(s == "new" for s, _ in result.unfinished)
+    return 1 if args.fail_on_regression and failed else 0
 
 
 def _threshold(pct: float) -> None:

@@ -18,10 +18,12 @@ What a metric is comes from the specs its suite declared, which each run directo
   on the median over runs (`changed` when the metric has no direction).
 - clocked without samples and one run per side (rates, energy, timing ratios and shares), or info (a timing's
   spread, clocks, flags): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
-- contended: a timed verdict (the first two rules) of a case that something outside it disturbed on either side
-  (its record's `contended` flag, in any run of a side; bench.interference), whatever the test said. A load that
-  tripled a timing is not a regression of the code; `allow_contended` keeps the test's verdict. The row's
-  `contended` column says why either way. Exact metrics are compared exactly regardless.
+- contended: a timed verdict (the first two rules) of a case that something outside it disturbed (its record's
+  `contended` flag; bench.interference) in runs of a side, whatever the test said: a load that tripled a timing is
+  not a regression of the code. Where both sides have undisturbed runs of the case left, the test is made again on
+  those alone, and its verdict stands (the row's `contended` column starts with JUDGED_UNDISTURBED and names the
+  runs left out). `allow_contended` keeps the test's verdict over every run. The `contended` column says why either
+  way. Exact metrics are compared exactly regardless.
 Reads run directories only: no torch.
 """
 
@@ -68,9 +70,20 @@ class _Case:
     """Per metric, the samples of each ok run that has some."""
     contended: list[str] = field(default_factory=list)
     """"<run_id>: <reason>" for each ok run whose timed window was disturbed."""
+    disturbed: dict[str, list[bool]] = field(default_factory=dict)
+    """Per metric, beside `runs`: whether that run was contended."""
+    samples_disturbed: dict[str, list[bool]] = field(default_factory=dict)
+    """Per metric, beside `samples`."""
 
     def value(self, metric: str) -> float:
         return float(np.median(self.runs[metric]))
+
+    def undisturbed(self) -> _Case:
+        """This case over its runs that were not contended only."""
+        keep = {m: [v for v, d in zip(vals, self.disturbed[m]) if not d] for m, vals in self.runs.items()}
+        kept = {m: [s for s, d in zip(ss, self.samples_disturbed[m]) if not d] for m, ss in self.samples.items()}
+        return _Case(self.suite, self.variant, self.status, self.error, {m: v for m, v in keep.items() if v},
+                     {m: s for m, s in kept.items() if s})
 
 
 def _merge(records: list[Record]) -> _Case:
@@ -79,15 +92,20 @@ def _merge(records: list[Record]) -> _Case:
     last = records[-1]
     case = _Case(last.suite, last.variant, "ok" if ok else last.status, None if ok else last.error)
     for r in ok:
-        if r.metrics.get("contended") is True:
+        disturbed = r.metrics.get("contended") is True
+        if disturbed:
             case.contended.append(f"{r.run_id}: {contention(r.metrics) or 'flagged contended in its timed window'}")
         for m in dict.fromkeys([*r.metrics, *r.samples]):
             s = [float(x) for x in r.samples.get(m, ()) if _number(x)]
             if s:
                 case.samples.setdefault(m, []).append(s)
+                case.samples_disturbed.setdefault(m, []).append(disturbed)
                 case.runs.setdefault(m, []).append(float(np.median(s)))
             elif _number(r.metrics.get(m)):
                 case.runs.setdefault(m, []).append(float(r.metrics[m]))
+            else:
+                continue
+            case.disturbed.setdefault(m, []).append(disturbed)
     return case
 
 
@@ -135,13 +153,8 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
     sampled = metric in b.samples or metric in n.samples
     row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
            "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None}
-    t = None
-    if spec.kind != "info" and max(len(rb), len(rn)) >= 2 and (sampled or (clocked and d is not None)):
-        t = compare_runs(rb, rn, threshold, alpha)
-    elif spec.kind != "info" and len(rb) == len(rn) == 1 and sampled:
-        sb, sn = b.samples.get(metric, [[]])[0], n.samples.get(metric, [[]])[0]
-        if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
-            t = compare_samples(sb, sn, threshold, alpha)
+    timed = spec.kind != "info" and (sampled or (clocked and d is not None))
+    t = _test(metric, b, n, timed, sampled, threshold, alpha)
     if t is not None:
         row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
         verdict = "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)
@@ -149,6 +162,17 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
         if why and verdict != "n/a":
             row["contended"] = why
             verdict = verdict if allow_contended else "contended"
+            clean_b, clean_n = b.undisturbed(), n.undisturbed()
+            if not allow_contended and metric in clean_b.runs and metric in clean_n.runs:
+                # undisturbed runs left on both sides: judged on those alone, so that one disturbed run (a night
+                # in the baseline, say) neither hides a regression nor makes one
+                u = _test(metric, clean_b, clean_n, timed, sampled, threshold, alpha)
+                if u is not None and not math.isnan(u.ratio):
+                    row.update(base=clean_b.value(metric), new=clean_n.value(metric), ratio=u.ratio,
+                               p_value=u.p_value, ci_low=u.ci_low, ci_high=u.ci_high, run_spread=u.spread,
+                               runs_per_side=f"{len(clean_b.runs[metric])}v{len(clean_n.runs[metric])}",
+                               contended=f"{JUDGED_UNDISTURBED}; left out: {why}")
+                    verdict = _change_verdict(u.change, d)
         return {**row, "verdict": verdict}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
     if clocked or sampled or spec.kind == "info":
@@ -160,6 +184,22 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
     else:
         verdict = "better" if (new < base) == (d == "lower") else "worse"
     return {**row, "verdict": verdict}
+
+
+JUDGED_UNDISTURBED = "judged on the undisturbed runs"
+
+
+def _test(metric: str, b: _Case, n: _Case, timed: bool, sampled: bool, threshold: float, alpha: float):
+    """The test `_verdict` applies to a timed metric over these runs: compare_runs with >= 2 runs on a side,
+    compare_samples with one run a side and samples enough; None otherwise."""
+    rb, rn = b.runs[metric], n.runs[metric]
+    if timed and max(len(rb), len(rn)) >= 2:
+        return compare_runs(rb, rn, threshold, alpha)
+    if timed and sampled and len(rb) == len(rn) == 1:
+        sb, sn = b.samples.get(metric, [[]])[0], n.samples.get(metric, [[]])[0]
+        if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
+            return compare_samples(sb, sn, threshold, alpha)
+    return None
 
 
 def _env(meta: dict) -> dict:
@@ -203,6 +243,10 @@ ENV_FIELDS = (
     ("git_dirty", _git("dirty"), False),
     ("device", lambda m: m.get("device"), False),
     ("size", lambda m: m.get("size"), False),
+    # settings of the run that move timings on one machine: shown, so an A/B of them is not read as one of code
+    ("cpus", lambda m: ",".join(map(str, m["cpus"])) if isinstance(m.get("cpus"), list) else None, False),
+    ("threads", lambda m: ", ".join(f"{s}={info.get('threads')}" for s, info in sorted((m.get("suites") or {}).items())
+                                    if isinstance(info, dict) and info.get("threads") is not None) or None, False),
 )
 
 
@@ -232,6 +276,9 @@ class Comparison:
     alpha: float = 0.01
     allow_contended: bool = False
     """Contended timings kept the test's verdict (`--allow-contended`) instead of "contended"."""
+    unfinished: list[tuple[str, str]] = field(default_factory=list)
+    """(side, run) of each run whose run.json says it did not finish (killed, out of --budget, resumed for fewer
+    cases): its missing cases show as removed or added, and are not judged."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -243,8 +290,10 @@ class Comparison:
 
     @property
     def contended(self) -> pd.DataFrame:
-        """Timed rows of cases disturbed on either side: verdict "contended", or their test's under allow_contended."""
-        return self.rows[self.rows["contended"].notna()]
+        """Timed rows of cases disturbed on either side and not judged on undisturbed runs of both: verdict
+        "contended", or their test's under allow_contended."""
+        c = self.rows["contended"]
+        return self.rows[c.notna() & ~c.fillna("").str.startswith(JUDGED_UNDISTURBED)]
 
     @property
     def newly_failing(self) -> pd.DataFrame:
@@ -282,6 +331,10 @@ class Comparison:
                          + ", ".join(f"{k} ({c})" for k, c in sorted(per_side.items())))
         if self.one_run_per_side:
             lines.append(ONE_RUN_CAVEAT)
+        if self.unfinished:
+            lines.append("unfinished: " + ", ".join(f"{side} run {run}" for side, run in self.unfinished)
+                         + " (not every case ran: a case missing from a run is not judged; --fail-on-regression fails "
+                         "on an unfinished new run)")
         lines.append(f"(threshold {self.threshold:.0%}, alpha {self.alpha:g}; several runs a side: a change must also "
                      f"exceed {RUN_SPREAD_K:g}x the run-to-run spread)")
         for title, part in (("regressions", self.regressions), ("improvements", self.improvements)):
@@ -344,5 +397,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
         same_env = not any(f in identity for f, _, _ in env_diff)
     else:
         same_env = ids[0] == ids[1]
+    unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))
+                  for meta, name in zip(metas, names) if "finished_at" in meta and not meta["finished_at"]]
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
-                      env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended)
+                      env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished)

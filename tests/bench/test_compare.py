@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bench.compare import ONE_RUN_CAVEAT, Comparison, compare, compare_runs, compare_samples
+from bench.records import read_run_json
 from reports.compare_page import heatmap, write_compare_html
 from tests.optional import needs
 from tests.runs import A100, H200, checkpointing_records, samples, write_run
@@ -174,6 +175,21 @@ def test_same_env_is_an_ab_of_code(tmp_path):
     assert [f for f, _, _ in c.env_diff] == ["git_sha"]
     assert c.regressions.empty  # an A/A run of the same code on the same machine
     assert set(c.status_rows["change"]) == {"still oom", "still error", "still skipped"}
+
+
+def test_threads_and_pinning_are_settings_the_summary_names(tmp_path):
+    # a run with --threads 2 or --cpus 0 against one without: the same machine, but not an A/B of code alone
+    from bench.records import write_run_json
+
+    a = write_run(tmp_path, "a", checkpointing_records(seed=0))
+    b = write_run(tmp_path, "b", checkpointing_records(seed=1))
+    meta = read_run_json(b)
+    meta["suites"]["checkpointing"]["threads"] = 2
+    write_run_json(b, {**meta, "cpus": [0]})
+    c = compare([a], [b])
+    diff = {f: (old, new) for f, old, new in c.env_diff}
+    assert c.same_env and diff == {"cpus": (None, "0"), "threads": (None, "checkpointing=2")}
+    assert "  threads: None -> checkpointing=2" in c.summary_lines() and "  cpus: None -> 0" in c.summary_lines()
 
 
 def aa_draws(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
