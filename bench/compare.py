@@ -361,7 +361,10 @@ def _line(r) -> str:
     ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
     spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
     runs = f"  runs {r.runs_per_side}{spread}"
-    return f"  {r.verdict:<9} {r.case_id}  {r.metric}  {r.base:.4g} -> {r.new:.4g}{ratio}{stats}{runs}"
+    values = f"{r.base:.4g} -> {r.new:.4g}"
+    if r.verdict in ("worse", "better", "changed") and float(r.base).is_integer() and float(r.new).is_integer():
+        values = f"{int(r.base)} -> {int(r.new)} ({int(r.new) - int(r.base):+d})"  # exact: 4 digits can hide 1 byte
+    return f"  {r.verdict:<9} {r.case_id}  {r.metric}  {values}{ratio}{stats}{runs}"
 
 
 def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01,

@@ -86,6 +86,8 @@ def test_summary_lines(pair):
     assert any(line.startswith("timings: ") and "1 faster" in line and "1 slower" in line for line in lines)
     assert any("slower" in line and "toy/slower/n=1" in line and "p=" in line for line in lines)
     assert any(line.startswith("regressions (2)") for line in lines)
+    # an exact metric in whole numbers, with its difference: 4 significant digits would hide a change of 1 byte
+    assert any("toy/bytes_grown/n=1  peak_mem_bytes  1000 -> 1200 (+200)" in line for line in lines)
     assert lines.count(ONE_RUN_CAVEAT) == 1 and c.one_run_per_side
 
 
