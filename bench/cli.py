@@ -2,9 +2,9 @@
 options and their checks are in bench/cli_run.py, and the commands that read finished runs (report, compare, history,
 dashboard, export, import) in bench/commands.py.
 
-Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or a compare
-found a regression under --fail-on-regression; 2 bad usage or bad input, with a one-line reason naming the valid
-choices, and nothing existing overwritten; 130 interrupted.
+Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or a compare found a
+regression (or an unfinished NEW run) under --fail-on-regression; 2 bad usage or bad input, with a one-line reason
+naming the valid choices, and nothing existing overwritten; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("base", metavar="BASE", help="run directory, or a folder of run directories")
     cmp.add_argument("new", metavar="NEW", help="run directory, or a folder of run directories")
     cmp.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
-    cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case got significantly worse")
+    cmp.add_argument("--fail-on-regression", action="store_true",
+                     help="exit 1 when a case got significantly worse, newly failed, or NEW did not finish")
     cmp.add_argument("--allow-contended", action="store_true", help="judge timings that other load disturbed too")
     cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html", help="also write a comparison page")
 
@@ -220,11 +221,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def _stdout_gone() -> bool:
-    """Whether stdout is a pipe or socket whose reader has closed it (poll reports an error on its write end)."""
+    """Whether stdout is a pipe or socket whose reader has closed it (poll reports an error, or a socket's hang-up,
+    on its write end)."""
     try:
         poller = io_select.poll()
         poller.register(sys.stdout.fileno(), io_select.POLLOUT)
-        return any(events & io_select.POLLERR for _, events in poller.poll(0))
+        return any(events & (io_select.POLLERR | io_select.POLLHUP) for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no descriptor (a test's capture), or no poll here
         return False
 

@@ -70,9 +70,9 @@ class _Case:
     """Per metric, the samples of each ok run that has some."""
     contended: list[str] = field(default_factory=list)
     """"<run_id>: <reason>" for each ok run whose timed window was disturbed."""
-    disturbed: dict[str, list[bool]] = field(default_factory=dict)
-    """Per metric, beside `runs`: whether that run was contended."""
-    samples_disturbed: dict[str, list[bool]] = field(default_factory=dict)
+    disturbed: dict[str, list[str | None]] = field(default_factory=dict)
+    """Per metric, beside `runs`: that run's entry of `contended` if it was contended, else None."""
+    samples_disturbed: dict[str, list[str | None]] = field(default_factory=dict)
     """Per metric, beside `samples`."""
 
     def value(self, metric: str) -> float:
@@ -92,9 +92,10 @@ def _merge(records: list[Record]) -> _Case:
     last = records[-1]
     case = _Case(last.suite, last.variant, "ok" if ok else last.status, None if ok else last.error)
     for r in ok:
-        disturbed = r.metrics.get("contended") is True
-        if disturbed:
-            case.contended.append(f"{r.run_id}: {contention(r.metrics) or 'flagged contended in its timed window'}")
+        disturbed = None
+        if r.metrics.get("contended") is True:
+            disturbed = f"{r.run_id}: {contention(r.metrics) or 'flagged contended in its timed window'}"
+            case.contended.append(disturbed)
         for m in dict.fromkeys([*r.metrics, *r.samples]):
             s = [float(x) for x in r.samples.get(m, ()) if _number(x)]
             if s:
@@ -163,15 +164,19 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
             row["contended"] = why
             verdict = verdict if allow_contended else "contended"
             clean_b, clean_n = b.undisturbed(), n.undisturbed()
-            if not allow_contended and metric in clean_b.runs and metric in clean_n.runs:
-                # undisturbed runs left on both sides: judged on those alone, so that one disturbed run (a night
-                # in the baseline, say) neither hides a regression nor makes one
+            left_out = "; ".join([*(f"base run {w}" for w in b.disturbed[metric] if w),
+                                  *(f"new run {w}" for w in n.disturbed[metric] if w)])
+            if not allow_contended and metric in clean_b.runs and metric in clean_n.runs and \
+                    max(len(clean_b.runs[metric]), len(clean_n.runs[metric])) >= 2:
+                # undisturbed runs left on both sides, enough to weigh the run-to-run spread: judged on those
+                # alone, so that one disturbed run (a night in the baseline, say) neither hides a regression nor
+                # makes one. Never down to one run a side, whose within-run test cannot see that spread
                 u = _test(metric, clean_b, clean_n, timed, sampled, threshold, alpha)
                 if u is not None and not math.isnan(u.ratio):
                     row.update(base=clean_b.value(metric), new=clean_n.value(metric), ratio=u.ratio,
                                p_value=u.p_value, ci_low=u.ci_low, ci_high=u.ci_high, run_spread=u.spread,
                                runs_per_side=f"{len(clean_b.runs[metric])}v{len(clean_n.runs[metric])}",
-                               contended=f"{JUDGED_UNDISTURBED}; left out: {why}")
+                               contended=f"{JUDGED_UNDISTURBED}; left out: {left_out or why}")
                     verdict = _change_verdict(u.change, d)
         return {**row, "verdict": verdict}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
@@ -340,7 +345,10 @@ class Comparison:
         for title, part in (("regressions", self.regressions), ("improvements", self.improvements)):
             if len(part):
                 lines.append(f"{title} ({len(part)}):")
-                lines += [_line(r) for r in part.itertuples()]
+                for r in part.itertuples():
+                    lines.append(_line(r))
+                    if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
+                        lines.append(f"    {r.contended}")
         if len(self.contended):
             lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
             for r in self.contended.itertuples():

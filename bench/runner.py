@@ -234,10 +234,11 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
 
 
 def _cases_of(cfg: RunConfig, suite_names) -> set[str]:
-    """The case_ids this command's size, device, shard and world size give the named suites (those loaded here), of
-    every variant and params: what a run made this way may hold."""
+    """The case_ids this command's size, device and world size give the named suites (those loaded here), of every
+    variant and params and of every shard (a shard is cut after --variant, --params and --case select, so which
+    shard holds a case depends on them): what a run made this way may hold."""
     suites = [SUITES[name] for name in sorted(set(suite_names)) if name in SUITES]
-    return {c.id for c in plan(suites, cfg.size, cfg.device, shard=cfg.shard, world_size=cfg.launch.world_size)}
+    return {c.id for c in plan(suites, cfg.size, cfg.device, world_size=cfg.launch.world_size)}
 
 
 def _check_rebuild(cfg: RunConfig, scan: Scan, rebuild: str) -> None:
@@ -259,17 +260,17 @@ def _check_rebuild(cfg: RunConfig, scan: Scan, rebuild: str) -> None:
 
 
 def _still_cases(cfg: RunConfig, listed: list[str]) -> list[str]:
-    """Of the case_ids a run listed as not run, those this code still plans for it (a grid may have changed since,
-    or a plug-in not load): the others are dropped with a warning, or the run could never finish."""
+    """Of the case_ids a run listed as not run, those this code still plans for it (a grid may have changed since):
+    the others are dropped with a warning, or the run could never finish. Those of a suite not loaded here (a
+    plug-in) stay: installing it lets a resume run them."""
     if not listed:
         return []
     known = _cases_of(cfg, (c.split("/", 1)[0] for c in listed))
-    gone = [c for c in listed if c not in known]
+    gone = [c for c in listed if c not in known and c.split("/", 1)[0] in SUITES]
     if gone:
         warnings.warn(f"{len(gone)} of the cases {cfg.out / 'run.json'} lists as not run are no {cfg.size} cases "
-                      f"here now (such as {gone[0]}: its grid changed, or its suite did not load); dropped from "
-                      "not_run", stacklevel=4)
-    return [c for c in listed if c in known]
+                      f"here now (such as {gone[0]}: its grid changed); dropped from not_run", stacklevel=4)
+    return [c for c in listed if c not in gone]
 
 
 def _checked(result: dict[str, Any]) -> dict[str, Any]:

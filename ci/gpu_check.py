@@ -112,11 +112,17 @@ class Check:
         if cases:
             self.not_run += [f"{name}: {c}" for c in cases]
             step, status, seconds = self.steps[-1]
-            if status != "failed (exit 1)":  # not a run that stopped itself (a crash, a kill): its status stands
+            log = self.out / f"{name}.log"
+            said = log.read_text(errors="replace") if log.exists() else ""
+            if status != "failed (exit 1)" or BUDGET_RAN_OUT not in said:  # a crash or a kill: its status stands
                 return
             failed = failed_cases(run_dir)  # the run exits 1 when stopped; say so if cases failed too
             status = f"stopped at the budget, {len(cases)} cases not run" + (f"; {failed} failed" if failed else "")
             self.steps[-1] = (step, status, seconds)
+
+
+BUDGET_RAN_OUT = "bench: the --budget of "
+"""How `bench run` begins the line it prints when its --budget stopped it (bench/cli_run.py)."""
 
 
 def bench_has(command: str) -> bool:

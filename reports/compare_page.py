@@ -130,7 +130,7 @@ def timing_bars(rows, suite: str, metric: str):
 
 
 ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high", "runs_per_side",
-             "run_spread"]
+             "run_spread", "contended"]  # contended: why, or which runs a verdict was judged without
 CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "contended"]
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
 
@@ -155,6 +155,10 @@ def write_compare_html(comparison, out: str | Path) -> Path:
 
     if c.one_run_per_side:
         parts.append(f'<p class="regression">{html.escape(ONE_RUN_CAVEAT[0].upper() + ONE_RUN_CAVEAT[1:])}.</p>')
+    if c.unfinished:
+        runs = ", ".join(f"{side} run {run}" for side, run in c.unfinished)
+        parts.append(f'<p class="regression">Unfinished: {html.escape(runs)}. Not every case ran; a case missing from '
+                     "a run is not judged, and --fail-on-regression fails on an unfinished new run.</p>")
     failing = c.newly_failing
     if len(c.regressions) or len(failing):
         tables = []

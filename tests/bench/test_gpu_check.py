@@ -70,13 +70,16 @@ def test_a_run_that_keeps_time_for_later_steps_still_gets_half_of_what_is_left(t
     assert check.step("plain", echo, log="plain.log") == "ok" and (tmp_path / "plain.log").read_text() == "-c\n"
 
 
-@pytest.mark.parametrize("status, relabelled", [("failed (exit 1)", True), ("failed (exit -9)", False),
-                                                ("timeout", False)])
-def test_only_a_run_that_stopped_itself_is_said_to_be_stopped_at_the_budget(tmp_path, status, relabelled):
+@pytest.mark.parametrize("status, said, relabelled", [
+    ("failed (exit 1)", "bench: the --budget of 30 s ran out with 2 cases not run", True),
+    ("failed (exit 1)", "Traceback (most recent call last):", False),  # a crash exits 1 too
+    ("failed (exit -9)", "", False), ("timeout", "", False)])
+def test_only_a_run_that_stopped_itself_is_said_to_be_stopped_at_the_budget(tmp_path, status, said, relabelled):
     # run.json lists the cases without a record from the run's start: a crashed or killed run lists them too,
-    # and they are not run, but only a run that exited 1 by itself was stopped by its budget
+    # and they are not run, but only a run that said its budget ran out was stopped by it
     run = tmp_path / "quick"
     run.mkdir()
+    (tmp_path / "quick.log").write_text(said + "\n")
     (run / "run.json").write_text(json.dumps({"not_run": ["s/a/n=1", "s/a/n=2", "s/a/n=3"]}))
     (run / "records.jsonl").write_text(json.dumps({"case_id": "s/a/n=1", "status": "ok"}) + "\n{\"case_")
     module = gpu_check()

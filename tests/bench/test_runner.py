@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -213,12 +214,40 @@ def test_a_case_no_longer_planned_leaves_not_run_with_a_warning(tmp_path):
     from bench.records import write_run_json
 
     meta = read_run_json(tmp_path / "run")
-    write_run_json(tmp_path / "run", {**meta, "finished_at": None, "not_run": ["_slow/a/delay=9,i=0", "_gone/x/"]})
-    with pytest.warns(UserWarning, match=r"2 of the cases .* lists as not run are no smoke cases here now \(such as "
+    write_run_json(tmp_path / "run", {**meta, "finished_at": None, "not_run": ["_slow/a/delay=9,i=0"]})
+    with pytest.warns(UserWarning, match=r"1 of the cases .* lists as not run are no smoke cases here now \(such as "
                                          r"_slow/a/delay=9,i=0"):
         code, _ = runner.run(config(tmp_path, suite="_slow", inline=True, resume=True))
     meta = read_run_json(tmp_path / "run")
     assert code == 0 and "not_run" not in meta and meta["finished_at"]
+    # one of a suite not loaded here (a plug-in not installed) stays listed: installing it lets a resume run it
+    write_run_json(tmp_path / "run", {**meta, "finished_at": None, "not_run": ["_gone/x/"]})
+    assert runner.run(config(tmp_path, suite="_slow", inline=True, resume=True))[0] == 0
+    meta = read_run_json(tmp_path / "run")
+    assert meta["not_run"] == ["_gone/x/"] and meta["finished_at"] is None
+
+
+def test_a_sharded_resume_for_fewer_cases_keeps_the_rest_listed(tmp_path, monkeypatch):
+    # a shard is cut after --case selects: a case of this shard's selection is no case of the same shard unselected,
+    # and must not be dropped as "no longer planned"
+    chosen = ["_slow/*i=1*", "_slow/*i=2*"]
+    first = config(tmp_path, suite="_slow", inline=True, shard=(1, 2), cases_like=chosen)
+    pending = [c.id for c in runner.plan([SUITES["_slow"]], "smoke", "cpu", shard=(1, 2), cases_like=chosen)]
+
+    def killed_at_once(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_execute", killed_at_once)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(first)
+    assert read_run_json(tmp_path / "run")["not_run"] == pending
+    narrower = config(tmp_path, suite="_slow", inline=True, shard=(1, 2), cases_like=[pending[0]], resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing dropped
+        assert runner.run(narrower)[0] == 0
+    meta = read_run_json(tmp_path / "run")
+    assert meta["not_run"] == pending[1:] and meta["finished_at"] is None
 
 
 def test_a_case_cut_off_by_the_budget_is_not_recorded(tmp_path):
