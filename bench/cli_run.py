@@ -192,7 +192,7 @@ def cmd_run(args, discover, write_report) -> int:
     command layer, since reports/ is no import of the harness's core."""
     from rich.console import Console
 
-    from bench import doctor, runner
+    from bench import doctor, rundir, runner
     from bench.progress import make_progress
 
     shard = parse_shard(args.shard)
@@ -239,10 +239,10 @@ def cmd_run(args, discover, write_report) -> int:
         raise UsageError(str(e)) from None
     except OSError as e:  # e.g. a full disk: every record already written is intact, --resume continues
         print(f"bench: cannot write to {out}: {e.strerror or e}; finished records are kept, "
-              f"`{runner.resume_command(argv, out)}` continues", file=sys.stderr)
+              f"`{rundir.resume_command(argv, out)}` continues", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cases' processes are ended, finished records kept
-        print(f"bench: interrupted; finished records are kept in {out}, `{runner.resume_command(argv, out)}` "
+        print(f"bench: interrupted; finished records are kept in {out}, `{rundir.resume_command(argv, out)}` "
               "continues", file=sys.stderr)
         return 130
     counts = Counter(r.status for r in records)
@@ -253,10 +253,10 @@ def cmd_run(args, discover, write_report) -> int:
                                           how.world_size, args.case)}
     if stopped := set(not_run) & selected:  # this command's own cases: its --budget ran out
         print(f"bench: the --budget of {args.budget:g} s ran out with {len(stopped)} cases not run (listed in "
-              f"{out / 'run.json'} under not_run); `{runner.resume_command(argv, out)}` runs them", file=sys.stderr)
+              f"{out / 'run.json'} under not_run); `{rundir.resume_command(argv, out)}` runs them", file=sys.stderr)
     elif not_run:
         print(f"bench: {out} stays unfinished: {len(not_run)} cases of the selection it was started for have no "
-              f"record (listed in {out / 'run.json'} under not_run); `{runner.command_of(meta, out)}` runs them",
+              f"record (listed in {out / 'run.json'} under not_run); `{rundir.command_of(meta, out)}` runs them",
               file=sys.stderr)
     write_report(out)
     return code
@@ -264,11 +264,11 @@ def cmd_run(args, discover, write_report) -> int:
 
 def latest_run(args, device: str, shard: str, suites: list[str]) -> Path:
     """--resume without --out: the latest unfinished run under runs/ made the same way, said aloud."""
-    from bench import runner
+    from bench import rundir
 
     try:
-        out = runner.latest_unfinished(Path("runs"), (args.size, device, shard), suites, args.retry_failed)
-    except runner.RunDirError as e:
+        out = rundir.latest_unfinished(Path("runs"), (args.size, device, shard), suites, args.retry_failed)
+    except rundir.RunDirError as e:
         raise UsageError(str(e)) from None
     print(f"bench: resuming {out}, the latest unfinished {args.size} run on {device} under runs/ (--out names "
           "another)", file=sys.stderr)

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.env import environments
 from bench.interference import reason as contention
 from bench.metrics import Metric, default, is_clocked, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
@@ -78,12 +79,12 @@ class _Case:
     def value(self, metric: str) -> float:
         return float(np.median(self.runs[metric]))
 
-    def undisturbed(self) -> _Case:
-        """This case over its runs that were not contended only."""
-        keep = {m: [v for v, d in zip(vals, self.disturbed[m]) if not d] for m, vals in self.runs.items()}
-        kept = {m: [s for s, d in zip(ss, self.samples_disturbed[m]) if not d] for m, ss in self.samples.items()}
-        return _Case(self.suite, self.variant, self.status, self.error, {m: v for m, v in keep.items() if v},
-                     {m: s for m, s in kept.items() if s})
+    def undisturbed(self, metric: str) -> _Case:
+        """This case's `metric` over its runs that were not contended only."""
+        runs = [v for v, d in zip(self.runs[metric], self.disturbed[metric]) if not d]
+        samples = [s for s, d in zip(self.samples.get(metric, ()), self.samples_disturbed.get(metric, ())) if not d]
+        return _Case(self.suite, self.variant, self.status, self.error, {metric: runs} if runs else {},
+                     {metric: samples} if samples else {})
 
 
 def _merge(records: list[Record]) -> _Case:
@@ -159,13 +160,12 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
     if t is not None:
         row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
         verdict = "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)
-        why = "; ".join([*(f"base run {w}" for w in b.contended), *(f"new run {w}" for w in n.contended)])
+        why = _disturbed_runs(b.contended, n.contended)
         if why and verdict != "n/a":
             row["contended"] = why
             verdict = verdict if allow_contended else "contended"
-            clean_b, clean_n = b.undisturbed(), n.undisturbed()
-            left_out = "; ".join([*(f"base run {w}" for w in b.disturbed[metric] if w),
-                                  *(f"new run {w}" for w in n.disturbed[metric] if w)])
+            clean_b, clean_n = b.undisturbed(metric), n.undisturbed(metric)
+            left_out = _disturbed_runs(filter(None, b.disturbed[metric]), filter(None, n.disturbed[metric]))
             if not allow_contended and metric in clean_b.runs and metric in clean_n.runs and \
                     max(len(clean_b.runs[metric]), len(clean_n.runs[metric])) >= 2:
                 # undisturbed runs left on both sides, enough to weigh the run-to-run spread: judged on those
@@ -194,6 +194,11 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
 JUDGED_UNDISTURBED = "judged on the undisturbed runs"
 
 
+def _disturbed_runs(base, new) -> str:
+    """The contended runs of each side ("<run_id>: <reason>"), named in one line."""
+    return "; ".join([*(f"base run {w}" for w in base), *(f"new run {w}" for w in new)])
+
+
 def _test(metric: str, b: _Case, n: _Case, timed: bool, sampled: bool, threshold: float, alpha: float):
     """The test `_verdict` applies to a timed metric over these runs: compare_runs with >= 2 runs on a side,
     compare_samples with one run a side and samples enough; None otherwise."""
@@ -205,59 +210,6 @@ def _test(metric: str, b: _Case, n: _Case, timed: bool, sampled: bool, threshold
         if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
             return compare_samples(sb, sn, threshold, alpha)
     return None
-
-
-def _env(meta: dict) -> dict:
-    return meta.get("env") or {}
-
-
-def _gpu(key: str, scale: float = 1.0):
-    def get(meta):
-        vals = [g.get(key) for g in _env(meta).get("gpus") or []]
-        vals = [round(v / scale) if scale != 1.0 and _number(v) else v for v in vals if v is not None]
-        return ", ".join(dict.fromkeys(map(str, vals))) or None
-    return get
-
-
-def _git(key: str):
-    def get(meta):
-        value = (meta.get("git") or _env(meta).get("git") or {}).get(key)
-        return value[:12] if key == "sha" and isinstance(value, str) else value
-    return get
-
-
-# (field, getter, part of the identity that env_id hashes). Clocks, power limit, git state, device and size are
-# shown for whoever investigates a shift but do not make two environments different.
-ENV_FIELDS = (
-    ("gpu", _gpu("name"), True),
-    ("gpu_count", lambda m: len(_env(m).get("gpus") or []), True),
-    ("driver", _gpu("driver_version"), True),
-    ("compute_capability", _gpu("compute_capability"), True),
-    ("gpu_memory_gib", _gpu("memory_total_bytes", 2**30), True),
-    ("sm_clock_mhz", _gpu("sm_clock_mhz"), False),
-    ("max_sm_clock_mhz", _gpu("max_sm_clock_mhz"), False),
-    ("power_limit_w", _gpu("power_limit_w"), False),
-    ("torch", lambda m: _env(m).get("torch"), True),
-    ("cuda", lambda m: _env(m).get("torch_cuda"), True),
-    ("cudnn", lambda m: _env(m).get("cudnn"), True),
-    ("triton", lambda m: _env(m).get("triton"), True),
-    ("python", lambda m: _env(m).get("python_version"), True),
-    ("cpu", lambda m: _env(m).get("cpu_model"), True),
-    ("cpu_cores", lambda m: _env(m).get("cpu_logical_cores"), True),
-    ("git_sha", _git("sha"), False),
-    ("git_dirty", _git("dirty"), False),
-    ("device", lambda m: m.get("device"), False),
-    ("size", lambda m: m.get("size"), False),
-    # settings of the run that move timings on one machine: shown, so an A/B of them is not read as one of code
-    ("cpus", lambda m: ",".join(map(str, m["cpus"])) if isinstance(m.get("cpus"), list) else None, False),
-    ("threads", lambda m: ", ".join(f"{s}={info.get('threads')}" for s, info in sorted((m.get("suites") or {}).items())
-                                    if isinstance(info, dict) and info.get("threads") is not None) or None, False),
-)
-
-
-def _side(metas: list[dict], get) -> str | None:
-    vals = list(dict.fromkeys("-" if v is None else str(v) for v in map(get, metas)))
-    return None if vals in ([], ["-"]) else " | ".join(vals)
 
 
 @dataclass
@@ -400,14 +352,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
             reason = (n.error if n and n.status != "ok" else None) or (b.error if b else None)
             status.append({"case_id": case_id, "suite": either.suite, "variant": either.variant,
                            "base_status": bs, "new_status": ns, "change": change, "reason": reason})
-    env_fields = [(name, _side(b_metas, get), _side(n_metas, get)) for name, get, _ in ENV_FIELDS]
-    env_diff = [f for f in env_fields if f[1] != f[2]]
-    ids = [{m.get("env_id") for m in metas} for metas in (b_metas, n_metas)]
-    if None in ids[0] | ids[1]:  # a run without env_id: fall back to the identity fields
-        identity = {name for name, _, ident in ENV_FIELDS if ident}
-        same_env = not any(f in identity for f, _, _ in env_diff)
-    else:
-        same_env = ids[0] == ids[1]
+    env_fields, env_diff, same_env = environments(b_metas, n_metas)
     unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))
                   for meta, name in zip(metas, names) if "finished_at" in meta and not meta["finished_at"]]
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),

@@ -2,7 +2,8 @@
 
 --out must be new, empty, or a run directory (run.json or records.jsonl) continued with --resume; anything else is
 refused before anything is created. While a run writes, it holds an exclusive flock on OUT/.bench.lock, so a second
-`bench run` on the same --out is refused with the holder's PID instead of interleaving its records.
+`bench run` on the same --out is refused with the holder's PID instead of interleaving its records. Which run
+directory --resume continues without --out, and the command that continues one, are found here too.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shlex
 from pathlib import Path
 
 from bench.atomic import OutputError
 from bench.records import (
+    FAILED,
     RECORDS_JSONL,
     RUN_JSON,
     SCHEMA,
@@ -158,3 +161,66 @@ def open_run_dir(out: Path, resume: bool, how: tuple) -> tuple[RunLock, dict | N
     except BaseException:
         lock.release()
         raise
+
+
+def resume_command(argv: list[str], out: Path) -> str:
+    """The command that continues a run: its arguments (after `bench`) without --resume and --out, then
+    `--resume --out OUT`."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif a != "--resume" and not a.startswith("--out="):
+            kept.append(a)
+    return shlex.join(["bench", *kept, "--resume", "--out", str(out)])
+
+
+def command_of(meta: dict, out: Path) -> str:
+    argv = meta.get("argv")
+    if isinstance(argv, list) and argv[:2] == ["bench", "run"] and all(isinstance(a, str) for a in argv):
+        return resume_command(argv[1:], out)
+    return resume_command(["run", *sorted(meta.get("suites") or {}), "--size", str(meta.get("size")), "--device",
+                           str(meta.get("device")), "--shard", str(meta.get("shard", "1/1"))], out)
+
+
+def unfinished_runs(root: Path, retry_failed: bool = False) -> list[tuple[Path, dict]]:
+    """The run directories directly under `root` that --resume would continue, newest first: those whose run.json
+    has no finished_at (interrupted, killed, out of --budget) and, for --retry-failed, those holding an error or
+    timeout record; not one that another bench is writing."""
+    found = []
+    try:
+        dirs = [d for d in root.iterdir() if d.is_dir()]
+    except OSError:
+        return []
+    for d in dirs:
+        try:
+            meta = read_run_json(d)
+            if meta is None or holder(d) is not None:
+                continue
+            if meta.get("finished_at") and not (
+                    retry_failed and any(r.status in FAILED for r in scan_records(d / RECORDS_JSONL).records)):
+                continue
+        except (SchemaError, OSError):
+            continue
+        found.append((d, meta))
+    return sorted(found, key=lambda x: (str(x[1].get("started_at") or ""), x[0].name), reverse=True)
+
+
+def latest_unfinished(root: Path, how: tuple[str, str, str], suites: list[str], retry_failed: bool = False) -> Path:
+    """The run that `bench run --resume` without --out continues: the newest unfinished run under `root` made with
+    the same (size, device, shard) and suites. RunDirError naming the command to use when there is none."""
+    runs = unfinished_runs(root, retry_failed)
+    for d, meta in runs:
+        if (meta.get("size"), meta.get("device"), meta.get("shard", "1/1")) == tuple(how) \
+                and sorted(meta.get("suites") or {}) == sorted(suites):
+            return d
+    if not runs:
+        failed = ", nor holds an error or timeout record" if retry_failed else ""
+        raise RunDirError(f"--resume without --out: no run under {root}/ is unfinished (none was interrupted, killed "
+                          f"or stopped by --budget{failed}); drop --resume to start a new run")
+    d, meta = runs[0]
+    raise RunDirError(f"--resume without --out: no unfinished run under {root}/ was made with --size {how[0]} "
+                      f"--device {how[1]} --shard {how[2]} and these {len(suites)} suite{'s' * (len(suites) != 1)}; "
+                      f"the latest unfinished one, {d}, continues with `{command_of(meta, d)}`")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, progress, runner
+from bench import cli, progress, rundir, runner
 from bench.history import repeated_case
 from bench.records import RECORDS_JSONL, read_records, read_run_json
 from bench.suite import SUITES, Measurement, Suite, register
@@ -178,5 +178,5 @@ def test_retry_failed_alone_resumes_and_the_help_gives_each_sizes_timeout(newcom
 
 def test_the_command_that_continues_a_run_keeps_its_arguments_but_out_and_resume():
     argv = ["run", "fp8", "--out", "old", "--resume", "--size", "smoke", "--out=x", "--params", "m=1,k=a b"]
-    assert runner.resume_command(argv, Path("runs/r1")) == \
+    assert rundir.resume_command(argv, Path("runs/r1")) == \
         "bench run fp8 --size smoke --params 'm=1,k=a b' --resume --out runs/r1"
