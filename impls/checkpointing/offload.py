@@ -1,4 +1,8 @@
-"""Activation offloading: move every tensor saved for backward to host memory and back (as in ZeRO-Offload)."""
+"""Activation offloading: move every tensor saved for backward to host memory and back (as in ZeRO-Offload).
+
+torch.autograd.graph.save_on_cpu(pin_memory=x.is_cuda) around the whole model, final norm included: nothing is
+recomputed, every saved tensor is copied to the host in forward and back in backward.
+"""
 
 import torch
 from torch import Tensor

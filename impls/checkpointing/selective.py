@@ -1,4 +1,11 @@
-"""Selective activation checkpointing: save matmul and attention outputs, recompute pointwise ops (Korthikanti 2022)."""
+"""Selective activation checkpointing: save matmul and attention outputs, recompute pointwise ops (Korthikanti 2022).
+
+Korthikanti et al. recompute the attention core (QK^T, softmax, dropout, attention over V), whose S x S tensors are
+large and cheap to redo. A fused SDPA keeps no S x S tensor, so here its output is saved and the recompute falls on
+the pointwise ops instead (norms, GELU, residual adds). Each block is one checkpoint(use_reentrant=False,
+context_fn=create_selective_checkpoint_contexts(policy)) with torch's other defaults (preserve_rng_state=True); the
+final LayerNorm runs outside.
+"""
 
 from torch import Tensor
 from torch.ops import aten

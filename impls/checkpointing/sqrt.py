@@ -2,7 +2,9 @@
 
 Memory O(sqrt(n)) block activations: sqrt(n) segment inputs are kept, and one segment of ~sqrt(n) blocks is live at
 a time during recompute. Unlike torch.utils.checkpoint.checkpoint_sequential, which runs its last segment without
-checkpointing, every segment here is checkpointed, as in the paper.
+checkpointing, every segment here is checkpointed, as in the paper. Each segment is one
+torch.utils.checkpoint.checkpoint(use_reentrant=False) call with torch's defaults (preserve_rng_state=True); the
+final LayerNorm runs outside, as in full.py.
 """
 
 import math

@@ -41,6 +41,11 @@ def draw_gaussian(heat: Tensor, cx: int, cy: int, radius: int) -> None:
 class CenterNetHead(Head):
     """heat [N, C, h, w] in (0, 1), size [N, 2, h, w] (box w, h in pixels), offset [N, 2, h, w] in [0, 1).
 
+    An object's peak is the cell (int(cy / s), int(cx / s)) of its centre in stride units, its offset target
+    (cx / s - col, cy / s - row) and its Gaussian radius gaussian_radius(h / s, w / s) truncated to an int, as
+    CenterNet's ctdet sample code, with two differences: that code takes ceil(h), ceil(w) before the radius, and
+    regresses sizes in stride units; here sizes are in input pixels (the paper's "raw pixel coordinates").
+
     decode inverts encode exactly (up to float rounding) when no two objects of one class share a stride-4 cell
     (the later would overwrite the earlier) and there are at most max_dets objects.
     """

@@ -41,6 +41,12 @@ def points(image_hw: tuple[int, int], strides=STRIDES, device=None) -> tuple[Ten
 class FcosHead(Head):
     """Flattened over levels: cls [N, L, C] sigmoid probabilities, reg [N, L, 4] (l, t, r, b) in pixels, ctr [N, L].
 
+    Locations (points()) are the cell centres (stride / 2 + stride * index; FCOS's stride // 2, the same for even
+    strides), levels concatenated finest first, each row-major. reg at a location (px, py) is (px - x1, py - y1,
+    x2 - px, y2 - py), positive only strictly inside the box; decode gives (px - l, py - t, px + r, py + b). Raw
+    reg is log distance (exp(.) * stride with no learned per-level scale, where FCOS uses exp(s_l x)). Centerness
+    is FCOS's sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)).
+
     decode inverts encode exactly (up to float rounding, duplicates removed by NMS) when every object holds a
     location strictly inside it (sides over 4 px suffice: stride 4 is the finest) that no smaller object of its level
     also holds (a location inside several regresses the smallest, FCOS's rule): true when objects do not overlap.

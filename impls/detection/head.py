@@ -3,6 +3,11 @@ post-processing after decoding (score threshold, class-wise NMS, top-k).
 
 Targets from encode() live in the same space as predict()'s activated outputs, so decode(encode(gt)) must give gt
 back: each head's test checks that, under the conditions its docstring states.
+
+Boxes everywhere are xyxy in continuous pixel coordinates, not normalised: pixel (row r, col c) covers [c, c + 1) x
+[r, r + 1) (data.py renders it at sample points inside that square), the image spans [0, W] x [0, H], and a box's
+width is x2 - x1 with no +1 (COCO's and torchvision's convention). A cell of a stride-s map at (row, col) covers
+[col s, (col + 1) s) x [row s, (row + 1) s).
 """
 
 from __future__ import annotations

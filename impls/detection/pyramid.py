@@ -40,7 +40,8 @@ def resize(images: Tensor, scale: float, multiple: int = MULTIPLE) -> tuple[Tens
 
 
 def unscale(det: Detections, sy: float, sx: float) -> Detections:
-    """Boxes of a resized image back in the original image's pixels."""
+    """Boxes of a resized image back in the original image's pixels: x / sx, y / sy. Exact for resize's
+    align_corners=False, which maps continuous coordinate x to x * sx (pixel centres i + 0.5 included)."""
     return det._replace(boxes=det.boxes / det.boxes.new_tensor([sx, sy, sx, sy]))
 
 

@@ -21,6 +21,10 @@ class YoloHead(Head):
     """Per cell: B x (x, y, sqrt w, sqrt h, confidence) and C class probabilities. x, y are the centre's offset in
     the cell in [0, 1); sqrt w, sqrt h are relative to the image (sqrt: an error costs small boxes more).
 
+    The cell of a centre (cx, cy) in pixels is (row, col) = (floor(cy / s), floor(cx / s)) and its offset
+    (cx / s - col, cy / s - row), measured from the cell's top-left corner; decode maps back cx = (col + x) W / Gw.
+    x, y, sqrt w, sqrt h and the confidence are sigmoids, the classes a softmax over C (no background class).
+
     decode inverts encode exactly (up to float rounding) when at most one object centre falls in each cell: the
     paper's limit. Several in one cell keep the smallest (boxes are written largest first), the others are lost.
     """

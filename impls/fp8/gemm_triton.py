@@ -3,6 +3,10 @@
 Each program owns a [BLOCK_M, BLOCK_N] output tile and walks K in 128-wide chunks: one fp8 tl.dot per chunk into an
 fp32 partial, scaled there by the chunk's activation-tile scales [BLOCK_M] and weight-block scale, then added to an
 fp32 accumulator. Its expected result is gemm.blockwise_reference.
+
+Operands and scales are laid out as DeepSeek-V3's inference/kernel.py fp8_gemm takes them: a [M, K] and b [N, K]
+fp8, a_s [M, ceil(K / 128)] and b_s [ceil(N / 128), ceil(K / 128)] fp32 dequantizing multipliers (reference.py),
+c = a @ b^T; that kernel also adds tl.dot(a, b) * a_s * b_s per 128-wide K chunk.
 """
 
 from __future__ import annotations

@@ -21,9 +21,12 @@ Which operand is quantized how, each written as [rows, K] with the contracted di
   per column (axiswise dim 0), i.e. always one scale per row of the [rows, K] operand above, pow2 scales.
 - tensorwise: one scale per operand per GEMM, dynamic (amax of the current tensor), as torchao's default.
 
-Gradients use recipe.dtype (E4M3 in every preset) unless `grad_dtype` says otherwise; E5M2 for dY is the older
-"hybrid" choice (more range, one mantissa bit less). Unlike DeepSeek-V3, which caches x in FP8 and re-tiles that
-copy, x is saved in high precision and quantized afresh for Wgrad (as torchao does): one quantization error, not two.
+The backward GEMMs use recipe.dtype (E4M3 in every preset) unless `grad_dtype` says otherwise, and grad_dtype then
+applies to both operands of both backward GEMMs: dY and W for Dgrad, dY and x for Wgrad. torchao's default
+(tensorwise) config casts only dY to E5M2 and keeps x and W in E4M3 in every GEMM they enter, so grad_dtype=E5M2
+here is not that "hybrid" recipe. Unlike DeepSeek-V3, which caches x in FP8 and re-tiles that copy, x is saved in
+high precision and quantized afresh for Wgrad (as torchao does): one quantization error, not two.
+The forward's bias is added in fp32 after the GEMM; its gradient is dY summed in high precision, no FP8.
 """
 
 from __future__ import annotations

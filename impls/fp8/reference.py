@@ -3,6 +3,12 @@
 Every quantizer returns (q, scale) with x ~= q.float() * scale: scale = amax / fp8_max over its group, so the group's
 largest magnitude lands exactly on fp8_max and nothing is clipped. Shapes need not be multiples of 128: a tail tile
 or block is scaled over the elements it has.
+
+Conventions: scale is the dequantizing multiplier, as DeepSeek-V3's inference/kernel.py act_quant (s = amax / 448)
+and torch._scaled_mm's scale_a / scale_b take it; torchao keeps the reciprocal (amax_to_scale: fp8_max / amax).
+Scaling is current (dynamic): the amax of the tensor being quantized, no amax history (transformer_engine's
+DelayedScaling keeps one). q = (x / scale) clamped to [-fp8_max, fp8_max], then torch's cast (round to nearest
+even). Formats are float8_e4m3fn (max 448) and float8_e5m2 (max 57344), not the fnuz variants.
 """
 
 from __future__ import annotations
@@ -40,7 +46,11 @@ def scale_from_amax(amax: Tensor, dtype: torch.dtype, pow2: bool) -> Tensor:
 
     The same bits on every device. The divisor is a tensor on amax's device: CUDA divides by a CPU scalar as a multiply
     by its reciprocal (torch's div_true_kernel_cuda), one ulp off for some amax. The power of two is taken from the
-    float's bits, not from log2, which a GPU may round."""
+    float's bits, not from log2, which a GPU may round.
+
+    torchao's amax_to_scale returns fp8_max / max(amax, 1e-12), computed in fp64, and with round_scales_to_power_of_2
+    rounds that down to 2^k: its reciprocal is this pow2 scale (equal on 1e5 random amaxes over 1e-6..1e6); an
+    all-zero group gets fp8_max / 1e-12 there and 1 here, q = 0 either way."""
     scale = (amax / torch.full_like(amax, FP8_MAX[dtype])).clamp(min=MIN_SCALE)
     if pow2:
         # Rounding up keeps x / scale <= fp8_max; a power of two makes the scaling multiply exact in any float format.
@@ -50,7 +60,8 @@ def scale_from_amax(amax: Tensor, dtype: torch.dtype, pow2: bool) -> Tensor:
 
 
 def _cast(x: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    # x / (amax / max) can come out one ulp above max in fp32; the cast to e4m3fn would turn that into NaN, not 448.
+    # x / (amax / max) can come out one ulp above max in fp32; the clamp saturates whatever the cast would do with it
+    # (torch 2.13's CPU cast saturates e4m3fn, inf included, to 448, but casts 1e6 to e5m2 inf).
     m = FP8_MAX[dtype]
     return (x / scale).clamp(-m, m).to(dtype)
 

@@ -25,7 +25,8 @@ def shard(model: Transformer, reshard_after_forward: bool = True) -> Transformer
     """`model` with each block and the final norm under fully_shard over the default process group, in place, on a
     mesh of the device the model is on (the CPU's for a model on meta, as bench's plan expects). Not fully_shard's
     default mesh: that is the machine's accelerator's, so on a machine with a GPU it would move a CPU model's
-    parameters to the GPU, and gloo's CPU run would fail."""
+    parameters to the GPU, and gloo's CPU run would fail. fully_shard's other defaults hold: no MixedPrecisionPolicy
+    (gathers and reduce-scatters in the parameters' dtype) and gradients averaged over the ranks."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

@@ -56,7 +56,11 @@ class KVCache:
 
 
 def rope_tables(positions: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """cos and sin [S, dim/2] in fp32 for positions [S]."""
+    """cos and sin [S, dim/2] in fp32 for positions [S]: angle[s, j] = positions[s] * ROPE_BASE^(-2j / dim).
+
+    Plain RoPE, no context extension: DeepSeek-V3's inference/model.py applies YaRN to these frequencies (rope_factor
+    40, beta_fast 32, beta_slow 1) whenever max_seq_len > original_seq_len (4096), and then also scales its softmax
+    by mscale^2 (MLAConfig.softmax_scale has no such factor)."""
     inv_freq = ROPE_BASE ** -(torch.arange(0, dim, 2, device=positions.device).float() / dim)
     angle = positions.float()[:, None] * inv_freq  # [S, dim/2]
     return angle.cos(), angle.sin()

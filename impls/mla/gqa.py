@@ -27,7 +27,9 @@ class GQAConfig(MHAConfig):
 
 
 class GQA(MHA):
-    """MHA's projections with kv_heads key/value heads; each group of n_heads // kv_heads query heads reads one."""
+    """MHA's projections with kv_heads key/value heads; each group of n_heads // kv_heads query heads reads one:
+    query head h reads key/value head h // (n_heads // kv_heads) (SDPA's enable_gqa, which equals repeat_interleave
+    of the KV heads, HF Llama's repeat_kv layout). RoPE as MHA's (common.apply_rope, whole head)."""
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
         return sdpa(q, k, v, start, enable_gqa=self.cfg.kv_heads != self.cfg.n_heads)

@@ -7,6 +7,11 @@ d_c + d_rope elements per token per layer (512 + 64 = 576 at DeepSeek-V3's sizes
 [q_C, RoPE(q_R)] of d_head + d_rope channels, its key [k_C, k_R], and the softmax scale 1/sqrt(d_head + d_rope), as
 in DeepSeek-V3's inference/model.py. The naive form up-projects every cached latent to per-head keys and values at
 every decode step (W_UK, W_UV stacked as wkv_b); absorbed.py folds those matrices into the query and output instead.
+
+Layouts follow DeepSeek-V3's MLA (same module names): wkv_a's output is [c_KV (d_c) | k_R (d_rope)]; wq / wq_b give
+per head [q_C (d_head) | q_R (d_rope)]; wkv_b gives per head [k_C (d_head) | v (d_v)]. RoPE (common.apply_rope,
+rotate-half pairing) rotates q_R and k_R only, at absolute positions cache.length.. ; kv_norm (RMSNorm, eps 1e-6)
+applies to c_KV alone. The cache holds kv_norm(c_KV) and the rotated k_R, as V3's absorb path caches them.
 """
 
 from __future__ import annotations

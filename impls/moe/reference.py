@@ -85,7 +85,8 @@ def balance_loss(probs: Tensor, indices: Tensor, n_experts: int) -> Tensor:
 class SoftmaxRouter(nn.Module):
     """Softmax affinities, top-k by affinity, weights = the top-k affinities (unnormalized, as DeepSeekMoE), and the
     auxiliary loss aux_alpha * balance_loss. Wang et al.'s baseline uses aux_alpha 0.001; larger values balance better
-    at a perplexity cost (their Fig. 2)."""
+    at a perplexity cost (their Fig. 2). Selection and weights are DeepSeek-V3's inference/model.py Gate.forward with
+    score_func="softmax" (fp32 softmax), no bias, n_groups=1 and route_scale 1."""
 
     def __init__(self, dim: int, n_experts: int, top_k: int, aux_alpha: float = 1e-3):
         super().__init__()

@@ -22,6 +22,12 @@ from impls.moe.reference import Routing, SoftmaxRouter, balance_loss, check_top_
 
 
 class AuxFreeRouter(nn.Module):
+    """forward: scores = sigmoid(gate(x).float()), top-k by scores + bias, weights = the selected scores over their
+    sum, cast to x's dtype. That is DeepSeek-V3's inference/model.py Gate.forward with score_func="sigmoid" except:
+    no route_scale (V3's config multiplies the weights by 2.5), and node-limited ranking sums the top
+    max(1, top_k // topk_groups) biased scores of a node where Gate sums the top 2 (equal at V3's top-8 over 4 of 8
+    nodes). n_groups=1 skips node limiting. Only update_bias (called by the training loop) changes the bias."""
+
     def __init__(self, dim: int, n_experts: int, top_k: int, gamma: float = 1e-3, seq_alpha: float = 0.0,
                  n_groups: int = 1, topk_groups: int = 1, aux_alpha: float = 0.0):
         super().__init__()

@@ -10,6 +10,11 @@ Module k (1..D) at position i (1..T-k), with h^0 the main model's hidden state:
 Emb and OutHead are the main model's (shared, not copied). OutHead reads RMSNorm(h^k) through a norm of the module's
 own, as the released DeepSeek-V3 weights do (`shared_head.norm`); the main model's final norm stays its own.
 With D=0 there are no modules and the model and loss are the plain model's exactly.
+
+Conventions: module k's block runs at RoPE positions 0..T-k-1, the positions i of the h_i^{k-1} it reads (not
+i + k), over its own KV cache. M_k takes [hnorm(h); enorm(emb)] in eq. 21's order; the released implementations
+(vLLM's deepseek_mtp.py: eh_proj(cat([enorm(emb), hnorm(h)]))) take the halves the other way round, so their
+eh_proj weights load into proj with its two input halves swapped.
 """
 
 from __future__ import annotations

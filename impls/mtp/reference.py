@@ -95,7 +95,9 @@ def _rope_table(cfg: LMConfig, n: int, device: str) -> tuple[Tensor, Tensor]:
 
 
 def apply_rope(x: Tensor, pos: Positions) -> Tensor:
-    """x [B, S, ..., H, Dh] rotated by position (pairs of channels)."""
+    """x [B, S, ..., H, Dh] rotated by position: interleaved pairs, channel 2j with 2j + 1, by angle
+    position * rope_base^(-2j / Dh) (Meta's LLaMA and DeepSeek-V3's view_as_complex layout; impls.mla and impls.rmpad
+    use the rotate-half layout instead). Positions are absolute: pos.start.. over the KV cache."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, ..., H, Dh/2] each
     cos, sin = pos.cos, pos.sin
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)

@@ -29,7 +29,9 @@ def document_ids(lengths: Sequence[int], row_len: int | None = None) -> Tensor:
 
 
 def position_ids(lengths: Sequence[int], row_len: int | None = None, starts: Sequence[int] | None = None) -> Tensor:
-    """[row_len] int64 restarting at each entry (at its start in the sample for a split piece; 0 for the tail)."""
+    """[row_len] int64 restarting at each entry (at its start in the sample for a split piece; 0 for the tail).
+
+    For whole samples these are transformers' DataCollatorWithFlattening position_ids (position_ids_start=0)."""
     doc = document_ids(lengths, row_len)
     first = torch.tensor([0, *lengths]).cumsum(0)  # [n + 1] row offset of each entry and of the tail
     base = torch.tensor([*(starts or [0] * len(lengths)), 0])  # [n + 1]

@@ -87,7 +87,10 @@ def packed_logits(model: Decoder, ids: Tensor, pos: Tensor, doc: Tensor, mask: s
 
 
 def packed_loss(model: Decoder, ids: Tensor, pos: Tensor, doc: Tensor, real: Tensor, mask: str = "document"):
-    """Mean next-token cross-entropy over targets inside each sample (a token never predicts the next sample's)."""
+    """Mean next-token cross-entropy over targets inside each sample (a token never predicts the next sample's).
+
+    The targets are those transformers' DataCollatorWithFlattening keeps (labels -100 at each sample's first token);
+    the mean is over them all, summed in fp32 (token_loss), not per row or per sample."""
     logits = packed_logits(model, ids, pos, doc, mask)
     valid = (doc[:, 1:] == doc[:, :-1]) & real[:, 1:]  # [R, L-1]
     return token_loss(logits[:, :-1][valid], ids[:, 1:][valid])

@@ -48,6 +48,8 @@ def rope_tables(position_ids: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [..., H, Dh] rotated in fp32, rotate-half pairing (channel j with j + Dh/2, GPT-NeoX / HF Llama layout) by
+    angle position * ROPE_BASE^(-2j / Dh) from rope_tables."""
     x1, x2 = x.float().chunk(2, dim=-1)  # [..., H, Dh/2] each, rotated in fp32
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 

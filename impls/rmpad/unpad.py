@@ -14,6 +14,9 @@ def unpad_input(hidden: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor,
     """hidden [B, L, ...], mask [B, L] -> (hidden [T, ...], indices [T] into B*L, cu_seqlens [B+1] int32, max_seqlen).
 
     cu_seqlens describes contiguous sequences, so the mask must be right (or left) padded, as from make_batch.
+    The first four outputs of flash_attn.bert_padding.unpad_input, computed the same way (newer flash-attn also
+    returns seqused and takes unused_mask): indices int64, row-major over the flattened [B * L]; cu_seqlens int32,
+    [0, n_0, n_0 + n_1, ..., T]; max_seqlen a Python int (a row with no real token gives a zero-length sequence).
     """
     B, L = attention_mask.shape
     seqlens = attention_mask.sum(dim=-1, dtype=torch.int32)  # [B]

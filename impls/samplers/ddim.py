@@ -3,6 +3,10 @@
 c = eta sigma_s sqrt(1 - exp(2 (lambda_t - lambda_s))) is eta times the DDPM posterior's std, so eta = 1 is DDPM
 ancestral sampling with the posterior variance and eta = 0 the deterministic sampler (an exponential integrator of the
 probability-flow ODE, first order in the step). Written for any alpha, sigma, so it also runs on rectified flow.
+
+On a VP schedule a step from t to s is diffusers' DDIMScheduler.step(eta=eta) from alphabar_t = alpha_t^2 to
+alphabar_prev = alpha_s^2 (its std_dev_t is c, its direction sqrt(1 - alphabar_prev - c^2) eps), with
+set_alpha_to_one=True on the step to t = 0 and x0 unclipped; the model's own eps is used when it predicts eps.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ In h = lambda_s - lambda_t: x_s = (sigma_s / sigma_t) x_t - alpha_s expm1(-h) D,
 D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev with r = h_prev / h after it, reusing the previous call's x0.
 A step landing on sigma = 0 (the "discrete" grid's t = 0) has h = inf and is taken first order, x_s = x0, as the
 paper's lower_order_final does; one first-order step keeps the global error O(h^2).
+
+The update is diffusers' DPMSolverMultistepScheduler with algorithm_type="dpmsolver++", solver_order=2 and
+solver_type="midpoint" (D1 = (x0_t - x0_prev) / r, x_s += -0.5 alpha_s expm1(-h) D1); its final_sigmas_type="zero"
+step to sigma = 0 is the first-order one above. Grids that stop at t_min > 0 take their last step second order.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ REFLOW_SOLVER_STEPS = 64  # Heun steps (127 NFE) per pair: far below the learned
 
 
 class TimeMLP(nn.Module):
-    """prediction(x [B, D], t [B]): an MLP on x and sinusoidal features of t; `parameterization` names the output."""
+    """prediction(x [B, D], t [B]): an MLP on x and sinusoidal features of t; `parameterization` names the output.
+
+    t is the schedule's continuous time in [0, 1] (t = 1 noise), not a 0..T-1 timestep index."""
 
     def __init__(self, dim: int, schedule: Schedule, parameterization: str, hidden: int = 256, layers: int = 3,
                  freqs: int = 16):

@@ -1,8 +1,11 @@
 """Probability-flow ODE dx/dt = d_alpha E[x0|x] + d_sigma E[eps|x] (Song et al. 2021) by Euler and by Heun in t.
 
 Heun follows Karras et al. 2022, Algorithm 1: a trapezoidal correction per step (2 calls) except the last, which is
-Euler (1 call), so NFE = 2 steps - 1; one first-order step among N keeps the global error O(h^2). On rectified flow the
-same ODE is the straight-path flow, dx/dt = eps - x0 (flow.py).
+Euler (1 call), so NFE = 2 steps - 1; one first-order step among N keeps the global error O(h^2). Algorithm 1 skips
+the correction only on its step to sigma = 0; here the last step is Euler wherever it lands, also on a VP schedule's
+continuous grids, which end at t_min = 1e-3 > 0. Both step in t, not in sigma / alpha as Karras et al. and
+diffusers' Euler/Heun schedulers do. On rectified flow the same ODE is the straight-path flow, dx/dt = eps - x0
+(flow.py).
 """
 
 from __future__ import annotations

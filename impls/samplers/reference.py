@@ -2,7 +2,9 @@
 
 Fewer steps stride the grid with the respaced betas beta' = 1 - alphabar_t / alphabar_s (Nichol & Dhariwal 2021).
 The variance is the posterior's, beta~ = beta' (1 - alphabar_s) / (1 - alphabar_t), which Ho et al. found as good as
-beta and which is 0 on the last step to t = 0, so the chain ends on the posterior mean.
+beta and which is 0 on the last step to t = 0, so the chain ends on the posterior mean. With beta', beta~ and x0
+from alphabar = alpha^2 at the grid's times, this is diffusers' DDPMScheduler.step (variance_type="fixed_small",
+x0 unclipped) on the same timesteps (diffusers_schedulers.py: diffusers_ddpm).
 """
 
 from __future__ import annotations

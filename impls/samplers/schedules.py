@@ -69,7 +69,10 @@ class Schedule:
 
 @dataclass(frozen=True)
 class VPLinear(Schedule):
-    """VP SDE with linear beta(t) (Song et al. 2021): log alpha = -(beta_min t + (beta_max - beta_min) t^2 / 2) / 2."""
+    """VP SDE with linear beta(t) (Song et al. 2021): log alpha = -(beta_min t + (beta_max - beta_min) t^2 / 2) / 2.
+
+    alpha is score_sde's VPSDE.marginal_prob mean coefficient (its log_mean_coeff) at the same beta_min, beta_max.
+    """
 
     beta_min: float = 0.1
     """beta(0); beta_min / T = 1e-4 is DDPM's first beta."""
@@ -107,7 +110,11 @@ class VPCosine(Schedule):
 
 @dataclass(frozen=True)
 class DiscreteVP(Schedule):
-    """DDPM's discrete chain (Ho et al. 2020): T linear betas, alphas_cumprod at t = i / T, log-linear in between."""
+    """DDPM's discrete chain (Ho et al. 2020): T linear betas, alphas_cumprod at t = i / T, log-linear in between.
+
+    1-based: alpha(i / T)^2 = prod_{j < i} (1 - betas[j]), betas = linspace(beta_start, beta_end, T) in float64, so
+    alpha(0) = 1 and diffusers' alphas_cumprod[tau] (beta_schedule="linear", tau = 0..T-1) is alpha((tau + 1) / T)^2.
+    """
 
     T: int = DDPM_T
     beta_start: float = 1e-4
@@ -139,7 +146,10 @@ class DiscreteVP(Schedule):
 
 @dataclass(frozen=True)
 class RectifiedFlow(Schedule):
-    """Straight paths (Liu et al. 2023; Lipman et al. 2023): alpha = 1 - t, sigma = t, velocity eps - x0."""
+    """Straight paths (Liu et al. 2023; Lipman et al. 2023): alpha = 1 - t, sigma = t, velocity eps - x0.
+
+    Time runs from noise at t = 1 to data at t = 0, as in every schedule here and in diffusers' flow-match schedulers
+    (sigma = t); both papers write the path the other way (t = 0 noise, t = 1 data, velocity data - noise)."""
 
     t_min: float = 0.0
     t_max: float = 1.0
@@ -171,7 +181,10 @@ def timesteps(schedule: Schedule, steps: int, spacing: str = "uniform", rho: flo
     """steps + 1 decreasing times [steps + 1] float64; a sampler calls the model at the first `steps` of them.
 
     discrete:  DDPM's grid t = i / T with i = round(linspace(floor(T t_max), 1, steps)), then 0 (DDIM's stride);
-               the only grid that lands on t = 0, which DDPM, DDIM and DPM-Solver++ can step to.
+               the only grid that lands on t = 0, which DDPM, DDIM and DPM-Solver++ can step to. At t_max = 1 the
+               calls, as diffusers timesteps tau = T t - 1, are timestep_spacing="linspace"'s round(linspace(T - 1, 0,
+               steps)) except at steps = 1 (diffusers: [0]) and at exact .5 ties, which round half to even on
+               numbers one apart and so differ by one (steps = 3: 999, 499, 0 here, 999, 500, 0 there).
     uniform:   t_max -> t_min evenly in t.
     quadratic: t = t_min + (t_max - t_min) u^2 for u evenly 1 -> 0 (DDIM's "quad": dense near the data).
     edm:       sigma / alpha = exp(-lambda) evenly in its 1/rho power (Karras et al. 2022, rho = 7).

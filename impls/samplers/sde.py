@@ -18,6 +18,8 @@ from impls.samplers.schedules import timesteps
 @torch.no_grad()
 def euler_maruyama(model: Model, x_T: Tensor, steps: int, *, spacing: str = "uniform",
                    generator: torch.Generator | None = None) -> Sampled:
+    """From x_T at t_max down the grid: x_s = x_t + (s - t) (f x_t - g^2 score(x_t, t)) + sqrt(g^2 (t - s)) z, with
+    f and g^2 at t and z ~ N(0, I) from `generator`; the last step (to t_min) adds no z."""
     check_schedule(model, "vp", "euler_maruyama")
     model = Counted(model)
     ts = timesteps(model.schedule, steps, spacing).tolist()
