@@ -15,7 +15,9 @@ What a metric is comes from the specs its suite declared, which each run directo
 - sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
   It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
-  on the median over runs (`changed` when the metric has no direction).
+  on the median over runs (`changed` when the metric has no direction). Where the runs of a side disagree on it, it
+  is not deterministic on that machine: it is weighed like a timing on its run values (`compare_runs`: better |
+  worse | same | noisy), and the row's `varies` column names the side and the spread of its values.
 - clocked without samples and one run per side (rates, energy, timing ratios and shares), or info (a timing's
   spread, clocks, flags): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
 - contended: a timed verdict (the first two rules) of a case that something outside it disturbed (its record's
@@ -44,7 +46,7 @@ from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 from bench.stats import MIN_RUNS_FOR_TEST, MIN_SAMPLES, RUN_SPREAD_K, SampleTest, compare_runs, compare_samples  # noqa: F401
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended"]
+               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
 ABSENT = "absent"
@@ -126,12 +128,23 @@ def _load(run_dirs) -> tuple[dict[str, _Case], list[dict], list[str]]:
     return {c: _merge(rs) for c, rs in by_case.items()}, metas, names
 
 
-def _change_verdict(change: str, d: str | None) -> str:
+def _change_verdict(change: str, d: str | None, words: tuple[str, str] = ("slower", "faster")) -> str:
     if change in ("same", "noisy"):
         return change
     if d is None:
         return "changed"
-    return "slower" if (change == "up") == (d == "lower") else "faster"
+    return words[0] if (change == "up") == (d == "lower") else words[1]
+
+
+def _varies(base: list[float], new: list[float]) -> str | None:
+    """Which side's runs disagree on a metric, and over what range; None when every side's runs agree."""
+    said = [f"{side} runs {_number_text(min(v))}..{_number_text(max(v))} ({len(v)} runs)"
+            for side, v in (("base", base), ("new", new)) if min(v) != max(v)]
+    return "; ".join(said) or None
+
+
+def _number_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.6g}"
 
 
 def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, specs: dict[str, Metric],
@@ -144,6 +157,8 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
       run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
     - clocked without samples and one run a side, or info: n/a, only the ratio.
     - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
+    - exact, but the runs of a side disagree: `compare_runs` on the run values, better/worse/same/noisy, and
+      `varies` says which side's runs differ and how (None for every other row).
     runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
     A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
     `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
@@ -154,7 +169,7 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
     base, new = b.value(metric), n.value(metric)
     sampled = metric in b.samples or metric in n.samples
     row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None}
+           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None, "varies": None}
     timed = spec.kind != "info" and (sampled or (clocked and d is not None))
     t = _test(metric, b, n, timed, sampled, threshold, alpha)
     if t is not None:
@@ -180,8 +195,14 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
                     verdict = _change_verdict(u.change, d)
         return {**row, "verdict": verdict}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
+    varies = _varies(rb, rn)
     if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
+    elif varies:  # declared exact, yet its runs differ here: a 1-byte wobble must not read as a change, so weighed
+        t = compare_runs(rb, rn, threshold, alpha)
+        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread,
+                   varies=varies)
+        verdict = "noisy" if math.isnan(t.ratio) else _change_verdict(t.change, d, ("worse", "better"))
     elif new == base:
         verdict = "same"
     elif d is None:
@@ -261,7 +282,13 @@ class Comparison:
     @property
     def tested(self) -> pd.DataFrame:
         """Rows whose verdict comes from a statistical test (`compare_runs` or `compare_samples`): the timings."""
-        return self.rows[self.rows["p_value"].notna() | self.rows["run_spread"].notna()]
+        r = self.rows
+        return r[(r["p_value"].notna() | r["run_spread"].notna()) & r["varies"].isna()]
+
+    @property
+    def varying(self) -> pd.DataFrame:
+        """Rows of exact metrics whose runs differ on a side, so weighed on their spread like a timing."""
+        return self.rows[self.rows["varies"].notna()]
 
     @property
     def one_run_per_side(self) -> bool:
@@ -301,10 +328,17 @@ class Comparison:
                     lines.append(_line(r))
                     if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
                         lines.append(f"    {r.contended}")
+                    if isinstance(r.varies, str):
+                        lines.append(f"    {VARIES}: {r.varies}")
         if len(self.contended):
             lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
             for r in self.contended.itertuples():
                 lines += [_line(r), f"    {r.contended}"]
+        varying = self.varying[~self.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # those not listed above
+        if len(varying):
+            lines.append(VARIES_HEAD.format(len(varying)))
+            for r in varying.itertuples():
+                lines += [_line(r), f"    {r.varies}"]
         if len(self.newly_failing):
             lines.append(f"newly failing ({len(self.newly_failing)}):")
             lines += [f"  {r.change:<11} {r.case_id}" for r in self.newly_failing.itertuples()]
@@ -314,6 +348,9 @@ class Comparison:
 CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
                   "ignores them; --allow-contended judges them):")
 CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
+VARIES = "not deterministic here, weighed on its run-to-run spread"
+VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, so "
+               "weighed on their run-to-run spread like a timing:")
 
 
 def _line(r) -> str:

@@ -28,6 +28,9 @@ error      string               the reason of a non-ok case, else null
 metric     string               metric name, its unit as suffix (null on a status-only row)
 value      double               the metric's value (null when it had none)
 direction  string               "lower" or "higher" is better, null for informational metrics
+kind       string               "measured" (from a clock, or a ratio of one: judged against a noise band), "exact"
+                                (deterministic for a commit and machine, or a ratio of such: judged exactly) or
+                                "info"; null on a status-only row, or in a store written before the column
 n_samples  int64                raw samples behind the value (0 when the metric was measured once)
 iqr        double               relative spread of the samples, (q75 - q25) / median; null with fewer than 2 samples
 contended  bool                 something outside the case disturbed its timed window (bench.interference), on every
@@ -48,13 +51,13 @@ from pathlib import Path
 
 from bench.atomic import atomic_path
 from bench.interference import reason
-from bench.metrics import default, specs_of
+from bench.metrics import default, is_clocked, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
-           "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason")
+           "case_id", "params", "status", "error", "metric", "value", "direction", "kind", "n_samples", "iqr",
+           "contended", "contended_reason")
 
 
 def schema():
@@ -145,12 +148,21 @@ def _rows(records: list[Record], meta: dict, run_id: str):
             case["timestamp"] = _utc(r.started_at)
         metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
         if not metrics:
-            yield {**case, "metric": None, "value": None, "direction": None, "n_samples": 0, "iqr": None}
+            yield {**case, "metric": None, "value": None, "direction": None, "kind": None, "n_samples": 0,
+                   "iqr": None}
         for metric, value in metrics.items():
             s = [x for x in (r.samples.get(metric) or []) if isinstance(x, (int, float))]
-            direction = (declared.get(metric) or default(metric)).direction
-            yield {**case, "metric": metric, "value": value, "direction": direction, "n_samples": len(s),
-                   "iqr": _relative_iqr(s)}
+            spec = declared.get(metric) or default(metric)
+            yield {**case, "metric": metric, "value": value, "direction": spec.direction,
+                   "kind": _kind(spec, declared, s), "n_samples": len(s), "iqr": _relative_iqr(s)}
+
+
+def _kind(spec, declared: dict, samples: list) -> str:
+    """measured, exact or info, by compare's rule: a metric with samples, or derived from a measured one, is
+    measured; the rest of exact and derived ones are exact."""
+    if spec.kind == "info":
+        return "info"
+    return "measured" if samples or is_clocked(spec.name, declared) else "exact"
 
 
 def _contention(metrics: dict) -> dict:

@@ -130,7 +130,8 @@ def timing_bars(rows, suite: str, metric: str):
 
 
 ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high", "runs_per_side",
-             "run_spread", "contended"]  # contended: why, or which runs a verdict was judged without
+             "run_spread", "contended", "varies"]  # contended: why, or which runs a verdict was judged without
+VARIES_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "run_spread", "varies"]
 CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "contended"]
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
 
@@ -188,6 +189,11 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         parts.append(section(f"Contended ({len(c.contended)}): other load disturbed these timings",
                              f'<p class="muted">{note}</p>',
                              table(_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE, {"contended": "reason"})))
+    if len(c.varying):
+        parts.append(section(f"Varying ({len(c.varying)}): exact metrics whose runs of one side differ",
+                             '<p class="muted">Declared deterministic (bytes, FLOPs, a seeded quality), yet not on '
+                             "this machine: weighed on their run-to-run spread like a timing.</p>",
+                             table(_records(c.varying, VARIES_TABLE), VARIES_TABLE, {"varies": "reason"})))
     if len(c.improvements):
         parts.append(section(f"Improvements ({len(c.improvements)})",
                              table(_records(c.improvements, ROW_TABLE), ROW_TABLE, {"verdict": "improvement"})))

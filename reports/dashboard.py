@@ -49,7 +49,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
         case, env = s["case_id"].iloc[0], (s["env_id"].iloc[0], s["device"].iloc[0])
         colour = colours[case]
         x, values = [_when(t) for t in s["timestamp"]], s["value"].tolist()
-        away, why = s["contended"].tolist(), s["contended_reason"].tolist()
+        away, why = rule.not_judged(s), s["contended_reason"].tolist()
         hover = [f"{case}<br>{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
                  + (f"<br>baseline {p['baseline']:.4g} ± {100 * p['half']:.3g}%" if p else "")
                  + (f"<br>older baseline {p['old']:.4g} ± {100 * p['old_half']:.3g}%" if p and p["old"] else "")
@@ -66,7 +66,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
                         text=hover,
                         hovertemplate="%{text}<extra></extra>")
         shown.add(case)
-        bad = rule.streak(judged, away) if (case, *env) in flagged else []
+        bad = rule.flagged(judged, s) if (case, *env) in flagged else []
         if bad:  # ring the whole bad run, not only the two points that raised the flag
             fig.add_scatter(x=[x[i] for i in bad], y=[values[i] for i in bad], mode="markers", legendgroup=case,
                             showlegend=False,
@@ -130,7 +130,7 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
             row = {"case": key[0], "env_id": key[1], "device": key[2], "runs": len(s), "baseline": p and p["baseline"],
                    "band ±%": p and 100 * p["half"], "latest": latest,
                    "change %": p and 100 * (latest - p["baseline"]) / abs(p["baseline"]), "flag": ""}
-            if s["contended"].iloc[-1]:
+            if rule.not_judged(s)[-1]:
                 row["flag"] = f"latest contended, not judged: {s['contended_reason'].iloc[-1] or 'flagged contended'}"
             if key in flags:  # the baseline and band the flag was raised against (a drift's is the older median)
                 f = flags[key]
@@ -146,7 +146,8 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
         parts.append(section("Not ok in the latest run per env", table(rows, classes={"status": "status"})))
     return page(f"techbench dashboard: {suite}", "\n".join(parts),
                 f"{len(runs)} runs; baseline: median of up to {window} earlier runs of the case on the same env_id "
-                f"and device that were not themselves flagged bad; threshold {100 * threshold:g}%")
+                f"and device that were not themselves flagged bad; threshold {100 * threshold:g}%; an exact metric "
+                "(bytes, FLOPs, a seeded quality) is held to its latest good value, with no band")
 
 
 def _page_name(suite: str) -> str:
@@ -213,5 +214,6 @@ def _site(frame, store, put, threshold: float, window: int) -> Path:
     subtitle = (f"{frame['run_id'].nunique()} runs in history store {Path(store).resolve().name}; a regression is "
                 f"two consecutive runs worse than the baseline of earlier good runs on one env_id and device: by more "
                 f"than {100 * threshold:g}% and outside the noise band (step), or by more than {200 * threshold:g}% "
-                f"against runs over {window} back (drift)")
+                f"against runs over {window} back (drift); for an exact metric (bytes, FLOPs, a seeded quality), one "
+                "run worse at all than the latest good one (changed)")
     return put("index.html", _plain_page("techbench dashboard", "\n".join(parts), subtitle))

@@ -44,23 +44,31 @@ def envs(frame):
 
 def _series(frame):
     """ok numeric rows of metrics with a direction, one value per (series, run): the median if a run holds a case
-    twice. A metric's direction is the one its suite declared in the newest run that has it (the stored column), so
-    that a series follows a metric that became informational, or changed sides, since older runs were added."""
+    twice. A metric's direction and kind are those its suite declared in the newest run that has them (the stored
+    columns), so that a series follows a metric that became informational, exact, or changed sides, since older runs
+    were added. A store written before the kind column judges its metrics as measured, as it did then."""
     ok = frame[(frame["status"] == "ok") & frame["metric"].notna() & frame["value"].notna()]
-    by_time = ok.sort_values("timestamp", kind="stable").groupby(["suite", "metric"], dropna=False)["direction"]
-    newest = by_time.agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
-    ok = envs(ok).assign(direction=[newest.get((s, m)) for s, m in zip(ok["suite"], ok["metric"], strict=True)])
-    ok = ok[ok["direction"].notna()]
+    kind = ok["kind"] if "kind" in ok.columns else None
+    by_time = ok.assign(kind=kind).sort_values("timestamp", kind="stable").groupby(["suite", "metric"], dropna=False)
+    newest = by_time[["direction", "kind"]].agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
+    keys = list(zip(ok["suite"], ok["metric"], strict=True))
+    ok = envs(ok).assign(direction=[newest["direction"].get(k) for k in keys],
+                         metric_kind=[_kind(newest["kind"].get(k)) for k in keys])
+    ok = ok[ok["direction"].notna() & (ok["metric_kind"] != "info")]
     # a store written before the flag has no such columns, or nulls in them: not contended
     flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
     why = ok["contended_reason"] if "contended_reason" in ok.columns else None
     ok = ok.assign(contended=flag, contended_reason=why)
     extra = [c for c in ("gpu", "git_sha", "variant") if c in ok.columns]
-    agg = {"value": "median", "timestamp": "min", "direction": "first", "contended": "max",
+    agg = {"value": "median", "timestamp": "min", "direction": "first", "metric_kind": "first", "contended": "max",
            "contended_reason": "first", **{c: "first" for c in extra}}
     out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
     out["contended"] = out["contended"].astype(bool)
     return out.sort_values(KEYS + ["timestamp", "run_id"], kind="stable", ignore_index=True)
+
+
+def _kind(stored) -> str:
+    return stored if isinstance(stored, str) else "measured"  # null, NaN: a row written before the column
 
 
 def _band(kept: list[float], threshold: float, window: int) -> tuple[float, float] | None:
@@ -88,15 +96,17 @@ def _worse(value: float, baseline: float, direction: str) -> float:
 
 
 def _judge(values: list[float], direction: str, threshold: float, window: int,
-           contended: list[bool] = ()) -> list[dict | None]:
+           contended: list[bool] = (), exact: bool = False) -> list[dict | None]:
     """Per point (None when it has no baseline): baseline, half (relative band half-width), lower and upper band
     edges (lower clamped at 0 for a positive baseline), old and old_half (the drift baseline and its band, None
-    while too few older points) and kind: "step" or "drift" when the point is bad, else None. A point flagged in
-    `contended` is never bad and never enters a baseline. Rule: regressions()."""
+    while too few older points) and kind: "step", "drift" or (exact) "changed" when the point is bad, else None. A
+    point flagged in `contended` is never bad and never enters a baseline, unless the series is exact. Rule:
+    regressions()."""
     out, kept, kept_values = [], [], []  # the points that may enter later baselines: indices, values
     for i, v in enumerate(values):
-        away = i < len(contended) and bool(contended[i])
-        band = _band(kept_values, threshold, window)
+        away = not exact and i < len(contended) and bool(contended[i])
+        band = (kept_values[-1], 0.0) if exact and kept_values else None if exact else _band(kept_values, threshold,
+                                                                                            window)
         if band is None:
             out.append(None)
             if not away:
@@ -104,10 +114,14 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
                 kept_values.append(v)
             continue
         b, half = band
-        kind = "step" if not away and _worse(v, b, direction) > half else None
-        end = bisect.bisect_left(kept, i - window)  # kept points at least window + 1 runs back
-        older = kept_values[max(0, end - DRIFT_POINTS):end]
-        old = statistics.median(older) if len(older) >= DRIFT_MIN else None
+        if exact:  # deterministic: any move the wrong way is a change, whatever its size, even from 0
+            kind = "changed" if (v > b if direction == "lower" else v < b) else None
+            old = None
+        else:
+            kind = "step" if not away and _worse(v, b, direction) > half else None
+            end = bisect.bisect_left(kept, i - window)  # kept points at least window + 1 runs back
+            older = kept_values[max(0, end - DRIFT_POINTS):end]
+            old = statistics.median(older) if len(older) >= DRIFT_MIN else None
         old_half = max(2 * threshold, half)
         if kind is None and not away and old and _worse(v, old, direction) > old_half:
             kind = "drift"
@@ -120,9 +134,17 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
     return out
 
 
-def streak(judged: list[dict | None], contended: list[bool] = ()) -> list[int]:
+def not_judged(series) -> list[bool]:
+    """Per point of a series (judged()'s frame): contended, so judged against nothing. An exact metric is judged
+    regardless: what another process does to the clock does not change a count of bytes."""
+    exact = series["metric_kind"].iloc[-1] == "exact"
+    return [bool(c) and not exact for c in series["contended"]]
+
+
+def streak(judged: list[dict | None], contended: list[bool] = (), at_least: int = 2) -> list[int]:
     """Positions of the run of bad points that ends at the latest point not contended (contended points, which
-    carry no verdict, neither break nor extend it); empty when it is shorter than 2 (not flagged)."""
+    carry no verdict, neither break nor extend it); empty when it is shorter than `at_least` (not flagged): 2 for
+    a measured series, 1 for an exact one, which has no noise to confirm."""
     bad = []
     for i in range(len(judged) - 1, -1, -1):
         if i < len(contended) and contended[i]:
@@ -130,12 +152,18 @@ def streak(judged: list[dict | None], contended: list[bool] = ()) -> list[int]:
         if not (judged[i] and judged[i]["kind"]):
             break
         bad.append(i)
-    return bad[::-1] if len(bad) >= 2 else []
+    return bad[::-1] if len(bad) >= at_least else []
+
+
+def flagged(judged: list[dict | None], series) -> list[int]:
+    """streak() of one series of judged()."""
+    return streak(judged, not_judged(series), 1 if series["metric_kind"].iloc[-1] == "exact" else 2)
 
 
 def judged(frame, threshold: float, window: int) -> list:
     """[(points of one series in run order, _judge of its values)] for every series of a history frame."""
-    return [(s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window, s["contended"].tolist()))
+    return [(s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window, s["contended"].tolist(),
+                       s["metric_kind"].iloc[-1] == "exact"))
             for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False)]
 
 
@@ -147,18 +175,20 @@ def flags(judged: list, newest):
                "age_days", "stale"]
     rows = []
     for s, j in judged:
-        bad = streak(j, s["contended"].tolist())
+        bad = flagged(j, s)
         if not bad:
             continue
         # the latest judged point speaks for the flag; the series' latest point, contended or not, for its age
         kind, p, last, values = j[bad[0]]["kind"], j[bad[-1]], s.iloc[bad[-1]], s["value"].tolist()
         b, half = (p["old"], p["old_half"]) if kind == "drift" and p["old"] else (p["baseline"], p["half"])
         age = (newest - s["timestamp"].iloc[-1]).total_seconds() / 86400
+        latest, previous = values[bad[-1]], values[bad[-2] if len(bad) > 1 else bad[-1] - 1]
+        change = 100 * (latest - b) / abs(b) if b else math.copysign(math.inf, latest - b)  # exact, from 0
         rows.append({"suite": last["suite"], "case_id": last["case_id"], "variant": last.get("variant"),
                      "metric": last["metric"], "env_id": last["env_id"], "device": last["device"],
                      "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind, "baseline": b,
-                     "band_pct": 100 * half, "previous": values[bad[-2]], "latest": values[bad[-1]],
-                     "change_pct": 100 * (values[bad[-1]] - b) / abs(b), "n_runs": len(values), "bad_runs": len(bad),
+                     "band_pct": 100 * half, "previous": previous, "latest": latest,
+                     "change_pct": change, "n_runs": len(values), "bad_runs": len(bad),
                      "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
                      "stale": age > STALE_DAYS})
     return pd.DataFrame(rows, columns=columns)
@@ -186,8 +216,14 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     a new series (another env_id or device) starts a fresh baseline. A contended point (its case's timed window was
     disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad, never
     enters a baseline or a noise estimate, and a run of bad points passes over it.
+    An exact metric (the history's `kind` column: bytes counted, FLOPs, a seeded quality; deterministic for a commit
+    and machine) has no noise to weigh: its baseline is the latest not-bad point and its band is 0, so v[i] is bad,
+    kind "changed", when it moved the wrong way at all (a 4% growth in bytes is not hidden under a 5% threshold), and
+    one such point is flagged. Contention does not excuse it, and it has no drift: every step is seen. A store
+    written before the kind column judges every metric as measured.
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
-    flag's kind at the latest point), previous, latest, change_pct (latest against that baseline, signed), n_runs,
+    flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
+    point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
     bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to
     the store's newest run) and stale (age_days > STALE_DAYS: the series missed the latest night). "Latest point"
     is the latest not contended; age_days counts contended runs, which ran all the same.

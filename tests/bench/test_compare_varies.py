@@ -1,0 +1,59 @@
+"""compare with an exact metric (bytes, FLOPs, a seeded quality) whose runs of one side disagree: not deterministic
+on that machine, so weighed on its run-to-run spread like a timing rather than compared exactly on medians."""
+
+import math
+
+import pytest
+
+from bench.compare import VARIES_HEAD, compare
+from reports.compare_page import write_compare_html
+from tests.bench.test_compare import one, timing_case
+from tests.optional import needs
+from tests.runs import write_run
+
+
+def runs(tmp_path, side: str, peaks: list[int]) -> list:
+    """One run directory per peak: the toy case with that peak_mem_bytes (and a steady timing)."""
+    return [write_run(tmp_path / side, f"{side}{i}", [timing_case("v", 100, seed=i, peak_mem_bytes=p)])
+            for i, p in enumerate(peaks)]
+
+
+@pytest.mark.parametrize("base, new, verdict", [
+    ([1000, 1000, 1001], [1000, 1000, 1000], "same"),  # a 1-byte wobble in the base is not a change
+    ([1000, 1000, 1001], [1001, 1001, 1001], "same"),  # medians 1000 -> 1001: exactly, that would read "worse"
+    ([1000, 1001, 1000], [1200, 1200, 1200], "worse"),  # a 20% growth clears the wobble
+    ([1000, 1001, 1000], [800, 801, 800], "better"),
+])
+def test_an_exact_metric_whose_runs_differ_is_weighed_on_its_spread(tmp_path, base, new, verdict):
+    row = one(compare(runs(tmp_path, "base", base), runs(tmp_path, "new", new)), "v", "peak_mem_bytes")
+    assert row.verdict == verdict and row.runs_per_side == "3v3" and not math.isnan(row.run_spread)
+    assert row.varies.startswith("base runs 1000..1001 (3 runs)")
+
+
+def test_an_exact_metric_whose_runs_agree_is_compared_exactly(tmp_path):
+    c = compare(runs(tmp_path, "base", [1000, 1000]), runs(tmp_path, "new", [1001, 1001]))
+    row = one(c, "v", "peak_mem_bytes")
+    assert (row.verdict, row.varies) == ("worse", None) and math.isnan(row.run_spread)
+    assert c.varying.empty
+
+
+def test_the_summary_names_the_varying_metric_once(tmp_path):
+    c = compare(runs(tmp_path, "base", [1000, 1000, 1001]), runs(tmp_path, "new", [1000, 1002, 1000]))
+    lines = c.summary_lines()
+    assert lines.count(VARIES_HEAD.format(1)) == 1
+    said = [line for line in lines if "new runs 1000..1002 (3 runs)" in line]
+    assert said == ["    base runs 1000..1001 (3 runs); new runs 1000..1002 (3 runs)"]
+    assert not any(line.startswith("timings by runs per side") and "3v3 (2)" in line for line in lines)
+    # a varying metric that regressed is listed under regressions, with the note, and not again
+    c = compare(runs(tmp_path / "2", "base", [1000, 1001, 1000]), runs(tmp_path / "2", "new", [1200, 1200, 1201]))
+    lines = c.summary_lines()
+    at = next(i for i, line in enumerate(lines) if "worse" in line and "peak_mem_bytes" in line)
+    assert lines[at + 1].startswith("    not deterministic here") and lines[at - 1] == "regressions (1):"
+    assert not any(line.startswith("varying (") for line in lines)
+
+
+@needs("plotly")
+def test_the_compare_page_has_a_varying_section(tmp_path):
+    c = compare(runs(tmp_path, "base", [1000, 1000, 1001]), runs(tmp_path, "new", [1000, 1000, 1000]))
+    text = write_compare_html(c, tmp_path / "c.html").read_text()
+    assert "Varying (1): exact metrics whose runs of one side differ" in text and "1000..1001" in text

@@ -1,0 +1,128 @@
+"""The dashboard with exact metrics (bytes counted, FLOPs, a seeded quality): deterministic for a commit and machine,
+so held to their latest good value with no noise band, one changed run flagged, contended or not."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from bench import history
+from reports import dashboard
+from reports import regressions as rule
+from tests.optional import needs
+from tests.reports.test_dashboard import CASE, NIGHTS, frame_of, nights
+from tests.runs import checkpointing_records, write_run
+
+
+def exact_frame(values, direction="lower", metric="peak_mem_bytes", **kw):
+    return frame_of(values, metric=metric, direction=direction).assign(kind="exact", **kw)
+
+
+def kinds_per_night(frame) -> list[str | None]:
+    """The flag's kind as each night's dashboard would show it (None: not flagged)."""
+    out = []
+    for n in range(1, len(frame) + 1):
+        found = dashboard.regressions(frame.iloc[:n])
+        out.append(found["kind"].iloc[0] if len(found) else None)
+    return out
+
+
+def growing_nights(tmp_path, growth: dict[int, float], declare: bool = True):
+    """NIGHTS nightly checkpointing runs in a store; on night i in `growth` CASE's peak_mem_bytes is scaled by it."""
+    store = tmp_path / "store"
+    for night in range(NIGHTS):
+        records = checkpointing_records(seed=night)
+        for r in records:
+            if night in growth and r.get("status", "ok") == "ok" and (r["variant"], r["params"]["batch"]) == (
+                    "selective", 4):
+                r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * growth[night])
+        history.add(write_run(tmp_path / "runs", f"night-{night}", records, declare=declare,
+                              started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), store)
+    return store
+
+
+@needs("pyarrow")
+def test_history_rows_carry_the_metric_kind(tmp_path):
+    frame = history.load(growing_nights(tmp_path, {}))
+    kinds = dict(zip(frame["metric"], frame["kind"]))
+    assert kinds["step_time_ms"] == "measured" and kinds["peak_mem_bytes"] == "exact"
+    assert kinds["time_overhead_x"] == "measured"  # a ratio of times: measured, as compare judges it
+    assert kinds["mem_saving_x"] == "exact"  # a ratio of byte counts
+    assert frame[frame["metric"].isna()]["kind"].isna().all()  # status-only rows
+
+
+@needs("pyarrow")
+def test_a_small_byte_growth_is_flagged_at_once(tmp_path):
+    # +4% bytes, under the 5% threshold a timing is held to: deterministic, so the first night it appears
+    found = dashboard.regressions(history.load(growing_nights(tmp_path, {NIGHTS - 1: 1.04})))
+    assert list(zip(found["case_id"], found["metric"], found["kind"])) == [(CASE, "peak_mem_bytes", "changed")]
+    row = found.iloc[0]
+    assert (row["bad_runs"], row["band_pct"], row["previous"], row["baseline"]) == (1, 0.0, 2.8e9, 2.8e9)
+    assert row["change_pct"] == pytest.approx(4)
+
+
+@needs("pyarrow")
+def test_a_store_written_before_the_kind_column_judges_as_before(tmp_path):
+    # no kind stored (an older store): every metric is measured, so +4% is inside the 5% threshold
+    frame = history.load(growing_nights(tmp_path, {NIGHTS - 2: 1.04, NIGHTS - 1: 1.04})).drop(columns="kind")
+    assert dashboard.regressions(frame).empty
+    # a series takes the kind of its newest run: one new run with the column is enough
+    assert dashboard.regressions(frame.assign(kind=None)).empty
+    frame.loc[(frame["run_id"] == f"night-{NIGHTS - 1}") & (frame["metric"] == "peak_mem_bytes"), "kind"] = "exact"
+    found = dashboard.regressions(frame)
+    assert set(found["kind"]) == {"changed"} and set(found["metric"]) == {"peak_mem_bytes"}
+
+
+@pytest.mark.parametrize("values, direction, per_night", [
+    ([100, 100, 100, 101], "lower", [None, None, None, "changed"]),  # one byte more
+    ([100, 100, 99, 99, 100], "lower", [None] * 4 + ["changed"]),  # an improvement is the new baseline at once
+    ([100, 100, 100, 104, 100], "lower", [None, None, None, "changed", None]),  # a fixed change clears
+    ([100, 104, 104, 104, 104], "lower", [None, "changed", None, None, None]),  # the first 3 points always count
+    ([100, 100, 100, 104, 104, 104, 104, 104, 104, 104, 104], "lower", [None] * 3 + ["changed"] * 8),  # it stays
+    ([30.0, 30.0, 30.0, 29.99], "higher", [None, None, None, "changed"]),  # SQNR in dB: higher is better
+    ([30.0, 30.0, 30.0, 31.0], "higher", [None] * 4),
+    ([0, 0, 0, 1], "lower", [None, None, None, "changed"]),  # from 0: no relative change to threshold
+])
+def test_the_exact_rule(values, direction, per_night):
+    assert kinds_per_night(exact_frame([float(v) for v in values], direction)) == per_night
+
+
+def test_a_change_from_zero_has_an_infinite_change():
+    row = dashboard.regressions(exact_frame([0.0, 0.0, 0.0, 1024.0])).iloc[0]
+    assert (row["baseline"], row["latest"], row["band_pct"]) == (0.0, 1024.0, 0.0) and row["change_pct"] == math.inf
+
+
+def test_contention_does_not_excuse_an_exact_change():
+    values, away = [100.0] * 5 + [104.0], [False] * 5 + [True]
+    found = dashboard.regressions(exact_frame(values, contended=away))
+    assert list(found["kind"]) == ["changed"] and found["latest"].iloc[0] == 104.0
+    measured = frame_of(nights(12, lambda i: 1.0) + [300.0, 300.0]).assign(contended=[False] * 12 + [True] * 2)
+    assert dashboard.regressions(measured).empty  # a timing under the same load is judged against nothing
+    (s, _), = rule.judged(exact_frame(values, contended=away), 0.05, 7)
+    assert rule.not_judged(s) == [False] * 6
+
+
+def test_an_exact_metric_that_changes_kind_is_judged_by_its_newest():
+    frame = exact_frame([100.0, 100.0, 100.0, 104.0])
+    assert list(dashboard.regressions(frame)["kind"]) == ["changed"]
+    frame.loc[frame.index[-1], "kind"] = "measured"  # its suite now declares it measured: the band rule, 4% < 5%
+    assert dashboard.regressions(frame).empty
+    frame.loc[frame.index[-1], "kind"] = "info"  # or context: never judged
+    assert dashboard.regressions(frame).empty
+
+
+@needs("plotly", "pyarrow")
+def test_site_lists_the_exact_change(tmp_path):
+    store = growing_nights(tmp_path, {NIGHTS - 1: 1.04})
+    index = dashboard.build(store, tmp_path / "site")
+    text = index.read_text()
+    assert "changed" in text and "peak_mem_bytes" in text and "No regressions" not in text
+    page = (tmp_path / "site" / "suite-checkpointing.html").read_text()
+    assert "REGRESSION (changed, 1 runs)" in page
+
+
+def test_old_and_new_kinds_mix_per_series():
+    old = exact_frame([100.0] * 4).assign(kind=None)
+    new = exact_frame([104.0]).assign(run_id="r9", timestamp=pd.Timestamp("2026-12-01", tz="UTC"))
+    found = dashboard.regressions(pd.concat([old, new], ignore_index=True))
+    assert list(found["kind"]) == ["changed"] and found["baseline"].iloc[0] == 100.0
