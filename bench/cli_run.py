@@ -123,8 +123,10 @@ def _matches(params: dict, where: dict[str, str]) -> bool:
 
 
 def parse_cpus(text: str | None) -> frozenset[int] | None:
-    """--cpus "0-3,8" as a set; refused when malformed or naming a CPU outside this process's affinity (one that
-    does not exist, or that a cgroup or taskset keeps `bench` off: the kernel would refuse it or drop it silently)."""
+    """--cpus "0-3,8" as a set; refused when malformed or naming a CPU that the kernel will not let `bench` run on:
+    one that does not exist, or that a cgroup's cpuset keeps it off (it would refuse it, or drop it silently). A CPU
+    outside this process's affinity is fine where the kernel lets it move there: isolated CPUs (isolcpus), which no
+    process starts on, are what --cpus is for, with bench itself left on the others."""
     if text is None:
         return None
     if not hasattr(os, "sched_setaffinity"):
@@ -132,21 +134,34 @@ def parse_cpus(text: str | None) -> frozenset[int] | None:
     from bench.doctor import format_cpus
 
     allowed = os.sched_getaffinity(0)
-    top, cpus = max(allowed), set()
+    top, cpus = max(max(allowed), (os.cpu_count() or 1) - 1), set()
     for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
         hi = hi if dash else lo
         if not (_digits(lo) and _digits(hi)) or int(hi) < int(lo):
             raise UsageError(f"--cpus must be a list of CPUs and low-high ranges such as 0-3,8, got {text!r}")
         first, last = int(lo), int(hi)
-        bad = next((c for c in range(first, min(last, top) + 1) if c not in allowed), None)
+        bad = next((c for c in range(first, min(last, top) + 1) if c not in allowed and not _may_move_to(c)), None)
         if bad is None and last > top:  # checked before the range is built: "0-99999999" is one line, not 1e8 ints
             bad = max(first, top + 1)
         if bad is not None:
             raise UsageError(f"--cpus {text}: there is no CPU {bad} that bench may run on here "
-                             f"(valid: {format_cpus(allowed)})")
+                             f"(valid: {format_cpus(allowed)}, and isolated CPUs the kernel lets it move to)")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
+
+
+def _may_move_to(cpu: int) -> bool:
+    """Whether the kernel lets this thread run on `cpu`: asked by moving there and straight back (a cpuset that
+    excludes it makes the call fail)."""
+    own = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})
+        return os.sched_getaffinity(0) == {cpu}
+    except OSError:
+        return False
+    finally:
+        os.sched_setaffinity(0, own)
 
 
 def _digits(text: str) -> bool:

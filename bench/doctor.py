@@ -161,14 +161,14 @@ def check_isolation(host: Host) -> Finding:
         n = host.cpus()
         half = format_cpus(range(n // 2, n)) if n > 1 else "0"
         return finding("cpu.isolation", "warn", "no CPU isolated", f"add isolcpus={half} nohz_full={half} "
-                       f"rcu_nocbs={half} to the kernel command line, reboot, then `taskset -c {half} bench run ...`")
+                       f"rcu_nocbs={half} to the kernel command line, reboot, then `bench run --cpus {half} ...`")
     nohz = _cmdline_cpus(host, "nohz_full")
     found = f"cpu {format_cpus(isolated)} isolated" + (f" (nohz_full {format_cpus(nohz)})" if nohz else "")
     if host.affinity and host.affinity <= isolated:
         return finding("cpu.isolation", "ok", f"{found}; bench runs on cpu {format_cpus(host.affinity)}")
     where = f"cpu {format_cpus(host.affinity)}" if host.affinity else "any CPU"
     return finding("cpu.isolation", "warn", f"{found}, but bench runs on {where}",
-                   f"taskset -c {format_cpus(isolated)} bench run ...")
+                   f"bench run --cpus {format_cpus(isolated)} ... (each case on them, bench itself off them)")
 
 
 def check_memory(host: Host) -> Finding:

@@ -101,12 +101,14 @@ def test_smt(tmp_path, files, status, found):
 
 @pytest.mark.parametrize("files, affinity, status, found, fix", [
     ({f"{CPU}/isolated": "\n", "proc/cmdline": "quiet", f"{CPU}/online": "0-3"}, {0, 1, 2, 3}, "warn",
-     "no CPU isolated", "add isolcpus=2-3 nohz_full=2-3 rcu_nocbs=2-3 to the kernel command line"),
+     "no CPU isolated", "add isolcpus=2-3 nohz_full=2-3 rcu_nocbs=2-3 to the kernel command line, reboot, then "
+     "`bench run --cpus 2-3 ...`"),
     ({f"{CPU}/isolated": "2-3\n", "proc/cmdline": "isolcpus=domain,2-3 nohz_full=2-3"}, {2, 3}, "ok",
      "cpu 2-3 isolated (nohz_full 2-3); bench runs on cpu 2-3", None),
     ({f"{CPU}/isolated": "2-3\n"}, {0, 1, 2, 3}, "warn", "cpu 2-3 isolated, but bench runs on cpu 0-3",
-     "taskset -c 2-3 bench run ..."),
-    ({"proc/cmdline": "isolcpus=1"}, {0, 1}, "warn", "cpu 1 isolated, but bench runs on cpu 0-1", "taskset -c 1"),
+     "bench run --cpus 2-3 ... (each case on them, bench itself off them)"),
+    ({"proc/cmdline": "isolcpus=1"}, {0, 1}, "warn", "cpu 1 isolated, but bench runs on cpu 0-1",
+     "bench run --cpus 1 "),
     ({}, {0}, "unknown", "no cpu/isolated or /proc/cmdline here", None),
 ])
 def test_isolation(tmp_path, files, affinity, status, found, fix):
