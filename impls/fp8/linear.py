@@ -21,10 +21,11 @@ Which operand is quantized how, each written as [rows, K] with the contracted di
   per column (axiswise dim 0), i.e. always one scale per row of the [rows, K] operand above, pow2 scales.
 - tensorwise: one scale per operand per GEMM, dynamic (amax of the current tensor), as torchao's default.
 
-The backward GEMMs use recipe.dtype (E4M3 in every preset) unless `grad_dtype` says otherwise, and grad_dtype then
-applies to both operands of both backward GEMMs: dY and W for Dgrad, dY and x for Wgrad. torchao's default
-(tensorwise) config casts only dY to E5M2 and keeps x and W in E4M3 in every GEMM they enter, so grad_dtype=E5M2
-here is not that "hybrid" recipe. Unlike DeepSeek-V3, which caches x in FP8 and re-tiles that copy, x is saved in
+dY is quantized to recipe.dtype (E4M3 in every preset) unless `grad_dtype` says otherwise; x and W stay in
+recipe.dtype in every GEMM they enter. grad_dtype=E5M2 is thus the older "hybrid" recipe (more range for dY, one
+mantissa bit less), as torchao's Float8LinearConfig casts grad_output to E5M2 and its inputs and weights to E4M3:
+each backward GEMM then has one E5M2 and one E4M3 operand, which torch._scaled_mm takes (two E5M2 it does not).
+Unlike DeepSeek-V3, which caches x in FP8 and re-tiles that copy, x is saved in
 high precision and quantized afresh for Wgrad (as torchao does): one quantization error, not two.
 The forward's bias is added in fp32 after the GEMM; its gradient is dY summed in high precision, no FP8.
 """
@@ -39,11 +40,13 @@ from torch import Tensor, nn
 from impls.fp8.reference import QUANTIZERS, Granularity, Recipe
 
 
-def fp8_gemm(a: Tensor, b: Tensor, a_gran: Granularity, b_gran: Granularity, dtype: torch.dtype, pow2: bool) -> Tensor:
-    """Emulated scaled FP8 GEMM a @ b^T in fp32: a [M, K], b [N, K], each quantized with K as its last dim -> [M, N]."""
+def fp8_gemm(a: Tensor, b: Tensor, a_gran: Granularity, b_gran: Granularity, dtype: torch.dtype, pow2: bool,
+             b_dtype: torch.dtype | None = None) -> Tensor:
+    """Emulated scaled FP8 GEMM a @ b^T in fp32: a [M, K], b [N, K], each quantized with K as its last dim -> [M, N];
+    a in `dtype`, b in `b_dtype` (default: `dtype`)."""
     qa, da = QUANTIZERS[a_gran]
     qb, db = QUANTIZERS[b_gran]
-    return da(*qa(a, dtype, pow2)) @ db(*qb(b, dtype, pow2)).T
+    return da(*qa(a, dtype, pow2)) @ db(*qb(b, dtype if b_dtype is None else b_dtype, pow2)).T
 
 
 class _Fp8LinearFn(torch.autograd.Function):
@@ -65,10 +68,10 @@ class _Fp8LinearFn(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1])  # [M, N]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = fp8_gemm(dy2, weight.T, r.activation, r.weight, gd, r.pow2)  # [M, K]
+            dx = fp8_gemm(dy2, weight.T, r.activation, r.weight, gd, r.pow2, r.dtype)  # [M, K]
             dx = dx.to(x.dtype).reshape(x.shape)
         if ctx.needs_input_grad[1]:
-            dw = fp8_gemm(dy2.T, x2.T, r.activation, r.activation, gd, r.pow2).to(weight.dtype)  # [N, K]
+            dw = fp8_gemm(dy2.T, x2.T, r.activation, r.activation, gd, r.pow2, r.dtype).to(weight.dtype)  # [N, K]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2.float().sum(0).to(weight.dtype)  # [N], no GEMM: kept in high precision
         return dx, dw, db, None, None
