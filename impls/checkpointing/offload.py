@@ -1,4 +1,7 @@
-"""Activation offloading: move every tensor saved for backward to host memory and back (as in ZeRO-Offload).
+"""Activation offloading: move every tensor saved for backward to host memory and back.
+
+Not ZeRO-Offload, which moves optimizer state and gradients; DeepSpeed's activation checkpointing with
+cpu_checkpointing moves only the checkpointed inputs (and recomputes the rest), where this moves every saved tensor.
 
 torch.autograd.graph.save_on_cpu(pin_memory=x.is_cuda) around the whole model, final norm included: nothing is
 recomputed, every saved tensor is copied to the host in forward and back in backward.

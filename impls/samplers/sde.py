@@ -1,8 +1,9 @@
 """Reverse-time VP SDE, Euler-Maruyama (Song et al. 2021): dx = [f x - g^2 score] dt + g dw, one call per step.
 
 f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2 (beta(t) for VP). The last step adds no noise: it would
-leave sqrt(g^2 dt) of it (0.57 at 8 uniform steps on linear VP, 2x gmm2d's 0.25 component std) where Song et al.
-spend an extra denoising call instead. Strong order 1/2, weak order 1 in the step.
+leave sqrt(g^2 dt) of it (0.57 at 8 uniform steps on linear VP, 2x gmm2d's 0.25 component std). score_sde's
+pc_sampler does the same with denoise=True (it returns the last predictor step's mean, no extra call; its ODE sampler
+is the one that spends an extra call to denoise). Strong order 1/2, weak order 1 in the step.
 """
 
 from __future__ import annotations
