@@ -134,7 +134,7 @@ def parse_cpus(text: str | None) -> frozenset[int] | None:
     from bench.doctor import format_cpus
 
     allowed = os.sched_getaffinity(0)
-    top, cpus = max(max(allowed), (os.cpu_count() or 1) - 1), set()
+    top, cpus = max(max(allowed), _configured_cpus() - 1), set()
     for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
         hi = hi if dash else lo
@@ -149,6 +149,15 @@ def parse_cpus(text: str | None) -> frozenset[int] | None:
                              f"(valid: {format_cpus(allowed)}, and isolated CPUs the kernel lets it move to)")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
+
+
+def _configured_cpus() -> int:
+    """CPUs the system numbers, offline ones included (os.cpu_count counts the online: with CPU 2 offline, CPU 3
+    would lie past it)."""
+    try:
+        return max(os.sysconf("SC_NPROCESSORS_CONF"), os.cpu_count() or 1)
+    except (ValueError, OSError, AttributeError):
+        return os.cpu_count() or 1
 
 
 def _may_move_to(cpu: int) -> bool:

@@ -15,9 +15,11 @@ What a metric is comes from the specs its suite declared, which each run directo
 - sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
   It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
-  on the median over runs (`changed` when the metric has no direction). Where the runs of a side disagree on it, it
-  is not deterministic on that machine: it is weighed like a timing on its run values (`compare_runs`: better |
-  worse | same | noisy), and the row's `varies` column names the side and the spread of its values.
+  on the median over runs (`changed` when the metric has no direction; fractions to 1e-9 relative, EXACT_RTOL,
+  so that a float sum's last digits are no change). Where the runs of a side disagree on it, it
+  is not deterministic on that machine: its run values are weighed against their run-to-run spread, with no
+  threshold and on their own scale (`compare_spread`: better | worse | same | noisy), and the row's `varies` column
+  names the side and the range of its values.
 - clocked without samples and one run per side (rates, energy, timing ratios and shares), or info (a timing's
   spread, clocks, flags): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
 - contended: a timed verdict (the first two rules) of a case that something outside it disturbed (its record's
@@ -41,9 +43,9 @@ import pandas as pd
 
 from bench.env import environments
 from bench.interference import reason as contention
-from bench.metrics import Metric, default, is_clocked, specs_of
+from bench.metrics import Metric, default, is_clocked, same_exact, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
-from bench.stats import MIN_RUNS_FOR_TEST, MIN_SAMPLES, RUN_SPREAD_K, SampleTest, compare_runs, compare_samples  # noqa: F401
+from bench.stats import MIN_SAMPLES, RUN_SPREAD_K, compare_runs, compare_samples, compare_spread
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
                "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies"]
@@ -139,7 +141,7 @@ def _change_verdict(change: str, d: str | None, words: tuple[str, str] = ("slowe
 def _varies(base: list[float], new: list[float]) -> str | None:
     """Which side's runs disagree on a metric, and over what range; None when every side's runs agree."""
     said = [f"{side} runs {_number_text(min(v))}..{_number_text(max(v))} ({len(v)} runs)"
-            for side, v in (("base", base), ("new", new)) if min(v) != max(v)]
+            for side, v in (("base", base), ("new", new)) if not same_exact(min(v), max(v))]
     return "; ".join(said) or None
 
 
@@ -157,8 +159,8 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
       run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
     - clocked without samples and one run a side, or info: n/a, only the ratio.
     - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
-    - exact, but the runs of a side disagree: `compare_runs` on the run values, better/worse/same/noisy, and
-      `varies` says which side's runs differ and how (None for every other row).
+    - exact, but the runs of a side disagree: `compare_spread` on the run values (their spread, no threshold),
+      better/worse/same/noisy, and `varies` says which side's runs differ and how (None for every other row).
     runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
     A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
     `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
@@ -198,12 +200,11 @@ def _verdict(metric: str, b: _Case, n: _Case, threshold: float, alpha: float, sp
     varies = _varies(rb, rn)
     if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
-    elif varies:  # declared exact, yet its runs differ here: a 1-byte wobble must not read as a change, so weighed
-        t = compare_runs(rb, rn, threshold, alpha)
-        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread,
-                   varies=varies)
-        verdict = "noisy" if math.isnan(t.ratio) else _change_verdict(t.change, d, ("worse", "better"))
-    elif new == base:
+    elif varies:  # declared exact, yet its runs differ here: weighed on that spread, on the values' own scale
+        t = compare_spread(rb, rn, alpha)
+        row.update(p_value=t.p_value, run_spread=t.spread, varies=varies)
+        verdict = "same" if same_exact(new, base) else _change_verdict(t.change, d, ("worse", "better"))
+    elif same_exact(new, base):
         verdict = "same"
     elif d is None:
         verdict = "changed"
@@ -350,11 +351,12 @@ CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they a
 CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
 VARIES = "not deterministic here, weighed on its run-to-run spread"
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, so "
-               "weighed on their run-to-run spread like a timing:")
+               "weighed on their run-to-run spread:")
 
 
 def _line(r) -> str:
-    stats = "" if math.isnan(r.p_value) else f"  p={r.p_value:.2g}  CI {r.ci_low:.3f}..{r.ci_high:.3f}"
+    stats = "" if math.isnan(r.p_value) else f"  p={r.p_value:.2g}" + (
+        "" if math.isnan(r.ci_low) else f"  CI {r.ci_low:.3f}..{r.ci_high:.3f}")
     ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
     spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
     runs = f"  runs {r.runs_per_side}{spread}"

@@ -5,8 +5,10 @@ Layout::
     STORE/runs/<run_id>.parquet     one file per run, written whole (temp file, then rename) and never rewritten
 
 Read it without techbench: ``pandas.read_parquet("STORE/runs")``, DuckDB ``SELECT * FROM 'STORE/runs/*.parquet'``,
-Spark ``spark.read.parquet("STORE/runs")``. One row per (case, metric); a case without metrics (oom, timeout, error,
-skipped) keeps one row with metric and value null, so failures stay in the history.
+Spark ``spark.read.parquet("STORE/runs")``. Such readers take the columns from one file (pyarrow: the first): over
+files written before a column was added, pass the schema, ``pyarrow.parquet.read_table("STORE/runs",
+schema=bench.history.schema())``, as `load` does. One row per (case, metric); a case without metrics (oom, timeout,
+error, skipped) keeps one row with metric and value null, so failures stay in the history.
 
 ========== ==================== ====================================================================================
 column     type                 meaning

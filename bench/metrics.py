@@ -150,6 +150,21 @@ def ratio(name: str, of: Metric, invert: bool) -> Metric:
     return Metric(name, "derived", direction, meaning, unit="x", inputs=(of.name,))
 
 
+# Two values of an exact metric are the same when equal, or, for fractions, within this relative distance: a quality
+# metric's float sums move in their last digits with the thread count (sliced W2 0.280080241031198 at one thread,
+# 0.28008024103119805 at two), while whole numbers (bytes, FLOPs, counts) are held to the unit: 1 byte is a change.
+EXACT_RTOL = 1e-9
+
+
+def same_exact(a: float, b: float) -> bool:
+    """Whether two values of an exact metric are the same value (EXACT_RTOL)."""
+    if a == b:
+        return True
+    if float(a).is_integer() and float(b).is_integer():
+        return False
+    return abs(a - b) <= EXACT_RTOL * max(abs(a), abs(b))
+
+
 def is_clocked(name: str, specs: dict[str, Metric], _seen: frozenset = frozenset()) -> bool:
     """Measured, or derived from something measured (a ratio of times): what compare judges statistically."""
     spec = specs.get(name) or default(name)

@@ -134,3 +134,34 @@ def compare_runs(base, new, threshold: float = 0.05, alpha: float = 0.01) -> Sam
     else:
         change = "noisy"
     return SampleTest(math.exp(log_ratio), p, math.exp(lo), math.exp(hi), change, s)
+
+
+def compare_spread(base, new, alpha: float = 0.01) -> SampleTest:
+    """Run values of a metric meant to be exact whose runs disagree, taken on their own scale (a byte count, a loss
+    difference or a figure in dB may be 0 or negative, where compare_runs' logs cannot go) and with no threshold: a
+    deterministic metric has no noise a threshold would stand for, so a 4% growth in bytes must not hide under 5%.
+    The difference of the medians must exceed the run-to-run spread by compare_runs' rule otherwise (RUN_SPREAD_K
+    standard deviations pooled over the sides with >= 2 runs, and the t prediction bound), and, with
+    MIN_RUNS_FOR_TEST runs a side, Welch's test on the values must agree: "up"/"down", else "noisy" ("same" only when
+    the medians are equal). ratio is median(new) / median(base) and spread the standard deviation over
+    |median(base)| (NaN from a median of 0); the CI is left NaN (a difference, not a ratio)."""
+    from scipy.stats import t as student_t
+
+    b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
+    sides = [x for x in (b, n) if len(x) >= 2]
+    if not sides or not len(b) or not len(n) or not np.isfinite([*b, *n]).all():
+        return SampleTest(math.nan, math.nan, math.nan, math.nan, "noisy")
+    mb, mn = float(np.median(b)), float(np.median(n))
+    df = sum(len(x) - 1 for x in sides)
+    s = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in sides) / df)
+    band = max(RUN_SPREAD_K * s, float(student_t.ppf(1 - alpha / 2, df)) * s * math.sqrt(1 / len(b) + 1 / len(n)))
+    p = _welch(b, n, alpha)[0] if len(b) >= 2 and len(n) >= 2 else math.nan
+    tested = min(len(b), len(n)) >= MIN_RUNS_FOR_TEST
+    if mn == mb:
+        change = "same"
+    elif abs(mn - mb) > band and (not tested or p < alpha):
+        change = "up" if mn > mb else "down"
+    else:
+        change = "noisy"
+    ratio, spread = (mn / mb, s / abs(mb)) if mb else (math.nan, math.nan)
+    return SampleTest(ratio, p, math.nan, math.nan, change, spread)

@@ -7,11 +7,15 @@
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night without failure or regression)
 #   history/            the Parquet history store          site/   the dashboard
+#   cache/              the models the suites train (TECHBENCH_CACHE, unless set): kept, so that the quality metrics
+#                       of a night come from the weights of the night before, not from a retrain on a GPU whose
+#                       kernels add in any order, which the dashboard would read as a change of an exact metric
 # Environment: TECHBENCH_HOME, TECHBENCH_SIZE (full), TECHBENCH_DEVICE (cuda), TECHBENCH_THRESHOLD (5, percent),
 # TECHBENCH_GOOD_NIGHTS (5: how many recent good nights form the comparison set).
 # Accepting an intended change: `touch RUNS/<night>/GOOD` on the night that shows it, and refresh the baseline.
 set -uo pipefail
 home=$(realpath -m "${TECHBENCH_HOME:-.nightly}")  # absolute, before the cd: artifact uploaders refuse ".."
+export TECHBENCH_CACHE="${TECHBENCH_CACHE:-$home/cache}"
 cd "$(dirname "$0")/.."
 size=${TECHBENCH_SIZE:-full}
 device=${TECHBENCH_DEVICE:-cuda}

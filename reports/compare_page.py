@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.compare import ONE_RUN_CAVEAT
+from bench.compare import IMPROVEMENT, ONE_RUN_CAVEAT, REGRESSION
 from reports.html import figure, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
@@ -189,11 +189,12 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         parts.append(section(f"Contended ({len(c.contended)}): other load disturbed these timings",
                              f'<p class="muted">{note}</p>',
                              table(_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE, {"contended": "reason"})))
-    if len(c.varying):
-        parts.append(section(f"Varying ({len(c.varying)}): exact metrics whose runs of one side differ",
+    varying = c.varying[~c.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # the others have their section
+    if len(varying):
+        parts.append(section(f"Varying ({len(varying)}): exact metrics whose runs of one side differ",
                              '<p class="muted">Declared deterministic (bytes, FLOPs, a seeded quality), yet not on '
-                             "this machine: weighed on their run-to-run spread like a timing.</p>",
-                             table(_records(c.varying, VARIES_TABLE), VARIES_TABLE, {"varies": "reason"})))
+                             "this machine: weighed on their run-to-run spread, with no threshold.</p>",
+                             table(_records(varying, VARIES_TABLE), VARIES_TABLE, {"varies": "reason"})))
     if len(c.improvements):
         parts.append(section(f"Improvements ({len(c.improvements)})",
                              table(_records(c.improvements, ROW_TABLE), ROW_TABLE, {"verdict": "improvement"})))

@@ -129,7 +129,10 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
             key, latest, p = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device")), s["value"].iloc[-1], j[-1]
             row = {"case": key[0], "env_id": key[1], "device": key[2], "runs": len(s), "baseline": p and p["baseline"],
                    "band ±%": p and 100 * p["half"], "latest": latest,
-                   "change %": p and 100 * (latest - p["baseline"]) / abs(p["baseline"]), "flag": ""}
+                   "change %": p and rule.change_pct(latest, p["baseline"]), "flag": ""}
+            if s["metric_kind"].iloc[-1] == "exact" and not s["exactly"].iloc[-1]:
+                row["flag"] = (f"exact, but runs of commit {rule.varied_at(s)[:10]} differ: judged against the noise "
+                               "band")
             if rule.not_judged(s)[-1]:
                 row["flag"] = f"latest contended, not judged: {s['contended_reason'].iloc[-1] or 'flagged contended'}"
             if key in flags:  # the baseline and band the flag was raised against (a drift's is the older median)

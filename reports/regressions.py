@@ -9,6 +9,8 @@ import bisect
 import math
 import statistics
 
+from bench.metrics import same_exact
+
 K_SPREAD = 3.0  # band half-width in robust standard deviations: ~0.3% of stable nights fall outside by chance
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
 # The noise estimate reads the last 4 windows of not-bad points: from 7 points a MAD misses the standard deviation by
@@ -46,20 +48,22 @@ def _series(frame):
     """ok numeric rows of metrics with a direction, one value per (series, run): the median if a run holds a case
     twice. A metric's direction and kind are those its suite declared in the newest run that has them (the stored
     columns), so that a series follows a metric that became informational, exact, or changed sides, since older runs
-    were added. A store written before the kind column judges its metrics as measured, as it did then."""
+    were added. A run written before the kind column (an older techbench, on any machine of the store) says nothing
+    about it; a metric no run gives a kind is judged as measured, as it was then."""
     ok = frame[(frame["status"] == "ok") & frame["metric"].notna() & frame["value"].notna()]
     kind = ok["kind"] if "kind" in ok.columns else None
     by_time = ok.assign(kind=kind).sort_values("timestamp", kind="stable").groupby(["suite", "metric"], dropna=False)
-    newest = by_time[["direction", "kind"]].agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
+    direction = by_time["direction"].agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
+    newest_kind = by_time["kind"].last()  # skips the nulls of runs that predate the column
     keys = list(zip(ok["suite"], ok["metric"], strict=True))
-    ok = envs(ok).assign(direction=[newest["direction"].get(k) for k in keys],
-                         metric_kind=[_kind(newest["kind"].get(k)) for k in keys])
+    ok = envs(ok).assign(direction=[direction.get(k) for k in keys],
+                         metric_kind=[_kind(newest_kind.get(k)) for k in keys])
     ok = ok[ok["direction"].notna() & (ok["metric_kind"] != "info")]
     # a store written before the flag has no such columns, or nulls in them: not contended
     flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
     why = ok["contended_reason"] if "contended_reason" in ok.columns else None
     ok = ok.assign(contended=flag, contended_reason=why)
-    extra = [c for c in ("gpu", "git_sha", "variant") if c in ok.columns]
+    extra = [c for c in ("gpu", "git_sha", "git_dirty", "variant") if c in ok.columns]
     agg = {"value": "median", "timestamp": "min", "direction": "first", "metric_kind": "first", "contended": "max",
            "contended_reason": "first", **{c: "first" for c in extra}}
     out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
@@ -115,7 +119,7 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
             continue
         b, half = band
         if exact:  # deterministic: any move the wrong way is a change, whatever its size, even from 0
-            kind = "changed" if (v > b if direction == "lower" else v < b) else None
+            kind = "changed" if (v > b if direction == "lower" else v < b) and not same_exact(v, b) else None
             old = None
         else:
             kind = "step" if not away and _worse(v, b, direction) > half else None
@@ -128,16 +132,23 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
         lower = b - half * abs(b)
         out.append({"baseline": b, "half": half, "lower": max(0.0, lower) if b > 0 else lower,
                     "upper": b + half * abs(b), "old": old or None, "old_half": old_half, "kind": kind})
-        if not away and (kind is None or i < MIN_BASELINE):
+        if not away and (kind is None or (i < MIN_BASELINE and not exact)):  # no noise to absorb in an exact one
             kept.append(i)
             kept_values.append(v)
     return out
 
 
+def change_pct(value: float, baseline: float) -> float:
+    """value against baseline in % of it, signed; ±inf from a baseline of 0 (an exact series' may be)."""
+    if baseline:
+        return 100 * float(value - baseline) / abs(float(baseline))
+    return 0.0 if value == baseline else math.copysign(math.inf, float(value - baseline))
+
+
 def not_judged(series) -> list[bool]:
-    """Per point of a series (judged()'s frame): contended, so judged against nothing. An exact metric is judged
-    regardless: what another process does to the clock does not change a count of bytes."""
-    exact = series["metric_kind"].iloc[-1] == "exact"
+    """Per point of a series (judged()'s frame): contended, so judged against nothing. A series judged exactly is
+    judged regardless: what another process does to the clock does not change a count of bytes."""
+    exact = bool(series["exactly"].iloc[-1])
     return [bool(c) and not exact for c in series["contended"]]
 
 
@@ -157,14 +168,33 @@ def streak(judged: list[dict | None], contended: list[bool] = (), at_least: int 
 
 def flagged(judged: list[dict | None], series) -> list[int]:
     """streak() of one series of judged()."""
-    return streak(judged, not_judged(series), 1 if series["metric_kind"].iloc[-1] == "exact" else 2)
+    return streak(judged, not_judged(series), 1 if series["exactly"].iloc[-1] else 2)
+
+
+def varied_at(series) -> str | None:
+    """The first commit two runs of which gave the series different values (same_exact), None if none did: an exact
+    metric that does so is not deterministic on this environment (a model retrained on a GPU whose kernels add in
+    any order, say), and is judged against a noise band like a measured one. Runs from a dirty checkout or without a
+    commit say nothing about it."""
+    if "git_sha" not in series.columns:
+        return None
+    clean = series[series["git_sha"].notna() & (series["git_dirty"].ne(True) if "git_dirty" in series.columns
+                                                else True)]
+    for sha, values in clean.groupby("git_sha", sort=False)["value"]:
+        if not same_exact(values.min(), values.max()):
+            return str(sha)
+    return None
 
 
 def judged(frame, threshold: float, window: int) -> list:
-    """[(points of one series in run order, _judge of its values)] for every series of a history frame."""
-    return [(s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window, s["contended"].tolist(),
-                       s["metric_kind"].iloc[-1] == "exact"))
-            for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False)]
+    """[(points of one series in run order, _judge of its values)] for every series of a history frame. Each series
+    carries `exactly`: its metric is exact and no commit's runs of it differ (varied_at), so it is judged exactly."""
+    out = []
+    for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False):
+        s = s.assign(exactly=s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None)
+        out.append((s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window,
+                              s["contended"].tolist(), bool(s["exactly"].iloc[-1]))))
+    return out
 
 
 def flags(judged: list, newest):
@@ -183,7 +213,7 @@ def flags(judged: list, newest):
         b, half = (p["old"], p["old_half"]) if kind == "drift" and p["old"] else (p["baseline"], p["half"])
         age = (newest - s["timestamp"].iloc[-1]).total_seconds() / 86400
         latest, previous = values[bad[-1]], values[bad[-2] if len(bad) > 1 else bad[-1] - 1]
-        change = 100 * (latest - b) / abs(b) if b else math.copysign(math.inf, latest - b)  # exact, from 0
+        change = change_pct(latest, b)
         rows.append({"suite": last["suite"], "case_id": last["case_id"], "variant": last.get("variant"),
                      "metric": last["metric"], "env_id": last["env_id"], "device": last["device"],
                      "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind, "baseline": b,
@@ -217,10 +247,12 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad, never
     enters a baseline or a noise estimate, and a run of bad points passes over it.
     An exact metric (the history's `kind` column: bytes counted, FLOPs, a seeded quality; deterministic for a commit
-    and machine) has no noise to weigh: its baseline is the latest not-bad point and its band is 0, so v[i] is bad,
-    kind "changed", when it moved the wrong way at all (a 4% growth in bytes is not hidden under a 5% threshold), and
-    one such point is flagged. Contention does not excuse it, and it has no drift: every step is seen. A store
-    written before the kind column judges every metric as measured.
+    and machine) has no noise to weigh: its baseline is the latest not-bad point (from the first on) and its band is
+    0, so v[i] is bad, kind "changed", when it moved the wrong way at all (bench.metrics.same_exact: whole numbers to
+    the unit, fractions beyond 1e-9 relative; a 4% growth in bytes is not hidden under a 5% threshold), and one such
+    point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of one
+    commit gave an exact metric different values (varied_at), it is not deterministic there and its series is judged
+    as a measured one. A metric that no run of the store gives a kind (written before the column) is measured.
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
     flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
     point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,

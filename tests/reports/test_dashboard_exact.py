@@ -27,8 +27,9 @@ def kinds_per_night(frame) -> list[str | None]:
     return out
 
 
-def growing_nights(tmp_path, growth: dict[int, float], declare: bool = True):
-    """NIGHTS nightly checkpointing runs in a store; on night i in `growth` CASE's peak_mem_bytes is scaled by it."""
+def growing_nights(tmp_path, growth: dict[int, float], declare: bool = True, sha: str | None = None):
+    """NIGHTS nightly checkpointing runs in a store, each of its own commit (or all of `sha`); on night i in `growth`
+    CASE's peak_mem_bytes is scaled by it."""
     store = tmp_path / "store"
     for night in range(NIGHTS):
         records = checkpointing_records(seed=night)
@@ -36,7 +37,7 @@ def growing_nights(tmp_path, growth: dict[int, float], declare: bool = True):
             if night in growth and r.get("status", "ok") == "ok" and (r["variant"], r["params"]["batch"]) == (
                     "selective", 4):
                 r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * growth[night])
-        history.add(write_run(tmp_path / "runs", f"night-{night}", records, declare=declare,
+        history.add(write_run(tmp_path / "runs", f"night-{night}", records, declare=declare, sha=sha or f"{night}" * 40,
                               started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), store)
     return store
 
@@ -77,7 +78,7 @@ def test_a_store_written_before_the_kind_column_judges_as_before(tmp_path):
     ([100, 100, 100, 101], "lower", [None, None, None, "changed"]),  # one byte more
     ([100, 100, 99, 99, 100], "lower", [None] * 4 + ["changed"]),  # an improvement is the new baseline at once
     ([100, 100, 100, 104, 100], "lower", [None, None, None, "changed", None]),  # a fixed change clears
-    ([100, 104, 104, 104, 104], "lower", [None, "changed", None, None, None]),  # the first 3 points always count
+    ([100, 104, 104, 104, 104], "lower", [None] + ["changed"] * 4),  # held to the first point: no noise to absorb
     ([100, 100, 100, 104, 104, 104, 104, 104, 104, 104, 104], "lower", [None] * 3 + ["changed"] * 8),  # it stays
     ([30.0, 30.0, 30.0, 29.99], "higher", [None, None, None, "changed"]),  # SQNR in dB: higher is better
     ([30.0, 30.0, 30.0, 31.0], "higher", [None] * 4),
@@ -126,3 +127,51 @@ def test_old_and_new_kinds_mix_per_series():
     new = exact_frame([104.0]).assign(run_id="r9", timestamp=pd.Timestamp("2026-12-01", tz="UTC"))
     found = dashboard.regressions(pd.concat([old, new], ignore_index=True))
     assert list(found["kind"]) == ["changed"] and found["baseline"].iloc[0] == 100.0
+
+
+def test_an_exact_metric_that_varies_within_a_commit_is_judged_as_measured():
+    # a loss from a model retrained each night on a GPU that adds in any order: two runs of one commit differ, so
+    # the series is not deterministic there and gets the noise band, not a flag every night it ticks up
+    values = [1.2e-3, 1.2000001e-3] * 3
+    frame = exact_frame(values, git_sha=["a" * 40] * 2 + ["b" * 40] * 2 + ["c" * 40] * 2, git_dirty=False)
+    assert kinds_per_night(frame) == [None] * 6
+    (s, _), = rule.judged(frame, 0.05, 7)
+    assert rule.varied_at(s) == "a" * 40 and not s["exactly"].iloc[-1]
+    # one commit a night: nothing says it is not deterministic, so each uptick is a change
+    frame = exact_frame(values, git_sha=[f"{i}" * 40 for i in range(6)], git_dirty=False)
+    assert kinds_per_night(frame) == [None, "changed", None, "changed", None, "changed"]
+    # a dirty checkout's runs of one sha are not one commit
+    frame = exact_frame(values, git_sha=["a" * 40] * 6, git_dirty=True)
+    assert kinds_per_night(frame)[1] == "changed"
+
+
+def test_fractions_are_held_to_1e9_and_whole_numbers_to_the_unit():
+    sliced_w2 = [0.280080241031198, 0.28008024103119805, 0.280080241031198, 0.28008024103119805]  # 1 vs 2 threads
+    assert kinds_per_night(exact_frame(sliced_w2)) == [None] * 4
+    assert kinds_per_night(exact_frame([2.8e9, 2.8e9, 2.8e9 + 1])) == [None, None, "changed"]
+
+
+def test_a_run_of_an_older_techbench_does_not_turn_exact_judging_off():
+    # two machines share a store; one still runs a techbench that writes no kind: its newer rows say nothing
+    frame = exact_frame([100.0, 100.0, 100.0, 104.0])
+    old = exact_frame([5.0]).assign(env_id="e2", kind=None, run_id="r9", timestamp=pd.Timestamp("2026-12-01", tz="UTC"))
+    found = dashboard.regressions(pd.concat([frame, old], ignore_index=True))
+    assert list(zip(found["env_id"], found["kind"])) == [("e1", "changed")]
+
+
+@needs("plotly", "pyarrow")
+def test_site_with_a_zero_baseline_and_a_varying_exact_metric(tmp_path, recwarn):
+    store = growing_nights(tmp_path, {NIGHTS - 1: 1.04}, sha="f" * 40)  # every night one commit: the +4% varies it
+    dashboard.build(store, tmp_path / "site")
+    page = (tmp_path / "site" / "suite-checkpointing.html").read_text()
+    assert f"exact, but runs of commit {'f' * 10} differ: judged against the noise band" in page
+    assert "REGRESSION" not in page  # +4% is inside the 5% band
+    zero = tmp_path / "zero"
+    for night, peak in enumerate([0, 0, 1024]):  # an exact series from 0: its change is +inf, said without warnings
+        record = {"suite": "checkpointing", "variant": "none", "params": {"n": 1}, "metrics": {"peak_mem_bytes": peak}}
+        history.add(write_run(zero / "runs", f"z{night}", [record], sha=f"{night}" * 40,
+                              started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), zero / "store")
+    dashboard.build(zero / "store", zero / "site")
+    assert "REGRESSION (changed, 1 runs)" in (zero / "site" / "suite-checkpointing.html").read_text()
+    assert dashboard.regressions(history.load(zero / "store"))["change_pct"].iloc[0] == math.inf
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
