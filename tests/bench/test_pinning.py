@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from bench import interference, runner
+from bench import interference, launchers, runner
 from bench.case import cpu_threads
 from bench.cli import main
 from bench.cli_run import parse_cpus
@@ -330,3 +330,15 @@ def test_a_torchrun_keeper_is_pinned_and_what_it_starts_inherits_it():
         code = _keep(cmd, dict(os.environ), job, 30.0, frozenset({cpu}))
         log = (job / "job.log").read_text()
     assert code == 0 and log.split() == [f"[{cpu}]", f"[{cpu}]"], log
+
+
+def test_an_inline_case_starts_with_what_an_isolated_one_finds_imported():
+    # torch._dynamo imported lazily by the tracker's first op, inside its window, leaves frames in a reference cycle
+    # that the peak counts or not as the collector runs; the fork server preloads it, and so must --inline
+    script = ("import sys\nimport bench.launchers as L\nassert 'torch._dynamo' not in sys.modules\n"
+              "L.execute = lambda *a, **k: {'found': sorted(m for m in L.SERVER_MODULES if m in sys.modules)}\n"
+              "print(L.Inline().launch(None, 'cpu', 1.0, None)['found'])")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(sorted(launchers.SERVER_MODULES))
