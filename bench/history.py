@@ -23,6 +23,8 @@ device     string               device the run asked for (cpu, cuda:0)
 size       string               smoke, quick or full
 suite      string               suite name
 variant    string               variant name
+library    string               the library and version the variant measures, as the run's suite names it
+                                ("transformers 4.57.1"); null for techbench's own variants, or in an older store
 case_id    string               suite/variant/params sorted by key
 params     string               the case's parameters as a JSON object
 status     string               ok, oom, timeout, error or skipped
@@ -58,8 +60,8 @@ from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
-           "case_id", "params", "status", "error", "metric", "value", "direction", "kind", "n_samples", "iqr",
-           "contended", "contended_reason")
+           "library", "case_id", "params", "status", "error", "metric", "value", "direction", "kind", "n_samples",
+           "iqr", "contended", "contended_reason")
 
 
 def schema():
@@ -141,9 +143,13 @@ def _rows(records: list[Record], meta: dict, run_id: str):
            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
            "device": device, "size": meta.get("size")}
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
+    suites = meta.get("suites") if isinstance(meta.get("suites"), dict) else {}
     for r in records:
         declared = specs.get(r.suite, {})
-        case = {**run, "suite": r.suite, "variant": r.variant, "case_id": r.case_id,
+        libraries = (suites.get(r.suite) or {}).get("libraries") if isinstance(suites.get(r.suite), dict) else None
+        library = libraries.get(r.variant) if isinstance(libraries, dict) else None
+        case = {**run, "suite": r.suite, "variant": r.variant, "library": library if isinstance(library, str) else None,
+                "case_id": r.case_id,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
                 **_contention(r.metrics)}
         if run["timestamp"] is None:

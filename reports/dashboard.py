@@ -50,7 +50,8 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
         colour = colours[case]
         x, values = [_when(t) for t in s["timestamp"]], s["value"].tolist()
         away, why = rule.not_judged(s), s["contended_reason"].tolist()
-        hover = [f"{case}<br>{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
+        lib = f" ({s['library'].iloc[0]})" if s["library"].iloc[0] else ""  # a series per version of a library
+        hover = [f"{case}{lib}<br>{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
                  + (f"<br>baseline {p['baseline']:.4g} ± {100 * p['half']:.3g}%" if p else "")
                  + (f"<br>older baseline {p['old']:.4g} ± {100 * p['old_half']:.3g}%" if p and p["old"] else "")
                  + (f"<br>bad ({p['kind']})" if p and p["kind"] else "")
@@ -66,7 +67,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
                         text=hover,
                         hovertemplate="%{text}<extra></extra>")
         shown.add(case)
-        bad = rule.flagged(judged, s) if (case, *env) in flagged else []
+        bad = rule.flagged(judged, s) if (case, *env, s["library"].iloc[0]) in flagged else []
         if bad:  # ring the whole bad run, not only the two points that raised the flag
             fig.add_scatter(x=[x[i] for i in bad], y=[values[i] for i in bad], mode="markers", legendgroup=case,
                             showlegend=False,
@@ -123,11 +124,13 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
     for metric in sorted({s["metric"].iloc[0] for s, _ in judged}, key=lambda m: (not _is_timing(m), m)):
         items = [(s, j) for s, j in judged if s["metric"].iloc[0] == metric]
         here = found[found["metric"] == metric]
-        flags = {(r.case_id, r.env_id, r.device): r for r in here.itertuples()}
-        rows = []
-        for s, j in sorted(items, key=lambda it: (it[0]["env_id"].iloc[0], it[0]["case_id"].iloc[0])):
-            key, latest, p = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device")), s["value"].iloc[-1], j[-1]
-            row = {"case": key[0], "env_id": key[1], "device": key[2], "runs": len(s), "baseline": p and p["baseline"],
+        flags = {(r.case_id, r.env_id, r.device, r.library): r for r in here.itertuples()}
+        rows, libraries = [], any(s["library"].iloc[0] for s, _ in items)
+        for s, j in sorted(items, key=lambda it: tuple(it[0][k].iloc[0] for k in ("env_id", "case_id", "library"))):
+            key = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device", "library"))
+            latest, p = s["value"].iloc[-1], j[-1]
+            row = {"case": key[0], **({"library": key[3]} if libraries else {}), "env_id": key[1], "device": key[2],
+                   "runs": len(s), "baseline": p and p["baseline"],
                    "band ±%": p and 100 * p["half"], "latest": latest,
                    "change %": p and rule.change_pct(latest, p["baseline"]), "flag": ""}
             if s["metric_kind"].iloc[-1] == "exact" and not s["exactly"].iloc[-1]:
@@ -166,7 +169,8 @@ def _plain_page(title: str, body: str, subtitle: str) -> str:
 
 
 def _flag_rows(found) -> list[dict]:
-    return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"), "metric": r.metric, "kind": r.kind,
+    return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"), "library": r.library or "",
+             "metric": r.metric, "kind": r.kind,
              "env_id": r.env_id, "device": r.device, "gpu": r.gpu, "baseline": r.baseline, "latest": r.latest,
              "change %": r.change_pct, "band ±%": r.band_pct, "bad runs": r.bad_runs,
              "age (days)": round(r.age_days, 1), "latest run": r.run_id} for r in found.itertuples()]

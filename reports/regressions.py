@@ -27,7 +27,9 @@ DRIFT_POINTS, DRIFT_MIN = 23, 5
 # Machines sharing a store start their nights hours apart; a series more than a day older than the store's newest run
 # missed the latest night: its machine or its case no longer runs.
 STALE_DAYS = 1.0
-KEYS = ["env_id", "device", "suite", "case_id", "metric"]
+# A library's variant is measured with one version of it: another version starts a series of its own, as a torch or
+# GPU change starts another environment (a library upgrade is not a regression of the code under test).
+KEYS = ["env_id", "device", "suite", "case_id", "library", "metric"]
 ENV = ["env_id", "device"]
 NO_ENV = "unknown"  # runs without an env_id form one environment of their own
 
@@ -41,7 +43,8 @@ def check(threshold: float, window: int) -> None:
 
 def envs(frame):
     device = frame["device"].fillna("") if "device" in frame.columns else ""
-    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device)
+    library = frame["library"].fillna("") if "library" in frame.columns else ""  # "": techbench's own, or unknown
+    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device, library=library)
 
 
 def _series(frame):
@@ -200,7 +203,8 @@ def judged(frame, threshold: float, window: int) -> list:
 def flags(judged: list, newest):
     import pandas as pd
 
-    columns = ["suite", "case_id", "variant", "metric", "env_id", "device", "gpu", "direction", "kind", "baseline",
+    columns = ["suite", "case_id", "variant", "library", "metric", "env_id", "device", "gpu", "direction", "kind",
+               "baseline",
                "band_pct", "previous", "latest", "change_pct", "n_runs", "bad_runs", "run_id", "timestamp",
                "age_days", "stale"]
     rows = []
@@ -215,9 +219,9 @@ def flags(judged: list, newest):
         latest, previous = values[bad[-1]], values[bad[-2] if len(bad) > 1 else bad[-1] - 1]
         change = change_pct(latest, b)
         rows.append({"suite": last["suite"], "case_id": last["case_id"], "variant": last.get("variant"),
-                     "metric": last["metric"], "env_id": last["env_id"], "device": last["device"],
-                     "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind, "baseline": b,
-                     "band_pct": 100 * half, "previous": previous, "latest": latest,
+                     "library": last["library"], "metric": last["metric"], "env_id": last["env_id"],
+                     "device": last["device"], "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind,
+                     "baseline": b, "band_pct": 100 * half, "previous": previous, "latest": latest,
                      "change_pct": change, "n_runs": len(values), "bad_runs": len(bad),
                      "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
                      "stale": age > STALE_DAYS})
@@ -225,12 +229,14 @@ def flags(judged: list, newest):
 
 
 def regressions(frame, threshold: float = 0.05, window: int = 7):
-    """Current regressions of a history frame (history.load), one row per (env_id, device, suite, case_id, metric).
+    """Current regressions of a history frame (history.load), one row per series (KEYS: env_id, device, suite,
+    case_id, library, metric).
 
     A series is the ok values of one case and one metric with a direction (as its suite declared it; informational
-    metrics are never judged) on one env_id and device, in run order; a hardware or software change starts a new
-    series, so it is never a regression. Each point v[i] after the first is judged against baselines made only of
-    earlier points that were not bad (the first 3 points always count, see MIN_BASELINE):
+    metrics are never judged) on one env_id and device, and for a variant that measures a library, one version of
+    it, in run order; a hardware or software change starts a new series, so it is never a regression. Each point
+    v[i] after the first is judged against baselines made only of earlier points that were not bad (the first 3
+    points always count, see MIN_BASELINE):
         E[i]        = the up to `window` most recent such points
         baseline[i] = median(E[i])
         band[i]     = max(threshold, 3 * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
@@ -253,12 +259,13 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of one
     commit gave an exact metric different values (varied_at), it is not deterministic there and its series is judged
     as a measured one. A metric that no run of the store gives a kind (written before the column) is measured.
-    Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
-    flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
-    point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
-    bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to
-    the store's newest run) and stale (age_days > STALE_DAYS: the series missed the latest night). "Latest point"
-    is the latest not contended; age_days counts contended runs, which ran all the same.
+    Columns: suite, case_id, variant, library ("" for techbench's own variants), metric, env_id, device, gpu,
+    direction, kind, baseline and band_pct (of the flag's kind at the latest point), previous (the bad point before
+    the latest; before a lone exact change, the point before it), latest, change_pct (latest against that baseline,
+    signed; ±inf from a baseline of 0), n_runs, bad_runs (length of the bad run), run_id, timestamp (latest point),
+    age_days (from the series' latest run to the store's newest run) and stale (age_days > STALE_DAYS: the series
+    missed the latest night). "Latest point" is the latest not contended; age_days counts contended runs, which ran
+    all the same.
     """
     check(threshold, window)
     return flags(judged(frame, threshold, window), frame["timestamp"].max())

@@ -1,6 +1,7 @@
 """The dashboard with exact metrics (bytes counted, FLOPs, a seeded quality): deterministic for a commit and machine,
 so held to their latest good value with no noise band, one changed run flagged, contended or not."""
 
+import json
 import math
 
 import pandas as pd
@@ -175,3 +176,27 @@ def test_site_with_a_zero_baseline_and_a_varying_exact_metric(tmp_path, recwarn)
     assert "REGRESSION (changed, 1 runs)" in (zero / "site" / "suite-checkpointing.html").read_text()
     assert dashboard.regressions(history.load(zero / "store"))["change_pct"].iloc[0] == math.inf
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_a_library_upgrade_starts_a_series_of_its_own():
+    # an HF variant's peak grows 4% when transformers is upgraded: another version measured, not a regression of the
+    # code under test (as a torch upgrade starts another env_id); the new version's own change is still caught
+    library = ["transformers 4.57.1"] * 4 + ["transformers 4.58.0"] * 4
+    values = [100.0] * 4 + [104.0, 104.0, 104.0, 105.0]
+    frame = exact_frame(values, library=library, git_sha=[f"{i}" * 40 for i in range(8)])
+    found = dashboard.regressions(frame)
+    assert list(zip(found["library"], found["kind"], found["latest"])) == [("transformers 4.58.0", "changed", 105.0)]
+    assert len(rule.judged(frame, 0.05, 7)) == 2
+
+
+@needs("pyarrow")
+def test_history_rows_name_the_library_a_variant_measures(tmp_path):
+    records = [{"suite": "checkpointing", "variant": v, "params": {"n": 1}, "metrics": {"peak_mem_bytes": 1}}
+               for v in ("hf_full", "full")]
+    run = write_run(tmp_path / "runs", "r0", records)
+    meta = json.loads((run / "run.json").read_text())
+    meta["suites"]["checkpointing"]["libraries"]["hf_full"] = "transformers 9.9.9"
+    (run / "run.json").write_text(json.dumps(meta))
+    history.add(run, tmp_path / "store")
+    frame = history.load(tmp_path / "store")
+    assert dict(zip(frame["variant"], frame["library"].fillna("-"))) == {"hf_full": "transformers 9.9.9", "full": "-"}
