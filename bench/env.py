@@ -343,6 +343,12 @@ ENV_FIELDS = (
     ("cpus", lambda m: ",".join(map(str, m["cpus"])) if isinstance(m.get("cpus"), list) else None, False),
     ("threads", lambda m: ", ".join(f"{s}={info.get('threads')}" for s, info in sorted((m.get("suites") or {}).items())
                                     if isinstance(info, dict) and info.get("threads") is not None) or None, False),
+    # the versions of the libraries that variants measure (transformers, diffusers, torchao, liger-kernel): an
+    # upgrade moves their variants' numbers, the code under test unchanged
+    ("libraries", lambda m: ", ".join(sorted({label for info in (m.get("suites") or {}).values()
+                                              if isinstance(info, dict) and isinstance(info.get("libraries"), dict)
+                                              for label in info["libraries"].values() if isinstance(label, str)}))
+     or None, False),
 )
 
 

@@ -194,6 +194,18 @@ def test_threads_and_pinning_are_settings_the_summary_names(tmp_path):
     assert "  threads: None -> checkpointing=2" in c.summary_lines() and "  cpus: None -> 0" in c.summary_lines()
 
 
+def test_a_library_upgrade_is_named_in_the_environment_diff(tmp_path):
+    from bench.records import write_run_json
+
+    a, b = (write_run(tmp_path, n, checkpointing_records(seed=i)) for i, n in enumerate("ab"))
+    for run, version in ((a, "4.57.1"), (b, "4.58.0")):
+        meta = read_run_json(run)
+        meta["suites"]["checkpointing"]["libraries"] = {"hf_full": f"transformers {version}"}
+        write_run_json(run, meta)
+    c = compare([a], [b])
+    assert c.same_env and ("libraries", "transformers 4.57.1", "transformers 4.58.0") in c.env_diff
+
+
 def aa_draws(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
     """Timings as a benchmark sees them: Gaussian jitter, or a log-normal body with rare slow outliers."""
     if kind == "lognormal+outliers":
