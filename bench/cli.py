@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("new", metavar="NEW", help="run directory, or a folder of run directories")
     cmp.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
     cmp.add_argument("--fail-on-regression", action="store_true",
-                     help="exit 1 when a case got significantly worse, newly failed, or NEW did not finish")
+                     help="exit 1 when a case got significantly worse (a timing: with two or more runs on a side), "
+                          "newly failed, or NEW did not finish")
     cmp.add_argument("--allow-contended", action="store_true", help="judge timings that other load disturbed too")
     cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html", help="also write a comparison page")
 

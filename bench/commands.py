@@ -80,7 +80,7 @@ def cmd_compare(args) -> int:
         from reports.compare_page import write_compare_html
 
         print(f"compare page -> {write_compare_html(result, page)}")
-    failed = len(result.regressions) or len(result.newly_failing) or any(s == "new" for s, _ in result.unfinished)
+    failed = len(result.gating) or len(result.newly_failing) or any(s == "new" for s, _ in result.unfinished)
     return 1 if args.fail_on_regression and failed else 0
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.compare import IMPROVEMENT, ONE_RUN_CAVEAT, REGRESSION
+from bench.compare import IMPROVEMENT, ONE_RUN_CAVEAT, ONE_RUN_UNGATED, REGRESSION
 from reports.html import figure, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
@@ -165,6 +165,8 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         tables = []
         if len(c.regressions):
             tables.append(table(_records(c.regressions, ROW_TABLE), ROW_TABLE, {"verdict": "regression"}))
+        if n := len(c.one_run_regressions):
+            tables.append(f'<p class="muted">{html.escape(ONE_RUN_UNGATED.format(n).replace(" below", ""))}.</p>')
         if len(failing):
             tables += [section(f"Newly failing ({len(failing)}): ok in BASE, oom, timeout or error in NEW",
                                table(_records(failing, STATUS_TABLE), STATUS_TABLE,

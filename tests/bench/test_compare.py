@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from bench.compare import ONE_RUN_CAVEAT, Comparison, compare, compare_runs, compare_samples
+from bench.compare import ONE_RUN_CAVEAT, ONE_RUN_UNGATED, Comparison, compare, compare_runs, compare_samples
 from bench.records import read_run_json
 from reports.compare_page import heatmap, write_compare_html
 from tests.optional import needs
@@ -311,8 +311,19 @@ def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
     records[1] = {**records[1], "status": "oom", "error": "CUDA out of memory", "metrics": {}, "samples": {}}
     broken = write_run(tmp_path, "broken", records)
     again = write_run(tmp_path, "again", checkpointing_records(scale=1.0, seed=4))
-    assert main(["compare", str(base), str(slower), "--fail-on-regression"]) == 1
-    assert "regressions (" in capsys.readouterr().out
+    # timings slower from one run a side are shown, not gated: an A/A pair calls them slower by the dozen
+    assert main(["compare", str(base), str(slower), "--fail-on-regression"]) == 0
+    out = capsys.readouterr().out
+    assert "regressions (10):" in out and ONE_RUN_UNGATED.format(10) in out
+    assert main(["compare", str(base), str(slower), "-o", str(tmp_path / "one.html")]) == 0
+    assert "10 slower timings come from one run a side" in (tmp_path / "one.html").read_text()
+    capsys.readouterr()
+    # with two runs a side the run-to-run spread is measured: the same slowdown gates
+    two = [write_run(tmp_path / side, f"r{i}", checkpointing_records(scale=scale, seed=10 * i + k))
+           for k, (side, scale) in enumerate((("b", 1.0), ("n", 1.3))) for i in range(2)]
+    assert main(["compare", str(two[0].parent), str(two[-1].parent), "--fail-on-regression"]) == 1
+    out = capsys.readouterr().out
+    assert "regressions (20):" in out and "runs 2v2" in out and "come from one run a side" not in out  # + tokens_per_s
     assert main(["compare", str(base), str(broken), "--fail-on-regression"]) == 1
     assert "ok -> oom" in capsys.readouterr().out
     assert main(["compare", str(base), str(again), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 0

@@ -126,8 +126,8 @@ def test_cli_fail_on_regression_ignores_and_lists_contended_cases(tmp_path, caps
 def test_cli_allow_contended_restores_the_plain_verdict(tmp_path, capsys):
     from bench.cli import main
 
-    base, new = aa(tmp_path, (True,))
-    assert main(["compare", str(base[0]), str(new[0]), "--fail-on-regression", "--allow-contended"]) == 1
+    base, new = aa(tmp_path, (True, True, True), runs=3)
+    assert main(["compare", str(base[0].parent), str(new[0].parent), "--fail-on-regression", "--allow-contended"]) == 1
     out = capsys.readouterr().out
     assert "regressions (3):" in out and "contended (3), judged all the same" in out
 
