@@ -18,8 +18,10 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standar
 # 60 stable nights at 5% noise flagged 43% of 200 series with the 7-point estimate, 18% with this one (19% when bad
 # points still entered the baseline); at 2% noise 1.5% and 1.0% (0.5%).
 SPREAD_WINDOWS = 4
-# The first 3 points of a series enter its baseline even when judged bad: against one unusually fast first run every
-# later run would be bad and, being bad, never get into the baseline to correct it.
+# A measured series is judged from its 4th undisturbed point on: its first 3 form the baseline unjudged. From one or
+# two points there is no noise to weigh (a MAD of them is 0 or their distance), so the band was the bare threshold:
+# three smoke nights of a shared 2-core VM flagged two timings at +32% and +97% against their first night alone; and
+# against one unusually fast first run every later run would be bad and, being bad, never enter the baseline.
 MIN_BASELINE = 3
 # Drift baseline: the up to 23 not-bad points older than the step window (8-30 runs back at window 7). 23 nights of
 # a 1%/night drift move the latest point ~20% from their median while a 7-run window lags only ~4% behind it.
@@ -112,8 +114,10 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
     out, kept, kept_values = [], [], []  # the points that may enter later baselines: indices, values
     for i, v in enumerate(values):
         away = not exact and i < len(contended) and bool(contended[i])
-        band = (kept_values[-1], 0.0) if exact and kept_values else None if exact else _band(kept_values, threshold,
-                                                                                            window)
+        if exact:
+            band = (kept_values[-1], 0.0) if kept_values else None
+        else:
+            band = _band(kept_values, threshold, window) if len(kept_values) >= MIN_BASELINE else None
         if band is None:
             out.append(None)
             if not away:
@@ -135,7 +139,7 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
         lower = b - half * abs(b)
         out.append({"baseline": b, "half": half, "lower": max(0.0, lower) if b > 0 else lower,
                     "upper": b + half * abs(b), "old": old or None, "old_half": old_half, "kind": kind})
-        if not away and (kind is None or (i < MIN_BASELINE and not exact)):  # no noise to absorb in an exact one
+        if not away and kind is None:
             kept.append(i)
             kept_values.append(v)
     return out
@@ -234,9 +238,9 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
 
     A series is the ok values of one case and one metric with a direction (as its suite declared it; informational
     metrics are never judged) on one env_id and device, and for a variant that measures a library, one version of
-    it, in run order; a hardware or software change starts a new series, so it is never a regression. Each point
-    v[i] after the first is judged against baselines made only of earlier points that were not bad (the first 3
-    points always count, see MIN_BASELINE):
+    it, in run order; a hardware or software change starts a new series, so it is never a regression. The first 3
+    points not contended form the baseline unjudged (MIN_BASELINE); each later point v[i] is judged against baselines
+    made only of earlier points that were not bad:
         E[i]        = the up to `window` most recent such points
         baseline[i] = median(E[i])
         band[i]     = max(threshold, 3 * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)

@@ -87,7 +87,8 @@ def frame_of(values, metric="step_time_ms", direction="lower", env_id="e1", devi
     ([100, 101, 99, 100, 120, 121], "tokens_per_s", "higher", False),
     ([100, 130, 80, 120, 90, 110, 140, 140], "step_time_ms", "lower", False),  # +33% but within a ±60% noise band
     ([100, 100, 100, 100, 104, 104], "step_time_ms", "lower", False),  # below the 5% threshold
-    ([100, 100, 106, 106], "step_time_ms", "lower", True),  # a short history is enough: the band is the threshold
+    ([100, 100, 100, 106, 106], "step_time_ms", "lower", True),  # 3 runs make a baseline: the band is the threshold
+    ([100, 100, 106, 106], "step_time_ms", "lower", False),  # 2 do not: no noise to weigh yet
     ([106, 106], "step_time_ms", "lower", False),  # nothing to compare against
     ([100, 100, 100, 100, 100, 150], "step_time_ms", "lower", False),  # the latest point alone is not two
     ([100, 100, 100, 150, 100, 150], "step_time_ms", "lower", False),  # two bad points, not consecutive
@@ -261,5 +262,5 @@ def test_cpu_and_cuda_runs_of_one_env_id_are_separate_series():
 
 def test_band_is_clamped_at_zero():
     # a 60x outlier in a short baseline makes the noise band wider than the baseline itself
-    judged = regressions_rule._judge([100.0, 6000.0, 100.0, 100.0, 100.0], "lower", 0.05, 7)
-    assert min(p["lower"] for p in judged[1:]) == 0.0
+    judged = regressions_rule._judge([100.0, 6000.0, 50.0, 100.0], "lower", 0.05, 7)
+    assert judged[:3] == [None] * 3 and judged[3]["lower"] == 0.0 and judged[3]["upper"] > 300
