@@ -197,7 +197,9 @@ class Comparison:
     @property
     def gating(self) -> pd.DataFrame:
         """The regressions --fail-on-regression fails on: all but the timings judged from one run a side, which an
-        A/A pair of runs calls slower by the dozen on a shared machine (a run-level offset the test cannot see)."""
+        A/A pair of runs calls slower by the dozen on a shared machine (a run-level offset the test cannot see). From
+        several runs a side a timing must clear their spread by a t bound: 2 runs against 1 (one degree of freedom)
+        rarely gates, 3 against 3 or the nightly's 5 good nights against 1 do."""
         return self.regressions.drop(self.one_run_regressions.index)
 
     @property
@@ -288,8 +290,9 @@ class Comparison:
 CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
                   "ignores them; --allow-contended judges them):")
 CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
-ONE_RUN_UNGATED = ("{} slower timings below come from one run a side: --fail-on-regression does not fail on them (two "
-                   "runs of one code on a shared machine differ by more); rerun a side for a verdict that gates")
+ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (two runs of "
+                   "one code on a shared machine differ by more); rerun both sides, 3 runs each, for a verdict that "
+                   "gates")
 VARIES = "not deterministic here, weighed on its run-to-run spread"
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, so "
                "weighed on their run-to-run spread:")

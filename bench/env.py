@@ -343,13 +343,29 @@ ENV_FIELDS = (
     ("cpus", lambda m: ",".join(map(str, m["cpus"])) if isinstance(m.get("cpus"), list) else None, False),
     ("threads", lambda m: ", ".join(f"{s}={info.get('threads')}" for s, info in sorted((m.get("suites") or {}).items())
                                     if isinstance(info, dict) and info.get("threads") is not None) or None, False),
-    # the versions of the libraries that variants measure (transformers, diffusers, torchao, liger-kernel): an
-    # upgrade moves their variants' numbers, the code under test unchanged
-    ("libraries", lambda m: ", ".join(sorted({label for info in (m.get("suites") or {}).values()
-                                              if isinstance(info, dict) and isinstance(info.get("libraries"), dict)
-                                              for label in info["libraries"].values() if isinstance(label, str)}))
-     or None, False),
 )
+
+
+def _libraries(meta: dict) -> dict[str, str]:
+    """library -> version of the libraries that the run's variants measure, from the labels its suites declare
+    ("transformers 4.57.1")."""
+    labels = {label for info in (meta.get("suites") or {}).values()
+              if isinstance(info, dict) and isinstance(info.get("libraries"), dict)
+              for label in info["libraries"].values() if isinstance(label, str)}
+    return dict(sorted(label.partition(" ")[::2] for label in labels))
+
+
+def _library_field(base: list[dict], new: list[dict]) -> tuple[str, str | None, str | None]:
+    """The versions of the libraries that variants on both sides measure (transformers, diffusers, torchao,
+    liger-kernel): an upgrade moves their variants' numbers with the code under test unchanged. A library that one
+    side's suites do not measure is left out: another selection of suites is not an upgrade."""
+    sides = [[_libraries(m) for m in metas] for metas in (base, new)]
+    names = set.intersection(*(set(lib) for libs in sides for lib in libs)) if all(sides) else set()
+
+    def text(libs):
+        return " | ".join(dict.fromkeys(", ".join(f"{n} {lib[n]}".strip() for n in sorted(names)) for lib in libs))
+
+    return ("libraries", *(text(libs) or None for libs in sides))
 
 
 def _side(metas: list[dict], get) -> str | None:
@@ -361,6 +377,7 @@ def environments(base: list[dict], new: list[dict]) -> tuple[list, list, bool]:
     """(every ENV_FIELDS field as (name, base, new), those that differ, whether both sides are one environment) for
     the run.json dicts of two sides: the same env_ids, or without them the same identity fields."""
     fields = [(name, _side(base, get), _side(new, get)) for name, get, _ in ENV_FIELDS]
+    fields.append(_library_field(base, new))
     differ = [f for f in fields if f[1] != f[2]]
     ids = [{m.get("env_id") for m in metas} for metas in (base, new)]
     if None in ids[0] | ids[1]:  # a run without env_id: fall back to the identity fields

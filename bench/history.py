@@ -23,8 +23,6 @@ device     string               device the run asked for (cpu, cuda:0)
 size       string               smoke, quick or full
 suite      string               suite name
 variant    string               variant name
-library    string               the library and version the variant measures, as the run's suite names it
-                                ("transformers 4.57.1"); null for techbench's own variants, or in an older store
 case_id    string               suite/variant/params sorted by key
 params     string               the case's parameters as a JSON object
 status     string               ok, oom, timeout, error or skipped
@@ -32,13 +30,15 @@ error      string               the reason of a non-ok case, else null
 metric     string               metric name, its unit as suffix (null on a status-only row)
 value      double               the metric's value (null when it had none)
 direction  string               "lower" or "higher" is better, null for informational metrics
-kind       string               "measured" (from a clock, or a ratio of one: judged against a noise band), "exact"
-                                (deterministic for a commit and machine, or a ratio of such: judged exactly) or
-                                "info"; null on a status-only row, or in a store written before the column
 n_samples  int64                raw samples behind the value (0 when the metric was measured once)
 iqr        double               relative spread of the samples, (q75 - q25) / median; null with fewer than 2 samples
 contended  bool                 something outside the case disturbed its timed window (bench.interference), on every
                                 row of the case; null without a timed window, or in a store written before the flag
+kind       string               "measured" (from a clock, or a ratio of one: judged against a noise band), "exact"
+                                (deterministic for a commit and machine, or a ratio of such: judged exactly) or
+                                "info"; null on a status-only row, or in a store written before the column
+library    string               the library and version the variant measures, as the run's suite names it
+                                ("transformers 4.57.1"); null for techbench's own variants, or in an older store
 ========== ==================== ====================================================================================
 
 and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
@@ -60,8 +60,8 @@ from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
-           "library", "case_id", "params", "status", "error", "metric", "value", "direction", "kind", "n_samples",
-           "iqr", "contended", "contended_reason")
+           "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
+           "contended_reason", "kind", "library")  # a new column goes last: readers by position keep working
 
 
 def schema():

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Nightly GPU job, portable to any CI: every suite at full size on the GPU, the run added to the history store, the
 # dashboard rebuilt, and the run compared against the last good night and against the committed baseline of this
-# GPU (ci/baselines/<gpu>/nightly/). Exits 1 when a run case failed or a comparison found a regression, after doing
-# every step, so the dashboard is published either way.
+# GPU (ci/baselines/<gpu>/nightly/). Exits 1 when a run case failed or a comparison found a regression that
+# --fail-on-regression gates (not a timing judged from one run a side), after doing every step, so the dashboard is
+# published either way.
 #
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
-#   runs/<utc-stamp>/   each night's run directory (GOOD marks a night without failure or regression)
+#   runs/<utc-stamp>/   each night's run directory (GOOD marks a night that exited 0)
 #   history/            the Parquet history store          site/   the dashboard
 #   cache/              the models the suites train (TECHBENCH_CACHE, unless set): kept, so that the quality metrics
 #                       of a night come from the weights of the night before, not from a retrain on a GPU whose

@@ -166,7 +166,7 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         if len(c.regressions):
             tables.append(table(_records(c.regressions, ROW_TABLE), ROW_TABLE, {"verdict": "regression"}))
         if n := len(c.one_run_regressions):
-            tables.append(f'<p class="muted">{html.escape(ONE_RUN_UNGATED.format(n).replace(" below", ""))}.</p>')
+            tables.append(f'<p class="muted">{html.escape(ONE_RUN_UNGATED.format(n))}.</p>')
         if len(failing):
             tables += [section(f"Newly failing ({len(failing)}): ok in BASE, oom, timeout or error in NEW",
                                table(_records(failing, STATUS_TABLE), STATUS_TABLE,

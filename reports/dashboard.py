@@ -51,7 +51,8 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
         x, values = [_when(t) for t in s["timestamp"]], s["value"].tolist()
         away, why = rule.not_judged(s), s["contended_reason"].tolist()
         lib = f" ({s['library'].iloc[0]})" if s["library"].iloc[0] else ""  # a series per version of a library
-        hover = [f"{case}{lib}<br>{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
+        hover = [f"{case}{html.escape(lib)}<br>"
+                 f"{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
                  + (f"<br>baseline {p['baseline']:.4g} ± {100 * p['half']:.3g}%" if p else "")
                  + (f"<br>older baseline {p['old']:.4g} ± {100 * p['old_half']:.3g}%" if p and p["old"] else "")
                  + (f"<br>bad ({p['kind']})" if p and p["kind"] else "")
@@ -61,12 +62,12 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
             y = [p and (max(p[edge], floor) if log else p[edge]) for p in judged]
             fig.add_scatter(x=x, y=y, mode="lines", line={"width": 0}, fill=fill, legendgroup=case, showlegend=False,
                             fillcolor="rgba({}, {}, {}, 0.12)".format(*hex_to_rgb(colour)), hoverinfo="skip")
-        fig.add_scatter(x=x, y=values, mode="lines+markers", name=case.removeprefix(s["suite"].iloc[0] + "/"),
-                        legendgroup=case, showlegend=case not in shown, line={"color": colour},
+        fig.add_scatter(x=x, y=values, mode="lines+markers", name=case.removeprefix(s["suite"].iloc[0] + "/") + lib,
+                        legendgroup=case, showlegend=(case, lib) not in shown, line={"color": colour},
                         marker={"symbol": [envs.get(env, "circle") + "-open" * bool(a) for a in away], "size": 8},
                         text=hover,
                         hovertemplate="%{text}<extra></extra>")
-        shown.add(case)
+        shown.add((case, lib))
         bad = rule.flagged(judged, s) if (case, *env, s["library"].iloc[0]) in flagged else []
         if bad:  # ring the whole bad run, not only the two points that raised the flag
             fig.add_scatter(x=[x[i] for i in bad], y=[values[i] for i in bad], mode="markers", legendgroup=case,
@@ -169,8 +170,9 @@ def _plain_page(title: str, body: str, subtitle: str) -> str:
 
 
 def _flag_rows(found) -> list[dict]:
-    return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"), "library": r.library or "",
-             "metric": r.metric, "kind": r.kind,
+    libraries = bool(found["library"].astype(bool).any())  # a column only where some flag is of a library's variant
+    return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"),
+             **({"library": r.library} if libraries else {}), "metric": r.metric, "kind": r.kind,
              "env_id": r.env_id, "device": r.device, "gpu": r.gpu, "baseline": r.baseline, "latest": r.latest,
              "change %": r.change_pct, "band ±%": r.band_pct, "bad runs": r.bad_runs,
              "age (days)": round(r.age_days, 1), "latest run": r.run_id} for r in found.itertuples()]

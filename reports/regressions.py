@@ -45,8 +45,18 @@ def check(threshold: float, window: int) -> None:
 
 def envs(frame):
     device = frame["device"].fillna("") if "device" in frame.columns else ""
-    library = frame["library"].fillna("") if "library" in frame.columns else ""  # "": techbench's own, or unknown
-    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device, library=library)
+    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device)
+
+
+def _libraries(ok):
+    """`ok` with its library column filled: "" for techbench's own variants. A row written before the column takes
+    the version that the next labelled run of its series names, so that a store carried across the upgrade that
+    added the column keeps each series (and its flag) whole rather than starting it again at the labelled runs."""
+    if "library" not in ok.columns:
+        return ok.assign(library="")
+    series = [k for k in KEYS if k != "library"]
+    filled = ok.sort_values("timestamp", kind="stable").groupby(series, dropna=False)["library"].bfill()
+    return ok.assign(library=filled.reindex(ok.index).fillna(""))
 
 
 def _series(frame):
@@ -61,8 +71,8 @@ def _series(frame):
     direction = by_time["direction"].agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
     newest_kind = by_time["kind"].last()  # skips the nulls of runs that predate the column
     keys = list(zip(ok["suite"], ok["metric"], strict=True))
-    ok = envs(ok).assign(direction=[direction.get(k) for k in keys],
-                         metric_kind=[_kind(newest_kind.get(k)) for k in keys])
+    ok = _libraries(envs(ok)).assign(direction=[direction.get(k) for k in keys],
+                                     metric_kind=[_kind(newest_kind.get(k)) for k in keys])
     ok = ok[ok["direction"].notna() & (ok["metric_kind"] != "info")]
     # a store written before the flag has no such columns, or nulls in them: not contended
     flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
@@ -207,10 +217,9 @@ def judged(frame, threshold: float, window: int) -> list:
 def flags(judged: list, newest):
     import pandas as pd
 
-    columns = ["suite", "case_id", "variant", "library", "metric", "env_id", "device", "gpu", "direction", "kind",
-               "baseline",
+    columns = ["suite", "case_id", "variant", "metric", "env_id", "device", "gpu", "direction", "kind", "baseline",
                "band_pct", "previous", "latest", "change_pct", "n_runs", "bad_runs", "run_id", "timestamp",
-               "age_days", "stale"]
+               "age_days", "stale", "library"]
     rows = []
     for s, j in judged:
         bad = flagged(j, s)
@@ -223,12 +232,12 @@ def flags(judged: list, newest):
         latest, previous = values[bad[-1]], values[bad[-2] if len(bad) > 1 else bad[-1] - 1]
         change = change_pct(latest, b)
         rows.append({"suite": last["suite"], "case_id": last["case_id"], "variant": last.get("variant"),
-                     "library": last["library"], "metric": last["metric"], "env_id": last["env_id"],
+                     "metric": last["metric"], "env_id": last["env_id"],
                      "device": last["device"], "gpu": last.get("gpu"), "direction": last["direction"], "kind": kind,
                      "baseline": b, "band_pct": 100 * half, "previous": previous, "latest": latest,
                      "change_pct": change, "n_runs": len(values), "bad_runs": len(bad),
                      "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
-                     "stale": age > STALE_DAYS})
+                     "stale": age > STALE_DAYS, "library": last["library"]})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -248,27 +257,28 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
                       (1.4826 * MAD(E[i]) while there are `window` such points or fewer)
         worse(x)    = (v[i] - x) / |x|, negated for higher-is-better metrics
         O[i]        = the up to 23 such points older than E's window (at least window + 1 runs back), when >= 5
-    v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when
-    worse(median(O[i])) > max(2 * threshold, band[i]). A series is flagged when its last two points are both bad;
-    its kind is that of the first point of the run of bad points ending at the latest. Bad points never enter a
-    baseline, so a lasting regression stays flagged until a point comes back inside both bands (only such points
-    can move the baseline towards a new level); one bad night is not flagged. There is no accepting a change: only
-    a new series (another env_id or device) starts a fresh baseline. A contended point (its case's timed window was
+    v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when worse(median(O[i])) >
+    max(2 * threshold, band[i]). A series is flagged when its last two points are both bad; its kind is that of the
+    first point of the run of bad points ending at the latest. Bad points never enter a baseline, so a lasting
+    regression stays flagged until a point comes back inside both bands (only such points can move the baseline
+    towards a new level); one bad night is not flagged. There is no accepting a change: only a new series (another
+    env_id, device or library version) starts a fresh baseline. A contended point (its case's timed window was
     disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad, never
     enters a baseline or a noise estimate, and a run of bad points passes over it.
     An exact metric (the history's `kind` column: bytes counted, FLOPs, a seeded quality; deterministic for a commit
     and machine) has no noise to weigh: its baseline is the latest not-bad point (from the first on) and its band is
-    0, so v[i] is bad, kind "changed", when it moved the wrong way at all (bench.metrics.same_exact: whole numbers to
-    the unit, fractions beyond 1e-9 relative; a 4% growth in bytes is not hidden under a 5% threshold), and one such
-    point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of one
-    commit gave an exact metric different values (varied_at), it is not deterministic there and its series is judged
-    as a measured one. A metric that no run of the store gives a kind (written before the column) is measured.
-    Columns: suite, case_id, variant, library ("" for techbench's own variants), metric, env_id, device, gpu,
-    direction, kind, baseline and band_pct (of the flag's kind at the latest point), previous (the bad point before
-    the latest; before a lone exact change, the point before it), latest, change_pct (latest against that baseline,
-    signed; ±inf from a baseline of 0), n_runs, bad_runs (length of the bad run), run_id, timestamp (latest point),
-    age_days (from the series' latest run to the store's newest run) and stale (age_days > STALE_DAYS: the series
-    missed the latest night). "Latest point" is the latest not contended; age_days counts contended runs, which ran
+    0, so v[i] is bad, kind "changed", when it moved the wrong way at all (bench.metrics.same_exact: whole numbers
+    to the unit, fractions beyond 1e-9 relative; a 4% growth in bytes is not hidden under a 5% threshold), and one
+    such point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of
+    one commit gave an exact metric different values (varied_at), it is not deterministic there and its series is
+    judged as a measured one. A metric that no run of the store gives a kind (written before the column) is
+    measured.
+    Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
+    flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
+    point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
+    bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to the
+    store's newest run), stale (age_days > STALE_DAYS: the series missed the latest night) and library ("" for
+    techbench's own variants). "Latest point" is the latest not contended; age_days counts contended runs, which ran
     all the same.
     """
     check(threshold, window)

@@ -204,6 +204,11 @@ def test_a_library_upgrade_is_named_in_the_environment_diff(tmp_path):
         write_run_json(run, meta)
     c = compare([a], [b])
     assert c.same_env and ("libraries", "transformers 4.57.1", "transformers 4.58.0") in c.env_diff
+    # a library that only one side's suites measure is another selection of suites, not an upgrade
+    meta = read_run_json(b)
+    meta["suites"]["checkpointing"]["libraries"] = {"hf_full": "transformers 4.57.1", "x": "diffusers 0.42.1"}
+    write_run_json(b, meta)
+    assert "libraries" not in {f for f, _, _ in compare([a], [b]).env_diff}
 
 
 def aa_draws(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
@@ -316,14 +321,14 @@ def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "regressions (10):" in out and ONE_RUN_UNGATED.format(10) in out
     assert main(["compare", str(base), str(slower), "-o", str(tmp_path / "one.html")]) == 0
-    assert "10 slower timings come from one run a side" in (tmp_path / "one.html").read_text()
+    assert "slower timings from one run a side (10): --fail-on-regression" in (tmp_path / "one.html").read_text()
     capsys.readouterr()
     # with two runs a side the run-to-run spread is measured: the same slowdown gates
     two = [write_run(tmp_path / side, f"r{i}", checkpointing_records(scale=scale, seed=10 * i + k))
            for k, (side, scale) in enumerate((("b", 1.0), ("n", 1.3))) for i in range(2)]
     assert main(["compare", str(two[0].parent), str(two[-1].parent), "--fail-on-regression"]) == 1
     out = capsys.readouterr().out
-    assert "regressions (20):" in out and "runs 2v2" in out and "come from one run a side" not in out  # + tokens_per_s
+    assert "regressions (20):" in out and "runs 2v2" in out and "from one run a side" not in out  # + tokens_per_s
     assert main(["compare", str(base), str(broken), "--fail-on-regression"]) == 1
     assert "ok -> oom" in capsys.readouterr().out
     assert main(["compare", str(base), str(again), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 0

@@ -200,3 +200,14 @@ def test_history_rows_name_the_library_a_variant_measures(tmp_path):
     history.add(run, tmp_path / "store")
     frame = history.load(tmp_path / "store")
     assert dict(zip(frame["variant"], frame["library"].fillna("-"))) == {"hf_full": "transformers 9.9.9", "full": "-"}
+
+
+def test_a_store_carried_across_the_library_column_keeps_its_series_whole():
+    # runs added before the column have no library; the same, unchanged version is named from then on: one series,
+    # and a slowdown that began before keeps its flag (no fresh baseline at the level it regressed to)
+    values = [100.0] * 6 + [130.0] * 6
+    frame = frame_of(values).assign(library=[None] * 8 + ["transformers 4.57.1"] * 4)
+    found = dashboard.regressions(frame)
+    assert list(zip(found["kind"], found["library"], found["stale"], found["bad_runs"])) == [
+        ("step", "transformers 4.57.1", False, 6)]
+    assert len(rule.judged(frame, 0.05, 7)) == 1
