@@ -97,6 +97,16 @@ def fetch(namespace: str, key: dict, build: Callable[[], dict]) -> tuple[dict, s
     return payload, "built"
 
 
+def store(namespace: str, key: dict, payload: dict) -> None:
+    """Cache `payload` for `key` in the user cache, over what it held: for a result its builder has just measured
+    afresh, that later readers should take rather than an older one. A cache that cannot be written warns."""
+    path = entry(namespace, key)
+    try:
+        write(path, key, payload)
+    except OSError as e:
+        warnings.warn(f"could not cache {namespace} in {path.parent}: {e}", stacklevel=2)
+
+
 def load_or_build(namespace: str, key: dict, build: Callable[[], dict]) -> dict:
     """The payload shipped or cached for `key`, or `build()`'s, cached for next time."""
     return fetch(namespace, key, build)[0]

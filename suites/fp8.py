@@ -24,7 +24,7 @@ from bench.metrics import Metric, timing
 from bench.suite import Measurement, NotPlannable, Part, Relative, Skip, Suite, Workload, register, requires
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
-from impls.cache import load_or_build
+from impls.cache import load_or_build, store
 from impls.fp8 import torchao_training
 from impls.fp8.gemm import (
     blockwise_reference,
@@ -250,17 +250,20 @@ def _training(variant, params, device):
     """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run.
 
     The high-precision run is the bf16 case itself: it trains once, timed, and leaves its loss curve in the cache
-    (impls.cache), where each recipe's case finds it (or trains it, untimed, when run alone)."""
+    (impls.cache) over any older one, where each recipe's case of the run finds it (or trains it, untimed, when run
+    alone). The curve is keyed by the device's model, not its type: an H100's is not an H200's."""
     dtype = reference_dtype(device)
+    where = torch.device(device)
     key = {"version": REFERENCE_VERSION, "steps": params["steps"], "batch": BATCH, "lr": LR, "dtype": str(dtype),
-           "device": torch.device(device).type, "torch": torch.__version__}
+           "device": where.type, "torch": torch.__version__,
+           "gpu": torch.cuda.get_device_name(where) if where.type == "cuda" else None}
     recipe, convert = _training_recipe(variant, device, dtype)
     t0 = time.monotonic()
     losses = train(recipe, params["steps"], device=device, dtype=dtype, convert=convert)
     t1 = time.monotonic()  # train() returns Python floats: every step has synchronized
-    if variant == "bf16":
+    if variant == "bf16":  # this run's own curve, for this run's recipes: a GPU's run differs from an older one
         reference = losses
-        load_or_build("fp8_reference_losses", key, lambda: {"losses": losses})
+        store("fp8_reference_losses", key, {"losses": losses})
     else:
         def build():
             return {"losses": train(None, params["steps"], device=device, dtype=dtype)}
