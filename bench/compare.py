@@ -290,8 +290,8 @@ class Comparison:
 CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
                   "ignores them; --allow-contended judges them):")
 CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
-ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (two runs of "
-                   "one code on a shared machine differ by more); rerun both sides, 3 runs each, for a verdict that "
+ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (one run "
+                   "cannot tell a change from a run-level offset); rerun both sides, 3 runs each, for a verdict that "
                    "gates")
 VARIES = "not deterministic here, weighed on its run-to-run spread"
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, so "

@@ -46,7 +46,7 @@ class CaseRuns:
         runs = [v for v, d in zip(self.runs[metric], self.disturbed[metric]) if not d]
         samples = [s for s, d in zip(self.samples.get(metric, ()), self.samples_disturbed.get(metric, ())) if not d]
         return CaseRuns(self.suite, self.variant, self.status, self.error, {metric: runs} if runs else {},
-                     {metric: samples} if samples else {})
+                        {metric: samples} if samples else {})
 
 
 def merge(records: list[Record]) -> CaseRuns:
