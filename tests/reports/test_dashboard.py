@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,6 +30,20 @@ def nightly(tmp_path, slow: dict[int, float] | None = None, a100_from: int | Non
         run = write_run(tmp_path / "runs", f"night-{night}", records, gpu=A100 if on_a100 else H200,
                         started_at=f"2026-11-{night + 1:02d}T01:00:00Z", sha=f"{night}" * 40)
         history.add(run, store)
+    return store
+
+
+def case_nights(tmp_path, edit, sha=None, **write) -> Path:
+    """A store of NIGHTS nightly checkpointing runs, CASE's record of night i passed to edit(i, record) first; night
+    i's commit is `sha`, or its own when None."""
+    store = tmp_path / "store"
+    for night in range(NIGHTS):
+        records = checkpointing_records(seed=night)
+        for r in records:
+            if r.get("status", "ok") == "ok" and (r["variant"], r["params"]["batch"]) == ("selective", 4):
+                edit(night, r)
+        history.add(write_run(tmp_path / "runs", f"night-{night}", records, sha=sha or f"{night}" * 40,
+                              started_at=f"2026-11-{night + 1:02d}T01:00:00Z", **write), store)
     return store
 
 

@@ -8,8 +8,7 @@ from bench import history
 from reports import dashboard
 from reports import regressions as rule
 from tests.optional import needs
-from tests.reports.test_dashboard import CASE, NIGHTS, frame_of, nights
-from tests.runs import checkpointing_records, write_run
+from tests.reports.test_dashboard import CASE, NIGHTS, case_nights, frame_of, nights
 
 LOAD = {"contended": True, "host_other_cpus": 1.7, "host_case_cpus": 0.3, "host_cpus": 2, "host_load_avg": 5.2}
 REASON = "other processes used 1.7 of 2 CPUs during the timed window"
@@ -18,18 +17,14 @@ REASON = "other processes used 1.7 of 2 CPUs during the timed window"
 def loaded_nights(tmp_path, loaded: dict[int, float]):
     """NIGHTS nightly checkpointing runs; on night i in `loaded` CASE ran under load: its clock read loaded[i] times
     its usual and its record is flagged contended, as a build beside it on the same CPUs would leave it."""
-    store = tmp_path / "store"
-    for night in range(NIGHTS):
-        records = checkpointing_records(seed=night)
-        for r in records:
-            if night in loaded and r.get("status", "ok") == "ok" and (r["variant"], r["params"]["batch"]) == (
-                    "selective", 4):
-                r["metrics"]["step_time_ms"] *= loaded[night]
-                r["samples"]["step_time_ms"] = [x * loaded[night] for x in r["samples"]["step_time_ms"]]
-                r["metrics"].update(LOAD)
-        history.add(write_run(tmp_path / "runs", f"night-{night}", records,
-                              started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), store)
-    return store
+
+    def load(night, r):
+        if night in loaded:
+            r["metrics"]["step_time_ms"] *= loaded[night]
+            r["samples"]["step_time_ms"] = [x * loaded[night] for x in r["samples"]["step_time_ms"]]
+            r["metrics"].update(LOAD)
+
+    return case_nights(tmp_path, load)
 
 
 def contended_frame(values, contended, **kw):

@@ -11,8 +11,8 @@ from bench import history
 from reports import dashboard
 from reports import regressions as rule
 from tests.optional import needs
-from tests.reports.test_dashboard import CASE, NIGHTS, frame_of, nights
-from tests.runs import checkpointing_records, write_run
+from tests.reports.test_dashboard import CASE, NIGHTS, case_nights, frame_of, nights
+from tests.runs import write_run
 
 
 def exact_frame(values, direction="lower", metric="peak_mem_bytes", **kw):
@@ -31,16 +31,12 @@ def kinds_per_night(frame) -> list[str | None]:
 def growing_nights(tmp_path, growth: dict[int, float], declare: bool = True, sha: str | None = None):
     """NIGHTS nightly checkpointing runs in a store, each of its own commit (or all of `sha`); on night i in `growth`
     CASE's peak_mem_bytes is scaled by it."""
-    store = tmp_path / "store"
-    for night in range(NIGHTS):
-        records = checkpointing_records(seed=night)
-        for r in records:
-            if night in growth and r.get("status", "ok") == "ok" and (r["variant"], r["params"]["batch"]) == (
-                    "selective", 4):
-                r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * growth[night])
-        history.add(write_run(tmp_path / "runs", f"night-{night}", records, declare=declare, sha=sha or f"{night}" * 40,
-                              started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), store)
-    return store
+
+    def grow(night, r):
+        if night in growth:
+            r["metrics"]["peak_mem_bytes"] = int(r["metrics"]["peak_mem_bytes"] * growth[night])
+
+    return case_nights(tmp_path, grow, sha, declare=declare)
 
 
 @needs("pyarrow")
