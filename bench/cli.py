@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="exit 1 when a case got significantly worse (a timing: judged from several runs a side, "
                           "not from one), newly failed, or NEW did not finish")
     cmp.add_argument("--allow-contended", action="store_true", help="judge timings that other load disturbed too")
-    cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html", help="also write a comparison page")
+    cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html",
+                     help="also write a comparison page, or with FILE.json every row and the gate verdict for scripts")
 
     his = sub.add_parser("history", help="a store of runs over time (Parquet, one row per case and metric)")
     his_sub = his.add_subparsers(dest="action", required=True, parser_class=_Parser)

@@ -6,8 +6,10 @@ Each handler takes the parsed arguments and returns the exit code; bad input rai
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from bench.atomic import atomic_write_text
 from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError
 
 
@@ -72,16 +74,21 @@ def cmd_compare(args) -> int:
 
     _threshold(args.threshold)
     base, new = run_dirs([args.base], "BASE"), run_dirs([args.new], "NEW")
-    page = _output(args.output, ".html", base + new) if args.output else None
+    if args.output is not None and args.output.suffix not in (".html", ".json"):
+        raise UsageError(f"-o {args.output} should end in .html (a page) or .json (for scripts)")
+    as_json = args.output is not None and args.output.suffix == ".json"
+    page = _output(args.output, ".json" if as_json else ".html", base + new) if args.output else None
     result = compare(base, new, threshold=args.threshold / 100, allow_contended=args.allow_contended)
     for line in result.summary_lines():
         print(line)
-    if page:
+    if as_json:
+        written = atomic_write_text(page, json.dumps(result.to_json(), indent=1, default=str, allow_nan=False) + "\n")
+        print(f"comparison -> {written}")
+    elif page:
         from reports.compare_page import write_compare_html
 
         print(f"compare page -> {write_compare_html(result, page)}")
-    failed = len(result.gating) or len(result.newly_failing) or any(s == "new" for s, _ in result.unfinished)
-    return 1 if args.fail_on_regression and failed else 0
+    return 1 if args.fail_on_regression and result.failed else 0
 
 
 def _threshold(pct: float) -> None:

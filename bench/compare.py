@@ -236,6 +236,26 @@ class Comparison:
         return bool((self.tested["runs_per_side"] == "1v1").any())
 
     @property
+    def failed(self) -> bool:
+        """What --fail-on-regression fails on: a gating regression, a newly failing case, or an unfinished NEW run."""
+        return bool(len(self.gating) or len(self.newly_failing) or any(s == "new" for s, _ in self.unfinished))
+
+    def to_json(self) -> dict:
+        """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the
+        environment diff, the unfinished runs, and what --fail-on-regression would fail on."""
+        def records(frame):
+            return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                    for r in frame.astype(object).to_dict("records")]
+
+        return {"base_runs": self.base_runs, "new_runs": self.new_runs, "threshold": self.threshold,
+                "alpha": self.alpha, "same_env": self.same_env, "environment": self.env_verdict,
+                "env_diff": [{"field": f, "base": b, "new": n} for f, b, n in self.env_diff],
+                "unfinished": [{"side": side, "run": run} for side, run in self.unfinished],
+                "gate": {"failed": self.failed, "regressions": len(self.regressions), "gating": len(self.gating),
+                         "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing)},
+                "rows": records(self.rows), "status_rows": records(self.status_rows)}
+
+    @property
     def env_verdict(self) -> str:
         return "same environment (A/B of code or settings)" if self.same_env else "hardware or software comparison"
 

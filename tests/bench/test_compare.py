@@ -1,3 +1,4 @@
+import json
 import math
 import re
 
@@ -334,3 +335,20 @@ def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
     assert main(["compare", str(base), str(again), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 0
     assert (tmp_path / "c.html").exists()
     assert main(["compare", str(base), str(tmp_path / "nope")]) == 2
+
+
+def test_cli_writes_the_comparison_as_json_for_scripts(tmp_path, capsys):
+    from bench.cli import main
+
+    base = write_run(tmp_path, "base", checkpointing_records(scale=1.0, seed=1))
+    slower = write_run(tmp_path, "slower", checkpointing_records(scale=1.3, seed=2))
+    out = tmp_path / "c.json"
+    assert main(["compare", str(base), str(slower), "-o", str(out), "--fail-on-regression"]) == 0
+    d = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert d["gate"] == {"failed": False, "regressions": 10, "gating": 0, "one_run": 10, "newly_failing": 0}
+    rows = compare(base, slower).rows
+    assert len(d["rows"]) == len(rows) and set(d["rows"][0]) == set(rows.columns)
+    slow = next(r for r in d["rows"] if r["verdict"] == "slower")
+    assert slow["runs_per_side"] == "1v1" and slow["p_value"] > 0 and slow["varies"] is None
+    assert main(["compare", str(base), str(slower), "-o", str(tmp_path / "c.txt")]) == 2
+    assert "should end in .html (a page) or .json (for scripts)" in capsys.readouterr().err
