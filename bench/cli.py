@@ -2,10 +2,10 @@
 options and their checks are in bench/cli_run.py, and the commands that read finished runs (report, compare, history,
 dashboard, export, import) in bench/commands.py.
 
-Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or a compare found a
-regression (or an unfinished NEW run) under --fail-on-regression (a timing judged from one run a side is shown, not
-gated); 2 bad usage or bad input, with a one-line reason naming the valid choices, and nothing existing overwritten;
-130 interrupted.
+Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or under
+--fail-on-regression a compare found a regression (a timing judged from one run a side is shown, not gated), a newly
+failing case or an unfinished NEW run; 2 bad usage or bad input, with a one-line reason naming the valid choices, and
+nothing existing overwritten; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("new", metavar="NEW", help="run directory, or a folder of run directories")
     cmp.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
     cmp.add_argument("--fail-on-regression", action="store_true",
-                     help="exit 1 when a case got significantly worse (a timing: judged from several runs a side, "
-                          "not from one), newly failed, or NEW did not finish")
+                     help="exit 1 when a case got significantly worse (but a timing judged from one run a side), "
+                          "newly failed, or NEW did not finish")
     cmp.add_argument("--allow-contended", action="store_true", help="judge timings that other load disturbed too")
     cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html",
                      help="also write a comparison page, or with FILE.json every row and the gate verdict for scripts")

@@ -145,8 +145,8 @@ def parse_cpus(text: str | None) -> frozenset[int] | None:
         if bad is None and last > top:  # checked before the range is built: "0-99999999" is one line, not 1e8 ints
             bad = max(first, top + 1)
         if bad is not None:
-            raise UsageError(f"--cpus {text}: there is no CPU {bad} that bench may run on here "
-                             f"(valid: {format_cpus(allowed)}, and isolated CPUs the kernel lets it move to)")
+            raise UsageError(f"--cpus {text}: there is no CPU {bad} that bench may run on here (it runs on "
+                             f"{format_cpus(allowed)}, and may move to CPUs outside that which its cpuset allows)")
         cpus.update(range(first, last + 1))
     return frozenset(cpus)
 

@@ -74,7 +74,7 @@ def cmd_compare(args) -> int:
 
     _threshold(args.threshold)
     base, new = run_dirs([args.base], "BASE"), run_dirs([args.new], "NEW")
-    if args.output is not None and args.output.suffix not in (".html", ".json"):
+    if args.output is not None and args.output.suffix not in (".html", ".json") and not args.output.is_dir():
         raise UsageError(f"-o {args.output} should end in .html (a page) or .json (for scripts)")
     as_json = args.output is not None and args.output.suffix == ".json"
     page = _output(args.output, ".json" if as_json else ".html", base + new) if args.output else None

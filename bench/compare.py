@@ -251,8 +251,10 @@ class Comparison:
                 "alpha": self.alpha, "same_env": self.same_env, "environment": self.env_verdict,
                 "env_diff": [{"field": f, "base": b, "new": n} for f, b, n in self.env_diff],
                 "unfinished": [{"side": side, "run": run} for side, run in self.unfinished],
+                "allow_contended": self.allow_contended,
                 "gate": {"failed": self.failed, "regressions": len(self.regressions), "gating": len(self.gating),
-                         "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing)},
+                         "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing),
+                         "contended": len(self.contended), "varying": len(self.varying)},
                 "rows": records(self.rows), "status_rows": records(self.status_rows)}
 
     @property

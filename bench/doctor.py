@@ -164,15 +164,17 @@ def check_isolation(host: Host) -> Finding:
                        f"rcu_nocbs={half} to the kernel command line, reboot, then `bench run --cpus {half} ...`")
     nohz = _cmdline_cpus(host, "nohz_full")
     found = f"cpu {format_cpus(isolated)} isolated" + (f" (nohz_full {format_cpus(nohz)})" if nohz else "")
-    use = f"`bench run --cpus {format_cpus(isolated)}` puts each case on them"
-    if host.affinity and host.affinity <= isolated:  # under taskset: the harness shares the cases' CPUs
-        return finding("cpu.isolation", "ok", f"{found}; bench itself runs on cpu {format_cpus(host.affinity)} "
-                       f"(taskset); {use} and keeps bench off them")
+    # isolcpus also takes them out of load balancing: threads pinned to several are not spread over them
+    fix = (f"bench run --cpus {format_cpus(isolated)} ... without taskset (each case on them, bench itself off them; "
+           "the scheduler does not spread threads over isolated CPUs: OMP_PROC_BIND=close binds torch's one a CPU)")
     if host.affinity and not host.affinity & isolated:  # as isolcpus leaves every process: --cpus reaches them
-        return finding("cpu.isolation", "ok", f"{found}; {use}")
+        return finding("cpu.isolation", "ok", f"{found}; `bench run --cpus {format_cpus(isolated)}` puts each case "
+                       "on them")
     where = f"cpu {format_cpus(host.affinity)}" if host.affinity else "any CPU"
-    return finding("cpu.isolation", "warn", f"{found}, but bench runs on {where}, isolated or not",
-                   f"bench run --cpus {format_cpus(isolated)} ... (each case on them, bench itself off them)")
+    if host.affinity and host.affinity <= isolated:  # under taskset: the harness shares the cases' CPUs
+        return finding("cpu.isolation", "warn", f"{found}; bench itself runs on {where} (taskset), beside each case",
+                       fix)
+    return finding("cpu.isolation", "warn", f"{found}, but bench runs on {where}, isolated or not", fix)
 
 
 def check_memory(host: Host) -> Finding:

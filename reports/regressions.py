@@ -20,8 +20,9 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standar
 SPREAD_WINDOWS = 4
 # A measured series is judged from its 4th undisturbed point on: its first 3 form the baseline unjudged. From one or
 # two points there is no noise to weigh (a MAD of them is 0 or their distance), so the band was the bare threshold:
-# three smoke nights of a shared 2-core VM flagged two timings at +32% and +97% against their first night alone; and
-# against one unusually fast first run every later run would be bad and, being bad, never enter the baseline.
+# three smoke nights of ci/nightly.sh on a shared 2-core VM flagged two timings at +32% and +97% against their first
+# night alone; and against one unusually fast first run every later run would be bad and, being bad, never enter the
+# baseline.
 MIN_BASELINE = 3
 # Drift baseline: the up to 23 not-bad points older than the step window (8-30 runs back at window 7). 23 nights of
 # a 1%/night drift move the latest point ~20% from their median while a 7-run window lags only ~4% behind it.

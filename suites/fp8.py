@@ -99,10 +99,13 @@ class Fp8(Suite):
         # quantize
         *timing("quantize_time", "one quantization of the operand"),
         *rates("quantize_time", "quantize_", bytes=True, what="the operand read, the FP8 values and scales written"),
-        # training
-        Metric("final_loss", "exact", "lower", "cross-entropy at the last step of the seeded run", unit="nats"),
-        Metric("loss_gap_final", "exact", "lower", "|loss - reference loss| / reference loss at the last step"),
-        Metric("loss_gap_mean", "exact", "lower", "|loss - reference loss| / reference loss, mean over steps"),
+        # training: measured, not exact. Seeded, and the same every run on a CPU; but each case trains afresh, and on a
+        # GPU the embedding's backward (and atomics in other kernels) adds in a varying order, so the losses move a
+        # little run to run: held exactly, one GPU night against the committed baseline would fail about every other
+        # time
+        Metric("final_loss", "measured", "lower", "cross-entropy at the last step of the seeded run", unit="nats"),
+        Metric("loss_gap_final", "measured", "lower", "|loss - reference loss| / reference loss at the last step"),
+        Metric("loss_gap_mean", "measured", "lower", "|loss - reference loss| / reference loss, mean over steps"),
         *timing("train_time", "the whole training run (one wall-clock sample)"),
         *rates("train_time", "train_", tokens=True, what="of the whole run"),
     )
@@ -250,8 +253,10 @@ def _training(variant, params, device):
     """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run.
 
     The high-precision run is the bf16 case itself: it trains once, timed, and leaves its loss curve in the cache
-    (impls.cache) over any older one, where each recipe's case of the run finds it (or trains it, untimed, when run
-    alone). The curve is keyed by the device's model, not its type: an H100's is not an H200's."""
+    (impls.cache) over any older one, where each recipe's case finds it: the run's own where its bf16 case ran first
+    (a run plans it first, and a shard keeps the group), else the latest one cached for this device model (a recipe
+    run alone, or after a bf16 case that failed), else one trained untimed. Keyed by the device's model, not its
+    type: an H100's curve is not an H200's."""
     dtype = reference_dtype(device)
     where = torch.device(device)
     key = {"version": REFERENCE_VERSION, "steps": params["steps"], "batch": BATCH, "lr": LR, "dtype": str(dtype),

@@ -345,7 +345,10 @@ def test_cli_writes_the_comparison_as_json_for_scripts(tmp_path, capsys):
     out = tmp_path / "c.json"
     assert main(["compare", str(base), str(slower), "-o", str(out), "--fail-on-regression"]) == 0
     d = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
-    assert d["gate"] == {"failed": False, "regressions": 10, "gating": 0, "one_run": 10, "newly_failing": 0}
+    assert d["gate"] == {"failed": False, "regressions": 10, "gating": 0, "one_run": 10, "newly_failing": 0,
+                         "contended": 0, "varying": 0}
+    assert main(["compare", str(base), str(slower), "-o", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
     rows = compare(base, slower).rows
     assert len(d["rows"]) == len(rows) and set(d["rows"][0]) == set(rows.columns)
     slow = next(r for r in d["rows"] if r["verdict"] == "slower")

@@ -103,13 +103,13 @@ def test_smt(tmp_path, files, status, found):
     ({f"{CPU}/isolated": "\n", "proc/cmdline": "quiet", f"{CPU}/online": "0-3"}, {0, 1, 2, 3}, "warn",
      "no CPU isolated", "add isolcpus=2-3 nohz_full=2-3 rcu_nocbs=2-3 to the kernel command line, reboot, then "
      "`bench run --cpus 2-3 ...`"),
-    ({f"{CPU}/isolated": "2-3\n", "proc/cmdline": "isolcpus=domain,2-3 nohz_full=2-3"}, {2, 3}, "ok",
-     "cpu 2-3 isolated (nohz_full 2-3); bench itself runs on cpu 2-3 (taskset); `bench run --cpus 2-3` puts each "
-     "case on them and keeps bench off them", None),
+    ({f"{CPU}/isolated": "2-3\n", "proc/cmdline": "isolcpus=domain,2-3 nohz_full=2-3"}, {2, 3}, "warn",
+     "cpu 2-3 isolated (nohz_full 2-3); bench itself runs on cpu 2-3 (taskset), beside each case",
+     "bench run --cpus 2-3 ... without taskset (each case on them, bench itself off them; the scheduler"),
     ({f"{CPU}/isolated": "2-3\n"}, {0, 1}, "ok", "cpu 2-3 isolated; `bench run --cpus 2-3` puts each case on them",
      None),  # what isolcpus leaves every process: the setting --cpus is for
     ({f"{CPU}/isolated": "2-3\n"}, {0, 1, 2, 3}, "warn", "cpu 2-3 isolated, but bench runs on cpu 0-3, isolated or not",
-     "bench run --cpus 2-3 ... (each case on them, bench itself off them)"),
+     "bench run --cpus 2-3 ... without taskset (each case on them, bench itself off them"),
     ({"proc/cmdline": "isolcpus=1"}, {0, 1}, "warn", "cpu 1 isolated, but bench runs on cpu 0-1, isolated or not",
      "bench run --cpus 1 "),
     ({}, {0}, "unknown", "no cpu/isolated or /proc/cmdline here", None),
