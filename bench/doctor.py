@@ -166,7 +166,8 @@ def check_isolation(host: Host) -> Finding:
     found = f"cpu {format_cpus(isolated)} isolated" + (f" (nohz_full {format_cpus(nohz)})" if nohz else "")
     # isolcpus also takes them out of load balancing: threads pinned to several are not spread over them
     fix = (f"bench run --cpus {format_cpus(isolated)} ... without taskset (each case on them, bench itself off them; "
-           "the scheduler does not spread threads over isolated CPUs: OMP_PROC_BIND=close binds torch's one a CPU)")
+           "the scheduler does not spread threads over isolated CPUs: a case on one of them, one thread, does not "
+           "depend on it)")
     if host.affinity and not host.affinity & isolated:  # as isolcpus leaves every process: --cpus reaches them
         return finding("cpu.isolation", "ok", f"{found}; `bench run --cpus {format_cpus(isolated)}` puts each case "
                        "on them")
