@@ -221,7 +221,8 @@ def _site(frame, store, put, threshold: float, window: int) -> Path:
     parts += [section("Latest run per env", table(latest) if latest else '<p class="muted">No runs yet.</p>'),
               section("Suites", f"<ul>{links}</ul>")]
     subtitle = (f"{frame['run_id'].nunique()} runs in history store {Path(store).resolve().name}; a regression is "
-                f"two consecutive runs worse than the baseline of earlier good runs on one env_id and device: by more "
+                f"two consecutive runs (from a series' fourth) worse than the baseline of earlier good runs on one "
+                f"env_id and device: by more "
                 f"than {100 * threshold:g}% and outside the noise band (step), or by more than {200 * threshold:g}% "
                 f"against runs over {window} back (drift); for an exact metric (bytes, FLOPs, a seeded quality), one "
                 "run worse at all than the latest good one (changed)")
