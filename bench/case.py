@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.artifacts import artifacts_digest, artifacts_read
 from bench.hardware import device_name, peak_gbps, peak_tflops
 from bench.interference import mem_available_bytes
 from bench.progress import forwarding
@@ -95,7 +96,8 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 
             group = one_rank_group(device)
         fresh = _fresh_allocator(device) if case.predict else False
-        with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress), time_floor(case.size):
+        with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress), \
+                time_floor(case.size), artifacts_read() as artifacts:
             m = suite.measure(case.variant, dict(case.params), device)
         window = m.timed.window_s if m.timed else None
         gpu = telemetry.summary(window=window)
@@ -104,6 +106,8 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
                    **host.summary(window), **telemetry.interference(window)}
         metrics["contended"] = contended(metrics, window is not None)
         metrics.update(predicted)
+        if artifacts:
+            metrics["artifacts_digest"] = artifacts_digest(artifacts)
         if case.predict and device.startswith("cuda"):
             metrics["reserved_mem_bytes"] = _reserved(device) if fresh else None
         samples = {**{k: v for name, t in m.timings.items() for k, v in t.samples(name).items()}, **m.samples}

@@ -39,6 +39,8 @@ kind       string               "measured" (from a clock, or a ratio of one: jud
                                 "info"; null on a status-only row, or in a store written before the column
 library    string               the library and version the variant measures, as the run's suite names it
                                 ("transformers 4.57.1"); null for techbench's own variants, or in an older store
+artifacts  string               the case's artifacts_digest in hex: which cached artifacts (trained weights) its
+                                figures came from, on every row of the case; null where it read none
 ========== ==================== ====================================================================================
 
 and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
@@ -61,7 +63,7 @@ from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 RUNS = "runs"
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason", "kind", "library")  # a new column goes last: readers by position keep working
+           "contended_reason", "kind", "library", "artifacts")  # new columns go last: positional readers keep working
 
 
 def schema():
@@ -151,7 +153,7 @@ def _rows(records: list[Record], meta: dict, run_id: str):
         case = {**run, "suite": r.suite, "variant": r.variant, "library": library if isinstance(library, str) else None,
                 "case_id": r.case_id,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
-                **_contention(r.metrics)}
+                "artifacts": _hex(r.metrics.get("artifacts_digest")), **_contention(r.metrics)}
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
         metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
@@ -171,6 +173,10 @@ def _kind(spec, declared: dict, samples: list) -> str:
     if spec.kind == "info":
         return "info"
     return "measured" if samples or is_clocked(spec.name, declared) else "exact"
+
+
+def _hex(digest) -> str | None:
+    return f"{int(digest):012x}" if isinstance(digest, (int, float)) and not isinstance(digest, bool) else None
 
 
 def _contention(metrics: dict) -> dict:

@@ -37,6 +37,9 @@ class CaseRuns:
     """Per metric, beside `runs`: that run's entry of `contended` if it was contended, else None."""
     samples_disturbed: dict[str, list[str | None]] = field(default_factory=dict)
     """Per metric, beside `samples`."""
+    artifacts: set[int] = field(default_factory=set)
+    """The artifacts_digest of each ok run that read cached artifacts (trained weights): which numbers its exact
+    metrics came from."""
 
     def value(self, metric: str) -> float:
         return float(np.median(self.runs[metric]))
@@ -56,6 +59,8 @@ def merge(records: list[Record]) -> CaseRuns:
     case = CaseRuns(last.suite, last.variant, "ok" if ok else last.status, None if ok else last.error)
     for r in ok:
         disturbed = None
+        if number(r.metrics.get("artifacts_digest")):
+            case.artifacts.add(int(r.metrics["artifacts_digest"]))
         if r.metrics.get("contended") is True:
             disturbed = f"{r.run_id}: {contention(r.metrics) or 'flagged contended in its timed window'}"
             case.contended.append(disturbed)

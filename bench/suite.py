@@ -257,7 +257,7 @@ class Suite:
         if self.world_sizes:
             specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
         runner = (metric_specs.IDLE_WAIT, metric_specs.PREDICTED, metric_specs.PREDICTED_RESERVED,
-                  metric_specs.RESERVED)
+                  metric_specs.RESERVED, metric_specs.ARTIFACTS)
         for runner_own in runner:  # after the ranks: no rank spread
             specs[runner_own.name] = runner_own
         for rel in (*self.relative, *(r for p in self.parts.values() for r in p.relative)):

@@ -10,7 +10,9 @@ layout and names, built by `python -m impls.weights build`): the smoke and quick
 run trains nothing at those sizes. A shipped file is held to the same check (its stored key must equal the asked key),
 and a mismatch falls through to the user cache and training. TECHBENCH_SHIPPED=0 ignores them (train on this machine).
 
-Training loops report progress through logging (PROGRESS), so a display can show it without impls importing it.
+Training loops report progress through logging (PROGRESS), so a display can show it without impls importing it; and
+each payload handed out is named on ARTIFACTS with a digest of its contents, so that a record can say which trained
+weights its figures came from (a GPU that retrains them adds in another order, and its quality metrics move).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 FORMAT = 1  # bump when what a payload holds changes: old entries then miss and are rebuilt
 SHIPPED = Path(__file__).parent / "weights"
 PROGRESS = logging.getLogger("techbench.progress")
+ARTIFACTS = logging.getLogger("techbench.artifacts")  # extra={"artifact": namespace, "digest": digest(payload)}
 PROGRESS_RECORDS = 50  # one record per ~2% of a loop's steps, and the last
 
 
@@ -83,7 +86,14 @@ def write(path: Path, key: dict, payload: dict) -> None:
 
 def fetch(namespace: str, key: dict, build: Callable[[], dict]) -> tuple[dict, str]:
     """(payload, source): the shipped artifact for `key` ("shipped"), else the user cache's ("cache"), else
-    `build()`'s, cached for next time ("built"). Payloads hold tensors, numbers, strings."""
+    `build()`'s, cached for next time ("built"). Payloads hold tensors, numbers, strings. Each is named on ARTIFACTS
+    with its digest."""
+    payload, source = _fetch(namespace, key, build)
+    ARTIFACTS.info("%s %s", namespace, source, extra={"artifact": namespace, "digest": digest(payload)})
+    return payload, source
+
+
+def _fetch(namespace: str, key: dict, build: Callable[[], dict]) -> tuple[dict, str]:
     if shipped_enabled() and (payload := read(shipped_entry(namespace, key), key)) is not None:
         return payload, "shipped"
     path = entry(namespace, key)
@@ -93,8 +103,35 @@ def fetch(namespace: str, key: dict, build: Callable[[], dict]) -> tuple[dict, s
     try:
         write(path, key, payload)
     except OSError as e:
-        warnings.warn(f"could not cache {namespace} weights in {path.parent}: {e}", stacklevel=3)
+        warnings.warn(f"could not cache {namespace} weights in {path.parent}: {e}", stacklevel=4)
     return payload, "built"
+
+
+def digest(payload) -> str:
+    """12 hex digits of the sha256 of a payload's contents: tensors by dtype, shape and bytes, the rest by repr, dicts
+    by sorted key. Two payloads with the same digest hold the same numbers."""
+    h = hashlib.sha256()
+    _feed(h, payload)
+    return h.hexdigest()[:12]
+
+
+def _feed(h, x) -> None:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(x.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(x, dict):
+        h.update(b"{")
+        for k in sorted(x, key=str):
+            h.update(repr(k).encode())
+            _feed(h, x[k])
+        h.update(b"}")
+    elif isinstance(x, (list, tuple)):
+        h.update(f"[{len(x)}".encode())
+        for v in x:
+            _feed(h, v)
+    else:
+        h.update(repr(x).encode())
 
 
 def store(namespace: str, key: dict, payload: dict) -> None:

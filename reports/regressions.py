@@ -79,7 +79,7 @@ def _series(frame):
     flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
     why = ok["contended_reason"] if "contended_reason" in ok.columns else None
     ok = ok.assign(contended=flag, contended_reason=why)
-    extra = [c for c in ("gpu", "git_sha", "git_dirty", "variant") if c in ok.columns]
+    extra = [c for c in ("gpu", "git_sha", "git_dirty", "variant", "artifacts") if c in ok.columns]
     agg = {"value": "median", "timestamp": "min", "direction": "first", "metric_kind": "first", "contended": "max",
            "contended_reason": "first", **{c: "first" for c in extra}}
     out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
@@ -204,12 +204,20 @@ def varied_at(series) -> str | None:
     return None
 
 
+def retrained(series) -> bool:
+    """The series' runs read other cached artifacts (trained weights: the history's `artifacts`) from one run to
+    another: its exact metrics came from other numbers, and are judged against a noise band like a measured one."""
+    return "artifacts" in series.columns and series["artifacts"].dropna().nunique() > 1
+
+
 def judged(frame, threshold: float, window: int) -> list:
     """[(points of one series in run order, _judge of its values)] for every series of a history frame. Each series
-    carries `exactly`: its metric is exact and no commit's runs of it differ (varied_at), so it is judged exactly."""
+    carries `exactly`: its metric is exact, no commit's runs of it differ (varied_at) and its runs read the same
+    cached artifacts (retrained), so it is judged exactly."""
     out = []
     for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False):
-        s = s.assign(exactly=s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None)
+        exact = s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None and not retrained(s)
+        s = s.assign(exactly=exact)
         out.append((s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window,
                               s["contended"].tolist(), bool(s["exactly"].iloc[-1]))))
     return out
@@ -271,9 +279,10 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     0, so v[i] is bad, kind "changed", when it moved the wrong way at all (bench.metrics.same_exact: whole numbers
     to the unit, fractions beyond 1e-9 relative; a 4% growth in bytes is not hidden under a 5% threshold), and one
     such point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of
-    one commit gave an exact metric different values (varied_at), it is not deterministic there and its series is
-    judged as a measured one. A metric that no run of the store gives a kind (written before the column) is
-    measured.
+    one commit gave an exact metric different values (varied_at), it is not deterministic there, and where its runs
+    read other cached artifacts (retrained: trained weights of another training), its values came from other
+    numbers: either way its series is judged as a measured one. A metric that no run of the store gives a kind
+    (written before the column) is measured.
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
     flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
     point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
