@@ -1,8 +1,8 @@
 """Which cached artifacts a case read: trained weights, reference curves (impls.cache), each named with a digest of
 its contents on the "techbench.artifacts" logger. bench.case records them as one number, `artifacts_digest`; where two
-runs' differ, their exact metrics came from other numbers (a GPU that retrains adds in another order), which compare
-and the dashboard then judge against a spread rather than exactly. By logging, so that impls need not import bench.
-"""
+runs' differ, their exact metrics came from other numbers (a GPU that retrains adds in another order), and compare and
+the dashboard hold a changed value to the threshold rather than exactly. By logging, so that impls need not import
+bench."""
 
 from __future__ import annotations
 

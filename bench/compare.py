@@ -86,8 +86,9 @@ def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: flo
     - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
     - exact, but the runs of a side disagree: `compare_spread` on the run values (their spread, no threshold),
       better/worse/same/noisy, and `varies` says which side's runs differ and how (None for every other row).
-    - exact, but the sides read other cached artifacts (artifacts_digest: weights of another training): judged as a
-      measured metric (`compare_runs` from two runs a side, else n/a), `varies` saying so (RETRAINED).
+    - exact and changed, but the sides read other cached artifacts (artifacts_digest: weights of another training):
+      held to the threshold (`compare_runs` from two runs on a side, else the medians' change), `varies` saying so
+      (RETRAINED).
     runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
     A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
     `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
@@ -127,12 +128,18 @@ def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: flo
     varies = _varies(rb, rn)
     if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
-    elif b.artifacts and n.artifacts and b.artifacts != n.artifacts:  # other trained weights: other numbers
+    elif b.artifacts and n.artifacts and b.artifacts != n.artifacts and (varies or not same_exact(new, base)):
+        # other trained weights, other numbers: held to the threshold (and the runs' spread) rather than exactly; a
+        # count of bytes the weights' values do not move is the same all the same
         row["varies"] = RETRAINED
-        t = _test(metric, b, n, True, False, threshold, alpha) if min(rb + rn) > 0 else None  # as a measured one
-        row.update({} if t is None else {"ratio": t.ratio, "p_value": t.p_value, "ci_low": t.ci_low,
-                                         "ci_high": t.ci_high, "run_spread": t.spread})
-        verdict = "n/a" if t is None or math.isnan(t.ratio) else _change_verdict(t.change, d, ("worse", "better"))
+        t = _test(metric, b, n, True, False, threshold, alpha) if min(rb + rn) > 0 else None
+        if t is not None and not math.isnan(t.ratio):
+            row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
+            change = t.change
+        else:  # one run a side (or values <= 0): the medians against the threshold
+            gap = (new - base) / abs(base) if base else math.copysign(math.inf, new - base)
+            change = "same" if abs(gap) <= threshold else "up" if gap > 0 else "down"
+        verdict = _change_verdict(change, d, ("worse", "better"))
     elif varies:  # declared exact, yet its runs differ here: weighed on that spread, on the values' own scale
         t = compare_spread(rb, rn, alpha)
         row.update(p_value=t.p_value, run_spread=t.spread, varies=varies)
@@ -324,8 +331,8 @@ ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regressio
                    "cannot tell a change from a run-level offset); rerun both sides, 3 runs each, for a verdict that "
                    "gates")
 VARIES = "not deterministic here, weighed on its run-to-run spread"
-RETRAINED = ("the sides read other cached artifacts (trained weights of another training): judged as a measured "
-             "metric, with the threshold, from two runs on a side")
+RETRAINED = ("the sides read other cached artifacts (trained weights of another training): held to the threshold, "
+             "and from two runs on a side to their spread, not exactly")
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, or that "
                "come from other trained weights on each side, so weighed on their run-to-run spread:")
 

@@ -133,8 +133,8 @@ RESERVED = Metric("reserved_mem_bytes", "info", None, "the CUDA caching allocato
                   unit="B")
 # Added where a case read cached artifacts (trained weights, reference curves: impls.cache names each on the
 # "techbench.artifacts" logger with a digest of its contents): which ones, as one number. Its exact metrics came from
-# those numbers; where another run's differ (a GPU retrain adds in another order), compare and the dashboard judge
-# them against a spread rather than exactly.
+# those numbers; where another run's differ (a GPU retrain adds in another order), compare and the dashboard hold a
+# changed value to the threshold rather than exactly.
 ARTIFACTS = Metric("artifacts_digest", "info", None, "the first 48 bits of the sha256 of the cached artifacts the case "
                    "read (name:digest of each, sorted)")
 # Added by `bench run --wait-idle` (absent without it): the wait is not in the case's elapsed_s or its timeout.

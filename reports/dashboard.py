@@ -135,9 +135,8 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
                    "band ±%": p and 100 * p["half"], "latest": latest,
                    "change %": p and rule.change_pct(latest, p["baseline"]), "flag": ""}
             if s["metric_kind"].iloc[-1] == "exact" and not s["exactly"].iloc[-1]:
-                sha = rule.varied_at(s)
-                why = f"runs of commit {sha[:10]} differ" if sha else "its runs read other trained weights"
-                row["flag"] = f"exact, but {why}: judged against the noise band"
+                row["flag"] = (f"exact, but runs of commit {rule.varied_at(s)[:10]} differ: judged against the noise "
+                               "band")
             if rule.not_judged(s)[-1]:
                 row["flag"] = f"latest contended, not judged: {s['contended_reason'].iloc[-1] or 'flagged contended'}"
             if key in flags:  # the baseline and band the flag was raised against (a drift's is the older median)

@@ -116,17 +116,20 @@ def _worse(value: float, baseline: float, direction: str) -> float:
 
 
 def _judge(values: list[float], direction: str, threshold: float, window: int,
-           contended: list[bool] = (), exact: bool = False) -> list[dict | None]:
+           contended: list[bool] = (), exact: bool = False, artifacts: list = ()) -> list[dict | None]:
     """Per point (None when it has no baseline): baseline, half (relative band half-width), lower and upper band
     edges (lower clamped at 0 for a positive baseline), old and old_half (the drift baseline and its band, None
     while too few older points) and kind: "step", "drift" or (exact) "changed" when the point is bad, else None. A
-    point flagged in `contended` is never bad and never enters a baseline, unless the series is exact. Rule:
+    point flagged in `contended` is never bad and never enters a baseline, unless the series is exact. An exact
+    point whose `artifacts` (trained weights) differ from its baseline's is held to the threshold, not exactly. Rule:
     regressions()."""
     out, kept, kept_values = [], [], []  # the points that may enter later baselines: indices, values
     for i, v in enumerate(values):
         away = not exact and i < len(contended) and bool(contended[i])
         if exact:
-            band = (kept_values[-1], 0.0) if kept_values else None
+            mine, theirs = (_at(artifacts, i), _at(artifacts, kept[-1])) if kept else (None, None)
+            half = threshold if mine and theirs and mine != theirs else 0.0  # another training's numbers
+            band = (kept_values[-1], half) if kept_values else None
         else:
             band = _band(kept_values, threshold, window) if len(kept_values) >= MIN_BASELINE else None
         if band is None:
@@ -137,7 +140,8 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
             continue
         b, half = band
         if exact:  # deterministic: any move the wrong way is a change, whatever its size, even from 0
-            kind = "changed" if (v > b if direction == "lower" else v < b) and not same_exact(v, b) else None
+            worse = (v > b if direction == "lower" else v < b) and not same_exact(v, b)
+            kind = "changed" if worse and (not half or not b or _worse(v, b, direction) > half) else None
             old = None
         else:
             kind = "step" if not away and _worse(v, b, direction) > half else None
@@ -154,6 +158,11 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
             kept.append(i)
             kept_values.append(v)
     return out
+
+
+def _at(values, i: int):
+    value = values[i] if i < len(values) else None
+    return value if isinstance(value, str) and value else None
 
 
 def change_pct(value: float, baseline: float) -> float:
@@ -204,22 +213,15 @@ def varied_at(series) -> str | None:
     return None
 
 
-def retrained(series) -> bool:
-    """The series' runs read other cached artifacts (trained weights: the history's `artifacts`) from one run to
-    another: its exact metrics came from other numbers, and are judged against a noise band like a measured one."""
-    return "artifacts" in series.columns and series["artifacts"].dropna().nunique() > 1
-
-
 def judged(frame, threshold: float, window: int) -> list:
     """[(points of one series in run order, _judge of its values)] for every series of a history frame. Each series
-    carries `exactly`: its metric is exact, no commit's runs of it differ (varied_at) and its runs read the same
-    cached artifacts (retrained), so it is judged exactly."""
+    carries `exactly`: its metric is exact and no commit's runs of it differ (varied_at), so it is judged exactly."""
     out = []
     for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False):
-        exact = s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None and not retrained(s)
-        s = s.assign(exactly=exact)
+        s = s.assign(exactly=s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None)
+        artifacts = s["artifacts"].tolist() if "artifacts" in s.columns else []
         out.append((s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window,
-                              s["contended"].tolist(), bool(s["exactly"].iloc[-1]))))
+                              s["contended"].tolist(), bool(s["exactly"].iloc[-1]), artifacts)))
     return out
 
 
@@ -279,10 +281,11 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     0, so v[i] is bad, kind "changed", when it moved the wrong way at all (bench.metrics.same_exact: whole numbers
     to the unit, fractions beyond 1e-9 relative; a 4% growth in bytes is not hidden under a 5% threshold), and one
     such point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of
-    one commit gave an exact metric different values (varied_at), it is not deterministic there, and where its runs
-    read other cached artifacts (retrained: trained weights of another training), its values came from other
-    numbers: either way its series is judged as a measured one. A metric that no run of the store gives a kind
-    (written before the column) is measured.
+    one commit gave an exact metric different values (varied_at), it is not deterministic there, and its series is
+    judged as a measured one. A point whose case read other cached artifacts than its baseline's (the history's
+    `artifacts`: trained weights of another training, whose numbers differ) is held to the threshold rather than
+    exactly; a count of bytes that the weights' values do not move stays as it was. A metric that no run of the
+    store gives a kind (written before the column) is measured.
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
     flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
     point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
