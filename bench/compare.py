@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.env import environments
-from bench.metrics import Metric, default, is_clocked, same_exact, specs_of
+from bench.metrics import Metric, default, is_clocked, of_weights, same_exact, specs_of
 from bench.sides import CaseRuns, load
 from bench.stats import MIN_SAMPLES, RUN_SPREAD_K, compare_runs, compare_samples, compare_spread
 
@@ -128,7 +128,8 @@ def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: flo
     varies = _varies(rb, rn)
     if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
-    elif b.artifacts and n.artifacts and b.artifacts != n.artifacts and (varies or not same_exact(new, base)):
+    elif b.artifacts and n.artifacts and not b.artifacts & n.artifacts and of_weights(spec) and (
+            varies or not same_exact(new, base)):
         # other trained weights, other numbers: held to the threshold (and the runs' spread) rather than exactly; a
         # count of bytes the weights' values do not move is the same all the same
         row["varies"] = RETRAINED
@@ -136,6 +137,8 @@ def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: flo
         if t is not None and not math.isnan(t.ratio):
             row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
             change = t.change
+        elif new == base:
+            change = "same"
         else:  # one run a side (or values <= 0): the medians against the threshold
             gap = (new - base) / abs(base) if base else math.copysign(math.inf, new - base)
             change = "same" if abs(gap) <= threshold else "up" if gap > 0 else "down"
@@ -308,7 +311,7 @@ class Comparison:
                     if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
                         lines.append(f"    {r.contended}")
                     if isinstance(r.varies, str):
-                        lines.append(f"    {VARIES}: {r.varies}")
+                        lines.append(f"    {r.varies}" if r.varies == RETRAINED else f"    {VARIES}: {r.varies}")
         if len(self.contended):
             lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
             for r in self.contended.itertuples():
@@ -333,8 +336,9 @@ ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regressio
 VARIES = "not deterministic here, weighed on its run-to-run spread"
 RETRAINED = ("the sides read other cached artifacts (trained weights of another training): held to the threshold, "
              "and from two runs on a side to their spread, not exactly")
-VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, or that "
-               "come from other trained weights on each side, so weighed on their run-to-run spread:")
+VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, weighed "
+               "on their run-to-run spread, or that come from other trained weights on each side, held to the "
+               "threshold:")
 
 
 def _line(r) -> str:

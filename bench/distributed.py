@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from bench.artifacts import artifacts_digest
 from bench.interference import GPU_KEYS, HOST_KEYS
 from bench.lifeline import KEEPER_WAIT_S, kill_session
 
@@ -226,6 +227,10 @@ def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[st
     for name, value in first["metrics"].items():
         values = [r["metrics"].get(name) for r in results]
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if name == "artifacts_digest":  # which cached artifacts: every rank's, not a number to spread over ranks
+            seen = {v for v in values if v is not None}
+            metrics[name] = artifacts_digest({str(v) for v in seen}) if len(seen) > 1 else next(iter(seen), None)
+            continue
         if name in FLAGS:  # null only where no rank could judge it
             flags = {v for v in values if isinstance(v, bool)}
             metrics[name] = (True in flags) if flags else None

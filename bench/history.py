@@ -40,7 +40,8 @@ kind       string               "measured" (from a clock, or a ratio of one: jud
 library    string               the library and version the variant measures, as the run's suite names it
                                 ("transformers 4.57.1"); null for techbench's own variants, or in an older store
 artifacts  string               the case's artifacts_digest in hex: which cached artifacts (trained weights) its
-                                figures came from, on every row of the case; null where it read none
+                                figures came from; null where it read none, and on counts of bytes and FLOPs, which
+                                come from shapes (bench.metrics.of_weights)
 ========== ==================== ====================================================================================
 
 and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
@@ -57,7 +58,7 @@ from pathlib import Path
 
 from bench.atomic import atomic_path
 from bench.interference import reason
-from bench.metrics import default, is_clocked, specs_of
+from bench.metrics import default, is_clocked, of_weights, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
@@ -153,18 +154,20 @@ def _rows(records: list[Record], meta: dict, run_id: str):
         case = {**run, "suite": r.suite, "variant": r.variant, "library": library if isinstance(library, str) else None,
                 "case_id": r.case_id,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
-                "artifacts": _hex(r.metrics.get("artifacts_digest")), **_contention(r.metrics)}
+                **_contention(r.metrics)}
+        artifacts = _hex(r.metrics.get("artifacts_digest"))
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
         metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
         if not metrics:
             yield {**case, "metric": None, "value": None, "direction": None, "kind": None, "n_samples": 0,
-                   "iqr": None}
+                   "iqr": None, "artifacts": artifacts}
         for metric, value in metrics.items():
             s = [x for x in (r.samples.get(metric) or []) if isinstance(x, (int, float))]
             spec = declared.get(metric) or default(metric)
             yield {**case, "metric": metric, "value": value, "direction": spec.direction,
-                   "kind": _kind(spec, declared, s), "n_samples": len(s), "iqr": _relative_iqr(s)}
+                   "kind": _kind(spec, declared, s), "n_samples": len(s), "iqr": _relative_iqr(s),
+                   "artifacts": artifacts if of_weights(spec) else None}
 
 
 def _kind(spec, declared: dict, samples: list) -> str:

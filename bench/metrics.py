@@ -137,6 +137,13 @@ RESERVED = Metric("reserved_mem_bytes", "info", None, "the CUDA caching allocato
 # changed value to the threshold rather than exactly.
 ARTIFACTS = Metric("artifacts_digest", "info", None, "the first 48 bits of the sha256 of the cached artifacts the case "
                    "read (name:digest of each, sorted)")
+# Counts of bytes and FLOPs come from shapes and dtypes, not from the weights' values: other weights leave them exact.
+SHAPE_UNITS = ("bytes", "B", "FLOP")
+
+
+def of_weights(spec: Metric) -> bool:
+    """Whether other trained weights (artifacts_digest) may move an exact metric: all but counts of bytes and FLOPs."""
+    return spec.unit not in SHAPE_UNITS
 # Added by `bench run --wait-idle` (absent without it): the wait is not in the case's elapsed_s or its timeout.
 IDLE_WAIT = Metric("idle_wait_s", "info", None, "seconds the case waited, before it started, for other processes to "
                    "leave its CPUs (about the --wait-idle bound: they never did)", unit="s")

@@ -193,9 +193,10 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                              table(_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE, {"contended": "reason"})))
     varying = c.varying[~c.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # the others have their section
     if len(varying):
-        parts.append(section(f"Varying ({len(varying)}): exact metrics whose runs of one side differ",
+        parts.append(section(f"Varying ({len(varying)}): exact metrics whose runs differ, or whose weights do",
                              '<p class="muted">Declared deterministic (bytes, FLOPs, a seeded quality), yet not on '
-                             "this machine: weighed on their run-to-run spread, with no threshold.</p>",
+                             "this machine (weighed on their run-to-run spread, with no threshold), or from other "
+                             "trained weights on each side (held to the threshold).</p>",
                              table(_records(varying, VARIES_TABLE), VARIES_TABLE, {"varies": "reason"})))
     if len(c.improvements):
         parts.append(section(f"Improvements ({len(c.improvements)})",

@@ -142,7 +142,9 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
         if exact:  # deterministic: any move the wrong way is a change, whatever its size, even from 0
             worse = (v > b if direction == "lower" else v < b) and not same_exact(v, b)
             kind = "changed" if worse and (not half or not b or _worse(v, b, direction) > half) else None
-            old = None
+            # from other weights, held to the threshold: against the older points too, or retrains walk it down
+            older = kept_values[max(0, len(kept_values) - 1 - DRIFT_POINTS):-1] if half else []
+            old = statistics.median(older) if len(older) >= DRIFT_MIN else None
         else:
             kind = "step" if not away and _worse(v, b, direction) > half else None
             end = bisect.bisect_left(kept, i - window)  # kept points at least window + 1 runs back

@@ -2,6 +2,7 @@
 as artifacts_digest, the history keeps it per case, and compare and the dashboard judge an exact metric of runs that
 read other ones as a measured metric rather than exactly."""
 
+import numpy as np
 import torch
 
 from bench import history, runner
@@ -43,7 +44,25 @@ def test_fetch_names_each_payload_with_the_digest_of_its_contents(tmp_path, monk
     assert digest(payload) != digest({**payload, "w": payload["w"] + 1e-6})  # any number changed
     assert digest({"a": 1, "b": torch.ones(2)}) == digest({"b": torch.ones(2), "a": 1})  # not the key order
     assert digest(torch.ones(2)) != digest(torch.ones(2, dtype=torch.float64))
+    assert digest({"w": torch.ones(2), "train_s": 1.5}) == digest({"w": torch.ones(2), "train_s": 9.0})  # a clock
+    big = np.zeros(2000)
+    assert digest(big) != digest(np.where(np.arange(2000) == 1000, 1.0, big))  # all of an array, not its repr
     assert artifacts_digest({"a:1", "b:2"}) == artifacts_digest({"b:2", "a:1"}) < 2**48
+
+
+def test_only_the_outermost_fetch_is_named(tmp_path, monkeypatch):
+    # reflow builds on its teacher's fetch: built or cached, the case read the same one artifact
+    monkeypatch.setenv("TECHBENCH_CACHE", str(tmp_path))
+
+    def outer():
+        return {"student": fetch("teacher", {"k": 1}, lambda: {"w": torch.ones(2)})[0]["w"] * 2}
+
+    names = []
+    for _ in range(2):
+        with artifacts_read() as seen:
+            fetch("student", {"k": 1}, outer)
+        names.append(seen)
+    assert names[0] == names[1] and [n.split(":")[0] for n in names[0]] == ["student"]
 
 
 def test_a_case_records_the_artifacts_it_read(tmp_path, monkeypatch):
@@ -74,9 +93,22 @@ def test_compare_holds_an_exact_metric_from_other_weights_to_the_threshold(tmp_p
     # the same weights: exact, and 0.1 dB less is worse
     c = compare(side(tmp_path / "s", "b", [30.0], [1]), side(tmp_path / "s", "n", [29.9], [1]))
     assert (one(c, "v", "quality_db").verdict, one(c, "v", "quality_db").varies) == ("worse", None)
-    # a count the weights' values do not move stays exact: the same, with no note
+    # a value the other weights did not move stays exact: the same, with no note
     c = compare(side(tmp_path / "y", "b", [30.0], [1]), side(tmp_path / "y", "n", [30.0], [2]))
     assert (one(c, "v", "quality_db").verdict, one(c, "v", "quality_db").varies) == ("same", None)
+    # a count of bytes comes from shapes, not the weights' values: held exactly whatever the weights
+    def peak(name, values, artifacts):
+        return [write_run(tmp_path / "p" / name, f"{name}{i}", [timing_case("v", 100, seed=i, peak_mem_bytes=b,
+                                                                           artifacts_digest=a)])
+                for i, (b, a) in enumerate(zip(values, artifacts, strict=True))]
+    c = compare(peak("b", [1000], [1]), peak("n", [1040], [2]))
+    assert (one(c, "v", "peak_mem_bytes").verdict, one(c, "v", "peak_mem_bytes").varies) == ("worse", None)
+    # zeros on both sides from other weights: the same, not an infinite change
+    c = compare(side(tmp_path / "z", "b", [0.0, 0.0], [1, 1]), side(tmp_path / "z", "n", [0.0, 1.0, 0.0], [2, 2, 2]))
+    assert one(c, "v", "quality_db").verdict == "same"
+    # a side that read the other's weights in some run: not another training, held exactly
+    c = compare(side(tmp_path / "o", "b", [30.0, 30.0], [1, 2]), side(tmp_path / "o", "n", [29.9], [1]))
+    assert one(c, "v", "quality_db").varies != RETRAINED
     # three runs a side from other trainings: the threshold and their spread
     base = side(tmp_path / "3", "b", [30.0, 30.1, 29.9], [1, 2, 3])
     c = compare(base, side(tmp_path / "3", "n", [30.05, 29.95, 30.0], [4, 5, 6]))
@@ -103,3 +135,26 @@ def test_the_dashboard_holds_a_point_from_other_weights_to_the_threshold(tmp_pat
     # a count the weights do not move, then one byte more with the same weights: seen
     peak = exact_frame([100.0, 100.0, 100.0, 101.0], artifacts=["a", "b", "b", "b"])
     assert kinds_per_night(peak) == [None, None, None, "changed"]
+    # a retrain a night, each 4% worse than the last (inside the threshold): caught against the older points
+    walk = [30.0 * 0.96 ** max(0, i - 3) for i in range(12)]
+    kinds = nights(walk, [f"w{i}" for i in range(12)])
+    assert kinds[:6] == [None] * 6 and "drift" in kinds
+    # history: a count of bytes carries no artifacts (it comes from shapes), a quality does
+    run = write_run(tmp_path / "runs", "r1", [timing_case("v", 100, quality_db=30.0, peak_mem_bytes=10,
+                                                         artifacts_digest=0xABC)])
+    history.add(run, tmp_path / "store2")
+    frame = history.load(tmp_path / "store2")
+    artifacts = dict(zip(frame["metric"], frame["artifacts"].fillna("-")))
+    assert (artifacts["quality_db"], artifacts["peak_mem_bytes"]) == ("000000000abc", "-")
+
+
+def test_ranks_report_the_artifacts_they_read_once():
+    from bench.distributed import aggregate
+
+    def rank(d):
+        return {"status": "ok", "metrics": {"artifacts_digest": d, "x_ms": 1.0}, "samples": {}, "error": None}
+
+    same = aggregate([rank(5), rank(5)], {"x_ms": "lower"})["metrics"]
+    assert same["artifacts_digest"] == 5 and not any(k.startswith("rank_") and "artifacts" in k for k in same)
+    assert aggregate([rank(5), rank(6)], {})["metrics"]["artifacts_digest"] == artifacts_digest({"5", "6"})
+    assert aggregate([rank(None), rank(None)], {})["metrics"]["artifacts_digest"] is None

@@ -73,7 +73,7 @@ def test_the_summary_names_the_varying_metric_once(tmp_path):
 def test_the_compare_page_has_a_varying_section(tmp_path):
     c = compare(runs(tmp_path, "base", [1000, 1000, 1001]), runs(tmp_path, "new", [1000, 1000, 1000]))
     text = write_compare_html(c, tmp_path / "c.html").read_text()
-    assert "Varying (1): exact metrics whose runs of one side differ" in text and "1000..1001" in text
+    assert "Varying (1): exact metrics whose runs differ, or whose weights do" in text and "1000..1001" in text
 
 
 @pytest.mark.parametrize("n_base, n_new", [(5, 1), (3, 3)])
