@@ -57,4 +57,7 @@ fi
 [ "$rc" -eq 0 ] && touch "$run/GOOD"
 [ -n "${GITHUB_OUTPUT:-}" ] && echo "run=$run" >> "$GITHUB_OUTPUT"
 echo "run: $run  site: $home/site/index.html  exit: $rc"
+# a failed night stays out of the comparison set: say how to let it in, where its failures are the machine's
+[ "$rc" -eq 0 ] || echo "not GOOD: the next nights compare against the last GOOD ones; if this night's only failures" \
+  "are timings you judge to be the machine, or a change you accept, run: touch $run/GOOD"
 exit "$rc"
