@@ -11,6 +11,8 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from bench.progress import listening
+
 LOGGER = "techbench.artifacts"
 
 
@@ -28,16 +30,9 @@ class _Seen(logging.Handler):
 @contextmanager
 def artifacts_read() -> Iterator[set[str]]:
     """The "name:digest" of every artifact named on the logger while the block runs (filled as it runs)."""
-    logger, handler = logging.getLogger(LOGGER), _Seen()
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:  # the root's WARNING would drop the info() calls
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    try:
+    handler = _Seen()
+    with listening(LOGGER, handler):
         yield handler.seen
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def artifacts_digest(seen: set[str]) -> int:

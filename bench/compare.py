@@ -261,10 +261,6 @@ class Comparison:
     def to_json(self) -> dict:
         """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the
         environment diff, the unfinished runs, and what --fail-on-regression would fail on."""
-        def records(frame):
-            return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                    for r in frame.astype(object).to_dict("records")]
-
         return {"base_runs": self.base_runs, "new_runs": self.new_runs, "threshold": self.threshold,
                 "alpha": self.alpha, "same_env": self.same_env, "environment": self.env_verdict,
                 "env_diff": [{"field": f, "base": b, "new": n} for f, b, n in self.env_diff],
@@ -273,7 +269,7 @@ class Comparison:
                 "gate": {"failed": self.failed, "regressions": len(self.regressions), "gating": len(self.gating),
                          "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing),
                          "contended": len(self.contended), "varying": len(self.varying)},
-                "rows": records(self.rows), "status_rows": records(self.status_rows)}
+                "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows)}
 
     @property
     def env_verdict(self) -> str:
@@ -339,6 +335,13 @@ RETRAINED = ("the sides read other cached artifacts (trained weights of another 
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, weighed "
                "on their run-to-run spread, or that come from other trained weights on each side, held to the "
                "threshold:")
+
+
+def plain_records(frame, columns=None) -> list[dict]:
+    """The rows of a frame as dicts of plain values, NaN as None (JSON, HTML tables); `columns` picks and orders."""
+    columns = list(frame.columns) if columns is None else columns
+    return [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in zip(columns, row)}
+            for row in frame[columns].astype(object).itertuples(index=False)]
 
 
 def _line(r) -> str:

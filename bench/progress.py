@@ -128,10 +128,18 @@ def forwarding(path: str | Path | None):
     if path is None:
         yield
         return
-    logger, handler = logging.getLogger(LOGGER), Forwarder(path)
+    with listening(LOGGER, Forwarder(path)):
+        yield
+
+
+@contextmanager
+def listening(name: str, handler: logging.Handler):
+    """`handler` on the logger `name` at INFO and up while the block runs (the root's WARNING would drop info()),
+    closed after."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:  # the root's WARNING would drop the loops' info() calls
+    if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     try:
         yield

@@ -92,6 +92,18 @@ def _welch(lb: np.ndarray, ln: np.ndarray, alpha: float) -> tuple[float, float, 
     return float(2 * student_t.sf(abs(diff) / se, df)), diff - half, diff + half
 
 
+def _run_spread(b: np.ndarray, n: np.ndarray, alpha: float) -> tuple[float, float]:
+    """(s, band): the run-to-run standard deviation pooled over the sides with >= 2 runs, and the change it lets
+    through, max(RUN_SPREAD_K * s, the two-sided t prediction bound of a pooled test) (compare_runs' rule)."""
+    from scipy.stats import t as student_t
+
+    sides = [x for x in (b, n) if len(x) >= 2]
+    df = sum(len(x) - 1 for x in sides)
+    s = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in sides) / df)
+    t_bound = float(student_t.ppf(1 - alpha / 2, df)) * math.sqrt(1 / len(b) + 1 / len(n))
+    return s, max(RUN_SPREAD_K * s, t_bound * s)
+
+
 def compare_runs(base, new, threshold: float = 0.05, alpha: float = 0.01) -> SampleTest:
     """One value per run (a run's median) on each side, at least one side with >= 2 runs; all values > 0.
 
@@ -116,13 +128,9 @@ def compare_runs(base, new, threshold: float = 0.05, alpha: float = 0.01) -> Sam
     if not sides or not len(lb) or not len(ln) or not np.isfinite([*lb, *ln]).all():
         return SampleTest(math.nan, math.nan, math.nan, math.nan, "noisy")
     log_ratio = float(np.median(ln) - np.median(lb))
-    df = sum(len(x) - 1 for x in sides)
-    s = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in sides) / df)
+    s, spread_band = _run_spread(lb, ln, alpha)
     floor = math.log1p(threshold)
-    from scipy.stats import t as student_t
-
-    t_bound = float(student_t.ppf(1 - alpha / 2, df)) * math.sqrt(1 / len(lb) + 1 / len(ln))
-    band = max(floor, RUN_SPREAD_K * s, t_bound * s)
+    band = max(floor, spread_band)
     p, lo, hi = (math.nan,) * 3
     if len(lb) >= 2 and len(ln) >= 2:
         p, lo, hi = _welch(lb, ln, alpha)
@@ -145,16 +153,11 @@ def compare_spread(base, new, alpha: float = 0.01) -> SampleTest:
     MIN_RUNS_FOR_TEST runs a side, Welch's test on the values must agree: "up"/"down", else "noisy" ("same" only when
     the medians are equal). ratio is median(new) / median(base) and spread the standard deviation over
     |median(base)| (NaN from a median of 0); the CI is left NaN (a difference, not a ratio)."""
-    from scipy.stats import t as student_t
-
     b, n = np.asarray(base, dtype=float), np.asarray(new, dtype=float)
-    sides = [x for x in (b, n) if len(x) >= 2]
-    if not sides or not len(b) or not len(n) or not np.isfinite([*b, *n]).all():
+    if max(len(b), len(n)) < 2 or not len(b) or not len(n) or not np.isfinite([*b, *n]).all():
         return SampleTest(math.nan, math.nan, math.nan, math.nan, "noisy")
     mb, mn = float(np.median(b)), float(np.median(n))
-    df = sum(len(x) - 1 for x in sides)
-    s = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in sides) / df)
-    band = max(RUN_SPREAD_K * s, float(student_t.ppf(1 - alpha / 2, df)) * s * math.sqrt(1 / len(b) + 1 / len(n)))
+    s, band = _run_spread(b, n, alpha)
     p = _welch(b, n, alpha)[0] if len(b) >= 2 and len(n) >= 2 else math.nan
     tested = min(len(b), len(n)) >= MIN_RUNS_FOR_TEST
     if mn == mb:

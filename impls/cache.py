@@ -110,10 +110,7 @@ def _fetch(namespace: str, key: dict, build: Callable[[], dict]) -> tuple[dict, 
     if (payload := read(path, key)) is not None:
         return payload, "cache"
     payload = build()
-    try:
-        write(path, key, payload)
-    except OSError as e:
-        warnings.warn(f"could not cache {namespace} weights in {path.parent}: {e}", stacklevel=4)
+    store(namespace, key, payload, stacklevel=5)
     return payload, "built"
 
 
@@ -151,14 +148,15 @@ def _feed(h, x) -> None:
         h.update(repr(x).encode())
 
 
-def store(namespace: str, key: dict, payload: dict) -> None:
+def store(namespace: str, key: dict, payload: dict, stacklevel: int = 2) -> None:
     """Cache `payload` for `key` in the user cache, over what it held: for a result its builder has just measured
-    afresh, that later readers should take rather than an older one. A cache that cannot be written warns."""
+    afresh, that later readers should take rather than an older one. A cache that cannot be written warns (a retrain
+    next time, not a lost result)."""
     path = entry(namespace, key)
     try:
         write(path, key, payload)
     except OSError as e:
-        warnings.warn(f"could not cache {namespace} in {path.parent}: {e}", stacklevel=2)
+        warnings.warn(f"could not cache {namespace} in {path.parent}: {e}", stacklevel=stacklevel)
 
 
 def load_or_build(namespace: str, key: dict, build: Callable[[], dict]) -> dict:

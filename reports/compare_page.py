@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.compare import IMPROVEMENT, ONE_RUN_CAVEAT, ONE_RUN_UNGATED, REGRESSION
+from bench.compare import IMPROVEMENT, ONE_RUN_CAVEAT, ONE_RUN_UNGATED, REGRESSION, plain_records
 from reports.html import figure, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
@@ -136,11 +136,6 @@ CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
 
 
-def _records(frame, columns):
-    return [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in zip(columns, row)}
-            for row in frame[columns].itertuples(index=False)]
-
-
 def write_compare_html(comparison, out: str | Path) -> Path:
     """One self-contained page for a `Comparison`; returns the path written (OutputError, `out` as it was, when it
     cannot be written)."""
@@ -164,12 +159,12 @@ def write_compare_html(comparison, out: str | Path) -> Path:
     if len(c.regressions) or len(failing):
         tables = []
         if len(c.regressions):
-            tables.append(table(_records(c.regressions, ROW_TABLE), ROW_TABLE, {"verdict": "regression"}))
+            tables.append(table(plain_records(c.regressions, ROW_TABLE), ROW_TABLE, {"verdict": "regression"}))
         if n := len(c.one_run_regressions):
             tables.append(f'<p class="muted">{html.escape(ONE_RUN_UNGATED.format(n))}.</p>')
         if len(failing):
             tables += [section(f"Newly failing ({len(failing)}): ok in BASE, oom, timeout or error in NEW",
-                               table(_records(failing, STATUS_TABLE), STATUS_TABLE,
+                               table(plain_records(failing, STATUS_TABLE), STATUS_TABLE,
                                      {"base_status": "status", "new_status": "status"}), level=3)]
         parts.append(section(f"Regressions ({len(c.regressions) + len(failing)})", *tables))
     else:
@@ -190,24 +185,25 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                 "pass --allow-contended to judge them.")
         parts.append(section(f"Contended ({len(c.contended)}): other load disturbed these timings",
                              f'<p class="muted">{note}</p>',
-                             table(_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE, {"contended": "reason"})))
+                             table(plain_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE,
+                                   {"contended": "reason"})))
     varying = c.varying[~c.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # the others have their section
     if len(varying):
         parts.append(section(f"Varying ({len(varying)}): exact metrics whose runs differ, or whose weights do",
                              '<p class="muted">Declared deterministic (bytes, FLOPs, a seeded quality), yet not on '
                              "this machine (weighed on their run-to-run spread, with no threshold), or from other "
                              "trained weights on each side (held to the threshold).</p>",
-                             table(_records(varying, VARIES_TABLE), VARIES_TABLE, {"varies": "reason"})))
+                             table(plain_records(varying, VARIES_TABLE), VARIES_TABLE, {"varies": "reason"})))
     if len(c.improvements):
         parts.append(section(f"Improvements ({len(c.improvements)})",
-                             table(_records(c.improvements, ROW_TABLE), ROW_TABLE, {"verdict": "improvement"})))
+                             table(plain_records(c.improvements, ROW_TABLE), ROW_TABLE, {"verdict": "improvement"})))
     if len(c.status_rows):
         cols = list(c.status_rows.columns)
         parts.append(section("Cases not ok or on one side only",
-                             table(_records(c.status_rows, cols), cols, {"base_status": "status",
+                             table(plain_records(c.status_rows, cols), cols, {"base_status": "status",
                                                                         "new_status": "status"})))
     if len(rows):
-        parts.append(section("All comparisons", table(_records(rows, ROW_TABLE), ROW_TABLE)))
+        parts.append(section("All comparisons", table(plain_records(rows, ROW_TABLE), ROW_TABLE)))
     subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings with several runs a side: "
                 f"run medians against the run-to-run spread (Welch t-test from 3 runs a side); with one run a side: "
                 f"Mann-Whitney U and bootstrap CI of the ratio of medians; alpha {c.alpha:g}, minimum effect "

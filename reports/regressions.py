@@ -144,12 +144,11 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
             kind = "changed" if worse and (not half or not b or _worse(v, b, direction) > half) else None
             # from other weights, held to the threshold: against the older points too, or retrains walk it down
             older = kept_values[max(0, len(kept_values) - 1 - DRIFT_POINTS):-1] if half else []
-            old = statistics.median(older) if len(older) >= DRIFT_MIN else None
         else:
             kind = "step" if not away and _worse(v, b, direction) > half else None
             end = bisect.bisect_left(kept, i - window)  # kept points at least window + 1 runs back
             older = kept_values[max(0, end - DRIFT_POINTS):end]
-            old = statistics.median(older) if len(older) >= DRIFT_MIN else None
+        old = statistics.median(older) if len(older) >= DRIFT_MIN else None
         old_half = max(2 * threshold, half)
         if kind is None and not away and old and _worse(v, old, direction) > old_half:
             kind = "drift"
