@@ -88,7 +88,7 @@ def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: flo
       better/worse/same/noisy, and `varies` says which side's runs differ and how (None for every other row).
     - exact and changed, but the sides read other cached artifacts (artifacts_digest: weights of another training):
       held to the threshold (`compare_runs` from two runs on a side, else the medians' change), `varies` saying so
-      (RETRAINED).
+      (RETRAINED); so is one whose other side recorded no digest (UNKNOWN_WEIGHTS: runs of a techbench before it).
     runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
     A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
     `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
@@ -128,11 +128,12 @@ def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: flo
     varies = _varies(rb, rn)
     if clocked or sampled or spec.kind == "info":
         verdict = "n/a"
-    elif b.artifacts and n.artifacts and not b.artifacts & n.artifacts and of_weights(spec) and (
+    elif (b.artifacts or n.artifacts) and not b.artifacts & n.artifacts and of_weights(spec) and (
             varies or not same_exact(new, base)):
         # other trained weights, other numbers: held to the threshold (and the runs' spread) rather than exactly; a
-        # count of bytes the weights' values do not move is the same all the same
-        row["varies"] = RETRAINED
+        # count of bytes the weights' values do not move is the same all the same. A side with no digest at all
+        # (its runs predate artifacts_digest) may have read any weights: the same rule
+        row["varies"] = RETRAINED if b.artifacts and n.artifacts else UNKNOWN_WEIGHTS
         t = _test(metric, b, n, True, False, threshold, alpha) if min(rb + rn) > 0 else None
         if t is not None and not math.isnan(t.ratio):
             row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
@@ -307,7 +308,8 @@ class Comparison:
                     if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
                         lines.append(f"    {r.contended}")
                     if isinstance(r.varies, str):
-                        lines.append(f"    {r.varies}" if r.varies == RETRAINED else f"    {VARIES}: {r.varies}")
+                        lines.append(f"    {r.varies}" if r.varies in (RETRAINED, UNKNOWN_WEIGHTS)
+                                     else f"    {VARIES}: {r.varies}")
         if len(self.contended):
             lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
             for r in self.contended.itertuples():
@@ -332,6 +334,8 @@ ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regressio
 VARIES = "not deterministic here, weighed on its run-to-run spread"
 RETRAINED = ("the sides read other cached artifacts (trained weights of another training): held to the threshold, "
              "and from two runs on a side to their spread, not exactly")
+UNKNOWN_WEIGHTS = ("one side's runs recorded no artifacts digest (a techbench before it): which trained weights its "
+                   "numbers came from is unknown, so held to the threshold, not exactly")
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, weighed "
                "on their run-to-run spread, or that come from other trained weights on each side, held to the "
                "threshold:")

@@ -128,7 +128,8 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
         away = not exact and i < len(contended) and bool(contended[i])
         if exact:
             mine, theirs = (_at(artifacts, i), _at(artifacts, kept[-1])) if kept else (None, None)
-            half = threshold if mine and theirs and mine != theirs else 0.0  # another training's numbers
+            # another training's numbers, or unknown ones (a point of a techbench before the digest) beside known
+            half = threshold if mine != theirs else 0.0
             band = (kept_values[-1], half) if kept_values else None
         else:
             band = _band(kept_values, threshold, window) if len(kept_values) >= MIN_BASELINE else None
@@ -284,9 +285,10 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     such point is flagged. Contention does not excuse it, and it has no drift: every step is seen. Where two runs of
     one commit gave an exact metric different values (varied_at), it is not deterministic there, and its series is
     judged as a measured one. A point whose case read other cached artifacts than its baseline's (the history's
-    `artifacts`: trained weights of another training, whose numbers differ) is held to the threshold rather than
-    exactly; a count of bytes that the weights' values do not move stays as it was. A metric that no run of the
-    store gives a kind (written before the column) is measured.
+    `artifacts`: trained weights of another training, whose numbers differ; or none beside some, from runs of a
+    techbench before the digest) is held to the threshold rather than exactly; a count of bytes that the weights'
+    values do not move stays as it was. A metric that no run of the store gives a kind (written before the column)
+    is measured.
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
     flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
     point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,

@@ -7,7 +7,7 @@ import torch
 
 from bench import history, runner
 from bench.artifacts import artifacts_digest, artifacts_read
-from bench.compare import RETRAINED, compare
+from bench.compare import RETRAINED, UNKNOWN_WEIGHTS, compare
 from bench.records import read_records
 from bench.suite import SUITES, Measurement, Suite, register
 from impls.cache import digest, fetch, load_or_build
@@ -158,3 +158,32 @@ def test_ranks_report_the_artifacts_they_read_once():
     assert same["artifacts_digest"] == 5 and not any(k.startswith("rank_") and "artifacts" in k for k in same)
     assert aggregate([rank(5), rank(6)], {})["metrics"]["artifacts_digest"] == artifacts_digest({"5", "6"})
     assert aggregate([rank(None), rank(None)], {})["metrics"]["artifacts_digest"] is None
+
+
+def test_runs_from_before_the_digest_hold_new_ones_to_the_threshold(tmp_path):
+    # a base recorded by a techbench before artifacts_digest may have read any weights: held to the threshold, and
+    # a third less is still worse; a case that reads nothing cached on either side stays exact
+    def old_and_new(where, base, new):
+        b = write_run(tmp_path / where / "b", "b0", [timing_case("v", 100, quality_db=base)])
+        n = write_run(tmp_path / where / "n", "n0", [timing_case("v", 100, quality_db=new, artifacts_digest=2)])
+        return one(compare([b], [n]), "v", "quality_db")
+
+    row = old_and_new("near", 30.0, 29.9)
+    assert (row.verdict, row.varies) == ("same", UNKNOWN_WEIGHTS)
+    assert old_and_new("far", 30.0, 20.0).verdict == "worse"
+    b = write_run(tmp_path / "plain" / "b", "b0", [timing_case("v", 100, quality_db=30.0)])
+    n = write_run(tmp_path / "plain" / "n", "n0", [timing_case("v", 100, quality_db=29.9)])
+    assert one(compare([b], [n]), "v", "quality_db").verdict == "worse"
+
+
+@needs("pyarrow")
+def test_the_dashboard_holds_the_first_point_with_a_digest_to_the_threshold():
+    def nights(values, artifacts):
+        return kinds_per_night(exact_frame([float(v) for v in values], direction="higher", metric="quality_db",
+                                           artifacts=artifacts))
+
+    old = [None] * 4
+    assert nights([30.0] * 4 + [29.9, 29.9], old + ["a", "a"]) == [None] * 6  # the switch-over: 0.3% < 5%
+    assert nights([30.0] * 4 + [29.9, 29.8], old + ["a", "a"])[-1] == "changed"  # then exact again
+    assert nights([30.0] * 4 + [20.0], old + ["a"])[-1] == "changed"
+    assert nights([30.0] * 4 + [29.9], old + [None])[-1] == "changed"  # no digest anywhere: exact
