@@ -40,9 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.env import environments
 from bench.metrics import Metric, default, is_clocked, of_weights, same_exact, specs_of
-from bench.sides import CaseRuns, load
+from bench.sides import CaseRuns, environments, load
 from bench.stats import MIN_SAMPLES, RUN_SPREAD_K, compare_runs, compare_samples, compare_spread
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",

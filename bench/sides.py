@@ -1,4 +1,5 @@
-"""The runs of one side of a comparison (bench.compare), per case: one value per run and metric, never pooled.
+"""The runs of one side of a comparison (bench.compare), per case: one value per run and metric, never pooled; and
+the environments of the two sides, field by field (`environments`).
 
 Reads run directories only: no torch.
 """
@@ -92,3 +93,94 @@ def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str]]:
         for case_id, r in latest.items():
             by_case.setdefault(case_id, []).append(r)
     return {c: merge(rs) for c, rs in by_case.items()}, metas, names
+
+
+# Comparing the environments of two sets of runs (bench.compare): each field's value on each side, from run.json.
+def _env(meta: dict) -> dict:
+    return meta.get("env") or {}
+
+
+def _gpu(key: str, scale: float = 1.0):
+    def get(meta):
+        vals = [g.get(key) for g in _env(meta).get("gpus") or []]
+        vals = [round(v / scale) if scale != 1.0 and number(v) else v for v in vals if v is not None]
+        return ", ".join(dict.fromkeys(map(str, vals))) or None
+    return get
+
+
+def _git(key: str):
+    def get(meta):
+        value = (meta.get("git") or _env(meta).get("git") or {}).get(key)
+        return value[:12] if key == "sha" and isinstance(value, str) else value
+    return get
+
+
+# (field, getter, part of the identity that env_id hashes). Clocks, power limit, git state, device and size are
+# shown for whoever investigates a shift but do not make two environments different.
+ENV_FIELDS = (
+    ("gpu", _gpu("name"), True),
+    ("gpu_count", lambda m: len(_env(m).get("gpus") or []), True),
+    ("driver", _gpu("driver_version"), True),
+    ("compute_capability", _gpu("compute_capability"), True),
+    ("gpu_memory_gib", _gpu("memory_total_bytes", 2**30), True),
+    ("sm_clock_mhz", _gpu("sm_clock_mhz"), False),
+    ("max_sm_clock_mhz", _gpu("max_sm_clock_mhz"), False),
+    ("power_limit_w", _gpu("power_limit_w"), False),
+    ("torch", lambda m: _env(m).get("torch"), True),
+    ("cuda", lambda m: _env(m).get("torch_cuda"), True),
+    ("cudnn", lambda m: _env(m).get("cudnn"), True),
+    ("triton", lambda m: _env(m).get("triton"), True),
+    ("python", lambda m: _env(m).get("python_version"), True),
+    ("cpu", lambda m: _env(m).get("cpu_model"), True),
+    ("cpu_cores", lambda m: _env(m).get("cpu_logical_cores"), True),
+    ("packages", lambda m: ", ".join(f"{k} {v}" for k, v in sorted((_env(m).get("packages") or {}).items())) or None,
+     False),
+    ("git_sha", _git("sha"), False),
+    ("git_dirty", _git("dirty"), False),
+    ("device", lambda m: m.get("device"), False),
+    ("size", lambda m: m.get("size"), False),
+    # settings of the run that move timings on one machine: shown, so an A/B of them is not read as one of code
+    ("cpus", lambda m: ",".join(map(str, m["cpus"])) if isinstance(m.get("cpus"), list) else None, False),
+    ("threads", lambda m: ", ".join(f"{s}={info.get('threads')}" for s, info in sorted((m.get("suites") or {}).items())
+                                    if isinstance(info, dict) and info.get("threads") is not None) or None, False),
+)
+
+
+def _libraries(meta: dict) -> dict[str, str]:
+    """library -> version of the libraries that the run's variants measure, from the labels its suites declare
+    ("transformers 4.57.1"; a variant of two, "transformers 5.23.0, flash-attn 2.8.3", names both)."""
+    labels = {one for info in (meta.get("suites") or {}).values()
+              if isinstance(info, dict) and isinstance(info.get("libraries"), dict)
+              for label in info["libraries"].values() if isinstance(label, str) for one in label.split(", ")}
+    return dict(sorted(label.partition(" ")[::2] for label in labels))
+
+
+def _library_field(base: list[dict], new: list[dict]) -> tuple[str, str | None, str | None]:
+    """The versions of the libraries that variants on both sides measure (transformers, diffusers, torchao,
+    liger-kernel): an upgrade moves their variants' numbers with the code under test unchanged. A library that one
+    side's suites do not measure is left out: another selection of suites is not an upgrade."""
+    sides = [[_libraries(m) for m in metas] for metas in (base, new)]
+    names = set.intersection(*(set(lib) for libs in sides for lib in libs)) if all(sides) else set()
+
+    def text(libs):
+        return " | ".join(dict.fromkeys(", ".join(f"{n} {lib[n]}".strip() for n in sorted(names)) for lib in libs))
+
+    return ("libraries", *(text(libs) or None for libs in sides))
+
+
+def _side(metas: list[dict], get) -> str | None:
+    vals = list(dict.fromkeys("-" if v is None else str(v) for v in map(get, metas)))
+    return None if vals in ([], ["-"]) else " | ".join(vals)
+
+
+def environments(base: list[dict], new: list[dict]) -> tuple[list, list, bool]:
+    """(every ENV_FIELDS field as (name, base, new), those that differ, whether both sides are one environment) for
+    the run.json dicts of two sides: the same env_ids, or without them the same identity fields."""
+    fields = [(name, _side(base, get), _side(new, get)) for name, get, _ in ENV_FIELDS]
+    fields.append(_library_field(base, new))
+    differ = [f for f in fields if f[1] != f[2]]
+    ids = [{m.get("env_id") for m in metas} for metas in (base, new)]
+    if None in ids[0] | ids[1]:  # a run without env_id: fall back to the identity fields
+        identity = {name for name, _, ident in ENV_FIELDS if ident}
+        return fields, differ, not any(f in identity for f, _, _ in differ)
+    return fields, differ, ids[0] == ids[1]

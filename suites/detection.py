@@ -24,6 +24,7 @@ from bench.metrics import Metric, timing
 from bench.suite import Measurement, Relative, Suite, register, requires
 from bench.timing import time_fn
 from bench.work import Work, rates
+from impls.detection.boxes import torchvision_nms
 from impls.detection.data import make_dataset
 from impls.detection.evaluate import evaluate_detector
 from impls.detection.train import PRESETS, load_or_train, preset
@@ -79,6 +80,8 @@ class Detection(Suite):
         Metric("ar_small", "exact", "higher", "COCO AR@100 of small objects"),
         Metric("shipped_weights", "info", None, "the weights are the package's (impls/weights, fp16, trained "
                "elsewhere by the same seeded recipe), not trained on this machine; AP is measured here either way"),
+        Metric("nms_torchvision", "info", None, "NMS ran torchvision.ops.nms (installed), else a plain-torch host loop "
+                                                "that keeps the same boxes more slowly: latency differs, AP does not"),
     )
 
     def grid(self, size, device):
@@ -110,7 +113,7 @@ class Detection(Suite):
         work = Work("batch_time", items=len(batch), item="image", flops=counter.get_total_flops() * len(batch),
                     dtype="tf32" if tf32 else "float32")
         metrics = {"image_flops": counter.get_total_flops(), "peak_mem_bytes": mem, **quality,
-                   "shipped_weights": trained.shipped}
+                   "shipped_weights": trained.shipped, "nms_torchvision": torchvision_nms()}
         return Measurement(metrics, timed=throughput, timings={"latency": latency, "batch_time": throughput},
                            work=[work])
 

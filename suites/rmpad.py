@@ -32,6 +32,7 @@ from bench.suite import (
 )
 from bench.timing import time_fn
 from bench.work import Work, rates
+from impls.libraries import label
 from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, hf, supports
 from impls.rmpad.lengths import make_lengths
 from impls.rmpad.reference import make_batch
@@ -106,8 +107,10 @@ class Rmpad(Suite):
         "hf_flat_flex": "transformers: DataCollatorWithFlattening row; flex_attention",
         "hf_flat_fa2": "transformers: DataCollatorWithFlattening row; flash_attention_2 (when flash_attn is installed)",
     }
-    libraries = {v: hf.label() for v in ("hf_flat_sdpa", "hf_flat_flex", "hf_flat_fa2")}
-    requires = {v: ("transformers", "techbench[ecosystem]") for v in libraries}
+    libraries = {"flash": label("flash-attn"), **{v: hf.label() for v in ("hf_flat_sdpa", "hf_flat_flex")},
+                 "hf_flat_fa2": f"{hf.label()}, {label('flash-attn')}"}  # transformers' FA2 runs flash_attn's kernel
+    requires = {"flash": ("flash_attn", "flash-attn"),
+                **{v: ("transformers", "techbench[ecosystem]") for v in libraries if v.startswith("hf_")}}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("speedup_x", "step_time_ms", invert=True),
@@ -164,6 +167,8 @@ class Rmpad(Suite):
     def measure(self, variant, params, device):
         if params.get("model") == HF:
             return _measure_hf(variant, params, device)
+        if variant == "flash":
+            requires("flash_attn", pip="flash-attn")
         w = self.workload(variant, params, device)
         step = w.step
         step()  # warm-up (and compilation: even eager FlexAttention traces its call through torch.compile, ~2 s)

@@ -64,6 +64,12 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return nms_torch(boxes, scores, iou_threshold)
 
 
+def torchvision_nms() -> bool:
+    """Whether `nms` runs torchvision's kernel here (else nms_torch: a host loop, slower on a GPU). A record says
+    which, since it moves latency, not the boxes kept."""
+    return _tv_nms is not None
+
+
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
     """Class-wise NMS: boxes of different labels never suppress each other (each class shifted to its own region)."""
     if boxes.numel() == 0:

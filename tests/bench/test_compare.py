@@ -355,3 +355,21 @@ def test_cli_writes_the_comparison_as_json_for_scripts(tmp_path, capsys):
     assert slow["runs_per_side"] == "1v1" and slow["p_value"] > 0 and slow["varies"] is None
     assert main(["compare", str(base), str(slower), "-o", str(tmp_path / "c.txt")]) == 2
     assert "should end in .html (a page) or .json (for scripts)" in capsys.readouterr().err
+
+
+def test_optional_packages_and_a_variant_of_two_libraries_are_named_in_the_environment_diff(tmp_path):
+    from bench.env import collect, env_id
+    from bench.records import write_run_json
+
+    env = collect()
+    assert all(isinstance(v, str) for v in env["packages"].values())
+    assert env_id({**env, "packages": {"torchvision": "0.26.0"}}) == env_id({**env, "packages": {}})  # not identity
+    a, b = (write_run(tmp_path, n, checkpointing_records(seed=i)) for i, n in enumerate("ab"))
+    for run, packages, fa in ((a, {}, "2.8.3"), (b, {"torchvision": "0.26.0"}, "2.8.4")):
+        meta = read_run_json(run)
+        meta["env"]["packages"] = packages
+        meta["suites"]["checkpointing"]["libraries"] = {"hf_fa2": f"transformers 5.23.0, flash-attn {fa}"}
+        write_run_json(run, meta)
+    diff = {f: (old, new) for f, old, new in compare([a], [b]).env_diff}
+    assert diff["packages"] == (None, "torchvision 0.26.0")
+    assert diff["libraries"] == ("flash-attn 2.8.3, transformers 5.23.0", "flash-attn 2.8.4, transformers 5.23.0")

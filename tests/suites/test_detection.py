@@ -1,6 +1,8 @@
 """The detection suite at smoke size on CPU: AP and FLOPs are deterministic given the seeds and the trained weights,
 so they are checked; times are not."""
 
+import importlib.util
+
 import pandas as pd
 import pytest
 
@@ -31,6 +33,8 @@ def test_every_case_reports_cost_and_quality(cases):
         assert isinstance(m["image_flops"], int) and m["image_flops"] > 0
         for q in QUALITY:  # NaN only where the test images hold no object of a bucket; 16 images hold all three
             assert 0 <= m[q] <= 1, (key, q, m[q])
+        # which NMS ran, since it moves latency: torchvision's kernel exactly where torchvision is installed
+        assert m["nms_torchvision"] is (importlib.util.find_spec("torchvision") is not None), key
 
 
 @needs("pycocotools")

@@ -75,6 +75,7 @@ def test_the_high_precision_run_trains_once(fp8, monkeypatch, tmp_path):
     assert [recipe is None for recipe in calls] == [True, False]  # bf16 once, then the recipe alone
     assert second.samples["reference_loss_curve"] == first.samples["loss_curve"]
     assert first.timings["train_time"].n == 1 and first.work[0].tokens == 3 * mod.BATCH
+    assert not second.timings and not second.work  # an emulated recipe's wall time is no FP8 speed: not recorded
     # a later bf16 case whose curve differs (a GPU's differs run to run) replaces the cached one for the recipes
     before = mod.train
     monkeypatch.setattr(mod, "train", lambda recipe, *a, **k: [x + (recipe is None) for x in before(recipe, *a, **k)])
