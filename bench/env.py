@@ -154,6 +154,19 @@ def _host_memory_bytes() -> int | None:
     return guarded(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+CODE_DIRS = ("bench/", "impls/", "suites/", "reports/")
+
+
+def _changes_code(line: str) -> bool:
+    """Whether a `git status --porcelain` line makes the code under test differ from its commit: any change to a
+    tracked file, and an untracked Python file or one in the packages' folders; not a virtual environment, the runs
+    or the pages a user keeps in the checkout, or every run from a working clone would read as dirty."""
+    if not line.startswith("??"):
+        return True
+    path = line[3:].strip().strip('"')
+    return path.endswith(".py") or path.startswith(CODE_DIRS)
+
+
 def git_info(root: str | Path | None = None) -> dict:
     """{"sha", "dirty"} of the checkout at `root` (default: the one holding this package); None where unknown."""
     root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
@@ -166,7 +179,8 @@ def git_info(root: str | Path | None = None) -> dict:
         if git("rev-parse", "--is-inside-work-tree") != "true":
             return {"sha": None, "dirty": None}
         status = git("status", "--porcelain")
-        return {"sha": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
+        return {"sha": git("rev-parse", "HEAD"), "dirty": None if status is None else any(map(_changes_code,
+                                                                                              status.splitlines()))}
     except (OSError, subprocess.SubprocessError):  # git not installed, or hung
         return {"sha": None, "dirty": None}
 

@@ -9,10 +9,8 @@
   ETA; the running case, its elapsed time and its own progress), elsewhere plain lines (one per finished case, and a
   "still running" line now and then, for CI logs).
 - The ETA comes from the elapsed_s of the same case_ids on the same device in earlier run directories beside this one
-  (runs/ by default), scaled by this run's pace against them; without any it says "ETA unknown".
-
-rich is imported only by the displays: the case's process needs none of it.
-"""
+  (runs/ by default), scaled by this run's pace against them; without them for most cases it says "ETA unknown".
+rich is imported only by the displays: the case's process needs none of it."""
 
 from __future__ import annotations
 
@@ -223,6 +221,8 @@ class Eta:
         if left is None:
             return "ETA unknown"
         seconds, untimed = left
+        if 2 * untimed > len(self.pending):  # most of what is left never ran here: a figure would mislead
+            return f"ETA unknown ({untimed} of {len(self.pending)} cases not timed before)"
         return f"ETA {duration(seconds)}" + (f" + {untimed} case{'s' * (untimed > 1)} not timed before" if untimed
                                              else "")
 
@@ -256,11 +256,11 @@ class PlainProgress:
         self.total, self.done, self.eta = total, done, eta or Eta([], {})
         if done:
             self._print(f"resuming: {done}/{total} cases already finished")
-        if self.eta.expected:
-            self._print(f"{total - done} cases to run; {self.eta.text()} from earlier runs under {self.eta.where}")
+        if self.eta.expected and not (eta := self.eta.text()).startswith("ETA unknown"):
+            self._print(f"{total - done} cases to run; {eta} from earlier runs under {self.eta.where}")
         else:
-            self._print(f"{total - done} cases to run; ETA unknown (no earlier run under {self.eta.where} timed these "
-                        "cases on this device)")
+            self._print(f"{total - done} cases to run; ETA unknown (no earlier run under {self.eta.where} timed "
+                        f"{'most of ' * bool(self.eta.expected)}these cases on this device)")
 
         def watch():
             while not self._stop.wait(self.poll_s):

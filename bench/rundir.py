@@ -96,9 +96,11 @@ def holder(run_dir: Path) -> str | None:
     return None
 
 
-def inspect(out: Path, resume: bool, how: tuple, locked: bool = False) -> tuple[dict | None, Scan, str | None]:
+def inspect(out: Path, resume: bool, how: tuple, locked: bool = False,
+            suites: list[str] = ()) -> tuple[dict | None, Scan, str | None]:
     """What `out` holds: (run.json, its records, why run.json must be rebuilt or None), after checking that it can
-    take a run made `how` (size, device, shard): new, empty, or a run directory under --resume. Reads only; raises
+    take a run made `how` (size, device, shard) of `suites`: new, empty, or a run directory under --resume of those
+    suites or fewer (a resume continues a run; another suite's cases would join it unasked). Reads only; raises
     RunDirError. `locked`: this process holds the lock, so do not probe it."""
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file, not a run directory")
@@ -142,13 +144,18 @@ def inspect(out: Path, resume: bool, how: tuple, locked: bool = False) -> tuple[
     if was != tuple(how):
         raise RunDirError(f"{out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; "
                           "resume it with the same")
+    ran = meta.get("suites")
+    if isinstance(ran, dict) and ran and (more := [s for s in suites if s not in ran]):
+        raise RunDirError(f"{out} is a run of {', '.join(sorted(ran))}, not of {', '.join(more)}: resume it with "
+                          f"`{command_of(meta, out)}`, or run {', '.join(more)} into another --out")
     return meta, scan, None
 
 
-def open_run_dir(out: Path, resume: bool, how: tuple) -> tuple[RunLock, dict | None, Scan, str | None]:
+def open_run_dir(out: Path, resume: bool, how: tuple,
+                 suites: list[str] = ()) -> tuple[RunLock, dict | None, Scan, str | None]:
     """Checks `out` before creating anything, creates it and takes its lock, then checks it again under the lock
     (another bench may have written it in between): the lock and `inspect`'s answer. The caller releases the lock."""
-    inspect(out, resume, how)
+    inspect(out, resume, how, suites=suites)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -157,7 +164,7 @@ def open_run_dir(out: Path, resume: bool, how: tuple) -> tuple[RunLock, dict | N
         raise RunDirError(f"cannot create --out {out}: {e.strerror or e}") from None
     lock = RunLock(out)
     try:
-        return lock, *inspect(out, resume, how, locked=True)
+        return lock, *inspect(out, resume, how, locked=True, suites=suites)
     except BaseException:
         lock.release()
         raise

@@ -127,7 +127,8 @@ def run(cfg: RunConfig, progress=None, opened=None) -> tuple[int, list[Record]]:
     cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size,
                  cfg.cases_like)
     shard = "{}/{}".format(*cfg.shard)
-    lock, meta, scan, rebuild = open_run_dir(cfg.out, cfg.resume, (cfg.size, cfg.device, shard))
+    lock, meta, scan, rebuild = open_run_dir(cfg.out, cfg.resume, (cfg.size, cfg.device, shard),
+                                             [s.name for s in cfg.suites])
     try:
         if rebuild is not None:
             _check_rebuild(cfg, scan, rebuild)

@@ -148,3 +148,28 @@ def test_nvml_init_failure_means_no_nvml(monkeypatch):
     assert e["nvml"] is None
     if not e["cuda_available"]:
         assert e["gpus"] == []
+
+
+def test_a_venv_or_runs_in_the_checkout_do_not_make_it_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    assert env.git_info(tmp_path)["dirty"] is False
+    (tmp_path / "venv" / "lib").mkdir(parents=True)
+    (tmp_path / "venv" / "lib" / "site.py").write_text("")
+    (tmp_path / "report.html").write_text("")
+    assert env.git_info(tmp_path)["dirty"] is False  # a venv, a page: not code under test
+    (tmp_path / "bench" / "new.py").write_text("")
+    assert env.git_info(tmp_path)["dirty"] is True  # an untracked module of the package is
+    (tmp_path / "bench" / "new.py").unlink()
+    (tmp_path / "bench" / "a.py").write_text("x = 2\n")
+    assert env.git_info(tmp_path)["dirty"] is True  # a tracked file changed

@@ -172,6 +172,11 @@ def test_eta_scales_the_earlier_durations_by_this_runs_pace():
     assert eta.remaining("b", 5.0) == (pytest.approx(20.0 * 80 / 70 - 5.0), 1)
     assert eta.remaining("b", 500.0) == (0.0, 1)  # past its estimate: nothing left of it, not less
     assert Eta(["a"], {}).text() == "ETA unknown"
+    # most of the cases left never ran here (a first quick run after a smoke one): no figure from the few that did
+    eta = Eta(["a", "b", "c"], {"a": 2.0})
+    assert eta.text() == "ETA unknown (2 of 3 cases not timed before)"
+    eta.finished("b", 1.0)
+    assert eta.text() == "ETA 2s + 1 case not timed before"
 
 
 def test_earlier_durations_take_each_cases_latest_record_on_the_same_device(tmp_path):

@@ -180,3 +180,14 @@ def test_the_command_that_continues_a_run_keeps_its_arguments_but_out_and_resume
     argv = ["run", "fp8", "--out", "old", "--resume", "--size", "smoke", "--out=x", "--params", "m=1,k=a b"]
     assert rundir.resume_command(argv, Path("runs/r1")) == \
         "bench run fp8 --size smoke --params 'm=1,k=a b' --resume --out runs/r1"
+
+
+def test_a_resume_does_not_add_another_suite_to_a_run(tmp_path):
+    # a run of _flaky resumed with _slow named too: refused, naming the command that continues it; nothing written
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
+    runner.run(cfg)
+    before = (tmp_path / "run" / RECORDS_JSONL).read_bytes(), (tmp_path / "run" / "run.json").read_bytes()
+    wider = runner.RunConfig(**{**vars(cfg), "suites": [SUITES["_flaky"], SUITES["_slow"]], "resume": True})
+    with pytest.raises(rundir.RunDirError, match=r"is a run of _flaky, not of _slow: resume it with `bench run"):
+        runner.run(wider)
+    assert ((tmp_path / "run" / RECORDS_JSONL).read_bytes(), (tmp_path / "run" / "run.json").read_bytes()) == before
