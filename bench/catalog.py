@@ -56,10 +56,13 @@ def key() -> str:
     return h.hexdigest()[:32]
 
 
+def cache_dir() -> Path:
+    """impls.cache's folder, found as it finds it (bench does not import impls)."""
+    return Path(os.environ.get("TECHBENCH_CACHE") or Path.home() / ".cache" / "techbench")
+
+
 def _path(k: str) -> Path:
-    # impls.cache's folder (bench does not import impls)
-    root = Path(os.environ.get("TECHBENCH_CACHE") or Path.home() / ".cache" / "techbench")
-    return root / "catalog" / f"{k}.json"
+    return cache_dir() / "catalog" / f"{k}.json"
 
 
 def build() -> tuple[list[dict], bool]:

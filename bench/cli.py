@@ -2,10 +2,11 @@
 options and their checks are in bench/cli_run.py, and the commands that read finished runs (report, compare, history,
 dashboard, export, import) in bench/commands.py.
 
-Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, or under
---fail-on-regression a compare found a regression (a timing judged from one run a side is shown, not gated), a newly
-failing case or an unfinished NEW run; 2 bad usage or bad input, with a one-line reason naming the valid choices, and
-nothing existing overwritten; 130 interrupted.
+Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, a write failed
+(`bench run`'s report.html included: its records are kept), or under --fail-on-regression a compare found a
+regression (a timing judged from one run a side is shown, not gated), a newly failing case or an unfinished NEW run; 2
+bad usage or bad input, with a one-line reason naming the valid choices, and nothing existing overwritten; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bench import cli_run, commands, plan_cli
 from bench.atomic import OutputError
 from bench.cli_run import parse_params, resolve_device, select
 from bench.commands import UsageError
+from bench.records import path_text
 from bench.suite import SIZES, discover
 
 
@@ -113,17 +115,25 @@ def cmd_run(args) -> int:
     return cli_run.cmd_run(args, discover, _write_report)
 
 
-def _write_report(out: Path) -> None:
-    """report.html beside the records; a report that fails to build never changes what the run measured."""
+def _write_report(out: Path) -> str | None:
+    """report.html beside the records. None when it is written, or where reports cannot be drawn at all (plotly is
+    not installed: a warning says so, and the run's exit code stands); else why there is none, in one line, and
+    `bench run` exits 1. A report that fails never changes what the run measured."""
     try:
         from reports.run_report import write_report
 
         with warnings.catch_warnings():  # the run has already said what it had to about its records
             warnings.simplefilter("ignore")
-            print(f"report -> {write_report([out], out / 'report.html')}")
+            print(f"report -> {path_text(write_report([out], out / 'report.html'))}")
+    except OutputError as e:  # it names the path and the OS error
+        return str(e)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] not in OPTIONAL:
+            return f"{type(e).__name__}: {e}"
+        print(f"bench: warning: no report.html ({missing_package(e)})", file=sys.stderr)
     except Exception as e:  # noqa: BLE001
-        why = missing_package(e) if isinstance(e, ModuleNotFoundError) else f"{type(e).__name__}: {e}"
-        print(f"bench: warning: no report.html ({why}); `bench report {out} -o FILE` retries", file=sys.stderr)
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def cmd_new(args) -> int:
@@ -163,11 +173,20 @@ def cmd_list(args) -> int:
         print(json.dumps({"suites": rows, "sizes": list(SIZES)}, indent=2))
         return 0
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("suite", "variants (reference first)", *(f"{size} cases" for size in SIZES), title="techbench suites")
-    for row in rows:
-        variants = [row["reference"]] + [v for v in row["variants"] if v != row["reference"]]
+    ordered = [[row["reference"]] + [v for v in row["variants"] if v != row["reference"]] for row in rows]
+    # names are what --variant and `bench run SUITE` take: their columns are never narrower than the longest name
+    # (its comma included), so a narrow terminal wraps the descriptions and the lists between names, never a name;
+    # the counts keep the width of "smoke" (their headers wrap to "smoke / cases"), which leaves 80 columns room
+    longest_suite = max((len(row["name"]) for row in rows), default=0)
+    longest_variant = max((len(v) + 1 for variants in ordered for v in variants), default=0)
+    count_width = max([5, *(len(str(n)) for row in rows for n in row["cases"].values())])
+    table = Table(Column("suite", min_width=longest_suite),
+                  Column("variants (reference first)", min_width=longest_variant),
+                  *(Column(f"{size} cases", justify="right", width=count_width) for size in SIZES),
+                  title="techbench suites")
+    for row, variants in zip(rows, ordered):
         ranks = f"\n[dim]torchrun ranks: {', '.join(map(str, row['world_sizes']))}[/]" if row["world_sizes"] else ""
         table.add_row(f"{row['name']}\n[dim]{row['description']}[/]{ranks}", ", ".join(variants),
                       *(str(row["cases"][size]) for size in SIZES))

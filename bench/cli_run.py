@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 from bench.commands import UsageError
 from bench.distributed import Launch
-from bench.records import read_run_json
+from bench.records import path_text, read_run_json
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
 
@@ -23,6 +25,9 @@ from bench.suite import SIZES
 MAX_SECONDS = 1e6
 # The most --threads: beyond any machine's cores, a typo that would make torch spawn a thread pool of that size
 MAX_THREADS = 4096
+# impls.cache.UNWRITABLE_SAID (bench does not import impls): "1" in the environment the cases inherit tells their
+# cache writes that this run has already said, once, that the cache folder cannot be written
+CACHE_UNWRITABLE = "TECHBENCH_CACHE_UNWRITABLE"
 
 
 def add_arguments(r) -> None:
@@ -253,10 +258,12 @@ def cmd_run(args, discover, write_report) -> int:
     console = Console()
 
     def opened():  # once --out is found fit: a usage error is said at once, without this sample's second or two
+        say_if_cache_unwritable()
         disturbed = doctor.critical_warning(device, since=since)
         if disturbed:  # beside the run's progress and summary: it is about what this run measures
             print(f"bench: warning: {disturbed}", flush=True)
 
+    said = os.environ.get(CACHE_UNWRITABLE)
     try:
         code, records = runner.run(cfg, make_progress(console), opened)
     except runner.RunDirError as e:
@@ -269,8 +276,14 @@ def cmd_run(args, discover, write_report) -> int:
         print(f"bench: interrupted; finished records are kept in {out}, `{rundir.resume_command(argv, out)}` "
               "continues", file=sys.stderr)
         return 130
+    finally:  # this run's news: another run in this process (a notebook's, a test's) checks the cache afresh
+        if said is None:
+            os.environ.pop(CACHE_UNWRITABLE, None)
+        else:
+            os.environ[CACHE_UNWRITABLE] = said
     counts = Counter(r.status for r in records)
-    print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" -> {out}")
+    print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f" -> {path_text(out)}")
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
     selected = {c.id for c in runner.plan(suites, args.size, device, args.variant, shard, where or None,
@@ -282,8 +295,47 @@ def cmd_run(args, discover, write_report) -> int:
         print(f"bench: {out} stays unfinished: {len(not_run)} cases of the selection it was started for have no "
               f"record (listed in {out / 'run.json'} under not_run); `{rundir.command_of(meta, out)}` runs them",
               file=sys.stderr)
-    write_report(out)
+    if (why := write_report(out)) is not None:  # the records are whole, but a script's next step needs the page
+        print(f"bench: error: no report.html ({path_text(why)}); the records are kept, `bench report "
+              f"{shell_word(out)} -o FILE` retries", file=sys.stderr)  # path_text: `why` names the path
+        return code or 1
     return code
+
+
+def shell_word(path: str | Path) -> str:
+    """`path` as one word to paste into a shell: shlex.quote's, or for a name that is not valid UTF-8 (no terminal
+    shows its bytes) bash's $'...' with each byte outside printable ASCII as \\xNN."""
+    raw = os.fsencode(path)
+    try:
+        return shlex.quote(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "$'" + "".join(chr(b) if 32 <= b < 127 and b not in b"\\'" else f"\\x{b:02x}" for b in raw) + "'"
+
+
+def cache_unwritable() -> str | None:
+    """Why the folder where suites cache what they train (TECHBENCH_CACHE, bench.catalog.cache_dir) cannot be created
+    and written, or None when it can."""
+    from bench.catalog import cache_dir
+
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".bench-probe-"):
+            pass
+    except OSError as e:
+        return f"{root}: {e.strerror or e}"
+    return None
+
+
+def say_if_cache_unwritable() -> None:
+    """One line, before the first case, when the cache folder cannot be written; the cases (which inherit this
+    environment) then stay quiet about each write that fails."""
+    why = cache_unwritable()
+    if why is None:
+        return
+    print(f"bench: warning: the cache folder cannot be written ({why}): each case that trains a model or reference "
+          "trains it again, and nothing trained is kept; point TECHBENCH_CACHE at a writable folder", file=sys.stderr)
+    os.environ[CACHE_UNWRITABLE] = "1"
 
 
 def latest_run(args, device: str, shard: str, suites: list[str]) -> Path:

@@ -65,8 +65,8 @@ def predictions(args, discover) -> tuple[list, dict]:
     from bench.cli_run import no_case_matches, parse_params, select
     from bench.plan import grid_device, plan, plan_points
 
+    suites = select(discover(), args.suites, args.variant)  # first: a typo'd suite is the error, whatever --gpu says
     target, gpu, capacity = resolve_gpu(args.gpu)
-    suites = select(discover(), args.suites, args.variant)
     start = time.monotonic()
     jobs = args.jobs if args.jobs is not None else len(affinity(os.getpid()) or ()) or os.cpu_count() or 1
     if jobs < 1:

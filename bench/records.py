@@ -22,6 +22,7 @@ SCHEMA = 1
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 FAILED = ("timeout", "error")
 RUN_JSON, RECORDS_JSONL = "run.json", "records.jsonl"
+TAIL_BLOCK = 1 << 16  # bytes read at a time looking for the last newline of a records.jsonl
 
 
 class SchemaError(ValueError):
@@ -165,21 +166,63 @@ def read_records(path: str | Path) -> list[Record]:
 
 
 class RecordWriter:
-    """Appends records to records.jsonl, one line each, flushed and fsynced so a killed run loses nothing finished."""
+    """Appends records to records.jsonl, one line each, written and fsynced so a killed run loses nothing finished.
+
+    The file only ever ends at a complete line: a write that fails (a full disk, a failed fsync) is cut back to where
+    it began before the error goes on, and a file left ending in a partial line (a run killed mid-write) loses that
+    partial line on opening. Either way the case has no record, so --resume runs it again, and no reader meets a
+    corrupt line. Unbuffered, so a failed write leaves no bytes in a buffer for close() to append after the cut."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._f = self.path.open("a+b")
-        self._f.seek(0, os.SEEK_END)
-        if self._f.tell():  # a run killed mid-write left a partial line: never glue the next record onto it
-            self._f.seek(-1, os.SEEK_END)
-            if self._f.read(1) != b"\n":
-                self._f.write(b"\n")
+        self._f = self.path.open("a+b", buffering=0)
+        try:
+            self._end_at_a_line()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _end_at_a_line(self) -> None:
+        """Cut off what follows the last newline, unless it is a whole JSON object that only lacks its newline (a
+        file joined by hand), which gets the newline instead; complete lines are never touched."""
+        fd = self._f.fileno()
+        end = start = os.lseek(fd, 0, os.SEEK_END)
+        while start > 0:  # back from the end a block at a time: a record with its samples can be hundreds of KB
+            step = min(TAIL_BLOCK, start)
+            block = os.pread(fd, step, start - step)
+            if (cut := block.rfind(b"\n")) >= 0:
+                start -= step - cut - 1
+                break
+            start -= step
+        if start == end:
+            return
+        try:
+            whole = isinstance(json.loads(os.pread(fd, end - start, start)), dict)
+        except (ValueError, RecursionError):
+            whole = False
+        if whole:
+            self._write_all(b"\n")
+        else:
+            os.ftruncate(fd, start)
 
     def write(self, record: Record) -> None:
-        self._f.write(record.to_json().encode() + b"\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = record.to_json().encode() + b"\n"
+        fd = self._f.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            self._write_all(line)
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # the error that matters is the write's; a reader skips the partial line, the next open cuts it
+            raise
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # a raw write may take only part (a disk filling up, a signal)
+            view = view[self._f.write(view):]
 
     def close(self) -> None:
         self._f.close()
@@ -289,6 +332,12 @@ def write_run_json(run_dir: str | Path, meta: RunMeta | dict) -> None:
         raise
 
 
+def path_text(path: str | Path) -> str:
+    """A path as text that any encoder takes (pyarrow's and HTML's UTF-8 included): a name that is not valid UTF-8,
+    which Python holds as lone surrogates, shows its odd bytes as \\xNN escapes. The same for the same path."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def records_frame(*run_dirs: str | Path, samples: bool = False):
     """One row per record of one or many run directories; each metric is a column, params stay a dict column, and
     with `samples` the raw samples too (a dict column: name -> list)."""
@@ -298,7 +347,7 @@ def records_frame(*run_dirs: str | Path, samples: bool = False):
     for run_dir in run_dirs:
         for r in read_records(Path(run_dir) / RECORDS_JSONL):
             row = {k: v for k, v in asdict(r).items() if k not in ("metrics", "samples")}
-            row["run_dir"] = str(run_dir)
+            row["run_dir"] = path_text(run_dir)
             if samples:
                 row["samples"] = r.samples
             row.update(r.metrics)

@@ -34,6 +34,10 @@ SHIPPED = Path(__file__).parent / "weights"
 PROGRESS = logging.getLogger("techbench.progress")
 ARTIFACTS = logging.getLogger("techbench.artifacts")  # extra={"artifact": namespace, "digest": digest(payload)}
 PROGRESS_RECORDS = 50  # one record per ~2% of a loop's steps, and the last
+# "1": `bench run` found the cache folder unwritable and said so in one line before its first case (bench.cli_run,
+# which does not import impls, spells the name too). Each case runs in its own process, where a warning per failed
+# write repeated that news up to three times a case (samplers)
+UNWRITABLE_SAID = "TECHBENCH_CACHE_UNWRITABLE"
 
 
 def cache_dir() -> Path:
@@ -151,12 +155,13 @@ def _feed(h, x) -> None:
 def store(namespace: str, key: dict, payload: dict, stacklevel: int = 2) -> None:
     """Cache `payload` for `key` in the user cache, over what it held: for a result its builder has just measured
     afresh, that later readers should take rather than an older one. A cache that cannot be written warns (a retrain
-    next time, not a lost result)."""
+    next time, not a lost result), unless UNWRITABLE_SAID says the run has already said so once."""
     path = entry(namespace, key)
     try:
         write(path, key, payload)
     except OSError as e:
-        warnings.warn(f"could not cache {namespace} in {path.parent}: {e}", stacklevel=stacklevel)
+        if os.environ.get(UNWRITABLE_SAID) != "1":
+            warnings.warn(f"could not cache {namespace} in {path.parent}: {e}", stacklevel=stacklevel)
 
 
 def load_or_build(namespace: str, key: dict, build: Callable[[], dict]) -> dict:

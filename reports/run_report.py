@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
-from bench.records import STATUSES, Record, read_run_json
+from bench.records import STATUSES, Record, path_text, read_run_json
 from reports.figures import figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
 from reports.html import Flagged, figure, page, section, table
@@ -82,8 +82,8 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
             "device": meta.get("device"),
             "started": meta.get("started_at"),
             "finished": meta.get("finished_at"),
-            "records": int((frame["run_dir"] == str(d)).sum()) if "run_dir" in frame else 0,
-            "directory": str(d),
+            "records": int((frame["run_dir"] == path_text(d)).sum()) if "run_dir" in frame else 0,
+            "directory": path_text(d),
         }
         for field, value in values.items():
             fields.setdefault(field, {"": field})[labels[str(d)]] = "" if value is None else str(value)

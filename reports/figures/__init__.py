@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.metrics import default
-from bench.records import STATUSES, read_run_json, records_frame, reproduce_command
+from bench.records import STATUSES, path_text, read_run_json, records_frame, reproduce_command
 
 NOT_OK = tuple(s for s in STATUSES if s != "ok")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -88,7 +88,7 @@ def run_label(meta: dict | None, run_dir: str | Path) -> str:
     names = [g.get("name") or "GPU" for g in env.get("gpus") or []]
     if names:
         return " + ".join(f"{names.count(n)}x {n}" if names.count(n) > 1 else n for n in dict.fromkeys(names))
-    return f"CPU {env['cpu_model']}" if env.get("cpu_model") else Path(run_dir).name
+    return f"CPU {env['cpu_model']}" if env.get("cpu_model") else path_text(Path(run_dir).name)
 
 
 def run_labels(run_dirs) -> dict[str, str]:
@@ -97,7 +97,7 @@ def run_labels(run_dirs) -> dict[str, str]:
     labels = {d: run_label(m, d) for d, m in metas.items()}
     for key in ("size", "run_id", "directory"):
         seen = list(labels.values())
-        extra = {d: metas[d].get(key) or d for d in labels}
+        extra = {d: metas[d].get(key) or path_text(d) for d in labels}
         if len(set(seen)) == len(seen) or len({(labels[d], extra[d]) for d in labels}) < len(labels):
             continue
         labels = {d: f"{label} ({extra[d]})" if seen.count(label) > 1 else label for d, label in labels.items()}
