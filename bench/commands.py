@@ -78,7 +78,10 @@ def cmd_compare(args) -> int:
         raise UsageError(f"-o {args.output} should end in .html (a page) or .json (for scripts)")
     as_json = args.output is not None and args.output.suffix == ".json"
     page = _output(args.output, ".json" if as_json else ".html", base + new) if args.output else None
-    result = compare(base, new, threshold=args.threshold / 100, allow_contended=args.allow_contended)
+    try:
+        result = compare(base, new, threshold=args.threshold / 100, allow_contended=args.allow_contended)
+    except ValueError as e:  # sides that cannot be compared as given (bench.sides.check_sides)
+        raise UsageError(str(e)) from None
     for line in result.summary_lines():
         print(line)
     if as_json:

@@ -41,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.metrics import Metric, default, is_clocked, of_weights, same_exact, specs_of
-from bench.sides import CaseRuns, environments, load
+from bench.sides import CaseRuns, check_sides, environments, load
 from bench.stats import MIN_SAMPLES, RUN_SPREAD_K, compare_runs, compare_samples, compare_spread
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
@@ -366,8 +366,10 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     timings of contended cases as any other)."""
     if not 0 <= threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
-    b_cases, b_metas, b_names = load([base] if isinstance(base, (str, Path)) else base)
-    n_cases, n_metas, n_names = load([new] if isinstance(new, (str, Path)) else new)
+    base, new = ([side] if isinstance(side, (str, Path)) else side for side in (base, new))
+    b_cases, b_metas, b_names = load(base)
+    n_cases, n_metas, n_names = load(new)
+    check_sides((b_metas, base), (n_metas, new))
     specs = specs_of(b_metas + n_metas)
     rows, status = [], []
     for case_id in sorted(b_cases.keys() | n_cases.keys()):

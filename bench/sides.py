@@ -95,6 +95,22 @@ def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str]]:
     return {c: merge(rs) for c, rs in by_case.items()}, metas, names
 
 
+def check_sides(base: tuple[list[dict], list], new: tuple[list[dict], list]) -> None:
+    """ValueError where two sides (each: its runs' run.json and directories) cannot be compared as they are: a run
+    directory on both sides (it would be its own baseline), or a side whose runs are of several sizes or device
+    types (joined as repeats of one case, a smoke run's short timers would pass for a quick run's)."""
+    both = sorted({Path(d).resolve() for d in base[1]} & {Path(d).resolve() for d in new[1]})
+    if both:
+        raise ValueError(f"run {both[0]} is on both sides: BASE and NEW must be different runs")
+    for side, (metas, _) in (("BASE", base), ("NEW", new)):
+        for what, get in (("sizes", lambda m: m.get("size")),
+                          ("devices", lambda m: str(m.get("device")).partition(":")[0] if m.get("device") else None)):
+            found = sorted({v for v in map(get, metas) if v})
+            if len(found) > 1:
+                raise ValueError(f"{side} holds runs of several {what} ({', '.join(found)}): a side is repeats of "
+                                 "one kind of run; compare like with like")
+
+
 # Comparing the environments of two sets of runs (bench.compare): each field's value on each side, from run.json.
 def _env(meta: dict) -> dict:
     return meta.get("env") or {}

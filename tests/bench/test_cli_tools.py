@@ -1,5 +1,6 @@
 """The result commands from the command line: each bad input is one line and exit 2, and nothing is overwritten."""
 import json
+import shutil
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_a_corrupt_run_json_is_bad_input(capsys, tmp_path, run):
 
 @pytest.mark.parametrize("package, argv", [
     ("plotly", ["report", "{run}", "-o", "{tmp}/r.html"]),
-    ("plotly", ["compare", "{run}", "{run}", "-o", "{tmp}/c.html"]),
+    ("plotly", ["compare", "{run}", "{tmp}/r2", "-o", "{tmp}/c.html"]),
     ("pyarrow", ["history", "add", "{run}", "--store", "{tmp}/store"]),
 ])
 def test_a_missing_optional_package_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, run, package, argv):
@@ -67,9 +68,10 @@ def test_a_missing_optional_package_is_one_line_and_exit_2(capsys, monkeypatch, 
 
     from reports.html import plotly_js
 
+    shutil.copytree(run, tmp_path / "r2")  # a second run, for compare
     plotly_js.cache_clear()  # this process may have embedded plotly.js already
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")] + [package]:
         monkeypatch.setitem(sys.modules, name, None)  # import now raises ModuleNotFoundError
     code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
     assert code == 2 and err.count("\n") == 1 and f"{package} is not installed (pip install {package})" in err, err
-    assert not [p for p in tmp_path.iterdir() if p.name != "r1"]  # nothing written
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("r1", "r2")]  # nothing written

@@ -373,3 +373,18 @@ def test_optional_packages_and_a_variant_of_two_libraries_are_named_in_the_envir
     diff = {f: (old, new) for f, old, new in compare([a], [b]).env_diff}
     assert diff["packages"] == (None, "torchvision 0.26.0")
     assert diff["libraries"] == ("flash-attn 2.8.3, transformers 5.23.0", "flash-attn 2.8.4, transformers 5.23.0")
+
+
+def test_sides_that_cannot_be_compared_as_given_are_refused(tmp_path, capsys):
+    from bench.cli import main
+
+    smoke = write_run(tmp_path, "smoke", checkpointing_records(seed=1), size="smoke")
+    quick = write_run(tmp_path, "quick", checkpointing_records(seed=2), size="quick")
+    other = write_run(tmp_path, "other", checkpointing_records(seed=3), size="quick")
+    with pytest.raises(ValueError, match="is on both sides"):
+        compare([quick], [other, quick])
+    with pytest.raises(ValueError, match=r"NEW holds runs of several sizes \(quick, smoke\)"):
+        compare([other], [quick, smoke])
+    assert main(["compare", str(tmp_path), str(other)]) == 2  # the folder holds NEW's run too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is on both sides" in err
