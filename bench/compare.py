@@ -15,11 +15,10 @@ What a metric is comes from the specs its suite declared, which each run directo
 - sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
   It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
-  on the median over runs (`changed` when the metric has no direction; fractions to 1e-9 relative, EXACT_RTOL,
-  so that a float sum's last digits are no change). Where the runs of a side disagree on it, it
-  is not deterministic on that machine: its run values are weighed against their run-to-run spread, with no
-  threshold and on their own scale (`compare_spread`: better | worse | same | noisy), and the row's `varies` column
-  names the side and the range of its values.
+  on the median over runs (`changed` when the metric has no direction; fractions to 1e-9 relative, EXACT_RTOL, so
+  that a float sum's last digits are no change). Where the runs of a side disagree on it, it is not deterministic
+  on that machine: its run values are weighed against their run-to-run spread, with no threshold and on their own
+  scale (`compare_spread`: better | worse | same | noisy), and `varies` names the side and the range of its values.
 - clocked without samples and one run per side (rates, energy, timing ratios and shares), or info (a timing's
   spread, clocks, flags): n/a. Only the ratio is reported; comparing it exactly would flag every A/A run.
 - contended: a timed verdict (the first two rules) of a case that something outside it disturbed (its record's
@@ -28,8 +27,7 @@ What a metric is comes from the specs its suite declared, which each run directo
   those alone, and its verdict stands (the row's `contended` column starts with JUDGED_UNDISTURBED and names the
   runs left out). `allow_contended` keeps the test's verdict over every run. The `contended` column says why either
   way. Exact metrics are compared exactly regardless.
-Reads run directories only: no torch.
-"""
+Reads run directories only: no torch."""
 
 from __future__ import annotations
 
@@ -201,6 +199,8 @@ class Comparison:
     unfinished: list[tuple[str, str]] = field(default_factory=list)
     """(side, run) of each run whose run.json says it did not finish (killed, out of --budget, resumed for fewer
     cases): its missing cases show as removed or added, and are not judged."""
+    damaged: list[tuple[str, str, str]] = field(default_factory=list)
+    """(side, run, why) of each finished run whose records.jsonl lost records since (bench.sides.damage)."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -255,8 +255,10 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        """What --fail-on-regression fails on: a gating regression, a newly failing case, or an unfinished NEW run."""
-        return bool(len(self.gating) or len(self.newly_failing) or any(s == "new" for s, _ in self.unfinished))
+        """What --fail-on-regression fails on: a gating regression, a newly failing case, or an unfinished or
+        damaged NEW run (its missing cases are not judged: a NEW run that measured nothing passes nothing)."""
+        return bool(len(self.gating) or len(self.newly_failing)
+                    or any(s[0] == "new" for s in self.unfinished + self.damaged))
 
     def to_json(self) -> dict:
         """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the
@@ -265,6 +267,7 @@ class Comparison:
                 "alpha": self.alpha, "same_env": self.same_env, "environment": self.env_verdict,
                 "env_diff": [{"field": f, "base": b, "new": n} for f, b, n in self.env_diff],
                 "unfinished": [{"side": side, "run": run} for side, run in self.unfinished],
+                "damaged": [{"side": side, "run": run, "why": why} for side, run, why in self.damaged],
                 "allow_contended": self.allow_contended,
                 "gate": {"failed": self.failed, "regressions": len(self.regressions), "gating": len(self.gating),
                          "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing),
@@ -293,6 +296,8 @@ class Comparison:
             lines.append(ONE_RUN_CAVEAT)
         if n := len(self.one_run_regressions):
             lines.append(ONE_RUN_UNGATED.format(n))
+        lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
+                  "on a damaged new run)" for side, run, why in self.damaged]
         if self.unfinished:
             lines.append("unfinished: " + ", ".join(f"{side} run {run}" for side, run in self.unfinished)
                          + " (not every case ran: a case missing from a run is not judged; --fail-on-regression fails "
@@ -367,8 +372,8 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     if not 0 <= threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
     base, new = ([side] if isinstance(side, (str, Path)) else side for side in (base, new))
-    b_cases, b_metas, b_names = load(base)
-    n_cases, n_metas, n_names = load(new)
+    b_cases, b_metas, b_names, b_damaged = load(base)
+    n_cases, n_metas, n_names, n_damaged = load(new)
     check_sides((b_metas, base), (n_metas, new))
     specs = specs_of(b_metas + n_metas)
     rows, status = [], []
@@ -390,4 +395,5 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))
                   for meta, name in zip(metas, names) if "finished_at" in meta and not meta["finished_at"]]
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
-                      env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished)
+                      env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished,
+                      [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged])

@@ -290,6 +290,9 @@ class RunMeta:
     available, GPUs' processes and clocks. A resumed run keeps its first start."""
     machine_end: dict | None = None
     """The same, as the run (or its last resumption) ended."""
+    recorded: int | None = None
+    """How many case records records.jsonl held as the run (or its last resumption) finished: a reader that finds
+    fewer (a file cut short or damaged since) knows that cases are missing, not that they were never run."""
     cpus: list[int] | None = None
     """The CPUs every case was pinned to (`bench run --cpus`), as the run (or its last resumption) was started; null:
     not pinned. Each record's host_cpus counts the CPUs its case could use."""
@@ -299,7 +302,7 @@ class RunMeta:
 
     def to_json(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("extra", "schema")}
-        for optional in ("not_run", "machine_start", "machine_end"):
+        for optional in ("not_run", "machine_start", "machine_end", "recorded"):
             if d[optional] is None:
                 del d[optional]
         return {"schema": self.schema, **d, **self.extra}

@@ -223,6 +223,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     # unfinished while a case of its selection has no record: stopped by the budget, or outside a narrower resume's
     meta.not_run = [c for c in meta.not_run or [] if c not in finished and c not in elsewhere] or None
     meta.finished_at = None if meta.not_run else now()
+    meta.recorded = len(finished)
     meta.machine_end = interference.machine_state(marks)
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]

@@ -7,13 +7,14 @@ Reads run directories only: no torch.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bench.interference import reason as contention
-from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
+from bench.records import RECORDS_JSONL, Record, Scan, read_run_json, scan_records
 
 
 def number(v) -> bool:
@@ -79,20 +80,40 @@ def merge(records: list[Record]) -> CaseRuns:
     return case
 
 
-def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str]]:
-    """(case_id -> CaseRuns, each run's run.json, each run's name) of the run directories of one side."""
+def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str], list[tuple[str, str]]]:
+    """(case_id -> CaseRuns, each run's run.json, each run's name, (name, why) of each damaged run) of the run
+    directories of one side."""
     by_case: dict[str, list[Record]] = {}
-    metas, names = [], []
+    metas, names, damaged = [], [], []
     for d in map(Path, run_dirs):
         meta = read_run_json(d)
         if meta is None and not (d / RECORDS_JSONL).exists():
             raise FileNotFoundError(f"{d} is not a run directory (no run.json or records.jsonl)")
         metas.append(meta or {})
         names.append((meta or {}).get("run_id") or d.name)
-        latest = {r.case_id: r for r in read_records(d / RECORDS_JSONL)}  # a rerun case: its last record counts
-        for case_id, r in latest.items():
-            by_case.setdefault(case_id, []).append(r)
-    return {c: merge(rs) for c, rs in by_case.items()}, metas, names
+        scan = scan_records(d / RECORDS_JSONL)
+        if (message := scan.warning(d / RECORDS_JSONL)) is not None:
+            warnings.warn(message, stacklevel=2)
+        if (why := damage(meta or {}, scan)) is not None:
+            damaged.append((names[-1], why))
+        for r in scan.records:  # a rerun case: its last record counts
+            by_case.setdefault(r.case_id, []).append(r)
+    return {c: merge(rs) for c, rs in by_case.items()}, metas, names, damaged
+
+
+def damage(meta: dict, scan: Scan) -> str | None:
+    """Why a run's records.jsonl no longer holds what the run recorded (a file cut short, emptied or damaged since;
+    its missing cases would read as removed), or None."""
+    recorded, n = meta.get("recorded"), len(scan.records)
+    if not meta.get("finished_at"):  # unfinished (killed, say): said as such, a cut last line and all
+        return None
+    if scan.corrupt:
+        return f"{scan.corrupt} corrupt line{'s' * (scan.corrupt > 1)} in its records"
+    if not n:
+        return "its records.jsonl holds no record, yet the run finished"
+    if isinstance(recorded, int) and n < recorded:
+        return f"its records.jsonl holds {n} of the {recorded} records it finished with"
+    return None
 
 
 def check_sides(base: tuple[list[dict], list], new: tuple[list[dict], list]) -> None:

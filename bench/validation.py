@@ -22,8 +22,8 @@ RESERVED = frozenset(RECORD_FIELDS) | {"run_dir", "run", "size", "command"}
 RUN_JSON_TYPES = {"run_id": (str,), "argv": (list,), "size": (str, None), "device": (str, None), "shard": (str,),
                   "variants": (list, None), "started_at": (str, None), "finished_at": (str, None), "env": (dict,),
                   "env_id": (str, None), "git": (dict, None), "version": (str, None), "suites": (dict,),
-                  "not_run": (list, None)}
-_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", None: "null"}
+                  "not_run": (list, None), "recorded": (int, None)}
+_TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "a whole number", None: "null"}
 
 
 def kind(value) -> str:

@@ -155,6 +155,9 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         runs = ", ".join(f"{side} run {run}" for side, run in c.unfinished)
         parts.append(f'<p class="regression">Unfinished: {html.escape(runs)}. Not every case ran; a case missing from '
                      "a run is not judged, and --fail-on-regression fails on an unfinished new run.</p>")
+    for side, run, why in c.damaged:
+        parts.append(f'<p class="regression">Damaged: {html.escape(f"{side} run {run}: {why}")}. Its missing cases are '
+                     "not judged, and --fail-on-regression fails on a damaged new run.</p>")
     failing = c.newly_failing
     if len(c.regressions) or len(failing):
         tables = []

@@ -15,7 +15,7 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 # {out}: a folder the command cannot write into (read-only, or on a full disk)
 COMMANDS = {
     "report": (["report", "{run}", "-o", "{out}/report.html"], needs("plotly")),
-    "compare": (["compare", "{run}", "{run}", "-o", "{out}/compare.html"], needs("plotly")),
+    "compare": (["compare", "{run}", "{run2}", "-o", "{out}/compare.html"], needs("plotly")),
     "export": (["export", "{run}", "--format", "pytest-benchmark", "-o", "{out}/pb.json"], needs("pytest_benchmark")),
     "history": (["history", "add", "{run}", "--store", "{out}/store"], needs("pyarrow")),
     "merge": (["merge", "{run}", "--out", "{out}/merged"], ()),
@@ -42,6 +42,7 @@ def inputs(tmp_path_factory):
     """A run, a pytest-benchmark file of it and a history store holding it: what the commands read."""
     root = tmp_path_factory.mktemp("inputs")
     run = write_run(root, "r1", checkpointing_records())
+    run2 = write_run(root, "r2", checkpointing_records(seed=1))
     pb = root / "pb.json"
     pb.write_text('{"benchmarks": [{"name": "test_mm", "stats": {"median": 0.002}}], "datetime": null}')
     store = root / "store"
@@ -49,7 +50,7 @@ def inputs(tmp_path_factory):
         from bench import history
 
         history.add(run, store)
-    return {"run": run, "pb": pb, "store": store}
+    return {"run": run, "run2": run2, "pb": pb, "store": store}
 
 
 def argv(name, out, inputs):

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 import re
@@ -388,3 +389,31 @@ def test_sides_that_cannot_be_compared_as_given_are_refused(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(other)]) == 2  # the folder holds NEW's run too
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is on both sides" in err
+
+
+def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
+    # finished runs that recorded 15 records: NEW's records.jsonl emptied, cut short or garbled since
+    from bench.cli import main
+    from bench.records import write_run_json
+
+    def finished(name, seed):
+        run = write_run(tmp_path, name, checkpointing_records(seed=seed))
+        meta = read_run_json(run)
+        write_run_json(run, {**meta, "finished_at": "2026-11-28T02:00:00Z",
+                             "recorded": len((run / "records.jsonl").read_text().splitlines())})
+        return run
+
+    base = finished("base", 1)
+    assert not compare(base, finished("good", 2)).damaged
+    for i, (damage, why) in enumerate(((lambda lines: [], "holds no record"), (lambda lines: lines[:2], "holds 2 of"),
+                                       (lambda lines: lines[:-1] + ["{garbage"], "1 corrupt line"))):
+        new = finished(f"new{i}", 2)
+        lines = (new / "records.jsonl").read_text().splitlines()
+        (new / "records.jsonl").write_text("".join(f"{x}\n" for x in damage(lines)))
+        with pytest.warns(UserWarning) if "corrupt" in why else contextlib.nullcontext():
+            c, reverse = compare(base, new), compare(new, base)
+        assert c.failed and c.damaged[0][0] == "new" and why in c.damaged[0][2], c.damaged
+        assert any(line.startswith("damaged: new run") for line in c.summary_lines())
+        assert reverse.damaged[0][0] == "base" and not reverse.failed  # a damaged BASE is said, but NEW passes
+    assert main(["compare", str(base), str(new), "--fail-on-regression"]) == 1
+    assert "damaged: new run" in capsys.readouterr().out

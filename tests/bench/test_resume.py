@@ -186,6 +186,7 @@ def test_a_resume_does_not_add_another_suite_to_a_run(tmp_path):
     # a run of _flaky resumed with _slow named too: refused, naming the command that continues it; nothing written
     cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
     runner.run(cfg)
+    assert read_run_json(tmp_path / "run")["recorded"] == 4  # what compare checks the records against later
     before = (tmp_path / "run" / RECORDS_JSONL).read_bytes(), (tmp_path / "run" / "run.json").read_bytes()
     wider = runner.RunConfig(**{**vars(cfg), "suites": [SUITES["_flaky"], SUITES["_slow"]], "resume": True})
     with pytest.raises(rundir.RunDirError, match=r"is a run of _flaky, not of _slow: resume it with `bench run"):

@@ -32,7 +32,8 @@ def test_the_fixture_declares_nothing():
 
 
 def test_an_old_run_compares_with_unit_suffix_defaults(old):
-    rows = compare(old, old).rows
+    again = shutil.copytree(old, old.parent / "again")
+    rows = compare(old, again).rows
     assert not rows["verdict"].isin(["better", "worse", "faster", "slower"]).any()
     assert (rows[rows["metric"] == "peak_mem_bytes"]["verdict"] == "same").all()  # bytes: exact by their suffix
     assert (rows[rows["metric"] == "tokens_per_s"]["verdict"] == "n/a").all()  # a rate: clocked, by its suffix

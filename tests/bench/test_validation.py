@@ -163,7 +163,8 @@ def test_report_compare_history_and_export_count_bad_lines_in_one_warning(capsys
     run = write_run(tmp_path / "r", lines)
     warning = (f"bench: warning: {run / RECORDS_JSONL}: skipped {len(BAD_LINES) + 1} corrupt lines; skipped 1 line "
                "of schema 2 (this techbench reads 1)\n")
-    for argv in (["report", run, "-o", tmp_path / "r.html"], ["compare", run, run],
+    clean = write_run(tmp_path / "clean", [json.dumps(good(0))])
+    for argv in (["report", run, "-o", tmp_path / "r.html"], ["compare", run, clean],
                  ["history", "add", run, "--store", tmp_path / "store"],
                  ["export", run, "--format", "pytest-benchmark", "-o", tmp_path / "pb.json"]):
         code, out, err = cli(capsys, *argv)
