@@ -123,6 +123,21 @@ def no_case_matches(suites, size: str, device: str, where: dict[str, str], text:
     return UsageError(f"no {size} case matches --params {text} ({'; '.join(told)}; params: {', '.join(keys)})")
 
 
+def warn_unused_selection(args, suites, cases, how, registry) -> None:
+    """One warning line for what the command names but will not run: a suite named on the command line that the
+    other filters leave without a case (`bench run mla fp8 --case 'mla/*'`), and a launch for distributed suites
+    (--nproc-per-node, --nnodes) when none is selected."""
+    planned = {c.suite for c in cases}
+    for name in dict.fromkeys(args.suites):
+        if name not in planned:
+            print(f"bench: warning: no {args.size} case of {name} passes --variant, --params, --case and --shard "
+                  "here: it will not run", file=sys.stderr)
+    if how.world_size > 1 and not any(s.world_sizes for s in suites):
+        print("bench: warning: --nproc-per-node and --nnodes launch the distributed suites only "
+              f"({', '.join(sorted(n for n, s in registry.items() if s.world_sizes))}); none is selected",
+              file=sys.stderr)
+
+
 def _matches(params: dict, where: dict[str, str]) -> bool:
     return all(str(params.get(k)) == str(v) for k, v in where.items())
 
@@ -244,6 +259,8 @@ def cmd_run(args, discover, write_report) -> int:
                            cases_like=[glob]):
             raise UsageError(f"no {args.size} case on {device} matches --case {glob!r} (case ids are "
                              "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants)")
+    warn_unused_selection(args, suites, runner.plan(suites, args.size, device, args.variant, shard, where or None,
+                                                    how.world_size, args.case), how, registry)
     run_id = runner.new_run_id()
     resume = args.resume or args.retry_failed
     out = args.out or (latest_run(args, device, "{}/{}".format(*shard), [s.name for s in suites]) if resume

@@ -192,3 +192,18 @@ def test_a_resume_does_not_add_another_suite_to_a_run(tmp_path):
     with pytest.raises(rundir.RunDirError, match=r"is a run of _flaky, not of _slow: resume it with `bench run"):
         runner.run(wider)
     assert ((tmp_path / "run" / RECORDS_JSONL).read_bytes(), (tmp_path / "run" / "run.json").read_bytes()) == before
+
+
+def test_what_the_command_names_but_will_not_run_is_said(newcomer, capsys, monkeypatch):
+    # a suite named but filtered out by --case, and a launch of ranks for no distributed suite: a warning each
+    def stop(cfg, progress=None, opened=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run", stop)
+    code, _, err = bench(capsys, "run", "_slow", "_flaky", "--size", "smoke", "--device", "cpu", "--inline",
+                         "--case", "_slow/*", "--nproc-per-node", "2")
+    assert code == 130
+    assert "warning: no smoke case of _flaky passes --variant, --params, --case and --shard here" in err
+    assert "warning: --nproc-per-node and --nnodes launch the distributed suites only (" in err
+    code, _, err = bench(capsys, "run", "_slow", "--size", "smoke", "--device", "cpu", "--inline")
+    assert "will not run" not in err and "distributed suites only" not in err
