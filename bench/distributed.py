@@ -29,6 +29,7 @@ runs len(cpus) / nproc-per-node threads (unless OMP_NUM_THREADS is set).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -74,11 +75,13 @@ class Launch:
     def world_size(self) -> int:
         return self.nproc_per_node * self.nnodes
 
-    def torchrun_args(self) -> list[str]:
+    def torchrun_args(self, job: str) -> list[str]:
         """What follows `python -m` to start this node's ranks of a job over several nodes: torchrun's elastic agent,
-        which meets the other nodes' at the c10d rendezvous and starts each rank as an interpreter of its own."""
+        which meets the other nodes' at the c10d rendezvous and starts each rank as an interpreter of its own. The
+        rendezvous id is the job's (`job`: its case_id), so that nodes at different cases never form one job."""
+        rdzv_id = hashlib.sha256(job.encode()).hexdigest()[:16]
         return ["torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}"]
+                "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
 
 
 def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
@@ -100,7 +103,8 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
             code = fork(how.nproc_per_node, str(job / "spec.json"), modules, env, str(job / "job.log"), timeout_s,
                         cpus)
         else:
-            cmd = [sys.executable, "-m", *how.torchrun_args(), "-m", "bench.distributed", str(job / "spec.json")]
+            cmd = [sys.executable, "-m", *how.torchrun_args(case.id), "-m", "bench.distributed",
+                   str(job / "spec.json")]
             code = _keep(cmd, env, job, timeout_s, cpus)
         ranks = {int(p.stem[4:]): json.loads(p.read_text()) for p in job.glob("rank*.json")}
         if code is None:
@@ -119,6 +123,24 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
         if how.nnodes > 1 and len(ranks) == how.nproc_per_node and not failed:
             return None  # every local rank finished and global rank 0 is on another node, which records the case
         return {"status": "error", "error": f"the job exited with code {code} without a result:\n" + _log_tail(job)}
+
+
+def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
+          cpus: frozenset[int] | None = None) -> set[str] | None:
+    """The cases of `planned` (the run's distributed cases, the same on every node) that any node of a resumed run
+    over several nodes skips (`skipped`: this node's, those it holds a record of), gathered from every node by one
+    small job at the rendezvous; None where that job failed.
+    Each node knows only its own records (a case is recorded by the node that held rank 0), so each would resume at
+    a case of its own, and its peers would wait at another: every node skips what any of them does instead."""
+    with scratch("techbench-dist-") as job:
+        (job / "spec.json").write_text(json.dumps({"agree": sorted(skipped & set(planned)), "dir": str(job)}))
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", *how.torchrun_args("agree " + " ".join(planned)), "-m", "bench.distributed",
+               str(job / "spec.json")]
+        if _keep(cmd, env, job, timeout_s, cpus) != 0 or not (job / "agreed.json").exists():
+            return None
+        return set(json.loads((job / "agreed.json").read_text()))
 
 
 def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
@@ -264,6 +286,14 @@ def _rank_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     job = Path(spec["dir"])
+    if "agree" in spec:  # `agree`: every node's skipped cases, joined
+        dist.init_process_group("gloo")
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, spec["agree"])
+        if local_rank == 0:
+            (job / "agreed.json").write_text(json.dumps(sorted({c for node in gathered for c in node})))
+        dist.barrier()
+        os._exit(0)
     (job / f"pid{rank}").write_text(str(os.getpid()))  # this rank started: a timeout names those that had not ended
     cuda = spec["device"] == "cuda"
     device = f"cuda:{local_rank}" if cuda else "cpu"
@@ -279,8 +309,14 @@ def _rank_main(spec_path: str) -> int:
         except Exception:  # noqa: BLE001 - execute imports the module again and records what is wrong with it
             prediction = None
     dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": torch.device(device)} if cuda else {}))
+    ids: list = [None] * dist.get_world_size()
+    dist.all_gather_object(ids, case.id)  # one job, one case: ranks of two cases must never measure as one
     t0 = time.perf_counter()
-    result = execute(case, device, spec["seed"], prediction=prediction)
+    if len(set(ids)) > 1:
+        result = {"status": "error", "error": "the job's ranks run different cases: " + "; ".join(
+            f"rank {r} {c}" for r, c in enumerate(ids))}
+    else:
+        result = execute(case, device, spec["seed"], prediction=prediction)
     (job / f"rank{rank}.json").write_text(json.dumps({"status": result["status"], "error": result.get("error"),
                                                       "elapsed_s": time.perf_counter() - t0}))
     if result["status"] in ("error", "oom"):

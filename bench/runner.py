@@ -12,7 +12,6 @@ import fnmatch
 import json
 import random
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import interference, launchers
+from bench import distributed, interference, launchers
 from bench.atomic import OutputError, atomic_write_bytes
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
@@ -39,6 +38,8 @@ from bench.rundir import open_run_dir
 from bench.suite import SUITES, Suite, case_id
 from bench.validation import check_measurement
 
+AGREE_TIMEOUT_S = 600.0
+"""How long a resumed node waits for the others at the rendezvous to agree on what is left (they start by hand)."""
 # Seconds a case may run before it is killed and recorded as a timeout, by size (--timeout overrides). smoke: cases
 # of seconds on a 2-core CPU, so 5 min is a hang. quick: the whole quick run fits 5 min on a 2-core CPU, so a case
 # past 15 min is 3x that: a hang, or a machine far slower than intended (the record says what it was doing). full:
@@ -176,18 +177,19 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     write_run_json(cfg.out, meta)
 
     todo = [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
+    elsewhere = _skipped_by_peers(cases, todo, cfg) if cfg.resume and cfg.launch.nnodes > 1 else set()
+    todo = [c for c in todo if c.id not in elsewhere]
     if cfg.predict or cfg.skip_predicted_oom:
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
-    elsewhere: set[str] = set()
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
     limit = cfg.timeout_s or TIMEOUTS[cfg.size]
     if progress is not None:
         progress.start(len(cases), len(cases) - len(todo), Eta.from_runs(cfg.out, [c.id for c in todo], cfg.device))
     # the writer closes before _replacing drops what the retried cases' new records replace
     with _replacing(cfg.out / RECORDS_JSONL, cfg.resume), RecordWriter(cfg.out / RECORDS_JSONL) as writer, \
-            _stopping(progress), tempfile.TemporaryDirectory(prefix="techbench-progress-") as notes:
+            _stopping(progress), distributed.scratch("techbench-progress-") as notes:
         for i, case in enumerate(todo):
             waited = _wait_idle(case, cfg, deadline, progress)  # not part of the case's time, nor of its timeout
             timeout_s = limit
@@ -195,7 +197,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
                 timeout_s = min(timeout_s, deadline - time.monotonic())
                 if timeout_s <= 0:
                     break
-            said = Path(notes) / f"{i}.json"  # the case's progress: a file of its own, so none shows as the next's
+            said = notes / f"{i}.json"  # the case's progress: a file of its own, so none shows as the next's
             if progress is not None:
                 progress.begin(case, said)
             started, t0 = now(), time.perf_counter()
@@ -281,6 +283,22 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
     except ValueError as e:
         return {"status": "error", "error": f"measure() returned what a record cannot hold: {e}"}
     return {**result, "metrics": metrics, "samples": samples}
+
+
+def _skipped_by_peers(cases: list[Case], todo: list[Case], cfg: RunConfig) -> set[str]:
+    """The distributed cases of `todo` that another node of a resumed run over several nodes holds a record of
+    (bench.distributed.agree), so that every node resumes at the same case; none, with a warning, where the nodes
+    could not be asked."""
+    jobs = [c.id for c in cases if SUITES[c.suite].world_sizes]
+    if not jobs:
+        return set()
+    mine = {c.id for c in todo}
+    agreed = distributed.agree({c for c in jobs if c not in mine}, jobs, cfg.launch, AGREE_TIMEOUT_S, cfg.cpus)
+    if agreed is None:
+        warnings.warn("could not ask the other nodes which cases they recorded: this node resumes from its own "
+                      "records, and a case recorded elsewhere may wait for peers that have passed it", stacklevel=3)
+        return set()
+    return agreed & mine
 
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float, progress: Path) -> dict[str, Any] | None:

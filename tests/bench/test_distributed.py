@@ -109,28 +109,71 @@ def test_bad_launches_are_usage_errors(tmp_path, capsys, argv, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_two_nodes_on_one_machine_record_each_case_once(tmp_path):
-    # two `bench run`s as two nodes of one rendezvous: each case is recorded by the node that got rank 0
+def two_nodes(tmp_path, *argv):
+    """Two `bench run`s of moe_ep as two nodes of one rendezvous (one rank each), into tmp_path/node0 and node1;
+    both must exit 0. Their records, over both nodes."""
     import socket
     import subprocess
     import sys
 
-    from bench.records import read_records
-
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "bench", "run", "moe_ep", "--size", "smoke", "--device", "cpu", "--variant", "ep",
-           "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint", f"localhost:{port}", "--out"]
+    cmd = [sys.executable, "-m", "bench", "run", "moe_ep", "--size", "smoke", "--device", "cpu", "--timeout", "120",
+           "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint", f"localhost:{port}", *argv, "--out"]
     logs = [(tmp_path / f"node{i}.log").open("wb") for i in range(2)]
     nodes = []
     for i, log in enumerate(logs):
         nodes.append(subprocess.Popen([*cmd, str(tmp_path / f"node{i}")], stdout=log, stderr=subprocess.STDOUT))
         time.sleep(2)  # the first node hosts the rendezvous store
     for i, node in enumerate(nodes):
-        node.wait(timeout=240)
+        node.wait(timeout=300)
         logs[i].close()
         assert node.returncode == 0, (tmp_path / f"node{i}.log").read_text()[-2000:]
-    records = [r for i in range(2) for r in read_records(tmp_path / f"node{i}" / "records.jsonl")]
+    return [r for i in range(2) for r in read_records(tmp_path / f"node{i}" / "records.jsonl")]
+
+
+def test_two_nodes_on_one_machine_record_each_case_once(tmp_path):
+    # each case is recorded by the node that got rank 0
+    records = two_nodes(tmp_path, "--variant", "ep")
     assert [(r.variant, r.status, r.params["world_size"]) for r in records] == [("ep", "ok", 2)]
     assert records[0].metrics["alltoall_bytes"] > 0
+    # resumed for more cases, each node holding other records: the nodes agree to skip what either recorded, so
+    # they start the same case together (each from its own records, one would wait for ep while the other ran
+    # replicated), and each case is recorded once
+    records = two_nodes(tmp_path, "--variant", "ep", "replicated", "--resume")
+    assert sorted((r.variant, r.status) for r in records) == [("ep", "ok"), ("replicated", "ok")]
+
+
+def _one_rank(rank: int, spec: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="localhost",
+                      MASTER_PORT=str(port))
+    from bench.distributed import _rank_main  # the spawned process imported this module: the fake suites are there
+
+    _rank_main(spec)
+
+
+def test_ranks_of_two_cases_never_measure_as_one_job(tmp_path):
+    # two ranks that met in one group with different cases: each records an error that names both, measures nothing
+    import json
+    import multiprocessing
+    import socket
+    from dataclasses import asdict
+
+    ok, other = (runner.plan([SUITES["_dist"]], "smoke", "cpu", [v], world_size=2)[0] for v in ("ok", "skip"))
+    specs = []
+    for rank, case in enumerate((ok, other)):
+        specs.append(tmp_path / f"spec{rank}.json")
+        specs[-1].write_text(json.dumps({"case": asdict(case), "device": "cpu", "seed": 0, "dir": str(tmp_path)}))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    ranks = [multiprocessing.get_context("spawn").Process(target=_one_rank, args=(r, str(specs[r]), port))
+             for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [p.exitcode for p in ranks] == [1, 1] and all(r["status"] == "error" for r in results)
+    assert f"rank 0 {ok.id}; rank 1 {other.id}" in results[0]["error"]

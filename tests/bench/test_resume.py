@@ -207,3 +207,17 @@ def test_what_the_command_names_but_will_not_run_is_said(newcomer, capsys, monke
     assert "warning: --nproc-per-node and --nnodes launch the distributed suites only (" in err
     code, _, err = bench(capsys, "run", "_slow", "--size", "smoke", "--device", "cpu", "--inline")
     assert "will not run" not in err and "distributed suites only" not in err
+
+
+def test_the_progress_notes_are_a_scratch_folder_the_next_run_sweeps(tmp_path, monkeypatch):
+    # a bench killed outright leaves its cases' progress folder: its owner file lets the next run remove it
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    owned = []
+    monkeypatch.setattr(runner, "_execute", lambda case, cfg, timeout_s, said: owned.append(
+        (said.parent / "owner.pid").read_text()) or {"status": "skipped", "error": "not run here"})
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
+    runner.run(cfg)
+    assert owned and set(owned) == {str(os.getpid())}
