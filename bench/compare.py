@@ -27,6 +27,8 @@ What a metric is comes from the specs its suite declared, which each run directo
   those alone, and its verdict stands (the row's `contended` column starts with JUDGED_UNDISTURBED and names the
   runs left out). `allow_contended` keeps the test's verdict over every run. The `contended` column says why either
   way. Exact metrics are compared exactly regardless.
+A derived row (a rate, TFLOP/s, % of peak) that moved with the measured metric it comes from names it in `follows`,
+and the summary lists it under that row (bench.verdicts.follows).
 Reads run directories only: no torch."""
 
 from __future__ import annotations
@@ -38,142 +40,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.metrics import Metric, default, is_clocked, of_weights, same_exact, specs_of
-from bench.sides import CaseRuns, check_sides, environments, load
-from bench.stats import MIN_SAMPLES, RUN_SPREAD_K, compare_runs, compare_samples, compare_spread
+from bench.metrics import specs_of
+from bench.sides import check_sides, environments, load
+from bench.stats import RUN_SPREAD_K
+from bench.verdicts import (
+    IMPROVEMENT,
+    JUDGED_UNDISTURBED,
+    REGRESSION,
+    RETRAINED,
+    UNKNOWN_WEIGHTS,
+    VARIES,
+    follows,
+    judge,
+)
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies"]
+               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies", "follows"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
-REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
 ABSENT = "absent"
 
 ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
                   "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
                   "the folders of runs for a verdict that accounts for it")
-
-def _change_verdict(change: str, d: str | None, words: tuple[str, str] = ("slower", "faster")) -> str:
-    if change in ("same", "noisy"):
-        return change
-    if d is None:
-        return "changed"
-    return words[0] if (change == "up") == (d == "lower") else words[1]
-
-
-def _varies(base: list[float], new: list[float]) -> str | None:
-    """Which side's runs disagree on a metric, and over what range; None when every side's runs agree."""
-    said = [f"{side} runs {_number_text(min(v))}..{_number_text(max(v))} ({len(v)} runs)"
-            for side, v in (("base", base), ("new", new)) if not same_exact(min(v), max(v))]
-    return "; ".join(said) or None
-
-
-def _number_text(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:.6g}"
-
-
-def _verdict(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float, specs: dict[str, Metric],
-             allow_contended: bool = False) -> dict:
-    """One row's numbers and verdict. base/new are the medians over each side's runs. Which rule decides:
-
-    - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
-      the run values (faster/slower/same/noisy; p_value and CI from the Welch test on log run values).
-    - samples and exactly one run per side: `compare_samples` on the two runs' samples, which cannot see the
-      run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
-    - clocked without samples and one run a side, or info: n/a, only the ratio.
-    - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
-    - exact, but the runs of a side disagree: `compare_spread` on the run values (their spread, no threshold),
-      better/worse/same/noisy, and `varies` says which side's runs differ and how (None for every other row).
-    - exact and changed, but the sides read other cached artifacts (artifacts_digest: weights of another training):
-      held to the threshold (`compare_runs` from two runs on a side, else the medians' change), `varies` saying so
-      (RETRAINED); so is one whose other side recorded no digest (UNKNOWN_WEIGHTS: runs of a techbench before it).
-    runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
-    A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
-    `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
-    undeclared)."""
-    spec = specs.get(metric) or default(metric)
-    d, clocked = spec.direction, is_clocked(metric, specs)
-    rb, rn = b.runs[metric], n.runs[metric]
-    base, new = b.value(metric), n.value(metric)
-    sampled = metric in b.samples or metric in n.samples
-    row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None, "varies": None}
-    timed = spec.kind != "info" and (sampled or (clocked and d is not None))
-    t = _test(metric, b, n, timed, sampled, threshold, alpha)
-    if t is not None:
-        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
-        verdict = "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)
-        why = _disturbed_runs(b.contended, n.contended)
-        if why and verdict != "n/a":
-            row["contended"] = why
-            verdict = verdict if allow_contended else "contended"
-            clean_b, clean_n = b.undisturbed(metric), n.undisturbed(metric)
-            left_out = _disturbed_runs(filter(None, b.disturbed[metric]), filter(None, n.disturbed[metric]))
-            if not allow_contended and metric in clean_b.runs and metric in clean_n.runs and \
-                    max(len(clean_b.runs[metric]), len(clean_n.runs[metric])) >= 2:
-                # undisturbed runs left on both sides, enough to weigh the run-to-run spread: judged on those
-                # alone, so that one disturbed run (a night in the baseline, say) neither hides a regression nor
-                # makes one. Never down to one run a side, whose within-run test cannot see that spread
-                u = _test(metric, clean_b, clean_n, timed, sampled, threshold, alpha)
-                if u is not None and not math.isnan(u.ratio):
-                    row.update(base=clean_b.value(metric), new=clean_n.value(metric), ratio=u.ratio,
-                               p_value=u.p_value, ci_low=u.ci_low, ci_high=u.ci_high, run_spread=u.spread,
-                               runs_per_side=f"{len(clean_b.runs[metric])}v{len(clean_n.runs[metric])}",
-                               contended=f"{JUDGED_UNDISTURBED}; left out: {left_out or why}")
-                    verdict = _change_verdict(u.change, d)
-        return {**row, "verdict": verdict}
-    row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
-    varies = _varies(rb, rn)
-    if clocked or sampled or spec.kind == "info":
-        verdict = "n/a"
-    elif (b.artifacts or n.artifacts) and not b.artifacts & n.artifacts and of_weights(spec) and (
-            varies or not same_exact(new, base)):
-        # other trained weights, other numbers: held to the threshold (and the runs' spread) rather than exactly; a
-        # count of bytes the weights' values do not move is the same all the same. A side with no digest at all
-        # (its runs predate artifacts_digest) may have read any weights: the same rule
-        row["varies"] = RETRAINED if b.artifacts and n.artifacts else UNKNOWN_WEIGHTS
-        t = _test(metric, b, n, True, False, threshold, alpha) if min(rb + rn) > 0 else None
-        if t is not None and not math.isnan(t.ratio):
-            row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
-            change = t.change
-        elif new == base:
-            change = "same"
-        else:  # one run a side (or values <= 0): the medians against the threshold
-            gap = (new - base) / abs(base) if base else math.copysign(math.inf, new - base)
-            change = "same" if abs(gap) <= threshold else "up" if gap > 0 else "down"
-        verdict = _change_verdict(change, d, ("worse", "better"))
-    elif varies:  # declared exact, yet its runs differ here: weighed on that spread, on the values' own scale
-        t = compare_spread(rb, rn, alpha)
-        row.update(p_value=t.p_value, run_spread=t.spread, varies=varies)
-        verdict = "same" if same_exact(new, base) else _change_verdict(t.change, d, ("worse", "better"))
-    elif same_exact(new, base):
-        verdict = "same"
-    elif d is None:
-        verdict = "changed"
-    else:
-        verdict = "better" if (new < base) == (d == "lower") else "worse"
-    return {**row, "verdict": verdict}
-
-
-JUDGED_UNDISTURBED = "judged on the undisturbed runs"
-
-
-def _disturbed_runs(base, new) -> str:
-    """The contended runs of each side ("<run_id>: <reason>"), named in one line."""
-    return "; ".join([*(f"base run {w}" for w in base), *(f"new run {w}" for w in new)])
-
-
-def _test(metric: str, b: CaseRuns, n: CaseRuns, timed: bool, sampled: bool, threshold: float, alpha: float):
-    """The test `_verdict` applies to a timed metric over these runs: compare_runs with >= 2 runs on a side,
-    compare_samples with one run a side and samples enough; None otherwise."""
-    rb, rn = b.runs[metric], n.runs[metric]
-    if timed and max(len(rb), len(rn)) >= 2:
-        return compare_runs(rb, rn, threshold, alpha)
-    if timed and sampled and len(rb) == len(rn) == 1:
-        sb, sn = b.samples.get(metric, [[]])[0], n.samples.get(metric, [[]])[0]
-        if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
-            return compare_samples(sb, sn, threshold, alpha)
-    return None
-
 
 @dataclass
 class Comparison:
@@ -306,9 +194,15 @@ class Comparison:
                      f"exceed {RUN_SPREAD_K:g}x the run-to-run spread)")
         for title, part in (("regressions", self.regressions), ("improvements", self.improvements)):
             if len(part):
-                lines.append(f"{title} ({len(part)}):")
-                for r in part.itertuples():
+                derived = part["follows"].notna()
+                lines.append(f"{title} ({len(part)}" + (f"; {derived.sum()} derived from another listed" * any(derived))
+                             + "):")
+                for r in part[~derived].itertuples():
                     lines.append(_line(r))
+                    same = part[(part["case_id"] == r.case_id) & (part["follows"] == r.metric)]
+                    if len(same):
+                        lines.append("    with it: " + ", ".join(f"{m} x{x:.3f}" for m, x in zip(same["metric"],
+                                                                                          same["ratio"])))
                     if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
                         lines.append(f"    {r.contended}")
                     if isinstance(r.varies, str):
@@ -335,11 +229,6 @@ CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
 ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (one run "
                    "cannot tell a change from a run-level offset); rerun both sides, 3 runs each, for a verdict that "
                    "gates")
-VARIES = "not deterministic here, weighed on its run-to-run spread"
-RETRAINED = ("the sides read other cached artifacts (trained weights of another training): held to the threshold, "
-             "and from two runs on a side to their spread, not exactly")
-UNKNOWN_WEIGHTS = ("one side's runs recorded no artifacts digest (a techbench before it): which trained weights its "
-                   "numbers came from is unknown, so held to the threshold, not exactly")
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, weighed "
                "on their run-to-run spread, or that come from other trained weights on each side, held to the "
                "threshold:")
@@ -367,8 +256,8 @@ def _line(r) -> str:
 def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01,
             allow_contended: bool = False) -> Comparison:
     """Compare run directories BASE against NEW. Several per side join by case_id: shards add cases, repeated runs
-    of a case become that case's runs (see `_verdict` for the rule each metric gets; `allow_contended` judges the
-    timings of contended cases as any other)."""
+    of a case become that case's runs (bench.verdicts.judge gives the rule each metric gets; `allow_contended`
+    judges the timings of contended cases as any other)."""
     if not 0 <= threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
     base, new = ([side] if isinstance(side, (str, Path)) else side for side in (base, new))
@@ -383,7 +272,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
         if b is not None and n is not None and b.status == n.status == "ok":
             for metric in sorted(b.runs.keys() & n.runs.keys()):
                 rows.append({"case_id": case_id, "suite": b.suite, "variant": b.variant, "metric": metric,
-                             **_verdict(metric, b, n, threshold, alpha, specs.get(b.suite, {}), allow_contended)})
+                             **judge(metric, b, n, threshold, alpha, specs.get(b.suite, {}), allow_contended)})
         else:
             bs, ns = b.status if b else ABSENT, n.status if n else ABSENT
             change = ("added" if b is None else "removed" if n is None
@@ -391,6 +280,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
             reason = (n.error if n and n.status != "ok" else None) or (b.error if b else None)
             status.append({"case_id": case_id, "suite": either.suite, "variant": either.variant,
                            "base_status": bs, "new_status": ns, "change": change, "reason": reason})
+    follows(rows, specs)
     env_fields, env_diff, same_env = environments(b_metas, n_metas)
     unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))
                   for meta, name in zip(metas, names) if "finished_at" in meta and not meta["finished_at"]]

@@ -130,7 +130,8 @@ def timing_bars(rows, suite: str, metric: str):
 
 
 ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high", "runs_per_side",
-             "run_spread", "contended", "varies"]  # contended: why, or which runs a verdict was judged without
+             "run_spread", "contended", "varies", "follows"]  # contended: why, or which runs a verdict was judged
+# without; follows: the measured metric a derived row (a rate, % of peak) moved with
 VARIES_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "run_spread", "varies"]
 CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "contended"]
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]

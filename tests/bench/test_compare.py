@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from bench.compare import ONE_RUN_CAVEAT, ONE_RUN_UNGATED, Comparison, compare, compare_runs, compare_samples
+from bench.compare import ONE_RUN_CAVEAT, ONE_RUN_UNGATED, Comparison, compare
 from bench.records import read_run_json
+from bench.stats import compare_runs, compare_samples
 from reports.compare_page import heatmap, write_compare_html
 from tests.optional import needs
 from tests.runs import A100, H200, checkpointing_records, samples, write_run
@@ -330,7 +331,8 @@ def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
            for k, (side, scale) in enumerate((("b", 1.0), ("n", 1.3))) for i in range(2)]
     assert main(["compare", str(two[0].parent), str(two[-1].parent), "--fail-on-regression"]) == 1
     out = capsys.readouterr().out
-    assert "regressions (20):" in out and "runs 2v2" in out and "from one run a side" not in out  # + tokens_per_s
+    assert "regressions (20; 10 derived from another listed):" in out and "runs 2v2" in out  # + tokens_per_s
+    assert "from one run a side" not in out
     assert main(["compare", str(base), str(broken), "--fail-on-regression"]) == 1
     assert "ok -> oom" in capsys.readouterr().out
     assert main(["compare", str(base), str(again), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 0
@@ -417,3 +419,19 @@ def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
         assert reverse.damaged[0][0] == "base" and not reverse.failed  # a damaged BASE is said, but NEW passes
     assert main(["compare", str(base), str(new), "--fail-on-regression"]) == 1
     assert "damaged: new run" in capsys.readouterr().out
+
+
+def test_a_rate_that_moved_with_its_timing_is_listed_under_it(tmp_path):
+    # three runs a side, the new 30% slower: each case's step time is one regression, its tokens/s beside it
+    base = [write_run(tmp_path / "b", f"b{i}", checkpointing_records(seed=i)) for i in range(3)]
+    new = [write_run(tmp_path / "n", f"n{i}", checkpointing_records(scale=1.3, seed=10 + i)) for i in range(3)]
+    c = compare(base, new)
+    slower = c.regressions
+    rates = slower[slower["metric"] == "tokens_per_s"]
+    assert len(rates) == 10 and (rates["follows"] == "step_time_ms").all()
+    assert slower[slower["metric"] == "step_time_ms"]["follows"].isna().all()
+    lines = c.summary_lines()
+    assert f"regressions ({len(slower)}; 10 derived from another listed):" in lines
+    assert sum(line.startswith("    with it: tokens_per_s x0.7") for line in lines) == 10
+    assert not any("tokens_per_s" in line and line.startswith("  slower") for line in lines)
+    assert c.rows[c.rows["metric"] == "peak_mem_bytes"]["follows"].isna().all()

@@ -1,0 +1,164 @@
+"""The rule each metric of a case gets when two sides are compared (bench.compare): `verdict` gives one row.
+
+Reads run values only (bench.sides.CaseRuns): no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bench.metrics import Metric, default, is_clocked, of_weights, same_exact
+from bench.sides import CaseRuns
+from bench.stats import MIN_SAMPLES, compare_runs, compare_samples, compare_spread
+
+REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
+
+VARIES = "not deterministic here, weighed on its run-to-run spread"
+RETRAINED = ("the sides read other cached artifacts (trained weights of another training): held to the threshold, "
+             "and from two runs on a side to their spread, not exactly")
+UNKNOWN_WEIGHTS = ("one side's runs recorded no artifacts digest (a techbench before it): which trained weights its "
+                   "numbers came from is unknown, so held to the threshold, not exactly")
+
+
+def _change_verdict(change: str, d: str | None, words: tuple[str, str] = ("slower", "faster")) -> str:
+    if change in ("same", "noisy"):
+        return change
+    if d is None:
+        return "changed"
+    return words[0] if (change == "up") == (d == "lower") else words[1]
+
+
+def _varies(base: list[float], new: list[float]) -> str | None:
+    """Which side's runs disagree on a metric, and over what range; None when every side's runs agree."""
+    said = [f"{side} runs {_number_text(min(v))}..{_number_text(max(v))} ({len(v)} runs)"
+            for side, v in (("base", base), ("new", new)) if not same_exact(min(v), max(v))]
+    return "; ".join(said) or None
+
+
+def _number_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.6g}"
+
+
+def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float, specs: dict[str, Metric],
+             allow_contended: bool = False) -> dict:
+    """One row's numbers and verdict. base/new are the medians over each side's runs. Which rule decides:
+
+    - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
+      the run values (faster/slower/same/noisy; p_value and CI from the Welch test on log run values).
+    - samples and exactly one run per side: `compare_samples` on the two runs' samples, which cannot see the
+      run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
+    - clocked without samples and one run a side, or info: n/a, only the ratio.
+    - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
+    - exact, but the runs of a side disagree: `compare_spread` on the run values (their spread, no threshold),
+      better/worse/same/noisy, and `varies` says which side's runs differ and how (None for every other row).
+    - exact and changed, but the sides read other cached artifacts (artifacts_digest: weights of another training):
+      held to the threshold (`compare_runs` from two runs on a side, else the medians' change), `varies` saying so
+      (RETRAINED); so is one whose other side recorded no digest (UNKNOWN_WEIGHTS: runs of a techbench before it).
+    runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
+    A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
+    `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
+    undeclared)."""
+    spec = specs.get(metric) or default(metric)
+    d, clocked = spec.direction, is_clocked(metric, specs)
+    rb, rn = b.runs[metric], n.runs[metric]
+    base, new = b.value(metric), n.value(metric)
+    sampled = metric in b.samples or metric in n.samples
+    row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None, "varies": None}
+    timed = spec.kind != "info" and (sampled or (clocked and d is not None))
+    t = _test(metric, b, n, timed, sampled, threshold, alpha)
+    if t is not None:
+        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
+        verdict = "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)
+        why = _disturbed_runs(b.contended, n.contended)
+        if why and verdict != "n/a":
+            row["contended"] = why
+            verdict = verdict if allow_contended else "contended"
+            clean_b, clean_n = b.undisturbed(metric), n.undisturbed(metric)
+            left_out = _disturbed_runs(filter(None, b.disturbed[metric]), filter(None, n.disturbed[metric]))
+            if not allow_contended and metric in clean_b.runs and metric in clean_n.runs and \
+                    max(len(clean_b.runs[metric]), len(clean_n.runs[metric])) >= 2:
+                # undisturbed runs left on both sides, enough to weigh the run-to-run spread: judged on those
+                # alone, so that one disturbed run (a night in the baseline, say) neither hides a regression nor
+                # makes one. Never down to one run a side, whose within-run test cannot see that spread
+                u = _test(metric, clean_b, clean_n, timed, sampled, threshold, alpha)
+                if u is not None and not math.isnan(u.ratio):
+                    row.update(base=clean_b.value(metric), new=clean_n.value(metric), ratio=u.ratio,
+                               p_value=u.p_value, ci_low=u.ci_low, ci_high=u.ci_high, run_spread=u.spread,
+                               runs_per_side=f"{len(clean_b.runs[metric])}v{len(clean_n.runs[metric])}",
+                               contended=f"{JUDGED_UNDISTURBED}; left out: {left_out or why}")
+                    verdict = _change_verdict(u.change, d)
+        return {**row, "verdict": verdict}
+    row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
+    varies = _varies(rb, rn)
+    if clocked or sampled or spec.kind == "info":
+        verdict = "n/a"
+    elif (b.artifacts or n.artifacts) and not b.artifacts & n.artifacts and of_weights(spec) and (
+            varies or not same_exact(new, base)):
+        # other trained weights, other numbers: held to the threshold (and the runs' spread) rather than exactly; a
+        # count of bytes the weights' values do not move is the same all the same. A side with no digest at all
+        # (its runs predate artifacts_digest) may have read any weights: the same rule
+        row["varies"] = RETRAINED if b.artifacts and n.artifacts else UNKNOWN_WEIGHTS
+        t = _test(metric, b, n, True, False, threshold, alpha) if min(rb + rn) > 0 else None
+        if t is not None and not math.isnan(t.ratio):
+            row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
+            change = t.change
+        elif new == base:
+            change = "same"
+        else:  # one run a side (or values <= 0): the medians against the threshold
+            gap = (new - base) / abs(base) if base else math.copysign(math.inf, new - base)
+            change = "same" if abs(gap) <= threshold else "up" if gap > 0 else "down"
+        verdict = _change_verdict(change, d, ("worse", "better"))
+    elif varies:  # declared exact, yet its runs differ here: weighed on that spread, on the values' own scale
+        t = compare_spread(rb, rn, alpha)
+        row.update(p_value=t.p_value, run_spread=t.spread, varies=varies)
+        verdict = "same" if same_exact(new, base) else _change_verdict(t.change, d, ("worse", "better"))
+    elif same_exact(new, base):
+        verdict = "same"
+    elif d is None:
+        verdict = "changed"
+    else:
+        verdict = "better" if (new < base) == (d == "lower") else "worse"
+    return {**row, "verdict": verdict}
+
+
+JUDGED_UNDISTURBED = "judged on the undisturbed runs"
+
+
+def _disturbed_runs(base, new) -> str:
+    """The contended runs of each side ("<run_id>: <reason>"), named in one line."""
+    return "; ".join([*(f"base run {w}" for w in base), *(f"new run {w}" for w in new)])
+
+
+def _test(metric: str, b: CaseRuns, n: CaseRuns, timed: bool, sampled: bool, threshold: float, alpha: float):
+    """The test `_verdict` applies to a timed metric over these runs: compare_runs with >= 2 runs on a side,
+    compare_samples with one run a side and samples enough; None otherwise."""
+    rb, rn = b.runs[metric], n.runs[metric]
+    if timed and max(len(rb), len(rn)) >= 2:
+        return compare_runs(rb, rn, threshold, alpha)
+    if timed and sampled and len(rb) == len(rn) == 1:
+        sb, sn = b.samples.get(metric, [[]])[0], n.samples.get(metric, [[]])[0]
+        if len(sb) >= MIN_SAMPLES and len(sn) >= MIN_SAMPLES:
+            return compare_samples(sb, sn, threshold, alpha)
+    return None
+
+
+def follows(rows: list[dict], specs: dict[str, dict[str, Metric]]) -> None:
+    """Set each row's `follows`: for a derived metric (a rate, TFLOP/s, % of peak: bench.metrics `inputs`) that
+    moved the same way as a metric it is computed from in the same case (both regressions, or both improvements),
+    the measured metric at the root of that chain; None otherwise. A slower step is then one regression with its
+    rates beside it, not four."""
+    side = {(r["case_id"], r["metric"]): (REGRESSION if r["verdict"] in REGRESSION else IMPROVEMENT
+                                          if r["verdict"] in IMPROVEMENT else None) for r in rows}
+    parent = {}
+    for r in rows:
+        spec, key = specs.get(r["suite"], {}).get(r["metric"]), (r["case_id"], r["metric"])
+        if side[key] and spec is not None and spec.kind == "derived":
+            parent[key] = next(((r["case_id"], i) for i in spec.inputs if side.get((r["case_id"], i)) == side[key]),
+                               None)
+    for r in rows:
+        key, seen = (r["case_id"], r["metric"]), set()
+        while parent.get(key) and key not in seen:  # to the root: % of peak <- TFLOP/s <- the step's time
+            seen.add(key)
+            key = parent[key]
+        r["follows"] = key[1] if key[1] != r["metric"] else None
