@@ -8,6 +8,10 @@ bytes are counted from the tensors it filled, and the absorbed form's output is 
 same weights and cache. mla_absorbed prefills in the naive form, as deployments do: the absorbed form over a 32k-token
 prompt is 3.4x the attention FLOPs and, within its score budget, thousands of query chunks (impls/mla/absorbed.py);
 the tests hold the absorbed prefill equal to the naive one, and the suite times the deployable path.
+
+Beside ours, the MLA users pick: hf_deepseek_v3 is transformers' DeepseekV3Attention at the same shape, dtype and
+device, holding the naive layer's weights (impls/mla/hf.py: its rotary rows reordered for its interleaved RoPE), over
+its default DynamicCache, timed and counted as ours are; its decode output is compared with our naive form's.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, NotPlannable, Part, Relative, Suite, Workload, register, run_dtype
+from bench.suite import Measurement, NotPlannable, Part, Relative, Suite, Workload, register, requires, run_dtype
 from bench.timing import time_fn
 from bench.work import Work, rates
-from impls.mla import SHAPES, build
+from impls.mla import SHAPES, KVCache, build, hf
+
+HF = "hf_deepseek_v3"  # the library's variant
 
 GRIDS = {
     "smoke": {"shape": "tiny", "batch": 2, "contexts": (32, 64)},
@@ -47,7 +53,13 @@ class Mla(Suite):
         "mla_absorbed": "MLA as deployed: prefills in the naive form (same weights, same latent cache), then decodes "
                         "with W_UK folded into the query and W_UV into the output, attending over the cached latents; "
                         "its prefill figures are therefore the naive form's",
+        HF: "transformers' DeepseekV3Attention on mla_naive's weights (sdpa, rope_interleave with the rotary rows "
+            "reordered to match): its DynamicCache holds the latent c_KV and the rotated k_R, not per-head keys and "
+            "values (d_c + d_rope per token, as ours), concatenated into new tensors at every step, and each step "
+            "up-projects every cached latent, as mla_naive does",
     }
+    libraries = {HF: hf.label()}
+    requires = {HF: ("transformers", "techbench[ecosystem]")}
     parts = {
         "cache": Part(tuple(variants), (Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),),
                       description="bytes per token of each cache at DeepSeek-V3's sizes, counted on the meta device"),
@@ -66,8 +78,10 @@ class Mla(Suite):
         # the cache bytes a decode step reads (weights and transients aside): MHA's decode is bound by them
         *rates("decode_time", "cache_read_", bytes=True, what="the cached context a decode step reads"),
         Metric("peak_mem_bytes", "exact", "lower", "the filled cache's bytes plus the peak bytes a decode step adds"),
-        Metric("max_abs_err", "exact", "lower", "largest |absorbed - naive| decode output (mla_absorbed only)"),
-        Metric("max_rel_err", "exact", "lower", "max_abs_err over the naive output's max |value| (mla_absorbed only)"),
+        Metric("max_abs_err", "exact", "lower", "largest |variant - naive| decode output on the same weights "
+               "(mla_absorbed, over the same cache; hf_deepseek_v3, over a cache our naive form prefilled)"),
+        Metric("max_rel_err", "exact", "lower", "max_abs_err over the naive output's max |value| (mla_absorbed and "
+               "hf_deepseek_v3)"),
         # prefill
         *timing("prefill_time", "prefilling the prompt into the cache"),
         *rates("prefill_time", "prefill_", tokens=True, what="of the prompt, batch x context"),
@@ -90,22 +104,36 @@ class Mla(Suite):
         return _decode(variant, params, device)
 
 
+def _layer(variant, shape, device, dtype):
+    """The variant's layer; the library's holds the naive layer's weights, which the caller seeds (on meta: shapes)."""
+    if variant != HF:
+        return build(variant, shape, device=device, dtype=dtype)
+    requires("transformers", pip="techbench[ecosystem]")
+    if device == "meta":
+        return hf.build(shape.mla(), device=device, dtype=dtype)
+    return hf.from_ours(build("mla_naive", shape, device=device, dtype=dtype))
+
+
 def _cache(variant, params, device):
-    """Bytes per token of the variant's cache at the shape, counted from its tensors on the meta device."""
-    layer = build(variant, SHAPES[params["shape"]], device="meta", dtype=getattr(torch, params["dtype"]))
+    """Bytes per token of the variant's cache at the shape, counted from the tensors a 4-token prompt filled, on the
+    meta device (the library's DynamicCache holds nothing before a call)."""
+    shape, dtype = SHAPES[params["shape"]], getattr(torch, params["dtype"])
+    layer = _layer(variant, shape, "meta", dtype)
     cache = layer.new_cache(batch=1, capacity=4)
+    with torch.inference_mode():
+        layer(torch.empty(1, 4, shape.d_model, device="meta", dtype=dtype), cache)
     return Measurement({"kv_cache_bytes_per_token": cache.bytes_per_token(),
                         "kv_cache_elements_per_token": cache.elements_per_token()})
 
 
 def _decode_parts(variant, params, device):
-    """The layer, its cache filled by a prefill of `context` tokens, the next token, and the prefill and decode calls;
-    on meta the input is shapes only."""
+    """The layer, its cache, the prompt of `context` tokens and the next token, and the prefill and decode calls; on
+    meta the input is shapes only."""
     dtype, shape = getattr(torch, params["dtype"]), SHAPES[params["shape"]]
     batch, context = params["batch"], params["context"]
     with torch.inference_mode():
         torch.manual_seed(0)
-        layer = build(variant, shape, device=device, dtype=dtype)
+        layer = _layer(variant, shape, device, dtype)
         if device == "meta":
             x = torch.empty(batch, context + 1, shape.d_model, device=device, dtype=dtype)
         else:
@@ -124,27 +152,43 @@ def _decode_parts(variant, params, device):
             cache.length = context  # every call decodes the token after the same prompt
             return layer(token, cache)
 
-    return layer, cache, token, prefill, decode
+    return layer, cache, prompt, token, prefill, decode
+
+
+def _rewind(cache, context):
+    """A Workload's `clear` for the library's cache, None for ours (written in place). DynamicCache concatenates each
+    step's token into new tensors: rewinding it to the prompt before a measured step frees the last step's there, not
+    inside the step, where the CUDA allocator would net them out of its peak and the CPU tracker would not."""
+    if isinstance(cache, KVCache):
+        return None
+
+    def rewind():
+        cache.length = context
+
+    return rewind
 
 
 def _decode_workload(variant, params, device) -> Workload:
     """One decode step over a cache the build prefilled; the case's peak counts the filled cache (`held`)."""
-    _, cache, _, prefill, decode = _decode_parts(variant, params, device)
+    _, cache, _, _, prefill, decode = _decode_parts(variant, params, device)
     prefill()
-    return Workload(decode, held=cache.total_bytes)
+    held = cache.total_bytes()  # the prompt's cache (ours: its whole capacity)
+    return Workload(decode, held=lambda: held, clear=_rewind(cache, params["context"]))
 
 
 def _decode(variant, params, device):
     dtype, shape = getattr(torch, params["dtype"]), SHAPES[params["shape"]]
     batch, context = params["batch"], params["context"]
-    layer, cache, token, prefill, decode = _decode_parts(variant, params, device)
+    layer, cache, prompt, token, prefill, decode = _decode_parts(variant, params, device)
     with torch.inference_mode():
         # prefill is the set-up decode needs; a few calls time it (seconds each at 32k), decode gets the full timer
         prefill_timing = time_fn(prefill, device, warmup=1, min_reps=3, min_time_s=0.05)
+        held = cache.total_bytes()  # the prompt's cache, as the last prefill left it
         timing = time_fn(decode, device)
-        peak = cache.total_bytes() + peak_bytes(decode, device)
+        peak = held + peak_bytes(decode, device, _rewind(cache, context))
         out = decode()
-        errors = _absorbed_error(layer, cache, token, out, shape, device, dtype) if variant == "mla_absorbed" else {}
+        error = {"mla_absorbed": _absorbed_error, HF: _library_error}.get(variant)
+        errors = error(layer, cache, prompt, token, out, shape, device, dtype) if error else {}
     per_token = cache.bytes_per_token()
     metrics = {"kv_cache_bytes_per_token": per_token, "kv_cache_elements_per_token": cache.elements_per_token(),
                "peak_mem_bytes": peak, **errors}
@@ -154,12 +198,24 @@ def _decode(variant, params, device):
                        work=work)
 
 
-def _absorbed_error(layer, cache, token, out, shape, device, dtype) -> dict:
+def _absorbed_error(layer, cache, prompt, token, out, shape, device, dtype) -> dict:
     """The absorbed form's decode output against the naive form's, on the same weights and the same cached latents."""
     naive = build("mla_naive", shape, device=device, dtype=dtype)
     naive.load_state_dict(layer.state_dict())
     cache.length -= 1  # the slot the absorbed step wrote: the naive step rewrites the same latents there
-    ref = naive(token, cache)
+    return _error(out, naive(token, cache))
+
+
+def _library_error(layer, cache, prompt, token, out, shape, device, dtype) -> dict:
+    """The library's decode output against our naive form's on its weights, over a cache ours prefilled."""
+    naive = build("mla_naive", shape, device=device, dtype=dtype)
+    naive.load_state_dict(hf.our_state_dict(layer))
+    ours = naive.new_cache(prompt.shape[0], prompt.shape[1] + 1)
+    naive(prompt, ours)
+    return _error(out, naive(token, ours))
+
+
+def _error(out, ref) -> dict:
     diff = (out.double() - ref.double()).abs().max().item()
     scale = ref.double().abs().max().item()
     return {"max_abs_err": diff, "max_rel_err": diff / scale if scale else float(diff > 0)}
