@@ -17,6 +17,13 @@ dispatch: the per-expert loop (reference), torch._grouped_mm, a Triton grouped G
 matmuls; tokens_per_s, TFLOP/s of the expert GEMMs, and peak bytes. `fused_grouped_gemm` says which path ran: true
 when the expert GEMMs ran as one kernel each (Triton; torch._grouped_mm on CUDA sm90+ in bf16), false when torch
 looped over experts inside (torch._grouped_mm on CPU or in fp32). No token is dropped in either part.
+
+What a user of Hugging Face transformers runs, on the same routed tokens, expert weights (copied into the library's
+[out, in] layout), shapes, dtype and timing: the `hf_*` dispatch variants are transformers' DeepseekV3Experts under
+one of its experts implementations (impls/moe/hf.py): eager (its per-expert loop), grouped_mm (the library's
+default: sorted slots, torch's grouped_mm, or a per-expert loop of its own where it judges torch's unusable, which
+`grouped_mm_fallback` records; never counted as fused) and batched_mm (every slot's expert weights gathered, one bmm
+per projection).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
+from bench.plan_meta import INDEX_LIMIT
 from bench.suite import (
     Measurement,
     NotPlannable,
@@ -42,12 +50,16 @@ from bench.suite import (
 )
 from bench.timing import time_fn
 from bench.work import Work, rates
+from impls.libraries import label
+from impls.moe import hf
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
 from impls.moe.lm import LMConfig, load_or_train, tuned
 from impls.moe.reference import RoutedExperts, loop_dispatch, max_vio
 from impls.moe.router import ROUTERS
 
 DISPATCH = {"loop": None, "grouped_mm": "grouped_mm", "grouped_torch": "torch", "grouped_triton": "triton"}
+# dispatch variants that run transformers' experts module -> its experts_implementation (impls/moe/hf.py)
+HF_EXPERTS = {"hf_eager": "eager", "hf_grouped_mm": "grouped_mm", "hf_batched_mm": "batched_mm"}
 # balance: the model and run per size. gamma: DeepSeek-V3's 0.001 moves a bias by at most 0.12 in the 120 steps of
 # quick, too little at this size (MaxVio over the training tokens 0.20 with 0.001, 0.04 with 0.01, 0.47 with the aux
 # loss), so the short grids take 0.01 and say so in their params; full runs 2000 steps at 0.001.
@@ -73,12 +85,19 @@ SHAPES = {
 @register
 class Moe(Suite):
     name = "moe"
-    description = "balance and dispatch: aux-loss vs aux-loss-free MoE routing (MaxVio), loop vs grouped-GEMM experts"
+    description = ("balance and dispatch: aux-loss vs aux-loss-free MoE routing (MaxVio), loop vs grouped-GEMM experts "
+                   "(ours and transformers')")
     variants = {
         "loop": "reference of dispatch: one gather, two GEMMs and one scatter per expert",
         "grouped_mm": "tokens sorted by expert, each projection one torch._grouped_mm",
         "grouped_torch": "tokens sorted by expert, each projection a loop of matmuls over the segments (any device)",
         "grouped_triton": "tokens sorted by expert, each projection one Triton grouped GEMM (forward and backward)",
+        "hf_eager": "transformers' DeepseekV3Experts, experts_implementation='eager': its own per-expert loop (one_hot "
+                    "masks, F.linear, index_add_); our weights in its [out, in] layout",
+        "hf_grouped_mm": "transformers' default experts_implementation='grouped_mm': slots sorted by expert, each "
+                         "projection one torch grouped_mm, or transformers' per-expert fallback (grouped_mm_fallback)",
+        "hf_batched_mm": "transformers' experts_implementation='batched_mm': each slot's expert weights gathered "
+                         "([T*K, 2H, D]), one bmm per projection",
         "aux_loss": "reference of balance: softmax top-k, expert-level auxiliary loss (alpha 0.001)",
         "sigmoid_aux_loss": "sigmoid, normalized top-k weights, the aux loss (alpha 0.001), no bias: the gate alone",
         "aux_free": "DeepSeek-V3: sigmoid, normalized top-k weights, balancing bias moved +/- gamma a step",
@@ -88,10 +107,12 @@ class Moe(Suite):
     # CPU: a few hundred tokens of width 32-64 per GEMM: on 2 cores an intra-op thread pool costs more in wake-ups than
     # it gives, and the loop's per-expert overhead, the thing measured, is single-threaded anyway.
     cpu_threads = 1
+    libraries = {v: label("transformers") for v in HF_EXPERTS}
+    requires = {v: ("transformers", "techbench[ecosystem]") for v in HF_EXPERTS}
     parts = {
         "balance": Part(("aux_loss", "sigmoid_aux_loss", "aux_free", "aux_free_seqaux", "node_limited"),
                         description="routers trained on a small MoE LM: MaxVio and loss, against the aux-loss router"),
-        "dispatch": Part(("loop", "grouped_mm", "grouped_torch", "grouped_triton"),
+        "dispatch": Part(("loop", "grouped_mm", "grouped_torch", "grouped_triton", *HF_EXPERTS),
                          (Relative("speedup_x", "step_time_ms", invert=True),
                           Relative("mem_saving_x", "peak_mem_bytes", invert=True)),
                          description="one MoE layer's experts, forward and backward, against the per-expert loop"),
@@ -110,7 +131,10 @@ class Moe(Suite):
         *timing("step_time", "one forward + backward of the routed experts of one layer"),
         *rates("step_time", tokens=True, flops=True, what="through the routed experts' GEMMs, forward + backward"),
         Metric("peak_mem_bytes", "exact", "lower", "peak bytes allocated by one step"),
-        Metric("fused_grouped_gemm", "info", None, "the expert GEMMs ran as one kernel each (else a loop inside)"),
+        Metric("fused_grouped_gemm", "info", None, "the expert GEMMs ran as one grouped kernel each (else a loop over "
+               "the experts inside; none for hf_batched_mm, whose bmm over gathered weights is no grouped GEMM)"),
+        Metric("grouped_mm_fallback", "info", None, "hf_grouped_mm: transformers ran its own per-expert loop "
+               "(_grouped_mm_fallback) for a projection, judging torch's grouped_mm unusable here"),
     )
 
     def grid(self, size, device):
@@ -156,10 +180,24 @@ def _balance(variant, params, device):
 def dispatch_workload(variant, params, device, target=None) -> Workload:
     """One forward + backward of the routed experts under the variant's dispatch: random top-k routing drawn on the
     CPU (on meta its indices keep their values, so tokens per expert are the device's)."""
+    return _dispatch_case(variant, params, device, target)[0]
+
+
+def _dispatch_case(variant, params, device, target=None):
+    """(dispatch_workload's Workload, the forward its step runs)."""
     dtype = getattr(torch, params["dtype"])
     T, E, K, D, H = (params[k] for k in ("tokens", "experts", "top_k", "dim", "hidden"))
     target = target or device
-    backend = DISPATCH[variant]
+    library, backend = HF_EXPERTS.get(variant), DISPATCH.get(variant)
+    if library:
+        requires("transformers", pip="techbench[ecosystem]")
+    if library == "grouped_mm" and device == "meta" and (why := _int_histc_unsupported()):
+        raise NotPlannable(f"transformers' grouped_mm counts each expert's tokens with torch.histc of int32 ids off "
+                           f"the CPU, which the plan must compute on the CPU beside the meta tensors: {why}")
+    if library == "eager" and device == "meta" and T * K * (E + 1) > INDEX_LIMIT:
+        raise NotPlannable(f"transformers' eager experts find each expert's tokens in a one_hot routing mask [T, K, "
+                           f"E + 1] of {T * K * (E + 1):,} elements, past the {INDEX_LIMIT:,} whose values the plan "
+                           f"keeps beside the meta tensors")
     if backend == "triton" and not target.startswith("cuda"):
         raise Skip("the Triton grouped GEMM needs a CUDA device (its forward and backward are tested against the loop "
                    "under TRITON_INTERPRET=1)")
@@ -182,19 +220,31 @@ def dispatch_workload(variant, params, device, target=None) -> Workload:
         reason = grouped_mm_unsupported(x, experts.w1) or grouped_mm_unsupported(hidden, experts.w2)
         if reason:
             raise Skip(reason)
-    dispatch = loop_dispatch if backend is None else dispatcher(backend)
+    if library:
+        module = hf.experts(experts, library)  # copies of our weights in its layout; ours are dropped here
+        del experts
+
+        def forward():
+            return module(x, indices, weights)
+    else:
+        module, dispatch = experts, loop_dispatch if backend is None else dispatcher(backend)
+
+        def forward():
+            return dispatch(x, indices, weights, module)
 
     def clear():
-        x.grad = weights.grad = experts.w1.grad = experts.w2.grad = None
+        x.grad = weights.grad = None
+        for p in module.parameters():
+            p.grad = None
 
     def step():
         clear()
-        dispatch(x, indices, weights, experts).backward(grad)
+        forward().backward(grad)
 
     # the Triton kernels' GEMMs are launched from Python, where the plan's counter cannot see them
-    return Workload(step, modules=(experts,), clear=clear, stateless=True,  # the step clears every gradient first
+    return Workload(step, modules=(module,), clear=clear, stateless=True,  # the step clears every gradient first
                     uncounted_flops=dispatch_flops(params) if backend == "triton" else 0,
-                    uncounted_bytes=dispatch_gemm_bytes(params) if backend == "triton" else 0)
+                    uncounted_bytes=dispatch_gemm_bytes(params) if backend == "triton" else 0), forward
 
 
 def dispatch_flops(params) -> int:
@@ -215,6 +265,15 @@ def dispatch_gemm_bytes(params) -> int:
     return getattr(torch, params["dtype"]).itemsize * (forward + data_grads + weight_grads)
 
 
+def _int_histc_unsupported() -> str | None:
+    """Why torch's CPU histc refuses int32 input (torch 2.13: "histogram_cpu" not implemented for 'Int'), or None."""
+    try:
+        torch.histc(torch.zeros(2, dtype=torch.int32), bins=2, min=0, max=1)
+    except (RuntimeError, NotImplementedError) as e:
+        return str(e).strip().splitlines()[0]
+    return None
+
+
 def _draw(shape, g, device, dtype):
     """randn drawn on the CPU with `g` and moved; on meta, shapes only."""
     if device == "meta":
@@ -224,14 +283,23 @@ def _draw(shape, g, device, dtype):
 
 def _dispatch(variant, params, device):
     T = params["tokens"]
-    w = dispatch_workload(variant, params, device)
-    step, backend = w.step, DISPATCH[variant]
+    w, forward = _dispatch_case(variant, params, device)
+    step, backend = w.step, DISPATCH.get(variant)
     step()  # warm-up: lazy initialisation and Triton compilation stay out of the figures
+    dtype = getattr(torch, params["dtype"])
+    fused = {"grouped_mm": grouped_mm_fused(device, dtype), "triton": True}.get(backend, False)
+    metrics = {"fused_grouped_gemm": fused}
+    if variant == "hf_grouped_mm":  # which GEMMs the library ran, read off one untimed forward
+        with torch.no_grad():
+            paths, _ = hf.grouped_gemms(forward)
+        # gate_up and down, each torch's kernel or transformers' fallback; only torch's can be fused
+        metrics["grouped_mm_fallback"] = paths["torch"] < 2
+        metrics["fused_grouped_gemm"] = paths["torch"] == 2 and grouped_mm_fused(device, dtype)
+    elif variant == "hf_batched_mm":
+        metrics["fused_grouped_gemm"] = None  # one bmm over gathered weights: no grouped GEMM, fused or looped
     peak = peak_bytes(step, device, w.clear)
     timing = time_fn(step, device)
     flops = dispatch_flops(params)
-    dtype = getattr(torch, params["dtype"])
-    fused = {"grouped_mm": grouped_mm_fused(device, dtype), "triton": True}.get(backend, False)
-    return Measurement({"peak_mem_bytes": peak, "fused_grouped_gemm": fused}, timed=timing,
+    return Measurement({"peak_mem_bytes": peak, **metrics}, timed=timing,
                        timings={"step_time": timing}, work=[Work("step_time", tokens=T, flops=flops,
                                                                  dtype=params["dtype"])])

@@ -22,7 +22,8 @@ from reports.figures import (
 from reports.figures import unit as unit_of
 
 METRICS = ("max_vio_batch", "max_vio_train", "max_vio_global", "final_loss", "perplexity", "step_time_ms",
-           "tokens_per_s", "tflops", "pct_of_peak", "speedup_x", "peak_mem_bytes", "mem_saving_x", "fused_grouped_gemm")
+           "tokens_per_s", "tflops", "pct_of_peak", "speedup_x", "peak_mem_bytes", "mem_saving_x", "fused_grouped_gemm",
+           "grouped_mm_fallback")
 # Wang et al. 2024, Table 2 (1B model, 100B tokens): MaxVio_global with the auxiliary loss vs loss-free balancing.
 PAPER_MAX_VIO = (("aux loss", 0.72), ("aux-loss-free", 0.04))
 SMOOTH = 10  # steps: one batch's MaxVio swings with which topics it drew

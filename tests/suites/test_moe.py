@@ -1,16 +1,18 @@
 """The moe suite at smoke size on CPU: balance metrics are deterministic (seeded data, weights and training), so
 asserted; dispatch speed is not."""
 
+import json
 import math
 
 import pytest
 
 from reports.figures import figures_for, load_frame
 from suites.moe import Moe
-from tests.optional import needs
+from tests.optional import missing, needs
 
 ROUTERS = ("aux_loss", "sigmoid_aux_loss", "aux_free", "aux_free_seqaux", "node_limited")
 BIASED = ROUTERS[2:]  # the routers with the balancing bias
+HF = ("hf_eager", "hf_grouped_mm", "hf_batched_mm")  # transformers' experts implementations
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,32 @@ def test_dispatch_runs_loop_and_grouped_on_cpu_and_the_triton_kernel_says_why_no
     assert all(r.metrics["speedup_x"] == 1.0 for r in moe["loop"])
     for r in moe["grouped_triton"]:
         assert r.status == "skipped" and "CUDA device" in r.error
+
+
+def test_dispatch_runs_transformers_experts_on_the_same_cases_and_says_which_path(moe):
+    ours = {tuple(sorted(r.params.items())) for r in moe["loop"]}
+    for variant in HF:
+        assert {tuple(sorted(r.params.items())) for r in moe[variant]} == ours
+        for r in moe[variant]:
+            if missing("transformers"):
+                assert r.status == "skipped" and "pip install techbench[ecosystem]" in r.error
+                continue
+            assert r.status == "ok", r.error
+            assert r.metrics["tokens_per_s"] > 0 and r.metrics["peak_mem_bytes"] > 0
+            assert r.metrics["fused_grouped_gemm"] is (None if variant == "hf_batched_mm" else False)
+    for r in (r for r in moe["hf_grouped_mm"] if r.status == "ok"):
+        assert r.metrics["grouped_mm_fallback"] is False  # torch >= 2.11 on CPU: torch's grouped_mm ran
+    for r in (r for r in moe["hf_batched_mm"] if r.status == "ok"):
+        # every slot's expert weights gathered: T x K x 3 x D x H of them, more than all E experts hold at smoke size
+        p = r.params
+        assert r.metrics["peak_mem_bytes"] > 4 * p["tokens"] * p["top_k"] * 3 * p["dim"] * p["hidden"]
+
+
+def test_the_library_variants_are_declared_as_transformers(smoke_run):
+    out, _, _ = smoke_run
+    described = json.loads((out / "run.json").read_text())["suites"]["moe"]
+    assert set(described["libraries"]) == set(HF)
+    assert all(label.startswith("transformers") for label in described["libraries"].values())
 
 
 def test_balance_results_are_cached(tmp_path, monkeypatch):
