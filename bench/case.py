@@ -103,8 +103,8 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         gpu = telemetry.summary(window=window)
         named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}
         metrics = {**named, **m.metrics, **{k: v for k, v in gpu.items() if k != "throttle_reasons"},
-                   **host.summary(window), **telemetry.interference(window)}
-        metrics["contended"] = contended(metrics, window is not None)
+                   **_most_disturbed(host, telemetry, window, m.timings.values())}
+        metrics["contended"] = contended(metrics, window is not None or any(t.window_s for t in m.timings.values()))
         metrics.update(predicted)
         if artifacts:
             metrics["artifacts_digest"] = artifacts_digest(artifacts)
@@ -169,6 +169,18 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
 
     reserved = p.reserved_bytes if default_config() else None  # the model is of the default configuration
     return {"predicted_peak_mem_bytes": p.step_peak_bytes, "predicted_reserved_mem_bytes": reserved}, too_big
+
+
+def _most_disturbed(host, telemetry, window, timings) -> dict:
+    """The interference metrics (host_*, gpu_*) over the most disturbed of the case's timed windows: the headline
+    timing's and each named timing's (a prefill beside the decode, a packer beside the step). One disturbed window
+    makes the case contended: a record that passed a disturbed timing as clean would let compare call it slower."""
+    from bench.interference import contended as judged
+
+    windows = list(dict.fromkeys(w for w in (window, *(t.window_s for t in timings)) if w))
+    found = [{**host.summary(w), **telemetry.interference(w)} for w in windows] or \
+        [{**host.summary(None), **telemetry.interference(None)}]
+    return max(found, key=lambda d: (judged(d) is True, d.get("host_other_cpus") or 0.0))
 
 
 def _fresh_allocator(device: str) -> bool:

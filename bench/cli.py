@@ -4,9 +4,9 @@ dashboard, export, import) in bench/commands.py.
 
 Exit codes: 0 every case finished (ok, oom and skipped are results); 1 a case errored or timed out, a write failed
 (`bench run`'s report.html included: its records are kept), or under --fail-on-regression a compare found a
-regression (a timing judged from one run a side is shown, not gated), a newly failing case or an unfinished NEW run; 2
-bad usage or bad input, with a one-line reason naming the valid choices, and nothing existing overwritten; 130
-interrupted.
+regression (a timing judged from one run a side is shown, not gated), a newly failing case, a contended timing that
+looked slower from several runs a side, or an unfinished or damaged NEW run; 2 bad usage or bad input, with a
+one-line reason naming the valid choices, and nothing existing overwritten; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--threshold", type=float, default=5.0, metavar="PCT", help="smallest change that counts (5)")
     cmp.add_argument("--fail-on-regression", action="store_true",
                      help="exit 1 when a case got significantly worse (but a timing judged from one run a side), "
-                          "newly failed, or NEW did not finish")
+                          "newly failed, looked slower under load from several runs a side, or NEW did not finish "
+                          "or lost records")
     cmp.add_argument("--allow-contended", action="store_true", help="judge timings that other load disturbed too")
     cmp.add_argument("-o", "--output", type=Path, metavar="FILE.html",
                      help="also write a comparison page, or with FILE.json every row and the gate verdict for scripts")

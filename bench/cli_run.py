@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 import sys
 import tempfile
 from collections import Counter
@@ -17,6 +16,7 @@ from pathlib import Path
 from bench.commands import UsageError
 from bench.distributed import Launch
 from bench.records import path_text, read_run_json
+from bench.rundir import shell_word
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
 
@@ -317,16 +317,6 @@ def cmd_run(args, discover, write_report) -> int:
               f"{shell_word(out)} -o FILE` retries", file=sys.stderr)  # path_text: `why` names the path
         return code or 1
     return code
-
-
-def shell_word(path: str | Path) -> str:
-    """`path` as one word to paste into a shell: shlex.quote's, or for a name that is not valid UTF-8 (no terminal
-    shows its bytes) bash's $'...' with each byte outside printable ASCII as \\xNN."""
-    raw = os.fsencode(path)
-    try:
-        return shlex.quote(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return "$'" + "".join(chr(b) if 32 <= b < 127 and b not in b"\\'" else f"\\x{b:02x}" for b in raw) + "'"
 
 
 def cache_unwritable() -> str | None:

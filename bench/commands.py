@@ -71,6 +71,7 @@ def cmd_report(args) -> int:
 @schema_errors_are_usage
 def cmd_compare(args) -> int:
     from bench.compare import compare
+    from bench.sides import SidesError
 
     _threshold(args.threshold)
     base, new = run_dirs([args.base], "BASE"), run_dirs([args.new], "NEW")
@@ -80,7 +81,7 @@ def cmd_compare(args) -> int:
     page = _output(args.output, ".json" if as_json else ".html", base + new) if args.output else None
     try:
         result = compare(base, new, threshold=args.threshold / 100, allow_contended=args.allow_contended)
-    except ValueError as e:  # sides that cannot be compared as given (bench.sides.check_sides)
+    except SidesError as e:  # sides that cannot be compared as given
         raise UsageError(str(e)) from None
     for line in result.summary_lines():
         print(line)

@@ -55,7 +55,7 @@ from bench.verdicts import (
 )
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies", "follows"]
+               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies", "follows", "masked"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 ABSENT = "absent"
 
@@ -120,6 +120,14 @@ class Comparison:
         return self.rows[c.notna() & ~c.fillna("").str.startswith(JUDGED_UNDISTURBED)]
 
     @property
+    def unjudged_slower(self) -> pd.DataFrame:
+        """Contended rows whose test, from several runs a side, said slower (`masked`): a disturbed run cannot show
+        that nothing regressed, so --fail-on-regression fails on them (rerun on a quiet machine, or
+        --allow-contended). From one run a side they are shown only, as a clean one-run slower is (ONE_RUN_UNGATED)."""
+        c = self.contended
+        return c[c["masked"].isin(REGRESSION) & (c["runs_per_side"] != "1v1")]
+
+    @property
     def newly_failing(self) -> pd.DataFrame:
         """Cases ok in BASE that ran out of memory, timed out or errored in NEW: regressions of another kind."""
         s = self.status_rows
@@ -143,9 +151,10 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        """What --fail-on-regression fails on: a gating regression, a newly failing case, or an unfinished or
-        damaged NEW run (its missing cases are not judged: a NEW run that measured nothing passes nothing)."""
-        return bool(len(self.gating) or len(self.newly_failing)
+        """What --fail-on-regression fails on: a gating regression, a newly failing case, a contended timing that
+        looked slower (unjudged_slower), or an unfinished or damaged NEW run (a NEW run that measured nothing, or
+        under load, passes nothing)."""
+        return bool(len(self.gating) or len(self.newly_failing) or len(self.unjudged_slower)
                     or any(s[0] == "new" for s in self.unfinished + self.damaged))
 
     def to_json(self) -> dict:
@@ -159,7 +168,8 @@ class Comparison:
                 "allow_contended": self.allow_contended,
                 "gate": {"failed": self.failed, "regressions": len(self.regressions), "gating": len(self.gating),
                          "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing),
-                         "contended": len(self.contended), "varying": len(self.varying)},
+                         "contended": len(self.contended), "unjudged_slower": len(self.unjudged_slower),
+                         "varying": len(self.varying)},
                 "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows)}
 
     @property
@@ -211,7 +221,9 @@ class Comparison:
         if len(self.contended):
             lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
             for r in self.contended.itertuples():
-                lines += [_line(r), f"    {r.contended}"]
+                lines += [_line(r), f"    {r.contended}" + (f" (the test said {r.masked})" if r.masked else "")]
+            if n := len(self.unjudged_slower):
+                lines.append(UNJUDGED_SLOWER.format(n))
         varying = self.varying[~self.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # those not listed above
         if len(varying):
             lines.append(VARIES_HEAD.format(len(varying)))
@@ -224,7 +236,10 @@ class Comparison:
 
 
 CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
-                  "ignores them; --allow-contended judges them):")
+                  "fails on those its test called slower from several runs a side; --allow-contended judges them):")
+UNJUDGED_SLOWER = ("{} of them looked slower from several runs a side: --fail-on-regression fails on them, since a "
+                   "disturbed run cannot show that nothing regressed; rerun on a quiet machine (bench doctor), or "
+                   "pass --allow-contended")
 CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
 ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (one run "
                    "cannot tell a change from a run-level offset); rerun both sides, 3 runs each, for a verdict that "

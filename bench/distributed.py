@@ -34,6 +34,7 @@ import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from bench.artifacts import artifacts_digest
-from bench.interference import GPU_KEYS, HOST_KEYS
+from bench.interference import CASE_ROOT, GPU_KEYS, HOST_KEYS
 from bench.lifeline import KEEPER_WAIT_S, kill_session
 
 LOG_LINES = 12
@@ -180,20 +181,22 @@ def scratch(prefix: str) -> Iterator[Path]:
     """A temporary folder named with `prefix` that holds its owner's pid, after removing those whose owner died."""
     sweep(Path(tempfile.gettempdir()))
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        (Path(tmp) / OWNER).write_text(str(os.getpid()))
+        (Path(tmp) / OWNER).write_text(f"{os.getpid()}@{socket.gethostname()}")
         yield Path(tmp)
 
 
 def sweep(root: Path) -> list[Path]:
     """Remove the scratch folders in `root` whose owner is dead (a kill kept it from removing them); those it
-    removed. A folder without an owner file is left alone: it may be one being made."""
+    removed. A folder without an owner file is left alone: it may be one being made; so is another host's, whose
+    pids this host cannot see (a temporary folder shared by nodes)."""
     removed = []
     for folder in root.glob("techbench-*"):
         try:
-            owner = int((folder / OWNER).read_text())
+            pid, _, host = (folder / OWNER).read_text().partition("@")
+            owner = int(pid)
         except (OSError, ValueError):
             continue
-        if not _alive(owner):
+        if host in ("", socket.gethostname()) and not _alive(owner):  # a TMPDIR shared by nodes: only this host's
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
@@ -285,14 +288,19 @@ def _rank_main(spec_path: str) -> int:
 
     spec = json.loads(Path(spec_path).read_text())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    os.environ[CASE_ROOT] = str(os.getppid())  # the launcher: every rank of this node is in the case's tree
     job = Path(spec["dir"])
-    if "agree" in spec:  # `agree`: every node's skipped cases, joined
-        dist.init_process_group("gloo")
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, spec["agree"])
+    if "agree" in spec:  # `agree`: every node's skipped cases, joined through the job's store (no collective
+        world = int(os.environ["WORLD_SIZE"])  # backend: a GPU cluster's gloo may not find its network)
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0)
+        store.set(f"agree/{rank}", json.dumps(spec["agree"]))
+        store.wait([f"agree/{r}" for r in range(world)])
+        joined = {c for r in range(world) for c in json.loads(store.get(f"agree/{r}"))}
         if local_rank == 0:
-            (job / "agreed.json").write_text(json.dumps(sorted({c for node in gathered for c in node})))
-        dist.barrier()
+            (job / "agreed.json").write_text(json.dumps(sorted(joined)))
+        store.add("agree/read", 1)
+        while rank == 0 and int(store.add("agree/read", 0)) < world:  # the store lives in rank 0: until all read
+            time.sleep(0.05)
         os._exit(0)
     (job / f"pid{rank}").write_text(str(os.getpid()))  # this rank started: a timeout names those that had not ended
     cuda = spec["device"] == "cuda"

@@ -157,14 +157,24 @@ def _host_memory_bytes() -> int | None:
 CODE_DIRS = ("bench/", "impls/", "suites/", "reports/")
 
 
-def _changes_code(line: str) -> bool:
+def _changes_code(line: str, root: Path) -> bool:
     """Whether a `git status --porcelain` line makes the code under test differ from its commit: any change to a
-    tracked file, and an untracked Python file or one in the packages' folders; not a virtual environment, the runs
-    or the pages a user keeps in the checkout, or every run from a working clone would read as dirty."""
+    tracked file, and an untracked Python file, a folder holding one (a plug-in; git names the folder alone), or
+    anything in the packages' folders; not a virtual environment, the runs or the pages a user keeps in the
+    checkout, or every run from a working clone would read as dirty."""
     if not line.startswith("??"):
         return True
     path = line[3:].strip().strip('"')
-    return path.endswith(".py") or path.startswith(CODE_DIRS)
+    if path.endswith(".py") or path.startswith(CODE_DIRS):
+        return True
+    if not path.endswith("/"):
+        return False
+    for folder, dirs, files in os.walk(root / path):
+        if "pyvenv.cfg" in files:  # a virtual environment: installed packages, not the code under test
+            dirs.clear()
+        elif any(f.endswith(".py") for f in files):
+            return True
+    return False
 
 
 def git_info(root: str | Path | None = None) -> dict:
@@ -179,8 +189,8 @@ def git_info(root: str | Path | None = None) -> dict:
         if git("rev-parse", "--is-inside-work-tree") != "true":
             return {"sha": None, "dirty": None}
         status = git("status", "--porcelain")
-        return {"sha": git("rev-parse", "HEAD"), "dirty": None if status is None else any(map(_changes_code,
-                                                                                              status.splitlines()))}
+        return {"sha": git("rev-parse", "HEAD"),
+                "dirty": None if status is None else any(_changes_code(line, root) for line in status.splitlines())}
     except (OSError, subprocess.SubprocessError):  # git not installed, or hung
         return {"sha": None, "dirty": None}
 

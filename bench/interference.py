@@ -7,12 +7,8 @@ an hour later, when other jobs held the machine. So each timed window records wh
   (/proc/pressure/cpu), the 1-minute load average, and the clock of the case's core against its max (cpufreq);
 - GPU (bench.telemetry, through NVML): other compute processes on the device, SM clock against its max, slowdowns.
 The case tree is the process that runs `execute` (the runner's child, or `bench` itself with --inline) and its
-descendants; in a job's rank, its launcher and so every local rank. Off Linux every host value is None.
-
-    with HostSampler() as host:
-        m = suite.measure(...)
-    metrics.update(host.summary(window=m.timed.window_s))
-
+descendants; in a job's rank, its launcher and so every local rank. Off Linux every host value is None. bench.case
+judges every timed window of a case (the headline timing's and each named one's) and keeps the most disturbed.
 The window opens inside `measure` (bench.timing), so a daemon thread reads the cumulative counters every
 SAMPLE_INTERVAL_S, and the summary spans the last sample read before the window to the first read after it: up to
 one interval more at each edge, where the case's own set-up is subtracted like the rest of its time. A sample takes
@@ -140,10 +136,14 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
+CASE_ROOT = "TECHBENCH_CASE_ROOT"  # a job's rank sets it to its launcher's pid (torchrun's agent or bench.ranks)
+
+
 def case_root() -> int:
     """The root of the case's process tree: this process, or in a job's rank the launcher that started every rank
-    (torchrun's agent or bench.ranks, which both set TORCHELASTIC_RUN_ID)."""
-    return os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
+    (only a child of the pid CASE_ROOT names: a shell's other children are no part of the case)."""
+    root = os.environ.get(CASE_ROOT, "")
+    return int(root) if root.isdigit() and int(root) == os.getppid() else os.getpid()
 
 
 def affinity(pid: int) -> frozenset[int] | None:

@@ -373,7 +373,7 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
             run_id=run_id, argv=["bench", "import", str(file)],
             size=_common(t.get("size") for t in tags_all) if tags_all else None,
             device=_common(r.device for r in records.values()) or "unknown", started_at=started,
-            finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__,
+            finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__, recorded=len(records),
             extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version}},
         ))
     return out_dir

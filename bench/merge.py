@@ -80,6 +80,15 @@ def missing_shards(shards: list[str]) -> list[str]:
     return [f"{i}/{n}" for i in range(1, n + 1) if f"{i}/{n}" not in shards]
 
 
+def _device(devices: set) -> str | None:
+    """The merged run's device: the shards' one, their type where only the index differs (cuda:0 and cuda:1 ran one
+    kind of device), else "mixed"."""
+    if len(devices) == 1:
+        return devices.pop()
+    kinds = {str(d).partition(":")[0] for d in devices}
+    return kinds.pop() if len(kinds) == 1 and None not in devices else "mixed"
+
+
 def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     first = runs[0][1]
     devices = {meta.get("device") for _, meta, _ in runs}
@@ -91,14 +100,14 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     not_run = [c for _, m, _ in runs for c in m.get("not_run") or [] if c not in recorded]
     meta = RunMeta(
         run_id="merged-" + new_run_id(), argv=argv or [], size=first.get("size"),
-        device=devices.pop() if len(devices) == 1 else "mixed",
+        device=_device(devices),
         started_at=min(m.get("started_at") or "" for _, m, _ in runs) or None,
         finished_at=None if None in finished else max(finished),
         env=first.get("env") or {}, env_id=first.get("env_id"), git=first.get("git"), version=first.get("version"),
         seed=first.get("seed"),
         # what the suites' metrics are, as the shards declared them (the last shard's declaration wins)
         suites={name: info for _, m, _ in runs for name, info in (m.get("suites") or {}).items()},
-        not_run=not_run or None,
+        not_run=not_run or None, recorded=len(recorded),
         extra={"envs": envs,
                "merged_from": [{"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
                                 "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs)}

@@ -170,6 +170,16 @@ def open_run_dir(out: Path, resume: bool, how: tuple,
         raise
 
 
+def shell_word(path: str | Path) -> str:
+    """`path` as one word to paste into a shell: shlex.quote's, or for a name that is not valid UTF-8 (no terminal
+    shows its bytes) bash's $'...' with each byte outside printable ASCII as \\xNN."""
+    raw = os.fsencode(path)
+    try:
+        return shlex.quote(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "$'" + "".join(chr(b) if 32 <= b < 127 and b not in b"\\'" else f"\\x{b:02x}" for b in raw) + "'"
+
+
 def resume_command(argv: list[str], out: Path) -> str:
     """The command that continues a run: its arguments (after `bench`) without --resume and --out, then
     `--resume --out OUT`."""
@@ -181,7 +191,7 @@ def resume_command(argv: list[str], out: Path) -> str:
             skip = True
         elif a != "--resume" and not a.startswith("--out="):
             kept.append(a)
-    return shlex.join(["bench", *kept, "--resume", "--out", str(out)])
+    return f"{shlex.join(['bench', *kept, '--resume', '--out'])} {shell_word(out)}"
 
 
 def command_of(meta: dict, out: Path) -> str:

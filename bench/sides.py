@@ -109,26 +109,28 @@ def damage(meta: dict, scan: Scan) -> str | None:
         return None
     if scan.corrupt:
         return f"{scan.corrupt} corrupt line{'s' * (scan.corrupt > 1)} in its records"
-    if not n:
-        return "its records.jsonl holds no record, yet the run finished"
-    if isinstance(recorded, int) and n < recorded:
-        return f"its records.jsonl holds {n} of the {recorded} records it finished with"
-    return None
+    if isinstance(recorded, int):  # it may have finished with none: an empty shard, a node that never held rank 0
+        return f"its records.jsonl holds {n} of the {recorded} records it finished with" if n < recorded else None
+    return "its records.jsonl holds no record, yet the run finished" if not n else None
+
+
+class SidesError(ValueError):
+    """Two sides that cannot be compared as given (check_sides): bad input, not a fault of compare."""
 
 
 def check_sides(base: tuple[list[dict], list], new: tuple[list[dict], list]) -> None:
-    """ValueError where two sides (each: its runs' run.json and directories) cannot be compared as they are: a run
+    """SidesError where two sides (each: its runs' run.json and directories) cannot be compared as they are: a run
     directory on both sides (it would be its own baseline), or a side whose runs are of several sizes or device
     types (joined as repeats of one case, a smoke run's short timers would pass for a quick run's)."""
     both = sorted({Path(d).resolve() for d in base[1]} & {Path(d).resolve() for d in new[1]})
     if both:
-        raise ValueError(f"run {both[0]} is on both sides: BASE and NEW must be different runs")
+        raise SidesError(f"run {both[0]} is on both sides: BASE and NEW must be different runs")
     for side, (metas, _) in (("BASE", base), ("NEW", new)):
         for what, get in (("sizes", lambda m: m.get("size")),
                           ("devices", lambda m: str(m.get("device")).partition(":")[0] if m.get("device") else None)):
             found = sorted({v for v in map(get, metas) if v})
             if len(found) > 1:
-                raise ValueError(f"{side} holds runs of several {what} ({', '.join(found)}): a side is repeats of "
+                raise SidesError(f"{side} holds runs of several {what} ({', '.join(found)}): a side is repeats of "
                                  "one kind of run; compare like with like")
 
 
@@ -215,7 +217,9 @@ def environments(base: list[dict], new: list[dict]) -> tuple[list, list, bool]:
     the run.json dicts of two sides: the same env_ids, or without them the same identity fields."""
     fields = [(name, _side(base, get), _side(new, get)) for name, get, _ in ENV_FIELDS]
     fields.append(_library_field(base, new))
-    differ = [f for f in fields if f[1] != f[2]]
+    # a side of runs from before a field was recorded (packages) says nothing about it: no difference to show
+    old = {name for name in ("packages",) if not all(name in _env(m) for m in base + new)}
+    differ = [f for f in fields if f[1] != f[2] and f[0] not in old]
     ids = [{m.get("env_id") for m in metas} for metas in (base, new)]
     if None in ids[0] | ids[1]:  # a run without env_id: fall back to the identity fields
         identity = {name for name, _, ident in ENV_FIELDS if ident}

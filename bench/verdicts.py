@@ -64,7 +64,8 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
     base, new = b.value(metric), n.value(metric)
     sampled = metric in b.samples or metric in n.samples
     row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None, "varies": None}
+           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None, "varies": None,
+           "masked": None}
     timed = spec.kind != "info" and (sampled or (clocked and d is not None))
     t = _test(metric, b, n, timed, sampled, threshold, alpha)
     if t is not None:
@@ -73,7 +74,7 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
         why = _disturbed_runs(b.contended, n.contended)
         if why and verdict != "n/a":
             row["contended"] = why
-            verdict = verdict if allow_contended else "contended"
+            row["masked"], verdict = (None, verdict) if allow_contended else (verdict, "contended")
             clean_b, clean_n = b.undisturbed(metric), n.undisturbed(metric)
             left_out = _disturbed_runs(filter(None, b.disturbed[metric]), filter(None, n.disturbed[metric]))
             if not allow_contended and metric in clean_b.runs and metric in clean_n.runs and \
@@ -86,7 +87,7 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
                     row.update(base=clean_b.value(metric), new=clean_n.value(metric), ratio=u.ratio,
                                p_value=u.p_value, ci_low=u.ci_low, ci_high=u.ci_high, run_spread=u.spread,
                                runs_per_side=f"{len(clean_b.runs[metric])}v{len(clean_n.runs[metric])}",
-                               contended=f"{JUDGED_UNDISTURBED}; left out: {left_out or why}")
+                               contended=f"{JUDGED_UNDISTURBED}; left out: {left_out or why}", masked=None)
                     verdict = _change_verdict(u.change, d)
         return {**row, "verdict": verdict}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
@@ -154,8 +155,10 @@ def follows(rows: list[dict], specs: dict[str, dict[str, Metric]]) -> None:
     for r in rows:
         spec, key = specs.get(r["suite"], {}).get(r["metric"]), (r["case_id"], r["metric"])
         if side[key] and spec is not None and spec.kind == "derived":
-            parent[key] = next(((r["case_id"], i) for i in spec.inputs if side.get((r["case_id"], i)) == side[key]),
-                               None)
+            moved = [(r["case_id"], i) for i in spec.inputs if side.get((r["case_id"], i)) == side[key]]
+            # one input moved that way: it explains the row; two (a ratio of two timings that both slowed) do not say
+            # which one did, nor whether a numerator's move raised it or lowered it
+            parent[key] = moved[0] if len(moved) == 1 else None
     for r in rows:
         key, seen = (r["case_id"], r["metric"]), set()
         while parent.get(key) and key not in seen:  # to the root: % of peak <- TFLOP/s <- the step's time

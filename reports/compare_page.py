@@ -133,7 +133,7 @@ ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", 
              "run_spread", "contended", "varies", "follows"]  # contended: why, or which runs a verdict was judged
 # without; follows: the measured metric a derived row (a rate, % of peak) moved with
 VARIES_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "run_spread", "varies"]
-CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "contended"]
+CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "masked", "runs_per_side", "contended"]
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
 
 
@@ -185,8 +185,9 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         parts.append(section("Ratios", '<p class="muted">No case is ok on both sides: nothing to compare.</p>'))
     if len(c.contended):
         note = ("Judged all the same (--allow-contended)." if c.allow_contended else
-                "Not judged faster or slower, and ignored by --fail-on-regression: rerun on a quiet machine, or "
-                "pass --allow-contended to judge them.")
+                "Not judged faster or slower: rerun on a quiet machine, or pass --allow-contended to judge them. "
+                f"--fail-on-regression fails on the {len(c.unjudged_slower)} that its test called slower from several "
+                "runs a side (column masked): a disturbed run cannot show that nothing regressed.")
         parts.append(section(f"Contended ({len(c.contended)}): other load disturbed these timings",
                              f'<p class="muted">{note}</p>',
                              table(plain_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE,

@@ -349,7 +349,7 @@ def test_cli_writes_the_comparison_as_json_for_scripts(tmp_path, capsys):
     assert main(["compare", str(base), str(slower), "-o", str(out), "--fail-on-regression"]) == 0
     d = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert d["gate"] == {"failed": False, "regressions": 10, "gating": 0, "one_run": 10, "newly_failing": 0,
-                         "contended": 0, "varying": 0}
+                         "contended": 0, "unjudged_slower": 0, "varying": 0}
     assert main(["compare", str(base), str(slower), "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
     rows = compare(base, slower).rows
@@ -375,6 +375,10 @@ def test_optional_packages_and_a_variant_of_two_libraries_are_named_in_the_envir
         write_run_json(run, meta)
     diff = {f: (old, new) for f, old, new in compare([a], [b]).env_diff}
     assert diff["packages"] == (None, "torchvision 0.26.0")
+    meta = read_run_json(a)
+    del meta["env"]["packages"]  # a run recorded before the field: it says nothing about packages
+    write_run_json(a, meta)
+    assert "packages" not in {f for f, _, _ in compare([a], [b]).env_diff}
     assert diff["libraries"] == ("flash-attn 2.8.3, transformers 5.23.0", "flash-attn 2.8.4, transformers 5.23.0")
 
 
@@ -407,7 +411,7 @@ def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
 
     base = finished("base", 1)
     assert not compare(base, finished("good", 2)).damaged
-    for i, (damage, why) in enumerate(((lambda lines: [], "holds no record"), (lambda lines: lines[:2], "holds 2 of"),
+    for i, (damage, why) in enumerate(((lambda lines: [], "holds 0 of"), (lambda lines: lines[:2], "holds 2 of"),
                                        (lambda lines: lines[:-1] + ["{garbage"], "1 corrupt line"))):
         new = finished(f"new{i}", 2)
         lines = (new / "records.jsonl").read_text().splitlines()
@@ -419,6 +423,11 @@ def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
         assert reverse.damaged[0][0] == "base" and not reverse.failed  # a damaged BASE is said, but NEW passes
     assert main(["compare", str(base), str(new), "--fail-on-regression"]) == 1
     assert "damaged: new run" in capsys.readouterr().out
+    # a run that finished with no record (an empty shard, a node that never held rank 0) is not damaged
+    empty = finished("empty", 3)
+    (empty / "records.jsonl").write_text("")
+    write_run_json(empty, {**read_run_json(empty), "recorded": 0})
+    assert not compare(base, empty).damaged
 
 
 def test_a_rate_that_moved_with_its_timing_is_listed_under_it(tmp_path):
@@ -435,3 +444,20 @@ def test_a_rate_that_moved_with_its_timing_is_listed_under_it(tmp_path):
     assert sum(line.startswith("    with it: tokens_per_s x0.7") for line in lines) == 10
     assert not any("tokens_per_s" in line and line.startswith("  slower") for line in lines)
     assert c.rows[c.rows["metric"] == "peak_mem_bytes"]["follows"].isna().all()
+
+
+def test_a_ratio_of_two_timings_that_both_moved_follows_neither():
+    # mtp's speedup = greedy / speculative: both slower, the speedup lower: neither input alone explains it
+    from bench.metrics import Metric
+    from bench.verdicts import follows
+
+    specs = {"s": {"speedup_x": Metric("speedup_x", "derived", "higher", inputs=("greedy_ms", "spec_ms")),
+                   "tokens_per_s": Metric("tokens_per_s", "derived", "higher", inputs=("spec_ms",))}}
+    rows = [{"case_id": "c", "suite": "s", "metric": m, "verdict": v} for m, v in
+            (("greedy_ms", "slower"), ("spec_ms", "slower"), ("speedup_x", "slower"), ("tokens_per_s", "slower"))]
+    follows(rows, specs)
+    assert {r["metric"]: r["follows"] for r in rows} == {"greedy_ms": None, "spec_ms": None, "speedup_x": None,
+                                                         "tokens_per_s": "spec_ms"}
+    rows[0]["verdict"] = "same"  # now the speculative decoder alone slowed: the speedup follows it
+    follows(rows, specs)
+    assert rows[2]["follows"] == "spec_ms"

@@ -1,6 +1,8 @@
 """`bench compare` when one side ran under load: a contended case's timings get the verdict "contended", never
 faster or slower, unless --allow-contended; exact metrics are compared exactly all the same."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -147,3 +149,24 @@ def test_an_unfinished_new_run_fails_the_gate_and_says_so(tmp_path, capsys):
     assert "Unfinished: new run n0. Not every case ran" in (tmp_path / "c.html").read_text()
     assert main(["compare", str(new[0]), str(base[0]), "--fail-on-regression"]) == 0  # an unfinished base: said only
     assert "unfinished: base run n0" in capsys.readouterr().out
+
+
+def test_a_new_side_all_under_load_that_looks_slower_fails_the_gate(tmp_path, capsys):
+    # three quiet runs against three loaded ones (3x): no undisturbed NEW run is left to judge the timings, and the
+    # test said slower, so the gate fails rather than going green on a night it could not judge; one run a side
+    # (the within-run test) is shown only, as a clean one-run slower is
+    from bench.cli import main
+
+    base, new = aa(tmp_path, (True, True, True), runs=3)
+    c = compare(base, new)
+    assert set(c.contended["masked"]) == {"slower"} and len(c.unjudged_slower) == 3 and c.failed
+    assert c.regressions.empty
+    assert any(line.startswith("3 of them looked slower from several runs a side") for line in c.summary_lines())
+    assert main(["compare", str(base[0].parent), str(new[0].parent), "--fail-on-regression"]) == 1
+    assert main(["compare", str(base[0].parent), str(new[0].parent), "--fail-on-regression", "-o",
+                 str(tmp_path / "c.json")]) == 1
+    assert json.loads((tmp_path / "c.json").read_text())["gate"]["unjudged_slower"] == 3
+    one_run = compare(*aa(tmp_path / "one", (True,), runs=1))
+    assert one_run.unjudged_slower.empty and not one_run.failed
+    allowed = compare(base, new, allow_contended=True)  # judged as any other: plain regressions, which gate
+    assert allowed.unjudged_slower.empty and len(allowed.gating) == 3

@@ -166,8 +166,13 @@ def test_a_venv_or_runs_in_the_checkout_do_not_make_it_dirty(tmp_path, monkeypat
     assert env.git_info(tmp_path)["dirty"] is False
     (tmp_path / "venv" / "lib").mkdir(parents=True)
     (tmp_path / "venv" / "lib" / "site.py").write_text("")
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("")
     (tmp_path / "report.html").write_text("")
-    assert env.git_info(tmp_path)["dirty"] is False  # a venv, a page: not code under test
+    assert env.git_info(tmp_path)["dirty"] is False  # a venv (its Python files too), a page: not code under test
+    (tmp_path / "myplugin").mkdir()
+    (tmp_path / "myplugin" / "__init__.py").write_text("x = 1\n")
+    assert env.git_info(tmp_path)["dirty"] is True  # an untracked folder of Python is (git names the folder alone)
+    (tmp_path / "myplugin" / "__init__.py").unlink()
     (tmp_path / "bench" / "new.py").write_text("")
     assert env.git_info(tmp_path)["dirty"] is True  # an untracked module of the package is
     (tmp_path / "bench" / "new.py").unlink()

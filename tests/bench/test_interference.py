@@ -310,3 +310,48 @@ def test_an_aa_compare_with_one_side_under_load_fails_nothing_and_lists_it(tmp_p
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--fail-on-regression"]) == 0
     out = capsys.readouterr().out
     assert "contended (5): " in out and out.count("other processes used") >= 5 and "regressions (" not in out
+
+
+@register
+class TwoTimings(Suite):
+    """A case with a headline timing and a second one (a prefill beside the decode), each in a window of its own."""
+
+    name = "_two_timings"
+    variants = {"v": "reference"}
+
+    def grid(self, size, device):
+        return [{"i": 0}]
+
+    def measure(self, variant, params, device):
+        from bench.timing import Timing
+
+        decode, prefill = (Timing((1.0, 1.1, 1.2), warmup=0, method="wall", window_s=w) for w in ((10, 11), (20, 21)))
+        return Measurement(timed=decode, timings={"decode_time": decode, "prefill_time": prefill})
+
+
+def test_a_disturbed_second_timing_makes_the_case_contended(monkeypatch):
+    # others took 1.7 CPUs during the prefill's window only: the case is contended, with that window's figures
+    from bench.case import execute
+
+    def summary(self, window):
+        busy = window == (20, 21)
+        return {k: None for k in interference.HOST_KEYS} | {"host_cpus": 2, "host_case_cpus": 0.3 if busy else 1.0,
+                                                             "host_other_cpus": 1.7 if busy else 0.0}
+
+    monkeypatch.setattr(interference.HostSampler, "summary", summary)
+    [case] = runner.plan([SUITES["_two_timings"]], "smoke", "cpu")
+    result = execute(case, "cpu")
+    assert result["metrics"]["contended"] is True and result["metrics"]["host_other_cpus"] == 1.7
+    monkeypatch.setattr(interference.HostSampler, "summary", lambda self, w: summary(self, None))
+    assert execute(case, "cpu")["metrics"]["contended"] is False
+
+
+def test_the_case_root_is_the_launcher_only_for_its_ranks(monkeypatch):
+    # torchrun's variable set in a shell no longer makes the shell the case (its other children were counted as it)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.delenv(interference.CASE_ROOT, raising=False)
+    assert interference.case_root() == os.getpid()
+    monkeypatch.setenv(interference.CASE_ROOT, str(os.getppid()))  # what a job's rank sets: its launcher
+    assert interference.case_root() == os.getppid()
+    monkeypatch.setenv(interference.CASE_ROOT, "1" if os.getppid() != 1 else "2")  # inherited from elsewhere
+    assert interference.case_root() == os.getpid()

@@ -117,9 +117,10 @@ def test_sigkill_of_bench_ends_every_process_of_a_two_rank_case(tmp_path):
         bench.kill()
         bench.wait()
     assert _until(lambda: not _marked(mark), 5), f"alive 5 s after bench was killed: {_marked(mark)}"
-    # the job's scratch folder outlived the kill; the next job removes it, its owner being dead
-    [job] = tmp_path.glob("techbench-dist-*")
-    assert sweep(tmp_path) == [job] and not job.exists()
+    # the job's scratch folder and the run's progress notes outlived the kill; the next run removes them, their
+    # owners being dead
+    [job], [notes] = tmp_path.glob("techbench-dist-*"), tmp_path.glob("techbench-progress-*")
+    assert sorted(sweep(tmp_path)) == sorted([job, notes]) and not job.exists() and not notes.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])

@@ -42,7 +42,7 @@ def test_merged_shards_hold_the_unsharded_runs_cases_once_each(tmp_path, capsys)
     assert meta["suites"]["_endings"] == read_run_json(shards[0])["suites"]["_endings"]
     printed = capsys.readouterr()
     assert "8 records of 2 runs (1 machine)" in printed.out and "partial" not in printed.err
-    assert meta["missing_shards"] == [] and meta["cases"] == 8
+    assert meta["missing_shards"] == [] and meta["cases"] == 8 and meta["recorded"] == 8  # compare checks against it
     # one shard alone merges too, and says which are missing
     assert main(["merge", str(shards[1]), "--out", str(tmp_path / "half")]) == 0
     assert "no run of shard 1/2 was given" in capsys.readouterr().err
@@ -121,3 +121,11 @@ def test_a_killed_shards_not_run_loses_what_it_recorded(tmp_path, capsys):
     write_run_json(shards[0], {**read_run_json(shards[0]), "finished_at": None, "not_run": [done[0], "_endings/x/"]})
     assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
     assert read_run_json(tmp_path / "merged")["not_run"] == ["_endings/x/"]
+
+
+def test_the_merged_device_is_the_shards_kind_where_only_the_index_differs():
+    from bench.merge import _device
+
+    assert _device({"cuda:0"}) == "cuda:0"
+    assert _device({"cuda:0", "cuda:1"}) == "cuda"  # compare takes it beside a cuda:0 run as one device type
+    assert _device({"cuda:0", "cpu"}) == "mixed" and _device({"cuda:0", None}) == "mixed"

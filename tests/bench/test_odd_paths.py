@@ -3,12 +3,13 @@ it in text that any encoder takes, and the commands printed for it paste back in
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from bench.cli import main
-from bench.cli_run import shell_word
 from bench.records import Record, RecordWriter, path_text, records_frame
+from bench.rundir import shell_word
 from tests.optional import needs
 from tests.runs import checkpointing_records, write_run
 
@@ -53,3 +54,11 @@ def test_a_shell_word_pastes_back_as_the_same_path(tmp_path):
     odd.mkdir()
     proc = subprocess.run(["bash", "-c", f"cd {shell_word(tmp_path)} && test -d {shell_word(ODD)}"])
     assert proc.returncode == 0
+
+
+def test_the_resume_command_pastes_back_as_the_same_path():
+    from bench.rundir import resume_command
+
+    out = Path(os.fsdecode(b"/tmp/odd\xffp/run1"))
+    said = resume_command(["run", "mla", "--out", str(out)], out)
+    assert said == "bench run mla --resume --out $'/tmp/odd\\xffp/run1'"
