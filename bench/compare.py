@@ -52,6 +52,7 @@ from bench.verdicts import (
     VARIES,
     follows,
     judge,
+    reference_disturbed,
 )
 
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
@@ -295,6 +296,9 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
             reason = (n.error if n and n.status != "ok" else None) or (b.error if b else None)
             status.append({"case_id": case_id, "suite": either.suite, "variant": either.variant,
                            "base_status": bs, "new_status": ns, "change": change, "reason": reason})
+    reference_disturbed(rows, b_cases, n_cases, {k: v for m in b_metas + n_metas
+                                                 for k, v in (m.get("suites") or {}).items() if isinstance(v, dict)},
+                        specs, allow_contended)
     follows(rows, specs)
     env_fields, env_diff, same_env = environments(b_metas, n_metas)
     unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))

@@ -299,7 +299,7 @@ def _rank_main(spec_path: str) -> int:
         if local_rank == 0:
             (job / "agreed.json").write_text(json.dumps(sorted(joined)))
         store.add("agree/read", 1)
-        while rank == 0 and int(store.add("agree/read", 0)) < world:  # the store lives in rank 0: until all read
+        while rank == 0 and int(store.add("agree/read", 0)) < world:  # until every rank read: the store may be rank 0's
             time.sleep(0.05)
         os._exit(0)
     (job / f"pid{rank}").write_text(str(os.getpid()))  # this rank started: a timeout names those that had not ended

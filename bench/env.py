@@ -164,13 +164,13 @@ def _changes_code(line: str, root: Path) -> bool:
     checkout, or every run from a working clone would read as dirty."""
     if not line.startswith("??"):
         return True
-    path = line[3:].strip().strip('"')
+    path = line[3:]  # -z: never quoted, whatever bytes the name holds
     if path.endswith(".py") or path.startswith(CODE_DIRS):
         return True
     if not path.endswith("/"):
         return False
     for folder, dirs, files in os.walk(root / path):
-        if "pyvenv.cfg" in files:  # a virtual environment: installed packages, not the code under test
+        if "pyvenv.cfg" in files or "conda-meta" in dirs:  # an environment: installed packages, not code under test
             dirs.clear()
         elif any(f.endswith(".py") for f in files):
             return True
@@ -182,15 +182,16 @@ def git_info(root: str | Path | None = None) -> dict:
     root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
 
     def git(*args):
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                             errors="surrogateescape")  # a file name's bytes as the file system holds them
         return out.stdout.strip() if out.returncode == 0 else None
 
     try:
         if git("rev-parse", "--is-inside-work-tree") != "true":
             return {"sha": None, "dirty": None}
-        status = git("status", "--porcelain")
+        status = git("status", "--porcelain", "-z")
         return {"sha": git("rev-parse", "HEAD"),
-                "dirty": None if status is None else any(_changes_code(line, root) for line in status.splitlines())}
+                "dirty": None if status is None else any(_changes_code(e, root) for e in status.split("\0") if e)}
     except (OSError, subprocess.SubprocessError):  # git not installed, or hung
         return {"sha": None, "dirty": None}
 

@@ -6,6 +6,7 @@ Reads run values only (bench.sides.CaseRuns): no torch.
 from __future__ import annotations
 
 import math
+import re
 
 from bench.metrics import Metric, default, is_clocked, of_weights, same_exact
 from bench.sides import CaseRuns
@@ -165,3 +166,25 @@ def follows(rows: list[dict], specs: dict[str, dict[str, Metric]]) -> None:
             seen.add(key)
             key = parent[key]
         r["follows"] = key[1] if key[1] != r["metric"] else None
+
+
+def reference_disturbed(rows: list[dict], b_cases: dict, n_cases: dict, suites: dict[str, dict],
+                        specs: dict[str, dict[str, Metric]], allow_contended: bool = False) -> None:
+    """A ratio to the reference variant (a `relative` metric: speedup_x, time_overhead_x) of a clock comes from the
+    reference case's timing too: where that case was contended in runs of either side, the row's timed verdict is
+    "contended" (`masked` keeps it), as its own case's would be; a clean case whose reference ran under load would
+    otherwise read as slower. `suites`: each suite's run.json declaration (reference, parts, relative)."""
+    for r in rows:
+        info = suites.get(r["suite"]) or {}
+        part = re.search(r"(?:^|,)part=([^,]*)", r["case_id"].split("/", 2)[-1])
+        scope = (info.get("parts") or {}).get(part.group(1), info) if part else info
+        relative = {x.get("name") for x in scope.get("relative") or () if isinstance(x, dict)}
+        if (allow_contended or r["metric"] not in relative or r["verdict"] in ("n/a", "contended")
+                or not is_clocked(r["metric"], specs.get(r["suite"], {})) or not scope.get("reference")):
+            continue
+        suite, _, params = r["case_id"].split("/", 2)
+        ref = f"{suite}/{scope['reference']}/{params}"
+        b, n = b_cases.get(ref), n_cases.get(ref)
+        why = _disturbed_runs(b.contended if b else (), n.contended if n else ())
+        if why and ref != r["case_id"]:
+            r.update(masked=r["verdict"], verdict="contended", contended=f"its reference case {ref}: {why}")

@@ -170,3 +170,32 @@ def test_a_new_side_all_under_load_that_looks_slower_fails_the_gate(tmp_path, ca
     assert one_run.unjudged_slower.empty and not one_run.failed
     allowed = compare(base, new, allow_contended=True)  # judged as any other: plain regressions, which gate
     assert allowed.unjudged_slower.empty and len(allowed.gating) == 3
+
+
+def test_a_ratio_to_a_reference_that_ran_under_load_is_contended(tmp_path):
+    # three BASE runs whose reference case (checkpointing none) alone was disturbed and 3x slower, three quiet NEW
+    # runs: full's own time is the same, and its time_overhead_x (full / none) must not read as a regression
+    from tests.runs import checkpointing_records
+
+    def runs(side, loaded):
+        out = []
+        for i in range(3):
+            records = [r for r in checkpointing_records(seed=10 * i + loaded) if r.get("metrics")]
+            for r in records:
+                quiet = not (loaded and r["variant"] == "none")
+                r["metrics"] = {**r["metrics"], **(QUIET if quiet else LOAD)}
+                if not quiet:
+                    r["metrics"]["step_time_ms"] *= 3
+                    r["samples"] = {"step_time_ms": [x * 3 for x in r["samples"]["step_time_ms"]]}
+            for r in records:  # the ratio as the runner computes it, from the reference of the same run
+                ref = next((x for x in records if x["variant"] == "none" and x["params"] == r["params"]), None)
+                if ref:
+                    r["metrics"]["time_overhead_x"] = r["metrics"]["step_time_ms"] / ref["metrics"]["step_time_ms"]
+            out.append(write_run(tmp_path / side, f"{side}{i}", records))
+        return out
+
+    c = compare(runs("b", True), runs("n", False))
+    full = c.rows[(c.rows["variant"] == "full") & (c.rows["metric"] == "time_overhead_x")]
+    assert set(full["verdict"]) == {"contended"} and set(full["masked"]) == {"slower"}
+    assert full["contended"].str.startswith("its reference case checkpointing/none/").all()
+    assert c.gating.empty  # the ratio does not gate as a regression

@@ -173,6 +173,14 @@ def test_a_venv_or_runs_in_the_checkout_do_not_make_it_dirty(tmp_path, monkeypat
     (tmp_path / "myplugin" / "__init__.py").write_text("x = 1\n")
     assert env.git_info(tmp_path)["dirty"] is True  # an untracked folder of Python is (git names the folder alone)
     (tmp_path / "myplugin" / "__init__.py").unlink()
+    (tmp_path / "conda" / "conda-meta").mkdir(parents=True)
+    (tmp_path / "conda" / "lib").mkdir()
+    (tmp_path / "conda" / "lib" / "os.py").write_text("")
+    assert env.git_info(tmp_path)["dirty"] is False  # a conda prefix is an environment too
+    (tmp_path / "démo").mkdir()
+    (tmp_path / "démo" / "y.py").write_text("")
+    assert env.git_info(tmp_path)["dirty"] is True  # a name git would quote
+    (tmp_path / "démo" / "y.py").unlink()
     (tmp_path / "bench" / "new.py").write_text("")
     assert env.git_info(tmp_path)["dirty"] is True  # an untracked module of the package is
     (tmp_path / "bench" / "new.py").unlink()
