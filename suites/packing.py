@@ -14,6 +14,13 @@ declared in `libraries`; impls.packing.liger), so the [tokens, vocab] logits are
 against ffd's, and the case also runs the plain head on the same weights and rows (head_mem_saving_x, head_loss_diff).
 Its cross-entropy is a Triton kernel that needs a CUDA device: on a CPU the case is skipped with that reason.
 
+`trl_bfd` is Hugging Face TRL's packing, the one SFTTrainer(packing=True) runs (impls.packing.trl_bfd, declared in
+`libraries`): trl.data_utils.pack_dataset(dataset, packing_length, strategy="bfd") on a datasets.Dataset holding the
+same lengths as token lists. Its pack_time times pack_dataset alone on a Dataset built before the clock starts, as
+ours time the packer on a prebuilt lengths array; its rows are read back into a Packing after, untimed, and measured
+(efficiency, rows, the training step) as ours are. It is our ffd's best-fit decreasing run per batch of 1,000
+sequences (Dataset.map's default), which leaves each batch's last rows part-empty.
+
 transformers' padding-free collator (DataCollatorWithFlattening) is measured in the rmpad suite, not here: it flattens
 whatever batch the loader hands it into one row, removing that batch's padding, and chooses no rows itself, so it is
 no packer; its loss equality (the library keeping flattened samples apart) is rmpad's loss_diff.
@@ -37,11 +44,12 @@ from bench.suite import (
     Workload,
     build_module,
     register,
+    requires,
     run_dtype,
 )
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
-from impls.packing import PACKERS, liger
+from impls.packing import PACKERS, liger, trl_bfd
 from impls.packing.train import packed_loss, packed_rows, unpacked_loss
 from impls.rmpad.lengths import make_lengths, pad_fraction
 from impls.rmpad.reference import Decoder, DecoderConfig
@@ -49,6 +57,7 @@ from impls.rmpad.reference import Decoder, DecoderConfig
 DISTRIBUTIONS = ("uniform", "lognormal", "zipf", "bimodal")
 PACKED_BY = {"ffd_naive": "ffd", "ffd_liger": "ffd"}  # variants that train another packer's rows: variant -> packer
 LIGER = "ffd_liger"
+TRL = "trl_bfd"
 SHAPES = {
     "tiny": {"d_model": 32, "heads": 2, "layers": 2, "vocab": 128},
     "small": {"d_model": 64, "heads": 4, "layers": 2, "vocab": 1024},
@@ -82,8 +91,11 @@ class Packing(Suite):
         "ffd_naive": "ffd rows trained with plain causal attention across samples (cross-contamination)",
         LIGER: "ffd rows, LM head + cross-entropy fused by Liger-Kernel (liger_fused_linear_cross_entropy): no "
                "[tokens, vocab] logits (CUDA)",
+        TRL: "TRL's pack_dataset(strategy='bfd'), as SFTTrainer packs: best-fit decreasing per batch of 1,000 "
+             "sequences; pack_time is pack_dataset alone, on a prebuilt datasets.Dataset",
     }
-    libraries = {LIGER: liger.label()}
+    libraries = {LIGER: liger.label(), TRL: trl_bfd.label()}
+    requires = {TRL: ("trl", trl_bfd.PIP)}
     relative = (
         Relative("efficiency_gain_x", "packing_efficiency"),
         Relative("rows_saving_x", "rows_per_epoch", invert=True),
@@ -123,6 +135,8 @@ class Packing(Suite):
                 raise Skip(why)
             if device == "meta":
                 raise NotPlannable("Liger-Kernel's fused linear cross-entropy is a Triton kernel with no meta kernel")
+        if variant == TRL:
+            requires("trl", pip=trl_bfd.PIP)
         # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on
         packing = _packing(PACKED_BY.get(variant, variant), params["dist"], params["sequences"],
                            params["packing_length"], params["batch"])
@@ -133,18 +147,27 @@ class Packing(Suite):
             why = liger.unsupported(device)  # before any work, and without importing the library
             if why:
                 raise Skip(why)
+        if variant == TRL:
+            requires("trl", pip=trl_bfd.PIP)
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
-        pack = PACKERS[PACKED_BY.get(variant, variant)]
-
+        length, batch = params["packing_length"], params["batch"]
         out = {}
+        if variant == TRL:
+            trl_bfd.api()  # imported before the clock (~5 s, transformers)
+            data = trl_bfd.dataset(trl_bfd.to_items(lengths, length, batch, "reject").length)
 
-        def run():
-            out["packing"] = pack(lengths, packing_length=params["packing_length"], batch_size=params["batch"])
+            def run():
+                out["packed"] = trl_bfd.pack(data, length)
+        else:
+            pack = PACKERS[PACKED_BY.get(variant, variant)]
+
+            def run():
+                out["packing"] = pack(lengths, packing_length=length, batch_size=batch)
 
         # Python and numpy, nothing to compile or warm up: every call is timed (a first call was measured no slower),
         # at least 2 and 0.2 s of them: 2 at quick size, where a call takes 0.1-0.5 s (100k lengths)
         timing = time_fn(run, "cpu", warmup=0, min_reps=2, min_time_s=0.2)
-        packing = out["packing"]
+        packing = out["packing"] if variant != TRL else trl_bfd.to_packing(out["packed"], lengths, length, batch)
         step, real, train_metrics = _train_step(packing, params, device, _mask(variant), _loss(variant))
         metrics = {
             "packing_efficiency": packing.efficiency,
@@ -181,7 +204,8 @@ def _lengths(dist: str, n: int, max_len: int) -> np.ndarray:
 def _packing(packer: str, dist: str, n: int, packing_length: int, batch: int):
     """A packer's packing of the dataset's lengths, kept for the next plan of the same data (ffd's variants pack
     alike)."""
-    return PACKERS[packer](_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
+    pack = trl_bfd.trl_bfd if packer == TRL else PACKERS[packer]
+    return pack(_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
 
 
 def train_workload(packing, params, device: str, mask: str, loss=packed_loss) -> tuple[Workload, int, tuple]:

@@ -110,7 +110,7 @@ def test_the_suite_skips_the_variant_on_cpu_before_any_work(monkeypatch):
         suite.measure(LIGER, params, "cpu")
     with pytest.raises(Skip, match="CUDA device"):
         suite.workload(LIGER, params, "meta", target="cpu")
-    assert suite.libraries == {LIGER: liger.label()} and LIGER in suite.variants
+    assert suite.libraries[LIGER] == liger.label() and LIGER in suite.variants
 
 
 @pytest.mark.parametrize("installed", ["0.8.5", None])

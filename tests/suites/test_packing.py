@@ -3,15 +3,17 @@
 import pytest
 
 from reports.figures import figures_for, load_frame
-from suites.packing import LIGER
-from tests.optional import needs
+from suites.packing import LIGER, TRL
+from tests.impls.test_trl_packing import BATCHED_MARGIN
+from tests.optional import missing, needs
 
 
 @pytest.fixture(scope="module")
 def packing(smoke_records):
     _, by_suite = smoke_records
     records = [r for rs in by_suite["packing"].values() for r in rs]
-    assert records and all(r.status == "ok" for r in records if r.variant != LIGER)  # Liger-Kernel's: CUDA only
+    optional = {LIGER} | ({TRL} if missing("trl") else set())  # Liger-Kernel's: CUDA only; trl: the ecosystem extra
+    assert records and all(r.status == "ok" for r in records if r.variant not in optional)
     return {(r.params["dist"], r.variant): r.metrics for r in records if r.status == "ok"}
 
 
@@ -50,6 +52,16 @@ def test_liger_fused_head_is_skipped_on_cpu_with_its_reason(smoke_records):
     _, by_suite = smoke_records
     records = by_suite["packing"][LIGER]
     assert records and all(r.status == "skipped" and "needs a CUDA device" in r.error for r in records)
+
+
+@needs("trl")
+def test_trl_packs_as_our_bfd_per_batch_of_a_thousand(packing):
+    # 2,000 sequences: two map batches, each packed alone
+    for dist in ("uniform", "lognormal", "zipf", "bimodal"):
+        ours, theirs = packing[(dist, "ffd")], packing[(dist, TRL)]
+        gap = ours["packing_efficiency"] - theirs["packing_efficiency"]
+        assert 0 <= gap <= BATCHED_MARGIN, dist
+        assert theirs["loss_diff"] <= 1e-6 and theirs["packer_seqs_per_s"] > 0, dist
 
 
 @needs("plotly")
