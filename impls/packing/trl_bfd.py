@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import logging
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -61,12 +63,21 @@ def _moved(what: str) -> ApiMoved:
 def api() -> Callable:
     """trl.data_utils.pack_dataset; ApiMoved when it is gone or takes other arguments. An absent trl raises
     ModuleNotFoundError (callers check with bench.suite.requires first and skip)."""
+    # torchao, which trl's import pulls in, says on a CPU that its CUDA kernels do not load, and registers enums
+    # that torch now warns about: lines in every run's output about no variant measured here
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
     try:
         module = importlib.import_module(MODULE)
     except ModuleNotFoundError as e:
         if e.name != MODULE:  # trl itself or a dependency is missing
             raise
         raise _moved(f"{MODULE} is gone") from e
+    finally:
+        for log, level in zip(quiet, levels):
+            log.setLevel(level)
     fn = getattr(module, NAME, None)
     if not callable(fn):
         raise _moved(f"{MODULE} no longer has {NAME}")
@@ -96,6 +107,9 @@ def pack(data, packing_length: int, map_kwargs: dict | None = None):
     import datasets
 
     fn = api()
+    tqdm = importlib.import_module("tqdm").tqdm
+    if not hasattr(tqdm, "_lock"):  # map's bar, even off, makes tqdm's lock, whose default holds a multiprocessing
+        tqdm.set_lock(threading.RLock())  # semaphore that a case's process leaves behind: a warning as bench exits
     shown = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:

@@ -118,3 +118,25 @@ def test_the_suite_declares_trl_and_plans_it_as_its_packers():
     assert suite.libraries[TRL] == trl_bfd.label() and suite.requires[TRL] == ("trl", "techbench[ecosystem]")
     p = _packing(TRL, "lognormal", 2000, 512, 8)
     assert p == trl_bfd.trl_bfd(lengths("lognormal", 512), packing_length=512, batch_size=8)
+
+
+@NEEDS
+def test_packing_leaves_no_semaphore_and_says_nothing():
+    # map's progress bar, even off, made tqdm's default lock, a multiprocessing semaphore that every case's process
+    # left behind (a "leaked semaphore" warning as bench exited); and trl's import pulled in torchao's CUDA-library
+    # and enum warnings. A fresh process, as a case's, counts what it registers and what it logs
+    import subprocess
+    import sys
+
+    code = """
+import logging, multiprocessing.resource_tracker as rt, numpy as np
+made = []
+rt.register = lambda name, rtype: made.append(rtype)
+logging.basicConfig(level=logging.WARNING)
+from impls.packing import trl_bfd
+trl_bfd.pack(trl_bfd.dataset(np.array([5, 7, 9] * 100)), 64)
+print("semaphores", made.count("semaphore"))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "semaphores 0", out.stdout + out.stderr[-2000:]
+    assert "Failed to load" not in out.stderr and "register_constant" not in out.stderr, out.stderr[-2000:]
