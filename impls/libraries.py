@@ -4,7 +4,12 @@ adapter raises when the installed version no longer has a name it uses (a broken
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class ApiMoved(RuntimeError):
@@ -24,3 +29,41 @@ def label(dist: str) -> str:
     """How a report names the library: 'diffusers 0.42.1' (or 'diffusers' where it is not installed)."""
     v = version(dist)
     return f"{dist} {v}" if v else dist
+
+
+# Loggers that talk while a library imports (torchao's optional CUDA kernels that fail to load on a CPU build, torch's
+# pytree deprecation notes on the enums torchao registers): lines about import machinery in every run's output, not
+# about what a case measures.
+CHATTY = ("torchao", "torch.utils._pytree")
+
+
+@contextmanager
+def quiet(names: tuple[str, ...] = CHATTY) -> Iterator[None]:
+    """The `names` loggers at ERROR inside the block (an import error still raises)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def quiet_import(name: str):
+    """importlib.import_module(name) with the CHATTY loggers at ERROR while it runs."""
+    with quiet():
+        return importlib.import_module(name)
+
+
+def function(module, path: str, name: str, params: tuple[str, ...], moved: Callable[[str], ApiMoved]) -> Callable:
+    """`module.name` (`module` imported from `path`), a function that takes at least `params`; else the adapter's
+    `moved(what)` error."""
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise moved(f"{path} no longer has {name}")
+    have = inspect.signature(fn).parameters
+    if not set(params) <= set(have):
+        raise moved(f"{path}.{name} takes {list(have)}, not {', '.join(params)}")
+    return fn

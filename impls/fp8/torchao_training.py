@@ -25,9 +25,7 @@ torchao is imported lazily (`api`), only by a case or a test that uses it; it is
 from __future__ import annotations
 
 import inspect
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
@@ -40,12 +38,6 @@ from impls.libraries import ApiMoved
 WRITTEN_FOR = "0.18.0"
 RECIPES = ("tensorwise", "rowwise")  # torchao's Float8LinearRecipeName values used here
 NAMES = ("convert_to_float8_training", "Float8LinearConfig", "Float8LinearRecipeName")  # from torchao.float8
-# torchao logs failed loads of its CUDA extension .so files (expected on a CPU build or a GPU the wheel was not built
-# for; float8 training runs on torch._scaled_mm, not on them), and torch logs a deprecation for torchao's Enum pytree
-# registration: warnings on every import, none about what runs here. Import errors still raise.
-QUIET = ("torchao", "torch.utils._pytree")
-
-
 
 
 def version() -> str | None:
@@ -56,19 +48,6 @@ def label() -> str:
     return libraries.label("torchao")
 
 
-@contextmanager
-def _quiet(names: tuple[str, ...] = QUIET) -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _moved(what: str) -> ApiMoved:
     return ApiMoved(f"torchao {version()}: {what} (this adapter is written against torchao {WRITTEN_FOR}: pin it with "
                     f"pip install techbench[ecosystem], or update impls/fp8/torchao_training.py)")
@@ -77,7 +56,10 @@ def _moved(what: str) -> ApiMoved:
 def api() -> SimpleNamespace:
     """torchao.float8's names used here, imported quietly; ApiMoved names the one that is gone. An absent torchao
     raises ModuleNotFoundError (callers check for it first and skip)."""
-    with _quiet():
+    # torchao logs failed loads of its CUDA extension .so files (expected on a CPU build or a GPU the wheel was not
+    # built for; float8 training runs on torch._scaled_mm, not on them), and torch a deprecation for torchao's Enum
+    # pytree registration: warnings on every import, none about what runs here. Import errors still raise
+    with libraries.quiet():
         import torchao.float8 as f8
     missing = [n for n in NAMES if not hasattr(f8, n)]
     if missing:

@@ -34,8 +34,6 @@ skip.
 from __future__ import annotations
 
 import functools
-import importlib
-import logging
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -52,9 +50,6 @@ IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 MODULES = {"experts": "transformers.models.deepseek_v3.modeling_deepseek_v3",
            "config": "transformers.models.deepseek_v3.configuration_deepseek_v3",
            "interface": "transformers.integrations.moe"}
-# Loggers that talk while transformers imports (torchao's optional kernels that fail to load on this build, torch's
-# pytree deprecation notes): warnings about the import machinery, not about what a case measures.
-_CHATTY = ("torchao", "torch.utils._pytree")
 PATHS = {"torch": "aten::_grouped_mm", "fallback": "transformers::grouped_mm_fallback"}  # grouped_mm's GEMMs, by op
 
 
@@ -72,21 +67,14 @@ def _moved(what: str) -> ApiMoved:
 
 
 def _import(name: str):
-    loggers = [logging.getLogger(n) for n in _CHATTY]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
     try:
-        return importlib.import_module(name)
+        return libraries.quiet_import(name)
     except ModuleNotFoundError as e:
         if e.name == "transformers":  # the package itself: the caller's `requires` names what to install
             raise
         if (e.name or "").startswith("transformers."):
             raise _moved(f"{name} is gone") from e
         raise  # something transformers needs is missing: that error stands
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 @functools.cache

@@ -23,7 +23,6 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -80,13 +79,7 @@ def api() -> Callable[..., Tensor]:
         if not (e.name or "").startswith("liger_kernel."):  # liger_kernel itself or a dependency (triton) is missing
             raise
         raise _moved(f"{MODULE} is gone") from e
-    fused = getattr(module, NAME, None)
-    if not callable(fused):
-        raise _moved(f"{MODULE} no longer has {NAME}")
-    params = inspect.signature(fused).parameters
-    if not set(PARAMS) <= set(params):
-        raise _moved(f"{MODULE}.{NAME} takes {list(params)}, not {', '.join(PARAMS)}")
-    return fused
+    return libraries.function(module, MODULE, NAME, PARAMS, _moved)
 
 
 def head_loss(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:

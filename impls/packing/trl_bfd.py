@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
-import logging
 import threading
 from collections.abc import Callable
 
@@ -63,28 +61,13 @@ def _moved(what: str) -> ApiMoved:
 def api() -> Callable:
     """trl.data_utils.pack_dataset; ApiMoved when it is gone or takes other arguments. An absent trl raises
     ModuleNotFoundError (callers check with bench.suite.requires first and skip)."""
-    # torchao, which trl's import pulls in, says on a CPU that its CUDA kernels do not load, and registers enums
-    # that torch now warns about: lines in every run's output about no variant measured here
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [log.level for log in quiet]
-    for log in quiet:
-        log.setLevel(logging.ERROR)
     try:
-        module = importlib.import_module(MODULE)
+        module = libraries.quiet_import(MODULE)  # trl's import pulls in torchao, whose warnings would fill the output
     except ModuleNotFoundError as e:
         if e.name != MODULE:  # trl itself or a dependency is missing
             raise
         raise _moved(f"{MODULE} is gone") from e
-    finally:
-        for log, level in zip(quiet, levels):
-            log.setLevel(level)
-    fn = getattr(module, NAME, None)
-    if not callable(fn):
-        raise _moved(f"{MODULE} no longer has {NAME}")
-    params = inspect.signature(fn).parameters
-    if not set(PARAMS) <= set(params):
-        raise _moved(f"{MODULE}.{NAME} takes {list(params)}, not {', '.join(PARAMS)}")
-    return fn
+    return libraries.function(module, MODULE, NAME, PARAMS, _moved)
 
 
 def dataset(lengths: np.ndarray):

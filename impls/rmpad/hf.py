@@ -9,7 +9,6 @@ so the rest of impls/ needs torch only.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import Sequence
 
@@ -22,9 +21,6 @@ from impls.rmpad.reference import DecoderConfig
 IGNORE = -100  # the label transformers' loss skips (and the collator's separator)
 # Attention implementations by the short name a variant carries -> the name transformers knows them by.
 ATTENTION = {"sdpa": "sdpa", "flex": "flex_attention", "fa2": "flash_attention_2"}
-# Loggers that talk while transformers imports (torchao's optional kernels that fail to load on this build, torch's
-# pytree deprecation notes): warnings about the import machinery, not about what a case measures.
-_CHATTY = ("torchao", "torch.utils._pytree")
 
 
 def version() -> str | None:
@@ -41,11 +37,7 @@ def transformers():
 
     An import error still raises (naming what to install when transformers itself is missing): only the named
     loggers' warnings are held back, and only during the import."""
-    loggers = [logging.getLogger(name) for name in _CHATTY]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
+    with libraries.quiet():
         try:
             import transformers as tf
         except ModuleNotFoundError as e:
@@ -55,9 +47,6 @@ def transformers():
                                       name="transformers") from e
         # the package is lazy: touching the names imports the modeling code (and what it pulls in) inside this window
         tf.DataCollatorWithFlattening, tf.LlamaConfig, tf.LlamaForCausalLM, tf.LlamaModel  # noqa: B018
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
     return tf
 
 
