@@ -1,4 +1,5 @@
-"""The rule each metric of a case gets when two sides are compared (bench.compare): `verdict` gives one row.
+"""The rule each metric of a case gets when two sides are compared (bench.compare): `judge` gives one row, `follows` and
+reference_disturbed adjust the rows after.
 
 Reads run values only (bench.sides.CaseRuns): no torch.
 """

@@ -1,0 +1,114 @@
+"""What compare takes as its two sides and says about them: optional packages and library versions in the
+environment diff, sides it refuses, NEW runs that lost records since they finished, and derived rows listed under
+the timing they moved with."""
+
+import contextlib
+
+import pytest
+
+from bench.compare import compare
+from bench.records import read_run_json
+from tests.runs import checkpointing_records, write_run
+
+
+def test_optional_packages_and_a_variant_of_two_libraries_are_named_in_the_environment_diff(tmp_path):
+    from bench.env import collect, env_id
+    from bench.records import write_run_json
+
+    env = collect()
+    assert all(isinstance(v, str) for v in env["packages"].values())
+    assert env_id({**env, "packages": {"torchvision": "0.26.0"}}) == env_id({**env, "packages": {}})  # not identity
+    a, b = (write_run(tmp_path, n, checkpointing_records(seed=i)) for i, n in enumerate("ab"))
+    for run, packages, fa in ((a, {}, "2.8.3"), (b, {"torchvision": "0.26.0"}, "2.8.4")):
+        meta = read_run_json(run)
+        meta["env"]["packages"] = packages
+        meta["suites"]["checkpointing"]["libraries"] = {"hf_fa2": f"transformers 5.23.0, flash-attn {fa}"}
+        write_run_json(run, meta)
+    diff = {f: (old, new) for f, old, new in compare([a], [b]).env_diff}
+    assert diff["packages"] == (None, "torchvision 0.26.0")
+    meta = read_run_json(a)
+    del meta["env"]["packages"]  # a run recorded before the field: it says nothing about packages
+    write_run_json(a, meta)
+    assert "packages" not in {f for f, _, _ in compare([a], [b]).env_diff}
+    assert diff["libraries"] == ("flash-attn 2.8.3, transformers 5.23.0", "flash-attn 2.8.4, transformers 5.23.0")
+
+
+def test_sides_that_cannot_be_compared_as_given_are_refused(tmp_path, capsys):
+    from bench.cli import main
+
+    smoke = write_run(tmp_path, "smoke", checkpointing_records(seed=1), size="smoke")
+    quick = write_run(tmp_path, "quick", checkpointing_records(seed=2), size="quick")
+    other = write_run(tmp_path, "other", checkpointing_records(seed=3), size="quick")
+    with pytest.raises(ValueError, match="is on both sides"):
+        compare([quick], [other, quick])
+    with pytest.raises(ValueError, match=r"NEW holds runs of several sizes \(quick, smoke\)"):
+        compare([other], [quick, smoke])
+    assert main(["compare", str(tmp_path), str(other)]) == 2  # the folder holds NEW's run too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is on both sides" in err
+
+
+def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
+    # finished runs that recorded 15 records: NEW's records.jsonl emptied, cut short or garbled since
+    from bench.cli import main
+    from bench.records import write_run_json
+
+    def finished(name, seed):
+        run = write_run(tmp_path, name, checkpointing_records(seed=seed))
+        meta = read_run_json(run)
+        write_run_json(run, {**meta, "finished_at": "2026-11-28T02:00:00Z",
+                             "recorded": len((run / "records.jsonl").read_text().splitlines())})
+        return run
+
+    base = finished("base", 1)
+    assert not compare(base, finished("good", 2)).damaged
+    for i, (damage, why) in enumerate(((lambda lines: [], "holds 0 of"), (lambda lines: lines[:2], "holds 2 of"),
+                                       (lambda lines: lines[:-1] + ["{garbage"], "1 corrupt line"))):
+        new = finished(f"new{i}", 2)
+        lines = (new / "records.jsonl").read_text().splitlines()
+        (new / "records.jsonl").write_text("".join(f"{x}\n" for x in damage(lines)))
+        with pytest.warns(UserWarning) if "corrupt" in why else contextlib.nullcontext():
+            c, reverse = compare(base, new), compare(new, base)
+        assert c.failed and c.damaged[0][0] == "new" and why in c.damaged[0][2], c.damaged
+        assert any(line.startswith("damaged: new run") for line in c.summary_lines())
+        assert reverse.damaged[0][0] == "base" and not reverse.failed  # a damaged BASE is said, but NEW passes
+    assert main(["compare", str(base), str(new), "--fail-on-regression"]) == 1
+    assert "damaged: new run" in capsys.readouterr().out
+    # a run that finished with no record (an empty shard, a node that never held rank 0) is not damaged
+    empty = finished("empty", 3)
+    (empty / "records.jsonl").write_text("")
+    write_run_json(empty, {**read_run_json(empty), "recorded": 0})
+    assert not compare(base, empty).damaged
+
+
+def test_a_rate_that_moved_with_its_timing_is_listed_under_it(tmp_path):
+    # three runs a side, the new 30% slower: each case's step time is one regression, its tokens/s beside it
+    base = [write_run(tmp_path / "b", f"b{i}", checkpointing_records(seed=i)) for i in range(3)]
+    new = [write_run(tmp_path / "n", f"n{i}", checkpointing_records(scale=1.3, seed=10 + i)) for i in range(3)]
+    c = compare(base, new)
+    slower = c.regressions
+    rates = slower[slower["metric"] == "tokens_per_s"]
+    assert len(rates) == 10 and (rates["follows"] == "step_time_ms").all()
+    assert slower[slower["metric"] == "step_time_ms"]["follows"].isna().all()
+    lines = c.summary_lines()
+    assert f"regressions ({len(slower)}; 10 derived from another listed):" in lines
+    assert sum(line.startswith("    with it: tokens_per_s x0.7") for line in lines) == 10
+    assert not any("tokens_per_s" in line and line.startswith("  slower") for line in lines)
+    assert c.rows[c.rows["metric"] == "peak_mem_bytes"]["follows"].isna().all()
+
+
+def test_a_ratio_of_two_timings_that_both_moved_follows_neither():
+    # mtp's speedup = greedy / speculative: both slower, the speedup lower: neither input alone explains it
+    from bench.metrics import Metric
+    from bench.verdicts import follows
+
+    specs = {"s": {"speedup_x": Metric("speedup_x", "derived", "higher", inputs=("greedy_ms", "spec_ms")),
+                   "tokens_per_s": Metric("tokens_per_s", "derived", "higher", inputs=("spec_ms",))}}
+    rows = [{"case_id": "c", "suite": "s", "metric": m, "verdict": v} for m, v in
+            (("greedy_ms", "slower"), ("spec_ms", "slower"), ("speedup_x", "slower"), ("tokens_per_s", "slower"))]
+    follows(rows, specs)
+    assert {r["metric"]: r["follows"] for r in rows} == {"greedy_ms": None, "spec_ms": None, "speedup_x": None,
+                                                         "tokens_per_s": "spec_ms"}
+    rows[0]["verdict"] = "same"  # now the speculative decoder alone slowed: the speedup follows it
+    follows(rows, specs)
+    assert rows[2]["follows"] == "spec_ms"
