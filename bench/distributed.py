@@ -126,22 +126,45 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
         return {"status": "error", "error": f"the job exited with code {code} without a result:\n" + _log_tail(job)}
 
 
+class NodesDiffer(Exception):
+    """The nodes of a run over several nodes were started for different distributed cases (the message says how)."""
+
+
 def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
           cpus: frozenset[int] | None = None) -> set[str] | None:
-    """The cases of `planned` (the run's distributed cases, the same on every node) that any node of a resumed run
-    over several nodes skips (`skipped`: this node's, those it holds a record of), gathered from every node by one
-    small job at the rendezvous; None where that job failed.
+    """The cases of `planned` (this node's distributed cases, which must be every node's) that any node skips
+    (`skipped`: this node's, those it holds a record of), gathered from every node by one small job at the
+    rendezvous; None where that job failed. Raises NodesDiffer where the nodes planned different cases.
     Each node knows only its own records (a case is recorded by the node that held rank 0), so each would resume at
-    a case of its own, and its peers would wait at another: every node skips what any of them does instead."""
+    a case of its own, and its peers would wait at another: every node skips what any of them does instead. The
+    job's rendezvous id is the same whatever the node planned, so that nodes started with different filters meet
+    and say so at once, rather than each waiting at a case of its own until its timeout."""
     with scratch("techbench-dist-") as job:
-        (job / "spec.json").write_text(json.dumps({"agree": sorted(skipped & set(planned)), "dir": str(job)}))
+        digest = hashlib.sha256("\n".join(planned).encode()).hexdigest()[:16]
+        spec = {"agree": sorted(skipped & set(planned)), "planned": digest, "count": len(planned), "dir": str(job)}
+        (job / "spec.json").write_text(json.dumps(spec))
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, "-m", *how.torchrun_args("agree " + " ".join(planned)), "-m", "bench.distributed",
+        cmd = [sys.executable, "-m", *how.torchrun_args("techbench agree"), "-m", "bench.distributed",
                str(job / "spec.json")]
         if _keep(cmd, env, job, timeout_s, cpus) != 0 or not (job / "agreed.json").exists():
             return None
-        return set(json.loads((job / "agreed.json").read_text()))
+        answer = json.loads((job / "agreed.json").read_text())
+        if "differ" in answer:
+            raise NodesDiffer(answer["differ"])
+        return set(answer["skipped"])
+
+
+def _join_plans(said: dict[int, dict]) -> dict:
+    """agreed.json from what each node said at the agreement ({node rank: its spec and host}): the cases any node
+    skips, or `differ`, a line naming each node's plan where they differ."""
+    plans = {(s["planned"], s["count"]) for s in said.values()}
+    if len(plans) > 1:
+        nodes = "; ".join(f"node {n} ({s['host']}) {s['count']} case{'s' * (s['count'] != 1)} [{s['planned'][:8]}]"
+                          for n, s in sorted(said.items()))
+        return {"differ": f"the nodes were started for different distributed cases ({nodes}): start every node with "
+                          "the same suites, --size, --variant, --params and --case"}
+    return {"skipped": sorted({c for s in said.values() for c in s["agree"]})}
 
 
 def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
@@ -290,14 +313,15 @@ def _rank_main(spec_path: str) -> int:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     os.environ[CASE_ROOT] = str(os.getppid())  # the launcher: every rank of this node is in the case's tree
     job = Path(spec["dir"])
-    if "agree" in spec:  # `agree`: every node's skipped cases, joined through the job's store (no collective
-        world = int(os.environ["WORLD_SIZE"])  # backend: a GPU cluster's gloo may not find its network)
+    if "agree" in spec:  # `agree`: what every node planned and skips, joined through the job's store (no
+        world = int(os.environ["WORLD_SIZE"])  # collective backend: a GPU cluster's gloo may not find its network)
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0)
-        store.set(f"agree/{rank}", json.dumps(spec["agree"]))
+        store.set(f"agree/{rank}", json.dumps({**spec, "host": socket.gethostname(),
+                                               "node": int(os.environ.get("GROUP_RANK", 0))}))
         store.wait([f"agree/{r}" for r in range(world)])
-        joined = {c for r in range(world) for c in json.loads(store.get(f"agree/{r}"))}
+        said = [json.loads(store.get(f"agree/{r}")) for r in range(world)]
         if local_rank == 0:
-            (job / "agreed.json").write_text(json.dumps(sorted(joined)))
+            (job / "agreed.json").write_text(json.dumps(_join_plans({s["node"]: s for s in said})))
         store.add("agree/read", 1)
         while rank == 0 and int(store.add("agree/read", 0)) < world:  # until every rank read: the store may be rank 0's
             time.sleep(0.05)

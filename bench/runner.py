@@ -14,7 +14,7 @@ import random
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ from bench.records import (
     Scan,
     write_run_json,
 )
+from bench.rundir import LOCK, open_run_dir
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
-from bench.rundir import open_run_dir
 from bench.suite import SUITES, Suite, case_id
 from bench.validation import check_measurement
 
@@ -128,20 +128,35 @@ def run(cfg: RunConfig, progress=None, opened=None) -> tuple[int, list[Record]]:
     cases = plan(cfg.suites, cfg.size, cfg.device, cfg.variants, cfg.shard, cfg.where, cfg.launch.world_size,
                  cfg.cases_like)
     shard = "{}/{}".format(*cfg.shard)
+    created = not cfg.out.exists()
     lock, meta, scan, rebuild = open_run_dir(cfg.out, cfg.resume, (cfg.size, cfg.device, shard),
                                              [s.name for s in cfg.suites])
     try:
         if rebuild is not None:
             _check_rebuild(cfg, scan, rebuild)
+        elsewhere = _skipped_by_peers(cases, _todo(cases, scan, cfg), cfg) if cfg.launch.nnodes > 1 else set()
         if opened is not None:
             opened()
-        return _run(cfg, progress, cases, shard, meta, scan, rebuild)
+        return _run(cfg, progress, cases, shard, meta, scan, rebuild, elsewhere)
+    except distributed.NodesDiffer as e:
+        if created:  # the folder this run made holds only its lock
+            with suppress(OSError):
+                (cfg.out / LOCK).unlink()
+                cfg.out.rmdir()
+        raise RunDirError(str(e)) from None
     finally:
         lock.release()
 
 
+def _todo(cases: list[Case], scan: Scan, cfg: RunConfig) -> list[Case]:
+    """The cases of `cases` this run measures: those `scan` holds no record of, and with --retry-failed those it
+    holds as error or timeout."""
+    finished = {r.case_id: r for r in scan.records}
+    return [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
+
+
 def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | None, scan: Scan,
-         rebuild: str | None) -> tuple[int, list[Record]]:
+         rebuild: str | None, elsewhere: set[str]) -> tuple[int, list[Record]]:
     from bench import __version__
     from bench import env as envmod
 
@@ -176,9 +191,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": threads[s.name]} for s in cfg.suites}}
     write_run_json(cfg.out, meta)
 
-    todo = [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
-    elsewhere = _skipped_by_peers(cases, todo, cfg) if cfg.resume and cfg.launch.nnodes > 1 else set()
-    todo = [c for c in todo if c.id not in elsewhere]
+    todo = [c for c in _todo(cases, scan, cfg) if c.id not in elsewhere]
     if cfg.predict or cfg.skip_predicted_oom:
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))
@@ -286,9 +299,10 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _skipped_by_peers(cases: list[Case], todo: list[Case], cfg: RunConfig) -> set[str]:
-    """The distributed cases of `todo` that another node of a resumed run over several nodes holds a record of
-    (bench.distributed.agree), so that every node resumes at the same case; none, with a warning, where the nodes
-    could not be asked."""
+    """The distributed cases of `todo` that another node of a run over several nodes holds a record of
+    (bench.distributed.agree), so that every node of a resumed run resumes at the same case; none, with a warning,
+    where the nodes could not be asked. Raises distributed.NodesDiffer where the nodes planned different cases: a
+    fresh run asks too, so that such nodes stop at once instead of each waiting at its own first case."""
     jobs = [c.id for c in cases if SUITES[c.suite].world_sizes]
     if not jobs:
         return set()

@@ -109,9 +109,9 @@ def test_bad_launches_are_usage_errors(tmp_path, capsys, argv, message):
     assert not (tmp_path / "x").exists()
 
 
-def two_nodes(tmp_path, *argv):
-    """Two `bench run`s of moe_ep as two nodes of one rendezvous (one rank each), into tmp_path/node0 and node1;
-    both must exit 0. Their records, over both nodes."""
+def two_nodes(tmp_path, *argv, second=(), code=0):
+    """Two `bench run`s of moe_ep as two nodes of one rendezvous (one rank each), into tmp_path/node0 and node1, the
+    second with `second` added to its arguments; both must exit `code`. Their records, over both nodes."""
     import socket
     import subprocess
     import sys
@@ -120,17 +120,18 @@ def two_nodes(tmp_path, *argv):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "bench", "run", "moe_ep", "--size", "smoke", "--device", "cpu", "--timeout", "120",
-           "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint", f"localhost:{port}", *argv, "--out"]
+           "--nproc-per-node", "1", "--nnodes", "2", "--rdzv-endpoint", f"localhost:{port}", *argv]
     logs = [(tmp_path / f"node{i}.log").open("wb") for i in range(2)]
     nodes = []
     for i, log in enumerate(logs):
-        nodes.append(subprocess.Popen([*cmd, str(tmp_path / f"node{i}")], stdout=log, stderr=subprocess.STDOUT))
+        node = [*cmd, *(second if i else ()), "--out", str(tmp_path / f"node{i}")]
+        nodes.append(subprocess.Popen(node, stdout=log, stderr=subprocess.STDOUT))
         time.sleep(2)  # the first node hosts the rendezvous store
     for i, node in enumerate(nodes):
         node.wait(timeout=300)
         logs[i].close()
-        assert node.returncode == 0, (tmp_path / f"node{i}.log").read_text()[-2000:]
-    return [r for i in range(2) for r in read_records(tmp_path / f"node{i}" / "records.jsonl")]
+        assert node.returncode == code, (tmp_path / f"node{i}.log").read_text()[-2000:]
+    return [r for i in range(2) if code == 0 for r in read_records(tmp_path / f"node{i}" / "records.jsonl")]
 
 
 def test_two_nodes_on_one_machine_record_each_case_once(tmp_path):
@@ -143,6 +144,19 @@ def test_two_nodes_on_one_machine_record_each_case_once(tmp_path):
     # replicated), and each case is recorded once
     records = two_nodes(tmp_path, "--variant", "ep", "replicated", "--resume")
     assert sorted((r.variant, r.status) for r in records) == [("ep", "ok"), ("replicated", "ok")]
+
+
+def test_nodes_started_for_different_cases_stop_at_once(tmp_path):
+    # one node for ep, the other for ep and replicated: they meet at the agreement, not each at a first case of its
+    # own until the timeout, and each exits 2 naming both plans; neither leaves a folder behind
+    started = time.monotonic()
+    two_nodes(tmp_path, "--variant", "ep", second=["replicated"], code=2)
+    assert time.monotonic() - started < 120
+    for i in range(2):
+        said = (tmp_path / f"node{i}.log").read_text()
+        assert "the nodes were started for different distributed cases (node 0 " in said, said[-2000:]
+        assert "1 case [" in said and "2 cases [" in said
+        assert not (tmp_path / f"node{i}").exists()
 
 
 def _one_rank(rank: int, spec: str, port: int) -> None:
