@@ -18,7 +18,9 @@ MIN_OVERLAP = 0.7  # CornerNet's Gaussian radius: a box shifted within it keeps 
 
 
 def gaussian_radius(h: float, w: float, min_overlap: float = MIN_OVERLAP) -> float:
-    """CornerNet's radius (the smallest of its three corner-shift cases), in the units of h and w."""
+    """CornerNet's radius (the smallest of its three corner-shift cases), in the units of h and w. Each root is
+    (b + sqrt(b^2 - 4ac)) / 2, not the quadratic formula's / (2a): CornerNet's released code (and CenterNet's, which
+    copies it) divides by 2 whatever a is, and the trained models of both use that radius, so it is kept."""
     r = []
     for a, b, c in ((1, h + w, w * h * (1 - min_overlap) / (1 + min_overlap)),
                     (4, 2 * (h + w), (1 - min_overlap) * w * h),
@@ -46,8 +48,9 @@ class CenterNetHead(Head):
     CenterNet's ctdet sample code, with two differences: that code takes ceil(h), ceil(w) before the radius, and
     regresses sizes in stride units; here sizes are in input pixels (the paper's "raw pixel coordinates").
 
-    decode inverts encode exactly (up to float rounding) when no two objects of one class share a stride-4 cell
-    (the later would overwrite the earlier) and there are at most max_dets objects.
+    decode inverts encode exactly (up to float rounding) when no two objects, of any class, share a stride-4 cell
+    and there are at most max_dets objects: the heatmap is per class, but size and offset are one class-agnostic map
+    each, as CenterNet's, so a later object's size and offset overwrite an earlier one's in a shared cell.
     """
 
     def __init__(self, n_classes: int, channels: int, stride: int = 4):

@@ -105,6 +105,9 @@ class FcosHead(Head):
         return {"cls": cls, "reg": reg, "ctr": ctr, "pos": pos}
 
     def loss(self, raw: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        """Sigmoid focal loss (alpha 0.25, gamma 2) over every location and class, + (1 - GIoU) of the positives'
+        boxes (the paper's IoU loss, as its released code's GIoU option), + centerness BCE on the positives; each
+        summed and divided by max(1, positives). The box loss is not weighted by centerness."""
         t = {k: v.to(raw["cls"].device) for k, v in targets.items()}
         pos = t["pos"]
         n_pos = max(1, int(pos.sum()))
@@ -124,7 +127,10 @@ class FcosHead(Head):
 
     def decode(self, pred: dict[str, Tensor], image_hw: tuple[int, int], score_thresh: float = 0.05,
                nms_iou: float | None = 0.6, max_dets: int = 100) -> list[Detections]:
-        """Score sqrt(class probability x centerness) (FCOS's released code); NMS at 0.6, as FCOS."""
+        """Score sqrt(class probability x centerness) (FCOS's released code); NMS at 0.6, as FCOS. Two departures
+        from that code: each location keeps only its most probable class (FCOS keeps every (location, class) with
+        p > 0.05), and the score threshold and pre-NMS top 1000 apply to that score over all levels at once (FCOS
+        thresholds p before centerness, and takes its top 1000 per level)."""
         pts = points(image_hw, self.strides, pred["cls"].device)[0]
         out = []
         for cls, reg, ctr in zip(pred["cls"], pred["reg"], pred["ctr"]):

@@ -1,7 +1,7 @@
 """YOLOv1 grid head (Redmon et al. 2016): S x S cells, B boxes and one class distribution per cell, sum-squared loss.
 
 Convolutional rather than fully connected, so it runs at any pyramid scale. Stride 16 gives an 8x8 grid at 128 px,
-the paper's cell-to-image ratio (7x7 at 448 px, 64 px cells).
+a cell 1/8 of the image, close to the paper's 1/7 (7x7 at 448 px, 64 px cells).
 """
 
 from __future__ import annotations
@@ -90,11 +90,13 @@ class YoloHead(Head):
         conf_obj = ((pred["conf"] - 1) ** 2)[resp].sum()
         conf_noobj = (pred["conf"] ** 2)[~resp].sum()
         cls = ((pred["cls"] - t["cls"]) ** 2).sum(-1)[obj].sum()
-        return (LAMBDA_COORD * coord + conf_obj + LAMBDA_NOOBJ * conf_noobj + cls) / obj.shape[0]
+        return (LAMBDA_COORD * coord + conf_obj + LAMBDA_NOOBJ * conf_noobj + cls) / obj.shape[0]  # summed over
+        # cells and slots, averaged over images
 
     def decode(self, pred: dict[str, Tensor], image_hw: tuple[int, int], score_thresh: float = 0.05,
                nms_iou: float | None = 0.5, max_dets: int = 100) -> list[Detections]:
-        """Score of a slot: confidence x its cell's top class probability (the paper's class-specific score)."""
+        """Score of a slot: confidence x its cell's top class probability, one label per slot. The paper forms all C
+        class-specific scores (confidence x each class's probability) per slot; only the top one is kept here."""
         boxes = self._xyxy(pred["box"], image_hw)  # [N, Gh, Gw, B, 4]
         prob, label = pred["cls"].max(-1)  # [N, Gh, Gw]
         scores = pred["conf"] * prob[..., None]  # [N, Gh, Gw, B]

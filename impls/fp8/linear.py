@@ -19,7 +19,8 @@ Which operand is quantized how, each written as [rows, K] with the contracted di
   both are re-tiled 128x1 (1x128 along M in the transposed layout), as the paper describes for the cached activation.
 - torchao rowwise: Dgrad scales dY per row (axiswise dim -1) and W per column (axiswise dim 0); Wgrad scales dY and x
   per column (axiswise dim 0), i.e. always one scale per row of the [rows, K] operand above, pow2 scales.
-- tensorwise: one scale per operand per GEMM, dynamic (amax of the current tensor), as torchao's default.
+- tensorwise: one scale per operand per GEMM, dynamic (amax of the current tensor), as torchao's default scaling
+  (its dY format is not: see below).
 
 dY is quantized to recipe.dtype (E4M3 in every preset) unless `grad_dtype` says otherwise; x and W stay in
 recipe.dtype in every GEMM they enter. grad_dtype=E5M2 is thus the older "hybrid" recipe (more range for dY, one

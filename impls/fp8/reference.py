@@ -186,6 +186,7 @@ class Recipe:
 RECIPES = {
     r.name: r
     for r in (
+        # dY in E4M3 too, where torchao's tensorwise casts grad_output to E5M2 (grad_dtype=E5M2 matches it)
         Recipe("tensorwise", "tensorwise", "tensorwise"),
         # torchao's rowwise recipe rounds scales to powers of two.
         Recipe("rowwise", "rowwise", "rowwise", pow2=True),

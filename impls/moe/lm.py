@@ -2,10 +2,10 @@
 hidden topic, to measure how each router balances expert load (Wang et al. 2024 train 1B-3B models on real text and
 report MaxVio; this is the same measurement at a size a CPU trains in seconds).
 
-The stream: each sequence draws a topic from a Zipf law over `topics` (exponent 1.2: the first topic ~3x the third);
-each topic owns a quarter of the vocabulary with Zipf-distributed token frequencies, plus a topic-specific bigram
-table over it. So a few tokens and topics dominate, and a router that follows the data unchecked piles them onto a
-few experts. Everything is seeded: the same config gives the same stream, initial weights and result.
+The stream: each sequence draws a topic from a Zipf law over `topics` (exponent 1.2: the first topic 3^1.2 = 3.7x the
+third); each topic owns a quarter of the vocabulary with Zipf-distributed token frequencies, plus a topic-specific
+bigram table over it. So a few tokens and topics dominate, and a router that follows the data unchecked piles them
+onto a few experts. Everything is seeded: the same config gives the same stream, initial weights and result.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class Block(nn.Module):
         self.moe = MoE(moe, router.build(cfg.dim, cfg.n_routed, cfg.top_k), dispatch)
 
     def forward(self, x: Tensor):
+        """Pre-norm causal attention with no positional encoding (the stream is bigram-driven), then the MoE."""
         B, S, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, S, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, S, Dh] each
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -18,8 +18,10 @@ from impls.packing.reference import Overlong, Packing, make_packing, to_items
 
 def best_fit_decreasing(length: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
     """(item indices in row-major order, row_ptr): rows in the order they were opened, each row's items in the order
-    they were placed, longest first (ties in index order). Each item's row is noted in one flat list rather than
-    appended to a list per row: half a million row lists set off collections that took a third of the time."""
+    they were placed, longest first (ties in index order). Among open rows with equal free space an item goes to the
+    one last updated (a stack; TRL's bfd takes the oldest, impls/packing/trl_bfd.py). Each item's row is noted in one
+    flat list rather than appended to a list per row: half a million row lists set off collections that took a third
+    of the time."""
     order = np.argsort(-length, kind="stable")
     buckets: list[list[int]] = [[] for _ in range(capacity + 1)]  # free tokens -> open rows with that many free
     keys: list[int] = []  # sorted free-token counts whose bucket is non-empty

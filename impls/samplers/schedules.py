@@ -91,7 +91,9 @@ class VPLinear(Schedule):
 
 @dataclass(frozen=True)
 class VPCosine(Schedule):
-    """Cosine schedule (Nichol & Dhariwal 2021): alpha = cos((t + s) / (1 + s) pi/2) / cos(s / (1 + s) pi/2)."""
+    """Cosine schedule (Nichol & Dhariwal 2021): alpha = cos((t + s) / (1 + s) pi/2) / cos(s / (1 + s) pi/2), the
+    continuous formula, unclipped: the paper and diffusers' squaredcos_cap_v2 clip each discrete beta at 0.999, which
+    changes alpha^2 only within a step of t = 1 (3.7e-33 here at tau = 999, 2.4e-9 there), above t_max."""
 
     s: float = 0.008
     """Offset that keeps beta from vanishing near t=0 (the paper's value)."""
@@ -180,7 +182,8 @@ SCHEDULES = {"vp_linear": VPLinear, "vp_cosine": VPCosine, "ddpm": DiscreteVP, "
 def timesteps(schedule: Schedule, steps: int, spacing: str = "uniform", rho: float = 7.0) -> Tensor:
     """steps + 1 decreasing times [steps + 1] float64; a sampler calls the model at the first `steps` of them.
 
-    discrete:  DDPM's grid t = i / T with i = round(linspace(floor(T t_max), 1, steps)), then 0 (DDIM's stride);
+    discrete:  DDPM's grid t = i / T with i = round(linspace(floor(T t_max), 1, steps)), then 0 (diffusers'
+               "linspace" spacing; not DDIM's own range(0, T, T // steps), "leading", whose top call is below T - 1);
                the only grid that lands on t = 0, which DDPM, DDIM and DPM-Solver++ can step to. At t_max = 1 the
                calls, as diffusers timesteps tau = T t - 1, are timestep_spacing="linspace"'s round(linspace(T - 1, 0,
                steps)) except at steps = 1 (diffusers: [0]) and at exact .5 ties, which round half to even on

@@ -4,6 +4,8 @@ f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2 (beta(t) for VP). Th
 leave sqrt(g^2 dt) of it (0.57 at 8 uniform steps on linear VP, 2x gmm2d's 0.25 component std). score_sde's
 pc_sampler does the same with denoise=True (it returns the last predictor step's mean, no extra call; its ODE sampler
 is the one that spends an extra call to denoise). Strong order 1/2, weak order 1 in the step.
+The steps follow the grid of `timesteps` (steps + 1 points ending exactly at t_min), where score_sde's samplers
+step a fixed dt = -1/N from linspace(T, eps, N), so that their last step lands below eps.
 """
 
 from __future__ import annotations
