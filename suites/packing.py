@@ -21,6 +21,13 @@ ours time the packer on a prebuilt lengths array; its rows are read back into a 
 (efficiency, rows, the training step) as ours are. It is our ffd's best-fit decreasing run per batch of 1,000
 sequences (Dataset.map's default), which leaves each batch's last rows part-empty.
 
+`hf_group_by_length` is the order transformers' Trainer trains in with group_by_length=True (transformers 5.23 spells
+it train_sampling_strategy="group_by_length"; impls.packing.hf_grouped, declared in `libraries`): LengthGroupedSampler's
+random megabatches of up to 50 batches, each sorted longest first, each batch padded to its longest as
+DataCollatorWithPadding pads. Its pack_time times get_length_grouped_indices on the lengths as a Python list (what the
+sampler holds), built before the clock; its rows are built after, untimed. It pads more than `bucketing`, which sorts
+the whole dataset.
+
 transformers' padding-free collator (DataCollatorWithFlattening) is measured in the rmpad suite, not here: it flattens
 whatever batch the loader hands it into one row, removing that batch's padding, and chooses no rows itself, so it is
 no packer; its loss equality (the library keeping flattened samples apart) is rmpad's loss_diff.
@@ -49,7 +56,7 @@ from bench.suite import (
 )
 from bench.timing import Timing, time_fn
 from bench.work import Work, rates
-from impls.packing import PACKERS, liger, trl_bfd
+from impls.packing import PACKERS, hf_grouped, liger, trl_bfd
 from impls.packing.train import packed_loss, packed_rows, unpacked_loss
 from impls.rmpad.lengths import make_lengths, pad_fraction
 from impls.rmpad.reference import Decoder, DecoderConfig
@@ -58,6 +65,7 @@ DISTRIBUTIONS = ("uniform", "lognormal", "zipf", "bimodal")
 PACKED_BY = {"ffd_naive": "ffd", "ffd_liger": "ffd"}  # variants that train another packer's rows: variant -> packer
 LIGER = "ffd_liger"
 TRL = "trl_bfd"
+HF = "hf_group_by_length"
 SHAPES = {
     "tiny": {"d_model": 32, "heads": 2, "layers": 2, "vocab": 128},
     "small": {"d_model": 64, "heads": 4, "layers": 2, "vocab": 1024},
@@ -93,9 +101,12 @@ class Packing(Suite):
                "[tokens, vocab] logits (CUDA)",
         TRL: "TRL's pack_dataset(strategy='bfd'), as SFTTrainer packs: best-fit decreasing per batch of 1,000 "
              "sequences; pack_time is pack_dataset alone, on a prebuilt datasets.Dataset",
+        HF: "transformers' Trainer(group_by_length=True; in 5.23 train_sampling_strategy='group_by_length'): "
+            "LengthGroupedSampler's order (random megabatches of up to 50 batches, each sorted longest first), each "
+            "batch padded to its longest; pack_time is get_length_grouped_indices alone, on the lengths as a list",
     }
-    libraries = {LIGER: liger.label(), TRL: trl_bfd.label()}
-    requires = {TRL: ("trl", trl_bfd.PIP)}
+    libraries = {LIGER: liger.label(), TRL: trl_bfd.label(), HF: hf_grouped.label()}
+    requires = {TRL: ("trl", trl_bfd.PIP), HF: ("transformers", hf_grouped.PIP)}
     relative = (
         Relative("efficiency_gain_x", "packing_efficiency"),
         Relative("rows_saving_x", "rows_per_epoch", invert=True),
@@ -137,6 +148,8 @@ class Packing(Suite):
                 raise NotPlannable("Liger-Kernel's fused linear cross-entropy is a Triton kernel with no meta kernel")
         if variant == TRL:
             requires("trl", pip=trl_bfd.PIP)
+        if variant == HF:
+            requires("transformers", pip=hf_grouped.PIP)
         # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on
         packing = _packing(PACKED_BY.get(variant, variant), params["dist"], params["sequences"],
                            params["packing_length"], params["batch"])
@@ -149,6 +162,8 @@ class Packing(Suite):
                 raise Skip(why)
         if variant == TRL:
             requires("trl", pip=trl_bfd.PIP)
+        if variant == HF:
+            requires("transformers", pip=hf_grouped.PIP)
         lengths = make_lengths(params["dist"], params["sequences"], params["packing_length"], seed=0)
         length, batch = params["packing_length"], params["batch"]
         out = {}
@@ -158,6 +173,13 @@ class Packing(Suite):
 
             def run():
                 out["packed"] = trl_bfd.pack(data, length)
+        elif variant == HF:
+            grouped = hf_grouped.api()  # imported before the clock (0.4 s after torch)
+            items = hf_grouped.to_items(lengths, length, batch, "reject")
+            held = items.length.tolist()  # what LengthGroupedSampler holds
+
+            def run():
+                out["order"] = grouped(held, batch, generator=hf_grouped.generator(0))
         else:
             pack = PACKERS[PACKED_BY.get(variant, variant)]
 
@@ -167,7 +189,12 @@ class Packing(Suite):
         # Python and numpy, nothing to compile or warm up: every call is timed (a first call was measured no slower),
         # at least 2 and 0.2 s of them: 2 at quick size, where a call takes 0.1-0.5 s (100k lengths)
         timing = time_fn(run, "cpu", warmup=0, min_reps=2, min_time_s=0.2)
-        packing = out["packing"] if variant != TRL else trl_bfd.to_packing(out["packed"], lengths, length, batch)
+        if variant == TRL:
+            packing = trl_bfd.to_packing(out["packed"], lengths, length, batch)
+        elif variant == HF:
+            packing = hf_grouped.rows(items, np.asarray(out["order"], dtype=np.int64), batch)
+        else:
+            packing = out["packing"]
         step, real, train_metrics = _train_step(packing, params, device, _mask(variant), _loss(variant))
         metrics = {
             "packing_efficiency": packing.efficiency,
@@ -204,7 +231,7 @@ def _lengths(dist: str, n: int, max_len: int) -> np.ndarray:
 def _packing(packer: str, dist: str, n: int, packing_length: int, batch: int):
     """A packer's packing of the dataset's lengths, kept for the next plan of the same data (ffd's variants pack
     alike)."""
-    pack = trl_bfd.trl_bfd if packer == TRL else PACKERS[packer]
+    pack = {TRL: trl_bfd.trl_bfd, HF: hf_grouped.hf_group_by_length}.get(packer) or PACKERS[packer]
     return pack(_lengths(dist, n, packing_length), packing_length=packing_length, batch_size=batch)
 
 

@@ -1,7 +1,9 @@
-"""Length-grouped bucketing: sort by length, cut into batches, pad each to its longest (HF group_by_length).
+"""Length-grouped bucketing: sort the whole dataset by length, cut it into batches, pad each to its longest.
 
 Sorting first minimises the padding of fixed-size batches; the batch order is then shuffled with a seed so training
-does not see short batches first and long ones last.
+does not see short batches first and long ones last. This is not transformers' LengthGroupedSampler
+(group_by_length; variant `hf_group_by_length`, impls.packing.hf_grouped), which sorts only within random megabatches
+of up to 50 batches (longest first), so its batches mix more lengths and pad more.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import pytest
 
 from reports.figures import figures_for, load_frame
-from suites.packing import LIGER, TRL
+from suites.packing import HF, LIGER, TRL
 from tests.impls.test_trl_packing import BATCHED_MARGIN
 from tests.optional import missing, needs
 
@@ -13,6 +13,7 @@ def packing(smoke_records):
     _, by_suite = smoke_records
     records = [r for rs in by_suite["packing"].values() for r in rs]
     optional = {LIGER} | ({TRL} if missing("trl") else set())  # Liger-Kernel's: CUDA only; trl: the ecosystem extra
+    optional |= {HF} if missing("transformers") else set()  # also the ecosystem extra
     assert records and all(r.status == "ok" for r in records if r.variant not in optional)
     return {(r.params["dist"], r.variant): r.metrics for r in records if r.status == "ok"}
 
@@ -62,6 +63,16 @@ def test_trl_packs_as_our_bfd_per_batch_of_a_thousand(packing):
         gap = ours["packing_efficiency"] - theirs["packing_efficiency"]
         assert 0 <= gap <= BATCHED_MARGIN, dist
         assert theirs["loss_diff"] <= 1e-6 and theirs["packer_seqs_per_s"] > 0, dist
+
+
+@needs("transformers")
+def test_hf_length_grouping_pads_between_dataset_order_and_a_global_sort(smoke_records, packing):
+    _, by_suite = smoke_records
+    assert by_suite["packing"][HF] and all(r.status == "ok" for r in by_suite["packing"][HF])
+    for dist in ("uniform", "lognormal", "zipf", "bimodal"):
+        dyn, hf, buck = (packing[(dist, v)]["packing_efficiency"] for v in ("pad_to_batch_max", HF, "bucketing"))
+        assert dyn <= hf <= buck, dist
+        assert packing[(dist, HF)]["loss_diff"] <= 1e-6 and packing[(dist, HF)]["packer_seqs_per_s"] > 0, dist
 
 
 @needs("plotly")
