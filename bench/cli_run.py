@@ -261,6 +261,9 @@ def cmd_run(args, discover, write_report) -> int:
                              "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants)")
     warn_unused_selection(args, suites, runner.plan(suites, args.size, device, args.variant, shard, where or None,
                                                     how.world_size, args.case), how, registry)
+    if args.skip_predicted_oom and not device.startswith("cuda"):
+        print(f"bench: warning: --skip-predicted-oom skips only on a GPU; on {device} every case runs, with its "
+              "prediction recorded (as --predict)", file=sys.stderr)
     run_id = runner.new_run_id()
     resume = args.resume or args.retry_failed
     out = args.out or (latest_run(args, device, "{}/{}".format(*shard), [s.name for s in suites]) if resume

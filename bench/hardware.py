@@ -3,7 +3,7 @@ multiprocessors and the threads each holds (what CUDA's device properties report
 from them, bench.plan_scratch).
 
 Datasheet rates without 2:4 sparsity (NVIDIA's headline numbers with sparsity are twice these). A GPU not in the
-table gets None, never a guess. Matched on the name NVML and torch report, lower-cased, first match wins.
+table gets None, never a guess. Matched on the whole name NVML and torch report, lower-cased (DEVICE_NAMES).
 """
 
 from __future__ import annotations
@@ -34,9 +34,21 @@ DTYPE_KEYS = {"bfloat16": "bf16", "float16": "fp16", "float8_e4m3fn": "fp8", "fl
               "float32": "fp32", "tf32": "tf32"}
 
 
+# What the driver calls each entry (torch.cuda.get_device_name and NVML agree), lower-cased: a name is matched whole,
+# never by a part of it, as an L40 ("nvidia l40") holds the L4's name and a GH200 or an H200 NVL the H200's, with
+# other memory and rates; a MIG slice ("... mig 1g.10gb") has a fraction of both. Those are not in the table.
+DEVICE_NAMES = {"h200": "nvidia h200", "h100 80gb hbm3": "nvidia h100 80gb hbm3", "h100 pcie": "nvidia h100 pcie",
+                "a100-sxm4-80gb": "nvidia a100-sxm4-80gb", "a100-sxm4-40gb": "nvidia a100-sxm4-40gb",
+                "l40s": "nvidia l40s", "l4": "nvidia l4"}
+# Short names a user may type for `bench plan --gpu`: the SXM parts, as the datasheets' headline ones
+ALIASES = {"h100": "h100 80gb hbm3", "h100 sxm": "h100 80gb hbm3", "h100 sxm5": "h100 80gb hbm3",
+           "h200 sxm": "h200", "a100": "a100-sxm4-80gb", "a100 80gb": "a100-sxm4-80gb",
+           "a100 40gb": "a100-sxm4-40gb", "a100-80gb": "a100-sxm4-80gb", "a100-40gb": "a100-sxm4-40gb"}
+
+
 def _entry(gpu_name: str | None):
-    name = (gpu_name or "").lower()
-    return next((entry for entry in TABLE if entry[0] in name), None)
+    name = " ".join((gpu_name or "").lower().split())
+    return next((e for e in TABLE if name in (e[0], DEVICE_NAMES[e[0]])), None)
 
 
 def peak_tflops(gpu_name: str | None, dtype: str) -> float | None:
@@ -64,13 +76,13 @@ def multiprocessors(gpu_name: str | None) -> tuple[int, int, tuple[int, int]] | 
 
 
 def resolve(name: str) -> str | None:
-    """The table's name for what a user typed ("h200", "H100", "a100-sxm4-40gb"): the first entry whose name
-    contains it or is contained in it (an exact name first: "l4" is not the L40S); None when nothing matches."""
-    typed = name.strip().lower()
-    if not typed:
-        return None
-    names = [e[0] for e in TABLE]
-    return typed if typed in names else next((n for n in names if typed in n or n in typed), None)
+    """The table's name for what a user typed: a table name ("a100-sxm4-40gb"), a device name with or without
+    "NVIDIA " ("NVIDIA H100 80GB HBM3", "l40s") or a short name of ALIASES ("h100", "a100"), in any case; None for
+    anything else (an "h20" is not an H200, a "0" nothing)."""
+    typed = " ".join(name.lower().split())
+    typed = ALIASES.get(typed, typed)
+    entry = _entry(typed) or _entry(f"nvidia {typed}")
+    return None if entry is None else entry[0]
 
 
 def known() -> list[str]:

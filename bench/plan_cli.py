@@ -22,8 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("suites", nargs="*", metavar="SUITE", help="suites to plan (default: all)")
     p.add_argument("--size", default="quick", choices=SIZES, help="grid size (default: quick)")
     p.add_argument("--gpu", default="auto", metavar="NAME",
-                   help=f"the GPU to plan for: {', '.join(hardware.known())} (a part of the name will do: h100); "
-                        "auto: this machine's GPU; cpu: this machine's CPU and memory (default: auto)")
+                   help=f"the GPU to plan for: {', '.join(hardware.known())}, or the name torch reports (h100 and "
+                        "a100: the SXM parts); auto: this machine's GPU; cpu: this machine's CPU and memory "
+                        "(default: auto)")
     p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
     p.add_argument("--case", action="append", metavar="GLOB",
@@ -56,7 +57,8 @@ def resolve_gpu(name: str) -> tuple[str, str | None, int | None]:
         return "cuda", hardware.resolve(local) or local, capacity
     resolved = hardware.resolve(typed)
     if resolved is None:
-        raise UsageError(f"--gpu {name}: unknown GPU (valid: {', '.join(hardware.known())}, auto, cpu)")
+        raise UsageError(f"--gpu {name}: unknown GPU (valid: {', '.join(hardware.known())}, h100, a100, auto, "
+                         "cpu; a GPU outside the table is planned on it with --gpu auto)")
     return "cuda", resolved, hardware.memory_bytes(resolved)
 
 

@@ -120,9 +120,13 @@ def _predicted(frame: pd.DataFrame) -> str | None:
     both peaks."""
     if not {"predicted_peak_mem_bytes", "peak_mem_bytes"} <= set(frame.columns):
         return None
-    both = frame[frame["status"].eq("ok") & frame["predicted_peak_mem_bytes"].notna() & frame["peak_mem_bytes"].gt(0)]
+    measured = frame["status"].eq("ok") & frame["peak_mem_bytes"].gt(0)
+    both = frame[measured & frame["predicted_peak_mem_bytes"].notna()]
     if both.empty:
         return None
+    # a case of a run with --predict (one that predicted any) that measured a peak and got no prediction: the plan
+    # could not plan it (a meta kernel torch lacks, a value the meta device lacks); `bench plan` says why
+    unpredicted = frame[measured & frame["predicted_peak_mem_bytes"].isna() & frame["run"].isin(both["run"])]
     within = f"within {PLAN_TARGET:.0%}"
     reserved = {"predicted_reserved_mem_bytes", "reserved_mem_bytes"} <= set(frame.columns)
     rows = []
@@ -143,12 +147,22 @@ def _predicted(frame: pd.DataFrame) -> str | None:
             row["reserved: median |error|"] = f"{r.abs().median():.1%}"
             row["reserved: worst"] = f"{r[r.abs().idxmax()]:+.1%}"
         rows.append(row)
+    for key, part in unpredicted.groupby(keys, sort=True):
+        named = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        row = next((r for r in rows if all(r[k] == v for k, v in named.items())), None)
+        if row is None:
+            rows.append(row := {**named, "cases": 0})
+        row["not predicted"] = f"{len(part)}: " + ", ".join(dict.fromkeys(part["variant"].astype(str)))
     columns = ["suite", *(["run"] if len(keys) > 1 else []), "cases", within, "median |error|", "worst error",
-               "worst case"]
+               "worst case", *(["not predicted"] if len(unpredicted) else [])]
     extra = [c for c in ("reserved: cases", "reserved: median |error|", "reserved: worst") if any(c in r for r in rows)]
     note = (" Reserved: the allocator's segments at the case's end, measured in a process of the case's own with the "
             "default allocator settings, against the plan's model of them." if extra else "")
     columns += extra
+    if len(unpredicted):
+        note += (" Not predicted: cases that measured a peak but that the plan could not plan (the variants named); "
+                 "`bench plan SUITE --size SIZE --gpu cpu` (or the GPU) says why.")
+    rows.sort(key=lambda r: tuple(str(r[k]) for k in keys))
     return ("<p>bench.plan's prediction from shapes alone (meta device) against the measured peak_mem_bytes, for the "
             f"cases it could plan; its target on a GPU is {PLAN_TARGET:.0%}.{note}</p>" + table(rows, columns))
 

@@ -170,10 +170,10 @@ def _rewind(cache, context):
 
 def _decode_workload(variant, params, device) -> Workload:
     """One decode step over a cache the build prefilled; the case's peak counts the filled cache (`held`)."""
-    _, cache, _, _, prefill, decode = _decode_parts(variant, params, device)
+    layer, cache, _, _, prefill, decode = _decode_parts(variant, params, device)
     prefill()
     held = cache.total_bytes()  # the prompt's cache (ours: its whole capacity)
-    return Workload(decode, held=lambda: held, clear=_rewind(cache, params["context"]))
+    return Workload(decode, modules=(layer,), held=lambda: held, clear=_rewind(cache, params["context"]))
 
 
 def _decode(variant, params, device):

@@ -66,6 +66,10 @@ PACKED_BY = {"ffd_naive": "ffd", "ffd_liger": "ffd"}  # variants that train anot
 LIGER = "ffd_liger"
 TRL = "trl_bfd"
 HF = "hf_group_by_length"
+# TRL's packing holds each token twice, in and out, as int64 (impls.packing.trl_bfd); a plan runs it for real only up
+# to 2 GiB of them: at full size (1M sequences, 4 GB at rows of 512) one case took 35 s and 10 GB, and the rows of
+# 4096 would not fit a 23 GB host
+TRL_TOKEN_BYTES, PLAN_HOST_BYTES = 16, 2 << 30
 SHAPES = {
     "tiny": {"d_model": 32, "heads": 2, "layers": 2, "vocab": 128},
     "small": {"d_model": 64, "heads": 4, "layers": 2, "vocab": 1024},
@@ -141,13 +145,20 @@ class Packing(Suite):
 
     def workload(self, variant, params, device, target=None):
         if variant == LIGER:
+            on_gpu = torch.device(target or device).type == "cuda"
+            if device == "meta" and on_gpu:  # installed or not: said before what installing it would not change
+                raise NotPlannable("Liger-Kernel's fused linear cross-entropy is a Triton kernel with no meta kernel")
             why = liger.unsupported(target or device)
             if why:
                 raise Skip(why)
-            if device == "meta":
-                raise NotPlannable("Liger-Kernel's fused linear cross-entropy is a Triton kernel with no meta kernel")
         if variant == TRL:
             requires("trl", pip=trl_bfd.PIP)
+            tokens = int(_lengths(params["dist"], params["sequences"], params["packing_length"]).sum())
+            if TRL_TOKEN_BYTES * tokens > PLAN_HOST_BYTES:
+                raise NotPlannable(f"TRL's pack_dataset chooses the rows from a token-level datasets.Dataset, "
+                                   f"{TRL_TOKEN_BYTES * tokens / 2**30:.1f} GiB of host memory at {tokens:,} tokens "
+                                   "(planned up to 2 GiB); it makes ffd's rows per batch of 1,000 sequences: "
+                                   "the plan of ffd's case is the step's")
         if variant == HF:
             requires("transformers", pip=hf_grouped.PIP)
         # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.hardware import device_name, peak_gbps, peak_tflops
+from bench.hardware import device_name, memory_bytes, peak_gbps, peak_tflops, resolve
 
 
 @pytest.mark.parametrize("name, dtype, tflops", [
@@ -16,3 +16,20 @@ def test_peak_tflops(name, dtype, tflops):
 def test_peak_bandwidth_and_cpu():
     assert peak_gbps("NVIDIA H200") == 4800.0 and peak_gbps("NVIDIA H100 80GB HBM3") == 3350.0
     assert peak_gbps("AMD EPYC") is None and device_name("cpu") is None
+
+
+@pytest.mark.parametrize("name", ["NVIDIA L40", "NVIDIA GH200 480GB", "NVIDIA H200 NVL", "NVIDIA H20",
+                                  "NVIDIA H100 80GB HBM3 MIG 1g.10gb", "NVIDIA A100 80GB PCIe"])
+def test_a_gpu_whose_name_holds_a_known_one_is_not_it(name):
+    # an L40 is no L4 (48 GB, not 24), a GH200 or H200 NVL no H200, a MIG slice a fraction of its GPU: unknown
+    assert memory_bytes(name) is None and peak_tflops(name, "bf16") is None and resolve(name) is None
+
+
+@pytest.mark.parametrize("typed, entry", [
+    ("h200", "h200"), ("H100", "h100 80gb hbm3"), ("NVIDIA H100 80GB HBM3", "h100 80gb hbm3"),
+    ("h100 pcie", "h100 pcie"), ("a100", "a100-sxm4-80gb"), ("A100-SXM4-40GB", "a100-sxm4-40gb"), ("l4", "l4"),
+    ("L40S", "l40s"), ("  nvidia   l4 ", "l4"),
+    ("h20", None), ("l40", None), ("0", None), ("sxm", None), ("", None),
+])
+def test_resolve_takes_whole_names_only(typed, entry):
+    assert resolve(typed) == entry

@@ -81,6 +81,7 @@ def test_skip_predicted_oom_implies_predict(tmp_path, capsys):
                  "--variant", "none", "--params", "model=None", "--skip-predicted-oom", "--out", str(out)]) == 0
     (record,) = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert record["status"] == "ok" and record["metrics"]["predicted_peak_mem_bytes"] > 0  # on CPU: recorded, kept
+    assert "--skip-predicted-oom skips only on a GPU; on cpu every case runs" in capsys.readouterr().err
 
 
 @needs("plotly")
@@ -166,3 +167,17 @@ def test_after_a_prediction_on_the_gpu_the_case_starts_from_a_fresh_allocator():
     done = fresh_cuda_process(FRESH)
     print(done.stdout)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "fresh True 0 0", done.stderr[-2000:]
+
+
+@needs("plotly")
+def test_the_report_names_the_cases_the_plan_could_not_predict(tmp_path):
+    # torch's meta kernel of _grouped_mm takes bf16 alone while its CPU kernel runs the case's fp32: no prediction,
+    # and the report says so beside the cases it predicted rather than counting only those
+    out = tmp_path / "run"
+    assert main(["run", "moe", "--size", "smoke", "--device", "cpu", "--inline", "--threads", "1", "--variant",
+                 "loop", "grouped_mm", "--params", "experts=8", "--predict", "--out", str(out)]) == 0
+    records = {json.loads(line)["variant"]: json.loads(line)["metrics"] for line in open(out / "records.jsonl")}
+    assert records["grouped_mm"]["predicted_peak_mem_bytes"] is None and records["grouped_mm"]["peak_mem_bytes"] > 0
+    assert records["loop"]["predicted_peak_mem_bytes"] == records["loop"]["peak_mem_bytes"]
+    page = (out / "report.html").read_text()
+    assert "<th>not predicted</th>" in page and "<td>1: grouped_mm</td>" in page and "1 of 1" in page

@@ -80,3 +80,29 @@ def test_report_has_the_packing_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])
     assert len(figures_for("packing", frame[frame["suite"] == "packing"])) == 3
+
+
+def test_the_plan_says_what_installing_liger_would_not_change():
+    # for a GPU the fused head is not plannable (a Triton kernel has no meta kernel), whether or not liger-kernel is
+    # installed; for a CPU it cannot run at all, so it is skipped
+    from bench.plan import plan_case
+    from bench.suite import SUITES
+
+    params = next(p for p in SUITES["packing"].grid("smoke", "cpu") if p["dist"] == "uniform")
+    on_gpu = plan_case(SUITES["packing"], LIGER, params, "cuda", gpu="h200")
+    assert on_gpu.status == "not_plannable" and "Triton kernel with no meta kernel" in on_gpu.reason
+    on_cpu = plan_case(SUITES["packing"], LIGER, params, "cpu")
+    assert on_cpu.status == "skipped" and "needs a CUDA device" in on_cpu.reason
+
+
+def test_trls_packing_is_planned_only_where_its_token_dataset_is_small():
+    # TRL's packer builds a token-level dataset to choose the rows: 16 bytes a token; at full size 4.7-10.7 GiB
+    from bench.plan import plan_case
+    from bench.suite import SUITES
+    from suites.packing import PLAN_HOST_BYTES, TRL_TOKEN_BYTES, _lengths
+
+    full = [p for p in SUITES["packing"].grid("full", "cuda")]
+    assert all(TRL_TOKEN_BYTES * int(_lengths(p["dist"], p["sequences"], p["packing_length"]).sum()) > PLAN_HOST_BYTES
+               for p in full if p["packing_length"] == 512 and p["dist"] == "uniform")
+    p = plan_case(SUITES["packing"], TRL, next(p for p in full if p["packing_length"] == 512), "cuda", gpu="h200")
+    assert p.status == "not_plannable" and "token-level datasets.Dataset" in p.reason and "GiB of host" in p.reason
