@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
 from bench.suite import Measurement, NotPlannable, Part, Relative, Skip, Suite, Workload, register, requires
 from bench.timing import Timing, time_fn
@@ -112,6 +113,10 @@ class Fp8(Suite):
         *timing("train_time", "the whole training run (one wall-clock sample); bf16 and torchao's recipes only (ours "
                               "are emulated)"),
         *rates("train_time", "train_", tokens=True, what="of the whole run"),
+        # the step's memory, of bf16 and torchao's recipes alone for the same reason: our emulation holds fp32 copies
+        Metric("peak_mem_bytes", "exact", "lower", "peak bytes of one training step beyond what was live before it "
+                                                   "(the CUDA allocator's; the live-tensor tracker's on CPU); bf16 "
+                                                   "and torchao's recipes only"),
     )
 
     def grid(self, size, device):
@@ -133,11 +138,7 @@ class Fp8(Suite):
             raise NotPlannable("whether torchao's float8 training runs on CUDA is found by a real step there "
                                "(torch._scaled_mm's and torchao's checks), and this machine has no CUDA device: plan "
                                "it on the GPU machine")
-        recipe, convert = _training_recipe(variant, where, reference_dtype(where))
-        model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(where), convert=convert)
-        prev, nxt = batches(1)[0]
-        return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt,
-                        clear=lambda: opt.zero_grad(set_to_none=True))
+        return _training_workload(variant, device, where)
 
     def measure(self, variant, params, device):
         return {"gemm": _gemm, "accuracy": _accuracy, "quantize": _quantize, "training": _training}[params["part"]](
@@ -253,6 +254,15 @@ def _training_recipe(variant, device, dtype):
     return recipe, convert
 
 
+def _training_workload(variant, device, target) -> Workload:
+    """One step of the training part's model and optimizer on its first batch, built on `device` for `target`."""
+    recipe, convert = _training_recipe(variant, target, reference_dtype(target))
+    model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(target), convert=convert)
+    prev, nxt = batches(1)[0]
+    return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt,
+                    clear=lambda: opt.zero_grad(set_to_none=True))
+
+
 def _training(variant, params, device):
     """The same data and initial weights in high precision and in the recipe; the wall time covers the whole run.
 
@@ -284,5 +294,8 @@ def _training(variant, params, device):
     if recipe is not None:  # our recipe's GEMMs are emulated: its wall time is no FP8 speed (see `metrics`)
         return Measurement(metrics, curves)
     timing = Timing(((t1 - t0) * 1e3,), warmup=0, method="wall", window_s=(t0, t1))
+    w = _training_workload(variant, device, device)
+    w.step()  # warm-up: the optimizer's state stays out of the peak, as the plan's
+    metrics["peak_mem_bytes"] = peak_bytes(w.step, device, w.clear)
     work = Work("train_time", "train_", tokens=params["steps"] * BATCH)
     return Measurement(metrics, curves, timed=timing, timings={"train_time": timing}, work=[work])

@@ -76,6 +76,9 @@ def test_the_high_precision_run_trains_once(fp8, monkeypatch, tmp_path):
     assert second.samples["reference_loss_curve"] == first.samples["loss_curve"]
     assert first.timings["train_time"].n == 1 and first.work[0].tokens == 3 * mod.BATCH
     assert not second.timings and not second.work  # an emulated recipe's wall time is no FP8 speed: not recorded
+    # nor its memory (fp32 copies of the emulation); bf16's step is what the plan predicts (to 0.1% on CPU:
+    # tests/bench/test_plan.py)
+    assert first.metrics["peak_mem_bytes"] > 0 and "peak_mem_bytes" not in second.metrics
     # a later bf16 case whose curve differs (a GPU's differs run to run) replaces the cached one for the recipes
     before = mod.train
     monkeypatch.setattr(mod, "train", lambda recipe, *a, **k: [x + (recipe is None) for x in before(recipe, *a, **k)])
