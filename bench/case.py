@@ -8,6 +8,7 @@ plan -> launcher -> execute -> record, each module importing only the ones after
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import traceback
 from contextlib import nullcontext
@@ -162,9 +163,12 @@ def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any],
         if p.peak_bytes + spare > total:
             too_big = (f"predicted not to fit: a peak of {p.peak_bytes / gib:.2f} GiB + {spare / gib:.2f} GiB "
                        f"headroom > the {total / gib:.2f} GiB of {device} (--skip-predicted-oom)")
-        elif p.host_bytes and (host := mem_available_bytes()) is not None and p.host_bytes > host:
+        # every rank of this node pins its own copies in the one host memory
+        elif p.host_bytes and (host := mem_available_bytes()) is not None and \
+                p.host_bytes * (ranks := int(os.environ.get("LOCAL_WORLD_SIZE") or 1)) > host:
+            each = f" a rank x {ranks} ranks of this node" if ranks > 1 else ""
             too_big = (f"predicted not to fit in host memory: offload's pinned copies hold {p.host_bytes / gib:.2f} "
-                       f"GiB > the {host / gib:.2f} GiB available (--skip-predicted-oom)")
+                       f"GiB{each} > the {host / gib:.2f} GiB available (--skip-predicted-oom)")
     from bench.plan_alloc import default_config
 
     reserved = p.reserved_bytes if default_config() else None  # the model is of the default configuration

@@ -341,13 +341,18 @@ def _rank_main(spec_path: str) -> int:
         except Exception:  # noqa: BLE001 - execute imports the module again and records what is wrong with it
             prediction = None
     dist.init_process_group("nccl" if cuda else "gloo", **({"device_id": torch.device(device)} if cuda else {}))
-    ids: list = [None] * dist.get_world_size()
-    dist.all_gather_object(ids, case.id)  # one job, one case: ranks of two cases must never measure as one
+    said: list = [None] * dist.get_world_size()
+    # one job, one case: ranks of two cases must never measure as one; and one verdict of --skip-predicted-oom: a
+    # rank that skipped while the others measured would leave them waiting in their first collective
+    dist.all_gather_object(said, (case.id, prediction[1] if prediction else None))
+    ids, too_big = [c for c, _ in said], next((f"rank {r}: {w}" for r, (_, w) in enumerate(said) if w), None)
     t0 = time.perf_counter()
     if len(set(ids)) > 1:
         result = {"status": "error", "error": "the job's ranks run different cases: " + "; ".join(
             f"rank {r} {c}" for r, c in enumerate(ids))}
     else:
+        if too_big:
+            prediction = (prediction[0] if prediction else {}, too_big)
         result = execute(case, device, spec["seed"], prediction=prediction)
     (job / f"rank{rank}.json").write_text(json.dumps({"status": result["status"], "error": result.get("error"),
                                                       "elapsed_s": time.perf_counter() - t0}))

@@ -191,3 +191,38 @@ def test_ranks_of_two_cases_never_measure_as_one_job(tmp_path):
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [p.exitcode for p in ranks] == [1, 1] and all(r["status"] == "error" for r in results)
     assert f"rank 0 {ok.id}; rank 1 {other.id}" in results[0]["error"]
+
+
+def _one_rank_predicting(rank: int, spec: str, port: int) -> None:
+    # --skip-predicted-oom decided apart on each rank (each reads its own GPU's free memory): rank 1's does not fit
+    import bench.case
+
+    bench.case.predict_case = lambda suite, case, device: ({"predicted_peak_mem_bytes": 1},
+                                                           "predicted not to fit" if rank == 1 else None)
+    _one_rank(rank, spec, port)
+
+
+def test_a_skip_predicted_on_one_rank_skips_the_job_on_every_rank(tmp_path):
+    # a rank that skipped while its peers measured would leave them waiting in their first collective
+    import json
+    import multiprocessing
+    import socket
+    from dataclasses import asdict, replace
+
+    case = replace(runner.plan([SUITES["_dist"]], "smoke", "cpu", ["ok"], world_size=2)[0], predict=True,
+                   skip_predicted_oom=True)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"case": asdict(case), "device": "cpu", "seed": 0, "dir": str(tmp_path)}))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    ranks = [multiprocessing.get_context("spawn").Process(target=_one_rank_predicting, args=(r, str(spec), port))
+             for r in range(2)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(120)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [p.exitcode for p in ranks] == [0, 0]
+    assert [r["status"] for r in results] == ["skipped", "skipped"]
+    assert all(r["error"] == "rank 1: predicted not to fit" for r in results)

@@ -70,6 +70,19 @@ def test_offloads_host_copies_past_the_hosts_memory_are_skipped_on_a_gpu(monkeyp
         "0.00 GiB available" in why
     monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 2**40)
     assert predict_case(SUITES["checkpointing"], case, "cuda:0")[1] is None
+    # each rank of a node pins its own copies: 8 ranks need 8 times one rank's
+    one = predict_case(SUITES["checkpointing"], case, "cuda:0")[0]["predicted_peak_mem_bytes"]
+    monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 2**40)
+    assert predict_case(SUITES["checkpointing"], case, "cuda:0")[1] is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    from bench.plan import plan_case
+
+    host = plan_case(SUITES["checkpointing"], "offload", params, "cuda").host_bytes
+    monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 4 * host)  # room for 4 ranks' copies, not 8
+    _, why = predict_case(SUITES["checkpointing"], case, "cuda:0")
+    assert one and why and "GiB a rank x 8 ranks of this node > the " in why
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert predict_case(SUITES["checkpointing"], case, "cuda:0")[1] is None  # one rank's fit
     none = Case("checkpointing", "none", params, "suites.checkpointing", predict=True, skip_predicted_oom=True)
     monkeypatch.setattr(bench.case, "mem_available_bytes", lambda: 2**20)
     assert predict_case(SUITES["checkpointing"], none, "cuda:0")[1] is None  # no offload: no host copies to hold
