@@ -42,6 +42,9 @@ library    string               the library and version the variant measures, as
 artifacts  string               the case's artifacts_digest in hex: which cached artifacts (trained weights) its
                                 figures came from; null where it read none, and on counts of bytes and FLOPs, which
                                 come from shapes (bench.metrics.of_weights)
+inputs     string               for a derived metric (a rate, TFLOP/s, % of peak, a ratio), the metrics it is
+                                computed from as a JSON list (bench.metrics `inputs`); null for the others, or in an
+                                older store
 ========== ==================== ====================================================================================
 
 and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
@@ -62,9 +65,10 @@ from bench.metrics import default, is_clocked, of_weights, specs_of
 from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
 
 RUNS = "runs"
+# new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason", "kind", "library", "artifacts")  # new columns go last: positional readers keep working
+           "contended_reason", "kind", "library", "artifacts", "inputs")
 
 
 def schema():
@@ -161,13 +165,14 @@ def _rows(records: list[Record], meta: dict, run_id: str):
         metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
         if not metrics:
             yield {**case, "metric": None, "value": None, "direction": None, "kind": None, "n_samples": 0,
-                   "iqr": None, "artifacts": artifacts}
+                   "iqr": None, "artifacts": artifacts, "inputs": None}
         for metric, value in metrics.items():
             s = [x for x in (r.samples.get(metric) or []) if isinstance(x, (int, float))]
             spec = declared.get(metric) or default(metric)
             yield {**case, "metric": metric, "value": value, "direction": spec.direction,
                    "kind": _kind(spec, declared, s), "n_samples": len(s), "iqr": _relative_iqr(s),
-                   "artifacts": artifacts if of_weights(spec) else None}
+                   "artifacts": artifacts if of_weights(spec) else None,
+                   "inputs": json.dumps(list(spec.inputs)) if spec.kind == "derived" and spec.inputs else None}
 
 
 def _kind(spec, declared: dict, samples: list) -> str:

@@ -142,7 +142,8 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
             if key in flags:  # the baseline and band the flag was raised against (a drift's is the older median)
                 f = flags[key]
                 row.update({"baseline": f.baseline, "band ±%": f.band_pct, "change %": f.change_pct,
-                            "flag": f"REGRESSION ({f.kind}, {f.bad_runs} runs)"})
+                            "flag": f"follows {f.follows} ({f.kind}, {f.bad_runs} runs)" if _text(f.follows)
+                            else f"REGRESSION ({f.kind}, {f.bad_runs} runs)"})
             rows.append(row)
         fig = _metric_figure(items, runs, {k: f.bad_runs for k, f in flags.items()}, metric)
         parts.append(section(metric, figure(fig), table(rows, classes={"flag": "regression"})))
@@ -169,10 +170,29 @@ def _plain_page(title: str, body: str, subtitle: str) -> str:
             '</body></html>\n')
 
 
+def _grouped(found):
+    """The flags with each one that follows another (a rate that moved with its timing) right after the one it
+    follows."""
+    if not len(found):
+        return found
+    key = [found["env_id"], found["device"], found["suite"], found["case_id"], found["library"]]
+    root = found["follows"].where(found["follows"].notna(), found["metric"])
+    order = found.assign(_root=root, _follower=found["follows"].notna(), _series=list(zip(*key)))
+    return order.sort_values(["_series", "_root", "_follower"], kind="stable").drop(
+        columns=["_root", "_follower", "_series"])
+
+
+def _text(value) -> str:
+    """A text cell of a frame: "" for a null (None or NaN, as pandas keeps it)."""
+    return value if isinstance(value, str) else ""
+
+
 def _flag_rows(found) -> list[dict]:
     libraries = bool(found["library"].astype(bool).any())  # a column only where some flag is of a library's variant
+    following = bool(found["follows"].notna().any())
     return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"),
-             **({"library": r.library} if libraries else {}), "metric": r.metric, "kind": r.kind,
+             **({"library": r.library} if libraries else {}), "metric": r.metric,
+             **({"follows": _text(r.follows)} if following else {}), "kind": r.kind,
              "env_id": r.env_id, "device": r.device, "gpu": r.gpu, "baseline": r.baseline, "latest": r.latest,
              "change %": r.change_pct, "band ±%": r.band_pct, "bad runs": r.bad_runs,
              "age (days)": round(r.age_days, 1), "latest run": r.run_id} for r in found.itertuples()]
@@ -200,9 +220,13 @@ def _site(frame, store, put, threshold: float, window: int) -> Path:
         text = _suite_page(frame, suite, [(s, j) for s, j in judged if s["suite"].iloc[0] == suite],
                            found[found["suite"] == suite], threshold, window)
         put(_page_name(suite), text)
+    found = _grouped(found)
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
         '<p class="muted">No regressions: every series that ran in the latest night is inside its noise band.</p>')
+    if current["follows"].notna().any():
+        flags = ('<p class="muted">A rate, TFLOP/s or % of peak that moved with the timing it is computed from '
+                 "follows it (listed under it, not counted as a regression of its own).</p>" + flags)
     parts = [section("Current regressions", flags)]
     if len(stale):
         parts.append(section(f"Stale: flagged series that missed the latest night (last run over {STALE_DAYS:g} day "
@@ -215,9 +239,12 @@ def _site(frame, store, put, threshold: float, window: int) -> Path:
         for r in runs.drop_duplicates(ENV, keep="last").sort_values(ENV).itertuples()]
     links = ""
     for s in suites:
-        n, k = int((current["suite"] == s).sum()), int((stale["suite"] == s).sum())
+        mine = current[current["suite"] == s]
+        n, f = int(mine["follows"].isna().sum()), int(mine["follows"].notna().sum())
+        k = int(((stale["suite"] == s) & stale["follows"].isna()).sum())
         links += (f'<li><a href="{html.escape(_page_name(s))}">{html.escape(s)}</a> '
-                  f'({n} regression{"s" * (n != 1)}{f", {k} stale" if k else ""})</li>')
+                  f'({n} regression{"s" * (n != 1)}{f", {f} following" if f else ""}{f", {k} stale" if k else ""})'
+                  '</li>')
     parts += [section("Latest run per env", table(latest) if latest else '<p class="muted">No runs yet.</p>'),
               section("Suites", f"<ul>{links}</ul>")]
     subtitle = (f"{frame['run_id'].nunique()} runs in history store {Path(store).resolve().name}; a regression is "

@@ -79,7 +79,7 @@ def _series(frame):
     flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
     why = ok["contended_reason"] if "contended_reason" in ok.columns else None
     ok = ok.assign(contended=flag, contended_reason=why)
-    extra = [c for c in ("gpu", "git_sha", "git_dirty", "variant", "artifacts") if c in ok.columns]
+    extra = [c for c in ("gpu", "git_sha", "git_dirty", "variant", "artifacts", "inputs") if c in ok.columns]
     agg = {"value": "median", "timestamp": "min", "direction": "first", "metric_kind": "first", "contended": "max",
            "contended_reason": "first", **{c: "first" for c in extra}}
     out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
@@ -232,7 +232,7 @@ def flags(judged: list, newest):
 
     columns = ["suite", "case_id", "variant", "metric", "env_id", "device", "gpu", "direction", "kind", "baseline",
                "band_pct", "previous", "latest", "change_pct", "n_runs", "bad_runs", "run_id", "timestamp",
-               "age_days", "stale", "library"]
+               "age_days", "stale", "library", "follows"]
     rows = []
     for s, j in judged:
         bad = flagged(j, s)
@@ -250,8 +250,43 @@ def flags(judged: list, newest):
                      "baseline": b, "band_pct": 100 * half, "previous": previous, "latest": latest,
                      "change_pct": change, "n_runs": len(values), "bad_runs": len(bad),
                      "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
-                     "stale": age > STALE_DAYS, "library": last["library"]})
+                     "stale": age > STALE_DAYS, "library": last["library"], "follows": None,
+                     "inputs": _inputs(s)})
+    _follow(rows)
     return pd.DataFrame(rows, columns=columns)
+
+
+def _inputs(series) -> list[str]:
+    """The metrics a derived series is computed from (the history's `inputs`, its latest run's), else []."""
+    import json
+
+    text = series["inputs"].iloc[-1] if "inputs" in series.columns else None
+    try:
+        names = json.loads(text) if isinstance(text, str) else []
+    except ValueError:
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def _follow(rows: list[dict]) -> None:
+    """Set `follows` on each flag of a derived metric (a rate, TFLOP/s, % of peak) whose latest bad run is that of
+    exactly one flagged metric it is computed from, in the same series but for the metric: the measured metric at the
+    root of that chain. One slower step is then one regression with its rates under it, not four; a ratio of two
+    timings that both moved follows neither, as compare's rule (bench.verdicts.follows)."""
+    key = ("env_id", "device", "suite", "case_id", "library")
+    flagged = {(*(r[k] for k in key), r["metric"]): r for r in rows}
+    parent = {}
+    for r in rows:
+        moved = [m for m in r.pop("inputs") if (other := flagged.get((*(r[k] for k in key), m))) is not None
+                 and other["run_id"] == r["run_id"]]
+        if len(moved) == 1:
+            parent[(*(r[k] for k in key), r["metric"])] = moved[0]
+    for r in rows:
+        here, seen = (*(r[k] for k in key), r["metric"]), set()
+        while here in parent and here not in seen:
+            seen.add(here)
+            here = (*here[:-1], parent[here])
+        r["follows"] = here[-1] if here[-1] != r["metric"] else None
 
 
 def regressions(frame, threshold: float = 0.05, window: int = 7):
@@ -288,14 +323,15 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     `artifacts`: trained weights of another training, whose numbers differ; or none beside some, from runs of a
     techbench before the digest) is held to the threshold rather than exactly; a count of bytes that the weights'
     values do not move stays as it was. A metric that no run of the store gives a kind (written before the column)
-    is measured.
+    is measured. A flag of a derived metric (the history's `inputs`) whose latest bad run is that of exactly one
+    flagged input of its case `follows` it (the root of the chain: % of peak <- TFLOP/s <- the step's time).
     Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
     flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
     point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
     bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to the
-    store's newest run), stale (age_days > STALE_DAYS: the series missed the latest night) and library ("" for
-    techbench's own variants). "Latest point" is the latest not contended; age_days counts contended runs, which ran
-    all the same.
+    store's newest run), stale (age_days > STALE_DAYS: the series missed the latest night), library ("" for
+    techbench's own variants) and follows (the metric whose flag this one moved with, else None). "Latest point" is
+    the latest not contended; age_days counts contended runs, which ran all the same.
     """
     check(threshold, window)
     return flags(judged(frame, threshold, window), frame["timestamp"].max())

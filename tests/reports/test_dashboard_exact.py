@@ -207,3 +207,54 @@ def test_a_store_carried_across_the_library_column_keeps_its_series_whole():
     assert list(zip(found["kind"], found["library"], found["stale"], found["bad_runs"])) == [
         ("step", "transformers 4.57.1", False, 6)]
     assert len(rule.judged(frame, 0.05, 7)) == 1
+
+
+def slower_with_its_rates(tmp_path, rates=("tokens_per_s",), declare=True):
+    """A store whose last two nights run CASE's step 30% slower, with `rates` moved as a slower step moves them."""
+    def slow(night, r):
+        if night >= NIGHTS - 2:
+            r["metrics"]["step_time_ms"] *= 1.3
+            r["samples"]["step_time_ms"] = [x * 1.3 for x in r["samples"]["step_time_ms"]]
+            for name in rates:
+                r["metrics"][name] /= 1.3
+
+    return case_nights(tmp_path, slow, declare=declare)
+
+
+@needs("pyarrow")
+def test_a_rate_that_moved_with_its_timing_follows_it(tmp_path):
+    # one slower step is one regression, its tokens/s listed under it, as compare lists them (bench.verdicts.follows)
+    frame = history.load(slower_with_its_rates(tmp_path))
+    assert json.loads(frame[frame["metric"] == "tokens_per_s"]["inputs"].iloc[0]) == ["step_time_ms"]
+    assert frame[frame["metric"] == "step_time_ms"]["inputs"].isna().all()
+    found = dashboard.regressions(frame)
+    assert sorted(zip(found["metric"], found["follows"].fillna(""))) == [("step_time_ms", ""),
+                                                                          ("tokens_per_s", "step_time_ms")]
+
+
+@needs("pyarrow")
+def test_a_rate_that_moved_alone_is_a_regression_of_its_own(tmp_path):
+    # the timing held and the rate fell (its work was counted differently, say): nothing for it to follow
+    def rate_only(night, r):
+        if night >= NIGHTS - 2:
+            r["metrics"]["tokens_per_s"] /= 1.3
+
+    found = dashboard.regressions(history.load(case_nights(tmp_path, rate_only)))
+    assert list(zip(found["metric"], found["follows"])) == [("tokens_per_s", None)]
+
+
+@needs("pyarrow")
+def test_a_store_without_inputs_flags_each_metric_as_before(tmp_path):
+    # runs of a techbench that declared nothing: no inputs to follow, each flag stands alone
+    found = dashboard.regressions(history.load(slower_with_its_rates(tmp_path, declare=False)))
+    assert sorted(found["metric"]) == ["step_time_ms", "tokens_per_s"] and found["follows"].isna().all()
+
+
+@needs("plotly", "pyarrow")
+def test_the_index_counts_a_slower_step_once(tmp_path):
+    index = dashboard.build(slower_with_its_rates(tmp_path), tmp_path / "site")
+    text = index.read_text()
+    assert "(1 regression, 1 following)" in text and "<th>follows</th>" in text
+    assert text.index("<td>step_time_ms</td>") < text.index("<td>tokens_per_s</td>")
+    suite = (index.parent / "suite-checkpointing.html").read_text()
+    assert "follows step_time_ms (step, 2 runs)" in suite and suite.count("REGRESSION (step, 2 runs)") == 1
