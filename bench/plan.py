@@ -15,8 +15,9 @@ bench.plan_attention routes attention to the target's kernel, bench.plan_norm RM
 - For a CUDA target both are the caching allocator's bytes (its blocks, bench.plan_alloc: what max_memory_allocated
   reports), and reserved_bytes its segments over the case; a module from build_module counts as copied to the GPU.
 - the parts: parameters, gradients (after the step), optimizer state, activations saved for backward (bytes autograd
-  saved, parameters left out; a checkpointing variant's own hooks hide what it recomputes), other resident bytes
-  (the batch, buffers; not the warm-up's gradients, which the step frees or reuses), all in tensor bytes, and
+  saved, parameters left out, and the unsharded ones FSDP2 all-gathers and frees after each unit's forward; a
+  checkpointing variant's own hooks hide what it recomputes), other resident bytes (the batch, buffers; not the
+  warm-up's gradients, which the step frees or reuses), all in tensor bytes (a DTensor's: the rank's shard), and
   transient = peak - all of those (temporaries, a build's own where it holds the peak, as mla's prefill does, and on
   a CUDA target the allocator's rounding; never below 0, since gradients and saved activations need not be live at
   once).
@@ -24,7 +25,9 @@ bench.plan_attention routes attention to the target's kernel, bench.plan_norm RM
   misses the fused kernels there.
 - flops (torch's FLOP counter with bench.flops' attention formulas), bytes_moved (every op's tensor inputs read and
   outputs written, views left out: the traffic of an eager, unfused step, an upper bound on what fused kernels move),
-  and roofline_ms = max(flops / peak TFLOP/s of the dtype, bytes_moved / bandwidth) from bench.hardware.
+  and roofline_ms = max(the FLOPs of each dtype / the GPU's peak TFLOP/s for it, summed; bytes_moved / bandwidth)
+  from bench.hardware, each op's FLOPs in the dtype it computes in on the target (bench.plan_count); `dtype` is the
+  one most of them run in.
 - fits: peak_bytes + headroom <= the GPU's memory, headroom = HEADROOM_BYTES + HEADROOM_FRACTION x peak_bytes.
 
 The headroom: the CUDA context with torch's kernels loaded takes 0.5-0.6 GiB of device memory on an H100 (CUDA 12,
@@ -40,31 +43,32 @@ records them), the verdict keeps the stated margin.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from bench import hardware
-from bench.flops import flop_counter_mode
 from bench.lifeline import freeze_alive
 from bench.memory import SavedTensorBytes, TensorMemoryTracker
-from bench.memory_ops import cpu_scratch, decomposes, tensors_in
+from bench.memory_ops import cpu_scratch
 from bench.plan_alloc import CachingAllocatorModel
 from bench.plan_attention import target_attention
 from bench.plan_autocast import target_autocast
-from bench.plan_flex import FORMULAS as FLEX_FORMULAS
+from bench.plan_count import StepCounter, roofline_ms, storage_bytes
 from bench.plan_flex import target_flex
-from bench.plan_meta import IndexValues, MetaKernels, current_stream, fake_ranks
+from bench.plan_meta import IndexValues, MetaKernels, current_stream, fake_ranks, local_tensor, unsharded
 from bench.plan_norm import target_rms_norm
 from bench.plan_offload import target_offload
 from bench.plan_optim import target_foreach
+from bench.plan_pool import died, one_by_one
 from bench.plan_scratch import kernel_scratch
 from bench.suite import NotPlannable, Skip, Suite, case_id
 
@@ -72,8 +76,6 @@ GIB = 1 << 30
 HEADROOM_BYTES = GIB  # CUDA context (~0.55 GiB measured on H100, CUDA 12) + library workspaces
 HEADROOM_FRACTION = 0.10  # caching-allocator rounding and fragmentation, as a share of the peak
 META = "meta"
-_ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default,
-                torch.ops.aten.empty_like.default, torch.ops.aten.new_empty.default}  # no bytes move
 
 
 @dataclass
@@ -96,6 +98,11 @@ class Prediction:
     flops: int | None = None
     bytes_moved: int | None = None
     dtype: str | None = None
+    """The dtype most of the step's FLOPs run in on the target (bench.plan_count.StepCounter): bf16 for a CUDA grid's
+    bf16 model or fp8's reference step, float8_e4m3fn where float8 GEMMs dominate; the case's "dtype" param where no
+    FLOPs are counted. Not a params default: fp8's training part has none, and ran bf16 on CUDA."""
+    flops_by_dtype: dict[str, int] = field(default_factory=dict)
+    """The FLOPs of each dtype: the roofline divides each by the GPU's peak for it (bench.plan_count.roofline_ms)."""
     roofline_ms: float | None = None
     capacity_bytes: int | None = None
     headroom_bytes: int | None = None
@@ -116,54 +123,9 @@ class Prediction:
         return {"case_id": self.case_id, **asdict(self)}
 
 
-class StepCounter(TorchDispatchMode):
-    """FLOPs (torch's formulas with bench.flops' attention ones) and bytes moved: what each op reads (its tensor
-    inputs) and writes (its tensor outputs), views and bare allocations left out.
-
-    It counts FLOPs itself rather than under FlopCounterMode: that mode's module hooks keep tensors alive past their
-    last use (+77% peak at smoke checkpointing, full variant), so the step it counts is not the step measured."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-        self.flops = 0
-        self._formulas = {**flop_counter_mode().flop_registry, **FLEX_FORMULAS}  # FlexAttention's stand-ins
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        formula = self._formulas.get(func._overloadpacket)
-        if formula is None and decomposes(func, args, kwargs):
-            # Under inference_mode a composite op (linear, SDPA) reaches a dispatch mode whole: count what it
-            # decomposes into, as FlopCounterMode does, or its matmuls go uncounted. Only an op the device runs as
-            # its decomposition: silu_backward has one too, but a kernel of its own on every device, and its
-            # decomposition's temporaries (0.75 MiB in moe's quick dispatch step) are no step's memory
-            with self:
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-        out = func(*args, **kwargs)
-        if formula is not None:
-            with _disable_current_modes():  # a formula's stand-in tensors (bench.flops, GQA) are no step's memory
-                self.flops += formula(*args, **kwargs, out_val=out)
-        if not func.is_view and func not in _ALLOCATIONS:
-            self.bytes += sum(t.numel() * t.element_size() for t in tensors_in((args, kwargs, out)))
-        return out
-
-
 def headroom(peak_bytes: int) -> int:
     """Bytes kept free beyond the predicted peak (see the module's docstring for the figures)."""
     return HEADROOM_BYTES + math.ceil(HEADROOM_FRACTION * peak_bytes)
-
-
-def _storage_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if isinstance(t, torch.Tensor):
-            s = t.untyped_storage()
-            if id(s) not in seen:
-                seen.add(id(s))
-                total += s.nbytes()
-    return total
 
 
 def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: bool | None = None,
@@ -192,31 +154,44 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
         resident = total.live_bytes(META)
         before = allocator.peak_allocated if cuda else total.peak_bytes(META)  # the build's and the warm-up's
         parameters = [p for m in w.modules for p in m.parameters()]
-        warm_grads = _storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
+        warm_grads = storage_bytes(p.grad for p in parameters)  # the warm-up's, which the step frees or reuses
         if clear and w.clear is not None:  # what the measured window leaves out: the previous step's gradients
             w.clear()
         total.reset_peak()
         if cuda:
             base, reserved = allocator.allocated, allocator.peak_reserved
             allocator.reset_peak()
-        with SavedTensorBytes(ignore=parameters) as saved, StepCounter() as counted, \
+        # not activations: the parameters, and the unsharded ones FSDP2 all-gathers, which it frees after the forward
+        ignore = [*parameters, *map(local_tensor, parameters), *unsharded(w.modules)]
+        with SavedTensorBytes(ignore=ignore) as saved, StepCounter() as counted, \
                 TensorMemoryTracker(scratch=None if cuda else scratch) as step:
             w.step()
         held = w.held() if w.held is not None else 0
         total.settle()
         step_peak = allocator.peak_allocated - base if cuda else step.peak_bytes(META)
         peak = max(before, allocator.peak_allocated if cuda else total.peak_bytes(META))
-        param_bytes = _storage_bytes(parameters)
-        optimizer = _storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
+        param_bytes = storage_bytes(parameters)
+        optimizer = storage_bytes(v for s in w.optimizer.state.values() for v in s.values()) if w.optimizer else 0
         return {"step_peak_bytes": step_peak + held, "peak_bytes": peak,
                 "reserved_bytes": max(reserved, allocator.peak_reserved) if cuda else None,
                 "resident_bytes": resident, "held_bytes": held,
                 "other_bytes": resident - param_bytes - optimizer - warm_grads, "param_bytes": param_bytes,
                 "optimizer_bytes": optimizer,
-                "grad_bytes": _storage_bytes(p.grad for p in parameters),
+                "grad_bytes": storage_bytes(p.grad for p in parameters),
                 "activation_bytes": saved.total(META), "flops": counted.flops + w.uncounted_flops,
+                "flops_by_dtype": _with_uncounted(counted.by_dtype, w.uncounted_flops, params.get("dtype")),
                 "bytes_moved": counted.bytes + w.uncounted_bytes,
                 "attention": sorted(kernels), "host_bytes": offload.peak_host_bytes or None}
+
+
+def _with_uncounted(by_dtype: dict[str, int], uncounted: int, declared: str | None) -> dict[str, int]:
+    """FLOPs per dtype with a workload's uncounted ones (its Triton kernels') in the dtype most FLOPs run in (the
+    case's "dtype" param where none are counted)."""
+    out = dict(by_dtype)
+    if uncounted:
+        dtype = max(out, key=out.get) if out else declared or "unknown"
+        out[dtype] = out.get(dtype, 0) + uncounted
+    return out
 
 
 def _torch_singletons() -> None:
@@ -234,8 +209,7 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
               capacity_bytes: int | None = None) -> Prediction:
     """One case's Prediction for `target` ("cpu" or "cuda"), against `gpu` (a bench.hardware name) when given and
     a memory of `capacity_bytes` (default: the GPU's, from bench.hardware)."""
-    p = Prediction(suite.name, variant, dict(params), "ok", target=target, gpu=gpu,
-                   dtype=params.get("dtype", "float32"))
+    p = Prediction(suite.name, variant, dict(params), "ok", target=target, gpu=gpu, dtype=params.get("dtype"))
     try:
         why = suite.unsupported_world_size(params.get("world_size", 1))
         if why:
@@ -257,9 +231,10 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
     p.step_peak_bytes, p.peak_bytes, p.reserved_bytes = raw["step_peak_bytes"], raw["peak_bytes"], raw["reserved_bytes"]
     p.flops, p.bytes_moved, p.attention, p.host_bytes = raw["flops"], raw["bytes_moved"], raw["attention"], \
         raw["host_bytes"]
-    tflops, gbps = hardware.peak_tflops(gpu, p.dtype), hardware.peak_gbps(gpu)
-    if tflops and gbps:
-        p.roofline_ms = 1e3 * max(p.flops / (tflops * 1e12), p.bytes_moved / (gbps * 1e9))
+    p.flops_by_dtype = raw["flops_by_dtype"]
+    if p.flops_by_dtype:  # what the step computes in on the target, not what its params say
+        p.dtype = max(p.flops_by_dtype, key=p.flops_by_dtype.get)
+    p.roofline_ms = roofline_ms(gpu, p.flops_by_dtype, p.bytes_moved)
     p.capacity_bytes = capacity_bytes or hardware.memory_bytes(gpu)
     if p.capacity_bytes is not None:
         p.headroom_bytes = headroom(p.peak_bytes)
@@ -294,8 +269,9 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
     rank of `world_size` for a distributed suite, as `bench run` would launch it.
     With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
     suite caches per point, such as packing's lengths and packings, serves all of them): each case's step on meta is
-    Python dispatch, one CPU a process, and full sizes take minutes on one. `progress(planned, total)` is told each
-    time a grid point's cases are planned."""
+    Python dispatch, one CPU a process, and full sizes take minutes on one. A case whose process dies (killed for
+    host memory) is not plannable, saying so, and the others are planned (bench.plan_pool). `progress(planned,
+    total)` is told each time a grid point's cases are planned."""
     points = plan_points(suites, size, target, variants, params_filter, world_size, cases_like)
     how, total, planned = (target, gpu, capacity_bytes), sum(len(c) for _, _, c in points), 0
 
@@ -315,21 +291,34 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
     # worker, and its Predictions come back. What is alive is frozen out of the workers' collections (freeze_alive).
     importlib.import_module("torch._dynamo")
     freeze_alive()
-    global _FORKED
-    _FORKED = points
+    global _FORKED, _STARTED
+    _FORKED, _STARTED, done, pending = points, mp.get_context("fork").RawArray("b", len(points)), {}, range(len(points))
     try:
-        with ProcessPoolExecutor(min(jobs, len(points)), mp_context=mp.get_context("fork"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = [pool.submit(_plan_forked, i, how) for i in range(len(points))]
-            for f in as_completed(futures):
-                told(f.result())
+        while pending:
+            broken = []
+            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=mp.get_context("fork"),
+                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                futures = {pool.submit(_plan_forked, i, how): i for i in pending}
+                for f in as_completed(futures):
+                    try:
+                        done[futures[f]] = told(f.result())
+                    except BrokenProcessPool:  # a worker died (killed for host memory): every unfinished point's
+                        broken.append(futures[f])
+            # the points a worker had started are planned again case by case, alone (bench.plan_pool), so that the
+            # case that kills its process is told apart; those none had started, in a new pool (alone as well where
+            # none was started or done: no pool goes on forever)
+            again = [i for i in broken if not _STARTED[i]]
+            for i in sorted(broken if len(again) == len(pending) else set(broken) - set(again)):
+                done[i] = told(one_by_one(functools.partial(_plan_one, i, how), len(points[i][2]),
+                                          functools.partial(_died, i, how)))
+            pending = sorted(i for i in again if i not in done)
         # A process whose autograd engine started its device threads (a test worker after a backward on a device
         # torch counts) forks children that cannot run backward: such points are planned again here
-        return [p for i, f in enumerate(futures)
-                for p in (_plan_point(points, i, how) if any(AUTOGRAD_FORK in (q.reason or "") for q in f.result())
-                          else f.result())]
+        return [p for i in range(len(points))
+                for p in (_plan_point(points, i, how) if any(AUTOGRAD_FORK in (q.reason or "") for q in done[i])
+                          else done[i])]
     finally:
-        _FORKED = None
+        _FORKED = _STARTED = None
 
 
 AUTOGRAD_FORK = "Autograd-and-Fork"
@@ -338,10 +327,24 @@ AUTOGRAD_FORK = "Autograd-and-Fork"
 
 _FORKED: list | None = None
 """The grid points of the plan in progress, for the processes forked to plan them."""
+_STARTED = None
+"""Shared with those processes: 1 for each grid point one of them has started to plan."""
 
 
 def _plan_forked(i: int, how: tuple) -> list[Prediction]:
+    _STARTED[i] = 1
     return _plan_point(_FORKED, i, how)
+
+
+def _plan_one(i: int, how: tuple, k: int) -> Prediction:
+    suite, params, chosen = _FORKED[i]
+    return plan_case(suite, chosen[k], params, *how)
+
+
+def _died(i: int, how: tuple, k: int, exitcode: int | None) -> Prediction:
+    suite, params, chosen = _FORKED[i]
+    return Prediction(suite.name, chosen[k], dict(params), "not_plannable", reason=died(exitcode), target=how[0],
+                      gpu=how[1], dtype=params.get("dtype"))
 
 
 def _plan_point(points: list, i: int, how: tuple) -> list[Prediction]:

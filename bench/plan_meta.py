@@ -84,6 +84,14 @@ class IndexValues(TorchDispatchMode):
         self.values = WeakIdKeyDictionary()
         self._waiting: weakref.WeakSet = weakref.WeakSet()
 
+    def __enter__(self):
+        _RUNNING.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _RUNNING.remove(self)
+        return super().__exit__(*exc)
+
     def _get(self, t) -> torch.Tensor:
         value = self.values[t]
         if isinstance(value, _Later):
@@ -189,9 +197,14 @@ class IndexValues(TorchDispatchMode):
         return (args[0], out, *args[2:])
 
 
+_RUNNING: list[IndexValues] = []
+"""The IndexValues entered and not yet left: a FLOP formula (bench.flops) runs with the dispatch modes set aside."""
+
+
 def index_value(t) -> torch.Tensor | None:
-    """The CPU value the running plan keeps beside meta index tensor `t` (IndexValues), or None where it keeps none."""
-    for mode in _get_current_dispatch_mode_stack():
+    """The CPU value the running plan keeps beside meta index tensor `t` (IndexValues), or None where it keeps none;
+    also where the modes are set aside (_disable_current_modes)."""
+    for mode in [*_get_current_dispatch_mode_stack(), *reversed(_RUNNING)]:
         if isinstance(mode, IndexValues) and t in mode.values:
             return mode._get(t)
     return None
@@ -327,3 +340,25 @@ def current_stream() -> int:
     only the reduce-scatter streams allocate and no two of those coincide (the H100 runs, to the byte); at more,
     a rank's planned peak can be above CUDA's by what sharing would have reused."""
     return id(torch.cpu.current_stream())
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of `t`: a DTensor's local tensor (FSDP2's shards and their gradients), else `t`."""
+    local = getattr(t, "_local_tensor", None)
+    return local if isinstance(local, torch.Tensor) else t
+
+
+def unsharded(modules) -> list[torch.Tensor]:
+    """The unsharded parameters FSDP2 all-gathers for the units among `modules` (and their all-gather outputs, whose
+    storage they view): autograd saves them for backward, but FSDP2 frees their storage after each unit's forward and
+    gathers into it again for the backward, so they are no activation the step keeps. Those made so far (FSDP2 makes
+    them at a unit's first all-gather: the warm-up's); none for modules FSDP2 does not shard."""
+    out = []
+    for module in modules:
+        for m in module.modules():
+            state = m._get_fsdp_state() if hasattr(m, "_get_fsdp_state") else None
+            for param in getattr(getattr(state, "_fsdp_param_group", None), "fsdp_params", ()):
+                out.extend(t for t in getattr(param, "all_gather_outputs", ()) if isinstance(t, torch.Tensor))
+                if isinstance(getattr(param, "_unsharded_param", None), torch.Tensor):
+                    out.append(param._unsharded_param)
+    return out

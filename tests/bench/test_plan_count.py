@@ -1,0 +1,100 @@
+"""What the plan counts besides memory (bench.plan_count, bench.flops): varlen flash attention's FLOPs per sequence
+and causal, as SDPA's; the dtype each FLOP runs in, and the roofline from them."""
+
+import pytest
+import torch
+from torch.utils import flop_counter
+
+from bench import hardware
+from bench.flops import FORMULAS, flop_counter_mode
+from bench.plan import plan_case
+from bench.plan_count import roofline_ms
+from bench.plan_meta import IndexValues
+from bench.suite import discover
+
+aten = torch.ops.aten
+LENGTHS = [7, 1, 33, 12]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return discover()
+
+
+def per_sequence(count, causal=True, lengths=LENGTHS, heads=2, dim=16) -> int:
+    """What SDPA's formulas count for `lengths` one sequence at a time ([1, H, n, D] each), causal as half."""
+    shapes = [((1, heads, n, dim),) * 3 for n in lengths]
+    flops = [count(*((s[0],) if count is flop_counter.sdpa_backward_flop_count else ()), *s) for s in shapes]
+    return sum(f // 2 if causal else f for f in flops)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen_flash_is_counted_per_sequence_and_causal_as_half(causal):
+    total = sum(LENGTHS)
+    q = torch.empty(total, 2, 16)  # [T, H, D], the values of a nested tensor
+    offsets = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+    forward, backward = FORMULAS[aten._flash_attention_forward], FORMULAS[aten._flash_attention_backward]
+    lse = torch.empty(2, total)
+
+    def counts(cu, q):
+        return (forward(q, q, q, cu, cu, max(LENGTHS), max(LENGTHS), 0.0, causal, False, out_val=None),
+                backward(q, q, q, q, q, lse, cu, cu, max(LENGTHS), max(LENGTHS), 0.0, causal, None, None,
+                         out_val=None))
+
+    expected = (per_sequence(flop_counter.sdpa_flop_count, causal=causal),
+                per_sequence(flop_counter.sdpa_backward_flop_count, causal=causal))
+    assert counts(offsets, q) == expected
+    # on meta, the lengths come from the values the plan keeps beside the offsets (bench.plan_meta.IndexValues)
+    with IndexValues():
+        meta_offsets = offsets.to("meta")
+        assert counts(meta_offsets, q.to("meta")) == expected
+    # without values, torch's worst case: every sequence as long as the longest
+    longest = [max(LENGTHS)] * len(LENGTHS)
+    assert counts(torch.empty(len(LENGTHS) + 1, dtype=torch.int32, device="meta"), q.to("meta")) == \
+        tuple(per_sequence(c, causal, longest) for c in (flop_counter.sdpa_flop_count,
+                                                          flop_counter.sdpa_backward_flop_count))
+
+
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_nested_attention_plans_the_flops_of_segments_and_of_a_real_step(registry, mode):
+    # nested and segments run the same causal attention over the same tokens, one SDPA call a sequence or one varlen
+    # flash call: their FLOPs are equal exactly (tolerance 0: the same per-sequence formula). Nested was counted at
+    # the longest length for every sequence, and dense: 48x segments' attention FLOPs at full size.
+    # rmpad records no FLOP metric: the real step's count is torch's counter on the CPU run of segments.
+    rmpad = registry["rmpad"]
+    for params in (p for p in rmpad.grid("smoke", "cuda:0") if p["mode"] == mode and "model" not in p):
+        plans = {v: plan_case(rmpad, v, params, "cuda", "h200") for v in ("segments", "nested")}
+        assert all(p.status == "ok" for p in plans.values()), {v: p.reason for v, p in plans.items()}
+        assert plans["nested"].attention == ["flash"]
+        assert plans["nested"].flops == plans["segments"].flops, params["dist"]
+        w = rmpad.workload("segments", {**params, "dtype": "float32"}, "cpu")
+        with flop_counter_mode() as real:
+            w.step()
+        assert plans["nested"].flops == real.get_total_flops() > 0, params["dist"]
+
+
+def test_the_roofline_divides_each_dtypes_flops_by_its_peak(registry):
+    # fp8's training part has no dtype param; on CUDA its reference step is bf16 (it was planned at the fp32 peak,
+    # 1.3x its bound on an H200), and its own recipes' emulated GEMMs multiply in fp32 (impls/fp8/linear.py)
+    fp8 = registry["fp8"]
+    params = next(p for p in fp8.grid("smoke", "cuda:0") if p["part"] == "training")
+    assert "dtype" not in params
+    bf16 = plan_case(fp8, "bf16", params, "cuda", "h200")
+    assert bf16.status == "ok" and bf16.dtype == "bfloat16" and bf16.flops_by_dtype == {"bfloat16": bf16.flops}
+    assert bf16.roofline_ms == pytest.approx(1e3 * max(bf16.flops / 989.4e12, bf16.bytes_moved / 4800e9))
+    assert bf16.to_json()["dtype"] == "bfloat16"
+    emulated = plan_case(fp8, "tensorwise", params, "cuda", "h200")
+    by = emulated.flops_by_dtype
+    assert set(by) == {"float32", "bfloat16"} and sum(by.values()) == emulated.flops and emulated.dtype == "float32"
+    assert emulated.roofline_ms == pytest.approx(1e3 * max(by["float32"] / 66.9e12 + by["bfloat16"] / 989.4e12,
+                                                           emulated.bytes_moved / 4800e9))
+    cpu = plan_case(fp8, "bf16", next(p for p in fp8.grid("smoke", "cpu") if p["part"] == "training"), "cpu")
+    assert cpu.dtype == "float32" and cpu.roofline_ms is None  # fp32 on the CPU; no GPU named, no roofline
+
+
+def test_a_roofline_needs_a_rate_for_every_dtype_with_flops():
+    assert hardware.peak_tflops("h200", "float64") is None
+    assert roofline_ms("h200", {"bfloat16": 10**12, "float64": 1}, 0) is None  # never a guess
+    assert roofline_ms("h200", {}, 4800 * 10**9) == pytest.approx(1e3)  # bytes alone: 1 s at 4.8 TB/s
+    assert roofline_ms("h200", {"bfloat16": int(989.4e12)}, 0) == pytest.approx(1e3)
+    assert roofline_ms(None, {"bfloat16": 1}, 1) is None
