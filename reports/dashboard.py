@@ -182,6 +182,21 @@ def _grouped(found):
         columns=["_root", "_follower", "_series"])
 
 
+def _latest_contended(judged: list, newest) -> list[dict]:
+    """Per run and suite, the series whose latest point (in the latest night: not stale) was contended and so judged
+    against nothing: how many, and why (the first reason)."""
+    rows: dict = {}
+    for s, _ in judged:
+        if not rule.not_judged(s)[-1] or (newest - s["timestamp"].iloc[-1]).total_seconds() > rule.STALE_DAYS * 86400:
+            continue
+        last = s.iloc[-1]
+        row = rows.setdefault((last["run_id"], last["suite"]), {
+            "suite": last["suite"], "env_id": last["env_id"], "device": last["device"], "run": last["run_id"],
+            "series": 0, "why": last["contended_reason"] or "flagged contended"})
+        row["series"] += 1
+    return [rows[k] for k in sorted(rows)]
+
+
 def _text(value) -> str:
     """A text cell of a frame: "" for a null (None or NaN, as pandas keeps it)."""
     return value if isinstance(value, str) else ""
@@ -222,8 +237,13 @@ def _site(frame, store, put, threshold: float, window: int) -> Path:
         put(_page_name(suite), text)
     found = _grouped(found)
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
+    disturbed = _latest_contended(judged, newest)
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
-        '<p class="muted">No regressions: every series that ran in the latest night is inside its noise band.</p>')
+        '<p class="muted">No regressions: every series that ran in the latest night is inside its noise band.</p>'
+        if not disturbed else '<p class="muted">No regressions among the series judged in the latest night; '
+        f"{sum(r['series'] for r in disturbed)} were contended there and not judged (below).</p>")
+    if disturbed:  # a contended night is no clean one: what it could not show is said beside the flags
+        flags += section("Contended in the latest night: not judged", table(disturbed), level=3)
     if current["follows"].notna().any():
         flags = ('<p class="muted">A rate, TFLOP/s or % of peak that moved with the timing it is computed from '
                  "follows it (listed under it, not counted as a regression of its own).</p>" + flags)

@@ -9,20 +9,28 @@ import bisect
 import math
 import statistics
 
+from scipy.stats import t as student_t
+
 from bench.metrics import same_exact
 
-K_SPREAD = 3.0  # band half-width in robust standard deviations: ~0.3% of stable nights fall outside by chance
+# The band's half-width: the one-sided 3-sigma quantile (0.135% of a normal sample's points beyond it) of a prediction
+# from an estimated noise: Student's t at the degrees of freedom the estimate has, times sqrt(1 + 1/m) for a baseline
+# of m points, which is 3.5 sigma from 28 points, 5.9 from 6 and 22 from 3. The bare 3 sigma trusted an estimate that from 7
+# points misses the standard deviation by +-48% (one sd; from 28 by +-25%): 30 stable nights at 5% noise flagged 17% of
+# 400 series at some night (1.4% a night), at 10% noise 26%; with this band, and the noise read from every undisturbed
+# point (below), 1.5% and 2.0% (0.09% and 0.12% a night). It costs power early in a series: a 30% step at 5% noise is flagged
+# within 5 nights in 65% of series with 6 nights before it, 86% with 10, 97% with 20 (99.7% / 98% / 99.7% before).
+BAND_QUANTILE = 0.99865
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
-# The noise estimate reads the last 4 windows of not-bad points: from 7 points a MAD misses the standard deviation by
-# ±48% (one sd), from 28 by ±25%. With bad points kept out of the baseline a low estimate would otherwise persist:
-# 60 stable nights at 5% noise flagged 43% of 200 series with the 7-point estimate, 18% with this one (19% when bad
-# points still entered the baseline); at 2% noise 1.5% and 1.0% (0.5%).
+# The noise estimate reads the last 4 windows of undisturbed points, bad ones included: leaving the points judged bad
+# out of it (as they are left out of the baseline) cut the tail it measures, so a low estimate flagged more points,
+# which then left it lower (at 5% noise 7% of series flagged in 30 nights with them, 17% without, both at 3 sigma).
 SPREAD_WINDOWS = 4
 # A measured series is judged from its 4th undisturbed point on: its first 3 form the baseline unjudged. From one or
 # two points there is no noise to weigh (a MAD of them is 0 or their distance), so the band was the bare threshold:
 # three smoke nights of ci/nightly.sh on a shared 2-core VM flagged two timings at +32% and +97% against their first
 # night alone; and against one unusually fast first run every later run would be bad and, being bad, never enter the
-# baseline.
+# baseline. A band from 3 points is 22 sigma wide (BAND_QUANTILE): only a gross change is flagged that early.
 MIN_BASELINE = 3
 # Drift baseline: the up to 23 not-bad points older than the step window (8-30 runs back at window 7). 23 nights of
 # a 1%/night drift move the latest point ~20% from their median while a 7-run window lags only ~4% behind it.
@@ -91,22 +99,26 @@ def _kind(stored) -> str:
     return stored if isinstance(stored, str) else "measured"  # null, NaN: a row written before the column
 
 
-def _band(kept: list[float], threshold: float, window: int) -> tuple[float, float] | None:
-    """(baseline, relative band half-width) from the earlier not-bad values, None when there is no usable baseline."""
+def _band(kept: list[float], seen: list[float], threshold: float, window: int) -> tuple[float, float] | None:
+    """(baseline, relative band half-width), None when there is no usable baseline: the baseline from the earlier
+    not-bad values `kept`, the noise from the earlier undisturbed values `seen` (bad ones too)."""
     recent = kept[-window:]
     if not recent:
         return None
     baseline = statistics.median(recent)
     if baseline == 0:
         return None
-    longer = kept[-SPREAD_WINDOWS * window:]
-    if len(longer) > window:  # run-to-run noise from successive differences: a slow drift does not widen it
+    longer = seen[-SPREAD_WINDOWS * window:]
+    if len(longer) > window:  # run-to-run noise from successive differences: a slow drift or one step does not widen it
         diffs = [b - a for a, b in zip(longer, longer[1:])]
         centre = statistics.median(diffs)
         sigma = MAD_TO_SIGMA * statistics.median(abs(d - centre) for d in diffs) / math.sqrt(2)
+        dof = len(diffs) - 1
     else:
-        sigma = MAD_TO_SIGMA * statistics.median(abs(x - baseline) for x in recent)
-    return baseline, max(threshold, K_SPREAD * sigma / abs(baseline))
+        sigma = MAD_TO_SIGMA * statistics.median(abs(x - baseline) for x in longer)
+        dof = len(longer) - 1
+    k = float(student_t.ppf(BAND_QUANTILE, max(1, dof))) * math.sqrt(1 + 1 / len(recent))
+    return baseline, max(threshold, k * sigma / abs(baseline))
 
 
 def _worse(value: float, baseline: float, direction: str) -> float:
@@ -124,6 +136,7 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
     point whose `artifacts` (trained weights) differ from its baseline's is held to the threshold, not exactly. Rule:
     regressions()."""
     out, kept, kept_values = [], [], []  # the points that may enter later baselines: indices, values
+    seen = []  # the undisturbed values, bad or not: the noise estimate's
     for i, v in enumerate(values):
         away = not exact and i < len(contended) and bool(contended[i])
         if exact:
@@ -132,7 +145,9 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
             half = threshold if mine != theirs else 0.0
             band = (kept_values[-1], half) if kept_values else None
         else:
-            band = _band(kept_values, threshold, window) if len(kept_values) >= MIN_BASELINE else None
+            band = _band(kept_values, seen, threshold, window) if len(kept_values) >= MIN_BASELINE else None
+        if not away:
+            seen.append(v)  # after the band it is judged by: its own value is no part of it
         if band is None:
             out.append(None)
             if not away:
@@ -300,9 +315,12 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     made only of earlier points that were not bad:
         E[i]        = the up to `window` most recent such points
         baseline[i] = median(E[i])
-        band[i]     = max(threshold, 3 * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
-        sigma[i]    = 1.4826 * MAD(successive differences of the up to 4 * window most recent such points) / sqrt(2)
-                      (1.4826 * MAD(E[i]) while there are `window` such points or fewer)
+        band[i]     = max(threshold, k[i] * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
+        sigma[i]    = 1.4826 * MAD(successive differences of the up to 4 * window most recent undisturbed points, bad
+                      ones included) / sqrt(2) (1.4826 * MAD about baseline[i] of those points while they are
+                      `window` or fewer)
+        k[i]        = t(0.99865, n - 1) * sqrt(1 + 1 / |E[i]|), Student's t at the n values sigma[i] comes from (3.5
+                      from 28 points, 5.9 from 6, 22 from 3): the 3-sigma quantile of a prediction from an estimated noise
         worse(x)    = (v[i] - x) / |x|, negated for higher-is-better metrics
         O[i]        = the up to 23 such points older than E's window (at least window + 1 runs back), when >= 5
     v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when worse(median(O[i])) >

@@ -100,7 +100,11 @@ def plotly_figures(text: str) -> list[dict]:
 def test_site_draws_contended_points_hollow_with_the_reason(tmp_path):
     store = loaded_nights(tmp_path, {NIGHTS - 2: 3.0, NIGHTS - 1: 3.0})
     index = dashboard.build(store, tmp_path / "site")
-    assert "No regressions" in index.read_text()
+    # the index does not call a contended night clean: it names what it could not judge, and why
+    text = index.read_text()
+    assert "No regressions among the series judged in the latest night; " in text and "were contended there" in text
+    assert "Contended in the latest night: not judged" in text and REASON in text and "night-7" in text
+    assert "every series that ran in the latest night is inside its noise band" not in text
     suite = (index.parent / "suite-checkpointing.html").read_text()
     step = next(f for f in plotly_figures(suite) if f["layout"]["title"]["text"].startswith("step_time_ms per case"))
     name = CASE.removeprefix("checkpointing/")
