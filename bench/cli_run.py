@@ -80,17 +80,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def parse_params(text: str | None) -> dict[str, str]:
+def parse_params(text: str | None, flag: str = "--params") -> dict[str, str]:
     """'k=v,k2=v2' -> {'k': 'v', 'k2': 'v2'}; a key given twice is refused (which value would it match?)."""
     if not text:
         return {}
     pairs = [(k.strip(), sep, v.strip()) for k, sep, v in (item.partition("=") for item in text.split(","))]
     if any(not k or not sep for k, sep, _ in pairs):
-        raise UsageError(f"--params must be k=v[,k=v...], got {text!r}")
+        raise UsageError(f"{flag} must be k=v[,k=v...], got {text!r}")
     keys = [k for k, _, _ in pairs]
     if len(set(keys)) < len(keys):
         twice = next(k for k in keys if keys.count(k) > 1)
-        raise UsageError(f"--params names {twice!r} twice, got {text!r}")
+        raise UsageError(f"{flag} names {twice!r} twice, got {text!r}")
     return {k: v for k, _, v in pairs}
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib
+import json
 import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -243,17 +244,24 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
 
 
 def plan_points(suites: list[Suite], size: str, target: str, variants=None, params_filter: dict | None = None,
-                world_size: int = 1, cases_like: list[str] | None = None) -> list[tuple[Suite, dict, list[str]]]:
+                world_size: int = 1, cases_like: list[str] | None = None,
+                changes: dict[str, str] | None = None) -> list[tuple[Suite, dict, list[str]]]:
     """The grid points a plan covers, in a run's order, each (suite, params, its variants): the grid the target's
     run would expand (a distributed suite's at `world_size`), kept to `variants`, to the params `params_filter`
-    matches and to the case ids one of the shell-style globs `cases_like` matches."""
-    points = []
+    matches and to the case ids one of the shell-style globs `cases_like` matches; then with `changes` (`bench plan
+    --set`, with_changes) made to their params, points made equal by them planned once."""
+    points, seen = [], set()
     for suite in suites:
         for params in suite.grid(size, grid_device(target)):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
                 continue
+            if changes:
+                params = with_changes(params, changes)
+                if (key := (suite.name, json.dumps(params, sort_keys=True, default=str))) in seen:
+                    continue
+                seen.add(key)
             chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)
                       and (cases_like is None or any(fnmatch.fnmatchcase(case_id(suite.name, v, params), g)
                                                      for g in cases_like))]
@@ -262,9 +270,31 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
     return points
 
 
+def with_changes(params: dict, changes: dict[str, str]) -> dict:
+    """`params` with `changes` (text, from `bench plan --set k=v`) in the type each param has: a case of a size no
+    grid holds, such as a batch that should not fit. ValueError naming the param for a key the params lack or a
+    value not of its type."""
+    out = dict(params)
+    for key, text in changes.items():
+        if key not in params:
+            raise ValueError(f"--set {key}: the case has no param {key} (its params: {', '.join(sorted(params))})")
+        was = params[key]
+        try:
+            if isinstance(was, bool):
+                out[key] = {"true": True, "false": False}[text.lower()]
+            elif isinstance(was, (int, float)):
+                out[key] = type(was)(text)
+            else:  # a text param, or one whose default is None (checkpointing's model)
+                out[key] = None if was is None and text == "None" else text
+        except (KeyError, ValueError):
+            raise ValueError(f"--set {key}={text}: {key} takes {type(was).__name__} values, such as {was!r}") from None
+    return out
+
+
 def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, variants=None,
          params_filter: dict | None = None, capacity_bytes: int | None = None, jobs: int = 1,
-         progress=None, world_size: int = 1, cases_like: list[str] | None = None) -> list[Prediction]:
+         progress=None, world_size: int = 1, cases_like: list[str] | None = None,
+         changes: dict[str, str] | None = None) -> list[Prediction]:
     """Every case of `suites` at `size` on `target`, planned (`plan_points` says which, and in what order): as one
     rank of `world_size` for a distributed suite, as `bench run` would launch it.
     With `jobs` > 1 the grid points are planned in that many forked processes, a point's variants in one (so what a
@@ -272,7 +302,7 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
     Python dispatch, one CPU a process, and full sizes take minutes on one. A case whose process dies (killed for
     host memory) is not plannable, saying so, and the others are planned (bench.plan_pool). `progress(planned,
     total)` is told each time a grid point's cases are planned."""
-    points = plan_points(suites, size, target, variants, params_filter, world_size, cases_like)
+    points = plan_points(suites, size, target, variants, params_filter, world_size, cases_like, changes)
     how, total, planned = (target, gpu, capacity_bytes), sum(len(c) for _, _, c in points), 0
 
     def told(cases: list[Prediction]) -> list[Prediction]:

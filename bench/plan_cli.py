@@ -27,6 +27,9 @@ def add_arguments(p) -> None:
                         "(default: auto)")
     p.add_argument("--variant", nargs="+", action="extend", metavar="NAME", help="only these variants")
     p.add_argument("--params", metavar="K=V,...", help="only cases whose params match (e.g. batch=8)")
+    p.add_argument("--set", metavar="K=V,...", dest="changes",
+                   help="plan the cases selected with these params changed, sizes no grid holds (e.g. batch=64: "
+                        "does it fit?)")
     p.add_argument("--case", action="append", metavar="GLOB",
                    help="only cases whose case_id matches this shell-style glob (repeatable: any of them), as "
                         "`bench run --case`, e.g. a case id copied from a report")
@@ -75,7 +78,11 @@ def predictions(args, discover) -> tuple[list, dict]:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if args.world_size < 1:
         raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
-    where = parse_params(args.params)
+    where, changes = parse_params(args.params), parse_params(getattr(args, "changes", None), "--set")
+    try:
+        plan_points(suites, args.size, target, args.variant, where, args.world_size, args.case, changes)
+    except ValueError as e:  # a param the cases lack, or a value not of its type
+        raise UsageError(str(e)) from None
     if where and not plan_points(suites, args.size, target, args.variant, where, args.world_size):
         raise no_case_matches(suites, args.size, grid_device(target), where, args.params, args.variant,
                               args.world_size)
@@ -87,8 +94,8 @@ def predictions(args, discover) -> tuple[list, dict]:
                 "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants"
             raise UsageError(f"no {args.size} case matches --case {glob!r} ({among})")
     out = plan(suites, args.size, target, gpu, args.variant, where, capacity, jobs, Progress(sys.stderr, start),
-               world_size=args.world_size, cases_like=args.case)
-    summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity,
+               world_size=args.world_size, cases_like=args.case, changes=changes)
+    summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity, "changed": changes,
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}
     return out, summary

@@ -103,3 +103,29 @@ def test_a_long_plan_says_how_far_it_is():
     for n in range(1, 4):
         progress(n, 3)
     assert terminal.getvalue() == "".join(f"\rplanned {n}/3 cases in 3 s" for n in range(1, 4)) + "\n"
+
+
+def test_set_plans_a_size_no_grid_holds(capsys):
+    # what would fit? the full grid's two batches of our model, both made 64: planned once, at 64
+    assert main(["plan", "checkpointing", "--size", "full", "--gpu", "h100", "--variant", "none", "full",
+                 "--params", "model=None", "--set", "batch=64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["changed"] == {"batch": "64"} and out["cases"] == 2
+    assert {p["params"]["batch"] for p in out["predictions"]} == {64}
+    by = {p["variant"]: p for p in out["predictions"]}
+    assert by["none"]["fits"] is False and by["full"]["fits"] is True  # checkpointing makes batch 64 fit an H100
+    assert main(["plan", "checkpointing", "--size", "full", "--gpu", "h100", "--variant", "none", "--params",
+                 "model=None", "--set", "batch=8", "--json"]) == 0
+    at_8 = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert at_8["peak_bytes"] < by["none"]["peak_bytes"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ("nosuch=3", "--set nosuch: the case has no param nosuch (its params: batch,"),
+    ("batch=x", "--set batch=x: batch takes int values, such as 8"),
+    ("batch", "--set must be k=v[,k=v...]"),
+])
+def test_set_refuses_what_the_cases_cannot_take(capsys, changes, message):
+    assert main(["plan", "checkpointing", "--size", "full", "--gpu", "h100", "--params", "model=None",
+                 "--set", changes]) == 2
+    assert message in capsys.readouterr().err
