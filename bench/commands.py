@@ -106,12 +106,10 @@ def cmd_history(args) -> int:
 
     if Path(args.store).exists() and not Path(args.store).is_dir():
         raise UsageError(f"--store {args.store} is a file, not a history store folder")
-    added = 0
-    for run in run_dirs(args.runs):
-        try:
-            added += history.add(run, args.store)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    try:  # every run checked before any is written; a run given twice, or beside its merged run, added once
+        added = history.add_runs(run_dirs(args.runs), args.store)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     print(f"{added} rows added to {args.store}")
     return 0
 
@@ -125,7 +123,9 @@ def cmd_dashboard(args) -> int:
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"-o {args.output} is a file; the dashboard is a folder of pages")
     try:
-        print(f"dashboard -> {build(args.store, args.output, threshold=args.threshold / 100)}")
+        lines = []
+        index = build(args.store, args.output, threshold=args.threshold / 100, said=lines.append)
+        print(f"dashboard -> {index} ({''.join(lines)})")
     except ValueError as e:
         raise UsageError(str(e)) from None
     return 0

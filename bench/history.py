@@ -33,7 +33,10 @@ direction  string               "lower" or "higher" is better, null for informat
 n_samples  int64                raw samples behind the value (0 when the metric was measured once)
 iqr        double               relative spread of the samples, (q75 - q25) / median; null with fewer than 2 samples
 contended  bool                 something outside the case disturbed its timed window (bench.interference), on every
-                                row of the case; null without a timed window, or in a store written before the flag
+                                row of the case; on the row of a ratio of a timing to the reference variant (a
+                                `relative` metric: speedup_x, time_overhead_x) also when the reference case was
+                                contended in the same run, the reason naming it (a ratio of bytes is not); null
+                                without a timed window, or in a store written before the flag
 kind       string               "measured" (from a clock, or a ratio of one: judged against a noise band), "exact"
                                 (deterministic for a commit and machine, or a ratio of such: judged exactly) or
                                 "info"; null on a status-only row, or in a store written before the column
@@ -57,12 +60,14 @@ import hashlib
 import json
 import re
 import statistics
+import warnings
 from pathlib import Path
 
 from bench.atomic import atomic_path
 from bench.interference import reason
 from bench.metrics import default, is_clocked, of_weights, specs_of
-from bench.records import RECORDS_JSONL, Record, read_records, read_run_json
+from bench.records import RECORDS_JSONL, Record, read_run_json, scan_records
+from bench.sides import damage, distinct, reference_case
 
 RUNS = "runs"
 # new columns go last: positional readers keep working
@@ -82,8 +87,41 @@ def schema():
 
 def add(run_dir: str | Path, store: str | Path) -> int:
     """Add a run directory to the store; returns the rows written, 0 when the run is already there. ValueError for
-    what is not a finished run of distinct cases; OutputError when the store cannot be written (nothing is)."""
-    run_dir, store = Path(run_dir), Path(store)
+    what is not a finished, intact run of distinct cases (`check`); OutputError when the store cannot be written
+    (nothing is)."""
+    return add_runs([run_dir], store)
+
+
+def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
+    """Add run directories given together (`bench history add RUN...`, a folder's runs) to the store; returns the
+    rows written. Each run counts once (bench.sides.distinct: a run reached twice, a shard whose merged run is among
+    them; a warning names each left out). Every run is checked before any is written: ValueError for the first that
+    `check` refuses, and then nothing is written."""
+    run_dirs = [Path(d) for d in run_dirs]
+    metas = [read_run_json(d) if d.is_dir() else None for d in run_dirs]
+    keep, notes = distinct(run_dirs, metas)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    checked = [(run_dirs[i], check(run_dirs[i])) for i in keep]
+    added = 0
+    for run_dir, (meta, records) in checked:
+        run_id = str(meta.get("run_id") or run_dir.name)
+        path = Path(store) / RUNS / f"{_file_stem(run_id)}.parquet"
+        if path.exists():
+            continue
+        rows = list(_rows(records, meta, run_id))
+        _write(rows, path)
+        added += len(rows)
+    return added
+
+
+def check(run_dir: str | Path) -> tuple[dict, list[Record]]:
+    """(run.json, records) of a run the history takes: a finished run whose records are whole, each case once. A
+    file is never rewritten, so a run taken half, or with records lost since it finished, would stay so in the
+    history, and the intact run could not be added after: ValueError, one line naming why, for a directory without
+    run.json, an unfinished run (finished_at missing or null), a case recorded twice, or a run that `bench compare`
+    calls damaged (bench.sides.damage: fewer records than it finished with, a corrupt line)."""
+    run_dir = Path(run_dir)
     meta = read_run_json(run_dir) if run_dir.is_dir() else None
     if meta is None:
         raise ValueError(f"{run_dir} is not a run directory: it has no run.json")
@@ -95,14 +133,14 @@ def add(run_dir: str | Path, store: str | Path) -> int:
         raise ValueError(f"{run_dir} holds case {twice} more than once ({RECORDS_JSONL} has several records of it); "
                          "the history keeps one row per case and metric of a run (after a --retry-failed cut short, "
                          f"`bench run ... --resume --out {run_dir}` drops the failures it replaced)")
-    records = read_records(run_dir / RECORDS_JSONL)
-    run_id = str(meta.get("run_id") or run_dir.name)
-    path = store / RUNS / f"{_file_stem(run_id)}.parquet"
-    if path.exists():
-        return 0
-    rows = list(_rows(records, meta, run_id))
-    _write(rows, path)
-    return len(rows)
+    scan = scan_records(run_dir / RECORDS_JSONL)
+    why = damage(meta, scan, run_dir / RECORDS_JSONL)
+    if why is not None:
+        raise ValueError(f"{run_dir} is damaged since it finished: {why}; the history keeps a run for good, so it "
+                         "takes an intact run only")
+    if (message := scan.warning(run_dir / RECORDS_JSONL)) is not None:  # lines of another schema, left out
+        warnings.warn(message, stacklevel=3)
+    return meta, scan.records
 
 
 def repeated_case(run_dir: str | Path) -> str | None:
@@ -151,6 +189,7 @@ def _rows(records: list[Record], meta: dict, run_id: str):
            "device": device, "size": meta.get("size")}
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
     suites = meta.get("suites") if isinstance(meta.get("suites"), dict) else {}
+    by_case = {r.case_id: r for r in records}
     for r in records:
         declared = specs.get(r.suite, {})
         libraries = (suites.get(r.suite) or {}).get("libraries") if isinstance(suites.get(r.suite), dict) else None
@@ -166,10 +205,11 @@ def _rows(records: list[Record], meta: dict, run_id: str):
         if not metrics:
             yield {**case, "metric": None, "value": None, "direction": None, "kind": None, "n_samples": 0,
                    "iqr": None, "artifacts": artifacts, "inputs": None}
+        ratios = _reference_contention(r, by_case, suites, declared) if not case["contended"] else {}
         for metric, value in metrics.items():
             s = [x for x in (r.samples.get(metric) or []) if isinstance(x, (int, float))]
             spec = declared.get(metric) or default(metric)
-            yield {**case, "metric": metric, "value": value, "direction": spec.direction,
+            yield {**case, **ratios.get(metric, {}), "metric": metric, "value": value, "direction": spec.direction,
                    "kind": _kind(spec, declared, s), "n_samples": len(s), "iqr": _relative_iqr(s),
                    "artifacts": artifacts if of_weights(spec) else None,
                    "inputs": json.dumps(list(spec.inputs)) if spec.kind == "derived" and spec.inputs else None}
@@ -192,6 +232,19 @@ def _contention(metrics: dict) -> dict:
     flag = flag if isinstance(flag, bool) else None
     why = (reason(metrics) or "flagged contended in its timed window") if flag else None
     return {"contended": flag, "contended_reason": why}
+
+
+def _reference_contention(r: Record, by_case: dict[str, Record], suites: dict, declared: dict) -> dict[str, dict]:
+    """metric -> contended columns, for the ratios of a timing to the reference variant (`relative` metrics:
+    speedup_x, time_overhead_x) of a case whose reference case was contended in the same run: such a ratio carries
+    the reference's clock too, as bench.compare judges it (bench.verdicts.reference_disturbed). A ratio of bytes is
+    left alone: contention does not change a count."""
+    found = reference_case(r.case_id, suites)
+    ref = by_case.get(found[0]) if found and found[0] != r.case_id else None
+    if ref is None or ref.metrics.get("contended") is not True:
+        return {}
+    why = f"its reference case {ref.case_id}: {reason(ref.metrics) or 'flagged contended in its timed window'}"
+    return {m: {"contended": True, "contended_reason": why} for m in found[1] if is_clocked(m, declared)}
 
 
 def _write(rows: list[dict], path: Path) -> None:

@@ -7,6 +7,7 @@ Reads run directories only: no torch.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,36 +83,105 @@ def merge(records: list[Record]) -> CaseRuns:
 
 def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str], list[tuple[str, str]]]:
     """(case_id -> CaseRuns, each run's run.json, each run's name, (name, why) of each damaged run) of the run
-    directories of one side."""
-    by_case: dict[str, list[Record]] = {}
-    metas, names, damaged = [], [], []
+    directories of one side. A run is counted once (`distinct`: a run reached twice, a shard beside the merged run
+    that holds it; a warning says which were left out); a run.json without finished_at is an unfinished run's."""
+    dirs, metas = [], []
     for d in map(Path, run_dirs):
         meta = read_run_json(d)
         if meta is None and not (d / RECORDS_JSONL).exists():
             raise FileNotFoundError(f"{d} is not a run directory (no run.json or records.jsonl)")
-        metas.append(meta or {})
-        names.append((meta or {}).get("run_id") or d.name)
+        dirs.append(d)
+        # a run.json that does not say it finished (no finished_at, or null) is an unfinished run's, as for history
+        metas.append({} if meta is None else {**meta, "finished_at": meta.get("finished_at") or None})
+    keep, notes = distinct(dirs, metas)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    by_case: dict[str, list[Record]] = {}
+    names, damaged = [], []
+    for d, meta in ((dirs[i], metas[i]) for i in keep):
+        names.append(meta.get("run_id") or d.name)
         scan = scan_records(d / RECORDS_JSONL)
         if (message := scan.warning(d / RECORDS_JSONL)) is not None:
             warnings.warn(message, stacklevel=2)
-        if (why := damage(meta or {}, scan)) is not None:
+        if (why := damage(meta, scan, d / RECORDS_JSONL)) is not None:
             damaged.append((names[-1], why))
         for r in scan.records:  # a rerun case: its last record counts
             by_case.setdefault(r.case_id, []).append(r)
-    return {c: merge(rs) for c, rs in by_case.items()}, metas, names, damaged
+    return {c: merge(rs) for c, rs in by_case.items()}, [metas[i] for i in keep], names, damaged
 
 
-def damage(meta: dict, scan: Scan) -> str | None:
-    """Why a run's records.jsonl no longer holds what the run recorded (a file cut short, emptied or damaged since;
-    its missing cases would read as removed), or None."""
+def distinct(run_dirs: list[Path], metas: list[dict | None]) -> tuple[list[int], list[str]]:
+    """(the positions of the runs to count, one line for each run left out) of run directories given together (one
+    side of a comparison, or the runs one `bench history add` adds), each with its run.json. A run counts once: a run
+    reached twice (its run_id again: a symlink, a copy) is left out after its first, and so is a run that a merged run
+    among them lists under `merged_from` (bench.merge), whose records the merged run holds (a sweep folder with its
+    shards and `merged/`), and a merged run whose shards a larger merged run among them holds as well. Without this
+    each of their cases would count twice, as two runs of no spread."""
+    ids = [m.get("run_id") if isinstance(m, dict) and isinstance(m.get("run_id"), str) else None for m in metas]
+    parts = [_merged_from(m) for m in metas]
+    holder: dict[str, int] = {}  # run_id -> the position of the largest merged run that lists it
+    for i in sorted(range(len(metas)), key=lambda i: -len(parts[i])):
+        for rid in parts[i]:
+            holder.setdefault(rid, i)
+    keep, notes, first = [], [], {}
+    for i, d in enumerate(run_dirs):
+        key = ids[i] or str(Path(d).resolve())
+        if key in first:
+            notes.append(f"{d} is run {key} again (also {run_dirs[first[key]]}): counted once")
+            continue
+        into = holder.get(ids[i]) if ids[i] else None
+        if into is None and parts[i]:  # a merged run whose every shard a larger merged run holds
+            into = next((j for j in sorted({holder[r] for r in parts[i]}) if j != i and parts[i] <= parts[j]), None)
+        if into is not None and into != i:
+            notes.append(f"{d} (run {ids[i]}) is merged into {run_dirs[into]} (run {ids[into]}), given with it: "
+                         "counted once, as the merged run")
+            continue
+        first[key] = i
+        keep.append(i)
+    return keep, notes
+
+
+def _merged_from(meta: dict | None) -> set[str]:
+    """The run_ids of the runs a merged run's records come from (run.json `merged_from`, bench.merge)."""
+    entries = meta.get("merged_from") if isinstance(meta, dict) else None
+    return ({e["run_id"] for e in entries if isinstance(e, dict) and isinstance(e.get("run_id"), str)}
+            if isinstance(entries, list) else set())
+
+
+def damage(meta: dict, scan: Scan, path: Path | None = None) -> str | None:
+    """Why a run's records.jsonl (at `path`, where given: its absence is named) no longer holds what the run recorded
+    (a file cut short, emptied, damaged or removed since; its missing cases would read as removed), or None. The one
+    rule for compare (a damaged run is named, and fails the gate as NEW) and history (which refuses it)."""
     recorded, n = meta.get("recorded"), len(scan.records)
     if not meta.get("finished_at"):  # unfinished (killed, say): said as such, a cut last line and all
         return None
+    if path is not None and not n and not Path(path).exists() and recorded != 0:
+        return (f"it has no {RECORDS_JSONL}, yet it finished with {recorded} records" if isinstance(recorded, int)
+                else f"it has no {RECORDS_JSONL}, yet it finished")
     if scan.corrupt:
         return f"{scan.corrupt} corrupt line{'s' * (scan.corrupt > 1)} in its records"
     if isinstance(recorded, int):  # it may have finished with none: an empty shard, a node that never held rank 0
         return f"its records.jsonl holds {n} of the {recorded} records it finished with" if n < recorded else None
     return "its records.jsonl holds no record, yet the run finished" if not n else None
+
+
+def reference_case(case_id: str, suites: dict) -> tuple[str, frozenset[str]] | None:
+    """(the case that `case_id`'s ratios to the reference variant are taken against, the names of those ratios), or
+    None where its suite, or the part it belongs to (its `part=` param), declares no reference. The reference case
+    has the same params, the reference variant; the ratios are the scope's `relative` metrics (speedup_x,
+    time_overhead_x). `suites`: run.json's `suites` (suite -> its declaration, parts with their own reference and
+    relative). Used by history (a ratio's contention) and bench.verdicts.reference_disturbed."""
+    suite, _, rest = case_id.partition("/")
+    _, slash, params = rest.partition("/")
+    info = suites.get(suite) if isinstance(suites, dict) else None
+    if not slash or not isinstance(info, dict):
+        return None
+    part = re.search(r"(?:^|,)part=([^,]*)", params)
+    scope = (info.get("parts") or {}).get(part.group(1), info) if part else info
+    if not isinstance(scope, dict) or not scope.get("reference"):
+        return None
+    relative = frozenset(x.get("name") for x in scope.get("relative") or () if isinstance(x, dict))
+    return f"{suite}/{scope['reference']}/{params}", relative
 
 
 class SidesError(ValueError):
@@ -120,18 +190,24 @@ class SidesError(ValueError):
 
 def check_sides(base: tuple[list[dict], list], new: tuple[list[dict], list]) -> None:
     """SidesError where two sides (each: its runs' run.json and directories) cannot be compared as they are: a run
-    directory on both sides (it would be its own baseline), or a side whose runs are of several sizes or device
-    types (joined as repeats of one case, a smoke run's short timers would pass for a quick run's)."""
+    directory on both sides (it would be its own baseline), a side whose runs are of several sizes or device types
+    (joined as repeats of one case, a smoke run's short timers would pass for a quick run's), or two sides of
+    different sizes or device types (their cases would share few case_ids, or none, and their timings nothing)."""
     both = sorted({Path(d).resolve() for d in base[1]} & {Path(d).resolve() for d in new[1]})
     if both:
         raise SidesError(f"run {both[0]} is on both sides: BASE and NEW must be different runs")
-    for side, (metas, _) in (("BASE", base), ("NEW", new)):
-        for what, get in (("sizes", lambda m: m.get("size")),
-                          ("devices", lambda m: str(m.get("device")).partition(":")[0] if m.get("device") else None)):
+    for what, get in (("sizes", lambda m: m.get("size")),
+                      ("devices", lambda m: str(m.get("device")).partition(":")[0] if m.get("device") else None)):
+        sides = []
+        for side, (metas, _) in (("BASE", base), ("NEW", new)):
             found = sorted({v for v in map(get, metas) if v})
             if len(found) > 1:
                 raise SidesError(f"{side} holds runs of several {what} ({', '.join(found)}): a side is repeats of "
                                  "one kind of run; compare like with like")
+            sides.append(found[0] if found else None)
+        if None not in sides and sides[0] != sides[1]:  # another size times other shapes; another device, all else
+            one = "size" if what == "sizes" else "device type"
+            raise SidesError(f"BASE is {sides[0]} and NEW is {sides[1]}: compare runs of one {one}")
 
 
 # Comparing the environments of two sets of runs (bench.compare): each field's value on each side, from run.json.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Nightly GPU job, portable to any CI: every suite at full size on the GPU, the run added to the history store, the
-# dashboard rebuilt, and the run compared against the last good night and against the committed baseline of this
-# GPU (ci/baselines/<gpu>/nightly/). Exits 1 when a run case failed or a comparison found a regression that
-# --fail-on-regression gates (not a timing judged from one run a side), after doing every step, so the dashboard is
-# published either way.
+# dashboard rebuilt, and the run compared against the last good nights of its size and device and against the
+# committed baseline of this GPU (ci/baselines/<gpu>/nightly/) where that is of its size and device too (a change of
+# TECHBENCH_SIZE or TECHBENCH_DEVICE starts a fresh comparison set). Exits 1 when a run case failed or a comparison
+# found a regression that --fail-on-regression gates (not a timing judged from one run a side), after doing every
+# step, so the dashboard is published either way.
 #
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night that exited 0)
@@ -21,7 +22,8 @@ cd "$(dirname "$0")/.."
 size=${TECHBENCH_SIZE:-full}
 device=${TECHBENCH_DEVICE:-cuda}
 threshold=${TECHBENCH_THRESHOLD:-5}
-bench=(python3 -m bench)
+python=python3
+bench=("$python" -m bench)
 run="$home/runs/$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$home/runs"
 rc=0
@@ -31,25 +33,54 @@ rc=0
 "${bench[@]}" history add "$run" --store "$home/history" || rc=1
 "${bench[@]}" dashboard "$home/history" -o "$home/site" --threshold "$threshold" || rc=1
 
-# Against the last good nights as one set: several runs give compare the run-to-run noise to judge a change by,
-# which one night against one night cannot (see `bench compare`).
+# The run directories among $2... of the same size and device type as run directory $1, from each run.json: a night
+# of another size or device (TECHBENCH_SIZE or TECHBENCH_DEVICE changed) times other work, never a side beside this one.
+same_kind() {
+  "$python" - "$@" <<'PY'
+import json, sys
+def kind(d):
+    try:
+        with open(f"{d}/run.json", encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return (m.get("size"), str(m.get("device") or "").partition(":")[0]) if isinstance(m, dict) else None
+want = kind(sys.argv[1])
+for d in sys.argv[2:]:
+    if want is not None and kind(d) == want:
+        print(d)
+PY
+}
+kind=$("$python" -c 'import json, sys
+m = json.load(open(sys.argv[1] + "/run.json"))
+print("size", m.get("size"), "on", str(m.get("device")).partition(":")[0])' "$run" 2>/dev/null ||
+  echo "size $size on $device")
+
+# Against the last good nights of tonight's size and device, as one set: several runs give compare the run-to-run
+# noise to judge a change by, which one night against one night cannot (see `bench compare`).
 good="$home/last-good"
 rm -rf "$good" && mkdir -p "$good"
-for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%/}"; done | sort | tail -n "${TECHBENCH_GOOD_NIGHTS:-5}" |
+mapfile -t goods < <(for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%/}"; done | sort)
+[ "${#goods[@]}" -gt 0 ] && same_kind "$run" "${goods[@]}" | tail -n "${TECHBENCH_GOOD_NIGHTS:-5}" |
   while IFS= read -r d; do ln -s "$d" "$good/$(basename "$d")"; done
 if [ -n "$(ls -A "$good")" ]; then
   "${bench[@]}" compare "$good" "$run" --threshold "$threshold" --fail-on-regression \
     -o "$run/compare-last-good.html" || rc=1
+elif [ "${#goods[@]}" -gt 0 ]; then
+  echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size or device):" \
+    "this night starts a fresh baseline, compared against nothing"
 else
   echo "no earlier good night in $home/runs: nothing to compare against yet"
 fi
 
-gpu=$(python3 -c "from bench.env import collect; g = collect()['gpus']
+gpu=$("$python" -c "from bench.env import collect; g = collect()['gpus']
 print(g[0]['name'].lower().replace(' ', '-') if g else 'cpu')")
 baseline="ci/baselines/$gpu/nightly"
-if [ -f "$baseline/run.json" ]; then
+if [ -f "$baseline/run.json" ] && [ -n "$(same_kind "$run" "$baseline")" ]; then
   "${bench[@]}" compare "$baseline" "$run" --threshold "$threshold" --fail-on-regression \
     -o "$run/compare-baseline.html" || rc=1
+elif [ -f "$baseline/run.json" ]; then
+  echo "the committed baseline at $baseline is not of $kind: not compared (commit a night of this size and device)"
 else
   echo "no committed baseline at $baseline (commit a good night's run directory there to enable this check)"
 fi

@@ -71,7 +71,8 @@ def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
             c, reverse = compare(base, new), compare(new, base)
         assert c.failed and c.damaged[0][0] == "new" and why in c.damaged[0][2], c.damaged
         assert any(line.startswith("damaged: new run") for line in c.summary_lines())
-        assert reverse.damaged[0][0] == "base" and not reverse.failed  # a damaged BASE is said, but NEW passes
+        assert reverse.damaged[0][0] == "base"  # a damaged BASE is said, but NEW passes, where something was compared
+        assert reverse.failed == reverse.nothing_shared == (why == "holds 0 of")
     assert main(["compare", str(base), str(new), "--fail-on-regression"]) == 1
     assert "damaged: new run" in capsys.readouterr().out
     # a run that finished with no record (an empty shard, a node that never held rank 0) is not damaged
@@ -112,3 +113,88 @@ def test_a_ratio_of_two_timings_that_both_moved_follows_neither():
     rows[0]["verdict"] = "same"  # now the speculative decoder alone slowed: the speedup follows it
     follows(rows, specs)
     assert rows[2]["follows"] == "spec_ms"
+
+
+def test_a_run_is_counted_once_on_a_side(tmp_path, capsys):
+    # a sweep folder with its shards and their merged run: each case was on each side twice, two runs of no spread,
+    # so identical code was called slower and failed the gate
+    from bench.cli import main
+    from bench.commands import run_dirs
+    from tests.bench.sweeps import sweep
+
+    a, b = sweep(tmp_path, "a", seed=1), sweep(tmp_path, "b", seed=2)
+    with pytest.warns(UserWarning) as said:
+        c = compare(run_dirs([a]), run_dirs([b]))
+    assert [str(w.message).split(" (run ")[0] for w in said] == [str(a / "shard-1"), str(a / "shard-2"),
+                                                                 str(b / "shard-1"), str(b / "shard-2")]
+    assert all("counted once, as the merged run" in str(w.message) for w in said)
+    assert c.base_runs == [read_run_json(a / "merged")["run_id"]]
+    assert c.new_runs == [read_run_json(b / "merged")["run_id"]]
+    assert set(c.tested["runs_per_side"]) == {"1v1"} and not c.failed
+    assert main(["compare", str(a), str(b), "--fail-on-regression"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("counted once, as the merged run") == 4 and err.count("\n") == 4, err
+    # the same run reached twice (a copy, a symlink): once
+    import shutil
+
+    r1 = write_run(tmp_path / "base", "r1", checkpointing_records(seed=1))
+    shutil.copytree(r1, tmp_path / "base" / "r1-copy")
+    (tmp_path / "base" / "r1-link").symlink_to(r1)
+    new = write_run(tmp_path / "new", "r2", checkpointing_records(seed=2))
+    with pytest.warns(UserWarning, match="is run r1 again") as said:
+        c = compare(run_dirs([tmp_path / "base"]), [new])
+    assert len(said) == 2 and c.base_runs == ["r1"] and set(c.tested["runs_per_side"]) == {"1v1"}
+
+
+def test_a_merged_run_whose_shards_another_merged_run_holds_counts_once(tmp_path):
+    from bench.commands import run_dirs
+    from bench.merge import merge
+    from tests.bench.sweeps import sweep
+
+    a = sweep(tmp_path, "a", seed=1)
+    merge([a / "shard-1", a / "shard-2"], a / "merged-again")  # merged twice: the same shards, another run_id
+    new = write_run(tmp_path / "new", "n", checkpointing_records(seed=2))
+    with pytest.warns(UserWarning, match="counted once"):
+        c = compare(run_dirs([a]), [new])
+    assert c.base_runs == [read_run_json(a / "merged")["run_id"]]
+
+
+def test_sides_of_different_sizes_or_devices_are_refused(tmp_path, capsys):
+    from bench.cli import main
+
+    smoke = write_run(tmp_path, "smoke", checkpointing_records(seed=1), size="smoke")
+    quick = write_run(tmp_path, "quick", checkpointing_records(seed=2), size="quick")
+    cpu = write_run(tmp_path, "cpu", checkpointing_records(seed=3), size="quick", gpu=None)
+    with pytest.raises(ValueError, match="BASE is smoke and NEW is quick: compare runs of one size"):
+        compare([smoke], [quick])
+    with pytest.raises(ValueError, match="BASE is cuda and NEW is cpu: compare runs of one device type"):
+        compare([quick], [cpu])
+    assert main(["compare", str(quick), str(smoke), "--fail-on-regression"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "BASE is quick and NEW is smoke" in err
+
+
+def test_a_run_json_without_finished_at_is_an_unfinished_run(tmp_path):
+    import json
+
+    base = write_run(tmp_path, "base", checkpointing_records(seed=1))
+    new = write_run(tmp_path, "new", checkpointing_records(seed=2))
+    meta = json.loads((new / "run.json").read_text())
+    for key in ("run_id", "started_at", "finished_at"):
+        del meta[key]
+    (new / "run.json").write_text(json.dumps(meta))  # by hand: write_run_json would write finished_at null
+    c = compare(base, new)
+    assert c.unfinished == [("new", "new")] and c.failed
+    assert any(line.startswith("unfinished: new run new") for line in c.summary_lines())
+
+
+def test_reference_case_of_a_suite_and_of_a_part():
+    from bench.sides import reference_case
+
+    suites = {"s": {"reference": "ref", "relative": [{"name": "speedup_x"}],
+                    "parts": {"decode": {"reference": "mha", "relative": [{"name": "decode_speedup_x"}]}}},
+              "plain": {"variants": ["a"]}}
+    assert reference_case("s/fast/n=1,part=gemm", suites) == ("s/ref/n=1,part=gemm", frozenset({"speedup_x"}))
+    assert reference_case("s/mla/n=1,part=decode", suites) == ("s/mha/n=1,part=decode",
+                                                               frozenset({"decode_speedup_x"}))
+    assert reference_case("plain/a/n=1", suites) is None and reference_case("other/a/n=1", suites) is None

@@ -107,3 +107,84 @@ def test_a_run_with_a_case_recorded_twice_is_refused_naming_it(tmp_path, capsys)
     case = json.loads(lines[1])["case_id"]
     assert code == 2 and err.count("\n") == 1 and f"{run} holds case {case} more than once" in err, err
     assert not (tmp_path / "store").exists()  # neither one row per record nor one per case: nothing
+
+
+def test_a_folder_adds_each_run_once_and_a_sweeps_merged_run_not_its_shards(tmp_path, capsys):
+    from bench.cli import main
+    from tests.bench.sweeps import sweep
+
+    folder = sweep(tmp_path, "sweep")
+    merged_id = json.loads((folder / "merged" / "run.json").read_text())["run_id"]
+    store = tmp_path / "store"
+    assert main(["history", "add", str(folder), str(folder / "merged"), "--store", str(store)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("counted once, as the merged run") == 2 and err.count("is run merged-") == 1, err
+    assert [p.name for p in (store / "runs").iterdir()] == [f"{merged_id}.parquet"]
+    frame = history.load(store)
+    assert not frame.duplicated(["case_id", "metric"]).any()  # one point a case and metric for the night
+
+
+@pytest.mark.parametrize("damage", ["cut short", "removed", "corrupt line", "no recorded, no records"])
+def test_a_damaged_run_is_refused_and_the_intact_run_added_after(tmp_path, capsys, damage):
+    from bench.cli import main
+    from bench.records import read_run_json, write_run_json
+
+    run = write_run(tmp_path / "runs", "night-1", checkpointing_records())
+    lines = (run / "records.jsonl").read_text().splitlines()
+    write_run_json(run, {**read_run_json(run), "recorded": len(lines)})
+    intact = {p.name: p.read_bytes() for p in run.iterdir()}
+    records = run / "records.jsonl"
+    if damage == "cut short":
+        records.write_text("".join(f"{x}\n" for x in lines[:4]))
+    elif damage == "removed":
+        records.unlink()
+    elif damage == "corrupt line":
+        records.write_text("".join(f"{x}\n" for x in lines[:-1]) + lines[-1][:40] + "\n")
+    else:  # a run of a techbench before `recorded`, whose records file is gone
+        write_run_json(run, {k: v for k, v in read_run_json(run).items() if k != "recorded"})
+        records.unlink()
+    store = tmp_path / "store"
+    assert main(["history", "add", str(run), "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run} is damaged since it finished" in err, err
+    assert not store.exists()  # nothing written: the intact run can still be added
+    for name, data in intact.items():
+        (run / name).write_bytes(data)
+    assert history.add(run, store) == 10 * 8 + 3
+
+
+def test_runs_are_all_checked_before_any_is_written(tmp_path):
+    good = write_run(tmp_path / "runs", "good", checkpointing_records())
+    half = write_run(tmp_path / "runs", "half", checkpointing_records(seed=1))
+    meta = json.loads((half / "run.json").read_text())
+    (half / "run.json").write_text(json.dumps({**meta, "finished_at": None}))
+    with pytest.raises(ValueError, match="has not finished"):
+        history.add_runs([good, half], tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_ratio_to_a_contended_reference_case_is_contended(tmp_path):
+    # checkpointing's reference is `none`: its timing in the same run is half of each variant's time_overhead_x
+    records = checkpointing_records()
+    for r in records:
+        r.setdefault("metrics", {})["contended"] = False
+    ref = next(r for r in records if r["variant"] == "none" and r["params"]["batch"] == 4)
+    ref["metrics"].update(contended=True, host_other_cpus=1.6, host_case_cpus=0.4, host_cpus=2)
+    store = tmp_path / "store"
+    history.add(write_run(tmp_path / "runs", "night-1", records), store)
+    frame = history.load(store)
+    full = frame[frame["case_id"].str.startswith("checkpointing/full/batch=4,")].set_index("metric")
+    assert full.loc["time_overhead_x", "contended"]  # a ratio of a timing: its reference's clock was disturbed
+    why = full.loc["time_overhead_x", "contended_reason"]
+    assert why.startswith(f"its reference case {ref_id(ref)}: other processes used 1.6 of 2 CPUs"), why
+    assert not full.loc["mem_saving_x", "contended"]  # a ratio of bytes: contention changes no count
+    assert not full.loc["step_time_ms", "contended"] and pd.isna(full.loc["step_time_ms", "contended_reason"])
+    other = frame[frame["case_id"].str.startswith("checkpointing/full/batch=8,")].set_index("metric")
+    assert not other.loc["time_overhead_x", "contended"]  # its reference ran undisturbed
+    own = frame[frame["case_id"] == ref_id(ref)].set_index("metric")
+    assert own.loc["time_overhead_x", "contended_reason"].startswith("other processes")  # its own reason
+
+
+def ref_id(record: dict) -> str:
+    params = record["params"]
+    return f"{record['suite']}/{record['variant']}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
