@@ -11,7 +11,10 @@ What a metric is comes from the specs its suite declared, which each run directo
 (bench.metrics.specs_of); a metric no run declares gets the generic defaults of its unit suffix.
 
 - timed (samples, or a clocked metric with a direction: measured, or derived from a measured one) with >= 2 runs on
-  a side: faster | slower | same | noisy from `compare_runs`, which tests the run values against their spread.
+  a side: faster | slower | same | noisy from `compare_runs`, which tests the run values against their spread. The
+  row's base and new are the centres that test compared, the medians of the log run values taken back (an even
+  number of runs: the geometric mean of the middle two, where the arithmetic median is their mean), so that its
+  ratio is new / base: in the text, the page and the JSON alike, never base 10, new 10, x1.25.
 - sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
   It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
@@ -26,9 +29,18 @@ What a metric is comes from the specs its suite declared, which each run directo
   not a regression of the code. Where both sides have undisturbed runs of the case left, the test is made again on
   those alone, and its verdict stands (the row's `contended` column starts with JUDGED_UNDISTURBED and names the
   runs left out). `allow_contended` keeps the test's verdict over every run. The `contended` column says why either
-  way. Exact metrics are compared exactly regardless.
+  way. A ratio to the reference variant (speedup_x, time_overhead_x) is disturbed in a run where its reference case
+  was contended too (bench.verdicts.reference_disturbed). Exact metrics are compared exactly regardless.
 A derived row (a rate, TFLOP/s, % of peak) that moved with the measured metric it comes from names it in `follows`,
 and the summary lists it under that row (bench.verdicts.follows).
+
+The gate (`Comparison.failed`, --fail-on-regression) weighs the timings judged from several runs a side together:
+each row's verdict keeps its own false alarms near alpha/2, and over the 40 timings of a night that made 8-23% of
+A/A nights of 3 or 5 runs against 1 fail. A slower timing fails the gate only where its Holm-adjusted one-sided p,
+over all those timings with their spreads moderated across them (bench.stats.family_p), is below alpha: family-wise,
+an A/A comparison fails about alpha of the time whatever its number of timings. A rate of a timing is no test of its
+own. From one run a side the gate judges exact metrics only; it fails on a NEW run most of whose timings were
+contended in every run (it measured the load), on an unfinished or damaged one, and where the sides share no case.
 Reads run directories only: no torch."""
 
 from __future__ import annotations
@@ -50,13 +62,19 @@ from bench.verdicts import (
     RETRAINED,
     UNKNOWN_WEIGHTS,
     VARIES,
+    Side,
     follows,
+    gate,
     judge,
+    per_run,
     reference_disturbed,
 )
 
+# gate_p: the Holm-adjusted one-sided p that NEW is worse, over the timings the gate weighs together (bench.verdicts
+# .gate); a rate that follows its timing takes the timing's; NaN for every other row (none gates on it).
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies", "follows", "masked"]
+               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies", "follows", "masked",
+               "gate_p"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 ABSENT = "absent"
 
@@ -90,6 +108,13 @@ class Comparison:
     cases): its missing cases show as removed or added, and are not judged."""
     damaged: list[tuple[str, str, str]] = field(default_factory=list)
     """(side, run, why) of each finished run whose records.jsonl lost records since (bench.sides.damage)."""
+    family: int = 0
+    """The timings judged from several runs a side that the gate weighs together (bench.verdicts.gate): a slower
+    one fails it only where significant over all of them (gate_p < alpha: Holm, family-wise)."""
+    new_contended: int = 0
+    """NEW's timings (no rate of one counted apart) with every NEW run contended: judged on no run of NEW."""
+    timings: int = 0
+    """NEW's timings, as counted for new_contended."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -102,12 +127,22 @@ class Comparison:
         return r[r.index.isin(self.tested.index) & (r["runs_per_side"] == "1v1")]
 
     @property
+    def not_significant(self) -> pd.DataFrame:
+        """Timings called slower from several runs a side that are not significant over the family of timings the
+        comparison judged (gate_p >= alpha, or none: a rate that moved without its timing): shown, not gated. Each
+        row's verdict holds its own false alarms near alpha/2; over 40 timings a night that made 8-23% of A/A nights
+        of 3 or 5 runs against 1 fail the gate."""
+        r = self.regressions
+        several = r[r.index.isin(self.tested.index) & (r["runs_per_side"] != "1v1")]
+        return several[~(several["gate_p"] < self.alpha)]
+
+    @property
     def gating(self) -> pd.DataFrame:
-        """The regressions --fail-on-regression fails on: all but the timings judged from one run a side, which an
-        A/A pair of runs calls slower by the dozen on a shared machine (a run-level offset the test cannot see). From
-        several runs a side a timing must clear their spread by a t bound: 2 runs against 1 (one degree of freedom)
-        rarely gates, 3 against 3 or the nightly's 5 good nights against 1 do."""
-        return self.regressions.drop(self.one_run_regressions.index)
+        """The regressions --fail-on-regression fails on: every exact metric that got worse, and the timings called
+        slower from several runs a side that are significant over all the timings judged (`not_significant`); not
+        the timings judged from one run a side, which an A/A pair of runs calls slower by the dozen on a shared
+        machine (a run-level offset the test cannot see)."""
+        return self.regressions.drop(self.one_run_regressions.index).drop(self.not_significant.index)
 
     @property
     def improvements(self) -> pd.DataFrame:
@@ -122,11 +157,23 @@ class Comparison:
 
     @property
     def unjudged_slower(self) -> pd.DataFrame:
-        """Contended rows whose test, from several runs a side, said slower (`masked`): a disturbed run cannot show
-        that nothing regressed, so --fail-on-regression fails on them (rerun on a quiet machine, or
-        --allow-contended). From one run a side they are shown only, as a clean one-run slower is (ONE_RUN_UNGATED)."""
+        """Contended rows whose test, from several runs a side, said slower (`masked`), significant over the family
+        as a clean slower must be (gate_p < alpha): a disturbed run cannot show that nothing regressed, so
+        --fail-on-regression fails on them (rerun on a quiet machine, or --allow-contended). From one run a side they
+        are shown only, as a clean one-run slower is (ONE_RUN_UNGATED)."""
         c = self.contended
-        return c[c["masked"].isin(REGRESSION) & (c["runs_per_side"] != "1v1")]
+        return c[c["masked"].isin(REGRESSION) & (c["runs_per_side"] != "1v1") & (c["gate_p"] < self.alpha)]
+
+    @property
+    def new_disturbed(self) -> bool:
+        """Most of NEW's timings were contended in every NEW run (and not --allow-contended): the run measured the
+        load, not the code, and --fail-on-regression fails on it as on an unfinished NEW run (NEW_DISTURBED)."""
+        return not self.allow_contended and 2 * self.new_contended > self.timings
+
+    @property
+    def nothing_shared(self) -> bool:
+        """No case is on both sides (no shared case_id): nothing was compared, and --fail-on-regression fails."""
+        return self.rows.empty and bool(self.status_rows["change"].isin(["added", "removed"]).all())
 
     @property
     def newly_failing(self) -> pd.DataFrame:
@@ -153,10 +200,10 @@ class Comparison:
     @property
     def failed(self) -> bool:
         """What --fail-on-regression fails on: a gating regression, a newly failing case, a contended timing that
-        looked slower (unjudged_slower), or an unfinished or damaged NEW run (a NEW run that measured nothing, or
-        under load, passes nothing)."""
-        return bool(len(self.gating) or len(self.newly_failing) or len(self.unjudged_slower)
-                    or any(s[0] == "new" for s in self.unfinished + self.damaged))
+        looked slower (unjudged_slower), an unfinished, damaged or mostly contended NEW run (new_disturbed), or sides
+        with no case in common (nothing_shared): a NEW run that measured nothing, or the load, passes nothing."""
+        return bool(len(self.gating) or len(self.newly_failing) or len(self.unjudged_slower) or self.new_disturbed
+                    or self.nothing_shared or any(s[0] == "new" for s in self.unfinished + self.damaged))
 
     def to_json(self) -> dict:
         """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the
@@ -170,7 +217,10 @@ class Comparison:
                 "gate": {"failed": self.failed, "regressions": len(self.regressions), "gating": len(self.gating),
                          "one_run": len(self.one_run_regressions), "newly_failing": len(self.newly_failing),
                          "contended": len(self.contended), "unjudged_slower": len(self.unjudged_slower),
-                         "varying": len(self.varying)},
+                         "varying": len(self.varying), "family": self.family,
+                         "not_significant": len(self.not_significant), "new_contended": self.new_contended,
+                         "timings": self.timings, "new_disturbed": self.new_disturbed,
+                         "nothing_shared": self.nothing_shared},
                 "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows)}
 
     @property
@@ -195,6 +245,13 @@ class Comparison:
             lines.append(ONE_RUN_CAVEAT)
         if n := len(self.one_run_regressions):
             lines.append(ONE_RUN_UNGATED.format(n))
+        if self.one_run_per_side and not self.family:
+            lines.append(ONE_RUN_GATE)
+        if self.new_contended and not self.allow_contended:
+            lines.append(NEW_CONTENDED.format(self.new_contended, self.timings)
+                         + (NEW_DISTURBED if self.new_disturbed else ""))
+        if self.nothing_shared:
+            lines.append(NOTHING_SHARED)
         lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
                   "on a damaged new run)" for side, run, why in self.damaged]
         if self.unfinished:
@@ -202,7 +259,9 @@ class Comparison:
                          + " (not every case ran: a case missing from a run is not judged; --fail-on-regression fails "
                          "on an unfinished new run)")
         lines.append(f"(threshold {self.threshold:.0%}, alpha {self.alpha:g}; several runs a side: a change must also "
-                     f"exceed {RUN_SPREAD_K:g}x the run-to-run spread)")
+                     f"exceed {RUN_SPREAD_K:g}x the run-to-run spread" + (
+                         f"; the gate: significant over the {self.family} timings judged from several runs a side, "
+                         f"family-wise alpha {self.alpha:g}" * bool(self.family)) + ")")
         for title, part in (("regressions", self.regressions), ("improvements", self.improvements)):
             if len(part):
                 derived = part["follows"].notna()
@@ -216,6 +275,9 @@ class Comparison:
                                                                                           same["ratio"])))
                     if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
                         lines.append(f"    {r.contended}")
+                    if r.Index in self.not_significant.index:
+                        lines.append("    not gated: " + (f"p={r.gate_p:.2g} over the {self.family} timings judged"
+                                                         if r.gate_p == r.gate_p else "no test of its own"))
                     if isinstance(r.varies, str):
                         lines.append(f"    {r.varies}" if r.varies in (RETRAINED, UNKNOWN_WEIGHTS)
                                      else f"    {VARIES}: {r.varies}")
@@ -223,8 +285,10 @@ class Comparison:
             lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
             for r in self.contended.itertuples():
                 lines += [_line(r), f"    {r.contended}" + (f" (the test said {r.masked})" if r.masked else "")]
-            if n := len(self.unjudged_slower):
-                lines.append(UNJUDGED_SLOWER.format(n))
+            if len(self.unjudged_slower):
+                lines.append(UNJUDGED_SLOWER.format(count_timings(self.unjudged_slower)))
+        if len(self.not_significant):
+            lines.append(NOT_SIGNIFICANT.format(count_timings(self.not_significant), self.family, self.alpha))
         varying = self.varying[~self.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # those not listed above
         if len(varying):
             lines.append(VARIES_HEAD.format(len(varying)))
@@ -237,10 +301,21 @@ class Comparison:
 
 
 CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
-                  "fails on those its test called slower from several runs a side; --allow-contended judges them):")
-UNJUDGED_SLOWER = ("{} of them looked slower from several runs a side: --fail-on-regression fails on them, since a "
+                  "fails on those its test called slower from several runs a side, significant over the timings "
+                  "judged; --allow-contended judges them):")
+UNJUDGED_SLOWER = ("of them, {} looked slower from several runs a side: --fail-on-regression fails on them, since a "
                    "disturbed run cannot show that nothing regressed; rerun on a quiet machine (bench doctor), or "
                    "pass --allow-contended")
+NOT_SIGNIFICANT = ("slower, but not significant over the timings judged: {}; --fail-on-regression does not fail on "
+                   "them (Holm over the {} timings judged from several runs a side, family-wise alpha {:g}, their "
+                   "run-to-run spreads moderated across them: bench.stats.family_p)")
+ONE_RUN_GATE = ("one run a side: --fail-on-regression judges the exact metrics (bytes, FLOPs, quality) only; a "
+                "timing is shown, not gated")
+NEW_CONTENDED = "{} of NEW's {} timings were contended in every new run, so not judged"
+NEW_DISTURBED = (": NEW was disturbed, and --fail-on-regression fails on it as on an unfinished run (it measured the "
+                 "load, not the code); rerun it on a quiet machine (bench doctor), or pass --allow-contended")
+NOTHING_SHARED = ("nothing compared: no case of NEW is in BASE (no shared case_id: other suites, sizes or params); "
+                  "--fail-on-regression fails")
 CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
 ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (one run "
                    "cannot tell a change from a run-level offset); rerun both sides, 3 runs each, for a verdict that "
@@ -255,6 +330,14 @@ def plain_records(frame, columns=None) -> list[dict]:
     columns = list(frame.columns) if columns is None else columns
     return [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in zip(columns, row)}
             for row in frame[columns].astype(object).itertuples(index=False)]
+
+
+def count_timings(rows: pd.DataFrame) -> str:
+    """How many timings `rows` are, a rate listed with the timing it follows counted under it: "5 timings (14 rows
+    with their rates)", or "1 timing"."""
+    listed = set(zip(rows["case_id"], rows["metric"]))
+    roots = sum(not isinstance(f, str) or (case, f) not in listed for case, f in zip(rows["case_id"], rows["follows"]))
+    return f"{roots} timing{'s' * (roots != 1)}" + f" ({len(rows)} rows with their rates)" * (len(rows) > roots)
 
 
 def _line(r) -> str:
@@ -296,13 +379,16 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
             reason = (n.error if n and n.status != "ok" else None) or (b.error if b else None)
             status.append({"case_id": case_id, "suite": either.suite, "variant": either.variant,
                            "base_status": bs, "new_status": ns, "change": change, "reason": reason})
-    reference_disturbed(rows, b_cases, n_cases, {k: v for m in b_metas + n_metas
-                                                 for k, v in (m.get("suites") or {}).items() if isinstance(v, dict)},
-                        specs, allow_contended)
+    suites = {k: v for m in b_metas + n_metas for k, v in (m.get("suites") or {}).items() if isinstance(v, dict)}
+    sides = (Side(b_cases, per_run(base, b_names)), Side(n_cases, per_run(new, n_names)))
+    reference_disturbed(rows, sides, suites, specs, threshold, alpha, allow_contended)
     follows(rows, specs)
+    family, new_contended, timings = gate(rows, specs, suites)
     env_fields, env_diff, same_env = environments(b_metas, n_metas)
     unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))
                   for meta, name in zip(metas, names) if "finished_at" in meta and not meta["finished_at"]]
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
                       env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished,
-                      [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged])
+                      [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged], family,
+                      new_contended, timings)
+

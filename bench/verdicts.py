@@ -7,11 +7,13 @@ Reads run values only (bench.sides.CaseRuns): no torch.
 from __future__ import annotations
 
 import math
-import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from bench.metrics import Metric, default, is_clocked, of_weights, same_exact
-from bench.sides import CaseRuns
-from bench.stats import MIN_SAMPLES, compare_runs, compare_samples, compare_spread
+from bench.sides import CaseRuns, load, reference_case
+from bench.stats import MIN_SAMPLES, compare_runs, compare_samples, compare_spread, family_p
 
 REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
 
@@ -43,7 +45,9 @@ def _number_text(x: float) -> str:
 
 def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float, specs: dict[str, Metric],
              allow_contended: bool = False) -> dict:
-    """One row's numbers and verdict. base/new are the medians over each side's runs. Which rule decides:
+    """One row's numbers and verdict. base/new are the medians over each side's runs, those its test compared
+    where it has a test (for runs against runs the medians on the log scale, `_numbers`): ratio is new / base. Which
+    rule decides:
 
     - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
       the run values (faster/slower/same/noisy; p_value and CI from the Welch test on log run values).
@@ -59,7 +63,8 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
     runs_per_side is "<base runs>v<new runs>" for this metric; run_spread is compare_runs' spread, else NaN.
     A tested verdict of a case contended on either side is "contended" (kept under `allow_contended`), and
     `contended` names the runs and why; None otherwise. `specs` are the suite's declared metrics (default() for the
-    undeclared)."""
+    undeclared). A tested row also carries, for bench.compare and not as a column, its `test` (the SampleTest its
+    numbers come from) and `new_disturbed` (every NEW run of the metric contended)."""
     spec = specs.get(metric) or default(metric)
     d, clocked = spec.direction, is_clocked(metric, specs)
     rb, rn = b.runs[metric], n.runs[metric]
@@ -71,7 +76,7 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
     timed = spec.kind != "info" and (sampled or (clocked and d is not None))
     t = _test(metric, b, n, timed, sampled, threshold, alpha)
     if t is not None:
-        row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
+        row.update(_numbers(t), test=t, new_disturbed=all(n.disturbed[metric]))
         verdict = "n/a" if math.isnan(t.ratio) else _change_verdict(t.change, d)
         why = _disturbed_runs(b.contended, n.contended)
         if why and verdict != "n/a":
@@ -86,10 +91,10 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
                 # makes one. Never down to one run a side, whose within-run test cannot see that spread
                 u = _test(metric, clean_b, clean_n, timed, sampled, threshold, alpha)
                 if u is not None and not math.isnan(u.ratio):
-                    row.update(base=clean_b.value(metric), new=clean_n.value(metric), ratio=u.ratio,
-                               p_value=u.p_value, ci_low=u.ci_low, ci_high=u.ci_high, run_spread=u.spread,
+                    row.update(base=clean_b.value(metric), new=clean_n.value(metric), test=u, new_disturbed=False,
                                runs_per_side=f"{len(clean_b.runs[metric])}v{len(clean_n.runs[metric])}",
                                contended=f"{JUDGED_UNDISTURBED}; left out: {left_out or why}", masked=None)
+                    row.update(_numbers(u))
                     verdict = _change_verdict(u.change, d)
         return {**row, "verdict": verdict}
     row["ratio"] = new / base if base else (1.0 if new == base else math.nan)
@@ -104,7 +109,7 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
         row["varies"] = RETRAINED if b.artifacts and n.artifacts else UNKNOWN_WEIGHTS
         t = _test(metric, b, n, True, False, threshold, alpha) if min(rb + rn) > 0 else None
         if t is not None and not math.isnan(t.ratio):
-            row.update(ratio=t.ratio, p_value=t.p_value, ci_low=t.ci_low, ci_high=t.ci_high, run_spread=t.spread)
+            row.update(_numbers(t))
             change = t.change
         elif new == base:
             change = "same"
@@ -128,6 +133,16 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
 JUDGED_UNDISTURBED = "judged on the undisturbed runs"
 
 
+def _numbers(t) -> dict:
+    """A test's numbers for its row. base and new are the centres its ratio is the quotient of (SampleTest.base/new:
+    for runs against runs the median on the log scale, whose even-count middle is a geometric mean), so that a row
+    never reads 10 -> 10 x1.25; where a test has none (NaN), the row keeps the arithmetic medians over runs."""
+    out = {"ratio": t.ratio, "p_value": t.p_value, "ci_low": t.ci_low, "ci_high": t.ci_high, "run_spread": t.spread}
+    if math.isfinite(t.base) and math.isfinite(t.new):
+        out.update(base=t.base, new=t.new)
+    return out
+
+
 def _disturbed_runs(base, new) -> str:
     """The contended runs of each side ("<run_id>: <reason>"), named in one line."""
     return "; ".join([*(f"base run {w}" for w in base), *(f"new run {w}" for w in new)])
@@ -148,11 +163,14 @@ def _test(metric: str, b: CaseRuns, n: CaseRuns, timed: bool, sampled: bool, thr
 
 def follows(rows: list[dict], specs: dict[str, dict[str, Metric]]) -> None:
     """Set each row's `follows`: for a derived metric (a rate, TFLOP/s, % of peak: bench.metrics `inputs`) that
-    moved the same way as a metric it is computed from in the same case (both regressions, or both improvements),
-    the measured metric at the root of that chain; None otherwise. A slower step is then one regression with its
-    rates beside it, not four."""
-    side = {(r["case_id"], r["metric"]): (REGRESSION if r["verdict"] in REGRESSION else IMPROVEMENT
-                                          if r["verdict"] in IMPROVEMENT else None) for r in rows}
+    moved the same way as a metric it is computed from in the same case (both regressions, or both improvements;
+    for a contended row, by the verdict its test gave, `masked`), the measured metric at the root of that chain;
+    None otherwise. A slower step is then one regression with its rates beside it, not four."""
+    def way(r):
+        v = r["masked"] if r["verdict"] == "contended" and r.get("masked") else r["verdict"]
+        return REGRESSION if v in REGRESSION else IMPROVEMENT if v in IMPROVEMENT else None
+
+    side = {(r["case_id"], r["metric"]): way(r) for r in rows}
     parent = {}
     for r in rows:
         spec, key = specs.get(r["suite"], {}).get(r["metric"]), (r["case_id"], r["metric"])
@@ -169,23 +187,124 @@ def follows(rows: list[dict], specs: dict[str, dict[str, Metric]]) -> None:
         r["follows"] = key[1] if key[1] != r["metric"] else None
 
 
-def reference_disturbed(rows: list[dict], b_cases: dict, n_cases: dict, suites: dict[str, dict],
-                        specs: dict[str, dict[str, Metric]], allow_contended: bool = False) -> None:
-    """A ratio to the reference variant (a `relative` metric: speedup_x, time_overhead_x) of a clock comes from the
-    reference case's timing too: where that case was contended in runs of either side, the row's timed verdict is
-    "contended" (`masked` keeps it), as its own case's would be; a clean case whose reference ran under load would
-    otherwise read as slower. `suites`: each suite's run.json declaration (reference, parts, relative)."""
-    for r in rows:
-        info = suites.get(r["suite"]) or {}
-        part = re.search(r"(?:^|,)part=([^,]*)", r["case_id"].split("/", 2)[-1])
-        scope = (info.get("parts") or {}).get(part.group(1), info) if part else info
-        relative = {x.get("name") for x in scope.get("relative") or () if isinstance(x, dict)}
-        if (allow_contended or r["metric"] not in relative or r["verdict"] in ("n/a", "contended")
-                or not is_clocked(r["metric"], specs.get(r["suite"], {})) or not scope.get("reference")):
+@dataclass
+class Side:
+    """One side of a comparison for reference_disturbed: its cases over all its runs, and `per_run()`, each run's
+    cases on their own, in the order the side joined them (read again on demand: only a ratio whose reference was
+    contended needs them)."""
+
+    cases: dict[str, CaseRuns]
+    per_run: Callable[[], list[dict[str, CaseRuns]]]
+
+
+def _with_reference(case: CaseRuns, case_id: str, metric: str, ref: str, per_run) -> CaseRuns | None:
+    """`case`'s runs of `metric` with each run also disturbed where, in that run, its reference case was contended
+    (the ratio was taken against that run's reference); None where the runs do not line up with `case`'s."""
+    runs, disturbed, samples, samples_disturbed = [], [], [], []
+    for cases in per_run:
+        c, rc = cases.get(case_id), cases.get(ref)
+        if c is None or metric not in c.runs:
             continue
-        suite, _, params = r["case_id"].split("/", 2)
-        ref = f"{suite}/{scope['reference']}/{params}"
-        b, n = b_cases.get(ref), n_cases.get(ref)
-        why = _disturbed_runs(b.contended if b else (), n.contended if n else ())
-        if why and ref != r["case_id"]:
+        why = None
+        if rc is not None and rc.contended:
+            run, _, reason = rc.contended[0].partition(": ")
+            why = f"{run}: in its reference case {ref.split('/')[1]}, {reason}"
+        runs += c.runs[metric]
+        disturbed += [w or why for w in c.disturbed[metric]]
+        samples += c.samples.get(metric, [])
+        samples_disturbed += [w or why for w in c.samples_disturbed.get(metric, [])]
+    if runs != case.runs[metric]:
+        return None
+    return CaseRuns(case.suite, case.variant, case.status, case.error, {metric: runs},
+                    {metric: samples} if samples else {}, list(dict.fromkeys(w for w in disturbed if w)),
+                    {metric: disturbed}, {metric: samples_disturbed} if samples else {}, set(case.artifacts))
+
+
+def reference_disturbed(rows: list[dict], sides: tuple[Side, Side], suites: dict[str, dict],
+                        specs: dict[str, dict[str, Metric]], threshold: float, alpha: float,
+                        allow_contended: bool = False) -> None:
+    """A ratio to the reference variant (a `relative` metric: speedup_x, time_overhead_x) of a clock comes from the
+    reference case's timing of the same run too: a run where that case was contended is a disturbed run of the
+    ratio, as one where its own case was. The row is judged again (`judge`) with those runs marked: on the runs
+    where neither was contended where both sides have enough of them (the load that slowed a reference and
+    inflated its ratios is then in no run judged), else "contended" with the test over every run `masked`; its
+    `contended` names each run left out and why. `suites`: each suite's run.json declaration (reference, parts,
+    relative)."""
+    for r in rows:
+        found = reference_case(r["case_id"], suites)
+        if (found is None or r["metric"] not in found[1] or r["verdict"] == "n/a" or found[0] == r["case_id"]
+                or not is_clocked(r["metric"], specs.get(r["suite"], {}))):
+            continue
+        ref = found[0]
+        if not any(ref in side.cases and side.cases[ref].contended for side in sides):
+            continue
+        again = [_with_reference(side.cases[r["case_id"]], r["case_id"], r["metric"], ref, side.per_run())
+                 if ref in side.cases and side.cases[ref].contended else side.cases[r["case_id"]] for side in sides]
+        if None not in again:
+            r.update(judge(r["metric"], *again, threshold, alpha, specs.get(r["suite"], {}), allow_contended))
+        elif not allow_contended and r["verdict"] != "contended":  # runs that do not line up: the whole row
+            b, n = (side.cases.get(ref) for side in sides)
+            why = _disturbed_runs(b.contended if b else (), n.contended if n else ())
             r.update(masked=r["verdict"], verdict="contended", contended=f"its reference case {ref}: {why}")
+
+
+def consequences(rows: list[dict], specs: dict[str, dict[str, Metric]], suites: dict[str, dict]) -> set[int]:
+    """The positions of tested rows (those with a `test`) that are no test of their own: a derived metric (a rate,
+    TFLOP/s, % of peak) computed from a metric of its own case that is tested too moves with it, and counts under
+    it. A ratio to the reference variant is a test of its own: it weighs its case against another."""
+    tested = {(r["case_id"], r["metric"]) for r in rows if r.get("test") is not None}
+    out = set()
+    for i, r in enumerate(rows):
+        spec = specs.get(r["suite"], {}).get(r["metric"])
+        if r.get("test") is None or spec is None or spec.kind != "derived":
+            continue
+        found = reference_case(r["case_id"], suites)
+        if (found is None or r["metric"] not in found[1]) and any((r["case_id"], m) in tested for m in spec.inputs):
+            out.add(i)
+    return out
+
+
+def per_run(dirs: list, names: list[str]):
+    """Each run of a side on its own (case_id -> CaseRuns), in the order `load` joined them, read on the first call
+    (Side): `load` of one directory at a time, keeping the runs the side counted (`names`) once."""
+    done: list = []
+
+    def runs() -> list[dict]:
+        if not done:
+            seen: set[str] = set()
+            with warnings.catch_warnings():  # said once already, when the side was read
+                warnings.simplefilter("ignore")
+                for d in dirs:
+                    cases, _, (name,), _ = load([d])
+                    if name in names and name not in seen:
+                        seen.add(name)
+                        done.append(cases)
+        return done
+
+    return runs
+
+
+def gate(rows: list[dict], specs: dict, suites: dict) -> tuple[int, int, int]:
+    """Set each row's gate_p; returns (the timings in the gate's family, NEW's contended timings, NEW's timings).
+
+    The family: the timings judged from several runs a side (compare_runs) with a direction, one per test: a rate,
+    TFLOP/s or % of peak of a timing of its own case is its consequence, not another test (`consequences`). gate_p
+    is the Holm-adjusted one-sided p that NEW is worse (bench.stats.family_p, spreads moderated across the family);
+    a consequence that follows a timing (`follows`) takes that timing's. Timings, for the count of NEW's contended
+    ones: every tested row but the consequences; contended in NEW: every NEW run of it disturbed."""
+    skip = consequences(rows, specs, suites)
+    family = [i for i, r in enumerate(rows) if i not in skip and r.get("test") is not None and r["direction"]
+              and r["varies"] is None and math.isfinite(r["test"].df) and math.isfinite(r["test"].diff)]
+    tests = [rows[i]["test"] for i in family]
+    p = family_p([t.diff * (1 if rows[i]["direction"] == "lower" else -1) for i, t in zip(family, tests)],
+                 [t.spread for t in tests], [t.df for t in tests], [t.scale for t in tests]) if family else []
+    for r in rows:
+        r["gate_p"] = math.nan
+    for i, q in zip(family, p):
+        rows[i]["gate_p"] = float(q)
+    root = {(rows[i]["case_id"], rows[i]["metric"]): rows[i]["gate_p"] for i in family}
+    for i in skip:
+        if rows[i]["follows"]:
+            rows[i]["gate_p"] = root.get((rows[i]["case_id"], rows[i]["follows"]), math.nan)
+    timings = [r for i, r in enumerate(rows) if i not in skip and r.get("test") is not None and r["varies"] is None]
+    return len(family), sum(bool(r.get("new_disturbed")) for r in timings), len(timings)

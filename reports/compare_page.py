@@ -8,7 +8,18 @@ import re
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.compare import IMPROVEMENT, ONE_RUN_CAVEAT, ONE_RUN_UNGATED, REGRESSION, plain_records
+from bench.compare import (
+    IMPROVEMENT,
+    NEW_CONTENDED,
+    NEW_DISTURBED,
+    NOT_SIGNIFICANT,
+    NOTHING_SHARED,
+    ONE_RUN_CAVEAT,
+    ONE_RUN_UNGATED,
+    REGRESSION,
+    count_timings,
+    plain_records,
+)
 from reports.html import figure, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
@@ -159,6 +170,11 @@ def write_compare_html(comparison, out: str | Path) -> Path:
     for side, run, why in c.damaged:
         parts.append(f'<p class="regression">Damaged: {html.escape(f"{side} run {run}: {why}")}. Its missing cases are '
                      "not judged, and --fail-on-regression fails on a damaged new run.</p>")
+    if c.new_contended and not c.allow_contended:  # the gate's notes, as the text summary says them
+        said = NEW_CONTENDED.format(c.new_contended, c.timings) + (NEW_DISTURBED if c.new_disturbed else "")
+        parts.append(f'<p class="regression">{html.escape(said[0].upper() + said[1:])}.</p>')
+    if c.nothing_shared:
+        parts.append(f'<p class="regression">{html.escape(NOTHING_SHARED[0].upper() + NOTHING_SHARED[1:])}.</p>')
     failing = c.newly_failing
     if len(c.regressions) or len(failing):
         tables = []
@@ -166,6 +182,9 @@ def write_compare_html(comparison, out: str | Path) -> Path:
             tables.append(table(plain_records(c.regressions, ROW_TABLE), ROW_TABLE, {"verdict": "regression"}))
         if n := len(c.one_run_regressions):
             tables.append(f'<p class="muted">{html.escape(ONE_RUN_UNGATED.format(n))}.</p>')
+        if len(c.not_significant):
+            said = NOT_SIGNIFICANT.format(count_timings(c.not_significant), c.family, c.alpha)
+            tables.append(f'<p class="muted">{html.escape(said[0].upper() + said[1:])}.</p>')
         if len(failing):
             tables += [section(f"Newly failing ({len(failing)}): ok in BASE, oom, timeout or error in NEW",
                                table(plain_records(failing, STATUS_TABLE), STATUS_TABLE,

@@ -348,7 +348,8 @@ def test_cli_writes_the_comparison_as_json_for_scripts(tmp_path, capsys):
     assert main(["compare", str(base), str(slower), "-o", str(out), "--fail-on-regression"]) == 0
     d = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert d["gate"] == {"failed": False, "regressions": 10, "gating": 0, "one_run": 10, "newly_failing": 0,
-                         "contended": 0, "unjudged_slower": 0, "varying": 0}
+                         "contended": 0, "unjudged_slower": 0, "varying": 0, "family": 0, "not_significant": 0,
+                         "new_contended": 0, "timings": 10, "new_disturbed": False, "nothing_shared": False}
     assert main(["compare", str(base), str(slower), "-o", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
     rows = compare(base, slower).rows

@@ -114,15 +114,22 @@ def test_a_flag_without_measurements_still_counts(tmp_path):
 
 
 @needs("plotly")
-def test_cli_fail_on_regression_ignores_and_lists_contended_cases(tmp_path, capsys):
+def test_cli_fail_on_regression_lists_contended_cases_and_fails_a_disturbed_new_run(tmp_path, capsys):
+    # one run a side, NEW's run under load for 3 of its 4 timings: no timing is judged, and the gate, which from one
+    # run a side judges exact metrics only, fails on a NEW run that measured the load (as on an unfinished one)
     from bench.cli import main
 
     base, new = aa(tmp_path, (True,))
-    assert main(["compare", str(base[0]), str(new[0]), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 0
+    assert main(["compare", str(base[0]), str(new[0]), "--fail-on-regression", "-o", str(tmp_path / "c.html")]) == 1
     out = capsys.readouterr().out
     assert "contended (3): " in out and out.count(REASON) == 3 and "regressions (" not in out
+    assert "3 of NEW's 4 timings were contended in every new run, so not judged: NEW was disturbed" in out
+    assert "one run a side: --fail-on-regression judges the exact metrics (bytes, FLOPs, quality) only" in out
     page = (tmp_path / "c.html").read_text()
     assert "Contended (3)" in page and page.count(REASON) >= 3 and "Regressions (" not in page
+    # --allow-contended judges them as any other: one-run slowers, shown and not gated
+    assert main(["compare", str(base[0]), str(new[0]), "--fail-on-regression", "--allow-contended"]) == 0
+    assert "NEW was disturbed" not in capsys.readouterr().out
 
 
 def test_cli_allow_contended_restores_the_plain_verdict(tmp_path, capsys):
@@ -154,20 +161,22 @@ def test_an_unfinished_new_run_fails_the_gate_and_says_so(tmp_path, capsys):
 def test_a_new_side_all_under_load_that_looks_slower_fails_the_gate(tmp_path, capsys):
     # three quiet runs against three loaded ones (3x): no undisturbed NEW run is left to judge the timings, and the
     # test said slower, so the gate fails rather than going green on a night it could not judge; one run a side
-    # (the within-run test) is shown only, as a clean one-run slower is
+    # (the within-run test) is shown only, as a clean one-run slower is, and the gate fails on NEW's run all the
+    # same: most of its timings were disturbed (new_disturbed)
     from bench.cli import main
 
     base, new = aa(tmp_path, (True, True, True), runs=3)
     c = compare(base, new)
     assert set(c.contended["masked"]) == {"slower"} and len(c.unjudged_slower) == 3 and c.failed
     assert c.regressions.empty
-    assert any(line.startswith("3 of them looked slower from several runs a side") for line in c.summary_lines())
+    assert any(line.startswith("of them, 3 timings looked slower from several runs a side") for line in
+               c.summary_lines())
     assert main(["compare", str(base[0].parent), str(new[0].parent), "--fail-on-regression"]) == 1
     assert main(["compare", str(base[0].parent), str(new[0].parent), "--fail-on-regression", "-o",
                  str(tmp_path / "c.json")]) == 1
     assert json.loads((tmp_path / "c.json").read_text())["gate"]["unjudged_slower"] == 3
     one_run = compare(*aa(tmp_path / "one", (True,), runs=1))
-    assert one_run.unjudged_slower.empty and not one_run.failed
+    assert one_run.unjudged_slower.empty and one_run.new_disturbed and one_run.failed
     allowed = compare(base, new, allow_contended=True)  # judged as any other: plain regressions, which gate
     assert allowed.unjudged_slower.empty and len(allowed.gating) == 3
 
@@ -197,5 +206,5 @@ def test_a_ratio_to_a_reference_that_ran_under_load_is_contended(tmp_path):
     c = compare(runs("b", True), runs("n", False))
     full = c.rows[(c.rows["variant"] == "full") & (c.rows["metric"] == "time_overhead_x")]
     assert set(full["verdict"]) == {"contended"} and set(full["masked"]) == {"slower"}
-    assert full["contended"].str.startswith("its reference case checkpointing/none/").all()
+    assert full["contended"].str.startswith("base run b0: in its reference case none, other processes").all()
     assert c.gating.empty  # the ratio does not gate as a regression
