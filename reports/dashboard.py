@@ -213,19 +213,21 @@ def _flag_rows(found) -> list[dict]:
              "age (days)": round(r.age_days, 1), "latest run": r.run_id} for r in found.itertuples()]
 
 
-def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, window: int = 7) -> Path:
+def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, window: int = 7, said=None) -> Path:
     """Write the site (index.html and one page per suite) for the history store; returns the index path. The pages
-    are renamed into `out_dir` only once every one is written: a failure (OutputError) leaves the earlier site."""
+    are renamed into `out_dir` only once every one is written: a failure (OutputError) leaves the earlier site.
+    `said(line)`, if given, is told what the index says in one line (current regressions, series a contended latest
+    night left unjudged), for a nightly log that shows it beside compare's verdict."""
     rule.check(threshold, window)
     if not (Path(store) / history.RUNS).is_dir():
         raise ValueError(f"{store} is not a history store (no {history.RUNS}/ folder); "
                          "fill one with `bench history add RUN --store DIR`")
     frame = history.load(store)
     with atomic_files(out_dir) as put:
-        return _site(frame, store, put, threshold, window)
+        return _site(frame, store, put, threshold, window, said)
 
 
-def _site(frame, store, put, threshold: float, window: int) -> Path:
+def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
     """Each page of the site handed to put(name, html); returns the index's path."""
     judged = rule.judged(frame, threshold, window)
     newest = frame["timestamp"].max()
@@ -273,4 +275,9 @@ def _site(frame, store, put, threshold: float, window: int) -> Path:
                 f"than {100 * threshold:g}% and outside the noise band (step), or by more than {200 * threshold:g}% "
                 f"against runs over {window} back (drift); for an exact metric (bytes, FLOPs, a seeded quality), one "
                 "run worse at all than the latest good one (changed)")
+    if said is not None:
+        n, f = int(current["follows"].isna().sum()), int(current["follows"].notna().sum())
+        unjudged = sum(r["series"] for r in disturbed)
+        said(f"{n} current regression{'s' * (n != 1)}" + (f" and {f} following" if f else "")
+             + (f"; {unjudged} series contended in the latest night, not judged" if unjudged else ""))
     return put("index.html", _plain_page("techbench dashboard", "\n".join(parts), subtitle))

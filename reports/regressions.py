@@ -14,12 +14,13 @@ from scipy.stats import t as student_t
 from bench.metrics import same_exact
 
 # The band's half-width: the one-sided 3-sigma quantile (0.135% of a normal sample's points beyond it) of a prediction
-# from an estimated noise: Student's t at the degrees of freedom the estimate has, times sqrt(1 + 1/m) for a baseline
-# of m points, which is 3.5 sigma from 28 points, 5.9 from 6 and 22 from 3. The bare 3 sigma trusted an estimate that from 7
-# points misses the standard deviation by +-48% (one sd; from 28 by +-25%): 30 stable nights at 5% noise flagged 17% of
-# 400 series at some night (1.4% a night), at 10% noise 26%; with this band, and the noise read from every undisturbed
-# point (below), 1.5% and 2.0% (0.09% and 0.12% a night). It costs power early in a series: a 30% step at 5% noise is flagged
-# within 5 nights in 65% of series with 6 nights before it, 86% with 10, 97% with 20 (99.7% / 98% / 99.7% before).
+# from an estimated noise: Student's t at the degrees of freedom the estimate has, times sqrt(1 + 1/m) for a baseline of
+# m points, which is 3.5 sigma from 28 points, 5.9 from 6 and 22 from 3. The bare 3 sigma trusted an estimate that from
+# 7 points misses the standard deviation by +-48% (one sd; from 28 by +-25%): 30 stable nights at 5% noise flagged 17%
+# of 400 series at some night (1.4% a night), at 10% noise 26%; with this band, and the noise read from every
+# undisturbed point (below), 1.5% and 2.0% (0.09% and 0.12% a night). It costs power early in a series: a 30% step at 5%
+# noise is flagged within 5 nights in 65% of series with 6 nights before it, 86% with 10, 97% with 20 (99.7% / 98% /
+# 99.7% before).
 BAND_QUANTILE = 0.99865
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
 # The noise estimate reads the last 4 windows of undisturbed points, bad ones included: leaving the points judged bad
@@ -320,7 +321,8 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
                       ones included) / sqrt(2) (1.4826 * MAD about baseline[i] of those points while they are
                       `window` or fewer)
         k[i]        = t(0.99865, n - 1) * sqrt(1 + 1 / |E[i]|), Student's t at the n values sigma[i] comes from (3.5
-                      from 28 points, 5.9 from 6, 22 from 3): the 3-sigma quantile of a prediction from an estimated noise
+                      from 28 points, 5.9 from 6, 22 from 3): the 3-sigma quantile of a prediction from an estimated
+                      noise
         worse(x)    = (v[i] - x) / |x|, negated for higher-is-better metrics
         O[i]        = the up to 23 such points older than E's window (at least window + 1 runs back), when >= 5
     v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when worse(median(O[i])) >

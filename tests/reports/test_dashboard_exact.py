@@ -258,3 +258,13 @@ def test_the_index_counts_a_slower_step_once(tmp_path):
     assert text.index("<td>step_time_ms</td>") < text.index("<td>tokens_per_s</td>")
     suite = (index.parent / "suite-checkpointing.html").read_text()
     assert "follows step_time_ms (step, 2 runs)" in suite and suite.count("REGRESSION (step, 2 runs)") == 1
+
+
+@needs("plotly", "pyarrow")
+def test_the_command_says_what_the_index_says(tmp_path, capsys):
+    # a nightly log shows the dashboard's verdict beside compare's
+    from bench.cli import main
+
+    store = slower_with_its_rates(tmp_path)
+    assert main(["dashboard", str(store), "-o", str(tmp_path / "site")]) == 0
+    assert "index.html (1 current regression and 1 following)" in capsys.readouterr().out
