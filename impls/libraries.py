@@ -10,11 +10,34 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 class ApiMoved(RuntimeError):
     """The installed library lacks a name or option an adapter uses: a version contract broke (not a missing
     package). Each adapter module re-exports it as its own `ApiMoved`."""
+
+
+@dataclass(frozen=True)
+class Library:
+    """A library one adapter measures: its distribution, the version the adapter is written against, where that
+    adapter is (named when the contract breaks) and how to install the version it knows."""
+
+    dist: str
+    written_for: str
+    adapter: str
+    pip: str = "techbench[ecosystem]"
+
+    def version(self) -> str | None:
+        return version(self.dist)
+
+    def label(self) -> str:
+        return label(self.dist)
+
+    def moved(self, what: str) -> ApiMoved:
+        """The adapter's error where the installed version lacks `what` it uses."""
+        return ApiMoved(f"{self.dist} {self.version()}: {what} (this adapter is written against {self.dist} "
+                        f"{self.written_for}: pip install {self.pip}, or update {self.adapter})")
 
 
 def version(dist: str) -> str | None:

@@ -33,24 +33,13 @@ from torch import nn
 
 from impls import libraries
 from impls.fp8.train import HIGH_PRECISION
-from impls.libraries import ApiMoved
+from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch the adapter's
 
 WRITTEN_FOR = "0.18.0"
+LIBRARY = libraries.Library("torchao", WRITTEN_FOR, "impls/fp8/torchao_training.py")
+version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 RECIPES = ("tensorwise", "rowwise")  # torchao's Float8LinearRecipeName values used here
 NAMES = ("convert_to_float8_training", "Float8LinearConfig", "Float8LinearRecipeName")  # from torchao.float8
-
-
-def version() -> str | None:
-    return libraries.version("torchao")
-
-
-def label() -> str:
-    return libraries.label("torchao")
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"torchao {version()}: {what} (this adapter is written against torchao {WRITTEN_FOR}: pin it with "
-                    f"pip install techbench[ecosystem], or update impls/fp8/torchao_training.py)")
 
 
 def api() -> SimpleNamespace:

@@ -43,6 +43,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
+from impls import libraries
 from impls.libraries import ApiMoved
 from impls.mla.common import ROPE_BASE
 from impls.mla.mla import MLA, MLAConfig
@@ -52,17 +53,14 @@ from impls.rmpad.hf import label, version
 __all__ = ["ApiMoved", "HFCache", "HFMLA", "build", "config", "from_ours", "label", "our_state_dict", "version"]
 
 WRITTEN_FOR = "5.23.0"
+LIBRARY = libraries.Library("transformers", WRITTEN_FOR, "impls/mla/hf.py")
+_moved = LIBRARY.moved
 MODULE = "transformers.models.deepseek_v3.modeling_deepseek_v3"
 NAMES = ("DeepseekV3Attention", "DeepseekV3RotaryEmbedding", "DeepseekV3Config")  # from MODULE
 FORWARD = ("hidden_states", "position_embeddings", "attention_mask", "past_key_values")  # DeepseekV3Attention's
 # our module name -> the library's
 RENAME = {"wq_a": "q_a_proj", "q_norm": "q_a_layernorm", "wq_b": "q_b_proj", "wq": "q_proj",
           "wkv_a": "kv_a_proj_with_mqa", "kv_norm": "kv_a_layernorm", "wkv_b": "kv_b_proj", "wo": "o_proj"}
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"transformers {version()}: {what} (this adapter is written against transformers {WRITTEN_FOR}: "
-                    f"pin it with pip install techbench[ecosystem], or update impls/mla/hf.py)")
 
 
 @functools.cache

@@ -42,28 +42,17 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from impls import libraries
-from impls.libraries import ApiMoved
+from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch the adapter's
 from impls.moe.reference import RoutedExperts
 
 WRITTEN_FOR = "5.23.0"
+LIBRARY = libraries.Library("transformers", WRITTEN_FOR, "impls/moe/hf.py")
+version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 IMPLEMENTATIONS = ("eager", "grouped_mm", "batched_mm")
 MODULES = {"experts": "transformers.models.deepseek_v3.modeling_deepseek_v3",
            "config": "transformers.models.deepseek_v3.configuration_deepseek_v3",
            "interface": "transformers.integrations.moe"}
 PATHS = {"torch": "aten::_grouped_mm", "fallback": "transformers::grouped_mm_fallback"}  # grouped_mm's GEMMs, by op
-
-
-def version() -> str | None:
-    return libraries.version("transformers")
-
-
-def label() -> str:
-    return libraries.label("transformers")
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"transformers {version()}: {what} (this adapter is written against transformers {WRITTEN_FOR}: "
-                    f"pin it with pip install techbench[ecosystem], or update impls/moe/hf.py)")
 
 
 def _import(name: str):

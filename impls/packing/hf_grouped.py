@@ -25,28 +25,17 @@ from collections.abc import Callable
 import numpy as np
 
 from impls import libraries
-from impls.libraries import ApiMoved
+from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch the adapter's
 from impls.packing.dynamic import batch_max
 from impls.packing.reference import Items, Overlong, Packing, one_per_row, to_items
 
 WRITTEN_FOR = "5.23.0"
 PIP = "techbench[ecosystem]"
+LIBRARY = libraries.Library("transformers", WRITTEN_FOR, "impls/packing/hf_grouped.py", PIP)
+version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 MODULE = "transformers.trainer_pt_utils"
 NAME = "get_length_grouped_indices"
 PARAMS = ("lengths", "batch_size", "generator")  # what `order` passes
-
-
-def version() -> str | None:
-    return libraries.version("transformers")
-
-
-def label() -> str:
-    return libraries.label("transformers")
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"transformers {version()}: {what} (this adapter is written against transformers {WRITTEN_FOR}: "
-                    f"pip install {PIP}, or update impls/packing/hf_grouped.py)")
 
 
 @functools.cache

@@ -30,25 +30,19 @@ import torch
 from torch import Tensor, nn
 
 from impls import libraries
-from impls.libraries import ApiMoved
+from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch the adapter's
 from impls.packing.train import packed_logits
 from impls.rmpad.reference import Decoder
 
 WRITTEN_FOR = "0.8.5"
 PIP = f"liger-kernel=={WRITTEN_FOR}"
+LIBRARY = libraries.Library("liger-kernel", WRITTEN_FOR, "impls/packing/liger.py", PIP)
+version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 MODULE = "liger_kernel.transformers.functional"
 NAME = "liger_fused_linear_cross_entropy"
 PARAMS = ("input", "weight", "target", "reduction")  # what `head_loss` passes
 
 
-
-
-def version() -> str | None:
-    return libraries.version("liger-kernel")
-
-
-def label() -> str:
-    return libraries.label("liger-kernel")
 
 
 def unsupported(device: torch.device | str) -> str | None:
@@ -62,11 +56,6 @@ def unsupported(device: torch.device | str) -> str | None:
     if importlib.util.find_spec("liger_kernel") is None:
         why.append(f"needs liger_kernel, which is not installed (pip install {PIP})")
     return "; ".join(why) or None
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"liger-kernel {version()}: {what} (this adapter is written against liger-kernel {WRITTEN_FOR}: "
-                    f"pip install {PIP}, or update impls/packing/liger.py)")
 
 
 @functools.cache

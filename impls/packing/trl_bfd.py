@@ -33,28 +33,17 @@ from collections.abc import Callable
 import numpy as np
 
 from impls import libraries
-from impls.libraries import ApiMoved
+from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch the adapter's
 from impls.packing.reference import Items, Overlong, Packing, make_packing, to_items
 
 WRITTEN_FOR = "1.16.0"
 PIP = "techbench[ecosystem]"
+LIBRARY = libraries.Library("trl", WRITTEN_FOR, "impls/packing/trl_bfd.py", PIP)
+version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 MODULE = "trl.data_utils"
 NAME = "pack_dataset"
 PARAMS = ("dataset", "seq_length", "strategy", "map_kwargs")  # what `pack` passes
 STRATEGY = "bfd"  # SFTConfig.packing_strategy's default
-
-
-def version() -> str | None:
-    return libraries.version("trl")
-
-
-def label() -> str:
-    return libraries.label("trl")
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"trl {version()}: {what} (this adapter is written against trl {WRITTEN_FOR}: pip install "
-                    f"{PIP}, or update impls/packing/trl_bfd.py)")
 
 
 @functools.cache

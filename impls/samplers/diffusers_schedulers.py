@@ -64,23 +64,17 @@ import torch
 from torch import Tensor
 
 from impls import libraries
-from impls.libraries import ApiMoved
+from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch the adapter's
 from impls.samplers.base import Sampled, SamplerSpec, check_schedule
 from impls.samplers.params import Counted, Model, coeffs, convert
 from impls.samplers.schedules import DDPM_T, Schedule, timesteps
 
 WRITTEN_FOR = "0.42.1"
+LIBRARY = libraries.Library("diffusers", WRITTEN_FOR, "impls/samplers/diffusers_schedulers.py")
+version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 T = DDPM_T  # diffusers' num_train_timesteps: the grid its VP timesteps index
 
 
-
-
-def version() -> str | None:
-    return libraries.version("diffusers")
-
-
-def label() -> str:
-    return libraries.label("diffusers")
 
 
 @dataclass(frozen=True)
@@ -136,11 +130,6 @@ PAIRED_WITH = {"diffusers_ddpm": "ddpm", "diffusers_ddim": "ddim", "diffusers_dp
 """The sampler of ours each variant sits beside (same starting noise in the suite)."""
 TRAINING_GRID = ("diffusers_ddpm", "diffusers_ddim")  # on the T-step grid like our ddpm and ddim: swept to T steps
 SET_BY = {"discrete": "timesteps", "uniform": "sigmas"}  # the set_timesteps keyword a grid needs
-
-
-def _moved(what: str) -> ApiMoved:
-    return ApiMoved(f"diffusers {version()}: {what} (this adapter is written against diffusers {WRITTEN_FOR}: pin it "
-                    f"with pip install techbench[ecosystem], or update impls/samplers/diffusers_schedulers.py)")
 
 
 @cache
