@@ -167,29 +167,35 @@ def _one_rank(rank: int, spec: str, port: int) -> None:
     _rank_main(spec)
 
 
-def test_ranks_of_two_cases_never_measure_as_one_job(tmp_path):
-    # two ranks that met in one group with different cases: each records an error that names both, measures nothing
+def two_ranks(tmp_path, cases, target=_one_rank) -> tuple[list[int], list[dict]]:
+    """Rank r of a 2-rank job runs cases[r] in a spawned process (`target`: _one_rank or a wrapper of it); each
+    rank's exit code and its rank<r>.json."""
     import json
     import multiprocessing
     import socket
     from dataclasses import asdict
 
-    ok, other = (runner.plan([SUITES["_dist"]], "smoke", "cpu", [v], world_size=2)[0] for v in ("ok", "skip"))
     specs = []
-    for rank, case in enumerate((ok, other)):
+    for rank, case in enumerate(cases):
         specs.append(tmp_path / f"spec{rank}.json")
         specs[-1].write_text(json.dumps({"case": asdict(case), "device": "cpu", "seed": 0, "dir": str(tmp_path)}))
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    ranks = [multiprocessing.get_context("spawn").Process(target=_one_rank, args=(r, str(specs[r]), port))
+    ranks = [multiprocessing.get_context("spawn").Process(target=target, args=(r, str(specs[r]), port))
              for r in range(2)]
     for p in ranks:
         p.start()
     for p in ranks:
         p.join(120)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [p.exitcode for p in ranks] == [1, 1] and all(r["status"] == "error" for r in results)
+    return [p.exitcode for p in ranks], [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_ranks_of_two_cases_never_measure_as_one_job(tmp_path):
+    # two ranks that met in one group with different cases: each records an error that names both, measures nothing
+    ok, other = (runner.plan([SUITES["_dist"]], "smoke", "cpu", [v], world_size=2)[0] for v in ("ok", "skip"))
+    codes, results = two_ranks(tmp_path, (ok, other))
+    assert codes == [1, 1] and all(r["status"] == "error" for r in results)
     assert f"rank 0 {ok.id}; rank 1 {other.id}" in results[0]["error"]
 
 
@@ -204,25 +210,10 @@ def _one_rank_predicting(rank: int, spec: str, port: int) -> None:
 
 def test_a_skip_predicted_on_one_rank_skips_the_job_on_every_rank(tmp_path):
     # a rank that skipped while its peers measured would leave them waiting in their first collective
-    import json
-    import multiprocessing
-    import socket
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     case = replace(runner.plan([SUITES["_dist"]], "smoke", "cpu", ["ok"], world_size=2)[0], predict=True,
                    skip_predicted_oom=True)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"case": asdict(case), "device": "cpu", "seed": 0, "dir": str(tmp_path)}))
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    ranks = [multiprocessing.get_context("spawn").Process(target=_one_rank_predicting, args=(r, str(spec), port))
-             for r in range(2)]
-    for p in ranks:
-        p.start()
-    for p in ranks:
-        p.join(120)
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert [p.exitcode for p in ranks] == [0, 0]
-    assert [r["status"] for r in results] == ["skipped", "skipped"]
+    codes, results = two_ranks(tmp_path, (case, case), _one_rank_predicting)
+    assert codes == [0, 0] and [r["status"] for r in results] == ["skipped", "skipped"]
     assert all(r["error"] == "rank 1: predicted not to fit" for r in results)
