@@ -35,7 +35,7 @@ A derived row (a rate, TFLOP/s, % of peak) that moved with the measured metric i
 and the summary lists it under that row (bench.verdicts.follows).
 
 The gate (`Comparison.failed`, --fail-on-regression) weighs the timings judged from several runs a side together:
-each row's verdict keeps its own false alarms near alpha/2, and over the 40 timings of a night that made 8-23% of
+each row's verdict keeps its own false alarms near alpha/2, and over the 40 timings of a night that made 16-18% of
 A/A nights of 3 or 5 runs against 1 fail. A slower timing fails the gate only where its Holm-adjusted one-sided p,
 over all those timings with their spreads moderated across them (bench.stats.family_p), is below alpha: family-wise,
 an A/A comparison fails about alpha of the time whatever its number of timings. A rate of a timing is no test of its
@@ -130,7 +130,7 @@ class Comparison:
     def not_significant(self) -> pd.DataFrame:
         """Timings called slower from several runs a side that are not significant over the family of timings the
         comparison judged (gate_p >= alpha, or none: a rate that moved without its timing): shown, not gated. Each
-        row's verdict holds its own false alarms near alpha/2; over 40 timings a night that made 8-23% of A/A nights
+        row's verdict holds its own false alarms near alpha/2; over 40 timings a night that made 16-18% of A/A nights
         of 3 or 5 runs against 1 fail the gate."""
         r = self.regressions
         several = r[r.index.isin(self.tested.index) & (r["runs_per_side"] != "1v1")]

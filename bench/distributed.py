@@ -155,16 +155,16 @@ def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
         return set(answer["skipped"])
 
 
-def _join_plans(said: dict[int, dict]) -> dict:
-    """agreed.json from what each node said at the agreement ({node rank: its spec and host}): the cases any node
-    skips, or `differ`, a line naming each node's plan where they differ."""
-    plans = {(s["planned"], s["count"]) for s in said.values()}
-    if len(plans) > 1:
-        nodes = "; ".join(f"node {n} ({s['host']}) {s['count']} case{'s' * (s['count'] != 1)} [{s['planned'][:8]}]"
-                          for n, s in sorted(said.items()))
-        return {"differ": f"the nodes were started for different distributed cases ({nodes}): start every node with "
+def _join_plans(said: list[dict]) -> dict:
+    """agreed.json from what each rank said at the agreement (its spec, host and node): the cases any node skips, or
+    `differ`, a line naming each node's plan where any two ranks' plans differ."""
+    if len({(s["planned"], s["count"]) for s in said}) > 1:
+        nodes = {s["node"]: s for s in said}  # by node, for the message: a node's ranks said the same
+        named = "; ".join(f"node {n} ({s['host']}) {s['count']} case{'s' * (s['count'] != 1)} [{s['planned'][:8]}]"
+                          for n, s in sorted(nodes.items()))
+        return {"differ": f"the nodes were started for different distributed cases ({named}): start every node with "
                           "the same suites, --size, --variant, --params and --case"}
-    return {"skipped": sorted({c for s in said.values() for c in s["agree"]})}
+    return {"skipped": sorted({c for s in said for c in s["agree"]})}
 
 
 def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
@@ -321,7 +321,7 @@ def _rank_main(spec_path: str) -> int:
         store.wait([f"agree/{r}" for r in range(world)])
         said = [json.loads(store.get(f"agree/{r}")) for r in range(world)]
         if local_rank == 0:
-            (job / "agreed.json").write_text(json.dumps(_join_plans({s["node"]: s for s in said})))
+            (job / "agreed.json").write_text(json.dumps(_join_plans(said)))
         store.add("agree/read", 1)
         while rank == 0 and int(store.add("agree/read", 0)) < world:  # until every rank read: the store may be rank 0's
             time.sleep(0.05)

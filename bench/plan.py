@@ -248,25 +248,31 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
                 changes: dict[str, str] | None = None) -> list[tuple[Suite, dict, list[str]]]:
     """The grid points a plan covers, in a run's order, each (suite, params, its variants): the grid the target's
     run would expand (a distributed suite's at `world_size`), kept to `variants`, to the params `params_filter`
-    matches and to the case ids one of the shell-style globs `cases_like` matches; then with `changes` (`bench plan
-    --set`, with_changes) made to their params, points made equal by them planned once."""
-    points, seen = [], set()
+    matches and to the case ids one of the globs `cases_like` matches; then with `changes` (`bench plan --set`) made
+    to their params (with_changes), points made equal planned once, points without every param changed left out."""
+    points, seen, lacking = [], set(), None
     for suite in suites:
         for params in suite.grid(size, grid_device(target)):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):
                 continue
-            if changes:
-                params = with_changes(params, changes)
-                if (key := (suite.name, json.dumps(params, sort_keys=True, default=str))) in seen:
-                    continue
-                seen.add(key)
             chosen = [v for v in suite.variants if (not variants or v in variants) and suite.has_case(v, params)
                       and (cases_like is None or any(fnmatch.fnmatchcase(case_id(suite.name, v, params), g)
                                                      for g in cases_like))]
+            if chosen and changes:  # the cases selected as the grid holds them, then changed
+                if not set(changes) <= set(params):
+                    lacking = lacking or params  # another suite's, or another part's, point: not changed, left out
+                    continue
+                params = with_changes(params, changes)
+                chosen = [v for v in chosen if suite.has_case(v, params)]  # a changed param may rule a variant out
+                if (key := (suite.name, json.dumps(params, sort_keys=True, default=str))) in seen:
+                    continue
+                seen.add(key)
             if chosen:
                 points.append((suite, params, chosen))
+    if changes and lacking is not None and not points:
+        with_changes(lacking, changes)  # no case selected has the params: say which they have
     return points
 
 

@@ -80,9 +80,15 @@ def predictions(args, discover) -> tuple[list, dict]:
         raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
     where, changes = parse_params(args.params), parse_params(getattr(args, "changes", None), "--set")
     try:
-        plan_points(suites, args.size, target, args.variant, where, args.world_size, args.case, changes)
+        changed = plan_points(suites, args.size, target, args.variant, where, args.world_size, args.case, changes)
     except ValueError as e:  # a param the cases lack, or a value not of its type
         raise UsageError(str(e)) from None
+    if changes:  # the cases without those params (another suite's, another part's) are left out: say whose
+        left = {s.name for s, _, _ in plan_points(suites, args.size, target, args.variant, where, args.world_size,
+                                                  args.case)} - {s.name for s, _, _ in changed}
+        if left:
+            print(f"bench: warning: --set {', '.join(changes)}: no case of {', '.join(sorted(left))} has "
+                  f"{'that param' if len(changes) == 1 else 'those params'}: left out", file=sys.stderr)
     if where and not plan_points(suites, args.size, target, args.variant, where, args.world_size):
         raise no_case_matches(suites, args.size, grid_device(target), where, args.params, args.variant,
                               args.world_size)

@@ -39,7 +39,8 @@ from bench.suite import SUITES, Suite, case_id
 from bench.validation import check_measurement
 
 AGREE_TIMEOUT_S = 600.0
-"""How long a resumed node waits for the others at the rendezvous to agree on what is left (they start by hand)."""
+"""How long a node of a run over several nodes waits for the others at the rendezvous, before its first case, to
+agree on what each planned and holds (they start by hand)."""
 # Seconds a case may run before it is killed and recorded as a timeout, by size (--timeout overrides). smoke: cases
 # of seconds on a 2-core CPU, so 5 min is a hang. quick: the whole quick run fits 5 min on a 2-core CPU, so a case
 # past 15 min is 3x that: a hang, or a machine far slower than intended (the record says what it was doing). full:
@@ -304,13 +305,13 @@ def _skipped_by_peers(cases: list[Case], todo: list[Case], cfg: RunConfig) -> se
     where the nodes could not be asked. Raises distributed.NodesDiffer where the nodes planned different cases: a
     fresh run asks too, so that such nodes stop at once instead of each waiting at its own first case."""
     jobs = [c.id for c in cases if SUITES[c.suite].world_sizes]
-    if not jobs:
-        return set()
+    if not any(s.world_sizes for s in cfg.suites):  # no distributed suite selected: no job to meet the others at
+        return set()  # (one with no case left by the filters still asks: the others may have some, and must stop)
     mine = {c.id for c in todo}
     agreed = distributed.agree({c for c in jobs if c not in mine}, jobs, cfg.launch, AGREE_TIMEOUT_S, cfg.cpus)
     if agreed is None:
-        warnings.warn("could not ask the other nodes which cases they recorded: this node resumes from its own "
-                      "records, and a case recorded elsewhere may wait for peers that have passed it", stacklevel=3)
+        warnings.warn("could not meet the other nodes before the first case: this node goes on from its own records, "
+                      "and each of its cases may wait at its rendezvous for peers that are elsewhere", stacklevel=3)
         return set()
     return agreed & mine
 

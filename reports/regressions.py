@@ -18,9 +18,9 @@ from bench.metrics import same_exact
 # m points, which is 3.5 sigma from 28 points, 5.9 from 6 and 22 from 3. The bare 3 sigma trusted an estimate that from
 # 7 points misses the standard deviation by +-48% (one sd; from 28 by +-25%): 30 stable nights at 5% noise flagged 17%
 # of 400 series at some night (1.4% a night), at 10% noise 26%; with this band, and the noise read from every
-# undisturbed point (below), 1.5% and 2.0% (0.09% and 0.12% a night). It costs power early in a series: a 30% step at 5%
-# noise is flagged within 5 nights in 65% of series with 6 nights before it, 86% with 10, 97% with 20 (99.7% / 98% /
-# 99.7% before).
+# undisturbed point (below), 2.8% and 3.3% (0.16% and 0.22% a night). It costs power early in a series: a 30% step at
+# 5% noise is flagged within 5 nights in 67% of series with 6 nights before it, 86% with 10, 97% with 20 (99.7% / 98% /
+# 99.7% before); at 2% noise, with 4 nights before it, on 86-90% of each of the 6 nights after.
 BAND_QUANTILE = 0.99865
 MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
 # The noise estimate reads the last 4 windows of undisturbed points, bad ones included: leaving the points judged bad
@@ -102,7 +102,9 @@ def _kind(stored) -> str:
 
 def _band(kept: list[float], seen: list[float], threshold: float, window: int) -> tuple[float, float] | None:
     """(baseline, relative band half-width), None when there is no usable baseline: the baseline from the earlier
-    not-bad values `kept`, the noise from the earlier undisturbed values `seen` (bad ones too)."""
+    not-bad values `kept`; the noise from the successive differences of the earlier undisturbed values `seen` (bad
+    ones too: one step is one large difference, which their MAD passes over), or while they are `window` or fewer,
+    from the spread of the baseline's own points about it."""
     recent = kept[-window:]
     if not recent:
         return None
@@ -115,9 +117,9 @@ def _band(kept: list[float], seen: list[float], threshold: float, window: int) -
         centre = statistics.median(diffs)
         sigma = MAD_TO_SIGMA * statistics.median(abs(d - centre) for d in diffs) / math.sqrt(2)
         dof = len(diffs) - 1
-    else:
-        sigma = MAD_TO_SIGMA * statistics.median(abs(x - baseline) for x in longer)
-        dof = len(longer) - 1
+    else:  # about the baseline: of the points it is made of, as points judged bad would widen it past a step
+        sigma = MAD_TO_SIGMA * statistics.median(abs(x - baseline) for x in recent)
+        dof = len(recent) - 1
     k = float(student_t.ppf(BAND_QUANTILE, max(1, dof))) * math.sqrt(1 + 1 / len(recent))
     return baseline, max(threshold, k * sigma / abs(baseline))
 
@@ -318,8 +320,8 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
         baseline[i] = median(E[i])
         band[i]     = max(threshold, k[i] * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
         sigma[i]    = 1.4826 * MAD(successive differences of the up to 4 * window most recent undisturbed points, bad
-                      ones included) / sqrt(2) (1.4826 * MAD about baseline[i] of those points while they are
-                      `window` or fewer)
+                      ones included) / sqrt(2) (1.4826 * MAD(E[i]) about baseline[i] while those points are `window`
+                      or fewer)
         k[i]        = t(0.99865, n - 1) * sqrt(1 + 1 / |E[i]|), Student's t at the n values sigma[i] comes from (3.5
                       from 28 points, 5.9 from 6, 22 from 3): the 3-sigma quantile of a prediction from an estimated
                       noise

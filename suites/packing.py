@@ -151,14 +151,14 @@ class Packing(Suite):
             why = liger.unsupported(target or device)
             if why:
                 raise Skip(why)
-        if variant == TRL:
-            requires("trl", pip=trl_bfd.PIP)
+        if variant == TRL:  # the size first: installing trl would not make it plannable
             tokens = int(_lengths(params["dist"], params["sequences"], params["packing_length"]).sum())
-            if TRL_TOKEN_BYTES * tokens > PLAN_HOST_BYTES:
+            if device == "meta" and TRL_TOKEN_BYTES * tokens > PLAN_HOST_BYTES:
                 raise NotPlannable(f"TRL's pack_dataset chooses the rows from a token-level datasets.Dataset, "
                                    f"{TRL_TOKEN_BYTES * tokens / 2**30:.1f} GiB of host memory at {tokens:,} tokens "
                                    "(planned up to 2 GiB); it makes ffd's rows per batch of 1,000 sequences: "
                                    "the plan of ffd's case is the step's")
+            requires("trl", pip=trl_bfd.PIP)
         if variant == HF:
             requires("transformers", pip=hf_grouped.PIP)
         # the packer runs for real (on the host, as in the data loader): it decides which rows the step trains on

@@ -18,17 +18,11 @@ from torch import Tensor
 from impls import libraries
 from impls.rmpad.reference import DecoderConfig
 
+LIBRARY = libraries.Library("transformers", "5.23.0", "impls/rmpad/hf.py")
+version, label = LIBRARY.version, LIBRARY.label
 IGNORE = -100  # the label transformers' loss skips (and the collator's separator)
 # Attention implementations by the short name a variant carries -> the name transformers knows them by.
 ATTENTION = {"sdpa": "sdpa", "flex": "flex_attention", "fa2": "flash_attention_2"}
-
-
-def version() -> str | None:
-    return libraries.version("transformers")
-
-
-def label() -> str:
-    return libraries.label("transformers")
 
 
 @functools.cache

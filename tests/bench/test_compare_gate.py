@@ -34,7 +34,7 @@ def checkpointing_run(root, name, seed, overhead=None, loaded=(), slow=1.0):
 
 
 def test_a_ratio_is_not_judged_on_a_run_whose_reference_ran_under_load(tmp_path):
-    # the audit's crafted runs: full's own case was contended in base runs b0 and b2, its reference (none) in b1,
+    # full's own case was contended in base runs b0 and b2, its reference (none) in b1,
     # whose ratio the load on none made look 10% better (1.18 against 1.30); new n2's full was contended. The runs
     # with full undisturbed were b1 against n0 and n1, and b1's ratio is the load's: judged on those, it read slower
     # and failed the gate on unchanged code. Left out with its reference's load, no base run is left: contended,
@@ -100,7 +100,7 @@ def nights(root, cases: int, sd: float, lucky: float, seed: int) -> tuple[list, 
 
 
 def test_the_gate_holds_timings_to_a_correction_across_the_timings_judged(tmp_path):
-    # the audit's S1 vs X6: 3 nights against 1, a ratio whose 3 base runs happened to agree to 1.2% read x1.31 slower
+    # 3 nights against 1: a ratio whose 3 base runs happened to agree to 1.2% read x1.31 slower
     # while the other timings moved by 10-15% a run; its own 2 degrees of freedom were all the test saw. Over the 24
     # timings judged, with their spreads weighed together, that is no evidence: shown slower, not gated
     base, new = nights(tmp_path, 24, 0.12, 1.31, seed=7)

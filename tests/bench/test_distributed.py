@@ -217,3 +217,28 @@ def test_a_skip_predicted_on_one_rank_skips_the_job_on_every_rank(tmp_path):
     codes, results = two_ranks(tmp_path, (case, case), _one_rank_predicting)
     assert codes == [0, 0] and [r["status"] for r in results] == ["skipped", "skipped"]
     assert all(r["error"] == "rank 1: predicted not to fit" for r in results)
+
+
+def test_plans_that_differ_are_found_whatever_the_nodes_are_called():
+    # ranks without torchrun's GROUP_RANK all say node 0: their plans are compared rank by rank, not node by node
+    from bench.distributed import _join_plans
+
+    said = [{"planned": p, "count": n, "agree": a, "host": "h", "node": 0}
+            for p, n, a in (("aaa", 2, ["x"]), ("bbb", 1, []))]
+    assert "different distributed cases" in _join_plans(said)["differ"]
+    assert _join_plans([{**s, "planned": "aaa", "count": 2} for s in said]) == {"skipped": ["x"]}
+
+
+def test_a_node_left_without_distributed_cases_still_meets_the_others(tmp_path, monkeypatch):
+    # its filters left it no case of the distributed suite selected: it must still meet its peers (which may have
+    # some, and would wait at their first case for it), and say its plan is empty
+    from bench import distributed
+
+    met = []
+    monkeypatch.setattr(distributed, "agree", lambda skipped, planned, *a: met.append(planned) or set())
+    cfg = runner.RunConfig(suites=[SUITES["_dist"]], size="smoke", device="cpu", out=tmp_path / "r",
+                           launch=Launch(1, 2, "localhost:1"))
+    assert runner._skipped_by_peers([], [], cfg) == set() and met == [[]]
+    cfg = runner.RunConfig(suites=[SUITES["_timed"]], size="smoke", device="cpu", out=tmp_path / "r",
+                           launch=Launch(1, 2, "localhost:1"))
+    assert runner._skipped_by_peers([], [], cfg) == set() and met == [[]]  # no distributed suite: no meeting

@@ -129,3 +129,21 @@ def test_set_refuses_what_the_cases_cannot_take(capsys, changes, message):
     assert main(["plan", "checkpointing", "--size", "full", "--gpu", "h100", "--params", "model=None",
                  "--set", changes]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_set_changes_the_cases_selected_as_the_grid_holds_them(capsys):
+    # --case and --variant select on the grid's params, then the change is made: a glob of the grid's batch plans
+    # that case at the new batch, and a param only some points have is changed where the selected cases have it
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "cpu", "--case",
+                 "checkpointing/none/batch=2,d_model=64,dtype=float32,heads=4,layers=8,seq=64", "--set", "batch=64",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(p["variant"], p["params"]["batch"]) for p in out["predictions"]] == [("none", 64)]
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "cpu", "--variant", "hf_full", "--set",
+                 "model=hf_llama", "--json"]) == 0
+    assert {p["params"]["model"] for p in json.loads(capsys.readouterr().out)["predictions"]} == {"hf_llama"}
+    assert main(["plan", "checkpointing", "mla", "--size", "smoke", "--gpu", "cpu", "--set", "layers=2",
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert {p["suite"] for p in json.loads(captured.out)["predictions"]} == {"checkpointing"}
+    assert "--set layers: no case of mla has that param: left out" in captured.err

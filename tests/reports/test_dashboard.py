@@ -288,14 +288,30 @@ def _flagged_within(values, start: int, end: int) -> bool:
 
 def test_false_flags_stay_rare_where_the_noise_is_as_large_as_the_threshold():
     # 200 stable series of 30 nights at 5% lognormal noise: a band of 3 sigma from a MAD of a few points flagged 17% of
-    # them at some night; with the estimate's own uncertainty in the band (a t quantile), 2%
+    # them at some night; with the estimate's own uncertainty in the band (a t quantile), 4% (8)
     import math
 
     rng = random.Random(0)
     series = [[100 * math.exp(rng.gauss(0, 0.05)) for _ in range(30)] for _ in range(200)]
     flagged = sum(_flagged_within(v, 1, 30) for v in series)
-    assert flagged <= 8, f"{flagged} of 200 stable series flagged"
+    assert flagged <= 10, f"{flagged} of 200 stable series flagged"
     # and a 30% step after 20 nights is still seen within 5 nights in nearly every series
     stepped = [[x * (1.3 if i >= 20 else 1) for i, x in enumerate(v[:26])] for v in series[:100]]
     seen = sum(_flagged_within(v, 21, 26) for v in stepped)
     assert seen >= 90, f"{seen} of 100 stepped series flagged"
+
+
+def test_a_step_in_a_young_series_stays_flagged():
+    # a 30% step after 4 nights at 2% noise: flagged on most nights after it, every one of the 6; the bad nights never
+    # widen the band they are judged by (noise about the baseline is read from the baseline's own points)
+    import math
+
+    rng = random.Random(1)
+    missed = [0] * 6
+    for _ in range(200):
+        values = [100 * math.exp(rng.gauss(0, 0.02)) * (1.3 if i >= 4 else 1) for i in range(11)]
+        judged = regressions_rule._judge(values, "lower", 0.05, 7)
+        for k in range(6):
+            i = 5 + k
+            missed[k] += not (judged[i] and judged[i]["kind"] and judged[i - 1]["kind"])
+    assert max(missed) <= 30, missed  # of 200 (a band of 5.9 sigma from 4 points lets some through)
