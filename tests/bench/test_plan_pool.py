@@ -44,26 +44,56 @@ class Dying(Suite):
                         clear=lambda: model.zero_grad(set_to_none=True))
 
 
-def test_a_worker_that_dies_leaves_its_case_not_plannable_and_the_rest_planned():
+def _in_a_fresh_process(target, tmp_path):
+    """target(path) run in a spawned interpreter, which writes its answer to `path` as JSON; the answer. A process
+    whose autograd engine has run (this test process, after other tests' backward passes on some torch builds)
+    forks workers that cannot run backward, and the plan then plans those points in the process itself (bench.plan's
+    AUTOGRAD_FORK), where a dying case would kill the test."""
+    path = tmp_path / "answer.json"
+    child = mp.get_context("spawn").Process(target=target, args=(str(path),))
+    child.start()
+    child.join(300)
+    assert child.exitcode == 0, child.exitcode
+    return json.loads(path.read_text())
+
+
+def _plan_dying(path: str) -> None:
     told = []
     out = plan([Dying()], "smoke", "cpu", jobs=2, progress=lambda n, total: told.append((n, total)))
-    status = {(p.variant, p.params["n"]): p for p in out}
-    assert [(p.variant, p.params["n"]) for p in out] == [(v, n) for n in (1, 2, 3) for v in Dying.variants]
-    killed, exited = status.pop(("dies", 2)), status.pop(("exits", 3))
-    assert all(p.status == "ok" and p.peak_bytes > 0 for p in status.values()), {k: p.reason for k, p in
-                                                                                  status.items()}
-    assert killed.status == exited.status == "not_plannable"
-    assert killed.reason == "the process planning it died before its plan was done: killed by SIGKILL (as the " \
+    with open(path, "w") as f:
+        json.dump({"told": told, "cases": [[p.variant, p.params["n"], p.status, p.reason, p.peak_bytes]
+                                           for p in out]}, f)
+
+
+def _command_dying(path: str) -> None:
+    import contextlib
+    import io
+
+    bench.cli.discover = lambda: {Dying.name: Dying()}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["plan", Dying.name, "--size", "smoke", "--gpu", "cpu", "--jobs", "2", "--json"])
+    with open(path, "w") as f:
+        json.dump({"code": code, "out": json.loads(out.getvalue())}, f)
+
+
+def test_a_worker_that_dies_leaves_its_case_not_plannable_and_the_rest_planned(tmp_path):
+    answer = _in_a_fresh_process(_plan_dying, tmp_path)
+    cases = {(v, n): (status, reason, peak) for v, n, status, reason, peak in answer["cases"]}
+    assert [(v, n) for v, n, *_ in answer["cases"]] == [(v, n) for n in (1, 2, 3) for v in Dying.variants]
+    killed, exited = cases.pop(("dies", 2)), cases.pop(("exits", 3))
+    assert all(status == "ok" and peak > 0 for status, _, peak in cases.values()), cases
+    assert killed[0] == exited[0] == "not_plannable"
+    assert killed[1] == "the process planning it died before its plan was done: killed by SIGKILL (as the " \
         "kernel kills a process when host memory runs out)"
-    assert exited.reason == "the process planning it died before its plan was done: it exited with status 3"
-    assert told[-1] == (9, 9)
+    assert exited[1] == "the process planning it died before its plan was done: it exited with status 3"
+    assert answer["told"][-1] == [9, 9]
 
 
-def test_the_command_reports_it_as_any_case_not_plannable(monkeypatch, capsys):
-    monkeypatch.setattr(bench.cli, "discover", lambda: {Dying.name: Dying()})
-    assert main(["plan", Dying.name, "--size", "smoke", "--gpu", "cpu", "--jobs", "2", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert (out["cases"], out["plannable"]) == (9, 7)
+def test_the_command_reports_it_as_any_case_not_plannable(tmp_path):
+    answer = _in_a_fresh_process(_command_dying, tmp_path)
+    out = answer["out"]
+    assert answer["code"] == 0 and (out["cases"], out["plannable"]) == (9, 7)
     reasons = {p["case_id"]: p["reason"] for p in out["predictions"] if p["status"] != "ok"}
     assert set(reasons) == {"_plan_dying/dies/n=2", "_plan_dying/exits/n=3"}
     assert "killed by SIGKILL" in reasons["_plan_dying/dies/n=2"]
