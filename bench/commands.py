@@ -42,6 +42,26 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
     return dirs
 
 
+def counted(dirs: list[Path]) -> list[Path]:
+    """The runs of `dirs` that count, each once (bench.sides.distinct: a run reached twice, a sweep's shards beside
+    their merged run), a warning naming each left out: a report or an export of a sweep folder holds each case once."""
+    import warnings
+
+    from bench.records import CorruptRunJson, read_run_json
+    from bench.sides import distinct
+
+    metas = []
+    for d in dirs:
+        try:
+            metas.append(read_run_json(d))
+        except (CorruptRunJson, OSError):  # the reader that loads it says what is wrong with it
+            metas.append(None)
+    keep, notes = distinct(dirs, metas)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return [dirs[i] for i in keep]
+
+
 def _output(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
     """A file to write: never a directory, never a run's own run.json or records.jsonl, and of the expected kind."""
     if path.is_dir():
@@ -62,7 +82,7 @@ def _output(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
 def cmd_report(args) -> int:
     from reports.run_report import write_report
 
-    runs = run_dirs(args.runs)
+    runs = counted(run_dirs(args.runs))
     out = write_report(runs, _output(args.output, ".html", runs))
     print(f"report -> {out}")
     return 0
@@ -136,7 +156,7 @@ def cmd_export(args) -> int:
     from bench.interop import export_pytest_benchmark
 
     try:
-        runs = run_dirs(args.runs)
+        runs = counted(run_dirs(args.runs))
         out = export_pytest_benchmark(runs, _output(args.output, ".json", runs))
     except ValueError as e:
         raise UsageError(str(e)) from None

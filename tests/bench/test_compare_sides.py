@@ -3,6 +3,7 @@ environment diff, sides it refuses, NEW runs that lost records since they finish
 the timing they moved with."""
 
 import contextlib
+import json
 
 import pytest
 
@@ -198,3 +199,18 @@ def test_reference_case_of_a_suite_and_of_a_part():
     assert reference_case("s/mla/n=1,part=decode", suites) == ("s/mha/n=1,part=decode",
                                                                frozenset({"decode_speedup_x"}))
     assert reference_case("plain/a/n=1", suites) is None and reference_case("other/a/n=1", suites) is None
+
+
+def test_a_report_and_an_export_of_a_sweep_folder_hold_each_case_once(tmp_path, capsys):
+    # the folder holds the shards and their merged run: each case would be listed (and exported) twice
+    from bench.cli import main
+    from tests.bench.sweeps import sweep
+
+    folder = sweep(tmp_path, "sweep")
+    assert main(["export", str(folder), "--format", "pytest-benchmark", "-o", str(tmp_path / "b.json")]) == 0
+    assert capsys.readouterr().err.count("counted once, as the merged run") == 2
+    names = [b["fullname"] for b in json.loads((tmp_path / "b.json").read_text())["benchmarks"]]
+    assert names and len(names) == len(set(names))
+    pytest.importorskip("plotly")
+    assert main(["report", str(folder), "-o", str(tmp_path / "r.html")]) == 0
+    assert capsys.readouterr().err.count("counted once, as the merged run") == 2
