@@ -9,12 +9,10 @@ an hour later, when other jobs held the machine. So each timed window records wh
 The case tree is the process that runs `execute` (the runner's child, or `bench` itself with --inline) and its
 descendants; in a job's rank, its launcher and so every local rank. Off Linux every host value is None. bench.case
 judges every timed window of a case (the headline timing's and each named one's) and keeps the most disturbed.
-The window opens inside `measure` (bench.timing), so a daemon thread reads the cumulative counters every
-SAMPLE_INTERVAL_S, and the summary spans the last sample read before the window to the first read after it: up to
-one interval more at each edge, where the case's own set-up is subtracted like the rest of its time. A sample takes
-~60 us of CPU (0.06% of the interval); what it costs a timed pure-Python call, GIL hand-offs included, is measured by
-ci/interference_overhead.py: 0.7-1.8% of a 10 ms call on the 2-core test VM under a load average of 5-6, most of it
-the call waiting for the sampler thread to get a CPU back (holding the GIL over the reads was worse: 2.5x).
+The window opens inside `measure` (bench.timing): a daemon thread reads the counters every SAMPLE_INTERVAL_S, and
+the summary spans the last sample before the window to the first after it (the case's own set-up at the edges is
+subtracted like the rest of its time). A sample takes ~60 us of CPU; ci/interference_overhead.py measures what it
+costs a timed pure-Python call: 0.7-1.8% of a 10 ms call on the 2-core test VM (load average 5-6).
 
 Thresholds, from 0.3 s windows of a pure-Python call on the 2-core test VM (CLK_TCK 100):
 - OTHER_CPUS, SATURATION_SLACK_CPUS: what the accounting leaves over when nothing runs outside the tree (kernel
@@ -30,9 +28,8 @@ Thresholds, from 0.3 s windows of a pure-Python call on the 2-core test VM (CLK_
 - CPU_MHZ_PCT: this VM exposes no cpufreq. Under all-core load a core runs well below its single-core turbo
   (cpuinfo_max_freq), 70-80% of it being normal, so only a clock under 60% of max is judged (a powersave governor,
   thermal limits).
-- Load average and PSI are context, not judged: the load average is a 1-minute average that counts the case itself
-  and lags a load that began or ended within the minute; system-wide PSI also counts the case's own threads when
-  it runs more of them than it has CPUs (64-100% in the busy windows above).
+- Context, not judged: the case tree's run-queue delay (bench.runqueue), the load average (it counts the case and
+  lags a minute), system-wide PSI (it counts the case's own threads beyond its CPUs: 64-100% in the windows above).
 - GPU: any other compute process, or a slowdown the GPU made on its own (bench.telemetry.SLOWDOWN_BITS).
 """
 
@@ -44,17 +41,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-SAMPLE_INTERVAL_S = 0.1
-OTHER_CPUS = 0.25
-SATURATION_SLACK_CPUS = 0.5
-STEAL_PCT = 10.0
-CPU_MHZ_PCT = 60.0
-RECENT_S = 1.0
-STALE_S = 60.0
-MIN_SPAN_S = 0.1
+from bench.runqueue import wait_ns
+
+SAMPLE_INTERVAL_S, OTHER_CPUS, SATURATION_SLACK_CPUS = 0.1, 0.25, 0.5  # the thresholds: the docstring's
+STEAL_PCT, CPU_MHZ_PCT = 10.0, 60.0
+RECENT_S, STALE_S, MIN_SPAN_S = 1.0, 60.0, 0.1
 
 HOST_KEYS = ("host_cpus", "host_other_cpus", "host_case_cpus", "host_load_avg", "host_steal_pct",
-             "host_cpu_psi_pct", "host_cpu_mhz_pct")
+             "host_cpu_psi_pct", "host_cpu_mhz_pct", "host_case_wait_cpus")
 GPU_KEYS = ("gpu_other_procs", "gpu_clock_pct", "gpu_slowdown")
 KEYS = (*HOST_KEYS, *GPU_KEYS, "contended")
 
@@ -169,6 +163,7 @@ class HostSample:
     psi_us: int | None
     load1: float | None
     mhz_pct: float | None
+    wait_ns: int | None = None  # run-queue delay of the case tree's threads (bench.runqueue)
 
 
 class Reader:
@@ -212,7 +207,8 @@ class Reader:
         tree, core = self._tree()
         load = (self.pread("/proc/loadavg") or b"").split()[:1]
         return HostSample(t_s, time.monotonic(), *cpu, tree=tree, psi_us=parse_psi(self.pread("/proc/pressure/cpu")),
-                          load1=float(load[0]) if load else None, mhz_pct=self._mhz_pct(core))
+                          load1=float(load[0]) if load else None, mhz_pct=self._mhz_pct(core),
+                          wait_ns=wait_ns([self.root, *self._scanned]))
 
     def _tree(self) -> tuple[int | None, int | None]:
         own = parse_stat(self.pread(f"/proc/{self.root}/stat"))
@@ -264,6 +260,8 @@ def rates(s0: HostSample, s1: HostSample) -> dict:
         "host_cpu_psi_pct": (None if s0.psi_us is None or s1.psi_us is None
                              else round(min(100.0, (s1.psi_us - s0.psi_us) / 1e4 / dt), 2)),
         "host_cpu_mhz_pct": round(min(clocks), 1) if clocks else None,
+        "host_case_wait_cpus": (None if s0.wait_ns is None or s1.wait_ns is None
+                                else round(max(0, s1.wait_ns - s0.wait_ns) / 1e9 / dt, 3)),
     }
 
 

@@ -107,6 +107,8 @@ INTERFERENCE = (
     Metric("host_other_cpus", "info", None, "CPUs' worth of busy time outside the case's process tree in the timed "
            "window", unit="CPUs"),
     Metric("host_case_cpus", "info", None, "CPUs' worth of the case's process tree in the timed window", unit="CPUs"),
+    Metric("host_case_wait_cpus", "info", None, "CPUs' worth of time the case tree's threads waited for a CPU in the "
+           "timed window (run-queue delay, bench.runqueue): what contention cost it", unit="CPUs"),
     Metric("host_load_avg", "info", None, "1-minute load average at the timed window's edges (its highest)"),
     Metric("host_steal_pct", "info", None, "CPU time the hypervisor gave to others (steal) in the timed window",
            unit="%"),

@@ -68,6 +68,27 @@ def test_rates_count_only_the_time_outside_the_case_tree():
     # the tree's exact run time and the sampled ticks round apart: never a negative use by others
     assert rates(s0, sample(12.0, 1000, 50 + ticks))["host_other_cpus"] == 0.0
     assert rates(s1, s0) == dict.fromkeys(HOST_KEYS)
+    assert r["host_case_wait_cpus"] is None  # no run-queue delay read (off Linux): none recorded
+
+
+def test_the_case_trees_wait_for_a_cpu_is_recorded_in_cpus_worth():
+    # 0.3 s of its threads' run-queue delay over 2 s: 0.15 CPUs' worth waited (bench.runqueue)
+    from dataclasses import replace
+
+    s0, s1 = replace(sample(10.0, 0, 0), wait_ns=10**9), replace(sample(12.0, 0, 0), wait_ns=13 * 10**8)
+    assert rates(s0, s1)["host_case_wait_cpus"] == 0.15
+
+
+def test_the_run_queue_delay_of_a_live_tree_is_read():
+    import sys
+
+    from bench.runqueue import wait_ns
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/<pid>/task/<tid>/schedstat is Linux's")
+    mine = wait_ns([os.getpid()])
+    assert isinstance(mine, int) and mine >= 0
+    assert wait_ns([os.getpid(), 2**22 + 7]) is not None and wait_ns([2**22 + 7]) is None  # a pid that is no more
 
 
 def test_the_span_brackets_the_window():
