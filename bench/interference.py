@@ -13,7 +13,7 @@ The window opens inside `measure` (bench.timing): a daemon thread reads the coun
 the summary spans the last sample before the window to the first after it (the case's own set-up at the edges is
 subtracted like the rest of its time). A sample takes ~75 us of CPU (~40 of them the run-queue delays of a 4-thread
 case); ci/interference_overhead.py measures what it costs a timed pure-Python call: 0.7-1.8% of a 10 ms call on the
-2-core test VM (load average 5-6).
+2-core test VM (load average 5-6), measured before the run-queue reads.
 
 Thresholds, from 0.3 s windows of a pure-Python call on the 2-core test VM (CLK_TCK 100):
 - OTHER_CPUS, SATURATION_SLACK_CPUS: what the accounting leaves over when nothing runs outside the tree (kernel
