@@ -44,26 +44,27 @@ def test_the_order_is_transformers_own_for_the_seed():
     assert not np.array_equal(order, hf_grouped.order(LENGTHS.tolist(), BATCH, seed=1))
 
 
-def swapped_heads(lengths: np.ndarray, batch: int, seed: int) -> int:
-    """Assert HF's megabatch order on `lengths`; return how many megabatches start shorter than their second."""
+def megabatches(lengths: np.ndarray, batch: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """HF's order on `lengths`, as (its lengths, the lengths of each megabatch: min(n // 4 batch, 50) batches)."""
     n = lengths.size
     order = hf_grouped.order(lengths.tolist(), batch, seed)
     size = max(1, min(n // (4 * batch), 50)) * batch
-    assert lengths[order[0]] == lengths.max()  # the longest sample leads the first batch
-    out_of_order = 0
-    for k in range(0, n, size):
-        mb = lengths[order[k : k + size]]
-        assert (np.diff(mb[1:]) <= 0).all(), k  # sorted longest first after the head
-        out_of_order += int(mb.size > 1 and mb[0] < mb[1])
-    # only the megabatch that gave its head to the first one may start with a shorter sample
-    assert out_of_order <= 1
-    return out_of_order
+    return lengths[order], [lengths[order[k : k + size]] for k in range(0, n, size)]
+
+
+def swapped_heads(lengths: np.ndarray, batch: int, seed: int) -> int:
+    """How many megabatches of HF's order on `lengths` start shorter than their second sample."""
+    return sum(int(mb.size > 1 and mb[0] < mb[1]) for mb in megabatches(lengths, batch, seed)[1])
 
 
 @NEEDS
 @pytest.mark.parametrize("n", [2000, 100, 13])  # 2000: megabatches of 50 batches; 100: of 3; 13: of 1 (100 // 32 = 3)
 def test_megabatches_sorted_longest_first(n):
-    swapped_heads(LENGTHS[:n], BATCH, seed=0)
+    ordered, parts = megabatches(LENGTHS[:n], BATCH, seed=0)
+    assert ordered[0] == LENGTHS[:n].max()  # the longest sample leads the first batch
+    assert all((np.diff(mb[1:]) <= 0).all() for mb in parts)  # each sorted longest first after its head
+    # only the megabatch that gave its head to the first one may start with a shorter sample
+    assert swapped_heads(LENGTHS[:n], BATCH, seed=0) <= 1
 
 
 @NEEDS
@@ -71,7 +72,11 @@ def test_the_longest_sample_is_swapped_to_the_front():
     # lognormal lengths hold many ties at 512, so the swap leaves every megabatch sorted; 64 distinct lengths in
     # batches of 2 make 4 megabatches of 16, and where the longest is not in the first, the swap shows
     distinct = np.random.default_rng(0).permutation(np.arange(1, 65))
-    assert sum(swapped_heads(distinct, 2, seed) for seed in range(20)) > 0
+    swaps = [swapped_heads(distinct, 2, seed) for seed in range(20)]
+    assert max(swaps) <= 1 and sum(swaps) > 0
+    for seed in range(20):
+        ordered, parts = megabatches(distinct, 2, seed)
+        assert ordered[0] == 64 and all((np.diff(mb[1:]) <= 0).all() for mb in parts), seed
 
 
 @NEEDS
