@@ -45,8 +45,6 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
 def counted(dirs: list[Path]) -> list[Path]:
     """The runs of `dirs` that count, each once (bench.sides.distinct: a run reached twice, a sweep's shards beside
     their merged run), a warning naming each left out: a report or an export of a sweep folder holds each case once."""
-    import warnings
-
     from bench.records import CorruptRunJson, read_run_json
     from bench.sides import distinct
 
@@ -56,10 +54,7 @@ def counted(dirs: list[Path]) -> list[Path]:
             metas.append(read_run_json(d))
         except (CorruptRunJson, OSError):  # the reader that loads it says what is wrong with it
             metas.append(None)
-    keep, notes = distinct(dirs, metas)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-    return [dirs[i] for i in keep]
+    return [dirs[i] for i in distinct(dirs, metas)]
 
 
 def _output(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:

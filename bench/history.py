@@ -99,10 +99,7 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
     `check` refuses, and then nothing is written."""
     run_dirs = [Path(d) for d in run_dirs]
     metas = [read_run_json(d) if d.is_dir() else None for d in run_dirs]
-    keep, notes = distinct(run_dirs, metas)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-    checked = [(run_dirs[i], check(run_dirs[i])) for i in keep]
+    checked = [(run_dirs[i], check(run_dirs[i], metas[i])) for i in distinct(run_dirs, metas)]
     added = 0
     for run_dir, (meta, records) in checked:
         run_id = str(meta.get("run_id") or run_dir.name)
@@ -115,14 +112,15 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
     return added
 
 
-def check(run_dir: str | Path) -> tuple[dict, list[Record]]:
+def check(run_dir: str | Path, meta: dict | None = None) -> tuple[dict, list[Record]]:
     """(run.json, records) of a run the history takes: a finished run whose records are whole, each case once. A
     file is never rewritten, so a run taken half, or with records lost since it finished, would stay so in the
     history, and the intact run could not be added after: ValueError, one line naming why, for a directory without
     run.json, an unfinished run (finished_at missing or null), a case recorded twice, or a run that `bench compare`
     calls damaged (bench.sides.damage: fewer records than it finished with, a corrupt line)."""
     run_dir = Path(run_dir)
-    meta = read_run_json(run_dir) if run_dir.is_dir() else None
+    if meta is None:  # `meta`: its run.json where the caller has read it
+        meta = read_run_json(run_dir) if run_dir.is_dir() else None
     if meta is None:
         raise ValueError(f"{run_dir} is not a run directory: it has no run.json")
     if not meta.get("finished_at"):  # a file is never rewritten, so a half run would stay half in the history

@@ -93,9 +93,7 @@ def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str], list[tup
         dirs.append(d)
         # a run.json that does not say it finished (no finished_at, or null) is an unfinished run's, as for history
         metas.append({} if meta is None else {**meta, "finished_at": meta.get("finished_at") or None})
-    keep, notes = distinct(dirs, metas)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
+    keep = distinct(dirs, metas)
     by_case: dict[str, list[Record]] = {}
     names, damaged = [], []
     for d, meta in ((dirs[i], metas[i]) for i in keep):
@@ -110,13 +108,13 @@ def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str], list[tup
     return {c: merge(rs) for c, rs in by_case.items()}, [metas[i] for i in keep], names, damaged
 
 
-def distinct(run_dirs: list[Path], metas: list[dict | None]) -> tuple[list[int], list[str]]:
-    """(the positions of the runs to count, one line for each run left out) of run directories given together (one
-    side of a comparison, or the runs one `bench history add` adds), each with its run.json. A run counts once: a run
-    reached twice (its run_id again: a symlink, a copy) is left out after its first, and so is a run that a merged run
-    among them lists under `merged_from` (bench.merge), whose records the merged run holds (a sweep folder with its
-    shards and `merged/`), and a merged run whose shards a larger merged run among them holds as well. Without this
-    each of their cases would count twice, as two runs of no spread."""
+def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:
+    """The positions of the runs to count, of run directories given together (one side of a comparison, the runs one
+    `bench history add` adds, a report's), each with its run.json; a warning names each run left out. A run counts
+    once: a run reached twice (its run_id again: a symlink, a copy) is left out after its first, and so is a run that
+    a merged run among them lists under `merged_from` (bench.merge), whose records the merged run holds (a sweep
+    folder with its shards and `merged/`), and a merged run whose shards a larger merged run among them holds as
+    well. Without this each of their cases would count twice, as two runs of no spread."""
     ids = [m.get("run_id") if isinstance(m, dict) and isinstance(m.get("run_id"), str) else None for m in metas]
     parts = [_merged_from(m) for m in metas]
     holder: dict[str, int] = {}  # run_id -> the position of the largest merged run that lists it
@@ -138,7 +136,9 @@ def distinct(run_dirs: list[Path], metas: list[dict | None]) -> tuple[list[int],
             continue
         first[key] = i
         keep.append(i)
-    return keep, notes
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return keep
 
 
 def _merged_from(meta: dict | None) -> set[str]:
