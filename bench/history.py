@@ -48,7 +48,14 @@ artifacts  string               the case's artifacts_digest in hex: which cached
 inputs     string               for a derived metric (a rate, TFLOP/s, % of peak, a ratio), the metrics it is
                                 computed from as a JSON list (bench.metrics `inputs`); null for the others, or in an
                                 older store
+source_run string               the run that measured the case: run_id, or in a merged run (bench merge) the run_id
+                                of the shard whose record it is; null in an older store
 ========== ==================== ====================================================================================
+
+A case measured once can reach the store twice, added by separate commands: a shard of a sweep, then the sweep's
+merged run, or two merges that share a shard. Its rows then share source_run, case_id and metric in two files; `load`
+keeps one of them, from the run that holds the most shards (then the earliest), and a reader of the files themselves
+drops the others the same way.
 
 and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
 null when not contended.
@@ -73,7 +80,7 @@ RUNS = "runs"
 # new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason", "kind", "library", "artifacts", "inputs")
+           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run")
 
 
 def schema():
@@ -100,16 +107,39 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
     run_dirs = [Path(d) for d in run_dirs]
     metas = [read_run_json(d) if d.is_dir() else None for d in run_dirs]
     checked = [(run_dirs[i], check(run_dirs[i], metas[i])) for i in distinct(run_dirs, metas)]
-    added = 0
+    added, held = 0, None
     for run_dir, (meta, records) in checked:
         run_id = str(meta.get("run_id") or run_dir.name)
         path = Path(store) / RUNS / f"{_file_stem(run_id)}.parquet"
         if path.exists():
             continue
         rows = list(_rows(records, meta, run_id))
+        held = _held(store) if held is None else held
+        again = {row["source_run"] for row in rows} & held.keys()
+        if again:  # written all the same: which copy `load` keeps depends on runs added later
+            parts = [f"run {s}'s" + ("" if held[s] == {s} else f" (in {', '.join(sorted(held[s]))})")
+                     for s in sorted(again)]
+            warnings.warn(f"{run_dir} holds cases the store has already, {'; '.join(parts)}: a shard and its "
+                          "sweep's merged run, added apart; the history counts each case once, in the run holding "
+                          "the most shards", stacklevel=2)
         _write(rows, path)
         added += len(rows)
+        for row in rows:
+            held.setdefault(row["source_run"], set()).add(run_id)
     return added
+
+
+def _held(store: str | Path) -> dict[str, set[str]]:
+    """source_run -> the run_ids of the store's runs that hold its cases."""
+    import pyarrow.parquet as pq
+
+    held: dict[str, set[str]] = {}
+    for f in sorted((Path(store) / RUNS).glob("*.parquet")):
+        table = pq.read_table(f, columns=["run_id", "source_run"], schema=schema())
+        for run_id, source in set(zip(*(table.column(c).to_pylist() for c in ("run_id", "source_run")))):
+            if source is not None:
+                held.setdefault(source, set()).add(run_id)
+    return held
 
 
 def check(run_dir: str | Path, meta: dict | None = None) -> tuple[dict, list[Record]]:
@@ -173,7 +203,21 @@ def load(store: str | Path):
     if not files:
         return schema().empty_table().to_pandas()
     frame = pd.concat([pq.read_table(f, schema=schema()).to_pandas() for f in files], ignore_index=True)
-    return frame.sort_values(["timestamp", "run_id"], kind="stable", ignore_index=True)
+    return _measured_once(frame).sort_values(["timestamp", "run_id"], kind="stable", ignore_index=True)
+
+
+def _measured_once(frame):
+    """The frame with each measurement once: of the rows of one source_run, case_id and metric in several runs (a
+    shard and its sweep's merged run, added by separate commands), those of the run holding the most source runs,
+    then of the earliest run. Rows without a source_run (an older store) are kept as they are."""
+    sourced = frame["source_run"].notna()
+    if not sourced.any():
+        return frame
+    holds = frame[sourced].groupby("run_id")["source_run"].nunique()
+    order = frame.assign(_holds=frame["run_id"].map(holds).fillna(0)).sort_values(
+        ["_holds", "timestamp", "run_id"], ascending=[False, True, True], kind="stable")
+    again = order.duplicated(["source_run", "case_id", "metric"]) & order["source_run"].notna()
+    return frame.drop(index=order.index[again])
 
 
 def _rows(records: list[Record], meta: dict, run_id: str):
@@ -182,6 +226,7 @@ def _rows(records: list[Record], meta: dict, run_id: str):
     device = str(meta.get("device") or "")
     gpus = env.get("gpus") or []
     gpu = "cpu" if device.startswith("cpu") or not gpus else str(gpus[0].get("name") or "gpu")
+    merged = bool(meta.get("merged_from"))  # its records keep the run_ids of the shards that measured them
     run = {"run_id": run_id, "timestamp": _utc(meta.get("started_at") or meta.get("finished_at")),
            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
            "device": device, "size": meta.get("size")}
@@ -195,6 +240,7 @@ def _rows(records: list[Record], meta: dict, run_id: str):
         case = {**run, "suite": r.suite, "variant": r.variant, "library": library if isinstance(library, str) else None,
                 "case_id": r.case_id,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
+                "source_run": (r.run_id if merged and isinstance(r.run_id, str) else None) or run_id,
                 **_contention(r.metrics)}
         artifacts = _hex(r.metrics.get("artifacts_digest"))
         if run["timestamp"] is None:

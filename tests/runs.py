@@ -22,8 +22,9 @@ def env(gpu: dict | None = None, torch: str = "2.11.0") -> dict:
 
 def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = H200, torch: str = "2.11.0",
               size: str = "quick", started_at: str = "2026-11-28T01:00:00Z", sha: str | None = None,
-              declare: bool = True) -> Path:
-    """A run directory with run.json and one record per dict (suite, variant, params, status, metrics, samples...).
+              declare: bool = True, run_id: str | None = None) -> Path:
+    """A run directory with run.json and one record per dict (suite, variant, params, status, metrics, samples...),
+    of run `run_id` (default: the folder's name).
 
     With `declare`, run.json carries what the registered suites of those records declare (as `bench run` writes
     it); without, it is a run of an older techbench that declared nothing."""
@@ -32,9 +33,10 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
         environment["git"]["sha"] = sha
     env_id = f"{(gpu or {}).get('name', 'cpu')}-{torch}".replace(" ", "_")
     out = Path(root) / name
+    run_id = run_id or name
     out.mkdir(parents=True)
     device = "cuda:0" if gpu else "cpu"
-    write_run_json(out, {"schema": 1, "run_id": name, "argv": ["bench", "run", "--size", size], "size": size,
+    write_run_json(out, {"schema": 1, "run_id": run_id, "argv": ["bench", "run", "--size", size], "size": size,
                          "device": device, "shard": "1/1", "variants": None, "started_at": started_at,
                          "finished_at": started_at, "env": environment, "env_id": env_id,
                          "git": environment["git"], "version": "0.1.0", "seed": 0,
@@ -43,7 +45,7 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
         for r in records:
             params = r.get("params", {})
             case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
-            w.write(Record(run_id=name, suite=r["suite"], variant=r["variant"], params=params, case_id=case,
+            w.write(Record(run_id=run_id, suite=r["suite"], variant=r["variant"], params=params, case_id=case,
                            status=r.get("status", "ok"), metrics=r.get("metrics", {}), samples=r.get("samples", {}),
                            error=r.get("error"), device=device, started_at=started_at, elapsed_s=1.0, env_id=env_id))
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.merge import merge
-from bench.records import read_run_json, write_run_json
 from tests.runs import checkpointing_records, write_run
 
 
@@ -15,8 +14,8 @@ def sweep(root: Path, name: str, seed: int = 0, **kw) -> Path:
     them."""
     records = checkpointing_records(seed=seed)
     folder = Path(root) / name
-    shards = [write_run(folder, f"shard-{i + 1}", records[i::2], **kw) for i in range(2)]
-    for shard in shards:  # run_ids of their own, as two machines' runs have
-        write_run_json(shard, {**read_run_json(shard), "run_id": f"{name}-{shard.name}"})
+    # run_ids of their own, as two machines' runs have
+    shards = [write_run(folder, f"shard-{i + 1}", records[i::2], run_id=f"{name}-shard-{i + 1}", **kw)
+              for i in range(2)]
     merge(shards, folder / "merged")
     return folder

@@ -124,6 +124,55 @@ def test_a_folder_adds_each_run_once_and_a_sweeps_merged_run_not_its_shards(tmp_
     assert not frame.duplicated(["case_id", "metric"]).any()  # one point a case and metric for the night
 
 
+@pytest.mark.parametrize("order", ["shard first", "merged first"])
+def test_a_shard_and_its_merged_run_added_by_separate_commands_count_once(tmp_path, order):
+    from tests.bench.sweeps import sweep
+
+    folder = sweep(tmp_path, "sweep")
+    merged_id = json.loads((folder / "merged" / "run.json").read_text())["run_id"]
+    store = tmp_path / "store"
+    runs = [folder / "shard-1", folder / "merged"]
+    history.add(runs[order == "merged first"], store)
+    with pytest.warns(UserWarning, match="holds cases the store has already, run sweep-shard-1's"):
+        history.add(runs[order == "shard first"], store)
+    assert len(list((store / "runs").iterdir())) == 2  # both kept: a file is never rewritten or removed
+    frame = history.load(store)
+    assert not frame.duplicated(["case_id", "metric"]).any()
+    assert set(frame["run_id"]) == {merged_id}  # the sweep's night is its merged run, every case of both shards
+    assert len(frame) == 10 * 8 + 3
+    assert set(frame["source_run"]) == {"sweep-shard-1", "sweep-shard-2"}
+
+
+def test_two_merges_sharing_a_shard_count_its_cases_once(tmp_path):
+    from bench.merge import merge
+
+    records = checkpointing_records()
+    shards = [write_run(tmp_path / "runs", f"shard-{i}", records[i::3], run_id=f"s{i}") for i in range(3)]
+    merge(shards[:2], tmp_path / "ab")
+    merge(shards[1:], tmp_path / "bc")
+    store = tmp_path / "store"
+    history.add(tmp_path / "ab", store)
+    with pytest.warns(UserWarning, match=r"the store has already, run s1's \(in merged-[^;]*\): a shard"):
+        history.add(tmp_path / "bc", store)
+    frame = history.load(store)
+    assert not frame.duplicated(["case_id", "metric"]).any() and len(frame) == 10 * 8 + 3
+    ab = json.loads((tmp_path / "ab" / "run.json").read_text())["run_id"]
+    assert set(frame.loc[frame["source_run"] == "s1", "run_id"]) == {ab}  # the earlier of two of equal size
+
+
+def test_a_store_without_source_runs_is_read_as_it_is(tmp_path, run):
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    history.add(run, store)
+    path = store / "runs" / "night-1.parquet"
+    old = pq.read_table(path).drop_columns(["source_run"])  # as written before the column
+    pq.write_table(old, path)
+    pq.write_table(old, store / "runs" / "night-1-copy.parquet")
+    frame = history.load(store)
+    assert frame["source_run"].isna().all() and len(frame) == 2 * (10 * 8 + 3)
+
+
 @pytest.mark.parametrize("damage", ["cut short", "removed", "corrupt line", "no recorded, no records"])
 def test_a_damaged_run_is_refused_and_the_intact_run_added_after(tmp_path, capsys, damage):
     from bench.cli import main
