@@ -9,29 +9,14 @@ import bisect
 import math
 import statistics
 
-from scipy.stats import t as student_t
-
 from bench.metrics import same_exact
+from reports import noise
 
-# The band's half-width: the one-sided 3-sigma quantile (0.135% of a normal sample's points beyond it) of a prediction
-# from an estimated noise: Student's t at the degrees of freedom the estimate has, times sqrt(1 + 1/m) for a baseline of
-# m points, which is 3.5 sigma from 28 points, 5.9 from 6 and 22 from 3. The bare 3 sigma trusted an estimate that from
-# 7 points misses the standard deviation by +-48% (one sd; from 28 by +-25%): 30 stable nights at 5% noise flagged 17%
-# of 400 series at some night (1.4% a night), at 10% noise 26%; with this band, and the noise read from every
-# undisturbed point (below), 2.8% and 3.3% (0.16% and 0.22% a night). It costs power early in a series: a 30% step at
-# 5% noise is flagged within 5 nights in 67% of series with 6 nights before it, 86% with 10, 97% with 20 (99.7% / 98% /
-# 99.7% before); at 2% noise, with 4 nights before it, on 86-90% of each of the 6 nights after.
-BAND_QUANTILE = 0.99865
-MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standard deviation
-# The noise estimate reads the last 4 windows of undisturbed points, bad ones included: leaving the points judged bad
-# out of it (as they are left out of the baseline) cut the tail it measures, so a low estimate flagged more points,
-# which then left it lower (at 5% noise 7% of series flagged in 30 nights with them, 17% without, both at 3 sigma).
-SPREAD_WINDOWS = 4
 # A measured series is judged from its 4th undisturbed point on: its first 3 form the baseline unjudged. From one or
 # two points there is no noise to weigh (a MAD of them is 0 or their distance), so the band was the bare threshold:
 # three smoke nights of ci/nightly.sh on a shared 2-core VM flagged two timings at +32% and +97% against their first
 # night alone; and against one unusually fast first run every later run would be bad and, being bad, never enter the
-# baseline. A band from 3 points is 22 sigma wide (BAND_QUANTILE): only a gross change is flagged that early.
+# baseline. A band from 3 points is 22 sigma wide (noise.BAND_QUANTILE): only a gross change is flagged that early.
 MIN_BASELINE = 3
 # Drift baseline: the up to 23 not-bad points older than the step window (8-30 runs back at window 7). 23 nights of
 # a 1%/night drift move the latest point ~20% from their median while a 7-run window lags only ~4% behind it.
@@ -100,30 +85,6 @@ def _kind(stored) -> str:
     return stored if isinstance(stored, str) else "measured"  # null, NaN: a row written before the column
 
 
-def _band(kept: list[float], seen: list[float], threshold: float, window: int) -> tuple[float, float] | None:
-    """(baseline, relative band half-width), None when there is no usable baseline: the baseline from the earlier
-    not-bad values `kept`; the noise from the successive differences of the earlier undisturbed values `seen` (bad
-    ones too: one step is one large difference, which their MAD passes over), or while they are `window` or fewer,
-    from the spread of the baseline's own points about it."""
-    recent = kept[-window:]
-    if not recent:
-        return None
-    baseline = statistics.median(recent)
-    if baseline == 0:
-        return None
-    longer = seen[-SPREAD_WINDOWS * window:]
-    if len(longer) > window:  # run-to-run noise from successive differences: a slow drift or one step does not widen it
-        diffs = [b - a for a, b in zip(longer, longer[1:])]
-        centre = statistics.median(diffs)
-        sigma = MAD_TO_SIGMA * statistics.median(abs(d - centre) for d in diffs) / math.sqrt(2)
-        dof = len(diffs) - 1
-    else:  # about the baseline: of the points it is made of, as points judged bad would widen it past a step
-        sigma = MAD_TO_SIGMA * statistics.median(abs(x - baseline) for x in recent)
-        dof = len(recent) - 1
-    k = float(student_t.ppf(BAND_QUANTILE, max(1, dof))) * math.sqrt(1 + 1 / len(recent))
-    return baseline, max(threshold, k * sigma / abs(baseline))
-
-
 def _worse(value: float, baseline: float, direction: str) -> float:
     """Relative change with the sign flipped so that positive is worse."""
     change = (value - baseline) / abs(baseline)
@@ -131,7 +92,8 @@ def _worse(value: float, baseline: float, direction: str) -> float:
 
 
 def _judge(values: list[float], direction: str, threshold: float, window: int,
-           contended: list[bool] = (), exact: bool = False, artifacts: list = ()) -> list[dict | None]:
+           contended: list[bool] = (), exact: bool = False, artifacts: list = (),
+           prior: tuple[float, float] = (0.0, 0.0)) -> list[dict | None]:
     """Per point (None when it has no baseline): baseline, half (relative band half-width), lower and upper band
     edges (lower clamped at 0 for a positive baseline), old and old_half (the drift baseline and its band, None
     while too few older points) and kind: "step", "drift" or (exact) "changed" when the point is bad, else None. A
@@ -148,7 +110,7 @@ def _judge(values: list[float], direction: str, threshold: float, window: int,
             half = threshold if mine != theirs else 0.0
             band = (kept_values[-1], half) if kept_values else None
         else:
-            band = _band(kept_values, seen, threshold, window) if len(kept_values) >= MIN_BASELINE else None
+            band = noise.band(kept_values, seen, threshold, window, prior) if len(kept_values) >= MIN_BASELINE else None
         if not away:
             seen.append(v)  # after the band it is judged by: its own value is no part of it
         if band is None:
@@ -236,13 +198,26 @@ def varied_at(series) -> str | None:
 def judged(frame, threshold: float, window: int) -> list:
     """[(points of one series in run order, _judge of its values)] for every series of a history frame. Each series
     carries `exactly`: its metric is exact and no commit's runs of it differ (varied_at), so it is judged exactly."""
-    out = []
+    every = []
     for _, s in _series(frame).groupby(KEYS, sort=True, dropna=False):
-        s = s.assign(exactly=s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None)
+        every.append(s.assign(exactly=s["metric_kind"].iloc[-1] == "exact" and varied_at(s) is None))
+    seen: dict[tuple, list] = {}  # an environment's measured series, as their undisturbed values
+    for s in every:
+        if not s["exactly"].iloc[-1]:
+            seen.setdefault(_env(s), []).append(s.loc[~s["contended"], "value"].tolist())
+    priors = {env: noise.prior_of(values, window) for env, values in seen.items()}
+    out = []
+    for s in every:
         artifacts = s["artifacts"].tolist() if "artifacts" in s.columns else []
+        exactly = bool(s["exactly"].iloc[-1])
+        prior = (0.0, 0.0) if exactly else priors[_env(s)]
         out.append((s, _judge(s["value"].tolist(), s["direction"].iloc[-1], threshold, window,
-                              s["contended"].tolist(), bool(s["exactly"].iloc[-1]), artifacts)))
+                              s["contended"].tolist(), exactly, artifacts, prior)))
     return out
+
+
+def _env(series) -> tuple[str, ...]:
+    return tuple(str(x) for x in series[ENV].iloc[-1])
 
 
 def flags(judged: list, newest):
@@ -321,10 +296,13 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
         band[i]     = max(threshold, k[i] * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
         sigma[i]    = 1.4826 * MAD(successive differences of the up to 4 * window most recent undisturbed points, bad
                       ones included) / sqrt(2) (1.4826 * MAD(E[i]) about baseline[i] while those points are `window`
-                      or fewer)
+                      or fewer; then, moderated by the environment's series: sigma^2 = (d0 s0^2 + (n - 1) sigma^2) / (d0
+                      + n - 1) relative to baseline[i], on d0 + n - 1 degrees of freedom, where (d0, s0) is the prior
+                      of the relative noise of the env_id's and device's other measured series (noise.prior_of), unless
+                      E[i]'s sample sd is beyond the 95% point of F(n - 1, d0) times s0^2 (noise._alike))
         k[i]        = t(0.99865, n - 1) * sqrt(1 + 1 / |E[i]|), Student's t at the n values sigma[i] comes from (3.5
-                      from 28 points, 5.9 from 6, 22 from 3): the 3-sigma quantile of a prediction from an estimated
-                      noise
+                      from 28 points, 5.9 from 6, 22 from 3), or at d0 + n - 1 where moderated: the 3-sigma quantile
+                      of a prediction from an estimated noise
         worse(x)    = (v[i] - x) / |x|, negated for higher-is-better metrics
         O[i]        = the up to 23 such points older than E's window (at least window + 1 runs back), when >= 5
     v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when worse(median(O[i])) >
