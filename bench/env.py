@@ -206,7 +206,8 @@ def _version(module: str) -> str | None:
 # Optional packages that change which code runs (torchvision's NMS kernel in detection, flash-attn's and
 # Liger-Kernel's kernels, the ecosystem's library variants, pycocotools' evaluator): their versions from the package
 # metadata (no import), recorded but not part of env_id, so that installing one does not start new series.
-OPTIONAL_PACKAGES = ("torchvision", "flash-attn", "liger-kernel", "transformers", "diffusers", "torchao", "pycocotools")
+OPTIONAL_PACKAGES = ("torchvision", "flash-attn", "liger-kernel", "transformers", "diffusers", "torchao", "trl",
+                     "datasets", "torchdiffeq", "pycocotools")
 
 
 def _packages() -> dict[str, str]:

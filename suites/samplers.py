@@ -20,6 +20,13 @@ the same model, schedule and n, configured on the model's schedule and, where di
 (impls/samplers/diffusers_schedulers.py says which reproduce which of ours). Each starts from the noise of the sampler
 of ours it sits beside (PAIRED_WITH), so the two differ by the sampler alone: diffusers_ddpm, which is our ddpm, reads
 the same numbers. Without diffusers (pip install techbench[ecosystem]) they are recorded as skipped.
+
+torchdiffeq's ODE solvers, what flow-matching and score-SDE users integrate with, are variants too (`torchdiffeq_*`,
+impls/samplers/torchdiffeq_solvers.py), declared and paired the same way: euler on our uniform grid (our flow_euler,
+to float rounding), rk4 (Kutta's 3/8 rule, 4 calls a step) on our EDM grid, and dopri5, adaptive. dopri5's model calls
+are an outcome of its tolerance, not a budget: its cases are named by `tol` (rtol = atol) instead of `nfe_budget`,
+and a figure places them on the NFE axis by the calls counted (`nfe`; `steps` are the accepted ones, beside
+`rejected_steps`). Without torchdiffeq they are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from bench.metrics import Metric, timing
 from bench.suite import Measurement, Suite, register, requires
 from bench.timing import time_fn
 from impls.cache import load_or_build
-from impls.samplers import SAMPLERS, diffusers_schedulers
+from impls.samplers import SAMPLERS, diffusers_schedulers, torchdiffeq_solvers
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, load_or_train
 from impls.samplers.metrics import (
@@ -55,7 +62,7 @@ from impls.samplers.targets import make_target
 # compare against the 360 held-out images, so they sample as many.
 GRIDS = {
     "smoke": {"pairs": (("gmm2d", "exact", 500), ("gmm2d", "learned", 500)), "nfe": (1, 4, 16, 64),
-              "train": {"steps": 300, "hidden": 64}},
+              "tol": (1e-1, 1e-3), "train": {"steps": 300, "hidden": 64}},
     # n: exact samples of this size sit ~0.04 (gmm2d, 4000) to ~0.06 (2000) sliced W2 from the target, +-40%: a
     # sampler's error below that cannot be read, so quick spends more samples on the exact model, whose error is the
     # sampler's alone, and its budget on n rather than on 128 and 256 NFE.
@@ -66,12 +73,17 @@ GRIDS = {
     # at 1000 steps) land under the exact model's noise floor (0.034 to 0.041 against 0.069), and on the learned model
     # within 5% of DDPM (0.104 to 0.109), the model's own error. Full runs them all.
     "quick": {"pairs": (("gmm2d", "exact", 4000), ("gmm2d", "learned", 2000)), "nfe": (1, 4, 8, 16, 32, 64, 1000),
-              "only": {1000: {"exact": ("ddpm",), "learned": ("ddpm", "ddim")}},
+              "only": {1000: {"exact": ("ddpm",), "learned": ("ddpm", "ddim")}}, "tol": (1e-1, 1e-2, 1e-3, 1e-4),
               "train": {"steps": 1500, "hidden": 128}},
     "full": {"pairs": (("gmm2d", "exact", 20000), ("gmm16", "exact", 20000), ("gmm64", "exact", 20000),
                        ("gmm2d", "learned", 20000), ("digits", "learned", 0)), "nfe": GRID_NFE,
-             "train": {"steps": 4000, "hidden": 256}},
+             "tol": (1e-1, 1e-2, 1e-3, 1e-4, 1e-5), "train": {"steps": 4000, "hidden": 256}},
 }
+# tol: the adaptive solvers' grid points, rtol = atol (their cases' only param besides the pair's); 1e-5 is
+# score_sde's for the probability-flow ODE. On quick's gmm2d pairs dopri5 measured NFE 14, 26, 50, 86, 86 for 1e-1 to
+# 1e-5 with the exact model (n = 4000; sliced W2 0.92, 0.083, then 0.070, the ODE's endpoint from ode_heun's x_T), and
+# 20, 38, 62, 194, 536 with the learned one (n = 2000), whose roughness the error control pays for in calls, recorded
+# as counted. Quick leaves out 1e-5 (536 calls: 1.1 s a batch on one thread).
 # Budgets past this run only on DDPM's discrete grid (ddpm, ddim), where 1000 is the chain's own length: the
 # continuous solvers are within ~1e-3 of their ODE's solution by 256 calls on these targets (tests/impls).
 CONTINUOUS_MAX_NFE = 256
@@ -87,7 +99,12 @@ def _seed(seed: int) -> torch.Generator:
 REFLOW = "reflow_euler"
 NFLOW = "nflow"
 DIFFUSERS = diffusers_schedulers.specs()
-SPECS = {**SAMPLERS, **DIFFUSERS}  # every sampler variant's spec: ours and diffusers'
+TORCHDIFFEQ = torchdiffeq_solvers.specs()  # the fixed-grid ones; the adaptive ones are ADAPTIVE
+ADAPTIVE = torchdiffeq_solvers.ADAPTIVE
+SPECS = {**SAMPLERS, **DIFFUSERS, **TORCHDIFFEQ}  # every fixed-grid sampler variant's spec: ours and the libraries'
+# the sampler of ours each library variant takes its x_T from
+PAIRED_WITH = {**diffusers_schedulers.PAIRED_WITH, **torchdiffeq_solvers.PAIRED_WITH}
+ECOSYSTEM = "techbench[ecosystem]"
 
 
 @register
@@ -117,18 +134,28 @@ class Samplers(Suite):
         "diffusers_heun": "diffusers HeunDiscreteScheduler, Karras sigmas: 2 calls a step, the last 1",
         "diffusers_unipc": "diffusers UniPCMultistepScheduler, bh2 order 2, linspace timestep spacing",
         "diffusers_flow_euler": "diffusers FlowMatchEulerDiscreteScheduler, shift 1, sigmas on our uniform grid",
+        "torchdiffeq_euler": "torchdiffeq odeint, euler, on our uniform grid: rectified flow",
+        "torchdiffeq_rk4": "torchdiffeq odeint, rk4 (Kutta's 3/8 rule, 4 calls a step), on our EDM grid: the "
+                           "probability-flow ODE",
+        "torchdiffeq_dopri5": "torchdiffeq odeint, dopri5 (adaptive Dormand-Prince 5(4), rtol = atol = tol): the "
+                              "probability-flow ODE, as score_sde solves it; NFE counted, not budgeted",
     }
     not_plannable = ("it records no memory figure to hold a prediction against: a case is a sampling loop of a small "
                      "model (the exact mixture or an MLP), quality against model calls")
-    libraries = {variant: diffusers_schedulers.label() for variant in DIFFUSERS}
-    requires = {variant: ("diffusers", "techbench[ecosystem]") for variant in DIFFUSERS}
-    # diffusers takes ~2.5 s to import (scipy with it): imported once by the process cases fork from, not per case
+    libraries = {**{variant: diffusers_schedulers.label() for variant in DIFFUSERS},
+                 **{variant: torchdiffeq_solvers.label() for variant in torchdiffeq_solvers.PAIRED_WITH}}
+    requires = {**{variant: ("diffusers", ECOSYSTEM) for variant in DIFFUSERS},
+                **{variant: ("torchdiffeq", ECOSYSTEM) for variant in torchdiffeq_solvers.PAIRED_WITH}}
+    # diffusers takes ~2.5 s to import (scipy with it), torchdiffeq 0.7 s (scipy too): imported once by the process
+    # cases fork from, not per case
     preload = ("diffusers", *(f"diffusers.schedulers.scheduling_{m}" for m in (
         "ddpm", "ddim", "dpmsolver_multistep", "euler_discrete", "heun_discrete", "unipc_multistep",
-        "flow_match_euler_discrete")))
+        "flow_match_euler_discrete")), "torchdiffeq")
     metrics = (
         Metric("nfe", "exact", None, "model calls per sample the sampler made"),
-        Metric("steps", "exact", None, "sampler steps run"),
+        Metric("steps", "exact", None, "sampler steps run (an adaptive solver's: those it accepted)"),
+        Metric("rejected_steps", "exact", None, "steps an adaptive solver's error control rejected, their calls "
+               "counted in nfe (torchdiffeq_dopri5 only)"),
         *timing("sample_time", "sampling one batch of n samples"),
         Metric("sliced_w2", "exact", "lower", "sliced W2 (256 directions) to 10,000 exact target samples"),
         Metric("sliced_w2_floor", "info", None, "sliced W2 of n exact samples to the same reference (mean of 6)"),
@@ -149,9 +176,12 @@ class Samplers(Suite):
                 only = g.get("only", {}).get(b, {}).get(model)
                 cases.append({"target": target, "model": model, "nfe_budget": b, "n": _n(target, n), **learned,
                               **({"only": "+".join(only)} if only else {})})
+            cases += [{"target": target, "model": model, "tol": tol, "n": _n(target, n), **learned} for tol in g["tol"]]
         return cases
 
     def applies(self, variant, params):
+        if "tol" in params or variant in ADAPTIVE:  # an adaptive solver's grid point is a tolerance, not a budget
+            return "tol" in params and variant in ADAPTIVE
         budget = params["nfe_budget"]
         if "only" in params and variant not in params["only"].split("+"):  # a grid point for these samplers alone
             return False
@@ -169,29 +199,38 @@ class Samplers(Suite):
     def measure(self, variant, params, device):
         if params["target"] == "digits":
             requires("sklearn", pip="scikit-learn")  # the 8x8 digits ship with scikit-learn
-        target, budget, n = params["target"], params["nfe_budget"], params["n"]
+        target, budget, n = params["target"], params.get("nfe_budget"), params["n"]
         if variant == NFLOW:
             flow, source = load_or_train_flow(FlowConfig(data=target, steps=params["train_steps"],
                                                           hidden=params["hidden"]))
             flow = flow.to(device)
-            return _measure(lambda g: flow.sample(n, g), 1, 1, params, device, source == "shipped")
-        if variant in DIFFUSERS:
-            requires("diffusers", pip="techbench[ecosystem]")
-        spec = SPECS[_sampler(variant)]
-        steps = spec.steps_for(budget)
-        model, shipped = _model(variant, spec.family, params, device)
+            return _measure(lambda g: (flow.sample(n, g), {"nfe": 1, "steps": 1}), params, device, source == "shipped")
+        if variant in self.requires:
+            requires(self.requires[variant][0], pip=self.requires[variant][1])
+        model, shipped = _model(variant, SPECS[_sampler(variant)].family, params, device)
         if variant in DIFFUSERS:  # import diffusers and build the scheduler outside the timed calls, as a pipeline does
             diffusers_schedulers.scheduler(variant, model.schedule)
+        if variant in torchdiffeq_solvers.PAIRED_WITH:  # import torchdiffeq and check its contract, untimed
+            torchdiffeq_solvers.api()
         # x_T is common to a sampler's budgets (its quality curve is paired across NFE) but its own: samplers that
         # shared one x_T would share its luck, and deterministic ones would all sit where that one draw lands. A
-        # diffusers variant takes the x_T of the sampler of ours it sits beside, so that the pair differ by the sampler.
-        noise = diffusers_schedulers.PAIRED_WITH.get(variant, variant)
+        # library's variant takes the x_T of the sampler of ours it sits beside, so that the pair differ by the sampler.
+        noise = PAIRED_WITH.get(variant, variant)
         x_T = prior_noise(model.schedule, n, _dim(target), _seed(zlib.crc32(noise.encode()))).to(device)
+        if variant in ADAPTIVE:
+            def solve(g):
+                out = torchdiffeq_solvers.solve(variant, model, x_T, params["tol"])
+                return out.x, {"nfe": out.nfe, "steps": out.accepted, "rejected_steps": out.rejected}
+
+            return _measure(solve, params, device, shipped)
+        spec = SPECS[_sampler(variant)]
+        steps = spec.steps_for(budget)
 
         def run(g):
-            return (spec.fn(model, x_T, steps, generator=g) if spec.stochastic else spec.fn(model, x_T, steps)).x
+            out = spec.fn(model, x_T, steps, generator=g) if spec.stochastic else spec.fn(model, x_T, steps)
+            return out.x, {"nfe": out.nfe, "steps": steps}
 
-        return _measure(run, steps, spec.nfe(steps), params, device, shipped)
+        return _measure(run, params, device, shipped)
 
 
 def _exact_draws(target: str, n: int) -> list:
@@ -203,7 +242,11 @@ def _exact_draws(target: str, n: int) -> list:
 
 
 def _sampler(variant: str) -> str:
-    return "flow_euler" if variant == REFLOW else variant
+    """The SPECS entry whose family and model `variant` samples with: its own; reflow's is flow_euler; an adaptive
+    solver's, which plans no steps, the sampler of ours it is paired with (the same ODE, family and model)."""
+    if variant == REFLOW:
+        return "flow_euler"
+    return PAIRED_WITH[variant] if variant in ADAPTIVE else variant
 
 
 def _n(target: str, n: int) -> int:
@@ -227,20 +270,21 @@ def _model(variant, family, params, device):
     return model.to(device), source == "shipped"
 
 
-def _measure(run, steps, nfe, params, device, shipped: bool | None) -> Measurement:
-    """Time seeded batches; quality from the batch (the same every call) against fresh target samples."""
+def _measure(run, params, device, shipped: bool | None) -> Measurement:
+    """Time seeded batches of run(generator) -> (x, counts: nfe and steps as the sampler counted them); quality from
+    the batch (the same every call) against fresh target samples."""
     out = {}
 
     def call():
-        out["x"] = run(_seed(1))
+        out["x"], out["counts"] = run(_seed(1))
 
     with torch.no_grad():
         # 50 ms of calls: a few-step sampler takes ~1 ms, and 136 quick cases each timed for time_fn's default 0.2 s
         # would spend 27 s of a quick run repeating what 50 ms already measures
         timing = time_fn(call, device, warmup=0 if device == "cpu" else 1, min_reps=1, max_reps=20, min_time_s=0.05)
-    x = out["x"].float()
+    x, counts = out["x"].float(), out["counts"]
     if not torch.isfinite(x).all():
-        raise RuntimeError(f"the sampler produced non-finite samples at {nfe} NFE")
+        raise RuntimeError(f"the sampler produced non-finite samples at {counts['nfe']} NFE")
     target, n = params["target"], params["n"]
     if target == "digits":
         ref = digits("test")
@@ -263,7 +307,7 @@ def _measure(run, steps, nfe, params, device, shipped: bool | None) -> Measureme
                                                  "bandwidths": list(BANDWIDTHS)},
                             lambda: mmd_reference(ref[:MMD_POINTS]))
     ref = ref.to(device)
-    metrics = {"nfe": nfe, "steps": steps, **timing.metrics("sample_time"), "sliced_w2": sliced_w2_at(x, ref_q),
+    metrics = {**counts, **timing.metrics("sample_time"), "sliced_w2": sliced_w2_at(x, ref_q),
                "sliced_w2_floor": float(floor.mean()), "sliced_w2_floor_sd": float(floor.std()),
                "mmd": mmd(x[:MMD_POINTS], ref[:MMD_POINTS], reference=mmd_ref), **quality, "shipped_weights": shipped}
     return Measurement(metrics, timing.samples("sample_time"), timed=timing)

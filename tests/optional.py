@@ -17,7 +17,8 @@ import torch
 
 # import name -> what to install, where they differ (the libraries users pick come with the ecosystem extra)
 PIP = {"sklearn": "scikit-learn", "torchao": "techbench[ecosystem]", "transformers": "techbench[ecosystem]",
-       "diffusers": "techbench[ecosystem]", "trl": "techbench[ecosystem]", "liger_kernel": "liger-kernel==0.8.5"}
+       "diffusers": "techbench[ecosystem]", "trl": "techbench[ecosystem]", "torchdiffeq": "techbench[ecosystem]",
+       "liger_kernel": "liger-kernel==0.8.5"}
 
 
 def missing(*modules: str) -> list[str]:

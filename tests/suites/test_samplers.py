@@ -1,24 +1,38 @@
 """The samplers suite at smoke size on CPU: quality metrics are deterministic given the seeds, so they are asserted;
-times are not. diffusers' variants run where diffusers is installed and are recorded as skipped where it is not."""
+times are not. diffusers' and torchdiffeq's variants run where the library is installed and are recorded as skipped
+where it is not."""
 
 import json
 
 import pytest
 
-from impls.samplers import diffusers_schedulers
+from impls.samplers import diffusers_schedulers, torchdiffeq_solvers
 from reports.figures import figures_for, load_frame
-from suites.samplers import CONTINUOUS_MAX_NFE, DIFFUSERS, SPECS, Samplers
+from suites.samplers import ADAPTIVE, CONTINUOUS_MAX_NFE, DIFFUSERS, GRIDS, SPECS, Samplers
 from tests.optional import missing, needs
 
 HAS_DIFFUSERS = not missing("diffusers")
 NO_DIFFUSERS = "needs diffusers, which is not installed (pip install techbench[ecosystem])"
+HAS_TORCHDIFFEQ = not missing("torchdiffeq")
+NO_TORCHDIFFEQ = "needs torchdiffeq, which is not installed (pip install techbench[ecosystem])"
+TORCHDIFFEQ = set(torchdiffeq_solvers.PAIRED_WITH)
+DOPRI5 = "torchdiffeq_dopri5"
 
 
 @pytest.fixture(scope="module")
 def cases(smoke_records):
+    """(variant, model, nfe_budget) -> record, of the cases run on an NFE budget."""
     _, by_suite = smoke_records
     return {(r.variant, r.params["model"], r.params["nfe_budget"]): r for rs in by_suite["samplers"].values()
-            for r in rs}
+            for r in rs if "nfe_budget" in r.params}
+
+
+@pytest.fixture(scope="module")
+def adaptive(smoke_records):
+    """(variant, model, tol) -> record, of the adaptive solvers' cases, named by tolerance."""
+    _, by_suite = smoke_records
+    return {(r.variant, r.params["model"], r.params["tol"]): r for rs in by_suite["samplers"].values()
+            for r in rs if "tol" in r.params}
 
 
 def test_every_sampler_reports_quality_and_the_calls_it_made(cases):
@@ -42,16 +56,24 @@ def test_with_the_exact_model_more_calls_buy_quality(cases):
         assert sixteen.metrics["mode_weight_err"] < one.metrics["mode_weight_err"], variant
 
 
-def test_only_the_runs_a_sampler_takes_are_cases(cases):
+def test_only_the_runs_a_sampler_takes_are_cases(cases, adaptive):
     heun = {budget: r.metrics["nfe"] for (v, model, budget), r in cases.items() if v == "ode_heun" and model == "exact"}
     assert heun == {1: 1, 4: 3, 16: 15, 64: 63}  # 2 calls a step, the last 1
     assert not any(v == "reflow_euler" and model == "exact" for v, model, _ in cases)
     assert [(model, budget) for v, model, budget in cases if v == "nflow"] == [("learned", 1)]
-    for (variant, _, _), r in cases.items():
+    rk4 = {budget for v, model, budget in cases if v == "torchdiffeq_rk4" and model == "exact"}
+    assert rk4 == {4, 16, 64}  # 4 calls a step: no case at 1
+    for (variant, _, _), r in {**cases, **adaptive}.items():
         if variant in DIFFUSERS and not HAS_DIFFUSERS:
             assert r.status == "skipped" and r.error == NO_DIFFUSERS
+        elif variant in TORCHDIFFEQ and not HAS_TORCHDIFFEQ:
+            assert r.status == "skipped" and r.error == NO_TORCHDIFFEQ
         else:
             assert r.status == "ok", (variant, r.error)
+    # the adaptive solvers run on tolerances alone, and nothing else does
+    assert {(v, model, tol) for v, model, tol in adaptive} == {
+        (v, model, tol) for v in ADAPTIVE for model in ("exact", "learned") for tol in GRIDS["smoke"]["tol"]}
+    assert not any(v in ADAPTIVE for v, _, _ in cases)
 
 
 def test_diffusers_runs_and_budgets_are_ours():
@@ -67,9 +89,9 @@ def test_diffusers_runs_and_budgets_are_ours():
 def test_quick_runs_1000_nfe_only_where_its_figures_read_it():
     suite = Samplers()
 
-    def cases_at(size):
+    def cases_at(size):  # the cases on an NFE budget
         return {(v, p["model"], p["nfe_budget"]) for p in suite.grid(size, "cpu") for v in suite.variants
-                if suite.has_case(v, p)}
+                if "nfe_budget" in p and suite.has_case(v, p)}
 
     quick = cases_at("quick")
     assert sorted({b for _, _, b in quick}) == [1, 4, 8, 16, 32, 64, 1000]  # no 2: no figure reads it
@@ -78,7 +100,7 @@ def test_quick_runs_1000_nfe_only_where_its_figures_read_it():
                                                                 ("ddpm", "learned")]
     # below 1000 every variant keeps its curve, and its cases keep their ids (no `only` param)
     for p in suite.grid("quick", "cpu"):
-        assert ("only" in p) == (p["nfe_budget"] == 1000)
+        assert ("only" in p) == (p.get("nfe_budget") == 1000)
     assert {(v, m) for v, m, _ in quick} == {(v, m) for v, m, _ in cases_at("smoke")}
     # smoke and full are as they were: full runs every training-grid sampler at 1000
     assert not any("only" in p for size in ("smoke", "full") for p in suite.grid(size, "cpu"))
@@ -98,10 +120,41 @@ def test_diffusers_reproductions_read_the_same_numbers(cases):
             assert r.metrics["sliced_w2"] == pytest.approx(ref.metrics["sliced_w2"], abs=1e-4), r.case_id
 
 
-def test_run_declares_diffusers_as_a_library(smoke_run):
+def test_run_declares_the_libraries(smoke_run):
     out, _, _ = smoke_run
     libraries = json.loads((out / "run.json").read_text())["suites"]["samplers"]["libraries"]
-    assert libraries == {v: diffusers_schedulers.label() for v in DIFFUSERS}
+    assert libraries == {**{v: diffusers_schedulers.label() for v in DIFFUSERS},
+                         **{v: torchdiffeq_solvers.label() for v in TORCHDIFFEQ}}
+
+
+def test_quick_adds_few_torchdiffeq_cases():
+    # the whole quick run stays within 5 min on 2 CPUs: 12 euler, 10 rk4 and 8 dopri5 cases (tolerances 1e-1 to 1e-4)
+    suite = Samplers()
+    count = {v: sum(suite.has_case(v, p) for p in suite.grid("quick", "cpu")) for v in TORCHDIFFEQ}
+    assert count == {"torchdiffeq_euler": 12, "torchdiffeq_rk4": 10, DOPRI5: 8}
+    assert GRIDS["full"]["tol"][-1] == 1e-5  # score_sde's rtol = atol for the probability-flow ODE
+
+
+@pytest.mark.skipif(not HAS_TORCHDIFFEQ, reason=NO_TORCHDIFFEQ)
+def test_torchdiffeq_runs_count_their_calls(cases, adaptive):
+    # torchdiffeq_euler is our flow_euler from flow_euler's noise (tests/impls/test_samplers_torchdiffeq.py): the same
+    # samples to float32 rounding, so the same quality
+    pairs = [(r, cases[("flow_euler", model, budget)]) for (v, model, budget), r in cases.items()
+             if v == "torchdiffeq_euler"]
+    assert len(pairs) == 8  # 2 models x 4 budgets
+    for r, ref in pairs:
+        assert r.metrics["nfe"] == ref.metrics["nfe"] == r.metrics["steps"]
+        assert r.metrics["sliced_w2"] == pytest.approx(ref.metrics["sliced_w2"], abs=1e-4), r.case_id
+    rk4 = {model: r.metrics["sliced_w2"] for (v, model, budget), r in cases.items() if v == "torchdiffeq_rk4"
+           and budget == 16}
+    assert rk4["exact"] < 0.2  # 4 steps of a fourth-order method: two exact draws of 500 sit ~0.08 apart
+    # dopri5: NFE is what its tolerance cost, 2 + 6 per step attempt, whatever the grid's budgets are
+    for (_, model, tol), r in adaptive.items():
+        m = r.metrics
+        assert m["nfe"] == 2 + 6 * (m["steps"] + m["rejected_steps"]) and m["steps"] >= 1, r.case_id
+    for model in ("exact", "learned"):
+        loose, tight = adaptive[(DOPRI5, model, 1e-1)].metrics, adaptive[(DOPRI5, model, 1e-3)].metrics
+        assert tight["nfe"] > loose["nfe"] and tight["sliced_w2"] < loose["sliced_w2"], model
 
 
 @needs("plotly")
@@ -119,3 +172,7 @@ def test_report_has_the_steps_for_quality_table(smoke_run):
     if HAS_DIFFUSERS:  # drawn beside ours, marked as the library's
         names = {trace.name for trace in figures_for("samplers", frame)[0].data}
         assert f"diffusers_dpmpp_2m · {diffusers_schedulers.label()}" in names and "dpm_solver_2m" in names
+    if HAS_TORCHDIFFEQ:  # dopri5 drawn at the NFE it counted, in the table like any sampler
+        names = {trace.name for trace in figures_for("samplers", frame)[0].data}
+        assert f"torchdiffeq_dopri5 · {torchdiffeq_solvers.label()}" in names
+        assert "torchdiffeq_dopri5" in set(match["variant"])
