@@ -65,9 +65,12 @@ def select_case(suite_name: str, variant: str, size: str, device: str,
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r} (valid: {', '.join(SIZES)})")
     cases = runner.plan([suite], size, device, [variant], where=params or None)
-    if len(cases) == 1:
-        return cases[0]
-    choices = "; ".join(",".join(f"{k}={p[k]}" for k in sorted(p)) for p in suite.grid(size, device))
+    exact = [c for c in cases if {k: str(v) for k, v in c.params.items()} == dict(params or {})]
+    if len(cases) == 1 or len(exact) == 1:  # all of one case's params: that case, whatever params others add
+        return exact[0] if exact else cases[0]
+    mine = [c.params for c in runner.plan([suite], size, device, [variant])]
+    keys = sorted({k for p in mine for k in p})  # a key some cases lack reads k=None, as --params takes it
+    choices = "; ".join(",".join(f"{k}={p.get(k)}" for k in keys) for p in mine)
     wanted = ",".join(f"{k}={v}" for k, v in (params or {}).items()) or "(none)"
     what = "no" if not cases else f"{len(cases)}"
     raise ValueError(f"{what} {size} cases of {suite.name} match params {wanted}; pick one of: {choices}")

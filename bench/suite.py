@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench import metrics as metric_specs
 from bench.metrics import Metric
+from bench.records import case_id as case_id  # re-exported: defined with the record schema
 
 if TYPE_CHECKING:
     from bench.timing import Timing
@@ -328,11 +329,6 @@ def build_module(factory: Callable[[], Any], device: str, dtype: Any = None) -> 
 
         return built_on_host(build)
     return factory().to(device, dtype)
-
-
-def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
-    """suite/variant/k=v,... with params sorted by key: the identity that resume, shard and compare join on."""
-    return f"{suite}/{variant}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
 
 
 def directions(suite: str, names) -> dict[str, str | None]:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.metrics import default
-from bench.records import STATUSES, path_text, read_run_json, records_frame, reproduce_command
+from bench.records import STATUSES, case_id, path_text, read_run_json, records_frame, reproduce_command
 
 NOT_OK = tuple(s for s in STATUSES if s != "ok")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
@@ -136,8 +136,11 @@ def load_frame(run_dirs) -> pd.DataFrame:
         refs = {key: _reference(meta, *key, frame, of_part) for key in set(keys)}
         frame["reference"] = [refs[key] for key in keys]
         devices = [meta.get("device") or d for d in frame["device"]]
-        frame["command"] = [reproduce_command(s, v, p, size, d) for s, v, p, size, d in
-                            zip(frame["suite"], frame["variant"], frame["params"], frame["size"], devices)]
+        ids = set(frame["case_id"])  # a reference case the run has: not every grid point has one (samplers' tol)
+        refs = [r if isinstance(r, str) and case_id(s, r, p) in ids else None
+                for s, p, r in zip(frame["suite"], frame["params"], frame["reference"])]
+        frame["command"] = [reproduce_command(s, v, p, size, d, ref) for s, v, p, size, d, ref in
+                            zip(frame["suite"], frame["variant"], frame["params"], frame["size"], devices, refs)]
         parts.append(frame)
     # copied: a concat of runs with different metric columns is one block a column, which every insert warns of
     return pd.concat(parts, ignore_index=True).copy() if parts else pd.DataFrame(columns=["suite", "status", "run"])

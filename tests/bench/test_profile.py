@@ -59,6 +59,19 @@ def test_bad_selection_names_the_choices_and_writes_nothing(tmp_path, variant, s
     assert not (tmp_path / "out").exists()
 
 
+def test_all_of_a_cases_params_pick_it_beside_cases_with_more():
+    from bench.profile import select_case
+
+    # smoke checkpointing has this case and one with model=hf_llama too: every param of the first names it
+    params = {"batch": "2", "d_model": "64", "dtype": "float32", "heads": "4", "layers": "8", "seq": "64"}
+    assert select_case("checkpointing", "none", "smoke", "cpu", params).params == {k: int(v) if v.isdigit() else v
+                                                                                   for k, v in params.items()}
+    with pytest.raises(ValueError) as e:  # the choices are the variant's cases, a key some lack read as k=None
+        select_case("checkpointing", "full", "smoke", "cpu", {"layers": "9"})
+    choices = str(e.value).split("pick one of: ")[1].split("; ")
+    assert choices == ["batch=2,d_model=64,dtype=float32,heads=4,layers=8,seq=64"], choices  # full: no hf_llama case
+
+
 def test_refuses_a_used_out_dir(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):

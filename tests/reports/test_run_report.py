@@ -84,10 +84,17 @@ def test_summary_counts_each_status(report):
         rf'<td class="num">{n}</td>' for n in (10, 1, 0, 1, 1, 13)), summary)
 
 
-def test_hover_has_case_ids_and_reproduce_commands(report):
+def test_hover_has_case_ids_and_reproduce_commands(report, runs):
     _, text = report
     assert "checkpointing/full/batch=4,d_model=256,dtype=bfloat16,layers=8,seq=256" in text
-    assert "bench run checkpointing --size quick --device cuda:0 --variant full --params batch=4," in text
+    # the case alone (--params would match the cases with params of their own too), and its reference's case beside it
+    command = ("bench run checkpointing --size quick --device cuda:0 --case checkpointing/full/batch=4,d_model=256,"
+               "dtype=bfloat16,layers=8,seq=256 --case checkpointing/none/batch=4,d_model=256,dtype=bfloat16,layers=8,"
+               "seq=256")
+    assert command.replace("/", "\\u002f") in text  # plotly's JSON escapes "/"
+    frame = load_frame(runs)
+    assert frame.loc[frame["case_id"] == "checkpointing/none/batch=4,d_model=256,dtype=bfloat16,layers=8,seq=256",
+                     "command"].iloc[0].count("--case") == 1  # the reference's own: its case alone
     assert "checkpointing/none/batch=16" in text.split("<h2>Cases not ok</h2>")[0]  # an oom drawn in a figure
 
 
