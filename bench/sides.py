@@ -190,12 +190,18 @@ class SidesError(ValueError):
 
 def check_sides(base: tuple[list[dict], list], new: tuple[list[dict], list]) -> None:
     """SidesError where two sides (each: its runs' run.json and directories) cannot be compared as they are: a run
-    directory on both sides (it would be its own baseline), a side whose runs are of several sizes or device types
+    on both sides (it would be its own baseline: one directory, or one run_id, or a shard and the merged run holding
+    it), a side whose runs are of several sizes or device types
     (joined as repeats of one case, a smoke run's short timers would pass for a quick run's), or two sides of
     different sizes or device types (their cases would share few case_ids, or none, and their timings nothing)."""
     both = sorted({Path(d).resolve() for d in base[1]} & {Path(d).resolve() for d in new[1]})
     if both:
         raise SidesError(f"run {both[0]} is on both sides: BASE and NEW must be different runs")
+    measured = [{r for m in metas for r in ({m.get("run_id")} | _merged_from(m)) if isinstance(r, str)}
+                for metas in (base[0], new[0])]
+    if both := sorted(measured[0] & measured[1]):  # a copy, an export imported again, a shard and its merged run
+        raise SidesError(f"run {both[0]} is on both sides (a copy of it, an import of its export, or a merge holding "
+                         "it): BASE and NEW must be different runs")
     for what, get in (("sizes", lambda m: m.get("size")),
                       ("devices", lambda m: str(m.get("device")).partition(":")[0] if m.get("device") else None)):
         sides = []

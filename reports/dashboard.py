@@ -223,6 +223,9 @@ def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, windo
         raise ValueError(f"{store} is not a history store (no {history.RUNS}/ folder); "
                          "fill one with `bench history add RUN --store DIR`")
     frame = history.load(store)
+    if frame.empty and any((Path(store) / history.RUNS).glob("*/run.json")):  # `bench run`'s default runs/ folder
+        raise ValueError(f"{store} is not a history store: its {history.RUNS}/ holds run directories, not the .parquet "
+                         f"files of one; fill a store with `bench history add RUN --store DIR` and draw DIR")
     with atomic_files(out_dir) as put:
         return _site(frame, store, put, threshold, window, said)
 
@@ -241,6 +244,7 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
     disturbed = _latest_contended(judged, newest)
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
+        '<p class="muted">No runs yet: nothing judged.</p>' if frame.empty else
         '<p class="muted">No regressions: every series that ran in the latest night is inside its noise band.</p>'
         if not disturbed else '<p class="muted">No regressions among the series judged in the latest night; '
         f"{sum(r['series'] for r in disturbed)} were contended there and not judged (below).</p>")

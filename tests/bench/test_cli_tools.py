@@ -1,6 +1,5 @@
 """The result commands from the command line: each bad input is one line and exit 2, and nothing is overwritten."""
 import json
-import shutil
 
 import pytest
 
@@ -68,7 +67,7 @@ def test_a_missing_optional_package_is_one_line_and_exit_2(capsys, monkeypatch, 
 
     from reports.html import plotly_js
 
-    shutil.copytree(run, tmp_path / "r2")  # a second run, for compare
+    write_run(tmp_path, "r2", checkpointing_records(seed=1))  # a second run, for compare
     plotly_js.cache_clear()  # this process may have embedded plotly.js already
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")] + [package]:
         monkeypatch.setitem(sys.modules, name, None)  # import now raises ModuleNotFoundError

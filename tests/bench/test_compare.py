@@ -38,7 +38,7 @@ def repeated_runs(root, side: str, n_runs: int, median: float, run_sd: float, se
                    for j, (spread, n) in enumerate(cases)]
         for r in records if rate else ():
             r["metrics"]["tokens_per_s"] = 1e5 / r["metrics"]["step_time_ms"]
-        dirs.append(write_run(root / side, f"r{i}", records))
+        dirs.append(write_run(root / side, f"r{i}", records, run_id=f"{side}-r{i}"))
     return dirs
 
 
@@ -326,7 +326,7 @@ def test_cli_fails_on_regression_and_on_newly_failing_cases(tmp_path, capsys):
     assert "slower timings from one run a side (10): --fail-on-regression" in (tmp_path / "one.html").read_text()
     capsys.readouterr()
     # with two runs a side the run-to-run spread is measured: the same slowdown gates
-    two = [write_run(tmp_path / side, f"r{i}", checkpointing_records(scale=scale, seed=10 * i + k))
+    two = [write_run(tmp_path / side, f"r{i}", checkpointing_records(scale=scale, seed=10 * i + k), run_id=f"{side}{i}")
            for k, (side, scale) in enumerate((("b", 1.0), ("n", 1.3))) for i in range(2)]
     assert main(["compare", str(two[0].parent), str(two[-1].parent), "--fail-on-regression"]) == 1
     out = capsys.readouterr().out

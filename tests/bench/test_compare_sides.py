@@ -49,6 +49,22 @@ def test_sides_that_cannot_be_compared_as_given_are_refused(tmp_path, capsys):
     assert err.count("\n") == 1 and "is on both sides" in err
 
 
+def test_one_run_on_both_sides_by_another_path_is_refused(tmp_path, capsys):
+    import shutil
+
+    from bench.cli import main
+    from tests.bench.sweeps import sweep
+
+    run = write_run(tmp_path, "night", checkpointing_records(seed=1))
+    shutil.copytree(run, tmp_path / "copy")  # or an import of its export: the same run_id
+    assert main(["compare", str(run), str(tmp_path / "copy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run night is on both sides (a copy of it" in err, err
+    folder = sweep(tmp_path, "sweep")  # a shard against the merged run that holds it
+    with pytest.raises(ValueError, match="run sweep-shard-1 is on both sides"):
+        compare([folder / "shard-1"], [folder / "merged"])
+
+
 def test_a_new_run_whose_records_were_lost_fails_the_gate(tmp_path, capsys):
     # finished runs that recorded 15 records: NEW's records.jsonl emptied, cut short or garbled since
     from bench.cli import main

@@ -147,7 +147,8 @@ def test_two_merges_sharing_a_shard_count_its_cases_once(tmp_path):
     from bench.merge import merge
 
     records = checkpointing_records()
-    shards = [write_run(tmp_path / "runs", f"shard-{i}", records[i::3], run_id=f"s{i}") for i in range(3)]
+    shards = [write_run(tmp_path / "runs", f"shard-{i}", records[i::3], run_id=f"s{i}",
+                        started_at=f"2026-11-28T0{i}:00:00Z") for i in range(3)]  # a merge starts with its first
     merge(shards[:2], tmp_path / "ab")
     merge(shards[1:], tmp_path / "bc")
     store = tmp_path / "store"
@@ -158,6 +159,8 @@ def test_two_merges_sharing_a_shard_count_its_cases_once(tmp_path):
     assert not frame.duplicated(["case_id", "metric"]).any() and len(frame) == 10 * 8 + 3
     ab = json.loads((tmp_path / "ab" / "run.json").read_text())["run_id"]
     assert set(frame.loc[frame["source_run"] == "s1", "run_id"]) == {ab}  # the earlier of two of equal size
+    bc = json.loads((tmp_path / "bc" / "run.json").read_text())["run_id"]
+    assert set(frame.loc[frame["source_run"] == "s2", "run_id"]) == {bc}
 
 
 def test_a_store_without_source_runs_is_read_as_it_is(tmp_path, run):

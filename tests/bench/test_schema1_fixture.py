@@ -33,6 +33,8 @@ def test_the_fixture_declares_nothing():
 
 def test_an_old_run_compares_with_unit_suffix_defaults(old):
     again = shutil.copytree(old, old.parent / "again")
+    run_json = again / "run.json"  # another run of the same records: one run on both sides is refused
+    run_json.write_text(run_json.read_text().replace(json.loads(run_json.read_text())["run_id"], "again"))
     rows = compare(old, again).rows
     assert not rows["verdict"].isin(["better", "worse", "faster", "slower"]).any()
     assert (rows[rows["metric"] == "peak_mem_bytes"]["verdict"] == "same").all()  # bytes: exact by their suffix

@@ -137,7 +137,7 @@ BAD_LINES = {
 
 def write_run(run_dir: Path, lines: list[str]) -> Path:
     run_dir.mkdir(parents=True)
-    write_run_json(run_dir, RunMeta(run_id="r1", size="smoke", device="cpu", started_at="2026-01-01T00:00:00Z",
+    write_run_json(run_dir, RunMeta(run_id=run_dir.name, size="smoke", device="cpu", started_at="2026-01-01T00:00:00Z",
                                     finished_at="2026-01-01T00:00:01Z"))
     (run_dir / RECORDS_JSONL).write_text("".join(line + "\n" for line in lines))
     return run_dir

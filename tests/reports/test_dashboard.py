@@ -156,7 +156,15 @@ def test_site_marks_the_env_change(tmp_path):
 def test_empty_store_builds_an_index(tmp_path):
     (tmp_path / "store" / "runs").mkdir(parents=True)
     index = dashboard.build(tmp_path / "store", tmp_path / "site")
-    assert "No runs yet" in index.read_text()
+    assert "No runs yet" in index.read_text() and "No regressions" not in index.read_text()  # nothing, not clean
+
+
+def test_a_folder_of_run_directories_is_not_a_store(tmp_path):
+    # `bench dashboard .` where ./runs/ is bench run's default output: no "0 regressions" page of nothing
+    write_run(tmp_path / "runs", "night-1", checkpointing_records())
+    with pytest.raises(ValueError, match="not a history store: its runs/ holds run directories"):
+        dashboard.build(tmp_path, tmp_path / "site")
+    assert not (tmp_path / "site").exists()
 
 
 @needs("plotly", "pyarrow")
