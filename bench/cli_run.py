@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import tempfile
 from collections import Counter
@@ -251,6 +252,12 @@ def cmd_run(args, discover, write_report) -> int:
         how = Launch(args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if how.nnodes > 1:  # a host no node can find: torchrun retries it for minutes at every case
+        host, _, port = how.rdzv_endpoint.rpartition(":")
+        try:
+            socket.getaddrinfo(host.strip("[]"), int(port))
+        except (OSError, UnicodeError) as e:
+            raise UsageError(f"--rdzv-endpoint {how.rdzv_endpoint}: cannot resolve host {host!r} ({e})") from None
     if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
         raise no_case_matches(suites, args.size, device, where, args.params, args.variant, how.world_size,
                               "--nproc-per-node and --nnodes")

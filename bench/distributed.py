@@ -71,6 +71,11 @@ class Launch:
                              f"{self.nnodes}")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT, the same on every node")
+        if self.rdzv_endpoint is not None:
+            host, colon, port = self.rdzv_endpoint.rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST:PORT (a port of 1-65535), "
+                                 "e.g. node0.cluster:29500")
 
     @property
     def world_size(self) -> int:
@@ -130,11 +135,17 @@ class NodesDiffer(Exception):
     """The nodes of a run over several nodes were started for different distributed cases (the message says how)."""
 
 
+class NodesUnreachable(NodesDiffer):
+    """The nodes of a run over several nodes could not meet at the rendezvous before the first case (a wrong
+    --rdzv-endpoint, a node not started): every distributed case would wait there until its timeout, and fail."""
+
+
 def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
           cpus: frozenset[int] | None = None) -> set[str] | None:
     """The cases of `planned` (this node's distributed cases, which must be every node's) that any node skips
     (`skipped`: this node's, those it holds a record of), gathered from every node by one small job at the
-    rendezvous; None where that job failed. Raises NodesDiffer where the nodes planned different cases.
+    rendezvous. Raises NodesDiffer where the nodes planned different cases, NodesUnreachable where they could not
+    meet within `timeout_s` (with the job's last words).
     Each node knows only its own records (a case is recorded by the node that held rank 0), so each would resume at
     a case of its own, and its peers would wait at another: every node skips what any of them does instead. The
     job's rendezvous id is the same whatever the node planned, so that nodes started with different filters meet
@@ -147,12 +158,26 @@ def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-m", *how.torchrun_args("techbench agree"), "-m", "bench.distributed",
                str(job / "spec.json")]
-        if _keep(cmd, env, job, timeout_s, cpus) != 0 or not (job / "agreed.json").exists():
-            return None
+        code = _keep(cmd, env, job, timeout_s, cpus)
+        if code != 0 or not (job / "agreed.json").exists():
+            said = "no answer in {:.0f} s".format(timeout_s) if code is None else _last_words(job / "job.log")
+            raise NodesUnreachable(f"the nodes could not meet at the rendezvous {how.rdzv_endpoint} before the first "
+                                   f"case ({said}): check --rdzv-endpoint HOST:PORT and start every node with it")
         answer = json.loads((job / "agreed.json").read_text())
         if "differ" in answer:
             raise NodesDiffer(answer["differ"])
         return set(answer["skipped"])
+
+
+def _last_words(log: Path) -> str:
+    """The last error line of a job's log, cut to 200 characters; its last line where none names an error."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+    line = (errors or lines or ["it said nothing"])[-1]
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _join_plans(said: list[dict]) -> dict:

@@ -301,19 +301,14 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 
 def _skipped_by_peers(cases: list[Case], todo: list[Case], cfg: RunConfig) -> set[str]:
     """The distributed cases of `todo` that another node of a run over several nodes holds a record of
-    (bench.distributed.agree), so that every node of a resumed run resumes at the same case; none, with a warning,
-    where the nodes could not be asked. Raises distributed.NodesDiffer where the nodes planned different cases: a
-    fresh run asks too, so that such nodes stop at once instead of each waiting at its own first case."""
+    (bench.distributed.agree), so that every node of a resumed run resumes at the same case. Raises
+    distributed.NodesDiffer where the nodes planned different cases, or could not meet (NodesUnreachable): a fresh run
+    asks too, so that such nodes stop at once instead of each waiting at its own first case until its timeout."""
     jobs = [c.id for c in cases if SUITES[c.suite].world_sizes]
     if not any(s.world_sizes for s in cfg.suites):  # no distributed suite selected: no job to meet the others at
         return set()  # (one with no case left by the filters still asks: the others may have some, and must stop)
     mine = {c.id for c in todo}
-    agreed = distributed.agree({c for c in jobs if c not in mine}, jobs, cfg.launch, AGREE_TIMEOUT_S, cfg.cpus)
-    if agreed is None:
-        warnings.warn("could not meet the other nodes before the first case: this node goes on from its own records, "
-                      "and each of its cases may wait at its rendezvous for peers that are elsewhere", stacklevel=3)
-        return set()
-    return agreed & mine
+    return distributed.agree({c for c in jobs if c not in mine}, jobs, cfg.launch, AGREE_TIMEOUT_S, cfg.cpus) & mine
 
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float, progress: Path) -> dict[str, Any] | None:

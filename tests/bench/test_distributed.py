@@ -242,3 +242,44 @@ def test_a_node_left_without_distributed_cases_still_meets_the_others(tmp_path, 
     cfg = runner.RunConfig(suites=[SUITES["_timed"]], size="smoke", device="cpu", out=tmp_path / "r",
                            launch=Launch(1, 2, "localhost:1"))
     assert runner._skipped_by_peers([], [], cfg) == set() and met == [[]]  # no distributed suite: no meeting
+
+
+@pytest.mark.parametrize("endpoint", ["nohostport", "node0:", ":29500", "node0:0", "node0:65536", "node0:port"])
+def test_an_endpoint_that_is_not_host_and_port_is_refused(endpoint, capsys):
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        Launch(2, 2, endpoint)
+    assert main(["run", "moe_ep", "--size", "smoke", "--device", "cpu", "--nnodes", "2", "--rdzv-endpoint",
+                 endpoint, "--out", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not HOST:PORT" in err, err
+    assert Launch(2, 2, "[::1]:29500").world_size == 4  # an IPv6 address in brackets
+
+
+def test_a_host_no_node_can_resolve_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "moe_ep", "--size", "smoke", "--device", "cpu", "--nnodes", "2", "--rdzv-endpoint",
+                 "no-such-host.invalid:29500", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resolve host 'no-such-host.invalid'" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_nodes_that_cannot_meet_stop_the_run_before_its_first_case(tmp_path, monkeypatch):
+    # the other node never comes: each distributed case would wait at its rendezvous until its timeout, and fail
+    import socket
+
+    from bench import distributed
+    from bench.rundir import RunDirError
+
+    monkeypatch.setattr(runner, "AGREE_TIMEOUT_S", 3.0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "r"
+    cfg = runner.RunConfig(suites=[SUITES["_dist"]], size="smoke", device="cpu", out=out,
+                           launch=Launch(1, 2, f"127.0.0.1:{port}"))
+    t0 = time.monotonic()
+    with pytest.raises(RunDirError, match=rf"could not meet at the rendezvous 127.0.0.1:{port} before the first case "
+                                          r"\(no answer in 3 s\)"):
+        runner.run(cfg)
+    assert time.monotonic() - t0 < 60 and not out.exists()  # a fresh run's folder held only its lock
+    assert issubclass(distributed.NodesUnreachable, distributed.NodesDiffer)
