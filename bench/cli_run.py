@@ -6,6 +6,7 @@ Every option is checked before anything is imported or created: a bad one exits 
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import socket
@@ -226,9 +227,14 @@ def select(registry: dict, names: list[str], variants: list[str] | None):
     if variants:
         valid = sorted({v for s in suites for v in s.variants})
         bad = [v for v in variants if v not in valid]
+        if bad and bad[0] in registry:  # `--variant full checkpointing`: --variant takes every word after it
+            named = " ".join([*names, *(v for v in bad if v in registry)])
+            raise UsageError(f"{bad[0]!r} is a suite, not a variant: name suites before --variant ({named} --variant "
+                             f"{' '.join(v for v in variants if v not in registry)})")
         if bad:
+            near = difflib.get_close_matches(bad[0], valid, n=3)
             raise UsageError(f"unknown variant {bad[0]!r} for {', '.join(s.name for s in suites)} "
-                             f"(valid: {', '.join(valid)})")
+                             f"({'did you mean ' + ' or '.join(near) + '? ' if near else ''}valid: {', '.join(valid)})")
     return suites
 
 

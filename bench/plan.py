@@ -21,8 +21,7 @@ bench.plan_attention routes attention to the target's kernel, bench.plan_norm RM
   transient = peak - all of those (temporaries, a build's own where it holds the peak, as mla's prefill does, and on
   a CUDA target the allocator's rounding; never below 0, since gradients and saved activations need not be live at
   once).
-- attention: the SDPA kernels the step takes on the target; "math" (which holds the S x S scores) says a case
-  misses the fused kernels there.
+- attention: the SDPA kernels the step takes on the target ("math", holding the S x S scores, misses the fused ones).
 - flops (torch's FLOP counter with bench.flops' attention formulas), bytes_moved (every op's tensor inputs read and
   outputs written, views left out: the traffic of an eager, unfused step, an upper bound on what fused kernels move),
   and roofline_ms = max(the FLOPs of each dtype / the GPU's peak TFLOP/s for it, summed; bytes_moved / bandwidth)
@@ -277,9 +276,8 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
 
 
 def with_changes(params: dict, changes: dict[str, str]) -> dict:
-    """`params` with `changes` (text, from `bench plan --set k=v`) in the type each param has: a case of a size no
-    grid holds, such as a batch that should not fit. ValueError naming the param for a key the params lack or a
-    value not of its type."""
+    """`params` with `changes` (text, `bench plan --set k=v`) in each param's type: a size no grid holds, such as a
+    batch that should not fit. ValueError naming the param for a key it lacks, a value not of its type, a size <= 0."""
     out = dict(params)
     for key, text in changes.items():
         if key not in params:
@@ -294,6 +292,8 @@ def with_changes(params: dict, changes: dict[str, str]) -> dict:
                 out[key] = None if was is None and text == "None" else text
         except (KeyError, ValueError):
             raise ValueError(f"--set {key}={text}: {key} takes {type(was).__name__} values, such as {was!r}") from None
+        if isinstance(was, (int, float)) and not isinstance(was, bool) and was > 0 and not out[key] > 0:
+            raise ValueError(f"--set {key}={text}: {key} is a size, which must be positive, such as {was!r}")
     return out
 
 

@@ -39,6 +39,9 @@ def test_list_table(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["run", "nosuch"], "unknown suite 'nosuch' (valid: "),
     (["run", "checkpointing", "--variant", "nosuch"], "unknown variant 'nosuch' for checkpointing (valid: full, "),
+    (["run", "checkpointing", "--variant", "ful"], "unknown variant 'ful' for checkpointing (did you mean full or "),
+    (["run", "--variant", "full", "checkpointing"], "'checkpointing' is a suite, not a variant: name suites before "
+                                                    "--variant (checkpointing --variant full)"),
     (["run", "--size", "huge"], "invalid choice: 'huge' (choose from "),
     (["run", "--shard", "3/2"], "--shard must be I/N with 1 <= I <= N"),
     (["run", "--shard", "two"], "--shard must be I/N"),

@@ -123,6 +123,8 @@ def test_set_plans_a_size_no_grid_holds(capsys):
 @pytest.mark.parametrize("changes, message", [
     ("nosuch=3", "--set nosuch: the case has no param nosuch (its params: batch,"),
     ("batch=x", "--set batch=x: batch takes int values, such as 8"),
+    ("batch=-4", "--set batch=-4: batch is a size, which must be positive, such as 8"),
+    ("batch=0", "--set batch=0: batch is a size, which must be positive, such as 8"),
     ("batch", "--set must be k=v[,k=v...]"),
 ])
 def test_set_refuses_what_the_cases_cannot_take(capsys, changes, message):
