@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.commands import UsageError
 from bench.distributed import Launch
-from bench.records import path_text, read_run_json
+from bench.records import case_id, path_text, read_run_json
 from bench.rundir import shell_word
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
@@ -128,12 +128,23 @@ def no_case_matches(suites, size: str, device: str, where: dict[str, str], text:
 def warn_unused_selection(args, suites, cases, how, registry) -> None:
     """One warning line for what the command names but will not run: a suite named on the command line that the
     other filters leave without a case (`bench run mla fp8 --case 'mla/*'`), and a launch for distributed suites
-    (--nproc-per-node, --nnodes) when none is selected."""
+    (--nproc-per-node, --nnodes) when none is selected; and cases whose ratios to the reference variant cannot be
+    taken, its case not being in the run (`--variant full`, or one --case)."""
     planned = {c.suite for c in cases}
     for name in dict.fromkeys(args.suites):
         if name not in planned:
             print(f"bench: warning: no {args.size} case of {name} passes --variant, --params, --case and --shard "
                   "here: it will not run", file=sys.stderr)
+    ids, alone = {c.id for c in cases}, {}
+    for c in cases:  # a ratio to the reference is taken against its case in the same run
+        suite = registry[c.suite]
+        ref = suite.reference_variant(c.params)
+        if ref != c.variant and suite.relative_for(c.params) and case_id(c.suite, ref, c.params) not in ids:
+            alone.setdefault((c.suite, ref), []).append(c)
+    for (name, ref), lacking in alone.items():
+        ratios = ", ".join(dict.fromkeys(r.name for c in lacking for r in registry[name].relative_for(c.params)))
+        print(f"bench: warning: {len(lacking)} case{'s' * (len(lacking) > 1)} of {name} will run without the case of "
+              f"its reference variant {ref}: no {ratios} (add --variant {ref})", file=sys.stderr)
     if how.world_size > 1 and not any(s.world_sizes for s in suites):
         print("bench: warning: --nproc-per-node and --nnodes launch the distributed suites only "
               f"({', '.join(sorted(n for n, s in registry.items() if s.world_sizes))}); none is selected",

@@ -208,3 +208,20 @@ def test_a_broken_pipe_that_is_not_the_output_is_a_failure(monkeypatch):
     monkeypatch.setattr(bench.cli, "cmd_list", broken)
     with pytest.raises(BrokenPipeError):
         main(["list"])
+
+
+def test_a_variant_run_without_its_reference_is_told_it_loses_its_ratios(capsys):
+    from argparse import Namespace
+
+    from bench import runner
+    from bench.cli_run import warn_unused_selection
+    from bench.distributed import Launch
+    from bench.suite import discover
+
+    registry = discover()
+    args = Namespace(suites=["checkpointing"], size="smoke")
+    for variants, told in ((["full"], True), (["full", "none"], False), (["none"], False)):
+        cases = runner.plan([registry["checkpointing"]], "smoke", "cpu", variants)
+        warn_unused_selection(args, [registry["checkpointing"]], cases, Launch(), registry)
+        err = capsys.readouterr().err
+        assert ("will run without the case of its reference variant none: no mem_saving_x" in err) == told, err
