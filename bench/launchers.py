@@ -336,10 +336,11 @@ class Refuse:
         return {"status": "skipped", "error": self.why}
 
 
-def for_case(case: Case, how: Launch, inline: bool, cpus: frozenset[int] | None = None) -> Launcher:
+def for_case(case: Case, how: Launch, inline: bool, cpus: frozenset[int] | None = None,
+             device: str | None = None) -> Launcher:
     suite = SUITES[case.suite]
-    missing = unmet(suite, case.variant)
-    if missing:  # a library that is not installed: no process to start to learn that
+    missing = unmet(suite, case.variant, device)
+    if missing:  # a library that is not installed, a CUDA kernel off CUDA: no process to start to learn that
         return Refuse(missing)
     local = Inline(cpus) if inline else Isolated(cpus)
     if not suite.world_sizes:

@@ -312,7 +312,7 @@ def _skipped_by_peers(cases: list[Case], todo: list[Case], cfg: RunConfig) -> se
 
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float, progress: Path) -> dict[str, Any] | None:
-    launcher = launchers.for_case(case, cfg.launch, cfg.inline, cfg.cpus)
+    launcher = launchers.for_case(case, cfg.launch, cfg.inline, cfg.cpus, cfg.device)
     return launcher.launch(case, cfg.device, timeout_s,
                            cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus), str(progress))
 

@@ -45,9 +45,12 @@ def requires(*modules: str, pip: str | None = None) -> None:
         raise Skip(f"needs {', '.join(missing)}, which is not installed (pip install {pip or ' '.join(missing)})")
 
 
-def unmet(suite: Suite, variant: str) -> str | None:
-    """Why `variant` cannot run here for want of a package its suite declares (Suite.requires), or None. Cheap: no
-    import, no process; `bench run` asks it before starting a case."""
+def unmet(suite: Suite, variant: str, device: str | None = None) -> str | None:
+    """Why `variant` cannot run here, on `device`: a CUDA-only kernel off CUDA (Suite.cuda_only), or for want of a
+    package its suite declares (Suite.requires); None where it can. Cheap: no import, no process; `bench run` asks
+    it before starting a case."""
+    if device is not None and not device.startswith("cuda") and variant in suite.cuda_only:
+        return f"{suite.cuda_only[variant]} runs on CUDA only: skipped on {device}"
     need = suite.requires.get(variant)
     if need is None:
         return None
@@ -174,6 +177,9 @@ class Suite:
     """Variants that need an optional package: variant -> (the module they import, what to pip install). Where it is
     not installed, the case is recorded as skipped with the install line before any process starts for it (see
     `unmet`); `measure` and `workload` still call `requires` themselves, for the callers that do not ask first."""
+    cuda_only: ClassVar[dict[str, str]] = {}
+    """Variants whose kernel runs on CUDA alone: variant -> what it is ("flash-attn's varlen kernel"). Off CUDA the
+    case is skipped saying so, before `requires`: an install line would not help there."""
     not_plannable: ClassVar[str | None] = None
     """Why `bench plan` cannot predict this suite's cases, for a suite without `workload`: what it would need that
     shapes alone do not give. None: the plan says only that the suite builds no workload."""

@@ -109,6 +109,8 @@ class Rmpad(Suite):
     }
     libraries = {"flash": label("flash-attn"), **{v: hf.label() for v in ("hf_flat_sdpa", "hf_flat_flex")},
                  "hf_flat_fa2": f"{hf.label()}, {label('flash-attn')}"}  # transformers' FA2 runs flash_attn's kernel
+    cuda_only = {"flash": "flash-attn's varlen kernel", "hf_flat_fa2": "flash-attn's varlen kernel (transformers' "
+                 "flash_attention_2)"}
     requires = {"flash": ("flash_attn", "flash-attn"),
                 **{v: ("transformers", "techbench[ecosystem]") for v in libraries if v.startswith("hf_")}}
     relative = (

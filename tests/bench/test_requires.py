@@ -56,5 +56,18 @@ def test_the_declaration_names_the_module_measure_asks_for(suite, variant, monke
     case = runner.plan([s], "smoke", "cpu", variants=[variant])[0]
     why = unmet(s, variant)
     assert why is not None and module in why
+    why = unmet(s, variant, "cpu")  # what the runner records on this CPU: a CUDA-only kernel says so first
     result = execute(case, "cpu")
     assert (result["status"], result["error"]) == ("skipped", why)
+
+
+def test_a_cuda_only_variant_off_cuda_is_skipped_as_such_not_told_to_install():
+    # rmpad's flash: flash-attn's varlen kernel runs on CUDA alone; "pip install flash-attn" would not help on a CPU
+    s = SUITES["rmpad"]
+    case = next(c for c in runner.plan([s], "smoke", "cpu", variants=["flash"]))
+    why = unmet(s, "flash", "cpu")
+    assert why == "flash-attn's varlen kernel runs on CUDA only: skipped on cpu"
+    assert unmet(s, "flash", "cuda:0") == unmet(s, "flash")  # on CUDA: whether it is installed
+    assert (execute(case, "cpu")["status"], execute(case, "cpu")["error"]) == ("skipped", why)
+    for variant in s.cuda_only:
+        assert variant in s.variants
