@@ -183,6 +183,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     # the run's selection is what it was started for and every --resume since: a narrower resume leaves it
     # unfinished, with the rest listed; written now, so that a run killed from here on still lists them
     selection = [*_still_cases(cfg, meta.not_run or []), *(c.id for c in cases)]
+    was = (meta.finished_at, meta.machine_end)  # kept by a resume that finds nothing to run
     meta.finished_at, meta.not_run = None, [c for c in dict.fromkeys(selection) if c not in finished] or None
     meta.cpus = sorted(cfg.cpus) if cfg.cpus else None  # run-wide, as --threads' counts under suites are
     meta.machine_start = meta.machine_start or interference.machine_state(marks)  # a resumed run keeps its first
@@ -241,6 +242,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     meta.finished_at = None if meta.not_run else now()
     meta.recorded = len(finished)
     meta.machine_end = interference.machine_state(marks)
+    if not todo and was[0] and meta.finished_at:  # a resume of a finished run with nothing to do: it ran nothing
+        meta.finished_at, meta.machine_end = was
     write_run_json(cfg.out, meta)
     records = [finished[c.id] for c in cases if c.id in finished]
     stopped = any(c.id in (meta.not_run or ()) for c in cases)  # by the budget: this selection's cases not run

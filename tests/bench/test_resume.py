@@ -221,3 +221,21 @@ def test_the_progress_notes_are_a_scratch_folder_the_next_run_sweeps(tmp_path, m
     cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
     runner.run(cfg)
     assert owned and {o.partition("@")[0] for o in owned} == {str(os.getpid())}
+
+
+def test_a_resume_with_nothing_to_run_leaves_the_finished_run_as_it_was(tmp_path):
+    # finished_at is when the run finished: a later resume that runs nothing must not make it minutes longer
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True)
+    runner.run(cfg)
+    Flaky.failing = False
+    try:
+        done = read_run_json(tmp_path / "run")
+        runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
+        again = read_run_json(tmp_path / "run")
+        assert (again["finished_at"], again["machine_end"]) == (done["finished_at"], done["machine_end"])
+        runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "retry_failed": True}))  # runs the failed ones
+        records = read_records(tmp_path / "run" / RECORDS_JSONL)
+        assert len(records) == 4 and {r.status for r in records} == {"ok"}  # it ran: the run's end is now later
+        assert read_run_json(tmp_path / "run")["machine_end"] != done["machine_end"]
+    finally:
+        Flaky.failing = True
