@@ -292,6 +292,8 @@ def cmd_run(args, discover, write_report) -> int:
     resume = args.resume or args.retry_failed
     out = args.out or (latest_run(args, device, "{}/{}".format(*shard), [s.name for s in suites]) if resume
                        else Path("runs") / run_id)
+    if resume and args.out and not Path(args.out).exists():  # start-or-continue scripts rely on this: said, not refused
+        print(f"bench: warning: {args.out} does not exist: nothing to resume, a new run starts there", file=sys.stderr)
     argv = getattr(args, "argv", sys.argv[1:])
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
                            shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,

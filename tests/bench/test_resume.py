@@ -239,3 +239,12 @@ def test_a_resume_with_nothing_to_run_leaves_the_finished_run_as_it_was(tmp_path
         assert read_run_json(tmp_path / "run")["machine_end"] != done["machine_end"]
     finally:
         Flaky.failing = True
+
+
+def test_a_resume_of_a_folder_that_does_not_exist_says_it_starts_a_new_run(newcomer, capsys):
+    # a typo'd --out would otherwise rerun every case silently; a start-or-continue script still works
+    code, _, err = bench(capsys, *SLOW, "--resume", "--out", "runs/typo")
+    assert code == 0 and "runs/typo does not exist: nothing to resume, a new run starts there" in err
+    assert len(read_records(newcomer / "runs" / "typo" / RECORDS_JSONL)) == 6  # 3 cases, 2 variants
+    code, _, err = bench(capsys, *SLOW, "--resume", "--out", "runs/typo")
+    assert code == 0 and "does not exist" not in err
