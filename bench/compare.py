@@ -68,6 +68,7 @@ from bench.verdicts import (
     judge,
     per_run,
     reference_disturbed,
+    unsampled_moved,
 )
 
 # gate_p: the Holm-adjusted one-sided p that NEW is worse, over the timings the gate weighs together (bench.verdicts
@@ -252,6 +253,7 @@ class Comparison:
                          + (NEW_DISTURBED if self.new_disturbed else ""))
         if self.nothing_shared:
             lines.append(NOTHING_SHARED)
+        lines += unsampled_moved(self.rows, self.tested, self.threshold)
         lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
                   "on a damaged new run)" for side, run, why in self.damaged]
         if self.unfinished:

@@ -308,3 +308,20 @@ def gate(rows: list[dict], specs: dict, suites: dict) -> tuple[int, int, int]:
             rows[i]["gate_p"] = root.get((rows[i]["case_id"], rows[i]["follows"]), math.nan)
     timings = [r for i, r in enumerate(rows) if i not in skip and r.get("test") is not None and r["varies"] is None]
     return len(family), sum(bool(r.get("new_disturbed")) for r in timings), len(timings)
+
+
+UNSAMPLED = ("moved the wrong way beyond the threshold, not judged ({}: timings without raw samples, one run a side; "
+             "import pytest-benchmark files saved with --benchmark-save-data, or compare several runs a side): ")
+
+
+def unsampled_moved(rows, tested, threshold: float, shown: int = 5) -> list[str]:
+    """A line naming the rows with no verdict ("n/a": a timing without raw samples, one run a side) whose ratio moved
+    the wrong way beyond the threshold, or none: such a row is not judged, but a 2x slower one is not to pass unsaid.
+    Rows of a case with a `tested` timing (its rates, energy, ratios to the reference) go with that timing."""
+    r = rows[(rows["verdict"] == "n/a") & rows["direction"].isin(["lower", "higher"])
+             & ~rows["case_id"].isin(tested["case_id"])]
+    moved = r[r["ratio"].where(r["direction"] == "lower", 1 / r["ratio"]) - 1 > threshold]
+    if not len(moved):
+        return []
+    named = "; ".join(f"{x.case_id} {x.metric} x{x.ratio:.3f}" for x in moved.head(shown).itertuples())
+    return [UNSAMPLED.format(len(moved)) + named + " ..." * (len(moved) > shown)]

@@ -101,6 +101,26 @@ def test_import_of_a_plain_pytest_benchmark_file(tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_a_timing_twice_as_slow_in_imports_without_samples_is_said_not_judged(tmp_path):
+    # pytest-benchmark keeps no raw samples unless --benchmark-save-data: one run a side has no test to run
+    from bench.compare import compare
+
+    def imported(name, medians, commit):
+        doc = {"machine_info": {"node": "ci", "python_version": "3.12.3", "cpu": {"brand_raw": "Xeon", "count": 8}},
+               "commit_info": {"id": commit, "dirty": False}, "datetime": "2026-11-28T01:02:03+00:00",
+               "version": "5.1.0", "benchmarks": [
+                   {"group": None, "name": n, "fullname": f"t.py::{n}", "params": None, "extra_info": {},
+                    "stats": {"median": m, "mean": m, "stddev": 0.0}} for n, m in medians.items()]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        return import_pytest_benchmark(tmp_path / f"{name}.json", tmp_path / name)
+
+    base = imported("base", {"test_mm": 1.4e-4, "test_io": 0.5}, "a" * 40)
+    new = imported("new", {"test_mm": 2.8e-4, "test_io": 0.51}, "b" * 40)
+    lines = [ln for ln in compare([base], [new]).summary_lines() if "not judged (" in ln]
+    assert len(lines) == 1 and "not judged (2: timings without raw samples" in lines[0], lines  # median and mean
+    assert "pytest/test_mm/ time_ms x2.000" in lines[0] and "test_io" not in lines[0]  # +2%: inside the threshold
+
+
 def test_round_trip_of_a_real_smoke_run(tmp_path):
     from bench import runner
     from bench.suite import SUITES
