@@ -151,6 +151,13 @@ def warn_unused_selection(args, suites, cases, how, registry) -> None:
               file=sys.stderr)
 
 
+def nearest(glob: str, ids: list[str], where: str) -> str:
+    """"; the nearest on WHERE: ID" for the case id most like `glob` (a case id copied from a run on another device,
+    whose grid differs: a GPU's runs bfloat16 where a CPU's runs float32), else ""."""
+    near = difflib.get_close_matches(glob, ids, n=1, cutoff=0.6)
+    return f"; the nearest on {where}: {near[0]}" if near else ""
+
+
 def _matches(params: dict, where: dict[str, str]) -> bool:
     return all(str(params.get(k)) == str(v) for k, v in where.items())
 
@@ -281,8 +288,11 @@ def cmd_run(args, discover, write_report) -> int:
     for glob in args.case or ():  # each glob must match something: a typo would silently drop its cases
         if not runner.plan(suites, args.size, device, args.variant, where=where or None, world_size=how.world_size,
                            cases_like=[glob]):
+            ids = [c.id for c in runner.plan(suites, args.size, device, args.variant, where=where or None,
+                                             world_size=how.world_size)]
             raise UsageError(f"no {args.size} case on {device} matches --case {glob!r} (case ids are "
-                             "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants)")
+                             "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants"
+                             f"{nearest(glob, ids, device)})")
     warn_unused_selection(args, suites, runner.plan(suites, args.size, device, args.variant, shard, where or None,
                                                     how.world_size, args.case), how, registry)
     if args.skip_predicted_oom and not device.startswith("cuda"):

@@ -13,7 +13,7 @@ from bench import hardware
 from bench.commands import UsageError
 from bench.interference import affinity
 from bench.labels import case_labels, group_of
-from bench.suite import SIZES
+from bench.suite import SIZES, case_id
 
 GIB = 1 << 30
 
@@ -67,7 +67,7 @@ def resolve_gpu(name: str) -> tuple[str, str | None, int | None]:
 
 def predictions(args, discover) -> tuple[list, dict]:
     """Plan what the arguments select; (predictions, a summary of the plan)."""
-    from bench.cli_run import no_case_matches, parse_params, select
+    from bench.cli_run import nearest, no_case_matches, parse_params, select
     from bench.plan import grid_device, plan, plan_points
 
     suites = select(discover(), args.suites, args.variant)  # first: a typo'd suite is the error, whatever --gpu says
@@ -98,7 +98,9 @@ def predictions(args, discover) -> tuple[list, dict]:
         if not plan_points(suites, args.size, target, args.variant, where, args.world_size, [glob]):
             among = f"it matches none of the cases that {narrowed} leave" if narrowed else "case ids are " \
                 "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants"
-            raise UsageError(f"no {args.size} case matches --case {glob!r} ({among})")
+            ids = [case_id(s.name, v, p) for s, p, vs in plan_points(suites, args.size, target, args.variant, where,
+                                                                      args.world_size) for v in vs]
+            raise UsageError(f"no {args.size} case matches --case {glob!r} ({among}{nearest(glob, ids, target)})")
     out = plan(suites, args.size, target, gpu, args.variant, where, capacity, jobs, Progress(sys.stderr, start),
                world_size=args.world_size, cases_like=args.case, changes=changes)
     summary = {"size": args.size, "target": target, "gpu": gpu, "capacity_bytes": capacity, "changed": changes,

@@ -76,6 +76,18 @@ def test_cli_plans_the_cases_a_glob_names_as_bench_run_would_run_them(capsys):
     assert "(it matches none of the cases that --variant leave)" in capsys.readouterr().err
 
 
+def test_a_case_id_of_another_devices_grid_is_pointed_to_its_nearest_here(capsys):
+    # copied from a CPU run (float32), planned for a GPU, whose grid runs bfloat16
+    cpu_id = "checkpointing/full/batch=2,d_model=64,dtype=float32,heads=4,layers=8,seq=64"
+    assert main(["plan", "--size", "smoke", "--gpu", "h100", "--case", cpu_id]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith(
+        "; the nearest on cuda: checkpointing/full/batch=2,d_model=64,dtype=bfloat16,heads=4,layers=8,seq=64)"), err
+    assert main(["run", "checkpointing", "--size", "smoke", "--device", "cpu", "--case", cpu_id.replace("full", "ful"),
+                 "--out", "/nonexistent/never"]) == 2
+    assert f"the nearest on cpu: {cpu_id})" in capsys.readouterr().err
+
+
 @needs("plotly")
 def test_the_page_draws_memory_against_the_gpu(registry, tmp_path, capsys):
     out = tmp_path / "plan.html"
