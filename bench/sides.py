@@ -158,10 +158,12 @@ def damage(meta: dict, scan: Scan, path: Path | None = None) -> str | None:
     if path is not None and not n and not Path(path).exists() and recorded != 0:
         return (f"it has no {RECORDS_JSONL}, yet it finished with {recorded} records" if isinstance(recorded, int)
                 else f"it has no {RECORDS_JSONL}, yet it finished")
+    short = isinstance(recorded, int) and n < recorded  # it may have finished with none: an empty shard
+    held = f"its records.jsonl holds {n} of the {recorded} records it finished with" if short else None
     if scan.corrupt:
-        return f"{scan.corrupt} corrupt line{'s' * (scan.corrupt > 1)} in its records"
-    if isinstance(recorded, int):  # it may have finished with none: an empty shard, a node that never held rank 0
-        return f"its records.jsonl holds {n} of the {recorded} records it finished with" if n < recorded else None
+        return f"{scan.corrupt} corrupt line{'s' * (scan.corrupt > 1)} in its records" + (f", and {held}" * short)
+    if isinstance(recorded, int):  # (or a node that never held rank 0)
+        return held
     return "its records.jsonl holds no record, yet the run finished" if not n else None
 
 
