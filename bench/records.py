@@ -171,9 +171,10 @@ class RecordWriter:
     """Appends records to records.jsonl, one line each, written and fsynced so a killed run loses nothing finished.
 
     The file only ever ends at a complete line: a write that fails (a full disk, a failed fsync) is cut back to where
-    it began before the error goes on, and a file left ending in a partial line (a run killed mid-write) loses that
-    partial line on opening. Either way the case has no record, so --resume runs it again, and no reader meets a
-    corrupt line. Unbuffered, so a failed write leaves no bytes in a buffer for close() to append after the cut."""
+    it began before the error goes on, and a file left ending in a partial line (a run killed mid-write, or a last
+    line damaged since) has that line moved to a file beside it (records.jsonl.cut-<time>) on opening. Either way
+    the case has no record, so --resume runs it again, and no reader meets a corrupt line. Unbuffered, so a failed
+    write leaves no bytes in a buffer for close() to append after the cut."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -204,8 +205,15 @@ class RecordWriter:
             whole = False
         if whole:
             self._write_all(b"\n")
-        else:
-            os.ftruncate(fd, start)
+            return
+        # a write cut short by a kill, or a whole line damaged since: its bytes are kept beside the file, not lost
+        import time
+
+        kept = self.path.with_name(f"{self.path.name}.cut-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        kept.write_bytes(os.pread(fd, end - start, start))
+        os.ftruncate(fd, start)
+        warnings.warn(f"{self.path}: its last line was no whole record (a write cut short, or a line damaged): its "
+                      f"{end - start} bytes moved to {kept.name}; the case runs again", stacklevel=3)
 
     def write(self, record: Record) -> None:
         line = record.to_json().encode() + b"\n"

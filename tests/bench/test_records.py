@@ -50,9 +50,9 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path):
 def test_writer_never_glues_onto_a_partial_line(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text(make(0).to_json() + "\n" + make(1).to_json()[:40])  # killed mid-write
-    with RecordWriter(path) as w:
+    with pytest.warns(UserWarning, match="moved to records.jsonl.cut-"), RecordWriter(path) as w:
         w.write(make(2))
-    # the partial line is cut (tests/bench/test_records_writer.py): no reader warns of it ever after
+    # the partial line is moved aside (tests/bench/test_records_writer.py): no reader warns of it ever after
     assert scan_records(path).corrupt == 0
     assert [r.case_id for r in read_records(path)] == ["s/v/n=0", "s/v/n=2"]
 

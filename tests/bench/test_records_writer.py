@@ -1,6 +1,6 @@
 """records.jsonl only ever ends at a complete line: a write that fails (a full disk, a failed fsync) is cut back to
-where it began, and a partial last line that a killed run left is cut when the file is opened again, so that no reader
-meets a corrupt line and --resume runs that case again."""
+where it began, and a partial last line that a killed run left is moved beside the file when it is opened again, so
+that no reader meets a corrupt line and --resume runs that case again."""
 
 import errno
 import os
@@ -77,13 +77,20 @@ def test_a_failed_fsync_cuts_the_line_it_was_writing(tmp_path, monkeypatch, errn
     assert path.read_bytes() == line(0) and clean_ids(path) == ["s/v/n=0"]
 
 
-def test_opening_cuts_a_partial_last_line(tmp_path):
+@pytest.mark.parametrize("tail", ["killed mid-write", "a whole line damaged since"])
+def test_opening_moves_a_partial_last_line_beside_the_file(tmp_path, tail):
     path = tmp_path / "records.jsonl"
-    path.write_bytes(line(0) + line(1)[:40])  # killed mid-write
-    with RecordWriter(path) as w:
+    last = line(1)[:40] if tail == "killed mid-write" else line(1).replace(b'"ok"', b'ok"').rstrip(b"\n")
+    path.write_bytes(line(0) + last)
+    with pytest.warns(UserWarning, match=rf"its last line was no whole record .*: its {len(last)} bytes moved to "
+                                         r"records\.jsonl\.cut-\d{8}T\d{6}; the case runs again"):
+        w = RecordWriter(path)
+    with w:
         assert path.read_bytes() == line(0)  # cut on opening, before anything is written
         w.write(make(2))
     assert clean_ids(path) == ["s/v/n=0", "s/v/n=2"] and scan_records(path).corrupt == 0
+    kept = list(tmp_path.glob("records.jsonl.cut-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == last  # nothing lost: a damaged result can be mended by hand
 
 
 def test_opening_keeps_a_whole_record_that_lacks_only_its_newline(tmp_path):
@@ -101,9 +108,10 @@ def test_a_partial_line_longer_than_the_block_read_at_a_time(tmp_path, after_a_l
     big = line(1, samples=TAIL_BLOCK)  # a record with many samples: 5 bytes each, 320 KB
     kept = line(0) if after_a_line else b""
     path.write_bytes(kept + big[:3 * TAIL_BLOCK + 5])  # the last newline more than 3 blocks back
-    with RecordWriter(path):
+    with pytest.warns(UserWarning, match="its last line was no whole record"), RecordWriter(path):
         pass
     assert path.read_bytes() == kept
+    assert next(tmp_path.glob("records.jsonl.cut-*")).read_bytes() == big[:3 * TAIL_BLOCK + 5]
 
 
 @pytest.mark.parametrize("contents", [None, b"", b"\n", line(0)])
