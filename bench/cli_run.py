@@ -12,12 +12,13 @@ import os
 import socket
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
 from bench.commands import UsageError
 from bench.distributed import Launch
-from bench.records import case_id, path_text, read_run_json
+from bench.records import RECORDS_JSONL, case_id, glob_escape, path_text, read_run_json, scan_records
 from bench.rundir import shell_word
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
@@ -128,14 +129,27 @@ def no_case_matches(suites, size: str, device: str, where: dict[str, str], text:
 def warn_unused_selection(args, suites, cases, how, registry) -> None:
     """One warning line for what the command names but will not run: a suite named on the command line that the
     other filters leave without a case (`bench run mla fp8 --case 'mla/*'`), and a launch for distributed suites
-    (--nproc-per-node, --nnodes) when none is selected; and cases whose ratios to the reference variant cannot be
-    taken, its case not being in the run (`--variant full`, or one --case)."""
+    (--nproc-per-node, --nnodes) when none is selected."""
     planned = {c.suite for c in cases}
     for name in dict.fromkeys(args.suites):
         if name not in planned:
             print(f"bench: warning: no {args.size} case of {name} passes --variant, --params, --case and --shard "
                   "here: it will not run", file=sys.stderr)
+    if how.world_size > 1 and not any(s.world_sizes for s in suites):
+        print("bench: warning: --nproc-per-node and --nnodes launch the distributed suites only "
+              f"({', '.join(sorted(n for n, s in registry.items() if s.world_sizes))}); none is selected",
+              file=sys.stderr)
+
+
+def warn_ratios_lost(args, cases, registry, out: Path) -> None:
+    """One warning line a suite for the cases whose ratios to the reference variant cannot be taken: its case is
+    neither among `cases` nor recorded in `out` already (a resumed run's), as `--variant full` or one --case leaves
+    it."""
     ids, alone = {c.id for c in cases}, {}
+    if args.resume or args.retry_failed:
+        with warnings.catch_warnings():  # the run says what is wrong with its records itself
+            warnings.simplefilter("ignore")
+            ids |= {r.case_id for r in scan_records(Path(out) / RECORDS_JSONL).records if r.status == "ok"}
     for c in cases:  # a ratio to the reference is taken against its case in the same run
         suite = registry[c.suite]
         ref = suite.reference_variant(c.params)
@@ -143,12 +157,10 @@ def warn_unused_selection(args, suites, cases, how, registry) -> None:
             alone.setdefault((c.suite, ref), []).append(c)
     for (name, ref), lacking in alone.items():
         ratios = ", ".join(dict.fromkeys(r.name for c in lacking for r in registry[name].relative_for(c.params)))
+        add = (f"add --case '{glob_escape(case_id(name, ref, lacking[0].params))}'" if args.case and len(lacking) == 1
+               else "add its cases with --case" if args.case else f"add --variant {ref}")
         print(f"bench: warning: {len(lacking)} case{'s' * (len(lacking) > 1)} of {name} will run without the case of "
-              f"its reference variant {ref}: no {ratios} (add --variant {ref})", file=sys.stderr)
-    if how.world_size > 1 and not any(s.world_sizes for s in suites):
-        print("bench: warning: --nproc-per-node and --nnodes launch the distributed suites only "
-              f"({', '.join(sorted(n for n, s in registry.items() if s.world_sizes))}); none is selected",
-              file=sys.stderr)
+              f"its reference variant {ref}: no {ratios} ({add})", file=sys.stderr)
 
 
 def nearest(glob: str, ids: list[str], where: str) -> str:
@@ -247,8 +259,9 @@ def select(registry: dict, names: list[str], variants: list[str] | None):
         bad = [v for v in variants if v not in valid]
         if bad and bad[0] in registry:  # `--variant full checkpointing`: --variant takes every word after it
             named = " ".join([*names, *(v for v in bad if v in registry)])
-            raise UsageError(f"{bad[0]!r} is a suite, not a variant: name suites before --variant ({named} --variant "
-                             f"{' '.join(v for v in variants if v not in registry)})")
+            rest = " ".join(v for v in variants if v not in registry)
+            raise UsageError(f"{bad[0]!r} is a suite, not a variant: name suites before --variant ({named}"
+                             f"{' --variant ' + rest if rest else ', and a variant after --variant'})")
         if bad:
             near = difflib.get_close_matches(bad[0], valid, n=3)
             raise UsageError(f"unknown variant {bad[0]!r} for {', '.join(s.name for s in suites)} "
@@ -304,6 +317,8 @@ def cmd_run(args, discover, write_report) -> int:
                        else Path("runs") / run_id)
     if resume and args.out and not Path(args.out).exists():  # start-or-continue scripts rely on this: said, not refused
         print(f"bench: warning: {args.out} does not exist: nothing to resume, a new run starts there", file=sys.stderr)
+    warn_ratios_lost(args, runner.plan(suites, args.size, device, args.variant, shard, where or None, how.world_size,
+                                       args.case), registry, out)
     argv = getattr(args, "argv", sys.argv[1:])
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
                            shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,

@@ -141,7 +141,7 @@ class NodesUnreachable(NodesDiffer):
 
 
 def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
-          cpus: frozenset[int] | None = None) -> set[str] | None:
+          cpus: frozenset[int] | None = None) -> set[str]:
     """The cases of `planned` (this node's distributed cases, which must be every node's) that any node skips
     (`skipped`: this node's, those it holds a record of), gathered from every node by one small job at the
     rendezvous. Raises NodesDiffer where the nodes planned different cases, NodesUnreachable where they could not

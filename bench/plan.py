@@ -292,7 +292,7 @@ def with_changes(params: dict, changes: dict[str, str]) -> dict:
                 out[key] = None if was is None and text == "None" else text
         except (KeyError, ValueError):
             raise ValueError(f"--set {key}={text}: {key} takes {type(was).__name__} values, such as {was!r}") from None
-        if isinstance(was, (int, float)) and not isinstance(was, bool) and was > 0 and not out[key] > 0:
+        if type(was) is int and was > 0 and out[key] <= 0:  # a count (batch, seq, layers); a float may be 0 (a rate)
             raise ValueError(f"--set {key}={text}: {key} is a size, which must be positive, such as {was!r}")
     return out
 

@@ -258,12 +258,12 @@ def reproduce_command(suite: str, variant: str, params: dict, size: str, device:
     ids = [case_id(suite, variant, params)]
     if reference and reference != variant:
         ids.append(case_id(suite, reference, params))
-    cases = " ".join(f"--case {shlex.quote(_glob_escape(i))}" for i in ids)
+    cases = " ".join(f"--case {shlex.quote(glob_escape(i))}" for i in ids)
     ranks = f" --nproc-per-node {params['world_size']}" if "world_size" in params else ""
     return f"bench run {suite} --size {size} --device {device}{ranks} {cases}"
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
     """`text` as a shell-style glob (fnmatch) that matches it alone: [, * and ? as one-character classes."""
     return re.sub(r"([\[*?])", r"[\1]", text)
 

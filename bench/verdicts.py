@@ -310,8 +310,9 @@ def gate(rows: list[dict], specs: dict, suites: dict) -> tuple[int, int, int]:
     return len(family), sum(bool(r.get("new_disturbed")) for r in timings), len(timings)
 
 
-UNSAMPLED = ("moved the wrong way beyond the threshold, not judged ({}: timings without raw samples, one run a side; "
-             "import pytest-benchmark files saved with --benchmark-save-data, or compare several runs a side): ")
+UNSAMPLED = ("moved the wrong way beyond the threshold, not judged ({}: measured metrics without raw samples, one "
+             "run a side; import pytest-benchmark files saved with --benchmark-save-data, or compare several runs a "
+             "side): ")
 
 
 def unsampled_moved(rows, tested, threshold: float, shown: int = 5) -> list[str]:

@@ -26,16 +26,21 @@ MAD_TO_SIGMA = 1.4826  # MAD of a normal sample times this estimates its standar
 # which then left it lower (at 5% noise 7% of series flagged in 30 nights with them, 17% without, both at 3 sigma).
 SPREAD_WINDOWS = 4
 # Until a series has its own noise estimate (more than `window` undisturbed points), its spread is moderated by its
-# environment's (Smyth 2004, as compare's gate does across timings: `prior_of`), unless its own sample sd is beyond
-# the 95% point of what that prior allows (_alike): a new case noisier than the machine's others keeps its own.
+# environment's (Smyth 2004, as compare's gate does across timings: `prior_of`), unless its own sample variance lies
+# outside the central 90% of what that prior allows (_alike): a new case noisier than the machine's others keeps its
+# own, and so does one quieter, whose band the environment's noise would widen. The estimates are MADs, whose real
+# degrees of freedom are fewer than the nominal ones passed: the prior comes out weaker (d0 ~14 from 40 series of one
+# noise, not infinite) and the series' own estimate weighs more, the cautious side.
 # Simulated series of 12 and 30 nights, 1000 each, a 30% step found within 5 nights of it (ci/dashboard_band.py), own
 # spread -> moderated:
-#   environment of 40 series at 5%, new at 5%: false flags 1.8% -> 0.0% (12 nights), 2.6% -> 1.3% (30); step after 4
+#   environment of 40 series at 5%, new at 5%: false flags 1.8% -> 0.2% (12 nights), 2.6% -> 1.6% (30); step after 4
 #     nights found 36% -> 91%, after 6 70% -> 93%
-#   40 at 1-10% (log-uniform), new alike: false 0.6% -> 0.2%, 1.3% -> 0.8%; step after 4: 64% -> 82%, 6: 80% -> 85%
+#   40 at 1-10% (log-uniform), new alike: false 0.6% -> 0.2%, 1.3% -> 0.8%; step after 4: 64% -> 82%, 6: 80% -> 86%
 #   40 at 1-10%, new at 10%: false 2.0% -> 3.0%, 3.2% -> 3.4%; step after 4: 15% -> 32%
-#   40 at 2%, new at 8% (the case it costs): false 2.4% -> 4.1%, 3.2% -> 5.5%; step after 4: 18% -> 23%
-ALIKE = 0.95
+#   40 at 2%, new at 8% (a case it costs): false 2.4% -> 4.1%, 3.2% -> 5.5%; step after 4: 18% -> 23%
+#   40 at 5%, new at 1%, a 10% step (the other): after 4 nights 73% -> 69% (0% with the upper bound alone), after 6
+#     97% either way; 40 at 10%, new at 1%, a 15% step: 94% -> 93%
+ALIKE = 0.90
 
 
 def band(kept: list[float], seen: list[float], threshold: float, window: int,
@@ -67,13 +72,17 @@ def band(kept: list[float], seen: list[float], threshold: float, window: int,
 
 
 def _alike(sd: float, dof: int, s0: float, d0: float) -> bool:
-    """The series' own relative sample sd, on `dof` degrees of freedom, is one its environment's prior allows: (sd /
-    s0)^2 below the ALIKE point of F(dof, d0). A series noisier than its environment's (a new case unlike the others)
-    keeps its own spread."""
+    """The series' own relative sample sd, on `dof` degrees of freedom, is one its environment's prior allows: its
+    variance over s0^2 inside the central ALIKE of F(dof, d0) (chi2(dof) / dof where d0 is infinite). A series
+    noisier than its environment's (a new case unlike the others) keeps its own spread, and so does one quieter (a long
+    step among short kernels), which its environment's would blunt."""
+    if dof <= 0:
+        return False
     from scipy.stats import chi2, f
 
-    limit = chi2.ppf(ALIKE, dof) / dof if math.isinf(d0) else f.ppf(ALIKE, dof, d0)
-    return dof > 0 and (sd / s0) ** 2 <= limit
+    tails = ((1 - ALIKE) / 2, (1 + ALIKE) / 2)
+    low, high = (chi2.ppf(q, dof) / dof if math.isinf(d0) else f.ppf(q, dof, d0) for q in tails)
+    return low <= (sd / s0) ** 2 <= high
 
 
 def _spread(points: list[float], window: int) -> tuple[float | None, int]:

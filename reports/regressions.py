@@ -299,7 +299,7 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
                       or fewer; then, moderated by the environment's series: sigma^2 = (d0 s0^2 + (n - 1) sigma^2) / (d0
                       + n - 1) relative to baseline[i], on d0 + n - 1 degrees of freedom, where (d0, s0) is the prior
                       of the relative noise of the env_id's and device's other measured series (noise.prior_of), unless
-                      E[i]'s sample sd is beyond the 95% point of F(n - 1, d0) times s0^2 (noise._alike))
+                      E[i]'s sample variance over s0^2 is outside the central 90% of F(n - 1, d0) (noise._alike))
         k[i]        = t(0.99865, n - 1) * sqrt(1 + 1 / |E[i]|), Student's t at the n values sigma[i] comes from (3.5
                       from 28 points, 5.9 from 6, 22 from 3), or at d0 + n - 1 where moderated: the 3-sigma quantile
                       of a prediction from an estimated noise

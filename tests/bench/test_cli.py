@@ -42,6 +42,7 @@ def test_list_table(capsys):
     (["run", "checkpointing", "--variant", "ful"], "unknown variant 'ful' for checkpointing (did you mean full or "),
     (["run", "--variant", "full", "checkpointing"], "'checkpointing' is a suite, not a variant: name suites before "
                                                     "--variant (checkpointing --variant full)"),
+    (["run", "--variant", "checkpointing"], "name suites before --variant (checkpointing, and a variant after "),
     (["run", "--size", "huge"], "invalid choice: 'huge' (choose from "),
     (["run", "--shard", "3/2"], "--shard must be I/N with 1 <= I <= N"),
     (["run", "--shard", "two"], "--shard must be I/N"),
@@ -210,18 +211,30 @@ def test_a_broken_pipe_that_is_not_the_output_is_a_failure(monkeypatch):
         main(["list"])
 
 
-def test_a_variant_run_without_its_reference_is_told_it_loses_its_ratios(capsys):
+def test_a_variant_run_without_its_reference_is_told_it_loses_its_ratios(capsys, tmp_path):
     from argparse import Namespace
 
     from bench import runner
-    from bench.cli_run import warn_unused_selection
-    from bench.distributed import Launch
+    from bench.cli_run import warn_ratios_lost
     from bench.suite import discover
 
     registry = discover()
-    args = Namespace(suites=["checkpointing"], size="smoke")
+    suite = registry["checkpointing"]
+    args = Namespace(suites=["checkpointing"], size="smoke", case=None, resume=False, retry_failed=False)
     for variants, told in ((["full"], True), (["full", "none"], False), (["none"], False)):
-        cases = runner.plan([registry["checkpointing"]], "smoke", "cpu", variants)
-        warn_unused_selection(args, [registry["checkpointing"]], cases, Launch(), registry)
+        warn_ratios_lost(args, runner.plan([suite], "smoke", "cpu", variants), registry, tmp_path / "fresh")
         err = capsys.readouterr().err
         assert ("will run without the case of its reference variant none: no mem_saving_x" in err) == told, err
+        assert "(add --variant none)" in err or not told
+    # one --case for the variant alone: the hint is a --case for the reference's
+    full = runner.plan([suite], "smoke", "cpu", ["full"], cases_like=["checkpointing/full/*"])
+    warn_ratios_lost(Namespace(**{**vars(args), "case": ["checkpointing/full/*"]}), full, registry, tmp_path / "f")
+    ref = full[0].id.replace("/full/", "/none/")
+    assert f"(add --case '{ref}')" in capsys.readouterr().err
+    # a resume that adds the variant to a run holding the reference's records: its ratios are taken, nothing said
+    from tests.runs import write_run
+
+    run = write_run(tmp_path, "run", [{"suite": "checkpointing", "variant": "none", "params": full[0].params,
+                                        "metrics": {"step_time_ms": 1.0}}])
+    warn_ratios_lost(Namespace(**{**vars(args), "resume": True}), full, registry, run)
+    assert capsys.readouterr().err == ""

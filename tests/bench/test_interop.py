@@ -117,7 +117,7 @@ def test_a_timing_twice_as_slow_in_imports_without_samples_is_said_not_judged(tm
     base = imported("base", {"test_mm": 1.4e-4, "test_io": 0.5}, "a" * 40)
     new = imported("new", {"test_mm": 2.8e-4, "test_io": 0.51}, "b" * 40)
     lines = [ln for ln in compare([base], [new]).summary_lines() if "not judged (" in ln]
-    assert len(lines) == 1 and "not judged (2: timings without raw samples" in lines[0], lines  # median and mean
+    assert len(lines) == 1 and "not judged (2: measured metrics without raw samples" in lines[0], lines  # median, mean
     assert "pytest/test_mm/ time_ms x2.000" in lines[0] and "test_io" not in lines[0]  # +2%: inside the threshold
 
 

@@ -42,6 +42,16 @@ def test_a_young_series_noisier_than_its_environment_keeps_its_own_noise():
     assert flagged_cases(frame_of({**mature(), "s/v/new": NOISY})) == []
 
 
+def test_a_young_series_quieter_than_its_environment_keeps_its_own_noise():
+    # a long step at ~1% among 5% kernels: the environment's noise would widen its band past a 10% step
+    quiet = [100.0, 101.0, 99.0, 100.5, 110.0, 111.0]
+    assert flagged_cases(frame_of({"s/v/new": quiet})) == ["s/v/new"]  # its own 4 points: a band of ~7.6%
+    assert flagged_cases(frame_of({**mature(sigma=0.05), "s/v/new": quiet})) == ["s/v/new"]
+    d0, s0 = noise.prior_of(list(mature(n=40, sigma=0.05).values()), 7)
+    own = noise.band(quiet[:4], quiet[:4], 0.05, 7)
+    assert noise.band(quiet[:4], quiet[:4], 0.05, 7, (d0, s0)) == own
+
+
 def test_another_environments_series_lend_no_noise():
     frame = pd.concat([frame_of(mature(), env_id="other"), frame_of({"s/v/new": YOUNG})], ignore_index=True)
     assert flagged_cases(frame) == []
