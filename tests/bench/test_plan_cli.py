@@ -145,6 +145,12 @@ def test_set_refuses_what_the_cases_cannot_take(capsys, changes, message):
     assert message in capsys.readouterr().err
 
 
+def test_set_takes_a_rate_of_zero(capsys):
+    # a float param may be 0 where a count may not (moe's aux_alpha: the aux-loss-free balancing alone)
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h200", "--set", "aux_alpha=0", "--json"]) == 0
+    assert all(p["params"]["aux_alpha"] == 0 for p in json.loads(capsys.readouterr().out)["predictions"])
+
+
 def test_set_changes_the_cases_selected_as_the_grid_holds_them(capsys):
     # --case and --variant select on the grid's params, then the change is made: a glob of the grid's batch plans
     # that case at the new batch, and a param only some points have is changed where the selected cases have it
