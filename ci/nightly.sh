@@ -9,6 +9,7 @@
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night that exited 0)
 #   history/            the Parquet history store          site/   the dashboard
+#   confirm/<stamp>/    the cases of a night's slower timings, run again before they fail it (ci/confirm.py)
 #   cache/              the models the suites train (TECHBENCH_CACHE, unless set): kept, so that the quality metrics
 #                       of a night come from the weights of the night before, not from a retrain on a GPU whose
 #                       kernels add in any order, which the dashboard would read as a change of an exact metric
@@ -64,8 +65,11 @@ mapfile -t goods < <(for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%
 [ "${#goods[@]}" -gt 0 ] && same_kind "$run" "${goods[@]}" | tail -n "${TECHBENCH_GOOD_NIGHTS:-5}" |
   while IFS= read -r d; do ln -s "$d" "$good/$(basename "$d")"; done
 if [ -n "$(ls -A "$good")" ]; then
+  # slower timings alone are measured again before they fail the night (ci/confirm.py): a one-off of the machine is
+  # in one run of two, a slowdown of the code in both
   "${bench[@]}" compare "$good" "$run" --threshold "$threshold" --fail-on-regression \
-    -o "$run/compare-last-good.html" || rc=1
+    -o "$run/compare-last-good.html" ||
+    "$python" ci/confirm.py --python "$python" "$good" "$run" "$home/confirm/$(basename "$run")" "$threshold" || rc=1
 elif [ "${#goods[@]}" -gt 0 ]; then
   echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size or device):" \
     "this night starts a fresh baseline, compared against nothing"

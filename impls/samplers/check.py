@@ -1,4 +1,5 @@
-"""Prints a registered sampler's quality against gmm2d with the exact model, per NFE; `python -m impls.samplers.<file>`.
+"""Prints a registered sampler's quality against gmm2d with the exact model, per NFE; `python -m impls.samplers.<file>`
+(a library's samplers beside ours: `against_ours`).
 
 Deterministic samplers also print the endpoint error against a fine solve of the same ODE from the same noise.
 """
@@ -41,3 +42,17 @@ def check(name: str, budgets=(1, 4, 16, 64, 256)) -> None:
         print(line)
     print(f"{name}: exact samples vs exact samples sliced_w2 "
           f"{sliced_w2(target.sample(N, torch.Generator().manual_seed(3), torch.float64), exact):.4f}")
+
+
+def against_ours(specs: dict, paired_with: dict, budgets=(1, 4, 16, 64, 256)) -> None:
+    """A library's sampler `specs` beside the sampler of ours each is paired with, from the same noise, per NFE."""
+    for name, spec in specs.items():
+        model = model_for(spec.family)
+        x_T = prior_noise(model.schedule, N, 2, torch.Generator().manual_seed(0), torch.float64)
+        exact = model.target.sample(N, torch.Generator().manual_seed(1), torch.float64)
+        ours = SAMPLERS[paired_with[name]]
+        for steps, nfe in spec.plan(budgets):
+            out = spec.fn(model, x_T, steps, generator=torch.Generator().manual_seed(2))
+            ref = ours.fn(model, x_T, ours.steps_for(nfe), generator=torch.Generator().manual_seed(2))
+            print(f"{name} nfe {out.nfe:4d}: sliced_w2 {sliced_w2(out.x, exact):.4f} "
+                  f"({paired_with[name]} at {ref.nfe}: {sliced_w2(ref.x, exact):.4f})")

@@ -249,18 +249,6 @@ def specs() -> dict[str, SamplerSpec]:
 
 
 if __name__ == "__main__":
-    from impls.samplers import SAMPLERS
-    from impls.samplers.base import prior_noise
-    from impls.samplers.check import model_for
-    from impls.samplers.metrics import sliced_w2
+    from impls.samplers.check import against_ours
 
-    for name, spec in specs().items():
-        model = model_for(spec.family)
-        x_T = prior_noise(model.schedule, 2000, 2, torch.Generator().manual_seed(0), torch.float64)
-        exact = model.target.sample(2000, torch.Generator().manual_seed(1), torch.float64)
-        ours = SAMPLERS[PAIRED_WITH[name]]
-        for steps, nfe in spec.plan((1, 4, 16, 64, 256)):
-            out = spec.fn(model, x_T, steps, generator=torch.Generator().manual_seed(2))
-            ref = ours.fn(model, x_T, ours.steps_for(nfe), generator=torch.Generator().manual_seed(2))
-            print(f"{name} nfe {out.nfe:4d}: sliced_w2 {sliced_w2(out.x, exact):.4f} "
-                  f"({PAIRED_WITH[name]} at {ref.nfe}: {sliced_w2(ref.x, exact):.4f})")
+    against_ours(specs(), PAIRED_WITH)

@@ -5,11 +5,14 @@ PATH answers with a synthetic run directory (tests/runs.py) or nothing: what is 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.optional import needs
 from tests.runs import H200, checkpointing_records, write_run
@@ -26,11 +29,27 @@ exec {python} "$@"
 
 
 def fake_run(argv: list[str]) -> None:
-    """`bench run --size S --device D --out OUT`: a finished run of the checkpointing cases, nothing measured."""
-    opts = dict(zip(argv[::2], argv[1::2]))
+    """`bench run [SUITE...] --size S --device D --out OUT [--case GLOB...]`: a finished run of the checkpointing
+    cases (those a --case names), nothing measured; FAKE_SLOW names a case whose timing is 1.8x slower tonight, and
+    in the rerun of ci/confirm.py (a run with --case) too where FAKE_SLOW_AGAIN is set."""
+    import fnmatch
+
+    flags = [i for i, a in enumerate(argv) if a.startswith("--")]
+    opts = {argv[i]: argv[i + 1] for i in flags if argv[i] != "--case"}
+    cases = [argv[i + 1] for i in flags if argv[i] == "--case"]
     out = Path(opts["--out"])
-    write_run(out.parent, out.name, checkpointing_records(), size=opts["--size"], declare=False,
-              gpu=None if opts["--device"] == "cpu" else H200)
+    records = checkpointing_records(seed=int(time.time() * 1000) % 997)
+    for r in records:
+        case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={r['params'][k]}" for k in sorted(r["params"]))
+        r["case_id"] = case
+        if case == os.environ.get("FAKE_SLOW") and (not cases or os.environ.get("FAKE_SLOW_AGAIN")):
+            r["metrics"]["step_time_ms"] *= 1.8
+            r["samples"]["step_time_ms"] = [x * 1.8 for x in r["samples"]["step_time_ms"]]
+    records = [r for r in records if not cases or any(fnmatch.fnmatchcase(r["case_id"], g) for g in cases)]
+    for r in records:
+        r.pop("case_id", None)
+    write_run(out.parent, out.name, records, size=opts["--size"], gpu=None if opts["--device"] == "cpu" else H200,
+              run_id=f"{out.parent.name}-{out.name}")  # a run of its own, as bench run's new run_id
 
 
 def nightly(tmp_path: Path, size: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -64,3 +83,33 @@ def test_a_size_change_starts_a_fresh_comparison_set(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in (tmp_path / "home" / "last-good").iterdir()) == [first.name]
     assert (second / "compare-last-good.html").exists() and "several sizes" not in done.stderr
+
+
+SLOW = "checkpointing/full/batch=8,d_model=256,dtype=bfloat16,layers=8,seq=256"
+
+
+def good_nights(root: Path, n: int = 4) -> None:
+    for i in range(n):
+        write_run(root / "home" / "runs", f"2020010{i + 1}-000001", checkpointing_records(seed=i), size="smoke",
+                  gpu=None)
+        (root / "home" / "runs" / f"2020010{i + 1}-000001" / "GOOD").touch()
+
+
+@needs("plotly")  # the comparison page
+@pytest.mark.parametrize("again", [False, True])
+def test_slower_timings_are_run_again_before_they_fail_the_night(tmp_path, monkeypatch, again):
+    good_nights(tmp_path)
+    monkeypatch.setenv("FAKE_SLOW", SLOW)  # x1.8 tonight; in the rerun too where `again`: the code's, not the machine's
+    if again:
+        monkeypatch.setenv("FAKE_SLOW_AGAIN", "1")
+    done, night = nightly(tmp_path, "smoke")
+    assert done.returncode == int(again), done.stdout + done.stderr
+    assert f"confirm: 1 timing(s) slower ({SLOW} step_time_ms x1.8" in done.stdout
+    assert "running their 2 case(s) again" in done.stdout  # with its reference case, `none`
+    confirm = tmp_path / "home" / "confirm" / night.name
+    assert {json.loads(x)["variant"] for x in (confirm / "records.jsonl").read_text().splitlines()} == {"full", "none"}
+    if again:
+        assert "confirm: 1 of 1 reproduced" in done.stdout and not (night / "GOOD").exists()
+    else:
+        assert f"confirm: 0 of 1 reproduced; not reproduced: {SLOW} step_time_ms" in done.stdout
+        assert (night / "GOOD").exists()

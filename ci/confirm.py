@@ -1,0 +1,98 @@
+"""A night's slower timings, measured again before they fail the night: `python ci/confirm.py GOOD RUN CONFIRM`.
+
+ci/nightly.sh calls it when the comparison of tonight's RUN against the last good nights (GOOD: a folder of their run
+directories) fails. Where every failure is a timing called slower (no exact metric that changed, no case newly
+failing, nothing that rerunning cannot mend: a damaged or unfinished run, a disturbed one, no shared case), the cases
+of those timings run once more, with the cases of their reference variant (the ratios' other half), into CONFIRM;
+then RUN and CONFIRM together are NEW, two runs of each case rerun, and the night's verdict is that comparison's. A
+slowdown of the code is in both runs and still fails the night; a one-off of the machine (a single run x1.5-1.9 slower
+than its four good nights within 2%, with nothing the interference sampler sees: ci/README.md) is in one of two, whose
+spread then says so. Exit 0: the night passes; 1: it fails (confirmed, or not rerunnable); 2: bad input.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.commands import counted, run_dirs  # noqa: E402 - after the checkout is on the path
+from bench.compare import compare  # noqa: E402
+from bench.records import read_run_json  # noqa: E402
+from bench.sides import reference_case  # noqa: E402
+
+
+def rerunnable(c) -> bool:
+    """The comparison fails on slower timings alone: every gating row a timing, and nothing else failing."""
+    timings = c.gating.index.isin(c.tested.index)
+    return (len(c.gating) > 0 and bool(timings.all()) and not len(c.newly_failing) and not len(c.unjudged_slower)
+            and not c.new_disturbed and not c.nothing_shared and not c.damaged and not c.unfinished)
+
+
+def cases_to_rerun(c, meta: dict) -> list[str]:
+    """The gating timings' cases and their reference variant's, in the comparison's order."""
+    ids = []
+    for case in dict.fromkeys(c.gating["case_id"]):
+        ref = reference_case(case, meta.get("suites") or {})
+        ids += [case, *([ref[0]] if ref and ref[0] != case else [])]
+    return list(dict.fromkeys(ids))
+
+
+def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
+    """The night's exit code (0 passes, 1 fails), `rerun(case_ids, run.json of RUN, out)` running the cases of its
+    slower timings again into `out` (its exit code) where those are all that fail it."""
+    base = counted(run_dirs([good]))
+    first = compare(base, [run], threshold)
+    if not first.failed:
+        print("confirm: the night passes as it is")
+        return 0
+    if not rerunnable(first):
+        print("confirm: not a matter of slower timings alone (a case failing, an exact metric changed, or a run "
+              "disturbed, damaged or unfinished): the night fails as it is")
+        return 1
+    meta = read_run_json(run) or {}
+    ids = cases_to_rerun(first, meta)
+    slower = "; ".join(f"{r.case_id} {r.metric} x{r.ratio:.3f}" for r in first.gating.itertuples())
+    print(f"confirm: {len(first.gating)} timing(s) slower ({slower}): running their {len(ids)} case(s) again")
+    if rerun(ids, meta, out) not in (0, 1) or read_run_json(out) is None:  # 1: a case errored, which compare says
+        print("confirm: the rerun did not run: the night fails as it is", file=sys.stderr)
+        return 1
+    second = compare(base, [run, out], threshold)
+    for line in second.summary_lines():
+        print(line)
+    kept = set(zip(second.gating["case_id"], second.gating["metric"]))
+    gone = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) not in kept]
+    print(f"confirm: {len(first.gating) - len(gone)} of {len(first.gating)} reproduced"
+          + (f"; not reproduced: {'; '.join(gone)}" if gone else ""))
+    return 1 if second.failed else 0
+
+
+def bench_run(python: str):
+    """rerun(): `PYTHON -m bench run` of exactly these cases, at the night's size and device."""
+    from bench.records import glob_escape
+
+    def rerun(ids: list[str], meta: dict, out: Path) -> int:
+        suites = sorted({i.split("/", 1)[0] for i in ids})
+        cmd = [python, "-m", "bench", "run", *suites, "--size", str(meta.get("size")), "--device",
+               str(meta.get("device")), "--out", str(out), *(a for i in ids for a in ("--case", glob_escape(i)))]
+        return subprocess.run(cmd).returncode
+
+    return rerun
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="ci/confirm.py", description=__doc__.splitlines()[0])
+    p.add_argument("good", type=Path)
+    p.add_argument("run", type=Path)
+    p.add_argument("out", type=Path, help="the rerun's run directory (new)")
+    p.add_argument("threshold", type=float, nargs="?", default=5.0, help="percent (5)")
+    p.add_argument("--python", default=sys.executable, help="the interpreter that runs bench (the nightly's)")
+    args = p.parse_args(argv)
+    return confirm(args.good, args.run, args.out, args.threshold / 100, bench_run(args.python))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
