@@ -14,11 +14,12 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 
 from bench.commands import UsageError
 from bench.distributed import Launch
-from bench.records import RECORDS_JSONL, case_id, glob_escape, path_text, read_run_json, scan_records
+from bench.records import RECORDS_JSONL, SchemaError, case_id, glob_escape, path_text, read_run_json, scan_records
 from bench.rundir import shell_word
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
@@ -147,7 +148,7 @@ def warn_ratios_lost(args, cases, registry, out: Path) -> None:
     it."""
     ids, alone = {c.id for c in cases}, {}
     if args.resume or args.retry_failed:
-        with warnings.catch_warnings():  # the run says what is wrong with its records itself
+        with warnings.catch_warnings(), suppress(SchemaError):  # the run says what is wrong with its records itself
             warnings.simplefilter("ignore")
             ids |= {r.case_id for r in scan_records(Path(out) / RECORDS_JSONL).records if r.status == "ok"}
     for c in cases:  # a ratio to the reference is taken against its case in the same run

@@ -209,8 +209,16 @@ class RecordWriter:
         # a write cut short by a kill, or a whole line damaged since: its bytes are kept beside the file, not lost
         import time
 
-        kept = self.path.with_name(f"{self.path.name}.cut-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-        kept.write_bytes(os.pread(fd, end - start, start))
+        stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime())
+        tail = os.pread(fd, end - start, start)
+        for n in range(1000):  # a name of its own: two cuts in one second keep both
+            kept = self.path.with_name(f"{self.path.name}.cut-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                with kept.open("xb") as f:
+                    f.write(tail)
+                break
+            except FileExistsError:
+                continue
         os.ftruncate(fd, start)
         warnings.warn(f"{self.path}: its last line was no whole record (a write cut short, or a line damaged): its "
                       f"{end - start} bytes moved to {kept.name}; the case runs again", stacklevel=3)

@@ -66,10 +66,15 @@ mapfile -t goods < <(for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%
   while IFS= read -r d; do ln -s "$d" "$good/$(basename "$d")"; done
 if [ -n "$(ls -A "$good")" ]; then
   # slower timings alone are measured again before they fail the night (ci/confirm.py): a one-off of the machine is
-  # in one run of two, a slowdown of the code in both
+  # not in the rerun, a slowdown of the code is; any other failure of compare (exit 2, bad input) fails the night
   "${bench[@]}" compare "$good" "$run" --threshold "$threshold" --fail-on-regression \
-    -o "$run/compare-last-good.html" ||
-    "$python" ci/confirm.py --python "$python" "$good" "$run" "$home/confirm/$(basename "$run")" "$threshold" || rc=1
+    -o "$run/compare-last-good.html"
+  case $? in
+    0) ;;
+    1) "$python" ci/confirm.py --python "$python" "$good" "$run" "$home/confirm/$(basename "$run")" "$threshold" ||
+         rc=1 ;;
+    *) rc=1 ;;
+  esac
 elif [ "${#goods[@]}" -gt 0 ]; then
   echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size or device):" \
     "this night starts a fresh baseline, compared against nothing"

@@ -222,10 +222,11 @@ def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, windo
     if not (Path(store) / history.RUNS).is_dir():
         raise ValueError(f"{store} is not a history store (no {history.RUNS}/ folder); "
                          "fill one with `bench history add RUN --store DIR`")
-    frame = history.load(store)
-    if frame.empty and any((Path(store) / history.RUNS).glob("*/run.json")):  # `bench run`'s default runs/ folder
+    runs = Path(store) / history.RUNS
+    if not any(runs.glob("*.parquet")) and any(runs.glob("*/run.json")):  # `bench run`'s default runs/ folder
         raise ValueError(f"{store} is not a history store: its {history.RUNS}/ holds run directories, not the .parquet "
                          f"files of one; fill a store with `bench history add RUN --store DIR` and draw DIR")
+    frame = history.load(store)
     with atomic_files(out_dir) as put:
         return _site(frame, store, put, threshold, window, said)
 

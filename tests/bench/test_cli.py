@@ -238,3 +238,6 @@ def test_a_variant_run_without_its_reference_is_told_it_loses_its_ratios(capsys,
                                         "metrics": {"step_time_ms": 1.0}}])
     warn_ratios_lost(Namespace(**{**vars(args), "resume": True}), full, registry, run)
     assert capsys.readouterr().err == ""
+    (tmp_path / "odd" / "records.jsonl").mkdir(parents=True)  # unreadable records: the resume itself says so
+    warn_ratios_lost(Namespace(**{**vars(args), "resume": True}), full, registry, tmp_path / "odd")
+    assert "will run without the case of its reference variant none" in capsys.readouterr().err

@@ -122,3 +122,18 @@ def test_opening_leaves_a_file_that_ends_at_a_line_alone(tmp_path, contents):
     with RecordWriter(path):
         pass
     assert path.read_bytes() == (contents or b"")
+
+
+def test_two_cut_lines_in_one_second_are_both_kept(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setattr(time, "strftime", lambda *a: "20260101T000000")  # both cuts in the same second
+    path = tmp_path / "records.jsonl"
+    for n in (1, 2):
+        with path.open("ab") as f:
+            f.write(line(n)[:30 + n])
+        with pytest.warns(UserWarning, match="moved to records.jsonl.cut-20260101T000000"), RecordWriter(path):
+            pass
+    kept = sorted(tmp_path.glob("records.jsonl.cut-*"))
+    assert [p.name for p in kept] == ["records.jsonl.cut-20260101T000000", "records.jsonl.cut-20260101T000000-1"]
+    assert [p.read_bytes() for p in kept] == [line(1)[:31], line(2)[:32]]

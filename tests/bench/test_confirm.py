@@ -1,0 +1,102 @@
+"""ci/confirm.py: a night's slower timings run again, and fail the night only where the rerun is slower too."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tests.optional import needs
+from tests.runs import checkpointing_records, write_run
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW = "checkpointing/full/batch=8,d_model=256,dtype=bfloat16,layers=8,seq=256"
+pytestmark = needs("scipy")
+
+
+def _confirm():
+    spec = importlib.util.spec_from_file_location("confirm", ROOT / "ci" / "confirm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def night(root: Path, name: str, factor: float = 1.0, seed: int = 10, only=None, status: str = "ok") -> Path:
+    """A run of the checkpointing cases with SLOW `factor` times slower (or of `status`); `only`: those cases."""
+    records = checkpointing_records(seed=seed)
+    for r in records:
+        case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={r['params'][k]}" for k in sorted(r["params"]))
+        if case == SLOW and status != "ok":
+            r.update(status=status, error="boom", metrics={}, samples={})
+        elif case == SLOW:
+            r["metrics"]["step_time_ms"] *= factor
+            r["samples"]["step_time_ms"] = [x * factor for x in r["samples"]["step_time_ms"]]
+        r["keep"] = only is None or case in only
+    return write_run(root, name, [{k: v for k, v in r.items() if k != "keep"} for r in records if r["keep"]],
+                     size="smoke", gpu=None)
+
+
+@pytest.fixture
+def good(tmp_path):
+    for i in range(4):  # four good nights within ~1% of each other
+        night(tmp_path / "good", f"g{i}", seed=i)
+    return tmp_path / "good"
+
+
+@pytest.mark.parametrize("tonight, rerun, fails", [
+    (1.8, 1.0, False),  # a one-off of the machine: not in the rerun
+    (1.8, 1.8, True),
+    (1.3, 1.8, True),  # slower again, by more: the two runs disagree on the size, not on the slowdown
+    (1.8, 1.4, True),
+    (1.5, 1.25, True),
+])
+def test_a_timing_fails_the_night_only_where_the_rerun_is_slower_too(tmp_path, good, capsys, tonight, rerun, fails):
+    confirm = _confirm()
+    run = night(tmp_path, "tonight", tonight)
+    asked = []
+
+    def fake(ids, meta, out):
+        asked.append(ids)
+        night(out.parent, out.name, rerun, seed=20, only=set(ids))
+        return 0
+
+    assert confirm.confirm(good, run, tmp_path / "again", 0.05, fake) == int(fails)
+    assert asked == [[SLOW, SLOW.replace("/full/", "/none/")]]  # with its reference case
+    said = capsys.readouterr().out
+    assert f"confirm: {int(fails)} of 1 slower again in the rerun" in said, said
+
+
+def test_a_case_failing_in_the_rerun_fails_the_night(tmp_path, good, capsys):
+    confirm = _confirm()
+
+    def fake(ids, meta, out):
+        night(out.parent, out.name, seed=20, only=set(ids), status="error")
+        return 1
+
+    assert confirm.confirm(good, night(tmp_path, "tonight", 1.8), tmp_path / "again", 0.05, fake) == 1
+    assert f"failed in the rerun: {SLOW} (error)" in capsys.readouterr().out
+
+
+def test_a_damaged_good_night_does_not_keep_tonight_from_its_rerun(tmp_path, good):
+    confirm = _confirm()
+    with (good / "g0" / "records.jsonl").open("a") as f:
+        f.write("{garbage\n")  # compare names it; the gate does not fail on a damaged BASE
+
+    def fake(ids, meta, out):
+        night(out.parent, out.name, seed=20, only=set(ids))
+        return 0
+
+    with pytest.warns(UserWarning, match="skipped 1 corrupt line"):
+        assert confirm.confirm(good, night(tmp_path, "tonight", 1.8), tmp_path / "again", 0.05, fake) == 0
+
+
+def test_a_night_failing_on_something_else_is_not_rerun(tmp_path, good, capsys):
+    confirm = _confirm()
+    run = night(tmp_path, "tonight", status="error")  # a case newly failing
+
+    def fake(ids, meta, out):
+        raise AssertionError("not rerun")
+
+    assert confirm.confirm(good, run, tmp_path / "again", 0.05, fake) == 1
+    assert "not a matter of slower timings alone" in capsys.readouterr().out
