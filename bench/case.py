@@ -19,7 +19,7 @@ from bench.artifacts import artifacts_digest, artifacts_read
 from bench.hardware import device_name, peak_gbps, peak_tflops
 from bench.interference import mem_available_bytes
 from bench.progress import forwarding
-from bench.suite import SUITES, Measurement, Skip, Suite, case_id, unmet
+from bench.suite import SUITES, Measurement, Skip, Suite, case_id, off_cuda
 from bench.timing import time_floor
 from bench.validation import check_measurement
 
@@ -83,8 +83,8 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 
         importlib.import_module(case.module)
         suite = SUITES[case.suite]
-        if (off_cuda := unmet(suite, case.variant, device)) and case.variant in suite.cuda_only:
-            return {"status": "skipped", "error": off_cuda}  # called directly (bench profile), not by a launcher
+        if (why := off_cuda(suite, case.variant, device)) is not None:  # called directly (bench profile)
+            return {"status": "skipped", "error": why}
         predicted = {}
         if case.predict:  # before the seeds: the plan builds its own model
             predicted, too_big = prediction if prediction is not None else predict_case(suite, case, device)

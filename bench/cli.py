@@ -23,7 +23,8 @@ from pathlib import Path
 
 from bench import cli_run, commands, plan_cli
 from bench.atomic import OutputError
-from bench.cli_run import parse_params, resolve_device, select
+from bench.cli_run import parse_params, resolve_device
+from bench.cli_select import select
 from bench.commands import UsageError
 from bench.records import path_text
 from bench.suite import SIZES, discover

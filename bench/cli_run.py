@@ -6,20 +6,18 @@ Every option is checked before anything is imported or created: a bad one exits 
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import socket
 import sys
 import tempfile
-import warnings
 from collections import Counter
-from contextlib import suppress
 from pathlib import Path
 
+from bench.cli_select import nearest, no_case_matches, select, warn_ratios_lost, warn_unused_selection
 from bench.commands import UsageError
 from bench.distributed import Launch
-from bench.records import RECORDS_JSONL, SchemaError, case_id, glob_escape, path_text, read_run_json, scan_records
+from bench.records import path_text, read_run_json
 from bench.rundir import shell_word
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
@@ -98,83 +96,6 @@ def parse_params(text: str | None, flag: str = "--params") -> dict[str, str]:
     return {k: v for k, _, v in pairs}
 
 
-def no_case_matches(suites, size: str, device: str, where: dict[str, str], text: str, variants=None,
-                    world_size: int = 1, world_flag: str = "--world-size") -> UsageError:
-    """The error for --params that select no case: the values each given key takes in the grid (a typo'd value or key
-    shows at once) and every key; or that the values are each in the grid but never together; or, where grid points
-    match and --variant has no case at them, that. A distributed suite's world_size is the launch's (`world_flag`
-    sets it), not a grid key."""
-    grid = [{**p, **({"world_size": world_size} if s.world_sizes else {})}
-            for s in suites for p in s.grid(size, device)]
-    if variants and any(_matches(p, where) for p in grid):
-        return UsageError(f"no {size} case of --variant {' '.join(variants)} matches --params {text} (the variants "
-                          "have no case at those grid points)")
-    told = []
-    for key, wanted in where.items():
-        values = {repr(p[key]): p[key] for p in grid if key in p}  # by repr: a plug-in's value may be a list
-        ordered = sorted(values.values(), key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
-        if key == "world_size" and any(s.world_sizes for s in suites):
-            sizes = sorted({n for s in suites for n in s.world_sizes})
-            told.append(f"world_size is {world_size}, the launch's: set it with {world_flag}; the suite runs at "
-                        f"{', '.join(map(str, sizes))}")
-        elif not values:
-            told.append(f"{key} is no param")
-        elif wanted not in {str(v) for v in ordered}:
-            told.append(f"{key} takes {', '.join(map(str, ordered))}")
-    if not told:
-        told.append("each value is in the grid, but no grid point has them all")
-    keys = sorted({k for p in grid for k in p})
-    return UsageError(f"no {size} case matches --params {text} ({'; '.join(told)}; params: {', '.join(keys)})")
-
-
-def warn_unused_selection(args, suites, cases, how, registry) -> None:
-    """One warning line for what the command names but will not run: a suite named on the command line that the
-    other filters leave without a case (`bench run mla fp8 --case 'mla/*'`), and a launch for distributed suites
-    (--nproc-per-node, --nnodes) when none is selected."""
-    planned = {c.suite for c in cases}
-    for name in dict.fromkeys(args.suites):
-        if name not in planned:
-            print(f"bench: warning: no {args.size} case of {name} passes --variant, --params, --case and --shard "
-                  "here: it will not run", file=sys.stderr)
-    if how.world_size > 1 and not any(s.world_sizes for s in suites):
-        print("bench: warning: --nproc-per-node and --nnodes launch the distributed suites only "
-              f"({', '.join(sorted(n for n, s in registry.items() if s.world_sizes))}); none is selected",
-              file=sys.stderr)
-
-
-def warn_ratios_lost(args, cases, registry, out: Path) -> None:
-    """One warning line a suite for the cases whose ratios to the reference variant cannot be taken: its case is
-    neither among `cases` nor recorded in `out` already (a resumed run's), as `--variant full` or one --case leaves
-    it."""
-    ids, alone = {c.id for c in cases}, {}
-    if args.resume or args.retry_failed:
-        with warnings.catch_warnings(), suppress(SchemaError):  # the run says what is wrong with its records itself
-            warnings.simplefilter("ignore")
-            ids |= {r.case_id for r in scan_records(Path(out) / RECORDS_JSONL).records if r.status == "ok"}
-    for c in cases:  # a ratio to the reference is taken against its case in the same run
-        suite = registry[c.suite]
-        ref = suite.reference_variant(c.params)
-        if ref != c.variant and suite.relative_for(c.params) and case_id(c.suite, ref, c.params) not in ids:
-            alone.setdefault((c.suite, ref), []).append(c)
-    for (name, ref), lacking in alone.items():
-        ratios = ", ".join(dict.fromkeys(r.name for c in lacking for r in registry[name].relative_for(c.params)))
-        add = (f"add --case '{glob_escape(case_id(name, ref, lacking[0].params))}'" if args.case and len(lacking) == 1
-               else "add its cases with --case" if args.case else f"add --variant {ref}")
-        print(f"bench: warning: {len(lacking)} case{'s' * (len(lacking) > 1)} of {name} will run without the case of "
-              f"its reference variant {ref}: no {ratios} ({add})", file=sys.stderr)
-
-
-def nearest(glob: str, ids: list[str], where: str) -> str:
-    """"; the nearest on WHERE: ID" for the case id most like `glob` (a case id copied from a run on another device,
-    whose grid differs: a GPU's runs bfloat16 where a CPU's runs float32), else ""."""
-    near = difflib.get_close_matches(glob, ids, n=1, cutoff=0.6)
-    return f"; the nearest on {where}: {near[0]}" if near else ""
-
-
-def _matches(params: dict, where: dict[str, str]) -> bool:
-    return all(str(params.get(k)) == str(v) for k, v in where.items())
-
-
 def parse_cpus(text: str | None) -> frozenset[int] | None:
     """--cpus "0-3,8" as a set; refused when malformed or naming a CPU that the kernel will not let `bench` run on:
     one that does not exist, or that a cgroup's cpuset keeps it off (it would refuse it, or drop it silently). A CPU
@@ -250,26 +171,6 @@ def resolve_device(text: str) -> str:
         raise UsageError(str(e)) from None
 
 
-def select(registry: dict, names: list[str], variants: list[str] | None):
-    unknown = [n for n in names if n not in registry]
-    if unknown:
-        raise UsageError(f"unknown suite {unknown[0]!r} (valid: {', '.join(sorted(registry))})")
-    suites = [registry[n] for n in dict.fromkeys(names or sorted(registry))]  # a suite named twice runs once
-    if variants:
-        valid = sorted({v for s in suites for v in s.variants})
-        bad = [v for v in variants if v not in valid]
-        if bad and bad[0] in registry:  # `--variant full checkpointing`: --variant takes every word after it
-            named = " ".join([*names, *(v for v in bad if v in registry)])
-            rest = " ".join(v for v in variants if v not in registry)
-            raise UsageError(f"{bad[0]!r} is a suite, not a variant: name suites before --variant ({named}"
-                             f"{' --variant ' + rest if rest else ', and a variant after --variant'})")
-        if bad:
-            near = difflib.get_close_matches(bad[0], valid, n=3)
-            raise UsageError(f"unknown variant {bad[0]!r} for {', '.join(s.name for s in suites)} "
-                             f"({'did you mean ' + ' or '.join(near) + '? ' if near else ''}valid: {', '.join(valid)})")
-    return suites
-
-
 def cmd_run(args, discover, write_report) -> int:
     """`bench run`. `discover` finds the suites and `write_report` writes report.html: both come from bench.cli, the
     command layer, since reports/ is no import of the harness's core."""
@@ -291,9 +192,9 @@ def cmd_run(args, discover, write_report) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if how.nnodes > 1:  # a host no node can find: torchrun retries it for minutes at every case
-        host, _, port = how.rdzv_endpoint.rpartition(":")
+        host, port = how.host_port()
         try:
-            socket.getaddrinfo(host.strip("[]"), int(port))
+            socket.getaddrinfo(host.strip("[]"), port)
         except (OSError, UnicodeError) as e:
             raise UsageError(f"--rdzv-endpoint {how.rdzv_endpoint}: cannot resolve host {host!r} ({e})") from None
     if where and not runner.plan(suites, args.size, device, args.variant, where=where, world_size=how.world_size):
@@ -307,8 +208,8 @@ def cmd_run(args, discover, write_report) -> int:
             raise UsageError(f"no {args.size} case on {device} matches --case {glob!r} (case ids are "
                              "suite/variant/k=v,... with keys sorted; `bench list` names the suites and variants"
                              f"{nearest(glob, ids, device)})")
-    warn_unused_selection(args, suites, runner.plan(suites, args.size, device, args.variant, shard, where or None,
-                                                    how.world_size, args.case), how, registry)
+    planned = runner.plan(suites, args.size, device, args.variant, shard, where or None, how.world_size, args.case)
+    warn_unused_selection(args, suites, planned, how, registry)
     if args.skip_predicted_oom and not device.startswith("cuda"):
         print(f"bench: warning: --skip-predicted-oom skips only on a GPU; on {device} every case runs, with its "
               "prediction recorded (as --predict)", file=sys.stderr)
@@ -318,8 +219,7 @@ def cmd_run(args, discover, write_report) -> int:
                        else Path("runs") / run_id)
     if resume and args.out and not Path(args.out).exists():  # start-or-continue scripts rely on this: said, not refused
         print(f"bench: warning: {args.out} does not exist: nothing to resume, a new run starts there", file=sys.stderr)
-    warn_ratios_lost(args, runner.plan(suites, args.size, device, args.variant, shard, where or None, how.world_size,
-                                       args.case), registry, out)
+    warn_ratios_lost(args, planned, registry, out)
     argv = getattr(args, "argv", sys.argv[1:])
     cfg = runner.RunConfig(suites=suites, size=args.size, device=device, out=out, variants=args.variant,
                            shard=shard, where=where or None, cases_like=args.case, timeout_s=args.timeout,
@@ -358,9 +258,7 @@ def cmd_run(args, discover, write_report) -> int:
           + f" -> {path_text(out)}")
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
-    selected = {c.id for c in runner.plan(suites, args.size, device, args.variant, shard, where or None,
-                                          how.world_size, args.case)}
-    if stopped := set(not_run) & selected:  # this command's own cases: its --budget ran out
+    if stopped := set(not_run) & {c.id for c in planned}:  # this command's own cases: its --budget ran out
         print(f"bench: the --budget of {args.budget:g} s ran out with {len(stopped)} cases not run (listed in "
               f"{out / 'run.json'} under not_run); `{rundir.resume_command(argv, out)}` runs them", file=sys.stderr)
     elif not_run:

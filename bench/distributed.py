@@ -71,11 +71,15 @@ class Launch:
                              f"{self.nnodes}")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT, the same on every node")
-        if self.rdzv_endpoint is not None:
-            host, colon, port = self.rdzv_endpoint.rpartition(":")
-            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST:PORT (a port of 1-65535), "
-                                 "e.g. node0.cluster:29500")
+        if self.rdzv_endpoint is not None and self.host_port() is None:
+            raise ValueError(f"--rdzv-endpoint {self.rdzv_endpoint!r} is not HOST:PORT (a port of 1-65535), "
+                             "e.g. node0.cluster:29500")
+
+    def host_port(self) -> tuple[str, int] | None:
+        """(host, port) of the rendezvous endpoint; None where there is none or it is not HOST:PORT."""
+        host, colon, port = (self.rdzv_endpoint or "").rpartition(":")
+        ok = colon and host and port.isdigit() and 0 < int(port) < 65536
+        return (host, int(port)) if ok else None
 
     @property
     def world_size(self) -> int:
@@ -171,12 +175,8 @@ def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
 
 def _last_words(log: Path) -> str:
     """The last error line of a job's log, cut to 200 characters; its last line where none names an error."""
-    try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "no log"
-    errors = [ln for ln in lines if "Error" in ln or "error" in ln]
-    line = (errors or lines or ["it said nothing"])[-1]
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    line = ([ln for ln in lines if "error" in ln.lower()] or lines or ["it said nothing"])[-1]
     return line if len(line) <= 200 else line[:197] + "..."
 
 

@@ -115,7 +115,8 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
             continue
         rows = list(_rows(records, meta, run_id))
         held = _held(store) if held is None else held
-        again = {row["source_run"] for row in rows} & held.keys()
+        sources = {row["source_run"] for row in rows}
+        again = sources & held.keys()
         if again:  # written all the same: which copy `load` keeps depends on runs added later
             parts = [f"run {s}'s" + ("" if held[s] == {s} else f" (in {', '.join(sorted(held[s]))})")
                      for s in sorted(again)]
@@ -124,8 +125,8 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
                           "the most shards", stacklevel=2)
         _write(rows, path)
         added += len(rows)
-        for row in rows:
-            held.setdefault(row["source_run"], set()).add(run_id)
+        for source in sources:
+            held.setdefault(source, set()).add(run_id)
     return added
 
 

@@ -67,7 +67,8 @@ def resolve_gpu(name: str) -> tuple[str, str | None, int | None]:
 
 def predictions(args, discover) -> tuple[list, dict]:
     """Plan what the arguments select; (predictions, a summary of the plan)."""
-    from bench.cli_run import nearest, no_case_matches, parse_params, select
+    from bench.cli_run import parse_params
+    from bench.cli_select import nearest, no_case_matches, select
     from bench.plan import grid_device, plan, plan_points
 
     suites = select(discover(), args.suites, args.variant)  # first: a typo'd suite is the error, whatever --gpu says

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench import metrics as metric_specs
+from bench.case_ids import case_id as case_id  # re-exported: the suites' and runner's name for it
 from bench.metrics import Metric
-from bench.records import case_id as case_id  # re-exported: defined with the record schema
 
 if TYPE_CHECKING:
     from bench.timing import Timing
@@ -45,12 +45,19 @@ def requires(*modules: str, pip: str | None = None) -> None:
         raise Skip(f"needs {', '.join(missing)}, which is not installed (pip install {pip or ' '.join(missing)})")
 
 
+def off_cuda(suite: Suite, variant: str, device: str | None) -> str | None:
+    """Why `variant` cannot run on `device`: its kernel runs on CUDA alone (Suite.cuda_only); None where it can."""
+    if device is not None and not device.startswith("cuda") and variant in suite.cuda_only:
+        return f"{suite.cuda_only[variant]} runs on CUDA only: skipped on {device}"
+    return None
+
+
 def unmet(suite: Suite, variant: str, device: str | None = None) -> str | None:
     """Why `variant` cannot run here, on `device`: a CUDA-only kernel off CUDA (Suite.cuda_only), or for want of a
     package its suite declares (Suite.requires); None where it can. Cheap: no import, no process; `bench run` asks
     it before starting a case."""
-    if device is not None and not device.startswith("cuda") and variant in suite.cuda_only:
-        return f"{suite.cuda_only[variant]} runs on CUDA only: skipped on {device}"
+    if (why := off_cuda(suite, variant, device)) is not None:
+        return why
     need = suite.requires.get(variant)
     if need is None:
         return None

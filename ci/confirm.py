@@ -75,7 +75,7 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
 
 def bench_run(python: str):
     """rerun(): `PYTHON -m bench run` of exactly these cases, at the night's size and device."""
-    from bench.records import glob_escape
+    from bench.case_ids import glob_escape
 
     def rerun(ids: list[str], meta: dict, out: Path) -> int:
         suites = sorted({i.split("/", 1)[0] for i in ids})

@@ -219,10 +219,10 @@ def build(store: str | Path, out_dir: str | Path, threshold: float = 0.05, windo
     `said(line)`, if given, is told what the index says in one line (current regressions, series a contended latest
     night left unjudged), for a nightly log that shows it beside compare's verdict."""
     rule.check(threshold, window)
-    if not (Path(store) / history.RUNS).is_dir():
+    runs = Path(store) / history.RUNS
+    if not runs.is_dir():
         raise ValueError(f"{store} is not a history store (no {history.RUNS}/ folder); "
                          "fill one with `bench history add RUN --store DIR`")
-    runs = Path(store) / history.RUNS
     if not any(runs.glob("*.parquet")) and any(runs.glob("*/run.json")):  # `bench run`'s default runs/ folder
         raise ValueError(f"{store} is not a history store: its {history.RUNS}/ holds run directories, not the .parquet "
                          f"files of one; fill a store with `bench history add RUN --store DIR` and draw DIR")

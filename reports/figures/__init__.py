@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.case_ids import case_id, reproduce_command
 from bench.metrics import default
-from bench.records import STATUSES, case_id, path_text, read_run_json, records_frame, reproduce_command
+from bench.records import STATUSES, path_text, read_run_json, records_frame
 
 NOT_OK = tuple(s for s in STATUSES if s != "ok")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")

@@ -175,7 +175,7 @@ def test_full_disk_is_one_line_and_keeps_finished_records(capsys, tmp_path, monk
 
 
 def test_an_unmatched_params_message_names_values_of_any_type():
-    from bench.cli_run import no_case_matches
+    from bench.cli_select import no_case_matches
 
     class Stub:  # a plug-in's grid may hold lists, None, floats and bools side by side
         world_sizes = ()
@@ -215,7 +215,7 @@ def test_a_variant_run_without_its_reference_is_told_it_loses_its_ratios(capsys,
     from argparse import Namespace
 
     from bench import runner
-    from bench.cli_run import warn_ratios_lost
+    from bench.cli_select import warn_ratios_lost
     from bench.suite import discover
 
     registry = discover()

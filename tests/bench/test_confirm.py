@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.case_ids import case_id
 from tests.optional import needs
 from tests.runs import checkpointing_records, write_run
 
@@ -26,7 +27,7 @@ def night(root: Path, name: str, factor: float = 1.0, seed: int = 10, only=None,
     """A run of the checkpointing cases with SLOW `factor` times slower (or of `status`); `only`: those cases."""
     records = checkpointing_records(seed=seed)
     for r in records:
-        case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={r['params'][k]}" for k in sorted(r["params"]))
+        case = case_id(r["suite"], r["variant"], r["params"])
         if case == SLOW and status != "ok":
             r.update(status=status, error="boom", metrics={}, samples={})
         elif case == SLOW:

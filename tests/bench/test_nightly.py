@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.case_ids import case_id
 from tests.optional import needs
 from tests.runs import H200, checkpointing_records, write_run
 
@@ -39,16 +40,15 @@ def fake_run(argv: list[str]) -> None:
     opts = {argv[i]: argv[i + 1] for i in flags if argv[i] != "--case"}
     cases = [argv[i + 1] for i in flags if argv[i] == "--case"]
     out = Path(opts["--out"])
-    records = checkpointing_records(seed=int(time.time() * 1000) % 997)
-    for r in records:
-        case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={r['params'][k]}" for k in sorted(r["params"]))
-        r["case_id"] = case
+    kept = []
+    for r in checkpointing_records(seed=int(time.time() * 1000) % 997):
+        case = case_id(r["suite"], r["variant"], r["params"])
         if case == os.environ.get("FAKE_SLOW") and (not cases or os.environ.get("FAKE_SLOW_AGAIN")):
             r["metrics"]["step_time_ms"] *= 1.8
             r["samples"]["step_time_ms"] = [x * 1.8 for x in r["samples"]["step_time_ms"]]
-    records = [r for r in records if not cases or any(fnmatch.fnmatchcase(r["case_id"], g) for g in cases)]
-    for r in records:
-        r.pop("case_id", None)
+        if not cases or any(fnmatch.fnmatchcase(case, g) for g in cases):
+            kept.append(r)
+    records = kept
     write_run(out.parent, out.name, records, size=opts["--size"], gpu=None if opts["--device"] == "cpu" else H200,
               run_id=f"{out.parent.name}-{out.name}")  # a run of its own, as bench run's new run_id
 

@@ -5,8 +5,8 @@ import shlex
 import pytest
 
 from bench import runner
+from bench.case_ids import case_id, reproduce_command
 from bench.cli import _parser
-from bench.records import case_id, reproduce_command
 from bench.suite import discover
 
 

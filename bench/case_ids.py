@@ -1,0 +1,33 @@
+"""A case's identity and the command line that selects it alone: case_id (the key resume, shard, compare and history
+join on), the shell-style glob that matches one case id and no other, and the `bench run` line that runs a case again.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+
+def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
+    """suite/variant/k=v,... with params sorted by key: the identity that resume, shard and compare join on."""
+    return f"{suite}/{variant}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def reproduce_command(suite: str, variant: str, params: dict, size: str, device: str,
+                      reference: str | None = None) -> str:
+    """The `bench run` line that runs exactly this case again: its case_id as a --case glob that matches it alone
+    (--params would also match the cases with params of their own beyond it), and the case of its `reference` variant
+    (same params) beside it, whose timing and bytes its ratios to the reference are taken against. A distributed
+    case's world_size becomes --nproc-per-node (one node)."""
+    ids = [case_id(suite, variant, params)]
+    if reference and reference != variant:
+        ids.append(case_id(suite, reference, params))
+    cases = " ".join(f"--case {shlex.quote(glob_escape(i))}" for i in ids)
+    ranks = f" --nproc-per-node {params['world_size']}" if "world_size" in params else ""
+    return f"bench run {suite} --size {size} --device {device}{ranks} {cases}"
+
+
+def glob_escape(text: str) -> str:
+    """`text` as a shell-style glob (fnmatch) that matches it alone: [, * and ? as one-character classes."""
+    return re.sub(r"([\[*?])", r"[\1]", text)
