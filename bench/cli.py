@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import cli_run, commands, plan_cli
 from bench.atomic import OutputError
-from bench.cli_run import parse_params, resolve_device
+from bench.cli_run import Stopped, parse_params, resolve_device, say, stop_code, stopped_by
 from bench.cli_select import select
 from bench.commands import UsageError
 from bench.records import path_text
@@ -255,14 +255,19 @@ def _stdout_gone() -> bool:
         return False
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM stops a run as Ctrl-C does: its cases' processes ended, finished records kept
+def _stopped(signum, frame):
+    """SIGTERM, or SIGHUP (the terminal closed), stops a command as Ctrl-C does: a run's cases' processes are ended
+    and its finished records kept. A repeat of the signal while it stops is ignored (SIGKILL is there to force it)."""
+    signal.signal(signum, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     if argv is None and threading.current_thread() is threading.main_thread():  # the command itself, not a test
-        signal.signal(signal.SIGTERM, _terminated)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                signal.signal(signum, _stopped)
     try:
         args = _parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command that continues a run
@@ -283,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bench: error: {missing_package(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted; finished records are kept, rerun with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        say(f"bench: {stopped_by(e)}; finished records are kept, rerun with --resume")
+        return stop_code(e)
     except BrokenPipeError:
         if not _stdout_gone():  # another pipe (a child's, a socket): a failure like any other
             raise

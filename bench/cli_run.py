@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -30,6 +31,32 @@ MAX_THREADS = 4096
 # impls.cache.UNWRITABLE_SAID (bench does not import impls): "1" in the environment the cases inherit tells their
 # cache writes that this run has already said, once, that the cache folder cannot be written
 CACHE_UNWRITABLE = "TECHBENCH_CACHE_UNWRITABLE"
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C's SIGINT (SIGTERM, SIGHUP), raised where the command is, to stop it as Ctrl-C
+    does; the command then exits 128 + its number, as a shell reports a process the signal ended."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stopped_by(e: KeyboardInterrupt) -> str:
+    return f"stopped by {signal.Signals(e.signum).name}" if isinstance(e, Stopped) else "interrupted"
+
+
+def stop_code(e: KeyboardInterrupt) -> int:
+    return 128 + (e.signum if isinstance(e, Stopped) else signal.SIGINT)
+
+
+def say(line: str) -> None:
+    """`line` on stderr where it still goes somewhere: after SIGHUP the terminal may be gone (EIO), and the command
+    is stopping anyway."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def add_arguments(r) -> None:
@@ -244,10 +271,10 @@ def cmd_run(args, discover, write_report) -> int:
         print(f"bench: cannot write to {out}: {e.strerror or e}; finished records are kept, "
               f"`{rundir.resume_command(argv, out)}` continues", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the cases' processes are ended, finished records kept
-        print(f"bench: interrupted; finished records are kept in {out}, `{rundir.resume_command(argv, out)}` "
-              "continues", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP: the cases' processes are ended, finished records kept
+        say(f"bench: {stopped_by(e)}; finished records are kept in {out}, `{rundir.resume_command(argv, out)}` "
+            "continues")
+        return stop_code(e)
     finally:  # this run's news: another run in this process (a notebook's, a test's) checks the cache afresh
         if said is None:
             os.environ.pop(CACHE_UNWRITABLE, None)

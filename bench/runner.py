@@ -373,9 +373,13 @@ def _case_and_status(line: bytes) -> tuple[str | None, str | None]:
 def _stopping(progress):
     try:
         yield
-    finally:
+    except BaseException:
         if progress is not None:
-            progress.stop()
+            with suppress(OSError):  # its terminal may be what stopped the run (SIGHUP, then EIO): that is the news
+                progress.stop()
+        raise
+    if progress is not None:
+        progress.stop()
 
 
 def _add_relative(record: Record, refs: dict[str, dict]) -> None:

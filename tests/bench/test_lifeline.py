@@ -1,6 +1,7 @@
 """No process a case starts outlives its case or `bench` (bench.lifeline): not when `bench` is killed with SIGKILL
 (isolated or torchrun), not a stray a case leaves behind, not a forked child of a case that crashed."""
 
+import json
 import os
 import resource
 import signal
@@ -22,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PIDS = "TECHBENCH_TEST_STRAY_PIDS"
 MARK = "TECHBENCH_TEST_MARK"
 BENCH = ("import sys, bench.cli, bench.suite, tests.bench.test_lifeline; "
-         "bench.cli.discover = lambda: bench.suite.SUITES; sys.exit(bench.cli.main(sys.argv[1:]))")
-"""`bench`, knowing the test suites too."""
+         "bench.cli.discover = lambda: bench.suite.SUITES; sys.exit(bench.cli.main())")
+"""`bench`, knowing the test suites too: the command itself (main() reads sys.argv and handles SIGTERM and SIGHUP)."""
 
 
 @register
@@ -136,6 +137,34 @@ def test_a_killed_bench_ends_an_isolated_case_and_its_subprocess(tmp_path, sig):
         bench.send_signal(sig)
         bench.wait()
     assert _until(lambda: not _alive(case) and not _alive(sleep), 5), "the case or its sleep outlived a killed bench"
+
+
+def test_a_closed_terminal_stops_bench_as_ctrl_c_does(tmp_path):
+    # SIGHUP from the terminal bench runs in (an ssh session dropped), its errors going to a log: the case and what it
+    # started end, the run stays unfinished, and the log says how to resume it; 128 + SIGHUP, as a shell reports
+    import fcntl
+    import termios
+
+    pids, out = tmp_path / "pids", tmp_path / "run"
+    terminal, its_end = os.openpty()
+    with (tmp_path / "log").open("wb") as log:
+        bench = subprocess.Popen([sys.executable, "-c", BENCH, "run", "_strays", "--variant", "hang", "--size", "smoke",
+                                  "--device", "cpu", "--out", str(out)], cwd=ROOT, env={**os.environ, PIDS: str(pids)},
+                                 stdin=its_end, stdout=its_end, stderr=log, start_new_session=True,
+                                 preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(its_end)
+    try:
+        _started(bench, lambda: len(_pids(pids)) == 2, tmp_path / "log")
+        case, sleep = _pids(pids)
+    finally:
+        os.close(terminal)  # the terminal hangs up: SIGHUP to bench, its session's leader
+        code = bench.wait(60)
+    said = (tmp_path / "log").read_text()
+    assert code == 128 + signal.SIGHUP, said
+    assert said.strip().endswith(f"bench: stopped by SIGHUP; finished records are kept in {out}, `bench run _strays "
+                                 f"--variant hang --size smoke --device cpu --resume --out {out}` continues"), said
+    assert _until(lambda: not _alive(case) and not _alive(sleep), 5), "the case or its sleep outlived a closed terminal"
+    assert json.loads((out / "run.json").read_text())["finished_at"] is None
 
 
 def config(tmp_path, **kw):
