@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -355,10 +356,11 @@ def _line(r) -> str:
 
 
 def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01,
-            allow_contended: bool = False) -> Comparison:
+            allow_contended: bool = False, only: Collection[str] | None = None) -> Comparison:
     """Compare run directories BASE against NEW. Several per side join by case_id: shards add cases, repeated runs
     of a case become that case's runs (bench.verdicts.judge gives the rule each metric gets; `allow_contended`
-    judges the timings of contended cases as any other)."""
+    judges the timings of contended cases as any other). `only`: the case ids compared, where NEW ran a selection of
+    BASE's cases on purpose (the others would show as removed)."""
     if not 0 <= threshold < 1 or not 0 < alpha < 1:
         raise ValueError(f"threshold must lie in [0, 1) and alpha in (0, 1), got {threshold} and {alpha}")
     base, new = ([side] if isinstance(side, (str, Path)) else side for side in (base, new))
@@ -368,6 +370,8 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     specs = specs_of(b_metas + n_metas)
     rows, status = [], []
     for case_id in sorted(b_cases.keys() | n_cases.keys()):
+        if only is not None and case_id not in only:
+            continue
         b, n = b_cases.get(case_id), n_cases.get(case_id)
         either = b or n
         if b is not None and n is not None and b.status == n.status == "ok":

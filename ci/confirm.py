@@ -8,6 +8,8 @@ CONFIRM; then the rerun alone is compared with the good nights, as tonight's run
 is slower again there, by the same gate: a slowdown of the code is in both runs, whatever their sizes (x1.3 tonight
 and x1.8 in the rerun fails); a one-off of the machine (a run x1.5-1.9 slower than four good nights within 2%, with
 nothing the interference sampler sees: ci/README.md) is not in the rerun. A rerun case that fails fails the night.
+The rerun's comparison page is CONFIRM/compare-last-good.html, and RUN/confirm.txt says what became of the slower
+timings that RUN/compare-last-good.html shows.
 Exit 0: the night passes; 1: it fails (confirmed, or not rerunnable); 2: bad input.
 """
 
@@ -18,7 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.commands import counted, run_dirs  # noqa: E402 - after the checkout is on the path
+from bench.atomic import OutputError, atomic_write_text  # noqa: E402 - after the checkout is on the path
+from bench.commands import counted, run_dirs  # noqa: E402
 from bench.compare import compare  # noqa: E402
 from bench.records import read_run_json  # noqa: E402
 from bench.sides import reference_case  # noqa: E402
@@ -60,17 +63,40 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     if rerun(ids, meta, out) not in (0, 1) or read_run_json(out) is None:  # 1: a case errored, which compare says
         print("confirm: the rerun did not run: the night fails as it is", file=sys.stderr)
         return 1
-    second = compare(base, [out], threshold)  # the rerun alone, judged as tonight's run was
+    second = compare(base, [out], threshold, only=set(ids))  # the rerun alone, judged as tonight's run was
     for line in second.summary_lines():
         print(line)
+    page = _page(second, out / "compare-last-good.html")
     again = set(zip(second.gating["case_id"], second.gating["metric"]))
     kept = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) in again]
     gone = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) not in again]
     failing = [f"{r.case_id} ({r.new_status})" for r in second.newly_failing.itertuples()]
-    print(f"confirm: {len(kept)} of {len(first.gating)} slower again in the rerun"
-          + (f": {'; '.join(kept)}" if kept else "") + (f"; not reproduced: {'; '.join(gone)}" if gone else "")
-          + (f"; failed in the rerun: {'; '.join(failing)}" if failing else ""))
-    return 1 if kept or failing else 0
+    verdict = (f"confirm: {len(kept)} of {len(first.gating)} slower again in the rerun"
+               + (f": {'; '.join(kept)}" if kept else "") + (f"; not reproduced: {'; '.join(gone)}" if gone else "")
+               + (f"; failed in the rerun: {'; '.join(failing)}" if failing else ""))
+    print(verdict)
+    code = 1 if kept or failing else 0
+    # beside tonight's compare-last-good.html, which shows the slower timings the rerun judged: what became of them
+    note = [f"the night {'fails' if code else 'passes'}: its {len(first.gating)} slower timing(s) were run again "
+            f"into {out}", verdict] + ([f"the rerun's comparison: {page}"] if page else [])
+    try:
+        atomic_write_text(run / "confirm.txt", "\n".join(note) + "\n")
+    except OutputError as e:
+        print(f"confirm: warning: {e}", file=sys.stderr)
+    return code
+
+
+def _page(comparison, path: Path) -> Path | None:
+    """The rerun's comparison page (None, said, where it cannot be written: the night's verdict stands anyway)."""
+    try:
+        from reports.compare_page import write_compare_html
+
+        written = write_compare_html(comparison, path)
+    except (ImportError, OutputError) as e:  # plotly absent, or the folder unwritable
+        print(f"confirm: warning: no page of the rerun's comparison ({e})", file=sys.stderr)
+        return None
+    print(f"confirm: the rerun's comparison -> {written}")
+    return written
 
 
 def bench_run(python: str):

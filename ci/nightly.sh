@@ -9,7 +9,8 @@
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night that exited 0)
 #   history/            the Parquet history store          site/   the dashboard
-#   confirm/<stamp>/    the cases of a night's slower timings, run again before they fail it (ci/confirm.py)
+#   confirm/<stamp>/    the cases of a night's slower timings, run again before they fail it (ci/confirm.py), and
+#                       their comparison page; the night's confirm.txt says what became of them
 #   cache/              the models the suites train (TECHBENCH_CACHE, unless set): kept, so that the quality metrics
 #                       of a night come from the weights of the night before, not from a retrain on a GPU whose
 #                       kernels add in any order, which the dashboard would read as a change of an exact metric

@@ -116,3 +116,11 @@ def test_slower_timings_are_run_again_before_they_fail_the_night(tmp_path, monke
     else:
         assert f"confirm: 0 of 1 slower again in the rerun; not reproduced: {SLOW} step_time_ms" in done.stdout
         assert (night / "GOOD").exists()
+    # the night's folder says what became of the slower timing its own comparison page shows, and where the rerun's is
+    said = (night / "confirm.txt").read_text().splitlines()
+    assert said[0] == (f"the night {'fails' if again else 'passes'}: its 1 slower timing(s) were run again into "
+                       f"{confirm}")
+    assert said[1].startswith(f"confirm: {int(again)} of 1 slower again in the rerun")
+    assert said[2] == f"the rerun's comparison: {confirm / 'compare-last-good.html'}"
+    page = (confirm / "compare-last-good.html").read_text()  # of the rerun's cases, not the others as removed
+    assert ("Regressions (1)" in page) == again and SLOW in page and ">removed<" not in page
