@@ -15,17 +15,42 @@ def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
 
 
 def reproduce_command(suite: str, variant: str, params: dict, size: str, device: str,
-                      reference: str | None = None) -> str:
+                      reference: str | None = None, nodes: tuple[int, str] | None = None) -> str:
     """The `bench run` line that runs exactly this case again: its case_id as a --case glob that matches it alone
     (--params would also match the cases with params of their own beyond it), and the case of its `reference` variant
     (same params) beside it, whose timing and bytes its ratios to the reference are taken against. A distributed
-    case's world_size becomes --nproc-per-node (one node)."""
+    case's world_size becomes --nproc-per-node on one node, or over `nodes` (the --nnodes and --rdzv-endpoint of the
+    run that measured it) the line each node runs."""
     ids = [case_id(suite, variant, params)]
     if reference and reference != variant:
         ids.append(case_id(suite, reference, params))
     cases = " ".join(f"--case {shlex.quote(glob_escape(i))}" for i in ids)
-    ranks = f" --nproc-per-node {params['world_size']}" if "world_size" in params else ""
-    return f"bench run {suite} --size {size} --device {device}{ranks} {cases}"
+    ranks, each = "", ""
+    if "world_size" in params:
+        world = int(params["world_size"])
+        if nodes and nodes[0] > 1 and world % nodes[0] == 0:
+            ranks = f" --nnodes {nodes[0]} --nproc-per-node {world // nodes[0]} --rdzv-endpoint {shlex.quote(nodes[1])}"
+            each = f"  # on each of the {nodes[0]} nodes"
+        else:
+            ranks = f" --nproc-per-node {world}"
+    return f"bench run {suite} --size {size} --device {device}{ranks} {cases}{each}"
+
+
+def nodes_of(argv: list[str]) -> tuple[int, str] | None:
+    """The --nnodes and --rdzv-endpoint of a `bench run` command line (run.json's argv) launched over several nodes;
+    None for one node."""
+    found = {}
+    for i, arg in enumerate(argv):
+        for flag in ("--nnodes", "--rdzv-endpoint"):
+            if arg == flag and i + 1 < len(argv):
+                found[flag] = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                found[flag] = arg.split("=", 1)[1]
+    try:
+        n = int(found.get("--nnodes", 1))
+    except ValueError:
+        return None
+    return (n, found["--rdzv-endpoint"]) if n > 1 and "--rdzv-endpoint" in found else None
 
 
 def glob_escape(text: str) -> str:

@@ -5,7 +5,7 @@ import shlex
 import pytest
 
 from bench import runner
-from bench.case_ids import case_id, reproduce_command
+from bench.case_ids import case_id, nodes_of, reproduce_command
 from bench.cli import _parser
 from bench.suite import discover
 
@@ -33,3 +33,39 @@ def test_glob_characters_in_a_case_id_match_themselves_only():
     glob = shlex.split(line)[shlex.split(line).index("--case") + 1]
     assert fnmatch.fnmatchcase("s/v/lengths=[1, 2],mode=a*b?", glob)
     assert not fnmatch.fnmatchcase("s/v/lengths=1,mode=axxb?", glob)
+
+
+@pytest.mark.parametrize("argv", [["--nnodes", "2", "--rdzv-endpoint", "node0:29500"],
+                                  ["--nnodes=2", "--rdzv-endpoint=node0:29500"]])
+def test_a_case_measured_over_two_nodes_is_reproduced_over_two_nodes(argv):
+    from bench.distributed import Launch
+
+    suite = discover()["moe_ep"]
+    nodes = nodes_of(["run", "moe_ep", "--size", "smoke", *argv])
+    assert nodes == (2, "node0:29500")
+    [case, *_] = runner.plan([suite], "smoke", "cpu", world_size=4)
+    line = reproduce_command(suite.name, case.variant, case.params, "smoke", "cpu", None, nodes)
+    assert line.endswith("  # on each of the 2 nodes")
+    args = _parser().parse_args(shlex.split(line, comments=True)[1:])  # the shell drops the comment
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_endpoint) == (2, 2, "node0:29500")
+    world = Launch(args.nproc_per_node, args.nnodes, args.rdzv_endpoint).world_size
+    assert {c.id for c in runner.plan([suite], args.size, args.device, world_size=world, cases_like=args.case)} == \
+        {case.id}
+    assert nodes_of(["run", "moe_ep", "--nproc-per-node", "2"]) is None  # one node: --nproc-per-node alone
+    assert "--nnodes" not in reproduce_command(suite.name, case.variant, case.params, "smoke", "cpu")
+
+
+def test_a_reports_lines_take_the_nodes_from_the_run_that_measured_them(tmp_path):
+    import json
+
+    from reports.figures import load_frame
+    from tests.runs import write_run
+
+    params = {"experts": 8, "tokens": 64, "world_size": 4}
+    run = write_run(tmp_path, "r", [{"suite": "moe_ep", "variant": "ep", "params": params, "status": "ok",
+                                     "metrics": {"step_time_ms": 1.0}}], gpu=None)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "argv": ["run", "moe_ep", "--nnodes", "2", "--nproc-per-node",
+                                                                "2", "--rdzv-endpoint", "node0:29500"]}))
+    [command] = load_frame([run])["command"]
+    assert " --nnodes 2 --nproc-per-node 2 --rdzv-endpoint node0:29500 " in command, command
