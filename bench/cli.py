@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGHUP):
             if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
                 signal.signal(signum, _stopped)
+    args = None
     try:
         args = _parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # for the command that continues a run
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {missing_package(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        say(f"bench: {stopped_by(e)}; finished records are kept, rerun with --resume")
+        kept = "; finished records are kept, rerun with --resume" if getattr(args, "command", None) == "run" else ""
+        say(f"bench: {stopped_by(e)}{kept}")
         return stop_code(e)
     except BrokenPipeError:
         if not _stdout_gone():  # another pipe (a child's, a socket): a failure like any other

@@ -57,7 +57,7 @@ def counted(dirs: list[Path]) -> list[Path]:
     return [dirs[i] for i in distinct(dirs, metas)]
 
 
-def _output(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
+def output_file(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
     """A file to write: never a directory, never a run's own run.json or records.jsonl, and of the expected kind."""
     if path.is_dir():
         raise UsageError(f"-o {path} is a directory; give a {suffix} file name")
@@ -66,6 +66,8 @@ def _output(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
     if path.exists() and any(path.resolve() == (d / name).resolve() for d in inputs for name in (RUN_JSON,
                                                                                                  RECORDS_JSONL)):
         raise UsageError(f"-o {path} is a file of the run it reads; choose another name")
+    if path.name in (RUN_JSON, RECORDS_JSONL) and (path.parent / RUN_JSON).exists():
+        raise UsageError(f"-o {path} is a file of the run directory {path.parent}; choose another name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -78,7 +80,7 @@ def cmd_report(args) -> int:
     from reports.run_report import write_report
 
     runs = counted(run_dirs(args.runs))
-    out = write_report(runs, _output(args.output, ".html", runs))
+    out = write_report(runs, output_file(args.output, ".html", runs))
     print(f"report -> {out}")
     return 0
 
@@ -93,7 +95,7 @@ def cmd_compare(args) -> int:
     if args.output is not None and args.output.suffix not in (".html", ".json") and not args.output.is_dir():
         raise UsageError(f"-o {args.output} should end in .html (a page) or .json (for scripts)")
     as_json = args.output is not None and args.output.suffix == ".json"
-    page = _output(args.output, ".json" if as_json else ".html", base + new) if args.output else None
+    page = output_file(args.output, ".json" if as_json else ".html", base + new) if args.output else None
     try:
         result = compare(base, new, threshold=args.threshold / 100, allow_contended=args.allow_contended)
     except SidesError as e:  # sides that cannot be compared as given
@@ -152,7 +154,7 @@ def cmd_export(args) -> int:
 
     try:
         runs = counted(run_dirs(args.runs))
-        out = export_pytest_benchmark(runs, _output(args.output, ".json", runs))
+        out = export_pytest_benchmark(runs, output_file(args.output, ".json", runs))
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"pytest-benchmark JSON -> {out}")

@@ -143,7 +143,8 @@ def _held(store: str | Path) -> dict[str, set[str]]:
     return held
 
 
-def check(run_dir: str | Path, meta: dict | None = None) -> tuple[dict, list[Record]]:
+def check(run_dir: str | Path, meta: dict | None = None,
+          taker: str = "the history keeps a run for good, so it takes an intact run only") -> tuple[dict, list[Record]]:
     """(run.json, records) of a run the history takes: a finished run whose records are whole, each case once. A
     file is never rewritten, so a run taken half, or with records lost since it finished, would stay so in the
     history, and the intact run could not be added after: ValueError, one line naming why, for a directory without
@@ -165,8 +166,7 @@ def check(run_dir: str | Path, meta: dict | None = None) -> tuple[dict, list[Rec
     scan = scan_records(run_dir / RECORDS_JSONL)
     why = damage(meta, scan, run_dir / RECORDS_JSONL)
     if why is not None:
-        raise ValueError(f"{run_dir} is damaged since it finished: {why}; the history keeps a run for good, so it "
-                         "takes an intact run only")
+        raise ValueError(f"{run_dir} is damaged since it finished: {why}; {taker}")
     if (message := scan.warning(run_dir / RECORDS_JSONL)) is not None:  # lines of another schema, left out
         warnings.warn(message, stacklevel=3)
     return meta, scan.records

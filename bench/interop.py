@@ -5,9 +5,14 @@ name ends in `_ms` or `_s`): name and fullname are the case_id (with `[series]` 
 one series), group is the suite, params are the record's params, stats are computed by pytest-benchmark's own `Stats`
 from the raw samples in seconds, `stats.data` holds those samples, and extra_info holds the record's metrics
 plus a `techbench` entry (suite, variant, series, run_id, device, size) that lets import restore the case exactly.
-Failed, OOM and skipped records have no samples and are left out, as pytest-benchmark leaves out errored tests.
+Failed, OOM and skipped records have no samples and are left out, as pytest-benchmark leaves out errored tests, and
+so are ok records with no timing series; a warning counts them. Only a finished, intact run is exported (what the
+history takes), and machine_info["techbench"]["runs"] carries each run's run_id, size, finished_at and its suites'
+declarations (what each metric is), which import writes back to run.json.
 
-Import turns any pytest-benchmark JSON into a run directory. A benchmark written by export gets its case back; any
+Import turns any pytest-benchmark JSON into a run directory. One run exported comes back with its run_id; several as
+one run listing them under merged_from (bench.merge's field), each record keeping its run's id; a foreign file's
+run_id comes from its datetime and a hash of its bytes. A benchmark written by export gets its case back; any
 other becomes suite = its group (or "pytest"), variant = its name, params = its params, with metrics time_ms (the
 median), time_mean_ms and time_stddev_ms, and samples time_ms when the file holds raw data (--benchmark-save-data
 or --benchmark-json). Every field import reads is type-checked first: a wrong one is a ValueError (exit 2) naming it,
@@ -19,21 +24,21 @@ This module never imports torch.
 
 from __future__ import annotations
 
-import datetime as dt
+import hashlib
 import json
-import math
+import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.atomic import atomic_path, atomic_write_text
 from bench.env import env_id
+from bench.interop_fields import Fields, env_from, stamp
 from bench.records import (
     RECORDS_JSONL,
     Record,
     RecordWriter,
     RunMeta,
-    read_records,
-    read_run_json,
     write_run_json,
 )
 from bench.suite import case_id
@@ -110,13 +115,14 @@ def _pytest_benchmark_version() -> str:
 
 
 def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path:
-    """Write the ok records of `run_dirs` (one machine and software stack) as a pytest-benchmark JSON file."""
+    """Write the ok records of `run_dirs` (one machine and software stack) as a pytest-benchmark JSON file. A run
+    exported is one the history would take (bench.history.check: finished, its records whole, each case once): its
+    import is read as a finished run. A warning counts the records left out (not ok, or with no timing series)."""
+    from bench.history import check
+
     runs = []
     for run_dir in run_dirs:
-        meta = read_run_json(run_dir)
-        if meta is None:
-            raise ValueError(f"{run_dir} is not a run directory (no run.json)")
-        runs.append((meta, read_records(Path(run_dir) / RECORDS_JSONL)))
+        runs.append(check(run_dir, taker="an export is imported as a finished run, so it takes an intact run only"))
     if not runs:
         raise ValueError("no run directory to export")
     ids = sorted({meta.get("env_id") for meta, _ in runs}, key=str)
@@ -126,15 +132,18 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
     first = runs[0][0]
     env = first.get("env") or {}
     git = first.get("git") or env.get("git") or {}
-    benchmarks, seen = [], {}
+    benchmarks, seen, left = [], {}, Counter()
     for meta, records in runs:
         for r in records:
             if r.status != "ok":
+                left[r.status] += 1
                 continue
             if seen.setdefault(r.case_id, r.run_id) != r.run_id:
                 raise ValueError(f"{r.case_id} is in runs {seen[r.case_id]} and {r.run_id}; export each to its own "
                                  "file (pytest-benchmark keys benchmarks by name)")
             series = [k for k, v in r.samples.items() if seconds_per_unit(k) and v]
+            if not series:
+                left["ok without a timing series"] += 1
             for name in series:
                 label = r.case_id if len(series) == 1 else f"{r.case_id}[{name}]"
                 extra = dict(r.metrics)
@@ -148,8 +157,15 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
                                 "max_time": None, "min_time": None, "warmup": None},
                     "stats": _stats([x * seconds_per_unit(name) for x in r.samples[name]]),
                 })
+    if left:  # pytest-benchmark holds timings: the rest of a run stays in its run directory
+        warnings.warn("left out of the export (records with no timing series to export): "
+                      + ", ".join(f"{n} {what}" for what, n in sorted(left.items())), stacklevel=2)
+    info = _machine_info(env)
+    # what import gives back to run.json: each run's state and its suites' declarations (what each metric is)
+    info["techbench"]["runs"] = [{"run_id": m.get("run_id"), "size": m.get("size"), "finished_at": m.get("finished_at"),
+                                  "suites": m.get("suites") or {}} for m, _ in runs]
     doc = {
-        "machine_info": _machine_info(env),
+        "machine_info": info,
         "commit_info": {"id": git.get("sha") or "unknown", "time": None, "author_time": None,
                         "dirty": bool(git.get("dirty")), "project": "techbench", "branch": "(unknown)"},
         "benchmarks": benchmarks,
@@ -159,114 +175,7 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
     return atomic_write_text(out, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
 
 
-# What readers of run.json do with an env (reports join GPU names, scale memory bytes, read gpus as a list of objects
-# and nvml as an object): in an imported env these names must be text and names with these endings numbers; fields
-# no reader looks into are copied as they are.
-ENV_TEXT = ("name", "driver_version", "cuda_driver_version", "compute_capability", "cpu_model", "python_version",
-            "torch", "torch_cuda", "triton")
-ENV_NUMBER_SUFFIXES = ("_bytes", "_mhz", "_w", "_cores", "_count")
-KINDS = {"text": (str,), "number": (int, float), "bool": (bool,), "object": (dict,), "list": (list,),
-         "metric": (int, float, bool), "value": (str, int, float, bool)}
-
-
-class _Fields:
-    """Reads a parsed pytest-benchmark file field by field, each type-checked: a field of the wrong type is a
-    ValueError naming it by its path (benchmarks[2].stats.median), so a bad file never becomes a bad run directory.
-    Wants are the keys of KINDS; null and a missing field are allowed unless the field is required."""
-
-    def __init__(self, file):
-        self.file = file
-
-    def bad(self, field: str, why: str) -> ValueError:
-        return ValueError(f"{self.file}: {field} {why}")
-
-    def need(self, value, field: str, want: str, required: bool = True):
-        if value is None:
-            if required:
-                raise self.bad(field, f"is missing (it must be {_a(want)})")
-            return None
-        ok = isinstance(value, KINDS[want]) and not (isinstance(value, bool) and want == "number")
-        if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                ok = math.isfinite(value)  # NaN or Infinity (json.loads reads them) or past float's range
-            except OverflowError:
-                ok = False
-        if not ok:
-            raise self.bad(field, f"must be {_a(want)}, got {_kind(value)}")
-        return value
-
-    def get(self, obj: dict, key: str, where: str, want: str, required: bool = False):
-        return self.need(obj.get(key), f"{where}.{key}" if where else key, want, required)
-
-
-def _a(want: str) -> str:
-    return {"text": "a string", "number": "a finite number", "bool": "true or false", "object": "an object",
-            "list": "a list", "metric": "a number or boolean", "value": "a string, number or boolean"}[want]
-
-
-def _kind(value) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, float):
-        return "a number" if math.isfinite(value) else repr(value)
-    if isinstance(value, int):  # 2**1024 and up has no float
-        return "a number" if value.bit_length() < 1024 else "a number beyond the range of a float"
-    return {str: "a string", dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
-
-
-def _stamp(f: _Fields, iso: str | None) -> str:
-    """pytest-benchmark's datetime as our '%Y-%m-%dT%H:%M:%SZ' (UTC); now when absent."""
-    try:
-        when = dt.datetime.fromisoformat(iso) if iso else dt.datetime.now(dt.timezone.utc)
-        when = when.astimezone(dt.timezone.utc) if when.tzinfo is not None else when
-    except (ValueError, OverflowError):
-        when = None
-    if when is None or not 1970 <= when.year < 2262:  # the range of pandas' timestamps, which the history uses
-        raise f.bad("datetime", f"must be an ISO 8601 time between 1970 and 2261, got {iso[:40]!r}")
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _check_env(f: _Fields, env: dict, where: str) -> dict:
-    """A techbench env carried by the file (export, the pytest plugin), checked as readers of run.json use it."""
-    for key, value in env.items():
-        field = f"{where}.{key}"
-        if key == "git":  # replaced by commit_info
-            continue
-        if key == "gpus":
-            for i, gpu in enumerate(f.need(value, field, "list", required=False) or []):
-                _check_flat(f, f.need(gpu, f"{field}[{i}]", "object"), f"{field}[{i}]")
-        elif key == "nvml":
-            _check_flat(f, f.need(value, field, "object", required=False) or {}, field)
-        else:
-            _check_flat(f, {key: value}, where)
-    return env
-
-
-def _check_flat(f: _Fields, obj: dict, where: str) -> None:
-    for key in obj:
-        want = "text" if key in ENV_TEXT else "number" if key.endswith(ENV_NUMBER_SUFFIXES) else None
-        if want:
-            f.get(obj, key, where, want)
-
-
-def _env_from(f: _Fields, machine_info: dict, commit_info: dict) -> dict:
-    """A techbench env: ours when the file carries it (export, the pytest plugin), else what pytest-benchmark knows."""
-    git = {"sha": f.get(commit_info, "id", "commit_info", "text"),
-           "dirty": f.get(commit_info, "dirty", "commit_info", "bool")}
-    ours = f.get(f.get(machine_info, "techbench", "machine_info", "object") or {}, "env", "machine_info.techbench",
-                 "object")
-    if ours is not None:
-        return {**_check_env(f, ours, "machine_info.techbench.env"), "git": git}
-    cpu = f.get(machine_info, "cpu", "machine_info", "object") or {}
-    text = {k: f.get(machine_info, k, "machine_info", "text")
-            for k in ("python_version", "python_implementation", "system", "release", "node")}
-    return {"python_version": text["python_version"], "python_implementation": text["python_implementation"],
-            "platform": " ".join(text[k] for k in ("system", "release") if text[k]) or None,
-            "hostname": text["node"], "cpu_model": f.get(cpu, "brand_raw", "machine_info.cpu", "text"),
-            "cpu_logical_cores": f.get(cpu, "count", "machine_info.cpu", "number"), "gpus": [], "git": git}
-
-
-def _benchmark(f: _Fields, bench, where: str) -> tuple[str, str, dict, str | None, dict, dict]:
+def _benchmark(f: Fields, bench, where: str) -> tuple[str, str, dict, str | None, dict, dict]:
     """(suite, variant, params, series, tags, metrics) of one benchmark, every field it reads checked; series is None
     for a foreign benchmark, and metrics are those of extra_info for one of ours (the timing comes from stats)."""
     bench = f.need(bench, where, "object")
@@ -291,7 +200,7 @@ def _benchmark(f: _Fields, bench, where: str) -> tuple[str, str, dict, str | Non
     return group or "pytest", name or fullname, params, None, {}, {}
 
 
-def _read_stats(f: _Fields, bench: dict, where: str) -> tuple[dict, list[float]]:
+def _read_stats(f: Fields, bench: dict, where: str) -> tuple[dict, list[float]]:
     """The stats of a benchmark ({median, mean, stddev, total}, absent ones left out) and its raw data, if any."""
     stats = f.get(bench, "stats", where, "object", required=True)
     at = f"{where}.stats"
@@ -305,6 +214,18 @@ def _common(values) -> Any:
     return values.pop() if len(values) == 1 else None
 
 
+def _runs(f: Fields, machine_info: dict) -> list[dict]:
+    """machine_info.techbench.runs of an export: each run's run_id, size, finished_at and its suites' declarations
+    (absent from files of older exports and of other tools)."""
+    ours = f.get(machine_info, "techbench", "machine_info", "object") or {}
+    runs = f.get(ours, "runs", "machine_info.techbench", "list") or []
+    for i, run in enumerate(runs):
+        f.need(run, f"machine_info.techbench.runs[{i}]", "object")
+        for name, declared in (f.get(run, "suites", f"machine_info.techbench.runs[{i}]", "object") or {}).items():
+            f.need(declared, f"machine_info.techbench.runs[{i}].suites.{name}", "object")
+    return runs
+
+
 def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
     """Turn a pytest-benchmark JSON file into a run directory (run.json + records.jsonl) at `out_dir`.
 
@@ -312,7 +233,6 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
     type, before anything is written. The run is written into a temporary folder beside `out_dir`, records first and
     run.json (which says it finished) last, and renamed onto `out_dir` whole: a failure (OutputError) leaves none."""
     from bench import __version__
-    from bench.runner import new_run_id
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -323,9 +243,9 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
         raise ValueError(f"cannot read {file}: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise ValueError(f"{file} is not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    f = _Fields(file)
-    env = _env_from(f, f.get(doc, "machine_info", "", "object") or {}, f.get(doc, "commit_info", "", "object") or {})
-    started = _stamp(f, f.get(doc, "datetime", "", "text"))
+    f = Fields(file)
+    env = env_from(f, f.get(doc, "machine_info", "", "object") or {}, f.get(doc, "commit_info", "", "object") or {})
+    started = stamp(f, f.get(doc, "datetime", "", "text"))
     version = f.get(doc, "version", "", "text")
 
     cases = [(_benchmark(f, b, f"benchmarks[{i}]"), _read_stats(f, b, f"benchmarks[{i}]"), b)
@@ -333,8 +253,17 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
     foreign = [(suite, variant, json.dumps(params, sort_keys=True, default=str))
                for (suite, variant, params, series, *_), _, _ in cases if series is None]
     tags_all = [tags for (*_, tags, _), _, _ in cases if tags]
-    run_id = _common(t.get("run_id") for t in tags_all) if tags_all else None
-    run_id = run_id or new_run_id()
+    # One run exported comes back as that run (its run_id: compare and history know it for the same run). Several
+    # come back as one run that lists them under merged_from, as bench merge does, its records keeping their runs'
+    # ids, so that it is counted once beside any of them. A foreign file's run is named by its content: importing
+    # the same file again gives the same run.
+    ids = sorted({t["run_id"] for t in tags_all if t.get("run_id")})
+    runs = _runs(f, f.get(doc, "machine_info", "", "object") or {})
+    if len(ids) == 1:
+        run_id = ids[0]
+    else:
+        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:6]
+        run_id = f"{started[:10].replace('-', '')}-{started[11:19].replace(':', '')}-{digest}"
     eid = (_common(t.get("env_id") for t in tags_all) if tags_all else None) or env_id(env)
     records: dict[str, Record] = {}
     for (suite, variant, params, series, tags, extra), (stats, data), bench in cases:
@@ -352,7 +281,8 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
         record = records.get(cid)
         if record is None:
             record = records[cid] = Record(
-                run_id=run_id, suite=suite, variant=variant, params=params, case_id=cid, status="ok",
+                run_id=tags.get("run_id") or run_id, suite=suite, variant=variant, params=params, case_id=cid,
+                status="ok",
                 device=tags.get("device") or "unknown", started_at=tags.get("started_at") or started,
                 elapsed_s=tags.get("elapsed_s") or round(float(stats.get("total") or 0.0), 3),
                 env_id=tags.get("env_id") or eid)
@@ -374,6 +304,8 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
             size=_common(t.get("size") for t in tags_all) if tags_all else None,
             device=_common(r.device for r in records.values()) or "unknown", started_at=started,
             finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__, recorded=len(records),
-            extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version}},
+            suites={k: v for r in runs for k, v in (r.get("suites") or {}).items()},
+            extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version},
+                   **({"merged_from": [{"run_id": i} for i in ids]} if len(ids) > 1 else {})},
         ))
     return out_dir

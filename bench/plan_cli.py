@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench import hardware
-from bench.commands import UsageError
+from bench.commands import UsageError, output_file
 from bench.interference import affinity
 from bench.labels import case_labels, group_of
 from bench.suite import SIZES, case_id
@@ -191,8 +191,8 @@ def cmd_plan(args, discover, write_page) -> int:
     """`bench plan`. `write_page(records, summary, path)` draws the page (reports/, imported by the command layer)."""
     import json
 
-    if args.output is not None and args.output.suffix != ".html":
-        raise UsageError(f"-o {args.output} should end in .html")
+    if args.output is not None:  # before planning: a page that cannot be written is said at once
+        output_file(args.output, ".html")
     preds, summary = predictions(args, discover)
     records = [p.to_json() for p in preds]
     if args.json:

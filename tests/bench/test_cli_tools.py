@@ -42,8 +42,12 @@ def test_report_history_dashboard_export_import_round(capsys, tmp_path, run):
     (["history", "add", "{run}", "--store", "{run}/run.json"], "is a file"),
     (["import", "{tmp}/missing.json", "--out", "{tmp}/imp"], "is not a file"),
     (["profile", "checkpointing", "--variant", "nope", "--out", "{tmp}/p"], "unknown variant 'nope'"),
+    (["export", "{tmp}/other", "--format", "pytest-benchmark", "-o", "{run}/run.json"],
+     "is a file of the run directory"),  # another run's run.json
+    (["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "-o", "{run}"], "is a directory"),  # said at once
 ])
 def test_bad_inputs_are_one_line_and_exit_2(capsys, tmp_path, run, argv, message):
+    write_run(tmp_path, "other", checkpointing_records(seed=1))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
     assert code == 2 and message in err and err.count("\n") == 1, err
