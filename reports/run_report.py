@@ -15,6 +15,7 @@ import pandas as pd
 from bench import interference
 from bench.atomic import atomic_write_text
 from bench.records import STATUSES, Record, path_text, read_run_json
+from bench.rundir import command_of
 from reports.figures import figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
 from reports.html import Flagged, figure, page, section, table
@@ -40,7 +41,8 @@ def render(run_dirs) -> str:
     run_dirs = list(dict.fromkeys(Path(d) for d in run_dirs))  # the same run named twice is one run
     labels = run_labels(run_dirs)
     frame = load_frame(run_dirs)
-    parts = [section("Environment", _environment(run_dirs, labels, frame))]
+    unfinished = _unfinished(run_dirs, labels, frame)
+    parts = [unfinished, section("Environment", _environment(run_dirs, labels, frame))]
     if frame.empty:
         parts.append('<p class="muted">These runs hold no records.</p>')
         suites = []
@@ -50,7 +52,7 @@ def render(run_dirs) -> str:
         if (predicted := _predicted(frame)) is not None:
             parts.append(section("Predicted memory", predicted))
         parts += [_suite(s, frame[frame["suite"] == s]) for s in suites]
-        parts.append(section("Cases not ok", _not_ok(frame)))
+        parts.append(section("Cases not ok", _not_ok(frame, bool(unfinished))))
     subtitle = f"{len(run_dirs)} run{'s' * (len(run_dirs) != 1)}: {', '.join(labels.values())}"
     if suites:
         subtitle += f" · suites: {', '.join(suites)}"
@@ -81,7 +83,7 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
             "size": meta.get("size"),
             "device": meta.get("device"),
             "started": meta.get("started_at"),
-            "finished": meta.get("finished_at"),
+            "finished": meta.get("finished_at") or "unfinished",
             "records": int((frame["run_dir"] == path_text(d)).sum()) if "run_dir" in frame else 0,
             "directory": path_text(d),
         }
@@ -89,6 +91,28 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
             fields.setdefault(field, {"": field})[labels[str(d)]] = "" if value is None else str(value)
     rows = [r for r in fields.values() if any(v for k, v in r.items() if k)]  # e.g. no GPU rows on CPU runs
     return table(rows, ["", *labels.values()])
+
+
+def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
+    """A warning above everything for each run that has not finished (killed, interrupted, out of its --budget): how
+    many of the cases it was started for have no record, and the command that runs them. Its figures and tables
+    show what it measured so far, and its "not ok" list cannot show what never ran."""
+    said = []
+    for d in run_dirs:
+        meta = read_run_json(d) or {}
+        if meta.get("finished_at"):
+            continue
+        recorded = set(frame.loc[frame["run_dir"] == path_text(d), "case_id"]) if "run_dir" in frame else set()
+        not_run = meta.get("not_run")
+        n = len(set(not_run) - recorded) if isinstance(not_run, list) else None
+        missing = (f"{n} case{'s' * (n != 1)} it was started for {'has' if n == 1 else 'have'} no record"
+                   if n is not None else "it may not have run every case it was started for")
+        said.append(f"<li><b>{html.escape(labels[str(d)])}</b> has not finished: {missing}. "
+                    f"<code>{html.escape(command_of(meta, Path(path_text(d))))}</code> runs them.</li>")
+    if not said:
+        return ""
+    return (f'<div class="status-error"><p>Unfinished run{"s" * (len(said) > 1)} (killed, interrupted or stopped by '
+            f"its --budget): what follows is what was measured before it stopped.</p><ul>{''.join(said)}</ul></div>")
 
 
 def _summary(frame: pd.DataFrame) -> str:
@@ -235,11 +259,12 @@ def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
     return f'{note}<div class="results">{table(out, columns, classes)}</div>'
 
 
-def _not_ok(frame: pd.DataFrame) -> str:
+def _not_ok(frame: pd.DataFrame, unfinished: bool = False) -> str:
     """Every oom/timeout/error/skipped case: the reason's last line, the whole reason folded below it."""
     bad = frame[frame["status"] != "ok"]
     if bad.empty:
-        return '<p class="muted">Every case finished ok.</p>'
+        return ('<p class="muted">Every case recorded finished ok; the unfinished runs above have cases with no '
+                "record.</p>" if unfinished else '<p class="muted">Every case finished ok.</p>')
     body = []
     for _, r in bad.sort_values(["suite", "status"], kind="stable").iterrows():
         reason = str(r["error"] or "").strip()

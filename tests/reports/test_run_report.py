@@ -142,3 +142,24 @@ def test_reports_never_import_torch():
     code = ("import sys, reports.run_report, reports.figures.checkpointing; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_an_unfinished_run_says_so_above_everything_with_the_cases_it_lacks(tmp_path):
+    import json
+
+    records = [r for r in checkpointing_records() if r.get("status", "ok") == "ok"][:3]
+    run = write_run(tmp_path, "cut", records)
+    meta = json.loads((run / "run.json").read_text())
+    ids = [json.loads(line)["case_id"] for line in (run / "records.jsonl").read_text().splitlines()]
+    planned = [*ids, "checkpointing/none/batch=64", "checkpointing/full/batch=64"]  # the run was killed before these
+    (run / "run.json").write_text(json.dumps({**meta, "argv": ["bench", "run", "checkpointing", "--size", "quick"],
+                                              "finished_at": None, "not_run": planned}))
+    text = render([run])
+    warning = text[:text.index("<h2>Environment</h2>")]
+    assert "<b>NVIDIA H200</b> has not finished: 2 cases it was started for have no record." in warning
+    assert html.escape(f"bench run checkpointing --size quick --resume --out {run}") in warning
+    assert "<td>finished</td><td>unfinished</td>" in text
+    assert "Every case recorded finished ok; the unfinished runs above have cases with no record." in text
+    assert "Every case finished ok." not in text
+    (run / "run.json").write_text(json.dumps(meta))  # finished: no warning
+    assert "has not finished" not in render([run])
