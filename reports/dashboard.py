@@ -197,6 +197,43 @@ def _latest_contended(judged: list, newest) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _unflagged(judged: list, newest, disturbed: list[dict]) -> str:
+    """What the index says where nothing is flagged: how many of the latest night's series were judged, and how many
+    could not be (too young for a baseline, or contended), never "all inside the band" of series judged against
+    nothing."""
+    mine = [(s, j) for s, j in judged if (newest - s["timestamp"].iloc[-1]).total_seconds() <= rule.STALE_DAYS * 86400
+            and not rule.not_judged(s)[-1]]
+    n = sum(j[-1] is not None for _, j in mine)
+    young = len(mine) - n
+    contended = sum(r["series"] for r in disturbed)
+    too_young = (f"{young} series {'has' if young == 1 else 'have'} too few earlier runs for a baseline (a measured "
+                 f"series is judged from its run {rule.MIN_BASELINE + 1}, an exact one from its second)")
+    if not n:
+        return (f'<p class="muted">Nothing judged in the latest night yet: {too_young}'
+                + (f"; {contended} contended (below)" if contended else "") + ". Add runs.</p>")
+    return (f'<p class="muted">No regressions among the {n} series judged in the latest night'
+            + (f"; {too_young}" if young else "") + (f"; {contended} contended, not judged (below)" if contended
+                                                     else "") + ".</p>")
+
+
+def _newly_failing(frame) -> list[dict]:
+    """Cases not ok in the latest run of their env whose record before it (in an earlier run of that env) was ok."""
+    if frame.empty:
+        return []
+    frame = rule.envs(frame)
+    cases = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
+    latest = set(cases.drop_duplicates(ENV, keep="last")["run_id"])
+    rows = []
+    for _, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
+        last = part.iloc[-1]
+        if len(part) > 1 and last["run_id"] in latest and last["status"] != "ok" and part["status"].iloc[-2] == "ok":
+            reason = _text(last["error"]).strip().splitlines()
+            rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
+                         "device": last["device"], "run": last["run_id"], "status": last["status"],
+                         "error": reason[-1] if reason else ""})
+    return rows
+
+
 def _text(value) -> str:
     """A text cell of a frame: "" for a null (None or NaN, as pandas keeps it)."""
     return value if isinstance(value, str) else ""
@@ -245,16 +282,17 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
     disturbed = _latest_contended(judged, newest)
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
-        '<p class="muted">No runs yet: nothing judged.</p>' if frame.empty else
-        '<p class="muted">No regressions: every series that ran in the latest night is inside its noise band.</p>'
-        if not disturbed else '<p class="muted">No regressions among the series judged in the latest night; '
-        f"{sum(r['series'] for r in disturbed)} were contended there and not judged (below).</p>")
+        '<p class="muted">No runs yet: nothing judged.</p>' if frame.empty else _unflagged(judged, newest, disturbed))
     if disturbed:  # a contended night is no clean one: what it could not show is said beside the flags
         flags += section("Contended in the latest night: not judged", table(disturbed), level=3)
     if current["follows"].notna().any():
         flags = ('<p class="muted">A rate, TFLOP/s or % of peak that moved with the timing it is computed from '
                  "follows it (listed under it, not counted as a regression of its own).</p>" + flags)
     parts = [section("Current regressions", flags)]
+    failing = _newly_failing(frame)
+    if failing:  # a case that fails has no value for a series to judge: listed here, or no page would say it
+        parts.append(section("Newly failing in the latest run (ok in the run before it)",
+                             table(failing, classes={"status": "status"})))
     if len(stale):
         parts.append(section(f"Stale: flagged series that missed the latest night (last run over {STALE_DAYS:g} day "
                              "before the newest run of the store)", table(_flag_rows(stale))))
@@ -269,9 +307,10 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         mine = current[current["suite"] == s]
         n, f = int(mine["follows"].isna().sum()), int(mine["follows"].notna().sum())
         k = int(((stale["suite"] == s) & stale["follows"].isna()).sum())
+        down = sum(r["suite"] == s for r in failing)
         links += (f'<li><a href="{html.escape(_page_name(s))}">{html.escape(s)}</a> '
-                  f'({n} regression{"s" * (n != 1)}{f", {f} following" if f else ""}{f", {k} stale" if k else ""})'
-                  '</li>')
+                  f'({n} regression{"s" * (n != 1)}{f", {f} following" if f else ""}{f", {k} stale" if k else ""}'
+                  f'{f", {down} newly failing" if down else ""})</li>')
     parts += [section("Latest run per env", table(latest) if latest else '<p class="muted">No runs yet.</p>'),
               section("Suites", f"<ul>{links}</ul>")]
     subtitle = (f"{frame['run_id'].nunique()} runs in history store {Path(store).resolve().name}; a regression is "
@@ -284,5 +323,6 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         n, f = int(current["follows"].isna().sum()), int(current["follows"].notna().sum())
         unjudged = sum(r["series"] for r in disturbed)
         said(f"{n} current regression{'s' * (n != 1)}" + (f" and {f} following" if f else "")
+             + (f"; {len(failing)} case{'s' * (len(failing) != 1)} newly failing" if failing else "")
              + (f"; {unjudged} series contended in the latest night, not judged" if unjudged else ""))
     return put("index.html", _plain_page("techbench dashboard", "\n".join(parts), subtitle))

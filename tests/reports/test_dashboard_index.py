@@ -1,0 +1,53 @@
+"""What the dashboard's index says where it flags nothing: how much it judged, and the cases that stopped working."""
+
+from bench import history
+from reports import dashboard
+from tests.optional import needs
+from tests.runs import checkpointing_records, write_run
+
+CASE = "checkpointing/full/batch=8,d_model=256,dtype=bfloat16,layers=8,seq=256"
+
+
+def nights(tmp_path, n: int, last=None):
+    """A store of n nightly checkpointing runs (last(records) edits the latest night's first)."""
+    store = tmp_path / "store"
+    for night in range(n):
+        records = checkpointing_records(seed=night)
+        if last is not None and night == n - 1:
+            last(records)
+        history.add(write_run(tmp_path / "runs", f"night-{night}", records, sha=f"{night}" * 40,
+                              started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), store)
+    return store
+
+
+@needs("pyarrow")
+def test_a_young_store_says_what_it_could_not_judge_yet(tmp_path):
+    said = []
+    text = dashboard.build(nights(tmp_path, 1), tmp_path / "site", said=said.append).read_text()
+    assert "Nothing judged in the latest night yet: " in text and "too few earlier runs for a baseline" in text
+    assert "No regressions" not in text and said == ["0 current regressions"]
+    text = dashboard.build(nights(tmp_path / "b", 2), tmp_path / "site2").read_text()
+    # the exact metrics (bytes) are judged from their second run, the timings from their fourth
+    assert "No regressions among the " in text and " series judged in the latest night; " in text
+    assert "too few earlier runs for a baseline" in text
+    text = dashboard.build(nights(tmp_path / "c", 5), tmp_path / "site3").read_text()
+    assert "No regressions among the " in text and "too few earlier runs" not in text
+
+
+@needs("pyarrow")
+def test_a_case_that_fails_in_the_latest_run_is_on_the_index(tmp_path):
+    def fail(records):
+        for r in records:
+            params = r.get("params", {})
+            if (r["suite"], r["variant"], params.get("batch")) == ("checkpointing", "full", 8):
+                r.update(status="timeout", metrics={}, samples={}, error="the case ran past its 600 s timeout")
+
+    said = []
+    text = dashboard.build(nights(tmp_path, 3, fail), tmp_path / "site", said=said.append).read_text()
+    newly = text[text.index("Newly failing in the latest run"):text.index("Latest run per env")]
+    assert CASE in newly and 'class="status-timeout">timeout</td>' in newly
+    assert "the case ran past its 600 s timeout" in newly
+    assert "night-2" in newly and "(0 regressions, 1 newly failing)" in text
+    assert said == ["0 current regressions; 1 case newly failing"]
+    # the cases that failed in every night (an oom, an error, a skip) are not new
+    assert newly.count("<tr>") == 2  # its header and its one case
