@@ -23,7 +23,7 @@ from reports.html import Flagged, figure, page, section, table
 STYLE = ("<style>.results, .wide { overflow-x: auto; } .results td { white-space: nowrap; } "
          "summary { cursor: pointer; }</style>")
 # Columns of a loaded frame that are not metrics.
-NOT_METRICS = set(Record.__dataclass_fields__) | {"run_dir", "run", "size", "command"}
+NOT_METRICS = set(Record.__dataclass_fields__) | {"run_dir", "run", "size", "command", "reference"}
 # Spread and flag columns beside a timing: the raw samples are in the records, the median is enough for a table.
 DETAIL_MARKERS = ("_p20_", "_p80_", "_iqr_", "_noisy")
 # What else ran in a case's timed window: the summary names contended cases with their reason, tables keep the flag.
@@ -219,6 +219,11 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
                      f"{html.escape(type(e).__name__)}: {html.escape(str(e))}</p>")
     metrics = list(getattr(module, "METRICS", ())) or _generic_metrics(rows)
     parts.append(section("Results", _results(rows, metrics), level=3))
+    # what the figure module's table leaves out (a library's speed-up, a rate, telemetry), folded: on the page still
+    others = [m for m in _generic_metrics(rows) if m not in metrics and rows[m].notna().any()]
+    if others:
+        parts.append(f"<details><summary>Other metrics ({len(others)}): {html.escape(', '.join(others))}</summary>"
+                     f"{_results(rows, others)}</details>")
     return section(suite, *parts)
 
 

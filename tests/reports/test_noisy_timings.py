@@ -23,7 +23,7 @@ def report(tmp_path_factory):
 def results(report: str, suite: str) -> dict[str, dict[str, str]]:
     """case_id -> column -> the cell's HTML, from the suite's results table."""
     part = report[report.index(f"<h2>{suite}</h2>"):]
-    part = part[part.index("<h3>Results</h3>"):part.index("<h2>", 1)]
+    part = part[part.index("<h3>Results</h3>"):part.index("<h2>", 1)].split("<details><summary>Other metrics")[0]
     head = re.findall(r"<th>(.*?)</th>", part)
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(<td.*?)</tr>", part)]
     return {cells[head.index("case_id")]: dict(zip(head, cells)) for cells in rows}

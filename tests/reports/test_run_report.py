@@ -65,6 +65,24 @@ def test_checkpointing_figures_and_mystery_table(report):
         assert cell in mystery
 
 
+def test_metrics_a_figure_modules_table_leaves_out_are_folded_below_it(tmp_path):
+    records = checkpointing_records()
+    for r in records:
+        if r.get("status", "ok") == "ok":
+            r["metrics"]["avg_power_w"] = 400.0  # NVML's, not among the figure module's METRICS
+    text = render([write_run(tmp_path, "r", records)])
+    table, folded = text[text.index("<h3>Results</h3>"):].split("<details><summary>Other metrics (1): avg_power_w")
+    assert "avg_power_w" not in table and "<th>avg_power_w</th>" in folded.split("</details>")[0]
+    assert "Other metrics" not in render([write_run(tmp_path, "plain", checkpointing_records())])
+
+
+def test_a_generic_table_shows_metrics_only(runs):
+    from reports.run_report import _generic_metrics
+
+    frame = load_frame(runs).assign(reference="none")  # a declared reference variant: a column of every row
+    assert "reference" not in _generic_metrics(frame) and "step_time_ms" in _generic_metrics(frame)
+
+
 def test_every_failed_case_listed_with_its_reason(report, runs):
     _, text = report
     failures = text[text.index("<h2>Cases not ok</h2>"):]
