@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
+from bench.case_ids import case_id
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of
 from reports.figures import figure_module, figures_for, load_frame, run_labels
@@ -218,13 +219,44 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
         parts.append(f'<p class="status-error">Figures for {html.escape(suite)} failed: '
                      f"{html.escape(type(e).__name__)}: {html.escape(str(e))}</p>")
     metrics = list(getattr(module, "METRICS", ())) or _generic_metrics(rows)
-    parts.append(section("Results", _results(rows, metrics), level=3))
+    parts.append(section("Results", _results(rows, metrics) + _ratios_lost(suite, rows), level=3))
     # what the figure module's table leaves out (a library's speed-up, a rate, telemetry), folded: on the page still
     others = [m for m in _generic_metrics(rows) if m not in metrics and rows[m].notna().any()]
     if others:
         parts.append(f"<details><summary>Other metrics ({len(others)}): {html.escape(', '.join(others))}</summary>"
                      f"{_results(rows, others)}</details>")
     return section(suite, *parts)
+
+
+def _ratios_lost(suite: str, rows: pd.DataFrame) -> str:
+    """Why ok cases lack their ratios to the reference variant (speedup_x, mem_saving_x, ...): the reference was left
+    out of the run (--variant, --case), or its case failed. A grid point with no reference case by design (a
+    variant's own params) is not named: the run's selection did include the reference variant."""
+    said = []
+    for run_dir, mine in rows.groupby("run_dir", sort=False):
+        meta = read_run_json(run_dir) or {}
+        info = (meta.get("suites") or {}).get(suite) or {}
+        selected = meta.get("variants")
+        status = dict(zip(mine["case_id"], mine["status"]))
+        lost: dict[tuple, list] = {}
+        for r in mine[mine["status"] == "ok"].itertuples():
+            ref = r.reference
+            if not isinstance(ref, str) or ref == r.variant:
+                continue
+            there = status.get(case_id(suite, ref, r.params))
+            if there is None and isinstance(selected, list) and ref not in selected:
+                lost.setdefault((ref, "was not run (left out of the run's --variant selection)"), []).append(r)
+            elif there not in (None, "ok"):
+                lost.setdefault((ref, f"is {there} here"), []).append(r)
+        for (ref, why), cases in lost.items():
+            part = cases[0].params.get("part") if isinstance(cases[0].params, dict) else None
+            declared = ((info.get("parts") or {}).get(part) or info) if part else info
+            names = ", ".join(x["name"] for x in declared.get("relative") or [] if isinstance(x, dict)) or "ratios"
+            said.append(f"{len(cases)} case{'s' * (len(cases) != 1)} of {html.escape(mine['run'].iloc[0])} "
+                        f"{'have' if len(cases) != 1 else 'has'} no {html.escape(names)}: the case of the reference "
+                        f"variant {html.escape(ref)} {html.escape(why)}; <code>bench run {html.escape(suite)} "
+                        f"--variant {html.escape(ref)} ...</code> measures it.")
+    return "".join(f'<p class="muted">{line}</p>' for line in said)
 
 
 def _generic_metrics(rows: pd.DataFrame) -> list[str]:

@@ -181,3 +181,28 @@ def test_an_unfinished_run_says_so_above_everything_with_the_cases_it_lacks(tmp_
     assert "Every case finished ok." not in text
     (run / "run.json").write_text(json.dumps(meta))  # finished: no warning
     assert "has not finished" not in render([run])
+
+
+def test_cases_without_their_ratios_say_why(tmp_path):
+    import json
+
+    records = [r for r in checkpointing_records() if r["variant"] in ("full", "sqrt") and r.get("status", "ok") == "ok"]
+    for r in records:
+        for ratio in ("time_overhead_x", "mem_saving_x", "recompute_flops_x"):
+            r["metrics"].pop(ratio)
+    run = write_run(tmp_path, "picked", records)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "variants": ["full", "sqrt"]}))  # bench run --variant full sqrt
+    text = render([run])
+    assert ("4 cases of NVIDIA H200 have no mem_saving_x, activation_saving_x, time_overhead_x, recompute_flops_x: "
+            "the case of the reference variant none was not run (left out of the run&#x27;s --variant "
+            "selection)") in text
+    assert "<code>bench run checkpointing --variant none ...</code>" in text
+    # the reference's case failed: said so; and a run that had it says nothing
+    failed = checkpointing_records()
+    for r in failed:
+        if (r["variant"], r["params"]["batch"]) == ("none", 8):
+            r.update(status="error", metrics={}, samples={}, error="RuntimeError: boom")
+    text = render([write_run(tmp_path, "failed", failed)])
+    assert "4 cases of NVIDIA H200 have no " in text and "the case of the reference variant none is error here" in text
+    assert "have no" not in render([write_run(tmp_path, "whole", checkpointing_records())])
