@@ -33,6 +33,7 @@ STATUS_COLORS = {"oom": "#9a6700", "timeout": "#cf222e", "error": "#cf222e", "sk
 STATUS_SYMBOLS = {"oom": "diamond-x", "timeout": "hourglass", "error": "x", "skipped": "circle-x-open"}
 # The columns `hover` puts in customdata, in this order: hovertemplates refer to them as %{customdata[i]}.
 HOVER_COLUMNS = ("case_id", "run", "command")
+NO_X = "not measured"  # add_not_ok's category, on a category axis, for a case with none of its own
 
 
 def figure_module(suite: str):
@@ -270,22 +271,31 @@ def _drawn_y(fig, row, col) -> list[float]:
     return [float(v) for y in on for v in y if isinstance(v, numbers.Real) and math.isfinite(v)]
 
 
+def _x_of(value) -> float | str | None:
+    """A case's x for `add_not_ok`: a number, a category (text), or None where it has none."""
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
+    return None if value is None else str(value)
+
+
 def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None, x=None, log_x=False,
                log_y=False) -> None:
     """Non-ok cases as markers of their status (STATUS_SYMBOLS), in a strip just above the ok points.
 
     A case sits at its own x where `x(record)` gives one (a param such as the expert count or world size, or what its
-    params determine: `same_case`); a case without one (a failed case has no latency to plot) sits left of the data
-    past a dotted divider, never at an x it did not have. Cases at one x stack. One legend entry per status across
+    params determine: `same_case`; on a category axis its category, such as a shape's name); a case without one (a
+    failed case has no latency to plot) sits left of the data past a dotted divider, never at an x it did not have,
+    or on a category axis in a category of its own (NO_X). Cases at one x stack. One legend entry per status across
     the figure; the hover gives the case_id, the reason's last line, and the command that reproduces it. `log_x`
     and `log_y` say which axes the caller draws on a log scale, so that offsets are taken in decades there.
     """
     rows = rows[rows["status"] != "ok"]
     if rows.empty:
         return
-    own = [x(r) if x is not None else None for _, r in rows.iterrows()]
-    own = [float(v) if v is not None and pd.notna(v) else None for v in own]
-    xs = [float(v) for v in ok_x if pd.notna(v)] + [v for v in own if v is not None]
+    own = [_x_of(x(r)) if x is not None else None for _, r in rows.iterrows()]
+    known = [_x_of(v) for v in ok_x] + own
+    xs = [v for v in known if isinstance(v, float)]
+    categories = any(isinstance(v, str) for v in known)
     ys = [float(v) for v in ok_y if pd.notna(v)]
     drawn = ys + _drawn_y(fig, row, col)  # offsets in proportion to the axis, which other lines may stretch
     y_lo, y_hi = (min(drawn), max(drawn)) if ys else (0.0, 0.0)
@@ -293,9 +303,10 @@ def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None, x=
     step = 0.07  # of the y span per stacked marker: 11 px markers apart on a plot ~260 px high
     placed, stacked = [], {}
     for i, v in enumerate(own):
-        if v is not None:
+        if v is not None or (categories and not xs):
+            where, v = ("at its x", v) if v is not None else ("no x", NO_X)
             k = stacked[v] = stacked.get(v, -1) + 1
-            placed.append((v, _shift(strip, y_lo, y_hi, step * k, log_y) if ys else float(k), "at its x"))
+            placed.append((v, _shift(strip, y_lo, y_hi, step * k, log_y) if ys else float(k), where))
         elif xs:
             k = stacked[None] = stacked.get(None, -1) + 1
             left = _shift(min(xs), min(xs), max(xs), -0.12, log_x)

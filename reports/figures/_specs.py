@@ -1,13 +1,14 @@
 """Figures for a suite that has no figure module (a plug-in, a new technique), drawn from what its run declared
 (run.json "suites"): per part, each ratio against the reference and each headline metric, per case and variant,
-with the metric's unit on the axis and its meaning in the title. Reads records only."""
+with the metric's unit on the axis and its meaning in the title, and the cases that did not finish marked at their
+case. Reads records only."""
 
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.figures import colors, declared, label_lines, params_label
+from reports.figures import add_not_ok, colors, declared, label_lines, params_label
 
 MAX_PER_PART = 8  # ratios first, then timings, then the rest: a report stays readable with dozens of metrics
 HEIGHT = 440  # px
@@ -27,6 +28,10 @@ def _headline(info: dict, part: str | None, ok: pd.DataFrame) -> list[tuple[str,
     return chosen[:MAX_PER_PART]
 
 
+def _case(params: dict) -> str:
+    return params_label({k: v for k, v in params.items() if k != "part"}) or "(one case)"
+
+
 def figures(suite: str, rows: pd.DataFrame) -> list:
     info = declared(rows, suite)
     if not info.get("metrics"):
@@ -34,16 +39,18 @@ def figures(suite: str, rows: pd.DataFrame) -> list:
     parts = [p.get("part") if isinstance(p, dict) else None for p in rows["params"]]
     out = []
     for part in dict.fromkeys(parts):
-        ok = rows[[q == part and status == "ok" for q, status in zip(parts, rows["status"], strict=True)]]
+        cases = rows[[q == part for q in parts]]
+        ok = cases[cases["status"] == "ok"]
         if ok.empty:
             continue
-        case = ok["params"].map(lambda p: params_label({k: v for k, v in p.items() if k != "part"}) or "(one case)")
+        case = ok["params"].map(_case)
         color = colors(ok["variant"])
         reference = (info.get("parts") or {}).get(part, {}).get("reference") if part else info.get("reference")
         for metric, spec, is_ratio in _headline(info, part, ok):
             fig = go.Figure()
             for variant, g in ok.assign(case=case).groupby("variant", sort=False):
                 fig.add_bar(x=g["case"], y=g[metric], name=str(variant), marker_color=color[variant])
+            add_not_ok(fig, cases, case, ok[metric], x=lambda r: _case(r["params"]))
             if is_ratio:
                 label_lines(fig, [(1.0, f"reference ({reference})", {"dash": "dot"})], height=HEIGHT)
             unit = f" ({spec['unit']})" if spec.get("unit") else ""

@@ -1,13 +1,14 @@
 """FP8 figures: GEMM TFLOP/s per shape and recipe with the device's dense peak as labelled lines, SQNR per recipe on
 normal and outlier inputs, quantizer GB/s with the memory bandwidth as a line, and training: the loss curve of each
-recipe against the high-precision run, and the loss gap."""
+recipe against the high-precision run, and the loss gap. A case that did not finish (a Triton kernel skipped off CUDA)
+is marked where its bar or point would be."""
 
 from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from reports.figures import axis, colors, hover, ok, unit
+from reports.figures import add_not_ok, axis, colors, hover, ok, unit
 
 METRICS = ("gemm_time_ms", "gemm_tflops", "gemm_pct_of_peak", "gemm_pct_of_roofline", "speedup_x", "sqnr_db",
            "max_rel_err", "quantize_gbps", "quantize_pct_of_bandwidth", "loss_gap_final", "loss_gap_mean",
@@ -24,7 +25,8 @@ def figures(frame: pd.DataFrame) -> list:
 
 
 def _gemm(frame, color):
-    rows = ok(frame[frame["part"] == "gemm"], "gemm_tflops")
+    cases = frame[frame["part"] == "gemm"]
+    rows = ok(cases, "gemm_tflops")
     if rows.empty:
         return None
     rows = rows.assign(shape=[p.get("shape") for p in rows["params"]])
@@ -36,13 +38,15 @@ def _gemm(frame, color):
     for is_fp8, label in ((False, "high-precision peak"), (True, "FP8 peak")):
         recipe = rows[(rows["variant"] != rows["reference"]) == is_fp8]
         _peak_line(fig, recipe, "gemm_tflops", "gemm_pct_of_peak", label, unit(rows, "gemm_tflops"))
+    add_not_ok(fig, cases, rows["shape"], rows["gemm_tflops"], x=lambda r: r["params"].get("shape"))
     fig.update_layout(title="GEMM throughput per shape", xaxis_title="shape (M, N, K by name)",
                       yaxis_title=axis(rows, "gemm_tflops", "GEMM throughput"), template="plotly_white", height=420)
     return fig
 
 
 def _accuracy(frame, color):
-    rows = ok(frame[frame["part"] == "accuracy"], "sqnr_db")
+    cases = frame[frame["part"] == "accuracy"]
+    rows = ok(cases, "sqnr_db")
     if rows.empty:
         return None
     rows = rows.assign(input=[p.get("input") for p in rows["params"]])
@@ -50,6 +54,7 @@ def _accuracy(frame, color):
     for variant, part in rows.groupby("variant", sort=False):
         fig.add_bar(x=part["input"].tolist(), y=part["sqnr_db"].tolist(), name=variant,
                     marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
+    add_not_ok(fig, cases, rows["input"], rows["sqnr_db"], x=lambda r: r["params"].get("input"))
     fig.update_layout(title="GEMM accuracy against an fp64 product (SQNR, higher is better)", barmode="group",
                       xaxis_title="input", yaxis_title=axis(rows, "sqnr_db", "SQNR"), template="plotly_white",
                       height=420)
@@ -64,16 +69,22 @@ def _peak_line(fig, rows, metric, pct, label, unit):
         fig.add_hline(y=peak, line_dash="dash", line_color="#6e7781", annotation_text=f"{label} {peak:.0f} {unit}")
 
 
+def _quantized(params: dict) -> str:
+    return f"{params.get('operand')} · {params.get('impl')}"
+
+
 def _quantize(frame, color):
-    rows = ok(frame[frame["part"] == "quantize"], "quantize_gbps")
+    cases = frame[frame["part"] == "quantize"]
+    rows = ok(cases, "quantize_gbps")
     if rows.empty:
         return None
-    rows = rows.assign(what=[f"{p.get('operand')} · {p.get('impl')}" for p in rows["params"]])
+    rows = rows.assign(what=[_quantized(p) for p in rows["params"]])
     fig = go.Figure()
     for variant, part in rows.groupby("variant", sort=False):
         fig.add_bar(x=part["what"].tolist(), y=part["quantize_gbps"].tolist(), name=variant,
                     marker_color=color[variant], customdata=hover(part), hovertemplate=HOVER)
     _peak_line(fig, rows, "quantize_gbps", "quantize_pct_of_bandwidth", "memory bandwidth", unit(rows, "quantize_gbps"))
+    add_not_ok(fig, cases, rows["what"], rows["quantize_gbps"], x=lambda r: _quantized(r["params"]))
     fig.update_layout(title="Quantizer throughput (bytes read + written)", barmode="group",
                       xaxis_title="operand · implementation", yaxis_title=axis(rows, "quantize_gbps", "throughput"),
                       template="plotly_white", height=420)
@@ -97,13 +108,15 @@ def _loss_curves(frame, color):
 
 
 def _training(frame, color):
-    rows = ok(frame[frame["part"] == "training"], "loss_gap_final")
+    cases = frame[frame["part"] == "training"]
+    rows = ok(cases, "loss_gap_final")
     if rows.empty:
         return None
     fig = go.Figure()
     for metric, label in (("loss_gap_final", "final step"), ("loss_gap_mean", "mean over steps")):
         fig.add_bar(x=rows["variant"].tolist(), y=(100 * rows[metric]).tolist(), name=label,
                     customdata=hover(rows), hovertemplate=HOVER)
+    add_not_ok(fig, cases, rows["variant"], 100 * rows["loss_gap_final"], x=lambda r: r["variant"])
     fig.update_layout(title="Training: relative loss gap to the high-precision run (%)", barmode="group",
                       yaxis_title="loss gap (%)", template="plotly_white", height=400)
     return fig

@@ -38,15 +38,21 @@ def _cache_bytes(frame):
     if rows.empty:
         return None
     several_runs = rows["run"].nunique() > 1
-    rows = rows.assign(label=[_shape_label(p) + (f" · {r}" if several_runs else "")
-                              for p, r in zip(rows["params"], rows["run"])])
-    rows = rows.drop_duplicates(["label", "variant"])  # one bar per variant: bytes per token do not vary with context
+    frame = frame.assign(label=[_shape_label(p) + (f" · {r}" if several_runs else "")
+                                for p, r in zip(frame["params"], frame["run"])])
+    # one bar per variant and shape, as bytes per token do not vary with context; a variant without one is marked
+    # once per status (the context figures mark each context)
+    rows = ok(frame, "kv_cache_bytes_per_token").drop_duplicates(["label", "variant"])
+    drawn = set(zip(rows["label"], rows["variant"]))
+    failed = frame[[(lb, v) not in drawn for lb, v in zip(frame["label"], frame["variant"])]]
+    failed = failed.drop_duplicates(["label", "variant", "status"])
     fig = go.Figure()
     for label, part in rows.groupby("label", sort=False):
         elements = part["kv_cache_elements_per_token"] if "kv_cache_elements_per_token" in part else None
         text = None if elements is None else [f"{int(e):,} el." if pd.notna(e) else "" for e in elements]
         fig.add_bar(x=part["variant"].tolist(), y=part["kv_cache_bytes_per_token"].tolist(), name=label,
                     text=text, textposition="outside", customdata=hover(part), hovertemplate=BAR_HOVER)
+    add_not_ok(fig, failed, rows["variant"], rows["kv_cache_bytes_per_token"], x=lambda r: r["variant"], log_y=True)
     fig.update_layout(title="KV-cache bytes per token per layer, counted from the cache tensors (elements on bars)",
                       barmode="group", xaxis_title="attention", yaxis_title="bytes per token per layer (log)",
                       yaxis_type="log", template="plotly_white", height=440, legend_title_text="shape · dtype")

@@ -1,11 +1,12 @@
-"""Packing figures: packing efficiency per packer and length distribution, and what each packer costs the loader."""
+"""Packing figures: packing efficiency per packer and length distribution, and what each packer costs the loader.
+A packer that did not run (Liger's kernel off CUDA) is marked at its distribution, above the packers that did."""
 
 from __future__ import annotations
 
 import pandas as pd
 from plotly.subplots import make_subplots
 
-from reports.figures import axis, colors, hover, ok
+from reports.figures import add_not_ok, axis, colors, hover, ok
 
 METRICS = ("packing_efficiency", "efficiency_gain_x", "rows_per_epoch", "rows_saving_x", "packer_seqs_per_s",
            "effective_tokens_per_s", "effective_speedup_x", "loss_diff", "dataset_pad_fraction")
@@ -15,16 +16,16 @@ PANELS = (("packing_efficiency", "packing efficiency (real tokens / row capacity
 
 
 def figures(frame: pd.DataFrame) -> list:
+    frame = frame.assign(packing_length=[p.get("packing_length") for p in frame["params"]],
+                         dist=[p.get("dist") for p in frame["params"]])
     rows = ok(frame, "packing_efficiency", "packer_seqs_per_s", "effective_tokens_per_s")
     if rows.empty:
         return []
-    rows = rows.assign(packing_length=[p.get("packing_length") for p in rows["params"]],
-                       dist=[p.get("dist") for p in rows["params"]])
-    return [_panel(rows, *spec) for spec in PANELS]
+    return [_panel(frame, rows, *spec) for spec in PANELS]
 
 
-def _panel(rows: pd.DataFrame, metric: str, title: str, scale: str):
-    lengths = sorted(rows["packing_length"].dropna().unique())
+def _panel(frame: pd.DataFrame, rows: pd.DataFrame, metric: str, title: str, scale: str):
+    lengths = sorted(frame["packing_length"].dropna().unique())  # a length where no packer ran: its marks alone
     fig = make_subplots(rows=1, cols=len(lengths), shared_yaxes=True,
                         subplot_titles=[f"rows of {int(n)} tokens" for n in lengths])
     color = colors(rows["variant"])
@@ -38,9 +39,12 @@ def _panel(rows: pd.DataFrame, metric: str, title: str, scale: str):
                             hovertemplate=("<b>%{customdata[0]}</b><br>%{customdata[1]}<br>%{x}: %{y:.4g}<br>"
                                            "<span style='font-family:monospace'>%{customdata[2]}</span>"
                                            "<extra>%{fullData.name}</extra>"))
+        # the y axis is shared: the strip sits above every panel's points, so that it reads the same in each
+        add_not_ok(fig, frame[frame["packing_length"] == n], part["dist"], rows[metric], row=1, col=col,
+                   x=lambda r: r["dist"], log_y=scale == "log")
         fig.update_xaxes(title_text="length distribution", row=1, col=col)
     fig.update_yaxes(title_text=axis(rows, metric, title), type=scale, row=1, col=1)
-    if metric == "packing_efficiency":
-        fig.update_yaxes(range=[0, 1.05])
+    if metric == "packing_efficiency":  # 0 to 1 in every figure, stretched only for the marks above the points
+        fig.update_yaxes(range=[0, max([1.0, *(y for t in fig.data for y in t.y if y is not None)]) + 0.05])
     fig.update_layout(title=title, height=420, template="plotly_white", legend={"title": "packer"})
     return fig
