@@ -20,7 +20,7 @@ from bench.compare import (
     count_timings,
     plain_records,
 )
-from reports.html import figure, page, section, table
+from reports.html import figure, number, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
 DIVERGING = [[0.0, "#cf222e"], [0.5, "#f6f8fa"], [1.0, "#1a7f37"]]
@@ -86,8 +86,9 @@ def heatmap(rows):
         else:
             grey[i][j], grey_text[i][j] = 0.0, label
         better = f"{r.direction} is better" if has_direction else "no direction"
-        hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({better})<br>base {r.base:.4g} → new {r.new:.4g}"
-                       f"<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}, runs {r.runs_per_side}" + _why(r)
+        hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({better})<br>"
+                       f"base {number(r.base)} → new {number(r.new)}<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}, "
+                       f"runs {r.runs_per_side}" + _why(r)
                        + ("" if judged else "<br>grey: no verdict on this change"))
     finite = [abs(v) for row in z for v in row if math.isfinite(v)]
     span = min(max([MIN_SPAN, *finite]), MAX_SPAN)

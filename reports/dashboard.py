@@ -17,7 +17,7 @@ from pathlib import Path
 from bench import history
 from bench.atomic import atomic_files
 from reports import regressions as rule
-from reports.html import CSS, figure, page, section, table
+from reports.html import CSS, figure, number, page, section, table
 from reports.regressions import ENV, STALE_DAYS, regressions  # noqa: F401 - the rule, re-exported
 
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "star", "hexagon", "triangle-down")
@@ -52,9 +52,9 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
         away, why = rule.not_judged(s), s["contended_reason"].tolist()
         lib = f" ({s['library'].iloc[0]})" if s["library"].iloc[0] else ""  # a series per version of a library
         hover = [f"{case}{html.escape(lib)}<br>"
-                 f"{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {v:.4g}"
-                 + (f"<br>baseline {p['baseline']:.4g} ± {100 * p['half']:.3g}%" if p else "")
-                 + (f"<br>older baseline {p['old']:.4g} ± {100 * p['old_half']:.3g}%" if p and p["old"] else "")
+                 f"{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {number(v)}"
+                 + (f"<br>baseline {number(p['baseline'])} ± {100 * p['half']:.3g}%" if p else "")
+                 + (f"<br>older baseline {number(p['old'])} ± {100 * p['old_half']:.3g}%" if p and p["old"] else "")
                  + (f"<br>bad ({p['kind']})" if p and p["kind"] else "")
                  + (f"<br>contended, not judged: {html.escape(str(w or 'flagged contended'))}" if a else "")
                  for r, g, sha, v, p, a, w in zip(s["run_id"], s["gpu"], s["git_sha"], values, judged, away, why)]

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import functools
 import html
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+# Whole numbers below this print in full: a float64 holds every integer up to 2**53 (9.0e15) exactly, so bytes and
+# counts read digit for digit; past it the digits are the float's rounding, not the measurement's.
+EXACT_BELOW = 1e15
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1280px;
@@ -78,7 +83,7 @@ def table(rows: Iterable[dict], columns: list[str] | None = None, classes: dict[
             value = r.get(c)
             flag = value if isinstance(value, Flagged) else None
             value = flag.value if flag else value
-            cls = classes.get(c, "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else "")
+            cls = classes.get(c, "num" if isinstance(value, numbers.Real) and not isinstance(value, bool) else "")
             if cls == "status":
                 cls = f"status-{value}"
             text = _fmt(value)
@@ -95,8 +100,15 @@ def _fmt(value) -> str:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        if value != value:  # NaN from pandas
-            return ""
-        return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
+    if isinstance(value, numbers.Real):
+        return "" if value != value else number(value)  # NaN: a missing value in a pandas column
     return str(value)
+
+
+def number(value: float) -> str:
+    """A number as pages show it: a whole one (bytes, counts) in full with thousands grouping, so that 2,158,084 ->
+    2,158,088 reads as the change it is (to 4 significant digits both are 2.158e+06); any other to 4 significant
+    digits."""
+    if isinstance(value, numbers.Integral) or (float(value).is_integer() and abs(value) < EXACT_BELOW):
+        return f"{int(value):,}"
+    return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
