@@ -76,6 +76,23 @@ class Record:
         return cls(**fields)
 
 
+def keep_beside(path: Path, data: bytes) -> Path:
+    """`data` (a damaged part of `path`, about to be replaced) written to a new file beside it, `<name>.cut-<time>`
+    (with -1, -2... where one is there already: two cuts in one second keep both); its path."""
+    import time
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for n in range(1000):
+        kept = path.with_name(f"{path.name}.cut-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            with kept.open("xb") as f:
+                f.write(data)
+            return kept
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: 1000 cut files of {stamp} already")
+
+
 def _finite(value):
     """NaN and infinities become null: JSON has no spelling for them and a record must always be writable."""
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
@@ -205,18 +222,7 @@ class RecordWriter:
             self._write_all(b"\n")
             return
         # a write cut short by a kill, or a whole line damaged since: its bytes are kept beside the file, not lost
-        import time
-
-        stamp = time.strftime('%Y%m%dT%H%M%S', time.gmtime())
-        tail = os.pread(fd, end - start, start)
-        for n in range(1000):  # a name of its own: two cuts in one second keep both
-            kept = self.path.with_name(f"{self.path.name}.cut-{stamp}" + (f"-{n}" if n else ""))
-            try:
-                with kept.open("xb") as f:
-                    f.write(tail)
-                break
-            except FileExistsError:
-                continue
+        kept = keep_beside(self.path, os.pread(fd, end - start, start))
         os.ftruncate(fd, start)
         warnings.warn(f"{self.path}: its last line was no whole record (a write cut short, or a line damaged): its "
                       f"{end - start} bytes moved to {kept.name}; the case runs again", stacklevel=3)

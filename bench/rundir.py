@@ -23,6 +23,7 @@ from bench.records import (
     CorruptRunJson,
     Scan,
     SchemaError,
+    keep_beside,
     read_run_json,
     scan_records,
 )
@@ -241,3 +242,12 @@ def latest_unfinished(root: Path, how: tuple[str, str, str], suites: list[str], 
     raise RunDirError(f"--resume without --out: no unfinished run under {root}/ was made with --size {how[0]} "
                       f"--device {how[1]} --shard {how[2]} and these {len(suites)} suite{'s' * (len(suites) != 1)}; "
                       f"the latest unfinished one, {d}, continues with `{command_of(meta, d)}`")
+
+
+def keep_damaged(path: Path) -> Path | None:
+    """A damaged run.json's bytes, kept beside it (`run.json.cut-<time>`) before --resume rebuilds it from the
+    records; None where there is none to keep (it was missing)."""
+    try:
+        return keep_beside(path, path.read_bytes())
+    except FileNotFoundError:
+        return None

@@ -27,13 +27,14 @@ from bench.progress import Eta
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
+    RUN_JSON,
     Record,
     RecordWriter,
     RunMeta,
     Scan,
     write_run_json,
 )
-from bench.rundir import LOCK, open_run_dir
+from bench.rundir import LOCK, keep_damaged, open_run_dir
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id
 from bench.validation import check_measurement
@@ -170,14 +171,18 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     if meta is None:
         run_id = scan.records[0].run_id if scan.records else cfg.run_id or new_run_id()
         started = min((r.started_at for r in scan.records), default="") or now()
+        # a rebuilt run's selection holds the variants its records show too (None: every variant, as before)
+        variants = sorted({*cfg.variants, *(r.variant for r in scan.records)}) if cfg.variants else None
         meta = RunMeta(run_id=run_id, argv=cfg.argv, size=cfg.size, device=cfg.device, shard=shard,
-                       variants=cfg.variants, started_at=started, env=environment, env_id=env_id,
+                       variants=variants, started_at=started, env=environment, env_id=env_id,
                        git=environment.get("git"), version=__version__, seed=SEED)
         if rebuild is not None:
             meta.extra["rebuilt"] = f"{rebuild}; rebuilt by bench run --resume at {now()} from its records"
             n = len(scan.records)
+            kept = keep_damaged(cfg.out / RUN_JSON)
             warnings.warn(f"{rebuild}: rebuilt it from {n} record{'s' * (n != 1)} of run {run_id} (its size, "
-                          "device and shard are taken from this command)", stacklevel=3)
+                          "device and shard are taken from this command, its environment from this machine)"
+                          + (f"; the damaged file is kept as {kept.name}" if kept else ""), stacklevel=3)
     else:
         meta = RunMeta.from_json(meta)
     # the run's selection is what it was started for and every --resume since: a narrower resume leaves it

@@ -171,6 +171,20 @@ def test_resume_takes_the_run_id_from_the_records_when_run_json_is_damaged(tmp_p
     assert {r["run_id"] for r in lines(out)} == {run_id}
     meta = read_run_json(out)
     assert meta["run_id"] == run_id and "rebuilt" in meta and meta["finished_at"]
+    kept = list(out.glob(f"{RUN_JSON}.cut-*"))  # what was there is not lost with the rebuild
+    if damage == "delete":
+        assert not kept
+    else:
+        assert [k.read_text() for k in kept] == [text[: len(text) // 2] if damage == "truncate" else ""]
+
+
+def test_a_rebuilt_run_json_selects_the_variants_its_records_hold_too(tmp_path):
+    out = tmp_path / "r"
+    assert runner.run(parts(out, variants=["a", "b"]))[0] == 0
+    (out / RUN_JSON).write_text("{")
+    with pytest.warns(UserWarning, match=r"the damaged file is kept as run\.json\.cut-"):
+        assert runner.run(parts(out, variants=["a"], resume=True))[0] == 0
+    assert read_run_json(out)["variants"] == ["a", "b"]
 
 
 def test_a_rebuilt_run_json_never_relabels_records_of_another_size(tmp_path):
