@@ -148,3 +148,20 @@ def atomic_files(folder: str | Path) -> Iterator[Callable[[str, str], Path]]:
             for tmp, _ in staged:
                 _remove(tmp)
             _undo_dirs(made)
+
+
+def keep_beside(path: Path, data: bytes) -> Path:
+    """`data` (a damaged part of `path`, about to be replaced) written to a new file beside it, `<name>.cut-<time>`
+    (with -1, -2... where one is there already: two cuts in one second keep both); its path."""
+    import time
+
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for n in range(1000):
+        kept = path.with_name(f"{path.name}.cut-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            with kept.open("xb") as f:
+                f.write(data)
+            return kept
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: 1000 cut files of {stamp} already")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.atomic import keep_beside
 from bench.validation import check_fields, kind, run_json_problem
 
 SCHEMA = 1
@@ -74,23 +75,6 @@ class Record:
             raise ValueError("not a record: no schema")
         fields = check_fields({k: d[k] for k in cls.__dataclass_fields__ if k in d})
         return cls(**fields)
-
-
-def keep_beside(path: Path, data: bytes) -> Path:
-    """`data` (a damaged part of `path`, about to be replaced) written to a new file beside it, `<name>.cut-<time>`
-    (with -1, -2... where one is there already: two cuts in one second keep both); its path."""
-    import time
-
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    for n in range(1000):
-        kept = path.with_name(f"{path.name}.cut-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            with kept.open("xb") as f:
-                f.write(data)
-            return kept
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path}: 1000 cut files of {stamp} already")
 
 
 def _finite(value):
@@ -357,13 +341,26 @@ def path_text(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
+def _runs_in(paths) -> list[Path]:
+    """Run directories, a folder of them standing for those directly in it (as the commands take it);
+    FileNotFoundError for a path that is neither, rather than a frame without its rows."""
+    out = []
+    for p in map(Path, paths):
+        runs = [p] if (p / RUN_JSON).exists() or (p / RECORDS_JSONL).exists() else sorted(
+            d for d in (p.iterdir() if p.is_dir() else ()) if (d / RUN_JSON).exists())
+        if not runs:
+            raise FileNotFoundError(f"{p} is not a run directory (no {RUN_JSON}) nor a folder of them")
+        out += runs
+    return out
+
+
 def records_frame(*run_dirs: str | Path, samples: bool = False):
     """One row per record of one or many run directories; each metric is a column, params stay a dict column, and
     with `samples` the raw samples too (a dict column: name -> list)."""
     import pandas as pd
 
     rows = []
-    for run_dir in run_dirs:
+    for run_dir in _runs_in(run_dirs):
         for r in read_records(Path(run_dir) / RECORDS_JSONL):
             row = {k: v for k, v in asdict(r).items() if k not in ("metrics", "samples")}
             row["run_dir"] = path_text(run_dir)
@@ -381,7 +378,7 @@ def long_frame(*run_dirs: str | Path):
     from bench.metrics import default, specs_of
 
     rows = []
-    for run_dir in run_dirs:
+    for run_dir in _runs_in(run_dirs):
         specs = specs_of([read_run_json(run_dir) or {}])
         for r in read_records(Path(run_dir) / RECORDS_JSONL):
             for metric, value in r.metrics.items():

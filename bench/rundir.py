@@ -14,7 +14,7 @@ import os
 import shlex
 from pathlib import Path
 
-from bench.atomic import OutputError
+from bench.atomic import OutputError, keep_beside
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
@@ -23,7 +23,6 @@ from bench.records import (
     CorruptRunJson,
     Scan,
     SchemaError,
-    keep_beside,
     read_run_json,
     scan_records,
 )
