@@ -53,7 +53,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.metrics import specs_of
+from bench.compare_text import (  # noqa: F401 - re-exported: the sentences' tests import them from here
+    CONTENDED_ALLOWED,
+    CONTENDED_HEAD,
+    NEW_CONTENDED,
+    NEW_DISTURBED,
+    NOT_SIGNIFICANT,
+    NOTHING_SHARED,
+    ONE_RUN_CAVEAT,
+    ONE_RUN_GATE,
+    ONE_RUN_UNGATED,
+    ONE_SIDE,
+    UNJUDGED_SLOWER,
+    VARIES_HEAD,
+)
+from bench.metrics import default, specs_of
 from bench.sides import check_sides, environments, load
 from bench.stats import RUN_SPREAD_K
 from bench.verdicts import (
@@ -79,10 +93,6 @@ ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", 
                "gate_p"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 ABSENT = "absent"
-
-ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
-                  "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
-                  "the folders of runs for a verdict that accounts for it")
 
 @dataclass
 class Comparison:
@@ -117,6 +127,9 @@ class Comparison:
     """NEW's timings (no rate of one counted apart) with every NEW run contended: judged on no run of NEW."""
     timings: int = 0
     """NEW's timings, as counted for new_contended."""
+    one_side: list[tuple[str, str, str]] = field(default_factory=list)
+    """(case_id, metric, side) of each metric with a direction that a case ok on both sides has on one side only (a
+    ratio whose reference case one side lacks, say): not compared, and said."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -223,7 +236,8 @@ class Comparison:
                          "not_significant": len(self.not_significant), "new_contended": self.new_contended,
                          "timings": self.timings, "new_disturbed": self.new_disturbed,
                          "nothing_shared": self.nothing_shared},
-                "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows)}
+                "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows),
+                "one_side": [{"case_id": c, "metric": m, "side": side} for c, m, side in self.one_side]}
 
     @property
     def env_verdict(self) -> str:
@@ -254,6 +268,9 @@ class Comparison:
                          + (NEW_DISTURBED if self.new_disturbed else ""))
         if self.nothing_shared:
             lines.append(NOTHING_SHARED)
+        if self.one_side:
+            shown = "; ".join(f"{m} of {c} ({side} only)" for c, m, side in self.one_side[:3])
+            lines.append(ONE_SIDE.format(len(self.one_side), shown + ("; ..." if len(self.one_side) > 3 else "")))
         lines += unsampled_moved(self.rows, self.tested, self.threshold)
         lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
                   "on a damaged new run)" for side, run, why in self.damaged]
@@ -303,31 +320,6 @@ class Comparison:
         return lines
 
 
-CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
-                  "fails on those its test called slower from several runs a side, significant over the timings "
-                  "judged; --allow-contended judges them):")
-UNJUDGED_SLOWER = ("of them, {} looked slower from several runs a side: --fail-on-regression fails on them, since a "
-                   "disturbed run cannot show that nothing regressed; rerun on a quiet machine (bench doctor), or "
-                   "pass --allow-contended")
-NOT_SIGNIFICANT = ("slower, but not significant over the timings judged: {}; --fail-on-regression does not fail on "
-                   "them (Holm over the {} timings judged from several runs a side, family-wise alpha {:g}, their "
-                   "run-to-run spreads moderated across them: bench.stats.family_p)")
-ONE_RUN_GATE = ("one run a side: --fail-on-regression judges the exact metrics (bytes, FLOPs, quality) only; a "
-                "timing is shown, not gated")
-NEW_CONTENDED = "{} of NEW's {} timings were contended in every new run, so not judged"
-NEW_DISTURBED = (": NEW was disturbed, and --fail-on-regression fails on it as on an unfinished run (it measured the "
-                 "load, not the code); rerun it on a quiet machine (bench doctor), or pass --allow-contended")
-NOTHING_SHARED = ("nothing compared: no case of NEW is in BASE (no shared case_id: other suites, sizes or params); "
-                  "--fail-on-regression fails")
-CONTENDED_ALLOWED = "contended ({}), judged all the same (--allow-contended):"
-ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regression does not fail on them (one run "
-                   "cannot tell a change from a run-level offset); rerun both sides, 3 runs each, for a verdict that "
-                   "gates")
-VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, weighed "
-               "on their run-to-run spread, or that come from other trained weights on each side, held to the "
-               "threshold:")
-
-
 def plain_records(frame, columns=None) -> list[dict]:
     """The rows of a frame as dicts of plain values, NaN as None (JSON, HTML tables); `columns` picks and orders."""
     columns = list(frame.columns) if columns is None else columns
@@ -368,7 +360,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     n_cases, n_metas, n_names, n_damaged = load(new)
     check_sides((b_metas, base), (n_metas, new))
     specs = specs_of(b_metas + n_metas)
-    rows, status = [], []
+    rows, status, one_side = [], [], []
     for case_id in sorted(b_cases.keys() | n_cases.keys()):
         if only is not None and case_id not in only:
             continue
@@ -378,6 +370,8 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
             for metric in sorted(b.runs.keys() & n.runs.keys()):
                 rows.append({"case_id": case_id, "suite": b.suite, "variant": b.variant, "metric": metric,
                              **judge(metric, b, n, threshold, alpha, specs.get(b.suite, {}), allow_contended)})
+            one_side += [(case_id, m, "base" if m in b.runs else "new") for m in sorted(b.runs.keys() ^ n.runs.keys())
+                         if (specs.get(b.suite, {}).get(m) or default(m)).direction]
         else:
             bs, ns = b.status if b else ABSENT, n.status if n else ABSENT
             change = ("added" if b is None else "removed" if n is None
@@ -396,5 +390,5 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
                       env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished,
                       [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged], family,
-                      new_contended, timings)
+                      new_contended, timings, one_side)
 

@@ -230,3 +230,23 @@ def test_a_report_and_an_export_of_a_sweep_folder_hold_each_case_once(tmp_path, 
     pytest.importorskip("plotly")
     assert main(["report", str(folder), "-o", str(tmp_path / "r.html")]) == 0
     assert capsys.readouterr().err.count("counted once, as the merged run") == 2
+
+
+def test_metrics_one_side_lacks_are_said_not_dropped(tmp_path):
+    # NEW ran without the reference variant: its cases have no ratios, which BASE's have
+    base = write_run(tmp_path, "base", checkpointing_records())
+    picked = [r for r in checkpointing_records(seed=1) if r["variant"] == "full"]
+    for r in picked:
+        r["metrics"].pop("mem_saving_x", None)
+    c = compare([base], [write_run(tmp_path, "new", picked)])
+    assert sorted({m for _, m, side in c.one_side if side == "base"}) == ["mem_saving_x"]
+    lines = [ln for ln in c.summary_lines() if ln.startswith("metrics on one side only")]
+    assert len(lines) == 1 and lines[0].startswith("metrics on one side only, not compared (2): mem_saving_x of "
+                                                   "checkpointing/full/batch=4")
+    assert {"case_id", "metric", "side"} == set(c.to_json()["one_side"][0])
+    assert not compare([base], [base.parent / "new"], only={"x"}).one_side  # nothing shared, nothing said
+    pytest.importorskip("plotly")
+    from reports.compare_page import write_compare_html
+
+    page = write_compare_html(c, tmp_path / "c.html").read_text()
+    assert "Metrics on one side only (2): not compared" in page and "<td>mem_saving_x</td><td>base</td>" in page
