@@ -157,9 +157,6 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
                                 "max_time": None, "min_time": None, "warmup": None},
                     "stats": _stats([x * seconds_per_unit(name) for x in r.samples[name]]),
                 })
-    if left:  # pytest-benchmark holds timings: the rest of a run stays in its run directory
-        warnings.warn("left out of the export (records with no timing series to export): "
-                      + ", ".join(f"{n} {what}" for what, n in sorted(left.items())), stacklevel=2)
     info = _machine_info(env)
     # what import gives back to run.json: each run's state and its suites' declarations (what each metric is)
     info["techbench"]["runs"] = [{"run_id": m.get("run_id"), "size": m.get("size"), "finished_at": m.get("finished_at"),
@@ -172,7 +169,11 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
         "datetime": _iso(first.get("started_at")),
         "version": _pytest_benchmark_version(),
     }
-    return atomic_write_text(out, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
+    written = atomic_write_text(out, json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n")
+    if left:  # pytest-benchmark holds timings: the rest of a run stays in its run directory
+        warnings.warn("left out of the export (records with no timing series to export): "
+                      + ", ".join(f"{n} {what}" for what, n in sorted(left.items())), stacklevel=2)
+    return written
 
 
 def _benchmark(f: Fields, bench, where: str) -> tuple[str, str, dict, str | None, dict, dict]:
