@@ -27,5 +27,5 @@ ONE_RUN_UNGATED = ("slower timings from one run a side ({}): --fail-on-regressio
 VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) whose runs of one side differ, weighed "
                "on their run-to-run spread, or that come from other trained weights on each side, held to the "
                "threshold:")
-ONE_SIDE = ("metrics on one side only, not compared ({}): {} (a ratio to the reference variant needs that variant's "
-            "case in the same run)")
+ONE_SIDE = ("metrics on one side only, not compared ({}): {} (null or not recorded on the other side: a ratio whose "
+            "reference case that run lacks, telemetry absent there, a metric of another techbench version)")

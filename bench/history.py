@@ -50,12 +50,14 @@ inputs     string               for a derived metric (a rate, TFLOP/s, % of peak
                                 older store
 source_run string               the run that measured the case: run_id, or in a merged run (bench merge) the run_id
                                 of the shard whose record it is; null in an older store
+imported   bool                 the run is a `bench import` of a pytest-benchmark file (an export of runs holds their
+                                timings only); null in an older store
 ========== ==================== ====================================================================================
 
 A case measured once can reach the store twice, added by separate commands: a shard of a sweep, then the sweep's
 merged run, or two merges that share a shard. Its rows then share source_run, case_id and metric in two files; `load`
-keeps one of them, from the run that holds the most shards (then the earliest), and a reader of the files themselves
-drops the others the same way.
+keeps one of them, from a run that is no import (then the run that holds the most shards, then the earliest), and a
+reader of the files themselves drops the others the same way.
 
 and ``contended_reason`` (string): why, in one line ("other processes used 1.7 of 2 CPUs during the timed window"),
 null when not contended.
@@ -80,7 +82,7 @@ RUNS = "runs"
 # new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run")
+           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run", "imported")
 
 
 def schema():
@@ -88,7 +90,7 @@ def schema():
     import pyarrow as pa
 
     types = {"timestamp": pa.timestamp("us", tz="UTC"), "git_dirty": pa.bool_(), "value": pa.float64(),
-             "n_samples": pa.int64(), "iqr": pa.float64(), "contended": pa.bool_()}
+             "n_samples": pa.int64(), "iqr": pa.float64(), "contended": pa.bool_(), "imported": pa.bool_()}
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
 
@@ -209,14 +211,16 @@ def load(store: str | Path):
 
 def _measured_once(frame):
     """The frame with each measurement once: of the rows of one source_run, case_id and metric in several runs (a
-    shard and its sweep's merged run, added by separate commands), those of the run holding the most source runs,
-    then of the earliest run. Rows without a source_run (an older store) are kept as they are."""
+    shard and its sweep's merged run, added by separate commands; a run and an import of its export), those of a run
+    that is no import, then of the run holding the most source runs, then of the earliest run. Rows without a
+    source_run (an older store) are kept as they are."""
     sourced = frame["source_run"].notna()
     if not sourced.any():
         return frame
     holds = frame[sourced].groupby("run_id")["source_run"].nunique()
-    order = frame.assign(_holds=frame["run_id"].map(holds).fillna(0)).sort_values(
-        ["_holds", "timestamp", "run_id"], ascending=[False, True, True], kind="stable")
+    order = frame.assign(_holds=frame["run_id"].map(holds).fillna(0),
+                         _imported=frame["imported"].fillna(False).astype(bool)).sort_values(
+        ["_imported", "_holds", "timestamp", "run_id"], ascending=[True, False, True, True], kind="stable")
     again = order.duplicated(["source_run", "case_id", "metric"]) & order["source_run"].notna()
     return frame.drop(index=order.index[again])
 
@@ -230,7 +234,7 @@ def _rows(records: list[Record], meta: dict, run_id: str):
     merged = bool(meta.get("merged_from"))  # its records keep the run_ids of the shards that measured them
     run = {"run_id": run_id, "timestamp": _utc(meta.get("started_at") or meta.get("finished_at")),
            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
-           "device": device, "size": meta.get("size")}
+           "device": device, "size": meta.get("size"), "imported": bool(meta.get("imported_from"))}
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
     suites = meta.get("suites") if isinstance(meta.get("suites"), dict) else {}
     by_case = {r.case_id: r for r in records}

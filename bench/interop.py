@@ -42,6 +42,7 @@ from bench.records import (
     write_run_json,
 )
 from bench.suite import case_id
+from bench.validation import run_json_problem
 
 # GPU fields copied into machine_info["techbench"]["gpus"]: what a reader of a benchmark dashboard needs to tell two
 # machines apart (model, driver, max clocks, power limit), without UUIDs, bus ids or the clocks of the moment, which
@@ -263,8 +264,9 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
     if len(ids) == 1:
         run_id = ids[0]
     else:
-        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:6]
-        run_id = f"{started[:10].replace('-', '')}-{started[11:19].replace(':', '')}-{digest}"
+        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+        run_id = (f"{started[:10].replace('-', '')}-{started[11:19].replace(':', '')}-{digest[:6]}"
+                  if f.get(doc, "datetime", "", "text") else f"imported-{digest[:12]}")  # no time: now is no name
     eid = (_common(t.get("env_id") for t in tags_all) if tags_all else None) or env_id(env)
     records: dict[str, Record] = {}
     for (suite, variant, params, series, tags, extra), (stats, data), bench in cases:
@@ -296,17 +298,19 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
         except (ValueError, TypeError) as e:
             raise ValueError(f"{file}: case {cid} would not be a valid record ({e})") from None
 
+    meta = RunMeta(
+        run_id=run_id, argv=["bench", "import", str(file)],
+        size=_common(t.get("size") for t in tags_all) if tags_all else None,
+        device=_common(r.device for r in records.values()) or "unknown", started_at=started,
+        finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__, recorded=len(records),
+        suites={k: v for r in runs for k, v in (r.get("suites") or {}).items()},
+        extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version},
+               **({"merged_from": [{"run_id": i} for i in ids]} if len(ids) > 1 else {})})
+    if (problem := run_json_problem(meta.to_json())) is not None:  # as its readers will check it (the declarations)
+        raise ValueError(f"{file}: machine_info.techbench.runs would make a bad run.json: {problem}")
     with atomic_path(out_dir, directory=True) as staged:
         with RecordWriter(staged / RECORDS_JSONL) as writer:
             for record in records.values():
                 writer.write(record)
-        write_run_json(staged, RunMeta(  # last: a run.json with finished_at says the records beside it are complete
-            run_id=run_id, argv=["bench", "import", str(file)],
-            size=_common(t.get("size") for t in tags_all) if tags_all else None,
-            device=_common(r.device for r in records.values()) or "unknown", started_at=started,
-            finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__, recorded=len(records),
-            suites={k: v for r in runs for k, v in (r.get("suites") or {}).items()},
-            extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version},
-                   **({"merged_from": [{"run_id": i} for i in ids]} if len(ids) > 1 else {})},
-        ))
+        write_run_json(staged, meta)  # last: a run.json with finished_at says the records beside it are complete
     return out_dir

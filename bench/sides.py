@@ -114,22 +114,33 @@ def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:
     once: a run reached twice (its run_id again: a symlink, a copy) is left out after its first, and so is a run that
     a merged run among them lists under `merged_from` (bench.merge), whose records the merged run holds (a sweep
     folder with its shards and `merged/`), and a merged run whose shards a larger merged run among them holds as
-    well. Without this each of their cases would count twice, as two runs of no spread."""
+    well. Without this each of their cases would count twice, as two runs of no spread. An import of runs (`bench
+    import` of their export) holds their timings only: given with one of them, it is the import that is left out."""
     ids = [m.get("run_id") if isinstance(m, dict) and isinstance(m.get("run_id"), str) else None for m in metas]
     parts = [_merged_from(m) for m in metas]
+    imported = [isinstance(m, dict) and bool(m.get("imported_from")) for m in metas]
+    originals = {ids[i]: i for i in range(len(metas)) if ids[i] and not imported[i]}
     holder: dict[str, int] = {}  # run_id -> the position of the largest merged run that lists it
     for i in sorted(range(len(metas)), key=lambda i: -len(parts[i])):
-        for rid in parts[i]:
+        for rid in parts[i] if not imported[i] else ():
             holder.setdefault(rid, i)
     keep, notes, first = [], [], {}
     for i, d in enumerate(run_dirs):
         key = ids[i] or str(Path(d).resolve())
+        given = sorted(r for r in parts[i] | {key} if r in originals and originals[r] != i) if imported[i] else []
+        if given:
+            others = len(parts[i] - set(given))
+            notes.append(f"{d} is an import of run {', '.join(given)}, given with it: counted once, as the run itself "
+                         f"(an import holds its timings only)" + (f"; the import's {others} other run(s) are left out "
+                                                                   "with it" if others else ""))
+            continue
         if key in first:
             notes.append(f"{d} is run {key} again (also {run_dirs[first[key]]}): counted once")
             continue
         into = holder.get(ids[i]) if ids[i] else None
         if into is None and parts[i]:  # a merged run whose every shard a larger merged run holds
-            into = next((j for j in sorted({holder[r] for r in parts[i]}) if j != i and parts[i] <= parts[j]), None)
+            holders = sorted({holder[r] for r in parts[i] if r in holder})  # an import holds no run
+            into = next((j for j in holders if j != i and parts[i] <= parts[j]), None)
         if into is not None and into != i:
             notes.append(f"{d} (run {ids[i]}) is merged into {run_dirs[into]} (run {ids[into]}), given with it: "
                          "counted once, as the merged run")

@@ -230,8 +230,9 @@ def write_compare_html(comparison, out: str | Path) -> Path:
     if c.one_side:  # a metric one side lacks is no comparison, and no silence either
         listed = [{"case_id": case, "metric": m, "only on": side} for case, m, side in c.one_side]
         parts.append(section(f"Metrics on one side only ({len(listed)}): not compared",
-                             '<p class="muted">A ratio to the reference variant needs that variant\'s case in the same '
-                             "run.</p>", table(listed, ["case_id", "metric", "only on"])))
+                             '<p class="muted">Null or not recorded on the other side: a ratio whose reference case '
+                             "that run lacks, telemetry absent there, a metric of another techbench version.</p>",
+                             table(listed, ["case_id", "metric", "only on"])))
     if len(rows):
         parts.append(section("All comparisons", table(plain_records(rows, ROW_TABLE), ROW_TABLE)))
     subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings with several runs a side: "

@@ -208,6 +208,8 @@ def _unflagged(judged: list, newest, disturbed: list[dict]) -> str:
     contended = sum(r["series"] for r in disturbed)
     too_young = (f"{young} series {'has' if young == 1 else 'have'} too few earlier runs for a baseline (a measured "
                  f"series is judged from its run {rule.MIN_BASELINE + 1}, an exact one from its second)")
+    if not mine and not contended:
+        return '<p class="muted">Nothing judged: the latest night recorded no value to judge (see its cases).</p>'
     if not n:
         return (f'<p class="muted">Nothing judged in the latest night yet: {too_young}'
                 + (f"; {contended} contended (below)" if contended else "") + ". Add runs.</p>")
@@ -226,7 +228,8 @@ def _newly_failing(frame) -> list[dict]:
     rows = []
     for _, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
         last = part.iloc[-1]
-        if len(part) > 1 and last["run_id"] in latest and last["status"] != "ok" and part["status"].iloc[-2] == "ok":
+        if (len(part) > 1 and last["run_id"] in latest and last["status"] in ("oom", "timeout", "error")
+                and part["status"].iloc[-2] == "ok"):  # skipped is no failure: a missing package, a CPU-only run
             reason = _text(last["error"]).strip().splitlines()
             rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
                          "device": last["device"], "run": last["run_id"], "status": last["status"],

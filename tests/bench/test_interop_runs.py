@@ -47,8 +47,12 @@ def test_an_import_of_several_runs_is_counted_once_beside_any_of_them(tmp_path, 
     assert {r.run_id for r in read_records(back / "records.jsonl")} == {"a", "b"}  # each record's own run
     code = cli.main(["compare", str(a), str(back)])  # a against its own measurements
     assert code == 2 and "must be different runs" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="merged into"):
-        assert len(counted(run_dirs([a, back]))) == 1  # a side of both counts each case once
+    # a side of both counts each case once, from the run itself: the import holds its timings only
+    with pytest.warns(UserWarning, match=r"is an import of run a, given with it: .*1 other run\(s\) are left out"):
+        assert counted(run_dirs([back, a])) == [a]
+    single = import_pytest_benchmark(export_pytest_benchmark([b], tmp_path / "b.json"), tmp_path / "b-back")
+    with pytest.warns(UserWarning, match="is an import of run b, given with it"):
+        assert counted(run_dirs([single, b])) == [b]  # the same run_id: the original, whichever comes first
 
 
 def test_the_same_foreign_file_imported_twice_is_the_same_run(tmp_path):
@@ -62,3 +66,40 @@ def test_the_same_foreign_file_imported_twice_is_the_same_run(tmp_path):
     assert first["run_id"] == second["run_id"] and first["run_id"].startswith("20261128-010203-")
     file.write_text(json.dumps({**doc, "commit_info": {"id": "abd", "dirty": False}}))  # another file, same time
     assert read_run_json(import_pytest_benchmark(file, tmp_path / "three"))["run_id"] != first["run_id"]
+
+
+def test_a_foreign_file_without_a_time_is_named_by_its_content(tmp_path):
+    doc = {"benchmarks": [{"name": "test_mm", "stats": {"median": 0.002}}]}
+    (tmp_path / "pb.json").write_text(json.dumps(doc))
+    ids = {read_run_json(import_pytest_benchmark(tmp_path / "pb.json", tmp_path / n))["run_id"] for n in ("a", "b")}
+    assert len(ids) == 1 and ids.pop().startswith("imported-")
+
+
+def test_declarations_that_would_make_a_bad_run_json_are_refused(tmp_path):
+    run = write_run(tmp_path, "r", [r for r in checkpointing_records() if r.get("status", "ok") == "ok"])
+    doc = json.loads(export_pytest_benchmark([run], tmp_path / "x.json").read_text())
+    doc["machine_info"]["techbench"]["runs"][0]["suites"]["checkpointing"]["metrics"] = "oops"
+    (tmp_path / "x.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="would make a bad run.json: suites.checkpointing.metrics is str"):
+        import_pytest_benchmark(tmp_path / "x.json", tmp_path / "back")
+    assert not (tmp_path / "back").exists()
+
+
+def test_a_history_holding_runs_and_an_import_of_them_reads_the_runs(tmp_path):
+    pytest.importorskip("pyarrow")
+    from bench import history
+
+    a = write_run(tmp_path, "a", checkpointing_records(), started_at="2026-11-01T01:00:00Z")
+    other = [{**r, "params": {**r["params"], "batch": 10 * r["params"]["batch"]}} for r in checkpointing_records()]
+    b = write_run(tmp_path, "b", other, started_at="2026-11-02T01:00:00Z")  # a shard of the same sweep, say
+    with pytest.warns(UserWarning):
+        back = import_pytest_benchmark(export_pytest_benchmark([a, b], tmp_path / "x.json"), tmp_path / "back")
+    store = tmp_path / "store"
+    history.add(back, store)  # the import first: it holds the most runs, and is still not what is read
+    with pytest.warns(UserWarning, match="already"):
+        history.add(a, store)
+        history.add(b, store)
+    frame = history.load(store)
+    timed = frame[frame["metric"] == "step_time_ms"]
+    assert set(timed["run_id"]) == {"a", "b"} and not timed["imported"].any()
+    assert set(frame.loc[frame["run_id"] == read_run_json(back)["run_id"], "imported"]) <= {True}

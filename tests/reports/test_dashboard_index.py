@@ -51,3 +51,24 @@ def test_a_case_that_fails_in_the_latest_run_is_on_the_index(tmp_path):
     assert said == ["0 current regressions; 1 case newly failing"]
     # the cases that failed in every night (an oom, an error, a skip) are not new
     assert newly.count("<tr>") == 2  # its header and its one case
+
+
+@needs("pyarrow")
+def test_a_case_skipped_in_the_latest_run_is_not_failing(tmp_path):
+    def skip(records):
+        for r in records:
+            if (r["variant"], r.get("params", {}).get("batch")) == ("full", 8):
+                r.update(status="skipped", metrics={}, samples={}, error="needs a CUDA device")
+
+    text = dashboard.build(nights(tmp_path, 3, skip), tmp_path / "site").read_text()
+    assert "Newly failing" not in text and "newly failing" not in text
+
+
+@needs("pyarrow")
+def test_a_night_that_measured_nothing_says_so(tmp_path):
+    def fail_all(records):
+        for r in records:
+            r.update(status="error", metrics={}, samples={}, error="RuntimeError: boom")
+
+    text = dashboard.build(nights(tmp_path, 1, fail_all), tmp_path / "site").read_text()
+    assert "Nothing judged: the latest night recorded no value to judge" in text and "0 series" not in text
