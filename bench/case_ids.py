@@ -36,6 +36,15 @@ def reproduce_command(suite: str, variant: str, params: dict, size: str, device:
     return f"bench run {suite} --size {size} --device {device}{ranks} {cases}{each}"
 
 
+def nodes_of_run(meta: dict) -> tuple[int, str] | None:
+    """nodes_of the command that measured a run: its own argv, or a merged run's (bench merge) shards' argv."""
+    entries = meta.get("merged_from") if isinstance(meta.get("merged_from"), list) else []
+    for argv in [meta.get("argv"), *(e.get("argv") for e in entries if isinstance(e, dict))]:
+        if isinstance(argv, list) and (nodes := nodes_of([str(a) for a in argv])) is not None:
+            return nodes
+    return None
+
+
 def nodes_of(argv: list[str]) -> tuple[int, str] | None:
     """The --nnodes and --rdzv-endpoint of a `bench run` command line (run.json's argv) launched over several nodes;
     None for one node."""

@@ -110,7 +110,8 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
         not_run=not_run or None, recorded=len(recorded),
         extra={"envs": envs,
                "merged_from": [{"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
-                                "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs)}
+                                "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs),
+                                "argv": m.get("argv"), "finished_at": m.get("finished_at")}
                                for d, m, rs in runs],
                "missing_shards": missing_shards([m.get("shard", "1/1") for _, m, _ in runs]), "cases": n_cases},
     )

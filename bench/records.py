@@ -342,8 +342,11 @@ def path_text(path: str | Path) -> str:
 
 
 def _runs_in(paths) -> list[Path]:
-    """Run directories, a folder of them standing for those directly in it (as the commands take it);
-    FileNotFoundError for a path that is neither, rather than a frame without its rows."""
+    """Run directories, a folder of them standing for those directly in it, each run once (a sweep's shards beside
+    its merged run: bench.sides.distinct, as the commands count them); FileNotFoundError for a path that is neither,
+    rather than a frame without its rows."""
+    from bench.sides import distinct  # bench.sides reads records with this module
+
     out = []
     for p in map(Path, paths):
         runs = [p] if (p / RUN_JSON).exists() or (p / RECORDS_JSONL).exists() else sorted(
@@ -351,7 +354,7 @@ def _runs_in(paths) -> list[Path]:
         if not runs:
             raise FileNotFoundError(f"{p} is not a run directory (no {RUN_JSON}) nor a folder of them")
         out += runs
-    return out
+    return [out[i] for i in distinct(out, [read_run_json(d) for d in out])]
 
 
 def records_frame(*run_dirs: str | Path, samples: bool = False):

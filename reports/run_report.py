@@ -16,7 +16,7 @@ from bench import interference
 from bench.atomic import atomic_write_text
 from bench.case_ids import case_id
 from bench.records import STATUSES, Record, path_text, read_run_json
-from bench.rundir import command_of
+from bench.rundir import command_of, holder
 from reports.figures import figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
 from reports.html import Flagged, figure, page, section, table
@@ -95,9 +95,10 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
 
 
 def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
-    """A warning above everything for each run that has not finished (killed, interrupted, out of its --budget): how
-    many of the cases it was started for have no record, and the command that runs them. Its figures and tables
-    show what it measured so far, and its "not ok" list cannot show what never ran."""
+    """A warning above everything for each run that has not finished (killed, interrupted, out of its --budget, or
+    still running): how many of the cases it was started for have no record, and the command that runs them (for a
+    merged sweep, its unfinished shards' and a new merge). Its figures and tables show what it measured so far, and
+    its "not ok" list cannot show what never ran."""
     said = []
     for d in run_dirs:
         meta = read_run_json(d) or {}
@@ -108,12 +109,20 @@ def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
         n = len(set(not_run) - recorded) if isinstance(not_run, list) else None
         missing = (f"{n} case{'s' * (n != 1)} it was started for {'has' if n == 1 else 'have'} no record"
                    if n is not None else "it may not have run every case it was started for")
-        said.append(f"<li><b>{html.escape(labels[str(d)])}</b> has not finished: {missing}. "
-                    f"<code>{html.escape(command_of(meta, Path(path_text(d))))}</code> runs them.</li>")
+        name = f"<b>{html.escape(labels[str(d)])}</b>"
+        if (pid := holder(Path(d))) is not None:
+            said.append(f"<li>{name} is still running (bench, PID {pid}): {missing} yet.</li>")
+            continue
+        shards = [e for e in meta.get("merged_from") or [] if isinstance(e, dict) and not e.get("finished_at")]
+        todo = [command_of(read_run_json(e["dir"]) or {}, Path(e["dir"])) for e in shards
+                if isinstance(e.get("dir"), str) and Path(e["dir"]).is_dir()]
+        then = (" runs them, and a new <code>bench merge</code> of the shards gathers them" if shards else " runs them")
+        commands = " ".join(f"<code>{html.escape(c)}</code>" for c in todo or [command_of(meta, Path(path_text(d)))])
+        said.append(f"<li>{name} has not finished: {missing}. {commands}{then}.</li>")
     if not said:
         return ""
-    return (f'<div class="status-error"><p>Unfinished run{"s" * (len(said) > 1)} (killed, interrupted or stopped by '
-            f"its --budget): what follows is what was measured before it stopped.</p><ul>{''.join(said)}</ul></div>")
+    return (f'<div class="status-error"><p>Unfinished run{"s" * (len(said) > 1)} (killed, interrupted, stopped by '
+            f"its --budget, or running): what follows is what was measured so far.</p><ul>{''.join(said)}</ul></div>")
 
 
 def _summary(frame: pd.DataFrame) -> str:
@@ -230,8 +239,9 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
 
 def _ratios_lost(suite: str, rows: pd.DataFrame) -> str:
     """Why ok cases lack their ratios to the reference variant (speedup_x, mem_saving_x, ...): the reference was left
-    out of the run (--variant, --case), or its case failed. A grid point with no reference case by design (a
-    variant's own params) is not named: the run's selection did include the reference variant."""
+    out of the run's --variant selection, or its case failed. Named only where the declared ratios are absent; a grid
+    point with no reference case by design (a variant's own params) is not named, the run's selection having
+    included the reference variant."""
     said = []
     for run_dir, mine in rows.groupby("run_dir", sort=False):
         meta = read_run_json(run_dir) or {}
@@ -240,22 +250,25 @@ def _ratios_lost(suite: str, rows: pd.DataFrame) -> str:
         status = dict(zip(mine["case_id"], mine["status"]))
         lost: dict[tuple, list] = {}
         for r in mine[mine["status"] == "ok"].itertuples():
-            ref = r.reference
-            if not isinstance(ref, str) or ref == r.variant:
+            ref, part = r.reference, r.params.get("part") if isinstance(r.params, dict) else None
+            names = [x["name"] for x in (((info.get("parts") or {}).get(part) or info) if part else info).get(
+                "relative") or [] if isinstance(x, dict)]
+            if not isinstance(ref, str) or ref == r.variant or not names or any(
+                    n in mine and not _missing(getattr(r, n, None)) for n in names):
                 continue
             there = status.get(case_id(suite, ref, r.params))
             if there is None and isinstance(selected, list) and ref not in selected:
-                lost.setdefault((ref, "was not run (left out of the run's --variant selection)"), []).append(r)
+                lost.setdefault((ref, "was not run (left out of the run's --variant selection)", ", ".join(names)),
+                                []).append(r)
             elif there not in (None, "ok"):
-                lost.setdefault((ref, f"is {there} here"), []).append(r)
-        for (ref, why), cases in lost.items():
-            part = cases[0].params.get("part") if isinstance(cases[0].params, dict) else None
-            declared = ((info.get("parts") or {}).get(part) or info) if part else info
-            names = ", ".join(x["name"] for x in declared.get("relative") or [] if isinstance(x, dict)) or "ratios"
+                lost.setdefault((ref, f"is {there} here", ", ".join(names)), []).append(r)
+        for (ref, why, names), cases in lost.items():
+            variants = " ".join(dict.fromkeys([ref, *(c.variant for c in cases)]))
             said.append(f"{len(cases)} case{'s' * (len(cases) != 1)} of {html.escape(mine['run'].iloc[0])} "
                         f"{'have' if len(cases) != 1 else 'has'} no {html.escape(names)}: the case of the reference "
-                        f"variant {html.escape(ref)} {html.escape(why)}; <code>bench run {html.escape(suite)} "
-                        f"--variant {html.escape(ref)} ...</code> measures it.")
+                        f"variant {html.escape(ref)} {html.escape(why)}. Ratios are taken as a case is recorded beside "
+                        f"its reference's: <code>bench run {html.escape(suite)} --variant {html.escape(variants)} "
+                        "...</code> measures both.")
     return "".join(f'<p class="muted">{line}</p>' for line in said)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.case_ids import case_id, nodes_of, reproduce_command
+from bench.case_ids import case_id, nodes_of_run, reproduce_command
 from bench.metrics import default
 from bench.records import STATUSES, path_text, read_run_json, records_frame
 
@@ -141,7 +141,7 @@ def load_frame(run_dirs) -> pd.DataFrame:
         ids = set(frame["case_id"])  # a reference case the run has: not every grid point has one (samplers' tol)
         refs = [r if isinstance(r, str) and case_id(s, r, p) in ids else None
                 for s, p, r in zip(frame["suite"], frame["params"], frame["reference"])]
-        nodes = nodes_of([str(a) for a in meta.get("argv") or []])
+        nodes = nodes_of_run(meta)
         frame["command"] = [reproduce_command(s, v, p, size, d, ref, nodes) for s, v, p, size, d, ref in
                             zip(frame["suite"], frame["variant"], frame["params"], frame["size"], devices, refs)]
         parts.append(frame)

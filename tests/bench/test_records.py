@@ -104,10 +104,15 @@ def test_frames(tmp_path):
 def test_frames_of_a_folder_of_runs_or_of_no_run(tmp_path):
     for run in ("a", "b"):
         (tmp_path / "runs" / run).mkdir(parents=True)
-        (tmp_path / "runs" / run / "run.json").write_text('{"schema": 1, "run_id": "r"}')
+        (tmp_path / "runs" / run / "run.json").write_text(f'{{"schema": 1, "run_id": "r-{run}"}}')
         with RecordWriter(tmp_path / "runs" / run / "records.jsonl") as w:
             w.write(make(0))
     assert len(records_frame(tmp_path / "runs")) == len(long_frame(tmp_path / "runs")) // 2 == 2  # as the commands
+    import shutil
+
+    shutil.copytree(tmp_path / "runs" / "a", tmp_path / "runs" / "a-copy")  # the same run twice: counted once
+    with pytest.warns(UserWarning, match="is run r-a again"):
+        assert len(records_frame(tmp_path / "runs")) == 2
     for nothing in (tmp_path / "missing", tmp_path / "runs" / "a" / "records.jsonl", tmp_path):
         with pytest.raises(FileNotFoundError, match="is not a run directory"):  # not an empty frame
             records_frame(nothing)

@@ -69,3 +69,21 @@ def test_a_reports_lines_take_the_nodes_from_the_run_that_measured_them(tmp_path
                                                                 "2", "--rdzv-endpoint", "node0:29500"]}))
     [command] = load_frame([run])["command"]
     assert " --nnodes 2 --nproc-per-node 2 --rdzv-endpoint node0:29500 " in command, command
+
+
+def test_a_merged_sweeps_lines_take_the_nodes_of_its_shards(tmp_path):
+    import json
+
+    from bench.merge import merge
+    from reports.figures import load_frame
+    from tests.runs import write_run
+
+    params = {"experts": 8, "tokens": 64, "world_size": 4}
+    shard = write_run(tmp_path, "s1", [{"suite": "moe_ep", "variant": "ep", "params": params, "status": "ok",
+                                        "metrics": {"step_time_ms": 1.0}}], gpu=None)
+    meta = json.loads((shard / "run.json").read_text())
+    (shard / "run.json").write_text(json.dumps({**meta, "argv": ["bench", "run", "moe_ep", "--nnodes", "2",
+                                                                  "--rdzv-endpoint", "node0:29500"]}))
+    merge([shard], tmp_path / "merged", ["bench", "merge", str(shard), "--out", str(tmp_path / "merged")])
+    [command] = load_frame([tmp_path / "merged"])["command"]
+    assert " --nnodes 2 --nproc-per-node 2 --rdzv-endpoint node0:29500 " in command, command

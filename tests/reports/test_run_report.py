@@ -197,12 +197,48 @@ def test_cases_without_their_ratios_say_why(tmp_path):
     assert ("4 cases of NVIDIA H200 have no mem_saving_x, activation_saving_x, time_overhead_x, recompute_flops_x: "
             "the case of the reference variant none was not run (left out of the run&#x27;s --variant "
             "selection)") in text
-    assert "<code>bench run checkpointing --variant none ...</code>" in text
-    # the reference's case failed: said so; and a run that had it says nothing
+    assert "<code>bench run checkpointing --variant none full sqrt ...</code> measures both." in text
+    # the reference's case failed: said so for the cases whose ratios are absent; a run that had it says nothing
     failed = checkpointing_records()
     for r in failed:
         if (r["variant"], r["params"]["batch"]) == ("none", 8):
             r.update(status="error", metrics={}, samples={}, error="RuntimeError: boom")
+        elif r["params"]["batch"] == 8 and r["variant"] in ("full", "sqrt") and r.get("status", "ok") == "ok":
+            r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.endswith("_x")}
     text = render([write_run(tmp_path, "failed", failed)])
-    assert "4 cases of NVIDIA H200 have no " in text and "the case of the reference variant none is error here" in text
+    assert "2 cases of NVIDIA H200 have no " in text and "the case of the reference variant none is error here" in text
+    assert "--variant none full sqrt ..." in text
     assert "have no" not in render([write_run(tmp_path, "whole", checkpointing_records())])
+
+
+def test_a_run_still_running_or_a_merged_sweep_with_an_unfinished_shard_says_what_to_do(tmp_path):
+    import fcntl
+    import json
+    import os
+
+    from bench.merge import merge
+
+    ok = [r for r in checkpointing_records() if r.get("status", "ok") == "ok"]
+    run = write_run(tmp_path, "live", ok[:2])
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "finished_at": None, "not_run": ["x"]}))
+    fd = os.open(run / ".bench.lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242\n")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a bench writing the run holds it
+    try:
+        text = render([run])
+    finally:
+        os.close(fd)
+    assert "is still running (bench, PID 4242): 1 case it was started for has no record yet." in text
+    assert "--resume" not in text.split("<h2>Environment</h2>")[0]
+    # a sweep merged before one of its shards finished: the shard's resume line, not the merged folder's
+    shards = []
+    for i, part in enumerate((ok[:4], ok[4:8]), 1):
+        shards.append(write_run(tmp_path / "sweep", f"s{i}", part))
+        m = json.loads((shards[-1] / "run.json").read_text())
+        m.update(shard=f"{i}/2", argv=["bench", "run", "checkpointing", "--size", "quick", "--shard", f"{i}/2"])
+        (shards[-1] / "run.json").write_text(json.dumps({**m, "finished_at": None} if i == 2 else m))
+    merge(shards, tmp_path / "merged", ["bench", "merge"])
+    warning = render([tmp_path / "merged"]).split("<h2>Environment</h2>")[0]
+    assert html.escape(f"bench run checkpointing --size quick --shard 2/2 --resume --out {shards[1]}") in warning
+    assert "--out " + str(tmp_path / "merged") not in warning and "a new <code>bench merge</code>" in warning
