@@ -251,7 +251,7 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
     to their params (with_changes), points made equal planned once, points without every param changed left out."""
     points, seen, lacking = [], set(), None
     for suite in suites:
-        for params in suite.grid(size, grid_device(target)):
+        for params in suite.points(size, grid_device(target)):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
             if params_filter and any(str(params.get(k)) != str(v) for k, v in params_filter.items()):

@@ -62,7 +62,7 @@ def plan(suites: list[Suite], size: str, device: str, variants: list[str] | None
     `world_size` of the launch."""
     cases = []
     for suite in {s.name: s for s in suites}.values():  # a suite named twice runs once
-        for params in suite.grid(size, device):
+        for params in suite.points(size, device):
             if suite.world_sizes:
                 params = {**params, "world_size": world_size}
             if where and any(str(params.get(k)) != v for k, v in where.items()):

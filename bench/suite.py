@@ -68,6 +68,11 @@ def unmet(suite: Suite, variant: str, device: str | None = None) -> str | None:
     return None
 
 
+class GridError(ValueError):
+    """A suite's grid holds a point no record can spell (bench.suite.Suite.points): a fault of the suite, said in one
+    line (exit 2), not a traceback."""
+
+
 @dataclass(frozen=True)
 class Relative:
     """A ratio against the suite's reference variant at the same params, added by the runner.
@@ -194,6 +199,21 @@ class Suite:
     """Modules this suite's cases import that are slow to import (a library its variants import lazily, such as
     diffusers): the process that cases fork from imports them once, so that no case's time or timeout pays for them.
     One not installed is left out."""
+
+    def points(self, size: str, device: str) -> list[dict[str, Any]]:
+        """grid(size, device), each point checked: a dict of text keys whose values are text, numbers, booleans or
+        null (they spell the case_id and go into every record as JSON); GridError, one line, for any other."""
+        points = self.grid(size, device)
+        for params in points:
+            if not isinstance(params, dict):
+                raise GridError(f"suite {self.name}: its {size} grid on {device} holds {type(params).__name__} "
+                                f"{params!r:.60}, not a dict of params")
+            for k, v in params.items():
+                if not isinstance(k, str) or not (v is None or isinstance(v, (str, int, float, bool))):
+                    raise GridError(f"suite {self.name}: its {size} grid on {device} has param {k!r} = {v!r:.60} "
+                                    f"({type(v).__name__}); params are text, numbers, true/false or null (they spell "
+                                    "the case id)")
+        return points
 
     def grid(self, size: str, device: str) -> list[dict[str, Any]]:
         """The params of every case at `size` (one of SIZES) on `device` ("cpu" or "cuda:N"); JSON scalar values.

@@ -1,0 +1,38 @@
+"""A suite whose grid holds a param no record can spell (a set, a dtype object) is a one-line error, exit 2, before
+any run directory is made: not a traceback from the record writer with an empty run left behind."""
+
+import pytest
+
+from bench import cli, runner
+from bench.suite import GridError, Measurement, Suite
+
+
+class Odd(Suite):
+    name = "_odd_grid"
+    variants = {"a": "the only one"}
+
+    def __init__(self, value):
+        self.value = value
+
+    def grid(self, size, device):
+        return [{"n": 16, "s": self.value}]
+
+    def measure(self, variant, params, device):
+        return Measurement({"x_ms": 1.0})
+
+
+@pytest.mark.parametrize("value", [{1, 2}, object(), [1, 2]], ids=["set", "object", "list"])
+def test_a_param_no_record_can_spell_is_a_one_line_error(tmp_path, capsys, monkeypatch, value):
+    suite = Odd(value)
+    with pytest.raises(GridError, match=r"suite _odd_grid: its smoke grid on cpu has param 's' = "):
+        runner.plan([suite], "smoke", "cpu")
+    monkeypatch.setattr("bench.cli.discover", lambda: {suite.name: suite})
+    code = cli.main(["run", "_odd_grid", "--size", "smoke", "--device", "cpu", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "params are text, numbers, true/false or null" in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_params_that_spell_a_case_id_pass():
+    assert [c.params for c in runner.plan([Odd("x")], "smoke", "cpu")] == [{"n": 16, "s": "x"}]
+    assert [c.params for c in runner.plan([Odd(None)], "smoke", "cpu")] == [{"n": 16, "s": None}]
