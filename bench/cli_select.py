@@ -43,7 +43,7 @@ def no_case_matches(suites, size: str, device: str, where: dict[str, str], text:
     match and --variant has no case at them, that. A distributed suite's world_size is the launch's (`world_flag`
     sets it), not a grid key."""
     grid = [{**p, **({"world_size": world_size} if s.world_sizes else {})}
-            for s in suites for p in s.points(size, device)]
+            for s in suites for p in s.grid(size, device)]
     if variants and any(_matches(p, where) for p in grid):
         return UsageError(f"no {size} case of --variant {' '.join(variants)} matches --params {text} (the variants "
                           "have no case at those grid points)")
