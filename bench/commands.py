@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError
+from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError, read_run_json
 
 
 class UsageError(Exception):
@@ -45,7 +45,7 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
 def counted(dirs: list[Path]) -> list[Path]:
     """The runs of `dirs` that count, each once (bench.sides.distinct: a run reached twice, a sweep's shards beside
     their merged run), a warning naming each left out: a report or an export of a sweep folder holds each case once."""
-    from bench.records import CorruptRunJson, read_run_json
+    from bench.records import CorruptRunJson
     from bench.sides import distinct
 
     metas = []
@@ -185,9 +185,16 @@ def cmd_merge(args) -> int:
         raise UsageError(str(e)) from None
     machines = len(meta["envs"])
     print(f"{n} records of {len(meta['merged_from'])} runs ({machines} machine{'s' * (machines > 1)}) -> {args.out}")
+    from bench.rundir import command_of
+
     if meta["missing_shards"]:
         print(f"bench: note: no run of shard {', '.join(meta['missing_shards'])} was given: the merged sweep is "
-              "partial", file=sys.stderr)
+              "partial, and unfinished (compare names it, history refuses it); merge again with every shard",
+              file=sys.stderr)
+    for shard in (e for e in meta["merged_from"] if not e.get("finished_at")):
+        print(f"bench: note: {shard['dir']} (shard {shard['shard']}) has not finished, so neither has the merged "
+              f"sweep; `{command_of(read_run_json(shard['dir']) or {}, Path(shard['dir']))}` finishes it, then merge "
+              "again", file=sys.stderr)
     return 0
 
 

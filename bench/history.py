@@ -158,8 +158,9 @@ def check(run_dir: str | Path, meta: dict | None = None,
     if meta is None:
         raise ValueError(f"{run_dir} is not a run directory: it has no run.json")
     if not meta.get("finished_at"):  # a file is never rewritten, so a half run would stay half in the history
-        raise ValueError(f"{run_dir} has not finished (run.json finished_at is null); complete it with "
-                         "`bench run ... --resume` first")
+        how = ("`bench merge` of every shard, each finished, makes the whole sweep" if meta.get("merged_from")
+               else "complete it with `bench run ... --resume` first")
+        raise ValueError(f"{run_dir} has not finished (run.json finished_at is null); {how}")
     twice = repeated_case(run_dir)
     if twice is not None:
         raise ValueError(f"{run_dir} holds case {twice} more than once ({RECORDS_JSONL} has several records of it); "

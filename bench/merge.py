@@ -4,7 +4,8 @@ directory, so reports, compare and history see one run.
 Records are copied unchanged, each with the env_id of the machine that ran it; run.json keeps every input's
 environment under `envs` (env_id -> env) and lists the inputs under `merged_from`, so a report can say which machine
 ran what. Inputs of another schema, of another size, or that repeat a case are refused before anything is written.
-The merged run is written into a temporary folder beside OUT, records first and run.json (with finished_at) last,
+The merged run has finished where every shard of the sweep was given, each finished; otherwise its finished_at is
+null, as a run killed midway. It is written into a temporary folder beside OUT, records first and run.json last,
 and renamed onto OUT whole: a failure leaves no OUT and no half-merged run (OutputError, exit 1).
 """
 
@@ -93,6 +94,7 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     first = runs[0][1]
     devices = {meta.get("device") for _, meta, _ in runs}
     finished = [meta.get("finished_at") for _, meta, _ in runs]
+    missing = missing_shards([m.get("shard", "1/1") for _, m, _ in runs])
     envs = {meta.get("env_id"): meta.get("env") for _, meta, _ in runs}
     # what a shard's run.json lists without a record: a shard stopped by its --budget, or killed (listed from its
     # start, so less what it recorded)
@@ -102,7 +104,8 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
         run_id="merged-" + new_run_id(), argv=argv or [], size=first.get("size"),
         device=_device(devices),
         started_at=min(m.get("started_at") or "" for _, m, _ in runs) or None,
-        finished_at=None if None in finished else max(finished),
+        # a shard unfinished, or one missing: the sweep has not finished, and compare and history say so
+        finished_at=None if None in finished or missing else max(finished),
         env=first.get("env") or {}, env_id=first.get("env_id"), git=first.get("git"), version=first.get("version"),
         seed=first.get("seed"),
         # what the suites' metrics are, as the shards declared them (the last shard's declaration wins)
@@ -113,7 +116,7 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
                                 "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs),
                                 "argv": m.get("argv"), "finished_at": m.get("finished_at")}
                                for d, m, rs in runs],
-               "missing_shards": missing_shards([m.get("shard", "1/1") for _, m, _ in runs]), "cases": n_cases},
+               "missing_shards": missing, "cases": n_cases},
     )
     with RecordWriter(out / RECORDS_JSONL) as writer:
         for _, _, records in runs:

@@ -120,8 +120,15 @@ def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:
     parts = [_merged_from(m) for m in metas]
     imported = [isinstance(m, dict) and bool(m.get("imported_from")) for m in metas]
     originals = {ids[i]: i for i in range(len(metas)) if ids[i] and not imported[i]}
-    holder: dict[str, int] = {}  # run_id -> the position of the largest merged run that lists it
-    for i in sorted(range(len(metas)), key=lambda i: -len(parts[i])):
+    holder: dict[str, int] = {}  # run_id -> the position of the largest merged run that lists it (of merges of the
+    # same shards, one finished, then the one with the most records: a merge made before a shard was resumed is not it)
+
+    def rank(i: int) -> tuple:
+        m = metas[i] if isinstance(metas[i], dict) else {}
+        recorded = m.get("recorded") if isinstance(m.get("recorded"), int) else 0
+        return -len(parts[i]), not m.get("finished_at"), -recorded, i
+
+    for i in sorted(range(len(metas)), key=rank):
         for rid in parts[i] if not imported[i] else ():
             holder.setdefault(rid, i)
     keep, notes, first = [], [], {}
@@ -142,7 +149,10 @@ def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:
             holders = sorted({holder[r] for r in parts[i] if r in holder})  # an import holds no run
             into = next((j for j in holders if j != i and parts[i] <= parts[j]), None)
         if into is not None and into != i:
-            notes.append(f"{d} (run {ids[i]}) is merged into {run_dirs[into]} (run {ids[into]}), given with it: "
+            notes.append(f"{d} (run {ids[i]}) holds the same runs as {run_dirs[into]} (run {ids[into]}), a merge "
+                         f"{'finished' if (metas[into] or {}).get('finished_at') else 'as large'} and with as many "
+                         "records or more: counted once, as that one" if parts[i] and parts[i] == parts[into] else
+                         f"{d} (run {ids[i]}) is merged into {run_dirs[into]} (run {ids[into]}), given with it: "
                          "counted once, as the merged run")
             continue
         first[key] = i

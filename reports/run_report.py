@@ -116,9 +116,15 @@ def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
         shards = [e for e in meta.get("merged_from") or [] if isinstance(e, dict) and not e.get("finished_at")]
         todo = [command_of(read_run_json(e["dir"]) or {}, Path(e["dir"])) for e in shards
                 if isinstance(e.get("dir"), str) and Path(e["dir"]).is_dir()]
+        absent = [str(x) for x in meta.get("missing_shards") or []]
+        if absent:  # a sweep merged without some of its shards: what they hold is unknown here
+            missing = (f"no run of shard {', '.join(absent)} of its sweep was merged; run "
+                       f"{'it' if len(absent) == 1 else 'them'} (<code>bench run ... --shard {html.escape(absent[0])}"
+                       f"</code>, as the other shards were run) and merge every shard again")
         then = (" runs them, and a new <code>bench merge</code> of the shards gathers them" if shards else " runs them")
         commands = " ".join(f"<code>{html.escape(c)}</code>" for c in todo or [command_of(meta, Path(path_text(d)))])
-        said.append(f"<li>{name} has not finished: {missing}. {commands}{then}.</li>")
+        said.append(f"<li>{name} has not finished: {missing}." + (f" {commands}{then}." if shards or not absent
+                                                                    else "") + "</li>")
     if not said:
         return ""
     return (f'<div class="status-error"><p>Unfinished run{"s" * (len(said) > 1)} (killed, interrupted, stopped by '

@@ -43,9 +43,16 @@ def test_merged_shards_hold_the_unsharded_runs_cases_once_each(tmp_path, capsys)
     printed = capsys.readouterr()
     assert "8 records of 2 runs (1 machine)" in printed.out and "partial" not in printed.err
     assert meta["missing_shards"] == [] and meta["cases"] == 8 and meta["recorded"] == 8  # compare checks against it
-    # one shard alone merges too, and says which are missing
+    # one shard alone merges too, says which are missing, and is no finished sweep: compare and history say so
     assert main(["merge", str(shards[1]), "--out", str(tmp_path / "half")]) == 0
-    assert "no run of shard 1/2 was given" in capsys.readouterr().err
+    assert "no run of shard 1/2 was given: the merged sweep is partial, and unfinished" in capsys.readouterr().err
+    assert read_run_json(tmp_path / "half")["finished_at"] is None
+    assert main(["compare", str(whole), str(tmp_path / "half"), "--fail-on-regression"]) == 1
+    assert "unfinished: new run" in capsys.readouterr().out
+    from bench.history import check
+
+    with pytest.raises(ValueError, match="has not finished .*; `bench merge` of every shard, each finished"):
+        check(tmp_path / "half")
     # a folder of shard directories is read as its shards
     (tmp_path / "folder").mkdir()
     for s in shards:
@@ -121,6 +128,19 @@ def test_a_killed_shards_not_run_loses_what_it_recorded(tmp_path, capsys):
     write_run_json(shards[0], {**read_run_json(shards[0]), "finished_at": None, "not_run": [done[0], "_endings/x/"]})
     assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
     assert read_run_json(tmp_path / "merged")["not_run"] == ["_endings/x/"]
+    said = capsys.readouterr().err  # the unfinished shard is named, with what finishes it
+    assert f"bench: note: {shards[0]} (shard 1/2) has not finished, so neither has the merged sweep; `" in said
+    assert f"--resume --out {shards[0]}` finishes it, then merge again" in said
+    # resumed and merged again beside the early merge: the finished merge is the one counted, whichever comes first
+    from bench.commands import counted, run_dirs
+
+    write_run_json(shards[0], {**read_run_json(shards[0]), "finished_at": "2026-12-01T00:00:00Z", "not_run": None})
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "a-final")]) == 0
+    early = r"merged \(run merged-.*\) holds the same runs as .*a-final .*a merge finished"
+    with pytest.warns(UserWarning, match=early):
+        assert counted(run_dirs([tmp_path / "merged", tmp_path / "a-final"])) == [tmp_path / "a-final"]
+    with pytest.warns(UserWarning, match="holds the same runs as"):
+        assert counted(run_dirs([tmp_path / "a-final", tmp_path / "merged"])) == [tmp_path / "a-final"]
 
 
 def test_the_merged_device_is_the_shards_kind_where_only_the_index_differs():

@@ -242,3 +242,16 @@ def test_a_run_still_running_or_a_merged_sweep_with_an_unfinished_shard_says_wha
     warning = render([tmp_path / "merged"]).split("<h2>Environment</h2>")[0]
     assert html.escape(f"bench run checkpointing --size quick --shard 2/2 --resume --out {shards[1]}") in warning
     assert "--out " + str(tmp_path / "merged") not in warning and "a new <code>bench merge</code>" in warning
+
+
+def test_a_sweep_merged_without_a_shard_says_which(tmp_path):
+    import json
+
+    from bench.merge import merge
+
+    shard = write_run(tmp_path, "s2", [r for r in checkpointing_records() if r.get("status", "ok") == "ok"][:4])
+    (shard / "run.json").write_text(json.dumps({**json.loads((shard / "run.json").read_text()), "shard": "2/2"}))
+    merge([shard], tmp_path / "merged", ["bench", "merge"])
+    warning = render([tmp_path / "merged"]).split("<h2>Environment</h2>")[0]
+    assert "has not finished: no run of shard 1/2 of its sweep was merged; run it (<code>bench run ... --shard 1/2" \
+           "</code>, as the other shards were run) and merge every shard again.</li>" in warning
