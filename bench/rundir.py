@@ -140,6 +140,8 @@ def inspect(out: Path, resume: bool, how: tuple, locked: bool = False,
             raise RunDirError(f"cannot resume {out}: its {RUN_JSON} is missing or unreadable and its records belong "
                               f"to {len(run_ids)} runs ({', '.join(run_ids[:3])}); choose another --out")
         return None, scan, rebuild or f"{out / RUN_JSON} is missing"
+    if (why := not_resumable(meta)) is not None:
+        raise RunDirError(f"cannot resume {out}: {why}")
     was = (meta.get("size"), meta.get("device"), meta.get("shard", "1/1"))
     if was != tuple(how):
         raise RunDirError(f"{out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; "
@@ -202,6 +204,16 @@ def command_of(meta: dict, out: Path) -> str:
                            str(meta.get("device")), "--shard", str(meta.get("shard", "1/1"))], out)
 
 
+def not_resumable(meta: dict) -> str | None:
+    """Why `bench run --resume` does not continue this run directory: a merge of shards, or an import."""
+    if meta.get("merged_from") and not meta.get("imported_from"):
+        return ("it is a merge of shards (bench merge); resume each unfinished shard (`bench run ... --resume --out "
+                "SHARD`) and merge them again")
+    if meta.get("imported_from"):
+        return "it is an import of a pytest-benchmark file (bench import), not a run bench measured"
+    return None
+
+
 def unfinished_runs(root: Path, retry_failed: bool = False) -> list[tuple[Path, dict]]:
     """The run directories directly under `root` that --resume would continue, newest first: those whose run.json
     has no finished_at (interrupted, killed, out of --budget) and, for --retry-failed, those holding an error or
@@ -214,7 +226,7 @@ def unfinished_runs(root: Path, retry_failed: bool = False) -> list[tuple[Path, 
     for d in dirs:
         try:
             meta = read_run_json(d)
-            if meta is None or holder(d) is not None:
+            if meta is None or holder(d) is not None or not_resumable(meta):
                 continue
             if meta.get("finished_at") and not (
                     retry_failed and any(r.status in FAILED for r in scan_records(d / RECORDS_JSONL).records)):

@@ -149,3 +149,19 @@ def test_the_merged_device_is_the_shards_kind_where_only_the_index_differs():
     assert _device({"cuda:0"}) == "cuda:0"
     assert _device({"cuda:0", "cuda:1"}) == "cuda"  # compare takes it beside a cuda:0 run as one device type
     assert _device({"cuda:0", "cpu"}) == "mixed" and _device({"cuda:0", None}) == "mixed"
+
+
+def test_a_merged_sweep_is_resumed_through_its_shards_not_into_it(tmp_path, capsys, monkeypatch):
+    shard = sweep(tmp_path, "shard2", (2, 2))
+    assert main(["merge", str(shard), "--out", str(tmp_path / "runs" / "merged")]) == 0  # unfinished: 1/2 missing
+    capsys.readouterr()
+    monkeypatch.setattr("bench.cli.discover", lambda: dict(SUITES))
+    argv = ["run", "_endings", "--size", "smoke", "--device", "cpu", "--inline", "--resume"]
+    assert main([*argv, "--out", str(tmp_path / "runs" / "merged")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume" in err and "it is a merge of shards (bench merge); resume" in err
+    monkeypatch.chdir(tmp_path)  # --resume alone looks under runs/: the merge is no run to continue
+    assert main(argv) == 2
+    assert "no run under runs/ is unfinished" in capsys.readouterr().err
+    assert len(read_records(tmp_path / "runs" / "merged" / "records.jsonl")) == len(read_records(shard /
+                                                                                                "records.jsonl"))
