@@ -96,10 +96,11 @@ def profile_case(suite_name: str, variant: str, size: str, device: str, params: 
                  out: str | Path, wait: int = 1, warmup: int = 1, active: int = 1) -> dict:
     """Profile one case into `out` (a new or empty directory); see the module docstring for what is written.
 
-    Returns {"case_id", "status", "trace", "top_ops", "top_ops_json", "memory_snapshot", "profile"}: the case's
-    status in its record (ok, oom, error, ...) and absolute paths (memory_snapshot is None off CUDA, trace is None
-    when the case failed before its active steps). Everything is written into a temporary folder beside `out` and
-    renamed onto it at the end, so a read-only folder or a full disk (OutputError) leaves no partial profile.
+    Returns {"case_id", "status", "reason", "trace", "top_ops", "top_ops_json", "memory_snapshot", "profile"}: the
+    case's status in its record (ok, oom, error, ...), the last line of its reason where it did not run through, and
+    absolute paths (memory_snapshot is None off CUDA, trace is None when the case failed before its active steps).
+    Everything is written into a temporary folder beside `out` and renamed onto it at the end, so a read-only folder
+    or a full disk (OutputError) leaves no partial profile.
     """
     if wait < 0 or warmup < 0 or active < 1:
         raise ValueError(f"need wait >= 0, warmup >= 0, active >= 1; got {wait}, {warmup}, {active}")
@@ -190,4 +191,6 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
         "step": "one call of the suite's measure()",
         "metrics_profiled": step >= wait,
     }, indent=2) + "\n")
-    return {"case_id": case.id, "status": record.status, **links, "profile": "profile.json"}
+    reason = (record.error or "").strip().splitlines()  # a case that did not run through: why, on its one line
+    return {"case_id": case.id, "status": record.status, "reason": reason[-1] if reason else None, **links,
+            "profile": "profile.json"}

@@ -87,3 +87,18 @@ def test_cuda_profile_writes_a_memory_snapshot(tmp_path):
     trace = json.loads(open(result["trace"]).read())
     assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])
     assert "self_device_time_total" in (tmp_path / "out" / "top_ops.txt").read_text()
+
+
+@pytest.mark.parametrize("variant, status, reason", [("raise", "error", "ValueError: boom "),
+                                                     ("skip", "skipped", "needs a CUDA device")])
+def test_a_case_that_does_not_run_through_says_why(tmp_path, capsys, monkeypatch, variant, status, reason):
+    from bench import cli
+    from bench.suite import SUITES
+    from tests.bench import fake_suites  # noqa: F401 - registers _endings
+
+    monkeypatch.setattr("bench.cli.discover", lambda: dict(SUITES))
+    code = cli.main(["profile", "_endings", "--variant", variant, "--size", "smoke", "--device", "cpu",
+                     "--params", "n=2", "--out", str(tmp_path / "p"), "--wait", "0", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert code == (1 if status == "error" else 0) and f"status: {status}\n" in out
+    assert f"reason: {reason}" in out, out
