@@ -36,7 +36,7 @@ from bench.records import (
 )
 from bench.rundir import LOCK, keep_damaged, open_run_dir
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
-from bench.suite import SUITES, Suite, case_id
+from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
 
 AGREE_TIMEOUT_S = 600.0
@@ -203,6 +203,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))
     refs = {r.case_id: r.metrics for r in finished.values() if r.status == "ok"}
+    undeclared: set[str] = set()  # the metrics a warning has named
     deadline = None if cfg.budget_s is None else time.monotonic() + cfg.budget_s
     limit = cfg.timeout_s or TIMEOUTS[cfg.size]
     if progress is not None:
@@ -236,6 +237,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
             if record.status == "ok" and cfg.wait_idle_s:
                 record.metrics["idle_wait_s"] = waited
             if record.status == "ok":
+                warn_undeclared(SUITES[case.suite], record.metrics, undeclared)
                 refs[record.case_id] = record.metrics  # first, so the reference gets its own ratios of 1
                 _add_relative(record, refs)
             writer.write(record)

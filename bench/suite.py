@@ -292,12 +292,25 @@ class Suite:
             specs.update({r.name: r for m in list(specs.values()) for r in metric_specs.ranks(m)})
         runner = (metric_specs.IDLE_WAIT, metric_specs.PREDICTED, metric_specs.PREDICTED_RESERVED,
                   metric_specs.RESERVED, metric_specs.ARTIFACTS)
-        for runner_own in runner:  # after the ranks: no rank spread
+        for runner_own in runner:  # after the ranks: no rank spread, but for the memory each rank predicts and holds
             specs[runner_own.name] = runner_own
+            if self.world_sizes and runner_own.name.endswith("_bytes"):
+                specs.update({r.name: r for r in metric_specs.ranks(runner_own)})
         for rel in (*self.relative, *(r for p in self.parts.values() for r in p.relative)):
             of = specs.get(rel.metric) or metric_specs.default(rel.metric)
             specs[rel.name] = metric_specs.ratio(rel.name, of, rel.invert)
         return specs
+
+
+def warn_undeclared(suite: Suite, metrics: dict, said: set[str]) -> None:
+    """A warning, once a run, for each metric a suite's record holds that the suite does not declare (metric_specs):
+    readers would take it for info and never judge it, which a typo'd name in a plug-in's measure() hides."""
+    new = sorted(m for m in set(metrics) - set(suite.metric_specs()) if f"{suite.name}/{m}" not in said)
+    if new:
+        said.update(f"{suite.name}/{m}" for m in new)
+        warnings.warn(f"suite {suite.name} recorded metric{'s' * (len(new) > 1)} it does not declare: "
+                      f"{', '.join(new)} (read as info and never judged; declare {'them' if len(new) > 1 else 'it'} "
+                      "in the suite's metrics)", stacklevel=3)
 
 
 def register(cls: type[Suite]) -> type[Suite]:

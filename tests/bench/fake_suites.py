@@ -10,6 +10,7 @@ import torch
 
 from bench import timing
 from bench.metrics import Metric
+from bench.metrics import timing as timing_specs
 from bench.suite import Measurement, Part, Relative, Skip, Suite, register
 
 
@@ -19,6 +20,7 @@ class Endings(Suite):
     variants = {"ok": "reference", "raise": "raises", "oom": "out of memory", "skip": "skipped", "crash": "SIGKILL",
                 "sleep": "sleeps params['sleep_s']"}
     relative = (Relative("double_x", "value_ms"),)
+    metrics = (Metric("value_ms", "measured", "lower", "n, or twice n when it sleeps"),)
 
     def grid(self, size, device):
         return [{"n": n, "sleep_s": 5.0 if size == "quick" else 0.0} for n in (1, 2)]
@@ -46,6 +48,7 @@ class Slow(Suite):
 
     name = "_slow"
     variants = {"a": "reference", "b": "other"}
+    metrics = (Metric("i_ms", "measured", "lower", "the case's index"),)
 
     def grid(self, size, device):
         return [{"i": i, "delay": 0.4} for i in range(3)]
@@ -65,6 +68,7 @@ class Timed(Suite):
 
     name = "_timed"
     variants = {"sleep": "reference"}
+    metrics = timing_specs("call_time", "one 10 ms sleep")
 
     def grid(self, size, device):
         return [{"ms": 10}]
@@ -85,6 +89,9 @@ class Distributed(Suite):
     variants = {"ok": "reference", "raise": "rank 1 raises", "oom": "rank 1 runs out of memory",
                 "hang": "rank 1 never returns", "skip": "skipped on every rank"}
     world_sizes = (1, 2)
+    metrics = (Metric("value_ms", "measured", "lower", "n times the rank's number"),
+               *(Metric(name, "info", None, "what the rank saw") for name in (
+                   "rank_sum", "world", "threads", "cpus", "dynamo_inherited", "frozen_inherited")))
 
     def grid(self, size, device):
         return [{"n": 3}]

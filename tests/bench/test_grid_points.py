@@ -36,3 +36,27 @@ def test_a_param_no_record_can_spell_is_a_one_line_error(tmp_path, capsys, monke
 def test_params_that_spell_a_case_id_pass():
     assert [c.params for c in runner.plan([Odd("x")], "smoke", "cpu")] == [{"n": 16, "s": "x"}]
     assert [c.params for c in runner.plan([Odd(None)], "smoke", "cpu")] == [{"n": 16, "s": None}]
+
+
+class Typo(Suite):
+    name = "_typo_metric"
+    variants = {"a": "the only one"}
+    metrics = ()  # declares nothing of its own
+
+    def grid(self, size, device):
+        return [{"n": 1}, {"n": 2}]
+
+    def measure(self, variant, params, device):
+        return Measurement({"eror_rate": 0.5})  # a typo of a declared name, say
+
+
+def test_a_metric_the_suite_does_not_declare_is_named_once_a_run(tmp_path, monkeypatch):
+    from bench.suite import SUITES
+
+    monkeypatch.setitem(SUITES, Typo.name, Typo())  # registered for this test only
+    with pytest.warns(UserWarning, match=r"suite _typo_metric recorded metric it does not declare: eror_rate \(read "
+                                         "as info and never judged") as said:
+        code, records = runner.run(runner.RunConfig(suites=[SUITES[Typo.name]], size="smoke", device="cpu",
+                                                    out=tmp_path / "r", inline=True))
+    assert code == 0 and [r.metrics["eror_rate"] for r in records] == [0.5, 0.5]  # recorded all the same
+    assert sum("does not declare" in str(w.message) for w in said) == 1  # two cases, one warning

@@ -9,6 +9,7 @@ import pytest
 
 from bench import cli, progress, rundir, runner
 from bench.history import repeated_case
+from bench.metrics import Metric
 from bench.records import RECORDS_JSONL, read_records, read_run_json
 from bench.suite import SUITES, Measurement, Suite, register
 from tests.bench import fake_suites  # noqa: F401 - registers _slow
@@ -20,6 +21,7 @@ class Flaky(Suite):
 
     name = "_flaky"
     variants = {"a": "reference", "b": "raises while Flaky.failing"}
+    metrics = (Metric("n_ms", "measured", "lower", "the case's n"),)
     failing = True
 
     def grid(self, size, device):
