@@ -237,6 +237,12 @@ def cmd_run(args, discover, write_report) -> int:
                              f"{nearest(glob, ids, device)})")
     planned = runner.plan(suites, args.size, device, args.variant, shard, where or None, how.world_size, args.case)
     warn_unused_selection(args, suites, planned, how, registry)
+    if not planned and shard[1] > 1:  # a matrix of more shards than the selection has groups: said, run all the same
+        groups = len({c.group for c in runner.plan(suites, args.size, device, args.variant, (1, 1), where or None,
+                                                  how.world_size, args.case)})
+        print(f"bench: note: shard {args.shard} holds no case: the selection has {groups} group{'s' * (groups != 1)} "
+              f"of cases (one per grid point), dealt one a shard in turn, so shards past {groups}/{shard[1]} are "
+              "empty", file=sys.stderr)
     if args.skip_predicted_oom and not device.startswith("cuda"):
         print(f"bench: warning: --skip-predicted-oom skips only on a GPU; on {device} every case runs, with its "
               "prediction recorded (as --predict)", file=sys.stderr)
@@ -281,8 +287,8 @@ def cmd_run(args, discover, write_report) -> int:
         else:
             os.environ[CACHE_UNWRITABLE] = said
     counts = Counter(r.status for r in records)
-    print(f"{len(records)} cases: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-          + f" -> {path_text(out)}")
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(records)} cases{': ' + tally if tally else ''} -> {path_text(out)}")
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
     if stopped := set(not_run) & {c.id for c in planned}:  # this command's own cases: its --budget ran out

@@ -249,7 +249,7 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
     run would expand (a distributed suite's at `world_size`), kept to `variants`, to the params `params_filter`
     matches and to the case ids one of the globs `cases_like` matches; then with `changes` (`bench plan --set`) made
     to their params (with_changes), points made equal planned once, points without every param changed left out."""
-    points, seen, lacking = [], set(), None
+    points, seen, lacking = [], set(), set()  # lacking: the params of the selected points that --set left out
     for suite in suites:
         for params in suite.points(size, grid_device(target)):
             if suite.world_sizes:
@@ -261,7 +261,7 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
                                                      for g in cases_like))]
             if chosen and changes:  # the cases selected as the grid holds them, then changed
                 if not set(changes) <= set(params):
-                    lacking = lacking or params  # another suite's, or another part's, point: not changed, left out
+                    lacking |= set(params)  # another suite's, or another part's, point: not changed, left out
                     continue
                 params = with_changes(params, changes)
                 chosen = [v for v in chosen if suite.has_case(v, params)]  # a changed param may rule a variant out
@@ -270,8 +270,11 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
                 seen.add(key)
             if chosen:
                 points.append((suite, params, chosen))
-    if changes and lacking is not None and not points:
-        with_changes(lacking, changes)  # no case selected has the params: say which they have
+    if changes and lacking and not points:  # no case selected has the params: say which they have
+        absent = [k for k in changes if k not in lacking]
+        raise ValueError(f"--set {absent[0]}: no case selected has a param {absent[0]} (their params: "
+                         f"{', '.join(sorted(lacking))})" if absent else
+                         f"--set {', '.join(changes)}: no case selected has all of these params together")
     return points
 
 

@@ -256,7 +256,9 @@ class PlainProgress:
         self.total, self.done, self.eta = total, done, eta or Eta([], {})
         if done:
             self._print(f"resuming: {done}/{total} cases already finished")
-        if self.eta.expected and not (eta := self.eta.text()).startswith("ETA unknown"):
+        if total == done:
+            self._print("no case to run")
+        elif self.eta.expected and not (eta := self.eta.text()).startswith("ETA unknown"):
             self._print(f"{total - done} cases to run; {eta} from earlier runs under {self.eta.where}")
         else:
             self._print(f"{total - done} cases to run; ETA unknown (no earlier run under {self.eta.where} timed "

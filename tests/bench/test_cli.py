@@ -241,3 +241,11 @@ def test_a_variant_run_without_its_reference_is_told_it_loses_its_ratios(capsys,
     (tmp_path / "odd" / "records.jsonl").mkdir(parents=True)  # unreadable records: the resume itself says so
     warn_ratios_lost(Namespace(**{**vars(args), "resume": True}), full, registry, tmp_path / "odd")
     assert "will run without the case of its reference variant none" in capsys.readouterr().err
+
+
+def test_a_shard_past_the_selections_groups_says_why_it_is_empty(tmp_path, capsys):
+    # a CI matrix of more shards than the selection has grid points: the shard still runs (its merge wants it)
+    code = main(["run", "mla", "--size", "smoke", "--device", "cpu", "--shard", "17/17", "--out", str(tmp_path / "e")])
+    out, err = capsys.readouterr()
+    assert code == 0 and "bench: note: shard 17/17 holds no case: the selection has 3 groups of cases" in err
+    assert "no case to run" in out and f"0 cases -> {tmp_path / 'e'}" in out and "ETA" not in out

@@ -133,7 +133,7 @@ def test_set_plans_a_size_no_grid_holds(capsys):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ("nosuch=3", "--set nosuch: the case has no param nosuch (its params: batch,"),
+    ("nosuch=3", "--set nosuch: no case selected has a param nosuch (their params: batch,"),
     ("batch=x", "--set batch=x: batch takes int values, such as 8"),
     ("batch=-4", "--set batch=-4: batch is a size, which must be positive, such as 8"),
     ("batch=0", "--set batch=0: batch is a size, which must be positive, such as 8"),
@@ -143,6 +143,13 @@ def test_set_refuses_what_the_cases_cannot_take(capsys, changes, message):
     assert main(["plan", "checkpointing", "--size", "full", "--gpu", "h100", "--params", "model=None",
                  "--set", changes]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_set_names_the_params_of_every_case_selected(capsys):
+    # mla's parts have other params: the cache cases (dtype, part, shape) and the decode ones (batch, context, ...)
+    assert main(["plan", "mla", "--size", "smoke", "--gpu", "h200", "--set", "bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--set bogus: no case selected has a param bogus (their params: batch, context," in err and "shape" in err
 
 
 def test_set_takes_a_rate_of_zero(capsys):
