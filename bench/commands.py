@@ -185,16 +185,17 @@ def cmd_merge(args) -> int:
         raise UsageError(str(e)) from None
     machines = len(meta["envs"])
     print(f"{n} records of {len(meta['merged_from'])} runs ({machines} machine{'s' * (machines > 1)}) -> {args.out}")
-    from bench.rundir import command_of
+    from bench.rundir import unfinished_shards
 
     if meta["missing_shards"]:
         print(f"bench: note: no run of shard {', '.join(meta['missing_shards'])} was given: the merged sweep is "
               "partial, and unfinished (compare names it, history refuses it); merge again with every shard",
               file=sys.stderr)
-    for shard in (e for e in meta["merged_from"] if not e.get("finished_at")):
+    for shard, now in unfinished_shards(meta):
+        how = (f"`{now}` finishes it, then merge again" if now and now != "finished since" else
+               "it has finished since: merge again" if now else "resume it, then merge again")
         print(f"bench: note: {shard['dir']} (shard {shard['shard']}) has not finished, so neither has the merged "
-              f"sweep; `{command_of(read_run_json(shard['dir']) or {}, Path(shard['dir']))}` finishes it, then merge "
-              "again", file=sys.stderr)
+              f"sweep; {how}", file=sys.stderr)
     return 0
 
 

@@ -112,7 +112,8 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
     added, held = 0, None
     for run_dir, (meta, records) in checked:
         run_id = str(meta.get("run_id") or run_dir.name)
-        path = Path(store) / RUNS / f"{_file_stem(run_id)}.parquet"
+        # an import is a file of its own: the run itself (same run_id, more records), added later, is not "added"
+        path = Path(store) / RUNS / f"{_file_stem(run_id)}{'-imported' * bool(meta.get('imported_from'))}.parquet"
         if path.exists():
             continue
         rows = list(_rows(records, meta, run_id))
@@ -123,8 +124,9 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
             parts = [f"run {s}'s" + ("" if held[s] == {s} else f" (in {', '.join(sorted(held[s]))})")
                      for s in sorted(again)]
             warnings.warn(f"{run_dir} holds cases the store has already, {'; '.join(parts)}: a shard and its "
-                          "sweep's merged run, added apart; the history counts each case once, in the run holding "
-                          "the most shards", stacklevel=2)
+                          "sweep's merged run, or a run and an import of it, added apart; the history counts each "
+                          "case once, from a run that is no import, then from the run holding the most shards",
+                          stacklevel=2)
         _write(rows, path)
         added += len(rows)
         for source in sources:

@@ -90,11 +90,28 @@ def _device(devices: set) -> str | None:
     return kinds.pop() if len(kinds) == 1 and None not in devices else "mixed"
 
 
+def _shards(runs) -> list[dict]:
+    """merged_from of the merge of `runs`: each shard run they hold, a merged input standing for its own shards (a
+    sweep merged in stages), with its directory, run_id, shard, env, git, records, argv and finished_at."""
+    out = []
+    for d, m, rs in runs:
+        entries = m.get("merged_from") if not m.get("imported_from") else None
+        if isinstance(entries, list) and entries:  # a merge of before finished_at was kept: finished where it was
+            out += [{**e, "finished_at": e.get("finished_at", m.get("finished_at"))} for e in entries
+                    if isinstance(e, dict)]
+            continue
+        out.append({"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
+                    "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs), "argv": m.get("argv"),
+                    "finished_at": m.get("finished_at")})
+    return out
+
+
 def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     first = runs[0][1]
     devices = {meta.get("device") for _, meta, _ in runs}
-    finished = [meta.get("finished_at") for _, meta, _ in runs]
-    missing = missing_shards([m.get("shard", "1/1") for _, m, _ in runs])
+    shards = _shards(runs)
+    finished = [e.get("finished_at") for e in shards]
+    missing = missing_shards([str(e.get("shard") or "1/1") for e in shards])
     envs = {meta.get("env_id"): meta.get("env") for _, meta, _ in runs}
     # what a shard's run.json lists without a record: a shard stopped by its --budget, or killed (listed from its
     # start, so less what it recorded)
@@ -112,10 +129,7 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
         suites={name: info for _, m, _ in runs for name, info in (m.get("suites") or {}).items()},
         not_run=not_run or None, recorded=len(recorded),
         extra={"envs": envs,
-               "merged_from": [{"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
-                                "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs),
-                                "argv": m.get("argv"), "finished_at": m.get("finished_at")}
-                               for d, m, rs in runs],
+               "merged_from": shards,
                "missing_shards": missing, "cases": n_cases},
     )
     with RecordWriter(out / RECORDS_JSONL) as writer:

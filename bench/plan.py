@@ -250,6 +250,7 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
     matches and to the case ids one of the globs `cases_like` matches; then with `changes` (`bench plan --set`) made
     to their params (with_changes), points made equal planned once, points without every param changed left out."""
     points, seen, lacking = [], set(), set()  # lacking: the params of the selected points that --set left out
+    ruled_out: list[str] = []  # the variants a point changed by --set has no case of
     for suite in suites:
         for params in suite.points(size, grid_device(target)):
             if suite.world_sizes:
@@ -264,12 +265,17 @@ def plan_points(suites: list[Suite], size: str, target: str, variants=None, para
                     lacking |= set(params)  # another suite's, or another part's, point: not changed, left out
                     continue
                 params = with_changes(params, changes)
+                ruled_out += [v for v in chosen if not suite.has_case(v, params)]
                 chosen = [v for v in chosen if suite.has_case(v, params)]  # a changed param may rule a variant out
                 if (key := (suite.name, json.dumps(params, sort_keys=True, default=str))) in seen:
                     continue
                 seen.add(key)
             if chosen:
                 points.append((suite, params, chosen))
+    if changes and ruled_out and not points:
+        text = ",".join(f"{k}={v}" for k, v in changes.items())
+        raise ValueError(f"--set {text} leaves {', '.join(dict.fromkeys(ruled_out))} no case (a variant's cases are at "
+                         "some values of a param only)")
     if changes and lacking and not points:  # no case selected has the params: say which they have
         absent = [k for k in changes if k not in lacking]
         raise ValueError(f"--set {absent[0]}: no case selected has a param {absent[0]} (their params: "

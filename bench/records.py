@@ -354,7 +354,14 @@ def _runs_in(paths) -> list[Path]:
         if not runs:
             raise FileNotFoundError(f"{p} is not a run directory (no {RUN_JSON}) nor a folder of them")
         out += runs
-    return [out[i] for i in distinct(out, [read_run_json(d) for d in out])]
+    return [out[i] for i in distinct(out, [_meta_or_none(d) for d in out])]
+
+
+def _meta_or_none(run_dir: Path) -> dict | None:
+    try:
+        return read_run_json(run_dir)
+    except (CorruptRunJson, OSError):  # its records are read all the same, as before
+        return None
 
 
 def records_frame(*run_dirs: str | Path, samples: bool = False):

@@ -262,3 +262,21 @@ def keep_damaged(path: Path) -> Path | None:
         return keep_beside(path, path.read_bytes())
     except FileNotFoundError:
         return None
+
+
+def unfinished_shards(meta: dict) -> list[tuple[dict, str | None]]:
+    """Each shard a merged run lists as unfinished when it was merged, with what to do now: the command that resumes
+    it, "finished since" (merge again), or None where its folder is not here (or not a shard's)."""
+    out = []
+    for e in meta.get("merged_from") or []:
+        if not isinstance(e, dict) or e.get("finished_at"):
+            continue
+        try:
+            now = read_run_json(e["dir"]) if isinstance(e.get("dir"), str) and Path(e["dir"]).is_dir() else None
+        except (CorruptRunJson, SchemaError, OSError):
+            now = None
+        if now is None or now.get("run_id") != e.get("run_id") or not_resumable(now):
+            out.append((e, None))
+        else:
+            out.append((e, "finished since" if now.get("finished_at") else command_of(now, Path(e["dir"]))))
+    return out

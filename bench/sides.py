@@ -121,12 +121,21 @@ def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:
     imported = [isinstance(m, dict) and bool(m.get("imported_from")) for m in metas]
     originals = {ids[i]: i for i in range(len(metas)) if ids[i] and not imported[i]}
     holder: dict[str, int] = {}  # run_id -> the position of the largest merged run that lists it (of merges of the
-    # same shards, one finished, then the one with the most records: a merge made before a shard was resumed is not it)
+    # same shards, one finished, then the one with the most records, then the one whose shards finished last: a merge
+    # made before a shard was resumed, or retried, is not it)
+
+    def latest(i: int) -> tuple[str, str]:  # when its shards last finished, then its own run_id (merged-<time>)
+        m = metas[i] if isinstance(metas[i], dict) else {}
+        done = [str(e.get("finished_at")) for e in m.get("merged_from") or [] if isinstance(e, dict)
+                and e.get("finished_at")]
+        return max(done, default=""), str(ids[i] or "")
+
+    newest = {i: k for k, i in enumerate(sorted(range(len(metas)), key=latest, reverse=True))}
 
     def rank(i: int) -> tuple:
         m = metas[i] if isinstance(metas[i], dict) else {}
         recorded = m.get("recorded") if isinstance(m.get("recorded"), int) else 0
-        return -len(parts[i]), not m.get("finished_at"), -recorded, i
+        return -len(parts[i]), not m.get("finished_at"), -recorded, newest[i]
 
     for i in sorted(range(len(metas)), key=rank):
         for rid in parts[i] if not imported[i] else ():

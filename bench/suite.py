@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import math
+import numbers
 import pkgutil
 import warnings
 from collections.abc import Callable
@@ -208,11 +210,12 @@ class Suite:
             if not isinstance(params, dict):
                 raise GridError(f"suite {self.name}: its {size} grid on {device} holds {type(params).__name__} "
                                 f"{params!r:.60}, not a dict of params")
-            for k, v in params.items():
-                if not isinstance(k, str) or not (v is None or isinstance(v, (str, int, float, bool))):
+            for k, v in params.items():  # a numpy number is one (records write its .item()); NaN is none (null)
+                number = isinstance(v, numbers.Real) and (isinstance(v, numbers.Integral) or math.isfinite(v))
+                if not isinstance(k, str) or not (v is None or isinstance(v, str) or number):
                     raise GridError(f"suite {self.name}: its {size} grid on {device} has param {k!r} = {v!r:.60} "
-                                    f"({type(v).__name__}); params are text, numbers, true/false or null (they spell "
-                                    "the case id)")
+                                    f"({type(v).__name__}); params are text, finite numbers, true/false or null "
+                                    "(they spell the case id)")
         return points
 
     def grid(self, size: str, device: str) -> list[dict[str, Any]]:

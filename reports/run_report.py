@@ -16,7 +16,7 @@ from bench import interference
 from bench.atomic import atomic_write_text
 from bench.case_ids import case_id
 from bench.records import STATUSES, Record, path_text, read_run_json
-from bench.rundir import command_of, holder
+from bench.rundir import command_of, holder, unfinished_shards
 from reports.figures import figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
 from reports.html import Flagged, figure, page, section, table
@@ -113,18 +113,21 @@ def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
         if (pid := holder(Path(d))) is not None:
             said.append(f"<li>{name} is still running (bench, PID {pid}): {missing} yet.</li>")
             continue
-        shards = [e for e in meta.get("merged_from") or [] if isinstance(e, dict) and not e.get("finished_at")]
-        todo = [command_of(read_run_json(e["dir"]) or {}, Path(e["dir"])) for e in shards
-                if isinstance(e.get("dir"), str) and Path(e["dir"]).is_dir()]
+        shards = unfinished_shards(meta) if meta.get("merged_from") else []
         absent = [str(x) for x in meta.get("missing_shards") or []]
         if absent:  # a sweep merged without some of its shards: what they hold is unknown here
             missing = (f"no run of shard {', '.join(absent)} of its sweep was merged; run "
                        f"{'it' if len(absent) == 1 else 'them'} (<code>bench run ... --shard {html.escape(absent[0])}"
                        f"</code>, as the other shards were run) and merge every shard again")
-        then = (" runs them, and a new <code>bench merge</code> of the shards gathers them" if shards else " runs them")
-        commands = " ".join(f"<code>{html.escape(c)}</code>" for c in todo or [command_of(meta, Path(path_text(d)))])
-        said.append(f"<li>{name} has not finished: {missing}." + (f" {commands}{then}." if shards or not absent
-                                                                    else "") + "</li>")
+        if meta.get("merged_from"):  # a merged sweep is finished through its shards, then a new merge
+            steps = [f"<code>{html.escape(now)}</code>" if now and now != "finished since" else
+                     f"shard {html.escape(str(e.get('shard')))} has finished since" if now else
+                     f"resume shard {html.escape(str(e.get('shard')))} ({html.escape(str(e.get('dir')))})"
+                     for e, now in shards]
+            then = f" {'; '.join(steps)}; then merge every shard again" if steps else ""
+        else:
+            then = f" <code>{html.escape(command_of(meta, Path(path_text(d))))}</code> runs them"
+        said.append(f"<li>{name} has not finished: {missing}.{then}{'.' * bool(then)}</li>")
     if not said:
         return ""
     return (f'<div class="status-error"><p>Unfinished run{"s" * (len(said) > 1)} (killed, interrupted, stopped by '

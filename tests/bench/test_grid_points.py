@@ -29,13 +29,18 @@ def test_a_param_no_record_can_spell_is_a_one_line_error(tmp_path, capsys, monke
     monkeypatch.setattr("bench.cli.discover", lambda: {suite.name: suite})
     code = cli.main(["run", "_odd_grid", "--size", "smoke", "--device", "cpu", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "params are text, numbers, true/false or null" in err, err
+    assert code == 2 and err.count("\n") == 1 and "params are text, finite numbers, true/false or null" in err, err
     assert not (tmp_path / "r").exists()
 
 
 def test_params_that_spell_a_case_id_pass():
-    assert [c.params for c in runner.plan([Odd("x")], "smoke", "cpu")] == [{"n": 16, "s": "x"}]
-    assert [c.params for c in runner.plan([Odd(None)], "smoke", "cpu")] == [{"n": 16, "s": None}]
+    import numpy as np
+
+    for value in ("x", None, 3, 2.5, True, np.int64(3), np.float32(0.5)):  # a numpy number is written as its item()
+        assert [c.params for c in runner.plan([Odd(value)], "smoke", "cpu")] == [{"n": 16, "s": value}]
+    for value in (float("nan"), float("inf")):  # recorded as null, while the case id would say nan
+        with pytest.raises(GridError, match="finite numbers"):
+            runner.plan([Odd(value)], "smoke", "cpu")
 
 
 class Typo(Suite):

@@ -103,3 +103,18 @@ def test_a_history_holding_runs_and_an_import_of_them_reads_the_runs(tmp_path):
     timed = frame[frame["metric"] == "step_time_ms"]
     assert set(timed["run_id"]) == {"a", "b"} and not timed["imported"].any()
     assert set(frame.loc[frame["run_id"] == read_run_json(back)["run_id"], "imported"]) <= {True}
+
+
+def test_a_run_added_after_its_import_is_what_the_history_reads(tmp_path):
+    pytest.importorskip("pyarrow")
+    from bench import history
+
+    a = write_run(tmp_path, "a", checkpointing_records())
+    with pytest.warns(UserWarning):
+        back = import_pytest_benchmark(export_pytest_benchmark([a], tmp_path / "a.json"), tmp_path / "back")
+    store = tmp_path / "store"
+    history.add(back, store)
+    with pytest.warns(UserWarning, match="a run and an import of it, added apart"):
+        assert history.add(a, store) > 0  # not "already added": the import is a file of its own
+    frame = history.load(store)
+    assert not frame["imported"].any() and {"oom", "error", "skipped"} <= set(frame["status"])

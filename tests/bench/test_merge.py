@@ -165,3 +165,29 @@ def test_a_merged_sweep_is_resumed_through_its_shards_not_into_it(tmp_path, caps
     assert "no run under runs/ is unfinished" in capsys.readouterr().err
     assert len(read_records(tmp_path / "runs" / "merged" / "records.jsonl")) == len(read_records(shard /
                                                                                                 "records.jsonl"))
+
+
+def test_a_sweep_merged_in_stages_finishes(tmp_path, capsys):
+    # shards 1 and 2 merged first (unfinished: 3 missing), then that merge with shard 3: the whole sweep, finished
+    shards = [sweep(tmp_path, f"shard{i}", (i, 3)) for i in (1, 2, 3)]
+    assert main(["merge", str(shards[0]), str(shards[1]), "--out", str(tmp_path / "m12")]) == 0
+    assert read_run_json(tmp_path / "m12")["finished_at"] is None
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "m12"), str(shards[2]), "--out", str(tmp_path / "all")]) == 0
+    meta = read_run_json(tmp_path / "all")
+    assert meta["finished_at"] and meta["missing_shards"] == [] and "note" not in capsys.readouterr().err
+    assert [e["shard"] for e in meta["merged_from"]] == ["1/3", "2/3", "3/3"]  # the shards, not the first merge
+    assert cases(tmp_path / "all") == cases(sweep(tmp_path, "whole"))
+
+
+def test_of_two_finished_merges_of_the_same_shards_the_later_counts(tmp_path):
+    from bench.commands import counted, run_dirs
+    from bench.records import write_run_json
+
+    shards = [sweep(tmp_path, f"shard{i}", (i, 2)) for i in (1, 2)]
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged")]) == 0
+    meta = read_run_json(shards[1])  # retried since (--retry-failed): the same records, finished later
+    write_run_json(shards[1], {**meta, "finished_at": "2099-01-01T00:00:00Z"})
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "merged-again")]) == 0
+    with pytest.warns(UserWarning, match="holds the same runs as"):
+        assert counted(run_dirs([tmp_path / "merged", tmp_path / "merged-again"])) == [tmp_path / "merged-again"]

@@ -152,6 +152,12 @@ def test_set_names_the_params_of_every_case_selected(capsys):
     assert "--set bogus: no case selected has a param bogus (their params: batch, context," in err and "shape" in err
 
 
+def test_set_that_leaves_a_variant_no_case_says_so(capsys):
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h100", "--variant", "hf_full", "--set",
+                 "model=x"]) == 2
+    assert "--set model=x leaves hf_full no case" in capsys.readouterr().err
+
+
 def test_set_takes_a_rate_of_zero(capsys):
     # a float param may be 0 where a count may not (moe's aux_alpha: the aux-loss-free balancing alone)
     assert main(["plan", "moe", "--size", "smoke", "--gpu", "h200", "--set", "aux_alpha=0", "--json"]) == 0

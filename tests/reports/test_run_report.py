@@ -241,7 +241,15 @@ def test_a_run_still_running_or_a_merged_sweep_with_an_unfinished_shard_says_wha
     merge(shards, tmp_path / "merged", ["bench", "merge"])
     warning = render([tmp_path / "merged"]).split("<h2>Environment</h2>")[0]
     assert html.escape(f"bench run checkpointing --size quick --shard 2/2 --resume --out {shards[1]}") in warning
-    assert "--out " + str(tmp_path / "merged") not in warning and "a new <code>bench merge</code>" in warning
+    assert "--out " + str(tmp_path / "merged") not in warning and "; then merge every shard again.</li>" in warning
+    # resumed since: no command to run again, a merge to make
+    (shards[1] / "run.json").write_text(json.dumps({**json.loads((shards[1] / "run.json").read_text()),
+                                                    "finished_at": "2026-12-01T00:00:00Z"}))
+    warning = render([tmp_path / "merged"]).split("<h2>Environment</h2>")[0]
+    assert "shard 2/2 has finished since; then merge every shard again." in warning and "--resume" not in warning
+    shards[1].rename(tmp_path / "elsewhere")  # its folder not here: no command that would be refused
+    warning = render([tmp_path / "merged"]).split("<h2>Environment</h2>")[0]
+    assert f"resume shard 2/2 ({shards[1]}); then merge every shard again." in warning and "--resume" not in warning
 
 
 def test_a_sweep_merged_without_a_shard_says_which(tmp_path):
