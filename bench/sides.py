@@ -124,11 +124,10 @@ def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:
     # same shards, one finished, then the one with the most records, then the one whose shards finished last: a merge
     # made before a shard was resumed, or retried, is not it)
 
-    def latest(i: int) -> tuple[str, str]:  # when its shards last finished, then its own run_id (merged-<time>)
+    def latest(i: int) -> str:  # when its shards last finished (a tie keeps the order given: sorted is stable)
         m = metas[i] if isinstance(metas[i], dict) else {}
-        done = [str(e.get("finished_at")) for e in m.get("merged_from") or [] if isinstance(e, dict)
-                and e.get("finished_at")]
-        return max(done, default=""), str(ids[i] or "")
+        return max((str(e.get("finished_at")) for e in m.get("merged_from") or [] if isinstance(e, dict)
+                    and e.get("finished_at")), default="")
 
     newest = {i: k for k, i in enumerate(sorted(range(len(metas)), key=latest, reverse=True))}
 
