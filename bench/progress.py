@@ -256,13 +256,12 @@ class PlainProgress:
         self.total, self.done, self.eta = total, done, eta or Eta([], {})
         if done:
             self._print(f"resuming: {done}/{total} cases already finished")
-        if total == done:
-            self._print("no case to run")
-        elif self.eta.expected and not (eta := self.eta.text()).startswith("ETA unknown"):
-            self._print(f"{total - done} cases to run; {eta} from earlier runs under {self.eta.where}")
+        if total == done or not self.eta.expected or (eta := self.eta.text()).startswith("ETA unknown"):
+            self._print("no case to run" if total == done else f"{total - done} cases to run; ETA unknown (no "
+                        f"earlier run under {self.eta.where} timed {'most of ' * bool(self.eta.expected)}these cases "
+                        "on this device)")
         else:
-            self._print(f"{total - done} cases to run; ETA unknown (no earlier run under {self.eta.where} timed "
-                        f"{'most of ' * bool(self.eta.expected)}these cases on this device)")
+            self._print(f"{total - done} cases to run; {eta} from earlier runs under {self.eta.where}")
 
         def watch():
             while not self._stop.wait(self.poll_s):
@@ -356,8 +355,7 @@ class _RunningCase:
 
 
 class RichProgress(PlainProgress):
-    """A live view on a terminal: the run's bar, count, elapsed time and ETA, and the running case's lines; finished
-    cases scroll above it."""
+    """A terminal's live view: the run's bar, count, elapsed time, ETA and running case; finished cases scroll above."""
 
     def __init__(self, console, poll_s: float = POLL_S, clock=time.monotonic):
         from rich.console import Group

@@ -55,35 +55,37 @@ def test_a_case_measured_over_two_nodes_is_reproduced_over_two_nodes(argv):
     assert "--nnodes" not in reproduce_command(suite.name, case.variant, case.params, "smoke", "cpu")
 
 
-def test_a_reports_lines_take_the_nodes_from_the_run_that_measured_them(tmp_path):
+def _two_node_run(root, name):
+    """A run directory of one moe_ep case measured over 2 nodes of 2 ranks (its run.json's argv says so)."""
     import json
 
-    from reports.figures import load_frame
     from tests.runs import write_run
 
     params = {"experts": 8, "tokens": 64, "world_size": 4}
-    run = write_run(tmp_path, "r", [{"suite": "moe_ep", "variant": "ep", "params": params, "status": "ok",
-                                     "metrics": {"step_time_ms": 1.0}}], gpu=None)
+    run = write_run(root, name, [{"suite": "moe_ep", "variant": "ep", "params": params, "status": "ok",
+                                  "metrics": {"step_time_ms": 1.0}}], gpu=None)
     meta = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**meta, "argv": ["run", "moe_ep", "--nnodes", "2", "--nproc-per-node",
-                                                                "2", "--rdzv-endpoint", "node0:29500"]}))
-    [command] = load_frame([run])["command"]
-    assert " --nnodes 2 --nproc-per-node 2 --rdzv-endpoint node0:29500 " in command, command
+    (run / "run.json").write_text(json.dumps({**meta, "argv": ["bench", "run", "moe_ep", "--nnodes", "2",
+                                                                "--nproc-per-node", "2", "--rdzv-endpoint",
+                                                                "node0:29500"]}))
+    return run
+
+
+TWO_NODES = " --nnodes 2 --nproc-per-node 2 --rdzv-endpoint node0:29500 "
+
+
+def test_a_reports_lines_take_the_nodes_from_the_run_that_measured_them(tmp_path):
+    from reports.figures import load_frame
+
+    [command] = load_frame([_two_node_run(tmp_path, "r")])["command"]
+    assert TWO_NODES in command, command
 
 
 def test_a_merged_sweeps_lines_take_the_nodes_of_its_shards(tmp_path):
-    import json
-
     from bench.merge import merge
     from reports.figures import load_frame
-    from tests.runs import write_run
 
-    params = {"experts": 8, "tokens": 64, "world_size": 4}
-    shard = write_run(tmp_path, "s1", [{"suite": "moe_ep", "variant": "ep", "params": params, "status": "ok",
-                                        "metrics": {"step_time_ms": 1.0}}], gpu=None)
-    meta = json.loads((shard / "run.json").read_text())
-    (shard / "run.json").write_text(json.dumps({**meta, "argv": ["bench", "run", "moe_ep", "--nnodes", "2",
-                                                                  "--rdzv-endpoint", "node0:29500"]}))
+    shard = _two_node_run(tmp_path, "s1")
     merge([shard], tmp_path / "merged", ["bench", "merge", str(shard), "--out", str(tmp_path / "merged")])
     [command] = load_frame([tmp_path / "merged"])["command"]
-    assert " --nnodes 2 --nproc-per-node 2 --rdzv-endpoint node0:29500 " in command, command
+    assert TWO_NODES in command, command
