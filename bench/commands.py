@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError, read_run_json
+from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError
 
 
 class UsageError(Exception):
@@ -45,16 +45,9 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
 def counted(dirs: list[Path]) -> list[Path]:
     """The runs of `dirs` that count, each once (bench.sides.distinct: a run reached twice, a sweep's shards beside
     their merged run), a warning naming each left out: a report or an export of a sweep folder holds each case once."""
-    from bench.records import CorruptRunJson
-    from bench.sides import distinct
+    from bench.sides import count_once
 
-    metas = []
-    for d in dirs:
-        try:
-            metas.append(read_run_json(d))
-        except (CorruptRunJson, OSError):  # the reader that loads it says what is wrong with it
-            metas.append(None)
-    return [dirs[i] for i in distinct(dirs, metas)]
+    return count_once(dirs)
 
 
 def output_file(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:

@@ -345,7 +345,7 @@ def _runs_in(paths) -> list[Path]:
     """Run directories, a folder of them standing for those directly in it, each run once (a sweep's shards beside
     its merged run: bench.sides.distinct, as the commands count them); FileNotFoundError for a path that is neither,
     rather than a frame without its rows."""
-    from bench.sides import distinct  # bench.sides reads records with this module
+    from bench.sides import count_once  # bench.sides reads records with this module
 
     out = []
     for p in map(Path, paths):
@@ -354,14 +354,7 @@ def _runs_in(paths) -> list[Path]:
         if not runs:
             raise FileNotFoundError(f"{p} is not a run directory (no {RUN_JSON}) nor a folder of them")
         out += runs
-    return [out[i] for i in distinct(out, [_meta_or_none(d) for d in out])]
-
-
-def _meta_or_none(run_dir: Path) -> dict | None:
-    try:
-        return read_run_json(run_dir)
-    except (CorruptRunJson, OSError):  # its records are read all the same, as before
-        return None
+    return count_once(out)
 
 
 def records_frame(*run_dirs: str | Path, samples: bool = False):

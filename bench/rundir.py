@@ -206,11 +206,11 @@ def command_of(meta: dict, out: Path) -> str:
 
 def not_resumable(meta: dict) -> str | None:
     """Why `bench run --resume` does not continue this run directory: a merge of shards, or an import."""
-    if meta.get("merged_from") and not meta.get("imported_from"):
-        return ("it is a merge of shards (bench merge); resume each unfinished shard (`bench run ... --resume --out "
-                "SHARD`) and merge them again")
     if meta.get("imported_from"):
         return "it is an import of a pytest-benchmark file (bench import), not a run bench measured"
+    if meta.get("merged_from"):
+        return ("it is a merge of shards (bench merge); resume each unfinished shard (`bench run ... --resume --out "
+                "SHARD`) and merge them again")
     return None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.interference import reason as contention
-from bench.records import RECORDS_JSONL, Record, Scan, read_run_json, scan_records
+from bench.records import RECORDS_JSONL, CorruptRunJson, Record, Scan, read_run_json, scan_records
 
 
 def number(v) -> bool:
@@ -106,6 +106,18 @@ def load(run_dirs) -> tuple[dict[str, CaseRuns], list[dict], list[str], list[tup
         for r in scan.records:  # a rerun case: its last record counts
             by_case.setdefault(r.case_id, []).append(r)
     return {c: merge(rs) for c, rs in by_case.items()}, [metas[i] for i in keep], names, damaged
+
+
+def count_once(dirs: list[Path]) -> list[Path]:
+    """The runs of `dirs` that count, each once (distinct, a warning naming each left out), their run.json read here;
+    one that cannot be read is left for the reader that loads it to name."""
+    metas = []
+    for d in dirs:
+        try:
+            metas.append(read_run_json(d))
+        except (CorruptRunJson, OSError):
+            metas.append(None)
+    return [dirs[i] for i in distinct(dirs, metas)]
 
 
 def distinct(run_dirs: list[Path], metas: list[dict | None]) -> list[int]:

@@ -187,7 +187,7 @@ def _latest_contended(judged: list, newest) -> list[dict]:
     against nothing: how many, and why (the first reason)."""
     rows: dict = {}
     for s, _ in judged:
-        if not rule.not_judged(s)[-1] or (newest - s["timestamp"].iloc[-1]).total_seconds() > rule.STALE_DAYS * 86400:
+        if not rule.not_judged(s)[-1] or not _in_latest(s, newest):
             continue
         last = s.iloc[-1]
         row = rows.setdefault((last["run_id"], last["suite"]), {
@@ -197,12 +197,16 @@ def _latest_contended(judged: list, newest) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _in_latest(series, newest) -> bool:
+    """The series ran in the latest night: its last point is within STALE_DAYS of the store's newest run."""
+    return (newest - series["timestamp"].iloc[-1]).total_seconds() <= rule.STALE_DAYS * 86400
+
+
 def _unflagged(judged: list, newest, disturbed: list[dict]) -> str:
     """What the index says where nothing is flagged: how many of the latest night's series were judged, and how many
     could not be (too young for a baseline, or contended), never "all inside the band" of series judged against
     nothing."""
-    mine = [(s, j) for s, j in judged if (newest - s["timestamp"].iloc[-1]).total_seconds() <= rule.STALE_DAYS * 86400
-            and not rule.not_judged(s)[-1]]
+    mine = [(s, j) for s, j in judged if _in_latest(s, newest) and not rule.not_judged(s)[-1]]
     n = sum(j[-1] is not None for _, j in mine)
     young = len(mine) - n
     contended = sum(r["series"] for r in disturbed)

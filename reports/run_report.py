@@ -14,9 +14,9 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
-from bench.case_ids import case_id
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
+from bench.sides import reference_case
 from reports.figures import figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
 from reports.html import Flagged, figure, page, section, table
@@ -254,18 +254,17 @@ def _ratios_lost(suite: str, rows: pd.DataFrame) -> str:
     said = []
     for run_dir, mine in rows.groupby("run_dir", sort=False):
         meta = read_run_json(run_dir) or {}
-        info = (meta.get("suites") or {}).get(suite) or {}
+        declared = list(((meta.get("suites") or {}).get(suite) or {}).get("metrics") or ())  # in declared order
         selected = meta.get("variants")
         status = dict(zip(mine["case_id"], mine["status"]))
         lost: dict[tuple, list] = {}
         for r in mine[mine["status"] == "ok"].itertuples():
-            ref, part = r.reference, r.params.get("part") if isinstance(r.params, dict) else None
-            names = [x["name"] for x in (((info.get("parts") or {}).get(part) or info) if part else info).get(
-                "relative") or [] if isinstance(x, dict)]
-            if not isinstance(ref, str) or ref == r.variant or not names or any(
-                    n in mine and not _missing(getattr(r, n, None)) for n in names):
+            found = reference_case(r.case_id, meta.get("suites") or {})  # the reference's case, the ratios' names
+            if found is None or found[0] == r.case_id or not found[1] or any(
+                    n in mine and not _missing(getattr(r, n, None)) for n in found[1]):
                 continue
-            there = status.get(case_id(suite, ref, r.params))
+            ref, there = found[0].split("/")[1], status.get(found[0])
+            names = [m for m in declared if m in found[1]] or sorted(found[1])
             if there is None and isinstance(selected, list) and ref not in selected:
                 lost.setdefault((ref, "was not run (left out of the run's --variant selection)", ", ".join(names)),
                                 []).append(r)
