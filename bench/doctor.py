@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.env import cpu_list as format_cpus
 from bench.env import guarded
 
 STATUSES = ("ok", "warn", "critical", "unknown")
@@ -94,16 +95,6 @@ def parse_cpus(text: str) -> set[int]:
             lo, _, hi = part.partition("-")
             cpus.update(range(int(lo), int(hi or lo) + 1))
     return cpus
-
-
-def format_cpus(cpus) -> str:
-    runs: list[list[int]] = []
-    for c in sorted(cpus):
-        if runs and c == runs[-1][1] + 1:
-            runs[-1][1] = c
-        else:
-            runs.append([c, c])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def check_governor(host: Host) -> Finding:

@@ -210,6 +210,26 @@ OPTIONAL_PACKAGES = ("torchvision", "flash-attn", "liger-kernel", "transformers"
                      "datasets", "torchdiffeq", "pycocotools")
 
 
+# Environment variables that set how many threads a case runs, where, which GPUs it sees or which kernels run: what
+# moves timings on one machine with the code unchanged. Recorded with the CPUs this process may run on and torch's
+# thread count, not part of env_id (settings of a run, as --threads and --cpus are), so that compare names them.
+TIMING_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
+               "KMP_AFFINITY", "GOMP_CPU_AFFINITY", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING",
+               "PYTORCH_CUDA_ALLOC_CONF", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
+               "CUBLAS_WORKSPACE_CONFIG")
+
+
+def cpu_list(cpus) -> str:
+    """A set of CPUs as the kernel writes a list: "0-3,8"."""
+    runs: list[list[int]] = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _packages() -> dict[str, str]:
     import importlib.metadata
 
@@ -251,6 +271,9 @@ def collect(root: str | Path | None = None) -> dict:
         "cpu_logical_cores": os.cpu_count(),
         "cpu_physical_cores": _physical_cores(),
         "cpu_usable_cores": None if affinity is None else len(affinity),
+        "cpu_affinity": None if affinity is None else cpu_list(affinity),
+        "torch_threads": guarded(torch.get_num_threads),
+        "env_vars": {k: os.environ[k] for k in TIMING_VARS if k in os.environ},
         "host_memory_bytes": _host_memory_bytes(),
         "cuda_available": cuda_available,
         "cuda_device_count": guarded(torch.cuda.device_count) if cuda_available else 0,

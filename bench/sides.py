@@ -307,7 +307,14 @@ ENV_FIELDS = (
     ("cpus", lambda m: ",".join(map(str, m["cpus"])) if isinstance(m.get("cpus"), list) else None, False),
     ("threads", lambda m: ", ".join(f"{s}={info.get('threads')}" for s, info in sorted((m.get("suites") or {}).items())
                                     if isinstance(info, dict) and info.get("threads") is not None) or None, False),
+    # what bench was started with: taskset's CPUs, torch's default thread count, OMP_NUM_THREADS and the like
+    ("cpu_affinity", lambda m: _env(m).get("cpu_affinity"), False),
+    ("torch_threads", lambda m: _env(m).get("torch_threads"), False),
+    ("env_vars", lambda m: ", ".join(f"{k}={v}" for k, v in sorted((_env(m).get("env_vars") or {}).items())) or None,
+     False),
 )
+# fields a run of an older techbench did not record: such a side says nothing about them, so no difference is shown
+RECENT_FIELDS = ("packages", "cpu_affinity", "torch_threads", "env_vars")
 
 
 def _libraries(meta: dict) -> dict[str, str]:
@@ -343,7 +350,7 @@ def environments(base: list[dict], new: list[dict]) -> tuple[list, list, bool]:
     fields = [(name, _side(base, get), _side(new, get)) for name, get, _ in ENV_FIELDS]
     fields.append(_library_field(base, new))
     # a side of runs from before a field was recorded (packages) says nothing about it: no difference to show
-    old = {name for name in ("packages",) if not all(name in _env(m) for m in base + new)}
+    old = {name for name in RECENT_FIELDS if not all(name in _env(m) for m in base + new)}
     differ = [f for f in fields if f[1] != f[2] and f[0] not in old]
     ids = [{m.get("env_id") for m in metas} for metas in (base, new)]
     if None in ids[0] | ids[1]:  # a run without env_id: fall back to the identity fields

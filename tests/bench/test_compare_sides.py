@@ -250,3 +250,30 @@ def test_metrics_one_side_lacks_are_said_not_dropped(tmp_path):
 
     page = write_compare_html(c, tmp_path / "c.html").read_text()
     assert "Metrics on one side only (2): not compared" in page and "<td>mem_saving_x</td><td>base</td>" in page
+
+
+def test_runs_started_with_other_threads_or_cpus_name_them_in_the_environment_diff(tmp_path, monkeypatch):
+    """OMP_NUM_THREADS and taskset change torch's thread count and the CPUs a case may use, not env_id: compare
+    must name them, or an A/B of those reads as one of code."""
+    from bench import env
+    from bench.records import write_run_json
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    here = env.collect()
+    assert here["env_vars"]["OMP_NUM_THREADS"] == "1"
+    assert here["torch_threads"] >= 1 and here["cpu_affinity"]
+    a, b = (write_run(tmp_path, n, checkpointing_records(seed=i)) for i, n in enumerate("ab"))
+    for run, vars_, cpus, threads in ((a, {}, "0-1", 2), (b, {"OMP_NUM_THREADS": "1"}, "0", 1)):
+        meta = read_run_json(run)
+        meta["env"].update(env_vars=vars_, cpu_affinity=cpus, torch_threads=threads)
+        write_run_json(run, meta)
+    result = compare([a], [b])
+    diff = {f: (old, new) for f, old, new in result.env_diff}
+    assert diff["env_vars"] == (None, "OMP_NUM_THREADS=1")
+    assert diff["cpu_affinity"] == ("0-1", "0")
+    assert diff["torch_threads"] == ("2", "1")
+    meta = read_run_json(a)
+    for key in ("env_vars", "cpu_affinity", "torch_threads"):  # a run from before these were recorded
+        del meta["env"][key]
+    write_run_json(a, meta)
+    assert not {"env_vars", "cpu_affinity", "torch_threads"} & {f for f, _, _ in compare([a], [b]).env_diff}
