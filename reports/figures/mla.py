@@ -64,6 +64,7 @@ def _over_context(decode, color, metric, title, y_title):
     if rows.empty:
         return None
     scale, unit = (1.0, "") if y_title else bytes_unit(rows[metric])
+    y_name = metric if y_title else f"peak {unit}"  # the hover's name for y: bytes are drawn in `unit`
     groups = rows["params"].map(lambda p: (p.get("shape"), p.get("batch"), p.get("dtype")))
     several = groups.nunique() > 1
     symbols = run_symbols(rows)
@@ -74,7 +75,7 @@ def _over_context(decode, color, metric, title, y_title):
         fig.add_scatter(x=part["context"].tolist(), y=(part[metric] / scale).tolist(), mode="markers+lines",
                         name=name, legendgroup=variant, line={"color": color[variant]},
                         marker={"color": color[variant], "symbol": symbols[run], "size": 9},
-                        customdata=hover(part), hovertemplate=hovertemplate("context", metric))
+                        customdata=hover(part), hovertemplate=hovertemplate("context", y_name))
     add_not_ok(fig, decode, rows["context"], rows[metric] / scale, x=lambda r: r["params"].get("context"),
                log_x=True, log_y=True)
     add_run_legend(fig, rows)

@@ -120,6 +120,7 @@ def _dispatch(rows, color, metric, y_title, title):
                         horizontal_spacing=0.08)
     is_bytes = metric.endswith("_bytes") and metric in rows
     scale, unit = bytes_unit(rows[metric]) if is_bytes else (1.0, unit_of(rows, metric))
+    y_name = f"{y_title} ({unit})" if is_bytes else metric  # the hover's name for y: bytes are drawn in `unit`
     for col, group in enumerate(groups, start=1):
         part = rows[rows["group"] == group]
         good = ok(part, metric)
@@ -128,7 +129,7 @@ def _dispatch(rows, color, metric, y_title, title):
             fig.add_scatter(x=v["experts"].tolist(), y=(v[metric] / scale).tolist(), mode="markers+lines",
                             name=variant, legendgroup=variant, showlegend=col == 1,
                             marker={"color": color[variant], "size": 9}, line={"color": color[variant]},
-                            customdata=hover(v), hovertemplate=hovertemplate("experts", metric), row=1, col=col)
+                            customdata=hover(v), hovertemplate=hovertemplate("experts", y_name), row=1, col=col)
         add_not_ok(fig, part, good["experts"] if len(good) else (), good[metric] / scale if len(good) else (),
                    row=1, col=col, x=lambda r: r["params"].get("experts"), log_x=True)
     fig.update_xaxes(title_text="routed experts", type="log", tickvals=sorted(rows["experts"].dropna().unique()))
