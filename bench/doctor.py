@@ -143,14 +143,27 @@ def _cmdline_cpus(host: Host, key: str) -> set[int]:
     return set()
 
 
+def _cores_to_isolate(host: Host) -> str:
+    """The CPU list of the upper half of the online cores, every hardware thread of each (an isolated thread whose
+    sibling runs the rest of the system shares its core's units); "" where there is one core."""
+    online = guarded(parse_cpus, host.read(f"{CPU_SYS}/online") or "") or set(range(host.cpus()))
+    cores: dict[tuple, set[int]] = {}
+    for c in sorted(online):
+        siblings = guarded(parse_cpus, host.read(f"{CPU_SYS}/cpu{c}/topology/thread_siblings_list") or "") or {c}
+        cores.setdefault(tuple(sorted(siblings & online or {c})), set()).update(siblings & online or {c})
+    keys = sorted(cores)
+    return format_cpus(set().union(*(cores[k] for k in keys[len(keys) // 2:]))) if len(keys) > 1 else ""
+
+
 def check_isolation(host: Host) -> Finding:
     text = host.read(f"{CPU_SYS}/isolated")
     if text is None and host.read("proc/cmdline") is None:
         return finding("cpu.isolation", "unknown", "no cpu/isolated or /proc/cmdline here")
     isolated = (guarded(parse_cpus, text or "") or set()) | _cmdline_cpus(host, "isolcpus")
     if not isolated:
-        n = host.cpus()
-        half = format_cpus(range(n // 2, n)) if n > 1 else "0"
+        half = _cores_to_isolate(host)
+        if not half:  # one core: the kernel needs a housekeeping CPU, and a sibling of it shares its units
+            return finding("cpu.isolation", "warn", "no CPU isolated (one core here: none to spare for isolation)")
         return finding("cpu.isolation", "warn", "no CPU isolated", f"add isolcpus={half} nohz_full={half} "
                        f"rcu_nocbs={half} to the kernel command line, reboot, then `bench run --cpus {half} ...`")
     nohz = _cmdline_cpus(host, "nohz_full")
