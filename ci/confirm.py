@@ -7,7 +7,9 @@ cases of those timings run once more, with the cases of their reference variant 
 CONFIRM; then the rerun alone is compared with the good nights, as tonight's run was. A timing fails the night where it
 is slower again there, by the same gate: a slowdown of the code is in both runs, whatever their sizes (x1.3 tonight
 and x1.8 in the rerun fails); a one-off of the machine (a run x1.5-1.9 slower than four good nights within 2%, with
-nothing the interference sampler sees: ci/README.md) is not in the rerun. A rerun case that fails fails the night.
+nothing the interference sampler sees: ci/README.md) is not in the rerun. A rerun case that fails fails the night; so
+does a rerun that cannot clear them: disturbed (most of its timings contended), unfinished or damaged, or
+whose disturbed timing still looked slower.
 The rerun's comparison page is CONFIRM/compare-last-good.html, and RUN/confirm.txt says what became of the slower
 timings that RUN/compare-last-good.html shows.
 Exit 0: the night passes; 1: it fails (confirmed, or not rerunnable); 2: bad input.
@@ -67,15 +69,21 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     for line in second.summary_lines():
         print(line)
     page = _page(second, out / "compare-last-good.html")
-    again = set(zip(second.gating["case_id"], second.gating["metric"]))
+    # slower again: gated as tonight's were, or looked slower where the rerun was disturbed (compare fails on both)
+    again = {*zip(second.gating["case_id"], second.gating["metric"]),
+             *zip(second.unjudged_slower["case_id"], second.unjudged_slower["metric"])}
     kept = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) in again]
     gone = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) not in again]
     failing = [f"{r.case_id} ({r.new_status})" for r in second.newly_failing.itertuples()]
+    unsure = rerun_unsure(second)
     verdict = (f"confirm: {len(kept)} of {len(first.gating)} slower again in the rerun"
-               + (f": {'; '.join(kept)}" if kept else "") + (f"; not reproduced: {'; '.join(gone)}" if gone else "")
-               + (f"; failed in the rerun: {'; '.join(failing)}" if failing else ""))
+               + (f": {'; '.join(kept)}" if kept else "")
+               + (f"; not reproduced: {'; '.join(gone)}" if gone and not unsure else "")
+               + (f"; not judged: {'; '.join(gone)}" if gone and unsure else "")
+               + (f"; failed in the rerun: {'; '.join(failing)}" if failing else "")
+               + (f"; {unsure}: it cannot show the slowdown gone" if unsure else ""))
     print(verdict)
-    code = 1 if kept or failing else 0
+    code = 1 if kept or failing or unsure else 0
     # beside tonight's compare-last-good.html, which shows the slower timings the rerun judged: what became of them
     note = [f"the night {'fails' if code else 'passes'}: its {len(first.gating)} slower timing(s) were run again "
             f"into {out}", verdict] + ([f"the rerun's comparison: {page}"] if page else [])
@@ -84,6 +92,16 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     except OutputError as e:
         print(f"confirm: warning: {e}", file=sys.stderr)
     return code
+
+
+def rerun_unsure(c) -> str | None:
+    """Why the rerun's comparison cannot clear tonight's slower timings (None where it can): the rerun disturbed
+    (most of its timings contended), unfinished or damaged, as compare's gate fails such a NEW run."""
+    if c.new_disturbed:
+        return f"the rerun was disturbed ({c.new_contended} of its {c.timings} timings contended)"
+    why = [f"the rerun {what}" for what, runs in (("did not finish", c.unfinished), ("is damaged", c.damaged))
+           if any(s[0] == "new" for s in runs)]
+    return " and ".join(why) or None
 
 
 def _page(comparison, path: Path) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,41 @@ def test_a_night_failing_on_something_else_is_not_rerun(tmp_path, good, capsys):
 
     assert confirm.confirm(good, run, tmp_path / "again", 0.05, fake) == 1
     assert "not a matter of slower timings alone" in capsys.readouterr().out
+
+
+def disturbed(run: Path, only: str = "") -> Path:
+    """The run with every case's timed window (those whose case_id starts with `only`) disturbed, as
+    bench.interference flags it."""
+    path = run / "records.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:
+        if r["case_id"].startswith(only):
+            r["metrics"].update(contended=True, host_cpus=2, host_other_cpus=1.6)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+@pytest.mark.parametrize("rerun", [1.8, 1.0])
+def test_a_disturbed_rerun_does_not_pass_the_night(tmp_path, good, capsys, rerun):
+    confirm = _confirm()
+
+    def fake(ids, meta, out):  # slower again or not, the load hides it: compare fails such a NEW run
+        disturbed(night(out.parent, out.name, rerun, seed=20, only=set(ids)))
+        return 0
+
+    assert confirm.confirm(good, night(tmp_path, "tonight", 1.8), tmp_path / "again", 0.05, fake) == 1
+    said = capsys.readouterr().out
+    assert "the rerun was disturbed" in said and "not reproduced" not in said, said
+    assert "the night fails" in (tmp_path / "tonight" / "confirm.txt").read_text()
+
+
+def test_a_slower_timing_disturbed_in_the_rerun_fails_the_night(tmp_path, good, capsys):
+    confirm = _confirm()
+
+    def fake(ids, meta, out):  # only the slow case disturbed: the rerun is not, but that timing still looked slower
+        disturbed(night(out.parent, out.name, 1.8, seed=20, only=set(ids)), only=SLOW)
+        return 0
+
+    assert confirm.confirm(good, night(tmp_path, "tonight", 1.8), tmp_path / "again", 0.05, fake) == 1
+    said = capsys.readouterr().out
+    assert "confirm: 1 of 1 slower again in the rerun" in said and "was disturbed" not in said, said
