@@ -65,7 +65,9 @@ rm -rf "$good" && mkdir -p "$good"
 mapfile -t goods < <(for d in "$home"/runs/*/; do [ -f "$d/GOOD" ] && echo "${d%/}"; done | sort)
 [ "${#goods[@]}" -gt 0 ] && same_kind "$run" "${goods[@]}" | tail -n "${TECHBENCH_GOOD_NIGHTS:-5}" |
   while IFS= read -r d; do ln -s "$d" "$good/$(basename "$d")"; done
-if [ -n "$(ls -A "$good")" ]; then
+if [ ! -f "$run/run.json" ]; then  # not a night of another kind: no night at all (no GPU, a bad setting)
+  echo "bench run wrote no run.json in $run (it failed before running a case: see above): nothing compared"
+elif [ -n "$(ls -A "$good")" ]; then
   # slower timings alone are measured again before they fail the night (ci/confirm.py): a one-off of the machine is
   # not in the rerun, a slowdown of the code is; any other failure of compare (exit 2, bad input) fails the night
   "${bench[@]}" compare "$good" "$run" --threshold "$threshold" --fail-on-regression \
@@ -86,7 +88,9 @@ fi
 gpu=$("$python" -c "from bench.env import collect; g = collect()['gpus']
 print(g[0]['name'].lower().replace(' ', '-') if g else 'cpu')")
 baseline="ci/baselines/$gpu/nightly"
-if [ -f "$baseline/run.json" ] && [ -n "$(same_kind "$run" "$baseline")" ]; then
+if [ ! -f "$run/run.json" ]; then
+  :  # said above
+elif [ -f "$baseline/run.json" ] && [ -n "$(same_kind "$run" "$baseline")" ]; then
   "${bench[@]}" compare "$baseline" "$run" --threshold "$threshold" --fail-on-regression \
     -o "$run/compare-baseline.html" || rc=1
 elif [ -f "$baseline/run.json" ]; then
@@ -99,6 +103,7 @@ fi
 [ -n "${GITHUB_OUTPUT:-}" ] && echo "run=$run" >> "$GITHUB_OUTPUT"
 echo "run: $run  site: $home/site/index.html  exit: $rc"
 # a failed night stays out of the comparison set: say how to let it in, where its failures are the machine's
-[ "$rc" -eq 0 ] || echo "not GOOD: the next nights compare against the last GOOD ones; if this night's only failures" \
-  "are timings you judge to be the machine, or a change you accept, run: touch $run/GOOD"
+[ "$rc" -eq 0 ] || [ ! -f "$run/run.json" ] ||
+  echo "not GOOD: the next nights compare against the last GOOD ones; if this night's only failures are timings" \
+    "you judge to be the machine, or a change you accept, run: touch $run/GOOD"
 exit "$rc"

@@ -36,6 +36,8 @@ def fake_run(argv: list[str]) -> None:
     in the rerun of ci/confirm.py (a run with --case) too where FAKE_SLOW_AGAIN is set."""
     import fnmatch
 
+    if os.environ.get("FAKE_NO_RUN"):  # refused before it starts, as `--device cuda` on a machine whose GPU is gone
+        sys.exit("bench: error: --device cuda: CUDA is not available here; valid: auto, cpu")
     flags = [i for i, a in enumerate(argv) if a.startswith("--")]
     opts = {argv[i]: argv[i + 1] for i in flags if argv[i] != "--case"}
     cases = [argv[i + 1] for i in flags if argv[i] == "--case"]
@@ -124,3 +126,20 @@ def test_slower_timings_are_run_again_before_they_fail_the_night(tmp_path, monke
     assert said[2] == f"the rerun's comparison: {confirm / 'compare-last-good.html'}"
     page = (confirm / "compare-last-good.html").read_text()  # of the rerun's cases, not the others as removed
     assert ("Regressions (1)" in page) == again and SLOW in page and ">removed<" not in page
+
+
+def test_a_night_whose_run_never_started_says_so(tmp_path, monkeypatch):
+    good_nights(tmp_path)
+    monkeypatch.setenv("FAKE_NO_RUN", "1")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(STUB.format(python=sys.executable))
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TECHBENCH_HOME": str(tmp_path / "home"),
+           "TECHBENCH_SIZE": "smoke", "TECHBENCH_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["bash", str(ROOT / "ci" / "nightly.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "wrote no run.json" in done.stdout, done.stdout
+    # not a night of another size or device starting a fresh baseline, nor one to `touch GOOD`
+    assert "fresh baseline" not in done.stdout and "touch" not in done.stdout, done.stdout
