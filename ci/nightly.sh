@@ -2,7 +2,7 @@
 # Nightly GPU job, portable to any CI: every suite at full size on the GPU, the run added to the history store, the
 # dashboard rebuilt, and the run compared against the last good nights of its size and device and against the
 # committed baseline of this GPU (ci/baselines/<gpu>/nightly/) where that is of its size and device too (a change of
-# TECHBENCH_SIZE or TECHBENCH_DEVICE starts a fresh comparison set). Exits 1 when a run case failed or a comparison
+# TECHBENCH_SIZE or TECHBENCH_DEVICE, or the runner's GPU, starts a fresh comparison set). Exits 1 when a run case failed or a comparison
 # found a regression that --fail-on-regression gates (not a timing judged from one run a side), after doing every
 # step, so the dashboard is published either way.
 #
@@ -35,8 +35,10 @@ rc=0
 "${bench[@]}" history add "$run" --store "$home/history" || rc=1
 "${bench[@]}" dashboard "$home/history" -o "$home/site" --threshold "$threshold" || rc=1
 
-# The run directories among $2... of the same size and device type as run directory $1, from each run.json: a night
-# of another size or device (TECHBENCH_SIZE or TECHBENCH_DEVICE changed) times other work, never a side beside this one.
+# The run directories among $2... of the same size, device type and hardware (the GPU's name, or the CPU's for a CPU
+# run) as run directory $1, from each run.json: a night of another size or device (TECHBENCH_SIZE or TECHBENCH_DEVICE
+# changed), or from another GPU (the runner moved), times other work, never a side beside this one. (With "kind": the
+# words for run directory $1.)
 same_kind() {
   "$python" - "$@" <<'PY'
 import json, sys
@@ -46,17 +48,24 @@ def kind(d):
             m = json.load(f)
     except (OSError, ValueError):
         return None
-    return (m.get("size"), str(m.get("device") or "").partition(":")[0]) if isinstance(m, dict) else None
+    if not isinstance(m, dict):
+        return None
+    device = str(m.get("device") or "").partition(":")[0]
+    env = m.get("env") if isinstance(m.get("env"), dict) else {}
+    gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
+    return m.get("size"), device, str((gpus[0].get("name") if device == "cuda" and gpus else env.get("cpu_model")))
+if sys.argv[1] == "kind":
+    k = kind(sys.argv[2])
+    print(f"size {k[0]} on {k[1]} ({k[2]})" if k else "")
+    sys.exit()
 want = kind(sys.argv[1])
 for d in sys.argv[2:]:
     if want is not None and kind(d) == want:
         print(d)
 PY
 }
-kind=$("$python" -c 'import json, sys
-m = json.load(open(sys.argv[1] + "/run.json"))
-print("size", m.get("size"), "on", str(m.get("device")).partition(":")[0])' "$run" 2>/dev/null ||
-  echo "size $size on $device")
+kind=$(same_kind kind "$run")
+[ -n "$kind" ] || kind="size $size on $device"
 
 # Against the last good nights of tonight's size and device, as one set: several runs give compare the run-to-run
 # noise to judge a change by, which one night against one night cannot (see `bench compare`).
@@ -79,7 +88,8 @@ elif [ -n "$(ls -A "$good")" ]; then
     *) rc=1 ;;
   esac
 elif [ "${#goods[@]}" -gt 0 ]; then
-  echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size or device):" \
+  echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size, device" \
+    "or hardware):" \
     "this night starts a fresh baseline, compared against nothing"
 else
   echo "no earlier good night in $home/runs: nothing to compare against yet"

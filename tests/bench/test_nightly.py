@@ -17,7 +17,7 @@ import pytest
 
 from bench.case_ids import case_id
 from tests.optional import needs
-from tests.runs import H200, checkpointing_records, write_run
+from tests.runs import A100, H200, checkpointing_records, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = """#!/bin/sh
@@ -143,3 +143,21 @@ def test_a_night_whose_run_never_started_says_so(tmp_path, monkeypatch):
     assert "wrote no run.json" in done.stdout, done.stdout
     # not a night of another size or device starting a fresh baseline, nor one to `touch GOOD`
     assert "fresh baseline" not in done.stdout and "touch" not in done.stdout, done.stdout
+
+
+@needs("plotly")  # the comparison page
+def test_good_nights_of_another_gpu_are_not_tonights_comparison_set(tmp_path):
+    runs = tmp_path / "home" / "runs"
+    for i in range(3):  # three good nights of the runner's old GPU; tonight's fake run is an H200's
+        write_run(runs, f"2020010{i + 1}-000001", checkpointing_records(seed=i), size="smoke", gpu=A100)
+        (runs / f"2020010{i + 1}-000001" / "GOOD").touch()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").write_text(STUB.format(python=sys.executable))
+    (tmp_path / "bin" / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "TECHBENCH_HOME": str(tmp_path / "home"),
+           "TECHBENCH_SIZE": "smoke", "TECHBENCH_DEVICE": "cuda", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["bash", str(ROOT / "ci" / "nightly.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no earlier good night of size smoke on cuda (NVIDIA H200)" in done.stdout, done.stdout
+    assert not any((tmp_path / "home" / "last-good").iterdir())
