@@ -321,9 +321,10 @@ class Comparison:
 
 
 def plain_records(frame, columns=None) -> list[dict]:
-    """The rows of a frame as dicts of plain values, NaN as None (JSON, HTML tables); `columns` picks and orders."""
+    """The rows of a frame as dicts of plain values, NaN and +-inf (a CI without an end) as None (JSON, HTML
+    tables); `columns` picks and orders."""
     columns = list(frame.columns) if columns is None else columns
-    return [{c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in zip(columns, row)}
+    return [{c: (None if isinstance(v, float) and not math.isfinite(v) else v) for c, v in zip(columns, row)}
             for row in frame[columns].astype(object).itertuples(index=False)]
 
 

@@ -157,7 +157,9 @@ def compare_runs(base, new, threshold: float = 0.05, alpha: float = 0.01) -> Sam
         change = "same"
     else:
         change = "noisy"
-    return SampleTest(centre_n / centre_b, p, math.exp(lo), math.exp(hi), change, s, centre_b, centre_n,
+    with np.errstate(over="ignore"):  # runs ~1e10 apart put the interval's end past exp(709): inf, not an error
+        ci_low, ci_high = (float(x) for x in np.exp([lo, hi]))
+    return SampleTest(centre_n / centre_b, p, ci_low, ci_high, change, s, centre_b, centre_n,
                       float(ln.mean() - lb.mean()), float(df), math.sqrt(1 / len(lb) + 1 / len(ln)))
 
 
