@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Nightly GPU job, portable to any CI: every suite at full size on the GPU, the run added to the history store, the
-# dashboard rebuilt, and the run compared against the last good nights of its size and device and against the
-# committed baseline of this GPU (ci/baselines/<gpu>/nightly/) where that is of its size and device too (a change of
-# TECHBENCH_SIZE or TECHBENCH_DEVICE, or the runner's GPU, starts a fresh comparison set). Exits 1 when a run case failed or a comparison
-# found a regression that --fail-on-regression gates (not a timing judged from one run a side), after doing every
-# step, so the dashboard is published either way.
+# dashboard rebuilt, and the run compared against the last good nights of its size and device and against the committed
+# baseline of this GPU (ci/baselines/<gpu>/nightly/) where that is of its size and device too (a change of
+# TECHBENCH_SIZE or TECHBENCH_DEVICE, or the runner's GPU, starts a fresh comparison set). Exits 1 when a run case
+# failed or a comparison found a regression that --fail-on-regression gates (not a timing judged from one run a side),
+# after doing every step, so the dashboard is published either way.
 #
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night that exited 0)
