@@ -21,7 +21,7 @@ from bench.interference import mem_available_bytes
 from bench.progress import forwarding
 from bench.suite import SUITES, Measurement, Skip, Suite, case_id, off_cuda
 from bench.timing import time_floor
-from bench.validation import check_measurement
+from bench.validation import check_measurement, nonfinite
 
 SEED = 0
 TRACEBACK_LINES = 12
@@ -118,11 +118,13 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         if m.timed is not None:
             metrics["energy_per_call_j"] = None if power is None else power * m.timed.median_ms / 1e3
         metrics.update(_derived(m, device, power))
+        named = nonfinite(metrics)  # before check_measurement makes them null
         try:  # plain numbers before the result leaves this process (a tensor metric would not cross the pipe)
             metrics, samples = check_measurement(metrics, samples)
         except ValueError as e:
             return {"status": "error", "error": f"measure() returned what a record cannot hold: {e}"}
-        return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
+        return {"status": "ok", "metrics": metrics, "samples": samples, "error": None,
+                **({"nonfinite": named} if named else {})}
     except Skip as e:
         return {"status": "skipped", "error": str(e) or "skipped"}
     except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record

@@ -323,7 +323,11 @@ def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[st
         # the samples behind a headline figure are those of the rank that gave it
         source = next((r for r in results if r["metrics"].get(name) == metrics.get(name)), first)
         samples[name] = (source.get("samples") or {}).get(name, values)
-    return {"status": "ok", "metrics": metrics, "samples": samples, "error": None}
+    # a metric NaN or infinite on any rank is so for the job: null, and named, whatever the other ranks measured
+    named = {k: v for r in reversed(results) for k, v in (r.get("nonfinite") or {}).items()}
+    metrics.update(dict.fromkeys(named))
+    return {"status": "ok", "metrics": metrics, "samples": samples, "error": None,
+            **({"nonfinite": named} if named else {})}
 
 
 def _rank_main(spec_path: str) -> int:

@@ -170,7 +170,7 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
     record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
                     case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                     samples=result.get("samples") or {}, error=result.get("error"), device=device,
-                    started_at=started, elapsed_s=elapsed, env_id=meta.env_id)
+                    started_at=started, elapsed_s=elapsed, env_id=meta.env_id, nonfinite=result.get("nonfinite") or {})
     with RecordWriter(staged / RECORDS_JSONL) as writer:
         writer.write(record)
     meta.finished_at = runner.now()  # only once its record is written

@@ -53,6 +53,9 @@ class Record:
     elapsed_s: float = 0.0
     env_id: str = ""
     schema: int = SCHEMA
+    nonfinite: dict[str, str] = field(default_factory=dict)
+    """The metrics measure() returned as NaN or an infinity ("nan", "inf", "-inf"), which `metrics` holds as null:
+    a diverged loss is told from a metric not measured. Left out of the line when empty."""
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -62,6 +65,8 @@ class Record:
 
     def to_json(self) -> str:
         d = asdict(self)
+        if not d["nonfinite"]:
+            del d["nonfinite"]
         return json.dumps(_finite({"schema": d.pop("schema"), **d}), allow_nan=False, default=_jsonable)
 
     @classmethod
@@ -359,7 +364,8 @@ def _runs_in(paths) -> list[Path]:
 
 def records_frame(*run_dirs: str | Path, samples: bool = False):
     """One row per record of one or many run directories; each metric is a column, params stay a dict column, and
-    with `samples` the raw samples too (a dict column: name -> list)."""
+    with `samples` the raw samples too (a dict column: name -> list). `nonfinite` (a dict column) names the metrics
+    measure() returned as NaN or an infinity, which their columns hold as null."""
     import pandas as pd
 
     rows = []
@@ -375,7 +381,8 @@ def records_frame(*run_dirs: str | Path, samples: bool = False):
 
 
 def long_frame(*run_dirs: str | Path):
-    """One row per (record, metric), with the metric's direction: the shape for plotting and comparison."""
+    """One row per (record, metric), with the metric's direction: the shape for plotting and comparison. A value
+    measure() returned as NaN or an infinity is null, with "nan", "inf" or "-inf" in `nonfinite`."""
     import pandas as pd
 
     from bench.metrics import default, specs_of
@@ -388,6 +395,7 @@ def long_frame(*run_dirs: str | Path):
                 spec = specs.get(r.suite, {}).get(metric) or default(metric)
                 rows.append({"run_id": r.run_id, "case_id": r.case_id, "suite": r.suite, "variant": r.variant,
                              "params": r.params, "status": r.status, "device": r.device, "env_id": r.env_id,
-                             "metric": metric, "value": value, "direction": spec.direction})
+                             "metric": metric, "value": value, "direction": spec.direction,
+                             "nonfinite": r.nonfinite.get(metric)})
     return pd.DataFrame(rows, columns=["run_id", "case_id", "suite", "variant", "params", "status", "device",
-                                       "env_id", "metric", "value", "direction"])
+                                       "env_id", "metric", "value", "direction", "nonfinite"])

@@ -233,7 +233,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
             record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
                             case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
                             samples=result.get("samples") or {}, error=result.get("error"), device=cfg.device,
-                            started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=env_id)
+                            started_at=started, elapsed_s=round(time.perf_counter() - t0, 3), env_id=env_id,
+                            nonfinite=result.get("nonfinite") or {})
             if record.status == "ok" and cfg.wait_idle_s:
                 record.metrics["idle_wait_s"] = waited
             if record.status == "ok":

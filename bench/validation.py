@@ -12,7 +12,10 @@ from typing import Any
 # pandas and the statistics hold integers as int64: a larger one is kept as a float, which every reader can hold
 INT64 = 2**63
 RECORD_FIELDS = ("schema", "run_id", "suite", "variant", "params", "case_id", "status", "metrics", "samples", "error",
-                 "device", "started_at", "elapsed_s", "env_id")
+                 "device", "started_at", "elapsed_s", "env_id", "nonfinite")
+# what a metric that measure() returned as NaN or an infinity was: the record holds null (JSON has no spelling for
+# them) and names it under `nonfinite`, so that a diverged loss is not read as a metric that was not measured
+NONFINITE = ("nan", "inf", "-inf")
 TEXT_FIELDS = ("run_id", "suite", "variant", "case_id", "status", "device", "started_at", "env_id")
 PARAM_TYPES = (str, int, float, bool, type(None))
 # A metric shares one row with the record's fields and the columns the loaders add (records_frame's run_dir, the
@@ -47,6 +50,17 @@ def _number(value, bools: bool):
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     raise TypeError(kind(value))
+
+
+def nonfinite(metrics) -> dict[str, str]:
+    """The metrics that are NaN or infinite, each as "nan", "inf" or "-inf" (what the record's `nonfinite` holds)."""
+    out = {}
+    for name, value in metrics.items() if isinstance(metrics, dict) else ():
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            out[name] = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+    return out
 
 
 def check_measurement(metrics, samples) -> tuple[dict[str, Any], dict[str, list]]:
@@ -97,7 +111,10 @@ def check_fields(fields: dict[str, Any]) -> dict[str, Any]:
             -INT64 <= elapsed < INT64 if isinstance(elapsed, int) else math.isfinite(elapsed)):
         raise ValueError(f"elapsed_s is {kind(elapsed)}, not a finite number")
     metrics, samples = check_measurement(fields.get("metrics", {}), fields.get("samples", {}))
-    return {**fields, "metrics": metrics, "samples": samples}
+    named = fields.get("nonfinite", {})
+    if not isinstance(named, dict) or not all(isinstance(k, str) and v in NONFINITE for k, v in named.items()):
+        raise ValueError(f"nonfinite is not an object of metric names to {', '.join(NONFINITE)}")
+    return {**fields, "metrics": metrics, "samples": samples, "nonfinite": named}
 
 
 def run_json_problem(meta: dict) -> str | None:

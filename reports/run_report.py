@@ -239,7 +239,7 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
     metrics = list(getattr(module, "METRICS", ())) or _generic_metrics(rows)
     parts.append(section("Results", _results(rows, metrics) + _ratios_lost(suite, rows), level=3))
     # what the figure module's table leaves out (a library's speed-up, a rate, telemetry), folded: on the page still
-    others = [m for m in _generic_metrics(rows) if m not in metrics and rows[m].notna().any()]
+    others = [m for m in _generic_metrics(rows) if m not in metrics and _shown(rows, m)]
     if others:
         parts.append(f"<details><summary>Other metrics ({len(others)}): {html.escape(', '.join(others))}</summary>"
                      f"{_results(rows, others)}</details>")
@@ -288,7 +288,7 @@ def _generic_metrics(rows: pd.DataFrame) -> list[str]:
 def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
     """One row per case (runs of the same case side by side) with the metrics that have a value in some case;
     params shared by every case are said once above the table."""
-    metrics = [m for m in metrics if m in rows and rows[m].notna().any()]
+    metrics = [m for m in metrics if _shown(rows, m)]
     several = rows["run"].nunique() > 1
     order = {c: i for i, c in enumerate(dict.fromkeys(rows["case_id"]))}
     runs = {r: i for i, r in enumerate(dict.fromkeys(rows["run"]))}
@@ -303,6 +303,8 @@ def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
         for m in metrics:
             value = r[m]
             row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else value)
+            if row[m] is None and _nonfinite(r, m):  # measured, and NaN or infinite: said, not left blank
+                row[m] = NONFINITE_TEXT[_nonfinite(r, m)]
             if row[m] is not None and m in marks.get(i, {}):
                 row[m] = Flagged(row[m], MARK, marks[i][m])
         out.append(row)
@@ -337,6 +339,21 @@ def _not_ok(frame: pd.DataFrame, unfinished: bool = False) -> str:
                     f'<td class="wrap"><code>{html.escape(r["command"])}</code></td></tr>')
     head = "".join(f"<th>{c}</th>" for c in ("status", "reason", "case_id", "run", "reproduce"))
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+NONFINITE_TEXT = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}
+
+
+def _nonfinite(row, metric: str) -> str | None:
+    """"nan", "inf" or "-inf" where the record names `metric` as measured so (its value is null), else None."""
+    named = row.get("nonfinite")
+    return named.get(metric) if isinstance(named, dict) else None
+
+
+def _shown(rows: pd.DataFrame, metric: str) -> bool:
+    """Whether a table shows `metric`: some case has a value of it, or measured it NaN or infinite."""
+    return metric in rows and (rows[metric].notna().any() or any(
+        isinstance(d, dict) and metric in d for d in rows.get("nonfinite", ())))
 
 
 def _missing(value) -> bool:

@@ -47,7 +47,8 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
             case = f"{r['suite']}/{r['variant']}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
             w.write(Record(run_id=run_id, suite=r["suite"], variant=r["variant"], params=params, case_id=case,
                            status=r.get("status", "ok"), metrics=r.get("metrics", {}), samples=r.get("samples", {}),
-                           error=r.get("error"), device=device, started_at=started_at, elapsed_s=1.0, env_id=env_id))
+                           error=r.get("error"), device=device, started_at=started_at, elapsed_s=1.0, env_id=env_id,
+                           nonfinite=r.get("nonfinite", {})))
     return out
 
 

@@ -1,0 +1,94 @@
+"""A metric measure() returned as NaN or an infinity: null in the record (JSON has no spelling for it) and named
+under the record's `nonfinite`, so that a diverged loss is told from a metric that was not measured, in the frames,
+the report and compare."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import runner
+from bench.distributed import aggregate
+from bench.records import RECORDS_JSONL, Record, long_frame, read_records, records_frame
+from bench.suite import SUITES, Measurement, Metric, Suite, register
+from bench.validation import check_fields, nonfinite
+from tests.runs import write_run
+
+
+@register
+class Diverging(Suite):
+    """A training whose loss diverged (NaN), a quantizer exact on its input (SQNR +inf), and a case that is fine."""
+
+    name = "_diverging"
+    variants = {"fine": "reference", "diverged": "loss NaN, SQNR inf, a gap -inf"}
+    metrics = (Metric("step_time_ms", "measured", "lower", "a step"), Metric("loss", "measured", "lower", "loss"),
+               Metric("sqnr_db", "measured", "higher", "SQNR"), Metric("gap_x", "measured", "lower", "a gap"))
+
+    def grid(self, size, device):
+        return [{"n": 1}]
+
+    def measure(self, variant, params, device):
+        if variant == "fine":
+            return Measurement({"step_time_ms": 1.0, "loss": 0.5, "sqnr_db": 30.0, "gap_x": 1.0})
+        return Measurement({"step_time_ms": 1.0, "loss": torch.tensor(math.nan), "sqnr_db": math.inf,
+                            "gap_x": -math.inf})
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_nan_loss_is_null_and_named_in_the_record(tmp_path, inline):
+    cfg = runner.RunConfig(suites=[SUITES["_diverging"]], size="smoke", device="cpu", out=tmp_path / "r",
+                           inline=inline)
+    code, records = runner.run(cfg)
+    by = {r.variant: r for r in records}
+    assert code == 0 and by["diverged"].status == "ok"
+    assert {k: by["diverged"].metrics[k] for k in ("step_time_ms", "loss", "sqnr_db", "gap_x")} == {
+        "step_time_ms": 1.0, "loss": None, "sqnr_db": None, "gap_x": None}
+    assert by["diverged"].nonfinite == {"loss": "nan", "sqnr_db": "inf", "gap_x": "-inf"}
+    assert by["fine"].nonfinite == {}
+    lines = {(d := json.loads(line))["variant"]: d for line in (cfg.out / RECORDS_JSONL).read_text().splitlines()}
+    assert lines["diverged"]["nonfinite"] == {"loss": "nan", "sqnr_db": "inf", "gap_x": "-inf"}
+    assert "nonfinite" not in lines["fine"]  # a record with nothing to name is the line it always was
+    assert read_records(cfg.out / RECORDS_JSONL) == records
+    long = long_frame(cfg.out)
+    named = long[long["variant"] == "diverged"].set_index("metric")["nonfinite"]
+    assert named["loss"] == "nan" and named["sqnr_db"] == "inf" and pd.isna(named["step_time_ms"])
+    frame = records_frame(cfg.out).set_index("variant")
+    assert frame.loc["diverged", "nonfinite"] == {"loss": "nan", "sqnr_db": "inf", "gap_x": "-inf"}
+
+
+def test_what_nonfinite_names_and_what_a_reader_refuses():
+    assert nonfinite({"a": math.nan, "b": 1.0, "c": torch.tensor(-math.inf), "d": None, "e": True}) == {
+        "a": "nan", "c": "-inf"}
+    line = {"run_id": "r", "suite": "s", "variant": "v", "params": {}, "case_id": "s/v/", "status": "ok",
+            "metrics": {"loss": None}}
+    assert check_fields({**line, "nonfinite": {"loss": "nan"}})["nonfinite"] == {"loss": "nan"}
+    for bad in ({"loss": "NaN"}, {"loss": 1.0}, ["loss"]):
+        with pytest.raises(ValueError, match="nonfinite is not an object of metric names to nan, inf, -inf"):
+            check_fields({**line, "nonfinite": bad})
+    assert Record(**check_fields(line)).nonfinite == {}  # a record written before the field: nothing named
+
+
+def test_a_rank_that_measured_nan_makes_the_jobs_metric_nan():
+    ok = {"status": "ok", "metrics": {"loss": 0.5, "step_time_ms": 2.0}, "samples": {}, "error": None}
+    diverged = {**ok, "metrics": {"loss": None, "step_time_ms": 3.0}, "nonfinite": {"loss": "nan"}}
+    result = aggregate([ok, diverged], {"loss": "lower", "step_time_ms": "lower"})
+    assert result["metrics"]["loss"] is None and result["nonfinite"] == {"loss": "nan"}
+    assert result["metrics"]["step_time_ms"] == 3.0 and "rank_max_loss" not in result["metrics"]
+    assert "nonfinite" not in aggregate([ok, ok], {"loss": "lower"})
+
+
+def test_the_report_says_nan_where_a_metric_was_measured_so(tmp_path):
+    from reports.run_report import render
+
+    run = write_run(tmp_path, "r", [
+        {"suite": "_diverging", "variant": "fine", "params": {"n": 1}, "metrics": {"loss": 0.5, "sqnr_db": 30.0}},
+        {"suite": "_diverging", "variant": "diverged", "params": {"n": 1}, "metrics": {"loss": None, "sqnr_db": None},
+         "nonfinite": {"loss": "nan", "sqnr_db": "inf"}}], gpu=None)
+    page = render([run])
+    assert ">NaN<" in page and ">inf<" in page
+    only = write_run(tmp_path, "o", [  # a metric NaN in every case still has its column
+        {"suite": "_diverging", "variant": "diverged", "params": {"n": 1}, "metrics": {"gap_x": None},
+         "nonfinite": {"gap_x": "-inf"}}], gpu=None)
+    assert ">-inf<" in render([only])
