@@ -50,11 +50,14 @@ def nodes_of(argv: list[str]) -> tuple[int, str] | None:
     None for one node."""
     found = {}
     for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
         for flag in ("--nnodes", "--rdzv-endpoint"):
-            if arg == flag and i + 1 < len(argv):
-                found[flag] = argv[i + 1]
-            elif arg.startswith(flag + "="):
-                found[flag] = arg.split("=", 1)[1]
+            # argparse takes an unambiguous prefix (--nn 2, --rdzv=HOST:PORT): a command that ran used one only so
+            if len(name) > 2 and name.startswith("--") and flag.startswith(name):
+                if eq:
+                    found[flag] = value
+                elif i + 1 < len(argv):
+                    found[flag] = argv[i + 1]
     try:
         n = int(found.get("--nnodes", 1))
     except ValueError:

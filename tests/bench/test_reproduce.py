@@ -36,10 +36,13 @@ def test_glob_characters_in_a_case_id_match_themselves_only():
 
 
 @pytest.mark.parametrize("argv", [["--nnodes", "2", "--rdzv-endpoint", "node0:29500"],
-                                  ["--nnodes=2", "--rdzv-endpoint=node0:29500"]])
+                                  ["--nnodes=2", "--rdzv-endpoint=node0:29500"],
+                                  ["--nn", "2", "--rdzv-e=node0:29500"]])  # the prefixes argparse takes
 def test_a_case_measured_over_two_nodes_is_reproduced_over_two_nodes(argv):
     from bench.distributed import Launch
 
+    ran = _parser().parse_args(["run", "moe_ep", *argv])  # a command line bench takes
+    assert (ran.nnodes, ran.rdzv_endpoint) == (2, "node0:29500")
     suite = discover()["moe_ep"]
     nodes = nodes_of(["run", "moe_ep", "--size", "smoke", *argv])
     assert nodes == (2, "node0:29500")
