@@ -2,7 +2,8 @@
 
 It reads /sys, /proc and NVML and changes nothing (it advises, as `pyperf system show` does). What this machine does
 not expose is "unknown", never an error. Statuses: ok; warn (timings noisier, or not comparable with another
-machine's); critical; unknown.
+machine's); critical; unknown. What confines bench itself (a cgroup CPU quota, taskset, OMP_NUM_THREADS) is checked in
+bench.doctor_limits, the GPU in bench.doctor_gpu.
 
 Critical means the machine is disturbed now, so a timing taken now measures the disturbance too; `bench run` warns
 in one line when one holds (critical_warning):
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.env import cpu_list as format_cpus
-from bench.env import guarded
+from bench.env import guarded, parse_cpus
 
 STATUSES = ("ok", "warn", "critical", "unknown")
 ROOT = Path("/")  # where /sys and /proc are read; tests point it at a fake tree
@@ -67,13 +68,15 @@ def finding(check: str, status: str, found: str, fix: str | None = None) -> Find
 
 
 class Host:
-    """Files under `root` (a fake tree in tests), this process's pid and CPUs, and the sampler's sleep."""
+    """Files under `root` (a fake tree in tests), this process's pid, CPUs and environment, and the sampler's
+    sleep."""
 
-    def __init__(self, root=None, pid: int | None = None, affinity=None, sleep=time.sleep):
+    def __init__(self, root=None, pid: int | None = None, affinity=None, sleep=time.sleep, environ=None):
         self.root = Path(ROOT if root is None else root)
         self.pid = os.getpid() if pid is None else pid
         self.affinity = set(affinity) if affinity is not None else guarded(os.sched_getaffinity, 0)
         self.sleep = sleep
+        self.environ = dict(os.environ if environ is None else environ)
 
     def read(self, path) -> str | None:
         """The text of a file, `path` absolute or relative to root; None where it is missing or unreadable."""
@@ -85,16 +88,6 @@ class Host:
     def cpus(self) -> int:
         online = guarded(parse_cpus, self.read(f"{CPU_SYS}/online"))
         return len(online) if online else os.cpu_count() or 1
-
-
-def parse_cpus(text: str) -> set[int]:
-    """A kernel CPU list ("0-3,8,10-11") as a set; flags such as isolcpus' "domain" are skipped."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        if part[:1].isdigit():
-            lo, _, hi = part.partition("-")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 def check_governor(host: Host) -> Finding:
@@ -155,11 +148,19 @@ def _cores_to_isolate(host: Host) -> str:
     return format_cpus(set().union(*(cores[k] for k in keys[len(keys) // 2:]))) if len(keys) > 1 else ""
 
 
-def check_isolation(host: Host) -> Finding:
+def isolated_cpus(host: Host) -> set[int] | None:
+    """The CPUs isolcpus takes out of the scheduler's reach (cpu/isolated and the kernel command line); None where
+    neither can be read."""
     text = host.read(f"{CPU_SYS}/isolated")
     if text is None and host.read("proc/cmdline") is None:
+        return None
+    return (guarded(parse_cpus, text or "") or set()) | _cmdline_cpus(host, "isolcpus")
+
+
+def check_isolation(host: Host) -> Finding:
+    isolated = isolated_cpus(host)
+    if isolated is None:
         return finding("cpu.isolation", "unknown", "no cpu/isolated or /proc/cmdline here")
-    isolated = (guarded(parse_cpus, text or "") or set()) | _cmdline_cpus(host, "isolcpus")
     if not isolated:
         half = _cores_to_isolate(host)
         if not half:  # one core: the kernel needs a housekeeping CPU, and a sibling of it shares its units
@@ -292,12 +293,13 @@ def _sampled(host: Host, seconds: float, since: Snapshot | None, during) -> tupl
 
 def diagnose(host: Host | None = None, sample_s: float | None = None) -> list[Finding]:
     """Every check, CPU first, then each GPU, over a CPU sample of `sample_s` (default SAMPLE_S)."""
-    from bench.doctor_gpu import gpu_findings  # it builds on Finding and Host, defined here
+    from bench.doctor_gpu import gpu_findings  # they build on Finding and Host, defined here
+    from bench.doctor_limits import limit_findings
 
     host = host or Host()
     found, busy = _sampled(host, SAMPLE_S if sample_s is None else sample_s, None, lambda: gpu_findings(host))
-    cpu = [check_governor(host), check_turbo(host), check_smt(host), check_isolation(host), check_load(host, busy),
-           check_busy(busy), check_vm(host, busy), check_memory(host)]
+    cpu = [check_governor(host), check_turbo(host), check_smt(host), check_isolation(host), *limit_findings(host),
+           check_load(host, busy), check_busy(busy), check_vm(host, busy), check_memory(host)]
     return cpu + found
 
 

@@ -211,8 +211,9 @@ OPTIONAL_PACKAGES = ("torchvision", "flash-attn", "liger-kernel", "transformers"
 
 
 # Environment variables that set how many threads a case runs, where, which GPUs it sees or which kernels run: what
-# moves timings on one machine with the code unchanged. Recorded with the CPUs this process may run on and torch's
-# thread count, not part of env_id (settings of a run, as --threads and --cpus are), so that compare names them.
+# moves timings on one machine with the code unchanged. Recorded with the CPUs this process may run on, the cgroup's
+# CPU quota and torch's thread count, not part of env_id (settings of a run, as --threads and --cpus are), so that
+# compare names them.
 TIMING_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
                "KMP_AFFINITY", "GOMP_CPU_AFFINITY", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_LAUNCH_BLOCKING",
                "PYTORCH_CUDA_ALLOC_CONF", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
@@ -228,6 +229,16 @@ def cpu_list(cpus) -> str:
         else:
             runs.append([c, c])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """A kernel CPU list ("0-3,8,10-11") as a set; flags such as isolcpus' "domain" are skipped."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if part[:1].isdigit():
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 def _packages() -> dict[str, str]:
@@ -247,6 +258,7 @@ def collect(root: str | Path | None = None) -> dict:
     import torch
 
     from bench import __version__
+    from bench.cgroup import cpu_quota
 
     nvml = load_nvml()
     nvml_info, gpus = _nvml_gpus(nvml) if nvml is not None else (None, [])
@@ -272,6 +284,7 @@ def collect(root: str | Path | None = None) -> dict:
         "cpu_physical_cores": _physical_cores(),
         "cpu_usable_cores": None if affinity is None else len(affinity),
         "cpu_affinity": None if affinity is None else cpu_list(affinity),
+        "cpu_quota": guarded(lambda: cpu_quota().cpus),  # CPUs' worth a CFS period (a container's limit); None: none
         "torch_threads": guarded(torch.get_num_threads),
         "env_vars": {k: os.environ[k] for k in TIMING_VARS if k in os.environ},
         "host_memory_bytes": _host_memory_bytes(),

@@ -309,12 +309,13 @@ ENV_FIELDS = (
                                     if isinstance(info, dict) and info.get("threads") is not None) or None, False),
     # what bench was started with: taskset's CPUs, torch's default thread count, OMP_NUM_THREADS and the like
     ("cpu_affinity", lambda m: _env(m).get("cpu_affinity"), False),
+    ("cpu_quota", lambda m: _env(m).get("cpu_quota"), False),  # the cgroup's CPU limit (a container's --cpus)
     ("torch_threads", lambda m: _env(m).get("torch_threads"), False),
     ("env_vars", lambda m: ", ".join(f"{k}={v}" for k, v in sorted((_env(m).get("env_vars") or {}).items())) or None,
      False),
 )
 # fields a run of an older techbench did not record: such a side says nothing about them, so no difference is shown
-RECENT_FIELDS = ("packages", "cpu_affinity", "torch_threads", "env_vars")
+RECENT_FIELDS = ("packages", "cpu_affinity", "cpu_quota", "torch_threads", "env_vars")
 
 
 def _libraries(meta: dict) -> dict[str, str]:

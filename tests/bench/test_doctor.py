@@ -9,7 +9,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from bench import doctor, doctor_gpu
+from bench import doctor, doctor_gpu, doctor_limits
 from bench.cli import main
 from bench.doctor import Host, check_busy, check_load, format_cpus, measure_busy, parse_cpus, snapshot
 from bench.suite import SUITES
@@ -181,11 +181,13 @@ def test_steal_time(tmp_path, steal, flags, status, found):
 
 
 def test_missing_proc_is_unknown_not_an_error(tmp_path):
-    host = Host(tmp_path, pid=OWN, sleep=lambda s: None)
+    host = Host(tmp_path, pid=OWN, sleep=lambda s: None, environ={})
     found = doctor.diagnose(host, sample_s=0)
     cpu = {f.check: f.status for f in found if not f.check.startswith("gpu")}
-    assert cpu == dict.fromkeys(["cpu.governor", "cpu.turbo", "cpu.smt", "cpu.isolation", "cpu.load", "cpu.busy",
-                                 "cpu.vm", "memory"], "unknown")
+    # the environment is this process's own, never missing: no thread variable set is ok
+    assert cpu == {**dict.fromkeys(["cpu.governor", "cpu.turbo", "cpu.smt", "cpu.isolation", "cpu.quota",
+                                    "cpu.affinity", "cpu.load", "cpu.busy", "cpu.vm", "memory"], "unknown"),
+                   "cpu.threads": "ok"}
 
 
 # ---- GPU ---------------------------------------------------------------------------------------------------------
@@ -341,6 +343,9 @@ def fake_machine(monkeypatch, tmp_path, load: str, nvml=None):
     monkeypatch.setattr(doctor, "ROOT", tree(tmp_path, {"proc/loadavg": f"{load} 1 1 1/100 1\n",
                                                         f"{CPU}/online": "0-3\n", f"{CPU}/smt/active": "1\n"}))
     monkeypatch.setattr(doctor, "SAMPLE_S", 0.01)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})  # every fake CPU: no taskset
+    for name in doctor_limits.THREAD_VARS:
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(doctor_gpu, "load_nvml", lambda: nvml)
     monkeypatch.setattr(torch.version, "cuda", "12.4")  # the fake driver's: a CPU or a CUDA build of torch alike
 
@@ -352,7 +357,7 @@ def test_bench_doctor_prints_each_finding_with_its_fix(monkeypatch, tmp_path, ca
     assert "critical cpu.load           load average 9.00 (1 min) on 4 CPUs" in out
     assert "warn     gpu0.persistence   off\n         why: without persistence mode" in out
     assert "         fix: sudo nvidia-smi -i 0 -pm 1" in out and "fix: echo off | sudo tee" in out
-    assert out.splitlines()[-1] == "7 ok, 2 warn, 1 critical, 6 unknown"
+    assert out.splitlines()[-1] == "9 ok, 2 warn, 1 critical, 7 unknown"  # cpu.quota unknown: no cgroup here
 
 
 def test_bench_doctor_json(monkeypatch, tmp_path, capsys):
