@@ -4,7 +4,7 @@ A suite adds `reports/figures/<suite>.py` with `figures(frame) -> list[plotly Fi
 columns of its results table); nothing else changes. `frame` holds that suite's records from `load_frame`: one row per
 record with its metrics as columns, plus `run` (a label naming the machine), `size` and `command` (the exact
 `bench run` line that reproduces the case). Failed, OOM and skipped cases are rows too: figures draw them with
-`add_not_ok` rather than drop them.
+`add_not_ok` rather than drop them, and an ok case without a panel's metric as well, through `lacking`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ RUN_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "pentagon",
 # Margins of a figure with reference lines labelled at its right (label_lines), and the height a label takes there:
 # two lines of 11 px text and air.
 MARGIN, LABEL_PX = {"t": 100, "b": 80, "r": 220}, 32
-STATUS_COLORS = {"oom": "#9a6700", "timeout": "#cf222e", "error": "#cf222e", "skipped": "#6e7781"}
+# add_not_ok's status for an ok case that lacks the panel's metric (`lacking`): drawn with the failed cases, its reason
+# beside it, rather than left out of the panel unsaid
+NO_VALUE = "ok, no value"
+STATUS_COLORS = {"oom": "#9a6700", "timeout": "#cf222e", "error": "#cf222e", "skipped": "#6e7781", NO_VALUE: "#6e7781"}
 # A symbol per status, named in the legend: stacked or close cases leave no room for a text label beside each.
-STATUS_SYMBOLS = {"oom": "diamond-x", "timeout": "hourglass", "error": "x", "skipped": "circle-x-open"}
+STATUS_SYMBOLS = {"oom": "diamond-x", "timeout": "hourglass", "error": "x", "skipped": "circle-x-open",
+                  NO_VALUE: "circle-open"}
 # The columns `hover` puts in customdata, in this order: hovertemplates refer to them as %{customdata[i]}.
 HOVER_COLUMNS = ("case_id", "run", "command")
 NO_X = "not measured"  # add_not_ok's category, on a category axis, for a case with none of its own
@@ -333,6 +337,30 @@ def add_not_ok(fig, rows: pd.DataFrame, ok_x=(), ok_y=(), row=None, col=None, x=
         shown.add(f"status:{status}")
 
 
+def lacking(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`frame` with each ok row that has no `metric` given the status NO_VALUE and, as its error, why (`why_missing`):
+    passed to `add_not_ok`, such a case is drawn in the strip with the failed ones, its reason in the hover."""
+    missing = (frame["status"] == "ok") & (frame[metric].isna() if metric in frame else True)
+    if not missing.any():
+        return frame
+    out = frame.assign(error=frame["error"].astype(object) if "error" in frame else None)
+    out.loc[missing, "error"] = [why_missing(record, metric) for _, record in frame[missing].iterrows()]
+    out.loc[missing, "status"] = NO_VALUE
+    return out
+
+
+def why_missing(record, metric: str) -> str:
+    """Why an ok record has no `metric`, in its run's words: the meaning the run declared for the metric, or for the
+    input of it that the record lacks too (a saving of a peak that was not tracked); the bare fact where the run
+    declared none."""
+    run_dir = record.get("run_dir")
+    specs = ((_declared(str(run_dir)).get(record.get("suite")) or {}) if run_dir else {}).get("metrics") or {}
+    inputs = [m for m in (specs.get(metric) or {}).get("inputs") or () if pd.isna(record.get(m))]
+    name = inputs[0] if inputs else metric
+    meaning = (specs.get(name) or {}).get("meaning")
+    return f"no {name} recorded" + (f" ({meaning})" if meaning else "")
+
+
 def label_lines(fig, lines, height: int, top: float | None = None) -> None:
     """Horizontal reference lines, each (y, label, line style), labelled in the right margin, where no bar or point
     is, a label's height apart. The y range runs from 0 to `top` (default: a tenth above every line and trace), so
@@ -347,47 +375,3 @@ def label_lines(fig, lines, height: int, top: float | None = None) -> None:
                            align="left", font={"size": 11, "color": "#57606a"}, text=label)
     fig.update_layout(yaxis_range=[0, max(top, placed[-1] + gap)], margin=MARGIN,
                       legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom"})
-
-
-def against_world_size(frame: pd.DataFrame, title: str, shape_keys: tuple[str, ...]) -> list:
-    """For a distributed suite: per shape (the params named in shape_keys), peak memory per rank (the largest rank)
-    and step time (the slowest rank) against world size, one line per variant and machine: each world size is a run
-    of its own (one `--nproc-per-node` per run), read together."""
-    from plotly.subplots import make_subplots
-
-    rows = ok(frame, "peak_mem_bytes", "step_time_ms").copy()  # one block: a records frame is many columns
-    if rows.empty:
-        return []
-
-    def shape(p: dict) -> str:
-        return ", ".join(f"{k}={p.get(k)}" for k in shape_keys)
-
-    rows = rows.assign(world_size=[p.get("world_size", 1) for p in rows["params"]],
-                       shape=[shape(p) for p in rows["params"]])
-    color = colors(frame["variant"])
-    figs = []
-    for name_of_shape, part in rows.groupby("shape", sort=False):
-        fig = make_subplots(rows=1, cols=2, subplot_titles=["peak memory per rank (largest rank)",
-                                                            "step time (slowest rank)"], horizontal_spacing=0.1)
-        div, unit = bytes_unit(part["peak_mem_bytes"])
-        several_machines = part["env_id"].nunique() > 1
-        for (variant, _), line in part.sort_values("world_size").groupby(["variant", "env_id"], sort=False):
-            name = f"{variant} · {line['run'].iloc[0]}" if several_machines else variant
-            for col, (metric, scale, label) in enumerate([("peak_mem_bytes", div, f"peak {unit}"),
-                                                          ("step_time_ms", 1.0, "step ms")], start=1):
-                fig.add_scatter(x=line["world_size"].tolist(), y=(line[metric] / scale).tolist(),
-                                mode="lines+markers", name=name, legendgroup=name, showlegend=col == 1, row=1,
-                                col=col, line={"color": color[variant]}, customdata=hover(line),
-                                hovertemplate=hovertemplate("world size", label))
-        failed = frame[frame["params"].map(lambda p: shape(p) == name_of_shape)]
-        add_not_ok(fig, failed, part["world_size"], part["peak_mem_bytes"] / div, row=1, col=1,
-                   x=lambda r: r["params"].get("world_size", 1), log_x=True)
-        sizes = sorted({*part["world_size"], *(p.get("world_size", 1) for p in failed["params"])})
-        # the world sizes that ran, a fifth of a decade beyond each end: one size alone is not a span from 1/8 to 8
-        span = [math.log10(sizes[0]) - 0.2, math.log10(sizes[-1]) + 0.2]
-        fig.update_xaxes(title_text="world size (ranks)", type="log", tickvals=sizes, range=span)
-        fig.update_yaxes(title_text=f"peak memory per rank ({unit})", rangemode="tozero", row=1, col=1)
-        fig.update_yaxes(title_text=axis(rows, "step_time_ms", "step time"), rangemode="tozero", row=1, col=2)
-        fig.update_layout(template="plotly_white", height=480, title=f"{title} against world size ({name_of_shape})")
-        figs.append(fig)
-    return figs

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reports.figures import against_world_size
+from reports.figures._world_size import against_world_size
 
 METRICS = ("peak_mem_bytes", "rank_min_peak_mem_bytes", "activation_bytes", "param_bytes", "step_time_ms",
            "tokens_per_s", "mem_saving_x", "time_overhead_x")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reports.figures import against_world_size
+from reports.figures._world_size import against_world_size
 
 METRICS = ("step_time_ms", "tokens_per_s", "peak_mem_bytes", "param_bytes", "alltoall_bytes", "alltoall_time_ms",
            "alltoall_share", "allreduce_bytes", "speedup_x", "mem_saving_x")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from plotly.subplots import make_subplots
 
-from reports.figures import add_not_ok, colors, hover, hovertemplate, ok, same_case
+from reports.figures import add_not_ok, colors, hover, hovertemplate, lacking, ok, same_case
 
 METRICS = ("step_time_ms", "peak_mem_bytes", "pad_fraction", "mem_saving_x", "speedup_x", "real_tokens_per_s",
            "padded_tokens_per_s")
@@ -40,8 +40,9 @@ def _mode_figure(frame: pd.DataFrame, mode: str):
             fig.add_scatter(x=grid, y=[1 / (1 - x) for x in grid], mode="lines", name="ideal: real tokens only",
                             legendgroup="ideal", showlegend=col == 1, row=1, col=col,
                             line={"dash": "dash", "color": "#6e7781"}, hoverinfo="skip")
-        add_not_ok(fig, frame, have["pad_fraction"] if len(have) else (), have[metric] if len(have) else (),
-                   row=1, col=col, x=same_case(frame, "pad_fraction"))
+        # an ok case without this panel's metric (flex's peak on a CPU) is drawn with the failed ones, with its reason
+        add_not_ok(fig, lacking(frame, metric), have["pad_fraction"] if len(have) else (),
+                   have[metric] if len(have) else (), row=1, col=col, x=same_case(frame, "pad_fraction"))
         fig.update_xaxes(title_text="pad fraction of the padded batch", row=1, col=col)
         fig.update_yaxes(title_text=title, row=1, col=col)
     fig.update_layout(title=f"{mode}: savings against the padded batch at the same real tokens", height=440,
