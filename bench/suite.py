@@ -184,6 +184,9 @@ class Suite:
     world_sizes: ClassVar[tuple[int, ...]] = ()
     """A distributed suite lists the world sizes it supports: each case is then one job of ranks (bench.distributed)
     whose ranks all call `measure` with torch.distributed initialised, and its params gain `world_size`."""
+    param_defaults: ClassVar[dict[str, str]] = {}
+    """What a grid point without a param runs, by param ({"model": "techbench"}: points without `model` train this
+    project's own model), for a report to name such points; recorded in run.json."""
     libraries: ClassVar[dict[str, str]] = {}
     """Variants that run a third-party library rather than this project's code: variant -> the library's name and
     version ("torchao 0.18.0"), so that a report can tell ours, a library's and the reference apart."""
@@ -273,6 +276,7 @@ class Suite:
         """What run.json records of this suite, for readers that cannot import it (reports, compare, history)."""
         return {"description": self.description, "reference": self.reference_variant(),
                 "variants": dict(self.variants), "libraries": dict(self.libraries),
+                "param_defaults": dict(self.param_defaults),
                 "world_sizes": list(self.world_sizes),
                 "relative": [{"name": r.name, "metric": r.metric, "invert": r.invert} for r in self.relative],
                 "parts": {name: {"description": p.description, "variants": list(p.variants),

@@ -129,7 +129,7 @@ def run_json_problem(meta: dict) -> str | None:
 # what a suite's declaration in run.json (Suite.describe) may hold, for the readers that index into it (compare's
 # metric specs, the report's figures); an entry of a declaration's "metrics" or "parts" is an object too
 SUITE_INFO_TYPES = {"variants": dict, "libraries": dict, "parts": dict, "metrics": dict, "relative": list,
-                    "world_sizes": list}
+                    "world_sizes": list, "param_defaults": dict}
 
 
 def _suites_problem(suites: dict) -> str | None:

@@ -66,6 +66,7 @@ class Checkpointing(Suite):
         "hf_selective": "transformers: the same switch with torch's selective policy as context_fn",
     }
     libraries = {v: hf.label() for v in ("hf_full", "hf_selective")}
+    param_defaults = {"model": "techbench"}  # grid points without `model` train our Transformer, not HF's Llama
     requires = {v: ("transformers", "techbench[ecosystem]") for v in libraries}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),

@@ -107,6 +107,7 @@ class Rmpad(Suite):
         "hf_flat_flex": "transformers: DataCollatorWithFlattening row; flex_attention",
         "hf_flat_fa2": "transformers: DataCollatorWithFlattening row; flash_attention_2 (when flash_attn is installed)",
     }
+    param_defaults = {"model": "techbench"}  # grid points without `model` run our model, not HF's Llama
     libraries = {"flash": label("flash-attn"), **{v: hf.label() for v in ("hf_flat_sdpa", "hf_flat_flex")},
                  "hf_flat_fa2": f"{hf.label()}, {label('flash-attn')}"}  # transformers' FA2 runs flash_attn's kernel
     cuda_only = {"flash": "flash-attn's varlen kernel", "hf_flat_fa2": "flash-attn's varlen kernel (transformers' "

@@ -230,13 +230,19 @@ def wrap_label(label: str, per_line: int = 3) -> str:
     return "<br>".join(", ".join(parts[i:i + per_line]) for i in range(0, len(parts), per_line))
 
 
-def params_groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(label, rows) per distinct params dict; the label names only the params that vary between groups."""
+def params_groups(frame: pd.DataFrame, defaults: dict | None = None) -> list[tuple[str, pd.DataFrame]]:
+    """(label, rows) per distinct params dict; the label names only the params that vary between groups, and one a
+    group lacks by what the suite declared a point without it runs (run.json "param_defaults"), else "(default)"."""
     keys = frame["params"].map(lambda p: tuple(sorted(p.items(), key=lambda kv: kv[0])))
     groups = list(dict.fromkeys(keys))
     varying = sorted({k for g in groups for k, v in g if len({dict(h).get(k) for h in groups}) > 1})
-    label_keys = varying or None
-    return [(params_label(dict(g), label_keys), frame[[k == g for k in keys]]) for g in groups]
+
+    def label(params: dict) -> str:
+        if not varying:
+            return params_label(params)
+        return ", ".join(f"{k}={params.get(k, (defaults or {}).get(k, '(default)'))}" for k in varying)
+
+    return [(label(dict(g)), frame[[k == g for k in keys]]) for g in groups]
 
 
 def bytes_unit(values) -> tuple[float, str]:

@@ -14,6 +14,7 @@ from reports.figures import (
     axis,
     bytes_unit,
     colors,
+    declared,
     hover,
     hovertemplate,
     ok,
@@ -60,7 +61,7 @@ def _grid(n: int, titles) -> tuple:
 
 def pareto(frame: pd.DataFrame):
     """x: step time, y: peak memory; one panel per params group, one trace per variant, one symbol per run."""
-    groups = params_groups(frame)
+    groups = params_groups(frame, declared(frame, "checkpointing").get("param_defaults"))
     fig, cols = _grid(len(groups), [wrap_label(label) for label, _ in groups])
     style = colors(frame["variant"]), run_symbols(frame)
     shown: set[str] = set()
