@@ -16,12 +16,7 @@ becomes an error, oom or timeout record that names the rank.
 A job's scratch folder (`techbench-dist-*` in the temporary directory) holds its owner's pid: one whose owner was
 killed before it could remove it is removed when the next is made.
 
-Per-rank metrics aggregate as: `<metric>`, the worst rank's value (the largest of a lower-is-better metric such
-as a step time or peak bytes, the smallest of a higher-is-better one; rank 0's when a metric has no direction), and
-`rank_min_<metric>`, `rank_mean_<metric>`, `rank_max_<metric>` across ranks. A metric's samples are those of the
-rank that gave its figure (rank 0's for a series such as a loss curve). What disturbed a rank disturbed the case:
-`contended` and `gpu_slowdown` are true when any rank's is, and the other interference metrics (bench.interference)
-are the most disturbed rank's (the most CPU taken by others, the lowest clock).
+Per-rank metrics aggregate into the case's record as bench.rank_metrics says.
 
 With `bench run --cpus` the keeper is pinned to those CPUs, and the agent and every rank inherit them; each rank then
 runs len(cpus) / nproc-per-node threads (unless OMP_NUM_THREADS is set).
@@ -44,14 +39,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from bench.artifacts import artifacts_digest
-from bench.interference import CASE_ROOT, GPU_KEYS, HOST_KEYS
+from bench.interference import CASE_ROOT
 from bench.lifeline import KEEPER_WAIT_S, kill_session
+from bench.rank_metrics import aggregate
 
 LOG_LINES = 12
-# How an interference metric aggregates over ranks: the most disturbed rank's value (a flag: any rank's)
-DISTURBED = {**dict.fromkeys((*HOST_KEYS, *GPU_KEYS), max), "host_cpu_mhz_pct": min, "gpu_clock_pct": min}
-FLAGS = ("contended", "gpu_slowdown")
 OWNER = "owner.pid"
 """The file in a scratch folder that holds its owner's pid."""
 
@@ -288,46 +280,6 @@ def one_rank_group(device: str):
             yield
         finally:
             dist.destroy_process_group()
-
-
-def aggregate(results: list[dict], directions: dict[str, str | None]) -> dict[str, Any]:
-    """One result from every rank's (rank order): metrics aggregated as the module docstring says."""
-    first = results[0]
-    skipped = [r for r in results if r["status"] == "skipped"]
-    if skipped:
-        return {"status": "skipped", "error": skipped[0]["error"]}
-    metrics: dict[str, Any] = {}
-    for name, value in first["metrics"].items():
-        values = [r["metrics"].get(name) for r in results]
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if name == "artifacts_digest":  # which cached artifacts: every rank's, not a number to spread over ranks
-            seen = {v for v in values if v is not None}
-            metrics[name] = artifacts_digest({str(v) for v in seen}) if len(seen) > 1 else next(iter(seen), None)
-            continue
-        if name in FLAGS:  # null only where no rank could judge it
-            flags = {v for v in values if isinstance(v, bool)}
-            metrics[name] = (True in flags) if flags else None
-            continue
-        if name in DISTURBED and numbers:  # a rank that measured nothing (null) hides no other's disturbance
-            metrics[name] = DISTURBED[name](numbers)
-        if len(numbers) != len(values):
-            metrics.setdefault(name, value)
-            continue
-        worst = DISTURBED.get(name) or {"lower": max, "higher": min}.get(directions.get(name) or "", lambda v: v[0])
-        metrics[name] = worst(numbers)
-        metrics[f"rank_min_{name}"] = min(numbers)
-        metrics[f"rank_mean_{name}"] = sum(numbers) / len(numbers)
-        metrics[f"rank_max_{name}"] = max(numbers)
-    samples = {}
-    for name, values in (first.get("samples") or {}).items():
-        # the samples behind a headline figure are those of the rank that gave it
-        source = next((r for r in results if r["metrics"].get(name) == metrics.get(name)), first)
-        samples[name] = (source.get("samples") or {}).get(name, values)
-    # a metric NaN or infinite on any rank is so for the job: null, and named, whatever the other ranks measured
-    named = {k: v for r in reversed(results) for k, v in (r.get("nonfinite") or {}).items()}
-    metrics.update(dict.fromkeys(named))
-    return {"status": "ok", "metrics": metrics, "samples": samples, "error": None,
-            **({"nonfinite": named} if named else {})}
 
 
 def _rank_main(spec_path: str) -> int:

@@ -54,8 +54,7 @@ class Record:
     env_id: str = ""
     schema: int = SCHEMA
     nonfinite: dict[str, str] = field(default_factory=dict)
-    """The metrics measure() returned as NaN or an infinity ("nan", "inf", "-inf"), which `metrics` holds as null:
-    a diverged loss is told from a metric not measured. Left out of the line when empty."""
+    """Metrics measured NaN or infinite ("nan", "inf", "-inf"; null in `metrics`); left out of an empty line."""
 
     def __post_init__(self):
         if self.status not in STATUSES:

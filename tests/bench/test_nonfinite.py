@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench import runner
-from bench.distributed import aggregate
+from bench.rank_metrics import aggregate
 from bench.records import RECORDS_JSONL, Record, long_frame, read_records, records_frame
 from bench.suite import SUITES, Measurement, Metric, Suite, register
 from bench.validation import check_fields, nonfinite
