@@ -45,7 +45,6 @@ Reads run directories only: no torch."""
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -66,6 +65,9 @@ from bench.compare_text import (  # noqa: F401 - re-exported: the sentences' tes
     ONE_SIDE,
     UNJUDGED_SLOWER,
     VARIES_HEAD,
+    count_timings,
+    plain_records,
+    row_line,
 )
 from bench.metrics import default, specs_of
 from bench.sides import check_sides, environments, load
@@ -130,6 +132,9 @@ class Comparison:
     one_side: list[tuple[str, str, str]] = field(default_factory=list)
     """(case_id, metric, side) of each metric with a direction that a case ok on both sides has on one side only (a
     ratio whose reference case one side lacks, say): not compared, and said."""
+    rates: set[int] = field(default_factory=set)
+    """Positions in `rows` of the tested rows that are a rate, TFLOP/s or % of peak of a tested timing of their own
+    case (bench.verdicts.consequences): counted under that timing, never as timings of their own."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -198,9 +203,19 @@ class Comparison:
 
     @property
     def tested(self) -> pd.DataFrame:
-        """Rows whose verdict comes from a statistical test (`compare_runs` or `compare_samples`): the timings."""
+        """Rows whose verdict comes from a statistical test (`compare_runs`, `compare_samples`): timings and rates."""
         r = self.rows
         return r[(r["p_value"].notna() | r["run_spread"].notna()) & r["varies"].isna()]
+
+    @property
+    def timing_rows(self) -> pd.DataFrame:
+        """The tested rows that are timings, as the gate counts them (`timings`): `tested` but its `rates`."""
+        return self.tested.drop(self.rates, errors="ignore")
+
+    def count(self, rows: pd.DataFrame) -> str:
+        """How many timings `rows` hold: "3", or "16 timings, 32 rows with their rates" (`rates`)."""
+        n = len(rows.drop(self.rates, errors="ignore"))
+        return f"{n}" if n == len(rows) else f"{n} timing{'s' * (n != 1)}, {len(rows)} rows with their rates"
 
     @property
     def varying(self) -> pd.DataFrame:
@@ -247,14 +262,14 @@ class Comparison:
         lines = [f"base {', '.join(self.base_runs)}  vs  new {', '.join(self.new_runs)}",
                  f"environment: {self.env_verdict}"]
         lines += [f"  {f}: {b} -> {n}" for f, b, n in self.env_diff]
-        tested = self.rows.index.isin(self.tested.index)
+        tested, timing = (self.rows.index.isin(r.index) for r in (self.tested, self.timing_rows))
         verdict = self.rows["verdict"]
-        for label, verdicts in (("timings", verdict[tested]), ("other metrics", verdict[~tested]),
-                                ("cases", self.status_rows["change"])):
+        for label, verdicts in (("timings", verdict[timing]), ("rates of those timings", verdict[tested & ~timing]),
+                                ("other metrics", verdict[~tested]), ("cases", self.status_rows["change"])):
             if len(verdicts):
                 lines.append(f"{label}: " + ", ".join(f"{c} {v}" for v, c in sorted(Counter(verdicts).items())))
-        if len(self.tested):
-            per_side = Counter(self.tested["runs_per_side"])
+        if len(self.timing_rows):
+            per_side = Counter(self.timing_rows["runs_per_side"])
             lines.append("timings by runs per side (base v new): "
                          + ", ".join(f"{k} ({c})" for k, c in sorted(per_side.items())))
         if self.one_run_per_side:
@@ -288,7 +303,7 @@ class Comparison:
                 lines.append(f"{title} ({len(part)}" + (f"; {derived.sum()} derived from another listed" * any(derived))
                              + "):")
                 for r in part[~derived].itertuples():
-                    lines.append(_line(r))
+                    lines.append(row_line(r))
                     same = part[(part["case_id"] == r.case_id) & (part["follows"] == r.metric)]
                     if len(same):
                         lines.append("    with it: " + ", ".join(f"{m} x{x:.3f}" for m, x in zip(same["metric"],
@@ -302,9 +317,10 @@ class Comparison:
                         lines.append(f"    {r.varies}" if r.varies in (RETRAINED, UNKNOWN_WEIGHTS)
                                      else f"    {VARIES}: {r.varies}")
         if len(self.contended):
-            lines.append((CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD).format(len(self.contended)))
+            head = CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD
+            lines.append(head.format(self.count(self.contended)))
             for r in self.contended.itertuples():
-                lines += [_line(r), f"    {r.contended}" + (f" (the test said {r.masked})" if r.masked else "")]
+                lines += [row_line(r), f"    {r.contended}" + (f" (the test said {r.masked})" if r.masked else "")]
             if len(self.unjudged_slower):
                 lines.append(UNJUDGED_SLOWER.format(count_timings(self.unjudged_slower)))
         if len(self.not_significant):
@@ -313,39 +329,11 @@ class Comparison:
         if len(varying):
             lines.append(VARIES_HEAD.format(len(varying)))
             for r in varying.itertuples():
-                lines += [_line(r), f"    {r.varies}"]
+                lines += [row_line(r), f"    {r.varies}"]
         if len(self.newly_failing):
             lines.append(f"newly failing ({len(self.newly_failing)}):")
             lines += [f"  {r.change:<11} {r.case_id}" for r in self.newly_failing.itertuples()]
         return lines
-
-
-def plain_records(frame, columns=None) -> list[dict]:
-    """The rows of a frame as dicts of plain values, NaN and +-inf (a CI without an end) as None (JSON, HTML
-    tables); `columns` picks and orders."""
-    columns = list(frame.columns) if columns is None else columns
-    return [{c: (None if isinstance(v, float) and not math.isfinite(v) else v) for c, v in zip(columns, row)}
-            for row in frame[columns].astype(object).itertuples(index=False)]
-
-
-def count_timings(rows: pd.DataFrame) -> str:
-    """How many timings `rows` are, a rate listed with the timing it follows counted under it: "5 timings (14 rows
-    with their rates)", or "1 timing"."""
-    listed = set(zip(rows["case_id"], rows["metric"]))
-    roots = sum(not isinstance(f, str) or (case, f) not in listed for case, f in zip(rows["case_id"], rows["follows"]))
-    return f"{roots} timing{'s' * (roots != 1)}" + f" ({len(rows)} rows with their rates)" * (len(rows) > roots)
-
-
-def _line(r) -> str:
-    stats = "" if math.isnan(r.p_value) else f"  p={r.p_value:.2g}" + (
-        "" if math.isnan(r.ci_low) else f"  CI {r.ci_low:.3f}..{r.ci_high:.3f}")
-    ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
-    spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
-    runs = f"  runs {r.runs_per_side}{spread}"
-    values = f"{r.base:.4g} -> {r.new:.4g}"
-    if r.verdict in ("worse", "better", "changed") and float(r.base).is_integer() and float(r.new).is_integer():
-        values = f"{int(r.base)} -> {int(r.new)} ({int(r.new) - int(r.base):+d})"  # exact: 4 digits can hide 1 byte
-    return f"  {r.verdict:<9} {r.case_id}  {r.metric}  {values}{ratio}{stats}{runs}"
 
 
 def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01,
@@ -384,12 +372,12 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     sides = (Side(b_cases, per_run(base, b_names)), Side(n_cases, per_run(new, n_names)))
     reference_disturbed(rows, sides, suites, specs, threshold, alpha, allow_contended)
     follows(rows, specs)
-    family, new_contended, timings = gate(rows, specs, suites)
+    family, new_contended, timings, rates = gate(rows, specs, suites)
     env_fields, env_diff, same_env = environments(b_metas, n_metas)
     unfinished = [(side, name) for side, metas, names in (("base", b_metas, b_names), ("new", n_metas, n_names))
                   for meta, name in zip(metas, names) if "finished_at" in meta and not meta["finished_at"]]
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
                       env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished,
                       [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged], family,
-                      new_contended, timings, one_side)
+                      new_contended, timings, one_side, rates)
 

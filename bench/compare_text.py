@@ -1,5 +1,9 @@
 """The sentences `bench compare` says about a comparison (bench.compare.Comparison.summary_lines), each with the
-rule it states."""
+rule it states, and the helpers that word its rows."""
+
+from __future__ import annotations
+
+import math
 
 ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
                   "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
@@ -29,3 +33,30 @@ VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) who
                "threshold:")
 ONE_SIDE = ("metrics on one side only, not compared ({}): {} (null or not recorded on the other side: a ratio whose "
             "reference case that run lacks, telemetry absent there, a metric of another techbench version)")
+def plain_records(frame, columns=None) -> list[dict]:
+    """The rows of a frame as dicts of plain values, NaN and +-inf (a CI without an end) as None (JSON, HTML
+    tables); `columns` picks and orders."""
+    columns = list(frame.columns) if columns is None else columns
+    return [{c: (None if isinstance(v, float) and not math.isfinite(v) else v) for c, v in zip(columns, row)}
+            for row in frame[columns].astype(object).itertuples(index=False)]
+
+
+def count_timings(rows) -> str:
+    """How many timings `rows` are, a rate listed with the timing it follows counted under it: "5 timings (14 rows
+    with their rates)", or "1 timing"."""
+    listed = set(zip(rows["case_id"], rows["metric"]))
+    roots = sum(not isinstance(f, str) or (case, f) not in listed for case, f in zip(rows["case_id"], rows["follows"]))
+    return f"{roots} timing{'s' * (roots != 1)}" + f" ({len(rows)} rows with their rates)" * (len(rows) > roots)
+
+
+def row_line(r) -> str:
+    """One row of the summary: verdict, case, metric, base -> new, ratio, p and CI, runs a side."""
+    stats = "" if math.isnan(r.p_value) else f"  p={r.p_value:.2g}" + (
+        "" if math.isnan(r.ci_low) else f"  CI {r.ci_low:.3f}..{r.ci_high:.3f}")
+    ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
+    spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
+    runs = f"  runs {r.runs_per_side}{spread}"
+    values = f"{r.base:.4g} -> {r.new:.4g}"
+    if r.verdict in ("worse", "better", "changed") and float(r.base).is_integer() and float(r.new).is_integer():
+        values = f"{int(r.base)} -> {int(r.new)} ({int(r.new) - int(r.base):+d})"  # exact: 4 digits can hide 1 byte
+    return f"  {r.verdict:<9} {r.case_id}  {r.metric}  {values}{ratio}{stats}{runs}"

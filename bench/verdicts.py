@@ -284,8 +284,9 @@ def per_run(dirs: list, names: list[str]):
     return runs
 
 
-def gate(rows: list[dict], specs: dict, suites: dict) -> tuple[int, int, int]:
-    """Set each row's gate_p; returns (the timings in the gate's family, NEW's contended timings, NEW's timings).
+def gate(rows: list[dict], specs: dict, suites: dict) -> tuple[int, int, int, set[int]]:
+    """Set each row's gate_p; returns (the timings in the gate's family, NEW's contended timings, NEW's timings, the
+    positions of the tested rows that are rates of a timing rather than timings: `consequences`).
 
     The family: the timings judged from several runs a side (compare_runs) with a direction, one per test: a rate,
     TFLOP/s or % of peak of a timing of its own case is its consequence, not another test (`consequences`). gate_p
@@ -307,7 +308,7 @@ def gate(rows: list[dict], specs: dict, suites: dict) -> tuple[int, int, int]:
         if rows[i]["follows"]:
             rows[i]["gate_p"] = root.get((rows[i]["case_id"], rows[i]["follows"]), math.nan)
     timings = [r for i, r in enumerate(rows) if i not in skip and r.get("test") is not None and r["varies"] is None]
-    return len(family), sum(bool(r.get("new_disturbed")) for r in timings), len(timings)
+    return len(family), sum(bool(r.get("new_disturbed")) for r in timings), len(timings), skip
 
 
 UNSAMPLED = ("moved the wrong way beyond the threshold, not judged ({}: measured metrics without raw samples, one "

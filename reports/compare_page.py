@@ -208,7 +208,7 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                 "Not judged faster or slower: rerun on a quiet machine, or pass --allow-contended to judge them. "
                 f"--fail-on-regression fails on the {len(c.unjudged_slower)} that its test called slower from several "
                 "runs a side (column masked): a disturbed run cannot show that nothing regressed.")
-        parts.append(section(f"Contended ({len(c.contended)}): other load disturbed these timings",
+        parts.append(section(f"Contended ({c.count(c.contended)}): other load disturbed these timings",
                              f'<p class="muted">{note}</p>',
                              table(plain_records(c.contended, CONTENDED_TABLE), CONTENDED_TABLE,
                                    {"contended": "reason"})))

@@ -208,3 +208,28 @@ def test_a_ratio_to_a_reference_that_ran_under_load_is_contended(tmp_path):
     assert set(full["verdict"]) == {"contended"} and set(full["masked"]) == {"slower"}
     assert full["contended"].str.startswith("base run b0: in its reference case none, other processes").all()
     assert c.gating.empty  # the ratio does not gate as a regression
+
+
+@needs("plotly")
+def test_the_summary_counts_the_timings_as_the_gate_does(tmp_path):
+    # an A/A of three runs a side, every NEW case disturbed: 10 cases with 3 timings each (step_time_ms, energy_j,
+    # time_overhead_x) and a rate of one (tokens_per_s). The summary said "timings: 40 contended" and "contended (40)"
+    # beside "30 of NEW's 30 timings were contended": the rates were counted as timings in the first two
+    from reports.compare_page import write_compare_html
+    from tests.runs import checkpointing_records
+
+    def runs(side, extra):
+        return [write_run(tmp_path / side, f"{side}{i}", [{**r, "metrics": {**r["metrics"], **extra}}
+                                                           for r in checkpointing_records(seed=10 * i + len(side))
+                                                           if r.get("status", "ok") == "ok"]) for i in range(3)]
+
+    c = compare(runs("b", QUIET), runs("nn", LOAD))
+    lines = c.summary_lines()
+    assert c.timings == c.new_contended == c.family == 30 and len(c.contended) == 40
+    assert "timings: 30 contended" in lines and "rates of those timings: 10 contended" in lines
+    assert "timings by runs per side (base v new): 3v3 (30)" in lines
+    assert any(line.startswith("30 of NEW's 30 timings were contended") for line in lines)
+    assert any("the gate: significant over the 30 timings judged" in line for line in lines)
+    assert any(line.startswith("contended (30 timings, 40 rows with their rates): ") for line in lines)
+    page = write_compare_html(c, tmp_path / "c.html").read_text()
+    assert "Contended (30 timings, 40 rows with their rates)" in page and "30 of NEW&#x27;s 30 timings" in page
