@@ -16,7 +16,9 @@ What a metric is comes from the specs its suite declared, which each run directo
   number of runs: the geometric mean of the middle two, where the arithmetic median is their mean), so that its
   ratio is new / base: in the text, the page and the JSON alike, never base 10, new 10, x1.25.
 - sampled with exactly one run per side: faster | slower | same | noisy from `compare_samples`, the within-run test.
-  It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs.
+  It cannot see the run-to-run term, so `Comparison.summary_lines` says so and asks for more runs. Where its rank
+  test cannot reach alpha with so few samples (3 a side: its smallest p is 0.1, at alpha 0.01), "too few": not
+  judged, not gated, and named in the summary where it moved beyond the threshold (`Comparison.too_few`).
 - deterministic (bytes, FLOP counts, quality): same | better | worse by the metric's direction, compared exactly
   on the median over runs (`changed` when the metric has no direction; fractions to 1e-9 relative, EXACT_RTOL, so
   that a float sum's last digits are no change). Where the runs of a side disagree on it, it is not deterministic
@@ -68,10 +70,12 @@ from bench.compare_text import (  # noqa: F401 - re-exported: the sentences' tes
     count_timings,
     plain_records,
     row_line,
+    too_few_json,
+    too_few_lines,
 )
 from bench.metrics import default, specs_of
 from bench.sides import check_sides, environments, load
-from bench.stats import RUN_SPREAD_K
+from bench.stats import RUN_SPREAD_K, TOO_FEW
 from bench.verdicts import (
     IMPROVEMENT,
     JUDGED_UNDISTURBED,
@@ -90,9 +94,10 @@ from bench.verdicts import (
 
 # gate_p: the Holm-adjusted one-sided p that NEW is worse, over the timings the gate weighs together (bench.verdicts
 # .gate); a rate that follows its timing takes the timing's; NaN for every other row (none gates on it).
+# samples_per_side, min_p: the within-run test's sample counts ("3v3") and smallest attainable p (bench.verdicts.judge).
 ROW_COLUMNS = ["case_id", "suite", "variant", "metric", "base", "new", "ratio", "direction", "verdict", "p_value",
-               "ci_low", "ci_high", "runs_per_side", "run_spread", "contended", "varies", "follows", "masked",
-               "gate_p"]
+               "ci_low", "ci_high", "runs_per_side", "samples_per_side", "min_p", "run_spread", "contended", "varies",
+               "follows", "masked", "gate_p"]
 STATUS_COLUMNS = ["case_id", "suite", "variant", "base_status", "new_status", "change", "reason"]
 ABSENT = "absent"
 
@@ -218,6 +223,12 @@ class Comparison:
         return f"{n}" if n == len(rows) else f"{n} timing{'s' * (n != 1)}, {len(rows)} rows with their rates"
 
     @property
+    def too_few(self) -> pd.DataFrame:
+        """Timings whose within-run test could not reach alpha with their samples (verdict "too few"): neither
+        same nor noisy, not gated; the summary names those that moved beyond the threshold."""
+        return self.rows[self.rows["verdict"] == TOO_FEW]
+
+    @property
     def varying(self) -> pd.DataFrame:
         """Rows of exact metrics whose runs differ on a side, so weighed on their spread like a timing."""
         return self.rows[self.rows["varies"].notna()]
@@ -237,7 +248,8 @@ class Comparison:
 
     def to_json(self) -> dict:
         """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the
-        environment diff, the unfinished runs, and what --fail-on-regression would fail on."""
+        environment diff, the unfinished runs, what --fail-on-regression would fail on, and the timings whose
+        within-run test had too few samples to decide (`too_few`), with the summary's line on them."""
         return {"base_runs": self.base_runs, "new_runs": self.new_runs, "threshold": self.threshold,
                 "alpha": self.alpha, "same_env": self.same_env, "environment": self.env_verdict,
                 "env_diff": [{"field": f, "base": b, "new": n} for f, b, n in self.env_diff],
@@ -252,7 +264,8 @@ class Comparison:
                          "timings": self.timings, "new_disturbed": self.new_disturbed,
                          "nothing_shared": self.nothing_shared},
                 "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows),
-                "one_side": [{"case_id": c, "metric": m, "side": side} for c, m, side in self.one_side]}
+                "one_side": [{"case_id": c, "metric": m, "side": side} for c, m, side in self.one_side],
+                "too_few": too_few_json(self.rows, self.threshold, self.alpha)}
 
     @property
     def env_verdict(self) -> str:
@@ -286,6 +299,7 @@ class Comparison:
         if self.one_side:
             shown = "; ".join(f"{m} of {c} ({side} only)" for c, m, side in self.one_side[:3])
             lines.append(ONE_SIDE.format(len(self.one_side), shown + ("; ..." if len(self.one_side) > 3 else "")))
+        lines += too_few_lines(self.rows, self.threshold, self.alpha)
         lines += unsampled_moved(self.rows, self.tested, self.threshold)
         lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
                   "on a damaged new run)" for side, run, why in self.damaged]

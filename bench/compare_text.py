@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from bench.stats import TOO_FEW
+
 ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
                   "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
                   "the folders of runs for a verdict that accounts for it")
@@ -33,6 +35,45 @@ VARIES_HEAD = ("varying ({}): exact metrics (bytes, FLOPs, a seeded quality) who
                "threshold:")
 ONE_SIDE = ("metrics on one side only, not compared ({}): {} (null or not recorded on the other side: a ratio whose "
             "reference case that run lacks, telemetry absent there, a metric of another techbench version)")
+TOO_FEW_LINE = ("too few samples for the within-run test at alpha {:g} ({}) in {}: not judged (neither same nor "
+                "noisy: the test could not decide) and not gated; rerun both sides, 3 runs each, and compare the "
+                "folders of runs, whose medians are weighed against their run-to-run spread")
+TOO_FEW_MOVED = "; beyond the threshold all the same ({}): {}"
+
+
+def too_few_lines(rows, threshold: float, alpha: float, shown: int = 5) -> list[str]:
+    """The line on the timings whose within-run test could not reach alpha (verdict "too few"): their sample counts
+    and the smallest p those allow, and, by name, those that moved beyond the threshold either way (a x9 slower
+    step is not to read as noise); none when there are none."""
+    few = rows[rows["verdict"] == TOO_FEW]
+    if not len(few):
+        return []
+    sizes = "; ".join(f"{k} samples: its smallest p is {_span(p.min(), p.max())}"
+                      for k, p in few.groupby("samples_per_side")["min_p"])
+    moved = beyond(few, threshold)
+    named = "; ".join(f"{r.case_id} {r.metric} x{r.ratio:.3f}" for r in moved.head(shown).itertuples())
+    return [TOO_FEW_LINE.format(alpha, sizes, count_timings(few))
+            + (TOO_FEW_MOVED.format(len(moved), named + " ..." * (len(moved) > shown)) if len(moved) else "")]
+
+
+def too_few_json(rows, threshold: float, alpha: float) -> dict:
+    """`too_few_lines` for scripts: how many timings had too few samples, the line said of them (None when none did),
+    and those of them beyond the threshold (case_id, metric, ratio, samples_per_side, min_p)."""
+    few = rows[rows["verdict"] == TOO_FEW]
+    moved = beyond(few, threshold)
+    return {"timings": len(few), "said": next(iter(too_few_lines(rows, threshold, alpha)), None),
+            "moved": plain_records(moved, ["case_id", "metric", "ratio", "samples_per_side", "min_p"])}
+
+
+def beyond(rows, threshold: float):
+    """The rows whose ratio lies beyond the threshold band [1/(1+threshold), 1+threshold], either way."""
+    return rows[(rows["ratio"] > 1 + threshold) | (rows["ratio"] < 1 / (1 + threshold))]
+
+
+def _span(low: float, high: float) -> str:
+    return f"{low:.2g}" if f"{low:.2g}" == f"{high:.2g}" else f"{low:.2g}..{high:.2g}"
+
+
 def plain_records(frame, columns=None) -> list[dict]:
     """The rows of a frame as dicts of plain values, NaN and +-inf (a CI without an end) as None (JSON, HTML
     tables); `columns` picks and orders."""
@@ -52,7 +93,8 @@ def count_timings(rows) -> str:
 def row_line(r) -> str:
     """One row of the summary: verdict, case, metric, base -> new, ratio, p and CI, runs a side."""
     stats = "" if math.isnan(r.p_value) else f"  p={r.p_value:.2g}" + (
-        "" if math.isnan(r.ci_low) else f"  CI {r.ci_low:.3f}..{r.ci_high:.3f}")
+        f" (its smallest possible at {r.samples_per_side} samples: {r.min_p:.2g})" if TOO_FEW in (r.verdict, r.masked)
+        else "") + ("" if math.isnan(r.ci_low) else f"  CI {r.ci_low:.3f}..{r.ci_high:.3f}")
     ratio = "" if math.isnan(r.ratio) else f"  x{r.ratio:.3f}"
     spread = "" if math.isnan(r.run_spread) else f", run spread {r.run_spread:.1%}"
     runs = f"  runs {r.runs_per_side}{spread}"

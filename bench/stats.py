@@ -22,6 +22,9 @@ MIN_SAMPLES = 2  # per side; below this neither the test nor the interval exists
 # t-test alone would call a sub-spread shift significant, and a shift that small is what the next rerun undoes.
 RUN_SPREAD_K = 3.0
 MIN_RUNS_FOR_TEST = 3  # per side, for the Welch t-test to gate a verdict: with 2 runs it has 1 degree of freedom
+# compare_samples' change where its rank test cannot reach alpha with the samples it has (min_p >= alpha): 2 / C(6, 3)
+# = 0.1 at 3 samples a side, 0.029 at 4, 0.0079 at 5. Neither same nor noisy: the test could not decide at all.
+TOO_FEW = "too few"
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class SampleTest:
     ci_low: float
     ci_high: float
     change: str
-    """One of: up, down (significant and beyond the threshold), same (inside the band), noisy."""
+    """One of: up, down (significant and beyond the threshold), same (inside the band), noisy, TOO_FEW."""
     spread: float = math.nan
     """`compare_runs` only: relative run-to-run spread (standard deviation of log run values); NaN otherwise."""
     base: float = math.nan
@@ -47,6 +50,10 @@ class SampleTest:
     scale: float = math.nan
     """`compare_runs` only, for the gate's test across rows (`family_p`): mean(log new runs) - mean(log base runs),
     the degrees of freedom of `spread`, and sqrt(1/runs_base + 1/runs_new), the standard error of `diff` in spreads."""
+    min_p: float = math.nan
+    sizes: tuple[int, int] | None = None
+    """`compare_samples` only: the smallest p its rank test can give with these samples (`_min_p`; NaN when every
+    sample is equal), and the samples' counts (base, new)."""
 
 
 def _boot_medians(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
@@ -60,7 +67,9 @@ def compare_samples(base, new, threshold: float = 0.05, alpha: float = 0.01) -> 
     """The samples of ONE run per side. A change is reported ("up"/"down") only when the two-sided Mann-Whitney U
     p-value is below alpha and the whole (1-alpha) percentile-bootstrap CI of median(new)/median(base) lies beyond
     the band [1/(1+threshold), 1+threshold] on one side (up: CI low > 1+threshold; down: CI high < 1/(1+threshold)).
-    Otherwise "same" when that CI lies inside the band, else "noisy".
+    Otherwise "same" when that CI lies inside the band, else "noisy"; but TOO_FEW, whatever the CI, where the test's
+    smallest attainable p (`_min_p`: 0.1 at 3 samples a side) is not below alpha: it could not have called any
+    change, so "noisy" or "same" would claim what it never tested.
 
     The test sees only within-run noise: the run-level offset between two runs of the same code (x1.099 at
     p=0.002 between two smoke runs) passes for a change. Requiring the CI, not only the ratio, to clear the band
@@ -73,13 +82,16 @@ def compare_samples(base, new, threshold: float = 0.05, alpha: float = 0.01) -> 
 
     p = float(mannwhitneyu(b, n, alternative="two-sided").pvalue)
     p = 1.0 if math.isnan(p) else p  # every sample identical on both sides
+    min_p = _min_p(b, n)
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     boot_b, boot_n = _boot_medians(b, rng, BOOTSTRAP_RESAMPLES), _boot_medians(n, rng, BOOTSTRAP_RESAMPLES)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = boot_n / boot_b
     lo, hi = (float(q) for q in np.quantile(ratios, [alpha / 2, 1 - alpha / 2]))
     upper, lower = 1 + threshold, 1 / (1 + threshold)
-    if p < alpha and lo > upper:
+    if min_p >= alpha:
+        change = TOO_FEW
+    elif p < alpha and lo > upper:
         change = "up"
     elif p < alpha and hi < lower:
         change = "down"
@@ -87,7 +99,22 @@ def compare_samples(base, new, threshold: float = 0.05, alpha: float = 0.01) -> 
         change = "same"
     else:
         change = "noisy"
-    return SampleTest(mn / mb, p, lo, hi, change, base=mb, new=mn)
+    return SampleTest(mn / mb, p, lo, hi, change, base=mb, new=mn, min_p=min_p, sizes=(len(b), len(n)))
+
+
+def _min_p(b: np.ndarray, n: np.ndarray) -> float:
+    """The smallest two-sided p that compare_samples' Mann-Whitney U test can give for samples of these sizes and
+    ties: scipy's test on the pooled values split so that every base sample lies below every new one, or above (the
+    most extreme U; the tie correction of its normal approximation, and whether it is exact, depend on the pooled
+    values only, which any split keeps). Exact, without ties: 2 / C(nb + nn, nb). NaN when every sample is equal."""
+    from scipy.stats import mannwhitneyu
+
+    pooled = np.sort(np.concatenate([b, n]))
+    if pooled[0] == pooled[-1]:  # no split separates anything: more samples would not help
+        return math.nan
+    low_base = mannwhitneyu(pooled[:len(b)], pooled[len(b):], alternative="two-sided").pvalue
+    low_new = mannwhitneyu(pooled[len(n):], pooled[:len(n)], alternative="two-sided").pvalue
+    return float(min(low_base, low_new))
 
 
 def _welch(lb: np.ndarray, ln: np.ndarray, alpha: float) -> tuple[float, float, float]:

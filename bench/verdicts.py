@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bench.metrics import Metric, default, is_clocked, of_weights, same_exact
 from bench.sides import CaseRuns, load, reference_case
-from bench.stats import MIN_SAMPLES, compare_runs, compare_samples, compare_spread, family_p
+from bench.stats import MIN_SAMPLES, TOO_FEW, compare_runs, compare_samples, compare_spread, family_p
 
 REGRESSION, IMPROVEMENT = ("slower", "worse"), ("faster", "better")
 
@@ -25,7 +25,7 @@ UNKNOWN_WEIGHTS = ("one side's runs recorded no artifacts digest (a techbench be
 
 
 def _change_verdict(change: str, d: str | None, words: tuple[str, str] = ("slower", "faster")) -> str:
-    if change in ("same", "noisy"):
+    if change in ("same", "noisy", TOO_FEW):
         return change
     if d is None:
         return "changed"
@@ -52,7 +52,9 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
     - the metric has samples, or is clock-derived with a direction, and a side has >= 2 runs: `compare_runs` on
       the run values (faster/slower/same/noisy; p_value and CI from the Welch test on log run values).
     - samples and exactly one run per side: `compare_samples` on the two runs' samples, which cannot see the
-      run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so).
+      run-to-run term (runs_per_side "1v1"; `Comparison.summary_lines` says so). Where its rank test cannot reach
+      alpha with the samples it has (3 a side: its smallest p is 0.1), "too few" (stats.TOO_FEW), not same or noisy;
+      such a row carries samples_per_side ("3v3") and min_p, as every row of that test does (None and NaN else).
     - clocked without samples and one run a side, or info: n/a, only the ratio.
     - otherwise (bytes, FLOPs, quality): exact, same/better/worse (changed without a direction).
     - exact, but the runs of a side disagree: `compare_spread` on the run values (their spread, no threshold),
@@ -71,8 +73,8 @@ def judge(metric: str, b: CaseRuns, n: CaseRuns, threshold: float, alpha: float,
     base, new = b.value(metric), n.value(metric)
     sampled = metric in b.samples or metric in n.samples
     row = {"base": base, "new": new, "direction": d, "p_value": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "runs_per_side": f"{len(rb)}v{len(rn)}", "run_spread": math.nan, "contended": None, "varies": None,
-           "masked": None}
+           "runs_per_side": f"{len(rb)}v{len(rn)}", "samples_per_side": None, "min_p": math.nan,
+           "run_spread": math.nan, "contended": None, "varies": None, "masked": None}
     timed = spec.kind != "info" and (sampled or (clocked and d is not None))
     t = _test(metric, b, n, timed, sampled, threshold, alpha)
     if t is not None:
@@ -137,7 +139,8 @@ def _numbers(t) -> dict:
     """A test's numbers for its row. base and new are the centres its ratio is the quotient of (SampleTest.base/new:
     for runs against runs the median on the log scale, whose even-count middle is a geometric mean), so that a row
     never reads 10 -> 10 x1.25; where a test has none (NaN), the row keeps the arithmetic medians over runs."""
-    out = {"ratio": t.ratio, "p_value": t.p_value, "ci_low": t.ci_low, "ci_high": t.ci_high, "run_spread": t.spread}
+    out = {"ratio": t.ratio, "p_value": t.p_value, "ci_low": t.ci_low, "ci_high": t.ci_high, "run_spread": t.spread,
+           "min_p": t.min_p, "samples_per_side": f"{t.sizes[0]}v{t.sizes[1]}" if t.sizes else None}
     if math.isfinite(t.base) and math.isfinite(t.new):
         out.update(base=t.base, new=t.new)
     return out

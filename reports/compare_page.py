@@ -17,17 +17,19 @@ from bench.compare import (
     ONE_RUN_CAVEAT,
     ONE_RUN_UNGATED,
     REGRESSION,
+    TOO_FEW,
     count_timings,
     plain_records,
+    too_few_lines,
 )
 from reports.html import figure, number, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
 DIVERGING = [[0.0, "#cf222e"], [0.5, "#f6f8fa"], [1.0, "#1a7f37"]]
 VERDICT_COLOURS = {"slower": "#cf222e", "faster": "#1a7f37", "same": "#8c959f", "noisy": "#d4a72c",
-                   "contended": "#8250df"}
-# Verdicts that judged a change. Any other cell (n/a, changed, or a metric without a direction: a timing's IQR once
-# read x1351 and drew deep red) is grey rather than on the better/worse scale.
+                   "contended": "#8250df", TOO_FEW: "#bc4c00"}
+# Verdicts that judged a change. Any other cell (n/a, changed, too few, or a metric without a direction: a timing's IQR
+# once read x1351 and drew deep red) is grey rather than on the better/worse scale.
 JUDGED = ("faster", "slower", "better", "worse", "same", "noisy")
 NEUTRAL = "#d0d7de"
 # Colour range of the heatmap in |log2 ratio|: at least x1.1 so that sub-threshold changes stay pale, at most x4 so
@@ -142,8 +144,9 @@ def timing_bars(rows, suite: str, metric: str):
 
 
 ROW_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "p_value", "ci_low", "ci_high", "runs_per_side",
-             "run_spread", "contended", "varies", "follows"]  # contended: why, or which runs a verdict was judged
-# without; follows: the measured metric a derived row (a rate, % of peak) moved with
+             "samples_per_side", "min_p", "run_spread", "contended", "varies", "follows"]  # contended: why, or which
+# runs a verdict was judged without; follows: the measured metric a derived row (a rate, % of peak) moved with;
+# min_p: the smallest p the within-run test could give with samples_per_side
 VARIES_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "runs_per_side", "run_spread", "varies"]
 CONTENDED_TABLE = ["case_id", "metric", "base", "new", "ratio", "verdict", "masked", "runs_per_side", "contended"]
 STATUS_TABLE = ["case_id", "base_status", "new_status", "change", "reason"]
@@ -176,6 +179,8 @@ def write_compare_html(comparison, out: str | Path) -> Path:
         parts.append(f'<p class="regression">{html.escape(said[0].upper() + said[1:])}.</p>')
     if c.nothing_shared:
         parts.append(f'<p class="regression">{html.escape(NOTHING_SHARED[0].upper() + NOTHING_SHARED[1:])}.</p>')
+    for said in too_few_lines(rows, c.threshold, c.alpha):  # a row that moved x9 is not to pass for noise
+        parts.append(f'<p class="regression">{html.escape(said[0].upper() + said[1:])}.</p>')
     failing = c.newly_failing
     if len(c.regressions) or len(failing):
         tables = []
