@@ -60,8 +60,8 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
         return 1
     meta = read_run_json(run) or {}
     ids = cases_to_rerun(first, meta)
-    slower = "; ".join(f"{r.case_id} {r.metric} x{r.ratio:.3f}" for r in first.gating.itertuples())
-    print(f"confirm: {len(first.gating)} timing(s) slower ({slower}): running their {len(ids)} case(s) again")
+    timings = _timings(first.gating, ratios=True)
+    print(f"confirm: {len(timings)} timing(s) slower ({'; '.join(timings)}): running their {len(ids)} case(s) again")
     if rerun(ids, meta, out) not in (0, 1) or read_run_json(out) is None:  # 1: a case errored, which compare says
         print("confirm: the rerun did not run: the night fails as it is", file=sys.stderr)
         return 1
@@ -72,11 +72,12 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     # slower again: gated as tonight's were, or looked slower where the rerun was disturbed (compare fails on both)
     again = {*zip(second.gating["case_id"], second.gating["metric"]),
              *zip(second.unjudged_slower["case_id"], second.unjudged_slower["metric"])}
-    kept = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) in again]
-    gone = [f"{r.case_id} {r.metric}" for r in first.gating.itertuples() if (r.case_id, r.metric) not in again]
+    slower_again = [k in again for k in zip(first.gating["case_id"], first.gating["metric"])]
+    kept = _timings(first.gating[slower_again])
+    gone = _timings(first.gating[[not k for k in slower_again]])
     failing = [f"{r.case_id} ({r.new_status})" for r in second.newly_failing.itertuples()]
     unsure = rerun_unsure(second)
-    verdict = (f"confirm: {len(kept)} of {len(first.gating)} slower again in the rerun"
+    verdict = (f"confirm: {len(kept)} of {len(timings)} slower again in the rerun"
                + (f": {'; '.join(kept)}" if kept else "")
                + (f"; not reproduced: {'; '.join(gone)}" if gone and not unsure else "")
                + (f"; not judged: {'; '.join(gone)}" if gone and unsure else "")
@@ -85,13 +86,29 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     print(verdict)
     code = 1 if kept or failing or unsure else 0
     # beside tonight's compare-last-good.html, which shows the slower timings the rerun judged: what became of them
-    note = [f"the night {'fails' if code else 'passes'}: its {len(first.gating)} slower timing(s) were run again "
+    note = [f"the night {'fails' if code else 'passes'}: its {len(timings)} slower timing(s) were run again "
             f"into {out}", verdict] + ([f"the rerun's comparison: {page}"] if page else [])
     try:
         atomic_write_text(run / "confirm.txt", "\n".join(note) + "\n")
     except OutputError as e:
         print(f"confirm: warning: {e}", file=sys.stderr)
     return code
+
+
+def _timings(rows, ratios: bool = False) -> list[str]:
+    """One entry per timing of `rows` (gating rows of a comparison), each rate that moved with it (compare's
+    `follows`: tokens/s, TFLOP/s, a ratio to the reference) named after it, as compare's summary lists them: one
+    slower step is one timing, not four. A rate whose timing is not among `rows` is an entry of its own."""
+    listed = set(zip(rows["case_id"], rows["metric"]))
+    out = []
+    for r in rows.itertuples():
+        if isinstance(r.follows, str) and (r.case_id, r.follows) in listed:
+            continue  # named with its timing
+        same = rows[(rows["case_id"] == r.case_id) & (rows["follows"] == r.metric)]
+        with_it = ", ".join(f"{m} x{x:.3f}" if ratios else m for m, x in zip(same["metric"], same["ratio"]))
+        out.append(f"{r.case_id} {r.metric}" + f" x{r.ratio:.3f}" * ratios + (f" (with it: {with_it})" if with_it
+                                                                             else ""))
+    return out
 
 
 def rerun_unsure(c) -> str | None:

@@ -140,3 +140,36 @@ def test_a_slower_timing_disturbed_in_the_rerun_fails_the_night(tmp_path, good, 
     assert confirm.confirm(good, night(tmp_path, "tonight", 1.8), tmp_path / "again", 0.05, fake) == 1
     said = capsys.readouterr().out
     assert "confirm: 1 of 1 slower again in the rerun" in said and "was disturbed" not in said, said
+
+
+@pytest.mark.parametrize("rerun", [1.8, 1.0])
+def test_the_log_counts_timings_with_their_rates_under_them(tmp_path, good, capsys, rerun):
+    confirm = _confirm()
+
+    def with_rates(run: Path, factor: float) -> Path:  # the rates a slower step moves with it, as a run has them
+        path = run / "records.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in records:
+            if r["case_id"] == SLOW:
+                r["metrics"]["tokens_per_s"] /= factor
+                r["metrics"]["time_overhead_x"] *= factor
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return run
+
+    def fake(ids, meta, out):
+        with_rates(night(out.parent, out.name, rerun, seed=20, only=set(ids)), rerun)
+        return 0
+
+    run = with_rates(night(tmp_path, "tonight", 1.8), 1.8)
+    assert confirm.confirm(good, run, tmp_path / "again", 0.05, fake) == int(rerun > 1)
+    said = capsys.readouterr().out
+    first = next(line for line in said.splitlines() if line.startswith("confirm: ") and " slower (" in line)
+    # compare says "regressions (3; 2 derived from another listed)": one timing, its two rates listed under it
+    assert first.startswith(f"confirm: 1 timing(s) slower ({SLOW} step_time_ms x1.8"), first
+    assert "(with it: time_overhead_x x1.800, tokens_per_s x0.556)" in first, first
+    assert f"{SLOW} tokens_per_s" not in first, first
+    verdict = next(line for line in said.splitlines() if " slower again in the rerun" in line)
+    listed = f"{SLOW} step_time_ms (with it: time_overhead_x, tokens_per_s)"
+    assert verdict == (f"confirm: 1 of 1 slower again in the rerun: {listed}" if rerun > 1
+                       else f"confirm: 0 of 1 slower again in the rerun; not reproduced: {listed}"), verdict
+    assert "its 1 slower timing(s) were run again" in (run / "confirm.txt").read_text()
