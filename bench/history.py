@@ -3,6 +3,11 @@
 Layout::
 
     STORE/runs/<run_id>.parquet     one file per run, written whole (temp file, then rename) and never rewritten
+    STORE/damaged/<run_id>.parquet  a file of runs/ that could not be read, set aside when its run was added again
+
+A file of runs/ that cannot be read (cut short, not Parquet) is left out of what `load` reads, with a warning naming
+it: the rest of the store is used, and runs are still added. It is never written over or deleted: adding its run
+directory again moves it to damaged/ (never over a file there) and writes the run in its place.
 
 Read it without techbench: ``pandas.read_parquet("STORE/runs")``, DuckDB ``SELECT * FROM 'STORE/runs/*.parquet'``,
 Spark ``spark.read.parquet("STORE/runs")``. Such readers take the columns from one file (pyarrow: the first): over
@@ -79,6 +84,7 @@ from bench.records import RECORDS_JSONL, Record, read_run_json, scan_records
 from bench.sides import damage, distinct, reference_case
 
 RUNS = "runs"
+DAMAGED = "damaged"
 # new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
@@ -109,15 +115,18 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
     run_dirs = [Path(d) for d in run_dirs]
     metas = [read_run_json(d) if d.is_dir() else None for d in run_dirs]
     checked = [(run_dirs[i], check(run_dirs[i], metas[i])) for i in distinct(run_dirs, metas)]
-    added, held = 0, None
+    todo = {}  # path -> the run to write there, and why the file there cannot be read (None: there is none)
     for run_dir, (meta, records) in checked:
         run_id = str(meta.get("run_id") or run_dir.name)
         # an import is a file of its own: the run itself (same run_id, more records), added later, is not "added"
         path = Path(store) / RUNS / f"{_file_stem(run_id)}{'-imported' * bool(meta.get('imported_from'))}.parquet"
-        if path.exists():
-            continue
+        damaged = _read(path)[1] if path.exists() else None
+        if path not in todo and (damaged is not None or not path.exists()):
+            todo[path] = (run_dir, meta, records, run_id, damaged)
+    added = 0
+    held = _held(store, skip=set(todo)) if todo else {}  # a damaged file about to be set aside is named once
+    for path, (run_dir, meta, records, run_id, damaged) in todo.items():
         rows = list(_rows(records, meta, run_id))
-        held = _held(store) if held is None else held
         sources = {row["source_run"] for row in rows}
         again = sources & held.keys()
         if again:  # written all the same: which copy `load` keeps depends on runs added later
@@ -127,24 +136,63 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
                           "sweep's merged run, or a run and an import of it, added apart; the history counts each "
                           "case once, from a run that is no import, then from the run holding the most shards",
                           stacklevel=2)
-        _write(rows, path)
+        aside = _aside(path, store) if damaged else None
+        _write(rows, path, aside)
+        if aside is not None:  # kept, never written over: what it held may be more than the run directory has now
+            warnings.warn(f"{path} could not be read ({damaged}): moved to {aside}, and {run_dir} written in its "
+                          "place", stacklevel=2)
         added += len(rows)
         for source in sources:
             held.setdefault(source, set()).add(run_id)
     return added
 
 
-def _held(store: str | Path) -> dict[str, set[str]]:
-    """source_run -> the run_ids of the store's runs that hold its cases."""
-    import pyarrow.parquet as pq
-
+def _held(store: str | Path, skip: set[Path]) -> dict[str, set[str]]:
+    """source_run -> the run_ids of the store's runs that hold its cases (of the files that can be read, but
+    `skip`)."""
     held: dict[str, set[str]] = {}
-    for f in sorted((Path(store) / RUNS).glob("*.parquet")):
-        table = pq.read_table(f, columns=["run_id", "source_run"], schema=schema())
+    for table in _tables(store, ["run_id", "source_run"], skip):
         for run_id, source in set(zip(*(table.column(c).to_pylist() for c in ("run_id", "source_run")))):
             if source is not None:
                 held.setdefault(source, set()).add(run_id)
     return held
+
+
+def _tables(store: str | Path, columns: list[str] | None = None, skip: set[Path] = frozenset()) -> list:
+    """The Arrow table of each file of the store (but `skip`), oldest name first, leaving out with a warning each
+    that cannot be read: one damaged file must not stop every later night's `history add` and dashboard."""
+    tables = []
+    for f in sorted(set((Path(store) / RUNS).glob("*.parquet")) - skip):
+        table, why = _read(f, columns)
+        if why is None:
+            tables.append(table)
+        else:
+            warnings.warn(f"{f} cannot be read ({why}): left out of the history; move it aside, and its run directory "
+                          f"can be added again with `bench history add RUN --store {store}`", stacklevel=3)
+    return tables
+
+
+def _read(f: Path, columns: list[str] | None = None) -> tuple:
+    """(table, None), or (None, why in one line) where the file cannot be read: cut short, not Parquet, unreadable,
+    or of columns the schema cannot take."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(f, columns=columns, schema=schema()), None
+    except (OSError, pa.ArrowException) as e:  # ArrowInvalid: no footer (cut short), not a Parquet file
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return None, re.sub(r"^Could not open Parquet input source '.*?': ", "", why)
+
+
+def _aside(path: Path, store: str | Path) -> Path:
+    """Where a damaged file of the store goes before its run is written again: STORE/damaged/NAME, or NAME-2, ...
+    where that is taken (never over a file)."""
+    folder = Path(store) / DAMAGED
+    n = 1
+    while (aside := folder / (path.name if n == 1 else f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    return aside
 
 
 def check(run_dir: str | Path, meta: dict | None = None,
@@ -201,14 +249,14 @@ def repeated_case(run_dir: str | Path) -> str | None:
 
 
 def load(store: str | Path):
-    """Every run of the store as one long DataFrame (the columns above), oldest run first."""
+    """Every run of the store as one long DataFrame (the columns above), oldest run first; a file that cannot be read
+    is left out, with a warning naming it."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    files = sorted((Path(store) / RUNS).glob("*.parquet"))
-    if not files:
+    tables = _tables(store)  # a file that cannot be read is left out, with a warning naming it
+    if not tables:
         return schema().empty_table().to_pandas()
-    frame = pd.concat([pq.read_table(f, schema=schema()).to_pandas() for f in files], ignore_index=True)
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
     return _measured_once(frame).sort_values(["timestamp", "run_id"], kind="stable", ignore_index=True)
 
 
@@ -299,13 +347,17 @@ def _reference_contention(r: Record, by_case: dict[str, Record], suites: dict, d
     return {m: {"contended": True, "contended_reason": why} for m in found[1] if is_clocked(m, declared)}
 
 
-def _write(rows: list[dict], path: Path) -> None:
+def _write(rows: list[dict], path: Path, aside: Path | None = None) -> None:
+    """Write the rows to `path`; a damaged file there is first moved to `aside`, once the new one is written whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows, schema=schema()) if rows else schema().empty_table()
     with atomic_path(path) as tmp:  # dot-prefixed while written: pandas, Spark and *.parquet globs skip it
         pq.write_table(table, tmp)
+        if aside is not None:  # out of runs/, where a directory reader (pandas, Spark) would fail on it
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(aside)
 
 
 def _file_stem(run_id: str) -> str:
