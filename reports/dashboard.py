@@ -182,12 +182,12 @@ def _grouped(found):
         columns=["_root", "_follower", "_series"])
 
 
-def _latest_contended(judged: list, newest) -> list[dict]:
-    """Per run and suite, the series whose latest point (in the latest night: not stale) was contended and so judged
-    against nothing: how many, and why (the first reason)."""
+def _latest_contended(judged: list, latest: dict) -> list[dict]:
+    """Per run and suite, the series whose latest point was contended in the latest night (`_in_latest`), and so
+    judged against nothing: how many, and why (the first reason)."""
     rows: dict = {}
     for s, _ in judged:
-        if not rule.not_judged(s)[-1] or not _in_latest(s, newest):
+        if not rule.not_judged(s)[-1] or not _in_latest(s, latest):
             continue
         last = s.iloc[-1]
         row = rows.setdefault((last["run_id"], last["suite"]), {
@@ -197,16 +197,35 @@ def _latest_contended(judged: list, newest) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def _in_latest(series, newest) -> bool:
-    """The series ran in the latest night: its last point is within STALE_DAYS of the store's newest run."""
-    return (newest - series["timestamp"].iloc[-1]).total_seconds() <= rule.STALE_DAYS * 86400
+def _latest_night(frame) -> dict[tuple, str]:
+    """(env_id, device, case_id) -> the run of the case's latest record on that environment (whatever its status: a
+    case that failed ran), for the cases whose latest record is of the latest night: within STALE_DAYS of the store's
+    newest run. Each environment has its own latest run: machines sharing a store start their nights hours apart,
+    and one that stopped running days ago has no latest night. A case's own, not its environment's: a run of one
+    suite by hand, or a shard of a sweep, does not take the others' latest night from them."""
+    if frame.empty:
+        return {}
+    frame = rule.envs(frame)
+    newest = frame["timestamp"].max()
+    runs = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
+    last = runs.drop_duplicates([*ENV, "case_id"], keep="last")
+    last = last[(newest - last["timestamp"]).dt.total_seconds() <= rule.STALE_DAYS * 86400]
+    return dict(zip(zip(last["env_id"], last["device"], last["case_id"]), last["run_id"]))
 
 
-def _unflagged(judged: list, newest, disturbed: list[dict]) -> str:
+def _in_latest(series, latest: dict) -> bool:
+    """The series has a point in the latest night: its last point is of its case's latest run on its environment
+    (`_latest_night`). A series whose case failed or was contended before that run had its last point a night
+    earlier: it did not run in the latest night, however close to the newest run that point is."""
+    last = series.iloc[-1]
+    return latest.get((last["env_id"], last["device"], last["case_id"])) == last["run_id"]
+
+
+def _unflagged(judged: list, latest: dict, disturbed: list[dict]) -> str:
     """What the index says where nothing is flagged: how many of the latest night's series were judged, and how many
     could not be (too young for a baseline, or contended), never "all inside the band" of series judged against
     nothing."""
-    mine = [(s, j) for s, j in judged if _in_latest(s, newest) and not rule.not_judged(s)[-1]]
+    mine = [(s, j) for s, j in judged if _in_latest(s, latest) and not rule.not_judged(s)[-1]]
     n = sum(j[-1] is not None for _, j in mine)
     young = len(mine) - n
     contended = sum(r["series"] for r in disturbed)
@@ -222,17 +241,17 @@ def _unflagged(judged: list, newest, disturbed: list[dict]) -> str:
                                                      else "") + ".</p>")
 
 
-def _newly_failing(frame) -> list[dict]:
-    """Cases not ok in the latest run of their env whose record before it (in an earlier run of that env) was ok."""
+def _newly_failing(frame, latest: dict) -> list[dict]:
+    """Cases not ok in their latest run on their env, in the latest night (`_latest_night`), whose record before it
+    (in an earlier run of that env) was ok."""
     if frame.empty:
         return []
     frame = rule.envs(frame)
     cases = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
-    latest = set(cases.drop_duplicates(ENV, keep="last")["run_id"])
     rows = []
-    for _, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
+    for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
         last = part.iloc[-1]
-        if (len(part) > 1 and last["run_id"] in latest and last["status"] in ("oom", "timeout", "error")
+        if (len(part) > 1 and latest.get(key) == last["run_id"] and last["status"] in ("oom", "timeout", "error")
                 and part["status"].iloc[-2] == "ok"):  # skipped is no failure: a missing package, a CPU-only run
             reason = _text(last["error"]).strip().splitlines()
             rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
@@ -287,16 +306,18 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         put(_page_name(suite), text)
     found = _grouped(found)
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
-    disturbed = _latest_contended(judged, newest)
+    latest_night = _latest_night(frame)
+    disturbed = _latest_contended(judged, latest_night)
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
-        '<p class="muted">No runs yet: nothing judged.</p>' if frame.empty else _unflagged(judged, newest, disturbed))
+        '<p class="muted">No runs yet: nothing judged.</p>' if frame.empty
+        else _unflagged(judged, latest_night, disturbed))
     if disturbed:  # a contended night is no clean one: what it could not show is said beside the flags
         flags += section("Contended in the latest night: not judged", table(disturbed), level=3)
     if current["follows"].notna().any():
         flags = ('<p class="muted">A rate, TFLOP/s or % of peak that moved with the timing it is computed from '
                  "follows it (listed under it, not counted as a regression of its own).</p>" + flags)
     parts = [section("Current regressions", flags)]
-    failing = _newly_failing(frame)
+    failing = _newly_failing(frame, latest_night)
     if failing:  # a case that fails has no value for a series to judge: listed here, or no page would say it
         parts.append(section("Newly failing in the latest run (ok in the run before it)",
                              table(failing, classes={"status": "status"})))
