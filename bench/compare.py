@@ -47,7 +47,6 @@ Reads run directories only: no torch."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,26 +69,25 @@ from bench.compare_text import (  # noqa: F401 - re-exported: the sentences' tes
     count_timings,
     plain_records,
     row_line,
+    summary_lines,
     too_few_json,
     too_few_lines,
 )
 from bench.metrics import default, specs_of
 from bench.sides import check_sides, environments, load
-from bench.stats import RUN_SPREAD_K, TOO_FEW
-from bench.verdicts import (
+from bench.stats import TOO_FEW
+from bench.verdicts import (  # noqa: F401 - RETRAINED, UNKNOWN_WEIGHTS re-exported for the tests
     IMPROVEMENT,
     JUDGED_UNDISTURBED,
     REGRESSION,
     RETRAINED,
     UNKNOWN_WEIGHTS,
-    VARIES,
     Side,
     follows,
     gate,
     judge,
     per_run,
     reference_disturbed,
-    unsampled_moved,
 )
 
 # gate_p: the Holm-adjusted one-sided p that NEW is worse, over the timings the gate weighs together (bench.verdicts
@@ -272,83 +270,8 @@ class Comparison:
         return "same environment (A/B of code or settings)" if self.same_env else "hardware or software comparison"
 
     def summary_lines(self) -> list[str]:
-        lines = [f"base {', '.join(self.base_runs)}  vs  new {', '.join(self.new_runs)}",
-                 f"environment: {self.env_verdict}"]
-        lines += [f"  {f}: {b} -> {n}" for f, b, n in self.env_diff]
-        tested, timing = (self.rows.index.isin(r.index) for r in (self.tested, self.timing_rows))
-        verdict = self.rows["verdict"]
-        for label, verdicts in (("timings", verdict[timing]), ("rates of those timings", verdict[tested & ~timing]),
-                                ("other metrics", verdict[~tested]), ("cases", self.status_rows["change"])):
-            if len(verdicts):
-                lines.append(f"{label}: " + ", ".join(f"{c} {v}" for v, c in sorted(Counter(verdicts).items())))
-        if len(self.timing_rows):
-            per_side = Counter(self.timing_rows["runs_per_side"])
-            lines.append("timings by runs per side (base v new): "
-                         + ", ".join(f"{k} ({c})" for k, c in sorted(per_side.items())))
-        if self.one_run_per_side:
-            lines.append(ONE_RUN_CAVEAT)
-        if n := len(self.one_run_regressions):
-            lines.append(ONE_RUN_UNGATED.format(n))
-        if self.one_run_per_side and not self.family:
-            lines.append(ONE_RUN_GATE)
-        if self.new_contended and not self.allow_contended:
-            lines.append(NEW_CONTENDED.format(self.new_contended, self.timings)
-                         + (NEW_DISTURBED if self.new_disturbed else ""))
-        if self.nothing_shared:
-            lines.append(NOTHING_SHARED)
-        if self.one_side:
-            shown = "; ".join(f"{m} of {c} ({side} only)" for c, m, side in self.one_side[:3])
-            lines.append(ONE_SIDE.format(len(self.one_side), shown + ("; ..." if len(self.one_side) > 3 else "")))
-        lines += too_few_lines(self.rows, self.threshold, self.alpha)
-        lines += unsampled_moved(self.rows, self.tested, self.threshold)
-        lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
-                  "on a damaged new run)" for side, run, why in self.damaged]
-        if self.unfinished:
-            lines.append("unfinished: " + ", ".join(f"{side} run {run}" for side, run in self.unfinished)
-                         + " (not every case ran: a case missing from a run is not judged; --fail-on-regression fails "
-                         "on an unfinished new run)")
-        lines.append(f"(threshold {self.threshold:.0%}, alpha {self.alpha:g}; several runs a side: a change must also "
-                     f"exceed {RUN_SPREAD_K:g}x the run-to-run spread" + (
-                         f"; the gate: significant over the {self.family} timings judged from several runs a side, "
-                         f"family-wise alpha {self.alpha:g}" * bool(self.family)) + ")")
-        for title, part in (("regressions", self.regressions), ("improvements", self.improvements)):
-            if len(part):
-                derived = part["follows"].notna()
-                lines.append(f"{title} ({len(part)}" + (f"; {derived.sum()} derived from another listed" * any(derived))
-                             + "):")
-                for r in part[~derived].itertuples():
-                    lines.append(row_line(r))
-                    same = part[(part["case_id"] == r.case_id) & (part["follows"] == r.metric)]
-                    if len(same):
-                        lines.append("    with it: " + ", ".join(f"{m} x{x:.3f}" for m, x in zip(same["metric"],
-                                                                                          same["ratio"])))
-                    if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
-                        lines.append(f"    {r.contended}")
-                    if r.Index in self.not_significant.index:
-                        lines.append("    not gated: " + (f"p={r.gate_p:.2g} over the {self.family} timings judged"
-                                                         if r.gate_p == r.gate_p else "no test of its own"))
-                    if isinstance(r.varies, str):
-                        lines.append(f"    {r.varies}" if r.varies in (RETRAINED, UNKNOWN_WEIGHTS)
-                                     else f"    {VARIES}: {r.varies}")
-        if len(self.contended):
-            head = CONTENDED_ALLOWED if self.allow_contended else CONTENDED_HEAD
-            lines.append(head.format(self.count(self.contended)))
-            for r in self.contended.itertuples():
-                lines += [row_line(r), f"    {r.contended}" + (f" (the test said {r.masked})" if r.masked else "")]
-            if len(self.unjudged_slower):
-                lines.append(UNJUDGED_SLOWER.format(count_timings(self.unjudged_slower)))
-        if len(self.not_significant):
-            lines.append(NOT_SIGNIFICANT.format(count_timings(self.not_significant), self.family, self.alpha))
-        varying = self.varying[~self.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # those not listed above
-        if len(varying):
-            lines.append(VARIES_HEAD.format(len(varying)))
-            for r in varying.itertuples():
-                lines += [row_line(r), f"    {r.varies}"]
-        if len(self.newly_failing):
-            lines.append(f"newly failing ({len(self.newly_failing)}):")
-            lines += [f"  {r.change:<11} {r.case_id}" for r in self.newly_failing.itertuples()]
-        return lines
-
+        """What `bench compare` prints: the verdicts counted, the rules that held some back, the listed rows."""
+        return summary_lines(self)
 
 def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.05, alpha: float = 0.01,
             allow_contended: bool = False, only: Collection[str] | None = None) -> Comparison:

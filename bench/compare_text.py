@@ -4,8 +4,10 @@ rule it states, and the helpers that word its rows."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
-from bench.stats import TOO_FEW
+from bench.stats import RUN_SPREAD_K, TOO_FEW
+from bench.verdicts import IMPROVEMENT, REGRESSION, RETRAINED, UNKNOWN_WEIGHTS, VARIES, unsampled_moved
 
 ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
                   "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
@@ -102,3 +104,83 @@ def row_line(r) -> str:
     if r.verdict in ("worse", "better", "changed") and float(r.base).is_integer() and float(r.new).is_integer():
         values = f"{int(r.base)} -> {int(r.new)} ({int(r.new) - int(r.base):+d})"  # exact: 4 digits can hide 1 byte
     return f"  {r.verdict:<9} {r.case_id}  {r.metric}  {values}{ratio}{stats}{runs}"
+
+
+def summary_lines(c) -> list[str]:
+    """Comparison.summary_lines: the lines `bench compare` prints of comparison `c`."""
+    lines = [f"base {', '.join(c.base_runs)}  vs  new {', '.join(c.new_runs)}",
+             f"environment: {c.env_verdict}"]
+    lines += [f"  {f}: {b} -> {n}" for f, b, n in c.env_diff]
+    tested, timing = (c.rows.index.isin(r.index) for r in (c.tested, c.timing_rows))
+    verdict = c.rows["verdict"]
+    for label, verdicts in (("timings", verdict[timing]), ("rates of those timings", verdict[tested & ~timing]),
+                            ("other metrics", verdict[~tested]), ("cases", c.status_rows["change"])):
+        if len(verdicts):
+            lines.append(f"{label}: " + ", ".join(f"{c} {v}" for v, c in sorted(Counter(verdicts).items())))
+    if len(c.timing_rows):
+        per_side = Counter(c.timing_rows["runs_per_side"])
+        lines.append("timings by runs per side (base v new): "
+                     + ", ".join(f"{k} ({c})" for k, c in sorted(per_side.items())))
+    if c.one_run_per_side:
+        lines.append(ONE_RUN_CAVEAT)
+    if n := len(c.one_run_regressions):
+        lines.append(ONE_RUN_UNGATED.format(n))
+    if c.one_run_per_side and not c.family:
+        lines.append(ONE_RUN_GATE)
+    if c.new_contended and not c.allow_contended:
+        lines.append(NEW_CONTENDED.format(c.new_contended, c.timings)
+                     + (NEW_DISTURBED if c.new_disturbed else ""))
+    if c.nothing_shared:
+        lines.append(NOTHING_SHARED)
+    if c.one_side:
+        shown = "; ".join(f"{m} of {c} ({side} only)" for c, m, side in c.one_side[:3])
+        lines.append(ONE_SIDE.format(len(c.one_side), shown + ("; ..." if len(c.one_side) > 3 else "")))
+    lines += too_few_lines(c.rows, c.threshold, c.alpha)
+    lines += unsampled_moved(c.rows, c.tested, c.threshold)
+    lines += [f"damaged: {side} run {run}: {why} (its missing cases are not judged; --fail-on-regression fails "
+              "on a damaged new run)" for side, run, why in c.damaged]
+    if c.unfinished:
+        lines.append("unfinished: " + ", ".join(f"{side} run {run}" for side, run in c.unfinished)
+                     + " (not every case ran: a case missing from a run is not judged; --fail-on-regression fails "
+                     "on an unfinished new run)")
+    lines.append(f"(threshold {c.threshold:.0%}, alpha {c.alpha:g}; several runs a side: a change must also "
+                 f"exceed {RUN_SPREAD_K:g}x the run-to-run spread" + (
+                     f"; the gate: significant over the {c.family} timings judged from several runs a side, "
+                     f"family-wise alpha {c.alpha:g}" * bool(c.family)) + ")")
+    for title, part in (("regressions", c.regressions), ("improvements", c.improvements)):
+        if len(part):
+            derived = part["follows"].notna()
+            lines.append(f"{title} ({len(part)}" + (f"; {derived.sum()} derived from another listed" * any(derived))
+                         + "):")
+            for r in part[~derived].itertuples():
+                lines.append(row_line(r))
+                same = part[(part["case_id"] == r.case_id) & (part["follows"] == r.metric)]
+                if len(same):
+                    lines.append("    with it: " + ", ".join(f"{m} x{x:.3f}" for m, x in zip(same["metric"],
+                                                                                      same["ratio"])))
+                if isinstance(r.contended, str):  # judged on the undisturbed runs: which were left out
+                    lines.append(f"    {r.contended}")
+                if r.Index in c.not_significant.index:
+                    lines.append("    not gated: " + (f"p={r.gate_p:.2g} over the {c.family} timings judged"
+                                                     if r.gate_p == r.gate_p else "no test of its own"))
+                if isinstance(r.varies, str):
+                    lines.append(f"    {r.varies}" if r.varies in (RETRAINED, UNKNOWN_WEIGHTS)
+                                 else f"    {VARIES}: {r.varies}")
+    if len(c.contended):
+        head = CONTENDED_ALLOWED if c.allow_contended else CONTENDED_HEAD
+        lines.append(head.format(c.count(c.contended)))
+        for r in c.contended.itertuples():
+            lines += [row_line(r), f"    {r.contended}" + (f" (the test said {r.masked})" if r.masked else "")]
+        if len(c.unjudged_slower):
+            lines.append(UNJUDGED_SLOWER.format(count_timings(c.unjudged_slower)))
+    if len(c.not_significant):
+        lines.append(NOT_SIGNIFICANT.format(count_timings(c.not_significant), c.family, c.alpha))
+    varying = c.varying[~c.varying["verdict"].isin(REGRESSION + IMPROVEMENT)]  # those not listed above
+    if len(varying):
+        lines.append(VARIES_HEAD.format(len(varying)))
+        for r in varying.itertuples():
+            lines += [row_line(r), f"    {r.varies}"]
+    if len(c.newly_failing):
+        lines.append(f"newly failing ({len(c.newly_failing)}):")
+        lines += [f"  {r.change:<11} {r.case_id}" for r in c.newly_failing.itertuples()]
+    return lines
