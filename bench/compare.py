@@ -86,6 +86,7 @@ from bench.verdicts import (  # noqa: F401 - RETRAINED, UNKNOWN_WEIGHTS re-expor
     follows,
     gate,
     judge,
+    nonfinite_changes,
     per_run,
     reference_disturbed,
 )
@@ -138,6 +139,9 @@ class Comparison:
     rates: set[int] = field(default_factory=set)
     """Positions in `rows` of the tested rows that are a rate, TFLOP/s or % of peak of a tested timing of their own
     case (bench.verdicts.consequences): counted under that timing, never as timings of their own."""
+    nonfinite: list[dict] = field(default_factory=list)
+    """Metrics NaN or infinite on one side and finite on the other (bench.verdicts.nonfinite_changes); those `worse`
+    in NEW fail --fail-on-regression."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -238,11 +242,13 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        """What --fail-on-regression fails on: a gating regression, a newly failing case, a contended timing that
-        looked slower (unjudged_slower), an unfinished, damaged or mostly contended NEW run (new_disturbed), or sides
-        with no case in common (nothing_shared): a NEW run that measured nothing, or the load, passes nothing."""
+        """What --fail-on-regression fails on: a gating regression, a newly failing case or a metric gone NaN
+        (nonfinite's worse), a contended timing that looked slower (unjudged_slower), an unfinished, damaged or mostly
+        contended NEW run (new_disturbed), or sides with no case in common (nothing_shared): a NEW run that measured
+        nothing, or the load, passes nothing."""
         return bool(len(self.gating) or len(self.newly_failing) or len(self.unjudged_slower) or self.new_disturbed
-                    or self.nothing_shared or any(s[0] == "new" for s in self.unfinished + self.damaged))
+                    or self.nothing_shared or any(s[0] == "new" for s in self.unfinished + self.damaged)
+                    or any(x["worse"] for x in self.nonfinite))
 
     def to_json(self) -> dict:
         """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the
@@ -263,6 +269,7 @@ class Comparison:
                          "nothing_shared": self.nothing_shared},
                 "rows": plain_records(self.rows), "status_rows": plain_records(self.status_rows),
                 "one_side": [{"case_id": c, "metric": m, "side": side} for c, m, side in self.one_side],
+                "nonfinite": self.nonfinite,
                 "too_few": too_few_json(self.rows, self.threshold, self.alpha)}
 
     @property
@@ -286,7 +293,7 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     n_cases, n_metas, n_names, n_damaged = load(new)
     check_sides((b_metas, base), (n_metas, new))
     specs = specs_of(b_metas + n_metas)
-    rows, status, one_side = [], [], []
+    rows, status, one_side, nonfinite = [], [], [], []
     for case_id in sorted(b_cases.keys() | n_cases.keys()):
         if only is not None and case_id not in only:
             continue
@@ -296,8 +303,11 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
             for metric in sorted(b.runs.keys() & n.runs.keys()):
                 rows.append({"case_id": case_id, "suite": b.suite, "variant": b.variant, "metric": metric,
                              **judge(metric, b, n, threshold, alpha, specs.get(b.suite, {}), allow_contended)})
+            went = nonfinite_changes(case_id, b, n, specs.get(b.suite, {}))
+            nonfinite += went
             one_side += [(case_id, m, "base" if m in b.runs else "new") for m in sorted(b.runs.keys() ^ n.runs.keys())
-                         if (specs.get(b.suite, {}).get(m) or default(m)).direction]
+                         if (specs.get(b.suite, {}).get(m) or default(m)).direction and m not in
+                         {x["metric"] for x in went}]
         else:
             bs, ns = b.status if b else ABSENT, n.status if n else ABSENT
             change = ("added" if b is None else "removed" if n is None
@@ -316,5 +326,5 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
                       env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished,
                       [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged], family,
-                      new_contended, timings, one_side, rates)
+                      new_contended, timings, one_side, rates, nonfinite)
 

@@ -180,7 +180,23 @@ def summary_lines(c) -> list[str]:
         lines.append(VARIES_HEAD.format(len(varying)))
         for r in varying.itertuples():
             lines += [row_line(r), f"    {r.varies}"]
+    lines += nonfinite_lines(c.nonfinite)
     if len(c.newly_failing):
         lines.append(f"newly failing ({len(c.newly_failing)}):")
         lines += [f"  {r.change:<11} {r.case_id}" for r in c.newly_failing.itertuples()]
+    return lines
+
+
+NONFINITE_HEAD = ("NaN or infinite on one side ({}): measured so there and finite on the other (the records' "
+                  "nonfinite); --fail-on-regression fails on those NEW went NaN, or infinite the wrong way ({}):")
+
+
+def nonfinite_lines(changes: list[dict]) -> list[str]:
+    """The metrics measured NaN or infinite on one side only (bench.verdicts.nonfinite_changes), one line each."""
+    if not changes:
+        return []
+    lines = [NONFINITE_HEAD.format(len(changes), sum(x["worse"] for x in changes))]
+    for x in changes:
+        new, base = (x["value"], f"{x['other']:.4g}") if x["side"] == "new" else (f"{x['other']:.4g}", x["value"])
+        lines.append(f"  {'worse' if x['worse'] else 'changed':<11} {x['case_id']}  {x['metric']}  {base} -> {new}")
     return lines

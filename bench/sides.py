@@ -40,6 +40,8 @@ class CaseRuns:
     """Per metric, beside `runs`: that run's entry of `contended` if it was contended, else None."""
     samples_disturbed: dict[str, list[str | None]] = field(default_factory=dict)
     """Per metric, beside `samples`."""
+    nonfinite: dict[str, str] = field(default_factory=dict)
+    """Per metric measured NaN or infinite in some ok run: what it was ("nan", "inf", "-inf"; NaN first)."""
     artifacts: set[int] = field(default_factory=set)
     """The artifacts_digest of each ok run that read cached artifacts (trained weights): which numbers its exact
     metrics came from."""
@@ -67,6 +69,8 @@ def merge(records: list[Record]) -> CaseRuns:
         if r.metrics.get("contended") is True:
             disturbed = f"{r.run_id}: {contention(r.metrics) or 'flagged contended in its timed window'}"
             case.contended.append(disturbed)
+        for m, kind in r.nonfinite.items():
+            case.nonfinite[m] = "nan" if "nan" in (kind, case.nonfinite.get(m)) else kind
         for m in dict.fromkeys([*r.metrics, *r.samples]):
             s = [float(x) for x in r.samples.get(m, ()) if number(x)]
             if s:

@@ -330,3 +330,21 @@ def unsampled_moved(rows, tested, threshold: float, shown: int = 5) -> list[str]
         return []
     named = "; ".join(f"{x.case_id} {x.metric} x{x.ratio:.3f}" for x in moved.head(shown).itertuples())
     return [UNSAMPLED.format(len(moved)) + named + " ..." * (len(moved) > shown)]
+
+
+def nonfinite_changes(case_id: str, b: CaseRuns, n: CaseRuns, specs: dict[str, Metric]) -> list[dict]:
+    """The metrics of a case ok on both sides that one side measured NaN or infinite (the records' `nonfinite`) and
+    the other finite: each with the side, what it was, the other side's value, and `worse` where NEW went NaN, or
+    infinite the wrong way for its direction (a loss +inf; an SQNR of +inf is an exact result, better), which
+    --fail-on-regression fails on as on a case newly failing. NaN or infinite on both sides is no change."""
+    out = []
+    for side, there, other in (("new", n, b), ("base", b, n)):
+        for metric, kind in sorted(there.nonfinite.items()):
+            if metric in other.nonfinite or metric not in other.runs:
+                continue
+            direction = (specs.get(metric) or default(metric)).direction
+            worse = side == "new" and direction is not None and (kind == "nan" or (kind == "inf") == (
+                direction == "lower"))
+            out.append({"case_id": case_id, "metric": metric, "side": side, "value": kind,
+                        "other": other.value(metric), "worse": worse})
+    return out

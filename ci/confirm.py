@@ -34,7 +34,8 @@ def rerunnable(c) -> bool:
     timings = c.gating.index.isin(c.tested.index)
     tonight = any(s[0] == "new" for s in c.unfinished + c.damaged)  # a damaged good night is compare's to name
     return (len(c.gating) > 0 and bool(timings.all()) and not len(c.newly_failing) and not len(c.unjudged_slower)
-            and not c.new_disturbed and not c.nothing_shared and not tonight)
+            and not c.new_disturbed and not c.nothing_shared and not tonight
+            and not any(x["worse"] for x in c.nonfinite))
 
 
 def cases_to_rerun(c, meta: dict) -> list[str]:
@@ -55,8 +56,8 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
         print("confirm: the night passes as it is")
         return 0
     if not rerunnable(first):
-        print("confirm: not a matter of slower timings alone (a case failing, an exact metric changed, or a run "
-              "disturbed, damaged or unfinished): the night fails as it is")
+        print("confirm: not a matter of slower timings alone (a case failing, a metric gone NaN, an exact metric "
+              "changed, or a run disturbed, damaged or unfinished): the night fails as it is")
         return 1
     meta = read_run_json(run) or {}
     ids = cases_to_rerun(first, meta)

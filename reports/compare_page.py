@@ -238,6 +238,15 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                              '<p class="muted">Null or not recorded on the other side: a ratio whose reference case '
                              "that run lacks, telemetry absent there, a metric of another techbench version.</p>",
                              table(listed, ["case_id", "metric", "only on"])))
+    if c.nonfinite:  # a metric gone NaN has no ratio to draw: listed, and `worse` ones fail the gate
+        listed = [{"case_id": x["case_id"], "metric": x["metric"], "verdict": "worse" if x["worse"] else "changed",
+                   "base": x["value"] if x["side"] == "base" else number(x["other"]),
+                   "new": x["value"] if x["side"] == "new" else number(x["other"])} for x in c.nonfinite]
+        parts.append(section(f"NaN or infinite on one side ({len(listed)})",
+                             '<p class="muted">Measured NaN or infinite on one side (the records\' nonfinite) and '
+                             "finite on the other; --fail-on-regression fails on those NEW went NaN, or infinite the "
+                             "wrong way for the metric's direction.</p>",
+                             table(listed, ["case_id", "metric", "verdict", "base", "new"])))
     if len(rows):
         parts.append(section("All comparisons", table(plain_records(rows, ROW_TABLE), ROW_TABLE)))
     subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings with several runs a side: "

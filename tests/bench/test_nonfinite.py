@@ -92,3 +92,37 @@ def test_the_report_says_nan_where_a_metric_was_measured_so(tmp_path):
         {"suite": "_diverging", "variant": "diverged", "params": {"n": 1}, "metrics": {"gap_x": None},
          "nonfinite": {"gap_x": "-inf"}}], gpu=None)
     assert ">-inf<" in render([only])
+
+
+def _side(root, name, loss, sqnr, nonfinite=None):
+    """A run of one _diverging case, its run.json declaring the suite as `bench run` does (loss lower is better)."""
+    run = write_run(root, name, [{"suite": "_diverging", "variant": "diverged", "params": {"n": 1},
+                                  "metrics": {"loss": loss, "sqnr_db": sqnr}, "nonfinite": nonfinite or {}}], gpu=None)
+    meta = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "suites": {"_diverging": SUITES["_diverging"].describe()}}))
+    return run
+
+
+def test_compare_fails_on_a_loss_gone_nan_and_says_so_everywhere(tmp_path):
+    from bench.compare import compare
+    from reports.compare_page import write_compare_html
+
+    base = _side(tmp_path, "base", 0.5, 30.0)
+    new = _side(tmp_path, "new", None, None, {"loss": "nan", "sqnr_db": "inf"})
+    c = compare([base], [new])
+    assert [(x["metric"], x["side"], x["value"], x["other"], x["worse"]) for x in c.nonfinite] == [
+        ("loss", "new", "nan", 0.5, True), ("sqnr_db", "new", "inf", 30.0, False)]  # an exact SQNR is no failure
+    assert c.failed and not c.one_side  # neither is "on one side only": each is said for what it is
+    text = "\n".join(c.summary_lines())
+    assert "NaN or infinite on one side (2)" in text and "fails on those NEW went NaN" in text
+    assert "worse       _diverging/diverged/n=1  loss  0.5 -> nan" in text
+    assert "changed     _diverging/diverged/n=1  sqnr_db  30 -> inf" in text
+    assert c.to_json()["nonfinite"] == c.nonfinite and c.to_json()["gate"]["failed"]
+    page = write_compare_html(c, tmp_path / "c.html").read_text()
+    assert "NaN or infinite on one side (2)" in page and ">nan<" in page
+    # an exact SQNR alone fails nothing; NaN on both sides is no change; a recovery is said, and fails nothing
+    assert not compare([base], [_side(tmp_path, "exact", 0.5, None, {"sqnr_db": "inf"})]).failed
+    both = _side(tmp_path, "nan2", None, 30.0, {"loss": "nan"})
+    assert compare([_side(tmp_path, "nan1", None, 30.0, {"loss": "nan"})], [both]).nonfinite == []
+    back = compare([both], [base])
+    assert [(x["side"], x["worse"]) for x in back.nonfinite] == [("base", False)] and not back.failed
