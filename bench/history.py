@@ -57,6 +57,8 @@ source_run string               the run that measured the case: run_id, or in a 
                                 of the shard whose record it is; null in an older store
 imported   bool                 the run is a `bench import` of a pytest-benchmark file (an export of runs holds their
                                 timings only); null in an older store
+nonfinite  string               "nan", "inf" or "-inf" where the case measured the metric so (value is then null:
+                                the record's `nonfinite`); null otherwise, or in an older store
 ========== ==================== ====================================================================================
 
 A case measured once can reach the store twice, added by separate commands: a shard of a sweep, then the sweep's
@@ -88,7 +90,7 @@ DAMAGED = "damaged"
 # new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run", "imported")
+           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run", "imported", "nonfinite")
 
 
 def schema():
@@ -312,7 +314,8 @@ def _rows(records: list[Record], meta: dict, run_id: str):
             yield {**case, **ratios.get(metric, {}), "metric": metric, "value": value, "direction": spec.direction,
                    "kind": _kind(spec, declared, s), "n_samples": len(s), "iqr": _relative_iqr(s),
                    "artifacts": artifacts if of_weights(spec) else None,
-                   "inputs": json.dumps(list(spec.inputs)) if spec.kind == "derived" and spec.inputs else None}
+                   "inputs": json.dumps(list(spec.inputs)) if spec.kind == "derived" and spec.inputs else None,
+                   "nonfinite": r.nonfinite.get(metric)}
 
 
 def _kind(spec, declared: dict, samples: list) -> str:

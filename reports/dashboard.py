@@ -257,6 +257,26 @@ def _newly_failing(frame, latest: dict) -> list[dict]:
             rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
                          "device": last["device"], "run": last["run_id"], "status": last["status"],
                          "error": reason[-1] if reason else ""})
+    return rows + _gone_nonfinite(frame, latest)
+
+
+def _gone_nonfinite(frame, latest: dict) -> list[dict]:
+    """Metrics of a case ok in the latest night that it measured NaN, or infinite the wrong way for their direction
+    (history's nonfinite; compare's rule), where the run before had a value: a diverged loss leaves no point to
+    judge, so it is listed with the cases newly failing."""
+    if "nonfinite" not in frame.columns or frame["nonfinite"].isna().all():
+        return []
+    rows = []
+    measured = frame[frame["metric"].notna() & frame["direction"].notna()].sort_values(["timestamp", "run_id"],
+                                                                                       kind="stable")
+    for (*key, metric), part in measured.groupby([*ENV, "case_id", "metric"], sort=True, dropna=False):
+        last, kind = part.iloc[-1], part["nonfinite"].iloc[-1]
+        wrong = kind == "nan" or (kind == "inf") == (last["direction"] == "lower") if isinstance(kind, str) else False
+        if len(part) > 1 and latest.get(tuple(key)) == last["run_id"] and wrong and part["value"].iloc[-2] == \
+                part["value"].iloc[-2]:  # the run before measured a value (not NaN)
+            rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
+                         "device": last["device"], "run": last["run_id"], "status": last["status"],
+                         "error": f"{metric} measured {kind} ({number(part['value'].iloc[-2])} the run before)"})
     return rows
 
 

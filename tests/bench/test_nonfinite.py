@@ -126,3 +126,25 @@ def test_compare_fails_on_a_loss_gone_nan_and_says_so_everywhere(tmp_path):
     assert compare([_side(tmp_path, "nan1", None, 30.0, {"loss": "nan"})], [both]).nonfinite == []
     back = compare([both], [base])
     assert [(x["side"], x["worse"]) for x in back.nonfinite] == [("base", False)] and not back.failed
+
+
+def test_the_history_keeps_what_was_nan_and_the_dashboard_lists_a_loss_gone_nan(tmp_path):
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("plotly")
+    from bench import history
+    from reports import dashboard
+
+    store = tmp_path / "store"
+    case = {"suite": "fp8", "variant": "tensorwise", "params": {"part": "training", "steps": 20}}
+    for night, (loss, named) in enumerate([(2.0, {}), (2.1, {}), (None, {"final_loss": "nan"})]):
+        history.add(write_run(tmp_path / "runs", f"n{night}", [{**case, "metrics": {"final_loss": loss},
+                                                                "nonfinite": named}],
+                              started_at=f"2026-11-0{night + 1}T01:00:00Z"), store)
+    rows = history.load(store)
+    assert rows[rows["run_id"] == "n2"]["nonfinite"].tolist() == ["nan"]
+    assert rows[rows["run_id"] == "n1"]["nonfinite"].isna().all()
+    said = []
+    text = dashboard.build(store, tmp_path / "site", said=said.append).read_text()
+    newly = text[text.index("Newly failing in the latest run"):]
+    assert "final_loss measured nan (2.1 the run before)" in newly and "n2" in newly
+    assert said and "newly failing" in said[0]
