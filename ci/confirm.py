@@ -7,9 +7,9 @@ cases of those timings run once more, with the cases of their reference variant 
 CONFIRM; then the rerun alone is compared with the good nights, as tonight's run was. A timing fails the night where it
 is slower again there, by the same gate: a slowdown of the code is in both runs, whatever their sizes (x1.3 tonight
 and x1.8 in the rerun fails); a one-off of the machine (a run x1.5-1.9 slower than four good nights within 2%, with
-nothing the interference sampler sees: ci/README.md) is not in the rerun. A rerun case that fails fails the night; so
-does a rerun that cannot clear them: disturbed (most of its timings contended), unfinished or damaged, or
-whose disturbed timing still looked slower.
+nothing the interference sampler sees: ci/README.md) is not in the rerun. A rerun case that fails, or whose metric
+went NaN, fails the night; so does a rerun that cannot clear them: disturbed (most of its timings contended),
+unfinished or damaged, or whose disturbed timing still looked slower.
 The rerun's comparison page is CONFIRM/compare-last-good.html, and RUN/confirm.txt says what became of the slower
 timings that RUN/compare-last-good.html shows.
 Exit 0: the night passes; 1: it fails (confirmed, or not rerunnable); 2: bad input.
@@ -77,6 +77,8 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     kept = _timings(first.gating[slower_again])
     gone = _timings(first.gating[[not k for k in slower_again]])
     failing = [f"{r.case_id} ({r.new_status})" for r in second.newly_failing.itertuples()]
+    # a metric the rerun measured NaN (or infinite the wrong way) fails it as a failing case does in compare's gate
+    failing += [f"{x['case_id']} ({x['metric']} {x['value']})" for x in second.nonfinite if x["worse"]]
     unsure = rerun_unsure(second)
     verdict = (f"confirm: {len(kept)} of {len(timings)} slower again in the rerun"
                + (f": {'; '.join(kept)}" if kept else "")

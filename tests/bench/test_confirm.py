@@ -173,3 +173,24 @@ def test_the_log_counts_timings_with_their_rates_under_them(tmp_path, good, caps
     assert verdict == (f"confirm: 1 of 1 slower again in the rerun: {listed}" if rerun > 1
                        else f"confirm: 0 of 1 slower again in the rerun; not reproduced: {listed}"), verdict
     assert "its 1 slower timing(s) were run again" in (run / "confirm.txt").read_text()
+
+
+def test_a_metric_gone_nan_in_the_rerun_fails_the_night(tmp_path, good, capsys):
+    from bench.records import RECORDS_JSONL, RecordWriter, read_records
+
+    confirm = _confirm()
+
+    def fake(ids, meta, out):  # the slowdown is gone, but the rerun measured the case's energy NaN
+        rerun = night(out.parent, out.name, seed=20, only=set(ids))
+        records = read_records(rerun / RECORDS_JSONL)
+        for r in records:
+            if r.case_id == SLOW:
+                r.metrics["energy_j"], r.nonfinite = None, {"energy_j": "nan"}
+        (rerun / RECORDS_JSONL).unlink()
+        with RecordWriter(rerun / RECORDS_JSONL) as writer:
+            for r in records:
+                writer.write(r)
+        return 0
+
+    assert confirm.confirm(good, night(tmp_path, "tonight", 1.8), tmp_path / "again", 0.05, fake) == 1
+    assert f"failed in the rerun: {SLOW} (energy_j nan)" in capsys.readouterr().out
