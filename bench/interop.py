@@ -4,7 +4,8 @@ Export writes one pytest-benchmark benchmark per timing series of each ok record
 name ends in `_ms` or `_s`): name and fullname are the case_id (with `[series]` appended when a record has more than
 one series), group is the suite, params are the record's params, stats are computed by pytest-benchmark's own `Stats`
 from the raw samples in seconds, `stats.data` holds those samples, and extra_info holds the record's metrics
-plus a `techbench` entry (suite, variant, series, run_id, device, size) that lets import restore the case exactly.
+plus a `techbench` entry (suite, variant, series, run_id, device, size, and the record's `nonfinite` where it names
+any) that lets import restore the case exactly.
 Failed, OOM and skipped records have no samples and are left out, as pytest-benchmark leaves out errored tests, and
 so are ok records with no timing series; a warning counts them. Only a finished, intact run is exported (what the
 history takes), and machine_info["techbench"]["runs"] carries each run's run_id, size, finished_at and its suites'
@@ -150,7 +151,8 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
                 extra = dict(r.metrics)
                 extra["techbench"] = {"suite": r.suite, "variant": r.variant, "series": name, "run_id": r.run_id,
                                       "device": r.device, "size": meta.get("size"), "started_at": r.started_at,
-                                      "elapsed_s": r.elapsed_s, "env_id": r.env_id}
+                                      "elapsed_s": r.elapsed_s, "env_id": r.env_id,
+                                      **({"nonfinite": r.nonfinite} if r.nonfinite else {})}
                 benchmarks.append({
                     "group": r.suite, "name": label, "fullname": label, "params": r.params,
                     "param": ",".join(f"{k}={r.params[k]}" for k in sorted(r.params)), "extra_info": extra,
@@ -194,6 +196,7 @@ def _benchmark(f: Fields, bench, where: str) -> tuple[str, str, dict, str | None
         for key in ("run_id", "device", "size", "started_at", "env_id"):
             f.get(tags, key, at, "text")
         f.get(tags, "elapsed_s", at, "number")
+        f.get(tags, "nonfinite", at, "object")  # its values are checked with the record it goes into
         metrics = {k: f.get(extra, k, f"{where}.extra_info", "metric") for k in extra if k != "techbench"}
         return names[0], names[1], params, names[2], tags, metrics
     group, name, fullname = (f.get(bench, k, where, "text") for k in ("group", "name", "fullname"))
@@ -288,7 +291,7 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
                 status="ok",
                 device=tags.get("device") or "unknown", started_at=tags.get("started_at") or started,
                 elapsed_s=tags.get("elapsed_s") or round(float(stats.get("total") or 0.0), 3),
-                env_id=tags.get("env_id") or eid)
+                env_id=tags.get("env_id") or eid, nonfinite=dict(tags.get("nonfinite") or {}))
         record.metrics.update(metrics)
         if data:
             record.samples[series] = [x / scale for x in data]

@@ -36,6 +36,21 @@ def test_export_then_import_keeps_every_case_and_its_samples(tmp_path):
     assert meta["env"]["gpus"][0]["name"] == "NVIDIA H200" and meta["git"]["sha"].startswith("0123456789")
 
 
+def test_export_then_import_keeps_the_metrics_measured_nan(tmp_path):
+    records = checkpointing_records()
+    records[0]["metrics"]["energy_j"], records[0]["nonfinite"] = None, {"energy_j": "nan"}
+    run = write_run(tmp_path, "night", records)
+    back = import_pytest_benchmark(export_pytest_benchmark([run], tmp_path / "bench.json"), tmp_path / "imported")
+    assert {k: r.nonfinite for k, r in by_case(back).items() if r.nonfinite} == {
+        k: r.nonfinite for k, r in by_case(run).items() if r.nonfinite} != {}
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    doc["benchmarks"][0]["extra_info"]["techbench"]["nonfinite"] = {"energy_j": "NaN"}
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="nonfinite"):
+        import_pytest_benchmark(tmp_path / "bad.json", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_exported_file_is_pytest_benchmark_json(tmp_path):
     run = write_run(tmp_path, "night", checkpointing_records())
     out = export_pytest_benchmark([run], tmp_path / "bench.json")
