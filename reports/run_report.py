@@ -17,7 +17,7 @@ from bench.atomic import atomic_write_text
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
 from bench.sides import reference_case
-from reports.figures import figure_module, figures_for, load_frame, run_labels
+from reports.figures import NONFINITE_TEXT, figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
 from reports.html import Flagged, figure, page, section, table
 
@@ -339,9 +339,6 @@ def _not_ok(frame: pd.DataFrame, unfinished: bool = False) -> str:
                     f'<td class="wrap"><code>{html.escape(r["command"])}</code></td></tr>')
     head = "".join(f"<th>{c}</th>" for c in ("status", "reason", "case_id", "run", "reproduce"))
     return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-
-
-NONFINITE_TEXT = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}
 
 
 def _nonfinite(row, metric: str) -> str | None:

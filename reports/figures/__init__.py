@@ -31,6 +31,7 @@ MARGIN, LABEL_PX = {"t": 100, "b": 80, "r": 220}, 32
 # add_not_ok's status for an ok case that lacks the panel's metric (`lacking`): drawn with the failed cases, its reason
 # beside it, rather than left out of the panel unsaid
 NO_VALUE = "ok, no value"
+NONFINITE_TEXT = {"nan": "NaN", "inf": "inf", "-inf": "-inf"}  # a record's nonfinite, as a table prints it
 STATUS_COLORS = {"oom": "#9a6700", "timeout": "#cf222e", "error": "#cf222e", "skipped": "#6e7781", NO_VALUE: "#6e7781"}
 # A symbol per status, named in the legend: stacked or close cases leave no room for a text label beside each.
 STATUS_SYMBOLS = {"oom": "diamond-x", "timeout": "hourglass", "error": "x", "skipped": "circle-x-open",
@@ -358,7 +359,10 @@ def lacking(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 def why_missing(record, metric: str) -> str:
     """Why an ok record has no `metric`, in its run's words: the meaning the run declared for the metric, or for the
     input of it that the record lacks too (a saving of a peak that was not tracked); the bare fact where the run
-    declared none."""
+    declared none. A metric measured NaN or infinite (the record's `nonfinite`) is said to be so: it was recorded."""
+    named = record.get("nonfinite")
+    if isinstance(named, dict) and metric in named:
+        return f"{metric} measured {NONFINITE_TEXT.get(named[metric], named[metric])}"
     run_dir = record.get("run_dir")
     specs = ((_declared(str(run_dir)).get(record.get("suite")) or {}) if run_dir else {}).get("metrics") or {}
     inputs = [m for m in (specs.get(metric) or {}).get("inputs") or () if pd.isna(record.get(m))]

@@ -55,3 +55,13 @@ def test_lacking_leaves_failed_and_measured_rows_as_they_are(tmp_path):
     assert list(out["status"]) == [NO_VALUE if v == "flex" else s for v, s in zip(frame["variant"], frame["status"])]
     assert out.loc[frame["variant"] == "nested", "error"].tolist() == ["no nested tensors here"]
     assert lacking(frame, "speedup_x") is frame  # every ok case has it: nothing to mark
+
+
+def test_a_metric_measured_nan_is_marked_as_measured_so_not_as_unrecorded(tmp_path):
+    records = forward_records()
+    for r in records:
+        if r["variant"] == "padded":
+            r["metrics"]["speedup_x"], r["nonfinite"] = None, {"speedup_x": "inf"}
+    out = lacking(load_frame([write_run(tmp_path, "smoke", records, gpu=None, size="smoke")]), "speedup_x")
+    assert set(out.loc[out["variant"] == "padded", "error"]) == {"speedup_x measured inf"}
+    assert set(out.loc[out["variant"] == "padded", "status"]) == {NO_VALUE}
