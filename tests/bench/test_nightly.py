@@ -56,20 +56,26 @@ def fake_run(argv: list[str]) -> None:
 
 
 def nightly(tmp_path: Path, size: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """ci/nightly.sh once (the fake `bench run`), and the night's run directory."""
+    before = {p.name for p in (tmp_path / "home" / "runs").iterdir()}
+    while time.strftime("%Y%m%d-%H%M%S", time.gmtime()) in before:  # a night's folder is named to the second
+        time.sleep(0.1)
+    done = run_script(tmp_path, size)
+    (night,) = {p.name for p in (tmp_path / "home" / "runs").iterdir()} - before
+    return done, tmp_path / "home" / "runs" / night
+
+
+def run_script(tmp_path: Path, size: str, device: str = "cpu") -> subprocess.CompletedProcess:
+    """ci/nightly.sh under TECHBENCH_HOME=tmp_path/home, `python3` a stub whose `bench run` is fake_run."""
     bin_dir = tmp_path / "bin"
     if not bin_dir.exists():
         bin_dir.mkdir()
         (bin_dir / "python3").write_text(STUB.format(python=sys.executable))
         (bin_dir / "python3").chmod(0o755)
-    before = {p.name for p in (tmp_path / "home" / "runs").iterdir()}
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TECHBENCH_HOME": str(tmp_path / "home"),
-           "TECHBENCH_SIZE": size, "TECHBENCH_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
-    while time.strftime("%Y%m%d-%H%M%S", time.gmtime()) in before:  # a night's folder is named to the second
-        time.sleep(0.1)
-    done = subprocess.run(["bash", str(ROOT / "ci" / "nightly.sh")], env=env, capture_output=True, text=True,
+           "TECHBENCH_SIZE": size, "TECHBENCH_DEVICE": device, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(["bash", str(ROOT / "ci" / "nightly.sh")], env=env, capture_output=True, text=True,
                           timeout=300)
-    (night,) = {p.name for p in (tmp_path / "home" / "runs").iterdir()} - before
-    return done, tmp_path / "home" / "runs" / night
 
 
 @needs("plotly")  # the comparison page
@@ -131,14 +137,7 @@ def test_slower_timings_are_run_again_before_they_fail_the_night(tmp_path, monke
 def test_a_night_whose_run_never_started_says_so(tmp_path, monkeypatch):
     good_nights(tmp_path)
     monkeypatch.setenv("FAKE_NO_RUN", "1")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(STUB.format(python=sys.executable))
-    (bin_dir / "python3").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TECHBENCH_HOME": str(tmp_path / "home"),
-           "TECHBENCH_SIZE": "smoke", "TECHBENCH_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(["bash", str(ROOT / "ci" / "nightly.sh")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = run_script(tmp_path, "smoke")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "wrote no run.json" in done.stdout, done.stdout
     # not a night of another size or device starting a fresh baseline, nor one to `touch GOOD`
@@ -151,13 +150,7 @@ def test_good_nights_of_another_gpu_are_not_tonights_comparison_set(tmp_path):
     for i in range(3):  # three good nights of the runner's old GPU; tonight's fake run is an H200's
         write_run(runs, f"2020010{i + 1}-000001", checkpointing_records(seed=i), size="smoke", gpu=A100)
         (runs / f"2020010{i + 1}-000001" / "GOOD").touch()
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "python3").write_text(STUB.format(python=sys.executable))
-    (tmp_path / "bin" / "python3").chmod(0o755)
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "TECHBENCH_HOME": str(tmp_path / "home"),
-           "TECHBENCH_SIZE": "smoke", "TECHBENCH_DEVICE": "cuda", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(["bash", str(ROOT / "ci" / "nightly.sh")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = run_script(tmp_path, "smoke", "cuda")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no earlier good night of size smoke on cuda (NVIDIA H200)" in done.stdout, done.stdout
     assert not any((tmp_path / "home" / "last-good").iterdir())
