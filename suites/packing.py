@@ -24,9 +24,9 @@ sequences (Dataset.map's default), which leaves each batch's last rows part-empt
 `hf_group_by_length` is the order transformers' Trainer trains in with group_by_length=True (transformers 5.23 spells
 it train_sampling_strategy="group_by_length"; impls.packing.hf_grouped, declared in `libraries`): LengthGroupedSampler's
 random megabatches of up to 50 batches, each sorted longest first, each batch padded to its longest as
-DataCollatorWithPadding pads. Its pack_time times get_length_grouped_indices on the lengths as a Python list (what the
-sampler holds), built before the clock; its rows are built after, untimed. It pads more than `bucketing`, which sorts
-the whole dataset.
+DataCollatorWithPadding pads. Its pack_time times what ours do: the lengths checked (to_items), the order
+(get_length_grouped_indices, on the lengths as a Python list, what the sampler holds, built before the clock) and the
+rows padded per batch, as bucketing builds its own. It pads more than `bucketing`, which sorts the whole dataset.
 
 transformers' padding-free collator (DataCollatorWithFlattening) is measured in the rmpad suite, not here: it flattens
 whatever batch the loader hands it into one row, removing that batch's padding, and chooses no rows itself, so it is
@@ -107,7 +107,8 @@ class Packing(Suite):
              "sequences; pack_time is pack_dataset alone, on a prebuilt datasets.Dataset",
         HF: "transformers' Trainer(group_by_length=True; in 5.23 train_sampling_strategy='group_by_length'): "
             "LengthGroupedSampler's order (random megabatches of up to 50 batches, each sorted longest first), each "
-            "batch padded to its longest; pack_time is get_length_grouped_indices alone, on the lengths as a list",
+            "batch padded to its longest; pack_time is get_length_grouped_indices on the lengths as a list, with the "
+            "lengths' check and the padded rows that ours time too",
     }
     libraries = {LIGER: liger.label(), TRL: trl_bfd.label(), HF: hf_grouped.label()}
     requires = {TRL: ("trl", trl_bfd.PIP), HF: ("transformers", hf_grouped.PIP)}
@@ -186,26 +187,23 @@ class Packing(Suite):
                 out["packed"] = trl_bfd.pack(data, length)
         elif variant == HF:
             grouped = hf_grouped.api()  # imported before the clock (0.4 s after torch)
-            items = hf_grouped.to_items(lengths, length, batch, "reject")
-            held = items.length.tolist()  # what LengthGroupedSampler holds
+            held = hf_grouped.to_items(lengths, length, batch, "reject").length.tolist()  # what the sampler holds
 
-            def run():
-                out["order"] = grouped(held, batch, generator=hf_grouped.generator(0))
+            def run():  # the same work as ours: lengths checked, the order, then each batch's rows padded
+                items = hf_grouped.to_items(lengths, length, batch, "reject")
+                order = np.asarray(grouped(held, batch, generator=hf_grouped.generator(0)), dtype=np.int64)
+                out["packing"] = hf_grouped.rows(items, order, batch)
         else:
             pack = PACKERS[PACKED_BY.get(variant, variant)]
 
             def run():
                 out["packing"] = pack(lengths, packing_length=length, batch_size=batch)
 
-        # Python and numpy, nothing to compile or warm up: every call is timed (a first call was measured no slower),
-        # at least 2 and 0.2 s of them: 2 at quick size, where a call takes 0.1-0.5 s (100k lengths)
-        timing = time_fn(run, "cpu", warmup=0, min_reps=2, min_time_s=0.2)
-        if variant == TRL:
-            packing = trl_bfd.to_packing(out["packed"], lengths, length, batch)
-        elif variant == HF:
-            packing = hf_grouped.rows(items, np.asarray(out["order"], dtype=np.int64), batch)
-        else:
-            packing = out["packing"]
+        # One untimed call first, for every packer: TRL's first pack_dataset in a process ran 1.5x its later ones
+        # (831 against 540-559 ms on 100k lengths), and with 2 timed calls the median would keep half of that. Then
+        # at least 2 calls and 0.2 s of them: 2 at quick size, where a call takes 0.1-0.5 s (100k lengths)
+        timing = time_fn(run, "cpu", warmup=1, min_reps=2, min_time_s=0.2)
+        packing = trl_bfd.to_packing(out["packed"], lengths, length, batch) if variant == TRL else out["packing"]
         step, real, train_metrics = _train_step(packing, params, device, _mask(variant), _loss(variant))
         metrics = {
             "packing_efficiency": packing.efficiency,
