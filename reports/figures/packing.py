@@ -1,12 +1,13 @@
 """Packing figures: packing efficiency per packer and length distribution, and what each packer costs the loader.
-A packer that did not run (Liger's kernel off CUDA) is marked at its distribution, above the packers that did."""
+A packer that did not run (Liger's kernel off CUDA) is marked at its distribution, above the packers that did; so is,
+in the one panel that lacks it, an ok case without that panel's metric (one measured NaN or infinite)."""
 
 from __future__ import annotations
 
 import pandas as pd
 from plotly.subplots import make_subplots
 
-from reports.figures import add_not_ok, axis, colors, hover, ok
+from reports.figures import add_not_ok, axis, colors, hover, lacking, ok
 
 METRICS = ("packing_efficiency", "efficiency_gain_x", "rows_per_epoch", "rows_saving_x", "packer_seqs_per_s",
            "effective_tokens_per_s", "effective_speedup_x", "loss_diff", "dataset_pad_fraction")
@@ -18,17 +19,18 @@ PANELS = (("packing_efficiency", "packing efficiency (real tokens / row capacity
 def figures(frame: pd.DataFrame) -> list:
     frame = frame.assign(packing_length=[p.get("packing_length") for p in frame["params"]],
                          dist=[p.get("dist") for p in frame["params"]])
-    rows = ok(frame, "packing_efficiency", "packer_seqs_per_s", "effective_tokens_per_s")
-    if rows.empty:
-        return []
-    return [_panel(frame, rows, *spec) for spec in PANELS]
+    # each panel's points are the ok cases with its metric: a case lacking one panel's is marked there, and drawn in
+    # the others (colors from every ok case, so that a variant has one color in all three)
+    color = colors(ok(frame)["variant"])
+    panels = [(ok(frame, metric), metric, title, scale) for metric, title, scale in PANELS]
+    return [_panel(frame, rows, color, *spec) for rows, *spec in panels if not rows.empty]
 
 
-def _panel(frame: pd.DataFrame, rows: pd.DataFrame, metric: str, title: str, scale: str):
+def _panel(frame: pd.DataFrame, rows: pd.DataFrame, color: dict, metric: str, title: str, scale: str):
     lengths = sorted(frame["packing_length"].dropna().unique())  # a length where no packer ran: its marks alone
     fig = make_subplots(rows=1, cols=len(lengths), shared_yaxes=True,
                         subplot_titles=[f"rows of {int(n)} tokens" for n in lengths])
-    color = colors(rows["variant"])
+    frame = lacking(frame, metric)
     for col, n in enumerate(lengths, start=1):
         part = rows[rows["packing_length"] == n]
         for variant, v in part.groupby("variant", sort=False):
