@@ -261,23 +261,29 @@ def _newly_failing(frame, latest: dict) -> list[dict]:
 
 
 def _gone_nonfinite(frame, latest: dict) -> list[dict]:
-    """Metrics of a case ok in the latest night that it measured NaN, or infinite the wrong way for their direction
-    (history's nonfinite; compare's rule), where the run before had a value: a diverged loss leaves no point to
-    judge, so it is listed with the cases newly failing."""
+    """Cases ok in the latest night with a metric they measured NaN, or infinite the wrong way for its direction
+    (history's nonfinite; compare's rule), where the case's last earlier record of it had a value: a diverged loss
+    leaves no point to judge, so it is listed with the cases newly failing, one row a case naming each such metric
+    (a diverged training takes its loss and its gaps: one case, counted once)."""
     if "nonfinite" not in frame.columns or frame["nonfinite"].isna().all():
         return []
-    rows = []
+    found: dict[tuple, dict] = {}
+    runs = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
+    before = {k: p["run_id"].iloc[-2] for k, p in runs.groupby([*ENV, "case_id"], dropna=False) if len(p) > 1}
     measured = frame[frame["metric"].notna() & frame["direction"].notna()].sort_values(["timestamp", "run_id"],
                                                                                        kind="stable")
     for (*key, metric), part in measured.groupby([*ENV, "case_id", "metric"], sort=True, dropna=False):
-        last, kind = part.iloc[-1], part["nonfinite"].iloc[-1]
+        last, kind, key = part.iloc[-1], part["nonfinite"].iloc[-1], tuple(key)
         wrong = kind == "nan" or (kind == "inf") == (last["direction"] == "lower") if isinstance(kind, str) else False
-        if len(part) > 1 and latest.get(tuple(key)) == last["run_id"] and wrong and part["value"].iloc[-2] == \
-                part["value"].iloc[-2]:  # the run before measured a value (not NaN)
-            rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
-                         "device": last["device"], "run": last["run_id"], "status": last["status"],
-                         "error": f"{metric} measured {kind} ({number(part['value'].iloc[-2])} the run before)"})
-    return rows
+        if len(part) > 1 and latest.get(key) == last["run_id"] and wrong and part["value"].iloc[-2] == \
+                part["value"].iloc[-2]:  # its last earlier record measured a value (not NaN)
+            prev = part.iloc[-2]  # the case's run before tonight's, or an earlier one where that run failed it
+            when = "the run before" if before.get(key) == prev["run_id"] else f"in run {prev['run_id']}"
+            said = f"{metric} measured {kind} ({number(prev['value'])} {when})"
+            row = found.setdefault(key, {"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
+                                         "device": last["device"], "run": last["run_id"], "status": last["status"]})
+            row["error"] = f"{row['error']}; {said}" if "error" in row else said
+    return list(found.values())
 
 
 def _text(value) -> str:

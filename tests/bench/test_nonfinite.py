@@ -148,3 +148,32 @@ def test_the_history_keeps_what_was_nan_and_the_dashboard_lists_a_loss_gone_nan(
     newly = text[text.index("Newly failing in the latest run"):]
     assert "final_loss measured nan (2.1 the run before)" in newly and "n2" in newly
     assert said and "newly failing" in said[0]
+
+
+def test_the_dashboard_counts_a_case_once_whatever_metrics_went_nan_and_names_the_run_a_value_came_from(tmp_path):
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("plotly")
+    from bench import history
+    from reports import dashboard
+
+    store = tmp_path / "store"
+    diverged = {"suite": "fp8", "variant": "tensorwise", "params": {"part": "training", "steps": 20}}
+    back = {**diverged, "variant": "rowwise"}  # failed the night before, back tonight with its loss NaN
+    gaps = {"loss_gap_final": 0.01, "loss_gap_mean": 0.01}
+    nights = [[{**diverged, "metrics": {"final_loss": 2.0, **gaps}}, {**back, "metrics": {"final_loss": 2.5}}],
+              [{**diverged, "metrics": {"final_loss": 2.1, **gaps}},
+               {**back, "status": "error", "error": "RuntimeError: boom"}],
+              [{**diverged, "metrics": dict.fromkeys(("final_loss", *gaps)),
+                "nonfinite": dict.fromkeys(("final_loss", *gaps), "nan")},
+               {**back, "metrics": {"final_loss": None}, "nonfinite": {"final_loss": "nan"}}]]
+    for night, records in enumerate(nights):
+        history.add(write_run(tmp_path / "runs", f"n{night}", records, started_at=f"2026-11-0{night + 1}T01:00:00Z"),
+                    store)
+    said = []
+    text = dashboard.build(store, tmp_path / "site", said=said.append).read_text()
+    assert said == ["0 current regressions; 2 cases newly failing"], said
+    assert "fp8 (0 regressions, 2 newly failing)" in text.replace("</a> ", " ")
+    newly = text[text.index("Newly failing in the latest run"):]
+    assert ("final_loss measured nan (2.1 the run before); loss_gap_final measured nan (0.01 the run before); "
+            "loss_gap_mean measured nan (0.01 the run before)") in newly
+    assert "final_loss measured nan (2.5 in run n0)" in newly  # not "the run before": that run failed it
