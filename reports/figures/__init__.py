@@ -359,14 +359,15 @@ def lacking(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 def why_missing(record, metric: str) -> str:
     """Why an ok record has no `metric`, in its run's words: the meaning the run declared for the metric, or for the
     input of it that the record lacks too (a saving of a peak that was not tracked); the bare fact where the run
-    declared none. A metric measured NaN or infinite (the record's `nonfinite`) is said to be so: it was recorded."""
-    named = record.get("nonfinite")
-    if isinstance(named, dict) and metric in named:
-        return f"{metric} measured {NONFINITE_TEXT.get(named[metric], named[metric])}"
+    declared none. A metric measured NaN or infinite (the record's `nonfinite`), or the input of it that was, is said
+    to be so: it was recorded."""
+    named = record.get("nonfinite") if isinstance(record.get("nonfinite"), dict) else {}
     run_dir = record.get("run_dir")
     specs = ((_declared(str(run_dir)).get(record.get("suite")) or {}) if run_dir else {}).get("metrics") or {}
     inputs = [m for m in (specs.get(metric) or {}).get("inputs") or () if pd.isna(record.get(m))]
-    name = inputs[0] if inputs else metric
+    name = metric if metric in named or not inputs else inputs[0]
+    if name in named:
+        return (f"{metric}: " * (name != metric)) + f"{name} measured {NONFINITE_TEXT.get(named[name], named[name])}"
     meaning = (specs.get(name) or {}).get("meaning")
     return f"no {name} recorded" + (f" ({meaning})" if meaning else "")
 

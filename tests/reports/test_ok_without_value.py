@@ -65,3 +65,15 @@ def test_a_metric_measured_nan_is_marked_as_measured_so_not_as_unrecorded(tmp_pa
     out = lacking(load_frame([write_run(tmp_path, "smoke", records, gpu=None, size="smoke")]), "speedup_x")
     assert set(out.loc[out["variant"] == "padded", "error"]) == {"speedup_x measured inf"}
     assert set(out.loc[out["variant"] == "padded", "status"]) == {NO_VALUE}
+
+
+def test_a_ratio_whose_input_was_measured_nan_says_so_not_that_the_input_was_not_recorded(tmp_path):
+    records = forward_records()
+    for r in records:
+        if r["variant"] == "segments":  # its peak measured NaN: mem_saving_x, computed from it, has no value
+            r["metrics"]["peak_mem_bytes"] = r["metrics"]["mem_saving_x"] = None
+            r["nonfinite"] = {"peak_mem_bytes": "nan"}
+    out = lacking(load_frame([write_run(tmp_path, "smoke", records, gpu=None, size="smoke")]), "mem_saving_x")
+    assert set(out.loc[out["variant"] == "segments", "error"]) == {"mem_saving_x: peak_mem_bytes measured NaN"}
+    assert set(out.loc[out["variant"] == "flex", "error"]) == {
+        "no peak_mem_bytes recorded (peak bytes over one step; null for flex on CPU (not trackable))"}
