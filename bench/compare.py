@@ -241,6 +241,11 @@ class Comparison:
         return bool((self.tested["runs_per_side"] == "1v1").any())
 
     @property
+    def nonfinite_worse(self) -> list[dict]:
+        """The metrics NEW measured NaN, or infinite the wrong way, where BASE has a value: the gate fails on them."""
+        return [x for x in self.nonfinite if x["worse"]]
+
+    @property
     def failed(self) -> bool:
         """What --fail-on-regression fails on: a gating regression, a newly failing case or a metric gone NaN
         (nonfinite's worse), a contended timing that looked slower (unjudged_slower), an unfinished, damaged or mostly
@@ -248,7 +253,7 @@ class Comparison:
         nothing, or the load, passes nothing."""
         return bool(len(self.gating) or len(self.newly_failing) or len(self.unjudged_slower) or self.new_disturbed
                     or self.nothing_shared or any(s[0] == "new" for s in self.unfinished + self.damaged)
-                    or any(x["worse"] for x in self.nonfinite))
+                    or bool(self.nonfinite_worse))
 
     def to_json(self) -> dict:
         """The comparison for scripts (`bench compare -o FILE.json`): every row and status row (NaN as null), the

@@ -171,6 +171,13 @@ def ratio(name: str, of: Metric, invert: bool) -> Metric:
 EXACT_RTOL = 1e-9
 
 
+def nonfinite_worse(kind: str | None, direction: str | None) -> bool:
+    """Whether a metric measured `kind` ("nan", "inf", "-inf": a record's nonfinite) is worse than a finite value:
+    NaN, or infinite the wrong way for its direction (a loss of inf; an SQNR of inf is an exact result). False
+    without a direction (info) or a kind."""
+    return direction is not None and kind is not None and (kind == "nan" or (kind == "inf") == (direction == "lower"))
+
+
 def same_exact(a: float, b: float) -> bool:
     """Whether two values of an exact metric are the same value (EXACT_RTOL)."""
     if a == b:

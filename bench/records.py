@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.atomic import keep_beside
-from bench.validation import check_fields, kind, run_json_problem
+from bench.validation import check_fields, kind, run_json_problem, scalar
 
 SCHEMA = 1
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
@@ -83,8 +83,7 @@ class Record:
 
 def _finite(value):
     """NaN and infinities become null: JSON has no spelling for them and a record must always be writable."""
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
-        value = value.item()
+    value = scalar(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -34,10 +34,14 @@ def kind(value) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def scalar(value):
+    """A 0-dim numpy array or tensor, or a numpy scalar, as its Python number; anything else as it is."""
+    return value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+
+
 def _number(value, bools: bool):
     """value as a plain JSON number (NaN and infinities as null, as records write them); TypeError otherwise."""
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
-        value = value.item()
+    value = scalar(value)
     if value is None or (bools and isinstance(value, bool)):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -56,8 +60,7 @@ def nonfinite(metrics) -> dict[str, str]:
     """The metrics that are NaN or infinite, each as "nan", "inf" or "-inf" (what the record's `nonfinite` holds)."""
     out = {}
     for name, value in metrics.items() if isinstance(metrics, dict) else ():
-        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy / torch scalars
-            value = value.item()
+        value = scalar(value)
         if isinstance(value, float) and not math.isfinite(value):
             out[name] = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
     return out

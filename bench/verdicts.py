@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.metrics import Metric, default, is_clocked, of_weights, same_exact
+from bench.metrics import Metric, default, is_clocked, nonfinite_worse, of_weights, same_exact
 from bench.sides import CaseRuns, load, reference_case
 from bench.stats import MIN_SAMPLES, TOO_FEW, compare_runs, compare_samples, compare_spread, family_p
 
@@ -343,8 +343,7 @@ def nonfinite_changes(case_id: str, b: CaseRuns, n: CaseRuns, specs: dict[str, M
             if metric in other.nonfinite or metric not in other.runs:
                 continue
             direction = (specs.get(metric) or default(metric)).direction
-            worse = side == "new" and direction is not None and (kind == "nan" or (kind == "inf") == (
-                direction == "lower"))
+            worse = side == "new" and nonfinite_worse(kind, direction)
             out.append({"case_id": case_id, "metric": metric, "side": side, "value": kind,
                         "other": other.value(metric), "worse": worse})
     return out

@@ -35,7 +35,7 @@ def rerunnable(c) -> bool:
     tonight = any(s[0] == "new" for s in c.unfinished + c.damaged)  # a damaged good night is compare's to name
     return (len(c.gating) > 0 and bool(timings.all()) and not len(c.newly_failing) and not len(c.unjudged_slower)
             and not c.new_disturbed and not c.nothing_shared and not tonight
-            and not any(x["worse"] for x in c.nonfinite))
+            and not c.nonfinite_worse)
 
 
 def cases_to_rerun(c, meta: dict) -> list[str]:
@@ -78,7 +78,7 @@ def confirm(good: Path, run: Path, out: Path, threshold: float, rerun) -> int:
     gone = _timings(first.gating[[not k for k in slower_again]])
     failing = [f"{r.case_id} ({r.new_status})" for r in second.newly_failing.itertuples()]
     # a metric the rerun measured NaN (or infinite the wrong way) fails it as a failing case does in compare's gate
-    failing += [f"{x['case_id']} ({x['metric']} {x['value']})" for x in second.nonfinite if x["worse"]]
+    failing += [f"{x['case_id']} ({x['metric']} {x['value']})" for x in second.nonfinite_worse]
     unsure = rerun_unsure(second)
     verdict = (f"confirm: {len(kept)} of {len(timings)} slower again in the rerun"
                + (f": {'; '.join(kept)}" if kept else "")

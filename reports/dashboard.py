@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench import history
 from bench.atomic import atomic_files
+from bench.metrics import nonfinite_worse
 from reports import regressions as rule
 from reports.html import CSS, figure, number, page, section, table
 from reports.regressions import ENV, STALE_DAYS, regressions  # noqa: F401 - the rule, re-exported
@@ -257,10 +258,10 @@ def _newly_failing(frame, latest: dict) -> list[dict]:
             rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
                          "device": last["device"], "run": last["run_id"], "status": last["status"],
                          "error": reason[-1] if reason else ""})
-    return rows + _gone_nonfinite(frame, latest)
+    return rows + _gone_nonfinite(frame, cases, latest)
 
 
-def _gone_nonfinite(frame, latest: dict) -> list[dict]:
+def _gone_nonfinite(frame, cases, latest: dict) -> list[dict]:
     """Cases ok in the latest night with a metric they measured NaN, or infinite the wrong way for its direction
     (history's nonfinite; compare's rule), where the case's last earlier record of it had a value: a diverged loss
     leaves no point to judge, so it is listed with the cases newly failing, one row a case naming each such metric
@@ -268,13 +269,12 @@ def _gone_nonfinite(frame, latest: dict) -> list[dict]:
     if "nonfinite" not in frame.columns or frame["nonfinite"].isna().all():
         return []
     found: dict[tuple, dict] = {}
-    runs = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
-    before = {k: p["run_id"].iloc[-2] for k, p in runs.groupby([*ENV, "case_id"], dropna=False) if len(p) > 1}
+    before = {k: p["run_id"].iloc[-2] for k, p in cases.groupby([*ENV, "case_id"], dropna=False) if len(p) > 1}
     measured = frame[frame["metric"].notna() & frame["direction"].notna()].sort_values(["timestamp", "run_id"],
                                                                                        kind="stable")
     for (*key, metric), part in measured.groupby([*ENV, "case_id", "metric"], sort=True, dropna=False):
         last, kind, key = part.iloc[-1], part["nonfinite"].iloc[-1], tuple(key)
-        wrong = kind == "nan" or (kind == "inf") == (last["direction"] == "lower") if isinstance(kind, str) else False
+        wrong = nonfinite_worse(kind if isinstance(kind, str) else None, last["direction"])
         if len(part) > 1 and latest.get(key) == last["run_id"] and wrong and part["value"].iloc[-2] == \
                 part["value"].iloc[-2]:  # its last earlier record measured a value (not NaN)
             prev = part.iloc[-2]  # the case's run before tonight's, or an earlier one where that run failed it
