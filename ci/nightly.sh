@@ -38,22 +38,33 @@ rc=0
 # The run directories among $2... of the same size, device type and hardware (the GPU's name, or the CPU's for a CPU
 # run) as run directory $1, from each run.json: a night of another size or device (TECHBENCH_SIZE or TECHBENCH_DEVICE
 # changed), or from another GPU (the runner moved), times other work, never a side beside this one. (With "kind": the
-# words for run directory $1.)
+# words for run directory $1; with "gpu": the folder of ci/baselines/ its hardware's baseline lies in, the name of the
+# GPU it ran on lowercased with dashes for spaces, or cpu.)
 same_kind() {
   "$python" - "$@" <<'PY'
 import json, sys
-def kind(d):
+def gpu_and_meta(d):
     try:
         with open(f"{d}/run.json", encoding="utf-8") as f:
             m = json.load(f)
     except (OSError, ValueError):
-        return None
+        return None, None
     if not isinstance(m, dict):
-        return None
-    device = str(m.get("device") or "").partition(":")[0]
+        return None, None
     env = m.get("env") if isinstance(m.get("env"), dict) else {}
     gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
-    return m.get("size"), device, str((gpus[0].get("name") if device == "cuda" and gpus else env.get("cpu_model")))
+    on_gpu = str(m.get("device") or "").startswith("cuda") and gpus and gpus[0].get("name")
+    return (str(gpus[0]["name"]) if on_gpu else None), m
+def kind(d):
+    gpu, m = gpu_and_meta(d)
+    if m is None:
+        return None
+    env = m.get("env") if isinstance(m.get("env"), dict) else {}
+    return m.get("size"), str(m.get("device") or "").partition(":")[0], gpu or str(env.get("cpu_model"))
+if sys.argv[1] == "gpu":
+    gpu, _ = gpu_and_meta(sys.argv[2])
+    print(gpu.lower().replace(" ", "-") if gpu else "cpu")
+    sys.exit()
 if sys.argv[1] == "kind":
     k = kind(sys.argv[2])
     print(f"size {k[0]} on {k[1]} ({k[2]})" if k else "")
@@ -95,9 +106,7 @@ else
   echo "no earlier good night in $home/runs: nothing to compare against yet"
 fi
 
-gpu=$("$python" -c "from bench.env import collect; g = collect()['gpus']
-print(g[0]['name'].lower().replace(' ', '-') if g else 'cpu')")
-baseline="ci/baselines/$gpu/nightly"
+baseline="ci/baselines/$(same_kind gpu "$run")/nightly"  # from run.json: no second torch import to name the GPU
 if [ ! -f "$run/run.json" ]; then
   :  # said above
 elif [ -f "$baseline/run.json" ] && [ -n "$(same_kind "$run" "$baseline")" ]; then

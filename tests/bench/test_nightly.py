@@ -153,4 +153,6 @@ def test_good_nights_of_another_gpu_are_not_tonights_comparison_set(tmp_path):
     done = run_script(tmp_path, "smoke", "cuda")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no earlier good night of size smoke on cuda (NVIDIA H200)" in done.stdout, done.stdout
+    # the baseline of the GPU the run measured on, named from its run.json, not from the machine the script runs on
+    assert "no committed baseline at ci/baselines/nvidia-h200/nightly" in done.stdout, done.stdout
     assert not any((tmp_path / "home" / "last-good").iterdir())
