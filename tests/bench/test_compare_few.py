@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, rankdata
 
 from bench.compare import compare
 from bench.stats import TOO_FEW, _min_p, compare_samples
@@ -29,12 +29,19 @@ def case(variant: str, samples: list[float], **metrics) -> dict:
 
 
 def smallest_p_by_every_split(b, n) -> float:
-    """The smallest p of scipy's test over every way to deal the pooled values into sides of these sizes."""
+    """The smallest p of scipy's test over every way to deal the pooled values into sides of these sizes.
+
+    For the same pooled values and side sizes the test's p depends on the split only through the first side's sum of
+    (mid)ranks, its U statistic: scipy's test runs on one split of each rank sum that occurs, not on all C(18, 9)
+    splits of the 9-a-side case (48620 runs of the test, a minute of CPU)."""
     pooled = np.concatenate([b, n])
+    ranks = rankdata(pooled)
+    splits = np.array(list(itertools.combinations(range(len(pooled)), len(b))))
+    _, first = np.unique(ranks[splits].sum(axis=1).round(6), return_index=True)
     out = math.inf
-    for chosen in itertools.combinations(range(len(pooled)), len(b)):
+    for chosen in splits[first]:
         mask = np.zeros(len(pooled), bool)
-        mask[list(chosen)] = True
+        mask[chosen] = True
         out = min(out, mannwhitneyu(pooled[mask], pooled[~mask], alternative="two-sided").pvalue)
     return out
 
