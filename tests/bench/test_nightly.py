@@ -1,7 +1,8 @@
 """ci/nightly.sh across a change of TECHBENCH_SIZE: the good nights of another size are not tonight's comparison set.
 
 The script runs as CI runs it, but for `bench run`, `env`, `history add` and `dashboard`, which a `python3` first on
-PATH answers with a synthetic run directory (tests/runs.py) or nothing: what is tested is which nights it compares."""
+PATH answers with a synthetic run directory (tests/nightly_run.py) or nothing: what is tested is which nights it
+compares."""
 
 from __future__ import annotations
 
@@ -15,44 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.case_ids import case_id
 from tests.optional import needs
-from tests.runs import A100, H200, checkpointing_records, write_run
+from tests.runs import A100, checkpointing_records, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = """#!/bin/sh
 case "$1 $2 $3" in
   "-m bench run") shift 3
-    exec {python} -c "import sys; from tests.bench.test_nightly import fake_run; fake_run(sys.argv[1:])" "$@";;
+    exec {python} -c "import sys; from tests.nightly_run import fake_run; fake_run(sys.argv[1:])" "$@";;
   "-m bench env"|"-m bench history"|"-m bench dashboard") exit 0;;
 esac
 exec {python} "$@"
 """
-
-
-def fake_run(argv: list[str]) -> None:
-    """`bench run [SUITE...] --size S --device D --out OUT [--case GLOB...]`: a finished run of the checkpointing
-    cases (those a --case names), nothing measured; FAKE_SLOW names a case whose timing is 1.8x slower tonight, and
-    in the rerun of ci/confirm.py (a run with --case) too where FAKE_SLOW_AGAIN is set."""
-    import fnmatch
-
-    if os.environ.get("FAKE_NO_RUN"):  # refused before it starts, as `--device cuda` on a machine whose GPU is gone
-        sys.exit("bench: error: --device cuda: CUDA is not available here; valid: auto, cpu")
-    flags = [i for i, a in enumerate(argv) if a.startswith("--")]
-    opts = {argv[i]: argv[i + 1] for i in flags if argv[i] != "--case"}
-    cases = [argv[i + 1] for i in flags if argv[i] == "--case"]
-    out = Path(opts["--out"])
-    kept = []
-    for r in checkpointing_records(seed=int(time.time() * 1000) % 997):
-        case = case_id(r["suite"], r["variant"], r["params"])
-        if case == os.environ.get("FAKE_SLOW") and (not cases or os.environ.get("FAKE_SLOW_AGAIN")):
-            r["metrics"]["step_time_ms"] *= 1.8
-            r["samples"]["step_time_ms"] = [x * 1.8 for x in r["samples"]["step_time_ms"]]
-        if not cases or any(fnmatch.fnmatchcase(case, g) for g in cases):
-            kept.append(r)
-    records = kept
-    write_run(out.parent, out.name, records, size=opts["--size"], gpu=None if opts["--device"] == "cpu" else H200,
-              run_id=f"{out.parent.name}-{out.name}")  # a run of its own, as bench run's new run_id
 
 
 def nightly(tmp_path: Path, size: str) -> tuple[subprocess.CompletedProcess, Path]:
