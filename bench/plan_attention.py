@@ -4,8 +4,10 @@ F.scaled_dot_product_attention on meta takes the math path, which materialises t
 never hold (+1 MB at smoke checkpointing). It is routed to the kernel the target would pick: on a CPU target,
 torch's own choice (torch._fused_sdp_choice on CPU tensors of the same shapes and strides, a few elements each) and
 the CPU flash kernel's meta registration; on a CUDA target, torch's choice on the local GPU where there is one, else
-the rule torch applies on sm80+ (flash for 16-bit inputs without a mask and with equal head dims up to 256,
-memory-efficient attention for a mask or unequal value width, math otherwise; of the kernels enabled, in the order
+the rule torch applies on sm80+ (flash for 16-bit inputs without a mask and with equal head dims up to 256;
+memory-efficient attention for a mask, unequal value width or fp32, where key and value have the query's heads and
+the head dims are a multiple of 8, of 4 in fp32; math otherwise, as for grouped-query keys and values with a mask or in
+fp32, which memory-efficient attention refuses; of the kernels enabled, in the order
 torch._C._get_sdp_priority_order() gives, flash > efficient > math > cudnn by default on 2.11-2.13), and that
 kernel's meta registration. torch's choices are cached by the shapes, strides, dtypes and grad of the inputs and by
 the settings they read (kernels enabled, priority, grad mode). The boolean mask is
@@ -142,10 +144,15 @@ def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa
         return _torch_choice("cpu" if target == "cpu" else "cuda", *map(_signature, (q, k, v, mask)), dropout_p,
                              is_causal, scale, enable_gqa, _settings())
     cuda, d = torch.backends.cuda, q.shape[-1]
-    runs = {"flash": cuda.flash_sdp_enabled() and q.dim() == 4 and q.dtype in (torch.float16, torch.bfloat16)
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    align = 8 if half else 4  # sdp_utils.cpp's minimum_gemm_alignment on sm80+: 128 bits, and at least 4
+    # memory-efficient attention admits no grouped query heads (check_batch_size_and_num_heads_dense<false>): keys
+    # and values with fewer heads than the query take math, which expands them to the query's heads
+    same_heads = q.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
+    runs = {"flash": cuda.flash_sdp_enabled() and q.dim() == 4 and half
             and mask is None and d == k.shape[-1] == v.shape[-1] and d <= 256,
-            "efficient": cuda.mem_efficient_sdp_enabled() and q.dim() == 4 and d == k.shape[-1] and d % 8 == 0
-            and v.shape[-1] % 8 == 0,
+            "efficient": cuda.mem_efficient_sdp_enabled() and same_heads and d == k.shape[-1] and d % align == 0
+            and v.shape[-1] % align == 0,
             "math": cuda.math_sdp_enabled()}
     for backend in map(BACKENDS.get, torch._C._get_sdp_priority_order()):
         if runs.get(backend):

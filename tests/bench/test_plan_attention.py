@@ -39,6 +39,30 @@ def test_attention_on_meta_takes_the_targets_kernel():
     assert type(F.scaled_dot_product_attention(q, q, q).grad_fn).__name__ == "UnsafeViewBackward0"
 
 
+@pytest.mark.usefixtures("flash_first")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA asks torch's own choice, not the rule")
+def test_the_rule_gives_grouped_query_attention_with_a_mask_or_in_fp32_to_math():
+    # memory-efficient attention admits no key and value with fewer heads than the query (torch's sdp_utils.cpp,
+    # check_batch_size_and_num_heads_dense<false>): such a call with a mask, or in fp32 where flash cannot run, takes
+    # math on the GPU, which expands keys and values to the query's heads. Flash admits them.
+    q, kv = (torch.empty(2, h, 64, 32, device="meta", dtype=torch.bfloat16) for h in (8, 2))
+    mask = torch.empty(2, 1, 64, 64, device="meta", dtype=torch.bfloat16)
+    assert kernel_choice("cuda", q, kv, kv, None, 0.0, True, None, True) == "flash"
+    assert kernel_choice("cuda", q, kv, kv, mask, 0.0, False, None, True) == "math"
+    assert kernel_choice("cuda", q.float(), kv.float(), kv.float(), None, 0.0, True, None, True) == "math"
+    assert kernel_choice("cuda", q, q, q, mask, 0.0, False, None, False) == "efficient"
+    # its head dims: a multiple of 8 in 16 bits, of 4 in fp32 (minimum_gemm_alignment on sm80+)
+    q12 = torch.empty(2, 4, 64, 12, device="meta")
+    assert kernel_choice("cuda", q12, q12, q12, None, 0.0, True, None, False) == "efficient"
+    assert kernel_choice("cuda", *(q12.bfloat16(),) * 3, mask, 0.0, False, None, False) == "math"
+    # a case so planned: mla's GQA decode in fp32 holds the keys and values expanded to the query's 8 heads
+    suite = discover()["mla"]
+    params = next(p for p in suite.grid("quick", "cuda:0") if p["part"] == "decode" and p["context"] == 256)
+    planned = plan_case(suite, "gqa", {**params, "dtype": "float32"}, "cuda", "h100")
+    expanded = 2 * params["batch"] * 8 * (256 + 1) * 32 * 4  # keys and values [B, 8, T, 32] in fp32
+    assert planned.attention == ["math"] and planned.step_peak_bytes > expanded
+
+
 def test_cudnn_attention_is_routed_and_an_unknown_kernel_is_not_plannable(monkeypatch):
     q = torch.empty(2, 4, 64, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
     monkeypatch.setattr(plan_attention, "kernel_choice", lambda *args: "cudnn")
