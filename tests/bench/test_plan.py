@@ -258,6 +258,22 @@ def test_a_meta_op_answered_from_its_signature_is_what_its_kernel_gives(monkeypa
     assert kept[torch.ops.aten._unsafe_view.default] is plan_meta._UNCACHEABLE
 
 
+def test_a_factory_op_given_no_dtype_is_answered_in_the_default_dtype_in_force(monkeypatch):
+    # nn.Linear makes its weight with torch.empty(shape) and no dtype: the kernel takes torch's default dtype, which a
+    # layer built under another default (transformers' in mla, under bf16) must get, whatever was answered before
+    monkeypatch.setattr(plan_meta, "SIGNATURES", {})
+    before = torch.get_default_dtype()
+    with MetaKernels():
+        first = torch.nn.Linear(128, 512, bias=False, device="meta").weight
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            second = torch.nn.Linear(128, 512, bias=False, device="meta").weight
+        finally:
+            torch.set_default_dtype(before)
+    assert (first.dtype, second.dtype) == (torch.float32, torch.bfloat16)
+    assert second.untyped_storage().nbytes() == 2 * 512 * 128
+
+
 @pytest.mark.parametrize("name", ["checkpointing", "moe"])
 def test_a_plan_is_the_same_without_answering_ops_from_their_signatures(registry, monkeypatch, name):
     suite = registry[name]
