@@ -3,10 +3,13 @@ what is said where no selected case can take the change."""
 
 from __future__ import annotations
 
+import math
+
 
 def with_changes(params: dict, changes: dict[str, str]) -> dict:
     """`params` with `changes` (text, `bench plan --set k=v`) in each param's type: a size no grid holds, such as a
-    batch that should not fit. ValueError naming the param for a key it lacks, a value not of its type, a size <= 0."""
+    batch that should not fit. ValueError naming the param for a key it lacks, a value not of its type, a size <= 0,
+    a float that is NaN or infinite (grid params are finite: bench.suite.Suite.points)."""
     out = dict(params)
     for key, text in changes.items():
         if key not in params:
@@ -21,6 +24,8 @@ def with_changes(params: dict, changes: dict[str, str]) -> dict:
                 out[key] = None if was is None and text == "None" else text
         except (KeyError, ValueError):
             raise ValueError(f"--set {key}={text}: {key} takes {type(was).__name__} values, such as {was!r}") from None
+        if isinstance(out[key], float) and not math.isfinite(out[key]):  # no case id or JSON record spells it
+            raise ValueError(f"--set {key}={text}: {key} takes finite float values, such as {was!r}")
         if type(was) is int and was > 0 and out[key] <= 0:  # a count (batch, seq, layers); a float may be 0 (a rate)
             raise ValueError(f"--set {key}={text}: {key} is a size, which must be positive, such as {was!r}")
     return out

@@ -145,6 +145,15 @@ def test_set_refuses_what_the_cases_cannot_take(capsys, changes, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_set_refuses_a_float_that_is_not_finite(capsys, value):
+    # a grid's params are finite numbers (Suite.points): --json would write "aux_alpha": NaN, which is no JSON
+    assert main(["plan", "moe", "--size", "smoke", "--gpu", "h200", "--set", f"aux_alpha={value}", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert f"--set aux_alpha={value}: aux_alpha takes finite float values, such as 0.001" in captured.err
+    assert captured.out == ""
+
+
 def test_set_names_the_params_of_every_case_selected(capsys):
     # mla's parts have other params: the cache cases (dtype, part, shape) and the decode ones (batch, context, ...)
     assert main(["plan", "mla", "--size", "smoke", "--gpu", "h200", "--set", "bogus=1"]) == 2
