@@ -1,4 +1,5 @@
-"""FLOP counting: torch.utils.flop_counter with two corrections for attention.
+"""FLOP counting: torch.utils.flop_counter (matmuls, convolutions, attention; 2 FLOPs a multiply-add; every other op
+counts none), with corrections for attention and one formula it lacks.
 
 - torch has formulas for the CUDA SDPA kernels only; without the CPU ones, attention counts zero FLOPs on CPU and
   every CPU ratio or TFLOP/s figure silently covers the matmuls alone.

@@ -22,11 +22,13 @@ bench.plan_attention routes attention to the target's kernel, bench.plan_norm RM
   a CUDA target the allocator's rounding; never below 0, since gradients and saved activations need not be live at
   once).
 - attention: the SDPA kernels the step takes on the target ("math", holding the S x S scores, misses the fused ones).
-- flops (torch's FLOP counter with bench.flops' attention formulas), bytes_moved (every op's tensor inputs read and
-  outputs written, views left out: the traffic of an eager, unfused step, an upper bound on what fused kernels move),
-  and roofline_ms = max(the FLOPs of each dtype / the GPU's peak TFLOP/s for it, summed; bytes_moved / bandwidth)
-  from bench.hardware, each op's FLOPs in the dtype it computes in on the target (bench.plan_count); `dtype` is the
-  one most of them run in.
+- flops: those of the ops torch's FLOP counter has a formula for, as the target's kernels are called (bench.plan_count
+  says which), over the one step: its forward, backward and any recompute, not the build or the warm-up. Elementwise
+  ops, norms, softmax, losses, embeddings and the optimizer's update count none.
+- bytes_moved: every op's tensor inputs read and outputs written, views left out (the traffic of an eager, unfused
+  step, an upper bound on what fused kernels move), and roofline_ms = max(the FLOPs of each dtype / the GPU's peak
+  TFLOP/s for it, summed; bytes_moved / bandwidth) from bench.hardware, each op's FLOPs in the dtype it computes in
+  on the target (bench.plan_count); `dtype` is the one most of them run in.
 - fits: peak_bytes + headroom <= the GPU's memory, headroom = HEADROOM_BYTES + HEADROOM_FRACTION x peak_bytes.
 
 The headroom: the CUDA context with torch's kernels loaded takes 0.5-0.6 GiB of device memory on an H100 (CUDA 12,

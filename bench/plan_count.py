@@ -19,9 +19,15 @@ _ALLOCATIONS = {torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided
 
 
 class StepCounter(TorchDispatchMode):
-    """FLOPs (torch's formulas with bench.flops' attention ones) and bytes moved: what each op reads (its tensor
-    inputs) and writes (its tensor outputs), views and bare allocations left out. `by_dtype`: the FLOPs per dtype an
-    op computes in, its first floating-point input's (bf16 matmuls, float8 _scaled_mm, fp32 ones), for the roofline.
+    """FLOPs and bytes moved. FLOPs: those of the ops torch's FLOP counter has a formula for, with bench.flops' and
+    bench.plan_flex's: matmuls (mm, addmm, bmm, baddbmm, _scaled_mm, _grouped_mm; linear, matmul and einsum count as
+    the ones they run), convolutions, and attention (SDPA's kernels, varlen flash, FlexAttention's tiles), 2 FLOPs a
+    multiply-add, on the shapes the target's kernel is called with: a masked SDPA call counts every query-key pair,
+    a causal one half, and a CUDA flash call its head dim padded to a multiple of 8 (the composite pads it: mla's tiny
+    shape, 10 -> 16). Every other op counts none: elementwise ops, norms, softmax, losses, embeddings, an optimizer's
+    update. Bytes moved: what each op reads (its tensor inputs) and writes (its tensor outputs), views and bare
+    allocations left out. `by_dtype`: the FLOPs per dtype an op computes in, its first floating-point input's (bf16
+    matmuls, float8 _scaled_mm, fp32 ones), for the roofline.
 
     It counts FLOPs itself rather than under FlopCounterMode: that mode's module hooks keep tensors alive past their
     last use (+77% peak at smoke checkpointing, full variant), so the step it counts is not the step measured."""

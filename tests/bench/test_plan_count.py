@@ -98,3 +98,23 @@ def test_a_roofline_needs_a_rate_for_every_dtype_with_flops():
     assert roofline_ms("h200", {}, 4800 * 10**9) == pytest.approx(1e3)  # bytes alone: 1 s at 4.8 TB/s
     assert roofline_ms("h200", {"bfloat16": int(989.4e12)}, 0) == pytest.approx(1e3)
     assert roofline_ms(None, {"bfloat16": 1}, 1) is None
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_steps_flops_are_its_matmuls_and_attention_forward_backward_and_recompute(registry, target):
+    # the convention bench.plan_count states, in closed form for checkpointing's smoke model: per block 24 T D^2 of
+    # Linears forward (qkv 3, proj 1, fc1 4, fc2 4: 2 x 12 T D^2), causal attention's 2 B S^2 D forward (half of SDPA's
+    # dense 4 B S^2 D) and 2.5x that backward, Linears 2x backward; the norms, GELU and the loss count none. A
+    # checkpointed block recomputes its forward but fc2, whose output no backward reads (non-reentrant early stop)
+    suite = registry["checkpointing"]
+    params = next(p for p in suite.grid("smoke", "cuda:0" if target == "cuda" else "cpu") if "model" not in p)
+    B, S, D, L = params["batch"], params["seq"], params["d_model"], params["layers"]
+    T = B * S
+    linears, attention, fc2 = 24 * T * D * D, 2 * B * S * S * D, 8 * T * D * D
+    none = L * (3 * linears + 7 * attention // 2)
+    segments = round(L ** 0.5)
+    expected = {"none": none, "selective": none, "offload": none,  # SAC saves the matmuls: none repeat
+                "full": none + L * (linears + attention - fc2),
+                "sqrt": none + L * (linears + attention) - segments * fc2}
+    planned = {v: plan_case(suite, v, params, target, "h100" if target == "cuda" else None) for v in expected}
+    assert {v: p.flops for v, p in planned.items()} == expected
