@@ -65,7 +65,7 @@ class Row:
         return self._relative(self.recorded)
 
     def _relative(self, predicted: int | None) -> float | None:
-        return None if not predicted else (predicted - self.measured) / self.measured
+        return None if predicted is None else (predicted - self.measured) / self.measured
 
 
 def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> list[Row]:
@@ -150,12 +150,16 @@ def main(argv: list[str]) -> int:
         for row in reserved:
             print(f"{row.case_id[:72]:<72} {row.reserved / 2**20:12.1f} "
                   f"{percent((row.predicted_reserved - row.reserved) / row.reserved):>9}")
-    for suite in dict.fromkeys(row.suite for row in rows):
-        found = [row for row in rows if row.suite == suite and row.error is not None]
-        if found:
-            worst = max(found, key=lambda row: abs(row.error))
-            print(f"{suite}: {len(found)} planned, {sum(abs(row.error) <= TARGET + 1e-12 for row in found)} within "
-                  f"{TARGET:.0%} of the measured peak, worst {worst.error:+.2%} ({worst.case_id})")
+    for suite in dict.fromkeys(row.suite for row in rows):  # every suite measured, those the plan cannot predict too
+        measured = [row for row in rows if row.suite == suite]
+        found = [row for row in measured if row.error is not None]
+        if not found:
+            print(f"{suite}: none of its {len(measured)} measured cases planned ({measured[0].reason})")
+            continue
+        worst = max(found, key=lambda row: abs(row.error))
+        print(f"{suite}: {len(found)} of {len(measured)} measured cases planned, "
+              f"{sum(abs(row.error) <= TARGET + 1e-12 for row in found)} within {TARGET:.0%} of the measured peak, "
+              f"worst {worst.error:+.2%} ({worst.case_id})")
     return 0
 
 

@@ -118,3 +118,17 @@ def test_full_size_steps_are_predicted_to_the_byte(tool, variant):
     # 128 MiB under without it)
     (row,) = tool.re_predict(BASELINE / "checkpointing-full", f"checkpointing/{variant}/batch=8,")
     assert row.predicted == row.measured
+
+
+def test_the_summary_counts_the_measured_cases_the_plan_cannot_predict(tool, tmp_path, capsys):
+    # a suite none of whose cases plan (detection) gets a line saying so with the reason, and one with some planned
+    # says of how many measured (packing's ffd and ffd_naive, not Liger's fused loss): no measured case drops silently
+    lines = (BASELINE / "quick" / "records.jsonl").read_text().splitlines()
+    kept = [x for x in lines if '"detection/' in x or '"packing/ffd' in x]
+    (tmp_path / "records.jsonl").write_text("\n".join(kept) + "\n")
+    (tmp_path / "run.json").write_text((BASELINE / "quick" / "run.json").read_text())  # the H100 it ran on
+    assert tool.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "detection: none of its 2 measured cases planned (its measured step is detection with" in "\n".join(out)
+    (summary,) = [x for x in out if x.startswith("packing: ")]
+    assert summary.startswith("packing: 2 of 3 measured cases planned, 2 within 10% of the measured peak")
