@@ -18,6 +18,12 @@ class ApiMoved(RuntimeError):
     package). Each adapter module re-exports it as its own `ApiMoved`."""
 
 
+# How to install the packages of the library variants: techbench's `ecosystem` extra, from its checkout. techbench is
+# on no package index, so `pip install techbench[ecosystem]` finds no distribution; quoted, so that zsh leaves the
+# brackets alone. `bench.suite.requires(module, pip=ECOSYSTEM)` says `pip install -e ".[ecosystem]"`.
+ECOSYSTEM = '-e ".[ecosystem]"'
+
+
 @dataclass(frozen=True)
 class Library:
     """A library one adapter measures: its distribution, the version the adapter is written against, where that
@@ -26,7 +32,7 @@ class Library:
     dist: str
     written_for: str
     adapter: str
-    pip: str = "techbench[ecosystem]"
+    pip: str = ECOSYSTEM
 
     def version(self) -> str | None:
         return version(self.dist)

@@ -26,6 +26,7 @@ from bench.timing import time_fn
 from bench.work import Work, rates
 from impls.checkpointing import VARIANTS, Transformer, TransformerConfig, hf
 from impls.checkpointing.reference import loss_fn, make_batch
+from impls.libraries import ECOSYSTEM
 
 # Named model shapes; the grids below pick from them per size.
 SHAPES = {
@@ -67,7 +68,7 @@ class Checkpointing(Suite):
     }
     libraries = {v: hf.label() for v in ("hf_full", "hf_selective")}
     param_defaults = {"model": "techbench"}  # grid points without `model` train our Transformer, not HF's Llama
-    requires = {v: ("transformers", "techbench[ecosystem]") for v in libraries}
+    requires = {v: ("transformers", ECOSYSTEM) for v in libraries}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("activation_saving_x", "activation_bytes", invert=True),
@@ -122,7 +123,7 @@ def build_training_step(variant: str, params: dict, device: str, seed: int = 0, 
     dtype = getattr(torch, params["dtype"])
     cfg = TransformerConfig(d_model=params["d_model"], n_heads=params["heads"], n_layers=params["layers"])
     if params.get("model") == HF:
-        requires("transformers", pip="techbench[ecosystem]")
+        requires("transformers", pip=ECOSYSTEM)
         model = build_module(lambda: hf.build(cfg, params["seq"], variant.removeprefix("hf_")), device, dtype)
         forward = hf.forward
     else:

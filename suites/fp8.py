@@ -41,6 +41,7 @@ from impls.fp8.gemm import (
 )
 from impls.fp8.reference import QUANTIZERS, RECIPES, outlier_activations, sqnr_db
 from impls.fp8.train import BATCH, LR, batches, loss_gap, train, training_step
+from impls.libraries import ECOSYSTEM
 
 # The library users pick, as variants of the training part: variant -> torchao's float8 recipe name
 TORCHAO = {"torchao_tensorwise": "tensorwise", "torchao_rowwise": "rowwise"}
@@ -77,7 +78,7 @@ class Fp8(Suite):
                            "'rowwise'): power-of-two axiswise scales, E4M3 (torch._scaled_mm)",
     }
     libraries = {variant: torchao_training.label() for variant in TORCHAO}
-    requires = {variant: ("torchao", "techbench[ecosystem]") for variant in TORCHAO}
+    requires = {variant: ("torchao", ECOSYSTEM) for variant in TORCHAO}
     parts = {
         "gemm": Part(("bf16", "tensorwise", "rowwise", "deepseek_v3"),
                      (Relative("speedup_x", "gemm_time_ms", invert=True),),
@@ -246,7 +247,7 @@ def _training_recipe(variant, device, dtype):
     """(our recipe or None, torchao's converter or None) of a training variant; Skip where torchao cannot run."""
     recipe, convert = RECIPES.get(variant), None  # None for bf16 and for torchao's variants
     if variant in TORCHAO:
-        requires("torchao", pip="techbench[ecosystem]")
+        requires("torchao", pip=ECOSYSTEM)
         why, slow = torchao_training.unsupported(TORCHAO[variant], device, dtype), reference_kernel(device)
         if why or slow:
             raise Skip(why or f"{slow}; torchao's float8 training runs every GEMM on it")

@@ -23,6 +23,7 @@ from bench.metrics import Metric, timing
 from bench.suite import Measurement, NotPlannable, Part, Relative, Suite, Workload, register, requires, run_dtype
 from bench.timing import time_fn
 from bench.work import Work, rates
+from impls.libraries import ECOSYSTEM
 from impls.mla import SHAPES, KVCache, build, hf
 
 HF = "hf_deepseek_v3"  # the library's variant
@@ -59,7 +60,7 @@ class Mla(Suite):
             "up-projects every cached latent, as mla_naive does",
     }
     libraries = {HF: hf.label()}
-    requires = {HF: ("transformers", "techbench[ecosystem]")}
+    requires = {HF: ("transformers", ECOSYSTEM)}
     parts = {
         "cache": Part(tuple(variants), (Relative("kv_cache_saving_x", "kv_cache_bytes_per_token", invert=True),),
                       description="bytes per token of each cache at DeepSeek-V3's sizes, counted on the meta device"),
@@ -108,7 +109,7 @@ def _layer(variant, shape, device, dtype):
     """The variant's layer; the library's holds the naive layer's weights, which the caller seeds (on meta: shapes)."""
     if variant != HF:
         return build(variant, shape, device=device, dtype=dtype)
-    requires("transformers", pip="techbench[ecosystem]")
+    requires("transformers", pip=ECOSYSTEM)
     if device == "meta":
         return hf.build(shape.mla(), device=device, dtype=dtype)
     return hf.from_ours(build("mla_naive", shape, device=device, dtype=dtype))

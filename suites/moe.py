@@ -50,7 +50,7 @@ from bench.suite import (
 )
 from bench.timing import time_fn
 from bench.work import Work, rates
-from impls.libraries import label
+from impls.libraries import ECOSYSTEM, label
 from impls.moe import hf
 from impls.moe.grouped import dispatcher, grouped_mm_fused, grouped_mm_unsupported
 from impls.moe.lm import LMConfig, load_or_train, tuned
@@ -108,7 +108,7 @@ class Moe(Suite):
     # it gives, and the loop's per-expert overhead, the thing measured, is single-threaded anyway.
     cpu_threads = 1
     libraries = {v: label("transformers") for v in HF_EXPERTS}
-    requires = {v: ("transformers", "techbench[ecosystem]") for v in HF_EXPERTS}
+    requires = {v: ("transformers", ECOSYSTEM) for v in HF_EXPERTS}
     parts = {
         "balance": Part(("aux_loss", "sigmoid_aux_loss", "aux_free", "aux_free_seqaux", "node_limited"),
                         description="routers trained on a small MoE LM: MaxVio and loss, against the aux-loss router"),
@@ -190,7 +190,7 @@ def _dispatch_case(variant, params, device, target=None):
     target = target or device
     library, backend = HF_EXPERTS.get(variant), DISPATCH.get(variant)
     if library:
-        requires("transformers", pip="techbench[ecosystem]")
+        requires("transformers", pip=ECOSYSTEM)
     if library == "grouped_mm" and device == "meta" and (why := _int_histc_unsupported()):
         raise NotPlannable(f"transformers' grouped_mm counts each expert's tokens with torch.histc of int32 ids off "
                            f"the CPU, which the plan must compute on the CPU beside the meta tensors: {why}")

@@ -32,7 +32,7 @@ from bench.suite import (
 )
 from bench.timing import time_fn
 from bench.work import Work, rates
-from impls.libraries import label
+from impls.libraries import ECOSYSTEM, label
 from impls.rmpad import Decoder, DecoderConfig, forward_unpadded, hf, supports
 from impls.rmpad.lengths import make_lengths
 from impls.rmpad.reference import make_batch
@@ -113,7 +113,7 @@ class Rmpad(Suite):
     cuda_only = {"flash": "flash-attn's varlen kernel", "hf_flat_fa2": "flash-attn's varlen kernel (transformers' "
                  "flash_attention_2)"}
     requires = {"flash": ("flash_attn", "flash-attn"),
-                **{v: ("transformers", "techbench[ecosystem]") for v in libraries if v.startswith("hf_")}}
+                **{v: ("transformers", ECOSYSTEM) for v in libraries if v.startswith("hf_")}}
     relative = (
         Relative("mem_saving_x", "peak_mem_bytes", invert=True),
         Relative("speedup_x", "step_time_ms", invert=True),
@@ -211,7 +211,7 @@ def _measurement(params, peak, timing, **metrics) -> Measurement:
 
 def _hf_model(variant, params, device, target):
     """(the library's model for a variant, its DecoderConfig, its attention implementation)."""
-    requires("transformers", pip="techbench[ecosystem]")
+    requires("transformers", pip=ECOSYSTEM)
     attn = "sdpa" if variant == "padded" else variant.removeprefix("hf_flat_")
     why = _unplannable("flash" if attn == "fa2" else attn, device, target)
     if why:

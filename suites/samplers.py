@@ -19,7 +19,7 @@ Hugging Face diffusers' schedulers, the samplers users pick, are variants too (`
 the same model, schedule and n, configured on the model's schedule and, where diffusers takes them, on our grids
 (impls/samplers/diffusers_schedulers.py says which reproduce which of ours). Each starts from the noise of the sampler
 of ours it sits beside (PAIRED_WITH), so the two differ by the sampler alone: diffusers_ddpm, which is our ddpm, reads
-the same numbers. Without diffusers (pip install techbench[ecosystem]) they are recorded as skipped.
+the same numbers. Without diffusers (pip install -e ".[ecosystem]") they are recorded as skipped.
 
 torchdiffeq's ODE solvers, what flow-matching and score-SDE users integrate with, are variants too (`torchdiffeq_*`,
 impls/samplers/torchdiffeq_solvers.py), declared and paired the same way: euler on our uniform grid (our flow_euler,
@@ -39,6 +39,7 @@ from bench.metrics import Metric, timing
 from bench.suite import Measurement, Suite, register, requires
 from bench.timing import time_fn
 from impls.cache import load_or_build
+from impls.libraries import ECOSYSTEM
 from impls.samplers import SAMPLERS, diffusers_schedulers, torchdiffeq_solvers
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, load_or_train
@@ -104,7 +105,6 @@ ADAPTIVE = torchdiffeq_solvers.ADAPTIVE
 SPECS = {**SAMPLERS, **DIFFUSERS, **TORCHDIFFEQ}  # every fixed-grid sampler variant's spec: ours and the libraries'
 # the sampler of ours each library variant takes its x_T from
 PAIRED_WITH = {**diffusers_schedulers.PAIRED_WITH, **torchdiffeq_solvers.PAIRED_WITH}
-ECOSYSTEM = "techbench[ecosystem]"
 
 
 @register

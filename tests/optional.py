@@ -16,8 +16,8 @@ import pytest
 import torch
 
 # import name -> what to install, where they differ (the libraries users pick come with the ecosystem extra)
-PIP = {"sklearn": "scikit-learn", "torchao": "techbench[ecosystem]", "transformers": "techbench[ecosystem]",
-       "diffusers": "techbench[ecosystem]", "trl": "techbench[ecosystem]", "torchdiffeq": "techbench[ecosystem]",
+PIP = {"sklearn": "scikit-learn", "torchao": '-e ".[ecosystem]"', "transformers": '-e ".[ecosystem]"',
+       "diffusers": '-e ".[ecosystem]"', "trl": '-e ".[ecosystem]"', "torchdiffeq": '-e ".[ecosystem]"',
        "liger_kernel": "liger-kernel==0.8.5"}
 
 
@@ -27,7 +27,8 @@ def missing(*modules: str) -> list[str]:
 
 def reason(*modules: str) -> str:
     names = missing(*modules)
-    return f"needs {', '.join(names)}, not installed (pip install {' '.join(PIP.get(m, m) for m in names)})"
+    install = " ".join(dict.fromkeys(PIP.get(m, m) for m in names))  # the ecosystem extra once for several
+    return f"needs {', '.join(names)}, not installed (pip install {install})"
 
 
 def needs(*modules: str) -> pytest.MarkDecorator:

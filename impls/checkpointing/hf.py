@@ -3,7 +3,7 @@ switch alone (every decoder layer checkpointed, non-reentrant), or with torch's 
 kwargs. Its reference is the same model with the switch off.
 
 The model takes the suite's [B, S, D] batch as inputs_embeds and returns the final-norm hidden states, so the loss,
-the batch and the memory accounting are the suite's own. transformers is optional (pip install techbench[ecosystem])
+the batch and the memory accounting are the suite's own. transformers is optional (pip install -e ".[ecosystem]")
 and imported on first use.
 """
 

@@ -19,7 +19,7 @@ torchao.prototype.blockwise_fp8_training, Triton kernels only). No bare scaled G
 torch._scaled_mm, which the fp8 suite's gemm part already times for tensorwise and rowwise.
 
 torchao is imported lazily (`api`), only by a case or a test that uses it; it is written against torchao 0.18.0
-(pip install techbench[ecosystem]), and a torchao whose names moved raises ApiMoved naming the name, never a skip.
+(pip install -e ".[ecosystem]"), and a torchao whose names moved raises ApiMoved naming the name, never a skip.
 """
 
 from __future__ import annotations

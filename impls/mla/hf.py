@@ -26,7 +26,7 @@ Conventions, against ours (impls/mla/mla.py, common.py):
 - Mask: none; sdpa's is_causal for a prompt and full attention for one token, as DeepseekV3Model's create_causal_mask
   leaves sdpa an unpadded batch.
 
-transformers is optional (pip install techbench[ecosystem]) and imported on first use; a release that no longer has a
+transformers is optional (pip install -e ".[ecosystem]") and imported on first use; a release that no longer has a
 name or config field used here raises ApiMoved, never a skip.
 """
 

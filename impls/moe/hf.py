@@ -26,7 +26,7 @@ bias, no post-expert norm. Equal to loop_dispatch up to summation order (tests/i
 Not here: transformers' deepgemm and sonicmoe implementations, whose kernels it downloads from the Hugging Face Hub
 (kernels-community) at first use: a pinned pip install does not give them, and the GPU machine reaches no network.
 
-transformers is optional (pip install techbench[ecosystem]), imported on first use, never when this module is; it is
+transformers is optional (pip install -e ".[ecosystem]"), imported on first use, never when this module is; it is
 written against transformers 5.23.0, and a transformers whose names moved raises ApiMoved naming the name, never a
 skip.
 """

@@ -30,7 +30,7 @@ from impls.packing.dynamic import batch_max
 from impls.packing.reference import Items, Overlong, Packing, one_per_row, to_items
 
 WRITTEN_FOR = "5.23.0"
-PIP = "techbench[ecosystem]"
+PIP = libraries.ECOSYSTEM
 LIBRARY = libraries.Library("transformers", WRITTEN_FOR, "impls/packing/hf_grouped.py", PIP)
 version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 MODULE = "transformers.trainer_pt_utils"

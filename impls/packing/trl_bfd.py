@@ -37,7 +37,7 @@ from impls.libraries import ApiMoved as ApiMoved  # re-exported: callers catch t
 from impls.packing.reference import Items, Overlong, Packing, make_packing, to_items
 
 WRITTEN_FOR = "1.16.0"
-PIP = "techbench[ecosystem]"
+PIP = libraries.ECOSYSTEM
 LIBRARY = libraries.Library("trl", WRITTEN_FOR, "impls/packing/trl_bfd.py", PIP)
 version, label, _moved = LIBRARY.version, LIBRARY.label, LIBRARY.moved
 MODULE = "trl.data_utils"

@@ -2,7 +2,7 @@
 batch with an attention mask (the plain reference), or on the one row [1, T] that DataCollatorWithFlattening makes of
 the batch, with position_ids restarting per sample, under one of the library's attention implementations.
 
-transformers is optional (pip install techbench[ecosystem]): it is imported on first use, never when this module is,
+transformers is optional (pip install -e ".[ecosystem]"): it is imported on first use, never when this module is,
 so the rest of impls/ needs torch only.
 """
 
@@ -37,7 +37,7 @@ def transformers():
         except ModuleNotFoundError as e:
             if e.name != "transformers":  # transformers is there but something it needs is not: that error stands
                 raise
-            raise ModuleNotFoundError("transformers is not installed (pip install techbench[ecosystem])",
+            raise ModuleNotFoundError(f"transformers is not installed (pip install {libraries.ECOSYSTEM})",
                                       name="transformers") from e
         # the package is lazy: touching the names imports the modeling code (and what it pulls in) inside this window
         tf.DataCollatorWithFlattening, tf.LlamaConfig, tf.LlamaForCausalLM, tf.LlamaModel  # noqa: B018

@@ -49,7 +49,7 @@ inside gmm2d's ring of radius 2). PAIRED_WITH names the sampler of ours each sit
   our flow_euler. Its default sigmas run N points from 1 to 1/T, then jump to 0.
 
 diffusers is imported lazily (`api`), only when a variant runs; this adapter is written against diffusers 0.42.1
-(pip install techbench[ecosystem]), and a diffusers whose names moved raises ApiMoved naming the name, never a skip.
+(pip install -e ".[ecosystem]"), and a diffusers whose names moved raises ApiMoved naming the name, never a skip.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ What torchdiffeq 0.2.5 does, read from its source (torchdiffeq/_impl):
   rectified flow.
 
 torchdiffeq is imported lazily (`api`), only when a variant runs; this adapter is written against torchdiffeq 0.2.5
-(pip install techbench[ecosystem]). `api` checks what the counts above rely on, on a one-element ODE: a renamed method
+(pip install -e ".[ecosystem]"). `api` checks what the counts above rely on, on a one-element ODE: a renamed method
 or option (torchdiffeq warns of an option it does not know, and ignores it), or a changed call count, raises ApiMoved
 naming it, never a skip.
 """

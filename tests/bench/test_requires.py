@@ -2,6 +2,9 @@
 starts for it; each suite's declaration (Suite.requires) names the module its own measure() asks for."""
 
 import importlib.util
+import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +19,7 @@ MISSING = "techbench_no_such_module"
 class NeedsLibrary(Suite):
     name = "_needs_library"
     variants = {"ours": "reference", "lib": "a library that is not installed"}
-    requires = {"lib": (MISSING, "techbench[ecosystem]")}
+    requires = {"lib": (MISSING, '-e ".[ecosystem]"')}
 
     def grid(self, size, device):
         return [{"n": 1}]
@@ -38,7 +41,7 @@ def test_a_missing_library_is_skipped_with_its_install_line_and_no_process(tmp_p
     by = {r.variant: r for r in records}
     assert code == 0 and by["ours"].status == "ok"
     assert by["lib"].status == "skipped"
-    assert by["lib"].error == f"needs {MISSING}, which is not installed (pip install techbench[ecosystem])"
+    assert by["lib"].error == f'needs {MISSING}, which is not installed (pip install -e ".[ecosystem]")'
     assert started == ["ours"]
 
 
@@ -59,6 +62,20 @@ def test_the_declaration_names_the_module_measure_asks_for(suite, variant, monke
     why = unmet(s, variant, "cpu")  # what the runner records on this CPU: a CUDA-only kernel says so first
     result = execute(case, "cpu")
     assert (result["status"], result["error"]) == ("skipped", why)
+
+
+@pytest.mark.parametrize("suite, variant", _declared())
+def test_the_install_line_is_one_pip_takes_and_it_brings_the_module(suite, variant):
+    """techbench is on no package index: `pip install techbench[ecosystem]` finds no distribution. A line that names
+    one of the project's extras installs it from the checkout (`-e ".[extra]"`), and that extra lists the module."""
+    module, pip = SUITES[suite].requires[variant]
+    extra = re.fullmatch(r'-e "\.\[(\w+)\]"', pip)
+    if extra is None:  # a distribution of its own (liger-kernel==0.8.5)
+        assert not pip.startswith("techbench"), pip
+        return
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    listed = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in project["optional-dependencies"][extra.group(1)]}
+    assert module in listed, (module, extra.group(1), sorted(listed))
 
 
 def test_a_cuda_only_variant_off_cuda_is_skipped_as_such_not_told_to_install():

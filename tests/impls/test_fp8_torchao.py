@@ -194,7 +194,7 @@ def test_skipped_without_torchao(monkeypatch):
     for variant in TORCHAO:
         with pytest.raises(Skip) as e:
             Fp8().measure(variant, {"part": "training", "steps": 2}, "cpu")
-        assert str(e.value) == "needs torchao, which is not installed (pip install techbench[ecosystem])"
+        assert str(e.value) == 'needs torchao, which is not installed (pip install -e ".[ecosystem]")'
 
 
 def test_library_variants_declared():

@@ -145,5 +145,5 @@ def test_the_suite_declares_transformers_and_plans_it_as_its_packers():
     from suites.packing import HF, Packing, _packing
 
     suite = Packing()
-    assert suite.libraries[HF] == hf_grouped.label() and suite.requires[HF] == ("transformers", "techbench[ecosystem]")
+    assert suite.libraries[HF] == hf_grouped.label() and suite.requires[HF] == ("transformers", '-e ".[ecosystem]"')
     assert _packing(HF, "lognormal", 2000, 512, BATCH) == grouped()

@@ -320,7 +320,7 @@ def test_skipped_without_diffusers(monkeypatch):
     for variant in DIFFUSERS:
         with pytest.raises(Skip) as e:
             Samplers().measure(variant, {"target": "gmm2d", "model": "exact", "nfe_budget": 4, "n": 8}, "cpu")
-        assert str(e.value) == "needs diffusers, which is not installed (pip install techbench[ecosystem])"
+        assert str(e.value) == 'needs diffusers, which is not installed (pip install -e ".[ecosystem]")'
 
 
 def test_library_variants_declared():

@@ -12,9 +12,9 @@ from suites.samplers import ADAPTIVE, CONTINUOUS_MAX_NFE, DIFFUSERS, GRIDS, SPEC
 from tests.optional import missing, needs
 
 HAS_DIFFUSERS = not missing("diffusers")
-NO_DIFFUSERS = "needs diffusers, which is not installed (pip install techbench[ecosystem])"
+NO_DIFFUSERS = 'needs diffusers, which is not installed (pip install -e ".[ecosystem]")'
 HAS_TORCHDIFFEQ = not missing("torchdiffeq")
-NO_TORCHDIFFEQ = "needs torchdiffeq, which is not installed (pip install techbench[ecosystem])"
+NO_TORCHDIFFEQ = 'needs torchdiffeq, which is not installed (pip install -e ".[ecosystem]")'
 TORCHDIFFEQ = set(torchdiffeq_solvers.PAIRED_WITH)
 DOPRI5 = "torchdiffeq_dopri5"
 
