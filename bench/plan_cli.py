@@ -168,7 +168,8 @@ def render(preds, summary, console) -> None:
         if p.attention:  # "math" in yellow: that attention holds its S x S scores on the target
             name += "\n[dim]attention:[/] " + ", ".join(f"[yellow]{k}[/]" if k == "math" else k for k in p.attention)
         if p.status != "ok":
-            table.add_row(name, f"[yellow]{p.status.replace('_', ' ')}[/]: {p.reason}", end_section=False)
+            table.add_row(name, f"[yellow]{p.status.replace('_', ' ')}[/]: {escape(p.reason or '')}",
+                          end_section=False)  # escaped: a reason's `.[ecosystem]` is no markup tag
             continue
         verdict = {True: "[green]yes[/]", False: "[red]no[/]", None: "?"}[p.fits]
         roof = "" if p.roofline_ms is None else f"{p.roofline_ms:.3g}"

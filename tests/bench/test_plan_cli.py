@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.plan_cli import Progress
+from bench.plan import Prediction
+from bench.plan_cli import Progress, render
 from tests.optional import missing, needs
 
 
@@ -40,6 +41,18 @@ def test_cli_json_and_bad_gpu(capsys):
     if not torch.cuda.is_available():
         assert main(["plan", "checkpointing", "--gpu", "auto"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_reason_in_the_table_is_printed_as_it_is_written():
+    """A skipped case's reason names its install line, whose brackets rich would read as a style tag and drop."""
+    from rich.console import Console
+
+    reason = 'needs transformers, which is not installed (pip install -e ".[ecosystem]")'
+    pred = Prediction("checkpointing", "hf_full", {"model": "hf_llama"}, "skipped", reason)
+    console = Console(file=io.StringIO(), width=400)
+    render([pred], {"gpu": "h200", "size": "smoke", "capacity_bytes": 141 << 30, "cases": 1, "plannable": 0,
+                    "fits": 0, "elapsed_s": 0.1}, console)
+    assert f"skipped: {reason}" in console.file.getvalue()
 
 
 def test_the_table_labels_cases_by_the_params_that_tell_them_apart(capsys):
