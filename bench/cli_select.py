@@ -19,7 +19,12 @@ from bench.records import RECORDS_JSONL, SchemaError, scan_records
 def select(registry: dict, names: list[str], variants: list[str] | None):
     unknown = [n for n in names if n not in registry]
     if unknown:
-        raise UsageError(f"unknown suite {unknown[0]!r} (valid: {', '.join(sorted(registry))})")
+        name, valid = unknown[0], sorted(registry)
+        near = difflib.get_close_matches(name, valid, n=3)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        if not near and (owners := [s for s in valid if name in registry[s].variants]):  # `bench run full`
+            hint = f"{name} is a variant of {', '.join(owners)}: {owners[0]} --variant {name}; "
+        raise UsageError(f"unknown suite {name!r} ({hint}valid: {', '.join(valid)})")
     suites = [registry[n] for n in dict.fromkeys(names or sorted(registry))]  # a suite named twice runs once
     if variants:
         valid = sorted({v for s in suites for v in s.variants})

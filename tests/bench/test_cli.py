@@ -38,6 +38,11 @@ def test_list_table(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "nosuch"], "unknown suite 'nosuch' (valid: "),
+    (["run", "checkpointng"], "unknown suite 'checkpointng' (did you mean checkpointing or fsdp_checkpointing? "
+                              "valid: "),
+    (["plan", "sampler"], "unknown suite 'sampler' (did you mean samplers? valid: "),
+    (["run", "sqrt"], "unknown suite 'sqrt' (sqrt is a variant of checkpointing, fsdp_checkpointing: checkpointing "
+                      "--variant sqrt; valid: "),
     (["run", "checkpointing", "--variant", "nosuch"], "unknown variant 'nosuch' for checkpointing (valid: full, "),
     (["run", "checkpointing", "--variant", "ful"], "unknown variant 'ful' for checkpointing (did you mean full or "),
     (["run", "--variant", "full", "checkpointing"], "'checkpointing' is a suite, not a variant: name suites before "
