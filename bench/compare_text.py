@@ -24,6 +24,9 @@ NOT_SIGNIFICANT = ("slower, but not significant over the timings judged: {}; --f
 ONE_RUN_GATE = ("one run a side: --fail-on-regression judges the exact metrics (bytes, FLOPs, quality) only; a "
                 "timing is shown, not gated")
 NEW_CONTENDED = "{} of NEW's {} timings were contended in every new run, so not judged"
+# what "n/a" counts on the summary's line of other metrics (bench.verdicts: info metrics, and clocked ones not tested)
+NOT_JUDGED = (" (n/a: not judged: context such as the host's load, or a percentile or rate of a timing with no samples "
+              "of its own; its timing's row is the verdict)")
 NEW_DISTURBED = (": NEW was disturbed, and --fail-on-regression fails on it as on an unfinished run (it measured the "
                  "load, not the code); rerun it on a quiet machine (bench doctor), or pass --allow-contended")
 NOTHING_SHARED = ("nothing compared: no case of NEW is in BASE (no shared case_id: other suites, sizes or params); "
@@ -116,7 +119,8 @@ def summary_lines(c) -> list[str]:
     for label, verdicts in (("timings", verdict[timing]), ("rates of those timings", verdict[tested & ~timing]),
                             ("other metrics", verdict[~tested]), ("cases", c.status_rows["change"])):
         if len(verdicts):
-            lines.append(f"{label}: " + ", ".join(f"{c} {v}" for v, c in sorted(Counter(verdicts).items())))
+            lines.append(f"{label}: " + ", ".join(f"{c} {v}" for v, c in sorted(Counter(verdicts).items()))
+                         + (NOT_JUDGED if label == "other metrics" and (verdicts == "n/a").any() else ""))
     if len(c.timing_rows):
         per_side = Counter(c.timing_rows["runs_per_side"])
         lines.append("timings by runs per side (base v new): "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bench.compare import ONE_RUN_CAVEAT, ONE_RUN_UNGATED, Comparison, compare
+from bench.compare_text import NOT_JUDGED
 from bench.records import read_run_json
 from bench.stats import compare_runs, compare_samples
 from reports.compare_page import heatmap, write_compare_html
@@ -91,6 +92,9 @@ def test_summary_lines(pair):
     # an exact metric in whole numbers, with its difference: 4 significant digits would hide a change of 1 byte
     assert any("toy/bytes_grown/n=1  peak_mem_bytes  1000 -> 1200 (+200)" in line for line in lines)
     assert lines.count(ONE_RUN_CAVEAT) == 1 and c.one_run_per_side
+    # a rate without samples is counted n/a, and the line says what that means
+    other = next(line for line in lines if line.startswith("other metrics: "))
+    assert "n/a" in other and other.endswith(NOT_JUDGED)
 
 
 def test_status_rows_list_missing_and_failed_cases(tmp_path):
