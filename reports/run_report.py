@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
+from bench.metrics import specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
 from bench.sides import reference_case
@@ -237,13 +238,27 @@ def _suite(suite: str, rows: pd.DataFrame) -> str:
         parts.append(f'<p class="status-error">Figures for {html.escape(suite)} failed: '
                      f"{html.escape(type(e).__name__)}: {html.escape(str(e))}</p>")
     metrics = list(getattr(module, "METRICS", ())) or _generic_metrics(rows)
-    parts.append(section("Results", _results(rows, metrics) + _ratios_lost(suite, rows), level=3))
+    specs = specs_of([read_run_json(d) for d in dict.fromkeys(rows["run_dir"])]).get(suite, {})
+    parts.append(section("Results", _results(rows, metrics) + _legend(rows, metrics, specs)
+                         + _ratios_lost(suite, rows), level=3))
     # what the figure module's table leaves out (a library's speed-up, a rate, telemetry), folded: on the page still
     others = [m for m in _generic_metrics(rows) if m not in metrics and _shown(rows, m)]
     if others:
         parts.append(f"<details><summary>Other metrics ({len(others)}): {html.escape(', '.join(others))}</summary>"
-                     f"{_results(rows, others)}</details>")
+                     f"{_results(rows, others)}{_legend(rows, others, specs)}</details>")
     return section(suite, *parts)
+
+
+def _legend(rows: pd.DataFrame, metrics: list[str], specs: dict) -> str:
+    """What each column of a results table is, as its suite declared it in run.json (`ap50`, `max_vio`, `nfe` say
+    little by their names), folded below the table; nothing where no shown metric has a declared meaning."""
+    told = [(m, specs[m]) for m in metrics if _shown(rows, m) and m in specs and specs[m].meaning]
+    if not told:
+        return ""
+    better = {"lower": "; lower is better", "higher": "; higher is better", None: ""}
+    items = "".join(f"<li><code>{html.escape(m)}</code>{html.escape(f' ({s.unit})' if s.unit else '')}: "
+                    f"{html.escape(s.meaning)}{better[s.direction]}</li>" for m, s in told)
+    return f'<details class="muted"><summary>What the columns mean</summary><ul>{items}</ul></details>'
 
 
 def _ratios_lost(suite: str, rows: pd.DataFrame) -> str:

@@ -76,6 +76,15 @@ def test_metrics_a_figure_modules_table_leaves_out_are_folded_below_it(tmp_path)
     assert "Other metrics" not in render([write_run(tmp_path, "plain", checkpointing_records())])
 
 
+def test_each_table_says_what_its_columns_mean_as_the_suite_declared_them(tmp_path):
+    text = render([write_run(tmp_path, "r", checkpointing_records())])
+    results = text[text.index("<h3>Results</h3>"):]
+    legend = results[results.index("<summary>What the columns mean</summary>"):].split("</details>")[0]
+    assert ("<li><code>step_time_ms</code> (ms): median time of one training step (forward, loss, backward); lower is "
+            "better</li>") in legend
+    assert "What the columns mean" not in render([write_run(tmp_path, "bare", checkpointing_records(), declare=False)])
+
+
 def test_a_generic_table_shows_metrics_only(runs):
     from reports.run_report import _generic_metrics
 
