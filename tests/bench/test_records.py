@@ -113,6 +113,7 @@ def test_frames_of_a_folder_of_runs_or_of_no_run(tmp_path):
     shutil.copytree(tmp_path / "runs" / "a", tmp_path / "runs" / "a-copy")  # the same run twice: counted once
     with pytest.warns(UserWarning, match="is run r-a again"):
         assert len(records_frame(tmp_path / "runs")) == 2
+    shutil.rmtree(tmp_path / "runs" / "a-copy")
     (tmp_path / "runs" / "b" / "run.json").write_text("{")  # a corrupt run.json: its records are read all the same
     assert len(records_frame(tmp_path / "runs")) == 2
     for nothing in (tmp_path / "missing", tmp_path / "runs" / "a" / "records.jsonl", tmp_path):

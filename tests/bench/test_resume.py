@@ -147,7 +147,8 @@ def test_a_plain_resume_tidies_after_a_retry_that_was_cut_short(tmp_path, monkey
     assert repeated_case(tmp_path / "run") is not None
     monkeypatch.undo()
     monkeypatch.setattr(Flaky, "failing", False)
-    code, records = runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
+    with pytest.warns(UserWarning, match="recorded more than once: kept the last record of each"):
+        code, records = runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
     assert code == 0 and [r.status for r in records] == ["ok"] * 4
     assert repeated_case(tmp_path / "run") is None
 
