@@ -288,7 +288,7 @@ def cmd_run(args, discover, write_report) -> int:
             os.environ[CACHE_UNWRITABLE] = said
     counts = Counter(r.status for r in records)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"{len(records)} cases{': ' + tally if tally else ''} -> {path_text(out)}")
+    print(f"{len(records)} case{'s' * (len(records) != 1)}{': ' + tally if tally else ''} -> {path_text(out)}")
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
     if stopped := set(not_run) & {c.id for c in planned}:  # this command's own cases: its --budget ran out

@@ -177,7 +177,9 @@ def cmd_merge(args) -> int:
     except MergeError as e:
         raise UsageError(str(e)) from None
     machines = len(meta["envs"])
-    print(f"{n} records of {len(meta['merged_from'])} runs ({machines} machine{'s' * (machines > 1)}) -> {args.out}")
+    runs = len(meta["merged_from"])
+    print(f"{n} record{'s' * (n != 1)} of {runs} run{'s' * (runs != 1)} ({machines} machine{'s' * (machines != 1)}) -> "
+          f"{args.out}")
     from bench.rundir import unfinished_shards
 
     if meta["missing_shards"]:

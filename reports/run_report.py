@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
-from bench.metrics import specs_of
+from bench.metrics import ARTIFACTS, specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
 from bench.sides import reference_case
@@ -317,7 +317,8 @@ def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
                "params": ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()) if k not in shared)}
         for m in metrics:
             value = r[m]
-            row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else value)
+            row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else
+                                                   _hex(value) if m == ARTIFACTS.name else value)
             if row[m] is None and _nonfinite(r, m):  # measured, and NaN or infinite: said, not left blank
                 row[m] = NONFINITE_TEXT[_nonfinite(r, m)]
             if row[m] is not None and m in marks.get(i, {}):
@@ -370,6 +371,11 @@ def _shown(rows: pd.DataFrame, metric: str) -> bool:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
+
+
+def _hex(digest) -> str:
+    """The artifacts' digest as the history store keeps it: an identity in hex, not a quantity to group in thousands."""
+    return f"{int(digest):012x}"
 
 
 def _bytes(value) -> str | None:

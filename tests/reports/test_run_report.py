@@ -85,6 +85,12 @@ def test_each_table_says_what_its_columns_mean_as_the_suite_declared_them(tmp_pa
     assert "What the columns mean" not in render([write_run(tmp_path, "bare", checkpointing_records(), declare=False)])
 
 
+def test_the_artifacts_digest_is_shown_in_hex_as_history_keeps_it(tmp_path):
+    records = [{**MYSTERY[0], "metrics": {**MYSTERY[0]["metrics"], "artifacts_digest": 253543948637908}}]
+    text = render([write_run(tmp_path, "r", records)])
+    assert f"{253543948637908:012x}" in text and "253,543,948,637,908" not in text
+
+
 def test_a_generic_table_shows_metrics_only(runs):
     from reports.run_report import _generic_metrics
 
