@@ -286,9 +286,7 @@ def cmd_run(args, discover, write_report) -> int:
             os.environ.pop(CACHE_UNWRITABLE, None)
         else:
             os.environ[CACHE_UNWRITABLE] = said
-    counts = Counter(r.status for r in records)
-    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"{len(records)} case{'s' * (len(records) != 1)}{': ' + tally if tally else ''} -> {path_text(out)}")
+    print(summary(records, out))
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
     if stopped := set(not_run) & {c.id for c in planned}:  # this command's own cases: its --budget ran out
@@ -303,6 +301,18 @@ def cmd_run(args, discover, write_report) -> int:
               f"{shell_word(out)} -o FILE` retries", file=sys.stderr)  # path_text: `why` names the path
         return code or 1
     return code
+
+
+def summary(records, out: Path) -> str:
+    """The run's last line: its cases by status, and how many of those timed were contended (other work ran while
+    they were timed), so that a run whose timings measured the load does not end on a line that reads clean."""
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in records).items()))
+    line = f"{len(records)} case{'s' * (len(records) != 1)}{': ' + tally if tally else ''}"
+    judged = [r.metrics.get("contended") for r in records if r.status == "ok"]
+    if contended := judged.count(True):
+        line += (f" ({contended} of the {sum(c is not None for c in judged)} timed cases contended: other work ran "
+                 "while they were timed, the report lists them; rerun on a quiet machine to judge their timings)")
+    return f"{line} -> {path_text(out)}"
 
 
 def cache_unwritable() -> str | None:

@@ -113,3 +113,17 @@ def test_plan_names_an_unknown_suite_before_it_looks_for_a_gpu(capsys, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --gpu auto would refuse this machine
     code, _, err = run_cli(capsys, "plan", "nosuch")
     assert code == 2 and err.startswith("bench: error: unknown suite 'nosuch' (valid: ") and err.count("\n") == 1
+
+
+def test_the_last_line_of_a_run_says_how_many_timed_cases_were_contended(tmp_path):
+    from bench.cli_run import summary
+
+    def case(status, contended):
+        return types.SimpleNamespace(status=status, metrics={} if contended is None else {"contended": contended})
+
+    quiet = [case("ok", False), case("ok", None), case("skipped", None)]
+    assert summary(quiet, tmp_path) == f"3 cases: 2 ok, 1 skipped -> {tmp_path}"
+    busy = [case("ok", True), case("ok", True), case("ok", False), case("ok", None), case("error", None)]
+    line = summary(busy, tmp_path)
+    assert line.startswith("5 cases: 1 error, 4 ok (2 of the 3 timed cases contended: other work ran while they were "
+                           "timed") and line.endswith(f"-> {tmp_path}")
