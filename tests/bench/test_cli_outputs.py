@@ -88,7 +88,9 @@ def test_a_report_that_cannot_be_written_fails_the_run(capsys, tmp_path, monkeyp
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith("bench: error: no report.html (cannot write ") and "No space left on device" in err
     assert "`bench report $'" + str(tmp_path) + "/odd\\xff dir' -o FILE` retries" in err
-    assert "1 case: 1 ok -> " in stdout and (out / "records.jsonl").read_text().count("\n") == 1  # records kept
+    # contended or not: the machine may be busy
+    assert re.search(r"^1 case: 1 ok( \(1 of the 1 timed cases contended: .*\))? -> ", stdout, re.M)
+    assert (out / "records.jsonl").read_text().count("\n") == 1  # records kept
 
 
 @pytest.mark.parametrize("error, code, line", [
