@@ -15,7 +15,22 @@ from torch import Tensor
 
 from impls.samplers.base import Sampled, check_schedule, noise_like
 from impls.samplers.params import Counted, Model, coeffs, predict
-from impls.samplers.schedules import timesteps
+from impls.samplers.schedules import Schedule, timesteps
+
+
+def diffusion_sq(schedule: Schedule, t: float, like: Tensor) -> Tensor:
+    """g^2 at t, [1, 1] in like's dtype: d sigma^2 / dt - 2 f sigma^2 with f = d log alpha / dt (beta(t) for VP)."""
+    c = coeffs(schedule, t, like)
+    f = c.d_alpha / c.alpha
+    return 2 * c.sigma * c.d_sigma - 2 * f * c.sigma**2
+
+
+def reverse_drift(model: Model, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
+    """The reverse SDE at t: (f x - g^2 score(x, t), g^2), its drift dx/dt and squared diffusion; one model call."""
+    score = predict(model, x, t, "score")
+    c = coeffs(model.schedule, t, x)
+    g2 = diffusion_sq(model.schedule, t, x)
+    return (c.d_alpha / c.alpha) * x - g2 * score, g2
 
 
 @torch.no_grad()
@@ -28,11 +43,8 @@ def euler_maruyama(model: Model, x_T: Tensor, steps: int, *, spacing: str = "uni
     ts = timesteps(model.schedule, steps, spacing).tolist()
     x = x_T
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        score = predict(model, x, t, "score")
-        c = coeffs(model.schedule, t, x)
-        f = c.d_alpha / c.alpha
-        g2 = 2 * c.sigma * c.d_sigma - 2 * f * c.sigma**2
-        x = x + (s - t) * (f * x - g2 * score)
+        drift, g2 = reverse_drift(model, x, t)
+        x = x + (s - t) * drift
         if i < steps - 1:
             x = x + (g2 * (t - s)).sqrt() * noise_like(x, generator)
     return Sampled(x, model.calls)
