@@ -207,7 +207,7 @@ def _version(module: str) -> str | None:
 # Liger-Kernel's kernels, the ecosystem's library variants, pycocotools' evaluator): their versions from the package
 # metadata (no import), recorded but not part of env_id, so that installing one does not start new series.
 OPTIONAL_PACKAGES = ("torchvision", "flash-attn", "liger-kernel", "transformers", "diffusers", "torchao", "trl",
-                     "datasets", "torchdiffeq", "pycocotools")
+                     "datasets", "torchdiffeq", "torchsde", "pycocotools")
 
 
 # Environment variables that set how many threads a case runs, where, which GPUs it sees or which kernels run: what

@@ -27,6 +27,13 @@ to float rounding), rk4 (Kutta's 3/8 rule, 4 calls a step) on our EDM grid, and 
 are an outcome of its tolerance, not a budget: its cases are named by `tol` (rtol = atol) instead of `nfe_budget`,
 and a figure places them on the NFE axis by the calls counted (`nfe`; `steps` are the accepted ones, beside
 `rejected_steps`). Without torchdiffeq they are recorded as skipped.
+
+torchsde's SDE solvers (`torchsde_*`, impls/samplers/torchsde_solvers.py) solve the reverse-time VP SDE that sde_em
+solves, on its uniform grid, from its x_T, declared and paired (with sde_em) the same way: euler (Euler-Maruyama:
+sde_em's samples from the same noise) and srk (Roessler's SRA1, strong order 1.5 on additive noise, 3 calls a step).
+sdeint calls the model once more per solve, to check the drift's shape: NFE = 1 + calls a step x steps, so no run
+fits a budget of 1.
+Without torchsde they are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from bench.suite import Measurement, Suite, register, requires
 from bench.timing import time_fn
 from impls.cache import load_or_build
 from impls.libraries import ECOSYSTEM
-from impls.samplers import SAMPLERS, diffusers_schedulers, torchdiffeq_solvers
+from impls.samplers import SAMPLERS, diffusers_schedulers, torchdiffeq_solvers, torchsde_solvers
 from impls.samplers.base import GRID_NFE, prior_noise
 from impls.samplers.learned import LearnedConfig, classify_digits, digit_labels, digits, digits_count, load_or_train
 from impls.samplers.metrics import (
@@ -102,9 +109,11 @@ NFLOW = "nflow"
 DIFFUSERS = diffusers_schedulers.specs()
 TORCHDIFFEQ = torchdiffeq_solvers.specs()  # the fixed-grid ones; the adaptive ones are ADAPTIVE
 ADAPTIVE = torchdiffeq_solvers.ADAPTIVE
-SPECS = {**SAMPLERS, **DIFFUSERS, **TORCHDIFFEQ}  # every fixed-grid sampler variant's spec: ours and the libraries'
+TORCHSDE = torchsde_solvers.specs()
+SPECS = {**SAMPLERS, **DIFFUSERS, **TORCHDIFFEQ, **TORCHSDE}  # every fixed-grid sampler variant's spec: ours and the
+# libraries'
 # the sampler of ours each library variant takes its x_T from
-PAIRED_WITH = {**diffusers_schedulers.PAIRED_WITH, **torchdiffeq_solvers.PAIRED_WITH}
+PAIRED_WITH = {**diffusers_schedulers.PAIRED_WITH, **torchdiffeq_solvers.PAIRED_WITH, **torchsde_solvers.PAIRED_WITH}
 
 
 @register
@@ -139,15 +148,21 @@ class Samplers(Suite):
                            "probability-flow ODE",
         "torchdiffeq_dopri5": "torchdiffeq odeint, dopri5 (adaptive Dormand-Prince 5(4), rtol = atol = tol): the "
                               "probability-flow ODE, as score_sde solves it; NFE counted, not budgeted",
+        "torchsde_euler": "torchsde sdeint, euler (Euler-Maruyama, Ito), on our uniform grid: the reverse VP SDE, "
+                          "1 call a step and 1 to check the drift",
+        "torchsde_srk": "torchsde sdeint, srk (Roessler's SRA1 for additive noise, strong order 1.5; 3 calls a step "
+                        "and 1 to check the drift), on our uniform grid: the reverse VP SDE",
     }
     not_plannable = ("it records no memory figure to hold a prediction against: a case is a sampling loop of a small "
                      "model (the exact mixture or an MLP), quality against model calls")
     libraries = {**{variant: diffusers_schedulers.label() for variant in DIFFUSERS},
-                 **{variant: torchdiffeq_solvers.label() for variant in torchdiffeq_solvers.PAIRED_WITH}}
+                 **{variant: torchdiffeq_solvers.label() for variant in torchdiffeq_solvers.PAIRED_WITH},
+                 **{variant: torchsde_solvers.label() for variant in TORCHSDE}}
     requires = {**{variant: ("diffusers", ECOSYSTEM) for variant in DIFFUSERS},
-                **{variant: ("torchdiffeq", ECOSYSTEM) for variant in torchdiffeq_solvers.PAIRED_WITH}}
+                **{variant: ("torchdiffeq", ECOSYSTEM) for variant in torchdiffeq_solvers.PAIRED_WITH},
+                **{variant: ("torchsde", ECOSYSTEM) for variant in TORCHSDE}}
     # diffusers takes ~2.5 s to import (scipy with it), torchdiffeq 0.7 s (scipy too): imported once by the process
-    # cases fork from, not per case
+    # cases fork from, not per case. torchsde, ~5 ms once torch is in, is not worth it.
     preload = ("diffusers", *(f"diffusers.schedulers.scheduling_{m}" for m in (
         "ddpm", "ddim", "dpmsolver_multistep", "euler_discrete", "heun_discrete", "unipc_multistep",
         "flow_match_euler_discrete")), "torchdiffeq")
@@ -212,6 +227,8 @@ class Samplers(Suite):
             diffusers_schedulers.scheduler(variant, model.schedule)
         if variant in torchdiffeq_solvers.PAIRED_WITH:  # import torchdiffeq and check its contract, untimed
             torchdiffeq_solvers.api()
+        if variant in TORCHSDE:  # import torchsde and check its contract, untimed
+            torchsde_solvers.api()
         # x_T is common to a sampler's budgets (its quality curve is paired across NFE) but its own: samplers that
         # shared one x_T would share its luck, and deterministic ones would all sit where that one draw lands. A
         # library's variant takes the x_T of the sampler of ours it sits beside, so that the pair differ by the sampler.

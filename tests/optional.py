@@ -18,7 +18,7 @@ import torch
 # import name -> what to install, where they differ (the libraries users pick come with the ecosystem extra)
 PIP = {"sklearn": "scikit-learn", "torchao": '-e ".[ecosystem]"', "transformers": '-e ".[ecosystem]"',
        "diffusers": '-e ".[ecosystem]"', "trl": '-e ".[ecosystem]"', "torchdiffeq": '-e ".[ecosystem]"',
-       "liger_kernel": "liger-kernel==0.8.5"}
+       "torchsde": '-e ".[ecosystem]"', "liger_kernel": "liger-kernel==0.8.5"}
 
 
 def missing(*modules: str) -> list[str]:

@@ -38,7 +38,8 @@ def prior_noise(schedule: Schedule, n: int, dim: int, generator: torch.Generator
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A registered sampler: its function and its NFE rule nfe(steps) = calls_per_step * steps - last_step_saves."""
+    """A registered sampler: its function and its NFE rule nfe(steps) = first_calls + calls_per_step * steps -
+    last_step_saves."""
 
     fn: Callable[..., Sampled]
     """sample(model, x_T, steps, **options) -> Sampled, options already bound."""
@@ -52,17 +53,19 @@ class SamplerSpec:
     """The model a suite pairs it with: "vp" (a variance-preserving schedule) or "flow" (rectified flow)."""
     stochastic: bool = False
     """Injects noise, so its samples depend on the generator, not only on x_T."""
+    first_calls: int = 0
+    """Calls a solve makes before its first step: 1 for torchsde's sdeint, which checks the drift's shape on x_T."""
 
     def __post_init__(self):
-        assert self.calls_per_step >= 1 and 0 <= self.last_step_saves < self.calls_per_step
+        assert self.calls_per_step >= 1 and 0 <= self.last_step_saves < self.calls_per_step and self.first_calls >= 0
         assert self.family in ("vp", "flow"), f"family must be vp or flow, got {self.family!r}"
 
     def nfe(self, steps: int) -> int:
-        return self.calls_per_step * steps - self.last_step_saves
+        return self.first_calls + self.calls_per_step * steps - self.last_step_saves
 
     def steps_for(self, nfe: int) -> int | None:
         """Most steps whose NFE fits in the budget `nfe`; None when not even one step does."""
-        steps = (nfe + self.last_step_saves) // self.calls_per_step
+        steps = (nfe - self.first_calls + self.last_step_saves) // self.calls_per_step
         if self.max_steps is not None:
             steps = min(steps, self.max_steps)
         return steps if steps >= 1 else None

@@ -325,7 +325,7 @@ def test_skipped_without_diffusers(monkeypatch):
 
 def test_library_variants_declared():
     suite = Samplers()
-    # the suite's other library variants are torchdiffeq's (tests/impls/test_samplers_torchdiffeq.py)
+    # the suite's other library variants are torchdiffeq's and torchsde's (tests/impls/test_samplers_torch*.py)
     assert {v for v, label in suite.libraries.items() if label.split()[0] == "diffusers"} == set(DIFFUSERS)
     assert set(DIFFUSERS) == set(dfs.RECIPES) <= set(suite.variants) & set(suite.libraries)
     version = dfs.version()

@@ -1,12 +1,12 @@
 """The samplers suite at smoke size on CPU: quality metrics are deterministic given the seeds, so they are asserted;
-times are not. diffusers' and torchdiffeq's variants run where the library is installed and are recorded as skipped
-where it is not."""
+times are not. diffusers', torchdiffeq's and torchsde's variants run where the library is installed and are recorded
+as skipped where it is not."""
 
 import json
 
 import pytest
 
-from impls.samplers import diffusers_schedulers, torchdiffeq_solvers
+from impls.samplers import diffusers_schedulers, torchdiffeq_solvers, torchsde_solvers
 from reports.figures import figures_for, load_frame
 from suites.samplers import ADAPTIVE, CONTINUOUS_MAX_NFE, DIFFUSERS, GRIDS, SPECS, Samplers
 from tests.optional import missing, needs
@@ -17,6 +17,9 @@ HAS_TORCHDIFFEQ = not missing("torchdiffeq")
 NO_TORCHDIFFEQ = 'needs torchdiffeq, which is not installed (pip install -e ".[ecosystem]")'
 TORCHDIFFEQ = set(torchdiffeq_solvers.PAIRED_WITH)
 DOPRI5 = "torchdiffeq_dopri5"
+HAS_TORCHSDE = not missing("torchsde")
+NO_TORCHSDE = 'needs torchsde, which is not installed (pip install -e ".[ecosystem]")'
+TORCHSDE = set(torchsde_solvers.PAIRED_WITH)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +66,20 @@ def test_only_the_runs_a_sampler_takes_are_cases(cases, adaptive):
     assert [(model, budget) for v, model, budget in cases if v == "nflow"] == [("learned", 1)]
     rk4 = {budget for v, model, budget in cases if v == "torchdiffeq_rk4" and model == "exact"}
     assert rk4 == {4, 16, 64}  # 4 calls a step: no case at 1
+    # sdeint's shape check costs a call: no case at 1, euler's budget b buys b - 1 steps, srk's (b - 1) // 3
+    sde = {(v, budget): r.metrics.get("steps") for (v, model, budget), r in cases.items()
+           if v in TORCHSDE and model == "exact"}
+    assert set(sde) == {(v, b) for v in TORCHSDE for b in (4, 16, 64)}
+    if HAS_TORCHSDE:
+        assert sde == {("torchsde_euler", 4): 3, ("torchsde_euler", 16): 15, ("torchsde_euler", 64): 63,
+                       ("torchsde_srk", 4): 1, ("torchsde_srk", 16): 5, ("torchsde_srk", 64): 21}
     for (variant, _, _), r in {**cases, **adaptive}.items():
         if variant in DIFFUSERS and not HAS_DIFFUSERS:
             assert r.status == "skipped" and r.error == NO_DIFFUSERS
         elif variant in TORCHDIFFEQ and not HAS_TORCHDIFFEQ:
             assert r.status == "skipped" and r.error == NO_TORCHDIFFEQ
+        elif variant in TORCHSDE and not HAS_TORCHSDE:
+            assert r.status == "skipped" and r.error == NO_TORCHSDE
         else:
             assert r.status == "ok", (variant, r.error)
     # the adaptive solvers run on tolerances alone, and nothing else does
@@ -124,7 +136,8 @@ def test_run_declares_the_libraries(smoke_run):
     out, _, _ = smoke_run
     libraries = json.loads((out / "run.json").read_text())["suites"]["samplers"]["libraries"]
     assert libraries == {**{v: diffusers_schedulers.label() for v in DIFFUSERS},
-                         **{v: torchdiffeq_solvers.label() for v in TORCHDIFFEQ}}
+                         **{v: torchdiffeq_solvers.label() for v in TORCHDIFFEQ},
+                         **{v: torchsde_solvers.label() for v in TORCHSDE}}
 
 
 def test_quick_adds_few_torchdiffeq_cases():
@@ -133,6 +146,25 @@ def test_quick_adds_few_torchdiffeq_cases():
     count = {v: sum(suite.has_case(v, p) for p in suite.grid("quick", "cpu")) for v in TORCHDIFFEQ}
     assert count == {"torchdiffeq_euler": 12, "torchdiffeq_rk4": 10, DOPRI5: 8}
     assert GRIDS["full"]["tol"][-1] == 1e-5  # score_sde's rtol = atol for the probability-flow ODE
+
+
+def test_quick_adds_few_torchsde_cases():
+    # 5 budgets (4 to 64; 1 buys no run, 1000 is past CONTINUOUS_MAX_NFE) x 2 models each
+    suite = Samplers()
+    count = {v: sum(suite.has_case(v, p) for p in suite.grid("quick", "cpu")) for v in TORCHSDE}
+    assert count == {"torchsde_euler": 10, "torchsde_srk": 10}
+
+
+@pytest.mark.skipif(not HAS_TORCHSDE, reason=NO_TORCHSDE)
+def test_torchsde_euler_case_reads_sde_ems_numbers():
+    # from sde_em's x_T and the case's generator, torchsde_euler at budget b + 1 is sde_em at b (tests/impls/
+    # test_samplers_torchsde.py: the same samples): the suite hands both the same noise
+    suite, params = Samplers(), {"target": "gmm2d", "model": "exact", "n": 200}
+    ours = suite.measure("sde_em", {**params, "nfe_budget": 4}, "cpu").metrics
+    theirs = suite.measure("torchsde_euler", {**params, "nfe_budget": 5}, "cpu").metrics
+    assert (theirs["nfe"], theirs["steps"], ours["nfe"], ours["steps"]) == (5, 4, 4, 4)
+    for metric in ("sliced_w2", "mmd", "mode_weight_err", "mean_loglik"):
+        assert theirs[metric] == ours[metric], metric
 
 
 @pytest.mark.skipif(not HAS_TORCHDIFFEQ, reason=NO_TORCHDIFFEQ)
