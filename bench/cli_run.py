@@ -19,7 +19,7 @@ from bench.cli_select import nearest, no_case_matches, select, warn_ratios_lost,
 from bench.commands import UsageError
 from bench.distributed import Launch
 from bench.records import path_text, read_run_json
-from bench.rundir import shell_word
+from bench.rundir import command_of, resume_command, shell_word
 from bench.runner import TIMEOUTS
 from bench.suite import SIZES
 
@@ -278,23 +278,36 @@ def cmd_run(args, discover, write_report) -> int:
               f"`{rundir.resume_command(argv, out)}` continues", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP: the cases' processes are ended, finished records kept
-        say(f"bench: {stopped_by(e)}; finished records are kept in {out}, `{rundir.resume_command(argv, out)}` "
-            "continues")
-        return stop_code(e)
+        return _stopped(e, argv, out)
     finally:  # this run's news: another run in this process (a notebook's, a test's) checks the cache afresh
         if said is None:
             os.environ.pop(CACHE_UNWRITABLE, None)
         else:
             os.environ[CACHE_UNWRITABLE] = said
+    try:
+        return _finish(args, argv, out, planned, code, records, write_report)
+    except KeyboardInterrupt as e:  # after the last case, at the summary or report.html: the same resume writes them
+        return _stopped(e, argv, out)
+
+
+def _stopped(e: KeyboardInterrupt, argv: list[str], out: Path) -> int:
+    """What a stopped run says, with the command that continues it (for a run whose cases all ran, that command runs
+    none and writes its report.html), and its exit code."""
+    say(f"bench: {stopped_by(e)}; finished records are kept in {out}, `{resume_command(argv, out)}` continues")
+    return stop_code(e)
+
+
+def _finish(args, argv: list[str], out: Path, planned, code: int, records, write_report) -> int:
+    """After the run's last case: its summary, what it left unrun, and its report.html; the command's exit code."""
     print(summary(records, out))
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
     if stopped := set(not_run) & {c.id for c in planned}:  # this command's own cases: its --budget ran out
         print(f"bench: the --budget of {args.budget:g} s ran out with {len(stopped)} cases not run (listed in "
-              f"{out / 'run.json'} under not_run); `{rundir.resume_command(argv, out)}` runs them", file=sys.stderr)
+              f"{out / 'run.json'} under not_run); `{resume_command(argv, out)}` runs them", file=sys.stderr)
     elif not_run:
         print(f"bench: {out} stays unfinished: {len(not_run)} cases of the selection it was started for have no "
-              f"record (listed in {out / 'run.json'} under not_run); `{rundir.command_of(meta, out)}` runs them",
+              f"record (listed in {out / 'run.json'} under not_run); `{command_of(meta, out)}` runs them",
               file=sys.stderr)
     if (why := write_report(out)) is not None:  # the records are whole, but a script's next step needs the page
         print(f"bench: error: no report.html ({path_text(why)}); the records are kept, `bench report "

@@ -1,10 +1,11 @@
 """What `bench` says on a narrow or unhelpful machine: `bench list` at 80 columns keeps every name whole, a run says
-once that the cache cannot be written, a report.html that cannot be written or built fails the run, and `bench plan`
-names an unknown suite before it looks for a GPU."""
+once that the cache cannot be written, a report.html that cannot be written or built fails the run, a run stopped
+while it is drawn names the command that draws it, and `bench plan` names an unknown suite before it looks for a GPU."""
 
 import json
 import os
 import re
+import signal
 import sys
 import types
 
@@ -107,6 +108,29 @@ def test_a_report_that_cannot_be_built(capsys, tmp_path, monkeypatch, error, cod
     monkeypatch.setitem(sys.modules, "reports.run_report", types.SimpleNamespace(write_report=write_report))
     got, _, err = run_cli(capsys, *ONE_CASE, "--out", tmp_path / "r")
     assert got == code and err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_a_run_stopped_while_its_report_is_drawn_names_the_command_that_writes_it(capsys, tmp_path, monkeypatch):
+    # SIGTERM (a CI job's timeout) after the last case, while report.html is drawn: the run is finished, so a bare
+    # `--resume` finds no unfinished run under runs/ (exit 2); the line names this run's own resume, which runs no
+    # case again and writes the page
+    import bench.cli
+    from bench.cli_run import Stopped
+
+    def stopped(out):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(bench.cli, "_write_report", stopped)
+    out = tmp_path / "r"
+    code, stdout, err = run_cli(capsys, *ONE_CASE, "--out", out)
+    resume = f"bench {' '.join(ONE_CASE)} --resume --out {out}"
+    assert code == 128 + signal.SIGTERM and "1 cases: 1 ok -> " in stdout
+    assert err.strip().endswith(f"bench: stopped by SIGTERM; finished records are kept in {out}, `{resume}` continues")
+    drawn = []
+    monkeypatch.setattr(bench.cli, "_write_report", drawn.append)
+    code, stdout, _ = run_cli(capsys, *resume.split()[1:])
+    assert code == 0 and "no case to run" in stdout and drawn == [out]
+    assert (out / "records.jsonl").read_text().count("\n") == 1
 
 
 def test_plan_names_an_unknown_suite_before_it_looks_for_a_gpu(capsys, monkeypatch):
