@@ -91,9 +91,10 @@ def preload(modules) -> None:
 def _context(modules: list[str]):
     # forkserver: each case gets a fresh process forked from a server that has already imported torch and the
     # suites, so isolation costs milliseconds a case instead of a torch import (~1.5 s) a case. The server never
-    # touches CUDA, so children initialise it cleanly.
+    # touches CUDA, so children initialise it cleanly. bench.server_guard first: the server dies with `bench`, even
+    # while it imports the rest.
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(list(dict.fromkeys([*SERVER_MODULES, *modules, *_PRELOAD])))
+    ctx.set_forkserver_preload(list(dict.fromkeys(["bench.server_guard", *SERVER_MODULES, *modules, *_PRELOAD])))
     return ctx
 
 

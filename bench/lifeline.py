@@ -136,13 +136,18 @@ def _unfreeze_at_exit() -> None:
     atexit.register(gc.unfreeze)
 
 
+def die_with_parent() -> None:
+    """This process gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG; nothing off Linux)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def child_main(target: Callable[[], int | None], parent: int) -> NoReturn:
     """A forked child's whole life: it dies with `parent` (PR_SET_PDEATHSIG), runs `target`, whose return value (or
     SystemExit's code) is its exit code, 1 after any other exception (printed), and exits without returning into the
     parent's code."""
     code = 1
     try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent()
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(1)
         code = target() or 0

@@ -1,5 +1,6 @@
 """No process a case starts outlives its case or `bench` (bench.lifeline): not when `bench` is killed with SIGKILL
-(isolated or torchrun), not a stray a case leaves behind, not a forked child of a case that crashed."""
+(isolated or torchrun), not a stray a case leaves behind, not a forked child of a case that crashed; nor does the case
+server, even killed while it imports."""
 
 import json
 import os
@@ -281,6 +282,27 @@ def test_the_keeper_reports_a_signal_as_128_plus_its_number(tmp_path):
         assert keeper.wait(30) == 128 + signal.SIGTERM
     finally:
         os.close(keeping)
+
+
+def test_the_case_server_dies_with_bench_even_while_it_imports():
+    # bench killed as its first case starts: the server, importing torch and the suites, reads bench's end of its
+    # pipe only after them, and outlived bench by up to 8 s; bench.server_guard, its first import, ends it with bench
+    from multiprocessing import forkserver
+
+    from bench import launchers
+
+    launchers._context([])
+    assert forkserver._forkserver._preload_modules[0] == "bench.server_guard"
+    server = "import bench.server_guard, time; print('imported', flush=True); time.sleep(600)"
+    bench = (f"import subprocess as s, sys; p = s.Popen([sys.executable, '-c', {server!r}], stdout=s.PIPE, "
+             "stderr=s.DEVNULL); p.stdout.readline(); print(p.pid, flush=True)")  # then exits, as a killed bench does
+    out = subprocess.run([sys.executable, "-c", bench], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout)
+    try:
+        assert _until(lambda: not _alive(pid), 5), "the server outlived the process that started it"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_sweep_removes_the_scratch_folders_of_dead_owners_only(tmp_path):
