@@ -305,6 +305,17 @@ def test_the_case_server_dies_with_bench_even_while_it_imports():
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_ctrl_c_while_the_case_server_imports_ends_it_without_a_traceback():
+    # the server is in bench's process group: Ctrl-C during its imports printed torch's import stack (40 lines) under
+    # bench's line that says how to resume; any other error of the server still prints its traceback
+    for raised, said in (("os.kill(os.getpid(), signal.SIGINT); time.sleep(5)", ""),
+                         ("raise ImportError('a broken preload')", "ImportError: a broken preload")):
+        server = f"import bench.server_guard, os, signal, time; {raised}"
+        out = subprocess.run([sys.executable, "-c", server], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0 and out.stderr.strip().endswith(said), out.stderr
+        assert ("Traceback" in out.stderr) == bool(said), out.stderr
+
+
 def test_sweep_removes_the_scratch_folders_of_dead_owners_only(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
