@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {missing_package(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        kept = "; finished records are kept, rerun with --resume" if getattr(args, "command", None) == "run" else ""
+        # a run says itself, from its first write on, what it kept and the command that continues it
+        kept = " before the run began; nothing was written" if getattr(args, "command", None) == "run" else ""
         say(f"bench: {stopped_by(e)}{kept}")
         return stop_code(e)
     except BrokenPipeError:

@@ -1,6 +1,7 @@
 """What `bench` says on a narrow or unhelpful machine: `bench list` at 80 columns keeps every name whole, a run says
 once that the cache cannot be written, a report.html that cannot be written or built fails the run, a run stopped
-while it is drawn names the command that draws it, and `bench plan` names an unknown suite before it looks for a GPU."""
+while it is drawn names the command that draws it and one stopped before it began says that nothing was written, and
+`bench plan` names an unknown suite before it looks for a GPU."""
 
 import json
 import os
@@ -131,6 +132,21 @@ def test_a_run_stopped_while_its_report_is_drawn_names_the_command_that_writes_i
     code, stdout, _ = run_cli(capsys, *resume.split()[1:])
     assert code == 0 and "no case to run" in stdout and drawn == [out]
     assert (out / "records.jsonl").read_text().count("\n") == 1
+
+
+def test_a_run_stopped_before_it_began_says_nothing_was_written(capsys, tmp_path, monkeypatch):
+    # SIGTERM while bench imports the suites: no run directory exists yet, so "rerun with --resume" (said before)
+    # would continue another unfinished run under runs/, or exit 2 finding none
+    import bench.cli
+    from bench.cli_run import Stopped
+
+    def stopped():
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(bench.cli, "discover", stopped)
+    code, _, err = run_cli(capsys, *ONE_CASE, "--out", tmp_path / "r")
+    assert code == 128 + signal.SIGTERM and not (tmp_path / "r").exists()
+    assert err == "bench: stopped by SIGTERM before the run began; nothing was written\n"
 
 
 def test_plan_names_an_unknown_suite_before_it_looks_for_a_gpu(capsys, monkeypatch):
