@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -124,7 +125,9 @@ def run_distributed(case, device: str, how: Launch, timeout_s: float, seed: int,
             return json.loads(result.read_text())
         if how.nnodes > 1 and len(ranks) == how.nproc_per_node and not failed:
             return None  # every local rank finished and global rank 0 is on another node, which records the case
-        return {"status": "error", "error": f"the job exited with code {code} without a result:\n" + _log_tail(job)}
+        tail = _log_tail(job)
+        return {"status": "error", "error": f"the job exited with {_exit_text(code)} without a result"
+                                            + (f":\n{tail}" if tail else "")}
 
 
 class NodesDiffer(Exception):
@@ -250,6 +253,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _exit_text(code: int) -> str:
+    """A job's exit code in words: 143 is "code 143 (killed by SIGTERM)", as a launcher (bench.ranks, torchrun) or
+    the keeper reports a process a signal ended."""
+    try:
+        killed = f" (killed by {signal.Signals(code - 128).name})" if code > 128 else ""
+    except ValueError:  # no such signal: an exit code the job chose
+        killed = ""
+    return f"code {code}{killed}"
 
 
 def _log_tail(job: Path) -> str:

@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 
 from bench.lifeline import child_main, freeze_alive
 
@@ -74,6 +75,10 @@ def run(nproc: int, module: str, args: list[str], preload: list[str] = ()) -> in
 
 def _rank(rank: int, nproc: int, env: dict, module: str, args: list[str]) -> None:
     faulthandler.enable()  # a rank that crashes in native code (exit code 139) prints its Python stack to the log
+    # forked from the case server, the launcher has `module` imported already (bench.launchers imports
+    # bench.distributed): runpy's warning that it was filled every job's log, and so the tail that a failed or timed
+    # out job's record quotes
+    warnings.filterwarnings("ignore", r"'.*' found in sys\.modules after import of package", RuntimeWarning)
     os.environ.update(rank_env(rank, nproc, env["port"], env["run_id"]))
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -8,7 +8,7 @@ import pytest
 
 from bench import launchers, runner
 from bench.cli import main
-from bench.distributed import Launch, aggregate
+from bench.distributed import Launch, _exit_text, aggregate
 from bench.records import read_records
 from bench.suite import SUITES
 from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
@@ -51,6 +51,7 @@ def test_a_hung_rank_is_a_timeout_that_names_it_and_is_killed(tmp_path, monkeypa
     # once, then the ranks forked)
     assert code == 1
     assert r["hang"].status == "timeout" and "had not finished: [1]" in r["hang"].error
+    assert "RuntimeWarning" not in r["hang"].error  # the log's tail it quotes is the ranks' own, not runpy's noise
     pid = int(pidfile.read_text())
     for _ in range(50):  # killed with its job, not left asleep (its reaper may take a moment)
         if not _alive(pid):
@@ -69,6 +70,12 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[-1][0] != "Z"
     except OSError:  # reaped since: no such file, or ESRCH when it went between the open and the read
         return False
+
+
+def test_a_job_killed_by_a_signal_says_which():
+    # the ranks' launcher killed by SIGTERM (a `kill` of it, the OS) ends the job with 143; a code the job chose stays
+    assert _exit_text(143) == "code 143 (killed by SIGTERM)" and _exit_text(137) == "code 137 (killed by SIGKILL)"
+    assert _exit_text(3) == "code 3" and _exit_text(255) == "code 255"
 
 
 def test_one_rank_runs_and_an_unsupported_world_size_is_skipped(tmp_path):
