@@ -300,6 +300,8 @@ def _stopped(e: KeyboardInterrupt, argv: list[str], out: Path) -> int:
 def _finish(args, argv: list[str], out: Path, planned, code: int, records, write_report) -> int:
     """After the run's last case: its summary, what it left unrun, and its report.html; the command's exit code."""
     print(summary(records, out))
+    if (disturbed := contended_line(records)) is not None:
+        print(f"bench: warning: {disturbed}")
     meta = read_run_json(out) or {}
     not_run = meta.get("not_run") or []
     if stopped := set(not_run) & {c.id for c in planned}:  # this command's own cases: its --budget ran out
@@ -323,9 +325,24 @@ def summary(records, out: Path) -> str:
     line = f"{len(records)} case{'s' * (len(records) != 1)}{': ' + tally if tally else ''}"
     judged = [r.metrics.get("contended") for r in records if r.status == "ok"]
     if contended := judged.count(True):
-        line += (f" ({contended} of the {sum(c is not None for c in judged)} timed cases contended: other work ran "
-                 "while they were timed, the report lists them; rerun on a quiet machine to judge their timings)")
+        line += f" ({contended} of the {sum(c is not None for c in judged)} timed cases contended)"
     return f"{line} -> {path_text(out)}"
+
+
+def contended_line(records) -> str | None:
+    """The warning under a run's last line where some of its cases ran contended: the reason of the most disturbed
+    and what it means; None when none did. A load that began after the run's start is said nowhere else on the
+    console, and the run still exits 0: a contended case is a result, not a failure."""
+    from bench.interference import reason
+
+    hit = [r for r in records if r.status == "ok" and r.metrics.get("contended") is True]
+    if not hit:
+        return None
+    worst = max(hit, key=lambda r: r.metrics.get("host_other_cpus") or 0.0)
+    return (f"other load disturbed the timings of {len(hit)} case{'s' * (len(hit) != 1)} (the most: "
+            f"{reason(worst.metrics) or 'flagged contended'}); the report lists each with its reason, and `bench "
+            "compare` calls such timings contended, not faster or slower: rerun them on a quiet machine (`bench "
+            "doctor` says what is busy)")
 
 
 def cache_unwritable() -> str | None:
