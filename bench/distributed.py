@@ -37,6 +37,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -45,6 +46,9 @@ from bench.lifeline import KEEPER_WAIT_S, kill_session
 from bench.rank_metrics import aggregate
 
 LOG_LINES = 12
+AGREE_PEER_S = 120.0
+"""How long a rank of the agreement waits for the other nodes' ranks once the nodes met at the rendezvous (they start
+within seconds of each other): a node stopped or lost meanwhile ends the agreement then, not at the store's 300 s."""
 OWNER = "owner.pid"
 """The file in a scratch folder that holds its owner's pid."""
 
@@ -159,13 +163,24 @@ def agree(skipped: set[str], planned: list[str], how: Launch, timeout_s: float,
                str(job / "spec.json")]
         code = _keep(cmd, env, job, timeout_s, cpus)
         if code != 0 or not (job / "agreed.json").exists():
-            said = "no answer in {:.0f} s".format(timeout_s) if code is None else _last_words(job / "job.log")
-            raise NodesUnreachable(f"the nodes could not meet at the rendezvous {how.rdzv_endpoint} before the first "
-                                   f"case ({said}): check --rdzv-endpoint HOST:PORT and start every node with it")
+            raise _unreached(job, how, code, timeout_s)
         answer = json.loads((job / "agreed.json").read_text())
         if "differ" in answer:
             raise NodesDiffer(answer["differ"])
         return set(answer["skipped"])
+
+
+def _unreached(job: Path, how: Launch, code: int | None, timeout_s: float) -> NodesUnreachable:
+    """Why an agreement gave no answer: the nodes never met at the rendezvous (a wrong endpoint, a node not started),
+    or they met, since torchrun started this node's ranks only then (each marks it, `met<rank>`), and another node
+    stopped answering before they agreed (stopped or lost)."""
+    said = "no answer in {:.0f} s".format(timeout_s) if code is None else _last_words(job / "job.log")
+    if any(job.glob("met*")):
+        return NodesUnreachable(f"the nodes met at the rendezvous {how.rdzv_endpoint}, but another node stopped "
+                                f"answering before they agreed on the cases ({said}): it was stopped or lost; start "
+                                "every node again with the same command and --resume")
+    return NodesUnreachable(f"the nodes could not meet at the rendezvous {how.rdzv_endpoint} before the first case "
+                            f"({said}): check --rdzv-endpoint HOST:PORT and start every node with it")
 
 
 def _last_words(log: Path) -> str:
@@ -309,7 +324,9 @@ def _rank_main(spec_path: str) -> int:
     job = Path(spec["dir"])
     if "agree" in spec:  # `agree`: what every node planned and skips, joined through the job's store (no
         world = int(os.environ["WORLD_SIZE"])  # collective backend: a GPU cluster's gloo may not find its network)
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0)
+        (job / f"met{rank}").touch()  # torchrun starts the ranks once every node met at the rendezvous
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=rank == 0,
+                              timeout=timedelta(seconds=AGREE_PEER_S))
         store.set(f"agree/{rank}", json.dumps({**spec, "host": socket.gethostname(),
                                                "node": int(os.environ.get("GROUP_RANK", 0))}))
         store.wait([f"agree/{r}" for r in range(world)])
@@ -317,7 +334,10 @@ def _rank_main(spec_path: str) -> int:
         if local_rank == 0:
             (job / "agreed.json").write_text(json.dumps(_join_plans(said)))
         store.add("agree/read", 1)
+        deadline = time.monotonic() + AGREE_PEER_S
         while rank == 0 and int(store.add("agree/read", 0)) < world:  # until every rank read: the store may be rank 0's
+            if time.monotonic() > deadline:  # a rank that said its plan and was lost before it read: agreed all the
+                break  # same (agreed.json is written), and the lost node's next case says it is gone
             time.sleep(0.05)
         os._exit(0)
     (job / f"pid{rank}").write_text(str(os.getpid()))  # this rank started: a timeout names those that had not ended

@@ -290,3 +290,20 @@ def test_nodes_that_cannot_meet_stop_the_run_before_its_first_case(tmp_path, mon
         runner.run(cfg)
     assert time.monotonic() - t0 < 60 and not out.exists()  # a fresh run's folder held only its lock
     assert issubclass(distributed.NodesUnreachable, distributed.NodesDiffer)
+
+
+def test_nodes_that_met_and_lost_one_say_so_not_to_check_the_endpoint(tmp_path):
+    # a node stopped during the agreement: this node's ranks ran (torchrun starts them once the nodes met), so the
+    # endpoint was right; the line says the other node went away, not "check --rdzv-endpoint"
+    from bench import distributed
+
+    how = Launch(1, 2, "127.0.0.1:29400")
+    (tmp_path / "job.log").write_text("torch.distributed.DistStoreError: wait timeout after 120000ms\n")
+    unmet = str(distributed._unreached(tmp_path, how, 1, 600.0))
+    assert "could not meet at the rendezvous 127.0.0.1:29400" in unmet and "check --rdzv-endpoint" in unmet
+    (tmp_path / "met0").touch()
+    lost = str(distributed._unreached(tmp_path, how, 1, 600.0))
+    assert lost.startswith("the nodes met at the rendezvous 127.0.0.1:29400, but another node stopped answering "
+                           "before they agreed on the cases (torch.distributed.DistStoreError: wait timeout after "
+                           "120000ms): it was stopped or lost; start every node again with the same command and "
+                           "--resume") and "check --rdzv-endpoint" not in lost
