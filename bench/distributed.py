@@ -220,7 +220,10 @@ def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
     finally:
         os.close(lifeline)
     try:
-        return keeper.wait(timeout_s)
+        code = keeper.wait(timeout_s)
+        # the keeper says 128+N for the job a signal ended; the keeper itself ended by one (SIGKILL, the OOM killer)
+        # is -N here: the same 128+N, so that the record names the signal either way
+        return code if code >= 0 else 128 - code
     except subprocess.TimeoutExpired:
         return None
     finally:

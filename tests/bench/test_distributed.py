@@ -2,13 +2,14 @@
 a rank that raises, runs out of memory or hangs gives a record naming it, and the run goes on."""
 
 import os
+import signal
 import time
 
 import pytest
 
 from bench import launchers, runner
 from bench.cli import main
-from bench.distributed import Launch, _exit_text, aggregate
+from bench.distributed import Launch, _exit_text, _keep, aggregate
 from bench.records import read_records
 from bench.suite import SUITES
 from tests.bench import fake_suites  # noqa: F401 - registers the fake suites
@@ -76,6 +77,13 @@ def test_a_job_killed_by_a_signal_says_which():
     # the ranks' launcher killed by SIGTERM (a `kill` of it, the OS) ends the job with 143; a code the job chose stays
     assert _exit_text(143) == "code 143 (killed by SIGTERM)" and _exit_text(137) == "code 137 (killed by SIGKILL)"
     assert _exit_text(3) == "code 3" and _exit_text(255) == "code 255"
+
+
+def test_a_job_whose_keeper_was_killed_says_which_signal(tmp_path):
+    # over several nodes the job runs under `python -m bench.lifeline`: that keeper killed outright (SIGKILL, the OOM
+    # killer) was waited on as -9, and the record read "the job exited with code -9", naming no signal
+    code = _keep(["sh", "-c", "kill -9 $PPID; sleep 5"], dict(os.environ), tmp_path, 60.0)
+    assert code == 128 + signal.SIGKILL and _exit_text(code) == "code 137 (killed by SIGKILL)"
 
 
 def test_one_rank_runs_and_an_unsupported_world_size_is_skipped(tmp_path):
