@@ -64,3 +64,14 @@ def test_a_cached_listing_does_not_import_torch(tmp_path):
     cold, warm = (r.stdout.strip().splitlines() for r in runs)
     assert json.loads(cold[-1]) == ["impls", "suites", "torch"] and json.loads(warm[-1]) == []
     assert json.loads("\n".join(cold[:-1])) == json.loads("\n".join(warm[:-1]))  # the same listing either way
+
+
+def test_the_readmes_full_plan_table_counts_the_cases_there_are():
+    # `bench plan --size full --gpu h200`'s table in the README: its cases column, per suite (or suites of one row),
+    # is what `bench list` counts at full size; a grid that grows (torchsde's 75 samplers cases) grows the row too
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("Full size against an H200"):].split("\n\n")[1].splitlines()[2:]
+    full = {r["name"]: r["cases"]["full"] for r in catalog.catalog()}
+    said = {cells[1].strip(): int(cells[2]) for cells in (row.split("|") for row in table)}
+    assert {row: sum(full[s] for s in row.split(", ")) for row in said} == said
+    assert {s for row in said for s in row.split(", ")} == set(full)  # every suite has a row
