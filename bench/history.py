@@ -81,7 +81,7 @@ from pathlib import Path
 
 from bench.atomic import atomic_path
 from bench.interference import reason
-from bench.metrics import default, is_clocked, of_weights, specs_of
+from bench.metrics import default, digest_hex, is_clocked, of_weights, specs_of
 from bench.records import RECORDS_JSONL, Record, read_run_json, scan_records
 from bench.sides import damage, distinct, reference_case
 
@@ -300,7 +300,7 @@ def _rows(records: list[Record], meta: dict, run_id: str):
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
                 "source_run": (r.run_id if merged and isinstance(r.run_id, str) else None) or run_id,
                 **_contention(r.metrics)}
-        artifacts = _hex(r.metrics.get("artifacts_digest"))
+        artifacts = digest_hex(r.metrics.get("artifacts_digest"))
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
         metrics = {m: _float(v) for m, v in r.metrics.items() if v is None or _float(v) is not None}  # drops text
@@ -324,10 +324,6 @@ def _kind(spec, declared: dict, samples: list) -> str:
     if spec.kind == "info":
         return "info"
     return "measured" if samples or is_clocked(spec.name, declared) else "exact"
-
-
-def _hex(digest) -> str | None:
-    return f"{int(digest):012x}" if isinstance(digest, (int, float)) and not isinstance(digest, bool) else None
 
 
 def _contention(metrics: dict) -> dict:

@@ -14,6 +14,8 @@ kind:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 
 KINDS = ("measured", "exact", "derived", "info")
@@ -139,6 +141,13 @@ RESERVED = Metric("reserved_mem_bytes", "info", None, "the CUDA caching allocato
 # changed value to the threshold rather than exactly.
 ARTIFACTS = Metric("artifacts_digest", "info", None, "the first 48 bits of the sha256 of the cached artifacts the case "
                    "read (name:digest of each, sorted)")
+
+
+def digest_hex(value) -> str | None:
+    """An artifacts_digest as the history store keeps it and pages show it: 12 hex digits, an identity, not a quantity
+    to group in thousands or take a ratio of; None for anything else (a missing value, NaN, a flag)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return f"{int(value):012x}" if ok else None
 # Counts of bytes and FLOPs come from shapes and dtypes, not from the weights' values: other weights leave them exact.
 SHAPE_UNITS = ("bytes", "B", "FLOP")
 

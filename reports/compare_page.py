@@ -22,6 +22,7 @@ from bench.compare import (
     plain_records,
     too_few_lines,
 )
+from bench.metrics import ARTIFACTS, digest_hex
 from reports.html import figure, number, page, section, table
 
 # Red (worse) -> white (no change) -> green (better), the colours the tables use for regressions and improvements.
@@ -63,6 +64,13 @@ def _goodness(ratio: float, direction: str | None) -> float:
     return math.log2(ratio) * (1 if direction == "higher" else -1)
 
 
+def _digests_in_hex(records: list[dict]) -> list[dict]:
+    """Table rows with each artifacts_digest's sides in hex, as the run report and the history show it, and no ratio:
+    a digest is an identity, which a ratio of 1 (and thousands grouping) would pass off as a quantity unchanged."""
+    return [{**r, "base": digest_hex(r["base"]), "new": digest_hex(r["new"]), "ratio": None}
+            if r["metric"] == ARTIFACTS.name else r for r in records]
+
+
 def heatmap(rows):
     """Cases (rows) by metrics (columns), coloured by how much better or worse NEW is than BASE where a verdict
     judged the change; grey where none did."""
@@ -74,7 +82,8 @@ def heatmap(rows):
     text, grey_text, hover = ([[""] * len(metrics) for _ in cases] for _ in range(3))
     for r in rows.itertuples():
         i, j = cases.index(r.case_id), metrics.index(r.metric)
-        label = "" if math.isnan(r.ratio) else f"{r.ratio:.2f}"
+        digest = r.metric == ARTIFACTS.name  # an identity: its ratio would read "1.00" for other trained weights
+        label = "" if math.isnan(r.ratio) or digest else f"{r.ratio:.2f}"
         has_direction = isinstance(r.direction, str)
         judged = r.verdict in JUDGED and has_direction
         if judged:
@@ -89,7 +98,9 @@ def heatmap(rows):
             grey[i][j], grey_text[i][j] = 0.0, label
         better = f"{r.direction} is better" if has_direction else "no direction"
         hover[i][j] = (f"{html.escape(r.case_id)}<br>{r.metric} ({better})<br>"
-                       f"base {number(r.base)} → new {number(r.new)}<br>ratio {r.ratio:.4g}<br>verdict: {r.verdict}, "
+                       + (f"base {digest_hex(r.base) or '-'} → new {digest_hex(r.new) or '-'}<br>" if digest else
+                          f"base {number(r.base)} → new {number(r.new)}<br>ratio {r.ratio:.4g}<br>")
+                       + f"verdict: {r.verdict}, "
                        f"runs {r.runs_per_side}" + _why(r)
                        + ("" if judged else "<br>grey: no verdict on this change"))
     finite = [abs(v) for row in z for v in row if math.isfinite(v)]
@@ -248,7 +259,7 @@ def write_compare_html(comparison, out: str | Path) -> Path:
                              "wrong way for the metric's direction.</p>",
                              table(listed, ["case_id", "metric", "verdict", "base", "new"])))
     if len(rows):
-        parts.append(section("All comparisons", table(plain_records(rows, ROW_TABLE), ROW_TABLE)))
+        parts.append(section("All comparisons", table(_digests_in_hex(plain_records(rows, ROW_TABLE)), ROW_TABLE)))
     subtitle = (f"base {', '.join(c.base_runs)} vs new {', '.join(c.new_runs)}; timings with several runs a side: "
                 f"run medians against the run-to-run spread (Welch t-test from 3 runs a side); with one run a side: "
                 f"Mann-Whitney U and bootstrap CI of the ratio of medians; alpha {c.alpha:g}, minimum effect "

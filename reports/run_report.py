@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
-from bench.metrics import ARTIFACTS, specs_of
+from bench.metrics import ARTIFACTS, digest_hex, specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
 from bench.sides import reference_case
@@ -318,7 +318,7 @@ def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
         for m in metrics:
             value = r[m]
             row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else
-                                                   _hex(value) if m == ARTIFACTS.name else value)
+                                                   digest_hex(value) if m == ARTIFACTS.name else value)
             if row[m] is None and _nonfinite(r, m):  # measured, and NaN or infinite: said, not left blank
                 row[m] = NONFINITE_TEXT[_nonfinite(r, m)]
             if row[m] is not None and m in marks.get(i, {}):
@@ -371,11 +371,6 @@ def _shown(rows: pd.DataFrame, metric: str) -> bool:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
-
-
-def _hex(digest) -> str:
-    """The artifacts' digest as the history store keeps it: an identity in hex, not a quantity to group in thousands."""
-    return f"{int(digest):012x}"
 
 
 def _bytes(value) -> str | None:

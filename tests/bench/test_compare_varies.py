@@ -84,3 +84,17 @@ def test_compare_spread_aa_false_alarms(n_base, n_new):
     alarms = sum(compare_spread(2.8e9 + rng.normal(0, 4096, n_base), 2.8e9 + rng.normal(0, 4096, n_new)).change
                  in ("up", "down") for _ in range(500))
     assert alarms <= 12
+
+
+@needs("plotly")
+def test_the_compare_page_shows_an_artifacts_digest_in_hex_without_a_ratio(tmp_path):
+    # an identity of trained weights, as the run report and the history show it: grouped in thousands with "ratio 1"
+    # (and a heatmap cell reading 1.00) it passed for a quantity unchanged where the weights differ
+    def side(name, digest):
+        return [write_run(tmp_path, name, [timing_case("v", 100, artifacts_digest=digest)])]
+
+    text = write_compare_html(compare(side("base", 253543948637908), side("new", 253543948637909)),
+                              tmp_path / "c.html").read_text()
+    assert "253,543,948,637,90" not in text  # neither in the table nor in the heatmap's hover (plotly's JSON below)
+    assert "<td>e698ccfe56d4</td><td>e698ccfe56d5</td><td></td>" in text  # base, new, no ratio
+    assert "base e698ccfe56d4 \\u2192 new e698ccfe56d5\\u003cbr\\u003everdict: n\\u002fa" in text
