@@ -8,9 +8,11 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class ApiMoved(RuntimeError):
@@ -18,10 +20,22 @@ class ApiMoved(RuntimeError):
     package). Each adapter module re-exports it as its own `ApiMoved`."""
 
 
-# How to install the packages of the library variants: techbench's `ecosystem` extra, from its checkout. techbench is
-# on no package index, so `pip install techbench[ecosystem]` finds no distribution; quoted, so that zsh leaves the
-# brackets alone. `bench.suite.requires(module, pip=ECOSYSTEM)` says `pip install -e ".[ecosystem]"`.
-ECOSYSTEM = '-e ".[ecosystem]"'
+
+
+def _extra(name: str) -> str:
+    """`pip install` arguments that install techbench's extra `name` from its checkout, which works from any folder:
+    the checkout's path, quoted for the shell (zsh would read the brackets). techbench is on no package index, so
+    `pip install techbench[ecosystem]` finds no distribution. Outside a checkout (a copy without pyproject.toml),
+    the line a user runs in the checkout."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return f"-e {shlex.quote(f'{checkout}[{name}]')}"
+    return f'-e ".[{name}]" (in the techbench checkout)'
+
+
+# How to install the packages of the library variants: techbench's `ecosystem` extra, from its checkout;
+# `bench.suite.requires(module, pip=ECOSYSTEM)` says `pip install -e '/path/to/techbench[ecosystem]'`.
+ECOSYSTEM = _extra("ecosystem")
 
 
 @dataclass(frozen=True)

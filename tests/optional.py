@@ -15,10 +15,11 @@ import importlib.util
 import pytest
 import torch
 
+from impls.libraries import ECOSYSTEM
+
 # import name -> what to install, where they differ (the libraries users pick come with the ecosystem extra)
-PIP = {"sklearn": "scikit-learn", "torchao": '-e ".[ecosystem]"', "transformers": '-e ".[ecosystem]"',
-       "diffusers": '-e ".[ecosystem]"', "trl": '-e ".[ecosystem]"', "torchdiffeq": '-e ".[ecosystem]"',
-       "torchsde": '-e ".[ecosystem]"', "liger_kernel": "liger-kernel==0.8.5"}
+PIP = {"sklearn": "scikit-learn", "torchao": ECOSYSTEM, "transformers": ECOSYSTEM, "diffusers": ECOSYSTEM,
+       "trl": ECOSYSTEM, "torchdiffeq": ECOSYSTEM, "torchsde": ECOSYSTEM, "liger_kernel": "liger-kernel==0.8.5"}
 
 
 def missing(*modules: str) -> list[str]:

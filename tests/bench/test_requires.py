@@ -3,6 +3,7 @@ starts for it; each suite's declaration (Suite.requires) names the module its ow
 
 import importlib.util
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from bench import launchers, runner
 from bench.case import execute
 from bench.suite import SUITES, Measurement, Suite, discover, register, unmet
+from impls.libraries import ECOSYSTEM
 
 MISSING = "techbench_no_such_module"
 
@@ -19,7 +21,7 @@ MISSING = "techbench_no_such_module"
 class NeedsLibrary(Suite):
     name = "_needs_library"
     variants = {"ours": "reference", "lib": "a library that is not installed"}
-    requires = {"lib": (MISSING, '-e ".[ecosystem]"')}
+    requires = {"lib": (MISSING, ECOSYSTEM)}
 
     def grid(self, size, device):
         return [{"n": 1}]
@@ -41,7 +43,7 @@ def test_a_missing_library_is_skipped_with_its_install_line_and_no_process(tmp_p
     by = {r.variant: r for r in records}
     assert code == 0 and by["ours"].status == "ok"
     assert by["lib"].status == "skipped"
-    assert by["lib"].error == f'needs {MISSING}, which is not installed (pip install -e ".[ecosystem]")'
+    assert by["lib"].error == f'needs {MISSING}, which is not installed (pip install {ECOSYSTEM})'
     assert started == ["ours"]
 
 
@@ -67,15 +69,19 @@ def test_the_declaration_names_the_module_measure_asks_for(suite, variant, monke
 @pytest.mark.parametrize("suite, variant", _declared())
 def test_the_install_line_is_one_pip_takes_and_it_brings_the_module(suite, variant):
     """techbench is on no package index: `pip install techbench[ecosystem]` finds no distribution. A line that names
-    one of the project's extras installs it from the checkout (`-e ".[extra]"`), and that extra lists the module."""
+    one of the project's extras installs it from this checkout, by its path (`-e '/path/to/techbench[extra]'`, from
+    any folder), and that extra lists the module."""
     module, pip = SUITES[suite].requires[variant]
-    extra = re.fullmatch(r'-e "\.\[(\w+)\]"', pip)
+    words = shlex.split(pip)
+    extra = re.fullmatch(r"(.+)\[(\w+)\]", words[-1]) if words[0] == "-e" and len(words) == 2 else None
     if extra is None:  # a distribution of its own (liger-kernel==0.8.5)
         assert not pip.startswith("techbench"), pip
         return
-    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
-    listed = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in project["optional-dependencies"][extra.group(1)]}
-    assert module in listed, (module, extra.group(1), sorted(listed))
+    checkout, name = Path(extra.group(1)), extra.group(2)
+    assert checkout == Path(__file__).resolve().parents[2], pip  # this checkout, whatever the folder pip runs in
+    project = tomllib.loads((checkout / "pyproject.toml").read_text())["project"]
+    listed = {re.split(r"[<>=!~ ;\[]", r)[0].lower() for r in project["optional-dependencies"][name]}
+    assert module in listed, (module, name, sorted(listed))
 
 
 def test_a_cuda_only_variant_off_cuda_is_skipped_as_such_not_told_to_install():

@@ -13,6 +13,7 @@ from impls.fp8.gemm import reference_kernel
 from impls.fp8.linear import Fp8Linear
 from impls.fp8.reference import RECIPES, sqnr_db
 from impls.fp8.train import HIGH_PRECISION, MLPLM, loss_gap, train
+from impls.libraries import ECOSYSTEM
 from suites.fp8 import TORCHAO, Fp8
 from tests.impls.test_fp8_gemm import emulated_scaled_mm
 from tests.optional import needs
@@ -194,7 +195,7 @@ def test_skipped_without_torchao(monkeypatch):
     for variant in TORCHAO:
         with pytest.raises(Skip) as e:
             Fp8().measure(variant, {"part": "training", "steps": 2}, "cpu")
-        assert str(e.value) == 'needs torchao, which is not installed (pip install -e ".[ecosystem]")'
+        assert str(e.value) == f'needs torchao, which is not installed (pip install {ECOSYSTEM})'
 
 
 def test_library_variants_declared():

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from impls.libraries import ECOSYSTEM
 from impls.packing import PACKERS, hf_grouped
 from impls.packing.bucketing import bucketing
 from impls.packing.check import assert_valid
@@ -145,5 +146,5 @@ def test_the_suite_declares_transformers_and_plans_it_as_its_packers():
     from suites.packing import HF, Packing, _packing
 
     suite = Packing()
-    assert suite.libraries[HF] == hf_grouped.label() and suite.requires[HF] == ("transformers", '-e ".[ecosystem]"')
+    assert suite.libraries[HF] == hf_grouped.label() and suite.requires[HF] == ("transformers", ECOSYSTEM)
     assert _packing(HF, "lognormal", 2000, 512, BATCH) == grouped()

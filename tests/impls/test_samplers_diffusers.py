@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench.suite import Skip
+from impls.libraries import ECOSYSTEM
 from impls.samplers import SAMPLERS
 from impls.samplers import diffusers_schedulers as dfs
 from impls.samplers.base import prior_noise
@@ -320,7 +321,7 @@ def test_skipped_without_diffusers(monkeypatch):
     for variant in DIFFUSERS:
         with pytest.raises(Skip) as e:
             Samplers().measure(variant, {"target": "gmm2d", "model": "exact", "nfe_budget": 4, "n": 8}, "cpu")
-        assert str(e.value) == 'needs diffusers, which is not installed (pip install -e ".[ecosystem]")'
+        assert str(e.value) == f'needs diffusers, which is not installed (pip install {ECOSYSTEM})'
 
 
 def test_library_variants_declared():

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.suite import Skip
+from impls.libraries import ECOSYSTEM
 from impls.samplers import SAMPLERS
 from impls.samplers import torchdiffeq_solvers as tds
 from impls.samplers.base import prior_noise
@@ -263,7 +264,7 @@ def test_skipped_without_torchdiffeq(monkeypatch):
                             (DOPRI5, {"tol": 1e-2})):
         with pytest.raises(Skip) as e:
             Samplers().measure(variant, {**base, **params}, "cpu")
-        assert str(e.value) == 'needs torchdiffeq, which is not installed (pip install -e ".[ecosystem]")'
+        assert str(e.value) == f'needs torchdiffeq, which is not installed (pip install {ECOSYSTEM})'
 
 
 def test_library_variants_declared():
@@ -272,7 +273,7 @@ def test_library_variants_declared():
     assert ours == set(tds.FIXED) | set(tds.ADAPTIVE) and ours <= set(suite.variants) & set(suite.libraries)
     version = tds.version()
     assert {suite.libraries[v] for v in ours} == {f"torchdiffeq {version}" if version else "torchdiffeq"}
-    assert all(suite.requires[v] == ("torchdiffeq", '-e ".[ecosystem]"') for v in ours)
+    assert all(suite.requires[v] == ("torchdiffeq", ECOSYSTEM) for v in ours)
     # each sits beside a sampler of ours on the same family (so on the same model in the suite)
     assert all(PAIRED_WITH[v] in SAMPLERS for v in ours)
     assert all(SPECS[_sampler(v)].family == SAMPLERS[tds.PAIRED_WITH[v]].family for v in ours)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench.suite import Skip
+from impls.libraries import ECOSYSTEM
 from impls.samplers import SAMPLERS
 from impls.samplers import torchsde_solvers as tsd
 from impls.samplers.base import prior_noise
@@ -274,7 +275,7 @@ def test_skipped_without_torchsde(monkeypatch):
     for variant in (EULER, SRK):
         with pytest.raises(Skip) as e:
             Samplers().measure(variant, {"target": "gmm2d", "model": "exact", "nfe_budget": 4, "n": 8}, "cpu")
-        assert str(e.value) == 'needs torchsde, which is not installed (pip install -e ".[ecosystem]")'
+        assert str(e.value) == f'needs torchsde, which is not installed (pip install {ECOSYSTEM})'
 
 
 def test_library_variants_declared():
@@ -283,7 +284,7 @@ def test_library_variants_declared():
     assert ours == set(tsd.METHODS) == set(SPEC) and ours <= set(suite.variants) & set(suite.libraries)
     version = tsd.version()
     assert {suite.libraries[v] for v in ours} == {f"torchsde {version}" if version else "torchsde"}
-    assert all(suite.requires[v] == ("torchsde", '-e ".[ecosystem]"') for v in ours)
+    assert all(suite.requires[v] == ("torchsde", ECOSYSTEM) for v in ours)
     # beside sde_em, from its noise, on its family (so on its model in the suite)
     assert all(PAIRED_WITH[v] == "sde_em" and SPECS[v].family == SAMPLERS["sde_em"].family for v in ours)
     assert {n: (s.first_calls, s.calls_per_step, s.last_step_saves, s.stochastic) for n, s in SPEC.items()} == {

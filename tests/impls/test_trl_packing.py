@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from impls.libraries import ECOSYSTEM
 from impls.packing import PACKERS, trl_bfd
 from impls.packing.check import assert_valid
 from impls.rmpad.lengths import make_lengths
@@ -115,7 +116,7 @@ def test_the_suite_declares_trl_and_plans_it_as_its_packers():
     from suites.packing import TRL, Packing, _packing
 
     suite = Packing()
-    assert suite.libraries[TRL] == trl_bfd.label() and suite.requires[TRL] == ("trl", '-e ".[ecosystem]"')
+    assert suite.libraries[TRL] == trl_bfd.label() and suite.requires[TRL] == ("trl", ECOSYSTEM)
     p = _packing(TRL, "lognormal", 2000, 512, 8)
     assert p == trl_bfd.trl_bfd(lengths("lognormal", 512), packing_length=512, batch_size=8)
 

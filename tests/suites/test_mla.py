@@ -5,6 +5,7 @@ timings are not asserted."""
 import pytest
 import torch
 
+from impls.libraries import ECOSYSTEM
 from impls.mla import SHAPES, cache_bytes_per_token, config
 from reports.figures import figures_for, load_frame
 from suites.mla import GRIDS, HF
@@ -24,7 +25,7 @@ def mla(smoke_records):
     _, by_suite = smoke_records
     records = [r for rs in by_suite["mla"].values() for r in rs]
     skipped = [r for r in records if r.variant == HF and not LIBRARY]
-    assert all(r.status == "skipped" and 'pip install -e ".[ecosystem]"' in r.error for r in skipped)
+    assert all(r.status == "skipped" and f'pip install {ECOSYSTEM}' in r.error for r in skipped)
     records = [r for r in records if r not in skipped]
     assert records and all(r.status == "ok" for r in records), [(r.case_id, r.error) for r in records]
     return {(r.params["part"], r.params.get("context"), r.variant): r for r in records}

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from impls.libraries import ECOSYSTEM
 from reports.figures import figures_for, load_frame
 from suites.moe import Moe
 from tests.optional import missing, needs
@@ -67,7 +68,7 @@ def test_dispatch_runs_transformers_experts_on_the_same_cases_and_says_which_pat
         assert {tuple(sorted(r.params.items())) for r in moe[variant]} == ours
         for r in moe[variant]:
             if missing("transformers"):
-                assert r.status == "skipped" and 'pip install -e ".[ecosystem]"' in r.error
+                assert r.status == "skipped" and f'pip install {ECOSYSTEM}' in r.error
                 continue
             assert r.status == "ok", r.error
             assert r.metrics["tokens_per_s"] > 0 and r.metrics["peak_mem_bytes"] > 0

@@ -6,19 +6,20 @@ import json
 
 import pytest
 
+from impls.libraries import ECOSYSTEM
 from impls.samplers import diffusers_schedulers, torchdiffeq_solvers, torchsde_solvers
 from reports.figures import figures_for, load_frame
 from suites.samplers import ADAPTIVE, CONTINUOUS_MAX_NFE, DIFFUSERS, GRIDS, SPECS, Samplers
 from tests.optional import missing, needs
 
 HAS_DIFFUSERS = not missing("diffusers")
-NO_DIFFUSERS = 'needs diffusers, which is not installed (pip install -e ".[ecosystem]")'
+NO_DIFFUSERS = f'needs diffusers, which is not installed (pip install {ECOSYSTEM})'
 HAS_TORCHDIFFEQ = not missing("torchdiffeq")
-NO_TORCHDIFFEQ = 'needs torchdiffeq, which is not installed (pip install -e ".[ecosystem]")'
+NO_TORCHDIFFEQ = f'needs torchdiffeq, which is not installed (pip install {ECOSYSTEM})'
 TORCHDIFFEQ = set(torchdiffeq_solvers.PAIRED_WITH)
 DOPRI5 = "torchdiffeq_dopri5"
 HAS_TORCHSDE = not missing("torchsde")
-NO_TORCHSDE = 'needs torchsde, which is not installed (pip install -e ".[ecosystem]")'
+NO_TORCHSDE = f'needs torchsde, which is not installed (pip install {ECOSYSTEM})'
 TORCHSDE = set(torchsde_solvers.PAIRED_WITH)
 
 
