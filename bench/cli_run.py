@@ -325,7 +325,8 @@ def summary(records, out: Path) -> str:
     line = f"{len(records)} case{'s' * (len(records) != 1)}{': ' + tally if tally else ''}"
     judged = [r.metrics.get("contended") for r in records if r.status == "ok"]
     if contended := judged.count(True):
-        line += f" ({contended} of the {sum(c is not None for c in judged)} timed cases contended)"
+        timed = sum(c is not None for c in judged)
+        line += f" ({contended} of the {timed} timed case{'s' * (timed != 1)} contended)"
     return f"{line} -> {path_text(out)}"
 
 

@@ -256,12 +256,12 @@ class PlainProgress:
         self.total, self.done, self.eta = total, done, eta or Eta([], {})
         if done:
             self._print(f"resuming: {done}/{total} cases already finished")
+        to_run = f"{total - done} case{'s' * (total - done != 1)} to run"
         if total == done or not self.eta.expected or (eta := self.eta.text()).startswith("ETA unknown"):
-            self._print("no case to run" if total == done else f"{total - done} cases to run; ETA unknown (no "
-                        f"earlier run under {self.eta.where} timed {'most of ' * bool(self.eta.expected)}these cases "
-                        "on this device)")
+            self._print("no case to run" if total == done else f"{to_run}; ETA unknown (no earlier run under "
+                        f"{self.eta.where} timed {'most of ' * bool(self.eta.expected)}these cases on this device)")
         else:
-            self._print(f"{total - done} cases to run; {eta} from earlier runs under {self.eta.where}")
+            self._print(f"{to_run}; {eta} from earlier runs under {self.eta.where}")
 
         def watch():
             while not self._stop.wait(self.poll_s):

@@ -92,7 +92,7 @@ def test_a_report_that_cannot_be_written_fails_the_run(capsys, tmp_path, monkeyp
     assert err.startswith("bench: error: no report.html (cannot write ") and "No space left on device" in err
     assert "`bench report $'" + str(tmp_path) + "/odd\\xff dir' -o FILE` retries" in err
     # contended or not: the machine may be busy
-    assert re.search(r"^1 case: 1 ok( \(1 of the 1 timed cases contended\))? -> ", stdout, re.M)
+    assert re.search(r"^1 case: 1 ok( \(1 of the 1 timed case contended\))? -> ", stdout, re.M)
     assert (out / "records.jsonl").read_text().count("\n") == 1  # records kept
 
 

@@ -81,7 +81,7 @@ def test_plain_lines_show_the_running_cases_own_progress(talking, inline):
     assert code == 0 and record.metrics["seen_x"] == 1.0, out
     assert f"still running: {record.case_id} " in out and f", {LAST}" in out
     assert f"[1/1] ok      {record.case_id}" in out
-    assert "1 cases to run; ETA unknown (no earlier run under" in out
+    assert "1 case to run; ETA unknown (no earlier run under" in out
 
 
 def test_the_live_view_shows_the_case_its_elapsed_time_its_progress_and_the_eta(talking):
@@ -101,7 +101,7 @@ def test_the_eta_comes_from_the_same_cases_in_earlier_runs(talking):
     stream = io.StringIO()
     code, _ = runner.run(runner.RunConfig(**{**vars(talking), "inline": True}), ShowsPlain(stream, poll_s=0.02))
     line = stream.getvalue().splitlines()[0]
-    assert code == 0 and line == f"1 cases to run; ETA {duration(done.elapsed_s)} from earlier runs under " \
+    assert code == 0 and line == f"1 case to run; ETA {duration(done.elapsed_s)} from earlier runs under " \
                                  f"{talking.out.parent}/"
 
 
