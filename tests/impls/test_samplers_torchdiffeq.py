@@ -17,46 +17,22 @@ from bench.suite import Skip
 from impls.libraries import ECOSYSTEM
 from impls.samplers import SAMPLERS
 from impls.samplers import torchdiffeq_solvers as tds
-from impls.samplers.base import prior_noise
 from impls.samplers.params import ExactModel, predict
 from impls.samplers.schedules import RectifiedFlow, VPLinear, timesteps
 from impls.samplers.targets import make_target
 from suites.samplers import PAIRED_WITH, SPECS, Samplers, _sampler
+from tests.impls.sampler_helpers import F64, Times, rms, x_T
 from tests.optional import needs
 
-F64 = torch.float64
 NEEDS = needs("torchdiffeq")
 FIXED = tds.specs()
 DOPRI5 = "torchdiffeq_dopri5"
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def exact_model(family: str) -> ExactModel:
     if family == "flow":
         return ExactModel(make_target("gmm2d"), RectifiedFlow(), "velocity")
     return ExactModel(make_target("gmm2d"), VPLinear(), "eps")
-
-
-def x_T(model: ExactModel, n: int = 64, dtype=F64) -> torch.Tensor:
-    return prior_noise(model.schedule, n, 2, gen(0), dtype)
-
-
-def rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).pow(2).sum(1).mean().sqrt())
-
-
-class Times:
-    """A model that records the times it is called at."""
-
-    def __init__(self, model):
-        self.model, self.parameterization, self.schedule, self.times = model, model.parameterization, model.schedule, []
-
-    def __call__(self, x, t):
-        self.times += t.tolist()
-        return self.model(x, t)
 
 
 @pytest.fixture

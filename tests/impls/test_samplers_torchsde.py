@@ -15,44 +15,20 @@ from bench.suite import Skip
 from impls.libraries import ECOSYSTEM
 from impls.samplers import SAMPLERS
 from impls.samplers import torchsde_solvers as tsd
-from impls.samplers.base import prior_noise
 from impls.samplers.params import ExactModel
 from impls.samplers.schedules import RectifiedFlow, VPLinear
 from impls.samplers.targets import GaussianMixture, make_target
 from suites.samplers import PAIRED_WITH, SPECS, Samplers
+from tests.impls.sampler_helpers import F64, Times, gen, rms, x_T
 from tests.optional import needs
 
-F64 = torch.float64
 NEEDS = needs("torchsde")
 SPEC = tsd.specs()
 EULER, SRK = "torchsde_euler", "torchsde_srk"
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def vp_model(target=None) -> ExactModel:
     return ExactModel(target or make_target("gmm2d"), VPLinear(), "eps")
-
-
-def x_T(model: ExactModel, n: int = 64, dtype=F64, seed: int = 0) -> torch.Tensor:
-    return prior_noise(model.schedule, n, 2, gen(seed), dtype)
-
-
-def rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).pow(2).sum(1).mean().sqrt())
-
-
-class Times:
-    """A model that records the times it is called at."""
-
-    def __init__(self, model):
-        self.model, self.parameterization, self.schedule, self.times = model, model.parameterization, model.schedule, []
-
-    def __call__(self, x, t):
-        self.times += t.tolist()
-        return self.model(x, t)
 
 
 @pytest.fixture

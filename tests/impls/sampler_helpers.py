@@ -1,0 +1,32 @@
+"""What the tests of the library samplers (torchdiffeq's, torchsde's) share: seeded generators, the starting noise of
+an exact model, the RMS distance of two sample sets, and a model that records the times it is called at."""
+
+import torch
+
+from impls.samplers.base import prior_noise
+from impls.samplers.params import ExactModel
+
+F64 = torch.float64
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def x_T(model: ExactModel, n: int = 64, dtype=F64, seed: int = 0) -> torch.Tensor:
+    return prior_noise(model.schedule, n, 2, gen(seed), dtype)
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).sum(1).mean().sqrt())
+
+
+class Times:
+    """A model that records the times it is called at."""
+
+    def __init__(self, model):
+        self.model, self.parameterization, self.schedule, self.times = model, model.parameterization, model.schedule, []
+
+    def __call__(self, x, t):
+        self.times += t.tolist()
+        return self.model(x, t)
