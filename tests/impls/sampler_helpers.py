@@ -1,5 +1,10 @@
 """What the tests of the library samplers (torchdiffeq's, torchsde's) share: seeded generators, the starting noise of
-an exact model, the RMS distance of two sample sets, and a model that records the times it is called at."""
+an exact model, the RMS distance of two sample sets, a model that records the times it is called at, and a stand-in
+for the library's module."""
+
+import importlib.util
+import sys
+import types
 
 import torch
 
@@ -30,3 +35,12 @@ class Times:
     def __call__(self, x, t):
         self.times += t.tolist()
         return self.model(x, t)
+
+
+def fake_module(monkeypatch, name: str, **names) -> None:
+    """`import name` gives a module holding `names`, still installed as far as bench.suite.requires can tell."""
+    fake = types.ModuleType(name)
+    fake.__spec__ = importlib.util.find_spec(name)
+    for attr, value in names.items():
+        setattr(fake, attr, value)
+    monkeypatch.setitem(sys.modules, name, fake)

@@ -7,8 +7,6 @@ the reason) only where it is not installed."""
 import contextlib
 import importlib.util
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -21,7 +19,7 @@ from impls.samplers.params import ExactModel, predict
 from impls.samplers.schedules import RectifiedFlow, VPLinear, timesteps
 from impls.samplers.targets import make_target
 from suites.samplers import PAIRED_WITH, SPECS, Samplers, _sampler
-from tests.impls.sampler_helpers import F64, Times, rms, x_T
+from tests.impls.sampler_helpers import F64, Times, fake_module, rms, x_T
 from tests.optional import needs
 
 NEEDS = needs("torchdiffeq")
@@ -182,10 +180,7 @@ def test_bad_input_is_refused():
 
 def fake_torchdiffeq(monkeypatch, odeint):
     """`import torchdiffeq` gives a module whose odeint is `odeint`."""
-    fake = types.ModuleType("torchdiffeq")
-    fake.__spec__ = importlib.util.find_spec("torchdiffeq")  # still installed, as far as requires() can tell
-    fake.odeint = odeint
-    monkeypatch.setitem(sys.modules, "torchdiffeq", fake)
+    fake_module(monkeypatch, "torchdiffeq", odeint=odeint)
     tds.api.cache_clear()
 
 

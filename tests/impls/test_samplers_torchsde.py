@@ -5,8 +5,6 @@ Tests that run torchsde skip (with the reason) only where it is not installed.""
 
 import importlib.util
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from impls.samplers.params import ExactModel
 from impls.samplers.schedules import RectifiedFlow, VPLinear
 from impls.samplers.targets import GaussianMixture, make_target
 from suites.samplers import PAIRED_WITH, SPECS, Samplers
-from tests.impls.sampler_helpers import F64, Times, gen, rms, x_T
+from tests.impls.sampler_helpers import F64, Times, fake_module, gen, rms, x_T
 from tests.optional import needs
 
 NEEDS = needs("torchsde")
@@ -193,10 +191,7 @@ def test_step_noise_serves_one_query_a_step_in_order():
 
 def fake_torchsde(monkeypatch, sdeint):
     """`import torchsde` gives a module whose sdeint is `sdeint`."""
-    fake = types.ModuleType("torchsde")
-    fake.__spec__ = importlib.util.find_spec("torchsde")  # still installed, as far as requires() can tell
-    fake.sdeint = sdeint
-    monkeypatch.setitem(sys.modules, "torchsde", fake)
+    fake_module(monkeypatch, "torchsde", sdeint=sdeint)
     tsd.api.cache_clear()
 
 
