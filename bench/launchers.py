@@ -68,6 +68,33 @@ def _child(lifeline, conn, case: Case, device: str, seed: int, threads: int | No
             pass
 
 
+SERVER_GONE = 255
+"""The exit code multiprocessing gives a process forked by a forkserver that died before saying how its child ended
+(popen_forkserver: the server's socket at EOF)."""
+
+
+def _server_gone(wait_s: float = 2.0) -> bool:
+    """Whether the case server (multiprocessing's forkserver, a child of `bench`) has died: gone, or a zombie not yet
+    reaped (reaping it here would take its exit from ensure_running, which starts a new one for the next case).
+    Waited for up to `wait_s`: a killed server holding torch takes a while to exit, longer than the keeper it took
+    with it."""
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    deadline = time.monotonic() + wait_s
+    while pid:
+        try:
+            state = open(f"/proc/{pid}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return os.path.isdir("/proc/self")  # gone and reaped; without /proc, not known, so not said
+        except IndexError:
+            return False
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return False
+
+
 def _ended(code: int | None) -> str:
     """Why a case's process that reported no result ended, from its exit code (-N: killed by signal N)."""
     if code is not None and code < 0:
@@ -144,6 +171,11 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
                 except (EOFError, OSError, pickle.UnpicklingError):
                     pass
             proc.join(KEEPER_WAIT_S)
+            if proc.exitcode == SERVER_GONE and _server_gone():
+                return {"status": "error", "error": "the process cases fork from (the case server) died while this "
+                                                    "case ran (killed from outside, or out of memory), and its result "
+                                                    f"with it{_doing(progress)}; `--resume --retry-failed` runs it "
+                                                    "again"}
             return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
     finally:
         recv.close()

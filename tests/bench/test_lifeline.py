@@ -37,7 +37,8 @@ class Strays(Suite):
                 "fork_segv": "forks a sleeping child, then segfaults",
                 "kill_keeper": "forks a sleeping child, then kills its keeper",
                 "oom_adj": "reports its own oom_score_adj and its keeper's",
-                "interrupt": "raises KeyboardInterrupt itself"}
+                "interrupt": "raises KeyboardInterrupt itself",
+                "kill_server": "kills the case server it was forked from, then sleeps"}
 
     def grid(self, size, device):
         # read in `bench`, where the test set it: the forkserver's environment may predate the test
@@ -54,6 +55,11 @@ class Strays(Suite):
         if variant == "oom_adj":
             adj = [int(Path(f"/proc/{pid}/oom_score_adj").read_text()) for pid in (os.getpid(), os.getppid())]
             return Measurement({"own_adj": float(adj[0]), "keeper_adj": float(adj[1])})
+        if variant == "kill_server":  # the keeper's parent: a forkserver child's parent is the server
+            server = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            note(server)
+            os.kill(server, signal.SIGKILL)
+            time.sleep(600)
         if variant in ("fork_segv", "kill_keeper"):
             child = os.fork()
             if child == 0:  # holds the case's end of the result pipe open while it sleeps
@@ -181,6 +187,21 @@ def test_a_case_that_forks_then_segfaults_is_an_error_at_once(tmp_path, monkeypa
     assert record.elapsed_s < 20
     case, child = _pids(tmp_path / "pids")
     assert not _alive(case) and not _alive(child)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc/PID/stat (Linux)")
+def test_a_case_whose_server_died_says_so_and_the_next_case_runs(tmp_path, monkeypatch):
+    # the server killed from outside (by hand, or the OOM killer) mid-case: multiprocessing reads its children's exit
+    # as 255, which read as the case's own "exited with code 255"
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=["kill_server"], timeout_s=60.0))
+    assert code == 1 and record.status == "error" and record.elapsed_s < 20
+    assert record.error.startswith("the process cases fork from (the case server) died while this case ran")
+    assert record.error.endswith("`--resume --retry-failed` runs it again")
+    case, server = _pids(tmp_path / "pids")
+    assert _until(lambda: not _alive(case), 5) and not _alive(server)
+    code, [record] = runner.run(config(tmp_path / "next", variants=["leave"]))
+    assert code == 0 and record.status == "ok"  # a new server for the next case
 
 
 def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
