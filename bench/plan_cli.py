@@ -145,15 +145,24 @@ def _unit(preds) -> tuple[int, str]:
     return next(((size, name) for size, name in UNITS if largest >= size), UNITS[-1])
 
 
+def _reserved_meaning(target: str) -> str:
+    """What the reserved column holds for the plan's target: the CUDA caching allocator's segments, or nothing on a
+    CPU, where torch keeps no cache of freed memory."""
+    if target == "cpu":
+        return "reserved: none on a CPU (torch keeps no cache of CPU memory)"
+    return "reserved: the CUDA caching allocator's segments"
+
+
 def render(preds, summary, console) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     where, (unit, unit_name) = summary["gpu"] or "this CPU", _unit(preds)
+    target = summary.get("target") or ("cuda" if summary["gpu"] else "cpu")
     table = Table("case", f"peak {unit_name}", "reserved", "params", "grads", "optim", "saved act", "inputs",
                   "transient", "GFLOP", "GB moved", "roofline ms", "fits",
                   title=f"bench plan: {summary['size']} on {where} ({_gib(summary['capacity_bytes'])} GiB)",
-                  caption=f"{unit_name} columns but the last three; reserved: the CUDA caching allocator's segments; "
+                  caption=f"{unit_name} columns but the last three; {_reserved_meaning(target)}; "
                           "fits: peak + headroom (1 GiB + 10% of the peak) <= memory")
     groups, names, shared = {}, {}, {}
     for p in preds:  # labelled within each suite, or each part of one

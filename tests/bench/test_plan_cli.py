@@ -202,3 +202,15 @@ def test_set_changes_the_cases_selected_as_the_grid_holds_them(capsys):
     captured = capsys.readouterr()
     assert {p["suite"] for p in json.loads(captured.out)["predictions"]} == {"checkpointing"}
     assert "--set layers: no case of mla has that param: left out" in captured.err
+
+
+def test_the_caption_says_what_reserved_means_on_the_target(capsys, monkeypatch):
+    # a plan for the CPU has no caching allocator to hold segments: its caption does not speak of CUDA's
+    monkeypatch.setenv("COLUMNS", "400")
+    case = "checkpointing/none/batch=2,d_model=64,dtype=float32,heads=4,layers=8,seq=64"  # bfloat16 on a GPU
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "cpu", "--case", case]) == 0
+    out = capsys.readouterr().out
+    assert "reserved: none on a CPU (torch keeps no cache of CPU memory)" in out and "CUDA" not in out
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "--case",
+                 case.replace("float32", "bfloat16")]) == 0
+    assert "reserved: the CUDA caching allocator's segments" in capsys.readouterr().out
