@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from bench.interference import CASE_ROOT
-from bench.lifeline import KEEPER_WAIT_S, kill_session
+from bench.lifeline import KEEPER_WAIT_S, exit_code, kill_session
 from bench.rank_metrics import aggregate
 
 LOG_LINES = 12
@@ -220,10 +220,9 @@ def _keep(cmd: list[str], env: dict[str, str], job: Path, timeout_s: float,
     finally:
         os.close(lifeline)
     try:
-        code = keeper.wait(timeout_s)
         # the keeper says 128+N for the job a signal ended; the keeper itself ended by one (SIGKILL, the OOM killer)
         # is -N here: the same 128+N, so that the record names the signal either way
-        return code if code >= 0 else 128 - code
+        return exit_code(keeper.wait(timeout_s))
     except subprocess.TimeoutExpired:
         return None
     finally:

@@ -1,11 +1,12 @@
 """What the tests of the library samplers (torchdiffeq's, torchsde's) share: seeded generators, the starting noise of
-an exact model, the RMS distance of two sample sets, a model that records the times it is called at, and a stand-in
-for the library's module."""
+an exact model, the RMS distance of two sample sets, a model that records the times it is called at, a stand-in
+for the library's module, and the fixture that clears an adapter's cached api()."""
 
 import importlib.util
 import sys
 import types
 
+import pytest
 import torch
 
 from impls.samplers.base import prior_noise
@@ -44,3 +45,16 @@ def fake_module(monkeypatch, name: str, **names) -> None:
     for attr, value in names.items():
         setattr(fake, attr, value)
     monkeypatch.setitem(sys.modules, name, fake)
+
+
+def fresh_api_fixture(api):
+    """The `fresh_api` fixture of an adapter whose api() is cached per process: a test that changes what importing
+    the library gives clears it, before and after."""
+
+    @pytest.fixture(name="fresh_api")
+    def fresh_api():
+        api.cache_clear()
+        yield
+        api.cache_clear()
+
+    return fresh_api

@@ -19,7 +19,7 @@ from impls.samplers.params import ExactModel, predict
 from impls.samplers.schedules import RectifiedFlow, VPLinear, timesteps
 from impls.samplers.targets import make_target
 from suites.samplers import PAIRED_WITH, SPECS, Samplers, _sampler
-from tests.impls.sampler_helpers import F64, Times, fake_module, rms, x_T
+from tests.impls.sampler_helpers import F64, Times, fake_module, fresh_api_fixture, rms, x_T
 from tests.optional import needs
 
 NEEDS = needs("torchdiffeq")
@@ -33,12 +33,7 @@ def exact_model(family: str) -> ExactModel:
     return ExactModel(make_target("gmm2d"), VPLinear(), "eps")
 
 
-@pytest.fixture
-def fresh_api():
-    """api() is cached per process: a test that changes what `import torchdiffeq` gives clears it."""
-    tds.api.cache_clear()
-    yield
-    tds.api.cache_clear()
+fresh_api = fresh_api_fixture(tds.api)
 
 
 # --- reproductions ---------------------------------------------------------------------------------------------------

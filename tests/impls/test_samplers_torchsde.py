@@ -17,7 +17,7 @@ from impls.samplers.params import ExactModel
 from impls.samplers.schedules import RectifiedFlow, VPLinear
 from impls.samplers.targets import GaussianMixture, make_target
 from suites.samplers import PAIRED_WITH, SPECS, Samplers
-from tests.impls.sampler_helpers import F64, Times, fake_module, gen, rms, x_T
+from tests.impls.sampler_helpers import F64, Times, fake_module, fresh_api_fixture, gen, rms, x_T
 from tests.optional import needs
 
 NEEDS = needs("torchsde")
@@ -29,12 +29,7 @@ def vp_model(target=None) -> ExactModel:
     return ExactModel(target or make_target("gmm2d"), VPLinear(), "eps")
 
 
-@pytest.fixture
-def fresh_api():
-    """api() is cached per process: a test that changes what `import torchsde` gives clears it."""
-    tsd.api.cache_clear()
-    yield
-    tsd.api.cache_clear()
+fresh_api = fresh_api_fixture(tsd.api)
 
 
 # --- reproduction ----------------------------------------------------------------------------------------------------
