@@ -118,7 +118,9 @@ def test_timeout_kills_the_case_and_the_run_goes_on(tmp_path):
     assert code == 1
     assert [(r.variant, r.status) for r in records] == [("ok", "ok"), ("sleep", "timeout")] * 2
     assert "--timeout" in records[1].error
-    assert all(r.elapsed_s < 4 for r in records)
+    # each sleep (5 s) is cut at its 1 s timeout; the first case's elapsed_s also holds the case server's start, seconds
+    # of importing torch on a loaded machine, which says nothing of the timeout
+    assert all(r.elapsed_s < 4 for r in records if r.status == "timeout")
 
 
 def test_inline_run_and_resume_skip_finished_cases(tmp_path):
