@@ -4,7 +4,8 @@
 # baseline of this GPU (ci/baselines/<gpu>/nightly/) where that is of its size and device too (a change of
 # TECHBENCH_SIZE or TECHBENCH_DEVICE, or the runner's GPU, starts a fresh comparison set). Exits 1 when a run case
 # failed or a comparison found a regression that --fail-on-regression gates (not a timing judged from one run a side),
-# after doing every step, so the dashboard is published either way.
+# or, where nothing compares the night, most of its timed cases were contended, after doing every step, so the
+# dashboard is published either way.
 #
 # State lives under TECHBENCH_HOME (default .nightly/), which the CI must keep between nights:
 #   runs/<utc-stamp>/   each night's run directory (GOOD marks a night that exited 0)
@@ -76,6 +77,25 @@ for d in sys.argv[2:]:
 PY
 }
 kind=$(same_kind kind "$run")
+
+# A line saying that most of run directory $1's timed cases were contended (other work ran while they were timed:
+# the run measured the load, not the code), or nothing. compare fails such a NEW run; a night that nothing compares
+# must not pass on it either, or it is marked GOOD and the later nights are compared against the load it measured.
+disturbed() {
+  "$python" - "$1" <<'PY'
+import sys
+from bench.records import scan_records
+try:
+    records = scan_records(f"{sys.argv[1]}/records.jsonl").records
+except Exception:  # noqa: BLE001 - a records file that cannot be read is for history add and compare to name
+    sys.exit()
+flags = [r.metrics.get("contended") for r in records if r.status == "ok"]
+timed, hit = sum(f is not None for f in flags), flags.count(True)
+if 2 * hit > timed:
+    print(f"{hit} of its {timed} timed cases were contended (other work ran while they were timed): the night "
+          "measured the load, not the code, and is not GOOD; rerun it on a quiet machine (bench doctor)")
+PY
+}
 [ -n "$kind" ] || kind="size $size on $device"
 
 # Against the last good nights of tonight's size and device, as one set: several runs give compare the run-to-run
@@ -98,12 +118,16 @@ elif [ -n "$(ls -A "$good")" ]; then
          rc=1 ;;
     *) rc=1 ;;
   esac
-elif [ "${#goods[@]}" -gt 0 ]; then
-  echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size, device" \
-    "or hardware):" \
-    "this night starts a fresh baseline, compared against nothing"
 else
-  echo "no earlier good night in $home/runs: nothing to compare against yet"
+  if [ "${#goods[@]}" -gt 0 ]; then
+    echo "no earlier good night of $kind (the ${#goods[@]} good night(s) in $home/runs are of another size, device" \
+      "or hardware):" \
+      "this night starts a fresh baseline, compared against nothing"
+  else
+    echo "no earlier good night in $home/runs: nothing to compare against yet"
+  fi
+  said=$(disturbed "$run")
+  [ -z "$said" ] || { echo "disturbed: $said"; rc=1; }
 fi
 
 baseline="ci/baselines/$(same_kind gpu "$run")/nightly"  # from run.json: no second torch import to name the GPU

@@ -16,7 +16,8 @@ from tests.runs import H200, checkpointing_records, write_run
 def fake_run(argv: list[str]) -> None:
     """`bench run [SUITE...] --size S --device D --out OUT [--case GLOB...]`: a finished run of the checkpointing
     cases (those a --case names), nothing measured; FAKE_SLOW names a case whose timing is 1.8x slower tonight, and
-    in the rerun of ci/confirm.py (a run with --case) too where FAKE_SLOW_AGAIN is set."""
+    in the rerun of ci/confirm.py (a run with --case) too where FAKE_SLOW_AGAIN is set; FAKE_CONTENDED makes every ok
+    case contended."""
     import fnmatch
 
     if os.environ.get("FAKE_NO_RUN"):  # refused before it starts, as `--device cuda` on a machine whose GPU is gone
@@ -31,6 +32,8 @@ def fake_run(argv: list[str]) -> None:
         if case == os.environ.get("FAKE_SLOW") and (not cases or os.environ.get("FAKE_SLOW_AGAIN")):
             r["metrics"]["step_time_ms"] *= 1.8
             r["samples"]["step_time_ms"] = [x * 1.8 for x in r["samples"]["step_time_ms"]]
+        if os.environ.get("FAKE_CONTENDED") and r.get("status", "ok") == "ok":  # another job ran beside every case
+            r["metrics"].update(contended=True, host_cpus=2, host_other_cpus=1.7)
         if not cases or any(fnmatch.fnmatchcase(case, g) for g in cases):
             kept.append(r)
     records = kept

@@ -119,6 +119,18 @@ def test_a_night_whose_run_never_started_says_so(tmp_path, monkeypatch):
     assert "fresh baseline" not in done.stdout and "touch" not in done.stdout, done.stdout
 
 
+def test_a_disturbed_night_that_nothing_compares_is_not_good(tmp_path, monkeypatch):
+    # the first night, every case timed beside another job: no good night and no committed baseline to compare it
+    # against, yet it measured the load; marked GOOD, it would be the comparison set of the nights after it
+    monkeypatch.setenv("FAKE_CONTENDED", "1")
+    done = run_script(tmp_path, "smoke")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "nothing to compare against yet" in done.stdout, done.stdout
+    assert "disturbed: 10 of its 10 timed cases were contended" in done.stdout, done.stdout
+    (night,) = (tmp_path / "home" / "runs").iterdir()
+    assert not (night / "GOOD").exists()
+
+
 @needs("plotly")  # the comparison page
 def test_good_nights_of_another_gpu_are_not_tonights_comparison_set(tmp_path):
     runs = tmp_path / "home" / "runs"
