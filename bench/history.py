@@ -59,6 +59,9 @@ imported   bool                 the run is a `bench import` of a pytest-benchmar
                                 timings only); null in an older store
 nonfinite  string               "nan", "inf" or "-inf" where the case measured the metric so (value is then null:
                                 the record's `nonfinite`); null otherwise, or in an older store
+threads    int64                the intra-op thread count the case's torch ran with on the CPU: its suite's in run.json
+                                (--threads, --cpus, the suite's own), else the environment's default; null on a GPU
+                                run, or in an older store
 ========== ==================== ====================================================================================
 
 A case measured once can reach the store twice, added by separate commands: a shard of a sweep, then the sweep's
@@ -90,7 +93,8 @@ DAMAGED = "damaged"
 # new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
-           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run", "imported", "nonfinite")
+           "contended_reason", "kind", "library", "artifacts", "inputs", "source_run", "imported", "nonfinite",
+           "threads")
 
 
 def schema():
@@ -98,7 +102,8 @@ def schema():
     import pyarrow as pa
 
     types = {"timestamp": pa.timestamp("us", tz="UTC"), "git_dirty": pa.bool_(), "value": pa.float64(),
-             "n_samples": pa.int64(), "iqr": pa.float64(), "contended": pa.bool_(), "imported": pa.bool_()}
+             "n_samples": pa.int64(), "iqr": pa.float64(), "contended": pa.bool_(), "imported": pa.bool_(),
+             "threads": pa.int64()}
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
 
@@ -295,8 +300,10 @@ def _rows(records: list[Record], meta: dict, run_id: str):
         declared = specs.get(r.suite, {})
         libraries = (suites.get(r.suite) or {}).get("libraries") if isinstance(suites.get(r.suite), dict) else None
         library = libraries.get(r.variant) if isinstance(libraries, dict) else None
+        threads = (suites.get(r.suite) or {}).get("threads") if isinstance(suites.get(r.suite), dict) else None
+        threads = (threads or env.get("torch_threads")) if device.startswith("cpu") else None
         case = {**run, "suite": r.suite, "variant": r.variant, "library": library if isinstance(library, str) else None,
-                "case_id": r.case_id,
+                "case_id": r.case_id, "threads": threads if isinstance(threads, int) else None,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
                 "source_run": (r.run_id if merged and isinstance(r.run_id, str) else None) or run_id,
                 **_contention(r.metrics)}

@@ -46,12 +46,14 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
     log = min(every) > 0 and (_is_timing(metric) or max(every) > 10 * min(every))
     floor = min(every) / 2  # where a band edge at or below 0 is drawn on a log axis
     fig, shown = go.Figure(), set()
+    several = len({s["threads"].iloc[0] for s, _ in items}) > 1  # a series per CPU thread count, named
     for s, judged in sorted(items, key=lambda it: (it[0]["case_id"].iloc[0], it[0]["timestamp"].iloc[0])):
         case, env = s["case_id"].iloc[0], (s["env_id"].iloc[0], s["device"].iloc[0])
         colour = colours[case]
         x, values = [_when(t) for t in s["timestamp"]], s["value"].tolist()
         away, why = rule.not_judged(s), s["contended_reason"].tolist()
         lib = f" ({s['library'].iloc[0]})" if s["library"].iloc[0] else ""  # a series per version of a library
+        lib += f" ({s['threads'].iloc[0]} threads)" if several and s["threads"].iloc[0] else ""
         hover = [f"{case}{html.escape(lib)}<br>"
                  f"{env[0]} {env[1]} ({g})<br>run {r} @ {str(sha or '')[:10]}<br>{metric} = {number(v)}"
                  + (f"<br>baseline {number(p['baseline'])} ± {100 * p['half']:.3g}%" if p else "")
@@ -69,7 +71,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
                         text=hover,
                         hovertemplate="%{text}<extra></extra>")
         shown.add((case, lib))
-        bad = rule.flagged(judged, s) if (case, *env, s["library"].iloc[0]) in flagged else []
+        bad = rule.flagged(judged, s) if (case, *env, s["library"].iloc[0], s["threads"].iloc[0]) in flagged else []
         if bad:  # ring the whole bad run, not only the two points that raised the flag
             fig.add_scatter(x=[x[i] for i in bad], y=[values[i] for i in bad], mode="markers", legendgroup=case,
                             showlegend=False,
@@ -126,12 +128,15 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
     for metric in sorted({s["metric"].iloc[0] for s, _ in judged}, key=lambda m: (not _is_timing(m), m)):
         items = [(s, j) for s, j in judged if s["metric"].iloc[0] == metric]
         here = found[found["metric"] == metric]
-        flags = {(r.case_id, r.env_id, r.device, r.library): r for r in here.itertuples()}
+        flags = {(r.case_id, r.env_id, r.device, r.library, r.threads): r for r in here.itertuples()}
         rows, libraries = [], any(s["library"].iloc[0] for s, _ in items)
-        for s, j in sorted(items, key=lambda it: tuple(it[0][k].iloc[0] for k in ("env_id", "case_id", "library"))):
-            key = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device", "library"))
+        threads = len({s["threads"].iloc[0] for s, _ in items}) > 1
+        order = ("env_id", "case_id", "library", "threads")
+        for s, j in sorted(items, key=lambda it: tuple(it[0][k].iloc[0] for k in order)):
+            key = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device", "library", "threads"))
             latest, p = s["value"].iloc[-1], j[-1]
-            row = {"case": key[0], **({"library": key[3]} if libraries else {}), "env_id": key[1], "device": key[2],
+            row = {"case": key[0], **({"library": key[3]} if libraries else {}),
+                   **({"threads": key[4]} if threads else {}), "env_id": key[1], "device": key[2],
                    "runs": len(s), "baseline": p and p["baseline"],
                    "band ±%": p and 100 * p["half"], "latest": latest,
                    "change %": p and rule.change_pct(latest, p["baseline"]), "flag": ""}
@@ -176,7 +181,7 @@ def _grouped(found):
     follows."""
     if not len(found):
         return found
-    key = [found["env_id"], found["device"], found["suite"], found["case_id"], found["library"]]
+    key = [found["env_id"], found["device"], found["suite"], found["case_id"], found["library"], found["threads"]]
     root = found["follows"].where(found["follows"].notna(), found["metric"])
     order = found.assign(_root=root, _follower=found["follows"].notna(), _series=list(zip(*key)))
     return order.sort_values(["_series", "_root", "_follower"], kind="stable").drop(
@@ -294,8 +299,10 @@ def _text(value) -> str:
 def _flag_rows(found) -> list[dict]:
     libraries = bool(found["library"].astype(bool).any())  # a column only where some flag is of a library's variant
     following = bool(found["follows"].notna().any())
+    threads = bool(found["threads"].astype(bool).any())  # the CPU thread count its series ran at; none on a GPU
     return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"),
              **({"library": r.library} if libraries else {}), "metric": r.metric,
+             **({"threads": r.threads} if threads else {}),
              **({"follows": _text(r.follows)} if following else {}), "kind": r.kind,
              "env_id": r.env_id, "device": r.device, "gpu": r.gpu, "baseline": r.baseline, "latest": r.latest,
              "change %": r.change_pct, "band ±%": r.band_pct, "bad runs": r.bad_runs,

@@ -25,8 +25,9 @@ DRIFT_POINTS, DRIFT_MIN = 23, 5
 # missed the latest night: its machine or its case no longer runs.
 STALE_DAYS = 1.0
 # A library's variant is measured with one version of it: another version starts a series of its own, as a torch or
-# GPU change starts another environment (a library upgrade is not a regression of the code under test).
-KEYS = ["env_id", "device", "suite", "case_id", "library", "metric"]
+# GPU change starts another environment (a library upgrade is not a regression of the code under test). So does
+# another thread count on the CPU (--threads 2 on a night that ran 1: x1000 on mla's decode on a busy 2-core VM).
+KEYS = ["env_id", "device", "suite", "case_id", "library", "threads", "metric"]
 ENV = ["env_id", "device"]
 NO_ENV = "unknown"  # runs without an env_id form one environment of their own
 
@@ -44,14 +45,20 @@ def envs(frame):
 
 
 def _libraries(ok):
-    """`ok` with its library column filled: "" for techbench's own variants. A row written before the column takes
-    the version that the next labelled run of its series names, so that a store carried across the upgrade that
-    added the column keeps each series (and its flag) whole rather than starting it again at the labelled runs."""
-    if "library" not in ok.columns:
-        return ok.assign(library="")
-    series = [k for k in KEYS if k != "library"]
-    filled = ok.sort_values("timestamp", kind="stable").groupby(series, dropna=False)["library"].bfill()
-    return ok.assign(library=filled.reindex(ok.index).fillna(""))
+    """`ok` with its library and threads columns filled as text: "" for techbench's own variants, and for a GPU run's
+    threads. A row written before a column takes the value that the next labelled run of its series names, so that a
+    store carried across the upgrade that added the column keeps each series (and its flag) whole rather than
+    starting it again at the labelled runs."""
+    for column in ("library", "threads"):
+        if column not in ok.columns:
+            ok = ok.assign(**{column: ""})
+            continue
+        series = [k for k in KEYS if k not in ("library", "threads")]
+        filled = ok.sort_values("timestamp", kind="stable").groupby(series, dropna=False)[column].bfill()
+        text = [str(int(x)) if isinstance(x, (int, float)) and math.isfinite(x) else x if isinstance(x, str) else ""
+                for x in filled.reindex(ok.index)]
+        ok = ok.assign(**{column: text})
+    return ok
 
 
 def _series(frame):
@@ -225,7 +232,7 @@ def flags(judged: list, newest):
 
     columns = ["suite", "case_id", "variant", "metric", "env_id", "device", "gpu", "direction", "kind", "baseline",
                "band_pct", "previous", "latest", "change_pct", "n_runs", "bad_runs", "run_id", "timestamp",
-               "age_days", "stale", "library", "follows"]
+               "age_days", "stale", "library", "threads", "follows"]
     rows = []
     for s, j in judged:
         bad = flagged(j, s)
@@ -243,7 +250,8 @@ def flags(judged: list, newest):
                      "baseline": b, "band_pct": 100 * half, "previous": previous, "latest": latest,
                      "change_pct": change, "n_runs": len(values), "bad_runs": len(bad),
                      "run_id": last["run_id"], "timestamp": last["timestamp"], "age_days": age,
-                     "stale": age > STALE_DAYS, "library": last["library"], "follows": None,
+                     "stale": age > STALE_DAYS, "library": last["library"], "threads": last["threads"],
+                     "follows": None,
                      "inputs": _inputs(s)})
     _follow(rows)
     return pd.DataFrame(rows, columns=columns)
@@ -266,7 +274,7 @@ def _follow(rows: list[dict]) -> None:
     exactly one flagged metric it is computed from, in the same series but for the metric: the measured metric at the
     root of that chain. One slower step is then one regression with its rates under it, not four; a ratio of two
     timings that both moved follows neither, as compare's rule (bench.verdicts.follows)."""
-    key = ("env_id", "device", "suite", "case_id", "library")
+    key = ("env_id", "device", "suite", "case_id", "library", "threads")
     flagged = {(*(r[k] for k in key), r["metric"]): r for r in rows}
     parent = {}
     for r in rows:
@@ -284,13 +292,13 @@ def _follow(rows: list[dict]) -> None:
 
 def regressions(frame, threshold: float = 0.05, window: int = 7):
     """Current regressions of a history frame (history.load), one row per series (KEYS: env_id, device, suite,
-    case_id, library, metric).
+    case_id, library, threads, metric).
 
     A series is the ok values of one case and one metric with a direction (as its suite declared it; informational
-    metrics are never judged) on one env_id and device, and for a variant that measures a library, one version of
-    it, in run order; a hardware or software change starts a new series, so it is never a regression. The first 3
-    points not contended form the baseline unjudged (MIN_BASELINE); each later point v[i] is judged against baselines
-    made only of earlier points that were not bad:
+    metrics are never judged) on one env_id and device, at one CPU thread count, and for a variant that measures a
+    library, one version of it, in run order; a hardware or software change starts a new series, so it is never a
+    regression. The first 3 points not contended form the baseline unjudged (MIN_BASELINE); each later point v[i] is
+    judged against baselines made only of earlier points that were not bad:
         E[i]        = the up to `window` most recent such points
         baseline[i] = median(E[i])
         band[i]     = max(threshold, k[i] * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
@@ -308,9 +316,9 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     v[i] is bad, kind "step", when worse(baseline[i]) > band[i]; else bad, kind "drift", when worse(median(O[i])) >
     max(2 * threshold, band[i]). A series is flagged when its last two points are both bad; its kind is that of the
     first point of the run of bad points ending at the latest. Bad points never enter a baseline, so a lasting
-    regression stays flagged until a point comes back inside both bands (only such points can move the baseline
-    towards a new level); one bad night is not flagged. There is no accepting a change: only a new series (another
-    env_id, device or library version) starts a fresh baseline. A contended point (its case's timed window was
+    regression stays flagged until a point comes back inside both bands (only such points can move the baseline towards
+    a new level); one bad night is not flagged. There is no accepting a change: only a new series (another env_id,
+    device, library version or thread count) starts a fresh baseline. A contended point (its case's timed window was
     disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad, never
     enters a baseline or a noise estimate, and a run of bad points passes over it.
     An exact metric (the history's `kind` column: bytes counted, FLOPs, a seeded quality; deterministic for a commit
@@ -329,9 +337,10 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
     point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
     bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to the
-    store's newest run), stale (age_days > STALE_DAYS: the series missed the latest night), library ("" for
-    techbench's own variants) and follows (the metric whose flag this one moved with, else None). "Latest point" is
-    the latest not contended; age_days counts contended runs, which ran all the same.
+    store's newest run), stale (age_days > STALE_DAYS: the series missed the latest night), library ("" for techbench's
+    own variants), threads (the CPU thread count as text, "" on a GPU) and follows (the metric whose flag this one moved
+    with, else None). "Latest point" is the latest not contended; age_days counts contended runs, which ran all the
+    same.
     """
     check(threshold, window)
     return flags(judged(frame, threshold, window), frame["timestamp"].max())
