@@ -59,9 +59,8 @@ imported   bool                 the run is a `bench import` of a pytest-benchmar
                                 timings only); null in an older store
 nonfinite  string               "nan", "inf" or "-inf" where the case measured the metric so (value is then null:
                                 the record's `nonfinite`); null otherwise, or in an older store
-threads    int64                the intra-op thread count the case's torch ran with on the CPU: its suite's in run.json
-                                (--threads, --cpus, the suite's own), else the environment's default; null on a GPU
-                                run, or in an older store
+threads    int64                the CPU thread count the case's torch ran with (its suite's in run.json, else the
+                                environment's default); null on a GPU run, or in an older store
 ========== ==================== ====================================================================================
 
 A case measured once can reach the store twice, added by separate commands: a shard of a sweep, then the sweep's
@@ -287,26 +286,25 @@ def _rows(records: list[Record], meta: dict, run_id: str):
     env = meta.get("env") or {}
     git = meta.get("git") or env.get("git") or {}
     device = str(meta.get("device") or "")
-    gpus = env.get("gpus") or []
-    gpu = "cpu" if device.startswith("cpu") or not gpus else str(gpus[0].get("name") or "gpu")
-    merged = bool(meta.get("merged_from"))  # its records keep the run_ids of the shards that measured them
+    merged = bool(meta.get("merged_from"))  # its records keep the run_ids and env_ids of the shards that measured them
     run = {"run_id": run_id, "timestamp": _utc(meta.get("started_at") or meta.get("finished_at")),
-           "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"), "gpu": gpu,
-           "device": device, "size": meta.get("size"), "imported": bool(meta.get("imported_from"))}
+           "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"),
+           "gpu": _gpu(device, env), "device": device, "size": meta.get("size"),
+           "imported": bool(meta.get("imported_from"))}
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
     suites = meta.get("suites") if isinstance(meta.get("suites"), dict) else {}
     by_case = {r.case_id: r for r in records}
+    machines = meta.get("envs") if isinstance(meta.get("envs"), dict) else {}  # a merge's shards', by env_id
     for r in records:
-        declared = specs.get(r.suite, {})
-        libraries = (suites.get(r.suite) or {}).get("libraries") if isinstance(suites.get(r.suite), dict) else None
-        library = libraries.get(r.variant) if isinstance(libraries, dict) else None
-        threads = (suites.get(r.suite) or {}).get("threads") if isinstance(suites.get(r.suite), dict) else None
-        threads = (threads or env.get("torch_threads")) if device.startswith("cpu") else None
+        declared, mine = specs.get(r.suite, {}), machines.get(r.env_id) if isinstance(r.env_id, str) else None
+        info = suites.get(r.suite) if isinstance(suites.get(r.suite), dict) else {}
+        library = info["libraries"].get(r.variant) if isinstance(info.get("libraries"), dict) else None
+        threads = (info.get("threads") or (mine or env).get("torch_threads")) if device.startswith("cpu") else None
         case = {**run, "suite": r.suite, "variant": r.variant, "library": library if isinstance(library, str) else None,
                 "case_id": r.case_id, "threads": threads if isinstance(threads, int) else None,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
                 "source_run": (r.run_id if merged and isinstance(r.run_id, str) else None) or run_id,
-                **_contention(r.metrics)}
+                **_contention(r.metrics), **({"env_id": r.env_id, "gpu": _gpu(device, mine)} if mine else {})}
         artifacts = digest_hex(r.metrics.get("artifacts_digest"))
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
@@ -323,6 +321,11 @@ def _rows(records: list[Record], meta: dict, run_id: str):
                    "artifacts": artifacts if of_weights(spec) else None,
                    "inputs": json.dumps(list(spec.inputs)) if spec.kind == "derived" and spec.inputs else None,
                    "nonfinite": r.nonfinite.get(metric)}
+
+
+def _gpu(device: str, env: dict) -> str:
+    gpus = env.get("gpus") or []
+    return "cpu" if device.startswith("cpu") or not gpus else str(gpus[0].get("name") or "gpu")
 
 
 def _kind(spec, declared: dict, samples: list) -> str:

@@ -344,6 +344,15 @@ def _library_field(base: list[dict], new: list[dict]) -> tuple[str, str | None, 
     return ("libraries", *(text(libs) or None for libs in sides))
 
 
+def _machines(meta: dict) -> list[dict]:
+    """The run.json of each machine a run's records were measured on: a merged run's per env_id of its shards (`envs`,
+    bench.merge), else the run's own."""
+    envs = meta.get("envs")
+    if not isinstance(envs, dict) or len(envs) < 2:
+        return [meta]
+    return [{**meta, "env_id": k, "env": e} for k, e in envs.items() if isinstance(e, dict)] or [meta]
+
+
 def _side(metas: list[dict], get) -> str | None:
     vals = list(dict.fromkeys("-" if v is None else str(v) for v in map(get, metas)))
     return None if vals in ([], ["-"]) else " | ".join(vals)
@@ -351,7 +360,9 @@ def _side(metas: list[dict], get) -> str | None:
 
 def environments(base: list[dict], new: list[dict]) -> tuple[list, list, bool]:
     """(every ENV_FIELDS field as (name, base, new), those that differ, whether both sides are one environment) for
-    the run.json dicts of two sides: the same env_ids, or without them the same identity fields."""
+    the run.json dicts of two sides: the same env_ids, or without them the same identity fields. A merge of shards
+    that ran on several machines (run.json `envs`) stands for each of them."""
+    base, new = ([m2 for m in metas for m2 in _machines(m)] for metas in (base, new))
     fields = [(name, _side(base, get), _side(new, get)) for name, get, _ in ENV_FIELDS]
     fields.append(_library_field(base, new))
     # a side of runs from before a field was recorded (packages) says nothing about it: no difference to show

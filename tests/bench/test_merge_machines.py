@@ -1,0 +1,40 @@
+"""A sweep whose shards ran on different machines, merged (bench merge): compare and the history name the machine
+that measured each case, not the first shard's for all."""
+
+from bench import history
+from bench.cli import main
+from bench.compare import compare
+from tests.optional import needs
+from tests.runs import A100, H200, write_run
+
+
+def merged_over_two_gpus(tmp_path):
+    """A merge of a shard measured on an H200 (b=1) and one on an A100 (b=2); and a run of both cases on an H200."""
+    def records(*bs):
+        return [{"suite": "checkpointing", "variant": "none", "params": {"b": b},
+                 "metrics": {"step_time_ms": 1.0, "peak_mem_bytes": 100}} for b in bs]
+
+    a = write_run(tmp_path, "a", records(1), gpu=H200)
+    b = write_run(tmp_path, "b", records(2), gpu=A100)
+    assert main(["merge", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
+    return tmp_path / "m", write_run(tmp_path, "h200", records(1, 2), gpu=H200)
+
+
+def test_compare_of_a_merge_over_two_gpus_is_no_comparison_of_one_machine(tmp_path):
+    # half of NEW's cases ran on an A100: the environment verdict said "same environment (A/B of code or settings)"
+    # against an H200 run, from the first shard's run.json alone
+    merged, h200 = merged_over_two_gpus(tmp_path)
+    c = compare([h200], [merged])
+    assert not c.same_env and c.env_verdict == "hardware or software comparison"
+    assert ("gpu", "NVIDIA H200", "NVIDIA H200 | NVIDIA A100-SXM4-80GB") in c.env_diff
+
+
+@needs("pyarrow")
+def test_history_rows_of_a_merge_name_the_machine_that_measured_each_case(tmp_path):
+    # every row took the first shard's env_id and GPU: the A100's case joined the H200's series on the dashboard
+    merged, _ = merged_over_two_gpus(tmp_path)
+    history.add(merged, tmp_path / "store")
+    frame = history.load(tmp_path / "store").drop_duplicates("case_id")
+    assert dict(zip(frame["case_id"], zip(frame["env_id"], frame["gpu"]))) == {
+        "checkpointing/none/b=1": ("NVIDIA_H200-2.11.0", "NVIDIA H200"),
+        "checkpointing/none/b=2": ("NVIDIA_A100-SXM4-80GB-2.11.0", "NVIDIA A100-SXM4-80GB")}
