@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench import hardware  # noqa: E402 - after the checkout is on the path
+from bench.doctor_limits import _n  # noqa: E402
 from bench.plan import plan_case, run_step  # noqa: E402
 from bench.records import read_records  # noqa: E402
 from bench.suite import discover  # noqa: E402
@@ -154,10 +155,10 @@ def main(argv: list[str]) -> int:
         measured = [row for row in rows if row.suite == suite]
         found = [row for row in measured if row.error is not None]
         if not found:
-            print(f"{suite}: none of its {len(measured)} measured cases planned ({measured[0].reason})")
+            print(f"{suite}: none of its {_n(len(measured), 'measured case')} planned ({measured[0].reason})")
             continue
         worst = max(found, key=lambda row: abs(row.error))
-        print(f"{suite}: {len(found)} of {len(measured)} measured cases planned, "
+        print(f"{suite}: {len(found)} of {_n(len(measured), 'measured case')} planned, "
               f"{sum(abs(row.error) <= TARGET + 1e-12 for row in found)} within {TARGET:.0%} of the measured peak, "
               f"worst {worst.error:+.2%} ({worst.case_id})")
     return 0

@@ -132,3 +132,10 @@ def test_the_summary_counts_the_measured_cases_the_plan_cannot_predict(tool, tmp
     assert "detection: none of its 2 measured cases planned (its measured step is detection with" in "\n".join(out)
     (summary,) = [x for x in out if x.startswith("packing: ")]
     assert summary.startswith("packing: 2 of 3 measured cases planned, 2 within 10% of the measured peak")
+
+
+def test_the_summary_of_one_measured_case_says_case(tool, tmp_path, capsys):
+    lines = (BASELINE / "quick" / "records.jsonl").read_text().splitlines()
+    (tmp_path / "records.jsonl").write_text(next(x for x in lines if '"detection/' in x) + "\n")
+    assert tool.main([str(tmp_path)]) == 0
+    assert "detection: none of its 1 measured case planned (" in capsys.readouterr().out
