@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.optional import needs
-from tests.runs import A100, checkpointing_records, write_run
+from tests.runs import A100, H200, checkpointing_records, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = """#!/bin/sh
@@ -143,3 +143,25 @@ def test_good_nights_of_another_gpu_are_not_tonights_comparison_set(tmp_path):
     # the baseline of the GPU the run measured on, named from its run.json, not from the machine the script runs on
     assert "no committed baseline at ci/baselines/nvidia-h200/nightly" in done.stdout, done.stdout
     assert not any((tmp_path / "home" / "last-good").iterdir())
+
+
+def same_kind(*args: str) -> str:
+    """ci/nightly.sh's same_kind (its embedded Python, which reads run.json only) with these arguments."""
+    script = (ROOT / "ci" / "nightly.sh").read_text()
+    snippet = script[script.index("<<'PY'\n") + 7:script.index("\nPY\n")]
+    return subprocess.run([sys.executable, "-c", snippet, *args], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+@pytest.mark.parametrize("device, visible, gpu", [
+    ("cuda", None, "nvidia-a100-sxm4-80gb"),  # no index: the first GPU
+    ("cuda:1", None, "nvidia-h200"),  # the second of a machine with mixed GPUs
+    ("cuda:0", "1", "nvidia-h200"),  # the first visible, which NVML numbers 1
+])
+def test_the_baseline_is_of_the_gpu_the_run_device_names(tmp_path, device, visible, gpu):
+    gpus = [{**A100, "index": 0}, {**H200, "index": 1}]
+    env_vars = {"CUDA_VISIBLE_DEVICES": visible} if visible else {}
+    (tmp_path / "run.json").write_text(json.dumps({"size": "full", "device": device,
+                                                   "env": {"gpus": gpus, "env_vars": env_vars}}))
+    assert same_kind("gpu", str(tmp_path)) == gpu
+    assert same_kind("kind", str(tmp_path)).endswith(f"({gpus[gpu == 'nvidia-h200']['name']})")
