@@ -130,7 +130,7 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
     except BaseException as e:  # noqa: BLE001 - every way a case can end is a result to record
         if isinstance(e, KeyboardInterrupt):
             raise
-        return {"status": "oom" if _is_oom(e) else "error", "error": traceback_tail(e)}
+        return {"status": "oom" if _is_oom(e) else "error", "error": traceback_tail(e) + _host_oom_line(e)}
     finally:
         if previous is not None:
             import torch
@@ -141,6 +141,16 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 def traceback_tail(e: BaseException) -> str:
     """The last TRACEBACK_LINES lines of `e`'s traceback: a failed case's error."""
     return "\n".join("".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:])
+
+
+def _host_oom_line(e: BaseException) -> str:
+    """A last line for a MemoryError that says nothing (Python's own, from a list or bytes object too big for the
+    host; numpy's and torch's say what they tried to allocate): that the host ran out, and in which frame."""
+    if not isinstance(e, MemoryError) or str(e):
+        return ""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" in {frames[-1].name} ({frames[-1].filename}:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
+    return f"\nthe host ran out of memory (MemoryError){where}"
 
 
 def predict_case(suite: Suite, case: Case, device: str) -> tuple[dict[str, Any], str | None]:

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from bench.case import _is_oom
+from bench.case import Case, _is_oom, execute
+from bench.metrics import Metric
+from bench.suite import SUITES, Suite
 
 
 def test_cpu_allocation_failure_is_oom():
@@ -22,3 +24,26 @@ def test_cpu_allocation_failure_is_oom():
 ])
 def test_is_oom(exc, oom):
     assert _is_oom(exc) is oom
+
+
+class Lists(Suite):
+    name = "_lists"
+    variants = {"lists": "reference"}
+    metrics = (Metric("n_ms", "measured", "lower", "n"),)
+
+    def grid(self, size, device):
+        return [{"batch": 10**13}]
+
+    def measure(self, variant, params, device):
+        lengths = [0] * params["batch"]  # 80 TB of list: Python's own MemoryError, which names nothing
+        return len(lengths)
+
+
+def test_a_host_out_of_memory_says_so_and_where(monkeypatch):
+    monkeypatch.setitem(SUITES, "_lists", Lists())
+    result = execute(Case("_lists", "lists", {"batch": 10**13}, module="bench.suite"), "cpu")
+    assert result["status"] == "oom"
+    assert "\n  File " in result["error"]  # the traceback's frames stay above
+    last = result["error"].splitlines()[-1]  # the line progress and the reports show
+    line = Lists.measure.__code__.co_firstlineno + 1
+    assert last.startswith(f"the host ran out of memory (MemoryError) in measure ({__file__}:{line}: lengths = [0]")
