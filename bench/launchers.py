@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from bench import ranks
 from bench.case import SEED, Case, execute, traceback_tail
 from bench.distributed import Launch, aggregate, run_distributed
-from bench.lifeline import KEEPER_WAIT_S, exit_code, freeze_alive, keep, kill_session
+from bench.lifeline import KEEPER_WAIT_S, STOP_SIGNALS, exit_code, freeze_alive, keep, kill_session
 from bench.progress import duration, read_note
 from bench.suite import SUITES, directions, unmet
 
@@ -176,6 +176,11 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
                                                     "case ran (killed from outside, or out of memory), and its result "
                                                     f"with it{_doing(progress)}; `--resume --retry-failed` runs it "
                                                     "again"}
+            if proc.exitcode is not None and -proc.exitcode in STOP_SIGNALS:  # the keeper's own, which ended the case
+                return {"status": "error", "error": f"the case's keeper was stopped by "
+                                                    f"{signal.Signals(-proc.exitcode).name} (sent to it, not to "
+                                                    f"`bench`), and ended the case{_doing(progress)}; "
+                                                    "`--resume --retry-failed` runs it again"}
             return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
     finally:
         recv.close()

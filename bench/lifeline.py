@@ -18,7 +18,7 @@ Either way it SIGKILLs every descendant of its own, again until none is alive, t
 - The case's process has PR_SET_PDEATHSIG(SIGKILL): a keeper killed outright takes the case with it.
 - The keeper leads a session of its own, so a signal meant for `bench`'s terminal group (Ctrl-C) does not reach the
   case behind `bench`'s back; `bench` ends a case by closing its lifeline. SIGTERM, SIGINT or SIGHUP sent to the
-  keeper itself ends its case the same way.
+  keeper itself ends its case the same way, then the keeper by that signal, so that `bench` records which.
 - A keeper killed outright (SIGKILL, the out-of-memory killer) kills nothing: `bench` then kills what is left in its
   session (`kill_session`). The case's own process, whose memory is the OOM killer's target, is made its first choice
   over the keeper (oom_score_adj raised by 500, which needs no privilege).
@@ -70,13 +70,15 @@ class _Stop(Exception):
 
 
 def _stop(signum, frame):
-    raise _Stop
+    raise _Stop(signum)
 
 
 def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
     """Run `target()` in a child of this process (which becomes its keeper) and wait for it or for EOF on the
     `lifeline` fd; then kill every descendant left. Returns the child's exit code (-N: killed by signal N), or None
-    when the lifeline ended first. `target` returns the child's exit code; an exception in it exits 1."""
+    when the lifeline ended first. `target` returns the child's exit code; an exception in it exits 1. A stop
+    signal sent to this process ends the child as EOF does, then this process by that signal, so that what waits on
+    it reads which (-N; 128+N from a shell), not a lifeline that ended."""
     try:
         os.setsid()
     except OSError:  # already a session leader (`python -m bench.lifeline` is started as one)
@@ -88,17 +90,32 @@ def keep(target: Callable[[], int | None], lifeline: int) -> int | None:
         _oom_first()
         child_main(target, keeper)
     previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS}  # after the fork: the case keeps its own
+    stopped = None
     try:
         code = _wait(pid, lifeline)
-    except _Stop:
-        code = None
+    except _Stop as e:
+        code, stopped = None, e.args[0]
     finally:
         for s in STOP_SIGNALS:  # what follows is what a stop signal asks for: let none cut it short
             signal.signal(s, signal.SIG_IGN)
         kill_descendants()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if stopped is not None:
+        _end_by(stopped)
     return code
+
+
+def _end_by(signum: int) -> NoReturn:
+    """End this process by signal `signum`, its default action (128+N where there is none to take)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
 
 
 OOM_FIRST = 500

@@ -36,6 +36,7 @@ class Strays(Suite):
     variants = {"leave": "starts a sleep and returns", "hang": "starts a sleep and never returns",
                 "fork_segv": "forks a sleeping child, then segfaults",
                 "kill_keeper": "forks a sleeping child, then kills its keeper",
+                "stop_keeper": "sends its keeper SIGTERM, then sleeps",
                 "oom_adj": "reports its own oom_score_adj and its keeper's",
                 "interrupt": "raises KeyboardInterrupt itself",
                 "kill_server": "kills the case server it was forked from, then sleeps"}
@@ -55,6 +56,9 @@ class Strays(Suite):
         if variant == "oom_adj":
             adj = [int(Path(f"/proc/{pid}/oom_score_adj").read_text()) for pid in (os.getpid(), os.getppid())]
             return Measurement({"own_adj": float(adj[0]), "keeper_adj": float(adj[1])})
+        if variant == "stop_keeper":  # as `kill PID` by hand, or a job scheduler that stops what it finds
+            os.kill(os.getppid(), signal.SIGTERM)
+            time.sleep(600)
         if variant == "kill_server":  # the keeper's parent: a forkserver child's parent is the server
             server = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[1])
             note(server)
@@ -220,6 +224,17 @@ def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
             os.kill(child, signal.SIGKILL)
 
 
+def test_a_keeper_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=["stop_keeper"], timeout_s=60.0))
+    assert code == 1 and record.status == "error" and record.elapsed_s < 20
+    # not "exited with code 0": the keeper ended its case as a closed lifeline asks, then itself by the signal
+    assert record.error == ("the case's keeper was stopped by SIGTERM (sent to it, not to `bench`), and ended the "
+                            "case; `--resume --retry-failed` runs it again")
+    (case,) = _pids(tmp_path / "pids")
+    assert _until(lambda: not _alive(case), 5)
+
+
 @pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="needs Linux's /proc/PID/oom_score_adj")
 def test_the_out_of_memory_killer_takes_the_case_before_its_keeper(tmp_path):
     # a keeper killed outright kills nothing itself: the case's process, which holds the case's memory, goes first
@@ -295,6 +310,19 @@ def test_the_keeper_ends_its_command_when_the_lifeline_closes(tmp_path):
     os.close(keeping)  # as the kernel does when `bench` dies
     assert keeper.wait(10) == 1
     assert not _alive(sleep)
+
+
+def test_a_keeper_sent_sigterm_ends_its_command_then_itself_by_it(tmp_path):
+    pids = tmp_path / "pids"
+    keeper, keeping = _keeper(tmp_path, f"{_orphan(pids)}; import time; time.sleep(600)")
+    try:
+        assert _until(lambda: _pids(pids), 30)
+        [sleep] = _pids(pids)
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(30) == -signal.SIGTERM  # 143 to a shell: not 1, a lifeline that ended
+        assert not _alive(sleep)
+    finally:
+        os.close(keeping)
 
 
 def test_the_keeper_reports_a_signal_as_128_plus_its_number(tmp_path):
