@@ -8,6 +8,9 @@ table gets None, never a guess. Matched on the whole name NVML and torch report,
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 MIB = 1 << 20
 # (name fragment, {dtype: dense TFLOP/s}, memory GB/s, memory bytes, (multiprocessors, max threads per one, compute
 # capability)). H200 and H100 SXM share the GH100 compute; the H200 has HBM3e at 4.8 TB/s. "fp32" is the
@@ -97,3 +100,48 @@ def device_name(device: str) -> str | None:
     import torch
 
     return torch.cuda.get_device_name(torch.device(device))
+
+
+_PLANNED: ContextVar[str | None] = ContextVar("planned_gpu", default=None)
+
+
+@contextmanager
+def planning(gpu: str | None):
+    """While `bench plan` builds a case's step for `gpu` (a table name or a device name; None: this machine's GPU):
+    what `planned_gpu` answers, for the support checks a suite makes there."""
+    token = _PLANNED.set(gpu)
+    try:
+        yield
+    finally:
+        _PLANNED.reset(token)
+
+
+def planned_gpu() -> str | None:
+    """The GPU the plan in progress is for (`planning`); None outside a plan, or for this machine's GPU."""
+    return _PLANNED.get()
+
+
+def here(gpu: str | None) -> bool:
+    """Whether `gpu` (None: this machine's GPU) is this machine's current CUDA device, so that torch can be asked
+    about it here (its kernel choices, a probe's real step); a plan for another GPU reads its table entry instead."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if gpu is None:
+        return True
+    local = torch.cuda.get_device_name(torch.cuda.current_device())
+    return (resolve(local) or local.lower()) == (resolve(gpu) or gpu.lower())
+
+
+def capability(gpu: str | None) -> tuple[int, int] | None:
+    """The compute capability of `gpu` (None: this machine's GPU): the table's, else this machine's device's where it
+    is that GPU, else None."""
+    known = multiprocessors(gpu) if gpu is not None else None
+    if known is not None:
+        return known[2]
+    if not here(gpu):
+        return None
+    import torch
+
+    return torch.cuda.get_device_capability(torch.cuda.current_device())

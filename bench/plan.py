@@ -145,7 +145,8 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
     allocator = CachingAllocatorModel(current_stream if suite.world_sizes else None) if cuda else None
     scratch = kernel_scratch(gpu) if cuda else cpu_scratch
     ranks = fake_ranks(params.get("world_size", 1)) if suite.world_sizes else nullcontext()
-    with ranks, MetaKernels(), IndexValues(), target_attention(target) as kernels, target_flex(target, kernels), \
+    with ranks, hardware.planning(gpu), MetaKernels(), IndexValues(), target_attention(target, gpu) as kernels, \
+            target_flex(target, kernels), \
             target_rms_norm(target), target_offload(target) as offload, target_autocast(target), \
             target_foreach(target), TensorMemoryTracker(allocator, host_builds=not cuda, scratch=scratch) as total:
         w = suite.workload(variant, dict(params), META, target)

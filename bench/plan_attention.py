@@ -3,8 +3,10 @@
 F.scaled_dot_product_attention on meta takes the math path, which materialises the S x S scores the fused kernels
 never hold (+1 MB at smoke checkpointing). It is routed to the kernel the target would pick: on a CPU target,
 torch's own choice (torch._fused_sdp_choice on CPU tensors of the same shapes and strides, a few elements each) and
-the CPU flash kernel's meta registration; on a CUDA target, torch's choice on the local GPU where there is one, else
-the rule torch applies on sm80+ (flash for 16-bit inputs without a mask and with equal head dims up to 256;
+the CPU flash kernel's meta registration; on a CUDA target, torch's choice on the local GPU where it is the GPU planned
+for, else the rule torch applies on sm80+ (flash for 16-bit inputs without a mask and with equal head dims up to 256,
+not for a backward of head dims in (192, 224], or over 224 with dropout, on sm86, sm89 and sm120, the target's compute
+capability from bench.hardware;
 memory-efficient attention for a mask, unequal value width or fp32, where key and value have the query's heads and
 the head dims are a multiple of 8, of 4 in fp32; math otherwise, as for grouped-query keys and values with a mask or in
 fp32, which memory-efficient attention refuses; of the kernels enabled, in the order
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _disable_current_modes
 
+from bench import hardware
 from bench.plan_autocast import cast_for_autocast
 from bench.plan_meta import _meta
 from bench.suite import NotPlannable
@@ -37,8 +40,9 @@ aten = torch.ops.aten
 
 
 @contextmanager
-def target_attention(target: str):
-    """F.scaled_dot_product_attention on meta tensors routed to the kernel `target` ("cpu" or "cuda") would run.
+def target_attention(target: str, gpu: str | None = None):
+    """F.scaled_dot_product_attention on meta tensors routed to the kernel `target` ("cpu" or "cuda") would run, on
+    `gpu` (a bench.hardware name; None: this machine's GPU) for a CUDA target.
     Yields the set of the kernels taken ("flash", "efficient", "cudnn", "math"), filled as the step runs: a case
     whose attention takes "math" holds each call's S x S scores on the target.
 
@@ -53,7 +57,8 @@ def target_attention(target: str):
             query, key, value, attn_mask = cast_for_autocast("scaled_dot_product_attention",
                                                              (query, key, value, attn_mask))
             if not query.is_nested:
-                return _attention(kind, taken, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+                return _attention(kind, gpu, taken, query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                  enable_gqa)
             if kind == "cuda":
                 with _nested_flash(taken, query, key, value, attn_mask, dropout_p):
                     return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
@@ -95,12 +100,12 @@ def _nested_flash(taken, q, k, v, mask, dropout_p):
         jagged._select_sdp_backend, jagged._is_computing_meta_flops = choice, meta_flops
 
 
-def _attention(target, taken, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+def _attention(target, gpu, taken, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                enable_gqa=False):
     if attn_mask is not None and attn_mask.dtype == torch.bool:  # what the composite does first, on every device
         attn_mask = torch.where(attn_mask, torch.scalar_tensor(0.0, dtype=q.dtype, device=q.device),
                                 torch.scalar_tensor(-math.inf, dtype=q.dtype, device=q.device))
-    backend = kernel_choice(target, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    backend = kernel_choice(target, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, gpu)
     taken.add(backend)
     lse = any(t.requires_grad for t in (q, k, v))  # the fused kernels keep their logsumexp for a backward
     if backend == "flash" and target == "cpu":
@@ -133,12 +138,13 @@ def _attention(target, taken, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=
 BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
 
 
-def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa) -> str:
+def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa, gpu=None) -> str:
     """The SDPA kernel `target` would run for these meta tensors: "flash", "efficient", "cudnn" or "math"; torch's
-    own choice where it can be asked, else the sm80+ rule over the kernels enabled, in torch's priority order (what
+    own choice where it can be asked (the CPU, or a CUDA target whose `gpu` is this machine's: bench.hardware.here),
+    else the sm80+ rule for `gpu`'s compute capability over the kernels enabled, in torch's priority order (what
     torch.nn.attention.sdpa_kernel sets). cuDNN is outside that rule: a CPU-only build cannot tell whether the GPU's
     cuDNN would put it first, and for the unmasked calls it takes there its bytes are flash's."""
-    if target == "cpu" or torch.cuda.is_available():
+    if target == "cpu" or hardware.here(gpu):
         if target != "cpu":
             settle_cuda_priority()
         return _torch_choice("cpu" if target == "cpu" else "cuda", *map(_signature, (q, k, v, mask)), dropout_p,
@@ -149,8 +155,13 @@ def kernel_choice(target, q, k, v, mask, dropout_p, is_causal, scale, enable_gqa
     # memory-efficient attention admits no grouped query heads (check_batch_size_and_num_heads_dense<false>): keys
     # and values with fewer heads than the query take math, which expands them to the query's heads
     same_heads = q.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
+    # flash's backward on sm86, sm89 and sm120 refuses head dims in (192, 224], and over 224 with dropout
+    # (sdp_utils.cpp, check_requires_grad_and_head_dim_gt192_constraints_on_sm86_89_or_120)
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    backward_limited = backward and hardware.capability(gpu) in ((8, 6), (8, 9), (12, 0), (12, 1)) and \
+        (192 < d <= 224 or d > 224 and dropout_p > 0)
     runs = {"flash": cuda.flash_sdp_enabled() and q.dim() == 4 and half
-            and mask is None and d == k.shape[-1] == v.shape[-1] and d <= 256,
+            and mask is None and d == k.shape[-1] == v.shape[-1] and d <= 256 and not backward_limited,
             "efficient": cuda.mem_efficient_sdp_enabled() and same_heads and d == k.shape[-1] and d % align == 0
             and v.shape[-1] % align == 0,
             "math": cuda.math_sdp_enabled()}

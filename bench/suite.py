@@ -235,8 +235,10 @@ class Suite:
 
     def workload(self, variant: str, params: dict[str, Any], device: str, target: str | None = None) -> Workload:
         """The step a case measures, built with its tensors on `device`, which may be "meta": then `target` ("cpu" or
-        "cuda:N") is the device the plan predicts for, whose kernels and support checks apply. A suite that builds
-        its step here, and has `measure` use it, gets `bench plan` for free: the two cannot drift apart.
+        "cuda:N") is the device the plan predicts for, whose kernels and support checks apply: for a CUDA target, of
+        the GPU bench.hardware.planned_gpu() names, which a check asks of torch only where bench.hardware.here says
+        it is this machine's (else from its table entry, or NotPlannable saying so). A suite that builds its step
+        here, and has `measure` use it, gets `bench plan` for free: the two cannot drift apart.
 
         Raise Skip where the variant cannot run on the target (as `measure` does), NotPlannable where the case has no
         step that shapes alone decide (a whole training run, a compiled kernel). The default: no workload, for the

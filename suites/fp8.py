@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from bench import hardware
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
 from bench.suite import Measurement, NotPlannable, Part, Relative, Skip, Suite, Workload, register, requires
@@ -134,12 +135,7 @@ class Fp8(Suite):
         if params["part"] != "training":
             raise NotPlannable(f"the {params['part']} part times single kernels on operands it quantizes first; it "
                                "has no training step (its bytes are the operands')")
-        where = target or device
-        if variant in TORCHAO and torch.device(where).type == "cuda" and not torch.cuda.is_available():
-            raise NotPlannable("whether torchao's float8 training runs on CUDA is found by a real step there "
-                               "(torch._scaled_mm's and torchao's checks), and this machine has no CUDA device: plan "
-                               "it on the GPU machine")
-        return _training_workload(variant, device, where)
+        return _training_workload(variant, device, target or device)
 
     def measure(self, variant, params, device):
         return {"gemm": _gemm, "accuracy": _accuracy, "quantize": _quantize, "training": _training}[params["part"]](
@@ -243,16 +239,36 @@ def _quantize(variant, params, device):
     return Measurement(timed=timing, timings={"quantize_time": timing}, work=[work])
 
 
-def _training_recipe(variant, device, dtype):
-    """(our recipe or None, torchao's converter or None) of a training variant; Skip where torchao cannot run."""
+def _training_recipe(variant, device, dtype, planned=False):
+    """(our recipe or None, torchao's converter or None) of a training variant; Skip where torchao cannot run.
+    `planned`: for a plan's step on meta, where `device` is the target."""
     recipe, convert = RECIPES.get(variant), None  # None for bf16 and for torchao's variants
     if variant in TORCHAO:
         requires("torchao", pip=ECOSYSTEM)
-        why, slow = torchao_training.unsupported(TORCHAO[variant], device, dtype), reference_kernel(device)
+        gpu = hardware.planned_gpu()
+        if planned and torch.device(device).type == "cuda" and not hardware.here(gpu):
+            why, slow = _scaled_mm_unsupported(gpu), None  # a GPU that is not here: its compute capability says
+        else:
+            why, slow = torchao_training.unsupported(TORCHAO[variant], device, dtype), reference_kernel(device)
         if why or slow:
             raise Skip(why or f"{slow}; torchao's float8 training runs every GEMM on it")
         convert = torchao_training.converter(TORCHAO[variant])
     return recipe, convert
+
+
+def _scaled_mm_unsupported(gpu: str | None) -> str | None:
+    """Why torchao's float8 training cannot run on `gpu`, planned from elsewhere, or None: its GEMMs are
+    torch._scaled_mm, whose FP8 kernels (tensorwise and rowwise scales) need sm89+ (impls.fp8.gemm.scaled_mm_support);
+    NotPlannable for a GPU whose compute capability bench.hardware does not know."""
+    cap = hardware.capability(gpu)
+    if cap is None:
+        raise NotPlannable(f"whether torchao's float8 training runs on {gpu or 'this CUDA target'} is found by a real "
+                           "step there (torch._scaled_mm's and torchao's checks), and the plan knows no compute "
+                           "capability of it: plan it on the GPU machine, or name a GPU of bench.hardware's table")
+    if cap < (8, 9):
+        return (f"torchao's float8 training runs torch._scaled_mm, whose FP8 kernels need sm89 or newer; {gpu} is "
+                f"sm{cap[0]}{cap[1]}")
+    return None
 
 
 def _warm_up(convert, device, dtype) -> None:
@@ -264,7 +280,7 @@ def _warm_up(convert, device, dtype) -> None:
 
 def _training_workload(variant, device, target) -> Workload:
     """One step of the training part's model and optimizer on its first batch, built on `device` for `target`."""
-    recipe, convert = _training_recipe(variant, target, reference_dtype(target))
+    recipe, convert = _training_recipe(variant, target, reference_dtype(target), planned=device == "meta")
     model, opt, step = training_step(recipe, device=device, dtype=reference_dtype(target), convert=convert)
     prev, nxt = batches(1)[0]
     return Workload(lambda: step(prev, nxt), modules=(model,), optimizer=opt,

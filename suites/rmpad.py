@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from bench import hardware
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
 from bench.suite import (
@@ -73,11 +74,11 @@ def _unplannable(backend: str, device: str, target: str) -> str | None:
 
 
 def _unprobed(backend: str, device: str, target: str) -> bool:
-    """A plan for a GPU from a machine without one, of a backend whose support is probed by a real step on the target
-    (nested tensors, FlexAttention's backward): the plan takes the step the GPU runs (bench.plan_attention,
-    bench.plan_flex), as the H100 ran it."""
+    """A plan for a GPU that is not this machine's (bench.hardware.here), of a backend whose support is probed by a
+    real step on the target (nested tensors, FlexAttention's backward): the plan takes the step the GPU runs
+    (bench.plan_attention, bench.plan_flex), as the H100 ran it."""
     return device == "meta" and backend in ("nested", "flex") and torch.device(target).type == "cuda" and \
-        not torch.cuda.is_available()
+        not hardware.here(hardware.planned_gpu())
 
 
 def batch_lengths(dist: str, max_len: int, real_tokens: int) -> list[int]:

@@ -33,3 +33,22 @@ def test_a_gpu_whose_name_holds_a_known_one_is_not_it(name):
 ])
 def test_resolve_takes_whole_names_only(typed, entry):
     assert resolve(typed) == entry
+
+
+def test_a_plan_reads_the_named_gpus_capability_and_asks_this_machine_only_of_its_own(monkeypatch):
+    import torch
+
+    from bench import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine whose GPU is an A100
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert hardware.here(None) and hardware.here("a100-sxm4-80gb") and hardware.here("NVIDIA A100-SXM4-80GB")
+    assert not hardware.here("h200")
+    assert hardware.capability("h200") == (9, 0) and hardware.capability("l4") == (8, 9)
+    assert hardware.capability(None) == (8, 0)  # this machine's GPU, asked
+    assert hardware.capability("NVIDIA B200") is None  # neither in the table nor here: not guessed
+    with hardware.planning("h200"):
+        assert hardware.planned_gpu() == "h200"
+    assert hardware.planned_gpu() is None

@@ -40,6 +40,31 @@ def test_attention_on_meta_takes_the_targets_kernel():
 
 
 @pytest.mark.usefixtures("flash_first")
+def test_a_plan_for_another_gpu_asks_its_rule_not_this_machines_gpu(monkeypatch):
+    # `bench plan --gpu h200` on a machine with an A100: torch's choice there is the A100's, not the H200's
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(plan_attention, "settle_cuda_priority", lambda: None)
+    monkeypatch.setattr(plan_attention, "_torch_choice", lambda *args: "asked here")
+    q = torch.empty(2, 4, 64, 16, device="meta", dtype=torch.bfloat16)
+    assert kernel_choice("cuda", q, q, q, None, 0.0, True, None, False, "h200") == "flash"
+    assert kernel_choice("cuda", q, q, q, None, 0.0, True, None, False, "a100") == "asked here"
+    assert kernel_choice("cuda", q, q, q, None, 0.0, True, None, False) == "asked here"  # None: this machine's
+
+
+@pytest.mark.usefixtures("flash_first")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA asks torch's own choice, not the rule")
+def test_the_rule_reads_the_target_gpus_compute_capability():
+    # flash's backward on sm86, sm89 and sm120 (the L4 and L40S of the table) refuses head dims in (192, 224]
+    q = torch.empty(2, 4, 64, 200, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    assert kernel_choice("cuda", q, q, q, None, 0.0, True, None, False, "h200") == "flash"
+    assert kernel_choice("cuda", q, q, q, None, 0.0, True, None, False, "l4") == "efficient"
+    with torch.no_grad():  # no backward: flash on sm89 too
+        assert kernel_choice("cuda", q, q, q, None, 0.0, True, None, False, "l4") == "flash"
+
+
+@pytest.mark.usefixtures("flash_first")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA asks torch's own choice, not the rule")
 def test_the_rule_gives_grouped_query_attention_with_a_mask_or_in_fp32_to_math():
     # memory-efficient attention admits no key and value with fewer heads than the query (torch's sdp_utils.cpp,

@@ -119,16 +119,22 @@ def test_report_has_the_fp8_figures(smoke_run):
     assert len(figures) == 5 and any("loss per step" in t for t in titles), titles
 
 
-def test_torchaos_training_is_not_planned_for_cuda_without_a_cuda_device():
+def test_torchaos_training_is_planned_for_the_named_gpu_not_this_machine():
     import torch
 
     from bench.plan import plan_case
     from bench.suite import discover
 
     if torch.cuda.is_available():
-        pytest.skip("a CUDA device is here: the plan probes torchao on it")
+        pytest.skip("a CUDA device is here: the plan of its own GPU probes torchao on it")
+    if missing("torchao"):
+        pytest.skip("needs torchao")
     fp8 = discover()["fp8"]
     params = next(p for p in fp8.grid("full", "cuda:0") if p["part"] == "training")
     for variant in ("torchao_tensorwise", "torchao_rowwise"):
-        p = plan_case(fp8, variant, params, "cuda", "h200")
-        assert p.status == "not_plannable" and "this machine has no CUDA device" in p.reason, p.reason
+        p = plan_case(fp8, variant, params, "cuda", "h200")  # sm90: torch._scaled_mm's FP8 kernels run there
+        assert p.status == "ok" and p.flops_by_dtype.get("float8_e4m3fn"), p.reason
+        p = plan_case(fp8, variant, params, "cuda", "a100-sxm4-80gb")  # sm80 has none
+        assert p.status == "skipped" and "need sm89 or newer; a100-sxm4-80gb is sm80" in p.reason, p.reason
+        p = plan_case(fp8, variant, params, "cuda")  # a GPU the plan knows nothing of: said, not assumed
+        assert p.status == "not_plannable" and "knows no compute capability" in p.reason, p.reason

@@ -44,3 +44,17 @@ def test_report_has_the_rmpad_figures(smoke_run):
     out, _, _ = smoke_run
     frame = load_frame([out])
     assert len(figures_for("rmpad", frame[frame["suite"] == "rmpad"])) == 2
+
+
+def test_a_plan_for_another_gpu_takes_its_step_rather_than_probing_this_machines(monkeypatch):
+    import torch
+
+    from bench import hardware
+    from suites.rmpad import _unprobed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine whose GPU is an A100
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with hardware.planning("h200"):
+        assert _unprobed("nested", "meta", "cuda")
+    assert not _unprobed("nested", "meta", "cuda")  # this machine's GPU: probed here
