@@ -70,7 +70,10 @@ def size_thresholds(image_size: int) -> tuple[float, float]:
 
 
 def size_bucket(boxes: Tensor, image_size: int) -> Tensor:
-    """[K] int64: 0 small, 1 medium, 2 large by box area (COCO's rule: small < t0 <= medium < t1 <= large)."""
+    """[K] int64: 0 small, 1 medium, 2 large by box area, half-open: small < t0 <= medium < t1 <= large.
+
+    pycocotools' areaRng are closed, [lo, hi] (COCOeval.evaluateImg ignores a box with area < lo or > hi), so an area
+    exactly at t0 or t1 counts in both buckets beside it there; here it goes to the larger one."""
     small, medium = size_thresholds(image_size)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return (area >= small).long() + (area >= medium).long()

@@ -1,5 +1,10 @@
 """COCO-style AP through pycocotools' COCOeval, in memory and silenced, with its small / medium / large area ranges
-replaced by the image-scaled buckets of data.size_thresholds."""
+replaced by the image-scaled buckets of data.size_thresholds.
+
+Conventions, as COCO's: boxes go in as xywh in pixels (x2 - x1, no +1), image and annotation ids from 1 (a matched id
+of 0 reads as no match), category id = label + 1; a box's area for the buckets is the annotation's w * h (to_coco) and
+loadRes's w * h for detections. The buckets are pycocotools' closed ranges [lo, hi] (an area exactly at a threshold
+is in both buckets beside it); matching is per category, greedy by score, IoU >= threshold at 0.50:0.05:0.95."""
 
 from __future__ import annotations
 
