@@ -121,7 +121,10 @@ class Packing:
 
     @property
     def efficiency(self) -> float:
-        """Real tokens / capacity tokens: 1 means no padding at all."""
+        """Real tokens / capacity tokens: sum of entry lengths over sum of row_len, every row counted once, so 1 means
+        no padding at all. A short last batch adds only the rows it has (no empty padding rows), and row_len is each
+        row's own capacity: packing_length for pad_to_max and the packers, the batch's longest sample for
+        pad_to_batch_max and bucketing."""
         return self.real_tokens / self.capacity_tokens
 
     @property
