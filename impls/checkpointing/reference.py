@@ -1,4 +1,11 @@
-"""Reference for activation checkpointing: a pre-norm transformer trained with every activation saved."""
+"""Reference for activation checkpointing: a pre-norm transformer trained with every activation saved.
+
+The model: n_layers blocks x -> x + proj(attn(LayerNorm(x))) -> x + fc2(GELU(fc1(LayerNorm(x)))), Linears with bias,
+exact (erf) GELU, causal SDPA with no positional encoding (the inputs are random [B, S, D] embeddings; position does
+not change what is saved), then a final LayerNorm. The loss is MSE in fp32 against a random target of the same shape.
+Every variant (impls/checkpointing/*.py) runs these same modules and checkpoints per block: a block is the unit
+"full" recomputes and "sqrt" groups into segments; the final LayerNorm is never checkpointed.
+"""
 
 from __future__ import annotations
 
