@@ -41,6 +41,13 @@ class Coupling(nn.Module):
 
 
 class RealNVP(nn.Module):
+    """x = f_L(...f_1(z)), z ~ N(0, I) in D dims; log p(x) = log N(z; 0, I) - sum of the couplings' sum s (the inverse's
+    log-determinant, exact). Coupling i keeps the channels whose index has parity i % 2 (in 2-D: x, then y, in
+    turn) and transforms the others: an even/odd split of the channels, not Dinh et al.'s checkerboard or channel
+    halves of an image. s = tanh(raw) with no learned rescale (Dinh et al.'s code scales tanh by a learned factor),
+    so each coupling scales a channel by at most e; each last layer starts at zero, so the flow starts as the
+    identity and log p as the standard normal's."""
+
     def __init__(self, dim: int, couplings: int = 8, hidden: int = 128):
         super().__init__()
         masks = []
