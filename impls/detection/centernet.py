@@ -90,6 +90,11 @@ class CenterNetHead(Head):
         return {"heat": heat, "size": size, "offset": offset, "mask": mask}
 
     def loss(self, raw: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        """The paper's L_k + lambda_size L_size + L_off (its eqs. 1-3), each over N, the count of object centre cells
+        in the batch, with the size and offset L1 summed over both coordinates. CenterNet's released code differs in
+        two normalisations, kept out here: its focal term divides by its heatmap peaks (two objects of different
+        classes in one stride-4 cell are two peaks there, one cell here), and its RegL1Loss by the mask expanded
+        over both coordinates (2N), which halves its size and offset terms against the equations'."""
         pred = self.predict(raw)
         t = {k: v.to(raw["heat"].device) for k, v in targets.items()}
         p = pred["heat"].clamp(1e-4, 1 - 1e-4)  # as the paper's code: log(0) guards
