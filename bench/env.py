@@ -331,6 +331,23 @@ def env_id(env: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+def measured_gpu(device: str | None, env: dict | None) -> dict | None:
+    """The GPU of a run's env (run.json's) that its device ran on, or None (a CPU device, no GPU recorded). cuda:N is
+    the Nth GPU the run saw: NVML lists every GPU of the machine, so N goes through a recorded CUDA_VISIBLE_DEVICES
+    (an NVML index or a UUID); without one, or where torch listed only the visible GPUs, the Nth listed."""
+    env = env if isinstance(env, dict) else {}
+    gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
+    kind, _, index = str(device or "").partition(":")
+    if kind != "cuda" or not gpus:
+        return None
+    n = int(index) if index.isdigit() else 0
+    visible = (env.get("env_vars") if isinstance(env.get("env_vars"), dict) else {}).get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in str(visible).split(",")] if visible is not None else []
+    one = ids[n] if n < len(ids) and ids[n] else None
+    seen = [g for g in gpus if one and g.get("source") == "nvml" and one in (str(g.get("index")), g.get("uuid"))]
+    return seen[0] if seen else gpus[n] if n < len(gpus) else gpus[0]
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"

@@ -23,7 +23,8 @@ timestamp  timestamp[us, UTC]   when the run started (run.json started_at)
 git_sha    string               commit the run was made from (null outside a git checkout)
 git_dirty  bool                 the checkout had uncommitted changes
 env_id     string               environment fingerprint: the same env_id means comparable hardware and software
-gpu        string               name of the GPU the run used, "cpu" for a CPU run
+gpu        string               name of the GPU the case ran on (its device's: cuda:1 is the second), "cpu" for
+                                a CPU run
 device     string               device the run asked for (cpu, cuda:0)
 size       string               smoke, quick or full
 suite      string               suite name

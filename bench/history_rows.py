@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 
+from bench.env import measured_gpu
 from bench.interference import reason
 from bench.metrics import default, digest_hex, is_clocked, of_weights, specs_of
 from bench.records import Record
@@ -21,7 +22,7 @@ def rows(records: list[Record], meta: dict, run_id: str):
     merged = bool(meta.get("merged_from"))  # its records keep the run_ids and env_ids of the shards that measured them
     run = {"run_id": run_id, "timestamp": _utc(meta.get("started_at") or meta.get("finished_at")),
            "git_sha": git.get("sha"), "git_dirty": git.get("dirty"), "env_id": meta.get("env_id"),
-           "gpu": _gpu(device, env), "device": device, "size": meta.get("size"),
+           "device": device, "size": meta.get("size"),
            "imported": bool(meta.get("imported_from"))}
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
     suites = meta.get("suites") if isinstance(meta.get("suites"), dict) else {}
@@ -36,7 +37,8 @@ def rows(records: list[Record], meta: dict, run_id: str):
                 "case_id": r.case_id, "threads": threads if isinstance(threads, int) else None,
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
                 "source_run": (r.run_id if merged and isinstance(r.run_id, str) else None) or run_id,
-                **_contention(r.metrics), **({"env_id": r.env_id, "gpu": _gpu(device, mine)} if mine else {})}
+                **_contention(r.metrics), **({"env_id": r.env_id} if mine else {}),
+                "gpu": _gpu(r.device if isinstance(r.device, str) and r.device else device, mine or env)}
         artifacts = digest_hex(r.metrics.get("artifacts_digest"))
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
@@ -56,8 +58,9 @@ def rows(records: list[Record], meta: dict, run_id: str):
 
 
 def _gpu(device: str, env: dict) -> str:
-    gpus = env.get("gpus") or []
-    return "cpu" if device.startswith("cpu") or not gpus else str(gpus[0].get("name") or "gpu")
+    """The name of the GPU `device` ran on (cuda:N of a machine with mixed GPUs: its Nth, not the first), or cpu."""
+    gpu = measured_gpu(device, env)
+    return str(gpu.get("name") or "gpu") if gpu else "cpu"
 
 
 def _kind(spec, declared: dict, samples: list) -> str:

@@ -44,6 +44,7 @@ rc=0
 same_kind() {
   "$python" - "$@" <<'PY'
 import json, sys
+from bench.env import measured_gpu  # reads run.json's env only: no torch
 def gpu_and_meta(d):
     try:
         with open(f"{d}/run.json", encoding="utf-8") as f:
@@ -52,18 +53,7 @@ def gpu_and_meta(d):
         return None, None
     if not isinstance(m, dict):
         return None, None
-    env = m.get("env") if isinstance(m.get("env"), dict) else {}
-    gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
-    device = str(m.get("device") or "")
-    if not device.startswith("cuda") or not gpus:
-        return None, m
-    # cuda:N is the Nth GPU the run saw: NVML lists every GPU, so through CUDA_VISIBLE_DEVICES where it was set
-    n = int(device.partition(":")[2]) if device.partition(":")[2].isdigit() else 0
-    visible = (env.get("env_vars") if isinstance(env.get("env_vars"), dict) else {}).get("CUDA_VISIBLE_DEVICES")
-    ids = [v.strip() for v in str(visible).split(",")] if visible is not None else []
-    one = ids[n] if n < len(ids) and ids[n] else None
-    seen = [g for g in gpus if one and g.get("source") == "nvml" and one in (str(g.get("index")), g.get("uuid"))]
-    gpu = seen[0] if seen else gpus[n] if n < len(gpus) else gpus[0]
+    gpu = measured_gpu(m.get("device"), m.get("env")) or {}
     return (str(gpu["name"]) if gpu.get("name") else None), m
 def kind(d):
     gpu, m = gpu_and_meta(d)

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from bench import hardware  # noqa: E402 - after the checkout is on the path
 from bench.doctor_limits import _n  # noqa: E402
+from bench.env import measured_gpu  # noqa: E402
 from bench.plan import plan_case, run_step  # noqa: E402
 from bench.records import read_records  # noqa: E402
 from bench.suite import discover  # noqa: E402
@@ -88,12 +89,13 @@ def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> li
 
 
 def run_gpu(run: Path) -> str | None:
-    """The GPU a run measured on, as bench.hardware names it (from run.json's environment), or None."""
+    """The GPU a run measured on (its device's, bench.env.measured_gpu), as bench.hardware names it, or None."""
     try:
-        gpus = json.loads((run / "run.json").read_text())["env"]["gpus"]
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError):
         return None
-    return hardware.resolve(gpus[0]["name"]) if gpus else None
+    gpu = measured_gpu(meta.get("device"), meta.get("env")) if isinstance(meta, dict) else None
+    return hardware.resolve(gpu["name"]) if gpu and gpu.get("name") else None
 
 
 def _netted(suite, r, gpu: str | None) -> tuple[int | None, str | None]:

@@ -91,3 +91,15 @@ def checkpointing_records(scale: float = 1.0, seed: int = 0) -> list[dict]:
 
 def json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def on_device(run: Path, device: str, gpus: list[dict], visible: str | None = None) -> Path:
+    """`run` as measured on `device` of a machine with `gpus` (as NVML lists them, by index), with
+    CUDA_VISIBLE_DEVICES=`visible` where given: its run.json and each record's device."""
+    meta = json.loads((run / "run.json").read_text())
+    meta["env"].update(gpus=[{**g, "index": i} for i, g in enumerate(gpus)],
+                       env_vars={"CUDA_VISIBLE_DEVICES": visible} if visible is not None else {})
+    (run / "run.json").write_text(json.dumps({**meta, "device": device}))
+    lines = [{**r, "device": device} for r in json_lines(run / "records.jsonl")]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return run

@@ -186,3 +186,17 @@ def test_a_venv_or_runs_in_the_checkout_do_not_make_it_dirty(tmp_path, monkeypat
     (tmp_path / "bench" / "new.py").unlink()
     (tmp_path / "bench" / "a.py").write_text("x = 2\n")
     assert env.git_info(tmp_path)["dirty"] is True  # a tracked file changed
+
+
+@pytest.mark.parametrize("device, visible, named", [
+    ("cuda", None, "A100"),  # no index: the first GPU
+    ("cuda:1", None, "H200"),  # the second of a machine with mixed GPUs
+    ("cuda:0", "1", "H200"),  # the first visible, which NVML numbers 1
+    ("cuda:0", "GPU-h200", "H200"),  # the first visible, named by its UUID
+    ("cpu", None, None),
+])
+def test_the_gpu_a_run_measured_on_is_its_devices(device, visible, named):
+    gpus = [{"index": 0, "name": "A100", "uuid": "GPU-a100", "source": "nvml"},
+            {"index": 1, "name": "H200", "uuid": "GPU-h200", "source": "nvml"}]
+    found = env.measured_gpu(device, {"gpus": gpus, "env_vars": {"CUDA_VISIBLE_DEVICES": visible} if visible else {}})
+    assert (found or {}).get("name") == named

@@ -5,7 +5,7 @@ import pytest
 
 from bench import history
 from tests.optional import needs
-from tests.runs import checkpointing_records, write_run
+from tests.runs import A100, H200, checkpointing_records, on_device, write_run
 
 pytestmark = needs("pyarrow")  # the store is Parquet; the GPU machine has no pyarrow
 
@@ -242,3 +242,9 @@ def test_a_ratio_to_a_contended_reference_case_is_contended(tmp_path):
 def ref_id(record: dict) -> str:
     params = record["params"]
     return f"{record['suite']}/{record['variant']}/" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def test_a_case_on_the_second_gpu_of_a_mixed_machine_is_stored_under_that_gpu(tmp_path):
+    run = on_device(write_run(tmp_path / "runs", "night-1", checkpointing_records()), "cuda:1", [A100, H200])
+    history.add(run, tmp_path / "store")
+    assert set(history.load(tmp_path / "store")["gpu"]) == {"NVIDIA H200"}

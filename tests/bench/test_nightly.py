@@ -149,8 +149,10 @@ def same_kind(*args: str) -> str:
     """ci/nightly.sh's same_kind (its embedded Python, which reads run.json only) with these arguments."""
     script = (ROOT / "ci" / "nightly.sh").read_text()
     snippet = script[script.index("<<'PY'\n") + 7:script.index("\nPY\n")]
-    return subprocess.run([sys.executable, "-c", snippet, *args], capture_output=True, text=True, check=True,
-                          timeout=60).stdout.strip()
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", snippet, *args], capture_output=True, text=True,
+                          check=True, timeout=60, cwd=ROOT)  # the script runs from the checkout's root
+    assert not [x for x in done.stderr.splitlines() if x.endswith("| torch")]  # bench.env without torch: cheap
+    return done.stdout.strip()
 
 
 @pytest.mark.parametrize("device, visible, gpu", [

@@ -12,6 +12,7 @@ import pytest
 from bench.plan import plan_case
 from bench.records import read_records
 from tests.optional import missing, needs
+from tests.runs import A100, H200, on_device, write_run
 
 # The figures below are the plan's as a machine without CUDA makes them: attention by torch's default priority, flash
 # first. On an H100 or H200 with torch 2.11 the plan asks torch's own choice, cuDNN first, which changes them (routed to
@@ -139,3 +140,9 @@ def test_the_summary_of_one_measured_case_says_case(tool, tmp_path, capsys):
     (tmp_path / "records.jsonl").write_text(next(x for x in lines if '"detection/' in x) + "\n")
     assert tool.main([str(tmp_path)]) == 0
     assert "detection: none of its 1 measured case planned (" in capsys.readouterr().out
+
+
+def test_the_gpu_planned_for_is_the_one_the_runs_device_names(tool, tmp_path):
+    # cuda:1 of a machine with an A100 and an H200 measured on the H200: the plan is of its multiprocessors
+    run = on_device(write_run(tmp_path, "run", [], gpu=A100, declare=False), "cuda:1", [A100, H200])
+    assert tool.run_gpu(run) == "h200"
