@@ -117,10 +117,10 @@ def cmd_history(args) -> int:
     if Path(args.store).exists() and not Path(args.store).is_dir():
         raise UsageError(f"--store {args.store} is a file, not a history store folder")
     try:  # every run checked before any is written; a run given twice, or beside its merged run, added once
-        added = history.add_runs(run_dirs(args.runs), args.store)
+        added = history.add_runs(run_dirs(args.runs), args.store, said=(said := []).append)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    print(f"{added} rows added to {args.store}")
+    print("; ".join([f"{added} rows added to {args.store}", *said]))
     return 0
 
 

@@ -112,11 +112,12 @@ def add(run_dir: str | Path, store: str | Path) -> int:
     return add_runs([run_dir], store)
 
 
-def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
+def add_runs(run_dirs: list[str | Path], store: str | Path, said=None) -> int:
     """Add run directories given together (`bench history add RUN...`, a folder's runs) to the store; returns the
     rows written. Each run counts once (bench.sides.distinct: a run reached twice, a shard whose merged run is among
     them; a warning names each left out). Every run is checked before any is written: ValueError for the first that
-    `check` refuses, and then nothing is written."""
+    `check` refuses, and then nothing is written. `said` gets a line for each run the store holds already (with its
+    rows there), and for each that recorded no case: a run added before is not 0 rows of this one."""
     run_dirs = [Path(d) for d in run_dirs]
     metas = [read_run_json(d) if d.is_dir() else None for d in run_dirs]
     checked = [(run_dirs[i], check(run_dirs[i], metas[i])) for i in distinct(run_dirs, metas)]
@@ -128,6 +129,8 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
         damaged = _read(path)[1] if path.exists() else None
         if path not in todo and (damaged is not None or not path.exists()):
             todo[path] = (run_dir, meta, records, run_id, damaged)
+        elif path not in todo and said is not None:
+            said(f"run {run_id} ({run_dir}) is in the store already, with {_count(path)} rows: not added again")
     added = 0
     held = _held(store, skip=set(todo)) if todo else {}  # a damaged file about to be set aside is named once
     for path, (run_dir, meta, records, run_id, damaged) in todo.items():
@@ -147,6 +150,8 @@ def add_runs(run_dirs: list[str | Path], store: str | Path) -> int:
             warnings.warn(f"{path} could not be read ({damaged}): moved to {aside}, and {run_dir} written in its "
                           "place", stacklevel=2)
         added += len(rows)
+        if not rows and said is not None:  # a shard that got no case: added, and said apart from a run added before
+            said(f"run {run_id} ({run_dir}) recorded no case: added with no rows")
         for source in sources:
             held.setdefault(source, set()).add(run_id)
     return added
@@ -161,6 +166,12 @@ def _held(store: str | Path, skip: set[Path]) -> dict[str, set[str]]:
             if source is not None:
                 held.setdefault(source, set()).add(run_id)
     return held
+
+
+def _count(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
 
 
 def _tables(store: str | Path, columns: list[str] | None = None, skip: set[Path] = frozenset()) -> list:

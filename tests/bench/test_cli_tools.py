@@ -25,6 +25,8 @@ def test_report_history_dashboard_export_import_round(capsys, tmp_path, run):
     assert cli(capsys, "history", "add", run, "--store", tmp_path / "store")[0] == 0
     code, out, _ = cli(capsys, "history", "add", run, "--store", tmp_path / "store")
     assert code == 0 and out.startswith("0 rows added")
+    # said as a run added before, with what the store holds of it: not as a run that added nothing
+    assert f"run r1 ({run}) is in the store already, with 83 rows: not added again" in out
     assert cli(capsys, "dashboard", tmp_path / "store", "-o", tmp_path / "site")[0] == 0
     assert (tmp_path / "site" / "index.html").exists()
     assert cli(capsys, "export", run, "--format", "pytest-benchmark", "-o", tmp_path / "pb.json")[0] == 0

@@ -248,3 +248,15 @@ def test_a_case_on_the_second_gpu_of_a_mixed_machine_is_stored_under_that_gpu(tm
     run = on_device(write_run(tmp_path / "runs", "night-1", checkpointing_records()), "cuda:1", [A100, H200])
     history.add(run, tmp_path / "store")
     assert set(history.load(tmp_path / "store")["gpu"]) == {"NVIDIA H200"}
+
+
+def test_a_run_added_again_is_said_apart_from_one_that_recorded_no_case(tmp_path, run):
+    empty = write_run(tmp_path / "runs", "shard", [])
+    (empty / "run.json").write_text(json.dumps({**json.loads((empty / "run.json").read_text()), "recorded": 0}))
+    said = []
+    assert history.add_runs([run, empty], tmp_path / "store", said=said.append) == 83
+    assert said == [f"run shard ({empty}) recorded no case: added with no rows"]
+    said.clear()
+    assert history.add_runs([run, empty], tmp_path / "store", said=said.append) == 0
+    assert said == [f"run night-1 ({run}) is in the store already, with 83 rows: not added again",
+                    f"run shard ({empty}) is in the store already, with 0 rows: not added again"]
