@@ -112,7 +112,8 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     shards = _shards(runs)
     finished = [e.get("finished_at") for e in shards]
     missing = missing_shards([str(e.get("shard") or "1/1") for e in shards])
-    envs = {meta.get("env_id"): meta.get("env") for _, meta, _ in runs}
+    # each input's machines: its own, or those it lists (a merge's shards', a run resumed on another machine)
+    envs = {k: e for _, m, _ in runs for k, e in (m.get("envs") or {m.get("env_id"): m.get("env")}).items()}
     # what a shard's run.json lists without a record: a shard stopped by its --budget, or killed (listed from its
     # start, so less what it recorded)
     recorded = {r.case_id for _, _, records in runs for r in records}

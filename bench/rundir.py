@@ -21,6 +21,7 @@ from bench.records import (
     RUN_JSON,
     SCHEMA,
     CorruptRunJson,
+    RunMeta,
     Scan,
     SchemaError,
     read_run_json,
@@ -262,6 +263,16 @@ def keep_damaged(path: Path) -> Path | None:
         return keep_beside(path, path.read_bytes())
     except FileNotFoundError:
         return None
+
+
+def note_machine(meta: RunMeta, env_id: str, env: dict) -> None:
+    """Add this machine (`env_id`, `env`) to run.json `meta`'s machines, where a resume continues the run on another
+    than the one it started on: `envs` (env_id -> env) lists each, as a merge of shards from several machines does,
+    and each record keeps its own env_id, so that history, compare and the report take a case under the machine that
+    measured it, never under run.json's `env` (the first machine's, kept)."""
+    envs = meta.extra.get("envs") if isinstance(meta.extra.get("envs"), dict) else {meta.env_id: meta.env}
+    if env_id not in envs:
+        meta.extra["envs"] = {**envs, env_id: env}
 
 
 def unfinished_shards(meta: dict) -> list[tuple[dict, str | None]]:

@@ -24,17 +24,8 @@ from bench.atomic import OutputError, atomic_write_bytes
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
 from bench.progress import Eta
-from bench.records import (
-    FAILED,
-    RECORDS_JSONL,
-    RUN_JSON,
-    Record,
-    RecordWriter,
-    RunMeta,
-    Scan,
-    write_run_json,
-)
-from bench.rundir import LOCK, keep_damaged, open_run_dir
+from bench.records import FAILED, RECORDS_JSONL, RUN_JSON, Record, RecordWriter, RunMeta, Scan, write_run_json
+from bench.rundir import LOCK, keep_damaged, note_machine, open_run_dir
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
@@ -196,9 +187,11 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     # the thread count its CPU cases run with (None: torch's default)
     threads = {s.name: cpu_threads(s, cfg.device, cfg.threads, cfg.cpus) for s in cfg.suites}
     meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": threads[s.name]} for s in cfg.suites}}
+    todo = [c for c in _todo(cases, scan, cfg) if c.id not in elsewhere]
+    if todo:  # a resume on another machine than run.json's: both listed, as a merge lists its shards' machines
+        note_machine(meta, env_id, environment)
     write_run_json(cfg.out, meta)
 
-    todo = [c for c in _todo(cases, scan, cfg) if c.id not in elsewhere]
     if cfg.predict or cfg.skip_predicted_oom:
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))

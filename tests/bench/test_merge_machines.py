@@ -1,6 +1,8 @@
 """A sweep whose shards ran on different machines, merged (bench merge): compare and the history name the machine
 that measured each case, not the first shard's for all."""
 
+import json
+
 from bench import history
 from bench.cli import main
 from bench.compare import compare
@@ -38,3 +40,14 @@ def test_history_rows_of_a_merge_name_the_machine_that_measured_each_case(tmp_pa
     assert dict(zip(frame["case_id"], zip(frame["env_id"], frame["gpu"]))) == {
         "checkpointing/none/b=1": ("NVIDIA_H200-2.11.0", "NVIDIA H200"),
         "checkpointing/none/b=2": ("NVIDIA_A100-SXM4-80GB-2.11.0", "NVIDIA A100-SXM4-80GB")}
+
+
+def test_a_merge_keeps_every_machine_of_an_input_that_ran_on_several(tmp_path):
+    # a merged input (a sweep merged in stages, or a run resumed on another machine) lists its machines under envs:
+    # the new merge kept only its run.json env, and the A100's case fell under the H200
+    merged, _ = merged_over_two_gpus(tmp_path)
+    l4 = write_run(tmp_path, "l4", [{"suite": "checkpointing", "variant": "none", "params": {"b": 3},
+                                     "metrics": {"step_time_ms": 1.0}}], gpu={**A100, "name": "NVIDIA L4"})
+    assert main(["merge", str(merged), str(l4), "--out", str(tmp_path / "all")]) == 0
+    envs = json.loads((tmp_path / "all" / "run.json").read_text())["envs"]
+    assert sorted(e["gpus"][0]["name"] for e in envs.values()) == ["NVIDIA A100-SXM4-80GB", "NVIDIA H200", "NVIDIA L4"]

@@ -254,3 +254,27 @@ def test_a_resume_of_a_folder_that_does_not_exist_says_it_starts_a_new_run(newco
     assert len(read_records(newcomer / "runs" / "typo" / RECORDS_JSONL)) == 6  # 3 cases, 2 variants
     code, _, err = bench(capsys, *SLOW, "--resume", "--out", "runs/typo")
     assert code == 0 and "does not exist" not in err
+
+
+def test_a_run_resumed_on_another_machine_lists_both_and_each_case_stays_under_its_own(tmp_path, monkeypatch):
+    from bench.history_rows import rows
+
+    monkeypatch.setattr(Flaky, "failing", False)
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True,
+                           variants=["a"])
+    runner.run(cfg)
+    runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
+    assert "envs" not in read_run_json(cfg.out)  # resumed where it started: one machine
+    meta = read_run_json(cfg.out)  # as if started on another machine: its CPU, env_id and records
+    (cfg.out / "run.json").write_text(json.dumps({**meta, "env_id": "first", "env": {**meta["env"], "cpu_model": "X"}}))
+    lines = [json.loads(x) for x in (cfg.out / RECORDS_JSONL).read_text().splitlines()]
+    (cfg.out / RECORDS_JSONL).write_text("".join(json.dumps({**r, "env_id": "first"}) + "\n" for r in lines))
+    runner.run(runner.RunConfig(**{**vars(cfg), "variants": ["b"], "resume": True}))
+    meta, records = read_run_json(cfg.out), read_records(cfg.out / RECORDS_JSONL)
+    here = {r.env_id for r in records if r.variant == "b"}.pop()
+    # run.json keeps the first machine's env, and lists both as a merge of two machines' shards does
+    assert meta["env_id"] == "first" and meta["envs"].keys() == {"first", here} and here != "first"
+    assert meta["env"]["cpu_model"] == meta["envs"]["first"]["cpu_model"] == "X" != meta["envs"][here]["cpu_model"]
+    # each case in the history under the machine that measured it, not all under run.json's
+    assert {(row["variant"], row["env_id"]) for row in rows(records, meta, meta["run_id"])} == {("a", "first"),
+                                                                                               ("b", here)}
