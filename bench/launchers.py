@@ -181,6 +181,12 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
                                                     f"{signal.Signals(-proc.exitcode).name} (sent to it, not to "
                                                     f"`bench`), and ended the case{_doing(progress)}; "
                                                     "`--resume --retry-failed` runs it again"}
+            if proc.exitcode is not None and proc.exitcode < 0:  # the keeper killed outright: the case died with it
+                name = signal.Signals(-proc.exitcode).name
+                how = "the out-of-memory killer" if name == "SIGKILL" else "a crash of the keeper itself"
+                return {"status": "error", "error": f"the case's keeper was killed by {name} (sent from outside, or "
+                                                    f"{how}), and the case with it{_doing(progress)}; "
+                                                    "`--resume --retry-failed` runs it again"}
             return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
     finally:
         recv.close()

@@ -37,6 +37,7 @@ class Strays(Suite):
                 "fork_segv": "forks a sleeping child, then segfaults",
                 "kill_keeper": "forks a sleeping child, then kills its keeper",
                 "stop_keeper": "sends its keeper SIGTERM, then sleeps",
+                "sigkill_keeper": "sends its keeper SIGKILL, as the out-of-memory killer would, then sleeps",
                 "oom_adj": "reports its own oom_score_adj and its keeper's",
                 "interrupt": "raises KeyboardInterrupt itself",
                 "kill_server": "kills the case server it was forked from, then sleeps"}
@@ -56,8 +57,8 @@ class Strays(Suite):
         if variant == "oom_adj":
             adj = [int(Path(f"/proc/{pid}/oom_score_adj").read_text()) for pid in (os.getpid(), os.getppid())]
             return Measurement({"own_adj": float(adj[0]), "keeper_adj": float(adj[1])})
-        if variant == "stop_keeper":  # as `kill PID` by hand, or a job scheduler that stops what it finds
-            os.kill(os.getppid(), signal.SIGTERM)
+        if variant in ("stop_keeper", "sigkill_keeper"):  # as `kill PID` by hand, a job scheduler, the OOM killer
+            os.kill(os.getppid(), signal.SIGTERM if variant == "stop_keeper" else signal.SIGKILL)
             time.sleep(600)
         if variant == "kill_server":  # the keeper's parent: a forkserver child's parent is the server
             server = int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -214,7 +215,10 @@ def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
     case, child = _pids(tmp_path / "pids")
     try:
         # `bench` waits on the keeper too, not only on the result pipe, which the case's forked child holds open
-        assert record.status == "error" and record.error == "the case's process was killed by SIGSEGV"
+        # the keeper was killed, not the case's process, which died with it: said so, with how to run it again
+        assert record.status == "error" and record.error == (
+            "the case's keeper was killed by SIGSEGV (sent from outside, or a crash of the keeper itself), and the "
+            "case with it; `--resume --retry-failed` runs it again")
         assert record.elapsed_s < 20
         assert _until(lambda: not _alive(case), 5)  # it dies with its keeper (PR_SET_PDEATHSIG)
         # what the case started was handed out of the keeper's tree, but is still in its session: bench kills it
@@ -233,6 +237,16 @@ def test_a_keeper_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
                             "case; `--resume --retry-failed` runs it again")
     (case,) = _pids(tmp_path / "pids")
     assert _until(lambda: not _alive(case), 5)
+
+
+def test_a_keeper_killed_by_sigkill_says_so_not_the_cases_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=["sigkill_keeper"], timeout_s=60.0))
+    assert code == 1 and record.status == "error" and record.elapsed_s < 20
+    assert record.error == ("the case's keeper was killed by SIGKILL (sent from outside, or the out-of-memory "
+                            "killer), and the case with it; `--resume --retry-failed` runs it again")
+    (case,) = _pids(tmp_path / "pids")
+    assert _until(lambda: not _alive(case), 5)  # it dies with its keeper (PR_SET_PDEATHSIG)
 
 
 @pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="needs Linux's /proc/PID/oom_score_adj")
