@@ -79,13 +79,21 @@ def build() -> tuple[list[dict], bool]:
             for s in (registry[n] for n in sorted(registry))], not broken
 
 
+def _whole(row) -> bool:
+    """A cached row holds what `bench list` prints of it: a row with a field missing or of another type (a file
+    written by hand, or by something else) is no catalog row, and the catalog is rebuilt."""
+    return (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("name", "description", "reference"))
+            and isinstance(row.get("variants"), dict) and isinstance(row.get("world_sizes"), list)
+            and isinstance(row.get("cases"), dict) and all(type(row["cases"].get(s)) is int for s in SIZES))
+
+
 def catalog() -> list[dict]:
     """The catalog's rows, one per suite sorted by name: from the cache when the code is unchanged, else built (which
     imports every suite) and cached. A cache that cannot be read or written is rebuilt or skipped, never an error."""
     path = _path(key())
     try:
         rows = json.loads(path.read_text())["suites"]
-        if isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in rows):
+        if isinstance(rows, list) and all(map(_whole, rows)):
             return rows
     except (OSError, ValueError, KeyError, TypeError):
         pass  # any other shape (a file written by something else) is rebuilt too

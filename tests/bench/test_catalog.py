@@ -42,7 +42,9 @@ def test_an_edited_suite_or_a_new_distribution_changes_the_key(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("text", ['{"suites": [{"name": "trunc', '{"suites": [1]}', '{"suites": {"a": 1}}', "[]",
-                                  '{"suites": [{"cases": 1}]}'])
+                                  '{"suites": [{"cases": 1}]}', '{"suites": [{"name": "mla"}]}',
+                                  '{"suites": [{"name": "mla", "description": "", "reference": "mha", "variants": {}, '
+                                  '"world_sizes": [], "cases": {"smoke": "1"}}]}'])
 def test_a_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, text):
     # truncated, or whole JSON of another shape: rebuilt, never a traceback of `bench list`
     monkeypatch.setenv("TECHBENCH_CACHE", str(tmp_path))
