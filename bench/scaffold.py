@@ -10,7 +10,10 @@ this for this layout.
 from __future__ import annotations
 
 import keyword
+from contextlib import suppress
 from pathlib import Path
+
+from bench.atomic import OutputError, atomic_write_text
 
 TEMPLATES = Path(__file__).parent / "templates"  # str.format templates: data, not code of this package
 FILES = {  # where each file goes -> its template
@@ -29,7 +32,8 @@ class ScaffoldError(ValueError):
 
 
 def scaffold(name: str, root: Path) -> list[Path]:
-    """Write the technique's files under `root` (a techbench checkout); returns them. Refuses to overwrite."""
+    """Write the technique's files under `root` (a techbench checkout); returns them. Refuses to overwrite. All of
+    them or none: a write that fails (OutputError, exit 1) removes those written before it."""
     if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower() or name.startswith("_"):
         raise ScaffoldError(f"the technique name must be a lower-case Python identifier (e.g. flash_decode), "
                             f"got {name!r}")
@@ -42,7 +46,18 @@ def scaffold(name: str, root: Path) -> list[Path]:
         raise ScaffoldError(f"{name} exists already ({', '.join(taken)}); choose another name")
     title = name.replace("_", " ")
     cls = "".join(part.title() for part in name.split("_"))
-    for path, text in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text.format(name=name, title=title, cls=cls))
+    # the folders it creates (impls/NAME, and tests/impls where a checkout lacks it), deepest first
+    made = sorted({d for p in paths for d in p.parents if not d.exists()}, key=lambda d: -len(d.parts))
+    written: list[Path] = []
+    try:
+        for path, text in paths.items():
+            atomic_write_text(path, text.format(name=name, title=title, cls=cls))
+            written.append(path)
+    except OutputError:  # a full disk or a read-only checkout: no half technique is left to block a second try
+        for path in written:
+            path.unlink(missing_ok=True)
+        for d in made:
+            with suppress(OSError):
+                d.rmdir()
+        raise
     return list(paths)

@@ -65,3 +65,29 @@ def test_a_folder_that_is_not_a_checkout_is_refused(capsys, tmp_path):
     assert main(["new", "demo_op", "--dir", str(tmp_path)]) == 2
     assert "is not a techbench checkout" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_write_that_fails_leaves_no_half_technique(capsys, tmp_path, monkeypatch):
+    # a full disk at the fourth file: exit 1 on one line naming it, and nothing of the technique left, so that the
+    # same command works once there is room (a half scaffold would be refused as "exists already")
+    for d in ("bench", "impls", "suites", "reports/figures", "tests"):
+        (tmp_path / d).mkdir(parents=True)
+    from bench import atomic
+
+    real, calls = atomic._write_file, []
+
+    def full(path, data):
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "_write_file", full)
+    assert main(["new", "demo_op", "--dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "suites/demo_op.py" in err and err.count("\n") == 1, err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "bench", "impls", "reports", "reports/figures", "suites", "tests"]
+    monkeypatch.setattr(atomic, "_write_file", real)
+    assert main(["new", "demo_op", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "suites" / "demo_op.py").read_text()
