@@ -3,7 +3,8 @@ directory, so reports, compare and history see one run.
 
 Records are copied unchanged, each with the env_id of the machine that ran it; run.json keeps every input's
 environment under `envs` (env_id -> env) and lists the inputs under `merged_from`, so a report can say which machine
-ran what. Inputs of another schema, of another size, or that repeat a case are refused before anything is written.
+ran what. Inputs of another schema, of another size, that repeat a case, or that lost records since they finished
+(bench.sides.damage: the merge would hold what is left as the whole shard) are refused before anything is written.
 The merged run has finished where every shard of the sweep was given, each finished; otherwise its finished_at is
 null, as a run killed midway. It is written into a temporary folder beside OUT, records first and run.json last,
 and renamed onto OUT whole: a failure leaves no OUT and no half-merged run (OutputError, exit 1).
@@ -11,6 +12,7 @@ and renamed onto OUT whole: a failure leaves no OUT and no half-merged run (Outp
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from bench.atomic import atomic_path
@@ -20,11 +22,13 @@ from bench.records import (
     RecordWriter,
     RunMeta,
     SchemaError,
-    read_records,
     read_run_json,
+    scan_records,
     write_run_json,
 )
+from bench.rundir import command_of, not_resumable
 from bench.runner import new_run_id
+from bench.sides import damage
 
 
 class MergeError(ValueError):
@@ -46,11 +50,20 @@ def merge(run_dirs: list[Path], out: Path, argv: list[str] | None = None) -> tup
                              "run has each case once (after a --retry-failed cut short, `bench run ... --resume --out "
                              f"{d}` drops the failures it replaced)")
         try:
-            meta, records = read_run_json(d), read_records(Path(d) / RECORDS_JSONL)
+            meta, scan = read_run_json(d), scan_records(Path(d) / RECORDS_JSONL)
         except SchemaError as e:
             raise MergeError(f"{d}: {e}") from None
         if meta is None:
             raise MergeError(f"{d} is not a run directory (no run.json)")
+        if (why := damage(meta, scan, Path(d) / RECORDS_JSONL)) is not None:
+            # the merge would record what is left as the whole shard, and compare and history would take it so
+            again = (f"`{command_of(meta, Path(d))}` runs its lost cases again" if not_resumable(meta) is None
+                     else "make it again from what it was made of")
+            raise MergeError(f"{d} is damaged since it finished: {why}; a merged run reads as whole, so merge takes "
+                             f"intact runs only: {again}")
+        if (message := scan.warning(Path(d) / RECORDS_JSONL)) is not None:  # lines of another schema, left out
+            warnings.warn(message, stacklevel=2)
+        records = scan.records
         runs.append((Path(d), meta, records))
 
     sizes = {meta.get("size") for _, meta, _ in runs}

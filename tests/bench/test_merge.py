@@ -83,6 +83,9 @@ def test_each_record_keeps_the_machine_that_ran_it(tmp_path):
     ("out_taken", "already exists"),
     ("repeat", "holds case checkpointing/none/b=2 more than once (records.jsonl has several records of it)"),
     ("same_dir", "is named twice"),
+    # records lost since it finished: merged, what is left would read as the whole shard in compare and history
+    ("corrupt", "is damaged since it finished: 1 corrupt line in its records; a merged run reads as whole"),
+    ("lost", "is damaged since it finished: its records.jsonl holds 1 of the 2 records it finished with"),
 ])
 def test_bad_merges_are_refused_before_anything_is_written(tmp_path, capsys, problem, message):
     one = {"suite": "checkpointing", "variant": "none", "params": {"b": 1}, "metrics": {"step_time_ms": 1.0}}
@@ -100,6 +103,11 @@ def test_bad_merges_are_refused_before_anything_is_written(tmp_path, capsys, pro
         (b / "records.jsonl").write_text(line + line)
     if problem == "same_dir":
         b = b / ".." / "a"  # the first run, spelled another way
+    if problem == "corrupt":  # a line damaged after the run finished (not its last, which a resume would cut)
+        (b / "records.jsonl").write_text('{"schema": 1, "run_id"\n' + (b / "records.jsonl").read_text())
+    if problem == "lost":
+        meta = json.loads((b / "run.json").read_text())
+        (b / "run.json").write_text(json.dumps({**meta, "recorded": 2}))
     out = tmp_path / "out"
     if problem == "out_taken":
         out.mkdir()
