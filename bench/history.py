@@ -84,6 +84,7 @@ from pathlib import Path
 from bench.atomic import atomic_path
 from bench.history_rows import rows as _rows
 from bench.records import RECORDS_JSONL, Record, read_run_json, scan_records
+from bench.rundir import rerun_lost
 from bench.sides import damage, distinct
 
 RUNS = "runs"
@@ -235,7 +236,7 @@ def check(run_dir: str | Path, meta: dict | None = None,
     scan = scan_records(run_dir / RECORDS_JSONL)
     why = damage(meta, scan, run_dir / RECORDS_JSONL)
     if why is not None:
-        raise ValueError(f"{run_dir} is damaged since it finished: {why}; {taker}")
+        raise ValueError(f"{run_dir} is damaged since it finished: {why}; {taker}: {rerun_lost(meta, run_dir)}")
     if (message := scan.warning(run_dir / RECORDS_JSONL)) is not None:  # lines of another schema, left out
         warnings.warn(message, stacklevel=3)
     return meta, scan.records

@@ -26,7 +26,7 @@ from bench.records import (
     scan_records,
     write_run_json,
 )
-from bench.rundir import command_of, not_resumable
+from bench.rundir import rerun_lost
 from bench.runner import new_run_id
 from bench.sides import damage
 
@@ -57,10 +57,8 @@ def merge(run_dirs: list[Path], out: Path, argv: list[str] | None = None) -> tup
             raise MergeError(f"{d} is not a run directory (no run.json)")
         if (why := damage(meta, scan, Path(d) / RECORDS_JSONL)) is not None:
             # the merge would record what is left as the whole shard, and compare and history would take it so
-            again = (f"`{command_of(meta, Path(d))}` runs its lost cases again" if not_resumable(meta) is None
-                     else "make it again from what it was made of")
             raise MergeError(f"{d} is damaged since it finished: {why}; a merged run reads as whole, so merge takes "
-                             f"intact runs only: {again}")
+                             f"intact runs only: {rerun_lost(meta, Path(d))}")
         if (message := scan.warning(Path(d) / RECORDS_JSONL)) is not None:  # lines of another schema, left out
             warnings.warn(message, stacklevel=2)
         records = scan.records

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import shlex
+import warnings
+from dataclasses import replace
 from pathlib import Path
 
-from bench.atomic import OutputError, keep_beside
+from bench.atomic import OutputError, atomic_write_bytes, keep_beside
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
     RUN_JSON,
     SCHEMA,
     CorruptRunJson,
+    Record,
     RunMeta,
     Scan,
     SchemaError,
@@ -167,10 +171,47 @@ def open_run_dir(out: Path, resume: bool, how: tuple,
         raise RunDirError(f"cannot create --out {out}: {e.strerror or e}") from None
     lock = RunLock(out)
     try:
-        return lock, *inspect(out, resume, how, locked=True, suites=suites)
+        meta, scan, rebuild = inspect(out, resume, how, locked=True, suites=suites)
+        if scan.corrupt:
+            scan = _set_aside_damaged(out / RECORDS_JSONL, scan)
+        return lock, meta, scan, rebuild
     except BaseException:
         lock.release()
         raise
+
+
+def _set_aside_damaged(path: Path, scan: Scan) -> Scan:
+    """--resume of a run with whole lines that are no record (damaged since they were written): their bytes are moved
+    beside the file (records.jsonl.cut-<time>), as a cut last line is, so that their cases run again and the run,
+    once finished, is whole again (a damaged line left in it would keep history add, merge and export refusing it).
+    A last line without its newline is left to RecordWriter. On a failed write the file is left as it was."""
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+        bad = {i for i, line in enumerate(lines) if line.endswith(b"\n") and line.strip() and not _is_record(line)}
+        if not bad:
+            return scan
+        kept = keep_beside(path, b"".join(lines[i] for i in sorted(bad)))
+        atomic_write_bytes(path, b"".join(line for i, line in enumerate(lines) if i not in bad))
+    except (OSError, OutputError):  # readers skip the lines meanwhile; history and merge name them
+        return scan
+    warnings.warn(f"{path}: {len(bad)} line{'s' * (len(bad) > 1)} held no whole record (damaged since written): "
+                  f"moved to {kept.name}; {'their cases run' if len(bad) > 1 else 'its case runs'} again",
+                  stacklevel=3)
+    return replace(scan, corrupt=scan.corrupt - len(bad))
+
+
+def _is_record(line: bytes) -> bool:
+    """Whether a line reads as a record, of this schema or another (scan_records's rule)."""
+    try:
+        d = json.loads(line)
+        if not isinstance(d, dict):
+            return False
+        Record.from_dict(d)
+    except SchemaError:
+        return True  # another schema's: refused as such before a resume gets here, never set aside
+    except (ValueError, TypeError, RecursionError):
+        return False
+    return True
 
 
 def shell_word(path: str | Path) -> str:
@@ -203,6 +244,14 @@ def command_of(meta: dict, out: Path) -> str:
         return resume_command(argv[1:], out)
     return resume_command(["run", *sorted(meta.get("suites") or {}), "--size", str(meta.get("size")), "--device",
                            str(meta.get("device")), "--shard", str(meta.get("shard", "1/1"))], out)
+
+
+def rerun_lost(meta: dict, run_dir: Path) -> str:
+    """What makes a run that lost records since it finished (bench.sides.damage) whole again: the resume that runs
+    the lost cases again, and sets a damaged line aside."""
+    if not_resumable(meta) is None:
+        return f"`{command_of(meta, run_dir)}` runs its lost cases again"
+    return "make it again from what it was made of"
 
 
 def not_resumable(meta: dict) -> str | None:

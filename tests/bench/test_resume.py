@@ -278,3 +278,25 @@ def test_a_run_resumed_on_another_machine_lists_both_and_each_case_stays_under_i
     # each case in the history under the machine that measured it, not all under run.json's
     assert {(row["variant"], row["env_id"]) for row in rows(records, meta, meta["run_id"])} == {("a", "first"),
                                                                                                ("b", here)}
+
+
+def test_a_line_damaged_mid_file_is_set_aside_so_the_resumed_run_is_whole(tmp_path):
+    # a line damaged after it was written (not the last, which a kill cuts): the resume runs its case again and moves
+    # the line beside the file, so the finished run is whole, and history add and merge take it
+    from bench.history import check
+
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True,
+                           variants=["a"])
+    runner.run(cfg)
+    path = tmp_path / "run" / RECORDS_JSONL
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0][:40] + "\n" + "".join(lines[1:]))
+    with pytest.raises(ValueError, match="damaged since it finished: 1 corrupt line in its records, .*: `bench run "
+                       "_flaky .*--resume --out .*` runs its lost cases again"):
+        check(tmp_path / "run")
+    with pytest.warns(UserWarning, match=r"1 line held no whole record .*: moved to records\.jsonl\.cut-.*; its case "
+                                         "runs again"):
+        code, records = runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))
+    assert code == 0 and len(records) == 2
+    assert check(tmp_path / "run")[1] == read_records(path) and len(read_records(path)) == 2
+    assert [p.read_text() for p in path.parent.glob(RECORDS_JSONL + ".cut-*")] == [lines[0][:40] + "\n"]
