@@ -95,6 +95,10 @@ COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "devi
            "contended_reason", "kind", "library", "artifacts", "inputs", "source_run", "imported", "nonfinite",
            "threads")
 
+# what every file has held since the first: a file without one of them read as rows of nulls (a run without a run_id
+# or a time), which the dashboard cannot place
+KEY_COLUMNS = ("run_id", "timestamp", "case_id", "status", "metric", "value")
+
 
 def schema():
     """The Arrow schema of every file: fixed, so a glob over files written years apart reads as one table."""
@@ -196,6 +200,8 @@ def _read(f: Path, columns: list[str] | None = None) -> tuple:
     import pyarrow.parquet as pq
 
     try:
+        if lacking := [c for c in KEY_COLUMNS if c not in pq.read_schema(f).names]:  # a Parquet file of another kind
+            return None, f"no {', '.join(lacking)} column{'s' * (len(lacking) > 1)}: not a run of a history store"
         return pq.read_table(f, columns=columns, schema=schema()), None
     except (OSError, pa.ArrowException) as e:  # ArrowInvalid: no footer (cut short), not a Parquet file
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -79,3 +79,23 @@ def test_the_commands_go_on_past_a_damaged_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("cannot be read") == 1 and "move it aside" in err and "error" not in err, err
     assert "night-3" in (tmp_path / "site" / "index.html").read_text()
+
+
+@needs("plotly")
+def test_a_parquet_file_of_another_kind_is_left_out_as_unreadable(tmp_path, capsys):
+    # a Parquet file that is not a run of the store (dropped into runs/ by hand) read as rows of nulls, and the
+    # dashboard failed on a run without a time ("NaTType does not support strftime", exit 2) naming no file
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store, runs, damaged = store_of(tmp_path, cut=0)
+    pq.write_table(pa.table({"a": [1, 2]}), damaged)
+    with pytest.warns(UserWarning, match=r"night-0\.parquet cannot be read \(no run_id, timestamp, case_id, status, "
+                                         r"metric, value columns: not a run of a history store\): left out"):
+        assert set(history.load(store)["run_id"]) == {"night-1", "night-2"}
+    assert main(["dashboard", str(store), "-o", str(tmp_path / "site")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"bench: warning: {damaged} cannot be read" in err, err
+    assert main(["history", "add", str(runs[0]), "--store", str(store)]) == 0  # set aside, and its run written again
+    assert pq.read_table(store / "damaged" / "night-0.parquet").column_names == ["a"]
+    assert "night-0" in set(history.load(store)["run_id"])
