@@ -254,6 +254,24 @@ def rerun_lost(meta: dict, run_dir: Path) -> str:
     return "make it again from what it was made of"
 
 
+def code_changed(was: dict | None, now: dict | None, out: Path) -> str | None:
+    """Why a resume of the run at `out` measures other code than the cases it finished (run.json's git, `was`, and
+    this checkout's, `now`: another commit, or uncommitted changes to code since a clean start), or None where it
+    does not, or cannot be told (no git on either side, or a start with uncommitted changes already)."""
+    was, now = was if isinstance(was, dict) else {}, now if isinstance(now, dict) else {}
+    if not was.get("sha") or not now.get("sha"):
+        return None
+    if now["sha"] != was["sha"]:
+        what = f"this checkout is at {now['sha'][:12]}" + " with uncommitted changes" * bool(now.get("dirty"))
+    elif now.get("dirty") and was.get("dirty") is False:
+        what = "this checkout has uncommitted changes to its code since"
+    else:
+        return None
+    return (f"{out} was started at git {was['sha'][:12]}{' with uncommitted changes' * bool(was.get('dirty'))} and "
+            f"{what}: the cases this resume runs measure other code than those it finished, while its run.json names "
+            "the first only; a new --out measures one version")
+
+
 def not_resumable(meta: dict) -> str | None:
     """Why `bench run --resume` does not continue this run directory: a merge of shards, or an import."""
     if meta.get("imported_from"):

@@ -25,7 +25,7 @@ from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
 from bench.progress import Eta
 from bench.records import FAILED, RECORDS_JSONL, RUN_JSON, Record, RecordWriter, RunMeta, Scan, write_run_json
-from bench.rundir import LOCK, keep_damaged, note_machine, open_run_dir
+from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_run_dir
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
@@ -191,7 +191,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     if todo:  # a resume on another machine than run.json's: both listed, as a merge lists its shards' machines
         note_machine(meta, env_id, environment)
     write_run_json(cfg.out, meta)
-
+    if todo and scan.records and (changed := code_changed(meta.git, environment.get("git"), cfg.out)) is not None:
+        warnings.warn(changed, stacklevel=3)  # run.json keeps the code the run was started with
     if cfg.predict or cfg.skip_predicted_oom:
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))

@@ -300,3 +300,32 @@ def test_a_line_damaged_mid_file_is_set_aside_so_the_resumed_run_is_whole(tmp_pa
     assert code == 0 and len(records) == 2
     assert check(tmp_path / "run")[1] == read_records(path) and len(read_records(path)) == 2
     assert [p.read_text() for p in path.parent.glob(RECORDS_JSONL + ".cut-*")] == [lines[0][:40] + "\n"]
+
+
+@pytest.mark.parametrize("now, said", [
+    ({"sha": "b" * 40, "dirty": False}, f"this checkout is at {'b' * 12}: the cases this resume runs measure other"),
+    ({"sha": "a" * 40, "dirty": True}, "this checkout has uncommitted changes to its code since: the cases"),
+    ({"sha": "a" * 40, "dirty": False}, None),
+    ({"sha": None, "dirty": None}, None),  # no git here (a copied tree): nothing to tell
+])
+def test_a_resume_on_other_code_says_so(tmp_path, monkeypatch, now, said):
+    # run.json names the code a run was started with: cases a resume runs on another commit, or after an edit, join
+    # it silently otherwise, and compare and history take them as measured at the first
+    from bench import env as envmod
+
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True,
+                           variants=["a"])
+    monkeypatch.setattr(envmod, "git_info", lambda root=None: {"sha": "a" * 40, "dirty": False})
+    runner.run(cfg)
+    monkeypatch.setattr(envmod, "git_info", lambda root=None: now)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))  # nothing to run: nothing to say
+        runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "variants": ["a", "b"]}))
+    told = [str(w.message) for w in caught if "was started at git" in str(w.message)]
+    if said is None:
+        assert told == []
+    else:
+        assert len(told) == 1 and f"run was started at git {'a' * 12} and {said}" in told[0], told
+        assert told[0].endswith("while its run.json names the first only; a new --out measures one version")
+    assert read_run_json(tmp_path / "run")["git"] == {"sha": "a" * 40, "dirty": False}
