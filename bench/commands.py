@@ -37,9 +37,24 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
             dirs.append(p)
         elif p.is_dir() and (inner := sorted(d for d in p.iterdir() if (d / RUN_JSON).is_file())):
             dirs += inner
+        elif (p / RECORDS_JSONL).is_file():
+            raise UsageError(f"{what} {p} has lost its {RUN_JSON} ({RECORDS_JSONL} is there): {_rebuild(p)}")
         else:
             raise UsageError(f"{what} {p} is not a run directory (no {RUN_JSON} in it or in its subfolders)")
     return dirs
+
+
+def _rebuild(run_dir: Path) -> str:
+    """The resume that writes a run.json again from a run directory's records, for a folder that lost it."""
+    from bench.records import scan_records
+    from bench.rundir import shell_word
+
+    try:
+        suites = " ".join(sorted({r.suite for r in scan_records(run_dir / RECORDS_JSONL).records})) or "SUITE"
+    except SchemaError:
+        suites = "SUITE"
+    return (f"`bench run {suites} --size SIZE --resume --out {shell_word(run_dir)}`, with the size (and --device, "
+            "--shard) it was run with, rebuilds it from the records")
 
 
 def counted(dirs: list[Path]) -> list[Path]:

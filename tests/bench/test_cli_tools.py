@@ -56,6 +56,18 @@ def test_bad_inputs_are_one_line_and_exit_2(capsys, tmp_path, run, argv, message
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+@pytest.mark.parametrize("argv", [["report", "{run}", "-o", "{tmp}/r.html"], ["compare", "{run}", "{run}"],
+                                  ["history", "add", "{run}", "--store", "{tmp}/store"]])
+def test_a_run_that_lost_its_run_json_is_told_how_to_rebuild_it(capsys, tmp_path, run, argv):
+    # its records are there: not "no run directory", but the resume that writes run.json again from them
+    (run / "run.json").unlink()
+    code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{run} has lost its run.json (records.jsonl is there): `bench run checkpointing --size SIZE --resume " \
+           f"--out {run}`, with the size (and --device, --shard) it was run with, rebuilds it from the records" in err
+    assert [p.name for p in run.iterdir()] == ["records.jsonl"]
+
+
 def test_a_corrupt_run_json_is_bad_input(capsys, tmp_path, run):
     (run / "run.json").write_text(json.dumps({"schema": 7}))
     code, _, err = cli(capsys, "report", run, "-o", tmp_path / "r.html")
