@@ -73,6 +73,11 @@ SERVER_GONE = 255
 (popen_forkserver: the server's socket at EOF)."""
 
 
+class ServerDied(Exception):
+    """The case server died before it forked a case's keeper (EOFError at its socket): killed, or it failed at start.
+    The runner records the case as an error, and the run goes on, as for a server killed mid-case."""
+
+
 def _server_gone(wait_s: float = 2.0) -> bool:
     """Whether the case server (multiprocessing's forkserver, a child of `bench`) has died: gone, or a zombie not yet
     reaped (reaping it here would take its exit from ensure_running, which starts a new one for the next case).
@@ -190,6 +195,7 @@ def execute_isolated(case: Case, device: str, timeout_s: float, seed: int = SEED
             return {"status": "error", "error": _ended(proc.exitcode) + _doing(progress)}
     finally:
         recv.close()
+        send.close()  # closed already, unless the server died before the case started (ServerDied)
 
 
 def fork_ranks(nproc: int, spec: str, preload: list[str], env: dict[str, str], log: str, timeout_s: float,
@@ -212,8 +218,15 @@ def _kept(ctx, target, *args):
     closing it when the block ends, however it ends, has the keeper end what it keeps and exit."""
     lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=target, args=(lifeline_r, *args), daemon=True)
-    proc.start()
-    lifeline_r.close()
+    try:
+        proc.start()
+    except (EOFError, ConnectionError):
+        lifeline_w.close()
+        # out of memory as it imports torch, or a module it preloads raised other than the ImportError it passes over
+        raise ServerDied("the process cases fork from (the case server) died before it started this case (killed, out "
+                         "of memory, or an import failed: see above); the next case starts a new one") from None
+    finally:
+        lifeline_r.close()
     try:
         yield proc
     finally:

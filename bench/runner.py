@@ -318,8 +318,11 @@ def _skipped_by_peers(cases: list[Case], todo: list[Case], cfg: RunConfig) -> se
 
 def _execute(case: Case, cfg: RunConfig, timeout_s: float, progress: Path) -> dict[str, Any] | None:
     launcher = launchers.for_case(case, cfg.launch, cfg.inline, cfg.cpus, cfg.device)
-    return launcher.launch(case, cfg.device, timeout_s,
-                           cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus), str(progress))
+    try:
+        return launcher.launch(case, cfg.device, timeout_s,
+                               cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus), str(progress))
+    except launchers.ServerDied as e:  # an isolated case's or a distributed job's: recorded, and the run goes on
+        return {"status": "error", "error": str(e)}
 
 
 def _wait_idle(case: Case, cfg: RunConfig, deadline: float | None, progress) -> float | None:

@@ -209,6 +209,27 @@ def test_a_case_whose_server_died_says_so_and_the_next_case_runs(tmp_path, monke
     assert code == 0 and record.status == "ok"  # a new server for the next case
 
 
+def test_a_case_server_that_dies_as_it_starts_is_an_error_of_the_case(tmp_path, monkeypatch):
+    # a library the server preloads that raises other than ImportError at import (or the OOM killer as it imports
+    # torch) ended the run with multiprocessing's "EOFError: unexpected EOF" traceback and no record
+    from multiprocessing import forkserver
+
+    (tmp_path / "refuses_to_load.py").write_text("raise RuntimeError('not on this machine')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(Strays, "preload", ("refuses_to_load",))
+    forkserver._forkserver._stop()  # the case starts a server of its own, with that preload
+    try:
+        code, [record] = runner.run(config(tmp_path, variants=["leave"], timeout_s=60.0))
+    finally:
+        forkserver._forkserver._stop()  # the next test's cases get a server without it
+    assert code == 1 and record.status == "error"
+    assert record.error.startswith("the process cases fork from (the case server) died before it started this case")
+    monkeypatch.undo()
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path / "next", variants=["leave"]))
+    assert code == 0 and record.status == "ok"  # a new server for the next case
+
+
 def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
     code, [record] = runner.run(config(tmp_path, variants=["kill_keeper"], timeout_s=60.0))
