@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import distributed, interference, launchers
+from bench import distributed, interference, launchers, pinning
 from bench.atomic import OutputError, atomic_write_bytes
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
@@ -331,7 +331,7 @@ def _wait_idle(case: Case, cfg: RunConfig, deadline: float | None, progress) -> 
         return None
     bound = cfg.wait_idle_s if deadline is None else min(cfg.wait_idle_s, deadline - time.monotonic())
     told = None if progress is None else (lambda why: progress.waiting(case, why))
-    return launchers.wait_idle(bound, cfg.cpus, cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus),
+    return pinning.wait_idle(bound, cfg.cpus, cpu_threads(SUITES[case.suite], cfg.device, cfg.threads, cfg.cpus),
                                told)
 
 

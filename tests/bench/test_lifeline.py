@@ -1,6 +1,6 @@
 """No process a case starts outlives its case or `bench` (bench.lifeline): not when `bench` is killed with SIGKILL
-(isolated or torchrun), not a stray a case leaves behind, not a forked child of a case that crashed; nor does the case
-server, even killed while it imports."""
+(isolated or torchrun), not a stray a case leaves behind, not a forked child of a case that crashed; the case server
+while it imports: tests/bench/test_server_guard.py."""
 
 import json
 import os
@@ -366,41 +366,6 @@ def test_the_keeper_reports_a_signal_as_128_plus_its_number(tmp_path):
         assert keeper.wait(30) == 128 + signal.SIGTERM
     finally:
         os.close(keeping)
-
-
-def test_the_case_server_dies_with_bench_even_while_it_imports():
-    # bench killed as its first case starts: the server, importing torch and the suites, reads bench's end of its
-    # pipe only after them, and outlived bench by up to 8 s; bench.server_guard, its first import, ends it with bench
-    from multiprocessing import forkserver
-
-    from bench import launchers
-
-    launchers._context([])
-    assert forkserver._forkserver._preload_modules[0] == "bench.server_guard"
-    server = "import bench.server_guard, time; print('imported', flush=True); time.sleep(600)"
-    bench = (f"import subprocess as s, sys; p = s.Popen([sys.executable, '-c', {server!r}], stdout=s.PIPE, "
-             "stderr=s.DEVNULL); p.stdout.readline(); print(p.pid, flush=True)")  # then exits, as a killed bench does
-    out = subprocess.run([sys.executable, "-c", bench], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    pid = int(out.stdout)
-    try:
-        assert _until(lambda: not _alive(pid), 5), "the server outlived the process that started it"
-    finally:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_a_ctrl_c_while_the_case_server_imports_ends_it_without_a_traceback():
-    # the server is in bench's process group: Ctrl-C during its imports printed torch's import stack (40 lines) under
-    # bench's line that says how to resume; any other error of the server still prints its traceback. Ctrl-C's
-    # handler is Python's own, as under a `bench` in a terminal: a pytest started in the background of a script
-    # (`cmd &`, without job control) hands its processes SIGINT ignored, and the kill below would do nothing
-    interrupt = "signal.signal(signal.SIGINT, signal.default_int_handler); os.kill(os.getpid(), signal.SIGINT)"
-    for raised, said in ((f"{interrupt}; time.sleep(5)", ""),
-                         ("raise ImportError('a broken preload')", "ImportError: a broken preload")):
-        server = f"import bench.server_guard, os, signal, time; {raised}"
-        out = subprocess.run([sys.executable, "-c", server], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert out.returncode != 0 and out.stderr.strip().endswith(said), out.stderr
-        assert ("Traceback" in out.stderr) == bool(said), out.stderr
 
 
 def test_sweep_removes_the_scratch_folders_of_dead_owners_only(tmp_path):

@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.cli_run import parse_cpus
 from bench.distributed import Launch, _keep, _threads_per_rank, aggregate, scratch
 from bench.interference import HostSample
-from bench.launchers import IDLE_SAMPLE_S, pinned, wait_idle
+from bench.pinning import IDLE_SAMPLE_S, pinned, wait_idle
 from bench.progress import PlainProgress
 from bench.records import RECORDS_JSONL, read_records, read_run_json
 from bench.suite import SUITES, Measurement, Suite, register
