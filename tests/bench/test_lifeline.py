@@ -249,25 +249,20 @@ def test_a_killed_keeper_is_an_error_at_once(tmp_path, monkeypatch):
             os.kill(child, signal.SIGKILL)
 
 
-def test_a_keeper_stopped_by_sigterm_says_so(tmp_path, monkeypatch):
-    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
-    code, [record] = runner.run(config(tmp_path, variants=["stop_keeper"], timeout_s=60.0))
-    assert code == 1 and record.status == "error" and record.elapsed_s < 20
+@pytest.mark.parametrize("variant, said", [
     # not "exited with code 0": the keeper ended its case as a closed lifeline asks, then itself by the signal
-    assert record.error == ("the case's keeper was stopped by SIGTERM (sent to it, not to `bench`), and ended the "
-                            "case; `--resume --retry-failed` runs it again")
+    ("stop_keeper", "the case's keeper was stopped by SIGTERM (sent to it, not to `bench`), and ended the case"),
+    # not "the case's process was killed by SIGKILL": the case died with its keeper (PR_SET_PDEATHSIG)
+    ("sigkill_keeper", "the case's keeper was killed by SIGKILL (sent from outside, or the out-of-memory killer), and "
+                       "the case with it"),
+])
+def test_a_keeper_ended_by_a_signal_says_so_not_the_cases_process(tmp_path, monkeypatch, variant, said):
+    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
+    code, [record] = runner.run(config(tmp_path, variants=[variant], timeout_s=60.0))
+    assert code == 1 and record.status == "error" and record.elapsed_s < 20
+    assert record.error == f"{said}; `--resume --retry-failed` runs it again"
     (case,) = _pids(tmp_path / "pids")
     assert _until(lambda: not _alive(case), 5)
-
-
-def test_a_keeper_killed_by_sigkill_says_so_not_the_cases_process(tmp_path, monkeypatch):
-    monkeypatch.setenv(PIDS, str(tmp_path / "pids"))
-    code, [record] = runner.run(config(tmp_path, variants=["sigkill_keeper"], timeout_s=60.0))
-    assert code == 1 and record.status == "error" and record.elapsed_s < 20
-    assert record.error == ("the case's keeper was killed by SIGKILL (sent from outside, or the out-of-memory "
-                            "killer), and the case with it; `--resume --retry-failed` runs it again")
-    (case,) = _pids(tmp_path / "pids")
-    assert _until(lambda: not _alive(case), 5)  # it dies with its keeper (PR_SET_PDEATHSIG)
 
 
 @pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="needs Linux's /proc/PID/oom_score_adj")
