@@ -147,10 +147,12 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
         torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES, stacks="python", device=device)
     kept = None  # (step, started_at, elapsed_s, result) of the call whose metrics the record keeps
     try:
-        # repeat=1: one cycle; the default (0) would start another after the active steps and save it, empty
+        # repeat=1: one cycle; the default (0) would start another after the active steps and save it, empty.
+        # acc_events: with one cycle, what torch keeps either way (torch 2.11 warns, for any schedule, that events
+        # are cleared between cycles unless it is set)
         steps = schedule(wait=wait, warmup=warmup, active=active, repeat=1)
         with torch.profiler.profile(activities=activities, schedule=steps, on_trace_ready=ready, record_shapes=True,
-                                    profile_memory=True, with_stack=False) as prof:
+                                    profile_memory=True, with_stack=False, acc_events=True) as prof:
             for step in range(wait + warmup + active):
                 started, t0 = runner.now(), time.perf_counter()
                 with record_function(f"case:{case.id}"):

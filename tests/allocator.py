@@ -18,7 +18,7 @@ def unobserved_peak(fn) -> int:
     block allocated while any profiler ran and forgets none freed while none did, so a free here of an older block,
     or of a newer one at an address it remembers, would carry a size that is not this window's: fn must free nothing
     older, as the tracker assumes, and this keeps stale sizes out."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, acc_events=True) as prof:  # one window
         fn()
     records = []
 

@@ -68,3 +68,10 @@ def fresh_cuda_process(script: str, timeout: int = 300):
     root = str(Path(__file__).resolve().parents[1])
     return subprocess.run([sys.executable, "-c", script, root], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+forks_beside_threads = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+"""For a test that forks `bench plan`'s workers from its pytest process: Python 3.12 warns there, since pytest-xdist's
+worker runs its own threads beside the tests; `bench plan --jobs N` forks from a process of one thread, and says
+nothing."""

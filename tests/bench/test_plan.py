@@ -24,7 +24,7 @@ from bench.plan import HEADROOM_BYTES, StepCounter, headroom, plan, plan_case, p
 from bench.plan_meta import IndexValues, MetaKernels
 from bench.suite import SUITES, NotPlannable, Skip, discover
 from tests.allocator import SCRATCH, unobserved_peak
-from tests.optional import missing
+from tests.optional import forks_beside_threads, missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,6 +302,7 @@ def test_hardware_memory_and_names():
     assert hardware.resolve("nosuch") is None
 
 
+@forks_beside_threads
 def test_planning_in_forked_processes_gives_the_same_plan_in_the_same_order(registry, capsys):
     suites = [registry["mla"], registry["moe"]]
     one = plan(suites, "smoke", "cuda", "h200", jobs=1)
@@ -328,6 +329,7 @@ def test_a_plan_forks_no_process_where_torch_sees_a_gpu(registry, monkeypatch):
     assert len(planned) > 4 and {p.status for p in planned} >= {"ok"}
 
 
+@forks_beside_threads
 def test_points_a_forked_child_could_not_run_backward_for_are_planned_again_here(registry, monkeypatch):
     """A child forked from a process whose autograd threads had started fails every backward (torch's Autograd-and-Fork
     error): what it reports is not a plan, and those points are planned in this process instead."""

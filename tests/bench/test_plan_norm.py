@@ -60,7 +60,7 @@ def test_the_planned_rms_norm_is_what_cuda_allocates():
     grad = torch.randn_like(x)
     norm(x).backward(grad)  # warm-up
     x.grad = norm.weight.grad = None
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], acc_events=True) as prof:
         with cuda_peak("cuda") as mem:
             norm(x).backward(grad)
     ops = {e.name for e in prof.events()}

@@ -14,6 +14,7 @@ import bench.plan
 from bench.cli import main
 from bench.plan import plan
 from bench.suite import Suite, Workload
+from tests.optional import forks_beside_threads
 
 PARENT = os.getpid()
 
@@ -109,6 +110,7 @@ def dies_before_it_starts(i, how):
     return PLAN_FORKED(i, how)
 
 
+@forks_beside_threads
 def test_points_no_worker_started_are_planned_alone_where_the_pool_makes_no_progress(monkeypatch):
     # a pool that dies before any point starts would be made again and again: those points are planned alone instead
     monkeypatch.setattr(bench.plan, "_plan_forked", dies_before_it_starts)
