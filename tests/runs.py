@@ -22,12 +22,13 @@ def env(gpu: dict | None = None, torch: str = "2.11.0") -> dict:
 
 def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = H200, torch: str = "2.11.0",
               size: str = "quick", started_at: str = "2026-11-28T01:00:00Z", sha: str | None = None,
-              declare: bool = True, run_id: str | None = None) -> Path:
+              declare: bool = True, run_id: str | None = None, declared: dict | None = None) -> Path:
     """A run directory with run.json and one record per dict (suite, variant, params, status, metrics, samples...),
     of run `run_id` (default: the folder's name).
 
     With `declare`, run.json carries what the registered suites of those records declare (as `bench run` writes
-    it); without, it is a run of an older techbench that declared nothing."""
+    it), or `declared` where given (those declarations, made elsewhere: a process that has not imported the suites
+    and torch); without, it is a run of an older techbench that declared nothing."""
     environment = env(gpu, torch)
     if sha:
         environment["git"]["sha"] = sha
@@ -40,7 +41,7 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
                          "device": device, "shard": "1/1", "variants": None, "started_at": started_at,
                          "finished_at": started_at, "env": environment, "env_id": env_id,
                          "git": environment["git"], "version": "0.1.0", "seed": 0,
-                         **({"suites": _declared({r["suite"] for r in records})} if declare else {})})
+                         **({"suites": declared or declarations({r["suite"] for r in records})} if declare else {})})
     with RecordWriter(out / "records.jsonl") as w:
         for r in records:
             params = r.get("params", {})
@@ -52,7 +53,7 @@ def write_run(root: Path, name: str, records: list[dict], *, gpu: dict | None = 
     return out
 
 
-def _declared(names: set[str]) -> dict:
+def declarations(names: set[str]) -> dict:
     from bench.suite import discover
 
     suites = discover()
