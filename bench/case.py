@@ -102,6 +102,9 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
         with Telemetry(device) as telemetry, HostSampler() as host, group, forwarding(progress), \
                 time_floor(case.size), artifacts_read() as artifacts:
             m = suite.measure(case.variant, dict(case.params), device)
+        if not isinstance(m, Measurement):  # else an AttributeError deep in here names neither measure nor the fix
+            return {"status": "error", "error": f"{type(suite).__name__}.measure() returned {type(m).__name__}, "
+                    "not a bench.suite.Measurement: return Measurement(metrics, timed=..., timings=...)"}
         window = m.timed.window_s if m.timed else None
         gpu = telemetry.summary(window=window)
         named = {k: v for name, t in m.timings.items() for k, v in t.metrics(name).items()}

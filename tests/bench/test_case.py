@@ -47,3 +47,21 @@ def test_a_host_out_of_memory_says_so_and_where(monkeypatch):
     last = result["error"].splitlines()[-1]  # the line progress and the reports show
     line = Lists.measure.__code__.co_firstlineno + 1
     assert last.startswith(f"the host ran out of memory (MemoryError) in measure ({__file__}:{line}: lengths = [0]")
+
+
+class Plain(Lists):
+    name = "_plain"
+
+    def grid(self, size, device):
+        return [{"n": 1}]
+
+    def measure(self, variant, params, device):
+        return {"n_ms": 1.0}  # the metrics alone, not wrapped in a Measurement
+
+
+def test_measure_returning_no_measurement_says_what_to_return(monkeypatch):
+    monkeypatch.setitem(SUITES, "_plain", Plain())
+    result = execute(Case("_plain", "lists", {"n": 1}, module="bench.suite"), "cpu")
+    assert result["status"] == "error"
+    assert result["error"] == ("Plain.measure() returned dict, not a bench.suite.Measurement: "
+                               "return Measurement(metrics, timed=..., timings=...)")
