@@ -19,7 +19,7 @@ from bench.artifacts import artifacts_digest, artifacts_read
 from bench.hardware import device_name, peak_gbps, peak_tflops
 from bench.interference import mem_available_bytes
 from bench.progress import forwarding
-from bench.suite import SUITES, Measurement, Skip, Suite, case_id, off_cuda
+from bench.suite import SUITES, Measurement, Skip, Suite, SuiteError, case_id, off_cuda
 from bench.timing import time_floor
 from bench.validation import check_measurement, nonfinite
 
@@ -144,6 +144,18 @@ def execute(case: Case, device: str, seed: int = SEED, threads: int | None = Non
 def traceback_tail(e: BaseException) -> str:
     """The last TRACEBACK_LINES lines of `e`'s traceback: a failed case's error."""
     return "\n".join("".join(traceback.format_exception(e)).rstrip().splitlines()[-TRACEBACK_LINES:])
+
+
+def import_failure(e: BaseException, path: str) -> str:
+    """One line for module file `path` whose import raised `e`: path:line of its own last frame (or of the syntax
+    error), and the exception. A bad Metric's ValueError is raised in bench.metrics, but the line to fix is the
+    module's. A SuiteError (bench.suite.register's) says all of it already."""
+    if isinstance(e, SuiteError):
+        return str(e)
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+    if isinstance(e, SyntaxError) and e.filename == path:
+        lines.append(e.lineno)
+    return f"{path}{f':{lines[-1]}' if lines else ''}: {type(e).__name__}: {e}"
 
 
 def _host_oom_line(e: BaseException) -> str:

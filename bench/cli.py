@@ -27,7 +27,7 @@ from bench.cli_run import Stopped, parse_params, resolve_device, say, stop_code,
 from bench.cli_select import select
 from bench.commands import UsageError
 from bench.records import path_text
-from bench.suite import SIZES, GridError, discover
+from bench.suite import SIZES, GridError, SuiteError, discover
 
 
 class _Parser(argparse.ArgumentParser):
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     "merge": commands.cmd_merge, "new": cmd_new, "doctor": cmd_doctor,
                     "plan": cmd_plan}
         return handlers[args.command](args)
-    except (UsageError, GridError) as e:
+    except (UsageError, GridError, SuiteError) as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return 2
     except OutputError as e:  # a read-only folder or a full disk: nothing half-written was left behind

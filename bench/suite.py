@@ -75,6 +75,10 @@ class GridError(ValueError):
     line (exit 2), not a traceback."""
 
 
+class SuiteError(ValueError):
+    """A suite class that cannot register, or a suites module that does not import: one line naming where (exit 2)."""
+
+
 @dataclass(frozen=True)
 class Relative:
     """A ratio against the suite's reference variant at the same params, added by the runner.
@@ -323,30 +327,34 @@ def warn_undeclared(suite: Suite, metrics: dict, said: set[str]) -> None:
 
 
 def register(cls: type[Suite]) -> type[Suite]:
-    """Class decorator: instantiate and add to SUITES under `cls.name`."""
-    assert cls.name not in SUITES or type(SUITES[cls.name]) is cls, f"suite {cls.name!r} registered twice"
-    assert cls.variants, f"suite {cls.name!r} has no variants"
-    for name, part in cls.parts.items():
-        unknown = [v for v in part.variants if v not in cls.variants]
-        assert not unknown, f"suite {cls.name!r} part {name!r} lists unknown variants {unknown}"
-    unknown = [v for v in cls.requires if v not in cls.variants]
-    assert not unknown, f"suite {cls.name!r} declares requirements of unknown variants {unknown}"
+    """Class decorator: instantiate and add to SUITES under `cls.name`; SuiteError for a class that cannot be one."""
+    unknown = {f"part {n!r}": [v for v in p.variants if v not in cls.variants] for n, p in cls.parts.items()}
+    unknown["requires"] = [v for v in cls.requires if v not in cls.variants]
+    taken = type(SUITES[cls.name]) if cls.name in SUITES else cls
+    why = (f"{taken.__module__} and {cls.__module__} both name a suite {cls.name!r}; rename one" if taken is not cls
+           else f"suite {cls.name!r} has no variants" if not cls.variants
+           else next((f"suite {cls.name!r}: {k} names unknown variants {u}" for k, u in unknown.items() if u), None))
+    if why:
+        raise SuiteError(why)
     SUITES[cls.name] = cls()
     return cls
 
 
-ENTRY_POINTS = "techbench.suites"
-"""The entry-point group through which an installed package adds suites: `name = "pkg.module"` (a module whose
-import registers them with @register)."""
+ENTRY_POINTS = "techbench.suites"  # how another package adds suites: `name = "pkg.module"`, whose import registers
 
 
 def discover(package: str = "suites") -> dict[str, Suite]:
     """Import every module of `package`, and every module an installed package names in the `techbench.suites`
     entry-point group, so that their suites register; returns those suites by name. A plug-in that fails to load
-    (an import error, a suite name already taken) is left out with one warning; the others still load."""
+    (an import error, a suite name already taken) is left out with one warning; the others still load. A module of
+    `package` that fails is SuiteError, one line: a built-in suite that vanished would leave a nightly run green."""
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
-        importlib.import_module(info.name)
+        try:
+            importlib.import_module(info.name)
+        except Exception as e:  # a suite being written (a typo, a bad Metric): its own file and line, not importlib's
+            from bench.case import import_failure
+            raise SuiteError(import_failure(e, importlib.util.find_spec(info.name).origin)) from e
     prefixes = [f"{package}."]
     for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
         try:
