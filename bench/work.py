@@ -89,11 +89,13 @@ def rates(of: str, prefix: str = "", *, tokens: bool = False, item: str | None =
                   Metric(f"{p}energy_per_{item}_j", "derived", "lower", f"GPU energy per {item}{what}",
                          unit=f"J/{item}", inputs=(clock, "avg_power_w"))]
     if flops:
-        specs += [Metric(f"{p}tflops", "derived", "higher", f"FLOPs{what} / median {of}", inputs=(clock,)),
+        specs += [Metric(f"{p}tflops", "derived", "higher", f"FLOPs{what} / median {of}", unit="TFLOP/s",
+                         inputs=(clock,)),
                   Metric(f"{p}pct_of_peak", "derived", "higher", f"{p}tflops as % of the dense datasheet peak for "
                          "the dtype (null on a CPU or an unlisted GPU)", unit="%", inputs=(f"{p}tflops",))]
     if bytes:
-        specs += [Metric(f"{p}gbps", "derived", "higher", f"bytes moved{what} / median {of}", inputs=(clock,)),
+        specs += [Metric(f"{p}gbps", "derived", "higher", f"bytes moved{what} / median {of}", unit="GB/s",
+                         inputs=(clock,)),
                   Metric(f"{p}pct_of_bandwidth", "derived", "higher", f"{p}gbps as % of the datasheet memory "
                          "bandwidth (null on a CPU or an unlisted GPU)", unit="%", inputs=(f"{p}gbps",))]
     if flops or bytes:

@@ -55,3 +55,11 @@ def _measured(name):
     from bench.metrics import Metric
 
     return Metric(name, "measured", "lower")
+
+
+@pytest.mark.parametrize("prefix", ["", "gemm_"])
+def test_rates_carry_their_units_with_or_without_a_prefix(prefix):
+    # a bare "tflops" or "gbps" has no unit suffix to fall back on: the report's column would show no unit
+    units = {m.name: m.unit for m in rates("step_time", prefix, tokens=True, flops=True, bytes=True)}
+    assert units[f"{prefix}tflops"] == "TFLOP/s" and units[f"{prefix}gbps"] == "GB/s"
+    assert units[f"{prefix}tokens_per_s"] == "tokens/s" and units[f"{prefix}pct_of_peak"] == "%"
