@@ -73,7 +73,7 @@ from bench.plan_optim import target_foreach
 from bench.plan_pool import died, one_by_one
 from bench.plan_scratch import kernel_scratch
 from bench.plan_set import nothing_changed, with_changes
-from bench.suite import NotPlannable, Skip, Suite, case_id
+from bench.suite import NotPlannable, Skip, Suite, Workload, case_id
 
 GIB = 1 << 30
 HEADROOM_BYTES = GIB  # CUDA context (~0.55 GiB measured on H100, CUDA 12) + library workspaces
@@ -149,7 +149,15 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
             target_flex(target, kernels), \
             target_rms_norm(target), target_offload(target) as offload, target_autocast(target), \
             target_foreach(target), TensorMemoryTracker(allocator, host_builds=not cuda, scratch=scratch) as total:
-        w = suite.workload(variant, dict(params), META, target)
+        try:
+            w = suite.workload(variant, dict(params), META, target)
+        except (Skip, NotPlannable):
+            raise
+        except Exception as e:  # noqa: BLE001 - the suite's own code raised, before any step: not the meta device
+            raise NotPlannable(f"its workload() raised: {type(e).__name__}: {_first_line(e)}") from e
+        if not isinstance(w, Workload):
+            raise NotPlannable(f"{type(suite).__name__}.workload() returned {type(w).__name__}, not a "
+                               "bench.suite.Workload: return Workload(step, ...)")
         if warm_up is None:
             warm_up = not w.stateless
         if warm_up:  # optimizer state, lazy buffers
@@ -186,6 +194,10 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
                 "flops_by_dtype": _with_uncounted(counted.by_dtype, w.uncounted_flops, params.get("dtype")),
                 "bytes_moved": counted.bytes + w.uncounted_bytes,
                 "attention": sorted(kernels), "host_bytes": offload.peak_host_bytes or None}
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def _with_uncounted(by_dtype: dict[str, int], uncounted: int, declared: str | None) -> dict[str, int]:
@@ -227,7 +239,7 @@ def plan_case(suite: Suite, variant: str, params: dict, target: str, gpu: str | 
         return p
     except Exception as e:  # noqa: BLE001 - a step that cannot run on meta is not plannable: say why, never guess
         p.status, p.reason = "not_plannable", f"its step does not run on the meta device: {type(e).__name__}: " + \
-            (str(e).strip().splitlines() or [""])[0][:300]
+            _first_line(e)
         return p
     p.parts = {"parameters": raw["param_bytes"], "gradients": raw["grad_bytes"], "optimizer": raw["optimizer_bytes"],
                "activations": raw["activation_bytes"], "inputs": max(0, raw["other_bytes"])}

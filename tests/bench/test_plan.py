@@ -210,6 +210,22 @@ def test_not_plannable_cases_say_why(registry):
     assert p.status == "not_plannable" and "does not build its step through Suite.workload" in p.reason
 
 
+@pytest.mark.parametrize("built, reason", [
+    (lambda: 1 // 0, "its workload() raised: ZeroDivisionError: integer division or modulo by zero"),
+    (lambda: print, "Built.workload() returned builtin_function_or_method, not a bench.suite.Workload: "
+                    "return Workload(step, ...)"),
+])
+def test_a_workload_that_fails_to_build_is_told_from_a_step_that_fails_on_meta(registry, built, reason):
+    samplers = registry["samplers"]
+
+    class Built(type(samplers)):
+        def workload(self, variant, params, device, target=None):
+            return built()  # the suite's own bug, which `bench run` meets too: no fault of the meta device
+
+    p = plan_case(Built(), next(iter(samplers.variants)), samplers.grid("smoke", "cpu")[0], "cpu")
+    assert p.status == "not_plannable" and p.reason == reason
+
+
 def test_index_tensors_keep_their_values_on_meta():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     x = torch.empty(2, 3, 8, device="meta")
