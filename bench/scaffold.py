@@ -39,7 +39,8 @@ def scaffold(name: str, root: Path) -> list[Path]:
                             f"got {name!r}")
     missing = [d for d in ("bench", "impls", "suites", "reports/figures", "tests") if not (root / d).is_dir()]
     if missing:
-        raise ScaffoldError(f"{root} is not a techbench checkout (no {', '.join(missing)})")
+        raise ScaffoldError(f"{root} is not a techbench checkout (no {', '.join(missing)}): run bench new inside "
+                            "one, or pass --dir CHECKOUT")
     paths = {root / p.format(name=name): (TEMPLATES / t).read_text() for p, t in FILES.items()}
     taken = [str(p.relative_to(root)) for p in paths if p.exists()]
     if taken:

@@ -63,7 +63,8 @@ def test_bad_names_are_refused_and_nothing_is_written(capsys, name, message):
 
 def test_a_folder_that_is_not_a_checkout_is_refused(capsys, tmp_path):
     assert main(["new", "demo_op", "--dir", str(tmp_path)]) == 2
-    assert "is not a techbench checkout" in capsys.readouterr().err
+    assert "is not a techbench checkout (no bench, impls, suites, reports/figures, tests): run bench new inside one, " \
+           "or pass --dir CHECKOUT\n" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
