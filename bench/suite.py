@@ -328,12 +328,14 @@ def warn_undeclared(suite: Suite, metrics: dict, said: set[str]) -> None:
 
 def register(cls: type[Suite]) -> type[Suite]:
     """Class decorator: instantiate and add to SUITES under `cls.name`; SuiteError for a class that cannot be one."""
-    unknown = {f"part {n!r}": [v for v in p.variants if v not in cls.variants] for n, p in cls.parts.items()}
-    unknown["requires"] = [v for v in cls.requires if v not in cls.variants]
+    unknown = {f"part {n!r} lists unknown variants": set(p.variants) - set(cls.variants) for n, p in cls.parts.items()}
+    unknown["requires names unknown variants"] = set(cls.requires) - set(cls.variants)
+    rels = (*cls.relative, *(r for p in cls.parts.values() for r in p.relative))  # a typo'd metric: ratios of None
+    unknown["has a Relative of metrics it does not declare"] = {r.metric for r in rels} - set(cls().metric_specs())
     taken = type(SUITES[cls.name]) if cls.name in SUITES else cls
     why = (f"{taken.__module__} and {cls.__module__} both name a suite {cls.name!r}; rename one" if taken is not cls
            else f"suite {cls.name!r} has no variants" if not cls.variants
-           else next((f"suite {cls.name!r}: {k} names unknown variants {u}" for k, u in unknown.items() if u), None))
+           else next((f"suite {cls.name!r} {k}: {', '.join(sorted(u))}" for k, u in unknown.items() if u), None))
     if why:
         raise SuiteError(why)
     SUITES[cls.name] = cls()
@@ -344,10 +346,8 @@ ENTRY_POINTS = "techbench.suites"  # how another package adds suites: `name = "p
 
 
 def discover(package: str = "suites") -> dict[str, Suite]:
-    """Import every module of `package`, and every module an installed package names in the `techbench.suites`
-    entry-point group, so that their suites register; returns those suites by name. A plug-in that fails to load
-    (an import error, a suite name already taken) is left out with one warning; the others still load. A module of
-    `package` that fails is SuiteError, one line: a built-in suite that vanished would leave a nightly run green."""
+    """Import every module of `package` and of each `techbench.suites` entry point, so that their suites register;
+    those suites by name. A plug-in that fails is left out with one warning; a module of `package`, SuiteError."""
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
         try:

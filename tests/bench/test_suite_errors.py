@@ -5,8 +5,8 @@ import sys
 import pytest
 
 from bench.cli import main
-from bench.metrics import Metric
-from bench.suite import SUITES, Suite, SuiteError, discover, register
+from bench.metrics import Metric, timing
+from bench.suite import SUITES, Relative, Suite, SuiteError, discover, register
 
 BROKEN = '''from bench.metrics import Metric
 from bench.suite import Suite, register
@@ -54,3 +54,16 @@ def test_bench_exits_2_with_the_line(monkeypatch, capsys):
     assert main(["list", "--json"]) == 2
     assert capsys.readouterr().err == ("bench: error: suites/mine.py:9: ValueError: metric 'err': direction 'smaller' "
                                        "is not lower, higher or None\n")
+
+
+def test_a_relative_of_an_undeclared_metric_is_refused():
+    class Typo(Suite):  # speedup_x would be None in every record, and nothing would say why
+        name = "_typo"
+        variants = {"a": "reference", "b": "other"}
+        relative = (Relative("speedup_x", "step_tme_ms", invert=True),)
+        metrics = timing("step_time", "one step")
+
+    with pytest.raises(SuiteError, match=r"^suite '_typo' has a Relative of metrics it does not declare: "
+                                         r"step_tme_ms$"):
+        register(Typo)
+    assert "_typo" not in SUITES
