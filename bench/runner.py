@@ -29,6 +29,7 @@ from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_ru
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
+from bench.widen import widened
 
 AGREE_TIMEOUT_S = 600.0
 """How long a node of a run over several nodes waits for the others at the rendezvous, before its first case, to
@@ -176,6 +177,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
                           + (f"; the damaged file is kept as {kept.name}" if kept else ""), stacklevel=3)
     else:
         meta = RunMeta.from_json(meta)
+        meta.argv, meta.variants = widened(meta, cfg, finished, cases, plan)  # a resume that selects more
     # the run's selection is what it was started for and every --resume since: a narrower resume leaves it
     # unfinished, with the rest listed; written now, so that a run killed from here on still lists them
     selection = [*_still_cases(cfg, meta.not_run or []), *(c.id for c in cases)]
