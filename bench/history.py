@@ -2,7 +2,8 @@
 
 Layout::
 
-    STORE/runs/<run_id>.parquet     one file per run, written whole (temp file, then rename) and never rewritten
+    STORE/runs/<run_id>.parquet     one file per run, written whole (temp file, then rename); rewritten whole only
+                                    when its run directory's records changed since it was added
     STORE/damaged/<run_id>.parquet  a file of runs/ that could not be read, set aside when its run was added again
 
 A file of runs/ that cannot be read (cut short, not Parquet) is left out of what `load` reads, with a warning naming
@@ -64,6 +65,11 @@ threads    int64                the CPU thread count the case's torch ran with (
                                 environment's default); null on a GPU run, or in an older store
 ========== ==================== ====================================================================================
 
+Each file keeps, in its Parquet key-value metadata (RECORDS_DIGEST), a digest of the records it was written from.
+Adding a run directory the store holds already changes nothing while its records are the same; once they changed (a
+`--resume --retry-failed` replaced a failed case, a resume added cases), its file is replaced, whole, by the run as it
+now is. A file of an older store, without the digest, counts as changed when its cases or their statuses differ.
+
 A case measured once can reach the store twice, added by separate commands: a shard of a sweep, then the sweep's
 merged run, or two merges that share a shard. Its rows then share source_run, case_id and metric in two files; `load`
 keeps one of them, from a run that is no import (then the run that holds the most shards, then the earliest), and a
@@ -89,6 +95,8 @@ from bench.sides import damage, distinct
 
 RUNS = "runs"
 DAMAGED = "damaged"
+RECORDS_DIGEST = b"techbench.records_sha256"
+"""The key, in each file's Parquet metadata, of the sha256 of the records it was written from (`digest`)."""
 # new columns go last: positional readers keep working
 COLUMNS = ("run_id", "timestamp", "git_sha", "git_dirty", "env_id", "gpu", "device", "size", "suite", "variant",
            "case_id", "params", "status", "error", "metric", "value", "direction", "n_samples", "iqr", "contended",
@@ -132,13 +140,14 @@ def add_runs(run_dirs: list[str | Path], store: str | Path, said=None) -> int:
         # an import is a file of its own: the run itself (same run_id, more records), added later, is not "added"
         path = Path(store) / RUNS / f"{_file_stem(run_id)}{'-imported' * bool(meta.get('imported_from'))}.parquet"
         damaged = _read(path)[1] if path.exists() else None
-        if path not in todo and (damaged is not None or not path.exists()):
-            todo[path] = (run_dir, meta, records, run_id, damaged)
+        was = _count(path) if path.exists() and damaged is None and _changed(path, records) else None
+        if path not in todo and (damaged is not None or not path.exists() or was is not None):
+            todo[path] = (run_dir, meta, records, run_id, damaged, was)
         elif path not in todo and said is not None:
             said(f"run {run_id} ({run_dir}) is in the store already, with {_count(path)} rows: not added again")
     added = 0
     held = _held(store, skip=set(todo)) if todo else {}  # a damaged file about to be set aside is named once
-    for path, (run_dir, meta, records, run_id, damaged) in todo.items():
+    for path, (run_dir, meta, records, run_id, damaged, was) in todo.items():
         rows = list(_rows(records, meta, run_id))
         sources = {row["source_run"] for row in rows}
         again = sources & held.keys()
@@ -150,7 +159,9 @@ def add_runs(run_dirs: list[str | Path], store: str | Path, said=None) -> int:
                           "case once, from a run that is no import, then from the run holding the most shards",
                           stacklevel=2)
         aside = _aside(path, store) if damaged else None
-        _write(rows, path, aside)
+        _write(rows, path, aside, digest(records))
+        if was is not None and said is not None:
+            said(f"run {run_id} ({run_dir}) changed since it was added: its {was} rows replaced by {len(rows)}")
         if aside is not None:  # kept, never written over: what it held may be more than the run directory has now
             warnings.warn(f"{path} could not be read ({damaged}): moved to {aside}, and {run_dir} written in its "
                           "place", stacklevel=2)
@@ -160,6 +171,28 @@ def add_runs(run_dirs: list[str | Path], store: str | Path, said=None) -> int:
         for source in sources:
             held.setdefault(source, set()).add(run_id)
     return added
+
+
+def digest(records: list[Record]) -> bytes:
+    """The sha256, in hex, of a run's records in case_id order: what tells a run directory changed since its file was
+    written (RECORDS_DIGEST)."""
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: r.case_id):
+        h.update(r.to_json().encode() + b"\n")
+    return h.hexdigest().encode()
+
+
+def _changed(path: Path, records: list[Record]) -> bool:
+    """Whether the store's file of a run was written from other records than `records`: by its digest, or in a
+    file without one (an older store) by its cases and their statuses."""
+    import pyarrow.parquet as pq
+
+    held = (pq.read_schema(path).metadata or {}).get(RECORDS_DIGEST)
+    if held is not None:
+        return held != digest(records)
+    table = pq.read_table(path, columns=["case_id", "status"])
+    return set(zip(*(table.column(c).to_pylist() for c in ("case_id", "status")))) != {
+        (r.case_id, r.status) for r in records}
 
 
 def _held(store: str | Path, skip: set[Path]) -> dict[str, set[str]]:
@@ -221,8 +254,8 @@ def _aside(path: Path, store: str | Path) -> Path:
 def check(run_dir: str | Path, meta: dict | None = None,
           taker: str = "the history keeps a run for good, so it takes an intact run only") -> tuple[dict, list[Record]]:
     """(run.json, records) of a run the history takes: a finished run whose records are whole, each case once. A
-    file is never rewritten, so a run taken half, or with records lost since it finished, would stay so in the
-    history, and the intact run could not be added after: ValueError, one line naming why, for a directory without
+    run taken half, or with records lost since it finished, would read as so in the history until it is added again:
+    ValueError, one line naming why, for a directory without
     run.json, an unfinished run (finished_at missing or null), a case recorded twice, or a run that `bench compare`
     calls damaged (bench.sides.damage: fewer records than it finished with, a corrupt line)."""
     run_dir = Path(run_dir)
@@ -230,7 +263,7 @@ def check(run_dir: str | Path, meta: dict | None = None,
         meta = read_run_json(run_dir) if run_dir.is_dir() else None
     if meta is None:
         raise ValueError(f"{run_dir} is not a run directory: it has no run.json")
-    if not meta.get("finished_at"):  # a file is never rewritten, so a half run would stay half in the history
+    if not meta.get("finished_at"):  # a half run would read as the whole run in the history
         how = ("`bench merge` of every shard, each finished, makes the whole sweep" if meta.get("merged_from")
                else "complete it with `bench run ... --resume` first")
         raise ValueError(f"{run_dir} has not finished (run.json finished_at is null); {how}")
@@ -299,12 +332,15 @@ def _measured_once(frame):
     return frame.drop(index=order.index[again])
 
 
-def _write(rows: list[dict], path: Path, aside: Path | None = None) -> None:
-    """Write the rows to `path`; a damaged file there is first moved to `aside`, once the new one is written whole."""
+def _write(rows: list[dict], path: Path, aside: Path | None = None, records_digest: bytes | None = None) -> None:
+    """Write the rows to `path` (over the file there, at once, by a rename), with the digest of the records they
+    come from; a damaged file there is first moved to `aside`, once the new one is written whole."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(rows, schema=schema()) if rows else schema().empty_table()
+    if records_digest is not None:
+        table = table.replace_schema_metadata({RECORDS_DIGEST: records_digest})
     with atomic_path(path) as tmp:  # dot-prefixed while written: pandas, Spark and *.parquet globs skip it
         pq.write_table(table, tmp)
         if aside is not None:  # out of runs/, where a directory reader (pandas, Spark) would fail on it

@@ -260,3 +260,34 @@ def test_a_run_added_again_is_said_apart_from_one_that_recorded_no_case(tmp_path
     assert history.add_runs([run, empty], tmp_path / "store", said=said.append) == 0
     assert said == [f"run night-1 ({run}) is in the store already, with 83 rows: not added again",
                     f"run shard ({empty}) is in the store already, with 0 rows: not added again"]
+
+
+def test_a_run_whose_records_changed_since_it_was_added_replaces_its_rows(tmp_path, run):
+    store, said = tmp_path / "store", []
+    assert history.add_runs([run], store) == 83
+    lines = (run / "records.jsonl").read_text().splitlines()
+    failed = next(i for i, line in enumerate(lines) if json.loads(line)["status"] == "error")
+    fixed = {**json.loads(lines[failed]), "status": "ok", "error": None, "metrics": {"step_time_ms": 2.0}}
+    lines[failed] = json.dumps(fixed)  # as a --resume --retry-failed leaves it
+    (run / "records.jsonl").write_text("\n".join(lines) + "\n")
+    assert history.add_runs([run], store, said=said.append) == 83
+    assert said == [f"run night-1 ({run}) changed since it was added: its 83 rows replaced by 83"]
+    frame = history.load(store)
+    assert "error" not in set(frame["status"]) and fixed["case_id"] in set(frame[frame["status"] == "ok"]["case_id"])
+    assert [p.name for p in (store / "runs").iterdir()] == ["night-1.parquet"]
+    said.clear()
+    assert history.add_runs([run], store, said=said.append) == 0 and "not added again" in said[0]
+
+
+def test_a_file_of_an_older_store_is_replaced_only_when_its_cases_changed(tmp_path, run):
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    history.add(run, store)
+    path = store / "runs" / "night-1.parquet"
+    pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)  # written before the digest
+    assert history.add(run, store) == 0
+    with (run / "records.jsonl").open("a") as f:  # a resume added a case
+        f.write(json.dumps({**json.loads((run / "records.jsonl").read_text().splitlines()[0]),
+                            "case_id": "checkpointing/none/extra"}) + "\n")
+    assert history.add(run, store) == 83 + 8
