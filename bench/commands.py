@@ -33,6 +33,8 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
     """Each path is a run directory (it holds run.json) or a folder of them (e.g. the shards of one sweep)."""
     dirs = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"{what} {p} does not exist")
         if (p / RUN_JSON).is_file():
             dirs.append(p)
         elif p.is_dir() and (inner := sorted(d for d in p.iterdir() if (d / RUN_JSON).is_file())):
@@ -172,6 +174,8 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from bench.interop import import_pytest_benchmark
 
+    if not Path(args.file).exists():
+        raise UsageError(f"{args.file} does not exist")
     if not Path(args.file).is_file():
         raise UsageError(f"{args.file} is not a file")
     try:

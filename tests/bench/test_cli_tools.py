@@ -37,12 +37,18 @@ def test_report_history_dashboard_export_import_round(capsys, tmp_path, run):
 @pytest.mark.parametrize("argv, message", [
     (["report", "{run}", "-o", "{run}/records.jsonl"], "should end in .html"),
     (["export", "{run}", "--format", "pytest-benchmark", "-o", "{run}/run.json"], "a file of the run it reads"),
-    (["report", "{tmp}/nothing", "-o", "{tmp}/r.html"], "is not a run directory"),
+    (["report", "{tmp}/nothing", "-o", "{tmp}/r.html"], "RUN {tmp}/nothing does not exist"),
+    (["report", "{run}/records.jsonl", "-o", "{tmp}/r.html"], "is not a run directory"),  # a file of one
+    (["compare", "{run}", "{tmp}/nothing"], "NEW {tmp}/nothing does not exist"),
+    (["history", "add", "{tmp}/nothing", "--store", "{tmp}/store"], "RUN {tmp}/nothing does not exist"),
+    (["merge", "{run}", "{tmp}/nothing", "--out", "{tmp}/m"], "RUN {tmp}/nothing does not exist"),
+    (["export", "{tmp}/nothing", "--format", "pytest-benchmark", "-o", "{tmp}/x.json"], "{tmp}/nothing does not exist"),
     (["compare", "{run}", "{run}", "--threshold", "-5"], "--threshold is a percentage"),
     (["dashboard", "{run}", "-o", "{tmp}/site"], "not a history store"),
     (["dashboard", "{tmp}/nostore", "-o", "{tmp}/site"], "does not exist"),
     (["history", "add", "{run}", "--store", "{run}/run.json"], "is a file"),
-    (["import", "{tmp}/missing.json", "--out", "{tmp}/imp"], "is not a file"),
+    (["import", "{tmp}/missing.json", "--out", "{tmp}/imp"], "{tmp}/missing.json does not exist"),
+    (["import", "{tmp}", "--out", "{tmp}/imp"], "is not a file"),
     (["profile", "checkpointing", "--variant", "nope", "--out", "{tmp}/p"], "unknown variant 'nope'"),
     (["export", "{tmp}/other", "--format", "pytest-benchmark", "-o", "{run}/run.json"],
      "is a file of the run directory"),  # another run's run.json
@@ -52,7 +58,7 @@ def test_bad_inputs_are_one_line_and_exit_2(capsys, tmp_path, run, argv, message
     write_run(tmp_path, "other", checkpointing_records(seed=1))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
-    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert code == 2 and message.format(tmp=tmp_path) in err and err.count("\n") == 1, err
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
