@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from bench.atomic import atomic_write_text
-from bench.records import RECORDS_JSONL, RUN_JSON, SchemaError
+from bench.records import RECORDS_JSONL, RUN_JSON, CorruptRunJson, SchemaError, read_run_json
 
 
 class UsageError(Exception):
@@ -30,7 +30,8 @@ def schema_errors_are_usage(handler):
 
 
 def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
-    """Each path is a run directory (it holds run.json) or a folder of them (e.g. the shards of one sweep)."""
+    """Each path is a run directory (it holds run.json) or a folder of them (e.g. the shards of one sweep); a run.json
+    that is no JSON object is refused with the resume that rebuilds it from the records, as a lost one is."""
     dirs = []
     for p in map(Path, paths):
         if not p.exists():
@@ -43,6 +44,14 @@ def run_dirs(paths: list[str | Path], what: str = "RUN") -> list[Path]:
             raise UsageError(f"{what} {p} has lost its {RUN_JSON} ({RECORDS_JSONL} is there): {_rebuild(p)}")
         else:
             raise UsageError(f"{what} {p} is not a run directory (no {RUN_JSON} in it or in its subfolders)")
+    for d in dirs:
+        try:
+            read_run_json(d)
+        except CorruptRunJson as e:  # cut short by a full disk, say: the records still say which run it is
+            how = f": {_rebuild(d)}" if (d / RECORDS_JSONL).is_file() else ""
+            raise UsageError(f"{what} {d}: {e}{how}") from None
+        except SchemaError:  # another schema, unreadable: the command's reader says so, in its own words
+            pass
     return dirs
 
 

@@ -74,6 +74,19 @@ def test_a_run_that_lost_its_run_json_is_told_how_to_rebuild_it(capsys, tmp_path
     assert [p.name for p in run.iterdir()] == ["records.jsonl"]
 
 
+@pytest.mark.parametrize("argv", [["report", "{run}", "-o", "{tmp}/r.html"], ["compare", "{run}", "{run}"],
+                                  ["history", "add", "{run}", "--store", "{tmp}/store"],
+                                  ["merge", "{run}", "--out", "{tmp}/m"],
+                                  ["export", "{tmp}", "--format", "pytest-benchmark", "-o", "{tmp}/x.json"]])
+def test_a_run_json_that_is_no_json_is_told_how_to_rebuild_it(capsys, tmp_path, run, argv):
+    (run / "run.json").write_text('{"schema": 1, "run_id"')  # cut short by a full disk
+    code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{run}/run.json is not valid JSON" in err and err.strip().endswith(
+        f"`bench run checkpointing --size SIZE --resume --out {run}`, with the size (and --device, --shard) it was run "
+        "with, rebuilds it from the records"), err
+
+
 def test_a_corrupt_run_json_is_bad_input(capsys, tmp_path, run):
     (run / "run.json").write_text(json.dumps({"schema": 7}))
     code, _, err = cli(capsys, "report", run, "-o", tmp_path / "r.html")
