@@ -79,6 +79,13 @@ class ServerDied(Exception):
     The runner records the case as an error, and the run goes on, as for a server killed mid-case."""
 
 
+SERVER_START_TRIES = 2
+"""Deaths of the case server as it starts, one after another, after which a run starts it no more: a cause that
+stays (a preloaded module that raises, a host out of memory) would have every remaining case pay a server start (a
+torch import, seconds) to record the same error. The remaining cases are recorded with that reason at once."""
+_died_starting: list[int] = [0]  # of the run now (reset by `preload`, which each run calls before its first case)
+
+
 def _server_gone(wait_s: float = 2.0) -> bool:
     """Whether the case server (multiprocessing's forkserver, a child of `bench`) has died: gone, or a zombie not yet
     reaped (reaping it here would take its exit from ensure_running, which starts a new one for the next case).
@@ -119,6 +126,7 @@ def preload(modules) -> None:
     did not import, each case's process imports again (a suite module ~0.1-0.3 s, diffusers ~2 s). One that cannot
     be imported is left out by the server."""
     _PRELOAD[:] = list(dict.fromkeys(modules))
+    _died_starting[0] = 0
 
 
 def _context(modules: list[str]):
@@ -217,17 +225,25 @@ def fork_ranks(nproc: int, spec: str, preload: list[str], env: dict[str, str], l
 def _kept(ctx, target, *args):
     """A keeper forked from the server, running `target(lifeline, *args)`: the lifeline's write end stays here, and
     closing it when the block ends, however it ends, has the keeper end what it keeps and exit."""
+    if (n := _died_starting[0]) >= SERVER_START_TRIES:
+        raise ServerDied(f"not started: the process cases fork from (the case server) died as it started for {n} cases "
+                         "in a row (killed, out of memory, or an import failed: see above), so this run starts it "
+                         "no more; once the cause is gone, `--resume --retry-failed` runs the cases again")
     lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=target, args=(lifeline_r, *args), daemon=True)
     try:
         proc.start()
     except (EOFError, ConnectionError):
         lifeline_w.close()
+        _died_starting[0] += 1
+        then = ("the next case starts a new one" if _died_starting[0] < SERVER_START_TRIES else
+                f"after {_died_starting[0]} such starts in a row, this run starts it no more")
         # out of memory as it imports torch, or a module it preloads raised other than the ImportError it passes over
         raise ServerDied("the process cases fork from (the case server) died before it started this case (killed, out "
-                         "of memory, or an import failed: see above); the next case starts a new one") from None
+                         f"of memory, or an import failed: see above); {then}") from None
     finally:
         lifeline_r.close()
+    _died_starting[0] = 0
     try:
         yield proc
     finally:

@@ -43,3 +43,33 @@ def test_a_ctrl_c_while_the_case_server_imports_ends_it_without_a_traceback():
         out = subprocess.run([sys.executable, "-c", server], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert out.returncode != 0 and out.stderr.strip().endswith(said), out.stderr
         assert ("Traceback" in out.stderr) == bool(said), out.stderr
+
+
+def test_after_two_servers_die_as_they_start_the_rest_of_the_cases_start_none(tmp_path, monkeypatch):
+    # a preload that raises every time (or a host out of memory): each of the run's cases paid a server start and
+    # recorded the same error; after two in a row, the rest are recorded with that reason without one
+    from multiprocessing import forkserver
+
+    from bench import launchers, runner
+    from tests.bench.test_lifeline import Strays, config
+
+    starts = tmp_path / "starts"
+    (tmp_path / "refuses_to_load.py").write_text(f"open({str(starts)!r}, 'a').write('x')\n"
+                                                 "raise RuntimeError('not on this machine')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setattr(Strays, "preload", ("refuses_to_load",))
+    monkeypatch.setattr(Strays, "grid", lambda self, size, device: [{"pids": os.devnull, "n": n} for n in range(4)])
+    forkserver._forkserver._stop()  # the cases start a server of their own, with that preload
+    try:
+        code, records = runner.run(config(tmp_path, variants=["leave"], timeout_s=60.0))
+    finally:
+        forkserver._forkserver._stop()  # the next test's cases get a server without it
+        launchers.preload(())  # and a count of deaths of their own, as a run starts with
+    assert code == 1 and [r.status for r in records] == ["error"] * 4 and starts.read_text() == "xx"
+    assert all(r.error.startswith("the process cases fork from (the case server) died before it started this case")
+               for r in records[:2])
+    assert all(r.error.startswith("not started: the process cases fork from (the case server) died as it started "
+                                  "for 2 cases in a row") for r in records[2:]), records[2].error
+    assert records[0].error.endswith("the next case starts a new one")
+    assert records[1].error.endswith("after 2 such starts in a row, this run starts it no more")
+    assert "--resume --retry-failed" in records[-1].error
