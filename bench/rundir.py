@@ -272,6 +272,24 @@ def code_changed(was: dict | None, now: dict | None, out: Path) -> str | None:
             "the first only; a new --out measures one version")
 
 
+def thread_counts(suites: dict, now: dict, todo: list, finished: list, out: Path) -> tuple[dict, list[str]]:
+    """The CPU thread count run.json names for each suite of a run (`now`: this command's, per suite name) once a
+    resume plans `todo` beside its `finished` records, and a warning for each suite whose cases measured at two
+    counts. A suite this command runs no case of keeps the count its cases were measured at (run.json `suites`):
+    a resume that runs nothing, or none of that suite, measures nothing at another count, and the history labels
+    each case with its suite's count (a series per thread count)."""
+    running, measured = {c.suite for c in todo}, {r.suite for r in finished}
+    counts, mixed = {}, []
+    for name, threads in now.items():
+        was = suites.get(name) if isinstance(suites.get(name), dict) else {}
+        counts[name] = was["threads"] if "threads" in was and name not in running else threads
+        if "threads" in was and name in running and name in measured and was["threads"] != threads:
+            mixed.append(f"{out}: {name}'s finished cases ran at {was['threads'] or 'the default'} CPU threads and "
+                         f"this resume runs the rest at {threads or 'the default'}, while run.json names one "
+                         "count per suite (this one); a resume with the run's --threads (and --cpus) measures one")
+    return counts, mixed
+
+
 def not_resumable(meta: dict) -> str | None:
     """Why `bench run --resume` does not continue this run directory: a merge of shards, or an import."""
     if meta.get("imported_from"):

@@ -25,7 +25,7 @@ from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
 from bench.progress import Eta
 from bench.records import FAILED, RECORDS_JSONL, RUN_JSON, Record, RecordWriter, RunMeta, Scan, write_run_json
-from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_run_dir
+from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_run_dir, thread_counts
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
@@ -185,16 +185,17 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     meta.finished_at, meta.not_run = None, [c for c in dict.fromkeys(selection) if c not in finished] or None
     meta.cpus = sorted(cfg.cpus) if cfg.cpus else None  # run-wide, as --threads' counts under suites are
     meta.machine_start = meta.machine_start or interference.machine_state(marks)  # a resumed run keeps its first
-    # what each suite's metrics are, as this code declares them (a resumed run takes the current declarations), and
-    # the thread count its CPU cases run with (None: torch's default)
-    threads = {s.name: cpu_threads(s, cfg.device, cfg.threads, cfg.cpus) for s in cfg.suites}
-    meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": threads[s.name]} for s in cfg.suites}}
+    # each suite as this code declares it (a resume takes the current code's), and its CPU threads (None: torch's)
     todo = [c for c in _todo(cases, scan, cfg) if c.id not in elsewhere]
+    threads, mixed = thread_counts(meta.suites, {s.name: cpu_threads(s, cfg.device, cfg.threads, cfg.cpus)
+                                                 for s in cfg.suites}, todo, scan.records, cfg.out)
+    meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": threads[s.name]} for s in cfg.suites}}
     if todo:  # a resume on another machine than run.json's: both listed, as a merge lists its shards' machines
         note_machine(meta, env_id, environment)
     write_run_json(cfg.out, meta)
-    if todo and scan.records and (changed := code_changed(meta.git, environment.get("git"), cfg.out)) is not None:
-        warnings.warn(changed, stacklevel=3)  # run.json keeps the code the run was started with
+    changed = code_changed(meta.git, environment.get("git"), cfg.out) if todo and scan.records else None
+    for message in [*mixed, *[changed] * (changed is not None)]:  # run.json keeps the code it was started with
+        warnings.warn(message, stacklevel=3)
     if cfg.predict or cfg.skip_predicted_oom:
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
     launchers.preload(m for c in todo for m in (c.module, *SUITES[c.suite].preload))

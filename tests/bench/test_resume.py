@@ -329,3 +329,21 @@ def test_a_resume_on_other_code_says_so(tmp_path, monkeypatch, now, said):
         assert len(told) == 1 and f"run was started at git {'a' * 12} and {said}" in told[0], told
         assert told[0].endswith("while its run.json names the first only; a new --out measures one version")
     assert read_run_json(tmp_path / "run")["git"] == {"sha": "a" * 40, "dirty": False}
+
+
+def test_a_resume_keeps_the_thread_count_its_cases_were_measured_at(tmp_path):
+    # records carry no thread count: the history labels each case with its suite's count in run.json, so a resume at
+    # another --threads that runs none of them must not relabel them, and one that runs some says the run mixes two
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cpu", out=tmp_path / "run", inline=True,
+                           threads=1)
+    runner.run(cfg)  # b's cases fail
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "threads": 2}))  # nothing to run
+        assert read_run_json(tmp_path / "run")["suites"]["_flaky"]["threads"] == 1
+        assert not [w for w in caught if "CPU threads" in str(w.message)]
+        runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "retry_failed": True, "threads": 2}))
+    told = [str(w.message) for w in caught if "CPU threads" in str(w.message)]
+    assert len(told) == 1 and "_flaky's finished cases ran at 1 CPU threads and this resume runs the rest at 2" \
+        in told[0], told
+    assert read_run_json(tmp_path / "run")["suites"]["_flaky"]["threads"] == 2
