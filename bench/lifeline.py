@@ -303,7 +303,7 @@ def _parents() -> dict[int, tuple[int, bool]]:
 def main(argv: list[str]) -> int:
     """`python -m bench.lifeline [--cpus=0,1,...] FD CMD...`: keep CMD on the lifeline FD, the keeper pinned to the
     CPUs (CMD and all it starts inherit them). Exits with CMD's code (128+N: killed by signal N), or 1 when the
-    lifeline ended first."""
+    lifeline ended first; a stop signal sent to the keeper ends CMD, then the keeper by that signal (128+N)."""
     if argv[0].startswith("--cpus="):
         os.sched_setaffinity(0, {int(c) for c in argv[0].removeprefix("--cpus=").split(",")})
         argv = argv[1:]
