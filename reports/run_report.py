@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
+from bench.env import measured_gpu
 from bench.metrics import ARTIFACTS, digest_hex, specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
@@ -68,13 +69,14 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
         meta = read_run_json(d) or {}
         env = meta.get("env") or {}
         gpus = env.get("gpus") or []
+        used = measured_gpu(meta.get("device"), env) or (gpus[0] if gpus else None)  # the one its device names
         git = meta.get("git") or env.get("git") or {}
         cores = env.get("cpu_logical_cores")
         values = {
             "run_id": meta.get("run_id"),
             "GPU": ", ".join(g.get("name") or "?" for g in gpus) or "none",
-            "GPU memory": _bytes(gpus[0].get("memory_total_bytes")) if gpus else None,
-            "driver": (gpus[0] if gpus else env.get("nvml") or {}).get("driver_version"),
+            "GPU memory": _bytes(used.get("memory_total_bytes")) if used else None,
+            "driver": (used or env.get("nvml") or {}).get("driver_version"),
             "torch": env.get("torch"),
             "CUDA": env.get("torch_cuda"),
             "triton": env.get("triton"),

@@ -1,4 +1,5 @@
 import html
+import json
 import re
 import subprocess
 import sys
@@ -52,6 +53,16 @@ def test_environment_of_both_gpus(report):
     _, text = report
     for value in ("NVIDIA H200", "NVIDIA A100-SXM4-80GB", "580.65", "570.10", "0123456789ab", "quick", "cuda:0"):
         assert value in text
+
+
+def test_the_environment_shows_the_memory_and_driver_of_the_gpu_the_run_measured_on(tmp_path):
+    # a run on cuda:1 of a machine with an A100 and an H200: the H200's, not the machine's first GPU's
+    run = write_run(tmp_path, "r", checkpointing_records(), gpu=A100)
+    meta = json.loads((run / "run.json").read_text())
+    meta["env"]["gpus"] = [A100, H200]
+    (run / "run.json").write_text(json.dumps({**meta, "device": "cuda:1"}))
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", render([run]))}
+    assert rows["GPU memory"] == "140 GiB" and rows["driver"] == H200["driver_version"], rows
 
 
 def test_checkpointing_figures_and_mystery_table(report):
