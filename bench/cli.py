@@ -27,6 +27,7 @@ from bench.cli_run import Stopped, parse_params, resolve_device, say, stop_code,
 from bench.cli_select import select
 from bench.commands import UsageError
 from bench.records import path_text
+from bench.rundir import shell_word
 from bench.suite import SIZES, GridError, SuiteError, discover
 
 
@@ -149,6 +150,10 @@ def cmd_new(args) -> int:
         print(path)
     tests = f"tests/impls/test_{args.name}.py tests/suites/test_{args.name}.py"
     print(f"next: edit impls/{args.name}/, then `pytest {tests}` and `bench run {args.name} --size smoke`")
+    checkout, running = args.dir.resolve(), Path(__file__).resolve().parents[1]
+    if checkout != running:  # the bench at hand (an editable install, say) would not see the new suite
+        print(f"  run them in {shell_word(checkout)} with PYTHONPATH={shell_word(checkout)}: this bench runs the code "
+              f"of {shell_word(running)}")
     return 0
 
 

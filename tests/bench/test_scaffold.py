@@ -41,6 +41,7 @@ def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
     assert made == {"impls/demo_op/__init__.py", "impls/demo_op/reference.py", "impls/demo_op/chunked.py",
                     "suites/demo_op.py", "reports/figures/demo_op.py", "tests/impls/test_demo_op.py",
                     "tests/suites/test_demo_op.py"}
+    assert "PYTHONPATH" not in done.stdout  # the bench that wrote them runs this checkout's code: it sees them
     done = run(checkout, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/impls/test_demo_op.py",
                "tests/suites/test_demo_op.py")
     assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
@@ -92,3 +93,10 @@ def test_a_write_that_fails_leaves_no_half_technique(capsys, tmp_path, monkeypat
     monkeypatch.setattr(atomic, "_write_file", real)
     assert main(["new", "demo_op", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "suites" / "demo_op.py").read_text()
+
+
+def test_a_technique_written_into_another_checkout_says_how_to_run_it_there(checkout, capsys):
+    # this bench (an editable install, say) runs the code of its own checkout: the new suite is not in it
+    assert main(["new", "other_op", "--dir", str(checkout)]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == f"  run them in {checkout} with PYTHONPATH={checkout}: this bench runs the code of {ROOT}", said
