@@ -33,6 +33,12 @@ linux = pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc
 SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end: pass"
 
 
+CONTEND_SIZE = "quick"
+"""The size the tests run _contend at: quick's timers take their whole 0.1 s floor, a window /proc/stat's 10 ms
+ticks resolve (bench.interference.MIN_SPAN_S); smoke's quarter of it (25 ms) was judged from the samples around it,
+and one case of five under load once read as quiet."""
+
+
 @register
 class Contend(Suite):
     """Times a ~10 ms pure-Python call a few times: a case whose timed window competing load can disturb."""
@@ -259,7 +265,7 @@ def others_now(seconds: float) -> float | None:
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory):
     """One isolated case first: the forkserver imports torch once, before any load starts."""
-    runner.run(runner.RunConfig(suites=[SUITES["_contend"]], size="smoke", device="cpu",
+    runner.run(runner.RunConfig(suites=[SUITES["_contend"]], size=CONTEND_SIZE, device="cpu",
                                 out=tmp_path_factory.mktemp("warm") / "run", cases_like=["*i=0*"]))
 
 
@@ -269,7 +275,7 @@ def test_under_competing_load_the_timed_cases_are_flagged(tmp_path, warm):
     load = spinners(cpus)  # one busy process a CPU, beside the case's own
     try:
         time.sleep(0.2)
-        code, records = runner.run(runner.RunConfig(suites=[SUITES["_contend"]], size="smoke", device="cpu",
+        code, records = runner.run(runner.RunConfig(suites=[SUITES["_contend"]], size=CONTEND_SIZE, device="cpu",
                                                     out=tmp_path / "run"))
     finally:
         stop(load)
@@ -299,7 +305,7 @@ def test_an_idle_run_flags_no_case(tmp_path, warm):
     if busy is None or busy >= OTHER_CPUS / 2:
         pytest.skip(f"the machine is busy: other processes used {busy} CPUs just before the test")
     before = snapshot()
-    code, records = runner.run(runner.RunConfig(suites=[SUITES["_contend"]], size="smoke", device="cpu",
+    code, records = runner.run(runner.RunConfig(suites=[SUITES["_contend"]], size=CONTEND_SIZE, device="cpu",
                                                 out=tmp_path / "run"))
     during = machine_state([before])["other_cpus"]
     if during >= OTHER_CPUS / 2:
@@ -316,7 +322,7 @@ def test_an_aa_compare_with_one_side_under_load_calls_nothing_slower_and_lists_i
     from bench.cli import main
     from bench.compare import compare
 
-    config = dict(suites=[SUITES["_contend"]], size="smoke", device="cpu")
+    config = dict(suites=[SUITES["_contend"]], size=CONTEND_SIZE, device="cpu")
     code, _ = runner.run(runner.RunConfig(**config, out=tmp_path / "a"))
     load = spinners(len(interference.affinity(os.getpid()) or range(os.cpu_count())))
     try:
