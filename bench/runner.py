@@ -194,7 +194,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
         note_machine(meta, env_id, environment)
     write_run_json(cfg.out, meta)
     changed = code_changed(meta.git, environment.get("git"), cfg.out) if todo and scan.records else None
-    for message in [*mixed, *[changed] * (changed is not None)]:  # run.json keeps the code it was started with
+    for message in [*mixed, *filter(None, [changed])]:  # run.json keeps the code it was started with
         warnings.warn(message, stacklevel=3)
     if cfg.predict or cfg.skip_predicted_oom:
         todo = [replace(c, predict=True, skip_predicted_oom=cfg.skip_predicted_oom) for c in todo]
