@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import statistics
 
-from bench.env import measured_gpu
 from bench.interference import reason
+from bench.machines import record_env, record_gpu
 from bench.metrics import default, digest_hex, is_clocked, of_weights, specs_of
 from bench.records import Record
 from bench.sides import reference_case
@@ -27,9 +27,9 @@ def rows(records: list[Record], meta: dict, run_id: str):
     specs = specs_of([meta])  # what the run's suites declared; unit-suffix defaults for older runs
     suites = meta.get("suites") if isinstance(meta.get("suites"), dict) else {}
     by_case = {r.case_id: r for r in records}
-    machines = meta.get("envs") if isinstance(meta.get("envs"), dict) else {}  # a merge's shards', by env_id
     for r in records:
-        declared, mine = specs.get(r.suite, {}), machines.get(r.env_id) if isinstance(r.env_id, str) else None
+        # a merge's shard's env, or its machine's (bench.machines): the GPU it names is the one that measured the case
+        declared, mine = specs.get(r.suite, {}), record_env(meta, r.run_id, r.env_id)
         info = suites.get(r.suite) if isinstance(suites.get(r.suite), dict) else {}
         library = info["libraries"].get(r.variant) if isinstance(info.get("libraries"), dict) else None
         threads = (info.get("threads") or (mine or env).get("torch_threads")) if device.startswith("cpu") else None
@@ -38,7 +38,7 @@ def rows(records: list[Record], meta: dict, run_id: str):
                 "params": json.dumps(r.params, sort_keys=True, default=str), "status": r.status, "error": r.error,
                 "source_run": (r.run_id if merged and isinstance(r.run_id, str) else None) or run_id,
                 **_contention(r.metrics), **({"env_id": r.env_id} if mine else {}),
-                "gpu": _gpu(r.device if isinstance(r.device, str) and r.device else device, mine or env)}
+                "gpu": _gpu(record_gpu(meta, r))}
         artifacts = digest_hex(r.metrics.get("artifacts_digest"))
         if run["timestamp"] is None:
             case["timestamp"] = _utc(r.started_at)
@@ -57,9 +57,8 @@ def rows(records: list[Record], meta: dict, run_id: str):
                    "nonfinite": r.nonfinite.get(metric)}
 
 
-def _gpu(device: str, env: dict) -> str:
-    """The name of the GPU `device` ran on (cuda:N of a machine with mixed GPUs: its Nth, not the first), or cpu."""
-    gpu = measured_gpu(device, env)
+def _gpu(gpu: dict | None) -> str:
+    """The name of the GPU a case ran on (cuda:N of a machine with mixed GPUs: its Nth, not the first), or cpu."""
     return str(gpu.get("name") or "gpu") if gpu else "cpu"
 
 

@@ -1,9 +1,12 @@
 """`bench merge`: the shard run directories of one sweep (`bench run --shard I/N` on several machines) as one run
 directory, so reports, compare and history see one run.
 
-Records are copied unchanged, each with the env_id of the machine that ran it; run.json keeps every input's
-environment under `envs` (env_id -> env) and lists the inputs under `merged_from`, so a report can say which machine
-ran what. Inputs of another schema, of another size, that repeat a case, or that lost records since they finished
+Records are copied unchanged, each with the run_id of its shard and the env_id of the machine that ran it; run.json
+keeps every input's environment under `envs` (env_id -> env) and lists the inputs under `merged_from`, each with its
+own env and device, so a report can say which machine ran what, and which GPU of it where shards of one machine ran
+on GPUs of their own (CUDA_VISIBLE_DEVICES; one env_id: bench.machines).
+
+Inputs of another schema, of another size, that repeat a case, or that lost records since they finished
 (bench.sides.damage: the merge would hold what is left as the whole shard) are refused before anything is written.
 The merged run has finished where every shard of the sweep was given, each finished; otherwise its finished_at is
 null, as a run killed midway. It is written into a temporary folder beside OUT, records first and run.json last,
@@ -103,7 +106,8 @@ def _device(devices: set) -> str | None:
 
 def _shards(runs) -> list[dict]:
     """merged_from of the merge of `runs`: each shard run they hold, a merged input standing for its own shards (a
-    sweep merged in stages), with its directory, run_id, shard, env, git, records, argv and finished_at."""
+    sweep merged in stages), with its directory, run_id, shard, env_id, git, records, argv, finished_at, device and
+    env (each shard's, where one merged before shards kept theirs lacks them)."""
     out = []
     for d, m, rs in runs:
         entries = m.get("merged_from") if not m.get("imported_from") else None
@@ -111,9 +115,11 @@ def _shards(runs) -> list[dict]:
             out += [{**e, "finished_at": e.get("finished_at", m.get("finished_at"))} for e in entries
                     if isinstance(e, dict)]
             continue
+        # its env and device: shards on the GPUs of one machine (CUDA_VISIBLE_DEVICES) share an env_id, and envs
+        # keeps one env an env_id, so the shard's own names the GPU its records measured on (bench.machines)
         out.append({"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
                     "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs), "argv": m.get("argv"),
-                    "finished_at": m.get("finished_at")})
+                    "finished_at": m.get("finished_at"), "device": m.get("device"), "env": m.get("env")})
     return out
 
 
@@ -123,8 +129,12 @@ def _write(runs, out: Path, argv: list[str], n_cases: int) -> dict:
     shards = _shards(runs)
     finished = [e.get("finished_at") for e in shards]
     missing = missing_shards([str(e.get("shard") or "1/1") for e in shards])
-    # each input's machines: its own, or those it lists (a merge's shards', a run resumed on another machine)
-    envs = {k: e for _, m, _ in runs for k, e in (m.get("envs") or {m.get("env_id"): m.get("env")}).items()}
+    # each input's machines: its own, or those it lists (a merge's shards', a run resumed on another machine); of
+    # shards of one env_id (GPUs of one machine), the first's, as run.json's env
+    envs: dict = {}
+    for _, m, _ in runs:
+        for k, e in (m.get("envs") or {m.get("env_id"): m.get("env")}).items():
+            envs.setdefault(k, e)
     # what a shard's run.json lists without a record: a shard stopped by its --budget, or killed (listed from its
     # start, so less what it recorded)
     recorded = {r.case_id for _, _, records in runs for r in records}

@@ -1,7 +1,7 @@
 """The plan's error against a GPU run's measured peaks, re-predicted here: no GPU needed.
 
 A GPU run keeps each case's measured peak_mem_bytes (the caching allocator's, over the step). This plans the same
-cases for a CUDA target (the GPU its run.json names, whose multiprocessors size kernels' scratch:
+cases for a CUDA target (the GPU that measured each, as run.json names it, whose multiprocessors size kernels' scratch:
 bench.plan_scratch) with the bench.plan in this checkout, on the meta device, and prints per case the measured
 peak, the prediction the run recorded (with --predict, by the plan it ran with) and this checkout's prediction, each
 with its error; for a run that recorded the allocator's reserved bytes (`bench run --predict` on a GPU), the plan's
@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from bench import hardware  # noqa: E402 - after the checkout is on the path
 from bench.doctor_limits import _n  # noqa: E402
 from bench.env import measured_gpu  # noqa: E402
+from bench.machines import record_gpu  # noqa: E402
 from bench.plan import plan_case, run_step  # noqa: E402
 from bench.records import read_records  # noqa: E402
 from bench.suite import discover  # noqa: E402
@@ -72,11 +73,12 @@ class Row:
 
 def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> list[Row]:
     """Every measured case of `run` whose id holds `match`, predicted by this checkout's plan for CUDA."""
-    suites, rows, gpu = discover(), [], run_gpu(run)
+    suites, rows, meta = discover(), [], _run_json(run)
     for r in read_records(run / "records.jsonl"):
         measured = r.metrics.get("peak_mem_bytes")
         if r.status != "ok" or match not in r.case_id or not measured or r.suite not in suites:
             continue
+        gpu = _name(record_gpu(meta, r))  # a merge's shard's: shards of one machine ran on GPUs of their own
         reserved = None
         if gradients_netted and r.suite in NETTED:
             predicted, reason = _netted(suites[r.suite], r, gpu)
@@ -90,11 +92,19 @@ def re_predict(run: Path, match: str = "", gradients_netted: bool = False) -> li
 
 def run_gpu(run: Path) -> str | None:
     """The GPU a run measured on (its device's, bench.env.measured_gpu), as bench.hardware names it, or None."""
+    meta = _run_json(run)
+    return _name(measured_gpu(meta.get("device"), meta.get("env")))
+
+
+def _run_json(run: Path) -> dict:
     try:
         meta = json.loads((run / "run.json").read_text())
     except (OSError, ValueError):
-        return None
-    gpu = measured_gpu(meta.get("device"), meta.get("env")) if isinstance(meta, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _name(gpu: dict | None) -> str | None:
     return hardware.resolve(gpu["name"]) if gpu and gpu.get("name") else None
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from bench import interference
 from bench.atomic import atomic_write_text
 from bench.env import measured_gpu
+from bench.machines import sources
 from bench.metrics import ARTIFACTS, digest_hex, specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
@@ -63,20 +64,23 @@ def render(run_dirs) -> str:
 
 
 def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
-    """One column per run, one row per field that tells machines and software apart."""
+    """One column per run, one row per field that tells machines and software apart. The GPU rows of a run measured
+    on several machines or GPUs (a merge of shards: bench.machines) name each, " | " between them; "GPU used" says
+    which of a machine's GPUs (shards split over them by CUDA_VISIBLE_DEVICES share all other rows)."""
     fields: dict[str, dict[str, str]] = {}
     for d in run_dirs:
         meta = read_run_json(d) or {}
         env = meta.get("env") or {}
-        gpus = env.get("gpus") or []
-        used = measured_gpu(meta.get("device"), env) or (gpus[0] if gpus else None)  # the one its device names
+        machines = sources(meta)  # the GPU each one's device names, else its first
+        used = [(measured_gpu(device, e) or next(iter(e.get("gpus") or []), None), e) for device, e in machines]
         git = meta.get("git") or env.get("git") or {}
         cores = env.get("cpu_logical_cores")
         values = {
             "run_id": meta.get("run_id"),
-            "GPU": ", ".join(g.get("name") or "?" for g in gpus) or "none",
-            "GPU memory": _bytes(used.get("memory_total_bytes")) if used else None,
-            "driver": (used or env.get("nvml") or {}).get("driver_version"),
+            "GPU": _each(", ".join(g.get("name") or "?" for g in e.get("gpus") or []) or "none" for _, e in machines),
+            "GPU used": _each(_gpu_label(g) for g, e in used if g and len(e.get("gpus") or []) > 1),
+            "GPU memory": _each(_bytes(g.get("memory_total_bytes")) for g, _ in used if g),
+            "driver": _each((g or e.get("nvml") or {}).get("driver_version") for g, e in used),
             "torch": env.get("torch"),
             "CUDA": env.get("torch_cuda"),
             "triton": env.get("triton"),
@@ -95,6 +99,17 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
             fields.setdefault(field, {"": field})[labels[str(d)]] = "" if value is None else str(value)
     rows = [r for r in fields.values() if any(v for k, v in r.items() if k)]  # e.g. no GPU rows on CPU runs
     return table(rows, ["", *labels.values()])
+
+
+def _gpu_label(gpu: dict) -> str:
+    """A GPU among several of its machine: its name and NVML index (nvidia-smi's), else its UUID as torch saw it."""
+    where = f"GPU {gpu.get('index')}" if gpu.get("source") == "nvml" else gpu.get("uuid")
+    return f"{gpu.get('name') or '?'} ({where})" if where is not None else str(gpu.get("name") or "?")
+
+
+def _each(values) -> str | None:
+    """The distinct values, in order, " | " between them; None where there are none."""
+    return " | ".join(dict.fromkeys(str(v) for v in values if v is not None)) or None
 
 
 def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:

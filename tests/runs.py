@@ -12,6 +12,7 @@ H200 = {"name": "NVIDIA H200", "memory_total_bytes": 150_000_000_000, "compute_c
         "driver_version": "580.65", "sm_clock_mhz": 1980, "source": "nvml"}
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_total_bytes": 85_000_000_000, "compute_capability": "8.0",
         "driver_version": "570.10", "sm_clock_mhz": 1410, "source": "nvml"}
+H100 = {**H200, "name": "NVIDIA H100 80GB HBM3", "memory_total_bytes": 85_000_000_000}
 
 
 def env(gpu: dict | None = None, torch: str = "2.11.0") -> dict:
@@ -104,3 +105,16 @@ def on_device(run: Path, device: str, gpus: list[dict], visible: str | None = No
     lines = [{**r, "device": device} for r in json_lines(run / "records.jsonl")]
     (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return run
+
+
+def shards_on_one_machine(root: Path, gpus: list[dict]) -> list[Path]:
+    """A sweep split over the GPUs of one machine (NVML lists each, by index): shard I/N run with
+    CUDA_VISIBLE_DEVICES=I-1 on its cuda:0, one checkpointing case (b=I) each. The shards share an env_id."""
+    out = []
+    for i in range(1, len(gpus) + 1):
+        run = write_run(root, f"shard-{i}", [{"suite": "checkpointing", "variant": "none", "params": {"b": i},
+                                              "metrics": {"step_time_ms": 1.0, "peak_mem_bytes": 100}}])
+        meta = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**meta, "shard": f"{i}/{len(gpus)}"}))
+        out.append(on_device(run, "cuda:0", gpus, str(i - 1)))
+    return out

@@ -1,13 +1,15 @@
-"""A sweep whose shards ran on different machines, merged (bench merge): compare and the history name the machine
-that measured each case, not the first shard's for all."""
+"""A sweep whose shards ran on different machines, or on the GPUs of one, merged (bench merge): compare and the
+history name the machine and GPU that measured each case, not the first (or last) shard's for all."""
 
 import json
 
 from bench import history
 from bench.cli import main
 from bench.compare import compare
+from bench.machines import record_gpu
+from bench.records import read_records
 from tests.optional import needs
-from tests.runs import A100, H200, write_run
+from tests.runs import A100, H100, H200, shards_on_one_machine, write_run
 
 
 def merged_over_two_gpus(tmp_path):
@@ -51,3 +53,43 @@ def test_a_merge_keeps_every_machine_of_an_input_that_ran_on_several(tmp_path):
     assert main(["merge", str(merged), str(l4), "--out", str(tmp_path / "all")]) == 0
     envs = json.loads((tmp_path / "all" / "run.json").read_text())["envs"]
     assert sorted(e["gpus"][0]["name"] for e in envs.values()) == ["NVIDIA A100-SXM4-80GB", "NVIDIA H200", "NVIDIA L4"]
+
+
+def shards_of_one_machine(tmp_path):
+    """Shards 1/2 and 2/2 run on one machine with an H200 (NVML index 0) and an H100 (index 1), each on the GPU
+    CUDA_VISIBLE_DEVICES gave it, merged: one env_id, two GPUs."""
+    shards = shards_on_one_machine(tmp_path, [{**H200, "uuid": "GPU-0"}, {**H100, "uuid": "GPU-1"}])
+    assert len({json.loads((s / "run.json").read_text())["env_id"] for s in shards}) == 1
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "m")]) == 0
+    return tmp_path / "m"
+
+
+def test_a_merge_of_shards_on_two_gpus_of_one_machine_keeps_each_shards_environment(tmp_path):
+    # envs is by env_id: it kept the second shard's environment (CUDA_VISIBLE_DEVICES=1) alone, and the first shard's
+    # cases read as measured on GPU 1
+    meta = json.loads((shards_of_one_machine(tmp_path) / "run.json").read_text())
+    assert [(e["shard"], e["device"], e["env"]["env_vars"]) for e in meta["merged_from"]] == [
+        ("1/2", "cuda:0", {"CUDA_VISIBLE_DEVICES": "0"}), ("2/2", "cuda:0", {"CUDA_VISIBLE_DEVICES": "1"})]
+    assert len(meta["envs"]) == 1 and meta["envs"][meta["env_id"]] == meta["env"]  # one machine, its first shard's
+    records = {r.case_id: r for r in read_records(tmp_path / "m" / "records.jsonl")}
+    assert {c: record_gpu(meta, r)["uuid"] for c, r in records.items()} == {
+        "checkpointing/none/b=1": "GPU-0", "checkpointing/none/b=2": "GPU-1"}
+    # merged again with another shard (a sweep merged in stages), each shard keeps its own
+    later = write_run(tmp_path, "s3", [{"suite": "checkpointing", "variant": "none", "params": {"b": 3},
+                                        "metrics": {"step_time_ms": 1.0}}], gpu=A100)
+    assert main(["merge", str(tmp_path / "m"), str(later), "--out", str(tmp_path / "all")]) == 0
+    meta = json.loads((tmp_path / "all" / "run.json").read_text())
+    assert {c: record_gpu(meta, r)["name"] for c, r in
+            ((r.case_id, r) for r in read_records(tmp_path / "all" / "records.jsonl"))} == {
+        "checkpointing/none/b=1": "NVIDIA H200", "checkpointing/none/b=2": "NVIDIA H100 80GB HBM3",
+        "checkpointing/none/b=3": "NVIDIA A100-SXM4-80GB"}
+
+
+@needs("pyarrow")
+def test_history_rows_of_shards_on_two_gpus_of_one_machine_name_each_cases_gpu(tmp_path):
+    # every row took the GPU that CUDA_VISIBLE_DEVICES of the last shard names: the H200's case stored as the H100's
+    history.add(shards_of_one_machine(tmp_path), tmp_path / "store")
+    frame = history.load(tmp_path / "store").drop_duplicates("case_id")
+    assert dict(zip(frame["case_id"], frame["gpu"])) == {"checkpointing/none/b=1": "NVIDIA H200",
+                                                         "checkpointing/none/b=2": "NVIDIA H100 80GB HBM3"}
+    assert frame["env_id"].nunique() == 1  # one machine: one series per case, whichever of its GPUs measured it

@@ -6,13 +6,15 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from bench.cli import main
 from bench.plan import plan_case
 from bench.records import read_records
 from tests.optional import missing, needs
-from tests.runs import A100, H200, on_device, write_run
+from tests.runs import A100, H200, on_device, shards_on_one_machine, write_run
 
 # The figures below are the plan's as a machine without CUDA makes them: attention by torch's default priority, flash
 # first. On an H100 or H200 with torch 2.11 the plan asks torch's own choice, cuDNN first, which changes them (routed to
@@ -146,3 +148,19 @@ def test_the_gpu_planned_for_is_the_one_the_runs_device_names(tool, tmp_path):
     # cuda:1 of a machine with an A100 and an H200 measured on the H200: the plan is of its multiprocessors
     run = on_device(write_run(tmp_path, "run", [], gpu=A100, declare=False), "cuda:1", [A100, H200])
     assert tool.run_gpu(run) == "h200"
+
+
+def test_each_case_of_a_merge_over_two_gpus_is_planned_for_the_gpu_that_measured_it(tool, tmp_path, monkeypatch):
+    # shards on an A100 (NVML index 0) and an H200 (index 1) of one machine, each by CUDA_VISIBLE_DEVICES on its
+    # cuda:0: the first shard's run.json named the A100 for every case
+    shards = shards_on_one_machine(tmp_path, [A100, H200])
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "m")]) == 0
+    planned = {}
+
+    def plan(suite, variant, params, target, gpu):
+        planned[params["b"]] = gpu
+        return SimpleNamespace(step_peak_bytes=100, reason=None, reserved_bytes=None)
+
+    monkeypatch.setattr(tool, "plan_case", plan)
+    assert [row.error for row in tool.re_predict(tmp_path / "m")] == [0.0, 0.0]
+    assert planned == {1: "a100-sxm4-80gb", 2: "h200"}

@@ -14,7 +14,7 @@ require("plotly")  # every test here draws figures
 from reports.figures import figures_for, load_frame, params_groups, run_labels  # noqa: E402
 from reports.figures.checkpointing import figures, pareto_front  # noqa: E402
 from reports.run_report import render, write_report  # noqa: E402
-from tests.runs import A100, H200, checkpointing_records, write_run  # noqa: E402
+from tests.runs import A100, H200, checkpointing_records, shards_on_one_machine, write_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PLOTLY_MARKER = "plotly.js v"  # the banner at the top of the bundled plotly.js
@@ -63,6 +63,20 @@ def test_the_environment_shows_the_memory_and_driver_of_the_gpu_the_run_measured
     (run / "run.json").write_text(json.dumps({**meta, "device": "cuda:1"}))
     rows = {m.group(1): m.group(2) for m in re.finditer(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>", render([run]))}
     assert rows["GPU memory"] == "140 GiB" and rows["driver"] == H200["driver_version"], rows
+
+
+def test_the_environment_of_a_merge_over_two_gpus_of_one_machine_names_both(tmp_path):
+    # shards split over an A100 (NVML index 0) and an H200 (index 1) by CUDA_VISIBLE_DEVICES, each on its cuda:0:
+    # the table showed the first shard's GPU memory and driver alone, and no row said a second GPU measured
+    from bench.cli import main
+
+    shards = shards_on_one_machine(tmp_path, [A100, H200])
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "m")]) == 0
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"<tr><td>([^<]+)</td><td>([^<]*)</td></tr>",
+                                                        render([tmp_path / "m"]))}
+    assert rows["GPU used"] == "NVIDIA A100-SXM4-80GB (GPU 0) | NVIDIA H200 (GPU 1)", rows
+    assert rows["GPU memory"] == "79.2 GiB | 140 GiB" and rows["driver"] == "570.10 | 580.65", rows
+    assert rows["GPU"] == "NVIDIA A100-SXM4-80GB, NVIDIA H200"  # one machine
 
 
 def test_checkpointing_figures_and_mystery_table(report):
