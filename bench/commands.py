@@ -12,6 +12,8 @@ from pathlib import Path
 from bench.atomic import atomic_write_text
 from bench.records import RECORDS_JSONL, RUN_JSON, CorruptRunJson, SchemaError, read_run_json
 
+REPORT_HTML = "report.html"  # `bench run`'s page of its run, beside its records
+
 
 class UsageError(Exception):
     """Bad usage or input: printed as one line, exit 2."""
@@ -76,8 +78,9 @@ def counted(dirs: list[Path]) -> list[Path]:
     return count_once(dirs)
 
 
-def output_file(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
-    """A file to write: never a directory, never a run's own run.json or records.jsonl, and of the expected kind."""
+def output_file(path: Path, suffix: str, inputs: list[Path] = (), report_of: list[Path] = ()) -> Path:
+    """A file to write: never a directory, never a file a run directory or a history store owns (not_owned), and of
+    the expected kind. `report_of`: the runs of a `bench report`, whose one run's own report.html it may write."""
     if path.is_dir():
         raise UsageError(f"-o {path} is a directory; give a {suffix} file name")
     if path.suffix != suffix:
@@ -85,8 +88,7 @@ def output_file(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
     if path.exists() and any(path.resolve() == (d / name).resolve() for d in inputs for name in (RUN_JSON,
                                                                                                  RECORDS_JSONL)):
         raise UsageError(f"-o {path} is a file of the run it reads; choose another name")
-    if path.name in (RUN_JSON, RECORDS_JSONL) and (path.parent / RUN_JSON).exists():
-        raise UsageError(f"-o {path} is a file of the run directory {path.parent}; choose another name")
+    not_owned(path, "file", report_of)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -94,12 +96,35 @@ def output_file(path: Path, suffix: str, inputs: list[Path] = ()) -> Path:
     return path
 
 
+def not_owned(path: Path, what: str, report_of: list[Path] = ()) -> None:
+    """UsageError where output `path` (a file, or the dashboard's folder) is a file of a run directory (run.json,
+    records.jsonl, report.html: DESIGN.md's layout) or lies in a history store's runs/ or damaged/ folder, which
+    pandas and pyarrow read whole as Parquet. report.html is `bench run`'s page of its run: only a report of that one
+    run (`report_of`) writes it again, as `bench run` would; another page there would be taken for the run's own."""
+    from bench.history import DAMAGED, RUNS
+    from bench.rundir import shell_word
+
+    run = path.parent
+    if path.name in (RUN_JSON, RECORDS_JSONL, REPORT_HTML) and ((run / RUN_JSON).exists() or
+                                                                (run / RECORDS_JSONL).exists()):
+        if path.name == REPORT_HTML and [d.resolve() for d in report_of] == [run.resolve()]:
+            return
+        again = (f" (its page: only `bench report {shell_word(run)} -o {shell_word(path)}` writes it again)"
+                 if path.name == REPORT_HTML else "")
+        raise UsageError(f"-o {path} is a file of the run directory {run}{again}; choose another {what} name")
+    inside = path.resolve() if what == "folder" else path.resolve().parent
+    for folder in (inside, *inside.parents):
+        if folder.name in (RUNS, DAMAGED) and any((folder.parent / RUNS).glob("*.parquet")):
+            raise UsageError(f"-o {path} is in the {folder.name}/ folder of the history store {folder.parent}, "
+                             f"which is read whole as Parquet; choose a {what} outside it")
+
+
 @schema_errors_are_usage
 def cmd_report(args) -> int:
     from reports.run_report import write_report
 
     runs = counted(run_dirs(args.runs))
-    out = write_report(runs, output_file(args.output, ".html", runs))
+    out = write_report(runs, output_file(args.output, ".html", runs, report_of=runs))
     print(f"report -> {out}")
     return 0
 
@@ -158,6 +183,7 @@ def cmd_dashboard(args) -> int:
         raise UsageError(f"history store {args.store} does not exist (fill it with `bench history add RUN --store`)")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UsageError(f"-o {args.output} is a file; the dashboard is a folder of pages")
+    not_owned(Path(args.output), "folder")
     try:
         lines = []
         index = build(args.store, args.output, threshold=args.threshold / 100, said=lines.append)

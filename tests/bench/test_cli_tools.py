@@ -111,3 +111,38 @@ def test_a_missing_optional_package_is_one_line_and_exit_2(capsys, monkeypatch, 
     code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
     assert code == 2 and err.count("\n") == 1 and f"{package} is not installed (pip install {package})" in err, err
     assert not [p for p in tmp_path.iterdir() if p.name not in ("r1", "r2")]  # nothing written
+
+
+@pytest.mark.parametrize("argv", [
+    ["report", "{tmp}/other", "-o", "{run}/report.html"],  # another run's report in its place
+    ["report", "{run}", "{tmp}/other", "-o", "{run}/report.html"],  # a report of two runs
+    ["compare", "{tmp}/other", "{run}", "-o", "{run}/report.html"],
+    ["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "-o", "{run}/report.html"],
+    ["dashboard", "{tmp}/store", "-o", "{run}/report.html"],  # a folder where the run's report goes
+    ["dashboard", "{tmp}/store", "-o", "{tmp}/store/runs"],  # pages among the store's Parquet files
+    ["report", "{run}", "-o", "{tmp}/store/runs/r.html"],
+    ["export", "{run}", "--format", "pytest-benchmark", "-o", "{tmp}/store/damaged/r.json"],
+])
+@pytest.mark.parametrize("page", [True, False])
+@needs("pyarrow")
+def test_no_output_takes_the_place_of_a_runs_files_or_goes_into_a_history_store(capsys, tmp_path, run, argv, page):
+    # each wrote its page over the run's report.html (or made a folder of it where there was none), or wrote into the
+    # folder that pandas.read_parquet("STORE/runs") reads whole
+    write_run(tmp_path, "other", checkpointing_records(seed=1))
+    assert cli(capsys, "history", "add", run, "--store", tmp_path / "store")[0] == 0
+    if page:
+        (run / "report.html").write_text("r1's page")
+    before = {p: p.read_bytes() for p in [*run.iterdir(), *(tmp_path / "store").rglob("*")] if p.is_file()}
+    code, _, err = cli(capsys, *(a.format(run=run, tmp=tmp_path) for a in argv))
+    assert code == 2 and err.count("\n") == 1, err
+    assert ("is a file" if "{run}/report.html" in argv else "of the history store") in err, err
+    assert {p: p.read_bytes() for p in [*run.iterdir(), *(tmp_path / "store").rglob("*")] if p.is_file()} == before
+    assert {p for p in [*run.iterdir(), *(tmp_path / "store").rglob("*")] if not p.is_file()} == {
+        tmp_path / "store" / "runs"}
+
+
+@needs("plotly")
+def test_a_report_of_one_run_writes_that_runs_own_report_again(capsys, tmp_path, run):
+    (run / "report.html").write_text("r1's page, from before a report change")
+    assert cli(capsys, "report", run, "-o", run / "report.html")[0] == 0
+    assert "r1" in (run / "report.html").read_text() and "from before" not in (run / "report.html").read_text()
