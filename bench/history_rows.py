@@ -29,7 +29,7 @@ def rows(records: list[Record], meta: dict, run_id: str):
     by_case = {r.case_id: r for r in records}
     for r in records:
         # a merge's shard's env, or its machine's (bench.machines): the GPU it names is the one that measured the case
-        declared, mine = specs.get(r.suite, {}), record_env(meta, r.run_id, r.env_id)
+        declared, mine = specs.get(r.suite, {}), record_env(meta, r)
         info = suites.get(r.suite) if isinstance(suites.get(r.suite), dict) else {}
         library = info["libraries"].get(r.variant) if isinstance(info.get("libraries"), dict) else None
         threads = (info.get("threads") or (mine or env).get("torch_threads")) if device.startswith("cpu") else None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.atomic import atomic_path
 from bench.history import repeated_case
+from bench.machines import RESUMED
 from bench.records import (
     RECORDS_JSONL,
     RecordWriter,
@@ -107,7 +108,7 @@ def _device(devices: set) -> str | None:
 def _shards(runs) -> list[dict]:
     """merged_from of the merge of `runs`: each shard run they hold, a merged input standing for its own shards (a
     sweep merged in stages), with its directory, run_id, shard, env_id, git, records, argv, finished_at, device and
-    env (each shard's, where one merged before shards kept theirs lacks them)."""
+    env (each shard's, where one merged before shards kept theirs lacks them), and resumed_envs where it has them."""
     out = []
     for d, m, rs in runs:
         entries = m.get("merged_from") if not m.get("imported_from") else None
@@ -119,7 +120,9 @@ def _shards(runs) -> list[dict]:
         # keeps one env an env_id, so the shard's own names the GPU its records measured on (bench.machines)
         out.append({"dir": str(d), "run_id": m.get("run_id"), "shard": m.get("shard", "1/1"),
                     "env_id": m.get("env_id"), "git": m.get("git"), "records": len(rs), "argv": m.get("argv"),
-                    "finished_at": m.get("finished_at"), "device": m.get("device"), "env": m.get("env")})
+                    "finished_at": m.get("finished_at"), "device": m.get("device"), "env": m.get("env"),
+                    # a shard resumed on another GPU of its machine: which cases that GPU measured
+                    **({RESUMED: m[RESUMED]} if m.get(RESUMED) else {})})
     return out
 
 

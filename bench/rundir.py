@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.atomic import OutputError, atomic_write_bytes, keep_beside
+from bench.machines import note_gpu
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
@@ -350,14 +351,18 @@ def keep_damaged(path: Path) -> Path | None:
         return None
 
 
-def note_machine(meta: RunMeta, env_id: str, env: dict) -> None:
+def note_machine(meta: RunMeta, env_id: str, env: dict, cases: list[str] = (), finished: list = (),
+                 out: Path | None = None) -> list[str]:
     """Add this machine (`env_id`, `env`) to run.json `meta`'s machines, where a resume continues the run on another
     than the one it started on: `envs` (env_id -> env) lists each, as a merge of shards from several machines does,
     and each record keeps its own env_id, so that history, compare and the report take a case under the machine that
-    measured it, never under run.json's `env` (the first machine's, kept)."""
+    measured it, never under run.json's `env` (the first machine's, kept). On a machine the run has measured on, a
+    resume that runs `cases` on another of its GPUs is listed too (bench.machines.note_gpu): its warning, if any."""
     envs = meta.extra.get("envs") if isinstance(meta.extra.get("envs"), dict) else {meta.env_id: meta.env}
     if env_id not in envs:
         meta.extra["envs"] = {**envs, env_id: env}
+        return []
+    return note_gpu(meta, env_id, env, cases, finished, out)
 
 
 def unfinished_shards(meta: dict) -> list[tuple[dict, str | None]]:

@@ -190,8 +190,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     threads, mixed = thread_counts(meta.suites, {s.name: cpu_threads(s, cfg.device, cfg.threads, cfg.cpus)
                                                  for s in cfg.suites}, todo, scan.records, cfg.out)
     meta.suites = {**meta.suites, **{s.name: {**s.describe(), "threads": threads[s.name]} for s in cfg.suites}}
-    if todo:  # a resume on another machine than run.json's: both listed, as a merge lists its shards' machines
-        note_machine(meta, env_id, environment)
+    if todo:  # a resume on another machine or GPU than run.json's: each listed, as a merge lists its shards'
+        mixed += note_machine(meta, env_id, environment, [c.id for c in todo], scan.records, cfg.out)
     write_run_json(cfg.out, meta)
     changed = code_changed(meta.git, environment.get("git"), cfg.out) if todo and scan.records else None
     for message in [*mixed, *filter(None, [changed])]:  # run.json keeps the code it was started with

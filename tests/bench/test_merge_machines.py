@@ -93,3 +93,17 @@ def test_history_rows_of_shards_on_two_gpus_of_one_machine_name_each_cases_gpu(t
     assert dict(zip(frame["case_id"], frame["gpu"])) == {"checkpointing/none/b=1": "NVIDIA H200",
                                                          "checkpointing/none/b=2": "NVIDIA H100 80GB HBM3"}
     assert frame["env_id"].nunique() == 1  # one machine: one series per case, whichever of its GPUs measured it
+
+
+def test_a_merge_keeps_a_shards_resume_on_another_gpu_of_its_machine(tmp_path):
+    # shard 1 resumed with CUDA_VISIBLE_DEVICES=1 for its case (run.json resumed_envs, as bench run writes it): the
+    # merged run takes that case as GPU 1's, not as its shard's env (GPU 0) names
+    shards = shards_on_one_machine(tmp_path, [{**H200, "uuid": "GPU-0"}, {**H100, "uuid": "GPU-1"}])
+    first, second = (json.loads((s / "run.json").read_text()) for s in shards)
+    entry = {"started_at": first["started_at"], "env_id": first["env_id"], "device": "cuda:0", "env": second["env"],
+             "cases": ["checkpointing/none/b=1"]}
+    (shards[0] / "run.json").write_text(json.dumps({**first, "resumed_envs": [entry]}))
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "m")]) == 0
+    meta = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert {r.case_id: record_gpu(meta, r)["uuid"] for r in read_records(tmp_path / "m" / "records.jsonl")} == {
+        "checkpointing/none/b=1": "GPU-1", "checkpointing/none/b=2": "GPU-1"}
