@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.env import measured_gpu
 from bench.interference import reason as contention
+from bench.machines import gpu_label, measured_by
 from bench.records import RECORDS_JSONL, CorruptRunJson, Record, Scan, read_run_json, scan_records
 
 
@@ -276,6 +278,14 @@ def _gpu(key: str, scale: float = 1.0):
     return get
 
 
+def _gpu_used(meta: dict) -> str | None:
+    """Which of its machine's GPUs its device measured on (bench.env.measured_gpu, through CUDA_VISIBLE_DEVICES),
+    where the machine has several: the other GPU rows name them all."""
+    env = _env(meta)
+    gpu = measured_gpu(meta.get("device"), env) if len(env.get("gpus") or []) > 1 else None
+    return gpu_label(gpu) if gpu is not None else None
+
+
 def _git(key: str):
     def get(meta):
         value = (meta.get("git") or _env(meta).get("git") or {}).get(key)
@@ -288,6 +298,7 @@ def _git(key: str):
 ENV_FIELDS = (
     ("gpu", _gpu("name"), True),
     ("gpu_count", lambda m: len(_env(m).get("gpus") or []), True),
+    ("gpu_used", _gpu_used, False),
     ("driver", _gpu("driver_version"), True),
     ("compute_capability", _gpu("compute_capability"), True),
     ("gpu_memory_gib", _gpu("memory_total_bytes", 2**30), True),
@@ -345,12 +356,13 @@ def _library_field(base: list[dict], new: list[dict]) -> tuple[str, str | None, 
 
 
 def _machines(meta: dict) -> list[dict]:
-    """The run.json of each machine a run's records were measured on: a merged run's per env_id of its shards (`envs`,
-    bench.merge), else the run's own."""
-    envs = meta.get("envs")
-    if not isinstance(envs, dict) or len(envs) < 2:
+    """The run.json of each machine, or GPU of one, that a run's records were measured on (bench.machines): a merged
+    run's shards (those of one machine share an env_id, each on its own GPU), a run's resumes on another machine or
+    GPU, each with its env and device; else the run's own."""
+    found = measured_by(meta)
+    if len(found) < 2:
         return [meta]
-    return [{**meta, "env_id": k, "env": e} for k, e in envs.items() if isinstance(e, dict)] or [meta]
+    return [{**meta, "env_id": m["env_id"], "env": m["env"], "device": m["device"]} for m in found]
 
 
 def _side(metas: list[dict], get) -> str | None:

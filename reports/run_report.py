@@ -15,7 +15,7 @@ import pandas as pd
 from bench import interference
 from bench.atomic import atomic_write_text
 from bench.env import measured_gpu
-from bench.machines import sources
+from bench.machines import gpu_label, sources
 from bench.metrics import ARTIFACTS, digest_hex, specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
@@ -78,7 +78,7 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
         values = {
             "run_id": meta.get("run_id"),
             "GPU": _each(", ".join(g.get("name") or "?" for g in e.get("gpus") or []) or "none" for _, e in machines),
-            "GPU used": _each(_gpu_label(g) for g, e in used if g and len(e.get("gpus") or []) > 1),
+            "GPU used": _each(gpu_label(g) for g, e in used if g and len(e.get("gpus") or []) > 1),
             "GPU memory": _each(_bytes(g.get("memory_total_bytes")) for g, _ in used if g),
             "driver": _each((g or e.get("nvml") or {}).get("driver_version") for g, e in used),
             "torch": env.get("torch"),
@@ -99,12 +99,6 @@ def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
             fields.setdefault(field, {"": field})[labels[str(d)]] = "" if value is None else str(value)
     rows = [r for r in fields.values() if any(v for k, v in r.items() if k)]  # e.g. no GPU rows on CPU runs
     return table(rows, ["", *labels.values()])
-
-
-def _gpu_label(gpu: dict) -> str:
-    """A GPU among several of its machine: its name and NVML index (nvidia-smi's), else its UUID as torch saw it."""
-    where = f"GPU {gpu.get('index')}" if gpu.get("source") == "nvml" else gpu.get("uuid")
-    return f"{gpu.get('name') or '?'} ({where})" if where is not None else str(gpu.get("name") or "?")
 
 
 def _each(values) -> str | None:

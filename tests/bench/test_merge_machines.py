@@ -9,7 +9,7 @@ from bench.compare import compare
 from bench.machines import record_gpu
 from bench.records import read_records
 from tests.optional import needs
-from tests.runs import A100, H100, H200, shards_on_one_machine, write_run
+from tests.runs import A100, H100, H200, on_device, shards_on_one_machine, write_run
 
 
 def merged_over_two_gpus(tmp_path):
@@ -83,6 +83,30 @@ def test_a_merge_of_shards_on_two_gpus_of_one_machine_keeps_each_shards_environm
             ((r.case_id, r) for r in read_records(tmp_path / "all" / "records.jsonl"))} == {
         "checkpointing/none/b=1": "NVIDIA H200", "checkpointing/none/b=2": "NVIDIA H100 80GB HBM3",
         "checkpointing/none/b=3": "NVIDIA A100-SXM4-80GB"}
+
+
+def test_compare_names_each_gpu_of_one_machine_that_measured(tmp_path):
+    # the diff listed a merge by env_id: one env, its first shard's (CUDA_VISIBLE_DEVICES=0), so NEW read as measured
+    # on GPU 0 alone, like BASE, and no field said that an H100 measured half of it
+    gpus = [{**H200, "uuid": "GPU-0"}, {**H100, "uuid": "GPU-1"}]
+    base = on_device(write_run(tmp_path, "base", [{"suite": "checkpointing", "variant": "none", "params": {"b": b},
+                                                   "metrics": {"step_time_ms": 1.0}} for b in (1, 2)]),
+                     "cuda:0", gpus, "0")
+    c = compare([base], [shards_of_one_machine(tmp_path)])
+    diff = {f: (b, n) for f, b, n in c.env_diff}
+    assert diff["gpu_used"] == ("NVIDIA H200 (GPU 0)", "NVIDIA H200 (GPU 0) | NVIDIA H100 80GB HBM3 (GPU 1)")
+    assert diff["env_vars"] == ("CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=0 | CUDA_VISIBLE_DEVICES=1")
+    # a run resumed on GPU 1 (run.json resumed_envs, as bench run writes it) names both too
+    meta = json.loads((base / "run.json").read_text())
+    entry = {"started_at": meta["started_at"], "env_id": meta["env_id"], "device": "cuda:0", "cases": [],
+             "env": {**meta["env"], "env_vars": {"CUDA_VISIBLE_DEVICES": "1"}}}
+    (base / "run.json").write_text(json.dumps({**meta, "resumed_envs": [entry]}))
+    again = on_device(write_run(tmp_path, "again", [{"suite": "checkpointing", "variant": "none", "params": {"b": 1},
+                                                     "metrics": {"step_time_ms": 1.0}}]), "cuda:0", gpus, "0")
+    assert ("gpu_used", "NVIDIA H200 (GPU 0)", "NVIDIA H200 (GPU 0) | NVIDIA H100 80GB HBM3 (GPU 1)") in compare(
+        [again], [base]).env_diff
+    # a GPU of a machine that has one: the gpu field names it, gpu_used says nothing more
+    assert "gpu_used" not in {f for f, _, _ in compare(*merged_over_two_gpus(tmp_path / "other")[::-1]).env_diff}
 
 
 @needs("pyarrow")
