@@ -230,10 +230,13 @@ def cmd_merge(args) -> int:
         meta, n = merge(run_dirs(args.runs), args.out, ["bench", *sys.argv[1:]])
     except MergeError as e:
         raise UsageError(str(e)) from None
-    machines = len(meta["envs"])
+    from bench.machines import gpus_used
+
+    # shards on the GPUs of one machine (CUDA_VISIBLE_DEVICES) share its env_id: one machine, and its GPUs said too
+    machines, gpus = len(meta["envs"]), len(gpus_used(meta))
     runs = len(meta["merged_from"])
-    print(f"{n} record{'s' * (n != 1)} of {runs} run{'s' * (runs != 1)} ({machines} machine{'s' * (machines != 1)}) -> "
-          f"{args.out}")
+    print(f"{n} record{'s' * (n != 1)} of {runs} run{'s' * (runs != 1)} ({machines} machine{'s' * (machines != 1)}"
+          f"{f', {gpus} GPUs' if gpus > machines else ''}) -> {args.out}")
     from bench.rundir import unfinished_shards
 
     if meta["missing_shards"]:

@@ -131,3 +131,17 @@ def test_a_merge_keeps_a_shards_resume_on_another_gpu_of_its_machine(tmp_path):
     meta = json.loads((tmp_path / "m" / "run.json").read_text())
     assert {r.case_id: record_gpu(meta, r)["uuid"] for r in read_records(tmp_path / "m" / "records.jsonl")} == {
         "checkpointing/none/b=1": "GPU-1", "checkpointing/none/b=2": "GPU-1"}
+
+
+def test_bench_merge_says_how_many_gpus_of_one_machine_measured(tmp_path, capsys):
+    # it said "(1 machine)" for shards that ran on two GPUs of one, as for two shards on one GPU
+    shards_of_one_machine(tmp_path)
+    assert "2 records of 2 runs (1 machine, 2 GPUs) -> " in capsys.readouterr().out
+    merged_over_two_gpus(tmp_path / "two")  # a GPU each: the machines say it
+    assert "2 records of 2 runs (2 machines) -> " in capsys.readouterr().out
+    same = shards_on_one_machine(tmp_path / "same", [{**H200, "uuid": "GPU-0"}, {**H100, "uuid": "GPU-1"}])
+    meta = json.loads((same[1] / "run.json").read_text())
+    meta["env"]["env_vars"] = {"CUDA_VISIBLE_DEVICES": "0"}  # both shards on GPU 0, one after the other
+    (same[1] / "run.json").write_text(json.dumps(meta))
+    assert main(["merge", *map(str, same), "--out", str(tmp_path / "same" / "m")]) == 0
+    assert "2 records of 2 runs (1 machine) -> " in capsys.readouterr().out
