@@ -149,9 +149,9 @@ def inspect(out: Path, resume: bool, how: tuple, locked: bool = False,
     if (why := not_resumable(meta)) is not None:
         raise RunDirError(f"cannot resume {out}: {why}")
     was = (meta.get("size"), meta.get("device"), meta.get("shard", "1/1"))
-    if was != tuple(how):
-        raise RunDirError(f"{out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; "
-                          "resume it with the same")
+    if was != tuple(how):  # e.g. `bench run --resume --out DIR` of a smoke run: this command's size is quick
+        raise RunDirError(f"{out} was run with --size {was[0]} --device {was[1]} --shard {was[2]}; resume it with "
+                          f"the same: `{command_of(meta, out)}`")
     ran = meta.get("suites")
     if isinstance(ran, dict) and ran and (more := [s for s in suites if s not in ran]):
         raise RunDirError(f"{out} is a run of {', '.join(sorted(ran))}, not of {', '.join(more)}: resume it with "

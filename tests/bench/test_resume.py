@@ -100,6 +100,19 @@ def test_resume_without_out_refuses_with_the_command_to_use(newcomer, capsys, mo
     assert len(read_records(run / RECORDS_JSONL)) == 1  # untouched
 
 
+def test_resume_of_an_out_run_at_another_size_names_the_command_that_continues_it(newcomer, capsys, monkeypatch):
+    # `bench run --resume --out DIR` of a smoke run: the default size is quick, so the run is refused, with the
+    # command to paste rather than a list of flags to work out
+    monkeypatch.setattr(progress, "make_progress", lambda console: StopAfter(1))
+    assert bench(capsys, *SLOW)[0] == 130
+    [run] = [p.relative_to(newcomer) for p in (newcomer / "runs").iterdir()]
+    code, _, err = bench(capsys, "run", "--device", "cpu", "--resume", "--out", str(run))
+    assert code == 2 and err.count("\n") == 1 and f"{run} was run with --size smoke --device cpu --shard 1/1" in err
+    assert err.strip().endswith(f"resume it with the same: `bench run _slow --size smoke --device cpu --inline "
+                                f"--resume --out {run}`"), err
+    assert len(read_records(run / RECORDS_JSONL)) == 1  # untouched
+
+
 def test_a_narrower_resume_names_what_is_left_and_a_used_out_is_refused_before_the_load_sample(
         newcomer, capsys, monkeypatch):
     from bench import doctor
