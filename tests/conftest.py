@@ -144,6 +144,14 @@ def pytest_xdist_make_scheduler(config, log):
     return Groups(config, log)
 
 
+def pytest_addoption(parser, pluginmanager):
+    """pyproject's `timeout` is pytest-timeout's, from the dev extra. Without it (`pip install -e .` alone, the quick
+    start's first line, then the `pytest tests/...` that `bench new` names) every pytest run warned "Unknown config
+    option: timeout", which says nothing a user can act on: the key is known here instead, and tests have no limit."""
+    if not pluginmanager.has_plugin("timeout"):
+        parser.addini("timeout", "seconds a test may take, enforced by pytest-timeout (the dev extra) where installed")
+
+
 def pytest_configure(config):
     """This process too: torch may have been imported (by a plug-in) before OMP_NUM_THREADS was set."""
     import torch
