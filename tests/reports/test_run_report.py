@@ -101,6 +101,24 @@ def test_metrics_a_figure_modules_table_leaves_out_are_folded_below_it(tmp_path)
     assert "Other metrics" not in render([write_run(tmp_path, "plain", checkpointing_records())])
 
 
+@pytest.mark.parametrize("loaded, folded", [(2, False), (3, True)])
+def test_contended_cases_are_listed_with_their_reasons_folded_under_their_count_when_many(
+        tmp_path, monkeypatch, loaded, folded):
+    from reports import run_report
+
+    monkeypatch.setattr(run_report, "FOLD_CONTENDED", 2)
+    records = checkpointing_records()
+    for r in [r for r in records if r.get("status", "ok") == "ok"][:loaded]:
+        r["metrics"].update(contended=True, host_other_cpus=1.7, host_case_cpus=0.3, host_cpus=2)
+    summary = render([write_run(tmp_path, "r", records)]).split("<h2>Summary</h2>")[1].split("<h2>")[0]
+    head = "Contended cases (something outside the case disturbed its timing)"
+    assert summary.count("other processes used 1.7 of 2 CPUs during the timed window</li>") == loaded
+    if folded:  # the figures below stay near the top of the page; the count and every reason a click away
+        assert f"<details><summary>{head}: {loaded}, each with its reason</summary><ul><li>" in summary
+    else:
+        assert f"<p>{head}:</p><ul><li>" in summary and "<details>" not in summary
+
+
 def test_each_table_says_what_its_columns_mean_as_the_suite_declared_them(tmp_path):
     text = render([write_run(tmp_path, "r", checkpointing_records())])
     results = text[text.index("<h3>Results</h3>"):]
