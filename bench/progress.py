@@ -8,8 +8,9 @@
 - In `bench`, a display reads that file while the case runs: on a terminal a rich live view (the run's bar, count and
   ETA; the running case, its elapsed time and its own progress), elsewhere plain lines (one per finished case, and a
   "still running" line now and then, for CI logs).
-- The ETA comes from the elapsed_s of the same case_ids on the same device in earlier run directories beside this one
-  (runs/ by default), scaled by this run's pace against them; without them for most cases it says "ETA unknown".
+- The ETA (bench.eta) comes from the elapsed_s of the same case_ids on the same device in earlier run directories
+  beside this one (runs/ by default), scaled by this run's pace against them; without them for most cases it says
+  "ETA unknown".
 rich is imported only by the displays: the case's process needs none of it."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.records import RECORDS_JSONL
+from bench.eta import Eta, duration
 
 LOGGER = "techbench.progress"
 FORWARD_EVERY_S = 0.5
@@ -34,12 +35,6 @@ POLL_S = 1.0
 """How often `bench` reads the running case's progress."""
 STILL_RUNNING_FIRST_S, STILL_RUNNING_S = 30.0, 60.0
 """Plain output: the first "still running" line after 30 s of a case, then one a minute (a 15-minute case: 15 lines)."""
-EARLIER_RUNS = 10
-"""Run directories read for the ETA, newest first: enough to cover a run split over days; a few hundred records parse
-in milliseconds."""
-PACE_PRIOR_S = 60.0
-"""This run's pace against the earlier runs counts only once it has a minute of comparable work behind it, so that
-one odd first case does not scale the whole estimate."""
 STATUS_STYLE = {"ok": "green", "skipped": "dim", "oom": "yellow", "timeout": "red", "error": "bold red"}
 
 
@@ -145,86 +140,6 @@ def listening(name: str, handler: logging.Handler):
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
-
-
-def duration(seconds: float) -> str:
-    """45s, 2m10s, 1h02m."""
-    s = max(int(round(seconds)), 0)
-    if s < 60:
-        return f"{s}s"
-    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def earlier_durations(out: str | Path, case_ids: list[str], device: str) -> dict[str, float]:
-    """case_id -> elapsed_s of its latest record on `device` in the newest EARLIER_RUNS run directories beside `out`
-    (and `out` itself: a case that timed out there will likely take its timeout again)."""
-    wanted, found = set(case_ids), {}
-    files = []
-    try:
-        for d in Path(out).parent.iterdir():
-            try:
-                files.append(((d / RECORDS_JSONL).stat().st_mtime, d / RECORDS_JSONL))
-            except OSError:  # not a run directory, or unreadable
-                continue
-    except OSError:
-        return {}
-    for _, path in sorted(files, reverse=True)[:EARLIER_RUNS]:
-        latest = {}
-        try:
-            with path.open(encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        d = json.loads(line)
-                        cid, elapsed = d.get("case_id"), d.get("elapsed_s")
-                    except (ValueError, AttributeError, RecursionError):
-                        continue
-                    if cid in wanted and d.get("device") == device and isinstance(elapsed, (int, float)) \
-                            and not isinstance(elapsed, bool) and 0 <= elapsed < math.inf:
-                        latest[cid] = float(elapsed)  # the last record of a case is its measurement
-        except OSError:
-            continue
-        found |= {k: v for k, v in latest.items() if k not in found}
-        if len(found) == len(wanted):
-            break
-    return found
-
-
-class Eta:
-    """The run's remaining time: each case still to run takes what it took before, times this run's pace."""
-
-    def __init__(self, todo: list[str], expected: dict[str, float], where: str = "runs/"):
-        self.pending, self.expected, self.where = dict.fromkeys(todo), expected, where
-        self._was = self._took = 0.0
-
-    @classmethod
-    def from_runs(cls, out: str | Path, todo: list[str], device: str) -> Eta:
-        return cls(todo, earlier_durations(out, todo, device), f"{Path(out).parent}/")
-
-    def finished(self, case_id: str, elapsed_s: float) -> None:
-        self.pending.pop(case_id, None)
-        if case_id in self.expected:
-            self._was += self.expected[case_id]
-            self._took += elapsed_s
-
-    def remaining(self, running: str | None = None, running_s: float = 0.0) -> tuple[float, int] | None:
-        """(seconds left for the cases timed before, count of cases never timed), or None when no case was."""
-        if not self.expected:
-            return None
-        pace = (self._took + PACE_PRIOR_S) / (self._was + PACE_PRIOR_S)
-        left = sum(pace * self.expected[c] for c in self.pending if c in self.expected and c != running)
-        if running in self.expected:
-            left += max(pace * self.expected[running] - running_s, 0.0)
-        return left, sum(c not in self.expected for c in self.pending)
-
-    def text(self, running: str | None = None, running_s: float = 0.0) -> str:
-        left = self.remaining(running, running_s)
-        if left is None:
-            return "ETA unknown"
-        seconds, untimed = left
-        if 2 * untimed > len(self.pending):  # most of what is left never ran here: a figure would mislead
-            return f"ETA unknown ({untimed} of {len(self.pending)} cases not timed before)"
-        return f"ETA {duration(seconds)}" + (f" + {untimed} case{'s' * (untimed > 1)} not timed before" if untimed
-                                             else "")
 
 
 def _line(record) -> str:

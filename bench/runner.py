@@ -23,7 +23,7 @@ from bench import distributed, interference, launchers, pinning
 from bench.atomic import OutputError, atomic_write_bytes
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
-from bench.progress import Eta
+from bench.eta import Eta
 from bench.records import FAILED, RECORDS_JSONL, RUN_JSON, Record, RecordWriter, RunMeta, Scan, write_run_json
 from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_run_dir, thread_counts
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError

@@ -4,7 +4,6 @@ and a rich live view), the ETA comes from earlier runs, and a timeout says what 
 import io
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from bench import progress, runner
-from bench.progress import Eta, Forwarder, PlainProgress, RichProgress, duration, earlier_durations, read_note
+from bench.progress import Forwarder, PlainProgress, RichProgress, duration, read_note
 from bench.suite import SUITES, Measurement, Suite, register
 
 STEPS = 5
@@ -162,44 +161,6 @@ def test_a_note_that_is_not_one_reads_as_none(tmp_path):
     assert read_note(tmp_path / "absent.json") is None and read_note(None) is None
     bad.write_text(json.dumps({"message": "m", "done": "x", "total": True}))
     assert read_note(bad) == progress.Note("m", None, None, 0.0)
-
-
-def test_eta_scales_the_earlier_durations_by_this_runs_pace():
-    eta = Eta(["a", "b", "c"], {"a": 10.0, "b": 20.0})
-    assert eta.text() == "ETA 30s + 1 case not timed before"
-    eta.finished("a", 20.0)  # twice as slow as before, over 10 s of a 60 s prior: pace (20 + 60) / (10 + 60)
-    assert eta.remaining() == (pytest.approx(20.0 * 80 / 70), 1)
-    assert eta.remaining("b", 5.0) == (pytest.approx(20.0 * 80 / 70 - 5.0), 1)
-    assert eta.remaining("b", 500.0) == (0.0, 1)  # past its estimate: nothing left of it, not less
-    assert Eta(["a"], {}).text() == "ETA unknown"
-    # most of the cases left never ran here (a first quick run after a smoke one): no figure from the few that did
-    eta = Eta(["a", "b", "c"], {"a": 2.0})
-    assert eta.text() == "ETA unknown (2 of 3 cases not timed before)"
-    eta.finished("b", 1.0)
-    assert eta.text() == "ETA 2s + 1 case not timed before"
-
-
-def test_earlier_durations_take_each_cases_latest_record_on_the_same_device(tmp_path):
-    def run_dir(name, records, mtime):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
-        os.utime(d / "records.jsonl", (mtime, mtime))
-
-    run_dir("old", [{"case_id": "a", "device": "cpu", "elapsed_s": 1.0},
-                    {"case_id": "b", "device": "cpu", "elapsed_s": 7.0}], 1_000)
-    run_dir("new", [{"case_id": "a", "device": "cpu", "elapsed_s": 2.0},
-                    {"case_id": "a", "device": "cpu", "elapsed_s": 3.0},  # retried: the last record counts
-                    {"case_id": "b", "device": "cuda:0", "elapsed_s": 0.1},
-                    {"case_id": "c", "device": "cpu", "elapsed_s": "slow"}], 2_000)
-    (tmp_path / "not-a-run").mkdir()
-    assert earlier_durations(tmp_path / "next", ["a", "b", "c"], "cpu") == {"a": 3.0, "b": 7.0}
-    assert earlier_durations(tmp_path / "absent" / "next", ["a"], "cpu") == {}
-
-
-@pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (45, "45s"), (130, "2m10s"), (3720, "1h02m")])
-def test_durations_read_as_a_person_says_them(seconds, text):
-    assert duration(seconds) == text
 
 
 def test_make_progress_picks_the_live_view_only_on_a_terminal():
