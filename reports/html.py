@@ -112,3 +112,14 @@ def number(value: float) -> str:
     if isinstance(value, numbers.Integral) or (float(value).is_integer() and abs(value) < EXACT_BELOW):
         return f"{int(value):,}"
     return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.4e}"
+
+
+def human_bytes(value) -> str | None:
+    """Bytes in binary units at 3 significant digits ("1.5 GiB"); None for a missing value (None, NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    value = float(value)
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if abs(value) >= 1024 ** power:
+            return f"{value / 1024 ** power:.3g} {unit}"
+    return f"{value:.0f} B"

@@ -14,15 +14,14 @@ import pandas as pd
 
 from bench import interference
 from bench.atomic import atomic_write_text
-from bench.env import measured_gpu
-from bench.machines import gpu_label, sources
 from bench.metrics import ARTIFACTS, digest_hex, specs_of
 from bench.records import STATUSES, Record, path_text, read_run_json
 from bench.rundir import command_of, holder, unfinished_shards
 from bench.sides import reference_case
+from reports.environment import environment
 from reports.figures import NONFINITE_TEXT, figure_module, figures_for, load_frame, run_labels
 from reports.figures._noisy import MARK, NOISY, caveats
-from reports.html import Flagged, figure, page, section, table
+from reports.html import Flagged, figure, human_bytes, page, section, table
 
 STYLE = ("<style>.results, .wide { overflow-x: auto; } .results td { white-space: nowrap; } "
          "summary { cursor: pointer; }</style>")
@@ -46,7 +45,7 @@ def render(run_dirs) -> str:
     labels = run_labels(run_dirs)
     frame = load_frame(run_dirs)
     unfinished = _unfinished(run_dirs, labels, frame)
-    parts = [unfinished, section("Environment", _environment(run_dirs, labels, frame))]
+    parts = [unfinished, section("Environment", environment(run_dirs, labels, frame))]
     if frame.empty:
         parts.append('<p class="muted">These runs hold no records.</p>')
         suites = []
@@ -61,49 +60,6 @@ def render(run_dirs) -> str:
     if suites:
         subtitle += f" · suites: {', '.join(suites)}"
     return page("techbench report", STYLE + "\n".join(parts), subtitle)
-
-
-def _environment(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
-    """One column per run, one row per field that tells machines and software apart. The GPU rows of a run measured
-    on several machines or GPUs (a merge of shards: bench.machines) name each, " | " between them; "GPU used" says
-    which of a machine's GPUs (shards split over them by CUDA_VISIBLE_DEVICES share all other rows)."""
-    fields: dict[str, dict[str, str]] = {}
-    for d in run_dirs:
-        meta = read_run_json(d) or {}
-        env = meta.get("env") or {}
-        machines = sources(meta)  # the GPU each one's device names, else its first
-        used = [(measured_gpu(device, e) or next(iter(e.get("gpus") or []), None), e) for device, e in machines]
-        git = meta.get("git") or env.get("git") or {}
-        cores = env.get("cpu_logical_cores")
-        values = {
-            "run_id": meta.get("run_id"),
-            "GPU": _each(", ".join(g.get("name") or "?" for g in e.get("gpus") or []) or "none" for _, e in machines),
-            "GPU used": _each(gpu_label(g) for g, e in used if g and len(e.get("gpus") or []) > 1),
-            "GPU memory": _each(_bytes(g.get("memory_total_bytes")) for g, _ in used if g),
-            "driver": _each((g or e.get("nvml") or {}).get("driver_version") for g, e in used),
-            "torch": env.get("torch"),
-            "CUDA": env.get("torch_cuda"),
-            "triton": env.get("triton"),
-            "python": env.get("python_version"),
-            "CPU": f"{env.get('cpu_model') or '?'}" + (f" ({cores} logical cores)" if cores else ""),
-            "git": (git.get("sha") or "?")[:12] + (" (dirty)" if git.get("dirty") else "") if git else None,
-            "env_id": meta.get("env_id"),
-            "size": meta.get("size"),
-            "device": meta.get("device"),
-            "started": meta.get("started_at"),
-            "finished": meta.get("finished_at") or "unfinished",
-            "records": int((frame["run_dir"] == path_text(d)).sum()) if "run_dir" in frame else 0,
-            "directory": path_text(d),
-        }
-        for field, value in values.items():
-            fields.setdefault(field, {"": field})[labels[str(d)]] = "" if value is None else str(value)
-    rows = [r for r in fields.values() if any(v for k, v in r.items() if k)]  # e.g. no GPU rows on CPU runs
-    return table(rows, ["", *labels.values()])
-
-
-def _each(values) -> str | None:
-    """The distinct values, in order, " | " between them; None where there are none."""
-    return " | ".join(dict.fromkeys(str(v) for v in values if v is not None)) or None
 
 
 def _unfinished(run_dirs, labels: dict[str, str], frame: pd.DataFrame) -> str:
@@ -337,7 +293,7 @@ def _results(rows: pd.DataFrame, metrics: list[str]) -> str:
                "params": ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()) if k not in shared)}
         for m in metrics:
             value = r[m]
-            row[m] = None if _missing(value) else (_bytes(value) if m.endswith("_bytes") else
+            row[m] = None if _missing(value) else (human_bytes(value) if m.endswith("_bytes") else
                                                    digest_hex(value) if m == ARTIFACTS.name else value)
             if row[m] is None and _nonfinite(r, m):  # measured, and NaN or infinite: said, not left blank
                 row[m] = NONFINITE_TEXT[_nonfinite(r, m)]
@@ -391,13 +347,3 @@ def _shown(rows: pd.DataFrame, metric: str) -> bool:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
-
-
-def _bytes(value) -> str | None:
-    if _missing(value):
-        return None
-    value = float(value)
-    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
-        if abs(value) >= 1024 ** power:
-            return f"{value / 1024 ** power:.3g} {unit}"
-    return f"{value:.0f} B"
