@@ -80,8 +80,8 @@ class Detection(Suite):
         Metric("ar_small", "exact", "higher", "COCO AR@100 of small objects"),
         Metric("shipped_weights", "info", None, "the weights are the package's (impls/weights, fp16, trained "
                "elsewhere by the same seeded recipe), not trained on this machine; AP is measured here either way"),
-        Metric("nms_torchvision", "info", None, "NMS ran torchvision.ops.nms (installed), else a plain-torch host loop "
-                                                "that keeps the same boxes more slowly: latency differs, AP does not"),
+        Metric("nms_torchvision", "info", None, "NMS ran torchvision.ops.nms (torchvision imports here), else a "
+               "plain-torch host loop that keeps the same boxes more slowly: latency differs, AP does not"),
     )
 
     def grid(self, size, device):
