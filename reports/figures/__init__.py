@@ -74,13 +74,15 @@ def figures_for(suite: str, frame: pd.DataFrame) -> list:
 def mark_libraries(figs: list, libraries: dict[str, str]) -> None:
     """Traces of a variant that runs a third-party library (run.json "libraries": variant -> "name version") get a
     star marker, a dotted line and the library in their name, so that ours, the library's and the reference read
-    apart at a glance in every figure, whichever module drew it."""
+    apart at a glance in every figure, whichever module drew it. A trace is the variant's when named after it, or
+    when its legend group is the variant (detection's "variant · head · resolution", a second run's "variant (run)")."""
     for fig in figs if libraries else ():
         for trace in fig.data:
             name = getattr(trace, "name", None)
-            if name not in libraries:
+            variant = name if name in libraries else getattr(trace, "legendgroup", None)
+            if variant not in libraries:
                 continue
-            trace.name = f"{name} · {libraries[name]}"
+            trace.name = f"{name} · {libraries[variant]}"
             if hasattr(trace, "marker") and getattr(trace, "type", "") in ("scatter", "scattergl"):
                 trace.marker.symbol = "star"
             if hasattr(trace, "line") and getattr(trace, "type", "") in ("scatter", "scattergl"):

@@ -29,3 +29,19 @@ def test_without_libraries_nothing_changes():
     fig.add_scatter(x=[1], y=[1], name="torchao_rowwise")
     mark_libraries([fig], {})
     assert fig.data[0].name == "torchao_rowwise" and fig.data[0].marker.symbol is None
+
+
+def test_a_trace_in_the_variants_legend_group_is_marked_whatever_its_name():
+    # detection names its points "variant · head · resolution", the samplers a second run's "variant (run)": named
+    # so, torchvision's FPN read as one of ours
+    fig = go.Figure()
+    fig.add_scatter(x=[1], y=[1], name="torchvision_fpn · centernet · 128 px", legendgroup="torchvision_fpn",
+                    mode="markers")
+    fig.add_scatter(x=[1], y=[2], name="fpn · centernet · 128 px", legendgroup="fpn", mode="markers")
+    fig.add_scatter(x=[1], y=[2], name="Pareto front", mode="lines")
+    mark_libraries([fig], {"torchvision_fpn": "torchvision 0.26.0"})
+    library, ours, front = fig.data
+    assert library.name == "torchvision_fpn · centernet · 128 px · torchvision 0.26.0"
+    assert library.marker.symbol == "star"
+    assert ours.name == "fpn · centernet · 128 px" and ours.marker.symbol is None
+    assert front.name == "Pareto front" and front.line.dash is None
