@@ -44,6 +44,7 @@ SELECTION = [
     ("mtp/*", "MTP training (its models prepared once) and speculative decoding"),
     ("detection/single/*", "a detector trained and evaluated (COCO AP)"),
     ("detection/fpn/*", "the FPN detector trained and evaluated"),
+    ("detection/torchvision_fpn/*", "torchvision's FPN as the neck, beside ours (torchvision carried as a wheel)"),
     ("samplers/*/model=exact,*nfe_budget=16,*", "every sampler at 16 model calls on the exact mixture"),
 ]
 # (suite, variant, the quick case's params, why): steps profiled with the allocator's history, where the first H100

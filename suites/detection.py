@@ -1,6 +1,9 @@
 """Detection: scale coverage for latency. How a detector sees objects of many sizes (one pass at one scale, an image
 pyramid, SNIP-style scale-aware pyramid, an FPN or SPP neck), what each costs per image, and what it buys in COCO AP
-per size bucket on a synthetic dataset with tiny objects (impls.detection.data).
+per size bucket on a synthetic dataset with tiny objects (impls.detection.data). `torchvision_fpn` is torchvision's
+FeaturePyramidNetwork, the FPN users pick, as the neck in place of ours (impls.detection.torchvision_fpn says where
+its conventions differ); where torchvision does not import (not installed, or PyPI's CUDA build beside a CPU torch)
+its cases are skipped with that reason in one line.
 
 Variants are the ways of handling scale; `head` (YOLOv1 grid, CenterNet, FCOS) and `resolution` (the side the
 detector is trained and tested at) are params. Each (head, neck, resolution) is trained once per machine in a small
@@ -21,9 +24,11 @@ import torch
 from bench.flops import flop_counter_mode
 from bench.memory import peak_bytes
 from bench.metrics import Metric, timing
-from bench.suite import Measurement, Relative, Suite, register, requires
+from bench.suite import Measurement, Relative, Skip, Suite, register, requires
 from bench.timing import time_fn
 from bench.work import Work, rates
+from impls.detection import torchvision_fpn
+from impls.detection.backbone import NECKS
 from impls.detection.boxes import torchvision_nms
 from impls.detection.data import make_dataset
 from impls.detection.evaluate import evaluate_detector
@@ -32,8 +37,11 @@ from impls.detection.train import PRESETS, load_or_train, preset
 # Pyramid scales: 2x upsampling is what makes a 3 px object ~6 px, the smallest the stride-4 maps resolve well
 # (quick, centernet, no neck: ap_small 0.020 at scale 1, 0.050 with (1, 2)); the 2x pass costs 4x the base pass.
 SCALES = (1.0, 2.0)
-MODES = {"single": "single", "pyramid": "pyramid", "snip": "snip", "fpn": "single", "spp": "single"}
-NECK = {"single": "none", "pyramid": "none", "snip": "none", "fpn": "fpn", "spp": "spp"}
+MODES = {"single": "single", "pyramid": "pyramid", "snip": "snip", "fpn": "single", "spp": "single",
+         "torchvision_fpn": "single"}
+NECK = {"single": "none", "pyramid": "none", "snip": "none", "fpn": "fpn", "spp": "spp",
+        "torchvision_fpn": "torchvision_fpn"}
+TORCHVISION = torchvision_fpn.LIBRARY
 # heads and resolutions compared per size; optimizer steps (the rest of training is the size's preset in
 # impls.detection.train: batch, lr, training images, backbone width); test images; batch
 # of the throughput and memory measurements. Quick's 720 steps are what it takes for AP to mean something: the
@@ -59,7 +67,11 @@ class Detection(Suite):
                 "Davis 2018): 2x answers for the small objects, 1x for the rest",
         "fpn": "FPN neck (Lin et al. 2017), one pass",
         "spp": "SPP neck (He et al. 2014; YOLOv3-SPP's 5/9/13 max-pools) on the stride-32 map, one pass",
+        "torchvision_fpn": "torchvision.ops.FeaturePyramidNetwork as the neck (its defaults: 3x3 outputs with bias, no "
+                           "norm, every level), one pass",
     }
+    libraries = {"torchvision_fpn": TORCHVISION.label()}
+    requires = {"torchvision_fpn": ("torchvision", TORCHVISION.pip)}
     not_plannable = ("its measured step is detection with post-processing: which boxes pass the score threshold and "
                      "NMS only the trained weights' scores on the test images decide, values the meta device lacks")
     relative = (
@@ -92,7 +104,12 @@ class Detection(Suite):
 
     def measure(self, variant, params, device):
         requires("pycocotools")  # COCOeval's AP, before minutes of training
+        if variant in self.requires:
+            requires(self.requires[variant][0], pip=self.requires[variant][1])
         cfg = _config(variant, params)
+        # installed is not enough: PyPI's torchvision, a CUDA build, does not import beside a CPU torch
+        if (why := NECKS[cfg.neck].unavailable()) is not None:
+            raise Skip(why)
         trained = load_or_train(cfg, device)
         model = trained.detector
         mode, scales = MODES[variant], SCALES if MODES[variant] != "single" else (1.0,)

@@ -1,6 +1,6 @@
-"""Detection: scale coverage for latency. A shared backbone, necks (none, FPN, SPP), heads (YOLOv1 grid, CenterNet,
-FCOS), and inference at one scale (the reference), on an image pyramid, or SNIP-style scale-aware, on a synthetic
-dataset with tiny objects, scored by COCO AP per size bucket.
+"""Detection: scale coverage for latency. A shared backbone, necks (none, FPN, SPP, torchvision's FPN), heads
+(YOLOv1 grid, CenterNet, FCOS), and inference at one scale (the reference), on an image pyramid, or SNIP-style
+scale-aware, on a synthetic dataset with tiny objects, scored by COCO AP per size bucket.
 
     cfg = preset("quick", head="fcos", neck="fpn")
     model = load_or_train(cfg).detector            # trained once, then from $TECHBENCH_CACHE

@@ -1,11 +1,14 @@
 """A small shared backbone (strided conv stages, features at strides 4/8/16/32) and the necks that turn its maps
-into a head's inputs: none (1x1 laterals), FPN (Lin et al. 2017), SPP (He et al. 2014, as YOLOv3-SPP uses it)."""
+into a head's inputs: none (1x1 laterals), FPN (Lin et al. 2017), SPP (He et al. 2014, as YOLOv3-SPP uses it), and
+torchvision's FPN (impls.detection.torchvision_fpn, the library's, where torchvision imports)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from impls.detection.torchvision_fpn import TorchvisionFPN
 
 STRIDES = (4, 8, 16, 32)
 SPP_KERNELS = (5, 9, 13)  # YOLOv3-SPP's stride-1 max-pools; at 128 px the stride-32 map is 4x4, so 13 is global
@@ -47,6 +50,12 @@ class Neck(nn.Module):
         super().__init__()
         self.strides = strides
         self.lateral = nn.ModuleDict({str(s): nn.Conv2d(widths[s], channels, 1) for s in self._inputs(strides)})
+
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why this neck cannot be built here, in one line; None where it can (ours always can; torchvision's needs
+        torchvision to import)."""
+        return None
 
     def _inputs(self, strides: tuple[int, ...]) -> tuple[int, ...]:
         return strides
@@ -98,4 +107,4 @@ class SPP(Neck):
         return out
 
 
-NECKS = {"none": Neck, "fpn": FPN, "spp": SPP}
+NECKS = {"none": Neck, "fpn": FPN, "spp": SPP, "torchvision_fpn": TorchvisionFPN}

@@ -25,7 +25,7 @@ class TrainConfig:
     head: str = "centernet"
     """One of HEADS: yolo, centernet, fcos."""
     neck: str = "fpn"
-    """One of NECKS: none, fpn, spp."""
+    """One of NECKS: none, fpn, spp, torchvision_fpn (torchvision's, where it imports)."""
     resolution: int = 128
     """Training image side in px, also the base (scale 1) of inference; a multiple of 32."""
     width: int = 16

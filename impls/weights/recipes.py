@@ -34,6 +34,9 @@ class Artifact:
     """Fetches it through its technique's loader (training when nothing holds it); returns the source."""
     quality: Callable[[], dict[str, float]]
     """Scores what load() gives: held-out figures, deterministic given the weights."""
+    unavailable: Callable[[], str | None] = lambda: None
+    """Why it can be neither loaded nor trained here, in one line (a library's model whose library does not import:
+    detection's torchvision_fpn); None where it can. Its key and shipped file need no library."""
 
 
 # Agreement bands of each quality figure, as (absolute, relative): |shipped - retrained| <= abs + rel * |retrained|.
@@ -70,9 +73,9 @@ def _detection(size: str) -> list[Artifact]:
     from impls.detection.train import NAMESPACE, cache_key, preset
 
     # suites/detection.py: centernet at the preset's resolution and steps, one model per neck (pyramid and snip run
-    # the no-neck model's weights)
+    # the no-neck model's weights); torchvision's FPN was trained where torchvision imports (torch 2.11's CUDA build)
     return [Artifact(f"detection/{size}/{cfg.head}-{cfg.neck}", NAMESPACE, cache_key(cfg), "state_dict", None,
-                     _detection_load(cfg), _detection_quality(cfg))
+                     _detection_load(cfg), _detection_quality(cfg), NECKS[cfg.neck].unavailable)
             for cfg in (preset(size, head="centernet", neck=neck) for neck in NECKS)]
 
 

@@ -4,6 +4,7 @@ so they are checked; times are not."""
 import pandas as pd
 import pytest
 
+from impls.detection import torchvision_fpn
 from impls.detection.pyramid import scaled_side
 from reports.figures import figures_for, load_frame
 from suites.detection import SCALES
@@ -64,8 +65,26 @@ def test_pyramid_flops_are_the_sum_of_its_single_passes(cases):
 @needs("pycocotools")
 def test_necks_cost_more_than_no_neck(cases):
     for (variant, head, res), r in cases.items():
-        if variant in ("fpn", "spp"):
+        if variant in ("fpn", "spp", "torchvision_fpn") and r.status == "ok":
             assert r.metrics["image_flops"] > cases[("single", head, res)].metrics["image_flops"]
+
+
+@needs("pycocotools")
+def test_torchvision_fpn_runs_where_torchvision_imports_else_is_skipped_saying_why(cases):
+    why = torchvision_fpn.unavailable()
+    measured = [(key, r) for key, r in cases.items() if key[0] == "torchvision_fpn"]
+    assert measured
+    for (_, head, res), r in measured:
+        if why is not None:  # not installed (the runner's line), or installed and not importing (the case's)
+            assert (r.status, r.error) == ("skipped", why)
+            continue
+        assert r.status == "ok", r.error
+        # beside our FPN: the same laterals and top-down sums, plus torchvision's 3x3 outputs at the levels CenterNet
+        # does not read (strides 8, 16, 32), as impls/detection/torchvision_fpn.py counts them
+        channels = 4 * r.params["width"]
+        extra = sum(2 * 9 * channels**2 * (res // s) ** 2 for s in (8, 16, 32))
+        assert r.metrics["image_flops"] == cases[("fpn", head, res)].metrics["image_flops"] + extra
+        assert 0 <= r.metrics["ap"] <= 1
 
 
 def test_pareto_front():
