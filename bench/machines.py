@@ -16,7 +16,8 @@ from bench.env import measured_gpu
 
 RESUMED = "resumed_envs"
 """run.json: one entry ({started_at, env_id, device, env, cases}) per resume on another GPU of a machine the run had
-measured on, and per resume on that machine after one; a merge keeps a shard's in its merged_from entry."""
+measured on, and per resume on that machine after one, while a record of the run is taken under it
+(bench.rundir.keep_measured); a merge keeps a shard's in its merged_from entry."""
 
 
 def _shards(meta: dict) -> list[dict]:
@@ -31,16 +32,31 @@ def _resumes(holder: dict) -> list[dict]:
     return [e for e in entries if isinstance(e, dict) and isinstance(e.get("env"), dict)]
 
 
+def _ran(entry: dict, record) -> bool:
+    """Whether resume `entry` may have run `record`: its machine's, a case it was to run, started after it began."""
+    cases = entry.get("cases") if isinstance(entry.get("cases"), list) else []
+    return entry.get("env_id") == record.env_id and record.case_id in cases \
+        and str(record.started_at or "") >= str(entry.get("started_at") or "")
+
+
 def _resumed(holder: dict, record) -> dict | None:
     """The env of the last resume of `holder` that ran `record`'s case on its machine, started before it was: a case
     a resume planned but did not reach (killed) has a record of an earlier start, or of a later resume's."""
     found = None
     for e in _resumes(holder):
-        cases = e.get("cases") if isinstance(e.get("cases"), list) else []
-        if e.get("env_id") == record.env_id and record.case_id in cases \
-                and str(record.started_at or "") >= str(e.get("started_at") or ""):
+        if _ran(e, record):
             found = e["env"]
     return found
+
+
+def measured_resumes(holder: dict, records) -> list[dict]:
+    """The `resumed_envs` entries of `holder` (a run.json) that a record of `records` is taken under (record_env: the
+    last that ran its case). A resume stopped before its first case (Ctrl-C at its warning, to resume on the GPU the
+    run measured on), or whose every case a later --retry-failed ran again elsewhere, measured none of the run."""
+    entries, used = _resumes(holder), set()
+    for r in records:
+        used.update([i for i, e in enumerate(entries) if _ran(e, r)][-1:])
+    return [e for i, e in enumerate(entries) if i in used]
 
 
 def record_env(meta: dict, record) -> dict | None:

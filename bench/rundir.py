@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.atomic import OutputError, atomic_write_bytes, keep_beside
-from bench.machines import note_gpu
+from bench.machines import RESUMED, measured_resumes, note_gpu
 from bench.records import (
     FAILED,
     RECORDS_JSONL,
@@ -358,11 +358,23 @@ def note_machine(meta: RunMeta, env_id: str, env: dict, cases: list[str] = (), f
     and each record keeps its own env_id, so that history, compare and the report take a case under the machine that
     measured it, never under run.json's `env` (the first machine's, kept). On a machine the run has measured on, a
     resume that runs `cases` on another of its GPUs is listed too (bench.machines.note_gpu): its warning, if any."""
+    keep_measured(meta, finished)  # a resume stopped before its first case named a GPU that measured nothing
     envs = meta.extra.get("envs") if isinstance(meta.extra.get("envs"), dict) else {meta.env_id: meta.env}
     if env_id not in envs:
         meta.extra["envs"] = {**envs, env_id: env}
         return []
     return note_gpu(meta, env_id, env, cases, finished, out)
+
+
+def keep_measured(meta: RunMeta, records) -> None:
+    """Keep under run.json `meta`'s resumed_envs only the resumes on other GPUs that measured one of `records` (the
+    run's): one that measured none would name its GPU as one that measured the run (the report's "GPU used",
+    compare's gpu_used, bench merge's count) when no case of it was (bench.machines.measured_resumes)."""
+    kept = measured_resumes(meta.to_json(), records)
+    if kept:
+        meta.extra[RESUMED] = kept
+    else:
+        meta.extra.pop(RESUMED, None)
 
 
 def unfinished_shards(meta: dict) -> list[tuple[dict, str | None]]:

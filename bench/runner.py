@@ -25,7 +25,7 @@ from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
 from bench.eta import Eta
 from bench.records import FAILED, RECORDS_JSONL, RUN_JSON, Record, RecordWriter, RunMeta, Scan, write_run_json
-from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_run_dir, thread_counts
+from bench.rundir import LOCK, code_changed, keep_damaged, keep_measured, note_machine, open_run_dir, thread_counts
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
@@ -245,8 +245,8 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     # unfinished while a case of its selection has no record: stopped by the budget, or outside a narrower resume's
     meta.not_run = [c for c in meta.not_run or [] if c not in finished and c not in elsewhere] or None
     meta.finished_at = None if meta.not_run else now()
-    meta.recorded = len(finished)
-    meta.machine_end = interference.machine_state(marks)
+    meta.recorded, meta.machine_end = len(finished), interference.machine_state(marks)
+    keep_measured(meta, finished.values())  # a resume's GPU whose every case a --retry-failed ran again elsewhere
     if not todo and was[0] and meta.finished_at:  # a resume of a finished run with nothing to do: it ran nothing
         meta.finished_at, meta.machine_end = was
     write_run_json(cfg.out, meta)

@@ -4,7 +4,10 @@ under the machine and GPU that measured it."""
 import json
 import warnings
 
+import pytest
+
 from bench import runner
+from bench.machines import record_gpu
 from bench.records import RECORDS_JSONL, read_records, read_run_json
 from bench.suite import SUITES
 from tests.bench.test_resume import Flaky
@@ -39,7 +42,7 @@ def test_a_run_resumed_on_another_gpu_of_its_machine_says_so_and_each_case_stays
     # the resumed cases were taken as measured on GPU 0 (history, plan_error, report), and nothing said so
     from bench import env as envmod
     from bench.history_rows import rows
-    from bench.machines import record_gpu, sources
+    from bench.machines import gpus_used, sources
     from tests.runs import H100, H200
 
     collect = envmod.collect
@@ -73,3 +76,41 @@ def test_a_run_resumed_on_another_gpu_of_its_machine_says_so_and_each_case_stays
     meta, records = read_run_json(cfg.out), read_records(cfg.out / RECORDS_JSONL)
     assert {(r.variant, r.status, record_gpu(meta, r)["uuid"]) for r in records} == {("a", "ok", "GPU-0"),
                                                                                      ("b", "ok", "GPU-0")}
+    # and GPU 1, whose every case was run again, is no longer named as one that measured the run
+    assert [g["uuid"] for g in gpus_used(meta)] == ["GPU-0"]
+
+
+def test_a_resume_on_another_gpu_stopped_before_its_first_case_names_no_gpu_of_the_run(tmp_path, monkeypatch):
+    # Ctrl-C at the warning, then the resume it advises, on the GPU the run measured on: every case was measured on
+    # GPU 0, yet run.json kept the stopped resume's GPU 1, and the report's "GPU used", compare's gpu_used and bench
+    # merge's count ("1 machine, 2 GPUs") named an H100 that measured nothing
+    from bench import env as envmod
+    from bench.machines import gpus_used, sources
+    from tests.runs import H100, H200
+
+    collect = envmod.collect
+    gpus = [{**H200, "index": 0, "uuid": "GPU-0"}, {**H100, "index": 1, "uuid": "GPU-1"}]
+    monkeypatch.setattr(Flaky, "failing", False)
+    cfg = runner.RunConfig(suites=[SUITES["_flaky"]], size="smoke", device="cuda:0", out=tmp_path / "run",
+                           inline=True, variants=["a"])
+
+    def on(visible: str, **how):
+        monkeypatch.setattr(envmod, "collect", lambda root=None: {**collect(root), "gpus": gpus,
+                                                                  "env_vars": {"CUDA_VISIBLE_DEVICES": visible}})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, **how}))
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    on("0")
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_execute", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            on("1", variants=["b"])
+    assert [e["env_vars"] for _, e in sources(read_run_json(cfg.out))][-1] == {"CUDA_VISIBLE_DEVICES": "1"}
+    on("0", variants=["b"])
+    meta, records = read_run_json(cfg.out), read_records(cfg.out / RECORDS_JSONL)
+    assert len(records) == 4 and {record_gpu(meta, r)["uuid"] for r in records} == {"GPU-0"}
+    assert [g["uuid"] for g in gpus_used(meta)] == ["GPU-0"] and "resumed_envs" not in meta
