@@ -112,7 +112,8 @@ class Comparison:
     env_diff: list[tuple[str, str | None, str | None]]
     """(field, base, new) for each environment field that differs."""
     same_env: bool
-    """Both sides have the same env_id(s): an A/B of code or settings rather than of hardware or software."""
+    """Both sides have the same env_id(s) and measured on the same GPU models: an A/B of code or settings rather than
+    of hardware or software."""
     env_fields: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     """Every environment field, differing or not."""
     base_runs: list[str] = field(default_factory=list)

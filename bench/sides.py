@@ -370,18 +370,27 @@ def _side(metas: list[dict], get) -> str | None:
     return None if vals in ([], ["-"]) else " | ".join(vals)
 
 
+def _measured_model(meta: dict) -> str | None:
+    """The model of the GPU its device measured on (bench.env.measured_gpu), or None (a CPU run): env_id groups the
+    GPUs of one machine, and an H200 and an H100 of one box are no A/B of code."""
+    gpu = measured_gpu(meta.get("device"), _env(meta))
+    return None if gpu is None else str(gpu.get("name") or "?")
+
+
 def environments(base: list[dict], new: list[dict]) -> tuple[list, list, bool]:
     """(every ENV_FIELDS field as (name, base, new), those that differ, whether both sides are one environment) for
-    the run.json dicts of two sides: the same env_ids, or without them the same identity fields. A merge of shards
-    that ran on several machines (run.json `envs`) stands for each of them."""
+    the run.json dicts of two sides: the same env_ids, or without them the same identity fields, and the same models
+    of GPU measured on (of one machine, GPU 0 and GPU 1 alike are one environment; an H200 and an H100 are not). A
+    merge of shards that ran on several machines (run.json `envs`) or GPUs stands for each of them."""
     base, new = ([m2 for m in metas for m2 in _machines(m)] for metas in (base, new))
     fields = [(name, _side(base, get), _side(new, get)) for name, get, _ in ENV_FIELDS]
     fields.append(_library_field(base, new))
     # a side of runs from before a field was recorded (packages) says nothing about it: no difference to show
     old = {name for name in RECENT_FIELDS if not all(name in _env(m) for m in base + new)}
     differ = [f for f in fields if f[1] != f[2] and f[0] not in old]
-    ids = [{m.get("env_id") for m in metas} for metas in (base, new)]
-    if None in ids[0] | ids[1]:  # a run without env_id: fall back to the identity fields
+    ids = [{(m.get("env_id"), _measured_model(m)) for m in metas} for metas in (base, new)]
+    if None in {i for i, _ in ids[0] | ids[1]}:  # a run without env_id: fall back to the identity fields
         identity = {name for name, _, ident in ENV_FIELDS if ident}
-        return fields, differ, not any(f in identity for f, _, _ in differ)
+        models = [{g for _, g in side} for side in ids]
+        return fields, differ, not any(f in identity for f, _, _ in differ) and models[0] == models[1]
     return fields, differ, ids[0] == ids[1]

@@ -109,6 +109,30 @@ def test_compare_names_each_gpu_of_one_machine_that_measured(tmp_path):
     assert "gpu_used" not in {f for f, _, _ in compare(*merged_over_two_gpus(tmp_path / "other")[::-1]).env_diff}
 
 
+def test_runs_on_two_gpu_models_of_one_machine_are_no_comparison_of_code(tmp_path):
+    # one env_id (the machine), so compare called a run on GPU 0 (an H200) against one on GPU 1 (an H100) "same
+    # environment (A/B of code or settings)", and the H100's slower timings read as the code's
+    gpus = [{**H200, "uuid": "GPU-0"}, {**H100, "uuid": "GPU-1"}]
+
+    def run(name, visible):
+        return on_device(write_run(tmp_path, name, [{"suite": "checkpointing", "variant": "none", "params": {"b": 1},
+                                                     "metrics": {"step_time_ms": 1.0}}]), "cuda:0", gpus, visible)
+
+    h200, h100 = run("h200", "0"), run("h100", "1")
+    c = compare([h200], [h100])
+    assert not c.same_env and c.env_verdict == "hardware or software comparison"
+    assert ("gpu_used", "NVIDIA H200 (GPU 0)", "NVIDIA H100 80GB HBM3 (GPU 1)") in c.env_diff
+    # a GPU of the same model is the same environment, whichever index of the machine it has
+    twins = [{**H200, "uuid": "GPU-0"}, {**H200, "uuid": "GPU-1"}]
+    on_device(h100, "cuda:0", twins, "1")
+    assert compare([on_device(h200, "cuda:0", twins, "0")], [h100]).same_env
+    # without env_ids (a run of an older techbench), the models measured on decide it too
+    for r, visible in ((h200, "0"), (h100, "1")):
+        meta = json.loads((on_device(r, "cuda:0", gpus, visible) / "run.json").read_text())
+        (r / "run.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "env_id"}))
+    assert not compare([h200], [h100]).same_env
+
+
 @needs("pyarrow")
 def test_history_rows_of_shards_on_two_gpus_of_one_machine_name_each_cases_gpu(tmp_path):
     # every row took the GPU that CUDA_VISIBLE_DEVICES of the last shard names: the H200's case stored as the H100's
