@@ -5,8 +5,9 @@ environment, and links one page per suite. A suite page has, per directional met
 symbol per environment, a labelled vertical line where a new one first runs, the baseline with its noise band shaded,
 the flagged points ringed, contended points hollow: judged against nothing, see reports/regressions.py) and a
 latest-against-baseline table. Points sit at each run's start to the second: nightly runs are a day apart, but two
-runs made by hand a minute apart must not share an x. An environment is an (env_id, device) pair: CPU and
-CUDA runs on one machine share an env_id, never a series.
+runs made by hand a minute apart must not share an x. An environment is an (env_id, device, gpu) triple: CPU and
+CUDA runs on one machine share an env_id, never a series, and so do its H200 and its H100 (GPUs of one model share
+one: reports/regressions.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
     from plotly.colors import hex_to_rgb, qualitative
 
     palette = qualitative.Plotly
-    envs = {e: SYMBOLS[i % len(SYMBOLS)] for i, e in enumerate(dict.fromkeys(zip(runs["env_id"], runs["device"])))}
+    envs = {e: SYMBOLS[i % len(SYMBOLS)] for i, e in enumerate(dict.fromkeys(zip(*(runs[k] for k in ENV))))}
     colours = {c: palette[i % len(palette)] for i, c in enumerate(sorted({s["case_id"].iloc[0] for s, _ in items}))}
     every = [v for s, _ in items for v in s["value"]]
     # one outlier run squashes every other line on a linear axis; timings are positive and span sizes
@@ -48,7 +49,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
     fig, shown = go.Figure(), set()
     several = len({s["threads"].iloc[0] for s, _ in items}) > 1  # a series per CPU thread count, named
     for s, judged in sorted(items, key=lambda it: (it[0]["case_id"].iloc[0], it[0]["timestamp"].iloc[0])):
-        case, env = s["case_id"].iloc[0], (s["env_id"].iloc[0], s["device"].iloc[0])
+        case, env = s["case_id"].iloc[0], tuple(s[k].iloc[0] for k in ENV)
         colour = colours[case]
         x, values = [_when(t) for t in s["timestamp"]], s["value"].tolist()
         away, why = rule.not_judged(s), s["contended_reason"].tolist()
@@ -80,7 +81,7 @@ def _metric_figure(items: list, runs, flagged: dict, metric: str):
     first = runs.drop_duplicates(ENV)
     for run in first.itertuples():  # legend entries that name each marker symbol
         fig.add_scatter(x=[None], y=[None], mode="markers", name=f"env: {run.gpu} ({run.env_id}, {run.device})",
-                        marker={"symbol": envs[(run.env_id, run.device)], "size": 8, "color": "#6e7781"})
+                        marker={"symbol": envs[(run.env_id, run.device, run.gpu)], "size": 8, "color": "#6e7781"})
     for run in first.iloc[1:].itertuples():  # a labelled line where a new env first runs
         x = _when(run.timestamp)
         fig.add_shape(type="line", x0=x, x1=x, yref="paper", y0=0, y1=1, line={"dash": "dot", "color": "#6e7781"})
@@ -108,12 +109,13 @@ def _padded(times) -> dict:
 
 
 def _runs(frame):
-    """One row per run: its env, when, commit and case counts."""
+    """One row per run and model of GPU that measured its cases (a merge of shards on an H200 and an H100 of one
+    machine has two): its env, when, commit and case counts."""
     frame = rule.envs(frame)
-    first = frame.drop_duplicates("run_id").set_index("run_id")
+    first = frame.drop_duplicates(["run_id", "gpu"]).set_index(["run_id", "gpu"])
     cases = frame.drop_duplicates(["run_id", "case_id"])
-    counts = cases.groupby("run_id")["status"].agg(ok=lambda s: int((s == "ok").sum()), total="size")
-    runs = first[["timestamp", "env_id", "device", "gpu", "git_sha", "size"]].join(counts).reset_index()
+    counts = cases.groupby(["run_id", "gpu"])["status"].agg(ok=lambda s: int((s == "ok").sum()), total="size")
+    runs = first[["timestamp", "env_id", "device", "git_sha", "size"]].join(counts).reset_index()
     return runs.sort_values(["timestamp", "run_id"], kind="stable", ignore_index=True)
 
 
@@ -128,15 +130,15 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
     for metric in sorted({s["metric"].iloc[0] for s, _ in judged}, key=lambda m: (not _is_timing(m), m)):
         items = [(s, j) for s, j in judged if s["metric"].iloc[0] == metric]
         here = found[found["metric"] == metric]
-        flags = {(r.case_id, r.env_id, r.device, r.library, r.threads): r for r in here.itertuples()}
+        flags = {(r.case_id, r.env_id, r.device, r.gpu, r.library, r.threads): r for r in here.itertuples()}
         rows, libraries = [], any(s["library"].iloc[0] for s, _ in items)
         threads = len({s["threads"].iloc[0] for s, _ in items}) > 1
         order = ("env_id", "case_id", "library", "threads")
         for s, j in sorted(items, key=lambda it: tuple(it[0][k].iloc[0] for k in order)):
-            key = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device", "library", "threads"))
+            key = tuple(s[k].iloc[0] for k in ("case_id", "env_id", "device", "gpu", "library", "threads"))
             latest, p = s["value"].iloc[-1], j[-1]
-            row = {"case": key[0], **({"library": key[3]} if libraries else {}),
-                   **({"threads": key[4]} if threads else {}), "env_id": key[1], "device": key[2],
+            row = {"case": key[0], **({"library": key[4]} if libraries else {}),
+                   **({"threads": key[5]} if threads else {}), "env_id": key[1], "device": key[2], "gpu": key[3],
                    "runs": len(s), "baseline": p and p["baseline"],
                    "band ±%": p and 100 * p["half"], "latest": latest,
                    "change %": p and rule.change_pct(latest, p["baseline"]), "flag": ""}
@@ -156,12 +158,13 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
     latest = sub[sub["run_id"].isin(runs.drop_duplicates(ENV, keep="last")["run_id"])]
     failed = latest[latest["status"] != "ok"].drop_duplicates(["run_id", "case_id"])
     if len(failed):
-        rows = failed[["env_id", "device", "run_id", "case_id", "status", "error"]].to_dict("records")
+        rows = failed[[*ENV, "run_id", "case_id", "status", "error"]].to_dict("records")
         parts.append(section("Not ok in the latest run per env", table(rows, classes={"status": "status"})))
     return page(f"techbench dashboard: {suite}", "\n".join(parts),
-                f"{len(runs)} runs; baseline: median of up to {window} earlier runs of the case on the same env_id "
-                f"and device that were not themselves flagged bad; threshold {100 * threshold:g}%; an exact metric "
-                "(bytes, FLOPs, a seeded quality) is held to its latest good value, with no band")
+                f"{runs['run_id'].nunique()} runs; baseline: median of up to {window} earlier runs of the case on the "
+                f"same env_id, device and GPU model that were not themselves flagged bad; threshold "
+                f"{100 * threshold:g}%; an exact metric (bytes, FLOPs, a seeded quality) is held to its latest good "
+                "value, with no band")
 
 
 def _page_name(suite: str) -> str:
@@ -181,7 +184,7 @@ def _grouped(found):
     follows."""
     if not len(found):
         return found
-    key = [found["env_id"], found["device"], found["suite"], found["case_id"], found["library"], found["threads"]]
+    key = [found[k] for k in ("env_id", "device", "gpu", "suite", "case_id", "library", "threads")]
     root = found["follows"].where(found["follows"].notna(), found["metric"])
     order = found.assign(_root=root, _follower=found["follows"].notna(), _series=list(zip(*key)))
     return order.sort_values(["_series", "_root", "_follower"], kind="stable").drop(
@@ -204,7 +207,7 @@ def _latest_contended(judged: list, latest: dict) -> list[dict]:
 
 
 def _latest_night(frame) -> dict[tuple, str]:
-    """(env_id, device, case_id) -> the run of the case's latest record on that environment (whatever its status: a
+    """(env_id, device, gpu, case_id) -> the run of the case's latest record on that environment (whatever its status: a
     case that failed ran), for the cases whose latest record is of the latest night: within STALE_DAYS of the store's
     newest run. Each environment has its own latest run: machines sharing a store start their nights hours apart,
     and one that stopped running days ago has no latest night. A case's own, not its environment's: a run of one
@@ -216,7 +219,7 @@ def _latest_night(frame) -> dict[tuple, str]:
     runs = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
     last = runs.drop_duplicates([*ENV, "case_id"], keep="last")
     last = last[(newest - last["timestamp"]).dt.total_seconds() <= rule.STALE_DAYS * 86400]
-    return dict(zip(zip(last["env_id"], last["device"], last["case_id"]), last["run_id"]))
+    return dict(zip(zip(*(last[k] for k in [*ENV, "case_id"])), last["run_id"]))
 
 
 def _in_latest(series, latest: dict) -> bool:
@@ -224,7 +227,7 @@ def _in_latest(series, latest: dict) -> bool:
     (`_latest_night`). A series whose case failed or was contended before that run had its last point a night
     earlier: it did not run in the latest night, however close to the newest run that point is."""
     last = series.iloc[-1]
-    return latest.get((last["env_id"], last["device"], last["case_id"])) == last["run_id"]
+    return latest.get(tuple(last[k] for k in [*ENV, "case_id"])) == last["run_id"]
 
 
 def _unflagged(judged: list, latest: dict, disturbed: list[dict]) -> str:
@@ -376,7 +379,7 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
               section("Suites", f"<ul>{links}</ul>")]
     subtitle = (f"{frame['run_id'].nunique()} runs in history store {Path(store).resolve().name}; a regression is "
                 f"two consecutive runs (from a series' fourth) worse than the baseline of earlier good runs on one "
-                f"env_id and device: by more "
+                f"env_id, device and GPU model: by more "
                 f"than {100 * threshold:g}% and outside the noise band (step), or by more than {200 * threshold:g}% "
                 f"against runs over {window} back (drift); for an exact metric (bytes, FLOPs, a seeded quality), one "
                 "run worse at all than the latest good one (changed)")

@@ -27,8 +27,11 @@ STALE_DAYS = 1.0
 # A library's variant is measured with one version of it: another version starts a series of its own, as a torch or
 # GPU change starts another environment (a library upgrade is not a regression of the code under test). So does
 # another thread count on the CPU (--threads 2 on a night that ran 1: x1000 on mla's decode on a busy 2-core VM).
-KEYS = ["env_id", "device", "suite", "case_id", "library", "threads", "metric"]
-ENV = ["env_id", "device"]
+# env_id groups the GPUs of one machine: its nights on an H100 (CUDA_VISIBLE_DEVICES=1) are no regression of those on
+# its H200, so the model of GPU measured on (the history's `gpu`) is part of an environment; GPU 0 and GPU 1 of one
+# model stay one series.
+KEYS = ["env_id", "device", "gpu", "suite", "case_id", "library", "threads", "metric"]
+ENV = ["env_id", "device", "gpu"]
 NO_ENV = "unknown"  # runs without an env_id form one environment of their own
 
 
@@ -40,8 +43,8 @@ def check(threshold: float, window: int) -> None:
 
 
 def envs(frame):
-    device = frame["device"].fillna("") if "device" in frame.columns else ""
-    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device)
+    device, gpu = (frame[c].fillna("") if c in frame.columns else "" for c in ("device", "gpu"))
+    return frame.assign(env_id=frame["env_id"].fillna(NO_ENV), device=device, gpu=gpu)
 
 
 def _libraries(ok):
@@ -80,7 +83,7 @@ def _series(frame):
     flag = ok["contended"].astype("boolean").fillna(False) if "contended" in ok.columns else False
     why = ok["contended_reason"] if "contended_reason" in ok.columns else None
     ok = ok.assign(contended=flag, contended_reason=why)
-    extra = [c for c in ("gpu", "git_sha", "git_dirty", "variant", "artifacts", "inputs") if c in ok.columns]
+    extra = [c for c in ("git_sha", "git_dirty", "variant", "artifacts", "inputs") if c in ok.columns]
     agg = {"value": "median", "timestamp": "min", "direction": "first", "metric_kind": "first", "contended": "max",
            "contended_reason": "first", **{c: "first" for c in extra}}
     out = ok.groupby(KEYS + ["run_id"], as_index=False, dropna=False).agg(agg)
@@ -274,7 +277,7 @@ def _follow(rows: list[dict]) -> None:
     exactly one flagged metric it is computed from, in the same series but for the metric: the measured metric at the
     root of that chain. One slower step is then one regression with its rates under it, not four; a ratio of two
     timings that both moved follows neither, as compare's rule (bench.verdicts.follows)."""
-    key = ("env_id", "device", "suite", "case_id", "library", "threads")
+    key = ("env_id", "device", "gpu", "suite", "case_id", "library", "threads")
     flagged = {(*(r[k] for k in key), r["metric"]): r for r in rows}
     parent = {}
     for r in rows:
@@ -291,14 +294,14 @@ def _follow(rows: list[dict]) -> None:
 
 
 def regressions(frame, threshold: float = 0.05, window: int = 7):
-    """Current regressions of a history frame (history.load), one row per series (KEYS: env_id, device, suite,
+    """Current regressions of a history frame (history.load), one row per series (KEYS: env_id, device, gpu, suite,
     case_id, library, threads, metric).
 
     A series is the ok values of one case and one metric with a direction (as its suite declared it; informational
-    metrics are never judged) on one env_id and device, at one CPU thread count, and for a variant that measures a
-    library, one version of it, in run order; a hardware or software change starts a new series, so it is never a
-    regression. The first 3 points not contended form the baseline unjudged (MIN_BASELINE); each later point v[i] is
-    judged against baselines made only of earlier points that were not bad:
+    metrics are never judged) on one env_id, device and model of GPU, at one CPU thread count, and for a variant that
+    measures a library, one version of it, in run order; a hardware or software change starts a new series, so it is
+    never a regression. The first 3 points not contended form the baseline unjudged (MIN_BASELINE); each later point
+    v[i] is judged against baselines made only of earlier points that were not bad:
         E[i]        = the up to `window` most recent such points
         baseline[i] = median(E[i])
         band[i]     = max(threshold, k[i] * sigma[i] / |baseline[i]|)   (relative half-width of the noise band)
@@ -306,8 +309,9 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
                       ones included) / sqrt(2) (1.4826 * MAD(E[i]) about baseline[i] while those points are `window`
                       or fewer; then, moderated by the environment's series: sigma^2 = (d0 s0^2 + (n - 1) sigma^2) / (d0
                       + n - 1) relative to baseline[i], on d0 + n - 1 degrees of freedom, where (d0, s0) is the prior
-                      of the relative noise of the env_id's and device's other measured series (noise.prior_of), unless
-                      E[i]'s sample variance over s0^2 is outside the central 90% of F(n - 1, d0) (noise._alike))
+                      of the relative noise of the env_id's, device's and GPU's other measured series
+                      (noise.prior_of), unless E[i]'s sample variance over s0^2 is outside the central 90% of
+                      F(n - 1, d0) (noise._alike))
         k[i]        = t(0.99865, n - 1) * sqrt(1 + 1 / |E[i]|), Student's t at the n values sigma[i] comes from (3.5
                       from 28 points, 5.9 from 6, 22 from 3), or at d0 + n - 1 where moderated: the 3-sigma quantile
                       of a prediction from an estimated noise
@@ -318,9 +322,9 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     first point of the run of bad points ending at the latest. Bad points never enter a baseline, so a lasting
     regression stays flagged until a point comes back inside both bands (only such points can move the baseline towards
     a new level); one bad night is not flagged. There is no accepting a change: only a new series (another env_id,
-    device, library version or thread count) starts a fresh baseline. A contended point (its case's timed window was
-    disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad, never
-    enters a baseline or a noise estimate, and a run of bad points passes over it.
+    device, GPU model, library version or thread count) starts a fresh baseline. A contended point (its case's timed
+    window was disturbed by other load: the history's `contended` column) is judged against nothing: it is never bad,
+    never enters a baseline or a noise estimate, and a run of bad points passes over it.
     An exact metric (the history's `kind` column: bytes counted, FLOPs, a seeded quality; deterministic for a commit
     and machine) has no noise to weigh: its baseline is the latest not-bad point (from the first on) and its band is
     0, so v[i] is bad, kind "changed", when it moved the wrong way at all (bench.metrics.same_exact: whole numbers

@@ -9,7 +9,7 @@ from reports import dashboard
 from reports import regressions as regressions_rule
 from tests.browser import load, needs_chromium
 from tests.optional import needs
-from tests.runs import A100, H200, checkpointing_records, write_run
+from tests.runs import A100, H100, H200, checkpointing_records, on_device, write_run
 
 NIGHTS = 8
 CASE = "checkpointing/selective/batch=4,d_model=256,dtype=bfloat16,layers=8,seq=256"
@@ -75,6 +75,30 @@ def test_a_hardware_change_is_not_a_regression(tmp_path):
     assert flags(store) == []
     frame = history.load(store)
     assert set(frame["gpu"]) == {"NVIDIA H200", "NVIDIA A100-SXM4-80GB"}
+
+
+@needs("plotly", "pyarrow")
+def test_nights_on_another_gpu_model_of_one_machine_are_another_series(tmp_path):
+    # env_id groups a machine's GPUs: its nights moved from GPU 0 (an H200) to GPU 1 (an H100, 30% slower) joined the
+    # H200's series, and every timing of the H100's was flagged a regression
+    def nights(gpus, slow=1.0):
+        store = tmp_path / gpus[1]["name"] / "store"
+        for night in range(NIGHTS):
+            later = night >= NIGHTS - 3  # CUDA_VISIBLE_DEVICES=1 from here on
+            records = checkpointing_records(scale=(1.3 if gpus[1] is H100 else slow) if later else 1.0, seed=night)
+            run = write_run(store.parent / "runs", f"night-{night}", records, sha=f"{night}" * 40,
+                            started_at=f"2026-11-{night + 1:02d}T01:00:00Z")
+            history.add(on_device(run, "cuda:0", [H200, gpus[1]], "1" if later else "0"), store)
+        return store
+
+    assert flags(nights([H200, H100])) == []
+    frame = history.load(tmp_path / H100["name"] / "store")
+    assert frame["env_id"].nunique() == 1 and set(frame["gpu"]) == {"NVIDIA H200", "NVIDIA H100 80GB HBM3"}
+    index = dashboard.build(tmp_path / H100["name"] / "store", tmp_path / "site").read_text()
+    latest = index.split("Latest run per env")[1]  # the machine's latest run on each of its GPU models
+    assert "night-7" in latest and "night-4" in latest and "NVIDIA H100 80GB HBM3" in latest
+    # GPU 0 and GPU 1 of one model are one series: a slower code on GPU 1 is still judged against GPU 0's nights
+    assert {m for _, m in flags(nights([H200, H200], slow=1.3))} == {"step_time_ms", "tokens_per_s"}
 
 
 @needs("pyarrow")
