@@ -291,6 +291,16 @@ def thread_counts(suites: dict, now: dict, todo: list, finished: list, out: Path
     return counts, mixed
 
 
+def declarations(was: dict, now: dict, todo: list, threads: dict) -> dict:
+    """run.json `suites` once a command plans `todo`: each suite of `now` (name -> its declaration by this code) with
+    its CPU threads (thread_counts). A suite this command runs no case of keeps its entry in `was`: the declaration
+    of the code that measured its records (a resume that runs nothing after transformers was installed must not label
+    variants that only skipped for want of it "transformers 5.x")."""
+    running = {c.suite for c in todo}
+    kept = {n: was[n] for n in now if n not in running and isinstance(was.get(n), dict)}
+    return {**was, **{n: {**kept.get(n, declared), "threads": threads[n]} for n, declared in now.items()}}
+
+
 def not_resumable(meta: dict) -> str | None:
     """Why `bench run --resume` does not continue this run directory: a merge of shards, or an import."""
     if meta.get("imported_from"):

@@ -11,6 +11,7 @@ import pytest
 
 from bench import launchers, runner
 from bench.case import execute
+from bench.records import read_run_json
 from bench.suite import SUITES, Measurement, Suite, discover, register, unmet
 from impls.libraries import ECOSYSTEM
 
@@ -94,3 +95,21 @@ def test_a_cuda_only_variant_off_cuda_is_skipped_as_such_not_told_to_install():
     assert (execute(case, "cpu")["status"], execute(case, "cpu")["error"]) == ("skipped", why)
     for variant in s.cuda_only:
         assert variant in s.variants
+
+
+def test_a_resume_that_runs_no_case_of_a_suite_keeps_its_declaration(tmp_path, monkeypatch):
+    # the library installed after the run: a resume with nothing to run rewrote the suite's run.json entry, so its
+    # variant that only ever skipped read "lib 2.0" and compare showed "libraries: lib 2.0 -> lib" against a fresh run
+    s = SUITES["_needs_library"]
+    monkeypatch.setattr(type(s), "libraries", {"lib": "lib"})  # impls.libraries.label of one not installed
+    cfg = runner.RunConfig(suites=[s], size="smoke", device="cpu", out=tmp_path / "run", inline=True,
+                           variants=["lib"])
+    assert runner.run(cfg)[1][0].status == "skipped"
+    monkeypatch.setattr(type(s), "libraries", {"lib": "lib 2.0"})
+    monkeypatch.setattr(type(s), "requires", {"lib": ("json", ECOSYSTEM)})  # installed now
+    runner.run(runner.RunConfig(**{**vars(cfg), "resume": True}))  # nothing to run
+    declared = read_run_json(tmp_path / "run")["suites"]["_needs_library"]
+    assert declared["libraries"] == {"lib": "lib"} and declared["threads"] is None
+    # a resume that runs a case of the suite (here `ours`) is measured by this code: its declaration is this code's
+    runner.run(runner.RunConfig(**{**vars(cfg), "resume": True, "variants": ["ours", "lib"]}))
+    assert read_run_json(tmp_path / "run")["suites"]["_needs_library"]["libraries"] == {"lib": "lib 2.0"}
