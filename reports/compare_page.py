@@ -36,10 +36,16 @@ NEUTRAL = "#d0d7de"
 # Colour range of the heatmap in |log2 ratio|: at least x1.1 so that sub-threshold changes stay pale, at most x4 so
 # that one huge change does not wash out the rest.
 MIN_SPAN, MAX_SPAN = math.log2(1.1), 2.0
-# Labels stay horizontal (rotated case_ids took ~200 px and are hard to read): case_ids go on a y axis that grows its
-# margin to fit them, metric names are broken after underscores into lines of at most this many characters, which
-# fits ~20 metric columns (timings, counts and the interference context) across a 1280 px page.
+# Labels stay horizontal where they fit (rotated case_ids took ~200 px and are hard to read): case_ids go on a y axis
+# that grows its margin to fit them, metric names are broken after underscores into lines of at most this many
+# characters.
 METRIC_LINE_CHARS = 10
+# Past this many metric columns those lines overlap on a 1280 px page beside case_ids of CASE_LABEL_CHARS (12: 1 px
+# apart; a compare of mtp and moe has 51): each name is written whole, upright, in a top margin grown to fit it.
+UPRIGHT_OVER = 12
+# A case_id longer than this is shortened on an axis (its hover names it whole): mtp's 170 characters took all but
+# ~110 px of the heatmap's width and left its columns a sliver each.
+CASE_LABEL_CHARS = 70
 BAR_PX = 22  # per bar: base and new side by side for each case
 
 
@@ -51,6 +57,22 @@ def _wrap(name: str, width: int = METRIC_LINE_CHARS) -> str:
             lines.append("")
         lines[-1] += part
     return "<br>".join(lines)
+
+
+def _labels(case_ids: list[str], width: int = CASE_LABEL_CHARS) -> list[str]:
+    """Axis labels of `case_ids`: one longer than `width` leaves out the params that every case of its suite on the
+    axis shares ("…" in their place: mtp's three cases differ by variant alone), then has its middle cut to "…"."""
+    split = [c.split("/", 2) for c in case_ids]
+    sets: dict[str, list[set]] = {}
+    for p in split:
+        sets.setdefault(p[0], []).append(set(p[-1].split(",")) if len(p) == 3 else set())
+    shared = {suite: set.intersection(*s) if len(s) > 1 else set() for suite, s in sets.items()}
+    out, head = [], (width - 1) // 2
+    for c, p in zip(case_ids, split):
+        if len(c) > width and len(p) == 3 and shared[p[0]]:
+            c = "/".join([*p[:2], ",".join([kv for kv in p[2].split(",") if kv not in shared[p[0]]] + ["…"])])
+        out.append(c if len(c) <= width else f"{c[:head]}…{c[len(c) - (width - 1 - head):]}")
+    return out
 
 
 def _why(r) -> str:
@@ -114,13 +136,17 @@ def heatmap(rows):
         go.Heatmap(z=z, text=text, colorscale=DIVERGING, zmid=0, zmin=-span, zmax=span, **common,
                    colorbar={"title": {"text": "NEW/BASE"}, "tickvals": ticks, "ticktext": labels}),
     ])
-    lines = max(_wrap(m).count("<br>") + 1 for m in metrics)
-    fig.update_layout(title="Ratio NEW/BASE by case and metric (green better, red worse, by the metric's direction; "
-                            "grey: no verdict)",
-                      height=200 + 14 * lines + 26 * len(cases), margin={"l": 20, "r": 20, "t": 90 + 14 * lines},
-                      yaxis={"autorange": "reversed", "automargin": True, "tickangle": 0},
-                      xaxis={"side": "top", "tickangle": 0, "tickfont": {"size": 11}, "tickvals": metrics,
-                             "ticktext": [_wrap(m) for m in metrics]}, template="plotly_white")
+    upright = len(metrics) > UPRIGHT_OVER
+    names = metrics if upright else [_wrap(m) for m in metrics]
+    top = 7 * max(map(len, metrics)) if upright else 14 * max(n.count("<br>") + 1 for n in names)  # px of labels
+    fig.update_layout(title={"text": "Ratio NEW/BASE by case and metric (green better, red worse, by the metric's "
+                                     "direction; grey: no verdict)",
+                             "y": 1, "yanchor": "top", "pad": {"t": 20}},  # above the labels, not amid them
+                      height=200 + top + 26 * len(cases), margin={"l": 20, "r": 20, "t": 90 + top},
+                      yaxis={"autorange": "reversed", "automargin": True, "tickangle": 0, "tickvals": cases,
+                             "ticktext": _labels(cases)},
+                      xaxis={"side": "top", "tickangle": -90 if upright else 0, "tickfont": {"size": 11},
+                             "tickvals": metrics, "ticktext": names}, template="plotly_white")
     return fig
 
 
@@ -150,7 +176,8 @@ def timing_bars(rows, suite: str, metric: str):
     ])
     fig.update_layout(title=f"{suite}: {metric}, base vs new (error bar: CI of the ratio)", barmode="group",
                       xaxis_title=metric, template="plotly_white", height=160 + 2 * BAR_PX * len(y),
-                      yaxis={"autorange": "reversed", "automargin": True, "tickangle": 0})
+                      yaxis={"autorange": "reversed", "automargin": True, "tickangle": 0, "tickvals": y,
+                             "ticktext": [c.removeprefix(f"{suite}/") for c in _labels(list(part["case_id"]))]})
     return fig
 
 

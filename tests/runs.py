@@ -91,6 +91,27 @@ def checkpointing_records(scale: float = 1.0, seed: int = 0) -> list[dict]:
     return out
 
 
+# mtp's smoke grid point: a case_id of 170 characters with no space to break at
+LONG_PARAMS = {"batch": 8, "d_model": 32, "dtype": "float32", "heads": 2, "layers": 2, "lr": 0.003, "new_tokens": 16,
+               "phrases": 16, "prompt_len": 8, "prompts": 2, "seq": 17, "shape": "tiny", "steps": 30,
+               "train_tokens": 20000, "vocab": 32}
+
+
+def long_case_records(metrics: int = 3, scale: float = 1.0, seed: int = 0) -> list[dict]:
+    """Cases of suite `long` with ids as long as mtp's: three variants at LONG_PARAMS, and variant `two` at two
+    points that differ in one param in the middle of the id (prompt_len); each with a timing and `metrics` - 1
+    counts of bytes."""
+    points = [("a", LONG_PARAMS), ("b", LONG_PARAMS), ("c", LONG_PARAMS),
+              *(("two", {**LONG_PARAMS, "prompt_len": n}) for n in (8, 16))]
+    out = []
+    for i, (variant, params) in enumerate(points):
+        s = samples(10.0 * scale, seed=seed * 10 + i)
+        counts = {f"count_{k:02d}_bytes": 1000 * (k + 1) for k in range(metrics - 1)}
+        out.append({"suite": "long", "variant": variant, "params": params, "samples": {"step_time_ms": s},
+                    "metrics": {"step_time_ms": sorted(s)[len(s) // 2], **counts}})
+    return out
+
+
 def json_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -9,9 +9,9 @@ from bench.compare import ONE_RUN_CAVEAT, ONE_RUN_UNGATED, Comparison, compare
 from bench.compare_text import NOT_JUDGED
 from bench.records import read_run_json
 from bench.stats import compare_runs, compare_samples
-from reports.compare_page import heatmap, write_compare_html
+from reports.compare_page import CASE_LABEL_CHARS, heatmap, timing_bars, write_compare_html
 from tests.optional import needs
-from tests.runs import A100, H200, checkpointing_records, samples, write_run
+from tests.runs import A100, H200, checkpointing_records, long_case_records, samples, write_run
 
 
 def timing_case(variant, median, spread=0.01, n=30, seed=0, **metrics):
@@ -310,6 +310,28 @@ def test_heatmap_colours_only_judged_cells(tmp_path):
     for metric, judged in (("step_time_ms", True), ("step_time_iqr_ms", False), ("tokens_per_s", False)):
         j = metrics.index(metric)
         assert math.isfinite(coloured.z[0][j]) == judged and math.isfinite(grey.z[0][j]) != judged, metric
+
+
+@needs("plotly")
+def test_long_case_ids_are_shortened_on_the_axes_and_named_whole_on_hover(tmp_path):
+    # mtp's 170-character case_ids took all but ~110 px of the heatmap's width, its 51 metric names piled on each other
+    rows = compare([write_run(tmp_path, "a", long_case_records())],
+                   [write_run(tmp_path, "b", long_case_records(scale=1.3, seed=1))]).rows
+    cases = list(dict.fromkeys(rows["case_id"]))
+    fig = heatmap(rows)
+    labels = list(fig.layout.yaxis.ticktext)
+    assert list(fig.layout.yaxis.tickvals) == cases and len(set(labels)) == len(cases) == 5
+    assert max(map(len, labels)) <= CASE_LABEL_CHARS < min(map(len, cases))
+    # the params every case of the suite shares are left out: the two points of `two` differ in one mid-id, which a
+    # cut in the middle alone would drop
+    assert labels == [f"long/{v}/prompt_len={n},…" for v, n in (("a", 8), ("b", 8), ("c", 8), ("two", 16), ("two", 8))]
+    assert all(any(c in h for h in fig.data[0].hovertext[i]) for i, c in enumerate(cases))  # the whole id
+    bars = timing_bars(rows, "long", "step_time_ms")
+    assert list(bars.layout.yaxis.ticktext) == [x.removeprefix("long/") for x in labels]
+    assert fig.layout.xaxis.tickangle == 0  # three metrics: names across, broken at underscores
+    many = compare([write_run(tmp_path, "c", long_case_records(metrics=30))],
+                   [write_run(tmp_path, "d", long_case_records(metrics=30, seed=1))]).rows
+    assert heatmap(many).layout.xaxis.tickangle == -90  # thirty: each name whole, upright
 
 
 @needs("plotly")

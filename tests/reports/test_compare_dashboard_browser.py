@@ -1,5 +1,6 @@
 """The compare page and the dashboard as headless Chromium draws them for a newcomer's first runs: numbers that stay
-on one line, labels that are not rotated, and runs made minutes apart that keep their own x."""
+on one line, labels that are not rotated where they fit and never overlap, and runs made minutes apart that keep their
+own x."""
 
 import re
 
@@ -12,7 +13,7 @@ require("plotly")
 
 from bench.compare import compare  # noqa: E402
 from reports.compare_page import write_compare_html  # noqa: E402
-from tests.runs import checkpointing_records, write_run  # noqa: E402
+from tests.runs import checkpointing_records, long_case_records, write_run  # noqa: E402
 
 pytestmark = needs_chromium
 
@@ -71,11 +72,26 @@ def test_no_tick_label_is_rotated(compare_page):
 
 
 def test_case_labels_fit_and_metric_labels_do_not_overlap(compare_page):
-    for f in compare_page["figures"]:
+    _labels_fit(compare_page)
+
+
+def _labels_fit(page) -> None:
+    for f in page["figures"]:
         assert all(t["box"][0] >= f["left"] - 1 for t in f["ticks"]), "a tick label is cut off on the left"
         top = sorted((t["box"] for t in f["ticks"] if t["axis"] == "x" and not re.fullmatch(r"[\d.,]+", t["text"])),
                      key=lambda b: b[0])
         assert all(a[2] <= b[0] + 1 for a, b in zip(top, top[1:])), "x tick labels overlap"
+
+
+def test_long_case_ids_and_many_metrics_fit(tmp_path):
+    # a compare of mtp and moe: 170-character case_ids left the heatmap ~110 px of the page for 51 metric columns,
+    # whose names piled on each other
+    a = write_run(tmp_path, "a", long_case_records(metrics=30))
+    b = write_run(tmp_path, "b", long_case_records(metrics=30, scale=1.3, seed=1))
+    page = probe(write_compare_html(compare([a], [b]), tmp_path / "compare.html"), COMPARE, width=WIDTH)
+    _labels_fit(page)
+    names = [t["text"] for t in page["figures"][0]["ticks"] if t["axis"] == "x"]
+    assert len(names) == 30 and "count_00_bytes" in names  # each drawn, whole
 
 
 @pytest.fixture(scope="module")
