@@ -29,6 +29,7 @@ pre { white-space: pre-wrap; font-size: 0.8rem; margin: 0; }
 .scroll { overflow-x: auto; max-width: 100%; }
 td.reason { min-width: 16em; white-space: normal; }
 td.wrap, td.wrap code { overflow-wrap: anywhere; }
+li code { overflow-wrap: anywhere; } /* a case_id in a list: mtp's, 170 characters, ran off the run report */
 td.case-id { min-width: 22em; overflow-wrap: anywhere; } /* suite/variant/k=v,...: no spaces to break at */
 .flag { color: #9a6700; font-weight: 600; cursor: help; }
 """

@@ -16,6 +16,7 @@ require("plotly")
 
 from reports.run_report import write_report  # noqa: E402
 from tests.reports.quick_run import write_quick_run  # noqa: E402
+from tests.runs import long_case_records, write_run  # noqa: E402
 
 pytestmark = needs_chromium
 
@@ -127,3 +128,13 @@ def test_the_reasons_of_cases_not_ok_are_on_screen(quick):
 
 def test_every_table_scrolls_sideways(quick):
     assert quick["tables"] and set(quick["tables"]) == {"auto"}  # overflow-x of each table's box
+
+
+def test_a_contended_case_with_a_long_id_stays_on_the_page(tmp_path):
+    # mtp's case_ids (170 characters, no space to break at) ran past the page's right edge in the list of contended
+    # cases under the summary, and the whole page scrolled sideways
+    records = [{**r, "metrics": {**r["metrics"], "contended": True}} for r in long_case_records()]
+    page = probe(write_report([write_run(tmp_path, "run", records)], tmp_path / "report.html"),
+                 "return {listed: [...document.querySelectorAll('li code')].map(c => c.textContent), "
+                 "scroll: document.documentElement.scrollWidth, width: window.innerWidth};", width=WIDTH)
+    assert len(page["listed"]) == 5 and page["scroll"] <= page["width"], page
