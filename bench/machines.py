@@ -17,7 +17,7 @@ from bench.env import measured_gpu
 RESUMED = "resumed_envs"
 """run.json: one entry ({started_at, env_id, device, env, cases}) per resume on another GPU of a machine the run had
 measured on, and per resume on that machine after one, while a record of the run is taken under it
-(bench.rundir.keep_measured); a merge keeps a shard's in its merged_from entry."""
+(bench.resumes.keep_measured); a merge keeps a shard's in its merged_from entry."""
 
 
 def _shards(meta: dict) -> list[dict]:

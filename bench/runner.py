@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench import distributed, interference, launchers, pinning, rundir
+from bench import distributed, interference, launchers, pinning
 from bench.atomic import OutputError, atomic_write_bytes
 from bench.case import SEED, Case, cpu_threads
 from bench.distributed import Launch
 from bench.eta import Eta
 from bench.records import FAILED, RECORDS_JSONL, RUN_JSON, Record, RecordWriter, RunMeta, Scan, write_run_json
-from bench.rundir import LOCK, code_changed, keep_damaged, note_machine, open_run_dir, thread_counts
+from bench.resumes import code_changed, declarations, keep_measured, note_machine, thread_counts
+from bench.rundir import LOCK, keep_damaged, open_run_dir
 from bench.rundir import RunDirError as RunDirError  # re-exported: callers of run() catch runner.RunDirError
 from bench.suite import SUITES, Suite, case_id, warn_undeclared
 from bench.validation import check_measurement
@@ -143,8 +144,7 @@ def run(cfg: RunConfig, progress=None, opened=None) -> tuple[int, list[Record]]:
 
 
 def _todo(cases: list[Case], scan: Scan, cfg: RunConfig) -> list[Case]:
-    """The cases of `cases` this run measures: those `scan` holds no record of, and with --retry-failed those it
-    holds as error or timeout."""
+    """The cases of `cases` this run measures: those `scan` holds no record of; with --retry-failed, failed ones too."""
     finished = {r.case_id: r for r in scan.records}
     return [c for c in cases if c.id not in finished or (cfg.retry_failed and finished[c.id].status in FAILED)]
 
@@ -189,7 +189,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     todo = [c for c in _todo(cases, scan, cfg) if c.id not in elsewhere]
     threads, mixed = thread_counts(meta.suites, {s.name: cpu_threads(s, cfg.device, cfg.threads, cfg.cpus)
                                                  for s in cfg.suites}, todo, scan.records, cfg.out)
-    meta.suites = rundir.declarations(meta.suites, {s.name: s.describe() for s in cfg.suites}, todo, threads)
+    meta.suites = declarations(meta.suites, {s.name: s.describe() for s in cfg.suites}, todo, threads)
     if todo:  # a resume on another machine or GPU than run.json's: each listed, as a merge lists its shards'
         mixed += note_machine(meta, env_id, environment, [c.id for c in todo], scan.records, cfg.out)
     write_run_json(cfg.out, meta)
@@ -246,7 +246,7 @@ def _run(cfg: RunConfig, progress, cases: list[Case], shard: str, meta: dict | N
     meta.not_run = [c for c in meta.not_run or [] if c not in finished and c not in elsewhere] or None
     meta.finished_at = None if meta.not_run else now()
     meta.recorded, meta.machine_end = len(finished), interference.machine_state(marks)
-    rundir.keep_measured(meta, finished.values())  # a resume's GPU whose every case a --retry-failed ran elsewhere
+    keep_measured(meta, finished.values())  # a resume's GPU whose every case a --retry-failed ran elsewhere
     if not todo and was[0] and meta.finished_at:  # a resume of a finished run with nothing to do: it ran nothing
         meta.finished_at, meta.machine_end = was
     write_run_json(cfg.out, meta)
