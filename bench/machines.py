@@ -90,13 +90,15 @@ def measured_by(meta: dict) -> list[dict]:
     (a shard resumed on another machine); else the run's own; then the run's resumes on other GPUs."""
     device = meta.get("device")
 
+    def source(e: dict) -> dict:  # a shard's entry or a resume's
+        return {"device": e.get("device") or device, "env": e["env"], "env_id": e.get("env_id")}
+
     def resumes(holder: dict) -> list[dict]:
-        return [{"device": e.get("device") or device, "env": e["env"], "env_id": e.get("env_id")}
-                for e in _resumes(holder)]
+        return [source(e) for e in _resumes(holder)]
 
     out = []
     for e in _shards(meta):
-        out += [{"device": e.get("device") or device, "env": e["env"], "env_id": e.get("env_id")}, *resumes(e)]
+        out += [source(e), *resumes(e)]
     envs = meta.get("envs") if isinstance(meta.get("envs"), dict) else {}
     named = {e.get("env_id") for e in _shards(meta)}
     out += [{"device": device, "env": env, "env_id": k} for k, env in envs.items()
