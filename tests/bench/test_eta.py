@@ -52,11 +52,12 @@ def test_a_skip_for_want_of_a_package_installed_since_is_no_duration_of_its_case
     d = tmp_path / "first"
     d.mkdir()
     skips = {"lib": "needs json, which is not installed (pip install -e '/x[ecosystem]')",  # installed now
-             "two": "needs no_such_module_here, json, which is not installed (pip install -e '/x[ecosystem]')",
+             "both": "needs json, re, which is not installed (pip install -e '/x[ecosystem]')",  # both installed now
+             "one": "needs no_such_module_here, json, which is not installed (pip install -e '/x[ecosystem]')",  # skips
              "gone": "needs no_such_module_here, which is not installed (pip install no-such-module)",  # still not
              "cuda": "a Triton kernel runs on CUDA only: skipped on cpu"}
     (d / "records.jsonl").write_text("".join(json.dumps({"case_id": c, "device": "cpu", "elapsed_s": 0.01,
                                                          "status": "skipped", "error": why}) + "\n"
                                              for c, why in skips.items()))
-    assert earlier_durations(tmp_path / "next", list(skips), "cpu") == {"gone": 0.01, "cuda": 0.01}
+    assert earlier_durations(tmp_path / "next", list(skips), "cpu") == {"one": 0.01, "gone": 0.01, "cuda": 0.01}
     assert Eta.from_runs(tmp_path / "next", list(skips), "cpu").text() == "ETA 0s + 2 cases not timed before"
