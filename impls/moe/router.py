@@ -24,7 +24,8 @@ from impls.moe.reference import Routing, SoftmaxRouter, balance_loss, check_top_
 class AuxFreeRouter(nn.Module):
     """forward: scores = sigmoid(gate(x).float()), top-k by scores + bias, weights = the selected scores over their
     sum, cast to x's dtype. That is DeepSeek-V3's inference/model.py Gate.forward with score_func="sigmoid" except:
-    no route_scale (V3's config multiplies the weights by 2.5), and node-limited ranking sums the top
+    the sigmoid in fp32 of logits in x's dtype (Gate: logits and sigmoid in bf16; HF's DeepseekV3TopkRouter: both
+    in fp32), no route_scale (V3's config multiplies the weights by 2.5), and node-limited ranking sums the top
     max(1, top_k // topk_groups) biased scores of a node where Gate sums the top 2 (equal at V3's top-8 over 4 of 8
     nodes). n_groups=1 skips node limiting. Only update_bias (called by the training loop) changes the bias."""
 
