@@ -10,8 +10,10 @@ With x = alpha x0 + sigma eps (all conditional means given x_t = x):
     score    = -eps / sigma
     velocity = d_alpha x0 + d_sigma eps     (dx/dt of the probability-flow ODE; eps - x0 for rectified flow)
 The velocity is the time derivative along the path, not Salimans & Ho's (diffusers' "v_prediction") v = alpha eps -
-sigma x0, which is dx/dphi for phi = atan(sigma / alpha): on a VP schedule the two differ by a factor that depends
-on t; on rectified flow (alpha = 1 - t, sigma = t) both are eps - x0.
+sigma x0, which is dx/dphi for phi = atan(sigma / alpha): on a VP schedule the two differ by the factor dphi/dt,
+which depends on t. Salimans & Ho's v is defined for VP schedules only; on rectified flow (alpha = 1 - t, sigma = t)
+the velocity here is eps - x0 (flow matching's target, diffusers' "flow_prediction"), while alpha eps - sigma x0
+would be (1 - t) eps - t x0, not a multiple of it.
 """
 
 from __future__ import annotations
