@@ -14,7 +14,9 @@ With D=0 there are no modules and the model and loss are the plain model's exact
 Conventions: module k's block runs at RoPE positions 0..T-k-1, the positions i of the h_i^{k-1} it reads (not
 i + k), over its own KV cache. M_k takes [hnorm(h); enorm(emb)] in eq. 21's order; the released implementations
 (vLLM's deepseek_mtp.py: eh_proj(cat([enorm(emb), hnorm(h)]))) take the halves the other way round, so their
-eh_proj weights load into proj with its two input halves swapped.
+eh_proj weights load into proj with its two input halves swapped. h^0 here is the main model's residual stream
+before its final norm (TransformerLM.hidden); vLLM hands the module the main model's output after it (model.norm), so
+its hnorm reads that norm's weight times RMSNorm(h), not RMSNorm(h): the released MTP weights expect main.norm(h^0).
 """
 
 from __future__ import annotations
