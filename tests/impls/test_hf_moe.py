@@ -1,5 +1,9 @@
 """transformers' experts implementations against our per-expert loop on the same routed tokens and expert weights:
-the same output and gradients (ours in our layout), which GEMM path grouped_mm took, and a moved API as an error."""
+the same output and gradients (ours in our layout), which GEMM path grouped_mm took, and a moved API as an error;
+and its DeepSeek-V3 router against our AuxFreeRouter."""
+
+import copy
+import importlib
 
 import pytest
 import torch
@@ -7,6 +11,7 @@ import torch
 from impls.libraries import ApiMoved
 from impls.moe import hf
 from impls.moe.reference import loop_dispatch
+from impls.moe.router import AuxFreeRouter
 from suites.moe import Moe
 from tests.impls.test_moe import _dispatch_case, _run
 from tests.optional import needs
@@ -61,6 +66,32 @@ def test_library_experts_equal_the_loop(impl, dtype, shape, atol, rtol, weight_a
         torch.testing.assert_close(a, b, atol=weight_atol if name in ("w1", "w2") else atol,
                                    rtol=rtol, msg=lambda m, n=name: f"{impl}: grad of {n}: {m}")
     assert grads[2][-1].abs().max() == 0  # the empty expert
+
+
+def test_aux_free_router_is_the_library_router_with_route_scale_1():
+    # DeepseekV3TopkRouter: sigmoid scores, top-k of scores + e_score_correction_bias within the topk_group nodes
+    # ranked by their top-2 biased scores, weights = the unbiased scores normalized (norm_topk_prob). Ours ranks
+    # nodes by their top_k // topk_groups = 2 here. Both in fp32, so the same experts and weights to rounding.
+    torch.manual_seed(0)
+    E, K, nodes, reach, D = 16, 4, 4, 2, 32
+    ours = AuxFreeRouter(D, E, K, n_groups=nodes, topk_groups=reach)
+    ours.bias.copy_(0.3 * torch.randn(E))  # large enough to change selections, so the bias's role is tested
+    cfg = hf.api().Config(hidden_size=D, n_routed_experts=E, num_experts_per_tok=K, n_group=nodes, topk_group=reach,
+                          norm_topk_prob=True, routed_scaling_factor=1.0, num_hidden_layers=1)
+    lib = importlib.import_module(hf.MODULES["experts"]).DeepseekV3TopkRouter(cfg)
+    with torch.no_grad():
+        lib.weight.copy_(ours.gate.weight)
+        lib.e_score_correction_bias.copy_(ours.bias)
+    x = torch.randn(256, D)
+    routing = ours(x)
+    _, weights, indices = lib(x)
+    mine, order = routing.indices.sort(-1)
+    theirs, their_order = indices.sort(-1)
+    assert torch.equal(mine, theirs)
+    unbiased = copy.deepcopy(ours)
+    unbiased.bias.zero_()
+    assert not torch.equal(mine, unbiased.select(routing.scores).sort(-1).values)  # the bias did move selections
+    torch.testing.assert_close(routing.weights.gather(1, order), weights.gather(1, their_order), atol=1e-6, rtol=1e-6)
 
 
 def test_the_library_module_holds_our_weights_in_its_layout():
