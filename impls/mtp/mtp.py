@@ -16,7 +16,8 @@ i + k), over its own KV cache. M_k takes [hnorm(h); enorm(emb)] in eq. 21's orde
 (vLLM's deepseek_mtp.py: eh_proj(cat([enorm(emb), hnorm(h)]))) take the halves the other way round, so their
 eh_proj weights load into proj with its two input halves swapped. h^0 here is the main model's residual stream
 before its final norm (TransformerLM.hidden); vLLM hands the module the main model's output after it (model.norm), so
-its hnorm reads that norm's weight times RMSNorm(h), not RMSNorm(h): the released MTP weights expect main.norm(h^0).
+its hnorm reads that norm's weight times RMSNorm(h), not RMSNorm(h): released MTP weights loaded here want it fed
+main.norm(h^0), as vLLM serves them (an inference engine that hooks the pre-norm stream differs on this too).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Greedy decreasing bin packing into rows of packing_length: longest first, each into the best-fitting open row.
 
-This is best-fit decreasing (BFD), the tighter sibling of first-fit decreasing: both take longest-first order and
-share the 11/9 OPT + 6/9 worst-case bound (Johnson 1973; Dósa 2007), and BFD is the one that runs fast here. Rows are
-kept in buckets by free tokens, and the sorted list of non-empty bucket keys (at most packing_length + 1 of them) is
-searched with bisect, so each item costs O(log packing_length) plus O(1) list work: 0.3-0.5 s for 1M lengths, where a
-first-fit scan over up to ~300k open rows, or a Python segment tree over them (~40 Python steps an item), is slower.
+This is best-fit decreasing (BFD), the sibling of first-fit decreasing (FFD): both take longest-first order and use
+at most 11/9 OPT + O(1) rows (Johnson 1973; the tight 11/9 OPT + 6/9 is proven for FFD, Dósa 2007), and BFD is the
+one that runs fast here. Rows are kept in buckets by free tokens, and the sorted list of non-empty bucket keys (at
+most packing_length + 1 of them) is searched with bisect, so each item costs O(log packing_length) plus O(1) list
+work: 0.3-0.5 s for 1M lengths, where a first-fit scan over up to ~300k open rows, or a Python segment tree over them
+(~40 Python steps an item), is slower.
 """
 
 from __future__ import annotations
