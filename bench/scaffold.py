@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.atomic import OutputError, atomic_write_text
 
+MAX_NAME = 40  # the generated files' lines that carry the name stay within ruff's 120 characters up to this length
 TEMPLATES = Path(__file__).parent / "templates"  # str.format templates: data, not code of this package
 FILES = {  # where each file goes -> its template
     "impls/{name}/__init__.py": "impls_init.py.tmpl",
@@ -37,6 +38,9 @@ def scaffold(name: str, root: Path) -> list[Path]:
     if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower() or name.startswith("_"):
         raise ScaffoldError(f"the technique name must be a lower-case Python identifier (e.g. flash_decode), "
                             f"got {name!r}")
+    if len(name) > MAX_NAME:
+        raise ScaffoldError(f"the technique name must be at most {MAX_NAME} characters, got {len(name)} "
+                            f"({name[:MAX_NAME]}...)")
     missing = [d for d in ("bench", "impls", "suites", "reports/figures", "tests") if not (root / d).is_dir()]
     if missing:
         raise ScaffoldError(f"{root} is not a techbench checkout (no {', '.join(missing)}): run bench new inside "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.scaffold import MAX_NAME, scaffold
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = ("bench", "impls", "suites", "reports")
@@ -53,6 +54,7 @@ def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
 @pytest.mark.parametrize("name, message", [
     ("Demo", "lower-case Python identifier"), ("2fast", "lower-case Python identifier"),
     ("class", "lower-case Python identifier"), ("fp8", "fp8 exists already (impls/fp8/__init__.py"),
+    ("a" * 41, "at most 40 characters, got 41"), ("a" * 300, "at most 40 characters, got 300"),  # 300: no file name
 ])
 def test_bad_names_are_refused_and_nothing_is_written(capsys, name, message):
     before = sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts)
@@ -60,6 +62,15 @@ def test_bad_names_are_refused_and_nothing_is_written(capsys, name, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert sorted(p for p in ROOT.rglob("*.py") if "__pycache__" not in p.parts) == before
+
+
+def test_the_longest_name_keeps_every_generated_line_within_ruffs_120(tmp_path):
+    # a name's figure title and suite description sit on lines of their own: 12 characters overran one before
+    for d in ("bench", "impls", "suites", "reports/figures", "tests"):
+        (tmp_path / d).mkdir(parents=True)
+    written = scaffold("n" * MAX_NAME, tmp_path)
+    long = [(p.name, len(line)) for p in written for line in p.read_text().splitlines() if len(line) > 120]
+    assert len(written) == 7 and not long, long
 
 
 def test_a_folder_that_is_not_a_checkout_is_refused(capsys, tmp_path):
