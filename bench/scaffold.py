@@ -10,6 +10,7 @@ this for this layout.
 from __future__ import annotations
 
 import keyword
+import re
 from contextlib import suppress
 from pathlib import Path
 
@@ -35,9 +36,10 @@ class ScaffoldError(ValueError):
 def scaffold(name: str, root: Path) -> list[Path]:
     """Write the technique's files under `root` (a techbench checkout); returns them. Refuses to overwrite. All of
     them or none: a write that fails (OutputError, exit 1) removes those written before it."""
-    if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower() or name.startswith("_"):
-        raise ScaffoldError(f"the technique name must be a lower-case Python identifier (e.g. flash_decode), "
-                            f"got {name!r}")
+    # ASCII: Python reads a non-ASCII identifier NFKC-normalized, so `import impls.µ` looks for impls/μ (U+03BC)
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
+        raise ScaffoldError(f"the technique name must be a lower-case Python identifier of a-z, 0-9 and _ "
+                            f"(e.g. flash_decode), got {name!r}")
     if len(name) > MAX_NAME:
         raise ScaffoldError(f"the technique name must be at most {MAX_NAME} characters, got {len(name)} "
                             f"({name[:MAX_NAME]}...)")

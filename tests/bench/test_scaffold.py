@@ -54,6 +54,7 @@ def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
 @pytest.mark.parametrize("name, message", [
     ("Demo", "lower-case Python identifier"), ("2fast", "lower-case Python identifier"),
     ("class", "lower-case Python identifier"), ("fp8", "fp8 exists already (impls/fp8/__init__.py"),
+    ("\u00b5", "lower-case Python identifier"),  # Python reads impls.µ as impls.μ (NFKC)
     ("a" * 41, "at most 40 characters, got 41"), ("a" * 300, "at most 40 characters, got 300"),  # 300: no file name
 ])
 def test_bad_names_are_refused_and_nothing_is_written(capsys, name, message):
