@@ -9,6 +9,7 @@ this for this layout.
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
 from contextlib import suppress
@@ -27,6 +28,9 @@ FILES = {  # where each file goes -> its template
     "tests/impls/test_{name}.py": "test_impls.py.tmpl",
     "tests/suites/test_{name}.py": "test_suite.py.tmpl",
 }
+
+
+PACKAGES = ("impls", "suites", "reports/figures")  # where the technique is a module of its own
 
 
 class ScaffoldError(ValueError):
@@ -48,9 +52,15 @@ def scaffold(name: str, root: Path) -> list[Path]:
         raise ScaffoldError(f"{root} is not a techbench checkout (no {', '.join(missing)}): run bench new inside "
                             "one, or pass --dir CHECKOUT")
     paths = {root / p.format(name=name): (TEMPLATES / t).read_text() for p, t in FILES.items()}
-    taken = [str(p.relative_to(root)) for p in paths if p.exists()]
+    # impls/NAME.py (impls/libraries.py), suites/NAME/, reports/figures/NAME/: a module the package of NAME would shadow
+    others = (root / "impls" / f"{name}.py", root / "suites" / name, root / "reports" / "figures" / name)
+    taken = [str(p.relative_to(root)) for p in (*paths, *others) if p.exists()]
     if taken:
         raise ScaffoldError(f"{name} exists already ({', '.join(taken)}); choose another name")
+    for package in PACKAGES:  # importing package.NAME rebinds the package's own NAME (reports.figures.ok, .math)
+        if name in _bound(root / package / "__init__.py"):
+            raise ScaffoldError(f"{name} is a name of {package}/__init__.py, which the module {package}/{name} would "
+                                "replace; choose another name")
     title = name.replace("_", " ")
     cls = "".join(part.title() for part in name.split("_"))
     # the folders it creates (impls/NAME, and tests/impls where a checkout lacks it), deepest first
@@ -68,3 +78,19 @@ def scaffold(name: str, root: Path) -> list[Path]:
                 d.rmdir()
         raise
     return list(paths)
+
+
+def _bound(module: Path) -> set[str]:
+    """The names a module's top level binds (defs, classes, assignments, imports); none for a file that is absent."""
+    if not module.is_file():
+        return set()
+    names = set()
+    for node in ast.parse(module.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
