@@ -58,11 +58,16 @@ def scaffold(name: str, root: Path) -> list[Path]:
     if taken:
         raise ScaffoldError(f"{name} exists already ({', '.join(taken)}); choose another name")
     for package in PACKAGES:  # importing package.NAME rebinds the package's own NAME (reports.figures.ok, .math)
-        if name in _bound(root / package / "__init__.py"):
+        init = root / package / "__init__.py"
+        if init.is_file() and name in _bound(init.read_text()):
             raise ScaffoldError(f"{name} is a name of {package}/__init__.py, which the module {package}/{name} would "
                                 "replace; choose another name")
     title = name.replace("_", " ")
     cls = "".join(part.title() for part in name.split("_"))
+    # the suite's class would rebind what its module imports: `bench new workload` made Workload(step) the suite
+    if cls in _bound(paths[root / f"suites/{name}.py"].format(name="x", title="x", cls="X")):
+        raise ScaffoldError(f"{name} would name its suite class {cls}, which suites/{name}.py imports; choose "
+                            "another name")
     # the folders it creates (impls/NAME, and tests/impls where a checkout lacks it), deepest first
     made = sorted({d for p in paths for d in p.parents if not d.exists()}, key=lambda d: -len(d.parts))
     written: list[Path] = []
@@ -80,12 +85,10 @@ def scaffold(name: str, root: Path) -> list[Path]:
     return list(paths)
 
 
-def _bound(module: Path) -> set[str]:
-    """The names a module's top level binds (defs, classes, assignments, imports); none for a file that is absent."""
-    if not module.is_file():
-        return set()
+def _bound(source: str) -> set[str]:
+    """The names a module's top level binds: defs, classes, assignments, imports."""
     names = set()
-    for node in ast.parse(module.read_text()).body:
+    for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):

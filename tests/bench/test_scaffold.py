@@ -56,6 +56,7 @@ def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
     ("class", "lower-case Python identifier"), ("fp8", "fp8 exists already (impls/fp8/__init__.py"),
     ("libraries", "libraries exists already (impls/libraries.py)"),  # impls/libraries/ would hide it
     ("ok", "ok is a name of reports/figures/__init__.py"),  # reports.figures.ok, imported, would replace ok()
+    ("workload", "would name its suite class Workload, which suites/workload.py imports"),
     ("\u00b5", "lower-case Python identifier"),  # Python reads impls.µ as impls.μ (NFKC)
     ("a" * 41, "at most 40 characters, got 41"), ("a" * 300, "at most 40 characters, got 300"),  # 300: no file name
 ])
