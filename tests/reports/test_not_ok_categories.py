@@ -161,8 +161,22 @@ def test_the_scaffolded_figure_module_marks_failures_at_their_shape(frame):
     module: dict = {}
     exec(compile(code, "reports/figures/demo_op.py", "exec"), module)
     (fig,) = module["figures"](frame[frame["suite"] == "demo_op"].reset_index(drop=True))
-    assert marked(fig) == {"error": ["512x256x384"], "skipped": ["64x32x48"]}
+    assert marked(fig) == {"error": ["k=256, m=512, n=384"], "skipped": ["k=32, m=64, n=48"]}
     assert reasons(fig) == {CUDA, "RuntimeError: boom"}
+
+
+def test_the_scaffolded_figure_module_draws_a_grid_of_other_params(tmp_path):
+    # a user's grid (here M, N without K) drew nothing before: the module read params["k"], and the report showed a
+    # KeyError in its place while bench run exited 0
+    code = TEMPLATE.read_text().format(name="bias_gelu", title="bias gelu", cls="BiasGelu")
+    module: dict = {}
+    exec(compile(code, "reports/figures/bias_gelu.py", "exec"), module)
+    records = [case("bias_gelu", v, {"m": 64, "n": 48}, {"step_time_ms": 1.0 + i})
+               for i, v in enumerate(("reference", "fused"))]
+    records.append(case("bias_gelu", "fused", {"m": 512, "n": 384}, status="error"))
+    (fig,) = module["figures"](load_frame([write_run(tmp_path, "cpu", records, gpu=None)]))
+    assert [list(t.x) for t in fig.data if t.type == "bar"] == [["m=64, n=48"], ["m=64, n=48"]]
+    assert marked(fig) == {"error": ["m=512, n=384"]}
 
 
 def test_a_case_without_a_category_gets_one_of_its_own(frame):
