@@ -149,7 +149,9 @@ def cmd_new(args) -> int:
     for path in written:
         print(path)
     tests = f"tests/impls/test_{args.name}.py tests/suites/test_{args.name}.py"
-    print(f"next: edit impls/{args.name}/, then `pytest {tests}` and `bench run {args.name} --size smoke`")
+    # the example runs through all of them: a new grid's params reach the suite, its tests and the figure module
+    print(f"next: replace the example in impls/{args.name}/, suites/{args.name}.py, reports/figures/{args.name}.py and "
+          f"both tests, then `pytest {tests}` and `bench run {args.name} --size smoke`")
     checkout, running = args.dir.resolve(), Path(__file__).resolve().parents[1]
     if checkout != running:  # the bench at hand (an editable install, say) would not see the new suite
         print(f"  run them in {shell_word(checkout)} with PYTHONPATH={shell_word(checkout)}: this bench runs the code "

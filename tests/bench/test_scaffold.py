@@ -43,6 +43,8 @@ def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
                     "suites/demo_op.py", "reports/figures/demo_op.py", "tests/impls/test_demo_op.py",
                     "tests/suites/test_demo_op.py"}
     assert "PYTHONPATH" not in done.stdout  # the bench that wrote them runs this checkout's code: it sees them
+    assert "next: replace the example in impls/demo_op/, suites/demo_op.py, reports/figures/demo_op.py and both " \
+           "tests" in done.stdout, done.stdout  # not impls/ alone: the suite and figure module carry it too
     done = run(checkout, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/impls/test_demo_op.py",
                "tests/suites/test_demo_op.py")
     assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
