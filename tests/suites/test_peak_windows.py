@@ -21,7 +21,7 @@ from tests.optional import needs
 CASES = [
     ("moe", ("loop", "grouped_torch"), {"part": "dispatch"}),
     ("rmpad", ("padded", "segments"), {"mode": "train", "dist": "uniform"}),
-    pytest.param("rmpad", ("hf_flat_sdpa",), {"model": "hf_llama"}, marks=needs("transformers")),
+    pytest.param("rmpad", ("hf_flat_sdpa",), {"model": "hf_llama"}, marks=needs("transformers"), id="rmpad-hf"),
     ("packing", ("ffd",), {"dist": "lognormal"}),
     ("mtp", ("plain",), {}),
     ("mla", ("mha",), {"part": "decode"}),
@@ -29,8 +29,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,variants,where", CASES,
-                         ids=["moe", "rmpad", "rmpad-hf", "packing", "mtp", "mla", "detection"])
+@pytest.mark.parametrize("name,variants,where", CASES,  # ids: each case's suite, or its pytest.param id
+                         ids=[getattr(c, "id", None) or c[0] for c in CASES])
 def test_a_measured_peak_is_what_the_cuda_allocator_would_count(name, variants, where, monkeypatch):
     suite = discover()[name]
     point = next(p for p in suite.grid("smoke", "cpu") if all(p.get(k) == v for k, v in where.items()))
