@@ -70,6 +70,12 @@ def scaffold(name: str, root: Path) -> list[Path]:
                             "another name")
     # the folders it creates (impls/NAME, and tests/impls where a checkout lacks it), deepest first
     made = sorted({d for p in paths for d in p.parents if not d.exists()}, key=lambda d: -len(d.parts))
+    # a test folder it makes is a package, as the checkout's are: in two plain folders test_NAME.py twice is one
+    # module name, which pytest refuses ("import file mismatch")
+    tests = [d for d in made if root / "tests" in d.parents]
+    for d in (root / "tests", *tests) if tests else ():
+        if not (d / "__init__.py").exists():
+            paths[d / "__init__.py"] = ""
     written: list[Path] = []
     try:
         for path, text in paths.items():

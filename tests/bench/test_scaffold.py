@@ -76,7 +76,21 @@ def test_the_longest_name_keeps_every_generated_line_within_ruffs_120(tmp_path):
         (tmp_path / d).mkdir(parents=True)
     written = scaffold("n" * MAX_NAME, tmp_path)
     long = [(p.name, len(line)) for p in written for line in p.read_text().splitlines() if len(line) > 120]
-    assert len(written) == 7 and not long, long
+    assert len(written) == 10 and not long, long  # 7, and the __init__.py of tests/, tests/impls and tests/suites
+
+
+def test_the_tests_it_writes_where_the_checkout_has_no_test_folders_pass(tmp_path):
+    # tests/ alone: the folders it makes are packages, or the two test_demo_op.py were one module name to pytest
+    for name in CODE:
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "tests").mkdir()
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    done = run(tmp_path, "-m", "bench", "new", "demo_op")
+    assert done.returncode == 0, done.stderr
+    assert {"tests/__init__.py", "tests/impls/__init__.py", "tests/suites/__init__.py"} <= set(done.stdout.split())
+    done = run(tmp_path, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/impls/test_demo_op.py",
+               "tests/suites/test_demo_op.py")
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
 
 
 def test_a_folder_that_is_not_a_checkout_is_refused(capsys, tmp_path):
