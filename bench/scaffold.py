@@ -42,8 +42,8 @@ def scaffold(name: str, root: Path) -> list[Path]:
     them or none: a write that fails (OutputError, exit 1) removes those written before it."""
     # ASCII: Python reads a non-ASCII identifier NFKC-normalized, so `import impls.µ` looks for impls/μ (U+03BC)
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
-        raise ScaffoldError(f"the technique name must be a lower-case Python identifier of a-z, 0-9 and _ "
-                            f"(e.g. flash_decode), got {name!r}")
+        raise ScaffoldError(f"the technique name must be a lower-case Python identifier of a-z, 0-9 and _, not a "
+                            f"keyword (e.g. flash_decode), got {name!r}")
     if len(name) > MAX_NAME:
         raise ScaffoldError(f"the technique name must be at most {MAX_NAME} characters, got {len(name)} "
                             f"({name[:MAX_NAME]}...)")

@@ -55,7 +55,7 @@ def test_the_scaffold_passes_its_own_tests_and_lint(checkout):
 
 @pytest.mark.parametrize("name, message", [
     ("Demo", "lower-case Python identifier"), ("2fast", "lower-case Python identifier"),
-    ("class", "lower-case Python identifier"), ("fp8", "fp8 exists already (impls/fp8/__init__.py"),
+    ("class", "identifier of a-z, 0-9 and _, not a keyword"), ("fp8", "fp8 exists already (impls/fp8/__init__.py"),
     ("libraries", "libraries exists already (impls/libraries.py)"),  # impls/libraries/ would hide it
     ("ok", "ok is a name of reports/figures/__init__.py"),  # reports.figures.ok, imported, would replace ok()
     ("workload", "would name its suite class Workload, which suites/workload.py imports"),
