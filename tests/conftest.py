@@ -79,6 +79,7 @@ LONGEST = (  # seconds of one worker's wall time each, from `pytest --durations=
     "tests/bench/test_plan.py",  # 11
     "smoke-samplers",  # 10
     "tests/bench/test_rundir.py",  # 10
+    "tests/bench/test_scaffold.py",  # 10 (6 before it ran pytest on a checkout with no test folders too)
     "tests/bench/test_plan_error.py",  # 9
     "tests/impls/test_samplers_diffusers.py",  # 8
     "tests/impls/test_samplers_metrics.py",  # 8
@@ -88,7 +89,6 @@ LONGEST = (  # seconds of one worker's wall time each, from `pytest --durations=
     "tests/bench/test_interference.py",  # 7
     "tests/reports/test_dashboard_exact.py",  # 7
     "tests/impls/test_trl_packing.py",  # 7
-    "tests/bench/test_scaffold.py",  # 6
 )
 
 
