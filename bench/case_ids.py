@@ -8,6 +8,11 @@ import re
 import shlex
 from typing import Any
 
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+"""What a suite's or variant's name may hold: a case_id joins them with "/" (and `bench run` splits it there), a name
+is a --variant word and a --case glob's text, and a suite's is a file's name (reports/figures/<suite>.py)."""
+NAME_RULE = "names other than letters, digits and _ . + - (a case_id is suite/variant/params)"
+
 
 def case_id(suite: str, variant: str, params: dict[str, Any]) -> str:
     """suite/variant/k=v,... with params sorted by key: the identity that resume, shard and compare join on."""

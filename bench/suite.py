@@ -8,7 +8,6 @@ installed packages name in the `techbench.suites` entry-point group.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import importlib.util
 import math
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench import metrics as metric_specs
+from bench.case_ids import NAME, NAME_RULE
 from bench.case_ids import case_id as case_id  # re-exported: the suites' and runner's name for it
 from bench.metrics import Metric
 
@@ -56,8 +56,7 @@ def off_cuda(suite: Suite, variant: str, device: str | None) -> str | None:
 
 def unmet(suite: Suite, variant: str, device: str | None = None) -> str | None:
     """Why `variant` cannot run here, on `device`: a CUDA-only kernel off CUDA (Suite.cuda_only), or for want of a
-    package its suite declares (Suite.requires); None where it can. Cheap: no import, no process; `bench run` asks
-    it before starting a case."""
+    package its suite declares (Suite.requires); None where it can. Cheap (no import, no process): asked per case."""
     if (why := off_cuda(suite, variant, device)) is not None:
         return why
     need = suite.requires.get(variant)
@@ -330,6 +329,7 @@ def register(cls: type[Suite]) -> type[Suite]:
     """Class decorator: instantiate and add to SUITES under `cls.name`; SuiteError for a class that cannot be one."""
     unknown = {f"part {n!r} lists unknown variants": set(p.variants) - set(cls.variants) for n, p in cls.parts.items()}
     unknown["requires names unknown variants"] = set(cls.requires) - set(cls.variants)
+    unknown[f"has {NAME_RULE}"] = {n for n in (cls.name, *cls.variants) if not NAME.fullmatch(str(n))}
     rels = (*cls.relative, *(r for p in cls.parts.values() for r in p.relative))  # a typo'd metric: ratios of None
     unknown["has a Relative of metrics it does not declare"] = {r.metric for r in rels} - set(cls().metric_specs())
     taken = type(SUITES[cls.name]) if cls.name in SUITES else cls

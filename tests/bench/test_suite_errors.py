@@ -67,3 +67,17 @@ def test_a_relative_of_an_undeclared_metric_is_refused():
                                          r"step_tme_ms$"):
         register(Typo)
     assert "_typo" not in SUITES
+
+
+@pytest.mark.parametrize("name, variants, bad", [
+    ("vision/tiny", {"a": "reference"}, "vision/tiny"),  # bench run would read suite "vision" of case vision/tiny/a/..
+    ("_mine", {"a": "reference", "b/c": "other"}, "b/c"),  # and variant "b" with params "c/..."
+    ("_mine", {"a": "reference", "two words": "other", "x*": "a glob"}, "two words, x*"),
+])
+def test_a_name_a_case_id_cannot_hold_is_refused(name, variants, bad):
+    cls = type("Mine", (Suite,), {"name": name, "variants": variants})
+    with pytest.raises(SuiteError) as info:
+        register(cls)
+    assert str(info.value) == (f"suite {name!r} has names other than letters, digits and _ . + - (a case_id is "
+                               f"suite/variant/params): {bad}")
+    assert name not in SUITES
