@@ -243,7 +243,8 @@ def flags(judged: list, newest):
             continue
         # the latest judged point speaks for the flag; the series' latest point, contended or not, for its age
         kind, p, last, values = j[bad[0]]["kind"], j[bad[-1]], s.iloc[bad[-1]], s["value"].tolist()
-        b, half = (p["old"], p["old_half"]) if kind == "drift" and p["old"] else (p["baseline"], p["half"])
+        # what the latest point was bad against: a run of bad points may start as a step and end as a drift
+        b, half = (p["old"], p["old_half"]) if p["kind"] == "drift" and p["old"] else (p["baseline"], p["half"])
         age = (newest - s["timestamp"].iloc[-1]).total_seconds() / 86400
         latest, previous = values[bad[-1]], values[bad[-2] if len(bad) > 1 else bad[-1] - 1]
         change = change_pct(latest, b)
@@ -337,14 +338,14 @@ def regressions(frame, threshold: float = 0.05, window: int = 7):
     values do not move stays as it was. A metric that no run of the store gives a kind (written before the column)
     is measured. A flag of a derived metric (the history's `inputs`) whose latest bad run is that of exactly one
     flagged input of its case `follows` it (the root of the chain: % of peak <- TFLOP/s <- the step's time).
-    Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (of the
-    flag's kind at the latest point), previous (the bad point before the latest; before a lone exact change, the
-    point before it), latest, change_pct (latest against that baseline, signed; ±inf from a baseline of 0), n_runs,
-    bad_runs (length of the bad run), run_id, timestamp (latest point), age_days (from the series' latest run to the
-    store's newest run), stale (age_days > STALE_DAYS: the series missed the latest night), library ("" for techbench's
-    own variants), threads (the CPU thread count as text, "" on a GPU) and follows (the metric whose flag this one moved
-    with, else None). "Latest point" is the latest not contended; age_days counts contended runs, which ran all the
-    same.
+    Columns: suite, case_id, variant, metric, env_id, device, gpu, direction, kind, baseline and band_pct (those the
+    latest point was bad against: the older median where it was bad by drift alone, whatever the flag's kind), previous
+    (the bad point before the latest; before a lone exact change, the point before it), latest, change_pct (latest
+    against that baseline, signed; ±inf from a baseline of 0), n_runs, bad_runs (length of the bad run), run_id,
+    timestamp (latest point), age_days (from the series' latest run to the store's newest run), stale (age_days >
+    STALE_DAYS: the series missed the latest night), library ("" for techbench's own variants), threads (the CPU thread
+    count as text, "" on a GPU) and follows (the metric whose flag this one moved with, else None). "Latest point" is
+    the latest not contended; age_days counts contended runs, which ran all the same.
     """
     check(threshold, window)
     return flags(judged(frame, threshold, window), frame["timestamp"].max())

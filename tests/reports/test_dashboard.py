@@ -284,6 +284,20 @@ def test_a_slow_drift_is_flagged_as_drift():
     assert flagged[first:] == ["drift"] * (40 - first)  # and it stays flagged
 
 
+# decode_time_ms of one case in us, 3% run offset and 2% case noise a night, 20% slower from night 20 on: its bad runs
+# go from step to drift and back; the last run (night 38 bad by step, 39 by drift alone) starts as a step
+SLOWER_AT_20 = [
+    551, 498, 541, 559, 563, 554, 560, 542, 528, 568, 524, 527, 558, 538, 545, 537, 567, 540, 556, 563, 604, 648,
+    637, 652, 647, 648, 697, 599, 622, 652, 627, 617, 624, 643, 657, 645, 645, 599, 702, 628]
+
+
+def test_a_flag_gives_the_baseline_and_band_its_latest_run_was_bad_against():
+    found = dashboard.regressions(frame_of(SLOWER_AT_20)).iloc[0]
+    assert found["kind"] == "step" and found["bad_runs"] == 2
+    # the step's baseline says 627 us is +4.8% of 599 inside a ±11% band; its drift baseline (the older median) is it
+    assert found["baseline"] == 554 and found["change_pct"] > found["band_pct"]
+
+
 def test_a_single_bad_night_in_a_long_series_is_not_flagged_nor_learnt():
     values = nights(30, lambda i: 1.3 if i == 20 else 1.0)
     assert flag_per_night(values) == [None] * 30
