@@ -73,8 +73,9 @@ def _series(frame):
     ok = frame[(frame["status"] == "ok") & frame["metric"].notna() & frame["value"].notna()]
     kind = ok["kind"] if "kind" in ok.columns else None
     by_time = ok.assign(kind=kind).sort_values("timestamp", kind="stable").groupby(["suite", "metric"], dropna=False)
-    direction = by_time["direction"].agg(lambda d: d.iloc[-1])  # not .last(), which skips a newer None
-    newest_kind = by_time["kind"].last()  # skips the nulls of runs that predate the column
+    # as dicts: a lookup in a Series of a MultiIndex costs ~70 us, a minute over the rows of 400 cases of 60 nights
+    direction = by_time["direction"].agg(lambda d: d.iloc[-1]).to_dict()  # not .last(), which skips a newer None
+    newest_kind = by_time["kind"].last().to_dict()  # skips the nulls of runs that predate the column
     keys = list(zip(ok["suite"], ok["metric"], strict=True))
     ok = _libraries(envs(ok)).assign(direction=[direction.get(k) for k in keys],
                                      metric_kind=[_kind(newest_kind.get(k)) for k in keys])
