@@ -4,10 +4,10 @@ index.html lists the current regressions (those of series that stopped running a
 environment, and links one page per suite. A suite page has, per directional metric, a time series per case (marker
 symbol per environment, a labelled vertical line where a new one first runs, the baseline with its noise band shaded,
 the flagged points ringed, contended points hollow: judged against nothing, see reports/regressions.py) and a
-latest-against-baseline table. Points sit at each run's start to the second: nightly runs are a day apart, but two
-runs made by hand a minute apart must not share an x. An environment is an (env_id, device, gpu) triple: CPU and
-CUDA runs on one machine share an env_id, never a series, and so do its H200 and its H100 (GPUs of one model share
-one: reports/regressions.py).
+latest-against-baseline table (a series with no run in the latest night says so). Points sit at each run's start to the
+second: nightly runs are a day apart, but two runs made by hand a minute apart must not share an x. An environment is an
+(env_id, device, gpu) triple: CPU and CUDA runs on one machine share an env_id, never a series, and so do its H200 and
+its H100 (GPUs of one model share one: reports/regressions.py).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _is_timing(metric: str) -> bool:
     return metric.endswith("_ms") or (metric.endswith("_s") and not metric.endswith("_per_s"))
 
 
-def _suite_page(frame, suite: str, judged: list, found, threshold: float, window: int) -> str:
+def _suite_page(frame, suite: str, judged: list, found, threshold: float, window: int, tonight: dict) -> str:
     sub = rule.envs(frame[frame["suite"] == suite])
     runs = _runs(sub)
     parts = []
@@ -152,6 +152,9 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
                 row.update({"baseline": f.baseline, "band ±%": f.band_pct, "change %": f.change_pct,
                             "flag": f"follows {f.follows} ({f.kind}, {f.bad_runs} runs)" if _text(f.follows)
                             else f"REGRESSION ({f.kind}, {f.bad_runs} runs)"})
+            if not _in_latest(s, tonight):  # failed tonight, or no longer run: its latest is an older night's
+                gone = f"not in the latest night (latest: run {s['run_id'].iloc[-1]})"
+                row["flag"] = f"{row['flag']}; {gone}" if key in flags else gone
             rows.append(row)
         fig = _metric_figure(items, runs, {k: f.bad_runs for k, f in flags.items()}, metric)
         parts.append(section(metric, figure(fig), table(rows, classes={"flag": "regression"})))
@@ -336,13 +339,13 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
     newest = frame["timestamp"].max()
     found = rule.flags(judged, newest)
     suites = sorted(frame["suite"].dropna().unique())
+    latest_night = _latest_night(frame)
     for suite in suites:
         text = _suite_page(frame, suite, [(s, j) for s, j in judged if s["suite"].iloc[0] == suite],
-                           found[found["suite"] == suite], threshold, window)
+                           found[found["suite"] == suite], threshold, window, latest_night)
         put(_page_name(suite), text)
     found = _grouped(found)
     current, stale = found[~found["stale"].astype(bool)], found[found["stale"].astype(bool)]
-    latest_night = _latest_night(frame)
     disturbed = _latest_contended(judged, latest_night)
     flags = table(_flag_rows(current), classes={"change %": "regression"}) if len(current) else (
         '<p class="muted">No runs yet: nothing judged.</p>' if frame.empty

@@ -84,3 +84,24 @@ def test_an_environment_that_stopped_running_has_no_latest_night(tmp_path):
     text = dashboard.build(store, tmp_path / "site", said=said.append).read_text()
     assert said == ["0 current regressions"] and "Newly failing" not in text
     assert f"No regressions among the {judged_in(store, {'h200-night-7'})} series judged in the latest night." in text
+
+
+def suite_rows(text: str, metric: str) -> dict[str, str]:
+    """case -> its flag cell, in the suite page's table of `metric`."""
+    import html
+    import re
+
+    part = text[text.index(f"<h2>{metric}</h2>"):]
+    part = part[part.index("<table"):part.index("</table>")]
+    head = re.findall(r"<th>(.*?)</th>", part)
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", r, flags=re.S) for r in re.findall(r"<tr>(<td.*?)</tr>", part, re.S)]
+    return {html.unescape(r[head.index("case")]): html.unescape(r[head.index("flag")]) for r in rows}
+
+
+def test_a_suite_page_says_which_series_did_not_run_in_the_latest_night(tmp_path):
+    # CASE errored in the latest night: its table row's latest value is night 12's, and says so; the others ran
+    store = add_nights(tmp_path, range(14), edits={13: fail})
+    dashboard.build(store, tmp_path / "site")
+    rows = suite_rows((tmp_path / "site" / "suite-checkpointing.html").read_text(), "step_time_ms")
+    assert rows[CASE] == "not in the latest night (latest: run h200-night-12)"
+    assert len(rows) == 10 and [c for c, flag in rows.items() if flag] == [CASE]
