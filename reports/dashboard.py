@@ -1,13 +1,13 @@
 """The nightly dashboard: a static, offline site built from a history store (bench/history.py).
 
-index.html lists the current regressions (those of series that stopped running apart, as stale), the latest run per
-environment, and links one page per suite. A suite page has, per directional metric, a time series per case (marker
-symbol per environment, a labelled vertical line where a new one first runs, the baseline with its noise band shaded,
-the flagged points ringed, contended points hollow: judged against nothing, see reports/regressions.py) and a
-latest-against-baseline table (a series with no run in the latest night says so). Points sit at each run's start to the
-second: nightly runs are a day apart, but two runs made by hand a minute apart must not share an x. An environment is an
-(env_id, device, gpu) triple: CPU and CUDA runs on one machine share an env_id, never a series, and so do its H200 and
-its H100 (GPUs of one model share one: reports/regressions.py).
+index.html lists the current regressions (those of series that stopped running apart, as stale), the cases failing in
+the latest night (reports/failing.py), the latest run per environment, and links one page per suite. A suite page has,
+per directional metric, a time series per case (marker symbol per environment, a labelled vertical line where a new one
+first runs, the baseline with its noise band shaded, the flagged points ringed, contended points hollow: judged against
+nothing, see reports/regressions.py) and a latest-against-baseline table (a series with no run in the latest night says
+so). Points sit at each run's start to the second: nightly runs are a day apart, but two runs made by hand a minute
+apart must not share an x. An environment is an (env_id, device, gpu) triple: CPU and CUDA runs on one machine share an
+env_id, never a series, and so do its H200 and its H100 (GPUs of one model share one: reports/regressions.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import history
 from bench.atomic import atomic_files
-from bench.metrics import nonfinite_worse
+from reports import failing as fail
 from reports import regressions as rule
 from reports.html import CSS, figure, number, page, section, table
 from reports.regressions import ENV, STALE_DAYS, regressions  # noqa: F401 - the rule, re-exported
@@ -150,7 +150,7 @@ def _suite_page(frame, suite: str, judged: list, found, threshold: float, window
             if key in flags:  # the baseline and band the flag was raised against (a drift's is the older median)
                 f = flags[key]
                 row.update({"baseline": f.baseline, "band ±%": f.band_pct, "change %": f.change_pct,
-                            "flag": f"follows {f.follows} ({f.kind}, {f.bad_runs} runs)" if _text(f.follows)
+                            "flag": f"follows {f.follows} ({f.kind}, {f.bad_runs} runs)" if fail.text(f.follows)
                             else f"REGRESSION ({f.kind}, {f.bad_runs} runs)"})
             if not _in_latest(s, tonight):  # failed tonight, or no longer run: its latest is an older night's
                 gone = f"not in the latest night (latest: run {s['run_id'].iloc[-1]})"
@@ -253,55 +253,6 @@ def _unflagged(judged: list, latest: dict, disturbed: list[dict]) -> str:
                                                      else "") + ".</p>")
 
 
-def _newly_failing(frame, latest: dict) -> list[dict]:
-    """Cases not ok in their latest run on their env, in the latest night (`_latest_night`), whose record before it
-    (in an earlier run of that env) was ok."""
-    if frame.empty:
-        return []
-    frame = rule.envs(frame)
-    cases = frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
-    rows = []
-    for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
-        last = part.iloc[-1]
-        if (len(part) > 1 and latest.get(key) == last["run_id"] and last["status"] in ("oom", "timeout", "error")
-                and part["status"].iloc[-2] == "ok"):  # skipped is no failure: a missing package, a CPU-only run
-            reason = _text(last["error"]).strip().splitlines()
-            rows.append({"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
-                         "device": last["device"], "run": last["run_id"], "status": last["status"],
-                         "error": reason[-1] if reason else ""})
-    return rows + _gone_nonfinite(frame, cases, latest)
-
-
-def _gone_nonfinite(frame, cases, latest: dict) -> list[dict]:
-    """Cases ok in the latest night with a metric they measured NaN, or infinite the wrong way for its direction
-    (history's nonfinite; compare's rule), where the case's last earlier record of it had a value: a diverged loss
-    leaves no point to judge, so it is listed with the cases newly failing, one row a case naming each such metric
-    (a diverged training takes its loss and its gaps: one case, counted once)."""
-    if "nonfinite" not in frame.columns or frame["nonfinite"].isna().all():
-        return []
-    found: dict[tuple, dict] = {}
-    before = {k: p["run_id"].iloc[-2] for k, p in cases.groupby([*ENV, "case_id"], dropna=False) if len(p) > 1}
-    measured = frame[frame["metric"].notna() & frame["direction"].notna()].sort_values(["timestamp", "run_id"],
-                                                                                       kind="stable")
-    for (*key, metric), part in measured.groupby([*ENV, "case_id", "metric"], sort=True, dropna=False):
-        last, kind, key = part.iloc[-1], part["nonfinite"].iloc[-1], tuple(key)
-        wrong = nonfinite_worse(kind if isinstance(kind, str) else None, last["direction"])
-        if len(part) > 1 and latest.get(key) == last["run_id"] and wrong and part["value"].iloc[-2] == \
-                part["value"].iloc[-2]:  # its last earlier record measured a value (not NaN)
-            prev = part.iloc[-2]  # the case's run before tonight's, or an earlier one where that run failed it
-            when = "the run before" if before.get(key) == prev["run_id"] else f"in run {prev['run_id']}"
-            said = f"{metric} measured {kind} ({number(prev['value'])} {when})"
-            row = found.setdefault(key, {"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
-                                         "device": last["device"], "run": last["run_id"], "status": last["status"]})
-            row["error"] = f"{row['error']}; {said}" if "error" in row else said
-    return list(found.values())
-
-
-def _text(value) -> str:
-    """A text cell of a frame: "" for a null (None or NaN, as pandas keeps it)."""
-    return value if isinstance(value, str) else ""
-
-
 def _flag_rows(found) -> list[dict]:
     libraries = bool(found["library"].astype(bool).any())  # a column only where some flag is of a library's variant
     following = bool(found["follows"].notna().any())
@@ -309,7 +260,7 @@ def _flag_rows(found) -> list[dict]:
     return [{"suite": r.suite, "case": r.case_id.removeprefix(f"{r.suite}/"),
              **({"library": r.library} if libraries else {}), "metric": r.metric,
              **({"threads": r.threads} if threads else {}),
-             **({"follows": _text(r.follows)} if following else {}), "kind": r.kind,
+             **({"follows": fail.text(r.follows)} if following else {}), "kind": r.kind,
              "env_id": r.env_id, "device": r.device, "gpu": r.gpu, "baseline": r.baseline, "latest": r.latest,
              "change %": r.change_pct, "band ±%": r.band_pct, "bad runs": r.bad_runs,
              "age (days)": round(r.age_days, 1), "latest run": r.run_id} for r in found.itertuples()]
@@ -356,10 +307,13 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         flags = ('<p class="muted">A rate, TFLOP/s or % of peak that moved with the timing it is computed from '
                  "follows it (listed under it, not counted as a regression of its own).</p>" + flags)
     parts = [section("Current regressions", flags)]
-    failing = _newly_failing(frame, latest_night)
+    failing, still = fail.newly_failing(frame, latest_night), fail.still_failing(frame, latest_night)
     if failing:  # a case that fails has no value for a series to judge: listed here, or no page would say it
         parts.append(section("Newly failing in the latest run (ok in the run before it)",
                              table(failing, classes={"status": "status"})))
+    if still:
+        parts.append(section("Still failing in the latest run (and the run before it; ok in an earlier run)",
+                             table(still, classes={"status": "status"})))
     if len(stale):
         parts.append(section(f"Stale: flagged series that missed the latest night (last run over {STALE_DAYS:g} day "
                              "before the newest run of the store)", table(_flag_rows(stale))))
@@ -374,10 +328,10 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         mine = current[current["suite"] == s]
         n, f = int(mine["follows"].isna().sum()), int(mine["follows"].notna().sum())
         k = int(((stale["suite"] == s) & stale["follows"].isna()).sum())
-        down = sum(r["suite"] == s for r in failing)
+        down, broken = sum(r["suite"] == s for r in failing), sum(r["suite"] == s for r in still)
         links += (f'<li><a href="{html.escape(_page_name(s))}">{html.escape(s)}</a> '
                   f'({n} regression{"s" * (n != 1)}{f", {f} following" if f else ""}{f", {k} stale" if k else ""}'
-                  f'{f", {down} newly failing" if down else ""})</li>')
+                  f'{f", {down} newly failing" if down else ""}{f", {broken} still failing" if broken else ""})</li>')
     parts += [section("Latest run per env", table(latest) if latest else '<p class="muted">No runs yet.</p>'),
               section("Suites", f"<ul>{links}</ul>")]
     subtitle = (f"{frame['run_id'].nunique()} runs in history store {Path(store).resolve().name}; a regression is "
@@ -391,5 +345,6 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         unjudged = sum(r["series"] for r in disturbed)
         said(f"{n} current regression{'s' * (n != 1)}" + (f" and {f} following" if f else "")
              + (f"; {len(failing)} case{'s' * (len(failing) != 1)} newly failing" if failing else "")
+             + (f"; {len(still)} case{'s' * (len(still) != 1)} still failing" if still else "")
              + (f"; {unjudged} series contended in the latest night, not judged" if unjudged else ""))
     return put("index.html", _plain_page("techbench dashboard", "\n".join(parts), subtitle))

@@ -8,12 +8,12 @@ from tests.runs import checkpointing_records, write_run
 CASE = "checkpointing/full/batch=8,d_model=256,dtype=bfloat16,layers=8,seq=256"
 
 
-def nights(tmp_path, n: int, last=None):
-    """A store of n nightly checkpointing runs (last(records) edits the latest night's first)."""
+def nights(tmp_path, n: int, last=None, edited: int = 1):
+    """A store of n nightly checkpointing runs (last(records) edits the `edited` latest nights' first)."""
     store = tmp_path / "store"
     for night in range(n):
         records = checkpointing_records(seed=night)
-        if last is not None and night == n - 1:
+        if last is not None and night >= n - edited:
             last(records)
         history.add(write_run(tmp_path / "runs", f"night-{night}", records, sha=f"{night}" * 40,
                               started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), store)
@@ -51,6 +51,24 @@ def test_a_case_that_fails_in_the_latest_run_is_on_the_index(tmp_path):
     assert said == ["0 current regressions; 1 case newly failing"]
     # the cases that failed in every night (an oom, an error, a skip) are not new
     assert newly.count("<tr>") == 2  # its header and its one case
+
+
+@needs("pyarrow")
+def test_a_case_that_fails_night_after_night_stays_on_the_index(tmp_path):
+    # "newly failing" lists it on its first night only: on its second the index said nothing of it
+    def fail(records):
+        for r in records:
+            if (r["suite"], r["variant"], r.get("params", {}).get("batch")) == ("checkpointing", "full", 8):
+                r.update(status="error", metrics={}, samples={}, error="RuntimeError: the kernel moved")
+
+    said = []
+    text = dashboard.build(nights(tmp_path, 4, fail, edited=2), tmp_path / "site", said=said.append).read_text()
+    assert "Newly failing" not in text
+    still = text[text.index("Still failing in the latest run"):text.index("Latest run per env")]
+    assert CASE in still and "RuntimeError: the kernel moved" in still and 'class="status-error">error</td>' in still
+    assert "<td>night-2</td>" in still and '<td class="num">2</td>' in still  # since night-2, 2 runs failing
+    assert still.count("<tr>") == 2  # the cases that failed in every night (an oom, an error) were never ok
+    assert said == ["0 current regressions; 1 case still failing"] and "(0 regressions, 1 still failing)" in text
 
 
 @needs("pyarrow")

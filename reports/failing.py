@@ -1,0 +1,86 @@
+"""The dashboard index's failing cases, in the latest night: newly failing (ok in the run before), still failing
+(failing since a run after an ok one) and gone NaN. A case that fails has no value for a series to judge: without
+these lists no page but the suite's "Not ok" table would say it."""
+
+from __future__ import annotations
+
+from bench.metrics import nonfinite_worse
+from reports import regressions as rule
+from reports.html import number
+from reports.regressions import ENV
+
+FAILED = ("oom", "timeout", "error")  # skipped is no failure: a missing package, a CPU-only run
+
+
+def text(value) -> str:
+    """A text cell of a frame: "" for a null (None or NaN, as pandas keeps it)."""
+    return value if isinstance(value, str) else ""
+
+
+def _cases(frame):
+    """(frame with its env columns, each run's record of each case, oldest first)."""
+    frame = rule.envs(frame)
+    return frame, frame.drop_duplicates(["run_id", "case_id"]).sort_values(["timestamp", "run_id"], kind="stable")
+
+
+def _row(last, **more) -> dict:
+    reason = text(last["error"]).strip().splitlines()
+    return {"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"], "device": last["device"],
+            "run": last["run_id"], **more, "status": last["status"], "error": reason[-1] if reason else ""}
+
+
+def newly_failing(frame, latest: dict) -> list[dict]:
+    """Cases not ok in their latest run on their env, in the latest night (`latest`: the dashboard's _latest_night),
+    whose record before it (in an earlier run of that env) was ok; and the cases gone NaN (`gone_nonfinite`)."""
+    if frame.empty:
+        return []
+    frame, cases = _cases(frame)
+    rows = []
+    for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
+        last = part.iloc[-1]
+        if (len(part) > 1 and latest.get(key) == last["run_id"] and last["status"] in FAILED
+                and part["status"].iloc[-2] == "ok"):
+            rows.append(_row(last))
+    return rows + gone_nonfinite(frame, cases, latest)
+
+
+def still_failing(frame, latest: dict) -> list[dict]:
+    """Cases that failed in their latest run on their env, in the latest night, and in the run before it, and were ok
+    in a run before those: `newly_failing` lists a case on its first night only, and a case broken since would
+    otherwise leave the index on its second. `since` is the first run it failed in, `runs failing` how many it has."""
+    if frame.empty:
+        return []
+    _, cases = _cases(frame)
+    rows = []
+    for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
+        status, last = part["status"].tolist(), part.iloc[-1]
+        ok = [i for i, s in enumerate(status) if s not in FAILED]  # the failing streak starts after the last of these
+        streak = len(status) - 1 - (ok[-1] if ok else -1)
+        if latest.get(key) == last["run_id"] and streak >= 2 and "ok" in status[:-streak]:
+            rows.append(_row(last, since=part["run_id"].iloc[-streak], **{"runs failing": streak}))
+    return rows
+
+
+def gone_nonfinite(frame, cases, latest: dict) -> list[dict]:
+    """Cases ok in the latest night with a metric they measured NaN, or infinite the wrong way for its direction
+    (history's nonfinite; compare's rule), where the case's last earlier record of it had a value: a diverged loss
+    leaves no point to judge, so it is listed with the cases newly failing, one row a case naming each such metric
+    (a diverged training takes its loss and its gaps: one case, counted once)."""
+    if "nonfinite" not in frame.columns or frame["nonfinite"].isna().all():
+        return []
+    found: dict[tuple, dict] = {}
+    before = {k: p["run_id"].iloc[-2] for k, p in cases.groupby([*ENV, "case_id"], dropna=False) if len(p) > 1}
+    measured = frame[frame["metric"].notna() & frame["direction"].notna()].sort_values(["timestamp", "run_id"],
+                                                                                       kind="stable")
+    for (*key, metric), part in measured.groupby([*ENV, "case_id", "metric"], sort=True, dropna=False):
+        last, kind, key = part.iloc[-1], part["nonfinite"].iloc[-1], tuple(key)
+        wrong = nonfinite_worse(kind if isinstance(kind, str) else None, last["direction"])
+        if len(part) > 1 and latest.get(key) == last["run_id"] and wrong and part["value"].iloc[-2] == \
+                part["value"].iloc[-2]:  # its last earlier record measured a value (not NaN)
+            prev = part.iloc[-2]  # the case's run before tonight's, or an earlier one where that run failed it
+            when = "the run before" if before.get(key) == prev["run_id"] else f"in run {prev['run_id']}"
+            said = f"{metric} measured {kind} ({number(prev['value'])} {when})"
+            row = found.setdefault(key, {"suite": last["suite"], "case": last["case_id"], "env_id": last["env_id"],
+                                         "device": last["device"], "run": last["run_id"], "status": last["status"]})
+            row["error"] = f"{row['error']}; {said}" if "error" in row else said
+    return list(found.values())
