@@ -11,14 +11,14 @@ so are ok records with no timing series; a warning counts them. Only a finished,
 history takes), and machine_info["techbench"]["runs"] carries each run's run_id, size, finished_at and its suites'
 declarations (what each metric is), which import writes back to run.json.
 
-Import turns any pytest-benchmark JSON into a run directory. One run exported comes back with its run_id; several as
-one run listing them under merged_from (bench.merge's field), each record keeping its run's id; a foreign file's
-run_id comes from its datetime and a hash of its bytes. A benchmark written by export gets its case back; any
-other becomes suite = its group (or "pytest"), variant = its name, params = its params, with metrics time_ms (the
-median), time_mean_ms and time_stddev_ms, and samples time_ms when the file holds raw data (--benchmark-save-data
-or --benchmark-json). Every field import reads is type-checked first: a wrong one is a ValueError (exit 2) naming it,
-e.g. benchmarks[3].stats.median, and nothing is written. Both commands write through bench.atomic: a failure leaves
-no partial file or run directory.
+Import turns any pytest-benchmark JSON into a run directory. One run exported comes back with its run_id; several as one
+run listing them under merged_from (bench.merge's field), each record keeping its run's id; a foreign file's run_id
+comes from its datetime and a hash of its bytes. A benchmark written by export gets its case back; any other becomes
+suite = its group (or "pytest"), variant = its name, params = its params (a list or object one, such as a parametrized
+shape, as its JSON text), with metrics time_ms (the median), time_mean_ms and time_stddev_ms, and samples time_ms when
+the file holds raw data (--benchmark-save-data or --benchmark-json). Every field import reads is type-checked first: a
+wrong one is a ValueError (exit 2) naming it, e.g. benchmarks[3].stats.median, and nothing is written. Both commands
+write through bench.atomic: a failure leaves no partial file or run directory.
 
 This module never imports torch.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -184,11 +185,13 @@ def _benchmark(f: Fields, bench, where: str) -> tuple[str, str, dict, str | None
     for a foreign benchmark, and metrics are those of extra_info for one of ours (the timing comes from stats)."""
     bench = f.need(bench, where, "object")
     params = f.get(bench, "params", where, "object") or {}
-    for key, value in params.items():  # a record's params are flat: they spell its case_id
-        f.need(value, f"{where}.params.{key}", "value", required=False)
     extra = f.get(bench, "extra_info", where, "object") or {}
     tags = f.get(extra, "techbench", f"{where}.extra_info", "object") or {}
-    if {"suite", "variant", "series"} <= tags.keys():
+    ours = {"suite", "variant", "series"} <= tags.keys()
+    params = params if ours else {key: _param_text(value) for key, value in params.items()}
+    for key, value in params.items():  # a record's params are flat: they spell its case_id
+        f.need(value, f"{where}.params.{key}", "value", required=False)
+    if ours:
         at = f"{where}.extra_info.techbench"
         names = [f.get(tags, k, at, "text", required=True) for k in ("suite", "variant", "series")]
         if not all(names):
@@ -203,6 +206,18 @@ def _benchmark(f: Fields, bench, where: str) -> tuple[str, str, dict, str | None
     if not (name or fullname):
         raise f.bad(f"{where}.name", "is missing (it must be a string, or fullname one)")
     return group or "pytest", name or fullname, params, None, {}, {}
+
+
+def _param_text(value):
+    """A foreign benchmark's param as a record's flat params hold it: a list or object as its JSON text
+    (pytest-benchmark writes a tuple, a shape say, as a list), and without the memory address of an object
+    pytest-benchmark could not serialize (`UNSERIALIZABLE[<function f at 0x7f...>]`), which changes from run to run:
+    the case keeps its case_id."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and "UNSERIALIZABLE[" in value:
+        value = re.sub(r" at 0x[0-9a-fA-F]+(?=>)", "", value)
+    return value
 
 
 def _read_stats(f: Fields, bench: dict, where: str) -> tuple[dict, list[float]]:

@@ -114,7 +114,7 @@ def test_what_import_accepts_reports_and_history_read(tmp_path):
     (FOREIGN, BENCH, 3, "benchmarks[0] must be an object, got a number"),
     (FOREIGN, (*BENCH, "group"), 7, "benchmarks[0].group must be a string, got a number"),
     (FOREIGN, (*BENCH, "name"), ["t"], "benchmarks[0].name must be a string, got a list"),
-    (FOREIGN, (*BENCH, "params", "n"), [64], "benchmarks[0].params.n must be a string, number or boolean"),
+    (OURS, (*BENCH, "params", "batch"), [4], "benchmarks[0].params.batch must be a string, number or boolean"),
     (FOREIGN, ("datetime",), 1732755723, "datetime must be a string, got a number"),
     (FOREIGN, ("datetime",), "yesterday", "datetime must be an ISO 8601 time between 1970 and 2261, got 'yesterday'"),
     (FOREIGN, ("commit_info", "dirty"), "yes", "commit_info.dirty must be true or false, got a string"),

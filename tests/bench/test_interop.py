@@ -157,3 +157,27 @@ def test_round_trip_of_a_real_smoke_run(tmp_path):
         assert after[r.case_id].samples["step_time_ms"] == pytest.approx(r.samples["step_time_ms"], rel=1e-12)
         assert after[r.case_id].metrics == r.metrics
     assert read_run_json(back)["env_id"] == read_run_json(cfg.out)["env_id"]
+
+
+def test_a_pytest_benchmark_file_with_tuple_and_object_params_imports_with_stable_case_ids(tmp_path):
+    # pytest-benchmark writes a parametrized tuple (a shape) as a list, and an object it cannot serialize with its
+    # memory address, which differs in every run: both import, and two runs of the same tests share their case_ids
+    from bench.compare import compare
+
+    def imported(name, address):
+        params = [{"shape": [8, 16], "fn": f"UNSERIALIZABLE[<function mm at 0x{address}>]"},
+                  {"shape": [16, 32], "fn": f"UNSERIALIZABLE[<function mm at 0x{address}>]"}]
+        doc = {"machine_info": {"node": "ci"}, "commit_info": {}, "datetime": "2026-11-28T01:02:03+00:00",
+               "benchmarks": [{"group": None, "name": f"test_mm[p{i}]", "fullname": f"t.py::test_mm[p{i}]",
+                               "params": p, "extra_info": {},
+                               "stats": {"median": 1e-3, "mean": 1e-3, "stddev": 0.0, "data": [1e-3] * 5}}
+                              for i, p in enumerate(params)]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        return import_pytest_benchmark(tmp_path / f"{name}.json", tmp_path / name)
+
+    base, new = imported("base", "7f84f9313150"), imported("new", "7fa0c2b1e9d0")
+    assert sorted(by_case(base)) == sorted(by_case(new)) == [
+        "pytest/test_mm[p0]/fn=UNSERIALIZABLE[<function mm>],shape=[8, 16]",
+        "pytest/test_mm[p1]/fn=UNSERIALIZABLE[<function mm>],shape=[16, 32]"]
+    assert [r.params["shape"] for r in by_case(base).values()] == ["[8, 16]", "[16, 32]"]
+    assert not compare([base], [new]).nothing_shared
