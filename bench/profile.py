@@ -70,6 +70,9 @@ def select_case(suite_name: str, variant: str, size: str, device: str,
         return exact[0] if exact else cases[0]
     mine = [c.params for c in runner.plan([suite], size, device, [variant])]
     keys = sorted({k for p in mine for k in p})  # a key some cases lack reads k=None, as --params takes it
+    if unknown := [k for k in params or {} if k not in keys]:  # a typo'd key: no value of it would do
+        raise ValueError(f"{unknown[0]} is no param of {suite.name} --variant {variant} at size {size} "
+                         f"(params: {', '.join(keys)})")
     choices = "; ".join(",".join(f"{k}={p.get(k)}" for k in keys) for p in mine)
     wanted = ",".join(f"{k}={v}" for k, v in (params or {}).items()) or "(none)"
     what = "no" if not cases else f"{len(cases)}"

@@ -51,6 +51,8 @@ def test_record_and_profile_json_link_the_trace(profiled):
     ("full", "full", {"layers": "24"}, "2 full cases of checkpointing match params layers=24; pick one of: "),
     ("full", "smoke", {"layers": "9"}, "no smoke cases of checkpointing match params layers=9; pick one of: batch=2"),
     ("fastest", "smoke", None, "unknown variant 'fastest' for checkpointing (valid: none, full"),
+    ("full", "smoke", {"layer": "8"}, "layer is no param of checkpointing --variant full at size smoke (params: batch, "
+     "d_model, dtype, heads, layers, seq)"),
 ])
 def test_bad_selection_names_the_choices_and_writes_nothing(tmp_path, variant, size, params, message):
     with pytest.raises(ValueError) as e:
