@@ -15,7 +15,8 @@ Import turns any pytest-benchmark JSON into a run directory. One run exported co
 run listing them under merged_from (bench.merge's field), each record keeping its run's id; a foreign file's run_id
 comes from its datetime and a hash of its bytes. A benchmark written by export gets its case back; any other becomes
 suite = its group (or "pytest"), variant = its name, params = its params (a list or object one, such as a parametrized
-shape, as its JSON text), with metrics time_ms (the median), time_mean_ms and time_stddev_ms, and samples time_ms when
+shape, as its JSON text), with metrics time_ms (the median, its timing), time_mean_ms and time_stddev_ms (declared
+context in run.json, not judged), and samples time_ms when
 the file holds raw data (--benchmark-save-data or --benchmark-json). Every field import reads is type-checked first: a
 wrong one is a ValueError (exit 2) naming it, e.g. benchmarks[3].stats.median, and nothing is written. Both commands
 write through bench.atomic: a failure leaves no partial file or run directory.
@@ -36,6 +37,7 @@ from typing import Any
 from bench.atomic import atomic_path, atomic_write_text
 from bench.env import env_id
 from bench.interop_fields import Fields, env_from, stamp
+from bench.metrics import Metric
 from bench.records import (
     RECORDS_JSONL,
     Record,
@@ -52,6 +54,13 @@ from bench.validation import run_json_problem
 GPU_SUMMARY = ("name", "driver_version", "cuda_driver_version", "compute_capability", "memory_total_bytes",
                "max_sm_clock_mhz", "max_mem_clock_mhz", "power_limit_w")
 VOLATILE_ENV = ("git", "hostname", "techbench")  # per commit or per host
+# What a foreign benchmark's metrics are, declared in run.json as a suite declares its own: the median is its timing,
+# the mean (led by outliers) and the standard deviation are context beside it, as a techbench timing's p20 and p80 are,
+# so that a noisier run at the same median is not judged slower
+FOREIGN_SUITE = {"description": "pytest-benchmark tests (bench import)", "metrics": {m.name: m.to_json() for m in (
+    Metric("time_ms", "measured", "lower", "median time of one call (pytest-benchmark's stats.median)", "ms"),
+    Metric("time_mean_ms", "info", None, "mean time of one call (stats.mean): context beside the median", "ms"),
+    Metric("time_stddev_ms", "info", None, "standard deviation of the time of one call (stats.stddev)", "ms"))}}
 VOLATILE_GPU = ("uuid", "pci_bus_id", "sm_clock_mhz", "mem_clock_mhz")  # per card or per moment
 
 
@@ -321,7 +330,8 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
         size=_common(t.get("size") for t in tags_all) if tags_all else None,
         device=_common(r.device for r in records.values()) or "unknown", started_at=started,
         finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__, recorded=len(records),
-        suites={k: v for r in runs for k, v in (r.get("suites") or {}).items()},
+        suites={**{suite: FOREIGN_SUITE for suite, *_ in foreign},
+                **{k: v for r in runs for k, v in (r.get("suites") or {}).items()}},
         extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version},
                **({"merged_from": [{"run_id": i} for i in ids]} if len(ids) > 1 else {})})
     if (problem := run_json_problem(meta.to_json())) is not None:  # as its readers will check it (the declarations)

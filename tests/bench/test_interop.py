@@ -137,7 +137,7 @@ def test_a_timing_twice_as_slow_in_imports_without_samples_is_said_not_judged(tm
     base = imported("base", {"test_mm": 1.4e-4, "test_io": 0.5}, "a" * 40)
     new = imported("new", {"test_mm": 2.8e-4, "test_io": 0.51}, "b" * 40)
     lines = [ln for ln in compare([base], [new]).summary_lines() if "not judged (" in ln]
-    assert len(lines) == 1 and "not judged (2: measured metrics without raw samples" in lines[0], lines  # median, mean
+    assert len(lines) == 1 and "not judged (1: measured metrics without raw samples" in lines[0], lines  # the median
     assert "pytest/test_mm/ time_ms x2.000" in lines[0] and "test_io" not in lines[0]  # +2%: inside the threshold
 
 
@@ -181,3 +181,24 @@ def test_a_pytest_benchmark_file_with_tuple_and_object_params_imports_with_stabl
         "pytest/test_mm[p1]/fn=UNSERIALIZABLE[<function mm>],shape=[16, 32]"]
     assert [r.params["shape"] for r in by_case(base).values()] == ["[8, 16]", "[16, 32]"]
     assert not compare([base], [new]).nothing_shared
+
+
+def test_a_noisier_pytest_benchmark_run_with_the_same_median_is_no_regression(tmp_path):
+    # stats.stddev and stats.mean of a foreign benchmark are a spread and an outlier-led summary beside its median:
+    # three runs a side at the same median, the new ones three times as noisy, judge the median alone, the same
+    from bench.compare import compare
+
+    def imported(name, median, stddev):
+        doc = {"machine_info": {"node": "ci"}, "commit_info": {}, "datetime": "2026-11-28T01:02:03+00:00",
+               "benchmarks": [{"group": None, "name": "test_mm", "fullname": "t.py::test_mm", "params": None,
+                               "extra_info": {}, "stats": {"median": median, "mean": median + 2 * stddev,
+                                                           "stddev": stddev}}]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        return import_pytest_benchmark(tmp_path / f"{name}.json", tmp_path / "runs" / name)
+
+    base = [imported(f"base{i}", m, 1e-5) for i, m in enumerate((1.00e-3, 1.01e-3, 0.99e-3))]
+    new = [imported(f"new{i}", m, 3e-5 + i * 1e-6) for i, m in enumerate((1.00e-3, 0.99e-3, 1.01e-3))]
+    c = compare(base, new)
+    assert list(c.regressions["metric"]) == [] and list(c.timing_rows["metric"]) == ["time_ms"]
+    declared = read_run_json(base[0])["suites"]["pytest"]["metrics"]
+    assert declared["time_ms"]["kind"] == "measured" and declared["time_stddev_ms"]["kind"] == "info"
