@@ -219,7 +219,14 @@ def cmd_doctor(args) -> int:
 def cmd_env(args) -> int:
     from bench import env as envmod
 
-    environment = envmod.collect()
+    try:
+        environment = envmod.collect()
+    except (ImportError, OSError) as e:
+        if sys.modules.get("torch") is not None:  # torch imported: the failure is another one
+            raise
+        # a missing or broken torch (a shared library it loads is gone): one line, as `bench run` and `bench list` say
+        raise UsageError(f"torch does not import ({type(e).__name__}: {e}); the environment's torch version and "
+                         "CUDA build come from it: install or repair torch") from None
     if args.json:
         print(json.dumps({"env_id": envmod.env_id(environment), **environment}, indent=2, default=str))
         return 0

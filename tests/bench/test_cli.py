@@ -149,6 +149,14 @@ def test_env_json(capsys):
     assert code == 0 and len(env["env_id"]) >= 8 and env["torch"] == torch.__version__
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_env_with_a_torch_that_does_not_import_is_one_line(capsys, monkeypatch, as_json):
+    # a missing or broken torch (a library it loads that is gone): what `bench run` and `bench list` say in one line
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    code, out, err = run_cli(capsys, "env", *(["--json"] if as_json else []))
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("bench: error: torch does not import")
+
+
 def test_python_dash_m_bench_runs_one_variant(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "bench", "run", "checkpointing", "--size", "smoke", "--device", "cpu",
