@@ -272,6 +272,8 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
         raise ValueError(f"cannot read {file}: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise ValueError(f"{file} is not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    if not doc["benchmarks"]:  # an empty run would read as one that measured nothing, in compare and the history
+        raise ValueError(f"{file} holds no benchmarks (its 'benchmarks' list is empty): nothing to import")
     f = Fields(file)
     env = env_from(f, f.get(doc, "machine_info", "", "object") or {}, f.get(doc, "commit_info", "", "object") or {})
     started = stamp(f, f.get(doc, "datetime", "", "text"))

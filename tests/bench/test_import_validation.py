@@ -144,6 +144,7 @@ def test_a_field_of_the_wrong_type_is_one_line_naming_it_and_exit_2(tmp_path, do
 @pytest.mark.parametrize("raw, message", [
     (b"{", "cannot read"), (b"[" * 100_000, "cannot read"), (b"[]", "not a pytest-benchmark JSON file"),
     (b'{"benchmarks": {}}', "not a pytest-benchmark JSON file"), (b"\xff\xfe{}", "cannot read"),
+    (b'{"benchmarks": [], "datetime": "2026-11-28T01:02:03+00:00"}', "holds no benchmarks"),
 ])
 def test_a_file_that_is_not_pytest_benchmark_json_is_one_line_and_exit_2(tmp_path, raw, message):
     code, err, out = run_import(None, tmp_path, raw=raw)
