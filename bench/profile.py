@@ -1,14 +1,15 @@
 """`bench profile`: one case of a suite under torch.profiler, written where TensorBoard, Perfetto and HTA read it.
 
 A profiler step is one call of the suite's `measure()`, run the way `bench run --inline` runs a case
-(`bench.case.execute`: same seed, same telemetry), inside a `record_function("case:<case_id>")` range. The schedule
-(wait, warmup, active) counts those calls: the `wait` calls run unprofiled, `warmup` calls start the profiler without
-keeping events, and the `active` calls are recorded into one trace. A suite's `measure()` already holds its own
-warm-up and timing loop (several training steps, say), so each active step shows the case's whole work: set-up,
-memory and FLOP passes, and the timed calls. Stepping once per timed call would need a per-call hook in the timer;
-this module does without one and leaves suites and the timer untouched. For the same reason `active` defaults to 1:
-one measure() of checkpointing at smoke size is ~20 training steps, a 37 MB trace, and ~5 s for torch to tabulate
-the top operators on a 2-core CPU; three would triple both, past what chrome://tracing opens comfortably.
+(`bench.case.execute`: same seed, same telemetry, on CPU the suite's intra-op thread count), inside a
+`record_function("case:<case_id>")` range. The schedule (wait, warmup, active) counts those calls: the `wait` calls run
+unprofiled, `warmup` calls start the profiler without keeping events, and the `active` calls are recorded into one
+trace. A suite's `measure()` already holds its own warm-up and timing loop (several training steps, say), so each active
+step shows the case's whole work: set-up, memory and FLOP passes, and the timed calls. Stepping once per timed call
+would need a per-call hook in the timer; this module does without one and leaves suites and the timer untouched. For the
+same reason `active` defaults to 1: one measure() of checkpointing at smoke size is ~20 training steps, a 37 MB trace,
+and ~5 s for torch to tabulate the top operators on a 2-core CPU; three would triple both, past what chrome://tracing
+opens comfortably.
 
 The case's record (records.jsonl + run.json, as `bench run` writes them) takes its metrics from the last unprofiled
 call when `wait` >= 1, so they carry no profiler overhead; with wait=0 they come from the last active call and
@@ -31,7 +32,7 @@ from typing import Any
 
 from bench import runner
 from bench.atomic import atomic_path
-from bench.case import SEED, Case, execute
+from bench.case import SEED, Case, cpu_threads, execute
 from bench.records import RECORDS_JSONL, Record, RecordWriter, RunMeta, write_run_json
 from bench.suite import SIZES, SUITES, discover
 
@@ -135,13 +136,14 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
         trace_handler(prof)
         tables["text"], tables["rows"] = _rows(prof, device.split(":")[0])
 
+    threads = cpu_threads(SUITES[case.suite], device, None)  # the suite's count on CPU, as `bench run` sets it
     environment = envmod.collect()
     argv = ["bench", "profile", case.suite, "--variant", variant, "--size", size, "--device", device]
     argv += ["--params", ",".join(f"{k}={v}" for k, v in params.items())] if params else []
     meta = RunMeta(run_id=runner.new_run_id(), argv=argv + ["--out", str(out)], size=size, device=device,
                    variants=[variant], started_at=runner.now(), env=environment, env_id=envmod.env_id(environment),
                    git=environment.get("git"), version=__version__, seed=SEED,
-                   suites={case.suite: SUITES[case.suite].describe()},
+                   suites={case.suite: {**SUITES[case.suite].describe(), "threads": threads}},
                    extra={"profile": {"wait": wait, "warmup": warmup, "active": active}})
     write_run_json(staged, meta)
 
@@ -159,7 +161,7 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
             for step in range(wait + warmup + active):
                 started, t0 = runner.now(), time.perf_counter()
                 with record_function(f"case:{case.id}"):
-                    result = execute(case, device)
+                    result = execute(case, device, threads=threads)
                 if result["status"] != "ok" or step < wait or wait == 0:
                     kept = (step, started, round(time.perf_counter() - t0, 3), result)
                 prof.step()

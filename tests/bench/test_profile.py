@@ -104,3 +104,25 @@ def test_a_case_that_does_not_run_through_says_why(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert code == (1 if status == "error" else 0) and f"status: {status}\n" in out
     assert f"reason: {reason}" in out, out
+
+
+@pytest.mark.filterwarnings("ignore:.*warmup.*")  # torch's note that warmup=0 may skew results
+def test_a_cpu_case_runs_at_its_suites_thread_count_as_bench_run_runs_it(tmp_path, monkeypatch):
+    # the runner sets each CPU case's intra-op threads from the suite's cpu_threads (1 for moe, mla, mtp, samplers):
+    # a profile at torch's default count would show a thread pool the measured run never had
+    import torch
+
+    from bench.suite import SUITES
+    from tests.bench import fake_suites  # noqa: F401 - registers _threads (cpu_threads = 1)
+
+    monkeypatch.setattr("bench.profile.discover", lambda: dict(SUITES))
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        profile_case("_threads", "a", "smoke", "cpu", None, tmp_path / "p", wait=0, warmup=0, active=1)
+        assert torch.get_num_threads() == 3  # restored after
+    finally:
+        torch.set_num_threads(before)
+    (record,) = read_records(tmp_path / "p" / "records.jsonl")
+    assert record.metrics["threads_seen"] == 1
+    assert read_run_json(tmp_path / "p")["suites"]["_threads"]["threads"] == 1
