@@ -181,7 +181,6 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps({"suites": rows, "sizes": list(SIZES)}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Column, Table
 
     ordered = [[row["reference"]] + [v for v in row["variants"] if v != row["reference"]] for row in rows]
@@ -199,7 +198,7 @@ def cmd_list(args) -> int:
         ranks = f"\n[dim]torchrun ranks: {', '.join(map(str, row['world_sizes']))}[/]" if row["world_sizes"] else ""
         table.add_row(f"{row['name']}\n[dim]{row['description']}[/]{ranks}", ", ".join(variants),
                       *(str(row["cases"][size]) for size in SIZES))
-    Console().print(table)
+    commands.console().print(table)
     return 0
 
 
@@ -210,9 +209,7 @@ def cmd_doctor(args) -> int:
     if args.json:
         print(doctor.to_json(findings))
     else:
-        from rich.console import Console
-
-        doctor.render(findings, Console())
+        doctor.render(findings, commands.console())
     return 0  # it advises: nothing it finds fails the command
 
 
@@ -230,13 +227,12 @@ def cmd_env(args) -> int:
     if args.json:
         print(json.dumps({"env_id": envmod.env_id(environment), **environment}, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("field", "value", title=f"env_id {envmod.env_id(environment)}")
     for name, value in envmod.table_rows(environment):
         table.add_row(name, str(value))
-    Console().print(table)
+    commands.console().print(table)
     return 0
 
 

@@ -19,6 +19,18 @@ class UsageError(Exception):
     """Bad usage or input: printed as one line, exit 2."""
 
 
+def console(**kwargs):
+    """A rich Console for a command's output whose reader going away (`bench doctor | head -1`) raises BrokenPipeError,
+    which `bench` ends quietly with 141 as a pipe's writer ends, where rich's own handling exits 1, a failure."""
+    from rich.console import Console
+
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    return PipedConsole(**kwargs)
+
+
 def schema_errors_are_usage(handler):
     """A run directory of another schema, or a corrupt run.json, is bad input: one line, exit 2."""
 

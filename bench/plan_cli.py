@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from bench import hardware
-from bench.commands import UsageError, output_file
+from bench.commands import UsageError, console, output_file
 from bench.interference import affinity
 from bench.labels import case_labels, group_of
 from bench.suite import SIZES, case_id
@@ -209,10 +209,8 @@ def cmd_plan(args, discover, write_page) -> int:
         json.dump({**summary, "predictions": records}, sys.stdout, indent=2)
         print()
     else:
-        from rich.console import Console
-
-        console = Console()
-        render(preds, summary, console if console.is_terminal else Console(width=180))  # a pipe: 80 columns else
+        out = console()
+        render(preds, summary, out if out.is_terminal else console(width=180))  # a pipe: 80 columns else
     if args.output is not None:
         print(f"plan -> {write_page(records, summary, args.output)}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -213,6 +213,17 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
     assert proc.wait(timeout=120) == 141 and err == "", err
 
 
+@pytest.mark.parametrize("command", ["doctor", "env"])
+def test_a_reader_gone_before_a_rich_output_ends_the_command_quietly_too(tmp_path, command):
+    # `bench doctor | head -1`: rich's own handling of a closed pipe exits 1, which reads as a failure under pipefail
+    env = {**os.environ, "TECHBENCH_CACHE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=Path(__file__).resolve().parents[2])
+    proc.stdout.close()  # no reader left: its first write breaks the pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
 def test_a_broken_pipe_that_is_not_the_output_is_a_failure(monkeypatch):
     # only the reader of stdout going away is quiet: a child's pipe or a socket breaking is an error like any other
     import bench.cli
