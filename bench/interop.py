@@ -170,6 +170,10 @@ def export_pytest_benchmark(run_dirs: list[str | Path], out: str | Path) -> Path
                                 "max_time": None, "min_time": None, "warmup": None},
                     "stats": _stats([x * seconds_per_unit(name) for x in r.samples[name]]),
                 })
+    if not benchmarks:  # an empty file would import as a run that measured nothing: import refuses it
+        held = ", ".join(f"{n} {what}" for what, n in sorted(left.items())) or "no records"
+        raise ValueError(f"nothing to export: no ok record of {', '.join(str(m.get('run_id')) for m, _ in runs)} has "
+                         f"a timing series ({held})")
     info = _machine_info(env)
     # what import gives back to run.json: each run's state and its suites' declarations (what each metric is)
     info["techbench"]["runs"] = [{"run_id": m.get("run_id"), "size": m.get("size"), "finished_at": m.get("finished_at"),

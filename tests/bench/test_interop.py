@@ -202,3 +202,15 @@ def test_a_noisier_pytest_benchmark_run_with_the_same_median_is_no_regression(tm
     assert list(c.regressions["metric"]) == [] and list(c.timing_rows["metric"]) == ["time_ms"]
     declared = read_run_json(base[0])["suites"]["pytest"]["metrics"]
     assert declared["time_ms"]["kind"] == "measured" and declared["time_stddev_ms"]["kind"] == "info"
+
+
+def test_export_of_runs_with_no_timing_writes_nothing(tmp_path):
+    # a run of skipped cases (a CUDA-only variant on CPU) or of untimed metrics only: an empty file, which import
+    # refuses, is no export
+    records = [{"suite": "checkpointing", "variant": "none", "status": "skipped", "error": "needs a CUDA device"},
+               {"suite": "checkpointing", "variant": "full", "metrics": {"peak_mem_bytes": 1e6}}]
+    run = write_run(tmp_path, "skips", records)
+    with pytest.raises(ValueError, match=r"nothing to export: no ok record of skips has a timing series \(1 ok "
+                                         r"without a timing series, 1 skipped\)"):
+        export_pytest_benchmark([run], tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
