@@ -185,7 +185,10 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
 
     traces = sorted((staged / "trace").glob("*.pt.trace.json"))
     top_txt, top_json = staged / "top_ops.txt", staged / "top_ops.json"
-    top_txt.write_text((tables.get("text") or "no profiled step finished") + "\n")
+    reason = (record.error or "").strip().splitlines()  # a case that did not run through: why, on its one line
+    ended = "" if record.status == "ok" else (f": the case ended {record.status} in measure() call {step + 1} of "
+                                             f"{wait + warmup + active}" + (f" ({reason[-1]})" if reason else ""))
+    top_txt.write_text((tables.get("text") or f"no profiled step finished{ended}") + "\n")
     top_json.write_text(json.dumps(tables.get("rows") or [], indent=1) + "\n")
     paths = {"trace": traces[-1] if traces else None, "top_ops": top_txt, "top_ops_json": top_json,
              "memory_snapshot": snapshot if snapshot is not None and snapshot.exists() else None}
@@ -198,6 +201,5 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
         "step": "one call of the suite's measure()",
         "metrics_profiled": step >= wait,
     }, indent=2) + "\n")
-    reason = (record.error or "").strip().splitlines()  # a case that did not run through: why, on its one line
     return {"case_id": case.id, "status": record.status, "reason": reason[-1] if reason else None, **links,
             "profile": "profile.json"}

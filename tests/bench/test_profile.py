@@ -126,3 +126,17 @@ def test_a_cpu_case_runs_at_its_suites_thread_count_as_bench_run_runs_it(tmp_pat
     (record,) = read_records(tmp_path / "p" / "records.jsonl")
     assert record.metrics["threads_seen"] == 1
     assert read_run_json(tmp_path / "p")["suites"]["_threads"]["threads"] == 1
+
+
+def test_a_case_skipped_before_its_profiled_calls_says_why_in_place_of_its_tables(tmp_path, monkeypatch):
+    # a CUDA-only variant on CPU ends in the first, unprofiled call: top_ops.txt says so, not only that none finished
+    from bench import cli
+    from bench.suite import SUITES
+    from tests.bench import fake_suites  # noqa: F401 - registers _endings
+
+    monkeypatch.setattr("bench.cli.discover", lambda: dict(SUITES))
+    assert cli.main(["profile", "_endings", "--variant", "skip", "--size", "smoke", "--device", "cpu", "--params",
+                     "n=2", "--out", str(tmp_path / "p")]) == 0
+    top = (tmp_path / "p" / "top_ops.txt").read_text()
+    assert top.startswith("no profiled step finished: the case ended skipped in measure() call 1 of 3 (") and (
+        "needs a CUDA device" in top), top
