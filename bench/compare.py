@@ -143,6 +143,9 @@ class Comparison:
     nonfinite: list[dict] = field(default_factory=list)
     """Metrics NaN or infinite on one side and finite on the other (bench.verdicts.nonfinite_changes); those `worse`
     in NEW fail --fail-on-regression."""
+    imported: bool = False
+    """Every run on both sides is a `bench import` of a file pytest-benchmark wrote (run.json imported_from.origin):
+    more runs come from pytest, not `bench run`."""
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -332,5 +335,6 @@ def compare(base: list[str | Path], new: list[str | Path], threshold: float = 0.
     return Comparison(pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(status, columns=STATUS_COLUMNS),
                       env_diff, same_env, env_fields, b_names, n_names, threshold, alpha, allow_contended, unfinished,
                       [("base", *d) for d in b_damaged] + [("new", *d) for d in n_damaged], family,
-                      new_contended, timings, one_side, rates, nonfinite)
+                      new_contended, timings, one_side, rates, nonfinite,
+                      all((m.get("imported_from") or {}).get("origin") == "pytest" for m in b_metas + n_metas))
 

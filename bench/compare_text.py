@@ -12,6 +12,10 @@ from bench.verdicts import IMPROVEMENT, REGRESSION, RETRAINED, UNKNOWN_WEIGHTS, 
 ONE_RUN_CAVEAT = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a run-level "
                   "offset; rerun both sides (bench run --out BASE/r1, BASE/r2, BASE/r3, and NEW/r1, ...) and compare "
                   "the folders of runs for a verdict that accounts for it")
+ONE_RUN_CAVEAT_IMPORTED = ("one run per side: run-to-run variation is not measured, so a faster/slower can be a "
+                           "run-level offset; rerun both sides (pytest --benchmark-json=BASE-1.json, then bench import "
+                           "BASE-1.json --out BASE/r1, the same for r2, r3 and NEW/r1, ...) and compare the folders of "
+                           "runs for a verdict that accounts for it")
 CONTENDED_HEAD = ("contended ({}): other load disturbed these timings, so they are not judged (--fail-on-regression "
                   "fails on those its test called slower from several runs a side, significant over the timings "
                   "judged; --allow-contended judges them):")
@@ -126,7 +130,7 @@ def summary_lines(c) -> list[str]:
         lines.append("timings by runs per side (base v new): "
                      + ", ".join(f"{k} ({c})" for k, c in sorted(per_side.items())))
     if c.one_run_per_side:
-        lines.append(ONE_RUN_CAVEAT)
+        lines.append(ONE_RUN_CAVEAT_IMPORTED if c.imported else ONE_RUN_CAVEAT)
     if n := len(c.one_run_regressions):
         lines.append(ONE_RUN_UNGATED.format(n))
     if c.one_run_per_side and not c.family:

@@ -338,7 +338,8 @@ def import_pytest_benchmark(file: str | Path, out_dir: str | Path) -> Path:
         finished_at=started, env=env, env_id=eid, git=env["git"], version=__version__, recorded=len(records),
         suites={**{suite: FOREIGN_SUITE for suite, *_ in foreign},
                 **{k: v for r in runs for k, v in (r.get("suites") or {}).items()}},
-        extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version},
+        extra={"imported_from": {"format": "pytest-benchmark", "file": str(file), "version": version,
+                                 "origin": "techbench" if not foreign else "pytest" if not tags_all else "both"},
                **({"merged_from": [{"run_id": i} for i in ids]} if len(ids) > 1 else {})})
     if (problem := run_json_problem(meta.to_json())) is not None:  # as its readers will check it (the declarations)
         raise ValueError(f"{file}: machine_info.techbench.runs would make a bad run.json: {problem}")

@@ -214,3 +214,30 @@ def test_export_of_runs_with_no_timing_writes_nothing(tmp_path):
                                          r"without a timing series, 1 skipped\)"):
         export_pytest_benchmark([run], tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_one_run_a_side_of_imports_is_told_to_rerun_pytest_not_bench_run(tmp_path):
+    # more runs a side of a pytest-benchmark test come from pytest and bench import: `bench run` runs no pytest test
+    from bench.compare import compare
+
+    def imported(name, median):
+        doc = {"machine_info": {"node": "ci"}, "commit_info": {}, "datetime": "2026-11-28T01:02:03+00:00",
+               "benchmarks": [{"group": None, "name": "test_mm", "fullname": "t.py::test_mm", "params": None,
+                               "extra_info": {}, "stats": {"median": median, "data": samples(median)}}]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        return import_pytest_benchmark(tmp_path / f"{name}.json", tmp_path / name)
+
+    base, new = imported("base", 1e-3), imported("new", 2e-3)
+    caveat = [ln for ln in compare([base], [new]).summary_lines() if ln.startswith("one run per side")]
+    assert len(caveat) == 1 and "bench import BASE-1.json --out BASE/r1" in caveat[0] and "bench run" not in caveat[0]
+    assert read_run_json(base)["imported_from"]["origin"] == "pytest"
+    # an import of techbench's own export is a run bench run makes more of
+    records = [{"suite": "checkpointing", "variant": "none", "metrics": {"step_time_ms": m},
+                "samples": {"step_time_ms": samples(m)}} for m in (1.0,)]
+    ours = []
+    for name, gpu in (("a", H200), ("b", H200)):
+        export_pytest_benchmark([write_run(tmp_path, name, records, gpu=gpu)], tmp_path / f"{name}.json")
+        ours.append(import_pytest_benchmark(tmp_path / f"{name}.json", tmp_path / f"{name}-imported"))
+    assert read_run_json(ours[0])["imported_from"]["origin"] == "techbench"
+    caveat = [ln for ln in compare([ours[0]], [ours[1]]).summary_lines() if ln.startswith("one run per side")]
+    assert len(caveat) == 1 and "bench run --out BASE/r1" in caveat[0]
