@@ -174,8 +174,11 @@ def _profile(case: Case, variant: str, size: str, device: str, params: dict[str,
             torch.cuda.memory._record_memory_history(enabled=None)
 
     step, started, elapsed, result = kept
+    metrics = dict(result.get("metrics") or {})
+    if result["status"] == "ok" and step >= wait:  # timed under the profiler (wait=0): never judged as a timing
+        metrics["contended"] = True
     record = Record(run_id=meta.run_id, suite=case.suite, variant=case.variant, params=case.params,
-                    case_id=case.id, status=result["status"], metrics=result.get("metrics") or {},
+                    case_id=case.id, status=result["status"], metrics=metrics,
                     samples=result.get("samples") or {}, error=result.get("error"), device=device,
                     started_at=started, elapsed_s=elapsed, env_id=meta.env_id, nonfinite=result.get("nonfinite") or {})
     with RecordWriter(staged / RECORDS_JSONL) as writer:

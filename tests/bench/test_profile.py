@@ -45,6 +45,8 @@ def test_record_and_profile_json_link_the_trace(profiled):
     link = json.loads((out / "profile.json").read_text())
     assert link["case_id"] == CASE and (out / link["trace"]).resolve() == (out / result["trace"]).resolve()
     assert link["metrics_profiled"] is True and link["memory_snapshot"] is None
+    # its timings carry the profiler's overhead: contended, so that compare, history and the dashboard never judge them
+    assert record.metrics["contended"] is True
 
 
 @pytest.mark.parametrize("variant, size, params, message", [
