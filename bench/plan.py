@@ -70,7 +70,7 @@ from bench.plan_meta import IndexValues, MetaKernels, current_stream, fake_ranks
 from bench.plan_norm import target_rms_norm
 from bench.plan_offload import target_offload
 from bench.plan_optim import target_foreach
-from bench.plan_pool import died, one_by_one
+from bench.plan_pool import died, one_by_one, stop
 from bench.plan_scratch import kernel_scratch
 from bench.plan_set import nothing_changed, with_changes
 from bench.suite import NotPlannable, Skip, Suite, Workload, case_id
@@ -331,11 +331,15 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
             with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=mp.get_context("fork"),
                                      initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 futures = {pool.submit(_plan_forked, i, how): i for i in pending}
-                for f in as_completed(futures):
-                    try:
-                        done[futures[f]] = told(f.result())
-                    except BrokenProcessPool:  # a worker died (killed for host memory): every unfinished point's
-                        broken.append(futures[f])
+                try:
+                    for f in as_completed(futures):
+                        try:
+                            done[futures[f]] = told(f.result())
+                        except BrokenProcessPool:  # a worker died (killed for host memory): every unfinished point's
+                            broken.append(futures[f])
+                except BaseException:  # Ctrl-C, SIGTERM (bench.cli raises it here): the plan ends now
+                    stop(pool)
+                    raise
             # the points a worker had started are planned again case by case, alone (bench.plan_pool), so that the
             # case that kills its process is told apart; those none had started, in a new pool (alone as well where
             # none was started or done: no pool goes on forever)

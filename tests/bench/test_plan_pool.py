@@ -5,6 +5,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -116,3 +117,56 @@ def test_points_no_worker_started_are_planned_alone_where_the_pool_makes_no_prog
     monkeypatch.setattr(bench.plan, "_plan_forked", dies_before_it_starts)
     out = plan([Dying()], "smoke", "cpu", variants=["ok"], jobs=2)
     assert [(p.params["n"], p.status) for p in out] == [(1, "ok"), (2, "ok"), (3, "ok")]
+
+
+class Stuck(Suite):
+    """Point n=1 plans at once; the others mark their start in `Stuck.folder` and wait there for a release that
+    never comes (WAIT_S at most), then mark that they were planned."""
+
+    name = "_plan_stuck"
+    variants = {"ok": "a linear layer's training step"}
+    folder = ""
+    WAIT_S = 30
+
+    def grid(self, size, device):
+        return [{"n": n} for n in (1, 2, 3, 4)]
+
+    def workload(self, variant, params, device, target=None):
+        n = params["n"]
+        if n > 1:
+            with open(os.path.join(self.folder, f"started-{n}"), "w") as f:
+                f.write(str(os.getpid()))
+            for _ in range(self.WAIT_S * 10):
+                if os.path.exists(os.path.join(self.folder, "release")):
+                    break
+                time.sleep(0.1)
+            open(os.path.join(self.folder, f"planned-{n}"), "w").close()
+        model = torch.nn.Linear(8, 8, device=device)
+        x = torch.empty(4, 8, device=device)
+        return Workload(lambda: model(x).sum().backward(), modules=(model,),
+                        clear=lambda: model.zero_grad(set_to_none=True))
+
+
+def _stop_after_the_first_point(path: str) -> None:
+    Stuck.folder = os.path.dirname(path)
+
+    def progress(planned, total):
+        raise KeyboardInterrupt  # as Ctrl-C, or bench.cli's SIGTERM handler, raises where the command waits
+
+    try:
+        plan([Stuck()], "smoke", "cpu", jobs=2, progress=progress)
+        stopped = False
+    except KeyboardInterrupt:
+        stopped = True
+    with open(path, "w") as f:
+        json.dump({"stopped": stopped}, f)
+
+
+def test_a_stopped_plan_ends_its_workers_and_plans_no_further_point(tmp_path):
+    # leaving the pool's `with` waited for every point submitted: Ctrl-C or SIGTERM stopped `bench plan packing
+    # --size full` minutes after it said so, its workers planning on
+    answer = _in_a_fresh_process(_stop_after_the_first_point, tmp_path)
+    assert answer == {"stopped": True}
+    assert not list(tmp_path.glob("planned-*"))  # no point past the first was planned: each was cancelled or killed
+    for started in tmp_path.glob("started-*"):  # the worker that had started one is gone (killed and reaped)
+        assert not os.path.exists(f"/proc/{int(started.read_text())}")
