@@ -79,6 +79,7 @@ def predictions(args, discover) -> tuple[list, dict]:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if args.world_size < 1:
         raise UsageError(f"--world-size must be at least 1, got {args.world_size}")
+    check_world_size(args.world_size, suites)
     where, changes = parse_params(args.params), parse_params(getattr(args, "changes", None), "--set")
     try:
         changed = plan_points(suites, args.size, target, args.variant, where, args.world_size, args.case, changes)
@@ -108,6 +109,18 @@ def predictions(args, discover) -> tuple[list, dict]:
                "elapsed_s": round(time.monotonic() - start, 2), "cases": len(out),
                "plannable": sum(p.status == "ok" for p in out), "fits": sum(p.fits is True for p in out)}
     return out, summary
+
+
+def check_world_size(world_size: int, suites) -> None:
+    """--world-size is the launch of the distributed suites: a size none of the selected ones runs at is refused
+    (their every case would be listed skipped), and one given where none is selected is said to change nothing."""
+    distributed = [s for s in suites if s.world_sizes]
+    if world_size != 1 and not distributed:
+        print(f"bench: warning: --world-size {world_size} plans the distributed suites only; none is selected",
+              file=sys.stderr)
+    elif distributed and all(s.unsupported_world_size(world_size) for s in distributed):
+        raise UsageError(f"--world-size {world_size}: " + "; ".join(s.unsupported_world_size(world_size)
+                                                                    for s in distributed))
 
 
 class Progress:

@@ -214,3 +214,18 @@ def test_the_caption_says_what_reserved_means_on_the_target(capsys, monkeypatch)
     assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h200", "--case",
                  case.replace("float32", "bfloat16")]) == 0
     assert "reserved: the CUDA caching allocator's segments" in capsys.readouterr().out
+
+
+def test_a_world_size_no_distributed_suite_runs_at_is_refused(capsys):
+    # every case was listed skipped, exit 0: the size is the launch's, and no case could be planned at it
+    assert main(["plan", "fsdp_checkpointing", "--size", "smoke", "--gpu", "h100", "--world-size", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "bench: error: --world-size 3: fsdp_checkpointing runs at world sizes 1, 2, 4, 8, not 3"
+
+
+def test_a_world_size_where_no_distributed_suite_is_selected_is_said_to_change_nothing(capsys):
+    assert main(["plan", "checkpointing", "--size", "smoke", "--gpu", "h100", "--case", "checkpointing/none/*",
+                 "--world-size", "8", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "bench: warning: --world-size 8 plans the distributed suites only; none is selected" in captured.err
+    assert json.loads(captured.out)["cases"] >= 1
