@@ -175,7 +175,7 @@ def run_step(suite: Suite, variant: str, params: dict, target: str, warm_up: boo
             allocator.reset_peak()
         # not activations: the parameters, and the unsharded ones FSDP2 all-gathers, which it frees after the forward
         ignore = [*parameters, *map(local_tensor, parameters), *unsharded(w.modules)]
-        with SavedTensorBytes(ignore=ignore) as saved, StepCounter() as counted, \
+        with SavedTensorBytes(ignore=ignore) as saved, StepCounter(cuda) as counted, \
                 TensorMemoryTracker(scratch=None if cuda else scratch) as step:
             w.step()
         held = w.held() if w.held is not None else 0

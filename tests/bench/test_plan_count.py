@@ -8,9 +8,9 @@ from torch.utils import flop_counter
 from bench import hardware
 from bench.flops import FORMULAS, flop_counter_mode
 from bench.plan import plan_case
-from bench.plan_count import roofline_ms
+from bench.plan_count import StepCounter, roofline_ms
 from bench.plan_meta import IndexValues
-from bench.suite import discover
+from bench.suite import NotPlannable, discover
 
 aten = torch.ops.aten
 LENGTHS = [7, 1, 33, 12]
@@ -118,3 +118,27 @@ def test_a_steps_flops_are_its_matmuls_and_attention_forward_backward_and_recomp
                 "sqrt": none + L * (linears + attention) - segments * fc2}
     planned = {v: plan_case(suite, v, params, target, "h100" if target == "cuda" else None) for v in expected}
     assert {v: p.flops for v, p in planned.items()} == expected
+
+
+def test_a_float8_matmul_other_than_scaled_mm_is_not_plannable_for_cuda():
+    # meta runs addmm on float8 tensors, CUDA has no kernel for it: a model --set to dtype=float8_e4m3fn was planned
+    # "fits" with a roofline at the fp8 peak, for a step that fails at its first linear layer on the GPU
+    a = torch.empty(16, 32, device="meta", dtype=torch.float8_e4m3fn)
+    b = torch.empty(32, 16, device="meta", dtype=torch.float8_e4m3fn)
+    with pytest.raises(NotPlannable, match="runs mm on float8_e4m3fn tensors, which CUDA has no kernel for"):
+        with StepCounter(cuda=True):
+            a @ b
+    with StepCounter() as on_cpu:  # the CPU's mm takes float8
+        a @ b
+    assert dict(on_cpu.by_dtype) == {"float8_e4m3fn": 2 * 16 * 32 * 16}
+    one = torch.ones((), device="meta")
+    with StepCounter(cuda=True) as scaled:  # torch._scaled_mm is CUDA's float8 GEMM: counted at the fp8 peak
+        torch._scaled_mm(a, b.t().contiguous().t(), one, one, out_dtype=torch.bfloat16)
+    assert dict(scaled.by_dtype) == {"float8_e4m3fn": 2 * 16 * 32 * 16}
+
+
+def test_a_model_set_to_float8_is_not_plannable_on_a_gpu(registry):
+    params = {**registry["checkpointing"].grid("smoke", "cuda:0")[0], "dtype": "float8_e4m3fn"}
+    p = plan_case(registry["checkpointing"], "none", params, "cuda", "h100")
+    assert (p.status, p.fits, p.roofline_ms) == ("not_plannable", None, None)
+    assert "float8_e4m3fn tensors, which CUDA has no kernel for" in p.reason
