@@ -309,11 +309,11 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
     parts = [section("Current regressions", flags)]
     failing, still = fail.newly_failing(frame, latest_night), fail.still_failing(frame, latest_night)
     if failing:  # a case that fails has no value for a series to judge: listed here, or no page would say it
-        parts.append(section("Newly failing in the latest run (ok in the run before it)",
+        parts.append(section("Newly failing in the latest run (ok in the run before it that ran it)",
                              table(failing, classes={"status": "status"})))
     if still:
-        parts.append(section("Still failing in the latest run (and the run before it; ok in an earlier run)",
-                             table(still, classes={"status": "status"})))
+        parts.append(section("Still failing in the latest run (and the run before it that ran it; ok in an earlier "
+                             "run)", table(still, classes={"status": "status"})))
     if len(stale):
         parts.append(section(f"Stale: flagged series that missed the latest night (last run over {STALE_DAYS:g} day "
                              "before the newest run of the store)", table(_flag_rows(stale))))

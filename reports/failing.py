@@ -1,6 +1,6 @@
-"""The dashboard index's failing cases, in the latest night: newly failing (ok in the run before), still failing
-(failing since a run after an ok one) and gone NaN. A case that fails has no value for a series to judge: without
-these lists no page but the suite's "Not ok" table would say it."""
+"""The dashboard index's failing cases, in the latest night: newly failing (ok in the run before that ran the case:
+a skip is no run of it), still failing (failing since a run after an ok one) and gone NaN. A case that fails has no
+value for a series to judge: without these lists no page but the suite's "Not ok" table would say it."""
 
 from __future__ import annotations
 
@@ -29,35 +29,44 @@ def _row(last, **more) -> dict:
             "run": last["run_id"], **more, "status": last["status"], "error": reason[-1] if reason else ""}
 
 
+def _ran(part):
+    """A case's records on its env that ran it, oldest first: a skip (a missing package, a CPU-only run) is no run of
+    it, neither ok nor failing, so one between an ok night and a failing one hides neither from these lists."""
+    return part[part["status"] != "skipped"]
+
+
 def newly_failing(frame, latest: dict) -> list[dict]:
     """Cases not ok in their latest run on their env, in the latest night (`latest`: the dashboard's _latest_night),
-    whose record before it (in an earlier run of that env) was ok; and the cases gone NaN (`gone_nonfinite`)."""
+    whose record before it that ran (in an earlier run of that env, skips passed over) was ok; and the cases gone NaN
+    (`gone_nonfinite`)."""
     if frame.empty:
         return []
     frame, cases = _cases(frame)
     rows = []
     for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
-        last = part.iloc[-1]
-        if (len(part) > 1 and latest.get(key) == last["run_id"] and last["status"] in FAILED
-                and part["status"].iloc[-2] == "ok"):
+        last, ran = part.iloc[-1], _ran(part)
+        if (len(ran) > 1 and latest.get(key) == last["run_id"] and last["status"] in FAILED
+                and ran["status"].iloc[-2] == "ok"):
             rows.append(_row(last))
     return rows + gone_nonfinite(frame, cases, latest)
 
 
 def still_failing(frame, latest: dict) -> list[dict]:
-    """Cases that failed in their latest run on their env, in the latest night, and in the run before it, and were ok
-    in a run before those: `newly_failing` lists a case on its first night only, and a case broken since would
-    otherwise leave the index on its second. `since` is the first run it failed in, `runs failing` how many it has."""
+    """Cases that failed in their latest run on their env, in the latest night, and in the run before it that ran them
+    (skips passed over), and were ok in a run before those: `newly_failing` lists a case on its first night only, and
+    a case broken since would otherwise leave the index on its second. `since` is the first run it failed in,
+    `runs failing` how many it has."""
     if frame.empty:
         return []
     _, cases = _cases(frame)
     rows = []
     for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
-        status, last = part["status"].tolist(), part.iloc[-1]
+        last, ran = part.iloc[-1], _ran(part)
+        status = ran["status"].tolist()
         ok = [i for i, s in enumerate(status) if s not in FAILED]  # the failing streak starts after the last of these
         streak = len(status) - 1 - (ok[-1] if ok else -1)
-        if latest.get(key) == last["run_id"] and streak >= 2 and "ok" in status[:-streak]:
-            rows.append(_row(last, since=part["run_id"].iloc[-streak], **{"runs failing": streak}))
+        if latest.get(key) == last["run_id"] and last["status"] in FAILED and streak >= 2 and "ok" in status[:-streak]:
+            rows.append(_row(last, since=ran["run_id"].iloc[-streak], **{"runs failing": streak}))
     return rows
 
 

@@ -72,6 +72,37 @@ def test_a_case_that_fails_night_after_night_stays_on_the_index(tmp_path):
 
 
 @needs("pyarrow")
+def test_a_skip_between_an_ok_night_and_a_failing_one_hides_neither(tmp_path):
+    # a skip (a package missing that night) is no run of the case: ok, skipped, error is newly failing, and ok, error,
+    # skipped, error still failing; each said nothing of a case failing in the latest night
+    def store(statuses, where):
+        for night, status in enumerate(statuses):
+            records = checkpointing_records(seed=night)
+            for r in records:
+                if (r["suite"], r["variant"], r.get("params", {}).get("batch")) == ("checkpointing", "full", 8) \
+                        and status != "ok":
+                    r.update(status=status, metrics={}, samples={}, error=f"{status}: the kernel moved")
+            history.add(write_run(where / "runs", f"night-{night}", records, sha=f"{night}" * 40,
+                                  started_at=f"2026-11-{night + 1:02d}T01:00:00Z"), where / "store")
+        return where / "store"
+
+    said = []
+    text = dashboard.build(store(["ok", "ok", "skipped", "error"], tmp_path / "a"), tmp_path / "site",
+                           said=said.append).read_text()
+    assert said == ["0 current regressions; 1 case newly failing"]
+    assert CASE in text[text.index("Newly failing in the latest run"):text.index("Latest run per env")]
+    said = []
+    text = dashboard.build(store(["ok", "error", "skipped", "error"], tmp_path / "b"), tmp_path / "site2",
+                           said=said.append).read_text()
+    assert said == ["0 current regressions; 1 case still failing"]
+    still = text[text.index("Still failing in the latest run"):text.index("Latest run per env")]
+    assert CASE in still and "<td>night-1</td>" in still and '<td class="num">2</td>' in still
+    said = []  # skipped in the latest night: it did not fail there
+    dashboard.build(store(["ok", "error", "error", "skipped"], tmp_path / "c"), tmp_path / "site3", said=said.append)
+    assert said == ["0 current regressions"]
+
+
+@needs("pyarrow")
 def test_a_case_skipped_in_the_latest_run_is_not_failing(tmp_path):
     def skip(records):
         for r in records:
