@@ -330,8 +330,8 @@ def plan(suites: list[Suite], size: str, target: str, gpu: str | None = None, va
             broken = []
             with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=mp.get_context("fork"),
                                      initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                futures = {pool.submit(_plan_forked, i, how): i for i in pending}
-                try:
+                try:  # handing the points over too: the `with` would wait for those handed over so far
+                    futures = {pool.submit(_plan_forked, i, how): i for i in pending}
                     for f in as_completed(futures):
                         try:
                             done[futures[f]] = told(f.result())

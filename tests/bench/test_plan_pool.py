@@ -170,3 +170,32 @@ def test_a_stopped_plan_ends_its_workers_and_plans_no_further_point(tmp_path):
     assert not list(tmp_path.glob("planned-*"))  # no point past the first was planned: each was cancelled or killed
     for started in tmp_path.glob("started-*"):  # the worker that had started one is gone (killed and reaped)
         assert not os.path.exists(f"/proc/{int(started.read_text())}")
+
+
+def _stop_while_submitting(path: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    Stuck.folder = os.path.dirname(path)
+    submit, calls = ProcessPoolExecutor.submit, []
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C as the third point is handed to the pool
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return submit(self, *args, **kwargs)
+
+    ProcessPoolExecutor.submit = interrupted
+    try:
+        plan([Stuck()], "smoke", "cpu", jobs=2)
+        stopped = False
+    except KeyboardInterrupt:
+        stopped = True
+    with open(path, "w") as f:
+        json.dump({"stopped": stopped}, f)
+
+
+def test_a_plan_stopped_while_its_points_are_handed_to_the_pool_plans_no_further_point(tmp_path):
+    # the points were submitted outside the stop's reach: the pool's `with` then waited for those handed over so far
+    answer = _in_a_fresh_process(_stop_while_submitting, tmp_path)
+    assert answer == {"stopped": True}
+    assert not list(tmp_path.glob("planned-*"))
