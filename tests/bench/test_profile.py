@@ -142,3 +142,16 @@ def test_a_case_skipped_before_its_profiled_calls_says_why_in_place_of_its_table
     top = (tmp_path / "p" / "top_ops.txt").read_text()
     assert top.startswith("no profiled step finished: the case ended skipped in measure() call 1 of 3 (") and (
         "needs a CUDA device" in top), top
+
+
+@pytest.mark.filterwarnings("ignore:.*warmup.*")  # torch's note that warmup=0 may skew results
+@pytest.mark.parametrize("wait, contended", [(0, True), (1, None)])
+def test_a_record_measured_under_the_profiler_is_contended_whatever_the_load(tmp_path, monkeypatch, wait, contended):
+    # _threads times no window, so no load makes it contended: only its profiled call (--wait 0) does
+    from bench.suite import SUITES
+    from tests.bench import fake_suites  # noqa: F401 - registers _threads
+
+    monkeypatch.setattr("bench.profile.discover", lambda: dict(SUITES))
+    profile_case("_threads", "a", "smoke", "cpu", None, tmp_path / "p", wait=wait, warmup=0, active=1)
+    (record,) = read_records(tmp_path / "p" / "records.jsonl")
+    assert record.status == "ok" and record.metrics.get("contended") is contended
