@@ -23,15 +23,19 @@ def test_the_cached_catalog_equals_the_built_one(tmp_path, monkeypatch):
 
 
 def test_an_edited_suite_or_a_new_distribution_changes_the_key(tmp_path, monkeypatch):
+    assert ROOT / "suites" in catalog._package_dirs()  # the key reads the suites' files
+    # edited in a copy: touching the checkout's own suites/ changed the key of every test that read it meanwhile
+    copy = tmp_path / "suites"
+    copy.mkdir()
+    suite = copy / "__init__.py"
+    suite.write_text((ROOT / "suites" / "__init__.py").read_text())
+    monkeypatch.setattr(catalog, "_package_dirs", lambda: [copy])
     before = catalog.key()
     assert catalog.key() == before  # stable while nothing changes
-    suite = ROOT / "suites" / "__init__.py"
     st = suite.stat()
-    try:
-        os.utime(suite, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        assert catalog.key() != before
-    finally:
-        os.utime(suite, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(suite, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert catalog.key() != before
+    os.utime(suite, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert catalog.key() == before
     site = tmp_path / "site"
     (site / "extra_dist-1.0.dist-info").mkdir(parents=True)
