@@ -118,9 +118,8 @@ def check_world_size(world_size: int, suites) -> None:
     if world_size != 1 and not distributed:
         print(f"bench: warning: --world-size {world_size} plans the distributed suites only; none is selected",
               file=sys.stderr)
-    elif distributed and all(s.unsupported_world_size(world_size) for s in distributed):
-        raise UsageError(f"--world-size {world_size}: " + "; ".join(s.unsupported_world_size(world_size)
-                                                                    for s in distributed))
+    elif distributed and all(why := [s.unsupported_world_size(world_size) for s in distributed]):
+        raise UsageError(f"--world-size {world_size}: " + "; ".join(why))
 
 
 class Progress:

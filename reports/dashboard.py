@@ -307,7 +307,7 @@ def _site(frame, store, put, threshold: float, window: int, said=None) -> Path:
         flags = ('<p class="muted">A rate, TFLOP/s or % of peak that moved with the timing it is computed from '
                  "follows it (listed under it, not counted as a regression of its own).</p>" + flags)
     parts = [section("Current regressions", flags)]
-    failing, still = fail.newly_failing(frame, latest_night), fail.still_failing(frame, latest_night)
+    failing, still = fail.failing(frame, latest_night)
     if failing:  # a case that fails has no value for a series to judge: listed here, or no page would say it
         parts.append(section("Newly failing in the latest run (ok in the run before it that ran it)",
                              table(failing, classes={"status": "status"})))

@@ -35,39 +35,30 @@ def _ran(part):
     return part[part["status"] != "skipped"]
 
 
-def newly_failing(frame, latest: dict) -> list[dict]:
-    """Cases not ok in their latest run on their env, in the latest night (`latest`: the dashboard's _latest_night),
-    whose record before it that ran (in an earlier run of that env, skips passed over) was ok; and the cases gone NaN
-    (`gone_nonfinite`)."""
+def failing(frame, latest: dict) -> tuple[list[dict], list[dict]]:
+    """(newly, still) failing: the cases that failed in their latest run on their env, in the latest night (`latest`:
+    the dashboard's _latest_night), and ran ok before, skips passed over. Newly: ok in the run before that ran them,
+    with the cases gone NaN (`gone_nonfinite`). Still: failing in that run too, since a run after an ok one, which the
+    newly failing list shows on the first night only, so a case broken since would leave the index on its second;
+    `since` is the first run it failed in, `runs failing` how many it has. One pass over the cases for both."""
     if frame.empty:
-        return []
+        return [], []
     frame, cases = _cases(frame)
-    rows = []
+    newly, still = [], []
     for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
-        last, ran = part.iloc[-1], _ran(part)
-        if (len(ran) > 1 and latest.get(key) == last["run_id"] and last["status"] in FAILED
-                and ran["status"].iloc[-2] == "ok"):
-            rows.append(_row(last))
-    return rows + gone_nonfinite(frame, cases, latest)
-
-
-def still_failing(frame, latest: dict) -> list[dict]:
-    """Cases that failed in their latest run on their env, in the latest night, and in the run before it that ran them
-    (skips passed over), and were ok in a run before those: `newly_failing` lists a case on its first night only, and
-    a case broken since would otherwise leave the index on its second. `since` is the first run it failed in,
-    `runs failing` how many it has."""
-    if frame.empty:
-        return []
-    _, cases = _cases(frame)
-    rows = []
-    for key, part in cases.groupby([*ENV, "case_id"], sort=True, dropna=False):
-        last, ran = part.iloc[-1], _ran(part)
-        status = ran["status"].tolist()
-        ok = [i for i, s in enumerate(status) if s not in FAILED]  # the failing streak starts after the last of these
-        streak = len(status) - 1 - (ok[-1] if ok else -1)
-        if latest.get(key) == last["run_id"] and last["status"] in FAILED and streak >= 2 and "ok" in status[:-streak]:
-            rows.append(_row(last, since=ran["run_id"].iloc[-streak], **{"runs failing": streak}))
-    return rows
+        last = part.iloc[-1]
+        if latest.get(key) != last["run_id"] or last["status"] not in FAILED:
+            continue
+        ran = _ran(part)
+        ok = [i for i, s in enumerate(ran["status"]) if s not in FAILED]  # the failing streak starts after the last
+        if not ok:  # never ran ok: failing since its first run, no change to show
+            continue
+        streak = len(ran) - 1 - ok[-1]
+        if streak == 1:
+            newly.append(_row(last))
+        else:
+            still.append(_row(last, since=ran["run_id"].iloc[-streak], **{"runs failing": streak}))
+    return newly + gone_nonfinite(frame, cases, latest), still
 
 
 def gone_nonfinite(frame, cases, latest: dict) -> list[dict]:

@@ -153,8 +153,13 @@ def _stop_after_the_first_point(path: str) -> None:
     def progress(planned, total):
         raise KeyboardInterrupt  # as Ctrl-C, or bench.cli's SIGTERM handler, raises where the command waits
 
+    _plan_stuck(path, progress=progress)
+
+
+def _plan_stuck(path: str, **kwargs) -> None:
+    """Plan the Stuck suite on 2 workers, and write to `path` whether a KeyboardInterrupt stopped it."""
     try:
-        plan([Stuck()], "smoke", "cpu", jobs=2, progress=progress)
+        plan([Stuck()], "smoke", "cpu", jobs=2, **kwargs)
         stopped = False
     except KeyboardInterrupt:
         stopped = True
@@ -185,13 +190,7 @@ def _stop_while_submitting(path: str) -> None:
         return submit(self, *args, **kwargs)
 
     ProcessPoolExecutor.submit = interrupted
-    try:
-        plan([Stuck()], "smoke", "cpu", jobs=2)
-        stopped = False
-    except KeyboardInterrupt:
-        stopped = True
-    with open(path, "w") as f:
-        json.dump({"stopped": stopped}, f)
+    _plan_stuck(path)
 
 
 def test_a_plan_stopped_while_its_points_are_handed_to_the_pool_plans_no_further_point(tmp_path):
